@@ -1,0 +1,95 @@
+//! Element-wise transcendental functions: GELU (GPT-2's tanh approximation)
+//! forward and backward, exp and tanh.
+
+use crate::dispatch::dispatch;
+use crate::error::expect_len;
+use crate::math::{self, GELU_CUBIC, GELU_SCALE};
+use crate::simd::{map1, pieces, Simd};
+use crate::{KernelError, Kernels};
+
+impl Kernels {
+    /// `out = gelu(x)` with GPT-2's tanh approximation
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    ///
+    /// The SIMD backends evaluate the identical form `x·σ(2u)`, which has no
+    /// cancellation for large negative x.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let mut out = [0.0; 3];
+    /// k.gelu_forward(&[0.0, 1.0, -20.0], &mut out)?;
+    /// assert_eq!(out[0], 0.0);
+    /// assert!((out[1] - 0.841_192).abs() < 1e-5);
+    /// assert!(out[2].abs() < 1e-30);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn gelu_forward(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        expect_len("out", out.len(), x.len())?;
+        dispatch!(self,
+            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x)),
+            simd: |s| map1(s, x, out, |x| s.mul(x, math::gelu_gate(s, x).0)),
+        );
+        Ok(())
+    }
+
+    /// Backward of [`Kernels::gelu_forward`]: **adds** `gelu'(x) · dout` into `dx`.
+    pub fn gelu_backward(
+        &self,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        expect_len("dout", dout.len(), x.len())?;
+        expect_len("dx", dx.len(), x.len())?;
+        dispatch!(self,
+            scalar: for i in 0..x.len() {
+                dx[i] += gelu_derivative_scalar(x[i]) * dout[i];
+            },
+            simd: |s| for p in pieces(x.len(), s.lanes()) {
+                let xv = s.load_piece(&x[p.clone()], 0.0);
+                let (gate, du) = math::gelu_gate(s, xv);
+                // d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2u'
+                let one_minus = s.sub(s.splat(1.0), gate);
+                let slope = s.mul(s.mul(xv, gate), s.mul(one_minus, s.add(du, du)));
+                let grad = s.mul(s.add(gate, slope), s.load_piece(&dout[p.clone()], 0.0));
+                let acc = s.add(s.load_piece(&dx[p.clone()], 0.0), grad);
+                s.store_piece(&mut dx[p], acc);
+            },
+        );
+        Ok(())
+    }
+
+    /// `out[i] = e^x[i]`. See the crate documentation for the accuracy.
+    pub fn exp(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        expect_len("out", out.len(), x.len())?;
+        dispatch!(self,
+            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = libm::expf(x)),
+            simd: |s| map1(s, x, out, |v| math::exp(s, v)),
+        );
+        Ok(())
+    }
+
+    /// `out[i] = tanh(x[i])`. See the crate documentation for the accuracy.
+    pub fn tanh(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+        expect_len("out", out.len(), x.len())?;
+        dispatch!(self,
+            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = libm::tanhf(x)),
+            simd: |s| map1(s, x, out, |v| math::tanh(s, v)),
+        );
+        Ok(())
+    }
+}
+
+/// GPT-2's GELU, written as its definition.
+pub(crate) fn gelu_scalar(x: f32) -> f32 {
+    let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+    0.5 * x * (1.0 + libm::tanhf(u))
+}
+
+/// d/dx of [`gelu_scalar`].
+pub(crate) fn gelu_derivative_scalar(x: f32) -> f32 {
+    let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+    let t = libm::tanhf(u);
+    let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}

@@ -1,0 +1,136 @@
+//! [`Kernels`]: a handle proving that its backend runs on this CPU, through
+//! which every routine is called. The routines themselves are defined in the
+//! family modules (`elementwise`, `reduce`, ...), each as an `impl Kernels`
+//! block that checks shapes and then calls [`dispatch!`].
+
+use crate::{Backend, KernelError};
+
+/// A validated choice of backend; every routine of the crate is a method.
+///
+/// `Kernels::best()` picks the fastest backend the CPU supports;
+/// `Kernels::new(backend)` forces one and fails if the CPU lacks it. The
+/// handle is `Copy` and holds no state, so threads can share it freely.
+///
+/// ```
+/// use kernels::{Backend, Kernels};
+///
+/// let k = Kernels::best();
+/// let (a, b) = ([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]);
+/// let mut out = [0.0; 3];
+/// k.add(&a, &b, &mut out)?;
+/// assert_eq!(out, [11.0, 22.0, 33.0]);
+///
+/// // Forcing the scalar reference always works.
+/// let scalar = Kernels::new(Backend::Scalar)?;
+/// assert_eq!(scalar.dot(&a, &b)?, 140.0);
+/// # Ok::<(), kernels::KernelError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    pub(crate) isa: Isa,
+}
+
+/// The instruction set a [`Kernels`] runs. `V3`/`V4` are only constructed
+/// after detection said yes; the emulated widths exist only in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    V3,
+    #[cfg(target_arch = "x86_64")]
+    V4,
+    #[cfg(test)]
+    Emulated8,
+    #[cfg(test)]
+    Emulated16,
+}
+
+impl Kernels {
+    /// A handle running `backend`, or [`KernelError::UnsupportedBackend`] if
+    /// this CPU (or OS) cannot run it.
+    pub fn new(backend: Backend) -> Result<Kernels, KernelError> {
+        Kernels::new_on(backend, Backend::detected())
+    }
+
+    /// [`Kernels::new`] on a CPU whose best backend is `detected`.
+    pub(crate) fn new_on(backend: Backend, detected: Backend) -> Result<Kernels, KernelError> {
+        if backend > detected {
+            return Err(KernelError::UnsupportedBackend(backend));
+        }
+        let isa = match backend {
+            Backend::Scalar => Isa::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => Isa::V3,
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => Isa::V4,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => return Err(KernelError::UnsupportedBackend(backend)),
+        };
+        Ok(Kernels { isa })
+    }
+
+    /// A handle running the fastest backend this CPU supports.
+    pub fn best() -> Kernels {
+        Kernels::new(Backend::detected()).unwrap_or(Kernels { isa: Isa::Scalar })
+    }
+
+    /// The backend this handle runs.
+    pub fn backend(&self) -> Backend {
+        match self.isa {
+            Isa::Scalar => Backend::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::V3 => Backend::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::V4 => Backend::Avx512,
+            #[cfg(test)]
+            Isa::Emulated8 => Backend::Avx2,
+            #[cfg(test)]
+            Isa::Emulated16 => Backend::Avx512,
+        }
+    }
+}
+
+impl Default for Kernels {
+    fn default() -> Kernels {
+        Kernels::best()
+    }
+}
+
+/// Runs `$scalar` on the scalar backend, or `$simd` with `$s` bound to the
+/// [`crate::simd::Simd`] value of the handle's instruction set.
+macro_rules! dispatch {
+    ($kernels:expr, scalar: $scalar:expr, simd: |$s:ident| $simd:expr $(,)?) => {
+        match $kernels.isa {
+            $crate::dispatch::Isa::Scalar => $scalar,
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::V3` is only constructed by `Kernels::new` after
+            // detection confirmed AVX2 + FMA and OS support for YMM state.
+            $crate::dispatch::Isa::V3 => unsafe {
+                $crate::simd::V3::vectorize(
+                    #[inline(always)]
+                    |$s| $simd,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::V4` is only constructed by `Kernels::new` after
+            // detection confirmed AVX-512F and OS support for ZMM state.
+            $crate::dispatch::Isa::V4 => unsafe {
+                $crate::simd::V4::vectorize(
+                    #[inline(always)]
+                    |$s| $simd,
+                )
+            },
+            #[cfg(test)]
+            $crate::dispatch::Isa::Emulated8 => {
+                let $s = $crate::simd::Emulated::<8>;
+                $simd
+            }
+            #[cfg(test)]
+            $crate::dispatch::Isa::Emulated16 => {
+                let $s = $crate::simd::Emulated::<16>;
+                $simd
+            }
+        }
+    };
+}
+pub(crate) use dispatch;

@@ -1,0 +1,71 @@
+//! Hand-written SIMD kernels for training and running small transformers on
+//! a CPU, over caller-supplied slices: no allocation, no threads, `no_std`.
+//!
+//! Every routine is a method of [`Kernels`], a handle that proves its
+//! [`Backend`] runs on this CPU: the portable scalar reference, AVX2 + FMA,
+//! or AVX-512F. [`Kernels::best`] picks the fastest one found by CPU
+//! detection (cpuid + xgetbv, done once); [`Kernels::new`] forces one and
+//! refuses a backend the CPU lacks. Wrong lengths or shapes return a
+//! [`KernelError`]; no routine panics on caller input.
+//!
+//! ```
+//! use kernels::{Kernels, ValidLen};
+//!
+//! let k = Kernels::best();
+//! let mut scores = vec![1.0, 2.0, 3.0, 4.0];
+//! k.softmax_rows(&mut scores, 4, ValidLen::All)?;
+//! assert!((k.sum(&scores) - 1.0).abs() < 1e-6);
+//! # Ok::<(), kernels::KernelError>(())
+//! ```
+//!
+//! # Families
+//! - element-wise: [`Kernels::add`], [`Kernels::sub`], [`Kernels::mul`],
+//!   [`Kernels::scale`], [`Kernels::axpy`], [`Kernels::add_bias`],
+//!   [`Kernels::fill`], [`Kernels::copy`]
+//! - reductions: [`Kernels::sum`], [`Kernels::max`], [`Kernels::dot`],
+//!   [`Kernels::sum_squares`]
+//! - [`Kernels::softmax_rows`], [`Kernels::layer_norm_forward`] /
+//!   [`Kernels::layer_norm_backward`], [`Kernels::gelu_forward`] /
+//!   [`Kernels::gelu_backward`], [`Kernels::cross_entropy`],
+//!   [`Kernels::adamw_step`], [`Kernels::transpose`], [`Kernels::exp`],
+//!   [`Kernels::tanh`]
+//!
+//! # Accuracy of the vectorized `exp` and `tanh`
+//! Against `libm` over every f32 input (test `math_accuracy_over_all_floats`):
+//! - `exp`: at most 1 ulp where the result is a normal float
+//!   (x ≥ −87.33); subnormal results within 1 subnormal ulp; 0 for
+//!   x < −103.98, +inf for x > 88.72; exp(−inf) = 0, exp(+inf) = +inf,
+//!   exp(NaN) = NaN.
+//! - `tanh`: at most 2 ulp for every input; tanh(±inf) = ±1, tanh(NaN) = NaN.
+//!
+//! SIMD reductions add in a different order from the scalar reference, so
+//! results agree to rounding, not bit for bit.
+
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(test)]
+extern crate std;
+
+mod activation;
+mod backend;
+mod dispatch;
+mod elementwise;
+mod error;
+mod loss;
+mod math;
+mod norm;
+mod optimizer;
+mod reduce;
+mod simd;
+mod softmax;
+mod transpose;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::Backend;
+pub use dispatch::Kernels;
+pub use error::KernelError;
+pub use optimizer::AdamW;
+pub use softmax::ValidLen;

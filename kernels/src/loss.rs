@@ -1,0 +1,127 @@
+//! Softmax cross-entropy over rows of logits, fused with its gradient.
+
+use crate::dispatch::dispatch;
+use crate::error::{expect_len, rows_of};
+use crate::math;
+use crate::reduce::row_max;
+use crate::simd::{update1, Simd};
+use crate::{KernelError, Kernels};
+
+impl Kernels {
+    /// For each row `r` of `logits` (rows of `classes` entries) with target
+    /// class `targets[r]`: `losses[r] = logsumexp(row) - row[target]`, and,
+    /// if `dlogits` is given, `dlogits = (softmax(row) - onehot(target)) ·
+    /// grad_scale` (e.g. `1 / rows` for the gradient of the mean loss).
+    ///
+    /// Every target is checked before anything is written.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let logits = [0.0, 0.0, 0.0, 0.0]; // one row, 4 classes, uniform
+    /// let (mut loss, mut dlogits) = ([0.0], [0.0; 4]);
+    /// k.cross_entropy(&logits, 4, &[2], &mut loss, Some(&mut dlogits), 1.0)?;
+    /// assert!((loss[0] - 4f32.ln()).abs() < 1e-6);
+    /// assert_eq!(dlogits, [0.25, 0.25, -0.75, 0.25]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn cross_entropy(
+        &self,
+        logits: &[f32],
+        classes: usize,
+        targets: &[u32],
+        losses: &mut [f32],
+        mut dlogits: Option<&mut [f32]>,
+        grad_scale: f32,
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("logits", logits.len(), classes)?;
+        expect_len("targets", targets.len(), rows)?;
+        expect_len("losses", losses.len(), rows)?;
+        if let Some(d) = &dlogits {
+            expect_len("dlogits", d.len(), logits.len())?;
+        }
+        if let Some((row, &t)) = targets
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| t as usize >= classes)
+        {
+            return Err(KernelError::IndexOutOfRange {
+                row,
+                index: t as usize,
+                classes,
+            });
+        }
+        for (r, (row, &target)) in logits.chunks_exact(classes).zip(targets).enumerate() {
+            let target = target as usize;
+            let d = dlogits
+                .as_deref_mut()
+                .map(|d| &mut d[r * classes..(r + 1) * classes]);
+            losses[r] = dispatch!(self,
+                scalar: cross_entropy_row_scalar(row, target, d, grad_scale),
+                simd: |s| cross_entropy_row(s, row, target, d, grad_scale),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn cross_entropy_row_scalar(row: &[f32], target: usize, d: Option<&mut [f32]>, scale: f32) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f32 = row.iter().map(|&v| libm::expf(v - max)).sum();
+    if let Some(d) = d {
+        for (d, &v) in d.iter_mut().zip(row) {
+            *d = libm::expf(v - max) / sum * scale;
+        }
+        d[target] -= scale;
+    }
+    max + libm::logf(sum) - row[target]
+}
+
+#[inline(always)]
+fn cross_entropy_row<S: Simd>(
+    s: S,
+    row: &[f32],
+    target: usize,
+    d: Option<&mut [f32]>,
+    scale: f32,
+) -> f32 {
+    let max = s.reduce_max(row_max(s, row));
+    let m = s.splat(max);
+    let sum = match d {
+        Some(d) => {
+            // Store e^(x - max) in dlogits, then rescale it in place.
+            let mut sum = s.splat(0.0);
+            let mut outs = d.chunks_exact_mut(S::LANES);
+            let mut ins = row.chunks_exact(S::LANES);
+            for (o, x) in (&mut outs).zip(&mut ins) {
+                let e = math::exp(s, s.sub(s.load(x), m));
+                s.store(o, e);
+                sum = s.add(sum, e);
+            }
+            let o = outs.into_remainder();
+            if !o.is_empty() {
+                let x = s.load_partial(ins.remainder(), f32::NEG_INFINITY);
+                let e = math::exp(s, s.sub(x, m));
+                s.store_partial(o, e);
+                sum = s.add(sum, e);
+            }
+            let sum = s.reduce_sum(sum);
+            let factor = s.splat(scale / sum);
+            update1(s, d, |e| s.mul(e, factor));
+            d[target] -= scale;
+            sum
+        }
+        None => {
+            let step = |acc, v| s.add(acc, math::exp(s, s.sub(v, m)));
+            // Padding with -inf adds e^-inf = 0.
+            s.reduce_sum(crate::simd::fold1(
+                s,
+                row,
+                0.0,
+                f32::NEG_INFINITY,
+                step,
+                |a, b| s.add(a, b),
+            ))
+        }
+    };
+    max + libm::logf(sum) - row[target]
+}

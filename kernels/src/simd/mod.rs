@@ -1,0 +1,242 @@
+//! The vector abstraction every SIMD routine is written against.
+//!
+//! A routine is written once as a generic function over [`Simd`] and
+//! instantiated per instruction set: [`V3`] (x86-64-v3: AVX2 + FMA, 8 lanes),
+//! [`V4`] (x86-64-v4: AVX-512F, 16 lanes) and, in tests, the portable
+//! `Emulated<N>` vector that lets the 16-lane blocking and tail logic run on
+//! any CPU. A value of an ISA type is a proof that the CPU supports that ISA,
+//! so the trait's methods are safe to call.
+
+#[cfg(test)]
+pub(crate) mod emulated;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod v3;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod v4;
+
+#[cfg(test)]
+pub(crate) use emulated::Emulated;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use v3::V3;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use v4::V4;
+
+/// One instruction set's vector of `LANES` f32 lanes.
+///
+/// Semantics every implementation must follow, so that the generic code
+/// behaves the same at every width:
+/// - `max(a, b)` / `min(a, b)` return `b` when either lane is NaN (x86 rule);
+/// - `mul_add` is fused (one rounding);
+/// - `load`/`store` touch exactly the first `LANES` elements, the `_partial`
+///   forms exactly the first `len < LANES` ones.
+pub(crate) trait Simd: Copy {
+    const LANES: usize;
+    type V: Copy;
+    /// A per-lane boolean.
+    type M: Copy;
+
+    fn splat(self, x: f32) -> Self::V;
+    fn load(self, src: &[f32]) -> Self::V;
+    fn store(self, dst: &mut [f32], v: Self::V);
+    /// Loads `src.len() < LANES` elements; the other lanes hold `fill`.
+    fn load_partial(self, src: &[f32], fill: f32) -> Self::V;
+    /// Stores the first `dst.len() < LANES` lanes.
+    fn store_partial(self, dst: &mut [f32], v: Self::V);
+
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused.
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `c - a * b`, fused.
+    fn neg_mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sqrt(self, a: Self::V) -> Self::V;
+    fn abs(self, a: Self::V) -> Self::V;
+    /// The magnitude of `mag` with the sign of `sign`.
+    fn copysign(self, mag: Self::V, sign: Self::V) -> Self::V;
+    /// Round to nearest, ties to even.
+    fn round(self, a: Self::V) -> Self::V;
+    /// `2^n` for lanes of `n` holding integers in `-126..=127`.
+    fn exp2_int(self, n: Self::V) -> Self::V;
+
+    /// `a < b` (false when either is NaN).
+    fn less(self, a: Self::V, b: Self::V) -> Self::M;
+    /// `if mask { a } else { b }` per lane.
+    fn select(self, mask: Self::M, a: Self::V, b: Self::V) -> Self::V;
+
+    fn reduce_sum(self, v: Self::V) -> f32;
+    /// Horizontal maximum; NaN lanes are ignored unless all are NaN.
+    fn reduce_max(self, v: Self::V) -> f32;
+
+    /// Transposes one `LANES × LANES` tile in registers: row `r` of `src`
+    /// (starting at `r * src_stride`) becomes column `r` of `dst`.
+    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize);
+
+    /// `LANES`, for code that holds a value but cannot name the type.
+    #[inline(always)]
+    fn lanes(self) -> usize {
+        Self::LANES
+    }
+
+    /// Loads a piece of at most `LANES` elements (from [`pieces`]), padding
+    /// a short one with `fill`.
+    #[inline(always)]
+    fn load_piece(self, src: &[f32], fill: f32) -> Self::V {
+        if src.len() >= Self::LANES {
+            self.load(src)
+        } else {
+            self.load_partial(src, fill)
+        }
+    }
+
+    /// Stores a piece of at most `LANES` elements (from [`pieces`]).
+    #[inline(always)]
+    fn store_piece(self, dst: &mut [f32], v: Self::V) {
+        if dst.len() >= Self::LANES {
+            self.store(dst, v)
+        } else {
+            self.store_partial(dst, v)
+        }
+    }
+}
+
+/// Splits `0..len` into consecutive ranges of `lanes` elements, the last one
+/// possibly shorter: the loop for routines that walk several arrays at once.
+#[inline(always)]
+pub(crate) fn pieces(len: usize, lanes: usize) -> impl Iterator<Item = core::ops::Range<usize>> {
+    (0..len)
+        .step_by(lanes)
+        .map(move |start| start..len.min(start + lanes))
+}
+
+// Loop skeletons shared by the element-wise routines: whole vectors first,
+// then one partial vector for the tail. Callers check that lengths agree.
+
+/// `out[i] = f(a[i])`.
+#[inline(always)]
+pub(crate) fn map1<S: Simd>(s: S, a: &[f32], out: &mut [f32], f: impl Fn(S::V) -> S::V) {
+    let mut outs = out.chunks_exact_mut(S::LANES);
+    let mut ins = a.chunks_exact(S::LANES);
+    for (o, a) in (&mut outs).zip(&mut ins) {
+        s.store(o, f(s.load(a)));
+    }
+    let (o, a) = (outs.into_remainder(), ins.remainder());
+    if !o.is_empty() {
+        s.store_partial(o, f(s.load_partial(a, 0.0)));
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+pub(crate) fn map2<S: Simd>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(S::V, S::V) -> S::V,
+) {
+    let mut outs = out.chunks_exact_mut(S::LANES);
+    let mut a_in = a.chunks_exact(S::LANES);
+    let mut b_in = b.chunks_exact(S::LANES);
+    for ((o, a), b) in (&mut outs).zip(&mut a_in).zip(&mut b_in) {
+        s.store(o, f(s.load(a), s.load(b)));
+    }
+    let o = outs.into_remainder();
+    if !o.is_empty() {
+        let (a, b) = (a_in.remainder(), b_in.remainder());
+        s.store_partial(o, f(s.load_partial(a, 0.0), s.load_partial(b, 0.0)));
+    }
+}
+
+/// `x[i] = f(x[i])`.
+#[inline(always)]
+pub(crate) fn update1<S: Simd>(s: S, x: &mut [f32], f: impl Fn(S::V) -> S::V) {
+    let mut chunks = x.chunks_exact_mut(S::LANES);
+    for c in &mut chunks {
+        let v = f(s.load(c));
+        s.store(c, v);
+    }
+    let c = chunks.into_remainder();
+    if !c.is_empty() {
+        let v = f(s.load_partial(c, 0.0));
+        s.store_partial(c, v);
+    }
+}
+
+/// `y[i] = f(x[i], y[i])`.
+#[inline(always)]
+pub(crate) fn update2<S: Simd>(s: S, x: &[f32], y: &mut [f32], f: impl Fn(S::V, S::V) -> S::V) {
+    let mut ys = y.chunks_exact_mut(S::LANES);
+    let mut xs = x.chunks_exact(S::LANES);
+    for (y, x) in (&mut ys).zip(&mut xs) {
+        let v = f(s.load(x), s.load(y));
+        s.store(y, v);
+    }
+    let y = ys.into_remainder();
+    if !y.is_empty() {
+        let v = f(s.load_partial(xs.remainder(), 0.0), s.load_partial(y, 0.0));
+        s.store_partial(y, v);
+    }
+}
+
+/// Folds `a` into four independent accumulators starting at `init` (to
+/// hide FMA latency), then combines them. The tail vector is padded with
+/// `fill`, which must leave an accumulator unchanged under `step`.
+#[inline(always)]
+pub(crate) fn fold1<S: Simd>(
+    s: S,
+    a: &[f32],
+    init: f32,
+    fill: f32,
+    step: impl Fn(S::V, S::V) -> S::V,
+    combine: impl Fn(S::V, S::V) -> S::V,
+) -> S::V {
+    let mut acc = [s.splat(init); 4];
+    let mut blocks = a.chunks_exact(4 * S::LANES);
+    for block in &mut blocks {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = step(*acc, s.load(&block[j * S::LANES..]));
+        }
+    }
+    let mut rest = blocks.remainder().chunks_exact(S::LANES);
+    for (j, v) in (&mut rest).enumerate() {
+        acc[j] = step(acc[j], s.load(v));
+    }
+    acc[3] = step(acc[3], s.load_partial(rest.remainder(), fill));
+    combine(combine(acc[0], acc[1]), combine(acc[2], acc[3]))
+}
+
+/// [`fold1`] over two slices of equal length, padded with zeros.
+#[inline(always)]
+pub(crate) fn fold2<S: Simd>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    step: impl Fn(S::V, S::V, S::V) -> S::V,
+    combine: impl Fn(S::V, S::V) -> S::V,
+) -> S::V {
+    let mut acc = [s.splat(0.0); 4];
+    let mut a_blocks = a.chunks_exact(4 * S::LANES);
+    let mut b_blocks = b.chunks_exact(4 * S::LANES);
+    for (ab, bb) in (&mut a_blocks).zip(&mut b_blocks) {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let k = j * S::LANES;
+            *acc = step(*acc, s.load(&ab[k..]), s.load(&bb[k..]));
+        }
+    }
+    let mut a_rest = a_blocks.remainder().chunks_exact(S::LANES);
+    let mut b_rest = b_blocks.remainder().chunks_exact(S::LANES);
+    for (j, (av, bv)) in (&mut a_rest).zip(&mut b_rest).enumerate() {
+        acc[j] = step(acc[j], s.load(av), s.load(bv));
+    }
+    let (a_tail, b_tail) = (a_rest.remainder(), b_rest.remainder());
+    acc[3] = step(
+        acc[3],
+        s.load_partial(a_tail, 0.0),
+        s.load_partial(b_tail, 0.0),
+    );
+    combine(combine(acc[0], acc[1]), combine(acc[2], acc[3]))
+}

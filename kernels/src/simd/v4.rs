@@ -1,0 +1,215 @@
+//! x86-64-v4: AVX-512F, 16 lanes of f32 in a `__m512`.
+//!
+//! Only AVX-512F instructions are used (plus AVX2/FMA, which every AVX-512
+//! CPU has), so detection needs nothing beyond the F subset.
+
+use core::arch::x86_64::*;
+
+use super::Simd;
+
+/// Proof that the CPU supports AVX-512F, AVX2 and FMA (and the OS saves ZMM
+/// and opmask state).
+#[derive(Clone, Copy)]
+pub(crate) struct V4(());
+
+impl V4 {
+    /// Runs `f` with AVX-512F enabled.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA and the OS must have
+    /// enabled ZMM state, i.e. [`crate::Backend::Avx512`] must have been
+    /// detected.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn vectorize<R>(f: impl FnOnce(V4) -> R) -> R {
+        f(V4(()))
+    }
+}
+
+/// The first `len` lanes (`len <= 16`).
+#[inline(always)]
+fn lane_mask(len: usize) -> __mmask16 {
+    ((1u32 << len.min(16)) - 1) as __mmask16
+}
+
+// Every `unsafe` below calls an AVX-512F intrinsic. SAFETY (for all of them):
+// a `V4` value exists only inside `V4::vectorize`, whose contract is that the
+// CPU supports these instructions; pointer arguments are derived from slices
+// whose length was checked on the line before.
+impl Simd for V4 {
+    const LANES: usize = 16;
+    type V = __m512;
+    type M = __mmask16;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, src: &[f32]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; `src` holds 16 floats.
+        unsafe { _mm512_loadu_ps(src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store(self, dst: &mut [f32], v: __m512) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment; `dst` holds 16 floats.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
+    fn load_partial(self, src: &[f32], fill: f32) -> __m512 {
+        // SAFETY: see the impl comment; the mask enables only lanes inside
+        // `src`, and masked-off lanes are never accessed (no fault, no read).
+        unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), lane_mask(src.len()), src.as_ptr()) }
+    }
+    #[inline(always)]
+    fn store_partial(self, dst: &mut [f32], v: __m512) {
+        // SAFETY: as in `load_partial`: only lanes inside `dst` are written.
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), lane_mask(dst.len()), v) }
+    }
+
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn neg_mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_fnmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn min(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sqrt(self, a: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_sqrt_ps(a) }
+    }
+    #[inline(always)]
+    fn abs(self, a: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_abs_ps(a) }
+    }
+    #[inline(always)]
+    fn copysign(self, mag: __m512, sign: __m512) -> __m512 {
+        // SAFETY: see the impl comment. Integer logic keeps this AVX-512F only
+        // (`_mm512_and_ps` would need AVX-512DQ).
+        unsafe {
+            let sign_bit = _mm512_set1_epi32(i32::MIN);
+            let mag_bits = _mm512_andnot_si512(sign_bit, _mm512_castps_si512(mag));
+            let sign_bits = _mm512_and_si512(sign_bit, _mm512_castps_si512(sign));
+            _mm512_castsi512_ps(_mm512_or_si512(mag_bits, sign_bits))
+        }
+    }
+    #[inline(always)]
+    fn round(self, a: __m512) -> __m512 {
+        // SAFETY: see the impl comment. Scale 0, round to nearest even,
+        // precision exception suppressed.
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    }
+    #[inline(always)]
+    fn exp2_int(self, n: __m512) -> __m512 {
+        // SAFETY: see the impl comment.
+        unsafe {
+            let biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
+        }
+    }
+    #[inline(always)]
+    fn less(self, a: __m512, b: __m512) -> __mmask16 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }
+    }
+    #[inline(always)]
+    fn select(self, mask: __mmask16, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: see the impl comment. The blend takes its second vector
+        // where the mask is set.
+        unsafe { _mm512_mask_blend_ps(mask, b, a) }
+    }
+    #[inline(always)]
+    fn reduce_sum(self, v: __m512) -> f32 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_reduce_add_ps(v) }
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: __m512) -> f32 {
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_reduce_max_ps(v) }
+    }
+
+    #[inline(always)]
+    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        let r: [__m512; 16] = core::array::from_fn(|i| self.load(&src[i * src_stride..]));
+        // SAFETY: see the impl comment (register-only shuffles).
+        unsafe {
+            // 1. Interleave pairs of rows: 128-bit chunk L of t[2i] holds
+            //    columns 4L, 4L+1 of rows 2i, 2i+1; t[2i+1] columns 4L+2, 4L+3.
+            let t: [__m512; 16] = core::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            // 2. Per group g of four rows and column offset k: chunk L of
+            //    c[g][k] holds rows 4g..4g+4 of column 4L+k.
+            let c: [[__m512; 4]; 4] = core::array::from_fn(|g| {
+                let pd = |i: usize| _mm512_castps_pd(t[4 * g + i]);
+                [
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(0), pd(2))),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(0), pd(2))),
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(1), pd(3))),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(1), pd(3))),
+                ]
+            });
+            // 3. Transpose the 4×4 grid of 128-bit chunks for each k:
+            //    column 4L+k gathers chunk L of c[0][k], c[1][k], c[2][k], c[3][k].
+            for k in 0..4 {
+                let x0 = _mm512_shuffle_f32x4::<0x88>(c[0][k], c[1][k]);
+                let x1 = _mm512_shuffle_f32x4::<0xDD>(c[0][k], c[1][k]);
+                let x2 = _mm512_shuffle_f32x4::<0x88>(c[2][k], c[3][k]);
+                let x3 = _mm512_shuffle_f32x4::<0xDD>(c[2][k], c[3][k]);
+                let columns = [
+                    _mm512_shuffle_f32x4::<0x88>(x0, x2),
+                    _mm512_shuffle_f32x4::<0x88>(x1, x3),
+                    _mm512_shuffle_f32x4::<0xDD>(x0, x2),
+                    _mm512_shuffle_f32x4::<0xDD>(x1, x3),
+                ];
+                for (chunk, column) in columns.into_iter().enumerate() {
+                    self.store(&mut dst[(4 * chunk + k) * dst_stride..], column);
+                }
+            }
+        }
+    }
+}

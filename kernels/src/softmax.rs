@@ -1,0 +1,126 @@
+//! Row-wise softmax, numerically stable, with an optional valid prefix per
+//! row for causal attention.
+
+use crate::dispatch::dispatch;
+use crate::error::{expect_len, rows_of};
+use crate::math;
+use crate::reduce::row_max;
+use crate::simd::{update1, Simd};
+use crate::{KernelError, Kernels};
+
+/// Which prefix of each row a row-wise routine covers; the entries after it
+/// are set to zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidLen<'a> {
+    /// Every entry of every row.
+    All,
+    /// Row `r` covers its first `min(offset + r + 1, cols)` entries: causal
+    /// attention where row `r` is the query at position `offset + r` and the
+    /// columns are key positions `0..cols`.
+    Causal {
+        /// Position of the first row's query.
+        offset: usize,
+    },
+    /// Row `r` covers its first `lens[r]` entries; one length per row, each
+    /// at most the row length.
+    PerRow(&'a [usize]),
+}
+
+impl ValidLen<'_> {
+    /// Checks the per-row lengths against the shape.
+    fn check(&self, rows: usize, cols: usize) -> Result<(), KernelError> {
+        if let ValidLen::PerRow(lens) = *self {
+            expect_len("lens", lens.len(), rows)?;
+            if lens.iter().any(|&l| l > cols) {
+                return Err(KernelError::InvalidShape(
+                    "valid length longer than the row",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The valid length of row `r` (after `check`).
+    fn of_row(&self, r: usize, cols: usize) -> usize {
+        match *self {
+            ValidLen::All => cols,
+            ValidLen::Causal { offset } => offset.saturating_add(r).saturating_add(1).min(cols),
+            ValidLen::PerRow(lens) => lens[r],
+        }
+    }
+}
+
+impl Kernels {
+    /// In place, for each row of the row-major matrix `x` with `cols`
+    /// columns: `x[j] = e^(x[j] - m) / Σ e^(x[i] - m)` over the row's valid
+    /// prefix (`m` its maximum), and 0 after it. A row with valid length 0
+    /// becomes all zeros. NaN in a row makes the row NaN; so does a row whose
+    /// maximum is ±inf.
+    ///
+    /// ```
+    /// use kernels::{Kernels, ValidLen};
+    ///
+    /// let k = Kernels::best();
+    /// // Two rows of causal attention scores.
+    /// let mut scores = [0.5, 9.0, 2.0, 2.0];
+    /// k.softmax_rows(&mut scores, 2, ValidLen::Causal { offset: 0 })?;
+    /// assert_eq!(scores, [1.0, 0.0, 0.5, 0.5]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn softmax_rows(
+        &self,
+        x: &mut [f32],
+        cols: usize,
+        valid: ValidLen<'_>,
+    ) -> Result<(), KernelError> {
+        let rows = rows_of("x", x.len(), cols)?;
+        valid.check(rows, cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+            let (live, dead) = row.split_at_mut(valid.of_row(r, cols));
+            dispatch!(self,
+                scalar: softmax_scalar(live),
+                simd: |s| softmax(s, live),
+            );
+            dead.fill(0.0);
+        }
+        Ok(())
+    }
+}
+
+fn softmax_scalar(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline(always)]
+fn softmax<S: Simd>(s: S, x: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    let max = s.splat(s.reduce_max(row_max(s, x)));
+    let mut sum = s.splat(0.0);
+    let mut chunks = x.chunks_exact_mut(S::LANES);
+    for c in &mut chunks {
+        let e = math::exp(s, s.sub(s.load(c), max));
+        s.store(c, e);
+        sum = s.add(sum, e);
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        // Padding with -inf makes the padded lanes e^-inf = 0.
+        let e = math::exp(s, s.sub(s.load_partial(tail, f32::NEG_INFINITY), max));
+        s.store_partial(tail, e);
+        sum = s.add(sum, e);
+    }
+    let inv = s.splat(1.0 / s.reduce_sum(sum));
+    update1(s, x, |v| s.mul(v, inv));
+}

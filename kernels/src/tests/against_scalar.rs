@@ -1,0 +1,428 @@
+//! Every routine on every SIMD implementation against the scalar reference,
+//! on lengths 0..=67 and larger, unaligned, with guard zones and special
+//! values.
+
+use std::vec::Vec;
+
+use super::*;
+use crate::{AdamW, ValidLen};
+
+/// Random data in `[-4, 4)` with, for longer inputs, a few special values.
+fn data(rng: &mut Rng, n: usize, specials: bool) -> Vec<f32> {
+    let mut v = rng.vec(n, -4.0, 4.0);
+    if specials && n > 8 {
+        v[n / 3] = f32::NAN;
+        v[n / 2] = f32::INFINITY;
+        v[n - 1] = f32::NEG_INFINITY;
+        v[1] = -0.0;
+    }
+    v
+}
+
+#[test]
+fn binary_elementwise_is_exact() {
+    let mut rng = Rng::new(1);
+    type Op = fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), crate::KernelError>;
+    let ops: [(&str, Op); 3] = [
+        ("add", Kernels::add),
+        ("sub", Kernels::sub),
+        ("mul", Kernels::mul),
+    ];
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let (a, b) = (data(&mut rng, n, true), data(&mut rng, n, true));
+            for (op_name, op) in ops {
+                let mut want = std::vec![0.0; n];
+                op(&scalar(), &a, &b, &mut want).unwrap();
+                let (ga, gb) = (Guarded::from(&a, n), Guarded::from(&b, n + 1));
+                let mut out = Guarded::new(n, n + 2);
+                op(&k, ga.get(), gb.get(), out.get_mut()).unwrap();
+                let what = ctx(op_name, name, n);
+                assert_same(&what, &out.checked(&what), &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn in_place_elementwise() {
+    let mut rng = Rng::new(2);
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let (x, y) = (data(&mut rng, n, true), data(&mut rng, n, true));
+
+            let mut want = x.clone();
+            scalar().scale(-1.5, &mut want);
+            let mut got = Guarded::from(&x, n);
+            k.scale(-1.5, got.get_mut());
+            assert_same(&ctx("scale", name, n), &got.checked("scale"), &want);
+
+            let mut want = y.clone();
+            scalar().axpy(0.75, &x, &mut want).unwrap();
+            let mut got = Guarded::from(&y, n);
+            k.axpy(0.75, &x, got.get_mut()).unwrap();
+            // FMA rounds once where the reference rounds twice.
+            assert_close(
+                &ctx("axpy", name, n),
+                &got.checked("axpy"),
+                &want,
+                1e-6,
+                1e-6,
+            );
+
+            let mut got = Guarded::new(n, n);
+            k.fill(2.5, got.get_mut());
+            assert!(got.checked("fill").iter().all(|&v| v == 2.5));
+
+            let mut got = Guarded::new(n, n + 3);
+            k.copy(&x, got.get_mut()).unwrap();
+            assert_same(&ctx("copy", name, n), &got.checked("copy"), &x);
+        }
+    }
+}
+
+#[test]
+fn add_bias_every_shape() {
+    let mut rng = Rng::new(3);
+    for (name, k) in simd_kernels() {
+        for cols in [1, 3, 7, 8, 9, 16, 17, 33, 67] {
+            for rows in [0, 1, 2, 5] {
+                let x = data(&mut rng, rows * cols, false);
+                let bias = data(&mut rng, cols, false);
+                let mut want = x.clone();
+                scalar().add_bias(&bias, &mut want).unwrap();
+                let mut got = Guarded::from(&x, cols);
+                k.add_bias(&bias, got.get_mut()).unwrap();
+                assert_same(
+                    &ctx("add_bias", name, cols),
+                    &got.checked("add_bias"),
+                    &want,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions() {
+    let mut rng = Rng::new(4);
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let (a, b) = (data(&mut rng, n, false), data(&mut rng, n, false));
+            let (ga, gb) = (Guarded::from(&a, n), Guarded::from(&b, n + 1));
+            let (a, b) = (ga.get(), gb.get());
+            // Different summation order: allow n·eps relative to Σ|terms|.
+            let tol = |terms: f32| 2.0 * (n as f32 + 1.0) * f32::EPSILON * terms;
+            let abs_sum: f32 = a.iter().map(|v| v.abs()).sum();
+            let want = scalar().sum(a);
+            assert!(
+                (k.sum(a) - want).abs() <= tol(abs_sum),
+                "{}",
+                ctx("sum", name, n)
+            );
+            let want = scalar().sum_squares(a);
+            assert!(
+                (k.sum_squares(a) - want).abs() <= tol(want),
+                "{}",
+                ctx("sum_squares", name, n)
+            );
+            let abs_dot: f32 = a.iter().zip(b).map(|(x, y)| (x * y).abs()).sum();
+            let want = scalar().dot(a, b).unwrap();
+            assert!(
+                (k.dot(a, b).unwrap() - want).abs() <= tol(abs_dot),
+                "{}",
+                ctx("dot", name, n)
+            );
+            assert_eq!(k.max(a), scalar().max(a), "{}", ctx("max", name, n));
+        }
+    }
+}
+
+#[test]
+fn max_ignores_nan_and_sees_infinities() {
+    for (name, k) in simd_kernels() {
+        for n in lengths().filter(|&n| n > 0) {
+            let mut x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            x[n / 2] = f32::NAN;
+            let want = scalar().max(&x);
+            assert_eq!(k.max(&x), want, "{}", ctx("max with NaN", name, n));
+            x[0] = f32::INFINITY;
+            assert_eq!(k.max(&x), f32::INFINITY, "{}", ctx("max with inf", name, n));
+        }
+        assert_eq!(k.max(&[]), f32::NEG_INFINITY);
+        assert_eq!(k.max(&[f32::NAN; 20]), f32::NEG_INFINITY);
+    }
+}
+
+#[test]
+fn softmax_rows_all_masks() {
+    let mut rng = Rng::new(5);
+    for (name, k) in simd_kernels() {
+        for cols in [1, 2, 7, 8, 9, 15, 16, 17, 31, 64, 67, 257] {
+            let rows = 5;
+            let x = rng.vec(rows * cols, -30.0, 30.0);
+            let lens: Vec<usize> = (0..rows).map(|r| (r * 7) % (cols + 1)).collect();
+            for valid in [
+                ValidLen::All,
+                ValidLen::Causal { offset: 2 },
+                ValidLen::PerRow(&lens),
+            ] {
+                let mut want = x.clone();
+                scalar().softmax_rows(&mut want, cols, valid).unwrap();
+                let mut got = Guarded::from(&x, cols);
+                k.softmax_rows(got.get_mut(), cols, valid).unwrap();
+                let what = ctx("softmax", name, cols);
+                assert_close(&what, &got.checked(&what), &want, 2e-6, 1e-9);
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_special_values() {
+    for (name, k) in simd_kernels() {
+        let cols = 19;
+        let mut x = std::vec![0.5; 4 * cols];
+        x[3] = f32::NEG_INFINITY; // masked score: probability 0
+        x[cols + 4] = f32::NAN; // poisons its row
+        x[2 * cols + 5] = f32::INFINITY; // inf - inf: NaN row
+        x[3 * cols + 6] = -1e30; // huge negative: underflows to 0
+        let mut want = x.clone();
+        scalar()
+            .softmax_rows(&mut want, cols, ValidLen::All)
+            .unwrap();
+        let mut got = x.clone();
+        k.softmax_rows(&mut got, cols, ValidLen::All).unwrap();
+        assert_close(&ctx("softmax specials", name, cols), &got, &want, 2e-6, 0.0);
+        assert_eq!(got[3], 0.0);
+        assert!(got[cols..2 * cols].iter().all(|v| v.is_nan()));
+        assert_eq!(got[3 * cols + 6], 0.0);
+    }
+}
+
+#[test]
+fn layer_norm_forward_and_backward() {
+    let mut rng = Rng::new(6);
+    for (name, k) in simd_kernels() {
+        for cols in [1, 2, 7, 8, 9, 16, 17, 33, 67, 384] {
+            let rows = 3;
+            // An offset mean checks the two-pass variance.
+            let x = rng.vec(rows * cols, 5.0, 9.0);
+            let (gamma, beta) = (rng.vec(cols, -2.0, 2.0), rng.vec(cols, -1.0, 1.0));
+            let run = |k: &Kernels, x: &[f32]| {
+                let mut out = Guarded::new(rows * cols, cols);
+                let (mut mean, mut rstd) = (std::vec![0.0; rows], std::vec![0.0; rows]);
+                k.layer_norm_forward(x, &gamma, &beta, 1e-5, out.get_mut(), &mut mean, &mut rstd)
+                    .unwrap();
+                (out.checked("layer_norm out"), mean, rstd)
+            };
+            let want = run(&scalar(), &x);
+            let got = run(&k, Guarded::from(&x, cols + 1).get());
+            let what = ctx("layer_norm_forward", name, cols);
+            assert_close(&what, &got.0, &want.0, 1e-5, 1e-5);
+            assert_close(&what, &got.1, &want.1, 1e-6, 0.0);
+            assert_close(&what, &got.2, &want.2, 1e-4, 0.0);
+
+            let dout = rng.vec(rows * cols, -1.0, 1.0);
+            let start = rng.vec(rows * cols + 2 * cols, -1.0, 1.0); // dx, dgamma, dbeta accumulate
+            let backward = |k: &Kernels| {
+                let (mut dx, mut dg, mut db) = (
+                    Guarded::from(&start[..rows * cols], 1),
+                    Guarded::from(&start[rows * cols..rows * cols + cols], 2),
+                    Guarded::from(&start[rows * cols + cols..], 3),
+                );
+                k.layer_norm_backward(
+                    &x,
+                    &gamma,
+                    &want.1,
+                    &want.2,
+                    &dout,
+                    dx.get_mut(),
+                    dg.get_mut(),
+                    db.get_mut(),
+                )
+                .unwrap();
+                [dx.checked("dx"), dg.checked("dgamma"), db.checked("dbeta")]
+            };
+            let (want_grads, got_grads) = (backward(&scalar()), backward(&k));
+            let what = ctx("layer_norm_backward", name, cols);
+            for (g, w) in got_grads.iter().zip(&want_grads) {
+                assert_close(&what, g, w, 1e-4, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn gelu_exp_tanh_with_special_values() {
+    let mut rng = Rng::new(7);
+    let specials = [
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-7,
+        0.5,
+        0.625,
+        -0.625,
+        3.0,
+        9.0,
+        9.02,
+        -9.02,
+        20.0,
+        -20.0,
+        88.0,
+        88.8,
+        -87.0,
+        -88.0,
+        -103.0,
+        -110.0,
+        1e30,
+        -1e30,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        1e-40,
+    ];
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let mut x = rng.vec(n, -12.0, 12.0);
+            for (i, &s) in specials.iter().enumerate().filter(|&(i, _)| i < n / 2) {
+                x[2 * i] = s;
+            }
+            let gx = Guarded::from(&x, n);
+            type Unary = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), crate::KernelError>;
+            let unary: [(&str, Unary, f32, f32); 3] = [
+                ("gelu_forward", Kernels::gelu_forward, 1e-5, 1e-6),
+                ("exp", Kernels::exp, 3e-7, 0.0),
+                ("tanh", Kernels::tanh, 3e-7, 0.0),
+            ];
+            for (op_name, op, rel, abs) in unary {
+                let mut want = std::vec![0.0; n];
+                op(&scalar(), &x, &mut want).unwrap();
+                let mut got = Guarded::new(n, n + 1);
+                op(&k, gx.get(), got.get_mut()).unwrap();
+                let what = ctx(op_name, name, n);
+                assert_close(&what, &got.checked(&what), &want, rel, abs);
+            }
+
+            let dout = rng.vec(n, -1.0, 1.0);
+            let dx0 = rng.vec(n, -1.0, 1.0);
+            let mut want = dx0.clone();
+            scalar().gelu_backward(&x, &dout, &mut want).unwrap();
+            let mut got = Guarded::from(&dx0, n + 2);
+            k.gelu_backward(gx.get(), &dout, got.get_mut()).unwrap();
+            let what = ctx("gelu_backward", name, n);
+            assert_close(&what, &got.checked(&what), &want, 2e-5, 2e-6);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_rows() {
+    let mut rng = Rng::new(8);
+    for (name, k) in simd_kernels() {
+        for classes in [1, 2, 7, 8, 9, 17, 64, 67, 256] {
+            let rows = 4;
+            let logits = rng.vec(rows * classes, -8.0, 8.0);
+            let targets: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+            let run = |k: &Kernels, with_grad: bool| {
+                let mut losses = Guarded::new(rows, 1);
+                let mut d = Guarded::new(rows * classes, classes);
+                let grad = if with_grad { Some(d.get_mut()) } else { None };
+                k.cross_entropy(&logits, classes, &targets, losses.get_mut(), grad, 0.25)
+                    .unwrap();
+                (losses.checked("losses"), d.checked("dlogits"))
+            };
+            let want = run(&scalar(), true);
+            for with_grad in [true, false] {
+                let got = run(&k, with_grad);
+                let what = ctx("cross_entropy", name, classes);
+                assert_close(&what, &got.0, &want.0, 1e-5, 1e-5);
+                if with_grad {
+                    assert_close(&what, &got.1, &want.1, 1e-5, 1e-7);
+                } else {
+                    assert!(got.1.iter().all(|v| v.is_nan()), "{what}: dlogits written");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_step_matches() {
+    let mut rng = Rng::new(9);
+    let opt = AdamW {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let p0 = rng.vec(n, -1.0, 1.0);
+            let m0 = rng.vec(n, -0.1, 0.1);
+            let v0 = rng.vec(n, 0.0, 0.01);
+            let g = rng.vec(n, -1.0, 1.0);
+            let run = |k: &Kernels| {
+                let (mut p, mut m, mut v) = (
+                    Guarded::from(&p0, 1),
+                    Guarded::from(&m0, 2),
+                    Guarded::from(&v0, 3),
+                );
+                k.adamw_step(&opt, 7, 0.5, p.get_mut(), &g, m.get_mut(), v.get_mut())
+                    .unwrap();
+                [p.checked("params"), m.checked("m"), v.checked("v")]
+            };
+            let (want, got) = (run(&scalar()), run(&k));
+            for (g, w) in got.iter().zip(&want) {
+                assert_close(&ctx("adamw", name, n), g, w, 1e-5, 1e-7);
+            }
+        }
+    }
+}
+
+#[test]
+fn transpose_every_shape_and_stride() {
+    let mut rng = Rng::new(10);
+    let sizes = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 67];
+    for (name, k) in simd_kernels() {
+        for rows in sizes {
+            for cols in sizes {
+                let (src_stride, dst_stride) = (cols + rows % 3, rows + cols % 5);
+                let src = rng.vec(rows * src_stride, -1.0, 1.0);
+                let run = |k: &Kernels| {
+                    let len = cols * dst_stride;
+                    let mut dst = Guarded::from(&std::vec![7.0; len], rows);
+                    k.transpose(rows, cols, &src, src_stride, dst.get_mut(), dst_stride)
+                        .unwrap();
+                    dst.checked("transpose")
+                };
+                let (want, got) = (run(&scalar()), run(&k));
+                assert_same(&ctx("transpose", name, rows * 1000 + cols), &got, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn forcing_each_backend_agrees() {
+    let mut rng = Rng::new(11);
+    let x = rng.vec(1000, -3.0, 3.0);
+    let reference = {
+        let mut out = std::vec![0.0; 1000];
+        scalar().gelu_forward(&x, &mut out).unwrap();
+        out
+    };
+    for backend in Backend::ALL.into_iter().filter(|b| b.is_supported()) {
+        let k = Kernels::new(backend).unwrap();
+        assert_eq!(k.backend(), backend);
+        let mut out = std::vec![0.0; 1000];
+        k.gelu_forward(&x, &mut out).unwrap();
+        assert_close(backend.name(), &out, &reference, 1e-5, 1e-6);
+    }
+}

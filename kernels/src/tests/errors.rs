@@ -1,0 +1,160 @@
+//! Wrong lengths and shapes return `KernelError` and write nothing; forcing
+//! a backend the CPU lacks is refused.
+
+use super::*;
+use crate::{KernelError, ValidLen};
+
+fn mismatch(arg: &'static str) -> impl Fn(&KernelError) -> bool {
+    move |e| matches!(e, KernelError::LengthMismatch { arg: a, .. } if *a == arg)
+}
+
+#[test]
+fn wrong_lengths_are_errors_and_write_nothing() {
+    let mut all = simd_kernels();
+    all.push(("scalar", scalar()));
+    for (name, k) in all {
+        let (a, b) = ([1.0f32; 9], [2.0f32; 8]);
+        let mut out = [f32::NAN; 9];
+        let err = k.add(&a, &b, &mut out).unwrap_err();
+        assert!(mismatch("b")(&err), "{name}: {err}");
+        assert!(out.iter().all(|v| v.is_nan()), "{name}: add wrote on error");
+        assert!(mismatch("out")(&k.mul(&a, &a, &mut [0.0; 8]).unwrap_err()));
+        assert!(mismatch("y")(&k.axpy(1.0, &a, &mut [0.0; 10]).unwrap_err()));
+        assert!(mismatch("b")(&k.dot(&a, &b).unwrap_err()));
+        assert!(mismatch("x")(
+            &k.add_bias(&[1.0; 4], &mut [0.0; 9]).unwrap_err()
+        ));
+        assert!(mismatch("dst")(&k.copy(&a, &mut [0.0; 3]).unwrap_err()));
+        assert!(mismatch("out")(&k.exp(&a, &mut [0.0; 3]).unwrap_err()));
+
+        // softmax: ragged rows, bad per-row lengths
+        let mut x = [0.5f32; 10];
+        assert!(mismatch("x")(
+            &k.softmax_rows(&mut x, 4, ValidLen::All).unwrap_err()
+        ));
+        assert!(mismatch("lens")(
+            &k.softmax_rows(&mut x, 5, ValidLen::PerRow(&[1]))
+                .unwrap_err()
+        ));
+        let err = k
+            .softmax_rows(&mut x, 5, ValidLen::PerRow(&[1, 6]))
+            .unwrap_err();
+        assert!(matches!(err, KernelError::InvalidShape(_)), "{name}: {err}");
+        assert!(
+            x.iter().all(|&v| v == 0.5),
+            "{name}: softmax wrote on error"
+        );
+        assert!(matches!(
+            k.softmax_rows(&mut x, 0, ValidLen::All).unwrap_err(),
+            KernelError::InvalidShape(_)
+        ));
+
+        // layer norm
+        let (mut o, mut m, mut r) = ([0.0; 8], [0.0; 2], [0.0; 2]);
+        let err = k.layer_norm_forward(&a[..8], &[1.0; 4], &[0.0; 3], 1e-5, &mut o, &mut m, &mut r);
+        assert!(mismatch("beta")(&err.unwrap_err()));
+        let err = k.layer_norm_forward(
+            &a[..8],
+            &[1.0; 4],
+            &[0.0; 4],
+            1e-5,
+            &mut o,
+            &mut m[..1],
+            &mut r,
+        );
+        assert!(mismatch("mean")(&err.unwrap_err()));
+        let (mut dx, mut dg, mut db) = ([0.0; 8], [0.0; 4], [0.0; 4]);
+        let err = k.layer_norm_backward(&a[..8], &[1.0; 4], &m, &r, &a, &mut dx, &mut dg, &mut db);
+        assert!(mismatch("dout")(&err.unwrap_err()));
+
+        // cross-entropy: target out of range is reported, nothing written
+        let mut losses = [f32::NAN; 2];
+        let err = k
+            .cross_entropy(&[0.0; 8], 4, &[1, 4], &mut losses, None, 1.0)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KernelError::IndexOutOfRange {
+                row: 1,
+                index: 4,
+                classes: 4
+            }
+        );
+        assert!(losses.iter().all(|v| v.is_nan()));
+        assert!(mismatch("targets")(
+            &k.cross_entropy(&[0.0; 8], 4, &[1], &mut losses, None, 1.0)
+                .unwrap_err()
+        ));
+        let err = k.cross_entropy(&[0.0; 8], 4, &[1, 2], &mut losses, Some(&mut [0.0; 7]), 1.0);
+        assert!(mismatch("dlogits")(&err.unwrap_err()));
+
+        // AdamW
+        let (mut p, mut mm, mut v) = ([0.0; 4], [0.0; 4], [0.0; 3]);
+        let opt = crate::AdamW::default();
+        assert!(mismatch("v")(
+            &k.adamw_step(&opt, 1, 1.0, &mut p, &[0.0; 4], &mut mm, &mut v)
+                .unwrap_err()
+        ));
+        let err = k
+            .adamw_step(&opt, 0, 1.0, &mut p, &[0.0; 4], &mut mm, &mut [0.0; 4])
+            .unwrap_err();
+        assert!(matches!(err, KernelError::InvalidArgument(_)));
+
+        // transpose: short buffers, stride shorter than a row, overflow
+        let mut dst = [0.0; 6];
+        assert!(mismatch("src")(
+            &k.transpose(2, 3, &a[..5], 3, &mut dst, 2).unwrap_err()
+        ));
+        assert!(mismatch("dst")(
+            &k.transpose(2, 3, &a[..6], 3, &mut dst[..5], 2).unwrap_err()
+        ));
+        assert!(matches!(
+            k.transpose(2, 3, &a, 2, &mut dst, 2).unwrap_err(),
+            KernelError::InvalidShape(_)
+        ));
+        let err = k.transpose(usize::MAX, 2, &a, usize::MAX / 2, &mut dst, usize::MAX);
+        assert_eq!(err.unwrap_err(), KernelError::ShapeOverflow);
+    }
+}
+
+#[test]
+fn empty_inputs_are_fine() {
+    for (_, k) in simd_kernels() {
+        k.add(&[], &[], &mut []).unwrap();
+        assert_eq!(k.sum(&[]), 0.0);
+        assert_eq!(k.dot(&[], &[]).unwrap(), 0.0);
+        k.softmax_rows(&mut [], 0, ValidLen::All).unwrap();
+        k.softmax_rows(&mut [], 7, ValidLen::All).unwrap();
+        k.layer_norm_forward(&[], &[], &[], 1e-5, &mut [], &mut [], &mut [])
+            .unwrap();
+        k.cross_entropy(&[], 5, &[], &mut [], None, 1.0).unwrap();
+        k.transpose(0, 5, &[], 5, &mut [0.0; 0], 0).unwrap();
+    }
+}
+
+#[test]
+fn forcing_an_unsupported_backend_is_refused() {
+    // Simulate CPUs that lack the wider instruction sets.
+    assert_eq!(
+        Kernels::new_on(Backend::Avx2, Backend::Scalar).unwrap_err(),
+        KernelError::UnsupportedBackend(Backend::Avx2)
+    );
+    assert_eq!(
+        Kernels::new_on(Backend::Avx512, Backend::Avx2).unwrap_err(),
+        KernelError::UnsupportedBackend(Backend::Avx512)
+    );
+    assert!(Kernels::new_on(Backend::Scalar, Backend::Scalar).is_ok());
+    // And on this CPU: every backend is either usable or refused.
+    for backend in Backend::ALL {
+        match Kernels::new(backend) {
+            Ok(k) => assert_eq!(k.backend(), backend),
+            Err(e) => {
+                std::eprintln!("notice: {backend} is refused on this CPU: {e}");
+                assert_eq!(e, KernelError::UnsupportedBackend(backend));
+                assert!(!backend.is_supported());
+            }
+        }
+    }
+    assert_eq!("AVX2".parse::<Backend>(), Ok(Backend::Avx2));
+    assert_eq!("neon".parse::<Backend>(), Err(KernelError::UnknownBackend));
+}

@@ -1,0 +1,150 @@
+//! Tests of every routine on every backend this CPU has, plus the emulated
+//! 8- and 16-lane vectors (so the AVX-512 blocking and tails are exercised on
+//! any CPU), against the scalar reference and against independent
+//! definitions in f64.
+
+use std::vec::Vec;
+use std::{eprintln, format};
+
+use crate::dispatch::Isa;
+use crate::{Backend, Kernels};
+
+mod accuracy;
+mod against_scalar;
+mod errors;
+mod independent;
+
+/// The scalar reference.
+pub(super) fn scalar() -> Kernels {
+    Kernels { isa: Isa::Scalar }
+}
+
+/// Every SIMD implementation testable here: the real ones this CPU supports
+/// (with a notice for those it lacks) and the emulated 8- and 16-lane ones.
+pub(super) fn simd_kernels() -> Vec<(&'static str, Kernels)> {
+    let mut all = Vec::new();
+    for backend in [Backend::Avx2, Backend::Avx512] {
+        match Kernels::new(backend) {
+            Ok(k) => all.push((backend.name(), k)),
+            Err(_) => {
+                eprintln!("notice: this CPU lacks {backend}; skipping its real-hardware tests")
+            }
+        }
+    }
+    all.push((
+        "emulated8",
+        Kernels {
+            isa: Isa::Emulated8,
+        },
+    ));
+    all.push((
+        "emulated16",
+        Kernels {
+            isa: Isa::Emulated16,
+        },
+    ));
+    all
+}
+
+/// Lengths 0..=67 (every tail of both vector widths, primes) and a few
+/// larger ones around block boundaries.
+pub(super) fn lengths() -> impl Iterator<Item = usize> {
+    (0..=67).chain([127, 128, 129, 1000, 4099])
+}
+
+/// A small deterministic generator (xorshift64*), so tests need no crate.
+pub(super) struct Rng(u64);
+
+impl Rng {
+    pub(super) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(super) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `[lo, hi)`.
+    pub(super) fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+    pub(super) fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+    pub(super) fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// A buffer holding `len` floats at an odd offset (so SIMD loads are
+/// unaligned) between guard zones, to prove a routine writes exactly its
+/// slice: the slice starts as NaN, the guards as a sentinel.
+pub(super) struct Guarded {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
+}
+
+const GUARD: usize = 19;
+const SENTINEL: f32 = -12345.5;
+
+impl Guarded {
+    pub(super) fn new(len: usize, offset: usize) -> Guarded {
+        Guarded::from(&std::vec![f32::NAN; len], offset)
+    }
+    pub(super) fn from(data: &[f32], offset: usize) -> Guarded {
+        let start = GUARD + offset % 7;
+        let mut buf = std::vec![SENTINEL; start + data.len() + GUARD];
+        buf[start..start + data.len()].copy_from_slice(data);
+        Guarded {
+            buf,
+            start,
+            len: data.len(),
+        }
+    }
+    pub(super) fn get(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+    pub(super) fn get_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+    /// The slice's contents, after checking that the guards are intact.
+    pub(super) fn checked(&self, what: &str) -> Vec<f32> {
+        let guards_ok = self.buf[..self.start]
+            .iter()
+            .chain(&self.buf[self.start + self.len..])
+            .all(|&v| v == SENTINEL);
+        assert!(guards_ok, "{what}: wrote outside its slice");
+        self.get().to_vec()
+    }
+}
+
+/// Asserts `|got - want| <= abs + rel·|want|` per element; NaN must meet
+/// NaN and infinities must match exactly.
+#[track_caller]
+pub(super) fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= abs + rel * w.abs()
+        };
+        assert!(ok, "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+/// Asserts bit-for-bit equality (NaN meets any NaN).
+#[track_caller]
+pub(super) fn assert_same(what: &str, got: &[f32], want: &[f32]) {
+    assert_close(what, got, want, 0.0, 0.0);
+}
+
+/// `what` with the implementation and length, for failure messages.
+pub(super) fn ctx(what: &str, name: &str, n: usize) -> std::string::String {
+    format!("{what} [{name}, n={n}]")
+}
