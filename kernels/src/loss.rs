@@ -50,6 +50,9 @@ impl Kernels {
                 classes,
             });
         }
+        if classes == 0 {
+            return Ok(()); // no rows (`rows_of` allows zero columns only when empty)
+        }
         for (r, (row, &target)) in logits.chunks_exact(classes).zip(targets).enumerate() {
             let target = target as usize;
             let d = dlogits
