@@ -6,7 +6,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use benches::{backends, data};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use kernels::{Kernels, ValidLen};
 
 /// Floats per array: 48 KiB (three arrays fit in a 512 KiB L2) and 12 MiB
@@ -14,10 +17,7 @@ use kernels::{Kernels, ValidLen};
 /// 384-float rows.
 const SIZES: [(&str, usize); 2] = [("L2", 12 * 1024), ("DRAM", 3 * 1024 * 1024)];
 
-fn configure(
-    c: &mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+fn configure<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
     let mut group = c.benchmark_group(name);
     group
         .sample_size(20)
