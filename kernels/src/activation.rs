@@ -27,7 +27,7 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         dispatch!(self,
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x)),
-            simd: |s| map1(s, x, out, |x| s.mul(x, math::gelu_gate(s, x).0)),
+            simd: |s| map1(s, x, out, #[inline(always)] |x| s.mul(x, math::gelu_gate(s, x).0)),
         );
         Ok(())
     }
@@ -64,7 +64,7 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         dispatch!(self,
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = libm::expf(x)),
-            simd: |s| map1(s, x, out, |v| math::exp(s, v)),
+            simd: |s| map1(s, x, out, #[inline(always)] |v| math::exp(s, v)),
         );
         Ok(())
     }
@@ -74,7 +74,7 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         dispatch!(self,
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = libm::tanhf(x)),
-            simd: |s| map1(s, x, out, |v| math::tanh(s, v)),
+            simd: |s| map1(s, x, out, #[inline(always)] |v| math::tanh(s, v)),
         );
         Ok(())
     }

@@ -114,16 +114,17 @@ fn cross_entropy_row<S: Simd>(
             sum
         }
         None => {
-            let step = |acc, v| s.add(acc, math::exp(s, s.sub(v, m)));
             // Padding with -inf adds e^-inf = 0.
-            s.reduce_sum(crate::simd::fold1(
+            let sum = crate::simd::fold1(
                 s,
                 row,
                 0.0,
                 f32::NEG_INFINITY,
-                step,
+                #[inline(always)]
+                |acc, v| s.add(acc, math::exp(s, s.sub(v, m))),
                 |a, b| s.add(a, b),
-            ))
+            );
+            s.reduce_sum(sum)
         }
     };
     max + libm::logf(sum) - row[target]

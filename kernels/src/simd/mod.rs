@@ -114,6 +114,11 @@ pub(crate) fn pieces(len: usize, lanes: usize) -> impl Iterator<Item = core::ops
 
 // Loop skeletons shared by the element-wise routines: whole vectors first,
 // then one partial vector for the tail. Callers check that lengths agree.
+//
+// A closure is compiled as its own function, outside the `#[target_feature]`
+// trampoline, and cannot inline intrinsics unless it is itself inlined: mark
+// any closure that does more than one vector operation `#[inline(always)]`
+// (`.ci/run` checks the assembly for out-of-line intrinsic calls).
 
 /// `out[i] = f(a[i])`.
 #[inline(always)]

@@ -171,7 +171,10 @@ impl Simd for V3 {
 
     #[inline(always)]
     fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-        let r: [__m256; 8] = core::array::from_fn(|i| self.load(&src[i * src_stride..]));
+        let mut r = [self.splat(0.0); 8];
+        for (i, row) in r.iter_mut().enumerate() {
+            *row = self.load(&src[i * src_stride..]);
+        }
         // SAFETY: see the impl comment (register-only shuffles).
         let t = unsafe {
             // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.

@@ -169,46 +169,52 @@ impl Simd for V4 {
 
     #[inline(always)]
     fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-        let r: [__m512; 16] = core::array::from_fn(|i| self.load(&src[i * src_stride..]));
+        let mut r = [self.splat(0.0); 16];
+        for (i, row) in r.iter_mut().enumerate() {
+            *row = self.load(&src[i * src_stride..]);
+        }
         // SAFETY: see the impl comment (register-only shuffles).
         unsafe {
             // 1. Interleave pairs of rows: 128-bit chunk L of t[2i] holds
             //    columns 4L, 4L+1 of rows 2i, 2i+1; t[2i+1] columns 4L+2, 4L+3.
-            let t: [__m512; 16] = core::array::from_fn(|i| {
-                let (a, b) = (r[i & !1], r[i | 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
+            let mut t = r;
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
             // 2. Per group g of four rows and column offset k: chunk L of
-            //    c[g][k] holds rows 4g..4g+4 of column 4L+k.
-            let c: [[__m512; 4]; 4] = core::array::from_fn(|g| {
+            //    c[4g + k] holds rows 4g..4g+4 of column 4L+k.
+            let mut c = r;
+            for g in 0..4 {
                 let pd = |i: usize| _mm512_castps_pd(t[4 * g + i]);
-                [
-                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(0), pd(2))),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(0), pd(2))),
-                    _mm512_castpd_ps(_mm512_unpacklo_pd(pd(1), pd(3))),
-                    _mm512_castpd_ps(_mm512_unpackhi_pd(pd(1), pd(3))),
-                ]
-            });
-            // 3. Transpose the 4×4 grid of 128-bit chunks for each k:
-            //    column 4L+k gathers chunk L of c[0][k], c[1][k], c[2][k], c[3][k].
+                c[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(0), pd(2)));
+                c[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(0), pd(2)));
+                c[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(1), pd(3)));
+                c[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(1), pd(3)));
+            }
+            // 3. Transpose the 4×4 grid of 128-bit chunks for each k: column
+            //    4L+k gathers chunk L of c[k], c[4 + k], c[8 + k], c[12 + k].
             for k in 0..4 {
-                let x0 = _mm512_shuffle_f32x4::<0x88>(c[0][k], c[1][k]);
-                let x1 = _mm512_shuffle_f32x4::<0xDD>(c[0][k], c[1][k]);
-                let x2 = _mm512_shuffle_f32x4::<0x88>(c[2][k], c[3][k]);
-                let x3 = _mm512_shuffle_f32x4::<0xDD>(c[2][k], c[3][k]);
-                let columns = [
+                let x0 = _mm512_shuffle_f32x4::<0x88>(c[k], c[4 + k]);
+                let x1 = _mm512_shuffle_f32x4::<0xDD>(c[k], c[4 + k]);
+                let x2 = _mm512_shuffle_f32x4::<0x88>(c[8 + k], c[12 + k]);
+                let x3 = _mm512_shuffle_f32x4::<0xDD>(c[8 + k], c[12 + k]);
+                self.store(
+                    &mut dst[k * dst_stride..],
                     _mm512_shuffle_f32x4::<0x88>(x0, x2),
+                );
+                self.store(
+                    &mut dst[(4 + k) * dst_stride..],
                     _mm512_shuffle_f32x4::<0x88>(x1, x3),
+                );
+                self.store(
+                    &mut dst[(8 + k) * dst_stride..],
                     _mm512_shuffle_f32x4::<0xDD>(x0, x2),
+                );
+                self.store(
+                    &mut dst[(12 + k) * dst_stride..],
                     _mm512_shuffle_f32x4::<0xDD>(x1, x3),
-                ];
-                for (chunk, column) in columns.into_iter().enumerate() {
-                    self.store(&mut dst[(4 * chunk + k) * dst_stride..], column);
-                }
+                );
             }
         }
     }
