@@ -1,6 +1,9 @@
 //! Benchmarks of `kernels` (see `benches/`); this library only holds shared
 //! helpers for them.
 
+pub mod peak;
+pub mod report;
+
 use kernels::{Backend, Kernels};
 
 /// Every backend this CPU runs, slowest first, so that reports show the

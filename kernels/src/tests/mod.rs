@@ -12,6 +12,7 @@ use crate::{Backend, Kernels};
 mod accuracy;
 mod against_scalar;
 mod errors;
+mod gemm;
 mod independent;
 
 /// The scalar reference.

@@ -1,0 +1,293 @@
+//! SGEMM throughput (GFLOP/s) of `kernels` beside `matrixmultiply`, OpenBLAS
+//! (with `--features openblas`, linking the system's libopenblas) and a
+//! naive loop (small sizes), on square matrices and the trainer's shapes,
+//! single-threaded. The FMA peak of the core is measured in the same run,
+//! and a summary table with GFLOP/s, fraction of peak and ratios to the
+//! peers is printed at the end.
+//!
+//! `cargo bench -p benches --bench gemm [--features openblas] [-- FILTER]`;
+//! `KERNELS_BACKENDS=avx2` restricts our backends.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use benches::{backends, data, peak};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use kernels::{Backend, Kernels, MatMut, MatRef};
+
+/// One product: `op(A)` is m × k, `op(B)` k × n; stored operands are
+/// row-major and contiguous.
+#[derive(Clone, Copy)]
+struct Shape {
+    name: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+const fn nn(name: &'static str, m: usize, k: usize, n: usize) -> Shape {
+    Shape {
+        name,
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: false,
+    }
+}
+
+const SHAPES: [Shape; 14] = [
+    nn("square_32", 32, 32, 32),
+    nn("square_64", 64, 64, 64),
+    nn("square_128", 128, 128, 128),
+    nn("square_256", 256, 256, 256),
+    nn("square_512", 512, 512, 512),
+    nn("square_1024", 1024, 1024, 1024),
+    nn("square_2048", 2048, 2048, 2048),
+    nn("qkv_2048x384x1152", 2048, 384, 1152),
+    nn("attn_proj_2048x384x384", 2048, 384, 384),
+    nn("mlp_fc_2048x384x1536", 2048, 384, 1536),
+    nn("mlp_proj_2048x1536x384", 2048, 1536, 384),
+    nn("lm_head_2048x384x256", 2048, 384, 256),
+    // Weight gradient: inpᵀ (384 × 2048) · dout (2048 × 1152).
+    Shape {
+        name: "grad_w_AtB_384x2048x1152",
+        m: 384,
+        n: 1152,
+        k: 2048,
+        trans_a: true,
+        trans_b: false,
+    },
+    // Input gradient: dout (2048 × 1152) · Wᵀ, W stored 384 × 1152.
+    Shape {
+        name: "grad_x_ABt_2048x1152x384",
+        m: 2048,
+        n: 384,
+        k: 1152,
+        trans_a: false,
+        trans_b: true,
+    },
+];
+
+impl Shape {
+    fn flops(&self) -> u64 {
+        2 * (self.m * self.n * self.k) as u64
+    }
+    /// Stored (rows, cols) of A and B.
+    fn stored(&self) -> ((usize, usize), (usize, usize)) {
+        let a = if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let b = if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        (a, b)
+    }
+    /// Element strides (row, column) of op(A) and op(B) in their buffers.
+    fn strides(&self) -> ((usize, usize), (usize, usize)) {
+        let a = if self.trans_a {
+            (1, self.m)
+        } else {
+            (self.k, 1)
+        };
+        let b = if self.trans_b {
+            (1, self.k)
+        } else {
+            (self.n, 1)
+        };
+        (a, b)
+    }
+}
+
+fn ours(k: &Kernels, s: &Shape, a: &[f32], b: &[f32], c: &mut [f32], ws: &mut [f32]) {
+    let ((ar, ac), (br, bc)) = s.stored();
+    let a = MatRef::new(a, ar, ac).unwrap();
+    let b = MatRef::new(b, br, bc).unwrap();
+    let a = if s.trans_a { a.t() } else { a };
+    let b = if s.trans_b { b.t() } else { b };
+    k.gemm(1.0, a, b, 0.0, MatMut::new(c, s.m, s.n).unwrap(), ws)
+        .unwrap();
+}
+
+fn matrixmultiply(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let ((rsa, csa), (rsb, csb)) = s.strides();
+    // SAFETY: the strides describe `a` (m × k) and `b` (k × n) inside their
+    // buffers, which hold exactly those elements, and `c` is m × n.
+    unsafe {
+        matrixmultiply::sgemm(
+            s.m,
+            s.k,
+            s.n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c.as_mut_ptr(),
+            s.n as isize,
+            1,
+        );
+    }
+}
+
+/// The textbook triple loop.
+fn naive(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let ((rsa, csa), (rsb, csb)) = s.strides();
+    for i in 0..s.m {
+        for j in 0..s.n {
+            let mut sum = 0.0;
+            for l in 0..s.k {
+                sum += a[i * rsa + l * csa] * b[l * rsb + j * csb];
+            }
+            c[i * s.n + j] = sum;
+        }
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod openblas {
+    use std::os::raw::c_int;
+
+    const ROW_MAJOR: c_int = 101;
+    const NO_TRANS: c_int = 111;
+    const TRANS: c_int = 112;
+
+    #[link(name = "openblas")]
+    extern "C" {
+        fn cblas_sgemm(
+            layout: c_int,
+            trans_a: c_int,
+            trans_b: c_int,
+            m: c_int,
+            n: c_int,
+            k: c_int,
+            alpha: f32,
+            a: *const f32,
+            lda: c_int,
+            b: *const f32,
+            ldb: c_int,
+            beta: f32,
+            c: *mut f32,
+            ldc: c_int,
+        );
+        fn openblas_set_num_threads(threads: c_int);
+    }
+
+    pub fn single_thread() {
+        // SAFETY: a plain setter of the library's thread count.
+        unsafe { openblas_set_num_threads(1) }
+    }
+
+    pub fn sgemm(s: &super::Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let ((_, ac), (_, bc)) = s.stored();
+        let t = |yes| if yes { TRANS } else { NO_TRANS };
+        // SAFETY: row-major operands with leading dimensions equal to their
+        // stored widths, exactly the sizes of the buffers passed.
+        unsafe {
+            cblas_sgemm(
+                ROW_MAJOR,
+                t(s.trans_a),
+                t(s.trans_b),
+                s.m as c_int,
+                s.n as c_int,
+                s.k as c_int,
+                1.0,
+                a.as_ptr(),
+                ac as c_int,
+                b.as_ptr(),
+                bc as c_int,
+                0.0,
+                c.as_mut_ptr(),
+                s.n as c_int,
+            )
+        }
+    }
+}
+
+/// Iterations of the FMA loop per timed call.
+const PEAK_ITERS: usize = 1_000_000;
+
+fn bench_peak(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fma_peak");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300));
+    let iters = PEAK_ITERS;
+    for backend in [Backend::Avx2, Backend::Avx512] {
+        let Some(flops) = peak::fma_loop(backend, 1) else {
+            eprintln!("notice: this CPU lacks {backend}; no peak for it");
+            continue;
+        };
+        group.throughput(Throughput::Elements(flops * iters as u64));
+        group.bench_function(backend.name(), |b| {
+            b.iter(|| peak::fma_loop(backend, black_box(iters)))
+        });
+    }
+    group.finish();
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    #[cfg(feature = "openblas")]
+    {
+        for var in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"] {
+            if std::env::var_os(var).is_some() {
+                eprintln!(
+                    "warning: {var} is set and slows OpenBLAS; unset it for a fair comparison"
+                );
+            }
+        }
+        openblas::single_thread();
+    }
+    for s in SHAPES {
+        let mut group = c.benchmark_group(format!("gemm/{}", s.name));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(2))
+            .throughput(Throughput::Elements(s.flops()));
+        let a = data(s.m * s.k, 1);
+        let b = data(s.k * s.n, 2);
+        let mut out = vec![0.0; s.m * s.n];
+        for k in backends() {
+            // The scalar reference is only worth timing at small sizes.
+            if k.backend() == Backend::Scalar && s.flops() > 2 * 256 * 256 * 256 {
+                continue;
+            }
+            let mut ws = vec![0.0; k.gemm_workspace_len(s.m, s.n, s.k)];
+            group.bench_function(BenchmarkId::new("kernels", k.backend().name()), |bench| {
+                bench.iter(|| ours(&k, &s, &a, &b, &mut out, &mut ws))
+            });
+        }
+        group.bench_function("matrixmultiply", |bench| {
+            bench.iter(|| matrixmultiply(&s, &a, &b, &mut out))
+        });
+        #[cfg(feature = "openblas")]
+        group.bench_function("openblas", |bench| {
+            bench.iter(|| openblas::sgemm(&s, &a, &b, &mut out))
+        });
+        if s.m.max(s.n).max(s.k) <= 128 {
+            group.bench_function("naive", |bench| bench.iter(|| naive(&s, &a, &b, &mut out)));
+        }
+        group.finish();
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_peak(&mut c);
+    bench_gemm(&mut c);
+    c.final_summary();
+    benches::report::gemm_table(
+        SHAPES.iter().map(|s| (s.name, s.flops())),
+        PEAK_ITERS as u64,
+    );
+}

@@ -1,0 +1,89 @@
+//! Summary tables built from the estimates criterion saved in this run, so
+//! that the ratios a reader wants (fraction of peak, speed-up over a peer)
+//! are printed rather than computed by hand.
+
+use std::path::PathBuf;
+
+use kernels::Backend;
+
+use crate::peak::fma_loop;
+
+/// Where criterion writes its results: `CRITERION_HOME`, else
+/// `<target dir>/criterion`, the target dir being `CARGO_TARGET_DIR` or the
+/// one holding this executable (`target/release/deps/<bench>`).
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(target).join("criterion"));
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.ancestors().nth(3)?.join("criterion"))
+}
+
+/// The median time in nanoseconds criterion measured for `group`/`id` in
+/// its latest run, if there is one.
+pub fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let path = criterion_dir()?
+        .join(group.replace('/', "_"))
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+/// Single-core FMA peak in GFLOP/s for `backend` from this run's `fma_peak`
+/// group.
+pub fn peak_gflops(backend: Backend, iters: u64) -> Option<f64> {
+    let flops = fma_loop(backend, 1)? * iters;
+    Some(flops as f64 / median_ns("fma_peak", backend.name())?)
+}
+
+/// Prints one row per GEMM shape: GFLOP/s of each contender, our fraction
+/// of the measured peak, and our speed relative to each peer.
+pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters: u64) {
+    let peak2 = peak_gflops(Backend::Avx2, peak_iters);
+    let peak512 = peak_gflops(Backend::Avx512, peak_iters);
+    let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let pct = |x: Option<f64>, p: Option<f64>| match (x, p) {
+        (Some(x), Some(p)) => format!("{:.0}%", 100.0 * x / p),
+        _ => "-".to_string(),
+    };
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => format!("{:.2}x", x / y),
+        _ => "-".to_string(),
+    };
+    println!();
+    println!(
+        "FMA peak, one core: AVX2 {} GFLOP/s, AVX-512 {} GFLOP/s",
+        fmt(peak2),
+        fmt(peak512)
+    );
+    println!(
+        "| shape | avx2 GFLOP/s | % peak | avx512 GFLOP/s | % peak | matrixmultiply | openblas | avx2 / mm | avx2 / openblas | avx512 / openblas |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, flops) in shapes {
+        let group = format!("gemm/{name}");
+        let gflops = |id: &str| median_ns(&group, id).map(|ns| flops as f64 / ns);
+        let (ours2, ours512) = (gflops("kernels/avx2"), gflops("kernels/avx512"));
+        let (mm, blas) = (gflops("matrixmultiply"), gflops("openblas"));
+        if ours2.is_none() && ours512.is_none() {
+            continue;
+        }
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(ours2),
+            pct(ours2, peak2),
+            fmt(ours512),
+            pct(ours512, peak512),
+            fmt(mm),
+            fmt(blas),
+            ratio(ours2, mm),
+            ratio(ours2, blas),
+            ratio(ours512, blas),
+        );
+    }
+}

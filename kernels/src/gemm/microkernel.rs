@@ -1,0 +1,334 @@
+//! The register-blocked microkernels, one per instruction set, and the cache
+//! blocking constants that go with each.
+//!
+//! A microkernel computes one `MR × NR` tile of C from an `MR`-row panel of
+//! packed A and an `NR`-column panel of packed B (both zero-padded, `kc` deep),
+//! then writes `alpha · AB + beta · C` to the part of the tile inside C.
+//!
+//! Blocking (BLIS): a `KC × NR` panel of B stays in L1 while the kernel sweeps
+//! the `MC × KC` block of A, which stays in L2; the `KC × NC` block of B sits
+//! in L3. Sizes are chosen for Zen 3/4 (32 KiB L1D, 512 KiB–1 MiB L2 per
+//! core, 32 MiB L3), and hold up on any recent x86 core.
+
+#[cfg(test)]
+use crate::simd::Emulated;
+use crate::simd::{fold2, update2, Simd};
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{V3, V4};
+
+/// The largest `MR · NR` of any kernel: the size of the edge-tile buffer.
+const MAX_TILE: usize = 12 * 32;
+
+/// One instruction set's GEMM microkernel and blocking.
+pub(crate) trait GemmKernel: Copy + Send + Sync {
+    /// Rows of a register tile (rows of a packed A panel).
+    const MR: usize;
+    /// Columns of a register tile (columns of a packed B panel).
+    const NR: usize;
+    /// Rows of C per L2-resident block of packed A (a multiple of `MR`).
+    const MC: usize;
+    /// Largest depth of one pass over k.
+    const KC: usize;
+    /// Columns of C per L3-resident block of packed B (a multiple of `NR`).
+    const NC: usize;
+
+    /// Runs `f` with this instruction set enabled, so that code it inlines
+    /// compiles to it (pieces run by an executor start outside that context).
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R;
+
+    /// Writes `alpha · A·B + beta · C` for one tile, where `a` holds `kc`
+    /// groups of `MR` floats and `b` `kc` groups of `NR` floats. With
+    /// `beta == 0`, C is not read.
+    ///
+    /// # Safety
+    /// `c.ptr` points to a `c.rows × c.cols` block with row stride `c.ldc`
+    /// (`rows <= MR`, `cols <= NR`) that nothing else accesses meanwhile.
+    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile);
+
+    /// `y += alpha · x` (the small-m path).
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]);
+
+    /// `Σ x·y` over equal-length slices (the small-m path).
+    fn dot(self, x: &[f32], y: &[f32]) -> f32;
+}
+
+/// Where a microkernel writes: `rows × cols` floats at `ptr`, row stride `ldc`.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    pub(crate) ptr: *mut f32,
+    pub(crate) ldc: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+/// AVX2 + FMA: 6 × 16 tile = 12 accumulators + 2 B vectors + 1 broadcast of
+/// the 16 YMM registers. KC = 256 puts the B panel at 16 KiB, half of L1;
+/// MC = 144 makes the A block 144 KiB, well inside L2 next to streaming B
+/// panels and C; NC = 4080 keeps the B block near 4 MiB of L3.
+#[cfg(target_arch = "x86_64")]
+impl GemmKernel for V3 {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    const MC: usize = 144;
+    const KC: usize = 384;
+    const NC: usize = 4080;
+
+    #[inline(always)]
+    fn enter<R>(self, f: impl FnOnce(V3) -> R) -> R {
+        // SAFETY: a `V3` value exists only after detection found AVX2 + FMA.
+        unsafe { V3::vectorize(f) }
+    }
+    #[inline(always)]
+    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+        // SAFETY: forwarded contract.
+        unsafe { simd_tile::<V3, 6, 2>(self, kc, a, b, alpha, beta, c) }
+    }
+    #[inline(always)]
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        simd_axpy(self, alpha, x, y)
+    }
+    #[inline(always)]
+    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
+        simd_dot(self, x, y)
+    }
+}
+
+/// AVX-512: 12 × 32 tile = 24 accumulators + 2 B vectors + 1 broadcast of
+/// the 32 ZMM registers. The B panel is twice as wide as on AVX2, so
+/// KC = 192 keeps it at 24 KiB of L1; MC = 192 gives a 144 KiB A block.
+#[cfg(target_arch = "x86_64")]
+impl GemmKernel for V4 {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const MC: usize = 192;
+    const KC: usize = 192;
+    const NC: usize = 4096;
+
+    #[inline(always)]
+    fn enter<R>(self, f: impl FnOnce(V4) -> R) -> R {
+        // SAFETY: a `V4` value exists only after detection found AVX-512F.
+        unsafe { V4::vectorize(f) }
+    }
+    #[inline(always)]
+    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+        // SAFETY: forwarded contract.
+        unsafe { simd_tile::<V4, 12, 2>(self, kc, a, b, alpha, beta, c) }
+    }
+    #[inline(always)]
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        simd_axpy(self, alpha, x, y)
+    }
+    #[inline(always)]
+    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
+        simd_dot(self, x, y)
+    }
+}
+
+/// The emulated vectors use the tiles of the instruction set of their width,
+/// so tests exercise exactly the AVX2 and AVX-512 blocking and edge logic.
+#[cfg(test)]
+impl<const N: usize> GemmKernel for Emulated<N> {
+    const MR: usize = if N == 16 { 12 } else { 6 };
+    const NR: usize = 2 * N;
+    const MC: usize = if N == 16 { 192 } else { 144 };
+    const KC: usize = if N == 16 { 192 } else { 256 };
+    const NC: usize = if N == 16 { 4096 } else { 4080 };
+
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        f(self)
+    }
+    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if N == 16 {
+                simd_tile::<Self, 12, 2>(self, kc, a, b, alpha, beta, c)
+            } else {
+                simd_tile::<Self, 6, 2>(self, kc, a, b, alpha, beta, c)
+            }
+        }
+    }
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        simd_axpy(self, alpha, x, y)
+    }
+    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
+        simd_dot(self, x, y)
+    }
+}
+
+/// The portable reference: a 4 × 4 tile of plain multiply-adds (16
+/// accumulators fit the 16 SSE registers of baseline x86-64).
+#[derive(Clone, Copy)]
+pub(crate) struct ScalarKernel;
+
+impl GemmKernel for ScalarKernel {
+    const MR: usize = 4;
+    const NR: usize = 4;
+    const MC: usize = 128;
+    const KC: usize = 256;
+    const NC: usize = 4096;
+
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        f(self)
+    }
+    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+        let mut acc = [0.0f32; 16];
+        for (ap, bp) in a.chunks_exact(4).zip(b.chunks_exact(4)).take(kc) {
+            for (acc_row, &ai) in acc.chunks_exact_mut(4).zip(ap) {
+                for (acc, &bj) in acc_row.iter_mut().zip(bp) {
+                    *acc += ai * bj;
+                }
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { write_tile(&acc, 4, alpha, beta, c) }
+    }
+    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
+    }
+    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
+        x.iter().zip(y).map(|(&x, &y)| x * y).sum()
+    }
+}
+
+/// The SIMD microkernel: `MR × NV` vector accumulators, one rank-1 update
+/// per step of k.
+///
+/// # Safety
+/// As [`GemmKernel::tile`].
+#[inline(always)]
+unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    alpha: f32,
+    beta: f32,
+    c: Tile,
+) {
+    let nr = NV * S::LANES;
+    for i in 0..c.rows {
+        // Start fetching C now so that it is in cache when the loop ends.
+        prefetch(c.ptr.wrapping_add(i * c.ldc));
+        prefetch(c.ptr.wrapping_add(i * c.ldc + c.cols - 1));
+    }
+    let mut acc = [[s.splat(0.0); NV]; MR];
+    // Four steps of k per iteration, so that loop control is a small share
+    // of the instructions the core has to issue.
+    let (a, b) = (&a[..kc * MR], &b[..kc * nr]);
+    let mut a_quads = a.chunks_exact(4 * MR);
+    let mut b_quads = b.chunks_exact(4 * nr);
+    for (a4, b4) in (&mut a_quads).zip(&mut b_quads) {
+        for u in 0..4 {
+            rank_one_update(s, &mut acc, &a4[u * MR..][..MR], &b4[u * nr..][..nr]);
+        }
+    }
+    let rest = a_quads.remainder().chunks_exact(MR);
+    for (ap, bp) in rest.zip(b_quads.remainder().chunks_exact(nr)) {
+        rank_one_update(s, &mut acc, ap, bp);
+    }
+
+    let alpha_v = s.splat(alpha);
+    if c.rows == MR && c.cols == nr {
+        let beta_v = s.splat(beta);
+        for (i, acc_row) in acc.iter().enumerate() {
+            // SAFETY: row `i < rows` of the tile, `nr == cols` floats long,
+            // lies in the block the caller handed over.
+            let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), nr) };
+            for (dst, &acc) in row.chunks_exact_mut(S::LANES).zip(acc_row) {
+                let out = if beta == 0.0 {
+                    s.mul(acc, alpha_v)
+                } else {
+                    s.mul_add(acc, alpha_v, s.mul(s.load(dst), beta_v))
+                };
+                s.store(dst, out);
+            }
+        }
+    } else {
+        // An edge tile: spill the accumulators and copy the valid corner.
+        let mut flat = [0.0f32; MAX_TILE];
+        for (dst_row, acc_row) in flat.chunks_exact_mut(nr).zip(&acc) {
+            for (dst, &acc) in dst_row.chunks_exact_mut(S::LANES).zip(acc_row) {
+                s.store(dst, acc);
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { write_tile(&flat, nr, alpha, beta, c) }
+    }
+}
+
+/// `acc += a ⊗ b` for one step of k: `NV` loads of B, `MR` broadcasts of A.
+#[inline(always)]
+fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    acc: &mut [[S::V; NV]; MR],
+    a: &[f32],
+    b: &[f32],
+) {
+    let mut bv = [s.splat(0.0); NV];
+    for (v, bv) in bv.iter_mut().enumerate() {
+        *bv = s.load(&b[v * S::LANES..]);
+    }
+    for (acc_row, &ai) in acc.iter_mut().zip(a) {
+        let av = s.splat(ai);
+        for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
+            *acc = s.mul_add(av, bv, *acc);
+        }
+    }
+}
+
+/// Hints the cache to load the line holding `ptr` (never faults, so any
+/// address is fine).
+#[inline(always)]
+fn prefetch(ptr: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint with no architectural effect; it does
+    // not fault on any address. SSE is part of baseline x86-64.
+    #[allow(unused_unsafe)]
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(ptr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ptr;
+}
+
+/// Writes `alpha · acc + beta · C` for the `rows × cols` corner of a tile
+/// whose accumulators are in `acc` (row stride `nr`); C is not read when
+/// `beta == 0`.
+///
+/// # Safety
+/// As [`GemmKernel::tile`].
+#[inline(always)]
+unsafe fn write_tile(acc: &[f32], nr: usize, alpha: f32, beta: f32, c: Tile) {
+    for (i, acc_row) in acc.chunks_exact(nr).take(c.rows).enumerate() {
+        // SAFETY: row `i < rows` of the tile, `cols` floats long, lies in the
+        // block the caller handed over.
+        let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), c.cols) };
+        for (dst, &acc) in row.iter_mut().zip(acc_row) {
+            *dst = if beta == 0.0 {
+                alpha * acc
+            } else {
+                alpha * acc + beta * *dst
+            };
+        }
+    }
+}
+
+#[inline(always)]
+fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+    let alpha = s.splat(alpha);
+    update2(s, x, y, |x, y| s.mul_add(alpha, x, y));
+}
+
+#[inline(always)]
+fn simd_dot<S: Simd>(s: S, x: &[f32], y: &[f32]) -> f32 {
+    let acc = fold2(
+        s,
+        x,
+        y,
+        #[inline(always)]
+        |acc, x, y| s.mul_add(x, y, acc),
+        |p, q| s.add(p, q),
+    );
+    s.reduce_sum(acc)
+}

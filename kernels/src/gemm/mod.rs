@@ -1,0 +1,349 @@
+//! Single-precision matrix multiply, `C = alpha · op(A) · op(B) + beta · C`,
+//! BLIS-style: op(A) and op(B) are packed into panels in a caller-supplied
+//! workspace and multiplied by a register-blocked microkernel per
+//! instruction set. Products with very few rows skip packing.
+//!
+//! - `microkernel`: the [`GemmKernel`] trait, one instance per ISA, and the
+//!   blocking constants with their reasoning;
+//! - `packing`: copying blocks of A and B into panels;
+//! - `blocked`: the loop nest, written once, and its caller-driven split;
+//! - `small`: the unpacked path for `m <= 4`.
+
+mod blocked;
+mod microkernel;
+mod packing;
+mod small;
+
+use crate::dispatch::{dispatch, Isa};
+use crate::error::{expect_len, strided_len};
+use crate::parallel::SharedMut;
+use crate::{Executor, KernelError, Kernels, Sequential};
+use microkernel::{GemmKernel, ScalarKernel};
+
+/// A read-only view of a row-major matrix, used as is or transposed.
+///
+/// The view checks its own lengths when built; [`Kernels::gemm`] checks that
+/// the shapes of its operands agree.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    transposed: bool,
+}
+
+impl<'a> MatRef<'a> {
+    /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<MatRef<'a>, KernelError> {
+        let len = rows.checked_mul(cols).ok_or(KernelError::ShapeOverflow)?;
+        expect_len("data", data.len(), len)?;
+        Ok(MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            transposed: false,
+        })
+    }
+
+    /// A `rows × cols` matrix whose row `r` starts at `data[r * row_stride]`,
+    /// e.g. one head's columns inside a wider buffer. `row_stride` must be at
+    /// least `cols` (rows may not overlap); `data` may extend past the last
+    /// row.
+    pub fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<MatRef<'a>, KernelError> {
+        let needed = strided_len(rows, cols, row_stride)?;
+        if data.len() < needed {
+            return Err(KernelError::LengthMismatch {
+                arg: "data",
+                expected: needed,
+                actual: data.len(),
+            });
+        }
+        Ok(MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            transposed: false,
+        })
+    }
+
+    /// The same matrix used transposed (no data moves).
+    #[must_use]
+    pub fn t(self) -> MatRef<'a> {
+        MatRef {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Rows of the matrix as used (after any transpose).
+    pub fn rows(&self) -> usize {
+        if self.transposed {
+            self.cols
+        } else {
+            self.rows
+        }
+    }
+
+    /// Columns of the matrix as used (after any transpose).
+    pub fn cols(&self) -> usize {
+        if self.transposed {
+            self.rows
+        } else {
+            self.cols
+        }
+    }
+
+    fn operand(&self) -> Operand<'a> {
+        let (rs, cs) = if self.transposed {
+            (1, self.row_stride)
+        } else {
+            (self.row_stride, 1)
+        };
+        Operand {
+            data: self.data,
+            rs,
+            cs,
+        }
+    }
+}
+
+/// A mutable view of a row-major matrix, the C of [`Kernels::gemm`].
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Result<MatMut<'a>, KernelError> {
+        let len = rows.checked_mul(cols).ok_or(KernelError::ShapeOverflow)?;
+        expect_len("data", data.len(), len)?;
+        Ok(MatMut {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+        })
+    }
+
+    /// A `rows × cols` matrix whose row `r` starts at `data[r * row_stride]`;
+    /// as [`MatRef::strided`]. Elements between rows are never touched.
+    pub fn strided(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<MatMut<'a>, KernelError> {
+        let needed = strided_len(rows, cols, row_stride)?;
+        if data.len() < needed {
+            return Err(KernelError::LengthMismatch {
+                arg: "data",
+                expected: needed,
+                actual: data.len(),
+            });
+        }
+        Ok(MatMut {
+            data,
+            rows,
+            cols,
+            row_stride,
+        })
+    }
+
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// An operand as the loops see it: `op(X)[r][c] = data[r·rs + c·cs]`, where
+/// one of `rs`, `cs` is 1.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+/// C as the pieces see it: a pointer they write through, each to its own
+/// disjoint block, and the row stride.
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    pub(crate) ptr: SharedMut,
+    pub(crate) rs: usize,
+}
+
+/// One validated product.
+pub(crate) struct Problem<'a> {
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) alpha: f32,
+    pub(crate) beta: f32,
+    pub(crate) a: Operand<'a>,
+    pub(crate) b: Operand<'a>,
+    pub(crate) c: Output,
+}
+
+impl Kernels {
+    /// Floats of workspace [`Kernels::gemm`] needs for an `m × k` by `k × n`
+    /// product on this handle's backend (0 when nothing is packed). Allocate
+    /// it once for the largest product and reuse it.
+    pub fn gemm_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 || m <= small::SMALL_M {
+            return 0;
+        }
+        match self.isa {
+            Isa::Scalar => blocked::workspace_len::<ScalarKernel>(m, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Isa::V3 => blocked::workspace_len::<crate::simd::V3>(m, n, k),
+            #[cfg(target_arch = "x86_64")]
+            Isa::V4 => blocked::workspace_len::<crate::simd::V4>(m, n, k),
+            #[cfg(test)]
+            Isa::Emulated8 => blocked::workspace_len::<crate::simd::Emulated<8>>(m, n, k),
+            #[cfg(test)]
+            Isa::Emulated16 => blocked::workspace_len::<crate::simd::Emulated<16>>(m, n, k),
+        }
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` on the calling thread, where
+    /// `op(A)` is `a` as given (`m × k`, use [`MatRef::t`] for a transpose),
+    /// `op(B)` is `b` (`k × n`) and C is `m × n`.
+    ///
+    /// With `beta == 0`, C is overwritten without being read (NaN in C does
+    /// not leak); with `alpha == 0` or `k == 0`, A and B are not read. The
+    /// `workspace` must hold [`Kernels::gemm_workspace_len`]`(m, n, k)`
+    /// floats; its contents on entry do not matter.
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatMut, MatRef};
+    ///
+    /// let k = Kernels::best();
+    /// // x (2×3) · wᵀ, where w is stored 4×3 (one row per output).
+    /// let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    /// let w = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+    /// let mut y = [0.0; 8];
+    /// let mut workspace = vec![0.0; k.gemm_workspace_len(2, 4, 3)];
+    /// k.gemm(
+    ///     1.0,
+    ///     MatRef::new(&x, 2, 3)?,
+    ///     MatRef::new(&w, 4, 3)?.t(),
+    ///     0.0,
+    ///     MatMut::new(&mut y, 2, 4)?,
+    ///     &mut workspace,
+    /// )?;
+    /// assert_eq!(y, [1.0, 2.0, 3.0, 6.0, 4.0, 5.0, 6.0, 15.0]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn gemm(
+        &self,
+        alpha: f32,
+        a: MatRef,
+        b: MatRef,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.gemm_with(&Sequential, alpha, a, b, beta, c, workspace)
+    }
+
+    /// [`Kernels::gemm`] split into pieces that `exec` runs, possibly on
+    /// several threads: packed B is shared and each piece computes its own
+    /// block of C. The result does not depend on the executor or the
+    /// number of threads (each element of C is summed in the same order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_with<E: Executor + ?Sized>(
+        &self,
+        exec: &E,
+        alpha: f32,
+        a: MatRef,
+        b: MatRef,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        if b.rows() != k {
+            return Err(KernelError::InvalidShape(
+                "op(B) must have as many rows as op(A) has columns",
+            ));
+        }
+        if c.rows != m || c.cols != n {
+            return Err(KernelError::InvalidShape(
+                "C must have the rows of op(A) and the columns of op(B)",
+            ));
+        }
+        let needed = self.gemm_workspace_len(m, n, k);
+        if workspace.len() < needed {
+            return Err(KernelError::WorkspaceTooSmall {
+                needed,
+                actual: workspace.len(),
+            });
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 || alpha == 0.0 {
+            scale_rows(beta, c);
+            return Ok(());
+        }
+        let problem = Problem {
+            m,
+            n,
+            k,
+            alpha,
+            beta,
+            a: a.operand(),
+            b: b.operand(),
+            c: Output {
+                ptr: SharedMut(c.data.as_mut_ptr()),
+                rs: c.row_stride,
+            },
+        };
+        let p = &problem;
+        dispatch!(self,
+            scalar: run(ScalarKernel, exec, p, workspace),
+            simd: |s| run(s, exec, p, workspace),
+        );
+        Ok(())
+    }
+}
+
+fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem, ws: &mut [f32]) {
+    if p.m <= small::SMALL_M {
+        small::run(kernel, exec, p)
+    } else {
+        blocked::run(kernel, exec, p, ws)
+    }
+}
+
+/// `C = beta · C`, with `beta == 0` writing zeros without reading C.
+fn scale_rows(beta: f32, c: MatMut) {
+    if c.cols == 0 {
+        return;
+    }
+    for r in 0..c.rows {
+        let row = &mut c.data[r * c.row_stride..][..c.cols];
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+}

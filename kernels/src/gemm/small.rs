@@ -1,0 +1,93 @@
+//! Products with at most [`SMALL_M`] rows of C (decoding one token, a
+//! matrix-vector product): nothing is packed, since each element of B is
+//! used at most `SMALL_M` times, and B is read once, straight from memory.
+
+use super::microkernel::GemmKernel;
+use super::Problem;
+use crate::Executor;
+
+/// The most rows of C this path takes.
+pub(crate) const SMALL_M: usize = 4;
+
+/// Columns of C per chunk: `SMALL_M` rows of them (8 KiB) stay in L1 while
+/// the rows of B stream past.
+const CHUNK: usize = 512;
+
+/// Multiply-adds below which splitting across threads costs more than it
+/// saves.
+const MIN_PARALLEL_WORK: usize = 1 << 16;
+
+/// Runs the product; `m <= SMALL_M`, `m, n, k > 0`, `alpha != 0`.
+pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem) {
+    let chunks = p.n.div_ceil(CHUNK);
+    let work = p.m.saturating_mul(p.n).saturating_mul(p.k);
+    let pieces = if exec.threads() > 1 && work >= MIN_PARALLEL_WORK {
+        chunks.min(exec.threads() * 4)
+    } else {
+        1
+    };
+    let per_piece = chunks.div_ceil(pieces);
+    exec.run(pieces, &|piece| {
+        kernel.enter(
+            #[inline(always)]
+            |kernel| {
+                let first = piece * per_piece * CHUNK;
+                let last = p.n.min(first + per_piece * CHUNK);
+                for start in (first..last).step_by(CHUNK) {
+                    chunk(kernel, p, start, CHUNK.min(last - start));
+                }
+            },
+        )
+    });
+}
+
+/// Columns `start..start + width` of C, for every row.
+#[inline(always)]
+fn chunk<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
+    // SAFETY: each call of `c_row` makes the only live reference to that
+    // segment of C; pieces own disjoint column ranges, and rows of C do not
+    // overlap (their stride is at least n when m > 1).
+    let c_row = |i: usize| unsafe {
+        core::slice::from_raw_parts_mut(p.c.ptr.ptr().add(i * p.c.rs + start), width)
+    };
+    let (a, b) = (&p.a, &p.b);
+    if b.cs == 1 {
+        // Rows of op(B) are contiguous: C[i] += alpha·A[i][l]·B[l], row by row.
+        for i in 0..p.m {
+            let c = c_row(i);
+            if p.beta == 0.0 {
+                c.fill(0.0);
+            } else if p.beta != 1.0 {
+                c.iter_mut().for_each(|c| *c *= p.beta);
+            }
+        }
+        for l in 0..p.k {
+            let b_row = &b.data[l * b.rs + start..][..width];
+            for i in 0..p.m {
+                kernel.axpy(p.alpha * a.data[i * a.rs + l * a.cs], b_row, c_row(i));
+            }
+        }
+    } else if a.cs == 1 {
+        // Rows of op(A) and columns of op(B) are contiguous: dot products.
+        for i in 0..p.m {
+            let a_row = &a.data[i * a.rs..][..p.k];
+            for (jj, c) in c_row(i).iter_mut().enumerate() {
+                let b_col = &b.data[(start + jj) * b.cs..][..p.k];
+                let ab = p.alpha * kernel.dot(a_row, b_col);
+                *c = if p.beta == 0.0 { ab } else { ab + p.beta * *c };
+            }
+        }
+    } else {
+        // Both strided (op(A) and op(B) both transposed, m > 1): plain loop.
+        for i in 0..p.m {
+            for (jj, c) in c_row(i).iter_mut().enumerate() {
+                let j = start + jj;
+                let ab: f32 = (0..p.k)
+                    .map(|l| a.data[i * a.rs + l * a.cs] * b.data[l * b.rs + j * b.cs])
+                    .sum();
+                let ab = p.alpha * ab;
+                *c = if p.beta == 0.0 { ab } else { ab + p.beta * *c };
+            }
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! GEMM on every implementation against a naive triple loop in f64, on
+//! shapes around every tile and block size, all four transpose
+//! combinations, strided operands, and several alpha / beta.
+//!
+//! Tolerance: each element of C is a sum of k products formed in f32, so
+//! its error is at most about (k + 2)·u·(|alpha|·Σ|a||b| + |beta·c|), with
+//! u = 2⁻²⁴ (Higham's bound for recursive summation); the tests allow twice
+//! that, per element.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::vec::Vec;
+
+use super::*;
+use crate::{Executor, KernelError, MatMut, MatRef, Sequential};
+
+const SENTINEL: f32 = -777.25;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    /// Extra floats between rows of each stored matrix.
+    pad: [usize; 3],
+    alpha: f32,
+    beta: f32,
+}
+
+/// A stored matrix with `rows × cols` used elements, `pad` extra floats per
+/// row (holding `SENTINEL`) and an odd offset, so loads are unaligned.
+struct Stored {
+    buf: Vec<f32>,
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl Stored {
+    fn random(rng: &mut Rng, rows: usize, cols: usize, pad: usize) -> Stored {
+        let stride = cols + pad;
+        let offset = 1 + rng.below(5);
+        let mut buf = std::vec![SENTINEL; offset + rows * stride + 3];
+        for r in 0..rows {
+            for c in 0..cols {
+                buf[offset + r * stride + c] = rng.uniform(-1.0, 1.0);
+            }
+        }
+        Stored {
+            buf,
+            offset,
+            rows,
+            cols,
+            stride,
+        }
+    }
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.buf[self.offset + r * self.stride + c]
+    }
+    fn view(&self) -> MatRef<'_> {
+        MatRef::strided(&self.buf[self.offset..], self.rows, self.cols, self.stride).unwrap()
+    }
+    fn view_mut(&mut self) -> MatMut<'_> {
+        MatMut::strided(
+            &mut self.buf[self.offset..],
+            self.rows,
+            self.cols,
+            self.stride,
+        )
+        .unwrap()
+    }
+}
+
+struct Inputs {
+    a: Stored,
+    b: Stored,
+    c: Stored,
+}
+
+fn inputs(case: &Case, seed: u64) -> Inputs {
+    let mut rng = Rng::new(seed);
+    let (ar, ac) = if case.trans_a {
+        (case.k, case.m)
+    } else {
+        (case.m, case.k)
+    };
+    let (br, bc) = if case.trans_b {
+        (case.n, case.k)
+    } else {
+        (case.k, case.n)
+    };
+    let a = Stored::random(&mut rng, ar, ac, case.pad[0]);
+    let b = Stored::random(&mut rng, br, bc, case.pad[1]);
+    let mut c = Stored::random(&mut rng, case.m, case.n, case.pad[2]);
+    if case.beta == 0.0 {
+        // beta = 0 must not read C: NaN there must not reach the result.
+        for r in 0..case.m {
+            for j in 0..case.n {
+                c.buf[c.offset + r * c.stride + j] = f32::NAN;
+            }
+        }
+    }
+    Inputs { a, b, c }
+}
+
+/// The f64 result and the per-element error allowance.
+fn naive(case: &Case, x: &Inputs) -> (Vec<f64>, Vec<f64>) {
+    let op_a = |i, l| if case.trans_a { x.a.at(l, i) } else { x.a.at(i, l) } as f64;
+    let op_b = |l, j| if case.trans_b { x.b.at(j, l) } else { x.b.at(l, j) } as f64;
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let (mut want, mut tol) = (Vec::new(), Vec::new());
+    for i in 0..case.m {
+        for j in 0..case.n {
+            let (mut sum, mut mag) = (0.0, 0.0);
+            for l in 0..case.k {
+                sum += op_a(i, l) * op_b(l, j);
+                mag += (op_a(i, l) * op_b(l, j)).abs();
+            }
+            let alpha = f64::from(case.alpha);
+            let (c_term, c_mag) = if case.beta == 0.0 {
+                (0.0, 0.0)
+            } else {
+                let c = f64::from(case.beta) * x.c.at(i, j) as f64;
+                (c, c.abs())
+            };
+            want.push(alpha * sum + c_term);
+            tol.push(2.0 * (case.k as f64 + 2.0) * u * (alpha.abs() * mag + c_mag) + 1e-30);
+        }
+    }
+    (want, tol)
+}
+
+fn run_case(name: &str, kernels: Kernels, exec: &(impl Executor + ?Sized), case: &Case, seed: u64) {
+    let mut x = inputs(case, seed);
+    let (want, tol) = naive(case, &x);
+    let mut workspace = std::vec![f32::NAN; kernels.gemm_workspace_len(case.m, case.n, case.k)];
+    let (a, b) = (x.a.view(), x.b.view());
+    let a = if case.trans_a { a.t() } else { a };
+    let b = if case.trans_b { b.t() } else { b };
+    kernels
+        .gemm_with(
+            exec,
+            case.alpha,
+            a,
+            b,
+            case.beta,
+            x.c.view_mut(),
+            &mut workspace,
+        )
+        .unwrap_or_else(|e| panic!("{name} {case:?}: {e}"));
+    for i in 0..case.m {
+        for j in 0..case.n {
+            let (got, want, tol) = (
+                x.c.at(i, j) as f64,
+                want[i * case.n + j],
+                tol[i * case.n + j],
+            );
+            assert!(
+                (got - want).abs() <= tol,
+                "{name} {case:?}: C[{i}][{j}] = {got}, want {want} ± {tol}"
+            );
+        }
+    }
+    // Padding between rows of C and past its end is never touched.
+    for (idx, &v) in x.c.buf.iter().enumerate() {
+        let rel = idx.wrapping_sub(x.c.offset);
+        let stride = x.c.stride.max(1);
+        let inside = idx >= x.c.offset && rel / stride < case.m && rel % stride < case.n;
+        if !inside {
+            assert_eq!(v, SENTINEL, "{name} {case:?}: wrote outside C at {idx}");
+        }
+    }
+}
+
+/// Every implementation, scalar first.
+fn every_kernel() -> Vec<(&'static str, Kernels)> {
+    let mut all = std::vec![("scalar", scalar())];
+    all.extend(simd_kernels());
+    all
+}
+
+/// Dimensions around every tile (4, 6, 12 rows; 4, 16, 32 columns) and
+/// block size (MC 128/144/192, KC 192/256), plus 0, 1 and primes.
+const DIMS: [usize; 26] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 16, 17, 31, 32, 33, 47, 97, 127, 143, 145, 191, 193,
+    255, 257,
+];
+
+#[test]
+fn gemm_matches_naive_loop_on_random_shapes() {
+    let mut rng = Rng::new(42);
+    for (name, kernels) in every_kernel() {
+        for seed in 0..120 {
+            let pick = |rng: &mut Rng| DIMS[rng.below(DIMS.len())];
+            let (m, n, k) = (pick(&mut rng), pick(&mut rng), pick(&mut rng));
+            let case = Case {
+                m,
+                n,
+                k,
+                trans_a: rng.below(2) == 1,
+                trans_b: rng.below(2) == 1,
+                pad: [
+                    rng.below(2) * rng.below(9),
+                    rng.below(2) * rng.below(9),
+                    rng.below(2) * 5,
+                ],
+                alpha: [1.0, -0.5, 0.0][rng.below(3)],
+                beta: [0.0, 1.0, 0.25][rng.below(3)],
+            };
+            run_case(name, kernels, &Sequential, &case, seed);
+        }
+    }
+}
+
+#[test]
+fn gemm_every_transpose_alpha_and_beta() {
+    for (name, kernels) in every_kernel() {
+        for (m, n, k) in [(1, 7, 5), (3, 33, 17), (37, 41, 29), (61, 70, 300)] {
+            for trans in 0..4 {
+                for alpha in [0.0, 1.0, -0.5] {
+                    for beta in [0.0, 1.0, 0.25] {
+                        let case = Case {
+                            m,
+                            n,
+                            k,
+                            trans_a: trans & 1 == 1,
+                            trans_b: trans & 2 == 2,
+                            pad: [3, 0, 2],
+                            alpha,
+                            beta,
+                        };
+                        run_case(name, kernels, &Sequential, &case, trans as u64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_across_column_blocks_and_several_k_passes() {
+    // n past NC (4080 / 4096) and k past two passes of KC.
+    for (name, kernels) in every_kernel() {
+        for (m, n, k) in [(7, 4100, 3), (5, 4099, 9), (13, 50, 600)] {
+            for trans in 0..4 {
+                let case = Case {
+                    m,
+                    n,
+                    k,
+                    trans_a: trans & 1 == 1,
+                    trans_b: trans & 2 == 2,
+                    pad: [1, 1, 1],
+                    alpha: -0.5,
+                    beta: 0.25,
+                };
+                run_case(name, kernels, &Sequential, &case, 7);
+            }
+        }
+    }
+}
+
+/// Runs the pieces on `threads` scoped threads pulling from a shared
+/// counter, so pieces really do run at the same time and out of order.
+struct Threads(usize);
+
+impl Executor for Threads {
+    fn threads(&self) -> usize {
+        self.0
+    }
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..self.0 {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= pieces {
+                        break;
+                    }
+                    piece(i);
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn gemm_split_across_threads_is_bit_identical_to_sequential() {
+    for (name, kernels) in every_kernel() {
+        for (m, n, k) in [(3, 3000, 40), (150, 200, 300), (301, 97, 13)] {
+            for trans in 0..4 {
+                let case = Case {
+                    m,
+                    n,
+                    k,
+                    trans_a: trans & 1 == 1,
+                    trans_b: trans & 2 == 2,
+                    pad: [0, 2, 1],
+                    alpha: 1.0,
+                    beta: 0.25,
+                };
+                let (mut x, mut y) = (inputs(&case, 3), inputs(&case, 3));
+                for (x, exec) in [
+                    (&mut x, &Threads(3) as &dyn Executor),
+                    (&mut y, &Sequential),
+                ] {
+                    let mut ws = std::vec![0.0; kernels.gemm_workspace_len(m, n, k)];
+                    let (a, b) = (x.a.view(), x.b.view());
+                    let a = if case.trans_a { a.t() } else { a };
+                    let b = if case.trans_b { b.t() } else { b };
+                    kernels
+                        .gemm_with(exec, 1.0, a, b, 0.25, x.c.view_mut(), &mut ws)
+                        .unwrap();
+                }
+                assert_eq!(x.c.buf, y.c.buf, "{name} {case:?}");
+                run_case(name, kernels, &Threads(2), &case, 5);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_shape_errors_write_nothing() {
+    let k = Kernels::best();
+    let (a, b) = ([1.0; 6], [1.0; 6]);
+    let mut c = [SENTINEL; 4];
+    let mut ws = std::vec![0.0; 4096];
+    let a23 = MatRef::new(&a, 2, 3).unwrap();
+    // Inner dimensions differ: (2×3)·(2×3).
+    let err = k.gemm(
+        1.0,
+        a23,
+        MatRef::new(&b, 2, 3).unwrap(),
+        0.0,
+        MatMut::new(&mut c, 2, 2).unwrap(),
+        &mut ws,
+    );
+    assert!(matches!(err, Err(KernelError::InvalidShape(_))));
+    // C of the wrong shape: (2×3)·(3×2) into 1×4.
+    let b32 = MatRef::new(&b, 3, 2).unwrap();
+    let err = k.gemm(
+        1.0,
+        a23,
+        b32,
+        0.0,
+        MatMut::new(&mut c, 1, 4).unwrap(),
+        &mut ws,
+    );
+    assert!(matches!(err, Err(KernelError::InvalidShape(_))));
+    assert_eq!(c, [SENTINEL; 4]);
+    // Views check their own lengths and strides.
+    assert!(matches!(
+        MatRef::new(&a, 2, 2),
+        Err(KernelError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        MatRef::strided(&a, 2, 3, 2),
+        Err(KernelError::InvalidShape(_))
+    ));
+    assert!(matches!(
+        MatRef::strided(&a, 2, 3, 4),
+        Err(KernelError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        MatRef::new(&a, usize::MAX, 2),
+        Err(KernelError::ShapeOverflow)
+    ));
+    assert!(
+        MatRef::strided(&a, 1, 3, 0).is_ok(),
+        "one row needs no stride"
+    );
+    assert!(matches!(
+        MatMut::strided(&mut c, 2, 2, 3),
+        Err(KernelError::LengthMismatch { .. })
+    ));
+}
+
+#[test]
+fn gemm_too_small_workspace_is_an_error() {
+    for (name, kernels) in every_kernel() {
+        let (m, n, k) = (20, 20, 20);
+        let (a, b) = (std::vec![1.0; m * k], std::vec![1.0; k * n]);
+        let mut c = std::vec![SENTINEL; m * n];
+        let needed = kernels.gemm_workspace_len(m, n, k);
+        assert!(needed > 0, "{name}");
+        let mut ws = std::vec![0.0; needed - 1];
+        let err = kernels.gemm(
+            1.0,
+            MatRef::new(&a, m, k).unwrap(),
+            MatRef::new(&b, k, n).unwrap(),
+            0.0,
+            MatMut::new(&mut c, m, n).unwrap(),
+            &mut ws,
+        );
+        assert_eq!(
+            err,
+            Err(KernelError::WorkspaceTooSmall {
+                needed,
+                actual: needed - 1
+            }),
+            "{name}"
+        );
+        assert!(c.iter().all(|&v| v == SENTINEL), "{name}: wrote C on error");
+    }
+}
+
+#[test]
+fn gemm_alpha_zero_does_not_read_a_or_b() {
+    for (name, kernels) in every_kernel() {
+        let (a, b) = ([f32::NAN; 12], [f32::INFINITY; 12]);
+        let mut c = [2.0; 9];
+        let mut ws = std::vec![0.0; kernels.gemm_workspace_len(3, 3, 4)];
+        let c_view = MatMut::new(&mut c, 3, 3).unwrap();
+        kernels
+            .gemm(
+                0.0,
+                MatRef::new(&a, 3, 4).unwrap(),
+                MatRef::new(&b, 4, 3).unwrap(),
+                0.5,
+                c_view,
+                &mut ws,
+            )
+            .unwrap();
+        assert_eq!(c, [1.0; 9], "{name}");
+    }
+}
