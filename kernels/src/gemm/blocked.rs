@@ -3,7 +3,7 @@
 //! `KC`, and per pass two phases run through the caller's [`Executor`]:
 //! pack A and B, then compute tiles of C block by block.
 
-use super::microkernel::{GemmKernel, Tile};
+use super::microkernel::{APanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::Problem;
 use crate::parallel::SharedMut;
@@ -11,6 +11,12 @@ use crate::Executor;
 
 /// Floats of padding per packed region, to start it on a 64-byte line.
 const ALIGN_SLACK: usize = 16;
+
+/// The largest A (per pass over k) read in place rather than packed: 256
+/// KiB, half of a Zen 3 L2. Measured: in place is faster up to 256 × 256
+/// (up to 1.3× at 32 × 32), packing is faster from 512 × 512 and on the
+/// trainer's shapes.
+const DIRECT_A_FLOATS: usize = 64 * 1024;
 
 /// Pieces per thread in the compute phase when running on several threads,
 /// so that uneven pieces still balance.
@@ -57,6 +63,17 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
         SharedMut(packed_b.as_mut_ptr()),
     );
     let m_blocks = m.div_ceil(K::MC);
+    // A small A is read in place: it stays in cache anyway, and packing it
+    // would cost as much as a small product. Only a last, partial panel is
+    // packed (zero-padded to MR rows).
+    let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS;
+    let a_to_pack = if !direct_a {
+        0..a_panels
+    } else if m % K::MR != 0 {
+        a_panels - 1..a_panels
+    } else {
+        0..0
+    };
 
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
@@ -72,78 +89,86 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
         };
         let panels_per_group = b_panels.div_ceil(n_groups);
         let n_groups = b_panels.div_ceil(panels_per_group);
+        // Row blocks shared by several pieces are packed before phase 2;
+        // otherwise each piece packs its own block just before use, so it is
+        // still in L2 (as BLIS does).
+        let pack_a_early = n_groups > 1 || direct_a;
 
         for (pass, pc) in (0..k).step_by(kc_max).enumerate() {
             let kc = kc_max.min(k - pc);
             let beta = if pass == 0 { p.beta } else { 1.0 };
 
-            // Phase 1: pieces `0..threads` pack A's row panels, pieces
-            // `threads..2·threads` pack B's column panels, each a disjoint
-            // range of panels.
-            let a_per_piece = a_panels.div_ceil(threads);
-            let b_per_piece = b_panels.div_ceil(threads);
-            exec.run(2 * threads, &|piece| {
+            // Phase 1: pack B's column panels (and A's, if early), each piece
+            // a disjoint range of panels.
+            let a_pieces = if pack_a_early && !a_to_pack.is_empty() {
+                threads.min(a_to_pack.len())
+            } else {
+                0
+            };
+            let a_per_piece = a_to_pack.len().div_ceil(a_pieces.max(1));
+            let b_pieces = threads.min(b_panels);
+            let b_per_piece = b_panels.div_ceil(b_pieces);
+            exec.run(a_pieces + b_pieces, &|piece| {
                 kernel.enter(
                     #[inline(always)]
                     |_| {
-                        if piece < threads {
-                            let first = (piece * a_per_piece).min(a_panels);
-                            let last = (first + a_per_piece).min(a_panels);
-                            let len = (last - first) * K::MR * kc;
-                            // SAFETY: pieces write disjoint panel ranges of
-                            // the A region, which holds `a_panels` panels of
-                            // `MR · kc_max >= MR · kc` floats.
-                            let dst = unsafe {
-                                core::slice::from_raw_parts_mut(
-                                    packed_a.ptr().add(first * K::MR * kc),
-                                    len,
-                                )
-                            };
-                            let rows = (first * K::MR).min(m)..(last * K::MR).min(m);
-                            pack_a(&p.a, rows, pc..pc + kc, K::MR, dst);
+                        if piece < a_pieces {
+                            let first = a_to_pack.start + piece * a_per_piece;
+                            let last = (first + a_per_piece).min(a_to_pack.end);
+                            // SAFETY: pieces pack disjoint panel ranges.
+                            unsafe { pack_a_panels::<K>(p, packed_a, first..last, pc, kc) };
                         } else {
-                            let first = ((piece - threads) * b_per_piece).min(b_panels);
+                            let first = ((piece - a_pieces) * b_per_piece).min(b_panels);
                             let last = (first + b_per_piece).min(b_panels);
-                            let len = (last - first) * K::NR * kc;
-                            // SAFETY: as for A, in the B region of
-                            // `b_panels` panels of `NR · kc_max` floats.
-                            let dst = unsafe {
-                                core::slice::from_raw_parts_mut(
-                                    packed_b.ptr().add(first * K::NR * kc),
-                                    len,
-                                )
-                            };
-                            let cols =
-                                (jc + first * K::NR).min(jc + nc)..(jc + last * K::NR).min(jc + nc);
-                            pack_b(&p.b, pc..pc + kc, cols, K::NR, dst);
+                            // SAFETY: pieces pack disjoint panel ranges.
+                            unsafe { pack_b_panels::<K>(p, packed_b, first..last, jc, nc, pc, kc) };
                         }
                     },
                 )
             });
 
             // Phase 2: piece (row block, panel group) computes its block of
-            // C; the blocks partition C, and the packed data is read only.
+            // C; the blocks partition C.
             exec.run(m_blocks * n_groups, &|piece| {
                 kernel.enter(
                     #[inline(always)]
                     |kernel| {
                         let (block, group) = (piece / n_groups, piece % n_groups);
-                        // SAFETY: phase 1 has finished writing both regions,
-                        // and no piece writes them during phase 2.
+                        let rows = block * K::MC..m.min((block + 1) * K::MC);
+                        let panels = rows.start / K::MR..rows.end.div_ceil(K::MR);
+                        if !pack_a_early {
+                            // SAFETY: this piece alone uses its row block.
+                            unsafe { pack_a_panels::<K>(p, packed_a, panels.clone(), pc, kc) };
+                        }
+                        // SAFETY: the A panels of this row block and all of
+                        // packed B were written (in phase 1 or just above) and
+                        // no piece writes them while phase 2 runs. (Panels a
+                        // direct A never packed hold stale floats, unread.)
                         let (a, b) = unsafe {
                             (
-                                core::slice::from_raw_parts(packed_a.ptr(), a_panels * K::MR * kc),
+                                core::slice::from_raw_parts(
+                                    packed_a.ptr().add(panels.start * K::MR * kc),
+                                    panels.len() * K::MR * kc,
+                                ),
                                 core::slice::from_raw_parts(packed_b.ptr(), b_panels * K::NR * kc),
                             )
                         };
                         let first_panel = group * panels_per_group;
                         let last_panel = (first_panel + panels_per_group).min(b_panels);
-                        let rows = block * K::MC..m.min((block + 1) * K::MC);
                         for q in first_panel..last_panel {
                             let j = jc + q * K::NR;
                             let b_panel = &b[q * K::NR * kc..][..K::NR * kc];
                             for i in rows.clone().step_by(K::MR) {
-                                let a_panel = &a[i * kc..][..K::MR * kc];
+                                let a_panel = if direct_a && i + K::MR <= m {
+                                    APanel {
+                                        data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
+                                        rs: p.a.rs,
+                                        cs: p.a.cs,
+                                    }
+                                } else {
+                                    let panel = &a[(i - rows.start) * kc..][..K::MR * kc];
+                                    APanel::packed(panel, K::MR)
+                                };
                                 let tile = Tile {
                                     // SAFETY: (i, j) is inside C.
                                     ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
@@ -161,4 +186,52 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
             });
         }
     }
+}
+
+/// Packs panels `panels` (of `NR` columns each) of op(B), columns from
+/// `jc` (of a block `nc` wide), depth `pc..pc + kc`, into the B region.
+///
+/// # Safety
+/// The B region holds `ceil(nc / NR)` panels of `NR · kc` floats, and no
+/// one else accesses panels `panels` during the call.
+#[inline(always)]
+unsafe fn pack_b_panels<K: GemmKernel>(
+    p: &Problem,
+    packed_b: SharedMut,
+    panels: core::ops::Range<usize>,
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+) {
+    let len = panels.len() * K::NR * kc;
+    // SAFETY: per the contract, these panels are in bounds and ours alone.
+    let dst = unsafe {
+        core::slice::from_raw_parts_mut(packed_b.ptr().add(panels.start * K::NR * kc), len)
+    };
+    let cols = jc + (panels.start * K::NR).min(nc)..jc + (panels.end * K::NR).min(nc);
+    pack_b(&p.b, pc..pc + kc, cols, K::NR, dst);
+}
+
+/// Packs panels `panels` (of `MR` rows each) of op(A), depth `pc..pc + kc`,
+/// into their place in the A region.
+///
+/// # Safety
+/// The A region holds all `ceil(m / MR)` panels of `MR · kc` floats, and no
+/// one else accesses panels `panels` during the call.
+#[inline(always)]
+unsafe fn pack_a_panels<K: GemmKernel>(
+    p: &Problem,
+    packed_a: SharedMut,
+    panels: core::ops::Range<usize>,
+    pc: usize,
+    kc: usize,
+) {
+    let len = panels.len() * K::MR * kc;
+    // SAFETY: per the contract, these panels are in bounds and ours alone.
+    let dst = unsafe {
+        core::slice::from_raw_parts_mut(packed_a.ptr().add(panels.start * K::MR * kc), len)
+    };
+    let rows = (panels.start * K::MR).min(p.m)..(panels.end * K::MR).min(p.m);
+    pack_a(&p.a, rows, pc..pc + kc, K::MR, dst);
 }

@@ -36,20 +36,49 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// compiles to it (pieces run by an executor start outside that context).
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R;
 
-    /// Writes `alpha · A·B + beta · C` for one tile, where `a` holds `kc`
-    /// groups of `MR` floats and `b` `kc` groups of `NR` floats. With
+    /// Writes `alpha · A·B + beta · C` for one tile, where `b` holds `kc`
+    /// groups of `NR` floats (a packed panel) and `a` is `MR × kc`. With
     /// `beta == 0`, C is not read.
     ///
     /// # Safety
     /// `c.ptr` points to a `c.rows × c.cols` block with row stride `c.ldc`
     /// (`rows <= MR`, `cols <= NR`) that nothing else accesses meanwhile.
-    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile);
+    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile);
 
     /// `y += alpha · x` (the small-m path).
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]);
 
     /// `Σ x·y` over equal-length slices (the small-m path).
     fn dot(self, x: &[f32], y: &[f32]) -> f32;
+}
+
+/// The A operand of one tile: `A(i, p) = data[i·rs + p·cs]` for `i < MR`,
+/// `p < kc`. A packed panel has `rs = 1, cs = MR`; small products read A in
+/// place with its own strides.
+#[derive(Clone, Copy)]
+pub(crate) struct APanel<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl<'a> APanel<'a> {
+    /// A packed panel of `mr` rows.
+    #[inline(always)]
+    pub(crate) fn packed(data: &'a [f32], mr: usize) -> APanel<'a> {
+        APanel {
+            data,
+            rs: 1,
+            cs: mr,
+        }
+    }
+
+    /// `data` cut to the elements of an `mr × kc` operand (`kc > 0`); the
+    /// callers guarantee they exist, so running short is a bug here.
+    #[inline(always)]
+    fn extent(&self, mr: usize, kc: usize) -> &'a [f32] {
+        &self.data[..(mr - 1) * self.rs + (kc - 1) * self.cs + 1]
+    }
 }
 
 /// Where a microkernel writes: `rows × cols` floats at `ptr`, row stride `ldc`.
@@ -62,9 +91,10 @@ pub(crate) struct Tile {
 }
 
 /// AVX2 + FMA: 6 × 16 tile = 12 accumulators + 2 B vectors + 1 broadcast of
-/// the 16 YMM registers. KC = 256 puts the B panel at 16 KiB, half of L1;
-/// MC = 144 makes the A block 144 KiB, well inside L2 next to streaming B
-/// panels and C; NC = 4080 keeps the B block near 4 MiB of L3.
+/// the 16 YMM registers. KC = 384 puts the B panel at 24 KiB of the 32 KiB
+/// L1 (and runs the trainer's k = 384 in one pass; 256 measured 2–5 %
+/// slower); MC = 144 makes the A block 216 KiB, inside even Zen 3's 512 KiB
+/// L2; NC = 4080 keeps the B block near 6 MiB of L3.
 #[cfg(target_arch = "x86_64")]
 impl GemmKernel for V3 {
     const MR: usize = 6;
@@ -79,7 +109,7 @@ impl GemmKernel for V3 {
         unsafe { V3::vectorize(f) }
     }
     #[inline(always)]
-    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
         // SAFETY: forwarded contract.
         unsafe { simd_tile::<V3, 6, 2>(self, kc, a, b, alpha, beta, c) }
     }
@@ -94,14 +124,16 @@ impl GemmKernel for V3 {
 }
 
 /// AVX-512: 12 × 32 tile = 24 accumulators + 2 B vectors + 1 broadcast of
-/// the 32 ZMM registers. The B panel is twice as wide as on AVX2, so
-/// KC = 192 keeps it at 24 KiB of L1; MC = 192 gives a 144 KiB A block.
+/// the 32 ZMM registers. KC = 384 makes the B panel 48 KiB, more than L1,
+/// yet measured fastest on Zen 4 (192 and 256 were 5–10 % slower: C
+/// traffic per pass outweighs L1 misses that L2 serves well); MC = 192
+/// gives a 288 KiB A block in a 1 MiB L2.
 #[cfg(target_arch = "x86_64")]
 impl GemmKernel for V4 {
     const MR: usize = 12;
     const NR: usize = 32;
     const MC: usize = 192;
-    const KC: usize = 192;
+    const KC: usize = 384;
     const NC: usize = 4096;
 
     #[inline(always)]
@@ -110,7 +142,7 @@ impl GemmKernel for V4 {
         unsafe { V4::vectorize(f) }
     }
     #[inline(always)]
-    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
         // SAFETY: forwarded contract.
         unsafe { simd_tile::<V4, 12, 2>(self, kc, a, b, alpha, beta, c) }
     }
@@ -131,13 +163,13 @@ impl<const N: usize> GemmKernel for Emulated<N> {
     const MR: usize = if N == 16 { 12 } else { 6 };
     const NR: usize = 2 * N;
     const MC: usize = if N == 16 { 192 } else { 144 };
-    const KC: usize = if N == 16 { 192 } else { 256 };
+    const KC: usize = 384;
     const NC: usize = if N == 16 { 4096 } else { 4080 };
 
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
         f(self)
     }
-    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
         // SAFETY: forwarded contract.
         unsafe {
             if N == 16 {
@@ -170,10 +202,12 @@ impl GemmKernel for ScalarKernel {
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
         f(self)
     }
-    unsafe fn tile(self, kc: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: Tile) {
+    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
         let mut acc = [0.0f32; 16];
-        for (ap, bp) in a.chunks_exact(4).zip(b.chunks_exact(4)).take(kc) {
-            for (acc_row, &ai) in acc.chunks_exact_mut(4).zip(ap) {
+        let a_data = a.extent(4, kc);
+        for (p, bp) in b.chunks_exact(4).take(kc).enumerate() {
+            for (i, acc_row) in acc.chunks_exact_mut(4).enumerate() {
+                let ai = a_data[i * a.rs + p * a.cs];
                 for (acc, &bj) in acc_row.iter_mut().zip(bp) {
                     *acc += ai * bj;
                 }
@@ -199,7 +233,7 @@ impl GemmKernel for ScalarKernel {
 unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     kc: usize,
-    a: &[f32],
+    a: APanel,
     b: &[f32],
     alpha: f32,
     beta: f32,
@@ -212,19 +246,33 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
         prefetch(c.ptr.wrapping_add(i * c.ldc + c.cols - 1));
     }
     let mut acc = [[s.splat(0.0); NV]; MR];
-    // Four steps of k per iteration, so that loop control is a small share
-    // of the instructions the core has to issue.
-    let (a, b) = (&a[..kc * MR], &b[..kc * nr]);
-    let mut a_quads = a.chunks_exact(4 * MR);
-    let mut b_quads = b.chunks_exact(4 * nr);
-    for (a4, b4) in (&mut a_quads).zip(&mut b_quads) {
-        for u in 0..4 {
-            rank_one_update(s, &mut acc, &a4[u * MR..][..MR], &b4[u * nr..][..nr]);
+    let b = &b[..kc * nr];
+    if a.rs == 1 && a.cs == MR {
+        // Packed A. Eight steps of k per iteration, so that loop control is
+        // a small share of the instructions issued (4 made LLVM spill an
+        // accumulator; 8 measured fastest).
+        let a = &a.data[..kc * MR];
+        let mut a_blocks = a.chunks_exact(8 * MR);
+        let mut b_blocks = b.chunks_exact(8 * nr);
+        for (a8, b8) in (&mut a_blocks).zip(&mut b_blocks) {
+            for u in 0..8 {
+                let ap = &a8[u * MR..][..MR];
+                rank_one_update(s, &mut acc, |i| ap[i], &b8[u * nr..][..nr]);
+            }
         }
-    }
-    let rest = a_quads.remainder().chunks_exact(MR);
-    for (ap, bp) in rest.zip(b_quads.remainder().chunks_exact(nr)) {
-        rank_one_update(s, &mut acc, ap, bp);
+        let rest = a_blocks.remainder().chunks_exact(MR);
+        for (ap, bp) in rest.zip(b_blocks.remainder().chunks_exact(nr)) {
+            rank_one_update(s, &mut acc, |i| ap[i], bp);
+        }
+    } else if kc > 0 {
+        // A in place, with its own strides.
+        let a_data = a.extent(MR, kc);
+        for (p, bp) in b.chunks_exact(nr).enumerate() {
+            // SAFETY: i < MR and p < kc, so the index is at most
+            // (MR - 1)·rs + (kc - 1)·cs, the last element of `a_data`.
+            let a_at = |i: usize| unsafe { *a_data.get_unchecked(i * a.rs + p * a.cs) };
+            rank_one_update(s, &mut acc, a_at, bp);
+        }
     }
 
     let alpha_v = s.splat(alpha);
@@ -256,20 +304,21 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// `acc += a ⊗ b` for one step of k: `NV` loads of B, `MR` broadcasts of A.
+/// `acc += a ⊗ b` for one step of k, with `a(i)` the A value of row `i`:
+/// `NV` loads of B, `MR` broadcasts of A.
 #[inline(always)]
 fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     acc: &mut [[S::V; NV]; MR],
-    a: &[f32],
+    a: impl Fn(usize) -> f32,
     b: &[f32],
 ) {
     let mut bv = [s.splat(0.0); NV];
     for (v, bv) in bv.iter_mut().enumerate() {
         *bv = s.load(&b[v * S::LANES..]);
     }
-    for (acc_row, &ai) in acc.iter_mut().zip(a) {
-        let av = s.splat(ai);
+    for (i, acc_row) in acc.iter_mut().enumerate() {
+        let av = s.splat(a(i));
         for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
             *acc = s.mul_add(av, bv, *acc);
         }
