@@ -24,11 +24,16 @@
 //!   [`Kernels::fill`], [`Kernels::copy`]
 //! - reductions: [`Kernels::sum`], [`Kernels::max`], [`Kernels::dot`],
 //!   [`Kernels::sum_squares`]
-//! - [`Kernels::softmax_rows`], [`Kernels::layer_norm_forward`] /
+//! - [`Kernels::softmax_rows`] / [`Kernels::softmax_backward_rows`],
+//!   [`Kernels::layer_norm_forward`] /
 //!   [`Kernels::layer_norm_backward`], [`Kernels::gelu_forward`] /
 //!   [`Kernels::gelu_backward`], [`Kernels::cross_entropy`],
 //!   [`Kernels::adamw_step`], [`Kernels::transpose`], [`Kernels::exp`],
 //!   [`Kernels::tanh`]
+//! - matrix multiply: [`Kernels::gemm`] (and [`Kernels::gemm_with`] to split
+//!   it across the caller's threads through an [`Executor`]) over
+//!   [`MatRef`] / [`MatMut`] views, with [`Kernels::gemm_workspace_len`];
+//!   see the `gemm` module notes in the README for blocking and speed.
 //!
 //! # Accuracy of the vectorized `exp` and `tanh`
 //! Measured against `libm` over all 2^32 f32 inputs (the ignored test

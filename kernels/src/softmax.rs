@@ -5,7 +5,7 @@ use crate::dispatch::dispatch;
 use crate::error::{expect_len, rows_of};
 use crate::math;
 use crate::reduce::row_max;
-use crate::simd::{update1, Simd};
+use crate::simd::{fold2, update1, update2, Simd};
 use crate::{KernelError, Kernels};
 
 /// Which prefix of each row a row-wise routine covers; the entries after it
@@ -88,6 +88,75 @@ impl Kernels {
         }
         Ok(())
     }
+
+    /// The backward pass of [`Kernels::softmax_rows`], in place: for each
+    /// row, with `y` the softmax output in `probs` and `g` the gradient with
+    /// respect to it in `grad`, `grad[j] = y[j] · (g[j] − Σ_i y[i]·g[i])`
+    /// over the valid prefix, and 0 after it.
+    ///
+    /// ```
+    /// use kernels::{Kernels, ValidLen};
+    ///
+    /// let k = Kernels::best();
+    /// let probs = [0.5, 0.5];
+    /// let mut grad = [1.0, 0.0]; // d(loss)/d(probs)
+    /// k.softmax_backward_rows(&probs, &mut grad, 2, ValidLen::All)?;
+    /// assert_eq!(grad, [0.25, -0.25]); // d(loss)/d(scores)
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn softmax_backward_rows(
+        &self,
+        probs: &[f32],
+        grad: &mut [f32],
+        cols: usize,
+        valid: ValidLen<'_>,
+    ) -> Result<(), KernelError> {
+        expect_len("grad", grad.len(), probs.len())?;
+        let rows = rows_of("probs", probs.len(), cols)?;
+        valid.check(rows, cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        for (r, (y, g)) in probs
+            .chunks_exact(cols)
+            .zip(grad.chunks_exact_mut(cols))
+            .enumerate()
+        {
+            let len = valid.of_row(r, cols);
+            let (y, (g, dead)) = (&y[..len], g.split_at_mut(len));
+            dispatch!(self,
+                scalar: softmax_backward_scalar(y, g),
+                simd: |s| softmax_backward(s, y, g),
+            );
+            dead.fill(0.0);
+        }
+        Ok(())
+    }
+}
+
+fn softmax_backward_scalar(y: &[f32], g: &mut [f32]) {
+    let dot: f32 = y.iter().zip(g.iter()).map(|(&y, &g)| y * g).sum();
+    g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
+}
+
+#[inline(always)]
+fn softmax_backward<S: Simd>(s: S, y: &[f32], g: &mut [f32]) {
+    let acc = fold2(
+        s,
+        y,
+        g,
+        #[inline(always)]
+        |acc, y, g| s.mul_add(y, g, acc),
+        |p, q| s.add(p, q),
+    );
+    let dot = s.splat(s.reduce_sum(acc));
+    update2(
+        s,
+        y,
+        g,
+        #[inline(always)]
+        |y, g| s.mul(y, s.sub(g, dot)),
+    );
 }
 
 fn softmax_scalar(x: &mut [f32]) {

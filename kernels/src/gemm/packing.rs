@@ -88,10 +88,20 @@ fn pack_panels(
                 *line = &src.data[(x0 + x) * src.across + depth.start * src.along..][..kc];
             }
             for (p, dst) in panel.chunks_exact_mut(width).enumerate() {
-                for (d, line) in dst.iter_mut().zip(&line[..lines]) {
-                    *d = line[p];
+                // Every line holds `kc` floats and `p < kc` (the panel holds
+                // `kc` steps of `width`): the indexing below is in bounds.
+                if lines == width {
+                    // The common case, a loop of known length LLVM unrolls.
+                    for (d, line) in dst.iter_mut().zip(&line[..width]) {
+                        // SAFETY: p < kc = line.len(), as stated above.
+                        *d = unsafe { *line.get_unchecked(p) };
+                    }
+                } else {
+                    for (d, line) in dst.iter_mut().zip(&line[..lines]) {
+                        *d = line[p];
+                    }
+                    dst[lines..].fill(0.0);
                 }
-                dst[lines..].fill(0.0);
             }
         }
     }

@@ -179,6 +179,38 @@ fn softmax_rows_all_masks() {
 }
 
 #[test]
+fn softmax_backward_rows_all_masks() {
+    let mut rng = Rng::new(6);
+    for (name, k) in simd_kernels() {
+        for cols in [1, 2, 7, 8, 9, 15, 16, 17, 31, 64, 67, 257] {
+            let rows = 5;
+            let mut probs = rng.vec(rows * cols, -3.0, 3.0);
+            scalar()
+                .softmax_rows(&mut probs, cols, ValidLen::All)
+                .unwrap();
+            let g = rng.vec(rows * cols, -2.0, 2.0);
+            let lens: Vec<usize> = (0..rows).map(|r| (r * 7) % (cols + 1)).collect();
+            for valid in [
+                ValidLen::All,
+                ValidLen::Causal { offset: 1 },
+                ValidLen::PerRow(&lens),
+            ] {
+                let mut want = g.clone();
+                scalar()
+                    .softmax_backward_rows(&probs, &mut want, cols, valid)
+                    .unwrap();
+                let mut got = Guarded::from(&g, cols);
+                let p = Guarded::from(&probs, cols + 1);
+                k.softmax_backward_rows(p.get(), got.get_mut(), cols, valid)
+                    .unwrap();
+                let what = ctx("softmax backward", name, cols);
+                assert_close(&what, &got.checked(&what), &want, 1e-5, 1e-7);
+            }
+        }
+    }
+}
+
+#[test]
 fn softmax_special_values() {
     for (name, k) in simd_kernels() {
         let cols = 19;

@@ -70,6 +70,45 @@ fn numerical_gradient(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 }
 
 #[test]
+fn softmax_backward_matches_finite_differences() {
+    let mut rng = Rng::new(21);
+    for (name, k) in every_kernel() {
+        for cols in [1, 3, 8, 17] {
+            let rows = 3;
+            let x = rng.vec(rows * cols, -2.0, 2.0);
+            let w = rng.vec(rows * cols, -1.0, 1.0);
+            let mut probs = x.clone();
+            k.softmax_rows(&mut probs, cols, ValidLen::Causal { offset: 0 })
+                .unwrap();
+            // loss = Σ w · softmax(x), so d(loss)/d(probs) = w.
+            let mut got = w.clone();
+            k.softmax_backward_rows(&probs, &mut got, cols, ValidLen::Causal { offset: 0 })
+                .unwrap();
+            let loss = |x: &[f64]| -> f64 {
+                let mut total = 0.0;
+                for r in 0..rows {
+                    let valid = (r + 1).min(cols);
+                    let row = &x[r * cols..r * cols + valid];
+                    let z: f64 = row.iter().map(|v| v.exp()).sum();
+                    for (j, v) in row.iter().enumerate() {
+                        total += f64::from(w[r * cols + j]) * v.exp() / z;
+                    }
+                }
+                total
+            };
+            let want = numerical_gradient(&widen(&x), loss);
+            close64(
+                &ctx("softmax backward", name, cols),
+                &got,
+                &want,
+                1e-3,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
 fn softmax_matches_definition() {
     let mut rng = Rng::new(20);
     for (name, k) in every_kernel() {
