@@ -1,19 +1,11 @@
-//! `runner`: will train and run a small GPT on the CPU. For now it reports
-//! which kernel backend this machine runs and which ones it supports.
+//! `runner`: the command-line front end; see `runner --help`.
 
-use kernels::{Backend, Kernels};
+use clap::Parser;
 
 fn main() {
-    let kernels = Kernels::best();
-    let supported: Vec<&str> = Backend::ALL
-        .into_iter()
-        .filter(|b| b.is_supported())
-        .map(Backend::name)
-        .collect();
-    println!(
-        "Kernel backend: {} ({} f32 lanes); supported here: {}",
-        kernels.backend(),
-        kernels.backend().lanes(),
-        supported.join(", ")
-    );
+    let cli = runner::cli::Cli::parse();
+    if let Err(e) = runner::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

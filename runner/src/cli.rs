@@ -1,0 +1,245 @@
+//! The command line: `runner` (the default job), `runner train`,
+//! `runner eval`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kernels::{Backend, Kernels};
+use log::info;
+
+use crate::checkpoint;
+use crate::config::{ModelConfig, Preset};
+use crate::data;
+use crate::error::Error;
+use crate::eval::evaluate;
+use crate::logger;
+use crate::train::{self, describe, TrainSettings};
+
+/// Train and run a small GPT-2-style language model on the CPU.
+///
+/// With no command, trains the `small` model on the embedded arithmetic
+/// corpus for a couple of minutes and reports as it goes.
+#[derive(Parser, Debug)]
+#[command(name = "runner", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (from scratch, or resumed from a checkpoint).
+    Train(TrainArgs),
+    /// Print a checkpoint's loss and perplexity on a text.
+    #[command(long_about = EVAL_HELP)]
+    Eval(EvalArgs),
+}
+
+const EVAL_HELP: &str = "Print a checkpoint's loss and perplexity on a text.
+
+The loss is the mean next-token cross-entropy (nats per byte) over
+consecutive non-overlapping windows of block-size + 1 tokens taken with
+stride block-size from the start of the file (a final partial window is
+included if it has at least 2 tokens); each window predicts its tokens 1..
+from 0... Perplexity is e^loss. Any other implementation can reproduce it.";
+
+/// Which kernels to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The fastest this CPU supports.
+    Auto,
+    /// The portable reference (the naive baseline).
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
+impl BackendChoice {
+    /// The kernels handle, or an error if the CPU lacks the backend.
+    pub fn kernels(self) -> Result<Kernels, Error> {
+        let backend = match self {
+            BackendChoice::Auto => return Ok(Kernels::best()),
+            BackendChoice::Scalar => Backend::Scalar,
+            BackendChoice::Avx2 => Backend::Avx2,
+            BackendChoice::Avx512 => Backend::Avx512,
+        };
+        Ok(Kernels::new(backend)?)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Model size: tiny (L2 H2 C32 T32), small (L4 H4 C256 T128) or shakes
+    /// (L6 H6 C384 T256) [default: small].
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Transformer blocks (overrides the preset).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Attention heads; must divide the channels (overrides the preset).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Width of the model (overrides the preset).
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Context length in tokens (bytes) (overrides the preset).
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    /// Text file to train on, split 90 % / 10 % into training and
+    /// validation [default: the embedded arithmetic corpus].
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Optimizer steps (the total, when resuming).
+    #[arg(long, default_value_t = 200)]
+    pub steps: u32,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Micro-batches whose gradients add up to one step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (after warm-up; cosine decay to a tenth of it).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: u32,
+    /// Seed of the initial weights and of the data sampling.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Validate every N steps (0: only at the end).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub eval_every: u32,
+    /// Save a checkpoint (Hugging Face GPT-2 layout + optimizer state) to DIR
+    /// at the end.
+    #[arg(long, value_name = "DIR")]
+    pub save: Option<PathBuf>,
+    /// Continue the run saved in DIR (model, optimizer, step, data order).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Log every N steps.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub log_every: u32,
+    /// Only warnings and errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Kernel backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// Checkpoint directory (from `runner train --save`).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text to evaluate on [default: the embedded arithmetic corpus].
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Only warnings and errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Kernel backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+}
+
+impl TrainArgs {
+    /// The model shape asked for: `None` when no shape option is given
+    /// (a resumed run then takes the checkpoint's).
+    pub fn requested_config(&self) -> Option<ModelConfig> {
+        let any = self.preset.is_some()
+            || self.layers.is_some()
+            || self.heads.is_some()
+            || self.channels.is_some()
+            || self.block_size.is_some();
+        if !any && self.resume.is_some() {
+            return None;
+        }
+        let base = self.preset.unwrap_or(Preset::Small).config();
+        Some(ModelConfig {
+            layers: self.layers.unwrap_or(base.layers),
+            heads: self.heads.unwrap_or(base.heads),
+            channels: self.channels.unwrap_or(base.channels),
+            block_size: self.block_size.unwrap_or(base.block_size),
+            ..base
+        })
+    }
+
+    pub fn settings(&self) -> TrainSettings {
+        TrainSettings {
+            config: self.requested_config(),
+            data: self.data.clone(),
+            steps: self.steps,
+            batch: self.batch,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            warmup: self.warmup,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            log_every: self.log_every,
+            save: self.save.clone(),
+            resume: self.resume.clone(),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        None => {
+            logger::init(false);
+            info!("No command given: training the default model on the embedded arithmetic corpus (see `runner --help`).");
+            let Some(Command::Train(args)) = Cli::parse_from(["runner", "train"]).command else {
+                unreachable!("`train` parses as the train command");
+            };
+            train::train(&args.settings(), args.backend.kernels()?)?;
+            Ok(())
+        }
+        Some(Command::Train(args)) => {
+            logger::init(args.quiet);
+            train::train(&args.settings(), args.backend.kernels()?)?;
+            Ok(())
+        }
+        Some(Command::Eval(args)) => {
+            logger::init(args.quiet);
+            let mut model = checkpoint::load_model(&args.checkpoint, args.backend.kernels()?)?;
+            let tokens = match &args.data {
+                Some(path) => data::read_tokens(path)?,
+                None => data::encode(&crate::corpus::arithmetic()),
+            };
+            if tokens.len() < 2 {
+                return Err(Error::Data {
+                    path: args.data.clone().unwrap_or_default(),
+                    reason: "evaluation needs at least 2 bytes".into(),
+                });
+            }
+            info!(
+                "Evaluating {} on {} tokens with the {} backend",
+                describe(&model.config),
+                tokens.len(),
+                model.kernels().backend()
+            );
+            let eval = evaluate(&mut model, &tokens, args.batch, None)?;
+            info!(
+                "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {}",
+                eval.forward_ms,
+                eval.cross_entropy_ms,
+                eval.forward_ms + eval.cross_entropy_ms,
+                model.config.block_size
+            );
+            println!(
+                "loss {:.6} perplexity {:.4} tokens {}",
+                eval.loss,
+                eval.perplexity(),
+                eval.tokens
+            );
+            Ok(())
+        }
+    }
+}

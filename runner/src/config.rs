@@ -1,0 +1,112 @@
+//! Model shapes: the named presets and the checks that reject a shape
+//! before anything is allocated.
+
+use crate::error::Error;
+
+/// The shape of a GPT-2-style model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Tokens in the vocabulary (256 for the byte-level tokenizer).
+    pub vocab_size: usize,
+    /// Longest sequence the model sees (positions).
+    pub block_size: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads per block.
+    pub heads: usize,
+    /// Width of the residual stream.
+    pub channels: usize,
+}
+
+/// The named model sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// L2 H2 C32 T32: for tests, trains in seconds.
+    Tiny,
+    /// L4 H4 C256 T128: the default.
+    Small,
+    /// L6 H6 C384 T256: 10.8 M parameters, for Shakespeare.
+    Shakes,
+}
+
+/// The largest parameter count accepted (4 G floats would not fit in memory
+/// here anyway); it keeps size arithmetic far from overflow.
+const MAX_PARAMS: usize = 1 << 31;
+
+impl Preset {
+    /// The preset's shape, with the byte-level vocabulary.
+    pub fn config(self) -> ModelConfig {
+        let (layers, heads, channels, block_size) = match self {
+            Preset::Tiny => (2, 2, 32, 32),
+            Preset::Small => (4, 4, 256, 128),
+            Preset::Shakes => (6, 6, 384, 256),
+        };
+        ModelConfig {
+            vocab_size: 256,
+            block_size,
+            layers,
+            heads,
+            channels,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Channels per attention head.
+    pub fn head_size(&self) -> usize {
+        self.channels / self.heads
+    }
+
+    /// Rejects shapes that cannot be built: zero sizes, heads that do not
+    /// divide the channels, and sizes too large to allocate.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fields = [
+            ("vocab size", self.vocab_size),
+            ("block size", self.block_size),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("channels", self.channels),
+        ];
+        for (name, value) in fields {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.channels % self.heads != 0 {
+            return Err(Error::Config(format!(
+                "{} heads do not divide {} channels",
+                self.heads, self.channels
+            )));
+        }
+        let params = self.checked_param_count();
+        match params {
+            Some(n) if n <= MAX_PARAMS && self.block_size <= 1 << 16 => Ok(()),
+            _ => Err(Error::Config(format!(
+                "model too large: {} layers × {} channels, block size {}",
+                self.layers, self.channels, self.block_size
+            ))),
+        }
+    }
+
+    /// Parameters of the model, or `None` on overflow.
+    fn checked_param_count(&self) -> Option<usize> {
+        let (c, l) = (self.channels, self.layers);
+        let per_layer = c
+            .checked_mul(c)?
+            .checked_mul(12)?
+            .checked_add(c.checked_mul(13)?)?;
+        let embeddings = self
+            .vocab_size
+            .checked_add(self.block_size)?
+            .checked_mul(c)?;
+        per_layer
+            .checked_mul(l)?
+            .checked_add(embeddings)?
+            .checked_add(2 * c)
+    }
+
+    /// Parameters of the model (after [`ModelConfig::validate`]).
+    pub fn param_count(&self) -> usize {
+        self.checked_param_count().unwrap_or(usize::MAX)
+    }
+}

@@ -1,0 +1,117 @@
+//! Byte-level tokenization (every byte is a token, so any file round-trips
+//! exactly) and the train / validation split with seeded random windows.
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::rng::Rng;
+
+/// The vocabulary of the byte-level tokenizer.
+pub const VOCAB_SIZE: usize = 256;
+
+/// Tokens of `bytes`: one per byte.
+pub fn encode(bytes: &[u8]) -> Vec<u32> {
+    bytes.iter().map(|&b| u32::from(b)).collect()
+}
+
+/// Bytes of `tokens` (each below 256).
+pub fn decode(tokens: &[u32]) -> Vec<u8> {
+    tokens.iter().map(|&t| t as u8).collect()
+}
+
+/// Reads a non-empty text file as tokens.
+pub fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.is_empty() {
+        return Err(Error::Data {
+            path: path.into(),
+            reason: "the file is empty".into(),
+        });
+    }
+    Ok(encode(&bytes))
+}
+
+/// A text split 90 / 10 into training and validation tokens.
+pub struct Dataset {
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+}
+
+impl Dataset {
+    /// Splits `tokens` (from `origin`, named in errors): the first 90 % train,
+    /// the rest validates. Training needs at least `block_size + 1` tokens.
+    pub fn split(tokens: Vec<u32>, block_size: usize, origin: &Path) -> Result<Dataset, Error> {
+        let val_len = tokens.len() / 10;
+        let train_len = tokens.len() - val_len;
+        if train_len < block_size + 1 || val_len < 2 {
+            return Err(Error::Data {
+                path: origin.into(),
+                reason: format!(
+                    "{} bytes is too short for block size {block_size}: training needs at least {} bytes (90 % of the file) and validation 2",
+                    tokens.len(),
+                    (block_size + 1) * 10 / 9 + 2,
+                ),
+            });
+        }
+        let mut train = tokens;
+        let val = train.split_off(train_len);
+        Ok(Dataset { train, val })
+    }
+}
+
+/// Fills `inputs` and `targets` (`b·t` each) with `b` random windows of
+/// `t + 1` consecutive tokens of `tokens` (at least `t + 1` long): inputs
+/// are tokens `0..t` of each window, targets `1..=t`.
+pub fn sample_batch(
+    tokens: &[u32],
+    b: usize,
+    t: usize,
+    rng: &mut Rng,
+    inputs: &mut [u32],
+    targets: &mut [u32],
+) {
+    let starts = tokens.len() - t;
+    for (inp, tgt) in inputs
+        .chunks_exact_mut(t)
+        .zip(targets.chunks_exact_mut(t))
+        .take(b)
+    {
+        let start = rng.below(starts);
+        inp.copy_from_slice(&tokens[start..start + t]);
+        tgt.copy_from_slice(&tokens[start + 1..start + t + 1]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_bytes_round_trip() {
+        let bytes: Vec<u8> = (0..=255).chain([0, 10, 255]).collect();
+        assert_eq!(decode(&encode(&bytes)), bytes);
+    }
+
+    #[test]
+    fn windows_are_consecutive_and_shifted_by_one() {
+        let tokens: Vec<u32> = (0..100).collect();
+        let (mut x, mut y) = (vec![0; 12], vec![0; 12]);
+        sample_batch(&tokens, 3, 4, &mut Rng::new(1), &mut x, &mut y);
+        for (x, y) in x.chunks(4).zip(y.chunks(4)) {
+            for i in 0..4 {
+                assert_eq!(y[i], x[i] + 1);
+                if i > 0 {
+                    assert_eq!(x[i], x[i - 1] + 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_refuses_short_texts() {
+        let origin = Path::new("x.txt");
+        assert!(Dataset::split(encode(b"short"), 8, origin).is_err());
+        let d = Dataset::split((0..100).collect(), 8, origin).unwrap();
+        assert_eq!((d.train.len(), d.val.len()), (90, 10));
+    }
+}

@@ -1,0 +1,84 @@
+//! Loss on a text, defined so that any implementation can reproduce it:
+//! the mean next-token cross-entropy over consecutive non-overlapping
+//! windows of `block_size + 1` tokens taken with stride `block_size` from
+//! the start (a final partial window counts if it has at least 2 tokens);
+//! each window predicts its tokens 1.. from 0...
+
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::model::Gpt;
+
+/// The loss and where its time went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy per predicted token (nats).
+    pub loss: f64,
+    /// Tokens predicted.
+    pub tokens: usize,
+    pub forward_ms: f64,
+    pub cross_entropy_ms: f64,
+}
+
+impl Evaluation {
+    /// `e^loss`.
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+}
+
+/// Evaluates `model` on `tokens`, `batch` full windows at a time; with
+/// `max_windows`, only the first that many windows (for quick validation
+/// during training).
+pub fn evaluate(
+    model: &mut Gpt,
+    tokens: &[u32],
+    batch: usize,
+    max_windows: Option<usize>,
+) -> Result<Evaluation, Error> {
+    let t = model.config.block_size;
+    let mut starts: Vec<usize> = (0..tokens.len().saturating_sub(1)).step_by(t).collect();
+    if let Some(max) = max_windows {
+        starts.truncate(max);
+    }
+    if starts.is_empty() {
+        return Err(Error::Config("evaluation needs at least 2 tokens".into()));
+    }
+    let (full, partial): (Vec<usize>, Vec<usize>) =
+        starts.into_iter().partition(|&s| s + t < tokens.len());
+    let (mut total, mut count) = (0.0f64, 0usize);
+    let (mut forward_ms, mut cross_entropy_ms) = (0.0, 0.0);
+    let mut run = |model: &mut Gpt, windows: &[usize], len: usize| -> Result<(), Error> {
+        let inputs: Vec<u32> = windows
+            .iter()
+            .flat_map(|&s| &tokens[s..s + len])
+            .copied()
+            .collect();
+        let targets: Vec<u32> = windows
+            .iter()
+            .flat_map(|&s| &tokens[s + 1..s + 1 + len])
+            .copied()
+            .collect();
+        let start = Instant::now();
+        model.forward(&inputs, windows.len(), len)?;
+        let mid = Instant::now();
+        let loss = model.loss(&targets, None)?;
+        forward_ms += (mid - start).as_secs_f64() * 1e3;
+        cross_entropy_ms += mid.elapsed().as_secs_f64() * 1e3;
+        total += f64::from(loss) * (windows.len() * len) as f64;
+        count += windows.len() * len;
+        Ok(())
+    };
+    for group in full.chunks(batch.max(1)) {
+        run(model, group, t)?;
+    }
+    if let Some(&s) = partial.first() {
+        run(model, &[s], tokens.len() - 1 - s)?;
+    }
+    Ok(Evaluation {
+        loss: total / count as f64,
+        tokens: count,
+        forward_ms,
+        cross_entropy_ms,
+    })
+}

@@ -1,0 +1,276 @@
+//! The layers of the model as forward/backward pairs over flat buffers, with
+//! their shapes in the signatures (`b` sequences of `t` tokens, `c`
+//! channels, `oc` output channels, `nh` heads). Backward passes accumulate
+//! into parameter gradients (`+=`), so gradients add up over micro-batches.
+
+use kernels::{Kernels, MatMut, MatRef, ValidLen};
+
+use crate::error::Error;
+
+/// The kernels handle and the GEMM workspace all matrix products share
+/// (grown on first use, then reused: no allocation per step).
+pub struct Compute {
+    pub kernels: Kernels,
+    workspace: Vec<f32>,
+}
+
+impl Compute {
+    pub fn new(kernels: Kernels) -> Compute {
+        Compute {
+            kernels,
+            workspace: Vec::new(),
+        }
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` with a workspace that fits.
+    fn gemm(
+        &mut self,
+        alpha: f32,
+        a: MatRef,
+        b: MatRef,
+        beta: f32,
+        c: MatMut,
+    ) -> Result<(), Error> {
+        let need = self
+            .kernels
+            .gemm_workspace_len(a.rows(), b.cols(), a.cols());
+        if self.workspace.len() < need {
+            self.workspace.resize(need, 0.0);
+        }
+        Ok(self
+            .kernels
+            .gemm(alpha, a, b, beta, c, &mut self.workspace)?)
+    }
+
+    /// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward(
+        &mut self,
+        out: &mut [f32],
+        inp: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        bt: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<(), Error> {
+        let (x, w_) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
+        self.gemm(1.0, x, w_, 0.0, MatMut::new(out, bt, oc)?)?;
+        if let Some(bias) = bias {
+            self.kernels.add_bias(bias, out)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Compute::matmul_forward`]: `dinp = dout · wᵀ`
+    /// (overwritten), `dw += inpᵀ · dout`, `dbias += Σ_rows dout`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward(
+        &mut self,
+        dinp: &mut [f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        dout: &[f32],
+        inp: &[f32],
+        w: &[f32],
+        bt: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<(), Error> {
+        let dy = MatRef::new(dout, bt, oc)?;
+        self.gemm(
+            1.0,
+            dy,
+            MatRef::new(w, c, oc)?.t(),
+            0.0,
+            MatMut::new(dinp, bt, c)?,
+        )?;
+        let x = MatRef::new(inp, bt, c)?;
+        self.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
+        if let Some(dbias) = dbias {
+            for row in dout.chunks_exact(oc) {
+                self.kernels.axpy(1.0, row, dbias)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The output layer, tied to the token embedding:
+    /// `logits[bt, v] = x[bt, c] · wte[v, c]ᵀ`.
+    pub fn lm_head_forward(
+        &mut self,
+        logits: &mut [f32],
+        x: &[f32],
+        wte: &[f32],
+        bt: usize,
+        c: usize,
+        v: usize,
+    ) -> Result<(), Error> {
+        let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
+        self.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)
+    }
+
+    /// Backward of [`Compute::lm_head_forward`]: `dx = dlogits · wte`
+    /// (overwritten), `dwte += dlogitsᵀ · x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lm_head_backward(
+        &mut self,
+        dx: &mut [f32],
+        dwte: &mut [f32],
+        dlogits: &[f32],
+        x: &[f32],
+        wte: &[f32],
+        bt: usize,
+        c: usize,
+        v: usize,
+    ) -> Result<(), Error> {
+        let dy = MatRef::new(dlogits, bt, v)?;
+        self.gemm(
+            1.0,
+            dy,
+            MatRef::new(wte, v, c)?,
+            0.0,
+            MatMut::new(dx, bt, c)?,
+        )?;
+        self.gemm(
+            1.0,
+            dy.t(),
+            MatRef::new(x, bt, c)?,
+            1.0,
+            MatMut::new(dwte, v, c)?,
+        )
+    }
+
+    /// Causal multi-head self-attention. `qkv[b, t, 3c]` holds each token's
+    /// query, key and value (heads side by side within each); writes the
+    /// probabilities `att[b, nh, t, t]` and the output `out[b, t, c]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        &mut self,
+        out: &mut [f32],
+        att: &mut [f32],
+        qkv: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<(), Error> {
+        let hs = c / nh;
+        let scale = 1.0 / (hs as f32).sqrt();
+        for bi in 0..b {
+            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let out_b = &mut out[bi * t * c..][..t * c];
+            for h in 0..nh {
+                let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
+                let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
+                let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                let att_h = &mut att[(bi * nh + h) * t * t..][..t * t];
+                self.gemm(scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+                self.kernels
+                    .softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
+                let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
+                self.gemm(1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Backward of [`Compute::attention_forward`]: writes `dqkv[b, t, 3c]`
+    /// (overwritten) from `dout[b, t, c]`; `datt` is `t × t` scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &mut self,
+        dqkv: &mut [f32],
+        datt: &mut [f32],
+        dout: &[f32],
+        qkv: &[f32],
+        att: &[f32],
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<(), Error> {
+        let hs = c / nh;
+        let scale = 1.0 / (hs as f32).sqrt();
+        for bi in 0..b {
+            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let dqkv_b = &mut dqkv[bi * t * 3 * c..][..t * 3 * c];
+            for h in 0..nh {
+                let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
+                let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
+                let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
+                let att_h = &att[(bi * nh + h) * t * t..][..t * t];
+                let probs = MatRef::new(att_h, t, t)?;
+                // datt = dy · vᵀ; dv = attᵀ · dy.
+                self.gemm(1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
+                let dv = MatMut::strided(&mut dqkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                self.gemm(1.0, probs.t(), dy, 0.0, dv)?;
+                // Through the softmax to the scaled scores.
+                self.kernels.softmax_backward_rows(
+                    att_h,
+                    datt,
+                    t,
+                    ValidLen::Causal { offset: 0 },
+                )?;
+                let dscores = MatRef::new(datt, t, t)?;
+                let dq = MatMut::strided(&mut dqkv_b[h * hs..], t, hs, 3 * c)?;
+                self.gemm(scale, dscores, k, 0.0, dq)?;
+                let dk = MatMut::strided(&mut dqkv_b[c + h * hs..], t, hs, 3 * c)?;
+                self.gemm(scale, dscores.t(), q, 0.0, dk)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]`. Tokens must be below
+/// the vocabulary size (`wte.len() / c`).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_forward(
+    k: &Kernels,
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<(), Error> {
+    check_tokens(tokens, wte.len() / c)?;
+    for (i, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).take(b * t).enumerate() {
+        let pos = i % t;
+        k.add(&wte[tok as usize * c..][..c], &wpe[pos * c..][..c], row)?;
+    }
+    Ok(())
+}
+
+/// Backward of [`encoder_forward`]: `dwte[token] += dout`, `dwpe[t] += dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_backward(
+    k: &Kernels,
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<(), Error> {
+    for (i, (row, &tok)) in dout.chunks_exact(c).zip(tokens).take(b * t).enumerate() {
+        let pos = i % t;
+        k.axpy(1.0, row, &mut dwte[tok as usize * c..][..c])?;
+        k.axpy(1.0, row, &mut dwpe[pos * c..][..c])?;
+    }
+    Ok(())
+}
+
+/// Every token must index the vocabulary.
+pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<(), Error> {
+    match tokens.iter().find(|&&tok| tok as usize >= vocab) {
+        Some(tok) => Err(Error::Config(format!(
+            "token {tok} is outside the vocabulary of {vocab}"
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,123 @@
+//! AdamW over the model's parameter tensors, with global gradient-norm
+//! clipping and a warm-up + cosine learning-rate schedule.
+
+use kernels::AdamW;
+
+use crate::error::Error;
+use crate::model::{decays, Gpt};
+
+/// Optimizer hyperparameters (GPT-2 / nanoGPT defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerSettings {
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup: u32,
+    /// Total steps; the cosine decay reaches `min_lr_ratio · lr` there.
+    pub total_steps: u32,
+    /// The floor of the decay, as a fraction of `lr`.
+    pub min_lr_ratio: f32,
+    /// Decoupled weight decay on matrices and embeddings.
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// The global gradient norm is clipped to this.
+    pub grad_clip: f32,
+}
+
+impl OptimizerSettings {
+    /// nanoGPT's settings with the given learning rate and schedule.
+    pub fn new(lr: f32, warmup: u32, total_steps: u32) -> OptimizerSettings {
+        OptimizerSettings {
+            lr,
+            warmup,
+            total_steps,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+        }
+    }
+
+    /// The learning rate of step `step` (counting from 1): linear warm-up,
+    /// then cosine decay to `min_lr_ratio · lr` at `total_steps`.
+    pub fn lr_at(&self, step: u32) -> f32 {
+        if step <= self.warmup {
+            return self.lr * step as f32 / self.warmup.max(1) as f32;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup).max(1) as f32;
+        let progress = ((step - self.warmup) as f32 / span).min(1.0);
+        let min_lr = self.min_lr_ratio * self.lr;
+        min_lr + 0.5 * (self.lr - min_lr) * (1.0 + (std::f32::consts::PI * progress).cos())
+    }
+}
+
+/// AdamW's moments, laid out as the parameters, and the step count.
+pub struct Optimizer {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Updates done so far.
+    pub step: u32,
+}
+
+impl Optimizer {
+    /// Zero moments for `params` parameters.
+    pub fn new(params: usize) -> Optimizer {
+        Optimizer {
+            m: vec![0.0; params],
+            v: vec![0.0; params],
+            step: 0,
+        }
+    }
+
+    /// One update of `model` from its gradients at learning rate `lr`.
+    /// Returns the gradient norm before clipping; a non-finite norm (the
+    /// run diverged) is an error rather than a silent NaN model.
+    pub fn update(
+        &mut self,
+        model: &mut Gpt,
+        settings: &OptimizerSettings,
+        lr: f32,
+    ) -> Result<f32, Error> {
+        let k = model.kernels();
+        let norm = k.sum_squares(&model.grads).sqrt();
+        if !norm.is_finite() {
+            return Err(Error::Config(format!(
+                "the gradient norm is {norm} at step {} (training diverged; try a lower --lr)",
+                self.step + 1
+            )));
+        }
+        let clip_scale = if norm > settings.grad_clip {
+            settings.grad_clip / norm
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let sizes = model.sizes();
+        let (params, grads) = model.params_and_grads();
+        let (m, v) = (sizes.split_mut(&mut self.m), sizes.split_mut(&mut self.v));
+        let tensors = params
+            .into_named()
+            .into_iter()
+            .zip(grads.into_named())
+            .zip(m.into_named().into_iter().zip(v.into_named()));
+        for (((name, p), (_, g)), ((_, m), (_, v))) in tensors {
+            let opt = AdamW {
+                lr,
+                beta1: settings.beta1,
+                beta2: settings.beta2,
+                eps: settings.eps,
+                weight_decay: if decays(name) {
+                    settings.weight_decay
+                } else {
+                    0.0
+                },
+            };
+            k.adamw_step(&opt, self.step, clip_scale, p, g, m, v)?;
+        }
+        Ok(norm)
+    }
+}

@@ -1,0 +1,261 @@
+//! The training loop: micro-batches with gradient accumulation, AdamW with
+//! clipping and the learning-rate schedule, periodic validation, the
+//! instrumented log lines, and checkpoints.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kernels::Kernels;
+use log::info;
+
+use crate::checkpoint::{self, TrainingState};
+use crate::config::ModelConfig;
+use crate::corpus;
+use crate::data::{self, Dataset};
+use crate::error::Error;
+use crate::eval::evaluate;
+use crate::model::Gpt;
+use crate::optim::{Optimizer, OptimizerSettings};
+use crate::rng::Rng;
+
+/// Everything a training run needs.
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    /// The model shape for a new run; with `resume`, the checkpoint's shape
+    /// is used and this must match it if given.
+    pub config: Option<ModelConfig>,
+    /// Text to train on; `None` for the embedded arithmetic corpus.
+    pub data: Option<PathBuf>,
+    pub steps: u32,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub lr: f32,
+    pub warmup: u32,
+    pub seed: u64,
+    /// Validate every this many steps (0: only at the end).
+    pub eval_every: u32,
+    pub log_every: u32,
+    pub save: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+}
+
+/// What a run reached.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    /// Training loss of every step run (after resuming, of the new steps).
+    pub losses: Vec<f32>,
+    /// The last validation loss.
+    pub val_loss: Option<f64>,
+    /// Tokens per second over all steps.
+    pub tokens_per_sec: f64,
+}
+
+/// Windows of validation text scored at each validation.
+const VAL_WINDOWS_PER_BATCH: usize = 8;
+
+/// Mebibytes of `floats` f32 values.
+fn mib(floats: usize) -> f64 {
+    floats as f64 * 4.0 / (1024.0 * 1024.0)
+}
+
+/// Loads the training text: the file, or the embedded corpus.
+pub fn load_dataset(path: Option<&PathBuf>, block_size: usize) -> Result<Dataset, Error> {
+    match path {
+        Some(path) => Dataset::split(data::read_tokens(path)?, block_size, path),
+        None => Dataset::split(
+            data::encode(&corpus::arithmetic()),
+            block_size,
+            "<embedded arithmetic corpus>".as_ref(),
+        ),
+    }
+}
+
+/// Trains a model as `settings` says; returns it with a report.
+pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
+    let s = settings;
+    if s.steps == 0 || s.batch == 0 || s.grad_accum == 0 {
+        return Err(Error::Config(
+            "--steps, --batch and --grad-accum must be at least 1".into(),
+        ));
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        return Err(Error::Config(format!(
+            "--lr must be a positive number, not {}",
+            s.lr
+        )));
+    }
+    let (mut model, resumed) = match &s.resume {
+        Some(dir) => {
+            let model = checkpoint::load_model(dir, kernels)?;
+            if let Some(cfg) = s.config {
+                if cfg != model.config {
+                    return Err(Error::Checkpoint {
+                        path: dir.clone(),
+                        reason: format!(
+                            "it holds a {} model, but this run asks for {}",
+                            describe(&model.config),
+                            describe(&cfg)
+                        ),
+                    });
+                }
+            }
+            let state = checkpoint::load_training_state(dir, model.params.len())?;
+            (model, Some(state))
+        }
+        None => {
+            let cfg = s
+                .config
+                .ok_or_else(|| Error::Config("no model configuration".into()))?;
+            cfg.validate()?;
+            check_memory(&cfg, s.batch)?;
+            (Gpt::new(cfg, kernels, s.seed)?, None)
+        }
+    };
+    let cfg = model.config;
+    let (b, t) = (s.batch, cfg.block_size);
+    let data = load_dataset(s.data.as_ref(), t)?;
+    let (mut optimizer, mut rng) = match resumed {
+        Some(state) => (state.optimizer, Rng::from_state(state.rng_state)),
+        None => (Optimizer::new(model.params.len()), Rng::new(s.seed)),
+    };
+    if optimizer.step >= s.steps {
+        return Err(Error::Config(format!(
+            "the checkpoint is already at step {}; ask for more --steps",
+            optimizer.step
+        )));
+    }
+    let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
+
+    info!(
+        "Kernel backend set to: {} ({}-lane SIMD, 1 thread)",
+        kernels.backend(),
+        kernels.backend().lanes()
+    );
+    let n = model.params.len();
+    info!(
+        "Model: {} | Parameters: {:.2} M ({n}) | Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB",
+        describe(&cfg),
+        n as f64 / 1e6,
+        mib(n),
+        mib(n),
+        mib(2 * n),
+        mib(model.activation_floats(b, t)),
+    );
+    info!(
+        "Data: {} training and {} validation tokens{} | Steps: {} | Batch: {b} × {t} tokens × {} micro-batches",
+        data.train.len(),
+        data.val.len(),
+        s.data.as_ref().map_or(" (embedded arithmetic corpus)".to_string(), |p| format!(" from {}", p.display())),
+        s.steps,
+        s.grad_accum,
+    );
+
+    let (mut inputs, mut targets) = (vec![0u32; b * t], vec![0u32; b * t]);
+    let grad_scale = 1.0 / (b * t * s.grad_accum) as f32;
+    let mut report = TrainReport {
+        losses: Vec::new(),
+        val_loss: None,
+        tokens_per_sec: 0.0,
+    };
+    let run_start = Instant::now();
+    let first = optimizer.step + 1;
+    for step in first..=s.steps {
+        let step_start = Instant::now();
+        let (mut forward_ms, mut loss_ms, mut backward_ms, mut loss_sum) = (0.0, 0.0, 0.0, 0.0);
+        model.zero_grad();
+        for _ in 0..s.grad_accum {
+            data::sample_batch(&data.train, b, t, &mut rng, &mut inputs, &mut targets);
+            let t0 = Instant::now();
+            model.forward(&inputs, b, t)?;
+            let t1 = Instant::now();
+            loss_sum += model.loss(&targets, Some(grad_scale))?;
+            let t2 = Instant::now();
+            model.backward()?;
+            let t3 = Instant::now();
+            forward_ms += ms(t1 - t0);
+            loss_ms += ms(t2 - t1);
+            backward_ms += ms(t3 - t2);
+        }
+        let lr = opt_settings.lr_at(step);
+        let t4 = Instant::now();
+        optimizer.update(&mut model, &opt_settings, lr)?;
+        let optimizer_ms = ms(t4.elapsed());
+        let total_ms = ms(step_start.elapsed());
+        let loss = loss_sum / s.grad_accum as f32;
+        report.losses.push(loss);
+        if step % s.log_every.max(1) == 0 || step == first || step == s.steps {
+            info!(
+                "Training step completed - Loss: {loss:.4} | Forward pass: {forward_ms:.3} ms | Backward pass: {backward_ms:.3} ms | Optimizer: {optimizer_ms:.3} ms | Loss computation: {loss_ms:.3} ms | Total: {total_ms:.3} ms | LR: {lr:.6} | Seq length: {t} | Batch: {b} | Step: {step}/{}",
+                s.steps
+            );
+            info!(
+                "Throughput: {:.1} tokens/sec",
+                (b * t * s.grad_accum) as f64 / (total_ms / 1e3)
+            );
+        }
+        if (s.eval_every > 0 && step % s.eval_every == 0) || step == s.steps {
+            let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;
+            info!(
+                "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {t}",
+                eval.forward_ms,
+                eval.cross_entropy_ms,
+                eval.forward_ms + eval.cross_entropy_ms
+            );
+            info!(
+                "Validation loss: {:.4} (perplexity {:.2}) at step {step}",
+                eval.loss,
+                eval.perplexity()
+            );
+            report.val_loss = Some(eval.loss);
+        }
+    }
+    let steps_run = (s.steps - first + 1) as usize;
+    report.tokens_per_sec =
+        (steps_run * b * t * s.grad_accum) as f64 / run_start.elapsed().as_secs_f64();
+    info!(
+        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4}",
+        run_start.elapsed().as_secs_f64(),
+        report.tokens_per_sec,
+        report.losses.last().copied().unwrap_or(f32::NAN)
+    );
+    if let Some(dir) = &s.save {
+        let state = TrainingState {
+            optimizer,
+            rng_state: rng.state(),
+        };
+        checkpoint::save(dir, &model, Some(&state))?;
+        info!("Saved checkpoint to {}", dir.display());
+    }
+    Ok((model, report))
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `L4 H4 C256 T128 V256`.
+pub fn describe(cfg: &ModelConfig) -> String {
+    format!(
+        "L{} H{} C{} T{} V{}",
+        cfg.layers, cfg.heads, cfg.channels, cfg.block_size, cfg.vocab_size
+    )
+}
+
+/// Refuses runs whose buffers could not be allocated: more than 32 GiB of
+/// parameters, gradients, optimizer state and activations together.
+fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
+    const LIMIT_FLOATS: f64 = 8.0 * (1u64 << 30) as f64;
+    let c = cfg.channels as f64;
+    let (bt, l) = ((batch as f64) * cfg.block_size as f64, cfg.layers as f64);
+    let activations = l * bt * (16.0 * c + cfg.heads as f64 * cfg.block_size as f64)
+        + bt * (2.0 * cfg.vocab_size as f64 + 12.0 * c);
+    let total = 4.0 * cfg.param_count() as f64 + activations;
+    if total > LIMIT_FLOATS {
+        return Err(Error::Config(format!(
+            "the run needs about {:.0} GiB of memory (model {} with batch {batch}); the limit is 32 GiB",
+            total * 4.0 / (1u64 << 30) as f64,
+            describe(cfg)
+        )));
+    }
+    Ok(())
+}
