@@ -119,6 +119,10 @@ pub struct TrainArgs {
     /// Continue the run saved in DIR (model, optimizer, step, data order).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Stop after step N, keeping the schedule of --steps (with --save, a
+    /// checkpoint to --resume from later).
+    #[arg(long, value_name = "N")]
+    pub stop_at: Option<u32>,
     /// Log every N steps.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub log_every: u32,
@@ -185,6 +189,7 @@ impl TrainArgs {
             log_every: self.log_every,
             save: self.save.clone(),
             resume: self.resume.clone(),
+            stop_at: self.stop_at,
         }
     }
 }

@@ -72,7 +72,7 @@ impl ModelConfig {
                 return Err(Error::Config(format!("{name} must be at least 1")));
             }
         }
-        if self.channels % self.heads != 0 {
+        if !self.channels.is_multiple_of(self.heads) {
             return Err(Error::Config(format!(
                 "{} heads do not divide {} channels",
                 self.heads, self.channels

@@ -18,7 +18,10 @@ impl Rng {
 
     /// A generator resumed from [`Rng::state`].
     pub fn from_state(state: u64) -> Rng {
-        Rng { state: state | 1 }
+        // xorshift never reaches 0 from a non-zero state; 0 would stick.
+        Rng {
+            state: if state == 0 { 1 } else { state },
+        }
     }
 
     /// The state to store for resuming.

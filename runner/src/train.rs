@@ -37,6 +37,9 @@ pub struct TrainSettings {
     pub log_every: u32,
     pub save: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    /// Stop after this step (the schedule still spans `steps`), e.g. to
+    /// save and `resume` later.
+    pub stop_at: Option<u32>,
 }
 
 /// What a run reached.
@@ -159,7 +162,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     };
     let run_start = Instant::now();
     let first = optimizer.step + 1;
-    for step in first..=s.steps {
+    let last = s.stop_at.map_or(s.steps, |stop| stop.clamp(first, s.steps));
+    for step in first..=last {
         let step_start = Instant::now();
         let (mut forward_ms, mut loss_ms, mut backward_ms, mut loss_sum) = (0.0, 0.0, 0.0, 0.0);
         model.zero_grad();
@@ -183,7 +187,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         let total_ms = ms(step_start.elapsed());
         let loss = loss_sum / s.grad_accum as f32;
         report.losses.push(loss);
-        if step % s.log_every.max(1) == 0 || step == first || step == s.steps {
+        if step % s.log_every.max(1) == 0 || step == first || step == last {
             info!(
                 "Training step completed - Loss: {loss:.4} | Forward pass: {forward_ms:.3} ms | Backward pass: {backward_ms:.3} ms | Optimizer: {optimizer_ms:.3} ms | Loss computation: {loss_ms:.3} ms | Total: {total_ms:.3} ms | LR: {lr:.6} | Seq length: {t} | Batch: {b} | Step: {step}/{}",
                 s.steps
@@ -193,7 +197,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 (b * t * s.grad_accum) as f64 / (total_ms / 1e3)
             );
         }
-        if (s.eval_every > 0 && step % s.eval_every == 0) || step == s.steps {
+        if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
             let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;
             info!(
                 "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {t}",
@@ -209,7 +213,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             report.val_loss = Some(eval.loss);
         }
     }
-    let steps_run = (s.steps - first + 1) as usize;
+    let steps_run = (last - first + 1) as usize;
     report.tokens_per_sec =
         (steps_run * b * t * s.grad_accum) as f64 / run_start.elapsed().as_secs_f64();
     info!(

@@ -1,17 +1,279 @@
-//! The binary runs and reports the backend that CPU detection chose.
+//! The binary end to end: log lines, checkpoints through `eval`, and one
+//! clear error line with a non-zero exit for each kind of bad input.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .expect("runner starts")
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("runner-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failure with exactly one line on stderr, `error: ...`
+/// containing `needle`, and no panic.
+#[track_caller]
+fn assert_clear_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected `{needle}` in: {stderr}"
+    );
+}
+
+fn text_file(dir: &Path, name: &str, contents: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_string_lossy().into_owned()
+}
 
 #[test]
-fn reports_the_detected_backend() {
-    let output = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .output()
-        .expect("runner starts");
-    assert!(output.status.success(), "runner failed: {output:?}");
-    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
-    let detected = kernels::Backend::detected();
-    assert!(
-        stdout.contains(&format!("Kernel backend: {detected}")),
-        "unexpected output: {stdout}"
+fn train_logs_the_instrumented_lines() {
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "Kernel backend set to: ",
+        "Parameters: ",
+        "optimizer state",
+        "activations",
+        "Training step completed - Loss: ",
+        "| Forward pass: ",
+        "| Backward pass: ",
+        "| Optimizer: ",
+        "| Loss computation: ",
+        "| Total: ",
+        "| LR: ",
+        "| Seq length: 32 | Batch: 8",
+        "Throughput: ",
+        "Loss computation breakdown - Forward: ",
+        "Validation loss: ",
+    ] {
+        assert!(stderr.contains(needle), "missing `{needle}` in:\n{stderr}");
+    }
+    // Steps 1, 2, 4, 6 are logged.
+    assert_eq!(
+        stderr.matches("Training step completed").count(),
+        4,
+        "{stderr}"
     );
+    let quiet = runner(&["train", "--preset", "tiny", "--steps", "3", "-q"]);
+    assert!(quiet.status.success());
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+}
+
+#[test]
+fn checkpoint_round_trip_through_eval() {
+    let dir = scratch("roundtrip");
+    let ckpt = dir.join("ckpt");
+    let ckpt = ckpt.to_str().unwrap();
+    let data = text_file(
+        &dir,
+        "data.txt",
+        "To be, or not to be, that is the question.\n"
+            .repeat(20)
+            .as_bytes(),
+    );
+    let out = runner(&[
+        "train", "--preset", "tiny", "--steps", "5", "--data", &data, "--save", ckpt, "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["config.json", "model.safetensors", "training.safetensors"] {
+        assert!(Path::new(ckpt).join(file).is_file(), "{file} missing");
+    }
+    let eval = |backend: &str| {
+        let out = runner(&[
+            "eval",
+            "--checkpoint",
+            ckpt,
+            "--data",
+            &data,
+            "--backend",
+            backend,
+            "-q",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let loss: f64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+        loss
+    };
+    let (a, b) = (eval("auto"), eval("scalar"));
+    assert!(a > 0.0 && a < 6.0, "{a}");
+    assert!((a - b).abs() < 1e-3, "backends disagree: {a} vs {b}");
+    // No temporary directories are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_data_files_are_one_clear_error() {
+    let dir = scratch("baddata");
+    let missing = dir.join("missing.txt");
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        missing.to_str().unwrap(),
+    ]);
+    assert_clear_error(&out, "missing.txt");
+    let empty = text_file(&dir, "empty.txt", b"");
+    assert_clear_error(
+        &runner(&["train", "--preset", "tiny", "--data", &empty]),
+        "empty",
+    );
+    let short = text_file(&dir, "short.txt", b"0123456789abcdef");
+    assert_clear_error(
+        &runner(&["train", "--preset", "tiny", "--data", &short]),
+        "too short",
+    );
+}
+
+#[test]
+fn bad_configurations_are_one_clear_error() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--channels", "30", "--heads", "4"], "heads do not divide"),
+        (&["--layers", "0"], "layers must be at least 1"),
+        (&["--block-size", "0"], "block size must be at least 1"),
+        (&["--batch", "0"], "at least 1"),
+        (
+            &["--channels", "1000000", "--layers", "1000", "--heads", "1"],
+            "too large",
+        ),
+        (&["--lr=-1"], "--lr"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["train", "--preset", "tiny"];
+        args.extend_from_slice(extra);
+        assert_clear_error(&runner(&args), needle);
+    }
+    let huge_batch = runner(&["train", "--preset", "shakes", "--batch", "100000"]);
+    assert_clear_error(&huge_batch, "memory");
+}
+
+#[test]
+fn bad_checkpoints_are_one_clear_error() {
+    let dir = scratch("badckpt");
+    let missing = dir.join("nothing");
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", missing.to_str().unwrap()]),
+        "no such directory",
+    );
+
+    let ckpt = dir.join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    let out = runner(&[
+        "train", "--preset", "tiny", "--steps", "2", "--save", ckpt_s, "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another configuration than the checkpoint's.
+    let out = runner(&[
+        "train", "--preset", "small", "--steps", "4", "--resume", ckpt_s,
+    ]);
+    assert_clear_error(&out, "holds a L2 H2 C32 T32 V256 model");
+
+    // A corrupt tensor file.
+    let model = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", ckpt_s]),
+        "model.safetensors",
+    );
+    std::fs::write(&model, b"not a safetensors file").unwrap();
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", ckpt_s]),
+        "model.safetensors",
+    );
+
+    // A config that does not describe the tensors.
+    std::fs::write(&model, &bytes).unwrap();
+    let config = ckpt.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"n_embd\": 32", "\"n_embd\": 64")).unwrap();
+    assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), "transformer.");
+    std::fs::write(&config, "{").unwrap();
+    assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), "config.json");
+}
+
+#[test]
+fn help_describes_every_subcommand() {
+    let out = runner(&["--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("train") && help.contains("eval"), "{help}");
+    let out = runner(&["eval", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("stride block-size"), "{help}");
+    let out = runner(&["train", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--preset",
+        "--layers",
+        "--heads",
+        "--channels",
+        "--block-size",
+        "--data",
+        "--steps",
+        "--batch",
+        "--grad-accum",
+        "--lr",
+        "--warmup",
+        "--seed",
+        "--eval-every",
+        "--save",
+        "--resume",
+        "--log-every",
+        "--quiet",
+        "--backend",
+    ] {
+        assert!(help.contains(flag), "train --help lacks {flag}");
+    }
 }

@@ -1,0 +1,121 @@
+//! Training behaviour through the library: learning (overfitting a short
+//! text), determinism, exact resumption, and checkpoint round trips.
+
+use std::path::PathBuf;
+
+use kernels::Kernels;
+use runner::checkpoint;
+use runner::config::{ModelConfig, Preset};
+use runner::data;
+use runner::eval::evaluate;
+use runner::train::{train, TrainSettings};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("runner-training-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn settings(steps: u32) -> TrainSettings {
+    TrainSettings {
+        config: Some(Preset::Tiny.config()),
+        data: None,
+        steps,
+        batch: 4,
+        grad_accum: 2,
+        lr: 3e-3,
+        warmup: 5,
+        seed: 11,
+        eval_every: 0,
+        log_every: 1000,
+        save: None,
+        resume: None,
+        stop_at: None,
+    }
+}
+
+#[test]
+fn overfits_a_short_text() {
+    // 64 bytes of text, seen in random windows of 33: the tiny model can
+    // memorise it, so the loss must fall far below both the uniform
+    // ln 256 = 5.5 nats and the ~3 nats per byte of the text's letter
+    // frequencies. Below 0.3 means it predicts almost every next byte.
+    let dir = scratch("overfit");
+    let path = dir.join("short.txt");
+    std::fs::write(
+        &path,
+        "The quick brown fox jumps over the lazy dog, again and again!\n\n",
+    )
+    .unwrap();
+    let s = TrainSettings {
+        data: Some(path),
+        steps: 300,
+        ..settings(300)
+    };
+    let (_, report) = train(&s, Kernels::best()).unwrap();
+    let tail: f32 = report.losses[290..].iter().sum::<f32>() / 10.0;
+    assert!(
+        report.losses[0] > 5.0,
+        "starts near uniform: {}",
+        report.losses[0]
+    );
+    assert!(tail < 0.3, "final loss {tail}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_losses() {
+    let (_, a) = train(&settings(12), Kernels::best()).unwrap();
+    let (_, b) = train(&settings(12), Kernels::best()).unwrap();
+    assert_eq!(a.losses, b.losses);
+    let other = TrainSettings {
+        seed: 12,
+        ..settings(12)
+    };
+    let (_, c) = train(&other, Kernels::best()).unwrap();
+    assert_ne!(a.losses, c.losses);
+}
+
+#[test]
+fn resume_continues_exactly_as_an_uninterrupted_run() {
+    let dir = scratch("resume");
+    let ckpt = dir.join("ckpt");
+    let (_, straight) = train(&settings(20), Kernels::best()).unwrap();
+    // The same 20-step plan, interrupted after step 8 and saved...
+    let head = TrainSettings {
+        save: Some(ckpt.clone()),
+        stop_at: Some(8),
+        ..settings(20)
+    };
+    let (_, head) = train(&head, Kernels::best()).unwrap();
+    assert_eq!(head.losses.len(), 8);
+    // ...then resumed from the checkpoint to the end.
+    let tail = TrainSettings {
+        config: None,
+        resume: Some(ckpt),
+        ..settings(20)
+    };
+    let (_, tail) = train(&tail, Kernels::best()).unwrap();
+    let joined: Vec<f32> = head.losses.into_iter().chain(tail.losses).collect();
+    assert_eq!(joined, straight.losses);
+}
+
+#[test]
+fn a_saved_checkpoint_evaluates_the_same() {
+    let dir = scratch("ckpt");
+    let ckpt = dir.join("model");
+    let s = TrainSettings {
+        save: Some(ckpt.clone()),
+        ..settings(6)
+    };
+    let (mut model, _) = train(&s, Kernels::best()).unwrap();
+    let tokens = data::encode(b"12+34=46\n500-1=499\n7+8=15\n");
+    let before = evaluate(&mut model, &tokens, 4, None).unwrap();
+    let mut loaded = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
+    assert_eq!(loaded.params, model.params);
+    let after = evaluate(&mut loaded, &tokens, 4, None).unwrap();
+    assert_eq!(before.loss, after.loss);
+    assert_eq!(before.tokens, tokens.len() - 1);
+    let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();
+    assert_eq!(cfg, Preset::Tiny.config());
+}
