@@ -1,6 +1,7 @@
 //! The command line: `runner` (the default job), `runner train`,
 //! `runner eval`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,13 +13,15 @@ use crate::config::{ModelConfig, Preset};
 use crate::data;
 use crate::error::Error;
 use crate::eval::evaluate;
+use crate::generate::{check_prompt, generate, GenerationStats, Sampling};
 use crate::logger;
 use crate::train::{self, describe, TrainSettings};
 
 /// Train and run a small GPT-2-style language model on the CPU.
 ///
 /// With no command, trains the `small` model on the embedded arithmetic
-/// corpus for a couple of minutes and reports as it goes.
+/// corpus for about a minute, reporting as it goes, then prints a sample
+/// of what it learned.
 #[derive(Parser, Debug)]
 #[command(name = "runner", version, about, long_about)]
 pub struct Cli {
@@ -33,6 +36,48 @@ pub enum Command {
     /// Print a checkpoint's loss and perplexity on a text.
     #[command(long_about = EVAL_HELP)]
     Eval(EvalArgs),
+    /// Continue a prompt with a trained model, streaming the text to stdout.
+    #[command(long_about = GENERATE_HELP)]
+    Generate(GenerateArgs),
+}
+
+const GENERATE_HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
+
+The prompt is run through the model in one pass that fills a key/value cache;
+each new token then costs one pass over the weights. When the context
+reaches the block size, the cache slides: the last half block is re-run as
+a fresh prompt and generation continues. The prompt must be 1 to block-size
+bytes.";
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Checkpoint directory (from `runner train --save`).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text to continue (1 to block-size bytes).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens (bytes) to generate.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens covering probability P.
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Seed of the sampling; the same seed gives the same text.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Only the generated text (no log lines).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Kernel backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
 }
 
 const EVAL_HELP: &str = "Print a checkpoint's loss and perplexity on a text.
@@ -194,6 +239,51 @@ impl TrainArgs {
     }
 }
 
+/// The end of the default job: a sample from the model just trained, and
+/// how much of it is correct arithmetic.
+fn sample_arithmetic(model: &mut crate::model::Gpt) -> Result<(), Error> {
+    let prompt = data::encode(b"\n");
+    let mut cache = model.new_cache();
+    let sampling = Sampling {
+        temperature: 0.5,
+        top_k: None,
+        top_p: None,
+    };
+    let stats = generate(model, &mut cache, &prompt, 200, &sampling, 7, |_| {})?;
+    let text = String::from_utf8_lossy(&data::decode(&stats.tokens)).into_owned();
+    println!("Sample from the trained model (temperature 0.5):\n{text}");
+    let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    let complete = &lines[..lines.len().saturating_sub(1)];
+    let right = complete
+        .iter()
+        .filter(|l| crate::corpus::check_line(l) == Some(true))
+        .count();
+    let well_formed = complete
+        .iter()
+        .filter(|l| crate::corpus::check_line(l).is_some())
+        .count();
+    info!(
+        "Sample check: {well_formed} of {} complete lines are well-formed `a+b=c` / `a-b=c`, {right} are correct arithmetic",
+        complete.len()
+    );
+    log_generation(&stats);
+    Ok(())
+}
+
+/// The generation log line.
+fn log_generation(stats: &GenerationStats) {
+    info!(
+        "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB",
+        stats.tokens.len(),
+        stats.total_ms,
+        stats.prompt_ms,
+        stats.forward_ms,
+        stats.sampling_ms,
+        stats.tokens_per_sec(),
+        stats.cache_bytes as f64 / (1024.0 * 1024.0)
+    );
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
@@ -203,8 +293,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             let Some(Command::Train(args)) = Cli::parse_from(["runner", "train"]).command else {
                 unreachable!("`train` parses as the train command");
             };
-            train::train(&args.settings(), args.backend.kernels()?)?;
-            Ok(())
+            let (mut model, _) = train::train(&args.settings(), args.backend.kernels()?)?;
+            sample_arithmetic(&mut model)
         }
         Some(Command::Train(args)) => {
             logger::init(args.quiet);
@@ -244,6 +334,42 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 eval.perplexity(),
                 eval.tokens
             );
+            Ok(())
+        }
+        Some(Command::Generate(args)) => {
+            logger::init(args.quiet);
+            let sampling = Sampling {
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+            };
+            sampling.validate()?;
+            let mut model = checkpoint::load_model(&args.checkpoint, args.backend.kernels()?)?;
+            let prompt = data::encode(args.prompt.as_bytes());
+            check_prompt(&model, &prompt)?;
+            info!(
+                "Generating with {} on the {} backend",
+                describe(&model.config),
+                model.kernels().backend()
+            );
+            let mut cache = model.new_cache();
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(args.prompt.as_bytes());
+            let emit = |tok: u32| {
+                let _ = out.write_all(&[tok as u8]);
+                let _ = out.flush();
+            };
+            let stats = generate(
+                &mut model,
+                &mut cache,
+                &prompt,
+                args.max_new_tokens,
+                &sampling,
+                args.seed,
+                emit,
+            )?;
+            let _ = writeln!(std::io::stdout());
+            log_generation(&stats);
             Ok(())
         }
     }

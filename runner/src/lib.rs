@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod logger;
 pub mod model;
 pub mod optim;

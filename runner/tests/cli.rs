@@ -277,3 +277,78 @@ fn help_describes_every_subcommand() {
         assert!(help.contains(flag), "train --help lacks {flag}");
     }
 }
+
+#[test]
+fn generate_streams_text_and_logs_the_generation_line() {
+    let dir = scratch("generate");
+    let ckpt = dir.join("ckpt");
+    let ckpt = ckpt.to_str().unwrap();
+    let out = runner(&[
+        "train", "--preset", "tiny", "--steps", "3", "--save", ckpt, "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        "12+",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(out.stdout.starts_with(b"12+"));
+    assert_eq!(out.stdout.len(), 3 + 20 + 1, "prompt, 20 bytes, newline");
+    for needle in [
+        "Generation complete - Generated 20 tokens | Total time: ",
+        "| Prompt: ",
+        "| Forward passes: ",
+        "| Sampling: ",
+        "| Tokens/sec: ",
+        "| KV cache: ",
+    ] {
+        assert!(stderr.contains(needle), "missing `{needle}` in {stderr}");
+    }
+    let again = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        "12+",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "3",
+        "-q",
+    ]);
+    assert_eq!(again.stdout, out.stdout, "same seed, same text");
+    assert!(again.stderr.is_empty());
+    assert_clear_error(
+        &runner(&["generate", "--checkpoint", ckpt, "--prompt", ""]),
+        "prompt is empty",
+    );
+    let long = "x".repeat(33);
+    assert_clear_error(
+        &runner(&["generate", "--checkpoint", ckpt, "--prompt", &long]),
+        "longer than the model's block size",
+    );
+    assert_clear_error(
+        &runner(&[
+            "generate",
+            "--checkpoint",
+            ckpt,
+            "--prompt",
+            "a",
+            "--top-p",
+            "2",
+        ]),
+        "--top-p",
+    );
+}

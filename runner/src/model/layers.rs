@@ -23,7 +23,7 @@ impl Compute {
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C` with a workspace that fits.
-    fn gemm(
+    pub(super) fn gemm(
         &mut self,
         alpha: f32,
         a: MatRef,

@@ -2,6 +2,7 @@
 //! (`tensors`), the layers as forward/backward pairs (`layers`), and the
 //! passes that chain them (here).
 
+mod decode;
 mod layers;
 mod tensors;
 
@@ -10,6 +11,7 @@ use kernels::Kernels;
 use crate::config::ModelConfig;
 use crate::error::Error;
 use crate::rng::Rng;
+pub use decode::KvCache;
 pub use layers::check_tokens;
 use layers::{encoder_backward, encoder_forward, Compute};
 pub use tensors::{decays, Activations, Params, Scratch};

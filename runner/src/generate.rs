@@ -1,0 +1,219 @@
+//! Text generation: the prompt in one cached pass, then one token at a time
+//! through the key/value cache, sampled with temperature, top-k and nucleus
+//! (top-p) filtering from a seeded generator.
+//!
+//! When the context reaches the block size, the cache slides: the last half
+//! block of tokens is re-run as a new prompt (positions restart at 0) and
+//! decoding goes on, so generation length is unlimited.
+
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::model::{Gpt, KvCache};
+use crate::rng::Rng;
+
+/// How the next token is drawn from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Divides the logits; 0 means greedy (always the most likely token).
+    pub temperature: f32,
+    /// Keep only the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens whose probabilities add up to `p`.
+    pub top_p: Option<f32>,
+}
+
+impl Sampling {
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Config(format!(
+                "--temperature must be 0 or more, not {}",
+                self.temperature
+            )));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::Config("--top-k must be at least 1".into()));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Config(format!("--top-p must be in (0, 1], not {p}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reusable buffers for sampling, so that drawing a token never allocates.
+pub struct Sampler {
+    probs: Vec<f32>,
+    order: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(vocab: usize) -> Sampler {
+        Sampler {
+            probs: vec![0.0; vocab],
+            order: (0..vocab as u32).collect(),
+        }
+    }
+
+    /// Draws a token from `logits`.
+    pub fn sample(&mut self, logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
+        if s.temperature == 0.0 || s.top_k == Some(1) {
+            return argmax(logits);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (p, &l) in self.probs.iter_mut().zip(logits) {
+            *p = ((l - max) / s.temperature).exp();
+        }
+        if s.top_k.is_none() && s.top_p.is_none() {
+            // Plain sampling needs no ordering.
+            let total: f32 = self.probs.iter().sum();
+            let mut target = rng.uniform() * total;
+            for (i, &p) in self.probs.iter().enumerate() {
+                target -= p;
+                if target < 0.0 {
+                    return i as u32;
+                }
+            }
+            return argmax(logits);
+        }
+        let probs = &self.probs;
+        let order = &mut self.order;
+        for (i, o) in order.iter_mut().enumerate() {
+            *o = i as u32;
+        }
+        // Most likely first; ties by token id, so the order is deterministic.
+        order.sort_unstable_by(|&a, &b| {
+            probs[b as usize]
+                .total_cmp(&probs[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut keep = s.top_k.unwrap_or(order.len()).min(order.len());
+        let total: f32 = order[..keep].iter().map(|&i| probs[i as usize]).sum();
+        if let Some(top_p) = s.top_p {
+            let mut cumulative = 0.0;
+            for (n, &i) in order[..keep].iter().enumerate() {
+                cumulative += probs[i as usize] / total;
+                if cumulative >= top_p {
+                    keep = n + 1;
+                    break;
+                }
+            }
+        }
+        let kept: f32 = order[..keep].iter().map(|&i| probs[i as usize]).sum();
+        let mut target = rng.uniform() * kept;
+        for &i in &order[..keep] {
+            target -= probs[i as usize];
+            if target < 0.0 {
+                return i;
+            }
+        }
+        order[keep - 1]
+    }
+}
+
+/// The index of the largest logit (the first on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Where the time of one generation went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationStats {
+    pub tokens: Vec<u32>,
+    pub prompt_ms: f64,
+    pub forward_ms: f64,
+    pub sampling_ms: f64,
+    pub total_ms: f64,
+    /// Bytes of the key/value cache.
+    pub cache_bytes: usize,
+}
+
+impl GenerationStats {
+    /// Generated tokens per second, prompt included in the time.
+    pub fn tokens_per_sec(&self) -> f64 {
+        self.tokens.len() as f64 / (self.total_ms / 1e3)
+    }
+}
+
+/// Checks a prompt against the model before generating.
+pub fn check_prompt(model: &Gpt, prompt: &[u32]) -> Result<(), Error> {
+    let t = model.config.block_size;
+    if prompt.is_empty() {
+        return Err(Error::Config(
+            "the prompt is empty; give at least one byte".into(),
+        ));
+    }
+    if prompt.len() > t {
+        return Err(Error::Config(format!(
+            "the prompt is {} tokens (bytes), longer than the model's block size of {t}",
+            prompt.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Generates `max_new` tokens after `prompt`, calling `emit` with each as
+/// soon as it is drawn.
+pub fn generate(
+    model: &mut Gpt,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    max_new: usize,
+    sampling: &Sampling,
+    seed: u64,
+    mut emit: impl FnMut(u32),
+) -> Result<GenerationStats, Error> {
+    sampling.validate()?;
+    check_prompt(model, prompt)?;
+    let t = model.config.block_size;
+    let mut rng = Rng::new(seed);
+    let mut sampler = Sampler::new(model.config.vocab_size);
+    // The context of the cache, for refilling it when it slides.
+    let mut context: Vec<u32> = Vec::with_capacity(t);
+    let mut stats = GenerationStats {
+        tokens: Vec::with_capacity(max_new),
+        cache_bytes: cache.cache_bytes(),
+        ..GenerationStats::default()
+    };
+    let start = Instant::now();
+    cache.clear();
+    context.extend_from_slice(prompt);
+    let t0 = Instant::now();
+    model.forward_cached(cache, prompt)?;
+    stats.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+    for n in 0..max_new {
+        let t0 = Instant::now();
+        let token = sampler.sample(cache.logits(), sampling, &mut rng);
+        stats.sampling_ms += t0.elapsed().as_secs_f64() * 1e3;
+        stats.tokens.push(token);
+        emit(token);
+        if n + 1 == max_new {
+            break; // the last token's logits would go unused
+        }
+        let t1 = Instant::now();
+        if cache.len() == t {
+            // Slide: keep the last half block as a fresh prompt.
+            let keep = (t / 2).max(1);
+            let tail_start = context.len() - (keep - 1);
+            context.drain(..tail_start);
+            context.push(token);
+            cache.clear();
+            model.forward_cached(cache, &context)?;
+        } else {
+            context.push(token);
+            model.forward_cached(cache, &[token])?;
+        }
+        stats.forward_ms += t1.elapsed().as_secs_f64() * 1e3;
+    }
+    stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(stats)
+}

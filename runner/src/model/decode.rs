@@ -1,0 +1,221 @@
+//! Incremental decoding with a key/value cache: each layer keeps the keys
+//! and values of every position seen, so a new token costs one pass over
+//! the weights instead of a pass over the whole context.
+
+use kernels::{MatMut, MatRef, ValidLen};
+
+use super::layers::check_tokens;
+use super::{Gpt, LAYER_NORM_EPS};
+use crate::error::Error;
+
+/// Keys and values of the positions decoded so far, `[L, T, C]` each, plus
+/// the buffers of one decoding pass (sized for a whole block, so that no
+/// pass allocates).
+pub struct KvCache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    len: usize,
+    block_size: usize,
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    atty: Vec<f32>,
+    scores: Vec<f32>,
+    proj: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The logits of the last position run.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Bytes held by the keys and values.
+    pub fn cache_bytes(&self) -> usize {
+        4 * (self.keys.len() + self.values.len())
+    }
+}
+
+impl Gpt {
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        let cfg = self.config;
+        let (l, t, c, v) = (cfg.layers, cfg.block_size, cfg.channels, cfg.vocab_size);
+        KvCache {
+            keys: vec![0.0; l * t * c],
+            values: vec![0.0; l * t * c],
+            len: 0,
+            block_size: t,
+            x: vec![0.0; t * c],
+            ln: vec![0.0; t * c],
+            mean: vec![0.0; t],
+            rstd: vec![0.0; t],
+            qkv: vec![0.0; t * 3 * c],
+            atty: vec![0.0; t * c],
+            scores: vec![0.0; t * t],
+            proj: vec![0.0; t * c],
+            fch: vec![0.0; t * 4 * c],
+            fch_gelu: vec![0.0; t * 4 * c],
+            logits: vec![0.0; v],
+        }
+    }
+
+    /// Runs `tokens` at the positions after those in `cache`, appends their
+    /// keys and values, and returns the logits of the last one. The cache
+    /// must have room (`cache.len() + tokens.len() <= block_size`).
+    pub fn forward_cached<'c>(
+        &mut self,
+        cache: &'c mut KvCache,
+        tokens: &[u32],
+    ) -> Result<&'c [f32], Error> {
+        let cfg = self.config;
+        let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
+        let (m, p0) = (tokens.len(), cache.len);
+        if m == 0 || p0 + m > t_max || cache.block_size != t_max {
+            return Err(Error::Config(format!(
+                "{m} new tokens after {p0} do not fit the block size {t_max}"
+            )));
+        }
+        check_tokens(tokens, v)?;
+        let (hs, len) = (c / nh, p0 + m);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let Gpt {
+            sizes,
+            params,
+            compute,
+            ..
+        } = self;
+        let p = sizes.split(params);
+        let k = compute.kernels;
+        let mc = m * c;
+        let x = &mut cache.x[..mc];
+        for (i, (row, &tok)) in x.chunks_exact_mut(c).zip(tokens).enumerate() {
+            k.add(
+                &p.wte[tok as usize * c..][..c],
+                &p.wpe[(p0 + i) * c..][..c],
+                row,
+            )?;
+        }
+        let (mean, rstd) = (&mut cache.mean[..m], &mut cache.rstd[..m]);
+        let (ln, qkv, atty, proj) = (
+            &mut cache.ln[..mc],
+            &mut cache.qkv[..3 * mc],
+            &mut cache.atty[..mc],
+            &mut cache.proj[..mc],
+        );
+        let (fch, fch_gelu) = (&mut cache.fch[..4 * mc], &mut cache.fch_gelu[..4 * mc]);
+        for l in 0..cfg.layers {
+            let at = |n: usize| l * n..(l + 1) * n;
+            k.layer_norm_forward(
+                x,
+                &p.ln1w[at(c)],
+                &p.ln1b[at(c)],
+                LAYER_NORM_EPS,
+                ln,
+                mean,
+                rstd,
+            )?;
+            compute.matmul_forward(
+                qkv,
+                ln,
+                &p.qkvw[at(c * 3 * c)],
+                Some(&p.qkvb[at(3 * c)]),
+                m,
+                c,
+                3 * c,
+            )?;
+            let (keys, values) = (
+                &mut cache.keys[at(t_max * c)],
+                &mut cache.values[at(t_max * c)],
+            );
+            for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
+                keys[(p0 + i) * c..][..c].copy_from_slice(&row[c..2 * c]);
+                values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
+            }
+            for h in 0..nh {
+                let q = MatRef::strided(&qkv[h * hs..], m, hs, 3 * c)?;
+                let keys_h = MatRef::strided(&keys[h * hs..], len, hs, c)?;
+                let values_h = MatRef::strided(&values[h * hs..], len, hs, c)?;
+                let scores = &mut cache.scores[..m * len];
+                compute.gemm(scale, q, keys_h.t(), 0.0, MatMut::new(scores, m, len)?)?;
+                k.softmax_rows(scores, len, ValidLen::Causal { offset: p0 })?;
+                let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
+                compute.gemm(1.0, MatRef::new(scores, m, len)?, values_h, 0.0, out)?;
+            }
+            compute.matmul_forward(
+                proj,
+                atty,
+                &p.attprojw[at(c * c)],
+                Some(&p.attprojb[at(c)]),
+                m,
+                c,
+                c,
+            )?;
+            k.axpy(1.0, proj, x)?;
+            k.layer_norm_forward(
+                x,
+                &p.ln2w[at(c)],
+                &p.ln2b[at(c)],
+                LAYER_NORM_EPS,
+                ln,
+                mean,
+                rstd,
+            )?;
+            compute.matmul_forward(
+                fch,
+                ln,
+                &p.fcw[at(c * 4 * c)],
+                Some(&p.fcb[at(4 * c)]),
+                m,
+                c,
+                4 * c,
+            )?;
+            k.gelu_forward(fch, fch_gelu)?;
+            compute.matmul_forward(
+                proj,
+                fch_gelu,
+                &p.fcprojw[at(4 * c * c)],
+                Some(&p.fcprojb[at(c)]),
+                m,
+                4 * c,
+                c,
+            )?;
+            k.axpy(1.0, proj, x)?;
+        }
+        // Only the last position's logits are needed.
+        let last = &x[(m - 1) * c..];
+        let ln_last = &mut ln[..c];
+        k.layer_norm_forward(
+            last,
+            p.lnfw,
+            p.lnfb,
+            LAYER_NORM_EPS,
+            ln_last,
+            &mut mean[..1],
+            &mut rstd[..1],
+        )?;
+        compute.lm_head_forward(&mut cache.logits, ln_last, p.wte, 1, c, v)?;
+        cache.len = len;
+        Ok(&cache.logits)
+    }
+}

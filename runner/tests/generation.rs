@@ -1,0 +1,233 @@
+//! Generation through the key/value cache: the same logits as recomputing
+//! the whole context, deterministic sampling, the sliding window, and clear
+//! answers for bad prompts.
+
+use kernels::Kernels;
+use runner::config::{ModelConfig, Preset};
+use runner::generate::{argmax, generate, Sampling};
+use runner::model::Gpt;
+use runner::rng::Rng;
+
+/// A tiny model with weights large enough that every path matters.
+fn model(block_size: usize) -> Gpt {
+    let cfg = ModelConfig {
+        block_size,
+        ..Preset::Tiny.config()
+    };
+    let mut model = Gpt::new(cfg, Kernels::best(), 5).unwrap();
+    let mut rng = Rng::new(9);
+    for p in model.params.iter_mut() {
+        *p += rng.normal(0.0, 0.05);
+    }
+    model
+}
+
+/// The last position's logits from a full forward pass over `context`.
+fn full_logits(model: &mut Gpt, context: &[u32]) -> Vec<f32> {
+    model.forward(context, 1, context.len()).unwrap();
+    let v = model.config.vocab_size;
+    model.logits()[(context.len() - 1) * v..].to_vec()
+}
+
+#[test]
+fn cached_logits_equal_a_full_recompute_at_every_position() {
+    // Tolerance: both paths sum the same products in different orders (the
+    // GEMM blocks differently for 1 row than for a whole block), so they
+    // agree to f32 rounding: 1e-4 relative to the largest logit.
+    let t = 32;
+    let mut model = model(t);
+    let context: Vec<u32> = (0..t as u32).map(|i| (i * 71 + 5) % 256).collect();
+    let mut cache = model.new_cache();
+    // One token at a time.
+    for n in 1..=t {
+        let cached = model
+            .forward_cached(&mut cache, &context[n - 1..n])
+            .unwrap()
+            .to_vec();
+        let full = full_logits(&mut model, &context[..n]);
+        let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        for (i, (c, f)) in cached.iter().zip(&full).enumerate() {
+            assert!(
+                (c - f).abs() <= 1e-4 * scale,
+                "position {n}, token {i}: cached {c}, full {f}"
+            );
+        }
+    }
+    // A prompt in one pass, then single tokens.
+    cache.clear();
+    model.forward_cached(&mut cache, &context[..20]).unwrap();
+    let cached = model
+        .forward_cached(&mut cache, &context[20..21])
+        .unwrap()
+        .to_vec();
+    let full = full_logits(&mut model, &context[..21]);
+    let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    assert!(cached
+        .iter()
+        .zip(&full)
+        .all(|(c, f)| (c - f).abs() <= 1e-4 * scale));
+    // A full cache takes no more.
+    cache.clear();
+    model.forward_cached(&mut cache, &context).unwrap();
+    assert!(model.forward_cached(&mut cache, &[1]).is_err());
+}
+
+#[test]
+fn greedy_is_deterministic_and_equals_top_k_1() {
+    let mut model = model(32);
+    let mut cache = model.new_cache();
+    let prompt = [10, 49, 50, 43];
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+    };
+    let a = generate(&mut model, &mut cache, &prompt, 40, &greedy, 1, |_| {}).unwrap();
+    let b = generate(&mut model, &mut cache, &prompt, 40, &greedy, 2, |_| {}).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    let top1 = Sampling {
+        temperature: 1.3,
+        top_k: Some(1),
+        top_p: None,
+    };
+    let c = generate(&mut model, &mut cache, &prompt, 40, &top1, 3, |_| {}).unwrap();
+    assert_eq!(a.tokens, c.tokens);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_tokens() {
+    let mut model = model(32);
+    let mut cache = model.new_cache();
+    let prompt = [72, 105];
+    for sampling in [
+        Sampling {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+        },
+        Sampling {
+            temperature: 0.8,
+            top_k: Some(20),
+            top_p: None,
+        },
+        Sampling {
+            temperature: 0.9,
+            top_k: None,
+            top_p: Some(0.9),
+        },
+    ] {
+        let mut streamed = Vec::new();
+        let a = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |t| {
+            streamed.push(t)
+        })
+        .unwrap();
+        let b = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |_| {}).unwrap();
+        let c = generate(&mut model, &mut cache, &prompt, 50, &sampling, 43, |_| {}).unwrap();
+        assert_eq!(a.tokens, b.tokens, "{sampling:?}");
+        assert_eq!(a.tokens, streamed, "every token is streamed, in order");
+        assert_ne!(
+            a.tokens, c.tokens,
+            "{sampling:?}: another seed, another text"
+        );
+    }
+}
+
+#[test]
+fn top_k_and_top_p_restrict_the_choice() {
+    let mut model = model(32);
+    let mut cache = model.new_cache();
+    let prompt = [65];
+    let logits = model.forward_cached(&mut cache, &prompt).unwrap().to_vec();
+    let mut order: Vec<u32> = (0..256).collect();
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let mut sampler = runner::generate::Sampler::new(256);
+    let mut rng = Rng::new(1);
+    let top3 = Sampling {
+        temperature: 5.0,
+        top_k: Some(3),
+        top_p: None,
+    };
+    for _ in 0..200 {
+        let tok = sampler.sample(&logits, &top3, &mut rng);
+        assert!(order[..3].contains(&tok), "{tok} is not among the top 3");
+    }
+    // A tiny nucleus keeps only the most likely token.
+    let nucleus = Sampling {
+        temperature: 1.0,
+        top_k: None,
+        top_p: Some(1e-6),
+    };
+    for _ in 0..50 {
+        assert_eq!(sampler.sample(&logits, &nucleus, &mut rng), argmax(&logits));
+    }
+}
+
+#[test]
+fn the_window_slides_past_the_block_size() {
+    // Greedy decoding far past the block size, against a reference that
+    // recomputes the whole window each time with the documented rule: when
+    // the window is full, keep its last half block and continue.
+    let t = 8;
+    let mut model = model(t);
+    let mut cache = model.new_cache();
+    let prompt = [1, 2, 3, 4, 5, 6, 7, 8];
+    let greedy = Sampling {
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+    };
+    let got = generate(&mut model, &mut cache, &prompt, 30, &greedy, 0, |_| {}).unwrap();
+    let mut window = prompt.to_vec();
+    let mut want = Vec::new();
+    for _ in 0..30 {
+        let token = argmax(&full_logits(&mut model, &window));
+        want.push(token);
+        if window.len() == t {
+            window.drain(..t - t / 2 + 1);
+        }
+        window.push(token);
+    }
+    assert_eq!(got.tokens, want);
+}
+
+#[test]
+fn bad_prompts_and_settings_are_errors() {
+    let mut model = model(16);
+    let mut cache = model.new_cache();
+    let ok = Sampling {
+        temperature: 1.0,
+        top_k: None,
+        top_p: None,
+    };
+    let err = |m: &mut Gpt, c: &mut _, p: &[u32], s: &Sampling| {
+        generate(m, c, p, 4, s, 0, |_| {}).unwrap_err().to_string()
+    };
+    assert!(err(&mut model, &mut cache, &[], &ok).contains("empty"));
+    assert!(
+        err(&mut model, &mut cache, &[7; 17], &ok).contains("longer than the model's block size")
+    );
+    assert!(generate(&mut model, &mut cache, &[7; 16], 4, &ok, 0, |_| {}).is_ok());
+    for bad in [
+        Sampling {
+            temperature: -1.0,
+            ..ok
+        },
+        Sampling {
+            top_k: Some(0),
+            ..ok
+        },
+        Sampling {
+            top_p: Some(0.0),
+            ..ok
+        },
+        Sampling {
+            top_p: Some(1.5),
+            ..ok
+        },
+    ] {
+        assert!(
+            generate(&mut model, &mut cache, &[7], 4, &bad, 0, |_| {}).is_err(),
+            "{bad:?}"
+        );
+    }
+}
