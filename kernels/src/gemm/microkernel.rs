@@ -48,6 +48,10 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// `y += alpha · x` (the small-m path).
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]);
 
+    /// `y += Σ alphas[r] · xs[r]` over four rows of y's length (the
+    /// small-m path: four streams of B in flight, one pass over y).
+    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]);
+
     /// `Σ x·y` over equal-length slices (the small-m path).
     fn dot(self, x: &[f32], y: &[f32]) -> f32;
 }
@@ -118,6 +122,10 @@ impl GemmKernel for V3 {
         simd_axpy(self, alpha, x, y)
     }
     #[inline(always)]
+    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+        simd_axpy4(self, alphas, xs, y)
+    }
+    #[inline(always)]
     fn dot(self, x: &[f32], y: &[f32]) -> f32 {
         simd_dot(self, x, y)
     }
@@ -151,6 +159,10 @@ impl GemmKernel for V4 {
         simd_axpy(self, alpha, x, y)
     }
     #[inline(always)]
+    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+        simd_axpy4(self, alphas, xs, y)
+    }
+    #[inline(always)]
     fn dot(self, x: &[f32], y: &[f32]) -> f32 {
         simd_dot(self, x, y)
     }
@@ -181,6 +193,10 @@ impl<const N: usize> GemmKernel for Emulated<N> {
     }
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
         simd_axpy(self, alpha, x, y)
+    }
+    #[inline(always)]
+    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+        simd_axpy4(self, alphas, xs, y)
     }
     fn dot(self, x: &[f32], y: &[f32]) -> f32 {
         simd_dot(self, x, y)
@@ -218,6 +234,12 @@ impl GemmKernel for ScalarKernel {
     }
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
         y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x);
+    }
+    fn axpy4(self, a: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+        let rows = xs[0].iter().zip(xs[1]).zip(xs[2].iter().zip(xs[3]));
+        for (y, ((&x0, &x1), (&x2, &x3))) in y.iter_mut().zip(rows) {
+            *y += a[0] * x0 + a[1] * x1 + a[2] * x2 + a[3] * x3;
+        }
     }
     fn dot(self, x: &[f32], y: &[f32]) -> f32 {
         x.iter().zip(y).map(|(&x, &y)| x * y).sum()
@@ -367,6 +389,38 @@ unsafe fn write_tile(acc: &[f32], nr: usize, alpha: f32, beta: f32, c: Tile) {
 fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let alpha = s.splat(alpha);
     update2(s, x, y, |x, y| s.mul_add(alpha, x, y));
+}
+
+#[inline(always)]
+fn simd_axpy4<S: Simd>(s: S, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+    let (a0, a1, a2, a3) = (
+        s.splat(alphas[0]),
+        s.splat(alphas[1]),
+        s.splat(alphas[2]),
+        s.splat(alphas[3]),
+    );
+    let n = y.len();
+    let [x0, x1, x2, x3] = xs.map(|x| &x[..n]);
+    let mut ys = y.chunks_exact_mut(S::LANES);
+    let (mut c0, mut c1) = (x0.chunks_exact(S::LANES), x1.chunks_exact(S::LANES));
+    let (mut c2, mut c3) = (x2.chunks_exact(S::LANES), x3.chunks_exact(S::LANES));
+    let rows = (&mut c0).zip(&mut c1).zip((&mut c2).zip(&mut c3));
+    for (y, ((x0, x1), (x2, x3))) in (&mut ys).zip(rows) {
+        let mut v = s.mul_add(a0, s.load(x0), s.load(y));
+        v = s.mul_add(a1, s.load(x1), v);
+        v = s.mul_add(a2, s.load(x2), v);
+        v = s.mul_add(a3, s.load(x3), v);
+        s.store(y, v);
+    }
+    let y = ys.into_remainder();
+    if !y.is_empty() {
+        let load = |c: &core::slice::ChunksExact<f32>| s.load_partial(c.remainder(), 0.0);
+        let mut v = s.mul_add(a0, load(&c0), s.load_partial(y, 0.0));
+        v = s.mul_add(a1, load(&c1), v);
+        v = s.mul_add(a2, load(&c2), v);
+        v = s.mul_add(a3, load(&c3), v);
+        s.store_partial(y, v);
+    }
 }
 
 #[inline(always)]

@@ -9,9 +9,11 @@ use crate::Executor;
 /// The most rows of C this path takes.
 pub(crate) const SMALL_M: usize = 4;
 
-/// Columns of C per chunk: `SMALL_M` rows of them (8 KiB) stay in L1 while
-/// the rows of B stream past.
-const CHUNK: usize = 512;
+/// Floats of C per chunk of columns (all rows together): 16 KiB, which stay
+/// in L1 while the rows of B stream past. Chunks are as wide as that allows,
+/// so that B is read in long runs the prefetchers follow (512-column chunks
+/// read 2 KiB per row and ran at a third of the memory bandwidth).
+const CHUNK_FLOATS: usize = 4096;
 
 /// Multiply-adds below which splitting across threads costs more than it
 /// saves.
@@ -19,7 +21,8 @@ const MIN_PARALLEL_WORK: usize = 1 << 16;
 
 /// Runs the product; `m <= SMALL_M`, `m, n, k > 0`, `alpha != 0`.
 pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem) {
-    let chunks = p.n.div_ceil(CHUNK);
+    let chunk = (CHUNK_FLOATS / p.m).next_multiple_of(64);
+    let chunks = p.n.div_ceil(chunk);
     let work = p.m.saturating_mul(p.n).saturating_mul(p.k);
     let pieces = if exec.threads() > 1 && work >= MIN_PARALLEL_WORK {
         chunks.min(exec.threads() * 4)
@@ -31,10 +34,10 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &
         kernel.enter(
             #[inline(always)]
             |kernel| {
-                let first = piece * per_piece * CHUNK;
-                let last = p.n.min(first + per_piece * CHUNK);
-                for start in (first..last).step_by(CHUNK) {
-                    chunk(kernel, p, start, CHUNK.min(last - start));
+                let first = piece * per_piece * chunk;
+                let last = p.n.min(first + per_piece * chunk);
+                for start in (first..last).step_by(chunk) {
+                    columns(kernel, p, start, chunk.min(last - start));
                 }
             },
         )
@@ -43,7 +46,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &
 
 /// Columns `start..start + width` of C, for every row.
 #[inline(always)]
-fn chunk<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
+fn columns<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
     // SAFETY: each call of `c_row` makes the only live reference to that
     // segment of C; pieces own disjoint column ranges, and rows of C do not
     // overlap (their stride is at least n when m > 1).
@@ -61,10 +64,21 @@ fn chunk<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
                 c.iter_mut().for_each(|c| *c *= p.beta);
             }
         }
-        for l in 0..p.k {
-            let b_row = &b.data[l * b.rs + start..][..width];
+        // Four rows of B a quarter of k apart at a time: four independent
+        // streams keep more memory requests in flight than one (measured
+        // 1.4× on decoding), and y is read and written a quarter as often.
+        let quarter = p.k / 4;
+        let b_row = |l: usize| &b.data[l * b.rs + start..][..width];
+        let a_at = |i: usize, l: usize| p.alpha * a.data[i * a.rs + l * a.cs];
+        for l in 0..quarter {
+            let rows = [l, l + quarter, l + 2 * quarter, l + 3 * quarter];
             for i in 0..p.m {
-                kernel.axpy(p.alpha * a.data[i * a.rs + l * a.cs], b_row, c_row(i));
+                kernel.axpy4(rows.map(|l| a_at(i, l)), rows.map(b_row), c_row(i));
+            }
+        }
+        for l in 4 * quarter..p.k {
+            for i in 0..p.m {
+                kernel.axpy(a_at(i, l), b_row(l), c_row(i));
             }
         }
     } else if a.cs == 1 {
