@@ -66,6 +66,7 @@ mod math;
 mod norm;
 mod optimizer;
 mod parallel;
+mod peak;
 mod reduce;
 mod simd;
 mod softmax;

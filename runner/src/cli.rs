@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kernels::{Backend, Kernels};
 use log::info;
 
+use crate::bench::{self, BenchSettings};
 use crate::checkpoint;
 use crate::config::{ModelConfig, Preset};
 use crate::data;
@@ -15,6 +16,7 @@ use crate::error::Error;
 use crate::eval::evaluate;
 use crate::generate::{check_prompt, generate, GenerationStats, Sampling};
 use crate::logger;
+use crate::metrics::JsonLines;
 use crate::train::{self, describe, TrainSettings};
 
 /// Train and run a small GPT-2-style language model on the CPU.
@@ -39,6 +41,37 @@ pub enum Command {
     /// Continue a prompt with a trained model, streaming the text to stdout.
     #[command(long_about = GENERATE_HELP)]
     Generate(GenerateArgs),
+    /// Time training steps per sequence length, backend and thread count
+    /// (with MFU), then decoding with and without the KV cache.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Model size.
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
+    /// Sequence lengths to train at (each at most the block size).
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    pub seq_lens: Vec<usize>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps per combination (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Kernel backends [default: every one this CPU supports].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub backends: Vec<BackendChoice>,
+    /// Thread counts.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub threads: Vec<usize>,
+    /// Write one JSON object per benchmark row to FILE (see README).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only warnings, errors and the tables.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 const GENERATE_HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
@@ -72,6 +105,9 @@ pub struct GenerateArgs {
     /// Seed of the sampling; the same seed gives the same text.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Write the generation's figures as one JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Only the generated text (no log lines).
     #[arg(short, long)]
     pub quiet: bool,
@@ -164,6 +200,9 @@ pub struct TrainArgs {
     /// Continue the run saved in DIR (model, optimizer, step, data order).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Write one JSON object per step and validation to FILE (see README).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Stop after step N, keeping the schedule of --steps (with --save, a
     /// checkpoint to --resume from later).
     #[arg(long, value_name = "N")]
@@ -235,6 +274,7 @@ impl TrainArgs {
             save: self.save.clone(),
             resume: self.resume.clone(),
             stop_at: self.stop_at,
+            json: self.json.clone(),
         }
     }
 }
@@ -336,6 +376,31 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+        Some(Command::Bench(args)) => {
+            logger::init(args.quiet);
+            let backends = if args.backends.is_empty() {
+                Backend::ALL
+                    .into_iter()
+                    .filter(|b| b.is_supported())
+                    .collect()
+            } else {
+                args.backends
+                    .iter()
+                    .map(|b| b.kernels().map(|k| k.backend()))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let settings = BenchSettings {
+                config: args.preset.config(),
+                seq_lens: args.seq_lens.clone(),
+                batch: args.batch,
+                steps: args.steps,
+                backends,
+                threads: args.threads.clone(),
+                json: args.json.clone(),
+            };
+            bench::run(&settings)?;
+            Ok(())
+        }
         Some(Command::Generate(args)) => {
             logger::init(args.quiet);
             let sampling = Sampling {
@@ -370,6 +435,23 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             )?;
             let _ = writeln!(std::io::stdout());
             log_generation(&stats);
+            if let Some(path) = &args.json {
+                JsonLines::create(path)?.write(&serde_json::json!({
+                    "kind": "generate",
+                    "tokens": stats.tokens.len(),
+                    "total_ms": stats.total_ms,
+                    "prompt_ms": stats.prompt_ms,
+                    "forward_ms": stats.forward_ms,
+                    "sampling_ms": stats.sampling_ms,
+                    "tokens_per_sec": stats.tokens_per_sec(),
+                    "seq_len": prompt.len() + stats.tokens.len(),
+                    "batch": 1,
+                    "backend": model.kernels().backend().name(),
+                    "threads": 1,
+                    "kv_cache_bytes": stats.cache_bytes,
+                    "peak_rss_bytes": crate::metrics::peak_rss_bytes(),
+                }))?;
+            }
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! `runner`: trains and runs a GPT-2-style model on the CPU with the
 //! `kernels` crate. The binary (`main.rs`) is a thin CLI over this library.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod logger;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod rng;

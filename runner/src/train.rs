@@ -14,6 +14,7 @@ use crate::corpus;
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
+use crate::metrics::{peak_rss_bytes, JsonLines};
 use crate::model::Gpt;
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::rng::Rng;
@@ -40,6 +41,8 @@ pub struct TrainSettings {
     /// Stop after this step (the schedule still spans `steps`), e.g. to
     /// save and `resume` later.
     pub stop_at: Option<u32>,
+    /// Write one JSON object per step and validation to this file.
+    pub json: Option<PathBuf>,
 }
 
 /// What a run reached.
@@ -153,8 +156,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         s.grad_accum,
     );
 
-    let (mut inputs, mut targets) = (vec![0u32; b * t], vec![0u32; b * t]);
-    let grad_scale = 1.0 / (b * t * s.grad_accum) as f32;
+    let mut buffers = BatchBuffers::new(b, t);
+    let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
     let mut report = TrainReport {
         losses: Vec::new(),
         val_loss: None,
@@ -164,38 +167,26 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let first = optimizer.step + 1;
     let last = s.stop_at.map_or(s.steps, |stop| stop.clamp(first, s.steps));
     for step in first..=last {
-        let step_start = Instant::now();
-        let (mut forward_ms, mut loss_ms, mut backward_ms, mut loss_sum) = (0.0, 0.0, 0.0, 0.0);
-        model.zero_grad();
-        for _ in 0..s.grad_accum {
-            data::sample_batch(&data.train, b, t, &mut rng, &mut inputs, &mut targets);
-            let t0 = Instant::now();
-            model.forward(&inputs, b, t)?;
-            let t1 = Instant::now();
-            loss_sum += model.loss(&targets, Some(grad_scale))?;
-            let t2 = Instant::now();
-            model.backward()?;
-            let t3 = Instant::now();
-            forward_ms += ms(t1 - t0);
-            loss_ms += ms(t2 - t1);
-            backward_ms += ms(t3 - t2);
-        }
         let lr = opt_settings.lr_at(step);
-        let t4 = Instant::now();
-        optimizer.update(&mut model, &opt_settings, lr)?;
-        let optimizer_ms = ms(t4.elapsed());
-        let total_ms = ms(step_start.elapsed());
-        let loss = loss_sum / s.grad_accum as f32;
-        report.losses.push(loss);
+        let batches = |inputs: &mut [u32], targets: &mut [u32]| {
+            data::sample_batch(&data.train, b, t, &mut rng, inputs, targets)
+        };
+        let times = train_step(
+            &mut model,
+            &mut optimizer,
+            &opt_settings,
+            lr,
+            s.grad_accum,
+            (b, t),
+            &mut buffers,
+            batches,
+        )?;
+        report.losses.push(times.loss);
         if step % s.log_every.max(1) == 0 || step == first || step == last {
-            info!(
-                "Training step completed - Loss: {loss:.4} | Forward pass: {forward_ms:.3} ms | Backward pass: {backward_ms:.3} ms | Optimizer: {optimizer_ms:.3} ms | Loss computation: {loss_ms:.3} ms | Total: {total_ms:.3} ms | LR: {lr:.6} | Seq length: {t} | Batch: {b} | Step: {step}/{}",
-                s.steps
-            );
-            info!(
-                "Throughput: {:.1} tokens/sec",
-                (b * t * s.grad_accum) as f64 / (total_ms / 1e3)
-            );
+            log_step(&times, lr, b, t, step, s.steps);
+        }
+        if let Some(json) = json.as_mut() {
+            json.write(&times.to_json(step, lr, b, t, kernels, 1))?;
         }
         if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
             let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;
@@ -211,6 +202,18 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 eval.perplexity()
             );
             report.val_loss = Some(eval.loss);
+            if let Some(json) = json.as_mut() {
+                json.write(&serde_json::json!({
+                    "kind": "eval",
+                    "step": step,
+                    "val_loss": eval.loss,
+                    "forward_ms": eval.forward_ms,
+                    "cross_entropy_ms": eval.cross_entropy_ms,
+                    "seq_len": t,
+                    "backend": kernels.backend().name(),
+                    "peak_rss_bytes": peak_rss_bytes(),
+                }))?;
+            }
         }
     }
     let steps_run = (last - first + 1) as usize;
@@ -235,6 +238,121 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Token buffers of one micro-batch.
+pub struct BatchBuffers {
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl BatchBuffers {
+    pub fn new(b: usize, t: usize) -> BatchBuffers {
+        BatchBuffers {
+            inputs: vec![0; b * t],
+            targets: vec![0; b * t],
+        }
+    }
+}
+
+/// Where one optimizer step's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimes {
+    /// Mean training loss over the micro-batches.
+    pub loss: f32,
+    pub forward_ms: f64,
+    pub loss_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub total_ms: f64,
+    /// Tokens processed (all micro-batches).
+    pub tokens: usize,
+}
+
+impl StepTimes {
+    pub fn tokens_per_sec(&self) -> f64 {
+        self.tokens as f64 / (self.total_ms / 1e3)
+    }
+
+    /// The step as a `train_step` JSON line.
+    pub fn to_json(
+        &self,
+        step: u32,
+        lr: f32,
+        b: usize,
+        t: usize,
+        kernels: Kernels,
+        threads: usize,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "train_step",
+            "step": step,
+            "loss": self.loss,
+            "lr": lr,
+            "forward_ms": self.forward_ms,
+            "backward_ms": self.backward_ms,
+            "optimizer_ms": self.optimizer_ms,
+            "loss_ms": self.loss_ms,
+            "total_ms": self.total_ms,
+            "tokens_per_sec": self.tokens_per_sec(),
+            "seq_len": t,
+            "batch": b,
+            "backend": kernels.backend().name(),
+            "threads": threads,
+            "peak_rss_bytes": peak_rss_bytes(),
+        })
+    }
+}
+
+/// One optimizer step: `grad_accum` micro-batches of `b × t` tokens drawn
+/// by `batches(inputs, targets)`, forward, loss, backward, then AdamW.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &mut Gpt,
+    optimizer: &mut Optimizer,
+    settings: &OptimizerSettings,
+    lr: f32,
+    grad_accum: usize,
+    (b, t): (usize, usize),
+    buffers: &mut BatchBuffers,
+    mut batches: impl FnMut(&mut [u32], &mut [u32]),
+) -> Result<StepTimes, Error> {
+    let start = Instant::now();
+    let grad_scale = 1.0 / (b * t * grad_accum) as f32;
+    let mut times = StepTimes {
+        tokens: b * t * grad_accum,
+        ..StepTimes::default()
+    };
+    let mut loss_sum = 0.0;
+    model.zero_grad();
+    for _ in 0..grad_accum {
+        batches(&mut buffers.inputs, &mut buffers.targets);
+        let t0 = Instant::now();
+        model.forward(&buffers.inputs, b, t)?;
+        let t1 = Instant::now();
+        loss_sum += model.loss(&buffers.targets, Some(grad_scale))?;
+        let t2 = Instant::now();
+        model.backward()?;
+        let t3 = Instant::now();
+        times.forward_ms += ms(t1 - t0);
+        times.loss_ms += ms(t2 - t1);
+        times.backward_ms += ms(t3 - t2);
+    }
+    let t4 = Instant::now();
+    optimizer.update(model, settings, lr)?;
+    times.optimizer_ms = ms(t4.elapsed());
+    times.total_ms = ms(start.elapsed());
+    times.loss = loss_sum / grad_accum as f32;
+    Ok(times)
+}
+
+/// The per-step log lines.
+pub fn log_step(times: &StepTimes, lr: f32, b: usize, t: usize, step: u32, steps: u32) {
+    info!(
+        "Training step completed - Loss: {:.4} | Forward pass: {:.3} ms | Backward pass: {:.3} ms | Optimizer: {:.3} ms | Loss computation: {:.3} ms | Total: {:.3} ms | LR: {lr:.6} | Seq length: {t} | Batch: {b} | Step: {step}/{steps}",
+        times.loss, times.forward_ms, times.backward_ms, times.optimizer_ms, times.loss_ms, times.total_ms
+    );
+    info!("Throughput: {:.1} tokens/sec", times.tokens_per_sec());
 }
 
 /// `L4 H4 C256 T128 V256`.

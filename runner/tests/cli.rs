@@ -352,3 +352,126 @@ fn generate_streams_text_and_logs_the_generation_line() {
         "--top-p",
     );
 }
+
+#[test]
+fn bench_prints_consistent_tables_and_json_lines() {
+    let dir = scratch("bench");
+    let json = dir.join("bench.jsonl");
+    let out = runner(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "8,32",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 8 |") || l.starts_with("| 32 |"))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    let backends = kernels::Backend::ALL
+        .into_iter()
+        .filter(|b| b.is_supported())
+        .count();
+    assert_eq!(rows.len(), 2 * backends, "{stdout}");
+    for row in &rows {
+        let num = |i: usize| -> f64 { row[i].trim_end_matches('%').parse().unwrap() };
+        let (t, b, total_ms, tokens_per_sec) = (num(0), num(1), num(7), num(8));
+        assert!(
+            total_ms > 0.0 && tokens_per_sec > 0.0 && num(10) > 0.0 && num(11) > 0.0,
+            "{row:?}"
+        );
+        // tokens/s = B·T / step time (to the table's rounding).
+        let want = b * t / (total_ms / 1e3);
+        assert!(
+            (tokens_per_sec - want).abs() <= 0.06 * want + 1.0,
+            "{row:?}: {tokens_per_sec} vs {want}"
+        );
+    }
+    assert!(stdout.contains("| cached tokens/s |"), "{stdout}");
+    let lines = std::fs::read_to_string(&json).unwrap();
+    let kinds: Vec<String> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("each line is JSON")["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "bench").count(), 2 * backends);
+    assert!(kinds.iter().any(|k| k == "generate"));
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    for field in [
+        "seq_len",
+        "batch",
+        "backend",
+        "threads",
+        "forward_ms",
+        "backward_ms",
+        "optimizer_ms",
+        "total_ms",
+        "tokens_per_sec",
+        "gflops",
+        "mfu",
+        "peak_rss_bytes",
+    ] {
+        assert!(!first[field].is_null(), "missing {field} in {first}");
+    }
+}
+
+#[test]
+fn train_writes_json_lines() {
+    let dir = scratch("trainjson");
+    let json = dir.join("train.jsonl");
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--eval-every",
+        "2",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let values: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<_> = values
+        .iter()
+        .filter(|v| v["kind"] == "train_step")
+        .collect();
+    assert_eq!(steps.len(), 4);
+    assert_eq!(steps[3]["step"], 4);
+    assert!(steps[0]["loss"].as_f64().unwrap() > 0.0);
+    let evals: Vec<_> = values.iter().filter(|v| v["kind"] == "eval").collect();
+    assert_eq!(evals.len(), 2);
+    assert!(evals[0]["val_loss"].as_f64().unwrap() > 0.0);
+}

@@ -32,6 +32,7 @@ fn settings(steps: u32) -> TrainSettings {
         save: None,
         resume: None,
         stop_at: None,
+        json: None,
     }
 }
 

@@ -1,0 +1,69 @@
+//! A loop that runs the backend's fused multiply-add units flat out, so
+//! benchmarks can measure the machine's peak in the same run as the code
+//! they compare with it (rather than trusting a datasheet number).
+
+use crate::dispatch::dispatch;
+use crate::simd::Simd;
+use crate::Kernels;
+
+/// Independent accumulator chains: enough to cover the FMA latency on every
+/// FMA pipe of current x86 cores (4 cycles × 2 pipes needs 8), without
+/// spilling the 16 YMM registers.
+const CHAINS: usize = 12;
+
+impl Kernels {
+    /// Runs `iters` rounds of `CHAINS` independent multiply-add chains on
+    /// full vectors and returns the floating-point operations done (2 per
+    /// lane per multiply-add). Time it to get this backend's peak FLOP/s on
+    /// one core; run it on several threads for the peak of several.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let start = std::time::Instant::now();
+    /// let flops = k.fma_peak_loop(1_000_000);
+    /// let gflops = flops as f64 / start.elapsed().as_secs_f64() / 1e9;
+    /// assert!(gflops > 0.0);
+    /// ```
+    pub fn fma_peak_loop(&self, iters: usize) -> u64 {
+        let (result, lanes) = dispatch!(self,
+            scalar: (scalar_chains(iters), 1),
+            simd: |s| (simd_chains(s, iters), s.lanes()),
+        );
+        // The result depends on every chain, so none can be optimised away.
+        core::hint::black_box(result);
+        (iters * CHAINS * lanes * 2) as u64
+    }
+}
+
+fn scalar_chains(iters: usize) -> f32 {
+    let (x, y) = (
+        core::hint::black_box(0.999_999f32),
+        core::hint::black_box(1e-7f32),
+    );
+    let mut acc = [1.0f32; CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = *a * x + y;
+        }
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn simd_chains<S: Simd>(s: S, iters: usize) -> f32 {
+    let (x, y) = (
+        s.splat(core::hint::black_box(0.999_999)),
+        s.splat(core::hint::black_box(1e-7)),
+    );
+    let mut acc = [s.splat(1.0); CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = s.mul_add(*a, x, y);
+        }
+    }
+    let mut sum = s.splat(0.0);
+    for a in acc {
+        sum = s.add(sum, a);
+    }
+    s.reduce_sum(sum)
+}

@@ -1,0 +1,329 @@
+//! `runner bench`: timed training steps for each sequence length, backend
+//! and thread count, with model FLOP utilisation against a peak measured in
+//! the same run, then decoding speed with and without the KV cache.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kernels::{Backend, Kernels};
+use log::info;
+
+use crate::config::ModelConfig;
+use crate::corpus;
+use crate::data;
+use crate::error::Error;
+use crate::metrics::{measure_peak_gflops, peak_rss_bytes, JsonLines};
+use crate::model::Gpt;
+use crate::optim::{Optimizer, OptimizerSettings};
+use crate::rng::Rng;
+use crate::train::{describe, log_step, train_step, BatchBuffers, StepTimes};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub config: ModelConfig,
+    pub seq_lens: Vec<usize>,
+    pub batch: usize,
+    /// Timed steps per combination (after `WARMUP_STEPS`).
+    pub steps: usize,
+    pub backends: Vec<Backend>,
+    pub threads: Vec<usize>,
+    pub json: Option<PathBuf>,
+}
+
+/// Untimed steps before the timed ones (allocation, caches, page faults).
+const WARMUP_STEPS: usize = 2;
+
+/// Tokens decoded per context length in the generation benchmark.
+const DECODE_TOKENS: usize = 16;
+
+/// One row of the training table (medians over the timed steps).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRow {
+    pub seq_len: usize,
+    pub batch: usize,
+    pub backend: Backend,
+    pub threads: usize,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_sec: f64,
+    pub gflops: f64,
+    pub mfu: f64,
+    pub speedup_vs_scalar: Option<f64>,
+}
+
+/// One row of the generation table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeRow {
+    pub backend: Backend,
+    pub context: usize,
+    pub cached_tokens_per_sec: f64,
+    pub uncached_tokens_per_sec: f64,
+}
+
+/// Model FLOPs per token of training at sequence length `t`: 6 per
+/// parameter (forward and backward) plus attention's 12·L·C·T, as nanoGPT
+/// counts them.
+pub fn flops_per_token(cfg: &ModelConfig, t: usize) -> f64 {
+    6.0 * cfg.param_count() as f64 + 12.0 * (cfg.layers * cfg.channels * t) as f64
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Runs the benchmark, logging each step, and prints the tables. MFU is
+/// model FLOPs ([`flops_per_token`] × tokens/s) over the machine's peak:
+/// the fastest backend's FMA loop on the same number of threads, measured
+/// in this run.
+pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> {
+    let cfg = s.config;
+    cfg.validate()?;
+    if s.steps == 0
+        || s.batch == 0
+        || s.seq_lens.is_empty()
+        || s.backends.is_empty()
+        || s.threads.is_empty()
+    {
+        return Err(Error::Config("bench needs at least one step, sequence length, backend and thread count, and a batch of at least 1".into()));
+    }
+    if let Some(&t) = s.seq_lens.iter().find(|&&t| t == 0 || t > cfg.block_size) {
+        return Err(Error::Config(format!(
+            "sequence length {t} is not in 1..={} (the block size)",
+            cfg.block_size
+        )));
+    }
+    if let Some(&n) = s.threads.iter().find(|&&n| n != 1) {
+        return Err(Error::Config(format!(
+            "--threads {n}: this build runs on one thread (multithreading is not built yet)"
+        )));
+    }
+    let kernels: Vec<Kernels> = s
+        .backends
+        .iter()
+        .map(|&b| Kernels::new(b))
+        .collect::<Result<_, _>>()?;
+    let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
+    let tokens = data::encode(&corpus::arithmetic());
+    let n = cfg.param_count();
+    let max_t = *s.seq_lens.iter().max().expect("non-empty");
+    info!("Benchmark of {} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", describe(&cfg), n as f64 / 1e6, s.batch, s.steps);
+    let probe = Gpt::new(cfg, kernels[0], 0)?;
+    let cache_bytes = probe.new_cache().cache_bytes();
+    info!(
+        "Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB (T = {max_t}), KV cache {:.1} MiB",
+        mib(4 * n),
+        mib(4 * n),
+        mib(8 * n),
+        mib(4 * probe.activation_floats(s.batch, max_t)),
+        mib(cache_bytes)
+    );
+    drop(probe);
+
+    let mut rows: Vec<BenchRow> = Vec::new();
+    for &threads in &s.threads {
+        // MFU is against the machine's peak: the fastest backend's loop.
+        let mut machine_peak = 0.0f64;
+        for &k in &kernels {
+            let peak = measure_peak_gflops(k, threads);
+            info!(
+                "Peak of the {} FMA loop on {threads} thread(s): {peak:.1} GFLOP/s",
+                k.backend()
+            );
+            machine_peak = machine_peak.max(peak);
+        }
+        let best = Kernels::best();
+        if !kernels.iter().any(|k| k.backend() == best.backend()) {
+            machine_peak = machine_peak.max(measure_peak_gflops(best, threads));
+        }
+        let peaks = vec![machine_peak; kernels.len()];
+        for &t in &s.seq_lens {
+            for (&k, &peak) in kernels.iter().zip(&peaks) {
+                let mut model = Gpt::new(cfg, k, 1)?;
+                let mut optimizer = Optimizer::new(model.params.len());
+                let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
+                let mut buffers = BatchBuffers::new(s.batch, t);
+                let mut rng = Rng::new(7);
+                let mut timed: Vec<StepTimes> = Vec::new();
+                for step in 0..WARMUP_STEPS + s.steps {
+                    let batches = |x: &mut [u32], y: &mut [u32]| {
+                        data::sample_batch(&tokens, s.batch, t, &mut rng, x, y)
+                    };
+                    let times = train_step(
+                        &mut model,
+                        &mut optimizer,
+                        &settings,
+                        1e-4,
+                        1,
+                        (s.batch, t),
+                        &mut buffers,
+                        batches,
+                    )?;
+                    if step >= WARMUP_STEPS {
+                        log_step(
+                            &times,
+                            1e-4,
+                            s.batch,
+                            t,
+                            (step - WARMUP_STEPS + 1) as u32,
+                            s.steps as u32,
+                        );
+                        timed.push(times);
+                    }
+                }
+                let total_ms = median(timed.iter().map(|x| x.total_ms).collect());
+                let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
+                let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
+                let scalar = rows.iter().find(|r| {
+                    r.backend == Backend::Scalar && r.seq_len == t && r.threads == threads
+                });
+                let row = BenchRow {
+                    seq_len: t,
+                    batch: s.batch,
+                    backend: k.backend(),
+                    threads,
+                    forward_ms: median(timed.iter().map(|x| x.forward_ms + x.loss_ms).collect()),
+                    backward_ms: median(timed.iter().map(|x| x.backward_ms).collect()),
+                    optimizer_ms: median(timed.iter().map(|x| x.optimizer_ms).collect()),
+                    total_ms,
+                    tokens_per_sec,
+                    gflops,
+                    mfu: gflops / peak,
+                    speedup_vs_scalar: scalar.map(|r| tokens_per_sec / r.tokens_per_sec),
+                };
+                if let Some(json) = json.as_mut() {
+                    json.write(&serde_json::json!({
+                        "kind": "bench",
+                        "seq_len": t,
+                        "batch": s.batch,
+                        "backend": k.backend().name(),
+                        "threads": threads,
+                        "forward_ms": row.forward_ms,
+                        "backward_ms": row.backward_ms,
+                        "optimizer_ms": row.optimizer_ms,
+                        "total_ms": row.total_ms,
+                        "tokens_per_sec": row.tokens_per_sec,
+                        "gflops": row.gflops,
+                        "mfu": row.mfu,
+                        "peak_gflops": peak,
+                        "speedup_vs_scalar": row.speedup_vs_scalar,
+                        "peak_rss_bytes": peak_rss_bytes(),
+                    }))?;
+                }
+                rows.push(row);
+            }
+        }
+    }
+
+    let mut decode_rows = Vec::new();
+    for &k in &kernels {
+        let mut model = Gpt::new(cfg, k, 1)?;
+        let mut cache = model.new_cache();
+        let contexts = [32, 64, 128, 256, 512, 1024]
+            .into_iter()
+            .filter(|&c| c <= cfg.block_size && c > DECODE_TOKENS);
+        for context in contexts {
+            let row = decode_speed(&mut model, &mut cache, &tokens, context)?;
+            if let Some(json) = json.as_mut() {
+                json.write(&serde_json::json!({
+                    "kind": "generate",
+                    "backend": k.backend().name(),
+                    "threads": 1,
+                    "seq_len": context,
+                    "batch": 1,
+                    "tokens_per_sec": row.cached_tokens_per_sec,
+                    "uncached_tokens_per_sec": row.uncached_tokens_per_sec,
+                    "peak_rss_bytes": peak_rss_bytes(),
+                }))?;
+            }
+            decode_rows.push(row);
+        }
+    }
+    print_tables(&rows, &decode_rows);
+    Ok((rows, decode_rows))
+}
+
+/// Decoding speed at `context`: the last `DECODE_TOKENS` positions up to it
+/// one at a time through the cache, against one full forward pass over the
+/// whole context per token.
+fn decode_speed(
+    model: &mut Gpt,
+    cache: &mut crate::model::KvCache,
+    tokens: &[u32],
+    context: usize,
+) -> Result<DecodeRow, Error> {
+    let prompt = &tokens[..context - DECODE_TOKENS];
+    cache.clear();
+    model.forward_cached(cache, prompt)?;
+    let start = Instant::now();
+    for &tok in &tokens[context - DECODE_TOKENS..context] {
+        model.forward_cached(cache, &[tok])?;
+    }
+    let cached = DECODE_TOKENS as f64 / start.elapsed().as_secs_f64();
+    let mut uncached = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        model.forward(&tokens[..context], 1, context)?;
+        uncached.push(1.0 / start.elapsed().as_secs_f64());
+    }
+    Ok(DecodeRow {
+        backend: model.kernels().backend(),
+        context,
+        cached_tokens_per_sec: cached,
+        uncached_tokens_per_sec: median(uncached),
+    })
+}
+
+fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
+    println!();
+    println!("| seq len | batch | backend | threads | forward ms | backward ms | optimizer ms | total ms | tokens/s | vs scalar | GFLOP/s | MFU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {:.1} | {:.0}% |",
+            r.seq_len,
+            r.batch,
+            r.backend,
+            r.threads,
+            r.forward_ms,
+            r.backward_ms,
+            r.optimizer_ms,
+            r.total_ms,
+            r.tokens_per_sec,
+            r.speedup_vs_scalar
+                .map_or("-".into(), |x| format!("{x:.1}x")),
+            r.gflops,
+            100.0 * r.mfu
+        );
+    }
+    println!();
+    println!("| backend | context | cached tokens/s | uncached tokens/s | cached / uncached |");
+    println!("|---|---|---|---|---|");
+    for d in decode {
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.1}x |",
+            d.backend,
+            d.context,
+            d.cached_tokens_per_sec,
+            d.uncached_tokens_per_sec,
+            d.cached_tokens_per_sec / d.uncached_tokens_per_sec
+        );
+    }
+    println!();
+    println!(
+        "Peak resident memory: {:.1} MiB",
+        peak_rss_bytes() as f64 / (1024.0 * 1024.0)
+    );
+}

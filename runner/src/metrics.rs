@@ -1,0 +1,75 @@
+//! Measurements shared by `train`, `bench` and `generate`: the process's
+//! peak memory, the machine's FMA peak, and JSON-lines output.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kernels::Kernels;
+
+use crate::error::Error;
+
+/// The process's peak resident memory in bytes (Linux `VmHWM`), or 0 where
+/// it cannot be read.
+pub fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Peak GFLOP/s of `kernels`' backend on `threads` cores, measured with its
+/// FMA-throughput loop running on every thread at once (best of 3 runs).
+pub fn measure_peak_gflops(kernels: Kernels, threads: usize) -> f64 {
+    const ITERS: usize = 2_000_000;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let flops: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads.max(1))
+                .map(|_| scope.spawn(|| kernels.fma_peak_loop(ITERS)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("peak loop thread"))
+                .sum()
+        });
+        best = best.max(flops as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// A file of JSON objects, one per line, flushed after each.
+pub struct JsonLines {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonLines {
+    pub fn create(path: &Path) -> Result<JsonLines, Error> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(JsonLines {
+            path: path.into(),
+            out: BufWriter::new(file),
+        })
+    }
+
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<(), Error> {
+        let path = &self.path;
+        serde_json::to_writer(&mut self.out, value).map_err(|e| Error::io(path, e.into()))?;
+        writeln!(self.out)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::io(path, e))
+    }
+}
