@@ -52,7 +52,20 @@ pub struct BenchRow {
     pub gflops: f64,
     pub mfu: f64,
     pub speedup_vs_scalar: Option<f64>,
+    /// Share of the step per kind of work, in `BREAKDOWN` order.
+    pub shares: [f64; 7],
 }
+
+/// The kinds of work in [`BenchRow::shares`].
+pub const BREAKDOWN: [&str; 7] = [
+    "matmul",
+    "attention",
+    "layer norm",
+    "GELU",
+    "softmax/cross-entropy",
+    "optimizer",
+    "other",
+];
 
 /// One row of the generation table.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +171,9 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                 let mut rng = Rng::new(7);
                 let mut timed: Vec<StepTimes> = Vec::new();
                 for step in 0..WARMUP_STEPS + s.steps {
+                    if step == WARMUP_STEPS {
+                        model.take_profile();
+                    }
                     let batches = |x: &mut [u32], y: &mut [u32]| {
                         data::sample_batch(&tokens, s.batch, t, &mut rng, x, y)
                     };
@@ -183,6 +199,20 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                         timed.push(times);
                     }
                 }
+                let profile = model.take_profile();
+                let all_ms: f64 = timed.iter().map(|x| x.total_ms).sum();
+                let optimizer_all: f64 = timed.iter().map(|x| x.optimizer_ms).sum();
+                let part = |d: std::time::Duration| d.as_secs_f64() * 1e3 / all_ms;
+                let mut shares = [
+                    part(profile.matmul),
+                    part(profile.attention),
+                    part(profile.layer_norm),
+                    part(profile.gelu),
+                    part(profile.cross_entropy),
+                    optimizer_all / all_ms,
+                    0.0,
+                ];
+                shares[6] = (1.0 - shares.iter().sum::<f64>()).max(0.0);
                 let total_ms = median(timed.iter().map(|x| x.total_ms).collect());
                 let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
                 let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
@@ -202,6 +232,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                     gflops,
                     mfu: gflops / peak,
                     speedup_vs_scalar: scalar.map(|r| tokens_per_sec / r.tokens_per_sec),
+                    shares,
                 };
                 if let Some(json) = json.as_mut() {
                     json.write(&serde_json::json!({
@@ -219,6 +250,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                         "mfu": row.mfu,
                         "peak_gflops": peak,
                         "speedup_vs_scalar": row.speedup_vs_scalar,
+                        "breakdown": BREAKDOWN.iter().zip(shares).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                         "peak_rss_bytes": peak_rss_bytes(),
                     }))?;
                 }
@@ -286,12 +318,22 @@ fn decode_speed(
     })
 }
 
+/// Prints the tables to stdout (quietly stopping if stdout is closed, e.g.
+/// piped into `head`).
 fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
-    println!();
-    println!("| seq len | batch | backend | threads | forward ms | backward ms | optimizer ms | total ms | tokens/s | vs scalar | GFLOP/s | MFU |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    macro_rules! outln {
+        ($out:ident, $($arg:tt)*) => {{
+            let _ = writeln!($out, $($arg)*);
+        }};
+    }
+    out.push('\n');
+    outln!(out, "| seq len | batch | backend | threads | forward ms | backward ms | optimizer ms | total ms | tokens/s | vs scalar | GFLOP/s | MFU |");
+    outln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        println!(
+        outln!(
+            out,
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {:.1} | {:.0}% |",
             r.seq_len,
             r.batch,
@@ -308,11 +350,38 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
             100.0 * r.mfu
         );
     }
-    println!();
-    println!("| backend | context | cached tokens/s | uncached tokens/s | cached / uncached |");
-    println!("|---|---|---|---|---|");
+    out.push('\n');
+    outln!(out, "Where the step goes (share of total step time):");
+    outln!(
+        out,
+        "| seq len | backend | threads | {} |",
+        BREAKDOWN.join(" | ")
+    );
+    outln!(out, "|---|---|---|{}", "---|".repeat(BREAKDOWN.len()));
+    for r in rows {
+        let shares: Vec<String> = r
+            .shares
+            .iter()
+            .map(|x| format!("{:.1}%", 100.0 * x))
+            .collect();
+        outln!(
+            out,
+            "| {} | {} | {} | {} |",
+            r.seq_len,
+            r.backend,
+            r.threads,
+            shares.join(" | ")
+        );
+    }
+    out.push('\n');
+    outln!(
+        out,
+        "| backend | context | cached tokens/s | uncached tokens/s | cached / uncached |"
+    );
+    outln!(out, "|---|---|---|---|---|");
     for d in decode {
-        println!(
+        outln!(
+            out,
             "| {} | {} | {:.0} | {:.1} | {:.1}x |",
             d.backend,
             d.context,
@@ -321,9 +390,11 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
             d.cached_tokens_per_sec / d.uncached_tokens_per_sec
         );
     }
-    println!();
-    println!(
+    out.push('\n');
+    outln!(
+        out,
         "Peak resident memory: {:.1} MiB",
         peak_rss_bytes() as f64 / (1024.0 * 1024.0)
     );
+    crate::cli::print_stdout(&out);
 }

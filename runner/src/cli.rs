@@ -291,7 +291,9 @@ fn sample_arithmetic(model: &mut crate::model::Gpt) -> Result<(), Error> {
     };
     let stats = generate(model, &mut cache, &prompt, 200, &sampling, 7, |_| {})?;
     let text = String::from_utf8_lossy(&data::decode(&stats.tokens)).into_owned();
-    println!("Sample from the trained model (temperature 0.5):\n{text}");
+    print_stdout(&format!(
+        "Sample from the trained model (temperature 0.5):\n{text}\n"
+    ));
     let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
     let complete = &lines[..lines.len().saturating_sub(1)];
     let right = complete
@@ -322,6 +324,13 @@ fn log_generation(stats: &GenerationStats) {
         stats.tokens_per_sec(),
         stats.cache_bytes as f64 / (1024.0 * 1024.0)
     );
+}
+
+/// Writes `text` to stdout, ignoring a closed pipe (`runner ... | head`)
+/// rather than panicking as `println!` would.
+pub fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 /// Runs the parsed command line.
@@ -368,12 +377,13 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 eval.forward_ms + eval.cross_entropy_ms,
                 model.config.block_size
             );
-            println!(
-                "loss {:.6} perplexity {:.4} tokens {}",
+            print_stdout(&format!(
+                "loss {:.6} perplexity {:.4} tokens {}
+",
                 eval.loss,
                 eval.perplexity(),
                 eval.tokens
-            );
+            ));
             Ok(())
         }
         Some(Command::Bench(args)) => {

@@ -126,7 +126,7 @@ impl Gpt {
         let (fch, fch_gelu) = (&mut cache.fch[..4 * mc], &mut cache.fch_gelu[..4 * mc]);
         for l in 0..cfg.layers {
             let at = |n: usize| l * n..(l + 1) * n;
-            k.layer_norm_forward(
+            compute.layer_norm_forward(
                 x,
                 &p.ln1w[at(c)],
                 &p.ln1b[at(c)],
@@ -172,7 +172,7 @@ impl Gpt {
                 c,
             )?;
             k.axpy(1.0, proj, x)?;
-            k.layer_norm_forward(
+            compute.layer_norm_forward(
                 x,
                 &p.ln2w[at(c)],
                 &p.ln2b[at(c)],
@@ -190,7 +190,7 @@ impl Gpt {
                 c,
                 4 * c,
             )?;
-            k.gelu_forward(fch, fch_gelu)?;
+            compute.gelu_forward(fch, fch_gelu)?;
             compute.matmul_forward(
                 proj,
                 fch_gelu,
@@ -205,7 +205,7 @@ impl Gpt {
         // Only the last position's logits are needed.
         let last = &x[(m - 1) * c..];
         let ln_last = &mut ln[..c];
-        k.layer_norm_forward(
+        compute.layer_norm_forward(
             last,
             p.lnfw,
             p.lnfb,

@@ -3,15 +3,32 @@
 //! channels, `oc` output channels, `nh` heads). Backward passes accumulate
 //! into parameter gradients (`+=`), so gradients add up over micro-batches.
 
+use std::time::{Duration, Instant};
+
 use kernels::{Kernels, MatMut, MatRef, ValidLen};
 
 use crate::error::Error;
 
-/// The kernels handle and the GEMM workspace all matrix products share
-/// (grown on first use, then reused: no allocation per step).
+/// Time spent per kind of layer, so a user sees where a step goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// Matrix products of the linear layers and the LM head.
+    pub matmul: Duration,
+    /// Attention: scores, softmax, weighted sum (their GEMMs included).
+    pub attention: Duration,
+    pub layer_norm: Duration,
+    pub gelu: Duration,
+    /// Softmax + cross-entropy of the loss.
+    pub cross_entropy: Duration,
+}
+
+/// The kernels handle, the GEMM workspace all matrix products share (grown
+/// on first use, then reused: no allocation per step), and the time spent
+/// per kind of layer.
 pub struct Compute {
     pub kernels: Kernels,
     workspace: Vec<f32>,
+    pub profile: Profile,
 }
 
 impl Compute {
@@ -19,7 +36,80 @@ impl Compute {
         Compute {
             kernels,
             workspace: Vec::new(),
+            profile: Profile::default(),
         }
+    }
+
+    /// LayerNorm forward (the kernel's), timed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_forward(
+        &mut self,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+    ) -> Result<(), Error> {
+        let start = Instant::now();
+        self.kernels
+            .layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?;
+        self.profile.layer_norm += start.elapsed();
+        Ok(())
+    }
+
+    /// LayerNorm backward (the kernel's, accumulating), timed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_backward(
+        &mut self,
+        x: &[f32],
+        gamma: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) -> Result<(), Error> {
+        let start = Instant::now();
+        self.kernels
+            .layer_norm_backward(x, gamma, mean, rstd, dout, dx, dgamma, dbeta)?;
+        self.profile.layer_norm += start.elapsed();
+        Ok(())
+    }
+
+    /// GELU forward, timed.
+    pub fn gelu_forward(&mut self, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
+        let start = Instant::now();
+        self.kernels.gelu_forward(x, out)?;
+        self.profile.gelu += start.elapsed();
+        Ok(())
+    }
+
+    /// GELU backward (accumulating into `dx`), timed.
+    pub fn gelu_backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32]) -> Result<(), Error> {
+        let start = Instant::now();
+        self.kernels.gelu_backward(x, dout, dx)?;
+        self.profile.gelu += start.elapsed();
+        Ok(())
+    }
+
+    /// Fused softmax + cross-entropy (the kernel's), timed.
+    pub fn cross_entropy(
+        &mut self,
+        logits: &[f32],
+        classes: usize,
+        targets: &[u32],
+        losses: &mut [f32],
+        dlogits: Option<&mut [f32]>,
+        grad_scale: f32,
+    ) -> Result<(), Error> {
+        let start = Instant::now();
+        self.kernels
+            .cross_entropy(logits, classes, targets, losses, dlogits, grad_scale)?;
+        self.profile.cross_entropy += start.elapsed();
+        Ok(())
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C` with a workspace that fits.
@@ -54,12 +144,17 @@ impl Compute {
         c: usize,
         oc: usize,
     ) -> Result<(), Error> {
-        let (x, w_) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
-        self.gemm(1.0, x, w_, 0.0, MatMut::new(out, bt, oc)?)?;
-        if let Some(bias) = bias {
-            self.kernels.add_bias(bias, out)?;
-        }
-        Ok(())
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let (x, w_) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
+            self.gemm(1.0, x, w_, 0.0, MatMut::new(out, bt, oc)?)?;
+            if let Some(bias) = bias {
+                self.kernels.add_bias(bias, out)?;
+            }
+            Ok(())
+        })();
+        self.profile.matmul += start.elapsed();
+        result
     }
 
     /// Backward of [`Compute::matmul_forward`]: `dinp = dout · wᵀ`
@@ -77,22 +172,27 @@ impl Compute {
         c: usize,
         oc: usize,
     ) -> Result<(), Error> {
-        let dy = MatRef::new(dout, bt, oc)?;
-        self.gemm(
-            1.0,
-            dy,
-            MatRef::new(w, c, oc)?.t(),
-            0.0,
-            MatMut::new(dinp, bt, c)?,
-        )?;
-        let x = MatRef::new(inp, bt, c)?;
-        self.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
-        if let Some(dbias) = dbias {
-            for row in dout.chunks_exact(oc) {
-                self.kernels.axpy(1.0, row, dbias)?;
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let dy = MatRef::new(dout, bt, oc)?;
+            self.gemm(
+                1.0,
+                dy,
+                MatRef::new(w, c, oc)?.t(),
+                0.0,
+                MatMut::new(dinp, bt, c)?,
+            )?;
+            let x = MatRef::new(inp, bt, c)?;
+            self.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
+            if let Some(dbias) = dbias {
+                for row in dout.chunks_exact(oc) {
+                    self.kernels.axpy(1.0, row, dbias)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.profile.matmul += start.elapsed();
+        result
     }
 
     /// The output layer, tied to the token embedding:
@@ -106,8 +206,13 @@ impl Compute {
         c: usize,
         v: usize,
     ) -> Result<(), Error> {
-        let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
-        self.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
+            self.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)
+        })();
+        self.profile.matmul += start.elapsed();
+        result
     }
 
     /// Backward of [`Compute::lm_head_forward`]: `dx = dlogits · wte`
@@ -124,21 +229,26 @@ impl Compute {
         c: usize,
         v: usize,
     ) -> Result<(), Error> {
-        let dy = MatRef::new(dlogits, bt, v)?;
-        self.gemm(
-            1.0,
-            dy,
-            MatRef::new(wte, v, c)?,
-            0.0,
-            MatMut::new(dx, bt, c)?,
-        )?;
-        self.gemm(
-            1.0,
-            dy.t(),
-            MatRef::new(x, bt, c)?,
-            1.0,
-            MatMut::new(dwte, v, c)?,
-        )
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let dy = MatRef::new(dlogits, bt, v)?;
+            self.gemm(
+                1.0,
+                dy,
+                MatRef::new(wte, v, c)?,
+                0.0,
+                MatMut::new(dx, bt, c)?,
+            )?;
+            self.gemm(
+                1.0,
+                dy.t(),
+                MatRef::new(x, bt, c)?,
+                1.0,
+                MatMut::new(dwte, v, c)?,
+            )
+        })();
+        self.profile.matmul += start.elapsed();
+        result
     }
 
     /// Causal multi-head self-attention. `qkv[b, t, 3c]` holds each token's
@@ -155,24 +265,29 @@ impl Compute {
         c: usize,
         nh: usize,
     ) -> Result<(), Error> {
-        let hs = c / nh;
-        let scale = 1.0 / (hs as f32).sqrt();
-        for bi in 0..b {
-            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-            let out_b = &mut out[bi * t * c..][..t * c];
-            for h in 0..nh {
-                let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
-                let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
-                let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                let att_h = &mut att[(bi * nh + h) * t * t..][..t * t];
-                self.gemm(scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
-                self.kernels
-                    .softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
-                let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
-                self.gemm(1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let hs = c / nh;
+            let scale = 1.0 / (hs as f32).sqrt();
+            for bi in 0..b {
+                let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+                let out_b = &mut out[bi * t * c..][..t * c];
+                for h in 0..nh {
+                    let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
+                    let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
+                    let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                    let att_h = &mut att[(bi * nh + h) * t * t..][..t * t];
+                    self.gemm(scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+                    self.kernels
+                        .softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
+                    let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
+                    self.gemm(1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.profile.attention += start.elapsed();
+        result
     }
 
     /// Backward of [`Compute::attention_forward`]: writes `dqkv[b, t, 3c]`
@@ -190,37 +305,42 @@ impl Compute {
         c: usize,
         nh: usize,
     ) -> Result<(), Error> {
-        let hs = c / nh;
-        let scale = 1.0 / (hs as f32).sqrt();
-        for bi in 0..b {
-            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-            let dqkv_b = &mut dqkv[bi * t * 3 * c..][..t * 3 * c];
-            for h in 0..nh {
-                let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
-                let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
-                let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
-                let att_h = &att[(bi * nh + h) * t * t..][..t * t];
-                let probs = MatRef::new(att_h, t, t)?;
-                // datt = dy · vᵀ; dv = attᵀ · dy.
-                self.gemm(1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
-                let dv = MatMut::strided(&mut dqkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                self.gemm(1.0, probs.t(), dy, 0.0, dv)?;
-                // Through the softmax to the scaled scores.
-                self.kernels.softmax_backward_rows(
-                    att_h,
-                    datt,
-                    t,
-                    ValidLen::Causal { offset: 0 },
-                )?;
-                let dscores = MatRef::new(datt, t, t)?;
-                let dq = MatMut::strided(&mut dqkv_b[h * hs..], t, hs, 3 * c)?;
-                self.gemm(scale, dscores, k, 0.0, dq)?;
-                let dk = MatMut::strided(&mut dqkv_b[c + h * hs..], t, hs, 3 * c)?;
-                self.gemm(scale, dscores.t(), q, 0.0, dk)?;
+        let start = Instant::now();
+        let result = (|| -> Result<(), Error> {
+            let hs = c / nh;
+            let scale = 1.0 / (hs as f32).sqrt();
+            for bi in 0..b {
+                let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+                let dqkv_b = &mut dqkv[bi * t * 3 * c..][..t * 3 * c];
+                for h in 0..nh {
+                    let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
+                    let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
+                    let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                    let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
+                    let att_h = &att[(bi * nh + h) * t * t..][..t * t];
+                    let probs = MatRef::new(att_h, t, t)?;
+                    // datt = dy · vᵀ; dv = attᵀ · dy.
+                    self.gemm(1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
+                    let dv = MatMut::strided(&mut dqkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                    self.gemm(1.0, probs.t(), dy, 0.0, dv)?;
+                    // Through the softmax to the scaled scores.
+                    self.kernels.softmax_backward_rows(
+                        att_h,
+                        datt,
+                        t,
+                        ValidLen::Causal { offset: 0 },
+                    )?;
+                    let dscores = MatRef::new(datt, t, t)?;
+                    let dq = MatMut::strided(&mut dqkv_b[h * hs..], t, hs, 3 * c)?;
+                    self.gemm(scale, dscores, k, 0.0, dq)?;
+                    let dk = MatMut::strided(&mut dqkv_b[c + h * hs..], t, hs, 3 * c)?;
+                    self.gemm(scale, dscores.t(), q, 0.0, dk)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.profile.attention += start.elapsed();
+        result
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::rng::Rng;
 pub use decode::KvCache;
 pub use layers::check_tokens;
+pub use layers::Profile;
 use layers::{encoder_backward, encoder_forward, Compute};
 pub use tensors::{decays, Activations, Params, Scratch};
 
@@ -118,6 +119,11 @@ impl Gpt {
         Activations::sizes(&self.config, b, t).total() + Scratch::sizes(&self.config, b, t).total()
     }
 
+    /// Time per kind of layer since the last call (and resets it).
+    pub fn take_profile(&mut self) -> Profile {
+        std::mem::take(&mut self.compute.profile)
+    }
+
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
         self.compute.kernels.fill(0.0, &mut self.grads);
@@ -166,7 +172,7 @@ impl Gpt {
             };
             let ln1 = &mut a.ln1[at(bt * c)];
             let (mean, rstd) = (&mut a.ln1_mean[at(bt)], &mut a.ln1_rstd[at(bt)]);
-            k.layer_norm_forward(
+            compute.layer_norm_forward(
                 residual,
                 &p.ln1w[at(c)],
                 &p.ln1b[at(c)],
@@ -201,7 +207,7 @@ impl Gpt {
             k.add(residual, attproj, residual2)?;
             let ln2 = &mut a.ln2[at(bt * c)];
             let (mean, rstd) = (&mut a.ln2_mean[at(bt)], &mut a.ln2_rstd[at(bt)]);
-            k.layer_norm_forward(
+            compute.layer_norm_forward(
                 residual2,
                 &p.ln2w[at(c)],
                 &p.ln2b[at(c)],
@@ -221,7 +227,7 @@ impl Gpt {
                 4 * c,
             )?;
             let fch_gelu = &mut a.fch_gelu[at(bt * 4 * c)];
-            k.gelu_forward(fch, fch_gelu)?;
+            compute.gelu_forward(fch, fch_gelu)?;
             let fcproj = &mut a.fcproj[at(bt * c)];
             compute.matmul_forward(
                 fcproj,
@@ -235,7 +241,7 @@ impl Gpt {
             k.add(residual2, fcproj, &mut a.residual3[at(bt * c)])?;
         }
         let last = last_residual(&a.encoded[..], &a.residual3[..], cfg.layers, bt * c);
-        k.layer_norm_forward(
+        compute.layer_norm_forward(
             last,
             p.lnfw,
             p.lnfb,
@@ -261,8 +267,8 @@ impl Gpt {
     /// `s = 1 / (b·t·micro_batches)` gives the gradient of the mean).
     pub fn loss(&mut self, targets: &[u32], grad_scale: Option<f32>) -> Result<f32, Error> {
         let v = self.config.vocab_size;
-        let k = self.compute.kernels;
-        let Some(batch) = self.batch.as_mut() else {
+        let Gpt { compute, batch, .. } = self;
+        let Some(batch) = batch.as_mut() else {
             return Err(Error::Config("loss before any forward pass".into()));
         };
         if targets.len() != batch.b * batch.t {
@@ -276,7 +282,7 @@ impl Gpt {
         let a = batch.act_sizes.split_mut(&mut batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
         let dlogits = grad_scale.map(|_| s.dlogits);
-        k.cross_entropy(
+        compute.cross_entropy(
             a.logits,
             v,
             targets,
@@ -315,7 +321,7 @@ impl Gpt {
         compute.lm_head_backward(s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, v)?;
         let last = last_residual(a.encoded, a.residual3, cfg.layers, bt * c);
         k.fill(0.0, s.dresidual);
-        k.layer_norm_backward(
+        compute.layer_norm_backward(
             last,
             p.lnfw,
             a.lnf_mean,
@@ -345,7 +351,7 @@ impl Gpt {
                 c,
             )?;
             k.fill(0.0, s.dfch);
-            k.gelu_backward(&a.fch[at(bt * 4 * c)], s.dfch_gelu, s.dfch)?;
+            compute.gelu_backward(&a.fch[at(bt * 4 * c)], s.dfch_gelu, s.dfch)?;
             compute.matmul_backward(
                 s.dln,
                 &mut g.fcw[at(c * 4 * c)],
@@ -358,7 +364,7 @@ impl Gpt {
                 4 * c,
             )?;
             let (mean, rstd) = (&a.ln2_mean[at(bt)], &a.ln2_rstd[at(bt)]);
-            k.layer_norm_backward(
+            compute.layer_norm_backward(
                 &a.residual2[at(bt * c)],
                 &p.ln2w[at(c)],
                 mean,
@@ -403,7 +409,7 @@ impl Gpt {
                 3 * c,
             )?;
             let (mean, rstd) = (&a.ln1_mean[at(bt)], &a.ln1_rstd[at(bt)]);
-            k.layer_norm_backward(
+            compute.layer_norm_backward(
                 residual,
                 &p.ln1w[at(c)],
                 mean,
