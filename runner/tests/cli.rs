@@ -384,8 +384,9 @@ fn bench_prints_consistent_tables_and_json_lines() {
             l.split('|')
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
-                .collect()
+                .collect::<Vec<_>>()
         })
+        .filter(|cells| cells.len() == 12) // the training table, not the breakdown
         .collect();
     let backends = kernels::Backend::ALL
         .into_iter()
@@ -407,6 +408,18 @@ fn bench_prints_consistent_tables_and_json_lines() {
         );
     }
     assert!(stdout.contains("| cached tokens/s |"), "{stdout}");
+    // The breakdown rows add up to the whole step.
+    for line in stdout
+        .lines()
+        .filter(|l| l.contains("| 1 |") && l.matches('%').count() == 7)
+    {
+        let total: f64 = line
+            .split('|')
+            .filter_map(|c| c.trim().strip_suffix('%'))
+            .map(|c| c.parse::<f64>().unwrap())
+            .sum();
+        assert!((total - 100.0).abs() < 0.5, "{line}");
+    }
     let lines = std::fs::read_to_string(&json).unwrap();
     let kinds: Vec<String> = lines
         .lines()
