@@ -16,6 +16,7 @@ use crate::metrics::{measure_peak_gflops, peak_rss_bytes, JsonLines};
 use crate::model::Gpt;
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::rng::Rng;
+use crate::threads::Threads;
 use crate::train::{describe, log_step, train_step, BatchBuffers, StepTimes};
 
 /// What to measure.
@@ -71,6 +72,7 @@ pub const BREAKDOWN: [&str; 7] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeRow {
     pub backend: Backend,
+    pub threads: usize,
     pub context: usize,
     pub cached_tokens_per_sec: f64,
     pub uncached_tokens_per_sec: f64,
@@ -118,11 +120,6 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
             cfg.block_size
         )));
     }
-    if let Some(&n) = s.threads.iter().find(|&&n| n != 1) {
-        return Err(Error::Config(format!(
-            "--threads {n}: this build runs on one thread (multithreading is not built yet)"
-        )));
-    }
     let kernels: Vec<Kernels> = s
         .backends
         .iter()
@@ -147,6 +144,8 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
 
     let mut rows: Vec<BenchRow> = Vec::new();
     for &threads in &s.threads {
+        let pool = || Threads::new(Some(threads));
+        pool()?;
         // MFU is against the machine's peak: the fastest backend's loop.
         let mut machine_peak = 0.0f64;
         for &k in &kernels {
@@ -165,6 +164,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         for &t in &s.seq_lens {
             for (&k, &peak) in kernels.iter().zip(&peaks) {
                 let mut model = Gpt::new(cfg, k, 1)?;
+                model.set_threads(pool()?);
                 let mut optimizer = Optimizer::new(model.params.len());
                 let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
                 let mut buffers = BatchBuffers::new(s.batch, t);
@@ -260,8 +260,12 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
     }
 
     let mut decode_rows = Vec::new();
-    for &k in &kernels {
+    for (&k, &threads) in kernels
+        .iter()
+        .flat_map(|k| s.threads.iter().map(move |t| (k, t)))
+    {
         let mut model = Gpt::new(cfg, k, 1)?;
+        model.set_threads(Threads::new(Some(threads))?);
         let mut cache = model.new_cache();
         let contexts = [32, 64, 128, 256, 512, 1024]
             .into_iter()
@@ -272,7 +276,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                 json.write(&serde_json::json!({
                     "kind": "generate",
                     "backend": k.backend().name(),
-                    "threads": 1,
+                    "threads": threads,
                     "seq_len": context,
                     "batch": 1,
                     "tokens_per_sec": row.cached_tokens_per_sec,
@@ -312,6 +316,7 @@ fn decode_speed(
     }
     Ok(DecodeRow {
         backend: model.kernels().backend(),
+        threads: model.threads().count(),
         context,
         cached_tokens_per_sec: cached,
         uncached_tokens_per_sec: median(uncached),
@@ -376,14 +381,15 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
     out.push('\n');
     outln!(
         out,
-        "| backend | context | cached tokens/s | uncached tokens/s | cached / uncached |"
+        "| backend | threads | context | cached tokens/s | uncached tokens/s | cached / uncached |"
     );
-    outln!(out, "|---|---|---|---|---|");
+    outln!(out, "|---|---|---|---|---|---|");
     for d in decode {
         outln!(
             out,
-            "| {} | {} | {:.0} | {:.1} | {:.1}x |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1}x |",
             d.backend,
+            d.threads,
             d.context,
             d.cached_tokens_per_sec,
             d.uncached_tokens_per_sec,

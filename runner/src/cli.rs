@@ -17,6 +17,7 @@ use crate::eval::evaluate;
 use crate::generate::{check_prompt, generate, GenerationStats, Sampling};
 use crate::logger;
 use crate::metrics::JsonLines;
+use crate::threads::{available_cores, Threads};
 use crate::train::{self, describe, TrainSettings};
 
 /// Train and run a small GPT-2-style language model on the CPU.
@@ -63,8 +64,8 @@ pub struct BenchArgs {
     /// Kernel backends [default: every one this CPU supports].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub backends: Vec<BackendChoice>,
-    /// Thread counts.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    /// Thread counts [default: 1 and all cores].
+    #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Write one JSON object per benchmark row to FILE (see README).
     #[arg(long, value_name = "FILE")]
@@ -114,6 +115,9 @@ pub struct GenerateArgs {
     /// Kernel backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 const EVAL_HELP: &str = "Print a checkpoint's loss and perplexity on a text.
@@ -216,6 +220,9 @@ pub struct TrainArgs {
     /// Kernel backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -235,6 +242,9 @@ pub struct EvalArgs {
     /// Kernel backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Threads [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl TrainArgs {
@@ -275,6 +285,7 @@ impl TrainArgs {
             resume: self.resume.clone(),
             stop_at: self.stop_at,
             json: self.json.clone(),
+            threads: self.threads,
         }
     }
 }
@@ -353,6 +364,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Eval(args)) => {
             logger::init(args.quiet);
             let mut model = checkpoint::load_model(&args.checkpoint, args.backend.kernels()?)?;
+            model.set_threads(Threads::new(args.threads)?);
             let tokens = match &args.data {
                 Some(path) => data::read_tokens(path)?,
                 None => data::encode(&crate::corpus::arithmetic()),
@@ -405,7 +417,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 batch: args.batch,
                 steps: args.steps,
                 backends,
-                threads: args.threads.clone(),
+                threads: if args.threads.is_empty() {
+                    let cores = if cfg!(feature = "parallel") {
+                        available_cores()
+                    } else {
+                        1
+                    };
+                    let mut all = vec![1, cores];
+                    all.dedup();
+                    all
+                } else {
+                    args.threads.clone()
+                },
                 json: args.json.clone(),
             };
             bench::run(&settings)?;
@@ -420,6 +443,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             };
             sampling.validate()?;
             let mut model = checkpoint::load_model(&args.checkpoint, args.backend.kernels()?)?;
+            model.set_threads(Threads::new(args.threads)?);
             let prompt = data::encode(args.prompt.as_bytes());
             check_prompt(&model, &prompt)?;
             info!(
@@ -457,7 +481,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     "seq_len": prompt.len() + stats.tokens.len(),
                     "batch": 1,
                     "backend": model.kernels().backend().name(),
-                    "threads": 1,
+                    "threads": model.threads().count(),
                     "kv_cache_bytes": stats.cache_bytes,
                     "peak_rss_bytes": crate::metrics::peak_rss_bytes(),
                 }))?;

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod threads;
 pub mod train;

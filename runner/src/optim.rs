@@ -61,7 +61,13 @@ pub struct Optimizer {
     pub v: Vec<f32>,
     /// Updates done so far.
     pub step: u32,
+    /// Per-piece sums of squared gradients (reused every step).
+    partial_norms: Vec<f32>,
 }
+
+/// Parameters per piece of the update: a fixed size, so the gradient norm
+/// (summed piece by piece, in order) never depends on the thread count.
+const PARAMS_PER_PIECE: usize = 1 << 16;
 
 impl Optimizer {
     /// Zero moments for `params` parameters.
@@ -70,6 +76,7 @@ impl Optimizer {
             m: vec![0.0; params],
             v: vec![0.0; params],
             step: 0,
+            partial_norms: Vec::new(),
         }
     }
 
@@ -83,7 +90,37 @@ impl Optimizer {
         lr: f32,
     ) -> Result<f32, Error> {
         let k = model.kernels();
-        let norm = k.sum_squares(&model.grads).sqrt();
+        let sizes = model.sizes();
+        let (params, grads, threads) = model.optimizer_view();
+        self.partial_norms.clear();
+        let mut pieces = 0;
+        for (_, g) in grads.into_named() {
+            pieces += g.len().div_ceil(PARAMS_PER_PIECE);
+        }
+        self.partial_norms.resize(pieces, 0.0);
+        // Sums of squares per piece of each tensor, then added in order.
+        let mut offset = 0;
+        for (_, g) in grads.into_named() {
+            let n = g.len().div_ceil(PARAMS_PER_PIECE);
+            threads.try_for_each_chunk(
+                &mut self.partial_norms[offset..offset + n],
+                1,
+                |i, out| {
+                    out[0] = k.sum_squares(
+                        &g[i * PARAMS_PER_PIECE..]
+                            [..PARAMS_PER_PIECE.min(g.len() - i * PARAMS_PER_PIECE)],
+                    );
+                    Ok(())
+                },
+            )?;
+            offset += n;
+        }
+        let norm = self
+            .partial_norms
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum::<f64>()
+            .sqrt() as f32;
         if !norm.is_finite() {
             return Err(Error::Config(format!(
                 "the gradient norm is {norm} at step {} (training diverged; try a lower --lr)",
@@ -96,8 +133,7 @@ impl Optimizer {
             1.0
         };
         self.step += 1;
-        let sizes = model.sizes();
-        let (params, grads) = model.params_and_grads();
+        let step = self.step;
         let (m, v) = (sizes.split_mut(&mut self.m), sizes.split_mut(&mut self.v));
         let tensors = params
             .into_named()
@@ -116,7 +152,15 @@ impl Optimizer {
                     0.0
                 },
             };
-            k.adamw_step(&opt, self.step, clip_scale, p, g, m, v)?;
+            threads.try_for_each_chunk3(
+                (p, PARAMS_PER_PIECE),
+                (m, PARAMS_PER_PIECE),
+                (v, PARAMS_PER_PIECE),
+                |i, p, m, v| {
+                    let g = &g[i * PARAMS_PER_PIECE..][..p.len()];
+                    Ok(k.adamw_step(&opt, step, clip_scale, p, g, m, v)?)
+                },
+            )?;
         }
         Ok(norm)
     }

@@ -18,6 +18,7 @@ use crate::metrics::{peak_rss_bytes, JsonLines};
 use crate::model::Gpt;
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::rng::Rng;
+use crate::threads::Threads;
 
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct TrainSettings {
     pub stop_at: Option<u32>,
     /// Write one JSON object per step and validation to this file.
     pub json: Option<PathBuf>,
+    /// Threads to run on (`None`: all cores).
+    pub threads: Option<usize>,
 }
 
 /// What a run reached.
@@ -117,6 +120,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             (Gpt::new(cfg, kernels, s.seed)?, None)
         }
     };
+    model.set_threads(Threads::new(s.threads)?);
+    let threads = model.threads().count();
     let cfg = model.config;
     let (b, t) = (s.batch, cfg.block_size);
     let data = load_dataset(s.data.as_ref(), t)?;
@@ -133,9 +138,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
 
     info!(
-        "Kernel backend set to: {} ({}-lane SIMD, 1 thread)",
+        "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{})",
         kernels.backend(),
-        kernels.backend().lanes()
+        kernels.backend().lanes(),
+        if threads == 1 { "" } else { "s" }
     );
     let n = model.params.len();
     info!(
@@ -186,7 +192,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             log_step(&times, lr, b, t, step, s.steps);
         }
         if let Some(json) = json.as_mut() {
-            json.write(&times.to_json(step, lr, b, t, kernels, 1))?;
+            json.write(&times.to_json(step, lr, b, t, kernels, threads))?;
         }
         if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
             let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;

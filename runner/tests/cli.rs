@@ -367,6 +367,8 @@ fn bench_prints_consistent_tables_and_json_lines() {
         "2",
         "--batch",
         "4",
+        "--threads",
+        "1",
         "-q",
         "--json",
         json.to_str().unwrap(),

@@ -33,6 +33,7 @@ fn settings(steps: u32) -> TrainSettings {
         resume: None,
         stop_at: None,
         json: None,
+        threads: Some(1),
     }
 }
 
@@ -75,6 +76,34 @@ fn the_same_seed_gives_the_same_losses() {
     };
     let (_, c) = train(&other, Kernels::best()).unwrap();
     assert_ne!(a.losses, c.losses);
+}
+
+#[cfg(feature = "parallel")]
+#[test]
+fn the_losses_do_not_depend_on_the_thread_count() {
+    let base = TrainSettings {
+        batch: 8,
+        ..settings(6)
+    };
+    let (_, one) = train(
+        &TrainSettings {
+            threads: Some(1),
+            ..base.clone()
+        },
+        Kernels::best(),
+    )
+    .unwrap();
+    for threads in [2, 3] {
+        let (_, many) = train(
+            &TrainSettings {
+                threads: Some(threads),
+                ..base.clone()
+            },
+            Kernels::best(),
+        )
+        .unwrap();
+        assert_eq!(one.losses, many.losses, "{threads} threads");
+    }
 }
 
 #[test]

@@ -3,11 +3,13 @@
 //! channels, `oc` output channels, `nh` heads). Backward passes accumulate
 //! into parameter gradients (`+=`), so gradients add up over micro-batches.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use kernels::{Kernels, MatMut, MatRef, ValidLen};
 
 use crate::error::Error;
+use crate::threads::Threads;
 
 /// Time spent per kind of layer, so a user sees where a step goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -22,25 +24,63 @@ pub struct Profile {
     pub cross_entropy: Duration,
 }
 
-/// The kernels handle, the GEMM workspace all matrix products share (grown
-/// on first use, then reused: no allocation per step), and the time spent
-/// per kind of layer.
+/// The kernels handle, the threads, the GEMM workspace all matrix products
+/// share (grown on first use, then reused: no allocation per step), and the
+/// time spent per kind of layer.
 pub struct Compute {
     pub kernels: Kernels,
+    pub threads: Threads,
     workspace: Vec<f32>,
+    /// Per-piece partial sums of the LayerNorm parameter gradients.
+    partials: Vec<f32>,
     pub profile: Profile,
+}
+
+/// Rows per piece of row-wise work (LayerNorm, cross-entropy): a fixed
+/// size, so that results never depend on the thread count.
+const ROWS_PER_PIECE: usize = 64;
+
+/// Elements per piece of element-wise work (GELU).
+const ELEMENTS_PER_PIECE: usize = 1 << 14;
+
+thread_local! {
+    /// Each thread's GEMM workspace for work the runner splits itself
+    /// (attention per sequence); grown on first use, then reused.
+    static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `C = alpha · op(A) · op(B) + beta · C` on this thread, with its
+/// workspace.
+fn gemm_local(
+    k: &Kernels,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: MatMut,
+) -> Result<(), Error> {
+    WORKSPACE.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        let need = k.gemm_workspace_len(a.rows(), b.cols(), a.cols());
+        if ws.len() < need {
+            ws.resize(need, 0.0);
+        }
+        Ok(k.gemm(alpha, a, b, beta, c, &mut ws)?)
+    })
 }
 
 impl Compute {
     pub fn new(kernels: Kernels) -> Compute {
         Compute {
             kernels,
+            threads: Threads::single(),
             workspace: Vec::new(),
+            partials: Vec::new(),
             profile: Profile::default(),
         }
     }
 
-    /// LayerNorm forward (the kernel's), timed.
+    /// LayerNorm forward, by pieces of rows.
     #[allow(clippy::too_many_arguments)]
     pub fn layer_norm_forward(
         &mut self,
@@ -53,13 +93,23 @@ impl Compute {
         rstd: &mut [f32],
     ) -> Result<(), Error> {
         let start = Instant::now();
-        self.kernels
-            .layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?;
+        let (k, c) = (self.kernels, gamma.len());
+        self.threads.try_for_each_chunk3(
+            (out, ROWS_PER_PIECE * c),
+            (mean, ROWS_PER_PIECE),
+            (rstd, ROWS_PER_PIECE),
+            |i, out, mean, rstd| {
+                let x = &x[i * ROWS_PER_PIECE * c..][..out.len()];
+                Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
+            },
+        )?;
         self.profile.layer_norm += start.elapsed();
         Ok(())
     }
 
-    /// LayerNorm backward (the kernel's, accumulating), timed.
+    /// LayerNorm backward, by pieces of rows, accumulating into `dx`,
+    /// `dgamma` and `dbeta`. Each piece sums its parameter gradients apart;
+    /// the pieces are then added in order.
     #[allow(clippy::too_many_arguments)]
     pub fn layer_norm_backward(
         &mut self,
@@ -73,29 +123,66 @@ impl Compute {
         dbeta: &mut [f32],
     ) -> Result<(), Error> {
         let start = Instant::now();
-        self.kernels
-            .layer_norm_backward(x, gamma, mean, rstd, dout, dx, dgamma, dbeta)?;
+        let (k, c) = (self.kernels, gamma.len());
+        let pieces = mean.len().div_ceil(ROWS_PER_PIECE);
+        self.partials.clear();
+        self.partials.resize(pieces * 2 * c, 0.0);
+        self.threads.try_for_each_chunk2(
+            (dx, ROWS_PER_PIECE * c),
+            (&mut self.partials, 2 * c),
+            |i, dx, partial| {
+                let rows = i * ROWS_PER_PIECE..i * ROWS_PER_PIECE + dx.len() / c;
+                let (x, dout) = (
+                    &x[rows.start * c..rows.end * c],
+                    &dout[rows.start * c..rows.end * c],
+                );
+                let (pg, pb) = partial.split_at_mut(c);
+                Ok(k.layer_norm_backward(
+                    x,
+                    gamma,
+                    &mean[rows.clone()],
+                    &rstd[rows],
+                    dout,
+                    dx,
+                    pg,
+                    pb,
+                )?)
+            },
+        )?;
+        for partial in self.partials.chunks_exact(2 * c) {
+            k.axpy(1.0, &partial[..c], dgamma)?;
+            k.axpy(1.0, &partial[c..], dbeta)?;
+        }
         self.profile.layer_norm += start.elapsed();
         Ok(())
     }
 
-    /// GELU forward, timed.
+    /// GELU forward, by pieces.
     pub fn gelu_forward(&mut self, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
         let start = Instant::now();
-        self.kernels.gelu_forward(x, out)?;
+        let k = self.kernels;
+        self.threads
+            .try_for_each_chunk(out, ELEMENTS_PER_PIECE, |i, out| {
+                Ok(k.gelu_forward(&x[i * ELEMENTS_PER_PIECE..][..out.len()], out)?)
+            })?;
         self.profile.gelu += start.elapsed();
         Ok(())
     }
 
-    /// GELU backward (accumulating into `dx`), timed.
+    /// GELU backward (accumulating into `dx`), by pieces.
     pub fn gelu_backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32]) -> Result<(), Error> {
         let start = Instant::now();
-        self.kernels.gelu_backward(x, dout, dx)?;
+        let k = self.kernels;
+        self.threads
+            .try_for_each_chunk(dx, ELEMENTS_PER_PIECE, |i, dx| {
+                let at = i * ELEMENTS_PER_PIECE..i * ELEMENTS_PER_PIECE + dx.len();
+                Ok(k.gelu_backward(&x[at.clone()], &dout[at], dx)?)
+            })?;
         self.profile.gelu += start.elapsed();
         Ok(())
     }
 
-    /// Fused softmax + cross-entropy (the kernel's), timed.
+    /// Fused softmax + cross-entropy, by pieces of rows.
     pub fn cross_entropy(
         &mut self,
         logits: &[f32],
@@ -106,13 +193,38 @@ impl Compute {
         grad_scale: f32,
     ) -> Result<(), Error> {
         let start = Instant::now();
-        self.kernels
-            .cross_entropy(logits, classes, targets, losses, dlogits, grad_scale)?;
+        let k = self.kernels;
+        let rows = |i: usize, n: usize| i * ROWS_PER_PIECE..i * ROWS_PER_PIECE + n;
+        match dlogits {
+            Some(dlogits) => self.threads.try_for_each_chunk2(
+                (losses, ROWS_PER_PIECE),
+                (dlogits, ROWS_PER_PIECE * classes),
+                |i, losses, dlogits| {
+                    let r = rows(i, losses.len());
+                    let logits = &logits[r.start * classes..r.end * classes];
+                    Ok(k.cross_entropy(
+                        logits,
+                        classes,
+                        &targets[r],
+                        losses,
+                        Some(dlogits),
+                        grad_scale,
+                    )?)
+                },
+            )?,
+            None => self
+                .threads
+                .try_for_each_chunk(losses, ROWS_PER_PIECE, |i, losses| {
+                    let r = rows(i, losses.len());
+                    let logits = &logits[r.start * classes..r.end * classes];
+                    Ok(k.cross_entropy(logits, classes, &targets[r], losses, None, grad_scale)?)
+                })?,
+        }
         self.profile.cross_entropy += start.elapsed();
         Ok(())
     }
 
-    /// `C = alpha · op(A) · op(B) + beta · C` with a workspace that fits.
+    /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
     pub(super) fn gemm(
         &mut self,
         alpha: f32,
@@ -129,7 +241,7 @@ impl Compute {
         }
         Ok(self
             .kernels
-            .gemm(alpha, a, b, beta, c, &mut self.workspace)?)
+            .gemm_with(&self.threads, alpha, a, b, beta, c, &mut self.workspace)?)
     }
 
     /// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]`.
@@ -254,6 +366,7 @@ impl Compute {
     /// Causal multi-head self-attention. `qkv[b, t, 3c]` holds each token's
     /// query, key and value (heads side by side within each); writes the
     /// probabilities `att[b, nh, t, t]` and the output `out[b, t, c]`.
+    /// Sequences run in parallel, heads one after another within each.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &mut self,
@@ -265,33 +378,33 @@ impl Compute {
         c: usize,
         nh: usize,
     ) -> Result<(), Error> {
+        debug_assert_eq!(out.len(), b * t * c);
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let hs = c / nh;
-            let scale = 1.0 / (hs as f32).sqrt();
-            for bi in 0..b {
+        let (kern, hs) = (self.kernels, c / nh);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let result = self.threads.try_for_each_chunk2(
+            (out, t * c),
+            (att, nh * t * t),
+            |bi, out_b, att_b| {
                 let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-                let out_b = &mut out[bi * t * c..][..t * c];
-                for h in 0..nh {
+                for (h, att_h) in att_b.chunks_exact_mut(t * t).enumerate() {
                     let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
                     let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
                     let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                    let att_h = &mut att[(bi * nh + h) * t * t..][..t * t];
-                    self.gemm(scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
-                    self.kernels
-                        .softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
+                    gemm_local(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+                    kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
                     let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
-                    self.gemm(1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
+                    gemm_local(&kern, 1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
                 }
-            }
-            Ok(())
-        })();
+                Ok(())
+            },
+        );
         self.profile.attention += start.elapsed();
         result
     }
 
     /// Backward of [`Compute::attention_forward`]: writes `dqkv[b, t, 3c]`
-    /// (overwritten) from `dout[b, t, c]`; `datt` is `t × t` scratch.
+    /// (overwritten) from `dout[b, t, c]`; `datt` is `[b, t, t]` scratch.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &mut self,
@@ -305,13 +418,15 @@ impl Compute {
         c: usize,
         nh: usize,
     ) -> Result<(), Error> {
+        debug_assert_eq!(dqkv.len(), b * t * 3 * c);
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let hs = c / nh;
-            let scale = 1.0 / (hs as f32).sqrt();
-            for bi in 0..b {
+        let (kern, hs) = (self.kernels, c / nh);
+        let scale = 1.0 / (hs as f32).sqrt();
+        let result = self.threads.try_for_each_chunk2(
+            (dqkv, t * 3 * c),
+            (datt, t * t),
+            |bi, dqkv_b, datt| {
                 let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-                let dqkv_b = &mut dqkv[bi * t * 3 * c..][..t * 3 * c];
                 for h in 0..nh {
                     let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
                     let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
@@ -320,25 +435,20 @@ impl Compute {
                     let att_h = &att[(bi * nh + h) * t * t..][..t * t];
                     let probs = MatRef::new(att_h, t, t)?;
                     // datt = dy · vᵀ; dv = attᵀ · dy.
-                    self.gemm(1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
+                    gemm_local(&kern, 1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
                     let dv = MatMut::strided(&mut dqkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                    self.gemm(1.0, probs.t(), dy, 0.0, dv)?;
+                    gemm_local(&kern, 1.0, probs.t(), dy, 0.0, dv)?;
                     // Through the softmax to the scaled scores.
-                    self.kernels.softmax_backward_rows(
-                        att_h,
-                        datt,
-                        t,
-                        ValidLen::Causal { offset: 0 },
-                    )?;
+                    kern.softmax_backward_rows(att_h, datt, t, ValidLen::Causal { offset: 0 })?;
                     let dscores = MatRef::new(datt, t, t)?;
                     let dq = MatMut::strided(&mut dqkv_b[h * hs..], t, hs, 3 * c)?;
-                    self.gemm(scale, dscores, k, 0.0, dq)?;
+                    gemm_local(&kern, scale, dscores, k, 0.0, dq)?;
                     let dk = MatMut::strided(&mut dqkv_b[c + h * hs..], t, hs, 3 * c)?;
-                    self.gemm(scale, dscores.t(), q, 0.0, dk)?;
+                    gemm_local(&kern, scale, dscores.t(), q, 0.0, dk)?;
                 }
-            }
-            Ok(())
-        })();
+                Ok(())
+            },
+        );
         self.profile.attention += start.elapsed();
         result
     }

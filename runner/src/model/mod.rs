@@ -11,6 +11,7 @@ use kernels::Kernels;
 use crate::config::ModelConfig;
 use crate::error::Error;
 use crate::rng::Rng;
+use crate::threads::Threads;
 pub use decode::KvCache;
 pub use layers::check_tokens;
 pub use layers::Profile;
@@ -101,12 +102,24 @@ impl Gpt {
         self.sizes.split(&self.params)
     }
 
-    /// Named views of the parameters and gradients, for the optimizer.
-    pub fn params_and_grads(&mut self) -> (Params<&mut [f32]>, Params<&[f32]>) {
+    /// What the optimizer works on: named views of the parameters and
+    /// gradients, and the threads to spread the update over.
+    pub fn optimizer_view(&mut self) -> (Params<&mut [f32]>, Params<&[f32]>, &Threads) {
         (
             self.sizes.split_mut(&mut self.params),
             self.sizes.split(&self.grads),
+            &self.compute.threads,
         )
+    }
+
+    /// Runs the model on `threads` from now on.
+    pub fn set_threads(&mut self, threads: Threads) {
+        self.compute.threads = threads;
+    }
+
+    /// The threads the model runs on.
+    pub fn threads(&self) -> &Threads {
+        &self.compute.threads
     }
 
     /// Parameter tensor sizes.

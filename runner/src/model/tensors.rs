@@ -232,7 +232,7 @@ named_tensors! {
         dqkv,
         /// `[B, T, C]`
         datty,
-        /// `[T, T]` one head's attention gradient.
+        /// `[B, T, T]` one head's attention gradient, per sequence.
         datt,
         /// `[B, T, 4C]`
         dfch,
@@ -252,7 +252,7 @@ impl Scratch<usize> {
             dln: bt * c,
             dqkv: bt * 3 * c,
             datty: bt * c,
-            datt: t * t,
+            datt: b * t * t,
             dfch: bt * 4 * c,
             dfch_gelu: bt * 4 * c,
         }
