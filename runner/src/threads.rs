@@ -74,7 +74,7 @@ impl Threads {
         f: impl Fn(usize) -> Result<(), Error> + Sync + Send,
     ) -> Result<(), Error> {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool.as_ref().filter(|_| n > 1) {
             use rayon::prelude::*;
             return pool.install(|| (0..n).into_par_iter().try_for_each(f));
         }
@@ -90,7 +90,7 @@ impl Threads {
         f: impl Fn(usize, &mut [T]) -> Result<(), Error> + Sync + Send,
     ) -> Result<(), Error> {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool.as_ref().filter(|_| data.len() > chunk) {
             use rayon::prelude::*;
             return pool.install(|| {
                 data.par_chunks_mut(chunk.max(1))
@@ -112,7 +112,7 @@ impl Threads {
         f: impl Fn(usize, &mut [A], &mut [B]) -> Result<(), Error> + Sync + Send,
     ) -> Result<(), Error> {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool.as_ref().filter(|_| a.len() > a_chunk) {
             use rayon::prelude::*;
             return pool.install(|| {
                 a.par_chunks_mut(a_chunk.max(1))
@@ -139,7 +139,7 @@ impl Threads {
         f: impl Fn(usize, &mut [A], &mut [B], &mut [C]) -> Result<(), Error> + Sync + Send,
     ) -> Result<(), Error> {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool.as_ref().filter(|_| a.len() > a_chunk) {
             use rayon::prelude::*;
             return pool.install(|| {
                 a.par_chunks_mut(a_chunk.max(1))
@@ -168,8 +168,9 @@ impl Executor for Threads {
     }
 
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        // A single piece runs here: waking the pool costs more than it saves.
         #[cfg(feature = "parallel")]
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = self.pool.as_ref().filter(|_| pieces > 1) {
             use rayon::prelude::*;
             pool.install(|| (0..pieces).into_par_iter().for_each(piece));
             return;

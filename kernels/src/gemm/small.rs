@@ -22,20 +22,22 @@ const MIN_PARALLEL_WORK: usize = 1 << 16;
 /// Runs the product; `m <= SMALL_M`, `m, n, k > 0`, `alpha != 0`.
 pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem) {
     let chunk = (CHUNK_FLOATS / p.m).next_multiple_of(64);
-    let chunks = p.n.div_ceil(chunk);
     let work = p.m.saturating_mul(p.n).saturating_mul(p.k);
+    // Several threads take column ranges of their own (each still read in
+    // whole chunks); one thread takes everything in one piece.
     let pieces = if exec.threads() > 1 && work >= MIN_PARALLEL_WORK {
-        chunks.min(exec.threads() * 4)
+        (2 * exec.threads()).min(p.n.div_ceil(64))
     } else {
         1
     };
-    let per_piece = chunks.div_ceil(pieces);
+    let per_piece = p.n.div_ceil(pieces).next_multiple_of(16);
+    let pieces = p.n.div_ceil(per_piece);
     exec.run(pieces, &|piece| {
         kernel.enter(
             #[inline(always)]
             |kernel| {
-                let first = piece * per_piece * chunk;
-                let last = p.n.min(first + per_piece * chunk);
+                let first = piece * per_piece;
+                let last = p.n.min(first + per_piece);
                 for start in (first..last).step_by(chunk) {
                     columns(kernel, p, start, chunk.min(last - start));
                 }
