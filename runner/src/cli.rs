@@ -208,6 +208,10 @@ pub struct TrainArgs {
     /// Write one JSON object per step and validation to FILE (see README).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Draw the training and validation loss curves into FILE (SVG) at the
+    /// end.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Stop after step N, keeping the schedule of --steps (with --save, a
     /// checkpoint to --resume from later).
     #[arg(long, value_name = "N")]
@@ -287,6 +291,7 @@ impl TrainArgs {
             stop_at: self.stop_at,
             json: self.json.clone(),
             threads: self.threads,
+            plot: self.plot.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod logger;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod threads;
 pub mod train;

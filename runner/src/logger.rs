@@ -1,8 +1,12 @@
 //! A minimal env_logger-style logger: messages to stderr, `info` and above
 //! by default, `-q` for warnings and errors only, `RUST_LOG=debug` (etc.)
-//! to change the level.
+//! to change the level. While a progress bar is shown, each message is
+//! printed above it, so the two never garble each other.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -17,15 +21,50 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut err = std::io::stderr().lock();
-        let _ = match record.level() {
-            Level::Info => writeln!(err, "{}", record.args()),
-            level => writeln!(err, "[{}] {}", level.as_str().to_lowercase(), record.args()),
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            let _ = match record.level() {
+                Level::Info => writeln!(err, "{}", record.args()),
+                level => writeln!(err, "[{}] {}", level.as_str().to_lowercase(), record.args()),
+            };
         };
+        match PROGRESS.lock().ok().as_deref() {
+            Some(Some(bar)) => bar.suspend(write),
+            _ => write(),
+        }
     }
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+/// The progress bar being shown, if any.
+static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// A progress bar over `len` steps, shown only when stderr is a terminal
+/// and info messages are on; `None` otherwise.
+pub fn progress_bar(len: u64) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() || log::max_level() < LevelFilter::Info {
+        return None;
+    }
+    let bar = ProgressBar::new(len);
+    let style =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}")
+            .expect("a valid template");
+    bar.set_style(style);
+    if let Ok(mut slot) = PROGRESS.lock() {
+        *slot = Some(bar.clone());
+    }
+    Some(bar)
+}
+
+/// Removes the progress bar.
+pub fn finish_progress() {
+    if let Ok(mut slot) = PROGRESS.lock() {
+        if let Some(bar) = slot.take() {
+            bar.finish_and_clear();
+        }
     }
 }
 

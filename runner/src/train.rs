@@ -19,6 +19,7 @@ use crate::model::Gpt;
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::rng::Rng;
 use crate::threads::Threads;
+use crate::{logger, plot};
 
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct TrainSettings {
     pub json: Option<PathBuf>,
     /// Threads to run on (`None`: all cores).
     pub threads: Option<usize>,
+    /// Draw the loss curves into this SVG file at the end.
+    pub plot: Option<PathBuf>,
 }
 
 /// What a run reached.
@@ -172,6 +175,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let run_start = Instant::now();
     let first = optimizer.step + 1;
     let last = s.stop_at.map_or(s.steps, |stop| stop.clamp(first, s.steps));
+    let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
+    let progress = logger::progress_bar(u64::from(last - first + 1));
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
@@ -188,6 +193,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             batches,
         )?;
         report.losses.push(times.loss);
+        train_curve.push((step, times.loss));
+        if let Some(bar) = &progress {
+            bar.inc(1);
+        }
         if step % s.log_every.max(1) == 0 || step == first || step == last {
             log_step(&times, lr, b, t, step, s.steps);
         }
@@ -208,6 +217,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 eval.perplexity()
             );
             report.val_loss = Some(eval.loss);
+            val_curve.push((step, eval.loss));
             if let Some(json) = json.as_mut() {
                 json.write(&serde_json::json!({
                     "kind": "eval",
@@ -221,6 +231,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 }))?;
             }
         }
+    }
+    logger::finish_progress();
+    if let Some(path) = &s.plot {
+        plot::loss_curve(path, &train_curve, &val_curve)?;
+        info!("Wrote the loss curves to {}", path.display());
     }
     let steps_run = (last - first + 1) as usize;
     report.tokens_per_sec =

@@ -490,3 +490,50 @@ fn train_writes_json_lines() {
     assert_eq!(evals.len(), 2);
     assert!(evals[0]["val_loss"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn train_plots_the_loss_curves() {
+    let dir = scratch("plot");
+    let svg = dir.join("loss.svg");
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "20",
+        "--eval-every",
+        "5",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: no progress bar in the log.
+    assert!(!stderr.contains("ETA"), "{stderr}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.starts_with("<svg") && text.trim_end().ends_with("</svg>"),
+        "not an SVG document"
+    );
+    // One line per curve, in their colours, with one point per step / validation.
+    let curve = |colour: &str| {
+        text.lines()
+            .find(|l| l.starts_with("<polyline") && l.contains(colour))
+            .map(|l| {
+                l.split("points=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .count()
+            })
+    };
+    assert_eq!(curve("#0000FF"), Some(20), "training curve");
+    assert_eq!(curve("#FF0000"), Some(4), "validation curve");
+    assert!(
+        text.contains(">\nLoss\n</text>") || text.contains(">Loss<"),
+        "caption"
+    );
+}

@@ -34,6 +34,7 @@ fn settings(steps: u32) -> TrainSettings {
         stop_at: None,
         json: None,
         threads: Some(1),
+        plot: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn the_losses_do_not_depend_on_the_thread_count() {
     let (_, one) = train(
         &TrainSettings {
             threads: Some(1),
+            plot: None,
             ..base.clone()
         },
         Kernels::best(),

@@ -1,0 +1,68 @@
+//! `train --plot FILE.svg`: the training and validation loss against the
+//! step, drawn with plotters' SVG backend (no system libraries).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::Error;
+
+/// Draws the loss curves into an SVG file at `path`.
+pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Result<(), Error> {
+    let fail = |e: String| Error::Data {
+        path: path.into(),
+        reason: format!("cannot draw the plot: {e}"),
+    };
+    let last_step = train
+        .iter()
+        .map(|&(s, _)| s)
+        .chain(val.iter().map(|&(s, _)| s))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let losses = train
+        .iter()
+        .map(|&(_, l)| f64::from(l))
+        .chain(val.iter().map(|&(_, l)| l));
+    let top = losses
+        .filter(|l| l.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(0.1)
+        * 1.05;
+
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Loss", ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0u32..last_step, 0f64..top)
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("cross-entropy (nats per byte)")
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    chart
+        .draw_series(LineSeries::new(
+            train.iter().map(|&(s, l)| (s, f64::from(l))),
+            &BLUE,
+        ))
+        .map_err(|e| fail(e.to_string()))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(val.iter().copied(), RED.stroke_width(2)))
+        .map_err(|e| fail(e.to_string()))?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| fail(e.to_string()))?;
+    root.present().map_err(|e| fail(e.to_string()))
+}
