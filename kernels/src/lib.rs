@@ -34,6 +34,8 @@
 //!   it across the caller's threads through an [`Executor`]) over
 //!   [`MatRef`] / [`MatMut`] views, with [`Kernels::gemm_workspace_len`];
 //!   see the `gemm` module notes in the README for blocking and speed.
+//! - [`Kernels::fma_peak_loop`]: the backend's FMA units flat out, to
+//!   measure the machine's peak in the same run as a benchmark.
 //!
 //! # Accuracy of the vectorized `exp` and `tanh`
 //! Measured against `libm` over all 2^32 f32 inputs (the ignored test
