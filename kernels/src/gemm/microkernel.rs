@@ -94,114 +94,84 @@ pub(crate) struct Tile {
     pub(crate) cols: usize,
 }
 
-/// AVX2 + FMA: 6 × 16 tile = 12 accumulators + 2 B vectors + 1 broadcast of
-/// the 16 YMM registers. KC = 384 puts the B panel at 24 KiB of the 32 KiB
-/// L1 (and runs the trainer's k = 384 in one pass; 256 measured 2–5 %
-/// slower); MC = 144 makes the A block 216 KiB, inside even Zen 3's 512 KiB
-/// L2; NC = 4080 keeps the B block near 6 MiB of L3.
-#[cfg(target_arch = "x86_64")]
-impl GemmKernel for V3 {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    const MC: usize = 144;
-    const KC: usize = 384;
-    const NC: usize = 4080;
+/// Implements [`GemmKernel`] for a SIMD instruction set from its tile
+/// (`mr` rows × `nv` vectors) and blocking constants; everything else is the
+/// generic code below.
+macro_rules! simd_gemm_kernel {
+    ($(#[$attr:meta])* $isa:ty, mr: $mr:literal, nv: $nv:literal, mc: $mc:literal, kc: $kc:literal, nc: $nc:literal,
+     enter: |$f:ident| $enter:expr) => {
+        $(#[$attr])*
+        impl GemmKernel for $isa {
+            const MR: usize = $mr;
+            const NR: usize = $nv * <$isa as Simd>::LANES;
+            const MC: usize = $mc;
+            const KC: usize = $kc;
+            const NC: usize = $nc;
 
-    #[inline(always)]
-    fn enter<R>(self, f: impl FnOnce(V3) -> R) -> R {
-        // SAFETY: a `V3` value exists only after detection found AVX2 + FMA.
-        unsafe { V3::vectorize(f) }
-    }
-    #[inline(always)]
-    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
-        // SAFETY: forwarded contract.
-        unsafe { simd_tile::<V3, 6, 2>(self, kc, a, b, alpha, beta, c) }
-    }
-    #[inline(always)]
-    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        simd_axpy(self, alpha, x, y)
-    }
-    #[inline(always)]
-    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
-        simd_axpy4(self, alphas, xs, y)
-    }
-    #[inline(always)]
-    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
-        simd_dot(self, x, y)
-    }
-}
-
-/// AVX-512: 12 × 32 tile = 24 accumulators + 2 B vectors + 1 broadcast of
-/// the 32 ZMM registers. KC = 384 makes the B panel 48 KiB, more than L1,
-/// yet measured fastest on Zen 4 (192 and 256 were 5–10 % slower: C
-/// traffic per pass outweighs L1 misses that L2 serves well); MC = 192
-/// gives a 288 KiB A block in a 1 MiB L2.
-#[cfg(target_arch = "x86_64")]
-impl GemmKernel for V4 {
-    const MR: usize = 12;
-    const NR: usize = 32;
-    const MC: usize = 192;
-    const KC: usize = 384;
-    const NC: usize = 4096;
-
-    #[inline(always)]
-    fn enter<R>(self, f: impl FnOnce(V4) -> R) -> R {
-        // SAFETY: a `V4` value exists only after detection found AVX-512F.
-        unsafe { V4::vectorize(f) }
-    }
-    #[inline(always)]
-    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
-        // SAFETY: forwarded contract.
-        unsafe { simd_tile::<V4, 12, 2>(self, kc, a, b, alpha, beta, c) }
-    }
-    #[inline(always)]
-    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        simd_axpy(self, alpha, x, y)
-    }
-    #[inline(always)]
-    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
-        simd_axpy4(self, alphas, xs, y)
-    }
-    #[inline(always)]
-    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
-        simd_dot(self, x, y)
-    }
-}
-
-/// The emulated vectors use the tiles of the instruction set of their width,
-/// so tests exercise exactly the AVX2 and AVX-512 blocking and edge logic.
-#[cfg(test)]
-impl<const N: usize> GemmKernel for Emulated<N> {
-    const MR: usize = if N == 16 { 12 } else { 6 };
-    const NR: usize = 2 * N;
-    const MC: usize = if N == 16 { 192 } else { 144 };
-    const KC: usize = 384;
-    const NC: usize = if N == 16 { 4096 } else { 4080 };
-
-    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        f(self)
-    }
-    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if N == 16 {
-                simd_tile::<Self, 12, 2>(self, kc, a, b, alpha, beta, c)
-            } else {
-                simd_tile::<Self, 6, 2>(self, kc, a, b, alpha, beta, c)
+            #[inline(always)]
+            fn enter<R>(self, $f: impl FnOnce(Self) -> R) -> R {
+                $enter
+            }
+            #[inline(always)]
+            unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
+                // SAFETY: forwarded contract.
+                unsafe { simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c) }
+            }
+            #[inline(always)]
+            fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
+                simd_axpy(self, alpha, x, y)
+            }
+            #[inline(always)]
+            fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
+                simd_axpy4(self, alphas, xs, y)
+            }
+            #[inline(always)]
+            fn dot(self, x: &[f32], y: &[f32]) -> f32 {
+                simd_dot(self, x, y)
             }
         }
-    }
-    fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        simd_axpy(self, alpha, x, y)
-    }
-    #[inline(always)]
-    fn axpy4(self, alphas: [f32; 4], xs: [&[f32]; 4], y: &mut [f32]) {
-        simd_axpy4(self, alphas, xs, y)
-    }
-    fn dot(self, x: &[f32], y: &[f32]) -> f32 {
-        simd_dot(self, x, y)
-    }
+    };
 }
+
+simd_gemm_kernel!(
+    /// AVX2 + FMA: 6 × 16 tile = 12 accumulators + 2 B vectors + 1 broadcast
+    /// of the 16 YMM registers. KC = 384 puts the B panel at 24 KiB of the
+    /// 32 KiB L1 (and runs the trainer's k = 384 in one pass; 256 measured
+    /// 2–5 % slower); MC = 144 makes the A block 216 KiB, inside even Zen 3's
+    /// 512 KiB L2; NC = 4080 keeps the B block near 6 MiB of L3.
+    #[cfg(target_arch = "x86_64")]
+    V3, mr: 6, nv: 2, mc: 144, kc: 384, nc: 4080,
+    // SAFETY: a `V3` value exists only after detection found AVX2 + FMA.
+    enter: |f| unsafe { V3::vectorize(f) }
+);
+
+simd_gemm_kernel!(
+    /// AVX-512: 12 × 32 tile = 24 accumulators + 2 B vectors + 1 broadcast
+    /// of the 32 ZMM registers. KC = 384 makes the B panel 48 KiB, more than
+    /// L1, yet measured fastest on Zen 4 (192 and 256 were 5–10 % slower: C
+    /// traffic per pass outweighs L1 misses that L2 serves well); MC = 192
+    /// gives a 288 KiB A block in a 1 MiB L2.
+    #[cfg(target_arch = "x86_64")]
+    V4, mr: 12, nv: 2, mc: 192, kc: 384, nc: 4096,
+    // SAFETY: a `V4` value exists only after detection found AVX-512F.
+    enter: |f| unsafe { V4::vectorize(f) }
+);
+
+// The emulated vectors use the tiles of the instruction set of their width,
+// so tests exercise exactly the AVX2 and AVX-512 blocking and edge logic.
+simd_gemm_kernel!(
+    /// 8 emulated lanes, blocked as [`V3`].
+    #[cfg(test)]
+    Emulated<8>, mr: 6, nv: 2, mc: 144, kc: 384, nc: 4080,
+    enter: |f| f(Emulated::<8>)
+);
+
+simd_gemm_kernel!(
+    /// 16 emulated lanes, blocked as [`V4`].
+    #[cfg(test)]
+    Emulated<16>, mr: 12, nv: 2, mc: 192, kc: 384, nc: 4096,
+    enter: |f| f(Emulated::<16>)
+);
 
 /// The portable reference: a 4 × 4 tile of plain multiply-adds (16
 /// accumulators fit the 16 SSE registers of baseline x86-64).

@@ -36,8 +36,7 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
     pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<MatRef<'a>, KernelError> {
-        let len = rows.checked_mul(cols).ok_or(KernelError::ShapeOverflow)?;
-        expect_len("data", data.len(), len)?;
+        check_contiguous(data.len(), rows, cols)?;
         Ok(MatRef {
             data,
             rows,
@@ -57,14 +56,7 @@ impl<'a> MatRef<'a> {
         cols: usize,
         row_stride: usize,
     ) -> Result<MatRef<'a>, KernelError> {
-        let needed = strided_len(rows, cols, row_stride)?;
-        if data.len() < needed {
-            return Err(KernelError::LengthMismatch {
-                arg: "data",
-                expected: needed,
-                actual: data.len(),
-            });
-        }
+        check_strided(data.len(), rows, cols, row_stride)?;
         Ok(MatRef {
             data,
             rows,
@@ -127,8 +119,7 @@ pub struct MatMut<'a> {
 impl<'a> MatMut<'a> {
     /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Result<MatMut<'a>, KernelError> {
-        let len = rows.checked_mul(cols).ok_or(KernelError::ShapeOverflow)?;
-        expect_len("data", data.len(), len)?;
+        check_contiguous(data.len(), rows, cols)?;
         Ok(MatMut {
             data,
             rows,
@@ -145,14 +136,7 @@ impl<'a> MatMut<'a> {
         cols: usize,
         row_stride: usize,
     ) -> Result<MatMut<'a>, KernelError> {
-        let needed = strided_len(rows, cols, row_stride)?;
-        if data.len() < needed {
-            return Err(KernelError::LengthMismatch {
-                arg: "data",
-                expected: needed,
-                actual: data.len(),
-            });
-        }
+        check_strided(data.len(), rows, cols, row_stride)?;
         Ok(MatMut {
             data,
             rows,
@@ -170,6 +154,30 @@ impl<'a> MatMut<'a> {
     pub fn cols(&self) -> usize {
         self.cols
     }
+}
+
+/// A contiguous view needs exactly `rows · cols` floats.
+fn check_contiguous(len: usize, rows: usize, cols: usize) -> Result<(), KernelError> {
+    let needed = rows.checked_mul(cols).ok_or(KernelError::ShapeOverflow)?;
+    expect_len("data", len, needed)
+}
+
+/// A strided view needs at least its last row's end; rows may not overlap.
+fn check_strided(
+    len: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+) -> Result<(), KernelError> {
+    let needed = strided_len(rows, cols, row_stride)?;
+    if len < needed {
+        return Err(KernelError::LengthMismatch {
+            arg: "data",
+            expected: needed,
+            actual: len,
+        });
+    }
+    Ok(())
 }
 
 /// An operand as the loops see it: `op(X)[r][c] = data[r·rs + c·cs]`, where

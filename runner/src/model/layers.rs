@@ -388,9 +388,7 @@ impl Compute {
             |bi, out_b, att_b| {
                 let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
                 for (h, att_h) in att_b.chunks_exact_mut(t * t).enumerate() {
-                    let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
-                    let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
-                    let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                    let (q, k, v) = head_views(qkv_b, h, t, c, hs)?;
                     gemm_local(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
                     kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
                     let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
@@ -428,9 +426,7 @@ impl Compute {
             |bi, dqkv_b, datt| {
                 let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
                 for h in 0..nh {
-                    let q = MatRef::strided(&qkv_b[h * hs..], t, hs, 3 * c)?;
-                    let k = MatRef::strided(&qkv_b[c + h * hs..], t, hs, 3 * c)?;
-                    let v = MatRef::strided(&qkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
+                    let (q, k, v) = head_views(qkv_b, h, t, c, hs)?;
                     let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
                     let att_h = &att[(bi * nh + h) * t * t..][..t * t];
                     let probs = MatRef::new(att_h, t, t)?;
@@ -452,6 +448,19 @@ impl Compute {
         self.profile.attention += start.elapsed();
         result
     }
+}
+
+/// Head `h`'s query, key and value (`t × hs` each) in one sequence's
+/// `qkv[t, 3c]`.
+fn head_views(
+    qkv: &[f32],
+    h: usize,
+    t: usize,
+    c: usize,
+    hs: usize,
+) -> Result<(MatRef<'_>, MatRef<'_>, MatRef<'_>), Error> {
+    let view = |offset: usize| MatRef::strided(&qkv[offset + h * hs..], t, hs, 3 * c);
+    Ok((view(0)?, view(c)?, view(2 * c)?))
 }
 
 /// `out[b, t, :] = wte[tokens[b, t], :] + wpe[t, :]`. Tokens must be below
