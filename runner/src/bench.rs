@@ -35,8 +35,13 @@ pub struct BenchSettings {
 /// Untimed steps before the timed ones (allocation, caches, page faults).
 const WARMUP_STEPS: usize = 2;
 
-/// Tokens decoded per context length in the generation benchmark.
-const DECODE_TOKENS: usize = 16;
+/// The generation benchmark's prompt: it then decodes one token at a time up
+/// to the block size (for `shakes`, 240 new tokens after 16).
+const DECODE_PROMPT: usize = 16;
+
+/// Tokens whose median time gives the decoding speed at a context length:
+/// the ones ending there.
+const DECODE_WINDOW: usize = 8;
 
 /// One row of the training table (medians over the timed steps).
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +56,8 @@ pub struct BenchRow {
     pub total_ms: f64,
     pub tokens_per_sec: f64,
     pub gflops: f64,
+    /// The machine's peak on this many threads, which `mfu` divides by.
+    pub peak_gflops: f64,
     pub mfu: f64,
     pub speedup_vs_scalar: Option<f64>,
     /// Share of the step per kind of work, in `BREAKDOWN` order.
@@ -131,16 +138,20 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
     let max_t = *s.seq_lens.iter().max().expect("non-empty");
     info!("Benchmark of {} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", describe(&cfg), n as f64 / 1e6, s.batch, s.steps);
     let probe = Gpt::new(cfg, kernels[0], 0)?;
-    let cache_bytes = probe.new_cache().cache_bytes();
-    info!(
-        "Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB (T = {max_t}), KV cache {:.1} MiB",
+    let memory = format!(
+        "Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB (B = {}, T = {max_t}), KV cache {:.1} MiB",
         mib(4 * n),
         mib(4 * n),
         mib(8 * n),
         mib(4 * probe.activation_floats(s.batch, max_t)),
-        mib(cache_bytes)
+        s.batch,
+        mib(probe.new_cache().cache_bytes())
     );
     drop(probe);
+    info!(
+        "{memory} | Peak resident memory so far: {:.1} MiB",
+        mib(peak_rss_bytes() as usize)
+    );
 
     let mut rows: Vec<BenchRow> = Vec::new();
     for &threads in &s.threads {
@@ -158,7 +169,12 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         }
         let best = Kernels::best();
         if !kernels.iter().any(|k| k.backend() == best.backend()) {
-            machine_peak = machine_peak.max(measure_peak_gflops(best, threads));
+            let peak = measure_peak_gflops(best, threads);
+            info!(
+                "Peak of the {} FMA loop on {threads} thread(s): {peak:.1} GFLOP/s (the machine's peak, for MFU)",
+                best.backend()
+            );
+            machine_peak = machine_peak.max(peak);
         }
         let peaks = vec![machine_peak; kernels.len()];
         for &t in &s.seq_lens {
@@ -216,10 +232,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                 let total_ms = median(timed.iter().map(|x| x.total_ms).collect());
                 let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
                 let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
-                let scalar = rows.iter().find(|r| {
-                    r.backend == Backend::Scalar && r.seq_len == t && r.threads == threads
-                });
-                let row = BenchRow {
+                rows.push(BenchRow {
                     seq_len: t,
                     batch: s.batch,
                     backend: k.backend(),
@@ -230,32 +243,44 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
                     total_ms,
                     tokens_per_sec,
                     gflops,
+                    peak_gflops: peak,
                     mfu: gflops / peak,
-                    speedup_vs_scalar: scalar.map(|r| tokens_per_sec / r.tokens_per_sec),
+                    speedup_vs_scalar: None,
                     shares,
-                };
-                if let Some(json) = json.as_mut() {
-                    json.write(&serde_json::json!({
-                        "kind": "bench",
-                        "seq_len": t,
-                        "batch": s.batch,
-                        "backend": k.backend().name(),
-                        "threads": threads,
-                        "forward_ms": row.forward_ms,
-                        "backward_ms": row.backward_ms,
-                        "optimizer_ms": row.optimizer_ms,
-                        "total_ms": row.total_ms,
-                        "tokens_per_sec": row.tokens_per_sec,
-                        "gflops": row.gflops,
-                        "mfu": row.mfu,
-                        "peak_gflops": peak,
-                        "speedup_vs_scalar": row.speedup_vs_scalar,
-                        "breakdown": BREAKDOWN.iter().zip(shares).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-                        "peak_rss_bytes": peak_rss_bytes(),
-                    }))?;
-                }
-                rows.push(row);
+                });
             }
+        }
+    }
+    // Speed-ups once every row is in, whatever order the backends ran in.
+    let scalar_speed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.backend == Backend::Scalar)
+        .map(|r| ((r.seq_len, r.threads), r.tokens_per_sec))
+        .collect();
+    for row in &mut rows {
+        row.speedup_vs_scalar = scalar_speed
+            .iter()
+            .find(|(key, _)| *key == (row.seq_len, row.threads))
+            .map(|(_, speed)| row.tokens_per_sec / speed);
+        if let Some(json) = json.as_mut() {
+            json.write(&serde_json::json!({
+                "kind": "bench",
+                "seq_len": row.seq_len,
+                "batch": row.batch,
+                "backend": row.backend.name(),
+                "threads": row.threads,
+                "forward_ms": row.forward_ms,
+                "backward_ms": row.backward_ms,
+                "optimizer_ms": row.optimizer_ms,
+                "total_ms": row.total_ms,
+                "tokens_per_sec": row.tokens_per_sec,
+                "gflops": row.gflops,
+                "mfu": row.mfu,
+                "peak_gflops": row.peak_gflops,
+                "speedup_vs_scalar": row.speedup_vs_scalar,
+                "breakdown": BREAKDOWN.iter().zip(row.shares).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                "peak_rss_bytes": peak_rss_bytes(),
+            }))?;
         }
     }
 
@@ -266,18 +291,13 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
     {
         let mut model = Gpt::new(cfg, k, 1)?;
         model.set_threads(Threads::new(Some(threads))?);
-        let mut cache = model.new_cache();
-        let contexts = [32, 64, 128, 256, 512, 1024]
-            .into_iter()
-            .filter(|&c| c <= cfg.block_size && c > DECODE_TOKENS);
-        for context in contexts {
-            let row = decode_speed(&mut model, &mut cache, &tokens, context)?;
+        for row in decode_speed(&mut model, &tokens)? {
             if let Some(json) = json.as_mut() {
                 json.write(&serde_json::json!({
                     "kind": "generate",
                     "backend": k.backend().name(),
                     "threads": threads,
-                    "seq_len": context,
+                    "seq_len": row.context,
                     "batch": 1,
                     "tokens_per_sec": row.cached_tokens_per_sec,
                     "uncached_tokens_per_sec": row.uncached_tokens_per_sec,
@@ -287,45 +307,53 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
             decode_rows.push(row);
         }
     }
-    print_tables(&rows, &decode_rows);
+    print_tables(&rows, &decode_rows, &memory);
     Ok((rows, decode_rows))
 }
 
-/// Decoding speed at `context`: the last `DECODE_TOKENS` positions up to it
-/// one at a time through the cache, against one full forward pass over the
-/// whole context per token.
-fn decode_speed(
-    model: &mut Gpt,
-    cache: &mut crate::model::KvCache,
-    tokens: &[u32],
-    context: usize,
-) -> Result<DecodeRow, Error> {
-    let prompt = &tokens[..context - DECODE_TOKENS];
-    cache.clear();
-    model.forward_cached(cache, prompt)?;
-    let start = Instant::now();
-    for &tok in &tokens[context - DECODE_TOKENS..context] {
-        model.forward_cached(cache, &[tok])?;
-    }
-    let cached = DECODE_TOKENS as f64 / start.elapsed().as_secs_f64();
-    let mut uncached = Vec::new();
-    for _ in 0..3 {
+/// Decoding speed as a user sees it: a `DECODE_PROMPT`-token prompt, then
+/// one token at a time through the cache up to the block size. The speed
+/// at a context length is the median over the `DECODE_WINDOW` tokens ending
+/// there; the uncached speed is one full forward pass over that context
+/// per token (median of 3).
+fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<DecodeRow>, Error> {
+    let t = model.config.block_size;
+    let prompt = DECODE_PROMPT.min(t);
+    let mut cache = model.new_cache();
+    model.forward_cached(&mut cache, &tokens[..prompt])?;
+    // seconds[i]: the pass that brought the context to `prompt + i + 1`.
+    let mut seconds = Vec::with_capacity(t - prompt);
+    for &tok in &tokens[prompt..t] {
         let start = Instant::now();
-        model.forward(&tokens[..context], 1, context)?;
-        uncached.push(1.0 / start.elapsed().as_secs_f64());
+        model.forward_cached(&mut cache, &[tok])?;
+        seconds.push(start.elapsed().as_secs_f64());
     }
-    Ok(DecodeRow {
-        backend: model.kernels().backend(),
-        threads: model.threads().count(),
-        context,
-        cached_tokens_per_sec: cached,
-        uncached_tokens_per_sec: median(uncached),
-    })
+    let contexts = [32, 64, 128, 256, 512, 1024]
+        .into_iter()
+        .filter(|&c| c <= t && c >= prompt + DECODE_WINDOW);
+    let mut rows = Vec::new();
+    for context in contexts {
+        let window = &seconds[context - prompt - DECODE_WINDOW..context - prompt];
+        let mut uncached = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            model.forward(&tokens[..context], 1, context)?;
+            uncached.push(1.0 / start.elapsed().as_secs_f64());
+        }
+        rows.push(DecodeRow {
+            backend: model.kernels().backend(),
+            threads: model.threads().count(),
+            context,
+            cached_tokens_per_sec: 1.0 / median(window.to_vec()),
+            uncached_tokens_per_sec: median(uncached),
+        });
+    }
+    Ok(rows)
 }
 
 /// Prints the tables to stdout (quietly stopping if stdout is closed, e.g.
 /// piped into `head`).
-fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
+fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
     use std::fmt::Write as _;
     let mut out = String::new();
     macro_rules! outln {
@@ -381,6 +409,10 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
     out.push('\n');
     outln!(
         out,
+        "Decoding, batch 1: a {DECODE_PROMPT}-token prompt, then one token at a time to the block size (median of the {DECODE_WINDOW} tokens ending at each context); uncached = a full forward pass per token:"
+    );
+    outln!(
+        out,
         "| backend | threads | context | cached tokens/s | uncached tokens/s | cached / uncached |"
     );
     outln!(out, "|---|---|---|---|---|---|");
@@ -399,8 +431,8 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow]) {
     out.push('\n');
     outln!(
         out,
-        "Peak resident memory: {:.1} MiB",
-        peak_rss_bytes() as f64 / (1024.0 * 1024.0)
+        "{memory}\nPeak resident memory: {:.1} MiB",
+        mib(peak_rss_bytes() as usize)
     );
     crate::cli::print_stdout(&out);
 }

@@ -307,11 +307,10 @@ fn sample_arithmetic(model: &mut crate::model::Gpt) -> Result<(), Error> {
         top_k: None,
         top_p: None,
     };
-    let stats = generate(model, &mut cache, &prompt, 200, &sampling, 7, |_| {})?;
+    print_stdout("Sample from the trained model (temperature 0.5):\n");
+    let stats = generate(model, &mut cache, &prompt, 200, &sampling, 7, stream_token)?;
+    print_stdout("\n");
     let text = String::from_utf8_lossy(&data::decode(&stats.tokens)).into_owned();
-    print_stdout(&format!(
-        "Sample from the trained model (temperature 0.5):\n{text}\n"
-    ));
     let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
     let complete = &lines[..lines.len().saturating_sub(1)];
     let right = complete
@@ -333,15 +332,22 @@ fn sample_arithmetic(model: &mut crate::model::Gpt) -> Result<(), Error> {
 /// The generation log line.
 fn log_generation(stats: &GenerationStats) {
     info!(
-        "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB",
+        "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB | Peak resident memory: {:.1} MiB",
         stats.tokens.len(),
         stats.total_ms,
         stats.prompt_ms,
         stats.forward_ms,
         stats.sampling_ms,
         stats.tokens_per_sec(),
-        stats.cache_bytes as f64 / (1024.0 * 1024.0)
+        stats.cache_bytes as f64 / (1024.0 * 1024.0),
+        crate::metrics::peak_rss_bytes() as f64 / (1024.0 * 1024.0)
     );
+}
+
+/// Writes one generated token (a byte) to stdout as soon as it is drawn.
+fn stream_token(token: u32) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&[token as u8]).and_then(|_| out.flush());
 }
 
 /// Writes `text` to stdout, ignoring a closed pipe (`runner ... | head`)
@@ -388,6 +394,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 tokens.len(),
                 model.kernels().backend()
             );
+            // Groups are never larger than the number of windows.
+            let windows = tokens.len().div_ceil(model.config.block_size);
+            train::check_memory(&model.config, args.batch.min(windows))?;
             let eval = evaluate(&mut model, &tokens, args.batch, None)?;
             info!(
                 "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {}",
@@ -459,12 +468,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 model.kernels().backend()
             );
             let mut cache = model.new_cache();
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(args.prompt.as_bytes());
-            let emit = |tok: u32| {
-                let _ = out.write_all(&[tok as u8]);
-                let _ = out.flush();
-            };
+            print_stdout(&args.prompt);
             let stats = generate(
                 &mut model,
                 &mut cache,
@@ -472,9 +476,9 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 args.max_new_tokens,
                 &sampling,
                 args.seed,
-                emit,
+                stream_token,
             )?;
-            let _ = writeln!(std::io::stdout());
+            print_stdout("\n");
             log_generation(&stats);
             if let Some(path) = &args.json {
                 JsonLines::create(path)?.write(&serde_json::json!({
@@ -485,7 +489,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     "forward_ms": stats.forward_ms,
                     "sampling_ms": stats.sampling_ms,
                     "tokens_per_sec": stats.tokens_per_sec(),
-                    "seq_len": prompt.len() + stats.tokens.len(),
+                    "seq_len": cache.len(),
                     "batch": 1,
                     "backend": model.kernels().backend().name(),
                     "threads": model.threads().count(),

@@ -1,12 +1,14 @@
 //! Model shapes: the named presets and the checks that reject a shape
 //! before anything is allocated.
 
+use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 
 /// The shape of a GPT-2-style model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelConfig {
-    /// Tokens in the vocabulary (256 for the byte-level tokenizer).
+    /// Tokens in the vocabulary: always [`VOCAB_SIZE`], the byte-level
+    /// tokenizer's.
     pub vocab_size: usize,
     /// Longest sequence the model sees (positions).
     pub block_size: usize,
@@ -42,7 +44,7 @@ impl Preset {
             Preset::Shakes => (6, 6, 384, 256),
         };
         ModelConfig {
-            vocab_size: 256,
+            vocab_size: VOCAB_SIZE,
             block_size,
             layers,
             heads,
@@ -57,11 +59,17 @@ impl ModelConfig {
         self.channels / self.heads
     }
 
-    /// Rejects shapes that cannot be built: zero sizes, heads that do not
-    /// divide the channels, and sizes too large to allocate.
+    /// Rejects shapes that cannot be built: a vocabulary other than the
+    /// tokenizer's, zero sizes, heads that do not divide the channels, and
+    /// sizes too large to allocate.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.vocab_size != VOCAB_SIZE {
+            return Err(Error::Config(format!(
+                "vocab_size {}; this runner's byte tokenizer needs {VOCAB_SIZE}",
+                self.vocab_size
+            )));
+        }
         let fields = [
-            ("vocab size", self.vocab_size),
             ("block size", self.block_size),
             ("layers", self.layers),
             ("heads", self.heads),

@@ -38,21 +38,31 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The shortest text [`Dataset::split`] accepts for `block_size`.
+    pub fn min_len(block_size: usize) -> usize {
+        let mut n = (block_size + 1).max(20);
+        while n - n / 10 < block_size + 1 {
+            n += 1;
+        }
+        n
+    }
+
     /// Splits `tokens` (from `origin`, named in errors): the first 90 % train,
-    /// the rest validates. Training needs at least `block_size + 1` tokens.
+    /// the rest validates. Training needs at least `block_size + 1` tokens,
+    /// validation 2.
     pub fn split(tokens: Vec<u32>, block_size: usize, origin: &Path) -> Result<Dataset, Error> {
-        let val_len = tokens.len() / 10;
-        let train_len = tokens.len() - val_len;
-        if train_len < block_size + 1 || val_len < 2 {
+        if tokens.len() < Dataset::min_len(block_size) {
             return Err(Error::Data {
                 path: origin.into(),
                 reason: format!(
-                    "{} bytes is too short for block size {block_size}: training needs at least {} bytes (90 % of the file) and validation 2",
+                    "{} bytes is too short for block size {block_size}: it needs at least {} (90 % for one training window of {} tokens, 10 % for 2 validation tokens)",
                     tokens.len(),
-                    (block_size + 1) * 10 / 9 + 2,
+                    Dataset::min_len(block_size),
+                    block_size + 1,
                 ),
             });
         }
+        let train_len = tokens.len() - tokens.len() / 10;
         let mut train = tokens;
         let val = train.split_off(train_len);
         Ok(Dataset { train, val })
@@ -113,5 +123,15 @@ mod tests {
         assert!(Dataset::split(encode(b"short"), 8, origin).is_err());
         let d = Dataset::split((0..100).collect(), 8, origin).unwrap();
         assert_eq!((d.train.len(), d.val.len()), (90, 10));
+        // The stated minimum is exact: one token less is refused.
+        for t in [1, 8, 17, 32, 100, 256] {
+            let min = Dataset::min_len(t);
+            let d = Dataset::split(vec![0; min], t, origin).unwrap();
+            assert!(d.train.len() > t && d.val.len() >= 2, "t {t}");
+            assert!(
+                Dataset::split(vec![0; min - 1], t, origin).is_err(),
+                "t {t}"
+            );
+        }
     }
 }

@@ -70,13 +70,14 @@ pub fn finish_progress() {
 
 /// Installs the logger (once; later calls only change the level).
 pub fn init(quiet: bool) {
-    let level = match std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<LevelFilter>().ok())
-    {
-        Some(level) => level,
-        None if quiet => LevelFilter::Warn,
-        None => LevelFilter::Info,
+    // `-q` wins over RUST_LOG: a script that asks for quiet gets it.
+    let level = if quiet {
+        LevelFilter::Warn
+    } else {
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| v.parse::<LevelFilter>().ok())
+            .unwrap_or(LevelFilter::Info)
     };
     let _ = log::set_logger(&StderrLogger);
     log::set_max_level(level);

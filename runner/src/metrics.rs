@@ -13,20 +13,24 @@ use crate::error::Error;
 /// The process's peak resident memory in bytes (Linux `VmHWM`), or 0 where
 /// it cannot be read.
 pub fn peak_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+    proc_kib("/proc/self/status", "VmHWM:").map_or(0, |kib| kib * 1024)
+}
+
+/// The machine's physical memory in bytes (Linux `MemTotal`), if known.
+pub fn physical_memory_bytes() -> Option<u64> {
+    proc_kib("/proc/meminfo", "MemTotal:").map(|kib| kib * 1024)
+}
+
+/// The `key:   123 kB` value of a `/proc` file, in KiB.
+fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Peak GFLOP/s of `kernels`' backend on `threads` cores, measured with its

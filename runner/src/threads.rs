@@ -7,6 +7,9 @@
 //! threads run them (fixed chunk sizes, reductions combined in a fixed
 //! order), so a seed gives bit-identical losses for any thread count.
 
+#[cfg(feature = "parallel")]
+use std::sync::Arc;
+
 use kernels::Executor;
 
 use crate::error::Error;
@@ -15,7 +18,31 @@ use crate::error::Error;
 pub struct Threads {
     count: usize,
     #[cfg(feature = "parallel")]
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// A shared handle on a [`Threads`] pool, for entering it once around a
+/// whole pass (see [`PoolHandle::install`]).
+#[derive(Clone)]
+pub struct PoolHandle {
+    #[cfg(feature = "parallel")]
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl PoolHandle {
+    /// Runs `f` on one of the pool's threads (on this thread without a
+    /// pool). Splits inside `f` then start from a pool thread, whose idle
+    /// siblings are still spinning between the many short parallel steps
+    /// of a decoding pass; entered from outside, every step would wake a
+    /// sleeping worker and block this thread on a condition variable
+    /// (measured: two threads decoded slower than one).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        #[cfg(feature = "parallel")]
+        if let Some(pool) = &self.pool {
+            return pool.install(f);
+        }
+        f()
+    }
 }
 
 impl Threads {
@@ -52,7 +79,7 @@ impl Threads {
                 .map_err(|e| Error::Config(format!("cannot start {count} threads: {e}")))?;
             Ok(Threads {
                 count,
-                pool: Some(pool),
+                pool: Some(Arc::new(pool)),
             })
         }
         #[cfg(not(feature = "parallel"))]
@@ -64,6 +91,14 @@ impl Threads {
     /// Threads in the pool.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// A handle for entering the pool around a whole pass.
+    pub fn handle(&self) -> PoolHandle {
+        PoolHandle {
+            #[cfg(feature = "parallel")]
+            pool: self.pool.clone(),
+        }
     }
 
     /// Calls `f(i)` for every `i` in `0..n`, spread over the pool, and

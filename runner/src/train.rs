@@ -8,13 +8,13 @@ use std::time::Instant;
 use kernels::Kernels;
 use log::info;
 
-use crate::checkpoint::{self, TrainingState};
+use crate::checkpoint::{self, RunSchedule, TrainingState};
 use crate::config::ModelConfig;
 use crate::corpus;
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
-use crate::metrics::{peak_rss_bytes, JsonLines};
+use crate::metrics::{peak_rss_bytes, physical_memory_bytes, JsonLines};
 use crate::model::Gpt;
 use crate::optim::{Optimizer, OptimizerSettings};
 use crate::rng::Rng;
@@ -62,6 +62,10 @@ pub struct TrainReport {
     pub tokens_per_sec: f64,
 }
 
+/// Sequences per optimizer step (batch × micro-batches) beyond which a run
+/// is surely a typo: 2^20 sequences take days per step on a CPU.
+const MAX_SEQUENCES_PER_STEP: usize = 1 << 20;
+
 /// Windows of validation text scored at each validation.
 const VAL_WINDOWS_PER_BATCH: usize = 8;
 
@@ -90,12 +94,32 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             "--steps, --batch and --grad-accum must be at least 1".into(),
         ));
     }
+    if s.batch
+        .checked_mul(s.grad_accum)
+        .is_none_or(|n| n > MAX_SEQUENCES_PER_STEP)
+    {
+        return Err(Error::Config(format!(
+            "--batch {} × --grad-accum {} is more than {MAX_SEQUENCES_PER_STEP} sequences per step",
+            s.batch, s.grad_accum
+        )));
+    }
     if !(s.lr.is_finite() && s.lr > 0.0) {
         return Err(Error::Config(format!(
             "--lr must be a positive number, not {}",
             s.lr
         )));
     }
+    if let Some(dir) = &s.save {
+        // Before the run, not after it: a bad path should not cost the run.
+        checkpoint::check_destination(dir)?;
+    }
+    let schedule = RunSchedule {
+        lr: s.lr,
+        warmup: s.warmup,
+        total_steps: s.steps,
+        batch: s.batch,
+        grad_accum: s.grad_accum,
+    };
     let (mut model, resumed) = match &s.resume {
         Some(dir) => {
             let model = checkpoint::load_model(dir, kernels)?;
@@ -111,7 +135,18 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                     });
                 }
             }
-            let state = checkpoint::load_training_state(dir, model.params.len())?;
+            let (state, saved) = checkpoint::load_run(dir, model.params.len())?;
+            // A resumed run continues exactly only with the same schedule.
+            let differences = saved.map_or(Vec::new(), |saved| saved.differences(&schedule));
+            if !differences.is_empty() {
+                return Err(Error::Checkpoint {
+                    path: dir.clone(),
+                    reason: format!(
+                        "it was trained with other settings ({}); pass the checkpoint's values to resume it",
+                        differences.join("; ")
+                    ),
+                });
+            }
             (model, Some(state))
         }
         None => {
@@ -123,6 +158,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             (Gpt::new(cfg, kernels, s.seed)?, None)
         }
     };
+    // A resumed run's shape comes from the checkpoint; its batch may not fit.
+    check_memory(&model.config, s.batch)?;
     model.set_threads(Threads::new(s.threads)?);
     let threads = model.threads().count();
     let cfg = model.config;
@@ -219,14 +256,19 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             report.val_loss = Some(eval.loss);
             val_curve.push((step, eval.loss));
             if let Some(json) = json.as_mut() {
+                let total_ms = eval.forward_ms + eval.cross_entropy_ms;
                 json.write(&serde_json::json!({
                     "kind": "eval",
                     "step": step,
                     "val_loss": eval.loss,
                     "forward_ms": eval.forward_ms,
                     "cross_entropy_ms": eval.cross_entropy_ms,
+                    "total_ms": total_ms,
+                    "tokens_per_sec": eval.tokens as f64 / (total_ms / 1e3),
                     "seq_len": t,
+                    "batch": b,
                     "backend": kernels.backend().name(),
+                    "threads": threads,
                     "peak_rss_bytes": peak_rss_bytes(),
                 }))?;
             }
@@ -241,17 +283,18 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     report.tokens_per_sec =
         (steps_run * b * t * s.grad_accum) as f64 / run_start.elapsed().as_secs_f64();
     info!(
-        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4}",
+        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory: {:.1} MiB",
         run_start.elapsed().as_secs_f64(),
         report.tokens_per_sec,
-        report.losses.last().copied().unwrap_or(f32::NAN)
+        report.losses.last().copied().unwrap_or(f32::NAN),
+        peak_rss_bytes() as f64 / (1024.0 * 1024.0)
     );
     if let Some(dir) = &s.save {
         let state = TrainingState {
             optimizer,
             rng_state: rng.state(),
         };
-        checkpoint::save(dir, &model, Some(&state))?;
+        checkpoint::save_run(dir, &model, &state, &schedule)?;
         info!("Saved checkpoint to {}", dir.display());
     }
     Ok((model, report))
@@ -336,7 +379,35 @@ pub fn train_step(
     grad_accum: usize,
     (b, t): (usize, usize),
     buffers: &mut BatchBuffers,
-    mut batches: impl FnMut(&mut [u32], &mut [u32]),
+    mut batches: impl FnMut(&mut [u32], &mut [u32]) + Send,
+) -> Result<StepTimes, Error> {
+    // Enter the pool once per step rather than once per parallel piece of
+    // work (see `PoolHandle::install`).
+    let pool = model.threads().handle();
+    pool.install(|| {
+        train_step_in_pool(
+            model,
+            optimizer,
+            settings,
+            lr,
+            grad_accum,
+            (b, t),
+            buffers,
+            &mut batches,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_step_in_pool(
+    model: &mut Gpt,
+    optimizer: &mut Optimizer,
+    settings: &OptimizerSettings,
+    lr: f32,
+    grad_accum: usize,
+    (b, t): (usize, usize),
+    buffers: &mut BatchBuffers,
+    batches: &mut impl FnMut(&mut [u32], &mut [u32]),
 ) -> Result<StepTimes, Error> {
     let start = Instant::now();
     let grad_scale = 1.0 / (b * t * grad_accum) as f32;
@@ -384,20 +455,23 @@ pub fn describe(cfg: &ModelConfig) -> String {
     )
 }
 
-/// Refuses runs whose buffers could not be allocated: more than 32 GiB of
-/// parameters, gradients, optimizer state and activations together.
-fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
-    const LIMIT_FLOATS: f64 = 8.0 * (1u64 << 30) as f64;
+/// Refuses runs whose parameters, gradients, optimizer state and
+/// activations together would not fit this machine's memory (or 32 GiB
+/// where it cannot be read), rather than dying in the allocator.
+pub fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
+    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
     let c = cfg.channels as f64;
     let (bt, l) = ((batch as f64) * cfg.block_size as f64, cfg.layers as f64);
     let activations = l * bt * (16.0 * c + cfg.heads as f64 * cfg.block_size as f64)
         + bt * (2.0 * cfg.vocab_size as f64 + 12.0 * c);
     let total = 4.0 * cfg.param_count() as f64 + activations;
-    if total > LIMIT_FLOATS {
+    if total * 4.0 > limit_bytes as f64 {
+        let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
         return Err(Error::Config(format!(
-            "the run needs about {:.0} GiB of memory (model {} with batch {batch}); the limit is 32 GiB",
-            total * 4.0 / (1u64 << 30) as f64,
-            describe(cfg)
+            "the run needs about {:.1} GiB of memory (model {} with batch {batch}); this machine has {:.1} GiB",
+            gib(total * 4.0),
+            describe(cfg),
+            gib(limit_bytes as f64)
         )));
     }
     Ok(())

@@ -313,6 +313,7 @@ fn generate_streams_text_and_logs_the_generation_line() {
         "| Sampling: ",
         "| Tokens/sec: ",
         "| KV cache: ",
+        "| Peak resident memory: ",
     ] {
         assert!(stderr.contains(needle), "missing `{needle}` in {stderr}");
     }
@@ -330,6 +331,29 @@ fn generate_streams_text_and_logs_the_generation_line() {
     ]);
     assert_eq!(again.stdout, out.stdout, "same seed, same text");
     assert!(again.stderr.is_empty());
+    // Past the block size (32) the window slides; JSON tells the context.
+    let json = dir.join("generate.jsonl");
+    let out = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        "12+",
+        "--max-new-tokens",
+        "40",
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 3 + 40 + 1);
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    assert_eq!(line["kind"], "generate");
+    assert_eq!(line["tokens"], 40);
+    let context = line["seq_len"].as_u64().unwrap();
+    assert!((1..=32).contains(&context), "context {context}");
+    assert!(line["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert_clear_error(
         &runner(&["generate", "--checkpoint", ckpt, "--prompt", ""]),
         "prompt is empty",
@@ -410,6 +434,48 @@ fn bench_prints_consistent_tables_and_json_lines() {
         );
     }
     assert!(stdout.contains("| cached tokens/s |"), "{stdout}");
+    // Decoding rows (tiny: block size 32, so context 32 only): positive.
+    let decode_rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|cells| cells.len() == 6 && cells[2] == "32")
+        .collect();
+    assert_eq!(decode_rows.len(), backends, "{stdout}");
+    for row in &decode_rows {
+        let cached: f64 = row[3].parse().unwrap();
+        let uncached: f64 = row[4].parse().unwrap();
+        assert!(cached > 0.0 && uncached > 0.0, "{row:?}");
+    }
+
+    // The speed-up over scalar does not depend on the order of --backends.
+    let out = runner(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "8",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--backends",
+        "auto,scalar",
+        "-q",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("| 8 | 2 |"))
+        .expect("a row");
+    let speedup = first.split('|').map(str::trim).nth(10).unwrap();
+    assert!(speedup.ends_with('x'), "no speed-up in {first}");
     // The breakdown rows add up to the whole step.
     for line in stdout
         .lines()

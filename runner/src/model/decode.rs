@@ -88,6 +88,16 @@ impl Gpt {
         cache: &'c mut KvCache,
         tokens: &[u32],
     ) -> Result<&'c [f32], Error> {
+        // One entry into the pool per pass, not one per matrix product.
+        let pool = self.compute.threads.handle();
+        pool.install(|| self.forward_cached_in_pool(cache, tokens))
+    }
+
+    fn forward_cached_in_pool<'c>(
+        &mut self,
+        cache: &'c mut KvCache,
+        tokens: &[u32],
+    ) -> Result<&'c [f32], Error> {
         let cfg = self.config;
         let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
         let (m, p0) = (tokens.len(), cache.len);

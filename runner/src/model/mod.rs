@@ -3,7 +3,7 @@
 //! passes that chain them (here).
 
 mod decode;
-mod layers;
+pub mod layers;
 mod tensors;
 
 use kernels::Kernels;
@@ -452,25 +452,38 @@ fn last_residual<'a>(
     }
 }
 
-/// The batch buffers for `b × t`, allocated only when the shape changes.
+/// The batch buffers for `b × t`. Buffers only ever grow, so a smaller
+/// shape (validation's last group, a partial window) reuses the training
+/// batch's memory and the next training step allocates nothing.
 fn batch_for<'a>(
     batch: &'a mut Option<Batch>,
     cfg: &ModelConfig,
     b: usize,
     t: usize,
 ) -> &'a mut Batch {
-    if !matches!(batch, Some(x) if x.b == b && x.t == t) {
-        let act_sizes = Activations::sizes(cfg, b, t);
-        let scratch_sizes = Scratch::sizes(cfg, b, t);
-        *batch = Some(Batch {
-            b,
-            t,
-            acts: vec![0.0; act_sizes.total()],
-            act_sizes,
-            scratch: vec![0.0; scratch_sizes.total()],
-            scratch_sizes,
-            tokens: vec![0; b * t],
-        });
+    let batch = batch.get_or_insert_with(|| Batch {
+        b: 0,
+        t: 0,
+        acts: Vec::new(),
+        act_sizes: Activations::default(),
+        scratch: Vec::new(),
+        scratch_sizes: Scratch::default(),
+        tokens: Vec::new(),
+    });
+    if (batch.b, batch.t) != (b, t) {
+        batch.act_sizes = Activations::sizes(cfg, b, t);
+        batch.scratch_sizes = Scratch::sizes(cfg, b, t);
+        grow(&mut batch.acts, batch.act_sizes.total());
+        grow(&mut batch.scratch, batch.scratch_sizes.total());
+        batch.tokens.resize(b * t, 0);
+        (batch.b, batch.t) = (b, t);
     }
-    batch.as_mut().expect("just set")
+    batch
+}
+
+/// Makes `buffer` at least `len` long (never shorter).
+fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
 }

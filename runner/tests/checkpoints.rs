@@ -1,0 +1,364 @@
+//! Checkpoints end to end: saving over a checkpoint, refusing destinations
+//! that are not checkpoints, cleaning up after crashed saves, and one clear
+//! error line (never an abort) for corrupt or impossible checkpoints.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use kernels::Kernels;
+use runner::checkpoint::{self, RunSchedule, TrainingState};
+use runner::config::Preset;
+use runner::model::Gpt;
+use runner::optim::Optimizer;
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .expect("runner starts")
+}
+
+/// `runner` with its address space capped at 1 GiB, so that allocating a
+/// model of gigabytes fails loudly (an abort) instead of being overcommitted.
+fn runner_in_1gib(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .expect("sh starts")
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("runner-ckpt-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a failure with exactly one line on stderr, `error: ...`
+/// containing `needle`, and no panic.
+#[track_caller]
+fn assert_clear_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected `{needle}` in: {stderr}"
+    );
+}
+
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Trains the tiny model for `steps` steps and saves it to `ckpt`.
+fn train_tiny(ckpt: &Path, steps: &str, seed: &str) -> Output {
+    runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        steps,
+        "--seed",
+        seed,
+        "--save",
+        ckpt.to_str().unwrap(),
+        "-q",
+    ])
+}
+
+/// The names in `dir` that start with a dot (temporary directories).
+fn hidden_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect()
+}
+
+/// Replaces `"key": old` by `"key": new` in the checkpoint's config.json.
+fn edit_config(ckpt: &Path, key: &str, new: u64) {
+    let path = ckpt.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    json[key] = new.into();
+    fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+#[test]
+fn saving_twice_replaces_the_checkpoint() {
+    let dir = scratch("twice");
+    let ckpt = dir.join("ckpt");
+    assert_success(&train_tiny(&ckpt, "2", "1"));
+    let first = fs::read(ckpt.join("model.safetensors")).unwrap();
+    assert_success(&train_tiny(&ckpt, "3", "2"));
+    let second = fs::read(ckpt.join("model.safetensors")).unwrap();
+    assert_ne!(first, second, "the second save did not replace the model");
+
+    let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
+    let state = checkpoint::load_training_state(&ckpt, model.params.len()).unwrap();
+    assert_eq!(state.optimizer.step, 3, "the first run's state was loaded");
+    // Resuming continues from the second run's step.
+    let out = runner(&[
+        "train",
+        "--steps",
+        "3",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_clear_error(&out, "already at step 3");
+    assert!(
+        hidden_entries(&dir).is_empty(),
+        "{:?}",
+        hidden_entries(&dir)
+    );
+}
+
+#[test]
+fn a_destination_that_is_not_a_checkpoint_is_refused() {
+    let dir = scratch("notckpt");
+    let file = dir.join("notes.txt");
+    fs::write(&file, b"keep me").unwrap();
+    assert_clear_error(&train_tiny(&file, "1", "1"), "is not a directory");
+    assert_eq!(fs::read(&file).unwrap(), b"keep me");
+
+    let other = dir.join("project");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("main.rs"), b"fn main() {}").unwrap();
+    assert_clear_error(&train_tiny(&other, "1", "1"), "holds `main.rs`");
+    assert_eq!(fs::read(other.join("main.rs")).unwrap(), b"fn main() {}");
+    assert!(!other.join("model.safetensors").exists());
+    assert!(
+        hidden_entries(&dir).is_empty(),
+        "{:?}",
+        hidden_entries(&dir)
+    );
+
+    // An empty directory holds nothing to lose and is filled.
+    let empty = dir.join("empty");
+    fs::create_dir(&empty).unwrap();
+    assert_success(&train_tiny(&empty, "1", "1"));
+    assert!(empty.join("model.safetensors").is_file());
+}
+
+#[test]
+fn stale_temporary_directories_are_removed() {
+    let dir = scratch("stale");
+    let ckpt = dir.join("ckpt");
+    for stale in [".ckpt.tmp-999999", ".ckpt.old-999998"] {
+        fs::create_dir(dir.join(stale)).unwrap();
+        fs::write(dir.join(stale).join("model.safetensors"), b"partial").unwrap();
+    }
+    // Names outside the pattern belong to someone else.
+    for kept in [".other.tmp-1", ".ckpt.tmp-notapid"] {
+        fs::create_dir(dir.join(kept)).unwrap();
+    }
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+    let mut left = hidden_entries(&dir);
+    left.sort();
+    assert_eq!(left, [".ckpt.tmp-notapid", ".other.tmp-1"]);
+    assert!(ckpt.join("training.safetensors").is_file());
+}
+
+#[test]
+fn a_corrupt_training_state_is_one_clear_error() {
+    let dir = scratch("badstate");
+    let ckpt = dir.join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    assert_success(&train_tiny(&ckpt, "2", "1"));
+    let resume = || runner(&["train", "--steps", "4", "--resume", ckpt_s, "-q"]);
+    let state = ckpt.join("training.safetensors");
+    let bytes = fs::read(&state).unwrap();
+
+    fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clear_error(&resume(), "training.safetensors is corrupt or truncated");
+    fs::write(&state, b"\x05\x00\x00\x00\x00\x00\x00\x00garbage").unwrap();
+    assert_clear_error(&resume(), "training.safetensors is corrupt or truncated");
+    fs::remove_file(&state).unwrap();
+    assert_clear_error(&resume(), "training.safetensors is missing");
+
+    // Well-formed, but from a model of another size.
+    let other = dir.join("other");
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--channels",
+        "64",
+        "--steps",
+        "1",
+        "--save",
+        other.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_success(&out);
+    fs::copy(other.join("training.safetensors"), &state).unwrap();
+    assert_clear_error(&resume(), "but the model has");
+
+    // Intact again: the run resumes.
+    fs::write(&state, &bytes).unwrap();
+    assert_success(&resume());
+}
+
+#[test]
+fn a_vocabulary_other_than_bytes_is_refused() {
+    let dir = scratch("vocab");
+    let ckpt = dir.join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+    edit_config(&ckpt, "vocab_size", 50257);
+    let needle = "vocab_size 50257; this runner's byte tokenizer needs 256";
+    assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), needle);
+    assert_clear_error(
+        &runner(&["train", "--steps", "4", "--resume", ckpt_s]),
+        needle,
+    );
+}
+
+#[test]
+fn impossible_sizes_are_refused_before_allocating() {
+    let dir = scratch("absurd");
+    let ckpt = dir.join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+
+    // Beyond any parameter budget.
+    edit_config(&ckpt, "n_embd", 1_000_000);
+    edit_config(&ckpt, "n_layer", 100_000);
+    let start = Instant::now();
+    let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_clear_error(&out, "too large");
+
+    // Within the budget (6 GiB of parameters) but not what the file holds:
+    // allocating before checking the tensors would abort under the cap.
+    edit_config(&ckpt, "n_embd", 8192);
+    edit_config(&ckpt, "n_layer", 2);
+    edit_config(&ckpt, "n_head", 1);
+    let start = Instant::now();
+    let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_clear_error(&out, "expected F32 [256, 8192]");
+
+    // More layers than the file has tensors for.
+    edit_config(&ckpt, "n_embd", 32);
+    edit_config(&ckpt, "n_layer", 100_000);
+    let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert_clear_error(&out, "holds 28 tensors");
+}
+
+#[test]
+fn the_run_schedule_round_trips() {
+    let dir = scratch("schedule");
+    let cfg = Preset::Tiny.config();
+    let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
+    let mut optimizer = Optimizer::new(model.params.len());
+    optimizer.step = 7;
+    let state = TrainingState {
+        optimizer,
+        rng_state: 42,
+    };
+    let schedule = RunSchedule {
+        lr: 3e-4,
+        warmup: 5,
+        total_steps: 100,
+        batch: 4,
+        grad_accum: 2,
+    };
+    let with = dir.join("with");
+    checkpoint::save_run(&with, &model, &state, &schedule).unwrap();
+    let (loaded, saved) = checkpoint::load_run(&with, model.params.len()).unwrap();
+    assert_eq!((loaded.optimizer.step, loaded.rng_state), (7, 42));
+    assert_eq!(saved, Some(schedule));
+
+    let changed = RunSchedule {
+        lr: 1e-3,
+        batch: 8,
+        ..schedule
+    };
+    assert_eq!(
+        schedule.differences(&changed),
+        [
+            "--lr: checkpoint 0.0003, this run 0.001",
+            "--batch: checkpoint 4, this run 8"
+        ]
+    );
+    assert!(schedule.differences(&schedule).is_empty());
+
+    // Saved without a schedule (as by older runners): none comes back.
+    let without = dir.join("without");
+    checkpoint::save(&without, &model, Some(&state)).unwrap();
+    let (_, saved) = checkpoint::load_run(&without, model.params.len()).unwrap();
+    assert_eq!(saved, None);
+}
+
+#[test]
+fn moments_that_would_poison_adamw_are_refused() {
+    let dir = scratch("nan");
+    let model = Gpt::new(Preset::Tiny.config(), Kernels::best(), 3).unwrap();
+    for (i, poison) in [(0, f32::NAN), (1, -1.0)] {
+        let mut optimizer = Optimizer::new(model.params.len());
+        let moment = if i == 0 {
+            &mut optimizer.m
+        } else {
+            &mut optimizer.v
+        };
+        moment[5] = poison;
+        let state = TrainingState {
+            optimizer,
+            rng_state: 1,
+        };
+        let ckpt = dir.join(format!("ckpt{i}"));
+        checkpoint::save(&ckpt, &model, Some(&state)).unwrap();
+        let err = checkpoint::load_training_state(&ckpt, model.params.len())
+            .err()
+            .expect("poisoned moments load");
+        assert!(
+            err.to_string().contains("NaN, infinite or negative"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
+    let dir = scratch("resume-settings");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "3", "1"));
+    let ck = ckpt.to_str().unwrap();
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", ck, "--steps", "6", "-q"];
+        args.extend_from_slice(extra);
+        runner(&args)
+    };
+    // The saved run used the default --lr; another one would not continue it.
+    assert_clear_error(&resume(&["--lr", "0.5"]), "--lr: checkpoint");
+    assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
+    // An absurd batch is refused before anything is allocated.
+    assert_clear_error(&resume(&["--batch", "100000000000"]), "sequences per step");
+    assert_clear_error(&resume(&["--batch", "1000000"]), "--batch: checkpoint 8");
+    // Extending --steps is what resuming is for.
+    assert_success(&resume(&[]));
+    let _ = fs::remove_dir_all(&dir);
+}
