@@ -2,19 +2,25 @@
 //! the whole context, deterministic sampling, the sliding window, and clear
 //! answers for bad prompts.
 
-use kernels::Kernels;
+use kernels::{Backend, Kernels};
 use runner::config::{ModelConfig, Preset};
 use runner::generate::{argmax, generate, Sampling};
 use runner::model::Gpt;
 use runner::rng::Rng;
+use runner::threads::Threads;
 
 /// A tiny model with weights large enough that every path matters.
 fn model(block_size: usize) -> Gpt {
+    model_on(Kernels::best(), block_size)
+}
+
+/// [`model`] on the given kernels.
+fn model_on(kernels: Kernels, block_size: usize) -> Gpt {
     let cfg = ModelConfig {
         block_size,
         ..Preset::Tiny.config()
     };
-    let mut model = Gpt::new(cfg, Kernels::best(), 5).unwrap();
+    let mut model = Gpt::new(cfg, kernels, 5).unwrap();
     let mut rng = Rng::new(9);
     for p in model.params.iter_mut() {
         *p += rng.normal(0.0, 0.05);
@@ -29,47 +35,54 @@ fn full_logits(model: &mut Gpt, context: &[u32]) -> Vec<f32> {
     model.logits()[(context.len() - 1) * v..].to_vec()
 }
 
+/// Asserts `cached` equals `full` to 1e-4 of the largest logit.
+#[track_caller]
+fn assert_same_logits(cached: &[f32], full: &[f32], what: &str) {
+    let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    for (i, (c, f)) in cached.iter().zip(full).enumerate() {
+        assert!(
+            (c - f).abs() <= 1e-4 * scale,
+            "{what}, token {i}: cached {c}, full {f}"
+        );
+    }
+}
+
 #[test]
 fn cached_logits_equal_a_full_recompute_at_every_position() {
     // Tolerance: both paths sum the same products in different orders (the
     // GEMM blocks differently for 1 row than for a whole block), so they
     // agree to f32 rounding: 1e-4 relative to the largest logit.
     let t = 32;
-    let mut model = model(t);
     let context: Vec<u32> = (0..t as u32).map(|i| (i * 71 + 5) % 256).collect();
-    let mut cache = model.new_cache();
-    // One token at a time.
-    for n in 1..=t {
-        let cached = model
-            .forward_cached(&mut cache, &context[n - 1..n])
-            .unwrap()
-            .to_vec();
-        let full = full_logits(&mut model, &context[..n]);
-        let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-        for (i, (c, f)) in cached.iter().zip(&full).enumerate() {
-            assert!(
-                (c - f).abs() <= 1e-4 * scale,
-                "position {n}, token {i}: cached {c}, full {f}"
-            );
+    let backends = [Kernels::new(Backend::Scalar).unwrap(), Kernels::best()];
+    for kernels in backends {
+        let mut model = model_on(kernels, t);
+        for threads in [1, 2] {
+            model.set_threads(Threads::new(Some(threads)).unwrap());
+            let mut cache = model.new_cache();
+            // A prompt of `p` tokens in one pass (checked at its last
+            // position), then one token at a time to the block size.
+            for p in [1, 7, 20, t] {
+                cache.clear();
+                let cached = model
+                    .forward_cached(&mut cache, &context[..p])
+                    .unwrap()
+                    .to_vec();
+                let what = format!("{} × {threads}, prompt {p}", kernels.backend());
+                assert_same_logits(&cached, &full_logits(&mut model, &context[..p]), &what);
+                for n in p + 1..=t {
+                    let cached = model
+                        .forward_cached(&mut cache, &context[n - 1..n])
+                        .unwrap()
+                        .to_vec();
+                    let full = full_logits(&mut model, &context[..n]);
+                    assert_same_logits(&cached, &full, &format!("{what}, position {n}"));
+                }
+            }
+            // A full cache takes no more.
+            assert!(model.forward_cached(&mut cache, &[1]).is_err());
         }
     }
-    // A prompt in one pass, then single tokens.
-    cache.clear();
-    model.forward_cached(&mut cache, &context[..20]).unwrap();
-    let cached = model
-        .forward_cached(&mut cache, &context[20..21])
-        .unwrap()
-        .to_vec();
-    let full = full_logits(&mut model, &context[..21]);
-    let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    assert!(cached
-        .iter()
-        .zip(&full)
-        .all(|(c, f)| (c - f).abs() <= 1e-4 * scale));
-    // A full cache takes no more.
-    cache.clear();
-    model.forward_cached(&mut cache, &context).unwrap();
-    assert!(model.forward_cached(&mut cache, &[1]).is_err());
 }
 
 #[test]
