@@ -211,11 +211,14 @@ pub(crate) struct Problem<'a> {
 
 impl Kernels {
     /// Floats of workspace [`Kernels::gemm`] needs for an `m × k` by `k × n`
-    /// product on this handle's backend (0 when nothing is packed). Allocate
-    /// it once for the largest product and reuse it.
+    /// product on this handle's backend (0 when nothing is packed or
+    /// split). Allocate it once for the largest product and reuse it.
     pub fn gemm_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
-        if m == 0 || n == 0 || k == 0 || m <= small::SMALL_M {
+        if m == 0 || n == 0 || k == 0 {
             return 0;
+        }
+        if m <= small::SMALL_M {
+            return small::workspace_len(m, n, k);
         }
         match self.isa {
             Isa::Scalar => blocked::workspace_len::<ScalarKernel>(m, n, k),
@@ -335,7 +338,7 @@ impl Kernels {
 
 fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem, ws: &mut [f32]) {
     if p.m <= small::SMALL_M {
-        small::run(kernel, exec, p)
+        small::run(kernel, exec, p, ws)
     } else {
         blocked::run(kernel, exec, p, ws)
     }

@@ -217,7 +217,16 @@ fn gemm_matches_naive_loop_on_random_shapes() {
 #[test]
 fn gemm_every_transpose_alpha_and_beta() {
     for (name, kernels) in every_kernel() {
-        for (m, n, k) in [(1, 7, 5), (3, 33, 17), (37, 41, 29), (61, 70, 300)] {
+        // (2, 300, 517) and (4, 97, 260) take the small path split along k.
+        let shapes = [
+            (1, 7, 5),
+            (3, 33, 17),
+            (2, 300, 517),
+            (4, 97, 260),
+            (37, 41, 29),
+            (61, 70, 300),
+        ];
+        for (m, n, k) in shapes {
             for trans in 0..4 {
                 for alpha in [0.0, 1.0, -0.5] {
                     for beta in [0.0, 1.0, 0.25] {
@@ -288,7 +297,12 @@ impl Executor for Threads {
 #[test]
 fn gemm_split_across_threads_is_bit_identical_to_sequential() {
     for (name, kernels) in every_kernel() {
-        for (m, n, k) in [(3, 3000, 40), (150, 200, 300), (301, 97, 13)] {
+        for (m, n, k) in [
+            (3, 3000, 40),
+            (1, 1152, 384),
+            (150, 200, 300),
+            (301, 97, 13),
+        ] {
             for trans in 0..4 {
                 let case = Case {
                     m,
