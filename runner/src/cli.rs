@@ -115,10 +115,9 @@ pub struct GenerateArgs {
     /// Kernel backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Threads. Decoding one token at a time is bound by memory
-    /// bandwidth, and one core is measured fastest here.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
+    /// Threads [default: all cores]. The text does not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 const EVAL_HELP: &str = "Print a checkpoint's loss and perplexity on a text.
@@ -299,7 +298,6 @@ impl TrainArgs {
 /// The end of the default job: a sample from the model just trained, and
 /// how much of it is correct arithmetic.
 fn sample_arithmetic(model: &mut crate::model::Gpt) -> Result<(), Error> {
-    model.set_threads(Threads::single()); // decoding is fastest on one core
     let prompt = data::encode(b"\n");
     let mut cache = model.new_cache();
     let sampling = Sampling {
@@ -459,7 +457,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             };
             sampling.validate()?;
             let mut model = checkpoint::load_model(&args.checkpoint, args.backend.kernels()?)?;
-            model.set_threads(Threads::new(Some(args.threads))?);
+            model.set_threads(Threads::new(args.threads)?);
             let prompt = data::encode(args.prompt.as_bytes());
             check_prompt(&model, &prompt)?;
             info!(

@@ -2,23 +2,18 @@
 //! that are not checkpoints, cleaning up after crashed saves, and one clear
 //! error line (never an abort) for corrupt or impossible checkpoints.
 
+mod common;
+use common::{assert_clear_error, assert_success, runner, scratch};
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use kernels::Kernels;
 use runner::checkpoint::{self, RunSchedule, TrainingState};
 use runner::config::Preset;
 use runner::model::Gpt;
 use runner::optim::Optimizer;
-
-fn runner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(args)
-        .output()
-        .expect("runner starts")
-}
 
 /// `runner` with its address space capped at 1 GiB, so that allocating a
 /// model of gigabytes fails loudly (an abort) instead of being overcommitted.
@@ -30,38 +25,6 @@ fn runner_in_1gib(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("sh starts")
-}
-
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("runner-ckpt-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Asserts a failure with exactly one line on stderr, `error: ...`
-/// containing `needle`, and no panic.
-#[track_caller]
-fn assert_clear_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "expected `{needle}` in: {stderr}"
-    );
-}
-
-#[track_caller]
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Trains the tiny model for `steps` steps and saves it to `ckpt`.
@@ -238,13 +201,7 @@ fn impossible_sizes_are_refused_before_allocating() {
     // Beyond any parameter budget.
     edit_config(&ckpt, "n_embd", 1_000_000);
     edit_config(&ckpt, "n_layer", 100_000);
-    let start = Instant::now();
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
     assert_clear_error(&out, "too large");
 
     // Within the budget (6 GiB of parameters) but not what the file holds:
@@ -252,13 +209,7 @@ fn impossible_sizes_are_refused_before_allocating() {
     edit_config(&ckpt, "n_embd", 8192);
     edit_config(&ckpt, "n_layer", 2);
     edit_config(&ckpt, "n_head", 1);
-    let start = Instant::now();
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        start.elapsed()
-    );
     assert_clear_error(&out, "expected F32 [256, 8192]");
 
     // More layers than the file has tensors for.
