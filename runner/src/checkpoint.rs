@@ -348,8 +348,9 @@ fn write_files(
     let Some((state, schedule)) = training else {
         return Ok(());
     };
-    let (m, v) = (to_bytes(&state.optimizer.m), to_bytes(&state.optimizer.v));
-    let n = state.optimizer.m.len();
+    let (m, v) = state.optimizer.moments();
+    let n = m.len();
+    let (m, v) = (to_bytes(m), to_bytes(v));
     let tensors = vec![
         (
             "adam_m",
@@ -553,12 +554,12 @@ pub fn load_run(dir: &Path, params: usize) -> Result<(TrainingState, Option<RunS
     }
     let mut optimizer = Optimizer::new(params);
     optimizer.step = step;
-    from_bytes(views[0].data(), &mut optimizer.m);
-    from_bytes(views[1].data(), &mut optimizer.v);
+    let (m, v) = optimizer.moments_mut();
+    from_bytes(views[0].data(), m);
+    from_bytes(views[1].data(), v);
     // AdamW divides by the square root of `v`: a NaN or negative value
     // here would silently poison every later step.
-    let sane = optimizer.m.iter().all(|x| x.is_finite())
-        && optimizer.v.iter().all(|x| x.is_finite() && *x >= 0.0);
+    let sane = m.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite() && *x >= 0.0);
     if !sane {
         return Err(bad(
             "the AdamW moments hold NaN, infinite or negative values".into(),

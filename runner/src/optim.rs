@@ -57,8 +57,8 @@ impl OptimizerSettings {
 
 /// AdamW's moments, laid out as the parameters, and the step count.
 pub struct Optimizer {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    /// One arena: the first moments, then the second moments.
+    moments: Vec<f32>,
     /// Updates done so far.
     pub step: u32,
     /// Per-piece sums of squared gradients (reused every step).
@@ -73,11 +73,21 @@ impl Optimizer {
     /// Zero moments for `params` parameters.
     pub fn new(params: usize) -> Optimizer {
         Optimizer {
-            m: vec![0.0; params],
-            v: vec![0.0; params],
+            moments: vec![0.0; 2 * params],
             step: 0,
             partial_norms: Vec::new(),
         }
+    }
+
+    /// The first and second moments, laid out as the parameters.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        self.moments.split_at(self.moments.len() / 2)
+    }
+
+    /// The first and second moments, mutable.
+    pub fn moments_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        let half = self.moments.len() / 2;
+        self.moments.split_at_mut(half)
     }
 
     /// One update of `model` from its gradients at learning rate `lr`.
@@ -134,7 +144,8 @@ impl Optimizer {
         };
         self.step += 1;
         let step = self.step;
-        let (m, v) = (sizes.split_mut(&mut self.m), sizes.split_mut(&mut self.v));
+        let (m, v) = self.moments_mut();
+        let (m, v) = (sizes.split_mut(m), sizes.split_mut(v));
         let tensors = params
             .into_named()
             .into_iter()

@@ -270,11 +270,8 @@ fn moments_that_would_poison_adamw_are_refused() {
     let model = Gpt::new(Preset::Tiny.config(), Kernels::best(), 3).unwrap();
     for (i, poison) in [(0, f32::NAN), (1, -1.0)] {
         let mut optimizer = Optimizer::new(model.params.len());
-        let moment = if i == 0 {
-            &mut optimizer.m
-        } else {
-            &mut optimizer.v
-        };
+        let (m, v) = optimizer.moments_mut();
+        let moment = if i == 0 { m } else { v };
         moment[5] = poison;
         let state = TrainingState {
             optimizer,
