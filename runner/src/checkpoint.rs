@@ -502,11 +502,6 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     Gpt::from_params(cfg, kernels, params)
 }
 
-/// The optimizer state in `dir`, for a model of `params` parameters.
-pub fn load_training_state(dir: &Path, params: usize) -> Result<TrainingState, Error> {
-    load_run(dir, params).map(|(state, _)| state)
-}
-
 /// The optimizer state in `dir`, for a model of `params` parameters, and
 /// the schedule of the run that saved it (`None` if it was saved without,
 /// by [`save`]).

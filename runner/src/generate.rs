@@ -177,60 +177,50 @@ pub fn generate(
     // The whole loop runs inside the pool: entering it once per token would
     // put this thread to sleep and wake it again for every token.
     let pool = model.threads().handle();
-    pool.install(|| generate_in_pool(model, cache, prompt, max_new, sampling, seed, &mut emit))
-}
-
-fn generate_in_pool(
-    model: &mut Gpt,
-    cache: &mut KvCache,
-    prompt: &[u32],
-    max_new: usize,
-    sampling: &Sampling,
-    seed: u64,
-    emit: &mut impl FnMut(u32),
-) -> Result<GenerationStats, Error> {
-    sampling.validate()?;
-    check_prompt(model, prompt)?;
-    let t = model.config.block_size;
-    let mut rng = Rng::new(seed);
-    let mut sampler = Sampler::new(model.config.vocab_size);
-    // The context of the cache, for refilling it when it slides.
-    let mut context: Vec<u32> = Vec::with_capacity(t);
-    let mut stats = GenerationStats {
-        tokens: Vec::with_capacity(max_new),
-        cache_bytes: cache.cache_bytes(),
-        ..GenerationStats::default()
-    };
-    let start = Instant::now();
-    cache.clear();
-    context.extend_from_slice(prompt);
-    let t0 = Instant::now();
-    model.forward_cached(cache, prompt)?;
-    stats.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-    for n in 0..max_new {
+    pool.install(|| {
+        sampling.validate()?;
+        check_prompt(model, prompt)?;
+        let t = model.config.block_size;
+        let mut rng = Rng::new(seed);
+        let mut sampler = Sampler::new(model.config.vocab_size);
+        // The context of the cache, for refilling it when it slides.
+        let mut context: Vec<u32> = Vec::with_capacity(t);
+        let mut stats = GenerationStats {
+            tokens: Vec::with_capacity(max_new),
+            cache_bytes: cache.cache_bytes(),
+            ..GenerationStats::default()
+        };
+        let start = Instant::now();
+        cache.clear();
+        context.extend_from_slice(prompt);
         let t0 = Instant::now();
-        let token = sampler.sample(cache.logits(), sampling, &mut rng);
-        stats.sampling_ms += t0.elapsed().as_secs_f64() * 1e3;
-        stats.tokens.push(token);
-        emit(token);
-        if n + 1 == max_new {
-            break; // the last token's logits would go unused
+        model.forward_cached(cache, prompt)?;
+        stats.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        for n in 0..max_new {
+            let t0 = Instant::now();
+            let token = sampler.sample(cache.logits(), sampling, &mut rng);
+            stats.sampling_ms += t0.elapsed().as_secs_f64() * 1e3;
+            stats.tokens.push(token);
+            emit(token);
+            if n + 1 == max_new {
+                break; // the last token's logits would go unused
+            }
+            let t1 = Instant::now();
+            if cache.len() == t {
+                // Slide: keep the last half block as a fresh prompt.
+                let keep = (t / 2).max(1);
+                let tail_start = context.len() - (keep - 1);
+                context.drain(..tail_start);
+                context.push(token);
+                cache.clear();
+                model.forward_cached(cache, &context)?;
+            } else {
+                context.push(token);
+                model.forward_cached(cache, &[token])?;
+            }
+            stats.forward_ms += t1.elapsed().as_secs_f64() * 1e3;
         }
-        let t1 = Instant::now();
-        if cache.len() == t {
-            // Slide: keep the last half block as a fresh prompt.
-            let keep = (t / 2).max(1);
-            let tail_start = context.len() - (keep - 1);
-            context.drain(..tail_start);
-            context.push(token);
-            cache.clear();
-            model.forward_cached(cache, &context)?;
-        } else {
-            context.push(token);
-            model.forward_cached(cache, &[token])?;
-        }
-        stats.forward_ms += t1.elapsed().as_secs_f64() * 1e3;
-    }
-    stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(stats)
+        stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(stats)
+    })
 }

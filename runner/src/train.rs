@@ -385,57 +385,34 @@ pub fn train_step(
     // work (see `PoolHandle::install`).
     let pool = model.threads().handle();
     pool.install(|| {
-        train_step_in_pool(
-            model,
-            optimizer,
-            settings,
-            lr,
-            grad_accum,
-            (b, t),
-            buffers,
-            &mut batches,
-        )
+        let start = Instant::now();
+        let grad_scale = 1.0 / (b * t * grad_accum) as f32;
+        let mut times = StepTimes {
+            tokens: b * t * grad_accum,
+            ..StepTimes::default()
+        };
+        let mut loss_sum = 0.0;
+        model.zero_grad();
+        for _ in 0..grad_accum {
+            batches(&mut buffers.inputs, &mut buffers.targets);
+            let t0 = Instant::now();
+            model.forward(&buffers.inputs, b, t)?;
+            let t1 = Instant::now();
+            loss_sum += model.loss(&buffers.targets, Some(grad_scale))?;
+            let t2 = Instant::now();
+            model.backward()?;
+            let t3 = Instant::now();
+            times.forward_ms += ms(t1 - t0);
+            times.loss_ms += ms(t2 - t1);
+            times.backward_ms += ms(t3 - t2);
+        }
+        let t4 = Instant::now();
+        optimizer.update(model, settings, lr)?;
+        times.optimizer_ms = ms(t4.elapsed());
+        times.total_ms = ms(start.elapsed());
+        times.loss = loss_sum / grad_accum as f32;
+        Ok(times)
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn train_step_in_pool(
-    model: &mut Gpt,
-    optimizer: &mut Optimizer,
-    settings: &OptimizerSettings,
-    lr: f32,
-    grad_accum: usize,
-    (b, t): (usize, usize),
-    buffers: &mut BatchBuffers,
-    batches: &mut impl FnMut(&mut [u32], &mut [u32]),
-) -> Result<StepTimes, Error> {
-    let start = Instant::now();
-    let grad_scale = 1.0 / (b * t * grad_accum) as f32;
-    let mut times = StepTimes {
-        tokens: b * t * grad_accum,
-        ..StepTimes::default()
-    };
-    let mut loss_sum = 0.0;
-    model.zero_grad();
-    for _ in 0..grad_accum {
-        batches(&mut buffers.inputs, &mut buffers.targets);
-        let t0 = Instant::now();
-        model.forward(&buffers.inputs, b, t)?;
-        let t1 = Instant::now();
-        loss_sum += model.loss(&buffers.targets, Some(grad_scale))?;
-        let t2 = Instant::now();
-        model.backward()?;
-        let t3 = Instant::now();
-        times.forward_ms += ms(t1 - t0);
-        times.loss_ms += ms(t2 - t1);
-        times.backward_ms += ms(t3 - t2);
-    }
-    let t4 = Instant::now();
-    optimizer.update(model, settings, lr)?;
-    times.optimizer_ms = ms(t4.elapsed());
-    times.total_ms = ms(start.elapsed());
-    times.loss = loss_sum / grad_accum as f32;
-    Ok(times)
 }
 
 /// The per-step log lines.

@@ -71,7 +71,7 @@ fn saving_twice_replaces_the_checkpoint() {
     assert_ne!(first, second, "the second save did not replace the model");
 
     let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
-    let state = checkpoint::load_training_state(&ckpt, model.params.len()).unwrap();
+    let (state, _) = checkpoint::load_run(&ckpt, model.params.len()).unwrap();
     assert_eq!(state.optimizer.step, 3, "the first run's state was loaded");
     // Resuming continues from the second run's step.
     let out = runner(&[
@@ -279,7 +279,7 @@ fn moments_that_would_poison_adamw_are_refused() {
         };
         let ckpt = dir.join(format!("ckpt{i}"));
         checkpoint::save(&ckpt, &model, Some(&state)).unwrap();
-        let err = checkpoint::load_training_state(&ckpt, model.params.len())
+        let err = checkpoint::load_run(&ckpt, model.params.len())
             .err()
             .expect("poisoned moments load");
         assert!(

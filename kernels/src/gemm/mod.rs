@@ -350,11 +350,15 @@ fn scale_rows(beta: f32, c: MatMut) {
         return;
     }
     for r in 0..c.rows {
-        let row = &mut c.data[r * c.row_stride..][..c.cols];
-        if beta == 0.0 {
-            row.fill(0.0);
-        } else if beta != 1.0 {
-            row.iter_mut().for_each(|x| *x *= beta);
-        }
+        scale_by_beta(beta, &mut c.data[r * c.row_stride..][..c.cols]);
+    }
+}
+
+/// `row = beta · row`, with `beta == 0` writing zeros without reading.
+pub(crate) fn scale_by_beta(beta: f32, row: &mut [f32]) {
+    if beta == 0.0 {
+        row.fill(0.0);
+    } else if beta != 1.0 {
+        row.iter_mut().for_each(|x| *x *= beta);
     }
 }

@@ -13,7 +13,7 @@
 use core::ops::Range;
 
 use super::microkernel::GemmKernel;
-use super::Problem;
+use super::{scale_by_beta, Problem};
 use crate::parallel::SharedMut;
 use crate::Executor;
 
@@ -25,6 +25,11 @@ pub(crate) const SMALL_M: usize = 4;
 /// so that B is read in long runs the prefetchers follow (512-column chunks
 /// read 2 KiB per row and ran at a third of the memory bandwidth).
 const CHUNK_FLOATS: usize = 4096;
+
+/// Columns per chunk for `m` rows of C ([`CHUNK_FLOATS`] in all).
+fn chunk_columns(m: usize) -> usize {
+    (CHUNK_FLOATS / m).next_multiple_of(64)
+}
 
 /// Multiply-adds below which splitting across threads costs more than it
 /// saves.
@@ -38,11 +43,15 @@ const MIN_ROWS_PER_PIECE: usize = 96;
 /// Most pieces of a split along k: enough to balance a few threads.
 const MAX_K_PIECES: usize = 8;
 
+/// Whether the product has enough multiply-adds to split at all.
+fn worth_splitting(m: usize, n: usize, k: usize) -> bool {
+    m.saturating_mul(n).saturating_mul(k) >= MIN_PARALLEL_WORK
+}
+
 /// Pieces of k for an `m × k · k × n` product (1: no split). A function of
 /// the shape alone, so that results do not depend on the thread count.
 fn k_pieces(m: usize, n: usize, k: usize) -> usize {
-    let work = m.saturating_mul(n).saturating_mul(k);
-    if work < MIN_PARALLEL_WORK {
+    if !worth_splitting(m, n, k) {
         return 1;
     }
     let pieces = (k / MIN_ROWS_PER_PIECE).clamp(1, MAX_K_PIECES);
@@ -66,15 +75,14 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     p: &Problem,
     ws: &mut [f32],
 ) {
-    let chunk = (CHUNK_FLOATS / p.m).next_multiple_of(64);
     let pieces = k_pieces(p.m, p.n, p.k);
     if p.b.cs == 1 && pieces > 1 {
         return run_split_k(kernel, exec, p, pieces, &mut ws[..pieces * p.m * p.n]);
     }
-    let work = p.m.saturating_mul(p.n).saturating_mul(p.k);
+    let chunk = chunk_columns(p.m);
     // Several threads take column ranges of their own (each still read in
     // whole chunks); one thread takes everything in one piece.
-    let pieces = if exec.threads() > 1 && work >= MIN_PARALLEL_WORK {
+    let pieces = if exec.threads() > 1 && worth_splitting(p.m, p.n, p.k) {
         (2 * exec.threads()).min(p.n.div_ceil(64))
     } else {
         1
@@ -108,12 +116,7 @@ fn columns<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
     if b.cs == 1 {
         // Rows of op(B) are contiguous: C[i] += alpha·A[i][l]·B[l], row by row.
         for i in 0..p.m {
-            let c = c_row(i);
-            if p.beta == 0.0 {
-                c.fill(0.0);
-            } else if p.beta != 1.0 {
-                c.iter_mut().for_each(|c| *c *= p.beta);
-            }
+            scale_by_beta(p.beta, c_row(i));
         }
         accumulate_rows(kernel, p, 0..p.k, start, width, c_row);
     } else if a.cs == 1 {
@@ -186,7 +189,7 @@ fn run_split_k<K: GemmKernel, E: Executor + ?Sized>(
 ) {
     let (m, n) = (p.m, p.n);
     let rows_per_piece = p.k.div_ceil(pieces);
-    let chunk = (CHUNK_FLOATS / m).next_multiple_of(64);
+    let chunk = chunk_columns(m);
     let partials = SharedMut(ws.as_mut_ptr());
     exec.run(pieces, &|piece| {
         kernel.enter(
@@ -231,9 +234,7 @@ fn run_split_k<K: GemmKernel, E: Executor + ?Sized>(
                 if p.beta == 0.0 {
                     c.copy_from_slice(part(0));
                 } else {
-                    if p.beta != 1.0 {
-                        c.iter_mut().for_each(|c| *c *= p.beta);
-                    }
+                    scale_by_beta(p.beta, c);
                     kernel.axpy(1.0, part(0), c);
                 }
                 for piece in 1..pieces {

@@ -90,142 +90,136 @@ impl Gpt {
     ) -> Result<&'c [f32], Error> {
         // One entry into the pool per pass, not one per matrix product.
         let pool = self.compute.threads.handle();
-        pool.install(|| self.forward_cached_in_pool(cache, tokens))
-    }
-
-    fn forward_cached_in_pool<'c>(
-        &mut self,
-        cache: &'c mut KvCache,
-        tokens: &[u32],
-    ) -> Result<&'c [f32], Error> {
-        let cfg = self.config;
-        let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
-        let (m, p0) = (tokens.len(), cache.len);
-        if m == 0 || p0 + m > t_max || cache.block_size != t_max {
-            return Err(Error::Config(format!(
-                "{m} new tokens after {p0} do not fit the block size {t_max}"
-            )));
-        }
-        check_tokens(tokens, v)?;
-        let (hs, len) = (c / nh, p0 + m);
-        let scale = 1.0 / (hs as f32).sqrt();
-        let Gpt {
-            sizes,
-            params,
-            compute,
-            ..
-        } = self;
-        let p = sizes.split(params);
-        let k = compute.kernels;
-        let mc = m * c;
-        let x = &mut cache.x[..mc];
-        for (i, (row, &tok)) in x.chunks_exact_mut(c).zip(tokens).enumerate() {
-            k.add(
-                &p.wte[tok as usize * c..][..c],
-                &p.wpe[(p0 + i) * c..][..c],
-                row,
-            )?;
-        }
-        let (mean, rstd) = (&mut cache.mean[..m], &mut cache.rstd[..m]);
-        let (ln, qkv, atty, proj) = (
-            &mut cache.ln[..mc],
-            &mut cache.qkv[..3 * mc],
-            &mut cache.atty[..mc],
-            &mut cache.proj[..mc],
-        );
-        let (fch, fch_gelu) = (&mut cache.fch[..4 * mc], &mut cache.fch_gelu[..4 * mc]);
-        for l in 0..cfg.layers {
-            let at = |n: usize| l * n..(l + 1) * n;
-            compute.layer_norm_forward(
-                x,
-                &p.ln1w[at(c)],
-                &p.ln1b[at(c)],
-                LAYER_NORM_EPS,
-                ln,
-                mean,
-                rstd,
-            )?;
-            compute.matmul_forward(
-                qkv,
-                ln,
-                &p.qkvw[at(c * 3 * c)],
-                Some(&p.qkvb[at(3 * c)]),
-                m,
-                c,
-                3 * c,
-            )?;
-            let (keys, values) = (
-                &mut cache.keys[at(t_max * c)],
-                &mut cache.values[at(t_max * c)],
+        pool.install(|| {
+            let cfg = self.config;
+            let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
+            let (m, p0) = (tokens.len(), cache.len);
+            if m == 0 || p0 + m > t_max || cache.block_size != t_max {
+                return Err(Error::Config(format!(
+                    "{m} new tokens after {p0} do not fit the block size {t_max}"
+                )));
+            }
+            check_tokens(tokens, v)?;
+            let (hs, len) = (c / nh, p0 + m);
+            let scale = 1.0 / (hs as f32).sqrt();
+            let Gpt {
+                sizes,
+                params,
+                compute,
+                ..
+            } = self;
+            let p = sizes.split(params);
+            let k = compute.kernels;
+            let mc = m * c;
+            let x = &mut cache.x[..mc];
+            for (i, (row, &tok)) in x.chunks_exact_mut(c).zip(tokens).enumerate() {
+                k.add(
+                    &p.wte[tok as usize * c..][..c],
+                    &p.wpe[(p0 + i) * c..][..c],
+                    row,
+                )?;
+            }
+            let (mean, rstd) = (&mut cache.mean[..m], &mut cache.rstd[..m]);
+            let (ln, qkv, atty, proj) = (
+                &mut cache.ln[..mc],
+                &mut cache.qkv[..3 * mc],
+                &mut cache.atty[..mc],
+                &mut cache.proj[..mc],
             );
-            for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
-                keys[(p0 + i) * c..][..c].copy_from_slice(&row[c..2 * c]);
-                values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
+            let (fch, fch_gelu) = (&mut cache.fch[..4 * mc], &mut cache.fch_gelu[..4 * mc]);
+            for l in 0..cfg.layers {
+                let at = |n: usize| l * n..(l + 1) * n;
+                compute.layer_norm_forward(
+                    x,
+                    &p.ln1w[at(c)],
+                    &p.ln1b[at(c)],
+                    LAYER_NORM_EPS,
+                    ln,
+                    mean,
+                    rstd,
+                )?;
+                compute.matmul_forward(
+                    qkv,
+                    ln,
+                    &p.qkvw[at(c * 3 * c)],
+                    Some(&p.qkvb[at(3 * c)]),
+                    m,
+                    c,
+                    3 * c,
+                )?;
+                let (keys, values) = (
+                    &mut cache.keys[at(t_max * c)],
+                    &mut cache.values[at(t_max * c)],
+                );
+                for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
+                    keys[(p0 + i) * c..][..c].copy_from_slice(&row[c..2 * c]);
+                    values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
+                }
+                for h in 0..nh {
+                    let q = MatRef::strided(&qkv[h * hs..], m, hs, 3 * c)?;
+                    let keys_h = MatRef::strided(&keys[h * hs..], len, hs, c)?;
+                    let values_h = MatRef::strided(&values[h * hs..], len, hs, c)?;
+                    let scores = &mut cache.scores[..m * len];
+                    compute.gemm(scale, q, keys_h.t(), 0.0, MatMut::new(scores, m, len)?)?;
+                    k.softmax_rows(scores, len, ValidLen::Causal { offset: p0 })?;
+                    let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
+                    compute.gemm(1.0, MatRef::new(scores, m, len)?, values_h, 0.0, out)?;
+                }
+                compute.matmul_forward(
+                    proj,
+                    atty,
+                    &p.attprojw[at(c * c)],
+                    Some(&p.attprojb[at(c)]),
+                    m,
+                    c,
+                    c,
+                )?;
+                k.axpy(1.0, proj, x)?;
+                compute.layer_norm_forward(
+                    x,
+                    &p.ln2w[at(c)],
+                    &p.ln2b[at(c)],
+                    LAYER_NORM_EPS,
+                    ln,
+                    mean,
+                    rstd,
+                )?;
+                compute.matmul_forward(
+                    fch,
+                    ln,
+                    &p.fcw[at(c * 4 * c)],
+                    Some(&p.fcb[at(4 * c)]),
+                    m,
+                    c,
+                    4 * c,
+                )?;
+                compute.gelu_forward(fch, fch_gelu)?;
+                compute.matmul_forward(
+                    proj,
+                    fch_gelu,
+                    &p.fcprojw[at(4 * c * c)],
+                    Some(&p.fcprojb[at(c)]),
+                    m,
+                    4 * c,
+                    c,
+                )?;
+                k.axpy(1.0, proj, x)?;
             }
-            for h in 0..nh {
-                let q = MatRef::strided(&qkv[h * hs..], m, hs, 3 * c)?;
-                let keys_h = MatRef::strided(&keys[h * hs..], len, hs, c)?;
-                let values_h = MatRef::strided(&values[h * hs..], len, hs, c)?;
-                let scores = &mut cache.scores[..m * len];
-                compute.gemm(scale, q, keys_h.t(), 0.0, MatMut::new(scores, m, len)?)?;
-                k.softmax_rows(scores, len, ValidLen::Causal { offset: p0 })?;
-                let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
-                compute.gemm(1.0, MatRef::new(scores, m, len)?, values_h, 0.0, out)?;
-            }
-            compute.matmul_forward(
-                proj,
-                atty,
-                &p.attprojw[at(c * c)],
-                Some(&p.attprojb[at(c)]),
-                m,
-                c,
-                c,
-            )?;
-            k.axpy(1.0, proj, x)?;
+            // Only the last position's logits are needed.
+            let last = &x[(m - 1) * c..];
+            let ln_last = &mut ln[..c];
             compute.layer_norm_forward(
-                x,
-                &p.ln2w[at(c)],
-                &p.ln2b[at(c)],
+                last,
+                p.lnfw,
+                p.lnfb,
                 LAYER_NORM_EPS,
-                ln,
-                mean,
-                rstd,
+                ln_last,
+                &mut mean[..1],
+                &mut rstd[..1],
             )?;
-            compute.matmul_forward(
-                fch,
-                ln,
-                &p.fcw[at(c * 4 * c)],
-                Some(&p.fcb[at(4 * c)]),
-                m,
-                c,
-                4 * c,
-            )?;
-            compute.gelu_forward(fch, fch_gelu)?;
-            compute.matmul_forward(
-                proj,
-                fch_gelu,
-                &p.fcprojw[at(4 * c * c)],
-                Some(&p.fcprojb[at(c)]),
-                m,
-                4 * c,
-                c,
-            )?;
-            k.axpy(1.0, proj, x)?;
-        }
-        // Only the last position's logits are needed.
-        let last = &x[(m - 1) * c..];
-        let ln_last = &mut ln[..c];
-        compute.layer_norm_forward(
-            last,
-            p.lnfw,
-            p.lnfb,
-            LAYER_NORM_EPS,
-            ln_last,
-            &mut mean[..1],
-            &mut rstd[..1],
-        )?;
-        compute.lm_head_forward(&mut cache.logits, ln_last, p.wte, 1, c, v)?;
-        cache.len = len;
-        Ok(&cache.logits)
+            compute.lm_head_forward(&mut cache.logits, ln_last, p.wte, 1, c, v)?;
+            cache.len = len;
+            Ok(&cache.logits[..])
+        })
     }
 }

@@ -257,16 +257,13 @@ impl Compute {
         oc: usize,
     ) -> Result<(), Error> {
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let (x, w_) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
-            self.gemm(1.0, x, w_, 0.0, MatMut::new(out, bt, oc)?)?;
-            if let Some(bias) = bias {
-                self.kernels.add_bias(bias, out)?;
-            }
-            Ok(())
-        })();
+        let (x, w_) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
+        self.gemm(1.0, x, w_, 0.0, MatMut::new(out, bt, oc)?)?;
+        if let Some(bias) = bias {
+            self.kernels.add_bias(bias, out)?;
+        }
         self.profile.matmul += start.elapsed();
-        result
+        Ok(())
     }
 
     /// Backward of [`Compute::matmul_forward`]: `dinp = dout · wᵀ`
@@ -285,26 +282,23 @@ impl Compute {
         oc: usize,
     ) -> Result<(), Error> {
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let dy = MatRef::new(dout, bt, oc)?;
-            self.gemm(
-                1.0,
-                dy,
-                MatRef::new(w, c, oc)?.t(),
-                0.0,
-                MatMut::new(dinp, bt, c)?,
-            )?;
-            let x = MatRef::new(inp, bt, c)?;
-            self.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
-            if let Some(dbias) = dbias {
-                for row in dout.chunks_exact(oc) {
-                    self.kernels.axpy(1.0, row, dbias)?;
-                }
+        let dy = MatRef::new(dout, bt, oc)?;
+        self.gemm(
+            1.0,
+            dy,
+            MatRef::new(w, c, oc)?.t(),
+            0.0,
+            MatMut::new(dinp, bt, c)?,
+        )?;
+        let x = MatRef::new(inp, bt, c)?;
+        self.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
+        if let Some(dbias) = dbias {
+            for row in dout.chunks_exact(oc) {
+                self.kernels.axpy(1.0, row, dbias)?;
             }
-            Ok(())
-        })();
+        }
         self.profile.matmul += start.elapsed();
-        result
+        Ok(())
     }
 
     /// The output layer, tied to the token embedding:
@@ -319,12 +313,10 @@ impl Compute {
         v: usize,
     ) -> Result<(), Error> {
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
-            self.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)
-        })();
+        let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
+        self.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)?;
         self.profile.matmul += start.elapsed();
-        result
+        Ok(())
     }
 
     /// Backward of [`Compute::lm_head_forward`]: `dx = dlogits · wte`
@@ -342,25 +334,23 @@ impl Compute {
         v: usize,
     ) -> Result<(), Error> {
         let start = Instant::now();
-        let result = (|| -> Result<(), Error> {
-            let dy = MatRef::new(dlogits, bt, v)?;
-            self.gemm(
-                1.0,
-                dy,
-                MatRef::new(wte, v, c)?,
-                0.0,
-                MatMut::new(dx, bt, c)?,
-            )?;
-            self.gemm(
-                1.0,
-                dy.t(),
-                MatRef::new(x, bt, c)?,
-                1.0,
-                MatMut::new(dwte, v, c)?,
-            )
-        })();
+        let dy = MatRef::new(dlogits, bt, v)?;
+        self.gemm(
+            1.0,
+            dy,
+            MatRef::new(wte, v, c)?,
+            0.0,
+            MatMut::new(dx, bt, c)?,
+        )?;
+        self.gemm(
+            1.0,
+            dy.t(),
+            MatRef::new(x, bt, c)?,
+            1.0,
+            MatMut::new(dwte, v, c)?,
+        )?;
         self.profile.matmul += start.elapsed();
-        result
+        Ok(())
     }
 
     /// Causal multi-head self-attention. `qkv[b, t, 3c]` holds each token's
