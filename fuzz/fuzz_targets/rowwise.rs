@@ -122,7 +122,18 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             assert_eq!(got.0, want.0);
             if got.0 && all_moderate(&x, 1e3) {
                 assert_close("cross_entropy loss", &got.1, &want.1, 1e-5, 1e-4);
-                assert_close("cross_entropy dlogits", &got.2, &want.2, 1e-5, 1e-6);
+                // The target's gradient is scale·(p − 1): when p is near 1
+                // the subtraction cancels, leaving the rounding of p itself
+                // (its sum of `cols` terms, in another order per backend) as
+                // an absolute error (found: cols 67, p = 0.99985, 2e-6 apart).
+                let rounding = 0.5 * (cols as f32 + 4.0) * f32::EPSILON;
+                assert_close(
+                    "cross_entropy dlogits",
+                    &got.2,
+                    &want.2,
+                    1e-5,
+                    rounding.max(1e-6),
+                );
             }
         }
     }
