@@ -3,7 +3,7 @@
 //! `KC`, and per pass two phases run through the caller's [`Executor`]:
 //! pack A and B, then compute tiles of C block by block.
 
-use super::microkernel::{APanel, GemmKernel, Tile};
+use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::Problem;
 use crate::parallel::SharedMut;
@@ -17,6 +17,11 @@ const ALIGN_SLACK: usize = 16;
 /// (up to 1.3× at 32 × 32), packing is faster from 512 × 512 and on the
 /// trainer's shapes.
 const DIRECT_A_FLOATS: usize = 64 * 1024;
+
+/// The largest B (per pass over k) read in place rather than packed, when
+/// its rows are contiguous: 128 KiB, well inside L2, so that rows read at
+/// their own stride still come from cache on every reuse.
+const DIRECT_B_FLOATS: usize = 32 * 1024;
 
 /// Pieces per thread in the compute phase when running on several threads,
 /// so that uneven pieces still balance.
@@ -74,10 +79,20 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     } else {
         0..0
     };
+    // Likewise a small B with contiguous rows, but for a last, partial
+    // panel of a column block.
+    let direct_b = p.b.cs == 1 && n.saturating_mul(kc_max) <= DIRECT_B_FLOATS;
 
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let b_panels = nc.div_ceil(K::NR);
+        let b_to_pack = if !direct_b {
+            0..b_panels
+        } else if nc % K::NR != 0 {
+            b_panels - 1..b_panels
+        } else {
+            0..0
+        };
         // Split the panels so that a multi-threaded run has enough pieces;
         // a single thread computes whole row blocks, as BLIS does.
         let n_groups = if threads == 1 {
@@ -106,8 +121,8 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                 0
             };
             let a_per_piece = a_to_pack.len().div_ceil(a_pieces.max(1));
-            let b_pieces = threads.min(b_panels);
-            let b_per_piece = b_panels.div_ceil(b_pieces);
+            let b_pieces = threads.min(b_to_pack.len());
+            let b_per_piece = b_to_pack.len().div_ceil(b_pieces.max(1));
             exec.run(a_pieces + b_pieces, &|piece| {
                 kernel.enter(
                     #[inline(always)]
@@ -118,8 +133,8 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                             // SAFETY: pieces pack disjoint panel ranges.
                             unsafe { pack_a_panels::<K>(p, packed_a, first..last, pc, kc) };
                         } else {
-                            let first = ((piece - a_pieces) * b_per_piece).min(b_panels);
-                            let last = (first + b_per_piece).min(b_panels);
+                            let first = b_to_pack.start + (piece - a_pieces) * b_per_piece;
+                            let last = (first + b_per_piece).min(b_to_pack.end);
                             // SAFETY: pieces pack disjoint panel ranges.
                             unsafe { pack_b_panels::<K>(p, packed_b, first..last, jc, nc, pc, kc) };
                         }
@@ -143,7 +158,8 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                         // SAFETY: the A panels of this row block and all of
                         // packed B were written (in phase 1 or just above) and
                         // no piece writes them while phase 2 runs. (Panels a
-                        // direct A never packed hold stale floats, unread.)
+                        // direct A or B never packed hold stale floats,
+                        // unread.)
                         let (a, b) = unsafe {
                             (
                                 core::slice::from_raw_parts(
@@ -157,7 +173,17 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                         let last_panel = (first_panel + panels_per_group).min(b_panels);
                         for q in first_panel..last_panel {
                             let j = jc + q * K::NR;
-                            let b_panel = &b[q * K::NR * kc..][..K::NR * kc];
+                            let b_panel = if direct_b && (q + 1) * K::NR <= nc {
+                                BPanel {
+                                    data: &p.b.data[pc * p.b.rs + j..],
+                                    rs: p.b.rs,
+                                }
+                            } else {
+                                BPanel {
+                                    data: &b[q * K::NR * kc..][..K::NR * kc],
+                                    rs: K::NR,
+                                }
+                            };
                             for i in rows.clone().step_by(K::MR) {
                                 let a_panel = if direct_a && i + K::MR <= m {
                                     APanel {

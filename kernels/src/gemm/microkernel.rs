@@ -2,8 +2,9 @@
 //! blocking constants that go with each.
 //!
 //! A microkernel computes one `MR × NR` tile of C from an `MR`-row panel of
-//! packed A and an `NR`-column panel of packed B (both zero-padded, `kc` deep),
-//! then writes `alpha · AB + beta · C` to the part of the tile inside C.
+//! A and an `NR`-column panel of B, `kc` deep, then writes `alpha · AB +
+//! beta · C` to the part of the tile inside C. The panels are packed
+//! (zero-padded to whole tiles) or, for small operands, read in place.
 //!
 //! Blocking (BLIS): a `KC × NR` panel of B stays in L1 while the kernel sweeps
 //! the `MC × KC` block of A, which stays in L2; the `KC × NC` block of B sits
@@ -12,7 +13,7 @@
 
 #[cfg(test)]
 use crate::simd::Emulated;
-use crate::simd::{fold2, update2, Simd};
+use crate::simd::{fold2, pieces, update2, Simd};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{V3, V4};
 
@@ -36,14 +37,15 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// compiles to it (pieces run by an executor start outside that context).
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R;
 
-    /// Writes `alpha · A·B + beta · C` for one tile, where `b` holds `kc`
-    /// groups of `NR` floats (a packed panel) and `a` is `MR × kc`. With
-    /// `beta == 0`, C is not read.
+    /// Writes `alpha · A·B + beta · C` for one tile, where `a` is `MR × kc`
+    /// and `b` is `kc × NR`. With `beta == 0`, C is not read. Rows of a tile
+    /// past `c.rows` are not computed where a shorter register tile covers
+    /// the rest, so an edge of C costs about what its size says.
     ///
     /// # Safety
     /// `c.ptr` points to a `c.rows × c.cols` block with row stride `c.ldc`
     /// (`rows <= MR`, `cols <= NR`) that nothing else accesses meanwhile.
-    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile);
+    unsafe fn tile(self, kc: usize, a: APanel, b: BPanel, alpha: f32, beta: f32, c: Tile);
 
     /// `y += alpha · x` (the small-m path).
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]);
@@ -85,6 +87,24 @@ impl<'a> APanel<'a> {
     }
 }
 
+/// The B operand of one tile: `B(p, j) = data[p·rs + j]` for `p < kc`,
+/// `j < NR`. A packed panel has `rs = NR`; small products read rows of B in
+/// place with their own stride.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+}
+
+impl<'a> BPanel<'a> {
+    /// `data` cut to the elements of a `kc × nr` operand (`kc > 0`), as
+    /// [`APanel::extent`].
+    #[inline(always)]
+    fn extent(&self, nr: usize, kc: usize) -> &'a [f32] {
+        &self.data[..(kc - 1) * self.rs + nr]
+    }
+}
+
 /// Where a microkernel writes: `rows × cols` floats at `ptr`, row stride `ldc`.
 #[derive(Clone, Copy)]
 pub(crate) struct Tile {
@@ -98,8 +118,8 @@ pub(crate) struct Tile {
 /// (`mr` rows × `nv` vectors) and blocking constants; everything else is the
 /// generic code below.
 macro_rules! simd_gemm_kernel {
-    ($(#[$attr:meta])* $isa:ty, mr: $mr:literal, nv: $nv:literal, mc: $mc:literal, kc: $kc:literal, nc: $nc:literal,
-     enter: |$f:ident| $enter:expr) => {
+    ($(#[$attr:meta])* $isa:ty, mr: $mr:literal, nv: $nv:literal, edge_mr: [$mr1:literal, $mr2:literal],
+     mc: $mc:literal, kc: $kc:literal, nc: $nc:literal, enter: |$f:ident| $enter:expr) => {
         $(#[$attr])*
         impl GemmKernel for $isa {
             const MR: usize = $mr;
@@ -113,9 +133,27 @@ macro_rules! simd_gemm_kernel {
                 $enter
             }
             #[inline(always)]
-            unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
-                // SAFETY: forwarded contract.
-                unsafe { simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c) }
+            unsafe fn tile(self, kc: usize, a: APanel, b: BPanel, alpha: f32, beta: f32, c: Tile) {
+                // Edge tiles take the shortest register tile that covers
+                // them (`edge_mr` rows, one vector of columns), so that an
+                // edge of C does not cost a whole tile. Those run out of
+                // line: inlined beside the main tile, they made LLVM keep
+                // its accumulators in memory.
+                let one_vector = c.cols <= <$isa as Simd>::LANES;
+                // SAFETY (all arms): forwarded contract; each register tile
+                // has at most MR rows and NR columns, and covers the block.
+                unsafe {
+                    match (c.rows, one_vector) {
+                        ($mr2.., false) if c.rows > $mr2 => {
+                            simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c)
+                        }
+                        (..=$mr1, false) => edge_tile::<$isa, $mr1, $nv>(self, kc, a, b, alpha, beta, c),
+                        (_, false) => edge_tile::<$isa, $mr2, $nv>(self, kc, a, b, alpha, beta, c),
+                        (..=$mr1, true) => edge_tile::<$isa, $mr1, 1>(self, kc, a, b, alpha, beta, c),
+                        (..=$mr2, true) => edge_tile::<$isa, $mr2, 1>(self, kc, a, b, alpha, beta, c),
+                        (_, true) => edge_tile::<$isa, $mr, 1>(self, kc, a, b, alpha, beta, c),
+                    }
+                }
             }
             #[inline(always)]
             fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -140,7 +178,7 @@ simd_gemm_kernel!(
     /// 2–5 % slower); MC = 144 makes the A block 216 KiB, inside even Zen 3's
     /// 512 KiB L2; NC = 4080 keeps the B block near 6 MiB of L3.
     #[cfg(target_arch = "x86_64")]
-    V3, mr: 6, nv: 2, mc: 144, kc: 384, nc: 4080,
+    V3, mr: 6, nv: 2, edge_mr: [2, 4], mc: 144, kc: 384, nc: 4080,
     // SAFETY: a `V3` value exists only after detection found AVX2 + FMA.
     enter: |f| unsafe { V3::vectorize(f) }
 );
@@ -152,7 +190,7 @@ simd_gemm_kernel!(
     /// traffic per pass outweighs L1 misses that L2 serves well); MC = 192
     /// gives a 288 KiB A block in a 1 MiB L2.
     #[cfg(target_arch = "x86_64")]
-    V4, mr: 12, nv: 2, mc: 192, kc: 384, nc: 4096,
+    V4, mr: 12, nv: 2, edge_mr: [4, 8], mc: 192, kc: 384, nc: 4096,
     // SAFETY: a `V4` value exists only after detection found AVX-512F.
     enter: |f| unsafe { V4::vectorize(f) }
 );
@@ -162,14 +200,14 @@ simd_gemm_kernel!(
 simd_gemm_kernel!(
     /// 8 emulated lanes, blocked as [`V3`].
     #[cfg(test)]
-    Emulated<8>, mr: 6, nv: 2, mc: 144, kc: 384, nc: 4080,
+    Emulated<8>, mr: 6, nv: 2, edge_mr: [2, 4], mc: 144, kc: 384, nc: 4080,
     enter: |f| f(Emulated::<8>)
 );
 
 simd_gemm_kernel!(
     /// 16 emulated lanes, blocked as [`V4`].
     #[cfg(test)]
-    Emulated<16>, mr: 12, nv: 2, mc: 192, kc: 384, nc: 4096,
+    Emulated<16>, mr: 12, nv: 2, edge_mr: [4, 8], mc: 192, kc: 384, nc: 4096,
     enter: |f| f(Emulated::<16>)
 );
 
@@ -188,10 +226,15 @@ impl GemmKernel for ScalarKernel {
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
         f(self)
     }
-    unsafe fn tile(self, kc: usize, a: APanel, b: &[f32], alpha: f32, beta: f32, c: Tile) {
+    unsafe fn tile(self, kc: usize, a: APanel, b: BPanel, alpha: f32, beta: f32, c: Tile) {
         let mut acc = [0.0f32; 16];
-        let a_data = a.extent(4, kc);
-        for (p, bp) in b.chunks_exact(4).take(kc).enumerate() {
+        if kc == 0 {
+            // SAFETY: forwarded contract.
+            return unsafe { write_tile(&acc, 4, alpha, beta, c) };
+        }
+        let (a_data, b_data) = (a.extent(4, kc), b.extent(4, kc));
+        for p in 0..kc {
+            let bp = &b_data[p * b.rs..][..4];
             for (i, acc_row) in acc.chunks_exact_mut(4).enumerate() {
                 let ai = a_data[i * a.rs + p * a.cs];
                 for (acc, &bj) in acc_row.iter_mut().zip(bp) {
@@ -216,17 +259,36 @@ impl GemmKernel for ScalarKernel {
     }
 }
 
+/// [`simd_tile`] for an edge of C, in a function of its own (entering the
+/// instruction set again).
+///
+/// # Safety
+/// As [`simd_tile`].
+#[inline(never)]
+unsafe fn edge_tile<S: Simd + GemmKernel, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a: APanel,
+    b: BPanel,
+    alpha: f32,
+    beta: f32,
+    c: Tile,
+) {
+    // SAFETY: forwarded contract.
+    s.enter(|s| unsafe { simd_tile::<S, MR, NV>(s, kc, a, b, alpha, beta, c) })
+}
+
 /// The SIMD microkernel: `MR × NV` vector accumulators, one rank-1 update
 /// per step of k.
 ///
 /// # Safety
-/// As [`GemmKernel::tile`].
+/// As [`GemmKernel::tile`], with `c.rows <= MR` and `c.cols <= NV · LANES`.
 #[inline(always)]
 unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     kc: usize,
     a: APanel,
-    b: &[f32],
+    b: BPanel,
     alpha: f32,
     beta: f32,
     c: Tile,
@@ -238,71 +300,100 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
         prefetch(c.ptr.wrapping_add(i * c.ldc + c.cols - 1));
     }
     let mut acc = [[s.splat(0.0); NV]; MR];
-    let b = &b[..kc * nr];
-    if a.rs == 1 && a.cs == MR {
-        // Packed A. Eight steps of k per iteration, so that loop control is
-        // a small share of the instructions issued (4 made LLVM spill an
+    if a.rs == 1 && a.cs == MR && b.rs == nr {
+        // Both packed. Eight steps of k per iteration, so that loop control
+        // is a small share of the instructions issued (4 made LLVM spill an
         // accumulator; 8 measured fastest).
         let a = &a.data[..kc * MR];
+        let b = &b.data[..kc * nr];
         let mut a_blocks = a.chunks_exact(8 * MR);
         let mut b_blocks = b.chunks_exact(8 * nr);
         for (a8, b8) in (&mut a_blocks).zip(&mut b_blocks) {
             for u in 0..8 {
                 let ap = &a8[u * MR..][..MR];
-                rank_one_update(s, &mut acc, |i| ap[i], &b8[u * nr..][..nr]);
+                // SAFETY: `ap` holds MR floats, one per row.
+                unsafe { rank_one_update(s, &mut acc, ap, 1, &b8[u * nr..][..nr]) };
             }
         }
         let rest = a_blocks.remainder().chunks_exact(MR);
         for (ap, bp) in rest.zip(b_blocks.remainder().chunks_exact(nr)) {
-            rank_one_update(s, &mut acc, |i| ap[i], bp);
+            // SAFETY: `ap` holds MR floats, one per row.
+            unsafe { rank_one_update(s, &mut acc, ap, 1, bp) };
         }
     } else if kc > 0 {
-        // A in place, with its own strides.
-        let a_data = a.extent(MR, kc);
-        for (p, bp) in b.chunks_exact(nr).enumerate() {
-            // SAFETY: i < MR and p < kc, so the index is at most
-            // (MR - 1)·rs + (kc - 1)·cs, the last element of `a_data`.
-            let a_at = |i: usize| unsafe { *a_data.get_unchecked(i * a.rs + p * a.cs) };
-            rank_one_update(s, &mut acc, a_at, bp);
+        // A or B in place (or a shorter tile over a packed panel), with
+        // their own strides.
+        let (a_data, b_data) = (a.extent(MR, kc), b.extent(nr, kc));
+        for p in 0..kc {
+            // SAFETY: p < kc, so A's column `p` starts inside `a_data` and
+            // its row MR - 1 is at most (MR - 1)·rs + (kc - 1)·cs, the last
+            // element; B's row `p` ends at most at (kc - 1)·rs + nr, the
+            // length of `b_data`.
+            unsafe {
+                let ap = a_data.get_unchecked(p * a.cs..);
+                let bp = b_data.get_unchecked(p * b.rs..p * b.rs + nr);
+                rank_one_update(s, &mut acc, ap, a.rs, bp);
+            }
         }
     }
 
-    let alpha_v = s.splat(alpha);
     if c.rows == MR && c.cols == nr {
-        let beta_v = s.splat(beta);
         for (i, acc_row) in acc.iter().enumerate() {
             // SAFETY: row `i < rows` of the tile, `nr == cols` floats long,
             // lies in the block the caller handed over.
             let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), nr) };
             for (dst, &acc) in row.chunks_exact_mut(S::LANES).zip(acc_row) {
-                let out = if beta == 0.0 {
-                    s.mul(acc, alpha_v)
-                } else {
-                    s.mul_add(acc, alpha_v, s.mul(s.load(dst), beta_v))
-                };
-                s.store(dst, out);
+                write_vector(s, dst, acc, alpha, beta);
             }
         }
     } else {
-        // An edge tile: spill the accumulators and copy the valid corner.
+        // An edge tile: spill the accumulators (indexing them at run time
+        // would keep them in memory during the loop above), then write the
+        // valid corner, masking the last vector of each row.
         let mut flat = [0.0f32; MAX_TILE];
         for (dst_row, acc_row) in flat.chunks_exact_mut(nr).zip(&acc) {
             for (dst, &acc) in dst_row.chunks_exact_mut(S::LANES).zip(acc_row) {
                 s.store(dst, acc);
             }
         }
-        // SAFETY: forwarded contract.
-        unsafe { write_tile(&flat, nr, alpha, beta, c) }
+        for (i, acc_row) in flat.chunks_exact(nr).take(c.rows).enumerate() {
+            // SAFETY: as above, for a row `cols` floats long.
+            let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), c.cols) };
+            for piece in pieces(c.cols, S::LANES) {
+                let acc = s.load(&acc_row[piece.start..]);
+                write_vector(s, &mut row[piece], acc, alpha, beta);
+            }
+        }
     }
 }
 
-/// `acc += a ⊗ b` for one step of k, with `a(i)` the A value of row `i`:
-/// `NV` loads of B, `MR` broadcasts of A.
+/// `dst = alpha · acc + beta · dst` for one vector of C (`dst` at most
+/// `LANES` long), not reading `dst` when `beta == 0`.
+///
+/// A function rather than a closure: called from several places, a closure
+/// may stay out of line, compiled without the instruction set.
 #[inline(always)]
-fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
+fn write_vector<S: Simd>(s: S, dst: &mut [f32], acc: S::V, alpha: f32, beta: f32) {
+    let out = if beta == 0.0 {
+        s.mul(acc, s.splat(alpha))
+    } else {
+        let c = s.mul(s.load_piece(dst, 0.0), s.splat(beta));
+        s.mul_add(acc, s.splat(alpha), c)
+    };
+    s.store_piece(dst, out);
+}
+
+/// `acc += a ⊗ b` for one step of k, where row `i`'s value of A is
+/// `a[i·rs]`: `NV` loads of B, `MR` broadcasts of A.
+///
+/// # Safety
+/// `(MR - 1)·rs < a.len()`.
+#[inline(always)]
+unsafe fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     acc: &mut [[S::V; NV]; MR],
-    a: impl Fn(usize) -> f32,
+    a: &[f32],
+    rs: usize,
     b: &[f32],
 ) {
     let mut bv = [s.splat(0.0); NV];
@@ -310,7 +401,8 @@ fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
         *bv = s.load(&b[v * S::LANES..]);
     }
     for (i, acc_row) in acc.iter_mut().enumerate() {
-        let av = s.splat(a(i));
+        // SAFETY: i < MR, and the caller guarantees the index is in bounds.
+        let av = s.splat(unsafe { *a.get_unchecked(i * rs) });
         for (acc, &bv) in acc_row.iter_mut().zip(&bv) {
             *acc = s.mul_add(av, bv, *acc);
         }
