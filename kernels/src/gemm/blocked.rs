@@ -69,12 +69,15 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     );
     let m_blocks = m.div_ceil(K::MC);
     // A small A is read in place: it stays in cache anyway, and packing it
-    // would cost as much as a small product. Only a last, partial panel is
-    // packed (zero-padded to MR rows).
+    // would cost as much as a small product. Only a last, partial panel may
+    // be packed (zero-padded to MR rows).
     let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS;
+    // A direct A's last panel is read in place too where the register tile
+    // that covers it reads no row past m.
+    let a_in_place = |i: usize| direct_a && i + K::covering_rows(K::MR.min(m - i)) <= m;
     let a_to_pack = if !direct_a {
         0..a_panels
-    } else if m % K::MR != 0 {
+    } else if !a_in_place((a_panels - 1) * K::MR) {
         a_panels - 1..a_panels
     } else {
         0..0
@@ -185,7 +188,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                                 }
                             };
                             for i in rows.clone().step_by(K::MR) {
-                                let a_panel = if direct_a && i + K::MR <= m {
+                                let a_panel = if a_in_place(i) {
                                     APanel {
                                         data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
                                         rs: p.a.rs,

@@ -17,9 +17,6 @@ use crate::simd::{fold2, pieces, update2, Simd};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{V3, V4};
 
-/// The largest `MR · NR` of any kernel: the size of the edge-tile buffer.
-const MAX_TILE: usize = 12 * 32;
-
 /// One instruction set's GEMM microkernel and blocking.
 pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// Rows of a register tile (rows of a packed A panel).
@@ -32,6 +29,13 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     const KC: usize;
     /// Columns of C per L3-resident block of packed B (a multiple of `NR`).
     const NC: usize;
+
+    /// Rows of A the tile reads for an edge of `rows <= MR` rows of C (the
+    /// height of the register tile that covers it).
+    fn covering_rows(rows: usize) -> usize {
+        let _ = rows;
+        Self::MR
+    }
 
     /// Runs `f` with this instruction set enabled, so that code it inlines
     /// compiles to it (pieces run by an executor start outside that context).
@@ -128,6 +132,14 @@ macro_rules! simd_gemm_kernel {
             const KC: usize = $kc;
             const NC: usize = $nc;
 
+            #[inline(always)]
+            fn covering_rows(rows: usize) -> usize {
+                match rows {
+                    ..=$mr1 => $mr1,
+                    ..=$mr2 => $mr2,
+                    _ => $mr,
+                }
+            }
             #[inline(always)]
             fn enter<R>(self, $f: impl FnOnce(Self) -> R) -> R {
                 $enter
@@ -347,20 +359,14 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     } else {
-        // An edge tile: spill the accumulators (indexing them at run time
-        // would keep them in memory during the loop above), then write the
-        // valid corner, masking the last vector of each row.
-        let mut flat = [0.0f32; MAX_TILE];
-        for (dst_row, acc_row) in flat.chunks_exact_mut(nr).zip(&acc) {
-            for (dst, &acc) in dst_row.chunks_exact_mut(S::LANES).zip(acc_row) {
-                s.store(dst, acc);
-            }
-        }
-        for (i, acc_row) in flat.chunks_exact(nr).take(c.rows).enumerate() {
+        // An edge tile: a copy of the accumulators to index at run time
+        // (indexing them would keep them in memory during the loop above),
+        // then the valid corner, the last vector of each row masked.
+        let spilled = acc;
+        for (i, acc_row) in spilled.iter().enumerate().take(c.rows) {
             // SAFETY: as above, for a row `cols` floats long.
             let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), c.cols) };
-            for piece in pieces(c.cols, S::LANES) {
-                let acc = s.load(&acc_row[piece.start..]);
+            for (piece, &acc) in pieces(c.cols, S::LANES).zip(acc_row) {
                 write_vector(s, &mut row[piece], acc, alpha, beta);
             }
         }

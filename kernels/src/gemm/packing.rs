@@ -87,6 +87,10 @@ fn pack_panels(
             for (x, line) in line.iter_mut().enumerate().take(lines) {
                 *line = &src.data[(x0 + x) * src.across + depth.start * src.along..][..kc];
             }
+            if lines < width {
+                // Padding lines: zero the panel once rather than per step.
+                panel.fill(0.0);
+            }
             for (p, dst) in panel.chunks_exact_mut(width).enumerate() {
                 // Every line holds `kc` floats and `p < kc` (the panel holds
                 // `kc` steps of `width`): the indexing below is in bounds.
@@ -100,7 +104,6 @@ fn pack_panels(
                     for (d, line) in dst.iter_mut().zip(&line[..lines]) {
                         *d = line[p];
                     }
-                    dst[lines..].fill(0.0);
                 }
             }
         }
