@@ -282,6 +282,7 @@ fn bench_gemm(c: &mut Criterion) {
 }
 
 fn main() {
+    benches::report::start_run();
     let mut c = Criterion::default().configure_from_args();
     bench_peak(&mut c);
     bench_gemm(&mut c);

@@ -3,6 +3,8 @@
 //! are printed rather than computed by hand.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use kernels::Backend;
 
@@ -22,13 +24,26 @@ fn criterion_dir() -> Option<PathBuf> {
     Some(exe.ancestors().nth(3)?.join("criterion"))
 }
 
+/// When this run started: estimates older than that are from another run
+/// (another filter or backend set) and are left out.
+static RUN_START: OnceLock<SystemTime> = OnceLock::new();
+
+/// Marks the start of the run; call it before benchmarking.
+pub fn start_run() {
+    RUN_START.get_or_init(SystemTime::now);
+}
+
 /// The median time in nanoseconds criterion measured for `group`/`id` in
-/// its latest run, if there is one.
+/// this run, if it did.
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let path = criterion_dir()?
         .join(group.replace('/', "_"))
         .join(id)
         .join("new/estimates.json");
+    let written = std::fs::metadata(&path).ok()?.modified().ok()?;
+    if written < *RUN_START.get()? {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
@@ -62,9 +77,9 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
         fmt(peak512)
     );
     println!(
-        "| shape | avx2 GFLOP/s | % peak | avx512 GFLOP/s | % peak | matrixmultiply | openblas | avx2 / mm | avx2 / openblas | avx512 / openblas |"
+        "| shape | avx2 GFLOP/s | % peak | avx512 GFLOP/s | % peak | matrixmultiply | openblas | avx2 / mm | avx512 / mm | avx2 / openblas | avx512 / openblas |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, flops) in shapes {
         let group = format!("gemm/{name}");
         let gflops = |id: &str| median_ns(&group, id).map(|ns| flops as f64 / ns);
@@ -74,7 +89,7 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
             continue;
         }
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt(ours2),
             pct(ours2, peak2),
             fmt(ours512),
@@ -82,6 +97,7 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
             fmt(mm),
             fmt(blas),
             ratio(ours2, mm),
+            ratio(ours512, mm),
             ratio(ours2, blas),
             ratio(ours512, blas),
         );

@@ -2,9 +2,10 @@
 //! and values of every position seen, so a new token costs one pass over
 //! the weights instead of a pass over the whole context.
 
-use kernels::{MatMut, MatRef, ValidLen};
+use kernels::{Kernels, MatMut, MatRef, ValidLen};
 
-use super::layers::check_tokens;
+use super::layers::{check_tokens, gemm_local};
+use super::tensors::Arena;
 use super::{Gpt, LAYER_NORM_EPS};
 use crate::error::Error;
 
@@ -12,8 +13,8 @@ use crate::error::Error;
 /// the buffers of one decoding pass (sized for a whole block, so that no
 /// pass allocates).
 pub struct KvCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Arena,
+    values: Arena,
     len: usize,
     block_size: usize,
     x: Vec<f32>,
@@ -23,6 +24,9 @@ pub struct KvCache {
     qkv: Vec<f32>,
     atty: Vec<f32>,
     scores: Vec<f32>,
+    /// One row of scores per head, for decoding the heads of one token in
+    /// parallel.
+    head_scores: Vec<f32>,
     proj: Vec<f32>,
     fch: Vec<f32>,
     fch_gelu: Vec<f32>,
@@ -62,8 +66,8 @@ impl Gpt {
         let cfg = self.config;
         let (l, t, c, v) = (cfg.layers, cfg.block_size, cfg.channels, cfg.vocab_size);
         KvCache {
-            keys: vec![0.0; l * t * c],
-            values: vec![0.0; l * t * c],
+            keys: Arena::zeros(l * t * c),
+            values: Arena::zeros(l * t * c),
             len: 0,
             block_size: t,
             x: vec![0.0; t * c],
@@ -73,6 +77,7 @@ impl Gpt {
             qkv: vec![0.0; t * 3 * c],
             atty: vec![0.0; t * c],
             scores: vec![0.0; t * t],
+            head_scores: vec![0.0; cfg.heads * t],
             proj: vec![0.0; t * c],
             fch: vec![0.0; t * 4 * c],
             fch_gelu: vec![0.0; t * 4 * c],
@@ -155,15 +160,38 @@ impl Gpt {
                     keys[(p0 + i) * c..][..c].copy_from_slice(&row[c..2 * c]);
                     values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
                 }
-                for h in 0..nh {
-                    let q = MatRef::strided(&qkv[h * hs..], m, hs, 3 * c)?;
-                    let keys_h = MatRef::strided(&keys[h * hs..], len, hs, c)?;
-                    let values_h = MatRef::strided(&values[h * hs..], len, hs, c)?;
-                    let scores = &mut cache.scores[..m * len];
-                    compute.gemm(scale, q, keys_h.t(), 0.0, MatMut::new(scores, m, len)?)?;
-                    k.softmax_rows(scores, len, ValidLen::Causal { offset: p0 })?;
-                    let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
-                    compute.gemm(1.0, MatRef::new(scores, m, len)?, values_h, 0.0, out)?;
+                let (keys, values, qkv) = (&*keys, &*values, &*qkv);
+                let head = Head {
+                    qkv,
+                    keys,
+                    values,
+                    m,
+                    len,
+                    p0,
+                    hs,
+                    c,
+                    scale,
+                };
+                if m == 1 {
+                    // One token: heads in parallel, each writing its own
+                    // `hs` floats of the output row.
+                    let scores = &mut cache.head_scores[..nh * len];
+                    compute.threads.try_for_each_chunk2(
+                        (atty, hs),
+                        (scores, len),
+                        |h, out, scores| {
+                            let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| gemm_local(&k, alpha, a, b, 0.0, c);
+                            head.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
+                        },
+                    )?;
+                } else {
+                    for h in 0..nh {
+                        let scores = &mut cache.scores[..m * len];
+                        let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
+                        // Prompts: each product is large enough to split.
+                        let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| compute.gemm(alpha, a, b, 0.0, c);
+                        head.attend(&k, h, scores, out, gemm)?;
+                    }
                 }
                 compute.matmul_forward(
                     proj,
@@ -221,5 +249,41 @@ impl Gpt {
             cache.len = len;
             Ok(&cache.logits[..])
         })
+    }
+}
+
+/// What attention over the cache needs for one layer: the new positions'
+/// queries (`m` rows of `qkv`) and every cached key and value.
+struct Head<'a> {
+    qkv: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    m: usize,
+    len: usize,
+    p0: usize,
+    hs: usize,
+    c: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Causal attention of head `h` for the new positions into `out`
+    /// (`m × hs`), with `scores` (`m · len` floats) as scratch; `gemm(alpha,
+    /// a, b, c)` computes `c = alpha · a · b`.
+    fn attend(
+        &self,
+        k: &Kernels,
+        h: usize,
+        scores: &mut [f32],
+        out: MatMut,
+        mut gemm: impl FnMut(f32, MatRef, MatRef, MatMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (m, len, hs, c) = (self.m, self.len, self.hs, self.c);
+        let q = MatRef::strided(&self.qkv[h * hs..], m, hs, 3 * c)?;
+        let keys = MatRef::strided(&self.keys[h * hs..], len, hs, c)?;
+        let values = MatRef::strided(&self.values[h * hs..], len, hs, c)?;
+        gemm(self.scale, q, keys.t(), MatMut::new(scores, m, len)?)?;
+        k.softmax_rows(scores, len, ValidLen::Causal { offset: self.p0 })?;
+        gemm(1.0, MatRef::new(scores, m, len)?, values, out)
     }
 }

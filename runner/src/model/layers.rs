@@ -51,7 +51,7 @@ thread_local! {
 
 /// `C = alpha · op(A) · op(B) + beta · C` on this thread, with its
 /// workspace.
-fn gemm_local(
+pub(super) fn gemm_local(
     k: &Kernels,
     alpha: f32,
     a: MatRef,

@@ -15,6 +15,7 @@ use crate::threads::Threads;
 pub use decode::KvCache;
 pub use layers::check_tokens;
 pub use layers::Profile;
+pub use tensors::Arena;
 use layers::{encoder_backward, encoder_forward, Compute};
 pub use tensors::{decays, Activations, Params, Scratch};
 
@@ -26,9 +27,9 @@ pub struct Gpt {
     pub config: ModelConfig,
     sizes: Params<usize>,
     /// All parameters, in the order of [`Params`].
-    pub params: Vec<f32>,
+    pub params: Arena,
     /// Gradients, laid out as `params`.
-    pub grads: Vec<f32>,
+    pub grads: Arena,
     compute: Compute,
     batch: Option<Batch>,
 }
@@ -38,9 +39,9 @@ struct Batch {
     b: usize,
     t: usize,
     act_sizes: Activations<usize>,
-    acts: Vec<f32>,
+    acts: Arena,
     scratch_sizes: Scratch<usize>,
-    scratch: Vec<f32>,
+    scratch: Arena,
     tokens: Vec<u32>,
 }
 
@@ -85,8 +86,8 @@ impl Gpt {
         Ok(Gpt {
             config,
             sizes,
-            grads: vec![0.0; params.len()],
-            params,
+            grads: Arena::zeros(params.len()),
+            params: Arena::from_slice(&params),
             compute: Compute::new(kernels),
             batch: None,
         })
@@ -464,26 +465,19 @@ fn batch_for<'a>(
     let batch = batch.get_or_insert_with(|| Batch {
         b: 0,
         t: 0,
-        acts: Vec::new(),
+        acts: Arena::zeros(0),
         act_sizes: Activations::default(),
-        scratch: Vec::new(),
+        scratch: Arena::zeros(0),
         scratch_sizes: Scratch::default(),
         tokens: Vec::new(),
     });
     if (batch.b, batch.t) != (b, t) {
         batch.act_sizes = Activations::sizes(cfg, b, t);
         batch.scratch_sizes = Scratch::sizes(cfg, b, t);
-        grow(&mut batch.acts, batch.act_sizes.total());
-        grow(&mut batch.scratch, batch.scratch_sizes.total());
+        batch.acts.grow(batch.act_sizes.total());
+        batch.scratch.grow(batch.scratch_sizes.total());
         batch.tokens.resize(b * t, 0);
         (batch.b, batch.t) = (b, t);
     }
     batch
-}
-
-/// Makes `buffer` at least `len` long (never shorter).
-fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
 }
