@@ -86,6 +86,34 @@ fn cached_logits_equal_a_full_recompute_at_every_position() {
 }
 
 #[test]
+fn cached_logits_do_not_depend_on_the_thread_count() {
+    // Decoding splits products along k and runs heads in parallel; every
+    // split depends on the shape alone, so the logits are bit-identical.
+    let t = 32;
+    let context: Vec<u32> = (0..t as u32).map(|i| (i * 53 + 3) % 256).collect();
+    let mut per_threads = Vec::new();
+    for threads in [1, 2, 3] {
+        let mut model = model(t);
+        model.set_threads(Threads::new(Some(threads)).unwrap());
+        let mut cache = model.new_cache();
+        let mut logits = model
+            .forward_cached(&mut cache, &context[..5])
+            .unwrap()
+            .to_vec();
+        for n in 6..=t {
+            logits.extend(
+                model
+                    .forward_cached(&mut cache, &context[n - 1..n])
+                    .unwrap(),
+            );
+        }
+        per_threads.push(logits);
+    }
+    assert_eq!(per_threads[0], per_threads[1], "1 vs 2 threads");
+    assert_eq!(per_threads[0], per_threads[2], "1 vs 3 threads");
+}
+
+#[test]
 fn greedy_is_deterministic_and_equals_top_k_1() {
     let mut model = model(32);
     let mut cache = model.new_cache();

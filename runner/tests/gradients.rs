@@ -155,7 +155,7 @@ fn gradients_accumulate_over_micro_batches() {
     model.forward(&tokens, b, t).unwrap();
     model.loss(&targets, Some(1.0)).unwrap();
     model.backward().unwrap();
-    let once = model.grads.clone();
+    let once = model.grads.to_vec();
     model.forward(&tokens, b, t).unwrap();
     model.loss(&targets, Some(1.0)).unwrap();
     model.backward().unwrap();

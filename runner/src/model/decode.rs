@@ -180,7 +180,9 @@ impl Gpt {
                         (atty, hs),
                         (scores, len),
                         |h, out, scores| {
-                            let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| gemm_local(&k, alpha, a, b, 0.0, c);
+                            let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
+                                gemm_local(&k, alpha, a, b, 0.0, c)
+                            };
                             head.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
                         },
                     )?;
@@ -189,7 +191,9 @@ impl Gpt {
                         let scores = &mut cache.scores[..m * len];
                         let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
                         // Prompts: each product is large enough to split.
-                        let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| compute.gemm(alpha, a, b, 0.0, c);
+                        let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
+                            compute.gemm(alpha, a, b, 0.0, c)
+                        };
                         head.attend(&k, h, scores, out, gemm)?;
                     }
                 }

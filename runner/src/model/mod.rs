@@ -15,8 +15,8 @@ use crate::threads::Threads;
 pub use decode::KvCache;
 pub use layers::check_tokens;
 pub use layers::Profile;
-pub use tensors::Arena;
 use layers::{encoder_backward, encoder_forward, Compute};
+pub use tensors::Arena;
 pub use tensors::{decays, Activations, Params, Scratch};
 
 /// LayerNorm epsilon, as GPT-2.

@@ -328,3 +328,24 @@ impl Scratch<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Arena;
+
+    #[test]
+    fn an_arena_starts_on_a_cache_line_and_keeps_its_floats_when_grown() {
+        for len in [0, 1, 15, 16, 17, 1000] {
+            let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let mut arena = Arena::from_slice(&data);
+            assert_eq!(arena.as_ptr() as usize % 64, 0);
+            assert_eq!(&arena[..], &data[..]);
+            arena.grow(len + 5);
+            assert_eq!(arena.len(), len + 5);
+            assert_eq!(&arena[..len], &data[..]);
+            assert!(arena[len..].iter().all(|&x| x == 0.0));
+            arena.grow(1);
+            assert_eq!(arena.len(), len + 5, "an arena never shrinks");
+        }
+    }
+}
