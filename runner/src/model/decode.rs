@@ -9,11 +9,15 @@ use super::tensors::Arena;
 use super::{Gpt, LAYER_NORM_EPS};
 use crate::error::Error;
 
-/// Keys and values of the positions decoded so far, `[L, T, C]` each, plus
-/// the buffers of one decoding pass (sized for a whole block, so that no
-/// pass allocates).
+/// Keys and values of the positions decoded so far, plus the buffers of one
+/// decoding pass (sized for a whole block, so that no pass allocates).
+///
+/// Keys are stored transposed, `[L, C, T]` (a head's keys are `hs` rows of
+/// positions), so that a token's scores `q · Kᵀ` are a sum of rows of the
+/// cache rather than one short dot product per position; values are
+/// `[L, T, C]`.
 pub struct KvCache {
-    keys: Arena,
+    keys_t: Arena,
     values: Arena,
     len: usize,
     block_size: usize,
@@ -56,7 +60,7 @@ impl KvCache {
 
     /// Bytes held by the keys and values.
     pub fn cache_bytes(&self) -> usize {
-        4 * (self.keys.len() + self.values.len())
+        4 * (self.keys_t.len() + self.values.len())
     }
 }
 
@@ -66,7 +70,7 @@ impl Gpt {
         let cfg = self.config;
         let (l, t, c, v) = (cfg.layers, cfg.block_size, cfg.channels, cfg.vocab_size);
         KvCache {
-            keys: Arena::zeros(l * t * c),
+            keys_t: Arena::zeros(l * c * t),
             values: Arena::zeros(l * t * c),
             len: 0,
             block_size: t,
@@ -152,18 +156,21 @@ impl Gpt {
                     c,
                     3 * c,
                 )?;
-                let (keys, values) = (
-                    &mut cache.keys[at(t_max * c)],
+                let (keys_t, values) = (
+                    &mut cache.keys_t[at(c * t_max)],
                     &mut cache.values[at(t_max * c)],
                 );
                 for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
-                    keys[(p0 + i) * c..][..c].copy_from_slice(&row[c..2 * c]);
+                    for (d, &key) in row[c..2 * c].iter().enumerate() {
+                        keys_t[d * t_max + p0 + i] = key;
+                    }
                     values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
                 }
-                let (keys, values, qkv) = (&*keys, &*values, &*qkv);
+                let (keys_t, values, qkv) = (&*keys_t, &*values, &*qkv);
                 let head = Head {
                     qkv,
-                    keys,
+                    keys_t,
+                    t_max,
                     values,
                     m,
                     len,
@@ -260,7 +267,9 @@ impl Gpt {
 /// queries (`m` rows of `qkv`) and every cached key and value.
 struct Head<'a> {
     qkv: &'a [f32],
-    keys: &'a [f32],
+    /// `[C, T]`: row `d` holds feature `d` of every position's key.
+    keys_t: &'a [f32],
+    t_max: usize,
     values: &'a [f32],
     m: usize,
     len: usize,
@@ -284,9 +293,9 @@ impl Head<'_> {
     ) -> Result<(), Error> {
         let (m, len, hs, c) = (self.m, self.len, self.hs, self.c);
         let q = MatRef::strided(&self.qkv[h * hs..], m, hs, 3 * c)?;
-        let keys = MatRef::strided(&self.keys[h * hs..], len, hs, c)?;
+        let keys_t = MatRef::strided(&self.keys_t[h * hs * self.t_max..], hs, len, self.t_max)?;
         let values = MatRef::strided(&self.values[h * hs..], len, hs, c)?;
-        gemm(self.scale, q, keys.t(), MatMut::new(scores, m, len)?)?;
+        gemm(self.scale, q, keys_t, MatMut::new(scores, m, len)?)?;
         k.softmax_rows(scores, len, ValidLen::Causal { offset: self.p0 })?;
         gemm(1.0, MatRef::new(scores, m, len)?, values, out)
     }
