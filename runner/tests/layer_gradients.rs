@@ -245,13 +245,25 @@ fn attention_backward_matches_finite_differences() {
             let mut inputs = vec![normal(&mut rng, b * t * 3 * c, 1.0)];
             let g = normal(&mut rng, b * t * c, 1.0);
             let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t * t]);
+            let mut per_head = vec![f32::NAN; b * t * 3 * c];
             compute
-                .attention_forward(&mut out, &mut att, &inputs[0], b, t, c, nh)
+                .attention_forward(&mut out, &mut att, &mut per_head, &inputs[0], b, t, c, nh)
                 .unwrap();
             let mut dqkv = vec![f32::NAN; b * t * 3 * c];
-            let mut datt = vec![f32::NAN; b * t * t];
+            let mut datt = vec![f32::NAN; b * nh * t * t];
             compute
-                .attention_backward(&mut dqkv, &mut datt, &g, &inputs[0], &att, b, t, c, nh)
+                .attention_backward(
+                    &mut dqkv,
+                    &mut datt,
+                    &mut per_head,
+                    &g,
+                    &inputs[0],
+                    &att,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
                 .unwrap();
             check_gradients(
                 &format!("{} attention b{b} t{t} c{c} nh{nh}", k.backend()),
@@ -261,8 +273,9 @@ fn attention_backward_matches_finite_differences() {
                 &mut |x| {
                     let mut out = vec![f32::NAN; b * t * c];
                     let mut att = vec![f32::NAN; b * nh * t * t];
+                    let mut per_head = vec![f32::NAN; b * t * c];
                     compute
-                        .attention_forward(&mut out, &mut att, &x[0], b, t, c, nh)
+                        .attention_forward(&mut out, &mut att, &mut per_head, &x[0], b, t, c, nh)
                         .unwrap();
                     weighted_sum(&out, &g)
                 },
@@ -577,13 +590,26 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         // attention its scratch).
         let qkv = normal(&mut rng, bt * 3 * c, 1.0);
         let (mut atty, mut att) = (vec![0.0; bt * c], vec![0.0; b * nh * t * t]);
+        let mut per_head = vec![0.0; bt * 3 * c];
         compute
-            .attention_forward(&mut atty, &mut att, &qkv, b, t, c, nh)
+            .attention_forward(&mut atty, &mut att, &mut per_head, &qkv, b, t, c, nh)
             .unwrap();
         let mut attention = |fill: f32| {
-            let (mut dqkv, mut datt) = (vec![fill; bt * 3 * c], vec![fill; b * t * t]);
+            let (mut dqkv, mut datt) = (vec![fill; bt * 3 * c], vec![fill; b * nh * t * t]);
+            let mut per_head = vec![fill; bt * 3 * c];
             compute
-                .attention_backward(&mut dqkv, &mut datt, &g, &qkv, &att, b, t, c, nh)
+                .attention_backward(
+                    &mut dqkv,
+                    &mut datt,
+                    &mut per_head,
+                    &g,
+                    &qkv,
+                    &att,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
                 .unwrap();
             dqkv
         };

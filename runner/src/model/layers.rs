@@ -356,12 +356,14 @@ impl Compute {
     /// Causal multi-head self-attention. `qkv[b, t, 3c]` holds each token's
     /// query, key and value (heads side by side within each); writes the
     /// probabilities `att[b, nh, t, t]` and the output `out[b, t, c]`.
-    /// Sequences run in parallel, heads one after another within each.
+    /// Every (sequence, head) is a piece of its own, computed into
+    /// `per_head` (`b·t·c` floats at least) and then interleaved into rows.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_forward(
         &mut self,
         out: &mut [f32],
         att: &mut [f32],
+        per_head: &mut [f32],
         qkv: &[f32],
         b: usize,
         t: usize,
@@ -372,32 +374,37 @@ impl Compute {
         let start = Instant::now();
         let (kern, hs) = (self.kernels, c / nh);
         let scale = 1.0 / (hs as f32).sqrt();
-        let result = self.threads.try_for_each_chunk2(
-            (out, t * c),
-            (att, nh * t * t),
-            |bi, out_b, att_b| {
-                let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-                for (h, att_h) in att_b.chunks_exact_mut(t * t).enumerate() {
-                    let (q, k, v) = head_views(qkv_b, h, t, c, hs)?;
-                    gemm_local(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
-                    kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
-                    let y = MatMut::strided(&mut out_b[h * hs..], t, hs, c)?;
-                    gemm_local(&kern, 1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)?;
-                }
-                Ok(())
-            },
-        );
+        let per_head = &mut per_head[..b * t * c];
+        let result = self
+            .threads
+            .try_for_each_chunk2((att, t * t), (per_head, t * hs), |piece, att_h, y| {
+                let (bi, h) = (piece / nh, piece % nh);
+                let (q, k, v) = head_views(&qkv[bi * t * 3 * c..][..t * 3 * c], h, t, c, hs)?;
+                gemm_local(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+                kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
+                let y = MatMut::new(y, t, hs)?;
+                gemm_local(&kern, 1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)
+            })
+            .and_then(|()| {
+                let per_head = &*per_head;
+                self.threads.try_for_each_chunk(out, t * c, |bi, out_b| {
+                    interleave_heads(&per_head[bi * t * c..][..t * c], out_b, (t, hs, nh), 1);
+                    Ok(())
+                })
+            });
         self.profile.attention += start.elapsed();
         result
     }
 
     /// Backward of [`Compute::attention_forward`]: writes `dqkv[b, t, 3c]`
-    /// (overwritten) from `dout[b, t, c]`; `datt` is `[b, t, t]` scratch.
+    /// (overwritten) from `dout[b, t, c]`; `datt` (`[b, nh, t, t]`) and
+    /// `per_head` (`b·t·3c` floats) are scratch. Pieces as in the forward.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &mut self,
         dqkv: &mut [f32],
         datt: &mut [f32],
+        per_head: &mut [f32],
         dout: &[f32],
         qkv: &[f32],
         att: &[f32],
@@ -410,33 +417,62 @@ impl Compute {
         let start = Instant::now();
         let (kern, hs) = (self.kernels, c / nh);
         let scale = 1.0 / (hs as f32).sqrt();
-        let result = self.threads.try_for_each_chunk2(
-            (dqkv, t * 3 * c),
-            (datt, t * t),
-            |bi, dqkv_b, datt| {
-                let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-                for h in 0..nh {
-                    let (q, k, v) = head_views(qkv_b, h, t, c, hs)?;
+        let per_head = &mut per_head[..b * t * 3 * c];
+        let datt = &mut datt[..b * nh * t * t];
+        let result = self
+            .threads
+            .try_for_each_chunk2(
+                (datt, t * t),
+                (per_head, 3 * t * hs),
+                |piece, datt, dqkv_h| {
+                    let (bi, h) = (piece / nh, piece % nh);
+                    let (q, k, v) = head_views(&qkv[bi * t * 3 * c..][..t * 3 * c], h, t, c, hs)?;
                     let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
-                    let att_h = &att[(bi * nh + h) * t * t..][..t * t];
+                    let att_h = &att[piece * t * t..][..t * t];
                     let probs = MatRef::new(att_h, t, t)?;
+                    let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
+                    let (dk, dv) = dkv.split_at_mut(t * hs);
                     // datt = dy · vᵀ; dv = attᵀ · dy.
                     gemm_local(&kern, 1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
-                    let dv = MatMut::strided(&mut dqkv_b[2 * c + h * hs..], t, hs, 3 * c)?;
-                    gemm_local(&kern, 1.0, probs.t(), dy, 0.0, dv)?;
+                    gemm_local(&kern, 1.0, probs.t(), dy, 0.0, MatMut::new(dv, t, hs)?)?;
                     // Through the softmax to the scaled scores.
                     kern.softmax_backward_rows(att_h, datt, t, ValidLen::Causal { offset: 0 })?;
                     let dscores = MatRef::new(datt, t, t)?;
-                    let dq = MatMut::strided(&mut dqkv_b[h * hs..], t, hs, 3 * c)?;
-                    gemm_local(&kern, scale, dscores, k, 0.0, dq)?;
-                    let dk = MatMut::strided(&mut dqkv_b[c + h * hs..], t, hs, 3 * c)?;
-                    gemm_local(&kern, scale, dscores.t(), q, 0.0, dk)?;
-                }
-                Ok(())
-            },
-        );
+                    gemm_local(&kern, scale, dscores, k, 0.0, MatMut::new(dq, t, hs)?)?;
+                    gemm_local(&kern, scale, dscores.t(), q, 0.0, MatMut::new(dk, t, hs)?)
+                },
+            )
+            .and_then(|()| {
+                let per_head = &*per_head;
+                self.threads
+                    .try_for_each_chunk(dqkv, t * 3 * c, |bi, dqkv_b| {
+                        let per_head = &per_head[bi * t * 3 * c..][..t * 3 * c];
+                        interleave_heads(per_head, dqkv_b, (t, hs, nh), 3);
+                        Ok(())
+                    })
+            });
         self.profile.attention += start.elapsed();
         result
+    }
+}
+
+/// One sequence's per-head results back into rows: `heads` holds, per
+/// head, `parts` blocks of `[t, hs]` (the output; or dq, dk, dv), and row
+/// `r` of `rows` (`parts · nh · hs` floats) gets part `j` of head `h` at
+/// `(j·nh + h)·hs`.
+fn interleave_heads(
+    heads: &[f32],
+    rows: &mut [f32],
+    (t, hs, nh): (usize, usize, usize),
+    parts: usize,
+) {
+    let width = parts * nh * hs;
+    for (head, blocks) in heads.chunks_exact(parts * t * hs).enumerate() {
+        for (j, block) in blocks.chunks_exact(t * hs).enumerate() {
+            for (r, src) in block.chunks_exact(hs).enumerate() {
+                rows[r * width + (j * nh + head) * hs..][..hs].copy_from_slice(src);
+            }
+        }
     }
 }
 

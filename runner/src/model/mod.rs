@@ -174,6 +174,7 @@ impl Gpt {
         let batch = batch_for(batch, &cfg, b, t);
         batch.tokens.copy_from_slice(tokens);
         let a = batch.act_sizes.split_mut(&mut batch.acts);
+        let per_head = batch.scratch_sizes.split_mut(&mut batch.scratch).per_head;
 
         encoder_forward(&k, a.encoded, tokens, p.wte, p.wpe, b, t, c)?;
         for l in 0..cfg.layers {
@@ -206,7 +207,8 @@ impl Gpt {
                 3 * c,
             )?;
             let atty = &mut a.atty[at(bt * c)];
-            compute.attention_forward(atty, &mut a.att[at(b * nh * t * t)], qkv, b, t, c, nh)?;
+            let att = &mut a.att[at(b * nh * t * t)];
+            compute.attention_forward(atty, att, per_head, qkv, b, t, c, nh)?;
             let attproj = &mut a.attproj[at(bt * c)];
             compute.matmul_forward(
                 attproj,
@@ -403,6 +405,7 @@ impl Gpt {
             compute.attention_backward(
                 s.dqkv,
                 s.datt,
+                s.per_head,
                 s.datty,
                 &a.qkv[at(bt * 3 * c)],
                 &a.att[at(b * nh * t * t)],

@@ -302,8 +302,12 @@ named_tensors! {
         dqkv,
         /// `[B, T, C]`
         datty,
-        /// `[B, T, T]` one head's attention gradient, per sequence.
+        /// `[B, NH, T, T]` attention gradients, per sequence and head.
         datt,
+        /// `[B, NH, 3, T, HS]` one head's share of the attention output
+        /// (forward: `[T, HS]`) or of `dqkv` (backward: dq, dk, dv), per
+        /// sequence and head, before it is interleaved into rows.
+        per_head,
         /// `[B, T, 4C]`
         dfch,
         /// `[B, T, 4C]`
@@ -314,7 +318,7 @@ named_tensors! {
 impl Scratch<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Scratch<usize> {
-        let (c, v) = (cfg.channels, cfg.vocab_size);
+        let (c, v, nh) = (cfg.channels, cfg.vocab_size, cfg.heads);
         let bt = b * t;
         Scratch {
             dlogits: bt * v,
@@ -322,7 +326,8 @@ impl Scratch<usize> {
             dln: bt * c,
             dqkv: bt * 3 * c,
             datty: bt * c,
-            datt: b * t * t,
+            datt: b * nh * t * t,
+            per_head: bt * 3 * c,
             dfch: bt * 4 * c,
             dfch_gelu: bt * 4 * c,
         }
