@@ -12,11 +12,15 @@ use crate::Executor;
 /// Floats of padding per packed region, to start it on a 64-byte line.
 const ALIGN_SLACK: usize = 16;
 
-/// The largest A (per pass over k) read in place rather than packed: 256
-/// KiB, half of a Zen 3 L2. Measured: in place is faster up to 256 × 256
-/// (up to 1.3× at 32 × 32), packing is faster from 512 × 512 and on the
-/// trainer's shapes.
-const DIRECT_A_FLOATS: usize = 64 * 1024;
+/// The largest A (per pass over k) read in place rather than packed: 16
+/// MiB. The register tile reads A's rows (or columns) where they are, and
+/// a tile's 12 or 6 of them stay in L1 while it runs as well as a packed
+/// panel would; packing costs a transposing copy per row block, amortized
+/// over only `n / NR` panels. Measured on Zen 5: in place as fast or faster
+/// on every benchmarked shape up to 2048 × 2048 (by 8–12 % on the
+/// trainer's products with n = 256 or 384; the same on 2048², whose rows
+/// are 8 KiB apart). Past the L3 it is packed, untested either way.
+pub(crate) const DIRECT_A_FLOATS: usize = 4 * 1024 * 1024;
 
 /// The largest B (per pass over k) read in place rather than packed, when
 /// its rows are contiguous: 128 KiB, well inside L2, so that rows read at
@@ -68,9 +72,8 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
         SharedMut(packed_b.as_mut_ptr()),
     );
     let m_blocks = m.div_ceil(K::MC);
-    // A small A is read in place: it stays in cache anyway, and packing it
-    // would cost as much as a small product. Only a last, partial panel may
-    // be packed (zero-padded to MR rows).
+    // A is read in place unless huge (see `DIRECT_A_FLOATS`). Only a last,
+    // partial panel may be packed (zero-padded to MR rows).
     let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS;
     // A direct A's last panel is read in place too where the register tile
     // that covers it reads no row past m.

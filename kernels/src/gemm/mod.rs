@@ -9,7 +9,7 @@
 //! - `blocked`: the loop nest, written once, and its caller-driven split;
 //! - `small`: the unpacked path for `m <= 4`.
 
-mod blocked;
+pub(crate) mod blocked;
 mod microkernel;
 mod packing;
 mod small;

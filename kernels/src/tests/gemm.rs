@@ -270,6 +270,29 @@ fn gemm_across_column_blocks_and_several_k_passes() {
     }
 }
 
+#[test]
+fn gemm_packs_an_a_too_large_to_read_in_place() {
+    // One pass over k = 384 with A just past the in-place limit, so that
+    // every panel of A is packed (transposed or not), alone and split.
+    let m = crate::gemm::blocked::DIRECT_A_FLOATS / 384 + 7;
+    for (name, kernels) in every_kernel() {
+        for trans_a in [false, true] {
+            let case = Case {
+                m,
+                n: 5,
+                k: 384,
+                trans_a,
+                trans_b: false,
+                pad: [0, 0, 0],
+                alpha: 1.0,
+                beta: 0.25,
+            };
+            run_case(name, kernels, &Sequential, &case, 3);
+            run_case(name, kernels, &Threads(2), &case, 4);
+        }
+    }
+}
+
 /// Runs the pieces on `threads` scoped threads pulling from a shared
 /// counter, so pieces really do run at the same time and out of order.
 struct Threads(usize);
