@@ -34,7 +34,7 @@ pub fn start_run() {
 }
 
 /// The median time in nanoseconds criterion measured for `group`/`id` in
-/// this run, if it did.
+/// this run, if it did (nothing counts before [`start_run`] is called).
 pub fn median_ns(group: &str, id: &str) -> Option<f64> {
     let path = criterion_dir()?
         .join(group.replace('/', "_"))

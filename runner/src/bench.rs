@@ -320,15 +320,15 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
 /// Decoding speed as a user sees it: a `DECODE_PROMPT`-token prompt, then
 /// one token at a time through the cache up to the block size. The speed
 /// at a context length is the median over the `DECODE_WINDOW` tokens ending
-/// there in each of `DECODE_RUNS` runs; the uncached speed is one full forward pass over that context
-/// per token (median of 3).
+/// there in each of `DECODE_RUNS` runs; the uncached speed is one full
+/// forward pass over that context per token (median of 3).
 fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<DecodeRow>, Error> {
     let t = model.config.block_size;
     let prompt = DECODE_PROMPT.min(t);
     let mut cache = model.new_cache();
     // seconds[i]: the passes that brought the context to `prompt + i + 1`,
     // one per run.
-    let mut seconds = vec![Vec::with_capacity(DECODE_RUNS); t - prompt];
+    let mut seconds: Vec<Vec<f64>> = (prompt..t).map(|_| Vec::new()).collect();
     for _ in 0..DECODE_RUNS {
         cache.clear();
         model.forward_cached(&mut cache, &tokens[..prompt])?;

@@ -36,7 +36,8 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
 /// Peak GFLOP/s of `kernels`' backend on `threads` cores: `threads` times
 /// one core's, the best of 5 runs of its FMA-throughput loop on one thread.
 /// (Running the loop on every thread at once read low whenever another
-/// process on this shared machine held a core: once 123 % MFU.)
+/// process on this shared machine held a core: once 123 % MFU.) This
+/// assumes one thread per physical core, as the runner's default does.
 pub fn measure_peak_gflops(kernels: Kernels, threads: usize) -> f64 {
     const ITERS: usize = 2_000_000;
     let mut best = 0.0f64;

@@ -19,7 +19,8 @@ const ALIGN_SLACK: usize = 16;
 /// over only `n / NR` panels. Measured on Zen 5: in place as fast or faster
 /// on every benchmarked shape up to 2048 × 2048 (by 8–12 % on the
 /// trainer's products with n = 256 or 384; the same on 2048², whose rows
-/// are 8 KiB apart). Past the L3 it is packed, untested either way.
+/// are 8 KiB apart). Past 16 MiB (half the L3) it is packed; no shape that
+/// large was measured either way.
 pub(crate) const DIRECT_A_FLOATS: usize = 4 * 1024 * 1024;
 
 /// The largest B (per pass over k) read in place rather than packed, when
@@ -38,11 +39,27 @@ fn pass_depth<K: GemmKernel>(k: usize) -> usize {
     k.div_ceil(passes)
 }
 
-/// Floats of workspace the blocked path needs: all of A packed for one pass
-/// (so that any thread can compute any row block), one block of B packed.
+/// Whether an `m`-row A is read in place for passes `kc` deep.
+fn reads_a_in_place(m: usize, kc: usize) -> bool {
+    m.saturating_mul(kc) <= DIRECT_A_FLOATS
+}
+
+/// Panels of A the workspace holds for one pass: all of them when A is
+/// packed (so that any thread can compute any row block), else one, for a
+/// last partial panel.
+fn a_slots<K: GemmKernel>(m: usize, kc: usize) -> usize {
+    if reads_a_in_place(m, kc) {
+        1
+    } else {
+        m.div_ceil(K::MR)
+    }
+}
+
+/// Floats of workspace the blocked path needs: A's panels for one pass (see
+/// [`a_slots`]) and one block of B packed.
 pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize) -> usize {
     let kc = pass_depth::<K>(k);
-    let a = m.div_ceil(K::MR).saturating_mul(K::MR).saturating_mul(kc);
+    let a = a_slots::<K>(m, kc).saturating_mul(K::MR).saturating_mul(kc);
     let b = n.min(K::NC).div_ceil(K::NR) * K::NR * kc;
     a.saturating_add(b).saturating_add(2 * ALIGN_SLACK)
 }
@@ -65,7 +82,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let kc_max = pass_depth::<K>(k);
     let threads = exec.threads().max(1);
     let a_panels = m.div_ceil(K::MR);
-    let (packed_a, rest) = aligned_region(workspace, a_panels * K::MR * kc_max);
+    let (packed_a, rest) = aligned_region(workspace, a_slots::<K>(m, kc_max) * K::MR * kc_max);
     let (packed_b, _) = aligned_region(rest, n.min(K::NC).div_ceil(K::NR) * K::NR * kc_max);
     let (packed_a, packed_b) = (
         SharedMut(packed_a.as_mut_ptr()),
@@ -74,7 +91,9 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let m_blocks = m.div_ceil(K::MC);
     // A is read in place unless huge (see `DIRECT_A_FLOATS`). Only a last,
     // partial panel may be packed (zero-padded to MR rows).
-    let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS;
+    let direct_a = reads_a_in_place(m, kc_max);
+    // Where packed panel `q` of A lives in the workspace.
+    let a_slot = |q: usize| if direct_a { 0 } else { q };
     // A direct A's last panel is read in place too where the register tile
     // that covers it reads no row past m.
     let a_in_place = |i: usize| direct_a && i + K::covering_rows(K::MR.min(m - i)) <= m;
@@ -121,14 +140,13 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
 
             // Phase 1: pack B's column panels (and A's, if early), each piece
             // a disjoint range of panels.
-            let a_pieces = if pack_a_early && !a_to_pack.is_empty() {
-                threads.min(a_to_pack.len())
-            } else {
-                0
-            };
-            let a_per_piece = a_to_pack.len().div_ceil(a_pieces.max(1));
-            let b_pieces = threads.min(b_to_pack.len());
-            let b_per_piece = b_to_pack.len().div_ceil(b_pieces.max(1));
+            // (Pieces per thread rounded up, then only as many pieces as
+            // that needs: none starts past its range.)
+            let a_early = if pack_a_early { a_to_pack.len() } else { 0 };
+            let a_per_piece = a_early.div_ceil(threads).max(1);
+            let a_pieces = a_early.div_ceil(a_per_piece);
+            let b_per_piece = b_to_pack.len().div_ceil(threads).max(1);
+            let b_pieces = b_to_pack.len().div_ceil(b_per_piece);
             exec.run(a_pieces + b_pieces, &|piece| {
                 kernel.enter(
                     #[inline(always)]
@@ -136,12 +154,16 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                         if piece < a_pieces {
                             let first = a_to_pack.start + piece * a_per_piece;
                             let last = (first + a_per_piece).min(a_to_pack.end);
-                            // SAFETY: pieces pack disjoint panel ranges.
-                            unsafe { pack_a_panels::<K>(p, packed_a, first..last, pc, kc) };
+                            // SAFETY: pieces pack disjoint, non-empty panel
+                            // ranges into their slots.
+                            unsafe {
+                                pack_a_panels::<K>(p, packed_a, first..last, a_slot(first), pc, kc)
+                            };
                         } else {
                             let first = b_to_pack.start + (piece - a_pieces) * b_per_piece;
                             let last = (first + b_per_piece).min(b_to_pack.end);
-                            // SAFETY: pieces pack disjoint panel ranges.
+                            // SAFETY: pieces pack disjoint, non-empty panel
+                            // ranges.
                             unsafe { pack_b_panels::<K>(p, packed_b, first..last, jc, nc, pc, kc) };
                         }
                     },
@@ -158,22 +180,16 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                         let rows = block * K::MC..m.min((block + 1) * K::MC);
                         let panels = rows.start / K::MR..rows.end.div_ceil(K::MR);
                         if !pack_a_early {
-                            // SAFETY: this piece alone uses its row block.
-                            unsafe { pack_a_panels::<K>(p, packed_a, panels.clone(), pc, kc) };
+                            let first_slot = a_slot(panels.start);
+                            // SAFETY: this piece alone uses its row block's
+                            // panels (A is packed: each in its own slot).
+                            unsafe { pack_a_panels::<K>(p, packed_a, panels, first_slot, pc, kc) };
                         }
-                        // SAFETY: the A panels of this row block and all of
-                        // packed B were written (in phase 1 or just above) and
-                        // no piece writes them while phase 2 runs. (Panels a
-                        // direct A or B never packed hold stale floats,
-                        // unread.)
-                        let (a, b) = unsafe {
-                            (
-                                core::slice::from_raw_parts(
-                                    packed_a.ptr().add(panels.start * K::MR * kc),
-                                    panels.len() * K::MR * kc,
-                                ),
-                                core::slice::from_raw_parts(packed_b.ptr(), b_panels * K::NR * kc),
-                            )
+                        // SAFETY: packed B was written in phase 1 and no
+                        // piece writes it while phase 2 runs. (Panels a
+                        // direct B never packed hold stale floats, unread.)
+                        let b = unsafe {
+                            core::slice::from_raw_parts(packed_b.ptr(), b_panels * K::NR * kc)
                         };
                         let first_panel = group * panels_per_group;
                         let last_panel = (first_panel + panels_per_group).min(b_panels);
@@ -198,7 +214,16 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                                         cs: p.a.cs,
                                     }
                                 } else {
-                                    let panel = &a[(i - rows.start) * kc..][..K::MR * kc];
+                                    // SAFETY: panel `i / MR` was packed into
+                                    // its slot (in phase 1 or just above), a
+                                    // slot of the A region, and no piece
+                                    // writes it while phase 2 runs.
+                                    let panel = unsafe {
+                                        core::slice::from_raw_parts(
+                                            packed_a.ptr().add(a_slot(i / K::MR) * K::MR * kc),
+                                            K::MR * kc,
+                                        )
+                                    };
                                     APanel::packed(panel, K::MR)
                                 };
                                 let tile = Tile {
@@ -246,23 +271,24 @@ unsafe fn pack_b_panels<K: GemmKernel>(
 }
 
 /// Packs panels `panels` (of `MR` rows each) of op(A), depth `pc..pc + kc`,
-/// into their place in the A region.
+/// into the A region's slots from `first_slot` on.
 ///
 /// # Safety
-/// The A region holds all `ceil(m / MR)` panels of `MR · kc` floats, and no
-/// one else accesses panels `panels` during the call.
+/// The A region holds slots `first_slot..first_slot + panels.len()` of
+/// `MR · kc` floats, and no one else accesses them during the call.
 #[inline(always)]
 unsafe fn pack_a_panels<K: GemmKernel>(
     p: &Problem,
     packed_a: SharedMut,
     panels: core::ops::Range<usize>,
+    first_slot: usize,
     pc: usize,
     kc: usize,
 ) {
     let len = panels.len() * K::MR * kc;
-    // SAFETY: per the contract, these panels are in bounds and ours alone.
+    // SAFETY: per the contract, these slots are in bounds and ours alone.
     let dst = unsafe {
-        core::slice::from_raw_parts_mut(packed_a.ptr().add(panels.start * K::MR * kc), len)
+        core::slice::from_raw_parts_mut(packed_a.ptr().add(first_slot * K::MR * kc), len)
     };
     let rows = (panels.start * K::MR).min(p.m)..(panels.end * K::MR).min(p.m);
     pack_a(&p.a, rows, pc..pc + kc, K::MR, dst);

@@ -3,8 +3,9 @@
 //!
 //! A microkernel computes one `MR × NR` tile of C from an `MR`-row panel of
 //! A and an `NR`-column panel of B, `kc` deep, then writes `alpha · AB +
-//! beta · C` to the part of the tile inside C. The panels are packed
-//! (zero-padded to whole tiles) or, for small operands, read in place.
+//! beta · C` to the part of the tile inside C. A panel is packed
+//! (zero-padded to a whole tile) or read in place where the loop nest
+//! decides packing would not pay (see `blocked.rs`).
 //!
 //! Blocking (BLIS): a `KC × NR` panel of B stays in L1 while the kernel sweeps
 //! the `MC × KC` block of A, which stays in L2; the `KC × NC` block of B sits
@@ -63,8 +64,8 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
 }
 
 /// The A operand of one tile: `A(i, p) = data[i·rs + p·cs]` for `i < MR`,
-/// `p < kc`. A packed panel has `rs = 1, cs = MR`; small products read A in
-/// place with its own strides.
+/// `p < kc`. A packed panel has `rs = 1, cs = MR`; A read in place has its
+/// own strides.
 #[derive(Clone, Copy)]
 pub(crate) struct APanel<'a> {
     pub(crate) data: &'a [f32],
@@ -92,8 +93,8 @@ impl<'a> APanel<'a> {
 }
 
 /// The B operand of one tile: `B(p, j) = data[p·rs + j]` for `p < kc`,
-/// `j < NR`. A packed panel has `rs = NR`; small products read rows of B in
-/// place with their own stride.
+/// `j < NR`. A packed panel has `rs = NR`; a small B read in place has its
+/// own row stride.
 #[derive(Clone, Copy)]
 pub(crate) struct BPanel<'a> {
     pub(crate) data: &'a [f32],
@@ -151,18 +152,18 @@ macro_rules! simd_gemm_kernel {
                 // edge of C does not cost a whole tile. Those run out of
                 // line: inlined beside the main tile, they made LLVM keep
                 // its accumulators in memory.
+                // The height comes from `covering_rows`, which also decides
+                // whether a last panel of A may be read in place.
                 let one_vector = c.cols <= <$isa as Simd>::LANES;
                 // SAFETY (all arms): forwarded contract; each register tile
                 // has at most MR rows and NR columns, and covers the block.
                 unsafe {
-                    match (c.rows, one_vector) {
-                        ($mr2.., false) if c.rows > $mr2 => {
-                            simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c)
-                        }
-                        (..=$mr1, false) => edge_tile::<$isa, $mr1, $nv>(self, kc, a, b, alpha, beta, c),
-                        (_, false) => edge_tile::<$isa, $mr2, $nv>(self, kc, a, b, alpha, beta, c),
-                        (..=$mr1, true) => edge_tile::<$isa, $mr1, 1>(self, kc, a, b, alpha, beta, c),
-                        (..=$mr2, true) => edge_tile::<$isa, $mr2, 1>(self, kc, a, b, alpha, beta, c),
+                    match (Self::covering_rows(c.rows), one_vector) {
+                        ($mr1, false) => edge_tile::<$isa, $mr1, $nv>(self, kc, a, b, alpha, beta, c),
+                        ($mr2, false) => edge_tile::<$isa, $mr2, $nv>(self, kc, a, b, alpha, beta, c),
+                        (_, false) => simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c),
+                        ($mr1, true) => edge_tile::<$isa, $mr1, 1>(self, kc, a, b, alpha, beta, c),
+                        ($mr2, true) => edge_tile::<$isa, $mr2, 1>(self, kc, a, b, alpha, beta, c),
                         (_, true) => edge_tile::<$isa, $mr, 1>(self, kc, a, b, alpha, beta, c),
                     }
                 }

@@ -1,7 +1,8 @@
 //! Single-precision matrix multiply, `C = alpha · op(A) · op(B) + beta · C`,
-//! BLIS-style: op(A) and op(B) are packed into panels in a caller-supplied
-//! workspace and multiplied by a register-blocked microkernel per
-//! instruction set. Products with very few rows skip packing.
+//! BLIS-style: a register-blocked microkernel per instruction set sweeps
+//! panels of op(A) and op(B), packed into a caller-supplied workspace where
+//! that pays (B unless small; A only when huge: see `blocked.rs`) and read
+//! in place otherwise. Products with very few rows skip packing.
 //!
 //! - `microkernel`: the [`GemmKernel`] trait, one instance per ISA, and the
 //!   blocking constants with their reasoning;

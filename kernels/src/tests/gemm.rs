@@ -272,15 +272,16 @@ fn gemm_across_column_blocks_and_several_k_passes() {
 
 #[test]
 fn gemm_packs_an_a_too_large_to_read_in_place() {
-    // One pass over k = 384 with A just past the in-place limit, so that
-    // every panel of A is packed (transposed or not), alone and split.
-    let m = crate::gemm::blocked::DIRECT_A_FLOATS / 384 + 7;
+    // One pass over k = 256 (every kernel's KC is at least that) with A
+    // just past the in-place limit, so that every panel of A is packed
+    // (transposed or not), alone and split.
+    let m = crate::gemm::blocked::DIRECT_A_FLOATS / 256 + 7;
     for (name, kernels) in every_kernel() {
         for trans_a in [false, true] {
             let case = Case {
                 m,
                 n: 5,
-                k: 384,
+                k: 256,
                 trans_a,
                 trans_b: false,
                 pad: [0, 0, 0],
@@ -325,6 +326,8 @@ fn gemm_split_across_threads_is_bit_identical_to_sequential() {
             (1, 1152, 384),
             (150, 200, 300),
             (301, 97, 13),
+            // Fewer panels of B (9 of 32 columns) than 8 threads get two each.
+            (40, 288, 200),
         ] {
             for trans in 0..4 {
                 let case = Case {
@@ -352,6 +355,7 @@ fn gemm_split_across_threads_is_bit_identical_to_sequential() {
                 }
                 assert_eq!(x.c.buf, y.c.buf, "{name} {case:?}");
                 run_case(name, kernels, &Threads(2), &case, 5);
+                run_case(name, kernels, &Threads(8), &case, 6);
             }
         }
     }

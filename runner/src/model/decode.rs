@@ -167,7 +167,7 @@ impl Gpt {
                     values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
                 }
                 let (keys_t, values, qkv) = (&*keys_t, &*values, &*qkv);
-                let head = Head {
+                let attention = CachedAttention {
                     qkv,
                     keys_t,
                     t_max,
@@ -190,7 +190,7 @@ impl Gpt {
                             let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
                                 gemm_local(&k, alpha, a, b, 0.0, c)
                             };
-                            head.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
+                            attention.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
                         },
                     )?;
                 } else {
@@ -201,7 +201,7 @@ impl Gpt {
                         let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
                             compute.gemm(alpha, a, b, 0.0, c)
                         };
-                        head.attend(&k, h, scores, out, gemm)?;
+                        attention.attend(&k, h, scores, out, gemm)?;
                     }
                 }
                 compute.matmul_forward(
@@ -265,7 +265,7 @@ impl Gpt {
 
 /// What attention over the cache needs for one layer: the new positions'
 /// queries (`m` rows of `qkv`) and every cached key and value.
-struct Head<'a> {
+struct CachedAttention<'a> {
     qkv: &'a [f32],
     /// `[C, T]`: row `d` holds feature `d` of every position's key.
     keys_t: &'a [f32],
@@ -279,7 +279,7 @@ struct Head<'a> {
     scale: f32,
 }
 
-impl Head<'_> {
+impl CachedAttention<'_> {
     /// Causal attention of head `h` for the new positions into `out`
     /// (`m × hs`), with `scores` (`m · len` floats) as scratch; `gemm(alpha,
     /// a, b, c)` computes `c = alpha · a · b`.

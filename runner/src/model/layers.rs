@@ -45,7 +45,8 @@ const ELEMENTS_PER_PIECE: usize = 1 << 14;
 
 thread_local! {
     /// Each thread's GEMM workspace for work the runner splits itself
-    /// (attention per sequence); grown on first use, then reused.
+    /// (attention per sequence and head, decoding's heads); grown on first
+    /// use, then reused.
     static WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 

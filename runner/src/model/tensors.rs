@@ -289,8 +289,8 @@ impl Activations<usize> {
 }
 
 named_tensors! {
-    /// Gradients of activations, reused layer after layer in the backward
-    /// pass.
+    /// Buffers reused layer after layer: gradients of activations in the
+    /// backward pass, and attention's per-head blocks in both passes.
     Scratch {
         /// `[B, T, V]` gradient of the logits (written by the loss).
         dlogits,
