@@ -87,13 +87,21 @@ fn cached_logits_equal_a_full_recompute_at_every_position() {
 
 #[test]
 fn cached_logits_do_not_depend_on_the_thread_count() {
-    // Decoding splits products along k and runs heads in parallel; every
-    // split depends on the shape alone, so the logits are bit-identical.
-    let t = 32;
+    // Decoding splits products along k and, past a context of 128 at this
+    // width, runs the heads in parallel; every split depends on the shape
+    // alone, so the logits are bit-identical, and equal a full recompute.
+    let cfg = ModelConfig {
+        block_size: 144,
+        layers: 1,
+        heads: 4,
+        channels: 256,
+        ..Preset::Tiny.config()
+    };
+    let t = cfg.block_size;
     let context: Vec<u32> = (0..t as u32).map(|i| (i * 53 + 3) % 256).collect();
     let mut per_threads = Vec::new();
     for threads in [1, 2, 3] {
-        let mut model = model(t);
+        let mut model = Gpt::new(cfg, Kernels::best(), 5).unwrap();
         model.set_threads(Threads::new(Some(threads)).unwrap());
         let mut cache = model.new_cache();
         let mut logits = model
@@ -101,11 +109,15 @@ fn cached_logits_do_not_depend_on_the_thread_count() {
             .unwrap()
             .to_vec();
         for n in 6..=t {
-            logits.extend(
-                model
-                    .forward_cached(&mut cache, &context[n - 1..n])
-                    .unwrap(),
-            );
+            let last = model
+                .forward_cached(&mut cache, &context[n - 1..n])
+                .unwrap()
+                .to_vec();
+            if n == t {
+                let full = full_logits(&mut model, &context);
+                assert_same_logits(&last, &full, &format!("{threads} threads, position {t}"));
+            }
+            logits.extend(last);
         }
         per_threads.push(logits);
     }

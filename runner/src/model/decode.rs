@@ -9,6 +9,11 @@ use super::tensors::Arena;
 use super::{Gpt, LAYER_NORM_EPS};
 use crate::error::Error;
 
+/// A token's attention at context `len` does `2 · len · c` multiply-adds;
+/// below `len · c` = 2^15 its heads run one after another, since waking
+/// the pool for a few microseconds of work costs more than it saves.
+const PARALLEL_HEADS_WORK: usize = 1 << 15;
+
 /// Keys and values of the positions decoded so far, plus the buffers of one
 /// decoding pass (sized for a whole block, so that no pass allocates).
 ///
@@ -179,7 +184,7 @@ impl Gpt {
                     c,
                     scale,
                 };
-                if m == 1 {
+                if m == 1 && len * c >= PARALLEL_HEADS_WORK {
                     // One token: heads in parallel, each writing its own
                     // `hs` floats of the output row.
                     let scores = &mut cache.head_scores[..nh * len];
@@ -197,7 +202,8 @@ impl Gpt {
                     for h in 0..nh {
                         let scores = &mut cache.scores[..m * len];
                         let out = MatMut::strided(&mut atty[h * hs..], m, hs, c)?;
-                        // Prompts: each product is large enough to split.
+                        // Prompts: each product is large enough to split
+                        // (and a short context's heads too small to).
                         let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
                             compute.gemm(alpha, a, b, 0.0, c)
                         };
