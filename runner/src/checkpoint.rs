@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::config::ModelConfig;
 use crate::error::Error;
-use crate::model::{Gpt, Params, LAYER_NORM_EPS};
+use crate::model::{Arena, Gpt, Params, LAYER_NORM_EPS};
 use crate::optim::Optimizer;
 
 const CONFIG_FILE: &str = "config.json";
@@ -495,7 +495,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         }
         views.push(view);
     }
-    let mut params = vec![0.0; Params::sizes(&cfg).total()];
+    let mut params = Arena::zeros(Params::sizes(&cfg).total());
     for (t, view) in layout.into_iter().zip(views) {
         from_bytes(view.data(), &mut params[t.range]);
     }

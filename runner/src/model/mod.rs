@@ -52,7 +52,7 @@ impl Gpt {
     pub fn new(config: ModelConfig, kernels: Kernels, seed: u64) -> Result<Gpt, Error> {
         config.validate()?;
         let sizes = Params::sizes(&config);
-        let mut params = vec![0.0; sizes.total()];
+        let mut params = Arena::zeros(sizes.total());
         let mut rng = Rng::new(seed);
         let residual_std = 0.02 / ((2 * config.layers) as f32).sqrt();
         for (name, tensor) in sizes.split_mut(&mut params).into_named() {
@@ -69,11 +69,7 @@ impl Gpt {
     }
 
     /// A model with the given parameters (in the order of [`Params`]).
-    pub fn from_params(
-        config: ModelConfig,
-        kernels: Kernels,
-        params: Vec<f32>,
-    ) -> Result<Gpt, Error> {
+    pub fn from_params(config: ModelConfig, kernels: Kernels, params: Arena) -> Result<Gpt, Error> {
         config.validate()?;
         let sizes = Params::sizes(&config);
         if params.len() != sizes.total() {
@@ -87,7 +83,7 @@ impl Gpt {
             config,
             sizes,
             grads: Arena::zeros(params.len()),
-            params: Arena::from_slice(&params),
+            params,
             compute: Compute::new(kernels),
             batch: None,
         })

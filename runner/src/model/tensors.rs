@@ -40,13 +40,6 @@ impl Arena {
             self.len = len;
         }
     }
-
-    /// A copy of `data`.
-    pub fn from_slice(data: &[f32]) -> Arena {
-        let mut arena = Arena::zeros(data.len());
-        arena.copy_from_slice(data);
-        arena
-    }
 }
 
 impl Deref for Arena {
@@ -342,7 +335,8 @@ mod tests {
     fn an_arena_starts_on_a_cache_line_and_keeps_its_floats_when_grown() {
         for len in [0, 1, 15, 16, 17, 1000] {
             let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            let mut arena = Arena::from_slice(&data);
+            let mut arena = Arena::zeros(len);
+            arena.copy_from_slice(&data);
             assert_eq!(arena.as_ptr() as usize % 64, 0);
             assert_eq!(&arena[..], &data[..]);
             arena.grow(len + 5);
