@@ -8,16 +8,17 @@ use std::time::Instant;
 use kernels::{Backend, Kernels};
 use log::info;
 
-use crate::config::ModelConfig;
-use crate::corpus;
 use crate::data;
 use crate::error::Error;
-use crate::metrics::{measure_peak_gflops, peak_rss_bytes, JsonLines};
-use crate::model::Gpt;
-use crate::optim::{Optimizer, OptimizerSettings};
+use crate::logger::print_stdout;
+use crate::metrics::{
+    measure_peak_gflops, peak_rss_bytes, BenchRecord, GenerateRecord, JsonLines, Record, RunShape,
+};
+use crate::model::{Gpt, KvCache, ModelConfig};
 use crate::rng::Rng;
 use crate::threads::Threads;
-use crate::train::{describe, log_step, train_step, BatchBuffers, StepTimes};
+use crate::train::optim::{Optimizer, OptimizerSettings};
+use crate::train::{log_step, train_step, BatchBuffers, Footprint, StepTimes};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -139,21 +140,16 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
     let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
-    let tokens = data::encode(&corpus::arithmetic());
+    let tokens = data::tokens_of(None)?;
     let n = cfg.param_count();
     let max_t = *s.seq_lens.iter().max().expect("non-empty");
-    info!("Benchmark of {} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", describe(&cfg), n as f64 / 1e6, s.batch, s.steps);
-    let probe = Gpt::new(cfg, kernels[0], 0)?;
+    info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
     let memory = format!(
-        "Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB (B = {}, T = {max_t}), KV cache {:.1} MiB",
-        mib(4 * n),
-        mib(4 * n),
-        mib(8 * n),
-        mib(4 * probe.activation_floats(s.batch, max_t)),
+        "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
+        Footprint::training(&cfg, s.batch, max_t).describe(),
         s.batch,
-        mib(probe.new_cache().cache_bytes())
+        mib(KvCache::new(&cfg).cache_bytes())
     );
-    drop(probe);
     info!(
         "{memory} | Peak resident memory so far: {:.1} MiB",
         mib(peak_rss_bytes() as usize)
@@ -161,99 +157,11 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
 
     let mut rows: Vec<BenchRow> = Vec::new();
     for &threads in &s.threads {
-        let pool = || Threads::new(Some(threads));
-        pool()?;
-        // MFU is against the machine's peak: the fastest backend's loop.
-        let mut machine_peak = 0.0f64;
-        for &k in &kernels {
-            let peak = measure_peak_gflops(k, threads);
-            info!(
-                "Peak of the {} FMA loop on {threads} thread(s): {peak:.1} GFLOP/s",
-                k.backend()
-            );
-            machine_peak = machine_peak.max(peak);
-        }
-        let best = Kernels::best();
-        if !kernels.iter().any(|k| k.backend() == best.backend()) {
-            let peak = measure_peak_gflops(best, threads);
-            info!(
-                "Peak of the {} FMA loop on {threads} thread(s): {peak:.1} GFLOP/s (the machine's peak, for MFU)",
-                best.backend()
-            );
-            machine_peak = machine_peak.max(peak);
-        }
-        let peaks = vec![machine_peak; kernels.len()];
+        Threads::new(Some(threads))?;
+        let peak = machine_peak(&kernels, threads);
         for &t in &s.seq_lens {
-            for (&k, &peak) in kernels.iter().zip(&peaks) {
-                let mut model = Gpt::new(cfg, k, 1)?;
-                model.set_threads(pool()?);
-                let mut optimizer = Optimizer::new(model.params.len());
-                let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
-                let mut buffers = BatchBuffers::new(s.batch, t);
-                let mut rng = Rng::new(7);
-                let mut timed: Vec<StepTimes> = Vec::new();
-                for step in 0..WARMUP_STEPS + s.steps {
-                    if step == WARMUP_STEPS {
-                        model.take_profile();
-                    }
-                    let batches = |x: &mut [u32], y: &mut [u32]| {
-                        data::sample_batch(&tokens, s.batch, t, &mut rng, x, y)
-                    };
-                    let times = train_step(
-                        &mut model,
-                        &mut optimizer,
-                        &settings,
-                        1e-4,
-                        1,
-                        (s.batch, t),
-                        &mut buffers,
-                        batches,
-                    )?;
-                    if step >= WARMUP_STEPS {
-                        log_step(
-                            &times,
-                            1e-4,
-                            s.batch,
-                            t,
-                            (step - WARMUP_STEPS + 1) as u32,
-                            s.steps as u32,
-                        );
-                        timed.push(times);
-                    }
-                }
-                let profile = model.take_profile();
-                let all_ms: f64 = timed.iter().map(|x| x.total_ms).sum();
-                let optimizer_all: f64 = timed.iter().map(|x| x.optimizer_ms).sum();
-                let part = |d: std::time::Duration| d.as_secs_f64() * 1e3 / all_ms;
-                let mut shares = [
-                    part(profile.matmul),
-                    part(profile.attention),
-                    part(profile.layer_norm),
-                    part(profile.gelu),
-                    part(profile.cross_entropy),
-                    optimizer_all / all_ms,
-                    0.0,
-                ];
-                shares[6] = (1.0 - shares.iter().sum::<f64>()).max(0.0);
-                let total_ms = median(timed.iter().map(|x| x.total_ms).collect());
-                let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
-                let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
-                rows.push(BenchRow {
-                    seq_len: t,
-                    batch: s.batch,
-                    backend: k.backend(),
-                    threads,
-                    forward_ms: median(timed.iter().map(|x| x.forward_ms + x.loss_ms).collect()),
-                    backward_ms: median(timed.iter().map(|x| x.backward_ms).collect()),
-                    optimizer_ms: median(timed.iter().map(|x| x.optimizer_ms).collect()),
-                    total_ms,
-                    tokens_per_sec,
-                    gflops,
-                    peak_gflops: peak,
-                    mfu: gflops / peak,
-                    speedup_vs_scalar: None,
-                    shares,
-                });
+            for &k in &kernels {
+                rows.push(measure_training(s, k, threads, t, peak, &tokens)?);
             }
         }
     }
@@ -269,23 +177,24 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
             .find(|(key, _)| *key == (row.seq_len, row.threads))
             .map(|(_, speed)| row.tokens_per_sec / speed);
         if let Some(json) = json.as_mut() {
-            json.write(&serde_json::json!({
-                "kind": "bench",
-                "seq_len": row.seq_len,
-                "batch": row.batch,
-                "backend": row.backend.name(),
-                "threads": row.threads,
-                "forward_ms": row.forward_ms,
-                "backward_ms": row.backward_ms,
-                "optimizer_ms": row.optimizer_ms,
-                "total_ms": row.total_ms,
-                "tokens_per_sec": row.tokens_per_sec,
-                "gflops": row.gflops,
-                "mfu": row.mfu,
-                "peak_gflops": row.peak_gflops,
-                "speedup_vs_scalar": row.speedup_vs_scalar,
-                "breakdown": BREAKDOWN.iter().zip(row.shares).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-                "peak_rss_bytes": peak_rss_bytes(),
+            json.write(&Record::Bench(BenchRecord {
+                forward_ms: row.forward_ms,
+                backward_ms: row.backward_ms,
+                optimizer_ms: row.optimizer_ms,
+                total_ms: row.total_ms,
+                tokens_per_sec: row.tokens_per_sec,
+                gflops: row.gflops,
+                mfu: row.mfu,
+                peak_gflops: row.peak_gflops,
+                speedup_vs_scalar: row.speedup_vs_scalar,
+                breakdown: BREAKDOWN.into_iter().zip(row.shares).collect(),
+                shape: RunShape {
+                    seq_len: row.seq_len,
+                    batch: row.batch,
+                    backend: row.backend.name(),
+                    threads: row.threads,
+                },
+                peak_rss_bytes: peak_rss_bytes(),
             }))?;
         }
     }
@@ -299,15 +208,17 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         model.set_threads(Threads::new(Some(threads))?);
         for row in decode_speed(&mut model, &tokens)? {
             if let Some(json) = json.as_mut() {
-                json.write(&serde_json::json!({
-                    "kind": "generate",
-                    "backend": k.backend().name(),
-                    "threads": threads,
-                    "seq_len": row.context,
-                    "batch": 1,
-                    "tokens_per_sec": row.cached_tokens_per_sec,
-                    "uncached_tokens_per_sec": row.uncached_tokens_per_sec,
-                    "peak_rss_bytes": peak_rss_bytes(),
+                json.write(&Record::Generate(GenerateRecord {
+                    tokens_per_sec: row.cached_tokens_per_sec,
+                    uncached_tokens_per_sec: Some(row.uncached_tokens_per_sec),
+                    run: None,
+                    shape: RunShape {
+                        seq_len: row.context,
+                        batch: 1,
+                        backend: k.backend().name(),
+                        threads,
+                    },
+                    peak_rss_bytes: peak_rss_bytes(),
                 }))?;
             }
             decode_rows.push(row);
@@ -315,6 +226,107 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
     }
     print_tables(&rows, &decode_rows, &memory);
     Ok((rows, decode_rows))
+}
+
+/// The machine's peak GFLOP/s on `threads` threads, for MFU: the fastest
+/// FMA loop among the benchmarked backends and the best this CPU has.
+fn machine_peak(kernels: &[Kernels], threads: usize) -> f64 {
+    let best = Kernels::best();
+    let mut peak = 0.0f64;
+    for &k in kernels {
+        let gflops = measure_peak_gflops(k, threads);
+        info!(
+            "Peak of the {} FMA loop on {threads} thread(s): {gflops:.1} GFLOP/s",
+            k.backend()
+        );
+        peak = peak.max(gflops);
+    }
+    if !kernels.iter().any(|k| k.backend() == best.backend()) {
+        let gflops = measure_peak_gflops(best, threads);
+        info!(
+            "Peak of the {} FMA loop on {threads} thread(s): {gflops:.1} GFLOP/s (the machine's peak, for MFU)",
+            best.backend()
+        );
+        peak = peak.max(gflops);
+    }
+    peak
+}
+
+/// One row of the training table: `s.steps` timed steps of `s.batch`
+/// sequences of `t` tokens on `k` and `threads` threads, after
+/// `WARMUP_STEPS` untimed ones.
+fn measure_training(
+    s: &BenchSettings,
+    k: Kernels,
+    threads: usize,
+    t: usize,
+    peak: f64,
+    tokens: &[u32],
+) -> Result<BenchRow, Error> {
+    let cfg = s.config;
+    let mut model = Gpt::new(cfg, k, 1)?;
+    model.set_threads(Threads::new(Some(threads))?);
+    let mut optimizer = Optimizer::new(model.params.len());
+    let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
+    let mut buffers = BatchBuffers::new(s.batch, t);
+    let mut rng = Rng::new(7);
+    let mut timed: Vec<StepTimes> = Vec::new();
+    for step in 0..WARMUP_STEPS + s.steps {
+        if step == WARMUP_STEPS {
+            model.take_profile();
+        }
+        let batches =
+            |x: &mut [u32], y: &mut [u32]| data::sample_batch(tokens, s.batch, t, &mut rng, x, y);
+        let times = train_step(
+            &mut model,
+            &mut optimizer,
+            &settings,
+            1e-4,
+            1,
+            (s.batch, t),
+            &mut buffers,
+            batches,
+        )?;
+        if step >= WARMUP_STEPS {
+            let n = (step - WARMUP_STEPS + 1) as u32;
+            log_step(&times, 1e-4, s.batch, t, n, s.steps as u32);
+            timed.push(times);
+        }
+    }
+    let profile = model.take_profile();
+    let all_ms: f64 = timed.iter().map(|x| x.total_ms).sum();
+    let optimizer_all: f64 = timed.iter().map(|x| x.optimizer_ms).sum();
+    let part = |d: std::time::Duration| d.as_secs_f64() * 1e3 / all_ms;
+    let mut shares = [
+        part(profile.matmul),
+        part(profile.attention),
+        part(profile.layer_norm),
+        part(profile.gelu),
+        part(profile.cross_entropy),
+        optimizer_all / all_ms,
+        0.0,
+    ];
+    shares[6] = (1.0 - shares.iter().sum::<f64>()).max(0.0);
+    let median_of = |f: fn(&StepTimes) -> f64| median(timed.iter().map(f).collect());
+    let total_ms = median_of(|x| x.total_ms);
+    let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
+    let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
+    Ok(BenchRow {
+        seq_len: t,
+        batch: s.batch,
+        backend: k.backend(),
+        threads,
+        forward_ms: median_of(|x| x.forward_ms + x.loss_ms),
+        backward_ms: median_of(|x| x.backward_ms),
+        optimizer_ms: median_of(|x| x.optimizer_ms),
+        total_ms,
+        tokens_per_sec,
+        gflops,
+        peak_gflops: peak,
+        mfu: gflops / peak,
+        speedup_vs_scalar: None,
+        shares,
+    })
 }
 
 /// Decoding speed as a user sees it: a `DECODE_PROMPT`-token prompt, then
@@ -448,5 +460,5 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
         "{memory}\nPeak resident memory: {:.1} MiB",
         mib(peak_rss_bytes() as usize)
     );
-    crate::cli::print_stdout(&out);
+    print_stdout(&out);
 }

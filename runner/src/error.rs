@@ -1,14 +1,18 @@
-//! The runner's error type: each variant becomes one line on stderr and a
-//! non-zero exit.
+//! The runner's error type: each variant becomes one line on stderr
+//! (`error: ...`) and exit code 1.
 
 use std::path::PathBuf;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A model or training setting that cannot work.
+    /// A command-line option, or a model or training setting, that cannot
+    /// work.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Tokens, a prompt or a batch that do not fit the model.
+    #[error("invalid input: {0}")]
+    Input(String),
     /// The training or evaluation text is unusable.
     #[error("{path}: {reason}")]
     Data {
@@ -33,6 +37,25 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The gradients became NaN or infinite.
+    #[error("training diverged: the gradient norm is {norm} at step {step}; try a lower --lr")]
+    Diverged {
+        /// The step whose update was refused.
+        step: u32,
+        /// The gradient norm before clipping.
+        norm: f32,
+    },
+    /// The thread pool could not start.
+    #[error("cannot start {threads} threads: {reason}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// Why the pool refused.
+        reason: String,
+    },
+    /// A model method called out of order (a bug in the caller).
+    #[error("{0} called before any forward pass")]
+    NoForwardPass(&'static str),
     /// A kernel refused its arguments (a bug in the runner, or a backend
     /// the CPU lacks).
     #[error("kernel error: {0}")]

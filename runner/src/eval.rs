@@ -25,6 +25,21 @@ impl Evaluation {
     pub fn perplexity(&self) -> f64 {
         self.loss.exp()
     }
+
+    /// The `Loss computation breakdown` log line, for windows of `seq_len`.
+    pub fn log_breakdown(&self, seq_len: usize) {
+        log::info!(
+            "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {seq_len}",
+            self.forward_ms,
+            self.cross_entropy_ms,
+            self.total_ms()
+        );
+    }
+
+    /// Time of the forward passes and the loss together.
+    pub fn total_ms(&self) -> f64 {
+        self.forward_ms + self.cross_entropy_ms
+    }
 }
 
 /// Evaluates `model` on `tokens`, `batch` full windows at a time; with
@@ -42,7 +57,7 @@ pub fn evaluate(
         starts.truncate(max);
     }
     if starts.is_empty() {
-        return Err(Error::Config("evaluation needs at least 2 tokens".into()));
+        return Err(Error::Input("evaluation needs at least 2 tokens".into()));
     }
     let (full, partial): (Vec<usize>, Vec<usize>) =
         starts.into_iter().partition(|&s| s + t < tokens.len());

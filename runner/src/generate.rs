@@ -144,18 +144,34 @@ impl GenerationStats {
     pub fn tokens_per_sec(&self) -> f64 {
         self.tokens.len() as f64 / (self.total_ms / 1e3)
     }
+
+    /// The `Generation complete` log line.
+    pub fn log(&self) {
+        let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+        log::info!(
+            "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB | Peak resident memory: {:.1} MiB",
+            self.tokens.len(),
+            self.total_ms,
+            self.prompt_ms,
+            self.forward_ms,
+            self.sampling_ms,
+            self.tokens_per_sec(),
+            mib(self.cache_bytes as f64),
+            mib(crate::metrics::peak_rss_bytes() as f64)
+        );
+    }
 }
 
 /// Checks a prompt against the model before generating.
 pub fn check_prompt(model: &Gpt, prompt: &[u32]) -> Result<(), Error> {
     let t = model.config.block_size;
     if prompt.is_empty() {
-        return Err(Error::Config(
+        return Err(Error::Input(
             "the prompt is empty; give at least one byte".into(),
         ));
     }
     if prompt.len() > t {
-        return Err(Error::Config(format!(
+        return Err(Error::Input(format!(
             "the prompt is {} tokens (bytes), longer than the model's block size of {t}",
             prompt.len()
         )));

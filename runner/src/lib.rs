@@ -1,11 +1,19 @@
 //! `runner`: trains and runs a GPT-2-style model on the CPU with the
-//! `kernels` crate. The binary (`main.rs`) is a thin CLI over this library.
+//! `kernels` crate. The binary (`main.rs`) parses the command line
+//! (`cli`) and runs one of `commands`; the work lives in this library:
+//!
+//! - `model`: the GPT-2 model (shapes, tensors, layers, the block, passes)
+//! - `train`: the training loop and AdamW; `eval`: loss on a text;
+//!   `generate`: sampling with the KV cache; `bench`: speed
+//! - `data`: byte tokens, the embedded corpus, batches
+//! - `checkpoint`: the Hugging Face layout, atomic saves, run state
+//! - `metrics`, `logger`, `plot`: what a run reports
+//! - `threads`, `rng`, `error`: plumbing
 
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
-pub mod config;
-pub mod corpus;
+pub mod commands;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -13,7 +21,6 @@ pub mod generate;
 pub mod logger;
 pub mod metrics;
 pub mod model;
-pub mod optim;
 pub mod plot;
 pub mod rng;
 pub mod threads;

@@ -1,7 +1,8 @@
-//! A minimal env_logger-style logger: messages to stderr, `info` and above
-//! by default, `-q` for warnings and errors only, `RUST_LOG=debug` (etc.)
-//! to change the level. While a progress bar is shown, each message is
-//! printed above it, so the two never garble each other.
+//! Output to the terminal. A minimal env_logger-style logger: messages to
+//! stderr, `info` and above by default, `-q` for warnings and errors only,
+//! `RUST_LOG=debug` (etc.) to change the level. While a progress bar is
+//! shown, each message is printed above it, so the two never garble each
+//! other. Results go to stdout through [`print_stdout`].
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -81,4 +82,16 @@ pub fn init(quiet: bool) {
     };
     let _ = log::set_logger(&StderrLogger);
     log::set_max_level(level);
+}
+
+/// Writes `text` to stdout, ignoring a closed pipe (`runner ... | head`)
+/// rather than panicking as `println!` would.
+pub fn print_stdout(text: &str) {
+    print_bytes(text.as_bytes());
+}
+
+/// [`print_stdout`] for raw bytes (a generated token).
+pub fn print_bytes(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes).and_then(|_| out.flush());
 }

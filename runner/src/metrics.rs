@@ -1,5 +1,6 @@
 //! Measurements shared by `train`, `bench` and `generate`: the process's
-//! peak memory, the machine's FMA peak, and JSON-lines output.
+//! peak memory, the machine's FMA peak, and the `--json` records, one
+//! typed record per kind, serialized here and nowhere else.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kernels::Kernels;
+use serde::Serialize;
 
 use crate::error::Error;
 
@@ -49,7 +51,104 @@ pub fn measure_peak_gflops(kernels: Kernels, threads: usize) -> f64 {
     threads.max(1) as f64 * best
 }
 
-/// A file of JSON objects, one per line, flushed after each.
+/// One line of a `--json` file; `kind` names the variant. The README's
+/// field table documents every field (a test holds the two together).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    TrainStep(TrainStepRecord),
+    Eval(EvalRecord),
+    Bench(BenchRecord),
+    Generate(GenerateRecord),
+}
+
+/// What ran: the shape, the backend and the threads.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RunShape {
+    pub seq_len: usize,
+    pub batch: usize,
+    pub backend: &'static str,
+    pub threads: usize,
+}
+
+/// One optimizer step of `train`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainStepRecord {
+    pub step: u32,
+    /// f32 values are written as f64 (`5.550462245941162`), as the
+    /// records always were.
+    pub loss: f64,
+    pub lr: f64,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub loss_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_sec: f64,
+    #[serde(flatten)]
+    pub shape: RunShape,
+    pub peak_rss_bytes: u64,
+}
+
+/// One validation during `train`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalRecord {
+    pub step: u32,
+    pub val_loss: f64,
+    pub forward_ms: f64,
+    pub cross_entropy_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_sec: f64,
+    #[serde(flatten)]
+    pub shape: RunShape,
+    pub peak_rss_bytes: u64,
+}
+
+/// One training row of `bench` (medians over the timed steps).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchRecord {
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_sec: f64,
+    pub gflops: f64,
+    pub mfu: f64,
+    pub peak_gflops: f64,
+    pub speedup_vs_scalar: Option<f64>,
+    /// Share of the step per kind of work.
+    pub breakdown: std::collections::BTreeMap<&'static str, f64>,
+    #[serde(flatten)]
+    pub shape: RunShape,
+    pub peak_rss_bytes: u64,
+}
+
+/// A `generate` run, or one decoding row of `bench` (which has
+/// `uncached_tokens_per_sec` and none of the times).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerateRecord {
+    pub tokens_per_sec: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncached_tokens_per_sec: Option<f64>,
+    #[serde(flatten)]
+    pub run: Option<GenerationTimes>,
+    #[serde(flatten)]
+    pub shape: RunShape,
+    pub peak_rss_bytes: u64,
+}
+
+/// Where a `generate` run's time went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationTimes {
+    pub tokens: usize,
+    pub total_ms: f64,
+    pub prompt_ms: f64,
+    pub forward_ms: f64,
+    pub sampling_ms: f64,
+    pub kv_cache_bytes: usize,
+}
+
+/// A file of JSON records, one per line, flushed after each.
 pub struct JsonLines {
     path: PathBuf,
     out: BufWriter<File>,
@@ -64,11 +163,111 @@ impl JsonLines {
         })
     }
 
-    pub fn write(&mut self, value: &serde_json::Value) -> Result<(), Error> {
+    pub fn write(&mut self, record: &Record) -> Result<(), Error> {
         let path = &self.path;
-        serde_json::to_writer(&mut self.out, value).map_err(|e| Error::io(path, e.into()))?;
+        serde_json::to_writer(&mut self.out, record).map_err(|e| Error::io(path, e.into()))?;
         writeln!(self.out)
             .and_then(|_| self.out.flush())
             .map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// One record of each kind, with every optional field present.
+    fn every_record() -> Vec<Record> {
+        let shape = RunShape {
+            seq_len: 1,
+            batch: 1,
+            backend: "scalar",
+            threads: 1,
+        };
+        vec![
+            Record::TrainStep(TrainStepRecord {
+                step: 1,
+                loss: 1.0,
+                lr: 1.0,
+                forward_ms: 1.0,
+                backward_ms: 1.0,
+                optimizer_ms: 1.0,
+                loss_ms: 1.0,
+                total_ms: 1.0,
+                tokens_per_sec: 1.0,
+                shape,
+                peak_rss_bytes: 1,
+            }),
+            Record::Eval(EvalRecord {
+                step: 1,
+                val_loss: 1.0,
+                forward_ms: 1.0,
+                cross_entropy_ms: 1.0,
+                total_ms: 1.0,
+                tokens_per_sec: 1.0,
+                shape,
+                peak_rss_bytes: 1,
+            }),
+            Record::Bench(BenchRecord {
+                forward_ms: 1.0,
+                backward_ms: 1.0,
+                optimizer_ms: 1.0,
+                total_ms: 1.0,
+                tokens_per_sec: 1.0,
+                gflops: 1.0,
+                mfu: 1.0,
+                peak_gflops: 1.0,
+                speedup_vs_scalar: Some(1.0),
+                breakdown: Default::default(),
+                shape,
+                peak_rss_bytes: 1,
+            }),
+            Record::Generate(GenerateRecord {
+                tokens_per_sec: 1.0,
+                uncached_tokens_per_sec: Some(1.0),
+                run: Some(GenerationTimes {
+                    tokens: 1,
+                    total_ms: 1.0,
+                    prompt_ms: 1.0,
+                    forward_ms: 1.0,
+                    sampling_ms: 1.0,
+                    kv_cache_bytes: 1,
+                }),
+                shape,
+                peak_rss_bytes: 1,
+            }),
+        ]
+    }
+
+    /// The backticked names in the first column of the README's `--json`
+    /// field table.
+    fn documented_fields() -> BTreeSet<String> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let section = readme
+            .split("### `--json FILE`")
+            .nth(1)
+            .expect("the README has a `--json FILE` section");
+        let mut fields = BTreeSet::new();
+        for row in section.lines().skip_while(|l| !l.starts_with('|')) {
+            let Some(first) = row.strip_prefix('|').and_then(|r| r.split('|').next()) else {
+                break;
+            };
+            for name in first.split('`').skip(1).step_by(2) {
+                fields.insert(name.to_string());
+            }
+        }
+        fields
+    }
+
+    #[test]
+    fn the_readme_documents_every_field_and_only_those() {
+        let mut emitted = BTreeSet::new();
+        for record in every_record() {
+            let value = serde_json::to_value(&record).unwrap();
+            emitted.extend(value.as_object().unwrap().keys().cloned());
+        }
+        assert_eq!(documented_fields(), emitted);
     }
 }

@@ -76,7 +76,10 @@ impl Threads {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(count)
                 .build()
-                .map_err(|e| Error::Config(format!("cannot start {count} threads: {e}")))?;
+                .map_err(|e| Error::Threads {
+                    threads: count,
+                    reason: e.to_string(),
+                })?;
             Ok(Threads {
                 count,
                 pool: Some(Arc::new(pool)),
@@ -101,94 +104,79 @@ impl Threads {
         }
     }
 
-    /// Calls `f(i)` for every `i` in `0..n`, spread over the pool, and
-    /// returns the first error.
-    pub fn try_for_each(
+    /// Calls `f(i, piece)` for every piece of `pieces` (one buffer
+    /// `(&mut data, piece_len)`, or a pair of such, nested for more, cut
+    /// in step), spread over the pool, and returns the first error.
+    pub fn try_for_each_piece<P: Pieces>(
         &self,
-        n: usize,
-        f: impl Fn(usize) -> Result<(), Error> + Sync + Send,
+        pieces: P,
+        f: impl Fn(usize, P::Piece) -> Result<(), Error> + Sync + Send,
     ) -> Result<(), Error> {
         #[cfg(feature = "parallel")]
-        if let Some(pool) = self.pool.as_ref().filter(|_| n > 1) {
-            use rayon::prelude::*;
-            return pool.install(|| (0..n).into_par_iter().try_for_each(f));
-        }
-        (0..n).try_for_each(f)
-    }
-
-    /// Calls `f(i, chunk)` for consecutive chunks of `chunk` items of
-    /// `data` (the last may be shorter), spread over the pool.
-    pub fn try_for_each_chunk<T: Send>(
-        &self,
-        data: &mut [T],
-        chunk: usize,
-        f: impl Fn(usize, &mut [T]) -> Result<(), Error> + Sync + Send,
-    ) -> Result<(), Error> {
-        #[cfg(feature = "parallel")]
-        if let Some(pool) = self.pool.as_ref().filter(|_| data.len() > chunk) {
+        if let Some(pool) = self.pool.as_ref().filter(|_| pieces.several()) {
             use rayon::prelude::*;
             return pool.install(|| {
-                data.par_chunks_mut(chunk.max(1))
+                pieces
+                    .par()
                     .enumerate()
-                    .try_for_each(|(i, c)| f(i, c))
+                    .try_for_each(|(i, piece)| f(i, piece))
             });
         }
-        data.chunks_mut(chunk.max(1))
+        pieces
+            .seq()
             .enumerate()
-            .try_for_each(|(i, c)| f(i, c))
-    }
-
-    /// As [`Threads::try_for_each_chunk`] over two buffers chunked in step
-    /// (chunk `i` of `a` has `a_chunk` items, of `b` `b_chunk`).
-    pub fn try_for_each_chunk2<A: Send, B: Send>(
-        &self,
-        (a, a_chunk): (&mut [A], usize),
-        (b, b_chunk): (&mut [B], usize),
-        f: impl Fn(usize, &mut [A], &mut [B]) -> Result<(), Error> + Sync + Send,
-    ) -> Result<(), Error> {
-        #[cfg(feature = "parallel")]
-        if let Some(pool) = self.pool.as_ref().filter(|_| a.len() > a_chunk) {
-            use rayon::prelude::*;
-            return pool.install(|| {
-                a.par_chunks_mut(a_chunk.max(1))
-                    .zip(b.par_chunks_mut(b_chunk.max(1)))
-                    .enumerate()
-                    .try_for_each(|(i, (a, b))| f(i, a, b))
-            });
-        }
-        a.chunks_mut(a_chunk.max(1))
-            .zip(b.chunks_mut(b_chunk.max(1)))
-            .enumerate()
-            .try_for_each(|(i, (a, b))| f(i, a, b))
+            .try_for_each(|(i, piece)| f(i, piece))
     }
 }
 
-impl Threads {
-    /// As [`Threads::try_for_each_chunk2`] over three buffers.
-    #[allow(clippy::type_complexity)]
-    pub fn try_for_each_chunk3<A: Send, B: Send, C: Send>(
-        &self,
-        (a, a_chunk): (&mut [A], usize),
-        (b, b_chunk): (&mut [B], usize),
-        (c, c_chunk): (&mut [C], usize),
-        f: impl Fn(usize, &mut [A], &mut [B], &mut [C]) -> Result<(), Error> + Sync + Send,
-    ) -> Result<(), Error> {
-        #[cfg(feature = "parallel")]
-        if let Some(pool) = self.pool.as_ref().filter(|_| a.len() > a_chunk) {
-            use rayon::prelude::*;
-            return pool.install(|| {
-                a.par_chunks_mut(a_chunk.max(1))
-                    .zip(b.par_chunks_mut(b_chunk.max(1)))
-                    .zip(c.par_chunks_mut(c_chunk.max(1)))
-                    .enumerate()
-                    .try_for_each(|(i, ((a, b), c))| f(i, a, b, c))
-            });
-        }
-        a.chunks_mut(a_chunk.max(1))
-            .zip(b.chunks_mut(b_chunk.max(1)))
-            .zip(c.chunks_mut(c_chunk.max(1)))
-            .enumerate()
-            .try_for_each(|(i, ((a, b), c))| f(i, a, b, c))
+/// Buffers cut into consecutive pieces that are handed out together:
+/// `(&mut data, piece_len)` (the last piece may be shorter), or a pair of
+/// `Pieces` cut in step (piece `i` of each).
+pub trait Pieces: Send + Sized {
+    type Piece: Send;
+    type Seq: Iterator<Item = Self::Piece>;
+    #[cfg(feature = "parallel")]
+    type Par: rayon::iter::IndexedParallelIterator<Item = Self::Piece>;
+    /// Whether there is more than one piece (one runs on the caller).
+    fn several(&self) -> bool;
+    fn seq(self) -> Self::Seq;
+    #[cfg(feature = "parallel")]
+    fn par(self) -> Self::Par;
+}
+
+impl<'a, T: Send> Pieces for (&'a mut [T], usize) {
+    type Piece = &'a mut [T];
+    type Seq = std::slice::ChunksMut<'a, T>;
+    #[cfg(feature = "parallel")]
+    type Par = rayon::slice::ChunksMut<'a, T>;
+    fn several(&self) -> bool {
+        self.0.len() > self.1
+    }
+    fn seq(self) -> Self::Seq {
+        self.0.chunks_mut(self.1.max(1))
+    }
+    #[cfg(feature = "parallel")]
+    fn par(self) -> Self::Par {
+        use rayon::prelude::*;
+        self.0.par_chunks_mut(self.1.max(1))
+    }
+}
+
+impl<A: Pieces, B: Pieces> Pieces for (A, B) {
+    type Piece = (A::Piece, B::Piece);
+    type Seq = std::iter::Zip<A::Seq, B::Seq>;
+    #[cfg(feature = "parallel")]
+    type Par = rayon::iter::Zip<A::Par, B::Par>;
+    fn several(&self) -> bool {
+        self.0.several()
+    }
+    fn seq(self) -> Self::Seq {
+        self.0.seq().zip(self.1.seq())
+    }
+    #[cfg(feature = "parallel")]
+    fn par(self) -> Self::Par {
+        use rayon::prelude::*;
+        self.0.par().zip(self.1.par())
     }
 }
 

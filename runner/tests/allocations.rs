@@ -13,11 +13,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kernels::Kernels;
-use runner::config::{ModelConfig, Preset};
 use runner::model::Gpt;
-use runner::optim::{Optimizer, OptimizerSettings};
+use runner::model::{ModelConfig, Preset};
 use runner::rng::Rng;
 use runner::threads::Threads;
+use runner::train::optim::{Optimizer, OptimizerSettings};
 use runner::train::{train_step, BatchBuffers};
 
 /// The system allocator, counting allocations and reallocations.
@@ -50,7 +50,7 @@ static GLOBAL: Counting = Counting;
 fn config() -> ModelConfig {
     ModelConfig {
         block_size: 64,
-        ..Preset::Tiny.config()
+        ..Preset::Tiny.config(runner::data::VOCAB_SIZE)
     }
 }
 

@@ -11,9 +11,9 @@ use std::process::{Command, Output};
 
 use kernels::Kernels;
 use runner::checkpoint::{self, RunSchedule, TrainingState};
-use runner::config::Preset;
 use runner::model::Gpt;
-use runner::optim::Optimizer;
+use runner::model::Preset;
+use runner::train::optim::Optimizer;
 
 /// `runner` with its address space capped at 1 GiB, so that allocating a
 /// model of gigabytes fails loudly (an abort) instead of being overcommitted.
@@ -71,8 +71,8 @@ fn saving_twice_replaces_the_checkpoint() {
     assert_ne!(first, second, "the second save did not replace the model");
 
     let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
-    let (state, _) = checkpoint::load_run(&ckpt, model.params.len()).unwrap();
-    assert_eq!(state.optimizer.step, 3, "the first run's state was loaded");
+    let state = checkpoint::load_run(&ckpt, model.params.len()).unwrap();
+    assert_eq!(state.step, 3, "the first run's state was loaded");
     // Resuming continues from the second run's step.
     let out = runner(&[
         "train",
@@ -222,14 +222,9 @@ fn impossible_sizes_are_refused_before_allocating() {
 #[test]
 fn the_run_schedule_round_trips() {
     let dir = scratch("schedule");
-    let cfg = Preset::Tiny.config();
+    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
     let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
-    let mut optimizer = Optimizer::new(model.params.len());
-    optimizer.step = 7;
-    let state = TrainingState {
-        optimizer,
-        rng_state: 42,
-    };
+    let optimizer = Optimizer::new(model.params.len());
     let schedule = RunSchedule {
         lr: 3e-4,
         warmup: 5,
@@ -237,11 +232,17 @@ fn the_run_schedule_round_trips() {
         batch: 4,
         grad_accum: 2,
     };
+    let state = TrainingState {
+        step: 7,
+        rng_state: 42,
+        moments: optimizer.moments(),
+        schedule: Some(schedule),
+    };
     let with = dir.join("with");
-    checkpoint::save_run(&with, &model, &state, &schedule).unwrap();
-    let (loaded, saved) = checkpoint::load_run(&with, model.params.len()).unwrap();
-    assert_eq!((loaded.optimizer.step, loaded.rng_state), (7, 42));
-    assert_eq!(saved, Some(schedule));
+    checkpoint::save(&with, &model, Some(&state)).unwrap();
+    let loaded = checkpoint::load_run(&with, model.params.len()).unwrap();
+    assert_eq!((loaded.step, loaded.rng_state), (7, 42));
+    assert_eq!(loaded.schedule, Some(schedule));
 
     let changed = RunSchedule {
         lr: 1e-3,
@@ -259,29 +260,39 @@ fn the_run_schedule_round_trips() {
 
     // Saved without a schedule (as by older runners): none comes back.
     let without = dir.join("without");
+    let state = TrainingState {
+        schedule: None,
+        ..state
+    };
     checkpoint::save(&without, &model, Some(&state)).unwrap();
-    let (_, saved) = checkpoint::load_run(&without, model.params.len()).unwrap();
-    assert_eq!(saved, None);
+    let loaded = checkpoint::load_run(&without, model.params.len()).unwrap();
+    assert_eq!(loaded.schedule, None);
 }
 
 #[test]
 fn moments_that_would_poison_adamw_are_refused() {
     let dir = scratch("nan");
-    let model = Gpt::new(Preset::Tiny.config(), Kernels::best(), 3).unwrap();
+    let model = Gpt::new(
+        Preset::Tiny.config(runner::data::VOCAB_SIZE),
+        Kernels::best(),
+        3,
+    )
+    .unwrap();
     for (i, poison) in [(0, f32::NAN), (1, -1.0)] {
         let mut optimizer = Optimizer::new(model.params.len());
         let (m, v) = optimizer.moments_mut();
         let moment = if i == 0 { m } else { v };
         moment[5] = poison;
         let state = TrainingState {
-            optimizer,
+            step: 0,
             rng_state: 1,
+            moments: optimizer.moments(),
+            schedule: None,
         };
         let ckpt = dir.join(format!("ckpt{i}"));
         checkpoint::save(&ckpt, &model, Some(&state)).unwrap();
-        let err = checkpoint::load_run(&ckpt, model.params.len())
-            .err()
-            .expect("poisoned moments load");
+        let err =
+            checkpoint::load_run(&ckpt, model.params.len()).expect_err("poisoned moments load");
         assert!(
             err.to_string().contains("NaN, infinite or negative"),
             "{err}"

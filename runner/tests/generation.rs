@@ -3,9 +3,9 @@
 //! answers for bad prompts.
 
 use kernels::{Backend, Kernels};
-use runner::config::{ModelConfig, Preset};
 use runner::generate::{argmax, generate, Sampling};
 use runner::model::Gpt;
+use runner::model::{ModelConfig, Preset};
 use runner::rng::Rng;
 use runner::threads::Threads;
 
@@ -18,7 +18,7 @@ fn model(block_size: usize) -> Gpt {
 fn model_on(kernels: Kernels, block_size: usize) -> Gpt {
     let cfg = ModelConfig {
         block_size,
-        ..Preset::Tiny.config()
+        ..Preset::Tiny.config(runner::data::VOCAB_SIZE)
     };
     let mut model = Gpt::new(cfg, kernels, 5).unwrap();
     let mut rng = Rng::new(9);
@@ -95,7 +95,7 @@ fn cached_logits_do_not_depend_on_the_thread_count() {
         layers: 1,
         heads: 4,
         channels: 256,
-        ..Preset::Tiny.config()
+        ..Preset::Tiny.config(runner::data::VOCAB_SIZE)
     };
     let t = cfg.block_size;
     let context: Vec<u32> = (0..t as u32).map(|i| (i * 53 + 3) % 256).collect();

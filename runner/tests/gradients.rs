@@ -15,8 +15,8 @@
 //! makes.
 
 use kernels::{Backend, Kernels};
-use runner::config::Preset;
 use runner::model::Gpt;
+use runner::model::Preset;
 use runner::rng::Rng;
 
 /// Mean over rows of `logsumexp(row) − row[target]`, in f64.
@@ -59,7 +59,7 @@ const DIRECTION_TOL: f64 = 1e-3;
 
 #[test]
 fn every_parameter_gradient_matches_finite_differences() {
-    let cfg = Preset::Tiny.config();
+    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
     let (b, t) = (2, cfg.block_size);
     for backend in Backend::ALL.into_iter().filter(|b| b.is_supported()) {
         let kernels = Kernels::new(backend).unwrap();
@@ -80,7 +80,9 @@ fn every_parameter_gradient_matches_finite_differences() {
 
         let sizes = model.sizes();
         let mut offset = 0;
-        for (name, len) in sizes.into_named() {
+        let specs = runner::model::tensors::PARAM_SPECS.into_array();
+        for (spec, len) in specs.iter().zip(sizes.into_array()) {
+            let name = spec.hf_name;
             let range = offset..offset + len;
             offset += len;
             let grad = &grads[range.clone()];
@@ -145,7 +147,7 @@ fn every_parameter_gradient_matches_finite_differences() {
 
 #[test]
 fn gradients_accumulate_over_micro_batches() {
-    let cfg = Preset::Tiny.config();
+    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
     let (b, t) = (2, cfg.block_size);
     let kernels = Kernels::best();
     let mut model = Gpt::new(cfg, kernels, 1).unwrap();

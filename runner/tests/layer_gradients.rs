@@ -19,8 +19,13 @@
 //! poisons `L` and fails the check.
 
 use kernels::{Backend, Kernels};
-use runner::model::layers::{encoder_backward, encoder_forward, Compute};
+use runner::model::layers::{
+    cross_entropy, encoder_backward, encoder_forward, gelu_backward, gelu_forward,
+    layer_norm_backward, layer_norm_forward, lm_head_backward, lm_head_forward, matmul_backward,
+    matmul_forward,
+};
 use runner::model::LAYER_NORM_EPS;
+use runner::model::{attention_backward, attention_forward, Attention, Context};
 use runner::rng::Rng;
 
 /// Every backend this CPU runs, the scalar reference first.
@@ -175,7 +180,7 @@ fn matmul_backward_matches_finite_differences() {
     // Output width as the QKV projection's (3c), rows an odd b·t.
     let (bt, c, oc) = (3 * 7, 20, 60);
     for k in backends() {
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(1);
         let mut inputs = vec![
             normal(&mut rng, bt * c, 1.0),
@@ -188,9 +193,19 @@ fn matmul_backward_matches_finite_differences() {
         let [inp, w, _] = &inputs[..] else {
             unreachable!()
         };
-        compute
-            .matmul_backward(&mut dinp, &mut dw, Some(&mut dbias), &g, inp, w, bt, c, oc)
-            .unwrap();
+        matmul_backward(
+            &mut compute,
+            &mut dinp,
+            &mut dw,
+            Some(&mut dbias),
+            &g,
+            inp,
+            w,
+            bt,
+            c,
+            oc,
+        )
+        .unwrap();
         check_gradients(
             &format!("{} matmul", k.backend()),
             &mut inputs,
@@ -198,8 +213,7 @@ fn matmul_backward_matches_finite_differences() {
             LINEAR,
             &mut |x| {
                 let mut out = vec![f32::NAN; bt * oc];
-                compute
-                    .matmul_forward(&mut out, &x[0], &x[1], Some(&x[2]), bt, c, oc)
+                matmul_forward(&mut compute, &mut out, &x[0], &x[1], Some(&x[2]), bt, c, oc)
                     .unwrap();
                 weighted_sum(&out, &g)
             },
@@ -211,14 +225,23 @@ fn matmul_backward_matches_finite_differences() {
 fn lm_head_backward_matches_finite_differences() {
     let (bt, c, v) = (3 * 5, 12, 37);
     for k in backends() {
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(2);
         let mut inputs = vec![normal(&mut rng, bt * c, 1.0), normal(&mut rng, v * c, 0.5)];
         let g = normal(&mut rng, bt * v, 1.0);
         let (mut dx, mut dwte) = (vec![f32::NAN; bt * c], vec![0.0; v * c]);
-        compute
-            .lm_head_backward(&mut dx, &mut dwte, &g, &inputs[0], &inputs[1], bt, c, v)
-            .unwrap();
+        lm_head_backward(
+            &mut compute,
+            &mut dx,
+            &mut dwte,
+            &g,
+            &inputs[0],
+            &inputs[1],
+            bt,
+            c,
+            v,
+        )
+        .unwrap();
         check_gradients(
             &format!("{} lm_head", k.backend()),
             &mut inputs,
@@ -226,9 +249,7 @@ fn lm_head_backward_matches_finite_differences() {
             LINEAR,
             &mut |x| {
                 let mut logits = vec![f32::NAN; bt * v];
-                compute
-                    .lm_head_forward(&mut logits, &x[0], &x[1], bt, c, v)
-                    .unwrap();
+                lm_head_forward(&mut compute, &mut logits, &x[0], &x[1], bt, c, v).unwrap();
                 weighted_sum(&logits, &g)
             },
         );
@@ -240,31 +261,42 @@ fn attention_backward_matches_finite_differences() {
     // (b, t, c, heads): head sizes 4 and 10, `t` 13 and 35 (over 32).
     for (b, t, c, nh) in [(3, 13, 12, 3), (1, 35, 20, 2)] {
         for k in backends() {
-            let mut compute = Compute::new(k);
+            let mut compute = Context::new(k);
             let mut rng = Rng::new(3);
             let mut inputs = vec![normal(&mut rng, b * t * 3 * c, 1.0)];
             let g = normal(&mut rng, b * t * c, 1.0);
             let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t * t]);
             let mut per_head = vec![f32::NAN; b * t * 3 * c];
-            compute
-                .attention_forward(&mut out, &mut att, &mut per_head, &inputs[0], b, t, c, nh)
-                .unwrap();
-            let mut dqkv = vec![f32::NAN; b * t * 3 * c];
-            let mut datt = vec![f32::NAN; b * nh * t * t];
-            compute
-                .attention_backward(
-                    &mut dqkv,
-                    &mut datt,
-                    &mut per_head,
-                    &g,
-                    &inputs[0],
-                    &att,
+            attention_forward(
+                &mut compute,
+                &mut out,
+                &mut att,
+                &inputs[0],
+                c,
+                nh,
+                Attention::Causal {
                     b,
                     t,
-                    c,
-                    nh,
-                )
-                .unwrap();
+                    per_head: &mut per_head,
+                },
+            )
+            .unwrap();
+            let mut dqkv = vec![f32::NAN; b * t * 3 * c];
+            let mut datt = vec![f32::NAN; b * nh * t * t];
+            attention_backward(
+                &mut compute,
+                &mut dqkv,
+                &mut datt,
+                &mut per_head,
+                &g,
+                &inputs[0],
+                &att,
+                b,
+                t,
+                c,
+                nh,
+            )
+            .unwrap();
             check_gradients(
                 &format!("{} attention b{b} t{t} c{c} nh{nh}", k.backend()),
                 &mut inputs,
@@ -274,9 +306,20 @@ fn attention_backward_matches_finite_differences() {
                     let mut out = vec![f32::NAN; b * t * c];
                     let mut att = vec![f32::NAN; b * nh * t * t];
                     let mut per_head = vec![f32::NAN; b * t * c];
-                    compute
-                        .attention_forward(&mut out, &mut att, &mut per_head, &x[0], b, t, c, nh)
-                        .unwrap();
+                    attention_forward(
+                        &mut compute,
+                        &mut out,
+                        &mut att,
+                        &x[0],
+                        c,
+                        nh,
+                        Attention::Causal {
+                            b,
+                            t,
+                            per_head: &mut per_head,
+                        },
+                    )
+                    .unwrap();
                     weighted_sum(&out, &g)
                 },
             );
@@ -290,7 +333,7 @@ fn layer_norm_backward_matches_finite_differences_across_pieces() {
     // parameter gradients are summed piece by piece.
     let (rows, c) = (130, 20);
     for k in backends() {
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(4);
         // Rows with an offset, so the mean matters.
         let x: Vec<f32> = normal(&mut rng, rows * c, 1.5)
@@ -301,36 +344,36 @@ fn layer_norm_backward_matches_finite_differences_across_pieces() {
         let gamma = normal(&mut rng, c, 0.5).iter().map(|g| 1.0 + g).collect();
         let mut inputs = vec![x, gamma, normal(&mut rng, c, 0.5)];
         let g = normal(&mut rng, rows * c, 1.0);
-        let forward = |compute: &mut Compute, x: &[Vec<f32>]| {
+        let forward = |compute: &mut Context, x: &[Vec<f32>]| {
             let mut out = vec![f32::NAN; rows * c];
             let (mut mean, mut rstd) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-            compute
-                .layer_norm_forward(
-                    &x[0],
-                    &x[1],
-                    &x[2],
-                    LAYER_NORM_EPS,
-                    &mut out,
-                    &mut mean,
-                    &mut rstd,
-                )
-                .unwrap();
+            layer_norm_forward(
+                compute,
+                &x[0],
+                &x[1],
+                &x[2],
+                LAYER_NORM_EPS,
+                &mut out,
+                &mut mean,
+                &mut rstd,
+            )
+            .unwrap();
             (out, mean, rstd)
         };
         let (_, mean, rstd) = forward(&mut compute, &inputs);
         let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-        compute
-            .layer_norm_backward(
-                &inputs[0],
-                &inputs[1],
-                &mean,
-                &rstd,
-                &g,
-                &mut dx,
-                &mut dgamma,
-                &mut dbeta,
-            )
-            .unwrap();
+        layer_norm_backward(
+            &mut compute,
+            &inputs[0],
+            &inputs[1],
+            &mean,
+            &rstd,
+            &g,
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+        )
+        .unwrap();
         check_gradients(
             &format!("{} layer norm", k.backend()),
             &mut inputs,
@@ -347,19 +390,19 @@ fn gelu_backward_matches_finite_differences() {
     // curved region and both tails.
     let n = 2 * (1 << 14) + 1001;
     for k in backends() {
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(5);
         let mut inputs = vec![normal(&mut rng, n, 3.0)];
         let g = normal(&mut rng, n, 1.0);
         let mut dx = vec![0.0; n];
-        compute.gelu_backward(&inputs[0], &g, &mut dx).unwrap();
+        gelu_backward(&mut compute, &inputs[0], &g, &mut dx).unwrap();
         // Element-wise, so one step of every input at once gives every
         // element's derivative: `G_j · Δgelu(x_j) / Δx_j`.
         let largest = dx.iter().fold(0.0_f64, |m, &d| m.max(f64::from(d).abs()));
         let mut stepped = |sign: f32| {
             let x: Vec<f32> = inputs[0].iter().map(|&x| x + sign * SMOOTH.h).collect();
             let mut out = vec![f32::NAN; n];
-            compute.gelu_forward(&x, &mut out).unwrap();
+            gelu_forward(&mut compute, &x, &mut out).unwrap();
             (x, out)
         };
         let ((x_up, up), (x_down, down)) = (stepped(1.0), stepped(-1.0));
@@ -376,7 +419,7 @@ fn gelu_backward_matches_finite_differences() {
             SMOOTH,
             &mut |x| {
                 let mut out = vec![f32::NAN; n];
-                compute.gelu_forward(&x[0], &mut out).unwrap();
+                gelu_forward(&mut compute, &x[0], &mut out).unwrap();
                 weighted_sum(&out, &g)
             },
         );
@@ -389,22 +432,22 @@ fn cross_entropy_gradient_matches_finite_differences() {
     // gradient the fused kernel writes with `grad_scale = scale`.
     let (rows, classes, scale) = (131, 37, 1.0 / 131.0);
     for k in backends() {
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(6);
         let mut inputs = vec![normal(&mut rng, rows * classes, 2.0)];
         let targets: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
         let mut losses = vec![f32::NAN; rows];
         let mut dlogits = vec![f32::NAN; rows * classes];
-        compute
-            .cross_entropy(
-                &inputs[0],
-                classes,
-                &targets,
-                &mut losses,
-                Some(&mut dlogits),
-                scale,
-            )
-            .unwrap();
+        cross_entropy(
+            &mut compute,
+            &inputs[0],
+            classes,
+            &targets,
+            &mut losses,
+            Some(&mut dlogits),
+            scale,
+        )
+        .unwrap();
         // The forward-only path, differentiated numerically, must agree
         // with the fused path's gradient.
         check_gradients(
@@ -414,9 +457,16 @@ fn cross_entropy_gradient_matches_finite_differences() {
             SMOOTH,
             &mut |x| {
                 let mut losses = vec![f32::NAN; rows];
-                compute
-                    .cross_entropy(&x[0], classes, &targets, &mut losses, None, 1.0)
-                    .unwrap();
+                cross_entropy(
+                    &mut compute,
+                    &x[0],
+                    classes,
+                    &targets,
+                    &mut losses,
+                    None,
+                    1.0,
+                )
+                .unwrap();
                 f64::from(scale) * losses.iter().map(|&l| f64::from(l)).sum::<f64>()
             },
         );
@@ -438,7 +488,7 @@ fn encoder_backward_matches_finite_differences() {
         let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
         let g = normal(&mut rng, b * t * c, 1.0);
         let (mut dwte, mut dwpe) = (vec![0.0; vocab * c], vec![0.0; block * c]);
-        encoder_backward(&k, &mut dwte, &mut dwpe, &g, &tokens, b, t, c).unwrap();
+        encoder_backward(&Context::new(k), &mut dwte, &mut dwpe, &g, &tokens, t, c).unwrap();
         assert!(dwpe[t * c..].iter().all(|&d| d == 0.0));
         check_gradients(
             &format!("{} encoder", k.backend()),
@@ -447,7 +497,8 @@ fn encoder_backward_matches_finite_differences() {
             LINEAR,
             &mut |x| {
                 let mut out = vec![f32::NAN; b * t * c];
-                encoder_forward(&k, &mut out, &tokens, &x[0], &x[1], b, t, c).unwrap();
+                encoder_forward(&Context::new(k), &mut out, &tokens, &x[0], &x[1], t, 0, c)
+                    .unwrap();
                 weighted_sum(&out, &g)
             },
         );
@@ -481,7 +532,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
     let bt = b * t;
     for k in backends() {
         let what = |layer: &str| format!("{} {layer}", k.backend());
-        let mut compute = Compute::new(k);
+        let mut compute = Context::new(k);
         let mut rng = Rng::new(8);
         let x = normal(&mut rng, bt * c, 1.0);
         let g = normal(&mut rng, bt * c, 1.0);
@@ -492,9 +543,19 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
             let mut dinp = vec![dinp_fill; bt * c];
             let (mut dw, mut dbias) = (vec![0.0; c * c], vec![0.0; c]);
             for _ in 0..passes {
-                compute
-                    .matmul_backward(&mut dinp, &mut dw, Some(&mut dbias), &g, &x, &w, bt, c, c)
-                    .unwrap();
+                matmul_backward(
+                    &mut compute,
+                    &mut dinp,
+                    &mut dw,
+                    Some(&mut dbias),
+                    &g,
+                    &x,
+                    &w,
+                    bt,
+                    c,
+                    c,
+                )
+                .unwrap();
             }
             (dinp, dw, dbias)
         };
@@ -510,9 +571,18 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let mut lm_head = |dx_fill: f32, passes: usize| {
             let (mut dx, mut dwte) = (vec![dx_fill; bt * c], vec![0.0; v * c]);
             for _ in 0..passes {
-                compute
-                    .lm_head_backward(&mut dx, &mut dwte, &dlogits, &x, &wte, bt, c, v)
-                    .unwrap();
+                lm_head_backward(
+                    &mut compute,
+                    &mut dx,
+                    &mut dwte,
+                    &dlogits,
+                    &x,
+                    &wte,
+                    bt,
+                    c,
+                    v,
+                )
+                .unwrap();
             }
             (dx, dwte)
         };
@@ -528,32 +598,32 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let gl = normal(&mut rng, rows * c, 1.0);
         let (gamma, beta) = (normal(&mut rng, c, 1.0), normal(&mut rng, c, 1.0));
         let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
-        compute
-            .layer_norm_forward(
-                &xl,
-                &gamma,
-                &beta,
-                LAYER_NORM_EPS,
-                &mut out,
-                &mut mean,
-                &mut rstd,
-            )
-            .unwrap();
+        layer_norm_forward(
+            &mut compute,
+            &xl,
+            &gamma,
+            &beta,
+            LAYER_NORM_EPS,
+            &mut out,
+            &mut mean,
+            &mut rstd,
+        )
+        .unwrap();
         let mut layer_norm = |passes: usize| {
             let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
             for _ in 0..passes {
-                compute
-                    .layer_norm_backward(
-                        &xl,
-                        &gamma,
-                        &mean,
-                        &rstd,
-                        &gl,
-                        &mut dx,
-                        &mut dgamma,
-                        &mut dbeta,
-                    )
-                    .unwrap();
+                layer_norm_backward(
+                    &mut compute,
+                    &xl,
+                    &gamma,
+                    &mean,
+                    &rstd,
+                    &gl,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                )
+                .unwrap();
             }
             (dx, dgamma, dbeta)
         };
@@ -567,7 +637,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let mut gelu = |passes: usize| {
             let mut dx = vec![0.0; bt * c];
             for _ in 0..passes {
-                compute.gelu_backward(&x, &g, &mut dx).unwrap();
+                gelu_backward(&mut compute, &x, &g, &mut dx).unwrap();
             }
             dx
         };
@@ -578,7 +648,8 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let encoder = |passes: usize| {
             let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
             for _ in 0..passes {
-                encoder_backward(&k, &mut dwte, &mut dwpe, &g, &tokens, b, t, c).unwrap();
+                encoder_backward(&Context::new(k), &mut dwte, &mut dwpe, &g, &tokens, t, c)
+                    .unwrap();
             }
             (dwte, dwpe)
         };
@@ -591,26 +662,37 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let qkv = normal(&mut rng, bt * 3 * c, 1.0);
         let (mut atty, mut att) = (vec![0.0; bt * c], vec![0.0; b * nh * t * t]);
         let mut per_head = vec![0.0; bt * 3 * c];
-        compute
-            .attention_forward(&mut atty, &mut att, &mut per_head, &qkv, b, t, c, nh)
-            .unwrap();
+        attention_forward(
+            &mut compute,
+            &mut atty,
+            &mut att,
+            &qkv,
+            c,
+            nh,
+            Attention::Causal {
+                b,
+                t,
+                per_head: &mut per_head,
+            },
+        )
+        .unwrap();
         let mut attention = |fill: f32| {
             let (mut dqkv, mut datt) = (vec![fill; bt * 3 * c], vec![fill; b * nh * t * t]);
             let mut per_head = vec![fill; bt * 3 * c];
-            compute
-                .attention_backward(
-                    &mut dqkv,
-                    &mut datt,
-                    &mut per_head,
-                    &g,
-                    &qkv,
-                    &att,
-                    b,
-                    t,
-                    c,
-                    nh,
-                )
-                .unwrap();
+            attention_backward(
+                &mut compute,
+                &mut dqkv,
+                &mut datt,
+                &mut per_head,
+                &g,
+                &qkv,
+                &att,
+                b,
+                t,
+                c,
+                nh,
+            )
+            .unwrap();
             dqkv
         };
         assert_overwritten(
@@ -622,9 +704,16 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let targets: Vec<u32> = (0..bt).map(|_| rng.below(v) as u32).collect();
         let mut cross_entropy = |fill: f32| {
             let (mut losses, mut dlogits) = (vec![fill; bt], vec![fill; bt * v]);
-            compute
-                .cross_entropy(&logits, v, &targets, &mut losses, Some(&mut dlogits), 0.5)
-                .unwrap();
+            cross_entropy(
+                &mut compute,
+                &logits,
+                v,
+                &targets,
+                &mut losses,
+                Some(&mut dlogits),
+                0.5,
+            )
+            .unwrap();
             dlogits
         };
         assert_overwritten(

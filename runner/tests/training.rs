@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use kernels::Kernels;
 use runner::checkpoint;
-use runner::config::{ModelConfig, Preset};
 use runner::data;
 use runner::eval::evaluate;
+use runner::model::{ModelConfig, Preset};
 use runner::train::{train, TrainSettings};
 
 fn scratch(name: &str) -> PathBuf {
@@ -19,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn settings(steps: u32) -> TrainSettings {
     TrainSettings {
-        config: Some(Preset::Tiny.config()),
+        config: Some(Preset::Tiny.config(runner::data::VOCAB_SIZE)),
         data: None,
         steps,
         batch: 4,
@@ -149,5 +149,5 @@ fn a_saved_checkpoint_evaluates_the_same() {
     assert_eq!(before.loss, after.loss);
     assert_eq!(before.tokens, tokens.len() - 1);
     let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();
-    assert_eq!(cfg, Preset::Tiny.config());
+    assert_eq!(cfg, Preset::Tiny.config(runner::data::VOCAB_SIZE));
 }

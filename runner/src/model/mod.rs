@@ -1,23 +1,36 @@
-//! The GPT-2 model: parameters, gradients and activations in arenas
-//! (`tensors`), the layers as forward/backward pairs (`layers`), and the
-//! passes that chain them (here).
+//! The GPT-2 model: its shape (`config`), its tensors (`tensors`, in
+//! aligned `arena`s), the layers as forward/backward pairs (`layers`,
+//! `attention`) run in an execution `context`, the one transformer
+//! `block`, and here the passes that chain them: training forward, loss
+//! and backward, and cached decoding.
 
-mod decode;
+mod arena;
+mod attention;
+mod block;
+pub mod config;
+pub mod context;
+mod kv_cache;
 pub mod layers;
-mod tensors;
+pub mod tensors;
 
 use kernels::Kernels;
 
-use crate::config::ModelConfig;
+pub use arena::Arena;
+use attention::CachedLayer;
+pub use attention::{attention_backward, attention_forward, Attention};
+use block::{block_backward, block_forward, BlockScratch};
+pub use config::{ModelConfig, Preset};
+pub use context::{Context, Profile};
+pub use kv_cache::KvCache;
+use layers::{
+    check_tokens, encoder_backward, encoder_forward, layer_norm_backward, layer_norm_forward,
+};
+use layers::{cross_entropy, lm_head_backward, lm_head_forward};
+use tensors::{Activations, BlockActivations, Init, ParamTensor, Params, Scratch};
+
 use crate::error::Error;
 use crate::rng::Rng;
 use crate::threads::Threads;
-pub use decode::KvCache;
-pub use layers::check_tokens;
-pub use layers::Profile;
-use layers::{encoder_backward, encoder_forward, Compute};
-pub use tensors::Arena;
-pub use tensors::{decays, Activations, Params, Scratch};
 
 /// LayerNorm epsilon, as GPT-2.
 pub const LAYER_NORM_EPS: f32 = 1e-5;
@@ -30,7 +43,7 @@ pub struct Gpt {
     pub params: Arena,
     /// Gradients, laid out as `params`.
     pub grads: Arena,
-    compute: Compute,
+    ctx: Context,
     batch: Option<Batch>,
 }
 
@@ -46,23 +59,26 @@ struct Batch {
 }
 
 impl Gpt {
-    /// A model initialised as GPT-2: weights ~ N(0, 0.02), the projections
-    /// into the residual stream scaled by 1/√(2L), biases 0, LayerNorm
-    /// gains 1.
+    /// A model initialised as [`tensors::PARAM_SPECS`] says (GPT-2's
+    /// initialisation), from `seed`.
     pub fn new(config: ModelConfig, kernels: Kernels, seed: u64) -> Result<Gpt, Error> {
         config.validate()?;
         let sizes = Params::sizes(&config);
         let mut params = Arena::zeros(sizes.total());
         let mut rng = Rng::new(seed);
         let residual_std = 0.02 / ((2 * config.layers) as f32).sqrt();
-        for (name, tensor) in sizes.split_mut(&mut params).into_named() {
-            match name {
-                "ln1w" | "ln2w" | "lnfw" => tensor.fill(1.0),
-                "attprojw" | "fcprojw" => tensor
+        let tensors = ParamTensor::all(&config);
+        for (tensor, values) in tensors
+            .iter()
+            .zip(sizes.split_mut(&mut params).into_array())
+        {
+            match tensor.spec.init {
+                Init::Zeros => values.fill(0.0),
+                Init::Ones => values.fill(1.0),
+                Init::Normal => values.iter_mut().for_each(|w| *w = rng.normal(0.0, 0.02)),
+                Init::ResidualNormal => values
                     .iter_mut()
                     .for_each(|w| *w = rng.normal(0.0, residual_std)),
-                _ if decays(name) => tensor.iter_mut().for_each(|w| *w = rng.normal(0.0, 0.02)),
-                _ => {}
             }
         }
         Gpt::from_params(config, kernels, params)
@@ -84,14 +100,23 @@ impl Gpt {
             sizes,
             grads: Arena::zeros(params.len()),
             params,
-            compute: Compute::new(kernels),
+            ctx: Context::new(kernels),
             batch: None,
         })
     }
 
+    /// Floats of activations and backward scratch for a `b × t` batch of
+    /// a model of shape `cfg` (saturating): what [`Gpt::forward`]
+    /// allocates.
+    pub fn activation_floats(cfg: &ModelConfig, b: usize, t: usize) -> usize {
+        Activations::sizes(cfg, b, t)
+            .total()
+            .saturating_add(Scratch::sizes(cfg, b, t).total())
+    }
+
     /// The kernels handle the model computes with.
     pub fn kernels(&self) -> Kernels {
-        self.compute.kernels
+        self.ctx.kernels
     }
 
     /// Named views of the parameters.
@@ -105,18 +130,18 @@ impl Gpt {
         (
             self.sizes.split_mut(&mut self.params),
             self.sizes.split(&self.grads),
-            &self.compute.threads,
+            &self.ctx.threads,
         )
     }
 
     /// Runs the model on `threads` from now on.
     pub fn set_threads(&mut self, threads: Threads) {
-        self.compute.threads = threads;
+        self.ctx.threads = threads;
     }
 
     /// The threads the model runs on.
     pub fn threads(&self) -> &Threads {
-        &self.compute.threads
+        &self.ctx.threads
     }
 
     /// Parameter tensor sizes.
@@ -124,19 +149,14 @@ impl Gpt {
         self.sizes
     }
 
-    /// Floats held by activations and backward scratch for a `b × t` batch.
-    pub fn activation_floats(&self, b: usize, t: usize) -> usize {
-        Activations::sizes(&self.config, b, t).total() + Scratch::sizes(&self.config, b, t).total()
-    }
-
     /// Time per kind of layer since the last call (and resets it).
     pub fn take_profile(&mut self) -> Profile {
-        std::mem::take(&mut self.compute.profile)
+        std::mem::take(&mut self.ctx.profile)
     }
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
-        self.compute.kernels.fill(0.0, &mut self.grads);
+        self.ctx.kernels.fill(0.0, &mut self.grads);
     }
 
     /// Runs the model on `b` sequences of `t` tokens (`tokens[b·t]`),
@@ -144,116 +164,58 @@ impl Gpt {
     pub fn forward(&mut self, tokens: &[u32], b: usize, t: usize) -> Result<(), Error> {
         let cfg = self.config;
         if b == 0 || t == 0 || t > cfg.block_size {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "a batch of {b} × {t} tokens does not fit block size {}",
                 cfg.block_size
             )));
         }
         if tokens.len() != b * t {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "{} tokens for a {b} × {t} batch",
                 tokens.len()
             )));
         }
         check_tokens(tokens, cfg.vocab_size)?;
-        let (c, nh, v) = (cfg.channels, cfg.heads, cfg.vocab_size);
-        let bt = b * t;
+        let (c, nh, v, layers) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.layers);
+        let btc = b * t * c;
         let Gpt {
             sizes,
             params,
-            compute,
+            ctx,
             batch,
             ..
         } = self;
         let p = sizes.split(params);
-        let k = compute.kernels;
         let batch = batch_for(batch, &cfg, b, t);
         batch.tokens.copy_from_slice(tokens);
-        let a = batch.act_sizes.split_mut(&mut batch.acts);
+        let mut a = batch.act_sizes.split_mut(&mut batch.acts);
         let per_head = batch.scratch_sizes.split_mut(&mut batch.scratch).per_head;
+        let residuals = std::mem::take(&mut a.residuals);
 
-        encoder_forward(&k, a.encoded, tokens, p.wte, p.wpe, b, t, c)?;
-        for l in 0..cfg.layers {
-            // Layer `l`'s slice of a stacked tensor of `n` floats per layer.
-            let at = |n: usize| l * n..(l + 1) * n;
-            let residual: &[f32] = if l == 0 {
-                a.encoded
-            } else {
-                &a.residual3[(l - 1) * bt * c..][..bt * c]
+        encoder_forward(ctx, &mut residuals[..btc], tokens, p.wte, p.wpe, t, 0, c)?;
+        for l in 0..layers {
+            let (input, output) = residual_pair(residuals, l, btc);
+            let attention = Attention::Causal {
+                b,
+                t,
+                per_head: &mut *per_head,
             };
-            let ln1 = &mut a.ln1[at(bt * c)];
-            let (mean, rstd) = (&mut a.ln1_mean[at(bt)], &mut a.ln1_rstd[at(bt)]);
-            compute.layer_norm_forward(
-                residual,
-                &p.ln1w[at(c)],
-                &p.ln1b[at(c)],
-                LAYER_NORM_EPS,
-                ln1,
-                mean,
-                rstd,
-            )?;
-            let qkv = &mut a.qkv[at(bt * 3 * c)];
-            compute.matmul_forward(
-                qkv,
-                ln1,
-                &p.qkvw[at(c * 3 * c)],
-                Some(&p.qkvb[at(3 * c)]),
-                bt,
+            let acts = a.layer_mut(l, layers);
+            block_forward(
+                ctx,
+                &p.layer(l, layers),
+                input,
+                output,
+                acts,
+                attention,
+                b * t,
                 c,
-                3 * c,
+                nh,
             )?;
-            let atty = &mut a.atty[at(bt * c)];
-            let att = &mut a.att[at(b * nh * t * t)];
-            compute.attention_forward(atty, att, per_head, qkv, b, t, c, nh)?;
-            let attproj = &mut a.attproj[at(bt * c)];
-            compute.matmul_forward(
-                attproj,
-                atty,
-                &p.attprojw[at(c * c)],
-                Some(&p.attprojb[at(c)]),
-                bt,
-                c,
-                c,
-            )?;
-            let residual2 = &mut a.residual2[at(bt * c)];
-            k.add(residual, attproj, residual2)?;
-            let ln2 = &mut a.ln2[at(bt * c)];
-            let (mean, rstd) = (&mut a.ln2_mean[at(bt)], &mut a.ln2_rstd[at(bt)]);
-            compute.layer_norm_forward(
-                residual2,
-                &p.ln2w[at(c)],
-                &p.ln2b[at(c)],
-                LAYER_NORM_EPS,
-                ln2,
-                mean,
-                rstd,
-            )?;
-            let fch = &mut a.fch[at(bt * 4 * c)];
-            compute.matmul_forward(
-                fch,
-                ln2,
-                &p.fcw[at(c * 4 * c)],
-                Some(&p.fcb[at(4 * c)]),
-                bt,
-                c,
-                4 * c,
-            )?;
-            let fch_gelu = &mut a.fch_gelu[at(bt * 4 * c)];
-            compute.gelu_forward(fch, fch_gelu)?;
-            let fcproj = &mut a.fcproj[at(bt * c)];
-            compute.matmul_forward(
-                fcproj,
-                fch_gelu,
-                &p.fcprojw[at(4 * c * c)],
-                Some(&p.fcprojb[at(c)]),
-                bt,
-                4 * c,
-                c,
-            )?;
-            k.add(residual2, fcproj, &mut a.residual3[at(bt * c)])?;
         }
-        let last = last_residual(&a.encoded[..], &a.residual3[..], cfg.layers, bt * c);
-        compute.layer_norm_forward(
+        let last = &residuals[layers * btc..][..btc];
+        layer_norm_forward(
+            ctx,
             last,
             p.lnfw,
             p.lnfb,
@@ -262,7 +224,7 @@ impl Gpt {
             a.lnf_mean,
             a.lnf_rstd,
         )?;
-        compute.lm_head_forward(a.logits, a.lnf, p.wte, bt, c, v)
+        lm_head_forward(ctx, a.logits, a.lnf, p.wte, b * t, c, v)
     }
 
     /// The logits of the last [`Gpt::forward`], `[b, t, V]`.
@@ -279,12 +241,12 @@ impl Gpt {
     /// `s = 1 / (b·t·micro_batches)` gives the gradient of the mean).
     pub fn loss(&mut self, targets: &[u32], grad_scale: Option<f32>) -> Result<f32, Error> {
         let v = self.config.vocab_size;
-        let Gpt { compute, batch, .. } = self;
+        let Gpt { ctx, batch, .. } = self;
         let Some(batch) = batch.as_mut() else {
-            return Err(Error::Config("loss before any forward pass".into()));
+            return Err(Error::NoForwardPass("loss"));
         };
         if targets.len() != batch.b * batch.t {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "{} targets for {} positions",
                 targets.len(),
                 batch.b * batch.t
@@ -294,14 +256,8 @@ impl Gpt {
         let a = batch.act_sizes.split_mut(&mut batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
         let dlogits = grad_scale.map(|_| s.dlogits);
-        compute.cross_entropy(
-            a.logits,
-            v,
-            targets,
-            a.losses,
-            dlogits,
-            grad_scale.unwrap_or(1.0),
-        )?;
+        let scale = grad_scale.unwrap_or(1.0);
+        cross_entropy(ctx, a.logits, v, targets, a.losses, dlogits, scale)?;
         let total: f64 = a.losses.iter().map(|&x| f64::from(x)).sum();
         Ok((total / a.losses.len() as f64) as f32)
     }
@@ -314,26 +270,26 @@ impl Gpt {
             sizes,
             params,
             grads,
-            compute,
+            ctx,
             batch,
             ..
         } = self;
         let Some(batch) = batch.as_mut() else {
-            return Err(Error::Config("backward before any forward pass".into()));
+            return Err(Error::NoForwardPass("backward"));
         };
         let (b, t) = (batch.b, batch.t);
-        let (c, nh, v) = (cfg.channels, cfg.heads, cfg.vocab_size);
-        let bt = b * t;
-        let k = compute.kernels;
+        let (c, nh, v, layers) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.layers);
+        let (bt, btc) = (b * t, b * t * c);
         let p = sizes.split(params);
-        let g = sizes.split_mut(grads);
+        let mut g = sizes.split_mut(grads);
         let a = batch.act_sizes.split(&batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
 
-        compute.lm_head_backward(s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, v)?;
-        let last = last_residual(a.encoded, a.residual3, cfg.layers, bt * c);
-        k.fill(0.0, s.dresidual);
-        compute.layer_norm_backward(
+        lm_head_backward(ctx, s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, v)?;
+        let last = &a.residuals[layers * btc..][..btc];
+        ctx.kernels.fill(0.0, s.dresidual);
+        layer_norm_backward(
+            ctx,
             last,
             p.lnfw,
             a.lnf_mean,
@@ -343,113 +299,129 @@ impl Gpt {
             g.lnfw,
             g.lnfb,
         )?;
-        for l in (0..cfg.layers).rev() {
-            let at = |n: usize| l * n..(l + 1) * n;
-            let residual: &[f32] = if l == 0 {
-                a.encoded
-            } else {
-                &a.residual3[(l - 1) * bt * c..][..bt * c]
+        for l in (0..layers).rev() {
+            let scratch = BlockScratch {
+                dresidual: &mut *s.dresidual,
+                dln: &mut *s.dln,
+                dqkv: &mut *s.dqkv,
+                datty: &mut *s.datty,
+                datt: &mut *s.datt,
+                per_head: &mut *s.per_head,
+                dfch: &mut *s.dfch,
+                dfch_gelu: &mut *s.dfch_gelu,
             };
-            // residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-            compute.matmul_backward(
-                s.dfch_gelu,
-                &mut g.fcprojw[at(4 * c * c)],
-                Some(&mut g.fcprojb[at(c)]),
-                s.dresidual,
-                &a.fch_gelu[at(bt * 4 * c)],
-                &p.fcprojw[at(4 * c * c)],
-                bt,
-                4 * c,
-                c,
-            )?;
-            k.fill(0.0, s.dfch);
-            compute.gelu_backward(&a.fch[at(bt * 4 * c)], s.dfch_gelu, s.dfch)?;
-            compute.matmul_backward(
-                s.dln,
-                &mut g.fcw[at(c * 4 * c)],
-                Some(&mut g.fcb[at(4 * c)]),
-                s.dfch,
-                &a.ln2[at(bt * c)],
-                &p.fcw[at(c * 4 * c)],
-                bt,
-                c,
-                4 * c,
-            )?;
-            let (mean, rstd) = (&a.ln2_mean[at(bt)], &a.ln2_rstd[at(bt)]);
-            compute.layer_norm_backward(
-                &a.residual2[at(bt * c)],
-                &p.ln2w[at(c)],
-                mean,
-                rstd,
-                s.dln,
-                s.dresidual,
-                &mut g.ln2w[at(c)],
-                &mut g.ln2b[at(c)],
-            )?;
-            // residual2 = residual + attproj(attention(qkv(ln1(residual)))).
-            compute.matmul_backward(
-                s.datty,
-                &mut g.attprojw[at(c * c)],
-                Some(&mut g.attprojb[at(c)]),
-                s.dresidual,
-                &a.atty[at(bt * c)],
-                &p.attprojw[at(c * c)],
-                bt,
-                c,
-                c,
-            )?;
-            compute.attention_backward(
-                s.dqkv,
-                s.datt,
-                s.per_head,
-                s.datty,
-                &a.qkv[at(bt * 3 * c)],
-                &a.att[at(b * nh * t * t)],
-                b,
-                t,
-                c,
-                nh,
-            )?;
-            compute.matmul_backward(
-                s.dln,
-                &mut g.qkvw[at(c * 3 * c)],
-                Some(&mut g.qkvb[at(3 * c)]),
-                s.dqkv,
-                &a.ln1[at(bt * c)],
-                &p.qkvw[at(c * 3 * c)],
-                bt,
-                c,
-                3 * c,
-            )?;
-            let (mean, rstd) = (&a.ln1_mean[at(bt)], &a.ln1_rstd[at(bt)]);
-            compute.layer_norm_backward(
-                residual,
-                &p.ln1w[at(c)],
-                mean,
-                rstd,
-                s.dln,
-                s.dresidual,
-                &mut g.ln1w[at(c)],
-                &mut g.ln1b[at(c)],
+            let input = &a.residuals[l * btc..][..btc];
+            let (pl, gl) = (p.layer(l, layers), g.layer_mut(l, layers));
+            block_backward(
+                ctx,
+                &pl,
+                gl,
+                input,
+                &a.layer(l, layers),
+                scratch,
+                (b, t, c, nh),
             )?;
         }
-        encoder_backward(&k, g.wte, g.wpe, s.dresidual, &batch.tokens, b, t, c)
+        encoder_backward(ctx, g.wte, g.wpe, s.dresidual, &batch.tokens, t, c)
+    }
+
+    /// An empty key/value cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+
+    /// Runs `tokens` at the positions after those in `cache`, appends their
+    /// keys and values, and returns the logits of the last one. The cache
+    /// must have room (`cache.len() + tokens.len() <= block_size`).
+    pub fn forward_cached<'c>(
+        &mut self,
+        cache: &'c mut KvCache,
+        tokens: &[u32],
+    ) -> Result<&'c [f32], Error> {
+        // One entry into the pool per pass, not one per matrix product.
+        let pool = self.ctx.threads.handle();
+        pool.install(|| {
+            let cfg = self.config;
+            let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
+            let layers = cfg.layers;
+            let (m, p0) = (tokens.len(), cache.len);
+            if m == 0 || p0 + m > t_max || cache.block_size != t_max {
+                return Err(Error::Input(format!(
+                    "{m} new tokens after {p0} do not fit the block size {t_max}"
+                )));
+            }
+            check_tokens(tokens, v)?;
+            let Gpt {
+                sizes, params, ctx, ..
+            } = self;
+            let p = sizes.split(params);
+            let KvCache {
+                keys_t,
+                values,
+                residuals,
+                acts,
+                scores,
+                head_scores,
+                lnf,
+                logits,
+                ..
+            } = cache;
+            let mc = m * c;
+            let (first, second) = residuals.split_at_mut(t_max * c);
+            let mut pair = [&mut first[..mc], &mut second[..mc]];
+            encoder_forward(ctx, pair[0], tokens, p.wte, p.wpe, t_max, p0, c)?;
+            let act_sizes = BlockActivations::sizes(&cfg, m, 0);
+            let per_layer = keys_t.len() / layers.max(1);
+            for l in 0..layers {
+                let [input, output] = &mut pair;
+                let attention = Attention::Cached(CachedLayer {
+                    keys_t: &mut keys_t[l * per_layer..][..per_layer],
+                    values: &mut values[l * per_layer..][..per_layer],
+                    t_max,
+                    p0,
+                    scores: &mut scores[..],
+                    head_scores: &mut head_scores[..],
+                });
+                let a = act_sizes.split_mut(acts);
+                block_forward(
+                    ctx,
+                    &p.layer(l, layers),
+                    input,
+                    output,
+                    a,
+                    attention,
+                    m,
+                    c,
+                    nh,
+                )?;
+                pair.swap(0, 1);
+            }
+            // Only the last position's logits are needed.
+            let last = &pair[0][(m - 1) * c..];
+            let (ln_last, stats) = lnf.split_at_mut(c);
+            let (mean, rstd) = stats.split_at_mut(1);
+            layer_norm_forward(
+                ctx,
+                last,
+                p.lnfw,
+                p.lnfb,
+                LAYER_NORM_EPS,
+                ln_last,
+                mean,
+                rstd,
+            )?;
+            lm_head_forward(ctx, logits, ln_last, p.wte, 1, c, v)?;
+            cache.len = p0 + m;
+            Ok(&cache.logits[..])
+        })
     }
 }
 
-/// The residual stream entering the final LayerNorm: the last block's
-/// output, or the embeddings when there are no blocks.
-fn last_residual<'a>(
-    encoded: &'a [f32],
-    residual3: &'a [f32],
-    layers: usize,
-    btc: usize,
-) -> &'a [f32] {
-    if layers == 0 {
-        encoded
-    } else {
-        &residual3[(layers - 1) * btc..][..btc]
-    }
+/// Block `l`'s input (the residual stream after `l` blocks) and output
+/// in the stacked residuals (`n` floats each).
+fn residual_pair(residuals: &mut [f32], l: usize, n: usize) -> (&[f32], &mut [f32]) {
+    let (before, after) = residuals.split_at_mut((l + 1) * n);
+    (&before[l * n..], &mut after[..n])
 }
 
 /// The batch buffers for `b × t`. Buffers only ever grow, so a smaller

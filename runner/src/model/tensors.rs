@@ -1,140 +1,50 @@
-//! Named views into flat arenas. Parameters, their gradients, activations
-//! and backward scratch each live in one buffer; a struct with one field per
-//! tensor holds either the sizes (`T = usize`) or the slices.
+//! What the model's buffers hold. The parameters are one table,
+//! [`PARAM_SPECS`]: per tensor, its Hugging Face name, shape,
+//! initialisation and weight decay, which initialisation, the optimizer,
+//! checkpoints and the memory report all read. Activations and backward
+//! scratch are sized here for a batch; per-layer tensors are stacked over
+//! the layers (`[L, ...]`) and viewed one layer at a time.
 
-use std::ops::{Deref, DerefMut};
+use super::arena::{floats, layered_tensors, named_tensors, per_field};
+use super::config::ModelConfig;
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::config::ModelConfig;
-
-/// One 64-byte cache line of floats, the storage unit of an [`Arena`].
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-/// A float buffer that starts on a cache line. Rows of the weights are
-/// whole lines long, so full-width AVX-512 loads of a row never straddle
-/// two lines (a `Vec<f32>` of this size starts 16 bytes into one, which
-/// made decoding on AVX-512 slower than on AVX2).
-#[derive(Clone)]
-pub struct Arena {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl Arena {
-    /// `len` zeros.
-    pub fn zeros(len: usize) -> Arena {
-        Arena {
-            lines: vec![Line::zeroed(); len.div_ceil(16)],
-            len,
-        }
-    }
-
-    /// Makes the buffer at least `len` long (never shorter); new floats
-    /// are zeros.
-    pub fn grow(&mut self, len: usize) {
-        if len > self.len {
-            self.lines.resize(len.div_ceil(16), Line::zeroed());
-            self.len = len;
-        }
-    }
-}
-
-impl Deref for Arena {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &bytemuck::cast_slice(&self.lines)[..self.len]
-    }
-}
-
-impl DerefMut for Arena {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
-    }
-}
-
-impl PartialEq for Arena {
-    fn eq(&self, other: &Arena) -> bool {
-        **self == **other
-    }
-}
-
-impl std::fmt::Debug for Arena {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Arena({} floats)", self.len)
-    }
-}
-
-/// Declares a struct of named tensors with `split` / `split_mut`, which cut
-/// an arena into the tensors in field order.
-macro_rules! named_tensors {
-    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident),* $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct $name<T> {
-            $($(#[$fdoc])* pub $field: T,)*
-        }
-
-        impl $name<usize> {
-            /// Floats in all tensors together.
-            pub fn total(&self) -> usize {
-                0 $(+ self.$field)*
-            }
-
-            /// Cuts `arena` (of [`Self::total`] floats) into the tensors.
-            pub fn split<'a>(&self, arena: &'a [f32]) -> $name<&'a [f32]> {
-                let mut rest = arena;
-                $(let ($field, tail) = rest.split_at(self.$field); rest = tail;)*
-                let _ = rest;
-                $name { $($field,)* }
-            }
-
-            /// Cuts `arena` (of [`Self::total`] floats) into mutable tensors.
-            pub fn split_mut<'a>(&self, arena: &'a mut [f32]) -> $name<&'a mut [f32]> {
-                let mut rest = arena;
-                $(let ($field, tail) = rest.split_at_mut(self.$field); rest = tail;)*
-                let _ = rest;
-                $name { $($field,)* }
-            }
-        }
-    };
-}
-
-named_tensors! {
-    /// The 16 parameter tensors; per-layer tensors are stacked over layers.
-    /// Weight matrices are stored `[in, out]` (Hugging Face's Conv1D layout),
-    /// so a layer computes `x · W`.
-    Params {
+layered_tensors! {
+    /// The 16 parameter tensors in arena order. Weight matrices are stored
+    /// `[in, out]` (Hugging Face's Conv1D layout), so a layer computes
+    /// `x · W`.
+    Params,
+    /// One transformer block's parameters.
+    LayerParams {
         /// Token embedding, `[V, C]`; also the (tied) output projection.
         wte,
         /// Position embedding, `[T, C]`.
         wpe,
-        /// `[L, C]`
-        ln1w,
-        /// `[L, C]`
-        ln1b,
-        /// `[L, C, 3C]`
-        qkvw,
-        /// `[L, 3C]`
-        qkvb,
-        /// `[L, C, C]`
-        attprojw,
-        /// `[L, C]`
-        attprojb,
-        /// `[L, C]`
-        ln2w,
-        /// `[L, C]`
-        ln2b,
-        /// `[L, C, 4C]`
-        fcw,
-        /// `[L, 4C]`
-        fcb,
-        /// `[L, 4C, C]`
-        fcprojw,
-        /// `[L, C]`
-        fcprojb,
+        [per layer:
+            /// `[C]` per layer
+            ln1w,
+            /// `[C]` per layer
+            ln1b,
+            /// `[C, 3C]` per layer
+            qkvw,
+            /// `[3C]` per layer
+            qkvb,
+            /// `[C, C]` per layer
+            attprojw,
+            /// `[C]` per layer
+            attprojb,
+            /// `[C]` per layer
+            ln2w,
+            /// `[C]` per layer
+            ln2b,
+            /// `[C, 4C]` per layer
+            fcw,
+            /// `[4C]` per layer
+            fcb,
+            /// `[4C, C]` per layer
+            fcprojw,
+            /// `[C]` per layer
+            fcprojb,
+        ]
         /// `[C]`
         lnfw,
         /// `[C]`
@@ -142,101 +52,225 @@ named_tensors! {
     }
 }
 
-impl Params<usize> {
-    /// Tensor sizes for `cfg`.
-    pub fn sizes(cfg: &ModelConfig) -> Params<usize> {
-        let (v, t, l, c) = (cfg.vocab_size, cfg.block_size, cfg.layers, cfg.channels);
-        Params {
-            wte: v * c,
-            wpe: t * c,
-            ln1w: l * c,
-            ln1b: l * c,
-            qkvw: l * c * 3 * c,
-            qkvb: l * 3 * c,
-            attprojw: l * c * c,
-            attprojb: l * c,
-            ln2w: l * c,
-            ln2b: l * c,
-            fcw: l * c * 4 * c,
-            fcb: l * 4 * c,
-            fcprojw: l * 4 * c * c,
-            fcprojb: l * c,
-            lnfw: c,
-            lnfb: c,
+/// The shape of one parameter tensor (of one layer's, for a stacked one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Vector(usize),
+    /// Rows, columns.
+    Matrix(usize, usize),
+}
+
+impl Shape {
+    /// The dimensions, as a checkpoint stores them.
+    pub fn dims(self) -> Vec<usize> {
+        match self {
+            Shape::Vector(n) => vec![n],
+            Shape::Matrix(r, c) => vec![r, c],
+        }
+    }
+
+    /// Floats in the tensor (saturating).
+    pub fn floats(self) -> usize {
+        match self {
+            Shape::Vector(n) => n,
+            Shape::Matrix(r, c) => floats(&[r, c]),
         }
     }
 }
 
-impl<T> Params<T> {
-    /// The tensors in field order with their names, so that code which treats
-    /// every tensor alike (optimizer, checkpoints) needs no list of its own.
-    pub fn into_named(self) -> [(&'static str, T); 16] {
-        [
-            ("wte", self.wte),
-            ("wpe", self.wpe),
-            ("ln1w", self.ln1w),
-            ("ln1b", self.ln1b),
-            ("qkvw", self.qkvw),
-            ("qkvb", self.qkvb),
-            ("attprojw", self.attprojw),
-            ("attprojb", self.attprojb),
-            ("ln2w", self.ln2w),
-            ("ln2b", self.ln2b),
-            ("fcw", self.fcw),
-            ("fcb", self.fcb),
-            ("fcprojw", self.fcprojw),
-            ("fcprojb", self.fcprojb),
-            ("lnfw", self.lnfw),
-            ("lnfb", self.lnfb),
-        ]
+/// How a parameter tensor starts (GPT-2's initialisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// N(0, 0.02).
+    Normal,
+    /// N(0, 0.02 / √(2L)): the projections that add into the residual
+    /// stream, so that its variance does not grow with depth.
+    ResidualNormal,
+}
+
+/// Everything said about one parameter tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    /// Its name in Hugging Face's GPT-2, after `transformer.` (or after
+    /// `transformer.h.{layer}.` for a per-layer tensor).
+    pub hf_name: &'static str,
+    /// Its shape (one layer's, for a per-layer tensor).
+    pub shape: fn(&ModelConfig) -> Shape,
+    pub init: Init,
+    /// Whether AdamW decays it: matrices and embeddings do, biases and
+    /// LayerNorm parameters do not.
+    pub weight_decay: bool,
+}
+
+/// Shorthand for the table's rows.
+const fn spec(
+    hf_name: &'static str,
+    shape: fn(&ModelConfig) -> Shape,
+    init: Init,
+    weight_decay: bool,
+) -> ParamSpec {
+    ParamSpec {
+        hf_name,
+        shape,
+        init,
+        weight_decay,
     }
 }
 
-/// Whether the named parameter tensor gets weight decay: matrices and
-/// embeddings do, biases and LayerNorm parameters do not.
-pub fn decays(name: &str) -> bool {
-    matches!(
-        name,
-        "wte" | "wpe" | "qkvw" | "attprojw" | "fcw" | "fcprojw"
-    )
+/// The parameter table. Adding a tensor is one field of [`Params`] and one
+/// row here (the compiler holds the two together).
+pub const PARAM_SPECS: Params<ParamSpec> = {
+    use Init::*;
+    use Shape::{Matrix, Vector};
+    Params {
+        wte: spec(
+            "wte.weight",
+            |c| Matrix(c.vocab_size, c.channels),
+            Normal,
+            true,
+        ),
+        wpe: spec(
+            "wpe.weight",
+            |c| Matrix(c.block_size, c.channels),
+            Normal,
+            true,
+        ),
+        ln1w: spec("ln_1.weight", |c| Vector(c.channels), Ones, false),
+        ln1b: spec("ln_1.bias", |c| Vector(c.channels), Zeros, false),
+        qkvw: spec(
+            "attn.c_attn.weight",
+            |c| Matrix(c.channels, 3 * c.channels),
+            Normal,
+            true,
+        ),
+        qkvb: spec("attn.c_attn.bias", |c| Vector(3 * c.channels), Zeros, false),
+        attprojw: spec(
+            "attn.c_proj.weight",
+            |c| Matrix(c.channels, c.channels),
+            ResidualNormal,
+            true,
+        ),
+        attprojb: spec("attn.c_proj.bias", |c| Vector(c.channels), Zeros, false),
+        ln2w: spec("ln_2.weight", |c| Vector(c.channels), Ones, false),
+        ln2b: spec("ln_2.bias", |c| Vector(c.channels), Zeros, false),
+        fcw: spec(
+            "mlp.c_fc.weight",
+            |c| Matrix(c.channels, 4 * c.channels),
+            Normal,
+            true,
+        ),
+        fcb: spec("mlp.c_fc.bias", |c| Vector(4 * c.channels), Zeros, false),
+        fcprojw: spec(
+            "mlp.c_proj.weight",
+            |c| Matrix(4 * c.channels, c.channels),
+            ResidualNormal,
+            true,
+        ),
+        fcprojb: spec("mlp.c_proj.bias", |c| Vector(c.channels), Zeros, false),
+        lnfw: spec("ln_f.weight", |c| Vector(c.channels), Ones, false),
+        lnfb: spec("ln_f.bias", |c| Vector(c.channels), Zeros, false),
+    }
+};
+
+/// One parameter tensor of a model: its spec, whether it is stacked over
+/// the layers, and its shape there.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamTensor {
+    pub spec: ParamSpec,
+    pub per_layer: bool,
+    /// One layer's shape for a per-layer tensor, else the whole tensor's.
+    pub shape: Shape,
+    /// Floats of the whole (stacked) tensor in the arena.
+    pub len: usize,
 }
 
-named_tensors! {
+impl ParamTensor {
+    /// Every parameter tensor of `cfg`, in arena order.
+    pub fn all(cfg: &ModelConfig) -> [ParamTensor; 16] {
+        let specs = PARAM_SPECS.into_array();
+        std::array::from_fn(|i| {
+            let (spec, per_layer) = (specs[i], Params::<()>::PER_LAYER[i]);
+            let shape = (spec.shape)(cfg);
+            let copies = if per_layer { cfg.layers } else { 1 };
+            ParamTensor {
+                spec,
+                per_layer,
+                shape,
+                len: floats(&[shape.floats(), copies]),
+            }
+        })
+    }
+}
+
+impl Params<usize> {
+    /// Tensor sizes for `cfg`.
+    pub fn sizes(cfg: &ModelConfig) -> Params<usize> {
+        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
+            ParamTensor::all(cfg).map(|t| t.len);
+        Params {
+            wte,
+            wpe,
+            ln1w,
+            ln1b,
+            qkvw,
+            qkvb,
+            attprojw,
+            attprojb,
+            ln2w,
+            ln2b,
+            fcw,
+            fcb,
+            fcprojw,
+            fcprojb,
+            lnfw,
+            lnfb,
+        }
+    }
+}
+
+layered_tensors! {
     /// What the forward pass keeps for the backward pass, for a batch of
-    /// `B` sequences of `T` tokens (per-layer tensors stacked over layers).
-    Activations {
-        /// `[B, T, C]` token + position embeddings.
-        encoded,
-        /// `[L, B, T, C]`
-        ln1,
-        /// `[L, B, T]`
-        ln1_mean,
-        /// `[L, B, T]`
-        ln1_rstd,
-        /// `[L, B, T, 3C]`
-        qkv,
-        /// `[L, B, T, C]` attention output, heads side by side.
-        atty,
-        /// `[L, B, NH, T, T]` attention probabilities.
-        att,
-        /// `[L, B, T, C]`
-        attproj,
-        /// `[L, B, T, C]` residual after attention.
-        residual2,
-        /// `[L, B, T, C]`
-        ln2,
-        /// `[L, B, T]`
-        ln2_mean,
-        /// `[L, B, T]`
-        ln2_rstd,
-        /// `[L, B, T, 4C]`
-        fch,
-        /// `[L, B, T, 4C]`
-        fch_gelu,
-        /// `[L, B, T, C]`
-        fcproj,
-        /// `[L, B, T, C]` residual after the MLP: the block's output.
-        residual3,
+    /// `B` sequences of `T` tokens.
+    Activations,
+    /// One transformer block's activations (also a decoding pass's, for
+    /// the positions it runs).
+    BlockActivations {
+        /// `[L + 1, B, T, C]` the residual stream: the embeddings, then
+        /// each block's output.
+        residuals,
+        [per layer:
+            /// `[B, T, C]` per layer
+            ln1,
+            /// `[B, T]` per layer
+            ln1_mean,
+            /// `[B, T]` per layer
+            ln1_rstd,
+            /// `[B, T, 3C]` per layer
+            qkv,
+            /// `[B, T, C]` per layer: attention output, heads side by side.
+            atty,
+            /// `[B, NH, T, T]` per layer: attention probabilities (training
+            /// only; empty when decoding).
+            att,
+            /// `[B, T, C]` per layer
+            attproj,
+            /// `[B, T, C]` per layer: the residual after attention.
+            residual2,
+            /// `[B, T, C]` per layer
+            ln2,
+            /// `[B, T]` per layer
+            ln2_mean,
+            /// `[B, T]` per layer
+            ln2_rstd,
+            /// `[B, T, 4C]` per layer
+            fch,
+            /// `[B, T, 4C]` per layer
+            fch_gelu,
+            /// `[B, T, C]` per layer
+            fcproj,
+        ]
         /// `[B, T, C]`
         lnf,
         /// `[B, T]`
@@ -250,32 +284,59 @@ named_tensors! {
     }
 }
 
+impl BlockActivations<usize> {
+    /// One block's tensor sizes for `rows` positions, with `probs` floats
+    /// of attention probabilities (`B·NH·T·T` in training, 0 decoding).
+    pub fn sizes(cfg: &ModelConfig, rows: usize, probs: usize) -> BlockActivations<usize> {
+        let c = cfg.channels;
+        let (rc, r) = (floats(&[rows, c]), rows);
+        BlockActivations {
+            ln1: rc,
+            ln1_mean: r,
+            ln1_rstd: r,
+            qkv: floats(&[rc, 3]),
+            atty: rc,
+            att: probs,
+            attproj: rc,
+            residual2: rc,
+            ln2: rc,
+            ln2_mean: r,
+            ln2_rstd: r,
+            fch: floats(&[rc, 4]),
+            fch_gelu: floats(&[rc, 4]),
+            fcproj: rc,
+        }
+    }
+}
+
 impl Activations<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Activations<usize> {
-        let (l, c, nh, v) = (cfg.layers, cfg.channels, cfg.heads, cfg.vocab_size);
-        let bt = b * t;
+        let (l, c) = (cfg.layers, cfg.channels);
+        let bt = floats(&[b, t]);
+        let block = BlockActivations::sizes(cfg, bt, floats(&[b, cfg.heads, t, t]));
+        let [ln1, ln1_mean, ln1_rstd, qkv, atty, att, attproj, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj] =
+            block.into_array().map(|n| floats(&[n, l]));
         Activations {
-            encoded: bt * c,
-            ln1: l * bt * c,
-            ln1_mean: l * bt,
-            ln1_rstd: l * bt,
-            qkv: l * bt * 3 * c,
-            atty: l * bt * c,
-            att: l * b * nh * t * t,
-            attproj: l * bt * c,
-            residual2: l * bt * c,
-            ln2: l * bt * c,
-            ln2_mean: l * bt,
-            ln2_rstd: l * bt,
-            fch: l * bt * 4 * c,
-            fch_gelu: l * bt * 4 * c,
-            fcproj: l * bt * c,
-            residual3: l * bt * c,
-            lnf: bt * c,
+            residuals: floats(&[l.saturating_add(1), bt, c]),
+            ln1,
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            att,
+            attproj,
+            residual2,
+            ln2,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            fch_gelu,
+            fcproj,
+            lnf: floats(&[bt, c]),
             lnf_mean: bt,
             lnf_rstd: bt,
-            logits: bt * v,
+            logits: floats(&[bt, cfg.vocab_size]),
             losses: bt,
         }
     }
@@ -312,39 +373,70 @@ impl Scratch<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Scratch<usize> {
         let (c, v, nh) = (cfg.channels, cfg.vocab_size, cfg.heads);
-        let bt = b * t;
+        let bt = floats(&[b, t]);
         Scratch {
-            dlogits: bt * v,
-            dresidual: bt * c,
-            dln: bt * c,
-            dqkv: bt * 3 * c,
-            datty: bt * c,
-            datt: b * nh * t * t,
-            per_head: bt * 3 * c,
-            dfch: bt * 4 * c,
-            dfch_gelu: bt * 4 * c,
+            dlogits: floats(&[bt, v]),
+            dresidual: floats(&[bt, c]),
+            dln: floats(&[bt, c]),
+            dqkv: floats(&[bt, 3, c]),
+            datty: floats(&[bt, c]),
+            datt: floats(&[b, nh, t, t]),
+            per_head: floats(&[bt, 3, c]),
+            dfch: floats(&[bt, 4, c]),
+            dfch_gelu: floats(&[bt, 4, c]),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Arena;
+    use super::*;
 
     #[test]
-    fn an_arena_starts_on_a_cache_line_and_keeps_its_floats_when_grown() {
-        for len in [0, 1, 15, 16, 17, 1000] {
-            let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            let mut arena = Arena::zeros(len);
-            arena.copy_from_slice(&data);
-            assert_eq!(arena.as_ptr() as usize % 64, 0);
-            assert_eq!(&arena[..], &data[..]);
-            arena.grow(len + 5);
-            assert_eq!(arena.len(), len + 5);
-            assert_eq!(&arena[..len], &data[..]);
-            assert!(arena[len..].iter().all(|&x| x == 0.0));
-            arena.grow(1);
-            assert_eq!(arena.len(), len + 5, "an arena never shrinks");
+    fn the_table_covers_the_arena_in_order() {
+        let cfg = ModelConfig {
+            vocab_size: 11,
+            block_size: 7,
+            layers: 3,
+            heads: 2,
+            channels: 6,
+        };
+        let tensors = ParamTensor::all(&cfg);
+        let total: usize = tensors.iter().map(|t| t.len).sum();
+        assert_eq!(total, cfg.param_count());
+        assert_eq!(Params::sizes(&cfg).total(), total);
+        let sizes = Params::sizes(&cfg).into_array();
+        for (t, size) in tensors.iter().zip(sizes) {
+            assert_eq!(t.len, size, "{}", t.spec.hf_name);
+            let copies = if t.per_layer { cfg.layers } else { 1 };
+            assert_eq!(t.shape.floats() * copies, size);
         }
+        let stacked: Vec<&str> = tensors
+            .iter()
+            .filter(|t| t.per_layer)
+            .map(|t| t.spec.hf_name)
+            .collect();
+        assert_eq!(stacked.len(), 12);
+        assert!(stacked
+            .iter()
+            .all(|n| !n.starts_with("w") && !n.starts_with("ln_f")));
+    }
+
+    #[test]
+    fn a_layer_view_is_that_layers_share_of_each_stacked_tensor() {
+        let cfg = ModelConfig {
+            vocab_size: 5,
+            block_size: 4,
+            layers: 3,
+            heads: 1,
+            channels: 2,
+        };
+        let sizes = Params::sizes(&cfg);
+        let arena: Vec<f32> = (0..sizes.total()).map(|i| i as f32).collect();
+        let p = sizes.split(&arena);
+        let layer = p.layer(2, cfg.layers);
+        assert_eq!(layer.ln1w, &p.ln1w[4..6]);
+        assert_eq!(layer.qkvw, &p.qkvw[2 * 12..3 * 12]);
+        assert_eq!(layer.fcprojb, &p.fcprojb[4..6]);
     }
 }

@@ -4,7 +4,8 @@
 use kernels::AdamW;
 
 use crate::error::Error;
-use crate::model::{decays, Gpt};
+use crate::model::tensors::PARAM_SPECS;
+use crate::model::Gpt;
 
 /// Optimizer hyperparameters (GPT-2 / nanoGPT defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,8 +74,25 @@ impl Optimizer {
     /// Zero moments for `params` parameters.
     pub fn new(params: usize) -> Optimizer {
         Optimizer {
-            moments: vec![0.0; 2 * params],
+            moments: vec![0.0; Optimizer::state_floats(params)],
             step: 0,
+            partial_norms: Vec::new(),
+        }
+    }
+
+    /// Floats of optimizer state for `params` parameters.
+    pub fn state_floats(params: usize) -> usize {
+        params.saturating_mul(2)
+    }
+
+    /// An optimizer resumed after `step` updates with these first and
+    /// second moments.
+    pub fn from_state(step: u32, (first, second): (Vec<f32>, Vec<f32>)) -> Optimizer {
+        let mut moments = first;
+        moments.extend_from_slice(&second);
+        Optimizer {
+            moments,
+            step,
             partial_norms: Vec::new(),
         }
     }
@@ -104,17 +122,16 @@ impl Optimizer {
         let (params, grads, threads) = model.optimizer_view();
         self.partial_norms.clear();
         let mut pieces = 0;
-        for (_, g) in grads.into_named() {
+        for g in grads.into_array() {
             pieces += g.len().div_ceil(PARAMS_PER_PIECE);
         }
         self.partial_norms.resize(pieces, 0.0);
         // Sums of squares per piece of each tensor, then added in order.
         let mut offset = 0;
-        for (_, g) in grads.into_named() {
+        for g in grads.into_array() {
             let n = g.len().div_ceil(PARAMS_PER_PIECE);
-            threads.try_for_each_chunk(
-                &mut self.partial_norms[offset..offset + n],
-                1,
+            threads.try_for_each_piece(
+                (&mut self.partial_norms[offset..offset + n], 1),
                 |i, out| {
                     out[0] = k.sum_squares(
                         &g[i * PARAMS_PER_PIECE..]
@@ -132,10 +149,10 @@ impl Optimizer {
             .sum::<f64>()
             .sqrt() as f32;
         if !norm.is_finite() {
-            return Err(Error::Config(format!(
-                "the gradient norm is {norm} at step {} (training diverged; try a lower --lr)",
-                self.step + 1
-            )));
+            return Err(Error::Diverged {
+                step: self.step + 1,
+                norm,
+            });
         }
         let clip_scale = if norm > settings.grad_clip {
             settings.grad_clip / norm
@@ -146,28 +163,29 @@ impl Optimizer {
         let step = self.step;
         let (m, v) = self.moments_mut();
         let (m, v) = (sizes.split_mut(m), sizes.split_mut(v));
-        let tensors = params
-            .into_named()
+        let tensors = PARAM_SPECS
+            .into_array()
             .into_iter()
-            .zip(grads.into_named())
-            .zip(m.into_named().into_iter().zip(v.into_named()));
-        for (((name, p), (_, g)), ((_, m), (_, v))) in tensors {
+            .zip(params.into_array().into_iter().zip(grads.into_array()))
+            .zip(m.into_array().into_iter().zip(v.into_array()));
+        for ((spec, (p, g)), (m, v)) in tensors {
             let opt = AdamW {
                 lr,
                 beta1: settings.beta1,
                 beta2: settings.beta2,
                 eps: settings.eps,
-                weight_decay: if decays(name) {
+                weight_decay: if spec.weight_decay {
                     settings.weight_decay
                 } else {
                     0.0
                 },
             };
-            threads.try_for_each_chunk3(
-                (p, PARAMS_PER_PIECE),
-                (m, PARAMS_PER_PIECE),
-                (v, PARAMS_PER_PIECE),
-                |i, p, m, v| {
+            threads.try_for_each_piece(
+                (
+                    (p, PARAMS_PER_PIECE),
+                    ((m, PARAMS_PER_PIECE), (v, PARAMS_PER_PIECE)),
+                ),
+                |i, (p, (m, v))| {
                     let g = &g[i * PARAMS_PER_PIECE..][..p.len()];
                     Ok(k.adamw_step(&opt, step, clip_scale, p, g, m, v)?)
                 },

@@ -1,14 +1,12 @@
 //! Model shapes: the named presets and the checks that reject a shape
 //! before anything is allocated.
 
-use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 
 /// The shape of a GPT-2-style model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelConfig {
-    /// Tokens in the vocabulary: always [`VOCAB_SIZE`], the byte-level
-    /// tokenizer's.
+    /// Tokens in the vocabulary (the tokenizer's).
     pub vocab_size: usize,
     /// Longest sequence the model sees (positions).
     pub block_size: usize,
@@ -36,15 +34,15 @@ pub enum Preset {
 const MAX_PARAMS: usize = 1 << 31;
 
 impl Preset {
-    /// The preset's shape, with the byte-level vocabulary.
-    pub fn config(self) -> ModelConfig {
+    /// The preset's shape, for a tokenizer of `vocab_size` tokens.
+    pub fn config(self, vocab_size: usize) -> ModelConfig {
         let (layers, heads, channels, block_size) = match self {
             Preset::Tiny => (2, 2, 32, 32),
             Preset::Small => (4, 4, 256, 128),
             Preset::Shakes => (6, 6, 384, 256),
         };
         ModelConfig {
-            vocab_size: VOCAB_SIZE,
+            vocab_size,
             block_size,
             layers,
             heads,
@@ -59,17 +57,12 @@ impl ModelConfig {
         self.channels / self.heads
     }
 
-    /// Rejects shapes that cannot be built: a vocabulary other than the
-    /// tokenizer's, zero sizes, heads that do not divide the channels, and
-    /// sizes too large to allocate.
+    /// Rejects shapes that cannot be built: zero sizes, heads that do not
+    /// divide the channels, and sizes too large to allocate. (Whether the
+    /// vocabulary is the tokenizer's is the caller's to check.)
     pub fn validate(&self) -> Result<(), Error> {
-        if self.vocab_size != VOCAB_SIZE {
-            return Err(Error::Config(format!(
-                "vocab_size {}; this runner's byte tokenizer needs {VOCAB_SIZE}",
-                self.vocab_size
-            )));
-        }
         let fields = [
+            ("vocab size", self.vocab_size),
             ("block size", self.block_size),
             ("layers", self.layers),
             ("heads", self.heads),
@@ -116,5 +109,16 @@ impl ModelConfig {
     /// Parameters of the model (after [`ModelConfig::validate`]).
     pub fn param_count(&self) -> usize {
         self.checked_param_count().unwrap_or(usize::MAX)
+    }
+}
+
+/// `L4 H4 C256 T128 V256`: the shape in one word, as the log lines print it.
+impl std::fmt::Display for ModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "L{} H{} C{} T{} V{}",
+            self.layers, self.heads, self.channels, self.block_size, self.vocab_size
+        )
     }
 }

@@ -1,6 +1,10 @@
 //! The training loop: micro-batches with gradient accumulation, AdamW with
-//! clipping and the learning-rate schedule, periodic validation, the
-//! instrumented log lines, and checkpoints.
+//! clipping and the learning-rate schedule (`optim`), periodic validation,
+//! the instrumented log lines, and checkpoints. `memory` sizes a run
+//! before it starts.
+
+mod memory;
+pub mod optim;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,17 +13,16 @@ use kernels::Kernels;
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, TrainingState};
-use crate::config::ModelConfig;
-use crate::corpus;
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
-use crate::metrics::{peak_rss_bytes, physical_memory_bytes, JsonLines};
-use crate::model::Gpt;
-use crate::optim::{Optimizer, OptimizerSettings};
+use crate::metrics::{peak_rss_bytes, EvalRecord, JsonLines, Record, RunShape, TrainStepRecord};
+use crate::model::{Gpt, ModelConfig};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::{logger, plot};
+pub use memory::{check_memory, Footprint};
+use optim::{Optimizer, OptimizerSettings};
 
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
@@ -27,7 +30,7 @@ pub struct TrainSettings {
     /// The model shape for a new run; with `resume`, the checkpoint's shape
     /// is used and this must match it if given.
     pub config: Option<ModelConfig>,
-    /// Text to train on; `None` for the embedded arithmetic corpus.
+    /// Text to train on; `None` for the embedded corpus.
     pub data: Option<PathBuf>,
     pub steps: u32,
     pub batch: usize,
@@ -69,113 +72,117 @@ const MAX_SEQUENCES_PER_STEP: usize = 1 << 20;
 /// Windows of validation text scored at each validation.
 const VAL_WINDOWS_PER_BATCH: usize = 8;
 
-/// Mebibytes of `floats` f32 values.
-fn mib(floats: usize) -> f64 {
-    floats as f64 * 4.0 / (1024.0 * 1024.0)
+impl TrainSettings {
+    /// Refuses settings that cannot work, before anything is loaded.
+    fn check(&self) -> Result<(), Error> {
+        if self.steps == 0 || self.batch == 0 || self.grad_accum == 0 {
+            return Err(Error::Config(
+                "--steps, --batch and --grad-accum must be at least 1".into(),
+            ));
+        }
+        if self
+            .batch
+            .checked_mul(self.grad_accum)
+            .is_none_or(|n| n > MAX_SEQUENCES_PER_STEP)
+        {
+            return Err(Error::Config(format!(
+                "--batch {} × --grad-accum {} is more than {MAX_SEQUENCES_PER_STEP} sequences per step",
+                self.batch, self.grad_accum
+            )));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Config(format!(
+                "--lr must be a positive number, not {}",
+                self.lr
+            )));
+        }
+        if let Some(stop) = self.stop_at.filter(|&stop| stop > self.steps) {
+            return Err(Error::Config(format!(
+                "--stop-at {stop} is after the last step (--steps {})",
+                self.steps
+            )));
+        }
+        if let Some(dir) = &self.save {
+            // Before the run, not after it: a bad path should not cost it.
+            checkpoint::check_destination(dir)?;
+        }
+        Ok(())
+    }
+
+    fn schedule(&self) -> RunSchedule {
+        RunSchedule {
+            lr: self.lr,
+            warmup: self.warmup,
+            total_steps: self.steps,
+            batch: self.batch,
+            grad_accum: self.grad_accum,
+        }
+    }
 }
 
-/// Loads the training text: the file, or the embedded corpus.
-pub fn load_dataset(path: Option<&PathBuf>, block_size: usize) -> Result<Dataset, Error> {
-    match path {
-        Some(path) => Dataset::split(data::read_tokens(path)?, block_size, path),
-        None => Dataset::split(
-            data::encode(&corpus::arithmetic()),
-            block_size,
-            "<embedded arithmetic corpus>".as_ref(),
-        ),
+/// A run's model, optimizer and data order: fresh, or resumed.
+fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), Error> {
+    let Some(dir) = &s.resume else {
+        let cfg = s
+            .config
+            .ok_or_else(|| Error::Config("no model configuration".into()))?;
+        cfg.validate()?;
+        check_memory(&cfg, s.batch)?;
+        let model = Gpt::new(cfg, kernels, s.seed)?;
+        let optimizer = Optimizer::new(model.params.len());
+        return Ok((model, optimizer, Rng::new(s.seed)));
+    };
+    let refuse = |reason: String| Error::Checkpoint {
+        path: dir.clone(),
+        reason,
+    };
+    let cfg = checkpoint::load_config(dir)?;
+    if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
+        return Err(refuse(format!(
+            "it holds a {cfg} model, but this run asks for {asked}"
+        )));
     }
+    let model = checkpoint::load_model(dir, kernels)?;
+    let state = checkpoint::load_run(dir, model.params.len())?;
+    // A resumed run continues exactly only with the same schedule.
+    let differences = state
+        .schedule
+        .map_or(Vec::new(), |saved| saved.differences(&s.schedule()));
+    if !differences.is_empty() {
+        return Err(refuse(format!(
+            "it was trained with other settings ({}); pass the checkpoint's values to resume it",
+            differences.join("; ")
+        )));
+    }
+    // The checkpoint's shape with this run's batch may not fit.
+    check_memory(&cfg, s.batch)?;
+    if state.step >= s.steps {
+        return Err(Error::Config(format!(
+            "the checkpoint is already at step {}; ask for more --steps",
+            state.step
+        )));
+    }
+    let rng = Rng::from_state(state.rng_state);
+    Ok((model, Optimizer::from_state(state.step, state.moments), rng))
 }
 
 /// Trains a model as `settings` says; returns it with a report.
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
-    if s.steps == 0 || s.batch == 0 || s.grad_accum == 0 {
-        return Err(Error::Config(
-            "--steps, --batch and --grad-accum must be at least 1".into(),
-        ));
-    }
-    if s.batch
-        .checked_mul(s.grad_accum)
-        .is_none_or(|n| n > MAX_SEQUENCES_PER_STEP)
-    {
-        return Err(Error::Config(format!(
-            "--batch {} × --grad-accum {} is more than {MAX_SEQUENCES_PER_STEP} sequences per step",
-            s.batch, s.grad_accum
-        )));
-    }
-    if !(s.lr.is_finite() && s.lr > 0.0) {
-        return Err(Error::Config(format!(
-            "--lr must be a positive number, not {}",
-            s.lr
-        )));
-    }
-    if let Some(dir) = &s.save {
-        // Before the run, not after it: a bad path should not cost the run.
-        checkpoint::check_destination(dir)?;
-    }
-    let schedule = RunSchedule {
-        lr: s.lr,
-        warmup: s.warmup,
-        total_steps: s.steps,
-        batch: s.batch,
-        grad_accum: s.grad_accum,
-    };
-    let (mut model, resumed) = match &s.resume {
-        Some(dir) => {
-            let model = checkpoint::load_model(dir, kernels)?;
-            if let Some(cfg) = s.config {
-                if cfg != model.config {
-                    return Err(Error::Checkpoint {
-                        path: dir.clone(),
-                        reason: format!(
-                            "it holds a {} model, but this run asks for {}",
-                            describe(&model.config),
-                            describe(&cfg)
-                        ),
-                    });
-                }
-            }
-            let (state, saved) = checkpoint::load_run(dir, model.params.len())?;
-            // A resumed run continues exactly only with the same schedule.
-            let differences = saved.map_or(Vec::new(), |saved| saved.differences(&schedule));
-            if !differences.is_empty() {
-                return Err(Error::Checkpoint {
-                    path: dir.clone(),
-                    reason: format!(
-                        "it was trained with other settings ({}); pass the checkpoint's values to resume it",
-                        differences.join("; ")
-                    ),
-                });
-            }
-            (model, Some(state))
-        }
-        None => {
-            let cfg = s
-                .config
-                .ok_or_else(|| Error::Config("no model configuration".into()))?;
-            cfg.validate()?;
-            check_memory(&cfg, s.batch)?;
-            (Gpt::new(cfg, kernels, s.seed)?, None)
-        }
-    };
-    // A resumed run's shape comes from the checkpoint; its batch may not fit.
-    check_memory(&model.config, s.batch)?;
+    s.check()?;
+    let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
     model.set_threads(Threads::new(s.threads)?);
     let threads = model.threads().count();
     let cfg = model.config;
     let (b, t) = (s.batch, cfg.block_size);
-    let data = load_dataset(s.data.as_ref(), t)?;
-    let (mut optimizer, mut rng) = match resumed {
-        Some(state) => (state.optimizer, Rng::from_state(state.rng_state)),
-        None => (Optimizer::new(model.params.len()), Rng::new(s.seed)),
-    };
-    if optimizer.step >= s.steps {
-        return Err(Error::Config(format!(
-            "the checkpoint is already at step {}; ask for more --steps",
-            optimizer.step
-        )));
-    }
+    let data = Dataset::load(s.data.as_deref(), t)?;
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
+    let shape = RunShape {
+        seq_len: t,
+        batch: b,
+        backend: kernels.backend().name(),
+        threads,
+    };
 
     info!(
         "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{})",
@@ -185,19 +192,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     );
     let n = model.params.len();
     info!(
-        "Model: {} | Parameters: {:.2} M ({n}) | Memory: parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB",
-        describe(&cfg),
+        "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
         n as f64 / 1e6,
-        mib(n),
-        mib(n),
-        mib(2 * n),
-        mib(model.activation_floats(b, t)),
+        Footprint::training(&cfg, b, t).describe(),
     );
     info!(
         "Data: {} training and {} validation tokens{} | Steps: {} | Batch: {b} × {t} tokens × {} micro-batches",
         data.train.len(),
         data.val.len(),
-        s.data.as_ref().map_or(" (embedded arithmetic corpus)".to_string(), |p| format!(" from {}", p.display())),
+        s.data.as_ref().map_or(format!(" ({})", data::EMBEDDED_NAME), |p| format!(" from {}", p.display())),
         s.steps,
         s.grad_accum,
     );
@@ -211,7 +214,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     };
     let run_start = Instant::now();
     let first = optimizer.step + 1;
-    let last = s.stop_at.map_or(s.steps, |stop| stop.clamp(first, s.steps));
+    let last = s.stop_at.map_or(s.steps, |stop| stop.max(first));
     let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
     let progress = logger::progress_bar(u64::from(last - first + 1));
     for step in first..=last {
@@ -238,16 +241,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             log_step(&times, lr, b, t, step, s.steps);
         }
         if let Some(json) = json.as_mut() {
-            json.write(&times.to_json(step, lr, b, t, kernels, threads))?;
+            json.write(&times.record(step, lr, shape))?;
         }
         if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
             let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;
-            info!(
-                "Loss computation breakdown - Forward: {:.3} ms | Cross-entropy: {:.3} ms | Total: {:.3} ms | Seq length: {t}",
-                eval.forward_ms,
-                eval.cross_entropy_ms,
-                eval.forward_ms + eval.cross_entropy_ms
-            );
+            eval.log_breakdown(t);
             info!(
                 "Validation loss: {:.4} (perplexity {:.2}) at step {step}",
                 eval.loss,
@@ -256,20 +254,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             report.val_loss = Some(eval.loss);
             val_curve.push((step, eval.loss));
             if let Some(json) = json.as_mut() {
-                let total_ms = eval.forward_ms + eval.cross_entropy_ms;
-                json.write(&serde_json::json!({
-                    "kind": "eval",
-                    "step": step,
-                    "val_loss": eval.loss,
-                    "forward_ms": eval.forward_ms,
-                    "cross_entropy_ms": eval.cross_entropy_ms,
-                    "total_ms": total_ms,
-                    "tokens_per_sec": eval.tokens as f64 / (total_ms / 1e3),
-                    "seq_len": t,
-                    "batch": b,
-                    "backend": kernels.backend().name(),
-                    "threads": threads,
-                    "peak_rss_bytes": peak_rss_bytes(),
+                json.write(&Record::Eval(EvalRecord {
+                    step,
+                    val_loss: eval.loss,
+                    forward_ms: eval.forward_ms,
+                    cross_entropy_ms: eval.cross_entropy_ms,
+                    total_ms: eval.total_ms(),
+                    tokens_per_sec: eval.tokens as f64 / (eval.total_ms() / 1e3),
+                    shape,
+                    peak_rss_bytes: peak_rss_bytes(),
                 }))?;
             }
         }
@@ -291,10 +284,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     );
     if let Some(dir) = &s.save {
         let state = TrainingState {
-            optimizer,
+            step: optimizer.step,
             rng_state: rng.state(),
+            moments: optimizer.moments(),
+            schedule: Some(s.schedule()),
         };
-        checkpoint::save_run(dir, &model, &state, &schedule)?;
+        checkpoint::save(dir, &model, Some(&state))?;
         info!("Saved checkpoint to {}", dir.display());
     }
     Ok((model, report))
@@ -338,32 +333,20 @@ impl StepTimes {
         self.tokens as f64 / (self.total_ms / 1e3)
     }
 
-    /// The step as a `train_step` JSON line.
-    pub fn to_json(
-        &self,
-        step: u32,
-        lr: f32,
-        b: usize,
-        t: usize,
-        kernels: Kernels,
-        threads: usize,
-    ) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "train_step",
-            "step": step,
-            "loss": self.loss,
-            "lr": lr,
-            "forward_ms": self.forward_ms,
-            "backward_ms": self.backward_ms,
-            "optimizer_ms": self.optimizer_ms,
-            "loss_ms": self.loss_ms,
-            "total_ms": self.total_ms,
-            "tokens_per_sec": self.tokens_per_sec(),
-            "seq_len": t,
-            "batch": b,
-            "backend": kernels.backend().name(),
-            "threads": threads,
-            "peak_rss_bytes": peak_rss_bytes(),
+    /// The step as a `train_step` record.
+    pub fn record(&self, step: u32, lr: f32, shape: RunShape) -> Record {
+        Record::TrainStep(TrainStepRecord {
+            step,
+            loss: f64::from(self.loss),
+            lr: f64::from(lr),
+            forward_ms: self.forward_ms,
+            backward_ms: self.backward_ms,
+            optimizer_ms: self.optimizer_ms,
+            loss_ms: self.loss_ms,
+            total_ms: self.total_ms,
+            tokens_per_sec: self.tokens_per_sec(),
+            shape,
+            peak_rss_bytes: peak_rss_bytes(),
         })
     }
 }
@@ -422,34 +405,4 @@ pub fn log_step(times: &StepTimes, lr: f32, b: usize, t: usize, step: u32, steps
         times.loss, times.forward_ms, times.backward_ms, times.optimizer_ms, times.loss_ms, times.total_ms
     );
     info!("Throughput: {:.1} tokens/sec", times.tokens_per_sec());
-}
-
-/// `L4 H4 C256 T128 V256`.
-pub fn describe(cfg: &ModelConfig) -> String {
-    format!(
-        "L{} H{} C{} T{} V{}",
-        cfg.layers, cfg.heads, cfg.channels, cfg.block_size, cfg.vocab_size
-    )
-}
-
-/// Refuses runs whose parameters, gradients, optimizer state and
-/// activations together would not fit this machine's memory (or 32 GiB
-/// where it cannot be read), rather than dying in the allocator.
-pub fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
-    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
-    let c = cfg.channels as f64;
-    let (bt, l) = ((batch as f64) * cfg.block_size as f64, cfg.layers as f64);
-    let activations = l * bt * (16.0 * c + cfg.heads as f64 * cfg.block_size as f64)
-        + bt * (2.0 * cfg.vocab_size as f64 + 12.0 * c);
-    let total = 4.0 * cfg.param_count() as f64 + activations;
-    if total * 4.0 > limit_bytes as f64 {
-        let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
-        return Err(Error::Config(format!(
-            "the run needs about {:.1} GiB of memory (model {} with batch {batch}); this machine has {:.1} GiB",
-            gib(total * 4.0),
-            describe(cfg),
-            gib(limit_bytes as f64)
-        )));
-    }
-    Ok(())
 }

@@ -1,5 +1,8 @@
 //! Byte-level tokenization (every byte is a token, so any file round-trips
-//! exactly) and the train / validation split with seeded random windows.
+//! exactly), the embedded default corpus (`corpus`), and the train /
+//! validation split with seeded random windows.
+
+pub mod corpus;
 
 use std::path::Path;
 
@@ -31,6 +34,17 @@ pub fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
     Ok(encode(&bytes))
 }
 
+/// How logs and errors name the embedded corpus.
+pub const EMBEDDED_NAME: &str = "embedded arithmetic corpus";
+
+/// The tokens of the file at `path`, or of the embedded corpus.
+pub fn tokens_of(path: Option<&Path>) -> Result<Vec<u32>, Error> {
+    match path {
+        Some(path) => read_tokens(path),
+        None => Ok(encode(&corpus::text())),
+    }
+}
+
 /// A text split 90 / 10 into training and validation tokens.
 pub struct Dataset {
     pub train: Vec<u32>,
@@ -38,6 +52,12 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The file at `path` (or the embedded corpus) split for `block_size`.
+    pub fn load(path: Option<&Path>, block_size: usize) -> Result<Dataset, Error> {
+        let origin = path.map_or(format!("<{EMBEDDED_NAME}>").into(), Path::to_path_buf);
+        Dataset::split(tokens_of(path)?, block_size, &origin)
+    }
+
     /// The shortest text [`Dataset::split`] accepts for `block_size`.
     pub fn min_len(block_size: usize) -> usize {
         let mut n = (block_size + 1).max(20);

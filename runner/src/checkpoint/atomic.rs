@@ -1,0 +1,193 @@
+//! Replacing a directory atomically: every file is written into a fresh
+//! directory beside the destination (fsynced), an old directory is moved
+//! aside, the new one renamed into place (the old one moved back if that
+//! fails), the parent fsynced, and only then the old one deleted. A crash
+//! at any point leaves either the old directory or the new one whole.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use log::warn;
+
+use crate::error::Error;
+
+/// A destination directory that may only ever hold `files`.
+pub struct Destination<'a> {
+    pub dir: &'a Path,
+    pub files: &'a [&'a str],
+}
+
+impl Destination<'_> {
+    /// Refuses a destination that cannot be saved to, before any long
+    /// work: one that exists but is not such a directory (a file, or a
+    /// directory holding anything else), since saving replaces it whole;
+    /// or whose parent is missing or not writable (a staging directory is
+    /// created there and removed again to find out).
+    pub fn check(&self) -> Result<(), Error> {
+        let dir = self.dir;
+        match fs::symlink_metadata(dir) {
+            Ok(meta) => self.check_existing(meta)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(dir, e)),
+        }
+        let (parent, name) = self.parent_and_name()?;
+        if !parent.is_dir() {
+            return Err(refused(
+                dir,
+                format!("its parent {} is not a directory", parent.display()),
+            ));
+        }
+        let probe = staging_dir(parent, &name);
+        fs::create_dir(&probe)
+            .map_err(|e| refused(dir, format!("cannot write in {}: {e}", parent.display())))?;
+        fs::remove_dir(&probe).map_err(|e| Error::io(&probe, e))
+    }
+
+    fn check_existing(&self, meta: fs::Metadata) -> Result<(), Error> {
+        let dir = self.dir;
+        if !meta.is_dir() {
+            return Err(refused(
+                dir,
+                "exists and is not a directory, so it is not a checkpoint to replace; choose another path".into(),
+            ));
+        }
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if !self.files.contains(&name.as_ref()) {
+                return Err(refused(
+                    dir,
+                    format!(
+                        "holds `{name}`, so it is not a checkpoint to replace; choose another path"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_and_name(&self) -> Result<(&Path, String), Error> {
+        let dir = self.dir;
+        let name = dir
+            .file_name()
+            .ok_or_else(|| refused(dir, "not a directory name".into()))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Ok((parent, name))
+    }
+
+    /// Calls `write(staging)` to fill a fresh directory, then swaps it in
+    /// for the destination.
+    pub fn replace_with(
+        &self,
+        write: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.check()?;
+        let (parent, name) = self.parent_and_name()?;
+        // Staging directories are never the only copy of anything: one a
+        // killed save left behind only wastes space.
+        remove_siblings(parent, &staging_prefix(&name))?;
+        let tmp = staging_dir(parent, &name);
+        fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let old_prefix = format!(".{name}.old-");
+        let old = parent.join(format!("{old_prefix}{}", std::process::id()));
+        let installed = write(&tmp)
+            .and_then(|()| sync_dir(&tmp))
+            .and_then(|()| install(&tmp, self.dir, &old));
+        if let Err(e) = installed {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        sync_dir(parent)?;
+        // The new directory is in place, so every copy moved aside (this
+        // save's, or one a crash left between two renames) is superseded.
+        // The save has succeeded: failing to delete them is only worth a
+        // warning.
+        if let Err(e) = remove_siblings(parent, &old_prefix) {
+            warn!("could not remove the previous checkpoint: {e}");
+        }
+        Ok(())
+    }
+}
+
+fn refused(dir: &Path, reason: String) -> Error {
+    Error::Checkpoint {
+        path: dir.into(),
+        reason,
+    }
+}
+
+/// `.NAME.tmp-`: the prefix of the staging directories of `NAME`. Beside
+/// the destination, so the final renames stay on one file system. Two
+/// runs saving to one destination at the same time are not supported.
+fn staging_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+fn staging_dir(parent: &Path, name: &str) -> PathBuf {
+    parent.join(format!("{}{}", staging_prefix(name), std::process::id()))
+}
+
+/// Renames the complete directory `staged` to `dir`. An existing `dir` is
+/// moved to `old` first, and back if the second rename fails, so a failed
+/// save leaves the previous directory where it was.
+fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
+    // `check` passed: `dir` is one of ours or absent.
+    let replacing = dir.exists();
+    if replacing {
+        fs::rename(dir, old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = fs::rename(staged, dir) {
+        if replacing && fs::rename(old, dir).is_err() {
+            return Err(refused(
+                dir,
+                format!(
+                    "could not install the new checkpoint ({e}) nor move the previous one back from {}",
+                    old.display()
+                ),
+            ));
+        }
+        return Err(Error::io(dir, e));
+    }
+    Ok(())
+}
+
+/// Removes the directories in `parent` named `prefix` + a process id: the
+/// temporary names of [`Destination::replace_with`], and nothing else.
+fn remove_siblings(parent: &Path, prefix: &str) -> Result<(), Error> {
+    for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
+        let entry = entry.map_err(|e| Error::io(parent, e))?;
+        let name = entry.file_name();
+        let is_ours = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_ours {
+            fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new file at `path` and flushes it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Flushes a directory's entries (names created or renamed in it) to disk,
+/// without which a crash could lose a rename that already returned.
+fn sync_dir(path: &Path) -> Result<(), Error> {
+    // Other systems cannot open a directory as a file.
+    #[cfg(unix)]
+    fs::File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `training.safetensors`: what `--resume` needs beyond the model (the
+//! AdamW moments, the step, the data RNG state) and the schedule of the
+//! run, so that a resumed run can tell whether it continues the same one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use super::{corrupt, from_bytes, to_bytes};
+use crate::error::Error;
+
+const FORMAT: &str = "cpu-gpt-training-v1";
+
+/// The settings that shape a run's updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSchedule {
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Warm-up steps.
+    pub warmup: u32,
+    /// Steps the schedule spans (`--steps`).
+    pub total_steps: u32,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// Micro-batches per step.
+    pub grad_accum: usize,
+}
+
+impl RunSchedule {
+    /// One `--flag: checkpoint X, this run Y` entry per setting in which
+    /// `run` differs from `self` (the saved schedule); empty if none.
+    /// `--steps` is left out: a resumed run may extend the schedule.
+    pub fn differences(&self, run: &RunSchedule) -> Vec<String> {
+        let pairs = [
+            ("--lr", self.lr.to_string(), run.lr.to_string()),
+            ("--warmup", self.warmup.to_string(), run.warmup.to_string()),
+            ("--batch", self.batch.to_string(), run.batch.to_string()),
+            (
+                "--grad-accum",
+                self.grad_accum.to_string(),
+                run.grad_accum.to_string(),
+            ),
+        ];
+        pairs
+            .into_iter()
+            .filter(|(_, saved, now)| saved != now)
+            .map(|(flag, saved, now)| format!("{flag}: checkpoint {saved}, this run {now}"))
+            .collect()
+    }
+}
+
+/// A run's state. `M` is how the moments are held: slices to save,
+/// vectors when loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingState<M> {
+    /// Optimizer steps done.
+    pub step: u32,
+    /// The data-sampling RNG state after the last step.
+    pub rng_state: u64,
+    /// AdamW's first and second moments, laid out as the parameters.
+    pub moments: (M, M),
+    /// The run's schedule (`None` for a state saved without one).
+    pub schedule: Option<RunSchedule>,
+}
+
+/// The bytes of `training.safetensors` for `state`.
+pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Error> {
+    let (m, v) = state.moments;
+    let n = m.len();
+    let (m, v) = (to_bytes(m), to_bytes(v));
+    let tensor = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("shape matches");
+    let tensors = vec![("adam_m", tensor(&m)), ("adam_v", tensor(&v))];
+    let mut meta = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("step".to_string(), state.step.to_string()),
+        ("rng_state".to_string(), state.rng_state.to_string()),
+    ]);
+    if let Some(s) = state.schedule {
+        // f32's `Display` is the shortest text that parses back exactly.
+        meta.extend([
+            ("lr".to_string(), s.lr.to_string()),
+            ("warmup".to_string(), s.warmup.to_string()),
+            ("total_steps".to_string(), s.total_steps.to_string()),
+            ("batch".to_string(), s.batch.to_string()),
+            ("grad_accum".to_string(), s.grad_accum.to_string()),
+        ]);
+    }
+    safetensors::serialize(tensors, Some(meta)).map_err(|e| corrupt(dir, e.to_string()))
+}
+
+/// The state in `bytes` (the `file` of the checkpoint `dir`) for a model
+/// of `params` parameters, refusing moments that would poison AdamW.
+pub fn decode(
+    dir: &Path,
+    file: &str,
+    bytes: &[u8],
+    params: usize,
+) -> Result<TrainingState<Vec<f32>>, Error> {
+    let st = super::parse(dir, file, bytes)?;
+    let bad = |reason: String| corrupt(dir, format!("{file}: {reason}"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(format!("not a {FORMAT} file")));
+    }
+    let step = metadata_number(&meta, "step").map_err(bad)?;
+    let rng_state = metadata_number(&meta, "rng_state").map_err(bad)?;
+    // States saved without a schedule have none.
+    let schedule = if meta.contains_key("lr") {
+        let schedule = RunSchedule {
+            lr: metadata_number(&meta, "lr").map_err(bad)?,
+            warmup: metadata_number(&meta, "warmup").map_err(bad)?,
+            total_steps: metadata_number(&meta, "total_steps").map_err(bad)?,
+            batch: metadata_number(&meta, "batch").map_err(bad)?,
+            grad_accum: metadata_number(&meta, "grad_accum").map_err(bad)?,
+        };
+        if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
+            return Err(bad(format!("stored lr {} is not positive", schedule.lr)));
+        }
+        Some(schedule)
+    } else {
+        None
+    };
+
+    let mut moments = Vec::with_capacity(2);
+    for name in ["adam_m", "adam_v"] {
+        let view = st
+            .tensor(name)
+            .map_err(|_| bad(format!("lacks tensor {name}")))?;
+        if view.dtype() != Dtype::F32 || view.shape() != [params] {
+            return Err(bad(format!(
+                "tensor {name} is {:?} {:?}, but the model has {params} parameters",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        let mut values = vec![0.0; params];
+        from_bytes(view.data(), &mut values);
+        moments.push(values);
+    }
+    let (v, m) = (moments.pop().expect("two"), moments.pop().expect("two"));
+    // AdamW divides by the square root of `v`: a NaN or negative value
+    // here would silently poison every later step.
+    let sane = m.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite() && *x >= 0.0);
+    if !sane {
+        return Err(bad(
+            "the AdamW moments hold NaN, infinite or negative values".into(),
+        ));
+    }
+    Ok(TrainingState {
+        step,
+        rng_state,
+        moments: (m, v),
+        schedule,
+    })
+}
+
+/// The number stored under `key` in a safetensors header's metadata.
+fn metadata_number<T: std::str::FromStr>(
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Result<T, String> {
+    let text = meta
+        .get(key)
+        .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+    text.parse()
+        .map_err(|_| format!("metadata `{key}` is not a valid number: `{text}`"))
+}

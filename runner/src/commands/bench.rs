@@ -1,0 +1,81 @@
+//! `runner bench`: training and decoding speed per sequence length,
+//! backend and thread count.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kernels::Backend;
+
+use crate::bench::{self, BenchSettings};
+use crate::cli::BackendChoice;
+use crate::data::VOCAB_SIZE;
+use crate::error::Error;
+use crate::logger;
+use crate::model::Preset;
+use crate::threads::available_cores;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Model size.
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    pub preset: Preset,
+    /// Sequence lengths to train at (each at most the block size).
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    pub seq_lens: Vec<usize>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps per combination (after 2 warm-up steps).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Kernel backends [default: every one this CPU supports].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub backends: Vec<BackendChoice>,
+    /// Thread counts [default: 1 and all cores].
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Write one JSON object per benchmark row to FILE (see README).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only warnings, errors and the tables.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), Error> {
+    logger::init(args.quiet);
+    let backends = if args.backends.is_empty() {
+        Backend::ALL
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .collect()
+    } else {
+        args.backends
+            .iter()
+            .map(|b| b.kernels().map(|k| k.backend()))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let threads = if args.threads.is_empty() {
+        let cores = if cfg!(feature = "parallel") {
+            available_cores()
+        } else {
+            1
+        };
+        let mut all = vec![1, cores];
+        all.dedup();
+        all
+    } else {
+        args.threads.clone()
+    };
+    let settings = BenchSettings {
+        config: args.preset.config(VOCAB_SIZE),
+        seq_lens: args.seq_lens.clone(),
+        batch: args.batch,
+        steps: args.steps,
+        backends,
+        threads,
+        json: args.json.clone(),
+    };
+    bench::run(&settings)?;
+    Ok(())
+}

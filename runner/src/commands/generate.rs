@@ -1,0 +1,110 @@
+//! `runner generate`: continue a prompt, streaming the text to stdout.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use log::info;
+
+use crate::checkpoint;
+use crate::cli::RunOptions;
+use crate::data;
+use crate::error::Error;
+use crate::generate::{check_prompt, generate, Sampling};
+use crate::logger::{print_bytes, print_stdout};
+use crate::metrics::{
+    peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
+};
+use crate::threads::Threads;
+
+pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
+
+The prompt is run through the model in one pass that fills a key/value cache;
+each new token then costs one pass over the weights. When the context
+reaches the block size, the cache slides: the last half block is re-run as
+a fresh prompt and generation continues. The prompt must be 1 to block-size
+bytes.";
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Checkpoint directory (from `runner train --save`).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text to continue (1 to block-size bytes).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens (bytes) to generate.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens covering probability P.
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Seed of the sampling; the same seed gives the same text.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Write the generation's figures as one JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunOptions,
+}
+
+pub fn run(args: &GenerateArgs) -> Result<(), Error> {
+    let kernels = args.run.start()?;
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    };
+    sampling.validate()?;
+    let threads = Threads::new(args.run.threads)?;
+    let mut model = checkpoint::load_model(&args.checkpoint, kernels)?;
+    model.set_threads(threads);
+    let prompt = data::encode(args.prompt.as_bytes());
+    check_prompt(&model, &prompt)?;
+    info!(
+        "Generating with {} on the {} backend",
+        model.config,
+        kernels.backend()
+    );
+    let mut cache = model.new_cache();
+    print_stdout(&args.prompt);
+    let stats = generate(
+        &mut model,
+        &mut cache,
+        &prompt,
+        args.max_new_tokens,
+        &sampling,
+        args.seed,
+        |token| print_bytes(&data::decode(&[token])),
+    )?;
+    print_stdout("\n");
+    stats.log();
+    if let Some(path) = &args.json {
+        JsonLines::create(path)?.write(&Record::Generate(GenerateRecord {
+            tokens_per_sec: stats.tokens_per_sec(),
+            uncached_tokens_per_sec: None,
+            run: Some(GenerationTimes {
+                tokens: stats.tokens.len(),
+                total_ms: stats.total_ms,
+                prompt_ms: stats.prompt_ms,
+                forward_ms: stats.forward_ms,
+                sampling_ms: stats.sampling_ms,
+                kv_cache_bytes: stats.cache_bytes,
+            }),
+            shape: RunShape {
+                seq_len: cache.len(),
+                batch: 1,
+                backend: kernels.backend().name(),
+                threads: model.threads().count(),
+            },
+            peak_rss_bytes: peak_rss_bytes(),
+        }))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Cache-line-aligned float buffers, and the macros that cut one into
+//! named tensors: a struct with one field per tensor holds either the
+//! sizes (`T = usize`) or the slices.
+
+use std::ops::{Deref, DerefMut};
+
+use bytemuck::{Pod, Zeroable};
+
+/// One 64-byte cache line of floats, the storage unit of an [`Arena`].
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A float buffer that starts on a cache line. Rows of the weights are
+/// whole lines long, so full-width AVX-512 loads of a row never straddle
+/// two lines (a `Vec<f32>` of this size starts 16 bytes into one, which
+/// made decoding on AVX-512 slower than on AVX2).
+#[derive(Clone)]
+pub struct Arena {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Arena {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Arena {
+        Arena {
+            lines: vec![Line::zeroed(); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    /// Makes the buffer at least `len` long (never shorter); new floats
+    /// are zeros.
+    pub fn grow(&mut self, len: usize) {
+        if len > self.len {
+            self.lines.resize(len.div_ceil(16), Line::zeroed());
+            self.len = len;
+        }
+    }
+}
+
+impl Deref for Arena {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+}
+
+impl DerefMut for Arena {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
+impl PartialEq for Arena {
+    fn eq(&self, other: &Arena) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Arena({} floats)", self.len)
+    }
+}
+
+/// `a · b · ...`, saturating: sizes of absurd shapes become `usize::MAX`
+/// (which every memory check refuses) instead of wrapping around.
+pub fn floats(dims: &[usize]) -> usize {
+    dims.iter().fold(1, |n: usize, &d| n.saturating_mul(d))
+}
+
+/// `$value`, once per identifier it is repeated over.
+macro_rules! per_field {
+    ($field:ident, $value:expr) => {
+        $value
+    };
+}
+
+/// Declares a struct of named tensors with `total`, `split` and
+/// `split_mut` (which cut an arena into the tensors in field order) and
+/// `into_array` (the tensors in that order).
+macro_rules! named_tensors {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name<T> {
+            $($(#[$fdoc])* pub $field: T,)*
+        }
+
+        impl $name<usize> {
+            /// Floats in all tensors together (saturating).
+            pub fn total(&self) -> usize {
+                0usize $(.saturating_add(self.$field))*
+            }
+
+            /// Cuts `arena` (of [`Self::total`] floats) into the tensors.
+            pub fn split<'a>(&self, arena: &'a [f32]) -> $name<&'a [f32]> {
+                let rest = arena;
+                $(let ($field, rest) = rest.split_at(self.$field);)*
+                let _ = rest;
+                $name { $($field,)* }
+            }
+
+            /// Cuts `arena` (of [`Self::total`] floats) into mutable tensors.
+            pub fn split_mut<'a>(&self, arena: &'a mut [f32]) -> $name<&'a mut [f32]> {
+                let rest = arena;
+                $(let ($field, rest) = rest.split_at_mut(self.$field);)*
+                let _ = rest;
+                $name { $($field,)* }
+            }
+        }
+
+        impl<T> $name<T> {
+            /// The tensors in field (arena) order.
+            pub fn into_array(self) -> [T; 0 $(+ per_field!($field, 1))*] {
+                [$(self.$field),*]
+            }
+        }
+    };
+}
+
+/// [`named_tensors!`] for a model's tensors, some of which are stacked
+/// over the layers (`[L, ...]`, listed in `[per layer: ...]`): also
+/// declares `$layer`, one layer's share of those, with `layer(l, layers)`
+/// / `layer_mut(l, layers)` views.
+macro_rules! layered_tensors {
+    (
+        $(#[$doc:meta])* $name:ident, $(#[$ldoc:meta])* $layer:ident {
+            $($(#[$bdoc:meta])* $before:ident,)*
+            [per layer: $($(#[$pdoc:meta])* $per_layer:ident,)*]
+            $($(#[$adoc:meta])* $after:ident,)*
+        }
+    ) => {
+        named_tensors! {
+            $(#[$doc])* $name {
+                $($(#[$bdoc])* $before,)*
+                $($(#[$pdoc])* $per_layer,)*
+                $($(#[$adoc])* $after,)*
+            }
+        }
+
+        named_tensors! {
+            $(#[$ldoc])* $layer { $($(#[$pdoc])* $per_layer,)* }
+        }
+
+        impl<T> $name<T> {
+            /// Whether each tensor, in field order, is stacked over layers.
+            pub const PER_LAYER: [bool; 0 $(+ per_field!($before, 1))* $(+ per_field!($per_layer, 1))* $(+ per_field!($after, 1))*] = [
+                $(per_field!($before, false),)*
+                $(per_field!($per_layer, true),)*
+                $(per_field!($after, false),)*
+            ];
+        }
+
+        impl<'a> $name<&'a [f32]> {
+            /// Layer `l` of `layers`' share of the stacked tensors.
+            pub fn layer(&self, l: usize, layers: usize) -> $layer<&'a [f32]> {
+                $layer {
+                    $($per_layer: {
+                        let n = self.$per_layer.len() / layers;
+                        &self.$per_layer[l * n..(l + 1) * n]
+                    },)*
+                }
+            }
+        }
+
+        impl<'a> $name<&'a mut [f32]> {
+            /// Layer `l` of `layers`' share of the stacked tensors, mutable.
+            pub fn layer_mut(&mut self, l: usize, layers: usize) -> $layer<&mut [f32]> {
+                $layer {
+                    $($per_layer: {
+                        let n = self.$per_layer.len() / layers;
+                        &mut self.$per_layer[l * n..(l + 1) * n]
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use {layered_tensors, named_tensors, per_field};
+
+#[cfg(test)]
+mod tests {
+    use super::Arena;
+
+    #[test]
+    fn an_arena_starts_on_a_cache_line_and_keeps_its_floats_when_grown() {
+        for len in [0, 1, 15, 16, 17, 1000] {
+            let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let mut arena = Arena::zeros(len);
+            arena.copy_from_slice(&data);
+            assert_eq!(arena.as_ptr() as usize % 64, 0);
+            assert_eq!(&arena[..], &data[..]);
+            arena.grow(len + 5);
+            assert_eq!(arena.len(), len + 5);
+            assert_eq!(&arena[..len], &data[..]);
+            assert!(arena[len..].iter().all(|&x| x == 0.0));
+            arena.grow(1);
+            assert_eq!(arena.len(), len + 5, "an arena never shrinks");
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Multi-head self-attention, the one layer whose keys and values come
+//! from two places: the batch itself (training, evaluation: causal over
+//! each sequence) or the key/value cache (decoding: the new positions
+//! attend to every cached one).
+
+use kernels::{MatMut, MatRef, ValidLen};
+
+use super::context::{gemm_in_piece, Context};
+use crate::error::Error;
+
+/// A token's attention at context `len` does `2 · len · c` multiply-adds;
+/// below `len · c` = 2^15 its heads run one after another, since waking
+/// the pool for a few microseconds of work costs more than it saves.
+const PARALLEL_HEADS_WORK: usize = 1 << 15;
+
+/// Where attention's keys and values come from.
+pub enum Attention<'a> {
+    /// `b` sequences of `t` positions, each attending causally to its own
+    /// keys and values; `per_head` (`b·t·c` floats at least) is scratch.
+    Causal {
+        b: usize,
+        t: usize,
+        per_head: &'a mut [f32],
+    },
+    /// New positions after those in the cache of this layer.
+    Cached(CachedLayer<'a>),
+}
+
+/// One layer's share of a key/value cache, and the scratch of one pass.
+pub struct CachedLayer<'a> {
+    /// `[C, T_max]`: row `d` holds feature `d` of every position's key, so
+    /// that a token's scores `q · Kᵀ` are a sum of rows of the cache
+    /// rather than one short dot product per position.
+    pub keys_t: &'a mut [f32],
+    /// `[T_max, C]`.
+    pub values: &'a mut [f32],
+    pub t_max: usize,
+    /// Positions already cached.
+    pub p0: usize,
+    /// `m · len` floats: one head's scores for `m` new positions.
+    pub scores: &'a mut [f32],
+    /// `nh · len` floats: every head's scores for one new position.
+    pub head_scores: &'a mut [f32],
+}
+
+/// Attention of `qkv` (`[rows, 3c]`: each position's query, key and value,
+/// heads side by side within each) into `out` (`[rows, c]`). Causal
+/// attention keeps its probabilities in `probs` (`[b, nh, t, t]`) for the
+/// backward pass; cached attention first appends the new keys and values.
+pub fn attention_forward(
+    ctx: &mut Context,
+    out: &mut [f32],
+    probs: &mut [f32],
+    qkv: &[f32],
+    c: usize,
+    nh: usize,
+    source: Attention,
+) -> Result<(), Error> {
+    ctx.timed(
+        |p| &mut p.attention,
+        |ctx| match source {
+            Attention::Causal { b, t, per_head } => {
+                causal_forward(ctx, out, probs, per_head, qkv, (b, t, c, nh))
+            }
+            Attention::Cached(layer) => cached_forward(ctx, out, qkv, c, nh, layer),
+        },
+    )
+}
+
+/// Causal attention: every (sequence, head) is a piece of its own,
+/// computed into `per_head` and then interleaved into rows.
+fn causal_forward(
+    ctx: &mut Context,
+    out: &mut [f32],
+    att: &mut [f32],
+    per_head: &mut [f32],
+    qkv: &[f32],
+    (b, t, c, nh): (usize, usize, usize, usize),
+) -> Result<(), Error> {
+    debug_assert_eq!(out.len(), b * t * c);
+    let (kern, hs) = (ctx.kernels, c / nh);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let per_head = &mut per_head[..b * t * c];
+    ctx.threads.try_for_each_piece(
+        ((att, t * t), (&mut per_head[..], t * hs)),
+        |piece, (att_h, y)| {
+            let (bi, h) = (piece / nh, piece % nh);
+            let (q, k, v) = head_views(&qkv[bi * t * 3 * c..][..t * 3 * c], h, t, c, hs)?;
+            gemm_in_piece(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+            kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
+            let y = MatMut::new(y, t, hs)?;
+            gemm_in_piece(&kern, 1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)
+        },
+    )?;
+    let per_head = &*per_head;
+    ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
+        interleave_heads(&per_head[bi * t * c..][..t * c], out_b, (t, hs, nh), 1);
+        Ok(())
+    })
+}
+
+/// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
+/// (overwritten) from `dout[b, t, c]`; `datt` (`[b, nh, t, t]`) and
+/// `per_head` (`b·t·3c` floats) are scratch. Pieces as in the forward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    ctx: &mut Context,
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+    per_head: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<(), Error> {
+    debug_assert_eq!(dqkv.len(), b * t * 3 * c);
+    ctx.timed(
+        |p| &mut p.attention,
+        |ctx| {
+            let (kern, hs) = (ctx.kernels, c / nh);
+            let scale = 1.0 / (hs as f32).sqrt();
+            let per_head = &mut per_head[..b * t * 3 * c];
+            let datt = &mut datt[..b * nh * t * t];
+            ctx.threads.try_for_each_piece(
+                ((datt, t * t), (&mut per_head[..], 3 * t * hs)),
+                |piece, (datt, dqkv_h)| {
+                    let (bi, h) = (piece / nh, piece % nh);
+                    let (q, k, v) = head_views(&qkv[bi * t * 3 * c..][..t * 3 * c], h, t, c, hs)?;
+                    let dy = MatRef::strided(&dout[bi * t * c + h * hs..], t, hs, c)?;
+                    let att_h = &att[piece * t * t..][..t * t];
+                    let probs = MatRef::new(att_h, t, t)?;
+                    let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
+                    let (dk, dv) = dkv.split_at_mut(t * hs);
+                    // datt = dy · vᵀ; dv = attᵀ · dy.
+                    gemm_in_piece(&kern, 1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
+                    gemm_in_piece(&kern, 1.0, probs.t(), dy, 0.0, MatMut::new(dv, t, hs)?)?;
+                    // Through the softmax to the scaled scores.
+                    kern.softmax_backward_rows(att_h, datt, t, ValidLen::Causal { offset: 0 })?;
+                    let dscores = MatRef::new(datt, t, t)?;
+                    gemm_in_piece(&kern, scale, dscores, k, 0.0, MatMut::new(dq, t, hs)?)?;
+                    gemm_in_piece(&kern, scale, dscores.t(), q, 0.0, MatMut::new(dk, t, hs)?)
+                },
+            )?;
+            let per_head = &*per_head;
+            ctx.threads
+                .try_for_each_piece((dqkv, t * 3 * c), |bi, dqkv_b| {
+                    let per_head = &per_head[bi * t * 3 * c..][..t * 3 * c];
+                    interleave_heads(per_head, dqkv_b, (t, hs, nh), 3);
+                    Ok(())
+                })
+        },
+    )
+}
+
+/// Cached attention: appends the `m` new positions' keys and values to
+/// the cache, then attends each new position to every cached one before
+/// it. One new token at a long context runs its heads in parallel; a
+/// prompt's heads run in turn, each product split over the threads.
+fn cached_forward(
+    ctx: &mut Context,
+    out: &mut [f32],
+    qkv: &[f32],
+    c: usize,
+    nh: usize,
+    layer: CachedLayer,
+) -> Result<(), Error> {
+    let CachedLayer {
+        keys_t,
+        values,
+        t_max,
+        p0,
+        scores,
+        head_scores,
+    } = layer;
+    let m = qkv.len() / (3 * c);
+    let (hs, len) = (c / nh, p0 + m);
+    for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
+        for (d, &key) in row[c..2 * c].iter().enumerate() {
+            keys_t[d * t_max + p0 + i] = key;
+        }
+        values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
+    }
+    let cache = CachedHeads {
+        qkv,
+        keys_t,
+        values,
+        t_max,
+        m,
+        len,
+        p0,
+        hs,
+        c,
+        scale: 1.0 / (hs as f32).sqrt(),
+    };
+    let k = ctx.kernels;
+    if m == 1 && len * c >= PARALLEL_HEADS_WORK {
+        // One token: heads in parallel, each writing its own `hs` floats
+        // of the output row.
+        let scores = &mut head_scores[..nh * len];
+        ctx.threads
+            .try_for_each_piece(((out, hs), (scores, len)), |h, (out, scores)| {
+                let gemm =
+                    |alpha, a: MatRef, b: MatRef, c: MatMut| gemm_in_piece(&k, alpha, a, b, 0.0, c);
+                cache.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
+            })
+    } else {
+        for h in 0..nh {
+            let scores = &mut scores[..m * len];
+            let out = MatMut::strided(&mut out[h * hs..], m, hs, c)?;
+            // Prompts: each product is large enough to split (and a short
+            // context's heads too small to).
+            let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| ctx.gemm(alpha, a, b, 0.0, c);
+            cache.attend(&k, h, scores, out, gemm)?;
+        }
+        Ok(())
+    }
+}
+
+/// What attention over the cache needs for one layer: the new positions'
+/// queries (`m` rows of `qkv`) and every cached key and value.
+struct CachedHeads<'a> {
+    qkv: &'a [f32],
+    keys_t: &'a [f32],
+    t_max: usize,
+    values: &'a [f32],
+    m: usize,
+    len: usize,
+    p0: usize,
+    hs: usize,
+    c: usize,
+    scale: f32,
+}
+
+impl CachedHeads<'_> {
+    /// Causal attention of head `h` for the new positions into `out`
+    /// (`m × hs`), with `scores` (`m · len` floats) as scratch; `gemm(alpha,
+    /// a, b, c)` computes `c = alpha · a · b`.
+    fn attend(
+        &self,
+        k: &kernels::Kernels,
+        h: usize,
+        scores: &mut [f32],
+        out: MatMut,
+        mut gemm: impl FnMut(f32, MatRef, MatRef, MatMut) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (m, len, hs, c) = (self.m, self.len, self.hs, self.c);
+        let q = MatRef::strided(&self.qkv[h * hs..], m, hs, 3 * c)?;
+        let keys_t = MatRef::strided(&self.keys_t[h * hs * self.t_max..], hs, len, self.t_max)?;
+        let values = MatRef::strided(&self.values[h * hs..], len, hs, c)?;
+        gemm(self.scale, q, keys_t, MatMut::new(scores, m, len)?)?;
+        k.softmax_rows(scores, len, ValidLen::Causal { offset: self.p0 })?;
+        gemm(1.0, MatRef::new(scores, m, len)?, values, out)
+    }
+}
+
+/// One sequence's per-head results back into rows: `heads` holds, per
+/// head, `parts` blocks of `[t, hs]` (the output; or dq, dk, dv), and row
+/// `r` of `rows` (`parts · nh · hs` floats) gets part `j` of head `h` at
+/// `(j·nh + h)·hs`.
+fn interleave_heads(
+    heads: &[f32],
+    rows: &mut [f32],
+    (t, hs, nh): (usize, usize, usize),
+    parts: usize,
+) {
+    let width = parts * nh * hs;
+    for (head, blocks) in heads.chunks_exact(parts * t * hs).enumerate() {
+        for (j, block) in blocks.chunks_exact(t * hs).enumerate() {
+            for (r, src) in block.chunks_exact(hs).enumerate() {
+                rows[r * width + (j * nh + head) * hs..][..hs].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Head `h`'s query, key and value (`t × hs` each) in one sequence's
+/// `qkv[t, 3c]`.
+fn head_views(
+    qkv: &[f32],
+    h: usize,
+    t: usize,
+    c: usize,
+    hs: usize,
+) -> Result<(MatRef<'_>, MatRef<'_>, MatRef<'_>), Error> {
+    let view = |offset: usize| MatRef::strided(&qkv[offset + h * hs..], t, hs, 3 * c);
+    Ok((view(0)?, view(c)?, view(2 * c)?))
+}

@@ -1,0 +1,184 @@
+//! The transformer block, written once: pre-LayerNorm causal self-attention
+//! and a 4× GELU MLP, each added into the residual stream. Training,
+//! evaluation and cached decoding all run [`block_forward`]; they differ
+//! only in where attention's keys and values come from ([`Attention`]).
+
+use super::attention::{attention_backward, attention_forward, Attention};
+use super::context::Context;
+use super::layers::{
+    gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
+    matmul_forward,
+};
+use super::tensors::{BlockActivations, LayerParams};
+use super::LAYER_NORM_EPS;
+use crate::error::Error;
+
+/// `output = input + attention(ln1(input))`, then `output += mlp(ln2(·))`
+/// for `rows` positions of `c` channels and `nh` heads, keeping every
+/// intermediate in `a` for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward(
+    ctx: &mut Context,
+    p: &LayerParams<&[f32]>,
+    input: &[f32],
+    output: &mut [f32],
+    a: BlockActivations<&mut [f32]>,
+    attention: Attention,
+    rows: usize,
+    c: usize,
+    nh: usize,
+) -> Result<(), Error> {
+    layer_norm_forward(
+        ctx,
+        input,
+        p.ln1w,
+        p.ln1b,
+        LAYER_NORM_EPS,
+        a.ln1,
+        a.ln1_mean,
+        a.ln1_rstd,
+    )?;
+    matmul_forward(ctx, a.qkv, a.ln1, p.qkvw, Some(p.qkvb), rows, c, 3 * c)?;
+    attention_forward(ctx, a.atty, a.att, a.qkv, c, nh, attention)?;
+    matmul_forward(
+        ctx,
+        a.attproj,
+        a.atty,
+        p.attprojw,
+        Some(p.attprojb),
+        rows,
+        c,
+        c,
+    )?;
+    ctx.kernels.add(input, a.attproj, a.residual2)?;
+    layer_norm_forward(
+        ctx,
+        a.residual2,
+        p.ln2w,
+        p.ln2b,
+        LAYER_NORM_EPS,
+        a.ln2,
+        a.ln2_mean,
+        a.ln2_rstd,
+    )?;
+    matmul_forward(ctx, a.fch, a.ln2, p.fcw, Some(p.fcb), rows, c, 4 * c)?;
+    gelu_forward(ctx, a.fch, a.fch_gelu)?;
+    matmul_forward(
+        ctx,
+        a.fcproj,
+        a.fch_gelu,
+        p.fcprojw,
+        Some(p.fcprojb),
+        rows,
+        4 * c,
+        c,
+    )?;
+    ctx.kernels.add(a.residual2, a.fcproj, output)?;
+    Ok(())
+}
+
+/// The backward-pass buffers one block needs besides its activations.
+pub struct BlockScratch<'a> {
+    /// `[B, T, C]` in: the gradient of the block's output; out: of its input.
+    pub dresidual: &'a mut [f32],
+    pub dln: &'a mut [f32],
+    pub dqkv: &'a mut [f32],
+    pub datty: &'a mut [f32],
+    pub datt: &'a mut [f32],
+    pub per_head: &'a mut [f32],
+    pub dfch: &'a mut [f32],
+    pub dfch_gelu: &'a mut [f32],
+}
+
+/// Backward of causal [`block_forward`] over `b` sequences of `t`:
+/// accumulates the parameter gradients into `g` and turns `s.dresidual`
+/// from the output's gradient into the input's.
+#[allow(clippy::too_many_arguments)]
+pub fn block_backward(
+    ctx: &mut Context,
+    p: &LayerParams<&[f32]>,
+    g: LayerParams<&mut [f32]>,
+    input: &[f32],
+    a: &BlockActivations<&[f32]>,
+    s: BlockScratch,
+    (b, t, c, nh): (usize, usize, usize, usize),
+) -> Result<(), Error> {
+    let bt = b * t;
+    // output = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+    matmul_backward(
+        ctx,
+        s.dfch_gelu,
+        g.fcprojw,
+        Some(g.fcprojb),
+        s.dresidual,
+        a.fch_gelu,
+        p.fcprojw,
+        bt,
+        4 * c,
+        c,
+    )?;
+    ctx.kernels.fill(0.0, s.dfch);
+    gelu_backward(ctx, a.fch, s.dfch_gelu, s.dfch)?;
+    matmul_backward(
+        ctx,
+        s.dln,
+        g.fcw,
+        Some(g.fcb),
+        s.dfch,
+        a.ln2,
+        p.fcw,
+        bt,
+        c,
+        4 * c,
+    )?;
+    layer_norm_backward(
+        ctx,
+        a.residual2,
+        p.ln2w,
+        a.ln2_mean,
+        a.ln2_rstd,
+        s.dln,
+        s.dresidual,
+        g.ln2w,
+        g.ln2b,
+    )?;
+    // residual2 = input + attproj(attention(qkv(ln1(input)))).
+    matmul_backward(
+        ctx,
+        s.datty,
+        g.attprojw,
+        Some(g.attprojb),
+        s.dresidual,
+        a.atty,
+        p.attprojw,
+        bt,
+        c,
+        c,
+    )?;
+    attention_backward(
+        ctx, s.dqkv, s.datt, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
+    )?;
+    matmul_backward(
+        ctx,
+        s.dln,
+        g.qkvw,
+        Some(g.qkvb),
+        s.dqkv,
+        a.ln1,
+        p.qkvw,
+        bt,
+        c,
+        3 * c,
+    )?;
+    layer_norm_backward(
+        ctx,
+        input,
+        p.ln1w,
+        a.ln1_mean,
+        a.ln1_rstd,
+        s.dln,
+        s.dresidual,
+        g.ln1w,
+        g.ln1b,
+    )
+}

@@ -1,0 +1,80 @@
+//! The key/value cache of incremental decoding: each layer keeps the keys
+//! and values of every position seen, so a new token costs one pass over
+//! the weights instead of a pass over the whole context.
+
+use super::arena::Arena;
+use super::config::ModelConfig;
+use super::tensors::BlockActivations;
+
+/// Keys and values of the positions decoded so far, plus the buffers of one
+/// decoding pass (sized for a whole block, so that no pass allocates).
+///
+/// Keys are stored transposed, `[L, C, T]` (a head's keys are `hs` rows of
+/// positions), values `[L, T, C]` (see `attention::CachedLayer`).
+pub struct KvCache {
+    pub(super) keys_t: Arena,
+    pub(super) values: Arena,
+    pub(super) len: usize,
+    pub(super) block_size: usize,
+    /// A block's input and output, `2 × [T, C]`, swapping roles layer by
+    /// layer.
+    pub(super) residuals: Vec<f32>,
+    /// One block's activations for up to a block of positions.
+    pub(super) acts: Vec<f32>,
+    pub(super) scores: Vec<f32>,
+    /// One row of scores per head, for decoding the heads of one token in
+    /// parallel.
+    pub(super) head_scores: Vec<f32>,
+    /// The final LayerNorm of the last position: output, mean, rstd.
+    pub(super) lnf: Vec<f32>,
+    pub(super) logits: Vec<f32>,
+}
+
+impl KvCache {
+    /// An empty cache for a model of shape `cfg`.
+    pub fn new(cfg: &ModelConfig) -> KvCache {
+        let (l, t, c, v) = (cfg.layers, cfg.block_size, cfg.channels, cfg.vocab_size);
+        KvCache {
+            keys_t: Arena::zeros(l * c * t),
+            values: Arena::zeros(l * t * c),
+            len: 0,
+            block_size: t,
+            residuals: vec![0.0; 2 * t * c],
+            acts: vec![0.0; BlockActivations::sizes(cfg, t, 0).total()],
+            scores: vec![0.0; t * t],
+            head_scores: vec![0.0; cfg.heads * t],
+            lnf: vec![0.0; c + 2],
+            logits: vec![0.0; v],
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position (the buffers stay allocated).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The logits of the last position run.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Bytes held by the keys and values.
+    pub fn cache_bytes(&self) -> usize {
+        4 * (self.keys_t.len() + self.values.len())
+    }
+
+    /// The longest context the cache holds.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+}

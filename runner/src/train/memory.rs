@@ -1,0 +1,112 @@
+//! What a training run will hold in memory, from the same size functions
+//! that allocate it, checked against the machine before anything large is
+//! allocated.
+
+use crate::error::Error;
+use crate::metrics::physical_memory_bytes;
+use crate::model::{Gpt, ModelConfig};
+
+use super::optim::Optimizer;
+
+/// Floats of each kind of buffer of a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub parameters: usize,
+    pub gradients: usize,
+    pub optimizer_state: usize,
+    /// Activations and backward scratch of one micro-batch.
+    pub activations: usize,
+}
+
+impl Footprint {
+    /// A model of shape `cfg` trained on micro-batches of `batch` ×
+    /// `t` tokens (saturating for absurd shapes).
+    pub fn training(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
+        let n = cfg.param_count();
+        Footprint {
+            parameters: n,
+            gradients: n,
+            optimizer_state: Optimizer::state_floats(n),
+            activations: Gpt::activation_floats(cfg, batch, t),
+        }
+    }
+
+    /// Bytes of all of it.
+    pub fn total_bytes(&self) -> usize {
+        [
+            self.parameters,
+            self.gradients,
+            self.optimizer_state,
+            self.activations,
+        ]
+        .iter()
+        .fold(0usize, |sum, &n| sum.saturating_add(n))
+        .saturating_mul(4)
+    }
+
+    /// `parameters 12.4 MiB, gradients ...`: the start-up log line's figures.
+    pub fn describe(&self) -> String {
+        let mib = |floats: usize| floats as f64 * 4.0 / (1024.0 * 1024.0);
+        format!(
+            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB",
+            mib(self.parameters),
+            mib(self.gradients),
+            mib(self.optimizer_state),
+            mib(self.activations)
+        )
+    }
+}
+
+/// Refuses runs that would not fit this machine's memory (or 32 GiB where
+/// it cannot be read), rather than dying in the allocator.
+pub fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
+    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
+    let need = Footprint::training(cfg, batch, cfg.block_size).total_bytes();
+    if need as u64 > limit_bytes {
+        let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+        return Err(Error::Config(format!(
+            "the run needs about {:.1} GiB of memory (model {cfg} with batch {batch}); this machine has {:.1} GiB",
+            gib(need as f64),
+            gib(limit_bytes as f64)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Preset;
+
+    #[test]
+    fn the_footprint_is_what_a_training_step_allocates() {
+        let cfg = Preset::Tiny.config(256);
+        let f = Footprint::training(&cfg, 3, cfg.block_size);
+        assert_eq!(f.parameters, cfg.param_count());
+        assert_eq!(f.optimizer_state, 2 * cfg.param_count());
+        let b = 3;
+        let t = cfg.block_size;
+        // Counted by hand from the tensors' shapes.
+        let (l, c, nh, v) = (cfg.layers, cfg.channels, cfg.heads, cfg.vocab_size);
+        let bt = b * t;
+        let acts = (l + 1) * bt * c + l * (bt * (17 * c + 4) + b * nh * t * t) + bt * (c + 3 + v);
+        let scratch = bt * (v + 17 * c) + b * nh * t * t;
+        assert_eq!(f.activations, acts + scratch);
+    }
+
+    #[test]
+    fn absurd_shapes_saturate_and_are_refused() {
+        let cfg = ModelConfig {
+            vocab_size: 256,
+            block_size: 1 << 16,
+            layers: 1 << 20,
+            heads: 1,
+            channels: 1,
+        };
+        assert_eq!(
+            Footprint::training(&cfg, 1 << 20, 1 << 16).total_bytes(),
+            usize::MAX
+        );
+        assert!(check_memory(&cfg, 1 << 20).is_err());
+    }
+}
