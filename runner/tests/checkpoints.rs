@@ -321,3 +321,40 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_unwritable_destination_is_refused_before_training() {
+    let dir = scratch("unwritable");
+    let missing_parent = dir.join("no-such-dir").join("ckpt");
+    // Without -q: a single stderr line proves no step ran (each logs).
+    let train_to = |dest: &str| {
+        runner(&[
+            "train", "--preset", "tiny", "--steps", "500", "--save", dest,
+        ])
+    };
+    assert_clear_error(
+        &train_to(missing_parent.to_str().unwrap()),
+        "is not a directory",
+    );
+    assert!(!missing_parent.parent().unwrap().exists());
+    assert_clear_error(&train_to("/proc/runner-ckpt"), "cannot write in /proc");
+    assert!(
+        hidden_entries(&dir).is_empty(),
+        "{:?}",
+        hidden_entries(&dir)
+    );
+}
+
+#[test]
+fn stop_at_past_the_last_step_is_refused() {
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "5",
+        "--stop-at",
+        "6",
+    ]);
+    assert_clear_error(&out, "--stop-at 6 is after the last step");
+}
