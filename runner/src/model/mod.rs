@@ -214,17 +214,8 @@ impl Gpt {
             )?;
         }
         let last = &residuals[layers * btc..][..btc];
-        layer_norm_forward(
-            ctx,
-            last,
-            p.lnfw,
-            p.lnfb,
-            LAYER_NORM_EPS,
-            a.lnf,
-            a.lnf_mean,
-            a.lnf_rstd,
-        )?;
-        lm_head_forward(ctx, a.logits, a.lnf, p.wte, b * t, c, v)
+        let head = (a.lnf, a.lnf_mean, a.lnf_rstd);
+        head_forward(ctx, &p, last, head, a.logits, b * t, c, v)
     }
 
     /// The logits of the last [`Gpt::forward`], `[b, t, V]`.
@@ -400,21 +391,29 @@ impl Gpt {
             let last = &pair[0][(m - 1) * c..];
             let (ln_last, stats) = lnf.split_at_mut(c);
             let (mean, rstd) = stats.split_at_mut(1);
-            layer_norm_forward(
-                ctx,
-                last,
-                p.lnfw,
-                p.lnfb,
-                LAYER_NORM_EPS,
-                ln_last,
-                mean,
-                rstd,
-            )?;
-            lm_head_forward(ctx, logits, ln_last, p.wte, 1, c, v)?;
+            head_forward(ctx, &p, last, (ln_last, mean, rstd), logits, 1, c, v)?;
             cache.len = p0 + m;
             Ok(&cache.logits[..])
         })
     }
+}
+
+/// The model's head over `rows` positions of the residual stream `x`:
+/// the final LayerNorm (into `ln`, with its mean and rstd kept), then the
+/// LM head's logits.
+#[allow(clippy::too_many_arguments)]
+fn head_forward(
+    ctx: &mut Context,
+    p: &Params<&[f32]>,
+    x: &[f32],
+    (ln, mean, rstd): (&mut [f32], &mut [f32], &mut [f32]),
+    logits: &mut [f32],
+    rows: usize,
+    c: usize,
+    v: usize,
+) -> Result<(), Error> {
+    layer_norm_forward(ctx, x, p.lnfw, p.lnfb, LAYER_NORM_EPS, ln, mean, rstd)?;
+    lm_head_forward(ctx, logits, ln, p.wte, rows, c, v)
 }
 
 /// Block `l`'s input (the residual stream after `l` blocks) and output
