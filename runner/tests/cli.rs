@@ -571,3 +571,30 @@ fn train_plots_the_loss_curves() {
         "caption"
     );
 }
+
+/// The default job (no command) must show a model that has learned its
+/// task: nearly every sampled line well-formed, and most held-out sums,
+/// which were never in its corpus, answered right.
+#[test]
+fn the_default_run_masters_its_task() {
+    let out = runner(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let numbers_after = |prefix: &str| -> Vec<usize> {
+        let line = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stderr}"));
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect()
+    };
+    let sample = numbers_after("Sample check: ");
+    let (well_formed, lines, right) = (sample[0], sample[1], sample[2]);
+    assert!(lines >= 10, "{stderr}");
+    assert!(10 * well_formed >= 9 * lines, "{stderr}");
+    assert!(2 * right > lines, "{stderr}");
+    let held_out = numbers_after("Held-out check: ");
+    assert_eq!(held_out[1], 100);
+    assert!(held_out[0] >= 60, "{stderr}");
+}

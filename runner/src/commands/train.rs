@@ -12,8 +12,8 @@ use crate::train::{train, TrainSettings};
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Model size: tiny (L2 H2 C32 T32), small (L4 H4 C256 T128) or shakes
-    /// (L6 H6 C384 T256) [default: small].
+    /// Model size: tiny (L2 H2 C32 T32), demo (L2 H4 C128 T64), small (L4
+    /// H4 C256 T128) or shakes (L6 H6 C384 T256) [default: small].
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Transformer blocks (overrides the preset).

@@ -23,6 +23,9 @@ pub struct ModelConfig {
 pub enum Preset {
     /// L2 H2 C32 T32: for tests, trains in seconds.
     Tiny,
+    /// L2 H4 C128 T64: the default run's model (learns two-digit sums in
+    /// under a minute on two cores).
+    Demo,
     /// L4 H4 C256 T128: the default.
     Small,
     /// L6 H6 C384 T256: 10.8 M parameters, for Shakespeare.
@@ -38,6 +41,7 @@ impl Preset {
     pub fn config(self, vocab_size: usize) -> ModelConfig {
         let (layers, heads, channels, block_size) = match self {
             Preset::Tiny => (2, 2, 32, 32),
+            Preset::Demo => (2, 4, 128, 64),
             Preset::Small => (4, 4, 256, 128),
             Preset::Shakes => (6, 6, 384, 256),
         };
