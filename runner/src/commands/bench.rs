@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use kernels::Backend;
 
+use super::options::BackendChoice;
 use crate::bench::{self, BenchSettings};
-use crate::cli::BackendChoice;
 use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 use crate::logger;

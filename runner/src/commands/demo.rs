@@ -5,7 +5,7 @@
 
 use log::info;
 
-use crate::cli::BackendChoice;
+use super::options::BackendChoice;
 use crate::data::{self, corpus, VOCAB_SIZE};
 use crate::error::Error;
 use crate::generate::{generate, GenerationStats, Sampling};

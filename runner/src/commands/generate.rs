@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use log::info;
 
+use super::options::RunOptions;
 use crate::checkpoint;
-use crate::cli::RunOptions;
 use crate::data;
 use crate::error::Error;
 use crate::generate::{check_prompt, generate, Sampling};

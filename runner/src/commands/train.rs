@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::RunOptions;
+use super::options::RunOptions;
 use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};

@@ -117,6 +117,12 @@ macro_rules! named_tensors {
             pub fn into_array(self) -> [T; 0 $(+ per_field!($field, 1))*] {
                 [$(self.$field),*]
             }
+
+            /// The struct of `tensors` given in field (arena) order.
+            pub fn from_array(tensors: [T; 0 $(+ per_field!($field, 1))*]) -> $name<T> {
+                let [$($field),*] = tensors;
+                $name { $($field,)* }
+            }
         }
     };
 }

@@ -44,10 +44,10 @@ thread_local! {
 /// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
 /// C` split by `exec`, growing `workspace` to what the product needs.
 #[allow(clippy::too_many_arguments)]
-fn gemm_in(
+fn gemm_in<E: Executor>(
     workspace: &mut Vec<f32>,
     kernels: &Kernels,
-    exec: &dyn Executor,
+    exec: &E,
     alpha: f32,
     a: MatRef,
     b: MatRef,

@@ -207,26 +207,7 @@ impl ParamTensor {
 impl Params<usize> {
     /// Tensor sizes for `cfg`.
     pub fn sizes(cfg: &ModelConfig) -> Params<usize> {
-        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
-            ParamTensor::all(cfg).map(|t| t.len);
-        Params {
-            wte,
-            wpe,
-            ln1w,
-            ln1b,
-            qkvw,
-            qkvb,
-            attprojw,
-            attprojb,
-            ln2w,
-            ln2b,
-            fcw,
-            fcb,
-            fcprojw,
-            fcprojb,
-            lnfw,
-            lnfb,
-        }
+        Params::from_array(ParamTensor::all(cfg).map(|t| t.len))
     }
 }
 

@@ -1,0 +1,56 @@
+//! The options several commands share, flattened into each one's
+//! arguments.
+
+use clap::{Args, ValueEnum};
+use kernels::{Backend, Kernels};
+
+use crate::error::Error;
+use crate::logger;
+
+/// Options every command that runs one model shares.
+#[derive(Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Only warnings, errors and the results.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Kernel backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Threads [default: all cores]. Results do not depend on it.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl RunOptions {
+    /// Installs the logger at the asked level and returns the kernels.
+    pub fn start(&self) -> Result<Kernels, Error> {
+        logger::init(self.quiet);
+        self.backend.kernels()
+    }
+}
+
+/// Which kernels to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The fastest this CPU supports.
+    Auto,
+    /// The portable reference (the naive baseline).
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
+impl BackendChoice {
+    /// The kernels handle, or an error if the CPU lacks the backend.
+    pub fn kernels(self) -> Result<Kernels, Error> {
+        let backend = match self {
+            BackendChoice::Auto => return Ok(Kernels::best()),
+            BackendChoice::Scalar => Backend::Scalar,
+            BackendChoice::Avx2 => Backend::Avx2,
+            BackendChoice::Avx512 => Backend::Avx512,
+        };
+        Ok(Kernels::new(backend)?)
+    }
+}
