@@ -50,28 +50,7 @@ const DECODE_WINDOW: usize = 8;
 /// decide the figure.
 const DECODE_RUNS: usize = 5;
 
-/// One row of the training table (medians over the timed steps).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BenchRow {
-    pub seq_len: usize,
-    pub batch: usize,
-    pub backend: Backend,
-    pub threads: usize,
-    pub forward_ms: f64,
-    pub backward_ms: f64,
-    pub optimizer_ms: f64,
-    pub total_ms: f64,
-    pub tokens_per_sec: f64,
-    pub gflops: f64,
-    /// The machine's peak on this many threads, which `mfu` divides by.
-    pub peak_gflops: f64,
-    pub mfu: f64,
-    pub speedup_vs_scalar: Option<f64>,
-    /// Share of the step per kind of work, in `BREAKDOWN` order.
-    pub shares: [f64; 7],
-}
-
-/// The kinds of work in [`BenchRow::shares`].
+/// The kinds of work of a training row's `breakdown`, in table order.
 pub const BREAKDOWN: [&str; 7] = [
     "matmul",
     "attention",
@@ -81,16 +60,6 @@ pub const BREAKDOWN: [&str; 7] = [
     "optimizer",
     "other",
 ];
-
-/// One row of the generation table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodeRow {
-    pub backend: Backend,
-    pub threads: usize,
-    pub context: usize,
-    pub cached_tokens_per_sec: f64,
-    pub uncached_tokens_per_sec: f64,
-}
 
 /// Model FLOPs per token of training at sequence length `t`: 6 per
 /// parameter (forward and backward) plus attention's 12·L·C·T, as nanoGPT
@@ -117,7 +86,7 @@ fn mib(bytes: usize) -> f64 {
 /// model FLOPs ([`flops_per_token`] × tokens/s) over the machine's peak:
 /// the fastest backend's FMA loop on the same number of threads, measured
 /// in this run.
-pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> {
+pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
     let cfg = s.config;
     cfg.validate()?;
     if s.steps == 0
@@ -155,7 +124,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         mib(peak_rss_bytes() as usize)
     );
 
-    let mut rows: Vec<BenchRow> = Vec::new();
+    let mut rows: Vec<BenchRecord> = Vec::new();
     for &threads in &s.threads {
         Threads::new(Some(threads))?;
         let peak = machine_peak(&kernels, threads);
@@ -166,37 +135,18 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
         }
     }
     // Speed-ups once every row is in, whatever order the backends ran in.
+    let speed_of = |r: &BenchRecord| ((r.shape.seq_len, r.shape.threads), r.tokens_per_sec);
     let scalar_speed: Vec<_> = rows
         .iter()
-        .filter(|r| r.backend == Backend::Scalar)
-        .map(|r| ((r.seq_len, r.threads), r.tokens_per_sec))
+        .filter(|r| r.shape.backend == Backend::Scalar.name())
+        .map(speed_of)
         .collect();
     for row in &mut rows {
+        let (key, speed) = speed_of(row);
         row.speedup_vs_scalar = scalar_speed
             .iter()
-            .find(|(key, _)| *key == (row.seq_len, row.threads))
-            .map(|(_, speed)| row.tokens_per_sec / speed);
-        if let Some(json) = json.as_mut() {
-            json.write(&Record::Bench(BenchRecord {
-                forward_ms: row.forward_ms,
-                backward_ms: row.backward_ms,
-                optimizer_ms: row.optimizer_ms,
-                total_ms: row.total_ms,
-                tokens_per_sec: row.tokens_per_sec,
-                gflops: row.gflops,
-                mfu: row.mfu,
-                peak_gflops: row.peak_gflops,
-                speedup_vs_scalar: row.speedup_vs_scalar,
-                breakdown: BREAKDOWN.into_iter().zip(row.shares).collect(),
-                shape: RunShape {
-                    seq_len: row.seq_len,
-                    batch: row.batch,
-                    backend: row.backend.name(),
-                    threads: row.threads,
-                },
-                peak_rss_bytes: peak_rss_bytes(),
-            }))?;
-        }
+            .find(|(scalar_key, _)| *scalar_key == key)
+            .map(|(_, scalar)| speed / scalar);
     }
 
     let mut decode_rows = Vec::new();
@@ -206,22 +156,14 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRow>, Vec<DecodeRow>), Error> 
     {
         let mut model = Gpt::new(cfg, k, 1)?;
         model.set_threads(Threads::new(Some(threads))?);
-        for row in decode_speed(&mut model, &tokens)? {
-            if let Some(json) = json.as_mut() {
-                json.write(&Record::Generate(GenerateRecord {
-                    tokens_per_sec: row.cached_tokens_per_sec,
-                    uncached_tokens_per_sec: Some(row.uncached_tokens_per_sec),
-                    run: None,
-                    shape: RunShape {
-                        seq_len: row.context,
-                        batch: 1,
-                        backend: k.backend().name(),
-                        threads,
-                    },
-                    peak_rss_bytes: peak_rss_bytes(),
-                }))?;
-            }
-            decode_rows.push(row);
+        decode_rows.extend(decode_speed(&mut model, &tokens)?);
+    }
+    if let Some(json) = json.as_mut() {
+        for row in &rows {
+            json.write(&Record::Bench(row.clone()))?;
+        }
+        for row in &decode_rows {
+            json.write(&Record::Generate(row.clone()))?;
         }
     }
     print_tables(&rows, &decode_rows, &memory);
@@ -262,7 +204,7 @@ fn measure_training(
     t: usize,
     peak: f64,
     tokens: &[u32],
-) -> Result<BenchRow, Error> {
+) -> Result<BenchRecord, Error> {
     let cfg = s.config;
     let mut model = Gpt::new(cfg, k, 1)?;
     model.set_threads(Threads::new(Some(threads))?);
@@ -311,21 +253,24 @@ fn measure_training(
     let total_ms = median_of(|x| x.total_ms);
     let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
     let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
-    Ok(BenchRow {
-        seq_len: t,
-        batch: s.batch,
-        backend: k.backend(),
-        threads,
+    Ok(BenchRecord {
         forward_ms: median_of(|x| x.forward_ms + x.loss_ms),
         backward_ms: median_of(|x| x.backward_ms),
         optimizer_ms: median_of(|x| x.optimizer_ms),
         total_ms,
         tokens_per_sec,
         gflops,
-        peak_gflops: peak,
         mfu: gflops / peak,
+        peak_gflops: peak,
         speedup_vs_scalar: None,
-        shares,
+        breakdown: BREAKDOWN.into_iter().zip(shares).collect(),
+        shape: RunShape {
+            seq_len: t,
+            batch: s.batch,
+            backend: k.backend().name(),
+            threads,
+        },
+        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
@@ -334,7 +279,7 @@ fn measure_training(
 /// at a context length is the median over the `DECODE_WINDOW` tokens ending
 /// there in each of `DECODE_RUNS` runs; the uncached speed is one full
 /// forward pass over that context per token (median of 3).
-fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<DecodeRow>, Error> {
+fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<GenerateRecord>, Error> {
     let t = model.config.block_size;
     let prompt = DECODE_PROMPT.min(t);
     let mut cache = model.new_cache();
@@ -366,12 +311,17 @@ fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<DecodeRow>, Error
             model.forward(&tokens[..context], 1, context)?;
             uncached.push(1.0 / start.elapsed().as_secs_f64());
         }
-        rows.push(DecodeRow {
-            backend: model.kernels().backend(),
-            threads: model.threads().count(),
-            context,
-            cached_tokens_per_sec: 1.0 / median(window),
-            uncached_tokens_per_sec: median(uncached),
+        rows.push(GenerateRecord {
+            tokens_per_sec: 1.0 / median(window),
+            uncached_tokens_per_sec: Some(median(uncached)),
+            run: None,
+            shape: RunShape {
+                seq_len: context,
+                batch: 1,
+                backend: model.kernels().backend().name(),
+                threads: model.threads().count(),
+            },
+            peak_rss_bytes: peak_rss_bytes(),
         });
     }
     Ok(rows)
@@ -379,7 +329,7 @@ fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<DecodeRow>, Error
 
 /// Prints the tables to stdout (quietly stopping if stdout is closed, e.g.
 /// piped into `head`).
-fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
+fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
     use std::fmt::Write as _;
     let mut out = String::new();
     macro_rules! outln {
@@ -394,10 +344,10 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
         outln!(
             out,
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {:.1} | {:.0}% |",
-            r.seq_len,
-            r.batch,
-            r.backend,
-            r.threads,
+            r.shape.seq_len,
+            r.shape.batch,
+            r.shape.backend,
+            r.shape.threads,
             r.forward_ms,
             r.backward_ms,
             r.optimizer_ms,
@@ -418,17 +368,16 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
     );
     outln!(out, "|---|---|---|{}", "---|".repeat(BREAKDOWN.len()));
     for r in rows {
-        let shares: Vec<String> = r
-            .shares
+        let shares: Vec<String> = BREAKDOWN
             .iter()
-            .map(|x| format!("{:.1}%", 100.0 * x))
+            .map(|kind| format!("{:.1}%", 100.0 * r.breakdown[kind]))
             .collect();
         outln!(
             out,
             "| {} | {} | {} | {} |",
-            r.seq_len,
-            r.backend,
-            r.threads,
+            r.shape.seq_len,
+            r.shape.backend,
+            r.shape.threads,
             shares.join(" | ")
         );
     }
@@ -443,15 +392,16 @@ fn print_tables(rows: &[BenchRow], decode: &[DecodeRow], memory: &str) {
     );
     outln!(out, "|---|---|---|---|---|---|");
     for d in decode {
+        let uncached = d.uncached_tokens_per_sec.unwrap_or(f64::NAN);
         outln!(
             out,
             "| {} | {} | {} | {:.0} | {:.1} | {:.1}x |",
-            d.backend,
-            d.threads,
-            d.context,
-            d.cached_tokens_per_sec,
-            d.uncached_tokens_per_sec,
-            d.cached_tokens_per_sec / d.uncached_tokens_per_sec
+            d.shape.backend,
+            d.shape.threads,
+            d.shape.seq_len,
+            d.tokens_per_sec,
+            uncached,
+            d.tokens_per_sec / uncached
         );
     }
     out.push('\n');

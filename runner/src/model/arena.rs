@@ -118,6 +118,11 @@ macro_rules! named_tensors {
                 [$(self.$field),*]
             }
 
+            /// Each tensor through `f`.
+            pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> $name<U> {
+                $name { $($field: f(self.$field),)* }
+            }
+
             /// The struct of `tensors` given in field (arena) order.
             pub fn from_array(tensors: [T; 0 $(+ per_field!($field, 1))*]) -> $name<T> {
                 let [$($field),*] = tensors;
@@ -152,6 +157,17 @@ macro_rules! layered_tensors {
         }
 
         impl<T> $name<T> {
+            /// The struct from its tensors before the stacked ones, the
+            /// stacked ones, and those after, in field order.
+            #[allow(clippy::too_many_arguments)]
+            pub fn assemble($($before: T,)* stacked: $layer<T>, $($after: T,)*) -> $name<T> {
+                $name {
+                    $($before,)*
+                    $($per_layer: stacked.$per_layer,)*
+                    $($after,)*
+                }
+            }
+
             /// Whether each tensor, in field order, is stacked over layers.
             pub const PER_LAYER: [bool; 0 $(+ per_field!($before, 1))* $(+ per_field!($per_layer, 1))* $(+ per_field!($after, 1))*] = [
                 $(per_field!($before, false),)*

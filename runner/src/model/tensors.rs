@@ -296,30 +296,15 @@ impl Activations<usize> {
         let (l, c) = (cfg.layers, cfg.channels);
         let bt = floats(&[b, t]);
         let block = BlockActivations::sizes(cfg, bt, floats(&[b, cfg.heads, t, t]));
-        let [ln1, ln1_mean, ln1_rstd, qkv, atty, att, attproj, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj] =
-            block.into_array().map(|n| floats(&[n, l]));
-        Activations {
-            residuals: floats(&[l.saturating_add(1), bt, c]),
-            ln1,
-            ln1_mean,
-            ln1_rstd,
-            qkv,
-            atty,
-            att,
-            attproj,
-            residual2,
-            ln2,
-            ln2_mean,
-            ln2_rstd,
-            fch,
-            fch_gelu,
-            fcproj,
-            lnf: floats(&[bt, c]),
-            lnf_mean: bt,
-            lnf_rstd: bt,
-            logits: floats(&[bt, cfg.vocab_size]),
-            losses: bt,
-        }
+        Activations::assemble(
+            floats(&[l.saturating_add(1), bt, c]), // residuals
+            block.map(|n| floats(&[n, l])),        // every block's, stacked
+            floats(&[bt, c]),                      // lnf
+            bt,                                    // lnf_mean
+            bt,                                    // lnf_rstd
+            floats(&[bt, cfg.vocab_size]),         // logits
+            bt,                                    // losses
+        )
     }
 }
 
