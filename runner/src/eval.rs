@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
+use crate::metrics::{peak_rss_bytes, EvalRecord, Record, RunShape};
 use crate::model::Gpt;
 
 /// The loss and where its time went.
@@ -34,6 +35,20 @@ impl Evaluation {
             self.cross_entropy_ms,
             self.total_ms()
         );
+    }
+
+    /// The `eval` record of a validation at `step`.
+    pub fn record(&self, step: u32, shape: RunShape) -> Record {
+        Record::Eval(EvalRecord {
+            step,
+            val_loss: self.loss,
+            forward_ms: self.forward_ms,
+            cross_entropy_ms: self.cross_entropy_ms,
+            total_ms: self.total_ms(),
+            tokens_per_sec: self.tokens as f64 / (self.total_ms() / 1e3),
+            shape,
+            peak_rss_bytes: peak_rss_bytes(),
+        })
     }
 
     /// Time of the forward passes and the loss together.

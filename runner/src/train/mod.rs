@@ -16,7 +16,7 @@ use crate::checkpoint::{self, RunSchedule, TrainingState};
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
-use crate::metrics::{peak_rss_bytes, EvalRecord, JsonLines, Record, RunShape, TrainStepRecord};
+use crate::metrics::{peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
 use crate::model::{Gpt, ModelConfig};
 use crate::rng::Rng;
 use crate::threads::Threads;
@@ -166,6 +166,38 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
     Ok((model, Optimizer::from_state(state.step, state.moments), rng))
 }
 
+/// The start-up log lines: backend and threads, model and memory, data.
+fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
+    let threads = model.threads().count();
+    let (cfg, n) = (model.config, model.params.len());
+    info!(
+        "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{})",
+        kernels.backend(),
+        kernels.backend().lanes(),
+        if threads == 1 { "" } else { "s" }
+    );
+    info!(
+        "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
+        n as f64 / 1e6,
+        Footprint::training(&cfg, s.batch, cfg.block_size).describe(),
+    );
+    let origin = s
+        .data
+        .as_ref()
+        .map_or(format!(" ({})", data::EMBEDDED_NAME), |p| {
+            format!(" from {}", p.display())
+        });
+    info!(
+        "Data: {} training and {} validation tokens{origin} | Steps: {} | Batch: {} × {} tokens × {} micro-batches",
+        data.train.len(),
+        data.val.len(),
+        s.steps,
+        s.batch,
+        cfg.block_size,
+        s.grad_accum,
+    );
+}
+
 /// Trains a model as `settings` says; returns it with a report.
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
@@ -184,26 +216,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         threads,
     };
 
-    info!(
-        "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{})",
-        kernels.backend(),
-        kernels.backend().lanes(),
-        if threads == 1 { "" } else { "s" }
-    );
-    let n = model.params.len();
-    info!(
-        "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
-        n as f64 / 1e6,
-        Footprint::training(&cfg, b, t).describe(),
-    );
-    info!(
-        "Data: {} training and {} validation tokens{} | Steps: {} | Batch: {b} × {t} tokens × {} micro-batches",
-        data.train.len(),
-        data.val.len(),
-        s.data.as_ref().map_or(format!(" ({})", data::EMBEDDED_NAME), |p| format!(" from {}", p.display())),
-        s.steps,
-        s.grad_accum,
-    );
+    log_start(s, &model, &data, kernels);
 
     let mut buffers = BatchBuffers::new(b, t);
     let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
@@ -254,16 +267,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             report.val_loss = Some(eval.loss);
             val_curve.push((step, eval.loss));
             if let Some(json) = json.as_mut() {
-                json.write(&Record::Eval(EvalRecord {
-                    step,
-                    val_loss: eval.loss,
-                    forward_ms: eval.forward_ms,
-                    cross_entropy_ms: eval.cross_entropy_ms,
-                    total_ms: eval.total_ms(),
-                    tokens_per_sec: eval.tokens as f64 / (eval.total_ms() / 1e3),
-                    shape,
-                    peak_rss_bytes: peak_rss_bytes(),
-                }))?;
+                json.write(&eval.record(step, shape))?;
             }
         }
     }
