@@ -34,6 +34,8 @@
 //!   it across the caller's threads through an [`Executor`]) over
 //!   [`MatRef`] / [`MatMut`] views, with [`Kernels::gemm_workspace_len`];
 //!   see the `gemm` module notes in the README for blocking and speed.
+//! - bf16 storage: [`Bf16`], [`Kernels::f32_to_bf16`] /
+//!   [`Kernels::bf16_to_f32`] (round to nearest even)
 //! - [`Kernels::fma_peak_loop`]: the backend's FMA units flat out, to
 //!   measure the machine's peak in the same run as a benchmark.
 //!
@@ -59,6 +61,7 @@ extern crate std;
 
 mod activation;
 mod backend;
+mod bf16;
 mod dispatch;
 mod elementwise;
 mod error;
@@ -78,6 +81,7 @@ mod transpose;
 mod tests;
 
 pub use backend::Backend;
+pub use bf16::Bf16;
 pub use dispatch::Kernels;
 pub use error::KernelError;
 pub use gemm::{MatMut, MatRef};

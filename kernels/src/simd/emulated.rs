@@ -2,6 +2,7 @@
 //! generic blocking and tail logic can be tested at 16 lanes on any CPU.
 
 use super::Simd;
+use crate::Bf16;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Emulated<const N: usize>;
@@ -20,6 +21,15 @@ impl<const N: usize> Simd for Emulated<N> {
     const LANES: usize = N;
     type V = [f32; N];
     type M = [bool; N];
+
+    fn load_bf16(self, src: &[Bf16]) -> [f32; N] {
+        core::array::from_fn(|i| src[i].to_f32())
+    }
+    fn store_bf16(self, dst: &mut [Bf16], v: [f32; N]) {
+        for (d, x) in dst[..N].iter_mut().zip(v) {
+            *d = Bf16::from_f32(x);
+        }
+    }
 
     fn splat(self, x: f32) -> [f32; N] {
         [x; N]

@@ -7,6 +7,8 @@
 //! any CPU. A value of an ISA type is a proof that the CPU supports that ISA,
 //! so the trait's methods are safe to call.
 
+use crate::Bf16;
+
 #[cfg(test)]
 pub(crate) mod emulated;
 #[cfg(target_arch = "x86_64")]
@@ -61,6 +63,12 @@ pub(crate) trait Simd: Copy {
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for lanes of `n` holding integers in `-126..=127`.
     fn exp2_int(self, n: Self::V) -> Self::V;
+
+    /// Loads `LANES` bf16 values as f32 (exact).
+    fn load_bf16(self, src: &[Bf16]) -> Self::V;
+    /// Stores the lanes as `LANES` bf16 values, each rounded as
+    /// [`Bf16::from_f32`] does.
+    fn store_bf16(self, dst: &mut [Bf16], v: Self::V);
 
     /// `a < b` (false when either is NaN).
     fn less(self, a: Self::V, b: Self::V) -> Self::M;

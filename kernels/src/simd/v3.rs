@@ -3,6 +3,8 @@
 use core::arch::x86_64::*;
 
 use super::Simd;
+use crate::bf16::QUIET_BIT;
+use crate::Bf16;
 
 /// Proof that the CPU supports AVX2 and FMA (and the OS saves YMM state).
 #[derive(Clone, Copy)]
@@ -30,6 +32,41 @@ impl Simd for V3 {
     const LANES: usize = 8;
     type V = __m256;
     type M = __m256;
+
+    #[inline(always)]
+    fn load_bf16(self, src: &[Bf16]) -> __m256 {
+        let src = &src[..8];
+        // SAFETY: see the impl comment; `src` holds 8 bf16 values (16
+        // bytes; `Bf16` is a transparent u16).
+        unsafe {
+            let raw = _mm_loadu_si128(src.as_ptr().cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
+        }
+    }
+    #[inline(always)]
+    fn store_bf16(self, dst: &mut [Bf16], v: __m256) {
+        let dst = &mut dst[..8];
+        // SAFETY: see the impl comment; `dst` holds 8 bf16 values. The
+        // arithmetic is `Bf16::from_f32`'s, lane by lane.
+        unsafe {
+            let bits = _mm256_castps_si256(v);
+            let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+            let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
+            let rounded = _mm256_add_epi32(bits, bias);
+            let quiet = _mm256_or_si256(bits, _mm256_set1_epi32(QUIET_BIT as i32));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let chosen = _mm256_blendv_epi8(rounded, quiet, nan);
+            let halves = _mm256_srli_epi32::<16>(chosen);
+            // Packing works within 128-bit halves: lanes 0-3 land in
+            // quadword 0 and lanes 4-7 in quadword 2; gather those two.
+            let packed = _mm256_packus_epi32(halves, halves);
+            let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
+            _mm_storeu_si128(
+                dst.as_mut_ptr().cast::<__m128i>(),
+                _mm256_castsi256_si128(ordered),
+            );
+        }
+    }
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {

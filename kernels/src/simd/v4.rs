@@ -6,6 +6,8 @@
 use core::arch::x86_64::*;
 
 use super::Simd;
+use crate::bf16::QUIET_BIT;
+use crate::Bf16;
 
 /// Proof that the CPU supports AVX-512F, AVX2 and FMA (and the OS saves ZMM
 /// and opmask state).
@@ -40,6 +42,34 @@ impl Simd for V4 {
     const LANES: usize = 16;
     type V = __m512;
     type M = __mmask16;
+
+    #[inline(always)]
+    fn load_bf16(self, src: &[Bf16]) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; `src` holds 16 bf16 values (32
+        // bytes; `Bf16` is a transparent u16).
+        unsafe {
+            let raw = _mm256_loadu_si256(src.as_ptr().cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+        }
+    }
+    #[inline(always)]
+    fn store_bf16(self, dst: &mut [Bf16], v: __m512) {
+        let dst = &mut dst[..16];
+        // SAFETY: see the impl comment; `dst` holds 16 bf16 values. The
+        // arithmetic is `Bf16::from_f32`'s, lane by lane.
+        unsafe {
+            let bits = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+            let rounded = _mm512_add_epi32(bits, bias);
+            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(QUIET_BIT as i32));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let chosen = _mm512_mask_blend_epi32(nan, rounded, quiet);
+            let halves = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(chosen));
+            _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), halves);
+        }
+    }
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m512 {

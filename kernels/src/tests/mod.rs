@@ -11,6 +11,7 @@ use crate::{Backend, Kernels};
 
 mod accuracy;
 mod against_scalar;
+mod bf16;
 mod errors;
 mod gemm;
 mod independent;
