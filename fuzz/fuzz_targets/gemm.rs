@@ -5,61 +5,9 @@
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
-use kernels::{Executor, KernelError, MatMut, MatRef, Sequential};
-use kernels_fuzz::{backends, len};
+use kernels::{KernelError, MatMut, Sequential};
+use kernels_fuzz::{backends, len, Reversed, Stored};
 use libfuzzer_sys::fuzz_target;
-
-/// Runs the pieces last to first, claiming `threads` threads, to check
-/// that the result does not depend on how a GEMM is split or ordered.
-struct Reversed(usize);
-
-impl Executor for Reversed {
-    fn threads(&self) -> usize {
-        self.0
-    }
-    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-        (0..pieces).rev().for_each(piece);
-    }
-}
-
-/// A stored matrix: `rows × cols` used values, `stride` apart.
-struct Stored {
-    data: Vec<f32>,
-    rows: usize,
-    cols: usize,
-    stride: usize,
-}
-
-impl Stored {
-    fn new(u: &mut Unstructured, rows: usize, cols: usize) -> Result<Stored> {
-        let stride = cols + len(u, 5)?;
-        let size = if rows == 0 {
-            0
-        } else {
-            (rows - 1) * stride + cols
-        };
-        let data = (0..size)
-            .map(|_| Ok(u.int_in_range(-4000i32..=4000)? as f32 / 1000.0))
-            .collect::<Result<_>>()?;
-        Ok(Stored {
-            data,
-            rows,
-            cols,
-            stride,
-        })
-    }
-    fn at(&self, r: usize, c: usize) -> f32 {
-        self.data[r * self.stride + c]
-    }
-    fn view(&self, transposed: bool) -> MatRef<'_> {
-        let v = MatRef::strided(&self.data, self.rows, self.cols, self.stride).unwrap();
-        if transposed {
-            v.t()
-        } else {
-            v
-        }
-    }
-}
 
 fn run(u: &mut Unstructured) -> Result<()> {
     let (best, _) = backends();

@@ -3,7 +3,7 @@
 //! and requires agreement within a tolerance (and no panic, ever).
 
 use arbitrary::{Result, Unstructured};
-use kernels::{Backend, Kernels};
+use kernels::{Backend, Executor, Kernels, MatRef};
 
 /// The backend under test (the best this CPU has) and the scalar reference.
 pub fn backends() -> (Kernels, Kernels) {
@@ -51,4 +51,60 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
 /// Whether every value is finite and below `limit` in magnitude.
 pub fn all_moderate(x: &[f32], limit: f32) -> bool {
     x.iter().all(|v| v.is_finite() && v.abs() < limit)
+}
+
+/// Runs the pieces last to first, claiming `threads` threads, to check
+/// that a GEMM's result does not depend on how it is split or ordered.
+pub struct Reversed(pub usize);
+
+impl Executor for Reversed {
+    fn threads(&self) -> usize {
+        self.0
+    }
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        (0..pieces).rev().for_each(piece);
+    }
+}
+
+/// A stored matrix: `rows × cols` used values in -4..4, `stride` apart.
+pub struct Stored {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl Stored {
+    pub fn new(u: &mut Unstructured, rows: usize, cols: usize) -> Result<Stored> {
+        let stride = cols + len(u, 5)?;
+        let size = if rows == 0 {
+            0
+        } else {
+            (rows - 1) * stride + cols
+        };
+        let data = (0..size)
+            .map(|_| Ok(u.int_in_range(-4000i32..=4000)? as f32 / 1000.0))
+            .collect::<Result<_>>()?;
+        Ok(Stored {
+            data,
+            rows,
+            cols,
+            stride,
+        })
+    }
+    pub fn at(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.stride + c]
+    }
+    pub fn view(&self, transposed: bool) -> MatRef<'_> {
+        self.view_of(&self.data, transposed)
+    }
+    /// A view of `data`, laid out as this matrix (e.g. its values in bf16).
+    pub fn view_of<'a, T>(&self, data: &'a [T], transposed: bool) -> MatRef<'a, T> {
+        let v = MatRef::strided(data, self.rows, self.cols, self.stride).unwrap();
+        if transposed {
+            v.t()
+        } else {
+            v
+        }
+    }
 }

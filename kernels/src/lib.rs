@@ -34,8 +34,9 @@
 //!   it across the caller's threads through an [`Executor`]) over
 //!   [`MatRef`] / [`MatMut`] views, with [`Kernels::gemm_workspace_len`];
 //!   see the `gemm` module notes in the README for blocking and speed.
-//! - bf16 storage: [`Bf16`], [`Kernels::f32_to_bf16`] /
-//!   [`Kernels::bf16_to_f32`] (round to nearest even)
+//! - bf16: [`Bf16`], [`Kernels::f32_to_bf16`] / [`Kernels::bf16_to_f32`]
+//!   (round to nearest even), and [`Kernels::gemm_bf16`] (bf16 operands,
+//!   f32 sums) with [`Kernels::gemm_bf16_workspace_len`]
 //! - [`Kernels::fma_peak_loop`]: the backend's FMA units flat out, to
 //!   measure the machine's peak in the same run as a benchmark.
 //!
@@ -84,7 +85,7 @@ pub use backend::Backend;
 pub use bf16::Bf16;
 pub use dispatch::Kernels;
 pub use error::KernelError;
-pub use gemm::{MatMut, MatRef};
+pub use gemm::{Bf16Input, MatMut, MatRef};
 pub use optimizer::AdamW;
 pub use parallel::{Executor, Sequential};
 pub use softmax::ValidLen;

@@ -8,8 +8,10 @@
 //!   blocking constants with their reasoning;
 //! - `packing`: copying blocks of A and B into panels;
 //! - `blocked`: the loop nest, written once, and its caller-driven split;
-//! - `small`: the unpacked path for `m <= 4`.
+//! - `small`: the unpacked path for `m <= 4`;
+//! - `bf16`: products of bf16-rounded operands with f32 accumulation.
 
+mod bf16;
 pub(crate) mod blocked;
 mod microkernel;
 mod packing;
@@ -19,24 +21,26 @@ use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::SharedMut;
 use crate::{Executor, KernelError, Kernels, Sequential};
+pub use bf16::Bf16Input;
 use microkernel::{GemmKernel, ScalarKernel};
 
-/// A read-only view of a row-major matrix, used as is or transposed.
+/// A read-only view of a row-major matrix of f32 (or, for
+/// [`Kernels::gemm_bf16`], of [`crate::Bf16`]), used as is or transposed.
 ///
 /// The view checks its own lengths when built; [`Kernels::gemm`] checks that
 /// the shapes of its operands agree.
 #[derive(Debug, Clone, Copy)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
+pub struct MatRef<'a, T = f32> {
+    data: &'a [T],
     rows: usize,
     cols: usize,
     row_stride: usize,
     transposed: bool,
 }
 
-impl<'a> MatRef<'a> {
+impl<'a, T> MatRef<'a, T> {
     /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<MatRef<'a>, KernelError> {
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Result<MatRef<'a, T>, KernelError> {
         check_contiguous(data.len(), rows, cols)?;
         Ok(MatRef {
             data,
@@ -52,11 +56,11 @@ impl<'a> MatRef<'a> {
     /// least `cols` (rows may not overlap); `data` may extend past the last
     /// row.
     pub fn strided(
-        data: &'a [f32],
+        data: &'a [T],
         rows: usize,
         cols: usize,
         row_stride: usize,
-    ) -> Result<MatRef<'a>, KernelError> {
+    ) -> Result<MatRef<'a, T>, KernelError> {
         check_strided(data.len(), rows, cols, row_stride)?;
         Ok(MatRef {
             data,
@@ -69,7 +73,7 @@ impl<'a> MatRef<'a> {
 
     /// The same matrix used transposed (no data moves).
     #[must_use]
-    pub fn t(self) -> MatRef<'a> {
+    pub fn t(self) -> MatRef<'a, T> {
         MatRef {
             transposed: !self.transposed,
             ..self
@@ -94,12 +98,27 @@ impl<'a> MatRef<'a> {
         }
     }
 
-    fn operand(&self) -> Operand<'a> {
-        let (rs, cs) = if self.transposed {
+    /// Row and column strides of the matrix as used.
+    fn strides(&self) -> (usize, usize) {
+        if self.transposed {
             (1, self.row_stride)
         } else {
             (self.row_stride, 1)
-        };
+        }
+    }
+}
+
+impl<'a, T: Copy> MatRef<'a, T> {
+    /// Element `(r, c)` of the matrix as used.
+    pub(crate) fn at(&self, r: usize, c: usize) -> T {
+        let (rs, cs) = self.strides();
+        self.data[r * rs + c * cs]
+    }
+}
+
+impl<'a> MatRef<'a> {
+    fn operand(&self) -> Operand<'a> {
+        let (rs, cs) = self.strides();
         Operand {
             data: self.data,
             rs,
@@ -290,24 +309,8 @@ impl Kernels {
         c: MatMut,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        if b.rows() != k {
-            return Err(KernelError::InvalidShape(
-                "op(B) must have as many rows as op(A) has columns",
-            ));
-        }
-        if c.rows != m || c.cols != n {
-            return Err(KernelError::InvalidShape(
-                "C must have the rows of op(A) and the columns of op(B)",
-            ));
-        }
-        let needed = self.gemm_workspace_len(m, n, k);
-        if workspace.len() < needed {
-            return Err(KernelError::WorkspaceTooSmall {
-                needed,
-                actual: workspace.len(),
-            });
-        }
+        let (m, n, k) = check_product(&a, &b, &c)?;
+        check_workspace(self.gemm_workspace_len(m, n, k), workspace)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -335,6 +338,37 @@ impl Kernels {
         );
         Ok(())
     }
+}
+
+/// `(m, n, k)` of `C = op(A) · op(B)`, or the error if the shapes disagree.
+pub(crate) fn check_product<A, B>(
+    a: &MatRef<A>,
+    b: &MatRef<B>,
+    c: &MatMut,
+) -> Result<(usize, usize, usize), KernelError> {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    if b.rows() != k {
+        return Err(KernelError::InvalidShape(
+            "op(B) must have as many rows as op(A) has columns",
+        ));
+    }
+    if c.rows != m || c.cols != n {
+        return Err(KernelError::InvalidShape(
+            "C must have the rows of op(A) and the columns of op(B)",
+        ));
+    }
+    Ok((m, n, k))
+}
+
+/// Refuses a workspace shorter than `needed`.
+pub(crate) fn check_workspace(needed: usize, workspace: &[f32]) -> Result<(), KernelError> {
+    if workspace.len() < needed {
+        return Err(KernelError::WorkspaceTooSmall {
+            needed,
+            actual: workspace.len(),
+        });
+    }
+    Ok(())
 }
 
 fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem, ws: &mut [f32]) {

@@ -14,6 +14,7 @@ mod against_scalar;
 mod bf16;
 mod errors;
 mod gemm;
+mod gemm_bf16;
 mod independent;
 
 /// The scalar reference.
