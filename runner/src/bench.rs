@@ -115,7 +115,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
     let memory = format!(
         "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
-        Footprint::training(&cfg, s.batch, max_t).describe(),
+        Footprint::training(&cfg, s.batch, max_t),
         s.batch,
         mib(KvCache::new(&cfg).cache_bytes())
     );
@@ -264,12 +264,7 @@ fn measure_training(
         peak_gflops: peak,
         speedup_vs_scalar: None,
         breakdown: BREAKDOWN.into_iter().zip(shares).collect(),
-        shape: RunShape {
-            seq_len: t,
-            batch: s.batch,
-            backend: k.backend().name(),
-            threads,
-        },
+        shape: RunShape::new(t, s.batch, k, threads),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
@@ -315,12 +310,7 @@ fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<GenerateRecord>, 
             tokens_per_sec: 1.0 / median(window),
             uncached_tokens_per_sec: Some(median(uncached)),
             run: None,
-            shape: RunShape {
-                seq_len: context,
-                batch: 1,
-                backend: model.kernels().backend().name(),
-                threads: model.threads().count(),
-            },
+            shape: RunShape::new(context, 1, model.kernels(), model.threads().count()),
             peak_rss_bytes: peak_rss_bytes(),
         });
     }

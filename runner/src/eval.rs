@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::metrics::{peak_rss_bytes, EvalRecord, Record, RunShape};
+use crate::metrics::{ms_since, peak_rss_bytes, EvalRecord, Record, RunShape};
 use crate::model::Gpt;
 
 /// The loss and where its time went.
@@ -91,10 +91,10 @@ pub fn evaluate(
             .collect();
         let start = Instant::now();
         model.forward(&inputs, windows.len(), len)?;
+        forward_ms += ms_since(start);
         let mid = Instant::now();
         let loss = model.loss(&targets, None)?;
-        forward_ms += (mid - start).as_secs_f64() * 1e3;
-        cross_entropy_ms += mid.elapsed().as_secs_f64() * 1e3;
+        cross_entropy_ms += ms_since(mid);
         total += f64::from(loss) * (windows.len() * len) as f64;
         count += windows.len() * len;
         Ok(())

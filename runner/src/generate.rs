@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
+use crate::metrics::ms_since;
 use crate::model::{Gpt, KvCache};
 use crate::rng::Rng;
 
@@ -211,11 +212,11 @@ pub fn generate(
         context.extend_from_slice(prompt);
         let t0 = Instant::now();
         model.forward_cached(cache, prompt)?;
-        stats.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        stats.prompt_ms = ms_since(t0);
         for n in 0..max_new {
             let t0 = Instant::now();
             let token = sampler.sample(cache.logits(), sampling, &mut rng);
-            stats.sampling_ms += t0.elapsed().as_secs_f64() * 1e3;
+            stats.sampling_ms += ms_since(t0);
             stats.tokens.push(token);
             emit(token);
             if n + 1 == max_new {
@@ -234,9 +235,9 @@ pub fn generate(
                 context.push(token);
                 model.forward_cached(cache, &[token])?;
             }
-            stats.forward_ms += t1.elapsed().as_secs_f64() * 1e3;
+            stats.forward_ms += ms_since(t1);
         }
-        stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        stats.total_ms = ms_since(start);
         Ok(stats)
     })
 }

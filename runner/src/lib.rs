@@ -5,7 +5,8 @@
 //! - `model`: the GPT-2 model (shapes, tensors, layers, the block, passes)
 //! - `train`: the training loop and AdamW; `eval`: loss on a text;
 //!   `generate`: sampling with the KV cache; `bench`: speed
-//! - `data`: byte tokens, the embedded corpus, batches
+//! - `data`: byte tokens, the embedded corpus, batches; `demo`: the
+//!   default job's recipe and checks
 //! - `checkpoint`: the Hugging Face layout, atomic saves, run state
 //! - `metrics`, `logger`, `plot`: what a run reports
 //! - `threads`, `rng`, `error`: plumbing
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod generate;

@@ -12,6 +12,11 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+/// Milliseconds since `start`: every time a log line or record reports.
+pub fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
 /// The process's peak resident memory in bytes (Linux `VmHWM`), or 0 where
 /// it cannot be read.
 pub fn peak_rss_bytes() -> u64 {
@@ -69,6 +74,18 @@ pub struct RunShape {
     pub batch: usize,
     pub backend: &'static str,
     pub threads: usize,
+}
+
+impl RunShape {
+    /// `batch` sequences of `seq_len` tokens on `kernels` and `threads`.
+    pub fn new(seq_len: usize, batch: usize, kernels: Kernels, threads: usize) -> RunShape {
+        RunShape {
+            seq_len,
+            batch,
+            backend: kernels.backend().name(),
+            threads,
+        }
+    }
 }
 
 /// One optimizer step of `train`.

@@ -35,9 +35,15 @@ impl Destination<'_> {
         if !parent.is_dir() {
             return Err(refused(
                 dir,
-                format!("its parent {} is not a directory", parent.display()),
+                format!(
+                    "its parent {} does not exist or is not a directory",
+                    parent.display()
+                ),
             ));
         }
+        // A staging directory a killed save left (possibly under this very
+        // process id) is never the only copy of anything.
+        remove_siblings(parent, &staging_prefix(&name))?;
         let probe = staging_dir(parent, &name);
         fs::create_dir(&probe)
             .map_err(|e| refused(dir, format!("cannot write in {}: {e}", parent.display())))?;
@@ -89,9 +95,6 @@ impl Destination<'_> {
     ) -> Result<(), Error> {
         self.check()?;
         let (parent, name) = self.parent_and_name()?;
-        // Staging directories are never the only copy of anything: one a
-        // killed save left behind only wastes space.
-        remove_siblings(parent, &staging_prefix(&name))?;
         let tmp = staging_dir(parent, &name);
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let old_prefix = format!(".{name}.old-");
@@ -190,4 +193,36 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
         .and_then(|dir| dir.sync_all())
         .map_err(|e| Error::io(path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_staging_directory_left_under_this_process_id_is_replaced() {
+        let parent = std::env::temp_dir().join(format!("atomic-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&parent);
+        fs::create_dir_all(&parent).unwrap();
+        let dir = parent.join("ckpt");
+        // What a save killed in a process of the same id leaves behind.
+        let stale = staging_dir(&parent, "ckpt");
+        fs::create_dir(&stale).unwrap();
+        fs::write(stale.join("model.safetensors"), b"partial").unwrap();
+        let destination = Destination {
+            dir: &dir,
+            files: &["a.txt"],
+        };
+        destination.check().unwrap();
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
+            .unwrap();
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"new");
+        let left: Vec<_> = fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["ckpt"]);
+        fs::remove_dir_all(&parent).unwrap();
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::files::corrupt;
 use crate::error::Error;
 use crate::model::tensors::ParamTensor;
 use crate::model::{ModelConfig, LAYER_NORM_EPS};
@@ -84,10 +85,7 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
 /// The model shape in a `config.json` (of the checkpoint `dir`, named in
 /// errors): the sizes, and the settings this runner can run.
 pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig, Error> {
-    let corrupt = |reason: String| Error::Checkpoint {
-        path: dir.into(),
-        reason,
-    };
+    let corrupt = |reason: String| corrupt(dir, reason);
     let json: Value = serde_json::from_slice(bytes)
         .map_err(|e| corrupt(format!("{file} is not valid JSON: {e}")))?;
     let field = |key: &str| {

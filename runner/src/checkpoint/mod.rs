@@ -6,22 +6,21 @@
 //! anything the size of the model.
 
 mod atomic;
+mod files;
 mod hf;
 mod run_state;
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::ErrorKind;
 use std::path::Path;
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 
 use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, Destination};
+use files::{corrupt, from_bytes, parse, read, to_bytes};
 pub use run_state::{RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
@@ -144,37 +143,4 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
 /// The run's state in `dir`, for a model of `params` parameters.
 pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
     run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE)?, params)
-}
-
-fn read(dir: &Path, file: &str) -> Result<Vec<u8>, Error> {
-    let path = dir.join(file);
-    fs::read(&path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => corrupt(dir, format!("{file} is missing")),
-        _ => Error::io(path, e),
-    })
-}
-
-/// The parsed `file` of the checkpoint `dir`. The header's tensors cover
-/// the file exactly (safetensors checks it), so tensors checked against it
-/// are bounded by the file's size.
-fn parse<'a>(dir: &Path, file: &str, bytes: &'a [u8]) -> Result<SafeTensors<'a>, Error> {
-    SafeTensors::deserialize(bytes)
-        .map_err(|e| corrupt(dir, format!("{file} is corrupt or truncated: {e}")))
-}
-
-fn corrupt(dir: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: dir.into(),
-        reason: reason.into(),
-    }
-}
-
-fn to_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn from_bytes(bytes: &[u8], out: &mut [f32]) {
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
 }

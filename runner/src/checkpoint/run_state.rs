@@ -8,7 +8,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use super::{corrupt, from_bytes, to_bytes};
+use super::files::{corrupt, from_bytes, parse, to_bytes};
 use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
@@ -69,6 +69,12 @@ pub struct TrainingState<M> {
 pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Error> {
     let (m, v) = state.moments;
     let n = m.len();
+    if v.len() != n {
+        return Err(corrupt(
+            dir,
+            format!("{n} first moments but {} second moments", v.len()),
+        ));
+    }
     let (m, v) = (to_bytes(m), to_bytes(v));
     let tensor = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("shape matches");
     let tensors = vec![("adam_m", tensor(&m)), ("adam_v", tensor(&v))];
@@ -98,7 +104,7 @@ pub fn decode(
     bytes: &[u8],
     params: usize,
 ) -> Result<TrainingState<Vec<f32>>, Error> {
-    let st = super::parse(dir, file, bytes)?;
+    let st = parse(dir, file, bytes)?;
     let bad = |reason: String| corrupt(dir, format!("{file}: {reason}"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();

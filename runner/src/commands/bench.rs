@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use clap::Args;
 use kernels::Backend;
 
-use super::options::BackendChoice;
+use super::options::{BackendChoice, Verbosity};
 use crate::bench::{self, BenchSettings};
 use crate::data::VOCAB_SIZE;
 use crate::error::Error;
-use crate::logger;
 use crate::model::Preset;
 use crate::threads::available_cores;
 
@@ -37,13 +36,12 @@ pub struct BenchArgs {
     /// Write one JSON object per benchmark row to FILE (see README).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Only warnings, errors and the tables.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub verbosity: Verbosity,
 }
 
 pub fn run(args: &BenchArgs) -> Result<(), Error> {
-    logger::init(args.quiet);
+    args.verbosity.init();
     let backends = if args.backends.is_empty() {
         Backend::ALL
             .into_iter()

@@ -97,12 +97,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
                 sampling_ms: stats.sampling_ms,
                 kv_cache_bytes: stats.cache_bytes,
             }),
-            shape: RunShape {
-                seq_len: cache.len(),
-                batch: 1,
-                backend: kernels.backend().name(),
-                threads: model.threads().count(),
-            },
+            shape: RunShape::new(cache.len(), 1, kernels, model.threads().count()),
             peak_rss_bytes: peak_rss_bytes(),
         }))?;
     }

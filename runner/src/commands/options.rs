@@ -7,12 +7,26 @@ use kernels::{Backend, Kernels};
 use crate::error::Error;
 use crate::logger;
 
+/// How much every command logs.
+#[derive(Args, Debug, Clone)]
+pub struct Verbosity {
+    /// Only warnings, errors and the results (text, tables).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Verbosity {
+    /// Installs the logger at this level.
+    pub fn init(&self) {
+        logger::init(self.quiet);
+    }
+}
+
 /// Options every command that runs one model shares.
 #[derive(Args, Debug, Clone)]
 pub struct RunOptions {
-    /// Only warnings, errors and the results.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub verbosity: Verbosity,
     /// Kernel backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
@@ -24,7 +38,7 @@ pub struct RunOptions {
 impl RunOptions {
     /// Installs the logger at the asked level and returns the kernels.
     pub fn start(&self) -> Result<Kernels, Error> {
-        logger::init(self.quiet);
+        self.verbosity.init();
         self.backend.kernels()
     }
 }

@@ -2,7 +2,7 @@
 //! `74+71=145` and `8+71=79`, generated in code (seeded, so always the
 //! same text). It is a small language whose continuations can be checked:
 //! a model first learns the format (digits, `+`, `=`, newline), then the
-//! carries of the answers. One pair in twenty is held out of the corpus,
+//! carries of the answers. One pair in 16 is held out of the corpus,
 //! so that the default run can ask the model sums it has never seen.
 
 use crate::rng::Rng;

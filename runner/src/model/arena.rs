@@ -113,8 +113,11 @@ macro_rules! named_tensors {
         }
 
         impl<T> $name<T> {
+            /// How many tensors there are.
+            pub const COUNT: usize = 0 $(+ per_field!($field, 1))*;
+
             /// The tensors in field (arena) order.
-            pub fn into_array(self) -> [T; 0 $(+ per_field!($field, 1))*] {
+            pub fn into_array(self) -> [T; $name::<()>::COUNT] {
                 [$(self.$field),*]
             }
 
@@ -124,7 +127,7 @@ macro_rules! named_tensors {
             }
 
             /// The struct of `tensors` given in field (arena) order.
-            pub fn from_array(tensors: [T; 0 $(+ per_field!($field, 1))*]) -> $name<T> {
+            pub fn from_array(tensors: [T; $name::<()>::COUNT]) -> $name<T> {
                 let [$($field),*] = tensors;
                 $name { $($field,)* }
             }
@@ -169,7 +172,7 @@ macro_rules! layered_tensors {
             }
 
             /// Whether each tensor, in field order, is stacked over layers.
-            pub const PER_LAYER: [bool; 0 $(+ per_field!($before, 1))* $(+ per_field!($per_layer, 1))* $(+ per_field!($after, 1))*] = [
+            pub const PER_LAYER: [bool; $name::<()>::COUNT] = [
                 $(per_field!($before, false),)*
                 $(per_field!($per_layer, true),)*
                 $(per_field!($after, false),)*

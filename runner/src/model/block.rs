@@ -7,10 +7,9 @@ use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
     gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward,
+    matmul_forward, LAYER_NORM_EPS,
 };
 use super::tensors::{BlockActivations, LayerParams};
-use super::LAYER_NORM_EPS;
 use crate::error::Error;
 
 /// `output = input + attention(ln1(input))`, then `output += mlp(ln2(·))`

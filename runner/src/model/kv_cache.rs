@@ -72,9 +72,4 @@ impl KvCache {
     pub fn cache_bytes(&self) -> usize {
         4 * (self.keys_t.len() + self.values.len())
     }
-
-    /// The longest context the cache holds.
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
 }

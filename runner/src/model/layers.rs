@@ -10,6 +10,9 @@ use kernels::{MatMut, MatRef};
 use super::context::{Context, Profile};
 use crate::error::Error;
 
+/// LayerNorm epsilon, as GPT-2.
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
 /// Rows per piece of row-wise work (LayerNorm, cross-entropy).
 const ROWS_PER_PIECE: usize = 64;
 
@@ -170,7 +173,7 @@ pub fn cross_entropy(
     )
 }
 
-/// Adds `slot`'s time: the matrix products of the linear layers.
+/// The profile entry of the linear layers' matrix products.
 fn matmul_time(p: &mut Profile) -> &mut std::time::Duration {
     &mut p.matmul
 }

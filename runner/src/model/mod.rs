@@ -22,6 +22,7 @@ use block::{block_backward, block_forward, BlockScratch};
 pub use config::{ModelConfig, Preset};
 pub use context::{Context, Profile};
 pub use kv_cache::KvCache;
+pub use layers::LAYER_NORM_EPS;
 use layers::{
     check_tokens, encoder_backward, encoder_forward, layer_norm_backward, layer_norm_forward,
 };
@@ -31,9 +32,6 @@ use tensors::{Activations, BlockActivations, Init, ParamTensor, Params, Scratch}
 use crate::error::Error;
 use crate::rng::Rng;
 use crate::threads::Threads;
-
-/// LayerNorm epsilon, as GPT-2.
-pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// A GPT-2-style model with its gradients and the buffers of one batch.
 pub struct Gpt {
@@ -117,11 +115,6 @@ impl Gpt {
     /// The kernels handle the model computes with.
     pub fn kernels(&self) -> Kernels {
         self.ctx.kernels
-    }
-
-    /// Named views of the parameters.
-    pub fn param_tensors(&self) -> Params<&[f32]> {
-        self.sizes.split(&self.params)
     }
 
     /// What the optimizer works on: named views of the parameters and

@@ -188,7 +188,7 @@ pub struct ParamTensor {
 
 impl ParamTensor {
     /// Every parameter tensor of `cfg`, in arena order.
-    pub fn all(cfg: &ModelConfig) -> [ParamTensor; 16] {
+    pub fn all(cfg: &ModelConfig) -> [ParamTensor; Params::<()>::COUNT] {
         let specs = PARAM_SPECS.into_array();
         std::array::from_fn(|i| {
             let (spec, per_layer) = (specs[i], Params::<()>::PER_LAYER[i]);
@@ -201,6 +201,14 @@ impl ParamTensor {
                 len: floats(&[shape.floats(), copies]),
             }
         })
+    }
+}
+
+impl ModelConfig {
+    /// Parameters of the model: the floats of every tensor of the table
+    /// (saturating, so an absurd shape gives `usize::MAX`).
+    pub fn param_count(&self) -> usize {
+        Params::sizes(self).total()
     }
 }
 
@@ -370,6 +378,9 @@ mod tests {
         let tensors = ParamTensor::all(&cfg);
         let total: usize = tensors.iter().map(|t| t.len).sum();
         assert_eq!(total, cfg.param_count());
+        // GPT-2's count, by hand: 12C² + 13C per block, (V + T)·C + 2C.
+        let (c, l) = (6, 3);
+        assert_eq!(total, l * (12 * c * c + 13 * c) + (11 + 7) * c + 2 * c);
         assert_eq!(Params::sizes(&cfg).total(), total);
         let sizes = Params::sizes(&cfg).into_array();
         for (t, size) in tensors.iter().zip(sizes) {

@@ -43,11 +43,14 @@ impl Footprint {
         .fold(0usize, |sum, &n| sum.saturating_add(n))
         .saturating_mul(4)
     }
+}
 
-    /// `parameters 12.4 MiB, gradients ...`: the start-up log line's figures.
-    pub fn describe(&self) -> String {
+/// `parameters 12.4 MiB, gradients ...`: the start-up log line's figures.
+impl std::fmt::Display for Footprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |floats: usize| floats as f64 * 4.0 / (1024.0 * 1024.0);
-        format!(
+        write!(
+            f,
             "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB",
             mib(self.parameters),
             mib(self.gradients),

@@ -16,7 +16,7 @@ use crate::checkpoint::{self, RunSchedule, TrainingState};
 use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
-use crate::metrics::{peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
+use crate::metrics::{ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
 use crate::model::{Gpt, ModelConfig};
 use crate::rng::Rng;
 use crate::threads::Threads;
@@ -179,7 +179,7 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
     info!(
         "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
         n as f64 / 1e6,
-        Footprint::training(&cfg, s.batch, cfg.block_size).describe(),
+        Footprint::training(&cfg, s.batch, cfg.block_size),
     );
     let origin = s
         .data
@@ -209,12 +209,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let (b, t) = (s.batch, cfg.block_size);
     let data = Dataset::load(s.data.as_deref(), t)?;
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
-    let shape = RunShape {
-        seq_len: t,
-        batch: b,
-        backend: kernels.backend().name(),
-        threads,
-    };
+    let shape = RunShape::new(t, b, kernels, threads);
 
     log_start(s, &model, &data, kernels);
 
@@ -299,10 +294,6 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     Ok((model, report))
 }
 
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// Token buffers of one micro-batch.
 pub struct BatchBuffers {
     inputs: Vec<u32>,
@@ -384,19 +375,18 @@ pub fn train_step(
             batches(&mut buffers.inputs, &mut buffers.targets);
             let t0 = Instant::now();
             model.forward(&buffers.inputs, b, t)?;
+            times.forward_ms += ms_since(t0);
             let t1 = Instant::now();
             loss_sum += model.loss(&buffers.targets, Some(grad_scale))?;
+            times.loss_ms += ms_since(t1);
             let t2 = Instant::now();
             model.backward()?;
-            let t3 = Instant::now();
-            times.forward_ms += ms(t1 - t0);
-            times.loss_ms += ms(t2 - t1);
-            times.backward_ms += ms(t3 - t2);
+            times.backward_ms += ms_since(t2);
         }
-        let t4 = Instant::now();
+        let t3 = Instant::now();
         optimizer.update(model, settings, lr)?;
-        times.optimizer_ms = ms(t4.elapsed());
-        times.total_ms = ms(start.elapsed());
+        times.optimizer_ms = ms_since(t3);
+        times.total_ms = ms_since(start);
         times.loss = loss_sum / grad_accum as f32;
         Ok(times)
     })

@@ -88,7 +88,8 @@ impl Optimizer {
     /// An optimizer resumed after `step` updates with these first and
     /// second moments.
     pub fn from_state(step: u32, (first, second): (Vec<f32>, Vec<f32>)) -> Optimizer {
-        let mut moments = first;
+        let mut moments = Vec::with_capacity(first.len() + second.len());
+        moments.extend_from_slice(&first);
         moments.extend_from_slice(&second);
         Optimizer {
             moments,
