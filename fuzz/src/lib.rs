@@ -3,7 +3,7 @@
 //! and requires agreement within a tolerance (and no panic, ever).
 
 use arbitrary::{Result, Unstructured};
-use kernels::{Backend, Executor, Kernels, MatRef};
+use kernels::{Backend, Executor, Kernels, MatMut, MatRef};
 
 /// The backend under test (the best this CPU has) and the scalar reference.
 pub fn backends() -> (Kernels, Kernels) {
@@ -107,4 +107,106 @@ impl Stored {
             v
         }
     }
+}
+
+/// A GEMM problem drawn from the input: `C (m × n) = alpha · op(A) ·
+/// op(B) + beta · C` with strided operands; C is NaN where beta = 0 (it
+/// must not be read).
+pub struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub a: Stored,
+    pub b: Stored,
+    pub c: Stored,
+}
+
+impl Product {
+    /// Dimensions up to `max` each; with `tall`, sometimes `tall` more rows.
+    pub fn new(u: &mut Unstructured, max: (usize, usize, usize), tall: usize) -> Result<Product> {
+        let (m, n, k) = (len(u, max.0)?, len(u, max.1)?, len(u, max.2)?);
+        let m = if tall > 0 && u.ratio(1, 8)? {
+            m + tall
+        } else {
+            m
+        };
+        let (ta, tb): (bool, bool) = (u.arbitrary()?, u.arbitrary()?);
+        let alpha = [1.0, -0.5, 0.0, 2.0][len(u, 3)?];
+        let beta = [0.0, 1.0, 0.25, -1.0][len(u, 3)?];
+        let (ar, ac) = if ta { (k, m) } else { (m, k) };
+        let (br, bc) = if tb { (n, k) } else { (k, n) };
+        let a = Stored::new(u, ar, ac)?;
+        let b = Stored::new(u, br, bc)?;
+        let mut c = Stored::new(u, m, n)?;
+        if beta == 0.0 {
+            c.data.iter_mut().for_each(|v| *v = f32::NAN);
+        }
+        Ok(Product {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            alpha,
+            beta,
+            a,
+            b,
+            c,
+        })
+    }
+
+    /// C over `data`, laid out as `self.c`.
+    pub fn c_view<'a>(&self, data: &'a mut [f32]) -> MatMut<'a> {
+        MatMut::strided(data, self.m, self.n, self.c.stride).unwrap()
+    }
+
+    /// Panics unless `got` (C after the product, laid out as `self.c`) is
+    /// within the rounding bound of an f64 triple loop over the operands'
+    /// values as `value` reads them, and the padding between rows of C is
+    /// untouched.
+    pub fn check(&self, got: &[f32], value: impl Fn(f32) -> f64) {
+        let (a, b, c) = (&self.a, &self.b, &self.c);
+        let op_a = |i, l| value(if self.ta { a.at(l, i) } else { a.at(i, l) });
+        let op_b = |l, j| value(if self.tb { b.at(j, l) } else { b.at(l, j) });
+        let u = f64::from(f32::EPSILON) / 2.0;
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let (mut sum, mut mag) = (0.0, 0.0);
+                for l in 0..self.k {
+                    sum += op_a(i, l) * op_b(l, j);
+                    mag += (op_a(i, l) * op_b(l, j)).abs();
+                }
+                let c_term = if self.beta == 0.0 {
+                    0.0
+                } else {
+                    f64::from(self.beta) * f64::from(c.at(i, j))
+                };
+                let want = f64::from(self.alpha) * sum + c_term;
+                let tol = 2.0
+                    * (self.k as f64 + 2.0)
+                    * u
+                    * (f64::from(self.alpha).abs() * mag + c_term.abs())
+                    + 1e-30;
+                let got = f64::from(got[i * c.stride + j]);
+                assert!(
+                    (got - want).abs() <= tol,
+                    "C[{i}][{j}] = {got}, want {want} ± {tol}"
+                );
+            }
+        }
+        for (idx, (x, y)) in got.iter().zip(&c.data).enumerate() {
+            if idx % c.stride.max(1) >= self.n {
+                assert_eq!(x.to_bits(), y.to_bits(), "wrote between rows of C at {idx}");
+            }
+        }
+    }
+}
+
+/// Whether two results have the same bits.
+pub fn same_bits(x: &[f32], y: &[f32]) -> bool {
+    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
 }
