@@ -14,7 +14,7 @@ use crate::logger::print_stdout;
 use crate::metrics::{
     measure_peak_gflops, peak_rss_bytes, BenchRecord, GenerateRecord, JsonLines, Record, RunShape,
 };
-use crate::model::{Gpt, KvCache, ModelConfig};
+use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
@@ -29,6 +29,8 @@ pub struct BenchSettings {
     /// Timed steps per combination (after `WARMUP_STEPS`).
     pub steps: usize,
     pub backends: Vec<Backend>,
+    /// Precisions of the matrix products, side by side.
+    pub precisions: Vec<Precision>,
     pub threads: Vec<usize>,
     pub json: Option<PathBuf>,
 }
@@ -93,6 +95,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         || s.batch == 0
         || s.seq_lens.is_empty()
         || s.backends.is_empty()
+        || s.precisions.is_empty()
         || s.threads.is_empty()
     {
         return Err(Error::Config("bench needs at least one step, sequence length, backend and thread count, and a batch of at least 1".into()));
@@ -130,12 +133,18 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         let peak = machine_peak(&kernels, threads);
         for &t in &s.seq_lens {
             for &k in &kernels {
-                rows.push(measure_training(s, k, threads, t, peak, &tokens)?);
+                for &precision in &s.precisions {
+                    let run = (k, precision, threads);
+                    rows.push(measure_training(s, run, t, peak, &tokens)?);
+                }
             }
         }
     }
     // Speed-ups once every row is in, whatever order the backends ran in.
-    let speed_of = |r: &BenchRecord| ((r.shape.seq_len, r.shape.threads), r.tokens_per_sec);
+    let speed_of = |r: &BenchRecord| {
+        let key = (r.shape.seq_len, r.shape.threads, r.shape.precision);
+        (key, r.tokens_per_sec)
+    };
     let scalar_speed: Vec<_> = rows
         .iter()
         .filter(|r| r.shape.backend == Backend::Scalar.name())
@@ -150,13 +159,15 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     }
 
     let mut decode_rows = Vec::new();
-    for (&k, &threads) in kernels
-        .iter()
-        .flat_map(|k| s.threads.iter().map(move |t| (k, t)))
-    {
-        let mut model = Gpt::new(cfg, k, 1)?;
-        model.set_threads(Threads::new(Some(threads))?);
-        decode_rows.extend(decode_speed(&mut model, &tokens)?);
+    for &k in &kernels {
+        for &precision in &s.precisions {
+            for &threads in &s.threads {
+                let mut model = Gpt::new(cfg, k, 1)?;
+                model.set_threads(Threads::new(Some(threads))?);
+                model.set_precision(precision);
+                decode_rows.extend(decode_speed(&mut model, &tokens)?);
+            }
+        }
     }
     if let Some(json) = json.as_mut() {
         for row in &rows {
@@ -195,12 +206,11 @@ fn machine_peak(kernels: &[Kernels], threads: usize) -> f64 {
 }
 
 /// One row of the training table: `s.steps` timed steps of `s.batch`
-/// sequences of `t` tokens on `k` and `threads` threads, after
-/// `WARMUP_STEPS` untimed ones.
+/// sequences of `t` tokens on `k` in `precision` on `threads` threads,
+/// after `WARMUP_STEPS` untimed ones.
 fn measure_training(
     s: &BenchSettings,
-    k: Kernels,
-    threads: usize,
+    (k, precision, threads): (Kernels, Precision, usize),
     t: usize,
     peak: f64,
     tokens: &[u32],
@@ -208,6 +218,7 @@ fn measure_training(
     let cfg = s.config;
     let mut model = Gpt::new(cfg, k, 1)?;
     model.set_threads(Threads::new(Some(threads))?);
+    model.set_precision(precision);
     let mut optimizer = Optimizer::new(model.params.len());
     let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
     let mut buffers = BatchBuffers::new(s.batch, t);
@@ -264,7 +275,7 @@ fn measure_training(
         peak_gflops: peak,
         speedup_vs_scalar: None,
         breakdown: BREAKDOWN.into_iter().zip(shares).collect(),
-        shape: RunShape::new(t, s.batch, k, threads),
+        shape: RunShape::new(t, s.batch, k, threads, precision),
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
@@ -310,11 +321,25 @@ fn decode_speed(model: &mut Gpt, tokens: &[u32]) -> Result<Vec<GenerateRecord>, 
             tokens_per_sec: 1.0 / median(window),
             uncached_tokens_per_sec: Some(median(uncached)),
             run: None,
-            shape: RunShape::new(context, 1, model.kernels(), model.threads().count()),
+            shape: RunShape::new(
+                context,
+                1,
+                model.kernels(),
+                model.threads().count(),
+                model.precision(),
+            ),
             peak_rss_bytes: peak_rss_bytes(),
         });
     }
     Ok(rows)
+}
+
+/// The backend column: `avx512`, or `avx512 bf16` for bf16 products.
+fn what_ran(shape: &RunShape) -> String {
+    match shape.precision {
+        "f32" => shape.backend.to_string(),
+        precision => format!("{} {precision}", shape.backend),
+    }
 }
 
 /// Prints the tables to stdout (quietly stopping if stdout is closed, e.g.
@@ -336,7 +361,7 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
             "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {:.1} | {:.0}% |",
             r.shape.seq_len,
             r.shape.batch,
-            r.shape.backend,
+            what_ran(&r.shape),
             r.shape.threads,
             r.forward_ms,
             r.backward_ms,
@@ -366,7 +391,7 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
             out,
             "| {} | {} | {} | {} |",
             r.shape.seq_len,
-            r.shape.backend,
+            what_ran(&r.shape),
             r.shape.threads,
             shares.join(" | ")
         );
@@ -386,7 +411,7 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
         outln!(
             out,
             "| {} | {} | {} | {:.0} | {:.1} | {:.1}x |",
-            d.shape.backend,
+            what_ran(&d.shape),
             d.shape.threads,
             d.shape.seq_len,
             d.tokens_per_sec,

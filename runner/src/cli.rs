@@ -43,3 +43,19 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Bench(args)) => bench::run(&args),
     }
 }
+
+/// A clap usage error as one line: its text without the `error: ` prefix,
+/// the usage block and the pointer to `--help`, so that a bad option is
+/// one clear line like every other error (`invalid value 'fp8' for
+/// '--precision <PRECISION>' [possible values: f32, bf16]`).
+pub fn usage_error(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}

@@ -9,7 +9,7 @@ use crate::data::{self, corpus, VOCAB_SIZE};
 use crate::error::Error;
 use crate::generate::{generate, GenerationStats, Sampling};
 use crate::logger::{print_bytes, print_stdout};
-use crate::model::{Gpt, Preset};
+use crate::model::{Gpt, Precision, Preset};
 use crate::train::TrainSettings;
 
 /// The demo's recipe (`runner train --preset demo --steps 2000 --batch 16
@@ -32,6 +32,7 @@ pub fn recipe() -> TrainSettings {
         json: None,
         threads: None,
         plot: None,
+        precision: Precision::F32,
     }
 }
 

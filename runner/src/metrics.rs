@@ -11,6 +11,7 @@ use kernels::Kernels;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::model::Precision;
 
 /// Milliseconds since `start`: every time a log line or record reports.
 pub fn ms_since(start: Instant) -> f64 {
@@ -74,16 +75,26 @@ pub struct RunShape {
     pub batch: usize,
     pub backend: &'static str,
     pub threads: usize,
+    /// Of the matrix products: `f32` or `bf16`.
+    pub precision: &'static str,
 }
 
 impl RunShape {
-    /// `batch` sequences of `seq_len` tokens on `kernels` and `threads`.
-    pub fn new(seq_len: usize, batch: usize, kernels: Kernels, threads: usize) -> RunShape {
+    /// `batch` sequences of `seq_len` tokens on `kernels` and `threads`,
+    /// multiplying in `precision`.
+    pub fn new(
+        seq_len: usize,
+        batch: usize,
+        kernels: Kernels,
+        threads: usize,
+        precision: Precision,
+    ) -> RunShape {
         RunShape {
             seq_len,
             batch,
             backend: kernels.backend().name(),
             threads,
+            precision: precision.name(),
         }
     }
 }
@@ -202,6 +213,7 @@ mod tests {
             batch: 1,
             backend: "scalar",
             threads: 1,
+            precision: "f32",
         };
         vec![
             Record::TrainStep(TrainStepRecord {

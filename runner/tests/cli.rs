@@ -598,3 +598,40 @@ fn the_default_run_masters_its_task() {
     assert_eq!(held_out[1], 100);
     assert!(held_out[0] >= 60, "{stderr}");
 }
+
+#[test]
+fn a_bad_option_is_one_clear_error() {
+    let out = runner(&["train", "--precision", "fp8"]);
+    assert_clear_error(&out, "invalid value 'fp8' for '--precision");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("f32") && stderr.contains("bf16"),
+        "{stderr}"
+    );
+    assert_clear_error(&runner(&["train", "--no-such-flag"]), "--no-such-flag");
+    let help = runner(&["train", "--help"]);
+    assert!(help.status.success() && !help.stdout.is_empty());
+}
+
+#[test]
+fn bf16_precision_names_its_unit_and_warns() {
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--precision",
+        "bf16",
+        "--threads",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("| Precision: bf16 emulated"), "{stderr}");
+    assert_eq!(
+        stderr.matches("[warn] bf16 runs the portable path").count(),
+        1,
+        "{stderr}"
+    );
+}

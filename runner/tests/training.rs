@@ -35,6 +35,7 @@ fn settings(steps: u32) -> TrainSettings {
         json: None,
         threads: Some(1),
         plot: None,
+        precision: runner::model::Precision::F32,
     }
 }
 
@@ -150,4 +151,24 @@ fn a_saved_checkpoint_evaluates_the_same() {
     assert_eq!(before.tokens, tokens.len() - 1);
     let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();
     assert_eq!(cfg, Preset::Tiny.config(runner::data::VOCAB_SIZE));
+}
+
+/// bf16 products follow the f32 run closely (the operands lose 16 bits,
+/// the sums stay f32), differ from it (the bf16 path really runs), and
+/// give the same losses for any thread count.
+#[test]
+fn bf16_training_follows_f32_and_is_deterministic() {
+    let bf16 = |threads| TrainSettings {
+        precision: runner::model::Precision::Bf16,
+        threads: Some(threads),
+        ..settings(30)
+    };
+    let (_, f32_run) = train(&settings(30), Kernels::best()).unwrap();
+    let (_, one) = train(&bf16(1), Kernels::best()).unwrap();
+    let (_, two) = train(&bf16(2), Kernels::best()).unwrap();
+    assert_eq!(one.losses, two.losses, "bf16 losses depend on the threads");
+    assert_ne!(one.losses, f32_run.losses, "bf16 changed nothing");
+    for (step, (&b, &f)) in one.losses.iter().zip(&f32_run.losses).enumerate() {
+        assert!((b - f).abs() <= 0.02 * f, "step {step}: bf16 {b}, f32 {f}");
+    }
 }

@@ -10,7 +10,7 @@ use super::options::{BackendChoice, Verbosity};
 use crate::bench::{self, BenchSettings};
 use crate::data::VOCAB_SIZE;
 use crate::error::Error;
-use crate::model::Preset;
+use crate::model::{Precision, Preset};
 use crate::threads::available_cores;
 
 #[derive(Args, Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Kernel backends [default: every one this CPU supports].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub backends: Vec<BackendChoice>,
+    /// Precisions of the matrix products, side by side (f32, bf16).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "f32")]
+    pub precisions: Vec<Precision>,
     /// Thread counts [default: 1 and all cores].
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
@@ -71,6 +74,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         batch: args.batch,
         steps: args.steps,
         backends,
+        precisions: args.precisions.clone(),
         threads,
         json: args.json.clone(),
     };

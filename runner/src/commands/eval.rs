@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::print_stdout;
 use crate::threads::Threads;
-use crate::train::check_memory;
+use crate::train::{check_memory, precision_note};
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text.
 
@@ -49,14 +49,16 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     }
     let mut model = checkpoint::load_model(&args.checkpoint, kernels)?;
     model.set_threads(threads);
+    model.set_precision(args.run.precision);
     let cfg = model.config;
     // Groups are never larger than the number of windows.
     let windows = tokens.len().div_ceil(cfg.block_size);
     check_memory(&cfg, args.batch.min(windows))?;
     info!(
-        "Evaluating {cfg} on {} tokens with the {} backend",
+        "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),
-        kernels.backend()
+        kernels.backend(),
+        precision_note(model.precision())
     );
     let eval = evaluate(&mut model, &tokens, args.batch, None)?;
     eval.log_breakdown(cfg.block_size);

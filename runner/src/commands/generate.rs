@@ -15,6 +15,7 @@ use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
 use crate::threads::Threads;
+use crate::train::precision_note;
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
 
@@ -65,12 +66,14 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let threads = Threads::new(args.run.threads)?;
     let mut model = checkpoint::load_model(&args.checkpoint, kernels)?;
     model.set_threads(threads);
+    model.set_precision(args.run.precision);
     let prompt = data::encode(args.prompt.as_bytes());
     check_prompt(&model, &prompt)?;
     info!(
-        "Generating with {} on the {} backend",
+        "Generating with {} on the {} backend{}",
         model.config,
-        kernels.backend()
+        kernels.backend(),
+        precision_note(model.precision())
     );
     let mut cache = model.new_cache();
     print_stdout(&args.prompt);
@@ -97,7 +100,13 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
                 sampling_ms: stats.sampling_ms,
                 kv_cache_bytes: stats.cache_bytes,
             }),
-            shape: RunShape::new(cache.len(), 1, kernels, model.threads().count()),
+            shape: RunShape::new(
+                cache.len(),
+                1,
+                kernels,
+                model.threads().count(),
+                model.precision(),
+            ),
             peak_rss_bytes: peak_rss_bytes(),
         }))?;
     }

@@ -6,6 +6,7 @@ use kernels::{Backend, Kernels};
 
 use crate::error::Error;
 use crate::logger;
+use crate::model::Precision;
 
 /// How much every command logs.
 #[derive(Args, Debug, Clone)]
@@ -33,6 +34,10 @@ pub struct RunOptions {
     /// Threads [default: all cores]. Results do not depend on it.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Element type of the matrix products: f32, or bf16 (operands rounded
+    /// to bf16, f32 sums; everything else stays f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl RunOptions {

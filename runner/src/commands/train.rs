@@ -118,6 +118,7 @@ impl TrainArgs {
             json: self.json.clone(),
             threads: self.run.threads,
             plot: self.plot.clone(),
+            precision: self.run.precision,
         }
     }
 }

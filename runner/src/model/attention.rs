@@ -5,7 +5,7 @@
 
 use kernels::{MatMut, MatRef, ValidLen};
 
-use super::context::{gemm_in_piece, Context};
+use super::context::Context;
 use crate::error::Error;
 
 /// A token's attention at context `len` does `2 · len · c` multiply-adds;
@@ -78,7 +78,7 @@ fn causal_forward(
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
     debug_assert_eq!(out.len(), b * t * c);
-    let (kern, hs) = (ctx.kernels, c / nh);
+    let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
     let scale = 1.0 / (hs as f32).sqrt();
     let per_head = &mut per_head[..b * t * c];
     ctx.threads.try_for_each_piece(
@@ -86,10 +86,10 @@ fn causal_forward(
         |piece, (att_h, y)| {
             let (bi, h) = (piece / nh, piece % nh);
             let (q, k, v) = head_views(&qkv[bi * t * 3 * c..][..t * 3 * c], h, t, c, hs)?;
-            gemm_in_piece(&kern, scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
+            mm.gemm_in_piece(scale, q, k.t(), 0.0, MatMut::new(att_h, t, t)?)?;
             kern.softmax_rows(att_h, t, ValidLen::Causal { offset: 0 })?;
             let y = MatMut::new(y, t, hs)?;
-            gemm_in_piece(&kern, 1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)
+            mm.gemm_in_piece(1.0, MatRef::new(att_h, t, t)?, v, 0.0, y)
         },
     )?;
     let per_head = &*per_head;
@@ -120,7 +120,7 @@ pub fn attention_backward(
     ctx.timed(
         |p| &mut p.attention,
         |ctx| {
-            let (kern, hs) = (ctx.kernels, c / nh);
+            let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
             let scale = 1.0 / (hs as f32).sqrt();
             let per_head = &mut per_head[..b * t * 3 * c];
             let datt = &mut datt[..b * nh * t * t];
@@ -135,13 +135,13 @@ pub fn attention_backward(
                     let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
                     let (dk, dv) = dkv.split_at_mut(t * hs);
                     // datt = dy · vᵀ; dv = attᵀ · dy.
-                    gemm_in_piece(&kern, 1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
-                    gemm_in_piece(&kern, 1.0, probs.t(), dy, 0.0, MatMut::new(dv, t, hs)?)?;
+                    mm.gemm_in_piece(1.0, dy, v.t(), 0.0, MatMut::new(datt, t, t)?)?;
+                    mm.gemm_in_piece(1.0, probs.t(), dy, 0.0, MatMut::new(dv, t, hs)?)?;
                     // Through the softmax to the scaled scores.
                     kern.softmax_backward_rows(att_h, datt, t, ValidLen::Causal { offset: 0 })?;
                     let dscores = MatRef::new(datt, t, t)?;
-                    gemm_in_piece(&kern, scale, dscores, k, 0.0, MatMut::new(dq, t, hs)?)?;
-                    gemm_in_piece(&kern, scale, dscores.t(), q, 0.0, MatMut::new(dk, t, hs)?)
+                    mm.gemm_in_piece(scale, dscores, k, 0.0, MatMut::new(dq, t, hs)?)?;
+                    mm.gemm_in_piece(scale, dscores.t(), q, 0.0, MatMut::new(dk, t, hs)?)
                 },
             )?;
             let per_head = &*per_head;
@@ -195,7 +195,7 @@ fn cached_forward(
         c,
         scale: 1.0 / (hs as f32).sqrt(),
     };
-    let k = ctx.kernels;
+    let (k, mm) = (ctx.kernels, ctx.multiplier());
     if m == 1 && len * c >= PARALLEL_HEADS_WORK {
         // One token: heads in parallel, each writing its own `hs` floats
         // of the output row.
@@ -203,7 +203,7 @@ fn cached_forward(
         ctx.threads
             .try_for_each_piece(((out, hs), (scores, len)), |h, (out, scores)| {
                 let gemm =
-                    |alpha, a: MatRef, b: MatRef, c: MatMut| gemm_in_piece(&k, alpha, a, b, 0.0, c);
+                    |alpha, a: MatRef, b: MatRef, c: MatMut| mm.gemm_in_piece(alpha, a, b, 0.0, c);
                 cache.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
             })
     } else {

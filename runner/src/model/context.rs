@@ -23,11 +23,67 @@ pub struct Profile {
     pub cross_entropy: Duration,
 }
 
+/// The element type matrix products read. Everything else (LayerNorm,
+/// softmax, GELU, the loss, the gradient reduction, master weights, AdamW)
+/// is always f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// f32 operands, f32 sums.
+    #[default]
+    F32,
+    /// Operands rounded to bf16, f32 sums (`Kernels::gemm_bf16`).
+    Bf16,
+}
+
+impl Precision {
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// How matrix products are computed: the kernels and the precision.
+#[derive(Debug, Clone, Copy)]
+pub struct Multiplier {
+    pub kernels: Kernels,
+    pub precision: Precision,
+}
+
+impl Multiplier {
+    /// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with
+    /// its own workspace: for products inside a parallel piece.
+    pub fn gemm_in_piece(
+        &self,
+        alpha: f32,
+        a: MatRef,
+        b: MatRef,
+        beta: f32,
+        c: MatMut,
+    ) -> Result<(), Error> {
+        PIECE_WORKSPACE.with(|ws| {
+            gemm_in(
+                &mut ws.borrow_mut(),
+                *self,
+                &Sequential,
+                alpha,
+                a,
+                b,
+                beta,
+                c,
+            )
+        })
+    }
+}
+
 /// Kernels, threads, the GEMM workspace of products split over the threads
 /// (grown on first use, then reused: no allocation per step), reduction
 /// partials, and the time spent per kind of layer.
 pub struct Context {
     pub kernels: Kernels,
+    pub precision: Precision,
     pub threads: Threads,
     workspace: Vec<f32>,
     /// Per-piece partial sums of the LayerNorm parameter gradients.
@@ -42,11 +98,12 @@ thread_local! {
 }
 
 /// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
-/// C` split by `exec`, growing `workspace` to what the product needs.
+/// C` in the multiplier's precision, split by `exec`, growing `workspace`
+/// to what the product needs.
 #[allow(clippy::too_many_arguments)]
 fn gemm_in<E: Executor>(
     workspace: &mut Vec<f32>,
-    kernels: &Kernels,
+    mm: Multiplier,
     exec: &E,
     alpha: f32,
     a: MatRef,
@@ -54,35 +111,19 @@ fn gemm_in<E: Executor>(
     beta: f32,
     c: MatMut,
 ) -> Result<(), Error> {
-    let need = kernels.gemm_workspace_len(a.rows(), b.cols(), a.cols());
+    let (k, (m, n, depth)) = (mm.kernels, (a.rows(), b.cols(), a.cols()));
+    let need = match mm.precision {
+        Precision::F32 => k.gemm_workspace_len(m, n, depth),
+        Precision::Bf16 => k.gemm_bf16_workspace_len(m, n, depth),
+    };
     if workspace.len() < need {
         workspace.resize(need, 0.0);
     }
-    Ok(kernels.gemm_with(exec, alpha, a, b, beta, c, workspace)?)
-}
-
-/// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with its
-/// own workspace: for products inside a parallel piece.
-pub fn gemm_in_piece(
-    kernels: &Kernels,
-    alpha: f32,
-    a: MatRef,
-    b: MatRef,
-    beta: f32,
-    c: MatMut,
-) -> Result<(), Error> {
-    PIECE_WORKSPACE.with(|ws| {
-        gemm_in(
-            &mut ws.borrow_mut(),
-            kernels,
-            &Sequential,
-            alpha,
-            a,
-            b,
-            beta,
-            c,
-        )
-    })
+    match mm.precision {
+        Precision::F32 => k.gemm_with(exec, alpha, a, b, beta, c, workspace)?,
+        Precision::Bf16 => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?,
+    }
+    Ok(())
 }
 
 impl Context {
@@ -90,10 +131,19 @@ impl Context {
     pub fn new(kernels: Kernels) -> Context {
         Context {
             kernels,
+            precision: Precision::F32,
             threads: Threads::single(),
             workspace: Vec::new(),
             partials: Vec::new(),
             profile: Profile::default(),
+        }
+    }
+
+    /// How this context multiplies.
+    pub fn multiplier(&self) -> Multiplier {
+        Multiplier {
+            kernels: self.kernels,
+            precision: self.precision,
         }
     }
 
@@ -118,12 +168,7 @@ impl Context {
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
-        let Context {
-            kernels,
-            threads,
-            workspace,
-            ..
-        } = self;
-        gemm_in(workspace, kernels, threads, alpha, a, b, beta, c)
+        let mm = self.multiplier();
+        gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
     }
 }

@@ -20,7 +20,7 @@ use attention::CachedLayer;
 pub use attention::{attention_backward, attention_forward, Attention};
 use block::{block_backward, block_forward, BlockScratch};
 pub use config::{ModelConfig, Preset};
-pub use context::{Context, Profile};
+pub use context::{Context, Precision, Profile};
 pub use kv_cache::KvCache;
 pub use layers::LAYER_NORM_EPS;
 use layers::{
@@ -125,6 +125,16 @@ impl Gpt {
             self.sizes.split(&self.grads),
             &self.ctx.threads,
         )
+    }
+
+    /// Multiplies in `precision` from now on (the parameters stay f32).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.ctx.precision = precision;
+    }
+
+    /// The precision of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.ctx.precision
     }
 
     /// Runs the model on `threads` from now on.

@@ -17,7 +17,7 @@ use crate::data::{self, Dataset};
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::metrics::{ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
-use crate::model::{Gpt, ModelConfig};
+use crate::model::{Gpt, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::{logger, plot};
@@ -52,6 +52,8 @@ pub struct TrainSettings {
     pub threads: Option<usize>,
     /// Draw the loss curves into this SVG file at the end.
     pub plot: Option<PathBuf>,
+    /// The element type of the matrix products.
+    pub precision: Precision,
 }
 
 /// What a run reached.
@@ -171,10 +173,11 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
     let threads = model.threads().count();
     let (cfg, n) = (model.config, model.params.len());
     info!(
-        "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{})",
+        "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{}){}",
         kernels.backend(),
         kernels.backend().lanes(),
-        if threads == 1 { "" } else { "s" }
+        if threads == 1 { "" } else { "s" },
+        precision_note(model.precision()),
     );
     info!(
         "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
@@ -198,18 +201,31 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
     );
 }
 
+/// What the backend line says of the precision: nothing for f32; for
+/// bf16, the unit (so far always the portable path, with a warning).
+pub fn precision_note(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "",
+        Precision::Bf16 => {
+            log::warn!("bf16 runs the portable path here (operands rounded to bf16, f32 FMA): slower than f32");
+            " | Precision: bf16 emulated"
+        }
+    }
+}
+
 /// Trains a model as `settings` says; returns it with a report.
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
     s.check()?;
     let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
     model.set_threads(Threads::new(s.threads)?);
+    model.set_precision(s.precision);
     let threads = model.threads().count();
     let cfg = model.config;
     let (b, t) = (s.batch, cfg.block_size);
     let data = Dataset::load(s.data.as_deref(), t)?;
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
-    let shape = RunShape::new(t, b, kernels, threads);
+    let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
     log_start(s, &model, &data, kernels);
 
