@@ -77,6 +77,89 @@ impl FromStr for Backend {
     }
 }
 
+/// Where bf16 matrix products ([`crate::Kernels::gemm_bf16`]) run.
+///
+/// ```
+/// use kernels::{Bf16Unit, Kernels};
+///
+/// // The portable path runs everywhere; a handle uses the best unit its
+/// // backend can reach.
+/// assert!(Bf16Unit::Portable.is_supported());
+/// println!("bf16 products on {}", Kernels::best().bf16_unit());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Bf16Unit {
+    /// Operands rounded to bf16, multiplied by the f32 GEMM of the backend:
+    /// the reference, on every CPU.
+    Portable,
+    /// `vdpbf16ps` (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake
+    /// and later), reached from the AVX-512 backend.
+    Avx512Bf16,
+}
+
+impl Bf16Unit {
+    /// Every unit, slowest first.
+    pub const ALL: [Bf16Unit; 2] = [Bf16Unit::Portable, Bf16Unit::Avx512Bf16];
+
+    /// The fastest unit this CPU and OS support.
+    pub fn detected() -> Bf16Unit {
+        *DETECTED_BF16.call_once(detect_bf16)
+    }
+
+    /// Whether this CPU and OS can run this unit.
+    pub fn is_supported(self) -> bool {
+        self <= Bf16Unit::detected()
+    }
+
+    /// `portable` or `avx512-bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Unit::Portable => "portable",
+            Bf16Unit::Avx512Bf16 => "avx512-bf16",
+        }
+    }
+}
+
+impl fmt::Display for Bf16Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static DETECTED_BF16: spin::Once<Bf16Unit> = spin::Once::new();
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_bf16() -> Bf16Unit {
+    Bf16Unit::Portable
+}
+
+/// AVX512-BF16 needs the AVX-512 backend (CPU and OS), AVX512BW and the
+/// BF16 bit of cpuid leaf 7, sub-leaf 1.
+#[cfg(target_arch = "x86_64")]
+fn detect_bf16() -> Bf16Unit {
+    use core::arch::x86_64::__cpuid_count;
+
+    if Backend::detected() != Backend::Avx512 {
+        return Bf16Unit::Portable;
+    }
+    // SAFETY: cpuid exists on every x86-64 CPU, and leaf 7 does on any CPU
+    // with AVX-512 (detected above).
+    #[allow(unused_unsafe)]
+    let leaf7 = unsafe { __cpuid_count(7, 0) };
+    let avx512bw = leaf7.ebx & (1 << 30) != 0;
+    if !avx512bw || leaf7.eax < 1 {
+        return Bf16Unit::Portable;
+    }
+    // SAFETY: as above; sub-leaf 1 exists since leaf 7 reports it.
+    #[allow(unused_unsafe)]
+    let sub1 = unsafe { __cpuid_count(7, 1) };
+    if sub1.eax & (1 << 5) != 0 {
+        Bf16Unit::Avx512Bf16
+    } else {
+        Bf16Unit::Portable
+    }
+}
+
 static DETECTED: spin::Once<Backend> = spin::Once::new();
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -3,7 +3,7 @@
 //! family modules (`elementwise`, `reduce`, ...), each as an `impl Kernels`
 //! block that checks shapes and then calls [`dispatch!`].
 
-use crate::{Backend, KernelError};
+use crate::{Backend, Bf16Unit, KernelError};
 
 /// A validated choice of backend; every routine of the crate is a method.
 ///
@@ -28,6 +28,8 @@ use crate::{Backend, KernelError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
     pub(crate) isa: Isa,
+    /// Where [`Kernels::gemm_bf16`] runs.
+    pub(crate) bf16: Bf16Unit,
 }
 
 /// The instruction set a [`Kernels`] runs. `V3`/`V4` are only constructed
@@ -49,11 +51,16 @@ impl Kernels {
     /// A handle running `backend`, or [`KernelError::UnsupportedBackend`] if
     /// this CPU (or OS) cannot run it.
     pub fn new(backend: Backend) -> Result<Kernels, KernelError> {
-        Kernels::new_on(backend, Backend::detected())
+        Kernels::new_on(backend, Backend::detected(), Bf16Unit::detected())
     }
 
-    /// [`Kernels::new`] on a CPU whose best backend is `detected`.
-    pub(crate) fn new_on(backend: Backend, detected: Backend) -> Result<Kernels, KernelError> {
+    /// [`Kernels::new`] on a CPU whose best backend is `detected` and best
+    /// bf16 unit `detected_bf16`.
+    pub(crate) fn new_on(
+        backend: Backend,
+        detected: Backend,
+        detected_bf16: Bf16Unit,
+    ) -> Result<Kernels, KernelError> {
         if backend > detected {
             return Err(KernelError::UnsupportedBackend(backend));
         }
@@ -66,12 +73,48 @@ impl Kernels {
             #[cfg(not(target_arch = "x86_64"))]
             _ => return Err(KernelError::UnsupportedBackend(backend)),
         };
-        Ok(Kernels { isa })
+        let bf16 = match backend {
+            Backend::Avx512 if detected_bf16 == Bf16Unit::Avx512Bf16 => Bf16Unit::Avx512Bf16,
+            _ => Bf16Unit::Portable,
+        };
+        Ok(Kernels { isa, bf16 })
     }
 
     /// A handle running the fastest backend this CPU supports.
     pub fn best() -> Kernels {
-        Kernels::new(Backend::detected()).unwrap_or(Kernels { isa: Isa::Scalar })
+        Kernels::new(Backend::detected()).unwrap_or(Kernels {
+            isa: Isa::Scalar,
+            bf16: Bf16Unit::Portable,
+        })
+    }
+
+    /// Where this handle's bf16 products run: the best unit its backend
+    /// reaches on this CPU, unless [`Kernels::with_bf16_unit`] chose one.
+    pub fn bf16_unit(&self) -> Bf16Unit {
+        self.bf16
+    }
+
+    /// This handle with its bf16 products on `unit` (to compare units in
+    /// tests and benchmarks), or [`KernelError::UnsupportedBf16Unit`] if
+    /// the CPU lacks it or the handle's backend cannot reach it (the AVX512-
+    /// BF16 unit needs the AVX-512 backend).
+    ///
+    /// ```
+    /// use kernels::{Bf16Unit, Kernels};
+    ///
+    /// let portable = Kernels::best().with_bf16_unit(Bf16Unit::Portable)?;
+    /// assert_eq!(portable.bf16_unit(), Bf16Unit::Portable);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn with_bf16_unit(self, unit: Bf16Unit) -> Result<Kernels, KernelError> {
+        let reachable = match unit {
+            Bf16Unit::Portable => true,
+            Bf16Unit::Avx512Bf16 => self.backend() == Backend::Avx512,
+        };
+        if !(reachable && unit.is_supported()) {
+            return Err(KernelError::UnsupportedBf16Unit(unit));
+        }
+        Ok(Kernels { bf16: unit, ..self })
     }
 
     /// The backend this handle runs.

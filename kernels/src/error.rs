@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use crate::Backend;
+use crate::{Backend, Bf16Unit};
 
 /// Why a routine refused its arguments. Nothing is written when a routine
 /// returns an error.
@@ -36,6 +36,9 @@ pub enum KernelError {
     },
     /// The CPU or OS does not support the requested backend.
     UnsupportedBackend(Backend),
+    /// The CPU, the OS or the handle's backend cannot run the requested bf16
+    /// unit.
+    UnsupportedBf16Unit(Bf16Unit),
     /// A backend name that is none of `scalar`, `avx2`, `avx512`.
     UnknownBackend,
     /// A caller-supplied workspace is smaller than the routine needs.
@@ -65,6 +68,9 @@ impl fmt::Display for KernelError {
             } => write!(f, "row {row}: index {index} is not below {classes}"),
             KernelError::UnsupportedBackend(b) => {
                 write!(f, "backend `{b}` is not supported by this CPU")
+            }
+            KernelError::UnsupportedBf16Unit(u) => {
+                write!(f, "bf16 unit `{u}` is not supported by this CPU or backend")
             }
             KernelError::UnknownBackend => {
                 f.write_str("unknown backend (expected scalar, avx2 or avx512)")

@@ -81,7 +81,7 @@ mod transpose;
 #[cfg(test)]
 mod tests;
 
-pub use backend::Backend;
+pub use backend::{Backend, Bf16Unit};
 pub use bf16::Bf16;
 pub use dispatch::Kernels;
 pub use error::KernelError;

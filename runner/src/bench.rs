@@ -130,10 +130,14 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let mut rows: Vec<BenchRecord> = Vec::new();
     for &threads in &s.threads {
         Threads::new(Some(threads))?;
-        let peak = machine_peak(&kernels, threads);
+        let peaks: Vec<f64> = s
+            .precisions
+            .iter()
+            .map(|&precision| machine_peak(&kernels, threads, precision))
+            .collect();
         for &t in &s.seq_lens {
             for &k in &kernels {
-                for &precision in &s.precisions {
+                for (&precision, &peak) in s.precisions.iter().zip(&peaks) {
                     let run = (k, precision, threads);
                     rows.push(measure_training(s, run, t, peak, &tokens)?);
                 }
@@ -181,24 +185,29 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     Ok((rows, decode_rows))
 }
 
-/// The machine's peak GFLOP/s on `threads` threads, for MFU: the fastest
-/// FMA loop among the benchmarked backends and the best this CPU has.
-fn machine_peak(kernels: &[Kernels], threads: usize) -> f64 {
+/// The machine's peak GFLOP/s on `threads` threads for products in
+/// `precision`, for MFU: the fastest loop among the benchmarked backends
+/// and the best this CPU has.
+fn machine_peak(kernels: &[Kernels], threads: usize, precision: Precision) -> f64 {
     let best = Kernels::best();
+    let unit = |k: Kernels| match precision {
+        Precision::F32 => format!("{} FMA", k.backend()),
+        Precision::Bf16 => format!("{} bf16 ({})", k.backend(), k.bf16_unit()),
+    };
     let mut peak = 0.0f64;
     for &k in kernels {
-        let gflops = measure_peak_gflops(k, threads);
+        let gflops = measure_peak_gflops(k, threads, precision);
         info!(
-            "Peak of the {} FMA loop on {threads} thread(s): {gflops:.1} GFLOP/s",
-            k.backend()
+            "Peak of the {} loop on {threads} thread(s): {gflops:.1} GFLOP/s",
+            unit(k)
         );
         peak = peak.max(gflops);
     }
     if !kernels.iter().any(|k| k.backend() == best.backend()) {
-        let gflops = measure_peak_gflops(best, threads);
+        let gflops = measure_peak_gflops(best, threads, precision);
         info!(
-            "Peak of the {} FMA loop on {threads} thread(s): {gflops:.1} GFLOP/s (the machine's peak, for MFU)",
-            best.backend()
+            "Peak of the {} loop on {threads} thread(s): {gflops:.1} GFLOP/s (the machine's peak, for MFU)",
+            unit(best)
         );
         peak = peak.max(gflops);
     }

@@ -41,17 +41,21 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Peak GFLOP/s of `kernels`' backend on `threads` cores: `threads` times
-/// one core's, the best of 5 runs of its FMA-throughput loop on one thread.
-/// (Running the loop on every thread at once read low whenever another
-/// process on this shared machine held a core: once 123 % MFU.) This
-/// assumes one thread per physical core, as the runner's default does.
-pub fn measure_peak_gflops(kernels: Kernels, threads: usize) -> f64 {
+/// Peak GFLOP/s of `kernels` on `threads` cores for products in
+/// `precision` (the backend's FMA loop for f32, its bf16 unit's loop for
+/// bf16): `threads` times one core's, the best of 5 runs of the loop on
+/// one thread. (Running the loop on every thread at once read low whenever
+/// another process on this shared machine held a core: once 123 % MFU.)
+/// This assumes one thread per physical core, as the runner's default does.
+pub fn measure_peak_gflops(kernels: Kernels, threads: usize, precision: Precision) -> f64 {
     const ITERS: usize = 2_000_000;
     let mut best = 0.0f64;
     for _ in 0..5 {
         let start = Instant::now();
-        let flops = kernels.fma_peak_loop(ITERS);
+        let flops = match precision {
+            Precision::F32 => kernels.fma_peak_loop(ITERS),
+            Precision::Bf16 => kernels.bf16_peak_loop(ITERS),
+        };
         best = best.max(flops as f64 / start.elapsed().as_secs_f64() / 1e9);
     }
     threads.max(1) as f64 * best

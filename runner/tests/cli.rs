@@ -614,24 +614,38 @@ fn a_bad_option_is_one_clear_error() {
 }
 
 #[test]
-fn bf16_precision_names_its_unit_and_warns() {
-    let out = runner(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--steps",
-        "2",
-        "--precision",
-        "bf16",
-        "--threads",
-        "1",
-    ]);
+fn bf16_precision_names_its_unit_and_warns_when_emulated() {
+    let run = |backend: &str| {
+        runner(&[
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "2",
+            "--precision",
+            "bf16",
+            "--threads",
+            "1",
+            "--backend",
+            backend,
+        ])
+    };
+    // Scalar has no bf16 unit: the portable path, with one warning.
+    let out = run("scalar");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("| Precision: bf16 emulated"), "{stderr}");
-    assert_eq!(
-        stderr.matches("[warn] bf16 runs the portable path").count(),
-        1,
-        "{stderr}"
-    );
+    let warning = "[warn] this CPU or backend has no bf16 unit";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    if kernels::Bf16Unit::detected() == kernels::Bf16Unit::Avx512Bf16 {
+        let out = run("avx512");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("| Precision: bf16 on AVX512-BF16"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("[warn]"), "{stderr}");
+    } else {
+        println!("notice: this CPU lacks AVX512-BF16; its log line is not checked");
+    }
 }

@@ -1,18 +1,31 @@
 //! Mixed precision: `C = alpha · op(A) · op(B) + beta · C` where A and B
 //! are bf16 (or f32 rounded to bf16 as they are read) and the products are
-//! summed in f32. This is the portable path, and the reference for the
-//! bf16 units: the operands are rounded into the workspace as f32 values,
-//! then multiplied by the f32 GEMM, so it runs on every backend, is split
-//! like it, and gives bit-identical results for any executor.
+//! summed in f32, on one of two units ([`Bf16Unit`]):
+//!
+//! - portable, the reference: the operands are rounded into the workspace
+//!   as f32 values, then multiplied by the f32 GEMM, so it runs on every
+//!   backend and is split like it;
+//! - AVX512-BF16: `vdpbf16ps` adds the dot product of a pair of bf16 values
+//!   of A (broadcast) and 16 pairs of B into 16 f32 sums, twice the FMAs of
+//!   an f32 instruction. A is packed into panels of `MR` rows, B into
+//!   panels of 32 columns, both as pairs of consecutive k (one pair per
+//!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
+//!   down the whole of k. Pieces are column panels, so each element of C is
+//!   summed by one piece in one order: bit-identical for any executor.
 
 use super::{check_product, check_workspace, MatMut, MatRef};
-use crate::{Bf16, Executor, KernelError, Kernels, Sequential};
+use crate::dispatch::Isa;
+use crate::parallel::SharedMut;
+use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 
 /// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
 /// rounded to the nearest bf16 ([`Bf16::from_f32`]).
-pub trait Bf16Input: Copy + sealed::Sealed {
+pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     /// The value as the product uses it.
     fn to_bf16(self) -> Bf16;
+    /// `dst[i] = src[i].to_bf16()`, vectorized where it pays.
+    #[doc(hidden)]
+    fn round_slice(kernels: &Kernels, src: &[Self], dst: &mut [Bf16]);
 }
 
 impl Bf16Input for f32 {
@@ -20,12 +33,21 @@ impl Bf16Input for f32 {
     fn to_bf16(self) -> Bf16 {
         Bf16::from_f32(self)
     }
+    #[inline]
+    fn round_slice(kernels: &Kernels, src: &[f32], dst: &mut [Bf16]) {
+        // Lengths agree (the callers cut both to one length).
+        let _ = kernels.f32_to_bf16(src, dst);
+    }
 }
 
 impl Bf16Input for Bf16 {
     #[inline]
     fn to_bf16(self) -> Bf16 {
         self
+    }
+    #[inline]
+    fn round_slice(_: &Kernels, src: &[Bf16], dst: &mut [Bf16]) {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -44,9 +66,49 @@ impl Kernels {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
-        m.saturating_mul(k)
-            .saturating_add(k.saturating_mul(n))
-            .saturating_add(self.gemm_workspace_len(m, n, k))
+        match self.pair_unit() {
+            Some(_) => PairLayout::new(m, n, k).workspace_len(),
+            None => m
+                .saturating_mul(k)
+                .saturating_add(k.saturating_mul(n))
+                .saturating_add(self.gemm_workspace_len(m, n, k)),
+        }
+    }
+
+    /// [`Kernels::fma_peak_loop`] for bf16 products: `iters` rounds of 12
+    /// independent chains of the bf16 unit's pair dot products (4
+    /// floating-point operations per lane: two multiplies, two adds), or
+    /// of the backend's f32 multiply-adds for the portable unit. Time it
+    /// for the peak that bf16 MFU divides by.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let start = std::time::Instant::now();
+    /// let flops = k.bf16_peak_loop(1_000_000);
+    /// assert!(flops as f64 / start.elapsed().as_secs_f64() > 0.0);
+    /// ```
+    pub fn bf16_peak_loop(&self, iters: usize) -> u64 {
+        let sums = match self.pair_unit() {
+            #[cfg(target_arch = "x86_64")]
+            Some(PairIsa::V4Bf16) => pair_chains(V4Bf16(()), iters),
+            #[cfg(test)]
+            Some(PairIsa::Emulated) => pair_chains(EmulatedPairs, iters),
+            None => return self.fma_peak_loop(iters),
+        };
+        // The result depends on every chain, so none can be optimised away.
+        core::hint::black_box(sums);
+        (iters * PEAK_CHAINS * 16 * 4) as u64
+    }
+
+    /// The pair-dot unit this handle's bf16 products run on, if any.
+    fn pair_unit(&self) -> Option<PairIsa> {
+        match (self.bf16, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            (Bf16Unit::Avx512Bf16, Isa::V4) => Some(PairIsa::V4Bf16),
+            #[cfg(test)]
+            (Bf16Unit::Avx512Bf16, Isa::Emulated16) => Some(PairIsa::Emulated),
+            _ => None,
+        }
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C` with A and B rounded to bf16
@@ -108,10 +170,23 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product(&a, &b, &c)?;
         check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
-        if m == 0 || n == 0 || k == 0 {
-            // Nothing to round: C is empty, or C = beta · C.
+        if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
+            // Nothing to multiply: C is empty, or C = beta · C.
             let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
             return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+        }
+        if let Some(unit) = self.pair_unit() {
+            let product = (alpha, &a, &b, beta, c);
+            match unit {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
+                // backend whose bf16 unit is AVX512-BF16, which
+                // `Kernels::new`/`with_bf16_unit` grant only after detection.
+                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, workspace),
+                #[cfg(test)]
+                PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, workspace),
+            }
+            return Ok(());
         }
         let (rounded_a, rest) = workspace.split_at_mut(m * k);
         let (rounded_b, rest) = rest.split_at_mut(k * n);
@@ -132,6 +207,417 @@ fn round_into<T: Bf16Input>(src: &MatRef<T>, dst: &mut [f32]) {
     for (r, row) in dst.chunks_exact_mut(cols).enumerate() {
         for (c, x) in row.iter_mut().enumerate() {
             *x = src.at(r, c).to_bf16().to_f32();
+        }
+    }
+}
+
+/// Columns of a packed B panel and of a register tile (two vectors).
+const NR: usize = 32;
+
+/// The pair-dot units the crate drives (see [`Kernels::pair_unit`]).
+#[derive(Clone, Copy)]
+enum PairIsa {
+    #[cfg(target_arch = "x86_64")]
+    V4Bf16,
+    #[cfg(test)]
+    Emulated,
+}
+
+/// The shape of a pair-packed product: rows per A panel, pairs of k, and
+/// the padded sizes of A and B.
+#[derive(Clone, Copy)]
+struct PairLayout {
+    m: usize,
+    n: usize,
+    /// Rows of a register tile: 12 (24 accumulators + 2 B vectors + 1
+    /// broadcast fit the 32 ZMM registers), fewer for short products so
+    /// that decoding's single rows do not compute 11 rows of padding.
+    mr: usize,
+    k_pairs: usize,
+    a_panels: usize,
+    b_panels: usize,
+}
+
+impl PairLayout {
+    fn new(m: usize, n: usize, k: usize) -> PairLayout {
+        let mr = match m {
+            12.. => 12,
+            4..=11 => 4,
+            _ => 1,
+        };
+        PairLayout {
+            m,
+            n,
+            mr,
+            k_pairs: k.div_ceil(2),
+            a_panels: m.div_ceil(mr),
+            b_panels: n.div_ceil(NR),
+        }
+    }
+    fn a_len(&self) -> usize {
+        self.a_panels
+            .saturating_mul(self.mr)
+            .saturating_mul(self.k_pairs)
+    }
+    fn b_len(&self) -> usize {
+        self.b_panels
+            .saturating_mul(NR)
+            .saturating_mul(self.k_pairs)
+    }
+    fn workspace_len(&self) -> usize {
+        self.a_len().saturating_add(self.b_len())
+    }
+}
+
+/// The bits of the pair `(lo, hi)` in one 32-bit slot, `lo` in the low
+/// half (the order `vdpbf16ps` pairs them in), stored as an f32 pattern.
+fn pair(lo: Bf16, hi: Bf16) -> f32 {
+    f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
+}
+
+/// Packs panel `p` of the rows of `src` (as used): rows `p·width..` (at
+/// most [`NR`] of them), holding for each pair `q` of columns the pairs
+/// `(src[r][2q], src[r][2q + 1])` of its rows, `width` slots per pair;
+/// rows and columns past the matrix are zero. (B is packed through its
+/// transpose: rows of Bᵀ are columns of B.) Rounding runs along whichever
+/// direction the storage is contiguous in.
+#[inline(always)]
+fn pack_panel<T: Bf16Input>(
+    kernels: &Kernels,
+    src: &MatRef<T>,
+    width: usize,
+    p: usize,
+    panel: &mut [f32],
+) {
+    let (rows, cols) = (src.rows(), src.cols());
+    let (rs, cs) = src.strides();
+    let zero = Bf16::default();
+    let first = p * width;
+    let live = width.min(rows - first);
+    if cs == 1 {
+        // Rows are contiguous: round each row in chunks, then deal its
+        // pairs out to the panel, `width` slots apart.
+        let mut chunk = [zero; ROUND_CHUNK];
+        for i in 0..width {
+            if i >= live {
+                panel
+                    .iter_mut()
+                    .skip(i)
+                    .step_by(width)
+                    .for_each(|x| *x = 0.0);
+                continue;
+            }
+            let row = &src.data[(first + i) * rs..][..cols];
+            for (c, part) in row.chunks(ROUND_CHUNK).enumerate() {
+                let out = &mut chunk[..part.len()];
+                T::round_slice(kernels, part, out);
+                for (j, two) in out.chunks(2).enumerate() {
+                    let q = c * ROUND_CHUNK / 2 + j;
+                    panel[q * width + i] = pair(two[0], two.get(1).copied().unwrap_or(zero));
+                }
+            }
+        }
+    } else {
+        // Columns are contiguous (`rs == 1`): round the panel's share of
+        // two columns at a time, inline (a call per short strip would cost
+        // more than the rounding), and interleave them.
+        let (mut lo, mut hi) = ([zero; NR], [zero; NR]);
+        for (q, slots) in panel.chunks_exact_mut(width).enumerate() {
+            let column = |c: usize, out: &mut [Bf16]| {
+                if c < cols {
+                    let strip = &src.data[c * cs + first..][..live];
+                    for (o, &x) in out.iter_mut().zip(strip) {
+                        *o = x.to_bf16();
+                    }
+                } else {
+                    out[..live].fill(zero);
+                }
+            };
+            column(2 * q, &mut lo);
+            column(2 * q + 1, &mut hi);
+            for (i, slot) in slots.iter_mut().enumerate() {
+                *slot = if i < live { pair(lo[i], hi[i]) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Elements rounded per call when packing contiguous rows (even, so that
+/// chunks hold whole pairs).
+const ROUND_CHUNK: usize = 256;
+
+/// Independent accumulator chains of the peak loop: as many as a register
+/// tile has, enough to cover the dot product's latency.
+const PEAK_CHAINS: usize = 12;
+
+fn pair_chains<P: PairDot>(unit: P, iters: usize) -> f32 {
+    unit.enter(
+        #[inline(always)]
+        |u| {
+            let b = [core::hint::black_box(pair(Bf16::from_f32(1e-3), Bf16::from_f32(1e-3))); 16];
+            let (a, b) = (core::hint::black_box(b[0]), u.load_b(&b));
+            let mut acc = [u.zero(); PEAK_CHAINS];
+            for _ in 0..iters {
+                for x in &mut acc {
+                    *x = u.dot(*x, a, b);
+                }
+            }
+            let mut out = [0.0f32; 16];
+            let mut total = 0.0;
+            for x in acc {
+                u.update(x, 1.0, 0.0, &mut out);
+                total += out[0];
+            }
+            total
+        },
+    )
+}
+
+/// The pair-packed product on `unit`, in two rounds of pieces of `exec`:
+/// the A panels are packed (one piece each), then each column panel packs
+/// its B panel and multiplies it (so that panel is still in cache). The
+/// rounding loops run with the unit's instructions enabled, so they
+/// vectorize.
+fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+    unit: P,
+    kernels: &Kernels,
+    exec: &E,
+    (alpha, a, b, beta, c): (f32, &MatRef<A>, &MatRef<B>, f32, MatMut),
+    workspace: &mut [f32],
+) {
+    let layout = PairLayout::new(a.rows(), b.cols(), a.cols());
+    let (a_panel, b_panel) = (layout.mr * layout.k_pairs, NR * layout.k_pairs);
+    let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
+    let packed_b = SharedMut(rest[..layout.b_len()].as_mut_ptr());
+    let a_out = SharedMut(packed_a.as_mut_ptr());
+    exec.run(layout.a_panels, &|p| {
+        // SAFETY: panel `p` is its own `a_panel` floats of `packed_a`
+        // (a_panels · a_panel = a_len); no other piece touches them.
+        let panel =
+            unsafe { core::slice::from_raw_parts_mut(a_out.ptr().add(p * a_panel), a_panel) };
+        unit.enter(
+            #[inline(always)]
+            |_| pack_panel(kernels, a, layout.mr, p, panel),
+        );
+    });
+    let bt = b.t();
+    let run = Pairs {
+        layout,
+        alpha,
+        beta,
+        a: packed_a,
+        c: SharedMut(c.data.as_mut_ptr()),
+        c_stride: c.row_stride,
+    };
+    let piece = |j: usize, unit: P| {
+        // SAFETY: B panel `j` is its own `b_panel` floats of the B part of
+        // the workspace (b_panels · b_panel = b_len); only piece `j`
+        // writes or reads them.
+        let panel =
+            unsafe { core::slice::from_raw_parts_mut(packed_b.ptr().add(j * b_panel), b_panel) };
+        pack_panel(kernels, &bt, NR, j, panel);
+        run.panel_dispatch(unit, j, panel);
+    };
+    exec.run(layout.b_panels, &|j| {
+        unit.enter(
+            #[inline(always)]
+            |u| piece(j, u),
+        )
+    });
+}
+
+/// One instruction set's pair dot product on 16 f32 lanes: lane `j` adds
+/// `a.lo · b[j].lo + a.hi · b[j].hi`.
+trait PairDot: Copy + Send + Sync {
+    type Acc: Copy;
+    type B: Copy;
+    /// Runs `f` with the instruction set enabled.
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R;
+    fn zero(self) -> Self::Acc;
+    /// 16 pairs of B (16 slots).
+    fn load_b(self, b: &[f32]) -> Self::B;
+    /// `acc += a · b` for the broadcast pair `a` (one slot).
+    fn dot(self, acc: Self::Acc, a: f32, b: Self::B) -> Self::Acc;
+    /// `c = alpha · acc + beta · c` on the first `c.len() <= 16` lanes;
+    /// `beta = 0` does not read `c`.
+    fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]);
+}
+
+/// A product to run: the layout, the scalars, packed A and C.
+struct Pairs<'a> {
+    layout: PairLayout,
+    alpha: f32,
+    beta: f32,
+    a: &'a [f32],
+    c: SharedMut,
+    c_stride: usize,
+}
+
+impl Pairs<'_> {
+    /// Column panel `j` (packed B panel `b`) with the register tile of
+    /// the layout's height.
+    #[inline(always)]
+    fn panel_dispatch<P: PairDot>(&self, unit: P, j: usize, b: &[f32]) {
+        match self.layout.mr {
+            12 => self.panel::<P, 12>(unit, j, b),
+            4 => self.panel::<P, 4>(unit, j, b),
+            _ => self.panel::<P, 1>(unit, j, b),
+        }
+    }
+
+    /// Every row tile of column panel `j`.
+    #[inline(always)]
+    fn panel<P: PairDot, const MR: usize>(&self, unit: P, j: usize, b: &[f32]) {
+        let l = &self.layout;
+        let cols = NR.min(l.n - j * NR);
+        for (i, a) in self.a.chunks_exact(MR * l.k_pairs).enumerate() {
+            let sums = tile::<P, MR>(unit, a, b);
+            let rows = MR.min(l.m - i * MR);
+            for (r, row_sums) in sums.iter().enumerate().take(rows) {
+                let at = (i * MR + r) * self.c_stride + j * NR;
+                // SAFETY: row `i·MR + r` < m and columns `j·NR..j·NR + cols`
+                // < n lie inside C (checked by `check_product`); only this
+                // piece (column panel `j`) writes them.
+                let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
+                let (c0, c1) = c.split_at_mut(cols.min(16));
+                unit.update(row_sums[0], self.alpha, self.beta, c0);
+                if !c1.is_empty() {
+                    unit.update(row_sums[1], self.alpha, self.beta, c1);
+                }
+            }
+        }
+    }
+}
+
+/// The `MR × 32` sums of one A panel and one B panel, down the whole of k.
+#[inline(always)]
+fn tile<P: PairDot, const MR: usize>(unit: P, a: &[f32], b: &[f32]) -> [[P::Acc; 2]; MR] {
+    let mut acc = [[unit.zero(); 2]; MR];
+    for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        let (b0, b1) = (unit.load_b(&b[..16]), unit.load_b(&b[16..]));
+        for (acc, &a) in acc.iter_mut().zip(a) {
+            acc[0] = unit.dot(acc[0], a, b0);
+            acc[1] = unit.dot(acc[1], a, b1);
+        }
+    }
+    acc
+}
+
+/// Proof that the CPU runs AVX512-BF16 (with AVX512F and BW), i.e. that
+/// [`Bf16Unit::Avx512Bf16`] was detected.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct V4Bf16(());
+
+#[cfg(target_arch = "x86_64")]
+impl V4Bf16 {
+    /// # Safety
+    /// The CPU must support AVX512F, AVX512BW and AVX512-BF16 and the OS
+    /// must save ZMM state ([`Bf16Unit::Avx512Bf16`] detected).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    #[inline]
+    unsafe fn vectorize<R>(f: impl FnOnce(V4Bf16) -> R) -> R {
+        f(V4Bf16(()))
+    }
+}
+
+// Every `unsafe` below calls an AVX-512 intrinsic. SAFETY (for all of
+// them): a `V4Bf16` value exists only inside `V4Bf16::vectorize`, whose
+// contract is that the CPU supports them; loads read slices whose length
+// was checked on the line before.
+#[cfg(target_arch = "x86_64")]
+impl PairDot for V4Bf16 {
+    type Acc = core::arch::x86_64::__m512;
+    type B = core::arch::x86_64::__m512bh;
+
+    #[inline(always)]
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        // SAFETY: holding `self` proves the unit was detected.
+        unsafe { V4Bf16::vectorize(f) }
+    }
+    #[inline(always)]
+    fn zero(self) -> Self::Acc {
+        // SAFETY: see the impl comment.
+        unsafe { core::arch::x86_64::_mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    fn load_b(self, b: &[f32]) -> Self::B {
+        use core::arch::x86_64::*;
+        let b = &b[..16];
+        // SAFETY: see the impl comment; `b` holds 16 slots (64 bytes), and
+        // a 512-bit integer vector and 32 bf16 lanes are the same bits.
+        unsafe { core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn dot(self, acc: Self::Acc, a: f32, b: Self::B) -> Self::Acc {
+        use core::arch::x86_64::*;
+        // SAFETY: see the impl comment; the broadcast slot holds one pair,
+        // repeated into every lane's pair.
+        unsafe {
+            let a = _mm512_set1_epi32(a.to_bits() as i32);
+            _mm512_dpbf16_ps(acc, core::mem::transmute::<__m512i, __m512bh>(a), b)
+        }
+    }
+    #[inline(always)]
+    fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]) {
+        use core::arch::x86_64::*;
+        let mask = ((1u32 << c.len().min(16)) - 1) as __mmask16;
+        // SAFETY: see the impl comment; the masked load and store touch
+        // exactly the first `c.len() <= 16` floats of `c`.
+        unsafe {
+            let scaled = _mm512_mul_ps(_mm512_set1_ps(alpha), acc);
+            let out = if beta == 0.0 {
+                scaled
+            } else {
+                let old = _mm512_maskz_loadu_ps(mask, c.as_ptr());
+                _mm512_fmadd_ps(_mm512_set1_ps(beta), old, scaled)
+            };
+            _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, out);
+        }
+    }
+}
+
+/// The pair dot product lane by lane in f32, so the packing and blocking
+/// of the AVX512-BF16 path run on any CPU in tests.
+#[cfg(test)]
+#[derive(Clone, Copy)]
+struct EmulatedPairs;
+
+#[cfg(test)]
+impl PairDot for EmulatedPairs {
+    type Acc = [f32; 16];
+    type B = [f32; 16];
+
+    fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
+        f(self)
+    }
+    fn zero(self) -> [f32; 16] {
+        [0.0; 16]
+    }
+    fn load_b(self, b: &[f32]) -> [f32; 16] {
+        core::array::from_fn(|j| b[j])
+    }
+    fn dot(self, acc: [f32; 16], a: f32, b: [f32; 16]) -> [f32; 16] {
+        let halves = |x: f32| {
+            let bits = x.to_bits();
+            (
+                Bf16::from_bits(bits as u16).to_f32(),
+                Bf16::from_bits((bits >> 16) as u16).to_f32(),
+            )
+        };
+        let (a_lo, a_hi) = halves(a);
+        core::array::from_fn(|j| {
+            let (b_lo, b_hi) = halves(b[j]);
+            acc[j] + a_lo * b_lo + a_hi * b_hi
+        })
+    }
+    fn update(self, acc: [f32; 16], alpha: f32, beta: f32, c: &mut [f32]) {
+        for (x, &sum) in c.iter_mut().zip(&acc) {
+            *x = if beta == 0.0 {
+                alpha * sum
+            } else {
+                beta.mul_add(*x, alpha * sum)
+            };
         }
     }
 }

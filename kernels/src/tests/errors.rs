@@ -2,7 +2,7 @@
 //! a backend the CPU lacks is refused.
 
 use super::*;
-use crate::{KernelError, ValidLen};
+use crate::{Bf16Unit, KernelError, ValidLen};
 
 fn mismatch(arg: &'static str) -> impl Fn(&KernelError) -> bool {
     move |e| matches!(e, KernelError::LengthMismatch { arg: a, .. } if *a == arg)
@@ -138,14 +138,14 @@ fn empty_inputs_are_fine() {
 fn forcing_an_unsupported_backend_is_refused() {
     // Simulate CPUs that lack the wider instruction sets.
     assert_eq!(
-        Kernels::new_on(Backend::Avx2, Backend::Scalar).unwrap_err(),
+        Kernels::new_on(Backend::Avx2, Backend::Scalar, Bf16Unit::Portable).unwrap_err(),
         KernelError::UnsupportedBackend(Backend::Avx2)
     );
     assert_eq!(
-        Kernels::new_on(Backend::Avx512, Backend::Avx2).unwrap_err(),
+        Kernels::new_on(Backend::Avx512, Backend::Avx2, Bf16Unit::Portable).unwrap_err(),
         KernelError::UnsupportedBackend(Backend::Avx512)
     );
-    assert!(Kernels::new_on(Backend::Scalar, Backend::Scalar).is_ok());
+    assert!(Kernels::new_on(Backend::Scalar, Backend::Scalar, Bf16Unit::Portable).is_ok());
     // And on this CPU: every backend is either usable or refused.
     for backend in Backend::ALL {
         match Kernels::new(backend) {

@@ -9,7 +9,31 @@
 use std::vec::Vec;
 
 use super::*;
-use crate::{Bf16, Bf16Input, Executor, KernelError, MatMut, MatRef, Sequential};
+use crate::dispatch::Isa;
+use crate::{Bf16, Bf16Input, Bf16Unit, Executor, KernelError, MatMut, MatRef, Sequential};
+
+/// Every bf16 implementation testable here: the portable path on every
+/// backend, AVX512-BF16 where the CPU has it (a notice where not), and the
+/// pair-packed path on emulated pair dot products (so its packing and
+/// blocking run on any CPU).
+fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
+    let mut all = std::vec![("scalar", scalar())];
+    for (name, k) in simd_kernels() {
+        all.push((name, k.with_bf16_unit(Bf16Unit::Portable).unwrap()));
+    }
+    match Kernels::best().with_bf16_unit(Bf16Unit::Avx512Bf16) {
+        Ok(k) => all.push(("avx512-bf16", k)),
+        Err(_) => eprintln!("notice: this CPU lacks AVX512-BF16; skipping its real-hardware tests"),
+    }
+    all.push((
+        "emulated-pairs",
+        Kernels {
+            isa: Isa::Emulated16,
+            bf16: Bf16Unit::Avx512Bf16,
+        },
+    ));
+    all
+}
 
 /// A `rows × cols` matrix stored with `pad` extra elements per row, from
 /// an odd offset.
@@ -163,9 +187,7 @@ const DIMS: [usize; 12] = [0, 1, 2, 3, 5, 7, 13, 16, 17, 33, 97, 130];
 #[test]
 fn gemm_bf16_matches_f64_on_rounded_operands_for_every_operand_type() {
     let mut rng = Rng::new(7);
-    let mut all = std::vec![("scalar", scalar())];
-    all.extend(simd_kernels());
-    for (name, k) in all {
+    for (name, k) in bf16_kernels() {
         for trial in 0..40 {
             let pick = |rng: &mut Rng| DIMS[rng.below(DIMS.len())];
             let case = Case {
@@ -234,7 +256,7 @@ impl Executor for Reversed {
 
 #[test]
 fn gemm_bf16_is_bit_identical_for_any_split() {
-    for (name, k) in simd_kernels() {
+    for (name, k) in bf16_kernels() {
         for (m, n, kk) in [(150, 200, 70), (3, 300, 40), (64, 64, 64)] {
             let case = Case {
                 m,
@@ -254,7 +276,15 @@ fn gemm_bf16_is_bit_identical_for_any_split() {
 
 #[test]
 fn gemm_bf16_refuses_bad_shapes_and_short_workspaces() {
-    let k = scalar();
+    for (_, k) in bf16_kernels() {
+        refuses_bad_shapes(k);
+    }
+    // The AVX512-BF16 unit needs the AVX-512 backend.
+    let err = scalar().with_bf16_unit(Bf16Unit::Avx512Bf16).unwrap_err();
+    assert_eq!(err, KernelError::UnsupportedBf16Unit(Bf16Unit::Avx512Bf16));
+}
+
+fn refuses_bad_shapes(k: Kernels) {
     let a = [Bf16::default(); 6];
     let b = [0.0f32; 6];
     let mut c = [0.0f32; 4];
@@ -283,4 +313,16 @@ fn gemm_bf16_refuses_bad_shapes_and_short_workspaces() {
     );
     assert!(matches!(err, Err(KernelError::WorkspaceTooSmall { .. })));
     assert_eq!(c, [0.0; 4], "a refused product writes nothing");
+}
+
+#[test]
+fn the_bf16_peak_loop_counts_its_operations() {
+    for (name, k) in bf16_kernels() {
+        let flops = k.bf16_peak_loop(10);
+        let want = match k.bf16_unit() {
+            Bf16Unit::Portable => k.fma_peak_loop(10),
+            Bf16Unit::Avx512Bf16 => 10 * 12 * 16 * 4,
+        };
+        assert_eq!(flops, want, "{name}");
+    }
 }

@@ -19,7 +19,10 @@ mod independent;
 
 /// The scalar reference.
 pub(super) fn scalar() -> Kernels {
-    Kernels { isa: Isa::Scalar }
+    Kernels {
+        isa: Isa::Scalar,
+        bf16: crate::Bf16Unit::Portable,
+    }
 }
 
 /// Every SIMD implementation testable here: the real ones this CPU supports
@@ -38,12 +41,14 @@ pub(super) fn simd_kernels() -> Vec<(&'static str, Kernels)> {
         "emulated8",
         Kernels {
             isa: Isa::Emulated8,
+            bf16: crate::Bf16Unit::Portable,
         },
     ));
     all.push((
         "emulated16",
         Kernels {
             isa: Isa::Emulated16,
+            bf16: crate::Bf16Unit::Portable,
         },
     ));
     all

@@ -58,7 +58,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),
         kernels.backend(),
-        precision_note(model.precision())
+        precision_note(model.precision(), kernels)
     );
     let eval = evaluate(&mut model, &tokens, args.batch, None)?;
     eval.log_breakdown(cfg.block_size);

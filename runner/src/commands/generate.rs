@@ -73,7 +73,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         "Generating with {} on the {} backend{}",
         model.config,
         kernels.backend(),
-        precision_note(model.precision())
+        precision_note(model.precision(), kernels)
     );
     let mut cache = model.new_cache();
     print_stdout(&args.prompt);

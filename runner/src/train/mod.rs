@@ -9,7 +9,7 @@ pub mod optim;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kernels::Kernels;
+use kernels::{Bf16Unit, Kernels};
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, TrainingState};
@@ -177,7 +177,7 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
         kernels.backend(),
         kernels.backend().lanes(),
         if threads == 1 { "" } else { "s" },
-        precision_note(model.precision()),
+        precision_note(model.precision(), kernels),
     );
     info!(
         "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
@@ -202,12 +202,13 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
 }
 
 /// What the backend line says of the precision: nothing for f32; for
-/// bf16, the unit (so far always the portable path, with a warning).
-pub fn precision_note(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "",
-        Precision::Bf16 => {
-            log::warn!("bf16 runs the portable path here (operands rounded to bf16, f32 FMA): slower than f32");
+/// bf16, the unit, with a warning when it is the portable path.
+pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
+    match (precision, kernels.bf16_unit()) {
+        (Precision::F32, _) => "",
+        (Precision::Bf16, Bf16Unit::Avx512Bf16) => " | Precision: bf16 on AVX512-BF16",
+        (Precision::Bf16, Bf16Unit::Portable) => {
+            log::warn!("this CPU or backend has no bf16 unit: bf16 runs emulated (operands rounded to bf16, f32 FMA), slower than f32");
             " | Precision: bf16 emulated"
         }
     }
