@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use log::info;
+use log::{info, warn};
 
 use super::options::RunOptions;
 use crate::checkpoint;
@@ -14,6 +14,7 @@ use crate::logger::{print_bytes, print_stdout};
 use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
+use crate::model::Precision;
 use crate::threads::Threads;
 use crate::train::precision_note;
 
@@ -75,6 +76,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         kernels.backend(),
         precision_note(model.precision(), kernels)
     );
+    if model.precision() == Precision::Bf16 {
+        warn!("bf16 decoding rounds and packs every weight matrix again for each token (bf16 weights are not held yet): several times slower than f32");
+    }
     let mut cache = model.new_cache();
     print_stdout(&args.prompt);
     let stats = generate(
