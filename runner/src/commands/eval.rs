@@ -6,12 +6,10 @@ use clap::Args;
 use log::info;
 
 use super::options::RunOptions;
-use crate::checkpoint;
 use crate::data;
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::print_stdout;
-use crate::threads::Threads;
 use crate::train::{check_memory, precision_note};
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text.
@@ -39,7 +37,6 @@ pub struct EvalArgs {
 
 pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let kernels = args.run.start()?;
-    let threads = Threads::new(args.run.threads)?;
     let tokens = data::tokens_of(args.data.as_deref())?;
     if tokens.len() < 2 {
         return Err(Error::Data {
@@ -47,9 +44,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
             reason: "evaluation needs at least 2 bytes".into(),
         });
     }
-    let mut model = checkpoint::load_model(&args.checkpoint, kernels)?;
-    model.set_threads(threads);
-    model.set_precision(args.run.precision);
+    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let cfg = model.config;
     // Groups are never larger than the number of windows.
     let windows = tokens.len().div_ceil(cfg.block_size);

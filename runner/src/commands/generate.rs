@@ -6,7 +6,6 @@ use clap::Args;
 use log::{info, warn};
 
 use super::options::RunOptions;
-use crate::checkpoint;
 use crate::data;
 use crate::error::Error;
 use crate::generate::{check_prompt, generate, Sampling};
@@ -15,7 +14,6 @@ use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
 use crate::model::Precision;
-use crate::threads::Threads;
 use crate::train::precision_note;
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
@@ -64,10 +62,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         top_p: args.top_p,
     };
     sampling.validate()?;
-    let threads = Threads::new(args.run.threads)?;
-    let mut model = checkpoint::load_model(&args.checkpoint, kernels)?;
-    model.set_threads(threads);
-    model.set_precision(args.run.precision);
+    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let prompt = data::encode(args.prompt.as_bytes());
     check_prompt(&model, &prompt)?;
     info!(

@@ -1,12 +1,16 @@
 //! The options several commands share, flattened into each one's
 //! arguments.
 
+use std::path::Path;
+
 use clap::{Args, ValueEnum};
 use kernels::{Backend, Kernels};
 
+use crate::checkpoint;
 use crate::error::Error;
 use crate::logger;
-use crate::model::Precision;
+use crate::model::{Gpt, Precision};
+use crate::threads::Threads;
 
 /// How much every command logs.
 #[derive(Args, Debug, Clone)]
@@ -45,6 +49,16 @@ impl RunOptions {
     pub fn start(&self) -> Result<Kernels, Error> {
         self.verbosity.init();
         self.backend.kernels()
+    }
+
+    /// The checkpoint in `dir` on `kernels`, running on these threads in
+    /// this precision.
+    pub fn load_model(&self, dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
+        let threads = Threads::new(self.threads)?;
+        let mut model = checkpoint::load_model(dir, kernels)?;
+        model.set_threads(threads);
+        model.set_precision(self.precision);
+        Ok(model)
     }
 }
 
