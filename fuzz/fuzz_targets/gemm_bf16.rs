@@ -8,7 +8,7 @@
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
-use kernels::{Bf16, KernelError, Sequential};
+use kernels::{Bf16, KernelError, PackedBf16, Sequential};
 use kernels_fuzz::{backends, len, same_bits, Product, Reversed};
 use libfuzzer_sys::fuzz_target;
 
@@ -61,6 +61,26 @@ fn run(u: &mut Unstructured) -> Result<()> {
         "f32 and bf16 operands differ"
     );
     assert!(same_bits(&from_f32, &split), "the split changed the result");
+
+    let mut slots = vec![u32::MAX; PackedBf16::len(p.k, p.n).unwrap()];
+    best.pack_bf16(b, &mut slots).unwrap();
+    let packed = PackedBf16::new(&slots, p.k, p.n).unwrap();
+    let mut packed_ws = vec![f32::NAN; best.gemm_bf16_packed_workspace_len(p.m, p.n, p.k)];
+    let mut from_packed = p.c.data.clone();
+    best.gemm_bf16_packed_with(
+        &Reversed(threads),
+        alpha,
+        a,
+        packed,
+        beta,
+        p.c_view(&mut from_packed),
+        &mut packed_ws,
+    )
+    .unwrap();
+    assert!(
+        same_bits(&from_f32, &from_packed),
+        "packing B beforehand changed the result"
+    );
     p.check(&from_f32, |x| f64::from(Bf16::from_f32(x).to_f32()));
     Ok(())
 }

@@ -85,7 +85,7 @@ pub use backend::{Backend, Bf16Unit};
 pub use bf16::Bf16;
 pub use dispatch::Kernels;
 pub use error::KernelError;
-pub use gemm::{Bf16Input, MatMut, MatRef};
+pub use gemm::{Bf16Input, MatMut, MatRef, PackedBf16};
 pub use optimizer::AdamW;
 pub use parallel::{Executor, Sequential};
 pub use softmax::ValidLen;

@@ -228,7 +228,7 @@ fn measure_training(
     let mut model = Gpt::new(cfg, k, 1)?;
     model.set_threads(Threads::new(Some(threads))?);
     model.set_precision(precision);
-    let mut optimizer = Optimizer::new(model.params.len());
+    let mut optimizer = Optimizer::new(model.params().len());
     let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
     let mut buffers = BatchBuffers::new(s.batch, t);
     let mut rng = Rng::new(7);

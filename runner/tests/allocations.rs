@@ -78,7 +78,7 @@ fn training_steps_after_the_first_allocate_nothing(threads: usize) {
     {
         let mut model = Gpt::new(config(), Kernels::best(), 1).unwrap();
         model.set_threads(Threads::new(Some(threads)).unwrap());
-        let mut optimizer = Optimizer::new(model.params.len());
+        let mut optimizer = Optimizer::new(model.params().len());
         let settings = OptimizerSettings::new(1e-3, 0, 10);
         let mut buffers = BatchBuffers::new(b, t);
         let mut rng = Rng::new(3);

@@ -71,7 +71,7 @@ fn saving_twice_replaces_the_checkpoint() {
     assert_ne!(first, second, "the second save did not replace the model");
 
     let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
-    let state = checkpoint::load_run(&ckpt, model.params.len()).unwrap();
+    let state = checkpoint::load_run(&ckpt, model.params().len()).unwrap();
     assert_eq!(state.step, 3, "the first run's state was loaded");
     // Resuming continues from the second run's step.
     let out = runner(&[
@@ -224,7 +224,7 @@ fn the_run_schedule_round_trips() {
     let dir = scratch("schedule");
     let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
     let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
-    let optimizer = Optimizer::new(model.params.len());
+    let optimizer = Optimizer::new(model.params().len());
     let schedule = RunSchedule {
         lr: 3e-4,
         warmup: 5,
@@ -240,7 +240,7 @@ fn the_run_schedule_round_trips() {
     };
     let with = dir.join("with");
     checkpoint::save(&with, &model, Some(&state)).unwrap();
-    let loaded = checkpoint::load_run(&with, model.params.len()).unwrap();
+    let loaded = checkpoint::load_run(&with, model.params().len()).unwrap();
     assert_eq!((loaded.step, loaded.rng_state), (7, 42));
     assert_eq!(loaded.schedule, Some(schedule));
 
@@ -265,7 +265,7 @@ fn the_run_schedule_round_trips() {
         ..state
     };
     checkpoint::save(&without, &model, Some(&state)).unwrap();
-    let loaded = checkpoint::load_run(&without, model.params.len()).unwrap();
+    let loaded = checkpoint::load_run(&without, model.params().len()).unwrap();
     assert_eq!(loaded.schedule, None);
 }
 
@@ -279,7 +279,7 @@ fn moments_that_would_poison_adamw_are_refused() {
     )
     .unwrap();
     for (i, poison) in [(0, f32::NAN), (1, -1.0)] {
-        let mut optimizer = Optimizer::new(model.params.len());
+        let mut optimizer = Optimizer::new(model.params().len());
         let (m, v) = optimizer.moments_mut();
         let moment = if i == 0 { m } else { v };
         moment[5] = poison;
@@ -292,7 +292,7 @@ fn moments_that_would_poison_adamw_are_refused() {
         let ckpt = dir.join(format!("ckpt{i}"));
         checkpoint::save(&ckpt, &model, Some(&state)).unwrap();
         let err =
-            checkpoint::load_run(&ckpt, model.params.len()).expect_err("poisoned moments load");
+            checkpoint::load_run(&ckpt, model.params().len()).expect_err("poisoned moments load");
         assert!(
             err.to_string().contains("NaN, infinite or negative"),
             "{err}"

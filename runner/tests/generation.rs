@@ -4,7 +4,7 @@
 
 use kernels::{Backend, Kernels};
 use runner::generate::{argmax, generate, Sampling};
-use runner::model::Gpt;
+use runner::model::{Gpt, Precision};
 use runner::model::{ModelConfig, Preset};
 use runner::rng::Rng;
 use runner::threads::Threads;
@@ -22,7 +22,7 @@ fn model_on(kernels: Kernels, block_size: usize) -> Gpt {
     };
     let mut model = Gpt::new(cfg, kernels, 5).unwrap();
     let mut rng = Rng::new(9);
-    for p in model.params.iter_mut() {
+    for p in model.params_mut().iter_mut() {
         *p += rng.normal(0.0, 0.05);
     }
     model
@@ -38,13 +38,7 @@ fn full_logits(model: &mut Gpt, context: &[u32]) -> Vec<f32> {
 /// Asserts `cached` equals `full` to 1e-4 of the largest logit.
 #[track_caller]
 fn assert_same_logits(cached: &[f32], full: &[f32], what: &str) {
-    let scale = full.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    for (i, (c, f)) in cached.iter().zip(full).enumerate() {
-        assert!(
-            (c - f).abs() <= 1e-4 * scale,
-            "{what}, token {i}: cached {c}, full {f}"
-        );
-    }
+    assert_logits_within(cached, full, 1e-4, what);
 }
 
 #[test]
@@ -123,6 +117,56 @@ fn cached_logits_do_not_depend_on_the_thread_count() {
     }
     assert_eq!(per_threads[0], per_threads[1], "1 vs 2 threads");
     assert_eq!(per_threads[0], per_threads[2], "1 vs 3 threads");
+}
+
+#[test]
+fn bf16_decoding_reads_packed_weights_that_follow_the_parameters() {
+    // In bf16 a cached pass reads the weights packed once; a full pass
+    // rounds them as it packs. Both multiply the same bf16 values, so they
+    // agree to the rounding of activations to bf16 (2⁻⁸ relative) carried
+    // through two layers: 2 % of the largest logit. The bound is far below
+    // what stale weights give after the parameters change.
+    let t = 24;
+    let context: Vec<u32> = (0..t as u32).map(|i| (i * 37 + 11) % 256).collect();
+    let backends = [Kernels::new(Backend::Scalar).unwrap(), Kernels::best()];
+    for kernels in backends {
+        let mut model = model_on(kernels, t);
+        model.set_precision(Precision::Bf16);
+        let what = kernels.backend().to_string();
+        let mut cache = model.new_cache();
+        assert_eq!(model.packed_bytes(), 0, "{what}: packed before decoding");
+        let cached = model.forward_cached(&mut cache, &context).unwrap().to_vec();
+        assert!(
+            model.packed_bytes() > 0,
+            "{what}: bf16 decoding packs the weights"
+        );
+        let full = full_logits(&mut model, &context);
+        assert_logits_within(&cached, &full, 2e-2, &what);
+        // New parameters drop the packed copy; the next pass packs them.
+        let mut rng = Rng::new(3);
+        for p in model.params_mut().iter_mut() {
+            *p += rng.normal(0.0, 0.05);
+        }
+        assert_eq!(model.packed_bytes(), 0, "{what}: stale weights kept");
+        cache.clear();
+        let cached = model.forward_cached(&mut cache, &context).unwrap().to_vec();
+        let full = full_logits(&mut model, &context);
+        assert_logits_within(&cached, &full, 2e-2, &format!("{what}, new parameters"));
+        model.set_precision(Precision::F32);
+        assert_eq!(model.packed_bytes(), 0, "{what}: f32 keeps no bf16 copy");
+    }
+}
+
+/// Asserts `got` equals `want` to `tol` of the largest logit.
+#[track_caller]
+fn assert_logits_within(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale,
+            "{what}, token {i}: {g} vs {w}"
+        );
+    }
 }
 
 #[test]

@@ -66,7 +66,7 @@ fn every_parameter_gradient_matches_finite_differences() {
         let mut model = Gpt::new(cfg, kernels, 7).unwrap();
         // Larger weights than the init, so that every path carries signal.
         let mut rng = Rng::new(3);
-        for p in model.params.iter_mut() {
+        for p in model.params_mut().iter_mut() {
             *p += rng.normal(0.0, 0.1);
         }
         let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(256) as u32).collect();
@@ -94,14 +94,14 @@ fn every_parameter_gradient_matches_finite_differences() {
             by_size.sort_by(|&i, &j| grad[j].abs().total_cmp(&grad[i].abs()));
             let random = (0..4).map(|_| rng.below(len));
             for i in by_size.into_iter().take(4).chain(random) {
-                let p = &mut model.params[range.start + i];
+                let p = &mut model.params_mut()[range.start + i];
                 let original = *p;
                 let (up, down) = (original + ELEMENT_H, original - ELEMENT_H);
                 *p = up;
                 let loss_up = loss_at(&mut model, &tokens, &targets, b, t);
-                model.params[range.start + i] = down;
+                model.params_mut()[range.start + i] = down;
                 let loss_down = loss_at(&mut model, &tokens, &targets, b, t);
-                model.params[range.start + i] = original;
+                model.params_mut()[range.start + i] = original;
                 // The step actually taken, after f32 rounding of p ± h.
                 let numeric = (loss_up - loss_down) / (f64::from(up) - f64::from(down));
                 let analytic = f64::from(grad[i]);
@@ -113,7 +113,7 @@ fn every_parameter_gradient_matches_finite_differences() {
 
             // A random direction `d` over the whole tensor.
             let direction: Vec<f32> = (0..len).map(|_| rng.normal(0.0, 1.0)).collect();
-            let original = model.params[range.clone()].to_vec();
+            let original = model.params()[range.clone()].to_vec();
             let shifted = |sign: f32| -> Vec<f32> {
                 original
                     .iter()
@@ -122,11 +122,11 @@ fn every_parameter_gradient_matches_finite_differences() {
                     .collect()
             };
             let (plus, minus) = (shifted(1.0), shifted(-1.0));
-            model.params[range.clone()].copy_from_slice(&plus);
+            model.params_mut()[range.clone()].copy_from_slice(&plus);
             let loss_up = loss_at(&mut model, &tokens, &targets, b, t);
-            model.params[range.clone()].copy_from_slice(&minus);
+            model.params_mut()[range.clone()].copy_from_slice(&minus);
             let loss_down = loss_at(&mut model, &tokens, &targets, b, t);
-            model.params[range.clone()].copy_from_slice(&original);
+            model.params_mut()[range.clone()].copy_from_slice(&original);
             let terms = || {
                 grad.iter()
                     .zip(plus.iter().zip(&minus))
@@ -141,7 +141,7 @@ fn every_parameter_gradient_matches_finite_differences() {
                 loss_up - loss_down
             );
         }
-        assert_eq!(offset, model.params.len());
+        assert_eq!(offset, model.params().len());
     }
 }
 

@@ -22,7 +22,7 @@ use kernels::{Backend, Kernels};
 use runner::model::layers::{
     cross_entropy, encoder_backward, encoder_forward, gelu_backward, gelu_forward,
     layer_norm_backward, layer_norm_forward, lm_head_backward, lm_head_forward, matmul_backward,
-    matmul_forward,
+    matmul_forward, Weight,
 };
 use runner::model::LAYER_NORM_EPS;
 use runner::model::{attention_backward, attention_forward, Attention, Context};
@@ -213,8 +213,17 @@ fn matmul_backward_matches_finite_differences() {
             LINEAR,
             &mut |x| {
                 let mut out = vec![f32::NAN; bt * oc];
-                matmul_forward(&mut compute, &mut out, &x[0], &x[1], Some(&x[2]), bt, c, oc)
-                    .unwrap();
+                matmul_forward(
+                    &mut compute,
+                    &mut out,
+                    &x[0],
+                    Weight::F32(&x[1]),
+                    Some(&x[2]),
+                    bt,
+                    c,
+                    oc,
+                )
+                .unwrap();
                 weighted_sum(&out, &g)
             },
         );
@@ -249,7 +258,16 @@ fn lm_head_backward_matches_finite_differences() {
             LINEAR,
             &mut |x| {
                 let mut logits = vec![f32::NAN; bt * v];
-                lm_head_forward(&mut compute, &mut logits, &x[0], &x[1], bt, c, v).unwrap();
+                lm_head_forward(
+                    &mut compute,
+                    &mut logits,
+                    &x[0],
+                    Weight::F32(&x[1]),
+                    bt,
+                    c,
+                    v,
+                )
+                .unwrap();
                 weighted_sum(&logits, &g)
             },
         );

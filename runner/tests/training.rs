@@ -145,7 +145,7 @@ fn a_saved_checkpoint_evaluates_the_same() {
     let tokens = data::encode(b"12+34=46\n500-1=499\n7+8=15\n");
     let before = evaluate(&mut model, &tokens, 4, None).unwrap();
     let mut loaded = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
-    assert_eq!(loaded.params, model.params);
+    assert_eq!(loaded.params(), model.params());
     let after = evaluate(&mut loaded, &tokens, 4, None).unwrap();
     assert_eq!(before.loss, after.loss);
     assert_eq!(before.tokens, tokens.len() - 1);

@@ -176,15 +176,18 @@ impl Kernels {
             return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
         }
         if let Some(unit) = self.pair_unit() {
-            let product = (alpha, &a, &b, beta, c);
+            let layout = PairLayout::new(m, n, k);
+            let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
+            let b = PanelsOfB::Pack { b: &b, into: rest };
+            let product = (alpha, &a, b, beta, c);
             match unit {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
                 // backend whose bf16 unit is AVX512-BF16, which
                 // `Kernels::new`/`with_bf16_unit` grant only after detection.
-                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, workspace),
+                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, packed_a),
                 #[cfg(test)]
-                PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, workspace),
+                PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, packed_a),
             }
             return Ok(());
         }
@@ -195,6 +198,204 @@ impl Kernels {
         let a = MatRef::new(&rounded_a[..], m, k)?;
         let b = MatRef::new(&rounded_b[..], k, n)?;
         self.gemm_with(exec, alpha, a, b, beta, c, rest)
+    }
+}
+
+/// A `k × n` operand B packed once into bf16 pairs, for many products
+/// that read it without converting or packing it again: weights held in
+/// bf16 for decoding. The slots are filled by [`Kernels::pack_bf16`]; the
+/// layout (panels of 32 columns, each a run of pairs of consecutive rows,
+/// low half first: the layout the pair-dot and tile units read) is the
+/// same on every backend, so a packed operand serves any handle.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedBf16<'a> {
+    slots: &'a [u32],
+    k: usize,
+    n: usize,
+}
+
+impl<'a> PackedBf16<'a> {
+    /// The packed `k × n` operand in `slots`, which must hold exactly
+    /// [`PackedBf16::len`]`(k, n)` slots written by [`Kernels::pack_bf16`]
+    /// for that shape.
+    pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
+        let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
+        crate::error::expect_len("slots", slots.len(), needed)?;
+        Ok(PackedBf16 { slots, k, n })
+    }
+
+    /// Slots a packed `k × n` operand takes: one per pair of rows and
+    /// column, columns padded to a multiple of 32 (`None` on overflow).
+    pub fn len(k: usize, n: usize) -> Option<usize> {
+        k.div_ceil(2).checked_mul(n.div_ceil(NR))?.checked_mul(NR)
+    }
+
+    /// Rows of the operand (the product's k).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the operand (the product's n).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// The slots as the panels are read (pairs as f32 bit patterns).
+    fn panels(&self) -> &'a [f32] {
+        slots_as_f32(self.slots)
+    }
+}
+
+impl Kernels {
+    /// Packs `b` (`k × n` as used, f32 rounded to bf16 or bf16 as stored)
+    /// into `slots`, which must hold [`PackedBf16::len`]`(k, n)`; read
+    /// them back with [`PackedBf16::new`]. Vectorized with this handle's
+    /// instructions; the slots do not depend on the handle.
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatMut, MatRef, PackedBf16};
+    ///
+    /// let k = Kernels::best();
+    /// // A 3 × 2 weight, packed once, then read by any number of products.
+    /// let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    /// let mut slots = vec![0; PackedBf16::len(3, 2).unwrap()];
+    /// k.pack_bf16(MatRef::new(&w, 3, 2)?, &mut slots)?;
+    /// let w = PackedBf16::new(&slots, 3, 2)?;
+    /// let x = [1.0, 1.0, 1.0];
+    /// let mut y = [0.0; 2];
+    /// let mut workspace = vec![0.0; k.gemm_bf16_packed_workspace_len(1, 2, 3)];
+    /// k.gemm_bf16_packed(1.0, MatRef::new(&x, 1, 3)?, w, 0.0, MatMut::new(&mut y, 1, 2)?, &mut workspace)?;
+    /// assert_eq!(y, [9.0, 12.0]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn pack_bf16<T: Bf16Input>(
+        &self,
+        b: MatRef<T>,
+        slots: &mut [u32],
+    ) -> Result<(), KernelError> {
+        let (k, n) = (b.rows(), b.cols());
+        let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
+        crate::error::expect_len("slots", slots.len(), needed)?;
+        // SAFETY: u32 and f32 have one size and alignment and every bit
+        // pattern is valid in both; the borrow of `slots` moves into it.
+        let panels = unsafe {
+            core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len())
+        };
+        let bt = b.t();
+        let panel_len = NR * k.div_ceil(2);
+        if panel_len == 0 {
+            return Ok(());
+        }
+        for (j, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+            match self.pair_unit() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as in `gemm_bf16_with`: the unit was detected.
+                Some(PairIsa::V4Bf16) => V4Bf16(()).enter(|_| pack_panel(self, &bt, NR, j, panel)),
+                _ => pack_panel(self, &bt, NR, j, panel),
+            }
+        }
+        Ok(())
+    }
+
+    /// Floats of workspace [`Kernels::gemm_bf16_packed`] needs for an
+    /// `m × k` by packed `k × n` product (saturating).
+    pub fn gemm_bf16_packed_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 {
+            return 0;
+        }
+        match self.pair_unit() {
+            Some(_) => PairLayout::new(m, n, k).a_len(),
+            // B unpacked, then the unpacked product's workspace.
+            None => k
+                .saturating_mul(n)
+                .saturating_add(self.gemm_bf16_workspace_len(m, n, k)),
+        }
+    }
+
+    /// [`Kernels::gemm_bf16`] with B packed beforehand by
+    /// [`Kernels::pack_bf16`]: the same contract, result and error bound,
+    /// without converting or packing B again.
+    pub fn gemm_bf16_packed<A: Bf16Input>(
+        &self,
+        alpha: f32,
+        a: MatRef<A>,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.gemm_bf16_packed_with(&Sequential, alpha, a, b, beta, c, workspace)
+    }
+
+    /// [`Kernels::gemm_bf16_packed`] split into pieces that `exec` runs;
+    /// the result does not depend on the executor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_packed_with<E: Executor + ?Sized, A: Bf16Input>(
+        &self,
+        exec: &E,
+        alpha: f32,
+        a: MatRef<A>,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = (a.rows(), b.n, a.cols());
+        if b.k != k {
+            return Err(KernelError::InvalidShape(
+                "the packed B must have as many rows as op(A) has columns",
+            ));
+        }
+        if c.rows != m || c.cols != n {
+            return Err(KernelError::InvalidShape(
+                "C must have the rows of op(A) and the columns of op(B)",
+            ));
+        }
+        check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
+        if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
+            let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
+            return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+        }
+        let Some(unit) = self.pair_unit() else {
+            // The reference: B unpacked to f32, then the unpacked product.
+            let (unpacked, rest) = workspace.split_at_mut(k * n);
+            unpack(&b, unpacked);
+            let b = MatRef::new(&unpacked[..], k, n)?;
+            return self.gemm_bf16_with(exec, alpha, a, b, beta, c, rest);
+        };
+        let product = (alpha, &a, PanelsOfB::<Bf16>::Packed(b.panels()), beta, c);
+        match unit {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gemm_bf16_with`: the unit was detected.
+            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, workspace),
+            #[cfg(test)]
+            PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, workspace),
+        }
+        Ok(())
+    }
+}
+
+/// The pair slots as the f32 patterns the units load.
+fn slots_as_f32(slots: &[u32]) -> &[f32] {
+    // SAFETY: u32 and f32 have one size and alignment and every bit
+    // pattern is valid in both; the result borrows `slots`.
+    unsafe { core::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), slots.len()) }
+}
+
+/// `dst` (`k × n`, contiguous) = the packed operand `b` as f32 values.
+fn unpack(b: &PackedBf16, dst: &mut [f32]) {
+    let (k, n) = (b.k, b.n);
+    let k_pairs = k.div_ceil(2);
+    for (j, panel) in b.slots.chunks_exact((NR * k_pairs).max(1)).enumerate() {
+        for (q, slots) in panel.chunks_exact(NR).enumerate() {
+            for (i, &slot) in slots.iter().enumerate().take(n.saturating_sub(j * NR)) {
+                let col = j * NR + i;
+                dst[2 * q * n + col] = Bf16::from_bits(slot as u16).to_f32();
+                if 2 * q + 1 < k {
+                    dst[(2 * q + 1) * n + col] = Bf16::from_bits((slot >> 16) as u16).to_f32();
+                }
+            }
+        }
     }
 }
 
@@ -373,22 +574,31 @@ fn pair_chains<P: PairDot>(unit: P, iters: usize) -> f32 {
     )
 }
 
+/// Where a product's B panels come from: packed from B as the product
+/// runs (into the workspace after packed A), or packed beforehand.
+enum PanelsOfB<'a, B> {
+    Pack {
+        b: &'a MatRef<'a, B>,
+        into: &'a mut [f32],
+    },
+    Packed(&'a [f32]),
+}
+
 /// The pair-packed product on `unit`, in two rounds of pieces of `exec`:
 /// the A panels are packed (one piece each), then each column panel packs
-/// its B panel and multiplies it (so that panel is still in cache). The
-/// rounding loops run with the unit's instructions enabled, so they
-/// vectorize.
+/// its B panel, unless B came packed, and multiplies it (so that panel is
+/// still in cache). The rounding loops run with the unit's instructions
+/// enabled, so they vectorize.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
     kernels: &Kernels,
     exec: &E,
-    (alpha, a, b, beta, c): (f32, &MatRef<A>, &MatRef<B>, f32, MatMut),
-    workspace: &mut [f32],
+    (alpha, a, b, beta, c): (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
+    packed_a: &mut [f32],
 ) {
-    let layout = PairLayout::new(a.rows(), b.cols(), a.cols());
+    let layout = PairLayout::new(c.rows, c.cols, a.cols());
     let (a_panel, b_panel) = (layout.mr * layout.k_pairs, NR * layout.k_pairs);
-    let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
-    let packed_b = SharedMut(rest[..layout.b_len()].as_mut_ptr());
+    let packed_a = &mut packed_a[..layout.a_len()];
     let a_out = SharedMut(packed_a.as_mut_ptr());
     exec.run(layout.a_panels, &|p| {
         // SAFETY: panel `p` is its own `a_panel` floats of `packed_a`
@@ -400,7 +610,6 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             |_| pack_panel(kernels, a, layout.mr, p, panel),
         );
     });
-    let bt = b.t();
     let run = Pairs {
         layout,
         alpha,
@@ -409,21 +618,35 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
         c: SharedMut(c.data.as_mut_ptr()),
         c_stride: c.row_stride,
     };
-    let piece = |j: usize, unit: P| {
-        // SAFETY: B panel `j` is its own `b_panel` floats of the B part of
-        // the workspace (b_panels · b_panel = b_len); only piece `j`
-        // writes or reads them.
-        let panel =
-            unsafe { core::slice::from_raw_parts_mut(packed_b.ptr().add(j * b_panel), b_panel) };
-        pack_panel(kernels, &bt, NR, j, panel);
-        run.panel_dispatch(unit, j, panel);
-    };
-    exec.run(layout.b_panels, &|j| {
-        unit.enter(
-            #[inline(always)]
-            |u| piece(j, u),
-        )
-    });
+    match b {
+        PanelsOfB::Pack { b, into } => {
+            let bt = b.t();
+            let packed_b = SharedMut(into[..layout.b_len()].as_mut_ptr());
+            let piece = |j: usize, unit: P| {
+                // SAFETY: B panel `j` is its own `b_panel` floats of `into`
+                // (b_panels · b_panel = b_len); only piece `j` writes or
+                // reads them.
+                let panel = unsafe {
+                    core::slice::from_raw_parts_mut(packed_b.ptr().add(j * b_panel), b_panel)
+                };
+                pack_panel(kernels, &bt, NR, j, panel);
+                run.panel_dispatch(unit, j, panel);
+            };
+            exec.run(layout.b_panels, &|j| {
+                unit.enter(
+                    #[inline(always)]
+                    |u| piece(j, u),
+                )
+            });
+        }
+        PanelsOfB::Packed(packed) => exec.run(layout.b_panels, &|j| {
+            let panel = &packed[j * b_panel..][..b_panel];
+            unit.enter(
+                #[inline(always)]
+                |u| run.panel_dispatch(u, j, panel),
+            )
+        }),
+    }
 }
 
 /// One instruction set's pair dot product on 16 f32 lanes: lane `j` adds

@@ -21,7 +21,7 @@ use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::SharedMut;
 use crate::{Executor, KernelError, Kernels, Sequential};
-pub use bf16::Bf16Input;
+pub use bf16::{Bf16Input, PackedBf16};
 use microkernel::{GemmKernel, ScalarKernel};
 
 /// A read-only view of a row-major matrix of f32 (or, for

@@ -326,3 +326,130 @@ fn the_bf16_peak_loop_counts_its_operations() {
         assert_eq!(flops, want, "{name}");
     }
 }
+
+/// B packed once: every slot written (two different fills give the same
+/// slots), the same slots from every handle, and products that are bit
+/// for bit those of [`Kernels::gemm_bf16`] on the same operands.
+#[test]
+fn gemm_bf16_packed_matches_the_unpacked_product() {
+    use crate::PackedBf16;
+    let all = bf16_kernels();
+    for &(m, n, kk) in &[
+        (1, 1, 1),
+        (1, 33, 7),
+        (4, 97, 13),
+        (13, 130, 17),
+        (2, 5, 0),
+        (0, 3, 2),
+    ] {
+        for trans_b in [false, true] {
+            let mut rng = Rng::new((m + 31 * n + 7 * kk) as u64);
+            let (a_vals, b_vals) = (rng.vec(m * kk, -2.0, 2.0), rng.vec(kk * n, -2.0, 2.0));
+            let (br, bc) = if trans_b { (n, kk) } else { (kk, n) };
+            let b = Stored::new(&b_vals, br, bc, 2, 0.0, |x| x);
+            let a = Stored::new(&a_vals, m, kk, 1, 0.0, |x| x);
+            let len = PackedBf16::len(kk, n).unwrap();
+            let mut reference_slots: Option<Vec<u32>> = None;
+            for (name, k) in &all {
+                let mut slots = std::vec![u32::MAX; len];
+                k.pack_bf16(b.view(trans_b), &mut slots).unwrap();
+                let mut again = std::vec![0x7fc0_7fc0; len];
+                k.pack_bf16(b.view(trans_b), &mut again).unwrap();
+                assert_eq!(slots, again, "{name}: a slot was left unwritten");
+                match &reference_slots {
+                    None => reference_slots = Some(slots.clone()),
+                    Some(first) => assert_eq!(&slots, first, "{name}: slots differ by handle"),
+                }
+                let packed = PackedBf16::new(&slots, kk, n).unwrap();
+                for beta in [0.0, 0.5] {
+                    let fill = if beta == 0.0 { f32::NAN } else { 0.25 };
+                    let mut want = std::vec![fill; m * n];
+                    let mut ws = std::vec![f32::NAN; k.gemm_bf16_workspace_len(m, n, kk)];
+                    k.gemm_bf16(
+                        1.5,
+                        a.view(false),
+                        b.view(trans_b),
+                        beta,
+                        MatMut::new(&mut want, m, n).unwrap(),
+                        &mut ws,
+                    )
+                    .unwrap();
+                    let mut got = std::vec![fill; m * n];
+                    let mut ws = std::vec![f32::NAN; k.gemm_bf16_packed_workspace_len(m, n, kk)];
+                    k.gemm_bf16_packed_with(
+                        &Reversed(3),
+                        1.5,
+                        a.view(false),
+                        packed,
+                        beta,
+                        MatMut::new(&mut got, m, n).unwrap(),
+                        &mut ws,
+                    )
+                    .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{name} {m}x{n}x{kk} beta {beta}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_bf16_packed_refuses_bad_shapes_and_short_buffers() {
+    use crate::PackedBf16;
+    for (name, k) in bf16_kernels() {
+        let w = [1.0f32; 6];
+        let mut slots = std::vec![0; PackedBf16::len(3, 2).unwrap()];
+        let short = slots.len() - 1;
+        let err = k.pack_bf16(MatRef::new(&w, 3, 2).unwrap(), &mut slots[..short]);
+        assert!(
+            matches!(err, Err(KernelError::LengthMismatch { .. })),
+            "{name}"
+        );
+        k.pack_bf16(MatRef::new(&w, 3, 2).unwrap(), &mut slots)
+            .unwrap();
+        assert!(PackedBf16::new(&slots[..short], 3, 2).is_err(), "{name}");
+        let packed = PackedBf16::new(&slots, 3, 2).unwrap();
+        let a = [1.0f32; 4];
+        let mut c = [0.0f32; 2];
+        let mut ws = std::vec![0.0; k.gemm_bf16_packed_workspace_len(1, 2, 4)];
+        // op(A) has 4 columns, the packed B 3 rows.
+        let err = k.gemm_bf16_packed(
+            1.0,
+            MatRef::new(&a, 1, 4).unwrap(),
+            packed,
+            0.0,
+            MatMut::new(&mut c, 1, 2).unwrap(),
+            &mut ws,
+        );
+        assert!(matches!(err, Err(KernelError::InvalidShape(_))), "{name}");
+        let mut c = [0.0f32; 3];
+        let err = k.gemm_bf16_packed(
+            1.0,
+            MatRef::new(&a[..3], 1, 3).unwrap(),
+            packed,
+            0.0,
+            MatMut::new(&mut c, 1, 3).unwrap(),
+            &mut ws,
+        );
+        assert!(matches!(err, Err(KernelError::InvalidShape(_))), "{name}");
+        let need = k.gemm_bf16_packed_workspace_len(1, 2, 3);
+        if need > 0 {
+            let mut c = [0.0f32; 2];
+            let mut ws = std::vec![0.0; need - 1];
+            let err = k.gemm_bf16_packed(
+                1.0,
+                MatRef::new(&a[..3], 1, 3).unwrap(),
+                packed,
+                0.0,
+                MatMut::new(&mut c, 1, 2).unwrap(),
+                &mut ws,
+            );
+            assert!(
+                matches!(err, Err(KernelError::WorkspaceTooSmall { .. })),
+                "{name}"
+            );
+        }
+        assert_eq!(PackedBf16::len(usize::MAX, 64), None);
+    }
+}

@@ -53,7 +53,7 @@ pub fn save(
             .expect("JSON of plain values");
         write_synced(&tmp.join(CONFIG_FILE), &config)?;
 
-        let bytes = to_bytes(&model.params);
+        let bytes = to_bytes(model.params());
         let tensors = hf::layout(&model.config)
             .into_iter()
             .map(|t| {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use log::{info, warn};
+use log::info;
 
 use super::options::RunOptions;
 use crate::data;
@@ -13,7 +13,6 @@ use crate::logger::{print_bytes, print_stdout};
 use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
-use crate::model::Precision;
 use crate::train::precision_note;
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
@@ -71,9 +70,6 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         kernels.backend(),
         precision_note(model.precision(), kernels)
     );
-    if model.precision() == Precision::Bf16 {
-        warn!("bf16 decoding rounds and packs every weight matrix again for each token (bf16 weights are not held yet): several times slower than f32");
-    }
     let mut cache = model.new_cache();
     print_stdout(&args.prompt);
     let stats = generate(

@@ -5,7 +5,7 @@
 
 use kernels::{MatMut, MatRef, ValidLen};
 
-use super::context::Context;
+use super::context::{Context, Precision};
 use crate::error::Error;
 
 /// A token's attention at context `len` does `2 · len · c` multiply-adds;
@@ -195,28 +195,13 @@ fn cached_forward(
         c,
         scale: 1.0 / (hs as f32).sqrt(),
     };
-    let (k, mm) = (ctx.kernels, ctx.multiplier());
-    if m == 1 && len * c >= PARALLEL_HEADS_WORK {
-        // One token: heads in parallel, each writing its own `hs` floats
-        // of the output row.
-        let scores = &mut head_scores[..nh * len];
-        ctx.threads
-            .try_for_each_piece(((out, hs), (scores, len)), |h, (out, scores)| {
-                let gemm =
-                    |alpha, a: MatRef, b: MatRef, c: MatMut| mm.gemm_in_piece(alpha, a, b, 0.0, c);
-                cache.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
-            })
-    } else {
-        for h in 0..nh {
-            let scores = &mut scores[..m * len];
-            let out = MatMut::strided(&mut out[h * hs..], m, hs, c)?;
-            // Prompts: each product is large enough to split (and a short
-            // context's heads too small to).
-            let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| ctx.gemm(alpha, a, b, 0.0, c);
-            cache.attend(&k, h, scores, out, gemm)?;
-        }
-        Ok(())
-    }
+    // The cache is f32, and a new position reads each cached key and value
+    // once: rounding them to bf16 per token would cost more than a bf16
+    // product saves, so attention over the cache multiplies in f32 in
+    // either precision (the weights are what bf16 decoding holds in bf16).
+    ctx.with_precision(Precision::F32, |ctx| {
+        cache.attend_all(ctx, out, scores, head_scores, nh)
+    })
 }
 
 /// What attention over the cache needs for one layer: the new positions'
@@ -235,6 +220,41 @@ struct CachedHeads<'a> {
 }
 
 impl CachedHeads<'_> {
+    /// Every head's attention for the new positions into `out`.
+    fn attend_all(
+        &self,
+        ctx: &mut Context,
+        out: &mut [f32],
+        scores: &mut [f32],
+        head_scores: &mut [f32],
+        nh: usize,
+    ) -> Result<(), Error> {
+        let (cache, m, len, hs, c) = (self, self.m, self.len, self.hs, self.c);
+        let (k, mm) = (ctx.kernels, ctx.multiplier());
+        if m == 1 && len * c >= PARALLEL_HEADS_WORK {
+            // One token: heads in parallel, each writing its own `hs` floats
+            // of the output row.
+            let scores = &mut head_scores[..nh * len];
+            ctx.threads
+                .try_for_each_piece(((out, hs), (scores, len)), |h, (out, scores)| {
+                    let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
+                        mm.gemm_in_piece(alpha, a, b, 0.0, c)
+                    };
+                    cache.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
+                })
+        } else {
+            for h in 0..nh {
+                let scores = &mut scores[..m * len];
+                let out = MatMut::strided(&mut out[h * hs..], m, hs, c)?;
+                // Prompts: each product is large enough to split (and a short
+                // context's heads too small to).
+                let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| ctx.gemm(alpha, a, b, 0.0, c);
+                cache.attend(&k, h, scores, out, gemm)?;
+            }
+            Ok(())
+        }
+    }
+
     /// Causal attention of head `h` for the new positions into `out`
     /// (`m × hs`), with `scores` (`m · len` floats) as scratch; `gemm(alpha,
     /// a, b, c)` computes `c = alpha · a · b`.

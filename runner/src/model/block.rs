@@ -9,16 +9,19 @@ use super::layers::{
     gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
     matmul_forward, LAYER_NORM_EPS,
 };
+use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
 use crate::error::Error;
 
 /// `output = input + attention(ln1(input))`, then `output += mlp(ln2(·))`
 /// for `rows` positions of `c` channels and `nh` heads, keeping every
-/// intermediate in `a` for the backward pass.
+/// intermediate in `a` for the backward pass. The matrices are read from
+/// `packed` where given (bf16 decoding), else from `p`.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     ctx: &mut Context,
     p: &LayerParams<&[f32]>,
+    packed: Option<&PackedLayer>,
     input: &[f32],
     output: &mut [f32],
     a: BlockActivations<&mut [f32]>,
@@ -37,13 +40,14 @@ pub fn block_forward(
         a.ln1_mean,
         a.ln1_rstd,
     )?;
-    matmul_forward(ctx, a.qkv, a.ln1, p.qkvw, Some(p.qkvb), rows, c, 3 * c)?;
+    let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
+    matmul_forward(ctx, a.qkv, a.ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
     attention_forward(ctx, a.atty, a.att, a.qkv, c, nh, attention)?;
     matmul_forward(
         ctx,
         a.attproj,
         a.atty,
-        p.attprojw,
+        weight_of(p.attprojw, packed.map(|w| &w.attprojw))?,
         Some(p.attprojb),
         rows,
         c,
@@ -60,13 +64,14 @@ pub fn block_forward(
         a.ln2_mean,
         a.ln2_rstd,
     )?;
-    matmul_forward(ctx, a.fch, a.ln2, p.fcw, Some(p.fcb), rows, c, 4 * c)?;
+    let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
+    matmul_forward(ctx, a.fch, a.ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
     gelu_forward(ctx, a.fch, a.fch_gelu)?;
     matmul_forward(
         ctx,
         a.fcproj,
         a.fch_gelu,
-        p.fcprojw,
+        weight_of(p.fcprojw, packed.map(|w| &w.fcprojw))?,
         Some(p.fcprojb),
         rows,
         4 * c,

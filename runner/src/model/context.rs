@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use kernels::{Executor, Kernels, MatMut, MatRef, Sequential};
+use kernels::{Executor, Kernels, MatMut, MatRef, PackedBf16, Sequential};
 
 use crate::error::Error;
 use crate::threads::Threads;
@@ -70,7 +70,7 @@ impl Multiplier {
                 &Sequential,
                 alpha,
                 a,
-                b,
+                RightOperand::Matrix(b),
                 beta,
                 c,
             )
@@ -97,6 +97,15 @@ thread_local! {
     static PIECE_WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The B of a product: a matrix of f32 (rounded while packing when the
+/// precision is bf16), or weights packed once into bf16 pairs (always a
+/// bf16 product).
+#[derive(Clone, Copy)]
+enum RightOperand<'a> {
+    Matrix(MatRef<'a>),
+    PackedBf16(PackedBf16<'a>),
+}
+
 /// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
 /// C` in the multiplier's precision, split by `exec`, growing `workspace`
 /// to what the product needs.
@@ -107,21 +116,30 @@ fn gemm_in<E: Executor>(
     exec: &E,
     alpha: f32,
     a: MatRef,
-    b: MatRef,
+    b: RightOperand,
     beta: f32,
     c: MatMut,
 ) -> Result<(), Error> {
-    let (k, (m, n, depth)) = (mm.kernels, (a.rows(), b.cols(), a.cols()));
-    let need = match mm.precision {
-        Precision::F32 => k.gemm_workspace_len(m, n, depth),
-        Precision::Bf16 => k.gemm_bf16_workspace_len(m, n, depth),
+    let k = mm.kernels;
+    let (m, n, depth) = (c.rows(), c.cols(), a.cols());
+    let need = match (b, mm.precision) {
+        (RightOperand::PackedBf16(_), _) => k.gemm_bf16_packed_workspace_len(m, n, depth),
+        (RightOperand::Matrix(_), Precision::F32) => k.gemm_workspace_len(m, n, depth),
+        (RightOperand::Matrix(_), Precision::Bf16) => k.gemm_bf16_workspace_len(m, n, depth),
     };
     if workspace.len() < need {
         workspace.resize(need, 0.0);
     }
-    match mm.precision {
-        Precision::F32 => k.gemm_with(exec, alpha, a, b, beta, c, workspace)?,
-        Precision::Bf16 => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?,
+    match (b, mm.precision) {
+        (RightOperand::PackedBf16(b), _) => {
+            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)?
+        }
+        (RightOperand::Matrix(b), Precision::F32) => {
+            k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
+        }
+        (RightOperand::Matrix(b), Precision::Bf16) => {
+            k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?
+        }
     }
     Ok(())
 }
@@ -159,6 +177,19 @@ impl Context {
         result
     }
 
+    /// Runs `f` with the products in `precision`, then restores this
+    /// context's.
+    pub fn with_precision<R>(
+        &mut self,
+        precision: Precision,
+        f: impl FnOnce(&mut Context) -> R,
+    ) -> R {
+        let own = std::mem::replace(&mut self.precision, precision);
+        let result = f(self);
+        self.precision = own;
+        result
+    }
+
     /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
     pub fn gemm(
         &mut self,
@@ -169,6 +200,22 @@ impl Context {
         c: MatMut,
     ) -> Result<(), Error> {
         let mm = self.multiplier();
+        let b = RightOperand::Matrix(b);
+        gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
+    }
+
+    /// `C = alpha · A · B + beta · C` with B packed in bf16, split over the
+    /// threads.
+    pub fn gemm_packed(
+        &mut self,
+        alpha: f32,
+        a: MatRef,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+    ) -> Result<(), Error> {
+        let mm = self.multiplier();
+        let b = RightOperand::PackedBf16(b);
         gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
     }
 }

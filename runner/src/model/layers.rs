@@ -5,7 +5,7 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
-use kernels::{MatMut, MatRef};
+use kernels::{MatMut, MatRef, PackedBf16};
 
 use super::context::{Context, Profile};
 use crate::error::Error;
@@ -178,21 +178,33 @@ fn matmul_time(p: &mut Profile) -> &mut std::time::Duration {
     &mut p.matmul
 }
 
+/// A weight matrix as a forward pass reads it: the f32 tensor as stored
+/// (the master copy), or its bf16 copy packed once for decoding
+/// (`model::packed`), shaped as the product's B.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    F32(&'a [f32]),
+    Packed(PackedBf16<'a>),
+}
+
 /// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     ctx: &mut Context,
     out: &mut [f32],
     inp: &[f32],
-    w: &[f32],
+    w: Weight,
     bias: Option<&[f32]>,
     bt: usize,
     c: usize,
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, w) = (MatRef::new(inp, bt, c)?, MatRef::new(w, c, oc)?);
-        ctx.gemm(1.0, x, w, 0.0, MatMut::new(out, bt, oc)?)?;
+        let (x, out_) = (MatRef::new(inp, bt, c)?, MatMut::new(out, bt, oc)?);
+        match w {
+            Weight::F32(w) => ctx.gemm(1.0, x, MatRef::new(w, c, oc)?, 0.0, out_)?,
+            Weight::Packed(w) => ctx.gemm_packed(1.0, x, w, 0.0, out_)?,
+        }
         if let Some(bias) = bias {
             ctx.kernels.add_bias(bias, out)?;
         }
@@ -231,19 +243,22 @@ pub fn matmul_backward(
 }
 
 /// The output layer, tied to the token embedding:
-/// `logits[bt, v] = x[bt, c] · wte[v, c]ᵀ`.
+/// `logits[bt, v] = x[bt, c] · wte[v, c]ᵀ` (packed: `wte` is `wteᵀ`).
 pub fn lm_head_forward(
     ctx: &mut Context,
     logits: &mut [f32],
     x: &[f32],
-    wte: &[f32],
+    wte: Weight,
     bt: usize,
     c: usize,
     v: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, wte) = (MatRef::new(x, bt, c)?, MatRef::new(wte, v, c)?);
-        ctx.gemm(1.0, x, wte.t(), 0.0, MatMut::new(logits, bt, v)?)
+        let (x, logits) = (MatRef::new(x, bt, c)?, MatMut::new(logits, bt, v)?);
+        match wte {
+            Weight::F32(wte) => ctx.gemm(1.0, x, MatRef::new(wte, v, c)?.t(), 0.0, logits),
+            Weight::Packed(wte_t) => ctx.gemm_packed(1.0, x, wte_t, 0.0, logits),
+        }
     })
 }
 

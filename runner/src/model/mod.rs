@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 mod kv_cache;
 pub mod layers;
+mod packed;
 pub mod tensors;
 
 use kernels::Kernels;
@@ -26,7 +27,8 @@ pub use layers::LAYER_NORM_EPS;
 use layers::{
     check_tokens, encoder_backward, encoder_forward, layer_norm_backward, layer_norm_forward,
 };
-use layers::{cross_entropy, lm_head_backward, lm_head_forward};
+use layers::{cross_entropy, lm_head_backward, lm_head_forward, Weight};
+use packed::{weight_of, PackedWeights};
 use tensors::{Activations, BlockActivations, Init, ParamTensor, Params, Scratch};
 
 use crate::error::Error;
@@ -38,11 +40,14 @@ pub struct Gpt {
     pub config: ModelConfig,
     sizes: Params<usize>,
     /// All parameters, in the order of [`Params`].
-    pub params: Arena,
+    params: Arena,
     /// Gradients, laid out as `params`.
     pub grads: Arena,
     ctx: Context,
     batch: Option<Batch>,
+    /// The weight matrices in bf16 for decoding in bf16: packed by the
+    /// first cached pass, dropped whenever the parameters may change.
+    packed: Option<PackedWeights>,
 }
 
 /// Activations and scratch for one batch shape, with the batch's tokens.
@@ -100,7 +105,25 @@ impl Gpt {
             params,
             ctx: Context::new(kernels),
             batch: None,
+            packed: None,
         })
+    }
+
+    /// All parameters, in the order of [`Params`].
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// All parameters, to change (drops the bf16 decoding copy).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        self.packed = None;
+        &mut self.params
+    }
+
+    /// Bytes of the bf16 weights held for decoding (0 until a cached pass
+    /// in bf16 packs them).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, PackedWeights::bytes)
     }
 
     /// Floats of activations and backward scratch for a `b × t` batch of
@@ -120,6 +143,7 @@ impl Gpt {
     /// What the optimizer works on: named views of the parameters and
     /// gradients, and the threads to spread the update over.
     pub fn optimizer_view(&mut self) -> (Params<&mut [f32]>, Params<&[f32]>, &Threads) {
+        self.packed = None;
         (
             self.sizes.split_mut(&mut self.params),
             self.sizes.split(&self.grads),
@@ -130,6 +154,9 @@ impl Gpt {
     /// Multiplies in `precision` from now on (the parameters stay f32).
     pub fn set_precision(&mut self, precision: Precision) {
         self.ctx.precision = precision;
+        if precision == Precision::F32 {
+            self.packed = None;
+        }
     }
 
     /// The precision of the matrix products.
@@ -207,6 +234,7 @@ impl Gpt {
             block_forward(
                 ctx,
                 &p.layer(l, layers),
+                None,
                 input,
                 output,
                 acts,
@@ -218,7 +246,17 @@ impl Gpt {
         }
         let last = &residuals[layers * btc..][..btc];
         let head = (a.lnf, a.lnf_mean, a.lnf_rstd);
-        head_forward(ctx, &p, last, head, a.logits, b * t, c, v)
+        head_forward(
+            ctx,
+            &p,
+            Weight::F32(p.wte),
+            last,
+            head,
+            a.logits,
+            b * t,
+            c,
+            v,
+        )
     }
 
     /// The logits of the last [`Gpt::forward`], `[b, t, V]`.
@@ -346,9 +384,17 @@ impl Gpt {
             }
             check_tokens(tokens, v)?;
             let Gpt {
-                sizes, params, ctx, ..
+                sizes,
+                params,
+                ctx,
+                packed,
+                ..
             } = self;
             let p = sizes.split(params);
+            if ctx.precision == Precision::Bf16 && packed.is_none() {
+                *packed = Some(PackedWeights::pack(&ctx.kernels, &p, &cfg)?);
+            }
+            let packed = packed.as_ref();
             let KvCache {
                 keys_t,
                 values,
@@ -380,6 +426,7 @@ impl Gpt {
                 block_forward(
                     ctx,
                     &p.layer(l, layers),
+                    packed.map(|w| &w.layers[l]),
                     input,
                     output,
                     a,
@@ -394,7 +441,8 @@ impl Gpt {
             let last = &pair[0][(m - 1) * c..];
             let (ln_last, stats) = lnf.split_at_mut(c);
             let (mean, rstd) = stats.split_at_mut(1);
-            head_forward(ctx, &p, last, (ln_last, mean, rstd), logits, 1, c, v)?;
+            let wte = weight_of(p.wte, packed.map(|w| &w.lm_head))?;
+            head_forward(ctx, &p, wte, last, (ln_last, mean, rstd), logits, 1, c, v)?;
             cache.len = p0 + m;
             Ok(&cache.logits[..])
         })
@@ -403,11 +451,12 @@ impl Gpt {
 
 /// The model's head over `rows` positions of the residual stream `x`:
 /// the final LayerNorm (into `ln`, with its mean and rstd kept), then the
-/// LM head's logits.
+/// LM head's logits (`wte`: the tied embedding, or its packed copy).
 #[allow(clippy::too_many_arguments)]
 fn head_forward(
     ctx: &mut Context,
     p: &Params<&[f32]>,
+    wte: Weight,
     x: &[f32],
     (ln, mean, rstd): (&mut [f32], &mut [f32], &mut [f32]),
     logits: &mut [f32],
@@ -416,7 +465,7 @@ fn head_forward(
     v: usize,
 ) -> Result<(), Error> {
     layer_norm_forward(ctx, x, p.lnfw, p.lnfb, LAYER_NORM_EPS, ln, mean, rstd)?;
-    lm_head_forward(ctx, logits, ln, p.wte, rows, c, v)
+    lm_head_forward(ctx, logits, ln, wte, rows, c, v)
 }
 
 /// Block `l`'s input (the residual stream after `l` blocks) and output

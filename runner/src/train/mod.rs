@@ -131,7 +131,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
         cfg.validate()?;
         check_memory(&cfg, s.batch)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
-        let optimizer = Optimizer::new(model.params.len());
+        let optimizer = Optimizer::new(model.params().len());
         return Ok((model, optimizer, Rng::new(s.seed)));
     };
     let refuse = |reason: String| Error::Checkpoint {
@@ -145,7 +145,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
         )));
     }
     let model = checkpoint::load_model(dir, kernels)?;
-    let state = checkpoint::load_run(dir, model.params.len())?;
+    let state = checkpoint::load_run(dir, model.params().len())?;
     // A resumed run continues exactly only with the same schedule.
     let differences = state
         .schedule
@@ -171,7 +171,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
 /// The start-up log lines: backend and threads, model and memory, data.
 fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
     let threads = model.threads().count();
-    let (cfg, n) = (model.config, model.params.len());
+    let (cfg, n) = (model.config, model.params().len());
     info!(
         "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{}){}",
         kernels.backend(),

@@ -1,0 +1,99 @@
+//! The weight matrices held in bf16 for decoding: packed once into the
+//! pairs the bf16 products read, so a token reads 2 bytes per weight
+//! instead of 4 (decoding is bound by reading the weights) and nothing is
+//! converted or packed per token. The f32 parameters stay the master copy;
+//! `Gpt` drops this copy whenever they may change.
+
+use kernels::{Kernels, MatRef, PackedBf16};
+
+use super::config::ModelConfig;
+use super::layers::Weight;
+use super::tensors::Params;
+use crate::error::Error;
+
+/// One `k × n` matrix packed into bf16 pairs.
+pub struct PackedMatrix {
+    slots: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedMatrix {
+    /// `b` (`k × n` as used) packed.
+    fn new(kernels: &Kernels, b: MatRef) -> Result<PackedMatrix, Error> {
+        let (k, n) = (b.rows(), b.cols());
+        let len = PackedBf16::len(k, n)
+            .ok_or_else(|| Error::Config(format!("a {k} × {n} weight is too large to pack")))?;
+        let mut slots = vec![0; len];
+        kernels.pack_bf16(b, &mut slots)?;
+        Ok(PackedMatrix { slots, k, n })
+    }
+
+    /// The matrix as a product's B.
+    pub fn weight(&self) -> Result<Weight<'_>, Error> {
+        Ok(Weight::Packed(PackedBf16::new(
+            &self.slots,
+            self.k,
+            self.n,
+        )?))
+    }
+}
+
+/// The weight a forward pass reads: the packed copy where one is held,
+/// else the f32 master.
+pub fn weight_of<'a>(
+    master: &'a [f32],
+    packed: Option<&'a PackedMatrix>,
+) -> Result<Weight<'a>, Error> {
+    match packed {
+        Some(m) => m.weight(),
+        None => Ok(Weight::F32(master)),
+    }
+}
+
+/// One block's four weight matrices, packed.
+pub struct PackedLayer {
+    pub qkvw: PackedMatrix,
+    pub attprojw: PackedMatrix,
+    pub fcw: PackedMatrix,
+    pub fcprojw: PackedMatrix,
+}
+
+/// Every weight matrix a decoding pass multiplies by, packed in bf16.
+pub struct PackedWeights {
+    pub layers: Vec<PackedLayer>,
+    /// `wteᵀ`, `[C, V]`: the tied LM head as its product reads it.
+    pub lm_head: PackedMatrix,
+}
+
+impl PackedWeights {
+    /// The matrices of `p` (a model of shape `cfg`) packed.
+    pub fn pack(kernels: &Kernels, p: &Params<&[f32]>, cfg: &ModelConfig) -> Result<Self, Error> {
+        let (c, v) = (cfg.channels, cfg.vocab_size);
+        let matrix =
+            |w: &[f32], rows, cols| PackedMatrix::new(kernels, MatRef::new(w, rows, cols)?);
+        let layers = (0..cfg.layers)
+            .map(|l| {
+                let pl = p.layer(l, cfg.layers);
+                Ok(PackedLayer {
+                    qkvw: matrix(pl.qkvw, c, 3 * c)?,
+                    attprojw: matrix(pl.attprojw, c, c)?,
+                    fcw: matrix(pl.fcw, c, 4 * c)?,
+                    fcprojw: matrix(pl.fcprojw, 4 * c, c)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let lm_head = PackedMatrix::new(kernels, MatRef::new(p.wte, v, c)?.t())?;
+        Ok(PackedWeights { layers, lm_head })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        let matrices = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkvw, &l.attprojw, &l.fcw, &l.fcprojw])
+            .chain([&self.lm_head]);
+        matrices.map(|m| 4 * m.slots.len()).sum()
+    }
+}
