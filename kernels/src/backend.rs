@@ -95,15 +95,22 @@ pub enum Bf16Unit {
     /// `vdpbf16ps` (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake
     /// and later), reached from the AVX-512 backend.
     Avx512Bf16,
+    /// AMX tiles (`tdpbf16ps`: Intel Sapphire Rapids and later), reached
+    /// from the AVX-512 backend, and only once Linux granted this process
+    /// the tile data state (requested by detection, once).
+    Amx,
 }
 
 impl Bf16Unit {
     /// Every unit, slowest first.
-    pub const ALL: [Bf16Unit; 2] = [Bf16Unit::Portable, Bf16Unit::Avx512Bf16];
+    pub const ALL: [Bf16Unit; 3] = [Bf16Unit::Portable, Bf16Unit::Avx512Bf16, Bf16Unit::Amx];
 
-    /// The fastest unit this CPU and OS support.
+    /// The fastest unit this CPU and OS support. The first call on a CPU
+    /// with AMX asks Linux for the tile data state
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); if that is
+    /// refused, AMX is not supported and [`Bf16Unit::amx_refused`] says why.
     pub fn detected() -> Bf16Unit {
-        *DETECTED_BF16.call_once(detect_bf16)
+        detected_bf16().best
     }
 
     /// Whether this CPU and OS can run this unit.
@@ -111,11 +118,21 @@ impl Bf16Unit {
         self <= Bf16Unit::detected()
     }
 
-    /// `portable` or `avx512-bf16`.
+    /// When the CPU has AMX but the OS refused this process the tile data
+    /// state: the error number `arch_prctl` returned (negated errno).
+    pub fn amx_refused() -> Option<i64> {
+        match detected_bf16().amx {
+            AmxState::Refused(errno) => Some(errno),
+            _ => None,
+        }
+    }
+
+    /// `portable`, `avx512-bf16` or `amx`.
     pub fn name(self) -> &'static str {
         match self {
             Bf16Unit::Portable => "portable",
             Bf16Unit::Avx512Bf16 => "avx512-bf16",
+            Bf16Unit::Amx => "amx",
         }
     }
 }
@@ -126,21 +143,66 @@ impl fmt::Display for Bf16Unit {
     }
 }
 
-static DETECTED_BF16: spin::Once<Bf16Unit> = spin::Once::new();
+impl FromStr for Bf16Unit {
+    type Err = KernelError;
+
+    /// Parses `portable`, `avx512-bf16` or `amx` (case-insensitive).
+    fn from_str(s: &str) -> Result<Bf16Unit, KernelError> {
+        Bf16Unit::ALL
+            .into_iter()
+            .find(|u| u.name().eq_ignore_ascii_case(s))
+            .ok_or(KernelError::UnknownBf16Unit)
+    }
+}
+
+/// What detection found for bf16: the best unit granted, and whether AMX
+/// was present, granted or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bf16Detection {
+    pub(crate) best: Bf16Unit,
+    pub(crate) amx: AmxState,
+}
+
+/// AMX as detection found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AmxState {
+    /// The CPU or XCR0 lacks AMX tiles or AMX-BF16 (or AVX512-BF16, which
+    /// the tile path's packing and epilogue use).
+    Absent,
+    /// Present, and the OS granted the tile data state.
+    Granted,
+    /// Present, and the OS refused the tile data state (the error).
+    Refused(i64),
+}
+
+static DETECTED_BF16: spin::Once<Bf16Detection> = spin::Once::new();
+
+pub(crate) fn detected_bf16() -> Bf16Detection {
+    *DETECTED_BF16.call_once(detect_bf16)
+}
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_bf16() -> Bf16Unit {
-    Bf16Unit::Portable
+fn detect_bf16() -> Bf16Detection {
+    Bf16Detection {
+        best: Bf16Unit::Portable,
+        amx: AmxState::Absent,
+    }
 }
 
 /// AVX512-BF16 needs the AVX-512 backend (CPU and OS), AVX512BW and the
-/// BF16 bit of cpuid leaf 7, sub-leaf 1.
+/// BF16 bit of cpuid leaf 7, sub-leaf 1. AMX needs that too, AMX-TILE and
+/// AMX-BF16 (leaf 7 EDX bits 24 and 22), the tile state enabled in XCR0
+/// (bits 17 and 18) and, on Linux, the OS's grant of the tile data.
 #[cfg(target_arch = "x86_64")]
-fn detect_bf16() -> Bf16Unit {
-    use core::arch::x86_64::__cpuid_count;
+fn detect_bf16() -> Bf16Detection {
+    use core::arch::x86_64::{__cpuid_count, _xgetbv};
 
+    let portable = Bf16Detection {
+        best: Bf16Unit::Portable,
+        amx: AmxState::Absent,
+    };
     if Backend::detected() != Backend::Avx512 {
-        return Bf16Unit::Portable;
+        return portable;
     }
     // SAFETY: cpuid exists on every x86-64 CPU, and leaf 7 does on any CPU
     // with AVX-512 (detected above).
@@ -148,16 +210,70 @@ fn detect_bf16() -> Bf16Unit {
     let leaf7 = unsafe { __cpuid_count(7, 0) };
     let avx512bw = leaf7.ebx & (1 << 30) != 0;
     if !avx512bw || leaf7.eax < 1 {
-        return Bf16Unit::Portable;
+        return portable;
     }
     // SAFETY: as above; sub-leaf 1 exists since leaf 7 reports it.
     #[allow(unused_unsafe)]
     let sub1 = unsafe { __cpuid_count(7, 1) };
-    if sub1.eax & (1 << 5) != 0 {
-        Bf16Unit::Avx512Bf16
-    } else {
-        Bf16Unit::Portable
+    if sub1.eax & (1 << 5) == 0 {
+        return portable;
     }
+    let amx_cpu = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
+    // SAFETY: the AVX-512 backend was detected, which required OSXSAVE, so
+    // xgetbv is enabled and XCR0 readable.
+    let xcr0 = unsafe { _xgetbv(0) };
+    let amx_os = xcr0 & (0b11 << 17) == 0b11 << 17;
+    let amx = if amx_cpu && amx_os {
+        match request_tile_data() {
+            0 => AmxState::Granted,
+            errno => AmxState::Refused(errno),
+        }
+    } else {
+        AmxState::Absent
+    };
+    Bf16Detection {
+        best: if amx == AmxState::Granted {
+            Bf16Unit::Amx
+        } else {
+            Bf16Unit::Avx512Bf16
+        },
+        amx,
+    }
+}
+
+/// Asks Linux to let this process use the AMX tile data state
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, syscall 158):
+/// without the grant the first tile instruction faults. Returns 0 when
+/// granted, else the negated errno. A raw syscall keeps the crate free of
+/// `std` and `libc`; it is made once, by detection.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> i64 {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+    const XFEATURE_XTILEDATA: u64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM only changes which xsave
+    // features the kernel lets this process use; it reads and writes no
+    // memory of ours. The syscall instruction clobbers rcx and r11, which
+    // are declared.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// Other systems: no known way to request the tile data, so AMX stays off.
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_data() -> i64 {
+    -38 // ENOSYS
 }
 
 static DETECTED: spin::Once<Backend> = spin::Once::new();

@@ -3,6 +3,7 @@
 //! family modules (`elementwise`, `reduce`, ...), each as an `impl Kernels`
 //! block that checks shapes and then calls [`dispatch!`].
 
+use crate::backend::{detected_bf16, AmxState, Bf16Detection};
 use crate::{Backend, Bf16Unit, KernelError};
 
 /// A validated choice of backend; every routine of the crate is a method.
@@ -73,8 +74,9 @@ impl Kernels {
             #[cfg(not(target_arch = "x86_64"))]
             _ => return Err(KernelError::UnsupportedBackend(backend)),
         };
+        // The bf16 units beyond the portable path are reached from AVX-512.
         let bf16 = match backend {
-            Backend::Avx512 if detected_bf16 == Bf16Unit::Avx512Bf16 => Bf16Unit::Avx512Bf16,
+            Backend::Avx512 => detected_bf16,
             _ => Bf16Unit::Portable,
         };
         Ok(Kernels { isa, bf16 })
@@ -94,10 +96,12 @@ impl Kernels {
         self.bf16
     }
 
-    /// This handle with its bf16 products on `unit` (to compare units in
-    /// tests and benchmarks), or [`KernelError::UnsupportedBf16Unit`] if
-    /// the CPU lacks it or the handle's backend cannot reach it (the AVX512-
-    /// BF16 unit needs the AVX-512 backend).
+    /// This handle with its bf16 products on `unit` (to force one, or to
+    /// compare units in tests and benchmarks), or
+    /// [`KernelError::UnsupportedBf16Unit`] if the CPU lacks it or the
+    /// handle's backend cannot reach it (AVX512-BF16 and AMX need the
+    /// AVX-512 backend), or [`KernelError::AmxPermissionRefused`] if the
+    /// CPU has AMX but the OS refused the tile data.
     ///
     /// ```
     /// use kernels::{Bf16Unit, Kernels};
@@ -107,11 +111,24 @@ impl Kernels {
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
     pub fn with_bf16_unit(self, unit: Bf16Unit) -> Result<Kernels, KernelError> {
+        self.with_bf16_unit_on(unit, detected_bf16())
+    }
+
+    /// [`Kernels::with_bf16_unit`] on a CPU where bf16 detection `found`
+    /// what it says.
+    pub(crate) fn with_bf16_unit_on(
+        self,
+        unit: Bf16Unit,
+        found: Bf16Detection,
+    ) -> Result<Kernels, KernelError> {
+        if let (Bf16Unit::Amx, AmxState::Refused(errno)) = (unit, found.amx) {
+            return Err(KernelError::AmxPermissionRefused(errno));
+        }
         let reachable = match unit {
             Bf16Unit::Portable => true,
-            Bf16Unit::Avx512Bf16 => self.backend() == Backend::Avx512,
+            Bf16Unit::Avx512Bf16 | Bf16Unit::Amx => self.backend() == Backend::Avx512,
         };
-        if !(reachable && unit.is_supported()) {
+        if !(reachable && unit <= found.best) {
             return Err(KernelError::UnsupportedBf16Unit(unit));
         }
         Ok(Kernels { bf16: unit, ..self })

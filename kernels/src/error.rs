@@ -39,8 +39,13 @@ pub enum KernelError {
     /// The CPU, the OS or the handle's backend cannot run the requested bf16
     /// unit.
     UnsupportedBf16Unit(Bf16Unit),
+    /// The CPU has AMX but the OS refused this process the tile data state
+    /// (the error `arch_prctl` returned), so tile instructions would fault.
+    AmxPermissionRefused(i64),
     /// A backend name that is none of `scalar`, `avx2`, `avx512`.
     UnknownBackend,
+    /// A bf16 unit name that is none of `portable`, `avx512-bf16`, `amx`.
+    UnknownBf16Unit,
     /// A caller-supplied workspace is smaller than the routine needs.
     WorkspaceTooSmall {
         /// Floats needed.
@@ -71,6 +76,13 @@ impl fmt::Display for KernelError {
             }
             KernelError::UnsupportedBf16Unit(u) => {
                 write!(f, "bf16 unit `{u}` is not supported by this CPU or backend")
+            }
+            KernelError::AmxPermissionRefused(errno) => write!(
+                f,
+                "the CPU has AMX but the OS refused the tile data permission (arch_prctl returned {errno})"
+            ),
+            KernelError::UnknownBf16Unit => {
+                f.write_str("unknown bf16 unit (expected portable, avx512-bf16 or amx)")
             }
             KernelError::UnknownBackend => {
                 f.write_str("unknown backend (expected scalar, avx2 or avx512)")

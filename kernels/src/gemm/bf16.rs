@@ -13,6 +13,7 @@
 //!   down the whole of k. Pieces are column panels, so each element of C is
 //!   summed by one piece in one order: bit-identical for any executor.
 
+use super::amx::{self, TileProduct};
 use super::{check_product, check_workspace, MatMut, MatRef};
 use crate::dispatch::Isa;
 use crate::parallel::SharedMut;
@@ -67,7 +68,7 @@ impl Kernels {
             return 0;
         }
         match self.pair_unit() {
-            Some(_) => PairLayout::new(m, n, k).workspace_len(),
+            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len(),
             None => m
                 .saturating_mul(k)
                 .saturating_add(k.saturating_mul(n))
@@ -77,9 +78,10 @@ impl Kernels {
 
     /// [`Kernels::fma_peak_loop`] for bf16 products: `iters` rounds of 12
     /// independent chains of the bf16 unit's pair dot products (4
-    /// floating-point operations per lane: two multiplies, two adds), or
-    /// of the backend's f32 multiply-adds for the portable unit. Time it
-    /// for the peak that bf16 MFU divides by.
+    /// floating-point operations per lane: two multiplies, two adds), of
+    /// 4 independent tile products on AMX (16 × 16 × 32 multiply-adds
+    /// each), or of the backend's f32 multiply-adds for the portable unit.
+    /// Time it for the peak that bf16 MFU divides by.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
@@ -88,6 +90,15 @@ impl Kernels {
     /// assert!(flops as f64 / start.elapsed().as_secs_f64() > 0.0);
     /// ```
     pub fn bf16_peak_loop(&self, iters: usize) -> u64 {
+        match self.tile_unit() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit is
+            // AMX, granted only after detection and the OS's permission.
+            Some(TileIsa::Amx) => return unsafe { amx::AmxTiles::granted() }.peak_loop(iters),
+            #[cfg(test)]
+            Some(TileIsa::Emulated) => return amx::EmulatedTiles.peak_loop(iters),
+            None => {}
+        }
         let sums = match self.pair_unit() {
             #[cfg(target_arch = "x86_64")]
             Some(PairIsa::V4Bf16) => pair_chains(V4Bf16(()), iters),
@@ -100,13 +111,25 @@ impl Kernels {
         (iters * PEAK_CHAINS * 16 * 4) as u64
     }
 
-    /// The pair-dot unit this handle's bf16 products run on, if any.
+    /// The pair-dot unit this handle's bf16 products run on, if any (the
+    /// tile unit's products run on it too when too short for tiles).
     fn pair_unit(&self) -> Option<PairIsa> {
         match (self.bf16, self.isa) {
             #[cfg(target_arch = "x86_64")]
-            (Bf16Unit::Avx512Bf16, Isa::V4) => Some(PairIsa::V4Bf16),
+            (Bf16Unit::Avx512Bf16 | Bf16Unit::Amx, Isa::V4) => Some(PairIsa::V4Bf16),
             #[cfg(test)]
-            (Bf16Unit::Avx512Bf16, Isa::Emulated16) => Some(PairIsa::Emulated),
+            (Bf16Unit::Avx512Bf16 | Bf16Unit::Amx, Isa::Emulated16) => Some(PairIsa::Emulated),
+            _ => None,
+        }
+    }
+
+    /// The tile unit this handle's bf16 products run on, if any.
+    fn tile_unit(&self) -> Option<TileIsa> {
+        match (self.bf16, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            (Bf16Unit::Amx, Isa::V4) => Some(TileIsa::Amx),
+            #[cfg(test)]
+            (Bf16Unit::Amx, Isa::Emulated16) => Some(TileIsa::Emulated),
             _ => None,
         }
     }
@@ -176,18 +199,18 @@ impl Kernels {
             return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
         }
         if let Some(unit) = self.pair_unit() {
-            let layout = PairLayout::new(m, n, k);
+            let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
             let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
             let b = PanelsOfB::Pack { b: &b, into: rest };
-            let product = (alpha, &a, b, beta, c);
+            let (product, tiles) = ((alpha, &a, b, beta, c), self.tile_unit());
             match unit {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
                 // backend whose bf16 unit is AVX512-BF16, which
                 // `Kernels::new`/`with_bf16_unit` grant only after detection.
-                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, packed_a),
+                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, packed_a),
                 #[cfg(test)]
-                PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, packed_a),
+                PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
             }
             return Ok(());
         }
@@ -225,9 +248,10 @@ impl<'a> PackedBf16<'a> {
     }
 
     /// Slots a packed `k × n` operand takes: one per pair of rows and
-    /// column, columns padded to a multiple of 32 (`None` on overflow).
+    /// column, columns padded to a multiple of 32 and pairs to a multiple
+    /// of 16 (`None` on overflow).
     pub fn len(k: usize, n: usize) -> Option<usize> {
-        k.div_ceil(2).checked_mul(n.div_ceil(NR))?.checked_mul(NR)
+        padded_pairs(k).checked_mul(n.div_ceil(NR))?.checked_mul(NR)
     }
 
     /// Rows of the operand (the product's k).
@@ -282,7 +306,7 @@ impl Kernels {
             core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len())
         };
         let bt = b.t();
-        let panel_len = NR * k.div_ceil(2);
+        let panel_len = NR * padded_pairs(k);
         if panel_len == 0 {
             return Ok(());
         }
@@ -304,7 +328,7 @@ impl Kernels {
             return 0;
         }
         match self.pair_unit() {
-            Some(_) => PairLayout::new(m, n, k).a_len(),
+            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_len(),
             // B unpacked, then the unpacked product's workspace.
             None => k
                 .saturating_mul(n)
@@ -364,12 +388,13 @@ impl Kernels {
             return self.gemm_bf16_with(exec, alpha, a, b, beta, c, rest);
         };
         let product = (alpha, &a, PanelsOfB::<Bf16>::Packed(b.panels()), beta, c);
+        let tiles = self.tile_unit();
         match unit {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `gemm_bf16_with`: the unit was detected.
-            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), self, exec, product, workspace),
+            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, workspace),
             #[cfg(test)]
-            PairIsa::Emulated => run_pairs(EmulatedPairs, self, exec, product, workspace),
+            PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, workspace),
         }
         Ok(())
     }
@@ -385,14 +410,17 @@ fn slots_as_f32(slots: &[u32]) -> &[f32] {
 /// `dst` (`k × n`, contiguous) = the packed operand `b` as f32 values.
 fn unpack(b: &PackedBf16, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
-    let k_pairs = k.div_ceil(2);
-    for (j, panel) in b.slots.chunks_exact((NR * k_pairs).max(1)).enumerate() {
-        for (q, slots) in panel.chunks_exact(NR).enumerate() {
+    let panels = b.panels();
+    for (j, panel) in panels
+        .chunks_exact((NR * padded_pairs(k)).max(1))
+        .enumerate()
+    {
+        for (q, slots) in panel.chunks_exact(NR).take(k.div_ceil(2)).enumerate() {
             for (i, &slot) in slots.iter().enumerate().take(n.saturating_sub(j * NR)) {
-                let col = j * NR + i;
-                dst[2 * q * n + col] = Bf16::from_bits(slot as u16).to_f32();
+                let (col, (lo, hi)) = (j * NR + i, unpair(slot));
+                dst[2 * q * n + col] = lo;
                 if 2 * q + 1 < k {
-                    dst[(2 * q + 1) * n + col] = Bf16::from_bits((slot >> 16) as u16).to_f32();
+                    dst[(2 * q + 1) * n + col] = hi;
                 }
             }
         }
@@ -413,7 +441,16 @@ fn round_into<T: Bf16Input>(src: &MatRef<T>, dst: &mut [f32]) {
 }
 
 /// Columns of a packed B panel and of a register tile (two vectors).
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
+
+/// The tile units the crate drives (see [`Kernels::tile_unit`]).
+#[derive(Clone, Copy)]
+enum TileIsa {
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    #[cfg(test)]
+    Emulated,
+}
 
 /// The pair-dot units the crate drives (see [`Kernels::pair_unit`]).
 #[derive(Clone, Copy)]
@@ -430,18 +467,30 @@ enum PairIsa {
 struct PairLayout {
     m: usize,
     n: usize,
-    /// Rows of a register tile: 12 (24 accumulators + 2 B vectors + 1
-    /// broadcast fit the 32 ZMM registers), fewer for short products so
-    /// that decoding's single rows do not compute 11 rows of padding.
+    /// Rows of an A panel. On tiles, [`amx::MR`]. Else those of a register
+    /// tile: 12 (24 accumulators + 2 B vectors + 1 broadcast fit the 32
+    /// ZMM registers), fewer for short products so that decoding's single
+    /// rows do not compute 11 rows of padding.
     mr: usize,
     k_pairs: usize,
+    /// Pairs per B panel (and per packed row of A on tiles): `k_pairs`
+    /// padded to whole tile steps with zeros, so no tile load leaves a
+    /// panel.
+    b_pairs: usize,
+    /// Whether the product runs on tiles (A packed row by row).
+    tiles: bool,
     a_panels: usize,
     b_panels: usize,
 }
 
 impl PairLayout {
-    fn new(m: usize, n: usize, k: usize) -> PairLayout {
+    /// The layout of an `m × k` by `k × n` product; on tiles where they are
+    /// `available` and A has at least a tile block of rows (fewer rows run
+    /// on the pair dot products: a block would be mostly padding).
+    fn new(m: usize, n: usize, k: usize, available: bool) -> PairLayout {
+        let tiles = available && m >= amx::MR;
         let mr = match m {
+            _ if tiles => amx::MR,
             12.. => 12,
             4..=11 => 4,
             _ => 1,
@@ -451,35 +500,59 @@ impl PairLayout {
             n,
             mr,
             k_pairs: k.div_ceil(2),
+            b_pairs: padded_pairs(k),
+            tiles,
             a_panels: m.div_ceil(mr),
             b_panels: n.div_ceil(NR),
         }
     }
+    fn a_panel_len(&self) -> usize {
+        let pairs = if self.tiles {
+            self.b_pairs
+        } else {
+            self.k_pairs
+        };
+        self.mr.saturating_mul(pairs)
+    }
     fn a_len(&self) -> usize {
-        self.a_panels
-            .saturating_mul(self.mr)
-            .saturating_mul(self.k_pairs)
+        self.a_panels.saturating_mul(self.a_panel_len())
+    }
+    fn b_panel_len(&self) -> usize {
+        NR.saturating_mul(self.b_pairs)
     }
     fn b_len(&self) -> usize {
-        self.b_panels
-            .saturating_mul(NR)
-            .saturating_mul(self.k_pairs)
+        self.b_panels.saturating_mul(self.b_panel_len())
     }
     fn workspace_len(&self) -> usize {
         self.a_len().saturating_add(self.b_len())
     }
 }
 
+/// Pairs of a packed B panel for depth `k`: `k / 2` rounded up to whole
+/// tile steps.
+fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(amx::K_STEP) * amx::K_STEP
+}
+
+/// The two bf16 values of a pair slot, as f32: `(lo, hi)`.
+pub(super) fn unpair(slot: f32) -> (f32, f32) {
+    let bits = slot.to_bits();
+    (
+        Bf16::from_bits(bits as u16).to_f32(),
+        Bf16::from_bits((bits >> 16) as u16).to_f32(),
+    )
+}
+
 /// The bits of the pair `(lo, hi)` in one 32-bit slot, `lo` in the low
 /// half (the order `vdpbf16ps` pairs them in), stored as an f32 pattern.
-fn pair(lo: Bf16, hi: Bf16) -> f32 {
+pub(super) fn pair(lo: Bf16, hi: Bf16) -> f32 {
     f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
 }
 
 /// Packs panel `p` of the rows of `src` (as used): rows `p·width..` (at
 /// most [`NR`] of them), holding for each pair `q` of columns the pairs
 /// `(src[r][2q], src[r][2q + 1])` of its rows, `width` slots per pair;
-/// rows and columns past the matrix are zero. (B is packed through its
+/// rows and columns past the matrix (up to the panel's end) are zero. (B is packed through its
 /// transpose: rows of Bᵀ are columns of B.) Rounding runs along whichever
 /// direction the storage is contiguous in.
 #[inline(always)]
@@ -518,6 +591,8 @@ fn pack_panel<T: Bf16Input>(
                 }
             }
         }
+        // The pad pairs past the last column.
+        panel[cols.div_ceil(2) * width..].fill(0.0);
     } else {
         // Columns are contiguous (`rs == 1`): round the panel's share of
         // two columns at a time, inline (a call per short strip would cost
@@ -545,7 +620,7 @@ fn pack_panel<T: Bf16Input>(
 
 /// Elements rounded per call when packing contiguous rows (even, so that
 /// chunks hold whole pairs).
-const ROUND_CHUNK: usize = 256;
+pub(super) const ROUND_CHUNK: usize = 256;
 
 /// Independent accumulator chains of the peak loop: as many as a register
 /// tile has, enough to cover the dot product's latency.
@@ -591,13 +666,14 @@ enum PanelsOfB<'a, B> {
 /// enabled, so they vectorize.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
+    tiles: Option<TileIsa>,
     kernels: &Kernels,
     exec: &E,
     (alpha, a, b, beta, c): (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
     packed_a: &mut [f32],
 ) {
-    let layout = PairLayout::new(c.rows, c.cols, a.cols());
-    let (a_panel, b_panel) = (layout.mr * layout.k_pairs, NR * layout.k_pairs);
+    let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
+    let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut packed_a[..layout.a_len()];
     let a_out = SharedMut(packed_a.as_mut_ptr());
     exec.run(layout.a_panels, &|p| {
@@ -607,11 +683,18 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             unsafe { core::slice::from_raw_parts_mut(a_out.ptr().add(p * a_panel), a_panel) };
         unit.enter(
             #[inline(always)]
-            |_| pack_panel(kernels, a, layout.mr, p, panel),
+            |_| {
+                if layout.tiles {
+                    amx::pack_rows(kernels, a, p, panel)
+                } else {
+                    pack_panel(kernels, a, layout.mr, p, panel)
+                }
+            },
         );
     });
     let run = Pairs {
         layout,
+        tiles: tiles.filter(|_| layout.tiles),
         alpha,
         beta,
         a: packed_a,
@@ -661,14 +744,18 @@ trait PairDot: Copy + Send + Sync {
     fn load_b(self, b: &[f32]) -> Self::B;
     /// `acc += a · b` for the broadcast pair `a` (one slot).
     fn dot(self, acc: Self::Acc, a: f32, b: Self::B) -> Self::Acc;
+    /// 16 f32 sums as an accumulator.
+    fn load_acc(self, sums: &[f32]) -> Self::Acc;
     /// `c = alpha · acc + beta · c` on the first `c.len() <= 16` lanes;
     /// `beta = 0` does not read `c`.
     fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]);
 }
 
-/// A product to run: the layout, the scalars, packed A and C.
+/// A product to run: the layout, the tile unit if it runs on tiles, the
+/// scalars, packed A and C.
 struct Pairs<'a> {
     layout: PairLayout,
+    tiles: Option<TileIsa>,
     alpha: f32,
     beta: f32,
     a: &'a [f32],
@@ -677,14 +764,50 @@ struct Pairs<'a> {
 }
 
 impl Pairs<'_> {
-    /// Column panel `j` (packed B panel `b`) with the register tile of
-    /// the layout's height.
+    /// Column panel `j` (packed B panel `b`) on tiles, or with the register
+    /// tile of the layout's height.
     #[inline(always)]
     fn panel_dispatch<P: PairDot>(&self, unit: P, j: usize, b: &[f32]) {
+        match self.tiles {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit is
+            // AMX, granted only after detection and the OS's permission.
+            Some(TileIsa::Amx) => {
+                return self.tile_panel(unsafe { amx::AmxTiles::granted() }, unit, j, b)
+            }
+            #[cfg(test)]
+            Some(TileIsa::Emulated) => return self.tile_panel(amx::EmulatedTiles, unit, j, b),
+            None => {}
+        }
         match self.layout.mr {
             12 => self.panel::<P, 12>(unit, j, b),
             4 => self.panel::<P, 4>(unit, j, b),
             _ => self.panel::<P, 1>(unit, j, b),
+        }
+    }
+
+    /// Every row block of column panel `j` on tiles: each `amx::MR × 32`
+    /// block of sums lands in a buffer, then goes through the pair unit's
+    /// epilogue into C.
+    #[inline(always)]
+    fn tile_panel<T: amx::TileProduct, P: PairDot>(&self, tiles: T, unit: P, j: usize, b: &[f32]) {
+        let l = &self.layout;
+        let cols = NR.min(l.n - j * NR);
+        let mut block = [0.0f32; amx::MR * NR];
+        for (i, a) in self.a.chunks_exact(amx::MR * l.b_pairs).enumerate() {
+            tiles.block(a, l.b_pairs, b, l.b_pairs / amx::K_STEP, &mut block);
+            let rows = amx::MR.min(l.m - i * amx::MR);
+            for (r, sums) in block.chunks_exact(NR).enumerate().take(rows) {
+                let at = (i * amx::MR + r) * self.c_stride + j * NR;
+                // SAFETY: as in `panel`: row `i·MR + r` < m and columns
+                // `j·NR..j·NR + cols` < n, written by this piece alone.
+                let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
+                let (c0, c1) = c.split_at_mut(cols.min(16));
+                unit.update(unit.load_acc(&sums[..16]), self.alpha, self.beta, c0);
+                if !c1.is_empty() {
+                    unit.update(unit.load_acc(&sums[16..]), self.alpha, self.beta, c1);
+                }
+            }
         }
     }
 
@@ -782,6 +905,12 @@ impl PairDot for V4Bf16 {
         }
     }
     #[inline(always)]
+    fn load_acc(self, sums: &[f32]) -> Self::Acc {
+        let sums = &sums[..16];
+        // SAFETY: see the impl comment; `sums` holds 16 floats.
+        unsafe { core::arch::x86_64::_mm512_loadu_ps(sums.as_ptr()) }
+    }
+    #[inline(always)]
     fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]) {
         use core::arch::x86_64::*;
         let mask = ((1u32 << c.len().min(16)) - 1) as __mmask16;
@@ -821,18 +950,14 @@ impl PairDot for EmulatedPairs {
         core::array::from_fn(|j| b[j])
     }
     fn dot(self, acc: [f32; 16], a: f32, b: [f32; 16]) -> [f32; 16] {
-        let halves = |x: f32| {
-            let bits = x.to_bits();
-            (
-                Bf16::from_bits(bits as u16).to_f32(),
-                Bf16::from_bits((bits >> 16) as u16).to_f32(),
-            )
-        };
-        let (a_lo, a_hi) = halves(a);
+        let (a_lo, a_hi) = unpair(a);
         core::array::from_fn(|j| {
-            let (b_lo, b_hi) = halves(b[j]);
+            let (b_lo, b_hi) = unpair(b[j]);
             acc[j] + a_lo * b_lo + a_hi * b_hi
         })
+    }
+    fn load_acc(self, sums: &[f32]) -> [f32; 16] {
+        core::array::from_fn(|j| sums[j])
     }
     fn update(self, acc: [f32; 16], alpha: f32, beta: f32, c: &mut [f32]) {
         for (x, &sum) in c.iter_mut().zip(&acc) {

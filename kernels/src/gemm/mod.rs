@@ -11,6 +11,7 @@
 //! - `small`: the unpacked path for `m <= 4`;
 //! - `bf16`: products of bf16-rounded operands with f32 accumulation.
 
+mod amx;
 mod bf16;
 pub(crate) mod blocked;
 mod microkernel;

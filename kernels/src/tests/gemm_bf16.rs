@@ -13,9 +13,9 @@ use crate::dispatch::Isa;
 use crate::{Bf16, Bf16Input, Bf16Unit, Executor, KernelError, MatMut, MatRef, Sequential};
 
 /// Every bf16 implementation testable here: the portable path on every
-/// backend, AVX512-BF16 where the CPU has it (a notice where not), and the
-/// pair-packed path on emulated pair dot products (so its packing and
-/// blocking run on any CPU).
+/// backend, AVX512-BF16 and AMX where the CPU has them (a notice where
+/// not), and the pair-packed and tile paths on emulated pair dot products
+/// and emulated tiles (so their packing and blocking run on any CPU).
 fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
     let mut all = std::vec![("scalar", scalar())];
     for (name, k) in simd_kernels() {
@@ -25,13 +25,17 @@ fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
         Ok(k) => all.push(("avx512-bf16", k)),
         Err(_) => eprintln!("notice: this CPU lacks AVX512-BF16; skipping its real-hardware tests"),
     }
-    all.push((
-        "emulated-pairs",
-        Kernels {
-            isa: Isa::Emulated16,
-            bf16: Bf16Unit::Avx512Bf16,
-        },
-    ));
+    match Kernels::best().with_bf16_unit(Bf16Unit::Amx) {
+        Ok(k) => all.push(("amx", k)),
+        Err(e) => eprintln!("notice: no AMX here ({e}); skipping its real-hardware tests"),
+    }
+    for (name, unit) in [
+        ("emulated-pairs", Bf16Unit::Avx512Bf16),
+        ("emulated-tiles", Bf16Unit::Amx),
+    ] {
+        let isa = Isa::Emulated16;
+        all.push((name, Kernels { isa, bf16: unit }));
+    }
     all
 }
 
@@ -279,9 +283,11 @@ fn gemm_bf16_refuses_bad_shapes_and_short_workspaces() {
     for (_, k) in bf16_kernels() {
         refuses_bad_shapes(k);
     }
-    // The AVX512-BF16 unit needs the AVX-512 backend.
-    let err = scalar().with_bf16_unit(Bf16Unit::Avx512Bf16).unwrap_err();
-    assert_eq!(err, KernelError::UnsupportedBf16Unit(Bf16Unit::Avx512Bf16));
+    // The AVX512-BF16 and AMX units need the AVX-512 backend.
+    for unit in [Bf16Unit::Avx512Bf16, Bf16Unit::Amx] {
+        let err = scalar().with_bf16_unit(unit).unwrap_err();
+        assert_eq!(err, KernelError::UnsupportedBf16Unit(unit));
+    }
 }
 
 fn refuses_bad_shapes(k: Kernels) {
@@ -322,6 +328,7 @@ fn the_bf16_peak_loop_counts_its_operations() {
         let want = match k.bf16_unit() {
             Bf16Unit::Portable => k.fma_peak_loop(10),
             Bf16Unit::Avx512Bf16 => 10 * 12 * 16 * 4,
+            Bf16Unit::Amx => 10 * 4 * 2 * (16 * 16 * 32),
         };
         assert_eq!(flops, want, "{name}");
     }
@@ -339,6 +346,7 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
         (1, 33, 7),
         (4, 97, 13),
         (13, 130, 17),
+        (40, 33, 35),
         (2, 5, 0),
         (0, 3, 2),
     ] {
@@ -451,5 +459,87 @@ fn gemm_bf16_packed_refuses_bad_shapes_and_short_buffers() {
             );
         }
         assert_eq!(PackedBf16::len(usize::MAX, 64), None);
+    }
+}
+
+#[test]
+fn amx_is_granted_only_with_the_tile_data_permission() {
+    use crate::backend::{AmxState, Bf16Detection};
+    let avx512 = Kernels {
+        isa: Isa::Emulated16,
+        bf16: Bf16Unit::Avx512Bf16,
+    };
+    let granted = Bf16Detection {
+        best: Bf16Unit::Amx,
+        amx: AmxState::Granted,
+    };
+    let refused = Bf16Detection {
+        best: Bf16Unit::Avx512Bf16,
+        amx: AmxState::Refused(-1),
+    };
+    let absent = Bf16Detection {
+        best: Bf16Unit::Avx512Bf16,
+        amx: AmxState::Absent,
+    };
+    let k = avx512.with_bf16_unit_on(Bf16Unit::Amx, granted).unwrap();
+    assert_eq!(k.bf16_unit(), Bf16Unit::Amx);
+    // Refused: a clear error naming the permission, not a tile instruction.
+    let err = avx512
+        .with_bf16_unit_on(Bf16Unit::Amx, refused)
+        .unwrap_err();
+    assert_eq!(err, KernelError::AmxPermissionRefused(-1));
+    assert!(std::format!("{err}").contains("AMX"));
+    // The other units stay available.
+    let k = avx512
+        .with_bf16_unit_on(Bf16Unit::Avx512Bf16, refused)
+        .unwrap();
+    assert_eq!(k.bf16_unit(), Bf16Unit::Avx512Bf16);
+    let err = avx512.with_bf16_unit_on(Bf16Unit::Amx, absent).unwrap_err();
+    assert_eq!(err, KernelError::UnsupportedBf16Unit(Bf16Unit::Amx));
+    // Names round-trip.
+    for unit in Bf16Unit::ALL {
+        assert_eq!(unit.name().parse::<Bf16Unit>(), Ok(unit));
+    }
+    assert_eq!(
+        "tiles".parse::<Bf16Unit>(),
+        Err(KernelError::UnknownBf16Unit)
+    );
+}
+
+#[test]
+fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
+    // Tiles take products of at least 32 rows; k not a multiple of 32 (a
+    // padded last step), n not a multiple of 32, m past a block edge.
+    let tiles = Kernels {
+        isa: Isa::Emulated16,
+        bf16: Bf16Unit::Amx,
+    };
+    for (m, n, k) in [
+        (32, 32, 32),
+        (33, 31, 33),
+        (64, 65, 1),
+        (95, 7, 100),
+        (31, 40, 64),
+    ] {
+        for trans_a in [false, true] {
+            let case = Case {
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b: false,
+                alpha: 0.75,
+                beta: 0.0,
+            };
+            run(
+                "emulated-tiles",
+                tiles,
+                &Sequential,
+                case,
+                |x| x,
+                |x| x,
+                (0.0, 0.0),
+            );
+        }
     }
 }
