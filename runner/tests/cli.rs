@@ -648,4 +648,49 @@ fn bf16_precision_names_its_unit_and_warns_when_emulated() {
     } else {
         println!("notice: this CPU lacks AVX512-BF16; its log line is not checked");
     }
+    if kernels::Bf16Unit::detected() == kernels::Bf16Unit::Amx {
+        let out = run("avx512");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("| Precision: bf16 on AMX"), "{stderr}");
+    } else {
+        println!("notice: this CPU (or OS) gives no AMX; its log line is not checked");
+    }
+}
+
+#[test]
+fn forcing_a_bf16_unit_the_cpu_lacks_is_one_clear_error() {
+    let force = |unit: &str, backend: &str| {
+        let args = [
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--precision",
+            "bf16",
+        ];
+        runner(&[&args[..], &["--bf16-unit", unit, "--backend", backend]].concat())
+    };
+    // No backend but AVX-512 reaches a bf16 unit.
+    assert_clear_error(
+        &force("avx512-bf16", "scalar"),
+        "bf16 unit `avx512-bf16` is not supported",
+    );
+    match kernels::Bf16Unit::amx_refused() {
+        Some(_) => assert_clear_error(&force("amx", "auto"), "refused the tile data permission"),
+        None if !kernels::Bf16Unit::Amx.is_supported() => {
+            assert_clear_error(&force("amx", "auto"), "bf16 unit `amx` is not supported")
+        }
+        None => println!("notice: AMX is granted here; forcing it is not an error"),
+    }
+    assert_clear_error(
+        &force("tiles", "auto"),
+        "invalid value 'tiles' for '--bf16-unit",
+    );
+    let out = force("portable", "auto");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

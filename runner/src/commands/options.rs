@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use clap::{Args, ValueEnum};
-use kernels::{Backend, Kernels};
+use kernels::{Backend, Bf16Unit, Kernels};
 
 use crate::checkpoint;
 use crate::error::Error;
@@ -42,13 +42,27 @@ pub struct RunOptions {
     /// to bf16, f32 sums; everything else stays f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Where bf16 products run [default: the best unit the backend
+    /// reaches]. Forcing one the CPU or OS lacks is an error.
+    #[arg(long, value_enum, value_name = "UNIT")]
+    pub bf16_unit: Option<Bf16UnitChoice>,
 }
 
 impl RunOptions {
     /// Installs the logger at the asked level and returns the kernels.
     pub fn start(&self) -> Result<Kernels, Error> {
         self.verbosity.init();
-        self.backend.kernels()
+        let kernels = self.backend.kernels()?;
+        if let Some(unit) = self.bf16_unit {
+            return Ok(kernels.with_bf16_unit(unit.unit())?);
+        }
+        if let (Precision::Bf16, Some(errno)) = (self.precision, Bf16Unit::amx_refused()) {
+            log::warn!(
+                "this CPU has AMX but the OS refused the tile data permission (arch_prctl returned {errno}): bf16 products run on {}",
+                kernels.bf16_unit()
+            );
+        }
+        Ok(kernels)
     }
 
     /// The checkpoint in `dir` on `kernels`, running on these threads in
@@ -85,5 +99,26 @@ impl BackendChoice {
             BackendChoice::Avx512 => Backend::Avx512,
         };
         Ok(Kernels::new(backend)?)
+    }
+}
+
+/// A bf16 unit to force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Bf16UnitChoice {
+    /// Operands rounded to bf16, the backend's f32 multiply (any CPU).
+    Portable,
+    /// `vdpbf16ps` (AVX-512 backend).
+    Avx512Bf16,
+    /// AMX tiles (AVX-512 backend; needs the OS's tile data permission).
+    Amx,
+}
+
+impl Bf16UnitChoice {
+    fn unit(self) -> Bf16Unit {
+        match self {
+            Bf16UnitChoice::Portable => Bf16Unit::Portable,
+            Bf16UnitChoice::Avx512Bf16 => Bf16Unit::Avx512Bf16,
+            Bf16UnitChoice::Amx => Bf16Unit::Amx,
+        }
     }
 }
