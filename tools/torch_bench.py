@@ -1,7 +1,8 @@
 """PyTorch reference for `runner bench`: a GPT-2 of the same shape
 (Hugging Face GPT2LMHeadModel, eager, float32, no dropout), timed for full
-training steps (forward, backward, AdamW) and for cached decoding, on 1 and
-2 threads.
+training steps (forward, backward, AdamW) in float32 and under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (the policy of our
+`--precision bf16`), and for cached decoding, on 1 and 2 threads.
 
     pip install torch transformers
     python3 tools/torch_bench.py [layers heads channels block batch]
@@ -29,18 +30,21 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
         x = torch.randint(0, 256, (batch, block))
-        times = []
-        for step in range(7):
-            start = time.perf_counter()
-            loss = model(x, labels=x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if step >= 2:
-                times.append(time.perf_counter() - start)
-        step_s = statistics.median(times)
-        print(f"torch {torch.__version__} train: {threads} thread(s), {params / 1e6:.2f} M params, "
-              f"B{batch} T{block}: {step_s * 1e3:.1f} ms/step, {batch * block / step_s:.0f} tokens/s")
+        for precision in ("f32", "bf16"):
+            times = []
+            for step in range(7):
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = model(x, labels=x).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if step >= 2:
+                    times.append(time.perf_counter() - start)
+            step_s = statistics.median(times)
+            mode = "float32" if precision == "f32" else "bf16 autocast"
+            print(f"torch {torch.__version__} train ({mode}): {threads} thread(s), {params / 1e6:.2f} M params, "
+                  f"B{batch} T{block}: {step_s * 1e3:.1f} ms/step, {batch * block / step_s:.0f} tokens/s")
 
         model.eval()
         with torch.no_grad():

@@ -3,6 +3,7 @@
 
 pub mod peak;
 pub mod report;
+pub mod shapes;
 
 use kernels::{Backend, Kernels};
 
