@@ -1,6 +1,6 @@
 //! Mixed precision: `C = alpha · op(A) · op(B) + beta · C` where A and B
 //! are bf16 (or f32 rounded to bf16 as they are read) and the products are
-//! summed in f32, on one of two units ([`Bf16Unit`]):
+//! summed in f32, on one of three units ([`Bf16Unit`]):
 //!
 //! - portable, the reference: the operands are rounded into the workspace
 //!   as f32 values, then multiplied by the f32 GEMM, so it runs on every
@@ -10,11 +10,20 @@
 //!   an f32 instruction. A is packed into panels of `MR` rows, B into
 //!   panels of 32 columns, both as pairs of consecutive k (one pair per
 //!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
-//!   down the whole of k. Pieces are column panels, so each element of C is
-//!   summed by one piece in one order: bit-identical for any executor.
+//!   down a pass of k (256 pairs) and C takes each pass's sums;
+//! - AMX (`amx.rs`): tiles of 16 rows multiply 32 × 32 blocks down the
+//!   whole of k, from the same B panels and A packed row by row; products
+//!   of fewer than 32 rows run on AVX512-BF16.
+//!
+//! Pieces are blocks of C (rows × column panels); each element of C is
+//! summed by one piece in one order whatever the blocks: bit-identical for
+//! any executor.
 
 use super::amx::{self, TileProduct};
+use super::microkernel::prefetch;
 use super::{check_product, check_workspace, MatMut, MatRef};
+use core::ops::Range;
+
 use crate::dispatch::Isa;
 use crate::parallel::SharedMut;
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
@@ -665,11 +674,14 @@ enum PanelsOfB<'a, B> {
     Packed(&'a [f32]),
 }
 
-/// The pair-packed product on `unit`, in two rounds of pieces of `exec`:
-/// the A panels are packed (one piece each), then each column panel packs
-/// its B panel, unless B came packed, and multiplies it (so that panel is
-/// still in cache). The rounding loops run with the unit's instructions
-/// enabled, so they vectorize.
+/// The pair-packed product on `unit`, in rounds of pieces of `exec`: the
+/// A panels are packed (one piece each), and the B panels unless B came
+/// packed; then each piece computes one block of C: [`BLOCK_ROWS`] rows
+/// by [`BLOCK_PANELS`] column panels, so its rows of packed A stay in L2
+/// across its panels. Every element of C is summed in the same order
+/// whatever the blocks, so the result does not depend on the executor.
+/// The rounding loops run with the unit's instructions enabled, so they
+/// vectorize.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
     tiles: Option<TileIsa>,
@@ -698,45 +710,58 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             },
         );
     });
+    let packed_b: &[f32] = match b {
+        PanelsOfB::Pack { b, into } => {
+            let bt = b.t();
+            let into = &mut into[..layout.b_len()];
+            let b_out = SharedMut(into.as_mut_ptr());
+            exec.run(layout.b_panels, &|j| {
+                // SAFETY: B panel `j` is its own `b_panel` floats of `into`
+                // (b_panels · b_panel = b_len); no other piece touches them.
+                let panel = unsafe {
+                    core::slice::from_raw_parts_mut(b_out.ptr().add(j * b_panel), b_panel)
+                };
+                unit.enter(
+                    #[inline(always)]
+                    |_| pack_panel(kernels, &bt, NR, j, panel),
+                );
+            });
+            into
+        }
+        PanelsOfB::Packed(packed) => packed,
+    };
     let run = Pairs {
         layout,
         tiles: tiles.filter(|_| layout.tiles),
         alpha,
         beta,
         a: packed_a,
+        b: packed_b,
         c: SharedMut(c.data.as_mut_ptr()),
         c_stride: c.row_stride,
     };
-    match b {
-        PanelsOfB::Pack { b, into } => {
-            let bt = b.t();
-            let packed_b = SharedMut(into[..layout.b_len()].as_mut_ptr());
-            let piece = |j: usize, unit: P| {
-                // SAFETY: B panel `j` is its own `b_panel` floats of `into`
-                // (b_panels · b_panel = b_len); only piece `j` writes or
-                // reads them.
-                let panel = unsafe {
-                    core::slice::from_raw_parts_mut(packed_b.ptr().add(j * b_panel), b_panel)
-                };
-                pack_panel(kernels, &bt, NR, j, panel);
-                run.panel_dispatch(unit, j, panel);
-            };
-            exec.run(layout.b_panels, &|j| {
-                unit.enter(
-                    #[inline(always)]
-                    |u| piece(j, u),
-                )
-            });
-        }
-        PanelsOfB::Packed(packed) => exec.run(layout.b_panels, &|j| {
-            let panel = &packed[j * b_panel..][..b_panel];
-            unit.enter(
-                #[inline(always)]
-                |u| run.panel_dispatch(u, j, panel),
-            )
-        }),
-    }
+    let row_tiles = BLOCK_ROWS / layout.mr;
+    let row_blocks = layout.a_panels.div_ceil(row_tiles);
+    let col_blocks = layout.b_panels.div_ceil(BLOCK_PANELS);
+    exec.run(row_blocks * col_blocks, &|p| {
+        let (rb, cb) = (p / col_blocks, p % col_blocks);
+        let rows = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
+        let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);
+        unit.enter(
+            #[inline(always)]
+            |u| run.block_dispatch(u, rows, panels),
+        )
+    });
 }
+
+/// Rows of C per block (a multiple of every layout's `mr`: 1, 4, 12 and
+/// the tiles' 32): with a pass of 256 pairs, its packed A is 192 KiB, in
+/// L2 on every CPU this runs on (Zen 3: 512 KiB).
+const BLOCK_ROWS: usize = 192;
+
+/// Column panels per block: the B slices of a pass (4 × 32 KiB) stay in
+/// L2 beside the A block.
+const BLOCK_PANELS: usize = 4;
 
 /// One instruction set's pair dot product on 16 f32 lanes: lane `j` adds
 /// `a.lo · b[j].lo + a.hi · b[j].hi`.
@@ -758,93 +783,130 @@ trait PairDot: Copy + Send + Sync {
 }
 
 /// A product to run: the layout, the tile unit if it runs on tiles, the
-/// scalars, packed A and C.
+/// scalars, packed A and B, and C.
 struct Pairs<'a> {
     layout: PairLayout,
     tiles: Option<TileIsa>,
     alpha: f32,
     beta: f32,
     a: &'a [f32],
+    b: &'a [f32],
     c: SharedMut,
     c_stride: usize,
 }
 
 impl Pairs<'_> {
-    /// Column panel `j` (packed B panel `b`) on tiles, or with the register
-    /// tile of the layout's height.
+    /// The block of C of row tiles `rows` and column panels `panels`, on
+    /// tiles or with the register tile of the layout's height.
     #[inline(always)]
-    fn panel_dispatch<P: PairDot>(&self, unit: P, j: usize, b: &[f32]) {
+    fn block_dispatch<P: PairDot>(&self, unit: P, rows: Range<usize>, panels: Range<usize>) {
         match self.tiles {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit is
-            // AMX, granted only after detection and the OS's permission.
             Some(TileIsa::Amx) => {
-                return self.tile_panel(unsafe { amx::AmxTiles::granted() }, unit, j, b)
+                // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit
+                // is AMX, granted only after detection and the OS's
+                // permission.
+                let tiles = unsafe { amx::AmxTiles::granted() };
+                return self.tile_block(tiles, unit, rows, panels);
             }
             #[cfg(test)]
-            Some(TileIsa::Emulated) => return self.tile_panel(amx::EmulatedTiles, unit, j, b),
+            Some(TileIsa::Emulated) => {
+                return self.tile_block(amx::EmulatedTiles, unit, rows, panels)
+            }
             None => {}
         }
         match self.layout.mr {
-            12 => self.panel::<P, 12>(unit, j, b),
-            4 => self.panel::<P, 4>(unit, j, b),
-            _ => self.panel::<P, 1>(unit, j, b),
+            12 => self.block::<P, 12>(unit, rows, panels),
+            4 => self.block::<P, 4>(unit, rows, panels),
+            _ => self.block::<P, 1>(unit, rows, panels),
         }
     }
 
-    /// Every row block of column panel `j` on tiles: each `amx::MR × 32`
-    /// block of sums lands in a buffer, then goes through the pair unit's
-    /// epilogue into C.
+    /// `C[rows of row tile i, columns of panel j] = alpha · sums + beta ·
+    /// C` for the sums of one register or tile block (`sums[r]` holds row
+    /// r's 32 columns as two halves).
     #[inline(always)]
-    fn tile_panel<T: amx::TileProduct, P: PairDot>(&self, tiles: T, unit: P, j: usize, b: &[f32]) {
-        let l = &self.layout;
+    fn update<P: PairDot>(&self, unit: P, i: usize, j: usize, beta: f32, sums: &[[P::Acc; 2]]) {
+        let (l, mr) = (&self.layout, self.layout.mr);
         let cols = NR.min(l.n - j * NR);
-        let mut block = [0.0f32; amx::MR * NR];
-        for (i, a) in self.a.chunks_exact(amx::MR * l.b_pairs).enumerate() {
-            tiles.block(a, l.b_pairs, b, l.b_pairs / amx::K_STEP, &mut block);
-            let rows = amx::MR.min(l.m - i * amx::MR);
-            for (r, sums) in block.chunks_exact(NR).enumerate().take(rows) {
-                let at = (i * amx::MR + r) * self.c_stride + j * NR;
-                // SAFETY: as in `panel`: row `i·MR + r` < m and columns
-                // `j·NR..j·NR + cols` < n, written by this piece alone.
-                let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
-                let (c0, c1) = c.split_at_mut(cols.min(16));
-                unit.update(unit.load_acc(&sums[..16]), self.alpha, self.beta, c0);
-                if !c1.is_empty() {
-                    unit.update(unit.load_acc(&sums[16..]), self.alpha, self.beta, c1);
-                }
+        for (r, row_sums) in sums.iter().enumerate().take(mr.min(l.m - i * mr)) {
+            let at = (i * mr + r) * self.c_stride + j * NR;
+            // SAFETY: row `i·mr + r` < m and columns `j·NR..j·NR + cols` < n
+            // lie inside C (checked by `check_product`); only the piece of
+            // this block writes them.
+            let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
+            let (c0, c1) = c.split_at_mut(cols.min(16));
+            unit.update(row_sums[0], self.alpha, beta, c0);
+            if !c1.is_empty() {
+                unit.update(row_sums[1], self.alpha, beta, c1);
             }
         }
     }
 
-    /// Every row tile of column panel `j`, in passes over slices of k so
-    /// that the slice of the B panel stays in L1 while every row tile
-    /// reads it; C takes each pass's sums (`beta` on the first).
+    /// Starts fetching the C rows of row tile `i`, column panel `j`, so
+    /// that they are in cache when its sums are ready.
     #[inline(always)]
-    fn panel<P: PairDot, const MR: usize>(&self, unit: P, j: usize, b: &[f32]) {
-        let l = &self.layout;
+    fn prefetch_c(&self, i: usize, j: usize) {
+        let (l, mr) = (&self.layout, self.layout.mr);
         let cols = NR.min(l.n - j * NR);
+        for r in 0..mr.min(l.m - i * mr) {
+            let row = self
+                .c
+                .ptr()
+                .wrapping_add((i * mr + r) * self.c_stride + j * NR);
+            prefetch(row);
+            prefetch(row.wrapping_add(cols - 1));
+        }
+    }
+
+    /// A block on tiles: each `amx::MR × 32` block of sums runs down the
+    /// whole of k into a buffer, then through the pair unit's epilogue.
+    #[inline(always)]
+    fn tile_block<T: amx::TileProduct, P: PairDot>(
+        &self,
+        tiles: T,
+        unit: P,
+        rows: Range<usize>,
+        panels: Range<usize>,
+    ) {
+        let l = &self.layout;
+        let mut sums = [0.0f32; amx::MR * NR];
+        let mut acc = [[unit.zero(); 2]; amx::MR];
+        for j in panels {
+            let b = &self.b[j * l.b_panel_len()..][..l.b_panel_len()];
+            for i in rows.clone() {
+                let a = &self.a[i * l.a_panel_len()..][..l.a_panel_len()];
+                tiles.block(a, l.b_pairs, b, l.b_pairs / amx::K_STEP, &mut sums);
+                for (acc, row) in acc.iter_mut().zip(sums.chunks_exact(NR)) {
+                    *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
+                }
+                self.update(unit, i, j, self.beta, &acc);
+            }
+        }
+    }
+
+    /// A block with `MR`-row register tiles, in passes over slices of k:
+    /// the slice of a B panel stays in L1 while the block's row tiles read
+    /// it, and C takes each pass's sums (`beta` on the first).
+    #[inline(always)]
+    fn block<P: PairDot, const MR: usize>(
+        &self,
+        unit: P,
+        rows: Range<usize>,
+        panels: Range<usize>,
+    ) {
+        let l = &self.layout;
         let passes = l.k_pairs.div_ceil(KC_PAIRS);
         let per_pass = l.k_pairs.div_ceil(passes);
         for pass in 0..passes {
             let pairs = pass * per_pass..l.k_pairs.min((pass + 1) * per_pass);
             let beta = if pass == 0 { self.beta } else { 1.0 };
-            let b = &b[pairs.start * NR..pairs.end * NR];
-            for (i, a) in self.a.chunks_exact(MR * l.k_pairs).enumerate() {
-                let sums = tile::<P, MR>(unit, &a[pairs.start * MR..pairs.end * MR], b);
-                let rows = MR.min(l.m - i * MR);
-                for (r, row_sums) in sums.iter().enumerate().take(rows) {
-                    let at = (i * MR + r) * self.c_stride + j * NR;
-                    // SAFETY: row `i·MR + r` < m and columns `j·NR..j·NR +
-                    // cols` < n lie inside C (checked by `check_product`);
-                    // only this piece (column panel `j`) writes them.
-                    let c =
-                        unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
-                    let (c0, c1) = c.split_at_mut(cols.min(16));
-                    unit.update(row_sums[0], self.alpha, beta, c0);
-                    if !c1.is_empty() {
-                        unit.update(row_sums[1], self.alpha, beta, c1);
-                    }
+            for j in panels.clone() {
+                let b = &self.b[j * l.b_panel_len()..][pairs.start * NR..pairs.end * NR];
+                for i in rows.clone() {
+                    let a = &self.a[i * l.a_panel_len()..][pairs.start * MR..pairs.end * MR];
+                    self.prefetch_c(i, j);
+                    self.update(unit, i, j, beta, &tile::<P, MR>(unit, a, b));
                 }
             }
         }
