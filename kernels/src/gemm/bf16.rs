@@ -244,11 +244,18 @@ impl Kernels {
 /// layout (panels of 32 columns, each a run of pairs of consecutive rows,
 /// low half first: the layout the pair-dot and tile units read) is the
 /// same on every backend, so a packed operand serves any handle.
+///
+/// [`PackedBf16::row_range`] and [`PackedBf16::first_columns`] view parts
+/// of it without copying (attention's products read growing prefixes of
+/// one head's packed keys).
 #[derive(Debug, Clone, Copy)]
 pub struct PackedBf16<'a> {
+    /// From the first pair of the view's rows in panel 0.
     slots: &'a [u32],
     k: usize,
     n: usize,
+    /// Slots from one panel to the next (those of the whole operand).
+    stride: usize,
 }
 
 impl<'a> PackedBf16<'a> {
@@ -258,7 +265,59 @@ impl<'a> PackedBf16<'a> {
     pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;
-        Ok(PackedBf16 { slots, k, n })
+        let stride = NR * padded_pairs(k);
+        Ok(PackedBf16 {
+            slots,
+            k,
+            n,
+            stride,
+        })
+    }
+
+    /// Rows `rows` of the operand (a `rows.len() × n` operand). The range
+    /// must start at a multiple of 32 and end at one or at the last row, so
+    /// that a view never pairs a row with one outside it (and tiles read
+    /// only whole steps of its rows, or the operand's own zero padding).
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatRef, PackedBf16};
+    ///
+    /// let w = vec![1.0; 70 * 3];
+    /// let mut slots = vec![0; PackedBf16::len(70, 3).unwrap()];
+    /// Kernels::best().pack_bf16(MatRef::new(&w, 70, 3)?, &mut slots)?;
+    /// let packed = PackedBf16::new(&slots, 70, 3)?;
+    /// assert_eq!(packed.row_range(32..70)?.rows(), 38);
+    /// assert!(packed.row_range(10..64).is_err());
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn row_range(&self, rows: core::ops::Range<usize>) -> Result<PackedBf16<'a>, KernelError> {
+        let aligned = |r: usize| r % (2 * amx::K_STEP) == 0;
+        if rows.start > rows.end || rows.end > self.k {
+            return Err(KernelError::InvalidShape(
+                "the row range is outside the packed operand",
+            ));
+        }
+        if !aligned(rows.start) || !(aligned(rows.end) || rows.end == self.k) {
+            return Err(KernelError::InvalidArgument(
+                "a packed row range starts at a multiple of 32 and ends at one or at the last row",
+            ));
+        }
+        Ok(PackedBf16 {
+            slots: &self.slots[rows.start / 2 * NR..],
+            k: rows.len(),
+            ..*self
+        })
+    }
+
+    /// The first `n` columns of the operand (`k × n`); `n` at most its
+    /// columns.
+    pub fn first_columns(&self, n: usize) -> Result<PackedBf16<'a>, KernelError> {
+        if n > self.n {
+            return Err(KernelError::InvalidShape(
+                "more columns than the packed operand has",
+            ));
+        }
+        Ok(PackedBf16 { n, ..*self })
     }
 
     /// Slots a packed `k × n` operand takes: one per pair of rows and
@@ -401,7 +460,11 @@ impl Kernels {
             let b = MatRef::new(&unpacked[..], k, n)?;
             return self.gemm_bf16_with(exec, alpha, a, b, beta, c, rest);
         };
-        let product = (alpha, &a, PanelsOfB::<Bf16>::Packed(b.panels()), beta, c);
+        let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
+            panels: b.panels(),
+            stride: b.stride,
+        };
+        let product = (alpha, &a, b, beta, c);
         let tiles = self.tile_unit();
         match unit {
             #[cfg(target_arch = "x86_64")]
@@ -425,11 +488,9 @@ fn slots_as_f32(slots: &[u32]) -> &[f32] {
 fn unpack(b: &PackedBf16, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
     let panels = b.panels();
-    for (j, panel) in panels
-        .chunks_exact((NR * padded_pairs(k)).max(1))
-        .enumerate()
-    {
-        for (q, slots) in panel.chunks_exact(NR).take(k.div_ceil(2)).enumerate() {
+    for j in 0..n.div_ceil(NR) {
+        let panel = &panels[j * b.stride..][..NR * k.div_ceil(2)];
+        for (q, slots) in panel.chunks_exact(NR).enumerate() {
             for (i, &slot) in slots.iter().enumerate().take(n.saturating_sub(j * NR)) {
                 let (col, (lo, hi)) = (j * NR + i, unpair(slot));
                 dst[2 * q * n + col] = lo;
@@ -671,7 +732,8 @@ enum PanelsOfB<'a, B> {
         b: &'a MatRef<'a, B>,
         into: &'a mut [f32],
     },
-    Packed(&'a [f32]),
+    /// Panel `j` starts at slot `j · stride`.
+    Packed { panels: &'a [f32], stride: usize },
 }
 
 /// The pair-packed product on `unit`, in rounds of pieces of `exec`: the
@@ -710,7 +772,7 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             },
         );
     });
-    let packed_b: &[f32] = match b {
+    let (packed_b, b_stride): (&[f32], usize) = match b {
         PanelsOfB::Pack { b, into } => {
             let bt = b.t();
             let into = &mut into[..layout.b_len()];
@@ -726,9 +788,9 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
                     |_| pack_panel(kernels, &bt, NR, j, panel),
                 );
             });
-            into
+            (into, b_panel)
         }
-        PanelsOfB::Packed(packed) => packed,
+        PanelsOfB::Packed { panels, stride } => (panels, stride),
     };
     let run = Pairs {
         layout,
@@ -737,6 +799,7 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
         beta,
         a: packed_a,
         b: packed_b,
+        b_stride,
         c: SharedMut(c.data.as_mut_ptr()),
         c_stride: c.row_stride,
     };
@@ -791,6 +854,8 @@ struct Pairs<'a> {
     beta: f32,
     a: &'a [f32],
     b: &'a [f32],
+    /// Slots from one B panel to the next.
+    b_stride: usize,
     c: SharedMut,
     c_stride: usize,
 }
@@ -873,7 +938,7 @@ impl Pairs<'_> {
         let mut sums = [0.0f32; amx::MR * NR];
         let mut acc = [[unit.zero(); 2]; amx::MR];
         for j in panels {
-            let b = &self.b[j * l.b_panel_len()..][..l.b_panel_len()];
+            let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
             for i in rows.clone() {
                 let a = &self.a[i * l.a_panel_len()..][..l.a_panel_len()];
                 tiles.block(a, l.b_pairs, b, l.b_pairs / amx::K_STEP, &mut sums);
@@ -902,7 +967,7 @@ impl Pairs<'_> {
             let pairs = pass * per_pass..l.k_pairs.min((pass + 1) * per_pass);
             let beta = if pass == 0 { self.beta } else { 1.0 };
             for j in panels.clone() {
-                let b = &self.b[j * l.b_panel_len()..][pairs.start * NR..pairs.end * NR];
+                let b = &self.b[j * self.b_stride..][pairs.start * NR..pairs.end * NR];
                 for i in rows.clone() {
                     let a = &self.a[i * l.a_panel_len()..][pairs.start * MR..pairs.end * MR];
                     self.prefetch_c(i, j);

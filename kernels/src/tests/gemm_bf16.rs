@@ -543,3 +543,70 @@ fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
         }
     }
 }
+
+/// Views of a packed operand (row ranges, leading columns) multiply as the
+/// same part of the unpacked operand does, bit for bit, on every unit; bad
+/// ranges are refused.
+#[test]
+fn views_of_a_packed_operand_match_the_same_part_unpacked() {
+    use crate::PackedBf16;
+    let (k, n) = (100, 70);
+    let mut rng = Rng::new(11);
+    let b_vals = rng.vec(k * n, -2.0, 2.0);
+    for (name, kern) in bf16_kernels() {
+        let mut slots = std::vec![0; PackedBf16::len(k, n).unwrap()];
+        kern.pack_bf16(MatRef::new(&b_vals, k, n).unwrap(), &mut slots)
+            .unwrap();
+        let packed = PackedBf16::new(&slots, k, n).unwrap();
+        for (rows, cols) in [
+            (0..64, 70),
+            (32..100, 70),
+            (64..100, 33),
+            (0..100, 1),
+            (96..100, 64),
+        ] {
+            let view = packed
+                .row_range(rows.clone())
+                .unwrap()
+                .first_columns(cols)
+                .unwrap();
+            let part = MatRef::strided(&b_vals[rows.start * n..], rows.len(), cols, n).unwrap();
+            for m in [5, 40] {
+                let a_vals = rng.vec(m * rows.len(), -2.0, 2.0);
+                let a = MatRef::new(&a_vals, m, rows.len()).unwrap();
+                let mut want = std::vec![f32::NAN; m * cols];
+                let mut ws = std::vec![0.0; kern.gemm_bf16_workspace_len(m, cols, rows.len())];
+                let c = MatMut::new(&mut want, m, cols).unwrap();
+                kern.gemm_bf16(1.0, a, part, 0.0, c, &mut ws).unwrap();
+                let mut got = std::vec![f32::NAN; m * cols];
+                let len = kern.gemm_bf16_packed_workspace_len(m, cols, rows.len());
+                let mut ws = std::vec![0.0; len];
+                let c = MatMut::new(&mut got, m, cols).unwrap();
+                kern.gemm_bf16_packed(1.0, a, view, 0.0, c, &mut ws)
+                    .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{name} rows {rows:?} cols {cols} m {m}"
+                );
+            }
+        }
+        assert!(matches!(
+            packed.row_range(10..64),
+            Err(KernelError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            packed.row_range(0..50),
+            Err(KernelError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            packed.row_range(64..101),
+            Err(KernelError::InvalidShape(_))
+        ));
+        assert!(matches!(
+            packed.first_columns(71),
+            Err(KernelError::InvalidShape(_))
+        ));
+    }
+}

@@ -3,11 +3,12 @@
 //! each sequence) or the key/value cache (decoding: the new positions
 //! attend to every cached one).
 
+use std::cell::RefCell;
 use std::ops::Range;
 
-use kernels::{MatMut, MatRef, ValidLen};
+use kernels::{MatMut, MatRef, PackedBf16, ValidLen};
 
-use super::context::{Context, Precision};
+use super::context::{Context, Multiplier, Precision, RightOperand};
 use crate::error::Error;
 
 /// A token's attention at context `len` does `2 · len · c` multiply-adds;
@@ -99,28 +100,27 @@ fn causal_forward(
         ((att, t * t), (&mut per_head[..], t * hs)),
         |piece, (att_h, y)| {
             let (bi, h) = (piece / nh, piece % nh);
-            let head = Head::new(&qkv[bi * t * 3 * c..][..t * 3 * c], h, c, hs);
-            for rows in query_blocks(t) {
-                // scores[rows, ..e] = scale · q[rows] · k[..e]ᵀ; the rest of
-                // each row is masked (the softmax writes its zeros).
-                let (n, e) = (rows.len(), rows.end);
-                let scores = &mut att_h[rows.start * t..];
-                let keys = head.rows(KEY, 0..e)?;
-                let scores_view = MatMut::strided(scores, n, e, t)?;
-                mm.gemm_in_piece(
-                    scale,
-                    head.rows(QUERY, rows.clone())?,
-                    keys.t(),
-                    0.0,
-                    scores_view,
-                )?;
-                let scores = &mut scores[..n * t];
-                kern.softmax_rows(scores, t, ValidLen::Causal { offset: rows.start })?;
-                let probs = MatRef::strided(scores, n, e, t)?;
-                let y = MatMut::new(&mut y[rows.start * hs..rows.end * hs], n, hs)?;
-                mm.gemm_in_piece(1.0, probs, head.rows(VALUE, 0..e)?, 0.0, y)?;
-            }
-            Ok(())
+            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
+            with_head_slots(|[keys_slots, values_slots, ..]| {
+                let keys_t = part(KEY).as_transposed(mm, keys_slots)?;
+                let values = part(VALUE).as_rows(mm, values_slots)?;
+                for rows in query_blocks(t) {
+                    // scores[rows, ..e] = scale · q[rows] · k[..e]ᵀ; the rest
+                    // of each row is masked (the softmax writes its zeros).
+                    let (n, e) = (rows.len(), rows.end);
+                    let scores = &mut att_h[rows.start * t..];
+                    let scores_view = MatMut::strided(scores, n, e, t)?;
+                    let queries = part(QUERY).rows(rows.clone())?;
+                    mm.gemm_in_piece(scale, queries, keys_t.positions(0..e)?, 0.0, scores_view)?;
+                    let scores = &mut scores[..n * t];
+                    kern.softmax_rows(scores, t, ValidLen::Causal { offset: rows.start })?;
+                    let probs = MatRef::strided(scores, n, e, t)?;
+                    let y = MatMut::new(&mut y[rows.start * hs..rows.end * hs], n, hs)?;
+                    mm.gemm_in_piece(1.0, probs, values.positions(0..e)?, 0.0, y)?;
+                }
+                Ok(())
+            })
         },
     )?;
     let per_head = &*per_head;
@@ -159,54 +159,66 @@ pub fn attention_backward(
                 ((datt, t * t), (&mut per_head[..], 3 * t * hs)),
                 |piece, (datt, dqkv_h)| {
                     let (bi, h) = (piece / nh, piece % nh);
-                    let head = Head::new(&qkv[bi * t * 3 * c..][..t * 3 * c], h, c, hs);
-                    let dout_b = &dout[bi * t * c..][..t * c];
-                    let dy = |rows: Range<usize>| {
-                        MatRef::strided(&dout_b[rows.start * c + h * hs..], rows.len(), hs, c)
+                    let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+                    let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
+                    let dy = HeadPart {
+                        data: &dout[bi * t * c + h * hs..],
+                        stride: c,
+                        t,
+                        hs,
                     };
                     let att_h = &att[piece * t * t..][..t * t];
                     let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
                     let (dk, dv) = dkv.split_at_mut(t * hs);
-                    // The probabilities and their gradient are zero above
-                    // the diagonal, so each block of rows multiplies only
-                    // its keys (dscores, dq), and each block of columns only
-                    // the rows at and below it (dk, dv).
-                    for rows in query_blocks(t) {
-                        let (n, e) = (rows.len(), rows.end);
-                        let g = &mut datt[rows.start * t..];
-                        let g_view = MatMut::strided(g, n, e, t)?;
-                        // dprobs = dy · vᵀ, then through the softmax.
-                        mm.gemm_in_piece(
-                            1.0,
-                            dy(rows.clone())?,
-                            head.rows(VALUE, 0..e)?.t(),
-                            0.0,
-                            g_view,
-                        )?;
-                        let probs = &att_h[rows.start * t..][..n * t];
-                        let offset = rows.start;
-                        kern.softmax_backward_rows(
-                            probs,
-                            &mut g[..n * t],
-                            t,
-                            ValidLen::Causal { offset },
-                        )?;
-                        let dscores = MatRef::strided(g, n, e, t)?;
-                        let dq = MatMut::new(&mut dq[rows.start * hs..rows.end * hs], n, hs)?;
-                        mm.gemm_in_piece(scale, dscores, head.rows(KEY, 0..e)?, 0.0, dq)?;
-                    }
-                    for cols in query_blocks(t) {
-                        // Rows `cols.start..t` of the columns `cols`.
-                        let (n, below) = (cols.len(), cols.start..t);
-                        let at = cols.start * t + cols.start;
-                        let probs = MatRef::strided(&att_h[at..], below.len(), n, t)?;
-                        let dscores = MatRef::strided(&datt[at..], below.len(), n, t)?;
-                        let dv = MatMut::new(&mut dv[cols.start * hs..cols.end * hs], n, hs)?;
-                        mm.gemm_in_piece(1.0, probs.t(), dy(below.clone())?, 0.0, dv)?;
-                        let dk = MatMut::new(&mut dk[cols.start * hs..cols.end * hs], n, hs)?;
-                        mm.gemm_in_piece(scale, dscores.t(), head.rows(QUERY, below)?, 0.0, dk)?;
-                    }
-                    Ok(())
+                    with_head_slots(|[s0, s1, s2, s3]| {
+                        let values_t = part(VALUE).as_transposed(mm, s0)?;
+                        let keys = part(KEY).as_rows(mm, s1)?;
+                        let queries = part(QUERY).as_rows(mm, s2)?;
+                        let dy_b = dy.as_rows(mm, s3)?;
+                        // The probabilities and their gradient are zero above
+                        // the diagonal, so each block of rows multiplies only
+                        // its keys (dscores, dq), and each block of columns
+                        // only the rows at and below it (dk, dv).
+                        for rows in query_blocks(t) {
+                            let (n, e) = (rows.len(), rows.end);
+                            let g = &mut datt[rows.start * t..];
+                            let g_view = MatMut::strided(g, n, e, t)?;
+                            // dprobs = dy · vᵀ, then through the softmax.
+                            let dy_rows = dy.rows(rows.clone())?;
+                            mm.gemm_in_piece(1.0, dy_rows, values_t.positions(0..e)?, 0.0, g_view)?;
+                            let probs = &att_h[rows.start * t..][..n * t];
+                            let offset = rows.start;
+                            let g = &mut g[..n * t];
+                            kern.softmax_backward_rows(probs, g, t, ValidLen::Causal { offset })?;
+                            let dscores = MatRef::strided(g, n, e, t)?;
+                            let dq = MatMut::new(&mut dq[rows.start * hs..rows.end * hs], n, hs)?;
+                            mm.gemm_in_piece(scale, dscores, keys.positions(0..e)?, 0.0, dq)?;
+                        }
+                        for cols in query_blocks(t) {
+                            // Rows `cols.start..t` of the columns `cols`.
+                            let (n, below) = (cols.len(), cols.start..t);
+                            let at = cols.start * t + cols.start;
+                            let probs = MatRef::strided(&att_h[at..], below.len(), n, t)?;
+                            let dscores = MatRef::strided(&datt[at..], below.len(), n, t)?;
+                            let dv = MatMut::new(&mut dv[cols.start * hs..cols.end * hs], n, hs)?;
+                            mm.gemm_in_piece(
+                                1.0,
+                                probs.t(),
+                                dy_b.positions(below.clone())?,
+                                0.0,
+                                dv,
+                            )?;
+                            let dk = MatMut::new(&mut dk[cols.start * hs..cols.end * hs], n, hs)?;
+                            mm.gemm_in_piece(
+                                scale,
+                                dscores.t(),
+                                queries.positions(below)?,
+                                0.0,
+                                dk,
+                            )?;
+                        }
+                        Ok(())
+                    })
                 },
             )?;
             let per_head = &*per_head;
@@ -361,29 +373,106 @@ fn interleave_heads(
     }
 }
 
-/// Head `h`'s queries, keys and values (`hs` features per position) in
-/// one sequence's `qkv[t, 3c]`.
-struct Head<'a> {
-    qkv: &'a [f32],
-    h: usize,
-    c: usize,
-    hs: usize,
-}
-
 /// Which third of a `qkv` row: the query, key or value.
 const QUERY: usize = 0;
 const KEY: usize = 1;
 const VALUE: usize = 2;
 
-impl<'a> Head<'a> {
-    fn new(qkv: &'a [f32], h: usize, c: usize, hs: usize) -> Head<'a> {
-        Head { qkv, h, c, hs }
+/// One head's `t × hs` rows, read in place: its queries, keys or values in
+/// a sequence's `qkv`, or the gradient of its output.
+#[derive(Clone, Copy)]
+struct HeadPart<'a> {
+    /// Position `p`'s `hs` values start at `data[p · stride]`.
+    data: &'a [f32],
+    stride: usize,
+    t: usize,
+    hs: usize,
+}
+
+impl<'a> HeadPart<'a> {
+    /// Head `h`'s part `which` (QUERY, KEY or VALUE) of one sequence's
+    /// `qkv[t, 3c]`.
+    fn of_qkv(qkv: &'a [f32], which: usize, h: usize, (t, c, hs): (usize, usize, usize)) -> Self {
+        HeadPart {
+            data: &qkv[which * c + h * hs..],
+            stride: 3 * c,
+            t,
+            hs,
+        }
     }
 
-    /// Positions `rows` of `part` (QUERY, KEY or VALUE), `rows.len() × hs`.
-    fn rows(&self, part: usize, rows: Range<usize>) -> Result<MatRef<'a>, Error> {
-        let (c, hs) = (self.c, self.hs);
-        let at = rows.start * 3 * c + part * c + self.h * hs;
-        Ok(MatRef::strided(&self.qkv[at..], rows.len(), hs, 3 * c)?)
+    /// Positions `rows`, `rows.len() × hs`.
+    fn rows(&self, rows: Range<usize>) -> Result<MatRef<'a>, Error> {
+        let (data, stride) = (&self.data[rows.start * self.stride..], self.stride);
+        Ok(MatRef::strided(data, rows.len(), self.hs, stride)?)
     }
+
+    /// The rows as the B of `mm`'s products: packed into `slots` when it
+    /// multiplies in bf16 (so that each block's product reads them without
+    /// rounding and packing them again), else in place.
+    fn as_rows(self, mm: Multiplier, slots: &'a mut Vec<u32>) -> Result<PartAsB<'a>, Error> {
+        Ok(match mm.precision {
+            Precision::F32 => PartAsB::InPlace(self),
+            Precision::Bf16 => PartAsB::Packed(self.pack(mm, self.rows(0..self.t)?, slots)?),
+        })
+    }
+
+    /// The transpose (`hs × t`) as the B of `mm`'s products, as
+    /// [`HeadPart::as_rows`].
+    fn as_transposed(self, mm: Multiplier, slots: &'a mut Vec<u32>) -> Result<PartAsB<'a>, Error> {
+        Ok(match mm.precision {
+            Precision::F32 => PartAsB::InPlaceTransposed(self),
+            Precision::Bf16 => {
+                PartAsB::PackedTransposed(self.pack(mm, self.rows(0..self.t)?.t(), slots)?)
+            }
+        })
+    }
+
+    fn pack(
+        &self,
+        mm: Multiplier,
+        view: MatRef,
+        slots: &'a mut Vec<u32>,
+    ) -> Result<PackedBf16<'a>, Error> {
+        let (k, n) = (view.rows(), view.cols());
+        let len = PackedBf16::len(k, n)
+            .ok_or_else(|| Error::Config(format!("a {k} × {n} head is too large to pack")))?;
+        slots.resize(len, 0);
+        mm.kernels.pack_bf16(view, slots)?;
+        Ok(PackedBf16::new(slots, k, n)?)
+    }
+}
+
+/// A head's rows or their transpose as attention's products read them.
+#[derive(Clone, Copy)]
+enum PartAsB<'a> {
+    InPlace(HeadPart<'a>),
+    InPlaceTransposed(HeadPart<'a>),
+    /// The rows (`t × hs`), packed in bf16.
+    Packed(PackedBf16<'a>),
+    /// The transpose (`hs × t`), packed in bf16.
+    PackedTransposed(PackedBf16<'a>),
+}
+
+impl<'a> PartAsB<'a> {
+    /// Positions `rows` (`rows.len() × hs`), or for the transpose the
+    /// positions `0..rows.end` (`hs × rows.end`; `rows.start` is 0 then).
+    fn positions(&self, rows: Range<usize>) -> Result<RightOperand<'a>, Error> {
+        Ok(match *self {
+            PartAsB::InPlace(part) => part.rows(rows)?.into(),
+            PartAsB::InPlaceTransposed(part) => part.rows(0..rows.end)?.t().into(),
+            PartAsB::Packed(p) => p.row_range(rows)?.into(),
+            PartAsB::PackedTransposed(p) => p.first_columns(rows.end)?.into(),
+        })
+    }
+}
+
+thread_local! {
+    /// Each thread's buffers for the packed rows of the head it runs.
+    static HEAD_SLOTS: RefCell<[Vec<u32>; 4]> = RefCell::new(Default::default());
+}
+
+/// Runs `f` with this thread's slot buffers.
+fn with_head_slots<R>(f: impl FnOnce(&mut [Vec<u32>; 4]) -> Result<R, Error>) -> Result<R, Error> {
+    HEAD_SLOTS.with(|slots| f(&mut slots.borrow_mut()))
 }

@@ -55,25 +55,17 @@ pub struct Multiplier {
 impl Multiplier {
     /// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with
     /// its own workspace: for products inside a parallel piece.
-    pub fn gemm_in_piece(
+    pub fn gemm_in_piece<'b>(
         &self,
         alpha: f32,
         a: MatRef,
-        b: MatRef,
+        b: impl Into<RightOperand<'b>>,
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
         PIECE_WORKSPACE.with(|ws| {
-            gemm_in(
-                &mut ws.borrow_mut(),
-                *self,
-                &Sequential,
-                alpha,
-                a,
-                RightOperand::Matrix(b),
-                beta,
-                c,
-            )
+            let ws = &mut ws.borrow_mut();
+            gemm_in(ws, *self, &Sequential, alpha, a, b.into(), beta, c)
         })
     }
 }
@@ -101,9 +93,21 @@ thread_local! {
 /// precision is bf16), or weights packed once into bf16 pairs (always a
 /// bf16 product).
 #[derive(Clone, Copy)]
-enum RightOperand<'a> {
+pub enum RightOperand<'a> {
     Matrix(MatRef<'a>),
     PackedBf16(PackedBf16<'a>),
+}
+
+impl<'a> From<MatRef<'a>> for RightOperand<'a> {
+    fn from(b: MatRef<'a>) -> RightOperand<'a> {
+        RightOperand::Matrix(b)
+    }
+}
+
+impl<'a> From<PackedBf16<'a>> for RightOperand<'a> {
+    fn from(b: PackedBf16<'a>) -> RightOperand<'a> {
+        RightOperand::PackedBf16(b)
+    }
 }
 
 /// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
