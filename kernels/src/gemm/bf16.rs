@@ -291,7 +291,7 @@ impl<'a> PackedBf16<'a> {
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
     pub fn row_range(&self, rows: core::ops::Range<usize>) -> Result<PackedBf16<'a>, KernelError> {
-        let aligned = |r: usize| r % (2 * amx::K_STEP) == 0;
+        let aligned = |r: usize| r.is_multiple_of(2 * amx::K_STEP);
         if rows.start > rows.end || rows.end > self.k {
             return Err(KernelError::InvalidShape(
                 "the row range is outside the packed operand",
