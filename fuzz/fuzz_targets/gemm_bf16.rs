@@ -9,7 +9,7 @@
 
 use arbitrary::{Result, Unstructured};
 use kernels::{Bf16, KernelError, PackedBf16, Sequential};
-use kernels_fuzz::{backends, len, same_bits, Product, Reversed};
+use kernels_fuzz::{backends, len, same_bits, values, Product, Reversed};
 use libfuzzer_sys::fuzz_target;
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -82,6 +82,39 @@ fn run(u: &mut Unstructured) -> Result<()> {
         "packing B beforehand changed the result"
     );
     p.check(&from_f32, |x| f64::from(Bf16::from_f32(x).to_f32()));
+
+    // A view of the packed B (rows from a multiple of 32 to one or to the
+    // end, leading columns) multiplies as that part of B does.
+    let start = 32 * len(u, p.k / 32)?;
+    let end = if u.arbitrary()? {
+        p.k
+    } else {
+        (start + 32 * len(u, 3)?).min(p.k / 32 * 32)
+    };
+    let (rows, cols) = (start..end.max(start), len(u, p.n)?);
+    let view = packed
+        .row_range(rows.clone())
+        .unwrap()
+        .first_columns(cols)
+        .unwrap();
+    let op_b = |r: usize, c: usize| if p.tb { p.b.at(c, r) } else { p.b.at(r, c) };
+    let part: Vec<f32> = rows
+        .clone()
+        .flat_map(|r| (0..cols).map(move |c| op_b(r, c)))
+        .collect();
+    let a_part = values(u, p.m * rows.len())?;
+    let a_part = kernels::MatRef::new(&a_part, p.m, rows.len()).unwrap();
+    let part = kernels::MatRef::new(&part, rows.len(), cols).unwrap();
+    let mut want = vec![f32::NAN; p.m * cols];
+    let mut got = vec![f32::NAN; p.m * cols];
+    let mut ws = vec![0.0; best.gemm_bf16_workspace_len(p.m, cols, rows.len())];
+    let c = kernels::MatMut::new(&mut want, p.m, cols).unwrap();
+    best.gemm_bf16(1.0, a_part, part, 0.0, c, &mut ws).unwrap();
+    let mut ws = vec![0.0; best.gemm_bf16_packed_workspace_len(p.m, cols, rows.len())];
+    let c = kernels::MatMut::new(&mut got, p.m, cols).unwrap();
+    best.gemm_bf16_packed(1.0, a_part, view, 0.0, c, &mut ws)
+        .unwrap();
+    assert!(same_bits(&got, &want), "a view of packed B differs");
     Ok(())
 }
 

@@ -302,8 +302,10 @@ impl<'a> PackedBf16<'a> {
                 "a packed row range starts at a multiple of 32 and ends at one or at the last row",
             ));
         }
+        // With no columns there are no slots (and none is read).
+        let slots = self.slots.get(rows.start / 2 * NR..).unwrap_or(&[]);
         Ok(PackedBf16 {
-            slots: &self.slots[rows.start / 2 * NR..],
+            slots,
             k: rows.len(),
             ..*self
         })

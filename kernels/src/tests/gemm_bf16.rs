@@ -608,5 +608,8 @@ fn views_of_a_packed_operand_match_the_same_part_unpacked() {
             packed.first_columns(71),
             Err(KernelError::InvalidShape(_))
         ));
+        // No columns: no slots, and a view of them is still fine.
+        let empty = PackedBf16::new(&[], k, 0).unwrap();
+        assert_eq!(empty.row_range(64..100).unwrap().rows(), 36);
     }
 }
