@@ -48,6 +48,15 @@
 // AVX-512F.
 #define KN_BACKEND_AVX512 2
 
+// bf16 products on the portable path: operands rounded, f32 multiply.
+#define KN_BF16_PORTABLE 0
+
+// bf16 products on `vdpbf16ps`.
+#define KN_BF16_AVX512_BF16 1
+
+// bf16 products on AMX tiles.
+#define KN_BF16_AMX 2
+
 // The host's threads: `parallel_for(ctx, n, fn, fn_ctx)` must call
 // `fn(fn_ctx, i)` exactly once for each `i` in `0..n`, in any order and
 // possibly concurrently, and return when all calls have returned.
@@ -65,6 +74,16 @@ typedef struct kn_executor {
 typedef struct kn_bf16 {
   uint16_t bits;
 } kn_bf16;
+
+// AdamW hyper-parameters (`kn_adamw_default` gives PyTorch's defaults).
+typedef struct kn_adamw {
+  float lr;
+  float beta1;
+  float beta2;
+  float eps;
+  // Decoupled: `p −= lr · weight_decay · p`.
+  float weight_decay;
+} kn_adamw;
 
 #ifdef __cplusplus
 extern "C" {
@@ -167,6 +186,294 @@ int32_t kn_f32_to_bf16(int32_t backend, const float *src, struct kn_bf16 *dst, s
 // # Safety
 // `src` covers `len` `kn_bf16`, `dst` `len` writable floats, apart.
 int32_t kn_bf16_to_f32(int32_t backend, const struct kn_bf16 *src, float *dst, size_t len);
+
+// `out = a + b`, element by element over `len` floats.
+//
+// # Safety
+// `a` and `b` cover `len` floats, `out` `len` writable floats apart from
+// them (as for every routine below: each pointer covers the length its
+// documentation gives, outputs writable and overlapping nothing).
+int32_t kn_add(int32_t backend, const float *a, const float *b, float *out, size_t len);
+
+// `out = a − b`, element by element over `len` floats.
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_sub(int32_t backend, const float *a, const float *b, float *out, size_t len);
+
+// `out = a · b`, element by element over `len` floats.
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_mul(int32_t backend, const float *a, const float *b, float *out, size_t len);
+
+// `dst = src` (`len` floats).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_copy(int32_t backend, const float *src, float *dst, size_t len);
+
+// `out = e^x`, element by element (≤ 2 ulp from the exact value).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_exp(int32_t backend, const float *x, float *out, size_t len);
+
+// `out = tanh(x)`, element by element (≤ 2 ulp from the exact value).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_tanh(int32_t backend, const float *x, float *out, size_t len);
+
+// `out = gelu(x)` (the tanh approximation of GPT-2).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_gelu_forward(int32_t backend, const float *x, float *out, size_t len);
+
+// Backward of `kn_gelu_forward`: **adds** `gelu'(x) · dout` into `dx`.
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_gelu_backward(int32_t backend, const float *x, const float *dout, float *dx, size_t len);
+
+// `x = alpha · x` (`len` floats).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_scale(int32_t backend, float alpha, float *x, size_t len);
+
+// `out[i] = value` (`len` floats).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_fill(int32_t backend, float value, float *out, size_t len);
+
+// `y += alpha · x` (`len` floats).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_axpy(int32_t backend, float alpha, const float *x, float *y, size_t len);
+
+// Adds `bias` (`cols` floats) to every row of `x` (`len` floats, rows of
+// `cols`).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_add_bias(int32_t backend, const float *bias, size_t cols, float *x, size_t len);
+
+// `*out = Σ x` (pairwise, in a fixed order).
+//
+// # Safety
+// `x` covers `len` floats; `out` is a writable float.
+int32_t kn_sum(int32_t backend, const float *x, size_t len, float *out);
+
+// `*out = Σ x²`.
+//
+// # Safety
+// As `kn_sum`.
+int32_t kn_sum_squares(int32_t backend, const float *x, size_t len, float *out);
+
+// `*out = max x` (−inf for `len` 0; NaN if any element is NaN).
+//
+// # Safety
+// As `kn_sum`.
+int32_t kn_max(int32_t backend, const float *x, size_t len, float *out);
+
+// `*out = Σ a·b` (`len` floats each).
+//
+// # Safety
+// `a` and `b` cover `len` floats; `out` is a writable float.
+int32_t kn_dot(int32_t backend, const float *a, const float *b, size_t len, float *out);
+
+// Backward of `kn_softmax_rows` in place: with `probs` its output and
+// `grad` the gradient with respect to it, `grad[j] = probs[j] · (grad[j]
+// − Σ_i probs[i]·grad[i])` over each row's valid prefix (as
+// `kn_softmax_rows`'s `causal` and `offset` say), 0 after it.
+//
+// # Safety
+// `probs` covers `len` floats, `grad` `len` writable floats apart.
+int32_t kn_softmax_backward_rows(int32_t backend,
+                                 const float *probs,
+                                 float *grad,
+                                 size_t len,
+                                 size_t cols,
+                                 int32_t causal,
+                                 size_t offset);
+
+// Backward of `kn_layer_norm_forward` given its input, `gamma` and row
+// statistics and the gradient `dout` of its output: **adds** into `dx`
+// (`len`), `dgamma` and `dbeta` (`cols` each).
+//
+// # Safety
+// Each pointer covers its length (`mean`, `rstd`: `len / cols`).
+int32_t kn_layer_norm_backward(int32_t backend,
+                               const float *x,
+                               size_t len,
+                               const float *gamma,
+                               size_t cols,
+                               const float *mean,
+                               const float *rstd,
+                               const float *dout,
+                               float *dx,
+                               float *dgamma,
+                               float *dbeta);
+
+// For each of `rows` rows of `logits` (`classes` each) with target
+// `targets[r]`: `losses[r] = logsumexp(row) − row[target]`, and when
+// `dlogits` is not NULL, `dlogits = (softmax(row) − onehot(target)) ·
+// grad_scale`. A target not below `classes` is `KN_ERR_INDEX` (checked
+// before anything is written).
+//
+// # Safety
+// `logits` and `dlogits` (if not NULL) cover `rows · classes` floats,
+// `targets` and `losses` `rows` elements.
+int32_t kn_cross_entropy(int32_t backend,
+                         const float *logits,
+                         size_t rows,
+                         size_t classes,
+                         const uint32_t *targets,
+                         float *losses,
+                         float *dlogits,
+                         float grad_scale);
+
+// PyTorch's AdamW defaults (lr 1e-3, betas 0.9 and 0.999, eps 1e-8,
+// weight decay 0.01).
+struct kn_adamw kn_adamw_default(void);
+
+// One AdamW step (`step` from 1) over `len` parameters with gradients
+// `grads · grad_scale`, updating the moments `m` and `v` in place.
+//
+// # Safety
+// `opt` points to a `kn_adamw`; the buffers cover `len` floats each.
+int32_t kn_adamw_step(int32_t backend,
+                      const struct kn_adamw *opt,
+                      uint32_t step,
+                      float grad_scale,
+                      float *params,
+                      const float *grads,
+                      float *m,
+                      float *v,
+                      size_t len);
+
+// `dst = srcᵀ`: `src` is `rows × cols` with row stride `src_stride`,
+// `dst` `cols × rows` with row stride `dst_stride` (the padding between
+// rows is left untouched).
+//
+// # Safety
+// Each pointer covers its matrix as the shape and stride say.
+int32_t kn_transpose(int32_t backend,
+                     size_t rows,
+                     size_t cols,
+                     const float *src,
+                     size_t src_stride,
+                     float *dst,
+                     size_t dst_stride);
+
+// The bf16 unit this CPU gives `backend`'s products: `KN_BF16_PORTABLE`,
+// `KN_BF16_AVX512_BF16` or `KN_BF16_AMX` (negative: the backend's status).
+int32_t kn_bf16_unit(int32_t backend);
+
+// Floats of workspace `kn_gemm_bf16` needs, written to `*len`.
+//
+// # Safety
+// `len` points to a writable `size_t`.
+int32_t kn_gemm_bf16_workspace_len(int32_t backend, size_t m, size_t n, size_t k, size_t *len);
+
+// `kn_gemm` with A and B rounded to bf16 as they are read and the
+// products summed in f32, on the backend's bf16 unit (`kn_bf16_unit`).
+// Each element is within (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| + |beta·c|) of the
+// exact product of the rounded operands.
+//
+// # Safety
+// As `kn_gemm`, with `kn_gemm_bf16_workspace_len` floats of workspace.
+int32_t kn_gemm_bf16(int32_t backend,
+                     const struct kn_executor *exec,
+                     int32_t trans_a,
+                     int32_t trans_b,
+                     size_t m,
+                     size_t n,
+                     size_t k,
+                     float alpha,
+                     const float *a,
+                     size_t lda,
+                     const float *b,
+                     size_t ldb,
+                     float beta,
+                     float *c,
+                     size_t ldc,
+                     float *workspace,
+                     size_t workspace_len);
+
+// Slots a packed `k × n` operand takes (`kn_pack_bf16`), written to
+// `*len`.
+//
+// # Safety
+// `len` points to a writable `size_t`.
+int32_t kn_packed_bf16_len(size_t k, size_t n, size_t *len);
+
+// Packs op(B) (`k × n`: B stored `k × n`, or `n × k` with `trans_b` 1,
+// row stride `ldb`) into `slots` (`kn_packed_bf16_len` of them), rounded
+// to bf16, for many `kn_gemm_bf16_packed` products (weights held in bf16).
+// The slots do not depend on the backend.
+//
+// # Safety
+// `b` covers its matrix, `slots` `slots_len` writable `uint32_t`.
+int32_t kn_pack_bf16(int32_t backend,
+                     int32_t trans_b,
+                     size_t k,
+                     size_t n,
+                     const float *b,
+                     size_t ldb,
+                     uint32_t *slots,
+                     size_t slots_len);
+
+// Floats of workspace `kn_gemm_bf16_packed` needs, written to `*len`.
+//
+// # Safety
+// `len` points to a writable `size_t`.
+int32_t kn_gemm_bf16_packed_workspace_len(int32_t backend,
+                                          size_t m,
+                                          size_t n,
+                                          size_t k,
+                                          size_t *len);
+
+// `kn_gemm_bf16` with B packed beforehand by `kn_pack_bf16` (`k × n`,
+// `slots_len` slots): the same result, bit for bit, without rounding or
+// packing B again.
+//
+// # Safety
+// As `kn_gemm` for A and C; `slots` covers `slots_len` `uint32_t`.
+int32_t kn_gemm_bf16_packed(int32_t backend,
+                            const struct kn_executor *exec,
+                            int32_t trans_a,
+                            size_t m,
+                            size_t n,
+                            size_t k,
+                            float alpha,
+                            const float *a,
+                            size_t lda,
+                            const uint32_t *slots,
+                            size_t slots_len,
+                            float beta,
+                            float *c,
+                            size_t ldc,
+                            float *workspace,
+                            size_t workspace_len);
+
+// Runs `iters` rounds of the backend's independent f32 multiply-add
+// chains and writes the floating-point operations done to `*flops`: time
+// it for the FMA peak that MFU divides by.
+//
+// # Safety
+// `flops` points to a writable `uint64_t`.
+int32_t kn_fma_peak_loop(int32_t backend, size_t iters, uint64_t *flops);
+
+// `kn_fma_peak_loop` for the backend's bf16 unit (`kn_bf16_unit`).
+//
+// # Safety
+// `flops` points to a writable `uint64_t`.
+int32_t kn_bf16_peak_loop(int32_t backend, size_t iters, uint64_t *flops);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -22,7 +22,8 @@ use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use kernels::{
-    Backend, Bf16, Executor, KernelError, Kernels, MatMut, MatRef, Sequential, ValidLen,
+    AdamW, Backend, Bf16, Bf16Unit, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16,
+    Sequential, ValidLen,
 };
 
 /// Version of this ABI; it changes on any incompatible change.
@@ -189,24 +190,22 @@ pub unsafe extern "C" fn kn_gemm(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        let (a_rows, a_cols) = stored(m, k, trans_a)?;
-        let (b_rows, b_cols) = stored(k, n, trans_b)?;
-        // SAFETY (each view): the caller's pointers cover the matrices
-        // their shapes and strides describe.
-        let a = unsafe { matrix(a, a_rows, a_cols, lda) }?;
-        let b = unsafe { matrix(b, b_rows, b_cols, ldb) }?;
-        let c_len = strided_len(m, n, ldc)?;
-        let c = unsafe { slice_mut(c, c_len) }?;
-        let workspace = unsafe { slice_mut(workspace, workspace_len) }?;
-        disjoint(c, &[a.0, b.0])?;
-        disjoint(workspace, &[a.0, b.0, c])?;
-        let a = transposed(MatRef::strided(a.0, a_rows, a_cols, lda)?, trans_a);
-        let b = transposed(MatRef::strided(b.0, b_rows, b_cols, ldb)?, trans_b);
-        let c = MatMut::strided(c, m, n, ldc)?;
+        // SAFETY: forwarded (the caller's contract).
+        let p = unsafe {
+            product(
+                trans_a,
+                trans_b,
+                (m, n, k),
+                (a, lda),
+                (b, ldb),
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
         // SAFETY: the caller's executor pointer is valid or NULL.
         match unsafe { executor(exec) }? {
-            Some(host) => kernels.gemm_with(&host, alpha, a, b, beta, c, workspace)?,
-            None => kernels.gemm_with(&Sequential, alpha, a, b, beta, c, workspace)?,
+            Some(host) => kernels.gemm_with(&host, alpha, p.a, p.b, beta, p.c, p.workspace)?,
+            None => kernels.gemm_with(&Sequential, alpha, p.a, p.b, beta, p.c, p.workspace)?,
         }
         Ok(())
     })
@@ -229,11 +228,7 @@ pub unsafe extern "C" fn kn_softmax_rows(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        let valid = match causal {
-            0 => ValidLen::All,
-            1 => ValidLen::Causal { offset },
-            _ => return Err(Status(KN_ERR_ARGUMENT)),
-        };
+        let valid = valid_len(causal, offset)?;
         // SAFETY: the caller's pointer covers `len` floats.
         let x = unsafe { slice_mut(x, len) }?;
         Ok(kernels.softmax_rows(x, cols, valid)?)
@@ -317,6 +312,802 @@ pub unsafe extern "C" fn kn_bf16_to_f32(
         disjoint(dst, &[src])?;
         Ok(kernels.bf16_to_f32(src, dst)?)
     })
+}
+
+/// `out = a + b`, element by element over `len` floats.
+///
+/// # Safety
+/// `a` and `b` cover `len` floats, `out` `len` writable floats apart from
+/// them (as for every routine below: each pointer covers the length its
+/// documentation gives, outputs writable and overlapping nothing).
+#[no_mangle]
+pub unsafe extern "C" fn kn_add(
+    backend: i32,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded (the caller's contract).
+    unsafe { binary(backend, a, b, out, len, Kernels::add) }
+}
+
+/// `out = a − b`, element by element over `len` floats.
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_sub(
+    backend: i32,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { binary(backend, a, b, out, len, Kernels::sub) }
+}
+
+/// `out = a · b`, element by element over `len` floats.
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_mul(
+    backend: i32,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { binary(backend, a, b, out, len, Kernels::mul) }
+}
+
+/// `dst = src` (`len` floats).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_copy(backend: i32, src: *const f32, dst: *mut f32, len: size_t) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { unary(backend, src, dst, len, Kernels::copy) }
+}
+
+/// `out = e^x`, element by element (≤ 2 ulp from the exact value).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_exp(backend: i32, x: *const f32, out: *mut f32, len: size_t) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { unary(backend, x, out, len, Kernels::exp) }
+}
+
+/// `out = tanh(x)`, element by element (≤ 2 ulp from the exact value).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_tanh(backend: i32, x: *const f32, out: *mut f32, len: size_t) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { unary(backend, x, out, len, Kernels::tanh) }
+}
+
+/// `out = gelu(x)` (the tanh approximation of GPT-2).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gelu_forward(
+    backend: i32,
+    x: *const f32,
+    out: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { unary(backend, x, out, len, Kernels::gelu_forward) }
+}
+
+/// Backward of `kn_gelu_forward`: **adds** `gelu'(x) · dout` into `dx`.
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gelu_backward(
+    backend: i32,
+    x: *const f32,
+    dout: *const f32,
+    dx: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { binary(backend, x, dout, dx, len, Kernels::gelu_backward) }
+}
+
+/// `x = alpha · x` (`len` floats).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_scale(backend: i32, alpha: f32, x: *mut f32, len: size_t) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        kernels.scale(alpha, unsafe { slice_mut(x, len) }?);
+        Ok(())
+    })
+}
+
+/// `out[i] = value` (`len` floats).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_fill(backend: i32, value: f32, out: *mut f32, len: size_t) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        kernels.fill(value, unsafe { slice_mut(out, len) }?);
+        Ok(())
+    })
+}
+
+/// `y += alpha · x` (`len` floats).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_axpy(
+    backend: i32,
+    alpha: f32,
+    x: *const f32,
+    y: *mut f32,
+    len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (x, y) = unsafe { (slice(x, len)?, slice_mut(y, len)?) };
+        disjoint(y, &[x])?;
+        Ok(kernels.axpy(alpha, x, y)?)
+    })
+}
+
+/// Adds `bias` (`cols` floats) to every row of `x` (`len` floats, rows of
+/// `cols`).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_add_bias(
+    backend: i32,
+    bias: *const f32,
+    cols: size_t,
+    x: *mut f32,
+    len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (bias, x) = unsafe { (slice(bias, cols)?, slice_mut(x, len)?) };
+        disjoint(x, &[bias])?;
+        Ok(kernels.add_bias(bias, x)?)
+    })
+}
+
+/// `*out = Σ x` (pairwise, in a fixed order).
+///
+/// # Safety
+/// `x` covers `len` floats; `out` is a writable float.
+#[no_mangle]
+pub unsafe extern "C" fn kn_sum(backend: i32, x: *const f32, len: size_t, out: *mut f32) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { reduce(backend, x, len, out, Kernels::sum) }
+}
+
+/// `*out = Σ x²`.
+///
+/// # Safety
+/// As `kn_sum`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_sum_squares(
+    backend: i32,
+    x: *const f32,
+    len: size_t,
+    out: *mut f32,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { reduce(backend, x, len, out, Kernels::sum_squares) }
+}
+
+/// `*out = max x` (−inf for `len` 0; NaN if any element is NaN).
+///
+/// # Safety
+/// As `kn_sum`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_max(backend: i32, x: *const f32, len: size_t, out: *mut f32) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { reduce(backend, x, len, out, Kernels::max) }
+}
+
+/// `*out = Σ a·b` (`len` floats each).
+///
+/// # Safety
+/// `a` and `b` cover `len` floats; `out` is a writable float.
+#[no_mangle]
+pub unsafe extern "C" fn kn_dot(
+    backend: i32,
+    a: *const f32,
+    b: *const f32,
+    len: size_t,
+    out: *mut f32,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (a, b) = unsafe { (slice(a, len)?, slice(b, len)?) };
+        let value = kernels.dot(a, b)?;
+        // SAFETY: forwarded.
+        unsafe { write_out(out, value) }
+    })
+}
+
+/// Backward of `kn_softmax_rows` in place: with `probs` its output and
+/// `grad` the gradient with respect to it, `grad[j] = probs[j] · (grad[j]
+/// − Σ_i probs[i]·grad[i])` over each row's valid prefix (as
+/// `kn_softmax_rows`'s `causal` and `offset` say), 0 after it.
+///
+/// # Safety
+/// `probs` covers `len` floats, `grad` `len` writable floats apart.
+#[no_mangle]
+pub unsafe extern "C" fn kn_softmax_backward_rows(
+    backend: i32,
+    probs: *const f32,
+    grad: *mut f32,
+    len: size_t,
+    cols: size_t,
+    causal: i32,
+    offset: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        let valid = valid_len(causal, offset)?;
+        // SAFETY: forwarded.
+        let (probs, grad) = unsafe { (slice(probs, len)?, slice_mut(grad, len)?) };
+        disjoint(grad, &[probs])?;
+        Ok(kernels.softmax_backward_rows(probs, grad, cols, valid)?)
+    })
+}
+
+/// Backward of `kn_layer_norm_forward` given its input, `gamma` and row
+/// statistics and the gradient `dout` of its output: **adds** into `dx`
+/// (`len`), `dgamma` and `dbeta` (`cols` each).
+///
+/// # Safety
+/// Each pointer covers its length (`mean`, `rstd`: `len / cols`).
+#[no_mangle]
+pub unsafe extern "C" fn kn_layer_norm_backward(
+    backend: i32,
+    x: *const f32,
+    len: size_t,
+    gamma: *const f32,
+    cols: size_t,
+    mean: *const f32,
+    rstd: *const f32,
+    dout: *const f32,
+    dx: *mut f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        let rows = len.checked_div(cols).unwrap_or(0);
+        // SAFETY: forwarded.
+        let inputs = unsafe {
+            [
+                slice(x, len)?,
+                slice(gamma, cols)?,
+                slice(mean, rows)?,
+                slice(rstd, rows)?,
+                slice(dout, len)?,
+            ]
+        };
+        let [x, gamma, mean, rstd, dout] = inputs;
+        // SAFETY: forwarded.
+        let (dx, dgamma, dbeta) = unsafe {
+            (
+                slice_mut(dx, len)?,
+                slice_mut(dgamma, cols)?,
+                slice_mut(dbeta, cols)?,
+            )
+        };
+        disjoint(dx, &inputs)?;
+        disjoint(dgamma, &[x, gamma, mean, rstd, dout, dx])?;
+        disjoint(dbeta, &[x, gamma, mean, rstd, dout, dx, dgamma])?;
+        Ok(kernels.layer_norm_backward(x, gamma, mean, rstd, dout, dx, dgamma, dbeta)?)
+    })
+}
+
+/// For each of `rows` rows of `logits` (`classes` each) with target
+/// `targets[r]`: `losses[r] = logsumexp(row) − row[target]`, and when
+/// `dlogits` is not NULL, `dlogits = (softmax(row) − onehot(target)) ·
+/// grad_scale`. A target not below `classes` is `KN_ERR_INDEX` (checked
+/// before anything is written).
+///
+/// # Safety
+/// `logits` and `dlogits` (if not NULL) cover `rows · classes` floats,
+/// `targets` and `losses` `rows` elements.
+#[no_mangle]
+pub unsafe extern "C" fn kn_cross_entropy(
+    backend: i32,
+    logits: *const f32,
+    rows: size_t,
+    classes: size_t,
+    targets: *const u32,
+    losses: *mut f32,
+    dlogits: *mut f32,
+    grad_scale: f32,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        let len = rows.checked_mul(classes).ok_or(Status(KN_ERR_SHAPE))?;
+        // SAFETY: forwarded.
+        let (logits, targets) = unsafe { (slice(logits, len)?, slice(targets, rows)?) };
+        let losses = unsafe { slice_mut(losses, rows) }?;
+        disjoint(losses, &[logits])?;
+        disjoint(losses, &[targets])?;
+        let dlogits = if dlogits.is_null() {
+            None
+        } else {
+            // SAFETY: forwarded.
+            let d = unsafe { slice_mut(dlogits, len) }?;
+            disjoint(d, &[logits, &*losses])?;
+            disjoint(d, &[targets])?;
+            Some(d)
+        };
+        Ok(kernels.cross_entropy(logits, classes, targets, losses, dlogits, grad_scale)?)
+    })
+}
+
+/// AdamW hyper-parameters (`kn_adamw_default` gives PyTorch's defaults).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct kn_adamw {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled: `p −= lr · weight_decay · p`.
+    pub weight_decay: f32,
+}
+
+/// PyTorch's AdamW defaults (lr 1e-3, betas 0.9 and 0.999, eps 1e-8,
+/// weight decay 0.01).
+#[no_mangle]
+pub extern "C" fn kn_adamw_default() -> kn_adamw {
+    let d = AdamW::default();
+    kn_adamw {
+        lr: d.lr,
+        beta1: d.beta1,
+        beta2: d.beta2,
+        eps: d.eps,
+        weight_decay: d.weight_decay,
+    }
+}
+
+/// One AdamW step (`step` from 1) over `len` parameters with gradients
+/// `grads · grad_scale`, updating the moments `m` and `v` in place.
+///
+/// # Safety
+/// `opt` points to a `kn_adamw`; the buffers cover `len` floats each.
+#[no_mangle]
+pub unsafe extern "C" fn kn_adamw_step(
+    backend: i32,
+    opt: *const kn_adamw,
+    step: u32,
+    grad_scale: f32,
+    params: *mut f32,
+    grads: *const f32,
+    m: *mut f32,
+    v: *mut f32,
+    len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        check_pointer(opt, 1)?;
+        // SAFETY: non-NULL and aligned; the caller guarantees it is valid.
+        let o = unsafe { *opt };
+        let opt = AdamW {
+            lr: o.lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        };
+        // SAFETY: forwarded.
+        let grads = unsafe { slice(grads, len) }?;
+        let (params, m, v) = unsafe {
+            (
+                slice_mut(params, len)?,
+                slice_mut(m, len)?,
+                slice_mut(v, len)?,
+            )
+        };
+        disjoint(params, &[grads])?;
+        disjoint(m, &[grads, &*params])?;
+        disjoint(v, &[grads, &*params, &*m])?;
+        Ok(kernels.adamw_step(&opt, step, grad_scale, params, grads, m, v)?)
+    })
+}
+
+/// `dst = srcᵀ`: `src` is `rows × cols` with row stride `src_stride`,
+/// `dst` `cols × rows` with row stride `dst_stride` (the padding between
+/// rows is left untouched).
+///
+/// # Safety
+/// Each pointer covers its matrix as the shape and stride say.
+#[no_mangle]
+pub unsafe extern "C" fn kn_transpose(
+    backend: i32,
+    rows: size_t,
+    cols: size_t,
+    src: *const f32,
+    src_stride: size_t,
+    dst: *mut f32,
+    dst_stride: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (src, _) = unsafe { matrix(src, rows, cols, src_stride) }?;
+        let dst = unsafe { slice_mut(dst, strided_len(cols, rows, dst_stride)?) }?;
+        disjoint(dst, &[src])?;
+        Ok(kernels.transpose(rows, cols, src, src_stride, dst, dst_stride)?)
+    })
+}
+
+/// The bf16 unit this CPU gives `backend`'s products: `KN_BF16_PORTABLE`,
+/// `KN_BF16_AVX512_BF16` or `KN_BF16_AMX` (negative: the backend's status).
+#[no_mangle]
+pub extern "C" fn kn_bf16_unit(backend: i32) -> i32 {
+    match kernels_for(backend) {
+        Ok(k) => match k.bf16_unit() {
+            Bf16Unit::Portable => KN_BF16_PORTABLE,
+            Bf16Unit::Avx512Bf16 => KN_BF16_AVX512_BF16,
+            Bf16Unit::Amx => KN_BF16_AMX,
+        },
+        Err(Status(status)) => status,
+    }
+}
+
+/// bf16 products on the portable path: operands rounded, f32 multiply.
+pub const KN_BF16_PORTABLE: i32 = 0;
+/// bf16 products on `vdpbf16ps`.
+pub const KN_BF16_AVX512_BF16: i32 = 1;
+/// bf16 products on AMX tiles.
+pub const KN_BF16_AMX: i32 = 2;
+
+/// Floats of workspace `kn_gemm_bf16` needs, written to `*len`.
+///
+/// # Safety
+/// `len` points to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_workspace_len(
+    backend: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    len: *mut size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        unsafe { write_out(len, kernels.gemm_bf16_workspace_len(m, n, k)) }
+    })
+}
+
+/// `kn_gemm` with A and B rounded to bf16 as they are read and the
+/// products summed in f32, on the backend's bf16 unit (`kn_bf16_unit`).
+/// Each element is within (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| + |beta·c|) of the
+/// exact product of the rounded operands.
+///
+/// # Safety
+/// As `kn_gemm`, with `kn_gemm_bf16_workspace_len` floats of workspace.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    trans_b: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    alpha: f32,
+    a: *const f32,
+    lda: size_t,
+    b: *const f32,
+    ldb: size_t,
+    beta: f32,
+    c: *mut f32,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let p = unsafe {
+            product(
+                trans_a,
+                trans_b,
+                (m, n, k),
+                (a, lda),
+                (b, ldb),
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        // SAFETY: forwarded.
+        match unsafe { executor(exec) }? {
+            Some(host) => kernels.gemm_bf16_with(&host, alpha, p.a, p.b, beta, p.c, p.workspace)?,
+            None => kernels.gemm_bf16_with(&Sequential, alpha, p.a, p.b, beta, p.c, p.workspace)?,
+        }
+        Ok(())
+    })
+}
+
+/// Slots a packed `k × n` operand takes (`kn_pack_bf16`), written to
+/// `*len`.
+///
+/// # Safety
+/// `len` points to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_packed_bf16_len(k: size_t, n: size_t, len: *mut size_t) -> i32 {
+    guard(|| {
+        let slots = PackedBf16::len(k, n).ok_or(Status(KN_ERR_SHAPE))?;
+        // SAFETY: forwarded.
+        unsafe { write_out(len, slots) }
+    })
+}
+
+/// Packs op(B) (`k × n`: B stored `k × n`, or `n × k` with `trans_b` 1,
+/// row stride `ldb`) into `slots` (`kn_packed_bf16_len` of them), rounded
+/// to bf16, for many `kn_gemm_bf16_packed` products (weights held in bf16).
+/// The slots do not depend on the backend.
+///
+/// # Safety
+/// `b` covers its matrix, `slots` `slots_len` writable `uint32_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_pack_bf16(
+    backend: i32,
+    trans_b: i32,
+    k: size_t,
+    n: size_t,
+    b: *const f32,
+    ldb: size_t,
+    slots: *mut u32,
+    slots_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        let (rows, cols) = stored(k, n, trans_b)?;
+        // SAFETY: forwarded.
+        let (b, _) = unsafe { matrix(b, rows, cols, ldb) }?;
+        let slots = unsafe { slice_mut(slots, slots_len) }?;
+        disjoint(slots, &[b])?;
+        let b = transposed(MatRef::strided(b, rows, cols, ldb)?, trans_b);
+        Ok(kernels.pack_bf16(b, slots)?)
+    })
+}
+
+/// Floats of workspace `kn_gemm_bf16_packed` needs, written to `*len`.
+///
+/// # Safety
+/// `len` points to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_packed_workspace_len(
+    backend: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    len: *mut size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        unsafe { write_out(len, kernels.gemm_bf16_packed_workspace_len(m, n, k)) }
+    })
+}
+
+/// `kn_gemm_bf16` with B packed beforehand by `kn_pack_bf16` (`k × n`,
+/// `slots_len` slots): the same result, bit for bit, without rounding or
+/// packing B again.
+///
+/// # Safety
+/// As `kn_gemm` for A and C; `slots` covers `slots_len` `uint32_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_packed(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    alpha: f32,
+    a: *const f32,
+    lda: size_t,
+    slots: *const u32,
+    slots_len: size_t,
+    beta: f32,
+    c: *mut f32,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        let (rows, cols) = stored(m, k, trans_a)?;
+        // SAFETY: forwarded.
+        let (a, _) = unsafe { matrix(a, rows, cols, lda) }?;
+        let slots = unsafe { slice(slots, slots_len) }?;
+        let c = unsafe { slice_mut(c, strided_len(m, n, ldc)?) }?;
+        let workspace = unsafe { slice_mut(workspace, workspace_len) }?;
+        disjoint(c, &[a])?;
+        disjoint(c, &[slots])?;
+        disjoint(workspace, &[a, &*c])?;
+        disjoint(workspace, &[slots])?;
+        let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
+        let b = PackedBf16::new(slots, k, n)?;
+        let c = MatMut::strided(c, m, n, ldc)?;
+        // SAFETY: forwarded.
+        match unsafe { executor(exec) }? {
+            Some(host) => kernels.gemm_bf16_packed_with(&host, alpha, a, b, beta, c, workspace)?,
+            None => kernels.gemm_bf16_packed_with(&Sequential, alpha, a, b, beta, c, workspace)?,
+        }
+        Ok(())
+    })
+}
+
+/// Runs `iters` rounds of the backend's independent f32 multiply-add
+/// chains and writes the floating-point operations done to `*flops`: time
+/// it for the FMA peak that MFU divides by.
+///
+/// # Safety
+/// `flops` points to a writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_fma_peak_loop(backend: i32, iters: size_t, flops: *mut u64) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        check_pointer(flops, 1)?;
+        let done = kernels.fma_peak_loop(iters);
+        // SAFETY: forwarded.
+        unsafe { write_out(flops, done) }
+    })
+}
+
+/// `kn_fma_peak_loop` for the backend's bf16 unit (`kn_bf16_unit`).
+///
+/// # Safety
+/// `flops` points to a writable `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_bf16_peak_loop(backend: i32, iters: size_t, flops: *mut u64) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        check_pointer(flops, 1)?;
+        let done = kernels.bf16_peak_loop(iters);
+        // SAFETY: forwarded.
+        unsafe { write_out(flops, done) }
+    })
+}
+
+/// The views of a product's operands, checked.
+struct Product<'a> {
+    a: MatRef<'a>,
+    b: MatRef<'a>,
+    c: MatMut<'a>,
+    workspace: &'a mut [f32],
+}
+
+/// The operands of `kn_gemm` and `kn_gemm_bf16` as views.
+///
+/// # Safety
+/// As `kn_gemm`.
+unsafe fn product<'a>(
+    trans_a: i32,
+    trans_b: i32,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+    (workspace, workspace_len): (*mut f32, usize),
+) -> Result<Product<'a>, Status> {
+    let (a_rows, a_cols) = stored(m, k, trans_a)?;
+    let (b_rows, b_cols) = stored(k, n, trans_b)?;
+    // SAFETY (each view): the caller's pointers cover the matrices their
+    // shapes and strides describe.
+    let (a, _) = unsafe { matrix(a, a_rows, a_cols, lda) }?;
+    let (b, _) = unsafe { matrix(b, b_rows, b_cols, ldb) }?;
+    let c = unsafe { slice_mut(c, strided_len(m, n, ldc)?) }?;
+    let workspace = unsafe { slice_mut(workspace, workspace_len) }?;
+    disjoint(c, &[a, b])?;
+    disjoint(workspace, &[a, b, &*c])?;
+    Ok(Product {
+        a: transposed(MatRef::strided(a, a_rows, a_cols, lda)?, trans_a),
+        b: transposed(MatRef::strided(b, b_rows, b_cols, ldb)?, trans_b),
+        c: MatMut::strided(c, m, n, ldc)?,
+        workspace,
+    })
+}
+
+/// A routine of two inputs and one output, e.g. `Kernels::add`.
+type BinaryRoutine = fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), KernelError>;
+
+/// A routine of one input and one output, e.g. `Kernels::exp`.
+type UnaryRoutine = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), KernelError>;
+
+/// A routine of two inputs and one output of one length.
+///
+/// # Safety
+/// `a`, `b` cover `len` floats, `out` `len` writable floats apart.
+unsafe fn binary(
+    backend: i32,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    len: usize,
+    f: BinaryRoutine,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (a, b, out) = unsafe { (slice(a, len)?, slice(b, len)?, slice_mut(out, len)?) };
+        disjoint(out, &[a, b])?;
+        Ok(f(&kernels, a, b, out)?)
+    })
+}
+
+/// A routine of one input and one output of one length.
+///
+/// # Safety
+/// `x` covers `len` floats, `out` `len` writable floats apart.
+unsafe fn unary(backend: i32, x: *const f32, out: *mut f32, len: usize, f: UnaryRoutine) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let (x, out) = unsafe { (slice(x, len)?, slice_mut(out, len)?) };
+        disjoint(out, &[x])?;
+        Ok(f(&kernels, x, out)?)
+    })
+}
+
+/// A reduction of one input to one float.
+///
+/// # Safety
+/// `x` covers `len` floats; `out` is a writable float.
+unsafe fn reduce(
+    backend: i32,
+    x: *const f32,
+    len: usize,
+    out: *mut f32,
+    f: fn(&Kernels, &[f32]) -> f32,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded.
+        let value = f(&kernels, unsafe { slice(x, len) }?);
+        // SAFETY: forwarded.
+        unsafe { write_out(out, value) }
+    })
+}
+
+/// The valid prefix of softmax rows from the ABI's `causal` flag.
+fn valid_len(causal: i32, offset: usize) -> Result<ValidLen<'static>, Status> {
+    match causal {
+        0 => Ok(ValidLen::All),
+        1 => Ok(ValidLen::Causal { offset }),
+        _ => Err(Status(KN_ERR_ARGUMENT)),
+    }
 }
 
 /// Runs `f`, turning its error into a status and a panic (a bug: the

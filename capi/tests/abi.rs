@@ -352,3 +352,427 @@ fn softmax_layer_norm_and_bf16_match_plain_loops() {
         assert_eq!(w, kernels::Bf16::from_f32(v).to_f32());
     }
 }
+
+/// Every other routine through the ABI gives the bits of the Rust call it
+/// wraps (the Rust routines are tested against independent definitions).
+#[test]
+fn every_routine_matches_the_rust_call() {
+    let backend = kn_detected_backend();
+    let k = kernels::Kernels::best();
+    let (rows, cols) = (3usize, 7usize);
+    let len = rows * cols;
+    let (a, b) = (values(len, 1), values(len, 2));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    type Binary = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, usize) -> i32;
+    type RustBinary =
+        fn(&kernels::Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), kernels::KernelError>;
+    let binaries: [(Binary, RustBinary); 4] = [
+        (kn_add, kernels::Kernels::add),
+        (kn_sub, kernels::Kernels::sub),
+        (kn_mul, kernels::Kernels::mul),
+        (kn_gelu_backward, kernels::Kernels::gelu_backward),
+    ];
+    for (abi, rust) in binaries {
+        let (mut got, mut want) = (vec![0.5; len], vec![0.5; len]);
+        // SAFETY: every buffer holds `len` floats.
+        assert_eq!(
+            unsafe { abi(backend, a.as_ptr(), b.as_ptr(), got.as_mut_ptr(), len) },
+            KN_OK
+        );
+        rust(&k, &a, &b, &mut want).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+    }
+    type Unary = unsafe extern "C" fn(i32, *const f32, *mut f32, usize) -> i32;
+    type RustUnary = fn(&kernels::Kernels, &[f32], &mut [f32]) -> Result<(), kernels::KernelError>;
+    let unaries: [(Unary, RustUnary); 4] = [
+        (kn_copy, kernels::Kernels::copy),
+        (kn_exp, kernels::Kernels::exp),
+        (kn_tanh, kernels::Kernels::tanh),
+        (kn_gelu_forward, kernels::Kernels::gelu_forward),
+    ];
+    for (abi, rust) in unaries {
+        let (mut got, mut want) = (vec![0.0; len], vec![0.0; len]);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { abi(backend, a.as_ptr(), got.as_mut_ptr(), len) },
+            KN_OK
+        );
+        rust(&k, &a, &mut want).unwrap();
+        assert_eq!(bits(&got), bits(&want));
+    }
+    let mut out = 0.0f32;
+    // SAFETY (the calls below): each buffer holds what its length says.
+    unsafe {
+        assert_eq!(kn_sum(backend, a.as_ptr(), len, &mut out), KN_OK);
+        assert_eq!(out.to_bits(), k.sum(&a).to_bits());
+        assert_eq!(kn_sum_squares(backend, a.as_ptr(), len, &mut out), KN_OK);
+        assert_eq!(out.to_bits(), k.sum_squares(&a).to_bits());
+        assert_eq!(kn_max(backend, a.as_ptr(), len, &mut out), KN_OK);
+        assert_eq!(out.to_bits(), k.max(&a).to_bits());
+        assert_eq!(
+            kn_dot(backend, a.as_ptr(), b.as_ptr(), len, &mut out),
+            KN_OK
+        );
+        assert_eq!(out.to_bits(), k.dot(&a, &b).unwrap().to_bits());
+    }
+    let (mut x, mut y) = (a.clone(), a.clone());
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(kn_scale(backend, 3.0, x.as_mut_ptr(), len), KN_OK);
+        assert_eq!(
+            kn_axpy(backend, 0.5, b.as_ptr(), x.as_mut_ptr(), len),
+            KN_OK
+        );
+        assert_eq!(
+            kn_add_bias(backend, b.as_ptr(), cols, x.as_mut_ptr(), len),
+            KN_OK
+        );
+    }
+    k.scale(3.0, &mut y);
+    k.axpy(0.5, &b, &mut y).unwrap();
+    k.add_bias(&b[..cols], &mut y).unwrap();
+    assert_eq!(bits(&x), bits(&y));
+    // SAFETY: as above.
+    unsafe { assert_eq!(kn_fill(backend, 2.5, x.as_mut_ptr(), len), KN_OK) };
+    assert!(x.iter().all(|&v| v == 2.5));
+
+    // Softmax backward and layer norm backward.
+    let mut probs = a.clone();
+    k.softmax_rows(&mut probs, cols, kernels::ValidLen::Causal { offset: 2 })
+        .unwrap();
+    let (mut got, mut want) = (b.clone(), b.clone());
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe {
+            kn_softmax_backward_rows(backend, probs.as_ptr(), got.as_mut_ptr(), len, cols, 1, 2)
+        },
+        KN_OK
+    );
+    k.softmax_backward_rows(
+        &probs,
+        &mut want,
+        cols,
+        kernels::ValidLen::Causal { offset: 2 },
+    )
+    .unwrap();
+    assert_eq!(bits(&got), bits(&want));
+    let gamma = values(cols, 3);
+    let (mut norm, mut mean, mut rstd) = (vec![0.0; len], vec![0.0; rows], vec![0.0; rows]);
+    k.layer_norm_forward(
+        &a,
+        &gamma,
+        &b[..cols],
+        1e-5,
+        &mut norm,
+        &mut mean,
+        &mut rstd,
+    )
+    .unwrap();
+    let mut got = (vec![0.1; len], vec![0.2; cols], vec![0.3; cols]);
+    let mut want = got.clone();
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_layer_norm_backward(
+            backend,
+            a.as_ptr(),
+            len,
+            gamma.as_ptr(),
+            cols,
+            mean.as_ptr(),
+            rstd.as_ptr(),
+            b.as_ptr(),
+            got.0.as_mut_ptr(),
+            got.1.as_mut_ptr(),
+            got.2.as_mut_ptr(),
+        )
+    };
+    assert_eq!(status, KN_OK);
+    k.layer_norm_backward(
+        &a,
+        &gamma,
+        &mean,
+        &rstd,
+        &b,
+        &mut want.0,
+        &mut want.1,
+        &mut want.2,
+    )
+    .unwrap();
+    assert_eq!(
+        (bits(&got.0), bits(&got.1), bits(&got.2)),
+        (bits(&want.0), bits(&want.1), bits(&want.2))
+    );
+
+    // Cross-entropy, with and without the gradient; a bad target.
+    let targets = [1u32, 6, 0];
+    let (mut losses, mut dlogits) = (vec![0.0; rows], vec![0.0; len]);
+    let (mut want_losses, mut want_d) = (vec![0.0; rows], vec![0.0; len]);
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_cross_entropy(
+            backend,
+            a.as_ptr(),
+            rows,
+            cols,
+            targets.as_ptr(),
+            losses.as_mut_ptr(),
+            dlogits.as_mut_ptr(),
+            0.5,
+        )
+    };
+    assert_eq!(status, KN_OK);
+    k.cross_entropy(&a, cols, &targets, &mut want_losses, Some(&mut want_d), 0.5)
+        .unwrap();
+    assert_eq!(
+        (bits(&losses), bits(&dlogits)),
+        (bits(&want_losses), bits(&want_d))
+    );
+    // SAFETY: as above; the NULL gradient is allowed.
+    let status = unsafe {
+        kn_cross_entropy(
+            backend,
+            a.as_ptr(),
+            rows,
+            cols,
+            targets.as_ptr(),
+            losses.as_mut_ptr(),
+            std::ptr::null_mut(),
+            0.5,
+        )
+    };
+    assert_eq!(status, KN_OK);
+    let bad = [1u32, 7, 0];
+    let before = bits(&losses);
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_cross_entropy(
+            backend,
+            a.as_ptr(),
+            rows,
+            cols,
+            bad.as_ptr(),
+            losses.as_mut_ptr(),
+            std::ptr::null_mut(),
+            0.5,
+        )
+    };
+    assert_eq!(status, KN_ERR_INDEX);
+    assert_eq!(bits(&losses), before, "a refused call wrote its output");
+
+    // AdamW.
+    let opt = kn_adamw_default();
+    let (mut p, mut m, mut v) = (a.clone(), vec![0.0; len], vec![0.0; len]);
+    let (mut wp, mut wm, mut wv) = (a.clone(), vec![0.0; len], vec![0.0; len]);
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_adamw_step(
+            backend,
+            &opt,
+            1,
+            0.5,
+            p.as_mut_ptr(),
+            b.as_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            len,
+        )
+    };
+    assert_eq!(status, KN_OK);
+    k.adamw_step(
+        &kernels::AdamW::default(),
+        1,
+        0.5,
+        &mut wp,
+        &b,
+        &mut wm,
+        &mut wv,
+    )
+    .unwrap();
+    assert_eq!(
+        (bits(&p), bits(&m), bits(&v)),
+        (bits(&wp), bits(&wm), bits(&wv))
+    );
+
+    // Transpose with strides.
+    let mut t_got = vec![9.0; cols * (rows + 1)];
+    let mut t_want = t_got.clone();
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe {
+            kn_transpose(
+                backend,
+                rows,
+                cols,
+                a.as_ptr(),
+                cols,
+                t_got.as_mut_ptr(),
+                rows + 1,
+            )
+        },
+        KN_OK
+    );
+    k.transpose(rows, cols, &a, cols, &mut t_want, rows + 1)
+        .unwrap();
+    assert_eq!(bits(&t_got), bits(&t_want));
+
+    // The bf16 product, on this backend's bf16 unit.
+    assert!(kn_bf16_unit(backend) >= KN_BF16_PORTABLE);
+    assert_eq!(kn_bf16_unit(99), KN_ERR_ARGUMENT);
+    let (m_, n_, k_) = (5, 33, 40);
+    let (x, w) = (values(m_ * k_, 4), values(n_ * k_, 5));
+    let mut ws_len = 0;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { kn_gemm_bf16_workspace_len(backend, m_, n_, k_, &mut ws_len) },
+        KN_OK
+    );
+    let mut ws = vec![0.0; ws_len];
+    let (mut got, mut want) = (vec![f32::NAN; m_ * n_], vec![f32::NAN; m_ * n_]);
+    let exec = host();
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_gemm_bf16(
+            backend,
+            &exec,
+            0,
+            1,
+            m_,
+            n_,
+            k_,
+            1.0,
+            x.as_ptr(),
+            k_,
+            w.as_ptr(),
+            k_,
+            0.0,
+            got.as_mut_ptr(),
+            n_,
+            ws.as_mut_ptr(),
+            ws.len(),
+        )
+    };
+    assert_eq!(status, KN_OK);
+    let (xv, wv_) = (
+        kernels::MatRef::new(&x, m_, k_).unwrap(),
+        kernels::MatRef::new(&w, n_, k_).unwrap(),
+    );
+    k.gemm_bf16(
+        1.0,
+        xv,
+        wv_.t(),
+        0.0,
+        kernels::MatMut::new(&mut want, m_, n_).unwrap(),
+        &mut ws,
+    )
+    .unwrap();
+    assert_eq!(bits(&got), bits(&want));
+}
+
+#[test]
+fn packed_products_and_peak_loops() {
+    let backend = kn_detected_backend();
+    let (m, n, k) = (40, 70, 100);
+    let (a, b) = (values(m * k, 6), values(n * k, 7));
+    let (mut slots_len, mut ws_len, mut packed_ws_len) = (0, 0, 0);
+    // SAFETY (every call): each buffer holds what its length says.
+    unsafe {
+        assert_eq!(kn_packed_bf16_len(k, n, &mut slots_len), KN_OK);
+        assert_eq!(
+            kn_gemm_bf16_workspace_len(backend, m, n, k, &mut ws_len),
+            KN_OK
+        );
+        assert_eq!(
+            kn_gemm_bf16_packed_workspace_len(backend, m, n, k, &mut packed_ws_len),
+            KN_OK
+        );
+    }
+    let mut slots = vec![0u32; slots_len];
+    let (mut ws, mut packed_ws) = (vec![0.0; ws_len], vec![0.0; packed_ws_len]);
+    let (mut want, mut got) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+    let exec = host();
+    // SAFETY: as above; B is stored n × k and used transposed.
+    unsafe {
+        assert_eq!(
+            kn_pack_bf16(
+                backend,
+                1,
+                k,
+                n,
+                b.as_ptr(),
+                k,
+                slots.as_mut_ptr(),
+                slots.len()
+            ),
+            KN_OK
+        );
+        let status = kn_gemm_bf16(
+            backend,
+            std::ptr::null(),
+            0,
+            1,
+            m,
+            n,
+            k,
+            1.0,
+            a.as_ptr(),
+            k,
+            b.as_ptr(),
+            k,
+            0.0,
+            want.as_mut_ptr(),
+            n,
+            ws.as_mut_ptr(),
+            ws.len(),
+        );
+        assert_eq!(status, KN_OK);
+        let status = kn_gemm_bf16_packed(
+            backend,
+            &exec,
+            0,
+            m,
+            n,
+            k,
+            1.0,
+            a.as_ptr(),
+            k,
+            slots.as_ptr(),
+            slots.len(),
+            0.0,
+            got.as_mut_ptr(),
+            n,
+            packed_ws.as_mut_ptr(),
+            packed_ws.len(),
+        );
+        assert_eq!(status, KN_OK);
+        // Slots of another shape are refused.
+        let status = kn_gemm_bf16_packed(
+            backend,
+            &exec,
+            0,
+            m,
+            n,
+            k,
+            1.0,
+            a.as_ptr(),
+            k,
+            slots.as_ptr(),
+            slots.len() - 1,
+            0.0,
+            got.as_mut_ptr(),
+            n,
+            packed_ws.as_mut_ptr(),
+            packed_ws.len(),
+        );
+        assert_eq!(status, KN_ERR_LENGTH);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want));
+    let mut flops = 0u64;
+    // SAFETY: `flops` is a valid uint64_t.
+    unsafe {
+        assert_eq!(kn_fma_peak_loop(backend, 10, &mut flops), KN_OK);
+        assert_eq!(flops, kernels::Kernels::best().fma_peak_loop(10));
+        assert_eq!(kn_bf16_peak_loop(backend, 10, &mut flops), KN_OK);
+        assert_eq!(flops, kernels::Kernels::best().bf16_peak_loop(10));
+    }
+}

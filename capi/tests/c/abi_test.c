@@ -1,8 +1,8 @@
 /* The C ABI from C99: matrix multiply against a triple loop on awkward
  * shapes (each transpose, strided operands, beta = 0 over NaN-filled C),
- * bit-identical on the calling thread and on a pthread executor; softmax,
- * layer norm and bf16 conversions against plain C; error codes with the
- * output untouched. Built by .ci/run with -std=c99 -Wall -Wextra -Werror
+ * bit-identical on the calling thread and on a pthread executor; the other
+ * routines against plain C (layer norm backward: the Rust test compares it
+ * with the Rust call); error codes with the output untouched. Built by .ci/run with -std=c99 -Wall -Wextra -Werror
  * against the static and the shared library, and run under valgrind. */
 #include <math.h>
 #include <pthread.h>
@@ -31,7 +31,7 @@ struct job {
 };
 
 static void *worker(void *arg) {
-    struct job *job = arg;
+    struct job *job = (struct job *)arg;
     for (size_t i = job->first; i < job->n; i += 2) job->piece(job->piece_ctx, i);
     return NULL;
 }
@@ -57,13 +57,13 @@ static void test_gemm(int backend, const kn_executor *host) {
             int ta = t & 1, tb = t >> 1;
             size_t ac = ta ? m : k, ar = ta ? k : m, bc = tb ? k : n, br = tb ? n : k;
             size_t lda = ac + 3, ldb = bc + 1, ldc = n + 2, len = 0;
-            float *a = malloc(ar * lda * sizeof(float)), *b = malloc(br * ldb * sizeof(float));
-            float *c1 = malloc(m * ldc * sizeof(float)), *c2 = malloc(m * ldc * sizeof(float));
+            float *a = (float *)malloc(ar * lda * sizeof(float)), *b = (float *)malloc(br * ldb * sizeof(float));
+            float *c1 = (float *)malloc(m * ldc * sizeof(float)), *c2 = (float *)malloc(m * ldc * sizeof(float));
             for (size_t i = 0; i < ar * lda; i++) a[i] = value(i, 1);
             for (size_t i = 0; i < br * ldb; i++) b[i] = value(i, 2);
             for (size_t i = 0; i < m * ldc; i++) c1[i] = c2[i] = NAN;
             CHECK(kn_gemm_workspace_len(backend, m, n, k, &len) == KN_OK, "workspace length");
-            float *ws = malloc((len ? len : 1) * sizeof(float));
+            float *ws = (float *)malloc((len ? len : 1) * sizeof(float));
             int s1 = kn_gemm(backend, NULL, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.0f, c1, ldc, ws, len);
             int s2 = kn_gemm(backend, host, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.0f, c2, ldc, ws, len);
             CHECK(s1 == KN_OK && s2 == KN_OK, "gemm status %d %d", s1, s2);
@@ -111,6 +111,139 @@ static void test_rowwise(int backend) {
     for (size_t i = 0; i < ROWS * COLS; i++) CHECK(fabsf(back[i] - x[i]) <= fabsf(x[i]) / 256.0f, "bf16 round trip");
 }
 
+static int close_to(double got, double want, double rel) { return fabs(got - want) <= rel * (1.0 + fabs(want)); }
+
+static void test_others(int backend) {
+    enum { N = 37, ROWS = 3, COLS = 5 };
+    float a[N], b[N], out[N], y[N];
+    for (size_t i = 0; i < N; i++) a[i] = value(i, 6), b[i] = value(i, 7);
+    CHECK(kn_add(backend, a, b, out, N) == KN_OK, "add");
+    for (size_t i = 0; i < N; i++) CHECK(out[i] == a[i] + b[i], "add [%zu]", i);
+    CHECK(kn_sub(backend, a, b, out, N) == KN_OK, "sub");
+    for (size_t i = 0; i < N; i++) CHECK(out[i] == a[i] - b[i], "sub [%zu]", i);
+    CHECK(kn_mul(backend, a, b, out, N) == KN_OK, "mul");
+    for (size_t i = 0; i < N; i++) CHECK(out[i] == a[i] * b[i], "mul [%zu]", i);
+    CHECK(kn_copy(backend, a, out, N) == KN_OK && memcmp(a, out, sizeof a) == 0, "copy");
+    CHECK(kn_fill(backend, 1.5f, out, N) == KN_OK, "fill");
+    for (size_t i = 0; i < N; i++) CHECK(out[i] == 1.5f, "fill [%zu]", i);
+    memcpy(y, a, sizeof a);
+    CHECK(kn_scale(backend, 2.0f, y, N) == KN_OK && kn_axpy(backend, 0.5f, b, y, N) == KN_OK, "scale, axpy");
+    for (size_t i = 0; i < N; i++) CHECK(close_to(y[i], 2.0 * a[i] + 0.5 * b[i], 1e-6), "axpy [%zu]", i);
+    CHECK(kn_exp(backend, a, out, N) == KN_OK, "exp");
+    for (size_t i = 0; i < N; i++) CHECK(close_to(out[i], exp(a[i]), 1e-6), "exp [%zu]", i);
+    CHECK(kn_tanh(backend, a, out, N) == KN_OK, "tanh");
+    for (size_t i = 0; i < N; i++) CHECK(close_to(out[i], tanh(a[i]), 1e-6), "tanh [%zu]", i);
+    CHECK(kn_gelu_forward(backend, a, out, N) == KN_OK, "gelu");
+    for (size_t i = 0; i < N; i++) {
+        double x = a[i], g = 0.5 * x * (1.0 + tanh(sqrt(2.0 / 3.14159265358979) * (x + 0.044715 * x * x * x)));
+        CHECK(close_to(out[i], g, 1e-5), "gelu [%zu]", i);
+    }
+    double sum = 0, squares = 0, dot = 0, max = -INFINITY;
+    for (size_t i = 0; i < N; i++) sum += a[i], squares += (double)a[i] * a[i], dot += (double)a[i] * b[i], max = fmax(max, a[i]);
+    float r;
+    CHECK(kn_sum(backend, a, N, &r) == KN_OK && close_to(r, sum, 1e-5), "sum");
+    CHECK(kn_sum_squares(backend, a, N, &r) == KN_OK && close_to(r, squares, 1e-5), "sum of squares");
+    CHECK(kn_dot(backend, a, b, N, &r) == KN_OK && close_to(r, dot, 1e-5), "dot");
+    CHECK(kn_max(backend, a, N, &r) == KN_OK && r == max, "max");
+
+    /* Cross-entropy: loss = logsumexp(row) - row[target]. */
+    uint32_t targets[ROWS] = {1, 4, 0};
+    float losses[ROWS];
+    CHECK(kn_cross_entropy(backend, a, ROWS, COLS, targets, losses, NULL, 1.0f) == KN_OK, "cross-entropy");
+    for (size_t row = 0; row < ROWS; row++) {
+        double total = 0.0;
+        for (size_t j = 0; j < COLS; j++) total += exp(a[row * COLS + j]);
+        CHECK(close_to(losses[row], log(total) - a[row * COLS + targets[row]], 1e-5), "loss [%zu]", row);
+    }
+    /* Softmax backward: g = p · (g − Σ p·g). */
+    float p[ROWS * COLS], g[ROWS * COLS];
+    memcpy(p, a, sizeof p), memcpy(g, b, sizeof g);
+    CHECK(kn_softmax_rows(backend, p, ROWS * COLS, COLS, 0, 0) == KN_OK, "softmax");
+    CHECK(kn_softmax_backward_rows(backend, p, g, ROWS * COLS, COLS, 0, 0) == KN_OK, "softmax backward");
+    for (size_t row = 0; row < ROWS; row++) {
+        double inner = 0.0;
+        for (size_t j = 0; j < COLS; j++) inner += (double)p[row * COLS + j] * b[row * COLS + j];
+        for (size_t j = 0; j < COLS; j++)
+            CHECK(close_to(g[row * COLS + j], p[row * COLS + j] * (b[row * COLS + j] - inner), 1e-5), "softmax backward");
+    }
+    /* AdamW, first step. */
+    kn_adamw opt = kn_adamw_default();
+    float params[N], m[N] = {0}, v[N] = {0};
+    memcpy(params, a, sizeof params);
+    CHECK(kn_adamw_step(backend, &opt, 1, 1.0f, params, b, m, v, N) == KN_OK, "adamw");
+    for (size_t i = 0; i < N; i++) {
+        double mh = b[i], vh = (double)b[i] * b[i];
+        double want = a[i] - opt.lr * (mh / (sqrt(vh) + opt.eps) + opt.weight_decay * a[i]);
+        CHECK(close_to(params[i], want, 1e-5), "adamw [%zu]", i);
+    }
+    /* Transpose into a padded destination. */
+    float t[COLS * (ROWS + 1)];
+    for (size_t i = 0; i < COLS * (ROWS + 1); i++) t[i] = -1.0f;
+    CHECK(kn_transpose(backend, ROWS, COLS, a, COLS, t, ROWS + 1) == KN_OK, "transpose");
+    for (size_t i = 0; i < ROWS; i++)
+        for (size_t j = 0; j < COLS; j++) CHECK(t[j * (ROWS + 1) + i] == a[i * COLS + j], "transpose");
+    for (size_t j = 0; j < COLS; j++) CHECK(t[j * (ROWS + 1) + ROWS] == -1.0f, "transpose padding");
+    /* bf16 product of 3 × 37 by 37 × 2 against double over rounded values. */
+    kn_bf16 ra[N], rb[N];
+    float fa[N], fb[N], c[6];
+    kn_f32_to_bf16(backend, a, ra, N), kn_f32_to_bf16(backend, b, rb, N);
+    kn_bf16_to_f32(backend, ra, fa, N), kn_bf16_to_f32(backend, rb, fb, N);
+    size_t len = 0;
+    CHECK(kn_gemm_bf16_workspace_len(backend, 3, 2, 12, &len) == KN_OK, "bf16 workspace");
+    float *ws = (float *)malloc((len ? len : 1) * sizeof(float));
+    CHECK(kn_gemm_bf16(backend, NULL, 0, 0, 3, 2, 12, 1.0f, a, 12, b, 2, 0.0f, c, 2, ws, len) == KN_OK, "gemm bf16");
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 2; j++) {
+            double want = 0.0;
+            for (size_t l = 0; l < 12; l++) want += (double)fa[i * 12 + l] * fb[l * 2 + j];
+            CHECK(close_to(c[i * 2 + j], want, 1e-5), "gemm bf16 [%zu][%zu]", i, j);
+        }
+    free(ws);
+    CHECK(kn_bf16_unit(backend) >= KN_BF16_PORTABLE, "bf16 unit");
+
+    /* B packed once multiplies as the unpacked product does, bit for bit. */
+    size_t slots_len = 0, packed_ws_len = 0;
+    CHECK(kn_packed_bf16_len(12, 2, &slots_len) == KN_OK, "packed length");
+    uint32_t *slots = (uint32_t *)malloc(slots_len * sizeof(uint32_t));
+    CHECK(kn_pack_bf16(backend, 0, 12, 2, b, 2, slots, slots_len) == KN_OK, "pack");
+    CHECK(kn_gemm_bf16_packed_workspace_len(backend, 3, 2, 12, &packed_ws_len) == KN_OK, "packed workspace");
+    float *pws = (float *)malloc((packed_ws_len ? packed_ws_len : 1) * sizeof(float)), pc[6];
+    CHECK(kn_gemm_bf16_packed(backend, NULL, 0, 3, 2, 12, 1.0f, a, 12, slots, slots_len, 0.0f, pc, 2, pws, packed_ws_len) == KN_OK, "packed gemm");
+    CHECK(memcmp(pc, c, sizeof pc) == 0, "packed B changed the bits");
+    free(slots), free(pws);
+    uint64_t flops = 0;
+    CHECK(kn_fma_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "fma peak");
+    CHECK(kn_bf16_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "bf16 peak");
+
+    /* Layer norm backward, adding into zeroed gradients. */
+    float gamma[COLS], lnb[COLS], norm[ROWS * COLS], mean[ROWS], rstd[ROWS];
+    float dx[ROWS * COLS] = {0}, dgamma[COLS] = {0}, dbeta[COLS] = {0};
+    for (size_t j = 0; j < COLS; j++) gamma[j] = value(j, 8), lnb[j] = value(j, 9);
+    kn_layer_norm_forward(backend, a, ROWS * COLS, gamma, lnb, COLS, 1e-5f, norm, mean, rstd);
+    CHECK(kn_layer_norm_backward(backend, a, ROWS * COLS, gamma, COLS, mean, rstd, b, dx, dgamma, dbeta) == KN_OK, "layer norm backward");
+    double want_dgamma[COLS] = {0}, want_dbeta[COLS] = {0};
+    for (size_t row = 0; row < ROWS; row++) {
+        double mean_d = 0.0, mean_dx = 0.0;
+        for (size_t j = 0; j < COLS; j++) {
+            double xhat = (a[row * COLS + j] - mean[row]) * rstd[row], d = (double)b[row * COLS + j] * gamma[j];
+            mean_d += d / COLS, mean_dx += d * xhat / COLS;
+            want_dgamma[j] += b[row * COLS + j] * xhat, want_dbeta[j] += b[row * COLS + j];
+        }
+        for (size_t j = 0; j < COLS; j++) {
+            double xhat = (a[row * COLS + j] - mean[row]) * rstd[row], d = (double)b[row * COLS + j] * gamma[j];
+            CHECK(close_to(dx[row * COLS + j], rstd[row] * (d - mean_d - xhat * mean_dx), 1e-4), "dx [%zu][%zu]", row, j);
+        }
+    }
+    for (size_t j = 0; j < COLS; j++)
+        CHECK(close_to(dgamma[j], want_dgamma[j], 1e-4) && close_to(dbeta[j], want_dbeta[j], 1e-5), "dgamma, dbeta [%zu]", j);
+
+    /* A target out of range: refused, nothing written. */
+    uint32_t bad[ROWS] = {1, 5, 0};
+    float kept[ROWS] = {7, 7, 7};
+    CHECK(kn_cross_entropy(backend, a, ROWS, COLS, bad, kept, NULL, 1.0f) == KN_ERR_INDEX, "bad target");
+    CHECK(kept[0] == 7 && kept[1] == 7 && kept[2] == 7, "a refused call wrote its output");
+}
+
 static void test_errors(int backend) {
     float a[6] = {0}, b[6] = {0}, c[4], ws[1024];
     for (int i = 0; i < 4; i++) c[i] = NAN;
@@ -140,6 +273,7 @@ int main(void) {
         }
         test_gemm(backend, &host);
         test_rowwise(backend);
+        test_others(backend);
         test_errors(backend);
     }
     printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
