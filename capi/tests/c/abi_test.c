@@ -61,11 +61,13 @@ static void test_gemm(int backend, const kn_executor *host) {
             float *c1 = (float *)malloc(m * ldc * sizeof(float)), *c2 = (float *)malloc(m * ldc * sizeof(float));
             for (size_t i = 0; i < ar * lda; i++) a[i] = value(i, 1);
             for (size_t i = 0; i < br * ldb; i++) b[i] = value(i, 2);
-            for (size_t i = 0; i < m * ldc; i++) c1[i] = c2[i] = NAN;
+            /* beta = 0 over NaN-filled C for half the cases, beta = 2 over 0.25 for the rest. */
+            float beta = (s + t) % 2 ? 2.0f : 0.0f, fill = beta == 0.0f ? NAN : 0.25f;
+            for (size_t i = 0; i < m * ldc; i++) c1[i] = c2[i] = fill;
             CHECK(kn_gemm_workspace_len(backend, m, n, k, &len) == KN_OK, "workspace length");
             float *ws = (float *)malloc((len ? len : 1) * sizeof(float));
-            int s1 = kn_gemm(backend, NULL, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.0f, c1, ldc, ws, len);
-            int s2 = kn_gemm(backend, host, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 0.0f, c2, ldc, ws, len);
+            int s1 = kn_gemm(backend, NULL, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c1, ldc, ws, len);
+            int s2 = kn_gemm(backend, host, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c2, ldc, ws, len);
             CHECK(s1 == KN_OK && s2 == KN_OK, "gemm status %d %d", s1, s2);
             for (size_t i = 0; i < m; i++) {
                 for (size_t j = 0; j < n; j++) {
@@ -75,10 +77,11 @@ static void test_gemm(int backend, const kn_executor *host) {
                         double y = tb ? b[j * ldb + l] : b[l * ldb + j];
                         sum += x * y;
                     }
-                    double got = c1[i * ldc + j];
-                    CHECK(fabs(got - 0.5 * sum) <= 1e-4 * (1.0 + fabs(sum)), "C[%zu][%zu] %g vs %g", i, j, got, 0.5 * sum);
+                    double got = c1[i * ldc + j], want = 0.5 * sum + (beta == 0.0f ? 0.0 : beta * 0.25);
+                    CHECK(fabs(got - want) <= 1e-4 * (1.0 + fabs(want)), "C[%zu][%zu] %g vs %g", i, j, got, want);
                 }
-                for (size_t j = n; j < ldc; j++) CHECK(isnan(c1[i * ldc + j]), "C touched between rows");
+                for (size_t j = n; j < ldc; j++)
+                    CHECK(memcmp(&c1[i * ldc + j], &fill, sizeof fill) == 0, "C touched between rows");
             }
             CHECK(memcmp(c1, c2, m * ldc * sizeof(float)) == 0, "threads changed the bits (%zu %zu %zu)", m, n, k);
             free(a), free(b), free(c1), free(c2), free(ws);
@@ -129,6 +132,17 @@ static void test_others(int backend) {
     memcpy(y, a, sizeof a);
     CHECK(kn_scale(backend, 2.0f, y, N) == KN_OK && kn_axpy(backend, 0.5f, b, y, N) == KN_OK, "scale, axpy");
     for (size_t i = 0; i < N; i++) CHECK(close_to(y[i], 2.0 * a[i] + 0.5 * b[i], 1e-6), "axpy [%zu]", i);
+    memcpy(y, a, sizeof a);
+    CHECK(kn_add_bias(backend, b, 1, y, N) == KN_OK, "add_bias");
+    for (size_t i = 0; i < N; i++) CHECK(y[i] == a[i] + b[0], "add_bias [%zu]", i);
+    for (size_t i = 0; i < N; i++) y[i] = 1.0f;
+    CHECK(kn_gelu_backward(backend, a, b, y, N) == KN_OK, "gelu backward");
+    for (size_t i = 0; i < N; i++) {
+        double x = a[i], h = 1e-3, up = x + h, dn = x - h, k0 = sqrt(2.0 / 3.14159265358979);
+        double gu = 0.5 * up * (1 + tanh(k0 * (up + 0.044715 * up * up * up)));
+        double gd = 0.5 * dn * (1 + tanh(k0 * (dn + 0.044715 * dn * dn * dn)));
+        CHECK(close_to(y[i], 1.0 + b[i] * (gu - gd) / (2 * h), 1e-4), "gelu backward [%zu]", i);
+    }
     CHECK(kn_exp(backend, a, out, N) == KN_OK, "exp");
     for (size_t i = 0; i < N; i++) CHECK(close_to(out[i], exp(a[i]), 1e-6), "exp [%zu]", i);
     CHECK(kn_tanh(backend, a, out, N) == KN_OK, "tanh");
@@ -149,11 +163,16 @@ static void test_others(int backend) {
     /* Cross-entropy: loss = logsumexp(row) - row[target]. */
     uint32_t targets[ROWS] = {1, 4, 0};
     float losses[ROWS];
-    CHECK(kn_cross_entropy(backend, a, ROWS, COLS, targets, losses, NULL, 1.0f) == KN_OK, "cross-entropy");
+    float dlogits[ROWS * COLS];
+    CHECK(kn_cross_entropy(backend, a, ROWS, COLS, targets, losses, dlogits, 0.5f) == KN_OK, "cross-entropy");
     for (size_t row = 0; row < ROWS; row++) {
         double total = 0.0;
         for (size_t j = 0; j < COLS; j++) total += exp(a[row * COLS + j]);
         CHECK(close_to(losses[row], log(total) - a[row * COLS + targets[row]], 1e-5), "loss [%zu]", row);
+        for (size_t j = 0; j < COLS; j++) {
+            double want = 0.5 * (exp(a[row * COLS + j]) / total - (j == targets[row]));
+            CHECK(close_to(dlogits[row * COLS + j], want, 1e-6), "dlogits [%zu][%zu]", row, j);
+        }
     }
     /* Softmax backward: g = p · (g − Σ p·g). */
     float p[ROWS * COLS], g[ROWS * COLS];
