@@ -12,5 +12,5 @@ cd "$(dirname "$0")/.."
 cargo build --release -p runner
 ./target/release/runner bench --preset shakes --seq-lens 256 --batch 8 --backends auto --threads 1,2 --precisions f32,bf16 -q
 python3 tools/torch_bench.py 6 6 384 256 8 2>&1 | grep '^torch'
-cargo bench -p benches --bench gemm_bf16 2>/dev/null | sed -n '/^peak, one core/,$p'
+cargo bench -p benches --bench gemm_bf16 2>/dev/null | sed -n '/^CPU:/,$p'
 python3 tools/torch_matmul.py

@@ -115,6 +115,7 @@ fn table(contenders: &[(String, Kernels)]) {
         .collect();
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
     println!();
+    benches::report::print_machine();
     for ((name, _), p) in contenders.iter().zip(&peaks) {
         println!("peak, one core, {name}: {} GFLOP/s", fmt(*p));
     }

@@ -71,6 +71,7 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
         _ => "-".to_string(),
     };
     println!();
+    print_machine();
     println!(
         "FMA peak, one core: AVX2 {} GFLOP/s, AVX-512 {} GFLOP/s",
         fmt(peak2),
@@ -101,5 +102,17 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
             ratio(ours2, blas),
             ratio(ours512, blas),
         );
+    }
+}
+
+/// The CPU's model and caches, and the f32 GEMM's blocking on each backend
+/// it runs: the header of every report, so a table says where it was made.
+pub fn print_machine() {
+    let cpu = kernels::Cpu::detected();
+    println!("CPU: {} ({})", cpu.model(), cpu.caches());
+    for backend in Backend::ALL.into_iter().filter(|b| b.is_supported()) {
+        if let Ok(k) = kernels::Kernels::new(backend) {
+            println!("f32 GEMM blocking on {backend}: {}", k.gemm_blocking());
+        }
     }
 }

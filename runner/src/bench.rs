@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kernels::{Backend, Kernels};
+use kernels::{Backend, Cpu, Kernels};
 use log::info;
 
 use crate::data;
@@ -116,6 +116,16 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let n = cfg.param_count();
     let max_t = *s.seq_lens.iter().max().expect("non-empty");
     info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
+    let cpu = Cpu::detected();
+    info!("CPU: {} ({})", cpu.model(), cpu.caches());
+    for k in &kernels {
+        info!(
+            "f32 GEMM blocking on {}: {}; bf16 products on {}",
+            k.backend(),
+            k.gemm_blocking(),
+            k.bf16_unit()
+        );
+    }
     let memory = format!(
         "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
         Footprint::training(&cfg, s.batch, max_t),

@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kernels::Kernels;
+use kernels::{Cpu, Kernels};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -72,7 +72,7 @@ pub enum Record {
     Generate(GenerateRecord),
 }
 
-/// What ran: the shape, the backend and the threads.
+/// What ran: the shape, the backend and the threads, and the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RunShape {
     pub seq_len: usize,
@@ -81,6 +81,21 @@ pub struct RunShape {
     pub threads: usize,
     /// Of the matrix products: `f32` or `bf16`.
     pub precision: &'static str,
+    /// Where bf16 products run (`portable`, `avx512-bf16`, `amx`).
+    pub bf16_unit: &'static str,
+    /// The CPU's model name, as cpuid gives it.
+    pub cpu: &'static str,
+    pub gemm_blocking: GemmBlocking,
+}
+
+/// The f32 GEMM's blocking on the backend that ran ([`kernels::Blocking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GemmBlocking {
+    pub mr: usize,
+    pub nr: usize,
+    pub mc: usize,
+    pub kc: usize,
+    pub nc: usize,
 }
 
 impl RunShape {
@@ -93,12 +108,22 @@ impl RunShape {
         threads: usize,
         precision: Precision,
     ) -> RunShape {
+        let b = kernels.gemm_blocking();
         RunShape {
             seq_len,
             batch,
             backend: kernels.backend().name(),
             threads,
             precision: precision.name(),
+            bf16_unit: kernels.bf16_unit().name(),
+            cpu: Cpu::detected().model(),
+            gemm_blocking: GemmBlocking {
+                mr: b.mr,
+                nr: b.nr,
+                mc: b.mc,
+                kc: b.kc,
+                nc: b.nc,
+            },
         }
     }
 }
@@ -212,13 +237,7 @@ mod tests {
 
     /// One record of each kind, with every optional field present.
     fn every_record() -> Vec<Record> {
-        let shape = RunShape {
-            seq_len: 1,
-            batch: 1,
-            backend: "scalar",
-            threads: 1,
-            precision: "f32",
-        };
+        let shape = RunShape::new(1, 1, Kernels::best(), 1, crate::model::Precision::F32);
         vec![
             Record::TrainStep(TrainStepRecord {
                 step: 1,

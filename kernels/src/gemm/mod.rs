@@ -398,3 +398,67 @@ pub(crate) fn scale_by_beta(beta: f32, row: &mut [f32]) {
         row.iter_mut().for_each(|x| *x *= beta);
     }
 }
+
+/// How the f32 GEMM blocks a product on one backend: the register tile
+/// (`mr × nr`), the rows of A per L2 block (`mc`), the depth of a pass
+/// (`kc`) and the columns of B per L3 block (`nc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    /// Rows of the register tile (of a packed A panel).
+    pub mr: usize,
+    /// Columns of the register tile (of a packed B panel).
+    pub nr: usize,
+    /// Rows of C per L2-resident block of A.
+    pub mc: usize,
+    /// Largest depth of one pass over k.
+    pub kc: usize,
+    /// Columns of C per L3-resident block of B.
+    pub nc: usize,
+}
+
+impl core::fmt::Display for Blocking {
+    /// `12x32 tile, MC 192, KC 384, NC 4096`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{}x{} tile, MC {}, KC {}, NC {}",
+            self.mr, self.nr, self.mc, self.kc, self.nc
+        )
+    }
+}
+
+impl Blocking {
+    fn of<K: GemmKernel>() -> Blocking {
+        Blocking {
+            mr: K::MR,
+            nr: K::NR,
+            mc: K::MC,
+            kc: K::KC,
+            nc: K::NC,
+        }
+    }
+}
+
+impl Kernels {
+    /// The blocking of this handle's f32 GEMM (products of more than 4
+    /// rows; fewer run unpacked), for reports and logs.
+    ///
+    /// ```
+    /// let b = kernels::Kernels::best().gemm_blocking();
+    /// assert!(b.mr > 0 && b.nr > 0 && b.kc > 0);
+    /// println!("{b}");
+    /// ```
+    pub fn gemm_blocking(&self) -> Blocking {
+        match self.isa {
+            Isa::Scalar => Blocking::of::<ScalarKernel>(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::V3 => Blocking::of::<crate::simd::V3>(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::V4 => Blocking::of::<crate::simd::V4>(),
+            #[cfg(test)]
+            Isa::Emulated8 => Blocking::of::<crate::simd::Emulated<8>>(),
+            #[cfg(test)]
+            Isa::Emulated16 => Blocking::of::<crate::simd::Emulated<16>>(),
+        }
+    }
+}

@@ -466,3 +466,45 @@ fn gemm_alpha_zero_does_not_read_a_or_b() {
         assert_eq!(c, [1.0; 9], "{name}");
     }
 }
+
+/// The reported blocking is the one each instruction set's loop nest uses,
+/// and consistent: blocks are whole tiles.
+#[test]
+fn the_reported_blocking_is_whole_tiles() {
+    let all = [("scalar", super::scalar())]
+        .into_iter()
+        .chain(super::simd_kernels());
+    for (name, k) in all {
+        let b = k.gemm_blocking();
+        assert!(b.mr > 0 && b.nr > 0 && b.kc > 0, "{name}: {b}");
+        assert_eq!(b.mc % b.mr, 0, "{name}: {b}");
+        assert_eq!(b.nc % b.nr, 0, "{name}: {b}");
+        assert!(std::format!("{b}").contains(&std::format!("KC {}", b.kc)));
+    }
+}
+
+/// The caches cpuid reports are plausible for a CPU of this century, and
+/// print in KiB or MiB.
+#[test]
+fn the_detected_caches_are_plausible() {
+    let cpu = crate::Cpu::detected();
+    let c = cpu.caches();
+    std::println!("{}: {c}", cpu.model());
+    assert!(!cpu.model().is_empty());
+    if c.l1d == 0 {
+        std::eprintln!("notice: this CPU reports no caches through cpuid");
+        return;
+    }
+    assert!((8 << 10..=1 << 20).contains(&c.l1d), "{c}");
+    assert!(c.l2 >= c.l1d && c.l2 <= 64 << 20, "{c}");
+    assert!(c.l3 == 0 || c.l3 >= c.l2, "{c}");
+    let shown = std::format!(
+        "{}",
+        crate::Caches {
+            l1d: 48 << 10,
+            l2: 2 << 20,
+            l3: 0
+        }
+    );
+    assert_eq!(shown, "L1d 48 KiB, L2 2 MiB, L3 ?");
+}
