@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{bench, demo, eval, generate, train};
+use crate::commands::{bench, demo, eval, generate, prepare, train};
 use crate::error::Error;
 
 /// Train and run a small GPT-2-style language model on the CPU.
@@ -31,6 +31,9 @@ pub enum Command {
     /// Time training steps per sequence length, backend and thread count
     /// (with MFU), then decoding with and without the KV cache.
     Bench(bench::BenchArgs),
+    /// Tokenize text files into token shards (llm.c's format).
+    #[command(long_about = prepare::HELP)]
+    Prepare(prepare::PrepareArgs),
 }
 
 /// Runs the parsed command line.
@@ -41,6 +44,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Eval(args)) => eval::run(&args),
         Some(Command::Generate(args)) => generate::run(&args),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Prepare(args)) => prepare::run(&args),
     }
 }
 

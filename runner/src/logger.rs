@@ -43,16 +43,16 @@ impl Log for StderrLogger {
 /// The progress bar being shown, if any.
 static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
-/// A progress bar over `len` steps, shown only when stderr is a terminal
-/// and info messages are on; `None` otherwise.
-pub fn progress_bar(len: u64) -> Option<ProgressBar> {
+/// A progress bar over `len`, counted as `counts` says (an indicatif
+/// template: `{pos}/{len} steps`, `{bytes}/{total_bytes}`), shown only
+/// when stderr is a terminal and info messages are on; `None` otherwise.
+pub fn progress_bar(len: u64, counts: &str) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() || log::max_level() < LevelFilter::Info {
         return None;
     }
     let bar = ProgressBar::new(len);
-    let style =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}")
-            .expect("a valid template");
+    let template = format!("{{bar:40}} {counts}, {{elapsed}} elapsed, ETA {{eta}}");
+    let style = ProgressStyle::with_template(&template).expect("a valid template");
     bar.set_style(style);
     if let Ok(mut slot) = PROGRESS.lock() {
         *slot = Some(bar.clone());

@@ -694,3 +694,63 @@ fn forcing_a_bf16_unit_the_cpu_lacks_is_one_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
+    use runner::data::shards::{read_shard, shard_path};
+    use runner::data::tokenizer::Tokenizer;
+    let dir = scratch("prepare");
+    let text =
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+            .repeat(40);
+    let input = text_file(&dir, "play.txt", text.as_bytes());
+    let out_dir = dir.join("shards");
+    let out_arg = out_dir.to_string_lossy().into_owned();
+    let prepare = |extra: &[&str]| {
+        let args = [
+            "prepare",
+            "--tokenizer",
+            "gpt2",
+            "--input",
+            &input,
+            "--output",
+            &out_arg,
+        ];
+        runner(&[&args[..], extra].concat())
+    };
+    let out = prepare(&["--val-tokens", "100", "--shard-tokens", "300"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Prepared ") && stderr.contains("tokens/s"),
+        "{stderr}"
+    );
+    // The end-of-text token, then the text's tokens, across the shards.
+    let mut tokens = Vec::new();
+    for index in 0.. {
+        let path = shard_path(&out_dir, "play", index);
+        if !path.exists() {
+            break;
+        }
+        tokens.extend(read_shard(&path).unwrap().into_iter().map(u32::from));
+    }
+    let mut want = vec![50256];
+    want.extend(Tokenizer::Gpt2.encode(text.as_bytes()));
+    assert_eq!(tokens, want);
+    assert_eq!(
+        read_shard(&shard_path(&out_dir, "play", 0)).unwrap().len(),
+        100
+    );
+    // Shards that are there already are never replaced.
+    assert_clear_error(&prepare(&[]), "already holds shards named play_*.bin");
+    let empty = text_file(&dir, "empty.txt", b"");
+    let out = runner(&[
+        "prepare", "--input", &empty, "--output", &out_arg, "--name", "x",
+    ]);
+    assert_clear_error(&out, "the file is empty");
+    let missing = dir.join("missing.txt").to_string_lossy().into_owned();
+    let out = runner(&[
+        "prepare", "--input", &missing, "--output", &out_arg, "--name", "y",
+    ]);
+    assert_clear_error(&out, "missing.txt");
+}

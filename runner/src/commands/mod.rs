@@ -8,4 +8,5 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod options;
+pub mod prepare;
 pub mod train;

@@ -3,6 +3,9 @@
 //! validation split with seeded random windows.
 
 pub mod corpus;
+pub mod prepare;
+pub mod shards;
+pub mod tokenizer;
 
 use std::path::Path;
 

@@ -242,7 +242,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let first = optimizer.step + 1;
     let last = s.stop_at.map_or(s.steps, |stop| stop.max(first));
     let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
-    let progress = logger::progress_bar(u64::from(last - first + 1));
+    let progress = logger::progress_bar(u64::from(last - first + 1), "{pos}/{len} steps");
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {

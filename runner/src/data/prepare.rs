@@ -1,0 +1,184 @@
+//! `runner prepare`: text files into token shards (`shards`), streamed
+//! through bounded memory. Each input file is one document; with `gpt2`
+//! each starts with the end-of-text token, as llm.c's shards do.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::shards::ShardWriter;
+use super::tokenizer::Tokenizer;
+use crate::error::Error;
+
+/// What to prepare.
+pub struct PrepareSettings {
+    pub tokenizer: Tokenizer,
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+    /// Shards are named `NAME_val_000000.bin`, `NAME_train_000001.bin`, ...
+    pub name: String,
+    /// Tokens of shard 0, the validation split.
+    pub val_tokens: usize,
+    /// Tokens per training shard.
+    pub shard_tokens: usize,
+    /// Bytes read and tokenized at a time (more when a line is longer).
+    pub chunk_bytes: usize,
+}
+
+/// What was written.
+pub struct PrepareReport {
+    pub bytes: u64,
+    pub tokens: usize,
+    /// Tokens of each shard, validation first.
+    pub shards: Vec<usize>,
+    pub seconds: f64,
+}
+
+/// Tokenizes the inputs into shards. Every input and the output are
+/// checked first; then `started(total bytes)` is called, and
+/// `progress(bytes)` as input bytes are done.
+pub fn prepare(
+    s: &PrepareSettings,
+    started: impl FnOnce(u64),
+    mut progress: impl FnMut(u64),
+) -> Result<PrepareReport, Error> {
+    let start = Instant::now();
+    let mut total = 0;
+    for input in &s.inputs {
+        let size = std::fs::metadata(input)
+            .map_err(|e| Error::io(input, e))?
+            .len();
+        if size == 0 {
+            return Err(Error::Data {
+                path: input.clone(),
+                reason: "the file is empty".into(),
+            });
+        }
+        total += size;
+    }
+    std::fs::create_dir_all(&s.output).map_err(|e| Error::io(&s.output, e))?;
+    let mut writer = ShardWriter::new(&s.output, &s.name, s.val_tokens, s.shard_tokens)?;
+    started(total);
+    let mut bytes = 0u64;
+    for input in &s.inputs {
+        if let Some(eot) = s.tokenizer.end_of_text() {
+            writer.write(&[eot])?;
+        }
+        tokenize_file(input, s.tokenizer, s.chunk_bytes.max(1), |part, tokens| {
+            bytes += part as u64;
+            progress(bytes);
+            writer.write(&tokens)
+        })?;
+    }
+    let tokens = writer.written();
+    let shards = writer.finish()?;
+    Ok(PrepareReport {
+        bytes,
+        tokens,
+        shards,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Reads `path` in chunks of about `chunk` bytes and hands each chunk's
+/// length and tokens to `emit`, in order. Chunks end after a newline that
+/// has a non-space on each side: GPT-2's pre-tokenizer always makes such a
+/// newline a piece of its own, so the tokens are those of the whole file.
+fn tokenize_file(
+    path: &Path,
+    tokenizer: Tokenizer,
+    chunk: usize,
+    mut emit: impl FnMut(usize, Vec<u32>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut done = false;
+    while !done {
+        let before = buffer.len();
+        buffer.resize(before + chunk, 0);
+        let read = read_full(&mut file, &mut buffer[before..]).map_err(|e| Error::io(path, e))?;
+        buffer.truncate(before + read);
+        done = read == 0;
+        let cut = if done {
+            Some(buffer.len())
+        } else {
+            split_point(&buffer)
+        };
+        if let Some(cut) = cut.filter(|&c| c > 0) {
+            emit(cut, tokenizer.encode(&buffer[..cut]))?;
+            buffer.drain(..cut);
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The last position `p` in `text` with a non-space at `p − 2`, a newline
+/// at `p − 1` and a non-space at `p`, if any.
+fn split_point(text: &[u8]) -> Option<usize> {
+    (2..text.len()).rev().find(|&p| {
+        text[p - 1] == b'\n' && !text[p - 2].is_ascii_whitespace() && !text[p].is_ascii_whitespace()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_tokens_are_the_whole_file_s() {
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \n".repeat(7);
+        let dir = std::env::temp_dir().join(format!("runner-prepare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.txt");
+        std::fs::write(&path, &text).unwrap();
+        for tokenizer in [Tokenizer::Gpt2, Tokenizer::Byte] {
+            let whole = tokenizer.encode(text.as_bytes());
+            for chunk in [1, 7, 64, 1000, 1 << 20] {
+                let (mut tokens, mut bytes) = (Vec::new(), 0);
+                tokenize_file(&path, tokenizer, chunk, |n, t| {
+                    bytes += n;
+                    tokens.extend(t);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(bytes, text.len());
+                assert_eq!(tokens, whole, "{tokenizer:?}, chunks of {chunk}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunked_shakespeare_is_tokenized_as_a_whole() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
+        let Ok(text) = std::fs::read(&path) else {
+            println!(
+                "notice: {} is absent; the check on real text is skipped",
+                path.display()
+            );
+            return;
+        };
+        let whole = Tokenizer::Gpt2.encode(&text);
+        let mut tokens = Vec::new();
+        tokenize_file(&path, Tokenizer::Gpt2, 4096, |_, t| {
+            tokens.extend(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(tokens, whole);
+    }
+}

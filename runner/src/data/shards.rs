@@ -1,0 +1,291 @@
+//! Token shards in llm.c's format, so that data prepared by either tool
+//! trains with the other: a header of 256 little-endian `i32` (`[0]` the
+//! magic 20240520, `[1]` the version 1, `[2]` the token count, the rest 0)
+//! followed by that many little-endian `u16` tokens. Shard 0
+//! (`NAME_val_000000.bin`) holds validation tokens, the others
+//! (`NAME_train_000001.bin`, ...) training tokens.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// `header[0]` of every shard.
+pub const SHARD_MAGIC: i32 = 20240520;
+/// `header[1]`: the version of the format.
+pub const SHARD_VERSION: i32 = 1;
+/// Bytes of the header (256 `i32`).
+pub const HEADER_BYTES: usize = 256 * 4;
+
+/// The header of a shard of `count` tokens.
+fn header(count: usize) -> Result<[u8; HEADER_BYTES], Error> {
+    let count = i32::try_from(count).map_err(|_| {
+        Error::Config(format!(
+            "a shard of {count} tokens does not fit the i32 count of its header"
+        ))
+    })?;
+    let mut bytes = [0u8; HEADER_BYTES];
+    for (i, value) in [SHARD_MAGIC, SHARD_VERSION, count].into_iter().enumerate() {
+        bytes[4 * i..][..4].copy_from_slice(&value.to_le_bytes());
+    }
+    Ok(bytes)
+}
+
+/// The path of shard `index` of `name` in `dir`: index 0 is validation.
+pub fn shard_path(dir: &Path, name: &str, index: usize) -> PathBuf {
+    let split = if index == 0 { "val" } else { "train" };
+    dir.join(format!("{name}_{split}_{index:06}.bin"))
+}
+
+/// Writes tokens into consecutive shards of at most `per_shard` tokens:
+/// the first `val_tokens` into shard 0, the rest into shards 1, 2, ...
+/// Each shard is written under a temporary name and renamed when complete,
+/// so a shard on disk is always whole.
+pub struct ShardWriter {
+    dir: PathBuf,
+    name: String,
+    per_shard: usize,
+    val_tokens: usize,
+    /// Tokens written to each finished shard, in order.
+    finished: Vec<usize>,
+    open: Option<OpenShard>,
+    written: usize,
+}
+
+struct OpenShard {
+    index: usize,
+    file: BufWriter<File>,
+    temporary: PathBuf,
+    count: usize,
+}
+
+impl ShardWriter {
+    /// A writer of shards `NAME_*.bin` into `dir`, which must exist and
+    /// hold no shard of that name yet (nothing a user made is replaced).
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        val_tokens: usize,
+        per_shard: usize,
+    ) -> Result<ShardWriter, Error> {
+        if per_shard == 0 || val_tokens == 0 {
+            return Err(Error::Config(
+                "shards and the validation split need at least one token".into(),
+            ));
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if file.starts_with(&format!("{name}_")) && file.ends_with(".bin") {
+                return Err(Error::Config(format!(
+                    "{} already holds shards named {name}_*.bin; remove them or choose another --output",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(ShardWriter {
+            dir: dir.into(),
+            name: name.into(),
+            per_shard,
+            val_tokens,
+            finished: Vec::new(),
+            open: None,
+            written: 0,
+        })
+    }
+
+    /// Appends `tokens` (each below 65536).
+    pub fn write(&mut self, tokens: &[u32]) -> Result<(), Error> {
+        let (val_tokens, per_shard) = (self.val_tokens, self.per_shard);
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let shard = self.shard()?;
+            let full = shard_capacity(shard.index, val_tokens, per_shard);
+            let (now, later) = rest.split_at((full - shard.count).min(rest.len()));
+            let mut bytes = Vec::with_capacity(2 * now.len());
+            for &t in now {
+                let t = u16::try_from(t)
+                    .map_err(|_| Error::Config(format!("token {t} does not fit a u16 shard")))?;
+                bytes.extend_from_slice(&t.to_le_bytes());
+            }
+            let io = |e| Error::io(&shard.temporary, e);
+            shard.file.write_all(&bytes).map_err(io)?;
+            shard.count += now.len();
+            let is_full = shard.count == full;
+            self.written += now.len();
+            if is_full {
+                self.close_shard()?;
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// Closes the last shard; returns the token count of every shard.
+    pub fn finish(mut self) -> Result<Vec<usize>, Error> {
+        self.close_shard()?;
+        Ok(self.finished)
+    }
+
+    /// Tokens written so far.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
+    /// The shard being written, opened if none is.
+    fn shard(&mut self) -> Result<&mut OpenShard, Error> {
+        if self.open.is_none() {
+            let index = self.finished.len();
+            let path = shard_path(&self.dir, &self.name, index);
+            let temporary = path.with_extension("bin.tmp");
+            let file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
+            let mut file = BufWriter::new(file);
+            // The count is written when the shard closes.
+            file.write_all(&header(0)?)
+                .map_err(|e| Error::io(&temporary, e))?;
+            self.open = Some(OpenShard {
+                index,
+                file,
+                temporary,
+                count: 0,
+            });
+        }
+        Ok(self.open.as_mut().expect("opened above"))
+    }
+
+    /// Writes the open shard's count into its header and gives it its name.
+    fn close_shard(&mut self) -> Result<(), Error> {
+        let Some(shard) = self.open.take() else {
+            return Ok(());
+        };
+        let path = shard_path(&self.dir, &self.name, shard.index);
+        let io = |e| Error::io(&shard.temporary, e);
+        let mut file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&header(shard.count)?).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&shard.temporary, &path).map_err(|e| Error::io(&path, e))?;
+        self.finished.push(shard.count);
+        Ok(())
+    }
+}
+
+/// Tokens shard `index` holds when full.
+fn shard_capacity(index: usize, val_tokens: usize, per_shard: usize) -> usize {
+    if index == 0 {
+        val_tokens
+    } else {
+        per_shard
+    }
+}
+
+/// The tokens of the shard at `path`, checked: the magic, the version, and
+/// a size that matches the header's count.
+pub fn read_shard(path: &Path) -> Result<Vec<u16>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason: String| Error::Data {
+        path: path.into(),
+        reason,
+    };
+    if bytes.len() < HEADER_BYTES {
+        return Err(bad(format!(
+            "{} bytes is shorter than a shard's {HEADER_BYTES}-byte header",
+            bytes.len()
+        )));
+    }
+    let int = |i: usize| i32::from_le_bytes(bytes[4 * i..][..4].try_into().expect("4 bytes"));
+    if int(0) != SHARD_MAGIC {
+        return Err(bad(format!(
+            "not a token shard (magic {}, expected {SHARD_MAGIC})",
+            int(0)
+        )));
+    }
+    if int(1) != SHARD_VERSION {
+        return Err(bad(format!(
+            "shard version {} is not {SHARD_VERSION}",
+            int(1)
+        )));
+    }
+    let count =
+        usize::try_from(int(2)).map_err(|_| bad(format!("negative token count {}", int(2))))?;
+    let body = &bytes[HEADER_BYTES..];
+    if body.len() != 2 * count {
+        return Err(bad(format!(
+            "the header says {count} tokens but the file holds {} bytes of tokens ({} expected)",
+            body.len(),
+            2 * count
+        )));
+    }
+    Ok(body
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("runner-shards-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn written_shards_read_back_with_their_counts() {
+        let dir = scratch("roundtrip");
+        let tokens: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 50257).collect();
+        let mut writer = ShardWriter::new(&dir, "data", 100, 300).unwrap();
+        writer.write(&tokens[..450]).unwrap();
+        writer.write(&tokens[450..]).unwrap();
+        assert_eq!(writer.written(), 1000);
+        assert_eq!(writer.finish().unwrap(), [100, 300, 300, 300]);
+        let mut read = Vec::new();
+        for index in 0..4 {
+            read.extend(read_shard(&shard_path(&dir, "data", index)).unwrap());
+        }
+        assert_eq!(
+            read.iter().map(|&t| u32::from(t)).collect::<Vec<_>>(),
+            tokens
+        );
+        assert!(!shard_path(&dir, "data", 4).exists());
+        // A second writer refuses to replace them.
+        assert!(ShardWriter::new(&dir, "data", 100, 300).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_hand_made_llm_c_shard_reads_and_bad_ones_are_refused() {
+        let dir = scratch("bad");
+        let path = dir.join("x.bin");
+        let mut bytes = vec![0u8; HEADER_BYTES];
+        bytes[..4].copy_from_slice(&20240520i32.to_le_bytes());
+        bytes[4..8].copy_from_slice(&1i32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3i32.to_le_bytes());
+        for t in [50256u16, 15496, 995] {
+            bytes.extend_from_slice(&t.to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_shard(&path).unwrap(), [50256, 15496, 995]);
+        type Spoil = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: [(&str, Spoil); 4] = [
+            ("magic", Box::new(|b| b[0] ^= 1)),
+            ("version", Box::new(|b| b[4] = 2)),
+            ("header says", Box::new(|b| b.truncate(b.len() - 2))),
+            ("shorter than", Box::new(|b| b.truncate(100))),
+        ];
+        for (what, spoil) in cases {
+            let mut spoiled = bytes.clone();
+            spoil(&mut spoiled);
+            std::fs::write(&path, &spoiled).unwrap();
+            let err = read_shard(&path).unwrap_err().to_string();
+            assert!(err.contains(what), "{what}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
