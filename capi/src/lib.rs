@@ -203,10 +203,8 @@ pub unsafe extern "C" fn kn_gemm(
             )
         }?;
         // SAFETY: the caller's executor pointer is valid or NULL.
-        match unsafe { executor(exec) }? {
-            Some(host) => kernels.gemm_with(&host, alpha, p.a, p.b, beta, p.c, p.workspace)?,
-            None => kernels.gemm_with(&Sequential, alpha, p.a, p.b, beta, p.c, p.workspace)?,
-        }
+        let exec = unsafe { executor(exec) }?;
+        kernels.gemm_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
         Ok(())
     })
 }
@@ -849,10 +847,8 @@ pub unsafe extern "C" fn kn_gemm_bf16(
             )
         }?;
         // SAFETY: forwarded.
-        match unsafe { executor(exec) }? {
-            Some(host) => kernels.gemm_bf16_with(&host, alpha, p.a, p.b, beta, p.c, p.workspace)?,
-            None => kernels.gemm_bf16_with(&Sequential, alpha, p.a, p.b, beta, p.c, p.workspace)?,
-        }
+        let exec = unsafe { executor(exec) }?;
+        kernels.gemm_bf16_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
         Ok(())
     })
 }
@@ -961,10 +957,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
         let b = PackedBf16::new(slots, k, n)?;
         let c = MatMut::strided(c, m, n, ldc)?;
         // SAFETY: forwarded.
-        match unsafe { executor(exec) }? {
-            Some(host) => kernels.gemm_bf16_packed_with(&host, alpha, a, b, beta, c, workspace)?,
-            None => kernels.gemm_bf16_packed_with(&Sequential, alpha, a, b, beta, c, workspace)?,
-        }
+        let exec = unsafe { executor(exec) }?;
+        kernels.gemm_bf16_packed_with(&exec, alpha, a, b, beta, c, workspace)?;
         Ok(())
     })
 }
@@ -1272,19 +1266,19 @@ unsafe fn write_out<T>(out: *mut T, value: T) -> Result<(), Status> {
     Ok(())
 }
 
-/// The host executor behind `exec`, or None for NULL.
+/// The executor behind `exec`: the host's, or the calling thread for NULL.
 ///
 /// # Safety
 /// `exec` is NULL or points to a valid `kn_executor` that outlives the
 /// call.
-unsafe fn executor<'a>(exec: *const kn_executor) -> Result<Option<HostExecutor<'a>>, Status> {
+unsafe fn executor<'a>(exec: *const kn_executor) -> Result<HostExecutor<'a>, Status> {
     if exec.is_null() {
-        return Ok(None);
+        return Ok(HostExecutor(None));
     }
     // SAFETY: non-NULL, and the caller guarantees it is valid.
     let exec = unsafe { &*exec };
     match exec.parallel_for {
-        Some(parallel_for) => Ok(Some(HostExecutor { exec, parallel_for })),
+        Some(parallel_for) => Ok(HostExecutor(Some((exec, parallel_for)))),
         None => Err(Status(KN_ERR_NULL_POINTER)),
     }
 }
@@ -1296,11 +1290,9 @@ type ParallelFor = unsafe extern "C" fn(
     *mut c_void,
 );
 
-/// A `kn_executor` as the crate's [`Executor`].
-struct HostExecutor<'a> {
-    exec: &'a kn_executor,
-    parallel_for: ParallelFor,
-}
+/// A `kn_executor` as the crate's [`Executor`]; without one, the pieces run
+/// in order on the calling thread (as [`kernels::Sequential`] runs them).
+struct HostExecutor<'a>(Option<(&'a kn_executor, ParallelFor)>);
 
 // SAFETY: the header's contract for `parallel_for` is that it may be
 // called from the thread that called the routine and runs pieces on the
@@ -1309,17 +1301,20 @@ unsafe impl Sync for HostExecutor<'_> {}
 
 impl Executor for HostExecutor<'_> {
     fn threads(&self) -> usize {
-        self.exec.threads.max(1)
+        self.0.map_or(1, |(exec, _)| exec.threads.max(1))
     }
 
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        let Some((exec, parallel_for)) = self.0 else {
+            return Sequential.run(pieces, piece);
+        };
         let mut piece = piece;
         let piece_ctx = (&raw mut piece).cast::<c_void>();
         // SAFETY: the host calls `run_piece(piece_ctx, i)` for each `i <
         // pieces` and returns only when all calls have returned, so
         // `piece` outlives them; `piece` is `Sync`, so concurrent calls
         // are sound.
-        unsafe { (self.parallel_for)(self.exec.ctx, pieces, Some(run_piece), piece_ctx) }
+        unsafe { parallel_for(exec.ctx, pieces, Some(run_piece), piece_ctx) }
     }
 }
 

@@ -21,7 +21,7 @@
 
 use super::amx::{self, TileProduct};
 use super::microkernel::prefetch;
-use super::{check_product, check_workspace, MatMut, MatRef};
+use super::{check_product, check_product_of, check_workspace, MatMut, MatRef};
 use core::ops::Range;
 
 use crate::dispatch::Isa;
@@ -216,16 +216,7 @@ impl Kernels {
             let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
             let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
             let b = PanelsOfB::Pack { b: &b, into: rest };
-            let (product, tiles) = ((alpha, &a, b, beta, c), self.tile_unit());
-            match unit {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
-                // backend whose bf16 unit is AVX512-BF16, which
-                // `Kernels::new`/`with_bf16_unit` grant only after detection.
-                PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, packed_a),
-                #[cfg(test)]
-                PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
-            }
+            self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), packed_a);
             return Ok(());
         }
         let (rounded_a, rest) = workspace.split_at_mut(m * k);
@@ -439,17 +430,7 @@ impl Kernels {
         c: MatMut,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (m, n, k) = (a.rows(), b.n, a.cols());
-        if b.k != k {
-            return Err(KernelError::InvalidShape(
-                "the packed B must have as many rows as op(A) has columns",
-            ));
-        }
-        if c.rows != m || c.cols != n {
-            return Err(KernelError::InvalidShape(
-                "C must have the rows of op(A) and the columns of op(B)",
-            ));
-        }
+        let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
         check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
             let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
@@ -466,16 +447,28 @@ impl Kernels {
             panels: b.panels(),
             stride: b.stride,
         };
-        let product = (alpha, &a, b, beta, c);
+        self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), workspace);
+        Ok(())
+    }
+
+    /// [`run_pairs`] on `unit` (and this handle's tile unit, if any).
+    fn run_pairs_on<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        unit: PairIsa,
+        exec: &E,
+        product: (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
+        packed_a: &mut [f32],
+    ) {
         let tiles = self.tile_unit();
         match unit {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `gemm_bf16_with`: the unit was detected.
-            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, workspace),
+            // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
+            // backend whose bf16 unit is AVX512-BF16 or AMX, which
+            // `Kernels::new`/`with_bf16_unit` grant only after detection.
+            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, packed_a),
             #[cfg(test)]
-            PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, workspace),
+            PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
         }
-        Ok(())
     }
 }
 

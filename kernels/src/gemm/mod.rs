@@ -347,8 +347,17 @@ pub(crate) fn check_product<A, B>(
     b: &MatRef<B>,
     c: &MatMut,
 ) -> Result<(usize, usize, usize), KernelError> {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    if b.rows() != k {
+    check_product_of(a, (b.rows(), b.cols()), c)
+}
+
+/// [`check_product`] for a B given by its shape (`k × n`, as used).
+pub(crate) fn check_product_of<A>(
+    a: &MatRef<A>,
+    (b_rows, n): (usize, usize),
+    c: &MatMut,
+) -> Result<(usize, usize, usize), KernelError> {
+    let (m, k) = (a.rows(), a.cols());
+    if b_rows != k {
         return Err(KernelError::InvalidShape(
             "op(B) must have as many rows as op(A) has columns",
         ));

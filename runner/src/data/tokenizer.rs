@@ -34,7 +34,7 @@ impl Tokenizer {
     /// Token ids are below this.
     pub fn vocab_size(self) -> usize {
         match self {
-            Tokenizer::Byte => 256,
+            Tokenizer::Byte => super::VOCAB_SIZE,
             Tokenizer::Gpt2 => 50257,
         }
     }
@@ -53,7 +53,7 @@ impl Tokenizer {
     /// round-trips through [`Tokenizer::decode`].
     pub fn encode(self, bytes: &[u8]) -> Vec<u32> {
         match self {
-            Tokenizer::Byte => bytes.iter().map(|&b| u32::from(b)).collect(),
+            Tokenizer::Byte => super::encode(bytes),
             Tokenizer::Gpt2 => {
                 let gpt2 = gpt2();
                 let mut tokens = Vec::with_capacity(bytes.len() / 3);
@@ -83,7 +83,7 @@ impl Tokenizer {
             )));
         }
         Ok(match self {
-            Tokenizer::Byte => tokens.iter().map(|&t| t as u8).collect(),
+            Tokenizer::Byte => super::decode(tokens),
             Tokenizer::Gpt2 => gpt2()
                 .bpe
                 .decode_bytes(tokens)
