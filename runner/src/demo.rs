@@ -5,7 +5,7 @@
 
 use log::info;
 
-use crate::data::{self, corpus, VOCAB_SIZE};
+use crate::data::{self, corpus, Tokenizer};
 use crate::error::Error;
 use crate::generate::{generate, GenerationStats, Sampling};
 use crate::logger::{print_bytes, print_stdout};
@@ -16,7 +16,7 @@ use crate::train::TrainSettings;
 /// --lr 2e-3 --warmup 50` trains the same model).
 pub fn recipe() -> TrainSettings {
     TrainSettings {
-        config: Some(Preset::Demo.config(VOCAB_SIZE)),
+        config: Some(Preset::Demo.config(Tokenizer::Byte)),
         data: None,
         steps: 2000,
         batch: 16,

@@ -50,7 +50,7 @@ static GLOBAL: Counting = Counting;
 fn config() -> ModelConfig {
     ModelConfig {
         block_size: 64,
-        ..Preset::Tiny.config(runner::data::VOCAB_SIZE)
+        ..Preset::Tiny.config(runner::data::Tokenizer::Byte)
     }
 }
 

@@ -53,7 +53,7 @@ fn hidden_entries(dir: &Path) -> Vec<String> {
 }
 
 /// Replaces `"key": old` by `"key": new` in the checkpoint's config.json.
-fn edit_config(ckpt: &Path, key: &str, new: u64) {
+fn edit_config(ckpt: &Path, key: &str, new: impl Into<serde_json::Value>) {
     let path = ckpt.join("config.json");
     let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     json[key] = new.into();
@@ -177,17 +177,25 @@ fn a_corrupt_training_state_is_one_clear_error() {
 }
 
 #[test]
-fn a_vocabulary_other_than_bytes_is_refused() {
+fn a_tokenizer_that_does_not_fit_the_vocabulary_is_refused() {
     let dir = scratch("vocab");
     let ckpt = dir.join("ckpt");
     let ckpt_s = ckpt.to_str().unwrap();
     assert_success(&train_tiny(&ckpt, "1", "1"));
-    edit_config(&ckpt, "vocab_size", 50257);
-    let needle = "vocab_size 50257; this runner's byte tokenizer needs 256";
+    let config = fs::read_to_string(ckpt.join("config.json")).unwrap();
+    assert!(config.contains(r#""tokenizer": "byte""#), "{config}");
+    edit_config(&ckpt, "vocab_size", 100);
+    let needle = "the byte tokenizer has 256 tokens, more than the vocabulary of 100";
     assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), needle);
     assert_clear_error(
         &runner(&["train", "--steps", "4", "--resume", ckpt_s]),
         needle,
+    );
+    edit_config(&ckpt, "vocab_size", 256);
+    edit_config(&ckpt, "tokenizer", "sentencepiece");
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", ckpt_s]),
+        "`tokenizer` is \"sentencepiece\"",
     );
 }
 
@@ -210,7 +218,7 @@ fn impossible_sizes_are_refused_before_allocating() {
     edit_config(&ckpt, "n_layer", 2);
     edit_config(&ckpt, "n_head", 1);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
-    assert_clear_error(&out, "expected F32 [256, 8192]");
+    assert_clear_error(&out, "expected F32, BF16 or F16 [256, 8192]");
 
     // More layers than the file has tensors for.
     edit_config(&ckpt, "n_embd", 32);
@@ -222,7 +230,7 @@ fn impossible_sizes_are_refused_before_allocating() {
 #[test]
 fn the_run_schedule_round_trips() {
     let dir = scratch("schedule");
-    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
+    let cfg = Preset::Tiny.config(runner::data::Tokenizer::Byte);
     let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
     let optimizer = Optimizer::new(model.params().len());
     let schedule = RunSchedule {
@@ -273,7 +281,7 @@ fn the_run_schedule_round_trips() {
 fn moments_that_would_poison_adamw_are_refused() {
     let dir = scratch("nan");
     let model = Gpt::new(
-        Preset::Tiny.config(runner::data::VOCAB_SIZE),
+        Preset::Tiny.config(runner::data::Tokenizer::Byte),
         Kernels::best(),
         3,
     )

@@ -207,7 +207,10 @@ fn bad_checkpoints_are_one_clear_error() {
     let config = ckpt.join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("\"n_embd\": 32", "\"n_embd\": 64")).unwrap();
-    assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), "transformer.");
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", ckpt_s]),
+        "tensor wte.weight is F32 [256, 32], expected F32, BF16 or F16 [256, 64]",
+    );
     std::fs::write(&config, "{").unwrap();
     assert_clear_error(&runner(&["eval", "--checkpoint", ckpt_s]), "config.json");
 }

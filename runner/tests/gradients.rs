@@ -15,8 +15,7 @@
 //! makes.
 
 use kernels::{Backend, Kernels};
-use runner::model::Gpt;
-use runner::model::Preset;
+use runner::model::{Gpt, ModelConfig, Preset};
 use runner::rng::Rng;
 
 /// Mean over rows of `logsumexp(row) − row[target]`, in f64.
@@ -35,7 +34,10 @@ fn mean_cross_entropy(logits: &[f32], targets: &[u32], vocab: usize) -> f64 {
 
 fn loss_at(model: &mut Gpt, tokens: &[u32], targets: &[u32], b: usize, t: usize) -> f64 {
     model.forward(tokens, b, t).unwrap();
-    mean_cross_entropy(model.logits(), targets, model.config.vocab_size)
+    let logits: Vec<f32> = (0..b * t)
+        .flat_map(|i| model.logits(i).unwrap().to_vec())
+        .collect();
+    mean_cross_entropy(&logits, targets, model.config.vocab_size)
 }
 
 /// Step for single elements: the loss changes by ~1e-2 × the gradient,
@@ -59,9 +61,19 @@ const DIRECTION_TOL: f64 = 1e-3;
 
 #[test]
 fn every_parameter_gradient_matches_finite_differences() {
-    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
-    let (b, t) = (2, cfg.block_size);
-    for backend in Backend::ALL.into_iter().filter(|b| b.is_supported()) {
+    // The byte vocabulary (256, no padding), and 300 tokens, which the
+    // model pads to 384: the loss (recomputed here from the 300 logits)
+    // and its gradients must not see the padding.
+    let byte = Preset::Tiny.config(runner::data::Tokenizer::Byte);
+    let padded = ModelConfig {
+        vocab_size: 300,
+        tokenizer: None,
+        ..byte
+    };
+    assert_eq!(padded.padded_vocab(), 384);
+    let backends = Backend::ALL.into_iter().filter(|b| b.is_supported());
+    for (backend, cfg) in backends.flat_map(|b| [(b, byte), (b, padded)]) {
+        let (b, t, v) = (2, cfg.block_size, cfg.vocab_size);
         let kernels = Kernels::new(backend).unwrap();
         let mut model = Gpt::new(cfg, kernels, 7).unwrap();
         // Larger weights than the init, so that every path carries signal.
@@ -69,14 +81,24 @@ fn every_parameter_gradient_matches_finite_differences() {
         for p in model.params_mut().iter_mut() {
             *p += rng.normal(0.0, 0.1);
         }
-        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(256) as u32).collect();
-        let targets: Vec<u32> = (0..b * t).map(|_| rng.below(256) as u32).collect();
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+        let targets: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
 
         model.zero_grad();
         model.forward(&tokens, b, t).unwrap();
-        model.loss(&targets, Some(1.0 / (b * t) as f32)).unwrap();
+        let loss = model.loss(&targets, Some(1.0 / (b * t) as f32)).unwrap();
         model.backward().unwrap();
         let grads = model.grads.clone();
+        let unpadded = loss_at(&mut model, &tokens, &targets, b, t);
+        assert!(
+            (f64::from(loss) - unpadded).abs() <= 1e-5 * unpadded,
+            "{backend} V{v}: loss {loss}, over the real vocabulary {unpadded}"
+        );
+        // The padded rows of the embedding get no gradient, so they stay 0.
+        let c = cfg.channels;
+        assert!(grads[v * c..cfg.padded_vocab() * c]
+            .iter()
+            .all(|&g| g == 0.0));
 
         let sizes = model.sizes();
         let mut offset = 0;
@@ -87,7 +109,7 @@ fn every_parameter_gradient_matches_finite_differences() {
             offset += len;
             let grad = &grads[range.clone()];
             let largest = grad.iter().fold(0.0_f64, |m, &g| m.max(f64::from(g).abs()));
-            assert!(largest > 0.0, "{backend}: {name}: no gradient at all");
+            assert!(largest > 0.0, "{backend} V{v}: {name}: no gradient at all");
 
             // Single elements: the four largest gradients and four at random.
             let mut by_size: Vec<usize> = (0..len).collect();
@@ -147,7 +169,7 @@ fn every_parameter_gradient_matches_finite_differences() {
 
 #[test]
 fn gradients_accumulate_over_micro_batches() {
-    let cfg = Preset::Tiny.config(runner::data::VOCAB_SIZE);
+    let cfg = Preset::Tiny.config(runner::data::Tokenizer::Byte);
     let (b, t) = (2, cfg.block_size);
     let kernels = Kernels::best();
     let mut model = Gpt::new(cfg, kernels, 1).unwrap();

@@ -19,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 
 fn settings(steps: u32) -> TrainSettings {
     TrainSettings {
-        config: Some(Preset::Tiny.config(runner::data::VOCAB_SIZE)),
+        config: Some(Preset::Tiny.config(runner::data::Tokenizer::Byte)),
         data: None,
         steps,
         batch: 4,
@@ -150,7 +150,7 @@ fn a_saved_checkpoint_evaluates_the_same() {
     assert_eq!(before.loss, after.loss);
     assert_eq!(before.tokens, tokens.len() - 1);
     let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();
-    assert_eq!(cfg, Preset::Tiny.config(runner::data::VOCAB_SIZE));
+    assert_eq!(cfg, Preset::Tiny.config(runner::data::Tokenizer::Byte));
 }
 
 /// bf16 products follow the f32 run closely (the operands lose 16 bits,

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
 
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use crate::error::Error;
@@ -43,5 +44,71 @@ pub fn to_bytes(x: &[f32]) -> Vec<u8> {
 pub fn from_bytes(bytes: &[u8], out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+/// Fills `out` from little-endian values of `dtype` (F32, BF16 or F16; the
+/// caller checked which), converted exactly to f32.
+pub fn floats_from(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    let halves = || {
+        bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    match dtype {
+        Dtype::BF16 => {
+            for (o, h) in out.iter_mut().zip(halves()) {
+                *o = f32::from_bits(u32::from(h) << 16);
+            }
+        }
+        Dtype::F16 => {
+            for (o, h) in out.iter_mut().zip(halves()) {
+                *o = f16_to_f32(h);
+            }
+        }
+        _ => from_bytes(bytes, out),
+    }
+}
+
+/// IEEE half precision to f32 (every half is exactly an f32).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let (exp, mantissa) = (u32::from(h >> 10) & 0x1f, u32::from(h & 0x3ff));
+    let bits = match exp {
+        // Zero or subnormal: mantissa · 2^-24.
+        0 => {
+            let magnitude = mantissa as f32 * 2f32.powi(-24);
+            return if sign == 0 { magnitude } else { -magnitude };
+        }
+        // Infinity or NaN.
+        0x1f => sign | 0x7f80_0000 | mantissa << 13,
+        _ => sign | (exp + 112) << 23 | mantissa << 13,
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_convert_exactly() {
+        let cases: [(u16, f32); 8] = [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x8000, -0.0),
+            (0x7c00, f32::INFINITY),
+            (0xfc00, f32::NEG_INFINITY),
+        ];
+        for (h, x) in cases {
+            assert_eq!(f16_to_f32(h).to_bits(), x.to_bits(), "{h:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+        let mut out = [0.0; 2];
+        floats_from(Dtype::BF16, &[0x80, 0x3f, 0x00, 0xc0], &mut out);
+        assert_eq!(out, [1.0, -2.0]);
     }
 }

@@ -8,7 +8,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use clap::ValueEnum;
+
 use super::files::corrupt;
+use crate::data::Tokenizer;
 use crate::error::Error;
 use crate::model::tensors::ParamTensor;
 use crate::model::{ModelConfig, LAYER_NORM_EPS};
@@ -23,13 +26,12 @@ pub struct HfTensor {
 
 /// How many tensors [`layout`] lists, without building it.
 pub fn tensor_count(cfg: &ModelConfig) -> usize {
-    ParamTensor::all(cfg)
-        .iter()
-        .map(|t| if t.per_layer { cfg.layers } else { 1 })
-        .sum()
+    ParamTensor::all(cfg).iter().map(|t| t.copies).sum()
 }
 
-/// The Hugging Face names, arena ranges and shapes of the parameters.
+/// The Hugging Face names (after `transformer.`), arena ranges and shapes
+/// of the parameters. The embedding's range is its checkpoint rows, the
+/// first of its padded rows in the arena.
 pub fn layout(cfg: &ModelConfig) -> Vec<HfTensor> {
     let mut out = Vec::with_capacity(tensor_count(cfg));
     let mut offset = 0;
@@ -39,15 +41,15 @@ pub fn layout(cfg: &ModelConfig) -> Vec<HfTensor> {
             for layer in 0..cfg.layers {
                 let start = offset + layer * n;
                 out.push(HfTensor {
-                    name: format!("transformer.h.{layer}.{}", t.spec.hf_name),
+                    name: format!("h.{layer}.{}", t.spec.hf_name),
                     range: start..start + n,
                     shape: t.shape.dims(),
                 });
             }
         } else {
             out.push(HfTensor {
-                name: format!("transformer.{}", t.spec.hf_name),
-                range: offset..offset + t.len,
+                name: t.spec.hf_name.to_string(),
+                range: offset..offset + t.shape.saved_floats(),
                 shape: t.shape.dims(),
             });
         }
@@ -56,8 +58,22 @@ pub fn layout(cfg: &ModelConfig) -> Vec<HfTensor> {
     out
 }
 
+/// The prefix `GPT2LMHeadModel.save_pretrained` puts before every name of
+/// [`layout`]; checkpoints saved from a bare `GPT2Model` (as the `gpt2`
+/// repository's are) have none, and both load.
+pub const MODEL_PREFIX: &str = "transformer.";
+
+/// The untied output layer's name; when present it must equal `wte`.
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// The key this runner adds to `config.json` to record the tokenizer
+/// (Hugging Face keeps unknown keys, so the file still loads there).
+const TOKENIZER_KEY: &str = "tokenizer";
+
 /// The Hugging Face `config.json` of a model.
 pub fn config_json(cfg: &ModelConfig) -> Value {
+    // The byte tokenizer ends lines, not documents: newline stands in.
+    let end = cfg.tokenizer.and_then(Tokenizer::end_of_text).unwrap_or(10);
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -76,45 +92,82 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
         "initializer_range": 0.02,
         "scale_attn_weights": true,
         "tie_word_embeddings": true,
-        "bos_token_id": 10,
-        "eos_token_id": 10,
+        "bos_token_id": end,
+        "eos_token_id": end,
         "torch_dtype": "float32",
+        TOKENIZER_KEY: cfg.tokenizer.map(Tokenizer::name),
     })
 }
 
 /// The model shape in a `config.json` (of the checkpoint `dir`, named in
-/// errors): the sizes, and the settings this runner can run.
+/// errors): the sizes, the tokenizer, and a refusal naming the key of any
+/// setting this runner does not compute.
 pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig, Error> {
-    let corrupt = |reason: String| corrupt(dir, reason);
-    let json: Value = serde_json::from_slice(bytes)
-        .map_err(|e| corrupt(format!("{file} is not valid JSON: {e}")))?;
+    let corrupt = |reason: String| corrupt(dir, format!("{file}: {reason}"));
+    let json: Value =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
     let field = |key: &str| {
         json.get(key)
             .and_then(Value::as_u64)
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| corrupt(format!("{file} lacks a whole number `{key}`")))
+            .ok_or_else(|| corrupt(format!("lacks a whole number `{key}`")))
+    };
+    let unsupported = |key: &str, value: &Value, supported: &str| {
+        corrupt(format!(
+            "`{key}` is {value}; this runner supports only {supported}"
+        ))
+    };
+    let setting = |key: &str| json.get(key).filter(|v| !v.is_null());
+    if let Some(v) = setting("model_type").filter(|v| v.as_str() != Some("gpt2")) {
+        return Err(unsupported("model_type", v, "\"gpt2\""));
+    }
+    // gelu_pytorch_tanh is the same tanh approximation as gelu_new.
+    if let Some(v) = setting("activation_function")
+        .filter(|v| !matches!(v.as_str(), Some("gelu_new" | "gelu_pytorch_tanh")))
+    {
+        return Err(unsupported("activation_function", v, "\"gelu_new\""));
+    }
+    for (key, supported) in [
+        ("scale_attn_by_inverse_layer_idx", false),
+        ("add_cross_attention", false),
+        ("scale_attn_weights", true),
+    ] {
+        if let Some(v) = setting(key).filter(|v| v.as_bool() != Some(supported)) {
+            return Err(unsupported(key, v, &supported.to_string()));
+        }
+    }
+    if let Some(eps) = setting("layer_norm_epsilon") {
+        if eps
+            .as_f64()
+            .is_none_or(|eps| (eps - f64::from(LAYER_NORM_EPS)).abs() > 1e-9)
+        {
+            return Err(unsupported("layer_norm_epsilon", eps, "1e-5"));
+        }
+    }
+    let channels = field("n_embd")?;
+    if let Some(v) = setting("n_inner").filter(|v| v.as_u64() != Some(4 * channels as u64)) {
+        return Err(unsupported("n_inner", v, "null (4 × n_embd)"));
+    }
+    let vocab_size = field("vocab_size")?;
+    let tokenizer = match setting(TOKENIZER_KEY) {
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|name| Tokenizer::from_str(name, false).ok())
+                .ok_or_else(|| unsupported(TOKENIZER_KEY, v, "\"byte\" or \"gpt2\""))?,
+        ),
+        // A checkpoint from elsewhere: GPT-2's own vocabulary, or ours.
+        None => [Tokenizer::Gpt2, Tokenizer::Byte]
+            .into_iter()
+            .find(|t| t.vocab_size() == vocab_size),
     };
     let cfg = ModelConfig {
-        vocab_size: field("vocab_size")?,
+        vocab_size,
+        tokenizer,
         block_size: field("n_positions")?,
         layers: field("n_layer")?,
         heads: field("n_head")?,
-        channels: field("n_embd")?,
+        channels,
     };
-    if let Some(act) = json.get("activation_function").and_then(Value::as_str) {
-        if act != "gelu_new" {
-            return Err(corrupt(format!(
-                "activation `{act}` is not supported (only gelu_new)"
-            )));
-        }
-    }
-    if let Some(eps) = json.get("layer_norm_epsilon").and_then(Value::as_f64) {
-        if (eps - f64::from(LAYER_NORM_EPS)).abs() > 1e-9 {
-            return Err(corrupt(format!(
-                "layer_norm_epsilon {eps} is not supported (only 1e-5)"
-            )));
-        }
-    }
     cfg.validate().map_err(|e| corrupt(e.to_string()))?;
     Ok(cfg)
 }

@@ -16,11 +16,10 @@ use std::path::Path;
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
 
-use crate::data::VOCAB_SIZE;
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, Destination};
-use files::{corrupt, from_bytes, parse, read, to_bytes};
+use files::{corrupt, floats_from, parse, read, to_bytes};
 pub use run_state::{RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
@@ -59,7 +58,7 @@ pub fn save(
             .map(|t| {
                 let data = &bytes[t.range.start * 4..t.range.end * 4];
                 let view = TensorView::new(Dtype::F32, t.shape, data).expect("shape matches data");
-                (t.name, view)
+                (format!("{}{}", hf::MODEL_PREFIX, t.name), view)
             })
             .collect::<Vec<_>>();
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -74,28 +73,22 @@ pub fn save(
     })
 }
 
-/// The model shape in `dir/config.json`, validated (sizes bounded, the
-/// byte tokenizer's vocabulary).
+/// The model shape in `dir/config.json`, validated (sizes bounded, only
+/// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
     if !dir.is_dir() {
         return Err(corrupt(dir, "no such directory"));
     }
-    let cfg = hf::parse_config(dir, CONFIG_FILE, &read(dir, CONFIG_FILE)?)?;
-    if cfg.vocab_size != VOCAB_SIZE {
-        return Err(corrupt(
-            dir,
-            format!(
-                "invalid configuration: vocab_size {}; this runner's byte tokenizer needs {VOCAB_SIZE}",
-                cfg.vocab_size
-            ),
-        ));
-    }
-    Ok(cfg)
+    hf::parse_config(dir, CONFIG_FILE, &read(dir, CONFIG_FILE)?)
 }
 
-/// The model in `dir`, on `kernels`. Every tensor is checked against
-/// `config.json` before the parameters are allocated, so a config asking
-/// for more than the file holds is an error, not an out-of-memory abort.
+/// The model in `dir`, on `kernels`: a checkpoint of this runner, or any
+/// Hugging Face GPT-2 directory (`config.json` + `model.safetensors` from
+/// `save_pretrained`; names with or without `transformer.`; f32, bf16 or
+/// f16; an untied `lm_head.weight` only if it equals `wte`). Every tensor
+/// is checked against `config.json` before the parameters are allocated,
+/// so a config asking for more than the file holds is an error, not an
+/// out-of-memory abort.
 pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     let cfg = load_config(dir)?;
     let bytes = read(dir, MODEL_FILE)?;
@@ -114,16 +107,19 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         ));
     }
     let layout = hf::layout(&cfg);
+    let find = |name: &str| {
+        st.tensor(&format!("{}{name}", hf::MODEL_PREFIX))
+            .or_else(|_| st.tensor(name))
+            .map_err(|_| corrupt(dir, format!("{MODEL_FILE} lacks tensor {name}")))
+    };
     let mut views = Vec::with_capacity(layout.len());
     for t in &layout {
-        let view = st
-            .tensor(&t.name)
-            .map_err(|_| corrupt(dir, format!("{MODEL_FILE} lacks tensor {}", t.name)))?;
-        if view.dtype() != Dtype::F32 || view.shape() != t.shape.as_slice() {
+        let view = find(&t.name)?;
+        if !is_float(view.dtype()) || view.shape() != t.shape.as_slice() {
             return Err(corrupt(
                 dir,
                 format!(
-                    "tensor {} is {:?} {:?}, expected F32 {:?}",
+                    "tensor {} is {:?} {:?}, expected F32, BF16 or F16 {:?}",
                     t.name,
                     view.dtype(),
                     view.shape(),
@@ -133,11 +129,37 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         }
         views.push(view);
     }
-    let mut params = Arena::zeros(cfg.param_count());
-    for (t, view) in layout.into_iter().zip(views) {
-        from_bytes(view.data(), &mut params[t.range]);
+    let mut params = Arena::zeros(cfg.param_floats());
+    for (t, view) in layout.iter().zip(&views) {
+        floats_from(view.dtype(), view.data(), &mut params[t.range.clone()]);
+    }
+    if let Ok(head) = st.tensor(hf::LM_HEAD) {
+        // The tied head is the embedding; a different one is another model.
+        let wte = &layout[0];
+        let mut values = vec![0.0; wte.range.len()];
+        let same = is_float(head.dtype()) && head.shape() == wte.shape.as_slice() && {
+            floats_from(head.dtype(), head.data(), &mut values);
+            values
+                .iter()
+                .zip(&params[wte.range.clone()])
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        if !same {
+            return Err(corrupt(
+                dir,
+                format!(
+                    "{} differs from wte.weight: untied output layers are not supported",
+                    hf::LM_HEAD
+                ),
+            ));
+        }
     }
     Gpt::from_params(cfg, kernels, params)
+}
+
+/// The element types a checkpoint's weights may have.
+fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
 }
 
 /// The run's state in `dir`, for a model of `params` parameters.

@@ -8,7 +8,7 @@ use kernels::Backend;
 
 use super::options::{BackendChoice, Verbosity};
 use crate::bench::{self, BenchSettings};
-use crate::data::VOCAB_SIZE;
+use crate::data::Tokenizer;
 use crate::error::Error;
 use crate::model::{Precision, Preset};
 use crate::threads::available_cores;
@@ -69,7 +69,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         args.threads.clone()
     };
     let settings = BenchSettings {
-        config: args.preset.config(VOCAB_SIZE),
+        config: args.preset.config(Tokenizer::Byte),
         seq_lens: args.seq_lens.clone(),
         batch: args.batch,
         steps: args.steps,

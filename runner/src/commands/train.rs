@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::options::RunOptions;
-use crate::data::VOCAB_SIZE;
+use crate::data::Tokenizer;
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
 use crate::train::{train, TrainSettings};
@@ -90,7 +90,7 @@ impl TrainArgs {
         if !any && self.resume.is_some() {
             return None;
         }
-        let base = self.preset.unwrap_or(Preset::Small).config(VOCAB_SIZE);
+        let base = self.preset.unwrap_or(Preset::Small).config(Tokenizer::Byte);
         Some(ModelConfig {
             layers: self.layers.unwrap_or(base.layers),
             heads: self.heads.unwrap_or(base.heads),

@@ -7,6 +7,8 @@ pub mod prepare;
 pub mod shards;
 pub mod tokenizer;
 
+pub use tokenizer::Tokenizer;
+
 use std::path::Path;
 
 use crate::error::Error;

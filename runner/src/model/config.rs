@@ -1,13 +1,18 @@
 //! Model shapes: the named presets and the checks that reject a shape
 //! before anything is allocated.
 
+use crate::data::Tokenizer;
 use crate::error::Error;
 
-/// The shape of a GPT-2-style model.
+/// The shape of a GPT-2-style model, and how its token ids become text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelConfig {
-    /// Tokens in the vocabulary (the tokenizer's).
+    /// Tokens in the vocabulary (the tokenizer's, or more).
     pub vocab_size: usize,
+    /// The tokenizer its ids come from; `None` for a checkpoint that does
+    /// not say and whose vocabulary is no known tokenizer's (it trains and
+    /// evaluates on token shards, but cannot read or write text).
+    pub tokenizer: Option<Tokenizer>,
     /// Longest sequence the model sees (positions).
     pub block_size: usize,
     /// Transformer blocks.
@@ -30,6 +35,10 @@ pub enum Preset {
     Small,
     /// L6 H6 C384 T256: 10.8 M parameters, for Shakespeare.
     Shakes,
+    /// L12 H12 C768 T1024: GPT-2 (124 M parameters with its tokenizer).
+    Gpt2,
+    /// L24 H16 C1024 T1024: GPT-2 medium (350 M with its tokenizer).
+    Gpt2Medium,
 }
 
 /// The largest parameter count accepted (4 G floats would not fit in memory
@@ -37,16 +46,19 @@ pub enum Preset {
 const MAX_PARAMS: usize = 1 << 31;
 
 impl Preset {
-    /// The preset's shape, for a tokenizer of `vocab_size` tokens.
-    pub fn config(self, vocab_size: usize) -> ModelConfig {
+    /// The preset's shape, with `tokenizer`'s vocabulary.
+    pub fn config(self, tokenizer: Tokenizer) -> ModelConfig {
         let (layers, heads, channels, block_size) = match self {
             Preset::Tiny => (2, 2, 32, 32),
             Preset::Demo => (2, 4, 128, 64),
             Preset::Small => (4, 4, 256, 128),
             Preset::Shakes => (6, 6, 384, 256),
+            Preset::Gpt2 => (12, 12, 768, 1024),
+            Preset::Gpt2Medium => (24, 16, 1024, 1024),
         };
         ModelConfig {
-            vocab_size,
+            vocab_size: tokenizer.vocab_size(),
+            tokenizer: Some(tokenizer),
             block_size,
             layers,
             heads,
@@ -55,10 +67,23 @@ impl Preset {
     }
 }
 
+/// The embedding's rows are padded to a multiple of this inside the model
+/// (GPT-2's 50257 to 50304, as llm.c does): the LM head's product then has
+/// whole register tiles (32 columns at most) and 64-byte rows of logits.
+/// Checkpoints hold the real vocabulary.
+pub const VOCAB_PADDING: usize = 128;
+
 impl ModelConfig {
+    /// The vocabulary as the model's buffers hold it: `vocab_size` rounded
+    /// up to [`VOCAB_PADDING`]. The padded rows of the embedding stay zero,
+    /// their logits never count in the loss and are never sampled.
+    pub fn padded_vocab(&self) -> usize {
+        self.vocab_size.saturating_add(VOCAB_PADDING - 1) / VOCAB_PADDING * VOCAB_PADDING
+    }
+
     /// Rejects shapes that cannot be built: zero sizes, heads that do not
-    /// divide the channels, and sizes too large to allocate. (Whether the
-    /// vocabulary is the tokenizer's is the caller's to check.)
+    /// divide the channels, sizes too large to allocate, and a vocabulary
+    /// that does not hold its tokenizer's ids.
     pub fn validate(&self) -> Result<(), Error> {
         let fields = [
             ("vocab size", self.vocab_size),
@@ -77,6 +102,16 @@ impl ModelConfig {
                 "{} heads do not divide {} channels",
                 self.heads, self.channels
             )));
+        }
+        if let Some(tokenizer) = self.tokenizer {
+            if tokenizer.vocab_size() > self.vocab_size {
+                return Err(Error::Config(format!(
+                    "the {} tokenizer has {} tokens, more than the vocabulary of {}",
+                    tokenizer.name(),
+                    tokenizer.vocab_size(),
+                    self.vocab_size
+                )));
+            }
         }
         // `param_count` comes from the parameter table (`tensors.rs`) and
         // saturates, so an absurd shape lands above the limit.

@@ -27,13 +27,16 @@ pub struct KvCache {
     pub(super) head_scores: Vec<f32>,
     /// The final LayerNorm of the last position: output, mean, rstd.
     pub(super) lnf: Vec<f32>,
+    /// The last position's logits over the padded vocabulary.
     pub(super) logits: Vec<f32>,
+    /// The real vocabulary: the logits a sampler sees.
+    vocab: usize,
 }
 
 impl KvCache {
     /// An empty cache for a model of shape `cfg`.
     pub fn new(cfg: &ModelConfig) -> KvCache {
-        let (l, t, c, v) = (cfg.layers, cfg.block_size, cfg.channels, cfg.vocab_size);
+        let (l, t, c) = (cfg.layers, cfg.block_size, cfg.channels);
         KvCache {
             keys_t: Arena::zeros(l * c * t),
             values: Arena::zeros(l * t * c),
@@ -44,7 +47,8 @@ impl KvCache {
             scores: vec![0.0; t * t],
             head_scores: vec![0.0; cfg.heads * t],
             lnf: vec![0.0; c + 2],
-            logits: vec![0.0; v],
+            logits: vec![0.0; cfg.padded_vocab()],
+            vocab: cfg.vocab_size,
         }
     }
 
@@ -65,7 +69,7 @@ impl KvCache {
 
     /// The logits of the last position run.
     pub fn logits(&self) -> &[f32] {
-        &self.logits
+        &self.logits[..self.vocab]
     }
 
     /// Bytes held by the keys and values.

@@ -135,12 +135,16 @@ pub fn gelu_backward(
     )
 }
 
-/// Fused softmax + cross-entropy, by pieces of rows: per-row losses, and
-/// with `dlogits` the gradient of `grad_scale · Σ losses`.
+/// Fused softmax + cross-entropy, by pieces of rows: per-row losses over
+/// the first `classes` of each row of `stride` logits (the rest is the
+/// vocabulary's padding), and with `dlogits` the gradient of
+/// `grad_scale · Σ losses` (0 in the padding).
+#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     ctx: &mut Context,
     logits: &[f32],
     classes: usize,
+    stride: usize,
     targets: &[u32],
     losses: &mut [f32],
     dlogits: Option<&mut [f32]>,
@@ -150,17 +154,33 @@ pub fn cross_entropy(
         |p| &mut p.cross_entropy,
         |ctx| {
             let k = ctx.kernels;
-            let piece = |i: usize, losses: &mut [f32], dlogits: Option<&mut [f32]>| {
+            let piece = |i: usize, losses: &mut [f32], mut dlogits: Option<&mut [f32]>| {
                 let r = i * ROWS_PER_PIECE..i * ROWS_PER_PIECE + losses.len();
-                let logits = &logits[r.start * classes..r.end * classes];
-                Ok(k.cross_entropy(logits, classes, &targets[r], losses, dlogits, grad_scale)?)
+                let logits = &logits[r.start * stride..r.end * stride];
+                let targets = &targets[r];
+                if classes == stride {
+                    return Ok(
+                        k.cross_entropy(logits, classes, targets, losses, dlogits, grad_scale)?
+                    );
+                }
+                // Padded rows: one row at a time over its real classes.
+                for (r, (row, target)) in logits.chunks_exact(stride).zip(targets).enumerate() {
+                    let (row, target) = (&row[..classes], std::slice::from_ref(target));
+                    let loss = &mut losses[r..r + 1];
+                    match dlogits.as_deref_mut() {
+                        Some(d) => {
+                            let (d, padding) = d[r * stride..][..stride].split_at_mut(classes);
+                            k.cross_entropy(row, classes, target, loss, Some(d), grad_scale)?;
+                            padding.fill(0.0);
+                        }
+                        None => k.cross_entropy(row, classes, target, loss, None, grad_scale)?,
+                    }
+                }
+                Ok(())
             };
             match dlogits {
                 Some(dlogits) => ctx.threads.try_for_each_piece(
-                    (
-                        (losses, ROWS_PER_PIECE),
-                        (dlogits, ROWS_PER_PIECE * classes),
-                    ),
+                    ((losses, ROWS_PER_PIECE), (dlogits, ROWS_PER_PIECE * stride)),
                     |i, (losses, dlogits)| piece(i, losses, Some(dlogits)),
                 ),
                 None => ctx

@@ -206,7 +206,7 @@ impl Gpt {
             )));
         }
         check_tokens(tokens, cfg.vocab_size)?;
-        let (c, nh, v, layers) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.layers);
+        let (c, nh, vp, layers) = (cfg.channels, cfg.heads, cfg.padded_vocab(), cfg.layers);
         let btc = b * t * c;
         let Gpt {
             sizes,
@@ -255,16 +255,22 @@ impl Gpt {
             a.logits,
             b * t,
             c,
-            v,
+            vp,
         )
     }
 
-    /// The logits of the last [`Gpt::forward`], `[b, t, V]`.
-    pub fn logits(&self) -> &[f32] {
-        match &self.batch {
-            Some(batch) => batch.act_sizes.split(&batch.acts).logits,
-            None => &[],
-        }
+    /// The `V` logits at `position` (of the `b·t`) of the last
+    /// [`Gpt::forward`], if it ran that many.
+    pub fn logits(&self, position: usize) -> Option<&[f32]> {
+        let batch = self.batch.as_ref()?;
+        let vp = self.config.padded_vocab();
+        let row = batch
+            .act_sizes
+            .split(&batch.acts)
+            .logits
+            .chunks_exact(vp)
+            .nth(position)?;
+        Some(&row[..self.config.vocab_size])
     }
 
     /// Mean cross-entropy of the last forward's logits against `targets`
@@ -272,7 +278,7 @@ impl Gpt {
     /// `s · Σ losses` into the logits' gradient for [`Gpt::backward`] (so
     /// `s = 1 / (b·t·micro_batches)` gives the gradient of the mean).
     pub fn loss(&mut self, targets: &[u32], grad_scale: Option<f32>) -> Result<f32, Error> {
-        let v = self.config.vocab_size;
+        let (v, vp) = (self.config.vocab_size, self.config.padded_vocab());
         let Gpt { ctx, batch, .. } = self;
         let Some(batch) = batch.as_mut() else {
             return Err(Error::NoForwardPass("loss"));
@@ -289,7 +295,7 @@ impl Gpt {
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
         let dlogits = grad_scale.map(|_| s.dlogits);
         let scale = grad_scale.unwrap_or(1.0);
-        cross_entropy(ctx, a.logits, v, targets, a.losses, dlogits, scale)?;
+        cross_entropy(ctx, a.logits, v, vp, targets, a.losses, dlogits, scale)?;
         let total: f64 = a.losses.iter().map(|&x| f64::from(x)).sum();
         Ok((total / a.losses.len() as f64) as f32)
     }
@@ -310,14 +316,14 @@ impl Gpt {
             return Err(Error::NoForwardPass("backward"));
         };
         let (b, t) = (batch.b, batch.t);
-        let (c, nh, v, layers) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.layers);
+        let (c, nh, vp, layers) = (cfg.channels, cfg.heads, cfg.padded_vocab(), cfg.layers);
         let (bt, btc) = (b * t, b * t * c);
         let p = sizes.split(params);
         let mut g = sizes.split_mut(grads);
         let a = batch.act_sizes.split(&batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
 
-        lm_head_backward(ctx, s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, v)?;
+        lm_head_backward(ctx, s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, vp)?;
         let last = &a.residuals[layers * btc..][..btc];
         ctx.kernels.fill(0.0, s.dresidual);
         layer_norm_backward(
@@ -375,6 +381,7 @@ impl Gpt {
         pool.install(|| {
             let cfg = self.config;
             let (c, nh, v, t_max) = (cfg.channels, cfg.heads, cfg.vocab_size, cfg.block_size);
+            let vp = cfg.padded_vocab();
             let layers = cfg.layers;
             let (m, p0) = (tokens.len(), cache.len);
             if m == 0 || p0 + m > t_max || cache.block_size != t_max {
@@ -442,9 +449,9 @@ impl Gpt {
             let (ln_last, stats) = lnf.split_at_mut(c);
             let (mean, rstd) = stats.split_at_mut(1);
             let wte = weight_of(p.wte, packed.map(|w| &w.lm_head))?;
-            head_forward(ctx, &p, wte, last, (ln_last, mean, rstd), logits, 1, c, v)?;
+            head_forward(ctx, &p, wte, last, (ln_last, mean, rstd), logits, 1, c, vp)?;
             cache.len = p0 + m;
-            Ok(&cache.logits[..])
+            Ok(cache.logits())
         })
     }
 }

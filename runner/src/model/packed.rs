@@ -62,14 +62,14 @@ pub struct PackedLayer {
 /// Every weight matrix a decoding pass multiplies by, packed in bf16.
 pub struct PackedWeights {
     pub layers: Vec<PackedLayer>,
-    /// `wteᵀ`, `[C, V]`: the tied LM head as its product reads it.
+    /// `wteᵀ`, `[C, Vp]`: the tied LM head as its product reads it.
     pub lm_head: PackedMatrix,
 }
 
 impl PackedWeights {
     /// The matrices of `p` (a model of shape `cfg`) packed.
     pub fn pack(kernels: &Kernels, p: &Params<&[f32]>, cfg: &ModelConfig) -> Result<Self, Error> {
-        let (c, v) = (cfg.channels, cfg.vocab_size);
+        let (c, v) = (cfg.channels, cfg.padded_vocab());
         let matrix =
             |w: &[f32], rows, cols| PackedMatrix::new(kernels, MatRef::new(w, rows, cols)?);
         let layers = (0..cfg.layers)

@@ -58,6 +58,14 @@ pub enum Shape {
     Vector(usize),
     /// Rows, columns.
     Matrix(usize, usize),
+    /// One row per token id: `rows × cols` in a checkpoint, padded with
+    /// zero rows to `padded × cols` in the arena
+    /// ([`ModelConfig::padded_vocab`]).
+    PaddedRows {
+        rows: usize,
+        padded: usize,
+        cols: usize,
+    },
 }
 
 impl Shape {
@@ -65,16 +73,25 @@ impl Shape {
     pub fn dims(self) -> Vec<usize> {
         match self {
             Shape::Vector(n) => vec![n],
-            Shape::Matrix(r, c) => vec![r, c],
+            Shape::Matrix(r, c)
+            | Shape::PaddedRows {
+                rows: r, cols: c, ..
+            } => vec![r, c],
         }
     }
 
-    /// Floats in the tensor (saturating).
+    /// Floats in the arena (saturating).
     pub fn floats(self) -> usize {
         match self {
             Shape::Vector(n) => n,
             Shape::Matrix(r, c) => floats(&[r, c]),
+            Shape::PaddedRows { padded, cols, .. } => floats(&[padded, cols]),
         }
+    }
+
+    /// Floats in a checkpoint: the first of [`Shape::floats`] (saturating).
+    pub fn saved_floats(self) -> usize {
+        self.dims().iter().fold(1, |n, &d| n.saturating_mul(d))
     }
 }
 
@@ -123,11 +140,15 @@ const fn spec(
 /// row here (the compiler holds the two together).
 pub const PARAM_SPECS: Params<ParamSpec> = {
     use Init::*;
-    use Shape::{Matrix, Vector};
+    use Shape::{Matrix, PaddedRows, Vector};
     Params {
         wte: spec(
             "wte.weight",
-            |c| Matrix(c.vocab_size, c.channels),
+            |c| PaddedRows {
+                rows: c.vocab_size,
+                padded: c.padded_vocab(),
+                cols: c.channels,
+            },
             Normal,
             true,
         ),
@@ -182,6 +203,8 @@ pub struct ParamTensor {
     pub per_layer: bool,
     /// One layer's shape for a per-layer tensor, else the whole tensor's.
     pub shape: Shape,
+    /// 1, or the layers for a per-layer tensor.
+    pub copies: usize,
     /// Floats of the whole (stacked) tensor in the arena.
     pub len: usize,
 }
@@ -198,6 +221,7 @@ impl ParamTensor {
                 spec,
                 per_layer,
                 shape,
+                copies,
                 len: floats(&[shape.floats(), copies]),
             }
         })
@@ -205,10 +229,21 @@ impl ParamTensor {
 }
 
 impl ModelConfig {
-    /// Parameters of the model: the floats of every tensor of the table
-    /// (saturating, so an absurd shape gives `usize::MAX`).
-    pub fn param_count(&self) -> usize {
+    /// Floats of the parameter arena: every tensor of the table, the
+    /// embedding padded (saturating, so an absurd shape gives
+    /// `usize::MAX`).
+    pub fn param_floats(&self) -> usize {
         Params::sizes(self).total()
+    }
+
+    /// Parameters of the model as a checkpoint holds them (the count
+    /// Hugging Face reports): [`ModelConfig::param_floats`] without the
+    /// embedding's padding.
+    pub fn param_count(&self) -> usize {
+        ParamTensor::all(self)
+            .iter()
+            .map(|t| t.shape.saved_floats().saturating_mul(t.copies))
+            .fold(0, usize::saturating_add)
     }
 }
 
@@ -266,7 +301,7 @@ layered_tensors! {
         lnf_mean,
         /// `[B, T]`
         lnf_rstd,
-        /// `[B, T, V]`
+        /// `[B, T, Vp]` (the padded vocabulary; padded columns are 0)
         logits,
         /// `[B, T]` per-token cross-entropy.
         losses,
@@ -310,7 +345,7 @@ impl Activations<usize> {
             floats(&[bt, c]),                      // lnf
             bt,                                    // lnf_mean
             bt,                                    // lnf_rstd
-            floats(&[bt, cfg.vocab_size]),         // logits
+            floats(&[bt, cfg.padded_vocab()]),     // logits
             bt,                                    // losses
         )
     }
@@ -320,7 +355,8 @@ named_tensors! {
     /// Buffers reused layer after layer: gradients of activations in the
     /// backward pass, and attention's per-head blocks in both passes.
     Scratch {
-        /// `[B, T, V]` gradient of the logits (written by the loss).
+        /// `[B, T, Vp]` gradient of the logits (written by the loss; 0 in
+        /// the padded columns).
         dlogits,
         /// `[B, T, C]` gradient of the residual stream.
         dresidual,
@@ -346,7 +382,7 @@ named_tensors! {
 impl Scratch<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Scratch<usize> {
-        let (c, v, nh) = (cfg.channels, cfg.vocab_size, cfg.heads);
+        let (c, v, nh) = (cfg.channels, cfg.padded_vocab(), cfg.heads);
         let bt = floats(&[b, t]);
         Scratch {
             dlogits: floats(&[bt, v]),
@@ -370,6 +406,7 @@ mod tests {
     fn the_table_covers_the_arena_in_order() {
         let cfg = ModelConfig {
             vocab_size: 11,
+            tokenizer: None,
             block_size: 7,
             layers: 3,
             heads: 2,
@@ -377,10 +414,15 @@ mod tests {
         };
         let tensors = ParamTensor::all(&cfg);
         let total: usize = tensors.iter().map(|t| t.len).sum();
-        assert_eq!(total, cfg.param_count());
-        // GPT-2's count, by hand: 12C² + 13C per block, (V + T)·C + 2C.
+        assert_eq!(total, cfg.param_floats());
+        // GPT-2's count, by hand: 12C² + 13C per block, (V + T)·C + 2C;
+        // the arena pads the embedding's 11 rows to 128.
         let (c, l) = (6, 3);
-        assert_eq!(total, l * (12 * c * c + 13 * c) + (11 + 7) * c + 2 * c);
+        assert_eq!(
+            cfg.param_count(),
+            l * (12 * c * c + 13 * c) + (11 + 7) * c + 2 * c
+        );
+        assert_eq!(total, cfg.param_count() + (128 - 11) * c);
         assert_eq!(Params::sizes(&cfg).total(), total);
         let sizes = Params::sizes(&cfg).into_array();
         for (t, size) in tensors.iter().zip(sizes) {
@@ -403,6 +445,7 @@ mod tests {
     fn a_layer_view_is_that_layers_share_of_each_stacked_tensor() {
         let cfg = ModelConfig {
             vocab_size: 5,
+            tokenizer: None,
             block_size: 4,
             layers: 3,
             heads: 1,

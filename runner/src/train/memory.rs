@@ -22,7 +22,7 @@ impl Footprint {
     /// A model of shape `cfg` trained on micro-batches of `batch` ×
     /// `t` tokens (saturating for absurd shapes).
     pub fn training(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
-        let n = cfg.param_count();
+        let n = cfg.param_floats();
         Footprint {
             parameters: n,
             gradients: n,
@@ -83,10 +83,10 @@ mod tests {
 
     #[test]
     fn the_footprint_is_what_a_training_step_allocates() {
-        let cfg = Preset::Tiny.config(256);
+        let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
         let f = Footprint::training(&cfg, 3, cfg.block_size);
-        assert_eq!(f.parameters, cfg.param_count());
-        assert_eq!(f.optimizer_state, 2 * cfg.param_count());
+        assert_eq!(f.parameters, cfg.param_floats());
+        assert_eq!(f.optimizer_state, 2 * cfg.param_floats());
         let b = 3;
         let t = cfg.block_size;
         // Counted by hand from the tensors' shapes.
@@ -101,6 +101,7 @@ mod tests {
     fn absurd_shapes_saturate_and_are_refused() {
         let cfg = ModelConfig {
             vocab_size: 256,
+            tokenizer: None,
             block_size: 1 << 16,
             layers: 1 << 20,
             heads: 1,

@@ -171,7 +171,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
 /// The start-up log lines: backend and threads, model and memory, data.
 fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
     let threads = model.threads().count();
-    let (cfg, n) = (model.config, model.params().len());
+    let (cfg, n) = (model.config, model.config.param_count());
     info!(
         "Kernel backend set to: {} ({}-lane SIMD, {threads} thread{}){}",
         kernels.backend(),
