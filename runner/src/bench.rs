@@ -8,7 +8,7 @@ use std::time::Instant;
 use kernels::{Backend, Cpu, Kernels};
 use log::info;
 
-use crate::data;
+use crate::data::{self, DataSource};
 use crate::error::Error;
 use crate::logger::print_stdout;
 use crate::metrics::{
@@ -112,7 +112,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
     let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
-    let tokens = data::tokens_of(None)?;
+    let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     let n = cfg.param_count();
     let max_t = *s.seq_lens.iter().max().expect("non-empty");
     info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
@@ -247,8 +247,10 @@ fn measure_training(
         if step == WARMUP_STEPS {
             model.take_profile();
         }
-        let batches =
-            |x: &mut [u32], y: &mut [u32]| data::sample_batch(tokens, s.batch, t, &mut rng, x, y);
+        let batches = |x: &mut [u32], y: &mut [u32]| {
+            data::sample_batch(tokens, s.batch, t, &mut rng, x, y);
+            Ok(())
+        };
         let times = train_step(
             &mut model,
             &mut optimizer,

@@ -18,6 +18,8 @@ pub fn recipe() -> TrainSettings {
     TrainSettings {
         config: Some(Preset::Demo.config(Tokenizer::Byte)),
         data: None,
+        init_from: None,
+        seq_len: None,
         steps: 2000,
         batch: 16,
         grad_accum: 1,

@@ -57,16 +57,17 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `model` on `tokens`, `batch` full windows at a time; with
-/// `max_windows`, only the first that many windows (for quick validation
-/// during training).
+/// Evaluates `model` on `tokens` in windows of `t + 1` tokens (`t` at most
+/// the block size; the definition above takes the block size), `batch`
+/// full windows at a time; with `max_windows`, only the first that many
+/// windows (for quick validation during training).
 pub fn evaluate(
     model: &mut Gpt,
     tokens: &[u32],
+    t: usize,
     batch: usize,
     max_windows: Option<usize>,
 ) -> Result<Evaluation, Error> {
-    let t = model.config.block_size;
     let mut starts: Vec<usize> = (0..tokens.len().saturating_sub(1)).step_by(t).collect();
     if let Some(max) = max_windows {
         starts.truncate(max);

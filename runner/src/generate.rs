@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::error::Error;
 use crate::metrics::ms_since;
-use crate::model::{Gpt, KvCache};
+use crate::model::{Gpt, KvCache, ModelConfig};
 use crate::rng::Rng;
 
 /// How the next token is drawn from the logits.
@@ -163,17 +163,17 @@ impl GenerationStats {
     }
 }
 
-/// Checks a prompt against the model before generating.
-pub fn check_prompt(model: &Gpt, prompt: &[u32]) -> Result<(), Error> {
-    let t = model.config.block_size;
+/// Checks a prompt against a model of shape `cfg` before generating.
+pub fn check_prompt(cfg: &ModelConfig, prompt: &[u32]) -> Result<(), Error> {
+    let t = cfg.block_size;
     if prompt.is_empty() {
         return Err(Error::Input(
-            "the prompt is empty; give at least one byte".into(),
+            "the prompt is empty; give at least one token".into(),
         ));
     }
     if prompt.len() > t {
         return Err(Error::Input(format!(
-            "the prompt is {} tokens (bytes), longer than the model's block size of {t}",
+            "the prompt is {} tokens, longer than the model's block size of {t}",
             prompt.len()
         )));
     }
@@ -196,7 +196,7 @@ pub fn generate(
     let pool = model.threads().handle();
     pool.install(|| {
         sampling.validate()?;
-        check_prompt(model, prompt)?;
+        check_prompt(&model.config, prompt)?;
         let t = model.config.block_size;
         let mut rng = Rng::new(seed);
         let mut sampler = Sampler::new(model.config.vocab_size);

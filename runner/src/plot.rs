@@ -42,7 +42,7 @@ pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Resu
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("cross-entropy (nats per byte)")
+        .y_desc("cross-entropy (nats per token)")
         .draw()
         .map_err(|e| fail(e.to_string()))?;
     chart

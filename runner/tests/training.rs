@@ -21,6 +21,8 @@ fn settings(steps: u32) -> TrainSettings {
     TrainSettings {
         config: Some(Preset::Tiny.config(runner::data::Tokenizer::Byte)),
         data: None,
+        init_from: None,
+        seq_len: None,
         steps,
         batch: 4,
         grad_accum: 2,
@@ -143,10 +145,11 @@ fn a_saved_checkpoint_evaluates_the_same() {
     };
     let (mut model, _) = train(&s, Kernels::best()).unwrap();
     let tokens = data::encode(b"12+34=46\n500-1=499\n7+8=15\n");
-    let before = evaluate(&mut model, &tokens, 4, None).unwrap();
+    let t = model.config.block_size;
+    let before = evaluate(&mut model, &tokens, t, 4, None).unwrap();
     let mut loaded = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
     assert_eq!(loaded.params(), model.params());
-    let after = evaluate(&mut loaded, &tokens, 4, None).unwrap();
+    let after = evaluate(&mut loaded, &tokens, t, 4, None).unwrap();
     assert_eq!(before.loss, after.loss);
     assert_eq!(before.tokens, tokens.len() - 1);
     let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();

@@ -8,7 +8,6 @@ use kernels::Backend;
 
 use super::options::{BackendChoice, Verbosity};
 use crate::bench::{self, BenchSettings};
-use crate::data::Tokenizer;
 use crate::error::Error;
 use crate::model::{Precision, Preset};
 use crate::threads::available_cores;
@@ -69,7 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         args.threads.clone()
     };
     let settings = BenchSettings {
-        config: args.preset.config(Tokenizer::Byte),
+        config: args.preset.config(args.preset.default_tokenizer()),
         seq_lens: args.seq_lens.clone(),
         batch: args.batch,
         steps: args.steps,

@@ -6,27 +6,34 @@ use clap::Args;
 use log::info;
 
 use super::options::RunOptions;
-use crate::data;
+use crate::checkpoint;
+use crate::data::DataSource;
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::print_stdout;
 use crate::train::{check_memory, precision_note};
 
-pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text.
+pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
 
-The loss is the mean next-token cross-entropy (nats per byte) over
+The checkpoint is a directory from `runner train --save`, or a Hugging Face
+GPT-2 directory (config.json + model.safetensors). A text is tokenized with
+the checkpoint's tokenizer; a .bin shard is read as it is; a folder of
+shards is evaluated on its validation shards.
+
+The loss is the mean next-token cross-entropy (nats per token) over
 consecutive non-overlapping windows of block-size + 1 tokens taken with
-stride block-size from the start of the file (a final partial window is
-included if it has at least 2 tokens); each window predicts its tokens 1..
-from 0... Perplexity is e^loss. Any other implementation can reproduce it.";
+stride block-size from the first token (a final partial window is included
+if it has at least 2 tokens); each window predicts its tokens 1.. from
+0... Perplexity is e^loss. Any other implementation can reproduce it.";
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Checkpoint directory (from `runner train --save`).
+    /// Checkpoint directory (from `runner train --save`, or Hugging Face's).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
-    /// Text to evaluate on [default: the embedded arithmetic corpus].
-    #[arg(long, value_name = "FILE")]
+    /// Text file, token shard (.bin) or folder of shards to evaluate on
+    /// [default: the embedded arithmetic corpus].
+    #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
@@ -37,26 +44,28 @@ pub struct EvalArgs {
 
 pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let kernels = args.run.start()?;
-    let tokens = data::tokens_of(args.data.as_deref())?;
+    let source = DataSource::of(args.data.as_deref());
+    let cfg = checkpoint::load_config(&args.checkpoint)?;
+    let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     if tokens.len() < 2 {
         return Err(Error::Data {
-            path: args.data.clone().unwrap_or_default(),
-            reason: "evaluation needs at least 2 bytes".into(),
+            path: source.origin(),
+            reason: "evaluation needs at least 2 tokens".into(),
         });
     }
-    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
-    let cfg = model.config;
     // Groups are never larger than the number of windows.
-    let windows = tokens.len().div_ceil(cfg.block_size);
-    check_memory(&cfg, args.batch.min(windows))?;
+    let t = cfg.block_size;
+    let windows = tokens.len().div_ceil(t);
+    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
+    check_memory(&cfg, args.batch.min(windows), t)?;
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),
         kernels.backend(),
         precision_note(model.precision(), kernels)
     );
-    let eval = evaluate(&mut model, &tokens, args.batch, None)?;
-    eval.log_breakdown(cfg.block_size);
+    let eval = evaluate(&mut model, &tokens, t, args.batch, None)?;
+    eval.log_breakdown(t);
     print_stdout(&format!(
         "loss {:.6} perplexity {:.4} tokens {}\n",
         eval.loss,

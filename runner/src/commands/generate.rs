@@ -6,7 +6,7 @@ use clap::Args;
 use log::info;
 
 use super::options::RunOptions;
-use crate::data;
+use crate::checkpoint;
 use crate::error::Error;
 use crate::generate::{check_prompt, generate, Sampling};
 use crate::logger::{print_bytes, print_stdout};
@@ -20,18 +20,20 @@ pub const HELP: &str = "Continue a prompt with a trained model, streaming the te
 The prompt is run through the model in one pass that fills a key/value cache;
 each new token then costs one pass over the weights. When the context
 reaches the block size, the cache slides: the last half block is re-run as
-a fresh prompt and generation continues. The prompt must be 1 to block-size
-bytes.";
+a fresh prompt and generation continues. The prompt is tokenized with the
+checkpoint's tokenizer and must be 1 to block-size tokens. The text is
+written as raw bytes as they are drawn (a GPT-2 token may end inside a UTF-8
+character: the next one completes it).";
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (from `runner train --save`).
+    /// Checkpoint directory (from `runner train --save`, or Hugging Face's).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
-    /// Text to continue (1 to block-size bytes).
+    /// Text to continue (1 to block-size tokens).
     #[arg(long)]
     pub prompt: String,
-    /// Tokens (bytes) to generate.
+    /// Tokens to generate.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
@@ -61,9 +63,18 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         top_p: args.top_p,
     };
     sampling.validate()?;
+    let cfg = checkpoint::load_config(&args.checkpoint)?;
+    let Some(tokenizer) = cfg.tokenizer else {
+        return Err(Error::Input(format!(
+            "the checkpoint {} names no tokenizer (vocabulary {}), so its tokens cannot be written as text",
+            args.checkpoint.display(),
+            cfg.vocab_size
+        )));
+    };
+    let prompt = tokenizer.encode(args.prompt.as_bytes());
+    // Before loading: a prompt that does not fit costs nothing.
+    check_prompt(&cfg, &prompt)?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
-    let prompt = data::encode(args.prompt.as_bytes());
-    check_prompt(&model, &prompt)?;
     info!(
         "Generating with {} on the {} backend{}",
         model.config,
@@ -79,7 +90,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         args.max_new_tokens,
         &sampling,
         args.seed,
-        |token| print_bytes(&data::decode(&[token])),
+        |token| print_bytes(&tokenizer.decode(&[token]).unwrap_or_default()),
     )?;
     print_stdout("\n");
     stats.log();

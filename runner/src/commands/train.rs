@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::options::RunOptions;
-use crate::data::Tokenizer;
+use crate::data::{DataSource, Tokenizer};
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
 use crate::train::{train, TrainSettings};
@@ -13,9 +13,15 @@ use crate::train::{train, TrainSettings};
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Model size: tiny (L2 H2 C32 T32), demo (L2 H4 C128 T64), small (L4
-    /// H4 C256 T128) or shakes (L6 H6 C384 T256) [default: small].
+    /// H4 C256 T128), shakes (L6 H6 C384 T256), gpt2 (L12 H12 C768 T1024)
+    /// or gpt2-medium (L24 H16 C1024 T1024) [default: small].
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
+    /// Tokenizer of a new model: byte (vocabulary 256) or gpt2 (GPT-2's
+    /// BPE, 50257) [default: gpt2 for token shards and the gpt2 presets,
+    /// else byte].
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<Tokenizer>,
     /// Transformer blocks (overrides the preset).
     #[arg(long)]
     pub layers: Option<usize>,
@@ -25,13 +31,25 @@ pub struct TrainArgs {
     /// Width of the model (overrides the preset).
     #[arg(long)]
     pub channels: Option<usize>,
-    /// Context length in tokens (bytes) (overrides the preset).
+    /// Context length in tokens: the positions the model has (overrides
+    /// the preset).
     #[arg(long)]
     pub block_size: Option<usize>,
-    /// Text file to train on, split 90 % / 10 % into training and
-    /// validation [default: the embedded arithmetic corpus].
-    #[arg(long, value_name = "FILE")]
+    /// Tokens per training window [default: the block size].
+    #[arg(long, value_name = "T")]
+    pub seq_len: Option<usize>,
+    /// What to train on: a text file (tokenized on loading; split 90 % /
+    /// 10 % into training and validation), a token shard (.bin, split the
+    /// same way) or a folder of shards from `runner prepare` (*_train*.bin
+    /// train, *_val*.bin validate) [default: the embedded arithmetic
+    /// corpus].
+    #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
+    /// Start from the weights in DIR (a checkpoint of this runner, or a
+    /// Hugging Face GPT-2 directory: config.json + model.safetensors) with
+    /// a fresh optimizer; the model's shape and tokenizer are DIR's.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Optimizer steps (the total, when resuming).
     #[arg(long, default_value_t = 200)]
     pub steps: u32,
@@ -80,17 +98,26 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The model shape asked for: `None` when no shape option is given
-    /// (a resumed run then takes the checkpoint's).
+    /// (a run from a checkpoint then takes the checkpoint's).
     fn requested_config(&self) -> Option<ModelConfig> {
         let any = self.preset.is_some()
+            || self.tokenizer.is_some()
             || self.layers.is_some()
             || self.heads.is_some()
             || self.channels.is_some()
             || self.block_size.is_some();
-        if !any && self.resume.is_some() {
+        if !any && (self.resume.is_some() || self.init_from.is_some()) {
             return None;
         }
-        let base = self.preset.unwrap_or(Preset::Small).config(Tokenizer::Byte);
+        let preset = self.preset.unwrap_or(Preset::Small);
+        let tokenizer = self.tokenizer.unwrap_or_else(|| {
+            // Shards hold GPT-2 token ids unless told otherwise.
+            match DataSource::of(self.data.as_deref()).is_tokens() {
+                true => Tokenizer::Gpt2,
+                false => preset.default_tokenizer(),
+            }
+        });
+        let base = preset.config(tokenizer);
         Some(ModelConfig {
             layers: self.layers.unwrap_or(base.layers),
             heads: self.heads.unwrap_or(base.heads),
@@ -104,6 +131,8 @@ impl TrainArgs {
         TrainSettings {
             config: self.requested_config(),
             data: self.data.clone(),
+            init_from: self.init_from.clone(),
+            seq_len: self.seq_len,
             steps: self.steps,
             batch: self.batch,
             grad_accum: self.grad_accum,

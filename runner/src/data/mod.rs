@@ -7,9 +7,10 @@ pub mod prepare;
 pub mod shards;
 pub mod tokenizer;
 
+use shards::Shard;
 pub use tokenizer::Tokenizer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::rng::Rng;
@@ -27,40 +28,300 @@ pub fn decode(tokens: &[u32]) -> Vec<u8> {
     tokens.iter().map(|&t| t as u8).collect()
 }
 
-/// Reads a non-empty text file as tokens.
-pub fn read_tokens(path: &Path) -> Result<Vec<u32>, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.is_empty() {
-        return Err(Error::Data {
-            path: path.into(),
-            reason: "the file is empty".into(),
-        });
-    }
-    Ok(encode(&bytes))
-}
-
 /// How logs and errors name the embedded corpus.
 pub const EMBEDDED_NAME: &str = "embedded arithmetic corpus";
 
-/// The tokens of the file at `path`, or of the embedded corpus.
-pub fn tokens_of(path: Option<&Path>) -> Result<Vec<u32>, Error> {
-    match path {
-        Some(path) => read_tokens(path),
-        None => Ok(encode(&corpus::text())),
+/// Where tokens come from: `--data` as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataSource {
+    /// The embedded arithmetic corpus.
+    Embedded,
+    /// A text file, tokenized on loading.
+    Text(PathBuf),
+    /// One token shard (`.bin`).
+    Shard(PathBuf),
+    /// A folder of shards: `*_train*.bin` train, `*_val*.bin` validate.
+    Shards(PathBuf),
+}
+
+impl DataSource {
+    /// What `--data PATH` (or none) names: a folder holds shards, a `.bin`
+    /// file is a shard, anything else is text.
+    pub fn of(path: Option<&Path>) -> DataSource {
+        match path {
+            None => DataSource::Embedded,
+            Some(p) if p.is_dir() => DataSource::Shards(p.into()),
+            Some(p) if p.extension().is_some_and(|e| e == "bin") => DataSource::Shard(p.into()),
+            Some(p) => DataSource::Text(p.into()),
+        }
+    }
+
+    /// Whether it holds token ids (of GPT-2's tokenizer, usually) rather
+    /// than text.
+    pub fn is_tokens(&self) -> bool {
+        matches!(self, DataSource::Shard(_) | DataSource::Shards(_))
+    }
+
+    /// The path, or the embedded corpus's name, for logs and errors.
+    pub fn origin(&self) -> PathBuf {
+        match self {
+            DataSource::Embedded => format!("<{EMBEDDED_NAME}>").into(),
+            DataSource::Text(p) | DataSource::Shard(p) | DataSource::Shards(p) => p.clone(),
+        }
+    }
+
+    /// The training and validation shards of a folder, in name order.
+    fn shard_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), Error> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "bin") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let named = |part: &str| -> Vec<PathBuf> {
+            files
+                .iter()
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().contains(part))
+                })
+                .cloned()
+                .collect()
+        };
+        let (train, val) = (named("_train"), named("_val"));
+        if train.is_empty() || val.is_empty() {
+            return Err(Error::Data {
+                path: dir.into(),
+                reason: format!(
+                    "a data folder needs `*_train*.bin` and `*_val*.bin` token shards (as `runner prepare` writes); it has {} and {}",
+                    train.len(),
+                    val.len()
+                ),
+            });
+        }
+        Ok((train, val))
+    }
+
+    /// Every token of the source, for evaluation: a text tokenized with
+    /// `tokenizer`, a shard, or a folder's validation shards. Shards are
+    /// checked against `vocab`.
+    pub fn eval_tokens(
+        &self,
+        tokenizer: Option<Tokenizer>,
+        vocab: usize,
+    ) -> Result<Vec<u32>, Error> {
+        let paths = match self {
+            DataSource::Embedded | DataSource::Text(_) => return self.text_tokens(tokenizer),
+            DataSource::Shard(p) => vec![p.clone()],
+            DataSource::Shards(dir) => DataSource::shard_files(dir)?.1,
+        };
+        let mut tokens = Vec::new();
+        for path in paths {
+            let mut shard = Shard::open(&path)?;
+            shard.check_tokens(vocab)?;
+            let start = tokens.len();
+            tokens.resize(start + shard.len, 0);
+            shard.read(0, &mut tokens[start..])?;
+        }
+        Ok(tokens)
+    }
+
+    /// A text's tokens (non-empty).
+    fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
+        let Some(tokenizer) = tokenizer else {
+            return Err(Error::Data {
+                path: self.origin(),
+                reason:
+                    "the model names no tokenizer, so it cannot read text: give it token shards"
+                        .into(),
+            });
+        };
+        let bytes = match self {
+            DataSource::Text(path) => std::fs::read(path).map_err(|e| Error::io(path, e))?,
+            _ => corpus::text(),
+        };
+        if bytes.is_empty() {
+            return Err(Error::Data {
+                path: self.origin(),
+                reason: "the file is empty".into(),
+            });
+        }
+        Ok(tokenizer.encode(&bytes))
     }
 }
 
-/// A text split 90 / 10 into training and validation tokens.
+/// Training tokens: a text's, in memory, or windows read from shards on
+/// demand.
+pub enum TrainTokens {
+    Memory(Vec<u32>),
+    Shards(ShardWindows),
+}
+
+/// Windows drawn from parts of shards: each part is a range of one shard,
+/// and a window never crosses from one part into the next.
+pub struct ShardWindows {
+    shards: Vec<Shard>,
+    /// (shard, first token, tokens) of each part.
+    parts: Vec<(usize, usize, usize)>,
+    /// Tokens read for one window.
+    window: Vec<u32>,
+}
+
+impl TrainTokens {
+    /// Training tokens in all.
+    pub fn len(&self) -> usize {
+        match self {
+            TrainTokens::Memory(tokens) => tokens.len(),
+            TrainTokens::Shards(w) => w.parts.iter().map(|p| p.2).sum(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `inputs` and `targets` (`b·t` each) with `b` random windows of
+    /// `t + 1` consecutive tokens, as [`sample_batch`] does; over shards, a
+    /// window starts uniformly among the windows of every part.
+    pub fn sample_batch(
+        &mut self,
+        b: usize,
+        t: usize,
+        rng: &mut Rng,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<(), Error> {
+        let w = match self {
+            TrainTokens::Memory(tokens) => {
+                sample_batch(tokens, b, t, rng, inputs, targets);
+                return Ok(());
+            }
+            TrainTokens::Shards(w) => w,
+        };
+        let starts = |len: usize| len.saturating_sub(t);
+        let total: usize = w.parts.iter().map(|p| starts(p.2)).sum();
+        w.window.resize(t + 1, 0);
+        for (inp, tgt) in inputs
+            .chunks_exact_mut(t)
+            .zip(targets.chunks_exact_mut(t))
+            .take(b)
+        {
+            let mut start = rng.below(total);
+            let &(shard, first, _) = w
+                .parts
+                .iter()
+                .find(|p| {
+                    let fits = start < starts(p.2);
+                    if !fits {
+                        start -= starts(p.2);
+                    }
+                    fits
+                })
+                .expect("start is below the total");
+            w.shards[shard].read(first + start, &mut w.window)?;
+            inp.copy_from_slice(&w.window[..t]);
+            tgt.copy_from_slice(&w.window[1..]);
+        }
+        Ok(())
+    }
+}
+
+/// Training windows and validation tokens.
 pub struct Dataset {
-    pub train: Vec<u32>,
+    pub train: TrainTokens,
     pub val: Vec<u32>,
 }
 
 impl Dataset {
-    /// The file at `path` (or the embedded corpus) split for `block_size`.
-    pub fn load(path: Option<&Path>, block_size: usize) -> Result<Dataset, Error> {
-        let origin = path.map_or(format!("<{EMBEDDED_NAME}>").into(), Path::to_path_buf);
-        Dataset::split(tokens_of(path)?, block_size, &origin)
+    /// The data of `source` for a model of `vocab` tokens (with
+    /// `tokenizer`, for text) trained on windows of `t + 1` tokens, with
+    /// at most `max_val` validation tokens. A text or a single shard is
+    /// split 90 / 10 into training and validation; a folder has its own
+    /// validation shards. Every shard is checked (header, size, tokens
+    /// below `vocab`) before this returns.
+    pub fn load(
+        source: &DataSource,
+        tokenizer: Option<Tokenizer>,
+        vocab: usize,
+        t: usize,
+        max_val: usize,
+    ) -> Result<Dataset, Error> {
+        let origin = source.origin();
+        let too_short = |have: usize, need: String| Error::Data {
+            path: origin.clone(),
+            reason: format!(
+                "{have} tokens is too short for windows of {} tokens: {need}",
+                t + 1
+            ),
+        };
+        let (train_paths, val_paths) = match source {
+            DataSource::Embedded | DataSource::Text(_) => {
+                let mut data = Dataset::split(source.text_tokens(tokenizer)?, t, &origin)?;
+                data.val.truncate(max_val);
+                return Ok(data);
+            }
+            DataSource::Shard(path) => (vec![path.clone()], Vec::new()),
+            DataSource::Shards(dir) => DataSource::shard_files(dir)?,
+        };
+        let mut shards = Vec::with_capacity(train_paths.len());
+        for path in &train_paths {
+            let mut shard = Shard::open(path)?;
+            shard.check_tokens(vocab)?;
+            shards.push(shard);
+        }
+        let mut val = Vec::new();
+        let parts = if val_paths.is_empty() {
+            // One shard: its first 90 % train, the rest validates.
+            let len = shards[0].len;
+            if len < Dataset::min_len(t) {
+                return Err(too_short(
+                    len,
+                    format!(
+                        "a shard split 90 / 10 needs at least {}",
+                        Dataset::min_len(t)
+                    ),
+                ));
+            }
+            let train_len = len - len / 10;
+            val.resize((len - train_len).min(max_val), 0);
+            shards[0].read(train_len, &mut val)?;
+            vec![(0, 0, train_len)]
+        } else {
+            for path in &val_paths {
+                let mut shard = Shard::open(path)?;
+                shard.check_tokens(vocab)?;
+                let start = val.len();
+                let n = shard.len.min(max_val - start);
+                val.resize(start + n, 0);
+                shard.read(0, &mut val[start..])?;
+            }
+            (0..shards.len())
+                .map(|i| (i, 0, shards[i].len))
+                .collect::<Vec<_>>()
+        };
+        if parts.iter().all(|p| p.2 <= t) {
+            let longest = parts.iter().map(|p| p.2).max().unwrap_or(0);
+            return Err(too_short(
+                longest,
+                "no training shard holds one window".into(),
+            ));
+        }
+        if val.len() < 2 {
+            return Err(too_short(
+                val.len(),
+                "validation needs at least 2 tokens".into(),
+            ));
+        }
+        let train = TrainTokens::Shards(ShardWindows {
+            shards,
+            parts,
+            window: Vec::new(),
+        });
+        Ok(Dataset { train, val })
     }
 
     /// The shortest text [`Dataset::split`] accepts for `block_size`.
@@ -80,7 +341,7 @@ impl Dataset {
             return Err(Error::Data {
                 path: origin.into(),
                 reason: format!(
-                    "{} bytes is too short for block size {block_size}: it needs at least {} (90 % for one training window of {} tokens, 10 % for 2 validation tokens)",
+                    "{} tokens is too short for block size {block_size}: it needs at least {} (90 % for one training window of {} tokens, 10 % for 2 validation tokens)",
                     tokens.len(),
                     Dataset::min_len(block_size),
                     block_size + 1,
@@ -90,7 +351,10 @@ impl Dataset {
         let train_len = tokens.len() - tokens.len() / 10;
         let mut train = tokens;
         let val = train.split_off(train_len);
-        Ok(Dataset { train, val })
+        Ok(Dataset {
+            train: TrainTokens::Memory(train),
+            val,
+        })
     }
 }
 
@@ -140,6 +404,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_shard_gives_the_windows_of_its_tokens_in_memory() {
+        let dir = std::env::temp_dir().join(format!("runner-windows-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 50257).collect();
+        let mut writer = shards::ShardWriter::new(&dir, "w", 1, 10_000).unwrap();
+        writer.write(&tokens).unwrap();
+        writer.finish().unwrap();
+        let shard = Shard::open(&shards::shard_path(&dir, "w", 1)).unwrap();
+        let n = shard.len;
+        let mut from_shard = TrainTokens::Shards(ShardWindows {
+            shards: vec![shard],
+            parts: vec![(0, 0, n)],
+            window: Vec::new(),
+        });
+        let mut in_memory = TrainTokens::Memory(tokens[1..].to_vec());
+        assert_eq!(from_shard.len(), in_memory.len());
+        let (b, t) = (6, 17);
+        let (mut rng_a, mut rng_b) = (Rng::new(5), Rng::new(5));
+        for _ in 0..20 {
+            let mut a = (vec![0; b * t], vec![0; b * t]);
+            let mut m = (vec![1; b * t], vec![1; b * t]);
+            from_shard
+                .sample_batch(b, t, &mut rng_a, &mut a.0, &mut a.1)
+                .unwrap();
+            in_memory
+                .sample_batch(b, t, &mut rng_b, &mut m.0, &mut m.1)
+                .unwrap();
+            assert_eq!(a, m);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

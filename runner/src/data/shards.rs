@@ -6,7 +6,7 @@
 //! (`NAME_train_000001.bin`, ...) training tokens.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -182,47 +182,117 @@ fn shard_capacity(index: usize, val_tokens: usize, per_shard: usize) -> usize {
     }
 }
 
-/// The tokens of the shard at `path`, checked: the magic, the version, and
-/// a size that matches the header's count.
+/// An open shard whose header was checked: the magic, the version, and a
+/// file size that matches the count. Tokens are read by range, so shards
+/// larger than memory train.
+pub struct Shard {
+    path: PathBuf,
+    file: File,
+    /// Tokens the shard holds.
+    pub len: usize,
+}
+
+impl Shard {
+    /// Opens the shard at `path` and checks its header against its size.
+    pub fn open(path: &Path) -> Result<Shard, Error> {
+        let bad = |reason: String| Error::Data {
+            path: path.into(),
+            reason,
+        };
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut header = [0u8; HEADER_BYTES];
+        if size < HEADER_BYTES as u64 {
+            return Err(bad(format!(
+                "{size} bytes is shorter than a shard's {HEADER_BYTES}-byte header"
+            )));
+        }
+        file.read_exact(&mut header)
+            .map_err(|e| Error::io(path, e))?;
+        let int = |i: usize| i32::from_le_bytes(header[4 * i..][..4].try_into().expect("4 bytes"));
+        if int(0) != SHARD_MAGIC {
+            return Err(bad(format!(
+                "not a token shard (magic {}, expected {SHARD_MAGIC})",
+                int(0)
+            )));
+        }
+        if int(1) != SHARD_VERSION {
+            return Err(bad(format!(
+                "shard version {} is not {SHARD_VERSION}",
+                int(1)
+            )));
+        }
+        let len =
+            usize::try_from(int(2)).map_err(|_| bad(format!("negative token count {}", int(2))))?;
+        let body = size - HEADER_BYTES as u64;
+        if body != 2 * len as u64 {
+            return Err(bad(format!(
+                "the header says {len} tokens but the file holds {body} bytes of tokens ({} expected)",
+                2 * len
+            )));
+        }
+        Ok(Shard {
+            path: path.into(),
+            file,
+            len,
+        })
+    }
+
+    /// The shard's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills `out` with the tokens from `start` (`start + out.len() <=
+    /// len`).
+    pub fn read(&mut self, start: usize, out: &mut [u32]) -> Result<(), Error> {
+        let mut bytes = vec![0u8; 2 * out.len()];
+        self.read_bytes(start, &mut bytes)?;
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = u32::from(u16::from_le_bytes([b[0], b[1]]));
+        }
+        Ok(())
+    }
+
+    fn read_bytes(&mut self, start: usize, bytes: &mut [u8]) -> Result<(), Error> {
+        let io = |e| Error::io(&self.path, e);
+        self.file
+            .seek(SeekFrom::Start((HEADER_BYTES + 2 * start) as u64))
+            .map_err(io)?;
+        self.file.read_exact(bytes).map_err(io)
+    }
+
+    /// Refuses the shard if a token in it is not below `vocab`: the whole
+    /// shard is read through a bounded buffer.
+    pub fn check_tokens(&mut self, vocab: usize) -> Result<(), Error> {
+        const CHUNK: usize = 1 << 20;
+        let mut bytes = vec![0u8; 2 * CHUNK];
+        for start in (0..self.len).step_by(CHUNK) {
+            let n = CHUNK.min(self.len - start);
+            self.read_bytes(start, &mut bytes[..2 * n])?;
+            let tokens = bytes[..2 * n]
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]));
+            if let Some((i, token)) = tokens.enumerate().find(|&(_, t)| usize::from(t) >= vocab) {
+                return Err(Error::Data {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "token {token} at position {} is not below the model's vocabulary of {vocab}",
+                        start + i
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tokens of the shard at `path`, checked as [`Shard::open`] does.
 pub fn read_shard(path: &Path) -> Result<Vec<u16>, Error> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::Data {
-        path: path.into(),
-        reason,
-    };
-    if bytes.len() < HEADER_BYTES {
-        return Err(bad(format!(
-            "{} bytes is shorter than a shard's {HEADER_BYTES}-byte header",
-            bytes.len()
-        )));
-    }
-    let int = |i: usize| i32::from_le_bytes(bytes[4 * i..][..4].try_into().expect("4 bytes"));
-    if int(0) != SHARD_MAGIC {
-        return Err(bad(format!(
-            "not a token shard (magic {}, expected {SHARD_MAGIC})",
-            int(0)
-        )));
-    }
-    if int(1) != SHARD_VERSION {
-        return Err(bad(format!(
-            "shard version {} is not {SHARD_VERSION}",
-            int(1)
-        )));
-    }
-    let count =
-        usize::try_from(int(2)).map_err(|_| bad(format!("negative token count {}", int(2))))?;
-    let body = &bytes[HEADER_BYTES..];
-    if body.len() != 2 * count {
-        return Err(bad(format!(
-            "the header says {count} tokens but the file holds {} bytes of tokens ({} expected)",
-            body.len(),
-            2 * count
-        )));
-    }
-    Ok(body
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect())
+    let mut shard = Shard::open(path)?;
+    let mut tokens = vec![0u32; shard.len];
+    shard.read(0, &mut tokens)?;
+    Ok(tokens.into_iter().map(|t| t as u16).collect())
 }
 
 #[cfg(test)]

@@ -46,6 +46,15 @@ pub enum Preset {
 const MAX_PARAMS: usize = 1 << 31;
 
 impl Preset {
+    /// The tokenizer a model of this size has unless told otherwise: GPT-2's
+    /// for the GPT-2 sizes, bytes for the small ones.
+    pub fn default_tokenizer(self) -> Tokenizer {
+        match self {
+            Preset::Gpt2 | Preset::Gpt2Medium => Tokenizer::Gpt2,
+            _ => Tokenizer::Byte,
+        }
+    }
+
     /// The preset's shape, with `tokenizer`'s vocabulary.
     pub fn config(self, tokenizer: Tokenizer) -> ModelConfig {
         let (layers, heads, channels, block_size) = match self {

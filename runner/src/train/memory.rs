@@ -61,14 +61,15 @@ impl std::fmt::Display for Footprint {
 }
 
 /// Refuses runs that would not fit this machine's memory (or 32 GiB where
-/// it cannot be read), rather than dying in the allocator.
-pub fn check_memory(cfg: &ModelConfig, batch: usize) -> Result<(), Error> {
+/// it cannot be read), rather than dying in the allocator: training (or
+/// evaluation, which needs less) for a model of shape `cfg` on micro-batches of `batch × t` tokens.
+pub fn check_memory(cfg: &ModelConfig, batch: usize, t: usize) -> Result<(), Error> {
     let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
-    let need = Footprint::training(cfg, batch, cfg.block_size).total_bytes();
+    let need = Footprint::training(cfg, batch, t).total_bytes();
     if need as u64 > limit_bytes {
         let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
         return Err(Error::Config(format!(
-            "the run needs about {:.1} GiB of memory (model {cfg} with batch {batch}); this machine has {:.1} GiB",
+            "the run needs about {:.1} GiB of memory (model {cfg} with batch {batch} × {t} tokens); this machine has {:.1} GiB",
             gib(need as f64),
             gib(limit_bytes as f64)
         )));
@@ -111,6 +112,6 @@ mod tests {
             Footprint::training(&cfg, 1 << 20, 1 << 16).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, 1 << 20).is_err());
+        assert!(check_memory(&cfg, 1 << 20, 1 << 16).is_err());
     }
 }

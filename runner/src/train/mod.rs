@@ -13,7 +13,7 @@ use kernels::{Bf16Unit, Kernels};
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, TrainingState};
-use crate::data::{self, Dataset};
+use crate::data::{self, DataSource, Dataset, Tokenizer};
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::metrics::{ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
@@ -27,11 +27,18 @@ use optim::{Optimizer, OptimizerSettings};
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
-    /// The model shape for a new run; with `resume`, the checkpoint's shape
-    /// is used and this must match it if given.
+    /// The model shape (and tokenizer) for a new run; with `resume` or
+    /// `init_from`, the checkpoint's shape is used and this must match it
+    /// if given.
     pub config: Option<ModelConfig>,
-    /// Text to train on; `None` for the embedded corpus.
+    /// Text or token shards to train on ([`DataSource::of`]); `None` for
+    /// the embedded corpus.
     pub data: Option<PathBuf>,
+    /// Start from the weights in this checkpoint directory (this runner's
+    /// or a Hugging Face GPT-2's), with a fresh optimizer.
+    pub init_from: Option<PathBuf>,
+    /// Tokens per training window (`None`: the block size).
+    pub seq_len: Option<usize>,
     pub steps: u32,
     pub batch: usize,
     pub grad_accum: usize,
@@ -104,6 +111,14 @@ impl TrainSettings {
                 self.steps
             )));
         }
+        if self.resume.is_some() && self.init_from.is_some() {
+            return Err(Error::Config(
+                "--resume continues a run and --init-from starts one: give one of them".into(),
+            ));
+        }
+        if self.seq_len == Some(0) {
+            return Err(Error::Config("--seq-len must be at least 1".into()));
+        }
         if let Some(dir) = &self.save {
             // Before the run, not after it: a bad path should not cost it.
             checkpoint::check_destination(dir)?;
@@ -122,14 +137,16 @@ impl TrainSettings {
     }
 }
 
-/// A run's model, optimizer and data order: fresh, or resumed.
+/// A run's model, optimizer and data order: fresh, from a checkpoint's
+/// weights, or resumed.
 fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), Error> {
-    let Some(dir) = &s.resume else {
+    let t = |cfg: &ModelConfig| s.seq_len.unwrap_or(cfg.block_size);
+    let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
         let cfg = s
             .config
             .ok_or_else(|| Error::Config("no model configuration".into()))?;
         cfg.validate()?;
-        check_memory(&cfg, s.batch)?;
+        check_memory(&cfg, s.batch, t(&cfg))?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
         let optimizer = Optimizer::new(model.params().len());
         return Ok((model, optimizer, Rng::new(s.seed)));
@@ -141,11 +158,18 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
     let cfg = checkpoint::load_config(dir)?;
     if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
         return Err(refuse(format!(
-            "it holds a {cfg} model, but this run asks for {asked}"
+            "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
+            tokenizer_name(cfg.tokenizer),
+            tokenizer_name(asked.tokenizer),
         )));
     }
-    let model = checkpoint::load_model(dir, kernels)?;
-    let state = checkpoint::load_run(dir, model.params().len())?;
+    if s.init_from.is_some() {
+        check_memory(&cfg, s.batch, t(&cfg))?;
+        let model = checkpoint::load_model(dir, kernels)?;
+        let optimizer = Optimizer::new(model.params().len());
+        return Ok((model, optimizer, Rng::new(s.seed)));
+    }
+    let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // A resumed run continues exactly only with the same schedule.
     let differences = state
         .schedule
@@ -156,20 +180,26 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
             differences.join("; ")
         )));
     }
-    // The checkpoint's shape with this run's batch may not fit.
-    check_memory(&cfg, s.batch)?;
     if state.step >= s.steps {
         return Err(Error::Config(format!(
             "the checkpoint is already at step {}; ask for more --steps",
             state.step
         )));
     }
+    // The checkpoint's shape with this run's batch may not fit.
+    check_memory(&cfg, s.batch, t(&cfg))?;
+    let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     Ok((model, Optimizer::from_state(state.step, state.moments), rng))
 }
 
+/// A tokenizer's name, or what a model without one has.
+fn tokenizer_name(tokenizer: Option<Tokenizer>) -> &'static str {
+    tokenizer.map_or("no", Tokenizer::name)
+}
+
 /// The start-up log lines: backend and threads, model and memory, data.
-fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
+fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, t: usize, kernels: Kernels) {
     let threads = model.threads().count();
     let (cfg, n) = (model.config, model.config.param_count());
     info!(
@@ -179,24 +209,27 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, kernels: Kernels) {
         if threads == 1 { "" } else { "s" },
         precision_note(model.precision(), kernels),
     );
+    let start = match (&s.init_from, &s.resume) {
+        (Some(dir), _) => format!(" | Initialized from {}", dir.display()),
+        (_, Some(dir)) => format!(" | Resumed from {}", dir.display()),
+        _ => String::new(),
+    };
     info!(
-        "Model: {cfg} | Parameters: {:.2} M ({n}) | Memory: {}",
+        "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {}{start}",
+        tokenizer_name(cfg.tokenizer),
         n as f64 / 1e6,
-        Footprint::training(&cfg, s.batch, cfg.block_size),
+        Footprint::training(&cfg, s.batch, t),
     );
-    let origin = s
-        .data
-        .as_ref()
-        .map_or(format!(" ({})", data::EMBEDDED_NAME), |p| {
-            format!(" from {}", p.display())
-        });
+    let origin = match DataSource::of(s.data.as_deref()) {
+        DataSource::Embedded => format!(" ({})", data::EMBEDDED_NAME),
+        source => format!(" from {}", source.origin().display()),
+    };
     info!(
-        "Data: {} training and {} validation tokens{origin} | Steps: {} | Batch: {} × {} tokens × {} micro-batches",
+        "Data: {} training and {} validation tokens{origin} | Steps: {} | Batch: {} × {t} tokens × {} micro-batches",
         data.train.len(),
         data.val.len(),
         s.steps,
         s.batch,
-        cfg.block_size,
         s.grad_accum,
     );
 }
@@ -219,17 +252,36 @@ pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
     s.check()?;
+    // The data is checked before the model is built or loaded.
+    let cfg = match s.resume.as_ref().or(s.init_from.as_ref()) {
+        Some(dir) => checkpoint::load_config(dir)?,
+        None => s
+            .config
+            .ok_or_else(|| Error::Config("no model configuration".into()))?,
+    };
+    let (b, t) = (s.batch, s.seq_len.unwrap_or(cfg.block_size));
+    if t > cfg.block_size {
+        return Err(Error::Config(format!(
+            "--seq-len {t} is longer than the model's block size {}",
+            cfg.block_size
+        )));
+    }
+    let val_windows = VAL_WINDOWS_PER_BATCH * b;
+    let mut data = Dataset::load(
+        &DataSource::of(s.data.as_deref()),
+        cfg.tokenizer,
+        cfg.vocab_size,
+        t,
+        val_windows * t + 1,
+    )?;
     let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
     model.set_threads(Threads::new(s.threads)?);
     model.set_precision(s.precision);
     let threads = model.threads().count();
-    let cfg = model.config;
-    let (b, t) = (s.batch, cfg.block_size);
-    let data = Dataset::load(s.data.as_deref(), t)?;
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
-    log_start(s, &model, &data, kernels);
+    log_start(s, &model, &data, t, kernels);
 
     let mut buffers = BatchBuffers::new(b, t);
     let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
@@ -246,7 +298,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
-            data::sample_batch(&data.train, b, t, &mut rng, inputs, targets)
+            data.train.sample_batch(b, t, &mut rng, inputs, targets)
         };
         let times = train_step(
             &mut model,
@@ -270,7 +322,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             json.write(&times.record(step, lr, shape))?;
         }
         if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
-            let eval = evaluate(&mut model, &data.val, b, Some(VAL_WINDOWS_PER_BATCH * b))?;
+            let eval = evaluate(&mut model, &data.val, t, b, Some(val_windows))?;
             eval.log_breakdown(t);
             info!(
                 "Validation loss: {:.4} (perplexity {:.2}) at step {step}",
@@ -365,7 +417,8 @@ impl StepTimes {
 }
 
 /// One optimizer step: `grad_accum` micro-batches of `b × t` tokens drawn
-/// by `batches(inputs, targets)`, forward, loss, backward, then AdamW.
+/// by `batches(inputs, targets)` (which may fail reading them), forward,
+/// loss, backward, then AdamW.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -375,7 +428,7 @@ pub fn train_step(
     grad_accum: usize,
     (b, t): (usize, usize),
     buffers: &mut BatchBuffers,
-    mut batches: impl FnMut(&mut [u32], &mut [u32]) + Send,
+    mut batches: impl FnMut(&mut [u32], &mut [u32]) -> Result<(), Error> + Send,
 ) -> Result<StepTimes, Error> {
     // Enter the pool once per step rather than once per parallel piece of
     // work (see `PoolHandle::install`).
@@ -390,7 +443,7 @@ pub fn train_step(
         let mut loss_sum = 0.0;
         model.zero_grad();
         for _ in 0..grad_accum {
-            batches(&mut buffers.inputs, &mut buffers.targets);
+            batches(&mut buffers.inputs, &mut buffers.targets)?;
             let t0 = Instant::now();
             model.forward(&buffers.inputs, b, t)?;
             times.forward_ms += ms_since(t0);

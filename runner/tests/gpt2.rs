@@ -1,0 +1,397 @@
+//! GPT-2 scale through the binary: a model of GPT-2's vocabulary (50257,
+//! padded inside) trained on token shards, saved, resumed, evaluated and
+//! sampled; Hugging Face-layout directories loaded with `--init-from`;
+//! bad shards and unsupported configurations refused before training.
+
+mod common;
+use common::{assert_clear_error, assert_success, runner, scratch};
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+/// Shards of a short play in `dir/shards`: 200 validation tokens, training
+/// shards of 500.
+fn prepared_shards(dir: &Path) -> PathBuf {
+    let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n".repeat(30);
+    let input = dir.join("play.txt");
+    fs::write(&input, text).unwrap();
+    let shards = dir.join("shards");
+    assert_success(&runner(&[
+        "prepare",
+        "--tokenizer",
+        "gpt2",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        shards.to_str().unwrap(),
+        "--val-tokens",
+        "200",
+        "--shard-tokens",
+        "500",
+        "-q",
+    ]));
+    assert!(shards.join("play_train_000002.bin").exists());
+    shards
+}
+
+/// The training losses a `--json` file holds.
+fn json_losses(path: &Path) -> Vec<f64> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train_step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn train(args: &[&str]) -> std::process::Output {
+    let base = [
+        "train",
+        "--preset",
+        "tiny",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+    ];
+    runner(&[&base[..], args].concat())
+}
+
+fn loss_of(out: &std::process::Output) -> f64 {
+    assert_success(out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let word = stdout.split_whitespace().nth(1).expect("loss X ...");
+    word.parse().unwrap()
+}
+
+#[test]
+fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
+    let dir = scratch("gpt2-shards");
+    let shards = prepared_shards(&dir);
+    let shards_s = shards.to_str().unwrap();
+    let (ckpt, straight_json, resumed_json) = (
+        dir.join("ckpt"),
+        dir.join("straight.json"),
+        dir.join("resumed.json"),
+    );
+    let ckpt_s = ckpt.to_str().unwrap();
+
+    // Shards default to the gpt2 tokenizer.
+    let out = train(&[
+        "--data",
+        shards_s,
+        "--steps",
+        "6",
+        "--json",
+        straight_json.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("V50257 | Tokenizer: gpt2"), "{log}");
+    assert!(log.contains("validation tokens from"), "{log}");
+
+    // Stopped at 3, saved, resumed: the same losses as the straight run.
+    assert_success(&train(&[
+        "--data",
+        shards_s,
+        "--steps",
+        "6",
+        "--stop-at",
+        "3",
+        "--save",
+        ckpt_s,
+        "-q",
+    ]));
+    assert_success(&train(&[
+        "--data",
+        shards_s,
+        "--steps",
+        "6",
+        "--resume",
+        ckpt_s,
+        "--json",
+        resumed_json.to_str().unwrap(),
+        "-q",
+    ]));
+    let straight = json_losses(&straight_json);
+    assert_eq!(straight.len(), 6);
+    assert_eq!(json_losses(&resumed_json), straight[3..]);
+
+    // The checkpoint holds the real vocabulary and names its tokenizer.
+    let config: Value =
+        serde_json::from_slice(&fs::read(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 50257);
+    assert_eq!(config["tokenizer"], "gpt2");
+    assert_eq!(config["eos_token_id"], 50256);
+    let bytes = fs::read(ckpt.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("transformer.wte.weight").unwrap().shape(),
+        [50257, 32]
+    );
+
+    // Evaluated on the validation shard, on a shard file, and on text.
+    let val = shards.join("play_val_000000.bin");
+    let on_dir = loss_of(&runner(&[
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        shards_s,
+    ]));
+    let on_file = loss_of(&runner(&[
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        val.to_str().unwrap(),
+    ]));
+    assert_eq!(on_dir, on_file);
+    assert!(on_dir < (50257f64).ln(), "{on_dir}");
+    let text = dir.join("play.txt");
+    let on_text = loss_of(&runner(&[
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        text.to_str().unwrap(),
+    ]));
+    assert!(on_text.is_finite());
+
+    // Sampling at a high temperature: every token is in the vocabulary
+    // (the padded logits are never drawn), and the bytes are the tokens'.
+    let json = dir.join("generate.json");
+    let out = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt_s,
+        "--prompt",
+        "First Citizen: ✓",
+        "--max-new-tokens",
+        "40",
+        "--temperature",
+        "3",
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_success(&out);
+    assert!(out.stdout.starts_with("First Citizen: ✓".as_bytes()));
+    let record: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(record["tokens"], 40);
+
+    // A prompt longer than the block size (32 tokens), in tokens not bytes.
+    let long = " speak".repeat(40);
+    let out = runner(&["generate", "--checkpoint", ckpt_s, "--prompt", &long]);
+    assert_clear_error(
+        &out,
+        "the prompt is 40 tokens, longer than the model's block size of 32",
+    );
+}
+
+#[test]
+fn bad_shards_are_refused_before_training() {
+    let dir = scratch("gpt2-bad-shards");
+    let shards = prepared_shards(&dir);
+    let shards_s = shards.to_str().unwrap();
+    let train_shard = shards.join("play_train_000001.bin");
+    let good = fs::read(&train_shard).unwrap();
+    type Spoil = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: [(&str, Spoil); 3] = [
+        ("magic", Box::new(|b| b[0] ^= 1)),
+        ("version", Box::new(|b| b[4] = 7)),
+        ("but the file holds", Box::new(|b| b.truncate(b.len() - 2))),
+    ];
+    for (needle, spoil) in cases {
+        let mut bytes = good.clone();
+        spoil(&mut bytes);
+        fs::write(&train_shard, &bytes).unwrap();
+        let out = train(&["--data", shards_s, "--steps", "2"]);
+        assert_clear_error(&out, needle);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("play_train_000001.bin"));
+    }
+    fs::write(&train_shard, &good).unwrap();
+
+    // GPT-2 ids do not fit a byte model.
+    let out = train(&["--data", shards_s, "--tokenizer", "byte", "--steps", "2"]);
+    assert_clear_error(&out, "is not below the model's vocabulary of 256");
+
+    // A folder without validation shards, and one shard alone.
+    fs::remove_file(shards.join("play_val_000000.bin")).unwrap();
+    let out = train(&["--data", shards_s, "--steps", "2"]);
+    assert_clear_error(&out, "needs `*_train*.bin` and `*_val*.bin`");
+    let out = train(&[
+        "--data",
+        train_shard.to_str().unwrap(),
+        "--steps",
+        "2",
+        "-q",
+    ]);
+    assert_success(&out);
+}
+
+/// Rewrites our checkpoint in `from` as `save_pretrained` of a bare
+/// `GPT2Model` would (the `gpt2` repository's layout) into `to`: names
+/// without `transformer.`, weights in `dtype`, `config.json` without our
+/// tokenizer key, and with `lm_head` an explicit `lm_head.weight`.
+fn hugging_face_copy(from: &Path, to: &Path, bf16: bool, lm_head: Option<f32>) {
+    fs::create_dir_all(to).unwrap();
+    let bytes = fs::read(from.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let data: Vec<u8> = if bf16 {
+            // Truncation to bf16 (exactly representable when loaded back).
+            view.data()
+                .chunks_exact(4)
+                .flat_map(|b| [b[2], b[3]])
+                .collect()
+        } else {
+            view.data().to_vec()
+        };
+        let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
+        let bare = name.trim_start_matches("transformer.").to_string();
+        if let (Some(scale), "wte.weight") = (lm_head, bare.as_str()) {
+            let head: Vec<u8> = data
+                .chunks_exact(4)
+                .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * scale).to_le_bytes())
+                .collect();
+            tensors.push(("lm_head.weight".into(), dtype, view.shape().to_vec(), head));
+        }
+        tensors.push((bare, dtype, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    fs::write(
+        to.join("model.safetensors"),
+        safetensors::serialize(views, Some(meta)).unwrap(),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&fs::read(from.join("config.json")).unwrap()).unwrap();
+    let object = config.as_object_mut().unwrap();
+    object.remove("tokenizer");
+    object.insert("reorder_and_upcast_attn".into(), false.into());
+    object.insert("summary_type".into(), "cls_index".into());
+    fs::write(to.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+fn edit(dir: &Path, key: &str, value: Value) {
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config[key] = value;
+    fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn hugging_face_directories_load_and_fine_tune() {
+    let dir = scratch("gpt2-hf");
+    let shards = prepared_shards(&dir);
+    let shards_s = shards.to_str().unwrap();
+    let ours = dir.join("ours");
+    assert_success(&train(&[
+        "--data",
+        shards_s,
+        "--steps",
+        "3",
+        "--save",
+        ours.to_str().unwrap(),
+        "-q",
+    ]));
+    let eval = |ckpt: &Path| {
+        runner(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            shards_s,
+            "--threads",
+            "1",
+        ])
+    };
+    let reference = loss_of(&eval(&ours));
+
+    // f32 with bare names and a tied lm_head.weight: the same model.
+    let hf = dir.join("hf");
+    hugging_face_copy(&ours, &hf, false, Some(1.0));
+    assert_eq!(loss_of(&eval(&hf)), reference);
+    // bf16 weights: the same model, rounded.
+    let hf_bf16 = dir.join("hf-bf16");
+    hugging_face_copy(&ours, &hf_bf16, true, None);
+    let rounded = loss_of(&eval(&hf_bf16));
+    assert!(
+        (rounded - reference).abs() < 0.05 * reference,
+        "{rounded} vs {reference}"
+    );
+
+    // Fine-tuning from it: a fresh optimizer, then a checkpoint that
+    // resumes; the log says where the weights came from.
+    let tuned = dir.join("tuned");
+    let out = train(&[
+        "--data",
+        shards_s,
+        "--init-from",
+        hf.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--stop-at",
+        "2",
+        "--save",
+        tuned.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("Initialized from {}", hf.display())),
+        "{log}"
+    );
+    assert_success(&train(&[
+        "--data",
+        shards_s,
+        "--steps",
+        "4",
+        "--resume",
+        tuned.to_str().unwrap(),
+        "-q",
+    ]));
+    // The shape is the checkpoint's: asking for another is refused.
+    let out = train(&[
+        "--data",
+        shards_s,
+        "--init-from",
+        hf.to_str().unwrap(),
+        "--channels",
+        "64",
+    ]);
+    assert_clear_error(&out, "but this run asks for");
+
+    // An untied head is another model.
+    let untied = dir.join("untied");
+    hugging_face_copy(&ours, &untied, false, Some(0.5));
+    assert_clear_error(&eval(&untied), "lm_head.weight differs from wte.weight");
+
+    // Settings this runner does not compute are refused by name.
+    for (key, value) in [
+        ("model_type", Value::from("llama")),
+        ("activation_function", Value::from("relu")),
+        ("scale_attn_by_inverse_layer_idx", Value::from(true)),
+        ("add_cross_attention", Value::from(true)),
+        ("n_inner", Value::from(100)),
+    ] {
+        let bad = dir.join(format!("bad-{key}"));
+        hugging_face_copy(&ours, &bad, false, None);
+        edit(&bad, key, value);
+        assert_clear_error(&eval(&bad), &format!("`{key}` is"));
+        let out = train(&["--data", shards_s, "--init-from", bad.to_str().unwrap()]);
+        assert_clear_error(&out, &format!("`{key}` is"));
+    }
+}
