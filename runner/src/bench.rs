@@ -33,6 +33,8 @@ pub struct BenchSettings {
     pub precisions: Vec<Precision>,
     pub threads: Vec<usize>,
     pub json: Option<PathBuf>,
+    /// Time decoding as well (to the block size: long for the GPT-2 sizes).
+    pub decoding: bool,
 }
 
 /// Untimed steps before the timed ones (allocation, caches, page faults).
@@ -173,7 +175,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     }
 
     let mut decode_rows = Vec::new();
-    for &k in &kernels {
+    for &k in kernels.iter().filter(|_| s.decoding) {
         for &precision in &s.precisions {
             for &threads in &s.threads {
                 let mut model = Gpt::new(cfg, k, 1)?;
@@ -417,28 +419,30 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
             shares.join(" | ")
         );
     }
-    out.push('\n');
-    outln!(
-        out,
-        "Decoding, batch 1: a {DECODE_PROMPT}-token prompt, then one token at a time to the block size (median over {DECODE_RUNS} runs of the {DECODE_WINDOW} tokens ending at each context); uncached = a full forward pass per token:"
-    );
-    outln!(
-        out,
-        "| backend | threads | context | cached tokens/s | uncached tokens/s | cached / uncached |"
-    );
-    outln!(out, "|---|---|---|---|---|---|");
-    for d in decode {
-        let uncached = d.uncached_tokens_per_sec.unwrap_or(f64::NAN);
+    if !decode.is_empty() {
+        out.push('\n');
         outln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.1} | {:.1}x |",
-            what_ran(&d.shape),
-            d.shape.threads,
-            d.shape.seq_len,
-            d.tokens_per_sec,
-            uncached,
-            d.tokens_per_sec / uncached
+            "Decoding, batch 1: a {DECODE_PROMPT}-token prompt, then one token at a time to the block size (median over {DECODE_RUNS} runs of the {DECODE_WINDOW} tokens ending at each context); uncached = a full forward pass per token:"
         );
+        outln!(
+            out,
+            "| backend | threads | context | cached tokens/s | uncached tokens/s | cached / uncached |"
+        );
+        outln!(out, "|---|---|---|---|---|---|");
+        for d in decode {
+            let uncached = d.uncached_tokens_per_sec.unwrap_or(f64::NAN);
+            outln!(
+                out,
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1}x |",
+                what_ran(&d.shape),
+                d.shape.threads,
+                d.shape.seq_len,
+                d.tokens_per_sec,
+                uncached,
+                d.tokens_per_sec / uncached
+            );
+        }
     }
     out.push('\n');
     outln!(

@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Write one JSON object per benchmark row to FILE (see README).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Time training only (decoding runs to the block size, minutes for
+    /// the GPT-2 sizes).
+    #[arg(long)]
+    pub no_decoding: bool,
     #[command(flatten)]
     pub verbosity: Verbosity,
 }
@@ -76,6 +80,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         precisions: args.precisions.clone(),
         threads,
         json: args.json.clone(),
+        decoding: !args.no_decoding,
     };
     bench::run(&settings)?;
     Ok(())
