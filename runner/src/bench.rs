@@ -35,6 +35,8 @@ pub struct BenchSettings {
     pub json: Option<PathBuf>,
     /// Time decoding as well (to the block size: long for the GPT-2 sizes).
     pub decoding: bool,
+    /// Train with [`Gpt::set_recompute`].
+    pub recompute: bool,
 }
 
 /// Untimed steps before the timed ones (allocation, caches, page faults).
@@ -130,7 +132,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     }
     let memory = format!(
         "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
-        Footprint::training(&cfg, s.batch, max_t),
+        Footprint::training(&cfg, s.batch, max_t, s.recompute),
         s.batch,
         mib(KvCache::new(&cfg).cache_bytes())
     );
@@ -240,6 +242,7 @@ fn measure_training(
     let mut model = Gpt::new(cfg, k, 1)?;
     model.set_threads(Threads::new(Some(threads))?);
     model.set_precision(precision);
+    model.set_recompute(s.recompute);
     let mut optimizer = Optimizer::new(model.params().len());
     let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
     let mut buffers = BatchBuffers::new(s.batch, t);

@@ -20,6 +20,7 @@ pub fn recipe() -> TrainSettings {
         data: None,
         init_from: None,
         seq_len: None,
+        recompute: false,
         steps: 2000,
         batch: 16,
         grad_accum: 1,

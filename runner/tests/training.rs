@@ -23,6 +23,7 @@ fn settings(steps: u32) -> TrainSettings {
         data: None,
         init_from: None,
         seq_len: None,
+        recompute: false,
         steps,
         batch: 4,
         grad_accum: 2,

@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// the GPT-2 sizes).
     #[arg(long)]
     pub no_decoding: bool,
+    /// Train with `--recompute` (see `runner train --help`).
+    #[arg(long)]
+    pub recompute: bool,
     #[command(flatten)]
     pub verbosity: Verbosity,
 }
@@ -81,6 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
         threads,
         json: args.json.clone(),
         decoding: !args.no_decoding,
+        recompute: args.recompute,
     };
     bench::run(&settings)?;
     Ok(())

@@ -57,7 +57,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let t = cfg.block_size;
     let windows = tokens.len().div_ceil(t);
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
-    check_memory(&cfg, args.batch.min(windows), t)?;
+    check_memory(&cfg, args.batch.min(windows), t, false)?;
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),

@@ -38,6 +38,12 @@ pub struct TrainArgs {
     /// Tokens per training window [default: the block size].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
+    /// Recompute each block's LayerNorm outputs, attention probabilities
+    /// and GELU output in the backward pass instead of keeping them: less
+    /// memory (most of it at long sequences), one more attention forward
+    /// per layer; the same gradients.
+    #[arg(long)]
+    pub recompute: bool,
     /// What to train on: a text file (tokenized on loading; split 90 % /
     /// 10 % into training and validation), a token shard (.bin, split the
     /// same way) or a folder of shards from `runner prepare` (*_train*.bin
@@ -133,6 +139,7 @@ impl TrainArgs {
             data: self.data.clone(),
             init_from: self.init_from.clone(),
             seq_len: self.seq_len,
+            recompute: self.recompute,
             steps: self.steps,
             batch: self.batch,
             grad_accum: self.grad_accum,

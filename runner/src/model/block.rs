@@ -186,3 +186,54 @@ pub fn block_backward(
         g.ln1b,
     )
 }
+
+/// One layer's buffers for what `--recompute` does not keep.
+pub struct Recomputed<'a> {
+    pub ln1: &'a mut [f32],
+    pub ln2: &'a mut [f32],
+    pub mean: &'a mut [f32],
+    pub rstd: &'a mut [f32],
+    pub att: &'a mut [f32],
+    pub atty: &'a mut [f32],
+    pub fch_gelu: &'a mut [f32],
+}
+
+/// Recomputes, for [`block_backward`], the activations of a causal
+/// [`block_forward`] that were not kept: both LayerNorm outputs (from the
+/// block's `input` and the kept `residual2`), the attention probabilities
+/// (from the kept `qkv`) and the GELU output (from the kept `fch`). The
+/// same kernels on the same inputs give the same bits as the forward pass.
+pub fn block_recompute(
+    ctx: &mut Context,
+    p: &LayerParams<&[f32]>,
+    input: &[f32],
+    a: &BlockActivations<&[f32]>,
+    r: &mut Recomputed,
+    per_head: &mut [f32],
+    (b, t, c, nh): (usize, usize, usize, usize),
+) -> Result<(), Error> {
+    let (mean, rstd) = (&mut *r.mean, &mut *r.rstd);
+    layer_norm_forward(
+        ctx,
+        input,
+        p.ln1w,
+        p.ln1b,
+        LAYER_NORM_EPS,
+        r.ln1,
+        mean,
+        rstd,
+    )?;
+    let causal = Attention::Causal { b, t, per_head };
+    attention_forward(ctx, r.atty, r.att, a.qkv, c, nh, causal)?;
+    layer_norm_forward(
+        ctx,
+        a.residual2,
+        p.ln2w,
+        p.ln2b,
+        LAYER_NORM_EPS,
+        r.ln2,
+        mean,
+        rstd,
+    )?;
+    gelu_forward(ctx, a.fch, r.fch_gelu)
+}

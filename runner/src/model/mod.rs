@@ -19,7 +19,7 @@ use kernels::Kernels;
 pub use arena::Arena;
 use attention::CachedLayer;
 pub use attention::{attention_backward, attention_forward, Attention};
-use block::{block_backward, block_forward, BlockScratch};
+use block::{block_backward, block_forward, block_recompute, BlockScratch, Recomputed};
 pub use config::{ModelConfig, Preset};
 pub use context::{Context, Precision, Profile};
 pub use kv_cache::KvCache;
@@ -48,12 +48,16 @@ pub struct Gpt {
     /// The weight matrices in bf16 for decoding in bf16: packed by the
     /// first cached pass, dropped whenever the parameters may change.
     packed: Option<PackedWeights>,
+    /// Whether the backward pass recomputes the cheap activations rather
+    /// than keeping every layer's ([`Gpt::set_recompute`]).
+    recompute: bool,
 }
 
 /// Activations and scratch for one batch shape, with the batch's tokens.
 struct Batch {
     b: usize,
     t: usize,
+    recompute: bool,
     act_sizes: Activations<usize>,
     acts: Arena,
     scratch_sizes: Scratch<usize>,
@@ -106,6 +110,7 @@ impl Gpt {
             ctx: Context::new(kernels),
             batch: None,
             packed: None,
+            recompute: false,
         })
     }
 
@@ -127,12 +132,21 @@ impl Gpt {
     }
 
     /// Floats of activations and backward scratch for a `b × t` batch of
-    /// a model of shape `cfg` (saturating): what [`Gpt::forward`]
-    /// allocates.
-    pub fn activation_floats(cfg: &ModelConfig, b: usize, t: usize) -> usize {
-        Activations::sizes(cfg, b, t)
+    /// a model of shape `cfg` (saturating), with or without `recompute`:
+    /// what [`Gpt::forward`] allocates.
+    pub fn activation_floats(cfg: &ModelConfig, b: usize, t: usize, recompute: bool) -> usize {
+        Activations::sizes(cfg, b, t, recompute)
             .total()
-            .saturating_add(Scratch::sizes(cfg, b, t).total())
+            .saturating_add(Scratch::sizes(cfg, b, t, recompute).total())
+    }
+
+    /// With `true`, training keeps only the activations that are costly to
+    /// recompute (a block's LayerNorm outputs, attention probabilities and
+    /// GELU output are recomputed by the backward pass, one layer at a
+    /// time): less memory for one more attention forward per layer. The
+    /// gradients are the same bits either way.
+    pub fn set_recompute(&mut self, recompute: bool) {
+        self.recompute = recompute;
     }
 
     /// The kernels handle the model computes with.
@@ -213,13 +227,15 @@ impl Gpt {
             params,
             ctx,
             batch,
+            recompute,
             ..
         } = self;
         let p = sizes.split(params);
-        let batch = batch_for(batch, &cfg, b, t);
+        let batch = batch_for(batch, &cfg, b, t, *recompute);
         batch.tokens.copy_from_slice(tokens);
         let mut a = batch.act_sizes.split_mut(&mut batch.acts);
-        let per_head = batch.scratch_sizes.split_mut(&mut batch.scratch).per_head;
+        let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
+        let per_head = s.per_head;
         let residuals = std::mem::take(&mut a.residuals);
 
         encoder_forward(ctx, &mut residuals[..btc], tokens, p.wte, p.wpe, t, 0, c)?;
@@ -230,7 +246,14 @@ impl Gpt {
                 t,
                 per_head: &mut *per_head,
             };
-            let acts = a.layer_mut(l, layers);
+            let mut acts = a.layer_mut(l, layers);
+            if *recompute {
+                // One layer's buffers, overwritten layer after layer.
+                acts.ln1 = &mut *s.recomputed_ln1;
+                acts.ln2 = &mut *s.recomputed_ln2;
+                acts.att = &mut *s.recomputed_att;
+                acts.fch_gelu = &mut *s.recomputed_fch_gelu;
+            }
             block_forward(
                 ctx,
                 &p.layer(l, layers),
@@ -337,7 +360,27 @@ impl Gpt {
             g.lnfw,
             g.lnfb,
         )?;
+        let mut recomputed = Recomputed {
+            ln1: s.recomputed_ln1,
+            ln2: s.recomputed_ln2,
+            mean: s.recomputed_mean,
+            rstd: s.recomputed_rstd,
+            att: s.recomputed_att,
+            atty: s.recomputed_atty,
+            fch_gelu: s.recomputed_fch_gelu,
+        };
         for l in (0..layers).rev() {
+            let input = &a.residuals[l * btc..][..btc];
+            let pl = p.layer(l, layers);
+            let mut al = a.layer(l, layers);
+            if batch.recompute {
+                let shape = (b, t, c, nh);
+                block_recompute(ctx, &pl, input, &al, &mut recomputed, s.per_head, shape)?;
+                al.ln1 = &*recomputed.ln1;
+                al.ln2 = &*recomputed.ln2;
+                al.att = &*recomputed.att;
+                al.fch_gelu = &*recomputed.fch_gelu;
+            }
             let scratch = BlockScratch {
                 dresidual: &mut *s.dresidual,
                 dln: &mut *s.dln,
@@ -348,14 +391,12 @@ impl Gpt {
                 dfch: &mut *s.dfch,
                 dfch_gelu: &mut *s.dfch_gelu,
             };
-            let input = &a.residuals[l * btc..][..btc];
-            let (pl, gl) = (p.layer(l, layers), g.layer_mut(l, layers));
             block_backward(
                 ctx,
                 &pl,
-                gl,
+                g.layer_mut(l, layers),
                 input,
-                &a.layer(l, layers),
+                &al,
                 scratch,
                 (b, t, c, nh),
             )?;
@@ -482,31 +523,34 @@ fn residual_pair(residuals: &mut [f32], l: usize, n: usize) -> (&[f32], &mut [f3
     (&before[l * n..], &mut after[..n])
 }
 
-/// The batch buffers for `b × t`. Buffers only ever grow, so a smaller
-/// shape (validation's last group, a partial window) reuses the training
-/// batch's memory and the next training step allocates nothing.
+/// The batch buffers for `b × t` (with or without `recompute`). Buffers
+/// only ever grow, so a smaller shape (validation's last group, a partial
+/// window) reuses the training batch's memory and the next training step
+/// allocates nothing.
 fn batch_for<'a>(
     batch: &'a mut Option<Batch>,
     cfg: &ModelConfig,
     b: usize,
     t: usize,
+    recompute: bool,
 ) -> &'a mut Batch {
     let batch = batch.get_or_insert_with(|| Batch {
         b: 0,
         t: 0,
+        recompute: false,
         acts: Arena::zeros(0),
         act_sizes: Activations::default(),
         scratch: Arena::zeros(0),
         scratch_sizes: Scratch::default(),
         tokens: Vec::new(),
     });
-    if (batch.b, batch.t) != (b, t) {
-        batch.act_sizes = Activations::sizes(cfg, b, t);
-        batch.scratch_sizes = Scratch::sizes(cfg, b, t);
+    if (batch.b, batch.t, batch.recompute) != (b, t, recompute) {
+        batch.act_sizes = Activations::sizes(cfg, b, t, recompute);
+        batch.scratch_sizes = Scratch::sizes(cfg, b, t, recompute);
         batch.acts.grow(batch.act_sizes.total());
         batch.scratch.grow(batch.scratch_sizes.total());
         batch.tokens.resize(b * t, 0);
-        (batch.b, batch.t) = (b, t);
+        (batch.b, batch.t, batch.recompute) = (b, t, recompute);
     }
     batch
 }

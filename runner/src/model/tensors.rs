@@ -334,11 +334,17 @@ impl BlockActivations<usize> {
 }
 
 impl Activations<usize> {
-    /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
-    pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Activations<usize> {
+    /// Tensor sizes for `cfg` and a batch of `b × t` tokens. With
+    /// `recompute`, the tensors the backward pass recomputes (LayerNorm
+    /// outputs, attention probabilities, GELU output) are not kept per
+    /// layer: they live in [`Scratch`], one layer's worth.
+    pub fn sizes(cfg: &ModelConfig, b: usize, t: usize, recompute: bool) -> Activations<usize> {
         let (l, c) = (cfg.layers, cfg.channels);
         let bt = floats(&[b, t]);
-        let block = BlockActivations::sizes(cfg, bt, floats(&[b, cfg.heads, t, t]));
+        let mut block = BlockActivations::sizes(cfg, bt, floats(&[b, cfg.heads, t, t]));
+        if recompute {
+            (block.ln1, block.att, block.ln2, block.fch_gelu) = (0, 0, 0, 0);
+        }
         Activations::assemble(
             floats(&[l.saturating_add(1), bt, c]), // residuals
             block.map(|n| floats(&[n, l])),        // every block's, stacked
@@ -376,15 +382,41 @@ named_tensors! {
         dfch,
         /// `[B, T, 4C]`
         dfch_gelu,
+        /// With recompute (else empty): `[B, T, C]` one layer's ln1 output.
+        recomputed_ln1,
+        /// With recompute: `[B, T, C]` one layer's ln2 output.
+        recomputed_ln2,
+        /// With recompute: `[B, T]` the LayerNorm means recomputed (the
+        /// same as the kept ones).
+        recomputed_mean,
+        /// With recompute: `[B, T]` the LayerNorm rstds recomputed.
+        recomputed_rstd,
+        /// With recompute: `[B, NH, T, T]` one layer's attention
+        /// probabilities.
+        recomputed_att,
+        /// With recompute: `[B, T, C]` one layer's attention output
+        /// recomputed (the same as the kept one).
+        recomputed_atty,
+        /// With recompute: `[B, T, 4C]` one layer's GELU output.
+        recomputed_fch_gelu,
     }
 }
 
 impl Scratch<usize> {
-    /// Tensor sizes for `cfg` and a batch of `b × t` tokens.
-    pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Scratch<usize> {
+    /// Tensor sizes for `cfg` and a batch of `b × t` tokens, with the
+    /// buffers of `recompute` (see [`Activations::sizes`]).
+    pub fn sizes(cfg: &ModelConfig, b: usize, t: usize, recompute: bool) -> Scratch<usize> {
         let (c, v, nh) = (cfg.channels, cfg.padded_vocab(), cfg.heads);
         let bt = floats(&[b, t]);
+        let one_layer = |n: usize| if recompute { n } else { 0 };
         Scratch {
+            recomputed_ln1: one_layer(floats(&[bt, c])),
+            recomputed_ln2: one_layer(floats(&[bt, c])),
+            recomputed_mean: one_layer(bt),
+            recomputed_rstd: one_layer(bt),
+            recomputed_att: one_layer(floats(&[b, nh, t, t])),
+            recomputed_atty: one_layer(floats(&[bt, c])),
+            recomputed_fch_gelu: one_layer(floats(&[bt, 4, c])),
             dlogits: floats(&[bt, v]),
             dresidual: floats(&[bt, c]),
             dln: floats(&[bt, c]),

@@ -20,14 +20,15 @@ pub struct Footprint {
 
 impl Footprint {
     /// A model of shape `cfg` trained on micro-batches of `batch` ×
-    /// `t` tokens (saturating for absurd shapes).
-    pub fn training(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
+    /// `t` tokens, with or without `recompute` (saturating for absurd
+    /// shapes).
+    pub fn training(cfg: &ModelConfig, batch: usize, t: usize, recompute: bool) -> Footprint {
         let n = cfg.param_floats();
         Footprint {
             parameters: n,
             gradients: n,
             optimizer_state: Optimizer::state_floats(n),
-            activations: Gpt::activation_floats(cfg, batch, t),
+            activations: Gpt::activation_floats(cfg, batch, t, recompute),
         }
     }
 
@@ -63,9 +64,14 @@ impl std::fmt::Display for Footprint {
 /// Refuses runs that would not fit this machine's memory (or 32 GiB where
 /// it cannot be read), rather than dying in the allocator: training (or
 /// evaluation, which needs less) for a model of shape `cfg` on micro-batches of `batch × t` tokens.
-pub fn check_memory(cfg: &ModelConfig, batch: usize, t: usize) -> Result<(), Error> {
+pub fn check_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    t: usize,
+    recompute: bool,
+) -> Result<(), Error> {
     let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
-    let need = Footprint::training(cfg, batch, t).total_bytes();
+    let need = Footprint::training(cfg, batch, t, recompute).total_bytes();
     if need as u64 > limit_bytes {
         let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
         return Err(Error::Config(format!(
@@ -85,7 +91,7 @@ mod tests {
     #[test]
     fn the_footprint_is_what_a_training_step_allocates() {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
-        let f = Footprint::training(&cfg, 3, cfg.block_size);
+        let f = Footprint::training(&cfg, 3, cfg.block_size, false);
         assert_eq!(f.parameters, cfg.param_floats());
         assert_eq!(f.optimizer_state, 2 * cfg.param_floats());
         let b = 3;
@@ -109,9 +115,9 @@ mod tests {
             channels: 1,
         };
         assert_eq!(
-            Footprint::training(&cfg, 1 << 20, 1 << 16).total_bytes(),
+            Footprint::training(&cfg, 1 << 20, 1 << 16, false).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, 1 << 20, 1 << 16).is_err());
+        assert!(check_memory(&cfg, 1 << 20, 1 << 16, true).is_err());
     }
 }

@@ -39,6 +39,9 @@ pub struct TrainSettings {
     pub init_from: Option<PathBuf>,
     /// Tokens per training window (`None`: the block size).
     pub seq_len: Option<usize>,
+    /// Recompute the cheap activations in the backward pass rather than
+    /// keeping them ([`Gpt::set_recompute`]).
+    pub recompute: bool,
     pub steps: u32,
     pub batch: usize,
     pub grad_accum: usize,
@@ -146,7 +149,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
             .config
             .ok_or_else(|| Error::Config("no model configuration".into()))?;
         cfg.validate()?;
-        check_memory(&cfg, s.batch, t(&cfg))?;
+        check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
         let optimizer = Optimizer::new(model.params().len());
         return Ok((model, optimizer, Rng::new(s.seed)));
@@ -164,7 +167,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
         )));
     }
     if s.init_from.is_some() {
-        check_memory(&cfg, s.batch, t(&cfg))?;
+        check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = checkpoint::load_model(dir, kernels)?;
         let optimizer = Optimizer::new(model.params().len());
         return Ok((model, optimizer, Rng::new(s.seed)));
@@ -187,7 +190,7 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
         )));
     }
     // The checkpoint's shape with this run's batch may not fit.
-    check_memory(&cfg, s.batch, t(&cfg))?;
+    check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     Ok((model, Optimizer::from_state(state.step, state.moments), rng))
@@ -218,7 +221,7 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, t: usize, kernels: 
         "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {}{start}",
         tokenizer_name(cfg.tokenizer),
         n as f64 / 1e6,
-        Footprint::training(&cfg, s.batch, t),
+        Footprint::training(&cfg, s.batch, t, s.recompute),
     );
     let origin = match DataSource::of(s.data.as_deref()) {
         DataSource::Embedded => format!(" ({})", data::EMBEDDED_NAME),
@@ -277,6 +280,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
     model.set_threads(Threads::new(s.threads)?);
     model.set_precision(s.precision);
+    model.set_recompute(s.recompute);
     let threads = model.threads().count();
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
