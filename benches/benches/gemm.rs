@@ -6,13 +6,15 @@
 //! peers is printed at the end.
 //!
 //! `cargo bench -p benches --bench gemm [--features openblas] [-- FILTER]`;
-//! `KERNELS_BACKENDS=avx2` restricts our backends.
+//! `KERNELS_BACKENDS=avx2` restricts our backends;
+//! `KERNELS_GEMM_BLOCKING=MC,KC,NC` times that blocking beside the one
+//! derived from the caches.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use benches::shapes::{Shape, SHAPES};
-use benches::{backends, data, peak};
+use benches::{backends, blocking_override, data, peak};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use kernels::{Backend, Kernels, MatMut};
 
@@ -173,6 +175,19 @@ fn bench_gemm(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("kernels", k.backend().name()), |bench| {
                 bench.iter(|| ours(&k, &s, &a, &b, &mut out, &mut ws))
             });
+            let Some((mc, kc, nc)) = blocking_override() else {
+                continue;
+            };
+            match k.with_gemm_blocking(mc, kc, nc) {
+                Ok(o) => {
+                    let mut ws = vec![0.0; o.gemm_workspace_len(s.m, s.n, s.k)];
+                    let id = BenchmarkId::new("kernels-override", k.backend().name());
+                    group.bench_function(id, |bench| {
+                        bench.iter(|| ours(&o, &s, &a, &b, &mut out, &mut ws))
+                    });
+                }
+                Err(e) => eprintln!("notice: {}: blocking {mc},{kc},{nc}: {e}", k.backend()),
+            }
         }
         group.bench_function("matrixmultiply", |bench| {
             bench.iter(|| matrixmultiply(&s, &a, &b, &mut out))

@@ -29,6 +29,24 @@ pub fn backends() -> Vec<Kernels> {
         .collect()
 }
 
+/// `KERNELS_GEMM_BLOCKING=MC,KC,NC`: a blocking to time beside the one
+/// derived from the caches (for example the former hand-tuned
+/// `192,384,4096`), or `None`.
+pub fn blocking_override() -> Option<(usize, usize, usize)> {
+    let text = std::env::var("KERNELS_GEMM_BLOCKING").ok()?;
+    let values: Vec<usize> = text
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    match values[..] {
+        [mc, kc, nc] => Some((mc, kc, nc)),
+        _ => {
+            eprintln!("warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC; ignored");
+            None
+        }
+    }
+}
+
 /// Deterministic pseudo-random data in `[-2, 2)`.
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -57,8 +57,10 @@ pub fn peak_gflops(backend: Backend, iters: u64) -> Option<f64> {
 }
 
 /// Prints one row per GEMM shape: GFLOP/s of each contender, our fraction
-/// of the measured peak, and our speed relative to each peer.
-pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters: u64) {
+/// of the measured peak, and our speed relative to each peer; with
+/// `KERNELS_GEMM_BLOCKING`, the derived blocking beside that one.
+pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)> + Clone, peak_iters: u64) {
+    let overrides = shapes.clone();
     let peak2 = peak_gflops(Backend::Avx2, peak_iters);
     let peak512 = peak_gflops(Backend::Avx512, peak_iters);
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
@@ -102,6 +104,29 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)>, peak_iters:
             ratio(ours2, blas),
             ratio(ours512, blas),
         );
+    }
+    let Some((mc, kc, nc)) = crate::blocking_override() else {
+        return;
+    };
+    println!();
+    println!("Blocking derived from the caches beside KERNELS_GEMM_BLOCKING (MC {mc}, KC {kc}, NC {nc}), GFLOP/s:");
+    println!("| shape | backend | derived | override | derived / override |");
+    println!("|---|---|---|---|---|");
+    for (name, flops) in overrides {
+        let group = format!("gemm/{name}");
+        let gflops = |id: &str| median_ns(&group, id).map(|ns| flops as f64 / ns);
+        for backend in ["avx2", "avx512"] {
+            let derived = gflops(&format!("kernels/{backend}"));
+            let other = gflops(&format!("kernels-override/{backend}"));
+            if other.is_some() {
+                println!(
+                    "| {name} | {backend} | {} | {} | {} |",
+                    fmt(derived),
+                    fmt(other),
+                    ratio(derived, other)
+                );
+            }
+        }
     }
 }
 

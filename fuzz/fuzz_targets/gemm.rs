@@ -1,6 +1,7 @@
-//! SGEMM on arbitrary shapes (bounded), transposes, strides, alpha, beta
-//! and values: never a panic; the result within the rounding bound of an
-//! f64 triple loop; the same bits when the pieces run in another order.
+//! SGEMM on arbitrary shapes (bounded), transposes, strides, alpha, beta,
+//! values and cache blockings: never a panic; the result within the
+//! rounding bound of an f64 triple loop; the same bits when the pieces run
+//! in another order.
 
 #![no_main]
 
@@ -10,7 +11,16 @@ use kernels_fuzz::{backends, len, same_bits, Product, Reversed};
 use libfuzzer_sys::fuzz_target;
 
 fn run(u: &mut Unstructured) -> Result<()> {
-    let (best, _) = backends();
+    let (derived, _) = backends();
+    // Half the inputs run a blocking of their own (whole tiles, any depth).
+    let b = derived.gemm_blocking();
+    let best = if u.arbitrary()? {
+        let mc = b.mr * (1 + len(u, 8)?);
+        let nc = b.nr * (1 + len(u, 4)?);
+        derived.with_gemm_blocking(mc, 1 + len(u, 500)?, nc).unwrap()
+    } else {
+        derived
+    };
     let p = Product::new(u, (70, 70, 400), 150)?;
     let (a, b) = (p.a.view(p.ta), p.b.view(p.tb));
     let (alpha, beta) = (p.alpha, p.beta);

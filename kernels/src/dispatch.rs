@@ -4,7 +4,7 @@
 //! block that checks shapes and then calls [`dispatch!`].
 
 use crate::backend::{detected_bf16, AmxState, Bf16Detection};
-use crate::{Backend, Bf16Unit, KernelError};
+use crate::{Backend, Bf16Unit, Blocking, Cpu, KernelError};
 
 /// A validated choice of backend; every routine of the crate is a method.
 ///
@@ -31,6 +31,8 @@ pub struct Kernels {
     pub(crate) isa: Isa,
     /// Where [`Kernels::gemm_bf16`] runs.
     pub(crate) bf16: Bf16Unit,
+    /// How [`Kernels::gemm`] blocks a product (`gemm/blocking.rs`).
+    pub(crate) blocking: Blocking,
 }
 
 /// The instruction set a [`Kernels`] runs. `V3`/`V4` are only constructed
@@ -79,15 +81,24 @@ impl Kernels {
             Backend::Avx512 => detected_bf16,
             _ => Bf16Unit::Portable,
         };
-        Ok(Kernels { isa, bf16 })
+        Ok(Kernels::on(isa, bf16))
+    }
+
+    /// A handle running `isa` (which detection allowed) with bf16 products
+    /// on `bf16`, its GEMM blocked for this CPU's caches.
+    pub(crate) fn on(isa: Isa, bf16: Bf16Unit) -> Kernels {
+        let blocking = crate::gemm::blocking_for(isa, Cpu::detected().caches());
+        Kernels {
+            isa,
+            bf16,
+            blocking,
+        }
     }
 
     /// A handle running the fastest backend this CPU supports.
     pub fn best() -> Kernels {
-        Kernels::new(Backend::detected()).unwrap_or(Kernels {
-            isa: Isa::Scalar,
-            bf16: Bf16Unit::Portable,
-        })
+        Kernels::new(Backend::detected())
+            .unwrap_or_else(|_| Kernels::on(Isa::Scalar, Bf16Unit::Portable))
     }
 
     /// Where this handle's bf16 products run: the best unit its backend

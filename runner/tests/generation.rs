@@ -327,3 +327,53 @@ fn bad_prompts_and_settings_are_errors() {
         );
     }
 }
+
+/// A vocabulary of 300 is padded to 384 inside the model, and the padded
+/// logits are 0. Here every real logit is negative, so a sampler that saw
+/// the padding would pick it: every token drawn must still be below 300,
+/// greedy or sampled, in both precisions.
+#[test]
+fn padded_logits_are_never_sampled() {
+    let cfg = ModelConfig {
+        vocab_size: 300,
+        tokenizer: None,
+        ..Preset::Tiny.config(runner::data::Tokenizer::Byte)
+    };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut model = Gpt::new(cfg, Kernels::best(), 5).unwrap();
+        model.set_precision(precision);
+        let (v, c) = (cfg.vocab_size, cfg.channels);
+        let sizes = model.sizes();
+        let p = sizes.split_mut(model.params_mut());
+        // logits[v] = ln_f(x) · wte[v] = (-u) · u < 0 for every real v.
+        let u: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
+        for row in p.wte[..v * c].chunks_exact_mut(c) {
+            row.copy_from_slice(&u);
+        }
+        p.lnfw.fill(0.0);
+        for (b, &x) in p.lnfb.iter_mut().zip(&u) {
+            *b = -x;
+        }
+        model.forward(&[1, 2, 3], 1, 3).unwrap();
+        let logits = model.logits(2).unwrap();
+        assert_eq!(logits.len(), v);
+        assert!(logits.iter().all(|&l| l < -1.0), "{:?}", &logits[..4]);
+        let mut cache = model.new_cache();
+        for temperature in [0.0, 1.0, 5.0] {
+            let sampling = Sampling {
+                temperature,
+                top_k: None,
+                top_p: None,
+            };
+            let stats =
+                generate(&mut model, &mut cache, &[1, 2], 40, &sampling, 3, |_| {}).unwrap();
+            assert_eq!(stats.tokens.len(), 40);
+            assert!(
+                stats.tokens.iter().all(|&t| (t as usize) < v),
+                "{:?}",
+                stats.tokens
+            );
+            assert_eq!(cache.logits().len(), v);
+        }
+    }
+}

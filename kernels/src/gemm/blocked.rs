@@ -1,11 +1,12 @@
 //! The BLIS loop nest around a microkernel, written once for every
-//! instruction set: columns of C in blocks of `NC`, k in passes of at most
-//! `KC`, and per pass two phases run through the caller's [`Executor`]:
-//! pack A and B, then compute tiles of C block by block.
+//! instruction set: columns of C in blocks of `nc`, k in passes of at most
+//! `kc`, and per pass two phases run through the caller's [`Executor`]:
+//! pack A and B, then compute tiles of C block by block (rows in blocks of
+//! `mc`). The sizes are the handle's [`Blocking`].
 
 use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
-use super::Problem;
+use super::{Blocking, Problem};
 use crate::parallel::SharedMut;
 use crate::Executor;
 
@@ -33,9 +34,9 @@ const DIRECT_B_FLOATS: usize = 32 * 1024;
 const PIECES_PER_THREAD: usize = 8;
 
 /// The depth of each pass over k: `k` split into equal passes of at most
-/// `KC`, so that no pass is a sliver.
-fn pass_depth<K: GemmKernel>(k: usize) -> usize {
-    let passes = k.div_ceil(K::KC).max(1);
+/// `kc`, so that no pass is a sliver.
+fn pass_depth(k: usize, bl: &Blocking) -> usize {
+    let passes = k.div_ceil(bl.kc).max(1);
     k.div_ceil(passes)
 }
 
@@ -57,10 +58,10 @@ fn a_slots<K: GemmKernel>(m: usize, kc: usize) -> usize {
 
 /// Floats of workspace the blocked path needs: A's panels for one pass (see
 /// [`a_slots`]) and one block of B packed.
-pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize) -> usize {
-    let kc = pass_depth::<K>(k);
+pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize, bl: &Blocking) -> usize {
+    let kc = pass_depth(k, bl);
     let a = a_slots::<K>(m, kc).saturating_mul(K::MR).saturating_mul(kc);
-    let b = n.min(K::NC).div_ceil(K::NR) * K::NR * kc;
+    let b = n.min(bl.nc).div_ceil(K::NR) * K::NR * kc;
     a.saturating_add(b).saturating_add(2 * ALIGN_SLACK)
 }
 
@@ -70,25 +71,28 @@ fn aligned_region(workspace: &mut [f32], len: usize) -> (&mut [f32], &mut [f32])
     workspace[skip..].split_at_mut(len)
 }
 
-/// Runs the blocked GEMM. `workspace` holds at least
-/// [`workspace_len`]`(m, n, k)` floats; `m, n, k > 0` and `alpha != 0`.
+/// Runs the blocked GEMM blocked by `bl` (whose tile is `K`'s).
+/// `workspace` holds at least [`workspace_len`]`(m, n, k, bl)` floats;
+/// `m, n, k > 0` and `alpha != 0`.
 pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     kernel: K,
     exec: &E,
     p: &Problem,
+    bl: &Blocking,
     workspace: &mut [f32],
 ) {
     let (m, n, k) = (p.m, p.n, p.k);
-    let kc_max = pass_depth::<K>(k);
+    let (mc, nc_max) = (bl.mc, bl.nc);
+    let kc_max = pass_depth(k, bl);
     let threads = exec.threads().max(1);
     let a_panels = m.div_ceil(K::MR);
     let (packed_a, rest) = aligned_region(workspace, a_slots::<K>(m, kc_max) * K::MR * kc_max);
-    let (packed_b, _) = aligned_region(rest, n.min(K::NC).div_ceil(K::NR) * K::NR * kc_max);
+    let (packed_b, _) = aligned_region(rest, n.min(nc_max).div_ceil(K::NR) * K::NR * kc_max);
     let (packed_a, packed_b) = (
         SharedMut(packed_a.as_mut_ptr()),
         SharedMut(packed_b.as_mut_ptr()),
     );
-    let m_blocks = m.div_ceil(K::MC);
+    let m_blocks = m.div_ceil(mc);
     // A is read in place unless huge (see `DIRECT_A_FLOATS`). Only a last,
     // partial panel may be packed (zero-padded to MR rows).
     let direct_a = reads_a_in_place(m, kc_max);
@@ -108,8 +112,8 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     // panel of a column block.
     let direct_b = p.b.cs == 1 && n.saturating_mul(kc_max) <= DIRECT_B_FLOATS;
 
-    for jc in (0..n).step_by(K::NC) {
-        let nc = K::NC.min(n - jc);
+    for jc in (0..n).step_by(nc_max) {
+        let nc = nc_max.min(n - jc);
         let b_panels = nc.div_ceil(K::NR);
         let b_to_pack = if !direct_b {
             0..b_panels
@@ -177,7 +181,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                     #[inline(always)]
                     |kernel| {
                         let (block, group) = (piece / n_groups, piece % n_groups);
-                        let rows = block * K::MC..m.min((block + 1) * K::MC);
+                        let rows = block * mc..m.min((block + 1) * mc);
                         let panels = rows.start / K::MR..rows.end.div_ceil(K::MR);
                         if !pack_a_early {
                             let first_slot = a_slot(panels.start);

@@ -1,5 +1,5 @@
-//! The register-blocked microkernels, one per instruction set, and the cache
-//! blocking constants that go with each.
+//! The register-blocked microkernels, one per instruction set, with the
+//! depth of a pass over k that suits each.
 //!
 //! A microkernel computes one `MR × NR` tile of C from an `MR`-row panel of
 //! A and an `NR`-column panel of B, `kc` deep, then writes `alpha · AB +
@@ -7,10 +7,8 @@
 //! (zero-padded to a whole tile) or read in place where the loop nest
 //! decides packing would not pay (see `blocked.rs`).
 //!
-//! Blocking (BLIS): a `KC × NR` panel of B stays in L1 while the kernel sweeps
-//! the `MC × KC` block of A, which stays in L2; the `KC × NC` block of B sits
-//! in L3. Sizes are chosen for Zen 3/4 (32 KiB L1D, 512 KiB–1 MiB L2 per
-//! core, 32 MiB L3), and hold up on any recent x86 core.
+//! The cache blocking around them (`mc`, `nc`) is derived from the CPU's
+//! caches in `blocking.rs`.
 
 #[cfg(test)]
 use crate::simd::Emulated;
@@ -18,18 +16,16 @@ use crate::simd::{fold2, pieces, update2, Simd};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{V3, V4};
 
-/// One instruction set's GEMM microkernel and blocking.
+/// One instruction set's GEMM microkernel.
 pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// Rows of a register tile (rows of a packed A panel).
     const MR: usize;
     /// Columns of a register tile (columns of a packed B panel).
     const NR: usize;
-    /// Rows of C per L2-resident block of packed A (a multiple of `MR`).
-    const MC: usize;
-    /// Largest depth of one pass over k.
+    /// Largest depth of one pass over k (the default of [`Blocking::kc`]).
+    ///
+    /// [`Blocking::kc`]: super::Blocking::kc
     const KC: usize;
-    /// Columns of C per L3-resident block of packed B (a multiple of `NR`).
-    const NC: usize;
 
     /// Rows of A the tile reads for an edge of `rows <= MR` rows of C (the
     /// height of the register tile that covers it).
@@ -120,18 +116,16 @@ pub(crate) struct Tile {
 }
 
 /// Implements [`GemmKernel`] for a SIMD instruction set from its tile
-/// (`mr` rows × `nv` vectors) and blocking constants; everything else is the
+/// (`mr` rows × `nv` vectors) and pass depth; everything else is the
 /// generic code below.
 macro_rules! simd_gemm_kernel {
     ($(#[$attr:meta])* $isa:ty, mr: $mr:literal, nv: $nv:literal, edge_mr: [$mr1:literal, $mr2:literal],
-     mc: $mc:literal, kc: $kc:literal, nc: $nc:literal, enter: |$f:ident| $enter:expr) => {
+     kc: $kc:literal, enter: |$f:ident| $enter:expr) => {
         $(#[$attr])*
         impl GemmKernel for $isa {
             const MR: usize = $mr;
             const NR: usize = $nv * <$isa as Simd>::LANES;
-            const MC: usize = $mc;
             const KC: usize = $kc;
-            const NC: usize = $nc;
 
             #[inline(always)]
             fn covering_rows(rows: usize) -> usize {
@@ -188,10 +182,9 @@ simd_gemm_kernel!(
     /// AVX2 + FMA: 6 × 16 tile = 12 accumulators + 2 B vectors + 1 broadcast
     /// of the 16 YMM registers. KC = 384 puts the B panel at 24 KiB of the
     /// 32 KiB L1 (and runs the trainer's k = 384 in one pass; 256 measured
-    /// 2–5 % slower); MC = 144 makes the A block 216 KiB, inside even Zen 3's
-    /// 512 KiB L2; NC = 4080 keeps the B block near 6 MiB of L3.
+    /// 2–5 % slower).
     #[cfg(target_arch = "x86_64")]
-    V3, mr: 6, nv: 2, edge_mr: [2, 4], mc: 144, kc: 384, nc: 4080,
+    V3, mr: 6, nv: 2, edge_mr: [2, 4], kc: 384,
     // SAFETY: a `V3` value exists only after detection found AVX2 + FMA.
     enter: |f| unsafe { V3::vectorize(f) }
 );
@@ -200,10 +193,9 @@ simd_gemm_kernel!(
     /// AVX-512: 12 × 32 tile = 24 accumulators + 2 B vectors + 1 broadcast
     /// of the 32 ZMM registers. KC = 384 makes the B panel 48 KiB, more than
     /// L1, yet measured fastest on Zen 4 (192 and 256 were 5–10 % slower: C
-    /// traffic per pass outweighs L1 misses that L2 serves well); MC = 192
-    /// gives a 288 KiB A block in a 1 MiB L2.
+    /// traffic per pass outweighs L1 misses that L2 serves well).
     #[cfg(target_arch = "x86_64")]
-    V4, mr: 12, nv: 2, edge_mr: [4, 8], mc: 192, kc: 384, nc: 4096,
+    V4, mr: 12, nv: 2, edge_mr: [4, 8], kc: 384,
     // SAFETY: a `V4` value exists only after detection found AVX-512F.
     enter: |f| unsafe { V4::vectorize(f) }
 );
@@ -213,14 +205,14 @@ simd_gemm_kernel!(
 simd_gemm_kernel!(
     /// 8 emulated lanes, blocked as [`V3`].
     #[cfg(test)]
-    Emulated<8>, mr: 6, nv: 2, edge_mr: [2, 4], mc: 144, kc: 384, nc: 4080,
+    Emulated<8>, mr: 6, nv: 2, edge_mr: [2, 4], kc: 384,
     enter: |f| f(Emulated::<8>)
 );
 
 simd_gemm_kernel!(
     /// 16 emulated lanes, blocked as [`V4`].
     #[cfg(test)]
-    Emulated<16>, mr: 12, nv: 2, edge_mr: [4, 8], mc: 192, kc: 384, nc: 4096,
+    Emulated<16>, mr: 12, nv: 2, edge_mr: [4, 8], kc: 384,
     enter: |f| f(Emulated::<16>)
 );
 
@@ -232,9 +224,7 @@ pub(crate) struct ScalarKernel;
 impl GemmKernel for ScalarKernel {
     const MR: usize = 4;
     const NR: usize = 4;
-    const MC: usize = 128;
     const KC: usize = 256;
-    const NC: usize = 4096;
 
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
         f(self)

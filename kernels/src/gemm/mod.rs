@@ -14,6 +14,7 @@
 mod amx;
 mod bf16;
 pub(crate) mod blocked;
+mod blocking;
 mod microkernel;
 mod packing;
 mod small;
@@ -21,8 +22,9 @@ mod small;
 use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::SharedMut;
-use crate::{Executor, KernelError, Kernels, Sequential};
+use crate::{Caches, Executor, KernelError, Kernels, Sequential};
 pub use bf16::{Bf16Input, PackedBf16};
+pub use blocking::Blocking;
 use microkernel::{GemmKernel, ScalarKernel};
 
 /// A read-only view of a row-major matrix of f32 (or, for
@@ -242,15 +244,19 @@ impl Kernels {
             return small::workspace_len(m, n, k);
         }
         match self.isa {
-            Isa::Scalar => blocked::workspace_len::<ScalarKernel>(m, n, k),
+            Isa::Scalar => blocked::workspace_len::<ScalarKernel>(m, n, k, &self.blocking),
             #[cfg(target_arch = "x86_64")]
-            Isa::V3 => blocked::workspace_len::<crate::simd::V3>(m, n, k),
+            Isa::V3 => blocked::workspace_len::<crate::simd::V3>(m, n, k, &self.blocking),
             #[cfg(target_arch = "x86_64")]
-            Isa::V4 => blocked::workspace_len::<crate::simd::V4>(m, n, k),
+            Isa::V4 => blocked::workspace_len::<crate::simd::V4>(m, n, k, &self.blocking),
             #[cfg(test)]
-            Isa::Emulated8 => blocked::workspace_len::<crate::simd::Emulated<8>>(m, n, k),
+            Isa::Emulated8 => {
+                blocked::workspace_len::<crate::simd::Emulated<8>>(m, n, k, &self.blocking)
+            }
             #[cfg(test)]
-            Isa::Emulated16 => blocked::workspace_len::<crate::simd::Emulated<16>>(m, n, k),
+            Isa::Emulated16 => {
+                blocked::workspace_len::<crate::simd::Emulated<16>>(m, n, k, &self.blocking)
+            }
         }
     }
 
@@ -333,9 +339,10 @@ impl Kernels {
             },
         };
         let p = &problem;
+        let bl = &self.blocking;
         dispatch!(self,
-            scalar: run(ScalarKernel, exec, p, workspace),
-            simd: |s| run(s, exec, p, workspace),
+            scalar: run(ScalarKernel, exec, p, bl, workspace),
+            simd: |s| run(s, exec, p, bl, workspace),
         );
         Ok(())
     }
@@ -381,11 +388,17 @@ pub(crate) fn check_workspace(needed: usize, workspace: &[f32]) -> Result<(), Ke
     Ok(())
 }
 
-fn run<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &Problem, ws: &mut [f32]) {
+fn run<K: GemmKernel, E: Executor + ?Sized>(
+    kernel: K,
+    exec: &E,
+    p: &Problem,
+    bl: &Blocking,
+    ws: &mut [f32],
+) {
     if p.m <= small::SMALL_M {
         small::run(kernel, exec, p, ws)
     } else {
-        blocked::run(kernel, exec, p, ws)
+        blocked::run(kernel, exec, p, bl, ws)
     }
 }
 
@@ -408,66 +421,20 @@ pub(crate) fn scale_by_beta(beta: f32, row: &mut [f32]) {
     }
 }
 
-/// How the f32 GEMM blocks a product on one backend: the register tile
-/// (`mr × nr`), the rows of A per L2 block (`mc`), the depth of a pass
-/// (`kc`) and the columns of B per L3 block (`nc`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blocking {
-    /// Rows of the register tile (of a packed A panel).
-    pub mr: usize,
-    /// Columns of the register tile (of a packed B panel).
-    pub nr: usize,
-    /// Rows of C per L2-resident block of A.
-    pub mc: usize,
-    /// Largest depth of one pass over k.
-    pub kc: usize,
-    /// Columns of C per L3-resident block of B.
-    pub nc: usize,
-}
-
-impl core::fmt::Display for Blocking {
-    /// `12x32 tile, MC 192, KC 384, NC 4096`.
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{}x{} tile, MC {}, KC {}, NC {}",
-            self.mr, self.nr, self.mc, self.kc, self.nc
-        )
+/// The blocking of `isa`'s microkernel on a core with `caches`.
+pub(crate) fn blocking_for(isa: Isa, caches: Caches) -> Blocking {
+    fn of<K: GemmKernel>(caches: Caches) -> Blocking {
+        Blocking::for_caches(K::MR, K::NR, K::KC, caches)
     }
-}
-
-impl Blocking {
-    fn of<K: GemmKernel>() -> Blocking {
-        Blocking {
-            mr: K::MR,
-            nr: K::NR,
-            mc: K::MC,
-            kc: K::KC,
-            nc: K::NC,
-        }
-    }
-}
-
-impl Kernels {
-    /// The blocking of this handle's f32 GEMM (products of more than 4
-    /// rows; fewer run unpacked), for reports and logs.
-    ///
-    /// ```
-    /// let b = kernels::Kernels::best().gemm_blocking();
-    /// assert!(b.mr > 0 && b.nr > 0 && b.kc > 0);
-    /// println!("{b}");
-    /// ```
-    pub fn gemm_blocking(&self) -> Blocking {
-        match self.isa {
-            Isa::Scalar => Blocking::of::<ScalarKernel>(),
-            #[cfg(target_arch = "x86_64")]
-            Isa::V3 => Blocking::of::<crate::simd::V3>(),
-            #[cfg(target_arch = "x86_64")]
-            Isa::V4 => Blocking::of::<crate::simd::V4>(),
-            #[cfg(test)]
-            Isa::Emulated8 => Blocking::of::<crate::simd::Emulated<8>>(),
-            #[cfg(test)]
-            Isa::Emulated16 => Blocking::of::<crate::simd::Emulated<16>>(),
-        }
+    match isa {
+        Isa::Scalar => of::<ScalarKernel>(caches),
+        #[cfg(target_arch = "x86_64")]
+        Isa::V3 => of::<crate::simd::V3>(caches),
+        #[cfg(target_arch = "x86_64")]
+        Isa::V4 => of::<crate::simd::V4>(caches),
+        #[cfg(test)]
+        Isa::Emulated8 => of::<crate::simd::Emulated<8>>(caches),
+        #[cfg(test)]
+        Isa::Emulated16 => of::<crate::simd::Emulated<16>>(caches),
     }
 }

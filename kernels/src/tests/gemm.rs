@@ -182,7 +182,8 @@ fn every_kernel() -> Vec<(&'static str, Kernels)> {
 }
 
 /// Dimensions around every tile (4, 6, 12 rows; 4, 16, 32 columns) and
-/// block size (MC 128/144/192, KC 192/256), plus 0, 1 and primes.
+/// common block sizes (MC 126–384, KC 256/384), plus 0, 1 and primes;
+/// `gemm_under_any_blocking_matches_naive` crosses other block edges.
 const DIMS: [usize; 26] = [
     0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 15, 16, 17, 31, 32, 33, 47, 97, 127, 143, 145, 191, 193,
     255, 257,
@@ -464,6 +465,48 @@ fn gemm_alpha_zero_does_not_read_a_or_b() {
             )
             .unwrap();
         assert_eq!(c, [1.0; 9], "{name}");
+    }
+}
+
+/// Every implementation under blockings far from the derived ones (one-deep
+/// passes, single-tile blocks, blocks that end inside a product), on shapes
+/// that cross each block edge: every rule's output is only a choice among
+/// blockings this test shows correct.
+#[test]
+fn gemm_under_any_blocking_matches_naive() {
+    for (name, kernels) in every_kernel() {
+        let b = kernels.gemm_blocking();
+        let (mr, nr) = (b.mr, b.nr);
+        for (mc, kc, nc) in [
+            (mr, 1, nr),
+            (mr, 7, 2 * nr),
+            (3 * mr, 33, 5 * nr),
+            (2 * mr, 1000, nr),
+        ] {
+            let blocked = kernels.with_gemm_blocking(mc, kc, nc).unwrap();
+            assert_eq!(blocked.gemm_blocking().mc, mc);
+            for (m, n, k) in [
+                (13, 37, 50),
+                (29, 70, 17),
+                (3 * mr + 5, 5 * nr + 3, 66),
+                (5, 2 * nr + 1, 7),
+            ] {
+                for trans in 0..4 {
+                    let case = Case {
+                        m,
+                        n,
+                        k,
+                        trans_a: trans & 1 == 1,
+                        trans_b: trans & 2 == 2,
+                        pad: [1, 2, 3],
+                        alpha: -0.5,
+                        beta: 0.25,
+                    };
+                    let what = std::format!("{name} MC {mc} KC {kc} NC {nc}");
+                    run_case(&what, blocked, &Sequential, &case, 11);
+                }
+            }
+        }
     }
 }
 

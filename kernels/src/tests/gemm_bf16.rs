@@ -34,7 +34,7 @@ fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
         ("emulated-tiles", Bf16Unit::Amx),
     ] {
         let isa = Isa::Emulated16;
-        all.push((name, Kernels { isa, bf16: unit }));
+        all.push((name, Kernels::on(isa, unit)));
     }
     all
 }
@@ -465,10 +465,7 @@ fn gemm_bf16_packed_refuses_bad_shapes_and_short_buffers() {
 #[test]
 fn amx_is_granted_only_with_the_tile_data_permission() {
     use crate::backend::{AmxState, Bf16Detection};
-    let avx512 = Kernels {
-        isa: Isa::Emulated16,
-        bf16: Bf16Unit::Avx512Bf16,
-    };
+    let avx512 = Kernels::on(Isa::Emulated16, Bf16Unit::Avx512Bf16);
     let granted = Bf16Detection {
         best: Bf16Unit::Amx,
         amx: AmxState::Granted,
@@ -510,10 +507,7 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
 fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
     // Tiles take products of at least 32 rows; k not a multiple of 32 (a
     // padded last step), n not a multiple of 32, m past a block edge.
-    let tiles = Kernels {
-        isa: Isa::Emulated16,
-        bf16: Bf16Unit::Amx,
-    };
+    let tiles = Kernels::on(Isa::Emulated16, Bf16Unit::Amx);
     for (m, n, k) in [
         (32, 32, 32),
         (33, 31, 33),

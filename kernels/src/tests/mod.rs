@@ -19,10 +19,7 @@ mod independent;
 
 /// The scalar reference.
 pub(super) fn scalar() -> Kernels {
-    Kernels {
-        isa: Isa::Scalar,
-        bf16: crate::Bf16Unit::Portable,
-    }
+    Kernels::on(Isa::Scalar, crate::Bf16Unit::Portable)
 }
 
 /// Every SIMD implementation testable here: the real ones this CPU supports
@@ -39,17 +36,11 @@ pub(super) fn simd_kernels() -> Vec<(&'static str, Kernels)> {
     }
     all.push((
         "emulated8",
-        Kernels {
-            isa: Isa::Emulated8,
-            bf16: crate::Bf16Unit::Portable,
-        },
+        Kernels::on(Isa::Emulated8, crate::Bf16Unit::Portable),
     ));
     all.push((
         "emulated16",
-        Kernels {
-            isa: Isa::Emulated16,
-            bf16: crate::Bf16Unit::Portable,
-        },
+        Kernels::on(Isa::Emulated16, crate::Bf16Unit::Portable),
     ));
     all
 }

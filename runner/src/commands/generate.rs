@@ -90,6 +90,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         args.max_new_tokens,
         &sampling,
         args.seed,
+        // An id past the tokenizer's (a model whose vocabulary is larger,
+        // such as 50304 for GPT-2's 50257) is no text: it prints nothing.
         |token| print_bytes(&tokenizer.decode(&[token]).unwrap_or_default()),
     )?;
     print_stdout("\n");

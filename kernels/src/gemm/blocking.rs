@@ -1,0 +1,241 @@
+//! How the f32 GEMM blocks a product on this CPU: every rule in one place,
+//! each with the reason or measurement behind it (as matrixmultiply's
+//! `archparam` keeps its constants), applied at run time to the caches
+//! cpuid reports ([`crate::Cpu`]) when a [`Kernels`] handle is made.
+//! [`Kernels::with_gemm_blocking`] overrides the result, so tests and
+//! benchmarks exercise any blocking on any machine.
+//!
+//! The loop nest (`blocked.rs`, BLIS): a `kc × nr` panel of B is streamed
+//! by every register tile of an `mc × kc` block of A, which stays in L2;
+//! the `kc × nc` block of B is revisited by every row block, from L3.
+
+use crate::cpu::Caches;
+use crate::{KernelError, Kernels};
+
+/// How the f32 GEMM blocks a product on one handle: the register tile
+/// (`mr × nr`), the rows of A per L2 block (`mc`), the depth of a pass
+/// (`kc`) and the columns of B per L3 block (`nc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    /// Rows of the register tile (of a packed A panel).
+    pub mr: usize,
+    /// Columns of the register tile (of a packed B panel).
+    pub nr: usize,
+    /// Rows of C per L2-resident block of A (a multiple of `mr`).
+    pub mc: usize,
+    /// Largest depth of one pass over k.
+    pub kc: usize,
+    /// Columns of C per L3-resident block of B (a multiple of `nr`).
+    pub nc: usize,
+}
+
+impl core::fmt::Display for Blocking {
+    /// `12x32 tile, MC 168, KC 384, NC 4096`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{}x{} tile, MC {}, KC {}, NC {}",
+            self.mr, self.nr, self.mc, self.kc, self.nc
+        )
+    }
+}
+
+/// L2 assumed where cpuid reports none (a hypervisor may hide it): 1 MiB,
+/// the smallest per-core L2 of the server cores this crate meets (Zen 4
+/// and Zen 5; Zen 3 has 512 KiB and reports it).
+const FALLBACK_L2: usize = 1 << 20;
+
+/// L3 assumed where cpuid reports none: 32 MiB (one Zen CCD).
+const FALLBACK_L3: usize = 32 << 20;
+
+/// The share of L2 the `mc × kc` block of A takes: a quarter. The rest
+/// holds the B panel streaming through (48 KiB at kc 384 and nr 32), the C
+/// tiles and the lines of the next block; and A is usually read in place,
+/// where rows a power of two apart (a 1024-wide A: 4 KiB) fall into a
+/// few sets of an 8-way L2, so the block must leave ways free. This gives
+/// mc 168 with the AVX-512 tile on Zen 4 and Zen 5 (1 MiB), 336 on an Intel
+/// core of 2 MiB, 84 with the AVX2 tile on Zen 3 (512 KiB). Measured on
+/// Zen 4 with `KERNELS_GEMM_BLOCKING` beside it (`cargo bench --bench
+/// gemm`): every benchmarked shape within 0.96–1.04× of the former
+/// hand-tuned mc 192 but 1024³, which varies 68–94 GFLOP/s run to run
+/// here (three runs: 0.93–1.05× of 192, 1.02–1.13× of mc 252, the 3/8
+/// share).
+const L2_SHARE_FOR_A: (usize, usize) = (1, 4);
+
+/// The share of L3 the `kc × nc` block of B takes: a quarter, since the L3
+/// is shared by every core (a VM reports the whole cache) and each core
+/// that multiplies holds its own block of B there.
+const L3_SHARE_FOR_B: (usize, usize) = (1, 4);
+
+/// Largest `nc`: 4096 columns. A wider block of B never measured faster
+/// (its panels are revisited by every row block either way), and the
+/// trainer's widest product (the LM head, 50304 columns) still splits into
+/// blocks that stay in L3.
+const MAX_NC: usize = 4096;
+
+/// Largest `mc`, so that the workspace of a packed A stays bounded.
+const MAX_MC: usize = 1024;
+
+/// Largest `kc` or `nc` an override may ask for, so that workspace sizes
+/// stay far from overflow.
+const MAX_OVERRIDE: usize = 1 << 20;
+
+impl Blocking {
+    /// The blocking of a register tile `mr × nr` whose passes are `kc` deep
+    /// (the microkernel's, see `microkernel.rs`) on a core with `caches`.
+    pub(crate) fn for_caches(mr: usize, nr: usize, kc: usize, caches: Caches) -> Blocking {
+        let or = |bytes: usize, fallback: usize| if bytes == 0 { fallback } else { bytes };
+        let (l2, l3) = (or(caches.l2, FALLBACK_L2), or(caches.l3, FALLBACK_L3));
+        let floats = |bytes: usize, (num, den): (usize, usize)| bytes / den * num / 4;
+        // Whole tiles, at least one.
+        let rows = floats(l2, L2_SHARE_FOR_A) / kc / mr;
+        let cols = floats(l3, L3_SHARE_FOR_B) / kc / nr;
+        Blocking {
+            mr,
+            nr,
+            mc: rows.clamp(1, MAX_MC / mr) * mr,
+            kc,
+            nc: cols.clamp(1, MAX_NC / nr) * nr,
+        }
+    }
+}
+
+impl Kernels {
+    /// The blocking of this handle's f32 GEMM (products of more than 4
+    /// rows; fewer run unpacked): derived from this CPU's caches when the
+    /// handle was made, unless [`Kernels::with_gemm_blocking`] set it.
+    ///
+    /// ```
+    /// let b = kernels::Kernels::best().gemm_blocking();
+    /// assert!(b.mr > 0 && b.nr > 0 && b.kc > 0);
+    /// assert_eq!(b.mc % b.mr, 0);
+    /// println!("{b}");
+    /// ```
+    pub fn gemm_blocking(&self) -> Blocking {
+        self.blocking
+    }
+
+    /// This handle with its f32 GEMM blocked by `mc`, `kc` and `nc` (the
+    /// register tile stays the backend's), to test or measure another
+    /// blocking than the one derived from the caches; the product is the
+    /// same to rounding (passes over k of another depth sum in another
+    /// order). [`KernelError::InvalidArgument`] unless `mc` is a whole
+    /// number of tile rows (`mr`), `nc` a whole number of tile columns
+    /// (`nr`), `kc` at least 1, and each at most 2^20.
+    ///
+    /// ```
+    /// use kernels::Kernels;
+    ///
+    /// let k = Kernels::best();
+    /// let b = k.gemm_blocking();
+    /// let small = k.with_gemm_blocking(b.mr, 16, b.nr)?;
+    /// assert_eq!(small.gemm_blocking().kc, 16);
+    /// assert!(k.with_gemm_blocking(b.mr + 1, 16, b.nr).is_err());
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn with_gemm_blocking(
+        self,
+        mc: usize,
+        kc: usize,
+        nc: usize,
+    ) -> Result<Kernels, KernelError> {
+        let Blocking { mr, nr, .. } = self.blocking;
+        let whole = |x: usize, unit: usize| x >= unit && x.is_multiple_of(unit) && x <= MAX_OVERRIDE;
+        if !whole(mc, mr) {
+            return Err(KernelError::InvalidArgument(
+                "mc must be a positive multiple of the tile's rows (mr), at most 2^20",
+            ));
+        }
+        if !whole(nc, nr) {
+            return Err(KernelError::InvalidArgument(
+                "nc must be a positive multiple of the tile's columns (nr), at most 2^20",
+            ));
+        }
+        if !whole(kc, 1) {
+            return Err(KernelError::InvalidArgument(
+                "kc must be between 1 and 2^20",
+            ));
+        }
+        let blocking = Blocking {
+            mc,
+            kc,
+            nc,
+            ..self.blocking
+        };
+        Ok(Kernels { blocking, ..self })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * KIB;
+
+    fn caches(l1d: usize, l2: usize, l3: usize) -> Caches {
+        Caches { l1d, l2, l3 }
+    }
+
+    #[test]
+    fn the_rules_give_whole_tiles_within_their_cache_shares() {
+        // Zen 3, Zen 4 / Zen 5, the Intel Xeon with AMX, a VM hiding L3, a
+        // tiny and an absurd cache.
+        let machines = [
+            caches(32 * KIB, 512 * KIB, 32 * MIB),
+            caches(32 * KIB, MIB, 32 * MIB),
+            caches(48 * KIB, MIB, 32 * MIB),
+            caches(48 * KIB, 2 * MIB, 105 * MIB),
+            caches(32 * KIB, MIB, 0),
+            caches(0, 0, 0),
+            caches(4 * KIB, 16 * KIB, 64 * KIB),
+            caches(MIB, 1 << 40, 1 << 42),
+        ];
+        for c in machines {
+            for (mr, nr, kc) in [(12, 32, 384), (6, 16, 384), (4, 4, 256)] {
+                let b = Blocking::for_caches(mr, nr, kc, c);
+                assert_eq!((b.mr, b.nr, b.kc), (mr, nr, kc));
+                assert!(b.mc >= mr && b.mc.is_multiple_of(mr) && b.mc <= MAX_MC, "{c}: {b}");
+                assert!(b.nc >= nr && b.nc.is_multiple_of(nr) && b.nc <= MAX_NC, "{c}: {b}");
+                let l2 = if c.l2 == 0 { FALLBACK_L2 } else { c.l2 };
+                // The A block fits its share of L2 unless one tile row
+                // block alone is larger.
+                assert!(b.mc == mr || 4 * b.mc * kc <= l2 / 4, "{c}: {b}");
+            }
+        }
+        let zen4 = Blocking::for_caches(12, 32, 384, machines[1]);
+        assert_eq!((zen4.mc, zen4.nc), (168, 4096));
+        let xeon = Blocking::for_caches(12, 32, 384, machines[3]);
+        assert_eq!((xeon.mc, xeon.nc), (336, 4096));
+        let zen3 = Blocking::for_caches(6, 16, 384, machines[0]);
+        assert_eq!((zen3.mc, zen3.nc), (84, 4096));
+        // A small L3 narrows the block of B: a quarter of 64 KiB.
+        let tiny = Blocking::for_caches(4, 4, 256, machines[6]);
+        assert_eq!(tiny.nc, 16);
+    }
+
+    #[test]
+    fn overrides_keep_the_tile_and_refuse_partial_tiles() {
+        let k = crate::tests::scalar();
+        let b = k.gemm_blocking();
+        let o = k.with_gemm_blocking(2 * b.mr, 5, 3 * b.nr).unwrap();
+        assert_eq!(
+            o.gemm_blocking(),
+            Blocking {
+                mc: 2 * b.mr,
+                kc: 5,
+                nc: 3 * b.nr,
+                ..b
+            }
+        );
+        for (mc, kc, nc) in [
+            (0, 5, b.nr),
+            (b.mr + 1, 5, b.nr),
+            (b.mr, 0, b.nr),
+            (b.mr, 5, b.nr - 1),
+            (b.mr, MAX_OVERRIDE + 1, b.nr),
+        ] {
+            assert!(k.with_gemm_blocking(mc, kc, nc).is_err(), "{mc} {kc} {nc}");
+        }
+    }
+}
