@@ -1,12 +1,14 @@
 """Loads a runner checkpoint with Hugging Face transformers (no conversion)
-and prints its loss on a text by the same definition as `runner eval`, so
-the two can be compared.
+and prints its loss on a text (byte tokens) or a token shard (.bin, llm.c's
+format) by the same definition as `runner eval`, so the two can be
+compared.
 
     pip install torch transformers
-    python3 tools/hf_check.py CHECKPOINT_DIR TEXT_FILE
+    python3 tools/hf_check.py CHECKPOINT_DIR TEXT_FILE|SHARD.bin
 """
 
 import math
+import struct
 import sys
 
 import torch
@@ -16,7 +18,12 @@ from transformers import GPT2LMHeadModel
 def main(checkpoint: str, text_file: str) -> None:
     model = GPT2LMHeadModel.from_pretrained(checkpoint)
     model.eval()
-    tokens = list(open(text_file, "rb").read())
+    data = open(text_file, "rb").read()
+    if text_file.endswith(".bin"):
+        count = struct.unpack_from("<3i", data)[2]
+        tokens = list(struct.unpack_from(f"<{count}H", data, 256 * 4))
+    else:
+        tokens = list(data)
     t = model.config.n_positions
     total, count = 0.0, 0
     with torch.no_grad():

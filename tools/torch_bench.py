@@ -8,7 +8,8 @@ training steps (forward, backward, AdamW) in float32 and under
     python3 tools/torch_bench.py [layers heads channels block batch [vocab [decode]]]
 
 vocab defaults to 256 (the byte tokenizer; 50257 for GPT-2's); decode 0
-skips the decoding run; THREADS=2 (environment) runs one thread count.
+skips the decoding run; THREADS=2 (environment) runs one thread count,
+STEPS=2 times fewer steps (default 5, after 2 warm-up steps).
 """
 
 import os
@@ -39,7 +40,7 @@ def main() -> None:
         x = torch.randint(0, vocab, (batch, block))
         for precision in ("f32", "bf16"):
             times = []
-            for step in range(7):
+            for step in range(2 + int(os.environ.get("STEPS", "5"))):
                 start = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                     loss = model(x, labels=x).loss

@@ -17,7 +17,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let best = if u.arbitrary()? {
         let mc = b.mr * (1 + len(u, 8)?);
         let nc = b.nr * (1 + len(u, 4)?);
-        derived.with_gemm_blocking(mc, 1 + len(u, 500)?, nc).unwrap()
+        derived
+            .with_gemm_blocking(mc, 1 + len(u, 500)?, nc)
+            .unwrap()
     } else {
         derived
     };

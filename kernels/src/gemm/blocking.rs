@@ -140,7 +140,8 @@ impl Kernels {
         nc: usize,
     ) -> Result<Kernels, KernelError> {
         let Blocking { mr, nr, .. } = self.blocking;
-        let whole = |x: usize, unit: usize| x >= unit && x.is_multiple_of(unit) && x <= MAX_OVERRIDE;
+        let whole =
+            |x: usize, unit: usize| x >= unit && x.is_multiple_of(unit) && x <= MAX_OVERRIDE;
         if !whole(mc, mr) {
             return Err(KernelError::InvalidArgument(
                 "mc must be a positive multiple of the tile's rows (mr), at most 2^20",
@@ -195,8 +196,14 @@ mod tests {
             for (mr, nr, kc) in [(12, 32, 384), (6, 16, 384), (4, 4, 256)] {
                 let b = Blocking::for_caches(mr, nr, kc, c);
                 assert_eq!((b.mr, b.nr, b.kc), (mr, nr, kc));
-                assert!(b.mc >= mr && b.mc.is_multiple_of(mr) && b.mc <= MAX_MC, "{c}: {b}");
-                assert!(b.nc >= nr && b.nc.is_multiple_of(nr) && b.nc <= MAX_NC, "{c}: {b}");
+                assert!(
+                    b.mc >= mr && b.mc.is_multiple_of(mr) && b.mc <= MAX_MC,
+                    "{c}: {b}"
+                );
+                assert!(
+                    b.nc >= nr && b.nc.is_multiple_of(nr) && b.nc <= MAX_NC,
+                    "{c}: {b}"
+                );
                 let l2 = if c.l2 == 0 { FALLBACK_L2 } else { c.l2 };
                 // The A block fits its share of L2 unless one tile row
                 // block alone is larger.
