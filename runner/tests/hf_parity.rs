@@ -1,9 +1,12 @@
-//! Parity with Hugging Face: `tools/hf_parity.py` builds a small random
-//! `GPT2LMHeadModel` of GPT-2's vocabulary, saves it with `save_pretrained`
-//! and prints its loss on fixed tokens; `runner eval` on the same directory
-//! and tokens must give it to 1e-4 relative. Skipped, with a notice, where
-//! Python lacks torch or transformers (`RUNNER_TEST_PYTHON` names another
-//! interpreter than `python3`).
+//! Parity with Hugging Face, both ways: `tools/hf_parity.py` builds a small
+//! random `GPT2LMHeadModel` of GPT-2's vocabulary, saves it with
+//! `save_pretrained` and prints its loss on fixed tokens; `runner eval` on
+//! the same directory and tokens must give it to 1e-4 relative. Then the
+//! runner fine-tunes it a step and saves its own checkpoint, which
+//! transformers loads unchanged (`tools/hf_check.py`) and scores as
+//! `runner eval` does. Skipped, with a notice, where Python lacks torch or
+//! transformers (`RUNNER_TEST_PYTHON` names another interpreter than
+//! `python3`).
 
 mod common;
 use common::{runner, scratch};
@@ -77,4 +80,53 @@ fn runner_eval_gives_hugging_faces_loss() {
         // Far from ln 50257 = 10.8: the weights matter.
         assert!((theirs - 10.8).abs() > 1.0, "{theirs}");
     }
+
+    // The other way: our checkpoint of vocabulary 50257 in transformers.
+    let ours = dir.join("ours");
+    let out = runner(&[
+        "train",
+        "--init-from",
+        model.to_str().unwrap(),
+        "--data",
+        tokens.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--save",
+        ours.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/hf_check.py");
+    let out = Command::new(&python)
+        .arg(check)
+        .arg(&ours)
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = loss_in(&out.stdout);
+    let out = runner(&[
+        "eval",
+        "--checkpoint",
+        ours.to_str().unwrap(),
+        "--data",
+        tokens.to_str().unwrap(),
+        "-q",
+    ]);
+    let ours_loss = loss_in(&out.stdout);
+    eprintln!("our checkpoint: runner {ours_loss}, Hugging Face {theirs}");
+    assert!(
+        (ours_loss - theirs).abs() <= 1e-4 * theirs,
+        "runner {ours_loss}, Hugging Face {theirs}"
+    );
 }
