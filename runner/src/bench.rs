@@ -19,6 +19,7 @@ use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
 use crate::train::{log_step, train_step, BatchBuffers, Footprint, StepTimes};
+use crate::world::SingleProcess;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -265,6 +266,7 @@ fn measure_training(
             (s.batch, t),
             &mut buffers,
             batches,
+            &SingleProcess,
         )?;
         if step >= WARMUP_STEPS {
             let n = (step - WARMUP_STEPS + 1) as u32;

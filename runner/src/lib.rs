@@ -9,6 +9,7 @@
 //!   default job's recipe and checks
 //! - `checkpoint`: the Hugging Face layout, atomic saves, run state
 //! - `metrics`, `logger`, `plot`: what a run reports
+//! - `world`: the processes of a data-parallel run (MPI behind a feature)
 //! - `threads`, `rng`, `error`: plumbing
 
 pub mod bench;
@@ -27,3 +28,4 @@ pub mod plot;
 pub mod rng;
 pub mod threads;
 pub mod train;
+pub mod world;

@@ -71,8 +71,9 @@ pub fn finish_progress() {
 
 /// Installs the logger (once; later calls only change the level).
 pub fn init(quiet: bool) {
-    // `-q` wins over RUST_LOG: a script that asks for quiet gets it.
-    let level = if quiet {
+    // `-q` wins over RUST_LOG: a script that asks for quiet gets it. Of a
+    // run's processes only rank 0 logs (warnings and errors come from all).
+    let level = if quiet || crate::world::current().rank() != 0 {
         LevelFilter::Warn
     } else {
         std::env::var("RUST_LOG")

@@ -4,22 +4,32 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() {
+    // MPI (feature `mpi`) first; finalized when `started` drops.
+    let started = runner::world::start();
     let cli = match runner::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
-        Err(e) => fail(&runner::cli::usage_error(&e.render().to_string())),
+        Err(e) => fail(&runner::cli::usage_error(&e.render().to_string()), started),
     };
     if let Err(e) = runner::cli::run(cli) {
         // A progress bar left on the terminal would garble the error line.
         runner::logger::finish_progress();
-        fail(&e.to_string());
+        fail(&e.to_string(), started);
     }
 }
 
-/// Prints the one `error: ...` line and exits with 1.
-fn fail(message: &str) -> ! {
+/// Prints the one `error: ...` line and exits with 1; in a run of several
+/// processes, says which rank failed and ends them all (the others would
+/// wait for it in the next collective forever).
+fn fail(message: &str, started: runner::world::Started) -> ! {
+    let world = runner::world::current();
+    if world.size() > 1 {
+        eprintln!("error: rank {}: {message}", world.rank());
+        world.abort(1);
+    }
+    started.finish();
     eprintln!("error: {message}");
     std::process::exit(1);
 }

@@ -97,6 +97,7 @@ fn training_steps_after_the_first_allocate_nothing(threads: usize) {
                 (b, t),
                 &mut buffers,
                 batches,
+                &runner::world::SingleProcess,
             )
             .unwrap();
         };

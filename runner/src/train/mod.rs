@@ -20,6 +20,7 @@ use crate::metrics::{ms_since, peak_rss_bytes, JsonLines, Record, RunShape, Trai
 use crate::model::{Gpt, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
+use crate::world::Collective;
 use crate::{logger, plot};
 pub use memory::{check_memory, Footprint};
 use optim::{Optimizer, OptimizerSettings};
@@ -129,12 +130,15 @@ impl TrainSettings {
         Ok(())
     }
 
-    fn schedule(&self) -> RunSchedule {
+    /// The schedule of a run of `ranks` processes: its batch is the
+    /// global one (`--batch` × processes), so a checkpoint of one world
+    /// size resumes in another with the same global batch.
+    fn schedule(&self, ranks: usize) -> RunSchedule {
         RunSchedule {
             lr: self.lr,
             warmup: self.warmup,
             total_steps: self.steps,
-            batch: self.batch,
+            batch: self.batch * ranks,
             grad_accum: self.grad_accum,
         }
     }
@@ -174,9 +178,9 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // A resumed run continues exactly only with the same schedule.
-    let differences = state
-        .schedule
-        .map_or(Vec::new(), |saved| saved.differences(&s.schedule()));
+    let differences = state.schedule.map_or(Vec::new(), |saved| {
+        saved.differences(&s.schedule(crate::world::current().size()))
+    });
     if !differences.is_empty() {
         return Err(refuse(format!(
             "it was trained with other settings ({}); pass the checkpoint's values to resume it",
@@ -269,7 +273,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             cfg.block_size
         )));
     }
-    let val_windows = VAL_WINDOWS_PER_BATCH * b;
+    let world = crate::world::current();
+    let (rank, ranks) = (world.rank(), world.size());
+    // Rank 0 validates on the windows of the global batch.
+    let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
     let mut data = Dataset::load(
         &DataSource::of(s.data.as_deref()),
         cfg.tokenizer,
@@ -278,6 +285,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         val_windows * t + 1,
     )?;
     let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
+    // Rank 0's weights (initialized or loaded) are everyone's.
+    world.broadcast(model.params_mut());
     model.set_threads(Threads::new(s.threads)?);
     model.set_precision(s.precision);
     model.set_recompute(s.recompute);
@@ -285,10 +294,19 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
+    log_world(world, threads);
     log_start(s, &model, &data, t, kernels);
 
     let mut buffers = BatchBuffers::new(b, t);
-    let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
+    // Every rank draws the windows of all ranks (the same seeded stream,
+    // so the windows of a seed and a world size do not depend on threads)
+    // and keeps its own share.
+    let mut global = BatchBuffers::new(b * ranks, t);
+    let leader = rank == 0;
+    let mut json = match &s.json {
+        Some(path) if leader => Some(JsonLines::create(path)?),
+        _ => None,
+    };
     let mut report = TrainReport {
         losses: Vec::new(),
         val_loss: None,
@@ -302,7 +320,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
-            data.train.sample_batch(b, t, &mut rng, inputs, targets)
+            let (all_in, all_tgt) = (&mut global.inputs, &mut global.targets);
+            data.train
+                .sample_batch(b * ranks, t, &mut rng, all_in, all_tgt)?;
+            let share = rank * b * t..(rank + 1) * b * t;
+            inputs.copy_from_slice(&all_in[share.clone()]);
+            targets.copy_from_slice(&all_tgt[share]);
+            Ok(())
         };
         let times = train_step(
             &mut model,
@@ -313,7 +337,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             (b, t),
             &mut buffers,
             batches,
+            world,
         )?;
+        if ranks > 1 {
+            check_same_weights(world, model.params(), step)?;
+        }
         report.losses.push(times.loss);
         train_curve.push((step, times.loss));
         if let Some(bar) = &progress {
@@ -325,7 +353,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if let Some(json) = json.as_mut() {
             json.write(&times.record(step, lr, shape))?;
         }
-        if (s.eval_every > 0 && step % s.eval_every == 0) || step == last {
+        let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
+        if validate && leader {
             let eval = evaluate(&mut model, &data.val, t, b, Some(val_windows))?;
             eval.log_breakdown(t);
             info!(
@@ -341,13 +370,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         }
     }
     logger::finish_progress();
-    if let Some(path) = &s.plot {
+    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
         plot::loss_curve(path, &train_curve, &val_curve)?;
         info!("Wrote the loss curves to {}", path.display());
     }
     let steps_run = (last - first + 1) as usize;
     report.tokens_per_sec =
-        (steps_run * b * t * s.grad_accum) as f64 / run_start.elapsed().as_secs_f64();
+        (steps_run * b * t * s.grad_accum * ranks) as f64 / run_start.elapsed().as_secs_f64();
     info!(
         "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory: {:.1} MiB",
         run_start.elapsed().as_secs_f64(),
@@ -355,12 +384,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         report.losses.last().copied().unwrap_or(f32::NAN),
         peak_rss_bytes() as f64 / (1024.0 * 1024.0)
     );
-    if let Some(dir) = &s.save {
+    if let Some(dir) = s.save.as_ref().filter(|_| leader) {
         let state = TrainingState {
             step: optimizer.step,
             rng_state: rng.state(),
             moments: optimizer.moments(),
-            schedule: Some(s.schedule()),
+            schedule: Some(s.schedule(ranks)),
         };
         checkpoint::save(dir, &model, Some(&state))?;
         info!("Saved checkpoint to {}", dir.display());
@@ -392,8 +421,10 @@ pub struct StepTimes {
     pub loss_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
+    /// Summing gradients and losses across ranks (0 for one process).
+    pub communication_ms: f64,
     pub total_ms: f64,
-    /// Tokens processed (all micro-batches).
+    /// Tokens processed (all micro-batches, all ranks).
     pub tokens: usize,
 }
 
@@ -422,7 +453,9 @@ impl StepTimes {
 
 /// One optimizer step: `grad_accum` micro-batches of `b × t` tokens drawn
 /// by `batches(inputs, targets)` (which may fail reading them), forward,
-/// loss, backward, then AdamW.
+/// loss, backward; then the gradients summed over `world`'s ranks (each
+/// scaled for the global batch, so the sum is the mean over every rank's
+/// tokens) and AdamW, the same on every rank.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -433,15 +466,17 @@ pub fn train_step(
     (b, t): (usize, usize),
     buffers: &mut BatchBuffers,
     mut batches: impl FnMut(&mut [u32], &mut [u32]) -> Result<(), Error> + Send,
+    world: &dyn Collective,
 ) -> Result<StepTimes, Error> {
     // Enter the pool once per step rather than once per parallel piece of
     // work (see `PoolHandle::install`).
     let pool = model.threads().handle();
     pool.install(|| {
         let start = Instant::now();
-        let grad_scale = 1.0 / (b * t * grad_accum) as f32;
+        let ranks = world.size();
+        let grad_scale = 1.0 / (b * t * grad_accum * ranks) as f32;
         let mut times = StepTimes {
-            tokens: b * t * grad_accum,
+            tokens: b * t * grad_accum * ranks,
             ..StepTimes::default()
         };
         let mut loss_sum = 0.0;
@@ -458,13 +493,59 @@ pub fn train_step(
             model.backward()?;
             times.backward_ms += ms_since(t2);
         }
+        if ranks > 1 {
+            let t = Instant::now();
+            world.all_reduce_sum(&mut model.grads);
+            let mut loss = [f64::from(loss_sum)];
+            world.all_reduce_f64(&mut loss);
+            loss_sum = loss[0] as f32;
+            times.communication_ms = ms_since(t);
+        }
         let t3 = Instant::now();
         optimizer.update(model, settings, lr)?;
         times.optimizer_ms = ms_since(t3);
         times.total_ms = ms_since(start);
-        times.loss = loss_sum / grad_accum as f32;
+        times.loss = loss_sum / (grad_accum * ranks) as f32;
         Ok(times)
     })
+}
+
+/// The start-up line of a run of several processes: how many, and each
+/// rank's threads.
+fn log_world(world: &dyn Collective, threads: usize) {
+    if world.size() == 1 {
+        return;
+    }
+    let mut counts = vec![0.0; world.size()];
+    counts[world.rank()] = threads as f64;
+    world.all_reduce_f64(&mut counts);
+    let counts: Vec<String> = counts.iter().map(|&n| (n as usize).to_string()).collect();
+    info!(
+        "World: {} | Threads per rank: {}",
+        world.describe(),
+        counts.join(", ")
+    );
+}
+
+/// Refuses to go on if the ranks' weights differ in any bit (they must: the
+/// same summed gradients and the same update on every rank), comparing a
+/// hash of each rank's parameters.
+fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Result<(), Error> {
+    let hash = params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    // Two exact halves, summed over the ranks: all equal iff the sums are
+    // `size` times this rank's.
+    let halves = [(hash >> 32) as f64, (hash & 0xffff_ffff) as f64];
+    let mut sums = halves;
+    world.all_reduce_f64(&mut sums);
+    let n = world.size() as f64;
+    if sums != [halves[0] * n, halves[1] * n] {
+        return Err(Error::Config(format!(
+            "the ranks' weights differ after step {step}: the MPI sum did not give every rank the same bits"
+        )));
+    }
+    Ok(())
 }
 
 /// The per-step log lines.
@@ -473,5 +554,14 @@ pub fn log_step(times: &StepTimes, lr: f32, b: usize, t: usize, step: u32, steps
         "Training step completed - Loss: {:.4} | Forward pass: {:.3} ms | Backward pass: {:.3} ms | Optimizer: {:.3} ms | Loss computation: {:.3} ms | Total: {:.3} ms | LR: {lr:.6} | Seq length: {t} | Batch: {b} | Step: {step}/{steps}",
         times.loss, times.forward_ms, times.backward_ms, times.optimizer_ms, times.loss_ms, times.total_ms
     );
+    if times.communication_ms > 0.0 {
+        info!(
+            "Communication: {:.3} ms ({:.1} % of the step) | Throughput over all ranks: {:.1} tokens/sec",
+            times.communication_ms,
+            100.0 * times.communication_ms / times.total_ms,
+            times.tokens_per_sec()
+        );
+        return;
+    }
     info!("Throughput: {:.1} tokens/sec", times.tokens_per_sec());
 }

@@ -1,0 +1,204 @@
+//! Data-parallel training under `mpirun` (feature `mpi`): two ranks of
+//! batch B follow one process of batch 2B on the same windows, with or
+//! without a checkpoint between them, and a failing rank ends the job.
+//! Skipped with a notice where `mpirun` is missing.
+//!
+//! Tolerance: the two runs differ only in how each step's gradient is
+//! summed (two partial sums of B windows added by MPI, against one sum of
+//! 2B windows), a relative difference of a few f32 ulps (~1e-7) per
+//! element and step. AdamW divides by the gradient's running RMS, so such
+//! differences stay relative in the update, and over 20 steps of a model
+//! this small they grow to at most ~20 × 1e-7 × a small condition factor:
+//! losses are held to 1e-5 relative (measured 1e-7) and weights to 1e-5 of
+//! the largest weight.
+#![cfg(feature = "mpi")]
+
+mod common;
+use common::{runner, scratch};
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+const TOL: f64 = 1e-5;
+
+fn mpirun_available() -> bool {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("notice: mpirun is missing; skipping the MPI tests");
+    }
+    found
+}
+
+/// `mpirun -np ranks runner args...`.
+fn mpirun(ranks: usize, args: &[&str]) -> Output {
+    Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            &ranks.to_string(),
+        ])
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .output()
+        .expect("mpirun starts")
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train_step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= TOL * y.abs(),
+            "{what}: step {}: {x} vs {y}",
+            i + 1
+        );
+    }
+}
+
+fn weights(dir: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            let data = st.tensor(n).unwrap().data().to_vec();
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn train_args<'a>(batch: &'a str, json: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "20",
+        "--batch",
+        batch,
+        "--threads",
+        "1",
+        "--json",
+        json,
+        "--eval-every",
+        "0",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn two_ranks_follow_one_process_of_twice_the_batch() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (one, two, ck1, ck2) = (path("one.json"), path("two.json"), path("ck1"), path("ck2"));
+
+    assert_success(&runner(&train_args("8", &one, &["--save", &ck1])));
+    let out = mpirun(2, &train_args("4", &two, &["--save", &ck2]));
+    assert_success(&out);
+    let (single, ranks) = (losses(Path::new(&one)), losses(Path::new(&two)));
+    assert_eq!(single.len(), 20);
+    assert_close(&ranks, &single, "2 ranks × B 4 against 1 process × B 8");
+    let (w1, w2) = (weights(Path::new(&ck1)), weights(Path::new(&ck2)));
+    let largest = w1.iter().fold(0f32, |m, w| m.max(w.abs()));
+    for (a, b) in w1.iter().zip(&w2) {
+        assert!((a - b).abs() <= TOL as f32 * largest, "weights: {a} vs {b}");
+    }
+
+    // A 2-rank checkpoint at step 10 resumes in one process of the same
+    // global batch and continues the curve.
+    let (half, rest, ck) = (path("half.json"), path("rest.json"), path("ck-half"));
+    assert_success(&mpirun(
+        2,
+        &train_args("4", &half, &["--stop-at", "10", "--save", &ck]),
+    ));
+    assert_success(&runner(&train_args("8", &rest, &["--resume", &ck])));
+    assert_close(
+        &losses(Path::new(&rest)),
+        &ranks[10..],
+        "resumed in 1 process",
+    );
+}
+
+#[test]
+fn a_failing_rank_ends_the_job_with_its_error() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi-fail");
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "to be or not to be, that is the question\n".repeat(50),
+    )
+    .unwrap();
+    // Rank 1 is given a file that does not exist.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then d={missing}; else d={text}; fi; exec {bin} train --preset tiny --steps 100000 --data \"$d\" -q",
+        missing = dir.join("missing.txt").display(),
+        text = text.display(),
+        bin = env!("CARGO_BIN_EXE_runner"),
+    );
+    let start = Instant::now();
+    let out = Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "{stderr}");
+    assert!(
+        ours[0].starts_with("error: rank 1: ") && ours[0].contains("missing.txt"),
+        "{stderr}"
+    );
+}
