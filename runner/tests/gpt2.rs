@@ -4,7 +4,7 @@
 //! bad shards and unsupported configurations refused before training.
 
 mod common;
-use common::{assert_clear_error, assert_success, runner, scratch};
+use common::{assert_clear_error, assert_success, json_losses, printed_loss, runner, scratch};
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,17 +39,6 @@ fn prepared_shards(dir: &Path) -> PathBuf {
     shards
 }
 
-/// The training losses a `--json` file holds.
-fn json_losses(path: &Path) -> Vec<f64> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train_step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
 fn train(args: &[&str]) -> std::process::Output {
     let base = [
         "train",
@@ -61,13 +50,6 @@ fn train(args: &[&str]) -> std::process::Output {
         "1",
     ];
     runner(&[&base[..], args].concat())
-}
-
-fn loss_of(out: &std::process::Output) -> f64 {
-    assert_success(out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let word = stdout.split_whitespace().nth(1).expect("loss X ...");
-    word.parse().unwrap()
 }
 
 #[test]
@@ -138,14 +120,14 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
 
     // Evaluated on the validation shard, on a shard file, and on text.
     let val = shards.join("play_val_000000.bin");
-    let on_dir = loss_of(&runner(&[
+    let on_dir = printed_loss(&runner(&[
         "eval",
         "--checkpoint",
         ckpt_s,
         "--data",
         shards_s,
     ]));
-    let on_file = loss_of(&runner(&[
+    let on_file = printed_loss(&runner(&[
         "eval",
         "--checkpoint",
         ckpt_s,
@@ -155,7 +137,7 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
     assert_eq!(on_dir, on_file);
     assert!(on_dir < (50257f64).ln(), "{on_dir}");
     let text = dir.join("play.txt");
-    let on_text = loss_of(&runner(&[
+    let on_text = printed_loss(&runner(&[
         "eval",
         "--checkpoint",
         ckpt_s,
@@ -318,16 +300,16 @@ fn hugging_face_directories_load_and_fine_tune() {
             "1",
         ])
     };
-    let reference = loss_of(&eval(&ours));
+    let reference = printed_loss(&eval(&ours));
 
     // f32 with bare names and a tied lm_head.weight: the same model.
     let hf = dir.join("hf");
     hugging_face_copy(&ours, &hf, false, Some(1.0));
-    assert_eq!(loss_of(&eval(&hf)), reference);
+    assert_eq!(printed_loss(&eval(&hf)), reference);
     // bf16 weights: the same model, rounded.
     let hf_bf16 = dir.join("hf-bf16");
     hugging_face_copy(&ours, &hf_bf16, true, None);
-    let rounded = loss_of(&eval(&hf_bf16));
+    let rounded = printed_loss(&eval(&hf_bf16));
     assert!(
         (rounded - reference).abs() < 0.05 * reference,
         "{rounded} vs {reference}"

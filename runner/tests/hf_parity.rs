@@ -9,7 +9,7 @@
 //! `python3`).
 
 mod common;
-use common::{runner, scratch};
+use common::{assert_success, printed_loss, runner, scratch};
 
 use std::path::Path;
 use std::process::Command;
@@ -18,13 +18,25 @@ fn python() -> String {
     std::env::var("RUNNER_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn loss_in(stdout: &[u8]) -> f64 {
-    let text = String::from_utf8_lossy(stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("loss "))
-        .expect("a loss line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+/// `runner eval` of `checkpoint` on `tokens`, with extra `args`.
+fn runner_loss(checkpoint: &Path, tokens: &Path, args: &[&str]) -> f64 {
+    let (checkpoint, tokens) = (checkpoint.to_str().unwrap(), tokens.to_str().unwrap());
+    let base = ["eval", "--checkpoint", checkpoint, "--data", tokens, "-q"];
+    printed_loss(&runner(&[&base[..], args].concat()))
+}
+
+/// The loss a Python tool of `tools/` prints.
+fn tool_loss(python: &str, tool: &str, args: &[&Path]) -> f64 {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools")
+        .join(tool);
+    printed_loss(
+        &Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -41,89 +53,42 @@ fn runner_eval_gives_hugging_faces_loss() {
         return;
     }
     let dir = scratch("hf-parity");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/hf_parity.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs = loss_in(&out.stdout);
-    let model = dir.join("model");
-    let tokens = dir.join("tokens.bin");
+    let theirs = tool_loss(&python, "hf_parity.py", &[&dir]);
+    let (model, tokens) = (dir.join("model"), dir.join("tokens.bin"));
     for backend in ["scalar", "auto"] {
-        let out = runner(&[
-            "eval",
-            "--checkpoint",
-            model.to_str().unwrap(),
-            "--data",
-            tokens.to_str().unwrap(),
-            "--backend",
-            backend,
-            "-q",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ours = loss_in(&out.stdout);
+        let ours = runner_loss(&model, &tokens, &["--backend", backend]);
+        eprintln!("{backend}: runner {ours}, Hugging Face {theirs}");
         assert!(
             (ours - theirs).abs() <= 1e-4 * theirs,
             "{backend}: runner {ours}, Hugging Face {theirs}"
         );
-        eprintln!("{backend}: runner {ours}, Hugging Face {theirs}");
         // Far from ln 50257 = 10.8: the weights matter.
         assert!((theirs - 10.8).abs() > 1.0, "{theirs}");
     }
 
     // The other way: our checkpoint of vocabulary 50257 in transformers.
     let ours = dir.join("ours");
-    let out = runner(&[
+    let (model_s, tokens_s, ours_s) = (
+        model.to_str().unwrap(),
+        tokens.to_str().unwrap(),
+        ours.to_str().unwrap(),
+    );
+    assert_success(&runner(&[
         "train",
         "--init-from",
-        model.to_str().unwrap(),
+        model_s,
         "--data",
-        tokens.to_str().unwrap(),
+        tokens_s,
         "--steps",
         "1",
         "--batch",
         "2",
         "--save",
-        ours.to_str().unwrap(),
+        ours_s,
         "-q",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/hf_check.py");
-    let out = Command::new(&python)
-        .arg(check)
-        .arg(&ours)
-        .arg(&tokens)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs = loss_in(&out.stdout);
-    let out = runner(&[
-        "eval",
-        "--checkpoint",
-        ours.to_str().unwrap(),
-        "--data",
-        tokens.to_str().unwrap(),
-        "-q",
-    ]);
-    let ours_loss = loss_in(&out.stdout);
+    ]));
+    let theirs = tool_loss(&python, "hf_check.py", &[&ours, &tokens]);
+    let ours_loss = runner_loss(&ours, &tokens, &[]);
     eprintln!("our checkpoint: runner {ours_loss}, Hugging Face {theirs}");
     assert!(
         (ours_loss - theirs).abs() <= 1e-4 * theirs,

@@ -14,14 +14,13 @@
 #![cfg(feature = "mpi")]
 
 mod common;
-use common::{runner, scratch};
+use common::{assert_success, json_losses, runner, scratch};
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use safetensors::SafeTensors;
-use serde_json::Value;
 
 const TOL: f64 = 1e-5;
 
@@ -49,24 +48,6 @@ fn mpirun(ranks: usize, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("mpirun starts")
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn losses(path: &Path) -> Vec<f64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train_step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
 }
 
 fn assert_close(a: &[f64], b: &[f64], what: &str) {
@@ -129,7 +110,7 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
     assert_success(&runner(&train_args("8", &one, &["--save", &ck1])));
     let out = mpirun(2, &train_args("4", &two, &["--save", &ck2]));
     assert_success(&out);
-    let (single, ranks) = (losses(Path::new(&one)), losses(Path::new(&two)));
+    let (single, ranks) = (json_losses(Path::new(&one)), json_losses(Path::new(&two)));
     assert_eq!(single.len(), 20);
     assert_close(&ranks, &single, "2 ranks × B 4 against 1 process × B 8");
     let (w1, w2) = (weights(Path::new(&ck1)), weights(Path::new(&ck2)));
@@ -147,7 +128,7 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
     ));
     assert_success(&runner(&train_args("8", &rest, &["--resume", &ck])));
     assert_close(
-        &losses(Path::new(&rest)),
+        &json_losses(Path::new(&rest)),
         &ranks[10..],
         "resumed in 1 process",
     );

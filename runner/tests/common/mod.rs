@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that run the `runner` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the binary with `args`.
@@ -43,4 +43,26 @@ pub fn assert_success(out: &Output) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The training losses a `--json` file holds, step by step.
+pub fn json_losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train_step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// The X of the `loss X ...` line `runner eval` (or a tool) printed.
+pub fn printed_loss(out: &Output) -> f64 {
+    assert_success(out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("loss "))
+        .expect("a loss line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
