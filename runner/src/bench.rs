@@ -19,7 +19,6 @@ use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
 use crate::train::{log_step, train_step, BatchBuffers, Footprint, StepTimes};
-use crate::world::SingleProcess;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -116,13 +115,24 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         .iter()
         .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
-    let mut json = s.json.as_deref().map(JsonLines::create).transpose()?;
+    let world = crate::world::current();
+    let leader = world.rank() == 0;
+    let mut json = match &s.json {
+        Some(path) if leader => Some(JsonLines::create(path)?),
+        _ => None,
+    };
     let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     let n = cfg.param_count();
     let max_t = *s.seq_lens.iter().max().expect("non-empty");
     info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
     let cpu = Cpu::detected();
     info!("CPU: {} ({})", cpu.model(), cpu.caches());
+    if world.size() > 1 {
+        info!(
+            "World: {}: training rows are every rank's tokens, decoding runs on rank 0",
+            world.describe()
+        );
+    }
     for k in &kernels {
         info!(
             "f32 GEMM blocking on {}: {}; bf16 products on {}",
@@ -178,7 +188,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     }
 
     let mut decode_rows = Vec::new();
-    for &k in kernels.iter().filter(|_| s.decoding) {
+    for &k in kernels.iter().filter(|_| s.decoding && leader) {
         for &precision in &s.precisions {
             for &threads in &s.threads {
                 let mut model = Gpt::new(cfg, k, 1)?;
@@ -196,7 +206,9 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             json.write(&Record::Generate(row.clone()))?;
         }
     }
-    print_tables(&rows, &decode_rows, &memory);
+    if leader {
+        print_tables(&rows, &decode_rows, &memory);
+    }
     Ok((rows, decode_rows))
 }
 
@@ -240,6 +252,8 @@ fn measure_training(
     tokens: &[u32],
 ) -> Result<BenchRecord, Error> {
     let cfg = s.config;
+    let world = crate::world::current();
+    let ranks = world.size();
     let mut model = Gpt::new(cfg, k, 1)?;
     model.set_threads(Threads::new(Some(threads))?);
     model.set_precision(precision);
@@ -266,7 +280,7 @@ fn measure_training(
             (s.batch, t),
             &mut buffers,
             batches,
-            &SingleProcess,
+            world,
         )?;
         if step >= WARMUP_STEPS {
             let n = (step - WARMUP_STEPS + 1) as u32;
@@ -290,8 +304,10 @@ fn measure_training(
     shares[6] = (1.0 - shares.iter().sum::<f64>()).max(0.0);
     let median_of = |f: fn(&StepTimes) -> f64| median(timed.iter().map(f).collect());
     let total_ms = median_of(|x| x.total_ms);
-    let tokens_per_sec = (s.batch * t) as f64 / (total_ms / 1e3);
+    // Under mpirun: the tokens of every rank, against every rank's peak.
+    let tokens_per_sec = (s.batch * t * ranks) as f64 / (total_ms / 1e3);
     let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
+    let peak = peak * ranks as f64;
     Ok(BenchRecord {
         forward_ms: median_of(|x| x.forward_ms + x.loss_ms),
         backward_ms: median_of(|x| x.backward_ms),
@@ -303,6 +319,8 @@ fn measure_training(
         peak_gflops: peak,
         speedup_vs_scalar: None,
         breakdown: BREAKDOWN.into_iter().zip(shares).collect(),
+        ranks,
+        communication_ms: median_of(|x| x.communication_ms),
         shape: RunShape::new(t, s.batch, k, threads, precision),
         peak_rss_bytes: peak_rss_bytes(),
     })

@@ -175,6 +175,10 @@ pub struct BenchRecord {
     pub speedup_vs_scalar: Option<f64>,
     /// Share of the step per kind of work.
     pub breakdown: std::collections::BTreeMap<&'static str, f64>,
+    /// Processes the step ran on (`mpirun -np`; 1 otherwise).
+    pub ranks: usize,
+    /// Median time per step spent summing gradients across the ranks.
+    pub communication_ms: f64,
     #[serde(flatten)]
     pub shape: RunShape,
     pub peak_rss_bytes: u64,
@@ -273,6 +277,8 @@ mod tests {
                 peak_gflops: 1.0,
                 speedup_vs_scalar: Some(1.0),
                 breakdown: Default::default(),
+                ranks: 1,
+                communication_ms: 0.0,
                 shape,
                 peak_rss_bytes: 1,
             }),

@@ -183,3 +183,43 @@ fn a_failing_rank_ends_the_job_with_its_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_under_mpirun_counts_every_ranks_tokens_and_the_communication() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi-bench");
+    let json = dir.join("bench.json");
+    let bench = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "32",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--backends",
+        "auto",
+        "--steps",
+        "2",
+        "--no-decoding",
+        "-q",
+        "--json",
+    ];
+    assert_success(&mpirun(
+        2,
+        &[&bench[..], &[json.to_str().unwrap()]].concat(),
+    ));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "rank 0 alone writes the file");
+    assert_eq!(rows[0]["ranks"], 2);
+    assert!(rows[0]["communication_ms"].as_f64().unwrap() > 0.0);
+    assert!(rows[0]["tokens_per_sec"].as_f64().unwrap() > 0.0);
+}
