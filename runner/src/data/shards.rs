@@ -190,6 +190,9 @@ pub struct Shard {
     file: File,
     /// Tokens the shard holds.
     pub len: usize,
+    /// The bytes of the last [`Shard::read`], kept so that drawing a
+    /// window allocates nothing.
+    bytes: Vec<u8>,
 }
 
 impl Shard {
@@ -235,23 +238,23 @@ impl Shard {
             path: path.into(),
             file,
             len,
+            bytes: Vec::new(),
         })
-    }
-
-    /// The shard's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Fills `out` with the tokens from `start` (`start + out.len() <=
     /// len`).
     pub fn read(&mut self, start: usize, out: &mut [u32]) -> Result<(), Error> {
-        let mut bytes = vec![0u8; 2 * out.len()];
-        self.read_bytes(start, &mut bytes)?;
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = u32::from(u16::from_le_bytes([b[0], b[1]]));
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.resize(2 * out.len(), 0);
+        let read = self.read_bytes(start, &mut bytes);
+        if read.is_ok() {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u32::from(u16::from_le_bytes([b[0], b[1]]));
+            }
         }
-        Ok(())
+        self.bytes = bytes;
+        read
     }
 
     fn read_bytes(&mut self, start: usize, bytes: &mut [u8]) -> Result<(), Error> {

@@ -144,14 +144,26 @@ impl TrainSettings {
     }
 }
 
+/// The model shape a run trains: the checkpoint's when it starts from one
+/// (`--resume`, `--init-from`), else the one asked for.
+fn run_config(s: &TrainSettings) -> Result<ModelConfig, Error> {
+    match s.resume.as_ref().or(s.init_from.as_ref()) {
+        Some(dir) => checkpoint::load_config(dir),
+        None => s
+            .config
+            .ok_or_else(|| Error::Config("no model configuration".into())),
+    }
+}
+
 /// A run's model, optimizer and data order: fresh, from a checkpoint's
-/// weights, or resumed.
-fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), Error> {
+/// weights, or resumed; `cfg` is [`run_config`]'s.
+fn start(
+    s: &TrainSettings,
+    cfg: ModelConfig,
+    kernels: Kernels,
+) -> Result<(Gpt, Optimizer, Rng), Error> {
     let t = |cfg: &ModelConfig| s.seq_len.unwrap_or(cfg.block_size);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
-        let cfg = s
-            .config
-            .ok_or_else(|| Error::Config("no model configuration".into()))?;
         cfg.validate()?;
         check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
@@ -162,7 +174,6 @@ fn start(s: &TrainSettings, kernels: Kernels) -> Result<(Gpt, Optimizer, Rng), E
         path: dir.clone(),
         reason,
     };
-    let cfg = checkpoint::load_config(dir)?;
     if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
         return Err(refuse(format!(
             "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
@@ -206,7 +217,13 @@ fn tokenizer_name(tokenizer: Option<Tokenizer>) -> &'static str {
 }
 
 /// The start-up log lines: backend and threads, model and memory, data.
-fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, t: usize, kernels: Kernels) {
+fn log_start(
+    s: &TrainSettings,
+    model: &Gpt,
+    (source, data): (&DataSource, &Dataset),
+    t: usize,
+    kernels: Kernels,
+) {
     let threads = model.threads().count();
     let (cfg, n) = (model.config, model.config.param_count());
     info!(
@@ -227,7 +244,7 @@ fn log_start(s: &TrainSettings, model: &Gpt, data: &Dataset, t: usize, kernels: 
         n as f64 / 1e6,
         Footprint::training(&cfg, s.batch, t, s.recompute),
     );
-    let origin = match DataSource::of(s.data.as_deref()) {
+    let origin = match source {
         DataSource::Embedded => format!(" ({})", data::EMBEDDED_NAME),
         source => format!(" from {}", source.origin().display()),
     };
@@ -260,12 +277,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let s = settings;
     s.check()?;
     // The data is checked before the model is built or loaded.
-    let cfg = match s.resume.as_ref().or(s.init_from.as_ref()) {
-        Some(dir) => checkpoint::load_config(dir)?,
-        None => s
-            .config
-            .ok_or_else(|| Error::Config("no model configuration".into()))?,
-    };
+    let cfg = run_config(s)?;
     let (b, t) = (s.batch, s.seq_len.unwrap_or(cfg.block_size));
     if t > cfg.block_size {
         return Err(Error::Config(format!(
@@ -277,14 +289,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let (rank, ranks) = (world.rank(), world.size());
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
+    let source = DataSource::of(s.data.as_deref());
     let mut data = Dataset::load(
-        &DataSource::of(s.data.as_deref()),
+        &source,
         cfg.tokenizer,
         cfg.vocab_size,
         t,
         val_windows * t + 1,
     )?;
-    let (mut model, mut optimizer, mut rng) = start(s, kernels)?;
+    let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
     // Rank 0's weights (initialized or loaded) are everyone's.
     world.broadcast(model.params_mut());
     model.set_threads(Threads::new(s.threads)?);
@@ -295,7 +308,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
     log_world(world, threads);
-    log_start(s, &model, &data, t, kernels);
+    log_start(s, &model, (&source, &data), t, kernels);
 
     let mut buffers = BatchBuffers::new(b, t);
     // Every rank draws the windows of all ranks (the same seeded stream,
