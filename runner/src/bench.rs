@@ -18,7 +18,7 @@ use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
-use crate::train::{log_step, train_step, BatchBuffers, Footprint, StepTimes};
+use crate::train::{log_step, train_step, BatchBuffers, DataParallel, Footprint, StepTimes};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -258,7 +258,7 @@ fn measure_training(
     model.set_threads(Threads::new(Some(threads))?);
     model.set_precision(precision);
     model.set_recompute(s.recompute);
-    let mut optimizer = Optimizer::new(model.params().len());
+    let mut optimizer = Optimizer::new(model.sizes());
     let settings = OptimizerSettings::new(1e-4, 0, (WARMUP_STEPS + s.steps) as u32);
     let mut buffers = BatchBuffers::new(s.batch, t);
     let mut rng = Rng::new(7);
@@ -280,7 +280,10 @@ fn measure_training(
             (s.batch, t),
             &mut buffers,
             batches,
-            world,
+            DataParallel {
+                world,
+                overlap: true,
+            },
         )?;
         if step >= WARMUP_STEPS {
             let n = (step - WARMUP_STEPS + 1) as u32;

@@ -36,6 +36,8 @@ pub fn recipe() -> TrainSettings {
         threads: None,
         plot: None,
         precision: Precision::F32,
+        shard_optimizer: false,
+        overlap: true,
     }
 }
 

@@ -140,6 +140,10 @@ pub struct TrainStepRecord {
     pub backward_ms: f64,
     pub optimizer_ms: f64,
     pub loss_ms: f64,
+    /// Waiting for the ranks' sums and weights (0 for one process).
+    pub communication_ms: f64,
+    /// Summing gradients while the backward pass ran.
+    pub overlapped_ms: f64,
     pub total_ms: f64,
     pub tokens_per_sec: f64,
     #[serde(flatten)]
@@ -251,6 +255,8 @@ mod tests {
                 backward_ms: 1.0,
                 optimizer_ms: 1.0,
                 loss_ms: 1.0,
+                communication_ms: 1.0,
+                overlapped_ms: 1.0,
                 total_ms: 1.0,
                 tokens_per_sec: 1.0,
                 shape,

@@ -18,7 +18,7 @@ use runner::model::{ModelConfig, Preset};
 use runner::rng::Rng;
 use runner::threads::Threads;
 use runner::train::optim::{Optimizer, OptimizerSettings};
-use runner::train::{train_step, BatchBuffers};
+use runner::train::{train_step, BatchBuffers, DataParallel};
 
 /// The system allocator, counting allocations and reallocations.
 struct Counting;
@@ -78,7 +78,7 @@ fn training_steps_after_the_first_allocate_nothing(threads: usize) {
     {
         let mut model = Gpt::new(config(), Kernels::best(), 1).unwrap();
         model.set_threads(Threads::new(Some(threads)).unwrap());
-        let mut optimizer = Optimizer::new(model.params().len());
+        let mut optimizer = Optimizer::new(model.sizes());
         let settings = OptimizerSettings::new(1e-3, 0, 10);
         let mut buffers = BatchBuffers::new(b, t);
         let mut rng = Rng::new(3);
@@ -97,7 +97,7 @@ fn training_steps_after_the_first_allocate_nothing(threads: usize) {
                 (b, t),
                 &mut buffers,
                 batches,
-                &runner::world::SingleProcess,
+                DataParallel::single(),
             )
             .unwrap();
         };

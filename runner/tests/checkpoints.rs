@@ -232,7 +232,7 @@ fn the_run_schedule_round_trips() {
     let dir = scratch("schedule");
     let cfg = Preset::Tiny.config(runner::data::Tokenizer::Byte);
     let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
-    let optimizer = Optimizer::new(model.params().len());
+    let optimizer = Optimizer::new(model.sizes());
     let schedule = RunSchedule {
         lr: 3e-4,
         warmup: 5,
@@ -287,7 +287,7 @@ fn moments_that_would_poison_adamw_are_refused() {
     )
     .unwrap();
     for (i, poison) in [(0, f32::NAN), (1, -1.0)] {
-        let mut optimizer = Optimizer::new(model.params().len());
+        let mut optimizer = Optimizer::new(model.sizes());
         let (m, v) = optimizer.moments_mut();
         let moment = if i == 0 { m } else { v };
         moment[5] = poison;

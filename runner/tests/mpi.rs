@@ -1,7 +1,9 @@
 //! Data-parallel training under `mpirun` (feature `mpi`): two ranks of
-//! batch B follow one process of batch 2B on the same windows, with or
-//! without a checkpoint between them, and a failing rank ends the job.
-//! Skipped with a notice where `mpirun` is missing.
+//! batch B follow one process of batch 2B on the same windows (gradients
+//! summed during or after the backward pass, the optimizer state on every
+//! rank or sharded with `--zero 1`), with or without a checkpoint between
+//! them, and a failing rank ends the job. Skipped with a notice where
+//! `mpirun` is missing.
 //!
 //! Tolerance: the two runs differ only in how each step's gradient is
 //! summed (two partial sums of B windows added by MPI, against one sum of
@@ -35,12 +37,15 @@ fn mpirun_available() -> bool {
     found
 }
 
-/// `mpirun -np ranks runner args...`.
+/// `mpirun -np ranks runner args...`, ended after two minutes (a rank
+/// left waiting in a collective fails the test rather than hanging it).
 fn mpirun(ranks: usize, args: &[&str]) -> Output {
     Command::new("mpirun")
         .args([
             "--allow-run-as-root",
             "--oversubscribe",
+            "--timeout",
+            "120",
             "-np",
             &ranks.to_string(),
         ])
@@ -98,6 +103,29 @@ fn train_args<'a>(batch: &'a str, json: &'a str, extra: &[&'a str]) -> Vec<&'a s
     args
 }
 
+/// The weights of two checkpoints agree to `TOL` of the largest.
+fn assert_weights_close(a: &Path, b: &Path, what: &str) {
+    let (w1, w2) = (weights(a), weights(b));
+    assert_eq!(w1.len(), w2.len(), "{what}");
+    let largest = w1.iter().fold(0f32, |m, w| m.max(w.abs()));
+    for (x, y) in w1.iter().zip(&w2) {
+        assert!(
+            (x - y).abs() <= TOL as f32 * largest,
+            "{what}: weights {x} vs {y}"
+        );
+    }
+}
+
+/// The `optimizer state X MiB` of a run's start-up log line.
+fn optimizer_state_mib(out: &Output) -> f64 {
+    let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    let rest = log
+        .split("optimizer state ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no optimizer state in the log: {log}"));
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
 #[test]
 fn two_ranks_follow_one_process_of_twice_the_batch() {
     if !mpirun_available() {
@@ -105,33 +133,82 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
     }
     let dir = scratch("mpi");
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let (one, two, ck1, ck2) = (path("one.json"), path("two.json"), path("ck1"), path("ck2"));
-
+    let (one, ck1) = (path("one.json"), path("ck1"));
     assert_success(&runner(&train_args("8", &one, &["--save", &ck1])));
-    let out = mpirun(2, &train_args("4", &two, &["--save", &ck2]));
-    assert_success(&out);
-    let (single, ranks) = (json_losses(Path::new(&one)), json_losses(Path::new(&two)));
+    let single = json_losses(Path::new(&one));
     assert_eq!(single.len(), 20);
-    assert_close(&ranks, &single, "2 ranks × B 4 against 1 process × B 8");
-    let (w1, w2) = (weights(Path::new(&ck1)), weights(Path::new(&ck2)));
-    let largest = w1.iter().fold(0f32, |m, w| m.max(w.abs()));
-    for (a, b) in w1.iter().zip(&w2) {
-        assert!((a - b).abs() <= TOL as f32 * largest, "weights: {a} vs {b}");
+
+    // Gradients summed during or after the backward pass, optimizer state
+    // on every rank or sharded: the same run.
+    let variants: [&[&str]; 4] = [
+        &[],
+        &["--no-overlap"],
+        &["--zero", "1"],
+        &["--zero", "1", "--no-overlap"],
+    ];
+    let mut ranks = Vec::new();
+    for (i, flags) in variants.iter().enumerate() {
+        let (json, ck) = (path(&format!("two{i}.json")), path(&format!("ck2-{i}")));
+        let out = mpirun(
+            2,
+            &train_args("4", &json, &[&["--save", &ck], *flags].concat()),
+        );
+        assert_success(&out);
+        let what = format!("2 ranks × B 4 {flags:?} against 1 process × B 8");
+        ranks = json_losses(Path::new(&json));
+        assert_close(&ranks, &single, &what);
+        assert_weights_close(Path::new(&ck1), Path::new(&ck), &what);
     }
 
-    // A 2-rank checkpoint at step 10 resumes in one process of the same
-    // global batch and continues the curve.
-    let (half, rest, ck) = (path("half.json"), path("rest.json"), path("ck-half"));
-    assert_success(&mpirun(
-        2,
-        &train_args("4", &half, &["--stop-at", "10", "--save", &ck]),
-    ));
-    assert_success(&runner(&train_args("8", &rest, &["--resume", &ck])));
-    assert_close(
-        &json_losses(Path::new(&rest)),
-        &ranks[10..],
-        "resumed in 1 process",
+    // Logged (not -q, so every rank's collectives around the log lines
+    // run): each rank holds half of the optimizer state with --zero 1 (of
+    // a model wide enough for the log's 0.1 MiB to tell).
+    let logged = |flags: &[&str]| {
+        let run = [
+            "train",
+            "--preset",
+            "tiny",
+            "--channels",
+            "128",
+            "--steps",
+            "2",
+        ];
+        let out = mpirun(
+            2,
+            &[&run[..], &["--batch", "4", "--threads", "1"], flags].concat(),
+        );
+        assert_success(&out);
+        out
+    };
+    let (whole, shared) = (logged(&[]), logged(&["--zero", "1"]));
+    let (whole, shared) = (optimizer_state_mib(&whole), optimizer_state_mib(&shared));
+    assert!(
+        (shared - whole / 2.0).abs() <= 0.1 * whole,
+        "optimizer state per rank: {shared} MiB sharded, {whole} MiB not"
     );
+
+    // A 2-rank checkpoint at step 10 (its moments gathered from the shards
+    // with --zero 1) resumes in one process of the same global batch and
+    // continues the curve; a 1-process one resumes sharded over 2 ranks.
+    for (i, flags) in [&[][..], &["--zero", "1"]].iter().enumerate() {
+        let (half, rest, ck) = (
+            path("half.json"),
+            path("rest.json"),
+            path(&format!("ck-half{i}")),
+        );
+        let stop = [&["--stop-at", "10", "--save", &ck][..], flags].concat();
+        assert_success(&mpirun(2, &train_args("4", &half, &stop)));
+        assert_success(&runner(&train_args("8", &rest, &["--resume", &ck])));
+        let what = format!("2 ranks {flags:?} resumed in 1 process");
+        assert_close(&json_losses(Path::new(&rest)), &ranks[10..], &what);
+    }
+    let (half, rest, ck) = (path("half1.json"), path("rest2.json"), path("ck-half-1"));
+    let stop = ["--stop-at", "10", "--save", &ck];
+    assert_success(&runner(&train_args("8", &half, &stop)));
+    let resume = ["--resume", &ck, "--zero", "1"];
+    assert_success(&mpirun(2, &train_args("4", &rest, &resume)));
+    let what = "1 process resumed on 2 ranks with --zero 1";
+    assert_close(&json_losses(Path::new(&rest)), &single[10..], what);
 }
 
 #[test]

@@ -39,6 +39,8 @@ fn settings(steps: u32) -> TrainSettings {
         threads: Some(1),
         plot: None,
         precision: runner::model::Precision::F32,
+        shard_optimizer: false,
+        overlap: true,
     }
 }
 

@@ -98,6 +98,16 @@ pub struct TrainArgs {
     /// Log every N steps.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub log_every: u32,
+    /// Under mpirun: ZeRO stage. 1 shards the optimizer state over the
+    /// ranks (each keeps the AdamW moments of, and updates, 1/N of the
+    /// parameters; then the ranks exchange the new weights); 0 keeps all
+    /// of it on every rank.
+    #[arg(long, default_value_t = 0, value_name = "STAGE", value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
+    /// Under mpirun: sum the gradients after the backward pass instead of
+    /// summing each block's while the pass computes the blocks below it.
+    #[arg(long)]
+    pub no_overlap: bool,
     #[command(flatten)]
     pub run: RunOptions,
 }
@@ -155,6 +165,8 @@ impl TrainArgs {
             threads: self.run.threads,
             plot: self.plot.clone(),
             precision: self.run.precision,
+            shard_optimizer: self.zero == 1,
+            overlap: !self.no_overlap,
         }
     }
 }

@@ -103,6 +103,18 @@ macro_rules! named_tensors {
                 $name { $($field,)* }
             }
 
+            /// Where each tensor starts in the arena (`self` holds sizes).
+            pub fn starts(&self) -> $name<usize> {
+                let mut next = 0usize;
+                let starts = $name { $($field: {
+                    let start = next;
+                    next = next.saturating_add(self.$field);
+                    start
+                },)* };
+                let _ = next;
+                starts
+            }
+
             /// Cuts `arena` (of [`Self::total`] floats) into mutable tensors.
             pub fn split_mut<'a>(&self, arena: &'a mut [f32]) -> $name<&'a mut [f32]> {
                 let rest = arena;
@@ -130,6 +142,14 @@ macro_rules! named_tensors {
             pub fn from_array(tensors: [T; $name::<()>::COUNT]) -> $name<T> {
                 let [$($field),*] = tensors;
                 $name { $($field,)* }
+            }
+        }
+
+        impl<'a> $name<&'a mut [f32]> {
+            /// The same tensors, borrowed for a shorter time (to pass on
+            /// and use again afterwards).
+            pub fn reborrow(&mut self) -> $name<&mut [f32]> {
+                $name { $($field: &mut *self.$field,)* }
             }
         }
     };
@@ -191,7 +211,35 @@ macro_rules! layered_tensors {
             }
         }
 
+        impl $name<usize> {
+            /// Where layer `l` of `layers`' share of each stacked tensor
+            /// starts in the arena (`self` holds sizes).
+            pub fn layer_starts(&self, l: usize, layers: usize) -> $layer<usize> {
+                let starts = self.starts();
+                $layer { $($per_layer: starts.$per_layer + l * (self.$per_layer / layers),)* }
+            }
+        }
+
         impl<'a> $name<&'a mut [f32]> {
+            /// Every layer's share of the stacked tensors as a view of its
+            /// own (which may outlive the others), from the last layer to
+            /// the first as the backward pass visits them, and the rest
+            /// with the stacked tensors left empty. Allocates nothing.
+            pub fn split_layers_from_last(
+                mut self,
+                layers: usize,
+            ) -> ($name<&'a mut [f32]>, impl Iterator<Item = $layer<&'a mut [f32]>>) {
+                $(
+                    let $per_layer = std::mem::take(&mut self.$per_layer);
+                    let per_layer = ($per_layer.len() / layers.max(1)).max(1);
+                    let mut $per_layer = $per_layer.chunks_exact_mut(per_layer);
+                )*
+                let stacked = std::iter::from_fn(move || {
+                    Some($layer { $($per_layer: $per_layer.next_back()?,)* })
+                });
+                (self, stacked)
+            }
+
             /// Layer `l` of `layers`' share of the stacked tensors, mutable.
             pub fn layer_mut(&mut self, l: usize, layers: usize) -> $layer<&mut [f32]> {
                 $layer {

@@ -326,6 +326,19 @@ impl Gpt {
     /// Adds the gradient of the last [`Gpt::loss`] (called with a
     /// `grad_scale`) to [`Gpt::grads`].
     pub fn backward(&mut self) -> Result<(), Error> {
+        self.backward_streaming(|_, _| {})
+    }
+
+    /// [`Gpt::backward`], handing each run of [`Gpt::grads`] to
+    /// `ready(start, grads)` (`start`: where the run begins in the arena)
+    /// as soon as the rest of the pass no longer writes it: the final
+    /// LayerNorm's tensors, then each block's from the last block to the
+    /// first, then the embeddings'. A data-parallel trainer sums them
+    /// across processes while the pass goes on.
+    pub fn backward_streaming<'a>(
+        &'a mut self,
+        mut ready: impl FnMut(usize, &'a mut [f32]),
+    ) -> Result<(), Error> {
         let cfg = self.config;
         let Gpt {
             sizes,
@@ -342,11 +355,12 @@ impl Gpt {
         let (c, nh, vp, layers) = (cfg.channels, cfg.heads, cfg.padded_vocab(), cfg.layers);
         let (bt, btc) = (b * t, b * t * c);
         let p = sizes.split(params);
-        let mut g = sizes.split_mut(grads);
+        let starts = sizes.starts();
+        let (g, mut layer_grads) = sizes.split_mut(grads).split_layers_from_last(layers);
         let a = batch.act_sizes.split(&batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
 
-        lm_head_backward(ctx, s.dln, g.wte, s.dlogits, a.lnf, p.wte, bt, c, vp)?;
+        lm_head_backward(ctx, s.dln, &mut *g.wte, s.dlogits, a.lnf, p.wte, bt, c, vp)?;
         let last = &a.residuals[layers * btc..][..btc];
         ctx.kernels.fill(0.0, s.dresidual);
         layer_norm_backward(
@@ -357,9 +371,11 @@ impl Gpt {
             a.lnf_rstd,
             s.dln,
             s.dresidual,
-            g.lnfw,
-            g.lnfb,
+            &mut *g.lnfw,
+            &mut *g.lnfb,
         )?;
+        ready(starts.lnfw, g.lnfw);
+        ready(starts.lnfb, g.lnfb);
         let mut recomputed = Recomputed {
             ln1: s.recomputed_ln1,
             ln2: s.recomputed_ln2,
@@ -391,17 +407,25 @@ impl Gpt {
                 dfch: &mut *s.dfch,
                 dfch_gelu: &mut *s.dfch_gelu,
             };
-            block_backward(
-                ctx,
-                &pl,
-                g.layer_mut(l, layers),
-                input,
-                &al,
-                scratch,
-                (b, t, c, nh),
-            )?;
+            let mut gl = layer_grads.next().expect("one view per layer");
+            block_backward(ctx, &pl, gl.reborrow(), input, &al, scratch, (b, t, c, nh))?;
+            let runs = sizes.layer_starts(l, layers).into_array();
+            for (start, run) in runs.into_iter().zip(gl.into_array()) {
+                ready(start, run);
+            }
         }
-        encoder_backward(ctx, g.wte, g.wpe, s.dresidual, &batch.tokens, t, c)
+        encoder_backward(
+            ctx,
+            &mut *g.wte,
+            &mut *g.wpe,
+            s.dresidual,
+            &batch.tokens,
+            t,
+            c,
+        )?;
+        ready(starts.wte, g.wte);
+        ready(starts.wpe, g.wpe);
+        Ok(())
     }
 
     /// An empty key/value cache for this model.

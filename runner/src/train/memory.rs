@@ -14,6 +14,9 @@ pub struct Footprint {
     pub parameters: usize,
     pub gradients: usize,
     pub optimizer_state: usize,
+    /// Ranks sharing the optimizer state (1 unless sharded): each holds
+    /// `optimizer_state` floats of it.
+    pub optimizer_ranks: usize,
     /// Activations and backward scratch of one micro-batch.
     pub activations: usize,
 }
@@ -28,6 +31,7 @@ impl Footprint {
             parameters: n,
             gradients: n,
             optimizer_state: Optimizer::state_floats(n),
+            optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
         }
     }
@@ -50,9 +54,13 @@ impl Footprint {
 impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |floats: usize| floats as f64 * 4.0 / (1024.0 * 1024.0);
+        let share = match self.optimizer_ranks {
+            1 => String::new(),
+            n => format!(" (this rank's 1/{n})"),
+        };
         write!(
             f,
-            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB, activations {:.1} MiB",
+            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB",
             mib(self.parameters),
             mib(self.gradients),
             mib(self.optimizer_state),

@@ -1,8 +1,10 @@
 //! The training loop: micro-batches with gradient accumulation, AdamW with
 //! clipping and the learning-rate schedule (`optim`), periodic validation,
 //! the instrumented log lines, and checkpoints. `memory` sizes a run
-//! before it starts.
+//! before it starts; `data_parallel` sums the gradients of a run of
+//! several processes.
 
+mod data_parallel;
 mod memory;
 pub mod optim;
 
@@ -22,6 +24,8 @@ use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::world::Collective;
 use crate::{logger, plot};
+pub use data_parallel::DataParallel;
+use data_parallel::{backward_summing, sum_gradients};
 pub use memory::{check_memory, Footprint};
 use optim::{Optimizer, OptimizerSettings};
 
@@ -65,6 +69,13 @@ pub struct TrainSettings {
     pub plot: Option<PathBuf>,
     /// The element type of the matrix products.
     pub precision: Precision,
+    /// Under `mpirun`: shard the optimizer state over the ranks (ZeRO
+    /// stage 1): each rank keeps the AdamW moments of, and updates, its
+    /// share of the parameters, then the ranks exchange the new weights.
+    pub shard_optimizer: bool,
+    /// Under `mpirun`: sum each block's gradients while the backward pass
+    /// computes the blocks below it ([`DataParallel::overlap`]).
+    pub overlap: bool,
 }
 
 /// What a run reached.
@@ -130,6 +141,15 @@ impl TrainSettings {
         Ok(())
     }
 
+    /// This rank's index and the number of ranks sharing the optimizer
+    /// state: `(0, 1)` unless it is sharded.
+    fn optimizer_shares(&self, world: &dyn Collective) -> (usize, usize) {
+        match self.shard_optimizer {
+            true => (world.rank(), world.size()),
+            false => (0, 1),
+        }
+    }
+
     /// The schedule of a run of `ranks` processes: its batch is the
     /// global one (`--batch` × processes), so a checkpoint of one world
     /// size resumes in another with the same global batch.
@@ -163,11 +183,13 @@ fn start(
     kernels: Kernels,
 ) -> Result<(Gpt, Optimizer, Rng), Error> {
     let t = |cfg: &ModelConfig| s.seq_len.unwrap_or(cfg.block_size);
+    let world = crate::world::current();
+    let (rank, shares) = s.optimizer_shares(world);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
         cfg.validate()?;
         check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
-        let optimizer = Optimizer::new(model.params().len());
+        let optimizer = Optimizer::sharded(model.sizes(), rank, shares);
         return Ok((model, optimizer, Rng::new(s.seed)));
     };
     let refuse = |reason: String| Error::Checkpoint {
@@ -184,13 +206,13 @@ fn start(
     if s.init_from.is_some() {
         check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = checkpoint::load_model(dir, kernels)?;
-        let optimizer = Optimizer::new(model.params().len());
+        let optimizer = Optimizer::sharded(model.sizes(), rank, shares);
         return Ok((model, optimizer, Rng::new(s.seed)));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // A resumed run continues exactly only with the same schedule.
     let differences = state.schedule.map_or(Vec::new(), |saved| {
-        saved.differences(&s.schedule(crate::world::current().size()))
+        saved.differences(&s.schedule(world.size()))
     });
     if !differences.is_empty() {
         return Err(refuse(format!(
@@ -208,7 +230,8 @@ fn start(
     check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
-    Ok((model, Optimizer::from_state(state.step, state.moments), rng))
+    let optimizer = Optimizer::from_state(model.sizes(), (rank, shares), state.step, state.moments);
+    Ok((model, optimizer, rng))
 }
 
 /// A tokenizer's name, or what a model without one has.
@@ -219,7 +242,7 @@ fn tokenizer_name(tokenizer: Option<Tokenizer>) -> &'static str {
 /// The start-up log lines: backend and threads, model and memory, data.
 fn log_start(
     s: &TrainSettings,
-    model: &Gpt,
+    (model, optimizer): (&Gpt, &Optimizer),
     (source, data): (&DataSource, &Dataset),
     t: usize,
     kernels: Kernels,
@@ -238,11 +261,16 @@ fn log_start(
         (_, Some(dir)) => format!(" | Resumed from {}", dir.display()),
         _ => String::new(),
     };
+    let footprint = Footprint {
+        // What this rank holds: its share when the ranks share the state.
+        optimizer_state: Optimizer::state_floats(optimizer.owned().len()),
+        optimizer_ranks: optimizer.shards().len(),
+        ..Footprint::training(&cfg, s.batch, t, s.recompute)
+    };
     info!(
-        "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {}{start}",
+        "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {footprint}{start}",
         tokenizer_name(cfg.tokenizer),
         n as f64 / 1e6,
-        Footprint::training(&cfg, s.batch, t, s.recompute),
     );
     let origin = match source {
         DataSource::Embedded => format!(" ({})", data::EMBEDDED_NAME),
@@ -287,6 +315,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     }
     let world = crate::world::current();
     let (rank, ranks) = (world.rank(), world.size());
+    if ranks > 1 && cfg.param_floats() > i32::MAX as usize {
+        // MPI counts are 32-bit.
+        return Err(Error::Config(format!(
+            "a {cfg} model has more than {} parameters, too many for one MPI message",
+            i32::MAX
+        )));
+    }
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
     let source = DataSource::of(s.data.as_deref());
@@ -299,7 +334,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     )?;
     let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
     // Rank 0's weights (initialized or loaded) are everyone's.
-    world.broadcast(model.params_mut());
+    world.broadcast(0, model.params_mut());
     model.set_threads(Threads::new(s.threads)?);
     model.set_precision(s.precision);
     model.set_recompute(s.recompute);
@@ -308,7 +343,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
     log_world(world, threads);
-    log_start(s, &model, (&source, &data), t, kernels);
+    log_start(s, (&model, &optimizer), (&source, &data), t, kernels);
+    let parallel = DataParallel {
+        world,
+        overlap: s.overlap,
+    };
 
     let mut buffers = BatchBuffers::new(b, t);
     // Every rank draws the windows of all ranks (the same seeded stream,
@@ -350,7 +389,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             (b, t),
             &mut buffers,
             batches,
-            world,
+            parallel,
         )?;
         if ranks > 1 {
             check_same_weights(world, model.params(), step)?;
@@ -390,22 +429,28 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let steps_run = (last - first + 1) as usize;
     report.tokens_per_sec =
         (steps_run * b * t * s.grad_accum * ranks) as f64 / run_start.elapsed().as_secs_f64();
+    // Outside `info!`, which skips its arguments on quiet ranks: every
+    // rank must join the collective.
+    let peak = peak_memory(world);
     info!(
-        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory: {:.1} MiB",
+        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory{peak}",
         run_start.elapsed().as_secs_f64(),
         report.tokens_per_sec,
         report.losses.last().copied().unwrap_or(f32::NAN),
-        peak_rss_bytes() as f64 / (1024.0 * 1024.0)
     );
-    if let Some(dir) = s.save.as_ref().filter(|_| leader) {
-        let state = TrainingState {
-            step: optimizer.step,
-            rng_state: rng.state(),
-            moments: optimizer.moments(),
-            schedule: Some(s.schedule(ranks)),
-        };
-        checkpoint::save(dir, &model, Some(&state))?;
-        info!("Saved checkpoint to {}", dir.display());
+    if let Some(dir) = &s.save {
+        // Every rank sends its share of a sharded optimizer's state.
+        let moments = optimizer.full_moments(world);
+        if let Some((m, v)) = &moments {
+            let state = TrainingState {
+                step: optimizer.step,
+                rng_state: rng.state(),
+                moments: (m.as_ref(), v.as_ref()),
+                schedule: Some(s.schedule(ranks)),
+            };
+            checkpoint::save(dir, &model, Some(&state))?;
+            info!("Saved checkpoint to {}", dir.display());
+        }
     }
     Ok((model, report))
 }
@@ -434,8 +479,12 @@ pub struct StepTimes {
     pub loss_ms: f64,
     pub backward_ms: f64,
     pub optimizer_ms: f64,
-    /// Summing gradients and losses across ranks (0 for one process).
+    /// Waiting for the ranks to sum gradients and losses (and exchange
+    /// the weights, with a sharded optimizer): 0 for one process.
     pub communication_ms: f64,
+    /// Summing gradients while the backward pass ran (not counted in
+    /// `communication_ms`).
+    pub overlapped_ms: f64,
     pub total_ms: f64,
     /// Tokens processed (all micro-batches, all ranks).
     pub tokens: usize,
@@ -456,6 +505,8 @@ impl StepTimes {
             backward_ms: self.backward_ms,
             optimizer_ms: self.optimizer_ms,
             loss_ms: self.loss_ms,
+            communication_ms: self.communication_ms,
+            overlapped_ms: self.overlapped_ms,
             total_ms: self.total_ms,
             tokens_per_sec: self.tokens_per_sec(),
             shape,
@@ -466,9 +517,11 @@ impl StepTimes {
 
 /// One optimizer step: `grad_accum` micro-batches of `b × t` tokens drawn
 /// by `batches(inputs, targets)` (which may fail reading them), forward,
-/// loss, backward; then the gradients summed over `world`'s ranks (each
-/// scaled for the global batch, so the sum is the mean over every rank's
-/// tokens) and AdamW, the same on every rank.
+/// loss, backward; the gradients summed over the ranks of `parallel`
+/// (each scaled for the global batch, so the sum is the mean over every
+/// rank's tokens), during the last backward pass or after it; then AdamW,
+/// the same on every rank (or each rank its share, then the weights
+/// exchanged, with a sharded `optimizer`).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &mut Gpt,
@@ -479,14 +532,16 @@ pub fn train_step(
     (b, t): (usize, usize),
     buffers: &mut BatchBuffers,
     mut batches: impl FnMut(&mut [u32], &mut [u32]) -> Result<(), Error> + Send,
-    world: &dyn Collective,
+    parallel: DataParallel,
 ) -> Result<StepTimes, Error> {
     // Enter the pool once per step rather than once per parallel piece of
     // work (see `PoolHandle::install`).
     let pool = model.threads().handle();
     pool.install(|| {
         let start = Instant::now();
+        let world = parallel.world;
         let ranks = world.size();
+        let overlap = ranks > 1 && parallel.overlap;
         let grad_scale = 1.0 / (b * t * grad_accum * ranks) as f32;
         let mut times = StepTimes {
             tokens: b * t * grad_accum * ranks,
@@ -494,7 +549,7 @@ pub fn train_step(
         };
         let mut loss_sum = 0.0;
         model.zero_grad();
-        for _ in 0..grad_accum {
+        for micro_batch in 1..=grad_accum {
             batches(&mut buffers.inputs, &mut buffers.targets)?;
             let t0 = Instant::now();
             model.forward(&buffers.inputs, b, t)?;
@@ -502,25 +557,53 @@ pub fn train_step(
             let t1 = Instant::now();
             loss_sum += model.loss(&buffers.targets, Some(grad_scale))?;
             times.loss_ms += ms_since(t1);
-            let t2 = Instant::now();
-            model.backward()?;
-            times.backward_ms += ms_since(t2);
+            if overlap && micro_batch == grad_accum {
+                let pass = backward_summing(model, world, optimizer.shards())?;
+                times.backward_ms += pass.backward_ms;
+                times.overlapped_ms = pass.summing_ms;
+                times.communication_ms += pass.waiting_ms;
+            } else {
+                let t2 = Instant::now();
+                model.backward()?;
+                times.backward_ms += ms_since(t2);
+            }
         }
         if ranks > 1 {
             let t = Instant::now();
-            world.all_reduce_sum(&mut model.grads);
+            if !overlap {
+                sum_gradients(world, optimizer.shards(), 0, &mut model.grads);
+            }
             let mut loss = [f64::from(loss_sum)];
             world.all_reduce_f64(&mut loss);
             loss_sum = loss[0] as f32;
-            times.communication_ms = ms_since(t);
+            times.communication_ms += ms_since(t);
         }
         let t3 = Instant::now();
-        optimizer.update(model, settings, lr)?;
+        optimizer.update(model, settings, lr, world)?;
         times.optimizer_ms = ms_since(t3);
+        if optimizer.is_sharded() {
+            let t = Instant::now();
+            optimizer.share_weights(model, world);
+            times.communication_ms += ms_since(t);
+        }
         times.total_ms = ms_since(start);
         times.loss = loss_sum / (grad_accum * ranks) as f32;
         Ok(times)
     })
+}
+
+/// `: 123.4 MiB`, or with several ranks, every rank's peak
+/// (`per rank: 123.4, 120.1 MiB`).
+fn peak_memory(world: &dyn Collective) -> String {
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    if world.size() == 1 {
+        return format!(": {:.1} MiB", mib(peak_rss_bytes() as f64));
+    }
+    let mut peaks = vec![0.0; world.size()];
+    peaks[world.rank()] = peak_rss_bytes() as f64;
+    world.all_reduce_f64(&mut peaks);
+    let peaks: Vec<String> = peaks.iter().map(|&p| format!("{:.1}", mib(p))).collect();
+    format!(" per rank: {} MiB", peaks.join(", "))
 }
 
 /// The start-up line of a run of several processes: how many, and each
@@ -568,8 +651,12 @@ pub fn log_step(times: &StepTimes, lr: f32, b: usize, t: usize, step: u32, steps
         times.loss, times.forward_ms, times.backward_ms, times.optimizer_ms, times.loss_ms, times.total_ms
     );
     if times.communication_ms > 0.0 {
+        let overlapped = match times.overlapped_ms {
+            0.0 => String::new(),
+            ms => format!("; {ms:.3} ms more summing gradients during the backward pass"),
+        };
         info!(
-            "Communication: {:.3} ms ({:.1} % of the step) | Throughput over all ranks: {:.1} tokens/sec",
+            "Communication: {:.3} ms ({:.1} % of the step{overlapped}) | Throughput over all ranks: {:.1} tokens/sec",
             times.communication_ms,
             100.0 * times.communication_ms / times.total_ms,
             times.tokens_per_sec()
