@@ -261,6 +261,36 @@ fn a_failing_rank_ends_the_job_with_its_error() {
     );
 }
 
+/// A rank killed mid-run (as by the kernel's out-of-memory killer) cannot
+/// say why; `mpirun` ends the job, naming the rank and its exit code,
+/// rather than leaving rank 0 waiting in a collective.
+#[test]
+fn a_killed_rank_ends_the_job() {
+    if !mpirun_available() {
+        return;
+    }
+    let run = format!(
+        "{} train --preset small --steps 100000 --threads 1 -q",
+        env!("CARGO_BIN_EXE_runner")
+    );
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then {run} & p=$!; sleep 3; kill -9 $p; wait $p; exit $?; else exec {run}; fi"
+    );
+    let start = Instant::now();
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
+        .args(["-np", "2", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn bench_under_mpirun_counts_every_ranks_tokens_and_the_communication() {
     if !mpirun_available() {

@@ -134,8 +134,14 @@ impl TrainSettings {
         if self.seq_len == Some(0) {
             return Err(Error::Config("--seq-len must be at least 1".into()));
         }
-        if let Some(dir) = &self.save {
-            // Before the run, not after it: a bad path should not cost it.
+        // Before the run, not after it: a bad path should not cost it. Only
+        // rank 0 writes, and only it checks: the check clears stale staging
+        // directories, which would race with another rank's probe.
+        if let Some(dir) = self
+            .save
+            .as_ref()
+            .filter(|_| crate::world::current().rank() == 0)
+        {
             checkpoint::check_destination(dir)?;
         }
         Ok(())
