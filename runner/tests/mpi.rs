@@ -160,6 +160,17 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
         assert_weights_close(Path::new(&ck1), Path::new(&ck), &what);
     }
 
+    // With micro-batches, only the last backward pass overlaps the sums:
+    // 2 ranks × B 2 × 2 micro-batches against 1 process × B 4 × 2.
+    let (acc1, acc2) = (path("accum1.json"), path("accum2.json"));
+    assert_success(&runner(&train_args("4", &acc1, &["--grad-accum", "2"])));
+    for flags in [&[][..], &["--zero", "1"]] {
+        let args = [&["--grad-accum", "2"][..], flags].concat();
+        assert_success(&mpirun(2, &train_args("2", &acc2, &args)));
+        let (one, two) = (json_losses(Path::new(&acc1)), json_losses(Path::new(&acc2)));
+        assert_close(&two, &one, &format!("micro-batches {flags:?}"));
+    }
+
     // Logged (not -q, so every rank's collectives around the log lines
     // run): each rank holds half of the optimizer state with --zero 1 (of
     // a model wide enough for the log's 0.1 MiB to tell).
