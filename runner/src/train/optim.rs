@@ -392,13 +392,11 @@ mod tests {
                 .zip(sizes.into_array())
                 .collect();
             // A whole number of pieces into the tensor it falls in.
-            let at_a_piece = |cut: usize| {
-                let (start, _) = tensors
-                    .iter()
-                    .find(|&&(s, n)| (s..s + n).contains(&cut))
-                    .unwrap();
-                (cut - start) % PARAMS_PER_PIECE == 0
-            };
+            let at_a_piece =
+                |cut: usize| match tensors.iter().find(|&&(s, n)| (s..s + n).contains(&cut)) {
+                    Some((start, _)) => (cut - start).is_multiple_of(PARAMS_PER_PIECE),
+                    None => cut == total,
+                };
             let largest_piece = sizes
                 .into_array()
                 .into_iter()
