@@ -7,7 +7,8 @@
 use std::ops::Range;
 
 /// What a data-parallel run needs from its processes. Every rank calls
-/// the same collectives in the same order with the same lengths.
+/// the same collectives in the same order, with the same lengths (but for
+/// each rank's part in [`Collective::gather_to_leader`]).
 pub trait Collective: Sync {
     /// This process's index, 0 to `size() - 1`; rank 0 logs and saves.
     fn rank(&self) -> usize;
@@ -113,10 +114,10 @@ mod mpi_world {
     // SAFETY: `start` initializes MPI at thread level `Serialized` (any
     // thread may call, one at a time), and the trainer calls collectives
     // from one thread at a time (the training loop's, or the thread that
-    // sums gradients during the backward pass while the loop makes no
-    // MPI call, joined before it makes one); the communicator is a handle MPI owns, valid until
-    // `MPI_Finalize`, which runs only when `Started` drops at the end of
-    // `main`.
+    // sums gradients during the backward pass while the loop makes no MPI
+    // call, joined before it makes one); the communicator is a handle MPI
+    // owns, valid until `MPI_Finalize`, which runs only when `Started`
+    // drops at the end of `main`.
     unsafe impl Sync for MpiWorld {}
     // SAFETY: as for `Sync`: moving the handle to another thread is
     // allowed at `Serialized`.
@@ -206,7 +207,18 @@ pub fn start() -> Started {
             // only its own thread here.
             std::env::set_var(YIELD, "1");
         }
-        let universe = mpi::initialize_with_threading(mpi::Threading::Serialized).map(|(u, _)| u);
+        use mpi::traits::Communicator;
+        use mpi::Threading;
+        let universe = mpi::initialize_with_threading(Threading::Serialized).map(|(u, granted)| {
+            // Collectives run on pool and summing threads, not only on the
+            // thread that initialized MPI.
+            if !matches!(granted, Threading::Serialized | Threading::Multiple) {
+                let line = format!("error: this MPI library grants thread level {granted:?}; the runner needs Serialized\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                u.world().abort(1);
+            }
+            u
+        });
         if let Some(u) = &universe {
             let world = mpi_world::MpiWorld {
                 world: u.world(),

@@ -146,7 +146,7 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
         &["--zero", "1"],
         &["--zero", "1", "--no-overlap"],
     ];
-    let mut ranks = Vec::new();
+    let mut two_rank_losses = Vec::new();
     for (i, flags) in variants.iter().enumerate() {
         let (json, ck) = (path(&format!("two{i}.json")), path(&format!("ck2-{i}")));
         let out = mpirun(
@@ -155,10 +155,28 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
         );
         assert_success(&out);
         let what = format!("2 ranks × B 4 {flags:?} against 1 process × B 8");
-        ranks = json_losses(Path::new(&json));
-        assert_close(&ranks, &single, &what);
+        two_rank_losses = json_losses(Path::new(&json));
+        assert_close(&two_rank_losses, &single, &what);
         assert_weights_close(Path::new(&ck1), Path::new(&ck), &what);
     }
+
+    // Three ranks of a model whose second shard ends inside a tensor (the
+    // first piece of fcw at or after 2/3 of the parameters): spans of
+    // gradients summed to two owners, moments split mid-tensor.
+    let wide = ["--channels", "96"];
+    let (wide1, wide3) = (path("wide1.json"), path("wide3.json"));
+    assert_success(&runner(&train_args("12", &wide1, &wide)));
+    let sharded = [&wide[..], &["--zero", "1"]].concat();
+    assert_success(&mpirun(3, &train_args("4", &wide3, &sharded)));
+    let (one, three) = (
+        json_losses(Path::new(&wide1)),
+        json_losses(Path::new(&wide3)),
+    );
+    assert_close(
+        &three,
+        &one,
+        "3 ranks × B 4 --zero 1 against 1 process × B 12",
+    );
 
     // With micro-batches, only the last backward pass overlaps the sums:
     // 2 ranks × B 2 × 2 micro-batches against 1 process × B 4 × 2.
@@ -211,7 +229,11 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
         assert_success(&mpirun(2, &train_args("4", &half, &stop)));
         assert_success(&runner(&train_args("8", &rest, &["--resume", &ck])));
         let what = format!("2 ranks {flags:?} resumed in 1 process");
-        assert_close(&json_losses(Path::new(&rest)), &ranks[10..], &what);
+        assert_close(
+            &json_losses(Path::new(&rest)),
+            &two_rank_losses[10..],
+            &what,
+        );
     }
     let (half, rest, ck) = (path("half1.json"), path("rest2.json"), path("ck-half-1"));
     let stop = ["--stop-at", "10", "--save", &ck];

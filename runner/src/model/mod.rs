@@ -329,8 +329,8 @@ impl Gpt {
         self.backward_streaming(|_, _| {})
     }
 
-    /// [`Gpt::backward`], handing each run of [`Gpt::grads`] to
-    /// `ready(start, grads)` (`start`: where the run begins in the arena)
+    /// [`Gpt::backward`], handing each span of [`Gpt::grads`] to
+    /// `ready(start, span)` (`start`: where the span begins in the arena)
     /// as soon as the rest of the pass no longer writes it: the final
     /// LayerNorm's tensors, then each block's from the last block to the
     /// first, then the embeddings'. A data-parallel trainer sums them
@@ -356,6 +356,14 @@ impl Gpt {
         let (bt, btc) = (b * t, b * t * c);
         let p = sizes.split(params);
         let starts = sizes.starts();
+        // Where each span lies is computed apart from the views that cut
+        // it: they must agree (cheap, once per span).
+        let arena_start = grads.as_ptr() as usize;
+        let mut ready = |start: usize, span: &'a mut [f32]| {
+            let offset = (span.as_ptr() as usize - arena_start) / size_of::<f32>();
+            assert_eq!(offset, start, "a gradient span's start");
+            ready(start, span);
+        };
         let (g, mut layer_grads) = sizes.split_mut(grads).split_layers_from_last(layers);
         let a = batch.act_sizes.split(&batch.acts);
         let s = batch.scratch_sizes.split_mut(&mut batch.scratch);
@@ -409,9 +417,9 @@ impl Gpt {
             };
             let mut gl = layer_grads.next().expect("one view per layer");
             block_backward(ctx, &pl, gl.reborrow(), input, &al, scratch, (b, t, c, nh))?;
-            let runs = sizes.layer_starts(l, layers).into_array();
-            for (start, run) in runs.into_iter().zip(gl.into_array()) {
-                ready(start, run);
+            let spans = sizes.layer_starts(l, layers).into_array();
+            for (start, span) in spans.into_iter().zip(gl.into_array()) {
+                ready(start, span);
             }
         }
         encoder_backward(

@@ -56,7 +56,7 @@ impl std::fmt::Display for Footprint {
         let mib = |floats: usize| floats as f64 * 4.0 / (1024.0 * 1024.0);
         let share = match self.optimizer_ranks {
             1 => String::new(),
-            n => format!(" (this rank's 1/{n})"),
+            n => format!(" (this rank's share of {n})"),
         };
         write!(
             f,

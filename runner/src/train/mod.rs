@@ -147,9 +147,9 @@ impl TrainSettings {
         Ok(())
     }
 
-    /// This rank's index and the number of ranks sharing the optimizer
-    /// state: `(0, 1)` unless it is sharded.
-    fn optimizer_shares(&self, world: &dyn Collective) -> (usize, usize) {
+    /// This rank's shard of the optimizer state and the number of shards:
+    /// `(0, 1)` unless it is sharded.
+    fn optimizer_shard(&self, world: &dyn Collective) -> (usize, usize) {
         match self.shard_optimizer {
             true => (world.rank(), world.size()),
             false => (0, 1),
@@ -190,12 +190,12 @@ fn start(
 ) -> Result<(Gpt, Optimizer, Rng), Error> {
     let t = |cfg: &ModelConfig| s.seq_len.unwrap_or(cfg.block_size);
     let world = crate::world::current();
-    let (rank, shares) = s.optimizer_shares(world);
+    let shard = s.optimizer_shard(world);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
         cfg.validate()?;
         check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
-        let optimizer = Optimizer::sharded(model.sizes(), rank, shares);
+        let optimizer = Optimizer::sharded(model.sizes(), shard);
         return Ok((model, optimizer, Rng::new(s.seed)));
     };
     let refuse = |reason: String| Error::Checkpoint {
@@ -212,7 +212,7 @@ fn start(
     if s.init_from.is_some() {
         check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = checkpoint::load_model(dir, kernels)?;
-        let optimizer = Optimizer::sharded(model.sizes(), rank, shares);
+        let optimizer = Optimizer::sharded(model.sizes(), shard);
         return Ok((model, optimizer, Rng::new(s.seed)));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
@@ -236,7 +236,7 @@ fn start(
     check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
-    let optimizer = Optimizer::from_state(model.sizes(), (rank, shares), state.step, state.moments);
+    let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
     Ok((model, optimizer, rng))
 }
 
@@ -488,8 +488,8 @@ pub struct StepTimes {
     /// Waiting for the ranks to sum gradients and losses (and exchange
     /// the weights, with a sharded optimizer): 0 for one process.
     pub communication_ms: f64,
-    /// Summing gradients while the backward pass ran (not counted in
-    /// `communication_ms`).
+    /// Summing gradients while the backward pass ran (hidden behind it;
+    /// the wait for the sums left after it is in `communication_ms`).
     pub overlapped_ms: f64,
     pub total_ms: f64,
     /// Tokens processed (all micro-batches, all ranks).
@@ -566,7 +566,7 @@ pub fn train_step(
             if overlap && micro_batch == grad_accum {
                 let pass = backward_summing(model, world, optimizer.shards())?;
                 times.backward_ms += pass.backward_ms;
-                times.overlapped_ms = pass.summing_ms;
+                times.overlapped_ms = pass.overlapped_ms;
                 times.communication_ms += pass.waiting_ms;
             } else {
                 let t2 = Instant::now();
@@ -629,9 +629,10 @@ fn log_world(world: &dyn Collective, threads: usize) {
     );
 }
 
-/// Refuses to go on if the ranks' weights differ in any bit (they must: the
-/// same summed gradients and the same update on every rank), comparing a
-/// hash of each rank's parameters.
+/// Refuses to go on if the ranks' weights differ in any bit (they must not:
+/// every rank makes the same update of the same summed gradients, or with
+/// a sharded optimizer receives each share from its one owner), comparing
+/// a hash of each rank's parameters.
 fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Result<(), Error> {
     let hash = params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
@@ -644,7 +645,7 @@ fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Resu
     let n = world.size() as f64;
     if sums != [halves[0] * n, halves[1] * n] {
         return Err(Error::Config(format!(
-            "the ranks' weights differ after step {step}: the MPI sum did not give every rank the same bits"
+            "the ranks' weights differ after step {step}: MPI did not give every rank the same bits"
         )));
     }
     Ok(())

@@ -117,7 +117,7 @@ pub fn shard_ranges(sizes: Params<usize>, ranks: usize) -> Vec<Range<usize>> {
 
 /// The part of a tensor at `start`, `len` long, inside `shard`, as a range
 /// of the tensor.
-fn part_in(shard: &Range<usize>, start: usize, len: usize) -> Option<Range<usize>> {
+pub(crate) fn part_in(shard: &Range<usize>, start: usize, len: usize) -> Option<Range<usize>> {
     let (lo, hi) = (shard.start.max(start), shard.end.min(start + len));
     (lo < hi).then(|| lo - start..hi - start)
 }
@@ -125,13 +125,14 @@ fn part_in(shard: &Range<usize>, start: usize, len: usize) -> Option<Range<usize
 impl Optimizer {
     /// Zero moments for every parameter of a model of tensors `sizes`.
     pub fn new(sizes: Params<usize>) -> Optimizer {
-        Optimizer::sharded(sizes, 0, 1)
+        Optimizer::sharded(sizes, (0, 1))
     }
 
-    /// Zero moments for rank `rank`'s share ([`shard_ranges`]) of the
-    /// parameters of a model of tensors `sizes`, sharded over `ranks`.
-    pub fn sharded(sizes: Params<usize>, rank: usize, ranks: usize) -> Optimizer {
-        let shards = shard_ranges(sizes, ranks);
+    /// Zero moments for shard `shard` of `shards` ([`shard_ranges`]) of
+    /// the parameters of a model of tensors `sizes`.
+    pub fn sharded(sizes: Params<usize>, (shard, shards): (usize, usize)) -> Optimizer {
+        let rank = shard;
+        let shards = shard_ranges(sizes, shards);
         let owned = shards[rank].len();
         Optimizer {
             moments: vec![0.0; Optimizer::state_floats(owned)],
@@ -152,11 +153,11 @@ impl Optimizer {
     /// and second moments of every parameter (of which it keeps its share).
     pub fn from_state(
         sizes: Params<usize>,
-        (rank, ranks): (usize, usize),
+        (shard, shards): (usize, usize),
         step: u32,
         (first, second): (Vec<f32>, Vec<f32>),
     ) -> Optimizer {
-        let mut optimizer = Optimizer::sharded(sizes, rank, ranks);
+        let mut optimizer = Optimizer::sharded(sizes, (shard, shards));
         let owned = optimizer.owned();
         let (m, v) = optimizer.moments_mut();
         m.copy_from_slice(&first[owned.clone()]);
@@ -212,7 +213,8 @@ impl Optimizer {
     /// One update of `model`'s share ([`Optimizer::owned`]) from its
     /// gradients (summed over the ranks, at least in that share) at
     /// learning rate `lr`. Returns the norm of the whole gradient before
-    /// clipping (the same bits on every rank and for any sharding); a
+    /// clipping (the same bits on every rank, and for given summed
+    /// gradients the same bits sharded or not); a
     /// non-finite norm (the run diverged) is an error rather than a silent
     /// NaN model. A sharded optimizer leaves the other shares to
     /// [`Optimizer::share_weights`].
@@ -454,7 +456,7 @@ mod tests {
         let (mut m, mut v) = (stitched.clone(), stitched.clone());
         for rank in 0..ranks {
             let mut share = model();
-            let mut optimizer = Optimizer::sharded(share.sizes(), rank, ranks);
+            let mut optimizer = Optimizer::sharded(share.sizes(), (rank, ranks));
             let world = OneRankOf(rank, ranks);
             for _ in 0..3 {
                 optimizer
