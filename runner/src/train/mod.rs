@@ -349,6 +349,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
     log_world(world, threads);
+    if ranks == 1 && s.shard_optimizer {
+        log::warn!("--zero 1 shards the optimizer over the ranks of an MPI run; one process keeps all of it");
+    }
     log_start(s, (&model, &optimizer), (&source, &data), t, kernels);
     let parallel = DataParallel {
         world,
