@@ -59,7 +59,11 @@ const FALLBACK_L3: usize = 32 << 20;
 /// gemm`): every benchmarked shape within 0.96–1.04× of the former
 /// hand-tuned mc 192 but 1024³, which varies 68–94 GFLOP/s run to run
 /// here (three runs: 0.93–1.05× of 192, 1.02–1.13× of mc 252, the 3/8
-/// share).
+/// share). BLIS's analytic model (Low et al., 2016), which gives A every
+/// way of L2 but the B panel's and one, would take mc 504 on Zen 4's 8-way
+/// L2; beside it (`KERNELS_GEMM_BLOCKING=504,384,4096`), the quarter was
+/// 1.00–1.20× on every shape but 1024³ (0.91×), so associativity does not
+/// enter this rule.
 const L2_SHARE_FOR_A: (usize, usize) = (1, 4);
 
 /// The share of L3 the `kc × nc` block of B takes: a quarter, since the L3
