@@ -37,19 +37,17 @@ fn mpirun_available() -> bool {
     found
 }
 
-/// `mpirun -np ranks runner args...`, ended after two minutes (a rank
-/// left waiting in a collective fails the test rather than hanging it).
+/// `mpirun -np ranks runner args...`.
 fn mpirun(ranks: usize, args: &[&str]) -> Output {
+    mpirun_program(ranks, env!("CARGO_BIN_EXE_runner"), args)
+}
+
+/// `mpirun -np ranks program args...`, ended after two minutes (a rank
+/// left waiting in a collective fails the test rather than hanging it).
+fn mpirun_program(ranks: usize, program: &str, args: &[&str]) -> Output {
     Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--timeout",
-            "120",
-            "-np",
-            &ranks.to_string(),
-        ])
-        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
+        .args(["-np", &ranks.to_string(), program])
         .args(args)
         .output()
         .expect("mpirun starts")
@@ -264,18 +262,7 @@ fn a_failing_rank_ends_the_job_with_its_error() {
         bin = env!("CARGO_BIN_EXE_runner"),
     );
     let start = Instant::now();
-    let out = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "2",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .output()
-        .unwrap();
+    let out = mpirun_program(2, "sh", &["-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -310,11 +297,7 @@ fn a_killed_rank_ends_the_job() {
         "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then {run} & p=$!; sleep 3; kill -9 $p; wait $p; exit $?; else exec {run}; fi"
     );
     let start = Instant::now();
-    let out = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
-        .args(["-np", "2", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let out = mpirun_program(2, "sh", &["-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(137), "{stderr}");
     assert!(

@@ -601,6 +601,15 @@ pub fn train_step(
     })
 }
 
+/// Every rank's `value`, in rank order, on every rank (each rank fills its
+/// own entry; the others add zeros).
+fn each_rank(world: &dyn Collective, value: f64) -> Vec<f64> {
+    let mut values = vec![0.0; world.size()];
+    values[world.rank()] = value;
+    world.all_reduce_f64(&mut values);
+    values
+}
+
 /// `: 123.4 MiB`, or with several ranks, every rank's peak
 /// (`per rank: 123.4, 120.1 MiB`).
 fn peak_memory(world: &dyn Collective) -> String {
@@ -608,9 +617,7 @@ fn peak_memory(world: &dyn Collective) -> String {
     if world.size() == 1 {
         return format!(": {:.1} MiB", mib(peak_rss_bytes() as f64));
     }
-    let mut peaks = vec![0.0; world.size()];
-    peaks[world.rank()] = peak_rss_bytes() as f64;
-    world.all_reduce_f64(&mut peaks);
+    let peaks = each_rank(world, peak_rss_bytes() as f64);
     let peaks: Vec<String> = peaks.iter().map(|&p| format!("{:.1}", mib(p))).collect();
     format!(" per rank: {} MiB", peaks.join(", "))
 }
@@ -621,9 +628,7 @@ fn log_world(world: &dyn Collective, threads: usize) {
     if world.size() == 1 {
         return;
     }
-    let mut counts = vec![0.0; world.size()];
-    counts[world.rank()] = threads as f64;
-    world.all_reduce_f64(&mut counts);
+    let counts = each_rank(world, threads as f64);
     let counts: Vec<String> = counts.iter().map(|&n| (n as usize).to_string()).collect();
     info!(
         "World: {} | Threads per rank: {}",
