@@ -1,18 +1,23 @@
 //! SGEMM throughput (GFLOP/s) of `kernels` beside `matrixmultiply`, OpenBLAS
-//! (with `--features openblas`, linking the system's libopenblas) and a
+//! (with `--features openblas`, linking the system's libopenblas), Intel MKL
+//! (when `MKL_RT` names its library) and a
 //! naive loop (small sizes), on square matrices and the trainer's shapes,
 //! single-threaded. The FMA peak of the core is measured in the same run,
 //! and a summary table with GFLOP/s, fraction of peak and ratios to the
 //! peers is printed at the end.
 //!
 //! `cargo bench -p benches --bench gemm [--features openblas] [-- FILTER]`;
+//! `MKL_RT=/path/to/libmkl_rt.so.3` adds Intel MKL (`python3 -m venv V &&
+//! V/bin/pip install mkl` puts it at `V/lib/libmkl_rt.so.3`);
 //! `KERNELS_BACKENDS=avx2` restricts our backends;
-//! `KERNELS_GEMM_BLOCKING=MC,KC,NC` times that blocking beside the one
-//! derived from the caches.
+//! `KERNELS_GEMM_BLOCKING=MC,KC,NC[,A]` times that blocking (and A's
+//! lines-per-set limit: 0 packs A always) beside the one derived from the
+//! caches.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use benches::mkl::Mkl;
 use benches::shapes::{Shape, SHAPES};
 use benches::{backends, blocking_override, data, peak};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -144,7 +149,7 @@ fn bench_peak(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_gemm(c: &mut Criterion) {
+fn bench_gemm(c: &mut Criterion, mkl: Option<&Mkl>) {
     #[cfg(feature = "openblas")]
     {
         for var in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"] {
@@ -175,10 +180,10 @@ fn bench_gemm(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("kernels", k.backend().name()), |bench| {
                 bench.iter(|| ours(&k, &s, &a, &b, &mut out, &mut ws))
             });
-            let Some((mc, kc, nc)) = blocking_override() else {
+            let Some(blocking) = blocking_override() else {
                 continue;
             };
-            match k.with_gemm_blocking(mc, kc, nc) {
+            match blocking.apply(k) {
                 Ok(o) => {
                     let mut ws = vec![0.0; o.gemm_workspace_len(s.m, s.n, s.k)];
                     let id = BenchmarkId::new("kernels-override", k.backend().name());
@@ -186,7 +191,7 @@ fn bench_gemm(c: &mut Criterion) {
                         bench.iter(|| ours(&o, &s, &a, &b, &mut out, &mut ws))
                     });
                 }
-                Err(e) => eprintln!("notice: {}: blocking {mc},{kc},{nc}: {e}", k.backend()),
+                Err(e) => eprintln!("notice: {}: blocking {blocking}: {e}", k.backend()),
             }
         }
         group.bench_function("matrixmultiply", |bench| {
@@ -196,6 +201,11 @@ fn bench_gemm(c: &mut Criterion) {
         group.bench_function("openblas", |bench| {
             bench.iter(|| openblas::sgemm(&s, &a, &b, &mut out))
         });
+        if let Some(mkl) = mkl {
+            group.bench_function("mkl", |bench| {
+                bench.iter(|| mkl.sgemm(&s, &a, &b, &mut out))
+            });
+        }
         if s.m.max(s.n).max(s.k) <= 128 {
             group.bench_function("naive", |bench| bench.iter(|| naive(&s, &a, &b, &mut out)));
         }
@@ -204,13 +214,22 @@ fn bench_gemm(c: &mut Criterion) {
 }
 
 fn main() {
+    let mkl = match Mkl::from_env() {
+        None => None,
+        Some(Ok(mkl)) => Some(mkl),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     benches::report::start_run();
     let mut c = Criterion::default().configure_from_args();
     bench_peak(&mut c);
-    bench_gemm(&mut c);
+    bench_gemm(&mut c, mkl.as_ref());
     c.final_summary();
     benches::report::gemm_table(
         SHAPES.iter().map(|s| (s.name, s.flops())),
         PEAK_ITERS as u64,
+        mkl.as_ref().map(|m| m.version.as_str()),
     );
 }

@@ -1,6 +1,7 @@
 //! Benchmarks of `kernels` (see `benches/`); this library only holds shared
 //! helpers for them.
 
+pub mod mkl;
 pub mod peak;
 pub mod report;
 pub mod shapes;
@@ -29,22 +30,60 @@ pub fn backends() -> Vec<Kernels> {
         .collect()
 }
 
-/// `KERNELS_GEMM_BLOCKING=MC,KC,NC`: a blocking to time beside the one
-/// derived from the caches (for example the former hand-tuned
-/// `192,384,4096`), or `None`.
-pub fn blocking_override() -> Option<(usize, usize, usize)> {
+/// A blocking to time beside the one derived from the caches:
+/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,A]`, for example the former hand-tuned
+/// `192,384,4096`, or `168,384,4096,0` to pack A always (A:
+/// [`kernels::Blocking::a_lines_per_set`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockingOverride {
+    pub mc: usize,
+    pub kc: usize,
+    pub nc: usize,
+    pub a_lines_per_set: Option<usize>,
+}
+
+impl BlockingOverride {
+    /// `k` blocked this way.
+    pub fn apply(&self, k: Kernels) -> Result<Kernels, kernels::KernelError> {
+        let k = k.with_gemm_blocking(self.mc, self.kc, self.nc)?;
+        Ok(match self.a_lines_per_set {
+            Some(lines) => k.with_gemm_a_lines_per_set(lines),
+            None => k,
+        })
+    }
+}
+
+impl std::fmt::Display for BlockingOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MC {}, KC {}, NC {}", self.mc, self.kc, self.nc)?;
+        match self.a_lines_per_set {
+            Some(lines) => write!(f, ", A in place up to {lines} lines per L1 set"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `KERNELS_GEMM_BLOCKING` override, or `None`.
+pub fn blocking_override() -> Option<BlockingOverride> {
     let text = std::env::var("KERNELS_GEMM_BLOCKING").ok()?;
     let values: Vec<usize> = text
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    match values[..] {
-        [mc, kc, nc] => Some((mc, kc, nc)),
+    let (mc, kc, nc, a_lines_per_set) = match values[..] {
+        [mc, kc, nc] => (mc, kc, nc, None),
+        [mc, kc, nc, a] => (mc, kc, nc, Some(a)),
         _ => {
-            eprintln!("warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC; ignored");
-            None
+            eprintln!("warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,A]; ignored");
+            return None;
         }
-    }
+    };
+    Some(BlockingOverride {
+        mc,
+        kc,
+        nc,
+        a_lines_per_set,
+    })
 }
 
 /// Deterministic pseudo-random data in `[-2, 2)`.

@@ -56,13 +56,17 @@ pub fn peak_gflops(backend: Backend, iters: u64) -> Option<f64> {
     Some(flops as f64 / median_ns("fma_peak", backend.name())?)
 }
 
-/// Prints one row per GEMM shape: GFLOP/s of each contender, our fraction
-/// of the measured peak, and our speed relative to each peer; with
+/// Prints one row per GEMM shape: GFLOP/s of each of our backends and
+/// each peer that ran (matrixmultiply, OpenBLAS, MKL), our fraction of the
+/// measured peak, and our speed relative to each peer; with
 /// `KERNELS_GEMM_BLOCKING`, the derived blocking beside that one.
-pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)> + Clone, peak_iters: u64) {
+/// `mkl_version` is MKL's version line when it ran.
+pub fn gemm_table(
+    shapes: impl Iterator<Item = (&'static str, u64)> + Clone,
+    peak_iters: u64,
+    mkl_version: Option<&str>,
+) {
     let overrides = shapes.clone();
-    let peak2 = peak_gflops(Backend::Avx2, peak_iters);
-    let peak512 = peak_gflops(Backend::Avx512, peak_iters);
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
     let pct = |x: Option<f64>, p: Option<f64>| match (x, p) {
         (Some(x), Some(p)) => format!("{:.0}%", 100.0 * x / p),
@@ -72,52 +76,76 @@ pub fn gemm_table(shapes: impl Iterator<Item = (&'static str, u64)> + Clone, pea
         (Some(x), Some(y)) => format!("{:.2}x", x / y),
         _ => "-".to_string(),
     };
+    let gflops = |name: &str, flops: u64, id: &str| {
+        median_ns(&format!("gemm/{name}"), id).map(|ns| flops as f64 / ns)
+    };
+    // Columns only for what ran in this run.
+    let ran = |id: &str| {
+        shapes
+            .clone()
+            .any(|(name, f)| gflops(name, f, id).is_some())
+    };
+    let ours: Vec<(Backend, Option<f64>)> = [Backend::Avx2, Backend::Avx512]
+        .into_iter()
+        .filter(|b| ran(&format!("kernels/{}", b.name())))
+        .map(|b| (b, peak_gflops(b, peak_iters)))
+        .collect();
+    let peers: Vec<&str> = ["matrixmultiply", "openblas", "mkl"]
+        .into_iter()
+        .filter(|id| ran(id))
+        .collect();
     println!();
     print_machine();
-    println!(
-        "FMA peak, one core: AVX2 {} GFLOP/s, AVX-512 {} GFLOP/s",
-        fmt(peak2),
-        fmt(peak512)
-    );
-    println!(
-        "| shape | avx2 GFLOP/s | % peak | avx512 GFLOP/s | % peak | matrixmultiply | openblas | avx2 / mm | avx512 / mm | avx2 / openblas | avx512 / openblas |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    if let Some(version) = mkl_version {
+        println!("MKL: {version}");
+    }
+    let peaks: Vec<String> = ours
+        .iter()
+        .map(|(b, p)| format!("{b} {} GFLOP/s", fmt(*p)))
+        .collect();
+    println!("FMA peak, one core: {}", peaks.join(", "));
+    let mut header = vec!["shape".to_string()];
+    for (b, _) in &ours {
+        header.extend([format!("{b} GFLOP/s"), "% peak".into()]);
+    }
+    header.extend(peers.iter().map(|p| p.to_string()));
+    for (b, _) in &ours {
+        header.extend(peers.iter().map(|p| format!("{b} / {p}")));
+    }
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
     for (name, flops) in shapes {
-        let group = format!("gemm/{name}");
-        let gflops = |id: &str| median_ns(&group, id).map(|ns| flops as f64 / ns);
-        let (ours2, ours512) = (gflops("kernels/avx2"), gflops("kernels/avx512"));
-        let (mm, blas) = (gflops("matrixmultiply"), gflops("openblas"));
-        if ours2.is_none() && ours512.is_none() {
+        let ours_here: Vec<Option<f64>> = ours
+            .iter()
+            .map(|(b, _)| gflops(name, flops, &format!("kernels/{}", b.name())))
+            .collect();
+        if ours_here.iter().all(Option::is_none) {
             continue;
         }
-        println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            fmt(ours2),
-            pct(ours2, peak2),
-            fmt(ours512),
-            pct(ours512, peak512),
-            fmt(mm),
-            fmt(blas),
-            ratio(ours2, mm),
-            ratio(ours512, mm),
-            ratio(ours2, blas),
-            ratio(ours512, blas),
-        );
+        let peers_here: Vec<Option<f64>> = peers.iter().map(|p| gflops(name, flops, p)).collect();
+        let mut row = vec![name.to_string()];
+        for (x, (_, peak)) in ours_here.iter().zip(&ours) {
+            row.extend([fmt(*x), pct(*x, *peak)]);
+        }
+        row.extend(peers_here.iter().map(|&p| fmt(p)));
+        for &x in &ours_here {
+            row.extend(peers_here.iter().map(|&p| ratio(x, p)));
+        }
+        println!("| {} |", row.join(" | "));
     }
-    let Some((mc, kc, nc)) = crate::blocking_override() else {
+    let Some(blocking) = crate::blocking_override() else {
         return;
     };
     println!();
-    println!("Blocking derived from the caches beside KERNELS_GEMM_BLOCKING (MC {mc}, KC {kc}, NC {nc}), GFLOP/s:");
+    println!(
+        "Blocking derived from the caches beside KERNELS_GEMM_BLOCKING ({blocking}), GFLOP/s:"
+    );
     println!("| shape | backend | derived | override | derived / override |");
     println!("|---|---|---|---|---|");
     for (name, flops) in overrides {
-        let group = format!("gemm/{name}");
-        let gflops = |id: &str| median_ns(&group, id).map(|ns| flops as f64 / ns);
         for backend in ["avx2", "avx512"] {
-            let derived = gflops(&format!("kernels/{backend}"));
-            let other = gflops(&format!("kernels-override/{backend}"));
+            let derived = gflops(name, flops, &format!("kernels/{backend}"));
+            let other = gflops(name, flops, &format!("kernels-override/{backend}"));
             if other.is_some() {
                 println!(
                     "| {name} | {backend} | {} | {} | {} |",

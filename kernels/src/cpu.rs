@@ -5,13 +5,16 @@
 
 use core::fmt;
 
-/// Sizes in bytes of the data caches one core sees (0 where the CPU does
-/// not say). L1 and L2 are per core on every CPU this crate targets; L3 is
-/// the whole shared cache.
+/// Sizes in bytes of the data caches one core sees, and the L1's ways (0
+/// where the CPU does not say). L1 and L2 are per core on every CPU this
+/// crate targets; L3 is the whole shared cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caches {
     /// Level 1 data cache.
     pub l1d: usize,
+    /// Ways of the L1 data cache (its associativity): addresses `l1d /
+    /// l1d_ways` bytes apart compete for these.
+    pub l1d_ways: usize,
     /// Level 2 (unified).
     pub l2: usize,
     /// Level 3 (unified, shared), 0 if none.
@@ -19,7 +22,7 @@ pub struct Caches {
 }
 
 impl fmt::Display for Caches {
-    /// `L1d 32 KiB, L2 1 MiB, L3 32 MiB`.
+    /// `L1d 32 KiB 8-way, L2 1 MiB, L3 32 MiB`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let size = |f: &mut fmt::Formatter<'_>, name: &str, bytes: usize| match bytes {
             0 => write!(f, "{name} ?"),
@@ -27,6 +30,9 @@ impl fmt::Display for Caches {
             b => write!(f, "{name} {} KiB", b >> 10),
         };
         size(f, "L1d", self.l1d)?;
+        if self.l1d_ways > 0 {
+            write!(f, " {}-way", self.l1d_ways)?;
+        }
         f.write_str(", ")?;
         size(f, "L2", self.l2)?;
         f.write_str(", ")?;
@@ -127,7 +133,7 @@ fn detect() -> Cpu {
             let sets = r.ecx as usize + 1;
             let bytes = ways * partitions * line * sets;
             match (r.eax >> 5) & 0x7 {
-                1 => caches.l1d = bytes,
+                1 => (caches.l1d, caches.l1d_ways) = (bytes, ways),
                 2 => caches.l2 = bytes,
                 3 => caches.l3 = bytes,
                 _ => {}

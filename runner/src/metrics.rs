@@ -96,6 +96,7 @@ pub struct GemmBlocking {
     pub mc: usize,
     pub kc: usize,
     pub nc: usize,
+    pub a_lines_per_set: usize,
 }
 
 impl RunShape {
@@ -123,6 +124,7 @@ impl RunShape {
                 mc: b.mc,
                 kc: b.kc,
                 nc: b.nc,
+                a_lines_per_set: b.a_lines_per_set,
             },
         }
     }

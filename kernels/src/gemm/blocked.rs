@@ -16,12 +16,12 @@ const ALIGN_SLACK: usize = 16;
 /// The largest A (per pass over k) read in place rather than packed: 16
 /// MiB. The register tile reads A's rows (or columns) where they are, and
 /// a tile's 12 or 6 of them stay in L1 while it runs as well as a packed
-/// panel would; packing costs a transposing copy per row block, amortized
-/// over only `n / NR` panels. Measured on Zen 5: in place as fast or faster
-/// on every benchmarked shape up to 2048 × 2048 (by 8–12 % on the
-/// trainer's products with n = 256 or 384; the same on 2048², whose rows
-/// are 8 KiB apart). Past 16 MiB (half the L3) it is packed; no shape that
-/// large was measured either way.
+/// panel would, unless they crowd one L1 set (`Blocking::a_lines_per_set`
+/// decides that); packing costs a transposing copy per row block,
+/// amortized over only `n / NR` panels. Measured on Zen 5: in place as
+/// fast or faster on every benchmarked shape up to 2048 × 2048 (by 8–12 %
+/// on the trainer's products with n = 256 or 384). Past 16 MiB (half the
+/// L3) it is packed; no shape that large was measured either way.
 pub(crate) const DIRECT_A_FLOATS: usize = 4 * 1024 * 1024;
 
 /// The largest B (per pass over k) read in place rather than packed, when
@@ -40,27 +40,18 @@ fn pass_depth(k: usize, bl: &Blocking) -> usize {
     k.div_ceil(passes)
 }
 
-/// Whether an `m`-row A is read in place for passes `kc` deep.
-fn reads_a_in_place(m: usize, kc: usize) -> bool {
-    m.saturating_mul(kc) <= DIRECT_A_FLOATS
+/// Whether A is read in place for passes `kc` deep, rather than packed.
+fn reads_a_in_place(p: &Problem, kc: usize, bl: &Blocking) -> bool {
+    p.m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_rows_in_place(p.a.rs)
 }
 
-/// Panels of A the workspace holds for one pass: all of them when A is
-/// packed (so that any thread can compute any row block), else one, for a
-/// last partial panel.
-fn a_slots<K: GemmKernel>(m: usize, kc: usize) -> usize {
-    if reads_a_in_place(m, kc) {
-        1
-    } else {
-        m.div_ceil(K::MR)
-    }
-}
-
-/// Floats of workspace the blocked path needs: A's panels for one pass (see
-/// [`a_slots`]) and one block of B packed.
+/// Floats of workspace the blocked path needs: every panel of A for one
+/// pass (packed A, so that any thread can compute any row block; whether
+/// A is packed depends on its strides, which the length does not know)
+/// and one block of B packed.
 pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize, bl: &Blocking) -> usize {
     let kc = pass_depth(k, bl);
-    let a = a_slots::<K>(m, kc).saturating_mul(K::MR).saturating_mul(kc);
+    let a = m.div_ceil(K::MR).saturating_mul(K::MR).saturating_mul(kc);
     let b = n.min(bl.nc).div_ceil(K::NR) * K::NR * kc;
     a.saturating_add(b).saturating_add(2 * ALIGN_SLACK)
 }
@@ -86,16 +77,16 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let kc_max = pass_depth(k, bl);
     let threads = exec.threads().max(1);
     let a_panels = m.div_ceil(K::MR);
-    let (packed_a, rest) = aligned_region(workspace, a_slots::<K>(m, kc_max) * K::MR * kc_max);
+    let (packed_a, rest) = aligned_region(workspace, a_panels * K::MR * kc_max);
     let (packed_b, _) = aligned_region(rest, n.min(nc_max).div_ceil(K::NR) * K::NR * kc_max);
     let (packed_a, packed_b) = (
         SharedMut(packed_a.as_mut_ptr()),
         SharedMut(packed_b.as_mut_ptr()),
     );
     let m_blocks = m.div_ceil(mc);
-    // A is read in place unless huge (see `DIRECT_A_FLOATS`). Only a last,
-    // partial panel may be packed (zero-padded to MR rows).
-    let direct_a = reads_a_in_place(m, kc_max);
+    // A is read in place unless huge or its rows crowd an L1 set. Then
+    // only a last, partial panel may be packed (zero-padded to MR rows).
+    let direct_a = reads_a_in_place(p, kc_max, bl);
     // Where packed panel `q` of A lives in the workspace.
     let a_slot = |q: usize| if direct_a { 0 } else { q };
     // A direct A's last panel is read in place too where the register tile

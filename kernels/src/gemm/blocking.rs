@@ -7,14 +7,17 @@
 //!
 //! The loop nest (`blocked.rs`, BLIS): a `kc × nr` panel of B is streamed
 //! by every register tile of an `mc × kc` block of A, which stays in L2;
-//! the `kc × nc` block of B is revisited by every row block, from L3.
+//! the `kc × nc` block of B is revisited by every row block, from L3. A is
+//! read in place unless its rows would crowd an L1 set (or it is huge), in
+//! which case it is packed.
 
 use crate::cpu::Caches;
 use crate::{KernelError, Kernels};
 
 /// How the f32 GEMM blocks a product on one handle: the register tile
 /// (`mr × nr`), the rows of A per L2 block (`mc`), the depth of a pass
-/// (`kc`) and the columns of B per L3 block (`nc`).
+/// (`kc`), the columns of B per L3 block (`nc`), and when A is read where
+/// it lies rather than packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocking {
     /// Rows of the register tile (of a packed A panel).
@@ -27,15 +30,24 @@ pub struct Blocking {
     pub kc: usize,
     /// Columns of C per L3-resident block of B (a multiple of `nr`).
     pub nc: usize,
+    /// A is read in place, rather than packed, only where the `mr` rows of
+    /// a register tile fall into at most this many lines of any one L1 set
+    /// (0 packs A always). Rows a multiple of [`Blocking::l1_way`] apart
+    /// (a row-major A of width 1024: 4 KiB) all fall into one set.
+    pub a_lines_per_set: usize,
+    /// Bytes of one way of the L1 data cache (its size over its ways):
+    /// addresses this far apart fall into the same set.
+    pub l1_way: usize,
 }
 
 impl core::fmt::Display for Blocking {
-    /// `12x32 tile, MC 168, KC 384, NC 4096`.
+    /// `12x32 tile, MC 168, KC 384, NC 4096, A in place up to 6 lines per
+    /// L1 set`.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "{}x{} tile, MC {}, KC {}, NC {}",
-            self.mr, self.nr, self.mc, self.kc, self.nc
+            "{}x{} tile, MC {}, KC {}, NC {}, A in place up to {} lines per L1 set",
+            self.mr, self.nr, self.mc, self.kc, self.nc, self.a_lines_per_set
         )
     }
 }
@@ -47,6 +59,29 @@ const FALLBACK_L2: usize = 1 << 20;
 
 /// L3 assumed where cpuid reports none: 32 MiB (one Zen CCD).
 const FALLBACK_L3: usize = 32 << 20;
+
+/// L1 ways assumed where cpuid reports none: 8, the fewest of the cores
+/// this crate meets (Zen 3 and Zen 4; Zen 5 and the Intel Xeons have 12).
+const FALLBACK_L1_WAYS: usize = 8;
+
+/// Bytes of an L1 way assumed where cpuid reports none: 4 KiB, what every
+/// x86 core of the last decade has (64 sets of 64-byte lines, so that the
+/// set is chosen by the page offset alone).
+const FALLBACK_L1_WAY: usize = 4 << 10;
+
+/// The share of an L1 set's ways the rows of an A read in place may take:
+/// three quarters, the rest left to B's panel streaming through and to
+/// lines fetched ahead. A register tile reads its `mr` rows of A in step,
+/// so rows whose addresses differ by a multiple of the way size compete
+/// for one set; past its ways they evict each other on every step of k.
+/// Measured on Zen 4 (32 KiB, 8-way L1, limit 6) with `cargo bench
+/// --bench gemm`, one thread, packing A against reading it in place:
+/// 12 rows in one set (square 1024 and 2048, rows 4 and 8 KiB apart), in
+/// place ran at 0.87× and 0.84× of packing; 6 rows per set (square 512,
+/// the MLP projection's 6 KiB rows) at 1.04× and 1.15×; 2 per set (the
+/// trainer's other products) at 1.03–1.10×. On Zen 5's 12-way L1 (limit
+/// 9), 2048² ran the same either way.
+const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
 
 /// The share of L2 the `mc × kc` block of A takes: a quarter. The rest
 /// holds the B panel streaming through (48 KiB at kc 384 and nr 32), the C
@@ -90,6 +125,12 @@ impl Blocking {
     pub(crate) fn for_caches(mr: usize, nr: usize, kc: usize, caches: Caches) -> Blocking {
         let or = |bytes: usize, fallback: usize| if bytes == 0 { fallback } else { bytes };
         let (l2, l3) = (or(caches.l2, FALLBACK_L2), or(caches.l3, FALLBACK_L3));
+        let ways = or(caches.l1d_ways, FALLBACK_L1_WAYS);
+        // Whole lines, at least one.
+        let l1_way = match caches.l1d / caches.l1d_ways.max(1) {
+            0 => FALLBACK_L1_WAY,
+            way => (way / 64).max(1) * 64,
+        };
         let floats = |bytes: usize, (num, den): (usize, usize)| bytes / den * num / 4;
         // Whole tiles, at least one.
         let rows = floats(l2, L2_SHARE_FOR_A) / kc / mr;
@@ -100,7 +141,36 @@ impl Blocking {
             mc: rows.clamp(1, MAX_MC / mr) * mr,
             kc,
             nc: cols.clamp(1, MAX_NC / nr) * nr,
+            a_lines_per_set: (ways * L1_WAYS_FOR_A.0 / L1_WAYS_FOR_A.1).max(1),
+            l1_way,
         }
+    }
+
+    /// The most lines of one L1 set that one column of a register tile
+    /// reads when A's rows are `rs` floats apart. Rows are placed as if A
+    /// started on a line; fewer than 16 floats apart, they share lines.
+    pub(crate) fn a_lines_in_one_set(&self, rs: usize) -> usize {
+        let (way, line) = (self.l1_way / 4, 16);
+        // Row i's set: the line of its offset within a way.
+        let set = |i: usize| i * (rs % way) % way / line;
+        // Rows are in order, so a row starts a new line where the one
+        // before it ends on another.
+        let new_line = |i: usize| i == 0 || rs >= line || i * rs / line != (i - 1) * rs / line;
+        (0..self.mr)
+            .filter(|&i| new_line(i))
+            .map(|i| {
+                (0..self.mr)
+                    .filter(|&j| new_line(j) && set(j) == set(i))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether an A whose rows are `rs` floats apart may be read in place
+    /// (by the L1 rule; `blocked.rs` also packs an A too large for it).
+    pub(crate) fn reads_a_rows_in_place(&self, rs: usize) -> bool {
+        self.a_lines_in_one_set(rs) <= self.a_lines_per_set
     }
 }
 
@@ -169,6 +239,26 @@ impl Kernels {
         };
         Ok(Kernels { blocking, ..self })
     }
+
+    /// This handle with its f32 GEMM reading A in place only where a
+    /// register tile's rows fall into at most `lines` lines of one L1 set
+    /// ([`Blocking::a_lines_per_set`]): 0 packs A always, the tile's rows
+    /// (`mr`) or more read it in place always (unless it is too large), to
+    /// test or measure either on any machine. The product is the same
+    /// either way.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let packing = k.with_gemm_a_lines_per_set(0);
+    /// assert_eq!(packing.gemm_blocking().a_lines_per_set, 0);
+    /// ```
+    pub fn with_gemm_a_lines_per_set(self, lines: usize) -> Kernels {
+        let blocking = Blocking {
+            a_lines_per_set: lines,
+            ..self.blocking
+        };
+        Kernels { blocking, ..self }
+    }
 }
 
 #[cfg(test)]
@@ -179,7 +269,13 @@ mod tests {
     const MIB: usize = 1024 * KIB;
 
     fn caches(l1d: usize, l2: usize, l3: usize) -> Caches {
-        Caches { l1d, l2, l3 }
+        let l1d_ways = if l1d >= 48 * KIB { 12 } else { 8 };
+        Caches {
+            l1d,
+            l1d_ways,
+            l2,
+            l3,
+        }
     }
 
     #[test]
@@ -223,6 +319,45 @@ mod tests {
         // A small L3 narrows the block of B: a quarter of 64 KiB.
         let tiny = Blocking::for_caches(4, 4, 256, machines[6]);
         assert_eq!(tiny.nc, 16);
+        // Three quarters of L1's ways for A's rows; sets of 4 KiB ways.
+        assert_eq!((zen4.a_lines_per_set, zen4.l1_way), (6, 4 * KIB));
+        assert_eq!((xeon.a_lines_per_set, xeon.l1_way), (9, 4 * KIB));
+        let unknown = Blocking::for_caches(12, 32, 384, machines[5]);
+        assert_eq!((unknown.a_lines_per_set, unknown.l1_way), (6, 4 * KIB));
+    }
+
+    #[test]
+    fn rows_a_power_of_two_apart_crowd_one_l1_set() {
+        let zen4 = Blocking::for_caches(12, 32, 384, caches(32 * KIB, MIB, 32 * MIB));
+        // (row stride in floats, most lines of the tile's 12 rows in one set)
+        for (rs, lines) in [
+            (1024, 12), // 4 KiB apart: every row in one set
+            (2048, 12),
+            (1025, 12), // 4 KiB + 4 bytes: still the same set
+            (512, 6),   // 2 KiB: two sets
+            (1536, 6),  // 6 KiB: two sets
+            (1152, 2),  // 4.5 KiB: eight sets
+            (384, 2),
+            (100, 1),
+            (8, 1), // two rows per line, six lines in six sets
+            (1, 1), // a transposed A: the tile's rows share one line
+        ] {
+            assert_eq!(zen4.a_lines_in_one_set(rs), lines, "rs {rs}");
+        }
+        assert!(!zen4.reads_a_rows_in_place(1024));
+        assert!(zen4.reads_a_rows_in_place(1536));
+        // The Xeon's 12 ways take up to 9 lines: still not all 12.
+        let xeon = Blocking::for_caches(12, 32, 384, caches(48 * KIB, 2 * MIB, 105 * MIB));
+        assert!(!xeon.reads_a_rows_in_place(2048));
+        assert!(xeon.reads_a_rows_in_place(512));
+        // The override decides either way.
+        let k = crate::tests::scalar();
+        assert!(!k
+            .with_gemm_a_lines_per_set(0)
+            .gemm_blocking()
+            .reads_a_rows_in_place(1));
+        let always = k.with_gemm_a_lines_per_set(usize::MAX).gemm_blocking();
+        assert!(always.reads_a_rows_in_place(1 << 20));
     }
 
     #[test]

@@ -469,9 +469,10 @@ fn gemm_alpha_zero_does_not_read_a_or_b() {
 }
 
 /// Every implementation under blockings far from the derived ones (one-deep
-/// passes, single-tile blocks, blocks that end inside a product), on shapes
-/// that cross each block edge: every rule's output is only a choice among
-/// blockings this test shows correct.
+/// passes, single-tile blocks, blocks that end inside a product), with A
+/// always packed and always read in place, on shapes that cross each block
+/// edge: every rule's output is only a choice among blockings this test
+/// shows correct.
 #[test]
 fn gemm_under_any_blocking_matches_naive() {
     for (name, kernels) in every_kernel() {
@@ -483,29 +484,57 @@ fn gemm_under_any_blocking_matches_naive() {
             (3 * mr, 33, 5 * nr),
             (2 * mr, 1000, nr),
         ] {
-            let blocked = kernels.with_gemm_blocking(mc, kc, nc).unwrap();
-            assert_eq!(blocked.gemm_blocking().mc, mc);
-            for (m, n, k) in [
-                (13, 37, 50),
-                (29, 70, 17),
-                (3 * mr + 5, 5 * nr + 3, 66),
-                (5, 2 * nr + 1, 7),
-            ] {
-                for trans in 0..4 {
-                    let case = Case {
-                        m,
-                        n,
-                        k,
-                        trans_a: trans & 1 == 1,
-                        trans_b: trans & 2 == 2,
-                        pad: [1, 2, 3],
-                        alpha: -0.5,
-                        beta: 0.25,
-                    };
-                    let what = std::format!("{name} MC {mc} KC {kc} NC {nc}");
-                    run_case(&what, blocked, &Sequential, &case, 11);
+            for a_lines in [0, usize::MAX] {
+                let blocked = kernels
+                    .with_gemm_blocking(mc, kc, nc)
+                    .unwrap()
+                    .with_gemm_a_lines_per_set(a_lines);
+                assert_eq!(blocked.gemm_blocking().mc, mc);
+                for (m, n, k) in [
+                    (13, 37, 50),
+                    (29, 70, 17),
+                    (3 * mr + 5, 5 * nr + 3, 66),
+                    (5, 2 * nr + 1, 7),
+                ] {
+                    for trans in 0..4 {
+                        let case = Case {
+                            m,
+                            n,
+                            k,
+                            trans_a: trans & 1 == 1,
+                            trans_b: trans & 2 == 2,
+                            pad: [1, 2, 3],
+                            alpha: -0.5,
+                            beta: 0.25,
+                        };
+                        let what = std::format!("{name} MC {mc} KC {kc} NC {nc} A {a_lines}");
+                        run_case(&what, blocked, &Sequential, &case, 11);
+                    }
                 }
             }
+        }
+    }
+}
+
+/// A row-major A 1024 wide (rows 4 KiB apart, all in one L1 set) is packed
+/// by the derived rule, and one 1000 wide is read in place: both match the
+/// naive product, alone and split, with C's rows as crowded.
+#[test]
+fn gemm_packs_an_a_whose_rows_crowd_an_l1_set() {
+    for (name, kernels) in every_kernel() {
+        for k in [1024, 1000] {
+            let case = Case {
+                m: 2 * kernels.gemm_blocking().mr + 3,
+                n: 40,
+                k,
+                trans_a: false,
+                trans_b: false,
+                pad: [0, 0, 0],
+                alpha: 1.0,
+                beta: 0.5,
+            };
+            run_case(name, kernels, &Sequential, &case, 5);
+            run_case(name, kernels, &Threads(2), &case, 6);
         }
     }
 }
@@ -545,9 +574,11 @@ fn the_detected_caches_are_plausible() {
         "{}",
         crate::Caches {
             l1d: 48 << 10,
+            l1d_ways: 12,
             l2: 2 << 20,
             l3: 0
         }
     );
-    assert_eq!(shown, "L1d 48 KiB, L2 2 MiB, L3 ?");
+    assert_eq!(shown, "L1d 48 KiB 12-way, L2 2 MiB, L3 ?");
+    assert!(c.l1d_ways > 0 && c.l1d.is_multiple_of(c.l1d_ways), "{c}");
 }
