@@ -31,23 +31,25 @@ pub fn backends() -> Vec<Kernels> {
 }
 
 /// A blocking to time beside the one derived from the caches:
-/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,A]`, for example the former hand-tuned
-/// `192,384,4096`, or `168,384,4096,0` to pack A always (A:
-/// [`kernels::Blocking::a_lines_per_set`]).
+/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N]`, for example the former
+/// hand-tuned `192,384,4096`, or `168,384,4096,0,0` to pack A always
+/// ([`kernels::Kernels::with_gemm_a_packing`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BlockingOverride {
     pub mc: usize,
     pub kc: usize,
     pub nc: usize,
-    pub a_lines_per_set: Option<usize>,
+    /// Lines per L1 set past which A is packed, and the narrowest product
+    /// that packs it.
+    pub a_packing: Option<(usize, usize)>,
 }
 
 impl BlockingOverride {
     /// `k` blocked this way.
     pub fn apply(&self, k: Kernels) -> Result<Kernels, kernels::KernelError> {
         let k = k.with_gemm_blocking(self.mc, self.kc, self.nc)?;
-        Ok(match self.a_lines_per_set {
-            Some(lines) => k.with_gemm_a_lines_per_set(lines),
+        Ok(match self.a_packing {
+            Some((lines, min_n)) => k.with_gemm_a_packing(lines, min_n),
             None => k,
         })
     }
@@ -56,8 +58,10 @@ impl BlockingOverride {
 impl std::fmt::Display for BlockingOverride {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MC {}, KC {}, NC {}", self.mc, self.kc, self.nc)?;
-        match self.a_lines_per_set {
-            Some(lines) => write!(f, ", A in place up to {lines} lines per L1 set"),
+        match self.a_packing {
+            Some((lines, min_n)) => {
+                write!(f, ", A packed past {lines} lines per L1 set from n {min_n}")
+            }
             None => Ok(()),
         }
     }
@@ -70,11 +74,13 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let (mc, kc, nc, a_lines_per_set) = match values[..] {
+    let (mc, kc, nc, a_packing) = match values[..] {
         [mc, kc, nc] => (mc, kc, nc, None),
-        [mc, kc, nc, a] => (mc, kc, nc, Some(a)),
+        [mc, kc, nc, lines, min_n] => (mc, kc, nc, Some((lines, min_n))),
         _ => {
-            eprintln!("warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,A]; ignored");
+            eprintln!(
+                "warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,LINES,MIN_N]; ignored"
+            );
             return None;
         }
     };
@@ -82,7 +88,7 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         mc,
         kc,
         nc,
-        a_lines_per_set,
+        a_packing,
     })
 }
 

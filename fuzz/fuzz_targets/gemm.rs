@@ -1,7 +1,7 @@
 //! SGEMM on arbitrary shapes (bounded), transposes, strides, alpha, beta,
-//! values and cache blockings: never a panic; the result within the
-//! rounding bound of an f64 triple loop; the same bits when the pieces run
-//! in another order.
+//! values, cache blockings and A packed or not: never a panic; the result
+//! within the rounding bound of an f64 triple loop; the same bits when the
+//! pieces run in another order.
 
 #![no_main]
 
@@ -17,9 +17,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let best = if u.arbitrary()? {
         let mc = b.mr * (1 + len(u, 8)?);
         let nc = b.nr * (1 + len(u, 4)?);
+        // A packed always or never (whatever its strides say).
+        let a_lines = if u.arbitrary()? { 0 } else { usize::MAX };
         derived
             .with_gemm_blocking(mc, 1 + len(u, 500)?, nc)
             .unwrap()
+            .with_gemm_a_packing(a_lines, 0)
     } else {
         derived
     };

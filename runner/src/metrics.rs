@@ -97,6 +97,7 @@ pub struct GemmBlocking {
     pub kc: usize,
     pub nc: usize,
     pub a_lines_per_set: usize,
+    pub pack_a_min_n: usize,
 }
 
 impl RunShape {
@@ -125,6 +126,7 @@ impl RunShape {
                 kc: b.kc,
                 nc: b.nc,
                 a_lines_per_set: b.a_lines_per_set,
+                pack_a_min_n: b.pack_a_min_n,
             },
         }
     }

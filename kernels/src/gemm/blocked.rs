@@ -42,7 +42,7 @@ fn pass_depth(k: usize, bl: &Blocking) -> usize {
 
 /// Whether A is read in place for passes `kc` deep, rather than packed.
 fn reads_a_in_place(p: &Problem, kc: usize, bl: &Blocking) -> bool {
-    p.m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_rows_in_place(p.a.rs)
+    p.m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, p.n)
 }
 
 /// Floats of workspace the blocked path needs: every panel of A for one

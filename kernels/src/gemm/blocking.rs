@@ -30,25 +30,35 @@ pub struct Blocking {
     pub kc: usize,
     /// Columns of C per L3-resident block of B (a multiple of `nr`).
     pub nc: usize,
-    /// A is read in place, rather than packed, only where the `mr` rows of
-    /// a register tile fall into at most this many lines of any one L1 set
-    /// (0 packs A always). Rows a multiple of [`Blocking::l1_way`] apart
-    /// (a row-major A of width 1024: 4 KiB) all fall into one set.
+    /// A is packed, rather than read in place, where the `mr` rows of a
+    /// register tile put more than this many lines into one L1 set (0:
+    /// wherever A is packed at all, as the tiles whose B panel stays in L1
+    /// do) and the product is at least [`Blocking::pack_a_min_n`] wide.
+    /// Rows a multiple of [`Blocking::l1_way`] apart (a row-major A of
+    /// width 1024: 4 KiB) all fall into one set.
     pub a_lines_per_set: usize,
+    /// The narrowest product (columns of C) that packs A: enough panels of
+    /// B to repay the copy. Narrower products read A in place.
+    pub pack_a_min_n: usize,
     /// Bytes of one way of the L1 data cache (its size over its ways):
     /// addresses this far apart fall into the same set.
     pub l1_way: usize,
 }
 
 impl core::fmt::Display for Blocking {
-    /// `12x32 tile, MC 168, KC 384, NC 4096, A in place up to 6 lines per
-    /// L1 set`.
+    /// `12x32 tile, MC 168, KC 384, NC 4096, A packed past 6 lines per L1
+    /// set from n 512` (or `A packed from n 256`).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "{}x{} tile, MC {}, KC {}, NC {}, A in place up to {} lines per L1 set",
-            self.mr, self.nr, self.mc, self.kc, self.nc, self.a_lines_per_set
-        )
+            "{}x{} tile, MC {}, KC {}, NC {}, ",
+            self.mr, self.nr, self.mc, self.kc, self.nc
+        )?;
+        match self.a_lines_per_set {
+            0 => f.write_str("A packed")?,
+            lines => write!(f, "A packed past {lines} lines per L1 set")?,
+        }
+        write!(f, " from n {}", self.pack_a_min_n)
     }
 }
 
@@ -60,6 +70,10 @@ const FALLBACK_L2: usize = 1 << 20;
 /// L3 assumed where cpuid reports none: 32 MiB (one Zen CCD).
 const FALLBACK_L3: usize = 32 << 20;
 
+/// L1 assumed where cpuid reports none: 32 KiB, the smallest of the cores
+/// this crate meets (Zen 3 and Zen 4).
+const FALLBACK_L1: usize = 32 << 10;
+
 /// L1 ways assumed where cpuid reports none: 8, the fewest of the cores
 /// this crate meets (Zen 3 and Zen 4; Zen 5 and the Intel Xeons have 12).
 const FALLBACK_L1_WAYS: usize = 8;
@@ -69,19 +83,41 @@ const FALLBACK_L1_WAYS: usize = 8;
 /// set is chosen by the page offset alone).
 const FALLBACK_L1_WAY: usize = 4 << 10;
 
-/// The share of an L1 set's ways the rows of an A read in place may take:
-/// three quarters, the rest left to B's panel streaming through and to
-/// lines fetched ahead. A register tile reads its `mr` rows of A in step,
-/// so rows whose addresses differ by a multiple of the way size compete
-/// for one set; past its ways they evict each other on every step of k.
-/// Measured on Zen 4 (32 KiB, 8-way L1, limit 6) with `cargo bench
-/// --bench gemm`, one thread, packing A against reading it in place:
-/// 12 rows in one set (square 1024 and 2048, rows 4 and 8 KiB apart), in
-/// place ran at 0.87× and 0.84× of packing; 6 rows per set (square 512,
-/// the MLP projection's 6 KiB rows) at 1.04× and 1.15×; 2 per set (the
-/// trainer's other products) at 1.03–1.10×. On Zen 5's 12-way L1 (limit
-/// 9), 2048² ran the same either way.
+/// The share of L1 a register tile's B panel (`kc × nr`) may take and
+/// still stay there while the tiles of a row block stream A past it: three
+/// quarters. Where it does (the AVX2 tile's 24 KiB, the scalar tile's 4
+/// KiB), A is packed always: a packed panel is one contiguous stream
+/// through the ways B leaves free, where A in place is one stream per row
+/// (a line per step of k when A is transposed) and evicts B. Measured on
+/// Zen 4 with the AVX2 tile (`KERNELS_GEMM_BLOCKING=168,384,4096,0`, which
+/// packs, beside reading A in place; two runs): packing 1.08–1.25× faster
+/// on square 512–2048 and the QKV and MLP products, 1.28–1.35× on the
+/// weight gradient Aᵀ·B, within noise on the rest. The AVX-512 tile's
+/// panel (48 KiB) streams from L2 on every core, so A stays in place there
+/// unless its rows crowd a set (below).
+const L1_SHARE_FOR_B: (usize, usize) = (3, 4);
+
+/// Where the B panel streams from L2, the share of an L1 set's ways the
+/// rows of an A read in place may take: three quarters, the rest left to
+/// B's stream and to lines fetched ahead. A register tile reads its `mr`
+/// rows of A in step, so rows whose addresses differ by a multiple of the
+/// way size compete for one set; past its ways they evict each other on
+/// every step of k. Measured on Zen 4 (32 KiB, 8-way L1, limit 6) with the
+/// AVX-512 tile, the derived rule beside `KERNELS_GEMM_BLOCKING=168,384,4096,99`
+/// (always in place): with 12 rows in one set (square 1024 and 2048, rows
+/// 4 and 8 KiB apart) packing ran 1.23× and 1.19× faster; with 6 rows per
+/// set (square 512, the MLP projection's 6 KiB rows) in place measured
+/// 1.04× and 1.15× faster than packing, and with 2 per set (the trainer's
+/// other products) 1.03–1.10×. On Zen 5's 12-way L1 (limit 9), 2048² ran
+/// the same either way.
 const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
+
+/// The fewest panels of B (`n / nr`) that must reuse a packed A for the
+/// two rules above to pack it: 16. Packing copies every element of A once
+/// per pass, and only the panels of B repay the copy. Measured on Zen 4
+/// with the AVX2 tile, packing against reading in place: 0.74× at n = 32
+/// (2 panels), 0.85× at 64, 0.95× at 128, 1.05× at 256 (16 panels).
+const MIN_B_PANELS_TO_PACK_A: usize = 16;
 
 /// The share of L2 the `mc × kc` block of A takes: a quarter. The rest
 /// holds the B panel streaming through (48 KiB at kc 384 and nr 32), the C
@@ -125,7 +161,10 @@ impl Blocking {
     pub(crate) fn for_caches(mr: usize, nr: usize, kc: usize, caches: Caches) -> Blocking {
         let or = |bytes: usize, fallback: usize| if bytes == 0 { fallback } else { bytes };
         let (l2, l3) = (or(caches.l2, FALLBACK_L2), or(caches.l3, FALLBACK_L3));
-        let ways = or(caches.l1d_ways, FALLBACK_L1_WAYS);
+        let (l1, ways) = (
+            or(caches.l1d, FALLBACK_L1),
+            or(caches.l1d_ways, FALLBACK_L1_WAYS),
+        );
         // Whole lines, at least one.
         let l1_way = match caches.l1d / caches.l1d_ways.max(1) {
             0 => FALLBACK_L1_WAY,
@@ -135,13 +174,19 @@ impl Blocking {
         // Whole tiles, at least one.
         let rows = floats(l2, L2_SHARE_FOR_A) / kc / mr;
         let cols = floats(l3, L3_SHARE_FOR_B) / kc / nr;
+        let b_panel_stays_in_l1 = kc * nr <= floats(l1, L1_SHARE_FOR_B);
         Blocking {
             mr,
             nr,
             mc: rows.clamp(1, MAX_MC / mr) * mr,
             kc,
             nc: cols.clamp(1, MAX_NC / nr) * nr,
-            a_lines_per_set: (ways * L1_WAYS_FOR_A.0 / L1_WAYS_FOR_A.1).max(1),
+            a_lines_per_set: if b_panel_stays_in_l1 {
+                0
+            } else {
+                (ways * L1_WAYS_FOR_A.0 / L1_WAYS_FOR_A.1).max(1)
+            },
+            pack_a_min_n: MIN_B_PANELS_TO_PACK_A * nr,
             l1_way,
         }
     }
@@ -168,9 +213,10 @@ impl Blocking {
     }
 
     /// Whether an A whose rows are `rs` floats apart may be read in place
-    /// (by the L1 rule; `blocked.rs` also packs an A too large for it).
-    pub(crate) fn reads_a_rows_in_place(&self, rs: usize) -> bool {
-        self.a_lines_in_one_set(rs) <= self.a_lines_per_set
+    /// in a product `n` wide, by the L1 rules (`blocked.rs` also packs an
+    /// A too large for them).
+    pub(crate) fn reads_a_in_place(&self, rs: usize, n: usize) -> bool {
+        n < self.pack_a_min_n || self.a_lines_in_one_set(rs) <= self.a_lines_per_set
     }
 }
 
@@ -240,21 +286,23 @@ impl Kernels {
         Ok(Kernels { blocking, ..self })
     }
 
-    /// This handle with its f32 GEMM reading A in place only where a
-    /// register tile's rows fall into at most `lines` lines of one L1 set
-    /// ([`Blocking::a_lines_per_set`]): 0 packs A always, the tile's rows
-    /// (`mr`) or more read it in place always (unless it is too large), to
-    /// test or measure either on any machine. The product is the same
+    /// This handle with its f32 GEMM packing A where a register tile's
+    /// rows put more than `lines_per_set` lines into one L1 set and the
+    /// product is at least `min_n` wide ([`Blocking::a_lines_per_set`],
+    /// [`Blocking::pack_a_min_n`]), reading it in place elsewhere (unless
+    /// it is too large): `(0, 0)` packs A always, `(usize::MAX, 0)` never,
+    /// to test or measure either on any machine. The product is the same
     /// either way.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
-    /// let packing = k.with_gemm_a_lines_per_set(0);
-    /// assert_eq!(packing.gemm_blocking().a_lines_per_set, 0);
+    /// let packing = k.with_gemm_a_packing(0, 0).gemm_blocking();
+    /// assert_eq!((packing.a_lines_per_set, packing.pack_a_min_n), (0, 0));
     /// ```
-    pub fn with_gemm_a_lines_per_set(self, lines: usize) -> Kernels {
+    pub fn with_gemm_a_packing(self, lines_per_set: usize, min_n: usize) -> Kernels {
         let blocking = Blocking {
-            a_lines_per_set: lines,
+            a_lines_per_set: lines_per_set,
+            pack_a_min_n: min_n,
             ..self.blocking
         };
         Kernels { blocking, ..self }
@@ -321,6 +369,18 @@ mod tests {
         assert_eq!(tiny.nc, 16);
         // Three quarters of L1's ways for A's rows; sets of 4 KiB ways.
         assert_eq!((zen4.a_lines_per_set, zen4.l1_way), (6, 4 * KIB));
+        assert_eq!((zen4.pack_a_min_n, zen3.pack_a_min_n), (16 * 32, 16 * 16));
+        // A B panel that stays in L1 (AVX2's 24 KiB, scalar's 4 KiB)
+        // packs A always.
+        assert_eq!(zen3.a_lines_per_set, 0);
+        assert_eq!(
+            Blocking::for_caches(6, 16, 384, machines[2]).a_lines_per_set,
+            0
+        );
+        assert_eq!(
+            Blocking::for_caches(4, 4, 256, machines[1]).a_lines_per_set,
+            0
+        );
         assert_eq!((xeon.a_lines_per_set, xeon.l1_way), (9, 4 * KIB));
         let unknown = Blocking::for_caches(12, 32, 384, machines[5]);
         assert_eq!((unknown.a_lines_per_set, unknown.l1_way), (6, 4 * KIB));
@@ -344,20 +404,21 @@ mod tests {
         ] {
             assert_eq!(zen4.a_lines_in_one_set(rs), lines, "rs {rs}");
         }
-        assert!(!zen4.reads_a_rows_in_place(1024));
-        assert!(zen4.reads_a_rows_in_place(1536));
+        let wide = 16 * zen4.nr;
+        assert!(!zen4.reads_a_in_place(1024, wide));
+        assert!(zen4.reads_a_in_place(1536, wide));
+        // Too few panels of B to repay packing.
+        assert!(zen4.reads_a_in_place(1024, wide - 1));
         // The Xeon's 12 ways take up to 9 lines: still not all 12.
         let xeon = Blocking::for_caches(12, 32, 384, caches(48 * KIB, 2 * MIB, 105 * MIB));
-        assert!(!xeon.reads_a_rows_in_place(2048));
-        assert!(xeon.reads_a_rows_in_place(512));
+        assert!(!xeon.reads_a_in_place(2048, wide));
+        assert!(xeon.reads_a_in_place(512, wide));
         // The override decides either way.
         let k = crate::tests::scalar();
-        assert!(!k
-            .with_gemm_a_lines_per_set(0)
-            .gemm_blocking()
-            .reads_a_rows_in_place(1));
-        let always = k.with_gemm_a_lines_per_set(usize::MAX).gemm_blocking();
-        assert!(always.reads_a_rows_in_place(1 << 20));
+        let never = k.with_gemm_a_packing(0, 0).gemm_blocking();
+        assert!(!never.reads_a_in_place(1, 1));
+        let always = k.with_gemm_a_packing(usize::MAX, 0).gemm_blocking();
+        assert!(always.reads_a_in_place(1 << 20, 1 << 20));
     }
 
     #[test]

@@ -488,7 +488,7 @@ fn gemm_under_any_blocking_matches_naive() {
                 let blocked = kernels
                     .with_gemm_blocking(mc, kc, nc)
                     .unwrap()
-                    .with_gemm_a_lines_per_set(a_lines);
+                    .with_gemm_a_packing(a_lines, 0);
                 assert_eq!(blocked.gemm_blocking().mc, mc);
                 for (m, n, k) in [
                     (13, 37, 50),
@@ -517,15 +517,16 @@ fn gemm_under_any_blocking_matches_naive() {
 }
 
 /// A row-major A 1024 wide (rows 4 KiB apart, all in one L1 set) is packed
-/// by the derived rule, and one 1000 wide is read in place: both match the
-/// naive product, alone and split, with C's rows as crowded.
+/// by the derived rule where enough panels of B reuse it, and one 1000
+/// wide is read in place: both match the naive product, alone and split.
 #[test]
 fn gemm_packs_an_a_whose_rows_crowd_an_l1_set() {
     for (name, kernels) in every_kernel() {
+        let b = kernels.gemm_blocking();
         for k in [1024, 1000] {
             let case = Case {
-                m: 2 * kernels.gemm_blocking().mr + 3,
-                n: 40,
+                m: 2 * b.mr + 3,
+                n: 16 * b.nr + 3,
                 k,
                 trans_a: false,
                 trans_b: false,
