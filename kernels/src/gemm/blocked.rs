@@ -83,6 +83,10 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
         SharedMut(packed_a.as_mut_ptr()),
         SharedMut(packed_b.as_mut_ptr()),
     );
+    // Row blocks of equal height (whole tiles, at most mc), so that pieces
+    // split over threads are the same size.
+    let m_blocks = m.div_ceil(mc);
+    let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(mc);
     let m_blocks = m.div_ceil(mc);
     // A is read in place unless huge or its rows crowd an L1 set. Then
     // only a last, partial panel may be packed (zero-padded to MR rows).
