@@ -86,10 +86,11 @@ const FALLBACK_L1_WAY: usize = 4 << 10;
 /// The share of L1 a register tile's B panel (`kc × nr`) may take and
 /// still stay there while the tiles of a row block stream A past it: three
 /// quarters. Where it does (the AVX2 tile's 24 KiB, the scalar tile's 4
-/// KiB), A is packed always: a packed panel is one contiguous stream
+/// KiB), A is packed wherever the product is wide enough (below): a packed
+/// panel is one contiguous stream
 /// through the ways B leaves free, where A in place is one stream per row
 /// (a line per step of k when A is transposed) and evicts B. Measured on
-/// Zen 4 with the AVX2 tile (`KERNELS_GEMM_BLOCKING=168,384,4096,0`, which
+/// Zen 4 with the AVX2 tile (`KERNELS_GEMM_BLOCKING=168,384,4096,0,0`, which
 /// packs, beside reading A in place; two runs): packing 1.08–1.25× faster
 /// on square 512–2048 and the QKV and MLP products, 1.28–1.35× on the
 /// weight gradient Aᵀ·B, within noise on the rest. The AVX-512 tile's
@@ -103,13 +104,14 @@ const L1_SHARE_FOR_B: (usize, usize) = (3, 4);
 /// rows of A in step, so rows whose addresses differ by a multiple of the
 /// way size compete for one set; past its ways they evict each other on
 /// every step of k. Measured on Zen 4 (32 KiB, 8-way L1, limit 6) with the
-/// AVX-512 tile, the derived rule beside `KERNELS_GEMM_BLOCKING=168,384,4096,99`
-/// (always in place): with 12 rows in one set (square 1024 and 2048, rows
-/// 4 and 8 KiB apart) packing ran 1.23× and 1.19× faster; with 6 rows per
-/// set (square 512, the MLP projection's 6 KiB rows) in place measured
-/// 1.04× and 1.15× faster than packing, and with 2 per set (the trainer's
-/// other products) 1.03–1.10×. On Zen 5's 12-way L1 (limit 9), 2048² ran
-/// the same either way.
+/// AVX-512 tile, one thread: with 12 rows in one set (square 1024 and
+/// 2048, rows 4 and 8 KiB apart), packing ran 1.23× and 1.19× faster than
+/// reading in place (`KERNELS_GEMM_BLOCKING=168,384,4096,99,0` beside the
+/// rule); with 6 per set (square 512, the MLP projection's 6 KiB rows),
+/// reading in place ran 1.04–1.11× and 1.06–1.08× faster than packing
+/// (`...,0,0`, two runs), and with 1 or 2 per set (the trainer's other
+/// products) 0.98–1.12×. On Zen 5's 12-way L1 (limit 9), 2048² ran the
+/// same either way.
 const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
 
 /// The fewest panels of B (`n / nr`) that must reuse a packed A for the
