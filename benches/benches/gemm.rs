@@ -71,10 +71,6 @@ fn naive(s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
 mod openblas {
     use std::os::raw::c_int;
 
-    const ROW_MAJOR: c_int = 101;
-    const NO_TRANS: c_int = 111;
-    const TRANS: c_int = 112;
-
     #[link(name = "openblas")]
     extern "C" {
         fn cblas_sgemm(
@@ -102,28 +98,8 @@ mod openblas {
     }
 
     pub fn sgemm(s: &super::Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let ((_, ac), (_, bc)) = s.stored();
-        let t = |yes| if yes { TRANS } else { NO_TRANS };
-        // SAFETY: row-major operands with leading dimensions equal to their
-        // stored widths, exactly the sizes of the buffers passed.
-        unsafe {
-            cblas_sgemm(
-                ROW_MAJOR,
-                t(s.trans_a),
-                t(s.trans_b),
-                s.m as c_int,
-                s.n as c_int,
-                s.k as c_int,
-                1.0,
-                a.as_ptr(),
-                ac as c_int,
-                b.as_ptr(),
-                bc as c_int,
-                0.0,
-                c.as_mut_ptr(),
-                s.n as c_int,
-            )
-        }
+        // SAFETY: OpenBLAS's cblas_sgemm.
+        unsafe { benches::cblas::sgemm(cblas_sgemm, s, a, b, c) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Benchmarks of `kernels` (see `benches/`); this library only holds shared
 //! helpers for them.
 
+pub mod cblas;
 pub mod mkl;
 pub mod peak;
 pub mod report;

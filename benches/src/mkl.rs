@@ -6,11 +6,9 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 
+use crate::cblas::{self, Sgemm};
 use crate::shapes::Shape;
 
-const ROW_MAJOR: c_int = 101;
-const NO_TRANS: c_int = 111;
-const TRANS: c_int = 112;
 /// `MKL_THREADING_SEQUENTIAL` of `mkl_service.h`.
 const THREADING_SEQUENTIAL: c_int = 1;
 /// `RTLD_NOW` of `dlfcn.h`: resolve every symbol at load, so a broken
@@ -22,23 +20,6 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn dlerror() -> *mut c_char;
 }
-
-type Sgemm = unsafe extern "C" fn(
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    c_int,
-    f32,
-    *const f32,
-    c_int,
-    *const f32,
-    c_int,
-    f32,
-    *mut f32,
-    c_int,
-);
 
 /// A loaded MKL: its `cblas_sgemm` and its version line.
 pub struct Mkl {
@@ -115,31 +96,9 @@ impl Mkl {
         }
     }
 
-    /// `C = op(A)·op(B)` for one benchmark shape (contiguous row-major
-    /// operands, as [`Shape::stored`] gives them).
+    /// `C = op(A)·op(B)` for one benchmark shape.
     pub fn sgemm(&self, s: &Shape, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let ((ar, ac), (br, bc)) = s.stored();
-        assert!(a.len() >= ar * ac && b.len() >= br * bc && c.len() >= s.m * s.n);
-        let t = |yes| if yes { TRANS } else { NO_TRANS };
-        // SAFETY: row-major operands with leading dimensions equal to their
-        // stored widths, inside the buffers (checked above); C is m × n.
-        unsafe {
-            (self.sgemm)(
-                ROW_MAJOR,
-                t(s.trans_a),
-                t(s.trans_b),
-                s.m as c_int,
-                s.n as c_int,
-                s.k as c_int,
-                1.0,
-                a.as_ptr(),
-                ac as c_int,
-                b.as_ptr(),
-                bc as c_int,
-                0.0,
-                c.as_mut_ptr(),
-                s.n as c_int,
-            )
-        }
+        // SAFETY: `self.sgemm` is MKL's cblas_sgemm.
+        unsafe { cblas::sgemm(self.sgemm, s, a, b, c) }
     }
 }
