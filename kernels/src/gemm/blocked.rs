@@ -40,11 +40,6 @@ fn pass_depth(k: usize, bl: &Blocking) -> usize {
     k.div_ceil(passes)
 }
 
-/// Whether A is read in place for passes `kc` deep, rather than packed.
-fn reads_a_in_place(p: &Problem, kc: usize, bl: &Blocking) -> bool {
-    p.m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, p.n)
-}
-
 /// Floats of workspace the blocked path needs: every panel of A for one
 /// pass (packed A, so that any thread can compute any row block; whether
 /// A is packed depends on its strides, which the length does not know)
@@ -88,9 +83,10 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let m_blocks = m.div_ceil(mc);
     let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(mc);
     let m_blocks = m.div_ceil(mc);
-    // A is read in place unless huge or its rows crowd an L1 set. Then
-    // only a last, partial panel may be packed (zero-padded to MR rows).
-    let direct_a = reads_a_in_place(p, kc_max, bl);
+    // A is read in place unless huge or the blocking's L1 rules pack it.
+    // Then only a last, partial panel may be packed (zero-padded to MR
+    // rows).
+    let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, n);
     // Where packed panel `q` of A lives in the workspace.
     let a_slot = |q: usize| if direct_a { 0 } else { q };
     // A direct A's last panel is read in place too where the register tile

@@ -8,8 +8,9 @@
 //! The loop nest (`blocked.rs`, BLIS): a `kc × nr` panel of B is streamed
 //! by every register tile of an `mc × kc` block of A, which stays in L2;
 //! the `kc × nc` block of B is revisited by every row block, from L3. A is
-//! read in place unless its rows would crowd an L1 set (or it is huge), in
-//! which case it is packed.
+//! read in place unless the L1 rules below pack it (the tile's B panel
+//! stays in L1, or A's rows would crowd an L1 set, in a product wide
+//! enough to repay the copy) or it is huge.
 
 use crate::cpu::Caches;
 use crate::{KernelError, Kernels};
@@ -78,18 +79,13 @@ const FALLBACK_L1: usize = 32 << 10;
 /// this crate meets (Zen 3 and Zen 4; Zen 5 and the Intel Xeons have 12).
 const FALLBACK_L1_WAYS: usize = 8;
 
-/// Bytes of an L1 way assumed where cpuid reports none: 4 KiB, what every
-/// x86 core of the last decade has (64 sets of 64-byte lines, so that the
-/// set is chosen by the page offset alone).
-const FALLBACK_L1_WAY: usize = 4 << 10;
-
 /// The share of L1 a register tile's B panel (`kc × nr`) may take and
 /// still stay there while the tiles of a row block stream A past it: three
 /// quarters. Where it does (the AVX2 tile's 24 KiB, the scalar tile's 4
 /// KiB), A is packed wherever the product is wide enough (below): a packed
-/// panel is one contiguous stream
-/// through the ways B leaves free, where A in place is one stream per row
-/// (a line per step of k when A is transposed) and evicts B. Measured on
+/// panel is one contiguous stream through the ways B leaves free, where A
+/// in place is one stream per row (a line per step of k when A is
+/// transposed) and evicts B. Measured on
 /// Zen 4 with the AVX2 tile (`KERNELS_GEMM_BLOCKING=168,384,4096,0,0`, which
 /// packs, beside reading A in place; two runs): packing 1.08–1.25× faster
 /// on square 512–2048 and the QKV and MLP products, 1.28–1.35× on the
@@ -167,11 +163,10 @@ impl Blocking {
             or(caches.l1d, FALLBACK_L1),
             or(caches.l1d_ways, FALLBACK_L1_WAYS),
         );
-        // Whole lines, at least one.
-        let l1_way = match caches.l1d / caches.l1d_ways.max(1) {
-            0 => FALLBACK_L1_WAY,
-            way => (way / 64).max(1) * 64,
-        };
+        // Whole lines, at least one. (4 KiB on every x86 core of the last
+        // decade, and from the fallbacks: 64 sets of 64-byte lines, so that
+        // the set is chosen by the page offset alone.)
+        let l1_way = (l1 / ways / 64).max(1) * 64;
         let floats = |bytes: usize, (num, den): (usize, usize)| bytes / den * num / 4;
         // Whole tiles, at least one.
         let rows = floats(l2, L2_SHARE_FOR_A) / kc / mr;

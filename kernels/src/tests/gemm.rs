@@ -518,7 +518,8 @@ fn gemm_under_any_blocking_matches_naive() {
 
 /// A row-major A 1024 wide (rows 4 KiB apart, all in one L1 set) is packed
 /// by the derived rule where enough panels of B reuse it, and one 1000
-/// wide is read in place: both match the naive product, alone and split.
+/// wide is read in place by the AVX-512 tile (the tiles whose B panel
+/// stays in L1 pack both): all match the naive product, alone and split.
 #[test]
 fn gemm_packs_an_a_whose_rows_crowd_an_l1_set() {
     for (name, kernels) in every_kernel() {
