@@ -26,13 +26,10 @@ fn main() {
 fn fail(message: &str, started: runner::world::Started) -> ! {
     let world = runner::world::current();
     if world.size() > 1 {
-        // One write: `eprintln!` writes its pieces one by one, and the
-        // banner `mpirun` prints on the abort came between them.
-        let line = format!("error: rank {}: {message}\n", world.rank());
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        runner::world::print_error(&format!("rank {}: {message}", world.rank()));
         world.abort(1);
     }
     started.finish();
-    eprintln!("error: {message}");
+    runner::world::print_error(message);
     std::process::exit(1);
 }

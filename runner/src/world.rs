@@ -191,6 +191,14 @@ impl Started {
     pub fn finish(self) {}
 }
 
+/// Prints `error: {message}` in one write: `eprintln!` writes its pieces
+/// one by one, and the banner `mpirun` prints when a rank aborts came
+/// between them.
+pub fn print_error(message: &str) {
+    let line = format!("error: {message}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
 /// Starts the run's processes: with the `mpi` feature, initializes MPI
 /// (a lone process without `mpirun` is a world of one). Call once, first
 /// thing in `main`, and keep the result until the end.
@@ -213,8 +221,9 @@ pub fn start() -> Started {
             // Collectives run on pool and summing threads, not only on the
             // thread that initialized MPI.
             if !matches!(granted, Threading::Serialized | Threading::Multiple) {
-                let line = format!("error: this MPI library grants thread level {granted:?}; the runner needs Serialized\n");
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+                print_error(&format!(
+                    "this MPI library grants thread level {granted:?}; the runner needs Serialized"
+                ));
                 u.world().abort(1);
             }
             u

@@ -278,8 +278,7 @@ impl Optimizer {
         };
         self.step += 1;
         let step = self.step;
-        let half = self.moments.len() / 2;
-        let (m, v) = self.moments.split_at_mut(half);
+        let (m, v) = self.moments_mut();
         let tensors = PARAM_SPECS
             .into_array()
             .into_iter()
