@@ -89,9 +89,12 @@ fn transpose_tiled<S: Simd>(s: S, shape: Strided, src: &[f32], dst: &mut [f32]) 
     let full_cols = shape.cols - shape.cols % l;
     for i in (0..full_rows).step_by(l) {
         for j in (0..full_cols).step_by(l) {
-            let tile_src = &src[i * shape.src_stride + j..];
-            let tile_dst = &mut dst[j * shape.dst_stride + i..];
-            s.transpose_tile(tile_src, shape.src_stride, tile_dst, shape.dst_stride);
+            s.transpose(
+                #[inline(always)]
+                |r| s.load(&src[(i + r) * shape.src_stride + j..]),
+                #[inline(always)]
+                |c, v| s.store(&mut dst[(j + c) * shape.dst_stride + i..], v),
+            );
         }
     }
     // The right and bottom edges, narrower than a tile.

@@ -145,21 +145,30 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
             exec.run(a_pieces + b_pieces, &|piece| {
                 kernel.enter(
                     #[inline(always)]
-                    |_| {
+                    |kernel| {
                         if piece < a_pieces {
                             let first = a_to_pack.start + piece * a_per_piece;
                             let last = (first + a_per_piece).min(a_to_pack.end);
                             // SAFETY: pieces pack disjoint, non-empty panel
                             // ranges into their slots.
                             unsafe {
-                                pack_a_panels::<K>(p, packed_a, first..last, a_slot(first), pc, kc)
+                                pack_a_panels(
+                                    kernel,
+                                    p,
+                                    packed_a,
+                                    first..last,
+                                    a_slot(first),
+                                    pc..pc + kc,
+                                )
                             };
                         } else {
                             let first = b_to_pack.start + (piece - a_pieces) * b_per_piece;
                             let last = (first + b_per_piece).min(b_to_pack.end);
                             // SAFETY: pieces pack disjoint, non-empty panel
                             // ranges.
-                            unsafe { pack_b_panels::<K>(p, packed_b, first..last, jc, nc, pc, kc) };
+                            unsafe {
+                                pack_b_panels(kernel, p, packed_b, first..last, jc, nc, pc..pc + kc)
+                            };
                         }
                     },
                 )
@@ -178,7 +187,9 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                             let first_slot = a_slot(panels.start);
                             // SAFETY: this piece alone uses its row block's
                             // panels (A is packed: each in its own slot).
-                            unsafe { pack_a_panels::<K>(p, packed_a, panels, first_slot, pc, kc) };
+                            unsafe {
+                                pack_a_panels(kernel, p, packed_a, panels, first_slot, pc..pc + kc)
+                            };
                         }
                         // SAFETY: packed B was written in phase 1 and no
                         // piece writes it while phase 2 runs. (Panels a
@@ -241,31 +252,32 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
 }
 
 /// Packs panels `panels` (of `NR` columns each) of op(B), columns from
-/// `jc` (of a block `nc` wide), depth `pc..pc + kc`, into the B region.
+/// `jc` (of a block `nc` wide), rows `depth`, into the B region.
 ///
 /// # Safety
 /// The B region holds `ceil(nc / NR)` panels of `NR · kc` floats, and no
 /// one else accesses panels `panels` during the call.
 #[inline(always)]
 unsafe fn pack_b_panels<K: GemmKernel>(
+    kernel: K,
     p: &Problem,
     packed_b: SharedMut,
     panels: core::ops::Range<usize>,
     jc: usize,
     nc: usize,
-    pc: usize,
-    kc: usize,
+    depth: core::ops::Range<usize>,
 ) {
+    let kc = depth.len();
     let len = panels.len() * K::NR * kc;
     // SAFETY: per the contract, these panels are in bounds and ours alone.
     let dst = unsafe {
         core::slice::from_raw_parts_mut(packed_b.ptr().add(panels.start * K::NR * kc), len)
     };
     let cols = jc + (panels.start * K::NR).min(nc)..jc + (panels.end * K::NR).min(nc);
-    pack_b(&p.b, pc..pc + kc, cols, K::NR, dst);
+    pack_b(kernel, &p.b, depth, cols, K::NR, dst);
 }
 
-/// Packs panels `panels` (of `MR` rows each) of op(A), depth `pc..pc + kc`,
+/// Packs panels `panels` (of `MR` rows each) of op(A), columns `depth`,
 /// into the A region's slots from `first_slot` on.
 ///
 /// # Safety
@@ -273,18 +285,18 @@ unsafe fn pack_b_panels<K: GemmKernel>(
 /// `MR · kc` floats, and no one else accesses them during the call.
 #[inline(always)]
 unsafe fn pack_a_panels<K: GemmKernel>(
+    kernel: K,
     p: &Problem,
     packed_a: SharedMut,
     panels: core::ops::Range<usize>,
     first_slot: usize,
-    pc: usize,
-    kc: usize,
+    depth: core::ops::Range<usize>,
 ) {
-    let len = panels.len() * K::MR * kc;
+    let panel_len = K::MR * depth.len();
+    let len = panels.len() * panel_len;
     // SAFETY: per the contract, these slots are in bounds and ours alone.
-    let dst = unsafe {
-        core::slice::from_raw_parts_mut(packed_a.ptr().add(first_slot * K::MR * kc), len)
-    };
+    let dst =
+        unsafe { core::slice::from_raw_parts_mut(packed_a.ptr().add(first_slot * panel_len), len) };
     let rows = (panels.start * K::MR).min(p.m)..(panels.end * K::MR).min(p.m);
-    pack_a(&p.a, rows, pc..pc + kc, K::MR, dst);
+    pack_a(kernel, &p.a, rows, depth, K::MR, dst);
 }

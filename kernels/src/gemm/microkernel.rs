@@ -10,6 +10,7 @@
 //! The cache blocking around them (`mc`, `nc`) is derived from the CPU's
 //! caches in `blocking.rs`.
 
+use super::packing::{interleave_scalar, interleave_simd};
 #[cfg(test)]
 use crate::simd::Emulated;
 use crate::simd::{fold2, pieces, update2, Simd};
@@ -47,6 +48,12 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// `c.ptr` points to a `c.rows × c.cols` block with row stride `c.ldc`
     /// (`rows <= MR`, `cols <= NR`) that nothing else accesses meanwhile.
     unsafe fn tile(self, kc: usize, a: APanel, b: BPanel, alpha: f32, beta: f32, c: Tile);
+
+    /// Packs a full panel whose lines are contiguous along k (a row-major
+    /// A, a transposed B): `dst[p·W + x] = lines[x][p]`, `W = lines.len()`.
+    fn interleave(self, lines: &[&[f32]], dst: &mut [f32]) {
+        interleave_scalar(lines, lines.len(), 0, dst)
+    }
 
     /// `y += alpha · x` (the small-m path).
     fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]);
@@ -161,6 +168,10 @@ macro_rules! simd_gemm_kernel {
                         (_, true) => edge_tile::<$isa, $mr, 1>(self, kc, a, b, alpha, beta, c),
                     }
                 }
+            }
+            #[inline(always)]
+            fn interleave(self, lines: &[&[f32]], dst: &mut [f32]) {
+                interleave_simd(self, lines, dst)
             }
             #[inline(always)]
             fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {

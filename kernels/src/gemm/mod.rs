@@ -16,7 +16,7 @@ mod bf16;
 pub(crate) mod blocked;
 mod blocking;
 mod microkernel;
-mod packing;
+pub(crate) mod packing;
 mod small;
 
 use crate::dispatch::{dispatch, Isa};

@@ -101,11 +101,14 @@ impl<const N: usize> Simd for Emulated<N> {
         v.iter()
             .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
     }
-    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-        for r in 0..N {
-            for c in 0..N {
-                dst[c * dst_stride + r] = src[r * src_stride + c];
-            }
+    fn transpose(
+        self,
+        row: impl FnMut(usize) -> [f32; N],
+        mut column: impl FnMut(usize, [f32; N]),
+    ) {
+        let rows: [[f32; N]; N] = core::array::from_fn(row);
+        for c in 0..N {
+            column(c, rows.map(|row| row[c]));
         }
     }
 }

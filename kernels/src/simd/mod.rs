@@ -79,9 +79,11 @@ pub(crate) trait Simd: Copy {
     /// Horizontal maximum; NaN lanes are ignored unless all are NaN.
     fn reduce_max(self, v: Self::V) -> f32;
 
-    /// Transposes one `LANES × LANES` tile in registers: row `r` of `src`
-    /// (starting at `r * src_stride`) becomes column `r` of `dst`.
-    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize);
+    /// Transposes one `LANES × LANES` tile in registers: `row(r)` gives row
+    /// `r` (each called once), and `column(c, v)` receives column `c`, in
+    /// increasing order of `c` (so a caller may store a column that spills
+    /// into the next one's place).
+    fn transpose(self, row: impl FnMut(usize) -> Self::V, column: impl FnMut(usize, Self::V));
 
     /// `LANES`, for code that holds a value but cannot name the type.
     #[inline(always)]

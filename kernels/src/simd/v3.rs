@@ -207,10 +207,16 @@ impl Simd for V3 {
     }
 
     #[inline(always)]
-    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    fn transpose(
+        self,
+        mut row: impl FnMut(usize) -> __m256,
+        mut column: impl FnMut(usize, __m256),
+    ) {
+        // A loop, not `array::from_fn`, which stays out of line (without the
+        // instruction set) and would call `row` through memory.
         let mut r = [self.splat(0.0); 8];
-        for (i, row) in r.iter_mut().enumerate() {
-            *row = self.load(&src[i * src_stride..]);
+        for (i, v) in r.iter_mut().enumerate() {
+            *v = row(i);
         }
         // SAFETY: see the impl comment (register-only shuffles).
         let t = unsafe {
@@ -242,8 +248,8 @@ impl Simd for V3 {
                 _mm256_permute2f128_ps::<0x31>(b3, b7),
             ]
         };
-        for (i, row) in t.into_iter().enumerate() {
-            self.store(&mut dst[i * dst_stride..], row);
+        for (c, v) in t.into_iter().enumerate() {
+            column(c, v);
         }
     }
 }

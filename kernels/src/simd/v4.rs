@@ -198,13 +198,19 @@ impl Simd for V4 {
     }
 
     #[inline(always)]
-    fn transpose_tile(self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    fn transpose(
+        self,
+        mut row: impl FnMut(usize) -> __m512,
+        mut column: impl FnMut(usize, __m512),
+    ) {
+        // A loop, not `array::from_fn`, which stays out of line (without the
+        // instruction set) and would call `row` through memory.
         let mut r = [self.splat(0.0); 16];
-        for (i, row) in r.iter_mut().enumerate() {
-            *row = self.load(&src[i * src_stride..]);
+        for (i, v) in r.iter_mut().enumerate() {
+            *v = row(i);
         }
         // SAFETY: see the impl comment (register-only shuffles).
-        unsafe {
+        let columns = unsafe {
             // 1. Interleave pairs of rows: 128-bit chunk L of t[2i] holds
             //    columns 4L, 4L+1 of rows 2i, 2i+1; t[2i+1] columns 4L+2, 4L+3.
             let mut t = r;
@@ -224,28 +230,21 @@ impl Simd for V4 {
             }
             // 3. Transpose the 4×4 grid of 128-bit chunks for each k: column
             //    4L+k gathers chunk L of c[k], c[4 + k], c[8 + k], c[12 + k].
+            let mut columns = r;
             for k in 0..4 {
                 let x0 = _mm512_shuffle_f32x4::<0x88>(c[k], c[4 + k]);
                 let x1 = _mm512_shuffle_f32x4::<0xDD>(c[k], c[4 + k]);
                 let x2 = _mm512_shuffle_f32x4::<0x88>(c[8 + k], c[12 + k]);
                 let x3 = _mm512_shuffle_f32x4::<0xDD>(c[8 + k], c[12 + k]);
-                self.store(
-                    &mut dst[k * dst_stride..],
-                    _mm512_shuffle_f32x4::<0x88>(x0, x2),
-                );
-                self.store(
-                    &mut dst[(4 + k) * dst_stride..],
-                    _mm512_shuffle_f32x4::<0x88>(x1, x3),
-                );
-                self.store(
-                    &mut dst[(8 + k) * dst_stride..],
-                    _mm512_shuffle_f32x4::<0xDD>(x0, x2),
-                );
-                self.store(
-                    &mut dst[(12 + k) * dst_stride..],
-                    _mm512_shuffle_f32x4::<0xDD>(x1, x3),
-                );
+                columns[k] = _mm512_shuffle_f32x4::<0x88>(x0, x2);
+                columns[4 + k] = _mm512_shuffle_f32x4::<0x88>(x1, x3);
+                columns[8 + k] = _mm512_shuffle_f32x4::<0xDD>(x0, x2);
+                columns[12 + k] = _mm512_shuffle_f32x4::<0xDD>(x1, x3);
             }
+            columns
+        };
+        for (c, v) in columns.into_iter().enumerate() {
+            column(c, v);
         }
     }
 }

@@ -584,3 +584,39 @@ fn the_detected_caches_are_plausible() {
     assert_eq!(shown, "L1d 48 KiB 12-way, L2 2 MiB, L3 ?");
     assert!(c.l1d_ways > 0 && c.l1d.is_multiple_of(c.l1d_ways), "{c}");
 }
+
+/// Packing a panel whose lines run along k (a row-major A, a transposed B)
+/// transposes it in registers: every panel width up to two vectors (the
+/// tiles' MR and NR among them), depths around the vector width and a
+/// pass's, lines at odd offsets and strides, into a NaN-filled panel
+/// between guards; the result must be the element-wise definition, bit
+/// for bit.
+#[test]
+fn panel_packing_interleaves_every_width_and_depth() {
+    use crate::dispatch::dispatch;
+    use crate::gemm::packing::{interleave_scalar, interleave_simd};
+    use crate::simd::Simd;
+    let mut rng = Rng::new(41);
+    for (name, k) in simd_kernels() {
+        let lanes = dispatch!(k, scalar: 1, simd: |s| s.lanes());
+        for width in (1..=2 * lanes).chain([3 * lanes]) {
+            for steps in [1, 2, 7, 8, 9, 15, 16, 17, 33, 383, 384] {
+                let stride = steps + width % 5;
+                let src = rng.vec(3 + width * stride, -1.0, 1.0);
+                let lines: Vec<&[f32]> = (0..width)
+                    .map(|x| &src[3 + x * stride..][..steps])
+                    .collect();
+                let what = ctx("panel packing", name, width * 1000 + steps);
+                let mut got = Guarded::new(width * steps, width + steps);
+                dispatch!(k, scalar: unreachable!(), simd: |s| interleave_simd(s, &lines, got.get_mut()));
+                let got = got.checked(&what);
+                let mut want = std::vec![f32::NAN; width * steps];
+                interleave_scalar(&lines, width, 0, &mut want);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i}");
+                    assert_eq!(w, lines[i % width][i / width], "{what}: element {i}");
+                }
+            }
+        }
+    }
+}
