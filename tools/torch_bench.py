@@ -9,7 +9,9 @@ training steps (forward, backward, AdamW) in float32 and under
 
 vocab defaults to 256 (the byte tokenizer; 50257 for GPT-2's); decode 0
 skips the decoding run; THREADS=2 (environment) runs one thread count,
-STEPS=2 times fewer steps (default 5, after 2 warm-up steps).
+PRECISIONS=f32 one precision (bf16 autocast on a CPU without a bf16 unit
+takes minutes a step), STEPS=2 times fewer steps (default 5, after 2
+warm-up steps).
 """
 
 import os
@@ -38,7 +40,7 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
         x = torch.randint(0, vocab, (batch, block))
-        for precision in ("f32", "bf16"):
+        for precision in os.environ.get("PRECISIONS", "f32,bf16").split(","):
             times = []
             for step in range(2 + int(os.environ.get("STEPS", "5"))):
                 start = time.perf_counter()
