@@ -10,7 +10,7 @@ training steps (forward, backward, AdamW) in float32 and under
 vocab defaults to 256 (the byte tokenizer; 50257 for GPT-2's); decode 0
 skips the decoding run; THREADS=2 (environment) runs one thread count,
 PRECISIONS=f32 one precision (bf16 autocast on a CPU without a bf16 unit
-takes minutes a step), STEPS=2 times fewer steps (default 5, after 2
+took 40 s a step on Zen 3), STEPS=2 times fewer steps (default 5, after 2
 warm-up steps).
 """
 

@@ -135,11 +135,11 @@ pub(crate) fn interleave_simd<S: Simd>(s: S, lines: &[&[f32]], dst: &mut [f32]) 
         // No tile has such a panel.
         return interleave_scalar(lines, width, 0, dst);
     }
-    let steps = dst.len() / width;
-    // The floats one block of `lanes` steps writes, its spill included.
+    // The floats one block of `lanes` steps writes, its spill included
+    // (so a block that fits also has all its steps in the lines).
     let reach = (lanes - 1) * width + width.max(lanes);
     let mut p = 0;
-    while p + lanes <= steps && p * width + reach <= dst.len() {
+    while p * width + reach <= dst.len() {
         let out = &mut dst[p * width..][..reach];
         for first in (0..width).step_by(lanes) {
             let chunk = &lines[first..width.min(first + lanes)];
