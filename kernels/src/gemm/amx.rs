@@ -102,6 +102,27 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
+// `ldtilecfg` reads 64 bytes laid out by the SDM: the palette at byte 0,
+// each tile's bytes per row from byte 16, its rows from byte 48. The
+// assembler cannot check this, and no CPU this crate has run on can.
+#[cfg(target_arch = "x86_64")]
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<TileConfig>() == 64 && align_of::<TileConfig>() == 64);
+    assert!(offset_of!(TileConfig, palette) == 0);
+    assert!(offset_of!(TileConfig, start_row) == 1);
+    assert!(offset_of!(TileConfig, bytes_per_row) == 16);
+    assert!(offset_of!(TileConfig, rows) == 48);
+    // Tiles 0–7 are the 16 rows of 64 bytes the block loads and stores;
+    // palette 1 has no others, and ldtilecfg faults unless they are zero.
+    let mut t = 0;
+    while t < 16 {
+        let (bytes, rows) = if t < 8 { (16 * 4, 16) } else { (0, 0) };
+        assert!(TILES.bytes_per_row[t] == bytes && TILES.rows[t] == rows);
+        t += 1;
+    }
+};
+
 #[cfg(target_arch = "x86_64")]
 static TILES: TileConfig = TileConfig {
     palette: 1,
