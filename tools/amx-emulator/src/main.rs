@@ -590,6 +590,7 @@ extern "C" fn rust_main(multiboot_info: u32) -> ! {
         "detection asked for the tile data {requests} times, not once"
     );
     let best = Kernels::new(Backend::Avx512).expect("no AVX-512 on the emulated CPU");
+    say!("amx-emulator: f32 blocking {}", best.gemm_blocking());
     if refuse {
         refused(best)
     } else {
