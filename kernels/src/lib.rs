@@ -59,6 +59,13 @@
 
 #[cfg(test)]
 extern crate std;
+// The tests' freestanding part (`tests/freestanding.rs`) is shared with a
+// program outside the crate, so it names the crate and `alloc` the way
+// that program does.
+#[cfg(test)]
+extern crate alloc;
+#[cfg(test)]
+extern crate self as kernels;
 
 mod activation;
 mod backend;

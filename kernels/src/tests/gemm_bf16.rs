@@ -3,14 +3,19 @@
 //! NaN-filled C; f32 and bf16 operands that hold the same values give the
 //! same bits; the split across threads changes nothing.
 //!
-//! Tolerance: the f32 GEMM's, (k + 2)·u·(|alpha|·Σ|a·b| + |beta·c|) with
-//! u = 2⁻²⁴, doubled, against the exact product of the rounded operands.
+//! The check itself is `freestanding::bf16_product` (shared with
+//! `tools/amx-emulator`). Tolerance: the f32 GEMM's, (k + 2)·u·(|alpha|·
+//! Σ|a·b| + |beta·c|) with u = 2⁻²⁴, doubled, against the exact product of
+//! the rounded operands.
 
 use std::vec::Vec;
 
+use super::freestanding::{
+    bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, Case, Reversed, Stored,
+};
 use super::*;
 use crate::dispatch::Isa;
-use crate::{Bf16, Bf16Input, Bf16Unit, Executor, KernelError, MatMut, MatRef, Sequential};
+use crate::{Bf16, Bf16Unit, KernelError, MatMut, MatRef, Sequential};
 
 /// Every bf16 implementation testable here: the portable path on every
 /// backend, AVX512-BF16 and AMX where the CPU has them (a notice where
@@ -39,222 +44,11 @@ fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
     all
 }
 
-/// A `rows × cols` matrix stored with `pad` extra elements per row, from
-/// an odd offset.
-struct Stored<T> {
-    buf: Vec<T>,
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    stride: usize,
-}
-
-impl<T: Copy> Stored<T> {
-    fn new(
-        values: &[f32],
-        rows: usize,
-        cols: usize,
-        pad: usize,
-        fill: T,
-        convert: fn(f32) -> T,
-    ) -> Stored<T> {
-        let (stride, offset) = (cols + pad, 3);
-        let mut buf = std::vec![fill; offset + rows * stride + 2];
-        for r in 0..rows {
-            for c in 0..cols {
-                buf[offset + r * stride + c] = convert(values[r * cols + c]);
-            }
-        }
-        Stored {
-            buf,
-            offset,
-            rows,
-            cols,
-            stride,
-        }
-    }
-    fn view(&self, transposed: bool) -> MatRef<'_, T> {
-        let v =
-            MatRef::strided(&self.buf[self.offset..], self.rows, self.cols, self.stride).unwrap();
-        if transposed {
-            v.t()
-        } else {
-            v
-        }
-    }
-}
-
-/// Rounds to bf16 and back.
-fn r(x: f32) -> f64 {
-    f64::from(Bf16::from_f32(x).to_f32())
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    m: usize,
-    n: usize,
-    k: usize,
-    trans_a: bool,
-    trans_b: bool,
-    alpha: f32,
-    beta: f32,
-}
-
-/// Runs the case with operand element types `A` and `B` and returns C
-/// (`m × n`, contiguous), after checking it against f64.
-fn run<A: Bf16Input, B: Bf16Input>(
-    name: &str,
-    k_: Kernels,
-    exec: &(impl Executor + ?Sized),
-    case: Case,
-    to_a: fn(f32) -> A,
-    to_b: fn(f32) -> B,
-    fill: (A, B),
-) -> Vec<f32> {
-    let Case {
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-        alpha,
-        beta,
-    } = case;
-    let mut rng = Rng::new((m * 1000 + n * 10 + k) as u64);
-    let a_vals = rng.vec(m * k, -2.0, 2.0);
-    let b_vals = rng.vec(k * n, -2.0, 2.0);
-    let c_vals = rng.vec(m * n, -1.0, 1.0);
-    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
-    let a = Stored::new(&a_vals, ar, ac, 1, fill.0, to_a);
-    let b = Stored::new(&b_vals, br, bc, 2, fill.1, to_b);
-    let op_a = |i: usize, l: usize| {
-        if trans_a {
-            a_vals[l * ac + i]
-        } else {
-            a_vals[i * ac + l]
-        }
-    };
-    let op_b = |l: usize, j: usize| {
-        if trans_b {
-            b_vals[j * bc + l]
-        } else {
-            b_vals[l * bc + j]
-        }
-    };
-    // beta = 0 must not read C.
-    let mut c: Vec<f32> = if beta == 0.0 {
-        std::vec![f32::NAN; m * n]
-    } else {
-        c_vals.clone()
-    };
-    let mut ws = std::vec![f32::NAN; k_.gemm_bf16_workspace_len(m, n, k)];
-    k_.gemm_bf16_with(
-        exec,
-        alpha,
-        a.view(trans_a),
-        b.view(trans_b),
-        beta,
-        MatMut::new(&mut c, m, n).unwrap(),
-        &mut ws,
-    )
-    .unwrap_or_else(|e| panic!("{name} {case:?}: {e}"));
-    let u = f64::from(f32::EPSILON) / 2.0;
-    for i in 0..m {
-        for j in 0..n {
-            let (mut sum, mut mag) = (0.0, 0.0);
-            for l in 0..k {
-                let p = r(op_a(i, l)) * r(op_b(l, j));
-                sum += p;
-                mag += p.abs();
-            }
-            let c_term = if beta == 0.0 {
-                0.0
-            } else {
-                f64::from(beta) * f64::from(c_vals[i * n + j])
-            };
-            let want = f64::from(alpha) * sum + c_term;
-            let tol =
-                2.0 * (k as f64 + 2.0) * u * (f64::from(alpha).abs() * mag + c_term.abs()) + 1e-30;
-            let got = f64::from(c[i * n + j]);
-            assert!(
-                (got - want).abs() <= tol,
-                "{name} {case:?}: C[{i}][{j}] = {got}, want {want} ± {tol}"
-            );
-        }
-    }
-    c
-}
-
-const DIMS: [usize; 12] = [0, 1, 2, 3, 5, 7, 13, 16, 17, 33, 97, 130];
-
 #[test]
 fn gemm_bf16_matches_f64_on_rounded_operands_for_every_operand_type() {
-    let mut rng = Rng::new(7);
-    for (name, k) in bf16_kernels() {
-        for trial in 0..40 {
-            let pick = |rng: &mut Rng| DIMS[rng.below(DIMS.len())];
-            let case = Case {
-                m: pick(&mut rng),
-                n: pick(&mut rng),
-                k: pick(&mut rng),
-                trans_a: trial & 1 == 1,
-                trans_b: trial & 2 == 2,
-                alpha: [1.0, -0.5, 2.0][trial % 3],
-                beta: [0.0, 1.0, 0.25, 0.0][trial % 4],
-            };
-            let nan = Bf16::from_bits(0x7FC1);
-            let f32s = run(
-                name,
-                k,
-                &Sequential,
-                case,
-                |x| x,
-                |x| x,
-                (f32::NAN, f32::NAN),
-            );
-            let bf16s = run(
-                name,
-                k,
-                &Sequential,
-                case,
-                Bf16::from_f32,
-                Bf16::from_f32,
-                (nan, nan),
-            );
-            let mixed = run(
-                name,
-                k,
-                &Sequential,
-                case,
-                |x| x,
-                Bf16::from_f32,
-                (f32::NAN, nan),
-            );
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&f32s),
-                bits(&bf16s),
-                "{name} {case:?}: f32 and bf16 operands differ"
-            );
-            assert_eq!(
-                bits(&f32s),
-                bits(&mixed),
-                "{name} {case:?}: mixed operands differ"
-            );
-        }
-    }
-}
-
-/// Runs every piece, in reverse order, on this thread (as if split).
-struct Reversed(usize);
-
-impl Executor for Reversed {
-    fn threads(&self) -> usize {
-        self.0
-    }
-    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-        (0..pieces).rev().for_each(piece);
+    // Each handle draws other shapes.
+    for (seed, (name, k)) in bf16_kernels().into_iter().enumerate() {
+        bf16_random_products(name, k, seed as u64, 40);
     }
 }
 
@@ -271,8 +65,8 @@ fn gemm_bf16_is_bit_identical_for_any_split() {
                 alpha: 1.0,
                 beta: 0.5,
             };
-            let one = run(name, k, &Sequential, case, |x| x, |x| x, (0.0, 0.0));
-            let split = run(name, k, &Reversed(4), case, |x| x, |x| x, (0.0, 0.0));
+            let one = bf16_product(name, k, &Sequential, case, (|x| x, |x| x), (0.0, 0.0));
+            let split = bf16_product(name, k, &Reversed(4), case, (|x| x, |x| x), (0.0, 0.0));
             assert_eq!(one, split, "{name} {case:?}");
         }
     }
@@ -505,105 +299,13 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
 
 #[test]
 fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
-    // Tiles take products of at least 32 rows; k not a multiple of 32 (a
-    // padded last step), n not a multiple of 32, m past a block edge.
     let tiles = Kernels::on(Isa::Emulated16, Bf16Unit::Amx);
-    for (m, n, k) in [
-        (32, 32, 32),
-        (33, 31, 33),
-        (64, 65, 1),
-        (95, 7, 100),
-        (31, 40, 64),
-    ] {
-        for trans_a in [false, true] {
-            let case = Case {
-                m,
-                n,
-                k,
-                trans_a,
-                trans_b: false,
-                alpha: 0.75,
-                beta: 0.0,
-            };
-            run(
-                "emulated-tiles",
-                tiles,
-                &Sequential,
-                case,
-                |x| x,
-                |x| x,
-                (0.0, 0.0),
-            );
-        }
-    }
+    bf16_tile_edges("emulated-tiles", tiles);
 }
 
-/// Views of a packed operand (row ranges, leading columns) multiply as the
-/// same part of the unpacked operand does, bit for bit, on every unit; bad
-/// ranges are refused.
 #[test]
 fn views_of_a_packed_operand_match_the_same_part_unpacked() {
-    use crate::PackedBf16;
-    let (k, n) = (100, 70);
-    let mut rng = Rng::new(11);
-    let b_vals = rng.vec(k * n, -2.0, 2.0);
     for (name, kern) in bf16_kernels() {
-        let mut slots = std::vec![0; PackedBf16::len(k, n).unwrap()];
-        kern.pack_bf16(MatRef::new(&b_vals, k, n).unwrap(), &mut slots)
-            .unwrap();
-        let packed = PackedBf16::new(&slots, k, n).unwrap();
-        for (rows, cols) in [
-            (0..64, 70),
-            (32..100, 70),
-            (64..100, 33),
-            (0..100, 1),
-            (96..100, 64),
-        ] {
-            let view = packed
-                .row_range(rows.clone())
-                .unwrap()
-                .first_columns(cols)
-                .unwrap();
-            let part = MatRef::strided(&b_vals[rows.start * n..], rows.len(), cols, n).unwrap();
-            for m in [5, 40] {
-                let a_vals = rng.vec(m * rows.len(), -2.0, 2.0);
-                let a = MatRef::new(&a_vals, m, rows.len()).unwrap();
-                let mut want = std::vec![f32::NAN; m * cols];
-                let mut ws = std::vec![0.0; kern.gemm_bf16_workspace_len(m, cols, rows.len())];
-                let c = MatMut::new(&mut want, m, cols).unwrap();
-                kern.gemm_bf16(1.0, a, part, 0.0, c, &mut ws).unwrap();
-                let mut got = std::vec![f32::NAN; m * cols];
-                let len = kern.gemm_bf16_packed_workspace_len(m, cols, rows.len());
-                let mut ws = std::vec![0.0; len];
-                let c = MatMut::new(&mut got, m, cols).unwrap();
-                kern.gemm_bf16_packed(1.0, a, view, 0.0, c, &mut ws)
-                    .unwrap();
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&got),
-                    bits(&want),
-                    "{name} rows {rows:?} cols {cols} m {m}"
-                );
-            }
-        }
-        assert!(matches!(
-            packed.row_range(10..64),
-            Err(KernelError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            packed.row_range(0..50),
-            Err(KernelError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            packed.row_range(64..101),
-            Err(KernelError::InvalidShape(_))
-        ));
-        assert!(matches!(
-            packed.first_columns(71),
-            Err(KernelError::InvalidShape(_))
-        ));
-        // No columns: no slots, and a view of them is still fine.
-        let empty = PackedBf16::new(&[], k, 0).unwrap();
-        assert_eq!(empty.row_range(64..100).unwrap().rows(), 36);
+        bf16_packed_views(name, kern);
     }
 }

@@ -13,9 +13,12 @@ mod accuracy;
 mod against_scalar;
 mod bf16;
 mod errors;
+mod freestanding;
 mod gemm;
 mod gemm_bf16;
 mod independent;
+
+use freestanding::Rng;
 
 /// The scalar reference.
 pub(super) fn scalar() -> Kernels {
@@ -49,32 +52,6 @@ pub(super) fn simd_kernels() -> Vec<(&'static str, Kernels)> {
 /// larger ones around block boundaries.
 pub(super) fn lengths() -> impl Iterator<Item = usize> {
     (0..=67).chain([127, 128, 129, 1000, 4099])
-}
-
-/// A small deterministic generator (xorshift64*), so tests need no crate.
-pub(super) struct Rng(u64);
-
-impl Rng {
-    pub(super) fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub(super) fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `[lo, hi)`.
-    pub(super) fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-    pub(super) fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-    pub(super) fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 /// A buffer holding `len` floats at an odd offset (so SIMD loads are

@@ -17,17 +17,25 @@
 
 extern crate alloc;
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::asm;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use kernels::{
-    Backend, Bf16, Bf16Input, Bf16Unit, Cpu, Executor, KernelError, Kernels, MatMut, MatRef,
-    PackedBf16, Sequential,
-};
+use kernels::{Backend, Bf16Unit, Cpu, KernelError, Kernels, Sequential};
+
+// The check the crate's own tests run (random operands from a generator
+// seeded by the shape, strided and NaN-padded, against f64 within the
+// f32 GEMM's bound), written for `alloc` and the public API.
+#[path = "../../../kernels/src/tests/freestanding.rs"]
+mod freestanding;
+
+use freestanding::{bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, Case};
+
+/// Random shapes per handle (the crate's tests draw 40; the emulator is
+/// slower).
+const RANDOM_PRODUCTS: usize = 24;
 
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
@@ -183,6 +191,13 @@ static ALLOCATOR: Bump = Bump {
     next: AtomicUsize::new(HEAP),
 };
 
+/// The precompiled `alloc` names the unwinder too; with `panic = "abort"`
+/// nothing unwinds.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    quit()
+}
+
 // The C library functions the compiler calls; there is no libc here.
 // `rep movsb`/`rep stosb` keep the compiler from calling them recursively.
 
@@ -238,330 +253,9 @@ unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 
 // ---- the checks -----------------------------------------------------------
 
-/// xorshift64*: the same operands on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..len)
-            .map(|_| lo + (hi - lo) * (self.next() >> 40) as f32 / (1u64 << 24) as f32)
-            .collect()
-    }
-}
-
-/// A `rows × cols` matrix stored from an odd offset with `pad` spare
-/// elements per row, the spares filled with `fill`.
-struct Stored<T> {
-    buf: Vec<T>,
-    rows: usize,
-    cols: usize,
-    stride: usize,
-}
-
-const OFFSET: usize = 3;
-
-impl<T: Copy> Stored<T> {
-    fn new(
-        values: &[f32],
-        rows: usize,
-        cols: usize,
-        pad: usize,
-        fill: T,
-        to: fn(f32) -> T,
-    ) -> Self {
-        let stride = cols + pad;
-        let mut buf = vec![fill; OFFSET + rows * stride + 2];
-        for r in 0..rows {
-            for c in 0..cols {
-                buf[OFFSET + r * stride + c] = to(values[r * cols + c]);
-            }
-        }
-        Stored {
-            buf,
-            rows,
-            cols,
-            stride,
-        }
-    }
-    fn view(&self, transposed: bool) -> MatRef<'_, T> {
-        let v = MatRef::strided(&self.buf[OFFSET..], self.rows, self.cols, self.stride).unwrap();
-        if transposed {
-            v.t()
-        } else {
-            v
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    m: usize,
-    n: usize,
-    k: usize,
-    trans_a: bool,
-    trans_b: bool,
-    alpha: f32,
-    beta: f32,
-}
-
-/// How a test value becomes an operand element.
-type Convert<T> = fn(f32) -> T;
-
-fn rounded(x: f32) -> f64 {
-    f64::from(Bf16::from_f32(x).to_f32())
-}
-
-/// Runs `case` on `kern` with operands of types `A` and `B` (spares and,
-/// for `beta = 0`, C filled with NaN), checks every element of C against
-/// f64 within the kernels tests' bound, (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| +
-/// |beta·c|) doubled, and returns C.
-fn run<A: Bf16Input, B: Bf16Input>(
-    kern: Kernels,
-    exec: &dyn Executor,
-    case: Case,
-    to: (Convert<A>, Convert<B>),
-    nan: (A, B),
-) -> Vec<f32> {
-    let Case {
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-        alpha,
-        beta,
-    } = case;
-    let mut rng = Rng((m * 1000 + n * 10 + k + 1) as u64);
-    let (a_vals, b_vals) = (rng.vec(m * k, -2.0, 2.0), rng.vec(k * n, -2.0, 2.0));
-    let c_vals = rng.vec(m * n, -1.0, 1.0);
-    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
-    let a = Stored::new(&a_vals, ar, ac, 1, nan.0, to.0);
-    let b = Stored::new(&b_vals, br, bc, 2, nan.1, to.1);
-    let op_a = |i: usize, l: usize| {
-        if trans_a {
-            a_vals[l * ac + i]
-        } else {
-            a_vals[i * ac + l]
-        }
-    };
-    let op_b = |l: usize, j: usize| {
-        if trans_b {
-            b_vals[j * bc + l]
-        } else {
-            b_vals[l * bc + j]
-        }
-    };
-    let mut c = if beta == 0.0 {
-        vec![f32::NAN; m * n]
-    } else {
-        c_vals.clone()
-    };
-    let mut ws = vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
-    let out = MatMut::new(&mut c, m, n).unwrap();
-    kern.gemm_bf16_with(
-        exec,
-        alpha,
-        a.view(trans_a),
-        b.view(trans_b),
-        beta,
-        out,
-        &mut ws,
-    )
-    .unwrap_or_else(|e| panic!("{} {case:?}: {e}", kern.bf16_unit()));
-    let u = f64::from(f32::EPSILON) / 2.0;
-    for i in 0..m {
-        for j in 0..n {
-            let (mut sum, mut mag) = (0.0, 0.0);
-            for l in 0..k {
-                let p = rounded(op_a(i, l)) * rounded(op_b(l, j));
-                sum += p;
-                mag += if p < 0.0 { -p } else { p };
-            }
-            let c_term = if beta == 0.0 {
-                0.0
-            } else {
-                f64::from(beta) * f64::from(c_vals[i * n + j])
-            };
-            let want = f64::from(alpha) * sum + c_term;
-            let tol =
-                2.0 * (k as f64 + 2.0) * u * (f64::from(alpha).abs() * mag + c_term.abs()) + 1e-30;
-            let got = f64::from(c[i * n + j]);
-            assert!(
-                (got - want).abs() <= tol,
-                "{} on {} {case:?}: C[{i}][{j}] = {got}, want {want} ± {tol}",
-                kern.bf16_unit(),
-                kern.backend()
-            );
-        }
-    }
-    c
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// Runs each piece on this one CPU, last first, as if split.
-struct Reversed(usize);
-
-impl Executor for Reversed {
-    fn threads(&self) -> usize {
-        self.0
-    }
-    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
-        (0..pieces).rev().for_each(piece);
-    }
-}
-
-const DIMS: [usize; 12] = [0, 1, 2, 3, 5, 7, 13, 16, 17, 33, 97, 130];
-
-/// Random shapes from `DIMS`, every transpose, alpha and beta, with f32,
-/// bf16 and mixed operands: each within the bound, and the three alike
-/// bit for bit.
-fn random_shapes(kern: Kernels) -> usize {
-    let mut rng = Rng(7);
-    let nan = Bf16::from_bits(0x7FC1);
-    for trial in 0..24 {
-        let mut pick = || DIMS[rng.below(DIMS.len())];
-        let case = Case {
-            m: pick(),
-            n: pick(),
-            k: pick(),
-            trans_a: trial & 1 == 1,
-            trans_b: trial & 2 == 2,
-            alpha: [1.0, -0.5, 2.0][trial % 3],
-            beta: [0.0, 1.0, 0.25, 0.0][trial % 4],
-        };
-        let f32s = run(
-            kern,
-            &Sequential,
-            case,
-            (|x| x, |x| x),
-            (f32::NAN, f32::NAN),
-        );
-        let bf16s = run(
-            kern,
-            &Sequential,
-            case,
-            (Bf16::from_f32, Bf16::from_f32),
-            (nan, nan),
-        );
-        let mixed = run(
-            kern,
-            &Sequential,
-            case,
-            (|x| x, Bf16::from_f32),
-            (f32::NAN, nan),
-        );
-        assert!(
-            bits(&f32s) == bits(&bf16s),
-            "{case:?}: f32 and bf16 operands differ"
-        );
-        assert!(
-            bits(&f32s) == bits(&mixed),
-            "{case:?}: mixed operands differ"
-        );
-    }
-    24 * 3
-}
-
-/// The tile path's edges: whole blocks, a padded last step of k, n not a
-/// multiple of 32, m past a block edge, several blocks of rows and
-/// columns, long k; split across pieces, bit for bit as one piece.
-fn tile_edges(kern: Kernels) -> usize {
-    let shapes = [
-        (32, 32, 32),
-        (33, 31, 33),
-        (64, 65, 1),
-        (95, 7, 100),
-        (31, 40, 64),
-        (200, 140, 70),
-        (64, 33, 600),
-    ];
-    for (m, n, k) in shapes {
-        for trans_a in [false, true] {
-            let case = Case {
-                m,
-                n,
-                k,
-                trans_a,
-                trans_b: trans_a,
-                alpha: 0.75,
-                beta: if trans_a { 0.5 } else { 0.0 },
-            };
-            let one = run(
-                kern,
-                &Sequential,
-                case,
-                (|x| x, |x| x),
-                (f32::NAN, f32::NAN),
-            );
-            let split = run(
-                kern,
-                &Reversed(3),
-                case,
-                (|x| x, |x| x),
-                (f32::NAN, f32::NAN),
-            );
-            assert!(bits(&one) == bits(&split), "{case:?}: the split changed C");
-        }
-    }
-    shapes.len() * 4
-}
-
-/// B packed once multiplies bit for bit as `gemm_bf16` on the same
-/// operands, whole and through views of its rows and leading columns.
-fn packed_operand(kern: Kernels) -> usize {
-    let (k, n) = (100, 70);
-    let mut rng = Rng(11);
-    let b_vals = rng.vec(k * n, -2.0, 2.0);
-    let mut slots = vec![0; PackedBf16::len(k, n).unwrap()];
-    kern.pack_bf16(MatRef::new(&b_vals, k, n).unwrap(), &mut slots)
-        .unwrap();
-    let packed = PackedBf16::new(&slots, k, n).unwrap();
-    let views = [
-        (0..100, 70),
-        (32..100, 70),
-        (64..100, 33),
-        (0..100, 1),
-        (0..64, 64),
-    ];
-    for (rows, cols) in views.clone() {
-        let view = packed
-            .row_range(rows.clone())
-            .unwrap()
-            .first_columns(cols)
-            .unwrap();
-        let part = MatRef::strided(&b_vals[rows.start * n..], rows.len(), cols, n).unwrap();
-        for m in [5, 40, 97] {
-            let a_vals = rng.vec(m * rows.len(), -2.0, 2.0);
-            let a = MatRef::new(&a_vals, m, rows.len()).unwrap();
-            let mut want = vec![f32::NAN; m * cols];
-            let mut ws = vec![0.0; kern.gemm_bf16_workspace_len(m, cols, rows.len())];
-            let c = MatMut::new(&mut want, m, cols).unwrap();
-            kern.gemm_bf16(1.0, a, part, 0.0, c, &mut ws).unwrap();
-            let mut got = vec![f32::NAN; m * cols];
-            let mut ws = vec![0.0; kern.gemm_bf16_packed_workspace_len(m, cols, rows.len())];
-            let c = MatMut::new(&mut got, m, cols).unwrap();
-            kern.gemm_bf16_packed_with(&Reversed(2), 1.0, a, view, 0.0, c, &mut ws)
-                .unwrap();
-            assert!(
-                bits(&got) == bits(&want),
-                "packed rows {rows:?} cols {cols} m {m}"
-            );
-        }
-    }
-    views.len() * 3
+/// `amx on avx512`: a handle's bf16 unit and backend, for messages.
+fn label(kern: Kernels) -> alloc::string::String {
+    alloc::format!("{} on {}", kern.bf16_unit(), kern.backend())
 }
 
 #[no_mangle]
@@ -636,14 +330,16 @@ fn granted(best: Kernels) {
         alpha: 1.0,
         beta: 0.0,
     };
-    let on_pairs = run(
+    let on_pairs = bf16_product(
+        &label(pairs),
         pairs,
         &Sequential,
         case,
         (|x| x, |x| x),
         (f32::NAN, f32::NAN),
     );
-    let on_tiles = run(
+    let on_tiles = bf16_product(
+        &label(best),
         best,
         &Sequential,
         case,
@@ -684,13 +380,13 @@ fn refused(best: Kernels) {
     check_unit(best);
 }
 
-/// Every check on one handle, and its peak loop.
+/// The crate's freestanding bf16 checks on one handle (random shapes and
+/// operand types, the tile edges, packed operands), and its peak loop.
 fn check_unit(kern: Kernels) {
+    let name = label(kern);
+    bf16_random_products(&name, kern, 7, RANDOM_PRODUCTS);
+    bf16_tile_edges(&name, kern);
+    bf16_packed_views(&name, kern);
     let flops = kern.bf16_peak_loop(10);
-    let checked = random_shapes(kern) + tile_edges(kern) + packed_operand(kern);
-    say!(
-        "amx-emulator: {} on {}: {checked} products within the bound; peak loop {flops} flop",
-        kern.bf16_unit(),
-        kern.backend()
-    );
+    say!("amx-emulator: {name}: every check passed; peak loop {flops} flop");
 }
