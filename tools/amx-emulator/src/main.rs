@@ -166,6 +166,10 @@ struct Bump {
 const HEAP: usize = 1 << 30;
 const HEAP_END: usize = 2 << 30;
 
+// SAFETY: every block handed out is fresh memory of the requested size
+// and alignment inside the heap, never handed out twice while live (only
+// the most recent block is taken back on free); the heap is RAM no one
+// else uses.
 unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let start = self
@@ -191,49 +195,74 @@ static ALLOCATOR: Bump = Bump {
     next: AtomicUsize::new(HEAP),
 };
 
-/// The precompiled `alloc` names the unwinder too; with `panic = "abort"`
-/// nothing unwinds.
+// ---- what the compiler and the precompiled `alloc` expect of a libc ----
+
+/// `alloc` names the unwinder; with `panic = "abort"` nothing unwinds.
 #[no_mangle]
 extern "C" fn _Unwind_Resume() -> ! {
     quit()
 }
 
-// The C library functions the compiler calls; there is no libc here.
-// `rep movsb`/`rep stosb` keep the compiler from calling them recursively.
+/// `alloc` names an unwinding personality; with `panic = "abort"` it is
+/// never called.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
+// The C memory functions, with C's contracts (valid, non-overlapping
+// ranges for memcpy, and so on), which every caller (compiled code) keeps.
+// `rep movsb`/`rep stosb` keep the compiler from turning them into calls
+// to themselves; the ABI leaves the direction flag clear.
 
 #[no_mangle]
 unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _, options(nostack));
+    // SAFETY: C's contract: `n` bytes are readable at `src`, writable at
+    // `dst`, and the ranges do not overlap.
+    unsafe {
+        asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _, options(nostack));
+    }
     dst
 }
 
 #[no_mangle]
 unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize) + n {
-        return memcpy(dst, src, n);
+        // SAFETY: as memcpy; copying forwards is right when dst is below
+        // src or past its end.
+        return unsafe { memcpy(dst, src, n) };
     }
-    // Overlapping with dst above src: copy backwards.
-    asm!(
-        "std", "rep movsb", "cld",
-        inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _, inout("rcx") n => _,
-        options(nostack)
-    );
+    // SAFETY: C's contract (`n` bytes readable at `src`, writable at
+    // `dst`); dst lies inside src's range, so n > 0 and copying backwards
+    // from the last byte reads each byte before it is overwritten.
+    unsafe {
+        asm!(
+            "std", "rep movsb", "cld",
+            inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _, inout("rcx") n => _,
+            options(nostack)
+        );
+    }
     dst
 }
 
 #[no_mangle]
 unsafe extern "C" fn memset(dst: *mut u8, value: i32, n: usize) -> *mut u8 {
-    asm!("rep stosb", inout("rdi") dst => _, in("al") value as u8, inout("rcx") n => _, options(nostack));
+    // SAFETY: C's contract: `n` bytes are writable at `dst`.
+    unsafe {
+        asm!("rep stosb", inout("rdi") dst => _, in("al") value as u8, inout("rcx") n => _, options(nostack));
+    }
     dst
 }
 
 #[no_mangle]
 unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     for i in 0..n {
-        let (x, y) = (
-            core::ptr::read_volatile(a.add(i)),
-            core::ptr::read_volatile(b.add(i)),
-        );
+        // SAFETY: C's contract: `n` bytes are readable at `a` and at `b`.
+        // Volatile reads keep the loop from becoming a call to memcmp.
+        let (x, y) = unsafe {
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
+        };
         if x != y {
             return i32::from(x) - i32::from(y);
         }
@@ -241,14 +270,10 @@ unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     0
 }
 
-/// The precompiled `alloc` names an unwinding personality; with
-/// `panic = "abort"` it is never called.
-#[no_mangle]
-extern "C" fn rust_eh_personality() {}
-
 #[no_mangle]
 unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    memcmp(a, b, n)
+    // SAFETY: as memcmp.
+    unsafe { memcmp(a, b, n) }
 }
 
 // ---- the checks -----------------------------------------------------------
