@@ -4,27 +4,28 @@
 # it with GRUB under Bochs twice (the OS granting, then refusing, the
 # tile data) and prints its reports. Exit status 0 when both pass.
 #
-#   BOCHS=/path/to/bochs tools/amx-emulator/run.sh
+#   tools/amx-emulator/run.sh
 #
-# BOCHS is a Bochs built with --enable-evex --enable-amx (the README's
-# "AMX without an AMX CPU" says how, and which Bochs bug to patch);
-# BOCHS_BIOS is the folder of its BIOS images (default: `bios` beside the
-# binary, as in a Bochs source tree). Needs grub-mkrescue (Debian:
-# grub-pc-bin, grub-common, xorriso, mtools) and objcopy.
+# BOCHS is a Bochs built with --enable-evex --enable-amx and the fix in
+# build-bochs.sh; by default build-bochs.sh builds one (once). BOCHS_ROM
+# and BOCHS_VGAROM are its BIOS images (default: the SeaBIOS images in
+# the `bios` folder beside the binary, as in Bochs's source archive).
+# Needs grub-mkrescue and xorriso (Debian: grub-pc-bin grub-common
+# xorriso mtools) and objcopy.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 fail() { echo "error: $*" >&2; exit 1; }
 
-bochs="${BOCHS:-}"
-[ -n "${bochs}" ] || fail "set BOCHS to a Bochs binary built with --enable-evex --enable-amx"
-[ -x "${bochs}" ] || fail "BOCHS=${bochs} is not an executable file"
-bios="${BOCHS_BIOS:-$(dirname "${bochs}")/bios}"
-for image in "${bios}/BIOS-bochs-latest" "${bios}/VGABIOS-lgpl/VGABIOS-lgpl-latest.bin"; do
-    [ -f "${image}" ] || fail "no ${image} (set BOCHS_BIOS to the folder of Bochs's BIOS images)"
-done
-for tool in grub-mkrescue objcopy; do
+for tool in grub-mkrescue xorriso objcopy; do
     command -v "${tool}" >/dev/null 2>&1 || fail "${tool} not found (Debian: grub-pc-bin grub-common xorriso mtools binutils)"
+done
+bochs="${BOCHS:-$("${here}/build-bochs.sh")}"
+[ -x "${bochs}" ] || fail "BOCHS=${bochs} is not an executable file"
+rom="${BOCHS_ROM:-$(dirname "${bochs}")/bios/bios.bin-1.13.0}"
+vgarom="${BOCHS_VGAROM:-$(dirname "${bochs}")/bios/vgabios-cirrus.bin-1.13.0}"
+for image in "${rom}" "${vgarom}"; do
+    [ -f "${image}" ] || fail "no BIOS image ${image} (set BOCHS_ROM and BOCHS_VGAROM)"
 done
 
 cargo build --quiet --release --manifest-path "${here}/Cargo.toml"
@@ -34,12 +35,13 @@ trap 'rm -rf "${work}"' EXIT
 mkdir -p "${work}/iso/boot/grub"
 objcopy -O binary "${here}/target/release/amx-emulator" "${work}/iso/boot/amx-emulator.bin"
 
-# 3 GiB: the program's heap is the second GiB. Port 0xE9 is its console.
+# 2 GiB: the program's heap is the GiB from 512 MiB. Port 0xE9 is its
+# console.
 cat > "${work}/bochsrc" <<EOF
-megs: 3072
+megs: 2048
 cpu: model=sapphire_rapids, ips=100000000, reset_on_triple_fault=0
-romimage: file=${bios}/BIOS-bochs-latest
-vgaromimage: file=${bios}/VGABIOS-lgpl/VGABIOS-lgpl-latest.bin
+romimage: file=${rom}
+vgaromimage: file=${vgarom}
 ata0-master: type=cdrom, path=${work}/boot.iso, status=inserted
 boot: cdrom
 display_library: nogui
