@@ -10,8 +10,9 @@
 # build-bochs.sh; by default build-bochs.sh builds one (once). BOCHS_ROM
 # and BOCHS_VGAROM are its BIOS images (default: the SeaBIOS images in
 # the `bios` folder beside the binary, as in Bochs's source archive).
-# Needs grub-mkrescue and xorriso (Debian: grub-pc-bin grub-common
-# xorriso mtools) and objcopy.
+# AMX_EMULATOR_TIMEOUT limits each boot (seconds, default 900). Needs
+# grub-mkrescue with GRUB's BIOS modules and xorriso (Debian: grub-pc-bin
+# grub-common xorriso mtools) and objcopy.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -20,6 +21,8 @@ fail() { echo "error: $*" >&2; exit 1; }
 for tool in grub-mkrescue xorriso objcopy; do
     command -v "${tool}" >/dev/null 2>&1 || fail "${tool} not found (Debian: grub-pc-bin grub-common xorriso mtools binutils)"
 done
+# Without GRUB's BIOS modules grub-mkrescue makes an image Bochs cannot boot.
+[ -d /usr/lib/grub/i386-pc ] || fail "no /usr/lib/grub/i386-pc (Debian: grub-pc-bin)"
 bochs="${BOCHS:-$("${here}/build-bochs.sh")}"
 [ -x "${bochs}" ] || fail "BOCHS=${bochs} is not an executable file"
 rom="${BOCHS_ROM:-$(dirname "${bochs}")/bios/bios.bin-1.13.0}"
@@ -58,10 +61,14 @@ EOF
 boot() {
     printf 'set timeout=0\nmenuentry "amx-emulator" {\n    multiboot /boot/amx-emulator.bin %s\n    boot\n}\n' "$*" \
         > "${work}/iso/boot/grub/grub.cfg"
-    grub-mkrescue -o "${work}/boot.iso" "${work}/iso" >/dev/null 2>&1 \
-        || fail "grub-mkrescue could not make the boot image"
-    timeout "${AMX_EMULATOR_TIMEOUT:-900}" "${bochs}" -q -f "${work}/bochsrc" > "${work}/out" 2>&1 || true
+    if ! grub-mkrescue -o "${work}/boot.iso" "${work}/iso" > "${work}/grub.log" 2>&1; then
+        cat "${work}/grub.log" >&2
+        fail "grub-mkrescue could not make the boot image (its output above)"
+    fi
+    local status=0
+    timeout "${AMX_EMULATOR_TIMEOUT:-900}" "${bochs}" -q -f "${work}/bochsrc" > "${work}/out" 2>&1 || status=$?
     grep -a '^amx-emulator:' "${work}/out" || true
+    [ "${status}" -ne 124 ] || fail "Bochs ran past ${AMX_EMULATOR_TIMEOUT:-900} s (AMX_EMULATOR_TIMEOUT)"
     if ! grep -aq '^amx-emulator: PASS' "${work}/out"; then
         tail -n 20 "${work}/bochs.log" >&2 || true
         fail "the emulated run did not pass (Bochs's log tail above)"

@@ -232,20 +232,22 @@ pub fn bf16_random_products(name: &str, kern: Kernels, seed: u64, trials: usize)
         let mixed: (Convert<f32>, Convert<Bf16>) = (|x| x, Bf16::from_f32);
         let mixed = bf16_product(name, kern, &Sequential, case, mixed, (f32::NAN, nan));
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(
-            bits(&f32s) == bits(&bf16s),
+        assert_eq!(
+            bits(&f32s),
+            bits(&bf16s),
             "{name} {case:?}: f32 and bf16 operands differ"
         );
-        assert!(
-            bits(&f32s) == bits(&mixed),
+        assert_eq!(
+            bits(&f32s),
+            bits(&mixed),
             "{name} {case:?}: mixed operands differ"
         );
     }
 }
 
-/// Views of a packed operand (row ranges, leading columns) multiply, split
-/// into pieces, as the same part of the unpacked operand does whole, bit
-/// for bit; bad ranges are refused.
+/// Views of a packed operand (row ranges, leading columns) multiply, whole
+/// and split into pieces, as the same part of the unpacked operand does,
+/// bit for bit; bad ranges are refused.
 pub fn bf16_packed_views(name: &str, kern: Kernels) {
     let (k, n) = (100, 70);
     let mut rng = Rng::new(11);
@@ -274,17 +276,27 @@ pub fn bf16_packed_views(name: &str, kern: Kernels) {
             let mut ws = vec![0.0; kern.gemm_bf16_workspace_len(m, cols, rows.len())];
             let c = MatMut::new(&mut want, m, cols).unwrap();
             kern.gemm_bf16(1.0, a, part, 0.0, c, &mut ws).unwrap();
-            let mut got = vec![f32::NAN; m * cols];
             let len = kern.gemm_bf16_packed_workspace_len(m, cols, rows.len());
             let mut ws = vec![0.0; len];
-            let c = MatMut::new(&mut got, m, cols).unwrap();
-            kern.gemm_bf16_packed_with(&Reversed(2), 1.0, a, view, 0.0, c, &mut ws)
-                .unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut got = vec![f32::NAN; m * cols];
+            let c = MatMut::new(&mut got, m, cols).unwrap();
+            kern.gemm_bf16_packed(1.0, a, view, 0.0, c, &mut ws)
+                .unwrap();
             assert_eq!(
                 bits(&got),
                 bits(&want),
                 "{name} rows {rows:?} cols {cols} m {m}"
+            );
+            let mut got = vec![f32::NAN; m * cols];
+            let c = MatMut::new(&mut got, m, cols).unwrap();
+            kern.gemm_bf16_packed_with(&Reversed(2), 1.0, a, view, 0.0, c, &mut ws)
+                .unwrap();
+            let split = "split in pieces";
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{name} rows {rows:?} cols {cols} m {m} {split}"
             );
         }
     }
@@ -312,9 +324,10 @@ pub fn bf16_packed_views(name: &str, kern: Kernels) {
 /// The tile path's edges (tiles take products of at least 32 rows): whole
 /// blocks, k not a multiple of 32 (a padded last step), n not a multiple
 /// of 32, m past a block edge, several blocks of rows and columns, long
-/// k; each within the bound, and split into pieces bit for bit as whole.
+/// k, every transpose; each within the bound, and split into pieces bit
+/// for bit as whole.
 pub fn bf16_tile_edges(name: &str, kern: Kernels) {
-    for (m, n, k) in [
+    let shapes = [
         (32, 32, 32),
         (33, 31, 33),
         (64, 65, 1),
@@ -322,23 +335,27 @@ pub fn bf16_tile_edges(name: &str, kern: Kernels) {
         (31, 40, 64),
         (200, 140, 70),
         (64, 33, 600),
-    ] {
-        for trans_a in [false, true] {
+    ];
+    let transposes = [(false, false), (true, false), (false, true), (true, true)];
+    for (i, (m, n, k)) in shapes.into_iter().enumerate() {
+        for (t, (trans_a, trans_b)) in transposes.into_iter().enumerate() {
             let case = Case {
                 m,
                 n,
                 k,
                 trans_a,
-                trans_b: trans_a,
+                trans_b,
                 alpha: 0.75,
-                beta: if trans_a { 0.5 } else { 0.0 },
+                // Each transpose meets beta = 0 (C unread) and beta != 0.
+                beta: [0.0, 0.5][(i + t) % 2],
             };
             let same: (Convert<f32>, Convert<f32>) = (|x| x, |x| x);
             let one = bf16_product(name, kern, &Sequential, case, same, (f32::NAN, f32::NAN));
             let split = bf16_product(name, kern, &Reversed(3), case, same, (f32::NAN, f32::NAN));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert!(
-                bits(&one) == bits(&split),
+            assert_eq!(
+                bits(&one),
+                bits(&split),
                 "{name} {case:?}: the split changed C"
             );
         }

@@ -23,8 +23,8 @@ pml4:       .skip 4096
 pdpt:       .skip 4096
 page_dirs:  .skip 4 * 4096              # 4 GiB in 2 MiB pages, identity
     .balign 16
-stack:      .skip 1 << 20
-stack_top:
+stack:      .skip 1 << 20               # an overflow would run into page_dirs:
+stack_top:                              # the checks need a few KiB of it
 
     .section .rodata
     .balign 8
@@ -42,8 +42,12 @@ gdt_pointer:
     .globl start32
 start32:
     cli
+    cld                                 # multiboot leaves the direction flag undefined
     mov $stack_top, %esp
-    mov %ebx, multiboot_info            # GRUB's information, command line included
+    cmp $0x2BADB002, %eax               # a multiboot loader's mark:
+    jne 0f
+    mov %ebx, multiboot_info            # then ebx is its information (command line)
+0:
     # pml4[0] -> pdpt, pdpt[0..4] -> page_dirs, each entry a 2 MiB page.
     mov $pdpt, %eax
     or $3, %eax
@@ -77,7 +81,7 @@ start32:
     or $(1 << 8) | 1, %eax
     wrmsr
     mov %cr0, %eax
-    and $~(1 << 2), %eax                # no x87 emulation
+    and $~((1 << 3) | (1 << 2)), %eax   # no task-switched trap, no x87 emulation
     or $(1 << 31) | (1 << 1), %eax      # paging, monitor coprocessor
     mov %eax, %cr0
     lgdt gdt_pointer
@@ -124,8 +128,11 @@ start64:
 # 0 (granted), or `tile_data_answer` where `rust_main` set one. A refusal
 # also takes the tile state out of XCR0, so that a tile instruction run
 # regardless faults (#UD), as it does (#NM) under Linux. Any other call
-# gets -ENOSYS. Keeps every register but rax, rcx and r11, as Linux does,
-# and uses no stack: the caller may keep data below its stack pointer.
+# gets -ENOSYS. Keeps every register but rax, rcx and r11, as Linux does
+# (the flags too are changed: the caller's asm! does not promise to keep
+# them), and uses no stack, since the caller may keep data below its stack
+# pointer: xgetbv/xsetbv need ecx = 0 and overwrite edx, so the return
+# address moves to r11 and rdx waits in memory.
 syscall_entry:
     cmp $158, %rax
     jne 5f
@@ -163,6 +170,7 @@ exception_stubs:
     .set vector, vector + 1
     .endr
 exception_common:
+    cld                                 # a fault inside memmove's backward copy
     mov %rsp, %rdi
     and $~15, %rsp
     call exception

@@ -40,7 +40,8 @@ const RANDOM_PRODUCTS: usize = 24;
 core::arch::global_asm!(include_str!("boot.s"), options(att_syntax));
 
 extern "C" {
-    static tile_data_requests: u64;
+    // Written by the syscall handler in boot.s.
+    static mut tile_data_requests: u64;
     static mut tile_data_answer: i64;
     static exception_stubs: u8;
 }
@@ -50,23 +51,29 @@ extern "C" {
 /// AMX state).
 const ENOSPC: i64 = -28;
 
-/// The words of GRUB's command line for this program (`multiboot
-/// /boot/amx-emulator.bin refuse`), from the multiboot information.
-fn command_line(multiboot_info: u32) -> &'static str {
+/// Whether GRUB's command line for this program (`multiboot
+/// /boot/amx-emulator.bin refuse`) has the word `refuse`, from the
+/// multiboot information (0 when no multiboot loader started us).
+fn asked_to_refuse(multiboot_info: u32) -> bool {
     let info = multiboot_info as usize as *const u32;
+    if info.is_null() {
+        return false;
+    }
     // SAFETY: GRUB passed the address of its multiboot information, which
     // starts with the flags; bit 2 says word 4 points to a NUL-terminated
-    // command line. All of it lies in identity-mapped low memory.
+    // command line. All of it lies in identity-mapped low memory, untouched
+    // until this returns (it runs before anything allocates).
     unsafe {
-        if info.is_null() || *info & (1 << 2) == 0 {
-            return "";
+        if *info & (1 << 2) == 0 {
+            return false;
         }
         let text = *info.add(4) as usize as *const u8;
         let mut len = 0;
         while len < 256 && *text.add(len) != 0 {
             len += 1;
         }
-        core::str::from_utf8(core::slice::from_raw_parts(text, len)).unwrap_or("")
+        let line = core::slice::from_raw_parts(text, len);
+        line.split(|&b| b == b' ').any(|word| word == b"refuse")
     }
 }
 
@@ -110,19 +117,23 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Called by the exception stubs with the stack they left: the vector,
-/// then (for some vectors) an error code, then the faulting rip.
+/// then (for vectors 8, 10–14, 17, 21, 29 and 30) an error code, then the
+/// faulting rip.
 #[no_mangle]
 extern "C" fn exception(frame: *const u64) -> ! {
-    // SAFETY: the stub pushed the vector, the CPU pushed at least rip, cs
-    // and rflags above it.
-    let words = unsafe { [*frame, *frame.add(1), *frame.add(2), *frame.add(3)] };
-    say!(
-        "amx-emulator: FAIL: CPU exception {} (stack: {:#x} {:#x} {:#x})",
-        words[0],
-        words[1],
-        words[2],
-        words[3]
-    );
+    // SAFETY: the stub pushed the vector, the CPU pushed rip, cs and
+    // rflags (after an error code for some vectors) above it.
+    let vector = unsafe { *frame };
+    let with_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+    // SAFETY: as above.
+    let (code, rip) = unsafe {
+        if with_code {
+            (*frame.add(1), *frame.add(2))
+        } else {
+            (0, *frame.add(1))
+        }
+    };
+    say!("amx-emulator: FAIL: CPU exception {vector} at rip {rip:#x} (error code {code:#x})");
     quit()
 }
 
@@ -156,9 +167,10 @@ fn install_exception_handlers() {
 
 // ---- memory ---------------------------------------------------------------
 
-/// A bump allocator over 1 GiB of RAM from 512 MiB (Bochs gives the
-/// machine 2 GiB, the most Bochs 3.0 allows, and the BIOS keeps its tables
-/// at the top; GRUB and this program live below 16 MiB). The last
+/// A bump allocator over 1 GiB of RAM from 512 MiB (run.sh gives the
+/// machine 2 GiB, Bochs 3.0's cap on the memory it takes from the host,
+/// and the BIOS keeps its tables at the top; GRUB and this program live
+/// below 16 MiB). The last
 /// allocation is returned on free, which is enough for these tests'
 /// vectors.
 struct Bump {
@@ -288,9 +300,7 @@ fn label(kern: Kernels) -> alloc::string::String {
 #[no_mangle]
 extern "C" fn rust_main(multiboot_info: u32) -> ! {
     install_exception_handlers();
-    let refuse = command_line(multiboot_info)
-        .split(' ')
-        .any(|word| word == "refuse");
+    let refuse = asked_to_refuse(multiboot_info);
     if refuse {
         // SAFETY: read only by the syscall handler, which has not run yet.
         unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!(tile_data_answer), ENOSPC) };
@@ -304,7 +314,7 @@ extern "C" fn rust_main(multiboot_info: u32) -> ! {
         Bf16Unit::amx_refused()
     );
     // SAFETY: written only by the syscall handler, which has returned.
-    let requests = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(tile_data_requests)) };
+    let requests = unsafe { core::ptr::read_volatile(core::ptr::addr_of_mut!(tile_data_requests)) };
     say!("amx-emulator: tile data requested {requests} time(s)");
     assert!(
         requests == 1,
