@@ -97,6 +97,11 @@ impl<T: Copy> Stored<T> {
     }
 }
 
+/// The bit patterns of `v`, to compare results exactly (NaN included).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// Rounds to bf16 and back.
 fn rounded(x: f32) -> f64 {
     f64::from(Bf16::from_f32(x).to_f32())
@@ -231,7 +236,6 @@ pub fn bf16_random_products(name: &str, kern: Kernels, seed: u64, trials: usize)
         let bf16s = bf16_product(name, kern, &Sequential, case, halves, (nan, nan));
         let mixed: (Convert<f32>, Convert<Bf16>) = (|x| x, Bf16::from_f32);
         let mixed = bf16_product(name, kern, &Sequential, case, mixed, (f32::NAN, nan));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(&f32s),
             bits(&bf16s),
@@ -278,7 +282,6 @@ pub fn bf16_packed_views(name: &str, kern: Kernels) {
             kern.gemm_bf16(1.0, a, part, 0.0, c, &mut ws).unwrap();
             let len = kern.gemm_bf16_packed_workspace_len(m, cols, rows.len());
             let mut ws = vec![0.0; len];
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             let mut got = vec![f32::NAN; m * cols];
             let c = MatMut::new(&mut got, m, cols).unwrap();
             kern.gemm_bf16_packed(1.0, a, view, 0.0, c, &mut ws)
@@ -352,7 +355,6 @@ pub fn bf16_tile_edges(name: &str, kern: Kernels) {
             let same: (Convert<f32>, Convert<f32>) = (|x| x, |x| x);
             let one = bf16_product(name, kern, &Sequential, case, same, (f32::NAN, f32::NAN));
             let split = bf16_product(name, kern, &Reversed(3), case, same, (f32::NAN, f32::NAN));
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(&one),
                 bits(&split),

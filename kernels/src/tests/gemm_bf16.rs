@@ -11,7 +11,8 @@
 use std::vec::Vec;
 
 use super::freestanding::{
-    bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, Case, Reversed, Stored,
+    bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits, Case, Reversed,
+    Stored,
 };
 use super::*;
 use crate::dispatch::Isa;
@@ -188,7 +189,6 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
                         &mut ws,
                     )
                     .unwrap();
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&want), "{name} {m}x{n}x{kk} beta {beta}");
                 }
             }
