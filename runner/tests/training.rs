@@ -1,7 +1,8 @@
 //! Training behaviour through the library: learning (overfitting a short
 //! text), determinism, exact resumption, and checkpoint round trips.
 
-use std::path::PathBuf;
+mod common;
+use common::scratch;
 
 use kernels::Kernels;
 use runner::checkpoint;
@@ -9,13 +10,6 @@ use runner::data;
 use runner::eval::evaluate;
 use runner::model::{ModelConfig, Preset};
 use runner::train::{train, TrainSettings};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("runner-training-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn settings(steps: u32) -> TrainSettings {
     TrainSettings {
