@@ -3,8 +3,8 @@
 
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
-use crate::math::{self, GELU_CUBIC, GELU_SCALE};
-use crate::simd::{map1, pieces, Simd};
+use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE};
+use crate::simd::{map1, map1_blocks, update3_blocks, Simd};
 use crate::{KernelError, Kernels};
 
 impl Kernels {
@@ -27,7 +27,13 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         dispatch!(self,
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x)),
-            simd: |s| map1(s, x, out, #[inline(always)] |x| s.mul(x, math::gelu_gate(s, x).0)),
+            simd: |s| map1_blocks(s, x, out, 0.0, #[inline(always)] |x: [_; EXP_BLOCK]| {
+                let (mut y, _) = math::gelu_gate_each(s, x);
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = s.mul(x, *y);
+                }
+                y
+            }),
         );
         Ok(())
     }
@@ -45,16 +51,16 @@ impl Kernels {
             scalar: for i in 0..x.len() {
                 dx[i] += gelu_derivative_scalar(x[i]) * dout[i];
             },
-            simd: |s| for p in pieces(x.len(), s.lanes()) {
-                let xv = s.load_piece(&x[p.clone()], 0.0);
-                let (gate, du) = math::gelu_gate(s, xv);
-                // d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2u'
-                let one_minus = s.sub(s.splat(1.0), gate);
-                let slope = s.mul(s.mul(xv, gate), s.mul(one_minus, s.add(du, du)));
-                let grad = s.mul(s.add(gate, slope), s.load_piece(&dout[p.clone()], 0.0));
-                let acc = s.add(s.load_piece(&dx[p.clone()], 0.0), grad);
-                s.store_piece(&mut dx[p], acc);
-            },
+            simd: |s| update3_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout, mut dx| {
+                let (gate, du) = math::gelu_gate_each(s, x);
+                for j in 0..EXP_BLOCK {
+                    // d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2u'
+                    let one_minus = s.sub(s.splat(1.0), gate[j]);
+                    let slope = s.mul(s.mul(x[j], gate[j]), s.mul(one_minus, s.add(du[j], du[j])));
+                    dx[j] = s.add(dx[j], s.mul(s.add(gate[j], slope), dout[j]));
+                }
+                dx
+            }),
         );
         Ok(())
     }
@@ -64,7 +70,7 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         dispatch!(self,
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = libm::expf(x)),
-            simd: |s| map1(s, x, out, #[inline(always)] |v| math::exp(s, v)),
+            simd: |s| map1_blocks(s, x, out, 0.0, #[inline(always)] |v: [_; EXP_BLOCK]| math::exp_each(s, v)),
         );
         Ok(())
     }

@@ -4,7 +4,8 @@ use crate::dispatch::dispatch;
 use crate::error::{expect_len, rows_of};
 use crate::math;
 use crate::reduce::row_max;
-use crate::simd::{update1, Simd};
+use crate::simd::{map1_blocks, update1, Simd};
+use crate::softmax::softmax_numerators;
 use crate::{KernelError, Kernels};
 
 impl Kernels {
@@ -93,20 +94,15 @@ fn cross_entropy_row<S: Simd>(
         Some(d) => {
             // Store e^(x - max) in dlogits, then rescale it in place.
             let mut sum = s.splat(0.0);
-            let mut outs = d.chunks_exact_mut(S::LANES);
-            let mut ins = row.chunks_exact(S::LANES);
-            for (o, x) in (&mut outs).zip(&mut ins) {
-                let e = math::exp(s, s.sub(s.load(x), m));
-                s.store(o, e);
-                sum = s.add(sum, e);
-            }
-            let o = outs.into_remainder();
-            if !o.is_empty() {
-                let x = s.load_partial(ins.remainder(), f32::NEG_INFINITY);
-                let e = math::exp(s, s.sub(x, m));
-                s.store_partial(o, e);
-                sum = s.add(sum, e);
-            }
+            // Padding with -inf adds e^-inf = 0.
+            map1_blocks(
+                s,
+                row,
+                d,
+                f32::NEG_INFINITY,
+                #[inline(always)]
+                |x| softmax_numerators(s, x, m, &mut sum),
+            );
             let sum = s.reduce_sum(sum);
             let factor = s.splat(scale / sum);
             update1(s, d, |e| s.mul(e, factor));

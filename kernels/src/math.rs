@@ -16,13 +16,35 @@ const EXP_HI: f32 = 88.73;
 /// e^x per lane.
 #[inline(always)]
 pub(crate) fn exp<S: Simd>(s: S, x: S::V) -> S::V {
-    // max/min return their second operand for NaN, so NaN passes through.
-    let x = s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x));
-    let n = s.round(s.mul(x, s.splat(LOG2_E)));
-    let r = s.neg_mul_add(n, s.splat(LN2_HI), x);
-    let r = s.neg_mul_add(n, s.splat(LN2_LO), r);
+    exp_each(s, [x])[0]
+}
+
+/// Vectors per call of [`exp_each`] in the element-wise loops. Measured on
+/// Zen 3 against one vector at a time: GELU forward 1.22×, backward 1.49×,
+/// softmax rows of 256 1.16× with 8; 4 gave about 1.2× and 1.4× on GELU, 2
+/// less. Eight vectors of temporaries fit AVX-512's 32 registers and spill
+/// a few of AVX2's 16, which still pays.
+pub(crate) const EXP_BLOCK: usize = 8;
+
+/// e^x per lane of `N` independent vectors, each step written for all of
+/// them before the next, so that their ~30 dependent operations interleave:
+/// the out-of-order window alone holds too few of one vector's to keep the
+/// FMA units busy (see [`EXP_BLOCK`]). Each lane's result is the same for
+/// any N.
+#[inline(always)]
+pub(crate) fn exp_each<S: Simd, const N: usize>(s: S, x: [S::V; N]) -> [S::V; N] {
+    // Explicit loops over the N vectors rather than `array::map`, whose
+    // closures may stay out of line, compiled without the instruction set.
+    let (mut n, mut r) = (x, x);
+    for j in 0..N {
+        // max/min return their second operand for NaN, so NaN passes through.
+        let x = s.min(s.splat(EXP_HI), s.max(s.splat(EXP_LO), x[j]));
+        n[j] = s.round(s.mul(x, s.splat(LOG2_E)));
+        r[j] = s.neg_mul_add(n[j], s.splat(LN2_HI), x);
+        r[j] = s.neg_mul_add(n[j], s.splat(LN2_LO), r[j]);
+    }
     // e^r on |r| ≤ ln2/2, minimax polynomial (Cephes expf coefficients).
-    let mut p = s.splat(1.987_569_2e-4);
+    let mut p = [s.splat(1.987_569_2e-4); N];
     for c in [
         1.398_199_9e-3,
         8.333_452e-3,
@@ -30,14 +52,20 @@ pub(crate) fn exp<S: Simd>(s: S, x: S::V) -> S::V {
         1.666_666_5e-1,
         5e-1,
     ] {
-        p = s.mul_add(p, r, s.splat(c));
+        for j in 0..N {
+            p[j] = s.mul_add(p[j], r[j], s.splat(c));
+        }
     }
-    let p = s.mul_add(s.mul(p, r), r, s.add(r, s.splat(1.0)));
-    // 2^n in two factors so that subnormal results (n < -126) stay exact up
-    // to their own rounding: n1 in the normal exponent range, n2 in -24..=1.
-    let n1 = s.min(s.splat(127.0), s.max(s.splat(-126.0), n));
-    let n2 = s.sub(n, n1);
-    s.mul(s.mul(p, s.exp2_int(n1)), s.exp2_int(n2))
+    for j in 0..N {
+        let e_r = s.mul_add(s.mul(p[j], r[j]), r[j], s.add(r[j], s.splat(1.0)));
+        // 2^n in two factors so that subnormal results (n < -126) stay exact
+        // up to their own rounding: n1 in the normal exponent range, n2 in
+        // -24..=1.
+        let n1 = s.min(s.splat(127.0), s.max(s.splat(-126.0), n[j]));
+        let n2 = s.sub(n[j], n1);
+        p[j] = s.mul(s.mul(e_r, s.exp2_int(n1)), s.exp2_int(n2));
+    }
+    p
 }
 
 /// tanh(x) per lane.
@@ -68,18 +96,27 @@ pub(crate) const GELU_CUBIC: f32 = 0.044_715;
 
 /// `(σ(2u), u')` for GELU's inner `u = √(2/π)·(x + 0.044715·x³)`, using
 /// `0.5·(1 + tanh u) = σ(2u) = 1 / (1 + e^(−2u))`: one exp, no cancellation
-/// for large negative x.
+/// for large negative x. `N` vectors at once, as [`exp_each`].
 #[inline(always)]
-pub(crate) fn gelu_gate<S: Simd>(s: S, x: S::V) -> (S::V, S::V) {
-    let x2 = s.mul(x, x);
+pub(crate) fn gelu_gate_each<S: Simd, const N: usize>(
+    s: S,
+    x: [S::V; N],
+) -> ([S::V; N], [S::V; N]) {
     let scale = s.splat(GELU_SCALE);
     let cubic = s.splat(GELU_CUBIC);
-    let u = s.mul(scale, s.mul_add(s.mul(cubic, x2), x, x));
-    let du = s.mul(
-        scale,
-        s.mul_add(s.splat(3.0 * GELU_CUBIC), x2, s.splat(1.0)),
-    );
-    let e = exp(s, s.mul(s.splat(-2.0), u));
-    let gate = s.div(s.splat(1.0), s.add(s.splat(1.0), e));
+    let (mut minus_2u, mut du) = (x, x);
+    for j in 0..N {
+        let x2 = s.mul(x[j], x[j]);
+        let u = s.mul(scale, s.mul_add(s.mul(cubic, x2), x[j], x[j]));
+        minus_2u[j] = s.mul(s.splat(-2.0), u);
+        du[j] = s.mul(
+            scale,
+            s.mul_add(s.splat(3.0 * GELU_CUBIC), x2, s.splat(1.0)),
+        );
+    }
+    let mut gate = exp_each(s, minus_2u);
+    for g in &mut gate {
+        *g = s.div(s.splat(1.0), s.add(s.splat(1.0), *g));
+    }
     (gate, du)
 }

@@ -3,9 +3,9 @@
 
 use crate::dispatch::dispatch;
 use crate::error::{expect_len, rows_of};
-use crate::math;
+use crate::math::{self, EXP_BLOCK};
 use crate::reduce::row_max;
-use crate::simd::{fold2, update1, update2, Simd};
+use crate::simd::{fold2, update1, update1_blocks, update2, Simd};
 use crate::{KernelError, Kernels};
 
 /// Which prefix of each row a row-wise routine covers; the entries after it
@@ -170,6 +170,26 @@ fn softmax_scalar(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// `e^(x − max)` for a block of a row, each vector added to `sum` in
+/// order: the numerators of a softmax (and of cross-entropy's gradient).
+#[inline(always)]
+pub(crate) fn softmax_numerators<S: Simd>(
+    s: S,
+    x: [S::V; EXP_BLOCK],
+    max: S::V,
+    sum: &mut S::V,
+) -> [S::V; EXP_BLOCK] {
+    let mut shifted = x;
+    for x in &mut shifted {
+        *x = s.sub(*x, max);
+    }
+    let e = math::exp_each(s, shifted);
+    for &e in &e {
+        *sum = s.add(*sum, e);
+    }
+    e
+}
+
 #[inline(always)]
 fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     if x.is_empty() {
@@ -177,19 +197,15 @@ fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     }
     let max = s.splat(s.reduce_max(row_max(s, x)));
     let mut sum = s.splat(0.0);
-    let mut chunks = x.chunks_exact_mut(S::LANES);
-    for c in &mut chunks {
-        let e = math::exp(s, s.sub(s.load(c), max));
-        s.store(c, e);
-        sum = s.add(sum, e);
-    }
-    let tail = chunks.into_remainder();
-    if !tail.is_empty() {
-        // Padding with -inf makes the padded lanes e^-inf = 0.
-        let e = math::exp(s, s.sub(s.load_partial(tail, f32::NEG_INFINITY), max));
-        s.store_partial(tail, e);
-        sum = s.add(sum, e);
-    }
+    // Padding with -inf makes the padded lanes e^-inf = 0, so the sum
+    // (added in order, one vector at a time) does not depend on the block.
+    update1_blocks(
+        s,
+        x,
+        f32::NEG_INFINITY,
+        #[inline(always)]
+        |v| softmax_numerators(s, v, max, &mut sum),
+    );
     let inv = s.splat(1.0 / s.reduce_sum(sum));
     update1(s, x, |v| s.mul(v, inv));
 }

@@ -197,6 +197,119 @@ pub(crate) fn update2<S: Simd>(s: S, x: &[f32], y: &mut [f32], f: impl Fn(S::V, 
     }
 }
 
+// The same skeletons `N` vectors at a time, for long computations whose
+// instructions should interleave across vectors (see `math::exp_each`):
+// whole blocks of `N` vectors, then one call for the tail, its missing lanes
+// `fill`. The whole blocks index their vectors with constants, so that the
+// arrays stay in registers.
+
+/// Loads `N` whole vectors from `src` (at least `N · LANES` long).
+#[inline(always)]
+fn load_block<S: Simd, const N: usize>(s: S, src: &[f32]) -> [S::V; N] {
+    let mut v = [s.splat(0.0); N];
+    for (j, v) in v.iter_mut().enumerate() {
+        *v = s.load(&src[j * S::LANES..]);
+    }
+    v
+}
+
+/// Stores `N` whole vectors to `dst` (at least `N · LANES` long).
+#[inline(always)]
+fn store_block<S: Simd, const N: usize>(s: S, dst: &mut [f32], v: [S::V; N]) {
+    for (j, v) in v.into_iter().enumerate() {
+        s.store(&mut dst[j * S::LANES..], v);
+    }
+}
+
+/// Loads fewer than `N · LANES` elements as `N` vectors, missing lanes `fill`.
+#[inline(always)]
+fn load_tail<S: Simd, const N: usize>(s: S, src: &[f32], fill: f32) -> [S::V; N] {
+    let mut v = [s.splat(fill); N];
+    for (v, piece) in v.iter_mut().zip(pieces(src.len(), S::LANES)) {
+        *v = s.load_piece(&src[piece], fill);
+    }
+    v
+}
+
+/// Stores the lanes of `v` that fall inside `dst` (fewer than `N · LANES`).
+#[inline(always)]
+fn store_tail<S: Simd, const N: usize>(s: S, dst: &mut [f32], v: [S::V; N]) {
+    for (v, piece) in v.into_iter().zip(pieces(dst.len(), S::LANES)) {
+        s.store_piece(&mut dst[piece], v);
+    }
+}
+
+/// `out[i] = f(a[i])`, `N` vectors per call.
+#[inline(always)]
+pub(crate) fn map1_blocks<S: Simd, const N: usize>(
+    s: S,
+    a: &[f32],
+    out: &mut [f32],
+    fill: f32,
+    mut f: impl FnMut([S::V; N]) -> [S::V; N],
+) {
+    let width = N * S::LANES;
+    let mut outs = out.chunks_exact_mut(width);
+    let mut ins = a.chunks_exact(width);
+    for (o, a) in (&mut outs).zip(&mut ins) {
+        store_block(s, o, f(load_block(s, a)));
+    }
+    let (o, a) = (outs.into_remainder(), ins.remainder());
+    if !o.is_empty() {
+        store_tail(s, o, f(load_tail(s, a, fill)));
+    }
+}
+
+/// `x[i] = f(x[i])`, `N` vectors per call.
+#[inline(always)]
+pub(crate) fn update1_blocks<S: Simd, const N: usize>(
+    s: S,
+    x: &mut [f32],
+    fill: f32,
+    mut f: impl FnMut([S::V; N]) -> [S::V; N],
+) {
+    let mut blocks = x.chunks_exact_mut(N * S::LANES);
+    for x in &mut blocks {
+        let v = f(load_block(s, x));
+        store_block(s, x, v);
+    }
+    let x = blocks.into_remainder();
+    if !x.is_empty() {
+        let v = f(load_tail(s, x, fill));
+        store_tail(s, x, v);
+    }
+}
+
+/// `y[i] = f(a[i], b[i], y[i])`, `N` vectors per call.
+#[inline(always)]
+pub(crate) fn update3_blocks<S: Simd, const N: usize>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    fill: f32,
+    f: impl Fn([S::V; N], [S::V; N], [S::V; N]) -> [S::V; N],
+) {
+    let width = N * S::LANES;
+    let mut ys = y.chunks_exact_mut(width);
+    let mut a_in = a.chunks_exact(width);
+    let mut b_in = b.chunks_exact(width);
+    for ((y, a), b) in (&mut ys).zip(&mut a_in).zip(&mut b_in) {
+        let v = f(load_block(s, a), load_block(s, b), load_block(s, y));
+        store_block(s, y, v);
+    }
+    let y = ys.into_remainder();
+    if !y.is_empty() {
+        let (a, b) = (a_in.remainder(), b_in.remainder());
+        let v = f(
+            load_tail(s, a, fill),
+            load_tail(s, b, fill),
+            load_tail(s, y, fill),
+        );
+        store_tail(s, y, v);
+    }
+}
+
 /// Folds `a` into four independent accumulators starting at `init` (to
 /// hide FMA latency), then combines them. The tail vector is padded with
 /// `fill`, which must leave an accumulator unchanged under `step`.

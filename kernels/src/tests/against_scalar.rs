@@ -158,7 +158,9 @@ fn max_ignores_nan_and_sees_infinities() {
 fn softmax_rows_all_masks() {
     let mut rng = Rng::new(5);
     for (name, k) in simd_kernels() {
-        for cols in [1, 2, 7, 8, 9, 15, 16, 17, 31, 64, 67, 257] {
+        for cols in [
+            1, 2, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 67, 127, 128, 129, 257,
+        ] {
             let rows = 5;
             let x = rng.vec(rows * cols, -30.0, 30.0);
             let lens: Vec<usize> = (0..rows).map(|r| (r * 7) % (cols + 1)).collect();
@@ -182,7 +184,9 @@ fn softmax_rows_all_masks() {
 fn softmax_backward_rows_all_masks() {
     let mut rng = Rng::new(6);
     for (name, k) in simd_kernels() {
-        for cols in [1, 2, 7, 8, 9, 15, 16, 17, 31, 64, 67, 257] {
+        for cols in [
+            1, 2, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 67, 127, 128, 129, 257,
+        ] {
             let rows = 5;
             let mut probs = rng.vec(rows * cols, -3.0, 3.0);
             scalar()
@@ -357,7 +361,7 @@ fn gelu_exp_tanh_with_special_values() {
 fn cross_entropy_rows() {
     let mut rng = Rng::new(8);
     for (name, k) in simd_kernels() {
-        for classes in [1, 2, 7, 8, 9, 17, 64, 67, 256] {
+        for classes in [1, 2, 7, 8, 9, 17, 63, 64, 65, 67, 129, 256, 257] {
             let rows = 4;
             let logits = rng.vec(rows * classes, -8.0, 8.0);
             let targets: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
