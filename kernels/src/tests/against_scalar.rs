@@ -357,6 +357,47 @@ fn gelu_exp_tanh_with_special_values() {
     }
 }
 
+/// The element-wise loops that evaluate several vectors per step give each
+/// element the result it gets alone: the blocks never mix lanes.
+#[test]
+fn exp_and_gelu_give_each_element_its_own_result() {
+    let mut rng = Rng::new(11);
+    let n = 1000;
+    let x = rng.vec(n, -12.0, 12.0);
+    let dout = rng.vec(n, -1.0, 1.0);
+    for (name, k) in simd_kernels() {
+        type Unary = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), crate::KernelError>;
+        for (op_name, op) in [
+            ("exp", Kernels::exp as Unary),
+            ("gelu_forward", Kernels::gelu_forward),
+        ] {
+            let mut whole = std::vec![0.0; n];
+            op(&k, &x, &mut whole).unwrap();
+            for (i, &w) in whole.iter().enumerate() {
+                let mut alone = [0.0];
+                op(&k, &x[i..=i], &mut alone).unwrap();
+                assert_eq!(
+                    w.to_bits(),
+                    alone[0].to_bits(),
+                    "{op_name} on {name}, element {i}"
+                );
+            }
+        }
+        let mut whole = std::vec![0.0; n];
+        k.gelu_backward(&x, &dout, &mut whole).unwrap();
+        for (i, &w) in whole.iter().enumerate() {
+            let mut alone = [0.0];
+            k.gelu_backward(&x[i..=i], &dout[i..=i], &mut alone)
+                .unwrap();
+            assert_eq!(
+                w.to_bits(),
+                alone[0].to_bits(),
+                "gelu_backward on {name}, element {i}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_rows() {
     let mut rng = Rng::new(8);
