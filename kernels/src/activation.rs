@@ -29,8 +29,8 @@ impl Kernels {
             scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x)),
             simd: |s| map1_blocks(s, x, out, 0.0, #[inline(always)] |x: [_; EXP_BLOCK]| {
                 let (mut y, _) = math::gelu_gate_each(s, x);
-                for (y, x) in y.iter_mut().zip(x) {
-                    *y = s.mul(x, *y);
+                for j in 0..EXP_BLOCK {
+                    y[j] = s.mul(x[j], y[j]);
                 }
                 y
             }),

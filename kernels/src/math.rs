@@ -20,17 +20,22 @@ pub(crate) fn exp<S: Simd>(s: S, x: S::V) -> S::V {
 }
 
 /// Vectors per call of [`exp_each`] in the element-wise loops. Measured on
-/// Zen 3 against one vector at a time: GELU forward 1.22×, backward 1.49×,
-/// softmax rows of 256 1.16× with 8; 4 gave about 1.2× and 1.4× on GELU, 2
-/// less. Eight vectors of temporaries fit AVX-512's 32 registers and spill
-/// a few of AVX2's 16, which still pays.
+/// Zen 3 against one vector at a time: GELU forward 1.39×, backward 1.52×,
+/// softmax rows of 256 1.24× with 8; 4 gave about 1.2× and 1.4× on GELU, 2
+/// less. Eight vectors of temporaries spill some registers on both AVX2
+/// and AVX-512, which still pays. A slice whose length is not a multiple
+/// of `EXP_BLOCK` vectors evaluates its whole last block (causal softmax
+/// rows of 256 compute about a fifth more vectors than they keep on AVX2;
+/// attention's share of a training step did not move).
 pub(crate) const EXP_BLOCK: usize = 8;
 
 /// e^x per lane of `N` independent vectors, each step written for all of
-/// them before the next, so that their ~30 dependent operations interleave:
-/// the out-of-order window alone holds too few of one vector's to keep the
-/// FMA units busy (see [`EXP_BLOCK`]). Each lane's result is the same for
-/// any N.
+/// them before the next. One vector's exp is a chain of ~30 dependent
+/// operations, about 100 cycles of latency; one vector at a time, the
+/// scheduler evidently holds too few of them to overlap (GELU ran at half
+/// the throughput its instruction count allows on Zen 3), and interleaving
+/// them in the code measured faster (see [`EXP_BLOCK`]). Each lane's result
+/// is the same for any N.
 #[inline(always)]
 pub(crate) fn exp_each<S: Simd, const N: usize>(s: S, x: [S::V; N]) -> [S::V; N] {
     // Explicit loops over the N vectors rather than `array::map`, whose

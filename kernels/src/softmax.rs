@@ -197,8 +197,9 @@ fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     }
     let max = s.splat(s.reduce_max(row_max(s, x)));
     let mut sum = s.splat(0.0);
-    // Padding with -inf makes the padded lanes e^-inf = 0, so the sum
-    // (added in order, one vector at a time) does not depend on the block.
+    // Padding with -inf makes the padded lanes e^-inf = +0, so each
+    // padding vector adds +0 and every lane of the sum keeps the bits it
+    // had one vector at a time.
     update1_blocks(
         s,
         x,

@@ -199,9 +199,10 @@ pub(crate) fn update2<S: Simd>(s: S, x: &[f32], y: &mut [f32], f: impl Fn(S::V, 
 
 // The same skeletons `N` vectors at a time, for long computations whose
 // instructions should interleave across vectors (see `math::exp_each`):
-// whole blocks of `N` vectors, then one call for the tail, its missing lanes
-// `fill`. The whole blocks index their vectors with constants, so that the
-// arrays stay in registers.
+// whole blocks of `N` vectors, then one call for the tail, whose lanes past
+// the end, whole vectors included, hold `fill` (a closure that accumulates,
+// as the softmax sum does, sees them). The whole blocks index their vectors
+// with constants, so that the arrays stay in registers.
 
 /// Loads `N` whole vectors from `src` (at least `N · LANES` long).
 #[inline(always)]
@@ -288,7 +289,7 @@ pub(crate) fn update3_blocks<S: Simd, const N: usize>(
     b: &[f32],
     y: &mut [f32],
     fill: f32,
-    f: impl Fn([S::V; N], [S::V; N], [S::V; N]) -> [S::V; N],
+    mut f: impl FnMut([S::V; N], [S::V; N], [S::V; N]) -> [S::V; N],
 ) {
     let width = N * S::LANES;
     let mut ys = y.chunks_exact_mut(width);

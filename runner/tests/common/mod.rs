@@ -39,7 +39,7 @@ impl Drop for Scratch {
     }
 }
 
-/// A fresh scratch directory for one test.
+/// A fresh scratch directory for one test (see [`Scratch`]).
 pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("runner-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
