@@ -110,6 +110,11 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             cfg.block_size
         )));
     }
+    // Every thread count is checked (its pool built) before any work, so
+    // that `--threads 1,0` is refused before the 1-thread rows run.
+    for &threads in &s.threads {
+        Threads::new(Some(threads))?;
+    }
     let kernels: Vec<Kernels> = s
         .backends
         .iter()
@@ -154,7 +159,6 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
 
     let mut rows: Vec<BenchRecord> = Vec::new();
     for &threads in &s.threads {
-        Threads::new(Some(threads))?;
         let peaks: Vec<f64> = s
             .precisions
             .iter()

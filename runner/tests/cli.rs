@@ -160,6 +160,22 @@ fn bad_configurations_are_one_clear_error() {
     }
     let huge_batch = runner(&["train", "--preset", "shakes", "--batch", "100000"]);
     assert_clear_error(&huge_batch, "memory");
+    // A bad thread count anywhere in bench's list is refused before the
+    // rows before it run (one line: nothing was logged first).
+    let bench = runner(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "8",
+        "--steps",
+        "1",
+        "--backends",
+        "scalar",
+        "--threads",
+        "1,0",
+    ]);
+    assert_clear_error(&bench, "--threads must be at least 1");
 }
 
 #[test]
@@ -569,6 +585,32 @@ fn train_plots_the_loss_curves() {
     };
     assert_eq!(curve("#0000FF"), Some(20), "training curve");
     assert_eq!(curve("#FF0000"), Some(4), "validation curve");
+    // Outputs that cannot be written are refused before training (one
+    // line: no step was logged).
+    let missing = dir.join("missing");
+    for option in ["--plot", "--json"] {
+        let path = missing.join("out");
+        let args = [
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "20",
+            option,
+            path.to_str().unwrap(),
+        ];
+        assert_clear_error(&runner(&args), "missing");
+    }
+    let folder = [
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "20",
+        "--plot",
+        dir.to_str().unwrap(),
+    ];
+    assert_clear_error(&runner(&folder), "directory");
     assert!(
         text.contains(">\nLoss\n</text>") || text.contains(">Loss<"),
         "caption"

@@ -338,6 +338,17 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         t,
         val_windows * t + 1,
     )?;
+    // The outputs are made (JSON) or checked (the plot, drawn at the end)
+    // before any work, so that a path that cannot be written is refused
+    // up front rather than after the run.
+    let leader = rank == 0;
+    let mut json = match &s.json {
+        Some(path) if leader => Some(JsonLines::create(path)?),
+        _ => None,
+    };
+    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
+        plot::check_writable(path)?;
+    }
     let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
     // Rank 0's weights (initialized or loaded) are everyone's.
     world.broadcast(0, model.params_mut());
@@ -363,11 +374,6 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // so the windows of a seed and a world size do not depend on threads)
     // and keeps its own share.
     let mut global = BatchBuffers::new(b * ranks, t);
-    let leader = rank == 0;
-    let mut json = match &s.json {
-        Some(path) if leader => Some(JsonLines::create(path)?),
-        _ => None,
-    };
     let mut report = TrainReport {
         losses: Vec::new(),
         val_loss: None,
