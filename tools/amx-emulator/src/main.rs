@@ -8,9 +8,11 @@
 //! so that the crate's own detection and permission request run
 //! unchanged. With `refuse` on GRUB's command line the emulated OS
 //! refuses the tile data instead, and the checks are that AMX is off and
-//! the other units still work. Output goes to Bochs's debug port 0xE9;
-//! the last line is `amx-emulator: PASS` or a `FAIL` line, and the
-//! program then asks Bochs to quit.
+//! the other units still work. The first boot also checks the routines
+//! built on the vectorized exp on AVX-512 against the scalar backend.
+//! Output goes to Bochs's debug port 0xE9; the last line is
+//! `amx-emulator: PASS` or a `FAIL` line, and the program then asks Bochs
+//! to quit.
 
 #![no_std]
 #![no_main]
@@ -23,7 +25,7 @@ use core::arch::asm;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use kernels::{Backend, Bf16Unit, Cpu, KernelError, Kernels, Sequential};
+use kernels::{Backend, Bf16Unit, Cpu, KernelError, Kernels, Sequential, ValidLen};
 
 // The check the crate's own tests run (random operands from a generator
 // seeded by the shape, strided and NaN-padded, against f64 within the
@@ -33,6 +35,7 @@ mod freestanding;
 
 use freestanding::{
     bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits, Case, Convert,
+    Rng,
 };
 
 /// Random shapes per handle (the crate's tests draw 40; the emulator is
@@ -358,6 +361,7 @@ fn granted(best: Kernels) {
     for kern in handles {
         check_unit(kern);
     }
+    check_exp_family(best);
     // The tiles add in another order than `vdpbf16ps`: if no last bit
     // differs from the pair unit's, the tile path did not run.
     let case = Case {
@@ -423,4 +427,71 @@ fn check_unit(kern: Kernels) {
     bf16_packed_views(&name, kern);
     let flops = kern.bf16_peak_loop(10);
     say!("amx-emulator: {name}: every check passed; peak loop {flops} flop");
+}
+
+/// `got` within `abs + rel·|want|` of `want` everywhere (NaN and ±inf
+/// exactly), as the crate's tests compare a backend with the scalar one.
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= abs + rel * w.abs()
+        };
+        assert!(ok, "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+/// The routines built on the vectorized exp (exp, GELU both ways, softmax,
+/// cross-entropy) on `kern` against the scalar backend, with the crate's
+/// test tolerances, on lengths around the vector and block edges: the one
+/// place a host without AVX-512 runs their AVX-512 instructions.
+fn check_exp_family(kern: Kernels) {
+    let scalar = Kernels::new(Backend::Scalar).unwrap();
+    let name = kern.backend();
+    let mut rng = Rng::new(3);
+    for n in [1, 15, 16, 17, 127, 128, 129, 257, 1000] {
+        let mut x = rng.vec(n, -12.0, 12.0);
+        x[0] = [f32::NAN, f32::INFINITY, -0.0, -200.0][n % 4];
+        let what = |op: &str| alloc::format!("{op} on {name}, n {n}");
+        type Unary = fn(&Kernels, &[f32], &mut [f32]) -> Result<(), KernelError>;
+        let unary: [(&str, Unary, f32, f32); 2] = [
+            ("exp", Kernels::exp, 3e-7, 0.0),
+            ("gelu_forward", Kernels::gelu_forward, 1e-5, 1e-6),
+        ];
+        for (op, f, rel, abs) in unary {
+            let (mut want, mut got) = (alloc::vec![0.0; n], alloc::vec![f32::NAN; n]);
+            f(&scalar, &x, &mut want).unwrap();
+            f(&kern, &x, &mut got).unwrap();
+            assert_close(&what(op), &got, &want, rel, abs);
+        }
+        let dout = rng.vec(n, -1.0, 1.0);
+        let dx = rng.vec(n, -1.0, 1.0);
+        let (mut want, mut got) = (dx.clone(), dx);
+        scalar.gelu_backward(&x, &dout, &mut want).unwrap();
+        kern.gelu_backward(&x, &dout, &mut got).unwrap();
+        assert_close(&what("gelu_backward"), &got, &want, 2e-5, 2e-6);
+
+        let rows = 3;
+        let scores = rng.vec(rows * n, -30.0, 30.0);
+        for valid in [ValidLen::All, ValidLen::Causal { offset: 2 }] {
+            let (mut want, mut got) = (scores.clone(), scores.clone());
+            scalar.softmax_rows(&mut want, n, valid).unwrap();
+            kern.softmax_rows(&mut got, n, valid).unwrap();
+            assert_close(&what("softmax_rows"), &got, &want, 2e-6, 1e-9);
+        }
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(n) as u32).collect();
+        let [want, got] = [scalar, kern].map(|k| {
+            let (mut losses, mut d) =
+                (alloc::vec![f32::NAN; rows], alloc::vec![f32::NAN; rows * n]);
+            k.cross_entropy(&scores, n, &targets, &mut losses, Some(&mut d), 0.25)
+                .unwrap();
+            (losses, d)
+        });
+        assert_close(&what("cross_entropy losses"), &got.0, &want.0, 1e-5, 1e-5);
+        assert_close(&what("cross_entropy gradient"), &got.1, &want.1, 1e-5, 1e-7);
+    }
+    say!("amx-emulator: exp, GELU, softmax and cross-entropy on {name}: every check passed");
 }
