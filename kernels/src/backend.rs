@@ -181,7 +181,8 @@ pub(crate) fn detected_bf16() -> Bf16Detection {
     *DETECTED_BF16.call_once(detect_bf16)
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+// Miri cannot run cpuid or xgetbv (see `detect`).
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 fn detect_bf16() -> Bf16Detection {
     Bf16Detection {
         best: Bf16Unit::Portable,
@@ -193,7 +194,7 @@ fn detect_bf16() -> Bf16Detection {
 /// BF16 bit of cpuid leaf 7, sub-leaf 1. AMX needs that too, AMX-TILE and
 /// AMX-BF16 (leaf 7 EDX bits 24 and 22), the tile state enabled in XCR0
 /// (bits 17 and 18) and, on Linux, the OS's grant of the tile data.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn detect_bf16() -> Bf16Detection {
     use core::arch::x86_64::{__cpuid_count, _xgetbv};
 
@@ -278,12 +279,14 @@ fn request_tile_data() -> i64 {
 
 static DETECTED: spin::Once<Backend> = spin::Once::new();
 
-#[cfg(not(target_arch = "x86_64"))]
+// Miri cannot run cpuid: under it, as off x86-64, only the portable code
+// (and the tests' emulated vectors) runs.
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 fn detect() -> Backend {
     Backend::Scalar
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn detect() -> Backend {
     use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
 

@@ -362,6 +362,42 @@ fn gemm_split_across_threads_is_bit_identical_to_sequential() {
     }
 }
 
+/// Every pointer path of the loop nest on products small enough for Miri
+/// (`cargo +nightly miri test -p kernels --features libm/force-soft-floats
+/// --lib -- small_products`): A packed and read in place, two blocks along
+/// each of m, n and k, edge tiles, the small-m path, every transpose, on
+/// one thread and split over three.
+#[test]
+fn every_pointer_path_on_small_products() {
+    for (name, kernels) in every_kernel() {
+        let b = kernels.gemm_blocking();
+        let (mr, nr) = (b.mr, b.nr);
+        for a_lines in [0, usize::MAX] {
+            let blocked = kernels
+                .with_gemm_blocking(mr, 4, nr)
+                .unwrap()
+                .with_gemm_a_packing(a_lines, 0);
+            for (m, n, k) in [(mr + 3, nr + 5, 7), (3, nr + 5, 7)] {
+                for trans in 0..4 {
+                    let case = Case {
+                        m,
+                        n,
+                        k,
+                        trans_a: trans & 1 == 1,
+                        trans_b: trans & 2 == 2,
+                        pad: [1, 2, 3],
+                        alpha: -0.5,
+                        beta: 0.25,
+                    };
+                    let what = std::format!("{name} A {a_lines}");
+                    run_case(&what, blocked, &Sequential, &case, 7);
+                    run_case(&what, blocked, &Threads(3), &case, 8);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_shape_errors_write_nothing() {
     let k = Kernels::best();
