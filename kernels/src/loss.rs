@@ -2,10 +2,10 @@
 
 use crate::dispatch::dispatch;
 use crate::error::{expect_len, rows_of};
-use crate::math;
+use crate::math::{self, EXP_BLOCK};
 use crate::reduce::row_max;
 use crate::simd::{map1_blocks, update1, Simd};
-use crate::softmax::softmax_numerators;
+use crate::softmax::{numerator_split, softmax_numerators};
 use crate::{KernelError, Kernels};
 
 impl Kernels {
@@ -95,10 +95,21 @@ fn cross_entropy_row<S: Simd>(
             // Store e^(x - max) in dlogits, then rescale it in place.
             let mut sum = s.splat(0.0);
             // Padding with -inf adds e^-inf = 0.
-            map1_blocks(
+            let split = numerator_split::<S>(row.len());
+            let (row_blocks, row_rest) = row.split_at(split);
+            let (d_blocks, d_rest) = d.split_at_mut(split);
+            map1_blocks::<S, EXP_BLOCK>(
                 s,
-                row,
-                d,
+                row_blocks,
+                d_blocks,
+                f32::NEG_INFINITY,
+                #[inline(always)]
+                |x| softmax_numerators(s, x, m, &mut sum),
+            );
+            map1_blocks::<S, 1>(
+                s,
+                row_rest,
+                d_rest,
                 f32::NEG_INFINITY,
                 #[inline(always)]
                 |x| softmax_numerators(s, x, m, &mut sum),

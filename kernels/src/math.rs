@@ -23,10 +23,9 @@ pub(crate) fn exp<S: Simd>(s: S, x: S::V) -> S::V {
 /// Zen 3 against one vector at a time: GELU forward 1.39×, backward 1.52×,
 /// softmax rows of 256 1.24× with 8; 4 gave about 1.2× and 1.4× on GELU, 2
 /// less. Eight vectors of temporaries spill some registers on both AVX2
-/// and AVX-512, which still pays. A slice whose length is not a multiple
-/// of `EXP_BLOCK` vectors evaluates its whole last block (causal softmax
-/// rows of 256 compute about a fifth more vectors than they keep on AVX2;
-/// attention's share of a training step did not move).
+/// and AVX-512, which still pays. The element-wise maps evaluate a whole
+/// last block for their tail (once per call); softmax rows, many and
+/// short, run their last vectors one at a time instead.
 pub(crate) const EXP_BLOCK: usize = 8;
 
 /// e^x per lane of `N` independent vectors, each step written for all of

@@ -170,15 +170,18 @@ fn softmax_scalar(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `e^(x − max)` for a block of a row, each vector added to `sum` in
-/// order: the numerators of a softmax (and of cross-entropy's gradient).
+/// `e^(x − max)` for `N` vectors of a row, each added to `sum` in order:
+/// the numerators of a softmax (and of cross-entropy's gradient). A row
+/// runs blocks of [`EXP_BLOCK`] vectors, then its last vectors one at a
+/// time ([`numerator_split`]), so that a short causal row computes only
+/// its own vectors.
 #[inline(always)]
-pub(crate) fn softmax_numerators<S: Simd>(
+pub(crate) fn softmax_numerators<S: Simd, const N: usize>(
     s: S,
-    x: [S::V; EXP_BLOCK],
+    x: [S::V; N],
     max: S::V,
     sum: &mut S::V,
-) -> [S::V; EXP_BLOCK] {
+) -> [S::V; N] {
     let mut shifted = x;
     for x in &mut shifted {
         *x = s.sub(*x, max);
@@ -190,6 +193,13 @@ pub(crate) fn softmax_numerators<S: Simd>(
     e
 }
 
+/// Where a row of `len` splits into whole blocks of [`EXP_BLOCK`] vectors
+/// and the rest.
+#[inline(always)]
+pub(crate) fn numerator_split<S: Simd>(len: usize) -> usize {
+    len - len % (EXP_BLOCK * S::LANES)
+}
+
 #[inline(always)]
 fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     if x.is_empty() {
@@ -197,12 +207,20 @@ fn softmax<S: Simd>(s: S, x: &mut [f32]) {
     }
     let max = s.splat(s.reduce_max(row_max(s, x)));
     let mut sum = s.splat(0.0);
-    // Padding with -inf makes the padded lanes e^-inf = +0, so each
-    // padding vector adds +0 and every lane of the sum keeps the bits it
-    // had one vector at a time.
-    update1_blocks(
+    // Whole blocks, then the rest one vector at a time: the sum adds the
+    // vectors in the order of a one-vector loop, the last one padded with
+    // -inf (e^-inf = 0).
+    let (blocks, rest) = x.split_at_mut(numerator_split::<S>(x.len()));
+    update1_blocks::<S, EXP_BLOCK>(
         s,
-        x,
+        blocks,
+        f32::NEG_INFINITY,
+        #[inline(always)]
+        |v| softmax_numerators(s, v, max, &mut sum),
+    );
+    update1_blocks::<S, 1>(
+        s,
+        rest,
         f32::NEG_INFINITY,
         #[inline(always)]
         |v| softmax_numerators(s, v, max, &mut sum),
