@@ -1,5 +1,6 @@
 //! The part of the tests that needs neither `std` nor the crate's
-//! internals: the generator, strided operands and the bf16 product check.
+//! internals: the generator, strided operands, the bf16 product check and
+//! the element-wise comparison within a tolerance.
 //! `tools/amx-emulator` includes this file to run the same check on an
 //! emulated AMX CPU with no OS, so it names the crate `kernels` and uses
 //! only its public API and `alloc`.
@@ -94,6 +95,23 @@ impl<T: Copy> Stored<T> {
         } else {
             v
         }
+    }
+}
+
+/// Asserts `|got - want| <= abs + rel·|want|` per element; NaN must meet
+/// NaN and infinities must match exactly.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() || g.is_nan() {
+            w.is_nan() && g.is_nan()
+        } else if w.is_infinite() || g.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= abs + rel * w.abs()
+        };
+        assert!(ok, "{what}: element {i}: got {g}, want {w}");
     }
 }
 

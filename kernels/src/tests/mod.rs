@@ -18,6 +18,7 @@ mod gemm;
 mod gemm_bf16;
 mod independent;
 
+pub(super) use freestanding::assert_close;
 use freestanding::Rng;
 
 /// The scalar reference.
@@ -94,23 +95,6 @@ impl Guarded {
             .all(|&v| v == SENTINEL);
         assert!(guards_ok, "{what}: wrote outside its slice");
         self.get().to_vec()
-    }
-}
-
-/// Asserts `|got - want| <= abs + rel·|want|` per element; NaN must meet
-/// NaN and infinities must match exactly.
-#[track_caller]
-pub(super) fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ok = if w.is_nan() || g.is_nan() {
-            w.is_nan() && g.is_nan()
-        } else if w.is_infinite() || g.is_infinite() {
-            g == w
-        } else {
-            (g - w).abs() <= abs + rel * w.abs()
-        };
-        assert!(ok, "{what}: element {i}: got {g}, want {w}");
     }
 }
 

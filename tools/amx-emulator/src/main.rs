@@ -34,8 +34,8 @@ use kernels::{Backend, Bf16Unit, Cpu, KernelError, Kernels, Sequential, ValidLen
 mod freestanding;
 
 use freestanding::{
-    bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits, Case, Convert,
-    Rng,
+    assert_close, bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits,
+    Case, Convert, Rng,
 };
 
 /// Random shapes per handle (the crate's tests draw 40; the emulator is
@@ -427,21 +427,6 @@ fn check_unit(kern: Kernels) {
     bf16_packed_views(&name, kern);
     let flops = kern.bf16_peak_loop(10);
     say!("amx-emulator: {name}: every check passed; peak loop {flops} flop");
-}
-
-/// `got` within `abs + rel·|want|` of `want` everywhere (NaN and ±inf
-/// exactly), as the crate's tests compare a backend with the scalar one.
-fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ok = if w.is_nan() || g.is_nan() {
-            w.is_nan() && g.is_nan()
-        } else if w.is_infinite() || g.is_infinite() {
-            g == w
-        } else {
-            (g - w).abs() <= abs + rel * w.abs()
-        };
-        assert!(ok, "{what}: element {i}: got {g}, want {w}");
-    }
 }
 
 /// The routines built on the vectorized exp (exp, GELU both ways, softmax,
