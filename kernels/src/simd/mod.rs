@@ -200,9 +200,9 @@ pub(crate) fn update2<S: Simd>(s: S, x: &[f32], y: &mut [f32], f: impl Fn(S::V, 
 // The same skeletons `N` vectors at a time, for long computations whose
 // instructions should interleave across vectors (see `math::exp_each`):
 // whole blocks of `N` vectors, then one call for the tail, whose lanes past
-// the end, whole vectors included, hold `fill` (a closure that accumulates,
-// as the softmax sum does, sees them). The whole blocks index their vectors
-// with constants, so that the arrays stay in registers.
+// the end, whole vectors included, hold `fill` (a closure that accumulates
+// sees them too). The whole blocks index their vectors with constants, so
+// that the arrays stay in registers.
 
 /// Loads `N` whole vectors from `src` (at least `N · LANES` long).
 #[inline(always)]

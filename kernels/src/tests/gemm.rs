@@ -362,6 +362,43 @@ fn gemm_split_across_threads_is_bit_identical_to_sequential() {
     }
 }
 
+/// Every transpose of each of `shapes` on `kernels` under the blocking
+/// `(mc, kc, nc)`, with A always packed and never, against the naive
+/// product on each executor of `runs` (with the seed of its operands).
+fn under_blocking(
+    name: &str,
+    kernels: Kernels,
+    (mc, kc, nc): (usize, usize, usize),
+    shapes: &[(usize, usize, usize)],
+    runs: &[(&dyn Executor, u64)],
+) {
+    for a_lines in [0, usize::MAX] {
+        let blocked = kernels
+            .with_gemm_blocking(mc, kc, nc)
+            .unwrap()
+            .with_gemm_a_packing(a_lines, 0);
+        assert_eq!(blocked.gemm_blocking().mc, mc);
+        for &(m, n, k) in shapes {
+            for trans in 0..4 {
+                let case = Case {
+                    m,
+                    n,
+                    k,
+                    trans_a: trans & 1 == 1,
+                    trans_b: trans & 2 == 2,
+                    pad: [1, 2, 3],
+                    alpha: -0.5,
+                    beta: 0.25,
+                };
+                let what = std::format!("{name} MC {mc} KC {kc} NC {nc} A {a_lines}");
+                for &(exec, seed) in runs {
+                    run_case(&what, blocked, exec, &case, seed);
+                }
+            }
+        }
+    }
+}
+
 /// Every pointer path of the loop nest on products small enough for Miri
 /// (`cargo +nightly miri test -p kernels --features libm/force-soft-floats
 /// --lib -- small_products`): A packed and read in place, two blocks along
@@ -372,29 +409,9 @@ fn every_pointer_path_on_small_products() {
     for (name, kernels) in every_kernel() {
         let b = kernels.gemm_blocking();
         let (mr, nr) = (b.mr, b.nr);
-        for a_lines in [0, usize::MAX] {
-            let blocked = kernels
-                .with_gemm_blocking(mr, 4, nr)
-                .unwrap()
-                .with_gemm_a_packing(a_lines, 0);
-            for (m, n, k) in [(mr + 3, nr + 5, 7), (3, nr + 5, 7)] {
-                for trans in 0..4 {
-                    let case = Case {
-                        m,
-                        n,
-                        k,
-                        trans_a: trans & 1 == 1,
-                        trans_b: trans & 2 == 2,
-                        pad: [1, 2, 3],
-                        alpha: -0.5,
-                        beta: 0.25,
-                    };
-                    let what = std::format!("{name} A {a_lines}");
-                    run_case(&what, blocked, &Sequential, &case, 7);
-                    run_case(&what, blocked, &Threads(3), &case, 8);
-                }
-            }
-        }
+        let shapes = [(mr + 3, nr + 5, 7), (3, nr + 5, 7)];
+        let runs: [(&dyn Executor, u64); 2] = [(&Sequential, 7), (&Threads(3), 8)];
+        under_blocking(name, kernels, (mr, 4, nr), &shapes, &runs);
     }
 }
 
@@ -514,40 +531,19 @@ fn gemm_under_any_blocking_matches_naive() {
     for (name, kernels) in every_kernel() {
         let b = kernels.gemm_blocking();
         let (mr, nr) = (b.mr, b.nr);
-        for (mc, kc, nc) in [
+        let shapes = [
+            (13, 37, 50),
+            (29, 70, 17),
+            (3 * mr + 5, 5 * nr + 3, 66),
+            (5, 2 * nr + 1, 7),
+        ];
+        for blocking in [
             (mr, 1, nr),
             (mr, 7, 2 * nr),
             (3 * mr, 33, 5 * nr),
             (2 * mr, 1000, nr),
         ] {
-            for a_lines in [0, usize::MAX] {
-                let blocked = kernels
-                    .with_gemm_blocking(mc, kc, nc)
-                    .unwrap()
-                    .with_gemm_a_packing(a_lines, 0);
-                assert_eq!(blocked.gemm_blocking().mc, mc);
-                for (m, n, k) in [
-                    (13, 37, 50),
-                    (29, 70, 17),
-                    (3 * mr + 5, 5 * nr + 3, 66),
-                    (5, 2 * nr + 1, 7),
-                ] {
-                    for trans in 0..4 {
-                        let case = Case {
-                            m,
-                            n,
-                            k,
-                            trans_a: trans & 1 == 1,
-                            trans_b: trans & 2 == 2,
-                            pad: [1, 2, 3],
-                            alpha: -0.5,
-                            beta: 0.25,
-                        };
-                        let what = std::format!("{name} MC {mc} KC {kc} NC {nc} A {a_lines}");
-                        run_case(&what, blocked, &Sequential, &case, 11);
-                    }
-                }
-            }
+            under_blocking(name, kernels, blocking, &shapes, &[(&Sequential, 11)]);
         }
     }
 }
