@@ -111,7 +111,8 @@ fn detect() -> Cpu {
     // Intel's leaf 4 and AMD's 0x8000001D list the caches in one format.
     let cache_leaf = if amd {
         #[allow(unused_unsafe)]
-        let topology = unsafe { __cpuid(0x8000_0001) }.ecx & (1 << 22) != 0;
+        let topology =
+            max_extended >= 0x8000_0001 && unsafe { __cpuid(0x8000_0001) }.ecx & (1 << 22) != 0;
         (topology && max_extended >= 0x8000_001D).then_some(0x8000_001D)
     } else {
         (vendor.eax >= 4).then_some(4)
@@ -132,7 +133,11 @@ fn detect() -> Cpu {
             let partitions = ((r.ebx >> 12) & 0x3FF) as usize + 1;
             let line = (r.ebx & 0xFFF) as usize + 1;
             let sets = r.ecx as usize + 1;
-            let bytes = ways * partitions * line * sets;
+            // Saturating: a hypervisor may report anything.
+            let bytes = ways
+                .saturating_mul(partitions)
+                .saturating_mul(line)
+                .saturating_mul(sets);
             match (r.eax >> 5) & 0x7 {
                 1 => (caches.l1d, caches.l1d_ways) = (bytes, ways),
                 2 => caches.l2 = bytes,

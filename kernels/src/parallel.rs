@@ -1,6 +1,8 @@
 //! Caller-driven parallelism: a routine that can be split hands its pieces
 //! to an [`Executor`] the caller supplies. This crate never spawns threads.
 
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 /// Runs the independent pieces of one routine, possibly on several threads.
 ///
 /// A routine calls [`Executor::run`] once per phase; the pieces of a phase
@@ -25,7 +27,47 @@ pub trait Executor: Sync {
 
     /// Calls `piece(i)` exactly once for every `i` in `0..pieces`, in any
     /// order and possibly concurrently, and returns when all have returned.
+    /// (The routines stay sound under an executor that breaks this: each
+    /// call claims a piece not yet run, and those never claimed run on the
+    /// calling thread after `run` returns.)
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync));
+}
+
+/// Threads a routine splits for at most: more would only make pieces
+/// smaller than a tile, and it keeps the arithmetic on the count small.
+const MAX_THREADS: usize = 1 << 16;
+
+/// How many pieces of a routine `exec` can run at once, within
+/// `1..=MAX_THREADS` whatever it reports.
+pub(crate) fn threads_of<E: Executor + ?Sized>(exec: &E) -> usize {
+    exec.threads().clamp(1, MAX_THREADS)
+}
+
+/// Calls `piece(i)` exactly once for every `i` in `0..pieces` through
+/// `exec`, even if `exec` breaks its contract. The unsafe code of a split
+/// routine relies on each piece running once, and `Executor` is a safe
+/// trait: so each call `exec` makes claims the next piece not yet run (a
+/// call beyond the last does nothing), and the pieces it never claimed run
+/// here once it returns. Each piece is still a fixed part of the work, so
+/// results do not depend on which thread claims which.
+pub(crate) fn run_pieces<E: Executor + ?Sized>(
+    exec: &E,
+    pieces: usize,
+    piece: &(dyn Fn(usize) + Sync),
+) {
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        next.fetch_update(Relaxed, Relaxed, |i| (i < pieces).then_some(i + 1))
+            .ok()
+    };
+    exec.run(pieces, &|_| {
+        if let Some(i) = claim() {
+            piece(i);
+        }
+    });
+    while let Some(i) = claim() {
+        piece(i);
+    }
 }
 
 /// Runs every piece in order on the calling thread.
@@ -58,7 +100,8 @@ impl SharedMut {
 
 // SAFETY: `SharedMut` is only a pointer. Every routine that shares one across
 // pieces guarantees that no two pieces access the same element while one of
-// them writes it (each use states its partition).
+// them writes it (each use states its partition), and runs its pieces through
+// `run_pieces`, so that no piece runs twice, whatever the executor does.
 unsafe impl Send for SharedMut {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SharedMut {}

@@ -25,7 +25,7 @@ use super::{check_product, check_product_of, check_workspace, MatMut, MatRef};
 use core::ops::Range;
 
 use crate::dispatch::Isa;
-use crate::parallel::SharedMut;
+use crate::parallel::{run_pieces, SharedMut};
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 
 /// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
@@ -256,7 +256,7 @@ impl<'a> PackedBf16<'a> {
     pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;
-        let stride = NR * padded_pairs(k);
+        let stride = panel_slots(k);
         Ok(PackedBf16 {
             slots,
             k,
@@ -294,7 +294,10 @@ impl<'a> PackedBf16<'a> {
             ));
         }
         // With no columns there are no slots (and none is read).
-        let slots = self.slots.get(rows.start / 2 * NR..).unwrap_or(&[]);
+        let slots = self
+            .slots
+            .get((rows.start / 2).saturating_mul(NR)..)
+            .unwrap_or(&[]);
         Ok(PackedBf16 {
             slots,
             k: rows.len(),
@@ -372,7 +375,7 @@ impl Kernels {
             core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len())
         };
         let bt = b.t();
-        let panel_len = NR * padded_pairs(k);
+        let panel_len = panel_slots(k);
         if panel_len == 0 {
             return Ok(());
         }
@@ -598,6 +601,12 @@ impl PairLayout {
     }
 }
 
+/// Slots of one packed B panel for depth `k`; saturating, since with no
+/// columns ([`PackedBf16::len`] 0) any `k` is a valid shape.
+fn panel_slots(k: usize) -> usize {
+    NR.saturating_mul(padded_pairs(k))
+}
+
 /// Pairs of a packed B panel for depth `k`: `k / 2` rounded up to whole
 /// tile steps.
 fn padded_pairs(k: usize) -> usize {
@@ -751,7 +760,7 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut packed_a[..layout.a_len()];
     let a_out = SharedMut(packed_a.as_mut_ptr());
-    exec.run(layout.a_panels, &|p| {
+    run_pieces(exec, layout.a_panels, &|p| {
         // SAFETY: panel `p` is its own `a_panel` floats of `packed_a`
         // (a_panels · a_panel = a_len); no other piece touches them.
         let panel =
@@ -772,7 +781,7 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             let bt = b.t();
             let into = &mut into[..layout.b_len()];
             let b_out = SharedMut(into.as_mut_ptr());
-            exec.run(layout.b_panels, &|j| {
+            run_pieces(exec, layout.b_panels, &|j| {
                 // SAFETY: B panel `j` is its own `b_panel` floats of `into`
                 // (b_panels · b_panel = b_len); no other piece touches them.
                 let panel = unsafe {
@@ -801,7 +810,7 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     let row_tiles = BLOCK_ROWS / layout.mr;
     let row_blocks = layout.a_panels.div_ceil(row_tiles);
     let col_blocks = layout.b_panels.div_ceil(BLOCK_PANELS);
-    exec.run(row_blocks * col_blocks, &|p| {
+    run_pieces(exec, row_blocks * col_blocks, &|p| {
         let (rb, cb) = (p / col_blocks, p % col_blocks);
         let rows = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
         let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);

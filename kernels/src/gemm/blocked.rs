@@ -7,7 +7,7 @@
 use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::{Blocking, Problem};
-use crate::parallel::SharedMut;
+use crate::parallel::{run_pieces, threads_of, SharedMut};
 use crate::Executor;
 
 /// Floats of padding per packed region, to start it on a 64-byte line.
@@ -70,7 +70,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let (m, n, k) = (p.m, p.n, p.k);
     let (mc, nc_max) = (bl.mc, bl.nc);
     let kc_max = pass_depth(k, bl);
-    let threads = exec.threads().max(1);
+    let threads = threads_of(exec);
     let a_panels = m.div_ceil(K::MR);
     let (packed_a, rest) = aligned_region(workspace, a_panels * K::MR * kc_max);
     let (packed_b, _) = aligned_region(rest, n.min(nc_max).div_ceil(K::NR) * K::NR * kc_max);
@@ -142,7 +142,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
             let a_pieces = a_early.div_ceil(a_per_piece);
             let b_per_piece = b_to_pack.len().div_ceil(threads).max(1);
             let b_pieces = b_to_pack.len().div_ceil(b_per_piece);
-            exec.run(a_pieces + b_pieces, &|piece| {
+            run_pieces(exec, a_pieces + b_pieces, &|piece| {
                 kernel.enter(
                     #[inline(always)]
                     |kernel| {
@@ -176,7 +176,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
 
             // Phase 2: piece (row block, panel group) computes its block of
             // C; the blocks partition C.
-            exec.run(m_blocks * n_groups, &|piece| {
+            run_pieces(exec, m_blocks * n_groups, &|piece| {
                 kernel.enter(
                     #[inline(always)]
                     |kernel| {

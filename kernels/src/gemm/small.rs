@@ -14,7 +14,7 @@ use core::ops::Range;
 
 use super::microkernel::GemmKernel;
 use super::{scale_by_beta, Problem};
-use crate::parallel::SharedMut;
+use crate::parallel::{run_pieces, threads_of, SharedMut};
 use crate::Executor;
 
 /// The most rows of C this path takes.
@@ -63,7 +63,7 @@ fn k_pieces(m: usize, n: usize, k: usize) -> usize {
 pub(crate) fn workspace_len(m: usize, n: usize, k: usize) -> usize {
     match k_pieces(m, n, k) {
         1 => 0,
-        pieces => pieces * m * n,
+        pieces => pieces.saturating_mul(m).saturating_mul(n),
     }
 }
 
@@ -82,14 +82,15 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let chunk = chunk_columns(p.m);
     // Several threads take column ranges of their own (each still read in
     // whole chunks); one thread takes everything in one piece.
-    let pieces = if exec.threads() > 1 && worth_splitting(p.m, p.n, p.k) {
-        (2 * exec.threads()).min(p.n.div_ceil(64))
+    let threads = threads_of(exec);
+    let pieces = if threads > 1 && worth_splitting(p.m, p.n, p.k) {
+        (2 * threads).min(p.n.div_ceil(64))
     } else {
         1
     };
     let per_piece = p.n.div_ceil(pieces).next_multiple_of(16);
     let pieces = p.n.div_ceil(per_piece);
-    exec.run(pieces, &|piece| {
+    run_pieces(exec, pieces, &|piece| {
         kernel.enter(
             #[inline(always)]
             |kernel| {
@@ -191,7 +192,7 @@ fn run_split_k<K: GemmKernel, E: Executor + ?Sized>(
     let rows_per_piece = p.k.div_ceil(pieces);
     let chunk = chunk_columns(m);
     let partials = SharedMut(ws.as_mut_ptr());
-    exec.run(pieces, &|piece| {
+    run_pieces(exec, pieces, &|piece| {
         kernel.enter(
             #[inline(always)]
             |kernel| {

@@ -362,6 +362,91 @@ fn gemm_split_across_threads_is_bit_identical_to_sequential() {
     }
 }
 
+/// Calls every piece index and one past the last (a safe `Executor` can).
+struct OffByOne;
+
+impl Executor for OffByOne {
+    fn threads(&self) -> usize {
+        4
+    }
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        (0..=pieces).for_each(piece);
+    }
+}
+
+/// Calls every piece index twice, on two threads at once.
+struct EachTwice;
+
+impl Executor for EachTwice {
+    fn threads(&self) -> usize {
+        4
+    }
+    fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| (0..pieces).for_each(piece));
+            }
+        });
+    }
+}
+
+/// Calls no piece at all, and claims more threads than any machine has.
+struct Idle;
+
+impl Executor for Idle {
+    fn threads(&self) -> usize {
+        usize::MAX
+    }
+    fn run(&self, _: usize, _: &(dyn Fn(usize) + Sync)) {}
+}
+
+#[test]
+fn executors_that_break_their_contract_still_run_each_piece_once() {
+    const GUARD: f32 = -7.0;
+    let unruly: [&dyn Executor; 3] = [&OffByOne, &EachTwice, &Idle];
+    for (name, kernels) in every_kernel() {
+        // Split along k (small m), along columns, and blocked.
+        for (m, n, k) in [(1, 256, 1024), (3, 3000, 40), (150, 200, 300)] {
+            let case = Case {
+                m,
+                n,
+                k,
+                trans_a: false,
+                trans_b: false,
+                pad: [0, 0, 0],
+                alpha: 1.0,
+                beta: 0.5,
+            };
+            let product = |exec: &dyn Executor, bf16: bool| {
+                let mut x = inputs(&case, 11);
+                let len = match bf16 {
+                    false => kernels.gemm_workspace_len(m, n, k),
+                    true => kernels.gemm_bf16_workspace_len(m, n, k),
+                };
+                // A piece run twice or past the last writes past `len`.
+                let mut ws = std::vec![GUARD; len + 4096];
+                let (a, b, c) = (x.a.view(), x.b.view(), x.c.view_mut());
+                match bf16 {
+                    false => kernels.gemm_with(exec, 1.0, a, b, 0.5, c, &mut ws[..len]),
+                    true => kernels.gemm_bf16_with(exec, 1.0, a, b, 0.5, c, &mut ws[..len]),
+                }
+                .unwrap();
+                assert!(
+                    ws[len..].iter().all(|&v| v == GUARD),
+                    "{name} {case:?}: wrote past the workspace"
+                );
+                x.c.buf
+            };
+            for bf16 in [false, true] {
+                let want = product(&Sequential, bf16);
+                for exec in unruly {
+                    assert_eq!(product(exec, bf16), want, "{name} {case:?} bf16 {bf16}");
+                }
+            }
+        }
+    }
+}
+
 /// Every transpose of each of `shapes` on `kernels` under the blocking
 /// `(mc, kc, nc)`, with A always packed and never, against the naive
 /// product on each executor of `runs` (with the seed of its operands).
