@@ -18,7 +18,9 @@ use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
-use crate::train::{log_step, train_step, BatchBuffers, DataParallel, Footprint, StepTimes};
+use crate::train::{
+    check_memory, log_step, train_step, BatchBuffers, DataParallel, Footprint, StepTimes,
+};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct BenchSettings {
 
 /// Untimed steps before the timed ones (allocation, caches, page faults).
 const WARMUP_STEPS: usize = 2;
+
+/// Timed steps per row beyond which `--steps` is surely a typo.
+const MAX_STEPS: usize = 1 << 20;
 
 /// The generation benchmark's prompt: it then decodes one token at a time up
 /// to the block size (for `shakes`, 240 new tokens after 16).
@@ -110,6 +115,17 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             cfg.block_size
         )));
     }
+    if s.steps > MAX_STEPS {
+        return Err(Error::Config(format!(
+            "--steps {} is more than {MAX_STEPS} timed steps per row",
+            s.steps
+        )));
+    }
+    let max_t = *s.seq_lens.iter().max().expect("non-empty");
+    check_memory(&cfg, s.batch, max_t, s.recompute)?;
+    if s.decoding {
+        Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
+    }
     // Every thread count is checked (its pool built) before any work, so
     // that `--threads 1,0` is refused before the 1-thread rows run.
     for &threads in &s.threads {
@@ -128,7 +144,6 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     };
     let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     let n = cfg.param_count();
-    let max_t = *s.seq_lens.iter().max().expect("non-empty");
     info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
     let cpu = Cpu::detected();
     info!("CPU: {} ({})", cpu.model(), cpu.caches());

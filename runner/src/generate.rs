@@ -203,7 +203,9 @@ pub fn generate(
         // The context of the cache, for refilling it when it slides.
         let mut context: Vec<u32> = Vec::with_capacity(t);
         let mut stats = GenerationStats {
-            tokens: Vec::with_capacity(max_new),
+            // Not `max_new`: a huge count is the user's to stop, not an
+            // allocation to fail up front.
+            tokens: Vec::with_capacity(max_new.min(t)),
             cache_bytes: cache.cache_bytes(),
             ..GenerationStats::default()
         };

@@ -8,7 +8,8 @@
 //! - `data`: byte tokens, the embedded corpus, batches; `demo`: the
 //!   default job's recipe and checks
 //! - `checkpoint`: the Hugging Face layout, atomic saves, run state
-//! - `metrics`, `logger`, `plot`: what a run reports
+//! - `metrics`, `logger`, `plot`: what a run reports; `outputs`: checks
+//!   the files it writes them to
 //! - `world`: the processes of a data-parallel run (MPI behind a feature)
 //! - `threads`, `rng`, `error`: plumbing
 
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod logger;
 pub mod metrics;
 pub mod model;
+pub mod outputs;
 pub mod plot;
 pub mod rng;
 pub mod threads;

@@ -1,24 +1,11 @@
 //! `train --plot FILE.svg`: the training and validation loss against the
 //! step, drawn with plotters' SVG backend (no system libraries).
 
-use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use plotters::prelude::*;
 
 use crate::error::Error;
-
-/// Refuses, before a run, a plot path that cannot be written: opens an
-/// existing file for appending (leaving it as it is), or creates the file
-/// and removes it again.
-pub fn check_writable(path: &Path) -> Result<(), Error> {
-    let probe = if path.exists() {
-        OpenOptions::new().append(true).open(path).map(drop)
-    } else {
-        File::create(path).and_then(|_| std::fs::remove_file(path))
-    };
-    probe.map_err(|e| Error::io(path, e))
-}
 
 /// Draws the loss curves into an SVG file at `path`.
 pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Result<(), Error> {
@@ -78,28 +65,4 @@ pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Resu
         .draw()
         .map_err(|e| fail(e.to_string()))?;
     root.present().map_err(|e| fail(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_check_leaves_files_as_they_were_and_refuses_what_cannot_be_written() {
-        let dir = std::env::temp_dir().join(format!("runner-plot-check-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let existing = dir.join("old.svg");
-        std::fs::write(&existing, "a plot the user made").unwrap();
-        check_writable(&existing).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&existing).unwrap(),
-            "a plot the user made"
-        );
-        let new = dir.join("new.svg");
-        check_writable(&new).unwrap();
-        assert!(!new.exists(), "the probe file was left behind");
-        assert!(check_writable(&dir.join("missing").join("x.svg")).is_err());
-        assert!(check_writable(&dir).is_err(), "a directory is not a plot");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -45,6 +45,10 @@ impl PoolHandle {
     }
 }
 
+/// Threads beyond which `--threads` is surely a typo (each is a stack
+/// of its own, started up front).
+const MAX_THREADS: usize = 4096;
+
 impl Threads {
     /// One thread: the caller's.
     pub fn single() -> Threads {
@@ -67,6 +71,11 @@ impl Threads {
         });
         if count == 0 {
             return Err(Error::Config("--threads must be at least 1".into()));
+        }
+        if count > MAX_THREADS {
+            return Err(Error::Config(format!(
+                "--threads {count} is more than {MAX_THREADS}"
+            )));
         }
         if count == 1 {
             return Ok(Threads::single());

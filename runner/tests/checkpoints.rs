@@ -220,9 +220,12 @@ fn impossible_sizes_are_refused_before_allocating() {
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "expected F32, BF16 or F16 [256, 8192]");
 
-    // More layers than the file has tensors for.
+    // More layers than the file has tensors for (and than fit memory).
     edit_config(&ckpt, "n_embd", 32);
     edit_config(&ckpt, "n_layer", 100_000);
+    let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert_clear_error(&out, "memory");
+    edit_config(&ckpt, "n_layer", 1000);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "holds 28 tensors");
 }
@@ -324,7 +327,8 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
     // An absurd batch is refused before anything is allocated.
     assert_clear_error(&resume(&["--batch", "100000000000"]), "sequences per step");
-    assert_clear_error(&resume(&["--batch", "1000000"]), "--batch: checkpoint 8");
+    assert_clear_error(&resume(&["--batch", "1000000"]), "memory");
+    assert_clear_error(&resume(&["--batch", "9"]), "--batch: checkpoint 8");
     // Extending --steps is what resuming is for.
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);

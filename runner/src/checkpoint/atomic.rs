@@ -14,18 +14,27 @@ use crate::error::Error;
 
 /// A destination directory that may only ever hold `files`.
 pub struct Destination<'a> {
-    pub dir: &'a Path,
-    pub files: &'a [&'a str],
+    dir: PathBuf,
+    files: &'a [&'a str],
 }
 
-impl Destination<'_> {
+impl<'a> Destination<'a> {
+    /// `dir` as the path its components spell (`ckpt/.` is `ckpt`: the
+    /// final rename needs the directory's own name).
+    pub fn new(dir: &Path, files: &'a [&'a str]) -> Destination<'a> {
+        Destination {
+            dir: dir.components().collect(),
+            files,
+        }
+    }
+
     /// Refuses a destination that cannot be saved to, before any long
     /// work: one that exists but is not such a directory (a file, or a
     /// directory holding anything else), since saving replaces it whole;
     /// or whose parent is missing or not writable (a staging directory is
     /// created there and removed again to find out).
     pub fn check(&self) -> Result<(), Error> {
-        let dir = self.dir;
+        let dir = &self.dir;
         match fs::symlink_metadata(dir) {
             Ok(meta) => self.check_existing(meta)?,
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -51,7 +60,7 @@ impl Destination<'_> {
     }
 
     fn check_existing(&self, meta: fs::Metadata) -> Result<(), Error> {
-        let dir = self.dir;
+        let dir = &self.dir;
         if !meta.is_dir() {
             return Err(refused(
                 dir,
@@ -74,7 +83,7 @@ impl Destination<'_> {
     }
 
     fn parent_and_name(&self) -> Result<(&Path, String), Error> {
-        let dir = self.dir;
+        let dir = &self.dir;
         let name = dir
             .file_name()
             .ok_or_else(|| refused(dir, "not a directory name".into()))?
@@ -97,11 +106,11 @@ impl Destination<'_> {
         let (parent, name) = self.parent_and_name()?;
         let tmp = staging_dir(parent, &name);
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let old_prefix = format!(".{name}.old-");
+        let old_prefix = aside_prefix(&name);
         let old = parent.join(format!("{old_prefix}{}", std::process::id()));
         let installed = write(&tmp)
             .and_then(|()| sync_dir(&tmp))
-            .and_then(|()| install(&tmp, self.dir, &old));
+            .and_then(|()| install(&tmp, &self.dir, &old));
         if let Err(e) = installed {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
@@ -118,6 +127,19 @@ impl Destination<'_> {
     }
 }
 
+/// The previous directory a save moved aside and, killed between its two
+/// renames, never replaced: where `dir` is missing, the copy to restore.
+pub fn moved_aside(dir: &Path) -> Option<PathBuf> {
+    let destination = Destination::new(dir, &[]);
+    let (parent, name) = destination.parent_and_name().ok()?;
+    let prefix = aside_prefix(&name);
+    fs::read_dir(parent)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|entry| is_temporary(&entry.file_name(), &prefix))
+        .map(|entry| entry.path())
+}
+
 fn refused(dir: &Path, reason: String) -> Error {
     Error::Checkpoint {
         path: dir.into(),
@@ -130,6 +152,20 @@ fn refused(dir: &Path, reason: String) -> Error {
 /// runs saving to one destination at the same time are not supported.
 fn staging_prefix(name: &str) -> String {
     format!(".{name}.tmp-")
+}
+
+/// `.NAME.old-`: the prefix of the name a previous `NAME` is moved aside
+/// to while the new one is renamed into place.
+fn aside_prefix(name: &str) -> String {
+    format!(".{name}.old-")
+}
+
+/// Whether `file` is `prefix` + a process id: one of the temporary names
+/// of [`Destination::replace_with`].
+fn is_temporary(file: &std::ffi::OsStr, prefix: &str) -> bool {
+    file.to_str()
+        .and_then(|n| n.strip_prefix(prefix))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn staging_dir(parent: &Path, name: &str) -> PathBuf {
@@ -165,12 +201,7 @@ fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
 fn remove_siblings(parent: &Path, prefix: &str) -> Result<(), Error> {
     for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
         let entry = entry.map_err(|e| Error::io(parent, e))?;
-        let name = entry.file_name();
-        let is_ours = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if is_ours {
+        if is_temporary(&entry.file_name(), prefix) {
             fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
         }
     }
@@ -209,10 +240,7 @@ mod tests {
         let stale = staging_dir(&parent, "ckpt");
         fs::create_dir(&stale).unwrap();
         fs::write(stale.join("model.safetensors"), b"partial").unwrap();
-        let destination = Destination {
-            dir: &dir,
-            files: &["a.txt"],
-        };
+        let destination = Destination::new(&dir, &["a.txt"]);
         destination.check().unwrap();
         destination
             .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
@@ -223,6 +251,14 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["ckpt"]);
+        // `ckpt/.` names the same directory, and a save there replaces it.
+        Destination::new(&dir.join("."), &["a.txt"])
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"newer"))
+            .unwrap();
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"newer");
+        assert!(Destination::new(&dir.join(".."), &["a.txt"])
+            .check()
+            .is_err());
         fs::remove_dir_all(&parent).unwrap();
     }
 }

@@ -30,7 +30,7 @@ const TRAINING_FILE: &str = "training.safetensors";
 const FILES: [&str; 3] = [CONFIG_FILE, MODEL_FILE, TRAINING_FILE];
 
 fn destination(dir: &Path) -> Destination<'_> {
-    Destination { dir, files: &FILES }
+    Destination::new(dir, &FILES)
 }
 
 /// Refuses a destination that cannot be saved to: one that exists but is
@@ -77,7 +77,17 @@ pub fn save(
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
     if !dir.is_dir() {
-        return Err(corrupt(dir, "no such directory"));
+        return Err(corrupt(
+            dir,
+            match atomic::moved_aside(dir) {
+                Some(old) => format!(
+                    "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
+                    old.display(),
+                    dir.display()
+                ),
+                None => "no such directory".into(),
+            },
+        ));
     }
     hf::parse_config(dir, CONFIG_FILE, &read(dir, CONFIG_FILE)?)
 }
@@ -102,6 +112,22 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
             format!(
                 "{MODEL_FILE} holds {} tensors; the {} layers of {CONFIG_FILE} need {needed}",
                 st.len(),
+                cfg.layers
+            ),
+        ));
+    }
+    // Layers beyond config.json's would be silently dropped: another model.
+    let beyond = st.names().into_iter().find(|name| {
+        let name = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
+        name.strip_prefix("h.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .is_some_and(|layer| layer >= cfg.layers)
+    });
+    if let Some(name) = beyond {
+        return Err(corrupt(
+            dir,
+            format!(
+                "{MODEL_FILE} holds {name}, beyond the {} layers of {CONFIG_FILE}",
                 cfg.layers
             ),
         ));
@@ -131,7 +157,14 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     }
     let mut params = Arena::zeros(cfg.param_floats());
     for (t, view) in layout.iter().zip(&views) {
-        floats_from(view.dtype(), view.data(), &mut params[t.range.clone()]);
+        let values = &mut params[t.range.clone()];
+        floats_from(view.dtype(), view.data(), values);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(corrupt(
+                dir,
+                format!("tensor {} holds {} at element {i}", t.name, values[i]),
+            ));
+        }
     }
     if let Ok(head) = st.tensor(hf::LM_HEAD) {
         // The tied head is the embedding; a different one is another model.

@@ -11,7 +11,7 @@ use crate::data::DataSource;
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::print_stdout;
-use crate::train::{check_memory, precision_note};
+use crate::train::{precision_note, Footprint};
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
 
@@ -44,6 +44,9 @@ pub struct EvalArgs {
 
 pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let kernels = args.run.start()?;
+    if args.batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
     let source = DataSource::of(args.data.as_deref());
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
@@ -56,8 +59,10 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     // Groups are never larger than the number of windows.
     let t = cfg.block_size;
     let windows = tokens.len().div_ceil(t);
+    let batch = args.batch.min(windows);
+    Footprint::evaluation(&cfg, batch, t)
+        .check(&format!("model {cfg} with batch {batch} × {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
-    check_memory(&cfg, args.batch.min(windows), t, false)?;
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),

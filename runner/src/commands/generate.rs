@@ -13,7 +13,8 @@ use crate::logger::{print_bytes, print_stdout};
 use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
-use crate::train::precision_note;
+use crate::outputs;
+use crate::train::{precision_note, Footprint};
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
 
@@ -63,6 +64,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         top_p: args.top_p,
     };
     sampling.validate()?;
+    if let Some(path) = &args.json {
+        outputs::check_outputs(&[("--json", path)], &[&args.checkpoint], None)?;
+    }
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let Some(tokenizer) = cfg.tokenizer else {
         return Err(Error::Input(format!(
@@ -74,6 +78,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let prompt = tokenizer.encode(args.prompt.as_bytes());
     // Before loading: a prompt that does not fit costs nothing.
     check_prompt(&cfg, &prompt)?;
+    Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     info!(
         "Generating with {} on the {} backend{}",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::options::RunOptions;
+use crate::checkpoint;
 use crate::data::{DataSource, Tokenizer};
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
@@ -114,38 +115,60 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The model shape asked for: `None` when no shape option is given
-    /// (a run from a checkpoint then takes the checkpoint's).
-    fn requested_config(&self) -> Option<ModelConfig> {
+    /// (a run from a checkpoint then takes the checkpoint's). From a
+    /// checkpoint, the options not given are the checkpoint's, so that
+    /// only what the user asked for is compared with it.
+    fn requested_config(&self) -> Result<Option<ModelConfig>, Error> {
         let any = self.preset.is_some()
             || self.tokenizer.is_some()
             || self.layers.is_some()
             || self.heads.is_some()
             || self.channels.is_some()
             || self.block_size.is_some();
-        if !any && (self.resume.is_some() || self.init_from.is_some()) {
-            return None;
-        }
-        let preset = self.preset.unwrap_or(Preset::Small);
-        let tokenizer = self.tokenizer.unwrap_or_else(|| {
-            // Shards hold GPT-2 token ids unless told otherwise.
-            match DataSource::of(self.data.as_deref()).is_tokens() {
-                true => Tokenizer::Gpt2,
-                false => preset.default_tokenizer(),
+        let checkpoint = self.resume.as_ref().or(self.init_from.as_ref());
+        let base = match (checkpoint, self.preset) {
+            (Some(_), _) if !any => return Ok(None),
+            (Some(dir), None) => {
+                let saved = checkpoint::load_config(dir)?;
+                ModelConfig {
+                    tokenizer: self.tokenizer.or(saved.tokenizer),
+                    ..saved
+                }
             }
-        });
-        let base = preset.config(tokenizer);
-        Some(ModelConfig {
+            (Some(dir), Some(preset)) => {
+                let tokenizer = match self.tokenizer {
+                    Some(tokenizer) => Some(tokenizer),
+                    None => checkpoint::load_config(dir)?.tokenizer,
+                };
+                match tokenizer {
+                    Some(tokenizer) => preset.config(tokenizer),
+                    None => preset.config(preset.default_tokenizer()),
+                }
+            }
+            (None, preset) => {
+                let preset = preset.unwrap_or(Preset::Small);
+                let tokenizer = self.tokenizer.unwrap_or_else(|| {
+                    // Shards hold GPT-2 token ids unless told otherwise.
+                    match DataSource::of(self.data.as_deref()).is_tokens() {
+                        true => Tokenizer::Gpt2,
+                        false => preset.default_tokenizer(),
+                    }
+                });
+                preset.config(tokenizer)
+            }
+        };
+        Ok(Some(ModelConfig {
             layers: self.layers.unwrap_or(base.layers),
             heads: self.heads.unwrap_or(base.heads),
             channels: self.channels.unwrap_or(base.channels),
             block_size: self.block_size.unwrap_or(base.block_size),
             ..base
-        })
+        }))
     }
 
-    fn settings(&self) -> TrainSettings {
-        TrainSettings {
-            config: self.requested_config(),
+    fn settings(&self) -> Result<TrainSettings, Error> {
+        Ok(TrainSettings {
+            config: self.requested_config()?,
             data: self.data.clone(),
             init_from: self.init_from.clone(),
             seq_len: self.seq_len,
@@ -167,12 +190,12 @@ impl TrainArgs {
             precision: self.run.precision,
             shard_optimizer: self.zero == 1,
             overlap: !self.no_overlap,
-        }
+        })
     }
 }
 
 pub fn run(args: &TrainArgs) -> Result<(), Error> {
     let kernels = args.run.start()?;
-    train(&args.settings(), kernels)?;
+    train(&args.settings()?, kernels)?;
     Ok(())
 }

@@ -140,7 +140,23 @@ impl DataSource {
             });
         };
         let bytes = match self {
-            DataSource::Text(path) => std::fs::read(path).map_err(|e| Error::io(path, e))?,
+            DataSource::Text(path) => {
+                let kind = std::fs::metadata(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .file_type();
+                // A pipe ends; a device such as /dev/zero may never.
+                #[cfg(unix)]
+                let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
+                #[cfg(not(unix))]
+                let pipe = false;
+                if !(kind.is_file() || pipe) {
+                    return Err(Error::Data {
+                        path: path.clone(),
+                        reason: "not a regular file".into(),
+                    });
+                }
+                std::fs::read(path).map_err(|e| Error::io(path, e))?
+            }
             _ => corpus::text(),
         };
         if bytes.is_empty() {

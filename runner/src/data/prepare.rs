@@ -46,30 +46,53 @@ pub fn prepare(
     let start = Instant::now();
     let mut total = 0;
     for input in &s.inputs {
-        let size = std::fs::metadata(input)
-            .map_err(|e| Error::io(input, e))?
-            .len();
-        if size == 0 {
-            return Err(Error::Data {
+        let refuse = |reason: &str| {
+            Err(Error::Data {
                 path: input.clone(),
-                reason: "the file is empty".into(),
-            });
+                reason: reason.into(),
+            })
+        };
+        let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
+        if !meta.is_file() {
+            return refuse("not a regular file");
         }
-        total += size;
+        if meta.len() == 0 {
+            return refuse("the file is empty");
+        }
+        File::open(input).map_err(|e| Error::io(input, e))?;
+        total += meta.len();
     }
+    let created = !s.output.exists();
     std::fs::create_dir_all(&s.output).map_err(|e| Error::io(&s.output, e))?;
     let mut writer = ShardWriter::new(&s.output, &s.name, s.val_tokens, s.shard_tokens)?;
     started(total);
     let mut bytes = 0u64;
-    for input in &s.inputs {
-        if let Some(eot) = s.tokenizer.end_of_text() {
-            writer.write(&[eot])?;
+    let mut tokenize_all = || {
+        for input in &s.inputs {
+            if let Some(eot) = s.tokenizer.end_of_text() {
+                writer.write(&[eot])?;
+            }
+            tokenize_file(input, s.tokenizer, s.chunk_bytes.max(1), |part, tokens| {
+                bytes += part as u64;
+                progress(bytes);
+                writer.write(&tokens)
+            })?;
         }
-        tokenize_file(input, s.tokenizer, s.chunk_bytes.max(1), |part, tokens| {
-            bytes += part as u64;
-            progress(bytes);
-            writer.write(&tokens)
-        })?;
+        match writer.written() {
+            n if n <= s.val_tokens => Err(Error::Config(format!(
+                "the inputs give {n} tokens, none left for training after the {} of validation; lower --val-tokens",
+                s.val_tokens
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = tokenize_all() {
+        // Nothing half-made is left to be mistaken for a data set.
+        writer.discard()?;
+        if created {
+            let _ = std::fs::remove_dir(&s.output);
+        }
+        return Err(e);
     }
     let tokens = writer.written();
     let shards = writer.finish()?;

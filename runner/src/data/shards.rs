@@ -74,6 +74,8 @@ impl ShardWriter {
                 "shards and the validation split need at least one token".into(),
             ));
         }
+        // Refused now rather than when the first full shard closes.
+        header(per_shard.max(val_tokens))?;
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -128,6 +130,20 @@ impl ShardWriter {
     pub fn finish(mut self) -> Result<Vec<usize>, Error> {
         self.close_shard()?;
         Ok(self.finished)
+    }
+
+    /// Removes every shard this writer wrote, whole or not: what a failed
+    /// run leaves would otherwise train as if it were the data set.
+    pub fn discard(mut self) -> Result<(), Error> {
+        if let Some(shard) = self.open.take() {
+            drop(shard.file);
+            std::fs::remove_file(&shard.temporary).map_err(|e| Error::io(&shard.temporary, e))?;
+        }
+        for index in 0..self.finished.len() {
+            let path = shard_path(&self.dir, &self.name, index);
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Tokens written so far.

@@ -36,20 +36,42 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model of shape `cfg`.
     pub fn new(cfg: &ModelConfig) -> KvCache {
-        let (l, t, c) = (cfg.layers, cfg.block_size, cfg.channels);
+        let [keys_t, values, residuals, acts, scores, head_scores, lnf, logits] =
+            KvCache::sizes(cfg);
         KvCache {
-            keys_t: Arena::zeros(l * c * t),
-            values: Arena::zeros(l * t * c),
+            keys_t: Arena::zeros(keys_t),
+            values: Arena::zeros(values),
             len: 0,
-            block_size: t,
-            residuals: vec![0.0; 2 * t * c],
-            acts: vec![0.0; BlockActivations::sizes(cfg, t, 0).total()],
-            scores: vec![0.0; t * t],
-            head_scores: vec![0.0; cfg.heads * t],
-            lnf: vec![0.0; c + 2],
-            logits: vec![0.0; cfg.padded_vocab()],
+            block_size: cfg.block_size,
+            residuals: vec![0.0; residuals],
+            acts: vec![0.0; acts],
+            scores: vec![0.0; scores],
+            head_scores: vec![0.0; head_scores],
+            lnf: vec![0.0; lnf],
+            logits: vec![0.0; logits],
             vocab: cfg.vocab_size,
         }
+    }
+
+    /// Floats of each buffer of a cache for `cfg`, in the order of the
+    /// fields.
+    fn sizes(cfg: &ModelConfig) -> [usize; 8] {
+        let (l, t, c) = (cfg.layers, cfg.block_size, cfg.channels);
+        [
+            l * c * t,
+            l * t * c,
+            2 * t * c,
+            BlockActivations::sizes(cfg, t, 0).total(),
+            t * t,
+            cfg.heads * t,
+            c + 2,
+            cfg.padded_vocab(),
+        ]
+    }
+
+    /// Floats a cache for `cfg` holds, for sizing a run before it starts.
+    pub fn floats(cfg: &ModelConfig) -> usize {
+        KvCache::sizes(cfg).iter().sum()
     }
 
     /// Positions held.
@@ -75,5 +97,32 @@ impl KvCache {
     /// Bytes held by the keys and values.
     pub fn cache_bytes(&self) -> usize {
         4 * (self.keys_t.len() + self.values.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Tokenizer;
+    use crate::model::Preset;
+
+    #[test]
+    fn the_size_a_run_is_checked_for_is_what_the_cache_allocates() {
+        let cfg = Preset::Tiny.config(Tokenizer::Byte);
+        let cache = KvCache::new(&cfg);
+        let allocated = cache.keys_t.len()
+            + cache.values.len()
+            + [
+                &cache.residuals,
+                &cache.acts,
+                &cache.scores,
+                &cache.head_scores,
+                &cache.lnf,
+                &cache.logits,
+            ]
+            .iter()
+            .map(|v| v.len())
+            .sum::<usize>();
+        assert_eq!(KvCache::floats(&cfg), allocated);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use crate::metrics::physical_memory_bytes;
-use crate::model::{Gpt, ModelConfig};
+use crate::model::{Gpt, KvCache, ModelConfig};
 
 use super::optim::Optimizer;
 
@@ -34,6 +34,45 @@ impl Footprint {
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
         }
+    }
+
+    /// Evaluating a model of shape `cfg` on batches of `batch` × `t`
+    /// tokens: no optimizer state.
+    pub fn evaluation(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
+        Footprint {
+            optimizer_state: 0,
+            ..Footprint::training(cfg, batch, t, false)
+        }
+    }
+
+    /// Decoding with a model of shape `cfg`: its parameters (and the
+    /// gradient arena every model has) and a KV cache of a whole block.
+    pub fn decoding(cfg: &ModelConfig) -> Footprint {
+        let n = cfg.param_floats();
+        Footprint {
+            parameters: n,
+            gradients: n,
+            optimizer_state: 0,
+            optimizer_ranks: 1,
+            activations: KvCache::floats(cfg),
+        }
+    }
+
+    /// Refuses a run of this footprint that would not fit this machine's
+    /// memory (or 32 GiB where it cannot be read), rather than dying in
+    /// the allocator; `what` names the run in the message.
+    pub fn check(&self, what: &str) -> Result<(), Error> {
+        let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
+        let need = self.total_bytes();
+        if need as u64 > limit_bytes {
+            let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
+            return Err(Error::Config(format!(
+                "the run needs about {:.1} GiB of memory ({what}); this machine has {:.1} GiB",
+                gib(need as f64),
+                gib(limit_bytes as f64)
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes of all of it.
@@ -69,26 +108,17 @@ impl std::fmt::Display for Footprint {
     }
 }
 
-/// Refuses runs that would not fit this machine's memory (or 32 GiB where
-/// it cannot be read), rather than dying in the allocator: training (or
-/// evaluation, which needs less) for a model of shape `cfg` on micro-batches of `batch × t` tokens.
+/// Refuses training runs that would not fit this machine's memory
+/// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
+/// `batch × t` tokens.
 pub fn check_memory(
     cfg: &ModelConfig,
     batch: usize,
     t: usize,
     recompute: bool,
 ) -> Result<(), Error> {
-    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
-    let need = Footprint::training(cfg, batch, t, recompute).total_bytes();
-    if need as u64 > limit_bytes {
-        let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
-        return Err(Error::Config(format!(
-            "the run needs about {:.1} GiB of memory (model {cfg} with batch {batch} × {t} tokens); this machine has {:.1} GiB",
-            gib(need as f64),
-            gib(limit_bytes as f64)
-        )));
-    }
-    Ok(())
+    Footprint::training(cfg, batch, t, recompute)
+        .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
 }
 
 #[cfg(test)]

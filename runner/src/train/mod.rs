@@ -23,7 +23,7 @@ use crate::model::{Gpt, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::world::Collective;
-use crate::{logger, plot};
+use crate::{logger, outputs, plot};
 pub use data_parallel::DataParallel;
 use data_parallel::{backward_summing, sum_gradients};
 pub use memory::{check_memory, Footprint};
@@ -120,6 +120,9 @@ impl TrainSettings {
                 self.lr
             )));
         }
+        if self.stop_at == Some(0) {
+            return Err(Error::Config("--stop-at must be at least 1".into()));
+        }
         if let Some(stop) = self.stop_at.filter(|&stop| stop > self.steps) {
             return Err(Error::Config(format!(
                 "--stop-at {stop} is after the last step (--steps {})",
@@ -137,12 +140,18 @@ impl TrainSettings {
         // Before the run, not after it: a bad path should not cost it. Only
         // rank 0 writes, and only it checks: the check clears stale staging
         // directories, which would race with another rank's probe.
-        if let Some(dir) = self
-            .save
-            .as_ref()
-            .filter(|_| crate::world::current().rank() == 0)
-        {
-            checkpoint::check_destination(dir)?;
+        if crate::world::current().rank() == 0 {
+            if let Some(dir) = &self.save {
+                checkpoint::check_destination(dir)?;
+            }
+            let outputs = [("--json", &self.json), ("--plot", &self.plot)];
+            let outputs: Vec<_> = outputs
+                .iter()
+                .filter_map(|&(option, path)| Some((option, path.as_deref()?)))
+                .collect();
+            let inputs = [&self.data, &self.resume, &self.init_from];
+            let inputs: Vec<_> = inputs.iter().filter_map(|p| p.as_deref()).collect();
+            outputs::check_outputs(&outputs, &inputs, self.save.as_deref())?;
         }
         Ok(())
     }
@@ -188,29 +197,14 @@ fn start(
     cfg: ModelConfig,
     kernels: Kernels,
 ) -> Result<(Gpt, Optimizer, Rng), Error> {
-    let t = |cfg: &ModelConfig| s.seq_len.unwrap_or(cfg.block_size);
     let world = crate::world::current();
     let shard = s.optimizer_shard(world);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
-        cfg.validate()?;
-        check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = Gpt::new(cfg, kernels, s.seed)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
         return Ok((model, optimizer, Rng::new(s.seed)));
     };
-    let refuse = |reason: String| Error::Checkpoint {
-        path: dir.clone(),
-        reason,
-    };
-    if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
-        return Err(refuse(format!(
-            "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
-            tokenizer_name(cfg.tokenizer),
-            tokenizer_name(asked.tokenizer),
-        )));
-    }
     if s.init_from.is_some() {
-        check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
         let model = checkpoint::load_model(dir, kernels)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
         return Ok((model, optimizer, Rng::new(s.seed)));
@@ -221,10 +215,13 @@ fn start(
         saved.differences(&s.schedule(world.size()))
     });
     if !differences.is_empty() {
-        return Err(refuse(format!(
+        return Err(Error::Checkpoint {
+            path: dir.clone(),
+            reason: format!(
             "it was trained with other settings ({}); pass the checkpoint's values to resume it",
-            differences.join("; ")
-        )));
+                differences.join("; ")
+            ),
+        });
     }
     if state.step >= s.steps {
         return Err(Error::Config(format!(
@@ -232,8 +229,12 @@ fn start(
             state.step
         )));
     }
-    // The checkpoint's shape with this run's batch may not fit.
-    check_memory(&cfg, s.batch, t(&cfg), s.recompute)?;
+    if let Some(stop) = s.stop_at.filter(|&stop| stop <= state.step) {
+        return Err(Error::Config(format!(
+            "--stop-at {stop} is not after the checkpoint's step {}",
+            state.step
+        )));
+    }
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
@@ -328,6 +329,22 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             i32::MAX
         )));
     }
+    // Everything cheap is checked before the data is read and tokenized.
+    if let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) {
+        if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
+            return Err(Error::Checkpoint {
+                path: dir.clone(),
+                reason: format!(
+                    "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
+                    tokenizer_name(cfg.tokenizer),
+                    tokenizer_name(asked.tokenizer),
+                ),
+            });
+        }
+    }
+    cfg.validate()?;
+    check_memory(&cfg, b, t, s.recompute)?;
+    let threads = Threads::new(s.threads)?;
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
     let source = DataSource::of(s.data.as_deref());
@@ -338,21 +355,17 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         t,
         val_windows * t + 1,
     )?;
-    // The outputs are made (JSON) or checked (the plot, drawn at the end)
-    // before any work, so that a path that cannot be written is refused
-    // up front rather than after the run.
+    let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
+    // The outputs were checked up front; the run is accepted, so the JSON
+    // file may now be replaced.
     let leader = rank == 0;
     let mut json = match &s.json {
         Some(path) if leader => Some(JsonLines::create(path)?),
         _ => None,
     };
-    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
-        plot::check_writable(path)?;
-    }
-    let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
     // Rank 0's weights (initialized or loaded) are everyone's.
     world.broadcast(0, model.params_mut());
-    model.set_threads(Threads::new(s.threads)?);
+    model.set_threads(threads);
     model.set_precision(s.precision);
     model.set_recompute(s.recompute);
     let threads = model.threads().count();
@@ -381,7 +394,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     };
     let run_start = Instant::now();
     let first = optimizer.step + 1;
-    let last = s.stop_at.map_or(s.steps, |stop| stop.max(first));
+    let last = s.stop_at.unwrap_or(s.steps);
     let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
     let progress = logger::progress_bar(u64::from(last - first + 1), "{pos}/{len} steps");
     for step in first..=last {

@@ -1,0 +1,149 @@
+//! The files a command writes beside checkpoints (`--json`, `--plot`):
+//! checked before any work that each can be written and that writing it
+//! destroys nothing the run reads or saves. The check leaves an existing
+//! file as it is: a command truncates it only once its run is accepted.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// An output file and the option that named it (`"--json"`).
+pub type Output<'a> = (&'static str, &'a Path);
+
+/// Refuses, before a run, an output that cannot be written, that is (or
+/// lies inside) one of `inputs` (files or folders the run reads), that
+/// lies inside `save` (the checkpoint folder a save replaces whole), or
+/// that another output names too.
+pub fn check_outputs(
+    outputs: &[Output],
+    inputs: &[&Path],
+    save: Option<&Path>,
+) -> Result<(), Error> {
+    for (i, &(option, path)) in outputs.iter().enumerate() {
+        let refuse = |why: String| {
+            Err(Error::Config(format!(
+                "{option} {} {why}; choose another path",
+                path.display()
+            )))
+        };
+        if let Some(input) = inputs.iter().find(|input| covers(input, path)) {
+            return refuse(format!(
+                "would overwrite {}, which this run reads",
+                input.display()
+            ));
+        }
+        if let Some(dir) = save.filter(|dir| covers(dir, path)) {
+            return refuse(format!(
+                "lies inside the --save folder {}, which the save replaces whole",
+                dir.display()
+            ));
+        }
+        if let Some((other, _)) = outputs[..i].iter().find(|(_, p)| covers(p, path)) {
+            return refuse(format!("is also the {other} file"));
+        }
+        check_writable(path)?;
+    }
+    Ok(())
+}
+
+/// Refuses a file that cannot be written: opens an existing one for
+/// appending (leaving it as it is), or creates it and removes it again.
+pub fn check_writable(path: &Path) -> Result<(), Error> {
+    let probe = if path.exists() {
+        OpenOptions::new().append(true).open(path).map(drop)
+    } else {
+        File::create(path).and_then(|_| std::fs::remove_file(path))
+    };
+    probe.map_err(|e| Error::io(path, e))
+}
+
+/// Whether `path` is `outer` or lies inside it, symbolic links and `..`
+/// resolved.
+fn covers(outer: &Path, path: &Path) -> bool {
+    resolved(path).starts_with(resolved(outer))
+}
+
+/// `path` made absolute with links resolved; for a path that does not
+/// exist yet, its parent's resolution and its name.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(real), Some(name)) => real.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("runner-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_check_leaves_files_as_they_were_and_refuses_what_cannot_be_written() {
+        let dir = scratch("output-check");
+        let existing = dir.join("old.svg");
+        std::fs::write(&existing, "a plot the user made").unwrap();
+        check_writable(&existing).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&existing).unwrap(),
+            "a plot the user made"
+        );
+        let new = dir.join("new.svg");
+        check_writable(&new).unwrap();
+        assert!(!new.exists(), "the probe file was left behind");
+        assert!(check_writable(&dir.join("missing").join("x.svg")).is_err());
+        assert!(check_writable(&dir).is_err(), "a directory is not a file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outputs_may_not_overwrite_inputs_the_save_or_each_other() {
+        let dir = scratch("output-overlap");
+        let data = dir.join("data.txt");
+        std::fs::write(&data, "text the user made").unwrap();
+        let ckpt = dir.join("ckpt");
+        std::fs::create_dir(&ckpt).unwrap();
+        let message = |outputs: &[Output], save: Option<&Path>| {
+            check_outputs(outputs, &[&data, &ckpt], save)
+                .unwrap_err()
+                .to_string()
+        };
+        // The same file under another spelling.
+        let spelled = dir.join("ckpt").join("..").join("data.txt");
+        assert!(message(&[("--json", &spelled)], None).contains("which this run reads"));
+        let inside = ckpt.join("model.safetensors");
+        assert!(message(&[("--plot", &inside)], None).contains("which this run reads"));
+        let save = dir.join("new-ckpt");
+        let in_save = save.join("log.jsonl");
+        assert!(message(&[("--json", &in_save)], Some(&save)).contains("--save folder"));
+        let log = dir.join("log.jsonl");
+        assert!(message(&[("--json", &log), ("--plot", &log)], None).contains("--json file"));
+        // Beside them is fine, and checking creates nothing.
+        let plot = dir.join("loss.svg");
+        check_outputs(
+            &[("--json", &log), ("--plot", &plot)],
+            &[&data, &ckpt],
+            Some(&save),
+        )
+        .unwrap();
+        assert!(!log.exists() && !plot.exists());
+        assert_eq!(
+            std::fs::read_to_string(&data).unwrap(),
+            "text the user made"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
