@@ -142,8 +142,13 @@ fn bad_data_files_are_one_clear_error() {
 
 #[test]
 fn bad_configurations_are_one_clear_error() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--channels", "30", "--heads", "4"], "heads do not divide"),
+        (&["--seq-len", "0"], "--seq-len must be at least 1"),
+        (
+            &["--seq-len", "33"],
+            "longer than the model's block size 32",
+        ),
         (&["--layers", "0"], "layers must be at least 1"),
         (&["--block-size", "0"], "block size must be at least 1"),
         (&["--batch", "0"], "at least 1"),
@@ -176,6 +181,47 @@ fn bad_configurations_are_one_clear_error() {
         "1,0",
     ]);
     assert_clear_error(&bench, "--threads must be at least 1");
+}
+
+/// Windows shorter than the block size train, log their length, and
+/// resume at it.
+#[test]
+fn train_at_a_sequence_length_below_the_block_size() {
+    let dir = scratch("seq-len");
+    let ckpt = dir.join("ckpt");
+    let ckpt = ckpt.to_str().unwrap();
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--seq-len",
+        "16",
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+    ];
+    let out = runner(&[&args[..], &["--stop-at", "2", "--save", ckpt]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("| Seq length: 16 | Batch: 2"), "{stderr}");
+    let resumed = runner(&[
+        "train",
+        "--resume",
+        ckpt,
+        "--seq-len",
+        "16",
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+    ]);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("| Seq length: 16 | Batch: 2 | Step: 3/4"),
+        "{stderr}"
+    );
 }
 
 #[test]
