@@ -227,8 +227,9 @@ pub unsafe extern "C" fn kn_softmax_rows(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let valid = valid_len(causal, offset)?;
-        // SAFETY: the caller's pointer covers `len` floats.
-        let x = unsafe { slice_mut(x, len) }?;
+        let x = output(x, len)?;
+        // SAFETY: the caller's pointer covers `len` writable floats.
+        let x = unsafe { x.slice_mut() };
         Ok(kernels.softmax_rows(x, cols, valid)?)
     })
 }
@@ -257,14 +258,26 @@ pub unsafe extern "C" fn kn_layer_norm_forward(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let rows = len.checked_div(cols).unwrap_or(0);
-        // SAFETY: the caller's pointers cover the lengths documented.
-        let (x, gamma, beta) = unsafe { (slice(x, len)?, slice(gamma, cols)?, slice(beta, cols)?) };
-        let out = unsafe { slice_mut(out, len) }?;
-        let mean = unsafe { slice_mut(mean, rows) }?;
-        let rstd = unsafe { slice_mut(rstd, rows) }?;
-        disjoint(out, &[x, gamma, beta])?;
-        disjoint(mean, &[x, gamma, beta, out])?;
-        disjoint(rstd, &[x, gamma, beta, out, mean])?;
+        let (x, gamma, beta) = (input(x, len)?, input(gamma, cols)?, input(beta, cols)?);
+        let (out, mean, rstd) = (output(out, len)?, output(mean, rows)?, output(rstd, rows)?);
+        let inputs = [x.span, gamma.span, beta.span];
+        disjoint(out.span, &inputs)?;
+        disjoint(mean.span, &inputs)?;
+        disjoint(mean.span, &[out.span])?;
+        disjoint(rstd.span, &inputs)?;
+        disjoint(rstd.span, &[out.span, mean.span])?;
+        // SAFETY: the caller's pointers cover the lengths documented, and
+        // the outputs overlap nothing (checked above).
+        let (x, gamma, beta, out, mean, rstd) = unsafe {
+            (
+                x.slice(),
+                gamma.slice(),
+                beta.slice(),
+                out.slice_mut(),
+                mean.slice_mut(),
+                rstd.slice_mut(),
+            )
+        };
         Ok(kernels.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
     })
 }
@@ -282,11 +295,12 @@ pub unsafe extern "C" fn kn_f32_to_bf16(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: the caller's pointers cover `len` elements; `kn_bf16` and
-        // `Bf16` are both a `u16` (repr C / transparent).
-        let src = unsafe { slice(src, len) }?;
-        let dst = unsafe { slice_mut(dst.cast::<Bf16>(), len) }?;
-        disjoint(dst, &[src])?;
+        let (src, dst) = (input(src, len)?, output(dst.cast::<Bf16>(), len)?);
+        disjoint(dst.span, &[src.span])?;
+        // SAFETY: the caller's pointers cover `len` elements, apart (checked
+        // above); `kn_bf16` and `Bf16` are both a `u16` (repr C /
+        // transparent).
+        let (src, dst) = unsafe { (src.slice(), dst.slice_mut()) };
         Ok(kernels.f32_to_bf16(src, dst)?)
     })
 }
@@ -304,10 +318,10 @@ pub unsafe extern "C" fn kn_bf16_to_f32(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        let (src, dst) = (input(src.cast::<Bf16>(), len)?, output(dst, len)?);
+        disjoint(dst.span, &[src.span])?;
         // SAFETY: as in `kn_f32_to_bf16`.
-        let src = unsafe { slice(src.cast::<Bf16>(), len) }?;
-        let dst = unsafe { slice_mut(dst, len) }?;
-        disjoint(dst, &[src])?;
+        let (src, dst) = unsafe { (src.slice(), dst.slice_mut()) };
         Ok(kernels.bf16_to_f32(src, dst)?)
     })
 }
@@ -431,8 +445,9 @@ pub unsafe extern "C" fn kn_gelu_backward(
 pub unsafe extern "C" fn kn_scale(backend: i32, alpha: f32, x: *mut f32, len: size_t) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        let x = output(x, len)?;
         // SAFETY: forwarded.
-        kernels.scale(alpha, unsafe { slice_mut(x, len) }?);
+        kernels.scale(alpha, unsafe { x.slice_mut() });
         Ok(())
     })
 }
@@ -445,8 +460,9 @@ pub unsafe extern "C" fn kn_scale(backend: i32, alpha: f32, x: *mut f32, len: si
 pub unsafe extern "C" fn kn_fill(backend: i32, value: f32, out: *mut f32, len: size_t) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        let out = output(out, len)?;
         // SAFETY: forwarded.
-        kernels.fill(value, unsafe { slice_mut(out, len) }?);
+        kernels.fill(value, unsafe { out.slice_mut() });
         Ok(())
     })
 }
@@ -465,9 +481,10 @@ pub unsafe extern "C" fn kn_axpy(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: forwarded.
-        let (x, y) = unsafe { (slice(x, len)?, slice_mut(y, len)?) };
-        disjoint(y, &[x])?;
+        let (x, y) = (input(x, len)?, output(y, len)?);
+        disjoint(y.span, &[x.span])?;
+        // SAFETY: forwarded; `y` overlaps `x` nowhere (checked above).
+        let (x, y) = unsafe { (x.slice(), y.slice_mut()) };
         Ok(kernels.axpy(alpha, x, y)?)
     })
 }
@@ -487,9 +504,10 @@ pub unsafe extern "C" fn kn_add_bias(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: forwarded.
-        let (bias, x) = unsafe { (slice(bias, cols)?, slice_mut(x, len)?) };
-        disjoint(x, &[bias])?;
+        let (bias, x) = (input(bias, cols)?, output(x, len)?);
+        disjoint(x.span, &[bias.span])?;
+        // SAFETY: forwarded; `x` overlaps `bias` nowhere (checked above).
+        let (bias, x) = unsafe { (bias.slice(), x.slice_mut()) };
         Ok(kernels.add_bias(bias, x)?)
     })
 }
@@ -543,9 +561,9 @@ pub unsafe extern "C" fn kn_dot(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        let (a, b) = (input(a, len)?, input(b, len)?);
         // SAFETY: forwarded.
-        let (a, b) = unsafe { (slice(a, len)?, slice(b, len)?) };
-        let value = kernels.dot(a, b)?;
+        let value = kernels.dot(unsafe { a.slice() }, unsafe { b.slice() })?;
         // SAFETY: forwarded.
         unsafe { write_out(out, value) }
     })
@@ -571,9 +589,10 @@ pub unsafe extern "C" fn kn_softmax_backward_rows(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let valid = valid_len(causal, offset)?;
-        // SAFETY: forwarded.
-        let (probs, grad) = unsafe { (slice(probs, len)?, slice_mut(grad, len)?) };
-        disjoint(grad, &[probs])?;
+        let (probs, grad) = (input(probs, len)?, output(grad, len)?);
+        disjoint(grad.span, &[probs.span])?;
+        // SAFETY: forwarded; `grad` overlaps `probs` nowhere (checked above).
+        let (probs, grad) = unsafe { (probs.slice(), grad.slice_mut()) };
         Ok(kernels.softmax_backward_rows(probs, grad, cols, valid)?)
     })
 }
@@ -601,28 +620,37 @@ pub unsafe extern "C" fn kn_layer_norm_backward(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let rows = len.checked_div(cols).unwrap_or(0);
-        // SAFETY: forwarded.
-        let inputs = unsafe {
-            [
-                slice(x, len)?,
-                slice(gamma, cols)?,
-                slice(mean, rows)?,
-                slice(rstd, rows)?,
-                slice(dout, len)?,
-            ]
-        };
-        let [x, gamma, mean, rstd, dout] = inputs;
-        // SAFETY: forwarded.
-        let (dx, dgamma, dbeta) = unsafe {
+        let [x, gamma, mean, rstd, dout] = [
+            input(x, len)?,
+            input(gamma, cols)?,
+            input(mean, rows)?,
+            input(rstd, rows)?,
+            input(dout, len)?,
+        ];
+        let (dx, dgamma, dbeta) = (
+            output(dx, len)?,
+            output(dgamma, cols)?,
+            output(dbeta, cols)?,
+        );
+        let inputs = [x.span, gamma.span, mean.span, rstd.span, dout.span];
+        disjoint(dx.span, &inputs)?;
+        disjoint(dgamma.span, &inputs)?;
+        disjoint(dgamma.span, &[dx.span])?;
+        disjoint(dbeta.span, &inputs)?;
+        disjoint(dbeta.span, &[dx.span, dgamma.span])?;
+        // SAFETY: forwarded; the outputs overlap nothing (checked above).
+        let (x, gamma, mean, rstd, dout) = unsafe {
             (
-                slice_mut(dx, len)?,
-                slice_mut(dgamma, cols)?,
-                slice_mut(dbeta, cols)?,
+                x.slice(),
+                gamma.slice(),
+                mean.slice(),
+                rstd.slice(),
+                dout.slice(),
             )
         };
-        disjoint(dx, &inputs)?;
-        disjoint(dgamma, &[x, gamma, mean, rstd, dout, dx])?;
-        disjoint(dbeta, &[x, gamma, mean, rstd, dout, dx, dgamma])?;
+        // SAFETY: as above.
+        let (dx, dgamma, dbeta) =
+            unsafe { (dx.slice_mut(), dgamma.slice_mut(), dbeta.slice_mut()) };
         Ok(kernels.layer_norm_backward(x, gamma, mean, rstd, dout, dx, dgamma, dbeta)?)
     })
 }
@@ -650,20 +678,21 @@ pub unsafe extern "C" fn kn_cross_entropy(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let len = rows.checked_mul(classes).ok_or(Status(KN_ERR_SHAPE))?;
-        // SAFETY: forwarded.
-        let (logits, targets) = unsafe { (slice(logits, len)?, slice(targets, rows)?) };
-        let losses = unsafe { slice_mut(losses, rows) }?;
-        disjoint(losses, &[logits])?;
-        disjoint(losses, &[targets])?;
+        let (logits, targets) = (input(logits, len)?, input(targets, rows)?);
+        let losses = output(losses, rows)?;
+        disjoint(losses.span, &[logits.span, targets.span])?;
         let dlogits = if dlogits.is_null() {
             None
         } else {
-            // SAFETY: forwarded.
-            let d = unsafe { slice_mut(dlogits, len) }?;
-            disjoint(d, &[logits, &*losses])?;
-            disjoint(d, &[targets])?;
+            let d = output(dlogits, len)?;
+            disjoint(d.span, &[logits.span, losses.span, targets.span])?;
             Some(d)
         };
+        // SAFETY: forwarded; the outputs overlap nothing (checked above).
+        let (logits, targets, losses) =
+            unsafe { (logits.slice(), targets.slice(), losses.slice_mut()) };
+        // SAFETY: as above.
+        let dlogits = dlogits.map(|d| unsafe { d.slice_mut() });
         Ok(kernels.cross_entropy(logits, classes, targets, losses, dlogits, grad_scale)?)
     })
 }
@@ -723,18 +752,20 @@ pub unsafe extern "C" fn kn_adamw_step(
             eps: o.eps,
             weight_decay: o.weight_decay,
         };
-        // SAFETY: forwarded.
-        let grads = unsafe { slice(grads, len) }?;
-        let (params, m, v) = unsafe {
+        let grads = input(grads, len)?;
+        let (params, m, v) = (output(params, len)?, output(m, len)?, output(v, len)?);
+        disjoint(params.span, &[grads.span])?;
+        disjoint(m.span, &[grads.span, params.span])?;
+        disjoint(v.span, &[grads.span, params.span, m.span])?;
+        // SAFETY: forwarded; the outputs overlap nothing (checked above).
+        let (grads, params, m, v) = unsafe {
             (
-                slice_mut(params, len)?,
-                slice_mut(m, len)?,
-                slice_mut(v, len)?,
+                grads.slice(),
+                params.slice_mut(),
+                m.slice_mut(),
+                v.slice_mut(),
             )
         };
-        disjoint(params, &[grads])?;
-        disjoint(m, &[grads, &*params])?;
-        disjoint(v, &[grads, &*params, &*m])?;
         Ok(kernels.adamw_step(&opt, step, grad_scale, params, grads, m, v)?)
     })
 }
@@ -757,10 +788,11 @@ pub unsafe extern "C" fn kn_transpose(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: forwarded.
-        let (src, _) = unsafe { matrix(src, rows, cols, src_stride) }?;
-        let dst = unsafe { slice_mut(dst, strided_len(cols, rows, dst_stride)?) }?;
-        disjoint(dst, &[src])?;
+        let src = matrix(src, rows, cols, src_stride)?;
+        let dst = output(dst, strided_len(cols, rows, dst_stride)?)?;
+        disjoint(dst.span, &[src.span])?;
+        // SAFETY: forwarded; `dst` overlaps `src` nowhere (checked above).
+        let (src, dst) = unsafe { (src.slice(), dst.slice_mut()) };
         Ok(kernels.transpose(rows, cols, src, src_stride, dst, dst_stride)?)
     })
 }
@@ -888,10 +920,11 @@ pub unsafe extern "C" fn kn_pack_bf16(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let (rows, cols) = stored(k, n, trans_b)?;
-        // SAFETY: forwarded.
-        let (b, _) = unsafe { matrix(b, rows, cols, ldb) }?;
-        let slots = unsafe { slice_mut(slots, slots_len) }?;
-        disjoint(slots, &[b])?;
+        let b = matrix(b, rows, cols, ldb)?;
+        let slots = output(slots, slots_len)?;
+        disjoint(slots.span, &[b.span])?;
+        // SAFETY: forwarded; `slots` overlaps `b` nowhere (checked above).
+        let (b, slots) = unsafe { (b.slice(), slots.slice_mut()) };
         let b = transposed(MatRef::strided(b, rows, cols, ldb)?, trans_b);
         Ok(kernels.pack_bf16(b, slots)?)
     })
@@ -944,15 +977,21 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let (rows, cols) = stored(m, k, trans_a)?;
-        // SAFETY: forwarded.
-        let (a, _) = unsafe { matrix(a, rows, cols, lda) }?;
-        let slots = unsafe { slice(slots, slots_len) }?;
-        let c = unsafe { slice_mut(c, strided_len(m, n, ldc)?) }?;
-        let workspace = unsafe { slice_mut(workspace, workspace_len) }?;
-        disjoint(c, &[a])?;
-        disjoint(c, &[slots])?;
-        disjoint(workspace, &[a, &*c])?;
-        disjoint(workspace, &[slots])?;
+        let a = matrix(a, rows, cols, lda)?;
+        let slots = input(slots, slots_len)?;
+        let c = output(c, strided_len(m, n, ldc)?)?;
+        let workspace = output(workspace, workspace_len)?;
+        disjoint(c.span, &[a.span, slots.span])?;
+        disjoint(workspace.span, &[a.span, c.span, slots.span])?;
+        // SAFETY: forwarded; the outputs overlap nothing (checked above).
+        let (a, slots, c, workspace) = unsafe {
+            (
+                a.slice(),
+                slots.slice(),
+                c.slice_mut(),
+                workspace.slice_mut(),
+            )
+        };
         let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
         let b = PackedBf16::new(slots, k, n)?;
         let c = MatMut::strided(c, m, n, ldc)?;
@@ -1018,14 +1057,17 @@ unsafe fn product<'a>(
 ) -> Result<Product<'a>, Status> {
     let (a_rows, a_cols) = stored(m, k, trans_a)?;
     let (b_rows, b_cols) = stored(k, n, trans_b)?;
-    // SAFETY (each view): the caller's pointers cover the matrices their
-    // shapes and strides describe.
-    let (a, _) = unsafe { matrix(a, a_rows, a_cols, lda) }?;
-    let (b, _) = unsafe { matrix(b, b_rows, b_cols, ldb) }?;
-    let c = unsafe { slice_mut(c, strided_len(m, n, ldc)?) }?;
-    let workspace = unsafe { slice_mut(workspace, workspace_len) }?;
-    disjoint(c, &[a, b])?;
-    disjoint(workspace, &[a, b, &*c])?;
+    let a = matrix(a, a_rows, a_cols, lda)?;
+    let b = matrix(b, b_rows, b_cols, ldb)?;
+    let c = output(c, strided_len(m, n, ldc)?)?;
+    let workspace = output(workspace, workspace_len)?;
+    disjoint(c.span, &[a.span, b.span])?;
+    disjoint(workspace.span, &[a.span, b.span, c.span])?;
+    // SAFETY: the caller's pointers cover the matrices their shapes and
+    // strides describe and the workspace its length; the outputs overlap
+    // nothing (checked above).
+    let (a, b, c, workspace) =
+        unsafe { (a.slice(), b.slice(), c.slice_mut(), workspace.slice_mut()) };
     Ok(Product {
         a: transposed(MatRef::strided(a, a_rows, a_cols, lda)?, trans_a),
         b: transposed(MatRef::strided(b, b_rows, b_cols, ldb)?, trans_b),
@@ -1054,9 +1096,11 @@ unsafe fn binary(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: forwarded.
-        let (a, b, out) = unsafe { (slice(a, len)?, slice(b, len)?, slice_mut(out, len)?) };
-        disjoint(out, &[a, b])?;
+        let (a, b, out) = (input(a, len)?, input(b, len)?, output(out, len)?);
+        disjoint(out.span, &[a.span, b.span])?;
+        // SAFETY: forwarded; `out` overlaps `a` and `b` nowhere (checked
+        // above).
+        let (a, b, out) = unsafe { (a.slice(), b.slice(), out.slice_mut()) };
         Ok(f(&kernels, a, b, out)?)
     })
 }
@@ -1068,9 +1112,10 @@ unsafe fn binary(
 unsafe fn unary(backend: i32, x: *const f32, out: *mut f32, len: usize, f: UnaryRoutine) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        // SAFETY: forwarded.
-        let (x, out) = unsafe { (slice(x, len)?, slice_mut(out, len)?) };
-        disjoint(out, &[x])?;
+        let (x, out) = (input(x, len)?, output(out, len)?);
+        disjoint(out.span, &[x.span])?;
+        // SAFETY: forwarded; `out` overlaps `x` nowhere (checked above).
+        let (x, out) = unsafe { (x.slice(), out.slice_mut()) };
         Ok(f(&kernels, x, out)?)
     })
 }
@@ -1088,8 +1133,9 @@ unsafe fn reduce(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        let x = input(x, len)?;
         // SAFETY: forwarded.
-        let value = f(&kernels, unsafe { slice(x, len) }?);
+        let value = f(&kernels, unsafe { x.slice() });
         // SAFETY: forwarded.
         unsafe { write_out(out, value) }
     })
@@ -1180,77 +1226,130 @@ fn strided_len(rows: usize, cols: usize, stride: usize) -> Result<usize, Status>
         .ok_or(Status(KN_ERR_SHAPE))
 }
 
-/// The elements a strided matrix spans, as a slice (with its length).
-///
-/// # Safety
-/// As [`slice`], for the span of the matrix.
-unsafe fn matrix<'a>(
+/// The elements a `rows × cols` matrix with row stride `stride` at `ptr`
+/// spans, as an input.
+fn matrix(
     ptr: *const f32,
     rows: usize,
     cols: usize,
     stride: usize,
-) -> Result<(&'a [f32], usize), Status> {
-    let len = strided_len(rows, cols, stride)?;
-    // SAFETY: forwarded.
-    Ok((unsafe { slice(ptr, len) }?, len))
+) -> Result<Buf<*const f32>, Status> {
+    input(ptr, strided_len(rows, cols, stride)?)
 }
 
-/// `len` elements at `ptr`: NULL (or any pointer) with length 0 is empty;
-/// NULL otherwise, or a misaligned pointer, is an error.
-///
-/// # Safety
-/// A non-NULL `ptr` with `len > 0` points to `len` initialized elements
-/// that nothing writes while the slice lives.
-unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> Result<&'a [T], Status> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    check_pointer(ptr, len)?;
-    // SAFETY: checked non-NULL and aligned; the caller guarantees the rest.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+/// A caller's buffer, checked but not yet borrowed: `len` elements at
+/// `ptr` (`*const T` for an input, `*mut T` for an output), non-NULL and
+/// aligned unless `len` is 0, covering the bytes `span`. No reference to
+/// its memory exists before [`Buf::slice`] or [`Buf::slice_mut`], so
+/// overlaps are refused on spans ([`disjoint`]) before a `&mut` could
+/// alias anything. Not `Copy`: each buffer becomes one slice.
+struct Buf<P> {
+    ptr: P,
+    len: usize,
+    span: Span,
 }
 
-/// As [`slice`], writable.
-///
-/// # Safety
-/// A non-NULL `ptr` with `len > 0` points to `len` writable elements that
-/// nothing else accesses while the slice lives.
-unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize) -> Result<&'a mut [T], Status> {
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    check_pointer(ptr, len)?;
-    // SAFETY: checked non-NULL and aligned; the caller guarantees the rest.
-    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+/// An input of `len` elements at `ptr`: NULL (or any pointer) with length
+/// 0 is empty; NULL otherwise is `KN_ERR_NULL_POINTER`; a misaligned
+/// pointer, or a range over `isize::MAX` bytes or past the end of the
+/// address space, is `KN_ERR_ARGUMENT`.
+fn input<T>(ptr: *const T, len: usize) -> Result<Buf<*const T>, Status> {
+    let span = Span::of(ptr, len)?;
+    Ok(Buf { ptr, len, span })
 }
 
-fn check_pointer<T>(ptr: *const T, len: usize) -> Result<(), Status> {
-    if ptr.is_null() {
-        return Err(Status(KN_ERR_NULL_POINTER));
-    }
-    if !ptr.is_aligned()
-        || len
-            .checked_mul(size_of::<T>())
-            .is_none_or(|b| b > isize::MAX as usize)
-    {
-        return Err(Status(KN_ERR_ARGUMENT));
-    }
-    Ok(())
+/// As [`input`], for an output.
+fn output<T>(ptr: *mut T, len: usize) -> Result<Buf<*mut T>, Status> {
+    let span = Span::of(ptr.cast_const(), len)?;
+    Ok(Buf { ptr, len, span })
 }
 
-/// Refuses an output whose memory overlaps any input's (Rust may not
-/// alias them, and no routine is written for in-place use).
-fn disjoint<T, U>(out: &[T], inputs: &[&[U]]) -> Result<(), Status> {
-    let span = |p: *const u8, bytes: usize| (p as usize, p as usize + bytes);
-    let (o0, o1) = span(out.as_ptr().cast(), size_of_val(out));
-    let overlaps = inputs.iter().any(|i| {
-        let (i0, i1) = span(i.as_ptr().cast(), size_of_val(*i));
-        o0 < i1 && i0 < o1
-    });
-    if overlaps {
+impl<T> Buf<*const T> {
+    /// The input as a slice.
+    ///
+    /// # Safety
+    /// Unless `len` is 0, `ptr` points to `len` initialized elements that
+    /// nothing writes while the slice lives.
+    unsafe fn slice<'a>(self) -> &'a [T] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `input` checked the pointer non-NULL and aligned and its
+        // range within `isize::MAX` bytes, not wrapping; the caller
+        // guarantees the rest.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T> Buf<*mut T> {
+    /// The output as a slice.
+    ///
+    /// # Safety
+    /// Unless `len` is 0, `ptr` points to `len` writable, initialized
+    /// elements that nothing else accesses while the slice lives (for the
+    /// other buffers of the call, checked with [`disjoint`] beforehand).
+    unsafe fn slice_mut<'a>(self) -> &'a mut [T] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: `output` checked the pointer non-NULL and aligned and its
+        // range within `isize::MAX` bytes, not wrapping; the caller
+        // guarantees the rest.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+/// The bytes a buffer covers, the addresses `start..end` (empty for a
+/// length 0, whatever its pointer).
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// The span of `len` elements at `ptr`, checked as [`input`] says.
+    fn of<T>(ptr: *const T, len: usize) -> Result<Span, Status> {
+        if len == 0 {
+            return Ok(Span { start: 0, end: 0 });
+        }
+        let bytes = check_pointer(ptr, len)?;
+        let start = ptr.addr();
+        let end = start.checked_add(bytes).ok_or(Status(KN_ERR_ARGUMENT))?;
+        Ok(Span { start, end })
+    }
+
+    /// Whether the two share a byte (an empty span shares none).
+    fn overlaps(self, other: Span) -> bool {
+        self.start < self.end
+            && other.start < other.end
+            && self.start < other.end
+            && other.start < self.end
+    }
+}
+
+/// Refuses (`KN_ERR_ARGUMENT`) an output whose bytes overlap any of
+/// `others` (the inputs, and the outputs checked before it): Rust may not
+/// alias them, and no routine is written for in-place use. Called on
+/// spans, before any slice of the buffers exists.
+fn disjoint(out: Span, others: &[Span]) -> Result<(), Status> {
+    if others.iter().any(|&other| out.overlaps(other)) {
         Err(Status(KN_ERR_ARGUMENT))
     } else {
         Ok(())
+    }
+}
+
+/// Checks `len` elements at `ptr`: NULL is `KN_ERR_NULL_POINTER`; a
+/// misaligned pointer, or more than `isize::MAX` bytes, `KN_ERR_ARGUMENT`.
+/// Returns their size in bytes.
+fn check_pointer<T>(ptr: *const T, len: usize) -> Result<usize, Status> {
+    if ptr.is_null() {
+        return Err(Status(KN_ERR_NULL_POINTER));
+    }
+    match len.checked_mul(size_of::<T>()) {
+        Some(bytes) if ptr.is_aligned() && bytes <= isize::MAX as usize => Ok(bytes),
+        _ => Err(Status(KN_ERR_ARGUMENT)),
     }
 }
 

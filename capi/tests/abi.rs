@@ -776,3 +776,649 @@ fn packed_products_and_peak_loops() {
         assert_eq!(flops, kernels::Kernels::best().bf16_peak_loop(10));
     }
 }
+
+/// An output that overlaps an input, or an earlier output, is refused with
+/// `KN_ERR_ARGUMENT` before any memory is touched (and before the library
+/// makes a Rust slice of either: run it under Miri to check that too). Every
+/// buffer of a case lies in one arena; each case runs twice, with its output
+/// under test apart from everything (`KN_OK`: the overlap is what is
+/// refused), then at an offset that overlaps another buffer.
+#[test]
+fn overlapping_outputs_are_refused_and_leave_memory_untouched() {
+    let backend = kn_detected_backend();
+    // Shapes: rows × cols vectors of 8 floats, 4 × 4 × 4 products.
+    let (rows, cols, len, d) = (2usize, 4usize, 8usize, 4usize);
+    let (mut ws_len, mut bf16_ws_len, mut packed_ws_len, mut slots_len) = (0, 0, 0, 0);
+    // SAFETY: each pointer is a valid size_t.
+    unsafe {
+        assert_eq!(kn_gemm_workspace_len(backend, d, d, d, &mut ws_len), KN_OK);
+        assert_eq!(
+            kn_gemm_bf16_workspace_len(backend, d, d, d, &mut bf16_ws_len),
+            KN_OK
+        );
+        assert_eq!(
+            kn_gemm_bf16_packed_workspace_len(backend, d, d, d, &mut packed_ws_len),
+            KN_OK
+        );
+        assert_eq!(kn_packed_bf16_len(d, d, &mut slots_len), KN_OK);
+    }
+    let ws_len = ws_len.max(bf16_ws_len).max(packed_ws_len).max(1);
+    // The arena: eight slots of `slot` floats (`s(i)`), the workspace, and
+    // room for any buffer apart from all others.
+    let slot = 64usize.max(slots_len);
+    let s = |i: usize| i * slot;
+    let room = slot.max(ws_len);
+    let (ws, apart) = (s(8), s(8) + room);
+    // Cross-entropy targets (uint32_t, below `cols`) in the last slot.
+    let targets = s(7);
+    let mut fresh = values(apart + room, 9);
+    fresh[targets] = f32::from_bits(1);
+    fresh[targets + 1] = f32::from_bits(3);
+    let opt = kn_adamw_default();
+
+    type At<'a> = &'a dyn Fn(usize) -> *mut f32;
+    // (routine, offset of its output under test that overlaps another
+    // buffer, the call with that output at a given offset)
+    type Case<'a> = (&'static str, usize, &'a dyn Fn(At, usize) -> i32);
+    // SAFETY (every call): each buffer lies inside the arena, covering the
+    // length passed; the overlapping ones are refused before any access.
+    let cases: &[Case] = &[
+        ("kn_bf16_to_f32, dst at src", s(0), &|at, o| unsafe {
+            kn_bf16_to_f32(backend, at(s(0)).cast(), at(o), len)
+        }),
+        (
+            "kn_f32_to_bf16, dst inside src",
+            s(0) + len - 1,
+            &|at, o| unsafe { kn_f32_to_bf16(backend, at(s(0)), at(o).cast(), len) },
+        ),
+        (
+            "kn_add, out over b's last element",
+            s(1) + len - 1,
+            &|at, o| unsafe { kn_add(backend, at(s(0)), at(s(1)), at(o), len) },
+        ),
+        ("kn_exp, out at x", s(0), &|at, o| unsafe {
+            kn_exp(backend, at(s(0)), at(o), len)
+        }),
+        ("kn_axpy, y inside x", s(0) + 4, &|at, o| unsafe {
+            kn_axpy(backend, 0.5, at(s(0)), at(o), len)
+        }),
+        (
+            "kn_add_bias, x ending inside bias",
+            s(1) - 4,
+            &|at, o| unsafe { kn_add_bias(backend, at(s(1)), cols, at(o), len) },
+        ),
+        (
+            "kn_softmax_backward_rows, grad at probs",
+            s(0),
+            &|at, o| unsafe { kn_softmax_backward_rows(backend, at(s(0)), at(o), len, cols, 0, 0) },
+        ),
+        (
+            "kn_layer_norm_forward, mean inside out",
+            s(3) + 1,
+            &|at, o| unsafe {
+                kn_layer_norm_forward(
+                    backend,
+                    at(s(0)),
+                    len,
+                    at(s(1)),
+                    at(s(2)),
+                    cols,
+                    1e-5,
+                    at(s(3)),
+                    at(o),
+                    at(s(4)),
+                )
+            },
+        ),
+        (
+            "kn_layer_norm_backward, dbeta inside dgamma",
+            s(6) + 2,
+            &|at, o| unsafe {
+                kn_layer_norm_backward(
+                    backend,
+                    at(s(0)),
+                    len,
+                    at(s(1)),
+                    cols,
+                    at(s(2)),
+                    at(s(3)),
+                    at(s(4)),
+                    at(s(5)),
+                    at(s(6)),
+                    at(o),
+                )
+            },
+        ),
+        (
+            "kn_cross_entropy, dlogits at losses",
+            s(2),
+            &|at, o| unsafe {
+                kn_cross_entropy(
+                    backend,
+                    at(s(0)),
+                    rows,
+                    cols,
+                    at(targets).cast(),
+                    at(s(2)),
+                    at(o),
+                    1.0,
+                )
+            },
+        ),
+        (
+            "kn_cross_entropy, losses inside targets",
+            targets + 1,
+            &|at, o| unsafe {
+                kn_cross_entropy(
+                    backend,
+                    at(s(0)),
+                    rows,
+                    cols,
+                    at(targets).cast(),
+                    at(o),
+                    at(s(3)),
+                    1.0,
+                )
+            },
+        ),
+        ("kn_adamw_step, v inside m", s(2) + 4, &|at, o| unsafe {
+            kn_adamw_step(
+                backend,
+                &opt,
+                1,
+                1.0,
+                at(s(0)),
+                at(s(1)),
+                at(s(2)),
+                at(o),
+                len,
+            )
+        }),
+        (
+            "kn_transpose, dst over src's last element",
+            s(0) + d * d - 1,
+            &|at, o| unsafe { kn_transpose(backend, d, d, at(s(0)), d, at(o), d) },
+        ),
+        (
+            "kn_gemm, C over B's last element",
+            s(1) + d * d - 1,
+            &|at, o| unsafe {
+                kn_gemm(
+                    backend,
+                    std::ptr::null(),
+                    0,
+                    0,
+                    d,
+                    d,
+                    d,
+                    1.0,
+                    at(s(0)),
+                    d,
+                    at(s(1)),
+                    d,
+                    0.0,
+                    at(o),
+                    d,
+                    at(ws),
+                    ws_len,
+                )
+            },
+        ),
+        ("kn_gemm_bf16, workspace at C", s(2), &|at, o| unsafe {
+            kn_gemm_bf16(
+                backend,
+                std::ptr::null(),
+                0,
+                0,
+                d,
+                d,
+                d,
+                1.0,
+                at(s(0)),
+                d,
+                at(s(1)),
+                d,
+                0.0,
+                at(s(2)),
+                d,
+                at(o),
+                ws_len,
+            )
+        }),
+        ("kn_pack_bf16, slots inside B", s(0) + 8, &|at, o| unsafe {
+            kn_pack_bf16(backend, 0, d, d, at(s(0)), d, at(o).cast(), slots_len)
+        }),
+        (
+            "kn_gemm_bf16_packed, C inside the slots",
+            s(1) + 3,
+            &|at, o| unsafe {
+                kn_gemm_bf16_packed(
+                    backend,
+                    std::ptr::null(),
+                    0,
+                    d,
+                    d,
+                    d,
+                    1.0,
+                    at(s(0)),
+                    d,
+                    at(s(1)).cast(),
+                    slots_len,
+                    0.0,
+                    at(o),
+                    d,
+                    at(ws),
+                    ws_len,
+                )
+            },
+        ),
+    ];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for &(name, overlapping, call) in cases {
+        for (offset, want) in [(apart, KN_OK), (overlapping, KN_ERR_ARGUMENT)] {
+            let mut arena = fresh.clone();
+            let base = arena.as_mut_ptr();
+            let status = call(&|i| base.wrapping_add(i), offset);
+            assert_eq!(status, want, "{name} (output at {offset})");
+            if want != KN_OK {
+                assert!(
+                    bits(&arena) == bits(&fresh),
+                    "{name}: a refused call wrote memory"
+                );
+            }
+        }
+    }
+
+    // Touching is not overlapping, and an empty buffer overlaps nothing.
+    let mut buf = values(2 * len, 10);
+    let p = buf.as_mut_ptr();
+    // SAFETY: both ranges lie inside `buf`.
+    unsafe {
+        assert_eq!(kn_copy(backend, p, p.add(len), len), KN_OK);
+        assert_eq!(kn_copy(backend, p.add(len), p, len), KN_OK);
+        assert_eq!(kn_add(backend, p, p, p, 0), KN_OK);
+        assert_eq!(kn_copy(backend, p.add(1), p, 0), KN_OK);
+    }
+    assert_eq!(buf[..len], buf[len..]);
+}
+
+/// The `kn_` functions of the header with a pointer among their parameters.
+fn header_functions_taking_pointers() -> std::collections::BTreeSet<String> {
+    let code: String = include_str!("../include/kernels.h")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//") && !l.trim_start().starts_with('#'))
+        .collect();
+    code.split(';')
+        .filter_map(|decl| {
+            let (head, params) = decl.split_once('(')?;
+            let name = head
+                .trim_end()
+                .rsplit(|c: char| c.is_whitespace() || c == '*')
+                .next()?;
+            (name.starts_with("kn_") && params.contains('*')).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// Passes a call's pointers through: counts them, in order, and makes the
+/// one numbered `null` (if any) NULL.
+struct Nulls {
+    null: Option<usize>,
+    seen: std::cell::Cell<usize>,
+}
+
+impl Nulls {
+    fn null_here(&self) -> bool {
+        let i = self.seen.get();
+        self.seen.set(i + 1);
+        self.null == Some(i)
+    }
+
+    fn ptr<T>(&self, p: *const T) -> *const T {
+        if self.null_here() {
+            std::ptr::null()
+        } else {
+            p
+        }
+    }
+
+    fn mut_ptr<T>(&self, p: *mut T) -> *mut T {
+        if self.null_here() {
+            std::ptr::null_mut()
+        } else {
+            p
+        }
+    }
+}
+
+/// Each pointer argument of every function in the header that takes one,
+/// NULL with a nonzero length, is `KN_ERR_NULL_POINTER` (the call with none
+/// NULL is `KN_OK`). `exec` and `dlogits` may be NULL, and are not passed
+/// through `Nulls`; the executor's NULL callback is checked at the end.
+#[test]
+fn every_pointer_argument_refuses_null() {
+    let backend = kn_detected_backend();
+    let (rows, cols, len, d) = (2usize, 4usize, 8usize, 4usize);
+    let (mut ws_len, mut bf16_ws_len, mut packed_ws_len, mut slots_len) = (0, 0, 0, 0);
+    // SAFETY: each pointer is a valid size_t.
+    unsafe {
+        assert_eq!(kn_gemm_workspace_len(backend, d, d, d, &mut ws_len), KN_OK);
+        assert_eq!(
+            kn_gemm_bf16_workspace_len(backend, d, d, d, &mut bf16_ws_len),
+            KN_OK
+        );
+        assert_eq!(
+            kn_gemm_bf16_packed_workspace_len(backend, d, d, d, &mut packed_ws_len),
+            KN_OK
+        );
+        assert_eq!(kn_packed_bf16_len(d, d, &mut slots_len), KN_OK);
+    }
+    // Inputs `x`, `y`; outputs `o1`, `o2`, `o3` (64 floats each, more than
+    // any call reads), workspace, packed slots, and the other types.
+    let (xs, ys) = (values(64, 1), values(64, 2));
+    let (mut o1s, mut o2s, mut o3s) = (vec![0.0f32; 64], vec![0.0f32; 64], vec![0.0f32; 64]);
+    let mut wss = vec![0.0f32; ws_len.max(bf16_ws_len).max(packed_ws_len).max(1)];
+    let mut slotss = vec![0u32; slots_len];
+    let (targets, opt) = ([1u32, 3], kn_adamw_default());
+    let mut halves = vec![kn_bf16 { bits: 0x3f80 }; 64];
+    let (mut size, mut flops, mut scalar) = (0usize, 0u64, 0.0f32);
+    let (x, y) = (xs.as_ptr(), ys.as_ptr());
+    let (o1, o2, o3) = (o1s.as_mut_ptr(), o2s.as_mut_ptr(), o3s.as_mut_ptr());
+    let (ws, ws_len) = (wss.as_mut_ptr(), wss.len());
+    let (slots, half) = (slotss.as_mut_ptr(), halves.as_mut_ptr());
+    let (size, flops, scalar) = (&raw mut size, &raw mut flops, &raw mut scalar);
+    let (t, opt, exec) = (targets.as_ptr(), &raw const opt, std::ptr::null());
+
+    type Case<'a> = (
+        &'static str,
+        &'static [&'static str],
+        &'a dyn Fn(&Nulls) -> i32,
+    );
+    // SAFETY (every call): each pointer covers the length passed with it,
+    // or is NULL.
+    let cases: &[Case] = &[
+        ("kn_gemm_workspace_len", &["len"], &|n| unsafe {
+            kn_gemm_workspace_len(backend, d, d, d, n.mut_ptr(size))
+        }),
+        ("kn_gemm", &["a", "b", "c", "workspace"], &|n| unsafe {
+            kn_gemm(
+                backend,
+                exec,
+                0,
+                0,
+                d,
+                d,
+                d,
+                1.0,
+                n.ptr(x),
+                d,
+                n.ptr(y),
+                d,
+                0.0,
+                n.mut_ptr(o1),
+                d,
+                n.mut_ptr(ws),
+                ws_len,
+            )
+        }),
+        ("kn_softmax_rows", &["x"], &|n| unsafe {
+            kn_softmax_rows(backend, n.mut_ptr(o1), len, cols, 0, 0)
+        }),
+        (
+            "kn_layer_norm_forward",
+            &["x", "gamma", "beta", "out", "mean", "rstd"],
+            &|n| unsafe {
+                kn_layer_norm_forward(
+                    backend,
+                    n.ptr(x),
+                    len,
+                    n.ptr(y),
+                    n.ptr(y),
+                    cols,
+                    1e-5,
+                    n.mut_ptr(o1),
+                    n.mut_ptr(o2),
+                    n.mut_ptr(o3),
+                )
+            },
+        ),
+        ("kn_f32_to_bf16", &["src", "dst"], &|n| unsafe {
+            kn_f32_to_bf16(backend, n.ptr(x), n.mut_ptr(half), len)
+        }),
+        ("kn_bf16_to_f32", &["src", "dst"], &|n| unsafe {
+            kn_bf16_to_f32(backend, n.ptr(half), n.mut_ptr(o1), len)
+        }),
+        ("kn_add", &["a", "b", "out"], &|n| unsafe {
+            kn_add(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
+        }),
+        ("kn_sub", &["a", "b", "out"], &|n| unsafe {
+            kn_sub(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
+        }),
+        ("kn_mul", &["a", "b", "out"], &|n| unsafe {
+            kn_mul(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
+        }),
+        ("kn_copy", &["src", "dst"], &|n| unsafe {
+            kn_copy(backend, n.ptr(x), n.mut_ptr(o1), len)
+        }),
+        ("kn_exp", &["x", "out"], &|n| unsafe {
+            kn_exp(backend, n.ptr(x), n.mut_ptr(o1), len)
+        }),
+        ("kn_tanh", &["x", "out"], &|n| unsafe {
+            kn_tanh(backend, n.ptr(x), n.mut_ptr(o1), len)
+        }),
+        ("kn_gelu_forward", &["x", "out"], &|n| unsafe {
+            kn_gelu_forward(backend, n.ptr(x), n.mut_ptr(o1), len)
+        }),
+        ("kn_gelu_backward", &["x", "dout", "dx"], &|n| unsafe {
+            kn_gelu_backward(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
+        }),
+        ("kn_scale", &["x"], &|n| unsafe {
+            kn_scale(backend, 0.5, n.mut_ptr(o1), len)
+        }),
+        ("kn_fill", &["out"], &|n| unsafe {
+            kn_fill(backend, 0.5, n.mut_ptr(o1), len)
+        }),
+        ("kn_axpy", &["x", "y"], &|n| unsafe {
+            kn_axpy(backend, 0.5, n.ptr(x), n.mut_ptr(o1), len)
+        }),
+        ("kn_add_bias", &["bias", "x"], &|n| unsafe {
+            kn_add_bias(backend, n.ptr(x), cols, n.mut_ptr(o1), len)
+        }),
+        ("kn_sum", &["x", "out"], &|n| unsafe {
+            kn_sum(backend, n.ptr(x), len, n.mut_ptr(scalar))
+        }),
+        ("kn_sum_squares", &["x", "out"], &|n| unsafe {
+            kn_sum_squares(backend, n.ptr(x), len, n.mut_ptr(scalar))
+        }),
+        ("kn_max", &["x", "out"], &|n| unsafe {
+            kn_max(backend, n.ptr(x), len, n.mut_ptr(scalar))
+        }),
+        ("kn_dot", &["a", "b", "out"], &|n| unsafe {
+            kn_dot(backend, n.ptr(x), n.ptr(y), len, n.mut_ptr(scalar))
+        }),
+        (
+            "kn_softmax_backward_rows",
+            &["probs", "grad"],
+            &|n| unsafe {
+                kn_softmax_backward_rows(backend, n.ptr(x), n.mut_ptr(o1), len, cols, 0, 0)
+            },
+        ),
+        (
+            "kn_layer_norm_backward",
+            &[
+                "x", "gamma", "mean", "rstd", "dout", "dx", "dgamma", "dbeta",
+            ],
+            &|n| unsafe {
+                kn_layer_norm_backward(
+                    backend,
+                    n.ptr(x),
+                    len,
+                    n.ptr(y),
+                    cols,
+                    n.ptr(x),
+                    n.ptr(y),
+                    n.ptr(x),
+                    n.mut_ptr(o1),
+                    n.mut_ptr(o2),
+                    n.mut_ptr(o3),
+                )
+            },
+        ),
+        (
+            "kn_cross_entropy",
+            &["logits", "targets", "losses"],
+            &|n| unsafe {
+                kn_cross_entropy(
+                    backend,
+                    n.ptr(x),
+                    rows,
+                    cols,
+                    n.ptr(t),
+                    n.mut_ptr(o1),
+                    o2,
+                    1.0,
+                )
+            },
+        ),
+        (
+            "kn_adamw_step",
+            &["opt", "params", "grads", "m", "v"],
+            &|n| unsafe {
+                kn_adamw_step(
+                    backend,
+                    n.ptr(opt),
+                    1,
+                    1.0,
+                    n.mut_ptr(o1),
+                    n.ptr(x),
+                    n.mut_ptr(o2),
+                    n.mut_ptr(o3),
+                    len,
+                )
+            },
+        ),
+        ("kn_transpose", &["src", "dst"], &|n| unsafe {
+            kn_transpose(backend, d, d, n.ptr(x), d, n.mut_ptr(o1), d)
+        }),
+        ("kn_gemm_bf16_workspace_len", &["len"], &|n| unsafe {
+            kn_gemm_bf16_workspace_len(backend, d, d, d, n.mut_ptr(size))
+        }),
+        ("kn_gemm_bf16", &["a", "b", "c", "workspace"], &|n| unsafe {
+            kn_gemm_bf16(
+                backend,
+                exec,
+                0,
+                0,
+                d,
+                d,
+                d,
+                1.0,
+                n.ptr(x),
+                d,
+                n.ptr(y),
+                d,
+                0.0,
+                n.mut_ptr(o1),
+                d,
+                n.mut_ptr(ws),
+                ws_len,
+            )
+        }),
+        ("kn_packed_bf16_len", &["len"], &|n| unsafe {
+            kn_packed_bf16_len(d, d, n.mut_ptr(size))
+        }),
+        ("kn_pack_bf16", &["b", "slots"], &|n| unsafe {
+            kn_pack_bf16(backend, 0, d, d, n.ptr(y), d, n.mut_ptr(slots), slots_len)
+        }),
+        ("kn_gemm_bf16_packed_workspace_len", &["len"], &|n| unsafe {
+            kn_gemm_bf16_packed_workspace_len(backend, d, d, d, n.mut_ptr(size))
+        }),
+        (
+            "kn_gemm_bf16_packed",
+            &["a", "slots", "c", "workspace"],
+            &|n| unsafe {
+                kn_gemm_bf16_packed(
+                    backend,
+                    exec,
+                    0,
+                    d,
+                    d,
+                    d,
+                    1.0,
+                    n.ptr(x),
+                    d,
+                    n.ptr(slots.cast_const()),
+                    slots_len,
+                    0.0,
+                    n.mut_ptr(o1),
+                    d,
+                    n.mut_ptr(ws),
+                    ws_len,
+                )
+            },
+        ),
+        ("kn_fma_peak_loop", &["flops"], &|n| unsafe {
+            kn_fma_peak_loop(backend, 1, n.mut_ptr(flops))
+        }),
+        ("kn_bf16_peak_loop", &["flops"], &|n| unsafe {
+            kn_bf16_peak_loop(backend, 1, n.mut_ptr(flops))
+        }),
+    ];
+    let tested: std::collections::BTreeSet<String> =
+        cases.iter().map(|(name, ..)| name.to_string()).collect();
+    assert_eq!(
+        tested,
+        header_functions_taking_pointers(),
+        "every function of the header that takes a pointer has a case"
+    );
+    for &(name, pointers, call) in cases {
+        let all = Nulls {
+            null: None,
+            seen: 0.into(),
+        };
+        assert_eq!(call(&all), KN_OK, "{name} with no NULL");
+        assert_eq!(all.seen.get(), pointers.len(), "{name}: pointers named");
+        for (i, pointer) in pointers.iter().enumerate() {
+            let one = Nulls {
+                null: Some(i),
+                seen: 0.into(),
+            };
+            assert_eq!(
+                call(&one),
+                KN_ERR_NULL_POINTER,
+                "{name} with {pointer} NULL"
+            );
+        }
+    }
+
+    // An executor without its callback.
+    let no_callback = kn_executor {
+        ctx: std::ptr::null_mut(),
+        threads: 1,
+        parallel_for: None,
+    };
+    // SAFETY: as above.
+    let status = unsafe {
+        kn_gemm(
+            backend,
+            &no_callback,
+            0,
+            0,
+            d,
+            d,
+            d,
+            1.0,
+            x,
+            d,
+            y,
+            d,
+            0.0,
+            o1,
+            d,
+            ws,
+            ws_len,
+        )
+    };
+    assert_eq!(status, KN_ERR_NULL_POINTER);
+    drop((xs, ys, o1s, o2s, o3s, wss, slotss, halves));
+}
