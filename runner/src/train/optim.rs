@@ -338,8 +338,13 @@ mod tests {
 
     use super::*;
     use crate::data::Tokenizer;
+    use crate::model::tensors::ParamTensor;
     use crate::model::{ModelConfig, Preset};
+    use crate::rng::Rng;
     use crate::world::SingleProcess;
+
+    /// f32's unit roundoff, 2⁻²⁴.
+    const U: f64 = f32::EPSILON as f64 / 2.0;
 
     /// Rank `rank` of `size`, whose collectives change nothing: enough to
     /// run one rank's share of a sharded update in a single process.
@@ -485,5 +490,266 @@ mod tests {
         let owned = resumed.owned();
         assert_eq!(resumed.moments().0, &first[owned.clone()]);
         assert_eq!(resumed.moments().1, &second[owned]);
+    }
+
+    /// The schedule of `lr_at`, written here another way: a straight line
+    /// from 0 to the peak over `warmup` steps, then the peak's excess over
+    /// the floor (a tenth of it) scaled by `cos²(π/2 · progress)`, with the
+    /// progress counted over the steps after the warm-up and held at 1
+    /// after the last step.
+    fn schedule(peak: f64, warmup: u32, total: u32, step: u32) -> f64 {
+        let floor = peak / 10.0;
+        if step <= warmup {
+            return peak * f64::from(step) / f64::from(warmup);
+        }
+        let done = f64::from(step - warmup);
+        let progress = (done / f64::from(total - warmup)).min(1.0);
+        floor + (peak - floor) * (std::f64::consts::FRAC_PI_2 * progress).cos().powi(2)
+    }
+
+    #[test]
+    fn lr_warms_up_linearly_then_decays_by_a_cosine_to_a_tenth() {
+        for (peak, warmup, total) in [(6e-4, 10, 100), (1e-3, 7, 53), (3e-4, 0, 40), (1e-2, 1, 2)] {
+            let s = OptimizerSettings::new(peak, warmup, total);
+            let peak = f64::from(peak);
+            // f32 rounding of the ratio and of the cosine: ~1e-7 of the peak.
+            let close = |step: u32, want: f64| {
+                let got = f64::from(s.lr_at(step));
+                assert!(
+                    (got - want).abs() <= 1e-6 * peak,
+                    "warmup {warmup}, total {total}: lr at step {step} is {got}, want {want}"
+                );
+            };
+            for step in 1..=total + 5 {
+                close(step, schedule(peak, warmup, total, step));
+            }
+            // The landmarks, spelled out.
+            if warmup > 0 {
+                close(1, peak / f64::from(warmup));
+                close(warmup, peak);
+            }
+            // The first step after the warm-up is already below the peak.
+            let first_decay = f64::from(s.lr_at(warmup + 1));
+            assert!(first_decay < peak, "{first_decay}");
+            close(total, peak / 10.0);
+            close(total + 5, peak / 10.0);
+            // Never rising after the warm-up.
+            for step in warmup + 1..total + 5 {
+                assert!(s.lr_at(step + 1) <= s.lr_at(step), "step {step}");
+            }
+        }
+    }
+
+    /// Whether GPT-2's AdamW decays a tensor, decided from its shape rather
+    /// than the table's flag: the matrices and embeddings (two dimensions)
+    /// do, the biases and LayerNorm parameters (one) do not.
+    fn decays(tensor: &ParamTensor) -> bool {
+        tensor.shape.dims().len() == 2
+    }
+
+    /// The backends this CPU runs, the scalar one first.
+    fn backends() -> Vec<Kernels> {
+        kernels::Backend::ALL
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .map(|b| Kernels::new(b).unwrap())
+            .collect()
+    }
+
+    /// A model of awkward sizes: V 37 (padded to 128), C 12, 3 heads.
+    fn small_config() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 37,
+            tokenizer: None,
+            block_size: 9,
+            layers: 2,
+            heads: 3,
+            channels: 12,
+        }
+    }
+
+    fn normals(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.normal(0.0, std)).collect()
+    }
+
+    #[test]
+    fn the_table_decays_matrices_and_embeddings_only() {
+        for tensor in ParamTensor::all(&small_config()) {
+            let name = tensor.spec.hf_name;
+            let vector = name.ends_with(".bias") || name.starts_with("ln_");
+            assert_eq!(tensor.spec.weight_decay, !vector, "{name}");
+            assert_eq!(tensor.spec.weight_decay, decays(&tensor), "{name}");
+        }
+    }
+
+    /// One update against AdamW written out in f64 (decoupled weight
+    /// decay as PyTorch applies it: `p ← p·(1 − lr·λ) − lr·m̂/(√v̂ + ε)`),
+    /// from random moments at step 4 (so the bias corrections of step 5
+    /// matter), with the gradient's global norm above the clip (scaled to
+    /// the clip) and below it (unchanged), on every backend, on a small
+    /// model and on one whose tensors span several pieces of the update.
+    #[test]
+    fn update_is_adamw_with_clipping_and_decay_on_matrices_only() {
+        for cfg in [small_config(), config()] {
+            let tensors = ParamTensor::all(&cfg);
+            for k in backends() {
+                for clipped in [true, false] {
+                    check_one_update(cfg, &tensors, k, clipped);
+                }
+            }
+        }
+    }
+
+    fn check_one_update(cfg: ModelConfig, tensors: &[ParamTensor], k: Kernels, clipped: bool) {
+        let what = format!("{cfg} {} clipped {clipped}", k.backend());
+        let mut rng = Rng::new(90);
+        let mut model = Gpt::new(cfg, k, 91).unwrap();
+        let n = model.params().len();
+        // Parameters of order 1 everywhere (biases included), so that a
+        // decay of lr·λ·p shows wherever it is applied.
+        let p0 = normals(&mut rng, n, 1.0);
+        model.params_mut().copy_from_slice(&p0);
+        let mut g = normals(&mut rng, n, 1.0);
+        let norm_of = |g: &[f32]| g.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        if !clipped {
+            // Scaled to a norm of about half the clip.
+            let s = (0.5 / norm_of(&g)) as f32;
+            g.iter_mut().for_each(|x| *x *= s);
+        }
+        model.grads.copy_from_slice(&g);
+        let m0 = normals(&mut rng, n, 0.05);
+        let v0: Vec<f32> = normals(&mut rng, n, 0.05)
+            .iter()
+            .map(|x| x * x + 1e-4)
+            .collect();
+        let steps_before = 4;
+        let mut optimizer = Optimizer::from_state(
+            model.sizes(),
+            (0, 1),
+            steps_before,
+            (m0.clone(), v0.clone()),
+        );
+        let settings = OptimizerSettings::new(2e-2, 3, 50);
+        let lr = settings.lr_at(steps_before + 1);
+        let norm = optimizer
+            .update(&mut model, &settings, lr, &SingleProcess)
+            .unwrap();
+        assert_eq!(optimizer.step, steps_before + 1, "{what}");
+
+        // The reference, in f64.
+        let want_norm = norm_of(&g);
+        // The norm is summed in f32 per piece of up to 2¹⁶ squares (then
+        // in f64): its rounding error grows like √n·U ≈ 1.5e-5 relative
+        // for random terms; 1e-4 leaves room.
+        let norm_tol = 1e-4;
+        assert!(
+            (f64::from(norm) - want_norm).abs() <= norm_tol * want_norm,
+            "{what}: norm {norm}, want {want_norm}"
+        );
+        let clip = f64::from(settings.grad_clip);
+        assert_eq!(want_norm > clip, clipped, "{what}: the test's own setup");
+        let scale = if want_norm > clip {
+            clip / want_norm
+        } else {
+            1.0
+        };
+        let (b1, b2) = (f64::from(settings.beta1), f64::from(settings.beta2));
+        let (eps, lr) = (f64::from(settings.eps), f64::from(lr));
+        let t = i32::try_from(steps_before + 1).unwrap();
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        // The clip scale's error (from the norm's) reaches the moments once
+        // (m) or twice (v), only when clipping.
+        let scale_err = if clipped { norm_tol } else { 0.0 };
+        let (got_m, got_v) = optimizer.moments();
+        let got_p = model.params();
+        let mut start = 0;
+        for tensor in tensors {
+            let decay = if decays(tensor) {
+                f64::from(settings.weight_decay)
+            } else {
+                0.0
+            };
+            for i in start..start + tensor.len {
+                let grad = f64::from(g[i]) * scale;
+                let m = b1 * f64::from(m0[i]) + (1.0 - b1) * grad;
+                let v = b2 * f64::from(v0[i]) + (1.0 - b2) * grad * grad;
+                let (m_hat, v_hat) = (m / c1, v / c2);
+                let step = m_hat / (v_hat.sqrt() + eps);
+                let p = f64::from(p0[i]);
+                let want_p = p * (1.0 - lr * decay) - lr * step;
+                // f32 rounding: a few U of each term (8 U: twice the
+                // roundings of the two products and the sum), and the clip
+                // scale's.
+                let m_tol = 8.0 * U * (b1 * f64::from(m0[i]).abs() + (1.0 - b1) * grad.abs())
+                    + (1.0 - b1) * grad.abs() * scale_err;
+                let v_tol = 8.0 * U * v + 2.0 * (1.0 - b2) * grad * grad * scale_err;
+                // The step: m̂ / √v̂ to ~16 U (powf, sqrt, the division), and
+                // the moments' own errors.
+                let step_tol = step.abs() * (16.0 * U + m_tol / m.abs().max(1e-30) + v_tol / v);
+                let p_tol = 4.0 * U * (p.abs() + want_p.abs())
+                    + lr * (step_tol + decay * p.abs() * 4.0 * U);
+                let name = tensor.spec.hf_name;
+                for (x, got, want, tol) in [
+                    ("m", got_m[i], m, m_tol),
+                    ("v", got_v[i], v, v_tol),
+                    ("p", got_p[i], want_p, p_tol),
+                ] {
+                    assert!(
+                        (f64::from(got) - want).abs() <= tol,
+                        "{what}: {name} {x}[{}]: got {got}, want {want} (allowed {tol:e})",
+                        i - start
+                    );
+                }
+            }
+            start += tensor.len;
+        }
+        assert_eq!(start, n);
+    }
+
+    /// A NaN or infinite gradient anywhere is `Error::Diverged` (with the
+    /// step it would have been and a non-finite norm), and leaves the
+    /// parameters, the moments and the step count as they were.
+    #[test]
+    fn non_finite_gradient_is_diverged_and_changes_nothing() {
+        let cfg = small_config();
+        for k in backends() {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut rng = Rng::new(95);
+                let mut model = Gpt::new(cfg, k, 96).unwrap();
+                let n = model.params().len();
+                let grads = normals(&mut rng, n, 1.0);
+                model.grads.copy_from_slice(&grads);
+                let mut optimizer = Optimizer::new(model.sizes());
+                let settings = OptimizerSettings::new(1e-2, 2, 10);
+                // One good step first, so the moments are not all zero.
+                optimizer
+                    .update(&mut model, &settings, 1e-2, &SingleProcess)
+                    .unwrap();
+                // In the middle of a bias, in the last tensor, in the first.
+                for at in [n / 2 + 1, n - 1, 0] {
+                    model.grads.copy_from_slice(&grads);
+                    model.grads[at] = bad;
+                    let params = model.params().to_vec();
+                    let (m, v) = (
+                        optimizer.moments().0.to_vec(),
+                        optimizer.moments().1.to_vec(),
+                    );
+                    let result = optimizer.update(&mut model, &settings, 1e-2, &SingleProcess);
+                    let what = format!("{} gradient {bad} at {at}", k.backend());
+                    match result {
+                        Err(Error::Diverged { step, norm }) => {
+                            assert_eq!(step, 2, "{what}");
+                            assert!(!norm.is_finite(), "{what}: norm {norm}");
+                        }
+                        other => panic!("{what}: {other:?}"),
+                    }
+                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(model.params()), bits(&params), "{what}: parameters");
+                    assert_eq!(bits(optimizer.moments().0), bits(&m), "{what}: m");
+                    assert_eq!(bits(optimizer.moments().1), bits(&v), "{what}: v");
+                    assert_eq!(optimizer.step, 1, "{what}: step");
+                }
+            }
+        }
     }
 }
