@@ -8,8 +8,10 @@
 //! so that the crate's own detection and permission request run
 //! unchanged. With `refuse` on GRUB's command line the emulated OS
 //! refuses the tile data instead, and the checks are that AMX is off and
-//! the other units still work. The first boot also checks the routines
-//! built on the vectorized exp on AVX-512 against the scalar backend.
+//! the other units still work. The first boot also checks every other
+//! routine's AVX-512 instructions: the f32 products against f64, and the
+//! element-wise, reduction, normalization, softmax, loss, optimizer,
+//! transpose and conversion routines against the scalar backend.
 //! Output goes to Bochs's debug port 0xE9; the last line is
 //! `amx-emulator: PASS` or a `FAIL` line, and the program then asks Bochs
 //! to quit.
@@ -25,7 +27,9 @@ use core::arch::asm;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use kernels::{Backend, Bf16Unit, Cpu, KernelError, Kernels, Sequential, ValidLen};
+use kernels::{
+    AdamW, Backend, Bf16, Bf16Unit, Cpu, KernelError, Kernels, MatMut, MatRef, Sequential, ValidLen,
+};
 
 // The check the crate's own tests run (random operands from a generator
 // seeded by the shape, strided and NaN-padded, against f64 within the
@@ -117,7 +121,11 @@ fn quit() -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    say!("amx-emulator: FAIL: {info}");
+    // One line: run.sh shows only the lines that start with our name.
+    match info.location() {
+        Some(at) => say!("amx-emulator: FAIL at {at}: {}", info.message()),
+        None => say!("amx-emulator: FAIL: {}", info.message()),
+    }
     quit()
 }
 
@@ -362,6 +370,8 @@ fn granted(best: Kernels) {
         check_unit(kern);
     }
     check_exp_family(best);
+    check_f32_products(best);
+    check_other_routines(best);
     // The tiles add in another order than `vdpbf16ps`: if no last bit
     // differs from the pair unit's, the tile path did not run.
     let case = Case {
@@ -479,4 +489,269 @@ fn check_exp_family(kern: Kernels) {
         assert_close(&what("cross_entropy gradient"), &got.1, &want.1, 1e-5, 1e-7);
     }
     say!("amx-emulator: exp, GELU, softmax and cross-entropy on {name}: every check passed");
+}
+
+/// The f32 products on `kern` (its AVX-512 microkernel) against an f64
+/// product, within the bound of a k-term f32 sum: every transpose, A
+/// packed and read in place, the default blocking and one of a single
+/// tile per block (so every block edge is crossed), the small-m and split
+/// paths, a NaN-filled C and guard zones past it.
+fn check_f32_products(kern: Kernels) {
+    let b = kern.gemm_blocking();
+    let (mr, nr) = (b.mr, b.nr);
+    let shapes = [
+        (1, 1, 1),
+        (mr + 3, nr + 5, 7),
+        (2 * mr + 1, 2 * nr + 3, 300),
+        (3, nr + 5, 37),
+        (1, 300, 1000),
+    ];
+    let tight = kern.with_gemm_blocking(mr, 4, nr).unwrap();
+    let mut rng = Rng::new(5);
+    for handle in [kern, tight] {
+        for a_lines in [0, usize::MAX] {
+            let handle = handle.with_gemm_a_packing(a_lines, 0);
+            for &(m, n, k) in &shapes {
+                for trans in 0..4 {
+                    let (trans_a, trans_b) = (trans & 1 == 1, trans & 2 == 2);
+                    let a = rng.vec(m * k, -1.0, 1.0);
+                    let bm = rng.vec(k * n, -1.0, 1.0);
+                    let c0 = rng.vec(m * n, -1.0, 1.0);
+                    // Element (i, p) of A and (p, j) of B, wherever stored.
+                    let at = |i: usize, p: usize| if trans_a { a[p * m + i] } else { a[i * k + p] };
+                    let bt = |p: usize, j: usize| {
+                        if trans_b {
+                            bm[j * k + p]
+                        } else {
+                            bm[p * n + j]
+                        }
+                    };
+                    let a_view = match trans_a {
+                        false => MatRef::new(&a, m, k).unwrap(),
+                        true => MatRef::new(&a, k, m).unwrap().t(),
+                    };
+                    let b_view = match trans_b {
+                        false => MatRef::new(&bm, k, n).unwrap(),
+                        true => MatRef::new(&bm, n, k).unwrap().t(),
+                    };
+                    let (alpha, beta) = (-0.5, 0.25);
+                    let guard = 64;
+                    let mut c = alloc::vec![f32::NAN; m * n + guard];
+                    c[..m * n].copy_from_slice(&c0);
+                    c[m * n..].fill(-7.0);
+                    let mut ws = alloc::vec![f32::NAN; handle.gemm_workspace_len(m, n, k)];
+                    let out = MatMut::new(&mut c[..m * n], m, n).unwrap();
+                    handle
+                        .gemm_with(&Sequential, alpha, a_view, b_view, beta, out, &mut ws)
+                        .unwrap();
+                    let what = alloc::format!(
+                        "f32 gemm on {}, {m}x{k}x{n}, transposes {trans_a} {trans_b}, A lines {a_lines}, blocking {}",
+                        kern.backend(),
+                        handle.gemm_blocking()
+                    );
+                    assert!(
+                        c[m * n..].iter().all(|&v| v == -7.0),
+                        "{what}: wrote past C"
+                    );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut sum, mut size) = (0.0f64, 0.0f64);
+                            for p in 0..k {
+                                let term = f64::from(at(i, p)) * f64::from(bt(p, j));
+                                sum += term;
+                                size += term.abs();
+                            }
+                            let c_in = f64::from(c0[i * n + j]);
+                            let want = f64::from(alpha) * sum + f64::from(beta) * c_in;
+                            let bound = (k as f64 + 4.0)
+                                * f64::from(f32::EPSILON)
+                                * (0.5 * size + 0.25 * c_in.abs());
+                            let got = f64::from(c[i * n + j]);
+                            assert!(
+                                (got - want).abs() <= bound,
+                                "{what}: C[{i}][{j}] = {got}, want {want} ± {bound}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    say!(
+        "amx-emulator: f32 products on {}: every check passed",
+        kern.backend()
+    );
+}
+
+/// Every routine not checked above on `kern` against the scalar backend,
+/// with the crate's test tolerances, on lengths around the vector and
+/// block edges, outputs NaN-filled.
+fn check_other_routines(kern: Kernels) {
+    let scalar = Kernels::new(Backend::Scalar).unwrap();
+    let name = kern.backend();
+    let mut rng = Rng::new(9);
+    for n in [1, 15, 16, 17, 127, 128, 129, 257, 1000] {
+        let what = |op: &str| alloc::format!("{op} on {name}, n {n}");
+        let (a, b) = (rng.vec(n, -3.0, 3.0), rng.vec(n, -3.0, 3.0));
+        type Binary = fn(&Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), KernelError>;
+        let binary: [(&str, Binary); 3] = [
+            ("add", Kernels::add),
+            ("sub", Kernels::sub),
+            ("mul", Kernels::mul),
+        ];
+        for (op, f) in binary {
+            let [want, got] = [scalar, kern].map(|k| {
+                let mut out = alloc::vec![f32::NAN; n];
+                f(&k, &a, &b, &mut out).unwrap();
+                out
+            });
+            assert_close(&what(op), &got, &want, 0.0, 0.0);
+        }
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut out = alloc::vec![f32::NAN; n];
+            k.tanh(&a, &mut out).unwrap();
+            out
+        });
+        assert_close(&what("tanh"), &got, &want, 3e-7, 0.0);
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut y = b.clone();
+            k.axpy(0.75, &a, &mut y).unwrap();
+            k.scale(-1.5, &mut y);
+            y
+        });
+        // FMA rounds once where the reference rounds twice.
+        assert_close(&what("axpy, scale"), &got, &want, 1e-6, 1e-6);
+        // Sums in another order: the two differ by at most twice the
+        // bound of an n-term f32 sum of these terms.
+        let size = |terms: &mut dyn Iterator<Item = f32>| terms.map(f32::abs).sum::<f32>();
+        for (op, want, got, terms) in [
+            (
+                "sum",
+                scalar.sum(&a),
+                kern.sum(&a),
+                size(&mut a.iter().copied()),
+            ),
+            (
+                "dot",
+                scalar.dot(&a, &b).unwrap(),
+                kern.dot(&a, &b).unwrap(),
+                size(&mut a.iter().zip(&b).map(|(x, y)| x * y)),
+            ),
+            (
+                "sum_squares",
+                scalar.sum_squares(&a),
+                kern.sum_squares(&a),
+                size(&mut a.iter().map(|x| x * x)),
+            ),
+        ] {
+            let bound = 2.0 * n as f32 * f32::EPSILON * terms;
+            assert!(
+                (got - want).abs() <= bound,
+                "{}: {got}, want {want} ± {bound}",
+                what(op)
+            );
+        }
+        assert!(kern.max(&a) == scalar.max(&a), "{}", what("max"));
+
+        // Rows of n columns: bias, normalization, softmax backward.
+        let rows = 3;
+        let x = rng.vec(rows * n, -2.0, 2.0);
+        let (gamma, beta) = (rng.vec(n, 0.5, 1.5), rng.vec(n, -0.5, 0.5));
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut y = x.clone();
+            k.add_bias(&beta, &mut y).unwrap();
+            y
+        });
+        assert_close(&what("add_bias"), &got, &want, 0.0, 0.0);
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut out = alloc::vec![f32::NAN; rows * n];
+            let (mut mean, mut rstd) = (alloc::vec![f32::NAN; rows], alloc::vec![f32::NAN; rows]);
+            k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut out, &mut mean, &mut rstd)
+                .unwrap();
+            (out, mean, rstd)
+        });
+        assert_close(&what("layer_norm_forward"), &got.0, &want.0, 1e-5, 1e-5);
+        assert_close(&what("layer_norm mean"), &got.1, &want.1, 1e-6, 1e-6);
+        assert_close(&what("layer_norm rstd"), &got.2, &want.2, 1e-4, 0.0);
+        let (mean, rstd) = (want.1, want.2);
+        let dout = rng.vec(rows * n, -1.0, 1.0);
+        let [want, got] = [scalar, kern].map(|k| {
+            let (mut dx, mut dg, mut db) = (x.clone(), gamma.clone(), beta.clone());
+            k.layer_norm_backward(&x, &gamma, &mean, &rstd, &dout, &mut dx, &mut dg, &mut db)
+                .unwrap();
+            (dx, dg, db)
+        });
+        assert_close(&what("layer_norm_backward dx"), &got.0, &want.0, 1e-4, 1e-4);
+        assert_close(
+            &what("layer_norm_backward dgamma"),
+            &got.1,
+            &want.1,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &what("layer_norm_backward dbeta"),
+            &got.2,
+            &want.2,
+            1e-4,
+            1e-4,
+        );
+        let mut probs = rng.vec(rows * n, -5.0, 5.0);
+        scalar.softmax_rows(&mut probs, n, ValidLen::All).unwrap();
+        for valid in [ValidLen::All, ValidLen::Causal { offset: 2 }] {
+            let [want, got] = [scalar, kern].map(|k| {
+                let mut grad = dout.clone();
+                k.softmax_backward_rows(&probs, &mut grad, n, valid)
+                    .unwrap();
+                grad
+            });
+            assert_close(&what("softmax_backward_rows"), &got, &want, 1e-5, 1e-7);
+        }
+
+        // One AdamW step, with clipping's scale.
+        let opt = AdamW::default();
+        let grads = rng.vec(n, -1.0, 1.0);
+        let [want, got] = [scalar, kern].map(|k| {
+            let (mut p, mut m, mut v) = (
+                a.clone(),
+                b.clone(),
+                grads.iter().map(|g| g * g).collect::<Vec<_>>(),
+            );
+            k.adamw_step(&opt, 3, 0.5, &mut p, &grads, &mut m, &mut v)
+                .unwrap();
+            (p, m, v)
+        });
+        assert_close(&what("adamw params"), &got.0, &want.0, 1e-5, 1e-7);
+        assert_close(&what("adamw m"), &got.1, &want.1, 1e-5, 1e-7);
+        assert_close(&what("adamw v"), &got.2, &want.2, 1e-5, 1e-7);
+
+        // A transpose of rows × n, strided both ways.
+        let (src_stride, dst_stride) = (n + 3, rows + 1);
+        let src = rng.vec(rows * src_stride, -1.0, 1.0);
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut dst = alloc::vec![f32::NAN; n * dst_stride];
+            k.transpose(rows, n, &src, src_stride, &mut dst, dst_stride)
+                .unwrap();
+            dst
+        });
+        assert_eq!(bits(&got), bits(&want), "{}", what("transpose"));
+
+        // bf16 both ways, specials included, from an odd offset.
+        let mut wide = rng.vec(n + 1, -3.0, 3.0);
+        wide[1] = [f32::NAN, f32::INFINITY, -0.0, 1e-40][n % 4];
+        let [want, got] = [scalar, kern].map(|k| {
+            let mut half = alloc::vec![Bf16::default(); n];
+            k.f32_to_bf16(&wide[1..], &mut half).unwrap();
+            let mut back = alloc::vec![f32::NAN; n];
+            k.bf16_to_f32(&half, &mut back).unwrap();
+            back
+        });
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{}",
+            what("f32_to_bf16, bf16_to_f32")
+        );
+    }
+    say!("amx-emulator: element-wise, reductions, LayerNorm, softmax backward, AdamW, transpose, bf16 conversion on {name}: every check passed");
 }
