@@ -24,7 +24,10 @@
 //! LayerNorm, GELU and the loss also run in a bf16 context, where they
 //! must stay f32: the same f32 bounds apply.
 
-use kernels::{Backend, Bf16Unit, Kernels, MatRef, PackedBf16};
+mod common;
+use common::{backends, normal};
+
+use kernels::{Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
     cross_entropy, encoder_forward, gelu_forward, layer_norm_forward, lm_head_forward,
     matmul_forward, Weight,
@@ -39,15 +42,6 @@ const U: f64 = f32::EPSILON as f64 / 2.0;
 
 /// How far a bf16-rounded operand may be from itself, relative: 2⁻⁹.
 const BF16_U: f64 = 1.0 / 512.0;
-
-/// Every backend this CPU runs, the scalar reference first.
-fn backends() -> Vec<Kernels> {
-    Backend::ALL
-        .into_iter()
-        .filter(|b| b.is_supported())
-        .map(|b| Kernels::new(b).unwrap())
-        .collect()
-}
 
 /// Every (backend, bf16 unit) pair this CPU runs: the portable unit on
 /// every backend, AVX512-BF16 and AMX where the AVX-512 backend reaches
@@ -83,10 +77,6 @@ fn describe(k: &Kernels, precision: Precision) -> String {
         Precision::F32 => format!("{} f32", k.backend()),
         Precision::Bf16 => format!("{} bf16 on {}", k.backend(), k.bf16_unit()),
     }
-}
-
-fn normal(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal(0.0, std)).collect()
 }
 
 fn widen(x: &[f32]) -> Vec<f64> {

@@ -18,6 +18,9 @@
 //! Forward outputs start as NaN, so an element a forward leaves unwritten
 //! poisons `L` and fails the check.
 
+mod common;
+use common::{backends, normal};
+
 use kernels::{Backend, Kernels};
 use runner::model::layers::{
     cross_entropy, encoder_backward, encoder_forward, gelu_backward, gelu_forward,
@@ -27,19 +30,6 @@ use runner::model::layers::{
 use runner::model::LAYER_NORM_EPS;
 use runner::model::{attention_backward, attention_forward, Attention, Context, Precision};
 use runner::rng::Rng;
-
-/// Every backend this CPU runs, the scalar reference first.
-fn backends() -> Vec<Kernels> {
-    Backend::ALL
-        .into_iter()
-        .filter(|b| b.is_supported())
-        .map(|b| Kernels::new(b).unwrap())
-        .collect()
-}
-
-fn normal(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal(0.0, std)).collect()
-}
 
 /// `Σ out ⊙ g`, in f64 so the objective adds no rounding of its own.
 fn weighted_sum(out: &[f32], g: &[f32]) -> f64 {

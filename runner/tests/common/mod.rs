@@ -1,8 +1,26 @@
-//! Helpers shared by the tests that run the `runner` binary.
+//! Helpers shared by the tests: running the `runner` binary, the kernel
+//! backends to test on, random tensors.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use kernels::{Backend, Kernels};
+use runner::rng::Rng;
+
+/// Every kernel backend this CPU runs, the scalar reference first.
+pub fn backends() -> Vec<Kernels> {
+    Backend::ALL
+        .into_iter()
+        .filter(|b| b.is_supported())
+        .map(|b| Kernels::new(b).unwrap())
+        .collect()
+}
+
+/// `n` draws of a normal distribution of mean 0.
+pub fn normal(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal(0.0, std)).collect()
+}
 
 /// Runs the binary with `args`.
 pub fn runner(args: &[&str]) -> Output {
