@@ -767,13 +767,36 @@ fn packed_products_and_peak_loops() {
     }
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got), bits(&want));
-    let mut flops = 0u64;
-    // SAFETY: `flops` is a valid uint64_t.
-    unsafe {
-        assert_eq!(kn_fma_peak_loop(backend, 10, &mut flops), KN_OK);
-        assert_eq!(flops, kernels::Kernels::best().fma_peak_loop(10));
-        assert_eq!(kn_bf16_peak_loop(backend, 10, &mut flops), KN_OK);
-        assert_eq!(flops, kernels::Kernels::best().bf16_peak_loop(10));
+    // The peak loops count, per round, as documented: 12 chains of f32
+    // multiply-adds (2 operations) on each of the backend's lanes; for
+    // bf16, those on the portable unit, 12 chains of pair dot products (4
+    // operations) on 16 lanes, or 4 tile products of 16 × 16 × 32
+    // multiply-adds. Every backend up to the detected one runs.
+    for backend in KN_BACKEND_SCALAR..=kn_detected_backend() {
+        let lanes: u64 = match backend {
+            KN_BACKEND_SCALAR => 1,
+            KN_BACKEND_AVX2 => 8,
+            KN_BACKEND_AVX512 => 16,
+            other => panic!("unknown backend {other}"),
+        };
+        let fma_round = 12 * lanes * 2;
+        let bf16_round = match kn_bf16_unit(backend) {
+            KN_BF16_PORTABLE => fma_round,
+            KN_BF16_AVX512_BF16 => 12 * 16 * 4,
+            KN_BF16_AMX => 4 * 2 * 16 * 16 * 32,
+            other => panic!("backend {backend}: bf16 unit {other}"),
+        };
+        for iters in [0, 1, 10] {
+            let mut flops = u64::MAX;
+            // SAFETY: `flops` is a valid uint64_t.
+            unsafe {
+                assert_eq!(kn_fma_peak_loop(backend, iters, &mut flops), KN_OK);
+                assert_eq!(flops, iters as u64 * fma_round, "backend {backend}");
+                flops = u64::MAX;
+                assert_eq!(kn_bf16_peak_loop(backend, iters, &mut flops), KN_OK);
+                assert_eq!(flops, iters as u64 * bf16_round, "backend {backend}");
+            }
+        }
     }
 }
 

@@ -302,29 +302,59 @@ fn bad_prompts_and_settings_are_errors() {
     assert!(
         err(&mut model, &mut cache, &[7; 17], &ok).contains("longer than the model's block size")
     );
-    assert!(generate(&mut model, &mut cache, &[7; 16], 4, &ok, 0, |_| {}).is_ok());
-    for bad in [
-        Sampling {
-            temperature: -1.0,
-            ..ok
-        },
-        Sampling {
-            top_k: Some(0),
-            ..ok
-        },
-        Sampling {
-            top_p: Some(0.0),
-            ..ok
-        },
-        Sampling {
-            top_p: Some(1.5),
-            ..ok
-        },
+    // A prompt that fills the whole block still generates (the cache
+    // slides): every token asked for, each emitted and in the vocabulary.
+    let mut emitted = Vec::new();
+    let stats = generate(&mut model, &mut cache, &[7; 16], 4, &ok, 0, |t| {
+        emitted.push(t)
+    })
+    .unwrap();
+    assert_eq!(stats.tokens.len(), 4);
+    assert_eq!(emitted, stats.tokens);
+    assert!(
+        stats.tokens.iter().all(|&t| (t as usize) < 256),
+        "{emitted:?}"
+    );
+    // Each bad setting is refused, naming the option at fault.
+    for (bad, option) in [
+        (
+            Sampling {
+                temperature: -1.0,
+                ..ok
+            },
+            "--temperature",
+        ),
+        (
+            Sampling {
+                temperature: f32::NAN,
+                ..ok
+            },
+            "--temperature",
+        ),
+        (
+            Sampling {
+                top_k: Some(0),
+                ..ok
+            },
+            "--top-k",
+        ),
+        (
+            Sampling {
+                top_p: Some(0.0),
+                ..ok
+            },
+            "--top-p",
+        ),
+        (
+            Sampling {
+                top_p: Some(1.5),
+                ..ok
+            },
+            "--top-p",
+        ),
     ] {
-        assert!(
-            generate(&mut model, &mut cache, &[7], 4, &bad, 0, |_| {}).is_err(),
-            "{bad:?}"
-        );
+        let message = err(&mut model, &mut cache, &[7], &bad);
+        assert!(message.contains(option), "{bad:?}: {message}");
     }
 }
 

@@ -39,6 +39,27 @@ fn prepared_shards(dir: &Path) -> PathBuf {
     shards
 }
 
+/// One shard (llm.c's format) of the tokens of every shard in `shards`, in
+/// order, less the end-of-text token `prepare` starts them with.
+fn text_as_one_shard(shards: &Path) -> Vec<u8> {
+    let mut tokens = Vec::new();
+    for index in 0.. {
+        let split = if index == 0 { "val" } else { "train" };
+        let path = shards.join(format!("play_{split}_{index:06}.bin"));
+        if !path.exists() {
+            break;
+        }
+        tokens.extend_from_slice(&fs::read(path).unwrap()[1024..]);
+    }
+    assert_eq!(&tokens[..2], 50256u16.to_le_bytes());
+    let tokens = &tokens[2..];
+    let mut header = [0i32; 256];
+    header[..3].copy_from_slice(&[20240520, 1, (tokens.len() / 2) as i32]);
+    let mut bytes: Vec<u8> = header.iter().flat_map(|h| h.to_le_bytes()).collect();
+    bytes.extend_from_slice(tokens);
+    bytes
+}
+
 fn train(args: &[&str]) -> std::process::Output {
     let base = [
         "train",
@@ -144,7 +165,19 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
         "--data",
         text.to_str().unwrap(),
     ]));
-    assert!(on_text.is_finite());
+    assert!(on_text < (50257f64).ln(), "{on_text}");
+    // The text's tokens are the shards' in order after their leading
+    // end-of-text token: evaluated as one shard, the same loss exactly.
+    let whole = dir.join("whole.bin");
+    fs::write(&whole, text_as_one_shard(&shards)).unwrap();
+    let on_whole = printed_loss(&runner(&[
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        whole.to_str().unwrap(),
+    ]));
+    assert_eq!(on_text, on_whole);
 
     // Sampling at a high temperature: every token is in the vocabulary
     // (the padded logits are never drawn), and the bytes are the tokens'.

@@ -98,10 +98,23 @@ impl Kernels {
     /// Time it for the peak that bf16 MFU divides by.
     ///
     /// ```
-    /// let k = kernels::Kernels::best();
+    /// use kernels::{Bf16Unit, Kernels};
+    ///
+    /// let k = Kernels::best();
+    /// let iters = 1_000_000;
     /// let start = std::time::Instant::now();
-    /// let flops = k.bf16_peak_loop(1_000_000);
-    /// assert!(flops as f64 / start.elapsed().as_secs_f64() > 0.0);
+    /// let flops = k.bf16_peak_loop(iters);
+    /// let gflops = flops as f64 / start.elapsed().as_secs_f64() / 1e9;
+    /// println!("{gflops:.1} bf16 GFLOP/s on {}", k.bf16_unit());
+    /// let per_round = match k.bf16_unit() {
+    ///     // fma_peak_loop's 12 chains of f32 multiply-adds on every lane.
+    ///     Bf16Unit::Portable => 12 * k.backend().lanes() * 2,
+    ///     // 12 chains of pair dot products on 16 lanes.
+    ///     Bf16Unit::Avx512Bf16 => 12 * 16 * 4,
+    ///     // 4 tile products of 16 × 16 × 32 multiply-adds.
+    ///     Bf16Unit::Amx => 4 * 2 * 16 * 16 * 32,
+    /// };
+    /// assert_eq!(flops, (iters * per_round) as u64);
     /// ```
     pub fn bf16_peak_loop(&self, iters: usize) -> u64 {
         match self.tile_unit() {
