@@ -12,7 +12,7 @@ use crate::Kernels;
 const CHAINS: usize = 12;
 
 impl Kernels {
-    /// Runs `iters` rounds of `CHAINS` independent multiply-add chains on
+    /// Runs `iters` rounds of 12 independent multiply-add chains on
     /// full vectors and returns the floating-point operations done (2 per
     /// lane per multiply-add). Time it to get this backend's peak FLOP/s on
     /// one core; run it on several threads for the peak of several.
