@@ -27,9 +27,16 @@ pub fn check_outputs(
                 path.display()
             )))
         };
-        if let Some(input) = inputs.iter().find(|input| covers(input, path)) {
+        let same = |input: &&&Path| same_file(input, path) || resolved(input) == resolved(path);
+        if let Some(input) = inputs.iter().find(same) {
             return refuse(format!(
                 "would overwrite {}, which this run reads",
+                input.display()
+            ));
+        }
+        if let Some(input) = inputs.iter().find(|input| covers(input, path)) {
+            return refuse(format!(
+                "lies inside {}, which this run reads",
                 input.display()
             ));
         }
@@ -48,14 +55,28 @@ pub fn check_outputs(
 }
 
 /// Refuses a file that cannot be written: opens an existing one for
-/// appending (leaving it as it is), or creates it and removes it again.
+/// appending (leaving it as it is); where there is none (or a link to
+/// none), creates a file of its own in the folder it would be made in and
+/// removes it again, so the user's name is never touched.
 pub fn check_writable(path: &Path) -> Result<(), Error> {
     let probe = if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
-        File::create(path).and_then(|_| std::fs::remove_file(path))
+        let target = match std::fs::read_link(path) {
+            Ok(target) => parent(path).join(target),
+            Err(_) => path.into(),
+        };
+        let probe = parent(&target).join(format!(".runner-probe-{}", std::process::id()));
+        File::create(&probe).and_then(|_| std::fs::remove_file(&probe))
     };
     probe.map_err(|e| Error::io(path, e))
+}
+
+/// The folder `path` is named in (`.` for a bare name).
+fn parent(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Whether `path` is `outer` or lies inside it, symbolic links and `..`
@@ -64,17 +85,44 @@ fn covers(outer: &Path, path: &Path) -> bool {
     resolved(path).starts_with(resolved(outer))
 }
 
+/// Whether the existing file `path` is `input` or, for a folder, one of
+/// the files in it, under any name (a hard link too).
+fn same_file(input: &Path, path: &Path) -> bool {
+    let Some(id) = file_id(path) else {
+        return false;
+    };
+    if input.is_dir() {
+        let entries = std::fs::read_dir(input).into_iter().flatten().flatten();
+        entries
+            .into_iter()
+            .any(|entry| file_id(&entry.path()) == Some(id))
+    } else {
+        file_id(input) == Some(id)
+    }
+}
+
+/// The device and inode of an existing file (`None` elsewhere than Unix,
+/// where only the paths are compared).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// `path` made absolute with links resolved; for a path that does not
 /// exist yet, its parent's resolution and its name.
 fn resolved(path: &Path) -> PathBuf {
     if let Ok(real) = path.canonicalize() {
         return real;
     }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    match (parent.canonicalize(), path.file_name()) {
+    match (parent(path).canonicalize(), path.file_name()) {
         (Ok(real), Some(name)) => real.join(name),
         _ => std::path::absolute(path).unwrap_or_else(|_| path.into()),
     }
@@ -106,6 +154,18 @@ mod tests {
         assert!(!new.exists(), "the probe file was left behind");
         assert!(check_writable(&dir.join("missing").join("x.svg")).is_err());
         assert!(check_writable(&dir).is_err(), "a directory is not a file");
+        // A link to nothing stays a link to nothing.
+        #[cfg(unix)]
+        {
+            let dangling = dir.join("dangling.jsonl");
+            std::os::unix::fs::symlink("target.jsonl", &dangling).unwrap();
+            check_writable(&dangling).unwrap();
+            assert!(
+                std::fs::symlink_metadata(&dangling).is_ok(),
+                "the link was removed"
+            );
+            assert!(!dir.join("target.jsonl").exists(), "its target was made");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -125,7 +185,19 @@ mod tests {
         let spelled = dir.join("ckpt").join("..").join("data.txt");
         assert!(message(&[("--json", &spelled)], None).contains("which this run reads"));
         let inside = ckpt.join("model.safetensors");
-        assert!(message(&[("--plot", &inside)], None).contains("which this run reads"));
+        assert!(message(&[("--plot", &inside)], None).contains("lies inside"));
+        // Another name for the same file.
+        #[cfg(unix)]
+        {
+            let linked = dir.join("hard-link.txt");
+            std::fs::hard_link(&data, &linked).unwrap();
+            assert!(message(&[("--json", &linked)], None).contains("would overwrite"));
+            let weights = ckpt.join("model.safetensors");
+            std::fs::write(&weights, "weights").unwrap();
+            let elsewhere = dir.join("weights-link");
+            std::fs::hard_link(&weights, &elsewhere).unwrap();
+            assert!(message(&[("--json", &elsewhere)], None).contains("would overwrite"));
+        }
         let save = dir.join("new-ckpt");
         let in_save = save.join("log.jsonl");
         assert!(message(&[("--json", &in_save)], Some(&save)).contains("--save folder"));

@@ -64,7 +64,7 @@ impl Threads {
     pub fn new(count: Option<usize>) -> Result<Threads, Error> {
         let count = count.unwrap_or_else(|| {
             if cfg!(feature = "parallel") {
-                available_cores()
+                available_cores().min(MAX_THREADS)
             } else {
                 1
             }

@@ -265,6 +265,21 @@ fn prepare_leaves_nothing_half_made() {
     // Inputs that all fit the validation shard train nothing.
     assert_clear_error(&prepare(&[&data], "100000"), "--val-tokens");
     assert!(!out.exists(), "shards were left behind");
+    // Sizes no shard header can hold, into folders that do not exist yet.
+    let nested = dir.join("a").join("b");
+    let args = [
+        "prepare",
+        "--tokenizer",
+        "byte",
+        "--input",
+        &data,
+        "--output",
+        nested.to_str().unwrap(),
+        "--shard-tokens",
+        "3000000000",
+    ];
+    assert_clear_error(&runner(&args), "does not fit");
+    assert!(!dir.join("a").exists(), "the new folders were left behind");
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }

@@ -130,9 +130,14 @@ impl TrainArgs {
             (Some(_), _) if !any => return Ok(None),
             (Some(dir), None) => {
                 let saved = checkpoint::load_config(dir)?;
-                ModelConfig {
-                    tokenizer: self.tokenizer.or(saved.tokenizer),
-                    ..saved
+                match self.tokenizer {
+                    // Another tokenizer asks for its vocabulary too.
+                    Some(tokenizer) if Some(tokenizer) != saved.tokenizer => ModelConfig {
+                        tokenizer: Some(tokenizer),
+                        vocab_size: tokenizer.vocab_size(),
+                        ..saved
+                    },
+                    _ => saved,
                 }
             }
             (Some(dir), Some(preset)) => {

@@ -62,9 +62,32 @@ pub fn prepare(
         File::open(input).map_err(|e| Error::io(input, e))?;
         total += meta.len();
     }
-    let created = !s.output.exists();
+    ShardWriter::check_sizes(s.val_tokens, s.shard_tokens)?;
+    // The folders this run makes, from the outermost: removed again (when
+    // empty) if it fails.
+    let first_new = s
+        .output
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
     std::fs::create_dir_all(&s.output).map_err(|e| Error::io(&s.output, e))?;
-    let mut writer = ShardWriter::new(&s.output, &s.name, s.val_tokens, s.shard_tokens)?;
+    let remove_new_folders = || {
+        if let Some(first_new) = &first_new {
+            for dir in s.output.ancestors() {
+                if std::fs::remove_dir(dir).is_err() || dir == first_new {
+                    break;
+                }
+            }
+        }
+    };
+    let mut writer = match ShardWriter::new(&s.output, &s.name, s.val_tokens, s.shard_tokens) {
+        Ok(writer) => writer,
+        Err(e) => {
+            remove_new_folders();
+            return Err(e);
+        }
+    };
     started(total);
     let mut bytes = 0u64;
     let mut tokenize_all = || {
@@ -83,19 +106,22 @@ pub fn prepare(
                 "the inputs give {n} tokens, none left for training after the {} of validation; lower --val-tokens",
                 s.val_tokens
             ))),
-            _ => Ok(()),
+            _ => writer.finish(),
         }
     };
-    if let Err(e) = tokenize_all() {
-        // Nothing half-made is left to be mistaken for a data set.
-        writer.discard()?;
-        if created {
-            let _ = std::fs::remove_dir(&s.output);
+    let shards = match tokenize_all() {
+        Ok(shards) => shards,
+        Err(e) => {
+            // Nothing half-made is left to be mistaken for a data set; the
+            // error that stopped the run is the one to report.
+            if let Err(cleanup) = writer.discard() {
+                log::warn!("could not remove the partial shards: {cleanup}");
+            }
+            remove_new_folders();
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     let tokens = writer.written();
-    let shards = writer.finish()?;
     Ok(PrepareReport {
         bytes,
         tokens,

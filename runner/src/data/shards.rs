@@ -69,13 +69,7 @@ impl ShardWriter {
         val_tokens: usize,
         per_shard: usize,
     ) -> Result<ShardWriter, Error> {
-        if per_shard == 0 || val_tokens == 0 {
-            return Err(Error::Config(
-                "shards and the validation split need at least one token".into(),
-            ));
-        }
-        // Refused now rather than when the first full shard closes.
-        header(per_shard.max(val_tokens))?;
+        ShardWriter::check_sizes(val_tokens, per_shard)?;
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
@@ -97,6 +91,18 @@ impl ShardWriter {
             open: None,
             written: 0,
         })
+    }
+
+    /// Refuses shard sizes no writer can use: empty ones, and ones whose
+    /// count would not fit the header (refused now rather than when the
+    /// first full shard closes).
+    pub fn check_sizes(val_tokens: usize, per_shard: usize) -> Result<(), Error> {
+        if per_shard == 0 || val_tokens == 0 {
+            return Err(Error::Config(
+                "shards and the validation split need at least one token".into(),
+            ));
+        }
+        header(per_shard.max(val_tokens)).map(drop)
     }
 
     /// Appends `tokens` (each below 65536).
@@ -127,21 +133,27 @@ impl ShardWriter {
     }
 
     /// Closes the last shard; returns the token count of every shard.
-    pub fn finish(mut self) -> Result<Vec<usize>, Error> {
+    pub fn finish(&mut self) -> Result<Vec<usize>, Error> {
         self.close_shard()?;
-        Ok(self.finished)
+        Ok(self.finished.clone())
     }
 
     /// Removes every shard this writer wrote, whole or not: what a failed
     /// run leaves would otherwise train as if it were the data set.
     pub fn discard(mut self) -> Result<(), Error> {
-        if let Some(shard) = self.open.take() {
-            drop(shard.file);
-            std::fs::remove_file(&shard.temporary).map_err(|e| Error::io(&shard.temporary, e))?;
-        }
-        for index in 0..self.finished.len() {
-            let path = shard_path(&self.dir, &self.name, index);
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        drop(self.open.take());
+        // The shard after the finished ones is open, or failed to close:
+        // its temporary file may be there either way.
+        let last = self.finished.len();
+        let temporary = shard_path(&self.dir, &self.name, last).with_extension("bin.tmp");
+        let finished = (0..last).map(|index| shard_path(&self.dir, &self.name, index));
+        for path in finished.chain([temporary]) {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&path, e))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
