@@ -4,8 +4,10 @@
 
 use std::vec::Vec;
 
+use std::format;
+
 use super::*;
-use crate::{AdamW, ValidLen};
+use crate::{AdamW, Bf16, ValidLen};
 
 /// Random data in `[-4, 4)` with, for longer inputs, a few special values.
 fn data(rng: &mut Rng, n: usize, specials: bool) -> Vec<f32> {
@@ -138,6 +140,58 @@ fn reductions() {
     }
 }
 
+/// Sums, dot products and sums of squares meeting NaN and infinities give
+/// the scalar reference's NaN or infinity. The class does not depend on the
+/// order of the additions (inf + finite = inf, inf − inf = NaN, and nothing
+/// here overflows), so it must match exactly.
+#[test]
+fn reductions_with_special_values() {
+    let mut rng = Rng::new(12);
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    for (name, k) in simd_kernels() {
+        for n in lengths().filter(|&n| n > 0) {
+            // The first element, the last (a tail lane) and the middle.
+            let places = [0, n - 1, n / 2];
+            for (p, q) in places.into_iter().flat_map(|p| places.map(|q| (p, q))) {
+                // (a[p], a[q], b[p]); a[q] (only if q ≠ p) and b[p] unchanged
+                // where None.
+                let cases = [
+                    (nan, None, None),
+                    (inf, None, None),
+                    (-inf, None, None),
+                    (inf, Some(-inf), None), // inf − inf
+                    (inf, Some(inf), None),
+                    (inf, None, Some(0.0)), // inf · 0 in the dot product
+                    (-inf, Some(2.0), Some(nan)),
+                ];
+                for (case, (ap, aq, bp)) in cases.into_iter().enumerate() {
+                    let (mut a, mut b) = (rng.vec(n, -4.0, 4.0), rng.vec(n, -4.0, 4.0));
+                    a[p] = ap;
+                    if let Some(v) = aq.filter(|_| q != p) {
+                        a[q] = v;
+                    }
+                    if let Some(v) = bp {
+                        b[p] = v;
+                    }
+                    let (ga, gb) = (Guarded::from(&a, n + case), Guarded::from(&b, n + 1));
+                    let (a, b) = (ga.get(), gb.get());
+                    let what = |op| ctx(&format!("{op} case {case} at {p},{q}"), name, n);
+                    let results = [
+                        ("sum", scalar().sum(a), k.sum(a)),
+                        ("sum_squares", scalar().sum_squares(a), k.sum_squares(a)),
+                        ("dot", scalar().dot(a, b).unwrap(), k.dot(a, b).unwrap()),
+                    ];
+                    for (op, want, got) in results {
+                        // Every case puts a non-finite value into every result.
+                        assert!(!want.is_finite(), "{}: scalar gave {want}", what(op));
+                        assert_close(&what(op), &[got], &[want], 0.0, 0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn max_ignores_nan_and_sees_infinities() {
     for (name, k) in simd_kernels() {
@@ -246,11 +300,24 @@ fn layer_norm_forward_and_backward() {
             let x = rng.vec(rows * cols, 5.0, 9.0);
             let (gamma, beta) = (rng.vec(cols, -2.0, 2.0), rng.vec(cols, -1.0, 1.0));
             let run = |k: &Kernels, x: &[f32]| {
+                // NaN-prefilled (with guards): every statistic must be written.
                 let mut out = Guarded::new(rows * cols, cols);
-                let (mut mean, mut rstd) = (std::vec![0.0; rows], std::vec![0.0; rows]);
-                k.layer_norm_forward(x, &gamma, &beta, 1e-5, out.get_mut(), &mut mean, &mut rstd)
-                    .unwrap();
-                (out.checked("layer_norm out"), mean, rstd)
+                let (mut mean, mut rstd) = (Guarded::new(rows, 1), Guarded::new(rows, 2));
+                k.layer_norm_forward(
+                    x,
+                    &gamma,
+                    &beta,
+                    1e-5,
+                    out.get_mut(),
+                    mean.get_mut(),
+                    rstd.get_mut(),
+                )
+                .unwrap();
+                (
+                    out.checked("layer_norm out"),
+                    mean.checked("layer_norm mean"),
+                    rstd.checked("layer_norm rstd"),
+                )
             };
             let want = run(&scalar(), &x);
             let got = run(&k, Guarded::from(&x, cols + 1).get());
@@ -429,6 +496,64 @@ fn cross_entropy_rows() {
     }
 }
 
+/// Logits with NaN, infinities and huge values: each loss and gradient is
+/// NaN exactly where the scalar reference's is, infinite where it is (with
+/// the same sign), and close to it elsewhere.
+#[test]
+fn cross_entropy_special_values() {
+    let mut rng = Rng::new(14);
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    for (name, k) in simd_kernels() {
+        for classes in [2, 7, 8, 9, 17, 33, 129] {
+            // Each row one case, its target the last class; `o` is another.
+            let (t, o) = (classes - 1, (classes - 1) / 2);
+            let cases: [&[(usize, f32)]; 9] = [
+                &[(o, nan)], // NaN poisons the row
+                &[(t, nan)],
+                &[(o, inf)], // max = inf: inf − inf
+                &[(t, inf)],
+                &[(o, -inf)],            // probability 0, finite loss
+                &[(t, -inf)],            // loss +inf
+                &[(o, -1e30)],           // e^(x − max) underflows to 0
+                &[(t, 1e30), (o, 1e30)], // two huge maxima: finite loss
+                &[],                     // a plain row between them
+            ];
+            let rows = cases.len() + 1;
+            let mut logits = rng.vec(rows * classes, -8.0, 8.0);
+            for (row, case) in logits.chunks_mut(classes).zip(cases) {
+                for &(c, v) in case {
+                    row[c] = v;
+                }
+            }
+            // The last row: every logit -inf (max = -inf, -inf − -inf = NaN).
+            logits[(rows - 1) * classes..].fill(-inf);
+            let targets = std::vec![t as u32; rows];
+            let gl = Guarded::from(&logits, classes + 1);
+            let run = |k: &Kernels, with_grad: bool| {
+                let mut losses = Guarded::new(rows, 2);
+                let mut d = Guarded::new(rows * classes, classes);
+                let grad = if with_grad { Some(d.get_mut()) } else { None };
+                k.cross_entropy(gl.get(), classes, &targets, losses.get_mut(), grad, 0.5)
+                    .unwrap();
+                (losses.checked("losses"), d.checked("dlogits"))
+            };
+            let want = run(&scalar(), true);
+            // The cases reach NaN, +inf and finite losses in the reference.
+            assert!(want.0.iter().any(|v| v.is_nan()));
+            assert!(want.0.contains(&inf));
+            assert!(want.0.iter().any(|v| v.is_finite()));
+            for with_grad in [true, false] {
+                let got = run(&k, with_grad);
+                let what = ctx("cross_entropy specials", name, classes);
+                assert_close(&what, &got.0, &want.0, 1e-5, 1e-5);
+                if with_grad {
+                    assert_close(&what, &got.1, &want.1, 1e-5, 1e-7);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn adamw_step_matches() {
     let mut rng = Rng::new(9);
@@ -458,6 +583,58 @@ fn adamw_step_matches() {
             let (want, got) = (run(&scalar()), run(&k));
             for (g, w) in got.iter().zip(&want) {
                 assert_close(&ctx("adamw", name, n), g, w, 1e-5, 1e-7);
+            }
+        }
+    }
+}
+
+/// `f32_to_bf16` reads its source from every 4-byte phase of a 32-byte
+/// line (so from unaligned addresses at every vector width) into a
+/// NaN-prefilled, guarded destination, as the scalar reference does, bit
+/// for bit.
+#[test]
+fn f32_to_bf16_from_unaligned_source() {
+    let mut rng = Rng::new(15);
+    let specials = [
+        0.0,
+        -0.0,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7F80_0001), // signalling NaN
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x3F80_8000), // a tie, to even (down)
+        f32::from_bits(0x3F81_8000), // a tie, to even (up)
+        f32::from_bits(0x7F7F_FFFF), // rounds to infinity
+        f32::from_bits(0x0000_8001), // subnormal
+    ];
+    const GUARD: u16 = 0xDEAD;
+    for (name, k) in simd_kernels() {
+        for n in lengths() {
+            let src: Vec<f32> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => specials[(i / 3) % specials.len()],
+                    _ => rng.uniform(-3.0, 3.0),
+                })
+                .collect();
+            let mut want = std::vec![Bf16::default(); n];
+            scalar().f32_to_bf16(&src, &mut want).unwrap();
+            for phase in 0..8 {
+                let mut buf = std::vec![0.0f32; n + 16];
+                let base = buf.as_ptr() as usize / 4;
+                let start = (phase + 8 - base % 8) % 8; // (address / 4) % 8 == phase
+                buf[start..start + n].copy_from_slice(&src);
+                let mut dst = std::vec![Bf16::from_bits(GUARD); n + 8];
+                dst[3..3 + n].fill(Bf16::from_bits(0x7FC1));
+                k.f32_to_bf16(&buf[start..start + n], &mut dst[3..3 + n])
+                    .unwrap();
+                let what = ctx(&format!("f32_to_bf16 phase {phase}"), name, n);
+                let guards = dst[..3].iter().chain(&dst[3 + n..]);
+                assert!(
+                    guards.into_iter().all(|b| b.to_bits() == GUARD),
+                    "{what}: wrote outside"
+                );
+                assert_eq!(&dst[3..3 + n], &want[..], "{what}");
             }
         }
     }
