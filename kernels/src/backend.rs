@@ -163,8 +163,10 @@ pub(crate) struct Bf16Detection {
     pub(crate) amx: AmxState,
 }
 
-/// AMX as detection found it.
+/// AMX as detection found it (always `Absent` under Miri, which runs no
+/// cpuid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(miri, allow(dead_code))]
 pub(crate) enum AmxState {
     /// The CPU or XCR0 lacks AMX tiles or AMX-BF16 (or AVX512-BF16, which
     /// the tile path's packing and epilogue use).
@@ -248,6 +250,7 @@ fn detect_bf16() -> Bf16Detection {
 /// granted, else the negated errno. A raw syscall keeps the crate free of
 /// `std` and `libc`; it is made once, by detection.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg_attr(miri, allow(dead_code))]
 fn request_tile_data() -> i64 {
     const SYS_ARCH_PRCTL: i64 = 158;
     const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
