@@ -327,8 +327,7 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
     // An absurd batch is refused before anything is allocated.
     assert_clear_error(&resume(&["--batch", "100000000000"]), "sequences per step");
-    assert_clear_error(&resume(&["--batch", "1000000"]), "memory");
-    assert_clear_error(&resume(&["--batch", "9"]), "--batch: checkpoint 8");
+    assert_clear_error(&resume(&["--batch", "1000000"]), "--batch: checkpoint 8");
     // Extending --steps is what resuming is for.
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);

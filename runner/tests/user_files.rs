@@ -75,6 +75,10 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
         log.to_str().unwrap(),
     ];
     assert_clear_error(&runner(&other_batch), "batch");
+    // Refused from the state's header, before the data is read (this
+    // data would be refused too, and would never end).
+    let with_data = [&other_batch[..], &["--data", "/dev/zero"]].concat();
+    assert_clear_error(&runner(&with_data), "--batch: checkpoint 2");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "a log the user kept\n"

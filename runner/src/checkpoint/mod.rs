@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, Destination};
 use files::{corrupt, floats_from, parse, read, to_bytes};
-pub use run_state::{RunSchedule, TrainingState};
+pub use run_state::{Progress, RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
 const MODEL_FILE: &str = "model.safetensors";
@@ -193,6 +193,12 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
 /// The element types a checkpoint's weights may have.
 fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
+}
+
+/// Where the run saved in `dir` stands (step, schedule), without reading
+/// its moments.
+pub fn load_progress(dir: &Path) -> Result<Progress, Error> {
+    run_state::read_progress(dir, TRAINING_FILE)
 }
 
 /// The run's state in `dir`, for a model of `params` parameters.

@@ -3,6 +3,8 @@
 //! run, so that a resumed run can tell whether it continues the same one.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -108,27 +110,11 @@ pub fn decode(
     let bad = |reason: String| corrupt(dir, format!("{file}: {reason}"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(format!("not a {FORMAT} file")));
-    }
-    let step = metadata_number(&meta, "step").map_err(bad)?;
-    let rng_state = metadata_number(&meta, "rng_state").map_err(bad)?;
-    // States saved without a schedule have none.
-    let schedule = if meta.contains_key("lr") {
-        let schedule = RunSchedule {
-            lr: metadata_number(&meta, "lr").map_err(bad)?,
-            warmup: metadata_number(&meta, "warmup").map_err(bad)?,
-            total_steps: metadata_number(&meta, "total_steps").map_err(bad)?,
-            batch: metadata_number(&meta, "batch").map_err(bad)?,
-            grad_accum: metadata_number(&meta, "grad_accum").map_err(bad)?,
-        };
-        if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
-            return Err(bad(format!("stored lr {} is not positive", schedule.lr)));
-        }
-        Some(schedule)
-    } else {
-        None
-    };
+    let Progress {
+        step,
+        rng_state,
+        schedule,
+    } = Progress::of(&meta).map_err(bad)?;
 
     let mut moments = Vec::with_capacity(2);
     for name in ["adam_m", "adam_v"] {
@@ -164,6 +150,82 @@ pub fn decode(
 }
 
 /// The number stored under `key` in a safetensors header's metadata.
+/// Where a saved run stands: what its metadata says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub step: u32,
+    pub rng_state: u64,
+    pub schedule: Option<RunSchedule>,
+}
+
+impl Progress {
+    fn of(meta: &HashMap<String, String>) -> Result<Progress, String> {
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(format!("not a {FORMAT} file"));
+        }
+        // States saved without a schedule have none.
+        let schedule = if meta.contains_key("lr") {
+            let schedule = RunSchedule {
+                lr: metadata_number(meta, "lr")?,
+                warmup: metadata_number(meta, "warmup")?,
+                total_steps: metadata_number(meta, "total_steps")?,
+                batch: metadata_number(meta, "batch")?,
+                grad_accum: metadata_number(meta, "grad_accum")?,
+            };
+            if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
+                return Err(format!("stored lr {} is not positive", schedule.lr));
+            }
+            Some(schedule)
+        } else {
+            None
+        };
+        Ok(Progress {
+            step: metadata_number(meta, "step")?,
+            rng_state: metadata_number(meta, "rng_state")?,
+            schedule,
+        })
+    }
+}
+
+/// The progress in the state file `file` of `dir`, from its header alone
+/// (the moments, twice the model's size, are not read): cheap enough to
+/// refuse a resume before any long work. [`decode`] checks the rest.
+pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
+    let path = dir.join(file);
+    let bad = |reason: String| corrupt(dir, format!("{file} is corrupt or truncated: {reason}"));
+    let mut f = File::open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => corrupt(dir, format!("{file} is missing")),
+        _ => Error::io(&path, e),
+    })?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("too short for a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "a header of {len} bytes is not a safetensors header"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("truncated inside its header".into()))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let meta = header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Progress::of(&meta).map_err(bad)
+}
+
+/// safetensors' own bound on a header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 fn metadata_number<T: std::str::FromStr>(
     meta: &HashMap<String, String>,
     key: &str,

@@ -8,7 +8,7 @@ mod data_parallel;
 mod memory;
 pub mod optim;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kernels::{Bf16Unit, Kernels};
@@ -210,35 +210,45 @@ fn start(
         return Ok((model, optimizer, Rng::new(s.seed)));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
-    // A resumed run continues exactly only with the same schedule.
-    let differences = state.schedule.map_or(Vec::new(), |saved| {
-        saved.differences(&s.schedule(world.size()))
-    });
-    if !differences.is_empty() {
-        return Err(Error::Checkpoint {
-            path: dir.clone(),
-            reason: format!(
-            "it was trained with other settings ({}); pass the checkpoint's values to resume it",
-                differences.join("; ")
-            ),
-        });
-    }
-    if state.step >= s.steps {
-        return Err(Error::Config(format!(
-            "the checkpoint is already at step {}; ask for more --steps",
-            state.step
-        )));
-    }
-    if let Some(stop) = s.stop_at.filter(|&stop| stop <= state.step) {
-        return Err(Error::Config(format!(
-            "--stop-at {stop} is not after the checkpoint's step {}",
-            state.step
-        )));
-    }
+    // Checked before the data was read; the full state must say the same.
+    check_resume(s, dir, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
     Ok((model, optimizer, rng))
+}
+
+/// Refuses to resume, from a checkpoint at `step` saved with `saved`, a
+/// run that would not continue it.
+fn check_resume(
+    s: &TrainSettings,
+    dir: &Path,
+    step: u32,
+    saved: Option<RunSchedule>,
+) -> Result<(), Error> {
+    // A resumed run continues exactly only with the same schedule.
+    let now = s.schedule(crate::world::current().size());
+    let differences = saved.map_or(Vec::new(), |saved| saved.differences(&now));
+    if !differences.is_empty() {
+        return Err(Error::Checkpoint {
+            path: dir.into(),
+            reason: format!(
+                "it was trained with other settings ({}); pass the checkpoint's values to resume it",
+                differences.join("; ")
+            ),
+        });
+    }
+    if step >= s.steps {
+        return Err(Error::Config(format!(
+            "the checkpoint is already at step {step}; ask for more --steps"
+        )));
+    }
+    if let Some(stop) = s.stop_at.filter(|&stop| stop <= step) {
+        return Err(Error::Config(format!(
+            "--stop-at {stop} is not after the checkpoint's step {step}"
+        )));
+    }
+    Ok(())
 }
 
 /// A tokenizer's name, or what a model without one has.
@@ -341,6 +351,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 ),
             });
         }
+    }
+    if let Some(dir) = &s.resume {
+        let progress = checkpoint::load_progress(dir)?;
+        check_resume(s, dir, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
     check_memory(&cfg, b, t, s.recompute)?;
