@@ -1,7 +1,7 @@
 //! Caller-driven parallelism: a routine that can be split hands its pieces
 //! to an [`Executor`] the caller supplies. This crate never spawns threads.
 
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Runs the independent pieces of one routine, possibly on several threads.
 ///
@@ -27,9 +27,9 @@ pub trait Executor: Sync {
 
     /// Calls `piece(i)` exactly once for every `i` in `0..pieces`, in any
     /// order and possibly concurrently, and returns when all have returned.
-    /// (The routines stay sound under an executor that breaks this: each
-    /// call claims a piece not yet run, and those never claimed run on the
-    /// calling thread after `run` returns.)
+    /// (The routines stay sound under an executor that breaks this: a
+    /// repeated or out-of-range call does nothing, and the pieces never
+    /// called run on the calling thread after `run` returns.)
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync));
 }
 
@@ -46,15 +46,43 @@ pub(crate) fn threads_of<E: Executor + ?Sized>(exec: &E) -> usize {
 /// Calls `piece(i)` exactly once for every `i` in `0..pieces` through
 /// `exec`, even if `exec` breaks its contract. The unsafe code of a split
 /// routine relies on each piece running once, and `Executor` is a safe
-/// trait: so each call `exec` makes claims the next piece not yet run (a
-/// call beyond the last does nothing), and the pieces it never claimed run
-/// here once it returns. Each piece is still a fixed part of the work, so
-/// results do not depend on which thread claims which.
+/// trait: so a call runs its piece only if no call ran it before (a repeat
+/// or an index past the last does nothing), and the pieces `exec` never
+/// ran run here once it returns. A well-behaved executor keeps its order
+/// and its split of the pieces among threads.
 pub(crate) fn run_pieces<E: Executor + ?Sized>(
     exec: &E,
     pieces: usize,
     piece: &(dyn Fn(usize) + Sync),
 ) {
+    if pieces > TRACKED_PIECES {
+        return run_claimed(exec, pieces, piece);
+    }
+    // One bit per piece, set by the call that runs it.
+    let ran = [const { AtomicU64::new(0) }; TRACKED_PIECES / 64];
+    let claim = |i: usize| {
+        let bit = 1 << (i % 64);
+        i < pieces && ran[i / 64].fetch_or(bit, Relaxed) & bit == 0
+    };
+    exec.run(pieces, &|i| {
+        if claim(i) {
+            piece(i);
+        }
+    });
+    for i in 0..pieces {
+        if claim(i) {
+            piece(i);
+        }
+    }
+}
+
+/// Pieces [`run_pieces`] tracks one bit each (512 bytes of stack); more
+/// than any routine makes for a few hundred threads.
+const TRACKED_PIECES: usize = 4096;
+
+/// [`run_pieces`] for more pieces than it tracks: each call claims the
+/// next piece not yet run, whatever index it was given.
+fn run_claimed<E: Executor + ?Sized>(exec: &E, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
     let next = AtomicUsize::new(0);
     let claim = || {
         next.fetch_update(Relaxed, Relaxed, |i| (i < pieces).then_some(i + 1))

@@ -401,6 +401,35 @@ impl Executor for Idle {
 }
 
 #[test]
+fn run_pieces_runs_each_piece_once_in_a_good_executors_order() {
+    use crate::parallel::run_pieces;
+    use std::sync::Mutex;
+    // Both sides of the count of pieces tracked one bit each.
+    for pieces in [0, 1, 100, 4096, 4097, 10_000] {
+        let unruly: [&dyn Executor; 4] = [&OffByOne, &EachTwice, &Idle, &Threads(3)];
+        for exec in unruly {
+            let runs: Vec<AtomicUsize> = (0..pieces).map(|_| AtomicUsize::new(0)).collect();
+            run_pieces(exec, pieces, &|i| {
+                runs[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
+                "{pieces} pieces: one ran other than once"
+            );
+        }
+        // A sequential executor's order is the order the pieces run in.
+        if pieces <= 4096 {
+            let order = Mutex::new(Vec::new());
+            run_pieces(&crate::tests::freestanding::Reversed(2), pieces, &|i| {
+                order.lock().unwrap().push(i)
+            });
+            let want: Vec<usize> = (0..pieces).rev().collect();
+            assert_eq!(order.into_inner().unwrap(), want);
+        }
+    }
+}
+
+#[test]
 fn executors_that_break_their_contract_still_run_each_piece_once() {
     const GUARD: f32 = -7.0;
     let unruly: [&dyn Executor; 3] = [&OffByOne, &EachTwice, &Idle];
