@@ -58,7 +58,7 @@ pub fn check_outputs(
 /// appending (leaving it as it is); where there is none (or a link to
 /// none), creates a file of its own in the folder it would be made in and
 /// removes it again, so the user's name is never touched.
-pub fn check_writable(path: &Path) -> Result<(), Error> {
+fn check_writable(path: &Path) -> Result<(), Error> {
     let probe = if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {

@@ -2,7 +2,7 @@
 //! error is made.
 
 use std::fs;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use safetensors::tensor::Dtype;
@@ -10,13 +10,22 @@ use safetensors::SafeTensors;
 
 use crate::error::Error;
 
-/// The bytes of `file` in the checkpoint `dir`.
-pub fn read(dir: &Path, file: &str) -> Result<Vec<u8>, Error> {
+/// `file` in the checkpoint `dir`, opened for reading.
+pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     let path = dir.join(file);
-    fs::read(&path).map_err(|e| match e.kind() {
+    fs::File::open(&path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => corrupt(dir, format!("{file} is missing")),
         _ => Error::io(path, e),
     })
+}
+
+/// The bytes of `file` in the checkpoint `dir`.
+pub fn read(dir: &Path, file: &str) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    open(dir, file)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(dir.join(file), e))?;
+    Ok(bytes)
 }
 
 /// The parsed `file` of the checkpoint `dir`. The header's tensors cover

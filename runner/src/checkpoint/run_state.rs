@@ -3,14 +3,13 @@
 //! run, so that a resumed run can tell whether it continues the same one.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use super::files::{corrupt, from_bytes, parse, to_bytes};
+use super::files::{corrupt, from_bytes, open, parse, to_bytes};
 use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
@@ -149,7 +148,6 @@ pub fn decode(
     })
 }
 
-/// The number stored under `key` in a safetensors header's metadata.
 /// Where a saved run stands: what its metadata says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
@@ -191,12 +189,8 @@ impl Progress {
 /// (the moments, twice the model's size, are not read): cheap enough to
 /// refuse a resume before any long work. [`decode`] checks the rest.
 pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
-    let path = dir.join(file);
     let bad = |reason: String| corrupt(dir, format!("{file} is corrupt or truncated: {reason}"));
-    let mut f = File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => corrupt(dir, format!("{file} is missing")),
-        _ => Error::io(&path, e),
-    })?;
+    let mut f = open(dir, file)?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
         .map_err(|_| bad("too short for a safetensors header".into()))?;
@@ -226,6 +220,7 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
 /// safetensors' own bound on a header.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// The number stored under `key` in a safetensors header's metadata.
 fn metadata_number<T: std::str::FromStr>(
     meta: &HashMap<String, String>,
     key: &str,

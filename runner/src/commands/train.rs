@@ -145,10 +145,7 @@ impl TrainArgs {
                     Some(tokenizer) => Some(tokenizer),
                     None => checkpoint::load_config(dir)?.tokenizer,
                 };
-                match tokenizer {
-                    Some(tokenizer) => preset.config(tokenizer),
-                    None => preset.config(preset.default_tokenizer()),
-                }
+                preset.config(tokenizer.unwrap_or(preset.default_tokenizer()))
             }
             (None, preset) => {
                 let preset = preset.unwrap_or(Preset::Small);

@@ -38,6 +38,11 @@ pub fn shard_path(dir: &Path, name: &str, index: usize) -> PathBuf {
     dir.join(format!("{name}_{split}_{index:06}.bin"))
 }
 
+/// Where shard `path` is written until it is complete.
+fn temporary_path(path: &Path) -> PathBuf {
+    path.with_extension("bin.tmp")
+}
+
 /// Writes tokens into consecutive shards of at most `per_shard` tokens:
 /// the first `val_tokens` into shard 0, the rest into shards 1, 2, ...
 /// Each shard is written under a temporary name and renamed when complete,
@@ -145,7 +150,7 @@ impl ShardWriter {
         // The shard after the finished ones is open, or failed to close:
         // its temporary file may be there either way.
         let last = self.finished.len();
-        let temporary = shard_path(&self.dir, &self.name, last).with_extension("bin.tmp");
+        let temporary = temporary_path(&shard_path(&self.dir, &self.name, last));
         let finished = (0..last).map(|index| shard_path(&self.dir, &self.name, index));
         for path in finished.chain([temporary]) {
             match std::fs::remove_file(&path) {
@@ -168,7 +173,7 @@ impl ShardWriter {
         if self.open.is_none() {
             let index = self.finished.len();
             let path = shard_path(&self.dir, &self.name, index);
-            let temporary = path.with_extension("bin.tmp");
+            let temporary = temporary_path(&path);
             let file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
             let mut file = BufWriter::new(file);
             // The count is written when the shard closes.
