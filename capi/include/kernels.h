@@ -60,7 +60,10 @@
 // The host's threads: `parallel_for(ctx, n, fn, fn_ctx)` must call
 // `fn(fn_ctx, i)` exactly once for each `i` in `0..n`, in any order and
 // possibly concurrently, and return when all calls have returned.
-// `threads` is how many can run at once (0 is read as 1).
+// `threads` is how many can run at once (0 is read as 1). A routine calls
+// `parallel_for` only from the thread that called the routine, one call
+// at a time, so `ctx` needs no locking for that; the host makes its own
+// threads' use of `ctx` safe.
 typedef struct kn_executor {
   void *ctx;
   size_t threads;
@@ -117,7 +120,9 @@ int32_t kn_gemm_workspace_len(int32_t backend, size_t m, size_t n, size_t k, siz
 // `C = alpha · op(A) · op(B) + beta · C`, row-major: op(A) is `m × k`,
 // op(B) is `k × n`, C is `m × n`. A is stored `m × k` (`trans_a` 0) or
 // `k × m` (`trans_a` 1) with row stride `lda`; B likewise (`k × n` or
-// `n × k`, `ldb`); C has row stride `ldc`. With `beta` 0, C is not read.
+// `n × k`, `ldb`); C has row stride `ldc`. A stride is at least its
+// stored row's length (any value for a single row): a matrix spans
+// `(rows - 1) · stride + cols` floats. With `beta` 0, C is not read.
 // `workspace` holds at least `kn_gemm_workspace_len` floats. Split by
 // `exec` (NULL: this thread); the result is bit-identical for any.
 //
@@ -213,13 +218,15 @@ int32_t kn_mul(int32_t backend, const float *a, const float *b, float *out, size
 // As `kn_add`.
 int32_t kn_copy(int32_t backend, const float *src, float *dst, size_t len);
 
-// `out = e^x`, element by element (≤ 2 ulp from the exact value).
+// `out = e^x`, element by element (within 2 ulp of libm's `expf` where
+// the result is normal; see the Rust crate's documentation).
 //
 // # Safety
 // As `kn_add`.
 int32_t kn_exp(int32_t backend, const float *x, float *out, size_t len);
 
-// `out = tanh(x)`, element by element (≤ 2 ulp from the exact value).
+// `out = tanh(x)`, element by element (within 2 ulp of libm's `tanhf`;
+// see the Rust crate's documentation).
 //
 // # Safety
 // As `kn_add`.
@@ -262,7 +269,7 @@ int32_t kn_axpy(int32_t backend, float alpha, const float *x, float *y, size_t l
 // As `kn_add`.
 int32_t kn_add_bias(int32_t backend, const float *bias, size_t cols, float *x, size_t len);
 
-// `*out = Σ x` (pairwise, in a fixed order).
+// `*out = Σ x` (in a fixed order for a given backend and `len`).
 //
 // # Safety
 // `x` covers `len` floats; `out` is a writable float.
@@ -274,7 +281,7 @@ int32_t kn_sum(int32_t backend, const float *x, size_t len, float *out);
 // As `kn_sum`.
 int32_t kn_sum_squares(int32_t backend, const float *x, size_t len, float *out);
 
-// `*out = max x` (−inf for `len` 0; NaN if any element is NaN).
+// `*out = max x`, ignoring NaN (−inf for `len` 0 or all NaN).
 //
 // # Safety
 // As `kn_sum`.
@@ -383,7 +390,8 @@ int32_t kn_gemm_bf16_workspace_len(int32_t backend, size_t m, size_t n, size_t k
 // `kn_gemm` with A and B rounded to bf16 as they are read and the
 // products summed in f32, on the backend's bf16 unit (`kn_bf16_unit`).
 // Each element is within (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| + |beta·c|) of the
-// exact product of the rounded operands.
+// exact product of the rounded operands, except that AVX512-BF16 and AMX
+// read subnormal bf16 operands as zero.
 //
 // # Safety
 // As `kn_gemm`, with `kn_gemm_bf16_workspace_len` floats of workspace.

@@ -66,7 +66,10 @@ pub struct kn_bf16 {
 /// The host's threads: `parallel_for(ctx, n, fn, fn_ctx)` must call
 /// `fn(fn_ctx, i)` exactly once for each `i` in `0..n`, in any order and
 /// possibly concurrently, and return when all calls have returned.
-/// `threads` is how many can run at once (0 is read as 1).
+/// `threads` is how many can run at once (0 is read as 1). A routine calls
+/// `parallel_for` only from the thread that called the routine, one call
+/// at a time, so `ctx` needs no locking for that; the host makes its own
+/// threads' use of `ctx` safe.
 #[repr(C)]
 pub struct kn_executor {
     pub ctx: *mut c_void,
@@ -160,7 +163,9 @@ pub unsafe extern "C" fn kn_gemm_workspace_len(
 /// `C = alpha · op(A) · op(B) + beta · C`, row-major: op(A) is `m × k`,
 /// op(B) is `k × n`, C is `m × n`. A is stored `m × k` (`trans_a` 0) or
 /// `k × m` (`trans_a` 1) with row stride `lda`; B likewise (`k × n` or
-/// `n × k`, `ldb`); C has row stride `ldc`. With `beta` 0, C is not read.
+/// `n × k`, `ldb`); C has row stride `ldc`. A stride is at least its
+/// stored row's length (any value for a single row): a matrix spans
+/// `(rows - 1) · stride + cols` floats. With `beta` 0, C is not read.
 /// `workspace` holds at least `kn_gemm_workspace_len` floats. Split by
 /// `exec` (NULL: this thread); the result is bit-identical for any.
 ///
@@ -386,7 +391,8 @@ pub unsafe extern "C" fn kn_copy(backend: i32, src: *const f32, dst: *mut f32, l
     unsafe { unary(backend, src, dst, len, Kernels::copy) }
 }
 
-/// `out = e^x`, element by element (≤ 2 ulp from the exact value).
+/// `out = e^x`, element by element (within 2 ulp of libm's `expf` where
+/// the result is normal; see the Rust crate's documentation).
 ///
 /// # Safety
 /// As `kn_add`.
@@ -396,7 +402,8 @@ pub unsafe extern "C" fn kn_exp(backend: i32, x: *const f32, out: *mut f32, len:
     unsafe { unary(backend, x, out, len, Kernels::exp) }
 }
 
-/// `out = tanh(x)`, element by element (≤ 2 ulp from the exact value).
+/// `out = tanh(x)`, element by element (within 2 ulp of libm's `tanhf`;
+/// see the Rust crate's documentation).
 ///
 /// # Safety
 /// As `kn_add`.
@@ -512,7 +519,7 @@ pub unsafe extern "C" fn kn_add_bias(
     })
 }
 
-/// `*out = Σ x` (pairwise, in a fixed order).
+/// `*out = Σ x` (in a fixed order for a given backend and `len`).
 ///
 /// # Safety
 /// `x` covers `len` floats; `out` is a writable float.
@@ -537,7 +544,7 @@ pub unsafe extern "C" fn kn_sum_squares(
     unsafe { reduce(backend, x, len, out, Kernels::sum_squares) }
 }
 
-/// `*out = max x` (−inf for `len` 0; NaN if any element is NaN).
+/// `*out = max x`, ignoring NaN (−inf for `len` 0 or all NaN).
 ///
 /// # Safety
 /// As `kn_sum`.
@@ -789,7 +796,7 @@ pub unsafe extern "C" fn kn_transpose(
     guard(|| {
         let kernels = kernels_for(backend)?;
         let src = matrix(src, rows, cols, src_stride)?;
-        let dst = output(dst, strided_len(cols, rows, dst_stride)?)?;
+        let dst = output(dst, MatRef::strided_len(cols, rows, dst_stride)?)?;
         disjoint(dst.span, &[src.span])?;
         // SAFETY: forwarded; `dst` overlaps `src` nowhere (checked above).
         let (src, dst) = unsafe { (src.slice(), dst.slice_mut()) };
@@ -840,7 +847,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_workspace_len(
 /// `kn_gemm` with A and B rounded to bf16 as they are read and the
 /// products summed in f32, on the backend's bf16 unit (`kn_bf16_unit`).
 /// Each element is within (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| + |beta·c|) of the
-/// exact product of the rounded operands.
+/// exact product of the rounded operands, except that AVX512-BF16 and AMX
+/// read subnormal bf16 operands as zero.
 ///
 /// # Safety
 /// As `kn_gemm`, with `kn_gemm_bf16_workspace_len` floats of workspace.
@@ -979,7 +987,7 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
         let (rows, cols) = stored(m, k, trans_a)?;
         let a = matrix(a, rows, cols, lda)?;
         let slots = input(slots, slots_len)?;
-        let c = output(c, strided_len(m, n, ldc)?)?;
+        let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
         let workspace = output(workspace, workspace_len)?;
         disjoint(c.span, &[a.span, slots.span])?;
         disjoint(workspace.span, &[a.span, c.span, slots.span])?;
@@ -1059,7 +1067,7 @@ unsafe fn product<'a>(
     let (b_rows, b_cols) = stored(k, n, trans_b)?;
     let a = matrix(a, a_rows, a_cols, lda)?;
     let b = matrix(b, b_rows, b_cols, ldb)?;
-    let c = output(c, strided_len(m, n, ldc)?)?;
+    let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
     let workspace = output(workspace, workspace_len)?;
     disjoint(c.span, &[a.span, b.span])?;
     disjoint(workspace.span, &[a.span, b.span, c.span])?;
@@ -1212,20 +1220,6 @@ fn transposed(m: MatRef, flag: i32) -> MatRef {
     }
 }
 
-/// Elements a `rows × cols` matrix with row stride `stride` spans.
-fn strided_len(rows: usize, cols: usize, stride: usize) -> Result<usize, Status> {
-    if rows == 0 || cols == 0 {
-        return Ok(0);
-    }
-    if stride < cols {
-        return Err(Status(KN_ERR_SHAPE));
-    }
-    (rows - 1)
-        .checked_mul(stride)
-        .and_then(|x| x.checked_add(cols))
-        .ok_or(Status(KN_ERR_SHAPE))
-}
-
 /// The elements a `rows × cols` matrix with row stride `stride` at `ptr`
 /// spans, as an input.
 fn matrix(
@@ -1234,7 +1228,7 @@ fn matrix(
     cols: usize,
     stride: usize,
 ) -> Result<Buf<*const f32>, Status> {
-    input(ptr, strided_len(rows, cols, stride)?)
+    input(ptr, MatRef::strided_len(rows, cols, stride)?)
 }
 
 /// A caller's buffer, checked but not yet borrowed: `len` elements at
@@ -1393,9 +1387,10 @@ type ParallelFor = unsafe extern "C" fn(
 /// in order on the calling thread (as [`kernels::Sequential`] runs them).
 struct HostExecutor<'a>(Option<(&'a kn_executor, ParallelFor)>);
 
-// SAFETY: the header's contract for `parallel_for` is that it may be
-// called from the thread that called the routine and runs pieces on the
-// host's threads; the context pointer is the host's to synchronize.
+// SAFETY: the only shared access is `run`, which the routines call from
+// their calling thread alone (as `kn_executor`'s documentation tells the
+// host); the pieces it hands out are `Sync`, and `ctx` is the host's to
+// synchronize among its own threads.
 unsafe impl Sync for HostExecutor<'_> {}
 
 impl Executor for HostExecutor<'_> {
@@ -1419,6 +1414,9 @@ impl Executor for HostExecutor<'_> {
 
 /// Runs piece `i` of the closure behind `piece_ctx`. A panic must not
 /// unwind into the host: it aborts (the routines never panic on input).
+/// # Safety
+/// `piece_ctx` is the pointer `HostExecutor::run` passed to
+/// `parallel_for`, which has not yet returned.
 unsafe extern "C" fn run_piece(piece_ctx: *mut c_void, i: size_t) {
     // SAFETY: `piece_ctx` is the `&dyn Fn` that `HostExecutor::run` passed,
     // alive until `parallel_for` returns.

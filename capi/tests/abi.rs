@@ -4,6 +4,7 @@
 
 use std::ffi::{c_void, CStr};
 
+use kernels::MatRef;
 use kernels_c::*;
 
 /// A `kn_executor` whose `parallel_for` runs the pieces on scoped threads,
@@ -155,6 +156,23 @@ fn gemm_matches_a_triple_loop_and_is_bit_identical_on_the_host_threads() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn a_single_rows_stride_is_free_as_in_rust() {
+    // A 1 × 4 A with stride 1 < k: only its one row is read, as
+    // `MatRef::strided` allows; C (1 × 3) likewise with stride 1.
+    let (a, b) = (values(4, 3), values(4 * 3, 4));
+    let mut c = [f32::NAN; 3];
+    assert_eq!(MatRef::strided_len(1, 4, 1), Ok(4));
+    assert_eq!(
+        gemm(None, (0, 0), (1, 3, 4), &a, 1, &b, 3, 0.0, &mut c, 1),
+        KN_OK
+    );
+    for (j, &got) in c.iter().enumerate() {
+        let want: f32 = (0..4).map(|l| a[l] * b[l * 3 + j]).sum::<f32>() * 0.5;
+        assert!((got - want).abs() <= 1e-5, "C[{j}] = {got}, want {want}");
     }
 }
 

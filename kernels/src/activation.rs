@@ -39,6 +39,22 @@ impl Kernels {
     }
 
     /// Backward of [`Kernels::gelu_forward`]: **adds** `gelu'(x) · dout` into `dx`.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let x = [-1.5, 0.0, 0.7];
+    /// let mut dx = [1.0; 3]; // gradients accumulate
+    /// k.gelu_backward(&x, &[1.0; 3], &mut dx)?;
+    /// assert!((dx[1] - 1.5).abs() < 1e-6); // gelu'(0) = 1/2
+    /// // Against a central difference of the forward.
+    /// let (h, mut up, mut down) = (1e-3, [0.0; 3], [0.0; 3]);
+    /// k.gelu_forward(&x.map(|v| v + h), &mut up)?;
+    /// k.gelu_forward(&x.map(|v| v - h), &mut down)?;
+    /// for i in 0..3 {
+    ///     assert!((dx[i] - 1.0 - (up[i] - down[i]) / (2.0 * h)).abs() < 1e-3);
+    /// }
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
     pub fn gelu_backward(
         &self,
         x: &[f32],

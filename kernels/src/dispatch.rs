@@ -54,12 +54,17 @@ impl Kernels {
     /// A handle running `backend`, or [`KernelError::UnsupportedBackend`] if
     /// this CPU (or OS) cannot run it.
     pub fn new(backend: Backend) -> Result<Kernels, KernelError> {
-        Kernels::new_on(backend, Backend::detected(), Bf16Unit::detected())
+        // SAFETY: the detection's own results.
+        unsafe { Kernels::new_on(backend, Backend::detected(), Bf16Unit::detected()) }
     }
 
     /// [`Kernels::new`] on a CPU whose best backend is `detected` and best
     /// bf16 unit `detected_bf16`.
-    pub(crate) fn new_on(
+    ///
+    /// # Safety
+    /// `detected` and `detected_bf16` claim nothing this CPU (and OS)
+    /// lacks, except in a call that is refused.
+    pub(crate) unsafe fn new_on(
         backend: Backend,
         detected: Backend,
         detected_bf16: Bf16Unit,
@@ -81,12 +86,18 @@ impl Kernels {
             Backend::Avx512 => detected_bf16,
             _ => Bf16Unit::Portable,
         };
-        Ok(Kernels::on(isa, bf16))
+        // SAFETY: `backend` is at most `detected`, and `bf16` is the
+        // detected unit, on this CPU by the caller's contract.
+        Ok(unsafe { Kernels::on(isa, bf16) })
     }
 
-    /// A handle running `isa` (which detection allowed) with bf16 products
-    /// on `bf16`, its GEMM blocked for this CPU's caches.
-    pub(crate) fn on(isa: Isa, bf16: Bf16Unit) -> Kernels {
+    /// A handle running `isa` with bf16 products on `bf16`, its GEMM
+    /// blocked for this CPU's caches.
+    ///
+    /// # Safety
+    /// `isa` and `bf16` run on this CPU: detection found them, or `isa` is
+    /// scalar or emulated (whose bf16 units are emulated too).
+    pub(crate) unsafe fn on(isa: Isa, bf16: Bf16Unit) -> Kernels {
         let blocking = crate::gemm::blocking_for(isa, Cpu::detected().caches());
         Kernels {
             isa,
@@ -98,7 +109,8 @@ impl Kernels {
     /// A handle running the fastest backend this CPU supports.
     pub fn best() -> Kernels {
         Kernels::new(Backend::detected())
-            .unwrap_or_else(|_| Kernels::on(Isa::Scalar, Bf16Unit::Portable))
+            // SAFETY: the scalar backend runs everywhere.
+            .unwrap_or_else(|_| unsafe { Kernels::on(Isa::Scalar, Bf16Unit::Portable) })
     }
 
     /// Where this handle's bf16 products run: the best unit its backend
@@ -122,12 +134,18 @@ impl Kernels {
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
     pub fn with_bf16_unit(self, unit: Bf16Unit) -> Result<Kernels, KernelError> {
-        self.with_bf16_unit_on(unit, detected_bf16())
+        // SAFETY: the detection's own result.
+        unsafe { self.with_bf16_unit_on(unit, detected_bf16()) }
     }
 
     /// [`Kernels::with_bf16_unit`] on a CPU where bf16 detection `found`
     /// what it says.
-    pub(crate) fn with_bf16_unit_on(
+    ///
+    /// # Safety
+    /// `found` claims nothing this CPU (and OS) lacks, unless this handle
+    /// runs an emulated instruction set (whose bf16 units are emulated
+    /// too).
+    pub(crate) unsafe fn with_bf16_unit_on(
         self,
         unit: Bf16Unit,
         found: Bf16Detection,

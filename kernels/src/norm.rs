@@ -54,6 +54,20 @@ impl Kernels {
     /// `x`, `gamma` and row statistics and the gradient `dout` of its output.
     /// **Adds** into `dx`, `dgamma` and `dbeta` (so gradients of a residual
     /// stream and of several micro-batches accumulate).
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let (x, gamma, beta) = ([1.0, 2.0, 4.0], [1.0; 3], [0.0; 3]);
+    /// let (mut out, mut mean, mut rstd) = ([0.0; 3], [0.0], [0.0]);
+    /// k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut out, &mut mean, &mut rstd)?;
+    /// let dout = [0.5, -1.0, 2.0];
+    /// let (mut dx, mut dgamma, mut dbeta) = ([0.0; 3], [0.0; 3], [0.0; 3]);
+    /// k.layer_norm_backward(&x, &gamma, &mean, &rstd, &dout, &mut dx, &mut dgamma, &mut dbeta)?;
+    /// assert_eq!(dbeta, dout); // d/dbeta is dout itself
+    /// // A normalised row does not move when the input shifts: Σ dx = 0.
+    /// assert!(dx.iter().sum::<f32>().abs() < 1e-5);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
     #[allow(clippy::too_many_arguments)] // the math has this many operands
     pub fn layer_norm_backward(
         &self,

@@ -27,9 +27,10 @@ pub trait Executor: Sync {
 
     /// Calls `piece(i)` exactly once for every `i` in `0..pieces`, in any
     /// order and possibly concurrently, and returns when all have returned.
-    /// (The routines stay sound under an executor that breaks this: a
-    /// repeated or out-of-range call does nothing, and the pieces never
-    /// called run on the calling thread after `run` returns.)
+    /// (The routines stay sound under an executor that breaks this: each
+    /// piece still runs once. A repeated or out-of-range call runs no piece
+    /// twice (beyond 4096 pieces it may run one not yet run), and the
+    /// pieces never run run on the calling thread after `run` returns.)
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync));
 }
 

@@ -14,7 +14,7 @@ const CHAINS: usize = 12;
 impl Kernels {
     /// Runs `iters` rounds of 12 independent multiply-add chains on
     /// full vectors and returns the floating-point operations done (2 per
-    /// lane per multiply-add). Time it to get this backend's peak FLOP/s on
+    /// lane per multiply-add; saturating). Time it to get this backend's peak FLOP/s on
     /// one core; run it on several threads for the peak of several.
     ///
     /// ```
@@ -34,7 +34,7 @@ impl Kernels {
         );
         // The result depends on every chain, so none can be optimised away.
         core::hint::black_box(result);
-        (iters * CHAINS * lanes * 2) as u64
+        (iters as u64).saturating_mul((CHAINS * lanes * 2) as u64)
     }
 }
 

@@ -15,7 +15,7 @@
 //! of A. [`TileProduct`] is what the loop nest in `bf16.rs` sees; an
 //! emulated tile runs the same blocking on any CPU in tests.
 
-use super::bf16::{pair, Bf16Input, NR, ROUND_CHUNK};
+use super::bf16::{pair, round_row_pairs, Bf16Input, NR};
 use super::MatRef;
 use crate::{Bf16, Kernels};
 
@@ -59,7 +59,6 @@ pub(super) fn pack_rows<T: Bf16Input>(
     if pairs == 0 {
         return;
     }
-    let mut chunk = [zero; ROUND_CHUNK];
     for (i, slots) in panel.chunks_exact_mut(pairs).enumerate() {
         let r = p * MR + i;
         if r >= rows {
@@ -68,14 +67,7 @@ pub(super) fn pack_rows<T: Bf16Input>(
         }
         if cs == 1 {
             let row = &src.data[r * rs..][..cols];
-            for (c, part) in row.chunks(ROUND_CHUNK).enumerate() {
-                let out = &mut chunk[..part.len()];
-                T::round_slice(kernels, part, out);
-                for (j, two) in out.chunks(2).enumerate() {
-                    slots[c * ROUND_CHUNK / 2 + j] =
-                        pair(two[0], two.get(1).copied().unwrap_or(zero));
-                }
-            }
+            round_row_pairs(kernels, row, |q, two| slots[q] = two);
         } else {
             for (q, slot) in slots.iter_mut().enumerate().take(cols.div_ceil(2)) {
                 let hi = if 2 * q + 1 < cols {
@@ -244,7 +236,7 @@ impl TileProduct for AmxTiles {
                 options(nostack),
             );
         }
-        iters as u64 * 4 * 2 * TILE_MACS
+        (iters as u64).saturating_mul(4 * 2 * TILE_MACS)
     }
 }
 
@@ -282,6 +274,6 @@ impl TileProduct for EmulatedTiles {
             self.block(&a, K_STEP, &b, 1, &mut c);
         }
         core::hint::black_box(&c);
-        iters as u64 * 4 * 2 * TILE_MACS
+        (iters as u64).saturating_mul(4 * 2 * TILE_MACS)
     }
 }

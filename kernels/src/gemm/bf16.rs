@@ -128,14 +128,15 @@ impl Kernels {
         }
         let sums = match self.pair_unit() {
             #[cfg(target_arch = "x86_64")]
-            Some(PairIsa::V4Bf16) => pair_chains(V4Bf16(()), iters),
+            // SAFETY: `pair_unit` names `V4Bf16` only on a detected unit.
+            Some(PairIsa::V4Bf16) => pair_chains(unsafe { V4Bf16::detected() }, iters),
             #[cfg(test)]
             Some(PairIsa::Emulated) => pair_chains(EmulatedPairs, iters),
             None => return self.fma_peak_loop(iters),
         };
         // The result depends on every chain, so none can be optimised away.
         core::hint::black_box(sums);
-        (iters * PEAK_CHAINS * 16 * 4) as u64
+        (iters as u64).saturating_mul((PEAK_CHAINS * 16 * 4) as u64)
     }
 
     /// The pair-dot unit this handle's bf16 products run on, if any (the
@@ -170,7 +171,9 @@ impl Kernels {
     ///
     /// Error bound: each element differs from the exact product of the
     /// rounded operands by at most about (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| +
-    /// |beta·c|), the bound of the f32 GEMM.
+    /// |beta·c|), the bound of the f32 GEMM; except that AVX512-BF16 and
+    /// AMX read a subnormal bf16 operand as zero (and flush subnormal
+    /// partial sums), so a product with a subnormal operand may be missing.
     ///
     /// ```
     /// use kernels::{Bf16, Kernels, MatMut, MatRef};
@@ -395,8 +398,10 @@ impl Kernels {
         for (j, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
             match self.pair_unit() {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: as in `gemm_bf16_with`: the unit was detected.
-                Some(PairIsa::V4Bf16) => V4Bf16(()).enter(|_| pack_panel(self, &bt, NR, j, panel)),
+                Some(PairIsa::V4Bf16) => {
+                    // SAFETY: `pair_unit` names `V4Bf16` only on a detected unit.
+                    unsafe { V4Bf16::detected() }.enter(|_| pack_panel(self, &bt, NR, j, panel))
+                }
                 _ => pack_panel(self, &bt, NR, j, panel),
             }
         }
@@ -478,10 +483,14 @@ impl Kernels {
         let tiles = self.tile_unit();
         match unit {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `PairIsa::V4Bf16` comes from a handle on the AVX-512
-            // backend whose bf16 unit is AVX512-BF16 or AMX, which
-            // `Kernels::new`/`with_bf16_unit` grant only after detection.
-            PairIsa::V4Bf16 => run_pairs(V4Bf16(()), tiles, self, exec, product, packed_a),
+            PairIsa::V4Bf16 => {
+                // SAFETY: `PairIsa::V4Bf16` comes from a handle on the
+                // AVX-512 backend whose bf16 unit is AVX512-BF16 or AMX,
+                // which `Kernels::new`/`with_bf16_unit` grant only after
+                // detection.
+                let unit = unsafe { V4Bf16::detected() };
+                run_pairs(unit, tiles, self, exec, product, packed_a)
+            }
             #[cfg(test)]
             PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
         }
@@ -641,6 +650,29 @@ pub(super) fn pair(lo: Bf16, hi: Bf16) -> f32 {
     f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
 }
 
+/// Rounds the contiguous `row` to bf16 a chunk at a time and hands each
+/// pair of it to `put(q, pair(row[2q], row[2q + 1]))`, the last padded
+/// with zero.
+#[inline(always)]
+pub(super) fn round_row_pairs<T: Bf16Input>(
+    kernels: &Kernels,
+    row: &[T],
+    mut put: impl FnMut(usize, f32),
+) {
+    let zero = Bf16::default();
+    let mut chunk = [zero; ROUND_CHUNK];
+    for (c, part) in row.chunks(ROUND_CHUNK).enumerate() {
+        let out = &mut chunk[..part.len()];
+        T::round_slice(kernels, part, out);
+        for (j, two) in out.chunks(2).enumerate() {
+            put(
+                c * ROUND_CHUNK / 2 + j,
+                pair(two[0], two.get(1).copied().unwrap_or(zero)),
+            );
+        }
+    }
+}
+
 /// Packs panel `p` of the rows of `src` (as used): rows `p·width..` (at
 /// most [`NR`] of them), holding for each pair `q` of columns the pairs
 /// `(src[r][2q], src[r][2q + 1])` of its rows, `width` slots per pair;
@@ -657,13 +689,11 @@ fn pack_panel<T: Bf16Input>(
 ) {
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
-    let zero = Bf16::default();
     let first = p * width;
     let live = width.min(rows - first);
     if cs == 1 {
-        // Rows are contiguous: round each row in chunks, then deal its
-        // pairs out to the panel, `width` slots apart.
-        let mut chunk = [zero; ROUND_CHUNK];
+        // Rows are contiguous: deal each row's pairs out to the panel,
+        // `width` slots apart.
         for i in 0..width {
             if i >= live {
                 panel
@@ -674,14 +704,7 @@ fn pack_panel<T: Bf16Input>(
                 continue;
             }
             let row = &src.data[(first + i) * rs..][..cols];
-            for (c, part) in row.chunks(ROUND_CHUNK).enumerate() {
-                let out = &mut chunk[..part.len()];
-                T::round_slice(kernels, part, out);
-                for (j, two) in out.chunks(2).enumerate() {
-                    let q = c * ROUND_CHUNK / 2 + j;
-                    panel[q * width + i] = pair(two[0], two.get(1).copied().unwrap_or(zero));
-                }
-            }
+            round_row_pairs(kernels, row, |q, two| panel[q * width + i] = two);
         }
         // The pad pairs past the last column.
         panel[cols.div_ceil(2) * width..].fill(0.0);
@@ -1023,6 +1046,15 @@ struct V4Bf16(());
 
 #[cfg(target_arch = "x86_64")]
 impl V4Bf16 {
+    /// The proof that the unit may run; the one place a `V4Bf16` is made.
+    ///
+    /// # Safety
+    /// [`Bf16Unit::Avx512Bf16`] or [`Bf16Unit::Amx`] must have been
+    /// detected on an AVX-512 handle (a [`PairIsa::V4Bf16`] unit).
+    unsafe fn detected() -> V4Bf16 {
+        V4Bf16(())
+    }
+
     /// # Safety
     /// The CPU must support AVX512F, AVX512BW and AVX512-BF16 and the OS
     /// must save ZMM state ([`Bf16Unit::Avx512Bf16`] detected).
@@ -1034,7 +1066,7 @@ impl V4Bf16 {
 }
 
 // Every `unsafe` below calls an AVX-512 intrinsic. SAFETY (for all of
-// them): a `V4Bf16` value exists only inside `V4Bf16::vectorize`, whose
+// them): a `V4Bf16` value is made only by `V4Bf16::detected`, whose
 // contract is that the CPU supports them; loads read slices whose length
 // was checked on the line before.
 #[cfg(target_arch = "x86_64")]
@@ -1044,7 +1076,8 @@ impl PairDot for V4Bf16 {
 
     #[inline(always)]
     fn enter<R>(self, f: impl FnOnce(Self) -> R) -> R {
-        // SAFETY: holding `self` proves the unit was detected.
+        // SAFETY: holding `self` proves the unit was detected
+        // (`V4Bf16::detected`).
         unsafe { V4Bf16::vectorize(f) }
     }
     #[inline(always)]

@@ -1,8 +1,8 @@
 //! Single-precision matrix multiply, `C = alpha · op(A) · op(B) + beta · C`,
 //! BLIS-style: a register-blocked microkernel per instruction set sweeps
 //! panels of op(A) and op(B), packed into a caller-supplied workspace where
-//! that pays (B unless small; A only when huge: see `blocked.rs`) and read
-//! in place otherwise. Products with very few rows skip packing.
+//! that pays (B unless small; A when its rows would crowd L1 or the product
+//! is huge: the rules are in `blocking.rs`) and read in place otherwise. Products with very few rows skip packing.
 //!
 //! - `microkernel`: the [`GemmKernel`] trait, one instance per ISA, and the
 //!   blocking constants with their reasoning;
@@ -56,8 +56,8 @@ impl<'a, T> MatRef<'a, T> {
 
     /// A `rows × cols` matrix whose row `r` starts at `data[r * row_stride]`,
     /// e.g. one head's columns inside a wider buffer. `row_stride` must be at
-    /// least `cols` (rows may not overlap); `data` may extend past the last
-    /// row.
+    /// least `cols` (rows may not overlap) unless there is one row; `data`
+    /// may extend past the last row ([`MatRef::strided_len`]).
     pub fn strided(
         data: &'a [T],
         rows: usize,
@@ -120,6 +120,21 @@ impl<'a, T: Copy> MatRef<'a, T> {
 }
 
 impl<'a> MatRef<'a> {
+    /// The fewest elements a `rows × cols` view with row stride
+    /// `row_stride` ([`MatRef::strided`], [`MatMut::strided`]) needs:
+    /// `(rows - 1) · row_stride + cols`, or 0 when empty. For a caller that
+    /// must know the extent before it has a slice (a C caller's pointer).
+    ///
+    /// ```
+    /// use kernels::MatRef;
+    /// assert_eq!(MatRef::strided_len(3, 4, 10)?, 24);
+    /// assert!(MatRef::strided_len(3, 4, 3).is_err()); // rows would overlap
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn strided_len(rows: usize, cols: usize, row_stride: usize) -> Result<usize, KernelError> {
+        strided_len(rows, cols, row_stride)
+    }
+
     fn operand(&self) -> Operand<'a> {
         let (rs, cs) = self.strides();
         Operand {
@@ -305,6 +320,38 @@ impl Kernels {
     /// several threads: packed B is shared and each piece computes its own
     /// block of C. The result does not depend on the executor or the
     /// number of threads (each element of C is summed in the same order).
+    ///
+    /// ```
+    /// use kernels::{Executor, Kernels, MatMut, MatRef, Sequential};
+    ///
+    /// /// Two threads of the standard library, taking alternate pieces.
+    /// struct TwoThreads;
+    /// impl Executor for TwoThreads {
+    ///     fn threads(&self) -> usize {
+    ///         2
+    ///     }
+    ///     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync)) {
+    ///         std::thread::scope(|s| {
+    ///             for first in 0..2 {
+    ///                 s.spawn(move || (first..pieces).step_by(2).for_each(piece));
+    ///             }
+    ///         });
+    ///     }
+    /// }
+    ///
+    /// let k = Kernels::best();
+    /// let (m, n, d) = (64, 48, 32);
+    /// let a: Vec<f32> = (0..m * d).map(|i| (i % 7) as f32).collect();
+    /// let b: Vec<f32> = (0..d * n).map(|i| (i % 5) as f32 - 2.0).collect();
+    /// let mut workspace = vec![0.0; k.gemm_workspace_len(m, n, d)];
+    /// let (mut split, mut alone) = (vec![0.0; m * n], vec![0.0; m * n]);
+    /// for (exec, c) in [(&TwoThreads as &dyn Executor, &mut split), (&Sequential, &mut alone)] {
+    ///     let (a, b) = (MatRef::new(&a, m, d)?, MatRef::new(&b, d, n)?);
+    ///     k.gemm_with(exec, 1.0, a, b, 0.0, MatMut::new(c, m, n)?, &mut workspace)?;
+    /// }
+    /// assert_eq!(split, alone); // bit for bit
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_with<E: Executor + ?Sized>(
         &self,

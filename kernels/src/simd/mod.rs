@@ -76,7 +76,9 @@ pub(crate) trait Simd: Copy {
     fn select(self, mask: Self::M, a: Self::V, b: Self::V) -> Self::V;
 
     fn reduce_sum(self, v: Self::V) -> f32;
-    /// Horizontal maximum; NaN lanes are ignored unless all are NaN.
+    /// Horizontal maximum of lanes that hold no NaN (as `row_max` gives):
+    /// the x86 max instructions pass a NaN through or not depending on
+    /// its lane.
     fn reduce_max(self, v: Self::V) -> f32;
 
     /// Transposes one `LANES × LANES` tile in registers: `row(r)` gives row

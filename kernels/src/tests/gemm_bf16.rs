@@ -40,7 +40,7 @@ fn bf16_kernels() -> Vec<(&'static str, Kernels)> {
         ("emulated-tiles", Bf16Unit::Amx),
     ] {
         let isa = Isa::Emulated16;
-        all.push((name, Kernels::on(isa, unit)));
+        all.push((name, emulated(isa, unit)));
     }
     all
 }
@@ -265,7 +265,12 @@ fn gemm_bf16_packed_refuses_bad_shapes_and_short_buffers() {
 #[test]
 fn amx_is_granted_only_with_the_tile_data_permission() {
     use crate::backend::{AmxState, Bf16Detection};
-    let avx512 = Kernels::on(Isa::Emulated16, Bf16Unit::Avx512Bf16);
+    let with_unit = |k: Kernels, unit, found: Bf16Detection| {
+        assert_eq!(k.isa, Isa::Emulated16);
+        // SAFETY: the handle is emulated, so are its bf16 units.
+        unsafe { k.with_bf16_unit_on(unit, found) }
+    };
+    let avx512 = emulated(Isa::Emulated16, Bf16Unit::Avx512Bf16);
     let granted = Bf16Detection {
         best: Bf16Unit::Amx,
         amx: AmxState::Granted,
@@ -278,20 +283,16 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
         best: Bf16Unit::Avx512Bf16,
         amx: AmxState::Absent,
     };
-    let k = avx512.with_bf16_unit_on(Bf16Unit::Amx, granted).unwrap();
+    let k = with_unit(avx512, Bf16Unit::Amx, granted).unwrap();
     assert_eq!(k.bf16_unit(), Bf16Unit::Amx);
     // Refused: a clear error naming the permission, not a tile instruction.
-    let err = avx512
-        .with_bf16_unit_on(Bf16Unit::Amx, refused)
-        .unwrap_err();
+    let err = with_unit(avx512, Bf16Unit::Amx, refused).unwrap_err();
     assert_eq!(err, KernelError::AmxPermissionRefused(-1));
     assert!(std::format!("{err}").contains("AMX"));
     // The other units stay available.
-    let k = avx512
-        .with_bf16_unit_on(Bf16Unit::Avx512Bf16, refused)
-        .unwrap();
+    let k = with_unit(avx512, Bf16Unit::Avx512Bf16, refused).unwrap();
     assert_eq!(k.bf16_unit(), Bf16Unit::Avx512Bf16);
-    let err = avx512.with_bf16_unit_on(Bf16Unit::Amx, absent).unwrap_err();
+    let err = with_unit(avx512, Bf16Unit::Amx, absent).unwrap_err();
     assert_eq!(err, KernelError::UnsupportedBf16Unit(Bf16Unit::Amx));
     // Names round-trip.
     for unit in Bf16Unit::ALL {
@@ -305,7 +306,7 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
 
 #[test]
 fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
-    let tiles = Kernels::on(Isa::Emulated16, Bf16Unit::Amx);
+    let tiles = emulated(Isa::Emulated16, Bf16Unit::Amx);
     bf16_tile_edges("emulated-tiles", tiles);
 }
 

@@ -23,7 +23,18 @@ use freestanding::Rng;
 
 /// The scalar reference.
 pub(super) fn scalar() -> Kernels {
-    Kernels::on(Isa::Scalar, crate::Bf16Unit::Portable)
+    emulated(Isa::Scalar, crate::Bf16Unit::Portable)
+}
+
+/// A handle on the scalar or an emulated instruction set, with its bf16
+/// products on `bf16` (emulated too, on these): runs on any CPU.
+pub(super) fn emulated(isa: Isa, bf16: crate::Bf16Unit) -> Kernels {
+    assert!(matches!(
+        isa,
+        Isa::Scalar | Isa::Emulated8 | Isa::Emulated16
+    ));
+    // SAFETY: scalar and emulated code runs on any CPU (checked above).
+    unsafe { Kernels::on(isa, bf16) }
 }
 
 /// Every SIMD implementation testable here: the real ones this CPU supports
@@ -40,11 +51,11 @@ pub(super) fn simd_kernels() -> Vec<(&'static str, Kernels)> {
     }
     all.push((
         "emulated8",
-        Kernels::on(Isa::Emulated8, crate::Bf16Unit::Portable),
+        emulated(Isa::Emulated8, crate::Bf16Unit::Portable),
     ));
     all.push((
         "emulated16",
-        Kernels::on(Isa::Emulated16, crate::Bf16Unit::Portable),
+        emulated(Isa::Emulated16, crate::Bf16Unit::Portable),
     ));
     all
 }
