@@ -11,16 +11,16 @@ use log::info;
 use crate::data::{self, DataSource};
 use crate::error::Error;
 use crate::logger::print_stdout;
+use crate::memory::{check_memory, Footprint};
 use crate::metrics::{
-    measure_peak_gflops, peak_rss_bytes, BenchRecord, GenerateRecord, JsonLines, Record, RunShape,
+    measure_peak_gflops, mib, peak_rss_bytes, BenchRecord, GenerateRecord, JsonLines, Record,
+    RunShape,
 };
 use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::train::optim::{Optimizer, OptimizerSettings};
-use crate::train::{
-    check_memory, log_step, train_step, BatchBuffers, DataParallel, Footprint, StepTimes,
-};
+use crate::train::{log_step, train_step, BatchBuffers, DataParallel, StepTimes};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -87,10 +87,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
     } else {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Runs the benchmark, logging each step, and prints the tables. MFU is
@@ -165,11 +161,11 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
         Footprint::training(&cfg, s.batch, max_t, s.recompute),
         s.batch,
-        mib(KvCache::new(&cfg).cache_bytes())
+        mib(KvCache::new(&cfg).cache_bytes() as f64)
     );
     info!(
         "{memory} | Peak resident memory so far: {:.1} MiB",
-        mib(peak_rss_bytes() as usize)
+        mib(peak_rss_bytes() as f64)
     );
 
     let mut rows: Vec<BenchRecord> = Vec::new();
@@ -493,7 +489,7 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
     outln!(
         out,
         "{memory}\nPeak resident memory: {:.1} MiB",
-        mib(peak_rss_bytes() as usize)
+        mib(peak_rss_bytes() as f64)
     );
     print_stdout(&out);
 }

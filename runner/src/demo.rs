@@ -5,7 +5,7 @@
 
 use log::info;
 
-use crate::data::{self, corpus, Tokenizer};
+use crate::data::{corpus, Tokenizer};
 use crate::error::Error;
 use crate::generate::{generate, GenerationStats, Sampling};
 use crate::logger::{print_bytes, print_stdout};
@@ -54,10 +54,10 @@ pub fn sample_check(model: &mut Gpt) -> Result<(), Error> {
     };
     print_stdout("Sample from the trained model (temperature 0.5):\n");
     let stats = sample(model, "\n", 200, &sampling, |token| {
-        print_bytes(&data::decode(&[token]))
+        print_bytes(&Tokenizer::Byte.decode(&[token]).unwrap_or_default())
     })?;
     print_stdout("\n");
-    let text = String::from_utf8_lossy(&data::decode(&stats.tokens)).into_owned();
+    let text = String::from_utf8_lossy(&Tokenizer::Byte.decode(&stats.tokens)?).into_owned();
     // The first and last lines may be cut off.
     let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
     let complete = &lines[..lines.len().saturating_sub(1)];
@@ -85,7 +85,7 @@ pub fn held_out_check(model: &mut Gpt) -> Result<(), Error> {
     let questions = corpus::held_out_questions(QUESTIONS);
     for (i, (question, answer)) in questions.iter().enumerate() {
         let stats = sample(model, &format!("\n{question}"), 4, &greedy, |_| {})?;
-        let text = String::from_utf8_lossy(&data::decode(&stats.tokens)).into_owned();
+        let text = String::from_utf8_lossy(&Tokenizer::Byte.decode(&stats.tokens)?).into_owned();
         let given = text.split('\n').next().unwrap_or_default();
         let correct = given == answer;
         right += usize::from(correct);
@@ -113,6 +113,6 @@ fn sample(
     emit: impl FnMut(u32) + Send,
 ) -> Result<GenerationStats, Error> {
     let mut cache = model.new_cache();
-    let prompt = data::encode(prompt.as_bytes());
+    let prompt = Tokenizer::Byte.encode(prompt.as_bytes());
     generate(model, &mut cache, &prompt, max_new, sampling, 7, emit)
 }

@@ -45,6 +45,10 @@ pub enum Error {
         /// The gradient norm before clipping.
         norm: f32,
     },
+    /// The processes of a data-parallel run stopped agreeing (MPI gave
+    /// the ranks different bits).
+    #[error("data-parallel run: {0}")]
+    Ranks(String),
     /// The thread pool could not start.
     #[error("cannot start {threads} threads: {reason}")]
     Threads {
@@ -63,6 +67,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A checkpoint error: the directory `path`, and what is wrong with it.
+    pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
+        Error::Checkpoint {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {

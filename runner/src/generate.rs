@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use crate::error::Error;
-use crate::metrics::ms_since;
+use crate::metrics::{mib, ms_since, peak_rss_bytes};
 use crate::model::{Gpt, KvCache, ModelConfig};
 use crate::rng::Rng;
 
@@ -148,7 +148,6 @@ impl GenerationStats {
 
     /// The `Generation complete` log line.
     pub fn log(&self) {
-        let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
         log::info!(
             "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB | Peak resident memory: {:.1} MiB",
             self.tokens.len(),
@@ -158,7 +157,7 @@ impl GenerationStats {
             self.sampling_ms,
             self.tokens_per_sec(),
             mib(self.cache_bytes as f64),
-            mib(crate::metrics::peak_rss_bytes() as f64)
+            mib(peak_rss_bytes() as f64)
         );
     }
 }

@@ -5,8 +5,9 @@
 //! - `model`: the GPT-2 model (shapes, tensors, layers, the block, passes)
 //! - `train`: the training loop and AdamW; `eval`: loss on a text;
 //!   `generate`: sampling with the KV cache; `bench`: speed
-//! - `data`: byte tokens, the embedded corpus, batches; `demo`: the
-//!   default job's recipe and checks
+//! - `data`: text, shards and the embedded corpus, the byte and GPT-2
+//!   tokenizers, `prepare`, training windows; `demo`: the default job's
+//!   recipe and checks
 //! - `checkpoint`: the Hugging Face layout, atomic saves, run state
 //! - `metrics`, `logger`, `plot`: what a run reports; `outputs`: checks
 //!   the files it writes them to
@@ -23,6 +24,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod logger;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod outputs;

@@ -9,7 +9,10 @@ use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use kernels::{Bf16Unit, Kernels};
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::model::Precision;
 
 struct StderrLogger;
 
@@ -95,4 +98,18 @@ pub fn print_stdout(text: &str) {
 pub fn print_bytes(bytes: &[u8]) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(bytes).and_then(|_| out.flush());
+}
+
+/// What the backend line says of the precision: nothing for f32; for
+/// bf16, the unit, with a warning when it is the portable path.
+pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
+    match (precision, kernels.bf16_unit()) {
+        (Precision::F32, _) => "",
+        (Precision::Bf16, Bf16Unit::Avx512Bf16) => " | Precision: bf16 on AVX512-BF16",
+        (Precision::Bf16, Bf16Unit::Amx) => " | Precision: bf16 on AMX",
+        (Precision::Bf16, Bf16Unit::Portable) => {
+            log::warn!("this CPU or backend has no bf16 unit: bf16 runs emulated (operands rounded to bf16, f32 FMA), slower than f32");
+            " | Precision: bf16 emulated"
+        }
+    }
 }

@@ -1,12 +1,12 @@
-//! What a training run will hold in memory, from the same size functions
-//! that allocate it, checked against the machine before anything large is
-//! allocated.
+//! What a run (training, evaluation or decoding) will hold in memory, from
+//! the same size functions that allocate it, checked against the machine
+//! before anything large is allocated.
 
 use crate::error::Error;
-use crate::metrics::physical_memory_bytes;
+use crate::metrics::{mib, physical_memory_bytes};
 use crate::model::{Gpt, KvCache, ModelConfig};
 
-use super::optim::Optimizer;
+use crate::train::optim::Optimizer;
 
 /// Floats of each kind of buffer of a training run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,6 @@ impl Footprint {
 /// `parameters 12.4 MiB, gradients ...`: the start-up log line's figures.
 impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |floats: usize| floats as f64 * 4.0 / (1024.0 * 1024.0);
         let share = match self.optimizer_ranks {
             1 => String::new(),
             n => format!(" (this rank's share of {n})"),
@@ -100,10 +99,10 @@ impl std::fmt::Display for Footprint {
         write!(
             f,
             "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB",
-            mib(self.parameters),
-            mib(self.gradients),
-            mib(self.optimizer_state),
-            mib(self.activations)
+            mib(4.0 * self.parameters as f64),
+            mib(4.0 * self.gradients as f64),
+            mib(4.0 * self.optimizer_state as f64),
+            mib(4.0 * self.activations as f64)
         )
     }
 }

@@ -41,12 +41,18 @@ fn proc_kib(file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// `bytes` in MiB, for log lines.
+pub fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
 /// Peak GFLOP/s of `kernels` on `threads` cores for products in
 /// `precision` (the backend's FMA loop for f32, its bf16 unit's loop for
 /// bf16): `threads` times one core's, the best of 5 runs of the loop on
 /// one thread. (Running the loop on every thread at once read low whenever
 /// another process on this shared machine held a core: once 123 % MFU.)
-/// This assumes one thread per physical core, as the runner's default does.
+/// This assumes one thread per physical core; the runner's default is one
+/// per logical CPU, the same where cores do not run two threads each.
 pub fn measure_peak_gflops(kernels: Kernels, threads: usize, precision: Precision) -> f64 {
     const ITERS: usize = 2_000_000;
     let mut best = 0.0f64;

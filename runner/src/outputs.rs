@@ -73,7 +73,7 @@ fn check_writable(path: &Path) -> Result<(), Error> {
 }
 
 /// The folder `path` is named in (`.` for a bare name).
-fn parent(path: &Path) -> &Path {
+pub fn parent(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))

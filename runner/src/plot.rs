@@ -9,9 +9,11 @@ use crate::error::Error;
 
 /// Draws the loss curves into an SVG file at `path`.
 pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Result<(), Error> {
-    let fail = |e: String| Error::Data {
-        path: path.into(),
-        reason: format!("cannot draw the plot: {e}"),
+    let fail = |e: String| {
+        Error::io(
+            path,
+            std::io::Error::other(format!("cannot draw the plot: {e}")),
+        )
     };
     let last_step = train
         .iter()

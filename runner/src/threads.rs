@@ -59,16 +59,20 @@ impl Threads {
         }
     }
 
+    /// The thread count when none is asked for: all cores (at most
+    /// [`MAX_THREADS`]), or one without the `parallel` feature.
+    pub fn default_count() -> usize {
+        if cfg!(feature = "parallel") {
+            available_cores().min(MAX_THREADS)
+        } else {
+            1
+        }
+    }
+
     /// `count` threads, or for `None` all cores (one without the
     /// `parallel` feature).
     pub fn new(count: Option<usize>) -> Result<Threads, Error> {
-        let count = count.unwrap_or_else(|| {
-            if cfg!(feature = "parallel") {
-                available_cores().min(MAX_THREADS)
-            } else {
-                1
-            }
-        });
+        let count = count.unwrap_or_else(Threads::default_count);
         if count == 0 {
             return Err(Error::Config("--threads must be at least 1".into()));
         }

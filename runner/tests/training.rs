@@ -6,14 +6,14 @@ use common::scratch;
 
 use kernels::Kernels;
 use runner::checkpoint;
-use runner::data;
+use runner::data::Tokenizer;
 use runner::eval::evaluate;
 use runner::model::{ModelConfig, Preset};
 use runner::train::{train, TrainSettings};
 
 fn settings(steps: u32) -> TrainSettings {
     TrainSettings {
-        config: Some(Preset::Tiny.config(runner::data::Tokenizer::Byte)),
+        config: Some(Preset::Tiny.config(Tokenizer::Byte)),
         data: None,
         init_from: None,
         seq_len: None,
@@ -141,7 +141,7 @@ fn a_saved_checkpoint_evaluates_the_same() {
         ..settings(6)
     };
     let (mut model, _) = train(&s, Kernels::best()).unwrap();
-    let tokens = data::encode(b"12+34=46\n500-1=499\n7+8=15\n");
+    let tokens = Tokenizer::Byte.encode(b"12+34=46\n500-1=499\n7+8=15\n");
     let t = model.config.block_size;
     let before = evaluate(&mut model, &tokens, t, 4, None).unwrap();
     let mut loaded = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
@@ -150,7 +150,7 @@ fn a_saved_checkpoint_evaluates_the_same() {
     assert_eq!(before.loss, after.loss);
     assert_eq!(before.tokens, tokens.len() - 1);
     let cfg: ModelConfig = checkpoint::load_config(&ckpt).unwrap();
-    assert_eq!(cfg, Preset::Tiny.config(runner::data::Tokenizer::Byte));
+    assert_eq!(cfg, Preset::Tiny.config(Tokenizer::Byte));
 }
 
 /// bf16 products follow the f32 run closely (the operands lose 16 bits,

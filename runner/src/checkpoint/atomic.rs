@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use log::warn;
 
 use crate::error::Error;
+use crate::outputs;
 
 /// A destination directory that may only ever hold `files`.
 pub struct Destination<'a> {
@@ -42,7 +43,7 @@ impl<'a> Destination<'a> {
         }
         let (parent, name) = self.parent_and_name()?;
         if !parent.is_dir() {
-            return Err(refused(
+            return Err(Error::checkpoint(
                 dir,
                 format!(
                     "its parent {} does not exist or is not a directory",
@@ -54,24 +55,25 @@ impl<'a> Destination<'a> {
         // process id) is never the only copy of anything.
         remove_siblings(parent, &staging_prefix(&name))?;
         let probe = staging_dir(parent, &name);
-        fs::create_dir(&probe)
-            .map_err(|e| refused(dir, format!("cannot write in {}: {e}", parent.display())))?;
+        fs::create_dir(&probe).map_err(|e| {
+            Error::checkpoint(dir, format!("cannot write in {}: {e}", parent.display()))
+        })?;
         fs::remove_dir(&probe).map_err(|e| Error::io(&probe, e))
     }
 
     fn check_existing(&self, meta: fs::Metadata) -> Result<(), Error> {
         let dir = &self.dir;
         if !meta.is_dir() {
-            return Err(refused(
+            return Err(Error::checkpoint(
                 dir,
-                "exists and is not a directory, so it is not a checkpoint to replace; choose another path".into(),
+                "exists and is not a directory, so it is not a checkpoint to replace; choose another path",
             ));
         }
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
             let name = name.to_string_lossy();
             if !self.files.contains(&name.as_ref()) {
-                return Err(refused(
+                return Err(Error::checkpoint(
                     dir,
                     format!(
                         "holds `{name}`, so it is not a checkpoint to replace; choose another path"
@@ -86,14 +88,10 @@ impl<'a> Destination<'a> {
         let dir = &self.dir;
         let name = dir
             .file_name()
-            .ok_or_else(|| refused(dir, "not a directory name".into()))?
+            .ok_or_else(|| Error::checkpoint(dir, "not a directory name"))?
             .to_string_lossy()
             .into_owned();
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Ok((parent, name))
+        Ok((outputs::parent(dir), name))
     }
 
     /// Calls `write(staging)` to fill a fresh directory, then swaps it in
@@ -140,13 +138,6 @@ pub fn moved_aside(dir: &Path) -> Option<PathBuf> {
         .map(|entry| entry.path())
 }
 
-fn refused(dir: &Path, reason: String) -> Error {
-    Error::Checkpoint {
-        path: dir.into(),
-        reason,
-    }
-}
-
 /// `.NAME.tmp-`: the prefix of the staging directories of `NAME`. Beside
 /// the destination, so the final renames stay on one file system. Two
 /// runs saving to one destination at the same time are not supported.
@@ -183,7 +174,7 @@ fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
     }
     if let Err(e) = fs::rename(staged, dir) {
         if replacing && fs::rename(old, dir).is_err() {
-            return Err(refused(
+            return Err(Error::checkpoint(
                 dir,
                 format!(
                     "could not install the new checkpoint ({e}) nor move the previous one back from {}",

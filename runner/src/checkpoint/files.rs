@@ -14,7 +14,7 @@ use crate::error::Error;
 pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     let path = dir.join(file);
     fs::File::open(&path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => corrupt(dir, format!("{file} is missing")),
+        ErrorKind::NotFound => Error::checkpoint(dir, format!("{file} is missing")),
         _ => Error::io(path, e),
     })
 }
@@ -33,15 +33,7 @@ pub fn read(dir: &Path, file: &str) -> Result<Vec<u8>, Error> {
 /// are bounded by the file's size.
 pub fn parse<'a>(dir: &Path, file: &str, bytes: &'a [u8]) -> Result<SafeTensors<'a>, Error> {
     SafeTensors::deserialize(bytes)
-        .map_err(|e| corrupt(dir, format!("{file} is corrupt or truncated: {e}")))
-}
-
-/// A checkpoint error: `dir`, and what is wrong with it.
-pub fn corrupt(dir: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: dir.into(),
-        reason: reason.into(),
-    }
+        .map_err(|e| Error::checkpoint(dir, format!("{file} is corrupt or truncated: {e}")))
 }
 
 /// Little-endian bytes of `x`.

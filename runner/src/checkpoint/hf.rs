@@ -10,10 +10,9 @@ use serde_json::{json, Value};
 
 use clap::ValueEnum;
 
-use super::files::corrupt;
 use crate::data::Tokenizer;
 use crate::error::Error;
-use crate::model::tensors::ParamTensor;
+use crate::model::tensors::{ParamTensor, INIT_STD};
 use crate::model::{ModelConfig, LAYER_NORM_EPS};
 
 /// One tensor of the layout: its name, where it lies in the parameter
@@ -41,7 +40,7 @@ pub fn layout(cfg: &ModelConfig) -> Vec<HfTensor> {
             for layer in 0..cfg.layers {
                 let start = offset + layer * n;
                 out.push(HfTensor {
-                    name: format!("h.{layer}.{}", t.spec.hf_name),
+                    name: format!("{LAYER_PREFIX}{layer}.{}", t.spec.hf_name),
                     range: start..start + n,
                     shape: t.shape.dims(),
                 });
@@ -63,12 +62,31 @@ pub fn layout(cfg: &ModelConfig) -> Vec<HfTensor> {
 /// repository's are) have none, and both load.
 pub const MODEL_PREFIX: &str = "transformer.";
 
+/// What a per-layer tensor's name starts with, before its layer's index.
+const LAYER_PREFIX: &str = "h.";
+
+/// The layer a tensor name (without [`MODEL_PREFIX`]) belongs to, if it
+/// is a per-layer tensor's.
+pub fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix(LAYER_PREFIX)?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The untied output layer's name; when present it must equal `wte`.
 pub const LM_HEAD: &str = "lm_head.weight";
 
 /// The key this runner adds to `config.json` to record the tokenizer
 /// (Hugging Face keeps unknown keys, so the file still loads there).
 const TOKENIZER_KEY: &str = "tokenizer";
+
+/// `x` as its shortest decimal reads (`1e-5`, not the f32's exact
+/// `9.999999747378752e-6`), as Hugging Face's own files write it.
+fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
 
 /// The Hugging Face `config.json` of a model.
 pub fn config_json(cfg: &ModelConfig) -> Value {
@@ -85,11 +103,11 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
         "n_head": cfg.heads,
         "n_inner": null,
         "activation_function": "gelu_new",
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": as_written(LAYER_NORM_EPS),
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
-        "initializer_range": 0.02,
+        "initializer_range": as_written(INIT_STD),
         "scale_attn_weights": true,
         "tie_word_embeddings": true,
         "bos_token_id": end,
@@ -103,7 +121,7 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
 /// errors): the sizes, the tokenizer, and a refusal naming the key of any
 /// setting this runner does not compute.
 pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig, Error> {
-    let corrupt = |reason: String| corrupt(dir, format!("{file}: {reason}"));
+    let corrupt = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
     let json: Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
     let field = |key: &str| {
@@ -145,7 +163,7 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
         }
     }
     let channels = field("n_embd")?;
-    if let Some(v) = setting("n_inner").filter(|v| v.as_u64() != Some(4 * channels as u64)) {
+    if let Some(v) = setting("n_inner").filter(|v| v.as_u64() != (channels as u64).checked_mul(4)) {
         return Err(unsupported("n_inner", v, "null (4 × n_embd)"));
     }
     let vocab_size = field("vocab_size")?;

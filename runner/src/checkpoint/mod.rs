@@ -19,7 +19,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, Destination};
-use files::{corrupt, floats_from, parse, read, to_bytes};
+use files::{floats_from, parse, read, to_bytes};
 pub use run_state::{Progress, RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
@@ -62,8 +62,8 @@ pub fn save(
             })
             .collect::<Vec<_>>();
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let encoded =
-            safetensors::serialize(tensors, Some(meta)).map_err(|e| corrupt(dir, e.to_string()))?;
+        let encoded = safetensors::serialize(tensors, Some(meta))
+            .map_err(|e| Error::checkpoint(dir, e.to_string()))?;
         write_synced(&tmp.join(MODEL_FILE), &encoded)?;
 
         match training {
@@ -77,7 +77,7 @@ pub fn save(
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
     if !dir.is_dir() {
-        return Err(corrupt(
+        return Err(Error::checkpoint(
             dir,
             match atomic::moved_aside(dir) {
                 Some(old) => format!(
@@ -107,7 +107,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     // header, whatever number of layers config.json claims.
     let needed = hf::tensor_count(&cfg);
     if st.len() < needed {
-        return Err(corrupt(
+        return Err(Error::checkpoint(
             dir,
             format!(
                 "{MODEL_FILE} holds {} tensors; the {} layers of {CONFIG_FILE} need {needed}",
@@ -119,12 +119,10 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     // Layers beyond config.json's would be silently dropped: another model.
     let beyond = st.names().into_iter().find(|name| {
         let name = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
-        name.strip_prefix("h.")
-            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
-            .is_some_and(|layer| layer >= cfg.layers)
+        hf::layer_of(name).is_some_and(|layer| layer >= cfg.layers)
     });
     if let Some(name) = beyond {
-        return Err(corrupt(
+        return Err(Error::checkpoint(
             dir,
             format!(
                 "{MODEL_FILE} holds {name}, beyond the {} layers of {CONFIG_FILE}",
@@ -136,13 +134,13 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     let find = |name: &str| {
         st.tensor(&format!("{}{name}", hf::MODEL_PREFIX))
             .or_else(|_| st.tensor(name))
-            .map_err(|_| corrupt(dir, format!("{MODEL_FILE} lacks tensor {name}")))
+            .map_err(|_| Error::checkpoint(dir, format!("{MODEL_FILE} lacks tensor {name}")))
     };
     let mut views = Vec::with_capacity(layout.len());
     for t in &layout {
         let view = find(&t.name)?;
         if !is_float(view.dtype()) || view.shape() != t.shape.as_slice() {
-            return Err(corrupt(
+            return Err(Error::checkpoint(
                 dir,
                 format!(
                     "tensor {} is {:?} {:?}, expected F32, BF16 or F16 {:?}",
@@ -160,7 +158,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         let values = &mut params[t.range.clone()];
         floats_from(view.dtype(), view.data(), values);
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(corrupt(
+            return Err(Error::checkpoint(
                 dir,
                 format!("tensor {} holds {} at element {i}", t.name, values[i]),
             ));
@@ -178,7 +176,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         };
         if !same {
-            return Err(corrupt(
+            return Err(Error::checkpoint(
                 dir,
                 format!(
                     "{} differs from wte.weight: untied output layers are not supported",

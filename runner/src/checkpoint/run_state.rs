@@ -9,7 +9,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use super::files::{corrupt, from_bytes, open, parse, to_bytes};
+use super::files::{from_bytes, open, parse, to_bytes};
 use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
@@ -71,7 +71,7 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
     let (m, v) = state.moments;
     let n = m.len();
     if v.len() != n {
-        return Err(corrupt(
+        return Err(Error::checkpoint(
             dir,
             format!("{n} first moments but {} second moments", v.len()),
         ));
@@ -94,7 +94,7 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
             ("grad_accum".to_string(), s.grad_accum.to_string()),
         ]);
     }
-    safetensors::serialize(tensors, Some(meta)).map_err(|e| corrupt(dir, e.to_string()))
+    safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::checkpoint(dir, e.to_string()))
 }
 
 /// The state in `bytes` (the `file` of the checkpoint `dir`) for a model
@@ -106,7 +106,7 @@ pub fn decode(
     params: usize,
 ) -> Result<TrainingState<Vec<f32>>, Error> {
     let st = parse(dir, file, bytes)?;
-    let bad = |reason: String| corrupt(dir, format!("{file}: {reason}"));
+    let bad = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let meta = header.metadata().clone().unwrap_or_default();
     let Progress {
@@ -189,7 +189,9 @@ impl Progress {
 /// (the moments, twice the model's size, are not read): cheap enough to
 /// refuse a resume before any long work. [`decode`] checks the rest.
 pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
-    let bad = |reason: String| corrupt(dir, format!("{file} is corrupt or truncated: {reason}"));
+    let bad = |reason: String| {
+        Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
+    };
     let mut f = open(dir, file)?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)

@@ -10,7 +10,7 @@ use super::options::{BackendChoice, Verbosity};
 use crate::bench::{self, BenchSettings};
 use crate::error::Error;
 use crate::model::{Precision, Preset};
-use crate::threads::available_cores;
+use crate::threads::Threads;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -63,12 +63,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             .collect::<Result<Vec<_>, _>>()?
     };
     let threads = if args.threads.is_empty() {
-        let cores = if cfg!(feature = "parallel") {
-            available_cores()
-        } else {
-            1
-        };
-        let mut all = vec![1, cores];
+        let mut all = vec![1, Threads::default_count()];
         all.dedup();
         all
     } else {

@@ -10,8 +10,9 @@ use crate::checkpoint;
 use crate::data::DataSource;
 use crate::error::Error;
 use crate::eval::evaluate;
+use crate::logger::precision_note;
 use crate::logger::print_stdout;
-use crate::train::{precision_note, Footprint};
+use crate::memory::Footprint;
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
 

@@ -9,12 +9,13 @@ use super::options::RunOptions;
 use crate::checkpoint;
 use crate::error::Error;
 use crate::generate::{check_prompt, generate, Sampling};
+use crate::logger::precision_note;
 use crate::logger::{print_bytes, print_stdout};
+use crate::memory::Footprint;
 use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
 };
 use crate::outputs;
-use crate::train::{precision_note, Footprint};
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
 

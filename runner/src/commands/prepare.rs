@@ -10,6 +10,7 @@ use crate::data::prepare::{prepare, PrepareSettings};
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Error;
 use crate::logger;
+use crate::metrics::mib;
 
 pub const HELP: &str = "Tokenize text files into token shards in llm.c's format.
 
@@ -70,7 +71,7 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
         info!(
             "Tokenizing {} file(s), {:.1} MiB, with the {} tokenizer into {}",
             args.input.len(),
-            total as f64 / (1 << 20) as f64,
+            mib(total as f64),
             args.tokenizer.name(),
             args.output.display()
         );
@@ -92,7 +93,7 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
         report.shards.first().copied().unwrap_or(0),
         train,
         report.shards.len().saturating_sub(1),
-        report.bytes as f64 / (1 << 20) as f64,
+        mib(report.bytes as f64),
         report.seconds,
         report.tokens as f64 / report.seconds.max(1e-9)
     );

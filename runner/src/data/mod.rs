@@ -1,6 +1,9 @@
-//! Byte-level tokenization (every byte is a token, so any file round-trips
-//! exactly), the embedded default corpus (`corpus`), and the train /
-//! validation split with seeded random windows.
+//! Where training tokens come from and how they are cut into windows: the
+//! data sources (a text file tokenized on loading, a token shard, a folder
+//! of shards, or the embedded corpus of `corpus`), the tokenizers
+//! (`tokenizer`), llm.c's shard format (`shards`) and `runner prepare`
+//! (`prepare`), and the train / validation split with seeded random
+//! windows.
 
 pub mod corpus;
 pub mod prepare;
@@ -14,19 +17,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::rng::Rng;
-
-/// The vocabulary of the byte-level tokenizer.
-pub const VOCAB_SIZE: usize = 256;
-
-/// Tokens of `bytes`: one per byte.
-pub fn encode(bytes: &[u8]) -> Vec<u32> {
-    bytes.iter().map(|&b| u32::from(b)).collect()
-}
-
-/// Bytes of `tokens` (each below 256).
-pub fn decode(tokens: &[u32]) -> Vec<u8> {
-    tokens.iter().map(|&t| t as u8).collect()
-}
 
 /// How logs and errors name the embedded corpus.
 pub const EMBEDDED_NAME: &str = "embedded arithmetic corpus";
@@ -340,27 +330,28 @@ impl Dataset {
         Ok(Dataset { train, val })
     }
 
-    /// The shortest text [`Dataset::split`] accepts for `block_size`.
-    pub fn min_len(block_size: usize) -> usize {
-        let mut n = (block_size + 1).max(20);
-        while n - n / 10 < block_size + 1 {
+    /// The shortest text [`Dataset::split`] accepts for windows of `t`
+    /// tokens (`--seq-len`).
+    pub fn min_len(t: usize) -> usize {
+        let mut n = (t + 1).max(20);
+        while n - n / 10 < t + 1 {
             n += 1;
         }
         n
     }
 
     /// Splits `tokens` (from `origin`, named in errors): the first 90 % train,
-    /// the rest validates. Training needs at least `block_size + 1` tokens,
-    /// validation 2.
-    pub fn split(tokens: Vec<u32>, block_size: usize, origin: &Path) -> Result<Dataset, Error> {
-        if tokens.len() < Dataset::min_len(block_size) {
+    /// the rest validates. Training needs at least `t + 1` tokens (one
+    /// window of `t` and its targets), validation 2.
+    pub fn split(tokens: Vec<u32>, t: usize, origin: &Path) -> Result<Dataset, Error> {
+        if tokens.len() < Dataset::min_len(t) {
             return Err(Error::Data {
                 path: origin.into(),
                 reason: format!(
-                    "{} tokens is too short for block size {block_size}: it needs at least {} (90 % for one training window of {} tokens, 10 % for 2 validation tokens)",
+                    "{} tokens is too short for windows of {t} tokens: it needs at least {} (90 % for one training window of {} tokens, 10 % for 2 validation tokens)",
                     tokens.len(),
-                    Dataset::min_len(block_size),
-                    block_size + 1,
+                    Dataset::min_len(t),
+                    t + 1,
                 ),
             });
         }
@@ -400,12 +391,6 @@ pub fn sample_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn any_bytes_round_trip() {
-        let bytes: Vec<u8> = (0..=255).chain([0, 10, 255]).collect();
-        assert_eq!(decode(&encode(&bytes)), bytes);
-    }
 
     #[test]
     fn windows_are_consecutive_and_shifted_by_one() {
@@ -459,7 +444,7 @@ mod tests {
     #[test]
     fn split_refuses_short_texts() {
         let origin = Path::new("x.txt");
-        assert!(Dataset::split(encode(b"short"), 8, origin).is_err());
+        assert!(Dataset::split(Tokenizer::Byte.encode(b"short"), 8, origin).is_err());
         let d = Dataset::split((0..100).collect(), 8, origin).unwrap();
         assert_eq!((d.train.len(), d.val.len()), (90, 10));
         // The stated minimum is exact: one token less is refused.

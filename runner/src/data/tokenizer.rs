@@ -34,7 +34,7 @@ impl Tokenizer {
     /// Token ids are below this.
     pub fn vocab_size(self) -> usize {
         match self {
-            Tokenizer::Byte => super::VOCAB_SIZE,
+            Tokenizer::Byte => 256,
             Tokenizer::Gpt2 => 50257,
         }
     }
@@ -53,7 +53,7 @@ impl Tokenizer {
     /// round-trips through [`Tokenizer::decode`].
     pub fn encode(self, bytes: &[u8]) -> Vec<u32> {
         match self {
-            Tokenizer::Byte => super::encode(bytes),
+            Tokenizer::Byte => bytes.iter().map(|&b| u32::from(b)).collect(),
             Tokenizer::Gpt2 => {
                 let gpt2 = gpt2();
                 let mut tokens = Vec::with_capacity(bytes.len() / 3);
@@ -83,7 +83,8 @@ impl Tokenizer {
             )));
         }
         Ok(match self {
-            Tokenizer::Byte => super::decode(tokens),
+            // Each is below 256: checked above.
+            Tokenizer::Byte => tokens.iter().map(|&t| t as u8).collect(),
             Tokenizer::Gpt2 => gpt2()
                 .bpe
                 .decode_bytes(tokens)
@@ -129,6 +130,7 @@ mod tests {
         // Special tokens in text are ordinary text.
         assert_ne!(t.encode(b"<|endoftext|>"), [GPT2_END_OF_TEXT]);
         assert!(t.decode(&[50257]).is_err());
+        assert!(Tokenizer::Byte.decode(&[256]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::ops::Range;
 use kernels::{MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::context::{Context, Multiplier, Precision, RightOperand};
+use super::packed::pack_into;
 use crate::error::Error;
 
 /// A token's attention at context `len` does `2 · len · c` multiply-adds;
@@ -434,12 +435,8 @@ impl<'a> HeadPart<'a> {
         view: MatRef,
         slots: &'a mut Vec<u32>,
     ) -> Result<PackedBf16<'a>, Error> {
-        let (k, n) = (view.rows(), view.cols());
-        let len = PackedBf16::len(k, n)
-            .ok_or_else(|| Error::Config(format!("a {k} × {n} head is too large to pack")))?;
-        slots.resize(len, 0);
-        mm.kernels.pack_bf16(view, slots)?;
-        Ok(PackedBf16::new(slots, k, n)?)
+        pack_into(&mm.kernels, view, slots, "head")?;
+        Ok(PackedBf16::new(slots, view.rows(), view.cols())?)
     }
 }
 

@@ -29,7 +29,7 @@ use layers::{
 };
 use layers::{cross_entropy, lm_head_backward, lm_head_forward, Weight};
 use packed::{weight_of, PackedWeights};
-use tensors::{Activations, BlockActivations, Init, ParamTensor, Params, Scratch};
+use tensors::{Activations, BlockActivations, Init, ParamTensor, Params, Scratch, INIT_STD};
 
 use crate::error::Error;
 use crate::rng::Rng;
@@ -73,16 +73,22 @@ impl Gpt {
         let sizes = Params::sizes(&config);
         let mut params = Arena::zeros(sizes.total());
         let mut rng = Rng::new(seed);
-        let residual_std = 0.02 / ((2 * config.layers) as f32).sqrt();
+        let residual_std = INIT_STD / ((2 * config.layers) as f32).sqrt();
         let tensors = ParamTensor::all(&config);
         for (tensor, values) in tensors
             .iter()
             .zip(sizes.split_mut(&mut params).into_array())
         {
+            // A padded embedding's extra rows stay zero (the arena starts
+            // zeroed): only the rows a checkpoint holds are drawn, so a
+            // model is the same before and after a save.
+            let values = &mut values[..tensor.shape.saved_floats() * tensor.copies];
             match tensor.spec.init {
                 Init::Zeros => values.fill(0.0),
                 Init::Ones => values.fill(1.0),
-                Init::Normal => values.iter_mut().for_each(|w| *w = rng.normal(0.0, 0.02)),
+                Init::Normal => values
+                    .iter_mut()
+                    .for_each(|w| *w = rng.normal(0.0, INIT_STD)),
                 Init::ResidualNormal => values
                     .iter_mut()
                     .for_each(|w| *w = rng.normal(0.0, residual_std)),
@@ -585,4 +591,64 @@ fn batch_for<'a>(
         (batch.b, batch.t, batch.recompute) = (b, t, recompute);
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Tokenizer;
+
+    #[test]
+    fn a_new_model_is_drawn_as_its_table_says_with_zero_padding() {
+        // 300 tokens, padded to 384 rows of the embedding in the arena.
+        let cfg = ModelConfig {
+            vocab_size: 300,
+            tokenizer: None,
+            ..Preset::Tiny.config(Tokenizer::Byte)
+        };
+        let model = Gpt::new(cfg, Kernels::best(), 3).unwrap();
+        let residual_std = INIT_STD / ((2 * cfg.layers) as f32).sqrt();
+        let tensors = ParamTensor::all(&cfg);
+        let views = Params::sizes(&cfg).split(model.params()).into_array();
+        for (tensor, values) in tensors.iter().zip(views) {
+            let name = tensor.spec.hf_name;
+            let live = tensor.shape.saved_floats();
+            // Each layer's copy on its own: none may be left at zero.
+            for copy in values[..live * tensor.copies].chunks(live) {
+                let n = copy.len() as f64;
+                let mean = copy.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+                let std = (copy
+                    .iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / n)
+                    .sqrt();
+                let want_std = match tensor.spec.init {
+                    Init::Zeros => {
+                        assert!(copy.iter().all(|&x| x == 0.0), "{name}");
+                        continue;
+                    }
+                    Init::Ones => {
+                        assert!(copy.iter().all(|&x| x == 1.0), "{name}");
+                        continue;
+                    }
+                    Init::Normal => f64::from(INIT_STD),
+                    Init::ResidualNormal => f64::from(residual_std),
+                };
+                assert!(copy.len() >= 1000, "{name}: too few values to judge");
+                assert!((std / want_std - 1.0).abs() < 0.1, "{name}: std {std}");
+                assert!(mean.abs() < 0.2 * want_std, "{name}: mean {mean}");
+            }
+            // The embedding's padded rows stay zero, as a loaded model's do.
+            assert!(
+                values[live * tensor.copies..].iter().all(|&x| x == 0.0),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            tensors[0].shape.floats() - tensors[0].shape.saved_floats(),
+            (384 - 300) * cfg.channels,
+            "the first tensor is the padded embedding"
+        );
+    }
 }

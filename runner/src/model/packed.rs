@@ -8,8 +8,24 @@ use kernels::{Kernels, MatRef, PackedBf16};
 
 use super::config::ModelConfig;
 use super::layers::Weight;
-use super::tensors::Params;
+use super::tensors::{Params, Shape};
 use crate::error::Error;
+
+/// Packs `b` into bf16 pairs in `slots` (resized to fit; `what` names
+/// the matrix in the error for one too large).
+pub fn pack_into(
+    kernels: &Kernels,
+    b: MatRef,
+    slots: &mut Vec<u32>,
+    what: &str,
+) -> Result<(), Error> {
+    let (k, n) = (b.rows(), b.cols());
+    let len = PackedBf16::len(k, n)
+        .ok_or_else(|| Error::Config(format!("a {k} × {n} {what} is too large to pack")))?;
+    slots.resize(len, 0);
+    kernels.pack_bf16(b, slots)?;
+    Ok(())
+}
 
 /// One `k × n` matrix packed into bf16 pairs.
 pub struct PackedMatrix {
@@ -21,12 +37,13 @@ pub struct PackedMatrix {
 impl PackedMatrix {
     /// `b` (`k × n` as used) packed.
     fn new(kernels: &Kernels, b: MatRef) -> Result<PackedMatrix, Error> {
-        let (k, n) = (b.rows(), b.cols());
-        let len = PackedBf16::len(k, n)
-            .ok_or_else(|| Error::Config(format!("a {k} × {n} weight is too large to pack")))?;
-        let mut slots = vec![0; len];
-        kernels.pack_bf16(b, &mut slots)?;
-        Ok(PackedMatrix { slots, k, n })
+        let mut slots = Vec::new();
+        pack_into(kernels, b, &mut slots, "weight")?;
+        Ok(PackedMatrix {
+            slots,
+            k: b.rows(),
+            n: b.cols(),
+        })
     }
 
     /// The matrix as a product's B.
@@ -69,21 +86,25 @@ pub struct PackedWeights {
 impl PackedWeights {
     /// The matrices of `p` (a model of shape `cfg`) packed.
     pub fn pack(kernels: &Kernels, p: &Params<&[f32]>, cfg: &ModelConfig) -> Result<Self, Error> {
-        let (c, v) = (cfg.channels, cfg.padded_vocab());
-        let matrix =
-            |w: &[f32], rows, cols| PackedMatrix::new(kernels, MatRef::new(w, rows, cols)?);
+        let shapes = Params::shapes(cfg);
+        let view = |w, shape: Shape| {
+            let (rows, cols) = shape.arena_dims();
+            MatRef::new(w, rows, cols)
+        };
+        let matrix = |w, shape| PackedMatrix::new(kernels, view(w, shape)?);
         let layers = (0..cfg.layers)
             .map(|l| {
                 let pl = p.layer(l, cfg.layers);
                 Ok(PackedLayer {
-                    qkvw: matrix(pl.qkvw, c, 3 * c)?,
-                    attprojw: matrix(pl.attprojw, c, c)?,
-                    fcw: matrix(pl.fcw, c, 4 * c)?,
-                    fcprojw: matrix(pl.fcprojw, 4 * c, c)?,
+                    qkvw: matrix(pl.qkvw, shapes.qkvw)?,
+                    attprojw: matrix(pl.attprojw, shapes.attprojw)?,
+                    fcw: matrix(pl.fcw, shapes.fcw)?,
+                    fcprojw: matrix(pl.fcprojw, shapes.fcprojw)?,
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let lm_head = PackedMatrix::new(kernels, MatRef::new(p.wte, v, c)?.t())?;
+        // The LM head multiplies by the embedding's transpose (tied weights).
+        let lm_head = PackedMatrix::new(kernels, view(p.wte, shapes.wte)?.t())?;
         Ok(PackedWeights { layers, lm_head })
     }
 

@@ -89,20 +89,33 @@ impl Shape {
         }
     }
 
+    /// Rows and columns in the arena (a vector is one row).
+    pub fn arena_dims(self) -> (usize, usize) {
+        match self {
+            Shape::Vector(n) => (1, n),
+            Shape::Matrix(r, c) => (r, c),
+            Shape::PaddedRows { padded, cols, .. } => (padded, cols),
+        }
+    }
+
     /// Floats in a checkpoint: the first of [`Shape::floats`] (saturating).
     pub fn saved_floats(self) -> usize {
         self.dims().iter().fold(1, |n, &d| n.saturating_mul(d))
     }
 }
 
+/// The standard deviation of GPT-2's normal initialisation (its
+/// `initializer_range`).
+pub const INIT_STD: f32 = 0.02;
+
 /// How a parameter tensor starts (GPT-2's initialisation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
     Zeros,
     Ones,
-    /// N(0, 0.02).
+    /// N(0, [`INIT_STD`]).
     Normal,
-    /// N(0, 0.02 / √(2L)): the projections that add into the residual
+    /// N(0, [`INIT_STD`] / √(2L)): the projections that add into the residual
     /// stream, so that its variance does not grow with depth.
     ResidualNormal,
 }
@@ -251,6 +264,13 @@ impl Params<usize> {
     /// Tensor sizes for `cfg`.
     pub fn sizes(cfg: &ModelConfig) -> Params<usize> {
         Params::from_array(ParamTensor::all(cfg).map(|t| t.len))
+    }
+}
+
+impl Params<Shape> {
+    /// Tensor shapes for `cfg` (one layer's for a per-layer tensor).
+    pub fn shapes(cfg: &ModelConfig) -> Params<Shape> {
+        Params::from_array(ParamTensor::all(cfg).map(|t| t.shape))
     }
 }
 

@@ -5,20 +5,21 @@
 //! several processes.
 
 mod data_parallel;
-mod memory;
 pub mod optim;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kernels::{Bf16Unit, Kernels};
+use kernels::Kernels;
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, TrainingState};
 use crate::data::{self, DataSource, Dataset, Tokenizer};
 use crate::error::Error;
 use crate::eval::evaluate;
-use crate::metrics::{ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
+use crate::logger::precision_note;
+use crate::memory::{check_memory, Footprint};
+use crate::metrics::{mib, ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
 use crate::model::{Gpt, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
@@ -26,7 +27,6 @@ use crate::world::Collective;
 use crate::{logger, outputs, plot};
 pub use data_parallel::DataParallel;
 use data_parallel::{backward_summing, sum_gradients};
-pub use memory::{check_memory, Footprint};
 use optim::{Optimizer, OptimizerSettings};
 
 /// Everything a training run needs.
@@ -93,7 +93,8 @@ pub struct TrainReport {
 /// is surely a typo: 2^20 sequences take days per step on a CPU.
 const MAX_SEQUENCES_PER_STEP: usize = 1 << 20;
 
-/// Windows of validation text scored at each validation.
+/// Validation scores this many windows per sequence of the global batch
+/// (batch × ranks) each time.
 const VAL_WINDOWS_PER_BATCH: usize = 8;
 
 impl TrainSettings {
@@ -230,13 +231,13 @@ fn check_resume(
     let now = s.schedule(crate::world::current().size());
     let differences = saved.map_or(Vec::new(), |saved| saved.differences(&now));
     if !differences.is_empty() {
-        return Err(Error::Checkpoint {
-            path: dir.into(),
-            reason: format!(
+        return Err(Error::checkpoint(
+            dir,
+            format!(
                 "it was trained with other settings ({}); pass the checkpoint's values to resume it",
                 differences.join("; ")
             ),
-        });
+        ));
     }
     if step >= s.steps {
         return Err(Error::Config(format!(
@@ -303,25 +304,11 @@ fn log_start(
     );
 }
 
-/// What the backend line says of the precision: nothing for f32; for
-/// bf16, the unit, with a warning when it is the portable path.
-pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
-    match (precision, kernels.bf16_unit()) {
-        (Precision::F32, _) => "",
-        (Precision::Bf16, Bf16Unit::Avx512Bf16) => " | Precision: bf16 on AVX512-BF16",
-        (Precision::Bf16, Bf16Unit::Amx) => " | Precision: bf16 on AMX",
-        (Precision::Bf16, Bf16Unit::Portable) => {
-            log::warn!("this CPU or backend has no bf16 unit: bf16 runs emulated (operands rounded to bf16, f32 FMA), slower than f32");
-            " | Precision: bf16 emulated"
-        }
-    }
-}
-
-/// Trains a model as `settings` says; returns it with a report.
-pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
-    let s = settings;
+/// The run's model shape and window (`b` × `t`), after every check that
+/// needs no data: the settings, the checkpoint's shape and progress, the
+/// memory; so a run that cannot work stops before reading its data.
+fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error> {
     s.check()?;
-    // The data is checked before the model is built or loaded.
     let cfg = run_config(s)?;
     let (b, t) = (s.batch, s.seq_len.unwrap_or(cfg.block_size));
     if t > cfg.block_size {
@@ -330,8 +317,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             cfg.block_size
         )));
     }
-    let world = crate::world::current();
-    let (rank, ranks) = (world.rank(), world.size());
+    let ranks = crate::world::current().size();
     if ranks > 1 && cfg.param_floats() > i32::MAX as usize {
         // MPI counts are 32-bit.
         return Err(Error::Config(format!(
@@ -339,17 +325,16 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             i32::MAX
         )));
     }
-    // Everything cheap is checked before the data is read and tokenized.
     if let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) {
         if let Some(asked) = s.config.filter(|&asked| asked != cfg) {
-            return Err(Error::Checkpoint {
-                path: dir.clone(),
-                reason: format!(
+            return Err(Error::checkpoint(
+                dir.clone(),
+                format!(
                     "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
                     tokenizer_name(cfg.tokenizer),
                     tokenizer_name(asked.tokenizer),
                 ),
-            });
+            ));
         }
     }
     if let Some(dir) = &s.resume {
@@ -358,6 +343,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     }
     cfg.validate()?;
     check_memory(&cfg, b, t, s.recompute)?;
+    Ok((cfg, b, t))
+}
+
+/// Trains a model as `settings` says; returns it with a report.
+pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
+    let s = settings;
+    let (cfg, b, t) = checked_shape(s)?;
+    let world = crate::world::current();
+    let (rank, ranks) = (world.rank(), world.size());
     let threads = Threads::new(s.threads)?;
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
@@ -646,7 +640,6 @@ fn each_rank(world: &dyn Collective, value: f64) -> Vec<f64> {
 /// `: 123.4 MiB`, or with several ranks, every rank's peak
 /// (`per rank: 123.4, 120.1 MiB`).
 fn peak_memory(world: &dyn Collective) -> String {
-    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     if world.size() == 1 {
         return format!(": {:.1} MiB", mib(peak_rss_bytes() as f64));
     }
@@ -685,7 +678,7 @@ fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Resu
     world.all_reduce_f64(&mut sums);
     let n = world.size() as f64;
     if sums != [halves[0] * n, halves[1] * n] {
-        return Err(Error::Config(format!(
+        return Err(Error::Ranks(format!(
             "the ranks' weights differ after step {step}: MPI did not give every rank the same bits"
         )));
     }
