@@ -1,8 +1,9 @@
-//! Element-wise routines and reductions: arbitrary lengths (mismatched ones
+//! Element-wise routines, reductions, bf16 conversions and AdamW: arbitrary lengths (mismatched ones
 //! included), offsets and values; the best backend must match scalar.
 #![no_main]
 
 use arbitrary::Unstructured;
+use kernels::{AdamW, Bf16};
 use kernels_fuzz::{all_moderate, assert_close, backends, len, values};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,7 +23,7 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
 
     let mut got = vec![0.0; a.len()];
     let mut want = vec![0.0; a.len()];
-    match u.int_in_range(0u8..=7)? {
+    match u.int_in_range(0u8..=12)? {
         0 => {
             assert_eq!(
                 k.add(a, b, &mut got).is_ok(),
@@ -83,6 +84,86 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
                 scalar.gelu_forward(a, &mut want).is_ok()
             );
             assert_close("gelu", &got, &want, 1e-5, 1e-6);
+        }
+        7 => {
+            assert_eq!(
+                k.sub(a, b, &mut got).is_ok(),
+                scalar.sub(a, b, &mut want).is_ok()
+            );
+            assert_close("sub", &got, &want, 0.0, 0.0);
+            let alpha = values(u, 1)?[0];
+            let (mut x1, mut x2) = (a.to_vec(), a.to_vec());
+            k.scale(alpha, &mut x1);
+            scalar.scale(alpha, &mut x2);
+            assert_close("scale", &x1, &x2, 0.0, 0.0);
+        }
+        8 => {
+            if all_moderate(a, 1e3) {
+                let want = scalar.sum_squares(a);
+                let got = k.sum_squares(a);
+                assert!(
+                    (got - want).abs() <= 1e-5 * want + 1e-6,
+                    "sum_squares {got} vs {want}"
+                );
+            }
+        }
+        9 => {
+            // b is the output's gradient; it accumulates into dx.
+            let dx0 = values(u, a.len())?;
+            let (mut dx1, mut dx2) = (dx0.clone(), dx0);
+            assert_eq!(
+                k.gelu_backward(a, b, &mut dx1).is_ok(),
+                scalar.gelu_backward(a, b, &mut dx2).is_ok()
+            );
+            if a.len() == b.len() && all_moderate(b, 1e3) && all_moderate(&dx2, 1e6) {
+                // gelu' is within about 1e-7 absolute in its tails, scaled by
+                // the incoming gradient.
+                for (i, (&got, &want)) in dx1.iter().zip(&dx2).enumerate() {
+                    let tol = 2e-5 * want.abs() + 2e-6 * (1.0 + b[i].abs());
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "gelu_backward {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        10 => {
+            // Rounding to bf16 and back is exact arithmetic: bit for bit.
+            let (mut got16, mut want16) = (
+                vec![Bf16::default(); a.len()],
+                vec![Bf16::default(); a.len()],
+            );
+            k.f32_to_bf16(a, &mut got16).unwrap();
+            scalar.f32_to_bf16(a, &mut want16).unwrap();
+            assert_eq!(got16, want16, "f32_to_bf16");
+            k.bf16_to_f32(&got16, &mut got).unwrap();
+            scalar.bf16_to_f32(&want16, &mut want).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "bf16_to_f32");
+        }
+        11 => {
+            // Parameters a, gradients b (perhaps of another length).
+            let opt = AdamW {
+                lr: values(u, 1)?[0].abs().min(1.0),
+                weight_decay: u.int_in_range(0u8..=10)? as f32 / 100.0,
+                ..AdamW::default()
+            };
+            let (m0, v0) = (values(u, a.len())?, values(u, a.len())?);
+            let v0: Vec<f32> = v0.iter().map(|v| v.abs()).collect();
+            let step = u.int_in_range(1u32..=1000)?;
+            let run = |k: &kernels::Kernels| {
+                let (mut p, mut m, mut v) = (a.to_vec(), m0.clone(), v0.clone());
+                let r = k.adamw_step(&opt, step, 0.5, &mut p, b, &mut m, &mut v);
+                (r.is_ok(), [p, m, v])
+            };
+            let (got, want) = (run(&k), run(&scalar));
+            assert_eq!(got.0, want.0);
+            let moderate = [a, b, &m0, &v0].iter().all(|x| all_moderate(x, 1e3));
+            if moderate && all_moderate(&[opt.lr], 1e3) {
+                for (g, w) in got.1.iter().zip(&want.1) {
+                    assert_close("adamw", g, w, 1e-5, 1e-7);
+                }
+            }
         }
         _ => {
             assert_eq!(k.exp(a, &mut got).is_ok(), scalar.exp(a, &mut want).is_ok());

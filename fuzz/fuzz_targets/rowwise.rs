@@ -1,5 +1,6 @@
-//! Row-wise routines (softmax with masks, layer norm forward and backward,
-//! cross-entropy): arbitrary shapes, valid lengths and values.
+//! Row-wise routines (softmax with masks and its backward, layer norm
+//! forward and backward, cross-entropy): arbitrary shapes, valid lengths
+//! and values.
 #![no_main]
 
 use arbitrary::Unstructured;
@@ -34,6 +35,19 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
                 let r2 = scalar.softmax_rows(&mut want, cols, valid);
                 assert_eq!(r1.is_ok(), r2.is_ok());
                 assert_close("softmax", &got, &want, 1e-5, 1e-7);
+                // Backward through the reference's probabilities.
+                let dprobs = values(u, n)?;
+                let (mut g1, mut g2) = (dprobs.clone(), dprobs.clone());
+                let r1 = k.softmax_backward_rows(&want, &mut g1, cols, valid);
+                let r2 = scalar.softmax_backward_rows(&want, &mut g2, cols, valid);
+                assert_eq!(r1.is_ok(), r2.is_ok());
+                if r1.is_ok() && all_moderate(&dprobs, 1e3) && all_moderate(&want, 2.0) {
+                    // dx = p·(g − Σ p·g): the sum's rounding (`cols` terms
+                    // in another order per backend) is absolute.
+                    let largest = dprobs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let abs = 2.0 * (cols as f32 + 4.0) * f32::EPSILON * largest + 1e-6;
+                    assert_close("softmax backward", &g1, &g2, 1e-5, abs);
+                }
             }
         }
         1 => {
