@@ -64,6 +64,13 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
 
     /// `Σ x·y` over equal-length slices (the small-m path).
     fn dot(self, x: &[f32], y: &[f32]) -> f32;
+
+    /// `y += Σ (alpha · a[l]) · B[l]` over `l` in `0..a.len()`, in that
+    /// order (a fused multiply-add each on SIMD), where row `l` of B is the
+    /// low (even `l`) or high half of the slots of pair `l / 2`,
+    /// `pairs[(l / 2) · stride..][..y.len()]`: the portable bf16 product
+    /// of few rows, reading a packed B without unpacking it.
+    fn axpy_pair_rows(self, alpha: f32, a: &[f32], pairs: &[u32], stride: usize, y: &mut [f32]);
 }
 
 /// The A operand of one tile: `A(i, p) = data[i·rs + p·cs]` for `i < MR`,
@@ -185,6 +192,10 @@ macro_rules! simd_gemm_kernel {
             fn dot(self, x: &[f32], y: &[f32]) -> f32 {
                 simd_dot(self, x, y)
             }
+            #[inline(always)]
+            fn axpy_pair_rows(self, alpha: f32, a: &[f32], pairs: &[u32], stride: usize, y: &mut [f32]) {
+                simd_axpy_pair_rows(self, alpha, a, pairs, stride, y)
+            }
         }
     };
 }
@@ -270,6 +281,15 @@ impl GemmKernel for ScalarKernel {
     }
     fn dot(self, x: &[f32], y: &[f32]) -> f32 {
         x.iter().zip(y).map(|(&x, &y)| x * y).sum()
+    }
+    fn axpy_pair_rows(self, alpha: f32, a: &[f32], pairs: &[u32], stride: usize, y: &mut [f32]) {
+        for (l, &a) in a.iter().enumerate() {
+            let (slots, high) = (&pairs[(l / 2) * stride..][..y.len()], l % 2 == 1);
+            for (y, &slot) in y.iter_mut().zip(slots) {
+                let b = f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 });
+                *y += (alpha * a) * b;
+            }
+        }
     }
 }
 
@@ -459,6 +479,74 @@ unsafe fn write_tile(acc: &[f32], nr: usize, alpha: f32, beta: f32, c: Tile) {
 fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let alpha = s.splat(alpha);
     update2(s, x, y, |x, y| s.mul_add(alpha, x, y));
+}
+
+/// [`GemmKernel::axpy_pair_rows`] for a SIMD instruction set: a whole
+/// panel in as many chains of multiply-adds as it has vectors (one chain's
+/// multiply-adds wait on each other; several overlap), a part of one
+/// vector by vector.
+#[inline(always)]
+fn simd_axpy_pair_rows<S: Simd>(
+    s: S,
+    alpha: f32,
+    a: &[f32],
+    pairs: &[u32],
+    stride: usize,
+    y: &mut [f32],
+) {
+    match (y.len() / S::LANES, y.len() % S::LANES) {
+        (4, 0) => return pair_rows_in_chains::<S, 4>(s, alpha, a, pairs, stride, y),
+        (2, 0) => return pair_rows_in_chains::<S, 2>(s, alpha, a, pairs, stride, y),
+        _ => {}
+    }
+    for (v, y) in y.chunks_mut(S::LANES).enumerate() {
+        let width = y.len();
+        let mut acc = if width == S::LANES {
+            s.load(y)
+        } else {
+            s.load_partial(y, 0.0)
+        };
+        for (l, &a) in a.iter().enumerate() {
+            let slots = &pairs[(l / 2) * stride + v * S::LANES..][..width];
+            // A partial vector's slots, padded (its extra lanes are never
+            // stored).
+            let mut padded = [0u32; 16];
+            padded[..width].copy_from_slice(slots);
+            let b = s.load_pair_halves(&padded, l % 2 == 1);
+            acc = s.mul_add(s.splat(alpha * a), b, acc);
+        }
+        if width == S::LANES {
+            s.store(y, acc);
+        } else {
+            s.store_partial(y, acc);
+        }
+    }
+}
+
+/// [`simd_axpy_pair_rows`] for `y` of exactly `NV` vectors.
+#[inline(always)]
+fn pair_rows_in_chains<S: Simd, const NV: usize>(
+    s: S,
+    alpha: f32,
+    a: &[f32],
+    pairs: &[u32],
+    stride: usize,
+    y: &mut [f32],
+) {
+    let mut acc = [s.splat(0.0); NV];
+    for (v, acc) in acc.iter_mut().enumerate() {
+        *acc = s.load(&y[v * S::LANES..]);
+    }
+    for (l, &a) in a.iter().enumerate() {
+        let slots = &pairs[(l / 2) * stride..][..NV * S::LANES];
+        let (a, high) = (s.splat(alpha * a), l % 2 == 1);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            *acc = s.mul_add(a, s.load_pair_halves(&slots[v * S::LANES..], high), *acc);
+        }
+    }
+    for (v, acc) in acc.iter().enumerate() {
+        s.store(&mut y[v * S::LANES..], *acc);
+    }
 }
 
 #[inline(always)]

@@ -25,6 +25,12 @@ impl<const N: usize> Simd for Emulated<N> {
     fn load_bf16(self, src: &[Bf16]) -> [f32; N] {
         core::array::from_fn(|i| src[i].to_f32())
     }
+    fn load_pair_halves(self, src: &[u32], high: bool) -> [f32; N] {
+        core::array::from_fn(|i| {
+            let slot = src[i];
+            f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 })
+        })
+    }
     fn store_bf16(self, dst: &mut [Bf16], v: [f32; N]) {
         for (d, x) in dst[..N].iter_mut().zip(v) {
             *d = Bf16::from_f32(x);

@@ -44,6 +44,19 @@ impl Simd for V3 {
         }
     }
     #[inline(always)]
+    fn load_pair_halves(self, src: &[u32], high: bool) -> __m256 {
+        let src = &src[..8];
+        // SAFETY: see the impl comment; `src` holds 8 slots (32 bytes).
+        unsafe {
+            let raw = _mm256_loadu_si256(src.as_ptr().cast::<__m256i>());
+            _mm256_castsi256_ps(if high {
+                _mm256_and_si256(raw, _mm256_set1_epi32(0xFFFF_0000_u32 as i32))
+            } else {
+                _mm256_slli_epi32::<16>(raw)
+            })
+        }
+    }
+    #[inline(always)]
     fn store_bf16(self, dst: &mut [Bf16], v: __m256) {
         let dst = &mut dst[..8];
         // SAFETY: see the impl comment; `dst` holds 8 bf16 values. The

@@ -54,6 +54,19 @@ impl Simd for V4 {
         }
     }
     #[inline(always)]
+    fn load_pair_halves(self, src: &[u32], high: bool) -> __m512 {
+        let src = &src[..16];
+        // SAFETY: see the impl comment; `src` holds 16 slots (64 bytes).
+        unsafe {
+            let raw = _mm512_loadu_si512(src.as_ptr().cast());
+            _mm512_castsi512_ps(if high {
+                _mm512_and_si512(raw, _mm512_set1_epi32(0xFFFF_0000_u32 as i32))
+            } else {
+                _mm512_slli_epi32::<16>(raw)
+            })
+        }
+    }
+    #[inline(always)]
     fn store_bf16(self, dst: &mut [Bf16], v: __m512) {
         let dst = &mut dst[..16];
         // SAFETY: see the impl comment; `dst` holds 16 bf16 values. The

@@ -150,6 +150,14 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
         (40, 33, 35),
         (2, 5, 0),
         (0, 3, 2),
+        // Few rows (the portable unit streams a packed B once per row, up
+        // to 16 rows): many panels and a partial last one, split among
+        // threads, an odd k; and 17 rows, just past that path.
+        (1, 600, 200),
+        (3, 1000, 64),
+        (4, 300, 301),
+        (16, 45, 20),
+        (17, 45, 20),
     ] {
         for trans_b in [false, true] {
             let mut rng = Rng::new((m + 31 * n + 7 * kk) as u64);
