@@ -89,7 +89,8 @@ impl FromStr for Backend {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Bf16Unit {
-    /// Operands rounded to bf16, multiplied by the f32 GEMM of the backend:
+    /// Operands rounded to bf16, multiplied by the f32 GEMM of the backend
+    /// (products of at most 16 rows: summed down k from B's packed pairs):
     /// the reference, on every CPU.
     Portable,
     /// `vdpbf16ps` (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake

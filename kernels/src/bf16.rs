@@ -7,6 +7,14 @@ use crate::error::expect_len;
 use crate::simd::Simd;
 use crate::{KernelError, Kernels};
 
+/// One value of a pair slot (two bf16 values in 32 bits, the first in the
+/// low half, as the bf16 products pack them), widened to f32 exactly: the
+/// high half (`high`) or the low half, as the top 16 bits of an f32.
+#[inline(always)]
+pub(crate) fn pair_half(slot: u32, high: bool) -> f32 {
+    f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 })
+}
+
 /// A bfloat16 number, stored as its 16 bits.
 ///
 /// Rounding from f32 is to nearest, ties to even, on the bit pattern, which

@@ -25,9 +25,12 @@
 use super::amx::{self, TileProduct};
 use super::microkernel::prefetch;
 use super::microkernel::{GemmKernel, ScalarKernel};
-use super::{check_product, check_product_of, check_workspace, scale_by_beta, MatMut, MatRef};
+use super::{
+    check_product, check_product_of, check_workspace, scale_by_beta, small, MatMut, MatRef, Output,
+};
 use core::ops::Range;
 
+use crate::bf16::pair_half;
 use crate::dispatch::{dispatch, Isa};
 use crate::parallel::{run_pieces, threads_of, SharedMut};
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
@@ -80,17 +83,20 @@ mod sealed {
 impl Kernels {
     /// Floats of workspace [`Kernels::gemm_bf16`] needs for an `m × k` by
     /// `k × n` product (saturating: an absurd shape asks for more than any
-    /// buffer holds).
+    /// buffer holds). It depends on the whole shape and the unit, not only
+    /// on the size (a few rows may need more than many): size a shared
+    /// workspace by the largest this returns for the products it serves.
     pub fn gemm_bf16_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
         match self.pair_unit() {
             Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len(),
-            // A rounded, B packed.
+            // A rounded, B packed (padded to whole panels and steps).
             None if m <= FEW_ROWS => PackedBf16::len(k, n)
                 .and_then(|b| m.checked_mul(k)?.checked_add(b))
                 .unwrap_or(usize::MAX),
+            // A and B rounded, then the f32 product's workspace.
             None => m
                 .saturating_mul(k)
                 .saturating_add(k.saturating_mul(n))
@@ -402,11 +408,7 @@ impl Kernels {
         let (k, n) = (b.rows(), b.cols());
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;
-        // SAFETY: u32 and f32 have one size and alignment and every bit
-        // pattern is valid in both; the borrow of `slots` moves into it.
-        let panels = unsafe {
-            core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len())
-        };
+        let panels = slots_as_f32_mut(slots);
         let bt = b.t();
         let panel_len = panel_slots(k);
         if panel_len == 0 {
@@ -516,10 +518,12 @@ impl Kernels {
             a: rounded_a,
             b,
             beta,
-            c_rows: c.rows,
-            c_cols: c.cols,
-            c_rs: c.row_stride,
-            c: SharedMut(c.data.as_mut_ptr()),
+            m: c.rows,
+            n: c.cols,
+            c: Output {
+                ptr: SharedMut(c.data.as_mut_ptr()),
+                rs: c.row_stride,
+            },
         };
         let p = &product;
         dispatch!(self,
@@ -553,6 +557,13 @@ impl Kernels {
     }
 }
 
+/// Pair slots as the f32 patterns the packers write.
+fn slots_as_f32_mut(slots: &mut [u32]) -> &mut [f32] {
+    // SAFETY: u32 and f32 have one size and alignment and every bit
+    // pattern is valid in both; the result borrows `slots` mutably.
+    unsafe { core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len()) }
+}
+
 /// Workspace floats as pair slots, to pack into.
 fn workspace_as_slots(ws: &mut [f32]) -> &mut [u32] {
     // SAFETY: u32 and f32 have one size and alignment and every bit
@@ -570,14 +581,13 @@ fn slots_as_f32(slots: &[u32]) -> &[f32] {
 /// A product of at most [`FEW_ROWS`] rows on the portable unit: A rounded
 /// (`c_rows × k`, contiguous), B packed.
 struct FewRows<'a> {
+    m: usize,
+    n: usize,
     alpha: f32,
     a: &'a [f32],
     b: PackedBf16<'a>,
     beta: f32,
-    c_rows: usize,
-    c_cols: usize,
-    c_rs: usize,
-    c: SharedMut,
+    c: Output,
 }
 
 /// Most rows of A the portable unit multiplies by streaming B's pairs once
@@ -587,22 +597,13 @@ struct FewRows<'a> {
 /// weights' one packing); a decoded token streams them in about 2 ms.
 const FEW_ROWS: usize = 16;
 
-/// Multiply-adds below which splitting [`FewRows`] across threads costs
-/// more than it saves.
-const FEW_ROWS_PARALLEL_WORK: usize = 1 << 16;
-
-/// Runs `p`: pieces of whole panels of C (twice as many as threads, when
-/// the product is worth splitting), each element summed by one piece, so
-/// the same bits for any split.
+/// Runs `p`: pieces of whole panels of C (as the f32 small path splits
+/// its columns), each element summed by one piece, so the same bits for
+/// any split.
 fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRows) {
-    let (m, n, k) = (p.c_rows, p.c_cols, p.b.k);
+    let (m, n, k) = (p.m, p.n, p.b.k);
     let panels = n.div_ceil(NR);
-    let threads = threads_of(exec);
-    let pieces = if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= FEW_ROWS_PARALLEL_WORK {
-        (2 * threads).min(panels)
-    } else {
-        1
-    };
+    let pieces = small::column_pieces(threads_of(exec), (m, n, k), panels);
     let per_piece = panels.div_ceil(pieces);
     let pieces = panels.div_ceil(per_piece);
     run_pieces(exec, pieces, &|piece| {
@@ -618,7 +619,7 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
                         // panel `j`'s, which this piece alone computes.
                         let y = unsafe {
                             core::slice::from_raw_parts_mut(
-                                p.c.ptr().add(i * p.c_rs + first),
+                                p.c.ptr.ptr().add(i * p.c.rs + first),
                                 width,
                             )
                         };
@@ -765,10 +766,7 @@ fn padded_pairs(k: usize) -> usize {
 /// The two bf16 values of a pair slot, as f32: `(lo, hi)`.
 pub(super) fn unpair(slot: f32) -> (f32, f32) {
     let bits = slot.to_bits();
-    (
-        Bf16::from_bits(bits as u16).to_f32(),
-        Bf16::from_bits((bits >> 16) as u16).to_f32(),
-    )
+    (pair_half(bits, false), pair_half(bits, true))
 }
 
 /// The bits of the pair `(lo, hi)` in one 32-bit slot, `lo` in the low

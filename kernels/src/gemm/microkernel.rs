@@ -11,6 +11,7 @@
 //! caches in `blocking.rs`.
 
 use super::packing::{interleave_scalar, interleave_simd};
+use crate::bf16::pair_half;
 #[cfg(test)]
 use crate::simd::Emulated;
 use crate::simd::{fold2, pieces, update2, Simd};
@@ -286,8 +287,7 @@ impl GemmKernel for ScalarKernel {
         for (l, &a) in a.iter().enumerate() {
             let (slots, high) = (&pairs[(l / 2) * stride..][..y.len()], l % 2 == 1);
             for (y, &slot) in y.iter_mut().zip(slots) {
-                let b = f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 });
-                *y += (alpha * a) * b;
+                *y += (alpha * a) * pair_half(slot, high);
             }
         }
     }
@@ -481,6 +481,9 @@ fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     update2(s, x, y, |x, y| s.mul_add(alpha, x, y));
 }
 
+/// The widest vector of any [`Simd`] (AVX-512's 16 lanes).
+const MAX_LANES: usize = 16;
+
 /// [`GemmKernel::axpy_pair_rows`] for a SIMD instruction set: a whole
 /// panel in as many chains of multiply-adds as it has vectors (one chain's
 /// multiply-adds wait on each other; several overlap), a part of one
@@ -499,6 +502,7 @@ fn simd_axpy_pair_rows<S: Simd>(
         (2, 0) => return pair_rows_in_chains::<S, 2>(s, alpha, a, pairs, stride, y),
         _ => {}
     }
+    debug_assert!(S::LANES <= MAX_LANES);
     for (v, y) in y.chunks_mut(S::LANES).enumerate() {
         let width = y.len();
         let mut acc = if width == S::LANES {
@@ -507,12 +511,19 @@ fn simd_axpy_pair_rows<S: Simd>(
             s.load_partial(y, 0.0)
         };
         for (l, &a) in a.iter().enumerate() {
-            let slots = &pairs[(l / 2) * stride + v * S::LANES..][..width];
-            // A partial vector's slots, padded (its extra lanes are never
-            // stored).
-            let mut padded = [0u32; 16];
-            padded[..width].copy_from_slice(slots);
-            let b = s.load_pair_halves(&padded, l % 2 == 1);
+            let (slots, high) = (
+                &pairs[(l / 2) * stride + v * S::LANES..][..width],
+                l % 2 == 1,
+            );
+            let b = if width == S::LANES {
+                s.load_pair_halves(slots, high)
+            } else {
+                // A partial vector's slots, padded (its extra lanes are
+                // never stored).
+                let mut padded = [0u32; MAX_LANES];
+                padded[..width].copy_from_slice(slots);
+                s.load_pair_halves(&padded, high)
+            };
             acc = s.mul_add(s.splat(alpha * a), b, acc);
         }
         if width == S::LANES {

@@ -48,6 +48,21 @@ fn worth_splitting(m: usize, n: usize, k: usize) -> bool {
     m.saturating_mul(n).saturating_mul(k) >= MIN_PARALLEL_WORK
 }
 
+/// Pieces of columns for an `m × k · k × n` product of few rows on
+/// `threads` threads, out of `units` that may not be cut: twice as many as
+/// threads when the product is worth splitting, else one.
+pub(crate) fn column_pieces(
+    threads: usize,
+    (m, n, k): (usize, usize, usize),
+    units: usize,
+) -> usize {
+    if threads > 1 && worth_splitting(m, n, k) {
+        (2 * threads).min(units)
+    } else {
+        1
+    }
+}
+
 /// Pieces of k for an `m × k · k × n` product (1: no split). A function of
 /// the shape alone, so that results do not depend on the thread count.
 fn k_pieces(m: usize, n: usize, k: usize) -> usize {
@@ -82,12 +97,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     let chunk = chunk_columns(p.m);
     // Several threads take column ranges of their own (each still read in
     // whole chunks); one thread takes everything in one piece.
-    let threads = threads_of(exec);
-    let pieces = if threads > 1 && worth_splitting(p.m, p.n, p.k) {
-        (2 * threads).min(p.n.div_ceil(64))
-    } else {
-        1
-    };
+    let pieces = column_pieces(threads_of(exec), (p.m, p.n, p.k), p.n.div_ceil(64));
     let per_piece = p.n.div_ceil(pieces).next_multiple_of(16);
     let pieces = p.n.div_ceil(per_piece);
     run_pieces(exec, pieces, &|piece| {

@@ -26,10 +26,7 @@ impl<const N: usize> Simd for Emulated<N> {
         core::array::from_fn(|i| src[i].to_f32())
     }
     fn load_pair_halves(self, src: &[u32], high: bool) -> [f32; N] {
-        core::array::from_fn(|i| {
-            let slot = src[i];
-            f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 })
-        })
+        core::array::from_fn(|i| crate::bf16::pair_half(src[i], high))
     }
     fn store_bf16(self, dst: &mut [Bf16], v: [f32; N]) {
         for (d, x) in dst[..N].iter_mut().zip(v) {

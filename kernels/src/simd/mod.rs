@@ -44,10 +44,6 @@ pub(crate) trait Simd: Copy {
     fn load_partial(self, src: &[f32], fill: f32) -> Self::V;
     /// Stores the first `dst.len() < LANES` lanes.
     fn store_partial(self, dst: &mut [f32], v: Self::V);
-    /// Loads `LANES` slots of bf16 pairs (two bf16 values in each 32-bit
-    /// lane, the first in the low half) and widens the high halves
-    /// (`high`) or the low halves to f32, exactly.
-    fn load_pair_halves(self, src: &[u32], high: bool) -> Self::V;
 
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
@@ -70,6 +66,10 @@ pub(crate) trait Simd: Copy {
 
     /// Loads `LANES` bf16 values as f32 (exact).
     fn load_bf16(self, src: &[Bf16]) -> Self::V;
+    /// Loads `LANES` slots of bf16 pairs (two bf16 values in each 32-bit
+    /// lane, the first in the low half) and widens the high halves
+    /// (`high`) or the low halves to f32, exactly.
+    fn load_pair_halves(self, src: &[u32], high: bool) -> Self::V;
     /// Stores the lanes as `LANES` bf16 values, each rounded as
     /// [`Bf16::from_f32`] does.
     fn store_bf16(self, dst: &mut [Bf16], v: Self::V);

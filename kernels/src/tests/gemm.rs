@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::vec::Vec;
 
+use super::freestanding::bits;
 use super::*;
 use crate::{Executor, KernelError, MatMut, MatRef, Sequential};
 
@@ -526,6 +527,60 @@ fn every_pointer_path_on_small_products() {
         let shapes = [(mr + 3, nr + 5, 7), (3, nr + 5, 7)];
         let runs: [(&dyn Executor, u64); 2] = [(&Sequential, 7), (&Threads(3), 8)];
         under_blocking(name, kernels, (mr, 4, nr), &shapes, &runs);
+    }
+}
+
+/// The portable bf16 unit's path for few rows (pieces writing panels of C
+/// through a raw pointer, the workspace taken as pair slots), small enough
+/// for Miri: the same bits from a packed and an unpacked B, on one thread
+/// and on three, and C's padding between rows untouched.
+#[test]
+fn bf16_few_rows_pointer_paths_on_small_products() {
+    let (m, n, k) = (3, 70, 5);
+    let mut rng = Rng::new(11);
+    let (a, b) = (rng.vec(m * k, -2.0, 2.0), rng.vec(k * n, -2.0, 2.0));
+    let ldc = n + 3;
+    for (name, kernels) in every_kernel() {
+        let kernels = kernels.with_bf16_unit(crate::Bf16Unit::Portable).unwrap();
+        let mut slots = std::vec![0; crate::PackedBf16::len(k, n).unwrap()];
+        kernels
+            .pack_bf16(MatRef::new(&b, k, n).unwrap(), &mut slots)
+            .unwrap();
+        let packed = crate::PackedBf16::new(&slots, k, n).unwrap();
+        let mut results = Vec::new();
+        let runs: [&dyn Executor; 2] = [&Sequential, &Threads(3)];
+        for exec in runs {
+            for from_packed in [false, true] {
+                let mut c = std::vec![f32::NAN; (m - 1) * ldc + n];
+                let out = MatMut::strided(&mut c, m, n, ldc).unwrap();
+                let a = MatRef::new(&a, m, k).unwrap();
+                if from_packed {
+                    let mut ws =
+                        std::vec![f32::NAN; kernels.gemm_bf16_packed_workspace_len(m, n, k)];
+                    kernels
+                        .gemm_bf16_packed_with(exec, 0.5, a, packed, 0.0, out, &mut ws)
+                        .unwrap();
+                } else {
+                    let b = MatRef::new(&b, k, n).unwrap();
+                    let mut ws = std::vec![f32::NAN; kernels.gemm_bf16_workspace_len(m, n, k)];
+                    kernels
+                        .gemm_bf16_with(exec, 0.5, a, b, 0.0, out, &mut ws)
+                        .unwrap();
+                }
+                for r in 0..m - 1 {
+                    assert!(
+                        c[r * ldc + n..(r + 1) * ldc].iter().all(|x| x.is_nan()),
+                        "{name}"
+                    );
+                }
+                assert!(
+                    (0..m).all(|r| c[r * ldc..][..n].iter().all(|x| x.is_finite())),
+                    "{name}: an element of C was not written"
+                );
+                results.push(bits(&c));
+            }
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{name}");
     }
 }
 
