@@ -437,10 +437,11 @@ impl Kernels {
             Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_len(),
             // A rounded.
             None if m <= FEW_ROWS => m.saturating_mul(k),
-            // B unpacked, then the unpacked product's workspace.
-            None => k
-                .saturating_mul(n)
-                .saturating_add(self.gemm_bf16_workspace_len(m, n, k)),
+            // A rounded, B unpacked, then the f32 product's workspace.
+            None => m
+                .saturating_mul(k)
+                .saturating_add(k.saturating_mul(n))
+                .saturating_add(self.gemm_workspace_len(m, n, k)),
         }
     }
 
@@ -483,11 +484,16 @@ impl Kernels {
                 self.portable_few_rows(exec, alpha, &a, b, beta, c, &mut workspace[..m * k]);
                 return Ok(());
             }
-            // The reference: B unpacked to f32, then the unpacked product.
-            let (unpacked, rest) = workspace.split_at_mut(k * n);
+            // The reference: A rounded and B unpacked to f32 (its values
+            // are bf16 already, so rounding them again would change
+            // nothing), then the f32 product, as `gemm_bf16_with` runs it.
+            let (rounded_a, rest) = workspace.split_at_mut(m * k);
+            let (unpacked, rest) = rest.split_at_mut(k * n);
+            round_into(&a, rounded_a);
             unpack(&b, unpacked);
+            let a = MatRef::new(&rounded_a[..], m, k)?;
             let b = MatRef::new(&unpacked[..], k, n)?;
-            return self.gemm_bf16_with(exec, alpha, a, b, beta, c, rest);
+            return self.gemm_with(exec, alpha, a, b, beta, c, rest);
         };
         let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
             panels: b.panels(),
@@ -635,16 +641,15 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
 /// `dst` (`k × n`, contiguous) = the packed operand `b` as f32 values.
 fn unpack(b: &PackedBf16, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
-    let panels = b.panels();
     for j in 0..n.div_ceil(NR) {
-        let panel = &panels[j * b.stride..][..NR * k.div_ceil(2)];
-        for (q, slots) in panel.chunks_exact(NR).enumerate() {
-            for (i, &slot) in slots.iter().enumerate().take(n.saturating_sub(j * NR)) {
-                let (col, (lo, hi)) = (j * NR + i, unpair(slot));
-                dst[2 * q * n + col] = lo;
-                if 2 * q + 1 < k {
-                    dst[(2 * q + 1) * n + col] = hi;
-                }
+        let (first, width) = (j * NR, NR.min(n - j * NR));
+        let panel = &b.slots[j * b.stride..][..NR * k.div_ceil(2)];
+        for (l, row) in dst.chunks_exact_mut(n).enumerate() {
+            // Row `l` is one half of pair `l / 2`: a straight loop over a
+            // panel's columns, which vectorizes.
+            let slots = &panel[(l / 2) * NR..][..width];
+            for (d, &slot) in row[first..first + width].iter_mut().zip(slots) {
+                *d = pair_half(slot, l % 2 == 1);
             }
         }
     }
@@ -763,7 +768,9 @@ fn padded_pairs(k: usize) -> usize {
     k.div_ceil(2).div_ceil(amx::K_STEP) * amx::K_STEP
 }
 
-/// The two bf16 values of a pair slot, as f32: `(lo, hi)`.
+/// The two bf16 values of a pair slot, as f32: `(lo, hi)` (for the
+/// emulated units).
+#[cfg(test)]
 pub(super) fn unpair(slot: f32) -> (f32, f32) {
     let bits = slot.to_bits();
     (pair_half(bits, false), pair_half(bits, true))
