@@ -585,7 +585,7 @@ fn slots_as_f32(slots: &[u32]) -> &[f32] {
 }
 
 /// A product of at most [`FEW_ROWS`] rows on the portable unit: A rounded
-/// (`c_rows × k`, contiguous), B packed.
+/// (`m × k`, contiguous), B packed.
 struct FewRows<'a> {
     m: usize,
     n: usize,

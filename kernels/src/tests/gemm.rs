@@ -530,10 +530,11 @@ fn every_pointer_path_on_small_products() {
     }
 }
 
-/// The portable bf16 unit's path for few rows (pieces writing panels of C
+/// The portable bf16 unit's path for few rows (writing panels of C
 /// through a raw pointer, the workspace taken as pair slots), small enough
-/// for Miri: the same bits from a packed and an unpacked B, on one thread
-/// and on three, and C's padding between rows untouched.
+/// for Miri (too small to split: `gemm_bf16_packed_matches_the_unpacked_product`
+/// splits it): the sums of the rounded operands, the same bits from a
+/// packed and an unpacked B, and C's padding between rows untouched.
 #[test]
 fn bf16_few_rows_pointer_paths_on_small_products() {
     let (m, n, k) = (3, 70, 5);
@@ -553,18 +554,18 @@ fn bf16_few_rows_pointer_paths_on_small_products() {
             for from_packed in [false, true] {
                 let mut c = std::vec![f32::NAN; (m - 1) * ldc + n];
                 let out = MatMut::strided(&mut c, m, n, ldc).unwrap();
-                let a = MatRef::new(&a, m, k).unwrap();
+                let a_view = MatRef::new(&a, m, k).unwrap();
                 if from_packed {
                     let mut ws =
                         std::vec![f32::NAN; kernels.gemm_bf16_packed_workspace_len(m, n, k)];
                     kernels
-                        .gemm_bf16_packed_with(exec, 0.5, a, packed, 0.0, out, &mut ws)
+                        .gemm_bf16_packed_with(exec, 0.5, a_view, packed, 0.0, out, &mut ws)
                         .unwrap();
                 } else {
                     let b = MatRef::new(&b, k, n).unwrap();
                     let mut ws = std::vec![f32::NAN; kernels.gemm_bf16_workspace_len(m, n, k)];
                     kernels
-                        .gemm_bf16_with(exec, 0.5, a, b, 0.0, out, &mut ws)
+                        .gemm_bf16_with(exec, 0.5, a_view, b, 0.0, out, &mut ws)
                         .unwrap();
                 }
                 for r in 0..m - 1 {
@@ -577,6 +578,20 @@ fn bf16_few_rows_pointer_paths_on_small_products() {
                     (0..m).all(|r| c[r * ldc..][..n].iter().all(|x| x.is_finite())),
                     "{name}: an element of C was not written"
                 );
+                for r in 0..m {
+                    for j in 0..n {
+                        let round = |x: f32| f64::from(crate::Bf16::from_f32(x).to_f32());
+                        let want: f64 = 0.5
+                            * (0..k)
+                                .map(|l| round(a[r * k + l]) * round(b[l * n + j]))
+                                .sum::<f64>();
+                        let got = f64::from(c[r * ldc + j]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{name}: C[{r}][{j}] = {got}, want {want}"
+                        );
+                    }
+                }
                 results.push(bits(&c));
             }
         }
