@@ -525,7 +525,6 @@ impl Kernels {
             b,
             beta,
             m: c.rows,
-            n: c.cols,
             c: Output {
                 ptr: SharedMut(c.data.as_mut_ptr()),
                 rs: c.row_stride,
@@ -588,7 +587,6 @@ fn slots_as_f32(slots: &[u32]) -> &[f32] {
 /// (`m × k`, contiguous), B packed.
 struct FewRows<'a> {
     m: usize,
-    n: usize,
     alpha: f32,
     a: &'a [f32],
     b: PackedBf16<'a>,
@@ -607,7 +605,7 @@ const FEW_ROWS: usize = 16;
 /// its columns), each element summed by one piece, so the same bits for
 /// any split.
 fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRows) {
-    let (m, n, k) = (p.m, p.n, p.b.k);
+    let (m, n, k) = (p.m, p.b.n, p.b.k);
     let panels = n.div_ceil(NR);
     let pieces = small::column_pieces(threads_of(exec), (m, n, k), panels);
     let per_piece = panels.div_ceil(pieces);

@@ -486,8 +486,8 @@ const MAX_LANES: usize = 16;
 
 /// [`GemmKernel::axpy_pair_rows`] for a SIMD instruction set: a whole
 /// panel in as many chains of multiply-adds as it has vectors (one chain's
-/// multiply-adds wait on each other; several overlap), a part of one
-/// vector by vector.
+/// multiply-adds wait on each other; several overlap), a partial panel
+/// one chain per whole vector, then its last part through a padded copy.
 #[inline(always)]
 fn simd_axpy_pair_rows<S: Simd>(
     s: S,
@@ -502,36 +502,25 @@ fn simd_axpy_pair_rows<S: Simd>(
         (2, 0) => return pair_rows_in_chains::<S, 2>(s, alpha, a, pairs, stride, y),
         _ => {}
     }
-    debug_assert!(S::LANES <= MAX_LANES);
-    for (v, y) in y.chunks_mut(S::LANES).enumerate() {
-        let width = y.len();
-        let mut acc = if width == S::LANES {
-            s.load(y)
-        } else {
-            s.load_partial(y, 0.0)
-        };
-        for (l, &a) in a.iter().enumerate() {
-            let (slots, high) = (
-                &pairs[(l / 2) * stride + v * S::LANES..][..width],
-                l % 2 == 1,
-            );
-            let b = if width == S::LANES {
-                s.load_pair_halves(slots, high)
-            } else {
-                // A partial vector's slots, padded (its extra lanes are
-                // never stored).
-                let mut padded = [0u32; MAX_LANES];
-                padded[..width].copy_from_slice(slots);
-                s.load_pair_halves(&padded, high)
-            };
-            acc = s.mul_add(s.splat(alpha * a), b, acc);
-        }
-        if width == S::LANES {
-            s.store(y, acc);
-        } else {
-            s.store_partial(y, acc);
-        }
+    // Whole vectors one chain each, then the part of one.
+    let whole = y.len() - y.len() % S::LANES;
+    let (vectors, part) = y.split_at_mut(whole);
+    for (v, y) in vectors.chunks_exact_mut(S::LANES).enumerate() {
+        pair_rows_in_chains::<S, 1>(s, alpha, a, &pairs[v * S::LANES..], stride, y);
     }
+    if part.is_empty() {
+        return;
+    }
+    debug_assert!(S::LANES <= MAX_LANES);
+    let mut acc = s.load_partial(part, 0.0);
+    for (l, &a) in a.iter().enumerate() {
+        // The part's slots, padded (its extra lanes are never stored).
+        let mut padded = [0u32; MAX_LANES];
+        padded[..part.len()].copy_from_slice(&pairs[(l / 2) * stride + whole..][..part.len()]);
+        let b = s.load_pair_halves(&padded, l % 2 == 1);
+        acc = s.mul_add(s.splat(alpha * a), b, acc);
+    }
+    s.store_partial(part, acc);
 }
 
 /// [`simd_axpy_pair_rows`] for `y` of exactly `NV` vectors.
