@@ -111,8 +111,9 @@ impl Kernels {
 /// The widest vector of any backend, for tails.
 const MAX_LANES: usize = 16;
 
+/// `dst[i] = bf16(src[i])` for equal lengths, a vector at a time.
 #[inline(always)]
-fn narrow<S: Simd>(s: S, src: &[f32], dst: &mut [Bf16]) {
+pub(crate) fn narrow<S: Simd>(s: S, src: &[f32], dst: &mut [Bf16]) {
     let mut outs = dst.chunks_exact_mut(S::LANES);
     let mut ins = src.chunks_exact(S::LANES);
     for (o, x) in (&mut outs).zip(&mut ins) {

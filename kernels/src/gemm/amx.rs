@@ -16,8 +16,9 @@
 //! emulated tile runs the same blocking on any CPU in tests.
 
 use super::bf16::{pair, round_row_pairs, Bf16Input, NR};
+use super::microkernel::GemmKernel;
 use super::MatRef;
-use crate::{Bf16, Kernels};
+use crate::Bf16;
 
 /// Rows of a packed A panel and of a block of sums: two tiles' rows.
 pub(super) const MR: usize = 32;
@@ -46,8 +47,8 @@ pub(super) trait TileProduct: Copy {
 /// `panel.len() / MR` slots per row; pairs past the columns and rows past
 /// the matrix are zero.
 #[inline(always)]
-pub(super) fn pack_rows<T: Bf16Input>(
-    kernels: &Kernels,
+pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
     src: &MatRef<T>,
     p: usize,
     panel: &mut [f32],
@@ -67,7 +68,7 @@ pub(super) fn pack_rows<T: Bf16Input>(
         }
         if cs == 1 {
             let row = &src.data[r * rs..][..cols];
-            round_row_pairs(kernels, row, |q, two| slots[q] = two);
+            round_row_pairs(kernel, row, &mut slots[..cols.div_ceil(2)]);
         } else {
             for (q, slot) in slots.iter_mut().enumerate().take(cols.div_ceil(2)) {
                 let hi = if 2 * q + 1 < cols {

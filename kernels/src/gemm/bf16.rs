@@ -43,9 +43,10 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     const ZERO: Self;
     /// The value as the product uses it.
     fn to_bf16(self) -> Bf16;
-    /// `dst[i] = src[i].to_bf16()`, vectorized where it pays.
+    /// `dst[i] = src[i].to_bf16()` for equal lengths, f32 values rounded
+    /// by `narrow` (which the caller vectorizes).
     #[doc(hidden)]
-    fn round_slice(kernels: &Kernels, src: &[Self], dst: &mut [Bf16]);
+    fn round_slice(src: &[Self], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16]));
 }
 
 impl Bf16Input for f32 {
@@ -54,10 +55,9 @@ impl Bf16Input for f32 {
     fn to_bf16(self) -> Bf16 {
         Bf16::from_f32(self)
     }
-    #[inline]
-    fn round_slice(kernels: &Kernels, src: &[f32], dst: &mut [Bf16]) {
-        // Lengths agree (the callers cut both to one length).
-        let _ = kernels.f32_to_bf16(src, dst);
+    #[inline(always)]
+    fn round_slice(src: &[f32], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16])) {
+        narrow(src, dst)
     }
 }
 
@@ -67,8 +67,8 @@ impl Bf16Input for Bf16 {
     fn to_bf16(self) -> Bf16 {
         self
     }
-    #[inline]
-    fn round_slice(_: &Kernels, src: &[Bf16], dst: &mut [Bf16]) {
+    #[inline(always)]
+    fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {
         dst.copy_from_slice(src);
     }
 }
@@ -260,10 +260,8 @@ impl Kernels {
         }
         let (rounded_a, rest) = workspace.split_at_mut(m * k);
         let (rounded_b, rest) = rest.split_at_mut(k * n);
-        round_into(&a, rounded_a);
-        round_into(&b, rounded_b);
-        let a = MatRef::new(&rounded_a[..], m, k)?;
-        let b = MatRef::new(&rounded_b[..], k, n)?;
+        let a = round_into(self, &a, rounded_a);
+        let b = round_into(self, &b, rounded_b);
         self.gemm_with(exec, alpha, a, b, beta, c, rest)
     }
 }
@@ -414,16 +412,15 @@ impl Kernels {
         if panel_len == 0 {
             return Ok(());
         }
-        for (j, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
-            match self.pair_unit() {
-                #[cfg(target_arch = "x86_64")]
-                Some(PairIsa::V4Bf16) => {
-                    // SAFETY: `pair_unit` names `V4Bf16` only on a detected unit.
-                    unsafe { V4Bf16::detected() }.enter(|_| pack_panel(self, &bt, NR, j, panel))
+        let panels = panels.chunks_exact_mut(panel_len);
+        dispatch!(self,
+            scalar: panels.enumerate().for_each(|(j, panel)| pack_panel(ScalarKernel, &bt, NR, j, panel)),
+            simd: |s| {
+                for (j, panel) in panels.enumerate() {
+                    pack_panel(s, &bt, NR, j, panel);
                 }
-                _ => pack_panel(self, &bt, NR, j, panel),
-            }
-        }
+            },
+        );
         Ok(())
     }
 
@@ -489,9 +486,8 @@ impl Kernels {
             // nothing), then the f32 product, as `gemm_bf16_with` runs it.
             let (rounded_a, rest) = workspace.split_at_mut(m * k);
             let (unpacked, rest) = rest.split_at_mut(k * n);
-            round_into(&a, rounded_a);
+            let a = round_into(self, &a, rounded_a);
             unpack(&b, unpacked);
-            let a = MatRef::new(&rounded_a[..], m, k)?;
             let b = MatRef::new(&unpacked[..], k, n)?;
             return self.gemm_with(exec, alpha, a, b, beta, c, rest);
         };
@@ -518,7 +514,17 @@ impl Kernels {
         c: MatMut,
         rounded_a: &mut [f32],
     ) {
-        round_into(a, rounded_a);
+        if a.transposed {
+            // Rows of op(A) are columns here: gathered one value at a time
+            // (at most `FEW_ROWS · k` of them, against the product's `k · n`).
+            for (r, row) in rounded_a.chunks_exact_mut(a.cols()).enumerate() {
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = a.at(r, c).to_bf16().to_f32();
+                }
+            }
+        } else {
+            round_into(self, a, rounded_a);
+        }
         let product = FewRows {
             alpha,
             a: rounded_a,
@@ -653,15 +659,47 @@ fn unpack(b: &PackedBf16, dst: &mut [f32]) {
     }
 }
 
-/// `dst` (`rows × cols`, contiguous) = `src` as used, rounded to bf16.
-fn round_into<T: Bf16Input>(src: &MatRef<T>, dst: &mut [f32]) {
-    let cols = src.cols();
-    if cols == 0 {
-        return;
+/// `dst` = `src`'s stored matrix rounded to bf16 (as f32), contiguous,
+/// viewed as `src` is (transposed or not): rounding runs along the stored
+/// rows, where it vectorizes, and the f32 product reads the copy as it
+/// would read `src`. `dst` holds at least `rows · cols` floats.
+fn round_into<'d, T: Bf16Input>(
+    kernels: &Kernels,
+    src: &MatRef<T>,
+    dst: &'d mut [f32],
+) -> MatRef<'d> {
+    let (rows, cols) = (src.rows, src.cols);
+    let dst = &mut dst[..rows * cols];
+    if cols > 0 {
+        let rows = dst.chunks_exact_mut(cols).enumerate();
+        let row = |r: usize| &src.data[r * src.row_stride..][..cols];
+        dispatch!(kernels,
+            scalar: rows.for_each(|(r, out)| round_row(ScalarKernel, row(r), out)),
+            simd: |s| {
+                for (r, out) in rows {
+                    round_row(s, row(r), out);
+                }
+            },
+        );
     }
-    for (r, row) in dst.chunks_exact_mut(cols).enumerate() {
-        for (c, x) in row.iter_mut().enumerate() {
-            *x = src.at(r, c).to_bf16().to_f32();
+    MatRef {
+        data: dst,
+        rows,
+        cols,
+        row_stride: cols,
+        transposed: src.transposed,
+    }
+}
+
+/// `out[i] = row[i]` rounded to bf16, as f32, a chunk at a time.
+#[inline(always)]
+fn round_row<K: GemmKernel, T: Bf16Input>(kernel: K, row: &[T], out: &mut [f32]) {
+    let mut chunk = [Bf16::default(); ROUND_CHUNK];
+    for (part, out) in row.chunks(ROUND_CHUNK).zip(out.chunks_mut(ROUND_CHUNK)) {
+        let chunk = &mut chunk[..part.len()];
+        T::round_slice(part, chunk, round_by(kernel));
+        for (o, h) in out.iter_mut().zip(&*chunk) {
+            *o = h.to_f32();
         }
     }
 }
@@ -780,25 +818,51 @@ pub(super) fn pair(lo: Bf16, hi: Bf16) -> f32 {
     f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
 }
 
-/// Rounds the contiguous `row` to bf16 a chunk at a time and hands each
-/// pair of it to `put(q, pair(row[2q], row[2q + 1]))`, the last padded
-/// with zero.
+/// `K`'s vector rounding, for [`Bf16Input::round_slice`] (a closure in
+/// SIMD code must inline, or each intrinsic goes out of line).
 #[inline(always)]
-pub(super) fn round_row_pairs<T: Bf16Input>(
-    kernels: &Kernels,
-    row: &[T],
-    mut put: impl FnMut(usize, f32),
+fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf16]) {
+    #[inline(always)]
+    move |x, d| kernel.round_to_bf16(x, d)
+}
+
+/// Packs panel `p` of A as `layout` has it: row by row for tiles, else
+/// pairs interleaved across `layout.mr` rows.
+#[inline(always)]
+fn pack_a_panel<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    a: &MatRef<T>,
+    layout: PairLayout,
+    p: usize,
+    panel: &mut [f32],
 ) {
-    let zero = Bf16::default();
-    let mut chunk = [zero; ROUND_CHUNK];
-    for (c, part) in row.chunks(ROUND_CHUNK).enumerate() {
-        let out = &mut chunk[..part.len()];
-        T::round_slice(kernels, part, out);
-        for (j, two) in out.chunks(2).enumerate() {
-            put(
-                c * ROUND_CHUNK / 2 + j,
-                pair(two[0], two.get(1).copied().unwrap_or(zero)),
-            );
+    if layout.tiles {
+        amx::pack_rows(kernel, a, p, panel)
+    } else {
+        pack_panel(kernel, a, layout.mr, p, panel)
+    }
+}
+
+/// `slots[q] = pair(row[2q], row[2q + 1])` rounded to bf16, the last
+/// padded with zero: `slots.len() == row.len().div_ceil(2)`.
+#[inline(always)]
+pub(super) fn round_row_pairs<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    row: &[T],
+    slots: &mut [f32],
+) {
+    let mut chunk = [Bf16::default(); ROUND_CHUNK];
+    for (part, slots) in row
+        .chunks(ROUND_CHUNK)
+        .zip(slots.chunks_mut(ROUND_CHUNK / 2))
+    {
+        T::round_slice(part, &mut chunk[..part.len()], round_by(kernel));
+        if part.len() % 2 == 1 {
+            // The odd last value's partner (an even chunk has room).
+            chunk[part.len()] = Bf16::default();
+        }
+        for (slot, two) in slots.iter_mut().zip(chunk.chunks_exact(2)) {
+            *slot = pair(two[0], two[1]);
         }
     }
 }
@@ -806,12 +870,12 @@ pub(super) fn round_row_pairs<T: Bf16Input>(
 /// Packs panel `p` of the rows of `src` (as used): rows `p·width..` (at
 /// most [`NR`] of them), holding for each pair `q` of columns the pairs
 /// `(src[r][2q], src[r][2q + 1])` of its rows, `width` slots per pair;
-/// rows and columns past the matrix (up to the panel's end) are zero. (B is packed through its
-/// transpose: rows of Bᵀ are columns of B.) Rounding runs along whichever
-/// direction the storage is contiguous in.
+/// rows and columns past the matrix (up to the panel's end) are zero. (B is
+/// packed through its transpose: rows of Bᵀ are columns of B.) Rounding
+/// runs along whichever direction the storage is contiguous in.
 #[inline(always)]
-fn pack_panel<T: Bf16Input>(
-    kernels: &Kernels,
+fn pack_panel<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
     src: &MatRef<T>,
     width: usize,
     p: usize,
@@ -822,33 +886,36 @@ fn pack_panel<T: Bf16Input>(
     let first = p * width;
     let live = width.min(rows - first);
     if cs == 1 {
-        // Rows are contiguous: deal each row's pairs out to the panel,
-        // `width` slots apart.
-        for i in 0..width {
-            if i >= live {
-                panel
-                    .iter_mut()
-                    .skip(i)
-                    .step_by(width)
-                    .for_each(|x| *x = 0.0);
-                continue;
+        // Rows are contiguous, so a row's pairs are its own values two at
+        // a time: round a stretch of each row into a line of slots, then
+        // interleave the lines into the panel (a transpose, as the f32
+        // packing does). Lines past the matrix stay zero.
+        let pairs = cols.div_ceil(2);
+        let mut lines = [[0.0; LINE_PAIRS]; NR];
+        for start in (0..pairs).step_by(LINE_PAIRS) {
+            let count = LINE_PAIRS.min(pairs - start);
+            let values = 2 * start..cols.min(2 * (start + count));
+            for (i, line) in lines[..live].iter_mut().enumerate() {
+                let row = &src.data[(first + i) * rs..][values.clone()];
+                round_row_pairs(kernel, row, &mut line[..count]);
             }
-            let row = &src.data[(first + i) * rs..][..cols];
-            round_row_pairs(kernels, row, |q, two| panel[q * width + i] = two);
+            let lines: [&[f32]; NR] = core::array::from_fn(|i| &lines[i][..count]);
+            kernel.interleave(
+                &lines[..width],
+                &mut panel[start * width..][..count * width],
+            );
         }
         // The pad pairs past the last column.
-        panel[cols.div_ceil(2) * width..].fill(0.0);
+        panel[pairs * width..].fill(0.0);
     } else {
         // Columns are contiguous (`rs == 1`): the panel's share of two
-        // columns at a time, rounded and interleaved in one straight loop
-        // (it vectorizes; a call per short strip would cost more than the
-        // rounding).
+        // columns at a time, rounded and paired.
         for (q, slots) in panel.chunks_exact_mut(width).enumerate() {
             let (slots, pad) = slots.split_at_mut(live);
             let strip = |c: usize| &src.data[c * cs + first..][..live];
             match (2 * q < cols, 2 * q + 1 < cols) {
-                (true, true) => pair_strips(strip(2 * q), strip(2 * q + 1), slots),
-                (true, false) => pair_strips(strip(2 * q), &[T::ZERO; NR][..live], slots),
+                (true, true) => pair_strips(kernel, strip(2 * q), Some(strip(2 * q + 1)), slots),
+                (true, false) => pair_strips(kernel, strip(2 * q), None, slots),
                 _ => slots.fill(0.0),
             }
             pad.fill(0.0);
@@ -856,13 +923,29 @@ fn pack_panel<T: Bf16Input>(
     }
 }
 
-/// `slots[i] = pair(lo[i], hi[i])` rounded to bf16, for equal lengths.
+/// `slots[i] = pair(lo[i], hi[i])` rounded to bf16 (`hi` zero if
+/// absent), for lengths of at most [`NR`].
 #[inline(always)]
-fn pair_strips<T: Bf16Input>(lo: &[T], hi: &[T], slots: &mut [f32]) {
-    for ((slot, &lo), &hi) in slots.iter_mut().zip(lo).zip(hi) {
-        *slot = pair(lo.to_bf16(), hi.to_bf16());
+fn pair_strips<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    lo: &[T],
+    hi: Option<&[T]>,
+    slots: &mut [f32],
+) {
+    let n = lo.len();
+    let mut halves = [[Bf16::default(); NR]; 2];
+    T::round_slice(lo, &mut halves[0][..n], round_by(kernel));
+    if let Some(hi) = hi {
+        T::round_slice(hi, &mut halves[1][..n], round_by(kernel));
+    }
+    for ((slot, &lo), &hi) in slots.iter_mut().zip(&halves[0][..n]).zip(&halves[1][..n]) {
+        *slot = pair(lo, hi);
     }
 }
+
+/// Pairs per line when packing rows (see [`pack_panel`]): [`NR`] lines of
+/// them, 8 KiB on the stack, stay in L1 between rounding and interleaving.
+const LINE_PAIRS: usize = 64;
 
 /// Elements rounded per call when packing contiguous rows (even, so that
 /// chunks hold whole pairs).
@@ -912,8 +995,7 @@ enum PanelsOfB<'a, B> {
 /// by [`BLOCK_PANELS`] column panels, so its rows of packed A stay in L2
 /// across its panels. Every element of C is summed in the same order
 /// whatever the blocks, so the result does not depend on the executor.
-/// The rounding loops run with the unit's instructions enabled, so they
-/// vectorize.
+/// Packing rounds with the backend's vectors.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
     tiles: Option<TileIsa>,
@@ -931,15 +1013,11 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
         // (a_panels · a_panel = a_len); no other piece touches them.
         let panel =
             unsafe { core::slice::from_raw_parts_mut(a_out.ptr().add(p * a_panel), a_panel) };
-        unit.enter(
-            #[inline(always)]
-            |_| {
-                if layout.tiles {
-                    amx::pack_rows(kernels, a, p, panel)
-                } else {
-                    pack_panel(kernels, a, layout.mr, p, panel)
-                }
-            },
+        // (Pair units run on a SIMD backend; the scalar arm is for
+        // completeness.)
+        dispatch!(kernels,
+            scalar: pack_a_panel(ScalarKernel, a, layout, p, panel),
+            simd: |s| pack_a_panel(s, a, layout, p, panel),
         );
     });
     let (packed_b, b_stride): (&[f32], usize) = match b {
@@ -953,9 +1031,9 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
                 let panel = unsafe {
                     core::slice::from_raw_parts_mut(b_out.ptr().add(j * b_panel), b_panel)
                 };
-                unit.enter(
-                    #[inline(always)]
-                    |_| pack_panel(kernels, &bt, NR, j, panel),
+                dispatch!(kernels,
+                    scalar: pack_panel(ScalarKernel, &bt, NR, j, panel),
+                    simd: |s| pack_panel(s, &bt, NR, j, panel),
                 );
             });
             (into, b_panel)

@@ -11,12 +11,13 @@
 //! caches in `blocking.rs`.
 
 use super::packing::{interleave_scalar, interleave_simd};
-use crate::bf16::pair_half;
+use crate::bf16::{narrow, pair_half};
 #[cfg(test)]
 use crate::simd::Emulated;
 use crate::simd::{fold2, pieces, update2, Simd};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{V3, V4};
+use crate::Bf16;
 
 /// One instruction set's GEMM microkernel.
 pub(crate) trait GemmKernel: Copy + Send + Sync {
@@ -54,6 +55,14 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// A, a transposed B): `dst[p·W + x] = lines[x][p]`, `W = lines.len()`.
     fn interleave(self, lines: &[&[f32]], dst: &mut [f32]) {
         interleave_scalar(lines, lines.len(), 0, dst)
+    }
+
+    /// `dst[i] = bf16(src[i])`, rounded as [`Bf16::from_f32`] does, for
+    /// equal lengths (the bf16 products' packing).
+    fn round_to_bf16(self, src: &[f32], dst: &mut [Bf16]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = Bf16::from_f32(x);
+        }
     }
 
     /// `y += alpha · x` (the small-m path).
@@ -180,6 +189,10 @@ macro_rules! simd_gemm_kernel {
             #[inline(always)]
             fn interleave(self, lines: &[&[f32]], dst: &mut [f32]) {
                 interleave_simd(self, lines, dst)
+            }
+            #[inline(always)]
+            fn round_to_bf16(self, src: &[f32], dst: &mut [Bf16]) {
+                narrow(self, src, dst)
             }
             #[inline(always)]
             fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
