@@ -620,13 +620,18 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
         kernel.enter(
             #[inline(always)]
             |kernel| {
-                for j in piece * per_piece..panels.min((piece + 1) * per_piece) {
-                    let (first, width) = (j * NR, NR.min(n - j * NR));
+                let mine = piece * per_piece..panels.min((piece + 1) * per_piece);
+                // Panels as many at a time as the kernel runs at once, every
+                // row of A over them while they are in cache.
+                let group = K::PAIR_PANELS;
+                for j in mine.clone().step_by(group) {
+                    let last = (j + group).min(mine.end);
+                    let (first, width) = (j * NR, (last * NR).min(n) - j * NR);
                     let pairs = &p.b.slots[j * p.b.stride..];
                     for i in 0..m {
                         // SAFETY: columns `first..first + width` of row `i`
-                        // of C (inside C, whose rows do not overlap) are
-                        // panel `j`'s, which this piece alone computes.
+                        // of C (inside C, whose rows do not overlap) are in
+                        // this piece's panels, which it alone computes.
                         let y = unsafe {
                             core::slice::from_raw_parts_mut(
                                 p.c.ptr.ptr().add(i * p.c.rs + first),
@@ -634,7 +639,7 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
                             )
                         };
                         scale_by_beta(p.beta, y);
-                        kernel.axpy_pair_rows(p.alpha, &p.a[i * k..][..k], pairs, NR, y);
+                        kernel.axpy_pair_rows(p.alpha, &p.a[i * k..][..k], pairs, p.b.stride, y);
                     }
                 }
             },
