@@ -604,8 +604,8 @@ struct FewRows<'a> {
 /// per row ([`few_rows`]) instead of unpacking B and running the f32 GEMM.
 /// Measured on AMD EPYC Zen 3, `shakes` in bf16, a 9-token prompt: 64–68
 /// ms through unpacking, 45–46 ms streaming (most of either is the
-/// weights' one packing, since vectorized: 22–23 ms); a decoded token
-/// streams them in about 1 ms.
+/// weights' one packing; vectorized since, an 8-token prompt takes 22–23
+/// ms); a decoded token streams them in about 1 ms.
 const FEW_ROWS: usize = 16;
 
 /// Runs `p`: pieces of whole panels of C (as the f32 small path splits
