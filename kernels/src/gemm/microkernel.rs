@@ -626,7 +626,7 @@ fn partial_panel<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f
     let whole = y.len() - y.len() % S::LANES;
     let (vectors, part) = y.split_at_mut(whole);
     for (v, y) in vectors.chunks_exact_mut(S::LANES).enumerate() {
-        panels_in_chains_one_vector(s, alpha, a, &pairs[v * S::LANES..], y);
+        vector_in_chain(s, alpha, a, &pairs[v * S::LANES..], y);
     }
     if part.is_empty() {
         return;
@@ -645,7 +645,7 @@ fn partial_panel<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f
 
 /// One vector of a panel (`y.len() == LANES`) in one chain.
 #[inline(always)]
-fn panels_in_chains_one_vector<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f32]) {
+fn vector_in_chain<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f32]) {
     let mut acc = s.load(y);
     for (l, &a) in a.iter().enumerate() {
         let b = s.load_pair_halves(&pairs[(l / 2) * PAIR_PANEL..], l % 2 == 1);
