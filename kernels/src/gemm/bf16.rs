@@ -487,7 +487,11 @@ impl Kernels {
             let (rounded_a, rest) = workspace.split_at_mut(m * k);
             let (unpacked, rest) = rest.split_at_mut(k * n);
             let a = round_into(self, &a, rounded_a);
-            unpack(&b, unpacked);
+            // (Run on the backend's vectors, where the loop widens.)
+            dispatch!(self,
+                scalar: unpack(&b, unpacked),
+                simd: |_s| unpack(&b, unpacked),
+            );
             let b = MatRef::new(&unpacked[..], k, n)?;
             return self.gemm_with(exec, alpha, a, b, beta, c, rest);
         };
@@ -649,6 +653,7 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
 }
 
 /// `dst` (`k × n`, contiguous) = the packed operand `b` as f32 values.
+#[inline(always)]
 fn unpack(b: &PackedBf16, dst: &mut [f32]) {
     let (k, n) = (b.k, b.n);
     for j in 0..n.div_ceil(NR) {
