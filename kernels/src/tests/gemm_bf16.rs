@@ -210,6 +210,68 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
     }
 }
 
+/// `pack_bf16` writes the layout `PackedBf16` documents, checked slot by
+/// slot against its definition on every handle: panels of 32 columns,
+/// each a run of pairs of consecutive rows, the even row in the low half;
+/// zeros past the columns and rows. B stored either way round (with a
+/// row stride), every tail of the pair and panel layouts, special values.
+#[test]
+fn pack_bf16_writes_the_documented_layout() {
+    use crate::PackedBf16;
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        -0.0,
+        1e-40,
+        -3.0e38,
+        1.0 + 1.0 / 256.0,
+    ];
+    for &(k, n) in &[(1, 1), (2, 33), (7, 32), (33, 64), (130, 65), (300, 70)] {
+        let mut rng = Rng::new((k * 101 + n) as u64);
+        let mut vals = rng.vec(k * n, -2.0, 2.0);
+        for (i, &x) in specials.iter().enumerate() {
+            vals[(i * 7919) % (k * n)] = x;
+        }
+        let len = PackedBf16::len(k, n).unwrap();
+        let panels = n.div_ceil(32);
+        let stride = len / panels;
+        let bits = |r: usize, c: usize| -> u32 {
+            if r < k && c < n {
+                u32::from(Bf16::from_f32(vals[r * n + c]).to_bits())
+            } else {
+                0
+            }
+        };
+        for trans in [false, true] {
+            // B as used is k × n: stored as is, or as its transpose (n × k).
+            let stored: Vec<f32> = if trans {
+                (0..n * k).map(|i| vals[(i % k) * n + i / k]).collect()
+            } else {
+                vals.clone()
+            };
+            let (rows, cols) = if trans { (n, k) } else { (k, n) };
+            let b = Stored::new(&stored, rows, cols, 3, f32::NAN, |x| x);
+            for (name, kern) in bf16_kernels() {
+                let mut slots = std::vec![u32::MAX; len];
+                kern.pack_bf16(b.view(trans), &mut slots).unwrap();
+                for j in 0..panels {
+                    for q in 0..stride / 32 {
+                        for i in 0..32 {
+                            let c = 32 * j + i;
+                            let want = bits(2 * q, c) | (bits(2 * q + 1, c) << 16);
+                            let got = slots[j * stride + q * 32 + i];
+                            assert_eq!(
+                                got, want,
+                                "{name} {k}x{n} trans {trans}: panel {j}, pair {q}, column {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gemm_bf16_packed_refuses_bad_shapes_and_short_buffers() {
     use crate::PackedBf16;
