@@ -412,14 +412,9 @@ impl Kernels {
         if panel_len == 0 {
             return Ok(());
         }
-        let panels = panels.chunks_exact_mut(panel_len);
         dispatch!(self,
-            scalar: panels.enumerate().for_each(|(j, panel)| pack_panel(ScalarKernel, &bt, NR, j, panel)),
-            simd: |s| {
-                for (j, panel) in panels.enumerate() {
-                    pack_panel(s, &bt, NR, j, panel);
-                }
-            },
+            scalar: pack_b_panels(ScalarKernel, &bt, panels, panel_len),
+            simd: |s| pack_b_panels(s, &bt, panels, panel_len),
         );
         Ok(())
     }
@@ -681,18 +676,10 @@ fn round_into<'d, T: Bf16Input>(
 ) -> MatRef<'d> {
     let (rows, cols) = (src.rows, src.cols);
     let dst = &mut dst[..rows * cols];
-    if cols > 0 {
-        let rows = dst.chunks_exact_mut(cols).enumerate();
-        let row = |r: usize| &src.data[r * src.row_stride..][..cols];
-        dispatch!(kernels,
-            scalar: rows.for_each(|(r, out)| round_row(ScalarKernel, row(r), out)),
-            simd: |s| {
-                for (r, out) in rows {
-                    round_row(s, row(r), out);
-                }
-            },
-        );
-    }
+    dispatch!(kernels,
+        scalar: round_rows(ScalarKernel, src, dst),
+        simd: |s| round_rows(s, src, dst),
+    );
     MatRef {
         data: dst,
         rows,
@@ -702,15 +689,23 @@ fn round_into<'d, T: Bf16Input>(
     }
 }
 
-/// `out[i] = row[i]` rounded to bf16, as f32, a chunk at a time.
+/// `dst` (`rows · cols`, contiguous) = the stored rows of `src`, each
+/// rounded to bf16 (as f32) a chunk at a time.
 #[inline(always)]
-fn round_row<K: GemmKernel, T: Bf16Input>(kernel: K, row: &[T], out: &mut [f32]) {
+fn round_rows<K: GemmKernel, T: Bf16Input>(kernel: K, src: &MatRef<T>, dst: &mut [f32]) {
+    let cols = src.cols;
+    if cols == 0 {
+        return;
+    }
     let mut chunk = [Bf16::default(); ROUND_CHUNK];
-    for (part, out) in row.chunks(ROUND_CHUNK).zip(out.chunks_mut(ROUND_CHUNK)) {
-        let chunk = &mut chunk[..part.len()];
-        T::round_slice(part, chunk, round_by(kernel));
-        for (o, h) in out.iter_mut().zip(&*chunk) {
-            *o = h.to_f32();
+    for (r, out) in dst.chunks_exact_mut(cols).enumerate() {
+        let row = &src.data[r * src.row_stride..][..cols];
+        for (part, out) in row.chunks(ROUND_CHUNK).zip(out.chunks_mut(ROUND_CHUNK)) {
+            let chunk = &mut chunk[..part.len()];
+            T::round_slice(part, chunk, round_by(kernel));
+            for (o, h) in out.iter_mut().zip(&*chunk) {
+                *o = h.to_f32();
+            }
         }
     }
 }
@@ -835,6 +830,20 @@ pub(super) fn pair(lo: Bf16, hi: Bf16) -> f32 {
 fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf16]) {
     #[inline(always)]
     move |x, d| kernel.round_to_bf16(x, d)
+}
+
+/// Packs every panel of B, read through `bt` (Bᵀ), into `panels`, each
+/// `panel_len` slots.
+#[inline(always)]
+fn pack_b_panels<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    bt: &MatRef<T>,
+    panels: &mut [f32],
+    panel_len: usize,
+) {
+    for (j, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
+        pack_panel(kernel, bt, NR, j, panel);
+    }
 }
 
 /// Packs panel `p` of A as `layout` has it: row by row for tiles, else
