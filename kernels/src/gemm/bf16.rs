@@ -252,7 +252,9 @@ impl Kernels {
         if m <= FEW_ROWS {
             // B packed into pairs, then the product of few rows below.
             let (rounded_a, slots) = workspace.split_at_mut(m * k);
-            let slots = workspace_as_slots(&mut slots[..PackedBf16::len(k, n).unwrap_or(0)]);
+            let slots = bytemuck::cast_slice_mut::<f32, u32>(
+                &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
+            );
             self.pack_bf16(b, slots)?;
             let b = PackedBf16::new(slots, k, n)?;
             self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
@@ -372,7 +374,7 @@ impl<'a> PackedBf16<'a> {
 
     /// The slots as the panels are read (pairs as f32 bit patterns).
     fn panels(&self) -> &'a [f32] {
-        slots_as_f32(self.slots)
+        bytemuck::cast_slice(self.slots)
     }
 }
 
@@ -406,7 +408,7 @@ impl Kernels {
         let (k, n) = (b.rows(), b.cols());
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;
-        let panels = slots_as_f32_mut(slots);
+        let panels: &mut [f32] = bytemuck::cast_slice_mut(slots);
         let bt = b.t();
         let panel_len = panel_slots(k);
         if panel_len == 0 {
@@ -565,27 +567,6 @@ impl Kernels {
             PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
         }
     }
-}
-
-/// Pair slots as the f32 patterns the packers write.
-fn slots_as_f32_mut(slots: &mut [u32]) -> &mut [f32] {
-    // SAFETY: u32 and f32 have one size and alignment and every bit
-    // pattern is valid in both; the result borrows `slots` mutably.
-    unsafe { core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<f32>(), slots.len()) }
-}
-
-/// Workspace floats as pair slots, to pack into.
-fn workspace_as_slots(ws: &mut [f32]) -> &mut [u32] {
-    // SAFETY: u32 and f32 have one size and alignment and every bit
-    // pattern is valid in both; the result borrows `ws` mutably.
-    unsafe { core::slice::from_raw_parts_mut(ws.as_mut_ptr().cast::<u32>(), ws.len()) }
-}
-
-/// The pair slots as the f32 patterns the units load.
-fn slots_as_f32(slots: &[u32]) -> &[f32] {
-    // SAFETY: u32 and f32 have one size and alignment and every bit
-    // pattern is valid in both; the result borrows `slots`.
-    unsafe { core::slice::from_raw_parts(slots.as_ptr().cast::<f32>(), slots.len()) }
 }
 
 /// A product of at most [`FEW_ROWS`] rows on the portable unit: A rounded
