@@ -192,8 +192,9 @@ macro_rules! dispatch {
         match $kernels.isa {
             $crate::dispatch::Isa::Scalar => $scalar,
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::V3` is only constructed by `Kernels::new` after
-            // detection confirmed AVX2 + FMA and OS support for YMM state.
+            // SAFETY: a handle holds `Isa::V3` only through `Kernels::on`,
+            // whose contract is that detection confirmed AVX2 + FMA and OS
+            // support for YMM state.
             $crate::dispatch::Isa::V3 => unsafe {
                 $crate::simd::V3::vectorize(
                     #[inline(always)]
@@ -201,8 +202,9 @@ macro_rules! dispatch {
                 )
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::V4` is only constructed by `Kernels::new` after
-            // detection confirmed AVX-512F and OS support for ZMM state.
+            // SAFETY: a handle holds `Isa::V4` only through `Kernels::on`,
+            // whose contract is that detection confirmed AVX-512F and OS
+            // support for ZMM state.
             $crate::dispatch::Isa::V4 => unsafe {
                 $crate::simd::V4::vectorize(
                     #[inline(always)]

@@ -610,9 +610,10 @@ fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRow
                     let (first, width) = (j * NR, (last * NR).min(n) - j * NR);
                     let pairs = &p.b.slots[j * p.b.stride..];
                     for i in 0..m {
-                        // SAFETY: columns `first..first + width` of row `i`
-                        // of C (inside C, whose rows do not overlap) are in
-                        // this piece's panels, which it alone computes.
+                        // SAFETY: `i < m` and `first + width ≤ n`, so these
+                        // columns of row `i` lie inside C (whose rows do not
+                        // overlap); they are in this piece's panels, which
+                        // it alone computes.
                         let y = unsafe {
                             core::slice::from_raw_parts_mut(
                                 p.c.ptr.ptr().add(i * p.c.rs + first),
@@ -1145,9 +1146,10 @@ impl Pairs<'_> {
         let cols = NR.min(l.n - j * NR);
         for (r, row_sums) in sums.iter().enumerate().take(mr.min(l.m - i * mr)) {
             let at = (i * mr + r) * self.c_stride + j * NR;
-            // SAFETY: row `i·mr + r` < m and columns `j·NR..j·NR + cols` < n
-            // lie inside C (checked by `check_product`); only the piece of
-            // this block writes them.
+            // SAFETY: row `i·mr + r` < m and columns `j·NR..j·NR + cols` ≤ n
+            // lie inside C (`MatMut` checked its extent; its row stride is
+            // at least n where m > 1, so rows do not overlap); only the
+            // piece of this block writes them.
             let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
             let (c0, c1) = c.split_at_mut(cols.min(16));
             unit.update(row_sums[0], self.alpha, beta, c0);
@@ -1255,7 +1257,8 @@ struct V4Bf16(());
 
 #[cfg(target_arch = "x86_64")]
 impl V4Bf16 {
-    /// The proof that the unit may run; the one place a `V4Bf16` is made.
+    /// The proof that the unit may run (made here and in `vectorize`, both
+    /// under the same contract).
     ///
     /// # Safety
     /// [`Bf16Unit::Avx512Bf16`] or [`Bf16Unit::Amx`] must have been
@@ -1275,8 +1278,8 @@ impl V4Bf16 {
 }
 
 // Every `unsafe` below calls an AVX-512 intrinsic. SAFETY (for all of
-// them): a `V4Bf16` value is made only by `V4Bf16::detected`, whose
-// contract is that the CPU supports them; loads read slices whose length
+// them): a `V4Bf16` value is made only by `V4Bf16::detected` and
+// `V4Bf16::vectorize`, whose contracts are that the CPU supports them; loads read slices whose length
 // was checked on the line before.
 #[cfg(target_arch = "x86_64")]
 impl PairDot for V4Bf16 {

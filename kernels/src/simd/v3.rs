@@ -25,9 +25,10 @@ impl V3 {
 }
 
 // Every `unsafe` below calls an AVX/AVX2/FMA intrinsic. SAFETY (for all of
-// them): a `V3` value exists only inside `V3::vectorize`, whose contract is
-// that the CPU supports these instructions; pointer arguments are derived from
-// slices whose length was checked on the line before.
+// them): a `V3` value is made only by `V3::vectorize`, whose contract is that
+// the CPU supports these instructions (a value that escapes its closure
+// still proves it); pointer arguments are derived from slices whose
+// length was checked on the line before.
 impl Simd for V3 {
     const LANES: usize = 8;
     type V = __m256;

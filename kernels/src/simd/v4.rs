@@ -35,8 +35,9 @@ fn lane_mask(len: usize) -> __mmask16 {
 }
 
 // Every `unsafe` below calls an AVX-512F intrinsic. SAFETY (for all of them):
-// a `V4` value exists only inside `V4::vectorize`, whose contract is that the
-// CPU supports these instructions; pointer arguments are derived from slices
+// a `V4` value is made only by `V4::vectorize`, whose contract is that
+// the CPU supports these instructions (a value that escapes its closure
+// still proves it); pointer arguments are derived from slices
 // whose length was checked on the line before.
 impl Simd for V4 {
     const LANES: usize = 16;
