@@ -291,7 +291,9 @@ pub struct PackedBf16<'a> {
 impl<'a> PackedBf16<'a> {
     /// The packed `k × n` operand in `slots`, which must hold exactly
     /// [`PackedBf16::len`]`(k, n)` slots written by [`Kernels::pack_bf16`]
-    /// for that shape.
+    /// for that shape. (Other slots are safe to pass but give meaningless
+    /// products: the units multiply the padding too, and a NaN there makes
+    /// every output NaN.)
     pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;
