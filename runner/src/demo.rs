@@ -3,6 +3,8 @@
 //! shown what it learned: a free sample, checked line by line, and sums
 //! held out of the corpus, asked one by one.
 
+use std::ops::ControlFlow;
+
 use log::info;
 
 use crate::data::{corpus, Tokenizer};
@@ -84,7 +86,9 @@ pub fn held_out_check(model: &mut Gpt) -> Result<(), Error> {
     let mut shown = String::new();
     let questions = corpus::held_out_questions(QUESTIONS);
     for (i, (question, answer)) in questions.iter().enumerate() {
-        let stats = sample(model, &format!("\n{question}"), 4, &greedy, |_| {})?;
+        let stats = sample(model, &format!("\n{question}"), 4, &greedy, |_| {
+            ControlFlow::Continue(())
+        })?;
         let text = String::from_utf8_lossy(&Tokenizer::Byte.decode(&stats.tokens)?).into_owned();
         let given = text.split('\n').next().unwrap_or_default();
         let correct = given == answer;
@@ -110,7 +114,7 @@ fn sample(
     prompt: &str,
     max_new: usize,
     sampling: &Sampling,
-    emit: impl FnMut(u32) + Send,
+    emit: impl FnMut(u32) -> ControlFlow<()> + Send,
 ) -> Result<GenerationStats, Error> {
     let mut cache = model.new_cache();
     let prompt = Tokenizer::Byte.encode(prompt.as_bytes());

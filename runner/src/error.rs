@@ -45,6 +45,10 @@ pub enum Error {
         /// The gradient norm before clipping.
         norm: f32,
     },
+    /// A model's outputs overflowed: finite weights too large for f32
+    /// arithmetic (a checkpoint scaled by mistake).
+    #[error("the model's {0} are NaN or infinite: its weights overflow f32 arithmetic")]
+    NotFinite(&'static str),
     /// The processes of a data-parallel run stopped agreeing (MPI gave
     /// the ranks different bits).
     #[error("data-parallel run: {0}")]

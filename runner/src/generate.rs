@@ -6,6 +6,7 @@
 //! block of tokens is re-run as a new prompt (positions restart at 0) and
 //! decoding goes on, so generation length is unlimited.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::error::Error;
@@ -180,7 +181,7 @@ pub fn check_prompt(cfg: &ModelConfig, prompt: &[u32]) -> Result<(), Error> {
 }
 
 /// Generates `max_new` tokens after `prompt`, calling `emit` with each as
-/// soon as it is drawn.
+/// soon as it is drawn; stops early where `emit` breaks (its reader gone).
 pub fn generate(
     model: &mut Gpt,
     cache: &mut KvCache,
@@ -188,7 +189,7 @@ pub fn generate(
     max_new: usize,
     sampling: &Sampling,
     seed: u64,
-    mut emit: impl FnMut(u32) + Send,
+    mut emit: impl FnMut(u32) -> ControlFlow<()> + Send,
 ) -> Result<GenerationStats, Error> {
     // The whole loop runs inside the pool: entering it once per token would
     // put this thread to sleep and wake it again for every token.
@@ -216,11 +217,14 @@ pub fn generate(
         stats.prompt_ms = ms_since(t0);
         for n in 0..max_new {
             let t0 = Instant::now();
+            // Overflowing weights would sample garbage without a word.
+            if !cache.logits().iter().all(|x| x.is_finite()) {
+                return Err(Error::NotFinite("logits"));
+            }
             let token = sampler.sample(cache.logits(), sampling, &mut rng);
             stats.sampling_ms += ms_since(t0);
             stats.tokens.push(token);
-            emit(token);
-            if n + 1 == max_new {
+            if emit(token).is_break() || n + 1 == max_new {
                 break; // the last token's logits would go unused
             }
             let t1 = Instant::now();

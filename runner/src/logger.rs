@@ -5,6 +5,7 @@
 //! other. Results go to stdout through [`print_stdout`].
 
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,13 +92,17 @@ pub fn init(quiet: bool) {
 /// Writes `text` to stdout, ignoring a closed pipe (`runner ... | head`)
 /// rather than panicking as `println!` would.
 pub fn print_stdout(text: &str) {
-    print_bytes(text.as_bytes());
+    let _ = print_bytes(text.as_bytes());
 }
 
-/// [`print_stdout`] for raw bytes (a generated token).
-pub fn print_bytes(bytes: &[u8]) {
+/// [`print_stdout`] for raw bytes (a generated token): `Break` once stdout
+/// fails (its reader is gone), so that a stream of tokens can stop.
+pub fn print_bytes(bytes: &[u8]) -> ControlFlow<()> {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(bytes).and_then(|_| out.flush());
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    }
 }
 
 /// What the backend line says of the precision: nothing for f32; for

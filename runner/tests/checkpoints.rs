@@ -121,6 +121,9 @@ fn a_destination_that_is_not_a_checkpoint_is_refused() {
 fn stale_temporary_directories_are_removed() {
     let dir = scratch("stale");
     let ckpt = dir.join("ckpt");
+    // A previous copy moved aside is superseded only where the checkpoint
+    // it was moved aside for is in place (else it is the one to restore).
+    assert_success(&train_tiny(&ckpt, "1", "1"));
     for stale in [".ckpt.tmp-999999", ".ckpt.old-999998"] {
         fs::create_dir(dir.join(stale)).unwrap();
         fs::write(dir.join(stale).join("model.safetensors"), b"partial").unwrap();
@@ -220,11 +223,14 @@ fn impossible_sizes_are_refused_before_allocating() {
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "expected F32, BF16 or F16 [256, 8192]");
 
-    // More layers than the file has tensors for (and than fit memory).
+    // More layers than the file has tensors for, and than fit memory
+    // with even one window of 4096 positions.
     edit_config(&ckpt, "n_embd", 32);
     edit_config(&ckpt, "n_layer", 100_000);
+    edit_config(&ckpt, "n_positions", 4096);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "memory");
+    edit_config(&ckpt, "n_positions", 32);
     edit_config(&ckpt, "n_layer", 1000);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "holds 28 tensors");
@@ -242,6 +248,7 @@ fn the_run_schedule_round_trips() {
         total_steps: 100,
         batch: 4,
         grad_accum: 2,
+        seq_len: Some(32),
     };
     let state = TrainingState {
         step: 7,
@@ -258,16 +265,27 @@ fn the_run_schedule_round_trips() {
     let changed = RunSchedule {
         lr: 1e-3,
         batch: 8,
+        seq_len: Some(16),
         ..schedule
     };
     assert_eq!(
         schedule.differences(&changed),
         [
             "--lr: checkpoint 0.0003, this run 0.001",
-            "--batch: checkpoint 4, this run 8"
+            "--batch: checkpoint 4, this run 8",
+            "--seq-len: checkpoint 32, this run 16"
         ]
     );
     assert!(schedule.differences(&schedule).is_empty());
+    // A state saved before the sequence length was kept matches any.
+    let unknown = RunSchedule {
+        seq_len: None,
+        ..schedule
+    };
+    assert!(unknown
+        .differences(&changed)
+        .iter()
+        .all(|d| !d.contains("--seq-len")));
 
     // Saved without a schedule (as by older runners): none comes back.
     let without = dir.join("without");
@@ -325,6 +343,10 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     // The saved run used the default --lr; another one would not continue it.
     assert_clear_error(&resume(&["--lr", "0.5"]), "--lr: checkpoint");
     assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
+    assert_clear_error(
+        &resume(&["--seq-len", "16"]),
+        "--seq-len: checkpoint 32, this run 16",
+    );
     // An absurd batch is refused before anything is allocated.
     assert_clear_error(&resume(&["--batch", "100000000000"]), "sequences per step");
     assert_clear_error(&resume(&["--batch", "1000000"]), "--batch: checkpoint 8");

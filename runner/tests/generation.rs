@@ -2,6 +2,8 @@
 //! the whole context, deterministic sampling, the sliding window, and clear
 //! answers for bad prompts.
 
+use std::ops::ControlFlow;
+
 use kernels::{Backend, Kernels};
 use runner::generate::{argmax, generate, Sampling};
 use runner::model::{Gpt, Precision};
@@ -178,15 +180,24 @@ fn greedy_is_deterministic_and_equals_top_k_1() {
         top_k: None,
         top_p: None,
     };
-    let a = generate(&mut model, &mut cache, &prompt, 40, &greedy, 1, |_| {}).unwrap();
-    let b = generate(&mut model, &mut cache, &prompt, 40, &greedy, 2, |_| {}).unwrap();
+    let a = generate(&mut model, &mut cache, &prompt, 40, &greedy, 1, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let b = generate(&mut model, &mut cache, &prompt, 40, &greedy, 2, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(a.tokens, b.tokens);
     let top1 = Sampling {
         temperature: 1.3,
         top_k: Some(1),
         top_p: None,
     };
-    let c = generate(&mut model, &mut cache, &prompt, 40, &top1, 3, |_| {}).unwrap();
+    let c = generate(&mut model, &mut cache, &prompt, 40, &top1, 3, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(a.tokens, c.tokens);
 }
 
@@ -214,17 +225,36 @@ fn the_same_seed_gives_the_same_tokens() {
     ] {
         let mut streamed = Vec::new();
         let a = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |t| {
-            streamed.push(t)
+            streamed.push(t);
+            ControlFlow::Continue(())
         })
         .unwrap();
-        let b = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |_| {}).unwrap();
-        let c = generate(&mut model, &mut cache, &prompt, 50, &sampling, 43, |_| {}).unwrap();
+        let b = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let c = generate(&mut model, &mut cache, &prompt, 50, &sampling, 43, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!(a.tokens, b.tokens, "{sampling:?}");
         assert_eq!(a.tokens, streamed, "every token is streamed, in order");
         assert_ne!(
             a.tokens, c.tokens,
             "{sampling:?}: another seed, another text"
         );
+        // A reader that leaves (a closed pipe) stops the stream there.
+        let mut heard = 0;
+        let d = generate(&mut model, &mut cache, &prompt, 50, &sampling, 42, |_| {
+            heard += 1;
+            if heard == 7 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(d.tokens, a.tokens[..7], "{sampling:?}");
     }
 }
 
@@ -272,7 +302,10 @@ fn the_window_slides_past_the_block_size() {
         top_k: None,
         top_p: None,
     };
-    let got = generate(&mut model, &mut cache, &prompt, 30, &greedy, 0, |_| {}).unwrap();
+    let got = generate(&mut model, &mut cache, &prompt, 30, &greedy, 0, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     let mut window = prompt.to_vec();
     let mut want = Vec::new();
     for _ in 0..30 {
@@ -296,7 +329,9 @@ fn bad_prompts_and_settings_are_errors() {
         top_p: None,
     };
     let err = |m: &mut Gpt, c: &mut _, p: &[u32], s: &Sampling| {
-        generate(m, c, p, 4, s, 0, |_| {}).unwrap_err().to_string()
+        generate(m, c, p, 4, s, 0, |_| ControlFlow::Continue(()))
+            .unwrap_err()
+            .to_string()
     };
     assert!(err(&mut model, &mut cache, &[], &ok).contains("empty"));
     assert!(
@@ -306,7 +341,8 @@ fn bad_prompts_and_settings_are_errors() {
     // slides): every token asked for, each emitted and in the vocabulary.
     let mut emitted = Vec::new();
     let stats = generate(&mut model, &mut cache, &[7; 16], 4, &ok, 0, |t| {
-        emitted.push(t)
+        emitted.push(t);
+        ControlFlow::Continue(())
     })
     .unwrap();
     assert_eq!(stats.tokens.len(), 4);
@@ -395,8 +431,10 @@ fn padded_logits_are_never_sampled() {
                 top_k: None,
                 top_p: None,
             };
-            let stats =
-                generate(&mut model, &mut cache, &[1, 2], 40, &sampling, 3, |_| {}).unwrap();
+            let stats = generate(&mut model, &mut cache, &[1, 2], 40, &sampling, 3, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
             assert_eq!(stats.tokens.len(), 40);
             assert!(
                 stats.tokens.iter().all(|&t| (t as usize) < v),

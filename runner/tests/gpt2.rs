@@ -240,7 +240,7 @@ fn bad_shards_are_refused_before_training() {
     // A folder without validation shards, and one shard alone.
     fs::remove_file(shards.join("play_val_000000.bin")).unwrap();
     let out = train(&["--data", shards_s, "--steps", "2"]);
-    assert_clear_error(&out, "needs `*_train*.bin` and `*_val*.bin`");
+    assert_clear_error(&out, "needs `*_train[_N].bin` and `*_val[_N].bin`");
     let out = train(&[
         "--data",
         train_shard.to_str().unwrap(),

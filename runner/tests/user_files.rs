@@ -135,10 +135,116 @@ fn checkpoints_that_misdescribe_their_weights_are_refused() {
     let aside = dir.join(".gone.old-123");
     std::fs::rename(&ckpt, &aside).unwrap();
     let gone = dir.join("gone");
+    let gone_s = gone.to_str().unwrap();
+    assert_clear_error(&runner(&["eval", "--checkpoint", gone_s]), ".gone.old-123");
+    // Saving there would delete that copy: refused, and the copy kept.
+    let save = [
+        "train", "--preset", "tiny", "--steps", "1", "--save", gone_s,
+    ];
+    assert_clear_error(&runner(&save), ".gone.old-123");
+    assert!(aside.join("model.safetensors").exists());
+    std::fs::rename(&aside, &ckpt).unwrap();
+
+    // Weights so large that the arithmetic overflows: no silent NaN loss.
+    let mut bytes = std::fs::read(&model).unwrap();
+    for x in bytes[8 + header..].chunks_exact_mut(4) {
+        x.copy_from_slice(&f32::MAX.to_le_bytes());
+    }
+    std::fs::write(&model, &bytes).unwrap();
+    // (Found only by running the model: `-q` keeps its start line out.)
+    let eval = ["eval", "--checkpoint", &ckpt, "-q"];
+    assert_clear_error(&runner(&eval), "NaN or infinite");
+    let generate = ["generate", "--checkpoint", &ckpt, "--prompt", "To", "-q"];
+    assert_clear_error(&runner(&generate), "NaN or infinite");
+
+    // A file of the checkpoint that is not a regular file (a device would
+    // never end, a pipe would block the open).
+    #[cfg(unix)]
+    {
+        std::fs::remove_file(&model).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &model).unwrap();
+        assert_clear_error(
+            &runner(&["eval", "--checkpoint", &ckpt]),
+            "model.safetensors is not a regular file",
+        );
+    }
+    // A checkpoint path that is a file.
     assert_clear_error(
-        &runner(&["eval", "--checkpoint", gone.to_str().unwrap()]),
-        ".gone.old-123",
+        &runner(&["eval", "--checkpoint", model.to_str().unwrap()]),
+        "not a directory",
     );
+}
+
+#[test]
+fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
+    let dir = scratch("checkpoint-first");
+    let ckpt = tiny_checkpoint(&dir, "ckpt");
+    std::fs::remove_file(Path::new(&ckpt).join("model.safetensors")).unwrap();
+    // The data is missing too: the error is the checkpoint's, so it was
+    // checked first.
+    let data = dir.join("missing.txt");
+    let data = data.to_str().unwrap();
+    for args in [
+        vec![
+            "train",
+            "--init-from",
+            &ckpt,
+            "--data",
+            data,
+            "--steps",
+            "1",
+        ],
+        vec!["eval", "--checkpoint", &ckpt, "--data", data],
+    ] {
+        assert_clear_error(&runner(&args), "model.safetensors is missing");
+    }
+}
+
+#[test]
+fn a_save_never_deletes_a_folder_under_a_checkpoint_files_name() {
+    let dir = scratch("folder-named-like-a-file");
+    let out = dir.join("out");
+    std::fs::create_dir_all(out.join("config.json")).unwrap();
+    std::fs::write(out.join("config.json").join("notes.txt"), b"mine").unwrap();
+    let save = out.to_str().unwrap();
+    let args = ["train", "--preset", "tiny", "--steps", "1", "--save", save];
+    assert_clear_error(&runner(&args), "not a file");
+    assert_eq!(
+        std::fs::read(out.join("config.json").join("notes.txt")).unwrap(),
+        b"mine"
+    );
+}
+
+#[test]
+fn generation_stops_when_its_reader_leaves() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = scratch("closed-pipe");
+    let ckpt = tiny_checkpoint(&dir, "ckpt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["generate", "--checkpoint", &ckpt, "--prompt", "To", "-q"])
+        .args(["--max-new-tokens", "1000000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // As `runner generate ... | head -c 16` does: read a little, leave.
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("generate kept running after its reader left");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]

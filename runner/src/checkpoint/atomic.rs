@@ -32,13 +32,26 @@ impl<'a> Destination<'a> {
     /// Refuses a destination that cannot be saved to, before any long
     /// work: one that exists but is not such a directory (a file, or a
     /// directory holding anything else), since saving replaces it whole;
-    /// or whose parent is missing or not writable (a staging directory is
-    /// created there and removed again to find out).
+    /// one that is missing while a stopped save's previous copy waits
+    /// beside it to be restored (saving would delete that copy); or whose
+    /// parent is missing or not writable (a staging directory is created
+    /// there and removed again to find out).
     pub fn check(&self) -> Result<(), Error> {
         let dir = &self.dir;
         match fs::symlink_metadata(dir) {
             Ok(meta) => self.check_existing(meta)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(old) = moved_aside(dir) {
+                    return Err(Error::checkpoint(
+                        dir,
+                        format!(
+                            "a save that was stopped left the previous checkpoint at {}: rename it to {} (or remove it) before saving here",
+                            old.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
             Err(e) => return Err(Error::io(dir, e)),
         }
         let (parent, name) = self.parent_and_name()?;
@@ -70,13 +83,18 @@ impl<'a> Destination<'a> {
             ));
         }
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
             let name = name.to_string_lossy();
-            if !self.files.contains(&name.as_ref()) {
+            // A checkpoint's names that are not plain files (a folder
+            // called `config.json`) are someone else's.
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if !self.files.contains(&name.as_ref()) || !is_file {
+                let what = if is_file { "" } else { ", not a file," };
                 return Err(Error::checkpoint(
                     dir,
                     format!(
-                        "holds `{name}`, so it is not a checkpoint to replace; choose another path"
+                        "holds `{name}`{what} so it is not a checkpoint to replace; choose another path"
                     ),
                 ));
             }
@@ -250,6 +268,41 @@ mod tests {
         assert!(Destination::new(&dir.join(".."), &["a.txt"])
             .check()
             .is_err());
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_copy_to_restore_and_folders_under_a_files_name_are_never_deleted() {
+        let parent = std::env::temp_dir().join(format!("atomic-keep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&parent);
+        fs::create_dir_all(&parent).unwrap();
+        let write = |tmp: &Path| write_synced(&tmp.join("a.txt"), b"new");
+
+        // `ckpt` is missing and its previous copy waits to be restored.
+        let dir = parent.join("ckpt");
+        let aside = parent.join(format!("{}4242", aside_prefix("ckpt")));
+        fs::create_dir(&aside).unwrap();
+        fs::write(aside.join("a.txt"), b"old").unwrap();
+        let destination = Destination::new(&dir, &["a.txt"]);
+        let err = destination.replace_with(write).unwrap_err().to_string();
+        assert!(err.contains("rename it to"), "{err}");
+        assert_eq!(fs::read(aside.join("a.txt")).unwrap(), b"old");
+        assert!(!dir.exists());
+
+        // A folder holding only names of the checkpoint's files, one of
+        // them a folder of the user's.
+        let user = parent.join("user");
+        fs::create_dir_all(user.join("a.txt")).unwrap();
+        fs::write(user.join("a.txt").join("keep.txt"), b"mine").unwrap();
+        let err = Destination::new(&user, &["a.txt"])
+            .replace_with(write)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a checkpoint to replace"), "{err}");
+        assert_eq!(
+            fs::read(user.join("a.txt").join("keep.txt")).unwrap(),
+            b"mine"
+        );
         fs::remove_dir_all(&parent).unwrap();
     }
 }

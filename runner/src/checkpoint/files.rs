@@ -10,13 +10,22 @@ use safetensors::SafeTensors;
 
 use crate::error::Error;
 
-/// `file` in the checkpoint `dir`, opened for reading.
+/// `file` in the checkpoint `dir`, opened for reading. Only a regular
+/// file is opened: a pipe would block the open, a device such as
+/// `/dev/zero` never end.
 pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     let path = dir.join(file);
-    fs::File::open(&path).map_err(|e| match e.kind() {
+    let missing_or = |e: std::io::Error| match e.kind() {
         ErrorKind::NotFound => Error::checkpoint(dir, format!("{file} is missing")),
-        _ => Error::io(path, e),
-    })
+        _ => Error::io(&path, e),
+    };
+    if !fs::metadata(&path).map_err(missing_or)?.is_file() {
+        return Err(Error::checkpoint(
+            dir,
+            format!("{file} is not a regular file"),
+        ));
+    }
+    fs::File::open(&path).map_err(missing_or)
 }
 
 /// The bytes of `file` in the checkpoint `dir`.

@@ -65,14 +65,15 @@ pub const MODEL_PREFIX: &str = "transformer.";
 /// What a per-layer tensor's name starts with, before its layer's index.
 const LAYER_PREFIX: &str = "h.";
 
-/// The layer a tensor name (without [`MODEL_PREFIX`]) belongs to, if it
-/// is a per-layer tensor's.
-pub fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix(LAYER_PREFIX)?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+/// Whether a tensor name (without [`MODEL_PREFIX`]) is a per-layer
+/// tensor's whose index is not one of `layers` layers (past them, or no
+/// index at all: `h.99999999999999999999.x` overflows any integer).
+pub fn outside_layers(name: &str, layers: usize) -> bool {
+    let Some(rest) = name.strip_prefix(LAYER_PREFIX) else {
+        return false;
+    };
+    let index = rest.split('.').next().unwrap_or_default();
+    index.parse::<usize>().map_or(true, |layer| layer >= layers)
 }
 
 /// The untied output layer's name; when present it must equal `wte`.
@@ -188,4 +189,20 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
     };
     cfg.validate().map_err(|e| corrupt(e.to_string()))?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_index_that_is_not_one_of_the_layers_is_outside() {
+        assert!(!outside_layers("h.0.attn.c_attn.weight", 2));
+        assert!(!outside_layers("h.1.ln_1.bias", 2));
+        assert!(!outside_layers("wte.weight", 2));
+        assert!(outside_layers("h.2.ln_1.bias", 2));
+        assert!(outside_layers("h.99999999999999999999999.foo", 2));
+        assert!(outside_layers("h.x.ln_1.bias", 2));
+        assert!(outside_layers("h.", 2));
+    }
 }

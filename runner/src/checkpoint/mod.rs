@@ -80,6 +80,7 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
         return Err(Error::checkpoint(
             dir,
             match atomic::moved_aside(dir) {
+                _ if dir.exists() => "not a directory (a checkpoint is a folder)".into(),
                 Some(old) => format!(
                     "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
                     old.display(),
@@ -119,7 +120,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     // Layers beyond config.json's would be silently dropped: another model.
     let beyond = st.names().into_iter().find(|name| {
         let name = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
-        hf::layer_of(name).is_some_and(|layer| layer >= cfg.layers)
+        hf::outside_layers(name, cfg.layers)
     });
     if let Some(name) = beyond {
         return Err(Error::checkpoint(

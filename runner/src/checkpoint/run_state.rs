@@ -27,6 +27,8 @@ pub struct RunSchedule {
     pub batch: usize,
     /// Micro-batches per step.
     pub grad_accum: usize,
+    /// Tokens per sequence (`None` in states saved before it was kept).
+    pub seq_len: Option<usize>,
 }
 
 impl RunSchedule {
@@ -34,6 +36,10 @@ impl RunSchedule {
     /// `run` differs from `self` (the saved schedule); empty if none.
     /// `--steps` is left out: a resumed run may extend the schedule.
     pub fn differences(&self, run: &RunSchedule) -> Vec<String> {
+        let seq_lens = match (self.seq_len, run.seq_len) {
+            (Some(saved), Some(now)) => (saved.to_string(), now.to_string()),
+            _ => Default::default(),
+        };
         let pairs = [
             ("--lr", self.lr.to_string(), run.lr.to_string()),
             ("--warmup", self.warmup.to_string(), run.warmup.to_string()),
@@ -43,6 +49,7 @@ impl RunSchedule {
                 self.grad_accum.to_string(),
                 run.grad_accum.to_string(),
             ),
+            ("--seq-len", seq_lens.0, seq_lens.1),
         ];
         pairs
             .into_iter()
@@ -93,6 +100,9 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
             ("batch".to_string(), s.batch.to_string()),
             ("grad_accum".to_string(), s.grad_accum.to_string()),
         ]);
+        if let Some(t) = s.seq_len {
+            meta.insert("seq_len".to_string(), t.to_string());
+        }
     }
     safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::checkpoint(dir, e.to_string()))
 }
@@ -169,6 +179,10 @@ impl Progress {
                 total_steps: metadata_number(meta, "total_steps")?,
                 batch: metadata_number(meta, "batch")?,
                 grad_accum: metadata_number(meta, "grad_accum")?,
+                seq_len: match meta.contains_key("seq_len") {
+                    true => Some(metadata_number(meta, "seq_len")?),
+                    false => None,
+                },
             };
             if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
                 return Err(format!("stored lr {} is not positive", schedule.lr));

@@ -50,6 +50,15 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     }
     let source = DataSource::of(args.data.as_deref());
     let cfg = checkpoint::load_config(&args.checkpoint)?;
+    let t = cfg.block_size;
+    let footprint = |batch: usize| {
+        Footprint::evaluation(&cfg, batch, t)
+            .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
+    };
+    // The checkpoint before the data, which may take much longer to read
+    // and tokenize; the batch is known once the tokens are.
+    footprint(1)?;
+    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     if tokens.len() < 2 {
         return Err(Error::Data {
@@ -58,12 +67,9 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         });
     }
     // Groups are never larger than the number of windows.
-    let t = cfg.block_size;
     let windows = tokens.len().div_ceil(t);
     let batch = args.batch.min(windows);
-    Footprint::evaluation(&cfg, batch, t)
-        .check(&format!("model {cfg} with batch {batch} × {t} tokens"))?;
-    let mut model = args.run.load_model(&args.checkpoint, kernels)?;
+    footprint(batch)?;
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),

@@ -30,7 +30,7 @@ pub enum DataSource {
     Text(PathBuf),
     /// One token shard (`.bin`).
     Shard(PathBuf),
-    /// A folder of shards: `*_train*.bin` train, `*_val*.bin` validate.
+    /// A folder of shards: `*_train[_N].bin` train, `*_val[_N].bin` validate.
     Shards(PathBuf),
 }
 
@@ -66,27 +66,24 @@ impl DataSource {
         let mut files = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            if path.extension().is_some_and(|e| e == "bin") {
-                files.push(path);
+            if let Some(split) = shard_split(&path) {
+                files.push((path, split));
             }
         }
         files.sort();
-        let named = |part: &str| -> Vec<PathBuf> {
+        let named = |wanted: Split| -> Vec<PathBuf> {
             files
                 .iter()
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().contains(part))
-                })
-                .cloned()
+                .filter(|(_, split)| *split == wanted)
+                .map(|(path, _)| path.clone())
                 .collect()
         };
-        let (train, val) = (named("_train"), named("_val"));
+        let (train, val) = (named(Split::Train), named(Split::Val));
         if train.is_empty() || val.is_empty() {
             return Err(Error::Data {
                 path: dir.into(),
                 reason: format!(
-                    "a data folder needs `*_train*.bin` and `*_val*.bin` token shards (as `runner prepare` writes); it has {} and {}",
+                    "a data folder needs `*_train[_N].bin` and `*_val[_N].bin` token shards (as `runner prepare` writes); it has {} and {}",
                     train.len(),
                     val.len()
                 ),
@@ -233,6 +230,36 @@ impl TrainTokens {
             tgt.copy_from_slice(&w.window[1..]);
         }
         Ok(())
+    }
+}
+
+/// The half of a data folder a shard belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Split {
+    Train,
+    Val,
+}
+
+/// The split of the shard file `path` from the end of its name:
+/// `NAME_train.bin` or `NAME_val.bin`, optionally numbered
+/// (`NAME_val_000000.bin`, as llm.c and `runner prepare` name them).
+/// Only the end counts, so shards of an input named `news_valid` or
+/// `my_train` still split by their own suffix.
+fn shard_split(path: &Path) -> Option<Split> {
+    if path.extension()? != "bin" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    let unnumbered = match stem.rsplit_once('_') {
+        Some((head, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
+            head
+        }
+        _ => stem,
+    };
+    match unnumbered.rsplit_once('_')? {
+        (_, "train") => Some(Split::Train),
+        (_, "val") => Some(Split::Val),
+        _ => None,
     }
 }
 
@@ -391,6 +418,29 @@ pub fn sample_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_splits_by_the_end_of_its_name() {
+        let split = |name: &str| shard_split(Path::new(name));
+        for (name, want) in [
+            ("play_val_000000.bin", Some(Split::Val)),
+            ("play_train_000001.bin", Some(Split::Train)),
+            ("tiny_shakespeare_val.bin", Some(Split::Val)),
+            ("tiny_shakespeare_train.bin", Some(Split::Train)),
+            // Input names that contain a split's word elsewhere.
+            ("news_valid_train_000003.bin", Some(Split::Train)),
+            ("my_train_val_000000.bin", Some(Split::Val)),
+            ("train_set_train_000001.bin", Some(Split::Train)),
+            // Not shards of either split.
+            ("play_valid_000000.bin", None),
+            ("play_train_000001.txt", None),
+            ("play_train_00a1.bin", None),
+            ("train.bin", None),
+            ("notes.bin", None),
+        ] {
+            assert_eq!(split(name), want, "{name}");
+        }
+    }
 
     #[test]
     fn windows_are_consecutive_and_shifted_by_one() {

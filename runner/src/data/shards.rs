@@ -235,6 +235,11 @@ impl Shard {
             path: path.into(),
             reason,
         };
+        // Only a regular file: a pipe would block the open.
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut header = [0u8; HEADER_BYTES];

@@ -168,14 +168,16 @@ impl TrainSettings {
 
     /// The schedule of a run of `ranks` processes: its batch is the
     /// global one (`--batch` × processes), so a checkpoint of one world
-    /// size resumes in another with the same global batch.
-    fn schedule(&self, ranks: usize) -> RunSchedule {
+    /// size resumes in another with the same global batch. `t` is the
+    /// sequence length the run trains at.
+    fn schedule(&self, ranks: usize, t: usize) -> RunSchedule {
         RunSchedule {
             lr: self.lr,
             warmup: self.warmup,
             total_steps: self.steps,
             batch: self.batch * ranks,
             grad_accum: self.grad_accum,
+            seq_len: Some(t),
         }
     }
 }
@@ -195,7 +197,7 @@ fn run_config(s: &TrainSettings) -> Result<ModelConfig, Error> {
 /// weights, or resumed; `cfg` is [`run_config`]'s.
 fn start(
     s: &TrainSettings,
-    cfg: ModelConfig,
+    (cfg, t): (ModelConfig, usize),
     kernels: Kernels,
 ) -> Result<(Gpt, Optimizer, Rng), Error> {
     let world = crate::world::current();
@@ -212,7 +214,7 @@ fn start(
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // Checked before the data was read; the full state must say the same.
-    check_resume(s, dir, state.step, state.schedule)?;
+    check_resume(s, dir, t, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
@@ -220,15 +222,16 @@ fn start(
 }
 
 /// Refuses to resume, from a checkpoint at `step` saved with `saved`, a
-/// run that would not continue it.
+/// run (at sequence length `t`) that would not continue it.
 fn check_resume(
     s: &TrainSettings,
     dir: &Path,
+    t: usize,
     step: u32,
     saved: Option<RunSchedule>,
 ) -> Result<(), Error> {
     // A resumed run continues exactly only with the same schedule.
-    let now = s.schedule(crate::world::current().size());
+    let now = s.schedule(crate::world::current().size(), t);
     let differences = saved.map_or(Vec::new(), |saved| saved.differences(&now));
     if !differences.is_empty() {
         return Err(Error::checkpoint(
@@ -339,7 +342,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     }
     if let Some(dir) = &s.resume {
         let progress = checkpoint::load_progress(dir)?;
-        check_resume(s, dir, progress.step, progress.schedule)?;
+        check_resume(s, dir, t, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
     check_memory(&cfg, b, t, s.recompute)?;
@@ -355,6 +358,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let threads = Threads::new(s.threads)?;
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
+    // The checkpoint first: reading it whole is what proves it sound,
+    // and the data may take much longer to read and tokenize.
+    let (mut model, mut optimizer, mut rng) = start(s, (cfg, t), kernels)?;
     let source = DataSource::of(s.data.as_deref());
     let mut data = Dataset::load(
         &source,
@@ -363,7 +369,6 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         t,
         val_windows * t + 1,
     )?;
-    let (mut model, mut optimizer, mut rng) = start(s, cfg, kernels)?;
     // The outputs were checked up front; the run is accepted, so the JSON
     // file may now be replaced.
     let leader = rank == 0;
@@ -482,7 +487,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 step: optimizer.step,
                 rng_state: rng.state(),
                 moments: (m.as_ref(), v.as_ref()),
-                schedule: Some(s.schedule(ranks)),
+                schedule: Some(s.schedule(ranks, t)),
             };
             checkpoint::save(dir, &model, Some(&state))?;
             info!("Saved checkpoint to {}", dir.display());
