@@ -48,15 +48,18 @@ pub fn mib(bytes: f64) -> f64 {
 
 /// Peak GFLOP/s of `kernels` on `threads` cores for products in
 /// `precision` (the backend's FMA loop for f32, its bf16 unit's loop for
-/// bf16): `threads` times one core's, the best of 5 runs of the loop on
+/// bf16): `threads` times one core's, the best of 25 runs of the loop on
 /// one thread. (Running the loop on every thread at once read low whenever
-/// another process on this shared machine held a core: once 123 % MFU.)
-/// This assumes one thread per physical core; the runner's default is one
-/// per logical CPU, the same where cores do not run two threads each.
+/// another process on this shared machine held a core: once 123 % MFU.
+/// Five runs of a few milliseconds each still read low at times, by as
+/// much as a quarter, and gave 103 %: noise only ever slows the loop, so
+/// the best of many short runs is the peak.) This assumes one thread per
+/// physical core; the runner's default is one per logical CPU, the same
+/// where cores do not run two threads each.
 pub fn measure_peak_gflops(kernels: Kernels, threads: usize, precision: Precision) -> f64 {
     const ITERS: usize = 2_000_000;
     let mut best = 0.0f64;
-    for _ in 0..5 {
+    for _ in 0..25 {
         let start = Instant::now();
         let flops = match precision {
             Precision::F32 => kernels.fma_peak_loop(ITERS),
