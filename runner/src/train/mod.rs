@@ -333,7 +333,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
             return Err(Error::checkpoint(
                 dir.clone(),
                 format!(
-                    "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {}",
+                    "it holds a {cfg} model with the {} tokenizer, but this run asks for {asked} with the {} tokenizer",
                     tokenizer_name(cfg.tokenizer),
                     tokenizer_name(asked.tokenizer),
                 ),
