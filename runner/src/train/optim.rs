@@ -6,11 +6,12 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use kernels::AdamW;
+use kernels::{AdamW, Kernels};
 
 use crate::error::Error;
 use crate::model::tensors::{Params, PARAM_SPECS};
 use crate::model::Gpt;
+use crate::threads::Threads;
 use crate::world::Collective;
 
 /// Optimizer hyperparameters (GPT-2 / nanoGPT defaults).
@@ -229,42 +230,7 @@ impl Optimizer {
         let (params, grads, threads) = model.optimizer_view();
         let owned = self.owned();
         let starts = self.sizes.starts().into_array();
-        let pieces: usize = grads
-            .into_array()
-            .iter()
-            .map(|g| g.len().div_ceil(PARAMS_PER_PIECE))
-            .sum();
-        self.partial_norms.clear();
-        self.partial_norms.resize(pieces, 0.0);
-        // Sums of squares per piece of each tensor, then added in order.
-        let mut first_piece = 0;
-        for (g, start) in grads.into_array().into_iter().zip(starts) {
-            if let Some(part) = part_in(&owned, start, g.len()) {
-                let first = first_piece + part.start / PARAMS_PER_PIECE;
-                let g = &g[part];
-                let n = g.len().div_ceil(PARAMS_PER_PIECE);
-                threads.try_for_each_piece(
-                    (&mut self.partial_norms[first..first + n], 1),
-                    |i, out| {
-                        let piece = &g[i * PARAMS_PER_PIECE..];
-                        out[0] = k.sum_squares(&piece[..PARAMS_PER_PIECE.min(piece.len())]);
-                        Ok(())
-                    },
-                )?;
-            }
-            first_piece += g.len().div_ceil(PARAMS_PER_PIECE);
-        }
-        if self.is_sharded() {
-            // Each piece's term comes from its one owner and the others
-            // add zeros: exact, so every rank sums the same terms.
-            world.all_reduce_sum(&mut self.partial_norms);
-        }
-        let norm = self
-            .partial_norms
-            .iter()
-            .map(|&x| f64::from(x))
-            .sum::<f64>()
-            .sqrt() as f32;
+        let norm = self.gradient_norm(k, &grads, threads, world)?;
         if !norm.is_finite() {
             return Err(Error::Diverged {
                 step: self.step + 1,
@@ -314,6 +280,56 @@ impl Optimizer {
             )?;
         }
         Ok(norm)
+    }
+
+    /// The norm of the whole gradient: sums of squares per fixed piece of
+    /// each tensor (of this rank's share), added in order (over every
+    /// rank's pieces when sharded), so that any thread count and world
+    /// size gives the same bits.
+    fn gradient_norm(
+        &mut self,
+        k: Kernels,
+        grads: &Params<&[f32]>,
+        threads: &Threads,
+        world: &dyn Collective,
+    ) -> Result<f32, Error> {
+        let owned = self.owned();
+        let starts = self.sizes.starts().into_array();
+        let pieces: usize = grads
+            .into_array()
+            .iter()
+            .map(|g| g.len().div_ceil(PARAMS_PER_PIECE))
+            .sum();
+        self.partial_norms.clear();
+        self.partial_norms.resize(pieces, 0.0);
+        let mut first_piece = 0;
+        for (g, start) in grads.into_array().into_iter().zip(starts) {
+            if let Some(part) = part_in(&owned, start, g.len()) {
+                let first = first_piece + part.start / PARAMS_PER_PIECE;
+                let g = &g[part];
+                let n = g.len().div_ceil(PARAMS_PER_PIECE);
+                threads.try_for_each_piece(
+                    (&mut self.partial_norms[first..first + n], 1),
+                    |i, out| {
+                        let piece = &g[i * PARAMS_PER_PIECE..];
+                        out[0] = k.sum_squares(&piece[..PARAMS_PER_PIECE.min(piece.len())]);
+                        Ok(())
+                    },
+                )?;
+            }
+            first_piece += g.len().div_ceil(PARAMS_PER_PIECE);
+        }
+        if self.is_sharded() {
+            // Each piece's term comes from its one owner and the others
+            // add zeros: exact, so every rank sums the same terms.
+            world.all_reduce_sum(&mut self.partial_norms);
+        }
+        Ok(self
+            .partial_norms
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum::<f64>()
+            .sqrt() as f32)
     }
 
     /// After [`Optimizer::update`] of a sharded optimizer, every rank's
