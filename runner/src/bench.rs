@@ -94,44 +94,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// the fastest backend's FMA loop on the same number of threads, measured
 /// in this run.
 pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
+    let kernels = checked_kernels(s)?;
     let cfg = s.config;
-    cfg.validate()?;
-    if s.steps == 0
-        || s.batch == 0
-        || s.seq_lens.is_empty()
-        || s.backends.is_empty()
-        || s.precisions.is_empty()
-        || s.threads.is_empty()
-    {
-        return Err(Error::Config("bench needs at least one step, sequence length, backend and thread count, and a batch of at least 1".into()));
-    }
-    if let Some(&t) = s.seq_lens.iter().find(|&&t| t == 0 || t > cfg.block_size) {
-        return Err(Error::Config(format!(
-            "sequence length {t} is not in 1..={} (the block size)",
-            cfg.block_size
-        )));
-    }
-    if s.steps > MAX_STEPS {
-        return Err(Error::Config(format!(
-            "--steps {} is more than {MAX_STEPS} timed steps per row",
-            s.steps
-        )));
-    }
-    let max_t = *s.seq_lens.iter().max().expect("non-empty");
-    check_memory(&cfg, s.batch, max_t, s.recompute)?;
-    if s.decoding {
-        Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
-    }
-    // Every thread count is checked (its pool built) before any work, so
-    // that `--threads 1,0` is refused before the 1-thread rows run.
-    for &threads in &s.threads {
-        Threads::new(Some(threads))?;
-    }
-    let kernels: Vec<Kernels> = s
-        .backends
-        .iter()
-        .map(|&b| Kernels::new(b))
-        .collect::<Result<_, _>>()?;
     let world = crate::world::current();
     let leader = world.rank() == 0;
     let mut json = match &s.json {
@@ -139,34 +103,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         _ => None,
     };
     let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
-    let n = cfg.param_count();
-    info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
-    let cpu = Cpu::detected();
-    info!("CPU: {} ({})", cpu.model(), cpu.caches());
-    if world.size() > 1 {
-        info!(
-            "World: {}: training rows are every rank's tokens, decoding runs on rank 0",
-            world.describe()
-        );
-    }
-    for k in &kernels {
-        info!(
-            "f32 GEMM blocking on {}: {}; bf16 products on {}",
-            k.backend(),
-            k.gemm_blocking(),
-            k.bf16_unit()
-        );
-    }
-    let memory = format!(
-        "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
-        Footprint::training(&cfg, s.batch, max_t, s.recompute),
-        s.batch,
-        mib(KvCache::new(&cfg).cache_bytes() as f64)
-    );
-    info!(
-        "{memory} | Peak resident memory so far: {:.1} MiB",
-        mib(peak_rss_bytes() as f64)
-    );
+    let memory = log_header(s, &kernels);
 
     let mut rows: Vec<BenchRecord> = Vec::new();
     for &threads in &s.threads {
@@ -184,23 +121,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             }
         }
     }
-    // Speed-ups once every row is in, whatever order the backends ran in.
-    let speed_of = |r: &BenchRecord| {
-        let key = (r.shape.seq_len, r.shape.threads, r.shape.precision);
-        (key, r.tokens_per_sec)
-    };
-    let scalar_speed: Vec<_> = rows
-        .iter()
-        .filter(|r| r.shape.backend == Backend::Scalar.name())
-        .map(speed_of)
-        .collect();
-    for row in &mut rows {
-        let (key, speed) = speed_of(row);
-        row.speedup_vs_scalar = scalar_speed
-            .iter()
-            .find(|(scalar_key, _)| *scalar_key == key)
-            .map(|(_, scalar)| speed / scalar);
-    }
+    set_speedups_vs_scalar(&mut rows);
 
     let mut decode_rows = Vec::new();
     for &k in kernels.iter().filter(|_| s.decoding && leader) {
@@ -225,6 +146,110 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         print_tables(&rows, &decode_rows, &memory);
     }
     Ok((rows, decode_rows))
+}
+
+/// The handles of `s`'s backends, after every check that needs no work:
+/// the settings, the memory, every thread count (its pool built, so that
+/// `--threads 1,0` is refused before the 1-thread rows run) and what
+/// the CPU supports.
+fn checked_kernels(s: &BenchSettings) -> Result<Vec<Kernels>, Error> {
+    let cfg = s.config;
+    cfg.validate()?;
+    if s.steps == 0
+        || s.batch == 0
+        || s.seq_lens.is_empty()
+        || s.backends.is_empty()
+        || s.precisions.is_empty()
+        || s.threads.is_empty()
+    {
+        return Err(Error::Config("bench needs at least one step, sequence length, backend and thread count, and a batch of at least 1".into()));
+    }
+    if let Some(&t) = s.seq_lens.iter().find(|&&t| t == 0 || t > cfg.block_size) {
+        return Err(Error::Config(format!(
+            "sequence length {t} is not in 1..={} (the block size)",
+            cfg.block_size
+        )));
+    }
+    if s.steps > MAX_STEPS {
+        return Err(Error::Config(format!(
+            "--steps {} is more than {MAX_STEPS} timed steps per row",
+            s.steps
+        )));
+    }
+    check_memory(&cfg, s.batch, max_seq_len(s), s.recompute)?;
+    if s.decoding {
+        Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
+    }
+    for &threads in &s.threads {
+        Threads::new(Some(threads))?;
+    }
+    Ok(s.backends
+        .iter()
+        .map(|&b| Kernels::new(b))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The longest of the benchmarked sequence lengths (checked non-empty).
+fn max_seq_len(s: &BenchSettings) -> usize {
+    s.seq_lens.iter().copied().max().unwrap_or(0)
+}
+
+/// Logs what is benchmarked and on what: the model, the CPU and its
+/// caches, the world, each backend's blocking; returns the memory line
+/// (printed again under the tables).
+fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
+    let (cfg, max_t) = (s.config, max_seq_len(s));
+    let n = cfg.param_count();
+    info!("Benchmark of {cfg} ({:.2} M parameters), batch {}, {} timed steps after {WARMUP_STEPS} warm-up steps", n as f64 / 1e6, s.batch, s.steps);
+    let cpu = Cpu::detected();
+    info!("CPU: {} ({})", cpu.model(), cpu.caches());
+    let world = crate::world::current();
+    if world.size() > 1 {
+        info!(
+            "World: {}: training rows are every rank's tokens, decoding runs on rank 0",
+            world.describe()
+        );
+    }
+    for k in kernels {
+        info!(
+            "f32 GEMM blocking on {}: {}; bf16 products on {}",
+            k.backend(),
+            k.gemm_blocking(),
+            k.bf16_unit()
+        );
+    }
+    let memory = format!(
+        "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
+        Footprint::training(&cfg, s.batch, max_t, s.recompute),
+        s.batch,
+        mib(KvCache::new(&cfg).cache_bytes() as f64)
+    );
+    info!(
+        "{memory} | Peak resident memory so far: {:.1} MiB",
+        mib(peak_rss_bytes() as f64)
+    );
+    memory
+}
+
+/// Each row's speed-up over the scalar row of the same shape, threads and
+/// precision, once every row is in (whatever order the backends ran in).
+fn set_speedups_vs_scalar(rows: &mut [BenchRecord]) {
+    let speed_of = |r: &BenchRecord| {
+        let key = (r.shape.seq_len, r.shape.threads, r.shape.precision);
+        (key, r.tokens_per_sec)
+    };
+    let scalar_speed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.shape.backend == Backend::Scalar.name())
+        .map(speed_of)
+        .collect();
+    for row in rows {
+        let (key, speed) = speed_of(row);
+        row.speedup_vs_scalar = scalar_speed
+            .iter()
+            .find(|(scalar_key, _)| *scalar_key == key)
+            .map(|(_, scalar)| speed / scalar);
+    }
 }
 
 /// The machine's peak GFLOP/s on `threads` threads for products in
