@@ -4,6 +4,8 @@
 //! pack A and B, then compute tiles of C block by block (rows in blocks of
 //! `mc`). The sizes are the handle's [`Blocking`].
 
+use core::ops::Range;
+
 use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::{Blocking, Problem};
@@ -57,58 +59,93 @@ fn aligned_region(workspace: &mut [f32], len: usize) -> (&mut [f32], &mut [f32])
     workspace[skip..].split_at_mut(len)
 }
 
-/// Runs the blocked GEMM blocked by `bl` (whose tile is `K`'s).
-/// `workspace` holds at least [`workspace_len`]`(m, n, k, bl)` floats;
-/// `m, n, k > 0` and `alpha != 0`.
-pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
-    kernel: K,
-    exec: &E,
-    p: &Problem,
-    bl: &Blocking,
-    workspace: &mut [f32],
-) {
-    let (m, n, k) = (p.m, p.n, p.k);
-    let (mc, nc_max) = (bl.mc, bl.nc);
-    let kc_max = pass_depth(k, bl);
-    let threads = threads_of(exec);
-    let a_panels = m.div_ceil(K::MR);
-    let (packed_a, rest) = aligned_region(workspace, a_panels * K::MR * kc_max);
-    let (packed_b, _) = aligned_region(rest, n.min(nc_max).div_ceil(K::NR) * K::NR * kc_max);
-    let (packed_a, packed_b) = (
-        SharedMut(packed_a.as_mut_ptr()),
-        SharedMut(packed_b.as_mut_ptr()),
-    );
-    // Row blocks of equal height (whole tiles, at most mc), so that pieces
-    // split over threads are the same size.
-    let m_blocks = m.div_ceil(mc);
-    let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(mc);
-    let m_blocks = m.div_ceil(mc);
-    // A is read in place unless huge or the blocking's L1 rules pack it.
-    // Then only a last, partial panel may be packed (zero-padded to MR
-    // rows).
-    let direct_a = m.saturating_mul(kc_max) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, n);
-    // Where packed panel `q` of A lives in the workspace.
-    let a_slot = |q: usize| if direct_a { 0 } else { q };
-    // A direct A's last panel is read in place too where the register tile
-    // that covers it reads no row past m.
-    let a_in_place = |i: usize| direct_a && i + K::covering_rows(K::MR.min(m - i)) <= m;
-    let a_to_pack = if !direct_a {
-        0..a_panels
-    } else if !a_in_place((a_panels - 1) * K::MR) {
-        a_panels - 1..a_panels
-    } else {
-        0..0
-    };
-    // Likewise a small B with contiguous rows, but for a last, partial
-    // panel of a column block.
-    let direct_b = p.b.cs == 1 && n.saturating_mul(kc_max) <= DIRECT_B_FLOATS;
+/// How one product runs, decided once per call from its shape, its
+/// strides and the blocking.
+struct Plan {
+    /// Depth of each pass over k.
+    kc: usize,
+    /// Rows per row block: whole tiles, the blocks of equal height (at
+    /// most the blocking's `mc`), so that pieces split over threads are
+    /// the same size.
+    mc: usize,
+    m_blocks: usize,
+    /// Whether A is read in place (unless huge or the blocking's L1 rules
+    /// pack it); then only a last, partial panel may be packed
+    /// (zero-padded to MR rows), in slot 0.
+    direct_a: bool,
+    /// The panels of A that are packed.
+    a_to_pack: Range<usize>,
+    /// Whether B's whole panels are read in place: small, with contiguous
+    /// rows. (A last, partial panel of a column block is packed.)
+    direct_b: bool,
+}
 
-    for jc in (0..n).step_by(nc_max) {
+impl Plan {
+    fn new<K: GemmKernel>(p: &Problem, bl: &Blocking) -> Plan {
+        let (m, n) = (p.m, p.n);
+        let kc = pass_depth(p.k, bl);
+        let m_blocks = m.div_ceil(bl.mc);
+        let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(bl.mc);
+        let direct_a = m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, n);
+        let mut plan = Plan {
+            kc,
+            mc,
+            m_blocks: m.div_ceil(mc),
+            direct_a,
+            a_to_pack: 0..0,
+            direct_b: p.b.cs == 1 && n.saturating_mul(kc) <= DIRECT_B_FLOATS,
+        };
+        let a_panels = m.div_ceil(K::MR);
+        plan.a_to_pack = if !direct_a {
+            0..a_panels
+        } else if !plan.a_in_place::<K>((a_panels - 1) * K::MR, m) {
+            a_panels - 1..a_panels
+        } else {
+            0..0
+        };
+        plan
+    }
+
+    /// Where packed panel `q` of A lives in the A region.
+    fn a_slot(&self, q: usize) -> usize {
+        if self.direct_a {
+            0
+        } else {
+            q
+        }
+    }
+
+    /// Whether the tile at row `i` (of `m`) reads A in place: A is direct,
+    /// and the register tile that covers the rows left reads none past m.
+    fn a_in_place<K: GemmKernel>(&self, i: usize, m: usize) -> bool {
+        self.direct_a && i + K::covering_rows(K::MR.min(m - i)) <= m
+    }
+}
+
+/// Columns `jc..jc + nc` of C, and how they are split into pieces.
+struct ColumnBlock {
+    jc: usize,
+    nc: usize,
+    b_panels: usize,
+    /// The panels of B that are packed.
+    b_to_pack: Range<usize>,
+    /// Groups of panels per row block in phase 2, and panels per group.
+    n_groups: usize,
+    panels_per_group: usize,
+    /// Whether A's panels are packed in phase 1: row blocks shared by
+    /// several pieces (or a direct A's last panel) are; otherwise each
+    /// piece packs its own block just before use, so it is still in L2
+    /// (as BLIS does).
+    pack_a_early: bool,
+}
+
+impl ColumnBlock {
+    fn new<K: GemmKernel>(plan: &Plan, n: usize, jc: usize, nc_max: usize, threads: usize) -> Self {
         let nc = nc_max.min(n - jc);
         let b_panels = nc.div_ceil(K::NR);
-        let b_to_pack = if !direct_b {
+        let b_to_pack = if !plan.direct_b {
             0..b_panels
-        } else if nc % K::NR != 0 {
+        } else if !nc.is_multiple_of(K::NR) {
             b_panels - 1..b_panels
         } else {
             0..0
@@ -119,27 +156,69 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
             1
         } else {
             (PIECES_PER_THREAD * threads)
-                .div_ceil(m_blocks)
+                .div_ceil(plan.m_blocks)
                 .min(b_panels)
         };
         let panels_per_group = b_panels.div_ceil(n_groups);
         let n_groups = b_panels.div_ceil(panels_per_group);
-        // Row blocks shared by several pieces are packed before phase 2;
-        // otherwise each piece packs its own block just before use, so it is
-        // still in L2 (as BLIS does).
-        let pack_a_early = n_groups > 1 || direct_a;
+        ColumnBlock {
+            jc,
+            nc,
+            b_panels,
+            b_to_pack,
+            n_groups,
+            panels_per_group,
+            pack_a_early: n_groups > 1 || plan.direct_a,
+        }
+    }
+}
 
-        for (pass, pc) in (0..k).step_by(kc_max).enumerate() {
-            let kc = kc_max.min(k - pc);
+/// The workspace's packed regions, shared by the pieces.
+#[derive(Clone, Copy)]
+struct Regions {
+    packed_a: SharedMut,
+    packed_b: SharedMut,
+}
+
+/// Runs the blocked GEMM blocked by `bl` (whose tile is `K`'s).
+/// `workspace` holds at least [`workspace_len`]`(m, n, k, bl)` floats;
+/// `m, n, k > 0` and `alpha != 0`.
+pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
+    kernel: K,
+    exec: &E,
+    p: &Problem,
+    bl: &Blocking,
+    workspace: &mut [f32],
+) {
+    let plan = Plan::new::<K>(p, bl);
+    let threads = threads_of(exec);
+    let a_len = p.m.div_ceil(K::MR) * K::MR * plan.kc;
+    let (packed_a, rest) = aligned_region(workspace, a_len);
+    let (packed_b, _) = aligned_region(rest, p.n.min(bl.nc).div_ceil(K::NR) * K::NR * plan.kc);
+    let regions = Regions {
+        packed_a: SharedMut(packed_a.as_mut_ptr()),
+        packed_b: SharedMut(packed_b.as_mut_ptr()),
+    };
+
+    for jc in (0..p.n).step_by(bl.nc) {
+        let block = ColumnBlock::new::<K>(&plan, p.n, jc, bl.nc, threads);
+        for (pass, pc) in (0..p.k).step_by(plan.kc).enumerate() {
+            let depth = pc..pc + plan.kc.min(p.k - pc);
             let beta = if pass == 0 { p.beta } else { 1.0 };
 
             // Phase 1: pack B's column panels (and A's, if early), each piece
             // a disjoint range of panels.
             // (Pieces per thread rounded up, then only as many pieces as
             // that needs: none starts past its range.)
-            let a_early = if pack_a_early { a_to_pack.len() } else { 0 };
+            let a_to_pack = &plan.a_to_pack;
+            let a_early = if block.pack_a_early {
+                a_to_pack.len()
+            } else {
+                0
+            };
             let a_per_piece = a_early.div_ceil(threads).max(1);
             let a_pieces = a_early.div_ceil(a_per_piece);
+            let b_to_pack = &block.b_to_pack;
             let b_per_piece = b_to_pack.len().div_ceil(threads).max(1);
             let b_pieces = b_to_pack.len().div_ceil(b_per_piece);
             run_pieces(exec, a_pieces + b_pieces, &|piece| {
@@ -149,17 +228,11 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                         if piece < a_pieces {
                             let first = a_to_pack.start + piece * a_per_piece;
                             let last = (first + a_per_piece).min(a_to_pack.end);
+                            let slot = plan.a_slot(first);
                             // SAFETY: pieces pack disjoint, non-empty panel
                             // ranges into their slots.
                             unsafe {
-                                pack_a_panels(
-                                    kernel,
-                                    p,
-                                    packed_a,
-                                    first..last,
-                                    a_slot(first),
-                                    pc..pc + kc,
-                                )
+                                pack_a_panels(kernel, p, regions, first..last, slot, depth.clone())
                             };
                         } else {
                             let first = b_to_pack.start + (piece - a_pieces) * b_per_piece;
@@ -167,7 +240,14 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                             // SAFETY: pieces pack disjoint, non-empty panel
                             // ranges.
                             unsafe {
-                                pack_b_panels(kernel, p, packed_b, first..last, jc, nc, pc..pc + kc)
+                                pack_b_panels(
+                                    kernel,
+                                    p,
+                                    regions,
+                                    first..last,
+                                    &block,
+                                    depth.clone(),
+                                )
                             };
                         }
                     },
@@ -176,73 +256,24 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
 
             // Phase 2: piece (row block, panel group) computes its block of
             // C; the blocks partition C.
-            run_pieces(exec, m_blocks * n_groups, &|piece| {
+            run_pieces(exec, plan.m_blocks * block.n_groups, &|piece| {
                 kernel.enter(
                     #[inline(always)]
                     |kernel| {
-                        let (block, group) = (piece / n_groups, piece % n_groups);
-                        let rows = block * mc..m.min((block + 1) * mc);
-                        let panels = rows.start / K::MR..rows.end.div_ceil(K::MR);
-                        if !pack_a_early {
-                            let first_slot = a_slot(panels.start);
-                            // SAFETY: this piece alone uses its row block's
-                            // panels (A is packed: each in its own slot).
-                            unsafe {
-                                pack_a_panels(kernel, p, packed_a, panels, first_slot, pc..pc + kc)
-                            };
-                        }
-                        // SAFETY: packed B was written in phase 1 and no
-                        // piece writes it while phase 2 runs. (Panels a
-                        // direct B never packed hold stale floats, unread.)
-                        let b = unsafe {
-                            core::slice::from_raw_parts(packed_b.ptr(), b_panels * K::NR * kc)
-                        };
-                        let first_panel = group * panels_per_group;
-                        let last_panel = (first_panel + panels_per_group).min(b_panels);
-                        for q in first_panel..last_panel {
-                            let j = jc + q * K::NR;
-                            let b_panel = if direct_b && (q + 1) * K::NR <= nc {
-                                BPanel {
-                                    data: &p.b.data[pc * p.b.rs + j..],
-                                    rs: p.b.rs,
-                                }
-                            } else {
-                                BPanel {
-                                    data: &b[q * K::NR * kc..][..K::NR * kc],
-                                    rs: K::NR,
-                                }
-                            };
-                            for i in rows.clone().step_by(K::MR) {
-                                let a_panel = if a_in_place(i) {
-                                    APanel {
-                                        data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
-                                        rs: p.a.rs,
-                                        cs: p.a.cs,
-                                    }
-                                } else {
-                                    // SAFETY: panel `i / MR` was packed into
-                                    // its slot (in phase 1 or just above), a
-                                    // slot of the A region, and no piece
-                                    // writes it while phase 2 runs.
-                                    let panel = unsafe {
-                                        core::slice::from_raw_parts(
-                                            packed_a.ptr().add(a_slot(i / K::MR) * K::MR * kc),
-                                            K::MR * kc,
-                                        )
-                                    };
-                                    APanel::packed(panel, K::MR)
-                                };
-                                let tile = Tile {
-                                    // SAFETY: (i, j) is inside C.
-                                    ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
-                                    ldc: p.c.rs,
-                                    rows: K::MR.min(m - i),
-                                    cols: K::NR.min(n - j),
-                                };
-                                // SAFETY: the tile lies in this piece's block
-                                // of C, which no other piece touches.
-                                unsafe { kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile) };
-                            }
+                        let piece = (piece / block.n_groups, piece % block.n_groups);
+                        // SAFETY: each piece is its own block of C, and the
+                        // packed regions were written in phase 1 (or are
+                        // this piece's own A panels).
+                        unsafe {
+                            compute_piece(
+                                kernel,
+                                p,
+                                &plan,
+                                &block,
+                                regions,
+                                piece,
+                                (depth.clone(), beta),
+                            )
                         }
                     },
                 )
@@ -251,8 +282,94 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
     }
 }
 
-/// Packs panels `panels` (of `NR` columns each) of op(B), columns from
-/// `jc` (of a block `nc` wide), rows `depth`, into the B region.
+/// Computes piece `(row block, panel group)` of the column block `block`
+/// of C for the pass over k `depth` (`beta` its C scale): packs the row
+/// block's panels of A first where phase 1 did not, then runs the
+/// register tile over every tile of the piece.
+///
+/// # Safety
+/// The regions are the workspace's, sized by [`workspace_len`] for this
+/// product and plan; B's packed panels (and A's, if packed early) were
+/// written in phase 1 and no piece writes them during phase 2; no other
+/// piece touches this piece's block of C or (if it packs them here) its
+/// panels of A.
+#[inline(always)]
+unsafe fn compute_piece<K: GemmKernel>(
+    kernel: K,
+    p: &Problem,
+    plan: &Plan,
+    block: &ColumnBlock,
+    regions: Regions,
+    (row_block, group): (usize, usize),
+    (depth, beta): (Range<usize>, f32),
+) {
+    let (m, n, kc, pc) = (p.m, p.n, depth.len(), depth.start);
+    let rows = row_block * plan.mc..m.min((row_block + 1) * plan.mc);
+    let panels = rows.start / K::MR..rows.end.div_ceil(K::MR);
+    if !block.pack_a_early {
+        let first_slot = plan.a_slot(panels.start);
+        // SAFETY: this piece alone uses its row block's panels (A is
+        // packed: each in its own slot).
+        unsafe { pack_a_panels(kernel, p, regions, panels, first_slot, depth.clone()) };
+    }
+    // SAFETY: packed B was written in phase 1 and no piece writes it while
+    // phase 2 runs. (Panels a direct B never packed hold stale floats,
+    // unread.)
+    let b =
+        unsafe { core::slice::from_raw_parts(regions.packed_b.ptr(), block.b_panels * K::NR * kc) };
+    let first_panel = group * block.panels_per_group;
+    let last_panel = (first_panel + block.panels_per_group).min(block.b_panels);
+    for q in first_panel..last_panel {
+        let j = block.jc + q * K::NR;
+        let b_panel = if plan.direct_b && (q + 1) * K::NR <= block.nc {
+            BPanel {
+                data: &p.b.data[pc * p.b.rs + j..],
+                rs: p.b.rs,
+            }
+        } else {
+            BPanel {
+                data: &b[q * K::NR * kc..][..K::NR * kc],
+                rs: K::NR,
+            }
+        };
+        for i in rows.clone().step_by(K::MR) {
+            let a_panel = if plan.a_in_place::<K>(i, m) {
+                APanel {
+                    data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
+                    rs: p.a.rs,
+                    cs: p.a.cs,
+                }
+            } else {
+                // SAFETY: panel `i / MR` was packed into its slot (in phase
+                // 1 or just above), a slot of the A region, and no piece
+                // writes it while phase 2 runs.
+                let panel = unsafe {
+                    core::slice::from_raw_parts(
+                        regions
+                            .packed_a
+                            .ptr()
+                            .add(plan.a_slot(i / K::MR) * K::MR * kc),
+                        K::MR * kc,
+                    )
+                };
+                APanel::packed(panel, K::MR)
+            };
+            let tile = Tile {
+                // SAFETY: (i, j) is inside C.
+                ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
+                ldc: p.c.rs,
+                rows: K::MR.min(m - i),
+                cols: K::NR.min(n - j),
+            };
+            // SAFETY: the tile lies in this piece's block of C, which no
+            // other piece touches.
+            unsafe { kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile) };
+        }
+    }
+}
+
+/// Packs panels `panels` (of `NR` columns each) of op(B)'s column block
+/// `block`, rows `depth`, into the B region.
 ///
 /// # Safety
 /// The B region holds `ceil(nc / NR)` panels of `NR · kc` floats, and no
@@ -261,17 +378,16 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
 unsafe fn pack_b_panels<K: GemmKernel>(
     kernel: K,
     p: &Problem,
-    packed_b: SharedMut,
-    panels: core::ops::Range<usize>,
-    jc: usize,
-    nc: usize,
-    depth: core::ops::Range<usize>,
+    regions: Regions,
+    panels: Range<usize>,
+    block: &ColumnBlock,
+    depth: Range<usize>,
 ) {
-    let kc = depth.len();
+    let (jc, nc, kc) = (block.jc, block.nc, depth.len());
     let len = panels.len() * K::NR * kc;
     // SAFETY: per the contract, these panels are in bounds and ours alone.
     let dst = unsafe {
-        core::slice::from_raw_parts_mut(packed_b.ptr().add(panels.start * K::NR * kc), len)
+        core::slice::from_raw_parts_mut(regions.packed_b.ptr().add(panels.start * K::NR * kc), len)
     };
     let cols = jc + (panels.start * K::NR).min(nc)..jc + (panels.end * K::NR).min(nc);
     pack_b(kernel, &p.b, depth, cols, K::NR, dst);
@@ -287,16 +403,17 @@ unsafe fn pack_b_panels<K: GemmKernel>(
 unsafe fn pack_a_panels<K: GemmKernel>(
     kernel: K,
     p: &Problem,
-    packed_a: SharedMut,
-    panels: core::ops::Range<usize>,
+    regions: Regions,
+    panels: Range<usize>,
     first_slot: usize,
-    depth: core::ops::Range<usize>,
+    depth: Range<usize>,
 ) {
     let panel_len = K::MR * depth.len();
     let len = panels.len() * panel_len;
     // SAFETY: per the contract, these slots are in bounds and ours alone.
-    let dst =
-        unsafe { core::slice::from_raw_parts_mut(packed_a.ptr().add(first_slot * panel_len), len) };
+    let dst = unsafe {
+        core::slice::from_raw_parts_mut(regions.packed_a.ptr().add(first_slot * panel_len), len)
+    };
     let rows = (panels.start * K::MR).min(p.m)..(panels.end * K::MR).min(p.m);
     pack_a(kernel, &p.a, rows, depth, K::MR, dst);
 }
