@@ -732,6 +732,8 @@ pub extern "C" fn kn_adamw_default() -> kn_adamw {
 
 /// One AdamW step (`step` from 1) over `len` parameters with gradients
 /// `grads · grad_scale`, updating the moments `m` and `v` in place.
+/// `KN_ERR_ARGUMENT` for `step` 0, betas outside [0, 1), `eps` not
+/// positive, or a non-finite `lr`, `weight_decay` or `grad_scale`.
 ///
 /// # Safety
 /// `opt` points to a `kn_adamw`; the buffers cover `len` floats each.
@@ -1010,9 +1012,9 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
     })
 }
 
-/// Runs `iters` rounds of the backend's independent f32 multiply-add
-/// chains and writes the floating-point operations done to `*flops`: time
-/// it for the FMA peak that MFU divides by.
+/// Runs `iters` rounds (at most 2^28) of the backend's independent f32
+/// multiply-add chains and writes the floating-point operations done to
+/// `*flops`: time it for the FMA peak that MFU divides by.
 ///
 /// # Safety
 /// `flops` points to a writable `uint64_t`.
@@ -1027,7 +1029,8 @@ pub unsafe extern "C" fn kn_fma_peak_loop(backend: i32, iters: size_t, flops: *m
     })
 }
 
-/// `kn_fma_peak_loop` for the backend's bf16 unit (`kn_bf16_unit`).
+/// `kn_fma_peak_loop` for the backend's bf16 unit (`kn_bf16_unit`); at
+/// most 2^28 rounds too.
 ///
 /// # Safety
 /// `flops` points to a writable `uint64_t`.

@@ -97,4 +97,5 @@ pub use error::KernelError;
 pub use gemm::{Bf16Input, Blocking, MatMut, MatRef, PackedBf16};
 pub use optimizer::AdamW;
 pub use parallel::{Executor, Sequential};
+pub use peak::PEAK_LOOP_MAX_ITERS;
 pub use softmax::ValidLen;

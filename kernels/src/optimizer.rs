@@ -44,6 +44,10 @@ impl Kernels {
     /// p −= lr · (m / (1 − β1^step) / (√(v / (1 − β2^step)) + eps) + weight_decay · p)
     /// ```
     ///
+    /// Refused (nothing written): `step` 0, β1 or β2 outside `[0, 1)`,
+    /// `eps` not positive, a non-finite `lr`, `weight_decay` or
+    /// `grad_scale`, and slices of other lengths than `params`.
+    ///
     /// ```
     /// use kernels::{AdamW, Kernels};
     ///
@@ -68,6 +72,17 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         if step == 0 {
             return Err(KernelError::InvalidArgument("the AdamW step counts from 1"));
+        }
+        // A β of 1 divides by a zero bias correction, an eps of 0 divides
+        // zero by zero, a non-finite setting poisons every parameter.
+        let beta = 0.0..1.0;
+        let finite = [opt.lr, opt.weight_decay, grad_scale]
+            .iter()
+            .all(|x| x.is_finite());
+        if !(beta.contains(&opt.beta1) && beta.contains(&opt.beta2) && opt.eps > 0.0 && finite) {
+            return Err(KernelError::InvalidArgument(
+                "AdamW needs beta1 and beta2 in [0, 1), eps > 0 and finite lr, weight decay and gradient scale",
+            ));
         }
         expect_len("grads", grads.len(), params.len())?;
         expect_len("m", m.len(), params.len())?;

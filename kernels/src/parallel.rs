@@ -30,7 +30,7 @@ pub trait Executor: Sync {
     /// (The routines stay sound under an executor that breaks this: each
     /// piece still runs once. A repeated or out-of-range call runs no piece
     /// twice (beyond 4096 pieces it may run one not yet run), and the
-    /// pieces never run run on the calling thread after `run` returns.)
+    /// pieces it never ran run on the calling thread after `run` returns.)
     fn run(&self, pieces: usize, piece: &(dyn Fn(usize) + Sync));
 }
 

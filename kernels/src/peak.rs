@@ -11,11 +11,17 @@ use crate::Kernels;
 /// spilling the 16 YMM registers.
 const CHAINS: usize = 12;
 
+/// The most rounds a peak loop runs, so that no count hangs the caller:
+/// well under a second of FMA rounds (about 6 cycles each), some seconds
+/// of AMX rounds (4 tile products, about 64 cycles).
+pub const PEAK_LOOP_MAX_ITERS: usize = 1 << 28;
+
 impl Kernels {
-    /// Runs `iters` rounds of 12 independent multiply-add chains on
-    /// full vectors and returns the floating-point operations done (2 per
-    /// lane per multiply-add; saturating). Time it to get this backend's peak FLOP/s on
-    /// one core; run it on several threads for the peak of several.
+    /// Runs `iters` rounds (at most [`PEAK_LOOP_MAX_ITERS`]) of 12
+    /// independent multiply-add chains on full vectors and returns the
+    /// floating-point operations done (2 per lane per multiply-add). Time
+    /// it to get this backend's peak FLOP/s on one core; run it on several
+    /// threads for the peak of several.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
@@ -28,13 +34,14 @@ impl Kernels {
     /// assert_eq!(flops, (iters * 12 * k.backend().lanes() * 2) as u64);
     /// ```
     pub fn fma_peak_loop(&self, iters: usize) -> u64 {
+        let iters = iters.min(PEAK_LOOP_MAX_ITERS);
         let (result, lanes) = dispatch!(self,
             scalar: (scalar_chains(iters), 1),
             simd: |s| (simd_chains(s, iters), s.lanes()),
         );
         // The result depends on every chain, so none can be optimised away.
         core::hint::black_box(result);
-        (iters as u64).saturating_mul((CHAINS * lanes * 2) as u64)
+        iters as u64 * (CHAINS * lanes * 2) as u64
     }
 }
 

@@ -131,6 +131,7 @@ impl Kernels {
     /// assert_eq!(flops, (iters * per_round) as u64);
     /// ```
     pub fn bf16_peak_loop(&self, iters: usize) -> u64 {
+        let iters = iters.min(crate::PEAK_LOOP_MAX_ITERS);
         match self.tile_unit() {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit is
@@ -150,7 +151,7 @@ impl Kernels {
         };
         // The result depends on every chain, so none can be optimised away.
         core::hint::black_box(sums);
-        (iters as u64).saturating_mul((PEAK_CHAINS * 16 * 4) as u64)
+        iters as u64 * (PEAK_CHAINS * 16 * 4) as u64
     }
 
     /// The pair-dot unit this handle's bf16 products run on, if any (the

@@ -99,6 +99,26 @@ fn wrong_lengths_are_errors_and_write_nothing() {
             .adamw_step(&opt, 0, 1.0, &mut p, &[0.0; 4], &mut mm, &mut [0.0; 4])
             .unwrap_err();
         assert!(matches!(err, KernelError::InvalidArgument(_)));
+        // Settings that would write NaN into every parameter.
+        let settings: [fn(&mut crate::AdamW, &mut f32); 8] = [
+            |o, _| o.beta1 = 1.0,
+            |o, _| o.beta2 = 1.0,
+            |o, _| o.beta1 = -0.1,
+            |o, _| o.beta2 = f32::NAN,
+            |o, _| o.eps = 0.0,
+            |o, _| o.lr = f32::NAN,
+            |o, _| o.weight_decay = f32::INFINITY,
+            |_, grad_scale| *grad_scale = f32::NAN,
+        ];
+        for set in settings {
+            let (mut opt, mut scale) = (crate::AdamW::default(), 1.0);
+            set(&mut opt, &mut scale);
+            let (mut p, mut v) = ([1.0; 4], [0.0; 4]);
+            let err = k.adamw_step(&opt, 1, scale, &mut p, &[0.5; 4], &mut mm, &mut v);
+            let err = err.unwrap_err();
+            assert!(matches!(err, KernelError::InvalidArgument(_)), "{opt:?}");
+            assert_eq!(p, [1.0; 4], "{opt:?}, {scale}: nothing written");
+        }
 
         // transpose: short buffers, stride shorter than a row, overflow
         let mut dst = [0.0; 6];
@@ -161,4 +181,14 @@ fn forcing_an_unsupported_backend_is_refused() {
     }
     assert_eq!("AVX2".parse::<Backend>(), Ok(Backend::Avx2));
     assert_eq!("neon".parse::<Backend>(), Err(KernelError::UnknownBackend));
+}
+
+#[test]
+fn a_peak_loop_runs_a_bounded_number_of_rounds() {
+    // usize::MAX rounds would take centuries; the loop stops at the cap
+    // and counts only the rounds it ran (12 chains, 2 operations per lane).
+    let k = crate::Kernels::best();
+    let per_round = 12 * k.backend().lanes() as u64 * 2;
+    let flops = k.fma_peak_loop(usize::MAX);
+    assert_eq!(flops, crate::PEAK_LOOP_MAX_ITERS as u64 * per_round);
 }
