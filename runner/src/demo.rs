@@ -10,7 +10,7 @@ use log::info;
 use crate::data::{corpus, Tokenizer};
 use crate::error::Error;
 use crate::generate::{generate, GenerationStats, Sampling};
-use crate::logger::{print_bytes, print_stdout};
+use crate::logger::{keep_streaming, print_bytes, print_stdout};
 use crate::model::{Gpt, Precision, Preset};
 use crate::train::TrainSettings;
 
@@ -55,9 +55,14 @@ pub fn sample_check(model: &mut Gpt) -> Result<(), Error> {
         top_p: None,
     };
     print_stdout("Sample from the trained model (temperature 0.5):\n");
+    let mut stdout_failure = None;
     let stats = sample(model, "\n", 200, &sampling, |token| {
-        print_bytes(&Tokenizer::Byte.decode(&[token]).unwrap_or_default())
+        let text = Tokenizer::Byte.decode(&[token]).unwrap_or_default();
+        keep_streaming(print_bytes(&text), &mut stdout_failure)
     })?;
+    if let Some(e) = stdout_failure {
+        return Err(Error::io("stdout", e));
+    }
     print_stdout("\n");
     let text = String::from_utf8_lossy(&Tokenizer::Byte.decode(&stats.tokens)?).into_owned();
     // The first and last lines may be cut off.

@@ -45,8 +45,8 @@ pub enum Error {
         /// The gradient norm before clipping.
         norm: f32,
     },
-    /// A model's outputs overflowed: finite weights too large for f32
-    /// arithmetic (a checkpoint scaled by mistake).
+    /// A checkpoint's outputs overflowed (`eval`, `generate`): finite
+    /// weights too large for f32 arithmetic.
     #[error("the model's {0} are NaN or infinite: its weights overflow f32 arithmetic")]
     NotFinite(&'static str),
     /// The processes of a data-parallel run stopped agreeing (MPI gave

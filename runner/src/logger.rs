@@ -95,13 +95,29 @@ pub fn print_stdout(text: &str) {
     let _ = print_bytes(text.as_bytes());
 }
 
-/// [`print_stdout`] for raw bytes (a generated token): `Break` once stdout
-/// fails (its reader is gone), so that a stream of tokens can stop.
-pub fn print_bytes(bytes: &[u8]) -> ControlFlow<()> {
+/// Writes raw bytes (a generated token) to stdout and flushes them, so
+/// that a stream of tokens can tell when stdout fails (see
+/// [`keep_streaming`]).
+pub fn print_bytes(bytes: &[u8]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|_| out.flush()) {
+    out.write_all(bytes).and_then(|_| out.flush())
+}
+
+/// Whether a stream of tokens goes on after writing one gave `written`:
+/// it stops when the reader has left (`runner generate ... | head`), as a
+/// finished run would, and keeps any other failure (a full disk) in
+/// `failure` for the caller to report.
+pub fn keep_streaming(
+    written: std::io::Result<()>,
+    failure: &mut Option<std::io::Error>,
+) -> ControlFlow<()> {
+    match written {
         Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
+        Err(e) => {
+            *failure = Some(e);
+            ControlFlow::Break(())
+        }
     }
 }
 

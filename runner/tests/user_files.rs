@@ -142,6 +142,10 @@ fn checkpoints_that_misdescribe_their_weights_are_refused() {
         "train", "--preset", "tiny", "--steps", "1", "--save", gone_s,
     ];
     assert_clear_error(&runner(&save), ".gone.old-123");
+    // Nor once an empty folder stands in its place.
+    std::fs::create_dir(&gone).unwrap();
+    assert_clear_error(&runner(&save), ".gone.old-123");
+    std::fs::remove_dir(&gone).unwrap();
     assert!(aside.join("model.safetensors").exists());
     std::fs::rename(&aside, &ckpt).unwrap();
 
@@ -180,9 +184,10 @@ fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
     let dir = scratch("checkpoint-first");
     let ckpt = tiny_checkpoint(&dir, "ckpt");
     std::fs::remove_file(Path::new(&ckpt).join("model.safetensors")).unwrap();
-    // The data is missing too: the error is the checkpoint's, so it was
-    // checked first.
-    let data = dir.join("missing.txt");
+    // The data is a file, but empty, which only reading it finds: the
+    // error is the checkpoint's, so the checkpoint was read first.
+    let data = dir.join("empty.txt");
+    std::fs::write(&data, b"").unwrap();
     let data = data.to_str().unwrap();
     for args in [
         vec![
@@ -197,6 +202,23 @@ fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
         vec!["eval", "--checkpoint", &ckpt, "--data", data],
     ] {
         assert_clear_error(&runner(&args), "model.safetensors is missing");
+    }
+    // A data path that does not exist is found before either is read.
+    let missing = dir.join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec![
+            "train",
+            "--init-from",
+            &ckpt,
+            "--data",
+            missing,
+            "--steps",
+            "1",
+        ],
+        vec!["eval", "--checkpoint", &ckpt, "--data", missing],
+    ] {
+        assert_clear_error(&runner(&args), "missing.txt");
     }
 }
 
@@ -245,6 +267,17 @@ fn generation_stops_when_its_reader_leaves() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+
+    // Any other failure to write (a full disk) is an error.
+    #[cfg(target_os = "linux")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["generate", "--checkpoint", &ckpt, "--prompt", "To", "-q"])
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_clear_error(&out, "stdout: No space left on device");
+    }
 }
 
 #[test]

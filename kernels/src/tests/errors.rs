@@ -184,6 +184,10 @@ fn forcing_an_unsupported_backend_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "2^28 rounds of unoptimized code: run with --release"
+)]
 fn a_peak_loop_runs_a_bounded_number_of_rounds() {
     // usize::MAX rounds would take centuries; the loop stops at the cap
     // and counts only the rounds it ran (12 chains, 2 operations per lane).

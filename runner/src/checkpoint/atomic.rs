@@ -32,27 +32,29 @@ impl<'a> Destination<'a> {
     /// Refuses a destination that cannot be saved to, before any long
     /// work: one that exists but is not such a directory (a file, or a
     /// directory holding anything else), since saving replaces it whole;
-    /// one that is missing while a stopped save's previous copy waits
-    /// beside it to be restored (saving would delete that copy); or whose
+    /// one that is missing or empty while a stopped save's previous copy
+    /// waits beside it to be restored (saving would delete that copy); or
+    /// whose
     /// parent is missing or not writable (a staging directory is created
     /// there and removed again to find out).
     pub fn check(&self) -> Result<(), Error> {
         let dir = &self.dir;
-        match fs::symlink_metadata(dir) {
+        let empty = match fs::symlink_metadata(dir) {
             Ok(meta) => self.check_existing(meta)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                if let Some(old) = moved_aside(dir) {
-                    return Err(Error::checkpoint(
-                        dir,
-                        format!(
-                            "a save that was stopped left the previous checkpoint at {}: rename it to {} (or remove it) before saving here",
-                            old.display(),
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => true,
             Err(e) => return Err(Error::io(dir, e)),
+        };
+        // Where no checkpoint is in place, a previous one moved aside is
+        // the copy to restore, which a save would delete as superseded.
+        if let Some(old) = moved_aside(dir).filter(|_| empty) {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "a save that was stopped left the previous checkpoint at {}: rename it to {} (or remove it) before saving here",
+                    old.display(),
+                    dir.display()
+                ),
+            ));
         }
         let (parent, name) = self.parent_and_name()?;
         if !parent.is_dir() {
@@ -74,7 +76,9 @@ impl<'a> Destination<'a> {
         fs::remove_dir(&probe).map_err(|e| Error::io(&probe, e))
     }
 
-    fn check_existing(&self, meta: fs::Metadata) -> Result<(), Error> {
+    /// Refuses an existing `dir` that is not a directory of the files;
+    /// returns whether it is empty.
+    fn check_existing(&self, meta: fs::Metadata) -> Result<bool, Error> {
         let dir = &self.dir;
         if !meta.is_dir() {
             return Err(Error::checkpoint(
@@ -82,15 +86,18 @@ impl<'a> Destination<'a> {
                 "exists and is not a directory, so it is not a checkpoint to replace; choose another path",
             ));
         }
+        let mut empty = true;
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            empty = false;
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            // A checkpoint's names that are not plain files (a folder
-            // called `config.json`) are someone else's.
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            // A checkpoint's names that are not files (a folder called
+            // `config.json`) are someone else's. (A link to a file, as a
+            // Hugging Face snapshot holds, is a file here.)
+            let is_file = fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
             if !self.files.contains(&name.as_ref()) || !is_file {
-                let what = if is_file { "" } else { ", not a file," };
+                let what = if is_file { "," } else { ", not a file," };
                 return Err(Error::checkpoint(
                     dir,
                     format!(
@@ -99,7 +106,7 @@ impl<'a> Destination<'a> {
                 ));
             }
         }
-        Ok(())
+        Ok(empty)
     }
 
     fn parent_and_name(&self) -> Result<(&Path, String), Error> {

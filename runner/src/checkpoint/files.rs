@@ -11,8 +11,8 @@ use safetensors::SafeTensors;
 use crate::error::Error;
 
 /// `file` in the checkpoint `dir`, opened for reading. Only a regular
-/// file is opened: a pipe would block the open, a device such as
-/// `/dev/zero` never end.
+/// file is opened: a named pipe nobody writes would block the open, a
+/// device such as `/dev/zero` never end.
 pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     let path = dir.join(file);
     let missing_or = |e: std::io::Error| match e.kind() {

@@ -34,8 +34,10 @@ fn destination(dir: &Path) -> Destination<'_> {
 }
 
 /// Refuses a destination that cannot be saved to: one that exists but is
-/// not a checkpoint directory (saving replaces it whole), or whose parent
-/// is missing or not writable. Cheap: call it before a long run.
+/// not a checkpoint directory (saving replaces it whole), one with no
+/// checkpoint in place while a stopped save's previous copy waits to be
+/// restored, or one whose parent is missing or not writable. Cheap: call
+/// it before a long run.
 pub fn check_destination(dir: &Path) -> Result<(), Error> {
     destination(dir).check()
 }
@@ -76,11 +78,16 @@ pub fn save(
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::checkpoint(
+            dir,
+            "not a directory (a checkpoint is a folder)",
+        ));
+    }
     if !dir.is_dir() {
         return Err(Error::checkpoint(
             dir,
             match atomic::moved_aside(dir) {
-                _ if dir.exists() => "not a directory (a checkpoint is a folder)".into(),
                 Some(old) => format!(
                     "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
                     old.display(),

@@ -51,13 +51,14 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let source = DataSource::of(args.data.as_deref());
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let t = cfg.block_size;
-    let footprint = |batch: usize| {
-        Footprint::evaluation(&cfg, batch, t)
-            .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
+    let footprint = |batch: usize, what: &str| {
+        Footprint::evaluation(&cfg, batch, t).check(&format!("model {cfg} with {what}"))
     };
-    // The checkpoint before the data, which may take much longer to read
-    // and tokenize; the batch is known once the tokens are.
-    footprint(1)?;
+    // The data's names and kinds, then the checkpoint, then the data
+    // itself, which may take much longer to read and tokenize; the batch
+    // is known once the tokens are.
+    source.check(cfg.tokenizer)?;
+    footprint(1, &format!("one window of {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     if tokens.len() < 2 {
@@ -69,7 +70,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     // Groups are never larger than the number of windows.
     let windows = tokens.len().div_ceil(t);
     let batch = args.batch.min(windows);
-    footprint(batch)?;
+    footprint(batch, &format!("batch {batch} × {t} tokens"))?;
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),
@@ -77,6 +78,10 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         precision_note(model.precision(), kernels)
     );
     let eval = evaluate(&mut model, &tokens, t, args.batch, None)?;
+    // Overflowing weights would print a NaN loss without a word.
+    if !eval.loss.is_finite() {
+        return Err(Error::NotFinite("losses"));
+    }
     eval.log_breakdown(t);
     print_stdout(&format!(
         "loss {:.6} perplexity {:.4} tokens {}\n",

@@ -10,7 +10,7 @@ use crate::checkpoint;
 use crate::error::Error;
 use crate::generate::{check_prompt, generate, Sampling};
 use crate::logger::precision_note;
-use crate::logger::{print_bytes, print_stdout};
+use crate::logger::{keep_streaming, print_bytes, print_stdout};
 use crate::memory::Footprint;
 use crate::metrics::{
     peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
@@ -89,6 +89,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     );
     let mut cache = model.new_cache();
     print_stdout(&args.prompt);
+    let mut stdout_failure = None;
     let stats = generate(
         &mut model,
         &mut cache,
@@ -98,8 +99,14 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         args.seed,
         // An id past the tokenizer's (a model whose vocabulary is larger,
         // such as 50304 for GPT-2's 50257) is no text: it prints nothing.
-        |token| print_bytes(&tokenizer.decode(&[token]).unwrap_or_default()),
+        |token| {
+            let text = tokenizer.decode(&[token]).unwrap_or_default();
+            keep_streaming(print_bytes(&text), &mut stdout_failure)
+        },
     )?;
+    if let Some(e) = stdout_failure {
+        return Err(Error::io("stdout", e));
+    }
     print_stdout("\n");
     stats.log();
     if let Some(path) = &args.json {

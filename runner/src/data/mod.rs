@@ -116,8 +116,30 @@ impl DataSource {
         Ok(tokens)
     }
 
-    /// A text's tokens (non-empty).
-    fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
+    /// Refuses, from names and file kinds alone (nothing is read), a
+    /// source that cannot work for a model with `tokenizer`: a text for a
+    /// model without one, a missing path or one of the wrong kind, a
+    /// folder without both splits. Cheap enough to run before loading a
+    /// checkpoint; reading the data checks the rest.
+    pub fn check(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
+        match self {
+            DataSource::Embedded => Ok(()),
+            DataSource::Text(_) => self.text_tokenizer(tokenizer).map(|_| ()),
+            DataSource::Shard(path) => match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => Ok(()),
+                Ok(_) => Err(Error::Data {
+                    path: path.clone(),
+                    reason: "not a regular file".into(),
+                }),
+                Err(e) => Err(Error::io(path, e)),
+            },
+            DataSource::Shards(dir) => DataSource::shard_files(dir).map(|_| ()),
+        }
+    }
+
+    /// The tokenizer a text is read with, once the text is known to be a
+    /// file (or a pipe, which ends; a device such as /dev/zero may never).
+    fn text_tokenizer(&self, tokenizer: Option<Tokenizer>) -> Result<Tokenizer, Error> {
         let Some(tokenizer) = tokenizer else {
             return Err(Error::Data {
                 path: self.origin(),
@@ -126,24 +148,29 @@ impl DataSource {
                         .into(),
             });
         };
-        let bytes = match self {
-            DataSource::Text(path) => {
-                let kind = std::fs::metadata(path)
-                    .map_err(|e| Error::io(path, e))?
-                    .file_type();
-                // A pipe ends; a device such as /dev/zero may never.
-                #[cfg(unix)]
-                let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
-                #[cfg(not(unix))]
-                let pipe = false;
-                if !(kind.is_file() || pipe) {
-                    return Err(Error::Data {
-                        path: path.clone(),
-                        reason: "not a regular file".into(),
-                    });
-                }
-                std::fs::read(path).map_err(|e| Error::io(path, e))?
+        if let DataSource::Text(path) = self {
+            let kind = std::fs::metadata(path)
+                .map_err(|e| Error::io(path, e))?
+                .file_type();
+            #[cfg(unix)]
+            let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
+            #[cfg(not(unix))]
+            let pipe = false;
+            if !(kind.is_file() || pipe) {
+                return Err(Error::Data {
+                    path: path.clone(),
+                    reason: "not a regular file".into(),
+                });
             }
+        }
+        Ok(tokenizer)
+    }
+
+    /// A text's tokens (non-empty).
+    fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
+        let tokenizer = self.text_tokenizer(tokenizer)?;
+        let bytes = match self {
+            DataSource::Text(path) => std::fs::read(path).map_err(|e| Error::io(path, e))?,
             _ => corpus::text(),
         };
         if bytes.is_empty() {

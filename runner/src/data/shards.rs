@@ -235,7 +235,8 @@ impl Shard {
             path: path.into(),
             reason,
         };
-        // Only a regular file: a pipe would block the open.
+        // Only a regular file: windows are read at random offsets, which a
+        // pipe cannot serve (and opening one blocks until it is written).
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));

@@ -194,10 +194,12 @@ fn run_config(s: &TrainSettings) -> Result<ModelConfig, Error> {
 }
 
 /// A run's model, optimizer and data order: fresh, from a checkpoint's
-/// weights, or resumed; `cfg` is [`run_config`]'s.
+/// weights, or resumed; `cfg` is [`run_config`]'s, `t` the sequence
+/// length trained at (which a resumed run must share).
 fn start(
     s: &TrainSettings,
-    (cfg, t): (ModelConfig, usize),
+    cfg: ModelConfig,
+    t: usize,
     kernels: Kernels,
 ) -> Result<(Gpt, Optimizer, Rng), Error> {
     let world = crate::world::current();
@@ -213,7 +215,7 @@ fn start(
         return Ok((model, optimizer, Rng::new(s.seed)));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
-    // Checked before the data was read; the full state must say the same.
+    // Checked from the header already; the full state must say the same.
     check_resume(s, dir, t, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
@@ -358,10 +360,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let threads = Threads::new(s.threads)?;
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
-    // The checkpoint first: reading it whole is what proves it sound,
-    // and the data may take much longer to read and tokenize.
-    let (mut model, mut optimizer, mut rng) = start(s, (cfg, t), kernels)?;
+    // The data's names and kinds, then the checkpoint (reading it whole
+    // is what proves it sound), then the data itself, which may take much
+    // longer to read and tokenize.
     let source = DataSource::of(s.data.as_deref());
+    source.check(cfg.tokenizer)?;
+    let (mut model, mut optimizer, mut rng) = start(s, cfg, t, kernels)?;
     let mut data = Dataset::load(
         &source,
         cfg.tokenizer,
