@@ -184,13 +184,9 @@ fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
     let dir = scratch("checkpoint-first");
     let ckpt = tiny_checkpoint(&dir, "ckpt");
     std::fs::remove_file(Path::new(&ckpt).join("model.safetensors")).unwrap();
-    // The data is a file, but empty, which only reading it finds: the
-    // error is the checkpoint's, so the checkpoint was read first.
-    let data = dir.join("empty.txt");
-    std::fs::write(&data, b"").unwrap();
-    let data = data.to_str().unwrap();
-    for args in [
-        vec![
+    let train_and_eval = |data: &Path| {
+        let data = data.to_str().unwrap();
+        let train = [
             "train",
             "--init-from",
             &ckpt,
@@ -198,27 +194,22 @@ fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
             data,
             "--steps",
             "1",
-        ],
-        vec!["eval", "--checkpoint", &ckpt, "--data", data],
-    ] {
-        assert_clear_error(&runner(&args), "model.safetensors is missing");
+        ];
+        [
+            runner(&train),
+            runner(&["eval", "--checkpoint", &ckpt, "--data", data]),
+        ]
+    };
+    // The data is a file, but empty, which only reading it finds: the
+    // error is the checkpoint's, so the checkpoint was read first.
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    for out in train_and_eval(&empty) {
+        assert_clear_error(&out, "model.safetensors is missing");
     }
     // A data path that does not exist is found before either is read.
-    let missing = dir.join("missing.txt");
-    let missing = missing.to_str().unwrap();
-    for args in [
-        vec![
-            "train",
-            "--init-from",
-            &ckpt,
-            "--data",
-            missing,
-            "--steps",
-            "1",
-        ],
-        vec!["eval", "--checkpoint", &ckpt, "--data", missing],
-    ] {
-        assert_clear_error(&runner(&args), "missing.txt");
+    for out in train_and_eval(&dir.join("missing.txt")) {
+        assert_clear_error(&out, "missing.txt");
     }
 }
 
