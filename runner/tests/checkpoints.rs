@@ -391,3 +391,31 @@ fn stop_at_past_the_last_step_is_refused() {
     ]);
     assert_clear_error(&out, "--stop-at 6 is after the last step");
 }
+
+#[test]
+fn a_tensor_named_with_and_without_the_prefix_is_refused() {
+    use safetensors::tensor::TensorView;
+    use safetensors::SafeTensors;
+
+    let dir = scratch("both-names");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+    let path = ckpt.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = st.tensors();
+    // The same tensor again under its bare name, with other values.
+    let (_, ln) = views
+        .iter()
+        .find(|(name, _)| name == "transformer.h.0.ln_1.weight")
+        .unwrap();
+    let other: Vec<u8> = ln.data().iter().map(|_| 0).collect();
+    let bare = TensorView::new(ln.dtype(), ln.shape().to_vec(), &other).unwrap();
+    views.push(("h.0.ln_1.weight".into(), bare));
+    fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = runner(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
+    assert_clear_error(
+        &out,
+        "holds both transformer.h.0.ln_1.weight and h.0.ln_1.weight",
+    );
+}

@@ -140,9 +140,19 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     }
     let layout = hf::layout(&cfg);
     let find = |name: &str| {
-        st.tensor(&format!("{}{name}", hf::MODEL_PREFIX))
-            .or_else(|_| st.tensor(name))
-            .map_err(|_| Error::checkpoint(dir, format!("{MODEL_FILE} lacks tensor {name}")))
+        let prefixed = format!("{}{name}", hf::MODEL_PREFIX);
+        match (st.tensor(&prefixed), st.tensor(name)) {
+            // Two candidates: which one is the model is anyone's guess.
+            (Ok(_), Ok(_)) => Err(Error::checkpoint(
+                dir,
+                format!("{MODEL_FILE} holds both {prefixed} and {name}"),
+            )),
+            (Ok(view), _) | (_, Ok(view)) => Ok(view),
+            _ => Err(Error::checkpoint(
+                dir,
+                format!("{MODEL_FILE} lacks tensor {name}"),
+            )),
+        }
     };
     let mut views = Vec::with_capacity(layout.len());
     for t in &layout {
