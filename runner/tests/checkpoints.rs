@@ -392,30 +392,55 @@ fn stop_at_past_the_last_step_is_refused() {
     assert_clear_error(&out, "--stop-at 6 is after the last step");
 }
 
-#[test]
-fn a_tensor_named_with_and_without_the_prefix_is_refused() {
+/// `ckpt`'s weights with a copy of `h.0.ln_1.weight`, zeroed, added as
+/// `name`.
+fn add_tensor(ckpt: &Path, name: &str) {
     use safetensors::tensor::TensorView;
     use safetensors::SafeTensors;
 
-    let dir = scratch("both-names");
-    let ckpt = dir.join("ck");
-    assert_success(&train_tiny(&ckpt, "1", "1"));
     let path = ckpt.join("model.safetensors");
     let bytes = fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut views: Vec<(String, TensorView)> = st.tensors();
-    // The same tensor again under its bare name, with other values.
     let (_, ln) = views
         .iter()
         .find(|(name, _)| name == "transformer.h.0.ln_1.weight")
         .unwrap();
-    let other: Vec<u8> = ln.data().iter().map(|_| 0).collect();
-    let bare = TensorView::new(ln.dtype(), ln.shape().to_vec(), &other).unwrap();
-    views.push(("h.0.ln_1.weight".into(), bare));
+    let zeros = vec![0u8; ln.data().len()];
+    let extra = TensorView::new(ln.dtype(), ln.shape().to_vec(), &zeros).unwrap();
+    views.push((name.into(), extra));
     fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    let out = runner(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
+}
+
+#[test]
+fn tensors_the_model_does_not_read_are_refused_or_named() {
+    let dir = scratch("extra-tensors");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+    let saved = fs::read(ckpt.join("model.safetensors")).unwrap();
+    let eval = || runner(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
+
+    // One tensor under both names: which is the model is anyone's guess.
+    add_tensor(&ckpt, "h.0.ln_1.weight");
     assert_clear_error(
-        &out,
+        &eval(),
         "holds both transformer.h.0.ln_1.weight and h.0.ln_1.weight",
     );
+
+    // A tensor no parameter reads loads, with one warning naming it.
+    fs::write(ckpt.join("model.safetensors"), &saved).unwrap();
+    add_tensor(&ckpt, "transformer.h.0.attn.rotary");
+    let out = eval();
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 tensor(s) this model does not read, ignored (the first: transformer.h.0.attn.rotary)"),
+        "{stderr}"
+    );
+    // Hugging Face's attention-mask buffers pass without a word.
+    fs::write(ckpt.join("model.safetensors"), &saved).unwrap();
+    add_tensor(&ckpt, "h.0.attn.bias");
+    let out = eval();
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("does not read"));
 }

@@ -203,7 +203,30 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
             ));
         }
     }
+    warn_of_unread(&st.names(), &layout);
     Gpt::from_params(cfg, kernels, params)
+}
+
+/// Logs one warning naming the tensors of `names` that no parameter of
+/// `layout` reads: another model's, or a file edited by hand. The
+/// attention-mask buffers older Hugging Face files hold (`attn.bias`,
+/// `attn.masked_bias`) are not weights and pass without a word.
+fn warn_of_unread(names: &[&str], layout: &[hf::HfTensor]) {
+    let unread: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|&name| {
+            let bare = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
+            let buffer = bare.ends_with(".attn.bias") || bare.ends_with(".attn.masked_bias");
+            !buffer && name != hf::LM_HEAD && !layout.iter().any(|t| t.name == bare)
+        })
+        .collect();
+    if let Some(first) = unread.first() {
+        log::warn!(
+            "{MODEL_FILE} holds {} tensor(s) this model does not read, ignored (the first: {first})",
+            unread.len()
+        );
+    }
 }
 
 /// The element types a checkpoint's weights may have.
