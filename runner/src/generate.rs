@@ -225,7 +225,9 @@ pub fn generate(
             stats.sampling_ms += ms_since(t0);
             stats.tokens.push(token);
             if emit(token).is_break() || n + 1 == max_new {
-                break; // the last token's logits would go unused
+                // The reader left, or the last token's logits would go
+                // unused.
+                break;
             }
             let t1 = Instant::now();
             if cache.len() == t {

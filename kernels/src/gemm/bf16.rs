@@ -1282,8 +1282,8 @@ impl V4Bf16 {
 
 // Every `unsafe` below calls an AVX-512 intrinsic. SAFETY (for all of
 // them): a `V4Bf16` value is made only by `V4Bf16::detected` and
-// `V4Bf16::vectorize`, whose contracts are that the CPU supports them; loads read slices whose length
-// was checked on the line before.
+// `V4Bf16::vectorize`, whose contracts are that the CPU supports them;
+// loads read slices whose length was checked on the line before.
 #[cfg(target_arch = "x86_64")]
 impl PairDot for V4Bf16 {
     type Acc = core::arch::x86_64::__m512;

@@ -62,12 +62,15 @@ fn aligned_region(workspace: &mut [f32], len: usize) -> (&mut [f32], &mut [f32])
 /// How one product runs, decided once per call from its shape, its
 /// strides and the blocking.
 struct Plan {
+    /// Rows of A and C.
+    m: usize,
     /// Depth of each pass over k.
     kc: usize,
     /// Rows per row block: whole tiles, the blocks of equal height (at
     /// most the blocking's `mc`), so that pieces split over threads are
     /// the same size.
     mc: usize,
+    /// Row blocks (the last may be shorter).
     m_blocks: usize,
     /// Whether A is read in place (unless huge or the blocking's L1 rules
     /// pack it); then only a last, partial panel may be packed
@@ -87,23 +90,23 @@ impl Plan {
         let m_blocks = m.div_ceil(bl.mc);
         let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(bl.mc);
         let direct_a = m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, n);
-        let mut plan = Plan {
-            kc,
-            mc,
-            m_blocks: m.div_ceil(mc),
-            direct_a,
-            a_to_pack: 0..0,
-            direct_b: p.b.cs == 1 && n.saturating_mul(kc) <= DIRECT_B_FLOATS,
-        };
         let a_panels = m.div_ceil(K::MR);
-        plan.a_to_pack = if !direct_a {
+        let a_to_pack = if !direct_a {
             0..a_panels
-        } else if !plan.a_in_place::<K>((a_panels - 1) * K::MR, m) {
+        } else if !tile_in_bounds::<K>((a_panels - 1) * K::MR, m) {
             a_panels - 1..a_panels
         } else {
             0..0
         };
-        plan
+        Plan {
+            m,
+            kc,
+            mc,
+            m_blocks: m.div_ceil(mc),
+            direct_a,
+            a_to_pack,
+            direct_b: p.b.cs == 1 && n.saturating_mul(kc) <= DIRECT_B_FLOATS,
+        }
     }
 
     /// Where packed panel `q` of A lives in the A region.
@@ -115,11 +118,16 @@ impl Plan {
         }
     }
 
-    /// Whether the tile at row `i` (of `m`) reads A in place: A is direct,
-    /// and the register tile that covers the rows left reads none past m.
-    fn a_in_place<K: GemmKernel>(&self, i: usize, m: usize) -> bool {
-        self.direct_a && i + K::covering_rows(K::MR.min(m - i)) <= m
+    /// Whether the tile at row `i` reads A in place.
+    fn a_in_place<K: GemmKernel>(&self, i: usize) -> bool {
+        self.direct_a && tile_in_bounds::<K>(i, self.m)
     }
+}
+
+/// Whether the register tile that covers rows `i..` of `m` reads no row
+/// past m (else a last, partial panel is packed, zero-padded).
+fn tile_in_bounds<K: GemmKernel>(i: usize, m: usize) -> bool {
+    i + K::covering_rows(K::MR.min(m - i)) <= m
 }
 
 /// Columns `jc..jc + nc` of C, and how they are split into pieces.
@@ -129,8 +137,10 @@ struct ColumnBlock {
     b_panels: usize,
     /// The panels of B that are packed.
     b_to_pack: Range<usize>,
-    /// Groups of panels per row block in phase 2, and panels per group.
+    /// Groups of panels per row block in phase 2 (each group with a row
+    /// block is a piece).
     n_groups: usize,
+    /// Panels per group (the last group may have fewer).
     panels_per_group: usize,
     /// Whether A's panels are packed in phase 1: row blocks shared by
     /// several pieces (or a direct A's last panel) are; otherwise each
@@ -260,7 +270,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                 kernel.enter(
                     #[inline(always)]
                     |kernel| {
-                        let piece = (piece / block.n_groups, piece % block.n_groups);
+                        let (row_block, group) = (piece / block.n_groups, piece % block.n_groups);
                         // SAFETY: each piece is its own block of C, and the
                         // packed regions were written in phase 1 (or are
                         // this piece's own A panels).
@@ -271,7 +281,7 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                                 &plan,
                                 &block,
                                 regions,
-                                piece,
+                                (row_block, group),
                                 (depth.clone(), beta),
                             )
                         }
@@ -333,7 +343,7 @@ unsafe fn compute_piece<K: GemmKernel>(
             }
         };
         for i in rows.clone().step_by(K::MR) {
-            let a_panel = if plan.a_in_place::<K>(i, m) {
+            let a_panel = if plan.a_in_place::<K>(i) {
                 APanel {
                     data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
                     rs: p.a.rs,

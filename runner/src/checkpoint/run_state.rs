@@ -179,9 +179,10 @@ impl Progress {
                 total_steps: metadata_number(meta, "total_steps")?,
                 batch: metadata_number(meta, "batch")?,
                 grad_accum: metadata_number(meta, "grad_accum")?,
-                seq_len: match meta.contains_key("seq_len") {
-                    true => Some(metadata_number(meta, "seq_len")?),
-                    false => None,
+                seq_len: if meta.contains_key("seq_len") {
+                    Some(metadata_number(meta, "seq_len")?)
+                } else {
+                    None
                 },
             };
             if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
