@@ -34,9 +34,8 @@ impl<'a> Destination<'a> {
     /// directory holding anything else), since saving replaces it whole;
     /// one that is missing or empty while a stopped save's previous copy
     /// waits beside it to be restored (saving would delete that copy); or
-    /// whose
-    /// parent is missing or not writable (a staging directory is created
-    /// there and removed again to find out).
+    /// one whose parent is missing or not writable (a staging directory is
+    /// created there and removed again to find out).
     pub fn check(&self) -> Result<(), Error> {
         let dir = &self.dir;
         let empty = match fs::symlink_metadata(dir) {

@@ -78,24 +78,19 @@ pub fn save(
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::checkpoint(
-            dir,
-            "not a directory (a checkpoint is a folder)",
-        ));
-    }
     if !dir.is_dir() {
-        return Err(Error::checkpoint(
-            dir,
-            match atomic::moved_aside(dir) {
-                Some(old) => format!(
-                    "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
-                    old.display(),
-                    dir.display()
-                ),
-                None => "no such directory".into(),
-            },
-        ));
+        let reason = if dir.exists() {
+            "not a directory (a checkpoint is a folder)".into()
+        } else if let Some(old) = atomic::moved_aside(dir) {
+            format!(
+                "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
+                old.display(),
+                dir.display()
+            )
+        } else {
+            "no such directory".into()
+        };
+        return Err(Error::checkpoint(dir, reason));
     }
     hf::parse_config(dir, CONFIG_FILE, &read(dir, CONFIG_FILE)?)
 }

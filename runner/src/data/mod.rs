@@ -116,23 +116,17 @@ impl DataSource {
         Ok(tokens)
     }
 
-    /// Refuses, from names and file kinds alone (nothing is read), a
-    /// source that cannot work for a model with `tokenizer`: a text for a
-    /// model without one, a missing path or one of the wrong kind, a
-    /// folder without both splits. Cheap enough to run before loading a
+    /// Refuses, from names, file kinds and a shard's header (no tokens are
+    /// read), a source that cannot work for a model with `tokenizer`: a
+    /// text for a model without one, a missing path or one of the wrong
+    /// kind, a folder without both splits. Cheap enough to run before loading a
     /// checkpoint; reading the data checks the rest.
     pub fn check(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
         match self {
             DataSource::Embedded => Ok(()),
             DataSource::Text(_) => self.text_tokenizer(tokenizer).map(|_| ()),
-            DataSource::Shard(path) => match std::fs::metadata(path) {
-                Ok(meta) if meta.is_file() => Ok(()),
-                Ok(_) => Err(Error::Data {
-                    path: path.clone(),
-                    reason: "not a regular file".into(),
-                }),
-                Err(e) => Err(Error::io(path, e)),
-            },
+            // Its header only: a shard's kind, magic and size.
+            DataSource::Shard(path) => Shard::open(path).map(|_| ()),
             DataSource::Shards(dir) => DataSource::shard_files(dir).map(|_| ()),
         }
     }
