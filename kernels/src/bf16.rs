@@ -36,6 +36,12 @@ pub(crate) fn pair_half(slot: u32, high: bool) -> f32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Bf16(u16);
 
+// SAFETY: `Bf16` is a transparent `u16`: no padding, and every bit pattern
+// (zero included) is a valid value.
+unsafe impl bytemuck::Zeroable for Bf16 {}
+// SAFETY: as above; `Bf16` is `Copy` and `'static`.
+unsafe impl bytemuck::Pod for Bf16 {}
+
 impl Bf16 {
     /// The value with these bits.
     pub const fn from_bits(bits: u16) -> Bf16 {

@@ -33,6 +33,7 @@ use core::ops::Range;
 use crate::bf16::pair_half;
 use crate::dispatch::{dispatch, Isa};
 use crate::parallel::{run_pieces, threads_of, SharedMut};
+use crate::simd::Simd;
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 
 /// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
@@ -47,6 +48,16 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     /// by `narrow` (which the caller vectorizes).
     #[doc(hidden)]
     fn round_slice(src: &[Self], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16]));
+    /// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without
+    /// `hi`) for lengths of `slots`, f32 values rounded and paired by
+    /// `round_pairs` (which the caller vectorizes).
+    #[doc(hidden)]
+    fn pair_slices(
+        lo: &[Self],
+        hi: Option<&[Self]>,
+        slots: &mut [f32],
+        round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    );
 }
 
 impl Bf16Input for f32 {
@@ -59,6 +70,15 @@ impl Bf16Input for f32 {
     fn round_slice(src: &[f32], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16])) {
         narrow(src, dst)
     }
+    #[inline(always)]
+    fn pair_slices(
+        lo: &[f32],
+        hi: Option<&[f32]>,
+        slots: &mut [f32],
+        round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    ) {
+        round_pairs(lo, hi, slots)
+    }
 }
 
 impl Bf16Input for Bf16 {
@@ -70,6 +90,17 @@ impl Bf16Input for Bf16 {
     #[inline(always)]
     fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {
         dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn pair_slices(
+        lo: &[Bf16],
+        hi: Option<&[Bf16]>,
+        slots: &mut [f32],
+        _: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    ) {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = pair(lo[i], hi.map_or(Bf16::default(), |hi| hi[i]));
+        }
     }
 }
 
@@ -826,25 +857,25 @@ fn pack_b_panels<K: GemmKernel, T: Bf16Input>(
     panels: &mut [f32],
     panel_len: usize,
 ) {
-    for (j, panel) in panels.chunks_exact_mut(panel_len).enumerate() {
-        pack_panel(kernel, bt, NR, j, panel);
-    }
+    pack_panels(kernel, bt, NR, 0..panels.len() / panel_len, panels)
 }
 
-/// Packs panel `p` of A as `layout` has it: row by row for tiles, else
-/// pairs interleaved across `layout.mr` rows.
+/// Packs panels `panels` of A as `layout` has them into `out`: row by row
+/// for tiles, else pairs interleaved across `layout.mr` rows.
 #[inline(always)]
-fn pack_a_panel<K: GemmKernel, T: Bf16Input>(
+fn pack_a_panels<K: GemmKernel, T: Bf16Input>(
     kernel: K,
     a: &MatRef<T>,
     layout: PairLayout,
-    p: usize,
-    panel: &mut [f32],
+    panels: Range<usize>,
+    out: &mut [f32],
 ) {
     if layout.tiles {
-        amx::pack_rows(kernel, a, p, panel)
+        for (p, panel) in panels.zip(out.chunks_exact_mut(layout.a_panel_len())) {
+            amx::pack_rows(kernel, a, p, panel)
+        }
     } else {
-        pack_panel(kernel, a, layout.mr, p, panel)
+        pack_panels(kernel, a, layout.mr, panels, out)
     }
 }
 
@@ -856,80 +887,106 @@ pub(super) fn round_row_pairs<K: GemmKernel, T: Bf16Input>(
     row: &[T],
     slots: &mut [f32],
 ) {
-    let mut chunk = [Bf16::default(); ROUND_CHUNK];
-    for (part, slots) in row
-        .chunks(ROUND_CHUNK)
-        .zip(slots.chunks_mut(ROUND_CHUNK / 2))
+    // `pair` puts the first value in the low half, which a little-endian
+    // CPU stores first: a row's pairs are its values in order, so the row
+    // rounds straight into the slots.
+    #[cfg(target_endian = "little")]
     {
-        T::round_slice(part, &mut chunk[..part.len()], round_by(kernel));
-        if part.len() % 2 == 1 {
-            // The odd last value's partner (an even chunk has room).
-            chunk[part.len()] = Bf16::default();
-        }
-        for (slot, two) in slots.iter_mut().zip(chunk.chunks_exact(2)) {
-            *slot = pair(two[0], two[1]);
+        let halves: &mut [Bf16] = bytemuck::cast_slice_mut(slots);
+        let (values, pad) = halves.split_at_mut(row.len());
+        T::round_slice(row, values, round_by(kernel));
+        pad.fill(Bf16::default());
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let mut chunk = [Bf16::default(); ROUND_CHUNK];
+        for (part, slots) in row
+            .chunks(ROUND_CHUNK)
+            .zip(slots.chunks_mut(ROUND_CHUNK / 2))
+        {
+            T::round_slice(part, &mut chunk[..part.len()], round_by(kernel));
+            if part.len() % 2 == 1 {
+                // The odd last value's partner (an even chunk has room).
+                chunk[part.len()] = Bf16::default();
+            }
+            for (slot, two) in slots.iter_mut().zip(chunk.chunks_exact(2)) {
+                *slot = pair(two[0], two[1]);
+            }
         }
     }
 }
 
-/// Packs panel `p` of the rows of `src` (as used): rows `p·width..` (at
-/// most [`NR`] of them), holding for each pair `q` of columns the pairs
-/// `(src[r][2q], src[r][2q + 1])` of its rows, `width` slots per pair;
-/// rows and columns past the matrix (up to the panel's end) are zero. (B is
-/// packed through its transpose: rows of Bᵀ are columns of B.) Rounding
-/// runs along whichever direction the storage is contiguous in.
+/// Packs panels `panels` of the rows of `src` (as used) into `out`, one
+/// after another, `out.len() / panels.len()` slots each. Panel `p` holds
+/// rows `p·width..` (at most `width` of them): for each pair `q` of
+/// columns, the pairs `(src[r][2q], src[r][2q + 1])` of its rows, `width`
+/// slots per pair; rows and columns past the matrix (up to the panel's
+/// end) are zero. (B is packed through its transpose: rows of Bᵀ are
+/// columns of B.) Rounding runs along whichever direction the storage is
+/// contiguous in.
 #[inline(always)]
-fn pack_panel<K: GemmKernel, T: Bf16Input>(
+fn pack_panels<K: GemmKernel, T: Bf16Input>(
     kernel: K,
     src: &MatRef<T>,
     width: usize,
-    p: usize,
-    panel: &mut [f32],
+    panels: Range<usize>,
+    out: &mut [f32],
 ) {
+    if panels.is_empty() {
+        return;
+    }
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
-    let first = p * width;
-    let live = width.min(rows - first);
+    let panel_len = out.len() / panels.len();
+    let live = |p: usize| width.min(rows - p * width);
     if cs == 1 {
         // Rows are contiguous, so a row's pairs are its own values two at
         // a time: round a stretch of each row into a line of slots, then
         // interleave the lines into the panel (a transpose, as the f32
         // packing does). Lines past the matrix stay zero.
         let pairs = cols.div_ceil(2);
-        let mut lines = [[0.0; LINE_PAIRS]; NR];
-        for start in (0..pairs).step_by(LINE_PAIRS) {
-            let count = LINE_PAIRS.min(pairs - start);
-            let values = 2 * start..cols.min(2 * (start + count));
-            for (i, line) in lines[..live].iter_mut().enumerate() {
-                let row = &src.data[(first + i) * rs..][values.clone()];
-                round_row_pairs(kernel, row, &mut line[..count]);
+        for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
+            let mut lines = [[0.0; LINE_PAIRS]; NR];
+            for start in (0..pairs).step_by(LINE_PAIRS) {
+                let count = LINE_PAIRS.min(pairs - start);
+                let values = 2 * start..cols.min(2 * (start + count));
+                for (i, line) in lines[..live(p)].iter_mut().enumerate() {
+                    let row = &src.data[(p * width + i) * rs..][values.clone()];
+                    round_row_pairs(kernel, row, &mut line[..count]);
+                }
+                let lines: [&[f32]; NR] = core::array::from_fn(|i| &lines[i][..count]);
+                kernel.interleave(
+                    &lines[..width],
+                    &mut panel[start * width..][..count * width],
+                );
             }
-            let lines: [&[f32]; NR] = core::array::from_fn(|i| &lines[i][..count]);
-            kernel.interleave(
-                &lines[..width],
-                &mut panel[start * width..][..count * width],
-            );
+            // The pad pairs past the last column.
+            panel[pairs * width..].fill(0.0);
         }
-        // The pad pairs past the last column.
-        panel[pairs * width..].fill(0.0);
     } else {
-        // Columns are contiguous (`rs == 1`): the panel's share of two
-        // columns at a time, rounded and paired.
-        for (q, slots) in panel.chunks_exact_mut(width).enumerate() {
-            let (slots, pad) = slots.split_at_mut(live);
-            let strip = |c: usize| &src.data[c * cs + first..][..live];
-            match (2 * q < cols, 2 * q + 1 < cols) {
-                (true, true) => pair_strips(kernel, strip(2 * q), Some(strip(2 * q + 1)), slots),
-                (true, false) => pair_strips(kernel, strip(2 * q), None, slots),
-                _ => slots.fill(0.0),
+        // Columns are contiguous (`rs == 1`): two columns at a time, the
+        // share of every panel in turn, so that each step reads one run
+        // of the panels' rows from each column (a panel at a time would
+        // read a line or two per column and wait on each).
+        for q in 0..panel_len / width {
+            let strip = |c: usize, p: usize| &src.data[c * cs + p * width..][..live(p)];
+            for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
+                let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
+                match (2 * q < cols, 2 * q + 1 < cols) {
+                    (true, true) => {
+                        pair_strips(kernel, strip(2 * q, p), Some(strip(2 * q + 1, p)), slots)
+                    }
+                    (true, false) => pair_strips(kernel, strip(2 * q, p), None, slots),
+                    _ => slots.fill(0.0),
+                }
+                pad.fill(0.0);
             }
-            pad.fill(0.0);
         }
     }
 }
 
 /// `slots[i] = pair(lo[i], hi[i])` rounded to bf16 (`hi` zero if
-/// absent), for lengths of at most [`NR`].
+/// absent), for lengths of `slots`.
 #[inline(always)]
 fn pair_strips<K: GemmKernel, T: Bf16Input>(
     kernel: K,
@@ -937,14 +994,23 @@ fn pair_strips<K: GemmKernel, T: Bf16Input>(
     hi: Option<&[T]>,
     slots: &mut [f32],
 ) {
-    let n = lo.len();
-    let mut halves = [[Bf16::default(); NR]; 2];
-    T::round_slice(lo, &mut halves[0][..n], round_by(kernel));
-    if let Some(hi) = hi {
-        T::round_slice(hi, &mut halves[1][..n], round_by(kernel));
-    }
-    for ((slot, &lo), &hi) in slots.iter_mut().zip(&halves[0][..n]).zip(&halves[1][..n]) {
-        *slot = pair(lo, hi);
+    T::pair_slices(
+        lo,
+        hi,
+        slots,
+        #[inline(always)]
+        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+    );
+}
+
+/// [`GemmKernel::round_pairs`] a vector of slots at a time.
+#[inline(always)]
+pub(super) fn round_pairs_simd<S: Simd>(s: S, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
+    let zero = s.splat(0.0);
+    for (start, out) in (0..).step_by(S::LANES).zip(slots.chunks_mut(S::LANES)) {
+        let lo = s.load_piece(&lo[start..][..out.len()], 0.0);
+        let hi = hi.map_or(zero, |hi| s.load_piece(&hi[start..][..out.len()], 0.0));
+        s.store_piece(out, s.bf16_pairs(lo, hi));
     }
 }
 
@@ -1012,17 +1078,29 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut packed_a[..layout.a_len()];
+    // A and B are packed in the blocks the product computes in: whole
+    // runs of columns where the columns are contiguous (see
+    // `pack_panels`).
+    let row_tiles = BLOCK_ROWS / layout.mr;
+    let row_blocks = layout.a_panels.div_ceil(row_tiles);
+    let col_blocks = layout.b_panels.div_ceil(BLOCK_PANELS);
     let a_out = SharedMut(packed_a.as_mut_ptr());
-    run_pieces(exec, layout.a_panels, &|p| {
-        // SAFETY: panel `p` is its own `a_panel` floats of `packed_a`
-        // (a_panels · a_panel = a_len); no other piece touches them.
-        let panel =
-            unsafe { core::slice::from_raw_parts_mut(a_out.ptr().add(p * a_panel), a_panel) };
+    run_pieces(exec, row_blocks, &|rb| {
+        let panels = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
+        // SAFETY: A panels `panels` are their own `a_panel` floats each of
+        // `packed_a` (a_panels · a_panel = a_len); no other piece touches
+        // them.
+        let out = unsafe {
+            core::slice::from_raw_parts_mut(
+                a_out.ptr().add(panels.start * a_panel),
+                panels.len() * a_panel,
+            )
+        };
         // (Pair units run on a SIMD backend; the scalar arm is for
         // completeness.)
         dispatch!(kernels,
-            scalar: pack_a_panel(ScalarKernel, a, layout, p, panel),
-            simd: |s| pack_a_panel(s, a, layout, p, panel),
+            scalar: pack_a_panels(ScalarKernel, a, layout, panels.clone(), out),
+            simd: |s| pack_a_panels(s, a, layout, panels.clone(), out),
         );
     });
     let (packed_b, b_stride): (&[f32], usize) = match b {
@@ -1030,15 +1108,20 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             let bt = b.t();
             let into = &mut into[..layout.b_len()];
             let b_out = SharedMut(into.as_mut_ptr());
-            run_pieces(exec, layout.b_panels, &|j| {
-                // SAFETY: B panel `j` is its own `b_panel` floats of `into`
-                // (b_panels · b_panel = b_len); no other piece touches them.
-                let panel = unsafe {
-                    core::slice::from_raw_parts_mut(b_out.ptr().add(j * b_panel), b_panel)
+            run_pieces(exec, col_blocks, &|cb| {
+                let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);
+                // SAFETY: B panels `panels` are their own `b_panel` floats
+                // each of `into` (b_panels · b_panel = b_len); no other
+                // piece touches them.
+                let out = unsafe {
+                    core::slice::from_raw_parts_mut(
+                        b_out.ptr().add(panels.start * b_panel),
+                        panels.len() * b_panel,
+                    )
                 };
                 dispatch!(kernels,
-                    scalar: pack_panel(ScalarKernel, &bt, NR, j, panel),
-                    simd: |s| pack_panel(s, &bt, NR, j, panel),
+                    scalar: pack_panels(ScalarKernel, &bt, NR, panels.clone(), out),
+                    simd: |s| pack_panels(s, &bt, NR, panels.clone(), out),
                 );
             });
             (into, b_panel)
@@ -1056,9 +1139,6 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
         c: SharedMut(c.data.as_mut_ptr()),
         c_stride: c.row_stride,
     };
-    let row_tiles = BLOCK_ROWS / layout.mr;
-    let row_blocks = layout.a_panels.div_ceil(row_tiles);
-    let col_blocks = layout.b_panels.div_ceil(BLOCK_PANELS);
     run_pieces(exec, row_blocks * col_blocks, &|p| {
         let (rb, cb) = (p / col_blocks, p % col_blocks);
         let rows = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);

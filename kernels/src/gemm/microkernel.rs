@@ -10,7 +10,7 @@
 //! The cache blocking around them (`mc`, `nc`) is derived from the CPU's
 //! caches in `blocking.rs`.
 
-use super::bf16::NR as PAIR_PANEL;
+use super::bf16::{pair, round_pairs_simd, NR as PAIR_PANEL};
 use super::packing::{interleave_scalar, interleave_simd};
 use crate::bf16::{narrow, pair_half};
 #[cfg(test)]
@@ -66,6 +66,16 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     fn round_to_bf16(self, src: &[f32], dst: &mut [Bf16]) {
         for (d, &x) in dst.iter_mut().zip(src) {
             *d = Bf16::from_f32(x);
+        }
+    }
+
+    /// `slots[i]` = the pair of `lo[i]` and `hi[i]` (zero without `hi`),
+    /// each rounded as [`Bf16::from_f32`] does, for `lo` and `hi` as long
+    /// as `slots` (the bf16 products' packing of strips across k).
+    fn round_pairs(self, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let hi = hi.map_or(Bf16::default(), |hi| Bf16::from_f32(hi[i]));
+            *slot = pair(Bf16::from_f32(lo[i]), hi);
         }
     }
 
@@ -207,6 +217,10 @@ macro_rules! simd_gemm_kernel {
             #[inline(always)]
             fn round_to_bf16(self, src: &[f32], dst: &mut [Bf16]) {
                 narrow(self, src, dst)
+            }
+            #[inline(always)]
+            fn round_pairs(self, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
+                round_pairs_simd(self, lo, hi, slots)
             }
             #[inline(always)]
             fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {

@@ -33,6 +33,12 @@ impl<const N: usize> Simd for Emulated<N> {
             *d = Bf16::from_f32(x);
         }
     }
+    fn bf16_pairs(self, lo: [f32; N], hi: [f32; N]) -> [f32; N] {
+        core::array::from_fn(|i| {
+            let (lo, hi) = (Bf16::from_f32(lo[i]), Bf16::from_f32(hi[i]));
+            f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
+        })
+    }
 
     fn splat(self, x: f32) -> [f32; N] {
         [x; N]

@@ -73,6 +73,10 @@ pub(crate) trait Simd: Copy {
     /// Stores the lanes as `LANES` bf16 values, each rounded as
     /// [`Bf16::from_f32`] does.
     fn store_bf16(self, dst: &mut [Bf16], v: Self::V);
+    /// Lane `i` of `lo` and of `hi`, each rounded as [`Bf16::from_f32`]
+    /// does, as one pair slot: `lo`'s bf16 in the low half (the bf16
+    /// products' packed layout).
+    fn bf16_pairs(self, lo: Self::V, hi: Self::V) -> Self::V;
 
     /// `a < b` (false when either is NaN).
     fn less(self, a: Self::V, b: Self::V) -> Self::M;

@@ -60,17 +60,9 @@ impl Simd for V3 {
     #[inline(always)]
     fn store_bf16(self, dst: &mut [Bf16], v: __m256) {
         let dst = &mut dst[..8];
-        // SAFETY: see the impl comment; `dst` holds 8 bf16 values. The
-        // arithmetic is `Bf16::from_f32`'s, lane by lane.
+        // SAFETY: see the impl comment; `dst` holds 8 bf16 values.
         unsafe {
-            let bits = _mm256_castps_si256(v);
-            let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
-            let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
-            let rounded = _mm256_add_epi32(bits, bias);
-            let quiet = _mm256_or_si256(bits, _mm256_set1_epi32(QUIET_BIT as i32));
-            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-            let chosen = _mm256_blendv_epi8(rounded, quiet, nan);
-            let halves = _mm256_srli_epi32::<16>(chosen);
+            let halves = _mm256_srli_epi32::<16>(self.rounded_bits(v));
             // Packing works within 128-bit halves: lanes 0-3 land in
             // quadword 0 and lanes 4-7 in quadword 2; gather those two.
             let packed = _mm256_packus_epi32(halves, halves);
@@ -79,6 +71,16 @@ impl Simd for V3 {
                 dst.as_mut_ptr().cast::<__m128i>(),
                 _mm256_castsi256_si128(ordered),
             );
+        }
+    }
+    #[inline(always)]
+    fn bf16_pairs(self, lo: __m256, hi: __m256) -> __m256 {
+        // SAFETY: see the impl comment. Each 32-bit lane takes its low
+        // half from `lo`'s bf16 and its high half from `hi`'s.
+        unsafe {
+            let lo = _mm256_srli_epi32::<16>(self.rounded_bits(lo));
+            let hi = _mm256_and_si256(self.rounded_bits(hi), _mm256_set1_epi32(!0xFFFF));
+            _mm256_castsi256_ps(_mm256_or_si256(lo, hi))
         }
     }
 
@@ -278,6 +280,26 @@ impl V3 {
                 _mm256_set1_epi32(len as i32),
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             )
+        }
+    }
+}
+
+impl V3 {
+    /// The lanes' f32 bits with [`Bf16::from_f32`]'s rounding added, so
+    /// that each lane's high half is its bf16 (a NaN quieted, never rounded
+    /// into an infinity).
+    #[inline(always)]
+    fn rounded_bits(self, v: __m256) -> __m256i {
+        // SAFETY: holding a `V3` proves the CPU has AVX2 (see `Simd for
+        // V3`); register arithmetic only.
+        unsafe {
+            let bits = _mm256_castps_si256(v);
+            let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+            let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
+            let rounded = _mm256_add_epi32(bits, bias);
+            let quiet = _mm256_or_si256(bits, _mm256_set1_epi32(QUIET_BIT as i32));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            _mm256_blendv_epi8(rounded, quiet, nan)
         }
     }
 }

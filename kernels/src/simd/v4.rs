@@ -70,18 +70,20 @@ impl Simd for V4 {
     #[inline(always)]
     fn store_bf16(self, dst: &mut [Bf16], v: __m512) {
         let dst = &mut dst[..16];
-        // SAFETY: see the impl comment; `dst` holds 16 bf16 values. The
-        // arithmetic is `Bf16::from_f32`'s, lane by lane.
+        // SAFETY: see the impl comment; `dst` holds 16 bf16 values.
         unsafe {
-            let bits = _mm512_castps_si512(v);
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-            let bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
-            let rounded = _mm512_add_epi32(bits, bias);
-            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(QUIET_BIT as i32));
-            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            let chosen = _mm512_mask_blend_epi32(nan, rounded, quiet);
-            let halves = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(chosen));
+            let halves = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(self.rounded_bits(v)));
             _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), halves);
+        }
+    }
+    #[inline(always)]
+    fn bf16_pairs(self, lo: __m512, hi: __m512) -> __m512 {
+        // SAFETY: see the impl comment. Each 32-bit lane takes its low
+        // half from `lo`'s bf16 and its high half from `hi`'s.
+        unsafe {
+            let lo = _mm512_srli_epi32::<16>(self.rounded_bits(lo));
+            let hi = _mm512_and_si512(self.rounded_bits(hi), _mm512_set1_epi32(!0xFFFF));
+            _mm512_castsi512_ps(_mm512_or_si512(lo, hi))
         }
     }
 
@@ -259,6 +261,26 @@ impl Simd for V4 {
         };
         for (c, v) in columns.into_iter().enumerate() {
             column(c, v);
+        }
+    }
+}
+
+impl V4 {
+    /// The lanes' f32 bits with [`Bf16::from_f32`]'s rounding added, so
+    /// that each lane's high half is its bf16 (a NaN quieted, never rounded
+    /// into an infinity).
+    #[inline(always)]
+    fn rounded_bits(self, v: __m512) -> __m512i {
+        // SAFETY: holding a `V4` proves the CPU has AVX-512F (see `Simd for
+        // V4`); register arithmetic only.
+        unsafe {
+            let bits = _mm512_castps_si512(v);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+            let rounded = _mm512_add_epi32(bits, bias);
+            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(QUIET_BIT as i32));
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            _mm512_mask_blend_epi32(nan, rounded, quiet)
         }
     }
 }

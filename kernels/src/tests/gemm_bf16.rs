@@ -221,10 +221,18 @@ fn pack_bf16_writes_the_documented_layout() {
     let specials = [
         f32::NAN,
         f32::INFINITY,
+        f32::NEG_INFINITY,
         -0.0,
         1e-40,
         -3.0e38,
         1.0 + 1.0 / 256.0,
+        // A signalling NaN, ties to even both ways, the largest float
+        // (rounds to infinity), a subnormal tie.
+        f32::from_bits(0x7F80_0001),
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+        f32::from_bits(0x7F7F_FFFF),
+        f32::from_bits(0x8001_8000),
     ];
     for &(k, n) in &[(1, 1), (2, 33), (7, 32), (33, 64), (130, 65), (300, 70)] {
         let mut rng = Rng::new((k * 101 + n) as u64);
