@@ -452,18 +452,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         }
         let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
         if validate && leader {
-            let eval = evaluate(&mut model, &data.val, t, b, Some(val_windows))?;
-            eval.log_breakdown(t);
-            info!(
-                "Validation loss: {:.4} (perplexity {:.2}) at step {step}",
-                eval.loss,
-                eval.perplexity()
-            );
-            report.val_loss = Some(eval.loss);
-            val_curve.push((step, eval.loss));
-            if let Some(json) = json.as_mut() {
-                json.write(&eval.record(step, shape))?;
-            }
+            let windows = (&data.val[..], b, Some(val_windows));
+            let loss = validate_at(step, &mut model, windows, shape, json.as_mut())?;
+            report.val_loss = Some(loss);
+            val_curve.push((step, loss));
         }
     }
     logger::finish_progress();
@@ -484,20 +476,55 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         report.losses.last().copied().unwrap_or(f32::NAN),
     );
     if let Some(dir) = &s.save {
-        // Every rank sends its share of a sharded optimizer's state.
-        let moments = optimizer.full_moments(world);
-        if let Some((m, v)) = &moments {
-            let state = TrainingState {
-                step: optimizer.step,
-                rng_state: rng.state(),
-                moments: (m.as_ref(), v.as_ref()),
-                schedule: Some(s.schedule(ranks, t)),
-            };
-            checkpoint::save(dir, &model, Some(&state))?;
-            info!("Saved checkpoint to {}", dir.display());
-        }
+        save_run(dir, &model, &optimizer, &rng, s.schedule(ranks, t), world)?;
     }
     Ok((model, report))
+}
+
+/// Validates `model` on `(tokens, batch, max windows)` after `step`; logs
+/// the loss and its breakdown, records it, and returns it.
+fn validate_at(
+    step: u32,
+    model: &mut Gpt,
+    (tokens, b, windows): (&[u32], usize, Option<usize>),
+    shape: RunShape,
+    json: Option<&mut JsonLines>,
+) -> Result<f64, Error> {
+    let t = shape.seq_len;
+    let eval = evaluate(model, tokens, t, b, windows)?;
+    eval.log_breakdown(t);
+    info!(
+        "Validation loss: {:.4} (perplexity {:.2}) at step {step}",
+        eval.loss,
+        eval.perplexity()
+    );
+    if let Some(json) = json {
+        json.write(&eval.record(step, shape))?;
+    }
+    Ok(eval.loss)
+}
+
+/// Saves the model with its training state to `dir`. Every rank calls it:
+/// each sends its share of a sharded optimizer's state, and rank 0 writes.
+fn save_run(
+    dir: &Path,
+    model: &Gpt,
+    optimizer: &Optimizer,
+    rng: &Rng,
+    schedule: RunSchedule,
+    world: &dyn Collective,
+) -> Result<(), Error> {
+    if let Some((m, v)) = &optimizer.full_moments(world) {
+        let state = TrainingState {
+            step: optimizer.step,
+            rng_state: rng.state(),
+            moments: (m.as_ref(), v.as_ref()),
+            schedule: Some(schedule),
+        };
+        checkpoint::save(dir, model, Some(&state))?;
+        info!("Saved checkpoint to {}", dir.display());
+    }
+    Ok(())
 }
 
 /// Token buffers of one micro-batch.
