@@ -15,6 +15,12 @@ pub(crate) fn pair_half(slot: u32, high: bool) -> f32 {
     f32::from_bits(if high { slot & 0xFFFF_0000 } else { slot << 16 })
 }
 
+/// The bits of the pair `(lo, hi)` in one 32-bit slot, `lo` in the low
+/// half (the order `vdpbf16ps` pairs them in), stored as an f32 pattern.
+pub(crate) fn pair(lo: Bf16, hi: Bf16) -> f32 {
+    f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
+}
+
 /// A bfloat16 number, stored as its 16 bits.
 ///
 /// Rounding from f32 is to nearest, ties to even, on the bit pattern, which

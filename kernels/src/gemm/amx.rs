@@ -15,9 +15,10 @@
 //! of A. [`TileProduct`] is what the loop nest in `bf16.rs` sees; an
 //! emulated tile runs the same blocking on any CPU in tests.
 
-use super::bf16::{pair, round_row_pairs, Bf16Input, NR};
+use super::bf16::{round_row_pairs, Bf16Input, NR};
 use super::microkernel::GemmKernel;
 use super::MatRef;
+use crate::bf16::pair;
 use crate::Bf16;
 
 /// Rows of a packed A panel and of a block of sums: two tiles' rows.

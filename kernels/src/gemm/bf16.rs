@@ -30,10 +30,10 @@ use super::{
 };
 use core::ops::Range;
 
-use crate::bf16::pair_half;
+use crate::bf16::{pair, pair_half};
 use crate::dispatch::{dispatch, Isa};
 use crate::parallel::{run_pieces, threads_of, SharedMut};
-use crate::simd::Simd;
+use crate::simd::{pieces, Simd};
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 
 /// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
@@ -98,9 +98,17 @@ impl Bf16Input for Bf16 {
         slots: &mut [f32],
         _: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
     ) {
-        for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = pair(lo[i], hi.map_or(Bf16::default(), |hi| hi[i]));
-        }
+        pair_each(lo, hi, slots)
+    }
+}
+
+/// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without `hi`)
+/// for lengths of `slots`, one value at a time.
+#[inline(always)]
+pub(super) fn pair_each<T: Bf16Input>(lo: &[T], hi: Option<&[T]>, slots: &mut [f32]) {
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let hi = hi.map_or(Bf16::default(), |hi| hi[i].to_bf16());
+        *slot = pair(lo[i].to_bf16(), hi);
     }
 }
 
@@ -448,9 +456,10 @@ impl Kernels {
         if panel_len == 0 {
             return Ok(());
         }
+        let count = panels.len() / panel_len;
         dispatch!(self,
-            scalar: pack_b_panels(ScalarKernel, &bt, panels, panel_len),
-            simd: |s| pack_b_panels(s, &bt, panels, panel_len),
+            scalar: pack_panels(ScalarKernel, &bt, NR, 0..count, panels),
+            simd: |s| pack_panels(s, &bt, NR, 0..count, panels),
         );
         Ok(())
     }
@@ -834,30 +843,12 @@ pub(super) fn unpair(slot: f32) -> (f32, f32) {
     (pair_half(bits, false), pair_half(bits, true))
 }
 
-/// The bits of the pair `(lo, hi)` in one 32-bit slot, `lo` in the low
-/// half (the order `vdpbf16ps` pairs them in), stored as an f32 pattern.
-pub(super) fn pair(lo: Bf16, hi: Bf16) -> f32 {
-    f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
-}
-
 /// `K`'s vector rounding, for [`Bf16Input::round_slice`] (a closure in
 /// SIMD code must inline, or each intrinsic goes out of line).
 #[inline(always)]
 fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf16]) {
     #[inline(always)]
     move |x, d| kernel.round_to_bf16(x, d)
-}
-
-/// Packs every panel of B, read through `bt` (Bᵀ), into `panels`, each
-/// `panel_len` slots.
-#[inline(always)]
-fn pack_b_panels<K: GemmKernel, T: Bf16Input>(
-    kernel: K,
-    bt: &MatRef<T>,
-    panels: &mut [f32],
-    panel_len: usize,
-) {
-    pack_panels(kernel, bt, NR, 0..panels.len() / panel_len, panels)
 }
 
 /// Packs panels `panels` of A as `layout` has them into `out`: row by row
@@ -887,31 +878,17 @@ pub(super) fn round_row_pairs<K: GemmKernel, T: Bf16Input>(
     row: &[T],
     slots: &mut [f32],
 ) {
-    // `pair` puts the first value in the low half, which a little-endian
-    // CPU stores first: a row's pairs are its values in order, so the row
-    // rounds straight into the slots.
-    #[cfg(target_endian = "little")]
-    {
-        let halves: &mut [Bf16] = bytemuck::cast_slice_mut(slots);
-        let (values, pad) = halves.split_at_mut(row.len());
-        T::round_slice(row, values, round_by(kernel));
-        pad.fill(Bf16::default());
-    }
-    #[cfg(not(target_endian = "little"))]
-    {
-        let mut chunk = [Bf16::default(); ROUND_CHUNK];
-        for (part, slots) in row
-            .chunks(ROUND_CHUNK)
-            .zip(slots.chunks_mut(ROUND_CHUNK / 2))
-        {
-            T::round_slice(part, &mut chunk[..part.len()], round_by(kernel));
-            if part.len() % 2 == 1 {
-                // The odd last value's partner (an even chunk has room).
-                chunk[part.len()] = Bf16::default();
-            }
-            for (slot, two) in slots.iter_mut().zip(chunk.chunks_exact(2)) {
-                *slot = pair(two[0], two[1]);
-            }
+    // A row's pairs are its values two at a time, so the row rounds
+    // straight into the slots' memory. `pair` puts the first value in the
+    // low half, which comes first on a little-endian CPU; on a big-endian
+    // one the halves are swapped back.
+    let halves: &mut [Bf16] = bytemuck::cast_slice_mut(slots);
+    let (values, pad) = halves.split_at_mut(row.len());
+    T::round_slice(row, values, round_by(kernel));
+    pad.fill(Bf16::default());
+    if cfg!(target_endian = "big") {
+        for slot in slots.iter_mut() {
+            *slot = f32::from_bits(slot.to_bits().rotate_left(16));
         }
     }
 }
@@ -972,12 +949,17 @@ fn pack_panels<K: GemmKernel, T: Bf16Input>(
             let strip = |c: usize, p: usize| &src.data[c * cs + p * width..][..live(p)];
             for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
                 let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
-                match (2 * q < cols, 2 * q + 1 < cols) {
-                    (true, true) => {
-                        pair_strips(kernel, strip(2 * q, p), Some(strip(2 * q + 1, p)), slots)
-                    }
-                    (true, false) => pair_strips(kernel, strip(2 * q, p), None, slots),
-                    _ => slots.fill(0.0),
+                if 2 * q < cols {
+                    let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1, p));
+                    T::pair_slices(
+                        strip(2 * q, p),
+                        hi,
+                        slots,
+                        #[inline(always)]
+                        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                    );
+                } else {
+                    slots.fill(0.0);
                 }
                 pad.fill(0.0);
             }
@@ -985,41 +967,23 @@ fn pack_panels<K: GemmKernel, T: Bf16Input>(
     }
 }
 
-/// `slots[i] = pair(lo[i], hi[i])` rounded to bf16 (`hi` zero if
-/// absent), for lengths of `slots`.
-#[inline(always)]
-fn pair_strips<K: GemmKernel, T: Bf16Input>(
-    kernel: K,
-    lo: &[T],
-    hi: Option<&[T]>,
-    slots: &mut [f32],
-) {
-    T::pair_slices(
-        lo,
-        hi,
-        slots,
-        #[inline(always)]
-        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
-    );
-}
-
 /// [`GemmKernel::round_pairs`] a vector of slots at a time.
 #[inline(always)]
 pub(super) fn round_pairs_simd<S: Simd>(s: S, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
     let zero = s.splat(0.0);
-    for (start, out) in (0..).step_by(S::LANES).zip(slots.chunks_mut(S::LANES)) {
-        let lo = s.load_piece(&lo[start..][..out.len()], 0.0);
-        let hi = hi.map_or(zero, |hi| s.load_piece(&hi[start..][..out.len()], 0.0));
-        s.store_piece(out, s.bf16_pairs(lo, hi));
+    for piece in pieces(slots.len(), S::LANES) {
+        let lo = s.load_piece(&lo[piece.clone()], 0.0);
+        let hi = hi.map_or(zero, |hi| s.load_piece(&hi[piece.clone()], 0.0));
+        s.store_piece(&mut slots[piece], s.bf16_pairs(lo, hi));
     }
 }
 
-/// Pairs per line when packing rows (see [`pack_panel`]): [`NR`] lines of
+/// Pairs per line when packing rows (see [`pack_panels`]): [`NR`] lines of
 /// them, 8 KiB on the stack, stay in L1 between rounding and interleaving.
 const LINE_PAIRS: usize = 64;
 
-/// Elements rounded per call when packing contiguous rows (even, so that
-/// chunks hold whole pairs).
+/// Elements rounded per call when rounding rows into f32 (the portable
+/// unit's operands, `round_rows`).
 pub(super) const ROUND_CHUNK: usize = 256;
 
 /// Independent accumulator chains of the peak loop: as many as a register
@@ -1061,8 +1025,9 @@ enum PanelsOfB<'a, B> {
 }
 
 /// The pair-packed product on `unit`, in rounds of pieces of `exec`: the
-/// A panels are packed (one piece each), and the B panels unless B came
-/// packed; then each piece computes one block of C: [`BLOCK_ROWS`] rows
+/// A panels are packed (a block of rows a piece), and the B panels unless
+/// B came packed (a block of columns a piece); then each piece computes
+/// one block of C: [`BLOCK_ROWS`] rows
 /// by [`BLOCK_PANELS`] column panels, so its rows of packed A stay in L2
 /// across its panels. Every element of C is summed in the same order
 /// whatever the blocks, so the result does not depend on the executor.
@@ -1087,8 +1052,9 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     let a_out = SharedMut(packed_a.as_mut_ptr());
     run_pieces(exec, row_blocks, &|rb| {
         let panels = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
-        // SAFETY: A panels `panels` are their own `a_panel` floats each of
-        // `packed_a` (a_panels · a_panel = a_len); no other piece touches
+        // SAFETY: `panels` ends at most at `a_panels`, and A panel `p` is
+        // its own `a_panel` floats of `packed_a` (a_panels · a_panel =
+        // a_len); the row blocks do not overlap, so no other piece touches
         // them.
         let out = unsafe {
             core::slice::from_raw_parts_mut(
@@ -1110,9 +1076,10 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             let b_out = SharedMut(into.as_mut_ptr());
             run_pieces(exec, col_blocks, &|cb| {
                 let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);
-                // SAFETY: B panels `panels` are their own `b_panel` floats
-                // each of `into` (b_panels · b_panel = b_len); no other
-                // piece touches them.
+                // SAFETY: `panels` ends at most at `b_panels`, and B panel
+                // `j` is its own `b_panel` floats of `into` (b_panels ·
+                // b_panel = b_len); the column blocks do not overlap, so no
+                // other piece touches them.
                 let out = unsafe {
                     core::slice::from_raw_parts_mut(
                         b_out.ptr().add(panels.start * b_panel),

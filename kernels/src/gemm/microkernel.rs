@@ -10,7 +10,7 @@
 //! The cache blocking around them (`mc`, `nc`) is derived from the CPU's
 //! caches in `blocking.rs`.
 
-use super::bf16::{pair, round_pairs_simd, NR as PAIR_PANEL};
+use super::bf16::{pair_each, round_pairs_simd, NR as PAIR_PANEL};
 use super::packing::{interleave_scalar, interleave_simd};
 use crate::bf16::{narrow, pair_half};
 #[cfg(test)]
@@ -73,10 +73,7 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// each rounded as [`Bf16::from_f32`] does, for `lo` and `hi` as long
     /// as `slots` (the bf16 products' packing of strips across k).
     fn round_pairs(self, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let hi = hi.map_or(Bf16::default(), |hi| Bf16::from_f32(hi[i]));
-            *slot = pair(Bf16::from_f32(lo[i]), hi);
-        }
+        pair_each(lo, hi, slots)
     }
 
     /// `y += alpha · x` (the small-m path).

@@ -2,6 +2,7 @@
 //! generic blocking and tail logic can be tested at 16 lanes on any CPU.
 
 use super::Simd;
+use crate::bf16::pair;
 use crate::Bf16;
 
 #[derive(Clone, Copy)]
@@ -34,10 +35,7 @@ impl<const N: usize> Simd for Emulated<N> {
         }
     }
     fn bf16_pairs(self, lo: [f32; N], hi: [f32; N]) -> [f32; N] {
-        core::array::from_fn(|i| {
-            let (lo, hi) = (Bf16::from_f32(lo[i]), Bf16::from_f32(hi[i]));
-            f32::from_bits(u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16))
-        })
+        core::array::from_fn(|i| pair(Bf16::from_f32(lo[i]), Bf16::from_f32(hi[i])))
     }
 
     fn splat(self, x: f32) -> [f32; N] {

@@ -282,9 +282,7 @@ impl V3 {
             )
         }
     }
-}
 
-impl V3 {
     /// The lanes' f32 bits with [`Bf16::from_f32`]'s rounding added, so
     /// that each lane's high half is its bf16 (a NaN quieted, never rounded
     /// into an infinity).

@@ -382,10 +382,15 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
     );
 }
 
+/// Whole blocks, edges and short products on every unit: the tiles'
+/// blocks of 32, and the pair path's blocks of rows and columns (200 rows
+/// are two row blocks at 12 rows a panel, the second a single partial
+/// panel; packing runs a block at a time).
 #[test]
-fn the_tile_path_covers_whole_blocks_edges_and_short_products() {
-    let tiles = emulated(Isa::Emulated16, Bf16Unit::Amx);
-    bf16_tile_edges("emulated-tiles", tiles);
+fn every_unit_covers_whole_blocks_edges_and_short_products() {
+    for (name, k) in bf16_kernels() {
+        bf16_tile_edges(name, k);
+    }
 }
 
 #[test]
