@@ -18,8 +18,6 @@
 use super::bf16::{round_row_pairs, Bf16Input, NR};
 use super::microkernel::GemmKernel;
 use super::MatRef;
-use crate::bf16::pair;
-use crate::Bf16;
 
 /// Rows of a packed A panel and of a block of sums: two tiles' rows.
 pub(super) const MR: usize = 32;
@@ -56,31 +54,39 @@ pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
 ) {
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
-    let zero = Bf16::default();
     let pairs = panel.len() / MR;
     if pairs == 0 {
         return;
     }
-    for (i, slots) in panel.chunks_exact_mut(pairs).enumerate() {
-        let r = p * MR + i;
-        if r >= rows {
-            slots.fill(0.0);
-            continue;
+    let (live, used) = (MR.min(rows - p * MR), cols.div_ceil(2));
+    if cs == 1 {
+        for (i, slots) in panel.chunks_exact_mut(pairs).take(live).enumerate() {
+            let row = &src.data[(p * MR + i) * rs..][..cols];
+            round_row_pairs(kernel, row, &mut slots[..used]);
         }
-        if cs == 1 {
-            let row = &src.data[r * rs..][..cols];
-            round_row_pairs(kernel, row, &mut slots[..cols.div_ceil(2)]);
-        } else {
-            for (q, slot) in slots.iter_mut().enumerate().take(cols.div_ceil(2)) {
-                let hi = if 2 * q + 1 < cols {
-                    src.at(r, 2 * q + 1).to_bf16()
-                } else {
-                    zero
-                };
-                *slot = pair(src.at(r, 2 * q).to_bf16(), hi);
+    } else {
+        // Columns are contiguous (`rs == 1`): the panel's share of two
+        // columns is rounded and paired in vectors, then stored down the
+        // rows.
+        let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
+        let mut across = [0.0; MR];
+        for q in 0..used {
+            let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1));
+            T::pair_slices(
+                strip(2 * q),
+                hi,
+                &mut across[..live],
+                #[inline(always)]
+                |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+            );
+            for (slots, &slot) in panel.chunks_exact_mut(pairs).zip(&across[..live]) {
+                slots[q] = slot;
             }
         }
-        slots[cols.div_ceil(2)..].fill(0.0);
+    }
+    for (i, slots) in panel.chunks_exact_mut(pairs).enumerate() {
+        let pad = if i < live { used } else { 0 };
+        slots[pad..].fill(0.0);
     }
 }
 
