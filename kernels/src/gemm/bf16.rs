@@ -973,7 +973,12 @@ pub(super) fn round_pairs_simd<S: Simd>(s: S, lo: &[f32], hi: Option<&[f32]>, sl
     let zero = s.splat(0.0);
     for piece in pieces(slots.len(), S::LANES) {
         let lo = s.load_piece(&lo[piece.clone()], 0.0);
-        let hi = hi.map_or(zero, |hi| s.load_piece(&hi[piece.clone()], 0.0));
+        // (A `match`, not `map_or`: a closure passed to a generic function
+        // compiles outside the vector context and calls every intrinsic.)
+        let hi = match hi {
+            Some(hi) => s.load_piece(&hi[piece.clone()], 0.0),
+            None => zero,
+        };
         s.store_piece(&mut slots[piece], s.bf16_pairs(lo, hi));
     }
 }
