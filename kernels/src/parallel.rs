@@ -125,6 +125,17 @@ impl SharedMut {
     pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }
+
+    /// The `len` floats from `start` on, as one piece's own slice.
+    ///
+    /// # Safety
+    /// They lie inside the buffer, and nothing else accesses them while the
+    /// slice lives.
+    #[inline(always)]
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: per the contract.
+        unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
 }
 
 // SAFETY: `SharedMut` is only a pointer. Every routine that shares one across

@@ -821,6 +821,25 @@ impl PairLayout {
     fn workspace_len(&self) -> usize {
         self.a_len().saturating_add(self.b_len())
     }
+    /// A panels per block of [`BLOCK_ROWS`] rows.
+    fn row_tiles(&self) -> usize {
+        BLOCK_ROWS / self.mr
+    }
+    fn row_blocks(&self) -> usize {
+        self.a_panels.div_ceil(self.row_tiles())
+    }
+    fn col_blocks(&self) -> usize {
+        self.b_panels.div_ceil(BLOCK_PANELS)
+    }
+    /// The A panels of row block `rb`.
+    fn row_block(&self, rb: usize) -> Range<usize> {
+        let tiles = self.row_tiles();
+        rb * tiles..self.a_panels.min((rb + 1) * tiles)
+    }
+    /// The B panels of column block `cb`.
+    fn col_block(&self, cb: usize) -> Range<usize> {
+        cb * BLOCK_PANELS..self.b_panels.min((cb + 1) * BLOCK_PANELS)
+    }
 }
 
 /// Slots of one packed B panel for depth `k`; saturating, since with no
@@ -1051,22 +1070,14 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     // A and B are packed in the blocks the product computes in: whole
     // runs of columns where the columns are contiguous (see
     // `pack_panels`).
-    let row_tiles = BLOCK_ROWS / layout.mr;
-    let row_blocks = layout.a_panels.div_ceil(row_tiles);
-    let col_blocks = layout.b_panels.div_ceil(BLOCK_PANELS);
     let a_out = SharedMut(packed_a.as_mut_ptr());
-    run_pieces(exec, row_blocks, &|rb| {
-        let panels = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
+    run_pieces(exec, layout.row_blocks(), &|rb| {
+        let panels = layout.row_block(rb);
         // SAFETY: `panels` ends at most at `a_panels`, and A panel `p` is
         // its own `a_panel` floats of `packed_a` (a_panels · a_panel =
         // a_len); the row blocks do not overlap, so no other piece touches
         // them.
-        let out = unsafe {
-            core::slice::from_raw_parts_mut(
-                a_out.ptr().add(panels.start * a_panel),
-                panels.len() * a_panel,
-            )
-        };
+        let out = unsafe { a_out.slice(panels.start * a_panel, panels.len() * a_panel) };
         // (Pair units run on a SIMD backend; the scalar arm is for
         // completeness.)
         dispatch!(kernels,
@@ -1079,18 +1090,13 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
             let bt = b.t();
             let into = &mut into[..layout.b_len()];
             let b_out = SharedMut(into.as_mut_ptr());
-            run_pieces(exec, col_blocks, &|cb| {
-                let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);
+            run_pieces(exec, layout.col_blocks(), &|cb| {
+                let panels = layout.col_block(cb);
                 // SAFETY: `panels` ends at most at `b_panels`, and B panel
                 // `j` is its own `b_panel` floats of `into` (b_panels ·
                 // b_panel = b_len); the column blocks do not overlap, so no
                 // other piece touches them.
-                let out = unsafe {
-                    core::slice::from_raw_parts_mut(
-                        b_out.ptr().add(panels.start * b_panel),
-                        panels.len() * b_panel,
-                    )
-                };
+                let out = unsafe { b_out.slice(panels.start * b_panel, panels.len() * b_panel) };
                 dispatch!(kernels,
                     scalar: pack_panels(ScalarKernel, &bt, NR, panels.clone(), out),
                     simd: |s| pack_panels(s, &bt, NR, panels.clone(), out),
@@ -1111,10 +1117,12 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
         c: SharedMut(c.data.as_mut_ptr()),
         c_stride: c.row_stride,
     };
-    run_pieces(exec, row_blocks * col_blocks, &|p| {
-        let (rb, cb) = (p / col_blocks, p % col_blocks);
-        let rows = rb * row_tiles..layout.a_panels.min((rb + 1) * row_tiles);
-        let panels = cb * BLOCK_PANELS..layout.b_panels.min((cb + 1) * BLOCK_PANELS);
+    let col_blocks = layout.col_blocks();
+    run_pieces(exec, layout.row_blocks() * col_blocks, &|p| {
+        let (rows, panels) = (
+            layout.row_block(p / col_blocks),
+            layout.col_block(p % col_blocks),
+        );
         unit.enter(
             #[inline(always)]
             |u| run.block_dispatch(u, rows, panels),

@@ -396,9 +396,7 @@ unsafe fn pack_b_panels<K: GemmKernel>(
     let (jc, nc, kc) = (block.jc, block.nc, depth.len());
     let len = panels.len() * K::NR * kc;
     // SAFETY: per the contract, these panels are in bounds and ours alone.
-    let dst = unsafe {
-        core::slice::from_raw_parts_mut(regions.packed_b.ptr().add(panels.start * K::NR * kc), len)
-    };
+    let dst = unsafe { regions.packed_b.slice(panels.start * K::NR * kc, len) };
     let cols = jc + (panels.start * K::NR).min(nc)..jc + (panels.end * K::NR).min(nc);
     pack_b(kernel, &p.b, depth, cols, K::NR, dst);
 }
@@ -421,9 +419,7 @@ unsafe fn pack_a_panels<K: GemmKernel>(
     let panel_len = K::MR * depth.len();
     let len = panels.len() * panel_len;
     // SAFETY: per the contract, these slots are in bounds and ours alone.
-    let dst = unsafe {
-        core::slice::from_raw_parts_mut(regions.packed_a.ptr().add(first_slot * panel_len), len)
-    };
+    let dst = unsafe { regions.packed_a.slice(first_slot * panel_len, len) };
     let rows = (panels.start * K::MR).min(p.m)..(panels.end * K::MR).min(p.m);
     pack_a(kernel, &p.a, rows, depth, K::MR, dst);
 }
