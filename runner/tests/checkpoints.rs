@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use kernels::Kernels;
 use runner::checkpoint::{self, RunSchedule, TrainingState};
+use runner::data::DataFingerprint;
 use runner::model::Gpt;
 use runner::model::Preset;
 use runner::train::optim::Optimizer;
@@ -249,6 +250,10 @@ fn the_run_schedule_round_trips() {
         batch: 4,
         grad_accum: 2,
         seq_len: Some(32),
+        data: Some(DataFingerprint {
+            train_tokens: 9000,
+            hash: u64::MAX - 1,
+        }),
     };
     let state = TrainingState {
         step: 7,
@@ -266,6 +271,10 @@ fn the_run_schedule_round_trips() {
         lr: 1e-3,
         batch: 8,
         seq_len: Some(16),
+        data: Some(DataFingerprint {
+            train_tokens: 9000,
+            hash: 1,
+        }),
         ..schedule
     };
     assert_eq!(
@@ -273,19 +282,24 @@ fn the_run_schedule_round_trips() {
         [
             "--lr: checkpoint 0.0003, this run 0.001",
             "--batch: checkpoint 4, this run 8",
-            "--seq-len: checkpoint 32, this run 16"
+            "--seq-len: checkpoint 32, this run 16",
+            "--data: checkpoint 9000 training tokens, hash fffffffffffffffe, this run 9000 training tokens, hash 0000000000000001",
         ]
     );
     assert!(schedule.differences(&schedule).is_empty());
-    // A state saved before the sequence length was kept matches any.
+    // A state saved before the sequence length and data were kept, or a
+    // run whose data is not read yet, matches any.
     let unknown = RunSchedule {
         seq_len: None,
+        data: None,
         ..schedule
     };
-    assert!(unknown
-        .differences(&changed)
-        .iter()
-        .all(|d| !d.contains("--seq-len")));
+    for (saved, now) in [(&unknown, &changed), (&changed, &unknown)] {
+        assert!(saved
+            .differences(now)
+            .iter()
+            .all(|d| !d.contains("--seq-len") && !d.contains("--data")));
+    }
 
     // Saved without a schedule (as by older runners): none comes back.
     let without = dir.join("without");
@@ -350,6 +364,21 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     // An absurd batch is refused before anything is allocated.
     assert_clear_error(&resume(&["--batch", "100000000000"]), "sequences per step");
     assert_clear_error(&resume(&["--batch", "1000000"]), "--batch: checkpoint 8");
+    // Other data: refused after reading it, before any step. A text of
+    // the embedded corpus's length is still other data.
+    let text = dir.join("other.txt");
+    let embedded = runner::data::corpus::text().len();
+    fs::write(
+        &text,
+        "to be or not to be "
+            .repeat(embedded)
+            .get(..embedded)
+            .unwrap(),
+    )
+    .unwrap();
+    let out = resume(&["--data", text.to_str().unwrap()]);
+    assert_clear_error(&out, "--data: checkpoint ");
+    assert_clear_error(&out, "--init-from");
     // Extending --steps is what resuming is for.
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);

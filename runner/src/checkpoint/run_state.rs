@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use super::files::{from_bytes, open, parse, to_bytes};
+use crate::data::DataFingerprint;
 use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
@@ -29,6 +30,9 @@ pub struct RunSchedule {
     pub grad_accum: usize,
     /// Tokens per sequence (`None` in states saved before it was kept).
     pub seq_len: Option<usize>,
+    /// The data trained on (`None` in states saved before it was kept,
+    /// and for a run whose data is not read yet).
+    pub data: Option<DataFingerprint>,
 }
 
 impl RunSchedule {
@@ -36,10 +40,15 @@ impl RunSchedule {
     /// `run` differs from `self` (the saved schedule); empty if none.
     /// `--steps` is left out: a resumed run may extend the schedule.
     pub fn differences(&self, run: &RunSchedule) -> Vec<String> {
-        let seq_lens = match (self.seq_len, run.seq_len) {
-            (Some(saved), Some(now)) => (saved.to_string(), now.to_string()),
-            _ => Default::default(),
-        };
+        // Settings one side does not know match any.
+        fn known<T: ToString>(saved: Option<T>, now: Option<T>) -> (String, String) {
+            match (saved, now) {
+                (Some(saved), Some(now)) => (saved.to_string(), now.to_string()),
+                _ => Default::default(),
+            }
+        }
+        let seq_lens = known(self.seq_len, run.seq_len);
+        let data = known(self.data, run.data);
         let pairs = [
             ("--lr", self.lr.to_string(), run.lr.to_string()),
             ("--warmup", self.warmup.to_string(), run.warmup.to_string()),
@@ -50,6 +59,7 @@ impl RunSchedule {
                 run.grad_accum.to_string(),
             ),
             ("--seq-len", seq_lens.0, seq_lens.1),
+            ("--data", data.0, data.1),
         ];
         pairs
             .into_iter()
@@ -102,6 +112,12 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
         ]);
         if let Some(t) = s.seq_len {
             meta.insert("seq_len".to_string(), t.to_string());
+        }
+        if let Some(data) = s.data {
+            meta.extend([
+                ("train_tokens".to_string(), data.train_tokens.to_string()),
+                ("data_hash".to_string(), data.hash.to_string()),
+            ]);
         }
     }
     safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::checkpoint(dir, e.to_string()))
@@ -181,6 +197,14 @@ impl Progress {
                 grad_accum: metadata_number(meta, "grad_accum")?,
                 seq_len: if meta.contains_key("seq_len") {
                     Some(metadata_number(meta, "seq_len")?)
+                } else {
+                    None
+                },
+                data: if meta.contains_key("data_hash") {
+                    Some(DataFingerprint {
+                        train_tokens: metadata_number(meta, "train_tokens")?,
+                        hash: metadata_number(meta, "data_hash")?,
+                    })
                 } else {
                     None
                 },

@@ -284,6 +284,41 @@ fn shard_split(path: &Path) -> Option<Split> {
     }
 }
 
+/// What tells one run's data from another's, so that a resumed run can
+/// refuse other data: the training tokens' count and a hash of the tokens
+/// in memory (a text's, and the validation tokens of shards, whose
+/// training tokens are read on demand and count only by their number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFingerprint {
+    pub train_tokens: u64,
+    /// FNV-1a over the little-endian bytes of the tokens in memory:
+    /// training tokens (if in memory), then validation tokens.
+    pub hash: u64,
+}
+
+impl std::fmt::Display for DataFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} training tokens, hash {:016x}",
+            self.train_tokens, self.hash
+        )
+    }
+}
+
+/// 64-bit FNV-1a, continued from `hash`, over `tokens`' little-endian bytes.
+fn fnv1a(hash: u64, tokens: &[u32]) -> u64 {
+    tokens
+        .iter()
+        .flat_map(|t| t.to_le_bytes())
+        .fold(hash, |h, byte| {
+            (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+        })
+}
+
+/// FNV-1a's starting value.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// Training windows and validation tokens.
 pub struct Dataset {
     pub train: TrainTokens,
@@ -376,6 +411,18 @@ impl Dataset {
             window: Vec::new(),
         });
         Ok(Dataset { train, val })
+    }
+
+    /// What identifies this data (see [`DataFingerprint`]).
+    pub fn fingerprint(&self) -> DataFingerprint {
+        let train = match &self.train {
+            TrainTokens::Memory(tokens) => tokens.as_slice(),
+            TrainTokens::Shards(_) => &[],
+        };
+        DataFingerprint {
+            train_tokens: self.train.len() as u64,
+            hash: fnv1a(fnv1a(FNV_OFFSET, train), &self.val),
+        }
     }
 
     /// The shortest text [`Dataset::split`] accepts for windows of `t`

@@ -14,7 +14,7 @@ use kernels::Kernels;
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, TrainingState};
-use crate::data::{self, DataSource, Dataset, Tokenizer};
+use crate::data::{self, DataFingerprint, DataSource, Dataset, Tokenizer};
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::precision_note;
@@ -169,8 +169,9 @@ impl TrainSettings {
     /// The schedule of a run of `ranks` processes: its batch is the
     /// global one (`--batch` × processes), so a checkpoint of one world
     /// size resumes in another with the same global batch. `t` is the
-    /// sequence length the run trains at.
-    fn schedule(&self, ranks: usize, t: usize) -> RunSchedule {
+    /// sequence length the run trains at, `data` what it trains on (if
+    /// read yet).
+    fn schedule(&self, ranks: usize, t: usize, data: Option<DataFingerprint>) -> RunSchedule {
         RunSchedule {
             lr: self.lr,
             warmup: self.warmup,
@@ -178,6 +179,7 @@ impl TrainSettings {
             batch: self.batch * ranks,
             grad_accum: self.grad_accum,
             seq_len: Some(t),
+            data,
         }
     }
 }
@@ -216,7 +218,7 @@ fn start(
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // Checked from the header already; the full state must say the same.
-    check_resume(s, dir, t, state.step, state.schedule)?;
+    check_resume(s, dir, t, None, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
@@ -224,22 +226,24 @@ fn start(
 }
 
 /// Refuses to resume, from a checkpoint at `step` saved with `saved`, a
-/// run (at sequence length `t`) that would not continue it.
+/// run (at sequence length `t`, on `data` once read) that would not
+/// continue it.
 fn check_resume(
     s: &TrainSettings,
     dir: &Path,
     t: usize,
+    data: Option<DataFingerprint>,
     step: u32,
     saved: Option<RunSchedule>,
 ) -> Result<(), Error> {
-    // A resumed run continues exactly only with the same schedule.
-    let now = s.schedule(crate::world::current().size(), t);
+    // A resumed run continues exactly only with the same schedule and data.
+    let now = s.schedule(crate::world::current().size(), t, data);
     let differences = saved.map_or(Vec::new(), |saved| saved.differences(&now));
     if !differences.is_empty() {
         return Err(Error::checkpoint(
             dir,
             format!(
-                "it was trained with other settings ({}); pass the checkpoint's values to resume it",
+                "it was trained with other settings ({}); pass the checkpoint's values to resume it, or start a new run from its weights with --init-from",
                 differences.join("; ")
             ),
         ));
@@ -344,7 +348,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     }
     if let Some(dir) = &s.resume {
         let progress = checkpoint::load_progress(dir)?;
-        check_resume(s, dir, t, progress.step, progress.schedule)?;
+        check_resume(s, dir, t, None, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
     check_memory(&cfg, b, t, s.recompute)?;
@@ -373,6 +377,18 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         t,
         val_windows * t + 1,
     )?;
+    if let Some(dir) = &s.resume {
+        // Only now is the data known; a resumed run must train on the same.
+        let fingerprint = Some(data.fingerprint());
+        check_resume(
+            s,
+            dir,
+            t,
+            fingerprint,
+            optimizer.step,
+            checkpoint::load_progress(dir)?.schedule,
+        )?;
+    }
     // The outputs were checked up front; the run is accepted, so the JSON
     // file may now be replaced.
     let leader = rank == 0;
@@ -476,7 +492,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         report.losses.last().copied().unwrap_or(f32::NAN),
     );
     if let Some(dir) = &s.save {
-        save_run(dir, &model, &optimizer, &rng, s.schedule(ranks, t), world)?;
+        let schedule = s.schedule(ranks, t, Some(data.fingerprint()));
+        save_run(dir, &model, &optimizer, &rng, schedule, world)?;
     }
     Ok((model, report))
 }
