@@ -30,14 +30,25 @@ enum Operands {
     /// f32, rounded to bf16 while packing.
     Rounded,
     /// bf16 as stored.
-    Bf16,
+    Stored,
 }
 
 /// One column of the report: a handle and what it multiplies.
 struct Contender {
     name: String,
+    /// The unit whose peak loop this contender is measured against (one
+    /// loop per unit, shared by its contenders).
+    unit: String,
     kernels: Kernels,
     operands: Operands,
+}
+
+impl Contender {
+    /// Whether this contender times its unit's peak loop (the first of the
+    /// unit's contenders does).
+    fn times_peak(&self) -> bool {
+        self.operands != Operands::Stored
+    }
 }
 
 /// The handles compared: f32 on AVX-512, then each bf16 unit beyond the
@@ -49,6 +60,7 @@ fn contenders() -> Vec<Contender> {
     };
     let mut all = vec![Contender {
         name: "f32".into(),
+        unit: "f32".into(),
         kernels: avx512,
         operands: Operands::F32,
     }];
@@ -57,13 +69,15 @@ fn contenders() -> Vec<Contender> {
             Ok(kernels) => all.extend([
                 Contender {
                     name: format!("bf16-{unit}"),
+                    unit: format!("bf16-{unit}"),
                     kernels,
                     operands: Operands::Rounded,
                 },
                 Contender {
                     name: format!("bf16-{unit}-stored"),
+                    unit: format!("bf16-{unit}"),
                     kernels,
-                    operands: Operands::Bf16,
+                    operands: Operands::Stored,
                 },
             ]),
             Err(e) => eprintln!("notice: skipping {unit}: {e}"),
@@ -105,7 +119,7 @@ fn multiply(c: &Contender, s: &Shape, x: &Inputs, out: &mut [f32], ws: &mut [f32
             let (a, b) = s.views(&x.a, &x.b);
             k.gemm_bf16(1.0, a, b, 0.0, out, ws).unwrap()
         }
-        Operands::Bf16 => {
+        Operands::Stored => {
             let (a, b) = s.views(&x.a16, &x.b16);
             k.gemm_bf16(1.0, a, b, 0.0, out, ws).unwrap()
         }
@@ -122,21 +136,21 @@ fn peak(c: &Contender, iters: usize) -> u64 {
 
 fn main() {
     benches::report::start_run();
-    let mut c = Criterion::default().configure_from_args();
+    let mut criterion = Criterion::default().configure_from_args();
     let contenders = contenders();
-    let mut group = c.benchmark_group("bf16_peak");
+    let mut group = criterion.benchmark_group("bf16_peak");
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300));
-    for c in &contenders {
+    for c in contenders.iter().filter(|c| c.times_peak()) {
         group.throughput(Throughput::Elements(peak(c, PEAK_ITERS)));
-        group.bench_function(c.name.as_str(), |b| {
+        group.bench_function(c.unit.as_str(), |b| {
             b.iter(|| peak(c, black_box(PEAK_ITERS)))
         });
     }
     group.finish();
     for s in SHAPES {
-        let mut group = c.benchmark_group(format!("gemm_bf16/{}", s.name));
+        let mut group = criterion.benchmark_group(format!("gemm_bf16/{}", s.name));
         group
             .sample_size(10)
             .warm_up_time(Duration::from_millis(300))
@@ -158,7 +172,7 @@ fn main() {
         }
         group.finish();
     }
-    c.final_summary();
+    criterion.final_summary();
     table(&contenders);
 }
 
@@ -167,13 +181,17 @@ fn main() {
 fn table(contenders: &[Contender]) {
     let peaks: Vec<Option<f64>> = contenders
         .iter()
-        .map(|c| Some(peak(c, 1) as f64 * PEAK_ITERS as f64 / median_ns("bf16_peak", &c.name)?))
+        .map(|c| Some(peak(c, 1) as f64 * PEAK_ITERS as f64 / median_ns("bf16_peak", &c.unit)?))
         .collect();
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
     println!();
     benches::report::print_machine();
-    for (c, p) in contenders.iter().zip(&peaks) {
-        println!("peak, one core, {}: {} GFLOP/s", c.name, fmt(*p));
+    for (c, p) in contenders
+        .iter()
+        .zip(&peaks)
+        .filter(|(c, _)| c.times_peak())
+    {
+        println!("peak, one core, {}: {} GFLOP/s", c.unit, fmt(*p));
     }
     let mut header = "| shape |".to_string();
     for c in contenders {
@@ -202,6 +220,7 @@ fn table(contenders: &[Contender]) {
             };
             row += &format!(" {} | {pct} |", fmt(gflops[i]));
             if c.operands != Operands::F32 {
+                // (`contenders` puts f32 first.)
                 let ratio = match (gflops[i], gflops[0]) {
                     (Some(x), Some(f)) => format!("{:.2}x", x / f),
                     _ => "-".to_string(),

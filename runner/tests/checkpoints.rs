@@ -283,7 +283,7 @@ fn the_run_schedule_round_trips() {
             "--lr: checkpoint 0.0003, this run 0.001",
             "--batch: checkpoint 4, this run 8",
             "--seq-len: checkpoint 32, this run 16",
-            "--data: checkpoint 9000 training tokens, hash fffffffffffffffe, this run 9000 training tokens, hash 0000000000000001",
+            "--data: checkpoint 9000 training tokens (hash fffffffffffffffe), this run 9000 training tokens (hash 0000000000000001)",
         ]
     );
     assert!(schedule.differences(&schedule).is_empty());
@@ -349,6 +349,8 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     let ckpt = dir.join("ck");
     assert_success(&train_tiny(&ckpt, "3", "1"));
     let ck = ckpt.to_str().unwrap();
+    let saved_hash = state_metadata(&ckpt, "data_hash");
+    assert_eq!(saved_hash.len(), 16, "{saved_hash}");
     let resume = |extra: &[&str]| {
         let mut args = vec!["train", "--resume", ck, "--steps", "6", "-q"];
         args.extend_from_slice(extra);
@@ -368,20 +370,54 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     // the embedded corpus's length is still other data.
     let text = dir.join("other.txt");
     let embedded = runner::data::corpus::text().len();
-    fs::write(
-        &text,
-        "to be or not to be "
-            .repeat(embedded)
-            .get(..embedded)
-            .unwrap(),
-    )
-    .unwrap();
+    let other: Vec<u8> = b"to be or not to be "
+        .iter()
+        .copied()
+        .cycle()
+        .take(embedded)
+        .collect();
+    fs::write(&text, other).unwrap();
     let out = resume(&["--data", text.to_str().unwrap()]);
     assert_clear_error(&out, "--data: checkpoint ");
-    assert_clear_error(&out, "--init-from");
+    assert_clear_error(
+        &out,
+        "values and data, or start a new run from its weights with --init-from",
+    );
+    // A fingerprint that does not parse is a corrupt state, not a panic.
+    set_state_metadata(&ckpt, "data_hash", "not hex");
+    assert_clear_error(
+        &resume(&[]),
+        "metadata `data_hash` is not a hexadecimal number",
+    );
+    set_state_metadata(&ckpt, "data_hash", &saved_hash);
     // Extending --steps is what resuming is for.
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The value under `key` in the metadata of `ckpt`'s training state.
+fn state_metadata(ckpt: &Path, key: &str) -> String {
+    let bytes = fs::read(ckpt.join("training.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    header.metadata().as_ref().unwrap()[key].clone()
+}
+
+/// Rewrites `ckpt`'s training state with `key` set to `value` in its
+/// metadata.
+fn set_state_metadata(ckpt: &Path, key: &str, value: &str) {
+    use safetensors::SafeTensors;
+
+    let path = ckpt.join("training.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    meta.insert(key.into(), value.into());
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    fs::write(
+        &path,
+        safetensors::serialize(st.tensors(), Some(meta)).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -116,7 +116,8 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
         if let Some(data) = s.data {
             meta.extend([
                 ("train_tokens".to_string(), data.train_tokens.to_string()),
-                ("data_hash".to_string(), data.hash.to_string()),
+                // In hex, as errors show it.
+                ("data_hash".to_string(), format!("{:016x}", data.hash)),
             ]);
         }
     }
@@ -203,7 +204,7 @@ impl Progress {
                 data: if meta.contains_key("data_hash") {
                     Some(DataFingerprint {
                         train_tokens: metadata_number(meta, "train_tokens")?,
-                        hash: metadata_number(meta, "data_hash")?,
+                        hash: metadata_hex(meta, "data_hash")?,
                     })
                 } else {
                     None
@@ -256,6 +257,16 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
         })
         .unwrap_or_default();
     Progress::of(&meta).map_err(bad)
+}
+
+/// The hexadecimal number stored under `key` in a safetensors header's
+/// metadata.
+fn metadata_hex(meta: &HashMap<String, String>, key: &str) -> Result<u64, String> {
+    let text = meta
+        .get(key)
+        .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+    u64::from_str_radix(text, 16)
+        .map_err(|_| format!("metadata `{key}` is not a hexadecimal number: `{text}`"))
 }
 
 /// safetensors' own bound on a header.

@@ -284,15 +284,20 @@ fn shard_split(path: &Path) -> Option<Split> {
     }
 }
 
+/// FNV-1a's starting value and multiplier (64-bit).
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
 /// What tells one run's data from another's, so that a resumed run can
-/// refuse other data: the training tokens' count and a hash of the tokens
-/// in memory (a text's, and the validation tokens of shards, whose
-/// training tokens are read on demand and count only by their number).
+/// refuse other data: the number of training tokens and a hash of the
+/// tokens held in memory. A text's are all in memory; of shards, only the
+/// validation tokens are (training shards are read on demand, so they
+/// count by their number alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataFingerprint {
     pub train_tokens: u64,
-    /// FNV-1a over the little-endian bytes of the tokens in memory:
-    /// training tokens (if in memory), then validation tokens.
+    /// 64-bit FNV-1a over the little-endian bytes of the training tokens
+    /// in memory, then of the validation tokens.
     pub hash: u64,
 }
 
@@ -300,7 +305,7 @@ impl std::fmt::Display for DataFingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} training tokens, hash {:016x}",
+            "{} training tokens (hash {:016x})",
             self.train_tokens, self.hash
         )
     }
@@ -312,12 +317,9 @@ fn fnv1a(hash: u64, tokens: &[u32]) -> u64 {
         .iter()
         .flat_map(|t| t.to_le_bytes())
         .fold(hash, |h, byte| {
-            (h ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+            (h ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
         })
 }
-
-/// FNV-1a's starting value.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// Training windows and validation tokens.
 pub struct Dataset {

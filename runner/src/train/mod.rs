@@ -196,25 +196,26 @@ fn run_config(s: &TrainSettings) -> Result<ModelConfig, Error> {
 }
 
 /// A run's model, optimizer and data order: fresh, from a checkpoint's
-/// weights, or resumed; `cfg` is [`run_config`]'s, `t` the sequence
-/// length trained at (which a resumed run must share).
+/// weights, or resumed (then with the schedule it was saved with); `cfg`
+/// is [`run_config`]'s, `t` the sequence length trained at (which a
+/// resumed run must share).
 fn start(
     s: &TrainSettings,
     cfg: ModelConfig,
     t: usize,
     kernels: Kernels,
-) -> Result<(Gpt, Optimizer, Rng), Error> {
+) -> Result<(Gpt, Optimizer, Rng, Option<RunSchedule>), Error> {
     let world = crate::world::current();
     let shard = s.optimizer_shard(world);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
         let model = Gpt::new(cfg, kernels, s.seed)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
-        return Ok((model, optimizer, Rng::new(s.seed)));
+        return Ok((model, optimizer, Rng::new(s.seed), None));
     };
     if s.init_from.is_some() {
         let model = checkpoint::load_model(dir, kernels)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
-        return Ok((model, optimizer, Rng::new(s.seed)));
+        return Ok((model, optimizer, Rng::new(s.seed), None));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     // Checked from the header already; the full state must say the same.
@@ -222,7 +223,7 @@ fn start(
     let model = checkpoint::load_model(dir, kernels)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
-    Ok((model, optimizer, rng))
+    Ok((model, optimizer, rng, state.schedule))
 }
 
 /// Refuses to resume, from a checkpoint at `step` saved with `saved`, a
@@ -243,7 +244,7 @@ fn check_resume(
         return Err(Error::checkpoint(
             dir,
             format!(
-                "it was trained with other settings ({}); pass the checkpoint's values to resume it, or start a new run from its weights with --init-from",
+                "it was trained with other settings ({}); resume it with the checkpoint's values and data, or start a new run from its weights with --init-from",
                 differences.join("; ")
             ),
         ));
@@ -369,7 +370,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // longer to read and tokenize.
     let source = DataSource::of(s.data.as_deref());
     source.check(cfg.tokenizer)?;
-    let (mut model, mut optimizer, mut rng) = start(s, cfg, t, kernels)?;
+    let (mut model, mut optimizer, mut rng, saved) = start(s, cfg, t, kernels)?;
     let mut data = Dataset::load(
         &source,
         cfg.tokenizer,
@@ -377,17 +378,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         t,
         val_windows * t + 1,
     )?;
+    let fingerprint = data.fingerprint();
     if let Some(dir) = &s.resume {
         // Only now is the data known; a resumed run must train on the same.
-        let fingerprint = Some(data.fingerprint());
-        check_resume(
-            s,
-            dir,
-            t,
-            fingerprint,
-            optimizer.step,
-            checkpoint::load_progress(dir)?.schedule,
-        )?;
+        check_resume(s, dir, t, Some(fingerprint), optimizer.step, saved)?;
     }
     // The outputs were checked up front; the run is accepted, so the JSON
     // file may now be replaced.
@@ -492,7 +486,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         report.losses.last().copied().unwrap_or(f32::NAN),
     );
     if let Some(dir) = &s.save {
-        let schedule = s.schedule(ranks, t, Some(data.fingerprint()));
+        let schedule = s.schedule(ranks, t, Some(fingerprint));
         save_run(dir, &model, &optimizer, &rng, schedule, world)?;
     }
     Ok((model, report))
