@@ -6,8 +6,8 @@
 use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
-    gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward, LAYER_NORM_EPS,
+    add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
+    matmul_forward, zero, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -53,7 +53,7 @@ pub fn block_forward(
         c,
         c,
     )?;
-    ctx.kernels.add(input, a.attproj, a.residual2)?;
+    add(ctx, input, a.attproj, a.residual2)?;
     layer_norm_forward(
         ctx,
         a.residual2,
@@ -77,7 +77,7 @@ pub fn block_forward(
         4 * c,
         c,
     )?;
-    ctx.kernels.add(a.residual2, a.fcproj, output)?;
+    add(ctx, a.residual2, a.fcproj, output)?;
     Ok(())
 }
 
@@ -121,7 +121,7 @@ pub fn block_backward(
         4 * c,
         c,
     )?;
-    ctx.kernels.fill(0.0, s.dfch);
+    zero(ctx, s.dfch);
     gelu_backward(ctx, a.fch, s.dfch_gelu, s.dfch)?;
     matmul_backward(
         ctx,

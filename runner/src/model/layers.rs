@@ -16,8 +16,34 @@ pub const LAYER_NORM_EPS: f32 = 1e-5;
 /// Rows per piece of row-wise work (LayerNorm, cross-entropy).
 const ROWS_PER_PIECE: usize = 64;
 
-/// Elements per piece of element-wise work (GELU).
+/// Elements per piece of element-wise work (GELU, sums, zeroing).
 const ELEMENTS_PER_PIECE: usize = 1 << 14;
+
+/// Columns per piece of a bias gradient (each piece sums every row of its
+/// columns, in row order, so the sums do not depend on the split).
+const BIAS_COLUMNS_PER_PIECE: usize = 64;
+
+/// `out = a + b` (a residual connection), by pieces.
+pub fn add(ctx: &Context, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), Error> {
+    let k = ctx.kernels;
+    ctx.threads
+        .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
+            let at = i * ELEMENTS_PER_PIECE..i * ELEMENTS_PER_PIECE + out.len();
+            Ok(k.add(&a[at.clone()], &b[at], out)?)
+        })
+}
+
+/// `x = 0`, by pieces.
+pub fn zero(ctx: &Context, x: &mut [f32]) {
+    let k = ctx.kernels;
+    // Zeroing cannot fail.
+    let _ = ctx
+        .threads
+        .try_for_each_piece((x, ELEMENTS_PER_PIECE), |_, x| {
+            k.fill(0.0, x);
+            Ok(())
+        });
+}
 
 /// LayerNorm forward, by pieces of rows.
 #[allow(clippy::too_many_arguments)]
@@ -226,7 +252,11 @@ pub fn matmul_forward(
             Weight::Packed(w) => ctx.gemm_packed(1.0, x, w, 0.0, out_)?,
         }
         if let Some(bias) = bias {
-            ctx.kernels.add_bias(bias, out)?;
+            let k = ctx.kernels;
+            ctx.threads
+                .try_for_each_piece((out, ROWS_PER_PIECE * oc), |_, rows| {
+                    Ok(k.add_bias(bias, rows)?)
+                })?;
         }
         Ok(())
     })
@@ -254,9 +284,15 @@ pub fn matmul_backward(
         let x = MatRef::new(inp, bt, c)?;
         ctx.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
         if let Some(dbias) = dbias {
-            for row in dout.chunks_exact(oc) {
-                ctx.kernels.axpy(1.0, row, dbias)?;
-            }
+            let k = ctx.kernels;
+            ctx.threads
+                .try_for_each_piece((dbias, BIAS_COLUMNS_PER_PIECE), |i, dbias| {
+                    let first = i * BIAS_COLUMNS_PER_PIECE;
+                    for row in dout.chunks_exact(oc) {
+                        k.axpy(1.0, &row[first..][..dbias.len()], dbias)?;
+                    }
+                    Ok(())
+                })?;
         }
         Ok(())
     })

@@ -206,7 +206,7 @@ impl Gpt {
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
-        self.ctx.kernels.fill(0.0, &mut self.grads);
+        layers::zero(&self.ctx, &mut self.grads);
     }
 
     /// Runs the model on `b` sequences of `t` tokens (`tokens[b·t]`),
@@ -376,7 +376,7 @@ impl Gpt {
 
         lm_head_backward(ctx, s.dln, &mut *g.wte, s.dlogits, a.lnf, p.wte, bt, c, vp)?;
         let last = &a.residuals[layers * btc..][..btc];
-        ctx.kernels.fill(0.0, s.dresidual);
+        layers::zero(ctx, s.dresidual);
         layer_norm_backward(
             ctx,
             last,
