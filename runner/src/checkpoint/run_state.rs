@@ -262,9 +262,7 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
 /// The hexadecimal number stored under `key` in a safetensors header's
 /// metadata.
 fn metadata_hex(meta: &HashMap<String, String>, key: &str) -> Result<u64, String> {
-    let text = meta
-        .get(key)
-        .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+    let text = metadata_text(meta, key)?;
     u64::from_str_radix(text, 16)
         .map_err(|_| format!("metadata `{key}` is not a hexadecimal number: `{text}`"))
 }
@@ -277,9 +275,14 @@ fn metadata_number<T: std::str::FromStr>(
     meta: &HashMap<String, String>,
     key: &str,
 ) -> Result<T, String> {
-    let text = meta
-        .get(key)
-        .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+    let text = metadata_text(meta, key)?;
     text.parse()
         .map_err(|_| format!("metadata `{key}` is not a valid number: `{text}`"))
+}
+
+/// The text stored under `key` in a safetensors header's metadata.
+fn metadata_text<'m>(meta: &'m HashMap<String, String>, key: &str) -> Result<&'m str, String> {
+    meta.get(key)
+        .map(String::as_str)
+        .ok_or_else(|| format!("metadata lacks `{key}`"))
 }
