@@ -154,6 +154,9 @@ fn a_corrupt_training_state_is_one_clear_error() {
     assert_clear_error(&resume(), "training.safetensors is corrupt or truncated");
     fs::write(&state, b"\x05\x00\x00\x00\x00\x00\x00\x00garbage").unwrap();
     assert_clear_error(&resume(), "training.safetensors is corrupt or truncated");
+    // A header longer than the file is refused before it is read.
+    fs::write(&state, 99_999_999u64.to_le_bytes()).unwrap();
+    assert_clear_error(&resume(), "a header of 99999999 bytes in a file of 8 bytes");
     fs::remove_file(&state).unwrap();
     assert_clear_error(&resume(), "training.safetensors is missing");
 
@@ -253,6 +256,7 @@ fn the_run_schedule_round_trips() {
         data: Some(DataFingerprint {
             train_tokens: 9000,
             hash: u64::MAX - 1,
+            shards_hash: Some(0x1234),
         }),
     };
     let state = TrainingState {
@@ -274,6 +278,7 @@ fn the_run_schedule_round_trips() {
         data: Some(DataFingerprint {
             train_tokens: 9000,
             hash: 1,
+            shards_hash: None,
         }),
         ..schedule
     };
@@ -287,6 +292,29 @@ fn the_run_schedule_round_trips() {
         ]
     );
     assert!(schedule.differences(&schedule).is_empty());
+    // Shards of the same length but other tokens: only their hash tells;
+    // a checkpoint saved before shards were hashed matches any.
+    let saved_data = schedule.data.unwrap();
+    let other_shards = RunSchedule {
+        data: Some(DataFingerprint {
+            shards_hash: Some(0x4321),
+            ..saved_data
+        }),
+        ..schedule
+    };
+    assert_eq!(
+        schedule.differences(&other_shards),
+        ["--data: checkpoint 9000 training tokens (hash fffffffffffffffe, shards 0000000000001234), this run 9000 training tokens (hash fffffffffffffffe, shards 0000000000004321)"]
+    );
+    let unhashed = RunSchedule {
+        data: Some(DataFingerprint {
+            shards_hash: None,
+            ..saved_data
+        }),
+        ..schedule
+    };
+    assert!(unhashed.differences(&other_shards).is_empty());
+    assert!(other_shards.differences(&unhashed).is_empty());
     // A state saved before the sequence length and data were kept, or a
     // run whose data is not read yet, matches any.
     let unknown = RunSchedule {

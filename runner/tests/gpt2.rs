@@ -126,6 +126,34 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
     assert_eq!(straight.len(), 6);
     assert_eq!(json_losses(&resumed_json), straight[3..]);
 
+    // Training shards of the same lengths, two tokens swapped in one of
+    // them: other data, refused before any step.
+    let other = dir.join("other-shards");
+    fs::create_dir(&other).unwrap();
+    for entry in fs::read_dir(&shards).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, other.join(path.file_name().unwrap())).unwrap();
+    }
+    let swapped = other.join("play_train_000002.bin");
+    let mut bytes = fs::read(&swapped).unwrap();
+    let (a, b) = (1024, 1024 + 2 * 7);
+    assert_ne!(bytes[a..a + 2], bytes[b..b + 2]);
+    for i in 0..2 {
+        bytes.swap(a + i, b + i);
+    }
+    fs::write(&swapped, bytes).unwrap();
+    let out = train(&[
+        "--data",
+        other.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--resume",
+        ckpt_s,
+        "-q",
+    ]);
+    assert_clear_error(&out, "--data: checkpoint 1091 training tokens");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(", shards "));
+
     // The checkpoint holds the real vocabulary and names its tokenizer.
     let config: Value =
         serde_json::from_slice(&fs::read(ckpt.join("config.json")).unwrap()).unwrap();

@@ -4,19 +4,24 @@
 //! fails), the parent fsynced, and only then the old one deleted. A crash
 //! at any point leaves either the old directory or the new one whole.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use log::warn;
+use safetensors::tensor::View;
+use safetensors::SafeTensorError;
 
 use crate::error::Error;
 use crate::outputs;
 
-/// A destination directory that may only ever hold `files`.
+/// A destination directory that may only ever hold `files`, and, when it
+/// holds any, `required` among them.
 pub struct Destination<'a> {
     dir: PathBuf,
     files: &'a [&'a str],
+    required: &'a [&'a str],
 }
 
 impl<'a> Destination<'a> {
@@ -26,7 +31,15 @@ impl<'a> Destination<'a> {
         Destination {
             dir: dir.components().collect(),
             files,
+            required: &[],
         }
+    }
+
+    /// The same destination, replaced only where it holds all of
+    /// `required` (files every save writes): a folder with a file of that
+    /// name alone, such as a `config.json` of the user's, is not ours.
+    pub fn requiring(self, required: &'a [&'a str]) -> Destination<'a> {
+        Destination { required, ..self }
     }
 
     /// Refuses a destination that cannot be saved to, before any long
@@ -66,8 +79,14 @@ impl<'a> Destination<'a> {
             ));
         }
         // A staging directory a killed save left (possibly under this very
-        // process id) is never the only copy of anything.
+        // process id) is never the only copy of anything; nor, with a
+        // checkpoint in place, is a copy moved aside by a save killed after
+        // its second rename (under this process id, as a container's first
+        // process always has, it would stop this save's own move).
         remove_siblings(parent, &staging_prefix(&name))?;
+        if !empty {
+            remove_siblings(parent, &aside_prefix(&name))?;
+        }
         let probe = staging_dir(parent, &name);
         fs::create_dir(&probe).map_err(|e| {
             Error::checkpoint(dir, format!("cannot write in {}: {e}", parent.display()))
@@ -104,6 +123,15 @@ impl<'a> Destination<'a> {
                     ),
                 ));
             }
+        }
+        let missing = self.required.iter().find(|name| !dir.join(name).is_file());
+        if let Some(name) = missing.filter(|_| !empty) {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "has no `{name}`, so it is not a checkpoint to replace; choose another path"
+                ),
+            ));
         }
         Ok(empty)
     }
@@ -230,6 +258,23 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     file.sync_all().map_err(|e| Error::io(path, e))
 }
 
+/// Writes `tensors` and `metadata` as the safetensors file `path`,
+/// streamed (the file is never whole in memory, so saving a model that
+/// fills memory needs no second copy of it), then flushes it to disk.
+pub fn write_tensors_synced<V: View>(
+    path: &Path,
+    tensors: Vec<(String, V)>,
+    metadata: HashMap<String, String>,
+) -> Result<(), Error> {
+    safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| match e {
+        SafeTensorError::IoError(e) => Error::io(path, e),
+        other => Error::checkpoint(path, other.to_string()),
+    })?;
+    fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
 /// Flushes a directory's entries (names created or renamed in it) to disk,
 /// without which a crash could lose a rename that already returned.
 fn sync_dir(path: &Path) -> Result<(), Error> {
@@ -278,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_moved_aside_under_this_process_id_does_not_stop_a_save() {
+        let parent = std::env::temp_dir().join(format!("atomic-aside-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&parent);
+        fs::create_dir_all(&parent).unwrap();
+        let dir = parent.join("ckpt");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("a.txt"), b"in place").unwrap();
+        // A save killed after its second rename, in a process of this id.
+        let old = parent.join(format!("{}{}", aside_prefix("ckpt"), std::process::id()));
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("a.txt"), b"superseded").unwrap();
+        let destination = Destination::new(&dir, &["a.txt"]);
+        destination.check().unwrap();
+        assert!(!old.exists(), "checked before the run, not at its end");
+        fs::create_dir(&old).unwrap();
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
+            .unwrap();
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"new");
+        let left: Vec<_> = fs::read_dir(&parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["ckpt"]);
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
     fn a_copy_to_restore_and_folders_under_a_files_name_are_never_deleted() {
         let parent = std::env::temp_dir().join(format!("atomic-keep-{}", std::process::id()));
         let _ = fs::remove_dir_all(&parent);
@@ -309,6 +382,19 @@ mod tests {
             fs::read(user.join("a.txt").join("keep.txt")).unwrap(),
             b"mine"
         );
+
+        // A folder holding one of the names, but not every file a save
+        // writes.
+        let only = parent.join("only");
+        fs::create_dir(&only).unwrap();
+        fs::write(only.join("a.txt"), b"mine").unwrap();
+        let err = Destination::new(&only, &["a.txt", "b.txt"])
+            .requiring(&["a.txt", "b.txt"])
+            .replace_with(write)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no `b.txt`"), "{err}");
+        assert_eq!(fs::read(only.join("a.txt")).unwrap(), b"mine");
         fs::remove_dir_all(&parent).unwrap();
     }
 }

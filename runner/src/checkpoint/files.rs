@@ -1,6 +1,7 @@
 //! Reading and decoding checkpoint files, and the one way a checkpoint
 //! error is made.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
@@ -45,9 +46,14 @@ pub fn parse<'a>(dir: &Path, file: &str, bytes: &'a [u8]) -> Result<SafeTensors<
         .map_err(|e| Error::checkpoint(dir, format!("{file} is corrupt or truncated: {e}")))
 }
 
-/// Little-endian bytes of `x`.
-pub fn to_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// Little-endian bytes of `x`: `x`'s own memory on a little-endian CPU,
+/// so that saving a model does not hold a second copy of it.
+pub fn to_bytes(x: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(x))
+    } else {
+        Cow::Owned(x.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// Fills `out` from little-endian bytes.

@@ -10,7 +10,7 @@ mod files;
 mod hf;
 mod run_state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use kernels::Kernels;
@@ -18,7 +18,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
-use atomic::{write_synced, Destination};
+use atomic::{write_synced, write_tensors_synced, Destination};
 use files::{floats_from, parse, read, to_bytes};
 pub use run_state::{Progress, RunSchedule, TrainingState};
 
@@ -26,11 +26,11 @@ const CONFIG_FILE: &str = "config.json";
 const MODEL_FILE: &str = "model.safetensors";
 const TRAINING_FILE: &str = "training.safetensors";
 
-/// What a checkpoint directory may hold.
+/// What a checkpoint directory may hold: every save writes the first two.
 const FILES: [&str; 3] = [CONFIG_FILE, MODEL_FILE, TRAINING_FILE];
 
 fn destination(dir: &Path) -> Destination<'_> {
-    Destination::new(dir, &FILES)
+    Destination::new(dir, &FILES).requiring(&FILES[..2])
 }
 
 /// Refuses a destination that cannot be saved to: one that exists but is
@@ -64,12 +64,10 @@ pub fn save(
             })
             .collect::<Vec<_>>();
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let encoded = safetensors::serialize(tensors, Some(meta))
-            .map_err(|e| Error::checkpoint(dir, e.to_string()))?;
-        write_synced(&tmp.join(MODEL_FILE), &encoded)?;
+        write_tensors_synced(&tmp.join(MODEL_FILE), tensors, meta)?;
 
         match training {
-            Some(state) => write_synced(&tmp.join(TRAINING_FILE), &run_state::encode(dir, state)?),
+            Some(state) => run_state::write(dir, &tmp.join(TRAINING_FILE), state),
             None => Ok(()),
         }
     })
@@ -207,13 +205,16 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
 /// attention-mask buffers older Hugging Face files hold (`attn.bias`,
 /// `attn.masked_bias`) are not weights and pass without a word.
 fn warn_of_unread(names: &[&str], layout: &[hf::HfTensor]) {
+    // A set: a crafted file may hold as many names as the layout has
+    // tensors, and comparing every pair would take minutes.
+    let read: HashSet<&str> = layout.iter().map(|t| t.name.as_str()).collect();
     let unread: Vec<&str> = names
         .iter()
         .copied()
         .filter(|&name| {
             let bare = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
             let buffer = bare.ends_with(".attn.bias") || bare.ends_with(".attn.masked_bias");
-            !buffer && name != hf::LM_HEAD && !layout.iter().any(|t| t.name == bare)
+            !buffer && name != hf::LM_HEAD && !read.contains(bare)
         })
         .collect();
     if let Some(first) = unread.first() {

@@ -9,6 +9,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use super::atomic::write_tensors_synced;
 use super::files::{from_bytes, open, parse, to_bytes};
 use crate::data::DataFingerprint;
 use crate::error::Error;
@@ -48,7 +49,20 @@ impl RunSchedule {
             }
         }
         let seq_lens = known(self.seq_len, run.seq_len);
-        let data = known(self.data, run.data);
+        // A shards hash one side lacks (an older checkpoint's) matches any.
+        let (saved_data, run_data) = match (self.data, run.data) {
+            (Some(saved), Some(now))
+                if saved.shards_hash.is_none() || now.shards_hash.is_none() =>
+            {
+                let unhashed = |d| DataFingerprint {
+                    shards_hash: None,
+                    ..d
+                };
+                (Some(unhashed(saved)), Some(unhashed(now)))
+            }
+            other => other,
+        };
+        let data = known(saved_data, run_data);
         let pairs = [
             ("--lr", self.lr.to_string(), run.lr.to_string()),
             ("--warmup", self.warmup.to_string(), run.warmup.to_string()),
@@ -83,8 +97,9 @@ pub struct TrainingState<M> {
     pub schedule: Option<RunSchedule>,
 }
 
-/// The bytes of `training.safetensors` for `state`.
-pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Error> {
+/// Writes `state` as `training.safetensors` at `path` (in the staging
+/// directory of the checkpoint `dir`).
+pub fn write(dir: &Path, path: &Path, state: &TrainingState<&[f32]>) -> Result<(), Error> {
     let (m, v) = state.moments;
     let n = m.len();
     if v.len() != n {
@@ -95,7 +110,10 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
     }
     let (m, v) = (to_bytes(m), to_bytes(v));
     let tensor = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("shape matches");
-    let tensors = vec![("adam_m", tensor(&m)), ("adam_v", tensor(&v))];
+    let tensors = vec![
+        ("adam_m".to_string(), tensor(&m)),
+        ("adam_v".to_string(), tensor(&v)),
+    ];
     let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), state.step.to_string()),
@@ -119,9 +137,12 @@ pub fn encode(dir: &Path, state: &TrainingState<&[f32]>) -> Result<Vec<u8>, Erro
                 // In hex, as errors show it.
                 ("data_hash".to_string(), format!("{:016x}", data.hash)),
             ]);
+            if let Some(shards) = data.shards_hash {
+                meta.insert("shards_hash".to_string(), format!("{shards:016x}"));
+            }
         }
     }
-    safetensors::serialize(tensors, Some(meta)).map_err(|e| Error::checkpoint(dir, e.to_string()))
+    write_tensors_synced(path, tensors, meta)
 }
 
 /// The state in `bytes` (the `file` of the checkpoint `dir`) for a model
@@ -205,6 +226,11 @@ impl Progress {
                     Some(DataFingerprint {
                         train_tokens: metadata_number(meta, "train_tokens")?,
                         hash: metadata_hex(meta, "data_hash")?,
+                        shards_hash: if meta.contains_key("shards_hash") {
+                            Some(metadata_hex(meta, "shards_hash")?)
+                        } else {
+                            None
+                        },
                     })
                 } else {
                     None
@@ -237,6 +263,15 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
     f.read_exact(&mut len)
         .map_err(|_| bad("too short for a safetensors header".into()))?;
     let len = u64::from_le_bytes(len);
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io(dir.join(file), e))?
+        .len();
+    if len > size - 8 {
+        return Err(bad(format!(
+            "a header of {len} bytes in a file of {size} bytes"
+        )));
+    }
     if len > MAX_HEADER_BYTES {
         return Err(bad(format!(
             "a header of {len} bytes is not a safetensors header"

@@ -108,7 +108,7 @@ impl DataSource {
         let mut tokens = Vec::new();
         for path in paths {
             let mut shard = Shard::open(&path)?;
-            shard.check_tokens(vocab)?;
+            shard.check_tokens(vocab, FNV_OFFSET)?;
             let start = tokens.len();
             tokens.resize(start + shard.len, 0);
             shard.read(0, &mut tokens[start..])?;
@@ -192,6 +192,8 @@ pub struct ShardWindows {
     parts: Vec<(usize, usize, usize)>,
     /// Tokens read for one window.
     window: Vec<u32>,
+    /// [`hash_words`] over every training shard's tokens, whole, in order.
+    hash: u64,
 }
 
 impl TrainTokens {
@@ -289,25 +291,31 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 /// What tells one run's data from another's, so that a resumed run can
-/// refuse other data: the number of training tokens and a hash of the
-/// tokens held in memory. A text's are all in memory; of shards, only the
-/// validation tokens are (training shards are read on demand, so they
-/// count by their number alone).
+/// refuse other data: the number of training tokens and hashes of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataFingerprint {
     pub train_tokens: u64,
     /// 64-bit FNV-1a over the little-endian bytes of the training tokens
-    /// in memory, then of the validation tokens.
+    /// held in memory (a text's; shards are read on demand), then of the
+    /// validation tokens.
     pub hash: u64,
+    /// Shards: [`hash_words`] over every training shard's tokens, made as
+    /// they are checked (`None` for a text, and in checkpoints saved
+    /// before it was kept).
+    pub shards_hash: Option<u64>,
 }
 
 impl std::fmt::Display for DataFingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} training tokens (hash {:016x})",
+            "{} training tokens (hash {:016x}",
             self.train_tokens, self.hash
-        )
+        )?;
+        if let Some(shards) = self.shards_hash {
+            write!(f, ", shards {shards:016x}")?;
+        }
+        write!(f, ")")
     }
 }
 
@@ -319,6 +327,17 @@ fn fnv1a(hash: u64, tokens: &[u32]) -> u64 {
         .fold(hash, |h, byte| {
             (h ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
         })
+}
+
+/// FNV-1a's step over 8-byte little-endian words (the last zero-padded)
+/// rather than bytes, continued from `hash`: shards of billions of tokens
+/// hash at memory speed.
+pub fn hash_words(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(hash, |h, word| {
+        let mut padded = [0u8; 8];
+        padded[..word.len()].copy_from_slice(word);
+        (h ^ u64::from_le_bytes(padded)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// Training windows and validation tokens.
@@ -359,9 +378,10 @@ impl Dataset {
             DataSource::Shards(dir) => DataSource::shard_files(dir)?,
         };
         let mut shards = Vec::with_capacity(train_paths.len());
+        let mut hash = FNV_OFFSET;
         for path in &train_paths {
             let mut shard = Shard::open(path)?;
-            shard.check_tokens(vocab)?;
+            hash = shard.check_tokens(vocab, hash)?;
             shards.push(shard);
         }
         let mut val = Vec::new();
@@ -384,7 +404,7 @@ impl Dataset {
         } else {
             for path in &val_paths {
                 let mut shard = Shard::open(path)?;
-                shard.check_tokens(vocab)?;
+                shard.check_tokens(vocab, FNV_OFFSET)?;
                 let start = val.len();
                 let n = shard.len.min(max_val - start);
                 val.resize(start + n, 0);
@@ -411,19 +431,21 @@ impl Dataset {
             shards,
             parts,
             window: Vec::new(),
+            hash,
         });
         Ok(Dataset { train, val })
     }
 
     /// What identifies this data (see [`DataFingerprint`]).
     pub fn fingerprint(&self) -> DataFingerprint {
-        let train = match &self.train {
-            TrainTokens::Memory(tokens) => tokens.as_slice(),
-            TrainTokens::Shards(_) => &[],
+        let (train, shards_hash) = match &self.train {
+            TrainTokens::Memory(tokens) => (tokens.as_slice(), None),
+            TrainTokens::Shards(w) => (&[][..], Some(w.hash)),
         };
         DataFingerprint {
             train_tokens: self.train.len() as u64,
             hash: fnv1a(fnv1a(FNV_OFFSET, train), &self.val),
+            shards_hash,
         }
     }
 
@@ -542,6 +564,7 @@ mod tests {
             shards: vec![shard],
             parts: vec![(0, 0, n)],
             window: Vec::new(),
+            hash: 0,
         });
         let mut in_memory = TrainTokens::Memory(tokens[1..].to_vec());
         assert_eq!(from_shard.len(), in_memory.len());

@@ -305,13 +305,18 @@ impl Shard {
     }
 
     /// Refuses the shard if a token in it is not below `vocab`: the whole
-    /// shard is read through a bounded buffer.
-    pub fn check_tokens(&mut self, vocab: usize) -> Result<(), Error> {
+    /// shard is read through a bounded buffer. Returns `hash` continued
+    /// over the shard's tokens ([`super::hash_words`]), which tells this
+    /// shard from any other for the price of the read already made.
+    pub fn check_tokens(&mut self, vocab: usize, mut hash: u64) -> Result<u64, Error> {
+        // A multiple of 4 tokens, so that every chunk but the last hashes
+        // whole 8-byte words.
         const CHUNK: usize = 1 << 20;
         let mut bytes = vec![0u8; 2 * CHUNK];
         for start in (0..self.len).step_by(CHUNK) {
             let n = CHUNK.min(self.len - start);
             self.read_bytes(start, &mut bytes[..2 * n])?;
+            hash = super::hash_words(hash, &bytes[..2 * n]);
             let tokens = bytes[..2 * n]
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]));
@@ -325,7 +330,7 @@ impl Shard {
                 });
             }
         }
-        Ok(())
+        Ok(hash)
     }
 }
 
