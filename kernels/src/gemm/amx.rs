@@ -164,7 +164,10 @@ impl TileProduct for AmxTiles {
         let a = &a[..(MR - 1) * a_stride + steps * K_STEP];
         let b = &b[..steps * K_STEP * NR];
         let (a_top, a_bottom) = (a.as_ptr(), a[16 * a_stride..].as_ptr());
-        let (c_top, c_bottom) = (c.as_mut_ptr(), c[16 * NR..].as_mut_ptr());
+        // Both C pointers from one borrow, so that neither invalidates the
+        // other.
+        let c_top = c.as_mut_ptr();
+        let c_bottom = c_top.wrapping_add(16 * NR);
         // SAFETY: holding `self` proves the tile unit was granted. The loads
         // read 16 rows of 64 bytes from `a_top`, `a_bottom` (rows `a_stride`
         // slots apart) and from `b`, `b + 64` (rows 128 bytes apart), moving

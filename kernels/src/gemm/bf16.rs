@@ -89,7 +89,10 @@ impl Bf16Input for Bf16 {
     }
     #[inline(always)]
     fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {
-        dst.copy_from_slice(src);
+        // (Public, if hidden: lengths that differ copy the shorter, never
+        // panic.)
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
     }
     #[inline(always)]
     fn pair_slices(
@@ -106,9 +109,13 @@ impl Bf16Input for Bf16 {
 /// for lengths of `slots`, one value at a time.
 #[inline(always)]
 pub(super) fn pair_each<T: Bf16Input>(lo: &[T], hi: Option<&[T]>, slots: &mut [f32]) {
-    for (i, slot) in slots.iter_mut().enumerate() {
-        let hi = hi.map_or(Bf16::default(), |hi| hi[i].to_bf16());
-        *slot = pair(lo[i].to_bf16(), hi);
+    for (i, (slot, lo)) in slots.iter_mut().zip(lo).enumerate() {
+        // (A shorter `hi` pairs with zeros: this is reachable, if hidden,
+        // from outside the crate, and must not panic.)
+        let hi = hi
+            .and_then(|hi| hi.get(i))
+            .map_or(Bf16::default(), |hi| hi.to_bf16());
+        *slot = pair(lo.to_bf16(), hi);
     }
 }
 
