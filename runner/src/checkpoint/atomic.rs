@@ -50,6 +50,31 @@ impl<'a> Destination<'a> {
     /// one whose parent is missing or not writable (a staging directory is
     /// created there and removed again to find out).
     pub fn check(&self) -> Result<(), Error> {
+        let _saving = self.lock_parent();
+        self.check_locked()
+    }
+
+    /// Holds the parent directory's lock, which every check and save of a
+    /// destination in it takes: a run checking its destination then never
+    /// removes the staging directory of another run's save in progress, and
+    /// two runs saving to one destination (even under one process id, as
+    /// two containers' first processes have) take turns. `None` where the
+    /// parent cannot be opened (the checks say why) or locked (a file
+    /// system without locks: saving goes on unguarded, as before).
+    fn lock_parent(&self) -> Option<fs::File> {
+        let (parent, _) = self.parent_and_name().ok()?;
+        // Other systems cannot open a directory as a file.
+        #[cfg(unix)]
+        {
+            let parent = fs::File::open(parent).ok()?;
+            return parent.lock().is_ok().then_some(parent);
+        }
+        #[allow(unreachable_code)]
+        None
+    }
+
+    /// [`Destination::check`] with the parent's lock held.
+    fn check_locked(&self) -> Result<(), Error> {
         let dir = &self.dir;
         let empty = match fs::symlink_metadata(dir) {
             Ok(meta) => self.check_existing(meta)?,
@@ -152,7 +177,8 @@ impl<'a> Destination<'a> {
         &self,
         write: impl FnOnce(&Path) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        self.check()?;
+        let _saving = self.lock_parent();
+        self.check_locked()?;
         let (parent, name) = self.parent_and_name()?;
         let tmp = staging_dir(parent, &name);
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -191,8 +217,7 @@ pub fn moved_aside(dir: &Path) -> Option<PathBuf> {
 }
 
 /// `.NAME.tmp-`: the prefix of the staging directories of `NAME`. Beside
-/// the destination, so the final renames stay on one file system. Two
-/// runs saving to one destination at the same time are not supported.
+/// the destination, so the final renames stay on one file system.
 fn staging_prefix(name: &str) -> String {
     format!(".{name}.tmp-")
 }
@@ -319,6 +344,39 @@ mod tests {
         assert!(Destination::new(&dir.join(".."), &["a.txt"])
             .check()
             .is_err());
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_check_waits_while_a_save_holds_the_parent() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let parent = std::env::temp_dir().join(format!("atomic-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&parent);
+        fs::create_dir_all(&parent).unwrap();
+        // Another run's save in progress: its staging directory, and the
+        // parent's lock held.
+        let staging = parent.join(format!("{}999999", staging_prefix("ckpt")));
+        fs::create_dir(&staging).unwrap();
+        let saving = fs::File::open(&parent).unwrap();
+        saving.lock().unwrap();
+        let dir = parent.join("ckpt");
+        let (sender, checked) = mpsc::channel();
+        let check = std::thread::spawn(move || {
+            let result = Destination::new(&dir, &["a.txt"]).check();
+            sender.send(result.map_err(|e| e.to_string())).unwrap();
+        });
+        assert!(checked.recv_timeout(Duration::from_millis(300)).is_err());
+        assert!(staging.exists(), "removed during another run's save");
+        drop(saving);
+        checked
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap()
+            .unwrap();
+        check.join().unwrap();
+        // The save is over (or was killed): its staging directory goes.
+        assert!(!staging.exists());
         fs::remove_dir_all(&parent).unwrap();
     }
 
