@@ -19,7 +19,9 @@ Each shard is a header of 256 little-endian i32 ([0] = 20240520, [1] = 1,
 Shard 0 (NAME_val_000000.bin) holds the first --val-tokens tokens for
 validation, the others (NAME_train_000001.bin, ...) the rest. Each input
 file is one document; with the gpt2 tokenizer each starts with the
-end-of-text token 50256. Input streams through bounded memory.";
+end-of-text token 50256. Input streams through bounded memory (with the
+gpt2 tokenizer, a file is cut at line breaks, so one without them is read
+whole).";
 
 #[derive(Args, Debug, Clone)]
 pub struct PrepareArgs {

@@ -1,5 +1,6 @@
 //! `runner prepare`: text files into token shards (`shards`), streamed
-//! through bounded memory. Each input file is one document; with `gpt2`
+//! through bounded memory (GPT-2's tokens cut at line breaks; see
+//! `tokenize_file`). Each input file is one document; with `gpt2`
 //! each starts with the end-of-text token, as llm.c's shards do.
 
 use std::fs::File;
@@ -131,9 +132,12 @@ pub fn prepare(
 }
 
 /// Reads `path` in chunks of about `chunk` bytes and hands each chunk's
-/// length and tokens to `emit`, in order. Chunks end after a newline that
-/// has a non-space on each side: GPT-2's pre-tokenizer always makes such a
-/// newline a piece of its own, so the tokens are those of the whole file.
+/// length and tokens to `emit`, in order. With GPT-2's tokenizer chunks
+/// end after a line break (`\n` or `\r\n`) that has a non-space on each
+/// side: its pre-tokenizer always makes such a break pieces of its own, so
+/// the tokens are those of the whole file (a file without such breaks is
+/// read whole). Bytes are tokens of their own, so those chunks end
+/// anywhere.
 fn tokenize_file(
     path: &Path,
     tokenizer: Tokenizer,
@@ -149,10 +153,12 @@ fn tokenize_file(
         let read = read_full(&mut file, &mut buffer[before..]).map_err(|e| Error::io(path, e))?;
         buffer.truncate(before + read);
         done = read == 0;
-        let cut = if done {
-            Some(buffer.len())
-        } else {
-            split_point(&buffer)
+        let cut = match tokenizer {
+            _ if done => Some(buffer.len()),
+            Tokenizer::Byte => Some(buffer.len()),
+            // The bytes before `before` hold no cut (else the last one
+            // would have been taken): only the new ones are searched.
+            Tokenizer::Gpt2 => split_point(&buffer, before),
         };
         if let Some(cut) = cut.filter(|&c| c > 0) {
             emit(cut, tokenizer.encode(&buffer[..cut]))?;
@@ -174,11 +180,17 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// The last position `p` in `text` with a non-space at `p − 2`, a newline
-/// at `p − 1` and a non-space at `p`, if any.
-fn split_point(text: &[u8]) -> Option<usize> {
-    (2..text.len()).rev().find(|&p| {
-        text[p - 1] == b'\n' && !text[p - 2].is_ascii_whitespace() && !text[p].is_ascii_whitespace()
+/// The last position `p` from `from` on in `text` with a line break
+/// (`\n`, or `\r\n`) ending at `p − 1`, a non-space before it and a
+/// non-space at `p`, if any.
+fn split_point(text: &[u8], from: usize) -> Option<usize> {
+    let space = |i: usize| text[i].is_ascii_whitespace();
+    (from.max(2)..text.len()).rev().find(|&p| {
+        let before_break = match text[p - 2] {
+            b'\r' => p >= 3 && !space(p - 3),
+            _ => !space(p - 2),
+        };
+        text[p - 1] == b'\n' && before_break && !space(p)
     })
 }
 
@@ -188,7 +200,7 @@ mod tests {
 
     #[test]
     fn chunked_tokens_are_the_whole_file_s() {
-        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \n".repeat(7);
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \nWindows:\r\nline\r\n\r\nbreaks.\r\n \r\n\r\r\n".repeat(7);
         let dir = std::env::temp_dir().join(format!("runner-prepare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.txt");
@@ -206,6 +218,29 @@ mod tests {
                 assert_eq!(bytes, text.len());
                 assert_eq!(tokens, whole, "{tokenizer:?}, chunks of {chunk}");
             }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn windows_line_breaks_still_cut_a_file_into_chunks() {
+        let line = "A line of text, ended the Windows way.\r\n";
+        let text = line.repeat(500);
+        let dir = std::env::temp_dir().join(format!("runner-crlf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.txt");
+        std::fs::write(&path, &text).unwrap();
+        for tokenizer in [Tokenizer::Gpt2, Tokenizer::Byte] {
+            let (mut largest, mut tokens) = (0, Vec::new());
+            tokenize_file(&path, tokenizer, 256, |n, t| {
+                largest = largest.max(n);
+                tokens.extend(t);
+                Ok(())
+            })
+            .unwrap();
+            // Each chunk is what was read plus less than a line kept over.
+            assert!(largest < 256 + line.len(), "{tokenizer:?}: {largest}");
+            assert_eq!(tokens, tokenizer.encode(text.as_bytes()));
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
