@@ -143,7 +143,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         }
     }
     if leader {
-        print_tables(&rows, &decode_rows, &memory);
+        print_tables(&rows, &decode_rows, &memory)?;
     }
     Ok((rows, decode_rows))
 }
@@ -433,7 +433,11 @@ fn what_ran(shape: &RunShape) -> String {
 
 /// Prints the tables to stdout (quietly stopping if stdout is closed, e.g.
 /// piped into `head`).
-fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
+fn print_tables(
+    rows: &[BenchRecord],
+    decode: &[GenerateRecord],
+    memory: &str,
+) -> Result<(), Error> {
     use std::fmt::Write as _;
     let mut out = String::new();
     macro_rules! outln {
@@ -516,5 +520,5 @@ fn print_tables(rows: &[BenchRecord], decode: &[GenerateRecord], memory: &str) {
         "{memory}\nPeak resident memory: {:.1} MiB",
         mib(peak_rss_bytes() as f64)
     );
-    print_stdout(&out);
+    print_stdout(&out)
 }

@@ -54,7 +54,7 @@ pub fn sample_check(model: &mut Gpt) -> Result<(), Error> {
         top_k: None,
         top_p: None,
     };
-    print_stdout("Sample from the trained model (temperature 0.5):\n");
+    print_stdout("Sample from the trained model (temperature 0.5):\n")?;
     let mut stdout_failure = None;
     let stats = sample(model, "\n", 200, &sampling, |token| {
         let text = Tokenizer::Byte.decode(&[token]).unwrap_or_default();
@@ -63,7 +63,7 @@ pub fn sample_check(model: &mut Gpt) -> Result<(), Error> {
     if let Some(e) = stdout_failure {
         return Err(Error::io("stdout", e));
     }
-    print_stdout("\n");
+    print_stdout("\n")?;
     let text = String::from_utf8_lossy(&Tokenizer::Byte.decode(&stats.tokens)?).into_owned();
     // The first and last lines may be cut off.
     let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
@@ -105,7 +105,7 @@ pub fn held_out_check(model: &mut Gpt) -> Result<(), Error> {
     }
     print_stdout(&format!(
         "Sums held out of the training corpus, answered greedily (the first 8 of {QUESTIONS}):\n{shown}"
-    ));
+    ))?;
     info!(
         "Held-out check: {right} of {} sums the model never saw are answered correctly",
         questions.len()

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kernels::{Bf16Unit, Kernels};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use crate::error::Error;
 use crate::model::Precision;
 
 struct StderrLogger;
@@ -89,10 +90,15 @@ pub fn init(quiet: bool) {
     log::set_max_level(level);
 }
 
-/// Writes `text` to stdout, ignoring a closed pipe (`runner ... | head`)
-/// rather than panicking as `println!` would.
-pub fn print_stdout(text: &str) {
-    let _ = print_bytes(text.as_bytes());
+/// Writes `text` to stdout. A closed pipe (`runner ... | head`) is no
+/// error, as the reader has what it wanted (`println!` would panic); any
+/// other failure (a full disk) is, so that a run whose result was lost does
+/// not exit as a success.
+pub fn print_stdout(text: &str) -> Result<(), Error> {
+    match print_bytes(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
+        _ => Ok(()),
+    }
 }
 
 /// Writes raw bytes (a generated token) to stdout and flushes them, so

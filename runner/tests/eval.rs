@@ -194,3 +194,56 @@ fn the_binary_prints_the_documented_loss() {
         );
     }
 }
+
+/// A result that cannot be written (stdout on a full device) is an error,
+/// not a silent success; a reader that left (a closed pipe) is not.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_loss_that_cannot_be_printed_is_an_error() {
+    use std::process::{Command, Stdio};
+    let dir = scratch("eval-full");
+    let ckpt = dir.join("ckpt");
+    runner::checkpoint::save(&ckpt, &model(), None).unwrap();
+    let path = dir.join("text.txt");
+    std::fs::write(
+        &path,
+        b"It was the best of times, it was the worst of times.",
+    )
+    .unwrap();
+    let args = [
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        path.to_str().unwrap(),
+    ];
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("error: stdout"),
+        "{stderr}"
+    );
+    // Closed at once: the loss goes nowhere, and that is no failure.
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            drop(child.stdout.take());
+            child.wait()
+        })
+        .unwrap();
+    assert!(out.success());
+}

@@ -88,6 +88,5 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         eval.loss,
         eval.perplexity(),
         eval.tokens
-    ));
-    Ok(())
+    ))
 }

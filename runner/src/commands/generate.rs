@@ -88,7 +88,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         precision_note(model.precision(), kernels)
     );
     let mut cache = model.new_cache();
-    print_stdout(&args.prompt);
+    print_stdout(&args.prompt)?;
     let mut stdout_failure = None;
     let stats = generate(
         &mut model,
@@ -107,7 +107,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     if let Some(e) = stdout_failure {
         return Err(Error::io("stdout", e));
     }
-    print_stdout("\n");
+    print_stdout("\n")?;
     stats.log();
     if let Some(path) = &args.json {
         JsonLines::create(path)?.write(&Record::Generate(GenerateRecord {
