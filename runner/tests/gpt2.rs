@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use kernels::Kernels;
+use runner::data::Tokenizer;
+use runner::model::{Gpt, Preset};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -236,6 +239,72 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
         &out,
         "the prompt is 40 tokens, longer than the model's block size of 32",
     );
+}
+
+#[test]
+fn generation_stops_at_the_end_of_text_token() {
+    let dir = scratch("gpt2-eot");
+    let ckpt = dir.join("ckpt");
+    let cfg = Preset::Tiny.config(Tokenizer::Gpt2);
+    let model = Gpt::new(cfg, Kernels::best(), 1).unwrap();
+    runner::checkpoint::save(&ckpt, &model, None).unwrap();
+    // The final LayerNorm's output is its bias alone (weight 0), and only
+    // the end-of-text row of the tied embedding points along it: every
+    // greedy draw is end-of-text.
+    let path = ckpt.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let mut values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        match name.as_str() {
+            "transformer.ln_f.weight" => values.fill(0.0),
+            "transformer.ln_f.bias" => values.fill(1.0),
+            "transformer.wte.weight" => {
+                let c = view.shape()[1];
+                values.fill(0.0);
+                values[50256 * c..][..c].fill(1.0);
+            }
+            _ => {}
+        }
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((name, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+
+    let json = dir.join("generate.json");
+    let out = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "20",
+        "--temperature",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_success(&out);
+    // Drawn, not printed, and the last.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello\n");
+    let record: Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(record["tokens"], 1);
 }
 
 #[test]

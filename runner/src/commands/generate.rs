@@ -1,5 +1,6 @@
 //! `runner generate`: continue a prompt, streaming the text to stdout.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -25,7 +26,9 @@ reaches the block size, the cache slides: the last half block is re-run as
 a fresh prompt and generation continues. The prompt is tokenized with the
 checkpoint's tokenizer and must be 1 to block-size tokens. The text is
 written as raw bytes as they are drawn (a GPT-2 token may end inside a UTF-8
-character: the next one completes it).";
+character: the next one completes it). Generation stops after --max-new-tokens,
+or earlier when the model draws GPT-2's end-of-text token (50256), which
+ends a document and is not printed.";
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -100,6 +103,11 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         // An id past the tokenizer's (a model whose vocabulary is larger,
         // such as 50304 for GPT-2's 50257) is no text: it prints nothing.
         |token| {
+            if Some(token) == tokenizer.end_of_text() {
+                // The model ended the document, as Hugging Face's
+                // `generate` stops at `eos_token_id`.
+                return ControlFlow::Break(());
+            }
             let text = tokenizer.decode(&[token]).unwrap_or_default();
             keep_streaming(print_bytes(&text), &mut stdout_failure)
         },
