@@ -8,6 +8,13 @@
 //!   output is never written when an error is returned;
 //! - buffers are a pointer and a length in elements (`size_t`); a pointer
 //!   may be NULL only with length 0; outputs must not overlap inputs;
+//! - every buffer passed, outputs and workspace included, holds
+//!   initialized values (`calloc`, or written once): the library reads
+//!   them as Rust slices, which must not cover uninitialized memory;
+//! - a strided matrix is the whole span from its first element to its
+//!   last, the padding between its rows included: for the call, an
+//!   output's span is the routine's alone (no other thread may touch the
+//!   padding either) and an input's must not change;
 //! - a routine runs on the backend it is given (`KN_BACKEND_*`), refused
 //!   with `KN_ERR_UNSUPPORTED` when this CPU lacks it;
 //! - threads belong to the host: routines that split their work take a
@@ -31,14 +38,15 @@ pub const KN_ABI_VERSION: u32 = 1;
 
 /// Success.
 pub const KN_OK: i32 = 0;
-/// A NULL pointer was passed with a nonzero length (or a NULL callback).
+/// A required pointer was NULL: a buffer's with a nonzero length, an
+/// output's, or a callback's.
 pub const KN_ERR_NULL_POINTER: i32 = -1;
 /// A buffer's length does not match the shape.
 pub const KN_ERR_LENGTH: i32 = -2;
 /// A shape or stride is inconsistent, or overflows `size_t`.
 pub const KN_ERR_SHAPE: i32 = -3;
-/// An argument is out of its domain (misaligned pointer, overlapping
-/// buffers, unknown backend or flag).
+/// An argument is out of its domain (misaligned pointer, a buffer of more
+/// than `PTRDIFF_MAX` bytes, overlapping buffers, unknown backend or flag).
 pub const KN_ERR_ARGUMENT: i32 = -4;
 /// This CPU (or OS) cannot run the requested backend.
 pub const KN_ERR_UNSUPPORTED: i32 = -5;
@@ -65,7 +73,9 @@ pub struct kn_bf16 {
 
 /// The host's threads: `parallel_for(ctx, n, fn, fn_ctx)` must call
 /// `fn(fn_ctx, i)` exactly once for each `i` in `0..n`, in any order and
-/// possibly concurrently, and return when all calls have returned.
+/// possibly concurrently, and return when all calls have returned; it must
+/// not throw (a C++ exception must not unwind through the library). `n` is
+/// at least 1.
 /// `threads` is how many can run at once (0 is read as 1). A routine calls
 /// `parallel_for` only from the thread that called the routine, one call
 /// at a time, so `ctx` needs no locking for that; the host makes its own
@@ -100,7 +110,7 @@ pub extern "C" fn kn_abi_version() -> u32 {
 pub extern "C" fn kn_status_message(status: i32) -> *const c_char {
     let message: &'static [u8] = match status {
         KN_OK => b"success\0",
-        KN_ERR_NULL_POINTER => b"a NULL pointer was passed with a nonzero length\0",
+        KN_ERR_NULL_POINTER => b"a required pointer was NULL\0",
         KN_ERR_LENGTH => b"a buffer's length does not match the shape\0",
         KN_ERR_SHAPE => b"inconsistent shape or stride\0",
         KN_ERR_ARGUMENT => b"argument out of its domain\0",
@@ -154,7 +164,7 @@ pub unsafe extern "C" fn kn_gemm_workspace_len(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
-        let needed = kernels.gemm_workspace_len(m, n, k);
+        let needed = workspace(kernels.gemm_workspace_len(m, n, k))?;
         // SAFETY: the caller passes a writable `size_t` (NULL is refused).
         unsafe { write_out(len, needed) }
     })
@@ -842,7 +852,9 @@ pub unsafe extern "C" fn kn_gemm_bf16_workspace_len(
     guard(|| {
         let kernels = kernels_for(backend)?;
         // SAFETY: forwarded.
-        unsafe { write_out(len, kernels.gemm_bf16_workspace_len(m, n, k)) }
+        let needed = workspace(kernels.gemm_bf16_workspace_len(m, n, k))?;
+        // SAFETY: forwarded.
+        unsafe { write_out(len, needed) }
     })
 }
 
@@ -955,7 +967,9 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed_workspace_len(
     guard(|| {
         let kernels = kernels_for(backend)?;
         // SAFETY: forwarded.
-        unsafe { write_out(len, kernels.gemm_bf16_packed_workspace_len(m, n, k)) }
+        let needed = workspace(kernels.gemm_bf16_packed_workspace_len(m, n, k))?;
+        // SAFETY: forwarded.
+        unsafe { write_out(len, needed) }
     })
 }
 
@@ -1347,6 +1361,18 @@ fn check_pointer<T>(ptr: *const T, len: usize) -> Result<usize, Status> {
     match len.checked_mul(size_of::<T>()) {
         Some(bytes) if ptr.is_aligned() && bytes <= isize::MAX as usize => Ok(bytes),
         _ => Err(Status(KN_ERR_ARGUMENT)),
+    }
+}
+
+/// A workspace length the kernels computed, which saturates at
+/// `usize::MAX` for a shape no buffer could serve: that is `KN_ERR_SHAPE`
+/// here, as `kn_packed_bf16_len` answers such a shape, rather than a
+/// length that no allocation satisfies.
+fn workspace(len: usize) -> Result<usize, Status> {
+    if len == usize::MAX {
+        Err(Status(KN_ERR_SHAPE))
+    } else {
+        Ok(len)
     }
 }
 

@@ -232,6 +232,19 @@ fn every_status_is_reached_and_leaves_the_output_untouched() {
         );
         assert!(untouched(&c));
     }
+    // A shape no buffer could serve has no workspace length: an error, and
+    // `*len` is left alone (the kernels' own answer saturates).
+    let huge = usize::MAX / 2;
+    for query in [
+        kn_gemm_workspace_len,
+        kn_gemm_bf16_workspace_len,
+        kn_gemm_bf16_packed_workspace_len,
+    ] {
+        let mut len = 7;
+        // SAFETY: `len` is a valid size_t.
+        let status = unsafe { query(backend, huge, huge, huge, &mut len) };
+        assert_eq!((status, len), (KN_ERR_SHAPE, 7));
+    }
     match (KN_BACKEND_SCALAR..=KN_BACKEND_AVX512).find(|&b| kn_backend_supported(b) == 0) {
         Some(unsupported) => {
             assert_eq!(

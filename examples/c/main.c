@@ -44,8 +44,10 @@ static void parallel_for(void *ctx, size_t n, void (*piece)(void *, size_t), voi
 
 int main(void) {
     enum { ROWS = 4, IN = 8, OUT = 6 };
-    float x[ROWS * IN], w[OUT * IN], y[ROWS * OUT], gamma[OUT], beta[OUT], norm[ROWS * OUT];
-    float mean[ROWS], rstd[ROWS];
+    /* Every buffer the library reads as a slice holds initialized values. */
+    float x[ROWS * IN] = {0}, w[OUT * IN] = {0}, y[ROWS * OUT] = {0};
+    float gamma[OUT] = {0}, beta[OUT] = {0}, norm[ROWS * OUT] = {0};
+    float mean[ROWS] = {0}, rstd[ROWS] = {0};
     for (int i = 0; i < ROWS * IN; i++) x[i] = (float)(i % 7) / 7.0f;
     for (int i = 0; i < OUT * IN; i++) w[i] = (float)(i % 5) / 5.0f - 0.4f;
     for (int j = 0; j < OUT; j++) gamma[j] = 1.0f, beta[j] = 0.0f;
@@ -56,7 +58,7 @@ int main(void) {
 
     size_t len = 0;
     CHECK(kn_gemm_workspace_len(backend, ROWS, OUT, IN, &len));
-    float *workspace = malloc((len ? len : 1) * sizeof(float));
+    float *workspace = calloc(len ? len : 1, sizeof(float));
     /* y = x · wᵀ: w is stored OUT × IN, used transposed. */
     CHECK(kn_gemm(backend, &host, 0, 1, ROWS, OUT, IN, 1.0f, x, IN, w, IN, 0.0f, y, OUT, workspace, len));
     CHECK(kn_layer_norm_forward(backend, y, ROWS * OUT, gamma, beta, OUT, 1e-5f, norm, mean, rstd));

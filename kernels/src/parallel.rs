@@ -27,6 +27,7 @@ pub trait Executor: Sync {
 
     /// Calls `piece(i)` exactly once for every `i` in `0..pieces`, in any
     /// order and possibly concurrently, and returns when all have returned.
+    /// The routines call it with at least one piece.
     /// (The routines stay sound under an executor that breaks this: each
     /// piece still runs once. A repeated or out-of-range call runs no piece
     /// twice (beyond 4096 pieces it may run one not yet run), and the
@@ -56,6 +57,10 @@ pub(crate) fn run_pieces<E: Executor + ?Sized>(
     pieces: usize,
     piece: &(dyn Fn(usize) + Sync),
 ) {
+    if pieces == 0 {
+        // Nothing to run: an executor is never asked for no pieces.
+        return;
+    }
     if pieces > TRACKED_PIECES {
         return run_claimed(exec, pieces, piece);
     }

@@ -65,7 +65,7 @@ static void test_gemm(int backend, const kn_executor *host) {
             float beta = (s + t) % 2 ? 2.0f : 0.0f, fill = beta == 0.0f ? NAN : 0.25f;
             for (size_t i = 0; i < m * ldc; i++) c1[i] = c2[i] = fill;
             CHECK(kn_gemm_workspace_len(backend, m, n, k, &len) == KN_OK, "workspace length");
-            float *ws = (float *)malloc((len ? len : 1) * sizeof(float));
+            float *ws = (float *)calloc(len ? len : 1, sizeof(float));
             int s1 = kn_gemm(backend, NULL, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c1, ldc, ws, len);
             int s2 = kn_gemm(backend, host, ta, tb, m, n, k, 0.5f, a, lda, b, ldb, beta, c2, ldc, ws, len);
             CHECK(s1 == KN_OK && s2 == KN_OK, "gemm status %d %d", s1, s2);
@@ -91,7 +91,8 @@ static void test_gemm(int backend, const kn_executor *host) {
 
 static void test_rowwise(int backend) {
     enum { ROWS = 3, COLS = 5 };
-    float x[ROWS * COLS], p[ROWS * COLS], gamma[COLS], beta[COLS], out[ROWS * COLS], mean[ROWS], rstd[ROWS];
+    float x[ROWS * COLS] = {0}, p[ROWS * COLS] = {0}, gamma[COLS] = {0}, beta[COLS] = {0};
+    float out[ROWS * COLS] = {0}, mean[ROWS] = {0}, rstd[ROWS] = {0};
     for (size_t i = 0; i < ROWS * COLS; i++) x[i] = p[i] = value(i, 3);
     for (size_t j = 0; j < COLS; j++) gamma[j] = value(j, 4), beta[j] = value(j, 5);
     CHECK(kn_softmax_rows(backend, p, ROWS * COLS, COLS, 0, 0) == KN_OK, "softmax");
@@ -107,8 +108,8 @@ static void test_rowwise(int backend) {
             CHECK(fabs(out[r * COLS + j] - norm) < 1e-4, "layer norm [%zu][%zu]", r, j);
         }
     }
-    kn_bf16 half[ROWS * COLS];
-    float back[ROWS * COLS];
+    kn_bf16 half[ROWS * COLS] = {{0}};
+    float back[ROWS * COLS] = {0};
     CHECK(kn_f32_to_bf16(backend, x, half, ROWS * COLS) == KN_OK, "to bf16");
     CHECK(kn_bf16_to_f32(backend, half, back, ROWS * COLS) == KN_OK, "from bf16");
     for (size_t i = 0; i < ROWS * COLS; i++) CHECK(fabsf(back[i] - x[i]) <= fabsf(x[i]) / 256.0f, "bf16 round trip");
@@ -118,7 +119,7 @@ static int close_to(double got, double want, double rel) { return fabs(got - wan
 
 static void test_others(int backend) {
     enum { N = 37, ROWS = 3, COLS = 5 };
-    float a[N], b[N], out[N], y[N];
+    float a[N] = {0}, b[N] = {0}, out[N] = {0}, y[N] = {0};
     for (size_t i = 0; i < N; i++) a[i] = value(i, 6), b[i] = value(i, 7);
     CHECK(kn_add(backend, a, b, out, N) == KN_OK, "add");
     for (size_t i = 0; i < N; i++) CHECK(out[i] == a[i] + b[i], "add [%zu]", i);
@@ -162,8 +163,8 @@ static void test_others(int backend) {
 
     /* Cross-entropy: loss = logsumexp(row) - row[target]. */
     uint32_t targets[ROWS] = {1, 4, 0};
-    float losses[ROWS];
-    float dlogits[ROWS * COLS];
+    float losses[ROWS] = {0};
+    float dlogits[ROWS * COLS] = {0};
     CHECK(kn_cross_entropy(backend, a, ROWS, COLS, targets, losses, dlogits, 0.5f) == KN_OK, "cross-entropy");
     for (size_t row = 0; row < ROWS; row++) {
         double total = 0.0;
@@ -175,7 +176,7 @@ static void test_others(int backend) {
         }
     }
     /* Softmax backward: g = p · (g − Σ p·g). */
-    float p[ROWS * COLS], g[ROWS * COLS];
+    float p[ROWS * COLS] = {0}, g[ROWS * COLS] = {0};
     memcpy(p, a, sizeof p), memcpy(g, b, sizeof g);
     CHECK(kn_softmax_rows(backend, p, ROWS * COLS, COLS, 0, 0) == KN_OK, "softmax");
     CHECK(kn_softmax_backward_rows(backend, p, g, ROWS * COLS, COLS, 0, 0) == KN_OK, "softmax backward");
@@ -187,7 +188,7 @@ static void test_others(int backend) {
     }
     /* AdamW, first step. */
     kn_adamw opt = kn_adamw_default();
-    float params[N], m[N] = {0}, v[N] = {0};
+    float params[N] = {0}, m[N] = {0}, v[N] = {0};
     memcpy(params, a, sizeof params);
     CHECK(kn_adamw_step(backend, &opt, 1, 1.0f, params, b, m, v, N) == KN_OK, "adamw");
     for (size_t i = 0; i < N; i++) {
@@ -196,20 +197,20 @@ static void test_others(int backend) {
         CHECK(close_to(params[i], want, 1e-5), "adamw [%zu]", i);
     }
     /* Transpose into a padded destination. */
-    float t[COLS * (ROWS + 1)];
+    float t[COLS * (ROWS + 1)] = {0};
     for (size_t i = 0; i < COLS * (ROWS + 1); i++) t[i] = -1.0f;
     CHECK(kn_transpose(backend, ROWS, COLS, a, COLS, t, ROWS + 1) == KN_OK, "transpose");
     for (size_t i = 0; i < ROWS; i++)
         for (size_t j = 0; j < COLS; j++) CHECK(t[j * (ROWS + 1) + i] == a[i * COLS + j], "transpose");
     for (size_t j = 0; j < COLS; j++) CHECK(t[j * (ROWS + 1) + ROWS] == -1.0f, "transpose padding");
     /* bf16 product of 3 × 37 by 37 × 2 against double over rounded values. */
-    kn_bf16 ra[N], rb[N];
-    float fa[N], fb[N], c[6];
+    kn_bf16 ra[N] = {{0}}, rb[N] = {{0}};
+    float fa[N] = {0}, fb[N] = {0}, c[6] = {0};
     kn_f32_to_bf16(backend, a, ra, N), kn_f32_to_bf16(backend, b, rb, N);
     kn_bf16_to_f32(backend, ra, fa, N), kn_bf16_to_f32(backend, rb, fb, N);
     size_t len = 0;
     CHECK(kn_gemm_bf16_workspace_len(backend, 3, 2, 12, &len) == KN_OK, "bf16 workspace");
-    float *ws = (float *)malloc((len ? len : 1) * sizeof(float));
+    float *ws = (float *)calloc(len ? len : 1, sizeof(float));
     CHECK(kn_gemm_bf16(backend, NULL, 0, 0, 3, 2, 12, 1.0f, a, 12, b, 2, 0.0f, c, 2, ws, len) == KN_OK, "gemm bf16");
     for (size_t i = 0; i < 3; i++)
         for (size_t j = 0; j < 2; j++) {
@@ -223,10 +224,10 @@ static void test_others(int backend) {
     /* B packed once multiplies as the unpacked product does, bit for bit. */
     size_t slots_len = 0, packed_ws_len = 0;
     CHECK(kn_packed_bf16_len(12, 2, &slots_len) == KN_OK, "packed length");
-    uint32_t *slots = (uint32_t *)malloc(slots_len * sizeof(uint32_t));
+    uint32_t *slots = (uint32_t *)calloc(slots_len ? slots_len : 1, sizeof(uint32_t));
     CHECK(kn_pack_bf16(backend, 0, 12, 2, b, 2, slots, slots_len) == KN_OK, "pack");
     CHECK(kn_gemm_bf16_packed_workspace_len(backend, 3, 2, 12, &packed_ws_len) == KN_OK, "packed workspace");
-    float *pws = (float *)malloc((packed_ws_len ? packed_ws_len : 1) * sizeof(float)), pc[6];
+    float *pws = (float *)calloc(packed_ws_len ? packed_ws_len : 1, sizeof(float)), pc[6] = {0};
     CHECK(kn_gemm_bf16_packed(backend, NULL, 0, 3, 2, 12, 1.0f, a, 12, slots, slots_len, 0.0f, pc, 2, pws, packed_ws_len) == KN_OK, "packed gemm");
     CHECK(memcmp(pc, c, sizeof pc) == 0, "packed B changed the bits");
     free(slots), free(pws);
@@ -235,7 +236,7 @@ static void test_others(int backend) {
     CHECK(kn_bf16_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "bf16 peak");
 
     /* Layer norm backward, adding into zeroed gradients. */
-    float gamma[COLS], lnb[COLS], norm[ROWS * COLS], mean[ROWS], rstd[ROWS];
+    float gamma[COLS] = {0}, lnb[COLS] = {0}, norm[ROWS * COLS] = {0}, mean[ROWS] = {0}, rstd[ROWS] = {0};
     float dx[ROWS * COLS] = {0}, dgamma[COLS] = {0}, dbeta[COLS] = {0};
     for (size_t j = 0; j < COLS; j++) gamma[j] = value(j, 8), lnb[j] = value(j, 9);
     kn_layer_norm_forward(backend, a, ROWS * COLS, gamma, lnb, COLS, 1e-5f, norm, mean, rstd);
@@ -264,7 +265,7 @@ static void test_others(int backend) {
 }
 
 static void test_errors(int backend) {
-    float a[6] = {0}, b[6] = {0}, c[4], ws[1024];
+    float a[6] = {0}, b[6] = {0}, c[4], ws[1024] = {0};
     for (int i = 0; i < 4; i++) c[i] = NAN;
     CHECK(kn_gemm(backend, NULL, 0, 0, 2, 2, 3, 1.0f, NULL, 3, b, 2, 0.0f, c, 2, ws, 1024) == KN_ERR_NULL_POINTER, "null");
     CHECK(kn_gemm(backend, NULL, 0, 0, 2, 2, 3, 1.0f, a, 2, b, 2, 0.0f, c, 2, ws, 1024) == KN_ERR_SHAPE, "stride");
