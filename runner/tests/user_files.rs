@@ -396,8 +396,16 @@ fn prepare_leaves_nothing_half_made() {
     let refused = prepare(&[&data, folder.to_str().unwrap()], "50");
     assert_clear_error(&refused, "not a regular file");
     assert!(!out.exists(), "the output folder was left behind");
-    // Inputs that all fit the validation shard train nothing.
-    assert_clear_error(&prepare(&[&data], "100000"), "--val-tokens");
+    // Inputs that all fit the validation shard train nothing: refused
+    // before any work where their size alone says so...
+    let size = std::fs::metadata(&data).unwrap().len();
+    assert!(size < 100_000);
+    assert_clear_error(&prepare(&[&data], "100000"), "give at most");
+    assert!(!out.exists(), "the output folder was left behind");
+    // ...and once tokenized where only the tokens do (as many bytes as
+    // tokens: what was written by then is removed).
+    let refused = prepare(&[&data], &size.to_string());
+    assert_clear_error(&refused, &format!("the inputs give {size} tokens"));
     assert!(!out.exists(), "shards were left behind");
     // Sizes no shard header can hold, into folders that do not exist yet.
     let nested = dir.join("a").join("b");

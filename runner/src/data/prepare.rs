@@ -64,6 +64,16 @@ pub fn prepare(
         total += meta.len();
     }
     ShardWriter::check_sizes(s.val_tokens, s.shard_tokens)?;
+    // A token is at least one byte, plus an end-of-text per input: at most
+    // this many tokens, so a --val-tokens that takes them all is refused
+    // before any is made.
+    let most = total.saturating_add(s.inputs.len() as u64);
+    if s.val_tokens as u64 >= most {
+        return Err(Error::Config(format!(
+            "the inputs give at most {most} tokens, none left for training after the {} of validation; lower --val-tokens",
+            s.val_tokens
+        )));
+    }
     // The folders this run makes, from the outermost: removed again (when
     // empty) if it fails.
     let first_new = s
