@@ -853,7 +853,10 @@ fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
         100
     );
     // Shards that are there already are never replaced.
-    assert_clear_error(&prepare(&[]), "already holds shards named play_*.bin");
+    assert_clear_error(
+        &prepare(&["--val-tokens", "100"]),
+        "already holds shards named play_*.bin",
+    );
     let empty = text_file(&dir, "empty.txt", b"");
     let out = runner(&[
         "prepare", "--input", &empty, "--output", &out_arg, "--name", "x",

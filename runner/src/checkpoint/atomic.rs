@@ -315,11 +315,25 @@ fn sync_dir(path: &Path) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_staging_directory_left_under_this_process_id_is_replaced() {
-        let parent = std::env::temp_dir().join(format!("atomic-test-{}", std::process::id()));
+    /// A fresh, empty directory for one test.
+    fn fresh_parent(test: &str) -> PathBuf {
+        let parent = std::env::temp_dir().join(format!("atomic-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&parent);
         fs::create_dir_all(&parent).unwrap();
+        parent
+    }
+
+    /// The names in `dir`.
+    fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    #[test]
+    fn a_staging_directory_left_under_this_process_id_is_replaced() {
+        let parent = fresh_parent("test");
         let dir = parent.join("ckpt");
         // What a save killed in a process of the same id leaves behind.
         let stale = staging_dir(&parent, "ckpt");
@@ -331,11 +345,7 @@ mod tests {
             .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
             .unwrap();
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"new");
-        let left: Vec<_> = fs::read_dir(&parent)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["ckpt"]);
+        assert_eq!(names_in(&parent), ["ckpt"]);
         // `ckpt/.` names the same directory, and a save there replaces it.
         Destination::new(&dir.join("."), &["a.txt"])
             .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"newer"))
@@ -352,9 +362,7 @@ mod tests {
     fn a_check_waits_while_a_save_holds_the_parent() {
         use std::sync::mpsc;
         use std::time::Duration;
-        let parent = std::env::temp_dir().join(format!("atomic-lock-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&parent);
-        fs::create_dir_all(&parent).unwrap();
+        let parent = fresh_parent("lock");
         // Another run's save in progress: its staging directory, and the
         // parent's lock held.
         let staging = parent.join(format!("{}999999", staging_prefix("ckpt")));
@@ -382,9 +390,7 @@ mod tests {
 
     #[test]
     fn a_copy_moved_aside_under_this_process_id_does_not_stop_a_save() {
-        let parent = std::env::temp_dir().join(format!("atomic-aside-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&parent);
-        fs::create_dir_all(&parent).unwrap();
+        let parent = fresh_parent("aside");
         let dir = parent.join("ckpt");
         fs::create_dir(&dir).unwrap();
         fs::write(dir.join("a.txt"), b"in place").unwrap();
@@ -400,19 +406,13 @@ mod tests {
             .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
             .unwrap();
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"new");
-        let left: Vec<_> = fs::read_dir(&parent)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["ckpt"]);
+        assert_eq!(names_in(&parent), ["ckpt"]);
         fs::remove_dir_all(&parent).unwrap();
     }
 
     #[test]
     fn a_copy_to_restore_and_folders_under_a_files_name_are_never_deleted() {
-        let parent = std::env::temp_dir().join(format!("atomic-keep-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&parent);
-        fs::create_dir_all(&parent).unwrap();
+        let parent = fresh_parent("keep");
         let write = |tmp: &Path| write_synced(&tmp.join("a.txt"), b"new");
 
         // `ckpt` is missing and its previous copy waits to be restored.
