@@ -238,6 +238,27 @@ fn impossible_sizes_are_refused_before_allocating() {
     edit_config(&ckpt, "n_layer", 1000);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "holds 28 tensors");
+
+    // A batch that cannot fit, over a text large enough to fill it (64 GiB
+    // of a sparse file): refused from the text's size, before a byte of it
+    // is read (its tokens would not fit in 1 GiB either).
+    edit_config(&ckpt, "n_layer", 2);
+    let text = dir.join("huge.txt");
+    std::fs::File::create(&text)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let data = text.to_str().unwrap();
+    let args = [
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        data,
+        "--batch",
+        "10000000",
+    ];
+    assert_clear_error(&runner_in_1gib(&args), "with batch 10000000 × 32 tokens");
 }
 
 #[test]

@@ -56,9 +56,11 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     };
     // The data's names and kinds, then the checkpoint, then the data
     // itself, which may take much longer to read and tokenize; the batch
-    // is known once the tokens are.
+    // is known once the tokens are, and bounded by the data's size before.
     source.check(cfg.tokenizer)?;
-    footprint(1, &format!("one window of {t} tokens"))?;
+    let windows_at_most = source.eval_tokens_at_most()?.map(|n| n.div_ceil(t));
+    let batch = windows_at_most.map_or(1, |w| args.batch.min(w.max(1)));
+    footprint(batch, &format!("batch {batch} × {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     if tokens.len() < 2 {

@@ -160,6 +160,28 @@ impl DataSource {
         Ok(tokenizer)
     }
 
+    /// At most how many tokens [`DataSource::eval_tokens`] gives, from
+    /// sizes alone (a token is at least a byte; a shard's header counts
+    /// its tokens): for sizing work before the tokens are read. `None` for
+    /// a pipe, whose size is unknown, and for the small embedded corpus.
+    pub fn eval_tokens_at_most(&self) -> Result<Option<usize>, Error> {
+        let paths = match self {
+            DataSource::Embedded => return Ok(None),
+            DataSource::Text(path) => {
+                let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+                let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+                return Ok(meta.is_file().then_some(size));
+            }
+            DataSource::Shard(p) => vec![p.clone()],
+            DataSource::Shards(dir) => DataSource::shard_files(dir)?.1,
+        };
+        let mut most = 0usize;
+        for path in paths {
+            most = most.saturating_add(Shard::open(&path)?.len);
+        }
+        Ok(Some(most))
+    }
+
     /// A text's tokens (non-empty).
     fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
         let tokenizer = self.text_tokenizer(tokenizer)?;
