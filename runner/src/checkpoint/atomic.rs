@@ -161,6 +161,30 @@ impl<'a> Destination<'a> {
         Ok(empty)
     }
 
+    /// Refuses a save of `bytes` where the destination's file system has
+    /// less room than that: the new directory is written whole beside the
+    /// old one, which is deleted only once the new one is in place. Passes
+    /// where the free space cannot be read (another OS, a missing parent:
+    /// [`Destination::check`] reports that).
+    pub fn check_room(&self, bytes: u64) -> Result<(), Error> {
+        let (parent, _) = self.parent_and_name()?;
+        match free_bytes(parent) {
+            Some(free) if free < bytes => {
+                let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+                Err(Error::checkpoint(
+                    &self.dir,
+                    format!(
+                        "saving it takes about {:.1} MiB, but {} has {:.1} MiB free",
+                        mib(bytes),
+                        parent.display(),
+                        mib(free)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn parent_and_name(&self) -> Result<(&Path, String), Error> {
         let dir = &self.dir;
         let name = dir
@@ -274,6 +298,35 @@ fn remove_siblings(parent: &Path, prefix: &str) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The bytes an unprivileged user may still write on the file system that
+/// holds `dir`, where the OS tells.
+#[cfg(unix)]
+#[allow(clippy::useless_conversion)] // the field types differ by platform
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    // `parent("ckpt")` is "", the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // `stats` points to writable memory the size of a `statvfs`.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    u64::from(stats.f_bavail).checked_mul(u64::from(stats.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
 }
 
 /// Writes `bytes` to a new file at `path` and flushes it to disk.
@@ -453,6 +506,37 @@ mod tests {
             .to_string();
         assert!(err.contains("has no `b.txt`"), "{err}");
         assert_eq!(fs::read(only.join("a.txt")).unwrap(), b"mine");
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_free_space_is_what_df_reports_and_a_save_larger_than_it_is_refused() {
+        let parent = fresh_parent("room");
+        let free = free_bytes(&parent).expect("statvfs answers for a temporary directory");
+        match std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&parent)
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let df: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+                // Other processes write meanwhile: within 1 GiB or 5 %.
+                let slack = (1u64 << 30).max(df / 20);
+                assert!(free.abs_diff(df) <= slack, "statvfs {free}, df {df}");
+            }
+            _ => println!("notice: no GNU df here; the free space is not compared"),
+        }
+        let dir = parent.join("ckpt");
+        let destination = Destination::new(&dir, &["a.txt"]);
+        destination.check_room(0).unwrap();
+        let err = destination.check_room(u64::MAX).unwrap_err().to_string();
+        assert!(err.contains("MiB free"), "{err}");
+        assert!(
+            err.starts_with(&format!("checkpoint {}", dir.display())),
+            "{err}"
+        );
         fs::remove_dir_all(&parent).unwrap();
     }
 }

@@ -42,6 +42,15 @@ pub fn check_destination(dir: &Path) -> Result<(), Error> {
     destination(dir).check()
 }
 
+/// Refuses, before a training run, a save to `dir` of a `cfg` model with
+/// its training state that the file system has no room for.
+pub fn check_room(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
+    // The weights and Adam's two moments, in f32; the headers and
+    // config.json take a few KiB, inside the margin.
+    let floats = 3 * cfg.param_floats() as u64;
+    destination(dir).check_room(4 * floats + (1 << 20))
+}
+
 /// Writes `model` (and, with `training`, the run's state) to `dir`,
 /// replacing the checkpoint there only once the new one is complete.
 pub fn save(

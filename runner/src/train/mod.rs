@@ -353,6 +353,13 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     }
     cfg.validate()?;
     check_memory(&cfg, b, t, s.recompute)?;
+    if let Some(dir) = s
+        .save
+        .as_ref()
+        .filter(|_| crate::world::current().rank() == 0)
+    {
+        checkpoint::check_room(dir, &cfg)?;
+    }
     Ok((cfg, b, t))
 }
 
