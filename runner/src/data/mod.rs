@@ -125,9 +125,15 @@ impl DataSource {
         match self {
             DataSource::Embedded => Ok(()),
             DataSource::Text(_) => self.text_tokenizer(tokenizer).map(|_| ()),
-            // Its header only: a shard's kind, magic and size.
-            DataSource::Shard(path) => Shard::open(path).map(|_| ()),
-            DataSource::Shards(dir) => DataSource::shard_files(dir).map(|_| ()),
+            // Headers only: a shard's kind, magic, size and tokenizer.
+            DataSource::Shard(path) => Shard::open(path)?.check_tokenizer(tokenizer),
+            DataSource::Shards(dir) => {
+                let (train, val) = DataSource::shard_files(dir)?;
+                for path in train.iter().chain(&val) {
+                    Shard::open(path)?.check_tokenizer(tokenizer)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -572,12 +578,35 @@ mod tests {
     }
 
     #[test]
+    fn shards_of_another_tokenizer_are_refused_from_their_headers() {
+        let dir = std::env::temp_dir().join(format!("runner-tokenizer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut writer = shards::ShardWriter::new(&dir, "b", Tokenizer::Byte, 10, 100).unwrap();
+        writer.write(&[104; 50]).unwrap();
+        writer.finish().unwrap();
+        let folder = DataSource::Shards(dir.clone());
+        let one = DataSource::Shard(shards::shard_path(&dir, "b", 1));
+        for source in [&folder, &one] {
+            source.check(Some(Tokenizer::Byte)).unwrap();
+            // A checkpoint that names no tokenizer reads any shard.
+            source.check(None).unwrap();
+            let err = source.check(Some(Tokenizer::Gpt2)).unwrap_err().to_string();
+            assert!(
+                err.contains("of the byte tokenizer, but the model reads the gpt2"),
+                "{err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_shard_gives_the_windows_of_its_tokens_in_memory() {
         let dir = std::env::temp_dir().join(format!("runner-windows-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 50257).collect();
-        let mut writer = shards::ShardWriter::new(&dir, "w", 1, 10_000).unwrap();
+        let mut writer = shards::ShardWriter::new(&dir, "w", Tokenizer::Gpt2, 1, 10_000).unwrap();
         writer.write(&tokens).unwrap();
         writer.finish().unwrap();
         let shard = Shard::open(&shards::shard_path(&dir, "w", 1)).unwrap();

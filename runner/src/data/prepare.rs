@@ -92,7 +92,13 @@ pub fn prepare(
             }
         }
     };
-    let mut writer = match ShardWriter::new(&s.output, &s.name, s.val_tokens, s.shard_tokens) {
+    let mut writer = match ShardWriter::new(
+        &s.output,
+        &s.name,
+        s.tokenizer,
+        s.val_tokens,
+        s.shard_tokens,
+    ) {
         Ok(writer) => writer,
         Err(e) => {
             remove_new_folders();

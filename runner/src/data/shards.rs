@@ -1,7 +1,10 @@
 //! Token shards in llm.c's format, so that data prepared by either tool
 //! trains with the other: a header of 256 little-endian `i32` (`[0]` the
-//! magic 20240520, `[1]` the version 1, `[2]` the token count, the rest 0)
-//! followed by that many little-endian `u16` tokens. Shard 0
+//! magic 20240520, `[1]` the version 1, `[2]` the token count, `[3]` the
+//! vocabulary of the tokenizer that wrote them, the rest 0) followed by
+//! that many little-endian `u16` tokens. llm.c leaves `[3]` 0 and ignores
+//! it; where it is set, a model of another tokenizer is refused the
+//! shard (byte ids are valid GPT-2 ids that spell another text). Shard 0
 //! (`NAME_val_000000.bin`) holds validation tokens, the others
 //! (`NAME_train_000001.bin`, ...) training tokens.
 
@@ -9,6 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::data::tokenizer::Tokenizer;
 use crate::error::Error;
 
 /// `header[0]` of every shard.
@@ -17,16 +21,22 @@ pub const SHARD_MAGIC: i32 = 20240520;
 pub const SHARD_VERSION: i32 = 1;
 /// Bytes of the header (256 `i32`).
 pub const HEADER_BYTES: usize = 256 * 4;
+/// The header's `i32` that holds the writer's tokenizer vocabulary (0: not
+/// recorded).
+const TOKENIZER_VOCAB: usize = 3;
 
-/// The header of a shard of `count` tokens.
-fn header(count: usize) -> Result<[u8; HEADER_BYTES], Error> {
+/// The header of a shard of `count` tokens of `tokenizer`.
+fn header(count: usize, tokenizer: Tokenizer) -> Result<[u8; HEADER_BYTES], Error> {
     let count = i32::try_from(count).map_err(|_| {
         Error::Config(format!(
             "a shard of {count} tokens does not fit the i32 count of its header"
         ))
     })?;
+    let vocab = i32::try_from(tokenizer.vocab_size()).expect("a vocabulary below 2^31");
     let mut bytes = [0u8; HEADER_BYTES];
-    for (i, value) in [SHARD_MAGIC, SHARD_VERSION, count].into_iter().enumerate() {
+    let values = [SHARD_MAGIC, SHARD_VERSION, count, vocab];
+    debug_assert_eq!(values.len(), TOKENIZER_VOCAB + 1);
+    for (i, value) in values.into_iter().enumerate() {
         bytes[4 * i..][..4].copy_from_slice(&value.to_le_bytes());
     }
     Ok(bytes)
@@ -50,6 +60,7 @@ fn temporary_path(path: &Path) -> PathBuf {
 pub struct ShardWriter {
     dir: PathBuf,
     name: String,
+    tokenizer: Tokenizer,
     per_shard: usize,
     val_tokens: usize,
     /// Tokens written to each finished shard, in order.
@@ -66,11 +77,13 @@ struct OpenShard {
 }
 
 impl ShardWriter {
-    /// A writer of shards `NAME_*.bin` into `dir`, which must exist and
-    /// hold no shard of that name yet (nothing a user made is replaced).
+    /// A writer of shards `NAME_*.bin` of `tokenizer`'s tokens into `dir`,
+    /// which must exist and hold no shard of that name yet (nothing a user
+    /// made is replaced).
     pub fn new(
         dir: &Path,
         name: &str,
+        tokenizer: Tokenizer,
         val_tokens: usize,
         per_shard: usize,
     ) -> Result<ShardWriter, Error> {
@@ -90,6 +103,7 @@ impl ShardWriter {
         Ok(ShardWriter {
             dir: dir.into(),
             name: name.into(),
+            tokenizer,
             per_shard,
             val_tokens,
             finished: Vec::new(),
@@ -107,7 +121,7 @@ impl ShardWriter {
                 "shards and the validation split need at least one token".into(),
             ));
         }
-        header(per_shard.max(val_tokens)).map(drop)
+        header(per_shard.max(val_tokens), Tokenizer::Byte).map(drop)
     }
 
     /// Appends `tokens` (each below 65536).
@@ -177,7 +191,7 @@ impl ShardWriter {
             let file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
             let mut file = BufWriter::new(file);
             // The count is written when the shard closes.
-            file.write_all(&header(0)?)
+            file.write_all(&header(0, self.tokenizer)?)
                 .map_err(|e| Error::io(&temporary, e))?;
             self.open = Some(OpenShard {
                 index,
@@ -198,7 +212,8 @@ impl ShardWriter {
         let io = |e| Error::io(&shard.temporary, e);
         let mut file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
-        file.write_all(&header(shard.count)?).map_err(io)?;
+        file.write_all(&header(shard.count, self.tokenizer)?)
+            .map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&shard.temporary, &path).map_err(|e| Error::io(&path, e))?;
         self.finished.push(shard.count);
@@ -223,6 +238,8 @@ pub struct Shard {
     file: File,
     /// Tokens the shard holds.
     pub len: usize,
+    /// The vocabulary of the tokenizer that wrote it, where recorded.
+    tokenizer_vocab: Option<usize>,
     /// The bytes of the last [`Shard::read`], kept so that drawing a
     /// window allocates nothing.
     bytes: Vec<u8>,
@@ -277,6 +294,9 @@ impl Shard {
             path: path.into(),
             file,
             len,
+            tokenizer_vocab: usize::try_from(int(TOKENIZER_VOCAB))
+                .ok()
+                .filter(|&v| v != 0),
             bytes: Vec::new(),
         })
     }
@@ -302,6 +322,31 @@ impl Shard {
             .seek(SeekFrom::Start((HEADER_BYTES + 2 * start) as u64))
             .map_err(io)?;
         self.file.read_exact(bytes).map_err(io)
+    }
+
+    /// Refuses a shard written by another tokenizer than `tokenizer`,
+    /// where both are known: its ids would spell another text.
+    pub fn check_tokenizer(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
+        let (Some(model), Some(vocab)) = (tokenizer, self.tokenizer_vocab) else {
+            return Ok(());
+        };
+        if vocab == model.vocab_size() {
+            return Ok(());
+        }
+        let writer = <Tokenizer as clap::ValueEnum>::value_variants()
+            .iter()
+            .find(|t| t.vocab_size() == vocab)
+            .map_or(format!("a tokenizer of {vocab} tokens"), |t| {
+                format!("the {} tokenizer", t.name())
+            });
+        Err(Error::Data {
+            path: self.path.clone(),
+            reason: format!(
+                "its tokens are of {writer}, but the model reads the {} tokenizer's: prepare the data with --tokenizer {}",
+                model.name(),
+                model.name()
+            ),
+        })
     }
 
     /// Refuses the shard if a token in it is not below `vocab`: the whole
@@ -357,7 +402,7 @@ mod tests {
     fn written_shards_read_back_with_their_counts() {
         let dir = scratch("roundtrip");
         let tokens: Vec<u32> = (0..1000u32).map(|i| (i * 7919) % 50257).collect();
-        let mut writer = ShardWriter::new(&dir, "data", 100, 300).unwrap();
+        let mut writer = ShardWriter::new(&dir, "data", Tokenizer::Gpt2, 100, 300).unwrap();
         writer.write(&tokens[..450]).unwrap();
         writer.write(&tokens[450..]).unwrap();
         assert_eq!(writer.written(), 1000);
@@ -372,7 +417,7 @@ mod tests {
         );
         assert!(!shard_path(&dir, "data", 4).exists());
         // A second writer refuses to replace them.
-        assert!(ShardWriter::new(&dir, "data", 100, 300).is_err());
+        assert!(ShardWriter::new(&dir, "data", Tokenizer::Gpt2, 100, 300).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -389,6 +434,13 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read_shard(&path).unwrap(), [50256, 15496, 995]);
+        // llm.c records no tokenizer: any model may read its shards.
+        for tokenizer in [Tokenizer::Byte, Tokenizer::Gpt2] {
+            Shard::open(&path)
+                .unwrap()
+                .check_tokenizer(Some(tokenizer))
+                .unwrap();
+        }
         type Spoil = Box<dyn Fn(&mut Vec<u8>)>;
         let cases: [(&str, Spoil); 4] = [
             ("magic", Box::new(|b| b[0] ^= 1)),
