@@ -330,9 +330,20 @@ fn bad_shards_are_refused_before_training() {
     }
     fs::write(&train_shard, &good).unwrap();
 
-    // GPT-2 ids do not fit a byte model.
+    // GPT-2 shards do not train a byte model: their headers say whose
+    // they are, and where they do not (llm.c's), their ids do not fit.
     let out = train(&["--data", shards_s, "--tokenizer", "byte", "--steps", "2"]);
+    assert_clear_error(
+        &out,
+        "its tokens are of the gpt2 tokenizer, but the model reads the byte",
+    );
+    let mut unmarked = good.clone();
+    unmarked[12..16].fill(0);
+    fs::write(&train_shard, &unmarked).unwrap();
+    let unmarked_s = train_shard.to_str().unwrap();
+    let out = train(&["--data", unmarked_s, "--tokenizer", "byte", "--steps", "2"]);
     assert_clear_error(&out, "is not below the model's vocabulary of 256");
+    fs::write(&train_shard, &good).unwrap();
 
     // A folder without validation shards, and one shard alone.
     fs::remove_file(shards.join("play_val_000000.bin")).unwrap();
