@@ -62,17 +62,7 @@ impl Footprint {
     /// memory (or 32 GiB where it cannot be read), rather than dying in
     /// the allocator; `what` names the run in the message.
     pub fn check(&self, what: &str) -> Result<(), Error> {
-        let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
-        let need = self.total_bytes();
-        if need as u64 > limit_bytes {
-            let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
-            return Err(Error::Config(format!(
-                "the run needs about {:.1} GiB of memory ({what}); this machine has {:.1} GiB",
-                gib(need as f64),
-                gib(limit_bytes as f64)
-            )));
-        }
-        Ok(())
+        check_fits(self.total_bytes() as u64, what)
     }
 
     /// Bytes of all of it.
@@ -105,6 +95,25 @@ impl std::fmt::Display for Footprint {
             mib(4.0 * self.activations as f64)
         )
     }
+}
+
+/// Refuses a run that needs `bytes` of memory, more than this machine has
+/// (or 32 GiB where that cannot be read); `what` says what takes them.
+pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
+    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
+    if bytes > limit_bytes {
+        return Err(Error::Config(format!(
+            "the run needs about {:.1} GiB of memory ({what}); this machine has {:.1} GiB",
+            gib(bytes),
+            gib(limit_bytes)
+        )));
+    }
+    Ok(())
+}
+
+/// `bytes` in GiB, for messages.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// Refuses training runs that would not fit this machine's memory

@@ -239,15 +239,16 @@ fn impossible_sizes_are_refused_before_allocating() {
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "holds 28 tensors");
 
-    // A batch that cannot fit, over a text large enough to fill it (64 GiB
+    // A batch that cannot fit, over a text large enough to fill it (1 GiB
     // of a sparse file): refused from the text's size, before a byte of it
     // is read (its tokens would not fit in 1 GiB either).
     edit_config(&ckpt, "n_layer", 2);
     let text = dir.join("huge.txt");
-    std::fs::File::create(&text)
-        .unwrap()
-        .set_len(64 << 30)
-        .unwrap();
+    let sparse_text = |bytes: u64| {
+        let file = std::fs::File::create(&text).unwrap();
+        file.set_len(bytes).unwrap();
+    };
+    sparse_text(1 << 30);
     let data = text.to_str().unwrap();
     let args = [
         "eval",
@@ -259,6 +260,41 @@ fn impossible_sizes_are_refused_before_allocating() {
         "10000000",
     ];
     assert_clear_error(&runner_in_1gib(&args), "with batch 10000000 × 32 tokens");
+
+    // A text whose tokens alone would not fit any machine here (1 TiB):
+    // refused before it is read, by eval and by train.
+    sparse_text(1 << 40);
+    let needle = "the 1024.0 GiB text";
+    assert_clear_error(&runner_in_1gib(&args[..5]), needle);
+    let train = ["train", "--preset", "tiny", "--steps", "1", "--data", data];
+    assert_clear_error(&runner_in_1gib(&train), needle);
+    std::fs::remove_file(&text).unwrap();
+
+    // Validation shards whose tokens, all held by eval, would not fit
+    // (64 sparse shards of 2^31 - 1 tokens: 512 GiB as u32).
+    let shards = dir.join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    let count = i32::MAX;
+    let mut header = vec![0u8; 1024];
+    for (i, value) in [20240520, 1, count].into_iter().enumerate() {
+        header[4 * i..][..4].copy_from_slice(&value.to_le_bytes());
+    }
+    let names = (0..64).map(|i| format!("x_val_{i:06}.bin"));
+    for name in names.chain(["x_train_000001.bin".to_string()]) {
+        let path = shards.join(name);
+        std::fs::write(&path, &header).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(1024 + 2 * count as u64).unwrap();
+    }
+    let eval = [
+        "eval",
+        "--checkpoint",
+        ckpt_s,
+        "--data",
+        shards.to_str().unwrap(),
+    ];
+    assert_clear_error(&runner_in_1gib(&eval), "137438953408 tokens");
+    std::fs::remove_dir_all(&shards).unwrap();
 }
 
 #[test]

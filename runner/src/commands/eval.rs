@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::precision_note;
 use crate::logger::print_stdout;
-use crate::memory::Footprint;
+use crate::memory::{self, Footprint};
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
 
@@ -58,7 +58,13 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     // itself, which may take much longer to read and tokenize; the batch
     // is known once the tokens are, and bounded by the data's size before.
     source.check(cfg.tokenizer)?;
-    let windows_at_most = source.eval_tokens_at_most()?.map(|n| n.div_ceil(t));
+    let tokens_at_most = source.eval_tokens_at_most()?;
+    if let (DataSource::Shard(_) | DataSource::Shards(_), Some(n)) = (&source, tokens_at_most) {
+        // Evaluation holds every token (a text's were checked above).
+        let what = format!("{n} tokens of {} read whole", source.origin().display());
+        memory::check_fits((n as u64).saturating_mul(4), &what)?;
+    }
+    let windows_at_most = tokens_at_most.map(|n| n.div_ceil(t));
     let batch = windows_at_most.map_or(1, |w| args.batch.min(w.max(1)));
     footprint(batch, &format!("batch {batch} × {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;

@@ -149,9 +149,8 @@ impl DataSource {
             });
         };
         if let DataSource::Text(path) = self {
-            let kind = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .file_type();
+            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            let kind = meta.file_type();
             #[cfg(unix)]
             let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
             #[cfg(not(unix))]
@@ -161,6 +160,9 @@ impl DataSource {
                     path: path.clone(),
                     reason: "not a regular file".into(),
                 });
+            }
+            if kind.is_file() {
+                check_text_fits(path, meta.len())?;
             }
         }
         Ok(tokenizer)
@@ -203,6 +205,19 @@ impl DataSource {
         }
         Ok(tokenizer.encode(&bytes))
     }
+}
+
+/// Refuses a text of `size` bytes that would not fit in memory read whole
+/// and tokenized: its bytes and, at most, a 4-byte token for each.
+fn check_text_fits(path: &Path, size: u64) -> Result<(), Error> {
+    crate::memory::check_fits(
+        size.saturating_mul(5),
+        &format!(
+            "the {:.1} GiB text {} read whole and tokenized; `runner prepare` streams a text into token shards",
+            crate::memory::gib(size),
+            path.display()
+        ),
+    )
 }
 
 /// Training tokens: a text's, in memory, or windows read from shards on
