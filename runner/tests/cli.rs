@@ -807,6 +807,32 @@ fn forcing_a_bf16_unit_the_cpu_lacks_is_one_clear_error() {
 }
 
 #[test]
+fn a_new_model_takes_the_tokenizer_its_shards_were_prepared_with() {
+    let dir = scratch("shard-tokenizer");
+    let input = text_file(
+        &dir,
+        "t.txt",
+        "To be, or not to be.\n".repeat(100).as_bytes(),
+    );
+    let shards = dir.join("shards").to_string_lossy().into_owned();
+    let prepare = ["prepare", "--input", &input, "--output", &shards, "-q"];
+    assert_success(&runner(&[&prepare[..], &["--val-tokens", "200"]].concat()));
+    let train = [
+        "train", "--preset", "tiny", "--steps", "1", "--data", &shards,
+    ];
+    let out = runner(&train);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("V256 | Tokenizer: byte"), "{stderr}");
+    // Asked for the other one, the run is refused from the headers.
+    let out = runner(&[&train[..], &["--tokenizer", "gpt2"]].concat());
+    assert_clear_error(
+        &out,
+        "use a model of the byte tokenizer, or shards prepared with --tokenizer gpt2",
+    );
+}
+
+#[test]
 fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
     use runner::data::shards::{read_shard, shard_path};
     use runner::data::tokenizer::Tokenizer;

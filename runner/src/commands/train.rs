@@ -19,8 +19,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Tokenizer of a new model: byte (vocabulary 256) or gpt2 (GPT-2's
-    /// BPE, 50257) [default: gpt2 for token shards and the gpt2 presets,
-    /// else byte].
+    /// BPE, 50257) [default: for token shards the one `prepare` wrote them
+    /// with (gpt2 for llm.c's), gpt2 for the gpt2 presets, else byte].
     #[arg(long, value_enum)]
     pub tokenizer: Option<Tokenizer>,
     /// Transformer blocks (overrides the preset).
@@ -150,10 +150,12 @@ impl TrainArgs {
             (None, preset) => {
                 let preset = preset.unwrap_or(Preset::Small);
                 let tokenizer = self.tokenizer.unwrap_or_else(|| {
-                    // Shards hold GPT-2 token ids unless told otherwise.
-                    match DataSource::of(self.data.as_deref()).is_tokens() {
-                        true => Tokenizer::Gpt2,
-                        false => preset.default_tokenizer(),
+                    // Shards are of the tokenizer their headers name, or
+                    // (llm.c's) GPT-2's.
+                    let data = DataSource::of(self.data.as_deref());
+                    match (data.is_tokens(), data.recorded_tokenizer()) {
+                        (true, recorded) => recorded.unwrap_or(Tokenizer::Gpt2),
+                        (false, _) => preset.default_tokenizer(),
                     }
                 });
                 preset.config(tokenizer)

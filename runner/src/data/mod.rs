@@ -52,6 +52,19 @@ impl DataSource {
         matches!(self, DataSource::Shard(_) | DataSource::Shards(_))
     }
 
+    /// The tokenizer token shards were prepared with, where the first
+    /// shard's header says (the others are checked against the model's
+    /// tokenizer later): `None` for a text, llm.c's shards, or a shard
+    /// that cannot be read (the check that follows says why).
+    pub fn recorded_tokenizer(&self) -> Option<Tokenizer> {
+        let first = match self {
+            DataSource::Shard(path) => path.clone(),
+            DataSource::Shards(dir) => DataSource::shard_files(dir).ok()?.0.into_iter().next()?,
+            _ => return None,
+        };
+        Shard::open(&first).ok()?.tokenizer()
+    }
+
     /// The path, or the embedded corpus's name, for logs and errors.
     pub fn origin(&self) -> PathBuf {
         match self {
@@ -603,6 +616,7 @@ mod tests {
         let folder = DataSource::Shards(dir.clone());
         let one = DataSource::Shard(shards::shard_path(&dir, "b", 1));
         for source in [&folder, &one] {
+            assert_eq!(source.recorded_tokenizer(), Some(Tokenizer::Byte));
             source.check(Some(Tokenizer::Byte)).unwrap();
             // A checkpoint that names no tokenizer reads any shard.
             source.check(None).unwrap();

@@ -324,6 +324,15 @@ impl Shard {
         self.file.read_exact(bytes).map_err(io)
     }
 
+    /// The tokenizer the shard was written with, where its header says.
+    pub fn tokenizer(&self) -> Option<Tokenizer> {
+        let vocab = self.tokenizer_vocab?;
+        <Tokenizer as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .find(|t| t.vocab_size() == vocab)
+    }
+
     /// Refuses a shard written by another tokenizer than `tokenizer`,
     /// where both are known: its ids would spell another text.
     pub fn check_tokenizer(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
@@ -333,16 +342,17 @@ impl Shard {
         if vocab == model.vocab_size() {
             return Ok(());
         }
-        let writer = <Tokenizer as clap::ValueEnum>::value_variants()
-            .iter()
-            .find(|t| t.vocab_size() == vocab)
-            .map_or(format!("a tokenizer of {vocab} tokens"), |t| {
-                format!("the {} tokenizer", t.name())
-            });
+        let (writer, fix) = match self.tokenizer() {
+            Some(t) => (
+                format!("the {} tokenizer", t.name()),
+                format!("a model of the {} tokenizer, or ", t.name()),
+            ),
+            None => (format!("a tokenizer of {vocab} tokens"), String::new()),
+        };
         Err(Error::Data {
             path: self.path.clone(),
             reason: format!(
-                "its tokens are of {writer}, but the model reads the {} tokenizer's: prepare the data with --tokenizer {}",
+                "its tokens are of {writer}, but the model reads the {} tokenizer's: use {fix}shards prepared with --tokenizer {}",
                 model.name(),
                 model.name()
             ),
