@@ -18,18 +18,22 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Every command takes negative numbers as values (`--temperature -1` is
+/// then refused for its value, not read as an unknown option).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (from scratch, or resumed from a checkpoint).
+    #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
     /// Print a checkpoint's loss and perplexity on a text.
-    #[command(long_about = eval::HELP)]
+    #[command(long_about = eval::HELP, allow_negative_numbers = true)]
     Eval(eval::EvalArgs),
     /// Continue a prompt with a trained model, streaming the text to stdout.
-    #[command(long_about = generate::HELP)]
+    #[command(long_about = generate::HELP, allow_negative_numbers = true)]
     Generate(generate::GenerateArgs),
     /// Time training steps per sequence length, backend and thread count
     /// (with MFU), then decoding with and without the KV cache.
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Tokenize text files into token shards (llm.c's format).
     #[command(long_about = prepare::HELP)]

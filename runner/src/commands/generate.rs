@@ -35,8 +35,8 @@ pub struct GenerateArgs {
     /// Checkpoint directory (from `runner train --save`, or Hugging Face's).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
-    /// Text to continue (1 to block-size tokens).
-    #[arg(long)]
+    /// Text to continue (1 to block-size tokens); it may start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     pub prompt: String,
     /// Tokens to generate.
     #[arg(long, default_value_t = 256, value_name = "N")]
