@@ -98,6 +98,9 @@ fn a_destination_that_is_not_a_checkpoint_is_refused() {
     fs::write(&file, b"keep me").unwrap();
     assert_clear_error(&train_tiny(&file, "1", "1"), "is not a directory");
     assert_eq!(fs::read(&file).unwrap(), b"keep me");
+    // Under a file, the parent is named.
+    let under = file.join("ckpt");
+    assert_clear_error(&train_tiny(&under, "1", "1"), "its parent");
 
     let other = dir.join("project");
     fs::create_dir(&other).unwrap();
@@ -116,6 +119,15 @@ fn a_destination_that_is_not_a_checkpoint_is_refused() {
     fs::create_dir(&empty).unwrap();
     assert_success(&train_tiny(&empty, "1", "1"));
     assert!(empty.join("model.safetensors").is_file());
+
+    // A link to it would be replaced by a folder, not followed.
+    #[cfg(unix)]
+    {
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&empty, &link).unwrap();
+        assert_clear_error(&train_tiny(&link, "1", "1"), "is a symbolic link");
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+    }
 }
 
 #[test]
@@ -242,6 +254,9 @@ fn impossible_sizes_are_refused_before_allocating() {
     // A batch that cannot fit, over a text large enough to fill it (1 GiB
     // of a sparse file): refused from the text's size, before a byte of it
     // is read (its tokens would not fit in 1 GiB either).
+    edit_config(&ckpt, "n_layer", -1);
+    let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert_clear_error(&out, "`n_layer` is -1, not a whole number");
     edit_config(&ckpt, "n_layer", 2);
     let text = dir.join("huge.txt");
     let sparse_text = |bytes: u64| {

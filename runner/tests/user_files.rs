@@ -420,8 +420,13 @@ fn prepare_leaves_nothing_half_made() {
         "--shard-tokens",
         "3000000000",
     ];
-    assert_clear_error(&runner(&args), "does not fit");
+    assert_clear_error(&runner(&args), "--shard-tokens 3000000000 does not fit");
     assert!(!dir.join("a").exists(), "the new folders were left behind");
+    // An output that is a file.
+    let mut args = args;
+    args[6] = &data;
+    args[8] = "100";
+    assert_clear_error(&runner(&args), "exists and is not a folder");
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }

@@ -78,7 +78,8 @@ impl<'a> Destination<'a> {
         let dir = &self.dir;
         let empty = match fs::symlink_metadata(dir) {
             Ok(meta) => self.check_existing(meta)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => true,
+            // (A parent that is a file: the check below says so.)
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => true,
             Err(e) => return Err(Error::io(dir, e)),
         };
         // Where no checkpoint is in place, a previous one moved aside is
@@ -123,6 +124,12 @@ impl<'a> Destination<'a> {
     /// returns whether it is empty.
     fn check_existing(&self, meta: fs::Metadata) -> Result<bool, Error> {
         let dir = &self.dir;
+        if meta.is_symlink() {
+            return Err(Error::checkpoint(
+                dir,
+                "is a symbolic link, which saving would replace by a folder; give the folder it points to",
+            ));
+        }
         if !meta.is_dir() {
             return Err(Error::checkpoint(
                 dir,

@@ -125,11 +125,12 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
     let corrupt = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
     let json: Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
-    let field = |key: &str| {
-        json.get(key)
-            .and_then(Value::as_u64)
+    let field = |key: &str| match json.get(key) {
+        None => Err(corrupt(format!("lacks `{key}`"))),
+        Some(v) => v
+            .as_u64()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| corrupt(format!("lacks a whole number `{key}`")))
+            .ok_or_else(|| corrupt(format!("`{key}` is {v}, not a whole number"))),
     };
     let unsupported = |key: &str, value: &Value, supported: &str| {
         corrupt(format!(

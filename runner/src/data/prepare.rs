@@ -64,6 +64,12 @@ pub fn prepare(
         total += meta.len();
     }
     ShardWriter::check_sizes(s.val_tokens, s.shard_tokens)?;
+    if s.output.exists() && !s.output.is_dir() {
+        return Err(Error::Config(format!(
+            "--output {} exists and is not a folder",
+            s.output.display()
+        )));
+    }
     // A token is at least one byte, plus an end-of-text per input: at most
     // this many tokens, so a --val-tokens that takes them all is refused
     // before any is made.

@@ -116,12 +116,18 @@ impl ShardWriter {
     /// count would not fit the header (refused now rather than when the
     /// first full shard closes).
     pub fn check_sizes(val_tokens: usize, per_shard: usize) -> Result<(), Error> {
-        if per_shard == 0 || val_tokens == 0 {
-            return Err(Error::Config(
-                "shards and the validation split need at least one token".into(),
-            ));
+        for (option, tokens) in [("--val-tokens", val_tokens), ("--shard-tokens", per_shard)] {
+            if tokens == 0 {
+                return Err(Error::Config(format!("{option} must be at least 1")));
+            }
+            if i32::try_from(tokens).is_err() {
+                return Err(Error::Config(format!(
+                    "{option} {tokens} does not fit the i32 count of a shard's header (at most {})",
+                    i32::MAX
+                )));
+            }
         }
-        header(per_shard.max(val_tokens), Tokenizer::Byte).map(drop)
+        Ok(())
     }
 
     /// Appends `tokens` (each below 65536).

@@ -127,8 +127,8 @@ impl ModelConfig {
         match self.param_count() {
             n if n <= MAX_PARAMS && self.block_size <= 1 << 16 => Ok(()),
             _ => Err(Error::Config(format!(
-                "model too large: {} layers × {} channels, block size {}",
-                self.layers, self.channels, self.block_size
+                "model too large: {} layers × {} channels, block size {}, vocabulary {}",
+                self.layers, self.channels, self.block_size, self.vocab_size
             ))),
         }
     }
