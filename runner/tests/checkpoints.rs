@@ -190,6 +190,15 @@ fn a_corrupt_training_state_is_one_clear_error() {
     fs::copy(other.join("training.safetensors"), &state).unwrap();
     assert_clear_error(&resume(), "but the model has");
 
+    // Of the same shape, but saved with other weights (a later step).
+    let later = dir.join("later");
+    assert_success(&train_tiny(&later, "3", "1"));
+    fs::copy(later.join("training.safetensors"), &state).unwrap();
+    assert_clear_error(
+        &resume(),
+        "was saved with other weights than model.safetensors",
+    );
+
     // Intact again: the run resumes.
     fs::write(&state, &bytes).unwrap();
     assert_success(&resume());
@@ -490,6 +499,10 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
         "metadata `data_hash` is not a hexadecimal number",
     );
     set_state_metadata(&ckpt, "data_hash", &saved_hash);
+    let saved_batch = state_metadata(&ckpt, "batch");
+    set_state_metadata(&ckpt, "batch", "0");
+    assert_clear_error(&resume(&[]), "stored batch or grad_accum is 0");
+    set_state_metadata(&ckpt, "batch", &saved_batch);
     // Extending --steps is what resuming is for.
     assert_success(&resume(&[]));
     let _ = fs::remove_dir_all(&dir);

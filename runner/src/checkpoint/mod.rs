@@ -76,7 +76,10 @@ pub fn save(
         write_tensors_synced(&tmp.join(MODEL_FILE), tensors, meta)?;
 
         match training {
-            Some(state) => run_state::write(dir, &tmp.join(TRAINING_FILE), state),
+            Some(state) => {
+                let weights = run_state::weights_hash(model.params());
+                run_state::write(dir, &tmp.join(TRAINING_FILE), state, weights)
+            }
             None => Ok(()),
         }
     })
@@ -248,4 +251,21 @@ pub fn load_progress(dir: &Path) -> Result<Progress, Error> {
 /// The run's state in `dir`, for a model of `params` parameters.
 pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
     run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE)?, params)
+}
+
+/// Refuses to resume the state in `dir` with `model` (loaded from `dir`)
+/// unless it was saved with these weights: a `training.safetensors` from
+/// another save beside this `model.safetensors` would continue with the
+/// wrong moments. A state saved before the hash was kept matches any.
+pub fn check_run_matches(dir: &Path, model: &Gpt) -> Result<(), Error> {
+    let saved = run_state::read_progress(dir, TRAINING_FILE)?.weights_hash;
+    match saved {
+        Some(hash) if hash != run_state::weights_hash(model.params()) => Err(Error::checkpoint(
+            dir,
+            format!(
+                "{TRAINING_FILE} was saved with other weights than {MODEL_FILE} (from another save?): resume from a checkpoint saved whole, or start from these weights with --init-from"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -11,7 +11,7 @@ use safetensors::SafeTensors;
 
 use super::atomic::write_tensors_synced;
 use super::files::{from_bytes, open, parse, to_bytes};
-use crate::data::DataFingerprint;
+use crate::data::{hash_words, DataFingerprint, FNV_OFFSET};
 use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
@@ -97,9 +97,21 @@ pub struct TrainingState<M> {
     pub schedule: Option<RunSchedule>,
 }
 
+/// The hash of `weights` (as the checkpoint stores them) that the state
+/// saved beside them records, so that a state is never resumed with
+/// another save's weights.
+pub fn weights_hash(weights: &[f32]) -> u64 {
+    hash_words(FNV_OFFSET, &to_bytes(weights))
+}
+
 /// Writes `state` as `training.safetensors` at `path` (in the staging
 /// directory of the checkpoint `dir`).
-pub fn write(dir: &Path, path: &Path, state: &TrainingState<&[f32]>) -> Result<(), Error> {
+pub fn write(
+    dir: &Path,
+    path: &Path,
+    state: &TrainingState<&[f32]>,
+    weights: u64,
+) -> Result<(), Error> {
     let (m, v) = state.moments;
     let n = m.len();
     if v.len() != n {
@@ -118,6 +130,8 @@ pub fn write(dir: &Path, path: &Path, state: &TrainingState<&[f32]>) -> Result<(
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), state.step.to_string()),
         ("rng_state".to_string(), state.rng_state.to_string()),
+        // In hex, as errors show it.
+        ("weights_hash".to_string(), format!("{weights:016x}")),
     ]);
     if let Some(s) = state.schedule {
         // f32's `Display` is the shortest text that parses back exactly.
@@ -161,6 +175,7 @@ pub fn decode(
         step,
         rng_state,
         schedule,
+        ..
     } = Progress::of(&meta).map_err(bad)?;
 
     let mut moments = Vec::with_capacity(2);
@@ -202,6 +217,9 @@ pub struct Progress {
     pub step: u32,
     pub rng_state: u64,
     pub schedule: Option<RunSchedule>,
+    /// [`weights_hash`] of the weights saved with it (`None` in states
+    /// saved before it was kept).
+    pub weights_hash: Option<u64>,
 }
 
 impl Progress {
@@ -239,6 +257,9 @@ impl Progress {
             if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
                 return Err(format!("stored lr {} is not positive", schedule.lr));
             }
+            if schedule.batch == 0 || schedule.grad_accum == 0 {
+                return Err("stored batch or grad_accum is 0".into());
+            }
             Some(schedule)
         } else {
             None
@@ -247,6 +268,10 @@ impl Progress {
             step: metadata_number(meta, "step")?,
             rng_state: metadata_number(meta, "rng_state")?,
             schedule,
+            weights_hash: match meta.contains_key("weights_hash") {
+                true => Some(metadata_hex(meta, "weights_hash")?),
+                false => None,
+            },
         })
     }
 }

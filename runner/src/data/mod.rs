@@ -343,7 +343,7 @@ fn shard_split(path: &Path) -> Option<Split> {
 }
 
 /// FNV-1a's starting value and multiplier (64-bit).
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 /// What tells one run's data from another's, so that a resumed run can

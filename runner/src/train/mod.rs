@@ -221,6 +221,7 @@ fn start(
     // Checked from the header already; the full state must say the same.
     check_resume(s, dir, t, None, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
+    checkpoint::check_run_matches(dir, &model)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
     Ok((model, optimizer, rng, state.schedule))
