@@ -32,6 +32,7 @@ pub fn recipe() -> TrainSettings {
         eval_every: 500,
         log_every: 100,
         save: None,
+        overwrite: false,
         resume: None,
         stop_at: None,
         json: None,

@@ -1,4 +1,4 @@
-//! Checkpoints end to end: saving over a checkpoint, refusing destinations
+//! Checkpoints end to end: replacing a checkpoint only with consent, refusing destinations
 //! that are not checkpoints, cleaning up after crashed saves, and one clear
 //! error line (never an abort) for corrupt or impossible checkpoints.
 
@@ -62,33 +62,85 @@ fn edit_config(ckpt: &Path, key: &str, new: impl Into<serde_json::Value>) {
 }
 
 #[test]
-fn saving_twice_replaces_the_checkpoint() {
+fn a_checkpoint_is_replaced_only_with_consent() {
     let dir = scratch("twice");
     let ckpt = dir.join("ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
     assert_success(&train_tiny(&ckpt, "2", "1"));
     let first = fs::read(ckpt.join("model.safetensors")).unwrap();
-    assert_success(&train_tiny(&ckpt, "3", "2"));
+    // Another run's --save is refused before it trains...
+    let again = ["train", "--preset", "tiny", "--steps", "3", "--seed", "2"];
+    let out = runner(&[&again[..], &["--save", ckpt_s, "-q"]].concat());
+    assert_clear_error(&out, "holds a checkpoint already: give --overwrite");
+    assert_eq!(fs::read(ckpt.join("model.safetensors")).unwrap(), first);
+    // ...and replaces it with --overwrite.
+    let out = runner(&[&again[..], &["--save", ckpt_s, "--overwrite", "-q"]].concat());
+    assert_success(&out);
     let second = fs::read(ckpt.join("model.safetensors")).unwrap();
     assert_ne!(first, second, "the second save did not replace the model");
-
     let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
     let state = checkpoint::load_run(&ckpt, model.params().len()).unwrap();
     assert_eq!(state.step, 3, "the first run's state was loaded");
-    // Resuming continues from the second run's step.
-    let out = runner(&[
-        "train",
-        "--steps",
-        "3",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "-q",
-    ]);
-    assert_clear_error(&out, "already at step 3");
+
+    // The run resumed from it replaces it without being asked.
+    let resume = [
+        "train", "--steps", "4", "--resume", ckpt_s, "--save", ckpt_s, "-q",
+    ];
+    assert_success(&runner(&resume));
+    let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
+    let state = checkpoint::load_run(&ckpt, model.params().len()).unwrap();
+    assert_eq!(state.step, 4);
     assert!(
         hidden_entries(&dir).is_empty(),
         "{:?}",
         hidden_entries(&dir)
     );
+}
+
+#[test]
+fn a_run_whose_destination_another_run_saved_to_meanwhile_saves_beside_it() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch("meanwhile");
+    let ckpt = dir.join("ckpt");
+    // A long run, started first...
+    let mut long = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "4000",
+            "--log-every",
+            "1",
+        ])
+        .args(["--eval-every", "0", "--threads", "1", "--save"])
+        .arg(&ckpt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(long.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("Step: 1/") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "the long run ended early"
+        );
+    }
+    // ...and a short one that saves to the same place while it trains.
+    assert_success(&train_tiny(&ckpt, "1", "7"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    assert!(long.wait().unwrap().success(), "{rest}");
+    assert!(rest.contains("saving to"), "{rest}");
+    let step = |dir: &Path| {
+        let model = checkpoint::load_model(dir, Kernels::best()).unwrap();
+        checkpoint::load_run(dir, model.params().len())
+            .unwrap()
+            .step
+    };
+    assert_eq!(step(&ckpt), 1, "the short run's checkpoint was replaced");
+    assert_eq!(step(&dir.join("ckpt.1")), 4000);
 }
 
 #[test]
@@ -145,7 +197,13 @@ fn stale_temporary_directories_are_removed() {
     for kept in [".other.tmp-1", ".ckpt.tmp-notapid"] {
         fs::create_dir(dir.join(kept)).unwrap();
     }
-    assert_success(&train_tiny(&ckpt, "1", "1"));
+    let out = runner(
+        &["train", "--preset", "tiny", "--steps", "1"]
+            .into_iter()
+            .chain(["--save", ckpt.to_str().unwrap(), "--overwrite", "-q"])
+            .collect::<Vec<_>>(),
+    );
+    assert_success(&out);
     let mut left = hidden_entries(&dir);
     left.sort();
     assert_eq!(left, [".ckpt.tmp-notapid", ".other.tmp-1"]);

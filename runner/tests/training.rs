@@ -27,6 +27,7 @@ fn settings(steps: u32) -> TrainSettings {
         eval_every: 0,
         log_every: 1000,
         save: None,
+        overwrite: false,
         resume: None,
         stop_at: None,
         json: None,

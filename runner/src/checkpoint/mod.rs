@@ -11,7 +11,7 @@ mod hf;
 mod run_state;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
@@ -40,6 +40,45 @@ fn destination(dir: &Path) -> Destination<'_> {
 /// it before a long run.
 pub fn check_destination(dir: &Path) -> Result<(), Error> {
     destination(dir).check()
+}
+
+/// What tells the checkpoint saved in `dir` now from any other save there
+/// (every save writes a new weights file): `None` where none is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    /// The file's inode on Unix (0 elsewhere).
+    inode: u64,
+}
+
+/// The checkpoint saved in `dir` now, if any ([`SavedCheckpoint`]).
+pub fn saved_checkpoint(dir: &Path) -> Option<SavedCheckpoint> {
+    let meta = std::fs::metadata(dir.join(MODEL_FILE)).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(SavedCheckpoint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+/// The first of `DIR.1`, `DIR.2`, ... that does not exist: where a run
+/// saves when another run saved to its `DIR` while it trained.
+pub fn free_sibling(dir: &Path) -> PathBuf {
+    let dir: PathBuf = dir.components().collect();
+    let name = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    (1..)
+        .map(|i| dir.with_file_name(format!("{name}.{i}")))
+        .find(|path| std::fs::symlink_metadata(path).is_err())
+        .expect("some DIR.N is free")
 }
 
 /// Refuses, before a training run, a save to `dir` of a `cfg` model with

@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// at the end.
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
+    /// Replace a checkpoint already at --save (the one --resume continues
+    /// is replaced without it).
+    #[arg(long, requires = "save")]
+    pub overwrite: bool,
     /// Continue the run saved in DIR (model, optimizer, step, data order).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
@@ -186,6 +190,7 @@ impl TrainArgs {
             eval_every: self.eval_every,
             log_every: self.log_every,
             save: self.save.clone(),
+            overwrite: self.overwrite,
             resume: self.resume.clone(),
             stop_at: self.stop_at,
             json: self.json.clone(),

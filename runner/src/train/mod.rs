@@ -13,7 +13,7 @@ use std::time::Instant;
 use kernels::Kernels;
 use log::info;
 
-use crate::checkpoint::{self, RunSchedule, TrainingState};
+use crate::checkpoint::{self, RunSchedule, SavedCheckpoint, TrainingState};
 use crate::data::{self, DataFingerprint, DataSource, Dataset, Tokenizer};
 use crate::error::Error;
 use crate::eval::evaluate;
@@ -57,6 +57,9 @@ pub struct TrainSettings {
     pub eval_every: u32,
     pub log_every: u32,
     pub save: Option<PathBuf>,
+    /// Replace a checkpoint already at `save` (one `resume`d from is
+    /// replaced without it).
+    pub overwrite: bool,
     pub resume: Option<PathBuf>,
     /// Stop after this step (the schedule still spans `steps`), e.g. to
     /// save and `resume` later.
@@ -98,6 +101,27 @@ const MAX_SEQUENCES_PER_STEP: usize = 1 << 20;
 const VAL_WINDOWS_PER_BATCH: usize = 8;
 
 impl TrainSettings {
+    /// Refuses to replace a checkpoint the user did not agree to lose: one
+    /// already at `--save` is replaced only with `--overwrite`, or when
+    /// it is the one this run resumes.
+    fn check_overwrite(&self, dir: &Path) -> Result<(), Error> {
+        if self.overwrite || checkpoint::saved_checkpoint(dir).is_none() {
+            return Ok(());
+        }
+        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if self
+            .resume
+            .as_deref()
+            .is_some_and(|resumed| same(resumed, dir))
+        {
+            return Ok(());
+        }
+        Err(Error::checkpoint(
+            dir,
+            "holds a checkpoint already: give --overwrite to replace it, or another --save",
+        ))
+    }
+
     /// Refuses settings that cannot work, before anything is loaded.
     fn check(&self) -> Result<(), Error> {
         if self.steps == 0 || self.batch == 0 || self.grad_accum == 0 {
@@ -144,6 +168,7 @@ impl TrainSettings {
         if crate::world::current().rank() == 0 {
             if let Some(dir) = &self.save {
                 checkpoint::check_destination(dir)?;
+                self.check_overwrite(dir)?;
             }
             let outputs = [("--json", &self.json), ("--plot", &self.plot)];
             let outputs: Vec<_> = outputs
@@ -368,6 +393,8 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
     let (cfg, b, t) = checked_shape(s)?;
+    // What `--save` held when the run was accepted.
+    let seen = s.save.as_deref().and_then(checkpoint::saved_checkpoint);
     let world = crate::world::current();
     let (rank, ranks) = (world.rank(), world.size());
     let threads = Threads::new(s.threads)?;
@@ -495,7 +522,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     );
     if let Some(dir) = &s.save {
         let schedule = s.schedule(ranks, t, Some(fingerprint));
-        save_run(dir, &model, &optimizer, &rng, schedule, world)?;
+        let dir = save_destination(s, dir, seen);
+        save_run(&dir, &model, &optimizer, &rng, schedule, world)?;
     }
     Ok((model, report))
 }
@@ -521,6 +549,22 @@ fn validate_at(
         json.write(&eval.record(step, shape))?;
     }
     Ok(eval.loss)
+}
+
+/// Where to save: `dir`, unless another run saved there while this one
+/// trained (and `--overwrite` was not given): then a free `DIR.N` beside
+/// it, so that neither run's checkpoint is lost.
+fn save_destination(s: &TrainSettings, dir: &Path, seen: Option<SavedCheckpoint>) -> PathBuf {
+    if s.overwrite || checkpoint::saved_checkpoint(dir) == seen {
+        return dir.into();
+    }
+    let other = checkpoint::free_sibling(dir);
+    log::warn!(
+        "another run saved to {} while this one trained; saving to {} instead",
+        dir.display(),
+        other.display()
+    );
+    other
 }
 
 /// Saves the model with its training state to `dir`. Every rank calls it:
