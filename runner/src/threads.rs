@@ -84,6 +84,12 @@ impl Threads {
         if count == 1 {
             return Ok(Threads::single());
         }
+        let cores = available_cores();
+        if count > cores {
+            log::warn!(
+                "--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}"
+            );
+        }
         #[cfg(feature = "parallel")]
         {
             let pool = rayon::ThreadPoolBuilder::new()

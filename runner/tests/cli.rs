@@ -685,6 +685,11 @@ fn train_plots_the_loss_curves() {
         dir.to_str().unwrap(),
     ];
     assert_clear_error(&runner(&folder), "directory");
+    let png = dir.join("loss.png");
+    let mut args = folder;
+    args[6] = png.to_str().unwrap();
+    assert_clear_error(&runner(&args), "--plot draws SVG: name the file .svg");
+    assert!(!png.exists());
     assert!(
         text.contains(">\nLoss\n</text>") || text.contains(">Loss<"),
         "caption"

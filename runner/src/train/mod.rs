@@ -179,6 +179,13 @@ impl TrainSettings {
             let inputs: Vec<_> = inputs.iter().filter_map(|p| p.as_deref()).collect();
             outputs::check_outputs(&outputs, &inputs, self.save.as_deref())?;
         }
+        let svg = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+        if let Some(plot) = self.plot.as_deref().filter(|p| !svg(p)) {
+            return Err(Error::Config(format!(
+                "--plot draws SVG: name the file .svg, not {}",
+                plot.display()
+            )));
+        }
         Ok(())
     }
 
