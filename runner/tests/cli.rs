@@ -415,6 +415,8 @@ fn generate_streams_text_and_logs_the_generation_line() {
     let generate = ["generate", "--checkpoint", ckpt, "--prompt"];
     let out = runner(&[&generate[..], &["a", "--temperature", "-1"]].concat());
     assert_clear_error(&out, "--temperature must be 0 or more, not -1");
+    let out = runner(&[&generate[..], &["a", "--max-new-tokens", "0"]].concat());
+    assert_clear_error(&out, "--max-new-tokens must be at least 1");
     let out = runner(&[&generate[..], &["-5+3=", "--max-new-tokens", "2", "-q"]].concat());
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("-5+3="));

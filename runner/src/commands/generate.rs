@@ -68,6 +68,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         top_p: args.top_p,
     };
     sampling.validate()?;
+    if args.max_new_tokens == 0 {
+        return Err(Error::Config("--max-new-tokens must be at least 1".into()));
+    }
     if let Some(path) = &args.json {
         outputs::check_outputs(&[("--json", path)], &[&args.checkpoint], None)?;
     }

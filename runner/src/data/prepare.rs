@@ -46,7 +46,16 @@ pub fn prepare(
 ) -> Result<PrepareReport, Error> {
     let start = Instant::now();
     let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
     for input in &s.inputs {
+        if let Ok(path) = input.canonicalize() {
+            if !seen.insert(path) {
+                log::warn!(
+                    "{} is given more than once: its tokens are written each time",
+                    input.display()
+                );
+            }
+        }
         let refuse = |reason: &str| {
             Err(Error::Data {
                 path: input.clone(),
