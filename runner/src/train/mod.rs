@@ -562,7 +562,8 @@ fn validate_at(
 /// trained (and `--overwrite` was not given): then a free `DIR.N` beside
 /// it, so that neither run's checkpoint is lost.
 fn save_destination(s: &TrainSettings, dir: &Path, seen: Option<SavedCheckpoint>) -> PathBuf {
-    if s.overwrite || checkpoint::saved_checkpoint(dir) == seen {
+    let now = checkpoint::saved_checkpoint(dir);
+    if s.overwrite || now.is_none() || now == seen {
         return dir.into();
     }
     let other = checkpoint::free_sibling(dir);
