@@ -36,7 +36,7 @@ pub enum Command {
     #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Tokenize text files into token shards (llm.c's format).
-    #[command(long_about = prepare::HELP)]
+    #[command(long_about = prepare::HELP, allow_negative_numbers = true)]
     Prepare(prepare::PrepareArgs),
 }
 

@@ -30,7 +30,7 @@ impl Sampling {
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::Config(format!(
-                "--temperature must be 0 or more, not {}",
+                "--temperature must be a finite number, 0 or more, not {}",
                 self.temperature
             )));
         }

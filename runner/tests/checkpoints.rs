@@ -97,24 +97,16 @@ fn a_checkpoint_is_replaced_only_with_consent() {
     );
 }
 
-#[test]
-fn a_run_whose_destination_another_run_saved_to_meanwhile_saves_beside_it() {
+/// Starts a long tiny run saving to `ckpt` (with `extra` options) and
+/// returns once its first step is logged, with the rest of its log.
+fn start_long_run(ckpt: &Path, extra: &[&str]) -> (std::process::Child, impl std::io::Read) {
     use std::io::{BufRead, BufReader};
-    let dir = scratch("meanwhile");
-    let ckpt = dir.join("ckpt");
-    // A long run, started first...
     let mut long = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([
-            "train",
-            "--preset",
-            "tiny",
-            "--steps",
-            "4000",
-            "--log-every",
-            "1",
-        ])
-        .args(["--eval-every", "0", "--threads", "1", "--save"])
-        .arg(&ckpt)
+        .args(["train", "--preset", "tiny", "--steps", "4000"])
+        .args(["--log-every", "1", "--eval-every", "0", "--threads", "1"])
+        .args(extra)
+        .arg("--save")
+        .arg(ckpt)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -122,25 +114,55 @@ fn a_run_whose_destination_another_run_saved_to_meanwhile_saves_beside_it() {
     let mut line = String::new();
     while !line.contains("Step: 1/") {
         line.clear();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "the long run ended early"
-        );
+        let read = log.read_line(&mut line).unwrap();
+        assert!(read > 0, "the long run ended early");
     }
-    // ...and a short one that saves to the same place while it trains.
-    assert_success(&train_tiny(&ckpt, "1", "7"));
+    (long, log)
+}
+
+/// Waits for a run from [`start_long_run`]; returns the rest of its log.
+fn finish_long_run((mut long, mut log): (std::process::Child, impl std::io::Read)) -> String {
     let mut rest = String::new();
-    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    log.read_to_string(&mut rest).unwrap();
     assert!(long.wait().unwrap().success(), "{rest}");
-    assert!(rest.contains("saving to"), "{rest}");
-    let step = |dir: &Path| {
-        let model = checkpoint::load_model(dir, Kernels::best()).unwrap();
-        checkpoint::load_run(dir, model.params().len())
-            .unwrap()
-            .step
-    };
-    assert_eq!(step(&ckpt), 1, "the short run's checkpoint was replaced");
-    assert_eq!(step(&dir.join("ckpt.1")), 4000);
+    rest
+}
+
+/// The step of the training state saved in `dir`.
+fn saved_step(dir: &Path) -> u32 {
+    let model = checkpoint::load_model(dir, Kernels::best()).unwrap();
+    checkpoint::load_run(dir, model.params().len())
+        .unwrap()
+        .step
+}
+
+#[test]
+fn a_run_whose_destination_changed_meanwhile_saves_beside_it() {
+    let dir = scratch("meanwhile");
+    // Another run saves to the same place while a long one trains (even
+    // one given --overwrite: it agreed to replace what was there when it
+    // started).
+    let ckpt = dir.join("ckpt");
+    let long = start_long_run(&ckpt, &["--overwrite"]);
+    assert_success(&train_tiny(&ckpt, "1", "7"));
+    let rest = finish_long_run(long);
+    assert!(rest.contains("another run saved there"), "{rest}");
+    assert_eq!(
+        saved_step(&ckpt),
+        1,
+        "the short run's checkpoint was replaced"
+    );
+    assert_eq!(saved_step(&dir.join("ckpt.1")), 4000);
+
+    // The user puts a folder of theirs where the run will save.
+    let mine = dir.join("mine");
+    let long = start_long_run(&mine, &[]);
+    fs::create_dir(&mine).unwrap();
+    fs::write(mine.join("notes.txt"), b"mine").unwrap();
+    let rest = finish_long_run(long);
+    assert!(rest.contains("holds `notes.txt`"), "{rest}");
+    assert_eq!(fs::read(mine.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(saved_step(&dir.join("mine.1")), 4000);
 }
 
 #[test]

@@ -414,7 +414,10 @@ fn generate_streams_text_and_logs_the_generation_line() {
     // with a dash.
     let generate = ["generate", "--checkpoint", ckpt, "--prompt"];
     let out = runner(&[&generate[..], &["a", "--temperature", "-1"]].concat());
-    assert_clear_error(&out, "--temperature must be 0 or more, not -1");
+    assert_clear_error(
+        &out,
+        "--temperature must be a finite number, 0 or more, not -1",
+    );
     let out = runner(&[&generate[..], &["a", "--max-new-tokens", "0"]].concat());
     assert_clear_error(&out, "--max-new-tokens must be at least 1");
     let out = runner(&[&generate[..], &["-5+3=", "--max-new-tokens", "2", "-q"]].concat());

@@ -196,7 +196,12 @@ impl<'a> Destination<'a> {
         let dir = &self.dir;
         let name = dir
             .file_name()
-            .ok_or_else(|| Error::checkpoint(dir, "not a directory name"))?
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    dir,
+                    "names no folder: give the checkpoint folder by its name",
+                )
+            })?
             .to_string_lossy()
             .into_owned();
         Ok((outputs::parent(dir), name))
@@ -210,6 +215,46 @@ impl<'a> Destination<'a> {
     ) -> Result<(), Error> {
         let _saving = self.lock_parent();
         self.check_locked()?;
+        self.install_locked(write)
+    }
+
+    /// [`Destination::replace_with`], unless, under the parent's lock, the
+    /// destination is `changed` (another run saved there) or no longer
+    /// takes a save (a user's files are there now): then into the first
+    /// free `DIR.N` beside it, with a warning, so that neither the work
+    /// nor what is there is lost. Returns where it saved.
+    pub fn replace_or_save_beside(
+        &self,
+        changed: impl FnOnce(&Path) -> bool,
+        write: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<PathBuf, Error> {
+        let _saving = self.lock_parent();
+        let refused = match changed(&self.dir) {
+            true => Some("another run saved there while this one ran".to_string()),
+            false => self.check_locked().err().map(|e| e.to_string()),
+        };
+        let Some(why) = refused else {
+            self.install_locked(write)?;
+            return Ok(self.dir.clone());
+        };
+        let beside = Destination {
+            dir: free_sibling(&self.dir),
+            files: self.files,
+            required: self.required,
+        };
+        beside.check_locked()?;
+        warn!(
+            "not saving to {} ({why}): saving to {} instead",
+            self.dir.display(),
+            beside.dir.display()
+        );
+        beside.install_locked(write)?;
+        Ok(beside.dir)
+    }
+
+    /// The body of a save, with the parent's lock held and the
+    /// destination checked.
+    fn install_locked(&self, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
         let (parent, name) = self.parent_and_name()?;
         let tmp = staging_dir(parent, &name);
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -232,6 +277,19 @@ impl<'a> Destination<'a> {
         }
         Ok(())
     }
+}
+
+/// The first of `DIR.1`, `DIR.2`, ... beside `dir` that does not exist.
+fn free_sibling(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    (1..)
+        .map(|i| dir.with_file_name(format!("{name}.{i}")))
+        .find(|path| fs::symlink_metadata(path).is_err())
+        .expect("some DIR.N is free")
 }
 
 /// The previous directory a save moved aside and, killed between its two

@@ -66,21 +66,6 @@ pub fn saved_checkpoint(dir: &Path) -> Option<SavedCheckpoint> {
     })
 }
 
-/// The first of `DIR.1`, `DIR.2`, ... that does not exist: where a run
-/// saves when another run saved to its `DIR` while it trained.
-pub fn free_sibling(dir: &Path) -> PathBuf {
-    let dir: PathBuf = dir.components().collect();
-    let name = dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    (1..)
-        .map(|i| dir.with_file_name(format!("{name}.{i}")))
-        .find(|path| std::fs::symlink_metadata(path).is_err())
-        .expect("some DIR.N is free")
-}
-
 /// Refuses, before a training run, a save to `dir` of a `cfg` model with
 /// its training state that the file system has no room for.
 pub fn check_room(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
@@ -97,31 +82,55 @@ pub fn save(
     model: &Gpt,
     training: Option<&TrainingState<&[f32]>>,
 ) -> Result<(), Error> {
-    destination(dir).replace_with(|tmp| {
-        let config = serde_json::to_vec_pretty(&hf::config_json(&model.config))
-            .expect("JSON of plain values");
-        write_synced(&tmp.join(CONFIG_FILE), &config)?;
+    destination(dir).replace_with(|tmp| write_checkpoint(dir, tmp, model, training))
+}
 
-        let bytes = to_bytes(model.params());
-        let tensors = hf::layout(&model.config)
-            .into_iter()
-            .map(|t| {
-                let data = &bytes[t.range.start * 4..t.range.end * 4];
-                let view = TensorView::new(Dtype::F32, t.shape, data).expect("shape matches data");
-                (format!("{}{}", hf::MODEL_PREFIX, t.name), view)
-            })
-            .collect::<Vec<_>>();
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_tensors_synced(&tmp.join(MODEL_FILE), tensors, meta)?;
+/// [`save`] at the end of a run that found `seen` in `dir` when it
+/// started: where another checkpoint has replaced it since, or `dir` no
+/// longer takes a save, the run saves beside it (`DIR.1`, ...), with a
+/// warning. Returns where it saved.
+pub fn save_unless_changed(
+    dir: &Path,
+    seen: Option<SavedCheckpoint>,
+    model: &Gpt,
+    training: Option<&TrainingState<&[f32]>>,
+) -> Result<PathBuf, Error> {
+    let changed = |dir: &Path| saved_checkpoint(dir).is_some_and(|now| Some(now) != seen);
+    destination(dir)
+        .replace_or_save_beside(changed, |tmp| write_checkpoint(dir, tmp, model, training))
+}
 
-        match training {
-            Some(state) => {
-                let weights = run_state::weights_hash(model.params());
-                run_state::write(dir, &tmp.join(TRAINING_FILE), state, weights)
-            }
-            None => Ok(()),
+/// The files of a checkpoint of `model` (and `training`), for `dir`, into
+/// the staging directory `tmp`.
+fn write_checkpoint(
+    dir: &Path,
+    tmp: &Path,
+    model: &Gpt,
+    training: Option<&TrainingState<&[f32]>>,
+) -> Result<(), Error> {
+    let config =
+        serde_json::to_vec_pretty(&hf::config_json(&model.config)).expect("JSON of plain values");
+    write_synced(&tmp.join(CONFIG_FILE), &config)?;
+
+    let bytes = to_bytes(model.params());
+    let tensors = hf::layout(&model.config)
+        .into_iter()
+        .map(|t| {
+            let data = &bytes[t.range.start * 4..t.range.end * 4];
+            let view = TensorView::new(Dtype::F32, t.shape, data).expect("shape matches data");
+            (format!("{}{}", hf::MODEL_PREFIX, t.name), view)
+        })
+        .collect::<Vec<_>>();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_tensors_synced(&tmp.join(MODEL_FILE), tensors, meta)?;
+
+    match training {
+        Some(state) => {
+            let weights = run_state::weights_hash(model.params());
+            run_state::write(dir, &tmp.join(TRAINING_FILE), state, weights)
         }
-    })
+        None => Ok(()),
+    }
 }
 
 /// The model shape in `dir/config.json`, validated (sizes bounded, only

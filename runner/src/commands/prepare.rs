@@ -15,13 +15,14 @@ use crate::metrics::mib;
 pub const HELP: &str = "Tokenize text files into token shards in llm.c's format.
 
 Each shard is a header of 256 little-endian i32 ([0] = 20240520, [1] = 1,
-[2] = the token count) followed by that many little-endian u16 tokens.
+[2] = the token count, [3] = the tokenizer's vocabulary, which llm.c
+ignores) followed by that many little-endian u16 tokens.
 Shard 0 (NAME_val_000000.bin) holds the first --val-tokens tokens for
 validation, the others (NAME_train_000001.bin, ...) the rest. Each input
 file is one document; with the gpt2 tokenizer each starts with the
 end-of-text token 50256. Input streams through bounded memory (with the
-gpt2 tokenizer, a file is cut at line breaks, so one without them is read
-whole).";
+gpt2 tokenizer, a file is cut at line breaks, or else at spaces between
+words; one with neither in 64 MiB is refused).";
 
 #[derive(Args, Debug, Clone)]
 pub struct PrepareArgs {

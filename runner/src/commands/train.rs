@@ -82,8 +82,9 @@ pub struct TrainArgs {
     /// at the end.
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
-    /// Replace a checkpoint already at --save (the one --resume continues
-    /// is replaced without it).
+    /// Replace the checkpoint at --save when the run starts (the one
+    /// --resume continues is replaced without it). One that another run
+    /// saves there meanwhile is kept: this run then saves to DIR.1, ...
     #[arg(long, requires = "save")]
     pub overwrite: bool,
     /// Continue the run saved in DIR (model, optimizer, step, data order).

@@ -142,8 +142,26 @@ impl DataSource {
             DataSource::Shard(path) => Shard::open(path)?.check_tokenizer(tokenizer),
             DataSource::Shards(dir) => {
                 let (train, val) = DataSource::shard_files(dir)?;
+                let mut first: Option<(Tokenizer, &PathBuf)> = None;
                 for path in train.iter().chain(&val) {
-                    Shard::open(path)?.check_tokenizer(tokenizer)?;
+                    let shard = Shard::open(path)?;
+                    match (first, shard.tokenizer()) {
+                        (Some((t, first)), Some(u)) if t != u => {
+                            return Err(Error::Data {
+                                path: dir.clone(),
+                                reason: format!(
+                                    "mixes shards of two tokenizers: {} is {}'s, {} is {}'s",
+                                    first.display(),
+                                    t.name(),
+                                    path.display(),
+                                    u.name()
+                                ),
+                            })
+                        }
+                        (None, Some(u)) => first = Some((u, path)),
+                        _ => {}
+                    }
+                    shard.check_tokenizer(tokenizer)?;
                 }
                 Ok(())
             }
@@ -458,13 +476,13 @@ impl Dataset {
             shards[0].read(train_len, &mut val)?;
             vec![(0, 0, train_len)]
         } else {
+            // Only the tokens validation scores are read (and checked).
             for path in &val_paths {
                 let mut shard = Shard::open(path)?;
-                shard.check_tokens(vocab, FNV_OFFSET)?;
                 let start = val.len();
                 let n = shard.len.min(max_val - start);
                 val.resize(start + n, 0);
-                shard.read(0, &mut val[start..])?;
+                shard.read_checked(&mut val[start..], vocab)?;
             }
             (0..shards.len())
                 .map(|i| (i, 0, shards[i].len))
@@ -626,6 +644,12 @@ mod tests {
                 "{err}"
             );
         }
+        // A folder that mixes the two says so.
+        let mut writer = shards::ShardWriter::new(&dir, "g", Tokenizer::Gpt2, 10, 100).unwrap();
+        writer.write(&[15496; 50]).unwrap();
+        writer.finish().unwrap();
+        let err = folder.check(Some(Tokenizer::Byte)).unwrap_err().to_string();
+        assert!(err.contains("mixes shards of two tokenizers"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -191,6 +191,15 @@ fn tokenize_file(
             // would have been taken): only the new ones are searched.
             Tokenizer::Gpt2 => split_point(&buffer, before),
         };
+        if cut.is_none() && buffer.len() >= max_uncut(chunk) {
+            return Err(Error::Data {
+                path: path.into(),
+                reason: format!(
+                    "{} bytes without a line break or a space between words: GPT-2's tokenizer would have to read it whole; use --tokenizer byte",
+                    buffer.len()
+                ),
+            });
+        }
         if let Some(cut) = cut.filter(|&c| c > 0) {
             emit(cut, tokenizer.encode(&buffer[..cut]))?;
             buffer.drain(..cut);
@@ -211,18 +220,33 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// The last position `p` from `from` on in `text` with a line break
-/// (`\n`, or `\r\n`) ending at `p − 1`, a non-space before it and a
-/// non-space at `p`, if any.
+/// Bytes a text may pile up, for want of a place to cut it, before it is
+/// refused rather than read whole: 16 chunks, and at least 1 MiB.
+fn max_uncut(chunk: usize) -> usize {
+    chunk.saturating_mul(16).max(1 << 20)
+}
+
+/// The last position `p` in `text` whose cut is new since `from` bytes
+/// and where GPT-2's pre-tokenizer always cuts, if any: after a line break
+/// (`\n`, or `\r\n`) with a non-space before it and at `p`; failing
+/// that, before a space with a non-space before it and an ASCII non-space
+/// after it (a Unicode space there could join the space's run).
 fn split_point(text: &[u8], from: usize) -> Option<usize> {
     let space = |i: usize| text[i].is_ascii_whitespace();
-    (from.max(2)..text.len()).rev().find(|&p| {
+    let after_break = (from.max(2)..text.len()).rev().find(|&p| {
         let before_break = match text[p - 2] {
             b'\r' => p >= 3 && !space(p - 3),
             _ => !space(p - 2),
         };
         text[p - 1] == b'\n' && before_break && !space(p)
-    })
+    });
+    // A space that ended the old bytes is decided by the first new one.
+    let before_space = || {
+        (from.saturating_sub(1).max(1)..text.len().saturating_sub(1))
+            .rev()
+            .find(|&p| text[p] == b' ' && !space(p - 1) && text[p + 1].is_ascii_graphic())
+    };
+    after_break.or_else(before_space)
 }
 
 #[cfg(test)]
@@ -231,7 +255,7 @@ mod tests {
 
     #[test]
     fn chunked_tokens_are_the_whole_file_s() {
-        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \nWindows:\r\nline\r\n\r\nbreaks.\r\n \r\n\r\r\n".repeat(7);
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \nWindows:\r\nline\r\n\r\nbreaks.\r\n \r\n\r\r\nno break a \u{a0}b c\u{a0} d e \u{3000}f 2 3 . , it's x 'll ".repeat(7);
         let dir = std::env::temp_dir().join(format!("runner-prepare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.txt");
@@ -250,6 +274,32 @@ mod tests {
                 assert_eq!(tokens, whole, "{tokenizer:?}, chunks of {chunk}");
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn text_without_line_breaks_is_cut_at_spaces_or_refused() {
+        let dir = std::env::temp_dir().join(format!("runner-nobreak-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.txt");
+        let text = "words, and no line break at all; ".repeat(200);
+        std::fs::write(&path, &text).unwrap();
+        let (mut largest, mut tokens) = (0, Vec::new());
+        tokenize_file(&path, Tokenizer::Gpt2, 64, |n, t| {
+            largest = largest.max(n);
+            tokens.extend(t);
+            Ok(())
+        })
+        .unwrap();
+        assert!(largest < 64 + 16, "{largest}");
+        assert_eq!(tokens, Tokenizer::Gpt2.encode(text.as_bytes()));
+        // No space nor line break: refused once the chunks run out, not
+        // read whole.
+        std::fs::write(&path, "x".repeat(max_uncut(64) + 1)).unwrap();
+        let err = tokenize_file(&path, Tokenizer::Gpt2, 64, |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without a line break or a space"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -289,6 +289,12 @@ impl Shard {
         }
         let len =
             usize::try_from(int(2)).map_err(|_| bad(format!("negative token count {}", int(2))))?;
+        let vocab = usize::try_from(int(TOKENIZER_VOCAB)).map_err(|_| {
+            bad(format!(
+                "negative tokenizer vocabulary {}",
+                int(TOKENIZER_VOCAB)
+            ))
+        })?;
         let body = size - HEADER_BYTES as u64;
         if body != 2 * len as u64 {
             return Err(bad(format!(
@@ -300,9 +306,7 @@ impl Shard {
             path: path.into(),
             file,
             len,
-            tokenizer_vocab: usize::try_from(int(TOKENIZER_VOCAB))
-                .ok()
-                .filter(|&v| v != 0),
+            tokenizer_vocab: (vocab != 0).then_some(vocab),
             bytes: Vec::new(),
         })
     }
@@ -382,16 +386,29 @@ impl Shard {
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]));
             if let Some((i, token)) = tokens.enumerate().find(|&(_, t)| usize::from(t) >= vocab) {
-                return Err(Error::Data {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "token {token} at position {} is not below the model's vocabulary of {vocab}",
-                        start + i
-                    ),
-                });
+                return Err(self.token_error(u32::from(token), start + i, vocab));
             }
         }
         Ok(hash)
+    }
+
+    /// Fills `out` with the first tokens of the shard, refusing any not
+    /// below `vocab`: what is read is checked, and nothing else is read.
+    pub fn read_checked(&mut self, out: &mut [u32], vocab: usize) -> Result<(), Error> {
+        self.read(0, out)?;
+        match out.iter().position(|&t| t as usize >= vocab) {
+            Some(i) => Err(self.token_error(out[i], i, vocab)),
+            None => Ok(()),
+        }
+    }
+
+    fn token_error(&self, token: u32, position: usize, vocab: usize) -> Error {
+        Error::Data {
+            path: self.path.clone(),
+            reason: format!(
+                "token {token} at position {position} is not below the model's vocabulary of {vocab}"
+            ),
+        }
     }
 }
 
@@ -458,8 +475,12 @@ mod tests {
                 .unwrap();
         }
         type Spoil = Box<dyn Fn(&mut Vec<u8>)>;
-        let cases: [(&str, Spoil); 4] = [
+        let cases: [(&str, Spoil); 5] = [
             ("magic", Box::new(|b| b[0] ^= 1)),
+            (
+                "negative tokenizer vocabulary -5",
+                Box::new(|b| b[12..16].copy_from_slice(&(-5i32).to_le_bytes())),
+            ),
             ("version", Box::new(|b| b[4] = 2)),
             ("header says", Box::new(|b| b.truncate(b.len() - 2))),
             ("shorter than", Box::new(|b| b.truncate(100))),

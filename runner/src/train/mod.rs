@@ -57,8 +57,8 @@ pub struct TrainSettings {
     pub eval_every: u32,
     pub log_every: u32,
     pub save: Option<PathBuf>,
-    /// Replace a checkpoint already at `save` (one `resume`d from is
-    /// replaced without it).
+    /// Replace the checkpoint at `save` when the run starts (one `resume`d
+    /// from is replaced without it).
     pub overwrite: bool,
     pub resume: Option<PathBuf>,
     /// Stop after this step (the schedule still spans `steps`), e.g. to
@@ -529,8 +529,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     );
     if let Some(dir) = &s.save {
         let schedule = s.schedule(ranks, t, Some(fingerprint));
-        let dir = save_destination(s, dir, seen);
-        save_run(&dir, &model, &optimizer, &rng, schedule, world)?;
+        save_run((dir, seen), &model, &optimizer, &rng, schedule, world)?;
     }
     Ok((model, report))
 }
@@ -558,27 +557,12 @@ fn validate_at(
     Ok(eval.loss)
 }
 
-/// Where to save: `dir`, unless another run saved there while this one
-/// trained (and `--overwrite` was not given): then a free `DIR.N` beside
-/// it, so that neither run's checkpoint is lost.
-fn save_destination(s: &TrainSettings, dir: &Path, seen: Option<SavedCheckpoint>) -> PathBuf {
-    let now = checkpoint::saved_checkpoint(dir);
-    if s.overwrite || now.is_none() || now == seen {
-        return dir.into();
-    }
-    let other = checkpoint::free_sibling(dir);
-    log::warn!(
-        "another run saved to {} while this one trained; saving to {} instead",
-        dir.display(),
-        other.display()
-    );
-    other
-}
-
-/// Saves the model with its training state to `dir`. Every rank calls it:
-/// each sends its share of a sharded optimizer's state, and rank 0 writes.
+/// Saves the model with its training state to `dir`, or beside it where
+/// it changed from `seen` ([`checkpoint::save_unless_changed`]). Every
+/// rank calls it: each sends its share of a sharded optimizer's state, and
+/// rank 0 writes.
 fn save_run(
-    dir: &Path,
+    (dir, seen): (&Path, Option<SavedCheckpoint>),
     model: &Gpt,
     optimizer: &Optimizer,
     rng: &Rng,
@@ -592,8 +576,8 @@ fn save_run(
             moments: (m.as_ref(), v.as_ref()),
             schedule: Some(schedule),
         };
-        checkpoint::save(dir, model, Some(&state))?;
-        info!("Saved checkpoint to {}", dir.display());
+        let saved = checkpoint::save_unless_changed(dir, seen, model, Some(&state))?;
+        info!("Saved checkpoint to {}", saved.display());
     }
     Ok(())
 }
