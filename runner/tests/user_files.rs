@@ -427,6 +427,13 @@ fn prepare_leaves_nothing_half_made() {
     args[6] = &data;
     args[8] = "100";
     assert_clear_error(&runner(&args), "exists and is not a folder");
+    // Or one under a file.
+    let under = format!("{data}/sub");
+    args[6] = &under;
+    assert_clear_error(
+        &runner(&args),
+        &format!("{data} exists and is not a folder"),
+    );
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }

@@ -260,10 +260,15 @@ impl<'a> Destination<'a> {
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let old_prefix = aside_prefix(&name);
         let old = parent.join(format!("{old_prefix}{}", std::process::id()));
-        let installed = write(&tmp)
-            .and_then(|()| sync_dir(&tmp))
-            .and_then(|()| install(&tmp, &self.dir, &old));
-        if let Err(e) = installed {
+        // A failure to write names the destination, not the staging
+        // directory it happened in (removed again here).
+        let written = write(&tmp).and_then(|()| sync_dir(&tmp)).map_err(|e| {
+            Error::checkpoint(
+                &self.dir,
+                format!("could not be written, so nothing there changed: {e}"),
+            )
+        });
+        if let Err(e) = written.and_then(|()| install(&tmp, &self.dir, &old)) {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
@@ -571,6 +576,30 @@ mod tests {
             .to_string();
         assert!(err.contains("has no `b.txt`"), "{err}");
         assert_eq!(fs::read(only.join("a.txt")).unwrap(), b"mine");
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_save_that_fails_to_write_names_the_destination_and_leaves_it() {
+        let parent = fresh_parent("fails");
+        let dir = parent.join("ckpt");
+        let destination = Destination::new(&dir, &["a.txt"]);
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"old"))
+            .unwrap();
+        let err = destination
+            .replace_with(|tmp| {
+                Err(Error::io(
+                    tmp.join("a.txt"),
+                    std::io::ErrorKind::StorageFull.into(),
+                ))
+            })
+            .unwrap_err()
+            .to_string();
+        let want = format!("checkpoint {}: could not be written", dir.display());
+        assert!(err.starts_with(&want), "{err}");
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"old");
+        assert_eq!(names_in(&parent), ["ckpt"]);
         fs::remove_dir_all(&parent).unwrap();
     }
 

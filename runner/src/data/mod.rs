@@ -225,7 +225,19 @@ impl DataSource {
     fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
         let tokenizer = self.text_tokenizer(tokenizer)?;
         let bytes = match self {
-            DataSource::Text(path) => std::fs::read(path).map_err(|e| Error::io(path, e))?,
+            DataSource::Text(path) => {
+                #[cfg(unix)]
+                if std::fs::metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+                {
+                    // Opening a pipe waits for a writer: say why it waits.
+                    log::info!(
+                        "Reading {} (a pipe) until its writer closes it",
+                        path.display()
+                    );
+                }
+                std::fs::read(path).map_err(|e| Error::io(path, e))?
+            }
             _ => corpus::text(),
         };
         if bytes.is_empty() {

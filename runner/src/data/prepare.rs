@@ -73,11 +73,16 @@ pub fn prepare(
         total += meta.len();
     }
     ShardWriter::check_sizes(s.val_tokens, s.shard_tokens)?;
-    if s.output.exists() && !s.output.is_dir() {
-        return Err(Error::Config(format!(
-            "--output {} exists and is not a folder",
-            s.output.display()
-        )));
+    // The output, or the nearest of its folders that exists, must be a
+    // folder.
+    if let Some(existing) = s.output.ancestors().find(|a| a.exists()) {
+        if !existing.is_dir() {
+            return Err(Error::Config(format!(
+                "--output {}: {} exists and is not a folder",
+                s.output.display(),
+                existing.display()
+            )));
+        }
     }
     // A token is at least one byte, plus an end-of-text per input: at most
     // this many tokens, so a --val-tokens that takes them all is refused
