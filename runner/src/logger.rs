@@ -134,9 +134,6 @@ pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
         (Precision::F32, _) => "",
         (Precision::Bf16, Bf16Unit::Avx512Bf16) => " | Precision: bf16 on AVX512-BF16",
         (Precision::Bf16, Bf16Unit::Amx) => " | Precision: bf16 on AMX",
-        (Precision::Bf16, Bf16Unit::Portable) => {
-            log::warn!("this CPU or backend has no bf16 unit: bf16 runs emulated (operands rounded to bf16, f32 FMA); training and long prompts run slower than in f32");
-            " | Precision: bf16 emulated"
-        }
+        (Precision::Bf16, Bf16Unit::Portable) => " | Precision: bf16 emulated",
     }
 }

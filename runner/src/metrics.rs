@@ -232,9 +232,40 @@ pub struct JsonLines {
     out: BufWriter<File>,
 }
 
+/// `path` opened to write anew: a new (or truncated) file, except where it
+/// is this process's own stdout or stderr (`--json /dev/stdout` with stdout
+/// sent to a file): then that stream's descriptor, whose offset the stream
+/// shares, since truncating the file through another would wipe what the
+/// stream wrote and write over it.
+fn open_output(path: &Path) -> std::io::Result<File> {
+    #[cfg(unix)]
+    if let Ok(target) = std::fs::metadata(path) {
+        if std::os::unix::fs::FileTypeExt::is_fifo(&target.file_type()) {
+            // Opening a pipe waits for a reader: say why it waits.
+            log::info!(
+                "Writing {} (a pipe) once a process reads it",
+                path.display()
+            );
+        }
+        use std::os::fd::{AsFd, BorrowedFd};
+        use std::os::unix::fs::MetadataExt;
+        let same_file = |fd: BorrowedFd| {
+            let file = File::from(fd.try_clone_to_owned().ok()?);
+            let meta = file.metadata().ok()?;
+            (meta.dev() == target.dev() && meta.ino() == target.ino()).then_some(file)
+        };
+        let stream =
+            same_file(std::io::stdout().as_fd()).or_else(|| same_file(std::io::stderr().as_fd()));
+        if let Some(file) = stream {
+            return Ok(file);
+        }
+    }
+    File::create(path)
+}
+
 impl JsonLines {
     pub fn create(path: &Path) -> Result<JsonLines, Error> {
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let file = open_output(path).map_err(|e| Error::io(path, e))?;
         Ok(JsonLines {
             path: path.into(),
             out: BufWriter::new(file),

@@ -11,7 +11,9 @@ use crate::error::Error;
 /// An output file and the option that named it (`"--json"`).
 pub type Output<'a> = (&'static str, &'a Path);
 
-/// Refuses, before a run, an output that cannot be written, that is (or
+/// Refuses, before a run, a `save` folder inside one of `inputs` (a
+/// checkpoint or data folder the run reads, which would then hold a
+/// folder not its own), and an output that cannot be written, that is (or
 /// lies inside) one of `inputs` (files or folders the run reads), that
 /// lies inside `save` (the checkpoint folder a save replaces whole), or
 /// that another output names too.
@@ -20,6 +22,18 @@ pub fn check_outputs(
     inputs: &[&Path],
     save: Option<&Path>,
 ) -> Result<(), Error> {
+    // (The folder itself is another matter: `--resume DIR --save DIR`
+    // replaces it, and the save's own check refuses a data folder.)
+    if let Some(dir) = save {
+        let inside = |input: &&&Path| covers(input, dir) && resolved(input) != resolved(dir);
+        if let Some(input) = inputs.iter().find(inside) {
+            return Err(Error::Config(format!(
+                "--save {} lies inside {}, which this run reads; choose another path",
+                dir.display(),
+                input.display()
+            )));
+        }
+    }
     for (i, &(option, path)) in outputs.iter().enumerate() {
         let refuse = |why: String| {
             Err(Error::Config(format!(
@@ -59,6 +73,18 @@ pub fn check_outputs(
 /// none), creates a file of its own in the folder it would be made in and
 /// removes it again, so the user's name is never touched.
 fn check_writable(path: &Path) -> Result<(), Error> {
+    // `out/` names a folder, even one that does not exist yet.
+    if path.is_dir()
+        || path
+            .as_os_str()
+            .to_string_lossy()
+            .ends_with(['/', std::path::MAIN_SEPARATOR])
+    {
+        return Err(Error::Config(format!(
+            "{} names a folder, not a file",
+            path.display()
+        )));
+    }
     let probe = if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
@@ -203,6 +229,14 @@ mod tests {
         assert!(message(&[("--json", &in_save)], Some(&save)).contains("--save folder"));
         let log = dir.join("log.jsonl");
         assert!(message(&[("--json", &log), ("--plot", &log)], None).contains("--json file"));
+        // A save inside a folder the run reads (the folder itself is the
+        // save's own check), and outputs that name folders.
+        let nested = ckpt.join("next");
+        assert!(message(&[], Some(&nested)).contains("--save"));
+        check_outputs(&[], &[&data, &ckpt], Some(&ckpt)).unwrap();
+        let slash = dir.join("new-folder/");
+        assert!(message(&[("--json", &slash)], None).contains("names a folder"));
+        assert!(message(&[("--json", &dir)], None).contains("names a folder"));
         // Beside them is fine, and checking creates nothing.
         let plot = dir.join("loss.svg");
         check_outputs(

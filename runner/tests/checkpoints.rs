@@ -82,11 +82,18 @@ fn a_checkpoint_is_replaced_only_with_consent() {
     let state = checkpoint::load_run(&ckpt, model.params().len()).unwrap();
     assert_eq!(state.step, 3, "the first run's state was loaded");
 
-    // The run resumed from it replaces it without being asked.
+    // The run resumed from it replaces it without being asked (and says
+    // that a seed does not apply to it).
     let resume = [
-        "train", "--steps", "4", "--resume", ckpt_s, "--save", ckpt_s, "-q",
+        "train", "--steps", "4", "--resume", ckpt_s, "--save", ckpt_s, "--seed", "5", "-q",
     ];
-    assert_success(&runner(&resume));
+    let out = runner(&resume);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--seed is ignored with --resume"),
+        "{stderr}"
+    );
     let model = checkpoint::load_model(&ckpt, Kernels::best()).unwrap();
     let state = checkpoint::load_run(&ckpt, model.params().len()).unwrap();
     assert_eq!(state.step, 4);

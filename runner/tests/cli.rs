@@ -420,6 +420,27 @@ fn generate_streams_text_and_logs_the_generation_line() {
     );
     let out = runner(&[&generate[..], &["a", "--max-new-tokens", "0"]].concat());
     assert_clear_error(&out, "--max-new-tokens must be at least 1");
+    // --json /dev/stdout with stdout sent to a file: the text and the
+    // JSON line both land there.
+    let captured = dir.join("stdout.txt");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(generate)
+        .args([
+            "Abc",
+            "--max-new-tokens",
+            "3",
+            "--json",
+            "/dev/stdout",
+            "-q",
+        ])
+        .stdout(std::fs::File::create(&captured).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read(&captured).unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("Abc"), "{text}");
+    assert!(text.contains("{\"kind\":\"generate\""), "{text}");
     let out = runner(&[&generate[..], &["-5+3=", "--max-new-tokens", "2", "-q"]].concat());
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("-5+3="));
@@ -434,13 +455,13 @@ fn bench_prints_consistent_tables_and_json_lines() {
         "--preset",
         "tiny",
         "--seq-lens",
-        "8,32",
+        "8,32,8", // a repeat is timed once
         "--steps",
         "2",
         "--batch",
         "4",
         "--threads",
-        "1",
+        "1,1",
         "-q",
         "--json",
         json.to_str().unwrap(),
@@ -689,7 +710,7 @@ fn train_plots_the_loss_curves() {
         "--plot",
         dir.to_str().unwrap(),
     ];
-    assert_clear_error(&runner(&folder), "directory");
+    assert_clear_error(&runner(&folder), "names a folder, not a file");
     let png = dir.join("loss.png");
     let mut args = folder;
     args[6] = png.to_str().unwrap();
@@ -744,8 +765,8 @@ fn a_bad_option_is_one_clear_error() {
 
 #[test]
 fn bf16_precision_names_its_unit_and_warns_when_emulated() {
-    let run = |backend: &str| {
-        runner(&[
+    let run_with = |backend: &str, extra: &[&str]| {
+        let args = [
             "train",
             "--preset",
             "tiny",
@@ -757,15 +778,28 @@ fn bf16_precision_names_its_unit_and_warns_when_emulated() {
             "1",
             "--backend",
             backend,
-        ])
+        ];
+        runner(&[&args[..], extra].concat())
     };
-    // Scalar has no bf16 unit: the portable path, with one warning.
+    let run = |backend: &str| run_with(backend, &[]);
+    // Scalar has no bf16 unit: the portable path, with one warning, which
+    // -q keeps.
     let out = run("scalar");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("| Precision: bf16 emulated"), "{stderr}");
     let warning = "[warn] this CPU or backend has no bf16 unit";
     assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    let quiet = run_with("scalar", &["-q"]);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    // Forced, it says so.
+    let forced = run_with("scalar", &["--bf16-unit", "portable"]);
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    assert!(
+        stderr.contains("[warn] --bf16-unit portable: bf16 runs emulated"),
+        "{stderr}"
+    );
     if kernels::Bf16Unit::detected() == kernels::Bf16Unit::Avx512Bf16 {
         let out = run("avx512");
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -434,6 +434,13 @@ fn prepare_leaves_nothing_half_made() {
         &runner(&args),
         &format!("{data} exists and is not a folder"),
     );
+    // A file named like an unfinished shard is the user's, never replaced.
+    std::fs::create_dir_all(&out).unwrap();
+    let tmp = out.join("data_val_000000.bin.tmp");
+    std::fs::write(&tmp, "mine").unwrap();
+    assert_clear_error(&prepare(&[&data], "50"), "holds data_val_000000.bin.tmp");
+    assert_eq!(std::fs::read(&tmp).unwrap(), b"mine");
+    std::fs::remove_file(&tmp).unwrap();
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }

@@ -238,14 +238,25 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     if let Ok(head) = st.tensor(hf::LM_HEAD) {
         // The tied head is the embedding; a different one is another model.
         let wte = &layout[0];
+        if !is_float(head.dtype()) || head.shape() != wte.shape.as_slice() {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "{} is {:?} {:?}, but wte.weight is {:?}",
+                    hf::LM_HEAD,
+                    head.dtype(),
+                    head.shape(),
+                    wte.shape
+                ),
+            ));
+        }
         let mut values = vec![0.0; wte.range.len()];
-        let same = is_float(head.dtype()) && head.shape() == wte.shape.as_slice() && {
-            floats_from(head.dtype(), head.data(), &mut values);
-            values
-                .iter()
-                .zip(&params[wte.range.clone()])
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        };
+        floats_from(head.dtype(), head.data(), &mut values);
+        // Equal as numbers: -0 is 0.
+        let same = values
+            .iter()
+            .zip(&params[wte.range.clone()])
+            .all(|(a, b)| a == b);
         if !same {
             return Err(Error::checkpoint(
                 dir,

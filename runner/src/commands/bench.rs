@@ -49,6 +49,18 @@ pub struct BenchArgs {
     pub verbosity: Verbosity,
 }
 
+/// `list` without repeats, in its order: a value given twice is timed
+/// once.
+fn first_of_each<T: PartialEq + Copy>(list: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(list.len());
+    for &x in list {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), Error> {
     args.verbosity.init();
     let backends = if args.backends.is_empty() {
@@ -63,20 +75,18 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
             .collect::<Result<Vec<_>, _>>()?
     };
     let threads = if args.threads.is_empty() {
-        let mut all = vec![1, Threads::default_count()];
-        all.dedup();
-        all
+        vec![1, Threads::default_count()]
     } else {
         args.threads.clone()
     };
     let settings = BenchSettings {
         config: args.preset.config(args.preset.default_tokenizer()),
-        seq_lens: args.seq_lens.clone(),
+        seq_lens: first_of_each(&args.seq_lens),
         batch: args.batch,
         steps: args.steps,
-        backends,
-        precisions: args.precisions.clone(),
-        threads,
+        backends: first_of_each(&backends),
+        precisions: first_of_each(&args.precisions),
+        threads: first_of_each(&threads),
         json: args.json.clone(),
         decoding: !args.no_decoding,
         recompute: args.recompute,

@@ -52,15 +52,21 @@ impl RunOptions {
     /// Installs the logger at the asked level and returns the kernels.
     pub fn start(&self) -> Result<Kernels, Error> {
         self.verbosity.init();
-        let kernels = self.backend.kernels()?;
+        let mut kernels = self.backend.kernels()?;
         if let Some(unit) = self.bf16_unit {
-            return Ok(kernels.with_bf16_unit(unit.unit())?);
-        }
-        if let (Precision::Bf16, Some(errno)) = (self.precision, Bf16Unit::amx_refused()) {
+            kernels = kernels.with_bf16_unit(unit.unit())?;
+        } else if let (Precision::Bf16, Some(errno)) = (self.precision, Bf16Unit::amx_refused()) {
             log::warn!(
                 "this CPU has AMX but the OS refused the tile data permission (arch_prctl returned {errno}): bf16 products run on {}",
                 kernels.bf16_unit()
             );
+        }
+        if self.precision == Precision::Bf16 && kernels.bf16_unit() == Bf16Unit::Portable {
+            let why = match self.bf16_unit {
+                Some(_) => "--bf16-unit portable",
+                None => "this CPU or backend has no bf16 unit",
+            };
+            log::warn!("{why}: bf16 runs emulated (operands rounded to bf16, f32 FMA); training and long prompts run slower than in f32");
         }
         Ok(kernels)
     }

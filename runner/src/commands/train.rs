@@ -11,6 +11,9 @@ use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
 use crate::train::{train, TrainSettings};
 
+/// The seed of a run that names none.
+const DEFAULT_SEED: u64 = 1337;
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Model size: tiny (L2 H2 C32 T32), demo (L2 H4 C128 T64), small (L4
@@ -72,9 +75,10 @@ pub struct TrainArgs {
     /// Warm-up steps.
     #[arg(long, default_value_t = 20)]
     pub warmup: u32,
-    /// Seed of the initial weights and of the data sampling.
-    #[arg(long, default_value_t = 1337)]
-    pub seed: u64,
+    /// Seed of the initial weights and of the data sampling [default:
+    /// 1337; a resumed run continues its saved random state].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Validate every N steps (0: only at the end).
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub eval_every: u32,
@@ -176,6 +180,11 @@ impl TrainArgs {
     }
 
     fn settings(&self) -> Result<TrainSettings, Error> {
+        if self.seed.is_some() && self.resume.is_some() {
+            log::warn!(
+                "--seed is ignored with --resume: the run continues from its saved random state"
+            );
+        }
         Ok(TrainSettings {
             config: self.requested_config()?,
             data: self.data.clone(),
@@ -187,7 +196,7 @@ impl TrainArgs {
             grad_accum: self.grad_accum,
             lr: self.lr,
             warmup: self.warmup,
-            seed: self.seed,
+            seed: self.seed.unwrap_or(DEFAULT_SEED),
             eval_every: self.eval_every,
             log_every: self.log_every,
             save: self.save.clone(),

@@ -66,6 +66,9 @@ pub struct ShardWriter {
     /// Tokens written to each finished shard, in order.
     finished: Vec<usize>,
     open: Option<OpenShard>,
+    /// Whether the temporary file of the shard after the finished ones is
+    /// this writer's (created, not yet renamed), so `discard` may remove it.
+    owns_temporary: bool,
     written: usize,
 }
 
@@ -99,6 +102,12 @@ impl ShardWriter {
                     dir.display()
                 )));
             }
+            if file.starts_with(&format!("{name}_")) && file.ends_with(".bin.tmp") {
+                return Err(Error::Config(format!(
+                    "{} holds {file} (a stopped run's unfinished shard?); remove it or choose another --output",
+                    dir.display()
+                )));
+            }
         }
         Ok(ShardWriter {
             dir: dir.into(),
@@ -108,6 +117,7 @@ impl ShardWriter {
             val_tokens,
             finished: Vec::new(),
             open: None,
+            owns_temporary: false,
             written: 0,
         })
     }
@@ -172,7 +182,8 @@ impl ShardWriter {
         let last = self.finished.len();
         let temporary = temporary_path(&shard_path(&self.dir, &self.name, last));
         let finished = (0..last).map(|index| shard_path(&self.dir, &self.name, index));
-        for path in finished.chain([temporary]) {
+        let temporary = self.owns_temporary.then_some(temporary);
+        for path in finished.chain(temporary) {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(&path, e))
@@ -194,7 +205,13 @@ impl ShardWriter {
             let index = self.finished.len();
             let path = shard_path(&self.dir, &self.name, index);
             let temporary = temporary_path(&path);
-            let file = File::create(&temporary).map_err(|e| Error::io(&temporary, e))?;
+            // Never over a file of that name (or through a link): a user's.
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)
+                .map_err(|e| Error::io(&temporary, e))?;
+            self.owns_temporary = true;
             let mut file = BufWriter::new(file);
             // The count is written when the shard closes.
             file.write_all(&header(0, self.tokenizer)?)
@@ -222,6 +239,7 @@ impl ShardWriter {
             .map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&shard.temporary, &path).map_err(|e| Error::io(&path, e))?;
+        self.owns_temporary = false;
         self.finished.push(shard.count);
         Ok(())
     }
