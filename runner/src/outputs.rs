@@ -144,7 +144,7 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 
 /// `path` made absolute with links resolved; for a path that does not
 /// exist yet, its parent's resolution and its name.
-fn resolved(path: &Path) -> PathBuf {
+pub fn resolved(path: &Path) -> PathBuf {
     if let Ok(real) = path.canonicalize() {
         return real;
     }

@@ -14,6 +14,7 @@ use safetensors::tensor::View;
 use safetensors::SafeTensorError;
 
 use crate::error::Error;
+use crate::metrics::mib;
 use crate::outputs;
 
 /// A destination directory that may only ever hold `files`, and, when it
@@ -176,18 +177,15 @@ impl<'a> Destination<'a> {
     pub fn check_room(&self, bytes: u64) -> Result<(), Error> {
         let (parent, _) = self.parent_and_name()?;
         match free_bytes(parent) {
-            Some(free) if free < bytes => {
-                let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
-                Err(Error::checkpoint(
-                    &self.dir,
-                    format!(
-                        "saving it takes about {:.1} MiB, but {} has {:.1} MiB free",
-                        mib(bytes),
-                        parent.display(),
-                        mib(free)
-                    ),
-                ))
-            }
+            Some(free) if free < bytes => Err(Error::checkpoint(
+                &self.dir,
+                format!(
+                    "saving it takes about {:.1} MiB, but {} has {:.1} MiB free",
+                    mib(bytes as f64),
+                    parent.display(),
+                    mib(free as f64)
+                ),
+            )),
             _ => Ok(()),
         }
     }

@@ -176,9 +176,7 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
                 .ok_or_else(|| unsupported(TOKENIZER_KEY, v, "\"byte\" or \"gpt2\""))?,
         ),
         // A checkpoint from elsewhere: GPT-2's own vocabulary, or ours.
-        None => [Tokenizer::Gpt2, Tokenizer::Byte]
-            .into_iter()
-            .find(|t| t.vocab_size() == vocab_size),
+        None => Tokenizer::with_vocab(vocab_size),
     };
     let cfg = ModelConfig {
         vocab_size,

@@ -354,11 +354,7 @@ impl Shard {
 
     /// The tokenizer the shard was written with, where its header says.
     pub fn tokenizer(&self) -> Option<Tokenizer> {
-        let vocab = self.tokenizer_vocab?;
-        <Tokenizer as clap::ValueEnum>::value_variants()
-            .iter()
-            .copied()
-            .find(|t| t.vocab_size() == vocab)
+        Tokenizer::with_vocab(self.tokenizer_vocab?)
     }
 
     /// Refuses a shard written by another tokenizer than `tokenizer`,

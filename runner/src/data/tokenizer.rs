@@ -39,6 +39,13 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer whose ids are below `vocab` exactly, if any.
+    pub fn with_vocab(vocab: usize) -> Option<Tokenizer> {
+        [Tokenizer::Gpt2, Tokenizer::Byte]
+            .into_iter()
+            .find(|t| t.vocab_size() == vocab)
+    }
+
     /// The token that separates documents, if the vocabulary has one.
     pub fn end_of_text(self) -> Option<u32> {
         match self {

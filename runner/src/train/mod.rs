@@ -108,12 +108,8 @@ impl TrainSettings {
         if self.overwrite || checkpoint::saved_checkpoint(dir).is_none() {
             return Ok(());
         }
-        let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
-        if self
-            .resume
-            .as_deref()
-            .is_some_and(|resumed| same(resumed, dir))
-        {
+        let same = |resumed: &Path| outputs::resolved(resumed) == outputs::resolved(dir);
+        if self.resume.as_deref().is_some_and(same) {
             return Ok(());
         }
         Err(Error::checkpoint(
