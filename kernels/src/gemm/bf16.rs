@@ -1055,12 +1055,11 @@ enum PanelsOfB<'a, B> {
     Packed { panels: &'a [f32], stride: usize },
 }
 
-/// The pair-packed product on `unit`, in rounds of pieces of `exec`: the
-/// A panels are packed (a block of rows a piece), and the B panels unless
-/// B came packed (a block of columns a piece); then each piece computes
-/// one block of C: [`BLOCK_ROWS`] rows
-/// by [`BLOCK_PANELS`] column panels, so its rows of packed A stay in L2
-/// across its panels. Every element of C is summed in the same order
+/// The pair-packed product on `unit`, in two rounds of pieces of `exec`:
+/// the A panels are packed (a block of rows a piece), and the B panels
+/// unless B came packed (a block of columns a piece); then each piece
+/// computes one block of C: [`BLOCK_ROWS`] rows by [`BLOCK_PANELS`] column
+/// panels, so its rows of packed A stay in L2 across its panels. Every element of C is summed in the same order
 /// whatever the blocks, so the result does not depend on the executor.
 /// Packing rounds with the backend's vectors.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
@@ -1074,43 +1073,51 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut packed_a[..layout.a_len()];
-    // A and B are packed in the blocks the product computes in: whole
-    // runs of columns where the columns are contiguous (see
-    // `pack_panels`).
     let a_out = SharedMut(packed_a.as_mut_ptr());
-    run_pieces(exec, layout.row_blocks(), &|rb| {
-        let panels = layout.row_block(rb);
-        // SAFETY: `panels` ends at most at `a_panels`, and A panel `p` is
-        // its own `a_panel` floats of `packed_a` (a_panels · a_panel =
-        // a_len); the row blocks do not overlap, so no other piece touches
-        // them.
-        let out = unsafe { a_out.slice(panels.start * a_panel, panels.len() * a_panel) };
-        // (Pair units run on a SIMD backend; the scalar arm is for
-        // completeness.)
-        dispatch!(kernels,
-            scalar: pack_a_panels(ScalarKernel, a, layout, panels.clone(), out),
-            simd: |s| pack_a_panels(s, a, layout, panels.clone(), out),
-        );
+    // B to pack (through its transpose: rows of Bᵀ are columns of B) into
+    // the workspace after A, unless it came packed.
+    let mut b = b;
+    let pack_b = match &mut b {
+        PanelsOfB::Pack { b, into } => {
+            Some((b.t(), SharedMut(into[..layout.b_len()].as_mut_ptr())))
+        }
+        PanelsOfB::Packed { .. } => None,
+    };
+    // One round packs both, A a block of rows a piece and B a block of
+    // columns a piece (whole runs of columns where the columns are
+    // contiguous, see `pack_panels`): a thread that finishes its share of
+    // one goes on to the other instead of waiting between two rounds.
+    let a_blocks = layout.row_blocks();
+    let b_blocks = pack_b.as_ref().map_or(0, |_| layout.col_blocks());
+    run_pieces(exec, a_blocks + b_blocks, &|piece| {
+        if piece < a_blocks {
+            let panels = layout.row_block(piece);
+            // SAFETY: `panels` ends at most at `a_panels`, and A panel `p`
+            // is its own `a_panel` floats of `packed_a` (a_panels · a_panel
+            // = a_len); the row blocks do not overlap, so no other piece
+            // touches them.
+            let out = unsafe { a_out.slice(panels.start * a_panel, panels.len() * a_panel) };
+            // (Pair units run on a SIMD backend; the scalar arm is for
+            // completeness.)
+            dispatch!(kernels,
+                scalar: pack_a_panels(ScalarKernel, a, layout, panels.clone(), out),
+                simd: |s| pack_a_panels(s, a, layout, panels.clone(), out),
+            );
+        } else if let Some((bt, b_out)) = &pack_b {
+            let panels = layout.col_block(piece - a_blocks);
+            // SAFETY: `panels` ends at most at `b_panels`, and B panel `j`
+            // is its own `b_panel` floats of the `b_len` floats at `b_out`
+            // (b_panels · b_panel = b_len); the column blocks do not
+            // overlap, so no other piece touches them.
+            let out = unsafe { b_out.slice(panels.start * b_panel, panels.len() * b_panel) };
+            dispatch!(kernels,
+                scalar: pack_panels(ScalarKernel, bt, NR, panels.clone(), out),
+                simd: |s| pack_panels(s, bt, NR, panels.clone(), out),
+            );
+        }
     });
     let (packed_b, b_stride): (&[f32], usize) = match b {
-        PanelsOfB::Pack { b, into } => {
-            let bt = b.t();
-            let into = &mut into[..layout.b_len()];
-            let b_out = SharedMut(into.as_mut_ptr());
-            run_pieces(exec, layout.col_blocks(), &|cb| {
-                let panels = layout.col_block(cb);
-                // SAFETY: `panels` ends at most at `b_panels`, and B panel
-                // `j` is its own `b_panel` floats of `into` (b_panels ·
-                // b_panel = b_len); the column blocks do not overlap, so no
-                // other piece touches them.
-                let out = unsafe { b_out.slice(panels.start * b_panel, panels.len() * b_panel) };
-                dispatch!(kernels,
-                    scalar: pack_panels(ScalarKernel, &bt, NR, panels.clone(), out),
-                    simd: |s| pack_panels(s, &bt, NR, panels.clone(), out),
-                );
-            });
-            (into, b_panel)
-        }
+        PanelsOfB::Pack { into, .. } => (&into[..layout.b_len()], b_panel),
         PanelsOfB::Packed { panels, stride } => (panels, stride),
     };
     let run = Pairs {
