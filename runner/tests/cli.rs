@@ -856,6 +856,13 @@ fn forcing_a_bf16_unit_the_cpu_lacks_is_one_clear_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // In f32 a forced unit runs nothing: said once.
+    let args = ["train", "--preset", "tiny", "--steps", "1", "-q"];
+    let out = runner(&[&args[..], &["--bf16-unit", "portable"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = "[warn] --bf16-unit has no effect in f32";
+    assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
 }
 
 #[test]

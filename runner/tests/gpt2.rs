@@ -501,6 +501,14 @@ fn hugging_face_directories_load_and_fine_tune() {
     let untied = dir.join("untied");
     hugging_face_copy(&ours, &untied, false, Some(0.5));
     assert_clear_error(&eval(&untied), "lm_head.weight differs from wte.weight");
+    // Declared untied, with no head in the file: the head is missing. With
+    // one equal to the embedding, it is the same model.
+    let no_head = dir.join("no-head");
+    hugging_face_copy(&ours, &no_head, false, None);
+    edit(&no_head, "tie_word_embeddings", Value::from(false));
+    assert_clear_error(&eval(&no_head), "has no lm_head.weight");
+    edit(&hf, "tie_word_embeddings", Value::from(false));
+    assert_eq!(printed_loss(&eval(&hf)), reference);
 
     // Settings this runner does not compute are refused by name.
     for (key, value) in [
@@ -509,6 +517,7 @@ fn hugging_face_directories_load_and_fine_tune() {
         ("scale_attn_by_inverse_layer_idx", Value::from(true)),
         ("add_cross_attention", Value::from(true)),
         ("n_inner", Value::from(100)),
+        ("tie_word_embeddings", Value::from("yes")),
     ] {
         let bad = dir.join(format!("bad-{key}"));
         hugging_face_copy(&ours, &bad, false, None);

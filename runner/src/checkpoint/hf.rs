@@ -118,10 +118,18 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
     })
 }
 
+/// What a `config.json` says: the model shape, and whether the output
+/// layer is the token embedding (`tie_word_embeddings`, true unless set
+/// false; an untied head must then be in the weights).
+pub struct HfConfig {
+    pub model: ModelConfig,
+    pub tied_head: bool,
+}
+
 /// The model shape in a `config.json` (of the checkpoint `dir`, named in
-/// errors): the sizes, the tokenizer, and a refusal naming the key of any
-/// setting this runner does not compute.
-pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig, Error> {
+/// errors): the sizes, the tokenizer, the head's tying, and a refusal
+/// naming the key of any setting this runner does not compute.
+pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<HfConfig, Error> {
     let corrupt = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
     let json: Value =
         serde_json::from_slice(bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
@@ -164,6 +172,12 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
             return Err(unsupported("layer_norm_epsilon", eps, "1e-5"));
         }
     }
+    let tied_head = match setting("tie_word_embeddings") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| unsupported("tie_word_embeddings", v, "true or false"))?,
+    };
     let channels = field("n_embd")?;
     if let Some(v) = setting("n_inner").filter(|v| v.as_u64() != (channels as u64).checked_mul(4)) {
         return Err(unsupported("n_inner", v, "null (4 × n_embd)"));
@@ -187,7 +201,10 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<ModelConfig,
         channels,
     };
     cfg.validate().map_err(|e| corrupt(e.to_string()))?;
-    Ok(cfg)
+    Ok(HfConfig {
+        model: cfg,
+        tied_head,
+    })
 }
 
 #[cfg(test)]

@@ -136,6 +136,11 @@ fn write_checkpoint(
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
+    Ok(read_config(dir)?.model)
+}
+
+/// [`load_config`] with what `config.json` says of the output layer.
+fn read_config(dir: &Path) -> Result<hf::HfConfig, Error> {
     if !dir.is_dir() {
         let reason = if dir.exists() {
             "not a directory (a checkpoint is a folder)".into()
@@ -156,14 +161,29 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
 /// The model in `dir`, on `kernels`: a checkpoint of this runner, or any
 /// Hugging Face GPT-2 directory (`config.json` + `model.safetensors` from
 /// `save_pretrained`; names with or without `transformer.`; f32, bf16 or
-/// f16; an untied `lm_head.weight` only if it equals `wte`). Every tensor
+/// f16; an `lm_head.weight` only if it equals `wte`, and required where
+/// `config.json` unties it). Every tensor
 /// is checked against `config.json` before the parameters are allocated,
 /// so a config asking for more than the file holds is an error, not an
 /// out-of-memory abort.
 pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
-    let cfg = load_config(dir)?;
+    let hf::HfConfig {
+        model: cfg,
+        tied_head,
+    } = read_config(dir)?;
     let bytes = read(dir, MODEL_FILE)?;
     let st = parse(dir, MODEL_FILE, &bytes)?;
+    // An untied head that is not in the file would be left to chance
+    // (transformers initialises it at random): not this model.
+    if !tied_head && st.tensor(hf::LM_HEAD).is_err() {
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "{CONFIG_FILE} sets `tie_word_embeddings` to false, but {MODEL_FILE} has no {}",
+                hf::LM_HEAD
+            ),
+        ));
+    }
     // Checked first so that the layout built next is no longer than the
     // header, whatever number of layers config.json claims.
     let needed = hf::tensor_count(&cfg);

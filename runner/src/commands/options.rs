@@ -55,6 +55,9 @@ impl RunOptions {
         let mut kernels = self.backend.kernels()?;
         if let Some(unit) = self.bf16_unit {
             kernels = kernels.with_bf16_unit(unit.unit())?;
+            if self.precision == Precision::F32 {
+                log::warn!("--bf16-unit has no effect in f32: add --precision bf16 to run the products on it");
+            }
         } else if let (Precision::Bf16, Some(errno)) = (self.precision, Bf16Unit::amx_refused()) {
             log::warn!(
                 "this CPU has AMX but the OS refused the tile data permission (arch_prctl returned {errno}): bf16 products run on {}",
