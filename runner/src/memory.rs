@@ -3,7 +3,7 @@
 //! before anything large is allocated.
 
 use crate::error::Error;
-use crate::metrics::{mib, physical_memory_bytes};
+use crate::metrics::{gib, mib, physical_memory_bytes};
 use crate::model::{Gpt, KvCache, ModelConfig};
 
 use crate::train::optim::Optimizer;
@@ -104,16 +104,11 @@ pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
     if bytes > limit_bytes {
         return Err(Error::Config(format!(
             "the run needs about {:.1} GiB of memory ({what}); this machine has {:.1} GiB",
-            gib(bytes),
-            gib(limit_bytes)
+            gib(bytes as f64),
+            gib(limit_bytes as f64)
         )));
     }
     Ok(())
-}
-
-/// `bytes` in GiB, for messages.
-pub fn gib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// Refuses training runs that would not fit this machine's memory

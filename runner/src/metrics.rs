@@ -46,6 +46,11 @@ pub fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
 }
 
+/// `bytes` in GiB, for log lines.
+pub fn gib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0 * 1024.0)
+}
+
 /// Peak GFLOP/s of `kernels` on `threads` cores for products in
 /// `precision` (the backend's FMA loop for f32, its bf16 unit's loop for
 /// bf16): `threads` times one core's, the best of 25 runs of the loop on
@@ -240,7 +245,7 @@ pub struct JsonLines {
 fn open_output(path: &Path) -> std::io::Result<File> {
     #[cfg(unix)]
     if let Ok(target) = std::fs::metadata(path) {
-        if std::os::unix::fs::FileTypeExt::is_fifo(&target.file_type()) {
+        if crate::outputs::is_pipe(&target.file_type()) {
             // Opening a pipe waits for a reader: say why it waits.
             log::info!(
                 "Writing {} (a pipe) once a process reads it",

@@ -98,6 +98,18 @@ fn check_writable(path: &Path) -> Result<(), Error> {
     probe.map_err(|e| Error::io(path, e))
 }
 
+/// Whether a file is a named pipe, whose opening waits for the other end.
+#[cfg(unix)]
+pub fn is_pipe(kind: &std::fs::FileType) -> bool {
+    std::os::unix::fs::FileTypeExt::is_fifo(kind)
+}
+
+/// Whether a file is a named pipe: never, elsewhere than Unix.
+#[cfg(not(unix))]
+pub fn is_pipe(_: &std::fs::FileType) -> bool {
+    false
+}
+
 /// The folder `path` is named in (`.` for a bare name).
 pub fn parent(path: &Path) -> &Path {
     path.parent()

@@ -137,7 +137,7 @@ impl DataSource {
     pub fn check(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
         match self {
             DataSource::Embedded => Ok(()),
-            DataSource::Text(_) => self.text_tokenizer(tokenizer).map(|_| ()),
+            DataSource::Text(_) => self.text_tokenizer(tokenizer).map(drop),
             // Headers only: a shard's kind, magic, size and tokenizer.
             DataSource::Shard(path) => Shard::open(path)?.check_tokenizer(tokenizer),
             DataSource::Shards(dir) => {
@@ -169,8 +169,9 @@ impl DataSource {
     }
 
     /// The tokenizer a text is read with, once the text is known to be a
-    /// file (or a pipe, which ends; a device such as /dev/zero may never).
-    fn text_tokenizer(&self, tokenizer: Option<Tokenizer>) -> Result<Tokenizer, Error> {
+    /// file (or a pipe, which ends; a device such as /dev/zero may never),
+    /// and whether it is a pipe.
+    fn text_tokenizer(&self, tokenizer: Option<Tokenizer>) -> Result<(Tokenizer, bool), Error> {
         let Some(tokenizer) = tokenizer else {
             return Err(Error::Data {
                 path: self.origin(),
@@ -179,13 +180,11 @@ impl DataSource {
                         .into(),
             });
         };
+        let mut pipe = false;
         if let DataSource::Text(path) = self {
             let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
             let kind = meta.file_type();
-            #[cfg(unix)]
-            let pipe = std::os::unix::fs::FileTypeExt::is_fifo(&kind);
-            #[cfg(not(unix))]
-            let pipe = false;
+            pipe = crate::outputs::is_pipe(&kind);
             if !(kind.is_file() || pipe) {
                 return Err(Error::Data {
                     path: path.clone(),
@@ -196,7 +195,7 @@ impl DataSource {
                 check_text_fits(path, meta.len())?;
             }
         }
-        Ok(tokenizer)
+        Ok((tokenizer, pipe))
     }
 
     /// At most how many tokens [`DataSource::eval_tokens`] gives, from
@@ -223,13 +222,10 @@ impl DataSource {
 
     /// A text's tokens (non-empty).
     fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
-        let tokenizer = self.text_tokenizer(tokenizer)?;
+        let (tokenizer, pipe) = self.text_tokenizer(tokenizer)?;
         let bytes = match self {
             DataSource::Text(path) => {
-                #[cfg(unix)]
-                if std::fs::metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
-                {
+                if pipe {
                     // Opening a pipe waits for a writer: say why it waits.
                     log::info!(
                         "Reading {} (a pipe) until its writer closes it",
@@ -257,7 +253,7 @@ fn check_text_fits(path: &Path, size: u64) -> Result<(), Error> {
         size.saturating_mul(5),
         &format!(
             "the {:.1} GiB text {} read whole and tokenized; `runner prepare` streams a text into token shards",
-            crate::memory::gib(size),
+            crate::metrics::gib(size as f64),
             path.display()
         ),
     )
