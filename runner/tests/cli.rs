@@ -140,6 +140,14 @@ fn bad_data_files_are_one_clear_error() {
         &runner(&["train", "--preset", "tiny", "--data", &short]),
         "too short",
     );
+    // A shard not named .bin would be read as text: refused.
+    let mut shard = 20240520i32.to_le_bytes().to_vec();
+    shard.resize(4096, 1);
+    let shard = text_file(&dir, "shard.txt", &shard);
+    assert_clear_error(
+        &runner(&["train", "--preset", "tiny", "--data", &shard]),
+        "this is a token shard",
+    );
 }
 
 #[test]

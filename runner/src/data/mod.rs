@@ -193,6 +193,7 @@ impl DataSource {
             }
             if kind.is_file() {
                 check_text_fits(path, meta.len())?;
+                check_not_a_shard(path)?;
             }
         }
         Ok((tokenizer, pipe))
@@ -244,6 +245,21 @@ impl DataSource {
         }
         Ok(tokenizer.encode(&bytes))
     }
+}
+
+/// Refuses a text that starts with a token shard's header: its tokens
+/// would be scored as bytes of text, a wrong answer without a word.
+fn check_not_a_shard(path: &Path) -> Result<(), Error> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    if file.read_exact(&mut magic).is_ok() && i32::from_le_bytes(magic) == shards::SHARD_MAGIC {
+        return Err(Error::Data {
+            path: path.into(),
+            reason: "this is a token shard (its header starts with llm.c's magic), read as text since its name does not end in .bin: rename it to NAME.bin".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a text of `size` bytes that would not fit in memory read whole
