@@ -1059,9 +1059,10 @@ enum PanelsOfB<'a, B> {
 /// the A panels are packed (a block of rows a piece), and the B panels
 /// unless B came packed (a block of columns a piece); then each piece
 /// computes one block of C: [`BLOCK_ROWS`] rows by [`BLOCK_PANELS`] column
-/// panels, so its rows of packed A stay in L2 across its panels. Every element of C is summed in the same order
-/// whatever the blocks, so the result does not depend on the executor.
-/// Packing rounds with the backend's vectors.
+/// panels, so its rows of packed A stay in L2 across its panels. Every
+/// element of C is summed in the same order whatever the blocks, so the
+/// result does not depend on the executor. Packing rounds with the
+/// backend's vectors.
 fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
     tiles: Option<TileIsa>,

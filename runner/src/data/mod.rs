@@ -250,10 +250,7 @@ impl DataSource {
 /// Refuses a text that starts with a token shard's header: its tokens
 /// would be scored as bytes of text, a wrong answer without a word.
 fn check_not_a_shard(path: &Path) -> Result<(), Error> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    if file.read_exact(&mut magic).is_ok() && i32::from_le_bytes(magic) == shards::SHARD_MAGIC {
+    if shards::starts_as_shard(path)? {
         return Err(Error::Data {
             path: path.into(),
             reason: "this is a token shard (its header starts with llm.c's magic), read as text since its name does not end in .bin: rename it to NAME.bin".into(),

@@ -269,6 +269,14 @@ pub struct Shard {
     bytes: Vec<u8>,
 }
 
+/// Whether the file at `path` begins with a shard's magic number, whatever
+/// its name and the rest of its header.
+pub fn starts_as_shard(path: &Path) -> Result<bool, Error> {
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(file.read_exact(&mut magic).is_ok() && i32::from_le_bytes(magic) == SHARD_MAGIC)
+}
+
 impl Shard {
     /// Opens the shard at `path` and checks its header against its size.
     pub fn open(path: &Path) -> Result<Shard, Error> {
