@@ -19,7 +19,9 @@ pub struct Cli {
 }
 
 /// Every command takes negative numbers as values (`--temperature -1` is
-/// then refused for its value, not read as an unknown option).
+/// then refused for its value, not read as an unknown option); a float
+/// option or a name also takes what clap would not read as a number
+/// (`-inf`, `-.5`, `-x`).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (from scratch, or resumed from a checkpoint).

@@ -352,7 +352,7 @@ fn impossible_sizes_are_refused_before_allocating() {
     // is read (its tokens would not fit in 1 GiB either).
     edit_config(&ckpt, "n_layer", -1);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
-    assert_clear_error(&out, "`n_layer` is -1, not a whole number");
+    assert_clear_error(&out, "`n_layer` is -1, not a non-negative integer");
     edit_config(&ckpt, "n_layer", 2);
     let text = dir.join("huge.txt");
     let sparse_text = |bytes: u64| {
@@ -537,6 +537,37 @@ fn moments_that_would_poison_adamw_are_refused() {
             "{err}"
         );
     }
+}
+
+/// Finite moments that AdamW could not have written (a damaged file) are
+/// refused on resuming, before any step, not reported later as a
+/// diverged run.
+#[test]
+fn moments_adamw_cannot_produce_are_refused_on_resuming() {
+    let dir = scratch("huge-moments");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "3", "1"));
+    let path = ckpt.join("training.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let m = st.tensor("adam_m").unwrap();
+    // Where adam_m's data lies in the file: the header, then the data.
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let offset = m.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    assert!(offset >= header);
+    let mut damaged = bytes.clone();
+    damaged[offset + 4 * 9..][..4].copy_from_slice(&3e38f32.to_le_bytes());
+    fs::write(&path, &damaged).unwrap();
+    let out = runner(&[
+        "train",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--steps",
+        "6",
+        "-q",
+    ]);
+    assert_clear_error(&out, "parameter 9 has AdamW moments m 3e38");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the file is damaged"));
 }
 
 #[test]

@@ -426,6 +426,13 @@ fn generate_streams_text_and_logs_the_generation_line() {
         &out,
         "--temperature must be a finite number, 0 or more, not -1",
     );
+    // Values clap would not take for numbers, and one beyond f32.
+    for (value, shown) in [("-inf", "not -inf"), ("-.5", "not -0.5")] {
+        let out = runner(&[&generate[..], &["a", "--temperature", value]].concat());
+        assert_clear_error(&out, shown);
+    }
+    let out = runner(&[&generate[..], &["a", "--temperature", "1e39"]].concat());
+    assert_clear_error(&out, "1e39 is beyond the range of f32");
     let out = runner(&[&generate[..], &["a", "--max-new-tokens", "0"]].concat());
     assert_clear_error(&out, "--max-new-tokens must be at least 1");
     // --json /dev/stdout with stdout sent to a file: the text and the
@@ -722,8 +729,15 @@ fn train_plots_the_loss_curves() {
     let png = dir.join("loss.png");
     let mut args = folder;
     args[6] = png.to_str().unwrap();
-    assert_clear_error(&runner(&args), "--plot draws SVG: name the file .svg");
+    assert_clear_error(
+        &runner(&args),
+        "--plot draws SVG: give a file name ending in .svg",
+    );
     assert!(!png.exists());
+    // A file named only `.svg` has no stem (and no extension to Rust).
+    let bare = dir.join(".svg");
+    args[6] = bare.to_str().unwrap();
+    assert_clear_error(&runner(&args), "(such as loss.svg), not ");
     assert!(
         text.contains(">\nLoss\n</text>") || text.contains(">Loss<"),
         "caption"
@@ -842,11 +856,14 @@ fn forcing_a_bf16_unit_the_cpu_lacks_is_one_clear_error() {
         ];
         runner(&[&args[..], &["--bf16-unit", unit, "--backend", backend]].concat())
     };
-    // No backend but AVX-512 reaches a bf16 unit.
-    assert_clear_error(
-        &force("avx512-bf16", "scalar"),
-        "bf16 unit `avx512-bf16` is not supported",
-    );
+    // No backend but AVX-512 reaches a bf16 unit: the forced backend is
+    // named as the cause.
+    for unit in ["avx512-bf16", "amx"] {
+        assert_clear_error(
+            &force(unit, "scalar"),
+            &format!("--bf16-unit {unit} runs on the AVX-512 backend, not on --backend scalar"),
+        );
+    }
     match kernels::Bf16Unit::amx_refused() {
         Some(_) => assert_clear_error(&force("amx", "auto"), "refused the tile data permission"),
         None if !kernels::Bf16Unit::Amx.is_supported() => {

@@ -172,6 +172,7 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
 
     // Evaluated on the validation shard, on a shard file, and on text.
     let val = shards.join("play_val_000000.bin");
+    let train_shard_1 = shards.join("play_train_000001.bin");
     let on_dir = printed_loss(&runner(&[
         "eval",
         "--checkpoint",
@@ -188,6 +189,28 @@ fn a_gpt2_vocabulary_model_trains_on_shards_resumes_evaluates_and_samples() {
     ]));
     assert_eq!(on_dir, on_file);
     assert!(on_dir < (50257f64).ln(), "{on_dir}");
+    // Evaluation reads a folder's validation shards only: it needs no
+    // training shards, and a folder of those alone says what it lacks.
+    let val_only = dir.join("val-only");
+    fs::create_dir(&val_only).unwrap();
+    fs::copy(&val, val_only.join("play_val_000000.bin")).unwrap();
+    let eval_on = |folder: &Path| {
+        runner(&[
+            "eval",
+            "--checkpoint",
+            ckpt_s,
+            "--data",
+            folder.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(printed_loss(&eval_on(&val_only)), on_dir);
+    let train_only = dir.join("train-only");
+    fs::create_dir(&train_only).unwrap();
+    fs::copy(&train_shard_1, train_only.join("play_train_000001.bin")).unwrap();
+    assert_clear_error(
+        &eval_on(&train_only),
+        "evaluation reads a data folder's `*_val[_N].bin` token shards",
+    );
     let text = dir.join("play.txt");
     let on_text = printed_loss(&runner(&[
         "eval",

@@ -24,7 +24,8 @@ pub use run_state::{Progress, RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
 const MODEL_FILE: &str = "model.safetensors";
-const TRAINING_FILE: &str = "training.safetensors";
+/// The file of a checkpoint that holds the run's state (moments, step).
+pub const TRAINING_FILE: &str = "training.safetensors";
 
 /// What a checkpoint directory may hold: every save writes the first two.
 const FILES: [&str; 3] = [CONFIG_FILE, MODEL_FILE, TRAINING_FILE];

@@ -7,7 +7,7 @@ use log::info;
 
 use super::options::RunOptions;
 use crate::checkpoint;
-use crate::data::DataSource;
+use crate::data::{DataSource, Purpose};
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::precision_note;
@@ -57,7 +57,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     // The data's names and kinds, then the checkpoint, then the data
     // itself, which may take much longer to read and tokenize; the batch
     // is known once the tokens are, and bounded by the data's size before.
-    source.check(cfg.tokenizer)?;
+    source.check(cfg.tokenizer, Purpose::Evaluation)?;
     let tokens_at_most = source.eval_tokens_at_most()?;
     if let (DataSource::Shard(_) | DataSource::Shards(_), Some(n)) = (&source, tokens_at_most) {
         // Evaluation holds every token (a text's were checked above).

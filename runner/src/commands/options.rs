@@ -12,6 +12,17 @@ use crate::logger;
 use crate::model::{Gpt, Precision};
 use crate::threads::Threads;
 
+/// A float option's value; text beyond f32's range (`1e39`) is refused
+/// rather than read as infinity, which the option's own check would then
+/// report as a value the user never wrote.
+pub fn float(text: &str) -> Result<f32, String> {
+    let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_infinite() && !text.to_ascii_lowercase().contains("inf") {
+        return Err(format!("{text} is beyond the range of f32 (±3.4e38)"));
+    }
+    Ok(value)
+}
+
 /// How much every command logs.
 #[derive(Args, Debug, Clone)]
 pub struct Verbosity {
@@ -54,6 +65,18 @@ impl RunOptions {
         self.verbosity.init();
         let mut kernels = self.backend.kernels()?;
         if let Some(unit) = self.bf16_unit {
+            // Said here, where the cause is known: the kernels' error
+            // cannot tell a forced backend's limit from the CPU's.
+            let needs_avx512 = unit != Bf16UnitChoice::Portable;
+            let forced = self.backend != BackendChoice::Auto;
+            if needs_avx512 && forced && kernels.backend() != Backend::Avx512 {
+                let name = unit.to_possible_value().map(|v| v.get_name().to_owned());
+                return Err(Error::Config(format!(
+                    "--bf16-unit {} runs on the AVX-512 backend, not on --backend {}: drop --backend or give avx512",
+                    name.unwrap_or_default(),
+                    kernels.backend()
+                )));
+            }
             kernels = kernels.with_bf16_unit(unit.unit())?;
             if self.precision == Precision::F32 {
                 log::warn!("--bf16-unit has no effect in f32: add --precision bf16 to run the products on it");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::options::RunOptions;
+use super::options::{self, RunOptions};
 use crate::checkpoint;
 use crate::data::{DataSource, Tokenizer};
 use crate::error::Error;
@@ -70,7 +70,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     /// Peak learning rate (after warm-up; cosine decay to a tenth of it).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = options::float, allow_hyphen_values = true)]
     pub lr: f32,
     /// Warm-up steps.
     #[arg(long, default_value_t = 20)]

@@ -21,6 +21,14 @@ use crate::rng::Rng;
 /// How logs and errors name the embedded corpus.
 pub const EMBEDDED_NAME: &str = "embedded arithmetic corpus";
 
+/// What a source is read for: training reads both splits of a shard
+/// folder, evaluation only its validation shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Training,
+    Evaluation,
+}
+
 /// Where tokens come from: `--data` as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSource {
@@ -59,7 +67,10 @@ impl DataSource {
     pub fn recorded_tokenizer(&self) -> Option<Tokenizer> {
         let first = match self {
             DataSource::Shard(path) => path.clone(),
-            DataSource::Shards(dir) => DataSource::shard_files(dir).ok()?.0.into_iter().next()?,
+            DataSource::Shards(dir) => {
+                let (train, val) = DataSource::shard_files(dir, Purpose::Training).ok()?;
+                train.into_iter().chain(val).next()?
+            }
             _ => return None,
         };
         Shard::open(&first).ok()?.tokenizer()
@@ -73,8 +84,9 @@ impl DataSource {
         }
     }
 
-    /// The training and validation shards of a folder, in name order.
-    fn shard_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), Error> {
+    /// The training and validation shards of a folder, in name order; for
+    /// evaluation only the validation shards (the training list is empty).
+    fn shard_files(dir: &Path, purpose: Purpose) -> Result<(Vec<PathBuf>, Vec<PathBuf>), Error> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut files = Vec::new();
         for entry in entries {
@@ -92,17 +104,25 @@ impl DataSource {
                 .collect()
         };
         let (train, val) = (named(Split::Train), named(Split::Val));
-        if train.is_empty() || val.is_empty() {
-            return Err(Error::Data {
+        match purpose {
+            Purpose::Training if train.is_empty() || val.is_empty() => Err(Error::Data {
                 path: dir.into(),
                 reason: format!(
-                    "a data folder needs `*_train[_N].bin` and `*_val[_N].bin` token shards (as `runner prepare` writes); it has {} and {}",
+                    "a data folder for training needs `*_train[_N].bin` and `*_val[_N].bin` token shards (as `runner prepare` writes); it has {} and {}",
                     train.len(),
                     val.len()
                 ),
-            });
+            }),
+            Purpose::Evaluation if val.is_empty() => Err(Error::Data {
+                path: dir.into(),
+                reason: format!(
+                    "evaluation reads a data folder's `*_val[_N].bin` token shards (as `runner prepare` writes); it has none, and {} training shards",
+                    train.len()
+                ),
+            }),
+            Purpose::Training => Ok((train, val)),
+            Purpose::Evaluation => Ok((Vec::new(), val)),
         }
-        Ok((train, val))
     }
 
     /// Every token of the source, for evaluation: a text tokenized with
@@ -116,7 +136,7 @@ impl DataSource {
         let paths = match self {
             DataSource::Embedded | DataSource::Text(_) => return self.text_tokens(tokenizer),
             DataSource::Shard(p) => vec![p.clone()],
-            DataSource::Shards(dir) => DataSource::shard_files(dir)?.1,
+            DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Evaluation)?.1,
         };
         let mut tokens = Vec::new();
         for path in paths {
@@ -132,16 +152,16 @@ impl DataSource {
     /// Refuses, from names, file kinds and a shard's header (no tokens are
     /// read), a source that cannot work for a model with `tokenizer`: a
     /// text for a model without one, a missing path or one of the wrong
-    /// kind, a folder without both splits. Cheap enough to run before loading a
-    /// checkpoint; reading the data checks the rest.
-    pub fn check(&self, tokenizer: Option<Tokenizer>) -> Result<(), Error> {
+    /// kind, a folder without the splits `purpose` reads. Cheap enough to
+    /// run before loading a checkpoint; reading the data checks the rest.
+    pub fn check(&self, tokenizer: Option<Tokenizer>, purpose: Purpose) -> Result<(), Error> {
         match self {
             DataSource::Embedded => Ok(()),
             DataSource::Text(_) => self.text_tokenizer(tokenizer).map(drop),
             // Headers only: a shard's kind, magic, size and tokenizer.
             DataSource::Shard(path) => Shard::open(path)?.check_tokenizer(tokenizer),
             DataSource::Shards(dir) => {
-                let (train, val) = DataSource::shard_files(dir)?;
+                let (train, val) = DataSource::shard_files(dir, purpose)?;
                 let mut first: Option<(Tokenizer, &PathBuf)> = None;
                 for path in train.iter().chain(&val) {
                     let shard = Shard::open(path)?;
@@ -212,7 +232,7 @@ impl DataSource {
                 return Ok(meta.is_file().then_some(size));
             }
             DataSource::Shard(p) => vec![p.clone()],
-            DataSource::Shards(dir) => DataSource::shard_files(dir)?.1,
+            DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Evaluation)?.1,
         };
         let mut most = 0usize;
         for path in paths {
@@ -470,7 +490,7 @@ impl Dataset {
                 return Ok(data);
             }
             DataSource::Shard(path) => (vec![path.clone()], Vec::new()),
-            DataSource::Shards(dir) => DataSource::shard_files(dir)?,
+            DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Training)?,
         };
         let mut shards = Vec::with_capacity(train_paths.len());
         let mut hash = FNV_OFFSET;
@@ -656,10 +676,15 @@ mod tests {
         let one = DataSource::Shard(shards::shard_path(&dir, "b", 1));
         for source in [&folder, &one] {
             assert_eq!(source.recorded_tokenizer(), Some(Tokenizer::Byte));
-            source.check(Some(Tokenizer::Byte)).unwrap();
+            source
+                .check(Some(Tokenizer::Byte), Purpose::Training)
+                .unwrap();
             // A checkpoint that names no tokenizer reads any shard.
-            source.check(None).unwrap();
-            let err = source.check(Some(Tokenizer::Gpt2)).unwrap_err().to_string();
+            source.check(None, Purpose::Training).unwrap();
+            let err = source
+                .check(Some(Tokenizer::Gpt2), Purpose::Training)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("of the byte tokenizer, but the model reads the gpt2"),
                 "{err}"
@@ -669,7 +694,10 @@ mod tests {
         let mut writer = shards::ShardWriter::new(&dir, "g", Tokenizer::Gpt2, 10, 100).unwrap();
         writer.write(&[15496; 50]).unwrap();
         writer.finish().unwrap();
-        let err = folder.check(Some(Tokenizer::Byte)).unwrap_err().to_string();
+        let err = folder
+            .check(Some(Tokenizer::Byte), Purpose::Training)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mixes shards of two tokenizers"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

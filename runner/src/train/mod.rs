@@ -14,7 +14,7 @@ use kernels::Kernels;
 use log::info;
 
 use crate::checkpoint::{self, RunSchedule, SavedCheckpoint, TrainingState};
-use crate::data::{self, DataFingerprint, DataSource, Dataset, Tokenizer};
+use crate::data::{self, DataFingerprint, DataSource, Dataset, Purpose, Tokenizer};
 use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::precision_note;
@@ -101,6 +101,11 @@ const MAX_SEQUENCES_PER_STEP: usize = 1 << 20;
 const VAL_WINDOWS_PER_BATCH: usize = 8;
 
 impl TrainSettings {
+    /// AdamW's settings for this run.
+    fn optimizer(&self) -> OptimizerSettings {
+        OptimizerSettings::new(self.lr, self.warmup, self.steps)
+    }
+
     /// Refuses to replace a checkpoint the user did not agree to lose: one
     /// already at `--save` is replaced only with `--overwrite`, or when
     /// it is the one this run resumes.
@@ -178,7 +183,7 @@ impl TrainSettings {
         let svg = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
         if let Some(plot) = self.plot.as_deref().filter(|p| !svg(p)) {
             return Err(Error::Config(format!(
-                "--plot draws SVG: name the file .svg, not {}",
+                "--plot draws SVG: give a file name ending in .svg (such as loss.svg), not {}",
                 plot.display()
             )));
         }
@@ -246,6 +251,18 @@ fn start(
         return Ok((model, optimizer, Rng::new(s.seed), None));
     }
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
+    let (m, v) = &state.moments;
+    if let Some(i) = s.optimizer().unreachable_moments(m, v) {
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "{}: parameter {i} has AdamW moments m {:e}, v {:e}, which AdamW cannot produce (|m| is at most about 1.2·√v): the file is damaged",
+                checkpoint::TRAINING_FILE,
+                m[i],
+                v[i]
+            ),
+        ));
+    }
     // Checked from the header already; the full state must say the same.
     check_resume(s, dir, t, None, state.step, state.schedule)?;
     let model = checkpoint::load_model(dir, kernels)?;
@@ -407,7 +424,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // is what proves it sound), then the data itself, which may take much
     // longer to read and tokenize.
     let source = DataSource::of(s.data.as_deref());
-    source.check(cfg.tokenizer)?;
+    source.check(cfg.tokenizer, Purpose::Training)?;
     let (mut model, mut optimizer, mut rng, saved) = start(s, cfg, t, kernels)?;
     let mut data = Dataset::load(
         &source,
@@ -434,7 +451,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     model.set_precision(s.precision);
     model.set_recompute(s.recompute);
     let threads = model.threads().count();
-    let opt_settings = OptimizerSettings::new(s.lr, s.warmup, s.steps);
+    let opt_settings = s.optimizer();
     let shape = RunShape::new(t, b, kernels, threads, s.precision);
 
     log_world(world, threads);

@@ -50,6 +50,25 @@ impl OptimizerSettings {
         }
     }
 
+    /// The first parameter whose moments AdamW with these betas could not
+    /// have produced, whatever the gradients: a damaged state, refused
+    /// before it sends the weights to infinity. By Cauchy–Schwarz over the
+    /// two moving averages of the same gradients, m² ≤ R·v with
+    /// R = (1−β₁)² / ((1−β₂)(1−β₁²/β₂)) (1.36 for β = 0.9, 0.95); twice
+    /// that bound, plus 1e-20 for squares that underflowed, leaves room
+    /// for rounding.
+    pub fn unreachable_moments(&self, m: &[f32], v: &[f32]) -> Option<usize> {
+        let (b1, b2) = (f64::from(self.beta1), f64::from(self.beta2));
+        if b1 * b1 >= b2 {
+            return None; // no such bound
+        }
+        let ratio = (1.0 - b1).powi(2) / ((1.0 - b2) * (1.0 - b1 * b1 / b2));
+        let most = 2.0 * ratio.sqrt();
+        m.iter()
+            .zip(v)
+            .position(|(&m, &v)| f64::from(m).abs() > most * f64::from(v).max(0.0).sqrt() + 1e-20)
+    }
+
     /// The learning rate of step `step` (counting from 1): linear warm-up,
     /// then cosine decay to `min_lr_ratio · lr` at `total_steps`.
     pub fn lr_at(&self, step: u32) -> f32 {
@@ -443,6 +462,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Moments that AdamW itself wrote, from gradients of wildly varying
+    /// scale (tiny ones whose squares underflow included), are within the
+    /// bound; a huge first moment is not.
+    #[test]
+    fn moments_adamw_wrote_are_reachable_and_damaged_ones_are_not() {
+        let settings = OptimizerSettings::new(1e-3, 0, 10);
+        let opt = AdamW {
+            lr: 1e-3,
+            beta1: settings.beta1,
+            beta2: settings.beta2,
+            eps: settings.eps,
+            weight_decay: 0.0,
+        };
+        let k = Kernels::best();
+        let n = 257;
+        let (mut p, mut m, mut v) = (vec![0.5f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+        let mut rng = Rng::new(11);
+        for step in 1..=300u32 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| {
+                    let scale = [1e-30, 1e-12, 1.0, 1e6][(i + step as usize / 37) % 4];
+                    // A burst after calm is where |m| / √v is largest.
+                    let burst = if step % 50 < 3 { 1e3 } else { 1.0 };
+                    (rng.uniform() * 2.0 - 1.0) * scale * burst
+                })
+                .collect();
+            k.adamw_step(&opt, step, 1.0, &mut p, &g, &mut m, &mut v)
+                .unwrap();
+            assert_eq!(settings.unreachable_moments(&m, &v), None, "step {step}");
+        }
+        m[7] = 3e38;
+        assert_eq!(settings.unreachable_moments(&m, &v), Some(7));
+        let (mut m, v) = (vec![0.0f32; 4], vec![1.0f32; 4]);
+        m[2] = -2.4; // |m| ≤ 2·1.17·√v = 2.33
+        assert_eq!(settings.unreachable_moments(&m, &v), Some(2));
     }
 
     /// The shares of three ranks' updates, put together, are the update of
