@@ -444,3 +444,81 @@ fn prepare_leaves_nothing_half_made() {
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }
+
+/// Runs the binary as a user without root's power over permissions: as
+/// itself when it is not root, else as `nobody` through `setpriv`; `None`,
+/// with a notice, where neither can run it (no `setpriv`, or a binary
+/// `nobody` cannot reach).
+fn runner_unprivileged(args: &[&str]) -> Option<std::process::Output> {
+    let id = std::process::Command::new("id").arg("-u").output().ok()?;
+    let exe = env!("CARGO_BIN_EXE_runner");
+    let mut command = if String::from_utf8_lossy(&id.stdout).trim() == "0" {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
+        c
+    } else {
+        std::process::Command::new(exe)
+    };
+    let reachable = command.get_args().count() == 0 || {
+        let mut probe = std::process::Command::new(command.get_program());
+        probe.args(command.get_args()).arg("--version");
+        probe.output().is_ok_and(|o| o.status.success())
+    };
+    if !reachable {
+        println!("notice: cannot run the binary as an unprivileged user here; skipped");
+        return None;
+    }
+    Some(command.args(args).output().expect("runner starts"))
+}
+
+#[test]
+fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = scratch("permissions");
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // `nobody` must reach the scratch folder and read the text.
+    set_mode(&dir, 0o755);
+    let data = text(&dir, "data.txt");
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    set_mode(&locked, 0o555);
+    let locked_s = locked.to_str().unwrap();
+    let prepare = [
+        "prepare",
+        "--input",
+        &data,
+        "--output",
+        locked_s,
+        "--val-tokens",
+        "100",
+    ];
+    let Some(out) = runner_unprivileged(&prepare) else {
+        return;
+    };
+    // Refused on opening the first shard, before "Tokenizing ...".
+    assert_clear_error(&out, "Permission denied");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("Tokenizing"));
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
+
+    let save = locked.join("ckpt");
+    let train = [
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--save",
+        save.to_str().unwrap(),
+    ];
+    let out = runner_unprivileged(&train).unwrap();
+    assert_clear_error(&out, "cannot write in");
+
+    set_mode(Path::new(&data), 0o000);
+    let out = runner_unprivileged(&["train", "--preset", "tiny", "--steps", "3", "--data", &data])
+        .unwrap();
+    assert_clear_error(&out, "Permission denied");
+    set_mode(&locked, 0o755);
+}

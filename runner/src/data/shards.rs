@@ -81,8 +81,8 @@ struct OpenShard {
 
 impl ShardWriter {
     /// A writer of shards `NAME_*.bin` of `tokenizer`'s tokens into `dir`,
-    /// which must exist and hold no shard of that name yet (nothing a user
-    /// made is replaced).
+    /// which must exist, be writable and hold no shard of that name yet
+    /// (nothing a user made is replaced).
     pub fn new(
         dir: &Path,
         name: &str,
@@ -109,7 +109,7 @@ impl ShardWriter {
                 )));
             }
         }
-        Ok(ShardWriter {
+        let mut writer = ShardWriter {
             dir: dir.into(),
             name: name.into(),
             tokenizer,
@@ -119,7 +119,14 @@ impl ShardWriter {
             open: None,
             owns_temporary: false,
             written: 0,
-        })
+        };
+        // The first shard's file now: a folder the user cannot write in is
+        // refused before any input is tokenized.
+        if let Err(e) = writer.shard() {
+            let _ = writer.discard();
+            return Err(e);
+        }
+        Ok(writer)
     }
 
     /// Refuses shard sizes no writer can use: empty ones, and ones whose
