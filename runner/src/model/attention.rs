@@ -80,11 +80,7 @@ const QUERY_BLOCK: usize = 64;
 /// The query blocks of `t` positions: each block's rows; its keys are
 /// `0..rows.end`.
 fn query_blocks(t: usize) -> impl Iterator<Item = Range<usize>> {
-    let q: usize = std::env::var("QB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(QUERY_BLOCK);
-    (0..t.div_ceil(q)).map(move |r| r * q..t.min((r + 1) * q))
+    (0..t.div_ceil(QUERY_BLOCK)).map(move |r| r * QUERY_BLOCK..t.min((r + 1) * QUERY_BLOCK))
 }
 
 /// Causal attention: every (sequence, head) is a piece of its own,
