@@ -1,6 +1,8 @@
 //! The command line: parses the arguments and hands each command to its
 //! module under `commands/`. With no command, runs the default job.
 
+use std::ffi::OsString;
+
 use clap::{Parser, Subcommand};
 
 use crate::commands::{bench, demo, eval, generate, prepare, train};
@@ -19,9 +21,8 @@ pub struct Cli {
 }
 
 /// Every command takes negative numbers as values (`--temperature -1` is
-/// then refused for its value, not read as an unknown option); a float
-/// option or a name also takes what clap would not read as a number
-/// (`-inf`, `-.5`, `-x`).
+/// then refused for its value, not read as an unknown option; see
+/// [`joined_negative_numbers`] for `-inf` and `-.5`).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (from scratch, or resumed from a checkpoint).
@@ -40,6 +41,34 @@ pub enum Command {
     /// Tokenize text files into token shards (llm.c's format).
     #[command(long_about = prepare::HELP, allow_negative_numbers = true)]
     Prepare(prepare::PrepareArgs),
+}
+
+/// The arguments with each negative number that follows a long option
+/// joined to it (`--temperature -inf` → `--temperature=-inf`), so that it
+/// is refused for its value: clap reads a dash followed by anything but
+/// digits (`-inf`, `-.5`) as short flags, and an option that took any
+/// value starting with a dash would swallow the next option when its own
+/// value is missing.
+pub fn joined_negative_numbers(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut joined: Vec<OsString> = Vec::new();
+    for arg in args {
+        let number = arg
+            .to_str()
+            .and_then(|a| a.strip_prefix('-'))
+            .is_some_and(|rest| rest.parse::<f64>().is_ok());
+        let option = joined
+            .last()
+            .and_then(|o| o.to_str())
+            .filter(|o| o.starts_with("--") && o.len() > 2 && !o.contains('='));
+        match option {
+            Some(option) if number => {
+                let option = format!("{option}={}", arg.to_string_lossy());
+                *joined.last_mut().expect("an option") = option.into();
+            }
+            _ => joined.push(arg),
+        }
+    }
+    joined
 }
 
 /// Runs the parsed command line.
@@ -68,4 +97,45 @@ pub fn usage_error(rendered: &str) -> String {
         .join(" ")
         .trim_start_matches("error: ")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(args: &[&str]) -> Vec<String> {
+        joined_negative_numbers(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn negative_numbers_after_long_options_are_joined_to_them() {
+        assert_eq!(
+            joined(&[
+                "runner",
+                "generate",
+                "--temperature",
+                "-inf",
+                "--top-p",
+                "-.5"
+            ]),
+            ["runner", "generate", "--temperature=-inf", "--top-p=-.5"]
+        );
+        assert_eq!(
+            joined(&["r", "train", "--lr", "-1e-3", "-q"]),
+            ["r", "train", "--lr=-1e-3", "-q"]
+        );
+        // Not numbers, not after a long option, or the option has its value.
+        for args in [
+            &["r", "prepare", "--name", "-x"][..],
+            &["r", "train", "-q", "-1"],
+            &["r", "train", "--lr=1", "-2"],
+            &["r", "generate", "--", "-1"],
+            &["r", "generate", "--temperature", "--prompt", "hi"],
+        ] {
+            assert_eq!(joined(args), args);
+        }
+    }
 }

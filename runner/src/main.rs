@@ -6,7 +6,8 @@ use clap::Parser;
 fn main() {
     // MPI (feature `mpi`) first; finalized when `started` drops.
     let started = runner::world::start();
-    let cli = match runner::cli::Cli::try_parse() {
+    let args = runner::cli::joined_negative_numbers(std::env::args_os());
+    let cli = match runner::cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()

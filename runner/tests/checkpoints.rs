@@ -570,6 +570,33 @@ fn moments_adamw_cannot_produce_are_refused_on_resuming() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("the file is damaged"));
 }
 
+/// A `config.json` edited beside a saved run is named as the cause, not
+/// the run's settings.
+#[test]
+fn an_edited_config_is_blamed_on_resuming() {
+    let dir = scratch("edited-config");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "3", "1"));
+    let ck = ckpt.to_str().unwrap();
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", ck, "--steps", "6", "-q"];
+        args.extend_from_slice(extra);
+        runner(&args)
+    };
+    // Trained at 32 tokens: a block size of 16 cannot be the run's.
+    edit_config(&ckpt, "n_positions", 16);
+    assert_clear_error(
+        &resume(&[]),
+        "its run trained at --seq-len 32, longer than the block size of 16",
+    );
+    // A larger one is checked against the weights before the state.
+    edit_config(&ckpt, "n_positions", 64);
+    let out = resume(&["--seq-len", "32"]);
+    assert_clear_error(&out, "tensor wpe.weight is F32 [32, 32], expected");
+    edit_config(&ckpt, "n_positions", 32);
+    assert_success(&resume(&[]));
+}
+
 #[test]
 fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     let dir = scratch("resume-settings");

@@ -433,6 +433,17 @@ fn generate_streams_text_and_logs_the_generation_line() {
     }
     let out = runner(&[&generate[..], &["a", "--temperature", "1e39"]].concat());
     assert_clear_error(&out, "1e39 is beyond the range of f32");
+    // A missing value is said to be missing; the next option is not
+    // taken for it.
+    let out = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--temperature",
+        "--prompt",
+        "a",
+    ]);
+    assert_clear_error(&out, "a value is required for '--temperature");
     let out = runner(&[&generate[..], &["a", "--max-new-tokens", "0"]].concat());
     assert_clear_error(&out, "--max-new-tokens must be at least 1");
     // --json /dev/stdout with stdout sent to a file: the text and the

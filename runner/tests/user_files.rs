@@ -378,8 +378,8 @@ fn prepare_leaves_nothing_half_made() {
     let folder = dir.join("folder");
     std::fs::create_dir(&folder).unwrap();
     let out = dir.join("shards");
-    let prepare = |inputs: &[&str], val_tokens: &str| {
-        let mut args = vec!["prepare", "--tokenizer", "byte", "--input"];
+    let prepare_with = |tokenizer: &str, inputs: &[&str], val_tokens: &str| {
+        let mut args = vec!["prepare", "--tokenizer", tokenizer, "--input"];
         args.extend_from_slice(inputs);
         args.extend_from_slice(&[
             "--output",
@@ -392,6 +392,7 @@ fn prepare_leaves_nothing_half_made() {
         ]);
         runner(&args)
     };
+    let prepare = |inputs: &[&str], val_tokens: &str| prepare_with("byte", inputs, val_tokens);
     // A folder among the inputs is refused before the first is tokenized.
     let refused = prepare(&[&data, folder.to_str().unwrap()], "50");
     assert_clear_error(&refused, "not a regular file");
@@ -402,10 +403,15 @@ fn prepare_leaves_nothing_half_made() {
     assert!(size < 100_000);
     assert_clear_error(&prepare(&[&data], "100000"), "give at most");
     assert!(!out.exists(), "the output folder was left behind");
-    // ...and once tokenized where only the tokens do (as many bytes as
-    // tokens: what was written by then is removed).
+    // (bytes are exactly as many tokens as bytes)...
     let refused = prepare(&[&data], &size.to_string());
-    assert_clear_error(&refused, &format!("the inputs give {size} tokens"));
+    assert_clear_error(&refused, &format!("give at most {size} tokens"));
+    assert!(!out.exists(), "the output folder was left behind");
+    // ...and once tokenized where only the tokens do (GPT-2's are fewer
+    // than the bytes): what was written by then is removed.
+    let refused = prepare_with("gpt2", &[&data], &size.to_string());
+    assert_clear_error(&refused, "tokens, none left for training after");
+    assert!(!String::from_utf8_lossy(&refused.stderr).contains("at most"));
     assert!(!out.exists(), "shards were left behind");
     // Sizes no shard header can hold, into folders that do not exist yet.
     let nested = dir.join("a").join("b");

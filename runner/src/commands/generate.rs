@@ -42,13 +42,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8, value_parser = options::float, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 0.8, value_parser = options::float)]
     pub temperature: f32,
     /// Sample only among the K most likely tokens.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Sample only among the most likely tokens covering probability P.
-    #[arg(long, value_name = "P", value_parser = options::float, allow_hyphen_values = true)]
+    #[arg(long, value_name = "P", value_parser = options::float)]
     pub top_p: Option<f32>,
     /// Seed of the sampling; the same seed gives the same text.
     #[arg(long, default_value_t = 1337)]

@@ -36,7 +36,7 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
     /// Shard names start with NAME [default: the first input's file stem].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub name: Option<String>,
     /// Tokens of the validation shard.
     #[arg(long, default_value_t = 32768, value_name = "N")]

@@ -70,7 +70,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     /// Peak learning rate (after warm-up; cosine decay to a tenth of it).
-    #[arg(long, default_value_t = 1e-3, value_parser = options::float, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 1e-3, value_parser = options::float)]
     pub lr: f32,
     /// Warm-up steps.
     #[arg(long, default_value_t = 20)]

@@ -84,10 +84,15 @@ pub fn prepare(
             )));
         }
     }
-    // A token is at least one byte, plus an end-of-text per input: at most
-    // this many tokens, so a --val-tokens that takes them all is refused
-    // before any is made.
-    let most = total.saturating_add(s.inputs.len() as u64);
+    // A token is at least one byte, plus an end-of-text per input where
+    // the tokenizer has one: at most this many tokens (exactly, for bytes),
+    // so a --val-tokens that takes them all is refused before any is made.
+    let ends = if s.tokenizer.end_of_text().is_some() {
+        s.inputs.len()
+    } else {
+        0
+    };
+    let most = total.saturating_add(ends as u64);
     if s.val_tokens as u64 >= most {
         return Err(Error::Config(format!(
             "the inputs give at most {most} tokens, none left for training after the {} of validation; lower --val-tokens",

@@ -250,13 +250,20 @@ fn start(
         let optimizer = Optimizer::sharded(model.sizes(), shard);
         return Ok((model, optimizer, Rng::new(s.seed), None));
     }
+    // The weights first: they are what checks config.json's shapes, which
+    // the state's size then follows.
+    let model = checkpoint::load_model(dir, kernels)?;
     let state = checkpoint::load_run(dir, cfg.param_floats())?;
     let (m, v) = &state.moments;
-    if let Some(i) = s.optimizer().unreachable_moments(m, v) {
+    let settings = s.optimizer();
+    if let (Some(i), Some(most)) = (
+        settings.unreachable_moments(m, v),
+        settings.moment_ratio_limit(),
+    ) {
         return Err(Error::checkpoint(
             dir,
             format!(
-                "{}: parameter {i} has AdamW moments m {:e}, v {:e}, which AdamW cannot produce (|m| is at most about 1.2·√v): the file is damaged",
+                "{}: parameter {i} has AdamW moments m {:e}, v {:e}, which AdamW cannot produce (|m| is at most {most:.2}·√v): the file is damaged",
                 checkpoint::TRAINING_FILE,
                 m[i],
                 v[i]
@@ -265,7 +272,6 @@ fn start(
     }
     // Checked from the header already; the full state must say the same.
     check_resume(s, dir, t, None, state.step, state.schedule)?;
-    let model = checkpoint::load_model(dir, kernels)?;
     checkpoint::check_run_matches(dir, &model)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
@@ -395,6 +401,18 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     }
     if let Some(dir) = &s.resume {
         let progress = checkpoint::load_progress(dir)?;
+        // No run trains past its block size: config.json was edited (or
+        // belongs to another save), and its block size is not the run's.
+        let trained = progress.schedule.and_then(|saved| saved.seq_len);
+        if let Some(trained) = trained.filter(|&trained| trained > cfg.block_size) {
+            return Err(Error::checkpoint(
+                dir.clone(),
+                format!(
+                    "its run trained at --seq-len {trained}, longer than the block size of {} in its config.json: the files do not belong together",
+                    cfg.block_size
+                ),
+            ));
+        }
         check_resume(s, dir, t, None, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
