@@ -98,6 +98,9 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let cfg = s.config;
     let world = crate::world::current();
     let leader = world.rank() == 0;
+    if let Some(path) = &s.json {
+        crate::outputs::check_outputs(&[("--json", path)], &[], None)?;
+    }
     let mut json = match &s.json {
         Some(path) if leader => Some(JsonLines::create(path)?),
         _ => None,

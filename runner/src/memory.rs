@@ -102,9 +102,14 @@ impl std::fmt::Display for Footprint {
 pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
     let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
     if bytes > limit_bytes {
+        // Sizes saturate at u64::MAX: past it, no figure is meaningful.
+        let need = if bytes == u64::MAX {
+            "more than 16 EiB".to_string()
+        } else {
+            format!("about {:.1} GiB", gib(bytes as f64))
+        };
         return Err(Error::Config(format!(
-            "the run needs about {:.1} GiB of memory ({what}); this machine has {:.1} GiB",
-            gib(bytes as f64),
+            "the run needs {need} of memory ({what}); this machine has {:.1} GiB",
             gib(limit_bytes as f64)
         )));
     }

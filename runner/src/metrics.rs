@@ -252,17 +252,8 @@ fn open_output(path: &Path) -> std::io::Result<File> {
                 path.display()
             );
         }
-        use std::os::fd::{AsFd, BorrowedFd};
-        use std::os::unix::fs::MetadataExt;
-        let same_file = |fd: BorrowedFd| {
-            let file = File::from(fd.try_clone_to_owned().ok()?);
-            let meta = file.metadata().ok()?;
-            (meta.dev() == target.dev() && meta.ino() == target.ino()).then_some(file)
-        };
-        let stream =
-            same_file(std::io::stdout().as_fd()).or_else(|| same_file(std::io::stderr().as_fd()));
-        if let Some(file) = stream {
-            return Ok(file);
+        if let Some(stream) = crate::outputs::own_stream(&target) {
+            return Ok(stream);
         }
     }
     File::create(path)

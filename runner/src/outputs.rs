@@ -1,9 +1,12 @@
 //! The files a command writes beside checkpoints (`--json`, `--plot`):
 //! checked before any work that each can be written and that writing it
-//! destroys nothing the run reads or saves. The check leaves an existing
-//! file as it is: a command truncates it only once its run is accepted.
+//! destroys nothing the run reads or saves, nor a file of another kind
+//! (only a JSON-lines file or an SVG is replaced). The check leaves an
+//! existing file as it is: a command truncates it only once its run is
+//! accepted.
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -15,8 +18,9 @@ pub type Output<'a> = (&'static str, &'a Path);
 /// checkpoint or data folder the run reads, which would then hold a
 /// folder not its own), and an output that cannot be written, that is (or
 /// lies inside) one of `inputs` (files or folders the run reads), that
-/// lies inside `save` (the checkpoint folder a save replaces whole), or
-/// that another output names too.
+/// lies inside `save` (the checkpoint folder a save replaces whole), that
+/// another output names too, or that is an existing file of another kind
+/// than the option writes.
 pub fn check_outputs(
     outputs: &[Output],
     inputs: &[&Path],
@@ -64,8 +68,64 @@ pub fn check_outputs(
             return refuse(format!("is also the {other} file"));
         }
         check_writable(path)?;
+        check_replaceable(option, path)?;
     }
     Ok(())
+}
+
+/// Refuses an existing, non-empty regular file that is not of the kind
+/// `option` writes (an SVG for `--plot`, JSON lines for the others): an
+/// output replaces an earlier run's, never a checkpoint's weights or some
+/// other file of the user's. The run's own stdout or stderr is appended
+/// to, not replaced, and passes.
+fn check_replaceable(option: &str, path: &Path) -> Result<(), Error> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() > 0 => meta,
+        _ => return Ok(()),
+    };
+    if own_stream(&meta).is_some() {
+        return Ok(());
+    }
+    let mut head = [0u8; 64];
+    let read = File::open(path)
+        .and_then(|mut file| file.read(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8_lossy(&head[..read]);
+    let text = text.trim_start();
+    let (ours, kind) = match option {
+        "--plot" => (
+            text.starts_with("<svg") || text.starts_with("<?xml"),
+            "an SVG",
+        ),
+        _ => (text.starts_with('{'), "a JSON-lines file"),
+    };
+    if ours {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{option} {} exists and is not {kind}, the only kind of file it replaces; remove it or choose another path",
+        path.display()
+    )))
+}
+
+/// This process's stdout or stderr, where the file `target` describes is
+/// one of them (`--json /dev/stdout` with stdout sent to a file).
+#[cfg(unix)]
+pub fn own_stream(target: &std::fs::Metadata) -> Option<File> {
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::unix::fs::MetadataExt;
+    let same_file = |fd: BorrowedFd| {
+        let file = File::from(fd.try_clone_to_owned().ok()?);
+        let meta = file.metadata().ok()?;
+        (meta.dev() == target.dev() && meta.ino() == target.ino()).then_some(file)
+    };
+    same_file(std::io::stdout().as_fd()).or_else(|| same_file(std::io::stderr().as_fd()))
+}
+
+/// Never, elsewhere than Unix (where streams are not compared).
+#[cfg(not(unix))]
+pub fn own_stream(_: &std::fs::Metadata) -> Option<File> {
+    None
 }
 
 /// Refuses a file that cannot be written: opens an existing one for

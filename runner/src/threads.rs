@@ -85,11 +85,16 @@ impl Threads {
             return Ok(Threads::single());
         }
         let cores = available_cores();
-        if count > cores {
+        // Once per count: `bench` builds a pool for each of its rows.
+        static WARNED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if count > cores && !warned.contains(&count) {
+            warned.push(count);
             log::warn!(
                 "--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}"
             );
         }
+        drop(warned);
         #[cfg(feature = "parallel")]
         {
             let pool = rayon::ThreadPoolBuilder::new()

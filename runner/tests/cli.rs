@@ -175,6 +175,18 @@ fn bad_configurations_are_one_clear_error() {
     }
     let huge_batch = runner(&["train", "--preset", "shakes", "--batch", "100000"]);
     assert_clear_error(&huge_batch, "memory");
+    // A size past u64 has no figure.
+    let max = u64::MAX.to_string();
+    let past_u64 = runner(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "8",
+        "--batch",
+        &max,
+    ]);
+    assert_clear_error(&past_u64, "needs more than 16 EiB of memory");
     // A bad thread count anywhere in bench's list is refused before the
     // rows before it run (one line: nothing was logged first).
     let bench = runner(&[
@@ -794,6 +806,48 @@ fn a_bad_option_is_one_clear_error() {
     assert_clear_error(&runner(&["train", "--no-such-flag"]), "--no-such-flag");
     let help = runner(&["train", "--help"]);
     assert!(help.status.success() && !help.stdout.is_empty());
+}
+
+/// Settings that run but are unlikely to be meant get one warning each;
+/// a `--threads` past the cores is said once, not once per bench row.
+#[test]
+fn settings_that_run_but_mislead_are_warned_of_once() {
+    let train = |extra: &[&str]| {
+        let args = ["train", "--preset", "tiny", "--steps", "2", "-q"];
+        runner(&[&args[..], extra].concat())
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (&["--warmup", "8"], "[warn] --warmup 8 is longer than --steps 2: the learning rate never reaches --lr (it ends at 25 % of it)"),
+        (&["--stop-at", "1"], "[warn] --stop-at 1 without --save"),
+        (&["--no-overlap"], "[warn] --no-overlap is for MPI runs"),
+    ];
+    for (extra, warning) in cases {
+        let out = train(extra);
+        assert_success(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.matches(warning).count(), 1, "{stderr}");
+    }
+    let cores = runner::threads::available_cores();
+    let many = (cores + 1).to_string();
+    let bench = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--seq-lens",
+        "8,16",
+        "--steps",
+        "1",
+        "--backends",
+        "scalar",
+        "--threads",
+        &many,
+        "--no-decoding",
+        "-q",
+    ];
+    let out = runner(&bench);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("is more than the").count(), 1, "{stderr}");
 }
 
 #[test]

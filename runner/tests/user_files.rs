@@ -62,7 +62,7 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
 
     // A run refused for another reason leaves an existing log as it was.
     let log = dir.join("old.jsonl");
-    std::fs::write(&log, "a log the user kept\n").unwrap();
+    std::fs::write(&log, "{\"kind\":\"a log the user kept\"}\n").unwrap();
     let other_batch = [
         "train",
         "--resume",
@@ -81,8 +81,59 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
     assert_clear_error(&runner(&with_data), "--batch: checkpoint 2");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        "a log the user kept\n"
+        "{\"kind\":\"a log the user kept\"}\n"
     );
+
+    // An output replaces only a file of its own kind: not another
+    // checkpoint's weights, nor a text under an SVG's name.
+    let other = tiny_checkpoint(&dir, "other");
+    let other_model = Path::new(&other).join("model.safetensors");
+    let other_weights = std::fs::read(&other_model).unwrap();
+    let other_s = other_model.to_str().unwrap();
+    let tiny = ["--preset", "tiny", "--steps", "1", "-q"];
+    for args in [
+        [&["train"][..], &tiny, &["--json", other_s]].concat(),
+        [
+            &[
+                "bench",
+                "--seq-lens",
+                "8",
+                "--no-decoding",
+                "--json",
+                other_s,
+            ][..],
+            &tiny[..4],
+        ]
+        .concat(),
+        vec![
+            "generate",
+            "--checkpoint",
+            &ckpt,
+            "--prompt",
+            "a",
+            "--json",
+            other_s,
+        ],
+    ] {
+        assert_clear_error(&runner(&args), "exists and is not a JSON-lines file");
+    }
+    assert_eq!(std::fs::read(&other_model).unwrap(), other_weights);
+    let notes = dir.join("notes.svg");
+    std::fs::write(&notes, "notes, not a plot\n").unwrap();
+    let plot_notes = [&["train"][..], &tiny, &["--plot", notes.to_str().unwrap()]].concat();
+    assert_clear_error(&runner(&plot_notes), "exists and is not an SVG");
+    assert_eq!(
+        std::fs::read_to_string(&notes).unwrap(),
+        "notes, not a plot\n"
+    );
+    // An earlier run's log is replaced.
+    let log_s = log.to_str().unwrap();
+    assert_success(&runner(
+        &[&["train"][..], &tiny, &["--json", log_s]].concat(),
+    ));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .starts_with("{\"kind\":\"train_step\""));
 
     // Inside the folder a save replaces whole: refused before training.
     let save = dir.join("new");

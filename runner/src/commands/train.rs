@@ -13,6 +13,7 @@ use crate::train::{train, TrainSettings};
 
 /// The seed of a run that names none.
 const DEFAULT_SEED: u64 = 1337;
+const DEFAULT_WARMUP: u32 = 20;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -72,9 +73,9 @@ pub struct TrainArgs {
     /// Peak learning rate (after warm-up; cosine decay to a tenth of it).
     #[arg(long, default_value_t = 1e-3, value_parser = options::float)]
     pub lr: f32,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 20)]
-    pub warmup: u32,
+    /// Warm-up steps [default: 20].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u32>,
     /// Seed of the initial weights and of the data sampling [default:
     /// 1337; a resumed run continues its saved random state].
     #[arg(long)]
@@ -185,6 +186,18 @@ impl TrainArgs {
                 "--seed is ignored with --resume: the run continues from its saved random state"
             );
         }
+        // The default warm-up outlasts short runs on purpose: said only
+        // where the user chose it.
+        if let Some(warmup) = self.warmup.filter(|&w| w > self.steps) {
+            log::warn!(
+                "--warmup {warmup} is longer than --steps {}: the learning rate never reaches --lr (it ends at {:.0} % of it)",
+                self.steps,
+                100.0 * f64::from(self.steps) / f64::from(warmup)
+            );
+        }
+        if let (Some(stop), None) = (self.stop_at, &self.save) {
+            log::warn!("--stop-at {stop} without --save: the run stops early and saves nothing to resume from");
+        }
         Ok(TrainSettings {
             config: self.requested_config()?,
             data: self.data.clone(),
@@ -195,7 +208,7 @@ impl TrainArgs {
             batch: self.batch,
             grad_accum: self.grad_accum,
             lr: self.lr,
-            warmup: self.warmup,
+            warmup: self.warmup.unwrap_or(DEFAULT_WARMUP),
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             eval_every: self.eval_every,
             log_every: self.log_every,

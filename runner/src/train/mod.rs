@@ -476,6 +476,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     if ranks == 1 && s.shard_optimizer {
         log::warn!("--zero 1 shards the optimizer over the ranks of an MPI run; one process keeps all of it");
     }
+    if ranks == 1 && !s.overlap {
+        log::warn!("--no-overlap is for MPI runs, whose gradient reduction overlaps the backward pass; one process has none");
+    }
     log_start(s, (&model, &optimizer), (&source, &data), t, kernels);
     let parallel = DataParallel {
         world,
