@@ -41,6 +41,7 @@ pub fn recipe() -> TrainSettings {
         precision: Precision::F32,
         shard_optimizer: false,
         overlap: true,
+        warnings: Vec::new(),
     }
 }
 

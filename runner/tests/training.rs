@@ -36,6 +36,7 @@ fn settings(steps: u32) -> TrainSettings {
         precision: runner::model::Precision::F32,
         shard_optimizer: false,
         overlap: true,
+        warnings: Vec::new(),
     }
 }
 

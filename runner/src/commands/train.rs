@@ -181,22 +181,24 @@ impl TrainArgs {
     }
 
     fn settings(&self) -> Result<TrainSettings, Error> {
+        let mut warnings = Vec::new();
         if self.seed.is_some() && self.resume.is_some() {
-            log::warn!(
+            warnings.push(
                 "--seed is ignored with --resume: the run continues from its saved random state"
+                    .to_string(),
             );
         }
         // The default warm-up outlasts short runs on purpose: said only
         // where the user chose it.
         if let Some(warmup) = self.warmup.filter(|&w| w > self.steps) {
-            log::warn!(
+            warnings.push(format!(
                 "--warmup {warmup} is longer than --steps {}: the learning rate never reaches --lr (it ends at {:.0} % of it)",
                 self.steps,
                 100.0 * f64::from(self.steps) / f64::from(warmup)
-            );
+            ));
         }
         if let (Some(stop), None) = (self.stop_at, &self.save) {
-            log::warn!("--stop-at {stop} without --save: the run stops early and saves nothing to resume from");
+            warnings.push(format!("--stop-at {stop} without --save: the run stops early and saves nothing to resume from"));
         }
         Ok(TrainSettings {
             config: self.requested_config()?,
@@ -222,6 +224,7 @@ impl TrainArgs {
             precision: self.run.precision,
             shard_optimizer: self.zero == 1,
             overlap: !self.no_overlap,
+            warnings,
         })
     }
 }

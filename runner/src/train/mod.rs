@@ -79,6 +79,10 @@ pub struct TrainSettings {
     /// Under `mpirun`: sum each block's gradients while the backward pass
     /// computes the blocks below it ([`DataParallel::overlap`]).
     pub overlap: bool,
+    /// What the command line warns of (settings that run but may not be
+    /// meant), logged once the run's own checks have passed, so that a
+    /// refused run prints only its error.
+    pub warnings: Vec<String>,
 }
 
 /// What a run reached.
@@ -431,6 +435,9 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
     let (cfg, b, t) = checked_shape(s)?;
+    for warning in &s.warnings {
+        log::warn!("{warning}");
+    }
     // What `--save` held when the run was accepted.
     let seen = s.save.as_deref().and_then(checkpoint::saved_checkpoint);
     let world = crate::world::current();
