@@ -139,6 +139,8 @@ pub struct GenerationStats {
     pub total_ms: f64,
     /// Bytes of the key/value cache.
     pub cache_bytes: usize,
+    /// Times the context reached the block size and the cache slid.
+    pub slides: usize,
 }
 
 impl GenerationStats {
@@ -150,7 +152,7 @@ impl GenerationStats {
     /// The `Generation complete` log line.
     pub fn log(&self) {
         log::info!(
-            "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB | Peak resident memory: {:.1} MiB",
+            "Generation complete - Generated {} tokens | Total time: {:.3} ms | Prompt: {:.3} ms | Forward passes: {:.3} ms | Sampling: {:.3} ms | Tokens/sec: {:.1} | KV cache: {:.2} MiB | Peak resident memory: {:.1} MiB | Context slides: {}",
             self.tokens.len(),
             self.total_ms,
             self.prompt_ms,
@@ -158,7 +160,8 @@ impl GenerationStats {
             self.sampling_ms,
             self.tokens_per_sec(),
             mib(self.cache_bytes as f64),
-            mib(peak_rss_bytes() as f64)
+            mib(peak_rss_bytes() as f64),
+            self.slides
         );
     }
 }
@@ -238,6 +241,7 @@ pub fn generate(
                 context.push(token);
                 cache.clear();
                 model.forward_cached(cache, &context)?;
+                stats.slides += 1;
             } else {
                 context.push(token);
                 model.forward_cached(cache, &[token])?;

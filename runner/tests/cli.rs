@@ -369,9 +369,25 @@ fn generate_streams_text_and_logs_the_generation_line() {
         "| Tokens/sec: ",
         "| KV cache: ",
         "| Peak resident memory: ",
+        "| Context slides: 0",
     ] {
         assert!(stderr.contains(needle), "missing `{needle}` in {stderr}");
     }
+    // Past the block size of 32 the context slides, keeping 16 tokens:
+    // after 3 prompt tokens, the cache is full at the 30th and the 47th
+    // new token.
+    let long = runner(&[
+        "generate",
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        "12+",
+        "--max-new-tokens",
+        "60",
+    ]);
+    assert_success(&long);
+    let stderr = String::from_utf8_lossy(&long.stderr);
+    assert!(stderr.contains("| Context slides: 2"), "{stderr}");
     let again = runner(&[
         "generate",
         "--checkpoint",

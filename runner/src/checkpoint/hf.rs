@@ -138,7 +138,11 @@ pub fn parse_config(dir: &Path, file: &str, bytes: &[u8]) -> Result<HfConfig, Er
         Some(v) => v
             .as_u64()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| corrupt(format!("`{key}` is {v}, not a non-negative integer"))),
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "`{key}` is {v}, not a non-negative integer of at most 64 bits"
+                ))
+            }),
     };
     let unsupported = |key: &str, value: &Value, supported: &str| {
         corrupt(format!(
