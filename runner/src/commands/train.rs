@@ -13,6 +13,7 @@ use crate::train::{train, TrainSettings};
 
 /// The seed of a run that names none.
 const DEFAULT_SEED: u64 = 1337;
+/// The warm-up of a run that names none.
 const DEFAULT_WARMUP: u32 = 20;
 
 #[derive(Args, Debug, Clone)]
