@@ -346,17 +346,11 @@ fn generate_streams_text_and_logs_the_generation_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = runner(&[
-        "generate",
-        "--checkpoint",
-        ckpt,
-        "--prompt",
-        "12+",
-        "--max-new-tokens",
-        "20",
-        "--seed",
-        "3",
-    ]);
+    let generate = |extra: &[&str]| {
+        let args = ["generate", "--checkpoint", ckpt, "--prompt", "12+"];
+        runner(&[&args[..], extra].concat())
+    };
+    let out = generate(&["--max-new-tokens", "20", "--seed", "3"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(out.stdout.starts_with(b"12+"));
@@ -376,46 +370,17 @@ fn generate_streams_text_and_logs_the_generation_line() {
     // Past the block size of 32 the context slides, keeping 16 tokens:
     // after 3 prompt tokens, the cache is full at the 30th and the 47th
     // new token.
-    let long = runner(&[
-        "generate",
-        "--checkpoint",
-        ckpt,
-        "--prompt",
-        "12+",
-        "--max-new-tokens",
-        "60",
-    ]);
+    let long = generate(&["--max-new-tokens", "60"]);
     assert_success(&long);
     let stderr = String::from_utf8_lossy(&long.stderr);
     assert!(stderr.contains("| Context slides: 2"), "{stderr}");
-    let again = runner(&[
-        "generate",
-        "--checkpoint",
-        ckpt,
-        "--prompt",
-        "12+",
-        "--max-new-tokens",
-        "20",
-        "--seed",
-        "3",
-        "-q",
-    ]);
+    let again = generate(&["--max-new-tokens", "20", "--seed", "3", "-q"]);
     assert_eq!(again.stdout, out.stdout, "same seed, same text");
     assert!(again.stderr.is_empty());
     // Past the block size (32) the window slides; JSON tells the context.
     let json = dir.join("generate.jsonl");
-    let out = runner(&[
-        "generate",
-        "--checkpoint",
-        ckpt,
-        "--prompt",
-        "12+",
-        "--max-new-tokens",
-        "40",
-        "--json",
-        json.to_str().unwrap(),
-        "-q",
-    ]);
+    let json_s = json.to_str().unwrap();
+    let out = generate(&["--max-new-tokens", "40", "--json", json_s, "-q"]);
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 3 + 40 + 1);
     let line: serde_json::Value =
