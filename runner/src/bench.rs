@@ -94,7 +94,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// the fastest backend's FMA loop on the same number of threads, measured
 /// in this run.
 pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
-    let kernels = checked_kernels(s)?;
+    let (kernels, pools) = checked_kernels(s)?;
     let cfg = s.config;
     let world = crate::world::current();
     let leader = world.rank() == 0;
@@ -109,16 +109,16 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let memory = log_header(s, &kernels);
 
     let mut rows: Vec<BenchRecord> = Vec::new();
-    for &threads in &s.threads {
+    for pool in &pools {
         let peaks: Vec<f64> = s
             .precisions
             .iter()
-            .map(|&precision| machine_peak(&kernels, threads, precision))
+            .map(|&precision| machine_peak(&kernels, pool.count(), precision))
             .collect();
         for &t in &s.seq_lens {
             for &k in &kernels {
                 for (&precision, &peak) in s.precisions.iter().zip(&peaks) {
-                    let run = (k, precision, threads);
+                    let run = (k, precision, pool);
                     rows.push(measure_training(s, run, t, peak, &tokens)?);
                 }
             }
@@ -129,9 +129,9 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let mut decode_rows = Vec::new();
     for &k in kernels.iter().filter(|_| s.decoding && leader) {
         for &precision in &s.precisions {
-            for &threads in &s.threads {
+            for pool in &pools {
                 let mut model = Gpt::new(cfg, k, 1)?;
-                model.set_threads(Threads::new(Some(threads))?);
+                model.set_threads(pool.clone());
                 model.set_precision(precision);
                 decode_rows.extend(decode_speed(&mut model, &tokens)?);
             }
@@ -151,11 +151,11 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     Ok((rows, decode_rows))
 }
 
-/// The handles of `s`'s backends, after every check that needs no work:
-/// the settings, the memory, every thread count (its pool built, so that
-/// `--threads 1,0` is refused before the 1-thread rows run) and what
-/// the CPU supports.
-fn checked_kernels(s: &BenchSettings) -> Result<Vec<Kernels>, Error> {
+/// The handles of `s`'s backends and a pool per thread count, after
+/// every check that needs no work: the settings, the memory, every thread
+/// count (its pool built once, here, so that `--threads 1,0` is refused
+/// before the 1-thread rows run) and what the CPU supports.
+fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Error> {
     let cfg = s.config;
     cfg.validate()?;
     if s.steps == 0
@@ -183,13 +183,17 @@ fn checked_kernels(s: &BenchSettings) -> Result<Vec<Kernels>, Error> {
     if s.decoding {
         Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
     }
-    for &threads in &s.threads {
-        Threads::new(Some(threads))?;
-    }
-    Ok(s.backends
+    let pools = s
+        .threads
+        .iter()
+        .map(|&threads| Threads::new(Some(threads)))
+        .collect::<Result<_, _>>()?;
+    let kernels = s
+        .backends
         .iter()
         .map(|&b| Kernels::new(b))
-        .collect::<Result<_, _>>()?)
+        .collect::<Result<_, _>>()?;
+    Ok((kernels, pools))
 }
 
 /// The longest of the benchmarked sequence lengths (checked non-empty).
@@ -289,7 +293,7 @@ fn machine_peak(kernels: &[Kernels], threads: usize, precision: Precision) -> f6
 /// after `WARMUP_STEPS` untimed ones.
 fn measure_training(
     s: &BenchSettings,
-    (k, precision, threads): (Kernels, Precision, usize),
+    (k, precision, pool): (Kernels, Precision, &Threads),
     t: usize,
     peak: f64,
     tokens: &[u32],
@@ -297,8 +301,9 @@ fn measure_training(
     let cfg = s.config;
     let world = crate::world::current();
     let ranks = world.size();
+    let threads = pool.count();
     let mut model = Gpt::new(cfg, k, 1)?;
-    model.set_threads(Threads::new(Some(threads))?);
+    model.set_threads(pool.clone());
     model.set_precision(precision);
     model.set_recompute(s.recompute);
     let mut optimizer = Optimizer::new(model.sizes());

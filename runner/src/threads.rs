@@ -14,7 +14,9 @@ use kernels::Executor;
 
 use crate::error::Error;
 
-/// A pool of `count` threads (1: run everything on the caller's thread).
+/// A pool of `count` threads (1: run everything on the caller's thread);
+/// clones share the pool.
+#[derive(Clone)]
 pub struct Threads {
     count: usize,
     #[cfg(feature = "parallel")]
@@ -85,16 +87,11 @@ impl Threads {
             return Ok(Threads::single());
         }
         let cores = available_cores();
-        // Once per count: `bench` builds a pool for each of its rows.
-        static WARNED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
-        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-        if count > cores && !warned.contains(&count) {
-            warned.push(count);
+        if count > cores {
             log::warn!(
                 "--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}"
             );
         }
-        drop(warned);
         #[cfg(feature = "parallel")]
         {
             let pool = rayon::ThreadPoolBuilder::new()

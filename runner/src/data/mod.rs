@@ -67,10 +67,11 @@ impl DataSource {
     pub fn recorded_tokenizer(&self) -> Option<Tokenizer> {
         let first = match self {
             DataSource::Shard(path) => path.clone(),
-            DataSource::Shards(dir) => {
-                let (train, val) = DataSource::shard_files(dir, Purpose::Training).ok()?;
-                train.into_iter().chain(val).next()?
-            }
+            DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Training)
+                .ok()?
+                .0
+                .into_iter()
+                .next()?,
             _ => return None,
         };
         Shard::open(&first).ok()?.tokenizer()
