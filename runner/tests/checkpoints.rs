@@ -44,6 +44,12 @@ fn train_tiny(ckpt: &Path, steps: &str, seed: &str) -> Output {
     ])
 }
 
+/// Resumes the checkpoint `ck` to step 6, quietly, with `extra` options.
+fn resume_to_step_6(ck: &str, extra: &[&str]) -> Output {
+    let args = ["train", "--resume", ck, "--steps", "6", "-q"];
+    runner(&[&args[..], extra].concat())
+}
+
 /// The names in `dir` that start with a dot (temporary directories).
 fn hidden_entries(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -578,11 +584,7 @@ fn an_edited_config_is_blamed_on_resuming() {
     let ckpt = dir.join("ck");
     assert_success(&train_tiny(&ckpt, "3", "1"));
     let ck = ckpt.to_str().unwrap();
-    let resume = |extra: &[&str]| {
-        let mut args = vec!["train", "--resume", ck, "--steps", "6", "-q"];
-        args.extend_from_slice(extra);
-        runner(&args)
-    };
+    let resume = |extra: &[&str]| resume_to_step_6(ck, extra);
     // Trained at 32 tokens: a block size of 16 cannot be the run's.
     edit_config(&ckpt, "n_positions", 16);
     assert_clear_error(
@@ -605,11 +607,7 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     let ck = ckpt.to_str().unwrap();
     let saved_hash = state_metadata(&ckpt, "data_hash");
     assert_eq!(saved_hash.len(), 16, "{saved_hash}");
-    let resume = |extra: &[&str]| {
-        let mut args = vec!["train", "--resume", ck, "--steps", "6", "-q"];
-        args.extend_from_slice(extra);
-        runner(&args)
-    };
+    let resume = |extra: &[&str]| resume_to_step_6(ck, extra);
     // The saved run used the default --lr; another one would not continue it.
     assert_clear_error(&resume(&["--lr", "0.5"]), "--lr: checkpoint");
     assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
