@@ -78,7 +78,7 @@ pub struct Context {
     pub precision: Precision,
     pub threads: Threads,
     workspace: Vec<f32>,
-    /// Per-piece partial sums of the LayerNorm parameter gradients.
+    /// Per-piece partial sums of the LayerNorm and bias gradients.
     pub(super) partials: Vec<f32>,
     pub profile: Profile,
 }

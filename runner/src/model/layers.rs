@@ -19,10 +19,6 @@ const ROWS_PER_PIECE: usize = 64;
 /// Elements per piece of element-wise work (GELU, sums, zeroing).
 const ELEMENTS_PER_PIECE: usize = 1 << 14;
 
-/// Columns per piece of a bias gradient (each piece sums every row of its
-/// columns, in row order, so the sums do not depend on the split).
-const BIAS_COLUMNS_PER_PIECE: usize = 64;
-
 /// `out = a + b` (a residual connection), by pieces.
 pub fn add(ctx: &Context, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<(), Error> {
     let k = ctx.kernels;
@@ -284,18 +280,38 @@ pub fn matmul_backward(
         let x = MatRef::new(inp, bt, c)?;
         ctx.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
         if let Some(dbias) = dbias {
-            let k = ctx.kernels;
-            ctx.threads
-                .try_for_each_piece((dbias, BIAS_COLUMNS_PER_PIECE), |i, dbias| {
-                    let first = i * BIAS_COLUMNS_PER_PIECE;
-                    for row in dout.chunks_exact(oc) {
-                        k.axpy(1.0, &row[first..][..dbias.len()], dbias)?;
-                    }
-                    Ok(())
-                })?;
+            bias_backward(ctx, dbias, dout)?;
         }
         Ok(())
     })
+}
+
+/// `dbias += Σ_rows dout`. Each piece of rows sums its whole rows, in
+/// order, into a partial; the partials are then added in order, so the
+/// sum does not depend on the thread count. (Pieces of columns instead
+/// read every row a few lines at a time and waited on memory: 1.5–2.5 %
+/// of a step.)
+fn bias_backward(ctx: &mut Context, dbias: &mut [f32], dout: &[f32]) -> Result<(), Error> {
+    let (k, oc) = (ctx.kernels, dbias.len());
+    if oc == 0 {
+        return Ok(());
+    }
+    let pieces = (dout.len() / oc).div_ceil(ROWS_PER_PIECE);
+    let partials = &mut ctx.partials;
+    partials.clear();
+    partials.resize(pieces * oc, 0.0);
+    ctx.threads
+        .try_for_each_piece((&mut partials[..], oc), |i, partial| {
+            let rows = &dout[i * ROWS_PER_PIECE * oc..];
+            for row in rows.chunks_exact(oc).take(ROWS_PER_PIECE) {
+                k.axpy(1.0, row, partial)?;
+            }
+            Ok(())
+        })?;
+    for partial in ctx.partials.chunks_exact(oc) {
+        k.axpy(1.0, partial, dbias)?;
+    }
+    Ok(())
 }
 
 /// The output layer, tied to the token embedding:
