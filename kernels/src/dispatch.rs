@@ -10,7 +10,8 @@ use crate::{Backend, Bf16Unit, Blocking, Cpu, KernelError};
 ///
 /// `Kernels::best()` picks the fastest backend the CPU supports;
 /// `Kernels::new(backend)` forces one and fails if the CPU lacks it. The
-/// handle is `Copy` and holds no state, so threads can share it freely.
+/// handle is `Copy` and holds only fixed configuration (backend, bf16 unit,
+/// GEMM blocking), so threads can share it freely.
 ///
 /// ```
 /// use kernels::{Backend, Kernels};
@@ -87,7 +88,8 @@ impl Kernels {
             _ => Bf16Unit::Portable,
         };
         // SAFETY: `backend` is at most `detected`, and `bf16` is the
-        // detected unit, on this CPU by the caller's contract.
+        // detected unit (on AVX-512) or the portable one, which runs
+        // everywhere; on this CPU by the caller's contract.
         Ok(unsafe { Kernels::on(isa, bf16) })
     }
 

@@ -91,8 +91,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Runs the benchmark, logging each step, and prints the tables. MFU is
 /// model FLOPs ([`flops_per_token`] × tokens/s) over the machine's peak:
-/// the fastest backend's FMA loop on the same number of threads, measured
-/// in this run.
+/// the fastest backend's FMA loop (for bf16 rows, its bf16 unit's loop)
+/// on the same number of threads, measured in this run.
 pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
     let (kernels, pools) = checked_kernels(s)?;
     let cfg = s.config;

@@ -1,6 +1,6 @@
 //! Output to the terminal. A minimal env_logger-style logger: messages to
 //! stderr, `info` and above by default, `-q` for warnings and errors only,
-//! `RUST_LOG=debug` (etc.) to change the level. While a progress bar is
+//! `RUST_LOG=warn` (etc.) to change the level. While a progress bar is
 //! shown, each message is printed above it, so the two never garble each
 //! other. Results go to stdout through [`print_stdout`].
 
@@ -128,7 +128,7 @@ pub fn keep_streaming(
 }
 
 /// What the backend line says of the precision: nothing for f32; for
-/// bf16, the unit, with a warning when it is the portable path.
+/// bf16, the unit (`RunOptions::start` warns of the portable path).
 pub fn precision_note(precision: Precision, kernels: Kernels) -> &'static str {
     match (precision, kernels.bf16_unit()) {
         (Precision::F32, _) => "",

@@ -199,7 +199,8 @@ pub struct BenchRecord {
     pub breakdown: std::collections::BTreeMap<&'static str, f64>,
     /// Processes the step ran on (`mpirun -np`; 1 otherwise).
     pub ranks: usize,
-    /// Median time per step spent summing gradients across the ranks.
+    /// Median time per step spent waiting for the ranks' sums (summing
+    /// that overlaps the backward pass is `overlapped_ms`).
     pub communication_ms: f64,
     #[serde(flatten)]
     pub shape: RunShape,

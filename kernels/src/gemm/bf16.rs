@@ -13,7 +13,7 @@
 //!   an f32 instruction. A is packed into panels of `MR` rows, B into
 //!   panels of 32 columns, both as pairs of consecutive k (one pair per
 //!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
-//!   down a pass of k (256 pairs) and C takes each pass's sums;
+//!   down a pass of k (at most 256 pairs) and C takes each pass's sums;
 //! - AMX (`amx.rs`): tiles of 16 rows multiply 32 × 32 blocks down the
 //!   whole of k, from the same B panels and A packed row by row; products
 //!   of fewer than 32 rows run on AVX512-BF16.
@@ -39,9 +39,6 @@ use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 /// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
 /// rounded to the nearest bf16 ([`Bf16::from_f32`]).
 pub trait Bf16Input: Copy + Sync + sealed::Sealed {
-    /// Zero.
-    #[doc(hidden)]
-    const ZERO: Self;
     /// The value as the product uses it.
     fn to_bf16(self) -> Bf16;
     /// `dst[i] = src[i].to_bf16()` for equal lengths, f32 values rounded
@@ -61,7 +58,6 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
 }
 
 impl Bf16Input for f32 {
-    const ZERO: f32 = 0.0;
     #[inline]
     fn to_bf16(self) -> Bf16 {
         Bf16::from_f32(self)
@@ -82,7 +78,6 @@ impl Bf16Input for f32 {
 }
 
 impl Bf16Input for Bf16 {
-    const ZERO: Bf16 = Bf16::from_bits(0);
     #[inline]
     fn to_bf16(self) -> Bf16 {
         self
@@ -1018,7 +1013,7 @@ const LINE_PAIRS: usize = 64;
 pub(super) const ROUND_CHUNK: usize = 256;
 
 /// Independent accumulator chains of the peak loop: as many as a register
-/// tile has, enough to cover the dot product's latency.
+/// tile has rows, enough to cover the dot product's latency.
 const PEAK_CHAINS: usize = 12;
 
 fn pair_chains<P: PairDot>(unit: P, iters: usize) -> f32 {
@@ -1146,8 +1141,9 @@ fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
 }
 
 /// Rows of C per block (a multiple of every layout's `mr`: 1, 4, 12 and
-/// the tiles' 32): with a pass of 256 pairs, its packed A is 192 KiB, in
-/// L2 on every CPU this runs on (Zen 3: 512 KiB).
+/// the tiles' 32): on the pair-dot path, with a pass of 256 pairs, its
+/// packed A is 192 KiB, in L2 on every CPU with AVX512-BF16 (Zen 4: 1
+/// MiB).
 const BLOCK_ROWS: usize = 192;
 
 /// Column panels per block: the B slices of a pass (4 × 32 KiB) stay in
@@ -1313,7 +1309,8 @@ impl Pairs<'_> {
 /// k = 384 runs in one pass.
 const KC_PAIRS: usize = 256;
 
-/// The `MR × 32` sums of one A panel and one B panel, down the whole of k.
+/// The `MR × 32` sums of one A panel and one B panel over the pairs of k
+/// they hold (one pass).
 #[inline(always)]
 fn tile<P: PairDot, const MR: usize>(unit: P, a: &[f32], b: &[f32]) -> [[P::Acc; 2]; MR] {
     let mut acc = [[unit.zero(); 2]; MR];

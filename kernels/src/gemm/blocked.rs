@@ -53,7 +53,8 @@ pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize, bl: &Bl
     a.saturating_add(b).saturating_add(2 * ALIGN_SLACK)
 }
 
-/// `workspace[offset..]` starting on a 64-byte boundary, split at `len`.
+/// `workspace` from its first 64-byte boundary (skipping at most
+/// `ALIGN_SLACK` floats), split at `len`.
 fn aligned_region(workspace: &mut [f32], len: usize) -> (&mut [f32], &mut [f32]) {
     let skip = workspace.as_ptr().align_offset(64).min(ALIGN_SLACK);
     workspace[skip..].split_at_mut(len)

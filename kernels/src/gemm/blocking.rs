@@ -151,7 +151,7 @@ const MAX_NC: usize = 4096;
 /// at `kc` 384, so no core met so far reaches it.
 const MAX_MC: usize = 1024;
 
-/// Largest `kc` or `nc` an override may ask for, so that workspace sizes
+/// Largest `mc`, `kc` or `nc` an override may ask for, so that workspace sizes
 /// stay far from overflow.
 const MAX_OVERRIDE: usize = 1 << 20;
 

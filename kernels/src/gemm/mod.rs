@@ -1,15 +1,20 @@
 //! Single-precision matrix multiply, `C = alpha · op(A) · op(B) + beta · C`,
 //! BLIS-style: a register-blocked microkernel per instruction set sweeps
 //! panels of op(A) and op(B), packed into a caller-supplied workspace where
-//! that pays (B unless small; A when its rows would crowd L1 or the product
-//! is huge: the rules are in `blocking.rs`) and read in place otherwise. Products with very few rows skip packing.
+//! that pays and read in place otherwise: B unless small with contiguous
+//! rows; A where the L1 rules of `blocking.rs` say so (the tile's B panel
+//! stays in L1, or A's rows would crowd an L1 set) or it is huge
+//! (`blocked.rs`). Products with very few rows skip packing.
 //!
-//! - `microkernel`: the [`GemmKernel`] trait, one instance per ISA, and the
-//!   blocking constants with their reasoning;
+//! - `microkernel`: the [`GemmKernel`] trait, one instance per ISA, with
+//!   its tile sizes and depth of k;
+//! - `blocking`: the cache blocking, derived from the CPU's caches, every
+//!   rule in one place;
 //! - `packing`: copying blocks of A and B into panels;
 //! - `blocked`: the loop nest, written once, and its caller-driven split;
 //! - `small`: the unpacked path for `m <= 4`;
-//! - `bf16`: products of bf16-rounded operands with f32 accumulation.
+//! - `bf16`: products of bf16-rounded operands with f32 accumulation;
+//! - `amx`: the AMX tiles those products run on where the CPU has them.
 
 mod amx;
 mod bf16;
@@ -249,8 +254,9 @@ pub(crate) struct Problem<'a> {
 
 impl Kernels {
     /// Floats of workspace [`Kernels::gemm`] needs for an `m × k` by `k × n`
-    /// product on this handle's backend (0 when nothing is packed or
-    /// split). Allocate it once for the largest product and reuse it.
+    /// product on this handle's backend (0 for an empty product, or one of
+    /// at most 4 rows that is not split along k). Allocate it once for the
+    /// largest product and reuse it.
     pub fn gemm_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
         if m == 0 || n == 0 || k == 0 {
             return 0;

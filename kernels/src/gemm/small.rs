@@ -26,7 +26,7 @@ pub(crate) const SMALL_M: usize = 4;
 /// read 2 KiB per row and ran at a third of the memory bandwidth).
 const CHUNK_FLOATS: usize = 4096;
 
-/// Columns per chunk for `m` rows of C ([`CHUNK_FLOATS`] in all).
+/// Columns per chunk for `m` rows of C (about [`CHUNK_FLOATS`] in all).
 fn chunk_columns(m: usize) -> usize {
     (CHUNK_FLOATS / m).next_multiple_of(64)
 }
@@ -49,8 +49,8 @@ fn worth_splitting(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// Pieces of columns for an `m × k · k × n` product of few rows on
-/// `threads` threads, out of `units` that may not be cut: twice as many as
-/// threads when the product is worth splitting, else one.
+/// `threads` threads, at most `units`: twice as many as threads when the
+/// product is worth splitting, else one.
 pub(crate) fn column_pieces(
     threads: usize,
     (m, n, k): (usize, usize, usize),
@@ -141,7 +141,7 @@ fn columns<K: GemmKernel>(kernel: K, p: &Problem, start: usize, width: usize) {
             }
         }
     } else {
-        // Both strided (op(A) and op(B) both transposed, m > 1): plain loop.
+        // Both strided (op(A) and op(B) both transposed): plain loop.
         for i in 0..p.m {
             for (jj, c) in c_row(i).iter_mut().enumerate() {
                 let j = start + jj;

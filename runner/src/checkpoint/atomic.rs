@@ -369,17 +369,12 @@ fn remove_siblings(parent: &Path, prefix: &str) -> Result<(), Error> {
 }
 
 /// The bytes an unprivileged user may still write on the file system that
-/// holds `dir`, where the OS tells.
+/// holds `dir` (a folder's name, `.` for the current one), where the OS
+/// tells.
 #[cfg(unix)]
 #[allow(clippy::useless_conversion)] // the field types differ by platform
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
-    // `parent("ckpt")` is "", the current directory.
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `path` is a NUL-terminated string that outlives the call, and

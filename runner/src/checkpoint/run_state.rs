@@ -25,7 +25,7 @@ pub struct RunSchedule {
     pub warmup: u32,
     /// Steps the schedule spans (`--steps`).
     pub total_steps: u32,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch over all ranks (`--batch` × processes).
     pub batch: usize,
     /// Micro-batches per step.
     pub grad_accum: usize,

@@ -1,6 +1,6 @@
 //! `runner prepare`: text files into token shards (`shards`), streamed
-//! through bounded memory (GPT-2's tokens cut at line breaks; see
-//! `tokenize_file`). Each input file is one document; with `gpt2`
+//! through bounded memory (GPT-2's tokens cut where its pre-tokenizer
+//! always cuts; see `tokenize_file`). Each input file is one document; with `gpt2`
 //! each starts with the end-of-text token, as llm.c's shards do.
 
 use std::fs::File;
@@ -174,11 +174,11 @@ pub fn prepare(
 
 /// Reads `path` in chunks of about `chunk` bytes and hands each chunk's
 /// length and tokens to `emit`, in order. With GPT-2's tokenizer chunks
-/// end after a line break (`\n` or `\r\n`) that has a non-space on each
-/// side: its pre-tokenizer always makes such a break pieces of its own, so
-/// the tokens are those of the whole file (a file without such breaks is
-/// read whole). Bytes are tokens of their own, so those chunks end
-/// anywhere.
+/// end where its pre-tokenizer always cuts ([`split_point`]: after a line
+/// break with a non-space on each side, failing that before a space
+/// between words), so the tokens are those of the whole file; a file with
+/// no such cut in [`max_uncut`] bytes is refused. Bytes are tokens of
+/// their own, so those chunks end anywhere.
 fn tokenize_file(
     path: &Path,
     tokenizer: Tokenizer,

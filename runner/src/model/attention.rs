@@ -73,8 +73,9 @@ pub fn attention_forward(
 
 /// Query rows per block of causal attention: block `r` attends to the
 /// keys of blocks `0..=r` only, so the products skip the masked upper
-/// triangle (at T = 256, 62 % of the full products' work), and a block's
-/// scores stay in cache between its product, softmax and the next product.
+/// triangle (at T = 256 they do 62.5 % of the full products' work), and a
+/// block's scores stay in cache between its product, softmax and the next
+/// product.
 const QUERY_BLOCK: usize = 64;
 
 /// The query blocks of `t` positions: each block's rows; its keys are
