@@ -62,7 +62,7 @@ impl Threads {
     }
 
     /// The thread count when none is asked for: all cores (at most
-    /// [`MAX_THREADS`]), or one without the `parallel` feature.
+    /// `MAX_THREADS`), or one without the `parallel` feature.
     pub fn default_count() -> usize {
         if cfg!(feature = "parallel") {
             available_cores().min(MAX_THREADS)

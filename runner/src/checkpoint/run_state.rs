@@ -217,7 +217,7 @@ pub struct Progress {
     pub step: u32,
     pub rng_state: u64,
     pub schedule: Option<RunSchedule>,
-    /// [`weights_hash`] of the weights saved with it (`None` in states
+    /// `weights_hash` of the weights saved with it (`None` in states
     /// saved before it was kept).
     pub weights_hash: Option<u64>,
 }
