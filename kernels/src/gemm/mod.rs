@@ -13,10 +13,9 @@
 //! - `packing`: copying blocks of A and B into panels;
 //! - `blocked`: the loop nest, written once, and its caller-driven split;
 //! - `small`: the unpacked path for `m <= 4`;
-//! - `bf16`: products of bf16-rounded operands with f32 accumulation;
-//! - `amx`: the AMX tiles those products run on where the CPU has them.
+//! - `bf16`: products of bf16-rounded operands with f32 accumulation, on
+//!   AVX512-BF16, AMX tiles or the portable path.
 
-mod amx;
 mod bf16;
 pub(crate) mod blocked;
 mod blocking;

@@ -12,12 +12,13 @@
 //! the loop, stores the sums and releases the tiles, so no tile state lives
 //! across blocks of Rust code. A panels here are row-major (a row's pairs
 //! contiguous, padded to whole steps with zeros), since a tile row is a row
-//! of A. [`TileProduct`] is what the loop nest in `bf16.rs` sees; an
+//! of A. [`TileProduct`] is what the loop nest in `pairs` sees; an
 //! emulated tile runs the same blocking on any CPU in tests.
 
-use super::bf16::{round_row_pairs, Bf16Input, NR};
-use super::microkernel::GemmKernel;
-use super::MatRef;
+use super::packing::round_row_pairs;
+use super::{Bf16Input, NR};
+use crate::gemm::microkernel::GemmKernel;
+use crate::gemm::MatRef;
 
 /// Rows of a packed A panel and of a block of sums: two tiles' rows.
 pub(super) const MR: usize = 32;
@@ -267,8 +268,10 @@ impl TileProduct for EmulatedTiles {
             for (j, sum) in sums.iter_mut().enumerate() {
                 let mut acc = 0.0f32;
                 for (q, &a) in a.iter().enumerate() {
-                    let ((a_lo, a_hi), (b_lo, b_hi)) =
-                        (super::bf16::unpair(a), super::bf16::unpair(b[q * NR + j]));
+                    let ((a_lo, a_hi), (b_lo, b_hi)) = (
+                        super::packing::unpair(a),
+                        super::packing::unpair(b[q * NR + j]),
+                    );
                     acc += a_lo * b_lo;
                     acc += a_hi * b_hi;
                 }

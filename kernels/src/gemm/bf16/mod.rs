@@ -1,0 +1,653 @@
+//! Mixed precision: `C = alpha · op(A) · op(B) + beta · C` where A and B
+//! are bf16 (or f32 rounded to bf16 as they are read) and the products are
+//! summed in f32, on one of three units ([`Bf16Unit`]):
+//!
+//! - portable, the reference: the operands are rounded into the workspace
+//!   as f32 values, then multiplied by the f32 GEMM, so it runs on every
+//!   backend and is split like it; a product of at most `FEW_ROWS` rows
+//!   (decoding) instead sums each element down k in order, reading B's
+//!   pairs packed (packing an unpacked B first), so a packed B is read at
+//!   2 bytes a value and never unpacked;
+//! - AVX512-BF16: `vdpbf16ps` adds the dot product of a pair of bf16 values
+//!   of A (broadcast) and 16 pairs of B into 16 f32 sums, twice the FMAs of
+//!   an f32 instruction. A is packed into panels of `MR` rows, B into
+//!   panels of 32 columns, both as pairs of consecutive k (one pair per
+//!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
+//!   down a pass of k (at most 256 pairs) and C takes each pass's sums;
+//! - AMX (`amx`): tiles of 16 rows multiply 32 × 32 blocks down the
+//!   whole of k, from the same B panels and A packed row by row; products
+//!   of fewer than 32 rows run on AVX512-BF16.
+//!
+//! Pieces are blocks of C (rows × column panels); each element of C is
+//! summed by one piece in one order whatever the blocks: bit-identical for
+//! any executor.
+//!
+//! - `portable`: the portable unit's products of few rows, and rounding
+//!   operands for the f32 GEMM;
+//! - `packing`: the pair-packed layout and packing A and B into it;
+//! - `pairs`: the loop nest over pair-packed panels, and the pair-dot
+//!   units (AVX512-BF16, and an emulated one for tests);
+//! - `amx`: the same blocks on AMX tiles.
+
+mod amx;
+mod packing;
+mod pairs;
+mod portable;
+
+use amx::TileProduct;
+pub(super) use packing::round_pairs_simd;
+use packing::{pack_panels, padded_pairs, panel_slots, PairLayout};
+#[cfg(test)]
+use pairs::EmulatedPairs;
+#[cfg(target_arch = "x86_64")]
+use pairs::V4Bf16;
+use pairs::{pair_chains, run_pairs, PanelsOfB, PEAK_CHAINS};
+use portable::{few_rows, round_into, unpack, FewRows, FEW_ROWS};
+
+use super::microkernel::ScalarKernel;
+use super::{check_product, check_product_of, check_workspace, MatMut, MatRef, Output};
+use crate::bf16::pair;
+use crate::dispatch::{dispatch, Isa};
+use crate::parallel::SharedMut;
+use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
+
+/// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
+/// rounded to the nearest bf16 ([`Bf16::from_f32`]).
+pub trait Bf16Input: Copy + Sync + sealed::Sealed {
+    /// The value as the product uses it.
+    fn to_bf16(self) -> Bf16;
+    /// `dst[i] = src[i].to_bf16()` for equal lengths, f32 values rounded
+    /// by `narrow` (which the caller vectorizes).
+    #[doc(hidden)]
+    fn round_slice(src: &[Self], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16]));
+    /// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without
+    /// `hi`) for lengths of `slots`, f32 values rounded and paired by
+    /// `round_pairs` (which the caller vectorizes).
+    #[doc(hidden)]
+    fn pair_slices(
+        lo: &[Self],
+        hi: Option<&[Self]>,
+        slots: &mut [f32],
+        round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    );
+}
+
+impl Bf16Input for f32 {
+    #[inline]
+    fn to_bf16(self) -> Bf16 {
+        Bf16::from_f32(self)
+    }
+    #[inline(always)]
+    fn round_slice(src: &[f32], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16])) {
+        narrow(src, dst)
+    }
+    #[inline(always)]
+    fn pair_slices(
+        lo: &[f32],
+        hi: Option<&[f32]>,
+        slots: &mut [f32],
+        round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    ) {
+        round_pairs(lo, hi, slots)
+    }
+}
+
+impl Bf16Input for Bf16 {
+    #[inline]
+    fn to_bf16(self) -> Bf16 {
+        self
+    }
+    #[inline(always)]
+    fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {
+        // (Public, if hidden: lengths that differ copy the shorter, never
+        // panic.)
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+    #[inline(always)]
+    fn pair_slices(
+        lo: &[Bf16],
+        hi: Option<&[Bf16]>,
+        slots: &mut [f32],
+        _: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+    ) {
+        pair_each(lo, hi, slots)
+    }
+}
+
+/// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without `hi`)
+/// for lengths of `slots`, one value at a time.
+#[inline(always)]
+pub(super) fn pair_each<T: Bf16Input>(lo: &[T], hi: Option<&[T]>, slots: &mut [f32]) {
+    for (i, (slot, lo)) in slots.iter_mut().zip(lo).enumerate() {
+        // (A shorter `hi` pairs with zeros: this is reachable, if hidden,
+        // from outside the crate, and must not panic.)
+        let hi = hi
+            .and_then(|hi| hi.get(i))
+            .map_or(Bf16::default(), |hi| hi.to_bf16());
+        *slot = pair(lo.to_bf16(), hi);
+    }
+}
+
+mod sealed {
+    /// Only the crate's element types are bf16 inputs.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for crate::Bf16 {}
+}
+
+impl Kernels {
+    /// Floats of workspace [`Kernels::gemm_bf16`] needs for an `m × k` by
+    /// `k × n` product (saturating: an absurd shape asks for more than any
+    /// buffer holds). It depends on the whole shape and the unit, not only
+    /// on the size (a few rows may need more than many): size a shared
+    /// workspace by the largest this returns for the products it serves.
+    pub fn gemm_bf16_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 {
+            return 0;
+        }
+        match self.pair_unit() {
+            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len(),
+            // A rounded, B packed (padded to whole panels and steps).
+            None if m <= FEW_ROWS => PackedBf16::len(k, n)
+                .and_then(|b| m.checked_mul(k)?.checked_add(b))
+                .unwrap_or(usize::MAX),
+            // A and B rounded, then the f32 product's workspace.
+            None => m
+                .saturating_mul(k)
+                .saturating_add(k.saturating_mul(n))
+                .saturating_add(self.gemm_workspace_len(m, n, k)),
+        }
+    }
+
+    /// [`Kernels::fma_peak_loop`] for bf16 products: `iters` rounds of 12
+    /// independent chains of the bf16 unit's pair dot products (4
+    /// floating-point operations per lane: two multiplies, two adds), of
+    /// 4 independent tile products on AMX (16 × 16 × 32 multiply-adds
+    /// each), or of the backend's f32 multiply-adds for the portable unit.
+    /// Time it for the peak that bf16 MFU divides by.
+    ///
+    /// ```
+    /// use kernels::{Bf16Unit, Kernels};
+    ///
+    /// let k = Kernels::best();
+    /// let iters = 1_000_000;
+    /// let start = std::time::Instant::now();
+    /// let flops = k.bf16_peak_loop(iters);
+    /// let gflops = flops as f64 / start.elapsed().as_secs_f64() / 1e9;
+    /// println!("{gflops:.1} bf16 GFLOP/s on {}", k.bf16_unit());
+    /// let per_round = match k.bf16_unit() {
+    ///     // fma_peak_loop's 12 chains of f32 multiply-adds on every lane.
+    ///     Bf16Unit::Portable => 12 * k.backend().lanes() * 2,
+    ///     // 12 chains of pair dot products on 16 lanes.
+    ///     Bf16Unit::Avx512Bf16 => 12 * 16 * 4,
+    ///     // 4 tile products of 16 × 16 × 32 multiply-adds.
+    ///     Bf16Unit::Amx => 4 * 2 * 16 * 16 * 32,
+    /// };
+    /// assert_eq!(flops, (iters * per_round) as u64);
+    /// ```
+    pub fn bf16_peak_loop(&self, iters: usize) -> u64 {
+        let iters = iters.min(crate::PEAK_LOOP_MAX_ITERS);
+        match self.tile_unit() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `TileIsa::Amx` comes from a handle whose bf16 unit is
+            // AMX, granted only after detection and the OS's permission.
+            Some(TileIsa::Amx) => return unsafe { amx::AmxTiles::granted() }.peak_loop(iters),
+            #[cfg(test)]
+            Some(TileIsa::Emulated) => return amx::EmulatedTiles.peak_loop(iters),
+            None => {}
+        }
+        let sums = match self.pair_unit() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `pair_unit` names `V4Bf16` only on a detected unit.
+            Some(PairIsa::V4Bf16) => pair_chains(unsafe { V4Bf16::detected() }, iters),
+            #[cfg(test)]
+            Some(PairIsa::Emulated) => pair_chains(EmulatedPairs, iters),
+            None => return self.fma_peak_loop(iters),
+        };
+        // The result depends on every chain, so none can be optimised away.
+        core::hint::black_box(sums);
+        iters as u64 * (PEAK_CHAINS * 16 * 4) as u64
+    }
+
+    /// The pair-dot unit this handle's bf16 products run on, if any (the
+    /// tile unit's products run on it too when too short for tiles).
+    fn pair_unit(&self) -> Option<PairIsa> {
+        match (self.bf16, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            (Bf16Unit::Avx512Bf16 | Bf16Unit::Amx, Isa::V4) => Some(PairIsa::V4Bf16),
+            #[cfg(test)]
+            (Bf16Unit::Avx512Bf16 | Bf16Unit::Amx, Isa::Emulated16) => Some(PairIsa::Emulated),
+            _ => None,
+        }
+    }
+
+    /// The tile unit this handle's bf16 products run on, if any.
+    fn tile_unit(&self) -> Option<TileIsa> {
+        match (self.bf16, self.isa) {
+            #[cfg(target_arch = "x86_64")]
+            (Bf16Unit::Amx, Isa::V4) => Some(TileIsa::Amx),
+            #[cfg(test)]
+            (Bf16Unit::Amx, Isa::Emulated16) => Some(TileIsa::Emulated),
+            _ => None,
+        }
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` with A and B rounded to bf16
+    /// (f32 operands are rounded as [`Bf16::from_f32`] does; [`Bf16`]
+    /// operands are used as stored) and the products summed in f32. The
+    /// contract is [`Kernels::gemm`]'s: `beta = 0` does not read C, shapes
+    /// must agree, the workspace must hold
+    /// [`Kernels::gemm_bf16_workspace_len`] floats.
+    ///
+    /// Error bound: each element differs from the exact product of the
+    /// rounded operands by at most about (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| +
+    /// |beta·c|), the bound of the f32 GEMM; except that AVX512-BF16 and
+    /// AMX read a subnormal bf16 operand as zero (and flush subnormal
+    /// partial sums), so a product with a subnormal operand may be missing.
+    ///
+    /// ```
+    /// use kernels::{Bf16, Kernels, MatMut, MatRef};
+    ///
+    /// let k = Kernels::best();
+    /// // 1 + 2^-10 rounds to 1 in bf16; 3 is exact.
+    /// let a = [1.0 + 1.0 / 1024.0, 2.0];
+    /// let b = [Bf16::from_f32(3.0), Bf16::from_f32(0.5)];
+    /// let mut c = [0.0];
+    /// let mut workspace = vec![0.0; k.gemm_bf16_workspace_len(1, 1, 2)];
+    /// k.gemm_bf16(
+    ///     1.0,
+    ///     MatRef::new(&a, 1, 2)?,
+    ///     MatRef::new(&b, 2, 1)?,
+    ///     0.0,
+    ///     MatMut::new(&mut c, 1, 1)?,
+    ///     &mut workspace,
+    /// )?;
+    /// assert_eq!(c, [4.0]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn gemm_bf16<A: Bf16Input, B: Bf16Input>(
+        &self,
+        alpha: f32,
+        a: MatRef<A>,
+        b: MatRef<B>,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.gemm_bf16_with(&Sequential, alpha, a, b, beta, c, workspace)
+    }
+
+    /// [`Kernels::gemm_bf16`] split into pieces that `exec` runs, as
+    /// [`Kernels::gemm_with`] does; the result does not depend on the
+    /// executor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_with<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        exec: &E,
+        alpha: f32,
+        a: MatRef<A>,
+        b: MatRef<B>,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = check_product(&a, &b, &c)?;
+        check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
+        if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
+            // Nothing to multiply: C is empty, or C = beta · C.
+            let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
+            return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+        }
+        if let Some(unit) = self.pair_unit() {
+            let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
+            let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
+            let b = PanelsOfB::Pack { b: &b, into: rest };
+            self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), packed_a);
+            return Ok(());
+        }
+        if m <= FEW_ROWS {
+            // B packed into pairs, then the product of few rows below.
+            let (rounded_a, slots) = workspace.split_at_mut(m * k);
+            let slots = bytemuck::cast_slice_mut::<f32, u32>(
+                &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
+            );
+            self.pack_bf16(b, slots)?;
+            let b = PackedBf16::new(slots, k, n)?;
+            self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+            return Ok(());
+        }
+        let (rounded_a, rest) = workspace.split_at_mut(m * k);
+        let (rounded_b, rest) = rest.split_at_mut(k * n);
+        let a = round_into(self, &a, rounded_a);
+        let b = round_into(self, &b, rounded_b);
+        self.gemm_with(exec, alpha, a, b, beta, c, rest)
+    }
+}
+
+/// A `k × n` operand B packed once into bf16 pairs, for many products
+/// that read it without converting or packing it again: weights held in
+/// bf16 for decoding. The slots are filled by [`Kernels::pack_bf16`]; the
+/// layout (panels of 32 columns, each a run of pairs of consecutive rows,
+/// low half first: the layout the pair-dot and tile units read) is the
+/// same on every backend, so a packed operand serves any handle.
+///
+/// [`PackedBf16::row_range`] and [`PackedBf16::first_columns`] view parts
+/// of it without copying (attention's products read growing prefixes of
+/// one head's packed keys).
+#[derive(Debug, Clone, Copy)]
+pub struct PackedBf16<'a> {
+    /// From the first pair of the view's rows in panel 0.
+    slots: &'a [u32],
+    k: usize,
+    n: usize,
+    /// Slots from one panel to the next (those of the whole operand).
+    stride: usize,
+}
+
+impl<'a> PackedBf16<'a> {
+    /// The packed `k × n` operand in `slots`, which must hold exactly
+    /// [`PackedBf16::len`]`(k, n)` slots written by [`Kernels::pack_bf16`]
+    /// for that shape. (Other slots are safe to pass but give meaningless
+    /// products: the units multiply the padding too, and a NaN there makes
+    /// every output NaN.)
+    pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
+        let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
+        crate::error::expect_len("slots", slots.len(), needed)?;
+        let stride = panel_slots(k);
+        Ok(PackedBf16 {
+            slots,
+            k,
+            n,
+            stride,
+        })
+    }
+
+    /// Rows `rows` of the operand (a `rows.len() × n` operand). The range
+    /// must start at a multiple of 32 and end at one or at the last row, so
+    /// that a view never pairs a row with one outside it (and tiles read
+    /// only whole steps of its rows, or the operand's own zero padding).
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatRef, PackedBf16};
+    ///
+    /// let w = vec![1.0; 70 * 3];
+    /// let mut slots = vec![0; PackedBf16::len(70, 3).unwrap()];
+    /// Kernels::best().pack_bf16(MatRef::new(&w, 70, 3)?, &mut slots)?;
+    /// let packed = PackedBf16::new(&slots, 70, 3)?;
+    /// assert_eq!(packed.row_range(32..70)?.rows(), 38);
+    /// assert!(packed.row_range(10..64).is_err());
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn row_range(&self, rows: core::ops::Range<usize>) -> Result<PackedBf16<'a>, KernelError> {
+        let aligned = |r: usize| r.is_multiple_of(2 * amx::K_STEP);
+        if rows.start > rows.end || rows.end > self.k {
+            return Err(KernelError::InvalidShape(
+                "the row range is outside the packed operand",
+            ));
+        }
+        if !aligned(rows.start) || !(aligned(rows.end) || rows.end == self.k) {
+            return Err(KernelError::InvalidArgument(
+                "a packed row range starts at a multiple of 32 and ends at one or at the last row",
+            ));
+        }
+        // With no columns there are no slots (and none is read).
+        let slots = self
+            .slots
+            .get((rows.start / 2).saturating_mul(NR)..)
+            .unwrap_or(&[]);
+        Ok(PackedBf16 {
+            slots,
+            k: rows.len(),
+            ..*self
+        })
+    }
+
+    /// The first `n` columns of the operand (`k × n`); `n` at most its
+    /// columns.
+    pub fn first_columns(&self, n: usize) -> Result<PackedBf16<'a>, KernelError> {
+        if n > self.n {
+            return Err(KernelError::InvalidShape(
+                "more columns than the packed operand has",
+            ));
+        }
+        Ok(PackedBf16 { n, ..*self })
+    }
+
+    /// Slots a packed `k × n` operand takes: one per pair of rows and
+    /// column, columns padded to a multiple of 32 and pairs to a multiple
+    /// of 16 (`None` on overflow).
+    pub fn len(k: usize, n: usize) -> Option<usize> {
+        padded_pairs(k).checked_mul(n.div_ceil(NR))?.checked_mul(NR)
+    }
+
+    /// Rows of the operand (the product's k).
+    pub fn rows(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the operand (the product's n).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// The slots as the panels are read (pairs as f32 bit patterns).
+    fn panels(&self) -> &'a [f32] {
+        bytemuck::cast_slice(self.slots)
+    }
+}
+
+impl Kernels {
+    /// Packs `b` (`k × n` as used, f32 rounded to bf16 or bf16 as stored)
+    /// into `slots`, which must hold [`PackedBf16::len`]`(k, n)`; read
+    /// them back with [`PackedBf16::new`]. Vectorized with this handle's
+    /// instructions; the slots do not depend on the handle.
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatMut, MatRef, PackedBf16};
+    ///
+    /// let k = Kernels::best();
+    /// // A 3 × 2 weight, packed once, then read by any number of products.
+    /// let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    /// let mut slots = vec![0; PackedBf16::len(3, 2).unwrap()];
+    /// k.pack_bf16(MatRef::new(&w, 3, 2)?, &mut slots)?;
+    /// let w = PackedBf16::new(&slots, 3, 2)?;
+    /// let x = [1.0, 1.0, 1.0];
+    /// let mut y = [0.0; 2];
+    /// let mut workspace = vec![0.0; k.gemm_bf16_packed_workspace_len(1, 2, 3)];
+    /// k.gemm_bf16_packed(1.0, MatRef::new(&x, 1, 3)?, w, 0.0, MatMut::new(&mut y, 1, 2)?, &mut workspace)?;
+    /// assert_eq!(y, [9.0, 12.0]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn pack_bf16<T: Bf16Input>(
+        &self,
+        b: MatRef<T>,
+        slots: &mut [u32],
+    ) -> Result<(), KernelError> {
+        let (k, n) = (b.rows(), b.cols());
+        let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
+        crate::error::expect_len("slots", slots.len(), needed)?;
+        let panels: &mut [f32] = bytemuck::cast_slice_mut(slots);
+        let bt = b.t();
+        let panel_len = panel_slots(k);
+        if panel_len == 0 {
+            return Ok(());
+        }
+        let count = panels.len() / panel_len;
+        dispatch!(self,
+            scalar: pack_panels(ScalarKernel, &bt, NR, 0..count, panels),
+            simd: |s| pack_panels(s, &bt, NR, 0..count, panels),
+        );
+        Ok(())
+    }
+
+    /// Floats of workspace [`Kernels::gemm_bf16_packed`] needs for an
+    /// `m × k` by packed `k × n` product (saturating).
+    pub fn gemm_bf16_packed_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 {
+            return 0;
+        }
+        match self.pair_unit() {
+            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_len(),
+            // A rounded.
+            None if m <= FEW_ROWS => m.saturating_mul(k),
+            // A rounded, B unpacked, then the f32 product's workspace.
+            None => m
+                .saturating_mul(k)
+                .saturating_add(k.saturating_mul(n))
+                .saturating_add(self.gemm_workspace_len(m, n, k)),
+        }
+    }
+
+    /// [`Kernels::gemm_bf16`] with B packed beforehand by
+    /// [`Kernels::pack_bf16`]: the same contract, result and error bound,
+    /// without converting or packing B again.
+    pub fn gemm_bf16_packed<A: Bf16Input>(
+        &self,
+        alpha: f32,
+        a: MatRef<A>,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.gemm_bf16_packed_with(&Sequential, alpha, a, b, beta, c, workspace)
+    }
+
+    /// [`Kernels::gemm_bf16_packed`] split into pieces that `exec` runs;
+    /// the result does not depend on the executor.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_packed_with<E: Executor + ?Sized, A: Bf16Input>(
+        &self,
+        exec: &E,
+        alpha: f32,
+        a: MatRef<A>,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
+        check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
+        if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
+            let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
+            return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+        }
+        let Some(unit) = self.pair_unit() else {
+            if m <= FEW_ROWS {
+                self.portable_few_rows(exec, alpha, &a, b, beta, c, &mut workspace[..m * k]);
+                return Ok(());
+            }
+            // The reference: A rounded and B unpacked to f32 (its values
+            // are bf16 already, so rounding them again would change
+            // nothing), then the f32 product, as `gemm_bf16_with` runs it.
+            let (rounded_a, rest) = workspace.split_at_mut(m * k);
+            let (unpacked, rest) = rest.split_at_mut(k * n);
+            let a = round_into(self, &a, rounded_a);
+            // (Run on the backend's vectors, where the loop widens.)
+            dispatch!(self,
+                scalar: unpack(&b, unpacked),
+                simd: |_s| unpack(&b, unpacked),
+            );
+            let b = MatRef::new(&unpacked[..], k, n)?;
+            return self.gemm_with(exec, alpha, a, b, beta, c, rest);
+        };
+        let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
+            panels: b.panels(),
+            stride: b.stride,
+        };
+        self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), workspace);
+        Ok(())
+    }
+
+    /// The portable unit's product of at most [`FEW_ROWS`] rows (`m, n,
+    /// k > 0`, `alpha != 0`): A rounded into `rounded_a` (`m · k` floats),
+    /// then every element of C summed down k in order from the pairs of
+    /// `b` ([`GemmKernel::axpy_pair_rows`]), panel by panel.
+    ///
+    /// [`GemmKernel::axpy_pair_rows`]: crate::gemm::microkernel::GemmKernel::axpy_pair_rows
+    #[allow(clippy::too_many_arguments)]
+    fn portable_few_rows<E: Executor + ?Sized, A: Bf16Input>(
+        &self,
+        exec: &E,
+        alpha: f32,
+        a: &MatRef<A>,
+        b: PackedBf16,
+        beta: f32,
+        c: MatMut,
+        rounded_a: &mut [f32],
+    ) {
+        if a.transposed {
+            // Rows of op(A) are columns here: gathered one value at a time
+            // (at most `FEW_ROWS · k` of them, against the product's `k · n`).
+            for (r, row) in rounded_a.chunks_exact_mut(a.cols()).enumerate() {
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = a.at(r, c).to_bf16().to_f32();
+                }
+            }
+        } else {
+            round_into(self, a, rounded_a);
+        }
+        let product = FewRows {
+            alpha,
+            a: rounded_a,
+            b,
+            beta,
+            m: c.rows,
+            c: Output {
+                ptr: SharedMut(c.data.as_mut_ptr()),
+                rs: c.row_stride,
+            },
+        };
+        let p = &product;
+        dispatch!(self,
+            scalar: few_rows(ScalarKernel, exec, p),
+            simd: |s| few_rows(s, exec, p),
+        );
+    }
+
+    /// [`run_pairs`] on `unit` (and this handle's tile unit, if any).
+    fn run_pairs_on<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        unit: PairIsa,
+        exec: &E,
+        product: (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
+        packed_a: &mut [f32],
+    ) {
+        let tiles = self.tile_unit();
+        match unit {
+            #[cfg(target_arch = "x86_64")]
+            PairIsa::V4Bf16 => {
+                // SAFETY: `PairIsa::V4Bf16` comes from a handle on the
+                // AVX-512 backend whose bf16 unit is AVX512-BF16 or AMX,
+                // which `Kernels::new`/`with_bf16_unit` grant only after
+                // detection.
+                let unit = unsafe { V4Bf16::detected() };
+                run_pairs(unit, tiles, self, exec, product, packed_a)
+            }
+            #[cfg(test)]
+            PairIsa::Emulated => run_pairs(EmulatedPairs, tiles, self, exec, product, packed_a),
+        }
+    }
+}
+
+/// Columns of a packed B panel and of a register tile (two vectors).
+pub(super) const NR: usize = 32;
+
+/// The tile units the crate drives (see [`Kernels::tile_unit`]).
+#[derive(Clone, Copy)]
+enum TileIsa {
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    #[cfg(test)]
+    Emulated,
+}
+
+/// The pair-dot units the crate drives (see [`Kernels::pair_unit`]).
+#[derive(Clone, Copy)]
+enum PairIsa {
+    #[cfg(target_arch = "x86_64")]
+    V4Bf16,
+    #[cfg(test)]
+    Emulated,
+}

@@ -1,0 +1,274 @@
+//! The pair-packed layout of a product (A in panels of `mr` rows, B in
+//! panels of [`NR`] columns, one pair of consecutive k per 32-bit slot)
+//! and the packing of A and B into it, rounding as it reads.
+
+use core::ops::Range;
+
+use super::amx;
+use super::pairs::{BLOCK_PANELS, BLOCK_ROWS};
+use super::{Bf16Input, NR};
+#[cfg(test)]
+use crate::bf16::pair_half;
+use crate::gemm::microkernel::GemmKernel;
+use crate::gemm::MatRef;
+use crate::simd::{pieces, Simd};
+use crate::Bf16;
+
+/// The shape of a pair-packed product: rows per A panel, pairs of k, and
+/// the padded sizes of A and B.
+#[derive(Clone, Copy)]
+pub(super) struct PairLayout {
+    pub(super) m: usize,
+    pub(super) n: usize,
+    /// Rows of an A panel. On tiles, [`amx::MR`]. Else those of a register
+    /// tile: 12 (24 accumulators + 2 B vectors + 1 broadcast fit the 32
+    /// ZMM registers), fewer for short products so that decoding's single
+    /// rows do not compute 11 rows of padding.
+    pub(super) mr: usize,
+    pub(super) k_pairs: usize,
+    /// Pairs per B panel (and per packed row of A on tiles): `k_pairs`
+    /// padded to whole tile steps with zeros, so no tile load leaves a
+    /// panel.
+    pub(super) b_pairs: usize,
+    /// Whether the product runs on tiles (A packed row by row).
+    pub(super) tiles: bool,
+    pub(super) a_panels: usize,
+    pub(super) b_panels: usize,
+}
+
+impl PairLayout {
+    /// The layout of an `m × k` by `k × n` product; on tiles where they are
+    /// `available` and A has at least a tile block of rows (fewer rows run
+    /// on the pair dot products: a block would be mostly padding).
+    pub(super) fn new(m: usize, n: usize, k: usize, available: bool) -> PairLayout {
+        let tiles = available && m >= amx::MR;
+        let mr = match m {
+            _ if tiles => amx::MR,
+            12.. => 12,
+            4..=11 => 4,
+            _ => 1,
+        };
+        PairLayout {
+            m,
+            n,
+            mr,
+            k_pairs: k.div_ceil(2),
+            b_pairs: padded_pairs(k),
+            tiles,
+            a_panels: m.div_ceil(mr),
+            b_panels: n.div_ceil(NR),
+        }
+    }
+    pub(super) fn a_panel_len(&self) -> usize {
+        let pairs = if self.tiles {
+            self.b_pairs
+        } else {
+            self.k_pairs
+        };
+        self.mr.saturating_mul(pairs)
+    }
+    pub(super) fn a_len(&self) -> usize {
+        self.a_panels.saturating_mul(self.a_panel_len())
+    }
+    pub(super) fn b_panel_len(&self) -> usize {
+        NR.saturating_mul(self.b_pairs)
+    }
+    pub(super) fn b_len(&self) -> usize {
+        self.b_panels.saturating_mul(self.b_panel_len())
+    }
+    pub(super) fn workspace_len(&self) -> usize {
+        self.a_len().saturating_add(self.b_len())
+    }
+    /// A panels per block of [`BLOCK_ROWS`] rows.
+    fn row_tiles(&self) -> usize {
+        BLOCK_ROWS / self.mr
+    }
+    pub(super) fn row_blocks(&self) -> usize {
+        self.a_panels.div_ceil(self.row_tiles())
+    }
+    pub(super) fn col_blocks(&self) -> usize {
+        self.b_panels.div_ceil(BLOCK_PANELS)
+    }
+    /// The A panels of row block `rb`.
+    pub(super) fn row_block(&self, rb: usize) -> Range<usize> {
+        let tiles = self.row_tiles();
+        rb * tiles..self.a_panels.min((rb + 1) * tiles)
+    }
+    /// The B panels of column block `cb`.
+    pub(super) fn col_block(&self, cb: usize) -> Range<usize> {
+        cb * BLOCK_PANELS..self.b_panels.min((cb + 1) * BLOCK_PANELS)
+    }
+}
+
+/// Slots of one packed B panel for depth `k`; saturating, since with no
+/// columns ([`PackedBf16::len`](super::PackedBf16::len) 0) any `k` is a valid shape.
+pub(super) fn panel_slots(k: usize) -> usize {
+    NR.saturating_mul(padded_pairs(k))
+}
+
+/// Pairs of a packed B panel for depth `k`: `k / 2` rounded up to whole
+/// tile steps.
+pub(super) fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(amx::K_STEP) * amx::K_STEP
+}
+
+/// The two bf16 values of a pair slot, as f32: `(lo, hi)` (for the
+/// emulated units).
+#[cfg(test)]
+pub(super) fn unpair(slot: f32) -> (f32, f32) {
+    let bits = slot.to_bits();
+    (pair_half(bits, false), pair_half(bits, true))
+}
+
+/// `K`'s vector rounding, for [`Bf16Input::round_slice`] (a closure in
+/// SIMD code must inline, or each intrinsic goes out of line).
+#[inline(always)]
+pub(super) fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf16]) {
+    #[inline(always)]
+    move |x, d| kernel.round_to_bf16(x, d)
+}
+
+/// Packs panels `panels` of A as `layout` has them into `out`: row by row
+/// for tiles, else pairs interleaved across `layout.mr` rows.
+#[inline(always)]
+pub(super) fn pack_a_panels<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    a: &MatRef<T>,
+    layout: PairLayout,
+    panels: Range<usize>,
+    out: &mut [f32],
+) {
+    if layout.tiles {
+        for (p, panel) in panels.zip(out.chunks_exact_mut(layout.a_panel_len())) {
+            amx::pack_rows(kernel, a, p, panel)
+        }
+    } else {
+        pack_panels(kernel, a, layout.mr, panels, out)
+    }
+}
+
+/// `slots[q] = pair(row[2q], row[2q + 1])` rounded to bf16, the last
+/// padded with zero: `slots.len() == row.len().div_ceil(2)`.
+#[inline(always)]
+pub(super) fn round_row_pairs<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    row: &[T],
+    slots: &mut [f32],
+) {
+    // A row's pairs are its values two at a time, so the row rounds
+    // straight into the slots' memory. `pair` puts the first value in the
+    // low half, which comes first on a little-endian CPU; on a big-endian
+    // one the halves are swapped back.
+    let halves: &mut [Bf16] = bytemuck::cast_slice_mut(slots);
+    let (values, pad) = halves.split_at_mut(row.len());
+    T::round_slice(row, values, round_by(kernel));
+    pad.fill(Bf16::default());
+    if cfg!(target_endian = "big") {
+        for slot in slots.iter_mut() {
+            *slot = f32::from_bits(slot.to_bits().rotate_left(16));
+        }
+    }
+}
+
+/// Packs panels `panels` of the rows of `src` (as used) into `out`, one
+/// after another, `out.len() / panels.len()` slots each. Panel `p` holds
+/// rows `p·width..` (at most `width` of them): for each pair `q` of
+/// columns, the pairs `(src[r][2q], src[r][2q + 1])` of its rows, `width`
+/// slots per pair; rows and columns past the matrix (up to the panel's
+/// end) are zero. (B is packed through its transpose: rows of Bᵀ are
+/// columns of B.) Rounding runs along whichever direction the storage is
+/// contiguous in.
+#[inline(always)]
+pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
+    kernel: K,
+    src: &MatRef<T>,
+    width: usize,
+    panels: Range<usize>,
+    out: &mut [f32],
+) {
+    if panels.is_empty() {
+        return;
+    }
+    let (rows, cols) = (src.rows(), src.cols());
+    let (rs, cs) = src.strides();
+    let panel_len = out.len() / panels.len();
+    let live = |p: usize| width.min(rows - p * width);
+    if cs == 1 {
+        // Rows are contiguous, so a row's pairs are its own values two at
+        // a time: round a stretch of each row into a line of slots, then
+        // interleave the lines into the panel (a transpose, as the f32
+        // packing does). Lines past the matrix stay zero.
+        let pairs = cols.div_ceil(2);
+        for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
+            let mut lines = [[0.0; LINE_PAIRS]; NR];
+            for start in (0..pairs).step_by(LINE_PAIRS) {
+                let count = LINE_PAIRS.min(pairs - start);
+                let values = 2 * start..cols.min(2 * (start + count));
+                for (i, line) in lines[..live(p)].iter_mut().enumerate() {
+                    let row = &src.data[(p * width + i) * rs..][values.clone()];
+                    round_row_pairs(kernel, row, &mut line[..count]);
+                }
+                let lines: [&[f32]; NR] = core::array::from_fn(|i| &lines[i][..count]);
+                kernel.interleave(
+                    &lines[..width],
+                    &mut panel[start * width..][..count * width],
+                );
+            }
+            // The pad pairs past the last column.
+            panel[pairs * width..].fill(0.0);
+        }
+    } else {
+        // Columns are contiguous (`rs == 1`): two columns at a time, the
+        // share of every panel in turn, so that each step reads one run
+        // of the panels' rows from each column (a panel at a time would
+        // read a line or two per column and wait on each).
+        for q in 0..panel_len / width {
+            let strip = |c: usize, p: usize| &src.data[c * cs + p * width..][..live(p)];
+            for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
+                let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
+                if 2 * q < cols {
+                    let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1, p));
+                    T::pair_slices(
+                        strip(2 * q, p),
+                        hi,
+                        slots,
+                        #[inline(always)]
+                        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                    );
+                } else {
+                    slots.fill(0.0);
+                }
+                pad.fill(0.0);
+            }
+        }
+    }
+}
+
+/// [`GemmKernel::round_pairs`] a vector of slots at a time.
+#[inline(always)]
+pub(in crate::gemm) fn round_pairs_simd<S: Simd>(
+    s: S,
+    lo: &[f32],
+    hi: Option<&[f32]>,
+    slots: &mut [f32],
+) {
+    let zero = s.splat(0.0);
+    for piece in pieces(slots.len(), S::LANES) {
+        let lo = s.load_piece(&lo[piece.clone()], 0.0);
+        // (A `match`, not `map_or`: a closure passed to a generic function
+        // compiles outside the vector context and calls every intrinsic.)
+        let hi = match hi {
+            Some(hi) => s.load_piece(&hi[piece.clone()], 0.0),
+            None => zero,
+        };
+        s.store_piece(&mut slots[piece], s.bf16_pairs(lo, hi));
+    }
+}
+
+/// Pairs per line when packing rows (see [`pack_panels`]): [`NR`] lines of
+/// them, 8 KiB on the stack, stay in L1 between rounding and interleaving.
+const LINE_PAIRS: usize = 64;
+
+/// Elements rounded per call when rounding rows into f32 (the portable
+/// unit's operands, `round_rows`).
+pub(super) const ROUND_CHUNK: usize = 256;
