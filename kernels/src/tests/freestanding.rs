@@ -227,6 +227,74 @@ pub fn bf16_product<A: Bf16Input, B: Bf16Input>(
     c
 }
 
+/// bf16 rows of A as tiles read them in place (starting on a 32-bit
+/// boundary, an even row stride, k a multiple of 32: whole panels of 32
+/// rows, and a partial one that is packed), and as they cannot (one value
+/// off that boundary, an odd stride, k not such a multiple): every product
+/// the same bits as the same values given as f32, which are always packed
+/// (and checked against f64 by [`bf16_product`]), split or not.
+pub fn bf16_rows_in_place(name: &str, kern: Kernels) {
+    // (m, n, k, values off the 32-bit boundary, padding per row)
+    let cases = [
+        (64, 40, 64, 0, 0),
+        (70, 33, 96, 2, 4),
+        (32, 1, 32, 0, 2),
+        (130, 64, 160, 0, 0),
+        (64, 40, 64, 1, 0),
+        (64, 40, 64, 0, 1),
+        (64, 40, 48, 0, 0),
+    ];
+    for (i, (m, n, k, off, pad)) in cases.into_iter().enumerate() {
+        let mut rng = Rng::new(i as u64 + 100);
+        let a_vals = rng.vec(m * k, -2.0, 2.0);
+        let b_vals = rng.vec(k * n, -2.0, 2.0);
+        let c_vals = rng.vec(m * n, -1.0, 1.0);
+        let stride = k + pad;
+        let mut buf = vec![Bf16::from_bits(0x7FC1); m * stride + 8];
+        // The first value on a 32-bit boundary (a Vec of u16s is only
+        // 2-byte aligned), then `off` values past it.
+        let start = (buf.as_ptr() as usize / 2) % 2 + off;
+        for r in 0..m {
+            for c in 0..k {
+                buf[start + r * stride + c] = Bf16::from_f32(a_vals[r * k + c]);
+            }
+        }
+        let a16 = MatRef::strided(&buf[start..], m, k, stride).unwrap();
+        let a32 = MatRef::new(&a_vals, m, k).unwrap();
+        let b = MatRef::new(&b_vals, k, n).unwrap();
+        let beta = [0.0, 0.5][i % 2];
+        // C starts as NaN where beta = 0 (it must not be read).
+        let c0 = if beta == 0.0 {
+            vec![f32::NAN; m * n]
+        } else {
+            c_vals
+        };
+        fn run<A: Bf16Input>(
+            kern: Kernels,
+            exec: &(impl Executor + ?Sized),
+            (a, b, beta): (MatRef<A>, MatRef, f32),
+            c0: &[f32],
+        ) -> Result<Vec<f32>, KernelError> {
+            let (m, n, k) = (a.rows(), b.cols(), a.cols());
+            let mut c = c0.to_vec();
+            let mut ws = vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
+            let c_view = MatMut::new(&mut c, m, n)?;
+            kern.gemm_bf16_with(exec, 0.75, a, b, beta, c_view, &mut ws)?;
+            Ok(c)
+        }
+        let fail = |e: KernelError| -> Vec<f32> { panic!("{name} case {i}: {e}") };
+        let f32s = run(kern, &Sequential, (a32, b, beta), &c0).unwrap_or_else(fail);
+        let in_place = run(kern, &Sequential, (a16, b, beta), &c0).unwrap_or_else(fail);
+        let split = run(kern, &Reversed(3), (a16, b, beta), &c0).unwrap_or_else(fail);
+        assert_eq!(bits(&f32s), bits(&in_place), "{name} case {i}: bf16 rows");
+        assert_eq!(
+            bits(&f32s),
+            bits(&split),
+            "{name} case {i}: bf16 rows, split"
+        );
+    }
+}
+
 /// Sizes with every tail of the pair and tile layouts, primes, 0 and 1.
 const DIMS: [usize; 12] = [0, 1, 2, 3, 5, 7, 13, 16, 17, 33, 97, 130];
 

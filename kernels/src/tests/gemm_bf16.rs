@@ -11,8 +11,8 @@
 use std::vec::Vec;
 
 use super::freestanding::{
-    bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits, Case, Reversed,
-    Stored,
+    bf16_packed_views, bf16_product, bf16_random_products, bf16_rows_in_place, bf16_tile_edges,
+    bits, Case, Reversed, Stored,
 };
 use super::*;
 use crate::dispatch::Isa;
@@ -390,6 +390,52 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
 fn every_unit_covers_whole_blocks_edges_and_short_products() {
     for (name, k) in bf16_kernels() {
         bf16_tile_edges(name, k);
+    }
+}
+
+#[test]
+fn bf16_rows_of_a_read_in_place_match_packed_ones() {
+    for (name, k) in bf16_kernels() {
+        bf16_rows_in_place(name, k);
+    }
+}
+
+/// On tiles, whole panels of bf16 rows are read where they lie: the
+/// packed A they would fill (the workspace's first floats) stays as the
+/// caller left it, while a product of the same values in f32 fills it.
+#[test]
+fn tiles_leave_rows_read_in_place_unpacked() {
+    let kern = emulated(Isa::Emulated16, Bf16Unit::Amx);
+    let (m, n, k) = (64, 40, 64);
+    let a_vals: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b_vals: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
+    // u32 storage puts the bf16 rows on a 32-bit boundary.
+    let mut store = std::vec![0u32; m * k / 2];
+    let a16: &mut [Bf16] = bytemuck::cast_slice_mut(&mut store);
+    for (h, &x) in a16.iter_mut().zip(&a_vals) {
+        *h = Bf16::from_f32(x);
+    }
+    let a16 = &*a16;
+    // Two panels of 32 rows, 32 pairs each.
+    let packed_a = 2 * 32 * 32;
+    let b = MatRef::new(&b_vals, k, n).unwrap();
+    for (bf16_rows, untouched) in [(true, true), (false, false)] {
+        let mut ws = std::vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
+        let mut c = std::vec![f32::NAN; m * n];
+        let c_view = MatMut::new(&mut c, m, n).unwrap();
+        if bf16_rows {
+            let a = MatRef::new(a16, m, k).unwrap();
+            kern.gemm_bf16_with(&Sequential, 1.0, a, b, 0.0, c_view, &mut ws)
+        } else {
+            let a = MatRef::new(&a_vals, m, k).unwrap();
+            kern.gemm_bf16_with(&Sequential, 1.0, a, b, 0.0, c_view, &mut ws)
+        }
+        .unwrap();
+        assert_eq!(
+            ws[..packed_a].iter().all(|x| x.is_nan()),
+            untouched,
+            "bf16 rows: {bf16_rows}"
+        );
     }
 }
 

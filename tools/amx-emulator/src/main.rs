@@ -38,7 +38,8 @@ use kernels::{
 mod freestanding;
 
 use freestanding::{
-    assert_close, bf16_packed_views, bf16_product, bf16_random_products, bf16_tile_edges, bits,
+    assert_close, bf16_packed_views, bf16_product, bf16_random_products, bf16_rows_in_place,
+    bf16_tile_edges, bits,
     Case, Convert, Rng,
 };
 
@@ -434,6 +435,7 @@ fn check_unit(kern: Kernels) {
     let name = label(kern);
     bf16_random_products(&name, kern, 7, RANDOM_PRODUCTS);
     bf16_tile_edges(&name, kern);
+    bf16_rows_in_place(&name, kern);
     bf16_packed_views(&name, kern);
     let flops = kern.bf16_peak_loop(10);
     say!("amx-emulator: {name}: every check passed; peak loop {flops} flop");

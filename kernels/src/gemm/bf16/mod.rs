@@ -15,8 +15,9 @@
 //!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
 //!   down a pass of k (at most 256 pairs) and C takes each pass's sums;
 //! - AMX (`amx`): tiles of 16 rows multiply 32 × 32 blocks down the
-//!   whole of k, from the same B panels and A packed row by row; products
-//!   of fewer than 32 rows run on AVX512-BF16.
+//!   whole of k, from the same B panels and A packed row by row, or read
+//!   where it lies when it is bf16 rows already (`pairs::rows_in_place`);
+//!   products of fewer than 32 rows run on AVX512-BF16.
 //!
 //! Pieces are blocks of C (rows × column panels); each element of C is
 //! summed by one piece in one order whatever the blocks: bit-identical for
@@ -70,6 +71,14 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
         slots: &mut [f32],
         round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
     );
+    /// The values as pair slots (two consecutive values a 32-bit slot, the
+    /// first in the low half) where they are stored that way already:
+    /// bf16, on a little-endian CPU, starting on a 32-bit boundary (an odd
+    /// last value is left out). Tiles read rows of A from them in place.
+    #[doc(hidden)]
+    fn as_pair_slots(_data: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 impl Bf16Input for f32 {
@@ -96,6 +105,13 @@ impl Bf16Input for Bf16 {
     #[inline]
     fn to_bf16(self) -> Bf16 {
         self
+    }
+    #[inline]
+    fn as_pair_slots(data: &[Bf16]) -> Option<&[f32]> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(&data[..data.len() & !1]).ok()
     }
     #[inline(always)]
     fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {

@@ -73,6 +73,8 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
     let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut packed_a[..layout.a_len()];
+    let a_in_place = rows_in_place(a, &layout);
+    let first_packed = a_in_place.as_ref().map_or(0, |r| r.panels);
     let a_out = SharedMut(packed_a.as_mut_ptr());
     // B to pack (through its transpose: rows of Bᵀ are columns of B) into
     // the workspace after A, unless it came packed.
@@ -92,6 +94,10 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
     run_pieces(exec, a_blocks + b_blocks, &|piece| {
         if piece < a_blocks {
             let panels = layout.row_block(piece);
+            let panels = panels.start.max(first_packed)..panels.end;
+            if panels.is_empty() {
+                return;
+            }
             // SAFETY: `panels` ends at most at `a_panels`, and A panel `p`
             // is its own `a_panel` floats of `packed_a` (a_panels · a_panel
             // = a_len); the row blocks do not overlap, so no other piece
@@ -126,6 +132,7 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         alpha,
         beta,
         a: packed_a,
+        a_in_place,
         b: packed_b,
         b_stride,
         c: SharedMut(c.data.as_mut_ptr()),
@@ -142,6 +149,46 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
             |u| run.block_dispatch(u, rows, panels),
         )
     });
+}
+
+/// Rows of A that tiles read where they lie, as pair slots: `panels`
+/// whole panels of [`amx::MR`] rows, row `r` at slot `r · stride`.
+struct RowsInPlace<'a> {
+    slots: &'a [f32],
+    stride: usize,
+    panels: usize,
+}
+
+/// A's rows to read in place, where the product runs on tiles and A
+/// needs no packing: bf16 rows (not transposed) starting on 32-bit
+/// boundaries, an even row stride, and k whole tile steps (a multiple of
+/// 32, so no pair is padded). Packing such rows only copies them; on
+/// tiles that copy would cost most of what the multiplying does. The
+/// whole panels of rows are read in place, a last partial one is packed.
+fn rows_in_place<'a, A: Bf16Input>(
+    a: &MatRef<'a, A>,
+    layout: &PairLayout,
+) -> Option<RowsInPlace<'a>> {
+    let (rs, cs) = a.strides();
+    let k = a.cols();
+    let panels = layout.m / amx::MR;
+    if !layout.tiles
+        || cs != 1
+        || !rs.is_multiple_of(2)
+        || k == 0
+        || !k.is_multiple_of(2 * amx::K_STEP)
+        || panels == 0
+    {
+        return None;
+    }
+    let slots = A::as_pair_slots(a.data)?;
+    // The last in-place row's pairs end there; the view guarantees it.
+    let end = (panels * amx::MR - 1) * (rs / 2) + k / 2;
+    (slots.len() >= end).then_some(RowsInPlace {
+        slots,
+        stride: rs / 2,
+        panels,
+    })
 }
 
 /// Rows of C per block (a multiple of every layout's `mr`: 1, 4, 12 and
@@ -181,6 +228,9 @@ struct Pairs<'a> {
     alpha: f32,
     beta: f32,
     a: &'a [f32],
+    /// The panels of A that tiles read where A lies (packed A holds the
+    /// rest).
+    a_in_place: Option<RowsInPlace<'a>>,
     b: &'a [f32],
     /// Slots from one B panel to the next.
     b_stride: usize,
@@ -269,8 +319,11 @@ impl Pairs<'_> {
         for j in panels {
             let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
             for i in rows.clone() {
-                let a = &self.a[i * l.a_panel_len()..][..l.a_panel_len()];
-                tiles.block(a, l.b_pairs, b, l.b_pairs / amx::K_STEP, &mut sums);
+                let (a, a_stride) = match &self.a_in_place {
+                    Some(r) if i < r.panels => (&r.slots[i * amx::MR * r.stride..], r.stride),
+                    _ => (&self.a[i * l.a_panel_len()..][..l.a_panel_len()], l.b_pairs),
+                };
+                tiles.block(a, a_stride, b, l.b_pairs / amx::K_STEP, &mut sums);
                 for (acc, row) in acc.iter_mut().zip(sums.chunks_exact(NR)) {
                     *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
                 }
