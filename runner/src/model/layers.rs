@@ -280,6 +280,7 @@ pub fn matmul_backward(
         let x = MatRef::new(inp, bt, c)?;
         ctx.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
         if let Some(dbias) = dbias {
+            debug_assert_eq!(dbias.len(), oc);
             bias_backward(ctx, dbias, dout)?;
         }
         Ok(())

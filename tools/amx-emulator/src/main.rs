@@ -39,8 +39,7 @@ mod freestanding;
 
 use freestanding::{
     assert_close, bf16_packed_views, bf16_product, bf16_random_products, bf16_rows_in_place,
-    bf16_tile_edges, bits,
-    Case, Convert, Rng,
+    bf16_tile_edges, bits, Case, Convert, Rng,
 };
 
 /// Random shapes per handle (the crate's tests draw 40; the emulator is

@@ -12,7 +12,8 @@
 //! the loop, stores the sums and releases the tiles, so no tile state lives
 //! across blocks of Rust code. A panels here are row-major (a row's pairs
 //! contiguous, padded to whole steps with zeros), since a tile row is a row
-//! of A. [`TileProduct`] is what the loop nest in `pairs` sees; an
+//! of A; an A already stored as such rows is read where it lies, with its
+//! own row stride. [`TileProduct`] is what the loop nest in `pairs` sees; an
 //! emulated tile runs the same blocking on any CPU in tests.
 
 use super::packing::round_row_pairs;

@@ -32,8 +32,8 @@ pub(super) struct PairLayout {
     pub(super) b_pairs: usize,
     /// Whether the product runs on tiles (A packed row by row).
     pub(super) tiles: bool,
-    pub(super) a_panels: usize,
-    pub(super) b_panels: usize,
+    a_panels: usize,
+    b_panels: usize,
 }
 
 impl PairLayout {
@@ -268,7 +268,3 @@ pub(in crate::gemm) fn round_pairs_simd<S: Simd>(
 /// Pairs per line when packing rows (see [`pack_panels`]): [`NR`] lines of
 /// them, 8 KiB on the stack, stay in L1 between rounding and interleaving.
 const LINE_PAIRS: usize = 64;
-
-/// Elements rounded per call when rounding rows into f32 (the portable
-/// unit's operands, `round_rows`).
-pub(super) const ROUND_CHUNK: usize = 256;

@@ -2,7 +2,7 @@
 //! from B's pairs; a larger one rounds its operands into f32 values for the
 //! f32 GEMM.
 
-use super::packing::{round_by, ROUND_CHUNK};
+use super::packing::round_by;
 use super::{Bf16Input, PackedBf16, NR};
 use crate::bf16::pair_half;
 use crate::dispatch::dispatch;
@@ -112,6 +112,9 @@ pub(super) fn round_into<'d, T: Bf16Input>(
         transposed: src.transposed,
     }
 }
+
+/// Elements rounded per call when rounding rows into f32.
+const ROUND_CHUNK: usize = 256;
 
 /// `dst` (`rows · cols`, contiguous) = the stored rows of `src`, each
 /// rounded to bf16 (as f32) a chunk at a time.
