@@ -33,12 +33,18 @@
 //! - matrix multiply: [`Kernels::gemm`] (and [`Kernels::gemm_with`] to split
 //!   it across the caller's threads through an [`Executor`]) over
 //!   [`MatRef`] / [`MatMut`] views, with [`Kernels::gemm_workspace_len`];
-//!   see the `gemm` module notes in the README for blocking and speed.
+//!   the cache blocking it derived is [`Kernels::gemm_blocking`], and
+//!   [`Kernels::with_gemm_blocking`] overrides it; see the `gemm` module
+//!   notes in the README for blocking and speed.
 //! - bf16: [`Bf16`], [`Kernels::f32_to_bf16`] / [`Kernels::bf16_to_f32`]
 //!   (round to nearest even), and [`Kernels::gemm_bf16`] (bf16 operands,
-//!   f32 sums) with [`Kernels::gemm_bf16_workspace_len`]
-//! - [`Kernels::fma_peak_loop`]: the backend's FMA units flat out, to
-//!   measure the machine's peak in the same run as a benchmark.
+//!   f32 sums; [`Kernels::gemm_bf16_with`] to split it) with
+//!   [`Kernels::gemm_bf16_workspace_len`]; a B packed once into bf16
+//!   pairs ([`Kernels::pack_bf16`], [`PackedBf16`]) for
+//!   [`Kernels::gemm_bf16_packed`] / [`Kernels::gemm_bf16_packed_with`]
+//! - [`Kernels::fma_peak_loop`] and [`Kernels::bf16_peak_loop`]: the
+//!   backend's FMA units, or its bf16 unit, flat out, to measure the
+//!   machine's peak in the same run as a benchmark.
 //!
 //! # Accuracy of the vectorized `exp` and `tanh`
 //! Measured against `libm` over all 2^32 f32 inputs (the ignored test
