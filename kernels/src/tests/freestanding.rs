@@ -54,7 +54,8 @@ impl Executor for Reversed {
 pub type Convert<T> = fn(f32) -> T;
 
 /// A `rows × cols` matrix stored with `pad` extra elements per row (filled
-/// with `fill`), from an odd offset.
+/// with `fill`), from an odd offset ([`Stored::new`]) or from a chosen
+/// distance past a 32-bit boundary ([`Stored::aligned`]).
 pub struct Stored<T> {
     buf: Vec<T>,
     offset: usize,
@@ -72,8 +73,38 @@ impl<T: Copy> Stored<T> {
         fill: T,
         convert: Convert<T>,
     ) -> Stored<T> {
-        let (stride, offset) = (cols + pad, 3);
-        let mut buf = vec![fill; offset + rows * stride + 2];
+        Stored::placed(values, (rows, cols, pad), fill, convert, |_| 3)
+    }
+
+    /// As [`Stored::new`], the first value `off` elements past the
+    /// buffer's first 32-bit boundary (a `Vec` of 2-byte values is only
+    /// 2-byte aligned).
+    pub fn aligned(
+        values: &[f32],
+        (rows, cols, pad): (usize, usize, usize),
+        off: usize,
+        fill: T,
+        convert: Convert<T>,
+    ) -> Stored<T> {
+        Stored::placed(values, (rows, cols, pad), fill, convert, |buf| {
+            let size = core::mem::size_of::<T>();
+            buf.as_ptr().align_offset(4).min(4 / size) + off
+        })
+    }
+
+    /// The matrix from the offset `offset` gives for the buffer (at most
+    /// 7 elements).
+    fn placed(
+        values: &[f32],
+        (rows, cols, pad): (usize, usize, usize),
+        fill: T,
+        convert: Convert<T>,
+        offset: impl FnOnce(&[T]) -> usize,
+    ) -> Stored<T> {
+        let stride = cols + pad;
+        let mut buf = vec![fill; 8 + rows * stride + 2];
+        let offset = offset(&buf);
+        assert!(offset <= 7, "an offset of {offset}");
         for r in 0..rows {
             for c in 0..cols {
                 buf[offset + r * stride + c] = convert(values[r * cols + c]);
@@ -249,17 +280,9 @@ pub fn bf16_rows_in_place(name: &str, kern: Kernels) {
         let a_vals = rng.vec(m * k, -2.0, 2.0);
         let b_vals = rng.vec(k * n, -2.0, 2.0);
         let c_vals = rng.vec(m * n, -1.0, 1.0);
-        let stride = k + pad;
-        let mut buf = vec![Bf16::from_bits(0x7FC1); m * stride + 8];
-        // The first value on a 32-bit boundary (a Vec of u16s is only
-        // 2-byte aligned), then `off` values past it.
-        let start = (buf.as_ptr() as usize / 2) % 2 + off;
-        for r in 0..m {
-            for c in 0..k {
-                buf[start + r * stride + c] = Bf16::from_f32(a_vals[r * k + c]);
-            }
-        }
-        let a16 = MatRef::strided(&buf[start..], m, k, stride).unwrap();
+        let nan = Bf16::from_bits(0x7FC1);
+        let a16 = Stored::aligned(&a_vals, (m, k, pad), off, nan, Bf16::from_f32);
+        let a16 = a16.view(false);
         let a32 = MatRef::new(&a_vals, m, k).unwrap();
         let b = MatRef::new(&b_vals, k, n).unwrap();
         let beta = [0.0, 0.5][i % 2];
@@ -269,23 +292,10 @@ pub fn bf16_rows_in_place(name: &str, kern: Kernels) {
         } else {
             c_vals
         };
-        fn run<A: Bf16Input>(
-            kern: Kernels,
-            exec: &(impl Executor + ?Sized),
-            (a, b, beta): (MatRef<A>, MatRef, f32),
-            c0: &[f32],
-        ) -> Result<Vec<f32>, KernelError> {
-            let (m, n, k) = (a.rows(), b.cols(), a.cols());
-            let mut c = c0.to_vec();
-            let mut ws = vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
-            let c_view = MatMut::new(&mut c, m, n)?;
-            kern.gemm_bf16_with(exec, 0.75, a, b, beta, c_view, &mut ws)?;
-            Ok(c)
-        }
         let fail = |e: KernelError| -> Vec<f32> { panic!("{name} case {i}: {e}") };
-        let f32s = run(kern, &Sequential, (a32, b, beta), &c0).unwrap_or_else(fail);
-        let in_place = run(kern, &Sequential, (a16, b, beta), &c0).unwrap_or_else(fail);
-        let split = run(kern, &Reversed(3), (a16, b, beta), &c0).unwrap_or_else(fail);
+        let f32s = product_from(kern, &Sequential, (a32, b, beta), &c0).unwrap_or_else(fail);
+        let in_place = product_from(kern, &Sequential, (a16, b, beta), &c0).unwrap_or_else(fail);
+        let split = product_from(kern, &Reversed(3), (a16, b, beta), &c0).unwrap_or_else(fail);
         if beta == 0.0 {
             assert!(
                 f32s.iter().all(|x| x.is_finite()),
@@ -299,6 +309,22 @@ pub fn bf16_rows_in_place(name: &str, kern: Kernels) {
             "{name} case {i}: bf16 rows, split"
         );
     }
+}
+
+/// `0.75 · a · b + beta · c0` in bf16 on `kern`, split by `exec`, with a
+/// NaN-filled workspace.
+fn product_from<A: Bf16Input>(
+    kern: Kernels,
+    exec: &(impl Executor + ?Sized),
+    (a, b, beta): (MatRef<A>, MatRef, f32),
+    c0: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let (m, n, k) = (a.rows(), b.cols(), a.cols());
+    let mut c = c0.to_vec();
+    let mut ws = vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
+    let c_view = MatMut::new(&mut c, m, n)?;
+    kern.gemm_bf16_with(exec, 0.75, a, b, beta, c_view, &mut ws)?;
+    Ok(c)
 }
 
 /// Sizes with every tail of the pair and tile layouts, primes, 0 and 1.

@@ -1,7 +1,8 @@
 //! `runner prepare`: text files into token shards (`shards`), streamed
 //! through bounded memory (GPT-2's tokens cut where its pre-tokenizer
-//! always cuts; see `tokenize_file`). Each input file is one document; with `gpt2`
-//! each starts with the end-of-text token, as llm.c's shards do.
+//! always cuts; see `tokenize_file`). Each input file is one document;
+//! with `gpt2` each starts with the end-of-text token, as llm.c's shards
+//! do.
 
 use std::fs::File;
 use std::io::Read;
