@@ -55,7 +55,7 @@ pub type Convert<T> = fn(f32) -> T;
 
 /// A `rows × cols` matrix stored with `pad` extra elements per row (filled
 /// with `fill`), from an odd offset ([`Stored::new`]) or from a chosen
-/// distance past a 32-bit boundary ([`Stored::aligned`]).
+/// distance past a 64-byte line ([`Stored::aligned`]).
 pub struct Stored<T> {
     buf: Vec<T>,
     offset: usize,
@@ -88,12 +88,12 @@ impl<T: Copy> Stored<T> {
     ) -> Stored<T> {
         Stored::placed(values, (rows, cols, pad), fill, convert, |buf| {
             let size = core::mem::size_of::<T>();
-            buf.as_ptr().align_offset(4).min(4 / size) + off
+            buf.as_ptr().align_offset(64).min(64 / size) + off
         })
     }
 
     /// The matrix from the offset `offset` gives for the buffer (at most
-    /// 7 elements).
+    /// 39 elements).
     fn placed(
         values: &[f32],
         (rows, cols, pad): (usize, usize, usize),
@@ -102,9 +102,9 @@ impl<T: Copy> Stored<T> {
         offset: impl FnOnce(&[T]) -> usize,
     ) -> Stored<T> {
         let stride = cols + pad;
-        let mut buf = vec![fill; 8 + rows * stride + 2];
+        let mut buf = vec![fill; 40 + rows * stride + 2];
         let offset = offset(&buf);
-        assert!(offset <= 7, "an offset of {offset}");
+        assert!(offset <= 39, "an offset of {offset}");
         for r in 0..rows {
             for c in 0..cols {
                 buf[offset + r * stride + c] = convert(values[r * cols + c]);
@@ -258,21 +258,22 @@ pub fn bf16_product<A: Bf16Input, B: Bf16Input>(
     c
 }
 
-/// bf16 rows of A as tiles read them in place (starting on a 32-bit
-/// boundary, an even row stride, k a multiple of 32: whole panels of 32
-/// rows, and a partial one that is packed), and as they cannot (one value
-/// off that boundary, an odd stride, k not such a multiple): every product
+/// bf16 rows of A as tiles read them in place (starting on a 64-byte
+/// line, rows whole lines apart, k a multiple of 32: whole panels of 32
+/// rows, and a partial one that is packed), and as they cannot (off that
+/// line, a stride that is not whole lines, k not such a multiple): every product
 /// the same bits as the same values given as f32, which are always packed
 /// (and checked against f64 by [`bf16_product`]), split or not.
 pub fn bf16_rows_in_place(name: &str, kern: Kernels) {
-    // (m, n, k, values off the 32-bit boundary, padding per row)
+    // (m, n, k, values off the line, padding per row)
     let cases = [
         (64, 40, 64, 0, 0),
         (70, 33, 96, 2, 4),
-        (32, 1, 32, 0, 2),
+        (32, 1, 32, 0, 32),
         (130, 64, 160, 0, 0),
         (64, 40, 64, 1, 0),
         (64, 40, 64, 0, 1),
+        (64, 40, 64, 0, 2),
         (64, 40, 48, 0, 0),
     ];
     for (i, (m, n, k, off, pad)) in cases.into_iter().enumerate() {

@@ -447,8 +447,8 @@ impl<'a> HeadPart<'a> {
         view: MatRef,
         slots: &'a mut Vec<u32>,
     ) -> Result<PackedBf16<'a>, Error> {
-        pack_into(&mm.kernels, view, slots, "head")?;
-        Ok(PackedBf16::new(slots, view.rows(), view.cols())?)
+        let (_, packed) = pack_into(&mm.kernels, view, slots, "head")?;
+        Ok(PackedBf16::new(packed, view.rows(), view.cols())?)
     }
 }
 

@@ -11,25 +11,35 @@ use super::layers::Weight;
 use super::tensors::{Params, Shape};
 use crate::error::Error;
 
+/// Floats `slots` may skip to reach a 64-byte line.
+const LINE_SLACK: usize = 15;
+
 /// Packs `b` into bf16 pairs in `slots` (resized to fit; `what` names
-/// the matrix in the error for one too large).
-pub fn pack_into(
+/// the matrix in the error for one too large), from the first 64-byte
+/// line in them: AMX tiles load a panel row that straddles two lines at
+/// half the speed. Returns where the packed slots start and the slots.
+pub fn pack_into<'a>(
     kernels: &Kernels,
     b: MatRef,
-    slots: &mut Vec<u32>,
+    slots: &'a mut Vec<u32>,
     what: &str,
-) -> Result<(), Error> {
+) -> Result<(usize, &'a [u32]), Error> {
     let (k, n) = (b.rows(), b.cols());
     let len = PackedBf16::len(k, n)
         .ok_or_else(|| Error::Config(format!("a {k} × {n} {what} is too large to pack")))?;
-    slots.resize(len, 0);
-    kernels.pack_bf16(b, slots)?;
-    Ok(())
+    slots.clear();
+    slots.resize(len + LINE_SLACK, 0);
+    let skip = slots.as_ptr().align_offset(64).min(LINE_SLACK);
+    let packed = &mut slots[skip..skip + len];
+    kernels.pack_bf16(b, packed)?;
+    Ok((skip, packed))
 }
 
 /// One `k × n` matrix packed into bf16 pairs.
 pub struct PackedMatrix {
     slots: Vec<u32>,
+    /// Where the packed slots start in `slots` (see [`pack_into`]).
+    skip: usize,
     k: usize,
     n: usize,
 }
@@ -38,9 +48,10 @@ impl PackedMatrix {
     /// `b` (`k × n` as used) packed.
     fn new(kernels: &Kernels, b: MatRef) -> Result<PackedMatrix, Error> {
         let mut slots = Vec::new();
-        pack_into(kernels, b, &mut slots, "weight")?;
+        let (skip, _) = pack_into(kernels, b, &mut slots, "weight")?;
         Ok(PackedMatrix {
             slots,
+            skip,
             k: b.rows(),
             n: b.cols(),
         })
@@ -48,8 +59,9 @@ impl PackedMatrix {
 
     /// The matrix as a product's B.
     pub fn weight(&self) -> Result<Weight<'_>, Error> {
+        let len = self.slots.len() - LINE_SLACK;
         Ok(Weight::Packed(PackedBf16::new(
-            &self.slots,
+            &self.slots[self.skip..self.skip + len],
             self.k,
             self.n,
         )?))

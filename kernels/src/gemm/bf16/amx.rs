@@ -8,13 +8,17 @@
 //! and runs 4 products, 16 pairs of k at a time, down the whole of k.
 //!
 //! The tile instructions are not in stable Rust's intrinsics, so one
-//! `asm!` block runs a whole block product: it configures the tiles, runs
-//! the loop, stores the sums and releases the tiles, so no tile state lives
-//! across blocks of Rust code. A panels here are row-major (a row's pairs
-//! contiguous, padded to whole steps with zeros), since a tile row is a row
-//! of A; an A already stored as such rows is read where it lies, with its
-//! own row stride. [`TileProduct`] is what the loop nest in `pairs` sees; an
-//! emulated tile runs the same blocking on any CPU in tests.
+//! `asm!` block runs a whole block product: it runs the loop and stores
+//! the sums. Loading the tile configuration and releasing the tiles cost
+//! about as much as a short block, so a piece of work configures them once
+//! ([`TileProduct::configured`]) and runs all its blocks inside; nothing
+//! but these blocks touches tile state in between. Packed A panels are
+//! tile-major: each step's 32 rows × 16 pairs lie together (2 KiB), so
+//! the blocks read A and B as two sequential streams; an A already stored
+//! as bf16 rows is read where it lies, with its own row stride
+//! ([`ATiles`] says which). [`TileProduct`] is what the loop nest in
+//! `pairs` sees; an emulated tile runs the same blocking on any CPU in
+//! tests.
 
 use super::packing::round_row_pairs;
 use super::{Bf16Input, NR};
@@ -30,23 +34,110 @@ pub(super) const K_STEP: usize = 16;
 /// Multiply-adds of one tile product (16 × 16 sums, 32 values of k each).
 const TILE_MACS: u64 = 16 * 16 * 32;
 
+/// Where the rows of A lie for one block's tiles: row `r` (of
+/// [`MR`]), pair `q` at slot `(q / K_STEP) · step + r · row + q % K_STEP`.
+#[derive(Clone, Copy)]
+pub(super) struct ATiles<'a> {
+    pub(super) slots: &'a [f32],
+    /// Slots from one row of a tile to the next.
+    pub(super) row: usize,
+    /// Slots from one step's tiles to the next step's.
+    pub(super) step: usize,
+}
+
+impl<'a> ATiles<'a> {
+    /// A packed (tile-major) panel of [`pack_rows`].
+    pub(super) fn packed(panel: &'a [f32]) -> ATiles<'a> {
+        ATiles {
+            slots: panel,
+            row: K_STEP,
+            step: MR * K_STEP,
+        }
+    }
+
+    /// Rows stored `stride` slots apart, pairs contiguous.
+    pub(super) fn rows(slots: &'a [f32], stride: usize) -> ATiles<'a> {
+        ATiles {
+            slots,
+            row: stride,
+            step: K_STEP,
+        }
+    }
+
+    /// The slot of row `r`, pair `q`.
+    #[cfg(test)]
+    fn at(&self, r: usize, q: usize) -> usize {
+        (q / K_STEP) * self.step + r * self.row + q % K_STEP
+    }
+}
+
+/// A block's sums, on 64-byte lines as the tile stores write them.
+#[repr(C, align(64))]
+pub(super) struct TileSums(pub(super) [f32; MR * NR]);
+
+/// Proof that a unit's tiles are configured for [`TileProduct::block`]:
+/// made only by [`TileProduct::configured`], for the call it runs.
+pub(super) struct Configured<T>(T);
+
 /// One unit's block product.
 pub(super) trait TileProduct: Copy {
-    /// `c[r][j] = Σ_q a[r·a_stride + q] · b[q·32 + j]` (each term a pair
-    /// dot product, the pairs in order of q) for `r, j < 32` and
-    /// `q < steps · 16`. `a` holds 32 rows of `a_stride ≥ steps · 16`
-    /// slots, `b` a B panel of at least `steps · 16` pairs.
-    fn block(self, a: &[f32], a_stride: usize, b: &[f32], steps: usize, c: &mut [f32; MR * NR]);
+    /// Runs `f` with the tiles configured, then releases them.
+    fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R;
+
+    /// `out[r][j] = start[r][j] + Σ_q a(r, q) · b[q·32 + j]` (each term a
+    /// pair dot product, added to the start in order of q) for `r, j <
+    /// 32` and `q < steps · 16`; `b` is a B panel of at least `steps · 16`
+    /// pairs. `start` and `out` are each a pointer to row 0 and the floats
+    /// from one row to the next.
+    ///
+    /// # Safety
+    /// `start` and `out` point to 32 rows of 32 floats (rows at least 32
+    /// floats apart), readable (`start`) and writable (`out`), which
+    /// nothing else accesses during the call; `start` may be `out`.
+    unsafe fn block(
+        tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        start: (*const f32, usize),
+        out: (*mut f32, usize),
+    );
 
     /// Runs `iters` rounds of 4 independent tile products and returns the
     /// floating-point operations done.
     fn peak_loop(self, iters: usize) -> u64;
 }
 
-/// Packs panel `p` of the rows of `src` (as used) for tiles: rows
-/// `p·MR..` (at most [`MR`]), each as its pairs of consecutive columns,
-/// `panel.len() / MR` slots per row; pairs past the columns and rows past
-/// the matrix are zero.
+/// A block's sums started from zero into `sums`.
+#[inline(always)]
+pub(super) fn block_sums<T: TileProduct>(
+    tiles: &Configured<T>,
+    a: ATiles,
+    b: &[f32],
+    steps: usize,
+    sums: &mut TileSums,
+) {
+    // SAFETY: `ZERO_SUMS` and `sums` are 32 rows of 32 floats, rows NR
+    // apart; `sums` is borrowed mutably, so nothing else touches it.
+    unsafe {
+        T::block(
+            tiles,
+            a,
+            b,
+            steps,
+            (ZERO_SUMS.0.as_ptr(), NR),
+            (sums.0.as_mut_ptr(), NR),
+        )
+    }
+}
+
+/// The sums a block starts from where it does not add to C.
+pub(super) static ZERO_SUMS: TileSums = TileSums([0.0; MR * NR]);
+
+/// Packs panel `p` of the rows of `src` (as used) for tiles, tile-major
+/// ([`ATiles::packed`]): rows `p·MR..` (at most [`MR`]), pair `q` of row
+/// `r` at slot `(q / 16)·512 + r·16 + q % 16`, `panel.len() / MR` pairs
+/// per row; pairs past the columns and rows past the matrix are zero.
 #[inline(always)]
 pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
     kernel: K,
@@ -56,39 +147,39 @@ pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
 ) {
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
-    let pairs = panel.len() / MR;
-    if pairs == 0 {
-        return;
-    }
     let (live, used) = (MR.min(rows - p * MR), cols.div_ceil(2));
-    if cs == 1 {
-        for (i, slots) in panel.chunks_exact_mut(pairs).take(live).enumerate() {
-            let row = &src.data[(p * MR + i) * rs..][..cols];
-            round_row_pairs(kernel, row, &mut slots[..used]);
+    for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
+        let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
+        for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {
+            let count = if r < live { pairs.len() } else { 0 };
+            let (slots, pad) = line.split_at_mut(count);
+            if count > 0 && cs == 1 {
+                let row = &src.data[(p * MR + r) * rs..][..cols];
+                let values = 2 * pairs.start..cols.min(2 * pairs.end);
+                round_row_pairs(kernel, &row[values], slots);
+            }
+            pad.fill(0.0);
         }
-    } else {
-        // Columns are contiguous (`rs == 1`): the panel's share of two
-        // columns is rounded and paired in vectors, then stored down the
-        // rows.
-        let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
-        let mut across = [0.0; MR];
-        for q in 0..used {
-            let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1));
-            T::pair_slices(
-                strip(2 * q),
-                hi,
-                &mut across[..live],
-                #[inline(always)]
-                |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
-            );
-            for (slots, &slot) in panel.chunks_exact_mut(pairs).zip(&across[..live]) {
-                slots[q] = slot;
+        if cs != 1 && !pairs.is_empty() {
+            // Columns are contiguous (`rs == 1`): the panel's share of two
+            // columns is rounded and paired in vectors, then stored down
+            // the rows.
+            let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
+            let mut across = [0.0; MR];
+            for q in pairs.clone() {
+                let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1));
+                T::pair_slices(
+                    strip(2 * q),
+                    hi,
+                    &mut across[..live],
+                    #[inline(always)]
+                    |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                );
+                for (line, &slot) in step.chunks_exact_mut(K_STEP).zip(&across[..live]) {
+                    line[q % K_STEP] = slot;
+                }
             }
         }
-    }
-    for (i, slots) in panel.chunks_exact_mut(pairs).enumerate() {
-        let pad = if i < live { used } else { 0 };
-        slots[pad..].fill(0.0);
     }
 }
 
@@ -153,67 +244,94 @@ impl AmxTiles {
 
 #[cfg(target_arch = "x86_64")]
 impl TileProduct for AmxTiles {
-    #[inline]
-    fn block(self, a: &[f32], a_stride: usize, b: &[f32], steps: usize, c: &mut [f32; MR * NR]) {
-        if steps == 0 {
-            c.fill(0.0);
-            return;
+    #[inline(always)]
+    fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R {
+        // SAFETY: holding `self` proves the tile unit was granted;
+        // `ldtilecfg` reads the 64 bytes of `TILES`, checked against the
+        // SDM's layout above.
+        unsafe {
+            core::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &TILES, options(nostack));
         }
-        // Every byte the tile loads read, checked here: A rows 0–31 from
-        // `a_stride` slots apart, `steps · 16` slots each; B `steps · 16`
-        // pairs of 32 slots.
-        assert!(a_stride >= steps * K_STEP);
-        let a = &a[..(MR - 1) * a_stride + steps * K_STEP];
+        let out = f(&Configured(self));
+        // SAFETY: as above; releasing returns the tiles to their initial
+        // state, which nothing after this relies on.
+        unsafe {
+            core::arch::asm!("tilerelease", options(nostack, nomem));
+        }
+        out
+    }
+
+    #[inline(always)]
+    unsafe fn block(
+        _tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        (start, start_stride): (*const f32, usize),
+        (out, out_stride): (*mut f32, usize),
+    ) {
+        // Every byte the tile loads read from A and B, checked here: A rows
+        // 0–31 `a.row` slots apart, 16 slots each, `a.step` slots from one
+        // step to the next; B `steps · 16` pairs of 32 slots.
+        let a_end = (steps.max(1) - 1) * a.step + (MR - 1) * a.row + K_STEP;
+        let a_slots = &a.slots[..a_end];
         let b = &b[..steps * K_STEP * NR];
-        let (a_top, a_bottom) = (a.as_ptr(), a[16 * a_stride..].as_ptr());
-        // Both C pointers from one borrow, so that neither invalidates the
-        // other.
-        let c_top = c.as_mut_ptr();
-        let c_bottom = c_top.wrapping_add(16 * NR);
-        // SAFETY: holding `self` proves the tile unit was granted. The loads
-        // read 16 rows of 64 bytes from `a_top`, `a_bottom` (rows `a_stride`
-        // slots apart) and from `b`, `b + 64` (rows 128 bytes apart), moving
-        // 64 bytes (A) or 16 rows of B per step: inside the slices checked
-        // above. The stores write 16 rows of 64 bytes, 128 bytes apart, from
-        // `c_top`, `c_top + 64`, `c_bottom`, `c_bottom + 64`: inside `c`.
-        // The block configures, uses and releases the tiles itself.
+        let (a_top, a_bottom) = (a_slots.as_ptr(), a_slots[16 * a.row..].as_ptr());
+        // SAFETY: `Configured` proves the tile unit was granted and the
+        // tiles configured (tiles 0–7 as 16 rows of 64 bytes). The loads
+        // read 16 rows of 64 bytes from `a_top`, `a_bottom` (rows `a.row`
+        // slots apart, moving `a.step` slots per step) and from `b`, `b +
+        // 64` (rows 128 bytes apart, moving 16 rows per step): inside the
+        // slices checked above. The sums load from `start` and store to
+        // `out` 16 rows of 64 bytes (each its own rows apart) at 0, 64
+        // bytes, 16 rows and 16 rows + 64 bytes: the 32 × 32 floats the
+        // caller vouches for. With no steps the sums are the start.
         unsafe {
             core::arch::asm!(
-                "ldtilecfg [{cfg}]",
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
+                "tileloadd tmm0, [{start} + {start_row}*1]",
+                "tileloadd tmm1, [{start} + {start_row}*1 + 64]",
+                "mov {pf}, {start_row}",
+                "shl {pf}, 4",
+                "add {pf}, {start}",
+                "tileloadd tmm2, [{pf} + {start_row}*1]",
+                "tileloadd tmm3, [{pf} + {start_row}*1 + 64]",
+                "test {steps}, {steps}",
+                "jz 3f",
                 "2:",
                 "tileloadd tmm4, [{a_top} + {a_row}*1]",
-                "tileloadd tmm5, [{a_bottom} + {a_row}*1]",
                 "tileloadd tmm6, [{b} + {b_row}*1]",
+                "tileloadd tmm5, [{a_bottom} + {a_row}*1]",
                 "tileloadd tmm7, [{b} + {b_row}*1 + 64]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a_top}, 64",
-                "add {a_bottom}, 64",
+                "add {a_top}, {a_step}",
+                "add {a_bottom}, {a_step}",
                 "add {b}, {b_step}",
                 "dec {steps}",
                 "jnz 2b",
-                "tilestored [{c_top} + {c_row}*1], tmm0",
-                "tilestored [{c_top} + {c_row}*1 + 64], tmm1",
-                "tilestored [{c_bottom} + {c_row}*1], tmm2",
-                "tilestored [{c_bottom} + {c_row}*1 + 64], tmm3",
-                "tilerelease",
-                cfg = in(reg) &TILES,
+                "3:",
+                "tilestored [{out} + {out_row}*1], tmm0",
+                "tilestored [{out} + {out_row}*1 + 64], tmm1",
+                "mov {pf}, {out_row}",
+                "shl {pf}, 4",
+                "add {pf}, {out}",
+                "tilestored [{pf} + {out_row}*1], tmm2",
+                "tilestored [{pf} + {out_row}*1 + 64], tmm3",
                 a_top = inout(reg) a_top => _,
                 a_bottom = inout(reg) a_bottom => _,
                 b = inout(reg) b.as_ptr() => _,
                 steps = inout(reg) steps => _,
-                a_row = in(reg) a_stride * 4,
+                a_row = in(reg) a.row * 4,
+                a_step = in(reg) a.step * 4,
+                pf = out(reg) _,
                 b_row = in(reg) NR * 4,
-                b_step = in(reg) K_STEP * NR * 4,
-                c_top = in(reg) c_top,
-                c_bottom = in(reg) c_bottom,
-                c_row = in(reg) NR * 4,
+                b_step = const K_STEP * NR * 4,
+                start = in(reg) start,
+                start_row = in(reg) start_stride * 4,
+                out = in(reg) out,
+                out_row = in(reg) out_stride * 4,
                 options(nostack),
             );
         }
@@ -223,32 +341,31 @@ impl TileProduct for AmxTiles {
         if iters == 0 {
             return 0;
         }
-        // SAFETY: holding `self` proves the tile unit was granted; the block
-        // touches no memory but the configuration, and releases the tiles.
-        unsafe {
-            core::arch::asm!(
-                "ldtilecfg [{cfg}]",
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "tilezero tmm4",
-                "tilezero tmm5",
-                "tilezero tmm6",
-                "tilezero tmm7",
-                "2:",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "dec {iters}",
-                "jnz 2b",
-                "tilerelease",
-                cfg = in(reg) &TILES,
-                iters = inout(reg) iters => _,
-                options(nostack),
-            );
-        }
+        self.configured(|_| {
+            // SAFETY: the tiles are configured (`configured`); the loop
+            // touches no memory.
+            unsafe {
+                core::arch::asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "tilezero tmm4",
+                    "tilezero tmm5",
+                    "tilezero tmm6",
+                    "tilezero tmm7",
+                    "2:",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "dec {iters}",
+                    "jnz 2b",
+                    iters = inout(reg) iters => _,
+                    options(nostack, nomem),
+                );
+            }
+        });
         (iters as u64).saturating_mul(4 * 2 * TILE_MACS)
     }
 }
@@ -262,33 +379,47 @@ pub(super) struct EmulatedTiles;
 
 #[cfg(test)]
 impl TileProduct for EmulatedTiles {
-    fn block(self, a: &[f32], a_stride: usize, b: &[f32], steps: usize, c: &mut [f32; MR * NR]) {
+    fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R {
+        f(&Configured(self))
+    }
+
+    unsafe fn block(
+        _tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        (start, start_stride): (*const f32, usize),
+        (out, out_stride): (*mut f32, usize),
+    ) {
         let pairs = steps * K_STEP;
-        for (r, sums) in c.chunks_exact_mut(NR).enumerate() {
-            let a = &a[r * a_stride..][..pairs];
-            for (j, sum) in sums.iter_mut().enumerate() {
-                let mut acc = 0.0f32;
-                for (q, &a) in a.iter().enumerate() {
+        for r in 0..MR {
+            for j in 0..NR {
+                // SAFETY: `r, j < 32`: inside the rows the caller vouches for.
+                let mut acc = unsafe { *start.add(r * start_stride + j) };
+                for q in 0..pairs {
                     let ((a_lo, a_hi), (b_lo, b_hi)) = (
-                        super::packing::unpair(a),
+                        super::packing::unpair(a.slots[a.at(r, q)]),
                         super::packing::unpair(b[q * NR + j]),
                     );
                     acc += a_lo * b_lo;
                     acc += a_hi * b_hi;
                 }
-                *sum = acc;
+                // SAFETY: as above.
+                unsafe { *out.add(r * out_stride + j) = acc };
             }
         }
     }
 
     fn peak_loop(self, iters: usize) -> u64 {
         let (a, b) = ([0.0; MR * K_STEP], [0.0; K_STEP * NR]);
-        let mut c = [0.0; MR * NR];
-        for _ in 0..iters {
-            // One step of a block is 4 tile products.
-            self.block(&a, K_STEP, &b, 1, &mut c);
-        }
-        core::hint::black_box(&c);
+        let mut sums = TileSums([0.0; MR * NR]);
+        self.configured(|tiles| {
+            for _ in 0..iters {
+                // One step of a block is 4 tile products.
+                block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums);
+            }
+        });
+        core::hint::black_box(&sums);
         (iters as u64).saturating_mul(4 * 2 * TILE_MACS)
     }
 }

@@ -37,7 +37,7 @@ mod portable;
 
 use amx::TileProduct;
 pub(super) use packing::round_pairs_simd;
-use packing::{pack_panels, padded_pairs, panel_slots, PairLayout};
+use packing::{from_line, pack_panels, padded_pairs, panel_slots, PairLayout};
 #[cfg(test)]
 use pairs::EmulatedPairs;
 #[cfg(target_arch = "x86_64")]
@@ -317,8 +317,11 @@ impl Kernels {
         }
         if let Some(unit) = self.pair_unit() {
             let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
-            let (packed_a, rest) = workspace.split_at_mut(layout.a_len());
-            let b = PanelsOfB::Pack { b: &b, into: rest };
+            let (packed_a, rest) = workspace.split_at_mut(layout.a_workspace_len());
+            let b = PanelsOfB::Pack {
+                b: &b,
+                into: from_line(rest),
+            };
             self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), packed_a);
             return Ok(());
         }
@@ -504,7 +507,7 @@ impl Kernels {
             return 0;
         }
         match self.pair_unit() {
-            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_len(),
+            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len(),
             // A rounded.
             None if m <= FEW_ROWS => m.saturating_mul(k),
             // A rounded, B unpacked, then the f32 product's workspace.

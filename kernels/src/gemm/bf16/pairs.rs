@@ -7,7 +7,7 @@ use core::ops::Range;
 use super::amx;
 #[cfg(test)]
 use super::packing::unpair;
-use super::packing::{pack_a_panels, pack_panels, PairLayout};
+use super::packing::{from_line, pack_a_panels, pack_panels, PairLayout};
 use super::{Bf16Input, TileIsa, NR};
 use crate::bf16::pair;
 use crate::dispatch::dispatch;
@@ -72,7 +72,7 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
 ) {
     let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
-    let packed_a = &mut packed_a[..layout.a_len()];
+    let packed_a = &mut from_line(packed_a)[..layout.a_len()];
     let a_in_place = rows_in_place(a, &layout);
     let first_packed = a_in_place.as_ref().map_or(0, |r| r.panels);
     let a_out = SharedMut(packed_a.as_mut_ptr());
@@ -160,11 +160,13 @@ struct RowsInPlace<'a> {
 }
 
 /// A's rows to read in place, where the product runs on tiles and A
-/// needs no packing: bf16 rows (not transposed) starting on 32-bit
-/// boundaries, an even row stride, and k whole tile steps (a multiple of
-/// 32, so no pair is padded). Packing such rows only copies them; on
-/// tiles that copy would cost most of what the multiplying does. The
-/// whole panels of rows are read in place, a last partial one is packed.
+/// needs no packing: bf16 rows (not transposed) on 64-byte lines (the
+/// first row from a line boundary, rows a whole number of lines apart: a
+/// tile row straddling two lines loads at half the speed), and k whole
+/// tile steps (a multiple of 32, so no pair is padded). Packing such rows
+/// only copies them; on tiles that copy would cost most of what the
+/// multiplying does. The whole panels of rows are read in place, a last
+/// partial one is packed.
 fn rows_in_place<'a, A: Bf16Input>(
     a: &MatRef<'a, A>,
     layout: &PairLayout,
@@ -174,7 +176,7 @@ fn rows_in_place<'a, A: Bf16Input>(
     let panels = layout.m / amx::MR;
     if !layout.tiles
         || cs != 1
-        || !rs.is_multiple_of(2)
+        || !rs.is_multiple_of(2 * amx::K_STEP)
         || k == 0
         || !k.is_multiple_of(2 * amx::K_STEP)
         || panels == 0
@@ -182,6 +184,9 @@ fn rows_in_place<'a, A: Bf16Input>(
         return None;
     }
     let slots = A::as_pair_slots(a.data)?;
+    if slots.as_ptr().align_offset(64) != 0 {
+        return None;
+    }
     // The last in-place row's pairs end there; the view guarantees it.
     let end = (panels * amx::MR - 1) * (rs / 2) + k / 2;
     (slots.len() >= end).then_some(RowsInPlace {
@@ -304,7 +309,11 @@ impl Pairs<'_> {
     }
 
     /// A block on tiles: each `amx::MR × 32` block of sums runs down the
-    /// whole of k into a buffer, then through the pair unit's epilogue.
+    /// whole of k, the tiles configured once for the whole block. Where C
+    /// takes the sums as they are (alpha 1, beta 0 or 1) and the block
+    /// lies whole inside C, the tiles start from C (or zero) and store
+    /// into it; else the sums go through a buffer and the pair unit's
+    /// epilogue.
     #[inline(always)]
     fn tile_block<T: amx::TileProduct, P: PairDot>(
         &self,
@@ -314,22 +323,53 @@ impl Pairs<'_> {
         panels: Range<usize>,
     ) {
         let l = &self.layout;
-        let mut sums = [0.0f32; amx::MR * NR];
-        let mut acc = [[unit.zero(); 2]; amx::MR];
-        for j in panels {
-            let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
-            for i in rows.clone() {
-                let (a, a_stride) = match &self.a_in_place {
-                    Some(r) if i < r.panels => (&r.slots[i * amx::MR * r.stride..], r.stride),
-                    _ => (&self.a[i * l.a_panel_len()..][..l.a_panel_len()], l.b_pairs),
-                };
-                tiles.block(a, a_stride, b, l.b_pairs / amx::K_STEP, &mut sums);
-                for (acc, row) in acc.iter_mut().zip(sums.chunks_exact(NR)) {
-                    *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
+        let steps = l.b_pairs / amx::K_STEP;
+        let in_c = self.alpha == 1.0 && (self.beta == 0.0 || self.beta == 1.0);
+        tiles.configured(
+            #[inline(always)]
+            |tiles| {
+                let mut sums = amx::TileSums([0.0; amx::MR * NR]);
+                let mut acc = [[unit.zero(); 2]; amx::MR];
+                for j in panels {
+                    let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
+                    for i in rows.clone() {
+                        let a = match &self.a_in_place {
+                            Some(r) if i < r.panels => {
+                                amx::ATiles::rows(&r.slots[i * amx::MR * r.stride..], r.stride)
+                            }
+                            _ => amx::ATiles::packed(
+                                &self.a[i * l.a_panel_len()..][..l.a_panel_len()],
+                            ),
+                        };
+                        self.prefetch_c(i, j);
+                        let whole = (i + 1) * amx::MR <= l.m && (j + 1) * NR <= l.n;
+                        if in_c && whole {
+                            let c = self
+                                .c
+                                .ptr()
+                                .wrapping_add(i * amx::MR * self.c_stride + j * NR);
+                            let start = if self.beta == 0.0 {
+                                (amx::ZERO_SUMS.0.as_ptr(), NR)
+                            } else {
+                                (c.cast_const(), self.c_stride)
+                            };
+                            // SAFETY: the block's 32 rows and 32 columns
+                            // lie inside C (`whole`; rows `c_stride ≥ n`
+                            // floats apart), and only this piece touches
+                            // them; the zero start is 32 rows of NR floats.
+                            // Both starts are read before the block stores.
+                            unsafe { T::block(tiles, a, b, steps, start, (c, self.c_stride)) };
+                        } else {
+                            amx::block_sums(tiles, a, b, steps, &mut sums);
+                            for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
+                                *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
+                            }
+                            self.update(unit, i, j, self.beta, &acc);
+                        }
+                    }
                 }
-                self.update(unit, i, j, self.beta, &acc);
-            }
-        }
+            },
+        )
     }
 
     /// A block with `MR`-row register tiles, in passes over slices of k:
