@@ -15,7 +15,7 @@ struct Line([f32; 16]);
 /// whole lines long, so full-width AVX-512 loads of a row never straddle
 /// two lines (a `Vec<f32>` of this size starts 16 bytes into one, which
 /// made decoding on AVX-512 slower than on AVX2).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Arena {
     lines: Vec<Line>,
     len: usize,

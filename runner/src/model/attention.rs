@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use kernels::{MatMut, MatRef, PackedBf16, ValidLen};
 
+use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
 use super::packed::pack_into;
 use crate::error::Error;
@@ -412,7 +413,7 @@ impl<'a> HeadPart<'a> {
     /// The rows as the B of `mm`'s products: packed into `slots` when it
     /// multiplies in bf16 (so that each block's product reads them without
     /// rounding and packing them again), else in place.
-    fn as_rows(self, mm: Multiplier, slots: &'a mut Vec<u32>) -> Result<PartAsB<'a>, Error> {
+    fn as_rows(self, mm: Multiplier, slots: &'a mut Arena) -> Result<PartAsB<'a>, Error> {
         Ok(match mm.precision {
             Precision::F32 => PartAsB::InPlace(self),
             Precision::Bf16 => PartAsB::Packed(self.pack(mm, self.rows(0..self.t)?, slots)?),
@@ -424,13 +425,12 @@ impl<'a> HeadPart<'a> {
     /// as rows, since packing B straight from the transposed view gathers
     /// one float per position for every block's product (in f32 that made
     /// `q · Kᵀ` run at 58 % of the FMA peak, against 82 % for `P · V`).
-    fn as_transposed(self, mm: Multiplier, slots: &'a mut Vec<u32>) -> Result<PartAsB<'a>, Error> {
+    fn as_transposed(self, mm: Multiplier, slots: &'a mut Arena) -> Result<PartAsB<'a>, Error> {
         let (t, hs) = (self.t, self.hs);
         Ok(match mm.precision {
             Precision::F32 => {
-                slots.clear();
-                slots.resize(hs * t, 0);
-                let rows: &'a mut [f32] = bytemuck::cast_slice_mut(&mut slots[..]);
+                slots.grow(hs * t);
+                let rows: &'a mut [f32] = &mut slots[..hs * t];
                 mm.kernels
                     .transpose(t, hs, self.data, self.stride, rows, t)?;
                 PartAsB::Transposed { rows, hs, t }
@@ -445,9 +445,9 @@ impl<'a> HeadPart<'a> {
         &self,
         mm: Multiplier,
         view: MatRef,
-        slots: &'a mut Vec<u32>,
+        slots: &'a mut Arena,
     ) -> Result<PackedBf16<'a>, Error> {
-        let (_, packed) = pack_into(&mm.kernels, view, slots, "head")?;
+        let packed = pack_into(&mm.kernels, view, slots, "head")?;
         Ok(PackedBf16::new(packed, view.rows(), view.cols())?)
     }
 }
@@ -485,10 +485,10 @@ impl<'a> PartAsB<'a> {
 
 thread_local! {
     /// Each thread's buffers for the packed rows of the head it runs.
-    static HEAD_SLOTS: RefCell<[Vec<u32>; 4]> = RefCell::new(Default::default());
+    static HEAD_SLOTS: RefCell<[Arena; 4]> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's slot buffers.
-fn with_head_slots<R>(f: impl FnOnce(&mut [Vec<u32>; 4]) -> Result<R, Error>) -> Result<R, Error> {
+fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 4]) -> Result<R, Error>) -> Result<R, Error> {
     HEAD_SLOTS.with(|slots| f(&mut slots.borrow_mut()))
 }

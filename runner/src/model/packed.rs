@@ -6,40 +6,34 @@
 
 use kernels::{Kernels, MatRef, PackedBf16};
 
+use super::arena::Arena;
 use super::config::ModelConfig;
 use super::layers::Weight;
 use super::tensors::{Params, Shape};
 use crate::error::Error;
 
-/// Floats `slots` may skip to reach a 64-byte line.
-const LINE_SLACK: usize = 15;
-
-/// Packs `b` into bf16 pairs in `slots` (resized to fit; `what` names
-/// the matrix in the error for one too large), from the first 64-byte
-/// line in them: AMX tiles load a panel row that straddles two lines at
-/// half the speed. Returns where the packed slots start and the slots.
+/// Packs `b` into bf16 pairs at the start of `slots` (grown to fit;
+/// `what` names the matrix in the error for one too large) and returns
+/// them. An arena starts on a cache line, so every panel does: AMX tiles
+/// load a panel row that straddles two lines at half the speed.
 pub fn pack_into<'a>(
     kernels: &Kernels,
     b: MatRef,
-    slots: &'a mut Vec<u32>,
+    slots: &'a mut Arena,
     what: &str,
-) -> Result<(usize, &'a [u32]), Error> {
+) -> Result<&'a [u32], Error> {
     let (k, n) = (b.rows(), b.cols());
     let len = PackedBf16::len(k, n)
         .ok_or_else(|| Error::Config(format!("a {k} × {n} {what} is too large to pack")))?;
-    slots.clear();
-    slots.resize(len + LINE_SLACK, 0);
-    let skip = slots.as_ptr().align_offset(64).min(LINE_SLACK);
-    let packed = &mut slots[skip..skip + len];
+    slots.grow(len);
+    let packed = &mut bytemuck::cast_slice_mut(&mut slots[..])[..len];
     kernels.pack_bf16(b, packed)?;
-    Ok((skip, packed))
+    Ok(packed)
 }
 
 /// One `k × n` matrix packed into bf16 pairs.
 pub struct PackedMatrix {
-    slots: Vec<u32>,
-    /// Where the packed slots start in `slots` (see [`pack_into`]).
-    skip: usize,
+    slots: Arena,
     k: usize,
     n: usize,
 }
@@ -47,11 +41,10 @@ pub struct PackedMatrix {
 impl PackedMatrix {
     /// `b` (`k × n` as used) packed.
     fn new(kernels: &Kernels, b: MatRef) -> Result<PackedMatrix, Error> {
-        let mut slots = Vec::new();
-        let (skip, _) = pack_into(kernels, b, &mut slots, "weight")?;
+        let mut slots = Arena::default();
+        pack_into(kernels, b, &mut slots, "weight")?;
         Ok(PackedMatrix {
             slots,
-            skip,
             k: b.rows(),
             n: b.cols(),
         })
@@ -59,9 +52,8 @@ impl PackedMatrix {
 
     /// The matrix as a product's B.
     pub fn weight(&self) -> Result<Weight<'_>, Error> {
-        let len = self.slots.len() - LINE_SLACK;
         Ok(Weight::Packed(PackedBf16::new(
-            &self.slots[self.skip..self.skip + len],
+            bytemuck::cast_slice(&self.slots[..]),
             self.k,
             self.n,
         )?))

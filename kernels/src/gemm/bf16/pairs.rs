@@ -341,7 +341,6 @@ impl Pairs<'_> {
                                 &self.a[i * l.a_panel_len()..][..l.a_panel_len()],
                             ),
                         };
-                        self.prefetch_c(i, j);
                         let whole = (i + 1) * amx::MR <= l.m && (j + 1) * NR <= l.n;
                         if in_c && whole {
                             let c = self
