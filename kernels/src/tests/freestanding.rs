@@ -77,7 +77,7 @@ impl<T: Copy> Stored<T> {
     }
 
     /// As [`Stored::new`], the first value `off` elements past the
-    /// buffer's first 32-bit boundary (a `Vec` of 2-byte values is only
+    /// buffer's first 64-byte line (a `Vec` of 2-byte values is only
     /// 2-byte aligned).
     pub fn aligned(
         values: &[f32],

@@ -15,9 +15,10 @@
 //!   32-bit slot of the workspace); a register tile of `MR × 32` sums runs
 //!   down a pass of k (at most 256 pairs) and C takes each pass's sums;
 //! - AMX (`amx`): tiles of 16 rows multiply 32 × 32 blocks down the
-//!   whole of k, from the same B panels and A packed row by row, or read
-//!   where it lies when it is bf16 rows already (`pairs::rows_in_place`);
-//!   products of fewer than 32 rows run on AVX512-BF16.
+//!   whole of k, from the same B panels and A packed tile-major, or read
+//!   where it lies when it is bf16 rows on cache lines already
+//!   (`pairs::rows_in_place`); products of fewer than 32 rows run on
+//!   AVX512-BF16. Packed panels start on 64-byte lines in the workspace.
 //!
 //! Pieces are blocks of C (rows × column panels); each element of C is
 //! summed by one piece in one order whatever the blocks: bit-identical for
@@ -74,7 +75,8 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     /// The values as pair slots (two consecutive values a 32-bit slot, the
     /// first in the low half) where they are stored that way already:
     /// bf16, on a little-endian CPU, starting on a 32-bit boundary (an odd
-    /// last value is left out). Tiles read rows of A from them in place.
+    /// last value is left out). Tiles read rows of A from them in place
+    /// where the rows also lie on 64-byte lines.
     #[doc(hidden)]
     fn as_pair_slots(_data: &[Self]) -> Option<&[f32]> {
         None
@@ -369,7 +371,9 @@ impl<'a> PackedBf16<'a> {
     /// [`PackedBf16::len`]`(k, n)` slots written by [`Kernels::pack_bf16`]
     /// for that shape. (Other slots are safe to pass but give meaningless
     /// products: the units multiply the padding too, and a NaN there makes
-    /// every output NaN.)
+    /// every output NaN.) Keep `slots` on a 64-byte boundary where you
+    /// can: AMX tiles load a panel row that straddles two cache lines at
+    /// half the speed.
     pub fn new(slots: &'a [u32], k: usize, n: usize) -> Result<PackedBf16<'a>, KernelError> {
         let needed = PackedBf16::len(k, n).ok_or(KernelError::ShapeOverflow)?;
         crate::error::expect_len("slots", slots.len(), needed)?;

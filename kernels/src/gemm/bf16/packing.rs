@@ -30,7 +30,7 @@ pub(super) struct PairLayout {
     /// padded to whole tile steps with zeros, so no tile load leaves a
     /// panel.
     pub(super) b_pairs: usize,
-    /// Whether the product runs on tiles (A packed row by row).
+    /// Whether the product runs on tiles (A packed tile-major).
     pub(super) tiles: bool,
     a_panels: usize,
     b_panels: usize,
@@ -151,8 +151,9 @@ pub(super) fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf
     move |x, d| kernel.round_to_bf16(x, d)
 }
 
-/// Packs panels `panels` of A as `layout` has them into `out`: row by row
-/// for tiles, else pairs interleaved across `layout.mr` rows.
+/// Packs panels `panels` of A as `layout` has them into `out`: tile-major
+/// for tiles ([`amx::pack_rows`]), else pairs interleaved across
+/// `layout.mr` rows.
 #[inline(always)]
 pub(super) fn pack_a_panels<K: GemmKernel, T: Bf16Input>(
     kernel: K,
