@@ -32,9 +32,11 @@ pub fn backends() -> Vec<Kernels> {
 }
 
 /// A blocking to time beside the one derived from the caches:
-/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N]`, for example the former
-/// hand-tuned `192,384,4096`, or `168,384,4096,0,0` to pack A always
-/// ([`kernels::Kernels::with_gemm_a_packing`]).
+/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP]]`, for example the
+/// former hand-tuned `192,384,4096`, `168,384,4096,0,0` to pack A always
+/// ([`kernels::Kernels::with_gemm_a_packing`]), or
+/// `336,384,4096,9,512,1` to hold each B panel in L1 over the A panels
+/// ([`kernels::Kernels::with_gemm_b_sweep`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BlockingOverride {
     pub mc: usize,
@@ -43,14 +45,20 @@ pub struct BlockingOverride {
     /// Lines per L1 set past which A is packed, and the narrowest product
     /// that packs it.
     pub a_packing: Option<(usize, usize)>,
+    /// B panels each A panel sweeps.
+    pub b_sweep: Option<usize>,
 }
 
 impl BlockingOverride {
     /// `k` blocked this way.
     pub fn apply(&self, k: Kernels) -> Result<Kernels, kernels::KernelError> {
         let k = k.with_gemm_blocking(self.mc, self.kc, self.nc)?;
-        Ok(match self.a_packing {
+        let k = match self.a_packing {
             Some((lines, min_n)) => k.with_gemm_a_packing(lines, min_n),
+            None => k,
+        };
+        Ok(match self.b_sweep {
+            Some(panels) => k.with_gemm_b_sweep(panels),
             None => k,
         })
     }
@@ -64,6 +72,10 @@ impl std::fmt::Display for BlockingOverride {
                 write!(f, ", A packed past {lines} lines per L1 set from n {min_n}")
             }
             None => Ok(()),
+        }?;
+        match self.b_sweep {
+            Some(panels) => write!(f, ", {panels} B panels per A panel"),
+            None => Ok(()),
         }
     }
 }
@@ -75,12 +87,13 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let (mc, kc, nc, a_packing) = match values[..] {
-        [mc, kc, nc] => (mc, kc, nc, None),
-        [mc, kc, nc, lines, min_n] => (mc, kc, nc, Some((lines, min_n))),
+    let (mc, kc, nc, a_packing, b_sweep) = match values[..] {
+        [mc, kc, nc] => (mc, kc, nc, None, None),
+        [mc, kc, nc, lines, min_n] => (mc, kc, nc, Some((lines, min_n)), None),
+        [mc, kc, nc, lines, min_n, sweep] => (mc, kc, nc, Some((lines, min_n)), Some(sweep)),
         _ => {
             eprintln!(
-                "warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,LINES,MIN_N]; ignored"
+                "warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,LINES,MIN_N[,SWEEP]]; ignored"
             );
             return None;
         }
@@ -90,6 +103,7 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         kc,
         nc,
         a_packing,
+        b_sweep,
     })
 }
 

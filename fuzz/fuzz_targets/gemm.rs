@@ -12,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 
 fn run(u: &mut Unstructured) -> Result<()> {
     let (derived, _) = backends();
-    // Half the inputs run a blocking of their own (whole tiles, any depth).
+    // Half the inputs run a blocking of their own (whole tiles, any depth,
+    // either order of the tiles).
     let b = derived.gemm_blocking();
     let best = if u.arbitrary()? {
         let mc = b.mr * (1 + len(u, 8)?);
@@ -23,6 +24,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             .with_gemm_blocking(mc, 1 + len(u, 500)?, nc)
             .unwrap()
             .with_gemm_a_packing(a_lines, 0)
+            .with_gemm_b_sweep(1 + len(u, 3)?)
     } else {
         derived
     };

@@ -82,6 +82,9 @@ struct Plan {
     /// Whether B's whole panels are read in place: small, with contiguous
     /// rows. (A last, partial panel of a column block is packed.)
     direct_b: bool,
+    /// The blocking's [`Blocking::b_sweep`] (at least 1): the order of a
+    /// piece's tiles.
+    b_sweep: usize,
 }
 
 impl Plan {
@@ -90,7 +93,8 @@ impl Plan {
         let kc = pass_depth(p.k, bl);
         let m_blocks = m.div_ceil(bl.mc);
         let mc = m.div_ceil(m_blocks).next_multiple_of(K::MR).min(bl.mc);
-        let direct_a = m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, n);
+        let direct_a =
+            m.saturating_mul(kc) <= DIRECT_A_FLOATS && bl.reads_a_in_place(p.a.rs, p.a.cs, kc, n);
         let a_panels = m.div_ceil(K::MR);
         let a_to_pack = if !direct_a {
             0..a_panels
@@ -107,6 +111,7 @@ impl Plan {
             direct_a,
             a_to_pack,
             direct_b: p.b.cs == 1 && n.saturating_mul(kc) <= DIRECT_B_FLOATS,
+            b_sweep: bl.b_sweep.max(1),
         }
     }
 
@@ -330,7 +335,16 @@ unsafe fn compute_piece<K: GemmKernel>(
         unsafe { core::slice::from_raw_parts(regions.packed_b.ptr(), block.b_panels * K::NR * kc) };
     let first_panel = group * block.panels_per_group;
     let last_panel = (first_panel + block.panels_per_group).min(block.b_panels);
-    for q in first_panel..last_panel {
+    // The tiles of a sweep share one A panel, which stays in L1; the
+    // sweep's B panels stay in L2 for the next A panel (one B panel per
+    // sweep: it stays in L1 while the row block's A panels stream past).
+    let sweeps = (first_panel..last_panel).step_by(plan.b_sweep);
+    let tiles = sweeps.flat_map(|first| {
+        let panels = first..(first + plan.b_sweep).min(last_panel);
+        let row_starts = rows.clone().step_by(K::MR);
+        row_starts.flat_map(move |i| panels.clone().map(move |q| (i, q)))
+    });
+    for (i, q) in tiles {
         let j = block.jc + q * K::NR;
         let b_panel = if plan.direct_b && (q + 1) * K::NR <= block.nc {
             BPanel {
@@ -343,39 +357,37 @@ unsafe fn compute_piece<K: GemmKernel>(
                 rs: K::NR,
             }
         };
-        for i in rows.clone().step_by(K::MR) {
-            let a_panel = if plan.a_in_place::<K>(i) {
-                APanel {
-                    data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
-                    rs: p.a.rs,
-                    cs: p.a.cs,
-                }
-            } else {
-                // SAFETY: panel `i / MR` was packed into its slot (in phase
-                // 1 or just above), a slot of the A region, and no piece
-                // writes it while phase 2 runs.
-                let panel = unsafe {
-                    core::slice::from_raw_parts(
-                        regions
-                            .packed_a
-                            .ptr()
-                            .add(plan.a_slot(i / K::MR) * K::MR * kc),
-                        K::MR * kc,
-                    )
-                };
-                APanel::packed(panel, K::MR)
+        let a_panel = if plan.a_in_place::<K>(i) {
+            APanel {
+                data: &p.a.data[i * p.a.rs + pc * p.a.cs..],
+                rs: p.a.rs,
+                cs: p.a.cs,
+            }
+        } else {
+            // SAFETY: panel `i / MR` was packed into its slot (in phase
+            // 1 or just above), a slot of the A region, and no piece
+            // writes it while phase 2 runs.
+            let panel = unsafe {
+                core::slice::from_raw_parts(
+                    regions
+                        .packed_a
+                        .ptr()
+                        .add(plan.a_slot(i / K::MR) * K::MR * kc),
+                    K::MR * kc,
+                )
             };
-            let tile = Tile {
-                // SAFETY: (i, j) is inside C.
-                ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
-                ldc: p.c.rs,
-                rows: K::MR.min(m - i),
-                cols: K::NR.min(n - j),
-            };
-            // SAFETY: the tile lies in this piece's block of C, which no
-            // other piece touches.
-            unsafe { kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile) };
-        }
+            APanel::packed(panel, K::MR)
+        };
+        let tile = Tile {
+            // SAFETY: (i, j) is inside C.
+            ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
+            ldc: p.c.rs,
+            rows: K::MR.min(m - i),
+            cols: K::NR.min(n - j),
+        };
+        // SAFETY: the tile lies in this piece's block of C, which no
+        // other piece touches.
+        unsafe { kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile) };
     }
 }
 

@@ -44,11 +44,17 @@ pub struct Blocking {
     /// Bytes of one way of the L1 data cache (its size over its ways):
     /// addresses this far apart fall into the same set.
     pub l1_way: usize,
+    /// The order of the register tiles over a row block: each A panel
+    /// stays in L1 while its tiles sweep this many B panels, which stay in
+    /// L2 for the next A panel. 1 is BLIS's order: the B panel stays in L1
+    /// while the row block's A panels stream past it.
+    pub b_sweep: usize,
 }
 
 impl core::fmt::Display for Blocking {
     /// `12x32 tile, MC 168, KC 384, NC 4096, A packed past 6 lines per L1
-    /// set from n 512` (or `A packed from n 256`).
+    /// set from n 512, A panel held in L1 over 5 B panels` (or `A packed
+    /// from n 256, B panel held in L1`).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -59,7 +65,11 @@ impl core::fmt::Display for Blocking {
             0 => f.write_str("A packed")?,
             lines => write!(f, "A packed past {lines} lines per L1 set")?,
         }
-        write!(f, " from n {}", self.pack_a_min_n)
+        write!(f, " from n {}, ", self.pack_a_min_n)?;
+        match self.b_sweep {
+            0 | 1 => f.write_str("B panel held in L1"),
+            panels => write!(f, "A panel held in L1 over {panels} B panels"),
+        }
     }
 }
 
@@ -95,7 +105,7 @@ const FALLBACK_L1_WAYS: usize = 8;
 const L1_SHARE_FOR_B: (usize, usize) = (3, 4);
 
 /// Where the B panel streams from L2, the share of an L1 set's ways the
-/// rows of an A read in place may take: three quarters, the rest left to
+/// lines of an A read in place may take: three quarters, the rest left to
 /// B's stream and to lines fetched ahead. A register tile reads its `mr`
 /// rows of A in step, so rows whose addresses differ by a multiple of the
 /// way size compete for one set; past its ways they evict each other on
@@ -107,8 +117,30 @@ const L1_SHARE_FOR_B: (usize, usize) = (3, 4);
 /// reading in place ran 1.04–1.11× and 1.06–1.08× faster than packing
 /// (`...,0,0`, two runs), and with 1 or 2 per set (the trainer's other
 /// products) 0.98–1.12×. On Zen 5's 12-way L1 (limit 9), 2048² ran the
-/// same either way.
+/// same either way. Where the A panel is the one held in L1 (the sweep
+/// rule below), all its lines count, not one column's: 24 per row of a
+/// row-major A at kc 384, but a line or two per step of k of a transposed
+/// one, which puts far more than the limit into a set and so is packed.
+/// Measured on the Intel Xeon with the sweep: packing the transposed A of
+/// Aᵀ·B 1.14× faster (384 × 2048 · 2048 × 1152) and 1.57× (2048³).
 const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
+
+/// Where the B panel does not stay in L1 (the rule above), the share of
+/// L2 the B panels an A panel sweeps take: a quarter, beside the A block's
+/// quarter. The A panel (18 KiB for the AVX-512 tile at kc 384) then stays
+/// in L1 over those tiles, and each tile streams only its B panel from L2,
+/// where the other order streams both (48 + 18 KiB per tile, more than an
+/// L2 serves at the tile's pace on the Intel Xeon); and consecutive tiles
+/// write C along its rows, where the streaming prefetchers follow them.
+/// Measured on the Intel Xeon (2 MiB L2, 10 panels; `cargo bench --bench
+/// gemm` beside `KERNELS_GEMM_BLOCKING=336,384,4096,9,512,1`, the other
+/// order): 1.10–1.14× on square 2048 and the QKV and MLP products, 1.21×
+/// on the weight gradient Aᵀ·B (with the rule below that packs its
+/// transposed A), 0.96–1.05× on the rest. Not yet measured on AMD.
+/// This is BLIS's own rule with the operands' roles exchanged: its
+/// AVX-512 tiles are 32 rows (vectors along m) by a few columns, so its
+/// smaller micro-panel, the one kept in L1, is B's.
+const L2_SHARE_FOR_B_SWEEP: (usize, usize) = (1, 4);
 
 /// The fewest panels of B (`n / nr`) that must reuse a packed A for the
 /// two rules above to pack it: 16. Packing copies every element of A once
@@ -187,35 +219,70 @@ impl Blocking {
             },
             pack_a_min_n: MIN_B_PANELS_TO_PACK_A * nr,
             l1_way,
+            b_sweep: if b_panel_stays_in_l1 {
+                1
+            } else {
+                (floats(l2, L2_SHARE_FOR_B_SWEEP) / (kc * nr)).clamp(1, MAX_NC / nr)
+            },
         }
     }
 
-    /// The most lines of one L1 set that one column of a register tile
-    /// reads when A's rows are `rs` floats apart. Rows are placed as if A
-    /// started on a line; fewer than 16 floats apart, they share lines.
-    pub(crate) fn a_lines_in_one_set(&self, rs: usize) -> usize {
-        let (way, line) = (self.l1_way / 4, 16);
-        // Row i's set: the line of its offset within a way.
-        let set = |i: usize| i * (rs % way) % way / line;
-        // Rows are in order, so a row starts a new line where the one
-        // before it ends on another.
-        let new_line = |i: usize| i == 0 || rs >= line || i * rs / line != (i - 1) * rs / line;
-        (0..self.mr)
-            .filter(|&i| new_line(i))
-            .map(|i| {
-                (0..self.mr)
-                    .filter(|&j| new_line(j) && set(j) == set(i))
-                    .count()
-            })
-            .max()
-            .unwrap_or(0)
+    /// The most lines of one L1 set that a register tile's A holds while
+    /// it runs, read in place with strides `rs` (rows) and `cs` (steps of
+    /// k; one of the two is 1) in passes `kc` deep: one column of the tile
+    /// where the B panel is the one held in L1 (`b_sweep` 1), the whole
+    /// `mr × kc` panel where the A panel is. A is placed as if it started
+    /// on a line. Stops counting past `limit` (the answer is then some
+    /// count above it), so that a call costs at most a few hundred steps.
+    pub(crate) fn a_lines_in_one_set(
+        &self,
+        rs: usize,
+        cs: usize,
+        kc: usize,
+        limit: usize,
+    ) -> usize {
+        let depth = if self.b_sweep > 1 { kc.max(1) } else { 1 };
+        // Runs of contiguous floats, in increasing address order.
+        let (runs, run_len, stride) = if cs == 1 {
+            (self.mr, depth, rs)
+        } else {
+            (depth, self.mr, cs)
+        };
+        const LINE: usize = 16;
+        const MAX_SETS: usize = 256;
+        let sets = (self.l1_way / 4 / LINE).clamp(1, MAX_SETS);
+        let mut count = [0usize; MAX_SETS];
+        let (mut most, mut last_line) = (0, None);
+        for r in 0..runs {
+            let start = r * stride;
+            let first = start / LINE;
+            // A run that shares its first line with the run before it
+            // (runs fewer than 16 floats apart) does not add that line.
+            let first = if last_line == Some(first) {
+                first + 1
+            } else {
+                first
+            };
+            let last = (start + run_len - 1) / LINE;
+            for line in first..=last {
+                let set = &mut count[line % sets];
+                *set += 1;
+                most = most.max(*set);
+                if most > limit {
+                    return most;
+                }
+            }
+            last_line = Some(last);
+        }
+        most
     }
 
-    /// Whether an A whose rows are `rs` floats apart may be read in place
-    /// in a product `n` wide, by the L1 rules (`blocked.rs` also packs an
-    /// A too large for them).
-    pub(crate) fn reads_a_in_place(&self, rs: usize, n: usize) -> bool {
-        n < self.pack_a_min_n || self.a_lines_in_one_set(rs) <= self.a_lines_per_set
+    /// Whether an A with strides `rs` and `cs`, in passes `kc` deep, may be
+    /// read in place in a product `n` wide, by the L1 rules (`blocked.rs`
+    /// also packs an A too large for them).
+    pub(crate) fn reads_a_in_place(&self, rs: usize, cs: usize, kc: usize, n: usize) -> bool {
+        let limit = self.a_lines_per_set;
+        n < self.pack_a_min_n || self.a_lines_in_one_set(rs, cs, kc, limit) <= limit
     }
 }
 
@@ -306,6 +373,24 @@ impl Kernels {
         };
         Kernels { blocking, ..self }
     }
+
+    /// This handle with its f32 GEMM's register tiles run in the order
+    /// `b_sweep` says ([`Blocking::b_sweep`]): 1 holds each B panel in L1
+    /// over a row block's A panels, `n > 1` holds each A panel in L1 over
+    /// `n` B panels (0 counts as 1), to test or measure either on any
+    /// machine. The product is the same bits either way.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// assert_eq!(k.with_gemm_b_sweep(3).gemm_blocking().b_sweep, 3);
+    /// ```
+    pub fn with_gemm_b_sweep(self, b_sweep: usize) -> Kernels {
+        let blocking = Blocking {
+            b_sweep: b_sweep.clamp(1, MAX_OVERRIDE),
+            ..self.blocking
+        };
+        Kernels { blocking, ..self }
+    }
 }
 
 #[cfg(test)]
@@ -353,8 +438,13 @@ mod tests {
                 );
                 let l2 = if c.l2 == 0 { FALLBACK_L2 } else { c.l2 };
                 // The A block fits its share of L2 unless one tile row
-                // block alone is larger.
+                // block alone is larger; so do the B panels of a sweep.
                 assert!(b.mc == mr || 4 * b.mc * kc <= l2 / 4, "{c}: {b}");
+                assert!(b.b_sweep >= 1, "{c}: {b}");
+                assert!(
+                    b.b_sweep == 1 || 4 * b.b_sweep * nr * kc <= l2 / 4,
+                    "{c}: {b}"
+                );
             }
         }
         let zen4 = Blocking::for_caches(12, 32, 384, machines[1]);
@@ -381,6 +471,9 @@ mod tests {
             0
         );
         assert_eq!((xeon.a_lines_per_set, xeon.l1_way), (9, 4 * KIB));
+        // The AVX-512 tile's B panel (48 KiB) does not stay in L1: its A
+        // panel does, over a quarter of L2's worth of B panels.
+        assert_eq!((xeon.b_sweep, zen4.b_sweep, zen3.b_sweep), (10, 5, 1));
         let unknown = Blocking::for_caches(12, 32, 384, machines[5]);
         assert_eq!((unknown.a_lines_per_set, unknown.l1_way), (6, 4 * KIB));
     }
@@ -388,36 +481,65 @@ mod tests {
     #[test]
     fn rows_a_power_of_two_apart_crowd_one_l1_set() {
         let zen4 = Blocking::for_caches(12, 32, 384, caches(32 * KIB, MIB, 32 * MIB));
-        // (row stride in floats, most lines of the tile's 12 rows in one set)
-        for (rs, lines) in [
-            (1024, 12), // 4 KiB apart: every row in one set
-            (2048, 12),
-            (1025, 12), // 4 KiB + 4 bytes: still the same set
-            (512, 6),   // 2 KiB: two sets
-            (1536, 6),  // 6 KiB: two sets
-            (1152, 2),  // 4.5 KiB: eight sets
-            (384, 2),
-            (100, 1),
-            (8, 1), // two rows per line, six lines in six sets
-            (1, 1), // a transposed A: the tile's rows share one line
+        // Where the B panel stays in L1, one column of the tile counts.
+        let column = Blocking { b_sweep: 1, ..zen4 };
+        // (strides in floats, most lines of the tile's 12 rows in one set)
+        for ((rs, cs), lines) in [
+            ((1024, 1), 12), // 4 KiB apart: every row in one set
+            ((2048, 1), 12),
+            ((1025, 1), 12), // 4 KiB + 4 bytes: still the same set
+            ((512, 1), 6),   // 2 KiB: two sets
+            ((1536, 1), 6),  // 6 KiB: two sets
+            ((1152, 1), 2),  // 4.5 KiB: eight sets
+            ((384, 1), 2),
+            ((100, 1), 1),
+            ((8, 1), 1),   // two rows per line, six lines in six sets
+            ((1, 384), 1), // a transposed A: the tile's rows share one line
         ] {
-            assert_eq!(zen4.a_lines_in_one_set(rs), lines, "rs {rs}");
+            assert_eq!(column.a_lines_in_one_set(rs, cs, 384, 99), lines, "rs {rs}");
         }
+        // Where the A panel stays in L1, all of it counts: 24 lines per row
+        // of a row-major A at kc 384, a line or two per step of k of a
+        // transposed one.
+        assert!(zen4.b_sweep > 1);
+        for ((rs, cs), lines) in [
+            ((1024, 1), 12), // every row on the same 24 sets
+            ((1536, 1), 6),  // rows on two groups of 24 sets
+            ((1, 384), 48),  // steps 1.5 KiB apart: 8 sets
+            ((1, 1024), 384),
+            ((1, 16), 6), // steps on consecutive lines: every set
+        ] {
+            assert_eq!(
+                zen4.a_lines_in_one_set(rs, cs, 384, 999),
+                lines,
+                "rs {rs} cs {cs}"
+            );
+        }
+        // Counting stops past the limit.
+        assert_eq!(zen4.a_lines_in_one_set(1, 1024, 384, 9), 10);
         let wide = 16 * zen4.nr;
-        assert!(!zen4.reads_a_in_place(1024, wide));
-        assert!(zen4.reads_a_in_place(1536, wide));
-        // Too few panels of B to repay packing.
-        assert!(zen4.reads_a_in_place(1024, wide - 1));
+        for b in [column, zen4] {
+            assert!(!b.reads_a_in_place(1024, 1, 384, wide));
+            assert!(b.reads_a_in_place(1536, 1, 384, wide));
+            assert!(b.reads_a_in_place(384, 1, 384, wide));
+            // Too few panels of B to repay packing.
+            assert!(b.reads_a_in_place(1024, 1, 384, wide - 1));
+        }
+        // A transposed A is read in place while only a column of it is
+        // held, packed where the whole panel is.
+        assert!(column.reads_a_in_place(1, 384, 384, wide));
+        assert!(!zen4.reads_a_in_place(1, 384, 384, wide));
         // The Xeon's 12 ways take up to 9 lines: still not all 12.
         let xeon = Blocking::for_caches(12, 32, 384, caches(48 * KIB, 2 * MIB, 105 * MIB));
-        assert!(!xeon.reads_a_in_place(2048, wide));
-        assert!(xeon.reads_a_in_place(512, wide));
+        assert!(!xeon.reads_a_in_place(2048, 1, 384, wide));
+        assert!(xeon.reads_a_in_place(512, 1, 384, wide));
         // The override decides either way.
         let k = crate::tests::scalar();
         let never = k.with_gemm_a_packing(0, 0).gemm_blocking();
-        assert!(!never.reads_a_in_place(1, 1));
+        assert!(!never.reads_a_in_place(1, 1, 1, 1));
         let always = k.with_gemm_a_packing(usize::MAX, 0).gemm_blocking();
-        assert!(always.reads_a_in_place(1 << 20, 1 << 20));
+        assert!(always.reads_a_in_place(1 << 20, 1, 1 << 20, 1 << 20));
+        assert!(always.reads_a_in_place(1, 1 << 20, 1 << 20, 1 << 20));
     }
 
     #[test]

@@ -478,8 +478,10 @@ fn executors_that_break_their_contract_still_run_each_piece_once() {
 }
 
 /// Every transpose of each of `shapes` on `kernels` under the blocking
-/// `(mc, kc, nc)`, with A always packed and never, against the naive
-/// product on each executor of `runs` (with the seed of its operands).
+/// `(mc, kc, nc)`, with A always packed and never, in either order of the
+/// tiles (each B panel held over the A panels, each A panel over two B
+/// panels), against the naive product on each executor of `runs` (with
+/// the seed of its operands).
 fn under_blocking(
     name: &str,
     kernels: Kernels,
@@ -487,11 +489,12 @@ fn under_blocking(
     shapes: &[(usize, usize, usize)],
     runs: &[(&dyn Executor, u64)],
 ) {
-    for a_lines in [0, usize::MAX] {
+    for (a_lines, b_sweep) in [(0, 1), (usize::MAX, 1), (0, 2), (usize::MAX, 2)] {
         let blocked = kernels
             .with_gemm_blocking(mc, kc, nc)
             .unwrap()
-            .with_gemm_a_packing(a_lines, 0);
+            .with_gemm_a_packing(a_lines, 0)
+            .with_gemm_b_sweep(b_sweep);
         assert_eq!(blocked.gemm_blocking().mc, mc);
         for &(m, n, k) in shapes {
             for trans in 0..4 {
@@ -505,7 +508,8 @@ fn under_blocking(
                     alpha: -0.5,
                     beta: 0.25,
                 };
-                let what = std::format!("{name} MC {mc} KC {kc} NC {nc} A {a_lines}");
+                let what =
+                    std::format!("{name} MC {mc} KC {kc} NC {nc} A {a_lines} sweep {b_sweep}");
                 for &(exec, seed) in runs {
                     run_case(&what, blocked, exec, &case, seed);
                 }

@@ -510,8 +510,10 @@ fn check_f32_products(kern: Kernels) {
     let tight = kern.with_gemm_blocking(mr, 4, nr).unwrap();
     let mut rng = Rng::new(5);
     for handle in [kern, tight] {
-        for a_lines in [0, usize::MAX] {
-            let handle = handle.with_gemm_a_packing(a_lines, 0);
+        for (a_lines, b_sweep) in [(0, 1), (usize::MAX, 1), (0, 2), (usize::MAX, 2)] {
+            let handle = handle
+                .with_gemm_a_packing(a_lines, 0)
+                .with_gemm_b_sweep(b_sweep);
             for &(m, n, k) in &shapes {
                 for trans in 0..4 {
                     let (trans_a, trans_b) = (trans & 1 == 1, trans & 2 == 2);
