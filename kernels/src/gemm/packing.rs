@@ -71,34 +71,43 @@ fn pack_panels<K: GemmKernel>(
     dst: &mut [f32],
 ) {
     let kc = depth.len();
-    for (q, panel) in dst.chunks_exact_mut(width * kc).enumerate() {
-        let x0 = across.start + q * width;
-        let lines = width.min(across.end - x0);
-        if src.across == 1 {
-            // The lines are adjacent in memory: one short copy per step.
-            for (p, dst) in depth.clone().zip(panel.chunks_exact_mut(width)) {
-                let run = &src.data[x0 + p * src.along..][..lines];
+    if src.across == 1 {
+        // The lines are adjacent in memory: one short copy per panel and
+        // step, a step at a time across all the panels, so that the
+        // source is read in order (panel by panel, each step would be a
+        // stride apart, often on another page, where the hardware
+        // prefetchers do not follow).
+        for (p, step) in depth.enumerate() {
+            for (q, panel) in dst.chunks_exact_mut(width * kc).enumerate() {
+                let x0 = across.start + q * width;
+                let lines = width.min(across.end - x0);
+                let run = &src.data[x0 + step * src.along..][..lines];
+                let dst = &mut panel[p * width..][..width];
                 if lines == width {
-                    dst.copy_from_slice(&run[..width]);
+                    dst.copy_from_slice(run);
                 } else {
                     dst[..lines].copy_from_slice(run);
                     dst[lines..].fill(0.0);
                 }
             }
+        }
+        return;
+    }
+    for (q, panel) in dst.chunks_exact_mut(width * kc).enumerate() {
+        let x0 = across.start + q * width;
+        let lines = width.min(across.end - x0);
+        // Each line is contiguous along k: read the lines side by side,
+        // writing the panel in order.
+        let mut line: [&[f32]; MAX_WIDTH] = [&[]; MAX_WIDTH];
+        for (x, line) in line.iter_mut().enumerate().take(lines) {
+            *line = &src.data[(x0 + x) * src.across + depth.start * src.along..][..kc];
+        }
+        if lines == width {
+            kernel.interleave(&line[..width], panel);
         } else {
-            // Each line is contiguous along k: read the lines side by side,
-            // writing the panel in order.
-            let mut line: [&[f32]; MAX_WIDTH] = [&[]; MAX_WIDTH];
-            for (x, line) in line.iter_mut().enumerate().take(lines) {
-                *line = &src.data[(x0 + x) * src.across + depth.start * src.along..][..kc];
-            }
-            if lines == width {
-                kernel.interleave(&line[..width], panel);
-            } else {
-                // Padding lines: zero the panel once rather than per step.
-                panel.fill(0.0);
-                interleave_scalar(&line[..lines], width, 0, panel);
-            }
+            // Padding lines: zero the panel once rather than per step.
+            panel.fill(0.0);
+            interleave_scalar(&line[..lines], width, 0, panel);
         }
     }
 }
