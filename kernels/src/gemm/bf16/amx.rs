@@ -148,25 +148,20 @@ pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
     let (live, used) = (MR.min(rows - p * MR), cols.div_ceil(2));
-    for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
-        let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
-        for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {
-            let count = if r < live { pairs.len() } else { 0 };
-            let (slots, pad) = line.split_at_mut(count);
-            if count > 0 && cs == 1 {
-                let row = &src.data[(p * MR + r) * rs..][..cols];
-                let values = 2 * pairs.start..cols.min(2 * pairs.end);
-                round_row_pairs(kernel, &row[values], slots);
+    if cs != 1 {
+        // Columns are contiguous (`rs == 1`): each pair's share of two
+        // columns is rounded and paired in vectors down the rows, then a
+        // step's pairs are transposed into the rows' lines. Rows past the
+        // matrix stay zero; so do pairs past the columns, cleared before
+        // the last, partial step.
+        let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
+        let mut across = [[0.0; MR]; K_STEP];
+        for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
+            let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
+            if pairs.len() < K_STEP {
+                across = [[0.0; MR]; K_STEP];
             }
-            pad.fill(0.0);
-        }
-        if cs != 1 && !pairs.is_empty() {
-            // Columns are contiguous (`rs == 1`): the panel's share of two
-            // columns is rounded and paired in vectors, then stored down
-            // the rows.
-            let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
-            let mut across = [0.0; MR];
-            for q in pairs.clone() {
+            for (q, across) in pairs.zip(&mut across) {
                 let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1));
                 T::pair_slices(
                     strip(2 * q),
@@ -175,10 +170,23 @@ pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
                     #[inline(always)]
                     |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
                 );
-                for (line, &slot) in step.chunks_exact_mut(K_STEP).zip(&across[..live]) {
-                    line[q % K_STEP] = slot;
-                }
             }
+            let lines: [&[f32]; K_STEP] = core::array::from_fn(|q| &across[q][..]);
+            kernel.interleave(&lines, step);
+        }
+        return;
+    }
+    for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
+        let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
+        for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {
+            let count = if r < live { pairs.len() } else { 0 };
+            let (slots, pad) = line.split_at_mut(count);
+            if count > 0 {
+                let row = &src.data[(p * MR + r) * rs..][..cols];
+                let values = 2 * pairs.start..cols.min(2 * pairs.end);
+                round_row_pairs(kernel, &row[values], slots);
+            }
+            pad.fill(0.0);
         }
     }
 }
