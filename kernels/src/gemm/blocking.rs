@@ -7,10 +7,13 @@
 //!
 //! The loop nest (`blocked.rs`, BLIS): a `kc × nr` panel of B is streamed
 //! by every register tile of an `mc × kc` block of A, which stays in L2;
-//! the `kc × nc` block of B is revisited by every row block, from L3. A is
-//! read in place unless the L1 rules below pack it (the tile's B panel
-//! stays in L1, or A's rows would crowd an L1 set, in a product wide
-//! enough to repay the copy) or it is huge.
+//! the `kc × nc` block of B is revisited by every row block, from L3.
+//! Where the B panel is too large for L1, the tiles run the other way
+//! round within a row block: each `mr × kc` panel of A stays in L1 while
+//! it sweeps `b_sweep` panels of B, which stay in L2. A is read in place
+//! unless the L1 rules below pack it (the tile's B panel stays in L1, or
+//! A's lines would crowd an L1 set, in a product wide enough to repay the
+//! copy) or it is huge.
 
 use crate::cpu::Caches;
 use crate::{KernelError, Kernels};
