@@ -112,6 +112,7 @@ pub struct GemmBlocking {
     pub nc: usize,
     pub a_lines_per_set: usize,
     pub pack_a_min_n: usize,
+    pub b_sweep: usize,
 }
 
 impl RunShape {
@@ -141,6 +142,7 @@ impl RunShape {
                 nc: b.nc,
                 a_lines_per_set: b.a_lines_per_set,
                 pack_a_min_n: b.pack_a_min_n,
+                b_sweep: b.b_sweep,
             },
         }
     }
