@@ -10,10 +10,10 @@
 //! `MKL_RT=/path/to/libmkl_rt.so.3` adds Intel MKL (`python3 -m venv V &&
 //! V/bin/pip install mkl` puts it at `V/lib/libmkl_rt.so.3`);
 //! `KERNELS_BACKENDS=avx2` restricts our backends;
-//! `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP]]` times that
+//! `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP[,STREAM]]]` times that
 //! blocking (when A is packed: `0,0` always, `99,0` never; B panels per A
-//! panel: `1` holds the B panel in L1) beside the one derived from the
-//! caches.
+//! panel: `1` holds the B panel in L1; the smallest C in bytes stored past
+//! the caches) beside the one derived from the caches.
 
 use std::hint::black_box;
 use std::time::Duration;

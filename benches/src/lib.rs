@@ -32,11 +32,14 @@ pub fn backends() -> Vec<Kernels> {
 }
 
 /// A blocking to time beside the one derived from the caches:
-/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP]]`, for example the
-/// former hand-tuned `192,384,4096`, `168,384,4096,0,0` to pack A always
-/// ([`kernels::Kernels::with_gemm_a_packing`]), or
+/// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP[,STREAM]]]`, for
+/// example the former hand-tuned `192,384,4096`, `168,384,4096,0,0` to
+/// pack A always ([`kernels::Kernels::with_gemm_a_packing`]),
 /// `336,384,4096,9,512,1` to hold each B panel in L1 over the A panels
-/// ([`kernels::Kernels::with_gemm_b_sweep`]).
+/// ([`kernels::Kernels::with_gemm_b_sweep`]), or
+/// `336,384,4096,9,512,10,0` to store every C written once past the
+/// caches ([`kernels::Kernels::with_gemm_stream_c`]; a huge STREAM never
+/// does).
 #[derive(Debug, Clone, Copy)]
 pub struct BlockingOverride {
     pub mc: usize,
@@ -47,6 +50,8 @@ pub struct BlockingOverride {
     pub a_packing: Option<(usize, usize)>,
     /// B panels each A panel sweeps.
     pub b_sweep: Option<usize>,
+    /// The smallest C, in bytes, stored past the caches.
+    pub stream_c_min_bytes: Option<usize>,
 }
 
 impl BlockingOverride {
@@ -57,8 +62,12 @@ impl BlockingOverride {
             Some((lines, min_n)) => k.with_gemm_a_packing(lines, min_n),
             None => k,
         };
-        Ok(match self.b_sweep {
+        let k = match self.b_sweep {
             Some(panels) => k.with_gemm_b_sweep(panels),
+            None => k,
+        };
+        Ok(match self.stream_c_min_bytes {
+            Some(bytes) => k.with_gemm_stream_c(bytes),
             None => k,
         })
     }
@@ -76,6 +85,10 @@ impl std::fmt::Display for BlockingOverride {
         match self.b_sweep {
             Some(panels) => write!(f, ", {panels} B panels per A panel"),
             None => Ok(()),
+        }?;
+        match self.stream_c_min_bytes {
+            Some(bytes) => write!(f, ", C streamed from {bytes} bytes"),
+            None => Ok(()),
         }
     }
 }
@@ -87,13 +100,11 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let (mc, kc, nc, a_packing, b_sweep) = match values[..] {
-        [mc, kc, nc] => (mc, kc, nc, None, None),
-        [mc, kc, nc, lines, min_n] => (mc, kc, nc, Some((lines, min_n)), None),
-        [mc, kc, nc, lines, min_n, sweep] => (mc, kc, nc, Some((lines, min_n)), Some(sweep)),
+    let (mc, kc, nc) = match values[..] {
+        [mc, kc, nc, ..] if values.len() != 4 && values.len() <= 7 => (mc, kc, nc),
         _ => {
             eprintln!(
-                "warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,LINES,MIN_N[,SWEEP]]; ignored"
+                "warning: KERNELS_GEMM_BLOCKING={text} is not MC,KC,NC[,LINES,MIN_N[,SWEEP[,STREAM]]]; ignored"
             );
             return None;
         }
@@ -102,8 +113,9 @@ pub fn blocking_override() -> Option<BlockingOverride> {
         mc,
         kc,
         nc,
-        a_packing,
-        b_sweep,
+        a_packing: values.get(3).zip(values.get(4)).map(|(&l, &n)| (l, n)),
+        b_sweep: values.get(5).copied(),
+        stream_c_min_bytes: values.get(6).copied(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! SGEMM on arbitrary shapes (bounded), transposes, strides, alpha, beta,
-//! values, cache blockings and A packed or not: never a panic; the result
-//! within the rounding bound of an f64 triple loop; the same bits when the
-//! pieces run in another order.
+//! values, cache blockings, A packed or not and C streamed or not: never a
+//! panic; the result within the rounding bound of an f64 triple loop; the
+//! same bits when the pieces run in another order.
 
 #![no_main]
 
@@ -13,7 +13,8 @@ use libfuzzer_sys::fuzz_target;
 fn run(u: &mut Unstructured) -> Result<()> {
     let (derived, _) = backends();
     // Half the inputs run a blocking of their own (whole tiles, any depth,
-    // either order of the tiles).
+    // either order of the tiles, every C written once streamed past the
+    // caches or none).
     let b = derived.gemm_blocking();
     let best = if u.arbitrary()? {
         let mc = b.mr * (1 + len(u, 8)?);
@@ -25,6 +26,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             .unwrap()
             .with_gemm_a_packing(a_lines, 0)
             .with_gemm_b_sweep(1 + len(u, 3)?)
+            .with_gemm_stream_c(if u.arbitrary()? { 0 } else { usize::MAX })
     } else {
         derived
     };

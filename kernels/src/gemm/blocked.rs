@@ -10,6 +10,7 @@ use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::{Blocking, Problem};
 use crate::parallel::{run_pieces, threads_of, SharedMut};
+use crate::simd::stream_fence;
 use crate::Executor;
 
 /// Floats of padding per packed region, to start it on a 64-byte line.
@@ -85,6 +86,8 @@ struct Plan {
     /// The blocking's [`Blocking::b_sweep`] (at least 1): the order of a
     /// piece's tiles.
     b_sweep: usize,
+    /// Whether C is stored past the caches ([`Blocking::streams_c`]).
+    stream_c: bool,
 }
 
 impl Plan {
@@ -112,6 +115,7 @@ impl Plan {
             a_to_pack,
             direct_b: p.b.cs == 1 && n.saturating_mul(kc) <= DIRECT_B_FLOATS,
             b_sweep: bl.b_sweep.max(1),
+            stream_c: bl.streams_c(p.c.ptr.ptr(), (m, n, p.c.rs), p.beta, p.k.div_ceil(kc)),
         }
     }
 
@@ -291,6 +295,9 @@ pub(crate) fn run<K: GemmKernel, E: Executor + ?Sized>(
                                 (depth.clone(), beta),
                             )
                         }
+                        if plan.stream_c {
+                            stream_fence();
+                        }
                     },
                 )
             });
@@ -384,6 +391,7 @@ unsafe fn compute_piece<K: GemmKernel>(
             ldc: p.c.rs,
             rows: K::MR.min(m - i),
             cols: K::NR.min(n - j),
+            stream: plan.stream_c,
         };
         // SAFETY: the tile lies in this piece's block of C, which no
         // other piece touches.

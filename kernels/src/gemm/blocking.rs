@@ -13,7 +13,8 @@
 //! it sweeps `b_sweep` panels of B, which stay in L2. A is read in place
 //! unless the L1 rules below pack it (the tile's B panel stays in L1, or
 //! A's lines would crowd an L1 set, in a product wide enough to repay the
-//! copy) or it is huge.
+//! copy) or it is huge. A C written once and larger than L2 is stored past
+//! the caches, by this GEMM and by the bf16 one alike.
 
 use crate::cpu::Caches;
 use crate::{KernelError, Kernels};
@@ -52,12 +53,17 @@ pub struct Blocking {
     /// L2 for the next A panel. 1 is BLIS's order: the B panel stays in L1
     /// while the row block's A panels stream past it.
     pub b_sweep: usize,
+    /// The smallest C, in bytes, that a product writing it once (beta 0,
+    /// one pass over k) stores past the caches (streaming stores): a C
+    /// this large cannot stay in cache for its reader, and a streamed line
+    /// is not read from memory before it is written. `usize::MAX`: never.
+    pub stream_c_min_bytes: usize,
 }
 
 impl core::fmt::Display for Blocking {
     /// `12x32 tile, MC 168, KC 384, NC 4096, A packed past 6 lines per L1
-    /// set from n 512, A panel held in L1 over 5 B panels` (or `A packed
-    /// from n 256, B panel held in L1`).
+    /// set from n 512, A panel held in L1 over 5 B panels, C streamed from
+    /// 1024 KiB` (or `A packed from n 256, B panel held in L1, ...`).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -72,6 +78,10 @@ impl core::fmt::Display for Blocking {
         match self.b_sweep {
             0 | 1 => f.write_str("B panel held in L1"),
             panels => write!(f, "A panel held in L1 over {panels} B panels"),
+        }?;
+        match self.stream_c_min_bytes {
+            usize::MAX => Ok(()),
+            bytes => write!(f, ", C streamed from {} KiB", bytes / 1024),
         }
     }
 }
@@ -144,6 +154,23 @@ const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
 /// AVX-512 tiles are 32 rows (vectors along m) by a few columns, so its
 /// smaller micro-panel, the one kept in L1, is B's.
 const L2_SHARE_FOR_B_SWEEP: (usize, usize) = (1, 4);
+
+/// The smallest C that a product writing it once stores past the caches:
+/// the size of L2. A C that large leaves L2 before anything reads it, so
+/// its lines go to L3 or memory anyway; an ordinary store first reads
+/// each line it misses from there (a read for ownership: a single core
+/// here writes cold memory at 9.7 GB/s with ordinary stores, 24.8 with
+/// streaming ones), and AMX's tile stores wait on those reads. Measured on
+/// the Intel Xeon (2 MiB L2), the 15 products of a `shakes` step (B 8, T
+/// 256) timed one after another as the step runs them, so each C is
+/// cold: in bf16 on AMX 211 ms streamed against 291 ms (the QKV product,
+/// 9 MiB of C, 1.8× faster), in f32 the same within 1 %; whole training
+/// steps (`runner bench --preset shakes --seq-lens 256`, three alternated
+/// runs) bf16 1.06–1.10× faster on one thread and 1.09–1.11× on two, f32
+/// 1.01–1.02× and 1.01–1.04×. The price: one product repeated on the same
+/// C (a benchmark loop, where C stays in L3) runs 0.8–0.85× on AMX, which
+/// is the case of a C that fits L2 and the reason for the threshold.
+const L2_SHARE_FOR_STREAMED_C: (usize, usize) = (1, 1);
 
 /// The fewest panels of B (`n / nr`) that must reuse a packed A for the
 /// two rules above to pack it: 16. Packing copies every element of A once
@@ -227,7 +254,27 @@ impl Blocking {
             } else {
                 (floats(l2, L2_SHARE_FOR_B_SWEEP) / (kc * nr)).clamp(1, MAX_NC / nr)
             },
+            stream_c_min_bytes: 4 * floats(l2, L2_SHARE_FOR_STREAMED_C),
         }
+    }
+
+    /// Whether a product stores its `m × n` C (from `c`, rows `row_stride`
+    /// floats apart) past the caches: it writes C once (`beta` 0, `passes`
+    /// over k 1), C is at least [`Blocking::stream_c_min_bytes`], and
+    /// every row starts on a 64-byte line (a partly written line would be
+    /// merged in memory, which costs more than it saves).
+    pub(crate) fn streams_c(
+        &self,
+        c: *const f32,
+        (m, n, row_stride): (usize, usize, usize),
+        beta: f32,
+        passes: usize,
+    ) -> bool {
+        beta == 0.0
+            && passes == 1
+            && m.saturating_mul(n).saturating_mul(4) >= self.stream_c_min_bytes
+            && c.align_offset(64) == 0
+            && (m == 1 || row_stride.is_multiple_of(16))
     }
 
     /// The most lines of one L1 set that a register tile's A holds while
@@ -394,6 +441,24 @@ impl Kernels {
         };
         Kernels { blocking, ..self }
     }
+
+    /// This handle with its products storing a C of at least `min_bytes`
+    /// past the caches where they write it once
+    /// ([`Blocking::stream_c_min_bytes`]): 0 streams every such C,
+    /// `usize::MAX` none, to test or measure either on any machine. The
+    /// product is the same bits either way.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best().with_gemm_stream_c(usize::MAX);
+    /// assert_eq!(k.gemm_blocking().stream_c_min_bytes, usize::MAX);
+    /// ```
+    pub fn with_gemm_stream_c(self, min_bytes: usize) -> Kernels {
+        let blocking = Blocking {
+            stream_c_min_bytes: min_bytes,
+            ..self.blocking
+        };
+        Kernels { blocking, ..self }
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +513,8 @@ mod tests {
                     b.b_sweep == 1 || 4 * b.b_sweep * nr * kc <= l2 / 4,
                     "{c}: {b}"
                 );
+                // A C larger than L2 is streamed past the caches.
+                assert_eq!(b.stream_c_min_bytes, l2, "{c}: {b}");
             }
         }
         let zen4 = Blocking::for_caches(12, 32, 384, machines[1]);

@@ -150,13 +150,16 @@ impl<'a> BPanel<'a> {
     }
 }
 
-/// Where a microkernel writes: `rows × cols` floats at `ptr`, row stride `ldc`.
+/// Where a microkernel writes: `rows × cols` floats at `ptr`, row stride
+/// `ldc`; with `stream` (and beta 0), whole vectors on their boundaries are
+/// stored past the caches ([`Simd::stream`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Tile {
     pub(crate) ptr: *mut f32,
     pub(crate) ldc: usize,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
+    pub(crate) stream: bool,
 }
 
 /// Implements [`GemmKernel`] for a SIMD instruction set from its tile
@@ -192,15 +195,18 @@ macro_rules! simd_gemm_kernel {
                 // line: inlined beside the main tile, they made LLVM keep
                 // its accumulators in memory.
                 // The height comes from `covering_rows`, which also decides
-                // whether a last panel of A may be read in place.
+                // whether a last panel of A may be read in place. A whole
+                // tile streamed past the caches runs out of line too.
                 let one_vector = c.cols <= <$isa as Simd>::LANES;
+                let streamed = c.stream && beta == 0.0 && c.rows == $mr;
                 // SAFETY (all arms): forwarded contract; each register tile
                 // has at most MR rows and NR columns, and covers the block.
                 unsafe {
                     match (Self::covering_rows(c.rows), one_vector) {
                         ($mr1, false) => edge_tile::<$isa, $mr1, $nv>(self, kc, a, b, alpha, beta, c),
                         ($mr2, false) => edge_tile::<$isa, $mr2, $nv>(self, kc, a, b, alpha, beta, c),
-                        (_, false) => simd_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, beta, c),
+                        (_, false) if streamed => streamed_tile::<$isa, $mr, $nv>(self, kc, a, b, alpha, c),
+                        (_, false) => simd_tile::<$isa, $mr, $nv, false>(self, kc, a, b, alpha, beta, c),
                         ($mr1, true) => edge_tile::<$isa, $mr1, 1>(self, kc, a, b, alpha, beta, c),
                         ($mr2, true) => edge_tile::<$isa, $mr2, 1>(self, kc, a, b, alpha, beta, c),
                         (_, true) => edge_tile::<$isa, $mr, 1>(self, kc, a, b, alpha, beta, c),
@@ -358,16 +364,41 @@ unsafe fn edge_tile<S: Simd + GemmKernel, const MR: usize, const NV: usize>(
     c: Tile,
 ) {
     // SAFETY: forwarded contract.
-    s.enter(|s| unsafe { simd_tile::<S, MR, NV>(s, kc, a, b, alpha, beta, c) })
+    s.enter(
+        #[inline(always)]
+        |s| unsafe { simd_tile::<S, MR, NV, false>(s, kc, a, b, alpha, beta, c) },
+    )
+}
+
+/// [`simd_tile`] for a whole tile stored past the caches (beta 0), in a
+/// function of its own (entering the instruction set again).
+///
+/// # Safety
+/// As [`simd_tile`].
+#[inline(never)]
+unsafe fn streamed_tile<S: Simd + GemmKernel, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a: APanel,
+    b: BPanel,
+    alpha: f32,
+    c: Tile,
+) {
+    // SAFETY: forwarded contract.
+    s.enter(
+        #[inline(always)]
+        |s| unsafe { simd_tile::<S, MR, NV, true>(s, kc, a, b, alpha, 0.0, c) },
+    )
 }
 
 /// The SIMD microkernel: `MR × NV` vector accumulators, one rank-1 update
-/// per step of k.
+/// per step of k. With `STREAM` (a whole tile, beta 0), C is stored past
+/// the caches ([`Simd::stream`]) and not fetched ahead.
 ///
 /// # Safety
 /// As [`GemmKernel::tile`], with `c.rows <= MR` and `c.cols <= NV · LANES`.
 #[inline(always)]
-unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize, const STREAM: bool>(
     s: S,
     kc: usize,
     a: APanel,
@@ -377,8 +408,8 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
     c: Tile,
 ) {
     let nr = NV * S::LANES;
-    for i in 0..c.rows {
-        // Start fetching C now so that it is in cache when the loop ends.
+    // Start fetching C now so that it is in cache when the loop ends.
+    for i in (0..c.rows).filter(|_| !STREAM) {
         prefetch(c.ptr.wrapping_add(i * c.ldc));
         prefetch(c.ptr.wrapping_add(i * c.ldc + c.cols - 1));
     }
@@ -420,7 +451,21 @@ unsafe fn simd_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
 
-    if c.rows == MR && c.cols == nr {
+    // Streamed rows must start on lines, and the vectors of a row be
+    // whole lines or halves of them.
+    let on_lines = c.ptr.align_offset(64) == 0 && (c.ldc * 4).is_multiple_of(64);
+    if STREAM && c.rows == MR && c.cols == nr && on_lines && 16usize.is_multiple_of(S::LANES) {
+        for (i, acc_row) in acc.iter().enumerate() {
+            // SAFETY: as below.
+            let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), nr) };
+            for (dst, &acc) in row.chunks_exact_mut(S::LANES).zip(acc_row) {
+                // SAFETY: `dst` holds LANES floats; rows start on lines and
+                // LANES divides a line's 16 floats, so each vector starts
+                // on its boundary.
+                unsafe { s.stream(dst, s.mul(acc, s.splat(alpha))) };
+            }
+        }
+    } else if c.rows == MR && c.cols == nr {
         for (i, acc_row) in acc.iter().enumerate() {
             // SAFETY: row `i < rows` of the tile, `nr == cols` floats long,
             // lies in the block the caller handed over.

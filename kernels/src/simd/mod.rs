@@ -112,6 +112,19 @@ pub(crate) trait Simd: Copy {
         }
     }
 
+    /// Stores a whole vector past the caches (a streaming store): for
+    /// output too large to stay in cache for its reader, which is then not
+    /// read from memory before it is written. Other threads see streamed
+    /// stores in order only after [`stream_fence`].
+    ///
+    /// # Safety
+    /// `dst` holds at least `LANES` floats and starts on a 64-byte
+    /// boundary.
+    #[inline(always)]
+    unsafe fn stream(self, dst: &mut [f32], v: Self::V) {
+        self.store(dst, v)
+    }
+
     /// Stores a piece of at most `LANES` elements (from [`pieces`]).
     #[inline(always)]
     fn store_piece(self, dst: &mut [f32], v: Self::V) {
@@ -120,6 +133,17 @@ pub(crate) trait Simd: Copy {
         } else {
             self.store_partial(dst, v)
         }
+    }
+}
+
+/// Orders this thread's streaming stores ([`Simd::stream`]) before its
+/// later stores, such as the signal that its piece of work is done.
+#[inline(always)]
+pub(crate) fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` is part of x86-64 (SSE) and touches no memory.
+    unsafe {
+        core::arch::x86_64::_mm_sfence()
     }
 }
 

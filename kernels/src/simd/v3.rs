@@ -102,6 +102,13 @@ impl Simd for V3 {
         unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    unsafe fn stream(self, dst: &mut [f32], v: __m256) {
+        // SAFETY: see the impl comment; the caller vouches that `dst` holds
+        // 8 floats from a 64-byte boundary (32 is what the streaming store
+        // requires).
+        unsafe { _mm256_stream_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
     fn load_partial(self, src: &[f32], fill: f32) -> __m256 {
         let len = src.len().min(8);
         // SAFETY: see the impl comment; the mask enables only the first

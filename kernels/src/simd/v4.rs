@@ -105,6 +105,13 @@ impl Simd for V4 {
         unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
     }
     #[inline(always)]
+    unsafe fn stream(self, dst: &mut [f32], v: __m512) {
+        // SAFETY: see the impl comment; the caller vouches that `dst` holds
+        // 16 floats from a 64-byte boundary, the alignment the streaming
+        // store requires.
+        unsafe { _mm512_stream_ps(dst.as_mut_ptr(), v) }
+    }
+    #[inline(always)]
     fn load_partial(self, src: &[f32], fill: f32) -> __m512 {
         // SAFETY: see the impl comment; the mask enables only lanes inside
         // `src`, and masked-off lanes are never accessed (no fault, no read).

@@ -14,6 +14,7 @@ use crate::dispatch::dispatch;
 use crate::gemm::microkernel::{prefetch, ScalarKernel};
 use crate::gemm::{MatMut, MatRef};
 use crate::parallel::{run_pieces, SharedMut};
+use crate::simd::stream_fence;
 use crate::{Bf16, Executor, Kernels};
 
 /// Independent accumulator chains of the peak loop: as many as a register
@@ -126,8 +127,23 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         PanelsOfB::Pack { into, .. } => (&into[..layout.b_len()], b_panel),
         PanelsOfB::Packed { panels, stride } => (panels, stride),
     };
+    // A C written once and too large to stay in cache for its reader is
+    // stored past the caches.
+    // Tiles run down the whole of k; the pair path in passes.
+    let passes = if layout.tiles {
+        1
+    } else {
+        layout.k_pairs.div_ceil(KC_PAIRS)
+    };
+    let stream_c = kernels.blocking.streams_c(
+        c.data.as_ptr(),
+        (c.rows, c.cols, c.row_stride),
+        beta,
+        passes,
+    );
     let run = Pairs {
         layout,
+        stream_c,
         tiles: tiles.filter(|_| layout.tiles),
         alpha,
         beta,
@@ -146,7 +162,12 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         );
         unit.enter(
             #[inline(always)]
-            |u| run.block_dispatch(u, rows, panels),
+            |u| {
+                run.block_dispatch(u, rows, panels);
+                if run.stream_c {
+                    stream_fence();
+                }
+            },
         )
     });
 }
@@ -223,12 +244,20 @@ pub(super) trait PairDot: Copy + Send + Sync {
     /// `c = alpha · acc + beta · c` on the first `c.len() <= 16` lanes;
     /// `beta = 0` does not read `c`.
     fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]);
+    /// `c = alpha · acc`, stored past the caches where `c` is one whole
+    /// 64-byte line (16 floats on a line boundary), else as
+    /// [`PairDot::update`] with beta 0. Other threads see streamed stores
+    /// in order only after [`stream_fence`].
+    fn stream(self, acc: Self::Acc, alpha: f32, c: &mut [f32]);
 }
 
 /// A product to run: the layout, the tile unit if it runs on tiles, the
 /// scalars, packed A and B, and C.
 struct Pairs<'a> {
     layout: PairLayout,
+    /// Whether C is stored past the caches ([`PairDot::stream`]; beta is
+    /// then 0).
+    stream_c: bool,
     tiles: Option<TileIsa>,
     alpha: f32,
     beta: f32,
@@ -285,9 +314,12 @@ impl Pairs<'_> {
             // piece of this block writes them.
             let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
             let (c0, c1) = c.split_at_mut(cols.min(16));
-            unit.update(row_sums[0], self.alpha, beta, c0);
-            if !c1.is_empty() {
-                unit.update(row_sums[1], self.alpha, beta, c1);
+            for (sums, c) in [(row_sums[0], c0), (row_sums[1], c1)] {
+                match c.len() {
+                    0 => {}
+                    _ if self.stream_c => unit.stream(sums, self.alpha, c),
+                    _ => unit.update(sums, self.alpha, beta, c),
+                }
             }
         }
     }
@@ -312,8 +344,8 @@ impl Pairs<'_> {
     /// whole of k, the tiles configured once for the whole block. Where C
     /// takes the sums as they are (alpha 1, beta 0 or 1) and the block
     /// lies whole inside C, the tiles start from C (or zero) and store
-    /// into it; else the sums go through a buffer and the pair unit's
-    /// epilogue.
+    /// into it; else (and where C is streamed) the sums go through a
+    /// buffer and the pair unit's epilogue.
     #[inline(always)]
     fn tile_block<T: amx::TileProduct, P: PairDot>(
         &self,
@@ -324,7 +356,7 @@ impl Pairs<'_> {
     ) {
         let l = &self.layout;
         let steps = l.b_pairs / amx::K_STEP;
-        let in_c = self.alpha == 1.0 && (self.beta == 0.0 || self.beta == 1.0);
+        let in_c = self.alpha == 1.0 && (self.beta == 0.0 || self.beta == 1.0) && !self.stream_c;
         tiles.configured(
             #[inline(always)]
             |tiles| {
@@ -391,7 +423,9 @@ impl Pairs<'_> {
                 let b = &self.b[j * self.b_stride..][pairs.start * NR..pairs.end * NR];
                 for i in rows.clone() {
                     let a = &self.a[i * l.a_panel_len()..][pairs.start * MR..pairs.end * MR];
-                    self.prefetch_c(i, j);
+                    if !self.stream_c {
+                        self.prefetch_c(i, j);
+                    }
                     self.update(unit, i, j, beta, &tile::<P, MR>(unit, a, b));
                 }
             }
@@ -509,6 +543,16 @@ impl PairDot for V4Bf16 {
             _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, out);
         }
     }
+    #[inline(always)]
+    fn stream(self, acc: Self::Acc, alpha: f32, c: &mut [f32]) {
+        use core::arch::x86_64::*;
+        if c.len() != 16 || c.as_ptr().align_offset(64) != 0 {
+            return self.update(acc, alpha, 0.0, c);
+        }
+        // SAFETY: see the impl comment; `c` is 16 floats on a 64-byte
+        // boundary, the alignment the streaming store requires.
+        unsafe { _mm512_stream_ps(c.as_mut_ptr(), _mm512_mul_ps(_mm512_set1_ps(alpha), acc)) }
+    }
 }
 
 /// The pair dot product lane by lane in f32, so the packing and blocking
@@ -549,5 +593,8 @@ impl PairDot for EmulatedPairs {
                 beta.mul_add(*x, alpha * sum)
             };
         }
+    }
+    fn stream(self, acc: [f32; 16], alpha: f32, c: &mut [f32]) {
+        self.update(acc, alpha, 0.0, c)
     }
 }
