@@ -4,7 +4,7 @@
 
 use arbitrary::Unstructured;
 use kernels::{AdamW, Bf16};
-use kernels_fuzz::{all_moderate, assert_close, backends, len, values};
+use kernels_fuzz::{all_moderate, assert_close, backends, len, same_bits, values};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -125,6 +125,16 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
                         "gelu_backward {i}: {got} vs {want}"
                     );
                 }
+            }
+            // Overwriting gives the same bits as adding into zeros.
+            let mut fresh = vec![f32::NAN; a.len()];
+            let mut added = vec![0.0; a.len()];
+            assert_eq!(
+                k.gelu_backward_into(a, b, &mut fresh).is_ok(),
+                k.gelu_backward(a, b, &mut added).is_ok()
+            );
+            if a.len() == b.len() {
+                assert!(same_bits(&fresh, &added), "gelu_backward_into");
             }
         }
         10 => {

@@ -4,7 +4,7 @@
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
 use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE};
-use crate::simd::{map1, map1_blocks, update3_blocks, Simd};
+use crate::simd::{map1, map1_blocks, map2_blocks, update3_blocks, Simd};
 use crate::{KernelError, Kernels};
 
 impl Kernels {
@@ -68,14 +68,50 @@ impl Kernels {
                 dx[i] += gelu_derivative_scalar(x[i]) * dout[i];
             },
             simd: |s| update3_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout, mut dx| {
-                let (gate, du) = math::gelu_gate_each(s, x);
+                let grad = gelu_grad_each(s, x, dout);
                 for j in 0..EXP_BLOCK {
-                    // d/dx x·σ(2u) = σ + x·σ·(1 − σ)·2u'
-                    let one_minus = s.sub(s.splat(1.0), gate[j]);
-                    let slope = s.mul(s.mul(x[j], gate[j]), s.mul(one_minus, s.add(du[j], du[j])));
-                    dx[j] = s.add(dx[j], s.mul(s.add(gate[j], slope), dout[j]));
+                    dx[j] = s.add(dx[j], grad[j]);
                 }
                 dx
+            }),
+        );
+        Ok(())
+    }
+
+    /// Backward of [`Kernels::gelu_forward`] into a fresh buffer:
+    /// **overwrites** `dx` with `gelu'(x) · dout` (never reading it), where
+    /// [`Kernels::gelu_backward`] adds. The same bits as `gelu_backward`
+    /// into zeros, without the pass that zeroes.
+    ///
+    /// ```
+    /// let k = kernels::Kernels::best();
+    /// let (x, dout) = ([-1.5, 0.0, 0.7], [2.0; 3]);
+    /// let mut fresh = [f32::NAN; 3];
+    /// k.gelu_backward_into(&x, &dout, &mut fresh)?;
+    /// let mut added = [0.0; 3];
+    /// k.gelu_backward(&x, &dout, &mut added)?;
+    /// assert_eq!(fresh, added);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn gelu_backward_into(
+        &self,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+    ) -> Result<(), KernelError> {
+        expect_len("dout", dout.len(), x.len())?;
+        expect_len("dx", dx.len(), x.len())?;
+        // `0 + grad`, as `gelu_backward` into zeros sums: a -0 becomes +0.
+        dispatch!(self,
+            scalar: for i in 0..x.len() {
+                dx[i] = 0.0 + gelu_derivative_scalar(x[i]) * dout[i];
+            },
+            simd: |s| map2_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout| {
+                let mut grad = gelu_grad_each(s, x, dout);
+                for g in &mut grad {
+                    *g = s.add(s.splat(0.0), *g);
+                }
+                grad
             }),
         );
         Ok(())
@@ -109,6 +145,22 @@ pub(crate) fn gelu_scalar(x: f32) -> f32 {
 }
 
 /// d/dx of [`gelu_scalar`].
+/// `gelu'(x) · dout` for `N` vectors, as `x·σ(2u)` differentiates:
+/// `σ + x·σ·(1 − σ)·2u'`.
+#[inline(always)]
+fn gelu_grad_each<S: Simd, const N: usize>(s: S, x: [S::V; N], dout: [S::V; N]) -> [S::V; N] {
+    let (gate, du) = math::gelu_gate_each(s, x);
+    // (A loop, not `array::from_fn`: its closure would compile without the
+    // instruction set.)
+    let mut grad = dout;
+    for j in 0..N {
+        let one_minus = s.sub(s.splat(1.0), gate[j]);
+        let slope = s.mul(s.mul(x[j], gate[j]), s.mul(one_minus, s.add(du[j], du[j])));
+        grad[j] = s.mul(s.add(gate[j], slope), dout[j]);
+    }
+    grad
+}
+
 pub(crate) fn gelu_derivative_scalar(x: f32) -> f32 {
     let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
     let t = libm::tanhf(u);

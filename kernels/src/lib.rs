@@ -27,7 +27,8 @@
 //! - [`Kernels::softmax_rows`] / [`Kernels::softmax_backward_rows`],
 //!   [`Kernels::layer_norm_forward`] /
 //!   [`Kernels::layer_norm_backward`], [`Kernels::gelu_forward`] /
-//!   [`Kernels::gelu_backward`], [`Kernels::cross_entropy`],
+//!   [`Kernels::gelu_backward`] (or [`Kernels::gelu_backward_into`], which
+//!   overwrites), [`Kernels::cross_entropy`],
 //!   [`Kernels::adamw_step`], [`Kernels::transpose`], [`Kernels::exp`],
 //!   [`Kernels::tanh`]
 //! - matrix multiply: [`Kernels::gemm`] (and [`Kernels::gemm_with`] to split

@@ -295,6 +295,30 @@ pub(crate) fn map1_blocks<S: Simd, const N: usize>(
     }
 }
 
+/// `out[i] = f(a[i], b[i])`, `N` vectors per call.
+#[inline(always)]
+pub(crate) fn map2_blocks<S: Simd, const N: usize>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    fill: f32,
+    mut f: impl FnMut([S::V; N], [S::V; N]) -> [S::V; N],
+) {
+    let width = N * S::LANES;
+    let mut outs = out.chunks_exact_mut(width);
+    let mut a_in = a.chunks_exact(width);
+    let mut b_in = b.chunks_exact(width);
+    for ((o, a), b) in (&mut outs).zip(&mut a_in).zip(&mut b_in) {
+        store_block(s, o, f(load_block(s, a), load_block(s, b)));
+    }
+    let o = outs.into_remainder();
+    if !o.is_empty() {
+        let (a, b) = (a_in.remainder(), b_in.remainder());
+        store_tail(s, o, f(load_tail(s, a, fill), load_tail(s, b, fill)));
+    }
+}
+
 /// `x[i] = f(x[i])`, `N` vectors per call.
 #[inline(always)]
 pub(crate) fn update1_blocks<S: Simd, const N: usize>(

@@ -420,8 +420,29 @@ fn gelu_exp_tanh_with_special_values() {
             k.gelu_backward(gx.get(), &dout, got.get_mut()).unwrap();
             let what = ctx("gelu_backward", name, n);
             assert_close(&what, &got.checked(&what), &want, 2e-5, 2e-6);
+
+            // Overwriting: against the scalar reference from NaN, and the
+            // same bits as this backend's gelu_backward into zeros.
+            let mut want = std::vec![f32::NAN; n];
+            scalar().gelu_backward_into(&x, &dout, &mut want).unwrap();
+            let mut got = Guarded::new(n, n + 3);
+            k.gelu_backward_into(gx.get(), &dout, got.get_mut())
+                .unwrap();
+            let what = ctx("gelu_backward_into", name, n);
+            let got = got.checked(&what);
+            assert_close(&what, &got, &want, 2e-5, 2e-6);
+            let mut added = std::vec![0.0; n];
+            k.gelu_backward(&x, &dout, &mut added).unwrap();
+            assert_same(&what, &got, &added);
         }
     }
+    // The scalar reference too.
+    let (x, dout) = (rng.vec(67, -12.0, 12.0), rng.vec(67, -1.0, 1.0));
+    let mut fresh = std::vec![f32::NAN; 67];
+    scalar().gelu_backward_into(&x, &dout, &mut fresh).unwrap();
+    let mut added = std::vec![0.0; 67];
+    scalar().gelu_backward(&x, &dout, &mut added).unwrap();
+    assert_same("scalar gelu_backward_into", &fresh, &added);
 }
 
 /// The element-wise loops that evaluate several vectors per step give each

@@ -7,7 +7,7 @@ use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
     add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward, zero, LAYER_NORM_EPS,
+    matmul_forward, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -121,7 +121,6 @@ pub fn block_backward(
         4 * c,
         c,
     )?;
-    zero(ctx, s.dfch);
     gelu_backward(ctx, a.fch, s.dfch_gelu, s.dfch)?;
     matmul_backward(
         ctx,
