@@ -87,8 +87,8 @@ pub(super) trait TileProduct: Copy {
     /// `out[r][j] = start[r][j] + Σ_q a(r, q) · b[q·32 + j]` (each term a
     /// pair dot product, added to the start in order of q) for `r, j <
     /// 32` and `q < steps · 16`; `b` is a B panel of at least `steps · 16`
-    /// pairs. `start` and `out` are each a pointer to row 0 and the floats
-    /// from one row to the next.
+    /// pairs. `start` (zero where `None`) and `out` are each a pointer to
+    /// row 0 and the floats from one row to the next.
     ///
     /// # Safety
     /// `start` and `out` point to 32 rows of 32 floats (rows at least 32
@@ -99,7 +99,7 @@ pub(super) trait TileProduct: Copy {
         a: ATiles,
         b: &[f32],
         steps: usize,
-        start: (*const f32, usize),
+        start: Option<(*const f32, usize)>,
         out: (*mut f32, usize),
     );
 
@@ -117,22 +117,10 @@ pub(super) fn block_sums<T: TileProduct>(
     steps: usize,
     sums: &mut TileSums,
 ) {
-    // SAFETY: `ZERO_SUMS` and `sums` are 32 rows of 32 floats, rows NR
-    // apart; `sums` is borrowed mutably, so nothing else touches it.
-    unsafe {
-        T::block(
-            tiles,
-            a,
-            b,
-            steps,
-            (ZERO_SUMS.0.as_ptr(), NR),
-            (sums.0.as_mut_ptr(), NR),
-        )
-    }
+    // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, borrowed
+    // mutably, so nothing else touches it.
+    unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR)) }
 }
-
-/// The sums a block starts from where it does not add to C.
-pub(super) static ZERO_SUMS: TileSums = TileSums([0.0; MR * NR]);
 
 /// Packs panel `p` of the rows of `src` (as used) for tiles, tile-major
 /// ([`ATiles::packed`]): rows `p·MR..` (at most [`MR`]), pair `q` of row
@@ -275,9 +263,11 @@ impl TileProduct for AmxTiles {
         a: ATiles,
         b: &[f32],
         steps: usize,
-        (start, start_stride): (*const f32, usize),
+        start: Option<(*const f32, usize)>,
         (out, out_stride): (*mut f32, usize),
     ) {
+        // A null start zeroes the sums (`tilezero`) instead of loading them.
+        let (start, start_stride) = start.unwrap_or((core::ptr::null(), 0));
         // Every byte the tile loads read from A and B, checked here: A rows
         // 0–31 `a.row` slots apart, 16 slots each, `a.step` slots from one
         // step to the next; B `steps · 16` pairs of 32 slots.
@@ -293,9 +283,18 @@ impl TileProduct for AmxTiles {
         // slices checked above. The sums load from `start` and store to
         // `out` 16 rows of 64 bytes (each its own rows apart) at 0, 64
         // bytes, 16 rows and 16 rows + 64 bytes: the 32 × 32 floats the
-        // caller vouches for. With no steps the sums are the start.
+        // caller vouches for (a null start loads nothing). With no steps
+        // the sums are the start.
         unsafe {
             core::arch::asm!(
+                "test {start}, {start}",
+                "jnz 4f",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "jmp 5f",
+                "4:",
                 "tileloadd tmm0, [{start} + {start_row}*1]",
                 "tileloadd tmm1, [{start} + {start_row}*1 + 64]",
                 "mov {pf}, {start_row}",
@@ -303,6 +302,7 @@ impl TileProduct for AmxTiles {
                 "add {pf}, {start}",
                 "tileloadd tmm2, [{pf} + {start_row}*1]",
                 "tileloadd tmm3, [{pf} + {start_row}*1 + 64]",
+                "5:",
                 "test {steps}, {steps}",
                 "jz 3f",
                 "2:",
@@ -396,14 +396,15 @@ impl TileProduct for EmulatedTiles {
         a: ATiles,
         b: &[f32],
         steps: usize,
-        (start, start_stride): (*const f32, usize),
+        start: Option<(*const f32, usize)>,
         (out, out_stride): (*mut f32, usize),
     ) {
         let pairs = steps * K_STEP;
         for r in 0..MR {
             for j in 0..NR {
                 // SAFETY: `r, j < 32`: inside the rows the caller vouches for.
-                let mut acc = unsafe { *start.add(r * start_stride + j) };
+                let mut acc =
+                    start.map_or(0.0, |(start, stride)| unsafe { *start.add(r * stride + j) });
                 for q in 0..pairs {
                     let ((a_lo, a_hi), (b_lo, b_hi)) = (
                         super::packing::unpair(a.slots[a.at(r, q)]),

@@ -379,16 +379,12 @@ impl Pairs<'_> {
                                 .c
                                 .ptr()
                                 .wrapping_add(i * amx::MR * self.c_stride + j * NR);
-                            let start = if self.beta == 0.0 {
-                                (amx::ZERO_SUMS.0.as_ptr(), NR)
-                            } else {
-                                (c.cast_const(), self.c_stride)
-                            };
+                            let start =
+                                (self.beta != 0.0).then_some((c.cast_const(), self.c_stride));
                             // SAFETY: the block's 32 rows and 32 columns
                             // lie inside C (`whole`; rows `c_stride ≥ n`
                             // floats apart), and only this piece touches
-                            // them; the zero start is 32 rows of NR floats.
-                            // Both starts are read before the block stores.
+                            // them; C is read before the block stores.
                             unsafe { T::block(tiles, a, b, steps, start, (c, self.c_stride)) };
                         } else {
                             amx::block_sums(tiles, a, b, steps, &mut sums);
