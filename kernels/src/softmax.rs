@@ -78,14 +78,21 @@ impl Kernels {
         if cols == 0 {
             return Ok(());
         }
-        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+        // One dispatch for all the rows: a short row costs little more
+        // than entering the instruction set.
+        let rows = x.chunks_exact_mut(cols).enumerate().map(|(r, row)| {
             let (live, dead) = row.split_at_mut(valid.of_row(r, cols));
-            dispatch!(self,
-                scalar: softmax_scalar(live),
-                simd: |s| softmax(s, live),
-            );
             dead.fill(0.0);
-        }
+            live
+        });
+        dispatch!(self,
+            scalar: rows.for_each(softmax_scalar),
+            simd: |s| {
+                for live in rows {
+                    softmax(s, live);
+                }
+            },
+        );
         Ok(())
     }
 
@@ -117,19 +124,21 @@ impl Kernels {
         if cols == 0 {
             return Ok(());
         }
-        for (r, (y, g)) in probs
-            .chunks_exact(cols)
-            .zip(grad.chunks_exact_mut(cols))
-            .enumerate()
-        {
+        let rows = probs.chunks_exact(cols).zip(grad.chunks_exact_mut(cols));
+        let rows = rows.enumerate().map(|(r, (y, g))| {
             let len = valid.of_row(r, cols);
-            let (y, (g, dead)) = (&y[..len], g.split_at_mut(len));
-            dispatch!(self,
-                scalar: softmax_backward_scalar(y, g),
-                simd: |s| softmax_backward(s, y, g),
-            );
+            let (g, dead) = g.split_at_mut(len);
             dead.fill(0.0);
-        }
+            (&y[..len], g)
+        });
+        dispatch!(self,
+            scalar: rows.for_each(|(y, g)| softmax_backward_scalar(y, g)),
+            simd: |s| {
+                for (y, g) in rows {
+                    softmax_backward(s, y, g);
+                }
+            },
+        );
         Ok(())
     }
 }
