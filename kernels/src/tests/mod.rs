@@ -7,7 +7,7 @@ use std::vec::Vec;
 use std::{eprintln, format};
 
 use crate::dispatch::Isa;
-use crate::{Backend, Kernels};
+use crate::{Backend, Kernels, MatMut, MatRef};
 
 mod accuracy;
 mod against_scalar;
@@ -107,6 +107,44 @@ impl Guarded {
         assert!(guards_ok, "{what}: wrote outside its slice");
         self.get().to_vec()
     }
+}
+
+/// Runs `product` (an `m × k` by `k × n` product with alpha 0.5 and beta
+/// 0 into the view it is given) on `kernels` with every C written once
+/// streamed past the caches and with none, each into a NaN-filled C from
+/// a 64-byte line with rows `row_stride` apart, and asserts that both give
+/// the same bits and write every element.
+pub(super) fn assert_streaming_changes_nothing(
+    what: &str,
+    kernels: Kernels,
+    (m, n, k, row_stride): (usize, usize, usize, usize),
+    product: impl Fn(Kernels, MatRef, MatRef, MatMut),
+) {
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.0)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 5 % 17) as f32 - 8.0) / 4.0)
+        .collect();
+    let (a, b) = (
+        MatRef::new(&a, m, k).unwrap(),
+        MatRef::new(&b, k, n).unwrap(),
+    );
+    let run = |kernels: Kernels| {
+        let len = (m - 1) * row_stride + n;
+        let mut buf = std::vec![f32::NAN; len + 16];
+        let at = buf.as_ptr().align_offset(64);
+        let c = &mut buf[at..at + len];
+        product(kernels, a, b, MatMut::strided(c, m, n, row_stride).unwrap());
+        c.chunks(row_stride)
+            .map(|row| row[..n].to_vec())
+            .collect::<Vec<_>>()
+    };
+    let streamed = run(kernels.with_gemm_stream_c(0));
+    let cached = run(kernels.with_gemm_stream_c(usize::MAX));
+    let what = format!("{what} {m}x{n}x{k}");
+    assert!(streamed.iter().flatten().all(|x| !x.is_nan()), "{what}");
+    assert_same(&what, &streamed.concat(), &cached.concat());
 }
 
 /// Asserts bit-for-bit equality (NaN meets any NaN).
