@@ -128,8 +128,8 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         PanelsOfB::Packed { panels, stride } => (panels, stride),
     };
     // A C written once and too large to stay in cache for its reader is
-    // stored past the caches.
-    // Tiles run down the whole of k; the pair path in passes.
+    // stored past the caches (tiles run down the whole of k, the pair
+    // path in passes).
     let passes = if layout.tiles {
         1
     } else {
