@@ -144,7 +144,6 @@ pub(crate) fn gelu_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::tanhf(u))
 }
 
-/// d/dx of [`gelu_scalar`].
 /// `gelu'(x) · dout` for `N` vectors, as `x·σ(2u)` differentiates:
 /// `σ + x·σ·(1 − σ)·2u'`.
 #[inline(always)]
@@ -161,6 +160,7 @@ fn gelu_grad_each<S: Simd, const N: usize>(s: S, x: [S::V; N], dout: [S::V; N]) 
     grad
 }
 
+/// d/dx of [`gelu_scalar`].
 pub(crate) fn gelu_derivative_scalar(x: f32) -> f32 {
     let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
     let t = libm::tanhf(u);

@@ -198,7 +198,7 @@ macro_rules! simd_gemm_kernel {
                 // whether a last panel of A may be read in place. A whole
                 // tile streamed past the caches runs out of line too.
                 let one_vector = c.cols <= <$isa as Simd>::LANES;
-                let streamed = c.stream && beta == 0.0 && c.rows == $mr;
+                let streamed = c.stream && beta == 0.0 && c.rows == $mr && c.cols == Self::NR;
                 // SAFETY (all arms): forwarded contract; each register tile
                 // has at most MR rows and NR columns, and covers the block.
                 unsafe {

@@ -91,9 +91,9 @@ pub(super) trait TileProduct: Copy {
     /// row 0 and the floats from one row to the next.
     ///
     /// # Safety
-    /// `start` and `out` point to 32 rows of 32 floats (rows at least 32
-    /// floats apart), readable (`start`) and writable (`out`), which
-    /// nothing else accesses during the call; `start` may be `out`.
+    /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
+    /// at least 32 floats apart), readable (`start`) and writable (`out`),
+    /// which nothing else accesses during the call; `start` may be `out`.
     unsafe fn block(
         tiles: &Configured<Self>,
         a: ATiles,
