@@ -101,7 +101,7 @@ pub use bf16::Bf16;
 pub use cpu::{Caches, Cpu};
 pub use dispatch::Kernels;
 pub use error::KernelError;
-pub use gemm::{Bf16Input, Blocking, MatMut, MatRef, PackedBf16};
+pub use gemm::{Bf16Input, Bf16Output, Blocking, MatMut, MatRef, PackedBf16};
 pub use optimizer::AdamW;
 pub use parallel::{Executor, Sequential};
 pub use peak::PEAK_LOOP_MAX_ITERS;

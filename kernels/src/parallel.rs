@@ -120,24 +120,31 @@ impl Executor for Sequential {
 
 /// A raw pointer that pieces running on other threads may use to write
 /// their own disjoint part of a buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub(crate) *mut f32);
+pub(crate) struct SharedMut<T = f32>(pub(crate) *mut T);
 
-impl SharedMut {
+// (By hand: a derive would ask `T: Copy`, and the pointer is always Copy.)
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
     /// The pointer. (A method, not the field, so that closures capture the
     /// whole `Sync` wrapper rather than the bare pointer.)
     #[inline(always)]
-    pub(crate) fn ptr(self) -> *mut f32 {
+    pub(crate) fn ptr(self) -> *mut T {
         self.0
     }
 
-    /// The `len` floats from `start` on, as one piece's own slice.
+    /// The `len` elements from `start` on, as one piece's own slice.
     ///
     /// # Safety
     /// They lie inside the buffer, and nothing else accesses them while the
     /// slice lives.
     #[inline(always)]
-    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+    pub(crate) unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [T] {
         // SAFETY: per the contract.
         unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -146,7 +153,9 @@ impl SharedMut {
 // SAFETY: `SharedMut` is only a pointer. Every routine that shares one across
 // pieces guarantees that no two pieces access the same element while one of
 // them writes it (each use states its partition), and runs its pieces through
-// `run_pieces`, so that no piece runs twice, whatever the executor does.
-unsafe impl Send for SharedMut {}
+// `run_pieces`, so that no piece runs twice, whatever the executor does. The
+// elements it points to are plain numbers (f32, bf16), which may move between
+// threads.
+unsafe impl<T: Send> Send for SharedMut<T> {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for SharedMut {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}

@@ -259,22 +259,23 @@ impl Blocking {
     }
 
     /// Whether a product stores its `m × n` C (from `c`, rows `row_stride`
-    /// floats apart) past the caches: it writes C once (`beta` 0, `passes`
-    /// over k 1), C is at least [`Blocking::stream_c_min_bytes`], and
-    /// every row starts on a 64-byte line (a partly written line would be
-    /// merged in memory, which costs more than it saves).
-    pub(crate) fn streams_c(
+    /// elements apart) past the caches: it writes C once (`beta` 0,
+    /// `passes` over k 1), C is at least [`Blocking::stream_c_min_bytes`],
+    /// and every row starts on a 64-byte line (a partly written line would
+    /// be merged in memory, which costs more than it saves).
+    pub(crate) fn streams_c<T>(
         &self,
-        c: *const f32,
+        c: *const T,
         (m, n, row_stride): (usize, usize, usize),
         beta: f32,
         passes: usize,
     ) -> bool {
+        let size = core::mem::size_of::<T>();
         beta == 0.0
             && passes == 1
-            && m.saturating_mul(n).saturating_mul(4) >= self.stream_c_min_bytes
+            && m.saturating_mul(n).saturating_mul(size) >= self.stream_c_min_bytes
             && c.align_offset(64) == 0
-            && (m == 1 || row_stride.is_multiple_of(16))
+            && (m == 1 || row_stride.saturating_mul(size).is_multiple_of(64))
     }
 
     /// The most lines of one L1 set that a register tile's A holds while

@@ -534,7 +534,7 @@ unsafe fn rank_one_update<S: Simd, const MR: usize, const NV: usize>(
 /// Hints the cache to load the line holding `ptr` (never faults, so any
 /// address is fine).
 #[inline(always)]
-pub(super) fn prefetch(ptr: *const f32) {
+pub(super) fn prefetch<T>(ptr: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint with no architectural effect; it does
     // not fault on any address. SSE is part of baseline x86-64.

@@ -27,7 +27,7 @@ use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::SharedMut;
 use crate::{Caches, Executor, KernelError, Kernels, Sequential};
-pub use bf16::{Bf16Input, PackedBf16};
+pub use bf16::{Bf16Input, Bf16Output, PackedBf16};
 pub use blocking::Blocking;
 use microkernel::{GemmKernel, ScalarKernel};
 
@@ -149,18 +149,19 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// A mutable view of a row-major matrix, the C of [`Kernels::gemm`].
+/// A mutable view of a row-major matrix of f32 (or, for
+/// [`Kernels::gemm_bf16`], of [`crate::Bf16`]), the C of [`Kernels::gemm`].
 #[derive(Debug)]
-pub struct MatMut<'a> {
-    data: &'a mut [f32],
+pub struct MatMut<'a, T = f32> {
+    data: &'a mut [T],
     rows: usize,
     cols: usize,
     row_stride: usize,
 }
 
-impl<'a> MatMut<'a> {
+impl<'a, T> MatMut<'a, T> {
     /// A contiguous `rows × cols` matrix: `data.len()` must be `rows · cols`.
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Result<MatMut<'a>, KernelError> {
+    pub fn new(data: &'a mut [T], rows: usize, cols: usize) -> Result<MatMut<'a, T>, KernelError> {
         check_contiguous(data.len(), rows, cols)?;
         Ok(MatMut {
             data,
@@ -173,11 +174,11 @@ impl<'a> MatMut<'a> {
     /// A `rows × cols` matrix whose row `r` starts at `data[r * row_stride]`;
     /// as [`MatRef::strided`]. Elements between rows are never touched.
     pub fn strided(
-        data: &'a mut [f32],
+        data: &'a mut [T],
         rows: usize,
         cols: usize,
         row_stride: usize,
-    ) -> Result<MatMut<'a>, KernelError> {
+    ) -> Result<MatMut<'a, T>, KernelError> {
         check_strided(data.len(), rows, cols, row_stride)?;
         Ok(MatMut {
             data,
@@ -401,19 +402,19 @@ impl Kernels {
 }
 
 /// `(m, n, k)` of `C = op(A) · op(B)`, or the error if the shapes disagree.
-pub(crate) fn check_product<A, B>(
+pub(crate) fn check_product<A, B, C>(
     a: &MatRef<A>,
     b: &MatRef<B>,
-    c: &MatMut,
+    c: &MatMut<C>,
 ) -> Result<(usize, usize, usize), KernelError> {
     check_product_of(a, (b.rows(), b.cols()), c)
 }
 
 /// [`check_product`] for a B given by its shape (`k × n`, as used).
-pub(crate) fn check_product_of<A>(
+pub(crate) fn check_product_of<A, C>(
     a: &MatRef<A>,
     (b_rows, n): (usize, usize),
-    c: &MatMut,
+    c: &MatMut<C>,
 ) -> Result<(usize, usize, usize), KernelError> {
     let (m, k) = (a.rows(), a.cols());
     if b_rows != k {

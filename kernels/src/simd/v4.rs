@@ -26,6 +26,17 @@ impl V4 {
     pub(crate) unsafe fn vectorize<R>(f: impl FnOnce(V4) -> R) -> R {
         f(V4(()))
     }
+
+    /// The proof, for a unit that runs inside its own AVX-512 region
+    /// (the bf16 pair unit rounds its sums with [`V4::rounded_bits`]).
+    ///
+    /// # Safety
+    /// As [`V4::vectorize`]: [`crate::Backend::Avx512`] must have been
+    /// detected.
+    #[inline(always)]
+    pub(crate) unsafe fn detected() -> V4 {
+        V4(())
+    }
 }
 
 /// The first `len` lanes (`len <= 16`).
@@ -277,7 +288,7 @@ impl V4 {
     /// that each lane's high half is its bf16 (a NaN quieted, never rounded
     /// into an infinity).
     #[inline(always)]
-    fn rounded_bits(self, v: __m512) -> __m512i {
+    pub(crate) fn rounded_bits(self, v: __m512) -> __m512i {
         // SAFETY: holding a `V4` proves the CPU has AVX-512F (see `Simd for
         // V4`); register arithmetic only.
         unsafe {

@@ -468,3 +468,111 @@ fn views_of_a_packed_operand_match_the_same_part_unpacked() {
         bf16_packed_views(name, kern);
     }
 }
+
+/// A bf16 C holds the f32 C's values rounded once (as `Bf16::from_f32`
+/// does): every unit, C from a line with rows a whole number of lines
+/// apart or not, streamed or cached, whole tile blocks, edges, single
+/// rows, k deeper than one pass of the pair path, bf16 and f32 operands,
+/// B packed beforehand or not, and alpha 0. With beta 0 C starts as NaN
+/// (every element must be written); with beta not 0 it is read as f32,
+/// which the f32 product on the widened values does too. (alpha 1 with
+/// beta 1 is left out: tiles then start from an f32 C, a different order
+/// of additions.) The elements between rows are never touched.
+#[test]
+fn a_bf16_c_holds_the_f32_c_rounded() {
+    let nan16 = Bf16::from_f32(f32::NAN);
+    for (name, kernels) in bf16_kernels() {
+        for (m, n, k, stride) in [
+            (64, 64, 64, 64),
+            (70, 48, 40, 64),
+            (33, 80, 17, 96),
+            (40, 32, 600, 32),
+            (1, 64, 16, 64),
+            (35, 40, 24, 41),
+            (3, 5, 7, 5),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.3)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 17) as f32 - 8.0) / 4.1)
+                .collect();
+            let c_start: Vec<f32> = (0..m * n)
+                .map(|i| Bf16::from_f32(((i * 3 % 11) as f32 - 5.0) / 3.0).to_f32())
+                .collect();
+            let a16 = Stored::aligned(&a, (m, k, 0), 0, Bf16::default(), Bf16::from_f32);
+            let (a, b) = (
+                MatRef::new(&a, m, k).unwrap(),
+                MatRef::new(&b, k, n).unwrap(),
+            );
+            let mut slots = std::vec![0; crate::PackedBf16::len(k, n).unwrap()];
+            kernels.pack_bf16(b, &mut slots).unwrap();
+            let packed = crate::PackedBf16::new(&slots, k, n).unwrap();
+            let len = (m - 1) * stride + n;
+            for (alpha, beta) in [(1.0, 0.0), (0.5, 0.0), (0.5, 0.75), (0.0, 0.75)] {
+                for stream in [0, usize::MAX] {
+                    let kern = kernels.with_gemm_stream_c(stream);
+                    let what = format!("{name} {m}x{n}x{k} stride {stride} alpha {alpha} beta {beta} stream {stream}");
+                    let start = |r: usize, c: usize| {
+                        if beta == 0.0 {
+                            f32::NAN
+                        } else {
+                            c_start[r * n + c]
+                        }
+                    };
+                    // The f32 C, and the values it holds rounded.
+                    let mut c32 = std::vec![f32::NAN; len];
+                    for r in 0..m {
+                        for c in 0..n {
+                            c32[r * stride + c] = start(r, c);
+                        }
+                    }
+                    let mut ws = std::vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
+                    let c_view = MatMut::strided(&mut c32, m, n, stride).unwrap();
+                    kern.gemm_bf16_with(&Reversed(3), alpha, a, b, beta, c_view, &mut ws)
+                        .unwrap();
+                    let want: Vec<u16> = (0..m * n)
+                        .map(|i| Bf16::from_f32(c32[i / n * stride + i % n]).to_bits())
+                        .collect();
+                    // Each way of giving the product a bf16 C, on a C from a line.
+                    for way in ["f32 operands", "bf16 A", "packed B"] {
+                        let mut buf = std::vec![nan16; len + 32];
+                        let at = buf.as_ptr().align_offset(64);
+                        let c16 = &mut buf[at..at + len];
+                        for r in 0..m {
+                            for c in 0..n {
+                                c16[r * stride + c] = Bf16::from_f32(start(r, c));
+                            }
+                        }
+                        let c_view = MatMut::strided(&mut *c16, m, n, stride).unwrap();
+                        let exec = Reversed(3);
+                        match way {
+                            "f32 operands" => {
+                                ws.fill(f32::NAN);
+                                kern.gemm_bf16_with(&exec, alpha, a, b, beta, c_view, &mut ws)
+                            }
+                            "bf16 A" => {
+                                ws.fill(f32::NAN);
+                                kern.gemm_bf16_with(&exec, alpha, a16.view(false), b, beta, c_view, &mut ws)
+                            }
+                            _ => {
+                                let mut ws = std::vec![f32::NAN; kern.gemm_bf16_packed_workspace_len(m, n, k)];
+                                kern.gemm_bf16_packed_with(&exec, alpha, a, packed, beta, c_view, &mut ws)
+                            }
+                        }
+                        .unwrap();
+                        let got: Vec<u16> = (0..m * n)
+                            .map(|i| c16[i / n * stride + i % n].to_bits())
+                            .collect();
+                        assert_eq!(got, want, "{what}, {way}");
+                        let gaps = (0..len).filter(|i| i % stride >= n);
+                        assert!(
+                            gaps.clone().all(|i| c16[i].to_f32().is_nan()),
+                            "{what}, {way}: between rows"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -45,6 +45,7 @@ use pairs::EmulatedPairs;
 use pairs::V4Bf16;
 use pairs::{pair_chains, run_pairs, PanelsOfB, PEAK_CHAINS};
 use portable::{few_rows, round_into, unpack, FewRows, FEW_ROWS};
+use sealed::OutputMat;
 
 use super::microkernel::ScalarKernel;
 use super::{check_product, check_product_of, check_workspace, MatMut, MatRef, Output};
@@ -133,6 +134,44 @@ impl Bf16Input for Bf16 {
     }
 }
 
+/// An element type of a bf16 product's C: `f32`, which takes the sums as
+/// they are, or [`Bf16`], which takes each element rounded once (as
+/// [`Bf16::from_f32`] does) from the f32 value an f32 C would be given,
+/// half the bytes to write.
+///
+/// ```
+/// use kernels::{Bf16, Kernels, MatMut, MatRef};
+///
+/// let k = Kernels::best();
+/// let (a, b) = ([1.0, 2.0], [3.0, 1.0 / 1024.0]);
+/// // 3 + 2/1024 in f32; rounded once to bf16, 3.
+/// let mut c = [Bf16::from_f32(f32::NAN)];
+/// let mut workspace = vec![0.0; k.gemm_bf16_workspace_len(1, 1, 2)];
+/// let (a, b) = (MatRef::new(&a, 1, 2)?, MatRef::new(&b, 2, 1)?);
+/// k.gemm_bf16(1.0, a, b, 0.0, MatMut::new(&mut c, 1, 1)?, &mut workspace)?;
+/// assert_eq!(c[0].to_f32(), 3.0);
+/// # Ok::<(), kernels::KernelError>(())
+/// ```
+pub trait Bf16Output: Copy + Send + Sync + sealed::Sealed {
+    /// C as the product's loops take it.
+    #[doc(hidden)]
+    fn output(c: MatMut<'_, Self>) -> sealed::OutputMat<'_>;
+}
+
+impl Bf16Output for f32 {
+    #[inline]
+    fn output(c: MatMut<'_, f32>) -> sealed::OutputMat<'_> {
+        sealed::OutputMat::F32(c)
+    }
+}
+
+impl Bf16Output for Bf16 {
+    #[inline]
+    fn output(c: MatMut<'_, Bf16>) -> sealed::OutputMat<'_> {
+        sealed::OutputMat::Bf16(c)
+    }
+}
+
 /// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without `hi`)
 /// for lengths of `slots`, one value at a time.
 #[inline(always)]
@@ -148,10 +187,29 @@ pub(super) fn pair_each<T: Bf16Input>(lo: &[T], hi: Option<&[T]>, slots: &mut [f
 }
 
 mod sealed {
-    /// Only the crate's element types are bf16 inputs.
+    use crate::{Bf16, MatMut};
+
+    /// Only the crate's element types are bf16 inputs and outputs.
     pub trait Sealed {}
     impl Sealed for f32 {}
-    impl Sealed for crate::Bf16 {}
+    impl Sealed for Bf16 {}
+
+    /// C of either element type, as [`super::Bf16Output::output`] hands it
+    /// to the loops.
+    pub enum OutputMat<'a> {
+        F32(MatMut<'a, f32>),
+        Bf16(MatMut<'a, Bf16>),
+    }
+
+    impl OutputMat<'_> {
+        /// Rows and columns of C.
+        pub(crate) fn shape(&self) -> (usize, usize) {
+            match self {
+                OutputMat::F32(c) => (c.rows(), c.cols()),
+                OutputMat::Bf16(c) => (c.rows(), c.cols()),
+            }
+        }
+    }
 }
 
 impl Kernels {
@@ -160,19 +218,23 @@ impl Kernels {
     /// buffer holds). It depends on the whole shape and the unit, not only
     /// on the size (a few rows may need more than many): size a shared
     /// workspace by the largest this returns for the products it serves.
+    /// The same length serves a C of either element type.
     pub fn gemm_bf16_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
         match self.pair_unit() {
             Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len(),
-            // A rounded, B packed (padded to whole panels and steps).
+            // An f32 C for a bf16 one, A rounded, B packed (padded to
+            // whole panels and steps).
             None if m <= FEW_ROWS => PackedBf16::len(k, n)
-                .and_then(|b| m.checked_mul(k)?.checked_add(b))
+                .and_then(|b| m.checked_mul(k)?.checked_add(b)?.checked_add(m * n))
                 .unwrap_or(usize::MAX),
-            // A and B rounded, then the f32 product's workspace.
+            // An f32 C for a bf16 one, A and B rounded, then the f32
+            // product's workspace.
             None => m
-                .saturating_mul(k)
+                .saturating_mul(n)
+                .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
                 .saturating_add(self.gemm_workspace_len(m, n, k)),
         }
@@ -258,11 +320,20 @@ impl Kernels {
     /// must agree, the workspace must hold
     /// [`Kernels::gemm_bf16_workspace_len`] floats.
     ///
+    /// C is f32, or [`Bf16`] ([`Bf16Output`]): a bf16 C is read as f32 and
+    /// each element is rounded once, as [`Bf16::from_f32`] does, from the
+    /// value the same call gives an f32 C holding the widened values (bit
+    /// for bit, except that with alpha 1 and beta 1 AMX tiles start their
+    /// sums from an f32 C, a different order of additions). Products whose
+    /// result only other bf16 products read lose nothing by it, and write
+    /// half the bytes.
+    ///
     /// Error bound: each element differs from the exact product of the
     /// rounded operands by at most about (k + 2)·2⁻²⁴·(|alpha|·Σ|a·b| +
     /// |beta·c|), the bound of the f32 GEMM; except that AVX512-BF16 and
     /// AMX read a subnormal bf16 operand as zero (and flush subnormal
     /// partial sums), so a product with a subnormal operand may be missing.
+    /// A bf16 C adds its rounding, at most 2⁻⁹ of each element.
     ///
     /// ```
     /// use kernels::{Bf16, Kernels, MatMut, MatRef};
@@ -284,13 +355,13 @@ impl Kernels {
     /// assert_eq!(c, [4.0]);
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gemm_bf16<A: Bf16Input, B: Bf16Input>(
+    pub fn gemm_bf16<A: Bf16Input, B: Bf16Input, C: Bf16Output>(
         &self,
         alpha: f32,
         a: MatRef<A>,
         b: MatRef<B>,
         beta: f32,
-        c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
         self.gemm_bf16_with(&Sequential, alpha, a, b, beta, c, workspace)
@@ -300,22 +371,22 @@ impl Kernels {
     /// [`Kernels::gemm_with`] does; the result does not depend on the
     /// executor.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_bf16_with<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+    pub fn gemm_bf16_with<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input, C: Bf16Output>(
         &self,
         exec: &E,
         alpha: f32,
         a: MatRef<A>,
         b: MatRef<B>,
         beta: f32,
-        c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product(&a, &b, &c)?;
         check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
+        let c = C::output(c);
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
             // Nothing to multiply: C is empty, or C = beta · C.
-            let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
-            return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+            return self.scale_output(exec, beta, c);
         }
         if let Some(unit) = self.pair_unit() {
             let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
@@ -327,22 +398,85 @@ impl Kernels {
             self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), packed_a);
             return Ok(());
         }
-        if m <= FEW_ROWS {
-            // B packed into pairs, then the product of few rows below.
-            let (rounded_a, slots) = workspace.split_at_mut(m * k);
-            let slots = bytemuck::cast_slice_mut::<f32, u32>(
-                &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
-            );
-            self.pack_bf16(b, slots)?;
-            let b = PackedBf16::new(slots, k, n)?;
-            self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
-            return Ok(());
+        self.portable_output(beta, c, workspace, |c, beta, workspace| {
+            if m <= FEW_ROWS {
+                // B packed into pairs, then the product of few rows below.
+                let (rounded_a, slots) = workspace.split_at_mut(m * k);
+                let slots = bytemuck::cast_slice_mut::<f32, u32>(
+                    &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
+                );
+                self.pack_bf16(b, slots)?;
+                let b = PackedBf16::new(slots, k, n)?;
+                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+                return Ok(());
+            }
+            let (rounded_a, rest) = workspace.split_at_mut(m * k);
+            let (rounded_b, rest) = rest.split_at_mut(k * n);
+            let a = round_into(self, &a, rounded_a);
+            let b = round_into(self, &b, rounded_b);
+            self.gemm_with(exec, alpha, a, b, beta, c, rest)
+        })
+    }
+
+    /// `C = beta · C` (zeros without reading C where beta is 0), for a
+    /// product with nothing to multiply; a bf16 C is rounded again.
+    fn scale_output<E: Executor + ?Sized>(
+        &self,
+        exec: &E,
+        beta: f32,
+        c: OutputMat,
+    ) -> Result<(), KernelError> {
+        match c {
+            OutputMat::F32(c) => {
+                let (m, n) = (c.rows, c.cols);
+                let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
+                self.gemm_with(exec, 0.0, a, b, beta, c, &mut [])
+            }
+            OutputMat::Bf16(c) => {
+                if beta != 1.0 && c.cols > 0 {
+                    for r in 0..c.rows {
+                        for x in &mut c.data[r * c.row_stride..][..c.cols] {
+                            let scaled = if beta == 0.0 { 0.0 } else { beta * x.to_f32() };
+                            *x = Bf16::from_f32(scaled);
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
-        let (rounded_a, rest) = workspace.split_at_mut(m * k);
-        let (rounded_b, rest) = rest.split_at_mut(k * n);
-        let a = round_into(self, &a, rounded_a);
-        let b = round_into(self, &b, rounded_b);
-        self.gemm_with(exec, alpha, a, b, beta, c, rest)
+    }
+
+    /// Runs the portable unit's `product(c, beta, workspace)` on an f32 C:
+    /// C itself, or, for a bf16 C, the first `m · n` floats of the
+    /// workspace (C widened into them unless beta is 0, rounded back after;
+    /// the product gets the rest of the workspace).
+    fn portable_output(
+        &self,
+        beta: f32,
+        c: OutputMat,
+        workspace: &mut [f32],
+        product: impl FnOnce(MatMut, f32, &mut [f32]) -> Result<(), KernelError>,
+    ) -> Result<(), KernelError> {
+        let (m, n) = c.shape();
+        let (wide, rest) = workspace.split_at_mut(m * n);
+        match c {
+            OutputMat::F32(c) => product(c, beta, rest),
+            OutputMat::Bf16(c) => {
+                if beta != 0.0 {
+                    for r in 0..m {
+                        self.bf16_to_f32(
+                            &c.data[r * c.row_stride..][..n],
+                            &mut wide[r * n..][..n],
+                        )?;
+                    }
+                }
+                product(MatMut::new(wide, m, n)?, beta, rest)?;
+                for r in 0..m {
+                    self.f32_to_bf16(&wide[r * n..][..n], &mut c.data[r * c.row_stride..][..n])?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -505,18 +639,21 @@ impl Kernels {
     }
 
     /// Floats of workspace [`Kernels::gemm_bf16_packed`] needs for an
-    /// `m × k` by packed `k × n` product (saturating).
+    /// `m × k` by packed `k × n` product (saturating), for a C of either
+    /// element type.
     pub fn gemm_bf16_packed_workspace_len(&self, m: usize, n: usize, k: usize) -> usize {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
         match self.pair_unit() {
             Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len(),
-            // A rounded.
-            None if m <= FEW_ROWS => m.saturating_mul(k),
-            // A rounded, B unpacked, then the f32 product's workspace.
+            // An f32 C for a bf16 one, A rounded.
+            None if m <= FEW_ROWS => m.saturating_mul(n).saturating_add(m.saturating_mul(k)),
+            // An f32 C for a bf16 one, A rounded, B unpacked, then the f32
+            // product's workspace.
             None => m
-                .saturating_mul(k)
+                .saturating_mul(n)
+                .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
                 .saturating_add(self.gemm_workspace_len(m, n, k)),
         }
@@ -525,13 +662,13 @@ impl Kernels {
     /// [`Kernels::gemm_bf16`] with B packed beforehand by
     /// [`Kernels::pack_bf16`]: the same contract, result and error bound,
     /// without converting or packing B again.
-    pub fn gemm_bf16_packed<A: Bf16Input>(
+    pub fn gemm_bf16_packed<A: Bf16Input, C: Bf16Output>(
         &self,
         alpha: f32,
         a: MatRef<A>,
         b: PackedBf16,
         beta: f32,
-        c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
         self.gemm_bf16_packed_with(&Sequential, alpha, a, b, beta, c, workspace)
@@ -540,40 +677,42 @@ impl Kernels {
     /// [`Kernels::gemm_bf16_packed`] split into pieces that `exec` runs;
     /// the result does not depend on the executor.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_bf16_packed_with<E: Executor + ?Sized, A: Bf16Input>(
+    pub fn gemm_bf16_packed_with<E: Executor + ?Sized, A: Bf16Input, C: Bf16Output>(
         &self,
         exec: &E,
         alpha: f32,
         a: MatRef<A>,
         b: PackedBf16,
         beta: f32,
-        c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
         check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
+        let c = C::output(c);
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
-            let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
-            return self.gemm_with(exec, alpha, a, b, beta, c, workspace);
+            return self.scale_output(exec, beta, c);
         }
         let Some(unit) = self.pair_unit() else {
-            if m <= FEW_ROWS {
-                self.portable_few_rows(exec, alpha, &a, b, beta, c, &mut workspace[..m * k]);
-                return Ok(());
-            }
-            // The reference: A rounded and B unpacked to f32 (its values
-            // are bf16 already, so rounding them again would change
-            // nothing), then the f32 product, as `gemm_bf16_with` runs it.
-            let (rounded_a, rest) = workspace.split_at_mut(m * k);
-            let (unpacked, rest) = rest.split_at_mut(k * n);
-            let a = round_into(self, &a, rounded_a);
-            // (Run on the backend's vectors, where the loop widens.)
-            dispatch!(self,
-                scalar: unpack(&b, unpacked),
-                simd: |_s| unpack(&b, unpacked),
-            );
-            let b = MatRef::new(&unpacked[..], k, n)?;
-            return self.gemm_with(exec, alpha, a, b, beta, c, rest);
+            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+                if m <= FEW_ROWS {
+                    self.portable_few_rows(exec, alpha, &a, b, beta, c, &mut workspace[..m * k]);
+                    return Ok(());
+                }
+                // The reference: A rounded and B unpacked to f32 (its values
+                // are bf16 already, so rounding them again would change
+                // nothing), then the f32 product, as `gemm_bf16_with` runs it.
+                let (rounded_a, rest) = workspace.split_at_mut(m * k);
+                let (unpacked, rest) = rest.split_at_mut(k * n);
+                let a = round_into(self, &a, rounded_a);
+                // (Run on the backend's vectors, where the loop widens.)
+                dispatch!(self,
+                    scalar: unpack(&b, unpacked),
+                    simd: |_s| unpack(&b, unpacked),
+                );
+                let b = MatRef::new(&unpacked[..], k, n)?;
+                self.gemm_with(exec, alpha, a, b, beta, c, rest)
+            });
         };
         let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
             panels: b.panels(),
@@ -634,7 +773,7 @@ impl Kernels {
         &self,
         unit: PairIsa,
         exec: &E,
-        product: (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
+        product: (f32, &MatRef<A>, PanelsOfB<B>, f32, OutputMat),
         packed_a: &mut [f32],
     ) {
         let tiles = self.tile_unit();

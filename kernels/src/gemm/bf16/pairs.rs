@@ -8,11 +8,12 @@ use super::amx;
 #[cfg(test)]
 use super::packing::unpair;
 use super::packing::{from_line, pack_a_panels, pack_panels, PairLayout};
+use super::OutputMat;
 use super::{Bf16Input, TileIsa, NR};
 use crate::bf16::pair;
 use crate::dispatch::dispatch;
 use crate::gemm::microkernel::{prefetch, ScalarKernel};
-use crate::gemm::{MatMut, MatRef};
+use crate::gemm::MatRef;
 use crate::parallel::{run_pieces, SharedMut};
 use crate::simd::stream_fence;
 use crate::{Bf16, Executor, Kernels};
@@ -68,10 +69,11 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
     tiles: Option<TileIsa>,
     kernels: &Kernels,
     exec: &E,
-    (alpha, a, b, beta, c): (f32, &MatRef<A>, PanelsOfB<B>, f32, MatMut),
+    (alpha, a, b, beta, c): (f32, &MatRef<A>, PanelsOfB<B>, f32, OutputMat),
     packed_a: &mut [f32],
 ) {
-    let layout = PairLayout::new(c.rows, c.cols, a.cols(), tiles.is_some());
+    let (m, n) = c.shape();
+    let layout = PairLayout::new(m, n, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
     let packed_a = &mut from_line(packed_a)[..layout.a_len()];
     let a_in_place = rows_in_place(a, &layout);
@@ -135,12 +137,18 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
     } else {
         layout.k_pairs.div_ceil(KC_PAIRS)
     };
-    let stream_c = kernels.blocking.streams_c(
-        c.data.as_ptr(),
-        (c.rows, c.cols, c.row_stride),
-        beta,
-        passes,
-    );
+    let (c, c_stride, stream_c) = match c {
+        OutputMat::F32(c) => (
+            OutputPtr::F32(SharedMut(c.data.as_mut_ptr())),
+            c.row_stride,
+            (kernels.blocking).streams_c(c.data.as_ptr(), (m, n, c.row_stride), beta, passes),
+        ),
+        OutputMat::Bf16(c) => (
+            OutputPtr::Bf16(SharedMut(c.data.as_mut_ptr())),
+            c.row_stride,
+            (kernels.blocking).streams_c(c.data.as_ptr(), (m, n, c.row_stride), beta, passes),
+        ),
+    };
     let run = Pairs {
         layout,
         stream_c,
@@ -151,8 +159,8 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         a_in_place,
         b: packed_b,
         b_stride,
-        c: SharedMut(c.data.as_mut_ptr()),
-        c_stride: c.row_stride,
+        c,
+        c_stride,
     };
     let col_blocks = layout.col_blocks();
     run_pieces(exec, layout.row_blocks() * col_blocks, &|p| {
@@ -249,6 +257,14 @@ pub(super) trait PairDot: Copy + Send + Sync {
     /// [`PairDot::update`] with beta 0. Other threads see streamed stores
     /// in order only after [`stream_fence`].
     fn stream(self, acc: Self::Acc, alpha: f32, c: &mut [f32]);
+    /// `c = alpha · sums + beta · c` on the first `c.len() <= 32` columns
+    /// of a bf16 row (`sums[0]` holds columns 0–15), each value computed
+    /// in f32 as [`PairDot::update`] does and rounded as
+    /// [`Bf16::from_f32`] does; `beta = 0` does not read `c`.
+    fn update_bf16(self, sums: [Self::Acc; 2], alpha: f32, beta: f32, c: &mut [Bf16]);
+    /// [`PairDot::update_bf16`] with beta 0, stored past the caches where
+    /// `c` is one whole line (32 values on a 64-byte boundary).
+    fn stream_bf16(self, sums: [Self::Acc; 2], alpha: f32, c: &mut [Bf16]);
 }
 
 /// A product to run: the layout, the tile unit if it runs on tiles, the
@@ -268,8 +284,16 @@ struct Pairs<'a> {
     b: &'a [f32],
     /// Slots from one B panel to the next.
     b_stride: usize,
-    c: SharedMut,
+    c: OutputPtr,
+    /// Elements from one row of C to the next.
     c_stride: usize,
+}
+
+/// C as the blocks write it: f32 sums, or the sums rounded to bf16.
+#[derive(Clone, Copy)]
+enum OutputPtr {
+    F32(SharedMut<f32>),
+    Bf16(SharedMut<Bf16>),
 }
 
 impl Pairs<'_> {
@@ -301,24 +325,36 @@ impl Pairs<'_> {
 
     /// `C[rows of row tile i, columns of panel j] = alpha · sums + beta ·
     /// C` for the sums of one register or tile block (`sums[r]` holds row
-    /// r's 32 columns as two halves).
+    /// r's 32 columns as two halves), rounded where C is bf16.
     #[inline(always)]
     fn update<P: PairDot>(&self, unit: P, i: usize, j: usize, beta: f32, sums: &[[P::Acc; 2]]) {
         let (l, mr) = (&self.layout, self.layout.mr);
         let cols = NR.min(l.n - j * NR);
         for (r, row_sums) in sums.iter().enumerate().take(mr.min(l.m - i * mr)) {
             let at = (i * mr + r) * self.c_stride + j * NR;
-            // SAFETY: row `i·mr + r` < m and columns `j·NR..j·NR + cols` ≤ n
-            // lie inside C (`MatMut` checked its extent; its row stride is
-            // at least n where m > 1, so rows do not overlap); only the
-            // piece of this block writes them.
-            let c = unsafe { core::slice::from_raw_parts_mut(self.c.ptr().add(at), cols) };
-            let (c0, c1) = c.split_at_mut(cols.min(16));
-            for (sums, c) in [(row_sums[0], c0), (row_sums[1], c1)] {
-                match c.len() {
-                    0 => {}
-                    _ if self.stream_c => unit.stream(sums, self.alpha, c),
-                    _ => unit.update(sums, self.alpha, beta, c),
+            // SAFETY (both arms): row `i·mr + r` < m and columns `j·NR..j·NR
+            // + cols` ≤ n lie inside C (`MatMut` checked its extent; its row
+            // stride is at least n where m > 1, so rows do not overlap);
+            // only the piece of this block writes them.
+            match self.c {
+                OutputPtr::F32(c) => {
+                    let c = unsafe { c.slice(at, cols) };
+                    let (c0, c1) = c.split_at_mut(cols.min(16));
+                    for (sums, c) in [(row_sums[0], c0), (row_sums[1], c1)] {
+                        match c.len() {
+                            0 => {}
+                            _ if self.stream_c => unit.stream(sums, self.alpha, c),
+                            _ => unit.update(sums, self.alpha, beta, c),
+                        }
+                    }
+                }
+                OutputPtr::Bf16(c) => {
+                    let c = unsafe { c.slice(at, cols) };
+                    if self.stream_c {
+                        unit.stream_bf16(*row_sums, self.alpha, c)
+                    } else {
+                        unit.update_bf16(*row_sums, self.alpha, beta, c)
+                    }
                 }
             }
         }
@@ -330,13 +366,14 @@ impl Pairs<'_> {
     fn prefetch_c(&self, i: usize, j: usize) {
         let (l, mr) = (&self.layout, self.layout.mr);
         let cols = NR.min(l.n - j * NR);
+        let (c, size) = match self.c {
+            OutputPtr::F32(c) => (c.ptr().cast::<u8>(), 4),
+            OutputPtr::Bf16(c) => (c.ptr().cast::<u8>(), 2),
+        };
         for r in 0..mr.min(l.m - i * mr) {
-            let row = self
-                .c
-                .ptr()
-                .wrapping_add((i * mr + r) * self.c_stride + j * NR);
+            let row = c.wrapping_add(((i * mr + r) * self.c_stride + j * NR) * size);
             prefetch(row);
-            prefetch(row.wrapping_add(cols - 1));
+            prefetch(row.wrapping_add((cols - 1) * size));
         }
     }
 
@@ -356,7 +393,14 @@ impl Pairs<'_> {
     ) {
         let l = &self.layout;
         let steps = l.b_pairs / amx::K_STEP;
-        let in_c = self.alpha == 1.0 && (self.beta == 0.0 || self.beta == 1.0) && !self.stream_c;
+        // (A bf16 C rounds the sums, so it always takes them through the
+        // buffer.)
+        let in_c = match self.c {
+            OutputPtr::F32(c) if self.alpha == 1.0 && (self.beta == 0.0 || self.beta == 1.0) => {
+                (!self.stream_c).then_some(c)
+            }
+            _ => None,
+        };
         tiles.configured(
             #[inline(always)]
             |tiles| {
@@ -374,11 +418,8 @@ impl Pairs<'_> {
                             ),
                         };
                         let whole = (i + 1) * amx::MR <= l.m && (j + 1) * NR <= l.n;
-                        if in_c && whole {
-                            let c = self
-                                .c
-                                .ptr()
-                                .wrapping_add(i * amx::MR * self.c_stride + j * NR);
+                        if let (Some(c), true) = (in_c, whole) {
+                            let c = c.ptr().wrapping_add(i * amx::MR * self.c_stride + j * NR);
                             let start =
                                 (self.beta != 0.0).then_some((c.cast_const(), self.c_stride));
                             // SAFETY: the block's 32 rows and 32 columns
@@ -412,6 +453,9 @@ impl Pairs<'_> {
         let l = &self.layout;
         let passes = l.k_pairs.div_ceil(KC_PAIRS);
         let per_pass = l.k_pairs.div_ceil(passes);
+        if let (OutputPtr::Bf16(c), true) = (self.c, passes > 1) {
+            return self.block_rounded_once::<P, MR>(unit, c, rows, panels, per_pass);
+        }
         for pass in 0..passes {
             let pairs = pass * per_pass..l.k_pairs.min((pass + 1) * per_pass);
             let beta = if pass == 0 { self.beta } else { 1.0 };
@@ -423,6 +467,64 @@ impl Pairs<'_> {
                         self.prefetch_c(i, j);
                     }
                     self.update(unit, i, j, beta, &tile::<P, MR>(unit, a, b));
+                }
+            }
+        }
+    }
+}
+
+impl Pairs<'_> {
+    /// [`Pairs::block`] for a bf16 C over more than one pass of k (of
+    /// `per_pass` pairs): each register tile runs all the passes before
+    /// the next, its C held in f32 on the stack meanwhile, so that C is
+    /// rounded once, from the values the passes give an f32 C.
+    #[inline(always)]
+    fn block_rounded_once<P: PairDot, const MR: usize>(
+        &self,
+        unit: P,
+        c: SharedMut<Bf16>,
+        rows: Range<usize>,
+        panels: Range<usize>,
+        per_pass: usize,
+    ) {
+        let l = &self.layout;
+        for j in panels {
+            let cols = NR.min(l.n - j * NR);
+            for i in rows.clone() {
+                let live = MR.min(l.m - i * MR);
+                // SAFETY: row `i·MR + r` < m and columns `j·NR..j·NR +
+                // cols` ≤ n lie inside C (`MatMut` checked its extent; its
+                // row stride is at least n where m > 1, so rows do not
+                // overlap); only the piece of this block touches them.
+                let row =
+                    |r: usize| unsafe { c.slice((i * MR + r) * self.c_stride + j * NR, cols) };
+                let mut wide = [[0.0; NR]; MR];
+                if self.beta != 0.0 {
+                    for (r, wide) in wide.iter_mut().enumerate().take(live) {
+                        for (w, x) in wide.iter_mut().zip(row(r).iter()) {
+                            *w = x.to_f32();
+                        }
+                    }
+                }
+                let panel = &self.b[j * self.b_stride..];
+                let a_panel = &self.a[i * l.a_panel_len()..];
+                for (pass, start) in (0..l.k_pairs).step_by(per_pass).enumerate() {
+                    let pairs = start..l.k_pairs.min(start + per_pass);
+                    let b = &panel[pairs.start * NR..pairs.end * NR];
+                    let a = &a_panel[pairs.start * MR..pairs.end * MR];
+                    let beta = if pass == 0 { self.beta } else { 1.0 };
+                    let sums = tile::<P, MR>(unit, a, b);
+                    for (wide, sums) in wide.iter_mut().zip(&sums).take(live) {
+                        let (w0, w1) = wide[..cols].split_at_mut(cols.min(16));
+                        unit.update(sums[0], self.alpha, beta, w0);
+                        if !w1.is_empty() {
+                            unit.update(sums[1], self.alpha, beta, w1);
+                        }
+                    }
+                }
+                for (r, wide) in wide.iter().enumerate().take(live) {
+                    let values = [unit.load_acc(&wide[..16]), unit.load_acc(&wide[16..])];
+                    unit.update_bf16(values, 1.0, 0.0, row(r));
                 }
             }
         }
@@ -549,6 +651,76 @@ impl PairDot for V4Bf16 {
         // boundary, the alignment the streaming store requires.
         unsafe { _mm512_stream_ps(c.as_mut_ptr(), _mm512_mul_ps(_mm512_set1_ps(alpha), acc)) }
     }
+    #[inline(always)]
+    fn update_bf16(self, sums: [Self::Acc; 2], alpha: f32, beta: f32, c: &mut [Bf16]) {
+        use core::arch::x86_64::*;
+        let mask = if c.len() >= 32 {
+            !0
+        } else {
+            (1u32 << c.len()) - 1
+        };
+        // SAFETY: see the impl comment; the masked load and store touch
+        // exactly the first `c.len() <= 32` values of `c`.
+        unsafe {
+            let old = if beta == 0.0 {
+                None
+            } else {
+                Some(_mm512_maskz_loadu_epi16(mask, c.as_ptr().cast()))
+            };
+            let row = self.bf16_row(sums, alpha, beta, old);
+            _mm512_mask_storeu_epi16(c.as_mut_ptr().cast(), mask, row);
+        }
+    }
+    #[inline(always)]
+    fn stream_bf16(self, sums: [Self::Acc; 2], alpha: f32, c: &mut [Bf16]) {
+        use core::arch::x86_64::*;
+        if c.len() != 32 || c.as_ptr().align_offset(64) != 0 {
+            return self.update_bf16(sums, alpha, 0.0, c);
+        }
+        // SAFETY: see the impl comment; `c` is 32 bf16 values (64 bytes)
+        // on a 64-byte boundary, the alignment the streaming store
+        // requires.
+        unsafe { _mm512_stream_si512(c.as_mut_ptr().cast(), self.bf16_row(sums, alpha, 0.0, None)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl V4Bf16 {
+    /// The 32 bf16 values of `alpha · sums + beta · old` (`old`, 32 bf16
+    /// values, read only where beta is not 0), rounded as
+    /// [`Bf16::from_f32`] does, in column order.
+    #[inline(always)]
+    fn bf16_row(
+        self,
+        sums: [core::arch::x86_64::__m512; 2],
+        alpha: f32,
+        beta: f32,
+        old: Option<core::arch::x86_64::__m512i>,
+    ) -> core::arch::x86_64::__m512i {
+        use core::arch::x86_64::*;
+        // SAFETY: a `V4Bf16` is made only where AVX512F, BW and BF16 were
+        // detected on an AVX-512 handle, which is `V4`'s contract too;
+        // register arithmetic only.
+        unsafe {
+            let v4 = crate::simd::V4::detected();
+            let mut halves = [_mm256_setzero_si256(); 2];
+            for (h, half) in halves.iter_mut().enumerate() {
+                let mut value = _mm512_mul_ps(_mm512_set1_ps(alpha), sums[h]);
+                if let Some(old) = old {
+                    let old = if h == 0 {
+                        _mm512_castsi512_si256(old)
+                    } else {
+                        _mm512_extracti64x4_epi64::<1>(old)
+                    };
+                    let old = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(old));
+                    value = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_castsi512_ps(old), value);
+                }
+                // Each lane's bf16 is the high half of its rounded bits.
+                *half = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(v4.rounded_bits(value)));
+            }
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(halves[0]), halves[1])
+        }
+    }
 }
 
 /// The pair dot product lane by lane in f32, so the packing and blocking
@@ -592,5 +764,19 @@ impl PairDot for EmulatedPairs {
     }
     fn stream(self, acc: [f32; 16], alpha: f32, c: &mut [f32]) {
         self.update(acc, alpha, 0.0, c)
+    }
+    fn update_bf16(self, sums: [[f32; 16]; 2], alpha: f32, beta: f32, c: &mut [Bf16]) {
+        for (j, x) in c.iter_mut().enumerate().take(NR) {
+            let sum = alpha * sums[j / 16][j % 16];
+            let value = if beta == 0.0 {
+                sum
+            } else {
+                beta.mul_add(x.to_f32(), sum)
+            };
+            *x = Bf16::from_f32(value);
+        }
+    }
+    fn stream_bf16(self, sums: [[f32; 16]; 2], alpha: f32, c: &mut [Bf16]) {
+        self.update_bf16(sums, alpha, 0.0, c)
     }
 }
