@@ -1,7 +1,8 @@
 """torch.matmul in bf16 on one core, on the shapes of
 `cargo bench -p benches --bench gemm_bf16` (square and the trainer's), for
 the "ours / torch" ratio. The operands are bf16 tensors (as autocast feeds
-them), laid out as the bench stores them; GFLOP/s is the median of 10 runs.
+them), laid out as the bench stores them, and so is the result: compare
+with the bench's `-bf16c` columns. GFLOP/s is the median of 10 runs.
 
     pip install torch
     python3 tools/torch_matmul.py

@@ -1,21 +1,22 @@
 //! bf16 GEMM throughput (GFLOP/s): every bf16 unit this CPU has
 //! (AVX512-BF16, AMX) beside our f32 GEMM on the AVX-512 backend, on the
 //! shapes of `gemm` (square and the trainer's), single-threaded. Each unit
-//! runs twice: on f32 operands rounded while packing (as training's
-//! activations), and on operands already stored in bf16 (as
-//! `torch.matmul` gets them from autocast, so that `tools/torch_matmul.py`
-//! compares like with like). Each unit's peak loop runs in the same run;
-//! the table at the end gives GFLOP/s, fraction of the unit's peak and the
-//! ratio to f32.
+//! runs three times: on f32 operands rounded while packing (as training's
+//! activations), on operands already stored in bf16, and on those writing
+//! a bf16 C (`-bf16c`: as `torch.matmul` runs on bf16 tensors, so that
+//! `tools/torch_matmul.py` compares like with like). Every matrix starts
+//! on a 64-byte line, as PyTorch's tensors do. Each unit's peak loop runs
+//! in the same run; the table at the end gives GFLOP/s, fraction of the
+//! unit's peak and the ratio to f32.
 //!
 //! `cargo bench -p benches --bench gemm_bf16 [-- FILTER]`
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use benches::data;
 use benches::report::median_ns;
 use benches::shapes::{Shape, SHAPES};
+use benches::{data, OnLine};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use kernels::{Backend, Bf16, Bf16Unit, Kernels, MatMut};
 
@@ -31,6 +32,8 @@ enum Operands {
     Rounded,
     /// bf16 as stored.
     Stored,
+    /// bf16 as stored, into a bf16 C.
+    StoredToBf16,
 }
 
 /// One column of the report: a handle and what it multiplies.
@@ -47,7 +50,7 @@ impl Contender {
     /// Whether this contender times its unit's peak loop (the first of the
     /// unit's contenders does).
     fn times_peak(&self) -> bool {
-        self.operands != Operands::Stored
+        matches!(self.operands, Operands::F32 | Operands::Rounded)
     }
 }
 
@@ -79,6 +82,12 @@ fn contenders() -> Vec<Contender> {
                     kernels,
                     operands: Operands::Stored,
                 },
+                Contender {
+                    name: format!("bf16-{unit}-bf16c"),
+                    unit: format!("bf16-{unit}"),
+                    kernels,
+                    operands: Operands::StoredToBf16,
+                },
             ]),
             Err(e) => eprintln!("notice: skipping {unit}: {e}"),
         }
@@ -86,29 +95,34 @@ fn contenders() -> Vec<Contender> {
     all
 }
 
-/// A shape's operands, in f32 and rounded to bf16.
+/// A shape's operands, in f32 and rounded to bf16, and its C in both.
 struct Inputs {
-    a: Vec<f32>,
-    b: Vec<f32>,
-    a16: Vec<Bf16>,
-    b16: Vec<Bf16>,
+    a: OnLine<f32>,
+    b: OnLine<f32>,
+    a16: OnLine<Bf16>,
+    b16: OnLine<Bf16>,
+    c: OnLine<f32>,
+    c16: OnLine<Bf16>,
 }
 
 impl Inputs {
     fn new(s: &Shape) -> Inputs {
         let (a, b) = (data(s.m * s.k, 1), data(s.k * s.n, 2));
-        let round = |x: &[f32]| x.iter().map(|&v| Bf16::from_f32(v)).collect();
+        let round =
+            |x: &[f32]| OnLine::new(&x.iter().map(|&v| Bf16::from_f32(v)).collect::<Vec<_>>());
         Inputs {
             a16: round(&a),
             b16: round(&b),
-            a,
-            b,
+            a: OnLine::new(&a),
+            b: OnLine::new(&b),
+            c: OnLine::new(&vec![0.0; s.m * s.n]),
+            c16: OnLine::new(&vec![Bf16::default(); s.m * s.n]),
         }
     }
 }
 
-fn multiply(c: &Contender, s: &Shape, x: &Inputs, out: &mut [f32], ws: &mut [f32]) {
-    let out = MatMut::new(out, s.m, s.n).unwrap();
+fn multiply(c: &Contender, s: &Shape, x: &mut Inputs, ws: &mut [f32]) {
+    let out = MatMut::new(&mut x.c, s.m, s.n).unwrap();
     let k = &c.kernels;
     match c.operands {
         Operands::F32 => {
@@ -121,6 +135,11 @@ fn multiply(c: &Contender, s: &Shape, x: &Inputs, out: &mut [f32], ws: &mut [f32
         }
         Operands::Stored => {
             let (a, b) = s.views(&x.a16, &x.b16);
+            k.gemm_bf16(1.0, a, b, 0.0, out, ws).unwrap()
+        }
+        Operands::StoredToBf16 => {
+            let (a, b) = s.views(&x.a16, &x.b16);
+            let out = MatMut::new(&mut x.c16, s.m, s.n).unwrap();
             k.gemm_bf16(1.0, a, b, 0.0, out, ws).unwrap()
         }
     }
@@ -156,8 +175,7 @@ fn main() {
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(2))
             .throughput(Throughput::Elements(s.flops()));
-        let inputs = Inputs::new(&s);
-        let mut out = vec![0.0; s.m * s.n];
+        let mut inputs = Inputs::new(&s);
         for c in &contenders {
             let k = &c.kernels;
             let len = if c.operands == Operands::F32 {
@@ -167,7 +185,7 @@ fn main() {
             };
             let mut ws = vec![0.0; len];
             group.bench_function(BenchmarkId::new("kernels", &c.name), |bench| {
-                bench.iter(|| multiply(c, &s, &inputs, &mut out, &mut ws))
+                bench.iter(|| multiply(c, &s, &mut inputs, &mut ws))
             });
         }
         group.finish();

@@ -31,6 +31,39 @@ pub fn backends() -> Vec<Kernels> {
         .collect()
 }
 
+/// Values stored from the first 64-byte line of their buffer, as
+/// PyTorch's allocator places a tensor and the runner its arenas (a `Vec`
+/// starts only as aligned as its element, and AMX tiles load a row that
+/// straddles two lines at half the speed).
+pub struct OnLine<T> {
+    buf: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> OnLine<T> {
+    pub fn new(values: &[T]) -> OnLine<T> {
+        let len = values.len();
+        let mut buf = vec![T::default(); len + 64 / std::mem::size_of::<T>().max(1)];
+        let start = buf.as_ptr().align_offset(64);
+        buf[start..start + len].copy_from_slice(values);
+        OnLine { buf, start, len }
+    }
+}
+
+impl<T> std::ops::Deref for OnLine<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for OnLine<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
 /// A blocking to time beside the one derived from the caches:
 /// `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP[,STREAM]]]`, for
 /// example the former hand-tuned `192,384,4096`, `168,384,4096,0,0` to
