@@ -473,7 +473,9 @@ fn views_of_a_packed_operand_match_the_same_part_unpacked() {
 /// does): every unit, C from a line with rows a whole number of lines
 /// apart or not, streamed or cached, whole tile blocks, edges, single
 /// rows, k deeper than one pass of the pair path, bf16 and f32 operands,
-/// B packed beforehand or not, and alpha 0. With beta 0 C starts as NaN
+/// B packed beforehand or not, alpha 0, and values so small they are
+/// subnormal (each rounded as `Bf16::from_f32` does, not flushed). With
+/// beta 0 C starts as NaN
 /// (every element must be written); with beta not 0 it is read as f32,
 /// which the f32 product on the widened values does too. (alpha 1 with
 /// beta 1 is left out: tiles then start from an f32 C, a different order
@@ -509,7 +511,15 @@ fn a_bf16_c_holds_the_f32_c_rounded() {
             kernels.pack_bf16(b, &mut slots).unwrap();
             let packed = crate::PackedBf16::new(&slots, k, n).unwrap();
             let len = (m - 1) * stride + n;
-            for (alpha, beta) in [(1.0, 0.0), (0.5, 0.0), (0.5, 0.75), (0.0, 0.75)] {
+            // (An alpha of 1e-39 makes subnormal values, which the
+            // hardware's conversion would flush.)
+            for (alpha, beta) in [
+                (1.0, 0.0),
+                (0.5, 0.0),
+                (0.5, 0.75),
+                (0.0, 0.75),
+                (1e-39, 0.0),
+            ] {
                 for stream in [0, usize::MAX] {
                     let kern = kernels.with_gemm_stream_c(stream);
                     let what = format!("{name} {m}x{n}x{k} stride {stride} alpha {alpha} beta {beta} stream {stream}");
