@@ -16,9 +16,12 @@
 //! tile-major: each step's 32 rows × 16 pairs lie together (2 KiB), so
 //! the blocks read A and B as two sequential streams; an A already stored
 //! as bf16 rows is read where it lies, with its own row stride
-//! ([`ATiles`] says which). [`TileProduct`] is what the loop nest in
-//! `pairs` sees; an emulated tile runs the same blocking on any CPU in
-//! tests.
+//! ([`ATiles`] says which). Sums that C cannot take as they are go
+//! through a buffer and vector code (scaling, rounding to bf16); a block
+//! runs step by step ([`TileProduct::block_between`]) so that the block
+//! before is stored while its tiles multiply. [`TileProduct`] is what the
+//! loop nest in `pairs` sees; an emulated tile runs the same blocking on
+//! any CPU in tests.
 
 use super::packing::round_row_pairs;
 use super::{Bf16Input, NR};
@@ -101,6 +104,19 @@ pub(super) trait TileProduct: Copy {
         steps: usize,
         start: Option<(*const f32, usize)>,
         out: (*mut f32, usize),
+    );
+
+    /// A block's sums from zero into `sums` (as [`TileProduct::block`]),
+    /// calling `between(s)` once step `s`'s tile products are issued, so
+    /// that other work (storing the block before) runs while the tiles
+    /// multiply; `between` must not touch `sums`.
+    fn block_between(
+        tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        sums: &mut TileSums,
+        between: impl FnMut(usize),
     );
 
     /// Runs `iters` rounds of 4 independent tile products and returns the
@@ -345,6 +361,75 @@ impl TileProduct for AmxTiles {
         }
     }
 
+    #[inline(always)]
+    fn block_between(
+        _tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        sums: &mut TileSums,
+        mut between: impl FnMut(usize),
+    ) {
+        // The bytes the tile loads read, checked as in `block`.
+        let a_end = (steps.max(1) - 1) * a.step + (MR - 1) * a.row + K_STEP;
+        let a_slots = &a.slots[..a_end];
+        let b = &b[..steps * K_STEP * NR];
+        // SAFETY: `Configured` proves the tile unit was granted and the
+        // tiles configured; zeroing touches no memory.
+        unsafe {
+            core::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem),
+            );
+        }
+        for s in 0..steps {
+            let (a_here, b_here) = (&a_slots[s * a.step..], &b[s * K_STEP * NR..]);
+            // SAFETY: as above; step `s` loads 16 rows of 64 bytes from
+            // `a` and from `a` + 16 rows (rows `a.row` slots apart: inside
+            // `a_slots`, checked above) and from `b`, `b` + 64 bytes (rows
+            // 128 bytes apart, 16 of them: inside `b`). Nothing else uses
+            // the tiles in between: `between` runs vector code only.
+            unsafe {
+                core::arch::asm!(
+                    "tileloadd tmm4, [{a_top} + {a_row}*1]",
+                    "tileloadd tmm6, [{b} + {b_row}*1]",
+                    "tileloadd tmm5, [{a_bottom} + {a_row}*1]",
+                    "tileloadd tmm7, [{b} + {b_row}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a_top = in(reg) a_here.as_ptr(),
+                    a_bottom = in(reg) a_here[16 * a.row..].as_ptr(),
+                    b = in(reg) b_here.as_ptr(),
+                    a_row = in(reg) a.row * 4,
+                    b_row = in(reg) NR * 4,
+                    options(nostack, readonly),
+                );
+            }
+            between(s);
+        }
+        let out = sums.0.as_mut_ptr();
+        // SAFETY: as above; the stores write 16 rows of 64 bytes at `out`,
+        // `out` + 64 bytes, 16 rows on and 16 rows + 64 bytes on (rows 128
+        // bytes apart): the 32 × 32 floats of `sums`, borrowed mutably.
+        unsafe {
+            core::arch::asm!(
+                "tilestored [{out} + {row}*1], tmm0",
+                "tilestored [{out} + {row}*1 + 64], tmm1",
+                "tilestored [{bottom} + {row}*1], tmm2",
+                "tilestored [{bottom} + {row}*1 + 64], tmm3",
+                out = in(reg) out,
+                bottom = in(reg) out.wrapping_add(16 * NR),
+                row = in(reg) NR * 4,
+                options(nostack),
+            );
+        }
+    }
+
     fn peak_loop(self, iters: usize) -> u64 {
         if iters == 0 {
             return 0;
@@ -417,6 +502,19 @@ impl TileProduct for EmulatedTiles {
                 unsafe { *out.add(r * out_stride + j) = acc };
             }
         }
+    }
+
+    fn block_between(
+        tiles: &Configured<Self>,
+        a: ATiles,
+        b: &[f32],
+        steps: usize,
+        sums: &mut TileSums,
+        between: impl FnMut(usize),
+    ) {
+        // (`between` touches other memory, so when it runs changes nothing.)
+        block_sums(tiles, a, b, steps, sums);
+        (0..steps).for_each(between);
     }
 
     fn peak_loop(self, iters: usize) -> u64 {

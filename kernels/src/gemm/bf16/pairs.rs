@@ -360,14 +360,26 @@ impl Pairs<'_> {
         }
     }
 
-    /// [`Pairs::update`] for the sums of a whole tile block (32 rows and
-    /// columns inside C), with the choices made once for the block rather
-    /// than per row: the epilogue is a third of the time of a block at k
-    /// = 384.
+    /// [`Pairs::update`] for rows `rows` of the sums of a whole tile
+    /// block (32 rows and columns inside C), with the choices made once
+    /// for the rows rather than per row: storing the sums took a third of
+    /// the time of a block at k = 384.
     #[inline(always)]
-    fn update_whole<P: PairDot>(&self, unit: P, i: usize, j: usize, sums: &amx::TileSums) {
+    fn update_whole<P: PairDot>(
+        &self,
+        unit: P,
+        i: usize,
+        j: usize,
+        sums: &amx::TileSums,
+        rows: Range<usize>,
+    ) {
         let first = i * amx::MR * self.c_stride + j * NR;
-        let rows = sums.0.chunks_exact(NR).enumerate();
+        let rows = sums
+            .0
+            .chunks_exact(NR)
+            .enumerate()
+            .skip(rows.start)
+            .take(rows.len());
         // SAFETY (both arms): the block is whole, so its rows `i·32 + r`
         // < m and columns `j·32..j·32 + 32` ≤ n lie inside C (`MatMut`
         // checked its extent; rows at least n apart); only the piece of
@@ -446,6 +458,15 @@ impl Pairs<'_> {
             |tiles| {
                 let mut sums = amx::TileSums([0.0; amx::MR * NR]);
                 let mut acc = [[unit.zero(); 2]; amx::MR];
+                // Whole blocks alternate between two buffers of sums: the
+                // block before (i, j, its buffer) is stored into C a few
+                // rows a step while the tiles multiply the next.
+                let mut whole_sums = [
+                    amx::TileSums([0.0; amx::MR * NR]),
+                    amx::TileSums([0.0; amx::MR * NR]),
+                ];
+                let mut before: Option<(usize, usize, usize)> = None;
+                let rows_per_step = amx::MR.div_ceil(steps.max(1));
                 for j in panels {
                     let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
                     for i in rows.clone() {
@@ -468,8 +489,29 @@ impl Pairs<'_> {
                             // them; C is read before the block stores.
                             unsafe { T::block(tiles, a, b, steps, start, (c, self.c_stride)) };
                         } else if whole {
-                            amx::block_sums(tiles, a, b, steps, &mut sums);
-                            self.update_whole(unit, i, j, &sums);
+                            let now = before.map_or(0, |(_, _, buffer)| 1 - buffer);
+                            let [first, second] = &mut whole_sums;
+                            let (sums, earlier) = if now == 0 {
+                                (first, &*second)
+                            } else {
+                                (second, &*first)
+                            };
+                            T::block_between(
+                                tiles,
+                                a,
+                                b,
+                                steps,
+                                sums,
+                                #[inline(always)]
+                                |s| {
+                                    if let Some((i, j, _)) = before {
+                                        let start = (s * rows_per_step).min(amx::MR);
+                                        let end = (start + rows_per_step).min(amx::MR);
+                                        self.update_whole(unit, i, j, earlier, start..end);
+                                    }
+                                },
+                            );
+                            before = Some((i, j, now));
                         } else {
                             amx::block_sums(tiles, a, b, steps, &mut sums);
                             for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
@@ -478,6 +520,9 @@ impl Pairs<'_> {
                             self.update(unit, i, j, self.beta, &acc);
                         }
                     }
+                }
+                if let Some((i, j, buffer)) = before {
+                    self.update_whole(unit, i, j, &whole_sums[buffer], 0..amx::MR);
                 }
             },
         )
