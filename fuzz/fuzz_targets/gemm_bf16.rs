@@ -91,6 +91,30 @@ fn run(u: &mut Unstructured) -> Result<()> {
     );
     p.check(&from_f32, |x| f64::from(Bf16::from_f32(x).to_f32()));
 
+    // A bf16 C holds the f32 C's values rounded once, the f32 C starting
+    // from the same (widened) values; the padding between its rows stays.
+    // (Not alpha 1 with beta 1, where AMX tiles start from an f32 C.)
+    if !(alpha == 1.0 && beta == 1.0) {
+        let start: Vec<Bf16> = p.c.data.iter().map(|&x| Bf16::from_f32(x)).collect();
+        let mut wide: Vec<f32> = start.iter().map(|x| x.to_f32()).collect();
+        let c = p.c_view(&mut wide);
+        best.gemm_bf16_with(&Sequential, alpha, a, b, beta, c, &mut ws)
+            .unwrap();
+        let mut narrow = start.clone();
+        let c = p.c_view(&mut narrow);
+        best.gemm_bf16_with(&Reversed(threads), alpha, a16, b, beta, c, &mut ws)
+            .unwrap();
+        for (i, (&got, &before)) in narrow.iter().zip(&start).enumerate() {
+            let inside = i % p.c.stride < p.n;
+            let want = if inside {
+                Bf16::from_f32(wide[i])
+            } else {
+                before
+            };
+            assert_eq!(got.to_bits(), want.to_bits(), "bf16 C, element {i}");
+        }
+    }
+
     // A view of the packed B (rows from a multiple of 32 to one or to the
     // end, leading columns) multiplies as that part of B does.
     let start = 32 * len(u, p.k / 32)?;

@@ -160,7 +160,7 @@ impl Product {
     }
 
     /// C over `data`, laid out as `self.c`.
-    pub fn c_view<'a>(&self, data: &'a mut [f32]) -> MatMut<'a> {
+    pub fn c_view<'a, T>(&self, data: &'a mut [T]) -> MatMut<'a, T> {
         MatMut::strided(data, self.m, self.n, self.c.stride).unwrap()
     }
 
