@@ -7,9 +7,10 @@
 //! A tiles and 2 B tiles of the 8 there are: each step loads 2 + 2 tiles
 //! and runs 4 products, 16 pairs of k at a time, down the whole of k.
 //!
-//! The tile instructions are not in stable Rust's intrinsics, so one
-//! `asm!` block runs a whole block product: it runs the loop and stores
-//! the sums. Loading the tile configuration and releasing the tiles cost
+//! The tile instructions are not in stable Rust's intrinsics, so `asm!`
+//! blocks run them: one starts a block's sums, one per step of k loads
+//! and multiplies, one stores the sums; the tiles hold the sums in
+//! between. Loading the tile configuration and releasing the tiles cost
 //! about as much as a short block, so a piece of work configures them once
 //! ([`TileProduct::configured`]) and runs all its blocks inside; nothing
 //! but these blocks touches tile state in between. Packed A panels are
@@ -18,7 +19,7 @@
 //! as bf16 rows is read where it lies, with its own row stride
 //! ([`ATiles`] says which). Sums that C cannot take as they are go
 //! through a buffer and vector code (scaling, rounding to bf16); a block
-//! runs step by step ([`TileProduct::block_between`]) so that the block
+//! runs step by step ([`TileProduct::block`]'s `between`) so that the block
 //! before is stored while its tiles multiply. [`TileProduct`] is what the
 //! loop nest in `pairs` sees; an emulated tile runs the same blocking on
 //! any CPU in tests.
@@ -91,12 +92,15 @@ pub(super) trait TileProduct: Copy {
     /// pair dot product, added to the start in order of q) for `r, j <
     /// 32` and `q < steps · 16`; `b` is a B panel of at least `steps · 16`
     /// pairs. `start` (zero where `None`) and `out` are each a pointer to
-    /// row 0 and the floats from one row to the next.
+    /// row 0 and the floats from one row to the next. `between(s)` runs
+    /// once step `s`'s tile products are issued, so that other work (the
+    /// block before stored into C) runs while the tiles multiply.
     ///
     /// # Safety
     /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
     /// at least 32 floats apart), readable (`start`) and writable (`out`),
-    /// which nothing else accesses during the call; `start` may be `out`.
+    /// which nothing else (`between` included) accesses during the call;
+    /// `start` may be `out`.
     unsafe fn block(
         tiles: &Configured<Self>,
         a: ATiles,
@@ -104,18 +108,6 @@ pub(super) trait TileProduct: Copy {
         steps: usize,
         start: Option<(*const f32, usize)>,
         out: (*mut f32, usize),
-    );
-
-    /// A block's sums from zero into `sums` (as [`TileProduct::block`]),
-    /// calling `between(s)` once step `s`'s tile products are issued, so
-    /// that other work (storing the block before) runs while the tiles
-    /// multiply; `between` must not touch `sums`.
-    fn block_between(
-        tiles: &Configured<Self>,
-        a: ATiles,
-        b: &[f32],
-        steps: usize,
-        sums: &mut TileSums,
         between: impl FnMut(usize),
     );
 
@@ -124,7 +116,8 @@ pub(super) trait TileProduct: Copy {
     fn peak_loop(self, iters: usize) -> u64;
 }
 
-/// A block's sums started from zero into `sums`.
+/// A block's sums started from zero into `sums`, with `between` run
+/// between its steps ([`TileProduct::block`]).
 #[inline(always)]
 pub(super) fn block_sums<T: TileProduct>(
     tiles: &Configured<T>,
@@ -132,10 +125,11 @@ pub(super) fn block_sums<T: TileProduct>(
     b: &[f32],
     steps: usize,
     sums: &mut TileSums,
+    between: impl FnMut(usize),
 ) {
     // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, borrowed
-    // mutably, so nothing else touches it.
-    unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR)) }
+    // mutably, so nothing else (`between` included) touches it.
+    unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR), between) }
 }
 
 /// Packs panel `p` of the rows of `src` (as used) for tiles, tile-major
@@ -281,117 +275,53 @@ impl TileProduct for AmxTiles {
         steps: usize,
         start: Option<(*const f32, usize)>,
         (out, out_stride): (*mut f32, usize),
+        mut between: impl FnMut(usize),
     ) {
-        // A null start zeroes the sums (`tilezero`) instead of loading them.
-        let (start, start_stride) = start.unwrap_or((core::ptr::null(), 0));
         // Every byte the tile loads read from A and B, checked here: A rows
         // 0–31 `a.row` slots apart, 16 slots each, `a.step` slots from one
         // step to the next; B `steps · 16` pairs of 32 slots.
         let a_end = (steps.max(1) - 1) * a.step + (MR - 1) * a.row + K_STEP;
         let a_slots = &a.slots[..a_end];
         let b = &b[..steps * K_STEP * NR];
-        let (a_top, a_bottom) = (a_slots.as_ptr(), a_slots[16 * a.row..].as_ptr());
-        // SAFETY: `Configured` proves the tile unit was granted and the
-        // tiles configured (tiles 0–7 as 16 rows of 64 bytes). The loads
-        // read 16 rows of 64 bytes from `a_top`, `a_bottom` (rows `a.row`
-        // slots apart, moving `a.step` slots per step) and from `b`, `b +
-        // 64` (rows 128 bytes apart, moving 16 rows per step): inside the
-        // slices checked above. The sums load from `start` and store to
-        // `out` 16 rows of 64 bytes (each its own rows apart) at 0, 64
-        // bytes, 16 rows and 16 rows + 64 bytes: the 32 × 32 floats the
-        // caller vouches for (a null start loads nothing). With no steps
-        // the sums are the start.
-        unsafe {
-            core::arch::asm!(
-                "test {start}, {start}",
-                "jnz 4f",
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "jmp 5f",
-                "4:",
-                "tileloadd tmm0, [{start} + {start_row}*1]",
-                "tileloadd tmm1, [{start} + {start_row}*1 + 64]",
-                "mov {pf}, {start_row}",
-                "shl {pf}, 4",
-                "add {pf}, {start}",
-                "tileloadd tmm2, [{pf} + {start_row}*1]",
-                "tileloadd tmm3, [{pf} + {start_row}*1 + 64]",
-                "5:",
-                "test {steps}, {steps}",
-                "jz 3f",
-                "2:",
-                "tileloadd tmm4, [{a_top} + {a_row}*1]",
-                "tileloadd tmm6, [{b} + {b_row}*1]",
-                "tileloadd tmm5, [{a_bottom} + {a_row}*1]",
-                "tileloadd tmm7, [{b} + {b_row}*1 + 64]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a_top}, {a_step}",
-                "add {a_bottom}, {a_step}",
-                "add {b}, {b_step}",
-                "dec {steps}",
-                "jnz 2b",
-                "3:",
-                "tilestored [{out} + {out_row}*1], tmm0",
-                "tilestored [{out} + {out_row}*1 + 64], tmm1",
-                "mov {pf}, {out_row}",
-                "shl {pf}, 4",
-                "add {pf}, {out}",
-                "tilestored [{pf} + {out_row}*1], tmm2",
-                "tilestored [{pf} + {out_row}*1 + 64], tmm3",
-                a_top = inout(reg) a_top => _,
-                a_bottom = inout(reg) a_bottom => _,
-                b = inout(reg) b.as_ptr() => _,
-                steps = inout(reg) steps => _,
-                a_row = in(reg) a.row * 4,
-                a_step = in(reg) a.step * 4,
-                pf = out(reg) _,
-                b_row = in(reg) NR * 4,
-                b_step = const K_STEP * NR * 4,
-                start = in(reg) start,
-                start_row = in(reg) start_stride * 4,
-                out = in(reg) out,
-                out_row = in(reg) out_stride * 4,
-                options(nostack),
-            );
-        }
-    }
-
-    #[inline(always)]
-    fn block_between(
-        _tiles: &Configured<Self>,
-        a: ATiles,
-        b: &[f32],
-        steps: usize,
-        sums: &mut TileSums,
-        mut between: impl FnMut(usize),
-    ) {
-        // The bytes the tile loads read, checked as in `block`.
-        let a_end = (steps.max(1) - 1) * a.step + (MR - 1) * a.row + K_STEP;
-        let a_slots = &a.slots[..a_end];
-        let b = &b[..steps * K_STEP * NR];
-        // SAFETY: `Configured` proves the tile unit was granted and the
-        // tiles configured; zeroing touches no memory.
-        unsafe {
-            core::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem),
-            );
+        // The tiles hold the sums from one `asm!` block to the next:
+        // nothing else in this crate touches tile state, and `Configured`
+        // proves the tile unit was granted and the tiles configured (tiles
+        // 0–7 as 16 rows of 64 bytes).
+        match start {
+            // SAFETY: as above; zeroing touches no memory.
+            None => unsafe {
+                core::arch::asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem),
+                );
+            },
+            // SAFETY: as above; the loads read 16 rows of 64 bytes (rows
+            // `row` bytes apart) at `start`, `start` + 64 bytes, 16 rows on
+            // and 16 rows + 64 bytes on: the 32 × 32 floats the caller
+            // vouches for.
+            Some((start, stride)) => unsafe {
+                core::arch::asm!(
+                    "tileloadd tmm0, [{top} + {row}*1]",
+                    "tileloadd tmm1, [{top} + {row}*1 + 64]",
+                    "tileloadd tmm2, [{bottom} + {row}*1]",
+                    "tileloadd tmm3, [{bottom} + {row}*1 + 64]",
+                    top = in(reg) start,
+                    bottom = in(reg) start.wrapping_add(16 * stride),
+                    row = in(reg) stride * 4,
+                    options(nostack, readonly),
+                );
+            },
         }
         for s in 0..steps {
             let (a_here, b_here) = (&a_slots[s * a.step..], &b[s * K_STEP * NR..]);
             // SAFETY: as above; step `s` loads 16 rows of 64 bytes from
-            // `a` and from `a` + 16 rows (rows `a.row` slots apart: inside
-            // `a_slots`, checked above) and from `b`, `b` + 64 bytes (rows
-            // 128 bytes apart, 16 of them: inside `b`). Nothing else uses
-            // the tiles in between: `between` runs vector code only.
+            // `a_here` and from 16 rows on (rows `a.row` slots apart: inside
+            // `a_slots`, checked above) and from `b_here`, `b_here` + 64
+            // bytes (rows 128 bytes apart, 16 of them: inside `b`).
+            // `between` runs vector code only, never tile instructions.
             unsafe {
                 core::arch::asm!(
                     "tileloadd tmm4, [{a_top} + {a_row}*1]",
@@ -412,19 +342,19 @@ impl TileProduct for AmxTiles {
             }
             between(s);
         }
-        let out = sums.0.as_mut_ptr();
-        // SAFETY: as above; the stores write 16 rows of 64 bytes at `out`,
-        // `out` + 64 bytes, 16 rows on and 16 rows + 64 bytes on (rows 128
-        // bytes apart): the 32 × 32 floats of `sums`, borrowed mutably.
+        // SAFETY: as above; the stores write 16 rows of 64 bytes (rows
+        // `row` bytes apart) at `out`, `out` + 64 bytes, 16 rows on and 16
+        // rows + 64 bytes on: the 32 × 32 floats the caller vouches for.
+        // With no steps the sums are the start.
         unsafe {
             core::arch::asm!(
-                "tilestored [{out} + {row}*1], tmm0",
-                "tilestored [{out} + {row}*1 + 64], tmm1",
+                "tilestored [{top} + {row}*1], tmm0",
+                "tilestored [{top} + {row}*1 + 64], tmm1",
                 "tilestored [{bottom} + {row}*1], tmm2",
                 "tilestored [{bottom} + {row}*1 + 64], tmm3",
-                out = in(reg) out,
-                bottom = in(reg) out.wrapping_add(16 * NR),
-                row = in(reg) NR * 4,
+                top = in(reg) out,
+                bottom = in(reg) out.wrapping_add(16 * out_stride),
+                row = in(reg) out_stride * 4,
                 options(nostack),
             );
         }
@@ -483,7 +413,10 @@ impl TileProduct for EmulatedTiles {
         steps: usize,
         start: Option<(*const f32, usize)>,
         (out, out_stride): (*mut f32, usize),
+        between: impl FnMut(usize),
     ) {
+        // (`between` touches other memory, so when it runs changes nothing.)
+        (0..steps).for_each(between);
         let pairs = steps * K_STEP;
         for r in 0..MR {
             for j in 0..NR {
@@ -504,26 +437,13 @@ impl TileProduct for EmulatedTiles {
         }
     }
 
-    fn block_between(
-        tiles: &Configured<Self>,
-        a: ATiles,
-        b: &[f32],
-        steps: usize,
-        sums: &mut TileSums,
-        between: impl FnMut(usize),
-    ) {
-        // (`between` touches other memory, so when it runs changes nothing.)
-        block_sums(tiles, a, b, steps, sums);
-        (0..steps).for_each(between);
-    }
-
     fn peak_loop(self, iters: usize) -> u64 {
         let (a, b) = ([0.0; MR * K_STEP], [0.0; K_STEP * NR]);
         let mut sums = TileSums([0.0; MR * NR]);
         self.configured(|tiles| {
             for _ in 0..iters {
                 // One step of a block is 4 tile products.
-                block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums);
+                block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums, |_| {});
             }
         });
         core::hint::black_box(&sums);

@@ -487,7 +487,9 @@ impl Pairs<'_> {
                             // lie inside C (`whole`; rows `c_stride ≥ n`
                             // floats apart), and only this piece touches
                             // them; C is read before the block stores.
-                            unsafe { T::block(tiles, a, b, steps, start, (c, self.c_stride)) };
+                            unsafe {
+                                T::block(tiles, a, b, steps, start, (c, self.c_stride), |_| {})
+                            };
                         } else if whole {
                             let now = before.map_or(0, |(_, _, buffer)| 1 - buffer);
                             let [first, second] = &mut whole_sums;
@@ -496,7 +498,7 @@ impl Pairs<'_> {
                             } else {
                                 (second, &*first)
                             };
-                            T::block_between(
+                            amx::block_sums(
                                 tiles,
                                 a,
                                 b,
@@ -513,7 +515,7 @@ impl Pairs<'_> {
                             );
                             before = Some((i, j, now));
                         } else {
-                            amx::block_sums(tiles, a, b, steps, &mut sums);
+                            amx::block_sums(tiles, a, b, steps, &mut sums, |_| {});
                             for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
                                 *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
                             }
