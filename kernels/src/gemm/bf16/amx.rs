@@ -24,6 +24,8 @@
 //! loop nest in `pairs` sees; an emulated tile runs the same blocking on
 //! any CPU in tests.
 
+use core::ops::Range;
+
 use super::packing::round_row_pairs;
 use super::{Bf16Input, NR};
 use crate::gemm::microkernel::GemmKernel;
@@ -50,7 +52,7 @@ pub(super) struct ATiles<'a> {
 }
 
 impl<'a> ATiles<'a> {
-    /// A packed (tile-major) panel of [`pack_rows`].
+    /// A packed (tile-major) panel of [`pack_row_panels`].
     pub(super) fn packed(panel: &'a [f32]) -> ATiles<'a> {
         ATiles {
             slots: panel,
@@ -132,59 +134,70 @@ pub(super) fn block_sums<T: TileProduct>(
     unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR), between) }
 }
 
-/// Packs panel `p` of the rows of `src` (as used) for tiles, tile-major
-/// ([`ATiles::packed`]): rows `p·MR..` (at most [`MR`]), pair `q` of row
-/// `r` at slot `(q / 16)·512 + r·16 + q % 16`, `panel.len() / MR` pairs
+/// Packs panels `panels` of the rows of `src` (as used) for tiles, one
+/// after another in `out`, tile-major ([`ATiles::packed`]): panel `p`
+/// holds rows `p·MR..` (at most [`MR`]), pair `q` of row `r` at slot
+/// `(q / 16)·512 + r·16 + q % 16`, `out.len() / panels.len() / MR` pairs
 /// per row; pairs past the columns and rows past the matrix are zero.
 #[inline(always)]
-pub(super) fn pack_rows<K: GemmKernel, T: Bf16Input>(
+pub(super) fn pack_row_panels<K: GemmKernel, T: Bf16Input>(
     kernel: K,
     src: &MatRef<T>,
-    p: usize,
-    panel: &mut [f32],
+    panels: Range<usize>,
+    out: &mut [f32],
 ) {
     let (rows, cols) = (src.rows(), src.cols());
     let (rs, cs) = src.strides();
-    let (live, used) = (MR.min(rows - p * MR), cols.div_ceil(2));
+    let used = cols.div_ceil(2);
+    let Some(panel_len) = out.len().checked_div(panels.len()) else {
+        return;
+    };
+    let live = |p: usize| MR.min(rows - p * MR);
     if cs != 1 {
-        // Columns are contiguous (`rs == 1`): each pair's share of two
-        // columns is rounded and paired in vectors down the rows, then a
-        // step's pairs are transposed into the rows' lines. Rows past the
-        // matrix stay zero; so do pairs past the columns, cleared before
-        // the last, partial step.
-        let strip = |c: usize| &src.data[c * cs + p * MR..][..live];
+        // Columns are contiguous (`rs == 1`, a transposed A): each pair's
+        // share of two columns is rounded and paired in vectors down the
+        // rows, then a step's pairs are transposed into the rows' lines.
+        // A step runs across all the panels before the next, so that each
+        // column is read in one run of the panels' rows, not a line or two
+        // per panel (the columns are a page or more apart). Rows past the
+        // matrix stay zero; so do pairs past the columns.
+        let strip = |c: usize, p: usize| &src.data[c * cs + p * MR..][..live(p)];
         let mut across = [[0.0; MR]; K_STEP];
-        for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
+        for s in 0..panel_len / (MR * K_STEP) {
             let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
-            if pairs.len() < K_STEP {
-                across = [[0.0; MR]; K_STEP];
+            for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
+                if pairs.len() < K_STEP || live(p) < MR {
+                    across = [[0.0; MR]; K_STEP];
+                }
+                for (q, across) in pairs.clone().zip(&mut across) {
+                    let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1, p));
+                    T::pair_slices(
+                        strip(2 * q, p),
+                        hi,
+                        &mut across[..live(p)],
+                        #[inline(always)]
+                        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                    );
+                }
+                let lines: [&[f32]; K_STEP] = core::array::from_fn(|q| &across[q][..]);
+                kernel.interleave(&lines, &mut panel[s * MR * K_STEP..][..MR * K_STEP]);
             }
-            for (q, across) in pairs.zip(&mut across) {
-                let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1));
-                T::pair_slices(
-                    strip(2 * q),
-                    hi,
-                    &mut across[..live],
-                    #[inline(always)]
-                    |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
-                );
-            }
-            let lines: [&[f32]; K_STEP] = core::array::from_fn(|q| &across[q][..]);
-            kernel.interleave(&lines, step);
         }
         return;
     }
-    for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
-        let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
-        for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {
-            let count = if r < live { pairs.len() } else { 0 };
-            let (slots, pad) = line.split_at_mut(count);
-            if count > 0 {
-                let row = &src.data[(p * MR + r) * rs..][..cols];
-                let values = 2 * pairs.start..cols.min(2 * pairs.end);
-                round_row_pairs(kernel, &row[values], slots);
+    for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
+        for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
+            let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
+            for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {
+                let count = if r < live(p) { pairs.len() } else { 0 };
+                let (slots, pad) = line.split_at_mut(count);
+                if count > 0 {
+                    let row = &src.data[(p * MR + r) * rs..][..cols];
+                    let values = 2 * pairs.start..cols.min(2 * pairs.end);
+                    round_row_pairs(kernel, &row[values], slots);
+                }
+                pad.fill(0.0);
             }
-            pad.fill(0.0);
         }
     }
 }

@@ -167,7 +167,7 @@ pub(super) fn round_by<K: GemmKernel>(kernel: K) -> impl FnOnce(&[f32], &mut [Bf
 }
 
 /// Packs panels `panels` of A as `layout` has them into `out`: tile-major
-/// for tiles ([`amx::pack_rows`]), else pairs interleaved across
+/// for tiles ([`amx::pack_row_panels`]), else pairs interleaved across
 /// `layout.mr` rows.
 #[inline(always)]
 pub(super) fn pack_a_panels<K: GemmKernel, T: Bf16Input>(
@@ -178,9 +178,7 @@ pub(super) fn pack_a_panels<K: GemmKernel, T: Bf16Input>(
     out: &mut [f32],
 ) {
     if layout.tiles {
-        for (p, panel) in panels.zip(out.chunks_exact_mut(layout.a_panel_len())) {
-            amx::pack_rows(kernel, a, p, panel)
-        }
+        amx::pack_row_panels(kernel, a, panels, out)
     } else {
         pack_panels(kernel, a, layout.mr, panels, out)
     }
