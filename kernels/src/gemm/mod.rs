@@ -456,7 +456,7 @@ fn run<K: GemmKernel, E: Executor + ?Sized>(
 }
 
 /// `C = beta · C`, with `beta == 0` writing zeros without reading C.
-fn scale_rows(beta: f32, c: MatMut) {
+pub(crate) fn scale_rows(beta: f32, c: MatMut) {
     if c.cols == 0 {
         return;
     }

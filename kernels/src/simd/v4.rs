@@ -28,7 +28,7 @@ impl V4 {
     }
 
     /// The proof, for a unit that runs inside its own AVX-512 region
-    /// (the bf16 pair unit rounds its sums with [`V4::rounded_bits`]).
+    /// (the bf16 pair unit rounds its sums with [`V4::bf16_lanes`]).
     ///
     /// # Safety
     /// As [`V4::vectorize`]: [`crate::Backend::Avx512`] must have been
@@ -82,10 +82,7 @@ impl Simd for V4 {
     fn store_bf16(self, dst: &mut [Bf16], v: __m512) {
         let dst = &mut dst[..16];
         // SAFETY: see the impl comment; `dst` holds 16 bf16 values.
-        unsafe {
-            let halves = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(self.rounded_bits(v)));
-            _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), halves);
-        }
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), self.bf16_lanes(v)) }
     }
     #[inline(always)]
     fn bf16_pairs(self, lo: __m512, hi: __m512) -> __m512 {
@@ -284,11 +281,20 @@ impl Simd for V4 {
 }
 
 impl V4 {
+    /// The 16 lanes rounded as [`Bf16::from_f32`] does, as 16 bf16 values.
+    #[inline(always)]
+    pub(crate) fn bf16_lanes(self, v: __m512) -> __m256i {
+        // SAFETY: holding a `V4` proves the CPU has AVX-512F (see `Simd for
+        // V4`); register arithmetic only. Each lane's bf16 is the high half
+        // of its rounded bits.
+        unsafe { _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(self.rounded_bits(v))) }
+    }
+
     /// The lanes' f32 bits with [`Bf16::from_f32`]'s rounding added, so
     /// that each lane's high half is its bf16 (a NaN quieted, never rounded
     /// into an infinity).
     #[inline(always)]
-    pub(crate) fn rounded_bits(self, v: __m512) -> __m512i {
+    fn rounded_bits(self, v: __m512) -> __m512i {
         // SAFETY: holding a `V4` proves the CPU has AVX-512F (see `Simd for
         // V4`); register arithmetic only.
         unsafe {

@@ -475,16 +475,15 @@ fn views_of_a_packed_operand_match_the_same_part_unpacked() {
 /// rows, k deeper than one pass of the pair path, bf16 and f32 operands,
 /// B packed beforehand or not, alpha 0, and values so small they are
 /// subnormal (each rounded as `Bf16::from_f32` does, not flushed). With
-/// beta 0 C starts as NaN
-/// (every element must be written); with beta not 0 it is read as f32,
-/// which the f32 product on the widened values does too. (alpha 1 with
-/// beta 1 is left out: tiles then start from an f32 C, a different order
-/// of additions.) The elements between rows are never touched.
+/// beta 0 C starts as NaN (every element must be written); with beta not
+/// 0 it is read as f32, which the f32 product on the widened values does
+/// too. (alpha 1 with beta 1 is left out: tiles then start from an f32 C,
+/// a different order of additions.) The elements between rows are never
+/// touched.
 #[test]
 fn a_bf16_c_holds_the_f32_c_rounded() {
-    let nan16 = Bf16::from_f32(f32::NAN);
     for (name, kernels) in bf16_kernels() {
-        for (m, n, k, stride) in [
+        for shape in [
             (64, 64, 64, 64),
             (70, 48, 40, 64),
             (33, 80, 17, 96),
@@ -493,27 +492,9 @@ fn a_bf16_c_holds_the_f32_c_rounded() {
             (35, 40, 24, 41),
             (3, 5, 7, 5),
         ] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.3)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 5 % 17) as f32 - 8.0) / 4.1)
-                .collect();
-            let c_start: Vec<f32> = (0..m * n)
-                .map(|i| Bf16::from_f32(((i * 3 % 11) as f32 - 5.0) / 3.0).to_f32())
-                .collect();
-            let a16 = Stored::aligned(&a, (m, k, 0), 0, Bf16::default(), Bf16::from_f32);
-            let (a, b) = (
-                MatRef::new(&a, m, k).unwrap(),
-                MatRef::new(&b, k, n).unwrap(),
-            );
-            let mut slots = std::vec![0; crate::PackedBf16::len(k, n).unwrap()];
-            kernels.pack_bf16(b, &mut slots).unwrap();
-            let packed = crate::PackedBf16::new(&slots, k, n).unwrap();
-            let len = (m - 1) * stride + n;
             // (An alpha of 1e-39 makes subnormal values, which the
             // hardware's conversion would flush.)
-            for (alpha, beta) in [
+            for scalars in [
                 (1.0, 0.0),
                 (0.5, 0.0),
                 (0.5, 0.75),
@@ -521,68 +502,100 @@ fn a_bf16_c_holds_the_f32_c_rounded() {
                 (1e-39, 0.0),
             ] {
                 for stream in [0, usize::MAX] {
-                    let kern = kernels.with_gemm_stream_c(stream);
-                    let what = format!("{name} {m}x{n}x{k} stride {stride} alpha {alpha} beta {beta} stream {stream}");
-                    let start = |r: usize, c: usize| {
-                        if beta == 0.0 {
-                            f32::NAN
-                        } else {
-                            c_start[r * n + c]
-                        }
-                    };
-                    // The f32 C, and the values it holds rounded.
-                    let mut c32 = std::vec![f32::NAN; len];
-                    for r in 0..m {
-                        for c in 0..n {
-                            c32[r * stride + c] = start(r, c);
-                        }
-                    }
-                    let mut ws = std::vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
-                    let c_view = MatMut::strided(&mut c32, m, n, stride).unwrap();
-                    kern.gemm_bf16_with(&Reversed(3), alpha, a, b, beta, c_view, &mut ws)
-                        .unwrap();
-                    let want: Vec<u16> = (0..m * n)
-                        .map(|i| Bf16::from_f32(c32[i / n * stride + i % n]).to_bits())
-                        .collect();
-                    // Each way of giving the product a bf16 C, on a C from a line.
-                    for way in ["f32 operands", "bf16 A", "packed B"] {
-                        let mut buf = std::vec![nan16; len + 32];
-                        let at = buf.as_ptr().align_offset(64);
-                        let c16 = &mut buf[at..at + len];
-                        for r in 0..m {
-                            for c in 0..n {
-                                c16[r * stride + c] = Bf16::from_f32(start(r, c));
-                            }
-                        }
-                        let c_view = MatMut::strided(&mut *c16, m, n, stride).unwrap();
-                        let exec = Reversed(3);
-                        match way {
-                            "f32 operands" => {
-                                ws.fill(f32::NAN);
-                                kern.gemm_bf16_with(&exec, alpha, a, b, beta, c_view, &mut ws)
-                            }
-                            "bf16 A" => {
-                                ws.fill(f32::NAN);
-                                kern.gemm_bf16_with(&exec, alpha, a16.view(false), b, beta, c_view, &mut ws)
-                            }
-                            _ => {
-                                let mut ws = std::vec![f32::NAN; kern.gemm_bf16_packed_workspace_len(m, n, k)];
-                                kern.gemm_bf16_packed_with(&exec, alpha, a, packed, beta, c_view, &mut ws)
-                            }
-                        }
-                        .unwrap();
-                        let got: Vec<u16> = (0..m * n)
-                            .map(|i| c16[i / n * stride + i % n].to_bits())
-                            .collect();
-                        assert_eq!(got, want, "{what}, {way}");
-                        let gaps = (0..len).filter(|i| i % stride >= n);
-                        assert!(
-                            gaps.clone().all(|i| c16[i].to_f32().is_nan()),
-                            "{what}, {way}: between rows"
-                        );
-                    }
+                    let kernels = kernels.with_gemm_stream_c(stream);
+                    let what = format!("{name} {shape:?} {scalars:?} stream {stream}");
+                    bf16_c_is_f32_c_rounded(&what, kernels, shape, scalars);
                 }
             }
         }
+    }
+}
+
+/// How a product is given its operands.
+#[derive(Debug, Clone, Copy)]
+enum Operands {
+    F32,
+    Bf16A,
+    PackedB,
+}
+
+/// One case of [`a_bf16_c_holds_the_f32_c_rounded`]: an `m × k` by
+/// `k × n` product, C's rows `stride` apart.
+fn bf16_c_is_f32_c_rounded(
+    what: &str,
+    kern: Kernels,
+    (m, n, k, stride): (usize, usize, usize, usize),
+    (alpha, beta): (f32, f32),
+) {
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7 % 19) as f32 - 9.0) / 8.3)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 5 % 17) as f32 - 8.0) / 4.1)
+        .collect();
+    // C's values before the product (bf16 ones, so both Cs start equal).
+    let start = |r: usize, c: usize| {
+        let x = ((r * n + c) * 3 % 11) as f32 - 5.0;
+        if beta == 0.0 {
+            f32::NAN
+        } else {
+            Bf16::from_f32(x / 3.0).to_f32()
+        }
+    };
+    let a16 = Stored::aligned(&a, (m, k, 0), 0, Bf16::default(), Bf16::from_f32);
+    let (a, b) = (
+        MatRef::new(&a, m, k).unwrap(),
+        MatRef::new(&b, k, n).unwrap(),
+    );
+    let mut slots = std::vec![0; crate::PackedBf16::len(k, n).unwrap()];
+    kern.pack_bf16(b, &mut slots).unwrap();
+    let packed = crate::PackedBf16::new(&slots, k, n).unwrap();
+    let len = (m - 1) * stride + n;
+    let exec = Reversed(3);
+
+    let mut c32 = std::vec![f32::NAN; len];
+    for (r, c) in (0..m).flat_map(|r| (0..n).map(move |c| (r, c))) {
+        c32[r * stride + c] = start(r, c);
+    }
+    let mut ws = std::vec![f32::NAN; kern.gemm_bf16_workspace_len(m, n, k)];
+    let c_view = MatMut::strided(&mut c32, m, n, stride).unwrap();
+    kern.gemm_bf16_with(&exec, alpha, a, b, beta, c_view, &mut ws)
+        .unwrap();
+    let want: Vec<u16> = (0..m * n)
+        .map(|i| Bf16::from_f32(c32[i / n * stride + i % n]).to_bits())
+        .collect();
+
+    let nan16 = Bf16::from_f32(f32::NAN);
+    for operands in [Operands::F32, Operands::Bf16A, Operands::PackedB] {
+        let mut buf = std::vec![nan16; len + 32];
+        let at = buf.as_ptr().align_offset(64);
+        let c16 = &mut buf[at..at + len];
+        for (r, c) in (0..m).flat_map(|r| (0..n).map(move |c| (r, c))) {
+            c16[r * stride + c] = Bf16::from_f32(start(r, c));
+        }
+        let c_view = MatMut::strided(&mut *c16, m, n, stride).unwrap();
+        ws.fill(f32::NAN);
+        match operands {
+            Operands::F32 => kern.gemm_bf16_with(&exec, alpha, a, b, beta, c_view, &mut ws),
+            Operands::Bf16A => {
+                let a16 = a16.view(false);
+                kern.gemm_bf16_with(&exec, alpha, a16, b, beta, c_view, &mut ws)
+            }
+            Operands::PackedB => {
+                let len = kern.gemm_bf16_packed_workspace_len(m, n, k);
+                let ws = &mut ws[..len];
+                kern.gemm_bf16_packed_with(&exec, alpha, a, packed, beta, c_view, ws)
+            }
+        }
+        .unwrap();
+        let got: Vec<u16> = (0..m * n)
+            .map(|i| c16[i / n * stride + i % n].to_bits())
+            .collect();
+        assert_eq!(got, want, "{what}, {operands:?}");
+        let mut gaps = (0..len).filter(|i| i % stride >= n);
+        assert!(
+            gaps.all(|i| c16[i].to_f32().is_nan()),
+            "{what}, {operands:?}: between rows"
+        );
     }
 }

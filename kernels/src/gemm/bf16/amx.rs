@@ -102,7 +102,9 @@ pub(super) trait TileProduct: Copy {
     /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
     /// at least 32 floats apart), readable (`start`) and writable (`out`),
     /// which nothing else (`between` included) accesses during the call;
-    /// `start` may be `out`.
+    /// `start` may be `out`. `between` runs no tile instruction (no block,
+    /// no [`TileProduct::configured`]): the tiles hold the block's sums
+    /// across it.
     unsafe fn block(
         tiles: &Configured<Self>,
         a: ATiles,
@@ -120,8 +122,11 @@ pub(super) trait TileProduct: Copy {
 
 /// A block's sums started from zero into `sums`, with `between` run
 /// between its steps ([`TileProduct::block`]).
+///
+/// # Safety
+/// `between` runs no tile instruction: the tiles hold the sums across it.
 #[inline(always)]
-pub(super) fn block_sums<T: TileProduct>(
+pub(super) unsafe fn block_sums<T: TileProduct>(
     tiles: &Configured<T>,
     a: ATiles,
     b: &[f32],
@@ -130,7 +135,8 @@ pub(super) fn block_sums<T: TileProduct>(
     between: impl FnMut(usize),
 ) {
     // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, borrowed
-    // mutably, so nothing else (`between` included) touches it.
+    // mutably, so nothing else (`between` included) touches it; the caller
+    // vouches for `between`.
     unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR), between) }
 }
 
@@ -334,7 +340,8 @@ impl TileProduct for AmxTiles {
             // `a_here` and from 16 rows on (rows `a.row` slots apart: inside
             // `a_slots`, checked above) and from `b_here`, `b_here` + 64
             // bytes (rows 128 bytes apart, 16 of them: inside `b`).
-            // `between` runs vector code only, never tile instructions.
+            // `between` runs no tile instruction (the caller's contract),
+            // so the tiles keep the sums across it.
             unsafe {
                 core::arch::asm!(
                     "tileloadd tmm4, [{a_top} + {a_row}*1]",
@@ -456,7 +463,8 @@ impl TileProduct for EmulatedTiles {
         self.configured(|tiles| {
             for _ in 0..iters {
                 // One step of a block is 4 tile products.
-                block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums, |_| {});
+                // SAFETY: nothing runs between the steps.
+                unsafe { block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums, |_| {}) };
             }
         });
         core::hint::black_box(&sums);

@@ -48,7 +48,7 @@ use portable::{few_rows, round_into, unpack, FewRows, FEW_ROWS};
 use sealed::OutputMat;
 
 use super::microkernel::ScalarKernel;
-use super::{check_product, check_product_of, check_workspace, MatMut, MatRef, Output};
+use super::{check_product, check_product_of, check_workspace, scale_rows, MatMut, MatRef, Output};
 use crate::bf16::pair;
 use crate::dispatch::{dispatch, Isa};
 use crate::parallel::SharedMut;
@@ -228,7 +228,11 @@ impl Kernels {
             // An f32 C for a bf16 one, A rounded, B packed (padded to
             // whole panels and steps).
             None if m <= FEW_ROWS => PackedBf16::len(k, n)
-                .and_then(|b| m.checked_mul(k)?.checked_add(b)?.checked_add(m * n))
+                .and_then(|b| {
+                    m.checked_mul(k)?
+                        .checked_add(b)?
+                        .checked_add(m.checked_mul(n)?)
+                })
                 .unwrap_or(usize::MAX),
             // An f32 C for a bf16 one, A and B rounded, then the f32
             // product's workspace.
@@ -333,7 +337,8 @@ impl Kernels {
     /// |beta·c|), the bound of the f32 GEMM; except that AVX512-BF16 and
     /// AMX read a subnormal bf16 operand as zero (and flush subnormal
     /// partial sums), so a product with a subnormal operand may be missing.
-    /// A bf16 C adds its rounding, at most 2⁻⁹ of each element.
+    /// A bf16 C adds its rounding: at most 2⁻⁸ of each element's magnitude
+    /// (2⁻¹³⁴ absolute below the smallest normal f32).
     ///
     /// ```
     /// use kernels::{Bf16, Kernels, MatMut, MatRef};
@@ -386,7 +391,8 @@ impl Kernels {
         let c = C::output(c);
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
             // Nothing to multiply: C is empty, or C = beta · C.
-            return self.scale_output(exec, beta, c);
+            scale_output(beta, c);
+            return Ok(());
         }
         if let Some(unit) = self.pair_unit() {
             let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
@@ -418,34 +424,6 @@ impl Kernels {
         })
     }
 
-    /// `C = beta · C` (zeros without reading C where beta is 0), for a
-    /// product with nothing to multiply; a bf16 C is rounded again.
-    fn scale_output<E: Executor + ?Sized>(
-        &self,
-        exec: &E,
-        beta: f32,
-        c: OutputMat,
-    ) -> Result<(), KernelError> {
-        match c {
-            OutputMat::F32(c) => {
-                let (m, n) = (c.rows, c.cols);
-                let (a, b) = (MatRef::new(&[], m, 0)?, MatRef::new(&[], 0, n)?);
-                self.gemm_with(exec, 0.0, a, b, beta, c, &mut [])
-            }
-            OutputMat::Bf16(c) => {
-                if beta != 1.0 && c.cols > 0 {
-                    for r in 0..c.rows {
-                        for x in &mut c.data[r * c.row_stride..][..c.cols] {
-                            let scaled = if beta == 0.0 { 0.0 } else { beta * x.to_f32() };
-                            *x = Bf16::from_f32(scaled);
-                        }
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Runs the portable unit's `product(c, beta, workspace)` on an f32 C:
     /// C itself, or, for a bf16 C, the first `m · n` floats of the
     /// workspace (C widened into them unless beta is 0, rounded back after;
@@ -475,6 +453,25 @@ impl Kernels {
                     self.f32_to_bf16(&wide[r * n..][..n], &mut c.data[r * c.row_stride..][..n])?;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+/// `C = beta · C` (zeros without reading C where beta is 0), for a
+/// product with nothing to multiply; a bf16 C is rounded again.
+fn scale_output(beta: f32, c: OutputMat) {
+    match c {
+        OutputMat::F32(c) => scale_rows(beta, c),
+        OutputMat::Bf16(c) => {
+            if beta == 1.0 || c.cols == 0 {
+                return;
+            }
+            for r in 0..c.rows {
+                for x in &mut c.data[r * c.row_stride..][..c.cols] {
+                    let scaled = if beta == 0.0 { 0.0 } else { beta * x.to_f32() };
+                    *x = Bf16::from_f32(scaled);
+                }
             }
         }
     }
@@ -691,7 +688,8 @@ impl Kernels {
         check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
         let c = C::output(c);
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
-            return self.scale_output(exec, beta, c);
+            scale_output(beta, c);
+            return Ok(());
         }
         let Some(unit) = self.pair_unit() else {
             return self.portable_output(beta, c, workspace, |c, beta, workspace| {

@@ -289,6 +289,15 @@ struct Pairs<'a> {
     c_stride: usize,
 }
 
+/// A whole tile block whose sums wait in a buffer to be stored: row tile
+/// `i`, column panel `j`, and which of the two buffers.
+#[derive(Clone, Copy)]
+struct Pending {
+    i: usize,
+    j: usize,
+    buffer: usize,
+}
+
 /// C as the blocks write it: f32 sums, or the sums rounded to bf16.
 #[derive(Clone, Copy)]
 enum OutputPtr {
@@ -431,10 +440,12 @@ impl Pairs<'_> {
 
     /// A block on tiles: each `amx::MR × 32` block of sums runs down the
     /// whole of k, the tiles configured once for the whole block. Where C
-    /// takes the sums as they are (alpha 1, beta 0 or 1) and the block
-    /// lies whole inside C, the tiles start from C (or zero) and store
-    /// into it; else (and where C is streamed) the sums go through a
-    /// buffer and the pair unit's epilogue.
+    /// takes the sums as they are (an f32 C not streamed, alpha 1, beta 0
+    /// or 1) and the block lies whole inside C, the tiles start from C (or
+    /// zero) and store into it; else the sums go through a buffer and the
+    /// pair unit's epilogue. Whole blocks take two buffers in turn: the
+    /// block before is stored into C a few rows after each step of the
+    /// next, while its tiles multiply.
     #[inline(always)]
     fn tile_block<T: amx::TileProduct, P: PairDot>(
         &self,
@@ -458,14 +469,11 @@ impl Pairs<'_> {
             |tiles| {
                 let mut sums = amx::TileSums([0.0; amx::MR * NR]);
                 let mut acc = [[unit.zero(); 2]; amx::MR];
-                // Whole blocks alternate between two buffers of sums: the
-                // block before (i, j, its buffer) is stored into C a few
-                // rows a step while the tiles multiply the next.
                 let mut whole_sums = [
                     amx::TileSums([0.0; amx::MR * NR]),
                     amx::TileSums([0.0; amx::MR * NR]),
                 ];
-                let mut before: Option<(usize, usize, usize)> = None;
+                let mut before: Option<Pending> = None;
                 let rows_per_step = amx::MR.div_ceil(steps.max(1));
                 for j in panels {
                     let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
@@ -491,31 +499,36 @@ impl Pairs<'_> {
                                 T::block(tiles, a, b, steps, start, (c, self.c_stride), |_| {})
                             };
                         } else if whole {
-                            let now = before.map_or(0, |(_, _, buffer)| 1 - buffer);
+                            let buffer = before.map_or(0, |p| 1 - p.buffer);
                             let [first, second] = &mut whole_sums;
-                            let (sums, earlier) = if now == 0 {
+                            let (sums, earlier) = if buffer == 0 {
                                 (first, &*second)
                             } else {
                                 (second, &*first)
                             };
-                            amx::block_sums(
-                                tiles,
-                                a,
-                                b,
-                                steps,
-                                sums,
-                                #[inline(always)]
-                                |s| {
-                                    if let Some((i, j, _)) = before {
-                                        let start = (s * rows_per_step).min(amx::MR);
-                                        let end = (start + rows_per_step).min(amx::MR);
-                                        self.update_whole(unit, i, j, earlier, start..end);
-                                    }
-                                },
-                            );
-                            before = Some((i, j, now));
+                            // SAFETY: storing the block before is vector
+                            // code, no tile instruction.
+                            unsafe {
+                                amx::block_sums(
+                                    tiles,
+                                    a,
+                                    b,
+                                    steps,
+                                    sums,
+                                    #[inline(always)]
+                                    |s| {
+                                        if let Some(p) = before {
+                                            let start = (s * rows_per_step).min(amx::MR);
+                                            let end = (start + rows_per_step).min(amx::MR);
+                                            self.update_whole(unit, p.i, p.j, earlier, start..end);
+                                        }
+                                    },
+                                )
+                            };
+                            before = Some(Pending { i, j, buffer });
                         } else {
-                            amx::block_sums(tiles, a, b, steps, &mut sums, |_| {});
+                            // SAFETY: nothing runs between the steps.
+                            unsafe { amx::block_sums(tiles, a, b, steps, &mut sums, |_| {}) };
                             for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
                                 *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
                             }
@@ -523,8 +536,8 @@ impl Pairs<'_> {
                         }
                     }
                 }
-                if let Some((i, j, buffer)) = before {
-                    self.update_whole(unit, i, j, &whole_sums[buffer], 0..amx::MR);
+                if let Some(p) = before {
+                    self.update_whole(unit, p.i, p.j, &whole_sums[p.buffer], 0..amx::MR);
                 }
             },
         )
@@ -561,13 +574,14 @@ impl Pairs<'_> {
             }
         }
     }
-}
 
-impl Pairs<'_> {
     /// [`Pairs::block`] for a bf16 C over more than one pass of k (of
     /// `per_pass` pairs): each register tile runs all the passes before
     /// the next, its C held in f32 on the stack meanwhile, so that C is
-    /// rounded once, from the values the passes give an f32 C.
+    /// rounded once, from the values the passes give an f32 C. (Its B
+    /// panel is then read down the whole of k rather than a pass's slice
+    /// held in L1 across the block's rows: slower than an f32 C for k past
+    /// 512, a case the trainer does not meet; not measured.)
     #[inline(always)]
     fn block_rounded_once<P: PairDot, const MR: usize>(
         &self,
@@ -757,7 +771,7 @@ impl PairDot for V4Bf16 {
             } else {
                 Some(_mm512_maskz_loadu_epi16(mask, c.as_ptr().cast()))
             };
-            let row = self.bf16_row(sums, alpha, beta, old);
+            let row = self.bf16_row(sums, alpha, beta, old, mask);
             _mm512_mask_storeu_epi16(c.as_mut_ptr().cast(), mask, row);
         }
     }
@@ -770,7 +784,10 @@ impl PairDot for V4Bf16 {
         // SAFETY: see the impl comment; `c` is 32 bf16 values (64 bytes)
         // on a 64-byte boundary, the alignment the streaming store
         // requires.
-        unsafe { _mm512_stream_si512(c.as_mut_ptr().cast(), self.bf16_row(sums, alpha, 0.0, None)) }
+        unsafe {
+            let row = self.bf16_row(sums, alpha, 0.0, None, !0);
+            _mm512_stream_si512(c.as_mut_ptr().cast(), row)
+        }
     }
 }
 
@@ -778,7 +795,8 @@ impl PairDot for V4Bf16 {
 impl V4Bf16 {
     /// The 32 bf16 values of `alpha · sums + beta · old` (`old`, 32 bf16
     /// values, read only where beta is not 0), rounded as
-    /// [`Bf16::from_f32`] does, in column order.
+    /// [`Bf16::from_f32`] does, in column order; only the columns of
+    /// `live` are stored.
     #[inline(always)]
     fn bf16_row(
         self,
@@ -786,6 +804,7 @@ impl V4Bf16 {
         alpha: f32,
         beta: f32,
         old: Option<core::arch::x86_64::__m512i>,
+        live: u32,
     ) -> core::arch::x86_64::__m512i {
         use core::arch::x86_64::*;
         // SAFETY: a `V4Bf16` is made only where AVX512F, BW and BF16 were
@@ -793,8 +812,8 @@ impl V4Bf16 {
         // register arithmetic only.
         unsafe {
             let mut values = [_mm512_setzero_ps(); 2];
-            let min = _mm512_set1_ps(f32::MIN_POSITIVE);
-            let mut tiny = 0;
+            let (zero, min) = (_mm512_setzero_ps(), _mm512_set1_ps(f32::MIN_POSITIVE));
+            let mut subnormal = 0;
             for (h, value) in values.iter_mut().enumerate() {
                 *value = _mm512_mul_ps(_mm512_set1_ps(alpha), sums[h]);
                 if let Some(old) = old {
@@ -807,23 +826,21 @@ impl V4Bf16 {
                     *value =
                         _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_castsi512_ps(old), *value);
                 }
-                tiny |= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(*value), min);
+                let stored = (live >> (16 * h)) as __mmask16;
+                let nonzero = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(stored, *value, zero);
+                let abs = _mm512_abs_ps(*value);
+                subnormal |= _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(nonzero, abs, min);
             }
             // `vcvtne2ps2bf16` rounds as `Bf16::from_f32` does (to nearest
-            // even, a NaN quieted) but flushes subnormals to zero: rows
-            // with one (or with a zero, which the same compare finds) are
-            // rounded the long way.
-            if tiny == 0 {
+            // even, a NaN quieted, ±0 kept) but flushes subnormals to zero:
+            // a row with one to store is rounded the long way.
+            if subnormal == 0 {
                 let row = _mm512_cvtne2ps_pbh(values[1], values[0]);
                 return core::mem::transmute::<__m512bh, __m512i>(row);
             }
             let v4 = crate::simd::V4::detected();
-            let mut halves = [_mm256_setzero_si256(); 2];
-            for (half, value) in halves.iter_mut().zip(values) {
-                // Each lane's bf16 is the high half of its rounded bits.
-                *half = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(v4.rounded_bits(value)));
-            }
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(halves[0]), halves[1])
+            let [lo, hi] = [v4.bf16_lanes(values[0]), v4.bf16_lanes(values[1])];
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
         }
     }
 }
