@@ -39,7 +39,8 @@
 //!   notes in the README for blocking and speed.
 //! - bf16: [`Bf16`], [`Kernels::f32_to_bf16`] / [`Kernels::bf16_to_f32`]
 //!   (round to nearest even), and [`Kernels::gemm_bf16`] (bf16 operands,
-//!   f32 sums; [`Kernels::gemm_bf16_with`] to split it) with
+//!   f32 sums, an f32 or bf16 C ([`Bf16Output`]); [`Kernels::gemm_bf16_with`]
+//!   to split it) with
 //!   [`Kernels::gemm_bf16_workspace_len`]; a B packed once into bf16
 //!   pairs ([`Kernels::pack_bf16`], [`PackedBf16`]) for
 //!   [`Kernels::gemm_bf16_packed`] / [`Kernels::gemm_bf16_packed_with`]
