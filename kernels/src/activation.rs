@@ -3,16 +3,19 @@
 
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
+use crate::gemm::OutputSlice;
 use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE};
-use crate::simd::{map1, map1_blocks, map2_blocks, update3_blocks, Simd};
-use crate::{KernelError, Kernels};
+use crate::simd::{map1, map1_blocks, map2_blocks, update3_blocks, Lane, Simd};
+use crate::{Bf16Output, KernelError, Kernels};
 
 impl Kernels {
     /// `out = gelu(x)` with GPT-2's tanh approximation
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
     ///
     /// The SIMD backends evaluate the identical form `x·σ(2u)`, which has no
-    /// cancellation for large negative x.
+    /// cancellation for large negative x. `out` is f32, or [`crate::Bf16`]
+    /// ([`Bf16Output`]): each value rounded once from the f32 one, for an
+    /// output only bf16 products read.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
@@ -23,10 +26,19 @@ impl Kernels {
     /// assert!(out[2].abs() < 1e-30);
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gelu_forward(&self, x: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+    pub fn gelu_forward<O: Bf16Output>(&self, x: &[f32], out: &mut [O]) -> Result<(), KernelError> {
         expect_len("out", out.len(), x.len())?;
+        match O::output_slice(out) {
+            OutputSlice::F32(out) => self.gelu_into(x, out),
+            OutputSlice::Bf16(out) => self.gelu_into(x, out),
+        }
+        Ok(())
+    }
+
+    /// [`Kernels::gelu_forward`] into either element type.
+    fn gelu_into<T: Lane>(&self, x: &[f32], out: &mut [T]) {
         dispatch!(self,
-            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x)),
+            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = T::from_f32(gelu_scalar(x))),
             simd: |s| map1_blocks(s, x, out, 0.0, #[inline(always)] |x: [_; EXP_BLOCK]| {
                 let (mut y, _) = math::gelu_gate_each(s, x);
                 for j in 0..EXP_BLOCK {
@@ -35,7 +47,6 @@ impl Kernels {
                 y
             }),
         );
-        Ok(())
     }
 
     /// Backward of [`Kernels::gelu_forward`]: **adds** `gelu'(x) · dout` into `dx`.

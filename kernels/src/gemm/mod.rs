@@ -27,6 +27,7 @@ use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::SharedMut;
 use crate::{Caches, Executor, KernelError, Kernels, Sequential};
+pub(crate) use bf16::OutputSlice;
 pub use bf16::{Bf16Input, Bf16Output, PackedBf16};
 pub use blocking::Blocking;
 use microkernel::{GemmKernel, ScalarKernel};

@@ -248,11 +248,59 @@ fn load_block<S: Simd, const N: usize>(s: S, src: &[f32]) -> [S::V; N] {
     v
 }
 
+/// An element type the skeletons store: f32 as computed, or bf16 rounded
+/// as [`Bf16::from_f32`] does.
+pub(crate) trait Lane: Copy {
+    /// One value, for the scalar backend.
+    fn from_f32(x: f32) -> Self;
+    /// Stores the `LANES` lanes of `v` to `dst` (at least that long).
+    fn store<S: Simd>(s: S, dst: &mut [Self], v: S::V);
+    /// Stores the lanes of `v` that fall inside `dst` (`dst.len()` at most
+    /// `LANES`).
+    fn store_piece<S: Simd>(s: S, dst: &mut [Self], v: S::V);
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn store<S: Simd>(s: S, dst: &mut [f32], v: S::V) {
+        s.store(dst, v)
+    }
+    #[inline(always)]
+    fn store_piece<S: Simd>(s: S, dst: &mut [f32], v: S::V) {
+        s.store_piece(dst, v)
+    }
+}
+
+impl Lane for Bf16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Bf16 {
+        Bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn store<S: Simd>(s: S, dst: &mut [Bf16], v: S::V) {
+        s.store_bf16(dst, v)
+    }
+    #[inline(always)]
+    fn store_piece<S: Simd>(s: S, dst: &mut [Bf16], v: S::V) {
+        if dst.len() >= S::LANES {
+            return s.store_bf16(dst, v);
+        }
+        // (16: the widest backend's lanes.)
+        let mut lanes = [Bf16::default(); 16];
+        s.store_bf16(&mut lanes, v);
+        dst.copy_from_slice(&lanes[..dst.len()]);
+    }
+}
+
 /// Stores `N` whole vectors to `dst` (at least `N · LANES` long).
 #[inline(always)]
-fn store_block<S: Simd, const N: usize>(s: S, dst: &mut [f32], v: [S::V; N]) {
+fn store_block<S: Simd, T: Lane, const N: usize>(s: S, dst: &mut [T], v: [S::V; N]) {
     for (j, v) in v.into_iter().enumerate() {
-        s.store(&mut dst[j * S::LANES..], v);
+        T::store(s, &mut dst[j * S::LANES..], v);
     }
 }
 
@@ -268,18 +316,18 @@ fn load_tail<S: Simd, const N: usize>(s: S, src: &[f32], fill: f32) -> [S::V; N]
 
 /// Stores the lanes of `v` that fall inside `dst` (fewer than `N · LANES`).
 #[inline(always)]
-fn store_tail<S: Simd, const N: usize>(s: S, dst: &mut [f32], v: [S::V; N]) {
+fn store_tail<S: Simd, T: Lane, const N: usize>(s: S, dst: &mut [T], v: [S::V; N]) {
     for (v, piece) in v.into_iter().zip(pieces(dst.len(), S::LANES)) {
-        s.store_piece(&mut dst[piece], v);
+        T::store_piece(s, &mut dst[piece], v);
     }
 }
 
-/// `out[i] = f(a[i])`, `N` vectors per call.
+/// `out[i] = f(a[i])`, `N` vectors per call, stored as `T`.
 #[inline(always)]
-pub(crate) fn map1_blocks<S: Simd, const N: usize>(
+pub(crate) fn map1_blocks<S: Simd, T: Lane, const N: usize>(
     s: S,
     a: &[f32],
-    out: &mut [f32],
+    out: &mut [T],
     fill: f32,
     mut f: impl FnMut([S::V; N]) -> [S::V; N],
 ) {

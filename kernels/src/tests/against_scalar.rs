@@ -701,3 +701,49 @@ fn forcing_each_backend_agrees() {
         assert_close(backend.name(), &out, &reference, 1e-5, 1e-6);
     }
 }
+
+/// GELU into a bf16 output holds the f32 output rounded once, on every
+/// backend (scalar included) and length (every tail of both vector
+/// widths), from an unaligned start, NaN-prefilled, with special values
+/// (±0, ±inf, NaN, subnormals, values far out on both sides); nothing past
+/// the slice is written.
+#[test]
+fn gelu_into_bf16_is_the_f32_gelu_rounded() {
+    let mut rng = Rng::new(29);
+    let special = [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e-40,
+        -1e-40,
+        -30.0,
+        30.0,
+    ];
+    let mut all = std::vec![("scalar", scalar())];
+    all.extend(simd_kernels());
+    for (name, k) in all {
+        for n in lengths() {
+            let mut x = rng.vec(n, -12.0, 12.0);
+            for (x, &s) in x.iter_mut().zip(&special) {
+                *x = s;
+            }
+            let mut wide = std::vec![0.0; n];
+            k.gelu_forward(&x, &mut wide).unwrap();
+            let nan = crate::Bf16::from_f32(f32::NAN);
+            let mut buf = std::vec![nan; n + 4];
+            let out = &mut buf[1..n + 1];
+            k.gelu_forward(&x, out).unwrap();
+            for (i, (got, &want)) in out.iter().zip(&wide).enumerate() {
+                let want = crate::Bf16::from_f32(want);
+                assert_eq!(got.to_bits(), want.to_bits(), "{name}, n={n}, element {i}");
+            }
+            let guards = buf[..1].iter().chain(&buf[n + 1..]);
+            assert!(
+                guards.clone().all(|x| x.to_bits() == nan.to_bits()),
+                "{name}, n={n}"
+            );
+        }
+    }
+}

@@ -6,8 +6,8 @@
 use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
-    add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward, LAYER_NORM_EPS,
+    add, gelu_backward, gelu_forward, gelu_output, layer_norm_backward, layer_norm_forward,
+    matmul_backward, matmul_forward, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -67,10 +67,11 @@ pub fn block_forward(
     let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
     matmul_forward(ctx, a.fch, a.ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
     gelu_forward(ctx, a.fch, a.fch_gelu)?;
+    let fch_gelu = gelu_output(ctx, a.fch_gelu);
     matmul_forward(
         ctx,
         a.fcproj,
-        a.fch_gelu,
+        fch_gelu,
         weight_of(p.fcprojw, packed.map(|w| &w.fcprojw))?,
         Some(p.fcprojb),
         rows,
@@ -109,13 +110,14 @@ pub fn block_backward(
 ) -> Result<(), Error> {
     let bt = b * t;
     // output = residual2 + fcproj(gelu(fc(ln2(residual2)))).
+    let fch_gelu = gelu_output(ctx, a.fch_gelu);
     matmul_backward(
         ctx,
         s.dfch_gelu,
         g.fcprojw,
         Some(g.fcprojb),
         s.dresidual,
-        a.fch_gelu,
+        fch_gelu,
         p.fcprojw,
         bt,
         4 * c,

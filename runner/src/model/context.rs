@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use kernels::{Executor, Kernels, MatMut, MatRef, PackedBf16, Sequential};
+use kernels::{Bf16, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16, Sequential};
 
 use crate::error::Error;
 use crate::threads::Threads;
@@ -55,17 +55,17 @@ pub struct Multiplier {
 impl Multiplier {
     /// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with
     /// its own workspace: for products inside a parallel piece.
-    pub fn gemm_in_piece<'b>(
+    pub fn gemm_in_piece<'a, 'b>(
         &self,
         alpha: f32,
-        a: MatRef,
+        a: impl Into<LeftOperand<'a>>,
         b: impl Into<RightOperand<'b>>,
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
         PIECE_WORKSPACE.with(|ws| {
             let ws = &mut ws.borrow_mut();
-            gemm_in(ws, *self, &Sequential, alpha, a, b.into(), beta, c)
+            gemm_in(ws, *self, &Sequential, alpha, a.into(), b.into(), beta, c)
         })
     }
 }
@@ -87,6 +87,46 @@ thread_local! {
     /// Each thread's GEMM workspace for products inside pieces the runner
     /// splits itself (attention per sequence and head, decoding's heads).
     static PIECE_WORKSPACE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The A of a product: a matrix of f32 (rounded while packing when the
+/// precision is bf16), or of bf16 values (activations that only bf16
+/// products read; only a bf16 product takes them).
+#[derive(Clone, Copy)]
+pub enum LeftOperand<'a> {
+    F32(MatRef<'a>),
+    Bf16(MatRef<'a, Bf16>),
+}
+
+impl<'a> From<MatRef<'a>> for LeftOperand<'a> {
+    fn from(a: MatRef<'a>) -> LeftOperand<'a> {
+        LeftOperand::F32(a)
+    }
+}
+
+impl<'a> From<MatRef<'a, Bf16>> for LeftOperand<'a> {
+    fn from(a: MatRef<'a, Bf16>) -> LeftOperand<'a> {
+        LeftOperand::Bf16(a)
+    }
+}
+
+impl LeftOperand<'_> {
+    /// The same matrix used transposed.
+    #[must_use]
+    pub fn t(self) -> Self {
+        match self {
+            LeftOperand::F32(a) => LeftOperand::F32(a.t()),
+            LeftOperand::Bf16(a) => LeftOperand::Bf16(a.t()),
+        }
+    }
+
+    /// Columns of op(A) (the product's depth).
+    fn cols(&self) -> usize {
+        match self {
+            LeftOperand::F32(a) => a.cols(),
+            LeftOperand::Bf16(a) => a.cols(),
+        }
+    }
 }
 
 /// The B of a product: a matrix of f32 (rounded while packing when the
@@ -119,7 +159,7 @@ fn gemm_in<E: Executor>(
     mm: Multiplier,
     exec: &E,
     alpha: f32,
-    a: MatRef,
+    a: LeftOperand,
     b: RightOperand,
     beta: f32,
     c: MatMut,
@@ -134,15 +174,26 @@ fn gemm_in<E: Executor>(
     if workspace.len() < need {
         workspace.resize(need, 0.0);
     }
-    match (b, mm.precision) {
-        (RightOperand::PackedBf16(b), _) => {
+    match (a, b, mm.precision) {
+        (LeftOperand::F32(a), RightOperand::PackedBf16(b), _) => {
             k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)?
         }
-        (RightOperand::Matrix(b), Precision::F32) => {
+        (LeftOperand::Bf16(a), RightOperand::PackedBf16(b), _) => {
+            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)?
+        }
+        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => {
             k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
         }
-        (RightOperand::Matrix(b), Precision::Bf16) => {
+        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::Bf16) => {
             k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?
+        }
+        (LeftOperand::Bf16(a), RightOperand::Matrix(b), Precision::Bf16) => {
+            k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?
+        }
+        // Activations are stored in bf16 only in bf16 precision, and a
+        // step runs in one precision.
+        (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32) => {
+            return Err(KernelError::InvalidArgument("bf16 operands in an f32 product").into());
         }
     }
     Ok(())
@@ -195,31 +246,33 @@ impl Context {
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
-    pub fn gemm(
+    pub fn gemm<'a>(
         &mut self,
         alpha: f32,
-        a: MatRef,
+        a: impl Into<LeftOperand<'a>>,
         b: MatRef,
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
         let mm = self.multiplier();
         let b = RightOperand::Matrix(b);
+        let a = a.into();
         gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
     }
 
     /// `C = alpha · A · B + beta · C` with B packed in bf16, split over the
     /// threads.
-    pub fn gemm_packed(
+    pub fn gemm_packed<'a>(
         &mut self,
         alpha: f32,
-        a: MatRef,
+        a: impl Into<LeftOperand<'a>>,
         b: PackedBf16,
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
         let mm = self.multiplier();
         let b = RightOperand::PackedBf16(b);
+        let a = a.into();
         gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
     }
 }

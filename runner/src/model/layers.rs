@@ -5,9 +5,9 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
-use kernels::{MatMut, MatRef, PackedBf16};
+use kernels::{Bf16, MatMut, MatRef, PackedBf16};
 
-use super::context::{Context, Profile};
+use super::context::{Context, LeftOperand, Precision, Profile};
 use crate::error::Error;
 
 /// LayerNorm epsilon, as GPT-2.
@@ -129,12 +129,71 @@ pub fn gelu_forward(ctx: &mut Context, x: &[f32], out: &mut [f32]) -> Result<(),
         |p| &mut p.gelu,
         |ctx| {
             let k = ctx.kernels;
-            ctx.threads
-                .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
-                    Ok(k.gelu_forward(&x[i * ELEMENTS_PER_PIECE..][..out.len()], out)?)
-                })
+            let input = |i: usize, len: usize| &x[i * ELEMENTS_PER_PIECE..][..len];
+            match ctx.precision {
+                Precision::F32 => ctx
+                    .threads
+                    .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
+                        Ok(k.gelu_forward(input(i, out.len()), out)?)
+                    }),
+                Precision::Bf16 => {
+                    let out = bf16_half(out);
+                    ctx.threads
+                        .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
+                            Ok(k.gelu_forward(input(i, out.len()), out)?)
+                        })
+                }
+            }
         },
     )
+}
+
+/// The first half of an f32 buffer's bytes as bf16 values, one per float
+/// of the buffer: where an activation that only bf16 products read is kept
+/// in bf16 precision (they round it anyway, so no bit of the result
+/// changes, and it is half the bytes to write and read).
+fn bf16_half(buf: &mut [f32]) -> &mut [Bf16] {
+    let len = buf.len();
+    &mut bytemuck::cast_slice_mut(buf)[..len]
+}
+
+/// GELU's output as [`gelu_forward`] left it in `buf` for `ctx`'s
+/// precision: f32, or bf16 in the first half of its bytes.
+pub fn gelu_output<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
+    match ctx.precision {
+        Precision::F32 => Activation::F32(buf),
+        Precision::Bf16 => Activation::Bf16(&bytemuck::cast_slice(buf)[..buf.len()]),
+    }
+}
+
+/// An activation a product reads: f32, or bf16 values (see
+/// [`gelu_output`]).
+#[derive(Clone, Copy)]
+pub enum Activation<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [Bf16]),
+}
+
+impl<'a> From<&'a [f32]> for Activation<'a> {
+    fn from(x: &'a [f32]) -> Activation<'a> {
+        Activation::F32(x)
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for Activation<'a> {
+    fn from(x: &'a mut [f32]) -> Activation<'a> {
+        Activation::F32(x)
+    }
+}
+
+impl<'a> Activation<'a> {
+    /// The activation as a `rows × cols` matrix.
+    fn matrix(self, rows: usize, cols: usize) -> Result<LeftOperand<'a>, Error> {
+        Ok(match self {
+            Activation::F32(x) => MatRef::new(x, rows, cols)?.into(),
+            Activation::Bf16(x) => MatRef::new(x, rows, cols)?.into(),
+        })
+    }
 }
 
 /// GELU backward, by pieces: `dx = gelu'(x) · dout`, overwriting `dx`
@@ -233,10 +292,10 @@ pub enum Weight<'a> {
 
 /// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_forward(
+pub fn matmul_forward<'a>(
     ctx: &mut Context,
     out: &mut [f32],
-    inp: &[f32],
+    inp: impl Into<Activation<'a>>,
     w: Weight,
     bias: Option<&[f32]>,
     bt: usize,
@@ -244,7 +303,7 @@ pub fn matmul_forward(
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, out_) = (MatRef::new(inp, bt, c)?, MatMut::new(out, bt, oc)?);
+        let (x, out_) = (inp.into().matrix(bt, c)?, MatMut::new(out, bt, oc)?);
         match w {
             Weight::F32(w) => ctx.gemm(1.0, x, MatRef::new(w, c, oc)?, 0.0, out_)?,
             Weight::Packed(w) => ctx.gemm_packed(1.0, x, w, 0.0, out_)?,
@@ -263,13 +322,13 @@ pub fn matmul_forward(
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
 /// `dw += inpᵀ · dout`, `dbias += Σ_rows dout`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_backward(
+pub fn matmul_backward<'a>(
     ctx: &mut Context,
     dinp: &mut [f32],
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
     dout: &[f32],
-    inp: &[f32],
+    inp: impl Into<Activation<'a>>,
     w: &[f32],
     bt: usize,
     c: usize,
@@ -279,7 +338,7 @@ pub fn matmul_backward(
         let dy = MatRef::new(dout, bt, oc)?;
         let wt = MatRef::new(w, c, oc)?.t();
         ctx.gemm(1.0, dy, wt, 0.0, MatMut::new(dinp, bt, c)?)?;
-        let x = MatRef::new(inp, bt, c)?;
+        let x = inp.into().matrix(bt, c)?;
         ctx.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
         if let Some(dbias) = dbias {
             debug_assert_eq!(dbias.len(), oc);

@@ -46,6 +46,7 @@ use pairs::V4Bf16;
 use pairs::{pair_chains, run_pairs, PanelsOfB, PEAK_CHAINS};
 use portable::{few_rows, round_into, unpack, FewRows, FEW_ROWS};
 use sealed::OutputMat;
+pub(crate) use sealed::OutputSlice;
 
 use super::microkernel::ScalarKernel;
 use super::{check_product, check_product_of, check_workspace, scale_rows, MatMut, MatRef, Output};
@@ -134,10 +135,12 @@ impl Bf16Input for Bf16 {
     }
 }
 
-/// An element type of a bf16 product's C: `f32`, which takes the sums as
-/// they are, or [`Bf16`], which takes each element rounded once (as
-/// [`Bf16::from_f32`] does) from the f32 value an f32 C would be given,
-/// half the bytes to write.
+/// An element type of an output that may be bf16: `f32`, which takes the
+/// values as computed, or [`Bf16`], which takes each value rounded once
+/// (as [`Bf16::from_f32`] does) from the f32 value an f32 output would be
+/// given, half the bytes to write. A bf16 product's C
+/// ([`Kernels::gemm_bf16`]) and GELU's output
+/// ([`Kernels::gelu_forward`]) take either.
 ///
 /// ```
 /// use kernels::{Bf16, Kernels, MatMut, MatRef};
@@ -156,6 +159,9 @@ pub trait Bf16Output: Copy + Send + Sync + sealed::Sealed {
     /// C as the product's loops take it.
     #[doc(hidden)]
     fn output(c: MatMut<'_, Self>) -> sealed::OutputMat<'_>;
+    /// An output slice as the element-wise routines take it.
+    #[doc(hidden)]
+    fn output_slice(out: &mut [Self]) -> sealed::OutputSlice<'_>;
 }
 
 impl Bf16Output for f32 {
@@ -163,12 +169,20 @@ impl Bf16Output for f32 {
     fn output(c: MatMut<'_, f32>) -> sealed::OutputMat<'_> {
         sealed::OutputMat::F32(c)
     }
+    #[inline]
+    fn output_slice(out: &mut [f32]) -> sealed::OutputSlice<'_> {
+        sealed::OutputSlice::F32(out)
+    }
 }
 
 impl Bf16Output for Bf16 {
     #[inline]
     fn output(c: MatMut<'_, Bf16>) -> sealed::OutputMat<'_> {
         sealed::OutputMat::Bf16(c)
+    }
+    #[inline]
+    fn output_slice(out: &mut [Bf16]) -> sealed::OutputSlice<'_> {
+        sealed::OutputSlice::Bf16(out)
     }
 }
 
@@ -199,6 +213,13 @@ mod sealed {
     pub enum OutputMat<'a> {
         F32(MatMut<'a, f32>),
         Bf16(MatMut<'a, Bf16>),
+    }
+
+    /// An output slice of either element type, as
+    /// [`super::Bf16Output::output_slice`] hands it on.
+    pub enum OutputSlice<'a> {
+        F32(&'a mut [f32]),
+        Bf16(&'a mut [Bf16]),
     }
 
     impl OutputMat<'_> {
