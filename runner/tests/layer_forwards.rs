@@ -27,10 +27,10 @@
 mod common;
 use common::{backends, normal};
 
-use kernels::{Bf16Unit, Kernels, MatRef, PackedBf16};
+use kernels::{Bf16, Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
     cross_entropy, encoder_forward, gelu_forward, gelu_output, layer_norm_forward, lm_head_forward,
-    matmul_forward, Activation, Weight,
+    matmul_backward, matmul_forward, Activation, Weight,
 };
 use runner::model::{
     attention_forward, Attention, Context, Gpt, ModelConfig, Precision, LAYER_NORM_EPS,
@@ -740,6 +740,45 @@ fn causal_attention_matches_definition() {
             // The probabilities it keeps for the backward pass, the masked
             // upper triangle written as zeros.
             assert_within(&format!("{what} probs"), &probs, &r.probs, &r.probs_bound);
+        }
+    }
+}
+
+/// An activation kept in bf16 (as GELU's output is in bf16 precision)
+/// gives the products the same bits as its f32 values would: they round
+/// their A to bf16 anyway. Forward and backward (the weight gradient reads
+/// it transposed), rows on cache lines or not, widths whose rows tiles can
+/// read in place (multiples of 32) and others.
+#[test]
+fn a_bf16_activation_multiplies_as_its_f32_values() {
+    for k in bf16_handles() {
+        for (bt, c, oc) in [(64, 64, 48), (70, 96, 40), (13, 40, 24)] {
+            let mut rng = Rng::new((bt * c + oc) as u64);
+            let x = normal(&mut rng, bt * c, 1.0);
+            let w = normal(&mut rng, c * oc, 0.5);
+            let dy = normal(&mut rng, bt * oc, 1.0);
+            // The bf16 values, from a 64-byte line (the arena's tensors are).
+            let mut lines = vec![0.0f32; bt * c + 16];
+            let at = lines.as_ptr().align_offset(64);
+            let x16: &mut [Bf16] = &mut bytemuck::cast_slice_mut(&mut lines[at..])[..bt * c];
+            for (r, &v) in x16.iter_mut().zip(&x) {
+                *r = Bf16::from_f32(v);
+            }
+            let x16: &[Bf16] = x16;
+            let run = |inp: Activation| {
+                let mut ctx = context(k, Precision::Bf16);
+                let mut out = vec![f32::NAN; bt * oc];
+                matmul_forward(&mut ctx, &mut out, inp, Weight::F32(&w), None, bt, c, oc).unwrap();
+                let (mut dx, mut dw) = (vec![f32::NAN; bt * c], vec![0.0; c * oc]);
+                matmul_backward(&mut ctx, &mut dx, &mut dw, None, &dy, inp, &w, bt, c, oc).unwrap();
+                (out, dw)
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let (out32, dw32) = run(Activation::F32(&x));
+            let (out16, dw16) = run(Activation::Bf16(x16));
+            let what = format!("{} {bt}x{c}x{oc}", describe(&k, Precision::Bf16));
+            assert_eq!(bits(&out16), bits(&out32), "{what}: forward");
+            assert_eq!(bits(&dw16), bits(&dw32), "{what}: weight gradient");
         }
     }
 }
