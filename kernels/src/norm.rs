@@ -2,14 +2,17 @@
 
 use crate::dispatch::dispatch;
 use crate::error::{expect_len, rows_of};
-use crate::simd::{fold1, pieces, Simd};
-use crate::{KernelError, Kernels};
+use crate::gemm::OutputSlice;
+use crate::simd::{fold1, pieces, Lane, Simd};
+use crate::{Bf16Output, KernelError, Kernels};
 
 impl Kernels {
     /// Layer norm of each row of `x` (rows of `gamma.len()` columns):
     /// `out = (x - mean) · rstd · gamma + beta`, with the (biased) variance
     /// and `rstd = 1 / sqrt(var + eps)`. Writes `out` and, per row, `mean`
-    /// and `rstd` (kept for the backward pass).
+    /// and `rstd` (kept for the backward pass). `out` is f32, or
+    /// [`crate::Bf16`] ([`Bf16Output`]): each value rounded once from the
+    /// f32 one, for an output only bf16 products read.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
@@ -20,13 +23,14 @@ impl Kernels {
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
     #[allow(clippy::too_many_arguments)] // the math has this many operands
-    pub fn layer_norm_forward(
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_forward<O: Bf16Output>(
         &self,
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
         eps: f32,
-        out: &mut [f32],
+        out: &mut [O],
         mean: &mut [f32],
         rstd: &mut [f32],
     ) -> Result<(), KernelError> {
@@ -39,6 +43,27 @@ impl Kernels {
         if cols == 0 {
             return Ok(());
         }
+        match O::output_slice(out) {
+            OutputSlice::F32(out) => self.layer_norm_rows(x, gamma, beta, eps, out, mean, rstd),
+            OutputSlice::Bf16(out) => self.layer_norm_rows(x, gamma, beta, eps, out, mean, rstd),
+        }
+        Ok(())
+    }
+
+    /// [`Kernels::layer_norm_forward`] into either element type, the
+    /// lengths checked.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_rows<T: Lane>(
+        &self,
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [T],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+    ) {
+        let cols = gamma.len();
         let rows_in = x.chunks_exact(cols).zip(out.chunks_exact_mut(cols));
         let row_stats = mean.iter_mut().zip(rstd.iter_mut());
         for ((x, out), (mean, rstd)) in rows_in.zip(row_stats) {
@@ -47,7 +72,6 @@ impl Kernels {
                 simd: |s| layer_norm_row(s, x, gamma, beta, eps, out),
             );
         }
-        Ok(())
     }
 
     /// Backward of [`Kernels::layer_norm_forward`], given the forward's input
@@ -112,31 +136,31 @@ struct NormRow<'a> {
     rstd: f32,
 }
 
-fn layer_norm_row_scalar(
+fn layer_norm_row_scalar<T: Lane>(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
-    out: &mut [f32],
+    out: &mut [T],
 ) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = x.iter().sum::<f32>() / n;
     let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
     let rstd = 1.0 / libm::sqrtf(var + eps);
     for (i, o) in out.iter_mut().enumerate() {
-        *o = (x[i] - mean) * rstd * gamma[i] + beta[i];
+        *o = T::from_f32((x[i] - mean) * rstd * gamma[i] + beta[i]);
     }
     (mean, rstd)
 }
 
 #[inline(always)]
-fn layer_norm_row<S: Simd>(
+fn layer_norm_row<S: Simd, T: Lane>(
     s: S,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
-    out: &mut [f32],
+    out: &mut [T],
 ) -> (f32, f32) {
     let n = x.len() as f32;
     let add = |a, b| s.add(a, b);
@@ -155,7 +179,7 @@ fn layer_norm_row<S: Simd>(
         let norm = s.mul(s.sub(s.load_piece(&x[p.clone()], 0.0), m), r);
         let g = s.load_piece(&gamma[p.clone()], 0.0);
         let b = s.load_piece(&beta[p.clone()], 0.0);
-        s.store_piece(&mut out[p], s.mul_add(norm, g, b));
+        T::store_piece(s, &mut out[p], s.mul_add(norm, g, b));
     }
     (mean, rstd)
 }

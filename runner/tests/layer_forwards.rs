@@ -29,8 +29,8 @@ use common::{backends, normal};
 
 use kernels::{Bf16, Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
-    cross_entropy, encoder_forward, gelu_forward, gelu_output, layer_norm_forward, lm_head_forward,
-    matmul_backward, matmul_forward, Activation, Weight,
+    cross_entropy, encoder_forward, for_products, for_products_mut, gelu_forward,
+    layer_norm_forward, lm_head_forward, matmul_backward, matmul_forward, Activation, Weight,
 };
 use runner::model::{
     attention_forward, Attention, Context, Gpt, ModelConfig, Precision, LAYER_NORM_EPS,
@@ -279,7 +279,7 @@ fn layer_norm_forward_matches_definition_with_its_statistics() {
                 &gamma,
                 &beta,
                 LAYER_NORM_EPS,
-                &mut out,
+                &mut out[..],
                 &mut mean,
                 &mut rstd,
             )
@@ -474,8 +474,9 @@ fn gelu_reference(x: f64) -> f64 {
 }
 
 /// In bf16 precision GELU's output is kept in bf16 (only the projection's
-/// products read it, and they round it anyway): read through
-/// `gelu_output`, it is the f32 output rounded once.
+/// products read it, and they round it anyway): written and read through
+/// `for_products_mut` and `for_products`, it is the f32 output rounded
+/// once.
 #[test]
 fn gelu_forward_matches_tanh_approximation() {
     // Two full pieces of 2^14 elements and a partial one, inputs over the
@@ -486,8 +487,9 @@ fn gelu_forward_matches_tanh_approximation() {
             let x = normal(&mut rng, n, 3.0);
             let mut buf = vec![f32::NAN; n];
             let mut ctx = context(k, precision);
-            gelu_forward(&mut ctx, &x, &mut buf).unwrap();
-            let (out, rounding): (Vec<f32>, f64) = match gelu_output(&ctx, &buf) {
+            let out = for_products_mut(&ctx, &mut buf);
+            gelu_forward(&mut ctx, &x, out).unwrap();
+            let (out, rounding): (Vec<f32>, f64) = match for_products(&ctx, &buf) {
                 Activation::F32(out) => (out.to_vec(), 0.0),
                 Activation::Bf16(out) => (out.iter().map(|v| v.to_f32()).collect(), 2f64.powi(-8)),
             };

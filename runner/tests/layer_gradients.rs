@@ -365,7 +365,7 @@ fn layer_norm_backward_matches_finite_differences_across_pieces() {
                 &x[1],
                 &x[2],
                 LAYER_NORM_EPS,
-                &mut out,
+                &mut out[..],
                 &mut mean,
                 &mut rstd,
             )
@@ -414,7 +414,7 @@ fn gelu_backward_matches_finite_differences() {
         let mut stepped = |sign: f32| {
             let x: Vec<f32> = inputs[0].iter().map(|&x| x + sign * SMOOTH.h).collect();
             let mut out = vec![f32::NAN; n];
-            gelu_forward(&mut compute, &x, &mut out).unwrap();
+            gelu_forward(&mut compute, &x, &mut out[..]).unwrap();
             (x, out)
         };
         let ((x_up, up), (x_down, down)) = (stepped(1.0), stepped(-1.0));
@@ -431,7 +431,7 @@ fn gelu_backward_matches_finite_differences() {
             SMOOTH,
             &mut |x| {
                 let mut out = vec![f32::NAN; n];
-                gelu_forward(&mut compute, &x[0], &mut out).unwrap();
+                gelu_forward(&mut compute, &x[0], &mut out[..]).unwrap();
                 weighted_sum(&out, &g)
             },
         );
@@ -629,7 +629,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
             &gamma,
             &beta,
             LAYER_NORM_EPS,
-            &mut out,
+            &mut out[..],
             &mut mean,
             &mut rstd,
         )

@@ -747,3 +747,39 @@ fn gelu_into_bf16_is_the_f32_gelu_rounded() {
         }
     }
 }
+
+/// Layer norm into a bf16 output holds the f32 output rounded once, with
+/// the same row statistics, on every backend and row width (every tail of
+/// both vector widths), NaN-prefilled; nothing past the rows is written.
+#[test]
+fn layer_norm_into_bf16_is_the_f32_layer_norm_rounded() {
+    let mut rng = Rng::new(31);
+    let mut all = std::vec![("scalar", scalar())];
+    all.extend(simd_kernels());
+    let nan = crate::Bf16::from_f32(f32::NAN);
+    for (name, k) in all {
+        for cols in (1..=40).chain([67, 384]) {
+            let rows = 3;
+            let x = rng.vec(rows * cols, -3.0, 5.0);
+            let (gamma, beta) = (rng.vec(cols, 0.5, 1.5), rng.vec(cols, -0.5, 0.5));
+            let mut wide = std::vec![0.0; rows * cols];
+            let (mut mean, mut rstd) = (std::vec![0.0; rows], std::vec![0.0; rows]);
+            k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut wide, &mut mean, &mut rstd)
+                .unwrap();
+            let mut buf = std::vec![nan; rows * cols + 2];
+            let (mut mean16, mut rstd16) = (std::vec![0.0; rows], std::vec![0.0; rows]);
+            let out = &mut buf[1..rows * cols + 1];
+            k.layer_norm_forward(&x, &gamma, &beta, 1e-5, out, &mut mean16, &mut rstd16)
+                .unwrap();
+            let what = format!("{name}, {cols} columns");
+            for (i, (got, &want)) in out.iter().zip(&wide).enumerate() {
+                let want = crate::Bf16::from_f32(want);
+                assert_eq!(got.to_bits(), want.to_bits(), "{what}, element {i}");
+            }
+            assert_same(&what, &mean16, &mean);
+            assert_same(&what, &rstd16, &rstd);
+            let mut guards = [buf[0], buf[rows * cols + 1]].into_iter();
+            assert!(guards.all(|x| x.to_bits() == nan.to_bits()), "{what}");
+        }
+    }
+}

@@ -145,7 +145,7 @@ fn empty_inputs_are_fine() {
         assert_eq!(k.dot(&[], &[]).unwrap(), 0.0);
         k.softmax_rows(&mut [], 0, ValidLen::All).unwrap();
         k.softmax_rows(&mut [], 7, ValidLen::All).unwrap();
-        k.layer_norm_forward(&[], &[], &[], 1e-5, &mut [], &mut [], &mut [])
+        k.layer_norm_forward::<f32>(&[], &[], &[], 1e-5, &mut [], &mut [], &mut [])
             .unwrap();
         k.cross_entropy(&[], 5, &[], &mut [], None, 1.0).unwrap();
         k.cross_entropy(&[], 0, &[], &mut [], Some(&mut []), 1.0)

@@ -6,8 +6,8 @@
 use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
-    add, gelu_backward, gelu_forward, gelu_output, layer_norm_backward, layer_norm_forward,
-    matmul_backward, matmul_forward, LAYER_NORM_EPS,
+    add, for_products, for_products_mut, gelu_backward, gelu_forward, layer_norm_backward,
+    layer_norm_forward, matmul_backward, matmul_forward, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -30,18 +30,14 @@ pub fn block_forward(
     c: usize,
     nh: usize,
 ) -> Result<(), Error> {
-    layer_norm_forward(
-        ctx,
-        input,
-        p.ln1w,
-        p.ln1b,
-        LAYER_NORM_EPS,
-        a.ln1,
-        a.ln1_mean,
-        a.ln1_rstd,
-    )?;
+    // The LayerNorm and GELU outputs are read only by products: in bf16
+    // precision they are kept in bf16 (`for_products_mut`).
+    let ln1 = for_products_mut(ctx, &mut *a.ln1);
+    let eps = LAYER_NORM_EPS;
+    layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, a.ln1_mean, a.ln1_rstd)?;
     let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
-    matmul_forward(ctx, a.qkv, a.ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
+    let ln1 = for_products(ctx, a.ln1);
+    matmul_forward(ctx, a.qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
     attention_forward(ctx, a.atty, a.att, a.qkv, c, nh, attention)?;
     matmul_forward(
         ctx,
@@ -54,20 +50,23 @@ pub fn block_forward(
         c,
     )?;
     add(ctx, input, a.attproj, a.residual2)?;
+    let ln2 = for_products_mut(ctx, &mut *a.ln2);
     layer_norm_forward(
         ctx,
         a.residual2,
         p.ln2w,
         p.ln2b,
-        LAYER_NORM_EPS,
-        a.ln2,
+        eps,
+        ln2,
         a.ln2_mean,
         a.ln2_rstd,
     )?;
     let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
-    matmul_forward(ctx, a.fch, a.ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
-    gelu_forward(ctx, a.fch, a.fch_gelu)?;
-    let fch_gelu = gelu_output(ctx, a.fch_gelu);
+    let ln2 = for_products(ctx, a.ln2);
+    matmul_forward(ctx, a.fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
+    let fch_gelu = for_products_mut(ctx, &mut *a.fch_gelu);
+    gelu_forward(ctx, a.fch, fch_gelu)?;
+    let fch_gelu = for_products(ctx, a.fch_gelu);
     matmul_forward(
         ctx,
         a.fcproj,
@@ -110,7 +109,7 @@ pub fn block_backward(
 ) -> Result<(), Error> {
     let bt = b * t;
     // output = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-    let fch_gelu = gelu_output(ctx, a.fch_gelu);
+    let fch_gelu = for_products(ctx, a.fch_gelu);
     matmul_backward(
         ctx,
         s.dfch_gelu,
@@ -130,7 +129,7 @@ pub fn block_backward(
         g.fcw,
         Some(g.fcb),
         s.dfch,
-        a.ln2,
+        for_products(ctx, a.ln2),
         p.fcw,
         bt,
         c,
@@ -169,7 +168,7 @@ pub fn block_backward(
         g.qkvw,
         Some(g.qkvb),
         s.dqkv,
-        a.ln1,
+        for_products(ctx, a.ln1),
         p.qkvw,
         bt,
         c,
@@ -214,27 +213,12 @@ pub fn block_recompute(
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
     let (mean, rstd) = (&mut *r.mean, &mut *r.rstd);
-    layer_norm_forward(
-        ctx,
-        input,
-        p.ln1w,
-        p.ln1b,
-        LAYER_NORM_EPS,
-        r.ln1,
-        mean,
-        rstd,
-    )?;
+    let (ln1, eps) = (for_products_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
+    layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, mean, rstd)?;
     let causal = Attention::Causal { b, t, per_head };
     attention_forward(ctx, r.atty, r.att, a.qkv, c, nh, causal)?;
-    layer_norm_forward(
-        ctx,
-        a.residual2,
-        p.ln2w,
-        p.ln2b,
-        LAYER_NORM_EPS,
-        r.ln2,
-        mean,
-        rstd,
-    )?;
-    gelu_forward(ctx, a.fch, r.fch_gelu)
+    let ln2 = for_products_mut(ctx, &mut *r.ln2);
+    layer_norm_forward(ctx, a.residual2, p.ln2w, p.ln2b, eps, ln2, mean, rstd)?;
+    let fch_gelu = for_products_mut(ctx, &mut *r.fch_gelu);
+    gelu_forward(ctx, a.fch, fch_gelu)
 }

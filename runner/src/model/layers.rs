@@ -43,13 +43,13 @@ pub fn zero(ctx: &Context, x: &mut [f32]) {
 
 /// LayerNorm forward, by pieces of rows.
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_forward(
+pub fn layer_norm_forward<'a>(
     ctx: &mut Context,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
-    out: &mut [f32],
+    out: impl Into<ActivationMut<'a>>,
     mean: &mut [f32],
     rstd: &mut [f32],
 ) -> Result<(), Error> {
@@ -57,15 +57,24 @@ pub fn layer_norm_forward(
         |p| &mut p.layer_norm,
         |ctx| {
             let (k, c) = (ctx.kernels, gamma.len());
-            let pieces = (
-                (out, ROWS_PER_PIECE * c),
-                ((mean, ROWS_PER_PIECE), (rstd, ROWS_PER_PIECE)),
-            );
-            ctx.threads
-                .try_for_each_piece(pieces, |i, (out, (mean, rstd))| {
-                    let x = &x[i * ROWS_PER_PIECE * c..][..out.len()];
-                    Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
-                })
+            let stats = ((mean, ROWS_PER_PIECE), (rstd, ROWS_PER_PIECE));
+            let input = |i: usize, len: usize| &x[i * ROWS_PER_PIECE * c..][..len];
+            match out.into() {
+                ActivationMut::F32(out) => ctx.threads.try_for_each_piece(
+                    ((out, ROWS_PER_PIECE * c), stats),
+                    |i, (out, (mean, rstd))| {
+                        let x = input(i, out.len());
+                        Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
+                    },
+                ),
+                ActivationMut::Bf16(out) => ctx.threads.try_for_each_piece(
+                    ((out, ROWS_PER_PIECE * c), stats),
+                    |i, (out, (mean, rstd))| {
+                        let x = input(i, out.len());
+                        Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
+                    },
+                ),
+            }
         },
     )
 }
@@ -124,42 +133,50 @@ pub fn layer_norm_backward(
 }
 
 /// GELU forward, by pieces.
-pub fn gelu_forward(ctx: &mut Context, x: &[f32], out: &mut [f32]) -> Result<(), Error> {
+pub fn gelu_forward<'a>(
+    ctx: &mut Context,
+    x: &[f32],
+    out: impl Into<ActivationMut<'a>>,
+) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.gelu,
         |ctx| {
             let k = ctx.kernels;
             let input = |i: usize, len: usize| &x[i * ELEMENTS_PER_PIECE..][..len];
-            match ctx.precision {
-                Precision::F32 => ctx
+            match out.into() {
+                ActivationMut::F32(out) => ctx
                     .threads
                     .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
                         Ok(k.gelu_forward(input(i, out.len()), out)?)
                     }),
-                Precision::Bf16 => {
-                    let out = bf16_half(out);
-                    ctx.threads
-                        .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
-                            Ok(k.gelu_forward(input(i, out.len()), out)?)
-                        })
-                }
+                ActivationMut::Bf16(out) => ctx
+                    .threads
+                    .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
+                        Ok(k.gelu_forward(input(i, out.len()), out)?)
+                    }),
             }
         },
     )
 }
 
-/// The first half of an f32 buffer's bytes as bf16 values, one per float
-/// of the buffer: where an activation that only bf16 products read is kept
-/// in bf16 precision (they round it anyway, so no bit of the result
-/// changes, and it is half the bytes to write and read).
-fn bf16_half(buf: &mut [f32]) -> &mut [Bf16] {
-    let len = buf.len();
-    &mut bytemuck::cast_slice_mut(buf)[..len]
+/// An activation that only matrix products read (the LayerNorm outputs
+/// inside a block, GELU's output) as its layer writes it: the f32 buffer,
+/// or in bf16 precision bf16 values in the first half of its bytes, one
+/// per float. The products round their A to bf16 anyway, so no bit of the
+/// result changes, and it is half the bytes to write and to read.
+pub fn for_products_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<'a> {
+    match ctx.precision {
+        Precision::F32 => ActivationMut::F32(buf),
+        Precision::Bf16 => {
+            let len = buf.len();
+            ActivationMut::Bf16(&mut bytemuck::cast_slice_mut(buf)[..len])
+        }
+    }
 }
 
-/// GELU's output as [`gelu_forward`] left it in `buf` for `ctx`'s
-/// precision: f32, or bf16 in the first half of its bytes.
-pub fn gelu_output<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
+/// The activation [`for_products_mut`] had written into `buf`, as the
+/// products read it (`ctx` in the same precision).
+pub fn for_products<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
     match ctx.precision {
         Precision::F32 => Activation::F32(buf),
         Precision::Bf16 => Activation::Bf16(&bytemuck::cast_slice(buf)[..buf.len()]),
@@ -167,11 +184,23 @@ pub fn gelu_output<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
 }
 
 /// An activation a product reads: f32, or bf16 values (see
-/// [`gelu_output`]).
+/// [`for_products_mut`]).
 #[derive(Clone, Copy)]
 pub enum Activation<'a> {
     F32(&'a [f32]),
     Bf16(&'a [Bf16]),
+}
+
+/// An activation as its layer writes it (see [`for_products_mut`]).
+pub enum ActivationMut<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [Bf16]),
+}
+
+impl<'a> From<&'a mut [f32]> for ActivationMut<'a> {
+    fn from(x: &'a mut [f32]) -> ActivationMut<'a> {
+        ActivationMut::F32(x)
+    }
 }
 
 impl<'a> From<&'a [f32]> for Activation<'a> {

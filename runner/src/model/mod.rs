@@ -550,7 +550,7 @@ fn head_forward(
     c: usize,
     v: usize,
 ) -> Result<(), Error> {
-    layer_norm_forward(ctx, x, p.lnfw, p.lnfb, LAYER_NORM_EPS, ln, mean, rstd)?;
+    layer_norm_forward(ctx, x, p.lnfw, p.lnfb, LAYER_NORM_EPS, &mut *ln, mean, rstd)?;
     lm_head_forward(ctx, logits, ln, wte, rows, c, v)
 }
 
