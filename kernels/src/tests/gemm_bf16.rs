@@ -393,6 +393,20 @@ fn every_unit_covers_whole_blocks_edges_and_short_products() {
     }
 }
 
+/// Products `(m, n, k, C's row stride)` for the tests of how C is stored:
+/// whole tile blocks, edges, k deeper than one pass of the pair path, a
+/// single row, rows a whole number of 64-byte lines apart and not, tiny.
+const C_SHAPES: [(usize, usize, usize, usize); 8] = [
+    (64, 64, 64, 64),
+    (70, 48, 40, 64),
+    (33, 80, 17, 96),
+    (40, 32, 600, 32),
+    (1, 64, 16, 64),
+    (35, 40, 24, 40),
+    (35, 40, 24, 41),
+    (3, 5, 7, 5),
+];
+
 /// Streaming C past the caches changes no bit: every unit, with every C
 /// streamed and with none, on C from a line (rows a whole number of lines
 /// apart, or not, which is not streamed), over whole tile blocks, edges,
@@ -401,14 +415,7 @@ fn every_unit_covers_whole_blocks_edges_and_short_products() {
 #[test]
 fn streamed_c_holds_the_same_bits_as_cached_c() {
     for (name, kernels) in bf16_kernels() {
-        for shape in [
-            (64, 64, 64, 64),
-            (70, 48, 40, 64),
-            (33, 80, 17, 96),
-            (40, 32, 600, 32),
-            (1, 64, 16, 64),
-            (35, 40, 24, 40),
-        ] {
+        for shape in C_SHAPES {
             assert_streaming_changes_nothing(name, kernels, shape, |kernels, a, b, c| {
                 let (m, n, k) = (a.rows(), b.cols(), a.cols());
                 let mut ws = std::vec![0.0; kernels.gemm_bf16_workspace_len(m, n, k)];
@@ -483,15 +490,7 @@ fn views_of_a_packed_operand_match_the_same_part_unpacked() {
 #[test]
 fn a_bf16_c_holds_the_f32_c_rounded() {
     for (name, kernels) in bf16_kernels() {
-        for shape in [
-            (64, 64, 64, 64),
-            (70, 48, 40, 64),
-            (33, 80, 17, 96),
-            (40, 32, 600, 32),
-            (1, 64, 16, 64),
-            (35, 40, 24, 41),
-            (3, 5, 7, 5),
-        ] {
+        for shape in C_SHAPES {
             // (An alpha of 1e-39 makes subnormal values, which the
             // hardware's conversion would flush.)
             for scalars in [
