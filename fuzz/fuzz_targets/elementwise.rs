@@ -79,11 +79,19 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             }
         }
         6 => {
-            assert_eq!(
-                k.gelu_forward(a, &mut got).is_ok(),
-                scalar.gelu_forward(a, &mut want).is_ok()
-            );
+            let ok = k.gelu_forward(a, &mut got).is_ok();
+            assert_eq!(ok, scalar.gelu_forward(a, &mut want).is_ok());
             assert_close("gelu", &got, &want, 1e-5, 1e-6);
+            // Into bf16: the f32 output rounded once.
+            let mut narrow = vec![kernels::Bf16::default(); got.len()];
+            assert_eq!(k.gelu_forward(a, &mut narrow).is_ok(), ok);
+            if ok {
+                let rounded = got.iter().map(|&x| kernels::Bf16::from_f32(x).to_bits());
+                assert!(
+                    narrow.iter().map(|x| x.to_bits()).eq(rounded),
+                    "gelu into bf16"
+                );
+            }
         }
         7 => {
             assert_eq!(

@@ -5,7 +5,7 @@
 
 use arbitrary::Unstructured;
 use kernels::ValidLen;
-use kernels_fuzz::{all_moderate, assert_close, backends, len, values};
+use kernels_fuzz::{all_moderate, assert_close, backends, len, same_bits, values};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -61,6 +61,20 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             };
             let (got, want) = (run(&k), run(&scalar));
             assert_eq!(got.0, want.0);
+            // Into bf16: the f32 output rounded once, the same statistics.
+            let mut narrow = vec![kernels::Bf16::default(); n];
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            let ok =
+                k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut narrow, &mut mean, &mut rstd);
+            assert_eq!(ok.is_ok(), got.0);
+            if got.0 {
+                let rounded = got.1.iter().map(|&x| kernels::Bf16::from_f32(x).to_bits());
+                assert!(
+                    narrow.iter().map(|x| x.to_bits()).eq(rounded),
+                    "layer_norm into bf16"
+                );
+                assert!(same_bits(&mean, &got.2) && same_bits(&rstd, &got.3));
+            }
             let inputs_moderate =
                 all_moderate(&x, 1e3) && all_moderate(&gamma, 1e3) && all_moderate(&beta, 1e3);
             if got.0 && inputs_moderate {
