@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use kernels::{Bf16, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16, Sequential};
+use kernels::{
+    Bf16, Bf16Input, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16, Sequential,
+};
 
 use crate::error::Error;
 use crate::threads::Threads;
@@ -175,28 +177,33 @@ fn gemm_in<E: Executor>(
         workspace.resize(need, 0.0);
     }
     match (a, b, mm.precision) {
-        (LeftOperand::F32(a), RightOperand::PackedBf16(b), _) => {
-            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)?
-        }
-        (LeftOperand::Bf16(a), RightOperand::PackedBf16(b), _) => {
-            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)?
-        }
         (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => {
             k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
-        }
-        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::Bf16) => {
-            k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?
-        }
-        (LeftOperand::Bf16(a), RightOperand::Matrix(b), Precision::Bf16) => {
-            k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace)?
         }
         // Activations are stored in bf16 only in bf16 precision, and a
         // step runs in one precision.
         (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32) => {
             return Err(KernelError::InvalidArgument("bf16 operands in an f32 product").into());
         }
+        (LeftOperand::F32(a), b, _) => bf16_product(k, exec, (alpha, a, b, beta, c), workspace)?,
+        (LeftOperand::Bf16(a), b, _) => bf16_product(k, exec, (alpha, a, b, beta, c), workspace)?,
     }
     Ok(())
+}
+
+/// A product in bf16: B rounded while it is packed, or packed once.
+fn bf16_product<E: Executor, A: Bf16Input>(
+    k: Kernels,
+    exec: &E,
+    (alpha, a, b, beta, c): (f32, MatRef<A>, RightOperand, f32, MatMut),
+    workspace: &mut [f32],
+) -> Result<(), KernelError> {
+    match b {
+        RightOperand::PackedBf16(b) => {
+            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)
+        }
+        RightOperand::Matrix(b) => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace),
+    }
 }
 
 impl Context {

@@ -5,7 +5,7 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
-use kernels::{Bf16, MatMut, MatRef, PackedBf16};
+use kernels::{Bf16, Bf16Output, MatMut, MatRef, PackedBf16};
 
 use super::context::{Context, LeftOperand, Precision, Profile};
 use crate::error::Error;
@@ -55,28 +55,36 @@ pub fn layer_norm_forward<'a>(
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.layer_norm,
-        |ctx| {
-            let (k, c) = (ctx.kernels, gamma.len());
-            let stats = ((mean, ROWS_PER_PIECE), (rstd, ROWS_PER_PIECE));
-            let input = |i: usize, len: usize| &x[i * ROWS_PER_PIECE * c..][..len];
-            match out.into() {
-                ActivationMut::F32(out) => ctx.threads.try_for_each_piece(
-                    ((out, ROWS_PER_PIECE * c), stats),
-                    |i, (out, (mean, rstd))| {
-                        let x = input(i, out.len());
-                        Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
-                    },
-                ),
-                ActivationMut::Bf16(out) => ctx.threads.try_for_each_piece(
-                    ((out, ROWS_PER_PIECE * c), stats),
-                    |i, (out, (mean, rstd))| {
-                        let x = input(i, out.len());
-                        Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
-                    },
-                ),
+        |ctx| match out.into() {
+            ActivationMut::F32(out) => {
+                layer_norm_pieces(ctx, x, (gamma, beta, eps), out, mean, rstd)
+            }
+            ActivationMut::Bf16(out) => {
+                layer_norm_pieces(ctx, x, (gamma, beta, eps), out, mean, rstd)
             }
         },
     )
+}
+
+/// [`layer_norm_forward`] into either element type.
+fn layer_norm_pieces<O: Bf16Output>(
+    ctx: &Context,
+    x: &[f32],
+    (gamma, beta, eps): (&[f32], &[f32], f32),
+    out: &mut [O],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) -> Result<(), Error> {
+    let (k, c) = (ctx.kernels, gamma.len());
+    let pieces = (
+        (out, ROWS_PER_PIECE * c),
+        ((mean, ROWS_PER_PIECE), (rstd, ROWS_PER_PIECE)),
+    );
+    ctx.threads
+        .try_for_each_piece(pieces, |i, (out, (mean, rstd))| {
+            let x = &x[i * ROWS_PER_PIECE * c..][..out.len()];
+            Ok(k.layer_norm_forward(x, gamma, beta, eps, out, mean, rstd)?)
+        })
 }
 
 /// LayerNorm backward, by pieces of rows, accumulating into `dx`,
@@ -140,23 +148,20 @@ pub fn gelu_forward<'a>(
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.gelu,
-        |ctx| {
-            let k = ctx.kernels;
-            let input = |i: usize, len: usize| &x[i * ELEMENTS_PER_PIECE..][..len];
-            match out.into() {
-                ActivationMut::F32(out) => ctx
-                    .threads
-                    .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
-                        Ok(k.gelu_forward(input(i, out.len()), out)?)
-                    }),
-                ActivationMut::Bf16(out) => ctx
-                    .threads
-                    .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
-                        Ok(k.gelu_forward(input(i, out.len()), out)?)
-                    }),
-            }
+        |ctx| match out.into() {
+            ActivationMut::F32(out) => gelu_pieces(ctx, x, out),
+            ActivationMut::Bf16(out) => gelu_pieces(ctx, x, out),
         },
     )
+}
+
+/// [`gelu_forward`] into either element type.
+fn gelu_pieces<O: Bf16Output>(ctx: &Context, x: &[f32], out: &mut [O]) -> Result<(), Error> {
+    let k = ctx.kernels;
+    ctx.threads
+        .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
+            Ok(k.gelu_forward(&x[i * ELEMENTS_PER_PIECE..][..out.len()], out)?)
+        })
 }
 
 /// An activation that only matrix products read (the LayerNorm outputs

@@ -340,39 +340,17 @@ impl Pairs<'_> {
         let (l, mr) = (&self.layout, self.layout.mr);
         let cols = NR.min(l.n - j * NR);
         for (r, row_sums) in sums.iter().enumerate().take(mr.min(l.m - i * mr)) {
-            let at = (i * mr + r) * self.c_stride + j * NR;
-            // SAFETY (both arms): row `i·mr + r` < m and columns `j·NR..j·NR
-            // + cols` ≤ n lie inside C (`MatMut` checked its extent; its row
-            // stride is at least n where m > 1, so rows do not overlap);
-            // only the piece of this block writes them.
-            match self.c {
-                OutputPtr::F32(c) => {
-                    let c = unsafe { c.slice(at, cols) };
-                    let (c0, c1) = c.split_at_mut(cols.min(16));
-                    for (sums, c) in [(row_sums[0], c0), (row_sums[1], c1)] {
-                        match c.len() {
-                            0 => {}
-                            _ if self.stream_c => unit.stream(sums, self.alpha, c),
-                            _ => unit.update(sums, self.alpha, beta, c),
-                        }
-                    }
-                }
-                OutputPtr::Bf16(c) => {
-                    let c = unsafe { c.slice(at, cols) };
-                    if self.stream_c {
-                        unit.stream_bf16(*row_sums, self.alpha, c)
-                    } else {
-                        unit.update_bf16(*row_sums, self.alpha, beta, c)
-                    }
-                }
-            }
+            // SAFETY: row `i·mr + r` < m (the `take`) and columns `j·NR..j·NR
+            // + cols` ≤ n; only the piece of this block writes them.
+            unsafe { self.store_row(unit, i * mr + r, j, cols, beta, *row_sums) };
         }
     }
 
-    /// [`Pairs::update`] for rows `rows` of the sums of a whole tile
-    /// block (32 rows and columns inside C), with the choices made once
-    /// for the rows rather than per row: storing the sums took a third of
-    /// the time of a block at k = 384.
+    /// [`Pairs::update`] for rows `rows` of the sums of a whole tile block
+    /// (32 rows and columns inside C), each row loaded from the buffer as
+    /// it is stored (all 32 rows of accumulators at once would not stay in
+    /// registers): storing the sums took a third of the time of a block at
+    /// k = 384.
     #[inline(always)]
     fn update_whole<P: PairDot>(
         &self,
@@ -382,40 +360,55 @@ impl Pairs<'_> {
         sums: &amx::TileSums,
         rows: Range<usize>,
     ) {
-        let first = i * amx::MR * self.c_stride + j * NR;
-        let rows = sums
-            .0
-            .chunks_exact(NR)
-            .enumerate()
-            .skip(rows.start)
-            .take(rows.len());
-        // SAFETY (both arms): the block is whole, so its rows `i·32 + r`
-        // < m and columns `j·32..j·32 + 32` ≤ n lie inside C (`MatMut`
-        // checked its extent; rows at least n apart); only the piece of
-        // this block writes them.
+        for r in rows {
+            let row = &sums.0[r * NR..][..NR];
+            let acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
+            // SAFETY: the block is whole, so its rows `i·32 + r` < m and
+            // columns `j·32..j·32 + 32` ≤ n; only the piece of this block
+            // writes them.
+            unsafe { self.store_row(unit, i * amx::MR + r, j, NR, self.beta, acc) };
+        }
+    }
+
+    /// `C[row, j·32..j·32 + cols] = alpha · sums + beta · C` (`sums` the
+    /// row's 32 columns as two halves, `cols <= 32`), rounded where C is
+    /// bf16, stored past the caches where C is streamed.
+    ///
+    /// # Safety
+    /// `row` < m and `j·32 + cols` ≤ n, and nothing else accesses those
+    /// elements of C during the call.
+    #[inline(always)]
+    unsafe fn store_row<P: PairDot>(
+        &self,
+        unit: P,
+        row: usize,
+        j: usize,
+        cols: usize,
+        beta: f32,
+        sums: [P::Acc; 2],
+    ) {
+        let at = row * self.c_stride + j * NR;
+        // SAFETY (both arms): per the contract, the elements lie inside C
+        // (`MatMut` checked its extent; its row stride is at least n where
+        // m > 1, so rows do not overlap) and are this call's alone.
         match self.c {
             OutputPtr::F32(c) => {
-                for (r, sums) in rows {
-                    let row = unsafe { c.slice(first + r * self.c_stride, NR) };
-                    for (sums, c) in sums.chunks_exact(16).zip(row.chunks_exact_mut(16)) {
-                        let acc = unit.load_acc(sums);
-                        if self.stream_c {
-                            unit.stream(acc, self.alpha, c)
-                        } else {
-                            unit.update(acc, self.alpha, self.beta, c)
-                        }
+                let c = unsafe { c.slice(at, cols) };
+                let (c0, c1) = c.split_at_mut(cols.min(16));
+                for (sums, c) in [(sums[0], c0), (sums[1], c1)] {
+                    match c.len() {
+                        0 => {}
+                        _ if self.stream_c => unit.stream(sums, self.alpha, c),
+                        _ => unit.update(sums, self.alpha, beta, c),
                     }
                 }
             }
             OutputPtr::Bf16(c) => {
-                for (r, sums) in rows {
-                    let row = unsafe { c.slice(first + r * self.c_stride, NR) };
-                    let acc = [unit.load_acc(&sums[..16]), unit.load_acc(&sums[16..])];
-                    if self.stream_c {
-                        unit.stream_bf16(acc, self.alpha, row)
-                    } else {
-                        unit.update_bf16(acc, self.alpha, self.beta, row)
-                    }
+                let c = unsafe { c.slice(at, cols) };
+                if self.stream_c {
+                    unit.stream_bf16(sums, self.alpha, c)
+                } else {
+                    unit.update_bf16(sums, self.alpha, beta, c)
                 }
             }
         }
