@@ -29,7 +29,7 @@ use common::{backends, normal};
 
 use kernels::{Bf16, Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
-    cross_entropy, encoder_forward, for_products, for_products_mut, gelu_forward,
+    cross_entropy, encoder_forward, for_products, for_products_mut, gelu_backward, gelu_forward,
     layer_norm_forward, lm_head_forward, matmul_backward, matmul_forward, Activation, Weight,
 };
 use runner::model::{
@@ -509,6 +509,34 @@ fn gelu_forward_matches_tanh_approximation() {
     }
 }
 
+/// In bf16 precision GELU's input gradient is kept in bf16 too (only the
+/// MLP's products read it): it is the f32 gradient rounded once, and the
+/// bias gradient summed on the way has the f32 run's bits.
+#[test]
+fn gelu_backward_into_bf16_is_the_f32_gradient_rounded() {
+    let (rows, oc) = (2 * 64 + 5, 37);
+    for k in bf16_handles() {
+        let mut rng = Rng::new(41);
+        let x = normal(&mut rng, rows * oc, 3.0);
+        let dout = normal(&mut rng, rows * oc, 1.0);
+        let run = |precision: Precision| {
+            let mut ctx = context(k, precision);
+            let (mut buf, mut dbias) = (vec![f32::NAN; rows * oc], vec![0.25; oc]);
+            let dx = for_products_mut(&ctx, &mut buf);
+            gelu_backward(&mut ctx, &x, &dout, dx, &mut dbias).unwrap();
+            let dx: Vec<u16> = match for_products(&ctx, &buf) {
+                Activation::F32(dx) => dx.iter().map(|&v| Bf16::from_f32(v).to_bits()).collect(),
+                Activation::Bf16(dx) => dx.iter().map(|v| v.to_bits()).collect(),
+            };
+            (dx, dbias.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let what = describe(&k, Precision::Bf16);
+        let ((dx32, dbias32), (dx16, dbias16)) = (run(Precision::F32), run(Precision::Bf16));
+        assert_eq!(dx16, dx32, "{what}: input gradient");
+        assert_eq!(dbias16, dbias32, "{what}: bias gradient");
+    }
+}
+
 // ----------------------------------------------------------------------
 // Cross-entropy
 
@@ -746,11 +774,26 @@ fn causal_attention_matches_definition() {
     }
 }
 
-/// An activation kept in bf16 (as GELU's output is in bf16 precision)
-/// gives the products the same bits as its f32 values would: they round
-/// their A to bf16 anyway. Forward and backward (the weight gradient reads
-/// it transposed), rows on cache lines or not, widths whose rows tiles can
-/// read in place (multiples of 32) and others.
+/// bf16 values on a 64-byte line (the arena's tensors are) rounded from
+/// `x`, in `lines`.
+fn on_line_bf16<'a>(lines: &'a mut Vec<f32>, x: &[f32]) -> &'a [Bf16] {
+    lines.clear();
+    lines.resize(x.len() + 16, 0.0);
+    let at = lines.as_ptr().align_offset(64);
+    let x16: &mut [Bf16] = &mut bytemuck::cast_slice_mut(&mut lines[at..])[..x.len()];
+    for (r, &v) in x16.iter_mut().zip(x) {
+        *r = Bf16::from_f32(v);
+    }
+    x16
+}
+
+/// An activation kept in bf16 (as GELU's output is in bf16 precision), or
+/// an output gradient (as GELU's input gradient is), gives the products
+/// the same bits as its f32 values would: they round their operands to
+/// bf16 anyway. Forward and backward (the weight gradient reads the
+/// activation transposed, the output gradient as its B), rows on cache
+/// lines or not, widths whose rows tiles can read in place (multiples of
+/// 32) and others.
 #[test]
 fn a_bf16_activation_multiplies_as_its_f32_values() {
     for k in bf16_handles() {
@@ -759,27 +802,24 @@ fn a_bf16_activation_multiplies_as_its_f32_values() {
             let x = normal(&mut rng, bt * c, 1.0);
             let w = normal(&mut rng, c * oc, 0.5);
             let dy = normal(&mut rng, bt * oc, 1.0);
-            // The bf16 values, from a 64-byte line (the arena's tensors are).
-            let mut lines = vec![0.0f32; bt * c + 16];
-            let at = lines.as_ptr().align_offset(64);
-            let x16: &mut [Bf16] = &mut bytemuck::cast_slice_mut(&mut lines[at..])[..bt * c];
-            for (r, &v) in x16.iter_mut().zip(&x) {
-                *r = Bf16::from_f32(v);
-            }
-            let x16: &[Bf16] = x16;
-            let run = |inp: Activation| {
+            let (mut x_lines, mut dy_lines) = (Vec::new(), Vec::new());
+            let x16 = on_line_bf16(&mut x_lines, &x);
+            let dy16 = on_line_bf16(&mut dy_lines, &dy);
+            let run = |inp: Activation, dout: Activation| {
                 let mut ctx = context(k, Precision::Bf16);
                 let mut out = vec![f32::NAN; bt * oc];
                 matmul_forward(&mut ctx, &mut out, inp, Weight::F32(&w), None, bt, c, oc).unwrap();
                 let (mut dx, mut dw) = (vec![f32::NAN; bt * c], vec![0.0; c * oc]);
-                matmul_backward(&mut ctx, &mut dx, &mut dw, None, &dy, inp, &w, bt, c, oc).unwrap();
-                (out, dw)
+                matmul_backward(&mut ctx, &mut dx, &mut dw, None, dout, inp, &w, bt, c, oc)
+                    .unwrap();
+                (out, dx, dw)
             };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let (out32, dw32) = run(Activation::F32(&x));
-            let (out16, dw16) = run(Activation::Bf16(x16));
+            let (out32, dx32, dw32) = run(Activation::F32(&x), Activation::F32(&dy));
+            let (out16, dx16, dw16) = run(Activation::Bf16(x16), Activation::Bf16(dy16));
             let what = format!("{} {bt}x{c}x{oc}", describe(&k, Precision::Bf16));
             assert_eq!(bits(&out16), bits(&out32), "{what}: forward");
+            assert_eq!(bits(&dx16), bits(&dx32), "{what}: input gradient");
             assert_eq!(bits(&dw16), bits(&dw32), "{what}: weight gradient");
         }
     }

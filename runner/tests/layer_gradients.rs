@@ -190,7 +190,7 @@ fn matmul_backward_matches_finite_differences() {
             &mut dinp,
             &mut dw,
             Some(&mut dbias),
-            &g,
+            g.as_slice(),
             inp.as_slice(),
             w,
             bt,
@@ -398,16 +398,27 @@ fn layer_norm_backward_matches_finite_differences_across_pieces() {
 
 #[test]
 fn gelu_backward_matches_finite_differences() {
-    // Two full pieces of 2^14 elements and a partial one; inputs span the
-    // curved region and both tails.
-    let n = 2 * (1 << 14) + 1001;
+    // Four full pieces of 64 rows and a partial one, of a width that is no
+    // multiple of a vector; inputs span the curved region and both tails.
+    let (rows, oc) = (4 * 64 + 9, 131);
+    let n = rows * oc;
     for k in backends() {
         let mut compute = Context::new(k);
         let mut rng = Rng::new(5);
         let mut inputs = vec![normal(&mut rng, n, 3.0)];
         let g = normal(&mut rng, n, 1.0);
         let mut dx = vec![0.0; n];
-        gelu_backward(&mut compute, &inputs[0], &g, &mut dx).unwrap();
+        let mut dbias = vec![0.5; oc];
+        gelu_backward(&mut compute, &inputs[0], &g, &mut dx[..], &mut dbias).unwrap();
+        // The bias gradient is added: the column sums of dx, on top of 0.5.
+        for (j, &db) in dbias.iter().enumerate() {
+            let sum: f64 = (0..rows).map(|r| f64::from(dx[r * oc + j])).sum::<f64>() + 0.5;
+            let what = format!("{} gelu dbias[{j}]", k.backend());
+            assert!(
+                (f64::from(db) - sum).abs() <= 1e-4 * (1.0 + sum.abs()),
+                "{what}: {db} against {sum}"
+            );
+        }
         // Element-wise, so one step of every input at once gives every
         // element's derivative: `G_j · Δgelu(x_j) / Δx_j`.
         let largest = dx.iter().fold(0.0_f64, |m, &d| m.max(f64::from(d).abs()));
@@ -573,7 +584,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
                     &mut dinp,
                     &mut dw,
                     Some(&mut dbias),
-                    &g,
+                    g.as_slice(),
                     x.as_slice(),
                     &w,
                     bt,
@@ -658,13 +669,17 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         assert_doubled(&what("layer norm dgamma"), &dgamma, &dgamma2);
         assert_doubled(&what("layer norm dbeta"), &dbeta, &dbeta2);
 
-        // GELU: dx is overwritten.
-        let mut gelu = |dx_fill: f32| {
-            let mut dx = vec![dx_fill; bt * c];
-            gelu_backward(&mut compute, &x, &g, &mut dx).unwrap();
-            dx
+        // GELU: dx is overwritten, the bias gradient accumulates.
+        let mut gelu = |dx_fill: f32, passes: usize| {
+            let (mut dx, mut dbias) = (vec![dx_fill; bt * c], vec![0.0; c]);
+            for _ in 0..passes {
+                gelu_backward(&mut compute, &x, &g, &mut dx[..], &mut dbias).unwrap();
+            }
+            (dx, dbias)
         };
-        assert_overwritten(&what("gelu dx"), &gelu(0.0), &gelu(f32::NAN));
+        let ((dx, dbias), (dx_nan, dbias2)) = (gelu(0.0, 1), gelu(f32::NAN, 2));
+        assert_overwritten(&what("gelu dx"), &dx, &dx_nan);
+        assert_doubled(&what("gelu dbias"), &dbias, &dbias2);
 
         // Encoder: dwte and dwpe accumulate.
         let tokens: Vec<u32> = (0..bt).map(|_| rng.below(v) as u32).collect();

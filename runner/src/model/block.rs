@@ -115,20 +115,23 @@ pub fn block_backward(
         s.dfch_gelu,
         g.fcprojw,
         Some(g.fcprojb),
-        s.dresidual,
+        &*s.dresidual,
         fch_gelu,
         p.fcprojw,
         bt,
         4 * c,
         c,
     )?;
-    gelu_backward(ctx, a.fch, s.dfch_gelu, s.dfch)?;
+    // GELU's input gradient is read only by products (its bias gradient
+    // is summed on the way), so it too is bf16 in bf16 precision.
+    let dfch = for_products_mut(ctx, &mut *s.dfch);
+    gelu_backward(ctx, a.fch, s.dfch_gelu, dfch, g.fcb)?;
     matmul_backward(
         ctx,
         s.dln,
         g.fcw,
-        Some(g.fcb),
-        s.dfch,
+        None,
+        for_products(ctx, s.dfch),
         for_products(ctx, a.ln2),
         p.fcw,
         bt,
@@ -152,7 +155,7 @@ pub fn block_backward(
         s.datty,
         g.attprojw,
         Some(g.attprojb),
-        s.dresidual,
+        &*s.dresidual,
         a.atty,
         p.attprojw,
         bt,
@@ -167,7 +170,7 @@ pub fn block_backward(
         s.dln,
         g.qkvw,
         Some(g.qkvb),
-        s.dqkv,
+        &*s.dqkv,
         for_products(ctx, a.ln1),
         p.qkvw,
         bt,

@@ -132,12 +132,20 @@ impl LeftOperand<'_> {
 }
 
 /// The B of a product: a matrix of f32 (rounded while packing when the
-/// precision is bf16), or weights packed once into bf16 pairs (always a
+/// precision is bf16), of bf16 values (gradients that only bf16 products
+/// read), or weights packed once into bf16 pairs (the last two: always a
 /// bf16 product).
 #[derive(Clone, Copy)]
 pub enum RightOperand<'a> {
     Matrix(MatRef<'a>),
+    Bf16(MatRef<'a, Bf16>),
     PackedBf16(PackedBf16<'a>),
+}
+
+impl<'a> From<MatRef<'a, Bf16>> for RightOperand<'a> {
+    fn from(b: MatRef<'a, Bf16>) -> RightOperand<'a> {
+        RightOperand::Bf16(b)
+    }
 }
 
 impl<'a> From<MatRef<'a>> for RightOperand<'a> {
@@ -171,7 +179,9 @@ fn gemm_in<E: Executor>(
     let need = match (b, mm.precision) {
         (RightOperand::PackedBf16(_), _) => k.gemm_bf16_packed_workspace_len(m, n, depth),
         (RightOperand::Matrix(_), Precision::F32) => k.gemm_workspace_len(m, n, depth),
-        (RightOperand::Matrix(_), Precision::Bf16) => k.gemm_bf16_workspace_len(m, n, depth),
+        (RightOperand::Matrix(_) | RightOperand::Bf16(_), _) => {
+            k.gemm_bf16_workspace_len(m, n, depth)
+        }
     };
     if workspace.len() < need {
         workspace.resize(need, 0.0);
@@ -180,9 +190,10 @@ fn gemm_in<E: Executor>(
         (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => {
             k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
         }
-        // Activations are stored in bf16 only in bf16 precision, and a
-        // step runs in one precision.
-        (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32) => {
+        // Activations and gradients are stored in bf16 only in bf16
+        // precision, and a step runs in one precision.
+        (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32)
+        | (_, RightOperand::Bf16(_), Precision::F32) => {
             return Err(KernelError::InvalidArgument("bf16 operands in an f32 product").into());
         }
         (LeftOperand::F32(a), b, _) => bf16_product(k, exec, (alpha, a, b, beta, c), workspace)?,
@@ -203,6 +214,7 @@ fn bf16_product<E: Executor, A: Bf16Input>(
             k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)
         }
         RightOperand::Matrix(b) => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace),
+        RightOperand::Bf16(b) => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace),
     }
 }
 
@@ -253,33 +265,15 @@ impl Context {
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
-    pub fn gemm<'a>(
+    pub fn gemm<'a, 'b>(
         &mut self,
         alpha: f32,
         a: impl Into<LeftOperand<'a>>,
-        b: MatRef,
+        b: impl Into<RightOperand<'b>>,
         beta: f32,
         c: MatMut,
     ) -> Result<(), Error> {
-        let mm = self.multiplier();
-        let b = RightOperand::Matrix(b);
-        let a = a.into();
-        gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
-    }
-
-    /// `C = alpha · A · B + beta · C` with B packed in bf16, split over the
-    /// threads.
-    pub fn gemm_packed<'a>(
-        &mut self,
-        alpha: f32,
-        a: impl Into<LeftOperand<'a>>,
-        b: PackedBf16,
-        beta: f32,
-        c: MatMut,
-    ) -> Result<(), Error> {
-        let mm = self.multiplier();
-        let b = RightOperand::PackedBf16(b);
-        let a = a.into();
+        let (mm, a, b) = (self.multiplier(), a.into(), b.into());
         gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
     }
 }

@@ -5,9 +5,9 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
-use kernels::{Bf16, Bf16Output, MatMut, MatRef, PackedBf16};
+use kernels::{Bf16, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
 
-use super::context::{Context, LeftOperand, Precision, Profile};
+use super::context::{Context, LeftOperand, Precision, Profile, RightOperand};
 use crate::error::Error;
 
 /// LayerNorm epsilon, as GPT-2.
@@ -188,8 +188,8 @@ pub fn for_products<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
     }
 }
 
-/// An activation a product reads: f32, or bf16 values (see
-/// [`for_products_mut`]).
+/// An activation (or a gradient) a product reads: f32, or bf16 values
+/// (see [`for_products_mut`]).
 #[derive(Clone, Copy)]
 pub enum Activation<'a> {
     F32(&'a [f32]),
@@ -221,8 +221,16 @@ impl<'a> From<&'a mut [f32]> for Activation<'a> {
 }
 
 impl<'a> Activation<'a> {
-    /// The activation as a `rows × cols` matrix.
-    fn matrix(self, rows: usize, cols: usize) -> Result<LeftOperand<'a>, Error> {
+    /// The activation as a `rows × cols` matrix, the A of a product.
+    fn as_a(self, rows: usize, cols: usize) -> Result<LeftOperand<'a>, Error> {
+        Ok(match self {
+            Activation::F32(x) => MatRef::new(x, rows, cols)?.into(),
+            Activation::Bf16(x) => MatRef::new(x, rows, cols)?.into(),
+        })
+    }
+
+    /// The activation as a `rows × cols` matrix, the B of a product.
+    fn as_b(self, rows: usize, cols: usize) -> Result<RightOperand<'a>, Error> {
         Ok(match self {
             Activation::F32(x) => MatRef::new(x, rows, cols)?.into(),
             Activation::Bf16(x) => MatRef::new(x, rows, cols)?.into(),
@@ -230,26 +238,78 @@ impl<'a> Activation<'a> {
     }
 }
 
-/// GELU backward, by pieces: `dx = gelu'(x) · dout`, overwriting `dx`
+/// GELU backward fused with the gradient of the bias its input came with
+/// (`x = inp · w + bias`): `dx = gelu'(x) · dout`, overwriting `dx`
 /// (accumulating would need a pass that zeroes it first: 2–3 % of a bf16
-/// `shakes` step).
-pub fn gelu_backward(
+/// `shakes` step), and `dbias += Σ_rows dx`, summed from the f32 values
+/// while each row is in cache, in [`bias_backward`]'s order (the same
+/// bits). `dx` is f32, or bf16 where only products read it
+/// ([`for_products_mut`]).
+pub fn gelu_backward<'a>(
     ctx: &mut Context,
     x: &[f32],
     dout: &[f32],
-    dx: &mut [f32],
+    dx: impl Into<ActivationMut<'a>>,
+    dbias: &mut [f32],
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.gelu,
         |ctx| {
             let k = ctx.kernels;
-            ctx.threads
-                .try_for_each_piece((dx, ELEMENTS_PER_PIECE), |i, dx| {
-                    let at = i * ELEMENTS_PER_PIECE..i * ELEMENTS_PER_PIECE + dx.len();
-                    Ok(k.gelu_backward_into(&x[at.clone()], &dout[at], dx)?)
-                })
+            match dx.into() {
+                ActivationMut::F32(dx) => {
+                    gelu_backward_rows(ctx, (x, dout), dx, dbias, |x, dout, dx, _, partial| {
+                        k.gelu_backward_into(x, dout, dx)?;
+                        k.axpy(1.0, dx, partial)
+                    })
+                }
+                ActivationMut::Bf16(dx) => {
+                    gelu_backward_rows(ctx, (x, dout), dx, dbias, |x, dout, dx, row, partial| {
+                        k.gelu_backward_into(x, dout, row)?;
+                        k.axpy(1.0, row, partial)?;
+                        k.f32_to_bf16(row, dx)
+                    })
+                }
+            }
         },
     )
+}
+
+/// [`gelu_backward`] by pieces of rows: `row(x, dout, dx, scratch,
+/// partial)` writes one row of `dx` and adds its f32 values into the
+/// piece's `partial` (`scratch` is a row of f32 for it to use).
+fn gelu_backward_rows<O: Send>(
+    ctx: &mut Context,
+    (x, dout): (&[f32], &[f32]),
+    dx: &mut [O],
+    dbias: &mut [f32],
+    row: impl Fn(&[f32], &[f32], &mut [O], &mut [f32], &mut [f32]) -> Result<(), KernelError> + Sync,
+) -> Result<(), Error> {
+    let (k, oc) = (ctx.kernels, dbias.len());
+    if oc == 0 {
+        return Ok(());
+    }
+    let pieces = (dx.len() / oc).div_ceil(ROWS_PER_PIECE);
+    let partials = &mut ctx.partials;
+    partials.clear();
+    partials.resize(pieces * 2 * oc, 0.0);
+    ctx.threads.try_for_each_piece(
+        ((dx, ROWS_PER_PIECE * oc), (&mut partials[..], 2 * oc)),
+        |i, (dx, partial)| {
+            let (partial, scratch) = partial.split_at_mut(oc);
+            let first = i * ROWS_PER_PIECE * oc;
+            let (x, dout) = (&x[first..][..dx.len()], &dout[first..][..dx.len()]);
+            let rows = x.chunks_exact(oc).zip(dout.chunks_exact(oc));
+            for ((x, dout), dx) in rows.zip(dx.chunks_exact_mut(oc)) {
+                row(x, dout, dx, scratch, partial)?;
+            }
+            Ok(())
+        },
+    )?;
+    for partial in ctx.partials.chunks_exact(2 * oc) {
+        k.axpy(1.0, &partial[..oc], dbias)?;
+    }
+    Ok(())
 }
 
 /// Fused softmax + cross-entropy, by pieces of rows: per-row losses over
@@ -337,10 +397,10 @@ pub fn matmul_forward<'a>(
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, out_) = (inp.into().matrix(bt, c)?, MatMut::new(out, bt, oc)?);
+        let (x, out_) = (inp.into().as_a(bt, c)?, MatMut::new(out, bt, oc)?);
         match w {
             Weight::F32(w) => ctx.gemm(1.0, x, MatRef::new(w, c, oc)?, 0.0, out_)?,
-            Weight::Packed(w) => ctx.gemm_packed(1.0, x, w, 0.0, out_)?,
+            Weight::Packed(w) => ctx.gemm(1.0, x, w, 0.0, out_)?,
         }
         if let Some(bias) = bias {
             let k = ctx.kernels;
@@ -354,14 +414,15 @@ pub fn matmul_forward<'a>(
 }
 
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
-/// `dw += inpᵀ · dout`, `dbias += Σ_rows dout`.
+/// `dw += inpᵀ · dout`, and with `dbias` (`dout` in f32 then) `dbias +=
+/// Σ_rows dout`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_backward<'a>(
+pub fn matmul_backward<'a, 'b>(
     ctx: &mut Context,
     dinp: &mut [f32],
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
-    dout: &[f32],
+    dout: impl Into<Activation<'b>>,
     inp: impl Into<Activation<'a>>,
     w: &[f32],
     bt: usize,
@@ -369,16 +430,21 @@ pub fn matmul_backward<'a>(
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let dy = MatRef::new(dout, bt, oc)?;
+        let dout = dout.into();
         let wt = MatRef::new(w, c, oc)?.t();
-        ctx.gemm(1.0, dy, wt, 0.0, MatMut::new(dinp, bt, c)?)?;
-        let x = inp.into().matrix(bt, c)?;
-        ctx.gemm(1.0, x.t(), dy, 1.0, MatMut::new(dw, c, oc)?)?;
-        if let Some(dbias) = dbias {
-            debug_assert_eq!(dbias.len(), oc);
-            bias_backward(ctx, dbias, dout)?;
+        ctx.gemm(1.0, dout.as_a(bt, oc)?, wt, 0.0, MatMut::new(dinp, bt, c)?)?;
+        let x = inp.into().as_a(bt, c)?;
+        ctx.gemm(1.0, x.t(), dout.as_b(bt, oc)?, 1.0, MatMut::new(dw, c, oc)?)?;
+        match (dbias, dout) {
+            (None, _) => Ok(()),
+            (Some(dbias), Activation::F32(dout)) => {
+                debug_assert_eq!(dbias.len(), oc);
+                bias_backward(ctx, dbias, dout)
+            }
+            (Some(_), Activation::Bf16(_)) => {
+                Err(KernelError::InvalidArgument("a bias gradient summed from bf16 values").into())
+            }
         }
-        Ok(())
     })
 }
 
@@ -425,7 +491,7 @@ pub fn lm_head_forward(
         let (x, logits) = (MatRef::new(x, bt, c)?, MatMut::new(logits, bt, v)?);
         match wte {
             Weight::F32(wte) => ctx.gemm(1.0, x, MatRef::new(wte, v, c)?.t(), 0.0, logits),
-            Weight::Packed(wte_t) => ctx.gemm_packed(1.0, x, wte_t, 0.0, logits),
+            Weight::Packed(wte_t) => ctx.gemm(1.0, x, wte_t, 0.0, logits),
         }
     })
 }
