@@ -295,9 +295,11 @@ fn attention_backward_matches_finite_differences() {
             .unwrap();
             let mut dqkv = vec![f32::NAN; b * t * 3 * c];
             let mut datt = vec![f32::NAN; b * nh * t * t];
+            let mut dbias = vec![0.0; 3 * c];
             attention_backward(
                 &mut compute,
-                &mut dqkv,
+                &mut dqkv[..],
+                &mut dbias,
                 &mut datt,
                 &mut per_head,
                 &g,
@@ -309,6 +311,20 @@ fn attention_backward_matches_finite_differences() {
                 nh,
             )
             .unwrap();
+            // The QKV bias gradient summed on the way: dqkv's column sums.
+            for (j, &db) in dbias.iter().enumerate() {
+                let sum: f64 = dqkv
+                    .iter()
+                    .skip(j)
+                    .step_by(3 * c)
+                    .map(|&d| f64::from(d))
+                    .sum();
+                let what = format!("{} attention dbias[{j}]", k.backend());
+                assert!(
+                    (f64::from(db) - sum).abs() <= 1e-4 * (1.0 + sum.abs()),
+                    "{what}: {db} against {sum}"
+                );
+            }
             check_gradients(
                 &format!("{} attention b{b} t{t} c{c} nh{nh}", k.backend()),
                 &mut inputs,
@@ -714,30 +730,31 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
             },
         )
         .unwrap();
-        let mut attention = |fill: f32| {
+        let mut attention = |fill: f32, passes: usize| {
             let (mut dqkv, mut datt) = (vec![fill; bt * 3 * c], vec![fill; b * nh * t * t]);
-            let mut per_head = vec![fill; bt * 3 * c];
-            attention_backward(
-                &mut compute,
-                &mut dqkv,
-                &mut datt,
-                &mut per_head,
-                &g,
-                &qkv,
-                &att,
-                b,
-                t,
-                c,
-                nh,
-            )
-            .unwrap();
-            dqkv
+            let (mut per_head, mut dbias) = (vec![fill; bt * 3 * c], vec![0.0; 3 * c]);
+            for _ in 0..passes {
+                attention_backward(
+                    &mut compute,
+                    &mut dqkv[..],
+                    &mut dbias,
+                    &mut datt,
+                    &mut per_head,
+                    &g,
+                    &qkv,
+                    &att,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )
+                .unwrap();
+            }
+            (dqkv, dbias)
         };
-        assert_overwritten(
-            &what("attention dqkv"),
-            &attention(0.0),
-            &attention(f32::NAN),
-        );
+        let ((dqkv, dbias), (dqkv_nan, dbias2)) = (attention(0.0, 1), attention(f32::NAN, 2));
+        assert_overwritten(&what("attention dqkv"), &dqkv, &dqkv_nan);
+        assert_doubled(&what("attention dqkv bias"), &dbias, &dbias2);
         let logits = normal(&mut rng, bt * v, 1.0);
         let targets: Vec<u32> = (0..bt).map(|_| rng.below(v) as u32).collect();
         let mut cross_entropy = |fill: f32| {
@@ -788,7 +805,8 @@ fn bf16_attention_follows_f32() {
         let mut datt = vec![f32::NAN; b * nh * t * t];
         attention_backward(
             &mut ctx,
-            &mut dqkv,
+            &mut dqkv[..],
+            &mut vec![0.0; 3 * c],
             &mut datt,
             &mut per_head,
             &g,

@@ -10,6 +10,7 @@ use kernels::{MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
+use super::layers::{rows_with_bias_gradient, ActivationMut};
 use super::packed::pack_into;
 use crate::error::Error;
 
@@ -128,18 +129,25 @@ fn causal_forward(
     )?;
     let per_head = &*per_head;
     ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
-        interleave_heads(&per_head[bi * t * c..][..t * c], out_b, (t, hs, nh), 1);
+        let heads = &per_head[bi * t * c..][..t * c];
+        for (r, row) in out_b.chunks_exact_mut(c).enumerate() {
+            heads_into_row(heads, r, row, (t, hs, nh), 1);
+        }
         Ok(())
     })
 }
 
 /// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
-/// (overwritten) from `dout[b, t, c]`; `datt` (`[b, nh, t, t]`) and
-/// `per_head` (`b·t·3c` floats) are scratch. Pieces as in the forward.
+/// (overwritten; f32, or bf16 where only products read it) from `dout[b,
+/// t, c]`, and adds its rows into `dqkv_bias` (the gradient of the QKV
+/// projection's bias) on the way ([`rows_with_bias_gradient`]); `datt`
+/// (`[b, nh, t, t]`) and `per_head` (`b·t·3c` floats) are scratch. Pieces
+/// as in the forward.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward<'a>(
     ctx: &mut Context,
-    dqkv: &mut [f32],
+    dqkv: impl Into<ActivationMut<'a>>,
+    dqkv_bias: &mut [f32],
     datt: &mut [f32],
     per_head: &mut [f32],
     dout: &[f32],
@@ -150,7 +158,6 @@ pub fn attention_backward(
     c: usize,
     nh: usize,
 ) -> Result<(), Error> {
-    debug_assert_eq!(dqkv.len(), b * t * 3 * c);
     ctx.timed(
         |p| &mut p.attention,
         |ctx| {
@@ -225,12 +232,12 @@ pub fn attention_backward(
                 },
             )?;
             let per_head = &*per_head;
-            ctx.threads
-                .try_for_each_piece((dqkv, t * 3 * c), |bi, dqkv_b| {
-                    let per_head = &per_head[bi * t * 3 * c..][..t * 3 * c];
-                    interleave_heads(per_head, dqkv_b, (t, hs, nh), 3);
-                    Ok(())
-                })
+            rows_with_bias_gradient(ctx, dqkv.into(), dqkv_bias, |r, row| {
+                let (bi, r) = (r / t, r % t);
+                let heads = &per_head[bi * t * 3 * c..][..t * 3 * c];
+                heads_into_row(heads, r, row, (t, hs, nh), 3);
+                Ok(())
+            })
         },
     )
 }
@@ -356,22 +363,21 @@ impl CachedHeads<'_> {
     }
 }
 
-/// One sequence's per-head results back into rows: `heads` holds, per
-/// head, `parts` blocks of `[t, hs]` (the output; or dq, dk, dv), and row
-/// `r` of `rows` (`parts · nh · hs` floats) gets part `j` of head `h` at
-/// `(j·nh + h)·hs`. The rows are written one after another, each whole
-/// (30 % less time in a `shakes` step than a head at a time down the rows).
-fn interleave_heads(
+/// Row `r` of one sequence's per-head results: `heads` holds, per head,
+/// `parts` blocks of `[t, hs]` (the output; or dq, dk, dv), and `row`
+/// (`parts · nh · hs` floats) gets part `j` of head `h` at `(j·nh + h)·hs`.
+/// Rows are written one after another, each whole (30 % less time in a
+/// `shakes` step than a head at a time down the rows).
+fn heads_into_row(
     heads: &[f32],
-    rows: &mut [f32],
+    r: usize,
+    row: &mut [f32],
     (t, hs, nh): (usize, usize, usize),
     parts: usize,
 ) {
-    for (r, row) in rows.chunks_exact_mut(parts * nh * hs).take(t).enumerate() {
-        for (slot, dst) in row.chunks_exact_mut(hs).enumerate() {
-            let (j, head) = (slot / nh, slot % nh);
-            dst.copy_from_slice(&heads[((head * parts + j) * t + r) * hs..][..hs]);
-        }
+    for (slot, dst) in row.chunks_exact_mut(hs).enumerate() {
+        let (j, head) = (slot / nh, slot % nh);
+        dst.copy_from_slice(&heads[((head * parts + j) * t + r) * hs..][..hs]);
     }
 }
 

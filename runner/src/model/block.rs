@@ -162,15 +162,17 @@ pub fn block_backward(
         c,
         c,
     )?;
+    // The same for the QKV projection's output gradient.
+    let dqkv = for_products_mut(ctx, &mut *s.dqkv);
     attention_backward(
-        ctx, s.dqkv, s.datt, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
+        ctx, dqkv, g.qkvb, s.datt, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
     )?;
     matmul_backward(
         ctx,
         s.dln,
         g.qkvw,
-        Some(g.qkvb),
-        &*s.dqkv,
+        None,
+        for_products(ctx, s.dqkv),
         for_products(ctx, a.ln1),
         p.qkvw,
         bt,

@@ -241,10 +241,7 @@ impl<'a> Activation<'a> {
 /// GELU backward fused with the gradient of the bias its input came with
 /// (`x = inp · w + bias`): `dx = gelu'(x) · dout`, overwriting `dx`
 /// (accumulating would need a pass that zeroes it first: 2–3 % of a bf16
-/// `shakes` step), and `dbias += Σ_rows dx`, summed from the f32 values
-/// while each row is in cache, in [`bias_backward`]'s order (the same
-/// bits). `dx` is f32, or bf16 where only products read it
-/// ([`for_products_mut`]).
+/// `shakes` step), and `dbias += Σ_rows dx` ([`rows_with_bias_gradient`]).
 pub fn gelu_backward<'a>(
     ctx: &mut Context,
     x: &[f32],
@@ -255,61 +252,80 @@ pub fn gelu_backward<'a>(
     ctx.timed(
         |p| &mut p.gelu,
         |ctx| {
-            let k = ctx.kernels;
-            match dx.into() {
-                ActivationMut::F32(dx) => {
-                    gelu_backward_rows(ctx, (x, dout), dx, dbias, |x, dout, dx, _, partial| {
-                        k.gelu_backward_into(x, dout, dx)?;
-                        k.axpy(1.0, dx, partial)
-                    })
-                }
-                ActivationMut::Bf16(dx) => {
-                    gelu_backward_rows(ctx, (x, dout), dx, dbias, |x, dout, dx, row, partial| {
-                        k.gelu_backward_into(x, dout, row)?;
-                        k.axpy(1.0, row, partial)?;
-                        k.f32_to_bf16(row, dx)
-                    })
-                }
-            }
+            let (k, oc) = (ctx.kernels, dbias.len());
+            rows_with_bias_gradient(ctx, dx.into(), dbias, |r, dx| {
+                let at = r * oc..(r + 1) * oc;
+                k.gelu_backward_into(&x[at.clone()], &dout[at], dx)
+            })
         },
     )
 }
 
-/// [`gelu_backward`] by pieces of rows: `row(x, dout, dx, scratch,
-/// partial)` writes one row of `dx` and adds its f32 values into the
-/// piece's `partial` (`scratch` is a row of f32 for it to use).
-fn gelu_backward_rows<O: Send>(
+/// Writes the rows of a layer's output gradient `out` (rows of
+/// `dbias.len()`), `row(r, values)` putting row `r`'s f32 values in
+/// `values`, and adds them into the gradient of the bias that layer's input
+/// came with, `dbias += Σ_rows out`, while each row is in cache (summed in
+/// [`bias_backward`]'s order: the same bits). `out` is f32, or bf16 where
+/// only products read it ([`for_products_mut`]): each row is then rounded
+/// once from its f32 values, and the bias summed from those.
+pub fn rows_with_bias_gradient(
     ctx: &mut Context,
-    (x, dout): (&[f32], &[f32]),
-    dx: &mut [O],
+    out: ActivationMut,
     dbias: &mut [f32],
-    row: impl Fn(&[f32], &[f32], &mut [O], &mut [f32], &mut [f32]) -> Result<(), KernelError> + Sync,
+    row: impl Fn(usize, &mut [f32]) -> Result<(), KernelError> + Sync,
 ) -> Result<(), Error> {
     let (k, oc) = (ctx.kernels, dbias.len());
-    if oc == 0 {
-        return Ok(());
+    let first_row = |i: usize| i * ROWS_PER_PIECE;
+    match out {
+        ActivationMut::F32(out) => {
+            bias_partials(ctx, out, oc, |i, out, partial, _| {
+                for (r, out) in out.chunks_exact_mut(oc).enumerate() {
+                    row(first_row(i) + r, out)?;
+                    k.axpy(1.0, out, partial)?;
+                }
+                Ok(())
+            })?;
+        }
+        ActivationMut::Bf16(out) => {
+            bias_partials(ctx, out, oc, |i, out, partial, values| {
+                for (r, out) in out.chunks_exact_mut(oc).enumerate() {
+                    row(first_row(i) + r, values)?;
+                    k.axpy(1.0, values, partial)?;
+                    k.f32_to_bf16(values, out)?;
+                }
+                Ok(())
+            })?;
+        }
     }
-    let pieces = (dx.len() / oc).div_ceil(ROWS_PER_PIECE);
-    let partials = &mut ctx.partials;
-    partials.clear();
-    partials.resize(pieces * 2 * oc, 0.0);
-    ctx.threads.try_for_each_piece(
-        ((dx, ROWS_PER_PIECE * oc), (&mut partials[..], 2 * oc)),
-        |i, (dx, partial)| {
-            let (partial, scratch) = partial.split_at_mut(oc);
-            let first = i * ROWS_PER_PIECE * oc;
-            let (x, dout) = (&x[first..][..dx.len()], &dout[first..][..dx.len()]);
-            let rows = x.chunks_exact(oc).zip(dout.chunks_exact(oc));
-            for ((x, dout), dx) in rows.zip(dx.chunks_exact_mut(oc)) {
-                row(x, dout, dx, scratch, partial)?;
-            }
-            Ok(())
-        },
-    )?;
     for partial in ctx.partials.chunks_exact(2 * oc) {
         k.axpy(1.0, &partial[..oc], dbias)?;
     }
     Ok(())
+}
+
+/// Runs `piece(i, rows, partial, scratch)` over pieces of
+/// [`ROWS_PER_PIECE`] rows of `oc` of `out`, each with its own zeroed
+/// partial sum and a scratch row (both `oc` floats, in `ctx.partials`).
+fn bias_partials<O: Send>(
+    ctx: &mut Context,
+    out: &mut [O],
+    oc: usize,
+    piece: impl Fn(usize, &mut [O], &mut [f32], &mut [f32]) -> Result<(), KernelError> + Sync,
+) -> Result<(), Error> {
+    ctx.partials.clear();
+    if oc == 0 {
+        return Ok(());
+    }
+    let pieces = (out.len() / oc).div_ceil(ROWS_PER_PIECE);
+    let partials = &mut ctx.partials;
+    partials.resize(pieces * 2 * oc, 0.0);
+    ctx.threads.try_for_each_piece(
+        ((out, ROWS_PER_PIECE * oc), (&mut partials[..], 2 * oc)),
+        |i, (out, partial)| {
+            let (partial, scratch) = partial.split_at_mut(oc);
+            Ok(piece(i, out, partial, scratch)?)
+        },
+    )
 }
 
 /// Fused softmax + cross-entropy, by pieces of rows: per-row losses over
