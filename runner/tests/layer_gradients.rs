@@ -294,13 +294,11 @@ fn attention_backward_matches_finite_differences() {
             )
             .unwrap();
             let mut dqkv = vec![f32::NAN; b * t * 3 * c];
-            let mut datt = vec![f32::NAN; b * nh * t * t];
             let mut dbias = vec![0.0; 3 * c];
             attention_backward(
                 &mut compute,
                 &mut dqkv[..],
                 &mut dbias,
-                &mut datt,
                 &mut per_head,
                 &g,
                 &inputs[0],
@@ -731,14 +729,13 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         )
         .unwrap();
         let mut attention = |fill: f32, passes: usize| {
-            let (mut dqkv, mut datt) = (vec![fill; bt * 3 * c], vec![fill; b * nh * t * t]);
+            let mut dqkv = vec![fill; bt * 3 * c];
             let (mut per_head, mut dbias) = (vec![fill; bt * 3 * c], vec![0.0; 3 * c]);
             for _ in 0..passes {
                 attention_backward(
                     &mut compute,
                     &mut dqkv[..],
                     &mut dbias,
-                    &mut datt,
                     &mut per_head,
                     &g,
                     &qkv,
@@ -802,12 +799,10 @@ fn bf16_attention_follows_f32() {
         };
         attention_forward(&mut ctx, &mut out, &mut att, &qkv, c, nh, causal).unwrap();
         let mut dqkv = vec![f32::NAN; b * t * 3 * c];
-        let mut datt = vec![f32::NAN; b * nh * t * t];
         attention_backward(
             &mut ctx,
             &mut dqkv[..],
             &mut vec![0.0; 3 * c],
-            &mut datt,
             &mut per_head,
             &g,
             &qkv,

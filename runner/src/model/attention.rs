@@ -140,15 +140,16 @@ fn causal_forward(
 /// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
 /// (overwritten; f32, or bf16 where only products read it) from `dout[b,
 /// t, c]`, and adds its rows into `dqkv_bias` (the gradient of the QKV
-/// projection's bias) on the way ([`rows_with_bias_gradient`]); `datt`
-/// (`[b, nh, t, t]`) and `per_head` (`b·t·3c` floats) are scratch. Pieces
-/// as in the forward.
+/// projection's bias) on the way ([`rows_with_bias_gradient`]);
+/// `per_head` (`b·t·3c` floats) is scratch. Pieces as in the forward; the
+/// gradient of a piece's scores is a `t × t` buffer of the thread that runs
+/// it, reused piece after piece, so it is written in cache rather than to
+/// memory.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<'a>(
     ctx: &mut Context,
     dqkv: impl Into<ActivationMut<'a>>,
     dqkv_bias: &mut [f32],
-    datt: &mut [f32],
     per_head: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
@@ -164,10 +165,8 @@ pub fn attention_backward<'a>(
             let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
             let scale = 1.0 / (hs as f32).sqrt();
             let per_head = &mut per_head[..b * t * 3 * c];
-            let datt = &mut datt[..b * nh * t * t];
-            ctx.threads.try_for_each_piece(
-                ((datt, t * t), (&mut per_head[..], 3 * t * hs)),
-                |piece, (datt, dqkv_h)| {
+            ctx.threads
+                .try_for_each_piece((&mut per_head[..], 3 * t * hs), |piece, dqkv_h| {
                     let (bi, h) = (piece / nh, piece % nh);
                     let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
                     let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
@@ -180,7 +179,9 @@ pub fn attention_backward<'a>(
                     let att_h = &att[piece * t * t..][..t * t];
                     let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
                     let (dk, dv) = dkv.split_at_mut(t * hs);
-                    with_head_slots(|[s0, s1, s2, s3]| {
+                    with_head_slots(|[s0, s1, s2, s3, datt]| {
+                        datt.grow(t * t);
+                        let datt = &mut datt[..t * t];
                         let values_t = part(VALUE).as_transposed(mm, s0)?;
                         let keys = part(KEY).as_rows(mm, s1)?;
                         let queries = part(QUERY).as_rows(mm, s2)?;
@@ -229,8 +230,7 @@ pub fn attention_backward<'a>(
                         }
                         Ok(())
                     })
-                },
-            )?;
+                })?;
             let per_head = &*per_head;
             rows_with_bias_gradient(ctx, dqkv.into(), dqkv_bias, |r, row| {
                 let (bi, r) = (r / t, r % t);
@@ -489,11 +489,12 @@ impl<'a> PartAsB<'a> {
 }
 
 thread_local! {
-    /// Each thread's buffers for the packed rows of the head it runs.
-    static HEAD_SLOTS: RefCell<[Arena; 4]> = RefCell::new(Default::default());
+    /// Each thread's buffers for the packed rows of the head it runs (and,
+    /// in the backward pass, the gradient of its scores).
+    static HEAD_SLOTS: RefCell<[Arena; 5]> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's slot buffers.
-fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 4]) -> Result<R, Error>) -> Result<R, Error> {
+fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 5]) -> Result<R, Error>) -> Result<R, Error> {
     HEAD_SLOTS.with(|slots| f(&mut slots.borrow_mut()))
 }

@@ -88,7 +88,6 @@ pub struct BlockScratch<'a> {
     pub dln: &'a mut [f32],
     pub dqkv: &'a mut [f32],
     pub datty: &'a mut [f32],
-    pub datt: &'a mut [f32],
     pub per_head: &'a mut [f32],
     pub dfch: &'a mut [f32],
     pub dfch_gelu: &'a mut [f32],
@@ -165,7 +164,7 @@ pub fn block_backward(
     // The same for the QKV projection's output gradient.
     let dqkv = for_products_mut(ctx, &mut *s.dqkv);
     attention_backward(
-        ctx, dqkv, g.qkvb, s.datt, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
+        ctx, dqkv, g.qkvb, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
     )?;
     matmul_backward(
         ctx,

@@ -416,7 +416,6 @@ impl Gpt {
                 dln: &mut *s.dln,
                 dqkv: &mut *s.dqkv,
                 datty: &mut *s.datty,
-                datt: &mut *s.datt,
                 per_head: &mut *s.per_head,
                 dfch: &mut *s.dfch,
                 dfch_gelu: &mut *s.dfch_gelu,

@@ -392,8 +392,6 @@ named_tensors! {
         dqkv,
         /// `[B, T, C]`
         datty,
-        /// `[B, NH, T, T]` attention gradients, per sequence and head.
-        datt,
         /// `[B, NH, 3, T, HS]` one head's share of the attention output
         /// (forward: `[T, HS]`) or of `dqkv` (backward: dq, dk, dv), per
         /// sequence and head, before it is interleaved into rows.
@@ -442,7 +440,6 @@ impl Scratch<usize> {
             dln: floats(&[bt, c]),
             dqkv: floats(&[bt, 3, c]),
             datty: floats(&[bt, c]),
-            datt: floats(&[b, nh, t, t]),
             per_head: floats(&[bt, 3, c]),
             dfch: floats(&[bt, 4, c]),
             dfch_gelu: floats(&[bt, 4, c]),
