@@ -10,7 +10,7 @@
 //! The cache blocking around them (`mc`, `nc`) is derived from the CPU's
 //! caches in `blocking.rs`.
 
-use super::bf16::{pair_each, round_pairs_simd, NR as PAIR_PANEL};
+use super::bf16::{pair_bf16s_simd, pair_each, round_pairs_simd, NR as PAIR_PANEL};
 use super::packing::{interleave_scalar, interleave_simd};
 use crate::bf16::{narrow, pair_half};
 #[cfg(test)]
@@ -73,6 +73,12 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
     /// each rounded as [`Bf16::from_f32`] does, for `lo` and `hi` as long
     /// as `slots` (the bf16 products' packing of strips across k).
     fn round_pairs(self, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
+        pair_each(lo, hi, slots)
+    }
+
+    /// `slots[i]` = the pair of `lo[i]` and `hi[i]` (zero without `hi`),
+    /// bf16 values already, as [`GemmKernel::round_pairs`] pairs f32 ones.
+    fn pair_bf16s(self, lo: &[Bf16], hi: Option<&[Bf16]>, slots: &mut [f32]) {
         pair_each(lo, hi, slots)
     }
 
@@ -224,6 +230,10 @@ macro_rules! simd_gemm_kernel {
             #[inline(always)]
             fn round_pairs(self, lo: &[f32], hi: Option<&[f32]>, slots: &mut [f32]) {
                 round_pairs_simd(self, lo, hi, slots)
+            }
+            #[inline(always)]
+            fn pair_bf16s(self, lo: &[Bf16], hi: Option<&[Bf16]>, slots: &mut [f32]) {
+                pair_bf16s_simd(self, lo, hi, slots)
             }
             #[inline(always)]
             fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {

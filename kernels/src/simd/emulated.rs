@@ -37,6 +37,9 @@ impl<const N: usize> Simd for Emulated<N> {
     fn bf16_pairs(self, lo: [f32; N], hi: [f32; N]) -> [f32; N] {
         core::array::from_fn(|i| pair(Bf16::from_f32(lo[i]), Bf16::from_f32(hi[i])))
     }
+    fn pair_bf16(self, lo: &[Bf16], hi: &[Bf16]) -> [f32; N] {
+        core::array::from_fn(|i| pair(lo[i], hi[i]))
+    }
 
     fn splat(self, x: f32) -> [f32; N] {
         [x; N]

@@ -77,6 +77,10 @@ pub(crate) trait Simd: Copy {
     /// does, as one pair slot: `lo`'s bf16 in the low half (the bf16
     /// products' packed layout).
     fn bf16_pairs(self, lo: Self::V, hi: Self::V) -> Self::V;
+    /// The first `LANES` values of `lo` and of `hi`, bf16 already, as pair
+    /// slots bit for bit: `lo[i]` in the low half of slot `i`, `hi[i]` in
+    /// the high half.
+    fn pair_bf16(self, lo: &[Bf16], hi: &[Bf16]) -> Self::V;
 
     /// `a < b` (false when either is NaN).
     fn less(self, a: Self::V, b: Self::V) -> Self::M;

@@ -74,6 +74,17 @@ impl Simd for V3 {
         }
     }
     #[inline(always)]
+    fn pair_bf16(self, lo: &[Bf16], hi: &[Bf16]) -> __m256 {
+        let (lo, hi) = (&lo[..8], &hi[..8]);
+        // SAFETY: see the impl comment; `lo` and `hi` hold 8 bf16 values
+        // (16 bytes each; `Bf16` is a transparent u16).
+        unsafe {
+            let lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(lo.as_ptr().cast::<__m128i>()));
+            let hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(hi.as_ptr().cast::<__m128i>()));
+            _mm256_castsi256_ps(_mm256_or_si256(lo, _mm256_slli_epi32::<16>(hi)))
+        }
+    }
+    #[inline(always)]
     fn bf16_pairs(self, lo: __m256, hi: __m256) -> __m256 {
         // SAFETY: see the impl comment. Each 32-bit lane takes its low
         // half from `lo`'s bf16 and its high half from `hi`'s.

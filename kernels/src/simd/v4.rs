@@ -85,6 +85,17 @@ impl Simd for V4 {
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast::<__m256i>(), self.bf16_lanes(v)) }
     }
     #[inline(always)]
+    fn pair_bf16(self, lo: &[Bf16], hi: &[Bf16]) -> __m512 {
+        let (lo, hi) = (&lo[..16], &hi[..16]);
+        // SAFETY: see the impl comment; `lo` and `hi` hold 16 bf16 values
+        // (32 bytes each; `Bf16` is a transparent u16).
+        unsafe {
+            let lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(lo.as_ptr().cast::<__m256i>()));
+            let hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(hi.as_ptr().cast::<__m256i>()));
+            _mm512_castsi512_ps(_mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi)))
+        }
+    }
+    #[inline(always)]
     fn bf16_pairs(self, lo: __m512, hi: __m512) -> __m512 {
         // SAFETY: see the impl comment. Each 32-bit lane takes its low
         // half from `lo`'s bf16 and its high half from `hi`'s.

@@ -214,7 +214,9 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
 /// slot against its definition on every handle: panels of 32 columns,
 /// each a run of pairs of consecutive rows, the even row in the low half;
 /// zeros past the columns and rows. B stored either way round (with a
-/// row stride), every tail of the pair and panel layouts, special values.
+/// row stride), every tail of the pair and panel layouts, special values;
+/// B of f32 values and of bf16 ones (paired bit for bit, a signalling NaN
+/// included).
 #[test]
 fn pack_bf16_writes_the_documented_layout() {
     use crate::PackedBf16;
@@ -259,19 +261,26 @@ fn pack_bf16_writes_the_documented_layout() {
             };
             let (rows, cols) = if trans { (n, k) } else { (k, n) };
             let b = Stored::new(&stored, rows, cols, 3, f32::NAN, |x| x);
+            let nan = Bf16::from_f32(f32::NAN);
+            let b16 = Stored::new(&stored, rows, cols, 3, nan, Bf16::from_f32);
             for (name, kern) in bf16_kernels() {
-                let mut slots = std::vec![u32::MAX; len];
-                kern.pack_bf16(b.view(trans), &mut slots).unwrap();
-                for j in 0..panels {
-                    for q in 0..stride / 32 {
-                        for i in 0..32 {
-                            let c = 32 * j + i;
-                            let want = bits(2 * q, c) | (bits(2 * q + 1, c) << 16);
-                            let got = slots[j * stride + q * 32 + i];
-                            assert_eq!(
-                                got, want,
-                                "{name} {k}x{n} trans {trans}: panel {j}, pair {q}, column {i}"
-                            );
+                for stored_as in ["f32", "bf16"] {
+                    let mut slots = std::vec![u32::MAX; len];
+                    match stored_as {
+                        "f32" => kern.pack_bf16(b.view(trans), &mut slots).unwrap(),
+                        _ => kern.pack_bf16(b16.view(trans), &mut slots).unwrap(),
+                    }
+                    for j in 0..panels {
+                        for q in 0..stride / 32 {
+                            for i in 0..32 {
+                                let c = 32 * j + i;
+                                let want = bits(2 * q, c) | (bits(2 * q + 1, c) << 16);
+                                let got = slots[j * stride + q * 32 + i];
+                                assert_eq!(
+                                    got, want,
+                                    "{name} {stored_as} {k}x{n} trans {trans}: panel {j}, pair {q}, column {i}"
+                                );
+                            }
                         }
                     }
                 }

@@ -183,6 +183,8 @@ pub(super) fn pack_row_panels<K: GemmKernel, T: Bf16Input>(
                         &mut across[..live(p)],
                         #[inline(always)]
                         |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                        #[inline(always)]
+                        |lo, hi, slots| kernel.pair_bf16s(lo, hi, slots),
                     );
                 }
                 let lines: [&[f32]; K_STEP] = core::array::from_fn(|q| &across[q][..]);

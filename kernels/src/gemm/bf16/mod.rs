@@ -37,8 +37,8 @@ mod pairs;
 mod portable;
 
 use amx::TileProduct;
-pub(super) use packing::round_pairs_simd;
 use packing::{from_line, pack_panels, padded_pairs, panel_slots, PairLayout};
+pub(super) use packing::{pair_bf16s_simd, round_pairs_simd};
 #[cfg(test)]
 use pairs::EmulatedPairs;
 #[cfg(target_arch = "x86_64")]
@@ -65,14 +65,16 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     #[doc(hidden)]
     fn round_slice(src: &[Self], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16]));
     /// `slots[i] = pair(lo[i].to_bf16(), hi[i].to_bf16())` (zero without
-    /// `hi`) for lengths of `slots`, f32 values rounded and paired by
-    /// `round_pairs` (which the caller vectorizes).
+    /// `hi`) for lengths of `slots`: f32 values rounded and paired by
+    /// `round_pairs`, bf16 values paired by `pair_bf16s` (both vectorized
+    /// by the caller).
     #[doc(hidden)]
     fn pair_slices(
         lo: &[Self],
         hi: Option<&[Self]>,
         slots: &mut [f32],
         round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+        pair_bf16s: impl FnOnce(&[Bf16], Option<&[Bf16]>, &mut [f32]),
     );
     /// The values as pair slots (two consecutive values a 32-bit slot, the
     /// first in the low half) where they are stored that way already:
@@ -100,6 +102,7 @@ impl Bf16Input for f32 {
         hi: Option<&[f32]>,
         slots: &mut [f32],
         round_pairs: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+        _: impl FnOnce(&[Bf16], Option<&[Bf16]>, &mut [f32]),
     ) {
         round_pairs(lo, hi, slots)
     }
@@ -130,8 +133,9 @@ impl Bf16Input for Bf16 {
         hi: Option<&[Bf16]>,
         slots: &mut [f32],
         _: impl FnOnce(&[f32], Option<&[f32]>, &mut [f32]),
+        pair_bf16s: impl FnOnce(&[Bf16], Option<&[Bf16]>, &mut [f32]),
     ) {
-        pair_each(lo, hi, slots)
+        pair_bf16s(lo, hi, slots)
     }
 }
 

@@ -6,7 +6,7 @@ use core::ops::Range;
 
 use super::amx;
 use super::pairs::{BLOCK_PANELS, BLOCK_ROWS};
-use super::{Bf16Input, NR};
+use super::{pair_each, Bf16Input, NR};
 #[cfg(test)]
 use crate::bf16::pair_half;
 use crate::gemm::microkernel::GemmKernel;
@@ -271,6 +271,8 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
                         slots,
                         #[inline(always)]
                         |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                        #[inline(always)]
+                        |lo, hi, slots| kernel.pair_bf16s(lo, hi, slots),
                     );
                 } else {
                     slots.fill(0.0);
@@ -300,6 +302,29 @@ pub(in crate::gemm) fn round_pairs_simd<S: Simd>(
         };
         s.store_piece(&mut slots[piece], s.bf16_pairs(lo, hi));
     }
+}
+
+/// [`GemmKernel::pair_bf16s`] a vector of slots at a time where `lo` and
+/// `hi` cover whole vectors, the rest (and a missing `hi`: an odd last
+/// column) one slot at a time.
+#[inline(always)]
+pub(in crate::gemm) fn pair_bf16s_simd<S: Simd>(
+    s: S,
+    lo: &[Bf16],
+    hi: Option<&[Bf16]>,
+    slots: &mut [f32],
+) {
+    let Some(hi) = hi else {
+        return pair_each(lo, None, slots);
+    };
+    let whole = slots.len().min(lo.len()).min(hi.len());
+    let whole = whole - whole % S::LANES;
+    let (vectors, rest) = slots.split_at_mut(whole);
+    for (i, out) in vectors.chunks_exact_mut(S::LANES).enumerate() {
+        let at = i * S::LANES..(i + 1) * S::LANES;
+        s.store(out, s.pair_bf16(&lo[at.clone()], &hi[at]));
+    }
+    pair_each(&lo[whole..], Some(&hi[whole..]), rest);
 }
 
 /// Pairs per line when packing rows (see [`pack_panels`]): [`NR`] lines of
