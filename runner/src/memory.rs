@@ -146,7 +146,7 @@ mod tests {
         let (l, c, nh, v) = (cfg.layers, cfg.channels, cfg.heads, cfg.vocab_size);
         let bt = b * t;
         let acts = (l + 1) * bt * c + l * (bt * (17 * c + 4) + b * nh * t * t) + bt * (c + 3 + v);
-        let scratch = bt * (v + 17 * c) + b * nh * t * t;
+        let scratch = bt * (v + 17 * c);
         assert_eq!(f.activations, acts + scratch);
     }
 

@@ -761,7 +761,7 @@ fn causal_attention_matches_definition() {
                 t,
                 per_head: &mut per_head,
             };
-            attention_forward(&mut ctx, &mut out, &mut probs, &qkv, c, nh, causal).unwrap();
+            attention_forward(&mut ctx, &mut out[..], &mut probs, &qkv, c, nh, causal).unwrap();
             let what = format!(
                 "{} attention b{b} t{t} c{c} nh{nh}",
                 describe(&k, precision)
@@ -770,6 +770,47 @@ fn causal_attention_matches_definition() {
             // The probabilities it keeps for the backward pass, the masked
             // upper triangle written as zeros.
             assert_within(&format!("{what} probs"), &probs, &r.probs, &r.probs_bound);
+        }
+    }
+}
+
+/// In bf16 precision causal attention's output is kept in bf16 (only the
+/// projection's products read it): written through `for_products_mut`, it
+/// is the f32 output rounded once.
+#[test]
+fn causal_attention_into_bf16_is_the_f32_output_rounded() {
+    for (b, t, c, nh) in ATTENTION_SHAPES {
+        let mut rng = Rng::new(80 + (b * t * c * nh) as u64);
+        let qkv = normal(&mut rng, b * t * 3 * c, 1.0);
+        for k in bf16_handles() {
+            let run = |into_bf16: bool| {
+                let mut ctx = context(k, Precision::Bf16);
+                let (mut buf, mut probs) = (vec![f32::NAN; b * t * c], vec![0.0; b * nh * t * t]);
+                let mut per_head = vec![f32::NAN; b * t * c];
+                let causal = Attention::Causal {
+                    b,
+                    t,
+                    per_head: &mut per_head,
+                };
+                let out = if into_bf16 {
+                    for_products_mut(&ctx, &mut buf)
+                } else {
+                    (&mut buf[..]).into()
+                };
+                attention_forward(&mut ctx, out, &mut probs, &qkv, c, nh, causal).unwrap();
+                match (into_bf16, for_products(&ctx, &buf)) {
+                    (true, Activation::Bf16(out)) => out.iter().map(|v| v.to_bits()).collect(),
+                    _ => buf
+                        .iter()
+                        .map(|&v| Bf16::from_f32(v).to_bits())
+                        .collect::<Vec<_>>(),
+                }
+            };
+            let what = format!(
+                "{} attention b{b} t{t} c{c} nh{nh}",
+                describe(&k, Precision::Bf16)
+            );
+            assert_eq!(run(true), run(false), "{what}");
         }
     }
 }

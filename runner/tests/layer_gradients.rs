@@ -281,7 +281,7 @@ fn attention_backward_matches_finite_differences() {
             let mut per_head = vec![f32::NAN; b * t * 3 * c];
             attention_forward(
                 &mut compute,
-                &mut out,
+                &mut out[..],
                 &mut att,
                 &inputs[0],
                 c,
@@ -334,7 +334,7 @@ fn attention_backward_matches_finite_differences() {
                     let mut per_head = vec![f32::NAN; b * t * c];
                     attention_forward(
                         &mut compute,
-                        &mut out,
+                        &mut out[..],
                         &mut att,
                         &x[0],
                         c,
@@ -716,7 +716,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let mut per_head = vec![0.0; bt * 3 * c];
         attention_forward(
             &mut compute,
-            &mut atty,
+            &mut atty[..],
             &mut att,
             &qkv,
             c,
@@ -797,7 +797,7 @@ fn bf16_attention_follows_f32() {
             t,
             per_head: &mut per_head,
         };
-        attention_forward(&mut ctx, &mut out, &mut att, &qkv, c, nh, causal).unwrap();
+        attention_forward(&mut ctx, &mut out[..], &mut att, &qkv, c, nh, causal).unwrap();
         let mut dqkv = vec![f32::NAN; b * t * 3 * c];
         attention_backward(
             &mut ctx,

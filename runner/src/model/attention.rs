@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use kernels::{MatMut, MatRef, PackedBf16, ValidLen};
+use kernels::{KernelError, MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
@@ -52,10 +52,14 @@ pub struct CachedLayer<'a> {
 /// Attention of `qkv` (`[rows, 3c]`: each position's query, key and value,
 /// heads side by side within each) into `out` (`[rows, c]`). Causal
 /// attention keeps its probabilities in `probs` (`[b, nh, t, t]`) for the
-/// backward pass; cached attention first appends the new keys and values.
-pub fn attention_forward(
+/// backward pass, and writes `out` in f32 or, where only products read it
+/// ([`for_products_mut`]), bf16; cached attention first appends the new
+/// keys and values, and writes f32.
+///
+/// [`for_products_mut`]: super::layers::for_products_mut
+pub fn attention_forward<'a>(
     ctx: &mut Context,
-    out: &mut [f32],
+    out: impl Into<ActivationMut<'a>>,
     probs: &mut [f32],
     qkv: &[f32],
     c: usize,
@@ -64,11 +68,16 @@ pub fn attention_forward(
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.attention,
-        |ctx| match source {
-            Attention::Causal { b, t, per_head } => {
+        |ctx| match (source, out.into()) {
+            (Attention::Causal { b, t, per_head }, out) => {
                 causal_forward(ctx, out, probs, per_head, qkv, (b, t, c, nh))
             }
-            Attention::Cached(layer) => cached_forward(ctx, out, qkv, c, nh, layer),
+            (Attention::Cached(layer), ActivationMut::F32(out)) => {
+                cached_forward(ctx, out, qkv, c, nh, layer)
+            }
+            (Attention::Cached(_), ActivationMut::Bf16(_)) => {
+                Err(KernelError::InvalidArgument("cached attention writes an f32 output").into())
+            }
         },
     )
 }
@@ -90,13 +99,12 @@ fn query_blocks(t: usize) -> impl Iterator<Item = Range<usize>> {
 /// computed block by block into `per_head` and then interleaved into rows.
 fn causal_forward(
     ctx: &mut Context,
-    out: &mut [f32],
+    out: ActivationMut,
     att: &mut [f32],
     per_head: &mut [f32],
     qkv: &[f32],
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
-    debug_assert_eq!(out.len(), b * t * c);
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
     let scale = 1.0 / (hs as f32).sqrt();
     let per_head = &mut per_head[..b * t * c];
@@ -128,13 +136,27 @@ fn causal_forward(
         },
     )?;
     let per_head = &*per_head;
-    ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
-        let heads = &per_head[bi * t * c..][..t * c];
-        for (r, row) in out_b.chunks_exact_mut(c).enumerate() {
-            heads_into_row(heads, r, row, (t, hs, nh), 1);
-        }
-        Ok(())
-    })
+    match out {
+        ActivationMut::F32(out) => ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
+            let heads = &per_head[bi * t * c..][..t * c];
+            for (r, row) in out_b.chunks_exact_mut(c).enumerate() {
+                heads_into_row(heads, r, row, (t, hs, nh), 1);
+            }
+            Ok(())
+        }),
+        // Each row gathered in f32 into a row of the thread's, then rounded.
+        ActivationMut::Bf16(out) => ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
+            let heads = &per_head[bi * t * c..][..t * c];
+            with_head_slots(|[values, ..]| {
+                values.grow(c);
+                for (r, row) in out_b.chunks_exact_mut(c).enumerate() {
+                    heads_into_row(heads, r, &mut values[..c], (t, hs, nh), 1);
+                    kern.f32_to_bf16(&values[..c], row)?;
+                }
+                Ok(())
+            })
+        }),
+    }
 }
 
 /// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
@@ -490,7 +512,8 @@ impl<'a> PartAsB<'a> {
 
 thread_local! {
     /// Each thread's buffers for the packed rows of the head it runs (and,
-    /// in the backward pass, the gradient of its scores).
+    /// in the backward pass, the gradient of its scores; a row of output
+    /// before it is rounded to bf16).
     static HEAD_SLOTS: RefCell<[Arena; 5]> = RefCell::new(Default::default());
 }
 

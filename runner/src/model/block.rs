@@ -7,7 +7,7 @@ use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
     add, for_products, for_products_mut, gelu_backward, gelu_forward, layer_norm_backward,
-    layer_norm_forward, matmul_backward, matmul_forward, LAYER_NORM_EPS,
+    layer_norm_forward, matmul_backward, matmul_forward, Activation, ActivationMut, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -38,11 +38,23 @@ pub fn block_forward(
     let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
     let ln1 = for_products(ctx, a.ln1);
     matmul_forward(ctx, a.qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
-    attention_forward(ctx, a.atty, a.att, a.qkv, c, nh, attention)?;
+    // So is causal attention's output (cached decoding writes f32).
+    let causal = matches!(attention, Attention::Causal { .. });
+    let atty = if causal {
+        for_products_mut(ctx, &mut *a.atty)
+    } else {
+        ActivationMut::F32(&mut *a.atty)
+    };
+    attention_forward(ctx, atty, a.att, a.qkv, c, nh, attention)?;
+    let atty = if causal {
+        for_products(ctx, a.atty)
+    } else {
+        Activation::F32(a.atty)
+    };
     matmul_forward(
         ctx,
         a.attproj,
-        a.atty,
+        atty,
         weight_of(p.attprojw, packed.map(|w| &w.attprojw))?,
         Some(p.attprojb),
         rows,
@@ -155,7 +167,7 @@ pub fn block_backward(
         g.attprojw,
         Some(g.attprojb),
         &*s.dresidual,
-        a.atty,
+        for_products(ctx, a.atty),
         p.attprojw,
         bt,
         c,
@@ -220,7 +232,8 @@ pub fn block_recompute(
     let (ln1, eps) = (for_products_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, mean, rstd)?;
     let causal = Attention::Causal { b, t, per_head };
-    attention_forward(ctx, r.atty, r.att, a.qkv, c, nh, causal)?;
+    let atty = for_products_mut(ctx, &mut *r.atty);
+    attention_forward(ctx, atty, r.att, a.qkv, c, nh, causal)?;
     let ln2 = for_products_mut(ctx, &mut *r.ln2);
     layer_norm_forward(ctx, a.residual2, p.ln2w, p.ln2b, eps, ln2, mean, rstd)?;
     let fch_gelu = for_products_mut(ctx, &mut *r.fch_gelu);
