@@ -265,7 +265,7 @@ pub fn gelu_backward<'a>(
 /// `dbias.len()`), `row(r, values)` putting row `r`'s f32 values in
 /// `values`, and adds them into the gradient of the bias that layer's input
 /// came with, `dbias += Σ_rows out`, while each row is in cache (summed in
-/// [`bias_backward`]'s order: the same bits). `out` is f32, or bf16 where
+/// `bias_backward`'s order: the same bits). `out` is f32, or bf16 where
 /// only products read it ([`for_products_mut`]): each row is then rounded
 /// once from its f32 values, and the bias summed from those.
 pub fn rows_with_bias_gradient(
