@@ -4,7 +4,7 @@
 
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
-use crate::simd::Simd;
+use crate::simd::{Lane, Simd};
 use crate::{KernelError, Kernels};
 
 /// One value of a pair slot (two bf16 values in 32 bits, the first in the
@@ -121,7 +121,7 @@ impl Kernels {
 }
 
 /// The widest vector of any backend, for tails.
-const MAX_LANES: usize = 16;
+pub(crate) const MAX_LANES: usize = 16;
 
 /// `dst[i] = bf16(src[i])` for equal lengths, a vector at a time.
 #[inline(always)]
@@ -133,9 +133,7 @@ pub(crate) fn narrow<S: Simd>(s: S, src: &[f32], dst: &mut [Bf16]) {
     }
     let (o, x) = (outs.into_remainder(), ins.remainder());
     if !x.is_empty() {
-        let mut tail = [Bf16::default(); MAX_LANES];
-        s.store_bf16(&mut tail, s.load_partial(x, 0.0));
-        o.copy_from_slice(&tail[..o.len()]);
+        Bf16::store_piece(s, o, s.load_partial(x, 0.0));
     }
 }
 

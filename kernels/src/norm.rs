@@ -23,7 +23,6 @@ impl Kernels {
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
     #[allow(clippy::too_many_arguments)] // the math has this many operands
-    #[allow(clippy::too_many_arguments)]
     pub fn layer_norm_forward<O: Bf16Output>(
         &self,
         x: &[f32],

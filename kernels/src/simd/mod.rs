@@ -7,6 +7,7 @@
 //! any CPU. A value of an ISA type is a proof that the CPU supports that ISA,
 //! so the trait's methods are safe to call.
 
+use crate::bf16::MAX_LANES;
 use crate::Bf16;
 
 #[cfg(test)]
@@ -293,8 +294,7 @@ impl Lane for Bf16 {
         if dst.len() >= S::LANES {
             return s.store_bf16(dst, v);
         }
-        // (16: the widest backend's lanes.)
-        let mut lanes = [Bf16::default(); 16];
+        let mut lanes = [Bf16::default(); MAX_LANES];
         s.store_bf16(&mut lanes, v);
         dst.copy_from_slice(&lanes[..dst.len()]);
     }

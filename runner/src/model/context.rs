@@ -202,7 +202,8 @@ fn gemm_in<E: Executor>(
     Ok(())
 }
 
-/// A product in bf16: B rounded while it is packed, or packed once.
+/// A product in bf16: B rounded (or, bf16 already, paired) while it is
+/// packed, or packed once.
 fn bf16_product<E: Executor, A: Bf16Input>(
     k: Kernels,
     exec: &E,
