@@ -5,7 +5,7 @@
 use core::ops::Range;
 
 use super::amx;
-use super::pairs::{BLOCK_PANELS, BLOCK_ROWS};
+use super::pairs::{BLOCK_PANELS, BLOCK_ROWS, ROW_PANELS};
 use super::{pair_each, Bf16Input, NR};
 #[cfg(test)]
 use crate::bf16::pair_half;
@@ -86,16 +86,18 @@ impl PairLayout {
             .saturating_add(self.b_len())
             .saturating_add(LINE_SLACK)
     }
-    /// B panels per block of columns: [`BLOCK_PANELS`], or one where A is
-    /// a single panel of pair dot products (decoding's rows): no packed A
-    /// is then reused across a block's panels, and narrower pieces share
-    /// the columns between threads evenly (measured on an Intel Xeon,
-    /// bf16 decoding at context 256 on 2 threads: 1442–1445 tokens/s
-    /// against 861–865 with blocks of 4 panels). Tiles keep their blocks:
-    /// a piece loads the tile configuration once.
+    /// B panels per block of columns: [`BLOCK_PANELS`], or
+    /// [`ROW_PANELS`] where A is a single panel of pair dot products
+    /// (decoding's rows), the panels its rows run at once: no packed A is
+    /// then reused across a block's panels, and pieces of whole groups
+    /// share the columns between threads evenly (measured on an Intel
+    /// Xeon, bf16 decoding at context 256 on 2 threads: 1442–1445
+    /// tokens/s with one panel a block, when a row ran one panel at a
+    /// time, against 861–865 with blocks of 4). Tiles keep their blocks: a
+    /// piece loads the tile configuration once.
     fn block_panels(&self) -> usize {
         if !self.tiles && self.a_panels <= 1 {
-            1
+            ROW_PANELS
         } else {
             BLOCK_PANELS
         }
