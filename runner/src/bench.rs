@@ -225,11 +225,20 @@ fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
             k.bf16_unit()
         );
     }
+    let kv_cache: Vec<String> = (s.precisions.iter())
+        .map(|&p| {
+            format!(
+                "{:.1} MiB ({})",
+                mib(KvCache::bytes(&cfg, p) as f64),
+                p.name()
+            )
+        })
+        .collect();
     let memory = format!(
-        "Memory: {} (B = {}, T = {max_t}), KV cache {:.1} MiB",
+        "Memory: {} (B = {}, T = {max_t}), KV cache {}",
         Footprint::training(&cfg, s.batch, max_t, s.recompute),
         s.batch,
-        mib(KvCache::new(&cfg).cache_bytes() as f64)
+        kv_cache.join(", ")
     );
     info!(
         "{memory} | Peak resident memory so far: {:.1} MiB",

@@ -158,6 +158,38 @@ fn bf16_decoding_reads_packed_weights_that_follow_the_parameters() {
     }
 }
 
+#[test]
+fn bf16_decoding_keeps_its_keys_and_values_in_bf16() {
+    // A bf16 model's cache holds keys and values in bf16, half the bytes of
+    // an f32 one; tokens decoded one at a time (the products of one row
+    // read the cached bf16 rows in place) agree with a full pass to the
+    // bound of the test above. A cache made for the other precision is
+    // refused, not misread.
+    let t = 24;
+    let context: Vec<u32> = (0..t as u32).map(|i| (i * 29 + 7) % 256).collect();
+    let backends = [Kernels::new(Backend::Scalar).unwrap(), Kernels::best()];
+    for kernels in backends {
+        let mut model = model_on(kernels, t);
+        let what = kernels.backend().to_string();
+        let mut f32_cache = model.new_cache();
+        model.set_precision(Precision::Bf16);
+        let mut cache = model.new_cache();
+        assert_eq!(2 * cache.cache_bytes(), f32_cache.cache_bytes(), "{what}");
+        let refused = model.forward_cached(&mut f32_cache, &context[..1]);
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("make a new cache"), "{what}: {message:?}");
+        model.forward_cached(&mut cache, &context[..1]).unwrap();
+        for n in 2..=t {
+            let cached = model
+                .forward_cached(&mut cache, &context[n - 1..n])
+                .unwrap()
+                .to_vec();
+            let full = full_logits(&mut model, &context[..n]);
+            assert_logits_within(&cached, &full, 2e-2, &format!("{what}, position {n}"));
+        }
+    }
+}
+
 /// Asserts `got` equals `want` to `tol` of the largest logit.
 #[track_caller]
 fn assert_logits_within(got: &[f32], want: &[f32], tol: f32, what: &str) {

@@ -107,6 +107,11 @@ pub(crate) trait GemmKernel: Copy + Send + Sync {
         panel_stride: usize,
         y: &mut [f32],
     );
+
+    /// [`GemmKernel::axpy_pair_rows`] with B's rows of bf16 values read
+    /// where they lie: row `l` is `b[l · row_stride..][..y.len()]`. The same
+    /// operations in the same order, so the same bits as from B packed.
+    fn axpy_bf16_rows(self, alpha: f32, a: &[f32], b: &[Bf16], row_stride: usize, y: &mut [f32]);
 }
 
 /// The A operand of one tile: `A(i, p) = data[i·rs + p·cs]` for `i < MR`,
@@ -251,6 +256,10 @@ macro_rules! simd_gemm_kernel {
             fn axpy_pair_rows(self, alpha: f32, a: &[f32], pairs: &[u32], panel_stride: usize, y: &mut [f32]) {
                 simd_axpy_pair_rows(self, alpha, a, pairs, panel_stride, y)
             }
+            #[inline(always)]
+            fn axpy_bf16_rows(self, alpha: f32, a: &[f32], b: &[Bf16], row_stride: usize, y: &mut [f32]) {
+                simd_axpy_bf16_rows(self, alpha, a, b, row_stride, y)
+            }
         }
     };
 }
@@ -353,6 +362,14 @@ impl GemmKernel for ScalarKernel {
                 for (y, &slot) in y.iter_mut().zip(slots) {
                     *y += (alpha * a) * pair_half(slot, high);
                 }
+            }
+        }
+    }
+    fn axpy_bf16_rows(self, alpha: f32, a: &[f32], b: &[Bf16], row_stride: usize, y: &mut [f32]) {
+        let width = y.len();
+        for (l, &a) in a.iter().enumerate() {
+            for (y, x) in y.iter_mut().zip(&b[l * row_stride..][..width]) {
+                *y += (alpha * a) * x.to_f32();
             }
         }
     }
@@ -611,8 +628,9 @@ pub(crate) const fn pair_panels(lanes: usize) -> usize {
 
 /// [`GemmKernel::axpy_pair_rows`] for a SIMD instruction set: whole
 /// panels [`pair_panels`] at a time, one chain per vector ([`PAIR_CHAINS`]
-/// in all), the rest one at a time; a last, partial panel one chain per
-/// whole vector, then its last part through a padded copy.
+/// in all), then half as many, the rest one at a time; a last, partial
+/// panel one chain per whole vector, then its last part through a padded
+/// copy.
 #[inline(always)]
 fn simd_axpy_pair_rows<S: Simd>(
     s: S,
@@ -626,7 +644,14 @@ fn simd_axpy_pair_rows<S: Simd>(
     let group = pair_panels(S::LANES);
     let mut q = 0;
     while q < whole {
-        let take = if whole - q >= group { group } else { 1 };
+        // Whole groups, then half a group where one is left (two threads
+        // share a 384-wide product as pieces of 3 panels), then single
+        // panels.
+        let take = match whole - q {
+            left if left >= group => group,
+            left if left >= group / 2 && group / 2 > 1 => group / 2,
+            _ => 1,
+        };
         let (ys, panels) = (
             &mut y[q * PAIR_PANEL..][..take * PAIR_PANEL],
             &pairs[q * panel_stride..],
@@ -635,6 +660,7 @@ fn simd_axpy_pair_rows<S: Simd>(
             (4, 3) => panels_in_chains::<S, 4, 3>(s, alpha, a, panels, panel_stride, ys),
             (4, 1) => panels_in_chains::<S, 4, 1>(s, alpha, a, panels, panel_stride, ys),
             (2, 6) => panels_in_chains::<S, 2, 6>(s, alpha, a, panels, panel_stride, ys),
+            (2, 3) => panels_in_chains::<S, 2, 3>(s, alpha, a, panels, panel_stride, ys),
             (2, 1) => panels_in_chains::<S, 2, 1>(s, alpha, a, panels, panel_stride, ys),
             // No tile for this width: a panel at a time, as a partial one.
             _ => {
@@ -707,6 +733,69 @@ fn partial_panel<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f
         acc = s.mul_add(s.splat(alpha * a), b, acc);
     }
     s.store_partial(part, acc);
+}
+
+/// [`GemmKernel::axpy_bf16_rows`] for a SIMD instruction set: the columns
+/// [`PAIR_CHAINS`] vectors at a time (one chain each, as
+/// [`simd_axpy_pair_rows`] runs them), then fewer, then the part of one
+/// through a padded copy of each row's values.
+#[inline(always)]
+fn simd_axpy_bf16_rows<S: Simd>(
+    s: S,
+    alpha: f32,
+    a: &[f32],
+    b: &[Bf16],
+    row_stride: usize,
+    y: &mut [f32],
+) {
+    let vectors = y.len() / S::LANES;
+    let mut v = 0;
+    while v < vectors {
+        let (b, y) = (&b[v * S::LANES..], &mut y[v * S::LANES..]);
+        v += match vectors - v {
+            PAIR_CHAINS.. => rows_in_chains::<S, PAIR_CHAINS>(s, alpha, a, b, row_stride, y),
+            4.. => rows_in_chains::<S, 4>(s, alpha, a, b, row_stride, y),
+            _ => rows_in_chains::<S, 1>(s, alpha, a, b, row_stride, y),
+        };
+    }
+    let part = &mut y[vectors * S::LANES..];
+    if part.is_empty() {
+        return;
+    }
+    debug_assert!(S::LANES <= MAX_LANES);
+    let mut acc = s.load_partial(part, 0.0);
+    for (l, &a) in a.iter().enumerate() {
+        // The part's values, padded (its extra lanes are never stored).
+        let mut padded = [Bf16::default(); MAX_LANES];
+        padded[..part.len()]
+            .copy_from_slice(&b[l * row_stride + vectors * S::LANES..][..part.len()]);
+        acc = s.mul_add(s.splat(alpha * a), s.load_bf16(&padded), acc);
+    }
+    s.store_partial(part, acc);
+}
+
+/// [`simd_axpy_bf16_rows`] for the first `NV` whole vectors of `y`, one
+/// chain each; returns `NV`.
+#[inline(always)]
+fn rows_in_chains<S: Simd, const NV: usize>(
+    s: S,
+    alpha: f32,
+    a: &[f32],
+    b: &[Bf16],
+    row_stride: usize,
+    y: &mut [f32],
+) -> usize {
+    let mut acc: [S::V; NV] = core::array::from_fn(|v| s.load(&y[v * S::LANES..]));
+    for (l, &a) in a.iter().enumerate() {
+        let (a, row) = (s.splat(alpha * a), &b[l * row_stride..][..NV * S::LANES]);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            *acc = s.mul_add(a, s.load_bf16(&row[v * S::LANES..]), *acc);
+        }
+    }
+    for (v, acc) in acc.iter().enumerate() {
+        s.store(&mut y[v * S::LANES..], *acc);
+    }
+    NV
 }
 
 /// One vector of a panel (`y.len() == LANES`) in one chain.

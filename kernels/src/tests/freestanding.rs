@@ -446,8 +446,8 @@ pub fn bf16_packed_views(name: &str, kern: Kernels) {
 /// The tile path's edges (tiles take products of at least 32 rows): whole
 /// blocks, k not a multiple of 32 (a padded last step), n not a multiple
 /// of 32, m past a block edge, several blocks of rows and columns, long
-/// k, every transpose; and the pair path's single rows; each within the
-/// bound, and split into pieces bit for bit as whole.
+/// k, every transpose; each within the bound, and split into pieces bit
+/// for bit as whole.
 pub fn bf16_tile_edges(name: &str, kern: Kernels) {
     let shapes = [
         (32, 32, 32),
@@ -457,10 +457,6 @@ pub fn bf16_tile_edges(name: &str, kern: Kernels) {
         (31, 40, 64),
         (200, 140, 70),
         (64, 33, 600),
-        // Single rows of the pair path, several B panels at a time: 10
-        // panels (6, 3, 1) over two passes of k, and 8 (6, 2).
-        (1, 300, 600),
-        (2, 230, 33),
     ];
     let transposes = [(false, false), (true, false), (false, true), (true, true)];
     for (i, (m, n, k)) in shapes.into_iter().enumerate() {

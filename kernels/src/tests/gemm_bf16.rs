@@ -16,7 +16,7 @@ use super::freestanding::{
 };
 use super::*;
 use crate::dispatch::Isa;
-use crate::{Bf16, Bf16Unit, KernelError, MatMut, MatRef, Sequential};
+use crate::{Bf16, Bf16Unit, Executor, KernelError, MatMut, MatRef, Sequential};
 
 /// Every bf16 implementation testable here: the portable path on every
 /// backend, AVX512-BF16 and AMX where the CPU has them (a notice where
@@ -204,6 +204,88 @@ fn gemm_bf16_packed_matches_the_unpacked_product() {
                     )
                     .unwrap();
                     assert_eq!(bits(&got), bits(&want), "{name} {m}x{n}x{kk} beta {beta}");
+                }
+            }
+        }
+    }
+}
+
+/// Products of few rows read a B of bf16 rows where it lies (rows apart by
+/// more than their length, the gaps NaN) and give the bits of the same B
+/// packed, of B as f32 values, and of any split: on every unit, at and
+/// past each unit's few-row limit, with column tails of every width.
+#[test]
+fn few_rows_read_bf16_rows_in_place_with_the_packed_bits() {
+    use crate::PackedBf16;
+    let nan = Bf16::from_bits(0x7FC1);
+    for (name, k) in bf16_kernels() {
+        for (m, n, kk) in [
+            (1, 1, 1),
+            (1, 17, 5),
+            (2, 200, 33),
+            (3, 401, 70),
+            (4, 45, 20),
+            (16, 45, 20),
+            (1, 300, 600),
+        ] {
+            let mut rng = Rng::new((m + 31 * n + 7 * kk) as u64);
+            let (a_vals, b_vals) = (rng.vec(m * kk, -2.0, 2.0), rng.vec(kk * n, -2.0, 2.0));
+            let a = Stored::new(&a_vals, m, kk, 1, 0.0, |x| x);
+            let b16 = Stored::new(&b_vals, kk, n, 3, nan, Bf16::from_f32);
+            let b32 = Stored::new(&b_vals, kk, n, 3, f32::NAN, |x| x);
+            let mut slots = std::vec![0; PackedBf16::len(kk, n).unwrap()];
+            k.pack_bf16(b16.view(false), &mut slots).unwrap();
+            let packed = PackedBf16::new(&slots, kk, n).unwrap();
+            let what = format!("{name} {m}x{n}x{kk}");
+            for beta in [0.0, 0.5] {
+                let fill = if beta == 0.0 { f32::NAN } else { 0.25 };
+                let run = |b: Option<MatRef<Bf16>>, f32_b: bool, split: bool| {
+                    let mut c = std::vec![fill; m * n];
+                    let out = MatMut::new(&mut c, m, n).unwrap();
+                    let exec: &dyn Executor = if split { &Reversed(3) } else { &Sequential };
+                    let mut ws = std::vec![f32::NAN; k.gemm_bf16_workspace_len(m, n, kk)];
+                    match (b, f32_b) {
+                        (Some(b), _) => {
+                            k.gemm_bf16_with(exec, 1.5, a.view(false), b, beta, out, &mut ws)
+                        }
+                        (None, true) => k.gemm_bf16_with(
+                            exec,
+                            1.5,
+                            a.view(false),
+                            b32.view(false),
+                            beta,
+                            out,
+                            &mut ws,
+                        ),
+                        (None, false) => k.gemm_bf16_packed_with(
+                            exec,
+                            1.5,
+                            a.view(false),
+                            packed,
+                            beta,
+                            out,
+                            &mut ws,
+                        ),
+                    }
+                    .unwrap();
+                    c
+                };
+                let in_place = run(Some(b16.view(false)), false, false);
+                assert!(
+                    in_place.iter().all(|x| x.is_finite()),
+                    "{what}: C not all written"
+                );
+                let others = [
+                    ("packed", run(None, false, false)),
+                    ("f32 B", run(None, true, false)),
+                    ("split", run(Some(b16.view(false)), false, true)),
+                ];
+                for (how, c) in others {
+                    assert_eq!(
+                        bits(&in_place),
+                        bits(&c),
+                        "{what} beta {beta}: {how} differs"
+                    );
                 }
             }
         }

@@ -6,11 +6,11 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use kernels::{KernelError, MatMut, MatRef, PackedBf16, ValidLen};
+use kernels::{Bf16, KernelError, MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
-use super::layers::{rows_with_bias_gradient, ActivationMut};
+use super::layers::{rows_with_bias_gradient, Activation, ActivationMut};
 use super::packed::pack_into;
 use crate::error::Error;
 
@@ -36,10 +36,11 @@ pub enum Attention<'a> {
 pub struct CachedLayer<'a> {
     /// `[C, T_max]`: row `d` holds feature `d` of every position's key, so
     /// that a token's scores `q · Kᵀ` are a sum of rows of the cache
-    /// rather than one short dot product per position.
-    pub keys_t: &'a mut [f32],
-    /// `[T_max, C]`.
-    pub values: &'a mut [f32],
+    /// rather than one short dot product per position. In f32, or in bf16
+    /// for bf16 products.
+    pub keys_t: ActivationMut<'a>,
+    /// `[T_max, C]`, stored as the keys are.
+    pub values: ActivationMut<'a>,
     pub t_max: usize,
     /// Positions already cached.
     pub p0: usize,
@@ -277,8 +278,8 @@ fn cached_forward(
     layer: CachedLayer,
 ) -> Result<(), Error> {
     let CachedLayer {
-        keys_t,
-        values,
+        mut keys_t,
+        mut values,
         t_max,
         p0,
         scores,
@@ -287,15 +288,30 @@ fn cached_forward(
     let m = qkv.len() / (3 * c);
     let (hs, len) = (c / nh, p0 + m);
     for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
-        for (d, &key) in row[c..2 * c].iter().enumerate() {
-            keys_t[d * t_max + p0 + i] = key;
+        let (key, value, p) = (&row[c..2 * c], &row[2 * c..], p0 + i);
+        match (&mut keys_t, &mut values) {
+            (ActivationMut::F32(keys_t), ActivationMut::F32(values)) => {
+                for (d, &x) in key.iter().enumerate() {
+                    keys_t[d * t_max + p] = x;
+                }
+                values[p * c..][..c].copy_from_slice(value);
+            }
+            (ActivationMut::Bf16(keys_t), ActivationMut::Bf16(values)) => {
+                for (d, &x) in key.iter().enumerate() {
+                    keys_t[d * t_max + p] = Bf16::from_f32(x);
+                }
+                ctx.kernels.f32_to_bf16(value, &mut values[p * c..][..c])?;
+            }
+            _ => {
+                let mixed = "cached keys and values are stored alike";
+                return Err(KernelError::InvalidArgument(mixed).into());
+            }
         }
-        values[(p0 + i) * c..][..c].copy_from_slice(&row[2 * c..]);
     }
     let cache = CachedHeads {
         qkv,
-        keys_t,
-        values,
+        keys_t: keys_t.as_ref(),
+        values: values.as_ref(),
         t_max,
         m,
         len,
@@ -304,22 +320,17 @@ fn cached_forward(
         c,
         scale: 1.0 / (hs as f32).sqrt(),
     };
-    // The cache is f32, and a new position reads each cached key and value
-    // once: rounding them to bf16 per token would cost more than a bf16
-    // product saves, so attention over the cache multiplies in f32 in
-    // either precision (the weights are what bf16 decoding holds in bf16).
-    ctx.with_precision(Precision::F32, |ctx| {
-        cache.attend_all(ctx, out, scores, head_scores, nh)
-    })
+    // Products over an f32 cache run in f32, over a bf16 one in bf16.
+    cache.attend_all(ctx, out, scores, head_scores, nh)
 }
 
 /// What attention over the cache needs for one layer: the new positions'
 /// queries (`m` rows of `qkv`) and every cached key and value.
 struct CachedHeads<'a> {
     qkv: &'a [f32],
-    keys_t: &'a [f32],
+    keys_t: Activation<'a>,
     t_max: usize,
-    values: &'a [f32],
+    values: Activation<'a>,
     m: usize,
     len: usize,
     p0: usize,
@@ -346,7 +357,7 @@ impl CachedHeads<'_> {
             let scores = &mut head_scores[..nh * len];
             ctx.threads
                 .try_for_each_piece(((out, hs), (scores, len)), |h, (out, scores)| {
-                    let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| {
+                    let gemm = |alpha, a: MatRef, b: RightOperand, c: MatMut| {
                         mm.gemm_in_piece(alpha, a, b, 0.0, c)
                     };
                     cache.attend(&k, h, scores, MatMut::new(out, 1, hs)?, gemm)
@@ -357,7 +368,8 @@ impl CachedHeads<'_> {
                 let out = MatMut::strided(&mut out[h * hs..], m, hs, c)?;
                 // Prompts: each product is large enough to split (and a short
                 // context's heads too small to).
-                let gemm = |alpha, a: MatRef, b: MatRef, c: MatMut| ctx.gemm(alpha, a, b, 0.0, c);
+                let gemm =
+                    |alpha, a: MatRef, b: RightOperand, c: MatMut| ctx.gemm(alpha, a, b, 0.0, c);
                 cache.attend(&k, h, scores, out, gemm)?;
             }
             Ok(())
@@ -373,12 +385,14 @@ impl CachedHeads<'_> {
         h: usize,
         scores: &mut [f32],
         out: MatMut,
-        mut gemm: impl FnMut(f32, MatRef, MatRef, MatMut) -> Result<(), Error>,
+        mut gemm: impl FnMut(f32, MatRef, RightOperand, MatMut) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let (m, len, hs, c) = (self.m, self.len, self.hs, self.c);
         let q = MatRef::strided(&self.qkv[h * hs..], m, hs, 3 * c)?;
-        let keys_t = MatRef::strided(&self.keys_t[h * hs * self.t_max..], hs, len, self.t_max)?;
-        let values = MatRef::strided(&self.values[h * hs..], len, hs, c)?;
+        let keys_t = self
+            .keys_t
+            .strided_b(h * hs * self.t_max, hs, len, self.t_max)?;
+        let values = self.values.strided_b(h * hs, len, hs, c)?;
         gemm(self.scale, q, keys_t, MatMut::new(scores, m, len)?)?;
         k.softmax_rows(scores, len, ValidLen::Causal { offset: self.p0 })?;
         gemm(1.0, MatRef::new(scores, m, len)?, values, out)

@@ -2,18 +2,24 @@
 //! and values of every position seen, so a new token costs one pass over
 //! the weights instead of a pass over the whole context.
 
+use kernels::Bf16;
+
 use super::arena::Arena;
 use super::config::ModelConfig;
+use super::context::Precision;
+use super::layers::ActivationMut;
 use super::tensors::BlockActivations;
 
 /// Keys and values of the positions decoded so far, plus the buffers of one
 /// decoding pass (sized for a whole block, so that no pass allocates).
 ///
 /// Keys are stored transposed, `[L, C, T]` (a head's keys are `hs` rows of
-/// positions), values `[L, T, C]` (see `attention::CachedLayer`).
+/// positions), values `[L, T, C]` (see `attention::CachedLayer`), in f32,
+/// or in bf16 for bf16 products (which round them to bf16 anyway): a new
+/// token reads every cached key and value once, so half the bytes make
+/// attention over a long context that much cheaper.
 pub struct KvCache {
-    pub(super) keys_t: Arena,
-    pub(super) values: Arena,
+    pub(super) keys_values: KeysValues,
     pub(super) len: usize,
     pub(super) block_size: usize,
     /// A block's input and output, `2 × [T, C]`, swapping roles layer by
@@ -34,13 +40,18 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for a model of shape `cfg`.
-    pub fn new(cfg: &ModelConfig) -> KvCache {
+    /// An empty cache for a model of shape `cfg` whose products run in
+    /// `precision`.
+    pub fn new(cfg: &ModelConfig, precision: Precision) -> KvCache {
         let [keys_t, values, residuals, acts, scores, head_scores, lnf, logits] =
             KvCache::sizes(cfg);
         KvCache {
-            keys_t: Arena::zeros(keys_t),
-            values: Arena::zeros(values),
+            keys_values: KeysValues {
+                keys_t: Arena::zeros(stored_floats(keys_t, precision)),
+                values: Arena::zeros(stored_floats(values, precision)),
+                per_layer: cfg.channels * cfg.block_size,
+                precision,
+            },
             len: 0,
             block_size: cfg.block_size,
             residuals: vec![0.0; residuals],
@@ -69,7 +80,8 @@ impl KvCache {
         ]
     }
 
-    /// Floats a cache for `cfg` holds, for sizing a run before it starts.
+    /// Floats a cache for `cfg` holds at most (in f32), for sizing a run
+    /// before it starts.
     pub fn floats(cfg: &ModelConfig) -> usize {
         KvCache::sizes(cfg).iter().sum()
     }
@@ -96,7 +108,57 @@ impl KvCache {
 
     /// Bytes held by the keys and values.
     pub fn cache_bytes(&self) -> usize {
-        4 * (self.keys_t.len() + self.values.len())
+        let kv = &self.keys_values;
+        4 * (kv.keys_t.len() + kv.values.len())
+    }
+
+    /// Bytes of the keys and values of a cache for `cfg` in `precision`
+    /// ([`KvCache::cache_bytes`] without making one).
+    pub fn bytes(cfg: &ModelConfig, precision: Precision) -> usize {
+        let [keys_t, values, ..] = KvCache::sizes(cfg);
+        4 * (stored_floats(keys_t, precision) + stored_floats(values, precision))
+    }
+
+    /// The precision of the products this cache serves (and so of its
+    /// keys and values).
+    pub fn precision(&self) -> Precision {
+        self.keys_values.precision
+    }
+}
+
+/// Floats of an arena holding `values` keys or values in `precision` (two
+/// bf16 values a float).
+fn stored_floats(values: usize, precision: Precision) -> usize {
+    match precision {
+        Precision::F32 => values,
+        Precision::Bf16 => values.div_ceil(2),
+    }
+}
+
+/// Every layer's cached keys (transposed) and values, `per_layer` values
+/// each, stored as the products of `precision` read them.
+pub(super) struct KeysValues {
+    keys_t: Arena,
+    values: Arena,
+    per_layer: usize,
+    precision: Precision,
+}
+
+impl KeysValues {
+    /// Layer `l`'s keys (transposed) and values.
+    pub(super) fn layer(&mut self, l: usize) -> (ActivationMut<'_>, ActivationMut<'_>) {
+        let at = l * self.per_layer..(l + 1) * self.per_layer;
+        let (keys_t, values) = (&mut self.keys_t[..], &mut self.values[..]);
+        match self.precision {
+            Precision::F32 => (
+                ActivationMut::F32(&mut keys_t[at.clone()]),
+                ActivationMut::F32(&mut values[at]),
+            ),
+            Precision::Bf16 => (
+                ActivationMut::Bf16(&mut bytemuck::cast_slice_mut::<f32, Bf16>(keys_t)[at.clone()]),
+                ActivationMut::Bf16(&mut bytemuck::cast_slice_mut::<f32, Bf16>(values)[at]),
+            ),
+        }
     }
 }
 
@@ -109,9 +171,8 @@ mod tests {
     #[test]
     fn the_size_a_run_is_checked_for_is_what_the_cache_allocates() {
         let cfg = Preset::Tiny.config(Tokenizer::Byte);
-        let cache = KvCache::new(&cfg);
-        let allocated = cache.keys_t.len()
-            + cache.values.len()
+        let cache = KvCache::new(&cfg, Precision::F32);
+        let allocated = cache.cache_bytes() / 4
             + [
                 &cache.residuals,
                 &cache.acts,
@@ -124,5 +185,26 @@ mod tests {
             .map(|v| v.len())
             .sum::<usize>();
         assert_eq!(KvCache::floats(&cfg), allocated);
+    }
+
+    #[test]
+    fn a_bf16_cache_holds_its_keys_and_values_in_half_the_bytes() {
+        let cfg = Preset::Tiny.config(Tokenizer::Byte);
+        let (f32s, mut bf16s) = (
+            KvCache::new(&cfg, Precision::F32),
+            KvCache::new(&cfg, Precision::Bf16),
+        );
+        assert_eq!(2 * bf16s.cache_bytes(), f32s.cache_bytes());
+        assert_eq!(KvCache::bytes(&cfg, Precision::Bf16), bf16s.cache_bytes());
+        assert_eq!(KvCache::bytes(&cfg, Precision::F32), f32s.cache_bytes());
+        let per_layer = cfg.channels * cfg.block_size;
+        for l in 0..cfg.layers {
+            match bf16s.keys_values.layer(l) {
+                (ActivationMut::Bf16(k), ActivationMut::Bf16(v)) => {
+                    assert_eq!((k.len(), v.len()), (per_layer, per_layer));
+                }
+                _ => panic!("layer {l} of a bf16 cache is not bf16"),
+            }
+        }
     }
 }

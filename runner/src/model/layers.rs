@@ -231,10 +231,37 @@ impl<'a> Activation<'a> {
 
     /// The activation as a `rows × cols` matrix, the B of a product.
     fn as_b(self, rows: usize, cols: usize) -> Result<RightOperand<'a>, Error> {
+        self.strided_b(0, rows, cols, cols)
+    }
+
+    /// The `rows × cols` matrix from element `first`, rows `row_stride`
+    /// apart, as the B of a product.
+    pub fn strided_b(
+        self,
+        first: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<RightOperand<'a>, Error> {
+        let past = || KernelError::InvalidArgument("a view starts past its activation");
         Ok(match self {
-            Activation::F32(x) => MatRef::new(x, rows, cols)?.into(),
-            Activation::Bf16(x) => MatRef::new(x, rows, cols)?.into(),
+            Activation::F32(x) => {
+                MatRef::strided(x.get(first..).ok_or_else(past)?, rows, cols, row_stride)?.into()
+            }
+            Activation::Bf16(x) => {
+                MatRef::strided(x.get(first..).ok_or_else(past)?, rows, cols, row_stride)?.into()
+            }
         })
+    }
+}
+
+impl ActivationMut<'_> {
+    /// The same values, to read.
+    pub fn as_ref(&self) -> Activation<'_> {
+        match self {
+            ActivationMut::F32(x) => Activation::F32(x),
+            ActivationMut::Bf16(x) => Activation::Bf16(x),
+        }
     }
 }
 

@@ -441,9 +441,9 @@ impl Gpt {
         Ok(())
     }
 
-    /// An empty key/value cache for this model.
+    /// An empty key/value cache for this model in its current precision.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.config)
+        KvCache::new(&self.config, self.ctx.precision)
     }
 
     /// Runs `tokens` at the positions after those in `cache`, appends their
@@ -468,6 +468,13 @@ impl Gpt {
                 )));
             }
             check_tokens(tokens, v)?;
+            if cache.precision() != self.ctx.precision {
+                return Err(Error::Input(format!(
+                    "the key/value cache was made for {} products and the model now runs {}: make a new cache",
+                    cache.precision().name(),
+                    self.ctx.precision.name()
+                )));
+            }
             let Gpt {
                 sizes,
                 params,
@@ -481,8 +488,7 @@ impl Gpt {
             }
             let packed = packed.as_ref();
             let KvCache {
-                keys_t,
-                values,
+                keys_values,
                 residuals,
                 acts,
                 scores,
@@ -496,12 +502,12 @@ impl Gpt {
             let mut pair = [&mut first[..mc], &mut second[..mc]];
             encoder_forward(ctx, pair[0], tokens, p.wte, p.wpe, t_max, p0, c)?;
             let act_sizes = BlockActivations::sizes(&cfg, m, 0);
-            let per_layer = keys_t.len() / layers.max(1);
             for l in 0..layers {
                 let [input, output] = &mut pair;
+                let (keys_t, values) = keys_values.layer(l);
                 let attention = Attention::Cached(CachedLayer {
-                    keys_t: &mut keys_t[l * per_layer..][..per_layer],
-                    values: &mut values[l * per_layer..][..per_layer],
+                    keys_t,
+                    values,
                     t_max,
                     p0,
                     scores: &mut scores[..],

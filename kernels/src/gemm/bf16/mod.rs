@@ -6,8 +6,10 @@
 //!   as f32 values, then multiplied by the f32 GEMM, so it runs on every
 //!   backend and is split like it; a product of at most `FEW_ROWS` rows
 //!   (decoding) instead sums each element down k in order, reading B's
-//!   pairs packed (packing an unpacked B first), so a packed B is read at
-//!   2 bytes a value and never unpacked;
+//!   pairs packed (packing an unpacked B first) or B's bf16 rows where
+//!   they lie, so B is read at 2 bytes a value and never unpacked. The
+//!   other units leave their products of at most `PAIR_UNIT_FEW_ROWS` rows
+//!   to this path (they are bound by reading B);
 //! - AVX512-BF16: `vdpbf16ps` adds the dot product of a pair of bf16 values
 //!   of A (broadcast) and 16 pairs of B into 16 f32 sums, twice the FMAs of
 //!   an f32 instruction. A is packed into panels of `MR` rows, B into
@@ -18,14 +20,15 @@
 //!   whole of k, from the same B panels and A packed tile-major, or read
 //!   where it lies when it is bf16 rows on cache lines already
 //!   (`pairs::rows_in_place`); products of fewer than 32 rows run on
-//!   AVX512-BF16. Packed panels start on 64-byte lines in the workspace.
+//!   AVX512-BF16 (those of at most `PAIR_UNIT_FEW_ROWS`, on the few-row
+//!   path). Packed panels start on 64-byte lines in the workspace.
 //!
 //! Pieces are blocks of C (rows × column panels); each element of C is
 //! summed by one piece in one order whatever the blocks: bit-identical for
 //! any executor.
 //!
-//! - `portable`: the portable unit's products of few rows, and rounding
-//!   operands for the f32 GEMM;
+//! - `portable`: products of few rows (on every unit), and the portable
+//!   unit's rounding of operands for the f32 GEMM;
 //! - `packing`: the pair-packed layout and packing A and B into it;
 //! - `pairs`: the loop nest over pair-packed panels, and the pair-dot
 //!   units (AVX512-BF16, and an emulated one for tests);
@@ -44,7 +47,7 @@ use pairs::EmulatedPairs;
 #[cfg(target_arch = "x86_64")]
 use pairs::V4Bf16;
 use pairs::{pair_chains, run_pairs, PanelsOfB, PEAK_CHAINS};
-use portable::{few_rows, round_into, unpack, FewRows, FEW_ROWS};
+use portable::{few_rows, round_into, unpack, FewRows, RowsOfB, FEW_ROWS, PAIR_UNIT_FEW_ROWS};
 use sealed::OutputMat;
 pub(crate) use sealed::OutputSlice;
 
@@ -85,6 +88,12 @@ pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     fn as_pair_slots(_data: &[Self]) -> Option<&[f32]> {
         None
     }
+    /// The values as bf16 where they are stored that way (products of few
+    /// rows read a B of bf16 rows where it lies).
+    #[doc(hidden)]
+    fn as_bf16s(_data: &[Self]) -> Option<&[Bf16]> {
+        None
+    }
 }
 
 impl Bf16Input for f32 {
@@ -119,6 +128,10 @@ impl Bf16Input for Bf16 {
             return None;
         }
         bytemuck::try_cast_slice(&data[..data.len() & !1]).ok()
+    }
+    #[inline]
+    fn as_bf16s(data: &[Bf16]) -> Option<&[Bf16]> {
+        Some(data)
     }
     #[inline(always)]
     fn round_slice(src: &[Bf16], dst: &mut [Bf16], _: impl FnOnce(&[f32], &mut [Bf16])) {
@@ -249,10 +262,12 @@ impl Kernels {
             return 0;
         }
         match self.pair_unit() {
-            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len(),
+            Some(_) if m > self.few_rows_limit() => {
+                PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len()
+            }
             // An f32 C for a bf16 one, A rounded, B packed (padded to
-            // whole panels and steps).
-            None if m <= FEW_ROWS => PackedBf16::len(k, n)
+            // whole panels and steps) unless read in place.
+            _ if m <= self.few_rows_limit() => PackedBf16::len(k, n)
                 .and_then(|b| {
                     m.checked_mul(k)?
                         .checked_add(b)?
@@ -261,11 +276,21 @@ impl Kernels {
                 .unwrap_or(usize::MAX),
             // An f32 C for a bf16 one, A and B rounded, then the f32
             // product's workspace.
-            None => m
+            _ => m
                 .saturating_mul(n)
                 .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
                 .saturating_add(self.gemm_workspace_len(m, n, k)),
+        }
+    }
+
+    /// Most rows of a product that runs on the few-row path (each element
+    /// of C summed down k in order, see `portable`): [`FEW_ROWS`] on the
+    /// portable unit, [`PAIR_UNIT_FEW_ROWS`] on the others.
+    fn few_rows_limit(&self) -> usize {
+        match self.pair_unit() {
+            Some(_) => PAIR_UNIT_FEW_ROWS,
+            None => FEW_ROWS,
         }
     }
 
@@ -419,6 +444,30 @@ impl Kernels {
             scale_output(beta, c);
             return Ok(());
         }
+        if m <= self.few_rows_limit() {
+            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+                // B's bf16 rows where they lie, or B packed into pairs;
+                // then the product of few rows below.
+                let (rounded_a, slots) = workspace.split_at_mut(m * k);
+                let b = match (b.transposed, B::as_bf16s(b.data)) {
+                    (false, Some(data)) => RowsOfB::InPlace {
+                        data,
+                        row_stride: b.row_stride,
+                        k,
+                        n,
+                    },
+                    _ => {
+                        let slots = bytemuck::cast_slice_mut::<f32, u32>(
+                            &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
+                        );
+                        self.pack_bf16(b, slots)?;
+                        RowsOfB::Packed(PackedBf16::new(slots, k, n)?)
+                    }
+                };
+                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+                Ok(())
+            });
+        }
         if let Some(unit) = self.pair_unit() {
             let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
             let (packed_a, rest) = workspace.split_at_mut(layout.a_workspace_len());
@@ -430,17 +479,6 @@ impl Kernels {
             return Ok(());
         }
         self.portable_output(beta, c, workspace, |c, beta, workspace| {
-            if m <= FEW_ROWS {
-                // B packed into pairs, then the product of few rows below.
-                let (rounded_a, slots) = workspace.split_at_mut(m * k);
-                let slots = bytemuck::cast_slice_mut::<f32, u32>(
-                    &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
-                );
-                self.pack_bf16(b, slots)?;
-                let b = PackedBf16::new(slots, k, n)?;
-                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
-                return Ok(());
-            }
             let (rounded_a, rest) = workspace.split_at_mut(m * k);
             let (rounded_b, rest) = rest.split_at_mut(k * n);
             let a = round_into(self, &a, rounded_a);
@@ -668,12 +706,16 @@ impl Kernels {
             return 0;
         }
         match self.pair_unit() {
-            Some(_) => PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len(),
+            Some(_) if m > self.few_rows_limit() => {
+                PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len()
+            }
             // An f32 C for a bf16 one, A rounded.
-            None if m <= FEW_ROWS => m.saturating_mul(n).saturating_add(m.saturating_mul(k)),
+            _ if m <= self.few_rows_limit() => {
+                m.saturating_mul(n).saturating_add(m.saturating_mul(k))
+            }
             // An f32 C for a bf16 one, A rounded, B unpacked, then the f32
             // product's workspace.
-            None => m
+            _ => m
                 .saturating_mul(n)
                 .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
@@ -716,12 +758,15 @@ impl Kernels {
             scale_output(beta, c);
             return Ok(());
         }
+        if m <= self.few_rows_limit() {
+            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+                let (b, rounded_a) = (RowsOfB::Packed(b), &mut workspace[..m * k]);
+                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+                Ok(())
+            });
+        }
         let Some(unit) = self.pair_unit() else {
             return self.portable_output(beta, c, workspace, |c, beta, workspace| {
-                if m <= FEW_ROWS {
-                    self.portable_few_rows(exec, alpha, &a, b, beta, c, &mut workspace[..m * k]);
-                    return Ok(());
-                }
                 // The reference: A rounded and B unpacked to f32 (its values
                 // are bf16 already, so rounding them again would change
                 // nothing), then the f32 product, as `gemm_bf16_with` runs it.
@@ -745,19 +790,21 @@ impl Kernels {
         Ok(())
     }
 
-    /// The portable unit's product of at most [`FEW_ROWS`] rows (`m, n,
-    /// k > 0`, `alpha != 0`): A rounded into `rounded_a` (`m · k` floats),
-    /// then every element of C summed down k in order from the pairs of
-    /// `b` ([`GemmKernel::axpy_pair_rows`]), panel by panel.
+    /// A product of at most [`Kernels::few_rows_limit`] rows (`m, n, k >
+    /// 0`, `alpha != 0`): A rounded into `rounded_a` (`m · k` floats), then
+    /// every element of C summed down k in order from `b`'s pairs or rows
+    /// ([`GemmKernel::axpy_pair_rows`], [`GemmKernel::axpy_bf16_rows`]),
+    /// a group of columns at a time.
     ///
     /// [`GemmKernel::axpy_pair_rows`]: crate::gemm::microkernel::GemmKernel::axpy_pair_rows
+    /// [`GemmKernel::axpy_bf16_rows`]: crate::gemm::microkernel::GemmKernel::axpy_bf16_rows
     #[allow(clippy::too_many_arguments)]
     fn portable_few_rows<E: Executor + ?Sized, A: Bf16Input>(
         &self,
         exec: &E,
         alpha: f32,
         a: &MatRef<A>,
-        b: PackedBf16,
+        b: RowsOfB,
         beta: f32,
         c: MatMut,
         rounded_a: &mut [f32],

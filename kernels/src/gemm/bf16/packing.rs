@@ -5,7 +5,7 @@
 use core::ops::Range;
 
 use super::amx;
-use super::pairs::{BLOCK_PANELS, BLOCK_ROWS, ROW_PANELS};
+use super::pairs::{BLOCK_PANELS, BLOCK_ROWS};
 use super::{pair_each, Bf16Input, NR};
 #[cfg(test)]
 use crate::bf16::pair_half;
@@ -22,8 +22,9 @@ pub(super) struct PairLayout {
     pub(super) n: usize,
     /// Rows of an A panel. On tiles, [`amx::MR`]. Else those of a register
     /// tile: 12 (24 accumulators + 2 B vectors + 1 broadcast fit the 32
-    /// ZMM registers), fewer for short products so that decoding's single
-    /// rows do not compute 11 rows of padding.
+    /// ZMM registers), or 4 for products of fewer than 12 rows so that they
+    /// do not compute mostly padding (products of at most
+    /// `PAIR_UNIT_FEW_ROWS` rows never come here).
     pub(super) mr: usize,
     pub(super) k_pairs: usize,
     /// Pairs per B panel (and per packed row of A on tiles): `k_pairs`
@@ -45,8 +46,7 @@ impl PairLayout {
         let mr = match m {
             _ if tiles => amx::MR,
             12.. => 12,
-            4..=11 => 4,
-            _ => 1,
+            _ => 4,
         };
         PairLayout {
             m,
@@ -86,22 +86,6 @@ impl PairLayout {
             .saturating_add(self.b_len())
             .saturating_add(LINE_SLACK)
     }
-    /// B panels per block of columns: [`BLOCK_PANELS`], or
-    /// [`ROW_PANELS`] where A is a single panel of pair dot products
-    /// (decoding's rows), the panels its rows run at once: no packed A is
-    /// then reused across a block's panels, and pieces of whole groups
-    /// share the columns between threads evenly (measured on an Intel
-    /// Xeon, bf16 decoding at context 256 on 2 threads: 1442–1445
-    /// tokens/s with one panel a block, when a row ran one panel at a
-    /// time, against 861–865 with blocks of 4). Tiles keep their blocks: a
-    /// piece loads the tile configuration once.
-    fn block_panels(&self) -> usize {
-        if !self.tiles && self.a_panels <= 1 {
-            ROW_PANELS
-        } else {
-            BLOCK_PANELS
-        }
-    }
     /// A panels per block of [`BLOCK_ROWS`] rows.
     fn row_tiles(&self) -> usize {
         BLOCK_ROWS / self.mr
@@ -110,7 +94,7 @@ impl PairLayout {
         self.a_panels.div_ceil(self.row_tiles())
     }
     pub(super) fn col_blocks(&self) -> usize {
-        self.b_panels.div_ceil(self.block_panels())
+        self.b_panels.div_ceil(BLOCK_PANELS)
     }
     /// The A panels of row block `rb`.
     pub(super) fn row_block(&self, rb: usize) -> Range<usize> {
@@ -119,7 +103,7 @@ impl PairLayout {
     }
     /// The B panels of column block `cb`.
     pub(super) fn col_block(&self, cb: usize) -> Range<usize> {
-        let width = self.block_panels();
+        let width = BLOCK_PANELS;
         cb * width..self.b_panels.min((cb + 1) * width)
     }
 }

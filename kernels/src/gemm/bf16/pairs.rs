@@ -225,7 +225,7 @@ fn rows_in_place<'a, A: Bf16Input>(
     })
 }
 
-/// Rows of C per block (a multiple of every layout's `mr`: 1, 4, 12 and
+/// Rows of C per block (a multiple of every layout's `mr`: 4, 12 and
 /// the tiles' 32): on the pair-dot path, with a pass of 256 pairs, its
 /// packed A is 192 KiB, in L2 on every CPU with AVX512-BF16 (Zen 4: 1
 /// MiB).
@@ -327,8 +327,7 @@ impl Pairs<'_> {
         }
         match self.layout.mr {
             12 => self.block::<P, 12>(unit, rows, panels),
-            4 => self.block::<P, 4>(unit, rows, panels),
-            _ => self.block::<P, 1>(unit, rows, panels),
+            _ => self.block::<P, 4>(unit, rows, panels),
         }
     }
 
@@ -555,10 +554,6 @@ impl Pairs<'_> {
         for pass in 0..passes {
             let pairs = pass * per_pass..l.k_pairs.min((pass + 1) * per_pass);
             let beta = if pass == 0 { self.beta } else { 1.0 };
-            if MR == 1 {
-                self.single_rows(unit, rows.clone(), panels.clone(), pairs, beta);
-                continue;
-            }
             for j in panels.clone() {
                 let b = &self.b[j * self.b_stride..][pairs.start * NR..pairs.end * NR];
                 for i in rows.clone() {
@@ -570,67 +565,6 @@ impl Pairs<'_> {
                 }
             }
         }
-    }
-
-    /// One pass (`pairs`) of [`Pairs::block`] for single rows of A (`MR`
-    /// 1): [`ROW_PANELS`] B panels at a time, the rest fewer at once.
-    #[inline(always)]
-    fn single_rows<P: PairDot>(
-        &self,
-        unit: P,
-        rows: Range<usize>,
-        panels: Range<usize>,
-        pairs: Range<usize>,
-        beta: f32,
-    ) {
-        let mut j = panels.start;
-        while j < panels.end {
-            let (rows, pairs) = (rows.clone(), pairs.clone());
-            j += match panels.end - j {
-                ROW_PANELS.. => self.row_panels::<P, ROW_PANELS>(unit, rows, j, pairs, beta),
-                3.. => self.row_panels::<P, 3>(unit, rows, j, pairs, beta),
-                2 => self.row_panels::<P, 2>(unit, rows, j, pairs, beta),
-                _ => self.row_panels::<P, 1>(unit, rows, j, pairs, beta),
-            };
-        }
-    }
-
-    /// Single rows `rows` of A by the `G` B panels from panel `j` over
-    /// `pairs`: each element of C summed down k in order, as a register
-    /// tile sums it, in `2 · G` independent chains. Returns `G`.
-    #[inline(always)]
-    fn row_panels<P: PairDot, const G: usize>(
-        &self,
-        unit: P,
-        rows: Range<usize>,
-        j: usize,
-        pairs: Range<usize>,
-        beta: f32,
-    ) -> usize {
-        let l = &self.layout;
-        let b: [&[f32]; G] = core::array::from_fn(|q| {
-            &self.b[(j + q) * self.b_stride..][pairs.start * NR..pairs.end * NR]
-        });
-        for i in rows {
-            let a = &self.a[i * l.a_panel_len()..][pairs.clone()];
-            if !self.stream_c {
-                for q in 0..G {
-                    self.prefetch_c(i, j + q);
-                }
-            }
-            let mut acc = [[unit.zero(); 2]; G];
-            for (p, &a) in a.iter().enumerate() {
-                for (acc, b) in acc.iter_mut().zip(&b) {
-                    let b = &b[p * NR..][..NR];
-                    acc[0] = unit.dot(acc[0], a, unit.load_b(&b[..16]));
-                    acc[1] = unit.dot(acc[1], a, unit.load_b(&b[16..]));
-                }
-            }
-            for (q, sums) in acc.iter().enumerate() {
-                self.update(unit, i, j + q, beta, core::slice::from_ref(sums));
-            }
-        }
-        G
     }
 
     /// [`Pairs::block`] for a bf16 C over more than one pass of k (of
@@ -692,16 +626,6 @@ impl Pairs<'_> {
         }
     }
 }
-
-/// B panels a single row of A runs at once: 12 chains of pair dot
-/// products (two per panel), as the portable unit's rows run
-/// ([`GemmKernel::axpy_pair_rows`](crate::gemm::microkernel::GemmKernel::axpy_pair_rows)),
-/// so that the chains overlap and as many streams of B are in flight. On
-/// an Intel Xeon (AMX), bf16 decoding `shakes` at context 256 on one
-/// thread (`runner bench`, alternated): one panel at a time (2 chains)
-/// 790–800 tokens/s, six 824–842; `runner generate`, 240 tokens: forward
-/// passes 286–291 ms against 268–270.
-pub(super) const ROW_PANELS: usize = 6;
 
 /// Pairs of k per pass of the pair-dot path: the B slice of a pass (32
 /// columns × 256 pairs = 32 KiB) fits the smallest L1 of the CPUs this

@@ -1,6 +1,7 @@
 //! The portable unit: a product of few rows sums each element of C down k
-//! from B's pairs; a larger one rounds its operands into f32 values for the
-//! f32 GEMM.
+//! from B's pairs or bf16 rows (the other units leave their products of
+//! fewest rows to this path too); a larger one rounds its operands into
+//! f32 values for the f32 GEMM.
 
 use super::packing::round_by;
 use super::{Bf16Input, PackedBf16, NR};
@@ -11,15 +12,41 @@ use crate::gemm::{scale_by_beta, small, MatRef, Output};
 use crate::parallel::{run_pieces, threads_of};
 use crate::{Bf16, Executor, Kernels};
 
-/// A product of at most [`FEW_ROWS`] rows on the portable unit: A rounded
-/// (`m × k`, contiguous), B packed.
+/// A product of few rows: A rounded (`m × k`, contiguous), B packed or
+/// bf16 rows.
 pub(super) struct FewRows<'a> {
     pub(super) m: usize,
     pub(super) alpha: f32,
     pub(super) a: &'a [f32],
-    pub(super) b: PackedBf16<'a>,
+    pub(super) b: RowsOfB<'a>,
     pub(super) beta: f32,
     pub(super) c: Output,
+}
+
+/// The B (`k × n`) of a product of few rows.
+#[derive(Clone, Copy)]
+pub(super) enum RowsOfB<'a> {
+    /// Packed into pairs ([`PackedBf16`]).
+    Packed(PackedBf16<'a>),
+    /// bf16 rows where they lie: row `l` from `data[l · row_stride]`. A
+    /// row of A then reads B once, with no copy per product (decoding's
+    /// attention over a bf16 key/value cache).
+    InPlace {
+        data: &'a [Bf16],
+        row_stride: usize,
+        k: usize,
+        n: usize,
+    },
+}
+
+impl RowsOfB<'_> {
+    /// `(k, n)`.
+    fn shape(&self) -> (usize, usize) {
+        match *self {
+            RowsOfB::Packed(b) => (b.k, b.n),
+            RowsOfB::InPlace { k, n, .. } => (k, n),
+        }
+    }
 }
 
 /// Most rows of A the portable unit multiplies by streaming B's pairs once
@@ -30,11 +57,23 @@ pub(super) struct FewRows<'a> {
 /// ms); a decoded token streams them in about 1 ms.
 pub(super) const FEW_ROWS: usize = 16;
 
+/// Most rows of A the pair-dot and tile units leave to [`few_rows`]: at
+/// most 3 multiply-adds per bf16 value of B (2 bytes) keep the product
+/// bound by reading B on every CPU these units run on (a core reads at
+/// most about 30 GB/s, 45 G multiply-adds a second, against 100 G and
+/// more of AVX-512 FMA), so widening B into f32 multiply-adds costs
+/// nothing against the pair dot products, and a B of bf16 rows is read
+/// where it lies instead of packed per product. Measured on an Intel Xeon
+/// (AMX), bf16 decoding `shakes`: `runner generate`, 240 tokens, forward
+/// passes 270–278 ms on this path against 268–270 on `vdpbf16ps` (six B
+/// panels at a time).
+pub(super) const PAIR_UNIT_FEW_ROWS: usize = 3;
+
 /// Runs `p`: pieces of whole panels of C (as the f32 small path splits
 /// its columns), each element summed by one piece, so the same bits for
 /// any split.
 pub(super) fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E, p: &FewRows) {
-    let (m, n, k) = (p.m, p.b.n, p.b.k);
+    let (m, (k, n)) = (p.m, p.b.shape());
     let panels = n.div_ceil(NR);
     let pieces = small::column_pieces(threads_of(exec), (m, n, k), panels);
     let per_piece = panels.div_ceil(pieces);
@@ -50,7 +89,6 @@ pub(super) fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E,
                 for j in mine.clone().step_by(group) {
                     let last = (j + group).min(mine.end);
                     let (first, width) = (j * NR, (last * NR).min(n) - j * NR);
-                    let pairs = &p.b.slots[j * p.b.stride..];
                     for i in 0..m {
                         // SAFETY: `i < m` and `first + width ≤ n`, so these
                         // columns of row `i` lie inside C (whose rows do not
@@ -63,7 +101,16 @@ pub(super) fn few_rows<K: GemmKernel, E: Executor + ?Sized>(kernel: K, exec: &E,
                             )
                         };
                         scale_by_beta(p.beta, y);
-                        kernel.axpy_pair_rows(p.alpha, &p.a[i * k..][..k], pairs, p.b.stride, y);
+                        let a = &p.a[i * k..][..k];
+                        match p.b {
+                            RowsOfB::Packed(b) => {
+                                let pairs = &b.slots[j * b.stride..];
+                                kernel.axpy_pair_rows(p.alpha, a, pairs, b.stride, y)
+                            }
+                            RowsOfB::InPlace {
+                                data, row_stride, ..
+                            } => kernel.axpy_bf16_rows(p.alpha, a, &data[first..], row_stride, y),
+                        }
                     }
                 }
             },
