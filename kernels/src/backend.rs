@@ -90,15 +90,18 @@ impl FromStr for Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Bf16Unit {
     /// Operands rounded to bf16, multiplied by the f32 GEMM of the backend
-    /// (products of at most 16 rows: summed down k from B's packed pairs):
-    /// the reference, on every CPU.
+    /// (products of at most 16 rows: summed down k from B's packed pairs
+    /// or bf16 rows): the reference, on every CPU.
     Portable,
     /// `vdpbf16ps` (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake
-    /// and later), reached from the AVX-512 backend.
+    /// and later), reached from the AVX-512 backend. Products of at most 3
+    /// rows, bound by reading B, are summed as the portable unit's few
+    /// rows are.
     Avx512Bf16,
     /// AMX tiles (`tdpbf16ps`: Intel Sapphire Rapids and later), reached
     /// from the AVX-512 backend, and only once Linux granted this process
-    /// the tile data state (requested by detection, once).
+    /// the tile data state (requested by detection, once). Products of
+    /// fewer than 32 rows run as on [`Bf16Unit::Avx512Bf16`].
     Amx,
 }
 

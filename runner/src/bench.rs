@@ -225,7 +225,9 @@ fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
             k.bf16_unit()
         );
     }
-    let kv_cache: Vec<String> = (s.precisions.iter())
+    let kv_cache: Vec<String> = s
+        .precisions
+        .iter()
         .map(|&p| {
             format!(
                 "{:.1} MiB ({})",

@@ -605,8 +605,8 @@ fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
 /// The widest vector of any [`Simd`] (AVX-512's 16 lanes).
 const MAX_LANES: usize = 16;
 
-/// Accumulator vectors of the portable bf16 product of few rows
-/// ([`GemmKernel::axpy_pair_rows`]): 12, as in AVX2's f32 tile, leaving
+/// Accumulator vectors of the bf16 product of few rows
+/// ([`GemmKernel::axpy_pair_rows`], [`GemmKernel::axpy_bf16_rows`]): 12, as in AVX2's f32 tile, leaving
 /// AVX2's other 4 registers for a broadcast and the loads. Each is one
 /// chain of multiply-adds: one chain's multiply-adds wait on each other,
 /// several overlap; and its panels are that many streams of B in flight.
@@ -737,8 +737,8 @@ fn partial_panel<S: Simd>(s: S, alpha: f32, a: &[f32], pairs: &[u32], y: &mut [f
 
 /// [`GemmKernel::axpy_bf16_rows`] for a SIMD instruction set: the columns
 /// [`PAIR_CHAINS`] vectors at a time (one chain each, as
-/// [`simd_axpy_pair_rows`] runs them), then fewer, then the part of one
-/// through a padded copy of each row's values.
+/// [`simd_axpy_pair_rows`] runs them), then 6, 4, 2 or 1 at a time, then
+/// the part of one through a padded copy of each row's values.
 #[inline(always)]
 fn simd_axpy_bf16_rows<S: Simd>(
     s: S,
@@ -754,7 +754,9 @@ fn simd_axpy_bf16_rows<S: Simd>(
         let (b, y) = (&b[v * S::LANES..], &mut y[v * S::LANES..]);
         v += match vectors - v {
             PAIR_CHAINS.. => rows_in_chains::<S, PAIR_CHAINS>(s, alpha, a, b, row_stride, y),
+            6.. => rows_in_chains::<S, 6>(s, alpha, a, b, row_stride, y),
             4.. => rows_in_chains::<S, 4>(s, alpha, a, b, row_stride, y),
+            2.. => rows_in_chains::<S, 2>(s, alpha, a, b, row_stride, y),
             _ => rows_in_chains::<S, 1>(s, alpha, a, b, row_stride, y),
         };
     }
@@ -785,7 +787,10 @@ fn rows_in_chains<S: Simd, const NV: usize>(
     row_stride: usize,
     y: &mut [f32],
 ) -> usize {
-    let mut acc: [S::V; NV] = core::array::from_fn(|v| s.load(&y[v * S::LANES..]));
+    let mut acc = [s.splat(0.0); NV];
+    for (v, acc) in acc.iter_mut().enumerate() {
+        *acc = s.load(&y[v * S::LANES..]);
+    }
     for (l, &a) in a.iter().enumerate() {
         let (a, row) = (s.splat(alpha * a), &b[l * row_stride..][..NV * S::LANES]);
         for (v, acc) in acc.iter_mut().enumerate() {

@@ -226,6 +226,7 @@ fn few_rows_read_bf16_rows_in_place_with_the_packed_bits() {
             (3, 401, 70),
             (4, 45, 20),
             (16, 45, 20),
+            (17, 45, 20),
             (1, 300, 600),
         ] {
             let mut rng = Rng::new((m + 31 * n + 7 * kk) as u64);

@@ -10,6 +10,7 @@ use kernels::{Bf16, KernelError, MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
+use super::kv_cache::LayerKeysValues;
 use super::layers::{rows_with_bias_gradient, Activation, ActivationMut};
 use super::packed::pack_into;
 use crate::error::Error;
@@ -34,13 +35,10 @@ pub enum Attention<'a> {
 
 /// One layer's share of a key/value cache, and the scratch of one pass.
 pub struct CachedLayer<'a> {
-    /// `[C, T_max]`: row `d` holds feature `d` of every position's key, so
-    /// that a token's scores `q · Kᵀ` are a sum of rows of the cache
-    /// rather than one short dot product per position. In f32, or in bf16
-    /// for bf16 products.
-    pub keys_t: ActivationMut<'a>,
-    /// `[T_max, C]`, stored as the keys are.
-    pub values: ActivationMut<'a>,
+    /// Keys transposed, so that a token's scores `q · Kᵀ` are a sum of
+    /// rows of the cache rather than one short dot product per position;
+    /// and values. In f32, or in bf16 for bf16 products.
+    pub keys_values: LayerKeysValues<'a>,
     pub t_max: usize,
     /// Positions already cached.
     pub p0: usize,
@@ -278,8 +276,7 @@ fn cached_forward(
     layer: CachedLayer,
 ) -> Result<(), Error> {
     let CachedLayer {
-        mut keys_t,
-        mut values,
+        mut keys_values,
         t_max,
         p0,
         scores,
@@ -289,29 +286,26 @@ fn cached_forward(
     let (hs, len) = (c / nh, p0 + m);
     for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
         let (key, value, p) = (&row[c..2 * c], &row[2 * c..], p0 + i);
-        match (&mut keys_t, &mut values) {
-            (ActivationMut::F32(keys_t), ActivationMut::F32(values)) => {
+        match &mut keys_values {
+            LayerKeysValues::F32 { keys_t, values } => {
                 for (d, &x) in key.iter().enumerate() {
                     keys_t[d * t_max + p] = x;
                 }
                 values[p * c..][..c].copy_from_slice(value);
             }
-            (ActivationMut::Bf16(keys_t), ActivationMut::Bf16(values)) => {
+            LayerKeysValues::Bf16 { keys_t, values } => {
                 for (d, &x) in key.iter().enumerate() {
                     keys_t[d * t_max + p] = Bf16::from_f32(x);
                 }
                 ctx.kernels.f32_to_bf16(value, &mut values[p * c..][..c])?;
             }
-            _ => {
-                let mixed = "cached keys and values are stored alike";
-                return Err(KernelError::InvalidArgument(mixed).into());
-            }
         }
     }
+    let (keys_t, values) = keys_values.views();
     let cache = CachedHeads {
         qkv,
-        keys_t: keys_t.as_ref(),
-        values: values.as_ref(),
+        keys_t,
+        values,
         t_max,
         m,
         len,

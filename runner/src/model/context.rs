@@ -252,19 +252,6 @@ impl Context {
         result
     }
 
-    /// Runs `f` with the products in `precision`, then restores this
-    /// context's.
-    pub fn with_precision<R>(
-        &mut self,
-        precision: Precision,
-        f: impl FnOnce(&mut Context) -> R,
-    ) -> R {
-        let own = std::mem::replace(&mut self.precision, precision);
-        let result = f(self);
-        self.precision = own;
-        result
-    }
-
     /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
     pub fn gemm<'a, 'b>(
         &mut self,

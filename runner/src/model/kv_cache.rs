@@ -7,7 +7,7 @@ use kernels::Bf16;
 use super::arena::Arena;
 use super::config::ModelConfig;
 use super::context::Precision;
-use super::layers::ActivationMut;
+use super::layers::Activation;
 use super::tensors::BlockActivations;
 
 /// Keys and values of the positions decoded so far, plus the buffers of one
@@ -21,7 +21,8 @@ use super::tensors::BlockActivations;
 pub struct KvCache {
     pub(super) keys_values: KeysValues,
     pub(super) len: usize,
-    pub(super) block_size: usize,
+    /// The model it was made for.
+    pub(super) config: ModelConfig,
     /// A block's input and output, `2 × [T, C]`, swapping roles layer by
     /// layer.
     pub(super) residuals: Vec<f32>,
@@ -53,7 +54,7 @@ impl KvCache {
                 precision,
             },
             len: 0,
-            block_size: cfg.block_size,
+            config: *cfg,
             residuals: vec![0.0; residuals],
             acts: vec![0.0; acts],
             scores: vec![0.0; scores],
@@ -146,18 +147,46 @@ pub(super) struct KeysValues {
 
 impl KeysValues {
     /// Layer `l`'s keys (transposed) and values.
-    pub(super) fn layer(&mut self, l: usize) -> (ActivationMut<'_>, ActivationMut<'_>) {
+    pub(super) fn layer(&mut self, l: usize) -> LayerKeysValues<'_> {
         let at = l * self.per_layer..(l + 1) * self.per_layer;
         let (keys_t, values) = (&mut self.keys_t[..], &mut self.values[..]);
         match self.precision {
-            Precision::F32 => (
-                ActivationMut::F32(&mut keys_t[at.clone()]),
-                ActivationMut::F32(&mut values[at]),
-            ),
-            Precision::Bf16 => (
-                ActivationMut::Bf16(&mut bytemuck::cast_slice_mut::<f32, Bf16>(keys_t)[at.clone()]),
-                ActivationMut::Bf16(&mut bytemuck::cast_slice_mut::<f32, Bf16>(values)[at]),
-            ),
+            Precision::F32 => LayerKeysValues::F32 {
+                keys_t: &mut keys_t[at.clone()],
+                values: &mut values[at],
+            },
+            Precision::Bf16 => LayerKeysValues::Bf16 {
+                keys_t: &mut bytemuck::cast_slice_mut(keys_t)[at.clone()],
+                values: &mut bytemuck::cast_slice_mut(values)[at],
+            },
+        }
+    }
+}
+
+/// One layer's cached keys (`[C, T_max]`: row `d` holds feature `d` of
+/// every position's key) and values (`[T_max, C]`), both in f32 or both
+/// in bf16.
+pub enum LayerKeysValues<'a> {
+    F32 {
+        keys_t: &'a mut [f32],
+        values: &'a mut [f32],
+    },
+    Bf16 {
+        keys_t: &'a mut [Bf16],
+        values: &'a mut [Bf16],
+    },
+}
+
+impl LayerKeysValues<'_> {
+    /// The keys (transposed) and values, to read.
+    pub fn views(&self) -> (Activation<'_>, Activation<'_>) {
+        match self {
+            LayerKeysValues::F32 { keys_t, values } => {
+                (Activation::F32(keys_t), Activation::F32(values))
+            }
+            LayerKeysValues::Bf16 { keys_t, values } => {
+                (Activation::Bf16(keys_t), Activation::Bf16(values))
+            }
         }
     }
 }
@@ -200,10 +229,10 @@ mod tests {
         let per_layer = cfg.channels * cfg.block_size;
         for l in 0..cfg.layers {
             match bf16s.keys_values.layer(l) {
-                (ActivationMut::Bf16(k), ActivationMut::Bf16(v)) => {
-                    assert_eq!((k.len(), v.len()), (per_layer, per_layer));
+                LayerKeysValues::Bf16 { keys_t, values } => {
+                    assert_eq!((keys_t.len(), values.len()), (per_layer, per_layer));
                 }
-                _ => panic!("layer {l} of a bf16 cache is not bf16"),
+                LayerKeysValues::F32 { .. } => panic!("layer {l} of a bf16 cache is not bf16"),
             }
         }
     }

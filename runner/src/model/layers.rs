@@ -255,16 +255,6 @@ impl<'a> Activation<'a> {
     }
 }
 
-impl ActivationMut<'_> {
-    /// The same values, to read.
-    pub fn as_ref(&self) -> Activation<'_> {
-        match self {
-            ActivationMut::F32(x) => Activation::F32(x),
-            ActivationMut::Bf16(x) => Activation::Bf16(x),
-        }
-    }
-}
-
 /// GELU backward fused with the gradient of the bias its input came with
 /// (`x = inp · w + bias`): `dx = gelu'(x) · dout`, overwriting `dx`
 /// (accumulating would need a pass that zeroes it first: 2–3 % of a bf16

@@ -462,15 +462,16 @@ impl Gpt {
             let vp = cfg.padded_vocab();
             let layers = cfg.layers;
             let (m, p0) = (tokens.len(), cache.len);
-            if m == 0 || p0 + m > t_max || cache.block_size != t_max {
+            if m == 0 || p0 + m > t_max {
                 return Err(Error::Input(format!(
                     "{m} new tokens after {p0} do not fit the block size {t_max}"
                 )));
             }
             check_tokens(tokens, v)?;
-            if cache.precision() != self.ctx.precision {
+            if cache.config != cfg || cache.precision() != self.ctx.precision {
                 return Err(Error::Input(format!(
-                    "the key/value cache was made for {} products and the model now runs {}: make a new cache",
+                    "the key/value cache was made for model {} in {}, not this model {cfg} in {}: make a new cache",
+                    cache.config,
                     cache.precision().name(),
                     self.ctx.precision.name()
                 )));
@@ -504,10 +505,8 @@ impl Gpt {
             let act_sizes = BlockActivations::sizes(&cfg, m, 0);
             for l in 0..layers {
                 let [input, output] = &mut pair;
-                let (keys_t, values) = keys_values.layer(l);
                 let attention = Attention::Cached(CachedLayer {
-                    keys_t,
-                    values,
+                    keys_values: keys_values.layer(l),
                     t_max,
                     p0,
                     scores: &mut scores[..],

@@ -261,26 +261,25 @@ impl Kernels {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
-        match self.pair_unit() {
-            Some(_) if m > self.few_rows_limit() => {
-                PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len()
-            }
+        if m <= self.few_rows_limit() {
             // An f32 C for a bf16 one, A rounded, B packed (padded to
             // whole panels and steps) unless read in place.
-            _ if m <= self.few_rows_limit() => PackedBf16::len(k, n)
+            PackedBf16::len(k, n)
                 .and_then(|b| {
                     m.checked_mul(k)?
                         .checked_add(b)?
                         .checked_add(m.checked_mul(n)?)
                 })
-                .unwrap_or(usize::MAX),
+                .unwrap_or(usize::MAX)
+        } else if self.pair_unit().is_some() {
+            PairLayout::new(m, n, k, self.tile_unit().is_some()).workspace_len()
+        } else {
             // An f32 C for a bf16 one, A and B rounded, then the f32
             // product's workspace.
-            _ => m
-                .saturating_mul(n)
+            m.saturating_mul(n)
                 .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
-                .saturating_add(self.gemm_workspace_len(m, n, k)),
+                .saturating_add(self.gemm_workspace_len(m, n, k))
         }
     }
 
@@ -705,21 +704,18 @@ impl Kernels {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
-        match self.pair_unit() {
-            Some(_) if m > self.few_rows_limit() => {
-                PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len()
-            }
+        if m <= self.few_rows_limit() {
             // An f32 C for a bf16 one, A rounded.
-            _ if m <= self.few_rows_limit() => {
-                m.saturating_mul(n).saturating_add(m.saturating_mul(k))
-            }
+            m.saturating_mul(n).saturating_add(m.saturating_mul(k))
+        } else if self.pair_unit().is_some() {
+            PairLayout::new(m, n, k, self.tile_unit().is_some()).a_workspace_len()
+        } else {
             // An f32 C for a bf16 one, A rounded, B unpacked, then the f32
             // product's workspace.
-            _ => m
-                .saturating_mul(n)
+            m.saturating_mul(n)
                 .saturating_add(m.saturating_mul(k))
                 .saturating_add(k.saturating_mul(n))
-                .saturating_add(self.gemm_workspace_len(m, n, k)),
+                .saturating_add(self.gemm_workspace_len(m, n, k))
         }
     }
 

@@ -49,8 +49,8 @@ impl RowsOfB<'_> {
     }
 }
 
-/// Most rows of A the portable unit multiplies by streaming B's pairs once
-/// per row ([`few_rows`]) instead of unpacking B and running the f32 GEMM.
+/// Most rows of A the portable unit multiplies by streaming B's pairs (or
+/// bf16 rows) once per row ([`few_rows`]) instead of unpacking B and running the f32 GEMM.
 /// Measured on AMD EPYC Zen 3, `shakes` in bf16, a 9-token prompt: 64–68
 /// ms through unpacking, 45–46 ms streaming (most of either is the
 /// weights' one packing; vectorized since, an 8-token prompt takes 22–23
@@ -62,11 +62,12 @@ pub(super) const FEW_ROWS: usize = 16;
 /// bound by reading B on every CPU these units run on (a core reads at
 /// most about 30 GB/s, 45 G multiply-adds a second, against 100 G and
 /// more of AVX-512 FMA), so widening B into f32 multiply-adds costs
-/// nothing against the pair dot products, and a B of bf16 rows is read
-/// where it lies instead of packed per product. Measured on an Intel Xeon
-/// (AMX), bf16 decoding `shakes`: `runner generate`, 240 tokens, forward
-/// passes 270–278 ms on this path against 268–270 on `vdpbf16ps` (six B
-/// panels at a time).
+/// little against the pair dot products, and a B of bf16 rows is read
+/// where it lies instead of packed per product (what decoding's bf16
+/// key/value cache needs). Measured on an Intel Xeon (AMX), bf16 decoding
+/// `shakes`: `runner generate`, 240 tokens, forward passes 270–278 ms on
+/// this path against 268–270 on `vdpbf16ps` (six B panels at a time),
+/// within 3 %.
 pub(super) const PAIR_UNIT_FEW_ROWS: usize = 3;
 
 /// Runs `p`: pieces of whole panels of C (as the f32 small path splits
