@@ -7,7 +7,13 @@
 //! With a pool, rayon's own queues now and then allocate a block or grow a
 //! deque (seen: 2 allocations over 3 steps, in one run of ten), so there
 //! the bound is one allocation per step, and one per four decoding passes:
-//! a buffer of ours allocated per step or pass would exceed it.
+//! a buffer of ours allocated per step or pass would exceed it. A worker's
+//! own scratch (attention's head buffers, its products' workspace) is
+//! sized the first time it runs a piece that needs it, and on a loaded
+//! machine a worker may run its first such piece only after the warm-up
+//! (seen in CI: 4 allocations in 3 steps, 4096 to 26752 bytes); so with a
+//! pool the training steps are counted in three windows, and the quietest
+//! must keep to the bound.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,15 +111,20 @@ fn training_steps_after_the_first_allocate_nothing(threads: usize) {
         for _ in 0..2 {
             step(&mut model);
         }
-        let count = allocations_in(|| {
-            for _ in 0..3 {
-                step(&mut model);
-            }
-        });
+        let windows = if threads == 1 { 1 } else { 3 };
+        let counts: Vec<usize> = (0..windows)
+            .map(|_| {
+                allocations_in(|| {
+                    for _ in 0..3 {
+                        step(&mut model);
+                    }
+                })
+            })
+            .collect();
         let allowed = if threads == 1 { 0 } else { 3 };
         assert!(
-            count <= allowed,
-            "{threads} thread(s): 3 steps allocated {count} times"
+            counts.iter().min().is_some_and(|&c| c <= allowed),
+            "{threads} thread(s): windows of 3 steps allocated {counts:?} times"
         );
     }
 }
