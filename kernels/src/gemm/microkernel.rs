@@ -606,8 +606,9 @@ fn simd_axpy<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
 const MAX_LANES: usize = 16;
 
 /// Accumulator vectors of the bf16 product of few rows
-/// ([`GemmKernel::axpy_pair_rows`], [`GemmKernel::axpy_bf16_rows`]): 12, as in AVX2's f32 tile, leaving
-/// AVX2's other 4 registers for a broadcast and the loads. Each is one
+/// ([`GemmKernel::axpy_pair_rows`], [`GemmKernel::axpy_bf16_rows`]): 12,
+/// as in AVX2's f32 tile, leaving AVX2's other 4 registers for a broadcast
+/// and the loads. Each is one
 /// chain of multiply-adds: one chain's multiply-adds wait on each other,
 /// several overlap; and its panels are that many streams of B in flight.
 /// On AMD EPYC Zen 3, decoding `shakes` in bf16 (`runner generate

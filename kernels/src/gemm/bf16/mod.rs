@@ -463,7 +463,7 @@ impl Kernels {
                         RowsOfB::Packed(PackedBf16::new(slots, k, n)?)
                     }
                 };
-                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+                self.few_rows_product(exec, alpha, &a, b, beta, c, rounded_a);
                 Ok(())
             });
         }
@@ -757,7 +757,7 @@ impl Kernels {
         if m <= self.few_rows_limit() {
             return self.portable_output(beta, c, workspace, |c, beta, workspace| {
                 let (b, rounded_a) = (RowsOfB::Packed(b), &mut workspace[..m * k]);
-                self.portable_few_rows(exec, alpha, &a, b, beta, c, rounded_a);
+                self.few_rows_product(exec, alpha, &a, b, beta, c, rounded_a);
                 Ok(())
             });
         }
@@ -795,7 +795,7 @@ impl Kernels {
     /// [`GemmKernel::axpy_pair_rows`]: crate::gemm::microkernel::GemmKernel::axpy_pair_rows
     /// [`GemmKernel::axpy_bf16_rows`]: crate::gemm::microkernel::GemmKernel::axpy_bf16_rows
     #[allow(clippy::too_many_arguments)]
-    fn portable_few_rows<E: Executor + ?Sized, A: Bf16Input>(
+    fn few_rows_product<E: Executor + ?Sized, A: Bf16Input>(
         &self,
         exec: &E,
         alpha: f32,

@@ -50,7 +50,8 @@ impl RowsOfB<'_> {
 }
 
 /// Most rows of A the portable unit multiplies by streaming B's pairs (or
-/// bf16 rows) once per row ([`few_rows`]) instead of unpacking B and running the f32 GEMM.
+/// bf16 rows) once per row ([`few_rows`]) instead of unpacking B and
+/// running the f32 GEMM.
 /// Measured on AMD EPYC Zen 3, `shakes` in bf16, a 9-token prompt: 64–68
 /// ms through unpacking, 45–46 ms streaming (most of either is the
 /// weights' one packing; vectorized since, an 8-token prompt takes 22–23
