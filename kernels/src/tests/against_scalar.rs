@@ -277,16 +277,27 @@ fn softmax_special_values() {
         x[cols + 4] = f32::NAN; // poisons its row
         x[2 * cols + 5] = f32::INFINITY; // inf - inf: NaN row
         x[3 * cols + 6] = -1e30; // huge negative: underflows to 0
-        let mut want = x.clone();
-        scalar()
-            .softmax_rows(&mut want, cols, ValidLen::All)
-            .unwrap();
-        let mut got = x.clone();
-        k.softmax_rows(&mut got, cols, ValidLen::All).unwrap();
-        assert_close(&ctx("softmax specials", name, cols), &got, &want, 2e-6, 0.0);
-        assert_eq!(got[3], 0.0);
-        assert!(got[cols..2 * cols].iter().all(|v| v.is_nan()));
-        assert_eq!(got[3 * cols + 6], 0.0);
+                                 // Valid prefixes that end inside a vector, past each special value.
+        let lens = [10, 11, 17, 18];
+        for valid in [ValidLen::All, ValidLen::PerRow(&lens)] {
+            let mut want = x.clone();
+            scalar().softmax_rows(&mut want, cols, valid).unwrap();
+            let mut got = x.clone();
+            k.softmax_rows(&mut got, cols, valid).unwrap();
+            let what = ctx(&format!("softmax specials {valid:?}"), name, cols);
+            assert_close(&what, &got, &want, 2e-6, 0.0);
+            assert_eq!(got[3], 0.0);
+            let len = |r: usize| match valid {
+                ValidLen::PerRow(lens) => lens[r],
+                _ => cols,
+            };
+            assert!(got[cols..cols + len(1)].iter().all(|v| v.is_nan()));
+            assert_eq!(got[3 * cols + 6], 0.0);
+            for (r, row) in got.chunks_exact(cols).enumerate() {
+                // Past the prefix, zeros even in a NaN row.
+                assert!(row[len(r)..].iter().all(|&v| v == 0.0), "{what}: row {r}");
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@
 
 use core::ops::Range;
 
-use super::packing::round_row_pairs;
+use super::packing::{prefetch_run, round_row_pairs};
 use super::{Bf16Input, NR};
 use crate::gemm::microkernel::GemmKernel;
 use crate::gemm::MatRef;
@@ -168,9 +168,17 @@ pub(super) fn pack_row_panels<K: GemmKernel, T: Bf16Input>(
         // per panel (the columns are a page or more apart). Rows past the
         // matrix stay zero; so do pairs past the columns.
         let strip = |c: usize, p: usize| &src.data[c * cs + p * MR..][..live(p)];
+        let (first, span) = (
+            panels.start * MR,
+            (panels.end * MR).min(rows) - panels.start * MR,
+        );
         let mut across = [[0.0; MR]; K_STEP];
         for s in 0..panel_len / (MR * K_STEP) {
             let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
+            // The next step's columns, fetched ahead (see `pack_panels`).
+            for c in 2 * pairs.end..(2 * pairs.end + 2 * K_STEP).min(cols) {
+                prefetch_run(src.data, c * cs + first, span);
+            }
             for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
                 if pairs.len() < K_STEP || live(p) < MR {
                     across = [[0.0; MR]; K_STEP];
@@ -194,6 +202,9 @@ pub(super) fn pack_row_panels<K: GemmKernel, T: Bf16Input>(
         return;
     }
     for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
+        for r in (p + 1) * MR..((p + 2) * MR).min(rows) {
+            prefetch_run(src.data, r * rs, cols);
+        }
         for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
             let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
             for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {

@@ -9,7 +9,7 @@ use super::pairs::{BLOCK_PANELS, BLOCK_ROWS};
 use super::{pair_each, Bf16Input, NR};
 #[cfg(test)]
 use crate::bf16::pair_half;
-use crate::gemm::microkernel::GemmKernel;
+use crate::gemm::microkernel::{prefetch, GemmKernel};
 use crate::gemm::MatRef;
 use crate::simd::{pieces, Simd};
 use crate::Bf16;
@@ -238,6 +238,9 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
         // packing does). Lines past the matrix stay zero.
         let pairs = cols.div_ceil(2);
         for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
+            for r in (p + 1) * width..((p + 2) * width).min(rows) {
+                prefetch_run(src.data, r * rs, cols);
+            }
             let mut lines = [[0.0; LINE_PAIRS]; NR];
             for start in (0..pairs).step_by(LINE_PAIRS) {
                 let count = LINE_PAIRS.min(pairs - start);
@@ -260,7 +263,14 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
         // share of every panel in turn, so that each step reads one run
         // of the panels' rows from each column (a panel at a time would
         // read a line or two per column and wait on each).
+        let first = panels.start * width;
+        let span = (panels.end * width).min(rows) - first;
         for q in 0..panel_len / width {
+            // Columns a page or more apart defeat the prefetchers: fetch
+            // the columns a few pairs ahead.
+            for c in 2 * q + PREFETCH_AHEAD..(2 * q + PREFETCH_AHEAD + 2).min(cols) {
+                prefetch_run(src.data, c * cs + first, span);
+            }
             let strip = |c: usize, p: usize| &src.data[c * cs + p * width..][..live(p)];
             for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
                 let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
@@ -281,6 +291,23 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
                 pad.fill(0.0);
             }
         }
+    }
+}
+
+/// Rows (or columns) fetched ahead while packing along a stride.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Asks for every line of `data[start..start + len]` (as far as it exists)
+/// to be fetched into the cache.
+#[inline(always)]
+pub(super) fn prefetch_run<T>(data: &[T], start: usize, len: usize) {
+    let end = data.len().min(start.saturating_add(len));
+    let line = 64 / core::mem::size_of::<T>().max(1);
+    for i in (start..end).step_by(line.max(1)) {
+        prefetch(data[i..].as_ptr());
+    }
+    if start < end {
+        prefetch(data[end - 1..].as_ptr());
     }
 }
 
