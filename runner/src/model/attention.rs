@@ -11,7 +11,7 @@ use kernels::{Bf16, KernelError, MatMut, MatRef, PackedBf16, ValidLen};
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
 use super::kv_cache::LayerKeysValues;
-use super::layers::{rows_with_bias_gradient, Activation, ActivationMut};
+use super::layers::{rows_with_bias_gradient, Activation, ActivationMut, ROWS_PER_PIECE};
 use super::packed::pack_into;
 use crate::error::Error;
 
@@ -94,22 +94,57 @@ fn query_blocks(t: usize) -> impl Iterator<Item = Range<usize>> {
     (0..t.div_ceil(QUERY_BLOCK)).map(move |r| r * QUERY_BLOCK..t.min((r + 1) * QUERY_BLOCK))
 }
 
+/// Sequences per round of causal attention: each round's (sequence,
+/// head) pieces write their results into the start of the per-head
+/// scratch and the round's rows are gathered from it at once, so the
+/// scratch is still in cache when it is read back (the whole batch's, 9
+/// MiB a layer at `shakes` B 8, was written to memory and read back from
+/// it). A round of as many sequences as threads keeps every thread busy.
+fn sequences_per_round(ctx: &Context, b: usize) -> usize {
+    ctx.threads.count().clamp(1, b.max(1))
+}
+
 /// Causal attention: every (sequence, head) is a piece of its own,
-/// computed block by block into `per_head` and then interleaved into rows.
+/// computed block by block into `per_head` and then interleaved into rows,
+/// a round of sequences at a time ([`sequences_per_round`]).
 fn causal_forward(
     ctx: &mut Context,
-    out: ActivationMut,
+    mut out: ActivationMut,
     att: &mut [f32],
     per_head: &mut [f32],
     qkv: &[f32],
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
+    let round = sequences_per_round(ctx, b);
+    for first in (0..b).step_by(round) {
+        let seqs = first..(first + round).min(b);
+        let att = &mut att[first * nh * t * t..seqs.end * nh * t * t];
+        let per_head = &mut per_head[..seqs.len() * t * c];
+        causal_heads(ctx, att, per_head, &qkv[first * t * 3 * c..], (t, c, nh))?;
+        heads_into_rows(
+            ctx,
+            out.rows_mut(first * t..seqs.end * t, c),
+            per_head,
+            (t, c, nh),
+        )?;
+    }
+    Ok(())
+}
+
+/// The (sequence, head) pieces of [`causal_forward`] for the sequences
+/// whose `qkv` starts at `qkv`, their probabilities into `att` and their
+/// outputs into `per_head` (`t × hs` a piece).
+fn causal_heads(
+    ctx: &mut Context,
+    att: &mut [f32],
+    per_head: &mut [f32],
+    qkv: &[f32],
+    (t, c, nh): (usize, usize, usize),
+) -> Result<(), Error> {
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
     let scale = 1.0 / (hs as f32).sqrt();
-    let per_head = &mut per_head[..b * t * c];
-    ctx.threads.try_for_each_piece(
-        ((att, t * t), (&mut per_head[..], t * hs)),
-        |piece, (att_h, y)| {
+    ctx.threads
+        .try_for_each_piece(((att, t * t), (per_head, t * hs)), |piece, (att_h, y)| {
             let (bi, h) = (piece / nh, piece % nh);
             let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
             let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
@@ -132,9 +167,18 @@ fn causal_forward(
                 }
                 Ok(())
             })
-        },
-    )?;
-    let per_head = &*per_head;
+        })
+}
+
+/// The rows of `out` (`[seqs · t, c]`) from the per-head outputs of
+/// [`causal_heads`], in f32 or rounded to bf16.
+fn heads_into_rows(
+    ctx: &mut Context,
+    out: ActivationMut,
+    per_head: &[f32],
+    (t, c, nh): (usize, usize, usize),
+) -> Result<(), Error> {
+    let (kern, hs) = (ctx.kernels, c / nh);
     match out {
         ActivationMut::F32(out) => ctx.threads.try_for_each_piece((out, t * c), |bi, out_b| {
             let heads = &per_head[bi * t * c..][..t * c];
@@ -183,84 +227,102 @@ pub fn attention_backward<'a>(
     ctx.timed(
         |p| &mut p.attention,
         |ctx| {
-            let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
-            let scale = 1.0 / (hs as f32).sqrt();
-            let per_head = &mut per_head[..b * t * 3 * c];
-            ctx.threads
-                .try_for_each_piece((&mut per_head[..], 3 * t * hs), |piece, dqkv_h| {
-                    let (bi, h) = (piece / nh, piece % nh);
-                    let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
-                    let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
-                    let dy = HeadPart {
-                        data: &dout[bi * t * c + h * hs..],
-                        stride: c,
-                        t,
-                        hs,
-                    };
-                    let att_h = &att[piece * t * t..][..t * t];
-                    let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
-                    let (dk, dv) = dkv.split_at_mut(t * hs);
-                    with_head_slots(|[s0, s1, s2, s3, datt]| {
-                        datt.grow(t * t);
-                        let datt = &mut datt[..t * t];
-                        let values_t = part(VALUE).as_transposed(mm, s0)?;
-                        let keys = part(KEY).as_rows(mm, s1)?;
-                        let queries = part(QUERY).as_rows(mm, s2)?;
-                        let dy_b = dy.as_rows(mm, s3)?;
-                        // The probabilities and their gradient are zero above
-                        // the diagonal, so each block of rows multiplies only
-                        // its keys (dscores, dq), and each block of columns
-                        // only the rows at and below it (dk, dv).
-                        for rows in query_blocks(t) {
-                            let (n, e) = (rows.len(), rows.end);
-                            let g = &mut datt[rows.start * t..];
-                            let g_view = MatMut::strided(g, n, e, t)?;
-                            // dprobs = dy · vᵀ, then through the softmax.
-                            let dy_rows = dy.rows(rows.clone())?;
-                            mm.gemm_in_piece(1.0, dy_rows, values_t.positions(0..e)?, 0.0, g_view)?;
-                            let probs = &att_h[rows.start * t..][..n * t];
-                            let offset = rows.start;
-                            let g = &mut g[..n * t];
-                            kern.softmax_backward_rows(probs, g, t, ValidLen::Causal { offset })?;
-                            let dscores = MatRef::strided(g, n, e, t)?;
-                            let dq = MatMut::new(&mut dq[rows.start * hs..rows.end * hs], n, hs)?;
-                            mm.gemm_in_piece(scale, dscores, keys.positions(0..e)?, 0.0, dq)?;
-                        }
-                        for cols in query_blocks(t) {
-                            // Rows `cols.start..t` of the columns `cols`.
-                            let (n, below) = (cols.len(), cols.start..t);
-                            let at = cols.start * t + cols.start;
-                            let probs = MatRef::strided(&att_h[at..], below.len(), n, t)?;
-                            let dscores = MatRef::strided(&datt[at..], below.len(), n, t)?;
-                            let dv = MatMut::new(&mut dv[cols.start * hs..cols.end * hs], n, hs)?;
-                            mm.gemm_in_piece(
-                                1.0,
-                                probs.t(),
-                                dy_b.positions(below.clone())?,
-                                0.0,
-                                dv,
-                            )?;
-                            let dk = MatMut::new(&mut dk[cols.start * hs..cols.end * hs], n, hs)?;
-                            mm.gemm_in_piece(
-                                scale,
-                                dscores.t(),
-                                queries.positions(below)?,
-                                0.0,
-                                dk,
-                            )?;
-                        }
-                        Ok(())
-                    })
+            let mut dqkv = dqkv.into();
+            // Rounds of sequences as in the forward pass, where the bias
+            // gradient comes out the same: its pieces of rows then never
+            // straddle two rounds.
+            let round = match t % ROWS_PER_PIECE {
+                0 => sequences_per_round(ctx, b),
+                _ => b,
+            };
+            for first in (0..b).step_by(round) {
+                let seqs = first..(first + round).min(b);
+                let per_head = &mut per_head[..seqs.len() * t * 3 * c];
+                let att = &att[first * nh * t * t..seqs.end * nh * t * t];
+                let dout = &dout[first * t * c..seqs.end * t * c];
+                let qkv = &qkv[first * t * 3 * c..seqs.end * t * 3 * c];
+                causal_heads_backward(ctx, per_head, dout, qkv, att, (t, c, nh))?;
+                let per_head = &*per_head;
+                let dqkv = dqkv.rows_mut(first * t..seqs.end * t, 3 * c);
+                rows_with_bias_gradient(ctx, dqkv, dqkv_bias, |r, row| {
+                    let (bi, r) = (r / t, r % t);
+                    let heads = &per_head[bi * t * 3 * c..][..t * 3 * c];
+                    heads_into_row(heads, r, row, (t, c / nh, nh), 3);
+                    Ok(())
                 })?;
-            let per_head = &*per_head;
-            rows_with_bias_gradient(ctx, dqkv.into(), dqkv_bias, |r, row| {
-                let (bi, r) = (r / t, r % t);
-                let heads = &per_head[bi * t * 3 * c..][..t * 3 * c];
-                heads_into_row(heads, r, row, (t, hs, nh), 3);
-                Ok(())
-            })
+            }
+            Ok(())
         },
     )
+}
+
+/// The (sequence, head) pieces of [`attention_backward`] for the
+/// sequences of `dout`, `qkv` and `att`: each piece's dq, dk and dv
+/// (`t × hs` each) into `per_head`.
+fn causal_heads_backward(
+    ctx: &mut Context,
+    per_head: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    (t, c, nh): (usize, usize, usize),
+) -> Result<(), Error> {
+    let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
+    let scale = 1.0 / (hs as f32).sqrt();
+    ctx.threads
+        .try_for_each_piece((per_head, 3 * t * hs), |piece, dqkv_h| {
+            let (bi, h) = (piece / nh, piece % nh);
+            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
+            let dy = HeadPart {
+                data: &dout[bi * t * c + h * hs..],
+                stride: c,
+                t,
+                hs,
+            };
+            let att_h = &att[piece * t * t..][..t * t];
+            let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
+            let (dk, dv) = dkv.split_at_mut(t * hs);
+            with_head_slots(|[s0, s1, s2, s3, datt]| {
+                datt.grow(t * t);
+                let datt = &mut datt[..t * t];
+                let values_t = part(VALUE).as_transposed(mm, s0)?;
+                let keys = part(KEY).as_rows(mm, s1)?;
+                let queries = part(QUERY).as_rows(mm, s2)?;
+                let dy_b = dy.as_rows(mm, s3)?;
+                // The probabilities and their gradient are zero above
+                // the diagonal, so each block of rows multiplies only
+                // its keys (dscores, dq), and each block of columns
+                // only the rows at and below it (dk, dv).
+                for rows in query_blocks(t) {
+                    let (n, e) = (rows.len(), rows.end);
+                    let g = &mut datt[rows.start * t..];
+                    let g_view = MatMut::strided(g, n, e, t)?;
+                    // dprobs = dy · vᵀ, then through the softmax.
+                    let dy_rows = dy.rows(rows.clone())?;
+                    mm.gemm_in_piece(1.0, dy_rows, values_t.positions(0..e)?, 0.0, g_view)?;
+                    let probs = &att_h[rows.start * t..][..n * t];
+                    let offset = rows.start;
+                    let g = &mut g[..n * t];
+                    kern.softmax_backward_rows(probs, g, t, ValidLen::Causal { offset })?;
+                    let dscores = MatRef::strided(g, n, e, t)?;
+                    let dq = MatMut::new(&mut dq[rows.start * hs..rows.end * hs], n, hs)?;
+                    mm.gemm_in_piece(scale, dscores, keys.positions(0..e)?, 0.0, dq)?;
+                }
+                for cols in query_blocks(t) {
+                    // Rows `cols.start..t` of the columns `cols`.
+                    let (n, below) = (cols.len(), cols.start..t);
+                    let at = cols.start * t + cols.start;
+                    let probs = MatRef::strided(&att_h[at..], below.len(), n, t)?;
+                    let dscores = MatRef::strided(&datt[at..], below.len(), n, t)?;
+                    let dv = MatMut::new(&mut dv[cols.start * hs..cols.end * hs], n, hs)?;
+                    mm.gemm_in_piece(1.0, probs.t(), dy_b.positions(below.clone())?, 0.0, dv)?;
+                    let dk = MatMut::new(&mut dk[cols.start * hs..cols.end * hs], n, hs)?;
+                    mm.gemm_in_piece(scale, dscores.t(), queries.positions(below)?, 0.0, dk)?;
+                }
+                Ok(())
+            })
+        })
 }
 
 /// Cached attention: appends the `m` new positions' keys and values to

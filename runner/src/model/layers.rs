@@ -5,6 +5,8 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
+use std::ops::Range;
+
 use kernels::{Bf16, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
 
 use super::context::{Context, LeftOperand, Precision, Profile, RightOperand};
@@ -14,7 +16,7 @@ use crate::error::Error;
 pub const LAYER_NORM_EPS: f32 = 1e-5;
 
 /// Rows per piece of row-wise work (LayerNorm, cross-entropy).
-const ROWS_PER_PIECE: usize = 64;
+pub(super) const ROWS_PER_PIECE: usize = 64;
 
 /// Elements per piece of element-wise work (GELU, sums, zeroing).
 const ELEMENTS_PER_PIECE: usize = 1 << 14;
@@ -200,6 +202,17 @@ pub enum Activation<'a> {
 pub enum ActivationMut<'a> {
     F32(&'a mut [f32]),
     Bf16(&'a mut [Bf16]),
+}
+
+impl ActivationMut<'_> {
+    /// Rows `rows` of the activation, `width` values each.
+    pub fn rows_mut(&mut self, rows: Range<usize>, width: usize) -> ActivationMut<'_> {
+        let span = rows.start * width..rows.end * width;
+        match self {
+            ActivationMut::F32(x) => ActivationMut::F32(&mut x[span]),
+            ActivationMut::Bf16(x) => ActivationMut::Bf16(&mut x[span]),
+        }
+    }
 }
 
 impl<'a> From<&'a mut [f32]> for ActivationMut<'a> {
