@@ -277,7 +277,8 @@ fn softmax_special_values() {
         x[cols + 4] = f32::NAN; // poisons its row
         x[2 * cols + 5] = f32::INFINITY; // inf - inf: NaN row
         x[3 * cols + 6] = -1e30; // huge negative: underflows to 0
-                                 // Valid prefixes that end inside a vector, past each special value.
+
+        // Valid prefixes that end inside a vector, past each special value.
         let lens = [10, 11, 17, 18];
         for valid in [ValidLen::All, ValidLen::PerRow(&lens)] {
             let mut want = x.clone();

@@ -104,6 +104,14 @@ fn sequences_per_round(ctx: &Context, b: usize) -> usize {
     ctx.threads.count().clamp(1, b.max(1))
 }
 
+/// The sequences of each round of `per_round` (at least 1) out of `b`.
+fn rounds(b: usize, per_round: usize) -> impl Iterator<Item = Range<usize>> {
+    let per_round = per_round.max(1);
+    (0..b)
+        .step_by(per_round)
+        .map(move |first| first..b.min(first + per_round))
+}
+
 /// Causal attention: every (sequence, head) is a piece of its own,
 /// computed block by block into `per_head` and then interleaved into rows,
 /// a round of sequences at a time ([`sequences_per_round`]).
@@ -115,18 +123,13 @@ fn causal_forward(
     qkv: &[f32],
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
-    let round = sequences_per_round(ctx, b);
-    for first in (0..b).step_by(round) {
-        let seqs = first..(first + round).min(b);
-        let att = &mut att[first * nh * t * t..seqs.end * nh * t * t];
+    for seqs in rounds(b, sequences_per_round(ctx, b)) {
+        let att = &mut att[seqs.start * nh * t * t..seqs.end * nh * t * t];
         let per_head = &mut per_head[..seqs.len() * t * c];
-        causal_heads(ctx, att, per_head, &qkv[first * t * 3 * c..], (t, c, nh))?;
-        heads_into_rows(
-            ctx,
-            out.rows_mut(first * t..seqs.end * t, c),
-            per_head,
-            (t, c, nh),
-        )?;
+        let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
+        causal_heads(ctx, att, per_head, qkv, (t, c, nh))?;
+        let out = out.rows_mut(seqs.start * t..seqs.end * t, c);
+        heads_into_rows(ctx, out, per_head, (t, c, nh))?;
     }
     Ok(())
 }
@@ -231,19 +234,18 @@ pub fn attention_backward<'a>(
             // Rounds of sequences as in the forward pass, where the bias
             // gradient comes out the same: its pieces of rows then never
             // straddle two rounds.
-            let round = match t % ROWS_PER_PIECE {
+            let per_round = match t % ROWS_PER_PIECE {
                 0 => sequences_per_round(ctx, b),
                 _ => b,
             };
-            for first in (0..b).step_by(round) {
-                let seqs = first..(first + round).min(b);
+            for seqs in rounds(b, per_round) {
                 let per_head = &mut per_head[..seqs.len() * t * 3 * c];
-                let att = &att[first * nh * t * t..seqs.end * nh * t * t];
-                let dout = &dout[first * t * c..seqs.end * t * c];
-                let qkv = &qkv[first * t * 3 * c..seqs.end * t * 3 * c];
+                let att = &att[seqs.start * nh * t * t..seqs.end * nh * t * t];
+                let dout = &dout[seqs.start * t * c..seqs.end * t * c];
+                let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
                 causal_heads_backward(ctx, per_head, dout, qkv, att, (t, c, nh))?;
                 let per_head = &*per_head;
-                let dqkv = dqkv.rows_mut(first * t..seqs.end * t, 3 * c);
+                let dqkv = dqkv.rows_mut(seqs.start * t..seqs.end * t, 3 * c);
                 rows_with_bias_gradient(ctx, dqkv, dqkv_bias, |r, row| {
                     let (bi, r) = (r / t, r % t);
                     let heads = &per_head[bi * t * 3 * c..][..t * 3 * c];

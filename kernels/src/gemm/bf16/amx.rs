@@ -26,7 +26,7 @@
 
 use core::ops::Range;
 
-use super::packing::{prefetch_run, round_row_pairs};
+use super::packing::{prefetch_rows, prefetch_run, round_row_pairs};
 use super::{Bf16Input, NR};
 use crate::gemm::microkernel::GemmKernel;
 use crate::gemm::MatRef;
@@ -202,9 +202,7 @@ pub(super) fn pack_row_panels<K: GemmKernel, T: Bf16Input>(
         return;
     }
     for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
-        for r in (p + 1) * MR..((p + 2) * MR).min(rows) {
-            prefetch_run(src.data, r * rs, cols);
-        }
+        prefetch_rows(src.data, (p + 1) * MR..((p + 2) * MR).min(rows), rs, cols);
         for (s, step) in panel.chunks_exact_mut(MR * K_STEP).enumerate() {
             let pairs = s * K_STEP..used.min((s + 1) * K_STEP);
             for (r, line) in step.chunks_exact_mut(K_STEP).enumerate() {

@@ -238,9 +238,12 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
         // packing does). Lines past the matrix stay zero.
         let pairs = cols.div_ceil(2);
         for (p, panel) in panels.zip(out.chunks_exact_mut(panel_len)) {
-            for r in (p + 1) * width..((p + 2) * width).min(rows) {
-                prefetch_run(src.data, r * rs, cols);
-            }
+            prefetch_rows(
+                src.data,
+                (p + 1) * width..((p + 2) * width).min(rows),
+                rs,
+                cols,
+            );
             let mut lines = [[0.0; LINE_PAIRS]; NR];
             for start in (0..pairs).step_by(LINE_PAIRS) {
                 let count = LINE_PAIRS.min(pairs - start);
@@ -296,6 +299,16 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
 
 /// Rows (or columns) fetched ahead while packing along a stride.
 const PREFETCH_AHEAD: usize = 8;
+
+/// Asks for the first `len` elements of each of `rows` (rows `stride`
+/// apart in `data`) to be fetched into the cache: the next panel's rows,
+/// while packing this one.
+#[inline(always)]
+pub(super) fn prefetch_rows<T>(data: &[T], rows: Range<usize>, stride: usize, len: usize) {
+    for r in rows {
+        prefetch_run(data, r * stride, len);
+    }
+}
 
 /// Asks for every line of `data[start..start + len]` (as far as it exists)
 /// to be fetched into the cache.
