@@ -25,7 +25,7 @@ mod small;
 
 use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
-use crate::parallel::SharedMut;
+use crate::parallel::{run_pieces, SharedMut};
 use crate::{Caches, Executor, KernelError, Kernels, Sequential};
 pub(crate) use bf16::OutputSlice;
 pub use bf16::{Bf16Input, Bf16Output, PackedBf16};
@@ -197,6 +197,16 @@ impl<'a, T> MatMut<'a, T> {
     /// Columns of the matrix.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// The same view, borrowed for a shorter time.
+    pub(crate) fn reborrow(&mut self) -> MatMut<'_, T> {
+        MatMut {
+            data: &mut *self.data,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+        }
     }
 }
 
@@ -400,6 +410,52 @@ impl Kernels {
         );
         Ok(())
     }
+}
+
+impl Kernels {
+    /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
+    /// row): a linear layer's product, [`Kernels::gemm_with`] with alpha 1
+    /// and beta 0, then the bias added to C in pieces of rows that `exec`
+    /// runs. The bf16 form, [`Kernels::gemm_bf16_bias_with`], adds it as
+    /// blocks are stored.
+    pub fn gemm_bias_with<E: Executor + ?Sized>(
+        &self,
+        exec: &E,
+        a: MatRef,
+        b: MatRef,
+        bias: &[f32],
+        mut c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        expect_len("bias", bias.len(), c.cols)?;
+        self.gemm_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
+        add_bias_rows(self, exec, bias, c);
+        Ok(())
+    }
+}
+
+/// Rows of C per piece of [`add_bias_rows`].
+const BIAS_ROWS_PER_PIECE: usize = 64;
+
+/// Adds `bias` (`c.cols` floats) to every row of C, in pieces of rows
+/// that `exec` runs.
+pub(crate) fn add_bias_rows<E: Executor + ?Sized>(k: &Kernels, exec: &E, bias: &[f32], c: MatMut) {
+    let (rows, cols, rs) = (c.rows, c.cols, c.row_stride);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let out = SharedMut(c.data.as_mut_ptr());
+    run_pieces(exec, rows.div_ceil(BIAS_ROWS_PER_PIECE), &|piece| {
+        let first = piece * BIAS_ROWS_PER_PIECE;
+        for r in first..rows.min(first + BIAS_ROWS_PER_PIECE) {
+            // SAFETY: row `r` < rows lies inside C (`MatMut` checked its
+            // extent; rows `rs ≥ cols` apart do not overlap) and belongs to
+            // this piece alone.
+            let row = unsafe { out.slice(r * rs, cols) };
+            // (The lengths agree: `bias` has `cols` floats.)
+            let _ = k.add_bias(bias, row);
+        }
+    });
 }
 
 /// `(m, n, k)` of `C = op(A) · op(B)`, or the error if the shapes disagree.

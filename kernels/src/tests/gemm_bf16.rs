@@ -690,3 +690,156 @@ fn bf16_c_is_f32_c_rounded(
         );
     }
 }
+
+/// Shapes for the bias products: a row, the few-rows paths and just past
+/// them, whole tile blocks, edges of both, k deeper than one pass of the
+/// pair path, and bf16 rows of A that tiles read in place (k a multiple
+/// of 32, rows on lines).
+const BIAS_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 5, 3),
+    (3, 40, 20),
+    (16, 33, 20),
+    (17, 45, 20),
+    (64, 64, 64),
+    (70, 48, 40),
+    (33, 80, 17),
+    (40, 32, 600),
+    (96, 70, 64),
+];
+
+/// One way of running a bias product: on an executor, into C, on a
+/// workspace.
+type BiasProduct<'a> = dyn Fn(&dyn Executor, MatMut, &mut [f32]) + 'a;
+
+/// `C = A·B + bias` on every unit, f32 and bf16 (as stored, rows on a
+/// line) operands, B packed in the call or beforehand, C streamed past the
+/// caches or not: within the bf16 product's bound of the f64 sum over the
+/// rounded operands plus the bias; every element written (C starts NaN);
+/// the same bits for any split. The f32 form against the f64 sum of its
+/// own operands, on every backend.
+#[test]
+fn bias_products_add_the_bias_to_every_row() {
+    use crate::PackedBf16;
+    let u = f64::powi(2.0, -24);
+    for (seed, &(m, n, kk)) in BIAS_SHAPES.iter().enumerate() {
+        let mut rng = Rng::new(17 + seed as u64);
+        let (a, b, bias) = (
+            rng.vec(m * kk, -2.0, 2.0),
+            rng.vec(kk * n, -2.0, 2.0),
+            rng.vec(n, -3.0, 3.0),
+        );
+        let round = |x: &[f32]| x.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
+        // bf16 A on a line, so that tiles may read its rows in place.
+        let mut a_bf16 = std::vec![Bf16::from_f32(0.0); m * kk + 32];
+        let at = a_bf16.as_ptr().align_offset(64);
+        a_bf16[at..at + m * kk].copy_from_slice(&round(&a));
+        let a_bf16 = &a_bf16[at..at + m * kk];
+        // The f64 sums and the bound, from the rounded or the f32 operands.
+        let expected = |rounded: bool| {
+            let v = |x: f32| if rounded { Bf16::from_f32(x).to_f32() } else { x } as f64;
+            let mut want = std::vec![(0.0, 0.0); m * n];
+            for (r, row) in want.chunks_exact_mut(n).enumerate() {
+                for (j, (sum, size)) in row.iter_mut().enumerate() {
+                    for q in 0..kk {
+                        let p = v(a[r * kk + q]) * v(b[q * n + j]);
+                        (*sum, *size) = (*sum + p, *size + p.abs());
+                    }
+                    (*sum, *size) = (*sum + bias[j] as f64, *size + (bias[j] as f64).abs());
+                }
+            }
+            want
+        };
+        let check = |what: &str, got: &[f32], rounded: bool| {
+            for (i, (&got, (want, size))) in got.iter().zip(expected(rounded)).enumerate() {
+                let tol = 2.0 * (kk + 3) as f64 * u * size;
+                assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "{what} {m}x{n}x{kk} [{i}]: {got} against {want}"
+                );
+            }
+        };
+        for (name, k) in bf16_kernels() {
+            let run = |exec: &dyn Executor, stream: usize, product: &BiasProduct| {
+                let k = k.with_gemm_stream_c(stream);
+                let mut c = std::vec![f32::NAN; m * n];
+                let mut ws = std::vec![f32::NAN; k.gemm_bf16_workspace_len(m, n, kk)];
+                product(exec, MatMut::new(&mut c, m, n).unwrap(), &mut ws);
+                c
+            };
+            let (a32, b32) = (
+                MatRef::new(&a, m, kk).unwrap(),
+                MatRef::new(&b, kk, n).unwrap(),
+            );
+            let a16 = MatRef::new(a_bf16, m, kk).unwrap();
+            let mut slots = std::vec![0; PackedBf16::len(kk, n).unwrap()];
+            k.pack_bf16(b32, &mut slots).unwrap();
+            let packed = PackedBf16::new(&slots, kk, n).unwrap();
+            let products: [(&str, &BiasProduct); 3] = [
+                ("f32 operands", &|e, c, ws| {
+                    k.gemm_bf16_bias_with(e, a32, b32, &bias, c, ws).unwrap()
+                }),
+                ("bf16 A", &|e, c, ws| {
+                    k.gemm_bf16_bias_with(e, a16, b32, &bias, c, ws).unwrap()
+                }),
+                ("packed B", &|e, c, ws| {
+                    k.gemm_bf16_packed_bias_with(e, a32, packed, &bias, c, ws)
+                        .unwrap()
+                }),
+            ];
+            for (what, product) in products {
+                let what = format!("{name} {what}");
+                let one = run(&Sequential, usize::MAX, product);
+                check(&what, &one, true);
+                assert_same(&what, &run(&Reversed(3), usize::MAX, product), &one);
+                assert_same(&what, &run(&Reversed(2), 0, product), &one);
+            }
+        }
+        let mut f32_kernels = std::vec![("scalar", scalar())];
+        f32_kernels.extend(simd_kernels());
+        for (name, k) in f32_kernels {
+            for exec in [&Sequential as &dyn Executor, &Reversed(3)] {
+                let mut c = std::vec![f32::NAN; m * n];
+                let mut ws = std::vec![f32::NAN; k.gemm_workspace_len(m, n, kk)];
+                let (a32, b32) = (
+                    MatRef::new(&a, m, kk).unwrap(),
+                    MatRef::new(&b, kk, n).unwrap(),
+                );
+                let c_ = MatMut::new(&mut c, m, n).unwrap();
+                k.gemm_bias_with(exec, a32, b32, &bias, c_, &mut ws)
+                    .unwrap();
+                check(&format!("{name} f32"), &c, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn bias_products_refuse_a_bias_of_the_wrong_length() {
+    use crate::PackedBf16;
+    for (name, k) in bf16_kernels() {
+        let (a, b, mut c) = ([1.0; 6], [1.0; 12], [0.0; 8]);
+        let (a, b) = (
+            MatRef::new(&a, 2, 3).unwrap(),
+            MatRef::new(&b, 3, 4).unwrap(),
+        );
+        let mut ws =
+            std::vec![0.0; k.gemm_bf16_workspace_len(2, 4, 3) + k.gemm_workspace_len(2, 4, 3)];
+        let mut slots = std::vec![0; PackedBf16::len(3, 4).unwrap()];
+        k.pack_bf16(b, &mut slots).unwrap();
+        let packed = PackedBf16::new(&slots, 3, 4).unwrap();
+        for bias in [&[0.0; 3][..], &[0.0; 5]] {
+            let short = |r: Result<(), KernelError>| {
+                assert!(
+                    matches!(r, Err(KernelError::LengthMismatch { arg: "bias", .. })),
+                    "{name}: {r:?}"
+                )
+            };
+            let c_ = MatMut::new(&mut c, 2, 4).unwrap();
+            short(k.gemm_bf16_bias_with(&Sequential, a, b, bias, c_, &mut ws));
+            let c_ = MatMut::new(&mut c, 2, 4).unwrap();
+            short(k.gemm_bf16_packed_bias_with(&Sequential, a, packed, bias, c_, &mut ws));
+            let c_ = MatMut::new(&mut c, 2, 4).unwrap();
+            short(k.gemm_bias_with(&Sequential, a, b, bias, c_, &mut ws));
+        }
+    }
+}

@@ -67,7 +67,8 @@ impl Multiplier {
     ) -> Result<(), Error> {
         PIECE_WORKSPACE.with(|ws| {
             let ws = &mut ws.borrow_mut();
-            gemm_in(ws, *self, &Sequential, alpha, a.into(), b.into(), beta, c)
+            let scaled = Epilogue::Scaled { alpha, beta };
+            gemm_in(ws, *self, &Sequential, a.into(), b.into(), scaled, c)
         })
     }
 }
@@ -164,14 +165,22 @@ impl<'a> From<PackedBf16<'a>> for RightOperand<'a> {
 /// C` in the multiplier's precision, split by `exec`, growing `workspace`
 /// to what the product needs.
 #[allow(clippy::too_many_arguments)]
+/// What a product does with C: `C = alpha · A·B + beta · C`, or a linear
+/// layer's `C = A·B + bias` (the bias added as C is stored, where the
+/// kernels can).
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    Scaled { alpha: f32, beta: f32 },
+    Bias(&'a [f32]),
+}
+
 fn gemm_in<E: Executor>(
     workspace: &mut Vec<f32>,
     mm: Multiplier,
     exec: &E,
-    alpha: f32,
     a: LeftOperand,
     b: RightOperand,
-    beta: f32,
+    epilogue: Epilogue,
     c: MatMut,
 ) -> Result<(), Error> {
     let k = mm.kernels;
@@ -187,17 +196,20 @@ fn gemm_in<E: Executor>(
         workspace.resize(need, 0.0);
     }
     match (a, b, mm.precision) {
-        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => {
-            k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
-        }
+        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => match epilogue {
+            Epilogue::Scaled { alpha, beta } => {
+                k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
+            }
+            Epilogue::Bias(bias) => k.gemm_bias_with(exec, a, b, bias, c, workspace)?,
+        },
         // Activations and gradients are stored in bf16 only in bf16
         // precision, and a step runs in one precision.
         (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32)
         | (_, RightOperand::Bf16(_), Precision::F32) => {
             return Err(KernelError::InvalidArgument("bf16 operands in an f32 product").into());
         }
-        (LeftOperand::F32(a), b, _) => bf16_product(k, exec, (alpha, a, b, beta, c), workspace)?,
-        (LeftOperand::Bf16(a), b, _) => bf16_product(k, exec, (alpha, a, b, beta, c), workspace)?,
+        (LeftOperand::F32(a), b, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
+        (LeftOperand::Bf16(a), b, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
     }
     Ok(())
 }
@@ -207,15 +219,28 @@ fn gemm_in<E: Executor>(
 fn bf16_product<E: Executor, A: Bf16Input>(
     k: Kernels,
     exec: &E,
-    (alpha, a, b, beta, c): (f32, MatRef<A>, RightOperand, f32, MatMut),
-    workspace: &mut [f32],
+    (a, b, epilogue, c): (MatRef<A>, RightOperand, Epilogue, MatMut),
+    ws: &mut [f32],
 ) -> Result<(), KernelError> {
-    match b {
-        RightOperand::PackedBf16(b) => {
-            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, workspace)
+    match (b, epilogue) {
+        (RightOperand::PackedBf16(b), Epilogue::Scaled { alpha, beta }) => {
+            k.gemm_bf16_packed_with(exec, alpha, a, b, beta, c, ws)
         }
-        RightOperand::Matrix(b) => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace),
-        RightOperand::Bf16(b) => k.gemm_bf16_with(exec, alpha, a, b, beta, c, workspace),
+        (RightOperand::PackedBf16(b), Epilogue::Bias(bias)) => {
+            k.gemm_bf16_packed_bias_with(exec, a, b, bias, c, ws)
+        }
+        (RightOperand::Matrix(b), Epilogue::Scaled { alpha, beta }) => {
+            k.gemm_bf16_with(exec, alpha, a, b, beta, c, ws)
+        }
+        (RightOperand::Matrix(b), Epilogue::Bias(bias)) => {
+            k.gemm_bf16_bias_with(exec, a, b, bias, c, ws)
+        }
+        (RightOperand::Bf16(b), Epilogue::Scaled { alpha, beta }) => {
+            k.gemm_bf16_with(exec, alpha, a, b, beta, c, ws)
+        }
+        (RightOperand::Bf16(b), Epilogue::Bias(bias)) => {
+            k.gemm_bf16_bias_with(exec, a, b, bias, c, ws)
+        }
     }
 }
 
@@ -262,6 +287,21 @@ impl Context {
         c: MatMut,
     ) -> Result<(), Error> {
         let (mm, a, b) = (self.multiplier(), a.into(), b.into());
-        gemm_in(&mut self.workspace, mm, &self.threads, alpha, a, b, beta, c)
+        let scaled = Epilogue::Scaled { alpha, beta };
+        gemm_in(&mut self.workspace, mm, &self.threads, a, b, scaled, c)
+    }
+
+    /// A linear layer's `C = op(A) · op(B) + bias` (`bias` in every row),
+    /// split over the threads.
+    pub fn gemm_bias<'a, 'b>(
+        &mut self,
+        a: impl Into<LeftOperand<'a>>,
+        b: impl Into<RightOperand<'b>>,
+        bias: &[f32],
+        c: MatMut,
+    ) -> Result<(), Error> {
+        let (mm, a, b) = (self.multiplier(), a.into(), b.into());
+        let bias = Epilogue::Bias(bias);
+        gemm_in(&mut self.workspace, mm, &self.threads, a, b, bias, c)
     }
 }

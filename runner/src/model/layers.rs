@@ -443,19 +443,15 @@ pub fn matmul_forward<'a>(
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, out_) = (inp.into().as_a(bt, c)?, MatMut::new(out, bt, oc)?);
-        match w {
-            Weight::F32(w) => ctx.gemm(1.0, x, MatRef::new(w, c, oc)?, 0.0, out_)?,
-            Weight::Packed(w) => ctx.gemm(1.0, x, w, 0.0, out_)?,
+        let (x, out) = (inp.into().as_a(bt, c)?, MatMut::new(out, bt, oc)?);
+        let w: RightOperand = match w {
+            Weight::F32(w) => MatRef::new(w, c, oc)?.into(),
+            Weight::Packed(w) => w.into(),
+        };
+        match bias {
+            Some(bias) => ctx.gemm_bias(x, w, bias, out),
+            None => ctx.gemm(1.0, x, w, 0.0, out),
         }
-        if let Some(bias) = bias {
-            let k = ctx.kernels;
-            ctx.threads
-                .try_for_each_piece((out, ROWS_PER_PIECE * oc), |_, rows| {
-                    Ok(k.add_bias(bias, rows)?)
-                })?;
-        }
-        Ok(())
     })
 }
 

@@ -81,6 +81,27 @@ impl<'a> ATiles<'a> {
 #[repr(C, align(64))]
 pub(super) struct TileSums(pub(super) [f32; MR * NR]);
 
+/// The bias of one column panel (zero past C's columns), on a line: the
+/// tiles start every row of a block's sums from it.
+#[repr(C, align(64))]
+pub(super) struct PanelBias(pub(super) [f32; NR]);
+
+impl PanelBias {
+    /// The bias of the columns `j·32..` of `bias` (at most 32 of them).
+    pub(super) fn of(bias: &[f32], j: usize) -> PanelBias {
+        let mut line = PanelBias([0.0; NR]);
+        let part = &bias[(j * NR).min(bias.len())..];
+        let live = part.len().min(NR);
+        line.0[..live].copy_from_slice(&part[..live]);
+        line
+    }
+
+    /// The tiles' start: this row for every row of the block.
+    pub(super) fn start(&self) -> (*const f32, usize) {
+        (self.0.as_ptr(), 0)
+    }
+}
+
 /// Proof that a unit's tiles are configured for [`TileProduct::block`]:
 /// made only by [`TileProduct::configured`], for the call it runs.
 pub(super) struct Configured<T>(T);
@@ -94,13 +115,15 @@ pub(super) trait TileProduct: Copy {
     /// pair dot product, added to the start in order of q) for `r, j <
     /// 32` and `q < steps · 16`; `b` is a B panel of at least `steps · 16`
     /// pairs. `start` (zero where `None`) and `out` are each a pointer to
-    /// row 0 and the floats from one row to the next. `between(s)` runs
+    /// row 0 and the floats from one row to the next (0 for a start: the
+    /// same row for every row, [`PanelBias::start`]). `between(s)` runs
     /// once step `s`'s tile products are issued, so that other work (the
     /// block before stored into C) runs while the tiles multiply.
     ///
     /// # Safety
     /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
-    /// at least 32 floats apart), readable (`start`) and writable (`out`),
+    /// at least 32 floats apart, or a start's 0 apart: one row of 32),
+    /// readable (`start`) and writable (`out`),
     /// which nothing else (`between` included) accesses during the call;
     /// `start` may be `out`. `between` runs no tile instruction (no block,
     /// no [`TileProduct::configured`]): the tiles hold the block's sums
@@ -120,8 +143,8 @@ pub(super) trait TileProduct: Copy {
     fn peak_loop(self, iters: usize) -> u64;
 }
 
-/// A block's sums started from zero into `sums`, with `between` run
-/// between its steps ([`TileProduct::block`]).
+/// A block's sums, started from zero or from `bias` in every row, into
+/// `sums`, with `between` run between its steps ([`TileProduct::block`]).
 ///
 /// # Safety
 /// `between` runs no tile instruction: the tiles hold the sums across it.
@@ -131,13 +154,25 @@ pub(super) unsafe fn block_sums<T: TileProduct>(
     a: ATiles,
     b: &[f32],
     steps: usize,
+    bias: Option<&PanelBias>,
     sums: &mut TileSums,
     between: impl FnMut(usize),
 ) {
+    let start = bias.map(PanelBias::start);
     // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, borrowed
-    // mutably, so nothing else (`between` included) touches it; the caller
-    // vouches for `between`.
-    unsafe { T::block(tiles, a, b, steps, None, (sums.0.as_mut_ptr(), NR), between) }
+    // mutably, so nothing else (`between` included) touches it; a bias is
+    // one row of 32 floats, borrowed; the caller vouches for `between`.
+    unsafe {
+        T::block(
+            tiles,
+            a,
+            b,
+            steps,
+            start,
+            (sums.0.as_mut_ptr(), NR),
+            between,
+        )
+    }
 }
 
 /// Packs panels `panels` of the rows of `src` (as used) for tiles, one
@@ -329,9 +364,9 @@ impl TileProduct for AmxTiles {
                 );
             },
             // SAFETY: as above; the loads read 16 rows of 64 bytes (rows
-            // `row` bytes apart) at `start`, `start` + 64 bytes, 16 rows on
-            // and 16 rows + 64 bytes on: the 32 × 32 floats the caller
-            // vouches for.
+            // `row` bytes apart, 0 for one row read 16 times) at `start`,
+            // `start` + 64 bytes, 16 rows on and 16 rows + 64 bytes on: the
+            // 32 × 32 floats (or one row of 32) the caller vouches for.
             Some((start, stride)) => unsafe {
                 core::arch::asm!(
                     "tileloadd tmm0, [{top} + {row}*1]",
@@ -475,7 +510,7 @@ impl TileProduct for EmulatedTiles {
             for _ in 0..iters {
                 // One step of a block is 4 tile products.
                 // SAFETY: nothing runs between the steps.
-                unsafe { block_sums(tiles, ATiles::packed(&a), &b, 1, &mut sums, |_| {}) };
+                unsafe { block_sums(tiles, ATiles::packed(&a), &b, 1, None, &mut sums, |_| {}) };
             }
         });
         core::hint::black_box(&sums);

@@ -46,13 +46,16 @@ pub(super) use packing::{pair_bf16s_simd, round_pairs_simd};
 use pairs::EmulatedPairs;
 #[cfg(target_arch = "x86_64")]
 use pairs::V4Bf16;
-use pairs::{pair_chains, run_pairs, PanelsOfB, PEAK_CHAINS};
+use pairs::{pair_chains, run_pairs, PanelsOfB, Product, PEAK_CHAINS};
 use portable::{few_rows, round_into, unpack, FewRows, RowsOfB, FEW_ROWS, PAIR_UNIT_FEW_ROWS};
 use sealed::OutputMat;
 pub(crate) use sealed::OutputSlice;
 
 use super::microkernel::ScalarKernel;
-use super::{check_product, check_product_of, check_workspace, scale_rows, MatMut, MatRef, Output};
+use super::{
+    add_bias_rows, check_product, check_product_of, check_workspace, scale_rows, MatMut, MatRef,
+    Output,
+};
 use crate::bf16::pair;
 use crate::dispatch::{dispatch, Isa};
 use crate::parallel::SharedMut;
@@ -468,13 +471,7 @@ impl Kernels {
             });
         }
         if let Some(unit) = self.pair_unit() {
-            let layout = PairLayout::new(m, n, k, self.tile_unit().is_some());
-            let (packed_a, rest) = workspace.split_at_mut(layout.a_workspace_len());
-            let b = PanelsOfB::Pack {
-                b: &b,
-                into: from_line(rest),
-            };
-            self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), packed_a);
+            self.pairs_packing_b(unit, exec, (alpha, &a, &b, beta, None, c), workspace);
             return Ok(());
         }
         self.portable_output(beta, c, workspace, |c, beta, workspace| {
@@ -484,6 +481,86 @@ impl Kernels {
             let b = round_into(self, &b, rounded_b);
             self.gemm_with(exec, alpha, a, b, beta, c, rest)
         })
+    }
+
+    /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
+    /// row): a linear layer's product, as [`Kernels::gemm_bf16_with`] with
+    /// alpha 1 and beta 0 computes it, into an f32 C, on the same
+    /// workspace. On the pair-dot and tile units the bias is added as
+    /// each block is stored (tiles start their sums from it), so C is
+    /// written once; elsewhere it is added to C after the product. The
+    /// error bound is [`Kernels::gemm_bf16`]'s with the bias in the sum.
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatMut, MatRef, Sequential};
+    ///
+    /// let k = Kernels::best();
+    /// let (x, w, bias) = ([1.0, 2.0], [3.0, 0.5, 1.0, 1.0], [0.25, -1.0]);
+    /// let mut y = [0.0; 2];
+    /// let mut workspace = vec![0.0; k.gemm_bf16_workspace_len(1, 2, 2)];
+    /// let (x, w) = (MatRef::new(&x, 1, 2)?, MatRef::new(&w, 2, 2)?);
+    /// let y_ = MatMut::new(&mut y, 1, 2)?;
+    /// k.gemm_bf16_bias_with(&Sequential, x, w, &bias, y_, &mut workspace)?;
+    /// assert_eq!(y, [5.25, 1.5]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
+    pub fn gemm_bf16_bias_with<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        exec: &E,
+        a: MatRef<A>,
+        b: MatRef<B>,
+        bias: &[f32],
+        mut c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = check_product(&a, &b, &c)?;
+        crate::error::expect_len("bias", bias.len(), n)?;
+        check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
+        match self.pair_unit() {
+            Some(unit) if self.fuses_bias(m, n, k) => {
+                let product = (1.0, &a, &b, 0.0, Some(bias), OutputMat::F32(c));
+                self.pairs_packing_b(unit, exec, product, workspace);
+                Ok(())
+            }
+            _ => {
+                self.gemm_bf16_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
+                add_bias_rows(self, exec, bias, c);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a product of this shape runs on the pair-dot or tile unit
+    /// (not the few-rows or portable path), which add a bias as they store.
+    fn fuses_bias(&self, m: usize, n: usize, k: usize) -> bool {
+        self.pair_unit().is_some() && m > self.few_rows_limit() && n > 0 && k > 0
+    }
+
+    /// [`run_pairs`] on `unit` with B packed into the workspace after A.
+    #[allow(clippy::type_complexity)]
+    fn pairs_packing_b<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        unit: PairIsa,
+        exec: &E,
+        (alpha, a, b, beta, bias, c): (f32, &MatRef<A>, &MatRef<B>, f32, Option<&[f32]>, OutputMat),
+        workspace: &mut [f32],
+    ) {
+        let (m, n) = c.shape();
+        let layout = PairLayout::new(m, n, a.cols(), self.tile_unit().is_some());
+        let (packed_a, rest) = workspace.split_at_mut(layout.a_workspace_len());
+        let b = PanelsOfB::Pack {
+            b,
+            into: from_line(rest),
+        };
+        let product = Product {
+            alpha,
+            a,
+            b,
+            beta,
+            bias,
+            c,
+        };
+        self.run_pairs_on(unit, exec, product, packed_a);
     }
 
     /// Runs the portable unit's `product(c, beta, workspace)` on an f32 C:
@@ -782,8 +859,56 @@ impl Kernels {
             panels: b.panels(),
             stride: b.stride,
         };
-        self.run_pairs_on(unit, exec, (alpha, &a, b, beta, c), workspace);
+        let product = Product {
+            alpha,
+            a: &a,
+            b,
+            beta,
+            bias: None,
+            c,
+        };
+        self.run_pairs_on(unit, exec, product, workspace);
         Ok(())
+    }
+
+    /// [`Kernels::gemm_bf16_bias_with`] with B packed beforehand by
+    /// [`Kernels::pack_bf16`]: `C = op(A) · B + bias` into an f32 C, on
+    /// [`Kernels::gemm_bf16_packed_workspace_len`] floats of workspace.
+    pub fn gemm_bf16_packed_bias_with<E: Executor + ?Sized, A: Bf16Input>(
+        &self,
+        exec: &E,
+        a: MatRef<A>,
+        b: PackedBf16,
+        bias: &[f32],
+        mut c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
+        crate::error::expect_len("bias", bias.len(), n)?;
+        check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
+        match self.pair_unit() {
+            Some(unit) if self.fuses_bias(m, n, k) => {
+                let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
+                    panels: b.panels(),
+                    stride: b.stride,
+                };
+                let product = Product {
+                    alpha: 1.0,
+                    a: &a,
+                    b,
+                    beta: 0.0,
+                    bias: Some(bias),
+                    c: OutputMat::F32(c),
+                };
+                self.run_pairs_on(unit, exec, product, workspace);
+                Ok(())
+            }
+            _ => {
+                self.gemm_bf16_packed_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
+                add_bias_rows(self, exec, bias, c);
+                Ok(())
+            }
+        }
     }
 
     /// A product of at most [`Kernels::few_rows_limit`] rows (`m, n, k >
@@ -839,7 +964,7 @@ impl Kernels {
         &self,
         unit: PairIsa,
         exec: &E,
-        product: (f32, &MatRef<A>, PanelsOfB<B>, f32, OutputMat),
+        product: Product<A, B>,
         packed_a: &mut [f32],
     ) {
         let tiles = self.tile_unit();

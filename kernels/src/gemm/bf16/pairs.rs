@@ -45,6 +45,17 @@ pub(super) fn pair_chains<P: PairDot>(unit: P, iters: usize) -> f32 {
     )
 }
 
+/// One product for [`run_pairs`]: `C = alpha · op(A) · op(B) + beta · C`,
+/// plus `bias` in every row of C where given (alpha is then 1 and beta 0).
+pub(super) struct Product<'a, A, B> {
+    pub(super) alpha: f32,
+    pub(super) a: &'a MatRef<'a, A>,
+    pub(super) b: PanelsOfB<'a, B>,
+    pub(super) beta: f32,
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) c: OutputMat<'a>,
+}
+
 /// Where a product's B panels come from: packed from B as the product
 /// runs (into the workspace after packed A), or packed beforehand.
 pub(super) enum PanelsOfB<'a, B> {
@@ -63,15 +74,24 @@ pub(super) enum PanelsOfB<'a, B> {
 /// panels, so its rows of packed A stay in L2 across its panels. Every
 /// element of C is summed in the same order whatever the blocks, so the
 /// result does not depend on the executor. Packing rounds with the
-/// backend's vectors.
+/// backend's vectors. A bias (alpha 1 and beta 0 then) is added to every
+/// row of C as its blocks are stored.
 pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
     unit: P,
     tiles: Option<TileIsa>,
     kernels: &Kernels,
     exec: &E,
-    (alpha, a, b, beta, c): (f32, &MatRef<A>, PanelsOfB<B>, f32, OutputMat),
+    product: Product<A, B>,
     packed_a: &mut [f32],
 ) {
+    let Product {
+        alpha,
+        a,
+        b,
+        beta,
+        bias,
+        c,
+    } = product;
     let (m, n) = c.shape();
     let layout = PairLayout::new(m, n, a.cols(), tiles.is_some());
     let (a_panel, b_panel) = (layout.a_panel_len(), layout.b_panel_len());
@@ -155,6 +175,7 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         tiles: tiles.filter(|_| layout.tiles),
         alpha,
         beta,
+        bias,
         a: packed_a,
         a_in_place,
         b: packed_b,
@@ -249,6 +270,8 @@ pub(super) trait PairDot: Copy + Send + Sync {
     fn dot(self, acc: Self::Acc, a: f32, b: Self::B) -> Self::Acc;
     /// 16 f32 sums as an accumulator.
     fn load_acc(self, sums: &[f32]) -> Self::Acc;
+    /// `acc + other`, lane by lane.
+    fn add(self, acc: Self::Acc, other: Self::Acc) -> Self::Acc;
     /// `c = alpha · acc + beta · c` on the first `c.len() <= 16` lanes;
     /// `beta = 0` does not read `c`.
     fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]);
@@ -277,6 +300,9 @@ struct Pairs<'a> {
     tiles: Option<TileIsa>,
     alpha: f32,
     beta: f32,
+    /// Added to every row of C (alpha is then 1 and beta 0): tiles start
+    /// their sums from it, register tiles add it to theirs.
+    bias: Option<&'a [f32]>,
     a: &'a [f32],
     /// The panels of A that tiles read where A lies (packed A holds the
     /// rest).
@@ -413,6 +439,13 @@ impl Pairs<'_> {
         }
     }
 
+    /// The bias of column panel `j` as two accumulators (zero past C).
+    #[inline(always)]
+    fn panel_bias<P: PairDot>(&self, unit: P, bias: &[f32], j: usize) -> [P::Acc; 2] {
+        let line = amx::PanelBias::of(bias, j);
+        [unit.load_acc(&line.0[..16]), unit.load_acc(&line.0[16..])]
+    }
+
     /// Starts fetching the C rows of row tile `i`, column panel `j`, so
     /// that they are in cache when its sums are ready.
     #[inline(always)]
@@ -469,6 +502,8 @@ impl Pairs<'_> {
                 let rows_per_step = amx::MR.div_ceil(steps.max(1));
                 for j in panels {
                     let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
+                    let bias = self.bias.map(|bias| amx::PanelBias::of(bias, j));
+                    let bias = bias.as_ref();
                     for i in rows.clone() {
                         let a = match &self.a_in_place {
                             Some(r) if i < r.panels => {
@@ -481,12 +516,17 @@ impl Pairs<'_> {
                         let whole = (i + 1) * amx::MR <= l.m && (j + 1) * NR <= l.n;
                         if let (Some(c), true) = (in_c, whole) {
                             let c = c.ptr().wrapping_add(i * amx::MR * self.c_stride + j * NR);
-                            let start =
-                                (self.beta != 0.0).then_some((c.cast_const(), self.c_stride));
+                            let start = match bias {
+                                Some(bias) => Some(bias.start()),
+                                None => {
+                                    (self.beta != 0.0).then_some((c.cast_const(), self.c_stride))
+                                }
+                            };
                             // SAFETY: the block's 32 rows and 32 columns
                             // lie inside C (`whole`; rows `c_stride ≥ n`
                             // floats apart), and only this piece touches
-                            // them; C is read before the block stores.
+                            // them; C is read before the block stores; a
+                            // bias is one row of 32 floats, borrowed.
                             unsafe {
                                 T::block(tiles, a, b, steps, start, (c, self.c_stride), |_| {})
                             };
@@ -506,6 +546,7 @@ impl Pairs<'_> {
                                     a,
                                     b,
                                     steps,
+                                    bias,
                                     sums,
                                     #[inline(always)]
                                     |s| {
@@ -520,7 +561,7 @@ impl Pairs<'_> {
                             before = Some(Pending { i, j, buffer });
                         } else {
                             // SAFETY: nothing runs between the steps.
-                            unsafe { amx::block_sums(tiles, a, b, steps, &mut sums, |_| {}) };
+                            unsafe { amx::block_sums(tiles, a, b, steps, bias, &mut sums, |_| {}) };
                             for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
                                 *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
                             }
@@ -556,12 +597,17 @@ impl Pairs<'_> {
             let beta = if pass == 0 { self.beta } else { 1.0 };
             for j in panels.clone() {
                 let b = &self.b[j * self.b_stride..][pairs.start * NR..pairs.end * NR];
+                let bias = self
+                    .bias
+                    .filter(|_| pass == 0)
+                    .map(|b| self.panel_bias(unit, b, j));
                 for i in rows.clone() {
                     let a = &self.a[i * l.a_panel_len()..][pairs.start * MR..pairs.end * MR];
                     if !self.stream_c {
                         self.prefetch_c(i, j);
                     }
-                    self.update(unit, i, j, beta, &tile::<P, MR>(unit, a, b));
+                    let sums = with_bias(unit, tile::<P, MR>(unit, a, b), bias);
+                    self.update(unit, i, j, beta, &sums);
                 }
             }
         }
@@ -604,12 +650,14 @@ impl Pairs<'_> {
                 }
                 let panel = &self.b[j * self.b_stride..];
                 let a_panel = &self.a[i * l.a_panel_len()..];
+                let bias = self.bias.map(|b| self.panel_bias(unit, b, j));
                 for (pass, start) in (0..l.k_pairs).step_by(per_pass).enumerate() {
                     let pairs = start..l.k_pairs.min(start + per_pass);
                     let b = &panel[pairs.start * NR..pairs.end * NR];
                     let a = &a_panel[pairs.start * MR..pairs.end * MR];
                     let beta = if pass == 0 { self.beta } else { 1.0 };
-                    let sums = tile::<P, MR>(unit, a, b);
+                    let bias = bias.filter(|_| pass == 0);
+                    let sums = with_bias(unit, tile::<P, MR>(unit, a, b), bias);
                     for (wide, sums) in wide.iter_mut().zip(&sums).take(live) {
                         let (w0, w1) = wide[..cols].split_at_mut(cols.min(16));
                         unit.update(sums[0], self.alpha, beta, w0);
@@ -632,6 +680,22 @@ impl Pairs<'_> {
 /// runs on (Zen 4: 32 KiB; Sapphire Rapids: 48 KiB), and the trainer's
 /// k = 384 runs in one pass.
 const KC_PAIRS: usize = 256;
+
+/// A register tile's sums with a column panel's bias (two accumulators)
+/// added to every row, where there is one.
+#[inline(always)]
+fn with_bias<P: PairDot, const MR: usize>(
+    unit: P,
+    mut sums: [[P::Acc; 2]; MR],
+    bias: Option<[P::Acc; 2]>,
+) -> [[P::Acc; 2]; MR] {
+    if let Some(bias) = bias {
+        for row in &mut sums {
+            *row = [unit.add(row[0], bias[0]), unit.add(row[1], bias[1])];
+        }
+    }
+    sums
+}
 
 /// The `MR × 32` sums of one A panel and one B panel over the pairs of k
 /// they hold (one pass).
@@ -719,6 +783,11 @@ impl PairDot for V4Bf16 {
         let sums = &sums[..16];
         // SAFETY: see the impl comment; `sums` holds 16 floats.
         unsafe { core::arch::x86_64::_mm512_loadu_ps(sums.as_ptr()) }
+    }
+    #[inline(always)]
+    fn add(self, acc: Self::Acc, other: Self::Acc) -> Self::Acc {
+        // SAFETY: see the impl comment.
+        unsafe { core::arch::x86_64::_mm512_add_ps(acc, other) }
     }
     #[inline(always)]
     fn update(self, acc: Self::Acc, alpha: f32, beta: f32, c: &mut [f32]) {
@@ -866,6 +935,9 @@ impl PairDot for EmulatedPairs {
     }
     fn load_acc(self, sums: &[f32]) -> [f32; 16] {
         core::array::from_fn(|j| sums[j])
+    }
+    fn add(self, acc: [f32; 16], other: [f32; 16]) -> [f32; 16] {
+        core::array::from_fn(|j| acc[j] + other[j])
     }
     fn update(self, acc: [f32; 16], alpha: f32, beta: f32, c: &mut [f32]) {
         for (x, &sum) in c.iter_mut().zip(&acc) {
