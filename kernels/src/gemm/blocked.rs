@@ -6,7 +6,7 @@
 
 use core::ops::Range;
 
-use super::microkernel::{APanel, BPanel, GemmKernel, Tile};
+use super::microkernel::{add_tile_bias, APanel, BPanel, GemmKernel, Tile};
 use super::packing::{pack_a, pack_b};
 use super::{Blocking, Problem};
 use crate::parallel::{run_pieces, threads_of, SharedMut};
@@ -385,17 +385,25 @@ unsafe fn compute_piece<K: GemmKernel>(
             };
             APanel::packed(panel, K::MR)
         };
+        // The bias of the tile's columns, added on the last pass as the
+        // tile is stored (such a tile is not streamed: it is read back).
+        let bias = p.bias.filter(|_| depth.end == p.k).map(|bias| &bias[j..]);
         let tile = Tile {
             // SAFETY: (i, j) is inside C.
             ptr: unsafe { p.c.ptr.ptr().add(i * p.c.rs + j) },
             ldc: p.c.rs,
             rows: K::MR.min(m - i),
             cols: K::NR.min(n - j),
-            stream: plan.stream_c,
+            stream: plan.stream_c && bias.is_none(),
         };
         // SAFETY: the tile lies in this piece's block of C, which no
-        // other piece touches.
-        unsafe { kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile) };
+        // other piece touches; the bias holds `n - j ≥ cols` floats.
+        unsafe {
+            kernel.tile(kc, a_panel, b_panel, p.alpha, beta, tile);
+            if let Some(bias) = bias {
+                add_tile_bias(kernel, bias, tile);
+            }
+        }
     }
 }
 

@@ -532,6 +532,31 @@ fn write_vector<S: Simd>(s: S, dst: &mut [f32], acc: S::V, alpha: f32, beta: f32
     s.store_piece(dst, out);
 }
 
+/// Adds `bias` (`c.cols` floats) to each row of a tile just stored, while
+/// it is in L1: the same bits as a pass over C after the product. (Inside
+/// the microkernel the bias cost the f32 loop half its speed: its
+/// accumulators no longer stayed in registers.)
+///
+/// Out of line (entering the instruction set again): inlined beside the
+/// microkernel, it slowed products of several passes over k by half.
+///
+/// # Safety
+/// As [`GemmKernel::tile`].
+#[inline(never)]
+pub(crate) unsafe fn add_tile_bias<K: GemmKernel>(kernel: K, bias: &[f32], c: Tile) {
+    kernel.enter(
+        #[inline(always)]
+        |kernel| {
+            for i in 0..c.rows {
+                // SAFETY: row `i < rows` of the tile, `cols` floats long,
+                // lies in the block the caller handed over.
+                let row = unsafe { core::slice::from_raw_parts_mut(c.ptr.add(i * c.ldc), c.cols) };
+                kernel.axpy(1.0, &bias[..c.cols], row);
+            }
+        },
+    )
+}
+
 /// `acc += a ⊗ b` for one step of k, where row `i`'s value of A is
 /// `a[i·rs]`: `NV` loads of B, `MR` broadcasts of A.
 ///

@@ -261,6 +261,9 @@ pub(crate) struct Problem<'a> {
     pub(crate) a: Operand<'a>,
     pub(crate) b: Operand<'a>,
     pub(crate) c: Output,
+    /// Added to every row of C (`n` floats) as the last pass over k stores
+    /// it.
+    pub(crate) bias: Option<&'a [f32]>,
 }
 
 impl Kernels {
@@ -380,15 +383,36 @@ impl Kernels {
         c: MatMut,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.product_with(exec, (alpha, a, b, beta, None), c, workspace)
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C`, plus `bias` (`n` floats) in
+    /// every row where given: added as the blocked loops store C, or after
+    /// the product of a few rows.
+    fn product_with<E: Executor + ?Sized>(
+        &self,
+        exec: &E,
+        (alpha, a, b, beta, bias): (f32, MatRef, MatRef, f32, Option<&[f32]>),
+        mut c: MatMut,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
         let (m, n, k) = check_product(&a, &b, &c)?;
         check_workspace(self.gemm_workspace_len(m, n, k), workspace)?;
+        if let Some(bias) = bias {
+            expect_len("bias", bias.len(), n)?;
+        }
         if m == 0 || n == 0 {
             return Ok(());
         }
         if k == 0 || alpha == 0.0 {
-            scale_rows(beta, c);
+            scale_rows(beta, c.reborrow());
+            if let Some(bias) = bias {
+                add_bias_rows(self, exec, bias, c);
+            }
             return Ok(());
         }
+        // (The few-rows path adds no bias of its own: it is added after.)
+        let fused = bias.filter(|_| m > small::SMALL_M);
         let problem = Problem {
             m,
             n,
@@ -401,6 +425,7 @@ impl Kernels {
                 ptr: SharedMut(c.data.as_mut_ptr()),
                 rs: c.row_stride,
             },
+            bias: fused,
         };
         let p = &problem;
         let bl = &self.blocking;
@@ -408,6 +433,9 @@ impl Kernels {
             scalar: run(ScalarKernel, exec, p, bl, workspace),
             simd: |s| run(s, exec, p, bl, workspace),
         );
+        if let (Some(bias), None) = (bias, fused) {
+            add_bias_rows(self, exec, bias, c);
+        }
         Ok(())
     }
 }
@@ -415,22 +443,32 @@ impl Kernels {
 impl Kernels {
     /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
     /// row): a linear layer's product, [`Kernels::gemm_with`] with alpha 1
-    /// and beta 0, then the bias added to C in pieces of rows that `exec`
-    /// runs. The bf16 form, [`Kernels::gemm_bf16_bias_with`], adds it as
-    /// blocks are stored.
+    /// and beta 0 on the same workspace, the bias added to each element of
+    /// C as it is stored (so C is written once; the same bits as adding it
+    /// after the product). The bf16 form is [`Kernels::gemm_bf16_bias_with`].
+    ///
+    /// ```
+    /// use kernels::{Kernels, MatMut, MatRef, Sequential};
+    ///
+    /// let k = Kernels::best();
+    /// let (x, w, bias) = ([1.0, 2.0], [3.0, 0.5, 1.0, 1.0], [0.25, -1.0]);
+    /// let mut y = [0.0; 2];
+    /// let mut workspace = vec![0.0; k.gemm_workspace_len(1, 2, 2)];
+    /// let (x, w) = (MatRef::new(&x, 1, 2)?, MatRef::new(&w, 2, 2)?);
+    /// k.gemm_bias_with(&Sequential, x, w, &bias, MatMut::new(&mut y, 1, 2)?, &mut workspace)?;
+    /// assert_eq!(y, [5.25, 1.5]);
+    /// # Ok::<(), kernels::KernelError>(())
+    /// ```
     pub fn gemm_bias_with<E: Executor + ?Sized>(
         &self,
         exec: &E,
         a: MatRef,
         b: MatRef,
         bias: &[f32],
-        mut c: MatMut,
+        c: MatMut,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
-        expect_len("bias", bias.len(), c.cols)?;
-        self.gemm_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
-        add_bias_rows(self, exec, bias, c);
-        Ok(())
+        self.product_with(exec, (1.0, a, b, 0.0, Some(bias)), c, workspace)
     }
 }
 

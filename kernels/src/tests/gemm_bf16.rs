@@ -693,9 +693,9 @@ fn bf16_c_is_f32_c_rounded(
 
 /// Shapes for the bias products: a row, the few-rows paths and just past
 /// them, whole tile blocks, edges of both, k deeper than one pass of the
-/// pair path, and bf16 rows of A that tiles read in place (k a multiple
+/// pair path and (B too large to read in place) of the f32 path, and bf16 rows of A that tiles read in place (k a multiple
 /// of 32, rows on lines).
-const BIAS_SHAPES: [(usize, usize, usize); 9] = [
+const BIAS_SHAPES: [(usize, usize, usize); 10] = [
     (1, 5, 3),
     (3, 40, 20),
     (16, 33, 20),
@@ -704,6 +704,7 @@ const BIAS_SHAPES: [(usize, usize, usize); 9] = [
     (70, 48, 40),
     (33, 80, 17),
     (40, 32, 600),
+    (20, 100, 900),
     (96, 70, 64),
 ];
 
@@ -797,17 +798,31 @@ fn bias_products_add_the_bias_to_every_row() {
         let mut f32_kernels = std::vec![("scalar", scalar())];
         f32_kernels.extend(simd_kernels());
         for (name, k) in f32_kernels {
-            for exec in [&Sequential as &dyn Executor, &Reversed(3)] {
+            let (a32, b32) = (
+                MatRef::new(&a, m, kk).unwrap(),
+                MatRef::new(&b, kk, n).unwrap(),
+            );
+            let mut ws = std::vec![f32::NAN; k.gemm_workspace_len(m, n, kk)];
+            // The documented bits: the product, then the bias added.
+            let mut after = std::vec![f32::NAN; m * n];
+            let c_ = MatMut::new(&mut after, m, n).unwrap();
+            k.gemm(1.0, a32, b32, 0.0, c_, &mut ws).unwrap();
+            for row in after.chunks_exact_mut(n) {
+                row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+            }
+            let runs = [
+                (&Sequential as &dyn Executor, usize::MAX),
+                (&Reversed(3), 0),
+            ];
+            for (exec, stream) in runs {
+                let k = k.with_gemm_stream_c(stream);
                 let mut c = std::vec![f32::NAN; m * n];
-                let mut ws = std::vec![f32::NAN; k.gemm_workspace_len(m, n, kk)];
-                let (a32, b32) = (
-                    MatRef::new(&a, m, kk).unwrap(),
-                    MatRef::new(&b, kk, n).unwrap(),
-                );
                 let c_ = MatMut::new(&mut c, m, n).unwrap();
                 k.gemm_bias_with(exec, a32, b32, &bias, c_, &mut ws)
                     .unwrap();
-                check(&format!("{name} f32"), &c, false);
+                let what = format!("{name} f32");
+                check(&what, &c, false);
+                assert_same(&what, &c, &after);
             }
         }
     }
