@@ -716,8 +716,8 @@ type BiasProduct<'a> = dyn Fn(&dyn Executor, MatMut, &mut [f32]) + 'a;
 /// line) operands, B packed in the call or beforehand, C streamed past the
 /// caches or not: within the bf16 product's bound of the f64 sum over the
 /// rounded operands plus the bias; every element written (C starts NaN);
-/// the same bits for any split. The f32 form against the f64 sum of its
-/// own operands, on every backend.
+/// the same bits for any split; a bf16 C the f32 one rounded. The f32
+/// form against the f64 sum of its own operands, on every backend.
 #[test]
 fn bias_products_add_the_bias_to_every_row() {
     use crate::PackedBf16;
@@ -793,6 +793,27 @@ fn bias_products_add_the_bias_to_every_row() {
                 check(&what, &one, true);
                 assert_same(&what, &run(&Reversed(3), usize::MAX, product), &one);
                 assert_same(&what, &run(&Reversed(2), 0, product), &one);
+            }
+            // A bf16 C: the f32 C's values, each rounded once.
+            let wide = run(&Sequential, usize::MAX, products[0].1);
+            let rounded: Vec<f32> = wide.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect();
+            for (stream, packed_b) in [(usize::MAX, false), (0, true)] {
+                let k = k.with_gemm_stream_c(stream);
+                let mut c = std::vec![Bf16::from_bits(0x7fc1); m * n];
+                let mut ws = std::vec![f32::NAN; k.gemm_bf16_workspace_len(m, n, kk)];
+                let c_ = MatMut::new(&mut c, m, n).unwrap();
+                if packed_b {
+                    k.gemm_bf16_packed_bias_with(&Reversed(3), a32, packed, &bias, c_, &mut ws)
+                } else {
+                    k.gemm_bf16_bias_with(&Reversed(3), a32, b32, &bias, c_, &mut ws)
+                }
+                .unwrap();
+                let got: Vec<f32> = c.iter().map(|x| x.to_f32()).collect();
+                assert_same(
+                    &format!("{name} bf16 C (packed B: {packed_b})"),
+                    &got,
+                    &rounded,
+                );
             }
         }
         let mut f32_kernels = std::vec![("scalar", scalar())];

@@ -161,10 +161,6 @@ impl<'a> From<PackedBf16<'a>> for RightOperand<'a> {
     }
 }
 
-/// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
-/// C` in the multiplier's precision, split by `exec`, growing `workspace`
-/// to what the product needs.
-#[allow(clippy::too_many_arguments)]
 /// What a product does with C: `C = alpha · A·B + beta · C`, or a linear
 /// layer's `C = A·B + bias` (the bias added as C is stored, where the
 /// kernels can).
@@ -174,6 +170,10 @@ enum Epilogue<'a> {
     Bias(&'a [f32]),
 }
 
+/// The one way the runner multiplies: `C = alpha · op(A) · op(B) + beta ·
+/// C` (or a linear layer's bias, [`Epilogue`]) in the multiplier's
+/// precision, split by `exec`, growing `workspace` to what the product
+/// needs.
 fn gemm_in<E: Executor>(
     workspace: &mut Vec<f32>,
     mm: Multiplier,

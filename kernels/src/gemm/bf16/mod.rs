@@ -289,7 +289,7 @@ impl Kernels {
     /// Most rows of a product that runs on the few-row path (each element
     /// of C summed down k in order, see `portable`): [`FEW_ROWS`] on the
     /// portable unit, [`PAIR_UNIT_FEW_ROWS`] on the others.
-    fn few_rows_limit(&self) -> usize {
+    pub(crate) fn few_rows_limit(&self) -> usize {
         match self.pair_unit() {
             Some(_) => PAIR_UNIT_FEW_ROWS,
             None => FEW_ROWS,
@@ -440,14 +440,26 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product(&a, &b, &c)?;
         check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
-        let c = C::output(c);
+        self.rows_product(exec, (alpha, &a, &b, beta, None), C::output(c), workspace)
+    }
+
+    /// [`Kernels::gemm_bf16_with`] (shapes and workspace checked), plus
+    /// `bias` in every row where given (alpha 1 and beta 0 then).
+    #[allow(clippy::type_complexity)]
+    fn rows_product<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+        &self,
+        exec: &E,
+        (alpha, a, b, beta, bias): (f32, &MatRef<A>, &MatRef<B>, f32, Option<&[f32]>),
+        c: OutputMat,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = (a.rows(), b.cols(), a.cols());
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
-            // Nothing to multiply: C is empty, or C = beta · C.
-            scale_output(beta, c);
+            nothing_to_multiply(self, exec, beta, bias, c);
             return Ok(());
         }
         if m <= self.few_rows_limit() {
-            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+            return self.portable_output(exec, (beta, bias), c, workspace, |c, beta, workspace| {
                 // B's bf16 rows where they lie, or B packed into pairs;
                 // then the product of few rows below.
                 let (rounded_a, slots) = workspace.split_at_mut(m * k);
@@ -462,34 +474,35 @@ impl Kernels {
                         let slots = bytemuck::cast_slice_mut::<f32, u32>(
                             &mut slots[..PackedBf16::len(k, n).unwrap_or(0)],
                         );
-                        self.pack_bf16(b, slots)?;
+                        self.pack_bf16(*b, slots)?;
                         RowsOfB::Packed(PackedBf16::new(slots, k, n)?)
                     }
                 };
-                self.few_rows_product(exec, alpha, &a, b, beta, c, rounded_a);
+                self.few_rows_product(exec, alpha, a, b, beta, c, rounded_a);
                 Ok(())
             });
         }
         if let Some(unit) = self.pair_unit() {
-            self.pairs_packing_b(unit, exec, (alpha, &a, &b, beta, None, c), workspace);
+            self.pairs_packing_b(unit, exec, (alpha, a, b, beta, bias, c), workspace);
             return Ok(());
         }
-        self.portable_output(beta, c, workspace, |c, beta, workspace| {
+        self.portable_output(exec, (beta, bias), c, workspace, |c, beta, workspace| {
             let (rounded_a, rest) = workspace.split_at_mut(m * k);
             let (rounded_b, rest) = rest.split_at_mut(k * n);
-            let a = round_into(self, &a, rounded_a);
-            let b = round_into(self, &b, rounded_b);
+            let a = round_into(self, a, rounded_a);
+            let b = round_into(self, b, rounded_b);
             self.gemm_with(exec, alpha, a, b, beta, c, rest)
         })
     }
 
     /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
     /// row): a linear layer's product, as [`Kernels::gemm_bf16_with`] with
-    /// alpha 1 and beta 0 computes it, into an f32 C, on the same
-    /// workspace. On the pair-dot and tile units the bias is added as
-    /// each block is stored (tiles start their sums from it), so C is
-    /// written once; elsewhere it is added to C after the product. The
-    /// error bound is [`Kernels::gemm_bf16`]'s with the bias in the sum.
+    /// alpha 1 and beta 0 computes it, on the same workspace. On the
+    /// pair-dot and tile units the bias is added as each block is stored
+    /// (tiles start their sums from it), so C is written once; elsewhere
+    /// it is added to the f32 sums after the product. A bf16 C holds the
+    /// f32 C's values, each rounded once. The error bound is
+    /// [`Kernels::gemm_bf16`]'s with the bias in the sum.
     ///
     /// ```
     /// use kernels::{Kernels, MatMut, MatRef, Sequential};
@@ -504,36 +517,26 @@ impl Kernels {
     /// assert_eq!(y, [5.25, 1.5]);
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gemm_bf16_bias_with<E: Executor + ?Sized, A: Bf16Input, B: Bf16Input>(
+    pub fn gemm_bf16_bias_with<E, A, B, C>(
         &self,
         exec: &E,
         a: MatRef<A>,
         b: MatRef<B>,
         bias: &[f32],
-        mut c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
-    ) -> Result<(), KernelError> {
+    ) -> Result<(), KernelError>
+    where
+        E: Executor + ?Sized,
+        A: Bf16Input,
+        B: Bf16Input,
+        C: Bf16Output,
+    {
         let (m, n, k) = check_product(&a, &b, &c)?;
         crate::error::expect_len("bias", bias.len(), n)?;
         check_workspace(self.gemm_bf16_workspace_len(m, n, k), workspace)?;
-        match self.pair_unit() {
-            Some(unit) if self.fuses_bias(m, n, k) => {
-                let product = (1.0, &a, &b, 0.0, Some(bias), OutputMat::F32(c));
-                self.pairs_packing_b(unit, exec, product, workspace);
-                Ok(())
-            }
-            _ => {
-                self.gemm_bf16_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
-                add_bias_rows(self, exec, bias, c);
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether a product of this shape runs on the pair-dot or tile unit
-    /// (not the few-rows or portable path), which add a bias as they store.
-    fn fuses_bias(&self, m: usize, n: usize, k: usize) -> bool {
-        self.pair_unit().is_some() && m > self.few_rows_limit() && n > 0 && k > 0
+        let product = (1.0, &a, &b, 0.0, Some(bias));
+        self.rows_product(exec, product, C::output(c), workspace)
     }
 
     /// [`run_pairs`] on `unit` with B packed into the workspace after A.
@@ -563,13 +566,15 @@ impl Kernels {
         self.run_pairs_on(unit, exec, product, packed_a);
     }
 
-    /// Runs the portable unit's `product(c, beta, workspace)` on an f32 C:
-    /// C itself, or, for a bf16 C, the first `m · n` floats of the
-    /// workspace (C widened into them unless beta is 0, rounded back after;
-    /// the product gets the rest of the workspace).
-    fn portable_output(
+    /// Runs the portable unit's `product(c, beta, workspace)` on an f32 C
+    /// and adds the bias, if any, to its rows: C itself, or, for a bf16 C,
+    /// the first `m · n` floats of the workspace (C widened into them
+    /// unless beta is 0, rounded back after; the product gets the rest of
+    /// the workspace).
+    fn portable_output<E: Executor + ?Sized>(
         &self,
-        beta: f32,
+        exec: &E,
+        (beta, bias): (f32, Option<&[f32]>),
         c: OutputMat,
         workspace: &mut [f32],
         product: impl FnOnce(MatMut, f32, &mut [f32]) -> Result<(), KernelError>,
@@ -577,7 +582,13 @@ impl Kernels {
         let (m, n) = c.shape();
         let (wide, rest) = workspace.split_at_mut(m * n);
         match c {
-            OutputMat::F32(c) => product(c, beta, rest),
+            OutputMat::F32(mut c) => {
+                product(c.reborrow(), beta, rest)?;
+                if let Some(bias) = bias {
+                    add_bias_rows(self, exec, bias, c);
+                }
+                Ok(())
+            }
             OutputMat::Bf16(c) => {
                 if beta != 0.0 {
                     for r in 0..m {
@@ -588,6 +599,9 @@ impl Kernels {
                     }
                 }
                 product(MatMut::new(wide, m, n)?, beta, rest)?;
+                if let Some(bias) = bias {
+                    add_bias_rows(self, exec, bias, MatMut::new(wide, m, n)?);
+                }
                 for r in 0..m {
                     self.f32_to_bf16(&wide[r * n..][..n], &mut c.data[r * c.row_stride..][..n])?;
                 }
@@ -597,12 +611,30 @@ impl Kernels {
     }
 }
 
-/// `C = beta · C` (zeros without reading C where beta is 0), for a
-/// product with nothing to multiply; a bf16 C is rounded again.
-fn scale_output(beta: f32, c: OutputMat) {
-    match c {
-        OutputMat::F32(c) => scale_rows(beta, c),
-        OutputMat::Bf16(c) => {
+/// `C = beta · C + bias` (zeros without reading C where beta is 0; the
+/// bias where given, beta then 0), for a product with nothing to
+/// multiply; a bf16 C is rounded again.
+fn nothing_to_multiply<E: Executor + ?Sized>(
+    k: &Kernels,
+    exec: &E,
+    beta: f32,
+    bias: Option<&[f32]>,
+    c: OutputMat,
+) {
+    match (c, bias) {
+        (OutputMat::F32(mut c), bias) => {
+            scale_rows(beta, c.reborrow());
+            if let Some(bias) = bias {
+                add_bias_rows(k, exec, bias, c);
+            }
+        }
+        (OutputMat::Bf16(c), Some(bias)) => {
+            for r in 0..c.rows {
+                // (The lengths agree: a row and the bias, `cols` values.)
+                let _ = k.f32_to_bf16(bias, &mut c.data[r * c.row_stride..][..c.cols]);
+            }
+        }
+        (OutputMat::Bf16(c), None) => {
             if beta == 1.0 || c.cols == 0 {
                 return;
             }
@@ -826,26 +858,39 @@ impl Kernels {
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
         check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
-        let c = C::output(c);
+        self.packed_product(exec, (alpha, &a, b, beta, None), C::output(c), workspace)
+    }
+
+    /// [`Kernels::gemm_bf16_packed_with`] (shapes and workspace checked),
+    /// plus `bias` in every row where given (alpha 1 and beta 0 then).
+    #[allow(clippy::type_complexity)]
+    fn packed_product<E: Executor + ?Sized, A: Bf16Input>(
+        &self,
+        exec: &E,
+        (alpha, a, b, beta, bias): (f32, &MatRef<A>, PackedBf16, f32, Option<&[f32]>),
+        c: OutputMat,
+        workspace: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let (m, n, k) = (a.rows(), b.n, a.cols());
         if m == 0 || n == 0 || k == 0 || alpha == 0.0 {
-            scale_output(beta, c);
+            nothing_to_multiply(self, exec, beta, bias, c);
             return Ok(());
         }
         if m <= self.few_rows_limit() {
-            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+            return self.portable_output(exec, (beta, bias), c, workspace, |c, beta, workspace| {
                 let (b, rounded_a) = (RowsOfB::Packed(b), &mut workspace[..m * k]);
-                self.few_rows_product(exec, alpha, &a, b, beta, c, rounded_a);
+                self.few_rows_product(exec, alpha, a, b, beta, c, rounded_a);
                 Ok(())
             });
         }
         let Some(unit) = self.pair_unit() else {
-            return self.portable_output(beta, c, workspace, |c, beta, workspace| {
+            return self.portable_output(exec, (beta, bias), c, workspace, |c, beta, workspace| {
                 // The reference: A rounded and B unpacked to f32 (its values
                 // are bf16 already, so rounding them again would change
                 // nothing), then the f32 product, as `gemm_bf16_with` runs it.
                 let (rounded_a, rest) = workspace.split_at_mut(m * k);
                 let (unpacked, rest) = rest.split_at_mut(k * n);
-                let a = round_into(self, &a, rounded_a);
+                let a = round_into(self, a, rounded_a);
                 // (Run on the backend's vectors, where the loop widens.)
                 dispatch!(self,
                     scalar: unpack(&b, unpacked),
@@ -861,10 +906,10 @@ impl Kernels {
         };
         let product = Product {
             alpha,
-            a: &a,
+            a,
             b,
             beta,
-            bias: None,
+            bias,
             c,
         };
         self.run_pairs_on(unit, exec, product, workspace);
@@ -872,43 +917,22 @@ impl Kernels {
     }
 
     /// [`Kernels::gemm_bf16_bias_with`] with B packed beforehand by
-    /// [`Kernels::pack_bf16`]: `C = op(A) · B + bias` into an f32 C, on
+    /// [`Kernels::pack_bf16`]: `C = op(A) · B + bias`, on
     /// [`Kernels::gemm_bf16_packed_workspace_len`] floats of workspace.
-    pub fn gemm_bf16_packed_bias_with<E: Executor + ?Sized, A: Bf16Input>(
+    pub fn gemm_bf16_packed_bias_with<E: Executor + ?Sized, A: Bf16Input, C: Bf16Output>(
         &self,
         exec: &E,
         a: MatRef<A>,
         b: PackedBf16,
         bias: &[f32],
-        mut c: MatMut,
+        c: MatMut<C>,
         workspace: &mut [f32],
     ) -> Result<(), KernelError> {
         let (m, n, k) = check_product_of(&a, (b.k, b.n), &c)?;
         crate::error::expect_len("bias", bias.len(), n)?;
         check_workspace(self.gemm_bf16_packed_workspace_len(m, n, k), workspace)?;
-        match self.pair_unit() {
-            Some(unit) if self.fuses_bias(m, n, k) => {
-                let b: PanelsOfB<Bf16> = PanelsOfB::Packed {
-                    panels: b.panels(),
-                    stride: b.stride,
-                };
-                let product = Product {
-                    alpha: 1.0,
-                    a: &a,
-                    b,
-                    beta: 0.0,
-                    bias: Some(bias),
-                    c: OutputMat::F32(c),
-                };
-                self.run_pairs_on(unit, exec, product, workspace);
-                Ok(())
-            }
-            _ => {
-                self.gemm_bf16_packed_with(exec, 1.0, a, b, 0.0, c.reborrow(), workspace)?;
-                add_bias_rows(self, exec, bias, c);
-                Ok(())
-            }
-        }
+        let product = (1.0, &a, b, 0.0, Some(bias));
+        self.packed_product(exec, product, C::output(c), workspace)
     }
 
     /// A product of at most [`Kernels::few_rows_limit`] rows (`m, n, k >
