@@ -108,6 +108,10 @@ impl PairLayout {
     pub(super) fn row_blocks(&self) -> usize {
         self.a_panels.div_ceil(self.row_tiles())
     }
+    /// Column panels of B (of [`NR`] columns).
+    pub(super) fn b_panels(&self) -> usize {
+        self.b_panels
+    }
     pub(super) fn col_blocks(&self) -> usize {
         self.b_panels.div_ceil(self.block_panels())
     }
@@ -120,6 +124,14 @@ impl PairLayout {
     pub(super) fn col_block(&self, cb: usize) -> Range<usize> {
         let width = self.block_panels();
         cb * width..self.b_panels.min((cb + 1) * width)
+    }
+    /// B panels per piece of the packing round on `threads` threads: a
+    /// column block, or less, so that every thread gets at least two
+    /// pieces (a product of 12 panels packed 2 blocks on one thread and 1
+    /// on the other).
+    pub(super) fn pack_width(&self, threads: usize) -> usize {
+        let per_piece = self.b_panels.div_ceil(2 * threads.max(1));
+        self.block_panels().min(per_piece).max(1)
     }
 }
 

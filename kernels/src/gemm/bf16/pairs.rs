@@ -14,7 +14,7 @@ use crate::bf16::pair;
 use crate::dispatch::dispatch;
 use crate::gemm::microkernel::{prefetch, ScalarKernel};
 use crate::gemm::MatRef;
-use crate::parallel::{run_pieces, SharedMut};
+use crate::parallel::{run_pieces, threads_of, SharedMut};
 use crate::simd::stream_fence;
 use crate::{Bf16, Executor, Kernels};
 
@@ -109,11 +109,15 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
         PanelsOfB::Packed { .. } => None,
     };
     // One round packs both, A a block of rows a piece and B a block of
-    // columns a piece (whole runs of columns where the columns are
-    // contiguous, see `pack_panels`): a thread that finishes its share of
-    // one goes on to the other instead of waiting between two rounds.
+    // columns (or less, `pack_width`) a piece (whole runs of columns where
+    // the columns are contiguous, see `pack_panels`): a thread that
+    // finishes its share of one goes on to the other instead of waiting
+    // between two rounds.
     let a_blocks = layout.row_blocks();
-    let b_blocks = pack_b.as_ref().map_or(0, |_| layout.col_blocks());
+    let b_width = layout.pack_width(threads_of(exec));
+    let b_blocks = pack_b
+        .as_ref()
+        .map_or(0, |_| layout.b_panels().div_ceil(b_width));
     run_pieces(exec, a_blocks + b_blocks, &|piece| {
         if piece < a_blocks {
             let panels = layout.row_block(piece);
@@ -133,7 +137,8 @@ pub(super) fn run_pairs<P: PairDot, E: Executor + ?Sized, A: Bf16Input, B: Bf16I
                 simd: |s| pack_a_panels(s, a, layout, panels.clone(), out),
             );
         } else if let Some((bt, b_out)) = &pack_b {
-            let panels = layout.col_block(piece - a_blocks);
+            let first = (piece - a_blocks) * b_width;
+            let panels = first..layout.b_panels().min(first + b_width);
             // SAFETY: `panels` ends at most at `b_panels`, and B panel `j`
             // is its own `b_panel` floats of the `b_len` floats at `b_out`
             // (b_panels · b_panel = b_len); the column blocks do not
