@@ -691,11 +691,13 @@ fn bf16_c_is_f32_c_rounded(
     }
 }
 
-/// Shapes for the bias products: a row, the few-rows paths and just past
-/// them, whole tile blocks, edges of both, k deeper than one pass of the
-/// pair path and (B too large to read in place) of the f32 path, and bf16 rows of A that tiles read in place (k a multiple
-/// of 32, rows on lines).
-const BIAS_SHAPES: [(usize, usize, usize); 10] = [
+/// Shapes for the bias products: no k (C is the bias), a row, the
+/// few-rows paths and just past them, whole tile blocks, edges of both, k
+/// deeper than one pass of the pair path and (B too large to read in
+/// place) of the f32 path, and bf16 rows of A that tiles read in place (k
+/// a multiple of 32, rows on lines).
+const BIAS_SHAPES: [(usize, usize, usize); 11] = [
+    (5, 7, 0),
     (1, 5, 3),
     (3, 40, 20),
     (16, 33, 20),
