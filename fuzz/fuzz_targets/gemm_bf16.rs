@@ -115,6 +115,57 @@ fn run(u: &mut Unstructured) -> Result<()> {
         }
     }
 
+    // A linear layer's `C = A·B + bias`: a bias of another length refused;
+    // the same bits for any split and from B packed beforehand; a bf16 C
+    // the f32 one rounded, the padding between its rows kept.
+    let bias = values(u, p.n)?;
+    if p.n > 0 {
+        let mut c = p.c.data.clone();
+        let err =
+            best.gemm_bf16_bias_with(&Sequential, a, b, &bias[1..], p.c_view(&mut c), &mut ws);
+        assert!(matches!(err, Err(KernelError::LengthMismatch { .. })));
+        assert!(same_bits(&c, &p.c.data));
+    }
+    let mut with_bias = p.c.data.clone();
+    best.gemm_bf16_bias_with(&Sequential, a, b, &bias, p.c_view(&mut with_bias), &mut ws)
+        .unwrap();
+    let mut split = p.c.data.clone();
+    best.gemm_bf16_bias_with(
+        &Reversed(threads),
+        a16,
+        b,
+        &bias,
+        p.c_view(&mut split),
+        &mut ws,
+    )
+    .unwrap();
+    assert!(
+        same_bits(&with_bias, &split),
+        "the split changed the biased result"
+    );
+    let mut from_packed = p.c.data.clone();
+    let c = p.c_view(&mut from_packed);
+    best.gemm_bf16_packed_bias_with(&Reversed(threads), a, packed, &bias, c, &mut packed_ws)
+        .unwrap();
+    assert!(
+        same_bits(&with_bias, &from_packed),
+        "packing B beforehand changed the biased result"
+    );
+    let start: Vec<Bf16> = p.c.data.iter().map(|&x| Bf16::from_f32(x)).collect();
+    let mut narrow = start.clone();
+    let c = p.c_view(&mut narrow);
+    best.gemm_bf16_bias_with(&Reversed(threads), a, b16, &bias, c, &mut ws)
+        .unwrap();
+    for (i, (&got, &before)) in narrow.iter().zip(&start).enumerate() {
+        let inside = i % p.c.stride.max(1) < p.n;
+        let want = if inside {
+            Bf16::from_f32(with_bias[i])
+        } else {
+            before
+        };
+        assert_eq!(got.to_bits(), want.to_bits(), "biased bf16 C, element {i}");
+    }
+
     // A view of the packed B (rows from a multiple of 32 to one or to the
     // end, leading columns) multiplies as that part of B does.
     let start = 32 * len(u, p.k / 32)?;
