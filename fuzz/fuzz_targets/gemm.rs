@@ -1,13 +1,14 @@
 //! SGEMM on arbitrary shapes (bounded), transposes, strides, alpha, beta,
 //! values, cache blockings, A packed or not and C streamed or not: never a
 //! panic; the result within the rounding bound of an f64 triple loop; the
-//! same bits when the pieces run in another order.
+//! same bits when the pieces run in another order; the bias form the bits
+//! of the product and the bias added after it.
 
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
 use kernels::{KernelError, Sequential};
-use kernels_fuzz::{backends, len, same_bits, Product, Reversed};
+use kernels_fuzz::{backends, len, same_bits, values, Product, Reversed};
 use libfuzzer_sys::fuzz_target;
 
 fn run(u: &mut Unstructured) -> Result<()> {
@@ -64,6 +65,40 @@ fn run(u: &mut Unstructured) -> Result<()> {
         "split into pieces changed the result"
     );
     p.check(&once, f64::from);
+
+    // A linear layer's `C = A·B + bias`: the bits of the product with
+    // alpha 1 and beta 0 and the bias added after it, the padding between
+    // C's rows kept; a bias of another length refused.
+    let bias = values(u, p.n)?;
+    let mut after = p.c.data.clone();
+    best.gemm_with(&Sequential, 1.0, a, b, 0.0, p.c_view(&mut after), &mut ws)
+        .unwrap();
+    for (i, x) in after.iter_mut().enumerate() {
+        let column = i % p.c.stride.max(1);
+        if column < p.n {
+            *x += bias[column];
+        }
+    }
+    let mut fused = p.c.data.clone();
+    best.gemm_bias_with(
+        &Reversed(threads),
+        a,
+        b,
+        &bias,
+        p.c_view(&mut fused),
+        &mut ws,
+    )
+    .unwrap();
+    assert!(
+        same_bits(&fused, &after),
+        "the bias added as C is stored differs"
+    );
+    if p.n > 0 {
+        let mut c = p.c.data.clone();
+        let err = best.gemm_bias_with(&Sequential, a, b, &bias[1..], p.c_view(&mut c), &mut ws);
+        assert!(matches!(err, Err(KernelError::LengthMismatch { .. })));
+        assert!(same_bits(&c, &p.c.data));
+    }
     Ok(())
 }
 
