@@ -143,8 +143,12 @@ impl Pool {
                     break;
                 }
             }
+            // With nothing to run, give the core away if another thread
+            // wants it (more threads than cores), without sleeping.
+            // With nothing to run, give the core to any other thread that
+            // wants it (more threads than cores), without sleeping.
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
         #[cfg(test)]
