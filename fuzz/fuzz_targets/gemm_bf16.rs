@@ -104,15 +104,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
         let c = p.c_view(&mut narrow);
         best.gemm_bf16_with(&Reversed(threads), alpha, a16, b, beta, c, &mut ws)
             .unwrap();
-        for (i, (&got, &before)) in narrow.iter().zip(&start).enumerate() {
-            let inside = i % p.c.stride.max(1) < p.n;
-            let want = if inside {
-                Bf16::from_f32(wide[i])
-            } else {
-                before
-            };
-            assert_eq!(got.to_bits(), want.to_bits(), "bf16 C, element {i}");
-        }
+        assert_rounded(&p, &narrow, &start, &wide, "bf16 C");
     }
 
     // A linear layer's `C = A·B + bias`: a bias of another length refused;
@@ -156,15 +148,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let c = p.c_view(&mut narrow);
     best.gemm_bf16_bias_with(&Reversed(threads), a, b16, &bias, c, &mut ws)
         .unwrap();
-    for (i, (&got, &before)) in narrow.iter().zip(&start).enumerate() {
-        let inside = i % p.c.stride.max(1) < p.n;
-        let want = if inside {
-            Bf16::from_f32(with_bias[i])
-        } else {
-            before
-        };
-        assert_eq!(got.to_bits(), want.to_bits(), "biased bf16 C, element {i}");
-    }
+    assert_rounded(&p, &narrow, &start, &with_bias, "biased bf16 C");
 
     // A view of the packed B (rows from a multiple of 32 to one or to the
     // end, leading columns) multiplies as that part of B does.
@@ -199,6 +183,20 @@ fn run(u: &mut Unstructured) -> Result<()> {
         .unwrap();
     assert!(same_bits(&got, &want), "a view of packed B differs");
     Ok(())
+}
+
+/// Asserts that the bf16 C `got` (`before` the product) holds the f32 C
+/// `wide` rounded once inside C, and `before` in the padding between rows.
+fn assert_rounded(p: &Product, got: &[Bf16], before: &[Bf16], wide: &[f32], what: &str) {
+    for (i, (&got, &before)) in got.iter().zip(before).enumerate() {
+        let inside = i % p.c.stride.max(1) < p.n;
+        let want = if inside {
+            Bf16::from_f32(wide[i])
+        } else {
+            before
+        };
+        assert_eq!(got.to_bits(), want.to_bits(), "{what}, element {i}");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
