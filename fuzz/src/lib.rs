@@ -3,7 +3,7 @@
 //! and requires agreement within a tolerance (and no panic, ever).
 
 use arbitrary::{Result, Unstructured};
-use kernels::{Backend, Executor, Kernels, MatMut, MatRef};
+use kernels::{Backend, Executor, KernelError, Kernels, MatMut, MatRef};
 
 /// The backend under test (the best this CPU has) and the scalar reference.
 pub fn backends() -> (Kernels, Kernels) {
@@ -162,6 +162,18 @@ impl Product {
     /// C over `data`, laid out as `self.c`.
     pub fn c_view<'a, T>(&self, data: &'a mut [T]) -> MatMut<'a, T> {
         MatMut::strided(data, self.m, self.n, self.c.stride).unwrap()
+    }
+
+    /// The error `product` returns on a copy of C, panicking unless it
+    /// returns one and leaves C untouched.
+    pub fn refused(
+        &self,
+        product: impl FnOnce(MatMut<'_>) -> std::result::Result<(), KernelError>,
+    ) -> KernelError {
+        let mut c = self.c.data.clone();
+        let err = product(self.c_view(&mut c)).expect_err("accepted");
+        assert!(same_bits(&c, &self.c.data), "C changed by a refused call");
+        err
     }
 
     /// Panics unless `got` (C after the product, laid out as `self.c`) is
