@@ -438,9 +438,7 @@ impl Kernels {
         }
         Ok(())
     }
-}
 
-impl Kernels {
     /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
     /// row): a linear layer's product, [`Kernels::gemm_with`] with alpha 1
     /// and beta 0 on the same workspace, the bias added to each element of
