@@ -656,9 +656,6 @@ fn model_loss_is_the_mean_cross_entropy_of_its_logits() {
 struct AttentionRef {
     out: Vec<f64>,
     out_bound: Vec<f64>,
-    /// `[b, nh, t, t]`, zero above the diagonal.
-    probs: Vec<f64>,
-    probs_bound: Vec<f64>,
 }
 
 fn attention_reference(
@@ -674,8 +671,6 @@ fn attention_reference(
     let mut r = AttentionRef {
         out: vec![0.0; b * t * c],
         out_bound: vec![0.0; b * t * c],
-        probs: vec![0.0; b * nh * t * t],
-        probs_bound: vec![0.0; b * nh * t * t],
     };
     for bi in 0..b {
         for h in 0..nh {
@@ -701,12 +696,7 @@ fn attention_reference(
                 // error (its own and the normaliser's), a few ulps of exp,
                 // the normaliser's sum, the division.
                 let probs_rel = 2.0 * score_error + (visible + 8) as f64 * U;
-                let row = ((bi * nh + h) * t + i) * t;
-                for (j, s) in scores.iter().enumerate() {
-                    let p = (s - max).exp() / sum;
-                    r.probs[row + j] = p;
-                    r.probs_bound[row + j] = 2.0 * probs_rel * p + 2.0 * U;
-                }
+                let probs: Vec<f64> = scores.iter().map(|s| (s - max).exp() / sum).collect();
                 // out = probs · v; its error is the probabilities' (each
                 // relative) and the sum's, both relative to Σ p |v|; bf16
                 // adds one bf16 step of each probability (2⁻⁷ relative),
@@ -716,8 +706,7 @@ fn attention_reference(
                     + if round_probs { 4.0 * BF16_U } else { 0.0 };
                 for d in 0..hs {
                     let (mut y, mut magnitude) = (0.0, 0.0);
-                    for j in 0..visible {
-                        let p = r.probs[row + j];
+                    for (j, &p) in probs.iter().enumerate() {
                         let p = if round_probs { round_bf16(p) } else { p };
                         let v = at(bi, j, 2, h, d);
                         y += p * v;
@@ -754,22 +743,19 @@ fn causal_attention_matches_definition() {
             let bf16 = precision == Precision::Bf16;
             let r = attention_reference(&as_read(&qkv, precision), (b, t, c, nh), bf16);
             let mut ctx = context(k, precision);
-            let (mut out, mut probs) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t * t]);
+            let mut out = vec![f32::NAN; b * t * c];
             let mut per_head = vec![f32::NAN; b * t * c];
             let causal = Attention::Causal {
                 b,
                 t,
                 per_head: &mut per_head,
             };
-            attention_forward(&mut ctx, &mut out[..], &mut probs, &qkv, c, nh, causal).unwrap();
+            attention_forward(&mut ctx, &mut out[..], &qkv, c, nh, causal).unwrap();
             let what = format!(
                 "{} attention b{b} t{t} c{c} nh{nh}",
                 describe(&k, precision)
             );
             assert_within(&format!("{what} out"), &out, &r.out, &r.out_bound);
-            // The probabilities it keeps for the backward pass, the masked
-            // upper triangle written as zeros.
-            assert_within(&format!("{what} probs"), &probs, &r.probs, &r.probs_bound);
         }
     }
 }
@@ -785,7 +771,7 @@ fn causal_attention_into_bf16_is_the_f32_output_rounded() {
         for k in bf16_handles() {
             let run = |into_bf16: bool| {
                 let mut ctx = context(k, Precision::Bf16);
-                let (mut buf, mut probs) = (vec![f32::NAN; b * t * c], vec![0.0; b * nh * t * t]);
+                let mut buf = vec![f32::NAN; b * t * c];
                 let mut per_head = vec![f32::NAN; b * t * c];
                 let causal = Attention::Causal {
                     b,
@@ -797,7 +783,7 @@ fn causal_attention_into_bf16_is_the_f32_output_rounded() {
                 } else {
                     (&mut buf[..]).into()
                 };
-                attention_forward(&mut ctx, out, &mut probs, &qkv, c, nh, causal).unwrap();
+                attention_forward(&mut ctx, out, &qkv, c, nh, causal).unwrap();
                 match (into_bf16, for_products(&ctx, &buf)) {
                     (true, Activation::Bf16(out)) => out.iter().map(|v| v.to_bits()).collect(),
                     _ => buf

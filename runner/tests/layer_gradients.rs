@@ -277,12 +277,11 @@ fn attention_backward_matches_finite_differences() {
             let mut rng = Rng::new(3);
             let mut inputs = vec![normal(&mut rng, b * t * 3 * c, 1.0)];
             let g = normal(&mut rng, b * t * c, 1.0);
-            let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t * t]);
+            let mut out = vec![f32::NAN; b * t * c];
             let mut per_head = vec![f32::NAN; b * t * 3 * c];
             attention_forward(
                 &mut compute,
                 &mut out[..],
-                &mut att,
                 &inputs[0],
                 c,
                 nh,
@@ -302,7 +301,6 @@ fn attention_backward_matches_finite_differences() {
                 &mut per_head,
                 &g,
                 &inputs[0],
-                &att,
                 b,
                 t,
                 c,
@@ -330,12 +328,10 @@ fn attention_backward_matches_finite_differences() {
                 SMOOTH,
                 &mut |x| {
                     let mut out = vec![f32::NAN; b * t * c];
-                    let mut att = vec![f32::NAN; b * nh * t * t];
                     let mut per_head = vec![f32::NAN; b * t * c];
                     attention_forward(
                         &mut compute,
                         &mut out[..],
-                        &mut att,
                         &x[0],
                         c,
                         nh,
@@ -712,12 +708,11 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         // Attention and cross-entropy overwrite their gradients (and
         // attention its scratch).
         let qkv = normal(&mut rng, bt * 3 * c, 1.0);
-        let (mut atty, mut att) = (vec![0.0; bt * c], vec![0.0; b * nh * t * t]);
+        let mut atty = vec![0.0; bt * c];
         let mut per_head = vec![0.0; bt * 3 * c];
         attention_forward(
             &mut compute,
             &mut atty[..],
-            &mut att,
             &qkv,
             c,
             nh,
@@ -739,7 +734,6 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
                     &mut per_head,
                     &g,
                     &qkv,
-                    &att,
                     b,
                     t,
                     c,
@@ -790,14 +784,14 @@ fn bf16_attention_follows_f32() {
     let run = |k: Kernels, precision: Precision| {
         let mut ctx = Context::new(k);
         ctx.precision = precision;
-        let (mut out, mut att) = (vec![f32::NAN; b * t * c], vec![f32::NAN; b * nh * t * t]);
+        let mut out = vec![f32::NAN; b * t * c];
         let mut per_head = vec![f32::NAN; b * t * 3 * c];
         let causal = Attention::Causal {
             b,
             t,
             per_head: &mut per_head,
         };
-        attention_forward(&mut ctx, &mut out[..], &mut att, &qkv, c, nh, causal).unwrap();
+        attention_forward(&mut ctx, &mut out[..], &qkv, c, nh, causal).unwrap();
         let mut dqkv = vec![f32::NAN; b * t * 3 * c];
         attention_backward(
             &mut ctx,
@@ -806,7 +800,6 @@ fn bf16_attention_follows_f32() {
             &mut per_head,
             &g,
             &qkv,
-            &att,
             b,
             t,
             c,

@@ -44,10 +44,10 @@ pub struct TrainArgs {
     /// Tokens per training window [default: the block size].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
-    /// Recompute each block's LayerNorm outputs, attention probabilities
-    /// and GELU output in the backward pass instead of keeping them: less
-    /// memory (most of it at long sequences), one more attention forward
-    /// per layer; the same gradients.
+    /// Recompute each block's LayerNorm outputs and GELU output in the
+    /// backward pass instead of keeping them: less memory, one more
+    /// LayerNorm and GELU forward per layer; the same gradients.
+    /// (Attention's probabilities are never kept.)
     #[arg(long)]
     pub recompute: bool,
     /// What to train on: a text file (tokenized on loading; split 90 % /

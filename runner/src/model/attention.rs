@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use kernels::{Bf16, KernelError, MatMut, MatRef, PackedBf16, ValidLen};
+use kernels::{Bf16, KernelError, Kernels, MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
 use super::context::{Context, Multiplier, Precision, RightOperand};
@@ -50,16 +50,16 @@ pub struct CachedLayer<'a> {
 
 /// Attention of `qkv` (`[rows, 3c]`: each position's query, key and value,
 /// heads side by side within each) into `out` (`[rows, c]`). Causal
-/// attention keeps its probabilities in `probs` (`[b, nh, t, t]`) for the
-/// backward pass, and writes `out` in f32 or, where only products read it
-/// ([`for_products_mut`]), bf16; cached attention first appends the new
-/// keys and values, and writes f32.
+/// attention writes `out` in f32 or, where only products read it
+/// ([`for_products_mut`]), bf16; its probabilities never leave the cache
+/// (the backward pass computes them again, [`head_probabilities`]).
+/// Cached attention first appends the new keys and values, and writes
+/// f32.
 ///
 /// [`for_products_mut`]: super::layers::for_products_mut
 pub fn attention_forward<'a>(
     ctx: &mut Context,
     out: impl Into<ActivationMut<'a>>,
-    probs: &mut [f32],
     qkv: &[f32],
     c: usize,
     nh: usize,
@@ -69,7 +69,7 @@ pub fn attention_forward<'a>(
         |p| &mut p.attention,
         |ctx| match (source, out.into()) {
             (Attention::Causal { b, t, per_head }, out) => {
-                causal_forward(ctx, out, probs, per_head, qkv, (b, t, c, nh))
+                causal_forward(ctx, out, per_head, qkv, (b, t, c, nh))
             }
             (Attention::Cached(layer), ActivationMut::F32(out)) => {
                 cached_forward(ctx, out, qkv, c, nh, layer)
@@ -118,16 +118,14 @@ fn rounds(b: usize, per_round: usize) -> impl Iterator<Item = Range<usize>> {
 fn causal_forward(
     ctx: &mut Context,
     mut out: ActivationMut,
-    att: &mut [f32],
     per_head: &mut [f32],
     qkv: &[f32],
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
     for seqs in rounds(b, sequences_per_round(ctx, b)) {
-        let att = &mut att[seqs.start * nh * t * t..seqs.end * nh * t * t];
         let per_head = &mut per_head[..seqs.len() * t * c];
         let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-        causal_heads(ctx, att, per_head, qkv, (t, c, nh))?;
+        causal_heads(ctx, per_head, qkv, (t, c, nh))?;
         let out = out.rows_mut(seqs.start * t..seqs.end * t, c);
         heads_into_rows(ctx, out, per_head, (t, c, nh))?;
     }
@@ -135,42 +133,59 @@ fn causal_forward(
 }
 
 /// The (sequence, head) pieces of [`causal_forward`] for the sequences
-/// whose `qkv` starts at `qkv`, their probabilities into `att` and their
-/// outputs into `per_head` (`t × hs` a piece).
+/// whose `qkv` starts at `qkv`, their outputs into `per_head` (`t × hs` a
+/// piece). A block's probabilities live in a buffer of the thread's,
+/// reused block after block.
 fn causal_heads(
     ctx: &mut Context,
-    att: &mut [f32],
     per_head: &mut [f32],
     qkv: &[f32],
     (t, c, nh): (usize, usize, usize),
 ) -> Result<(), Error> {
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
-    let scale = 1.0 / (hs as f32).sqrt();
     ctx.threads
-        .try_for_each_piece(((att, t * t), (per_head, t * hs)), |piece, (att_h, y)| {
+        .try_for_each_piece((per_head, t * hs), |piece, y| {
             let (bi, h) = (piece / nh, piece % nh);
             let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
             let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
-            with_head_slots(|[keys_slots, values_slots, ..]| {
+            with_head_slots(|[keys_slots, values_slots, block, ..]| {
                 let keys_t = part(KEY).as_transposed(mm, keys_slots)?;
                 let values = part(VALUE).as_rows(mm, values_slots)?;
+                block.grow(QUERY_BLOCK * t);
                 for rows in query_blocks(t) {
-                    // scores[rows, ..e] = scale · q[rows] · k[..e]ᵀ; the rest
-                    // of each row is masked (the softmax writes its zeros).
                     let (n, e) = (rows.len(), rows.end);
-                    let scores = &mut att_h[rows.start * t..];
-                    let scores_view = MatMut::strided(scores, n, e, t)?;
-                    let queries = part(QUERY).rows(rows.clone())?;
-                    mm.gemm_in_piece(scale, queries, keys_t.positions(0..e)?, 0.0, scores_view)?;
-                    let scores = &mut scores[..n * t];
-                    kern.softmax_rows(scores, t, ValidLen::Causal { offset: rows.start })?;
-                    let probs = MatRef::strided(scores, n, e, t)?;
+                    let probs = &mut block[..n * t];
+                    head_probabilities(kern, mm, part(QUERY), keys_t, rows.clone(), probs)?;
+                    let probs = MatRef::strided(probs, n, e, t)?;
                     let y = MatMut::new(&mut y[rows.start * hs..rows.end * hs], n, hs)?;
                     mm.gemm_in_piece(1.0, probs, values.positions(0..e)?, 0.0, y)?;
                 }
                 Ok(())
             })
         })
+}
+
+/// One head's attention probabilities for the query positions `rows`
+/// into `probs` (`rows.len() × t`): `softmax(q[rows] · kᵀ / √hs)`, masked
+/// past each row's own position (zeros there). The forward pass and the
+/// backward pass both call this, so the backward's probabilities are the
+/// forward's bits without keeping them (`[b, nh, t, t]` a layer, written
+/// to memory and read back: more time than computing them again).
+fn head_probabilities(
+    kern: Kernels,
+    mm: Multiplier,
+    queries: HeadPart,
+    keys_t: PartAsB,
+    rows: Range<usize>,
+    probs: &mut [f32],
+) -> Result<(), Error> {
+    let (n, e, t) = (rows.len(), rows.end, queries.t);
+    let scale = 1.0 / (queries.hs as f32).sqrt();
+    let scores = MatMut::strided(&mut *probs, n, e, t)?;
+    let queries = queries.rows(rows.clone())?;
+    mm.gemm_in_piece(scale, queries, keys_t.positions(0..e)?, 0.0, scores)?;
+    let causal = ValidLen::Causal { offset: rows.start };
+    Ok(kern.softmax_rows(probs, t, causal)?)
 }
 
 /// The rows of `out` (`[seqs · t, c]`) from the per-head outputs of
@@ -209,10 +224,10 @@ fn heads_into_rows(
 /// (overwritten; f32, or bf16 where only products read it) from `dout[b,
 /// t, c]`, and adds its rows into `dqkv_bias` (the gradient of the QKV
 /// projection's bias) on the way ([`rows_with_bias_gradient`]);
-/// `per_head` (`b·t·3c` floats) is scratch. Pieces as in the forward; the
-/// gradient of a piece's scores is a `t × t` buffer of the thread that runs
-/// it, reused piece after piece, so it is written in cache rather than to
-/// memory.
+/// `per_head` (`b·t·3c` floats) is scratch. Pieces as in the forward; a
+/// piece's probabilities (computed again) and the gradient of its scores
+/// are `t × t` buffers of the thread that runs it, reused piece after
+/// piece, so they are written in cache rather than to memory.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<'a>(
     ctx: &mut Context,
@@ -221,7 +236,6 @@ pub fn attention_backward<'a>(
     per_head: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
     b: usize,
     t: usize,
     c: usize,
@@ -240,10 +254,9 @@ pub fn attention_backward<'a>(
             };
             for seqs in rounds(b, per_round) {
                 let per_head = &mut per_head[..seqs.len() * t * 3 * c];
-                let att = &att[seqs.start * nh * t * t..seqs.end * nh * t * t];
                 let dout = &dout[seqs.start * t * c..seqs.end * t * c];
                 let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-                causal_heads_backward(ctx, per_head, dout, qkv, att, (t, c, nh))?;
+                causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))?;
                 let per_head = &*per_head;
                 let dqkv = dqkv.rows_mut(seqs.start * t..seqs.end * t, 3 * c);
                 rows_with_bias_gradient(ctx, dqkv, dqkv_bias, |r, row| {
@@ -259,14 +272,13 @@ pub fn attention_backward<'a>(
 }
 
 /// The (sequence, head) pieces of [`attention_backward`] for the
-/// sequences of `dout`, `qkv` and `att`: each piece's dq, dk and dv
-/// (`t × hs` each) into `per_head`.
+/// sequences of `dout` and `qkv`: each piece's dq, dk and dv (`t × hs`
+/// each) into `per_head`.
 fn causal_heads_backward(
     ctx: &mut Context,
     per_head: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
     (t, c, nh): (usize, usize, usize),
 ) -> Result<(), Error> {
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
@@ -282,12 +294,13 @@ fn causal_heads_backward(
                 t,
                 hs,
             };
-            let att_h = &att[piece * t * t..][..t * t];
             let (dq, dkv) = dqkv_h.split_at_mut(t * hs);
             let (dk, dv) = dkv.split_at_mut(t * hs);
-            with_head_slots(|[s0, s1, s2, s3, datt]| {
+            with_head_slots(|[s0, s1, s2, s3, s4, probs, datt]| {
+                probs.grow(t * t);
                 datt.grow(t * t);
-                let datt = &mut datt[..t * t];
+                let (att_h, datt) = (&mut probs[..t * t], &mut datt[..t * t]);
+                let keys_t = part(KEY).as_transposed(mm, s4)?;
                 let values_t = part(VALUE).as_transposed(mm, s0)?;
                 let keys = part(KEY).as_rows(mm, s1)?;
                 let queries = part(QUERY).as_rows(mm, s2)?;
@@ -298,6 +311,8 @@ fn causal_heads_backward(
                 // only the rows at and below it (dk, dv).
                 for rows in query_blocks(t) {
                     let (n, e) = (rows.len(), rows.end);
+                    let probs = &mut att_h[rows.start * t..][..n * t];
+                    head_probabilities(kern, mm, part(QUERY), keys_t, rows.clone(), probs)?;
                     let g = &mut datt[rows.start * t..];
                     let g_view = MatMut::strided(g, n, e, t)?;
                     // dprobs = dy · vᵀ, then through the softmax.
@@ -311,6 +326,7 @@ fn causal_heads_backward(
                     let dq = MatMut::new(&mut dq[rows.start * hs..rows.end * hs], n, hs)?;
                     mm.gemm_in_piece(scale, dscores, keys.positions(0..e)?, 0.0, dq)?;
                 }
+                let att_h = &*att_h;
                 for cols in query_blocks(t) {
                     // Rows `cols.start..t` of the columns `cols`.
                     let (n, below) = (cols.len(), cols.start..t);
@@ -583,13 +599,13 @@ impl<'a> PartAsB<'a> {
 }
 
 thread_local! {
-    /// Each thread's buffers for the packed rows of the head it runs (and,
-    /// in the backward pass, the gradient of its scores; a row of output
-    /// before it is rounded to bf16).
-    static HEAD_SLOTS: RefCell<[Arena; 5]> = RefCell::new(Default::default());
+    /// Each thread's buffers for the packed rows of the head it runs, its
+    /// probabilities (and, in the backward pass, the gradient of its
+    /// scores; a row of output before it is rounded to bf16).
+    static HEAD_SLOTS: RefCell<[Arena; 7]> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's slot buffers.
-fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 5]) -> Result<R, Error>) -> Result<R, Error> {
+fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 7]) -> Result<R, Error>) -> Result<R, Error> {
     HEAD_SLOTS.with(|slots| f(&mut slots.borrow_mut()))
 }

@@ -45,7 +45,7 @@ pub fn block_forward(
     } else {
         ActivationMut::F32(&mut *a.atty)
     };
-    attention_forward(ctx, atty, a.att, a.qkv, c, nh, attention)?;
+    attention_forward(ctx, atty, a.qkv, c, nh, attention)?;
     let atty = if causal {
         for_products(ctx, a.atty)
     } else {
@@ -175,9 +175,7 @@ pub fn block_backward(
     )?;
     // The same for the QKV projection's output gradient.
     let dqkv = for_products_mut(ctx, &mut *s.dqkv);
-    attention_backward(
-        ctx, dqkv, g.qkvb, s.per_head, s.datty, a.qkv, a.att, b, t, c, nh,
-    )?;
+    attention_backward(ctx, dqkv, g.qkvb, s.per_head, s.datty, a.qkv, b, t, c, nh)?;
     matmul_backward(
         ctx,
         s.dln,
@@ -209,31 +207,25 @@ pub struct Recomputed<'a> {
     pub ln2: &'a mut [f32],
     pub mean: &'a mut [f32],
     pub rstd: &'a mut [f32],
-    pub att: &'a mut [f32],
-    pub atty: &'a mut [f32],
     pub fch_gelu: &'a mut [f32],
 }
 
 /// Recomputes, for [`block_backward`], the activations of a causal
 /// [`block_forward`] that were not kept: both LayerNorm outputs (from the
-/// block's `input` and the kept `residual2`), the attention probabilities
-/// (from the kept `qkv`) and the GELU output (from the kept `fch`). The
-/// same kernels on the same inputs give the same bits as the forward pass.
+/// block's `input` and the kept `residual2`) and the GELU output (from the
+/// kept `fch`). The same kernels on the same inputs give the same bits as
+/// the forward pass. (Attention's probabilities are never kept: its
+/// backward pass computes them again in any case.)
 pub fn block_recompute(
     ctx: &mut Context,
     p: &LayerParams<&[f32]>,
     input: &[f32],
     a: &BlockActivations<&[f32]>,
     r: &mut Recomputed,
-    per_head: &mut [f32],
-    (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
     let (mean, rstd) = (&mut *r.mean, &mut *r.rstd);
     let (ln1, eps) = (for_products_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, mean, rstd)?;
-    let causal = Attention::Causal { b, t, per_head };
-    let atty = for_products_mut(ctx, &mut *r.atty);
-    attention_forward(ctx, atty, r.att, a.qkv, c, nh, causal)?;
     let ln2 = for_products_mut(ctx, &mut *r.ln2);
     layer_norm_forward(ctx, a.residual2, p.ln2w, p.ln2b, eps, ln2, mean, rstd)?;
     let fch_gelu = for_products_mut(ctx, &mut *r.fch_gelu);

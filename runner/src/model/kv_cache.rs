@@ -73,7 +73,7 @@ impl KvCache {
             l * c * t,
             l * t * c,
             2 * t * c,
-            BlockActivations::sizes(cfg, t, 0).total(),
+            BlockActivations::sizes(cfg, t).total(),
             t * t,
             cfg.heads * t,
             c + 2,

@@ -147,10 +147,10 @@ impl Gpt {
     }
 
     /// With `true`, training keeps only the activations that are costly to
-    /// recompute (a block's LayerNorm outputs, attention probabilities and
-    /// GELU output are recomputed by the backward pass, one layer at a
-    /// time): less memory for one more attention forward per layer. The
-    /// gradients are the same bits either way.
+    /// recompute (a block's LayerNorm outputs and GELU output are
+    /// recomputed by the backward pass, one layer at a time): less memory
+    /// for one more LayerNorm and GELU forward per layer. The gradients are
+    /// the same bits either way.
     pub fn set_recompute(&mut self, recompute: bool) {
         self.recompute = recompute;
     }
@@ -257,7 +257,6 @@ impl Gpt {
                 // One layer's buffers, overwritten layer after layer.
                 acts.ln1 = &mut *s.recomputed_ln1;
                 acts.ln2 = &mut *s.recomputed_ln2;
-                acts.att = &mut *s.recomputed_att;
                 acts.fch_gelu = &mut *s.recomputed_fch_gelu;
             }
             block_forward(
@@ -395,8 +394,6 @@ impl Gpt {
             ln2: s.recomputed_ln2,
             mean: s.recomputed_mean,
             rstd: s.recomputed_rstd,
-            att: s.recomputed_att,
-            atty: s.recomputed_atty,
             fch_gelu: s.recomputed_fch_gelu,
         };
         for l in (0..layers).rev() {
@@ -404,11 +401,9 @@ impl Gpt {
             let pl = p.layer(l, layers);
             let mut al = a.layer(l, layers);
             if batch.recompute {
-                let shape = (b, t, c, nh);
-                block_recompute(ctx, &pl, input, &al, &mut recomputed, s.per_head, shape)?;
+                block_recompute(ctx, &pl, input, &al, &mut recomputed)?;
                 al.ln1 = &*recomputed.ln1;
                 al.ln2 = &*recomputed.ln2;
-                al.att = &*recomputed.att;
                 al.fch_gelu = &*recomputed.fch_gelu;
             }
             let scratch = BlockScratch {
@@ -502,7 +497,7 @@ impl Gpt {
             let (first, second) = residuals.split_at_mut(t_max * c);
             let mut pair = [&mut first[..mc], &mut second[..mc]];
             encoder_forward(ctx, pair[0], tokens, p.wte, p.wpe, t_max, p0, c)?;
-            let act_sizes = BlockActivations::sizes(&cfg, m, 0);
+            let act_sizes = BlockActivations::sizes(&cfg, m);
             for l in 0..layers {
                 let [input, output] = &mut pair;
                 let attention = Attention::Cached(CachedLayer {

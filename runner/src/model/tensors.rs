@@ -295,9 +295,6 @@ layered_tensors! {
             qkv,
             /// `[B, T, C]` per layer: attention output, heads side by side.
             atty,
-            /// `[B, NH, T, T]` per layer: attention probabilities (training
-            /// only; empty when decoding).
-            att,
             /// `[B, T, C]` per layer
             attproj,
             /// `[B, T, C]` per layer: the residual after attention.
@@ -329,9 +326,8 @@ layered_tensors! {
 }
 
 impl BlockActivations<usize> {
-    /// One block's tensor sizes for `rows` positions, with `probs` floats
-    /// of attention probabilities (`B·NH·T·T` in training, 0 decoding).
-    pub fn sizes(cfg: &ModelConfig, rows: usize, probs: usize) -> BlockActivations<usize> {
+    /// One block's tensor sizes for `rows` positions.
+    pub fn sizes(cfg: &ModelConfig, rows: usize) -> BlockActivations<usize> {
         let c = cfg.channels;
         let (rc, r) = (floats(&[rows, c]), rows);
         BlockActivations {
@@ -340,7 +336,6 @@ impl BlockActivations<usize> {
             ln1_rstd: r,
             qkv: floats(&[rc, 3]),
             atty: rc,
-            att: probs,
             attproj: rc,
             residual2: rc,
             ln2: rc,
@@ -356,14 +351,14 @@ impl BlockActivations<usize> {
 impl Activations<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens. With
     /// `recompute`, the tensors the backward pass recomputes (LayerNorm
-    /// outputs, attention probabilities, GELU output) are not kept per
+    /// outputs, GELU output) are not kept per
     /// layer: they live in [`Scratch`], one layer's worth.
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize, recompute: bool) -> Activations<usize> {
         let (l, c) = (cfg.layers, cfg.channels);
         let bt = floats(&[b, t]);
-        let mut block = BlockActivations::sizes(cfg, bt, floats(&[b, cfg.heads, t, t]));
+        let mut block = BlockActivations::sizes(cfg, bt);
         if recompute {
-            (block.ln1, block.att, block.ln2, block.fch_gelu) = (0, 0, 0, 0);
+            (block.ln1, block.ln2, block.fch_gelu) = (0, 0, 0);
         }
         Activations::assemble(
             floats(&[l.saturating_add(1), bt, c]), // residuals
@@ -409,12 +404,6 @@ named_tensors! {
         recomputed_mean,
         /// With recompute: `[B, T]` the LayerNorm rstds recomputed.
         recomputed_rstd,
-        /// With recompute: `[B, NH, T, T]` one layer's attention
-        /// probabilities.
-        recomputed_att,
-        /// With recompute: `[B, T, C]` one layer's attention output
-        /// recomputed (the same as the kept one).
-        recomputed_atty,
         /// With recompute: `[B, T, 4C]` one layer's GELU output.
         recomputed_fch_gelu,
     }
@@ -424,7 +413,7 @@ impl Scratch<usize> {
     /// Tensor sizes for `cfg` and a batch of `b × t` tokens, with the
     /// buffers of `recompute` (see [`Activations::sizes`]).
     pub fn sizes(cfg: &ModelConfig, b: usize, t: usize, recompute: bool) -> Scratch<usize> {
-        let (c, v, nh) = (cfg.channels, cfg.padded_vocab(), cfg.heads);
+        let (c, v) = (cfg.channels, cfg.padded_vocab());
         let bt = floats(&[b, t]);
         let one_layer = |n: usize| if recompute { n } else { 0 };
         Scratch {
@@ -432,8 +421,6 @@ impl Scratch<usize> {
             recomputed_ln2: one_layer(floats(&[bt, c])),
             recomputed_mean: one_layer(bt),
             recomputed_rstd: one_layer(bt),
-            recomputed_att: one_layer(floats(&[b, nh, t, t])),
-            recomputed_atty: one_layer(floats(&[bt, c])),
             recomputed_fch_gelu: one_layer(floats(&[bt, 4, c])),
             dlogits: floats(&[bt, v]),
             dresidual: floats(&[bt, c]),
