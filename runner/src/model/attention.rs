@@ -169,8 +169,9 @@ fn causal_heads(
 /// into `probs` (`rows.len() × t`): `softmax(q[rows] · kᵀ / √hs)`, masked
 /// past each row's own position (zeros there). The forward pass and the
 /// backward pass both call this, so the backward's probabilities are the
-/// forward's bits without keeping them (`[b, nh, t, t]` a layer, written
-/// to memory and read back: more time than computing them again).
+/// forward's bits without keeping them: `[b, nh, t, t]` a layer, the
+/// largest activation at long sequences, and writing them to memory and
+/// reading them back cost about as much time as computing them again.
 fn head_probabilities(
     kern: Kernels,
     mm: Multiplier,
