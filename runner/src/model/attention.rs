@@ -9,7 +9,7 @@ use std::ops::Range;
 use kernels::{Bf16, KernelError, Kernels, MatMut, MatRef, PackedBf16, ValidLen};
 
 use super::arena::Arena;
-use super::context::{Context, Multiplier, Precision, RightOperand};
+use super::context::{Context, LeftOperand, Multiplier, Precision, RightOperand};
 use super::kv_cache::LayerKeysValues;
 use super::layers::{rows_with_bias_gradient, Activation, ActivationMut, ROWS_PER_PIECE};
 use super::packed::pack_into;
@@ -125,7 +125,9 @@ fn causal_forward(
     for seqs in rounds(b, sequences_per_round(ctx, b)) {
         let per_head = &mut per_head[..seqs.len() * t * c];
         let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-        causal_heads(ctx, per_head, qkv, (t, c, nh))?;
+        with_rounded_qkv(ctx, qkv, t * 3 * c, |ctx, qkv| {
+            causal_heads(ctx, per_head, qkv, (t, c, nh))
+        })?;
         let out = out.rows_mut(seqs.start * t..seqs.end * t, c);
         heads_into_rows(ctx, out, per_head, (t, c, nh))?;
     }
@@ -139,14 +141,14 @@ fn causal_forward(
 fn causal_heads(
     ctx: &mut Context,
     per_head: &mut [f32],
-    qkv: &[f32],
+    qkv: Activation,
     (t, c, nh): (usize, usize, usize),
 ) -> Result<(), Error> {
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
     ctx.threads
         .try_for_each_piece((per_head, t * hs), |piece, y| {
             let (bi, h) = (piece / nh, piece % nh);
-            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let qkv_b = qkv.values(bi * t * 3 * c..(bi + 1) * t * 3 * c);
             let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
             with_head_slots(|[keys_slots, values_slots, block, ..]| {
                 let keys_t = part(KEY).as_transposed(mm, keys_slots)?;
@@ -257,7 +259,9 @@ pub fn attention_backward<'a>(
                 let per_head = &mut per_head[..seqs.len() * t * 3 * c];
                 let dout = &dout[seqs.start * t * c..seqs.end * t * c];
                 let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-                causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))?;
+                with_rounded_qkv(ctx, qkv, t * 3 * c, |ctx, qkv| {
+                    causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))
+                })?;
                 let per_head = &*per_head;
                 let dqkv = dqkv.rows_mut(seqs.start * t..seqs.end * t, 3 * c);
                 rows_with_bias_gradient(ctx, dqkv, dqkv_bias, |r, row| {
@@ -279,7 +283,7 @@ fn causal_heads_backward(
     ctx: &mut Context,
     per_head: &mut [f32],
     dout: &[f32],
-    qkv: &[f32],
+    qkv: Activation,
     (t, c, nh): (usize, usize, usize),
 ) -> Result<(), Error> {
     let (kern, mm, hs) = (ctx.kernels, ctx.multiplier(), c / nh);
@@ -287,10 +291,10 @@ fn causal_heads_backward(
     ctx.threads
         .try_for_each_piece((per_head, 3 * t * hs), |piece, dqkv_h| {
             let (bi, h) = (piece / nh, piece % nh);
-            let qkv_b = &qkv[bi * t * 3 * c..][..t * 3 * c];
+            let qkv_b = qkv.values(bi * t * 3 * c..(bi + 1) * t * 3 * c);
             let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
             let dy = HeadPart {
-                data: &dout[bi * t * c + h * hs..],
+                data: Activation::F32(&dout[bi * t * c + h * hs..]),
                 stride: c,
                 t,
                 hs,
@@ -492,17 +496,48 @@ fn heads_into_row(
     }
 }
 
+/// Runs `f` with the rows of `qkv` (one round of sequences, `per_sequence`
+/// values each) as causal attention's products read them: in bf16
+/// precision rounded to bf16 once, into `ctx`'s buffer (the products
+/// round them anyway, so the bits are the same; each head's packing read
+/// its f32 values a head at a time, strided, and rounded them itself),
+/// else in place.
+fn with_rounded_qkv<R>(
+    ctx: &mut Context,
+    qkv: &[f32],
+    per_sequence: usize,
+    f: impl FnOnce(&mut Context, Activation) -> Result<R, Error>,
+) -> Result<R, Error> {
+    if ctx.precision == Precision::F32 {
+        return f(ctx, Activation::F32(qkv));
+    }
+    let mut buffer = std::mem::take(&mut ctx.rounded_qkv);
+    buffer.grow(qkv.len().div_ceil(2));
+    let rounded: &mut [Bf16] = &mut bytemuck::cast_slice_mut(&mut buffer[..])[..qkv.len()];
+    let k = ctx.kernels;
+    let result = ctx
+        .threads
+        .try_for_each_piece((&mut *rounded, per_sequence.max(1)), |i, rows| {
+            let first = i * per_sequence;
+            Ok(k.f32_to_bf16(&qkv[first..first + rows.len()], rows)?)
+        })
+        .and_then(|()| f(ctx, Activation::Bf16(rounded)));
+    ctx.rounded_qkv = buffer;
+    result
+}
+
 /// Which third of a `qkv` row: the query, key or value.
 const QUERY: usize = 0;
 const KEY: usize = 1;
 const VALUE: usize = 2;
 
 /// One head's `t × hs` rows, read in place: its queries, keys or values in
-/// a sequence's `qkv`, or the gradient of its output.
+/// a sequence's `qkv` (f32, or rounded to bf16: [`rounded_for_products`]),
+/// or the gradient of its output.
 #[derive(Clone, Copy)]
 struct HeadPart<'a> {
     /// Position `p`'s `hs` values start at `data[p · stride]`.
-    data: &'a [f32],
+    data: Activation<'a>,
     stride: usize,
     t: usize,
     hs: usize,
@@ -511,9 +546,14 @@ struct HeadPart<'a> {
 impl<'a> HeadPart<'a> {
     /// Head `h`'s part `which` (QUERY, KEY or VALUE) of one sequence's
     /// `qkv[t, 3c]`.
-    fn of_qkv(qkv: &'a [f32], which: usize, h: usize, (t, c, hs): (usize, usize, usize)) -> Self {
+    fn of_qkv(
+        qkv: Activation<'a>,
+        which: usize,
+        h: usize,
+        (t, c, hs): (usize, usize, usize),
+    ) -> Self {
         HeadPart {
-            data: &qkv[which * c + h * hs..],
+            data: qkv.values(which * c + h * hs..qkv.len()),
             stride: 3 * c,
             t,
             hs,
@@ -521,9 +561,12 @@ impl<'a> HeadPart<'a> {
     }
 
     /// Positions `rows`, `rows.len() × hs`.
-    fn rows(&self, rows: Range<usize>) -> Result<MatRef<'a>, Error> {
-        let (data, stride) = (&self.data[rows.start * self.stride..], self.stride);
-        Ok(MatRef::strided(data, rows.len(), self.hs, stride)?)
+    fn rows(&self, rows: Range<usize>) -> Result<LeftOperand<'a>, Error> {
+        let (first, n, hs, stride) = (rows.start * self.stride, rows.len(), self.hs, self.stride);
+        Ok(match self.data {
+            Activation::F32(x) => MatRef::strided(&x[first..], n, hs, stride)?.into(),
+            Activation::Bf16(x) => MatRef::strided(&x[first..], n, hs, stride)?.into(),
+        })
     }
 
     /// The rows as the B of `mm`'s products: packed into `slots` when it
@@ -545,10 +588,12 @@ impl<'a> HeadPart<'a> {
         let (t, hs) = (self.t, self.hs);
         Ok(match mm.precision {
             Precision::F32 => {
+                let Activation::F32(data) = self.data else {
+                    return Err(KernelError::InvalidArgument("bf16 rows in an f32 product").into());
+                };
                 slots.grow(hs * t);
                 let rows: &'a mut [f32] = &mut slots[..hs * t];
-                mm.kernels
-                    .transpose(t, hs, self.data, self.stride, rows, t)?;
+                mm.kernels.transpose(t, hs, data, self.stride, rows, t)?;
                 PartAsB::Transposed { rows, hs, t }
             }
             Precision::Bf16 => {
@@ -560,10 +605,13 @@ impl<'a> HeadPart<'a> {
     fn pack(
         &self,
         mm: Multiplier,
-        view: MatRef,
+        view: LeftOperand,
         slots: &'a mut Arena,
     ) -> Result<PackedBf16<'a>, Error> {
-        let packed = pack_into(&mm.kernels, view, slots, "head")?;
+        let packed = match view {
+            LeftOperand::F32(view) => pack_into(&mm.kernels, view, slots, "head")?,
+            LeftOperand::Bf16(view) => pack_into(&mm.kernels, view, slots, "head")?,
+        };
         Ok(PackedBf16::new(packed, view.rows(), view.cols())?)
     }
 }
@@ -589,7 +637,11 @@ impl<'a> PartAsB<'a> {
     /// positions `0..rows.end` (`hs × rows.end`; `rows.start` is 0 then).
     fn positions(&self, rows: Range<usize>) -> Result<RightOperand<'a>, Error> {
         Ok(match *self {
-            PartAsB::InPlace(part) => part.rows(rows)?.into(),
+            PartAsB::InPlace(part) => {
+                let first = rows.start * part.stride;
+                part.data
+                    .strided_b(first, rows.len(), part.hs, part.stride)?
+            }
             PartAsB::Transposed { rows: data, hs, t } => {
                 MatRef::strided(data, hs, rows.end, t)?.into()
             }

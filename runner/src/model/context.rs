@@ -9,6 +9,7 @@ use kernels::{
     Bf16, Bf16Input, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16, Sequential,
 };
 
+use super::arena::Arena;
 use crate::error::Error;
 use crate::threads::Threads;
 
@@ -83,6 +84,9 @@ pub struct Context {
     workspace: Vec<f32>,
     /// Per-piece partial sums of the LayerNorm and bias gradients.
     pub(super) partials: Vec<f32>,
+    /// Causal attention's `qkv` rows of one round of sequences, rounded
+    /// to bf16 (in bf16 precision).
+    pub(super) rounded_qkv: Arena,
     pub profile: Profile,
 }
 
@@ -123,8 +127,16 @@ impl LeftOperand<'_> {
         }
     }
 
+    /// Rows of op(A).
+    pub fn rows(&self) -> usize {
+        match self {
+            LeftOperand::F32(a) => a.rows(),
+            LeftOperand::Bf16(a) => a.rows(),
+        }
+    }
+
     /// Columns of op(A) (the product's depth).
-    fn cols(&self) -> usize {
+    pub fn cols(&self) -> usize {
         match self {
             LeftOperand::F32(a) => a.cols(),
             LeftOperand::Bf16(a) => a.cols(),
@@ -253,6 +265,7 @@ impl Context {
             threads: Threads::single(),
             workspace: Vec::new(),
             partials: Vec::new(),
+            rounded_qkv: Arena::default(),
             profile: Profile::default(),
         }
     }

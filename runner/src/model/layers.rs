@@ -234,6 +234,22 @@ impl<'a> From<&'a mut [f32]> for Activation<'a> {
 }
 
 impl<'a> Activation<'a> {
+    /// Values `range` of the activation.
+    pub(super) fn values(self, range: Range<usize>) -> Activation<'a> {
+        match self {
+            Activation::F32(x) => Activation::F32(&x[range]),
+            Activation::Bf16(x) => Activation::Bf16(&x[range]),
+        }
+    }
+
+    /// Values in the activation.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Activation::F32(x) => x.len(),
+            Activation::Bf16(x) => x.len(),
+        }
+    }
+
     /// The activation as a `rows × cols` matrix, the A of a product.
     fn as_a(self, rows: usize, cols: usize) -> Result<LeftOperand<'a>, Error> {
         Ok(match self {

@@ -4,7 +4,7 @@
 //! converted or packed per token. The f32 parameters stay the master copy;
 //! `Gpt` drops this copy whenever they may change.
 
-use kernels::{Kernels, MatRef, PackedBf16};
+use kernels::{Bf16Input, Kernels, MatRef, PackedBf16};
 
 use super::arena::Arena;
 use super::config::ModelConfig;
@@ -16,9 +16,9 @@ use crate::error::Error;
 /// `what` names the matrix in the error for one too large) and returns
 /// them. An arena starts on a cache line, so every panel does: AMX tiles
 /// load a panel row that straddles two lines at half the speed.
-pub fn pack_into<'a>(
+pub fn pack_into<'a, T: Bf16Input>(
     kernels: &Kernels,
-    b: MatRef,
+    b: MatRef<T>,
     slots: &'a mut Arena,
     what: &str,
 ) -> Result<&'a [u32], Error> {
