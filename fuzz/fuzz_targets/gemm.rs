@@ -44,20 +44,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
     }
 
     let mut ws = vec![f32::NAN; needed];
-    let (mut once, mut again) = (p.c.data.clone(), p.c.data.clone());
-    best.gemm_with(&Sequential, alpha, a, b, beta, p.c_view(&mut once), &mut ws)
-        .unwrap();
+    let once = p.computed(|c| best.gemm_with(&Sequential, alpha, a, b, beta, c, &mut ws));
     let threads = 1 + len(u, 3)?;
-    best.gemm_with(
-        &Reversed(threads),
-        alpha,
-        a,
-        b,
-        beta,
-        p.c_view(&mut again),
-        &mut ws,
-    )
-    .unwrap();
+    let again = p.computed(|c| best.gemm_with(&Reversed(threads), alpha, a, b, beta, c, &mut ws));
     assert!(
         same_bits(&once, &again),
         "split into pieces changed the result"
@@ -68,25 +57,14 @@ fn run(u: &mut Unstructured) -> Result<()> {
     // alpha 1 and beta 0 and the bias added after it, the padding between
     // C's rows kept; a bias of another length refused.
     let bias = values(u, p.n)?;
-    let mut after = p.c.data.clone();
-    best.gemm_with(&Sequential, 1.0, a, b, 0.0, p.c_view(&mut after), &mut ws)
-        .unwrap();
+    let mut after = p.computed(|c| best.gemm_with(&Sequential, 1.0, a, b, 0.0, c, &mut ws));
     for (i, x) in after.iter_mut().enumerate() {
         let column = i % p.c.stride.max(1);
         if column < p.n {
             *x += bias[column];
         }
     }
-    let mut fused = p.c.data.clone();
-    best.gemm_bias_with(
-        &Reversed(threads),
-        a,
-        b,
-        &bias,
-        p.c_view(&mut fused),
-        &mut ws,
-    )
-    .unwrap();
+    let fused = p.computed(|c| best.gemm_bias_with(&Reversed(threads), a, b, &bias, c, &mut ws));
     assert!(
         same_bits(&fused, &after),
         "the bias added as C is stored differs"

@@ -36,32 +36,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
         let err = p.refused(|c| best.gemm_bf16(alpha, a, b, beta, c, short));
         assert!(matches!(err, KernelError::WorkspaceTooSmall { .. }));
     }
-    let mut from_f32 = p.c.data.clone();
-    let mut from_bf16 = p.c.data.clone();
-    let mut split = p.c.data.clone();
-    best.gemm_bf16_with(
-        &Sequential,
-        alpha,
-        a,
-        b,
-        beta,
-        p.c_view(&mut from_f32),
-        &mut ws,
-    )
-    .unwrap();
-    best.gemm_bf16(alpha, a16, b16, beta, p.c_view(&mut from_bf16), &mut ws)
-        .unwrap();
+    let from_f32 = p.computed(|c| best.gemm_bf16_with(&Sequential, alpha, a, b, beta, c, &mut ws));
+    let from_bf16 = p.computed(|c| best.gemm_bf16(alpha, a16, b16, beta, c, &mut ws));
     let threads = 1 + len(u, 3)?;
-    best.gemm_bf16_with(
-        &Reversed(threads),
-        alpha,
-        a16,
-        b,
-        beta,
-        p.c_view(&mut split),
-        &mut ws,
-    )
-    .unwrap();
+    let split =
+        p.computed(|c| best.gemm_bf16_with(&Reversed(threads), alpha, a16, b, beta, c, &mut ws));
     assert!(
         same_bits(&from_f32, &from_bf16),
         "f32 and bf16 operands differ"
@@ -72,17 +51,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     best.pack_bf16(b, &mut slots).unwrap();
     let packed = PackedBf16::new(&slots, p.k, p.n).unwrap();
     let mut packed_ws = vec![f32::NAN; best.gemm_bf16_packed_workspace_len(p.m, p.n, p.k)];
-    let mut from_packed = p.c.data.clone();
-    best.gemm_bf16_packed_with(
-        &Reversed(threads),
-        alpha,
-        a,
-        packed,
-        beta,
-        p.c_view(&mut from_packed),
-        &mut packed_ws,
-    )
-    .unwrap();
+    let from_packed = p.computed(|c| {
+        let exec = &Reversed(threads);
+        best.gemm_bf16_packed_with(exec, alpha, a, packed, beta, c, &mut packed_ws)
+    });
     assert!(
         same_bits(&from_f32, &from_packed),
         "packing B beforehand changed the result"
@@ -114,27 +86,17 @@ fn run(u: &mut Unstructured) -> Result<()> {
             p.refused(|c| best.gemm_bf16_bias_with(&Sequential, a, b, &bias[1..], c, &mut ws));
         assert!(matches!(err, KernelError::LengthMismatch { .. }));
     }
-    let mut with_bias = p.c.data.clone();
-    best.gemm_bf16_bias_with(&Sequential, a, b, &bias, p.c_view(&mut with_bias), &mut ws)
-        .unwrap();
-    let mut split = p.c.data.clone();
-    best.gemm_bf16_bias_with(
-        &Reversed(threads),
-        a16,
-        b,
-        &bias,
-        p.c_view(&mut split),
-        &mut ws,
-    )
-    .unwrap();
+    let with_bias = p.computed(|c| best.gemm_bf16_bias_with(&Sequential, a, b, &bias, c, &mut ws));
+    let split =
+        p.computed(|c| best.gemm_bf16_bias_with(&Reversed(threads), a16, b, &bias, c, &mut ws));
     assert!(
         same_bits(&with_bias, &split),
         "the split changed the biased result"
     );
-    let mut from_packed = p.c.data.clone();
-    let c = p.c_view(&mut from_packed);
-    best.gemm_bf16_packed_bias_with(&Reversed(threads), a, packed, &bias, c, &mut packed_ws)
-        .unwrap();
+    let from_packed = p.computed(|c| {
+        let exec = &Reversed(threads);
+        best.gemm_bf16_packed_bias_with(exec, a, packed, &bias, c, &mut packed_ws)
+    });
     assert!(
         same_bits(&with_bias, &from_packed),
         "packing B beforehand changed the biased result"

@@ -164,6 +164,16 @@ impl Product {
         MatMut::strided(data, self.m, self.n, self.c.stride).unwrap()
     }
 
+    /// C after `product` on a copy of it, panicking if `product` fails.
+    pub fn computed(
+        &self,
+        product: impl FnOnce(MatMut<'_>) -> std::result::Result<(), KernelError>,
+    ) -> Vec<f32> {
+        let mut c = self.c.data.clone();
+        product(self.c_view(&mut c)).expect("refused");
+        c
+    }
+
     /// The error `product` returns on a copy of C, panicking unless it
     /// returns one and leaves C untouched.
     pub fn refused(
