@@ -553,7 +553,7 @@ impl<'a> HeadPart<'a> {
         (t, c, hs): (usize, usize, usize),
     ) -> Self {
         HeadPart {
-            data: qkv.values(which * c + h * hs..qkv.len()),
+            data: qkv.values(which * c + h * hs..),
             stride: 3 * c,
             t,
             hs,

@@ -5,7 +5,7 @@
 //! is split into fixed-size pieces, so results never depend on the thread
 //! count.
 
-use std::ops::Range;
+use std::ops::{Range, RangeBounds};
 
 use kernels::{Bf16, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
 
@@ -234,19 +234,12 @@ impl<'a> From<&'a mut [f32]> for Activation<'a> {
 }
 
 impl<'a> Activation<'a> {
-    /// Values `range` of the activation.
-    pub(super) fn values(self, range: Range<usize>) -> Activation<'a> {
+    /// Values `range` of the activation (`a..b` or `a..`).
+    pub(super) fn values(self, range: impl RangeBounds<usize>) -> Activation<'a> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         match self {
-            Activation::F32(x) => Activation::F32(&x[range]),
-            Activation::Bf16(x) => Activation::Bf16(&x[range]),
-        }
-    }
-
-    /// Values in the activation.
-    pub(super) fn len(&self) -> usize {
-        match self {
-            Activation::F32(x) => x.len(),
-            Activation::Bf16(x) => x.len(),
+            Activation::F32(x) => Activation::F32(&x[bounds]),
+            Activation::Bf16(x) => Activation::Bf16(&x[bounds]),
         }
     }
 
