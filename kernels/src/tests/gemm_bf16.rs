@@ -477,11 +477,18 @@ fn amx_is_granted_only_with_the_tile_data_permission() {
 /// Whole blocks, edges and short products on every unit: the tiles'
 /// blocks of 32, and the pair path's blocks of rows and columns (200 rows
 /// are two row blocks at 12 rows a panel, the second a single partial
-/// panel; packing runs a block at a time).
+/// panel; packing runs a block at a time). The tiles' blocks of columns
+/// are as many panels as a quarter of L2 holds (`Blocking::b_sweep_bytes`),
+/// the whole of these products; a blocking of kc 4 and one panel per sweep
+/// makes every block of columns one panel wide.
 #[test]
 fn every_unit_covers_whole_blocks_edges_and_short_products() {
     for (name, k) in bf16_kernels() {
-        bf16_tile_edges(name, k);
+        let b = k.gemm_blocking();
+        let narrow = (k.with_gemm_blocking(b.mr, 4, b.nr).unwrap()).with_gemm_b_sweep(1);
+        for k in [k, narrow] {
+            bf16_tile_edges(name, k);
+        }
     }
 }
 

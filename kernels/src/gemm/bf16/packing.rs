@@ -35,6 +35,8 @@ pub(super) struct PairLayout {
     pub(super) tiles: bool,
     a_panels: usize,
     b_panels: usize,
+    /// B panels per block of columns on tiles ([`PairLayout::sweeping`]).
+    tile_panels: usize,
 }
 
 impl PairLayout {
@@ -57,6 +59,18 @@ impl PairLayout {
             tiles,
             a_panels: m.div_ceil(mr),
             b_panels: n.div_ceil(NR),
+            tile_panels: BLOCK_PANELS,
+        }
+    }
+    /// The layout with the column blocks of tiles as wide as `bytes` of B
+    /// panels (at least one): each row tile of A stays in L1 while it
+    /// sweeps them, and they stay in L2 for the next row tile
+    /// ([`crate::Blocking::b_sweep_bytes`]).
+    pub(super) fn sweeping(self, bytes: usize) -> PairLayout {
+        let panel_bytes = self.b_panel_len().saturating_mul(4).max(1);
+        PairLayout {
+            tile_panels: (bytes / panel_bytes).max(1),
+            ..self
         }
     }
     pub(super) fn a_panel_len(&self) -> usize {
@@ -86,16 +100,18 @@ impl PairLayout {
             .saturating_add(self.b_len())
             .saturating_add(LINE_SLACK)
     }
-    /// B panels per block of columns: [`BLOCK_PANELS`], or one where A is
+    /// B panels per block of columns: on tiles, those of
+    /// [`PairLayout::sweeping`]; else [`BLOCK_PANELS`], or one where A is
     /// a single panel of pair dot products (a product of 4 or 12 rows): no
     /// packed A is then reused across a block's panels, and narrower
     /// pieces share the columns between threads evenly (measured on an
     /// Intel Xeon when decoding's single rows ran here, bf16 decoding at
     /// context 256 on 2 threads: 1442–1445 tokens/s against 861–865 with
-    /// blocks of 4 panels). Tiles keep their blocks: a piece loads the tile
-    /// configuration once.
+    /// blocks of 4 panels).
     fn block_panels(&self) -> usize {
-        if !self.tiles && self.a_panels <= 1 {
+        if self.tiles {
+            self.tile_panels
+        } else if self.a_panels <= 1 {
             1
         } else {
             BLOCK_PANELS
