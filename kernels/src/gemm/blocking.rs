@@ -285,9 +285,10 @@ impl Blocking {
     /// many bytes of its own B panels with each 32-row block of A, which
     /// stays in L1 meanwhile (24 KiB at k 384): a quarter of L2, 20 panels
     /// at k 384 on a 2 MiB L2. Measured on the Intel Xeon (model 207; one
-    /// thread, bf16 A read in place, B packed beforehand): the QKV and MLP
-    /// products 1.15–1.20× faster than blocks of 4 panels with each B
-    /// panel held over the A blocks, square 1024 and 2048 1.04–1.08×.
+    /// thread, bf16 A read in place, B packed beforehand; medians of four
+    /// alternated runs) against blocks of 4 panels, each B panel held in L1
+    /// over 6 blocks of A: the QKV product 1.10×, the attention projection
+    /// 1.15×, k 1536 and 2048 (where a block of A outgrows L1) 0.99–1.00×.
     pub(crate) fn b_sweep_bytes(&self) -> usize {
         (self.b_sweep)
             .saturating_mul(self.kc)

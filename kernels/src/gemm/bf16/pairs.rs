@@ -473,8 +473,9 @@ impl Pairs<'_> {
     /// A block on tiles: each `amx::MR × 32` block of sums runs down the
     /// whole of k, the tiles configured once for the whole block. Each row
     /// tile of A sweeps the block's column panels (its rows stay in L1, the
-    /// panels stream from L2 in memory order; the other order streamed A's
-    /// 32 rows from L2, a line from each, and ran 0.93× as fast). Where C
+    /// panels stream from L2 in memory order, where the other order streamed
+    /// A's 32 rows from L2, a line from each: `Blocking::b_sweep_bytes`).
+    /// Where C
     /// takes the sums as they are (an f32 C not streamed, alpha 1, beta 0
     /// or 1) and the block lies whole inside C, the tiles start from C (or
     /// zero) and store into it; else the sums go through a buffer and the
