@@ -30,7 +30,8 @@ use common::{backends, normal};
 use kernels::{Bf16, Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
     cross_entropy, encoder_forward, for_products, for_products_mut, gelu_backward, gelu_forward,
-    layer_norm_forward, lm_head_forward, matmul_backward, matmul_forward, Activation, Weight,
+    layer_norm_forward, lm_head_forward, matmul_backward, matmul_forward, Activation,
+    ActivationMut, Weight,
 };
 use runner::model::{
     attention_forward, Attention, Context, Gpt, ModelConfig, Precision, LAYER_NORM_EPS,
@@ -319,7 +320,7 @@ fn matmul_forward_matches_definition() {
                 let mut ctx = context(k, precision);
                 matmul_forward(
                     &mut ctx,
-                    &mut out,
+                    &mut out[..],
                     inp.as_slice(),
                     Weight::F32(&w),
                     bias_arg,
@@ -348,7 +349,7 @@ fn matmul_forward_matches_definition() {
                     let weight = Weight::Packed(w_packed);
                     matmul_forward(
                         &mut ctx,
-                        &mut out,
+                        &mut out[..],
                         inp.as_slice(),
                         weight,
                         Some(&bias),
@@ -375,6 +376,42 @@ fn matmul_forward_matches_definition() {
                 }
             }
         }
+    }
+}
+
+/// In bf16 precision a linear layer writes a bf16 output (the QKV rows
+/// causal attention reads) that holds its f32 output rounded once, bias
+/// included, bit for bit, on every bf16 unit (the shapes cover whole
+/// 32-row tile blocks and edges); an f32 context refuses a bf16 output of
+/// an f32 product.
+#[test]
+fn matmul_forward_into_bf16_holds_the_f32_output_rounded() {
+    for (bt, c, oc) in [(21, 20, 60), (64, 64, 96), (67, 37, 19)] {
+        let mut rng = Rng::new(90 + (bt * c * oc) as u64);
+        let inp = normal(&mut rng, bt * c, 1.0);
+        let w = normal(&mut rng, c * oc, 0.5);
+        let bias = normal(&mut rng, oc, 0.5);
+        for k in bf16_handles() {
+            let mut ctx = context(k, Precision::Bf16);
+            let mut wide = vec![f32::NAN; bt * oc];
+            let mut narrow = vec![Bf16::from_f32(f32::NAN); bt * oc];
+            for out in [
+                ActivationMut::F32(&mut wide),
+                ActivationMut::Bf16(&mut narrow),
+            ] {
+                let (x, w) = (inp.as_slice(), Weight::F32(&w));
+                matmul_forward(&mut ctx, out, x, w, Some(&bias), bt, c, oc).unwrap();
+            }
+            let rounded: Vec<u16> = wide.iter().map(|&v| Bf16::from_f32(v).to_bits()).collect();
+            let bits: Vec<u16> = narrow.iter().map(|v| v.to_bits()).collect();
+            let what = describe(&k, Precision::Bf16);
+            assert_eq!(bits, rounded, "{what} matmul {bt}×{c}·{c}×{oc} into bf16");
+        }
+        let mut ctx = context(Kernels::best(), Precision::F32);
+        let mut narrow = vec![Bf16::from_f32(0.0); bt * oc];
+        let out = ActivationMut::Bf16(&mut narrow);
+        let (x, w) = (inp.as_slice(), Weight::F32(&w));
+        assert!(matmul_forward(&mut ctx, out, x, w, Some(&bias), bt, c, oc).is_err());
     }
 }
 
@@ -753,7 +790,7 @@ fn causal_attention_matches_definition() {
                 t,
                 per_head: &mut per_head,
             };
-            attention_forward(&mut ctx, &mut out[..], &qkv, c, nh, causal).unwrap();
+            attention_forward(&mut ctx, &mut out[..], &qkv[..], c, nh, causal).unwrap();
             let what = format!(
                 "{} attention b{b} t{t} c{c} nh{nh}",
                 describe(&k, precision)
@@ -786,7 +823,7 @@ fn causal_attention_into_bf16_is_the_f32_output_rounded() {
                 } else {
                     (&mut buf[..]).into()
                 };
-                attention_forward(&mut ctx, out, &qkv, c, nh, causal).unwrap();
+                attention_forward(&mut ctx, out, &qkv[..], c, nh, causal).unwrap();
                 match (into_bf16, for_products(&ctx, &buf)) {
                     (true, Activation::Bf16(out)) => out.iter().map(|v| v.to_bits()).collect(),
                     _ => buf
@@ -838,7 +875,17 @@ fn a_bf16_activation_multiplies_as_its_f32_values() {
             let run = |inp: Activation, dout: Activation| {
                 let mut ctx = context(k, Precision::Bf16);
                 let mut out = vec![f32::NAN; bt * oc];
-                matmul_forward(&mut ctx, &mut out, inp, Weight::F32(&w), None, bt, c, oc).unwrap();
+                matmul_forward(
+                    &mut ctx,
+                    &mut out[..],
+                    inp,
+                    Weight::F32(&w),
+                    None,
+                    bt,
+                    c,
+                    oc,
+                )
+                .unwrap();
                 let (mut dx, mut dw) = (vec![f32::NAN; bt * c], vec![0.0; c * oc]);
                 matmul_backward(&mut ctx, &mut dx, &mut dw, None, dout, inp, &w, bt, c, oc)
                     .unwrap();

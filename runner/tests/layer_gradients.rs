@@ -207,7 +207,7 @@ fn matmul_backward_matches_finite_differences() {
                 let mut out = vec![f32::NAN; bt * oc];
                 matmul_forward(
                     &mut compute,
-                    &mut out,
+                    &mut out[..],
                     x[0].as_slice(),
                     Weight::F32(&x[1]),
                     Some(&x[2]),
@@ -282,7 +282,7 @@ fn attention_backward_matches_finite_differences() {
             attention_forward(
                 &mut compute,
                 &mut out[..],
-                &inputs[0],
+                &inputs[0][..],
                 c,
                 nh,
                 Attention::Causal {
@@ -300,7 +300,7 @@ fn attention_backward_matches_finite_differences() {
                 &mut dbias,
                 &mut per_head,
                 &g,
-                &inputs[0],
+                &inputs[0][..],
                 b,
                 t,
                 c,
@@ -332,7 +332,7 @@ fn attention_backward_matches_finite_differences() {
                     attention_forward(
                         &mut compute,
                         &mut out[..],
-                        &x[0],
+                        &x[0][..],
                         c,
                         nh,
                         Attention::Causal {
@@ -713,7 +713,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         attention_forward(
             &mut compute,
             &mut atty[..],
-            &qkv,
+            &qkv[..],
             c,
             nh,
             Attention::Causal {
@@ -733,7 +733,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
                     &mut dbias,
                     &mut per_head,
                     &g,
-                    &qkv,
+                    &qkv[..],
                     b,
                     t,
                     c,
@@ -793,7 +793,7 @@ fn bf16_attention_follows_f32() {
                 t,
                 per_head: &mut per_head,
             };
-            attention_forward(&mut ctx, &mut out[..], &qkv, c, nh, causal).unwrap();
+            attention_forward(&mut ctx, &mut out[..], &qkv[..], c, nh, causal).unwrap();
             let mut dqkv = vec![f32::NAN; b * t * 3 * c];
             attention_backward(
                 &mut ctx,
@@ -801,7 +801,7 @@ fn bf16_attention_follows_f32() {
                 &mut vec![0.0; 3 * c],
                 &mut per_head,
                 &g,
-                &qkv,
+                &qkv[..],
                 b,
                 t,
                 c,

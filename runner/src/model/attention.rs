@@ -60,22 +60,22 @@ pub struct CachedLayer<'a> {
 pub fn attention_forward<'a>(
     ctx: &mut Context,
     out: impl Into<ActivationMut<'a>>,
-    qkv: &[f32],
+    qkv: impl Into<Activation<'a>>,
     c: usize,
     nh: usize,
     source: Attention,
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.attention,
-        |ctx| match (source, out.into()) {
-            (Attention::Causal { b, t, per_head }, out) => {
+        |ctx| match (source, out.into(), qkv.into()) {
+            (Attention::Causal { b, t, per_head }, out, qkv) => {
                 causal_forward(ctx, out, per_head, qkv, (b, t, c, nh))
             }
-            (Attention::Cached(layer), ActivationMut::F32(out)) => {
+            (Attention::Cached(layer), ActivationMut::F32(out), Activation::F32(qkv)) => {
                 cached_forward(ctx, out, qkv, c, nh, layer)
             }
-            (Attention::Cached(_), ActivationMut::Bf16(_)) => {
-                Err(KernelError::InvalidArgument("cached attention writes an f32 output").into())
+            (Attention::Cached(_), _, _) => {
+                Err(KernelError::InvalidArgument("cached attention reads and writes f32").into())
             }
         },
     )
@@ -119,15 +119,13 @@ fn causal_forward(
     ctx: &mut Context,
     mut out: ActivationMut,
     per_head: &mut [f32],
-    qkv: &[f32],
+    qkv: Activation,
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
     for seqs in rounds(b, sequences_per_round(ctx, b)) {
         let per_head = &mut per_head[..seqs.len() * t * c];
-        let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-        with_rounded_qkv(ctx, qkv, t * 3 * c, |ctx, qkv| {
-            causal_heads(ctx, per_head, qkv, (t, c, nh))
-        })?;
+        let qkv = qkv.values(seqs.start * t * 3 * c..seqs.end * t * 3 * c);
+        causal_heads(ctx, per_head, qkv, (t, c, nh))?;
         let out = out.rows_mut(seqs.start * t..seqs.end * t, c);
         heads_into_rows(ctx, out, per_head, (t, c, nh))?;
     }
@@ -232,13 +230,13 @@ fn heads_into_rows(
 /// are `t × t` buffers of the thread that runs it, reused piece after
 /// piece, so they are written in cache rather than to memory.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward<'a>(
+pub fn attention_backward<'a, 'q>(
     ctx: &mut Context,
     dqkv: impl Into<ActivationMut<'a>>,
     dqkv_bias: &mut [f32],
     per_head: &mut [f32],
     dout: &[f32],
-    qkv: &[f32],
+    qkv: impl Into<Activation<'q>>,
     b: usize,
     t: usize,
     c: usize,
@@ -247,7 +245,7 @@ pub fn attention_backward<'a>(
     ctx.timed(
         |p| &mut p.attention,
         |ctx| {
-            let mut dqkv = dqkv.into();
+            let (mut dqkv, qkv) = (dqkv.into(), qkv.into());
             // Rounds of sequences as in the forward pass, where the bias
             // gradient comes out the same: its pieces of rows then never
             // straddle two rounds.
@@ -258,10 +256,8 @@ pub fn attention_backward<'a>(
             for seqs in rounds(b, per_round) {
                 let per_head = &mut per_head[..seqs.len() * t * 3 * c];
                 let dout = &dout[seqs.start * t * c..seqs.end * t * c];
-                let qkv = &qkv[seqs.start * t * 3 * c..seqs.end * t * 3 * c];
-                with_rounded_qkv(ctx, qkv, t * 3 * c, |ctx, qkv| {
-                    causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))
-                })?;
+                let qkv = qkv.values(seqs.start * t * 3 * c..seqs.end * t * 3 * c);
+                causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))?;
                 let per_head = &*per_head;
                 let dqkv = dqkv.rows_mut(seqs.start * t..seqs.end * t, 3 * c);
                 rows_with_bias_gradient(ctx, dqkv, dqkv_bias, |r, row| {
@@ -494,36 +490,6 @@ fn heads_into_row(
         let (j, head) = (slot / nh, slot % nh);
         dst.copy_from_slice(&heads[((head * parts + j) * t + r) * hs..][..hs]);
     }
-}
-
-/// Runs `f` with the rows of `qkv` (one round of sequences, `per_sequence`
-/// values each) as causal attention's products read them: in bf16
-/// precision rounded to bf16 once, into `ctx`'s buffer (the products
-/// round them anyway, so the bits are the same; each head's packing read
-/// its f32 values a head at a time, strided, and rounded them itself),
-/// else in place.
-fn with_rounded_qkv<R>(
-    ctx: &mut Context,
-    qkv: &[f32],
-    per_sequence: usize,
-    f: impl FnOnce(&mut Context, Activation) -> Result<R, Error>,
-) -> Result<R, Error> {
-    if ctx.precision == Precision::F32 {
-        return f(ctx, Activation::F32(qkv));
-    }
-    let mut buffer = std::mem::take(&mut ctx.rounded_qkv);
-    buffer.grow(qkv.len().div_ceil(2));
-    let rounded: &mut [Bf16] = &mut bytemuck::cast_slice_mut(&mut buffer[..])[..qkv.len()];
-    let k = ctx.kernels;
-    let result = ctx
-        .threads
-        .try_for_each_piece((&mut *rounded, per_sequence.max(1)), |i, rows| {
-            let first = i * per_sequence;
-            Ok(k.f32_to_bf16(&qkv[first..first + rows.len()], rows)?)
-        })
-        .and_then(|()| f(ctx, Activation::Bf16(rounded)));
-    ctx.rounded_qkv = buffer;
-    result
 }
 
 /// Which third of a `qkv` row: the query, key or value.

@@ -37,15 +37,27 @@ pub fn block_forward(
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, a.ln1_mean, a.ln1_rstd)?;
     let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
     let ln1 = for_products(ctx, a.ln1);
-    matmul_forward(ctx, a.qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
-    // So is causal attention's output (cached decoding writes f32).
+    // So are causal attention's input and output (its products round
+    // them anyway; cached decoding reads and writes f32).
     let causal = matches!(attention, Attention::Causal { .. });
-    let atty = if causal {
-        for_products_mut(ctx, &mut *a.atty)
+    let (qkv, atty) = if causal {
+        (
+            for_products_mut(ctx, &mut *a.qkv),
+            for_products_mut(ctx, &mut *a.atty),
+        )
     } else {
-        ActivationMut::F32(&mut *a.atty)
+        (
+            ActivationMut::F32(&mut *a.qkv),
+            ActivationMut::F32(&mut *a.atty),
+        )
     };
-    attention_forward(ctx, atty, a.qkv, c, nh, attention)?;
+    matmul_forward(ctx, qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
+    let qkv = if causal {
+        for_products(ctx, a.qkv)
+    } else {
+        Activation::F32(a.qkv)
+    };
+    attention_forward(ctx, atty, qkv, c, nh, attention)?;
     let atty = if causal {
         for_products(ctx, a.atty)
     } else {
@@ -53,7 +65,7 @@ pub fn block_forward(
     };
     matmul_forward(
         ctx,
-        a.attproj,
+        &mut *a.attproj,
         atty,
         weight_of(p.attprojw, packed.map(|w| &w.attprojw))?,
         Some(p.attprojb),
@@ -75,13 +87,13 @@ pub fn block_forward(
     )?;
     let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
     let ln2 = for_products(ctx, a.ln2);
-    matmul_forward(ctx, a.fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
+    matmul_forward(ctx, &mut *a.fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
     let fch_gelu = for_products_mut(ctx, &mut *a.fch_gelu);
     gelu_forward(ctx, a.fch, fch_gelu)?;
     let fch_gelu = for_products(ctx, a.fch_gelu);
     matmul_forward(
         ctx,
-        a.fcproj,
+        &mut *a.fcproj,
         fch_gelu,
         weight_of(p.fcprojw, packed.map(|w| &w.fcprojw))?,
         Some(p.fcprojb),
@@ -175,7 +187,8 @@ pub fn block_backward(
     )?;
     // The same for the QKV projection's output gradient.
     let dqkv = for_products_mut(ctx, &mut *s.dqkv);
-    attention_backward(ctx, dqkv, g.qkvb, s.per_head, s.datty, a.qkv, b, t, c, nh)?;
+    let qkv = for_products(ctx, a.qkv);
+    attention_backward(ctx, dqkv, g.qkvb, s.per_head, s.datty, qkv, b, t, c, nh)?;
     matmul_backward(
         ctx,
         s.dln,

@@ -6,10 +6,10 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use kernels::{
-    Bf16, Bf16Input, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16, Sequential,
+    Bf16, Bf16Input, Bf16Output, Executor, KernelError, Kernels, MatMut, MatRef, PackedBf16,
+    Sequential,
 };
 
-use super::arena::Arena;
 use crate::error::Error;
 use crate::threads::Threads;
 
@@ -58,18 +58,18 @@ pub struct Multiplier {
 impl Multiplier {
     /// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with
     /// its own workspace: for products inside a parallel piece.
-    pub fn gemm_in_piece<'a, 'b>(
+    pub fn gemm_in_piece<'a, 'b, 'c>(
         &self,
         alpha: f32,
         a: impl Into<LeftOperand<'a>>,
         b: impl Into<RightOperand<'b>>,
         beta: f32,
-        c: MatMut,
+        c: impl Into<Output<'c>>,
     ) -> Result<(), Error> {
         PIECE_WORKSPACE.with(|ws| {
             let ws = &mut ws.borrow_mut();
             let scaled = Epilogue::Scaled { alpha, beta };
-            gemm_in(ws, *self, &Sequential, a.into(), b.into(), scaled, c)
+            gemm_in(ws, *self, &Sequential, a.into(), b.into(), scaled, c.into())
         })
     }
 }
@@ -84,9 +84,6 @@ pub struct Context {
     workspace: Vec<f32>,
     /// Per-piece partial sums of the LayerNorm and bias gradients.
     pub(super) partials: Vec<f32>,
-    /// Causal attention's `qkv` rows of one round of sequences, rounded
-    /// to bf16 (in bf16 precision).
-    pub(super) rounded_qkv: Arena,
     pub profile: Profile,
 }
 
@@ -173,6 +170,35 @@ impl<'a> From<PackedBf16<'a>> for RightOperand<'a> {
     }
 }
 
+/// The C of a product: f32, or bf16 (an activation that only bf16
+/// products read; only a bf16 product writes it).
+pub enum Output<'a> {
+    F32(MatMut<'a>),
+    Bf16(MatMut<'a, Bf16>),
+}
+
+impl Output<'_> {
+    /// Rows and columns of C.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Output::F32(c) => (c.rows(), c.cols()),
+            Output::Bf16(c) => (c.rows(), c.cols()),
+        }
+    }
+}
+
+impl<'a> From<MatMut<'a>> for Output<'a> {
+    fn from(c: MatMut<'a>) -> Output<'a> {
+        Output::F32(c)
+    }
+}
+
+impl<'a> From<MatMut<'a, Bf16>> for Output<'a> {
+    fn from(c: MatMut<'a, Bf16>) -> Output<'a> {
+        Output::Bf16(c)
+    }
+}
+
 /// What a product does with C: `C = alpha · A·B + beta · C`, or a linear
 /// layer's `C = A·B + bias` (the bias added as C is stored, where the
 /// kernels can).
@@ -193,10 +219,10 @@ fn gemm_in<E: Executor>(
     a: LeftOperand,
     b: RightOperand,
     epilogue: Epilogue,
-    c: MatMut,
+    c: Output,
 ) -> Result<(), Error> {
     let k = mm.kernels;
-    let (m, n, depth) = (c.rows(), c.cols(), a.cols());
+    let ((m, n), depth) = (c.shape(), a.cols());
     let need = match (b, mm.precision) {
         (RightOperand::PackedBf16(_), _) => k.gemm_bf16_packed_workspace_len(m, n, depth),
         (RightOperand::Matrix(_), Precision::F32) => k.gemm_workspace_len(m, n, depth),
@@ -207,31 +233,47 @@ fn gemm_in<E: Executor>(
     if workspace.len() < need {
         workspace.resize(need, 0.0);
     }
-    match (a, b, mm.precision) {
-        (LeftOperand::F32(a), RightOperand::Matrix(b), Precision::F32) => match epilogue {
-            Epilogue::Scaled { alpha, beta } => {
-                k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
+    match (a, b, c, mm.precision) {
+        (LeftOperand::F32(a), RightOperand::Matrix(b), Output::F32(c), Precision::F32) => {
+            match epilogue {
+                Epilogue::Scaled { alpha, beta } => {
+                    k.gemm_with(exec, alpha, a, b, beta, c, workspace)?
+                }
+                Epilogue::Bias(bias) => k.gemm_bias_with(exec, a, b, bias, c, workspace)?,
             }
-            Epilogue::Bias(bias) => k.gemm_bias_with(exec, a, b, bias, c, workspace)?,
-        },
-        // Activations and gradients are stored in bf16 only in bf16
-        // precision, and a step runs in one precision.
-        (LeftOperand::Bf16(_), RightOperand::Matrix(_), Precision::F32)
-        | (_, RightOperand::Bf16(_), Precision::F32) => {
-            return Err(KernelError::InvalidArgument("bf16 operands in an f32 product").into());
         }
-        (LeftOperand::F32(a), b, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
-        (LeftOperand::Bf16(a), b, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
+        // Activations and gradients are stored in bf16 only in bf16
+        // precision, and a step runs in one precision. (Weights packed in
+        // bf16 make a bf16 product in either.)
+        (LeftOperand::Bf16(_), RightOperand::Matrix(_), _, Precision::F32)
+        | (_, RightOperand::Bf16(_), _, Precision::F32)
+        | (_, RightOperand::Matrix(_), Output::Bf16(_), Precision::F32) => {
+            return Err(
+                KernelError::InvalidArgument("bf16 operands or output in an f32 product").into(),
+            );
+        }
+        (LeftOperand::F32(a), b, Output::F32(c), _) => {
+            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
+        }
+        (LeftOperand::F32(a), b, Output::Bf16(c), _) => {
+            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
+        }
+        (LeftOperand::Bf16(a), b, Output::F32(c), _) => {
+            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
+        }
+        (LeftOperand::Bf16(a), b, Output::Bf16(c), _) => {
+            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
+        }
     }
     Ok(())
 }
 
 /// A product in bf16: B rounded (or, bf16 already, paired) while it is
 /// packed, or packed once.
-fn bf16_product<E: Executor, A: Bf16Input>(
+fn bf16_product<E: Executor, A: Bf16Input, C: Bf16Output>(
     k: Kernels,
     exec: &E,
-    (a, b, epilogue, c): (MatRef<A>, RightOperand, Epilogue, MatMut),
+    (a, b, epilogue, c): (MatRef<A>, RightOperand, Epilogue, MatMut<C>),
     ws: &mut [f32],
 ) -> Result<(), KernelError> {
     match (b, epilogue) {
@@ -265,7 +307,6 @@ impl Context {
             threads: Threads::single(),
             workspace: Vec::new(),
             partials: Vec::new(),
-            rounded_qkv: Arena::default(),
             profile: Profile::default(),
         }
     }
@@ -291,30 +332,38 @@ impl Context {
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C`, split over the threads.
-    pub fn gemm<'a, 'b>(
+    pub fn gemm<'a, 'b, 'c>(
         &mut self,
         alpha: f32,
         a: impl Into<LeftOperand<'a>>,
         b: impl Into<RightOperand<'b>>,
         beta: f32,
-        c: MatMut,
+        c: impl Into<Output<'c>>,
     ) -> Result<(), Error> {
         let (mm, a, b) = (self.multiplier(), a.into(), b.into());
         let scaled = Epilogue::Scaled { alpha, beta };
-        gemm_in(&mut self.workspace, mm, &self.threads, a, b, scaled, c)
+        gemm_in(
+            &mut self.workspace,
+            mm,
+            &self.threads,
+            a,
+            b,
+            scaled,
+            c.into(),
+        )
     }
 
     /// A linear layer's `C = op(A) · op(B) + bias` (`bias` in every row),
     /// split over the threads.
-    pub fn gemm_bias<'a, 'b>(
+    pub fn gemm_bias<'a, 'b, 'c>(
         &mut self,
         a: impl Into<LeftOperand<'a>>,
         b: impl Into<RightOperand<'b>>,
         bias: &[f32],
-        c: MatMut,
+        c: impl Into<Output<'c>>,
     ) -> Result<(), Error> {
         let (mm, a, b) = (self.multiplier(), a.into(), b.into());
         let bias = Epilogue::Bias(bias);
-        gemm_in(&mut self.workspace, mm, &self.threads, a, b, bias, c)
+        gemm_in(&mut self.workspace, mm, &self.threads, a, b, bias, c.into())
     }
 }

@@ -9,7 +9,7 @@ use std::ops::{Range, RangeBounds};
 
 use kernels::{Bf16, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
 
-use super::context::{Context, LeftOperand, Precision, Profile, RightOperand};
+use super::context::{Context, LeftOperand, Output, Precision, Profile, RightOperand};
 use crate::error::Error;
 
 /// LayerNorm epsilon, as GPT-2.
@@ -204,7 +204,15 @@ pub enum ActivationMut<'a> {
     Bf16(&'a mut [Bf16]),
 }
 
-impl ActivationMut<'_> {
+impl<'a> ActivationMut<'a> {
+    /// The activation as a `rows × cols` matrix, the C of a product.
+    fn into_c(self, rows: usize, cols: usize) -> Result<Output<'a>, Error> {
+        Ok(match self {
+            ActivationMut::F32(x) => MatMut::new(x, rows, cols)?.into(),
+            ActivationMut::Bf16(x) => MatMut::new(x, rows, cols)?.into(),
+        })
+    }
+
     /// Rows `rows` of the activation, `width` values each.
     pub fn rows_mut(&mut self, rows: Range<usize>, width: usize) -> ActivationMut<'_> {
         let span = rows.start * width..rows.end * width;
@@ -439,11 +447,12 @@ pub enum Weight<'a> {
     Packed(PackedBf16<'a>),
 }
 
-/// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]`.
+/// `out[bt, oc] = inp[bt, c] · w[c, oc] + bias[oc]` (`out` bf16 only in
+/// bf16 precision).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_forward<'a>(
+pub fn matmul_forward<'a, 'o>(
     ctx: &mut Context,
-    out: &mut [f32],
+    out: impl Into<ActivationMut<'o>>,
     inp: impl Into<Activation<'a>>,
     w: Weight,
     bias: Option<&[f32]>,
@@ -452,7 +461,7 @@ pub fn matmul_forward<'a>(
     oc: usize,
 ) -> Result<(), Error> {
     ctx.timed(matmul_time, |ctx| {
-        let (x, out) = (inp.into().as_a(bt, c)?, MatMut::new(out, bt, oc)?);
+        let (x, out) = (inp.into().as_a(bt, c)?, out.into().into_c(bt, oc)?);
         let w: RightOperand = match w {
             Weight::F32(w) => MatRef::new(w, c, oc)?.into(),
             Weight::Packed(w) => w.into(),
