@@ -498,8 +498,8 @@ const KEY: usize = 1;
 const VALUE: usize = 2;
 
 /// One head's `t × hs` rows, read in place: its queries, keys or values in
-/// a sequence's `qkv` (f32, or rounded to bf16: [`rounded_for_products`]),
-/// or the gradient of its output.
+/// a sequence's `qkv` (f32, or in bf16 precision bf16, as the QKV product
+/// writes it), or the gradient of its output.
 #[derive(Clone, Copy)]
 struct HeadPart<'a> {
     /// Position `p`'s `hs` values start at `data[p · stride]`.

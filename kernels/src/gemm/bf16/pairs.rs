@@ -475,11 +475,10 @@ impl Pairs<'_> {
     /// tile of A sweeps the block's column panels (its rows stay in L1, the
     /// panels stream from L2 in memory order, where the other order streamed
     /// A's 32 rows from L2, a line from each: `Blocking::b_sweep_bytes`).
-    /// Where C
-    /// takes the sums as they are (an f32 C not streamed, alpha 1, beta 0
-    /// or 1) and the block lies whole inside C, the tiles start from C (or
-    /// zero) and store into it; else the sums go through a buffer and the
-    /// pair unit's epilogue. Whole blocks take two buffers in turn: the
+    /// Where C takes the sums as they are (an f32 C not streamed, alpha 1,
+    /// beta 0 or 1) and the block lies whole inside C, the tiles start from
+    /// C (or zero) and store into it; else the sums go through a buffer and
+    /// the pair unit's epilogue. Whole blocks take two buffers in turn: the
     /// block before is stored into C a few rows after each step of the
     /// next, while its tiles multiply.
     #[inline(always)]
