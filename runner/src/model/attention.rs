@@ -528,11 +528,8 @@ impl<'a> HeadPart<'a> {
 
     /// Positions `rows`, `rows.len() × hs`.
     fn rows(&self, rows: Range<usize>) -> Result<LeftOperand<'a>, Error> {
-        let (first, n, hs, stride) = (rows.start * self.stride, rows.len(), self.hs, self.stride);
-        Ok(match self.data {
-            Activation::F32(x) => MatRef::strided(&x[first..], n, hs, stride)?.into(),
-            Activation::Bf16(x) => MatRef::strided(&x[first..], n, hs, stride)?.into(),
-        })
+        let first = rows.start * self.stride;
+        (self.data).strided_a(first, rows.len(), self.hs, self.stride)
     }
 
     /// The rows as the B of `mm`'s products: packed into `slots` when it

@@ -252,25 +252,28 @@ fn gemm_in<E: Executor>(
                 KernelError::InvalidArgument("bf16 operands or output in an f32 product").into(),
             );
         }
-        (LeftOperand::F32(a), b, Output::F32(c), _) => {
-            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
-        }
-        (LeftOperand::F32(a), b, Output::Bf16(c), _) => {
-            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
-        }
-        (LeftOperand::Bf16(a), b, Output::F32(c), _) => {
-            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
-        }
-        (LeftOperand::Bf16(a), b, Output::Bf16(c), _) => {
-            bf16_product(k, exec, (a, b, epilogue, c), workspace)?
-        }
+        (LeftOperand::F32(a), b, c, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
+        (LeftOperand::Bf16(a), b, c, _) => bf16_product(k, exec, (a, b, epilogue, c), workspace)?,
     }
     Ok(())
 }
 
+/// [`bf16_into`] on either type of C.
+fn bf16_product<E: Executor, A: Bf16Input>(
+    k: Kernels,
+    exec: &E,
+    (a, b, epilogue, c): (MatRef<A>, RightOperand, Epilogue, Output),
+    ws: &mut [f32],
+) -> Result<(), KernelError> {
+    match c {
+        Output::F32(c) => bf16_into(k, exec, (a, b, epilogue, c), ws),
+        Output::Bf16(c) => bf16_into(k, exec, (a, b, epilogue, c), ws),
+    }
+}
+
 /// A product in bf16: B rounded (or, bf16 already, paired) while it is
 /// packed, or packed once.
-fn bf16_product<E: Executor, A: Bf16Input, C: Bf16Output>(
+fn bf16_into<E: Executor, A: Bf16Input, C: Bf16Output>(
     k: Kernels,
     exec: &E,
     (a, b, epilogue, c): (MatRef<A>, RightOperand, Epilogue, MatMut<C>),

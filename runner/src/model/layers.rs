@@ -265,14 +265,14 @@ impl<'a> Activation<'a> {
     }
 
     /// The `rows × cols` matrix from element `first`, rows `row_stride`
-    /// apart, as the B of a product.
-    pub fn strided_b(
+    /// apart, as the A of a product.
+    pub fn strided_a(
         self,
         first: usize,
         rows: usize,
         cols: usize,
         row_stride: usize,
-    ) -> Result<RightOperand<'a>, Error> {
+    ) -> Result<LeftOperand<'a>, Error> {
         let past = || KernelError::InvalidArgument("a view starts past its activation");
         Ok(match self {
             Activation::F32(x) => {
@@ -281,6 +281,20 @@ impl<'a> Activation<'a> {
             Activation::Bf16(x) => {
                 MatRef::strided(x.get(first..).ok_or_else(past)?, rows, cols, row_stride)?.into()
             }
+        })
+    }
+
+    /// [`Activation::strided_a`] as the B of a product.
+    pub fn strided_b(
+        self,
+        first: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Result<RightOperand<'a>, Error> {
+        Ok(match self.strided_a(first, rows, cols, row_stride)? {
+            LeftOperand::F32(x) => x.into(),
+            LeftOperand::Bf16(x) => x.into(),
         })
     }
 }
