@@ -62,12 +62,9 @@ pub(crate) fn exp_each<S: Simd, const N: usize>(s: S, x: [S::V; N]) -> [S::V; N]
     }
     for j in 0..N {
         let e_r = s.mul_add(s.mul(p[j], r[j]), r[j], s.add(r[j], s.splat(1.0)));
-        // 2^n in two factors so that subnormal results (n < -126) stay exact
-        // up to their own rounding: n1 in the normal exponent range, n2 in
-        // -24..=1.
-        let n1 = s.min(s.splat(127.0), s.max(s.splat(-126.0), n[j]));
-        let n2 = s.sub(n[j], n1);
-        p[j] = s.mul(s.mul(e_r, s.exp2_int(n1)), s.exp2_int(n2));
+        // n is in -150..=128 (the clamp above); subnormal results stay
+        // exact up to their own rounding.
+        p[j] = s.mul_exp2(e_r, n[j]);
     }
     p
 }

@@ -64,6 +64,16 @@ pub(crate) trait Simd: Copy {
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for lanes of `n` holding integers in `-126..=127`.
     fn exp2_int(self, n: Self::V) -> Self::V;
+    /// `x · 2^n`, rounded once (so a subnormal result is exact up to its
+    /// own rounding), for lanes of `n` holding integers in `-151..=128`.
+    /// In two exact-or-once-rounded factors, `n1` in the normal exponent
+    /// range and `n2 = n − n1`; AVX-512 has it as one instruction.
+    #[inline(always)]
+    fn mul_exp2(self, x: Self::V, n: Self::V) -> Self::V {
+        let n1 = self.min(self.splat(127.0), self.max(self.splat(-126.0), n));
+        let n2 = self.sub(n, n1);
+        self.mul(self.mul(x, self.exp2_int(n1)), self.exp2_int(n2))
+    }
 
     /// Loads `LANES` bf16 values as f32 (exact).
     fn load_bf16(self, src: &[Bf16]) -> Self::V;

@@ -218,6 +218,13 @@ impl Simd for V4 {
         }
     }
     #[inline(always)]
+    fn mul_exp2(self, x: __m512, n: __m512) -> __m512 {
+        // `vscalefps`: x · 2^floor(n), rounded once, as the trait's two
+        // factors give (n holds integers).
+        // SAFETY: see the impl comment.
+        unsafe { _mm512_scalef_ps(x, n) }
+    }
+    #[inline(always)]
     fn less(self, a: __m512, b: __m512) -> __mmask16 {
         // SAFETY: see the impl comment.
         unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }
