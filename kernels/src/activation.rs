@@ -3,10 +3,10 @@
 
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
-use crate::gemm::OutputSlice;
+use crate::gemm::{InputSlice, OutputSlice};
 use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE};
 use crate::simd::{map1, map1_blocks, map2_blocks, update3_blocks, Lane, Simd};
-use crate::{Bf16Output, KernelError, Kernels};
+use crate::{Bf16Input, Bf16Output, KernelError, Kernels};
 
 impl Kernels {
     /// `out = gelu(x)` with GPT-2's tanh approximation
@@ -15,7 +15,8 @@ impl Kernels {
     /// The SIMD backends evaluate the identical form `x·σ(2u)`, which has no
     /// cancellation for large negative x. `out` is f32, or [`crate::Bf16`]
     /// ([`Bf16Output`]): each value rounded once from the f32 one, for an
-    /// output only bf16 products read.
+    /// output only bf16 products read. `x` is f32 or bf16 ([`Bf16Input`]:
+    /// a product's output kept in bf16), computed from in f32.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
@@ -26,19 +27,25 @@ impl Kernels {
     /// assert!(out[2].abs() < 1e-30);
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gelu_forward<O: Bf16Output>(&self, x: &[f32], out: &mut [O]) -> Result<(), KernelError> {
+    pub fn gelu_forward<I: Bf16Input, O: Bf16Output>(
+        &self,
+        x: &[I],
+        out: &mut [O],
+    ) -> Result<(), KernelError> {
         expect_len("out", out.len(), x.len())?;
-        match O::output_slice(out) {
-            OutputSlice::F32(out) => self.gelu_into(x, out),
-            OutputSlice::Bf16(out) => self.gelu_into(x, out),
+        match (I::input_slice(x), O::output_slice(out)) {
+            (InputSlice::F32(x), OutputSlice::F32(out)) => self.gelu_into(x, out),
+            (InputSlice::F32(x), OutputSlice::Bf16(out)) => self.gelu_into(x, out),
+            (InputSlice::Bf16(x), OutputSlice::F32(out)) => self.gelu_into(x, out),
+            (InputSlice::Bf16(x), OutputSlice::Bf16(out)) => self.gelu_into(x, out),
         }
         Ok(())
     }
 
-    /// [`Kernels::gelu_forward`] into either element type.
-    fn gelu_into<T: Lane>(&self, x: &[f32], out: &mut [T]) {
+    /// [`Kernels::gelu_forward`] for each pair of element types.
+    fn gelu_into<I: Lane, T: Lane>(&self, x: &[I], out: &mut [T]) {
         dispatch!(self,
-            scalar: out.iter_mut().zip(x).for_each(|(o, &x)| *o = T::from_f32(gelu_scalar(x))),
+            scalar: out.iter_mut().zip(x).for_each(|(o, x)| *o = T::from_f32(gelu_scalar(x.to_f32()))),
             simd: |s| map1_blocks(s, x, out, 0.0, #[inline(always)] |x: [_; EXP_BLOCK]| {
                 let (mut y, _) = math::gelu_gate_each(s, x);
                 for j in 0..EXP_BLOCK {
@@ -66,17 +73,28 @@ impl Kernels {
     /// }
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gelu_backward(
+    pub fn gelu_backward<X: Bf16Input, D: Bf16Input>(
         &self,
-        x: &[f32],
-        dout: &[f32],
+        x: &[X],
+        dout: &[D],
         dx: &mut [f32],
     ) -> Result<(), KernelError> {
         expect_len("dout", dout.len(), x.len())?;
         expect_len("dx", dx.len(), x.len())?;
+        match (X::input_slice(x), D::input_slice(dout)) {
+            (InputSlice::F32(x), InputSlice::F32(dout)) => self.gelu_add(x, dout, dx),
+            (InputSlice::F32(x), InputSlice::Bf16(dout)) => self.gelu_add(x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::F32(dout)) => self.gelu_add(x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::Bf16(dout)) => self.gelu_add(x, dout, dx),
+        }
+        Ok(())
+    }
+
+    /// [`Kernels::gelu_backward`] for each pair of element types.
+    fn gelu_add<X: Lane, D: Lane>(&self, x: &[X], dout: &[D], dx: &mut [f32]) {
         dispatch!(self,
             scalar: for i in 0..x.len() {
-                dx[i] += gelu_derivative_scalar(x[i]) * dout[i];
+                dx[i] += gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
             },
             simd: |s| update3_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout, mut dx| {
                 let grad = gelu_grad_each(s, x, dout);
@@ -86,7 +104,6 @@ impl Kernels {
                 dx
             }),
         );
-        Ok(())
     }
 
     /// Backward of [`Kernels::gelu_forward`] into a fresh buffer:
@@ -104,18 +121,29 @@ impl Kernels {
     /// assert_eq!(fresh, added);
     /// # Ok::<(), kernels::KernelError>(())
     /// ```
-    pub fn gelu_backward_into(
+    pub fn gelu_backward_into<X: Bf16Input, D: Bf16Input>(
         &self,
-        x: &[f32],
-        dout: &[f32],
+        x: &[X],
+        dout: &[D],
         dx: &mut [f32],
     ) -> Result<(), KernelError> {
         expect_len("dout", dout.len(), x.len())?;
         expect_len("dx", dx.len(), x.len())?;
+        match (X::input_slice(x), D::input_slice(dout)) {
+            (InputSlice::F32(x), InputSlice::F32(dout)) => self.gelu_overwrite(x, dout, dx),
+            (InputSlice::F32(x), InputSlice::Bf16(dout)) => self.gelu_overwrite(x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::F32(dout)) => self.gelu_overwrite(x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::Bf16(dout)) => self.gelu_overwrite(x, dout, dx),
+        }
+        Ok(())
+    }
+
+    /// [`Kernels::gelu_backward_into`] for each pair of element types.
+    fn gelu_overwrite<X: Lane, D: Lane>(&self, x: &[X], dout: &[D], dx: &mut [f32]) {
         // `0 + grad`, as `gelu_backward` into zeros sums: a -0 becomes +0.
         dispatch!(self,
             scalar: for i in 0..x.len() {
-                dx[i] = 0.0 + gelu_derivative_scalar(x[i]) * dout[i];
+                dx[i] = 0.0 + gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
             },
             simd: |s| map2_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout| {
                 let mut grad = gelu_grad_each(s, x, dout);
@@ -125,7 +153,6 @@ impl Kernels {
                 grad
             }),
         );
-        Ok(())
     }
 
     /// `out[i] = e^x[i]`. See the crate documentation for the accuracy.

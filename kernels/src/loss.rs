@@ -98,7 +98,7 @@ fn cross_entropy_row<S: Simd>(
             let split = numerator_split::<S>(row.len());
             let (row_blocks, row_rest) = row.split_at(split);
             let (d_blocks, d_rest) = d.split_at_mut(split);
-            map1_blocks::<S, f32, EXP_BLOCK>(
+            map1_blocks::<S, f32, f32, EXP_BLOCK>(
                 s,
                 row_blocks,
                 d_blocks,
@@ -106,7 +106,7 @@ fn cross_entropy_row<S: Simd>(
                 #[inline(always)]
                 |x| softmax_numerators(s, x, m, &mut sum),
             );
-            map1_blocks::<S, f32, 1>(
+            map1_blocks::<S, f32, f32, 1>(
                 s,
                 row_rest,
                 d_rest,

@@ -29,8 +29,8 @@ use common::{backends, normal};
 
 use kernels::{Bf16, Bf16Unit, Kernels, MatRef, PackedBf16};
 use runner::model::layers::{
-    cross_entropy, encoder_forward, for_products, for_products_mut, gelu_backward, gelu_forward,
-    layer_norm_forward, lm_head_forward, matmul_backward, matmul_forward, Activation,
+    cross_entropy, encoder_forward, gelu_backward, gelu_forward, layer_norm_forward,
+    lm_head_forward, matmul_backward, matmul_forward, stored, stored_mut, Activation,
     ActivationMut, Weight,
 };
 use runner::model::{
@@ -512,7 +512,7 @@ fn gelu_reference(x: f64) -> f64 {
 
 /// In bf16 precision GELU's output is kept in bf16 (only the projection's
 /// products read it, and they round it anyway): written and read through
-/// `for_products_mut` and `for_products`, it is the f32 output rounded
+/// `stored_mut` and `stored`, it is the f32 output rounded
 /// once.
 #[test]
 fn gelu_forward_matches_tanh_approximation() {
@@ -524,9 +524,9 @@ fn gelu_forward_matches_tanh_approximation() {
             let x = normal(&mut rng, n, 3.0);
             let mut buf = vec![f32::NAN; n];
             let mut ctx = context(k, precision);
-            let out = for_products_mut(&ctx, &mut buf);
-            gelu_forward(&mut ctx, &x, out).unwrap();
-            let (out, rounding): (Vec<f32>, f64) = match for_products(&ctx, &buf) {
+            let out = stored_mut(&ctx, &mut buf);
+            gelu_forward(&mut ctx, &x[..], out).unwrap();
+            let (out, rounding): (Vec<f32>, f64) = match stored(&ctx, &buf) {
                 Activation::F32(out) => (out.to_vec(), 0.0),
                 Activation::Bf16(out) => (out.iter().map(|v| v.to_f32()).collect(), 2f64.powi(-8)),
             };
@@ -559,9 +559,9 @@ fn gelu_backward_into_bf16_is_the_f32_gradient_rounded() {
         let run = |precision: Precision| {
             let mut ctx = context(k, precision);
             let (mut buf, mut dbias) = (vec![f32::NAN; rows * oc], vec![0.25; oc]);
-            let dx = for_products_mut(&ctx, &mut buf);
-            gelu_backward(&mut ctx, &x, &dout, dx, &mut dbias).unwrap();
-            let dx: Vec<u16> = match for_products(&ctx, &buf) {
+            let dx = stored_mut(&ctx, &mut buf);
+            gelu_backward(&mut ctx, &x[..], &dout[..], dx, &mut dbias).unwrap();
+            let dx: Vec<u16> = match stored(&ctx, &buf) {
                 Activation::F32(dx) => dx.iter().map(|&v| Bf16::from_f32(v).to_bits()).collect(),
                 Activation::Bf16(dx) => dx.iter().map(|v| v.to_bits()).collect(),
             };
@@ -571,6 +571,43 @@ fn gelu_backward_into_bf16_is_the_f32_gradient_rounded() {
         let ((dx32, dbias32), (dx16, dbias16)) = (run(Precision::F32), run(Precision::Bf16));
         assert_eq!(dx16, dx32, "{what}: input gradient");
         assert_eq!(dbias16, dbias32, "{what}: bias gradient");
+    }
+}
+
+/// In bf16 precision the MLP's product output and its gradient are kept in
+/// bf16 too, and GELU computes from them in f32: its forward and backward
+/// layers on bf16 inputs give the bits they give on the values widened to
+/// f32 (the bias gradient included).
+#[test]
+fn gelu_layers_read_bf16_inputs_as_their_widened_values() {
+    let (rows, oc) = (2 * 64 + 5, 37);
+    let n = rows * oc;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for k in bf16_handles() {
+        let mut rng = Rng::new(43);
+        let rounded = |v: Vec<f32>| v.iter().map(|&v| Bf16::from_f32(v)).collect::<Vec<_>>();
+        let (x16, d16) = (
+            rounded(normal(&mut rng, n, 3.0)),
+            rounded(normal(&mut rng, n, 1.0)),
+        );
+        let widened = |v: &[Bf16]| v.iter().map(|v| v.to_f32()).collect::<Vec<_>>();
+        let (x32, d32) = (widened(&x16), widened(&d16));
+        let mut ctx = context(k, Precision::Bf16);
+        let what = describe(&k, Precision::Bf16);
+
+        let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        gelu_forward(&mut ctx, Activation::Bf16(&x16), &mut got[..]).unwrap();
+        gelu_forward(&mut ctx, &x32[..], &mut want[..]).unwrap();
+        assert_eq!(bits(&got), bits(&want), "{what}: forward");
+
+        let mut backward = |x: Activation, dout: Activation| {
+            let (mut dx, mut dbias) = (vec![f32::NAN; n], vec![0.25; oc]);
+            gelu_backward(&mut ctx, x, dout, &mut dx[..], &mut dbias).unwrap();
+            (bits(&dx), bits(&dbias))
+        };
+        let want = backward(Activation::F32(&x32), Activation::F32(&d32));
+        let got = backward(Activation::Bf16(&x16), Activation::Bf16(&d16));
+        assert_eq!(got, want, "{what}: backward");
     }
 }
 
@@ -801,7 +838,7 @@ fn causal_attention_matches_definition() {
 }
 
 /// In bf16 precision causal attention's output is kept in bf16 (only the
-/// projection's products read it): written through `for_products_mut`, it
+/// projection's products read it): written through `stored_mut`, it
 /// is the f32 output rounded once.
 #[test]
 fn causal_attention_into_bf16_is_the_f32_output_rounded() {
@@ -819,12 +856,12 @@ fn causal_attention_into_bf16_is_the_f32_output_rounded() {
                     per_head: &mut per_head,
                 };
                 let out = if into_bf16 {
-                    for_products_mut(&ctx, &mut buf)
+                    stored_mut(&ctx, &mut buf)
                 } else {
                     (&mut buf[..]).into()
                 };
                 attention_forward(&mut ctx, out, &qkv[..], c, nh, causal).unwrap();
-                match (into_bf16, for_products(&ctx, &buf)) {
+                match (into_bf16, stored(&ctx, &buf)) {
                     (true, Activation::Bf16(out)) => out.iter().map(|v| v.to_bits()).collect(),
                     _ => buf
                         .iter()
@@ -887,8 +924,19 @@ fn a_bf16_activation_multiplies_as_its_f32_values() {
                 )
                 .unwrap();
                 let (mut dx, mut dw) = (vec![f32::NAN; bt * c], vec![0.0; c * oc]);
-                matmul_backward(&mut ctx, &mut dx, &mut dw, None, dout, inp, &w, bt, c, oc)
-                    .unwrap();
+                matmul_backward(
+                    &mut ctx,
+                    &mut dx[..],
+                    &mut dw,
+                    None,
+                    dout,
+                    inp,
+                    &w,
+                    bt,
+                    c,
+                    oc,
+                )
+                .unwrap();
                 (out, dx, dw)
             };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -187,7 +187,7 @@ fn matmul_backward_matches_finite_differences() {
         };
         matmul_backward(
             &mut compute,
-            &mut dinp,
+            &mut dinp[..],
             &mut dw,
             Some(&mut dbias),
             g.as_slice(),
@@ -419,7 +419,14 @@ fn gelu_backward_matches_finite_differences() {
         let g = normal(&mut rng, n, 1.0);
         let mut dx = vec![0.0; n];
         let mut dbias = vec![0.5; oc];
-        gelu_backward(&mut compute, &inputs[0], &g, &mut dx[..], &mut dbias).unwrap();
+        gelu_backward(
+            &mut compute,
+            &inputs[0][..],
+            &g[..],
+            &mut dx[..],
+            &mut dbias,
+        )
+        .unwrap();
         // The bias gradient is added: the column sums of dx, on top of 0.5.
         for (j, &db) in dbias.iter().enumerate() {
             let sum: f64 = (0..rows).map(|r| f64::from(dx[r * oc + j])).sum::<f64>() + 0.5;
@@ -435,7 +442,7 @@ fn gelu_backward_matches_finite_differences() {
         let mut stepped = |sign: f32| {
             let x: Vec<f32> = inputs[0].iter().map(|&x| x + sign * SMOOTH.h).collect();
             let mut out = vec![f32::NAN; n];
-            gelu_forward(&mut compute, &x, &mut out[..]).unwrap();
+            gelu_forward(&mut compute, &x[..], &mut out[..]).unwrap();
             (x, out)
         };
         let ((x_up, up), (x_down, down)) = (stepped(1.0), stepped(-1.0));
@@ -452,7 +459,7 @@ fn gelu_backward_matches_finite_differences() {
             SMOOTH,
             &mut |x| {
                 let mut out = vec![f32::NAN; n];
-                gelu_forward(&mut compute, &x[0], &mut out[..]).unwrap();
+                gelu_forward(&mut compute, &x[0][..], &mut out[..]).unwrap();
                 weighted_sum(&out, &g)
             },
         );
@@ -591,7 +598,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
             for _ in 0..passes {
                 matmul_backward(
                     &mut compute,
-                    &mut dinp,
+                    &mut dinp[..],
                     &mut dw,
                     Some(&mut dbias),
                     g.as_slice(),
@@ -683,7 +690,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
         let mut gelu = |dx_fill: f32, passes: usize| {
             let (mut dx, mut dbias) = (vec![dx_fill; bt * c], vec![0.0; c]);
             for _ in 0..passes {
-                gelu_backward(&mut compute, &x, &g, &mut dx[..], &mut dbias).unwrap();
+                gelu_backward(&mut compute, &x[..], &g[..], &mut dx[..], &mut dbias).unwrap();
             }
             (dx, dbias)
         };

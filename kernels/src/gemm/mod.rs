@@ -27,8 +27,8 @@ use crate::dispatch::{dispatch, Isa};
 use crate::error::{expect_len, strided_len};
 use crate::parallel::{run_pieces, SharedMut};
 use crate::{Caches, Executor, KernelError, Kernels, Sequential};
-pub(crate) use bf16::OutputSlice;
 pub use bf16::{Bf16Input, Bf16Output, PackedBf16};
+pub(crate) use bf16::{InputSlice, OutputSlice};
 pub use blocking::Blocking;
 use microkernel::{GemmKernel, ScalarKernel};
 

@@ -255,19 +255,26 @@ pub(crate) fn update2<S: Simd>(s: S, x: &[f32], y: &mut [f32], f: impl Fn(S::V, 
 
 /// Loads `N` whole vectors from `src` (at least `N · LANES` long).
 #[inline(always)]
-fn load_block<S: Simd, const N: usize>(s: S, src: &[f32]) -> [S::V; N] {
+fn load_block<S: Simd, T: Lane, const N: usize>(s: S, src: &[T]) -> [S::V; N] {
     let mut v = [s.splat(0.0); N];
     for (j, v) in v.iter_mut().enumerate() {
-        *v = s.load(&src[j * S::LANES..]);
+        *v = T::load(s, &src[j * S::LANES..]);
     }
     v
 }
 
-/// An element type the skeletons store: f32 as computed, or bf16 rounded
-/// as [`Bf16::from_f32`] does.
+/// An element type the skeletons load and store: f32, or bf16 (loaded
+/// exactly, stored rounded as [`Bf16::from_f32`] does).
 pub(crate) trait Lane: Copy {
     /// One value, for the scalar backend.
     fn from_f32(x: f32) -> Self;
+    /// One value as f32, for the scalar backend.
+    fn to_f32(self) -> f32;
+    /// Loads the first `LANES` values of `src` (at least that long).
+    fn load<S: Simd>(s: S, src: &[Self]) -> S::V;
+    /// Loads the values of `src` (`src.len()` at most `LANES`), the other
+    /// lanes `fill`.
+    fn load_piece<S: Simd>(s: S, src: &[Self], fill: f32) -> S::V;
     /// Stores the `LANES` lanes of `v` to `dst` (at least that long).
     fn store<S: Simd>(s: S, dst: &mut [Self], v: S::V);
     /// Stores the lanes of `v` that fall inside `dst` (`dst.len()` at most
@@ -279,6 +286,18 @@ impl Lane for f32 {
     #[inline(always)]
     fn from_f32(x: f32) -> f32 {
         x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[f32]) -> S::V {
+        s.load(src)
+    }
+    #[inline(always)]
+    fn load_piece<S: Simd>(s: S, src: &[f32], fill: f32) -> S::V {
+        s.load_piece(src, fill)
     }
     #[inline(always)]
     fn store<S: Simd>(s: S, dst: &mut [f32], v: S::V) {
@@ -294,6 +313,23 @@ impl Lane for Bf16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Bf16 {
         Bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        Bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn load<S: Simd>(s: S, src: &[Bf16]) -> S::V {
+        s.load_bf16(src)
+    }
+    #[inline(always)]
+    fn load_piece<S: Simd>(s: S, src: &[Bf16], fill: f32) -> S::V {
+        if src.len() >= S::LANES {
+            return s.load_bf16(src);
+        }
+        let mut lanes = [Bf16::from_f32(fill); MAX_LANES];
+        lanes[..src.len()].copy_from_slice(src);
+        s.load_bf16(&lanes)
     }
     #[inline(always)]
     fn store<S: Simd>(s: S, dst: &mut [Bf16], v: S::V) {
@@ -320,10 +356,10 @@ fn store_block<S: Simd, T: Lane, const N: usize>(s: S, dst: &mut [T], v: [S::V; 
 
 /// Loads fewer than `N · LANES` elements as `N` vectors, missing lanes `fill`.
 #[inline(always)]
-fn load_tail<S: Simd, const N: usize>(s: S, src: &[f32], fill: f32) -> [S::V; N] {
+fn load_tail<S: Simd, T: Lane, const N: usize>(s: S, src: &[T], fill: f32) -> [S::V; N] {
     let mut v = [s.splat(fill); N];
     for (v, piece) in v.iter_mut().zip(pieces(src.len(), S::LANES)) {
-        *v = s.load_piece(&src[piece], fill);
+        *v = T::load_piece(s, &src[piece], fill);
     }
     v
 }
@@ -336,11 +372,11 @@ fn store_tail<S: Simd, T: Lane, const N: usize>(s: S, dst: &mut [T], v: [S::V; N
     }
 }
 
-/// `out[i] = f(a[i])`, `N` vectors per call, stored as `T`.
+/// `out[i] = f(a[i])`, `N` vectors per call, read as `I`, stored as `T`.
 #[inline(always)]
-pub(crate) fn map1_blocks<S: Simd, T: Lane, const N: usize>(
+pub(crate) fn map1_blocks<S: Simd, I: Lane, T: Lane, const N: usize>(
     s: S,
-    a: &[f32],
+    a: &[I],
     out: &mut [T],
     fill: f32,
     mut f: impl FnMut([S::V; N]) -> [S::V; N],
@@ -359,10 +395,10 @@ pub(crate) fn map1_blocks<S: Simd, T: Lane, const N: usize>(
 
 /// `out[i] = f(a[i], b[i])`, `N` vectors per call.
 #[inline(always)]
-pub(crate) fn map2_blocks<S: Simd, const N: usize>(
+pub(crate) fn map2_blocks<S: Simd, A: Lane, B: Lane, const N: usize>(
     s: S,
-    a: &[f32],
-    b: &[f32],
+    a: &[A],
+    b: &[B],
     out: &mut [f32],
     fill: f32,
     mut f: impl FnMut([S::V; N], [S::V; N]) -> [S::V; N],
@@ -403,10 +439,10 @@ pub(crate) fn update1_blocks<S: Simd, const N: usize>(
 
 /// `y[i] = f(a[i], b[i], y[i])`, `N` vectors per call.
 #[inline(always)]
-pub(crate) fn update3_blocks<S: Simd, const N: usize>(
+pub(crate) fn update3_blocks<S: Simd, A: Lane, B: Lane, const N: usize>(
     s: S,
-    a: &[f32],
-    b: &[f32],
+    a: &[A],
+    b: &[B],
     y: &mut [f32],
     fill: f32,
     mut f: impl FnMut([S::V; N], [S::V; N], [S::V; N]) -> [S::V; N],

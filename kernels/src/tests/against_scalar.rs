@@ -760,6 +760,83 @@ fn gelu_into_bf16_is_the_f32_gelu_rounded() {
     }
 }
 
+/// GELU and its gradients from bf16 inputs (a product's output kept in
+/// bf16) are those of the values widened to f32, bit for bit, in every
+/// pairing of input types, on every backend and length (every tail of both
+/// vector widths), from unaligned starts, with special values.
+#[test]
+fn gelu_from_bf16_inputs_is_gelu_of_the_widened_values() {
+    use crate::Bf16;
+    let mut rng = Rng::new(37);
+    let special = [0.0, -0.0, f32::INFINITY, f32::NAN, 1e-40, -30.0, 30.0];
+    let mut all = std::vec![("scalar", scalar())];
+    all.extend(simd_kernels());
+    let bf16s = |v: &[f32]| -> Vec<Bf16> {
+        // One value of room in front: the slices start off their vectors' alignment.
+        let mut buf = std::vec![Bf16::default(); v.len() + 1];
+        for (b, &v) in buf[1..].iter_mut().zip(v) {
+            *b = Bf16::from_f32(v);
+        }
+        buf
+    };
+    for (name, k) in all {
+        for n in lengths() {
+            let mut x = rng.vec(n, -12.0, 12.0);
+            x.iter_mut().zip(&special).for_each(|(x, &s)| *x = s);
+            let dout = rng.vec(n, -2.0, 2.0);
+            let (xb, db) = (bf16s(&x), bf16s(&dout));
+            let (xb, db) = (&xb[1..], &db[1..]);
+            let xw: Vec<f32> = xb.iter().map(|v| v.to_f32()).collect();
+            let dw: Vec<f32> = db.iter().map(|v| v.to_f32()).collect();
+            let what = format!("{name}, n={n}");
+
+            let mut want = std::vec![0.0; n];
+            k.gelu_forward(&xw, &mut want).unwrap();
+            let mut got = std::vec![f32::NAN; n];
+            k.gelu_forward(xb, &mut got).unwrap();
+            assert_same(&format!("{what} forward"), &got, &want);
+            let mut got16 = std::vec![Bf16::from_f32(f32::NAN); n];
+            k.gelu_forward(xb, &mut got16).unwrap();
+            for (i, (g, &w)) in got16.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    Bf16::from_f32(w).to_bits(),
+                    "{what} element {i}"
+                );
+            }
+
+            let start = rng.vec(n, -1.0, 1.0);
+            let (mut want_add, mut want_into) = (start.clone(), std::vec![0.0; n]);
+            k.gelu_backward(&xw, &dw, &mut want_add).unwrap();
+            k.gelu_backward_into(&xw, &dw, &mut want_into).unwrap();
+            let check =
+                |pair: &str, add: &mut dyn FnMut(&mut [f32]), into: &mut dyn FnMut(&mut [f32])| {
+                    let mut got = start.clone();
+                    add(&mut got);
+                    assert_same(&format!("{what} backward {pair}"), &got, &want_add);
+                    let mut got = std::vec![f32::NAN; n];
+                    into(&mut got);
+                    assert_same(&format!("{what} backward_into {pair}"), &got, &want_into);
+                };
+            check(
+                "bf16 x",
+                &mut |dx| k.gelu_backward(xb, &dw, dx).unwrap(),
+                &mut |dx| k.gelu_backward_into(xb, &dw, dx).unwrap(),
+            );
+            check(
+                "bf16 dout",
+                &mut |dx| k.gelu_backward(&xw, db, dx).unwrap(),
+                &mut |dx| k.gelu_backward_into(&xw, db, dx).unwrap(),
+            );
+            check(
+                "both bf16",
+                &mut |dx| k.gelu_backward(xb, db, dx).unwrap(),
+                &mut |dx| k.gelu_backward_into(xb, db, dx).unwrap(),
+            );
+        }
+    }
+}
+
 /// Layer norm into a bf16 output holds the f32 output rounded once, with
 /// the same row statistics, on every backend and row width (every tail of
 /// both vector widths), NaN-prefilled; nothing past the rows is written.

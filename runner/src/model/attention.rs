@@ -51,12 +51,12 @@ pub struct CachedLayer<'a> {
 /// Attention of `qkv` (`[rows, 3c]`: each position's query, key and value,
 /// heads side by side within each) into `out` (`[rows, c]`). Causal
 /// attention writes `out` in f32 or, where only products read it
-/// ([`for_products_mut`]), bf16; its probabilities never leave the cache
+/// ([`stored_mut`]), bf16; its probabilities never leave the cache
 /// (the backward pass computes them again, [`head_probabilities`]).
 /// Cached attention first appends the new keys and values, and writes
 /// f32.
 ///
-/// [`for_products_mut`]: super::layers::for_products_mut
+/// [`stored_mut`]: super::layers::stored_mut
 pub fn attention_forward<'a>(
     ctx: &mut Context,
     out: impl Into<ActivationMut<'a>>,

@@ -6,8 +6,8 @@
 use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::Context;
 use super::layers::{
-    add, for_products, for_products_mut, gelu_backward, gelu_forward, layer_norm_backward,
-    layer_norm_forward, matmul_backward, matmul_forward, Activation, ActivationMut, LAYER_NORM_EPS,
+    add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
+    matmul_forward, stored, stored_mut, Activation, ActivationMut, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -30,21 +30,19 @@ pub fn block_forward(
     c: usize,
     nh: usize,
 ) -> Result<(), Error> {
-    // The LayerNorm and GELU outputs are read only by products: in bf16
-    // precision they are kept in bf16 (`for_products_mut`).
-    let ln1 = for_products_mut(ctx, &mut *a.ln1);
+    // The LayerNorm and GELU outputs are read only by products, the MLP's
+    // product output only by GELU: in bf16 precision they are kept in bf16
+    // (`stored_mut`).
+    let ln1 = stored_mut(ctx, &mut *a.ln1);
     let eps = LAYER_NORM_EPS;
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, a.ln1_mean, a.ln1_rstd)?;
     let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
-    let ln1 = for_products(ctx, a.ln1);
+    let ln1 = stored(ctx, a.ln1);
     // So are causal attention's input and output (its products round
     // them anyway; cached decoding reads and writes f32).
     let causal = matches!(attention, Attention::Causal { .. });
     let (qkv, atty) = if causal {
-        (
-            for_products_mut(ctx, &mut *a.qkv),
-            for_products_mut(ctx, &mut *a.atty),
-        )
+        (stored_mut(ctx, &mut *a.qkv), stored_mut(ctx, &mut *a.atty))
     } else {
         (
             ActivationMut::F32(&mut *a.qkv),
@@ -53,13 +51,13 @@ pub fn block_forward(
     };
     matmul_forward(ctx, qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
     let qkv = if causal {
-        for_products(ctx, a.qkv)
+        stored(ctx, a.qkv)
     } else {
         Activation::F32(a.qkv)
     };
     attention_forward(ctx, atty, qkv, c, nh, attention)?;
     let atty = if causal {
-        for_products(ctx, a.atty)
+        stored(ctx, a.atty)
     } else {
         Activation::F32(a.atty)
     };
@@ -74,7 +72,7 @@ pub fn block_forward(
         c,
     )?;
     add(ctx, input, a.attproj, a.residual2)?;
-    let ln2 = for_products_mut(ctx, &mut *a.ln2);
+    let ln2 = stored_mut(ctx, &mut *a.ln2);
     layer_norm_forward(
         ctx,
         a.residual2,
@@ -86,11 +84,12 @@ pub fn block_forward(
         a.ln2_rstd,
     )?;
     let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
-    let ln2 = for_products(ctx, a.ln2);
-    matmul_forward(ctx, &mut *a.fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
-    let fch_gelu = for_products_mut(ctx, &mut *a.fch_gelu);
-    gelu_forward(ctx, a.fch, fch_gelu)?;
-    let fch_gelu = for_products(ctx, a.fch_gelu);
+    let ln2 = stored(ctx, a.ln2);
+    let fch = stored_mut(ctx, &mut *a.fch);
+    matmul_forward(ctx, fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
+    let fch_gelu = stored_mut(ctx, &mut *a.fch_gelu);
+    gelu_forward(ctx, stored(ctx, a.fch), fch_gelu)?;
+    let fch_gelu = stored(ctx, a.fch_gelu);
     matmul_forward(
         ctx,
         &mut *a.fcproj,
@@ -132,10 +131,10 @@ pub fn block_backward(
 ) -> Result<(), Error> {
     let bt = b * t;
     // output = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-    let fch_gelu = for_products(ctx, a.fch_gelu);
+    let fch_gelu = stored(ctx, a.fch_gelu);
     matmul_backward(
         ctx,
-        s.dfch_gelu,
+        stored_mut(ctx, &mut *s.dfch_gelu),
         g.fcprojw,
         Some(g.fcprojb),
         &*s.dresidual,
@@ -147,15 +146,16 @@ pub fn block_backward(
     )?;
     // GELU's input gradient is read only by products (its bias gradient
     // is summed on the way), so it too is bf16 in bf16 precision.
-    let dfch = for_products_mut(ctx, &mut *s.dfch);
-    gelu_backward(ctx, a.fch, s.dfch_gelu, dfch, g.fcb)?;
+    let dfch = stored_mut(ctx, &mut *s.dfch);
+    let (fch, dfch_gelu) = (stored(ctx, a.fch), stored(ctx, s.dfch_gelu));
+    gelu_backward(ctx, fch, dfch_gelu, dfch, g.fcb)?;
     matmul_backward(
         ctx,
-        s.dln,
+        &mut *s.dln,
         g.fcw,
         None,
-        for_products(ctx, s.dfch),
-        for_products(ctx, a.ln2),
+        stored(ctx, s.dfch),
+        stored(ctx, a.ln2),
         p.fcw,
         bt,
         c,
@@ -175,27 +175,27 @@ pub fn block_backward(
     // residual2 = input + attproj(attention(qkv(ln1(input)))).
     matmul_backward(
         ctx,
-        s.datty,
+        &mut *s.datty,
         g.attprojw,
         Some(g.attprojb),
         &*s.dresidual,
-        for_products(ctx, a.atty),
+        stored(ctx, a.atty),
         p.attprojw,
         bt,
         c,
         c,
     )?;
     // The same for the QKV projection's output gradient.
-    let dqkv = for_products_mut(ctx, &mut *s.dqkv);
-    let qkv = for_products(ctx, a.qkv);
+    let dqkv = stored_mut(ctx, &mut *s.dqkv);
+    let qkv = stored(ctx, a.qkv);
     attention_backward(ctx, dqkv, g.qkvb, s.per_head, s.datty, qkv, b, t, c, nh)?;
     matmul_backward(
         ctx,
-        s.dln,
+        &mut *s.dln,
         g.qkvw,
         None,
-        for_products(ctx, s.dqkv),
-        for_products(ctx, a.ln1),
+        stored(ctx, s.dqkv),
+        stored(ctx, a.ln1),
         p.qkvw,
         bt,
         c,
@@ -237,10 +237,10 @@ pub fn block_recompute(
     r: &mut Recomputed,
 ) -> Result<(), Error> {
     let (mean, rstd) = (&mut *r.mean, &mut *r.rstd);
-    let (ln1, eps) = (for_products_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
+    let (ln1, eps) = (stored_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, mean, rstd)?;
-    let ln2 = for_products_mut(ctx, &mut *r.ln2);
+    let ln2 = stored_mut(ctx, &mut *r.ln2);
     layer_norm_forward(ctx, a.residual2, p.ln2w, p.ln2b, eps, ln2, mean, rstd)?;
-    let fch_gelu = for_products_mut(ctx, &mut *r.fch_gelu);
-    gelu_forward(ctx, a.fch, fch_gelu)
+    let fch_gelu = stored_mut(ctx, &mut *r.fch_gelu);
+    gelu_forward(ctx, stored(ctx, a.fch), fch_gelu)
 }

@@ -7,7 +7,7 @@
 
 use std::ops::{Range, RangeBounds};
 
-use kernels::{Bf16, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
+use kernels::{Bf16, Bf16Input, Bf16Output, KernelError, MatMut, MatRef, PackedBf16};
 
 use super::context::{Context, LeftOperand, Output, Precision, Profile, RightOperand};
 use crate::error::Error;
@@ -143,22 +143,28 @@ pub fn layer_norm_backward(
 }
 
 /// GELU forward, by pieces.
-pub fn gelu_forward<'a>(
+pub fn gelu_forward<'a, 'x>(
     ctx: &mut Context,
-    x: &[f32],
+    x: impl Into<Activation<'x>>,
     out: impl Into<ActivationMut<'a>>,
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.gelu,
-        |ctx| match out.into() {
-            ActivationMut::F32(out) => gelu_pieces(ctx, x, out),
-            ActivationMut::Bf16(out) => gelu_pieces(ctx, x, out),
+        |ctx| match (x.into(), out.into()) {
+            (Activation::F32(x), ActivationMut::F32(out)) => gelu_pieces(ctx, x, out),
+            (Activation::F32(x), ActivationMut::Bf16(out)) => gelu_pieces(ctx, x, out),
+            (Activation::Bf16(x), ActivationMut::F32(out)) => gelu_pieces(ctx, x, out),
+            (Activation::Bf16(x), ActivationMut::Bf16(out)) => gelu_pieces(ctx, x, out),
         },
     )
 }
 
-/// [`gelu_forward`] into either element type.
-fn gelu_pieces<O: Bf16Output>(ctx: &Context, x: &[f32], out: &mut [O]) -> Result<(), Error> {
+/// [`gelu_forward`] for each pair of element types.
+fn gelu_pieces<I: Bf16Input, O: Bf16Output>(
+    ctx: &Context,
+    x: &[I],
+    out: &mut [O],
+) -> Result<(), Error> {
     let k = ctx.kernels;
     ctx.threads
         .try_for_each_piece((out, ELEMENTS_PER_PIECE), |i, out| {
@@ -166,12 +172,15 @@ fn gelu_pieces<O: Bf16Output>(ctx: &Context, x: &[f32], out: &mut [O]) -> Result
         })
 }
 
-/// An activation that only matrix products read (the LayerNorm outputs
-/// inside a block, GELU's output) as its layer writes it: the f32 buffer,
-/// or in bf16 precision bf16 values in the first half of its bytes, one
-/// per float. The products round their A to bf16 anyway, so no bit of the
-/// result changes, and it is half the bytes to write and to read.
-pub fn for_products_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<'a> {
+/// An activation as the precision stores it, as its layer writes it: the
+/// f32 buffer, or in bf16 precision bf16 values in the first half of its
+/// bytes, one per float: half the bytes to write and to read. bf16
+/// precision keeps in bf16 what only products read (the LayerNorm outputs
+/// inside a block, attention's input and output, GELU's output and input
+/// gradient), which the products round to bf16 anyway, so no bit of their
+/// results changes; and, as PyTorch autocast does, the MLP's product
+/// output and its gradient, which GELU reads and computes from in f32.
+pub fn stored_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<'a> {
     match ctx.precision {
         Precision::F32 => ActivationMut::F32(buf),
         Precision::Bf16 => {
@@ -181,24 +190,24 @@ pub fn for_products_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<
     }
 }
 
-/// The activation [`for_products_mut`] had written into `buf`, as the
-/// products read it (`ctx` in the same precision).
-pub fn for_products<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
+/// The activation [`stored_mut`] had written into `buf`, as its readers
+/// take it (`ctx` in the same precision).
+pub fn stored<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
     match ctx.precision {
         Precision::F32 => Activation::F32(buf),
         Precision::Bf16 => Activation::Bf16(&bytemuck::cast_slice(buf)[..buf.len()]),
     }
 }
 
-/// An activation (or a gradient) a product reads: f32, or bf16 values
-/// (see [`for_products_mut`]).
+/// An activation (or a gradient) as a layer reads it: f32, or bf16 values
+/// (see [`stored_mut`]).
 #[derive(Clone, Copy)]
 pub enum Activation<'a> {
     F32(&'a [f32]),
     Bf16(&'a [Bf16]),
 }
 
-/// An activation as its layer writes it (see [`for_products_mut`]).
+/// An activation as its layer writes it (see [`stored_mut`]).
 pub enum ActivationMut<'a> {
     F32(&'a mut [f32]),
     Bf16(&'a mut [Bf16]),
@@ -303,23 +312,37 @@ impl<'a> Activation<'a> {
 /// (`x = inp · w + bias`): `dx = gelu'(x) · dout`, overwriting `dx`
 /// (accumulating would need a pass that zeroes it first: 2–3 % of a bf16
 /// `shakes` step), and `dbias += Σ_rows dx` ([`rows_with_bias_gradient`]).
-pub fn gelu_backward<'a>(
+pub fn gelu_backward<'a, 'x, 'd>(
     ctx: &mut Context,
-    x: &[f32],
-    dout: &[f32],
+    x: impl Into<Activation<'x>>,
+    dout: impl Into<Activation<'d>>,
     dx: impl Into<ActivationMut<'a>>,
     dbias: &mut [f32],
 ) -> Result<(), Error> {
     ctx.timed(
         |p| &mut p.gelu,
-        |ctx| {
-            let (k, oc) = (ctx.kernels, dbias.len());
-            rows_with_bias_gradient(ctx, dx.into(), dbias, |r, dx| {
-                let at = r * oc..(r + 1) * oc;
-                k.gelu_backward_into(&x[at.clone()], &dout[at], dx)
-            })
+        |ctx| match (x.into(), dout.into()) {
+            (Activation::F32(x), Activation::F32(d)) => gelu_rows(ctx, x, d, dx.into(), dbias),
+            (Activation::F32(x), Activation::Bf16(d)) => gelu_rows(ctx, x, d, dx.into(), dbias),
+            (Activation::Bf16(x), Activation::F32(d)) => gelu_rows(ctx, x, d, dx.into(), dbias),
+            (Activation::Bf16(x), Activation::Bf16(d)) => gelu_rows(ctx, x, d, dx.into(), dbias),
         },
     )
+}
+
+/// [`gelu_backward`] for each pair of element types.
+fn gelu_rows<X: Bf16Input, D: Bf16Input>(
+    ctx: &mut Context,
+    x: &[X],
+    dout: &[D],
+    dx: ActivationMut,
+    dbias: &mut [f32],
+) -> Result<(), Error> {
+    let (k, oc) = (ctx.kernels, dbias.len());
+    rows_with_bias_gradient(ctx, dx, dbias, |r, dx| {
+        let at = r * oc..(r + 1) * oc;
+        k.gelu_backward_into(&x[at.clone()], &dout[at], dx)
+    })
 }
 
 /// Writes the rows of a layer's output gradient `out` (rows of
@@ -327,7 +350,7 @@ pub fn gelu_backward<'a>(
 /// `values`, and adds them into the gradient of the bias that layer's input
 /// came with, `dbias += Σ_rows out`, while each row is in cache (summed in
 /// `bias_backward`'s order: the same bits). `out` is f32, or bf16 where
-/// only products read it ([`for_products_mut`]): each row is then rounded
+/// only products read it ([`stored_mut`]): each row is then rounded
 /// once from its f32 values, and the bias summed from those.
 pub fn rows_with_bias_gradient(
     ctx: &mut Context,
@@ -487,13 +510,14 @@ pub fn matmul_forward<'a, 'o>(
     })
 }
 
-/// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten),
+/// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten; f32,
+/// or bf16 where the precision stores it so, [`stored_mut`]),
 /// `dw += inpᵀ · dout`, and with `dbias` (`dout` in f32 then) `dbias +=
 /// Σ_rows dout`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_backward<'a, 'b>(
+pub fn matmul_backward<'a, 'b, 'i>(
     ctx: &mut Context,
-    dinp: &mut [f32],
+    dinp: impl Into<ActivationMut<'i>>,
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
     dout: impl Into<Activation<'b>>,
@@ -506,7 +530,7 @@ pub fn matmul_backward<'a, 'b>(
     ctx.timed(matmul_time, |ctx| {
         let dout = dout.into();
         let wt = MatRef::new(w, c, oc)?.t();
-        ctx.gemm(1.0, dout.as_a(bt, oc)?, wt, 0.0, MatMut::new(dinp, bt, c)?)?;
+        ctx.gemm(1.0, dout.as_a(bt, oc)?, wt, 0.0, dinp.into().into_c(bt, c)?)?;
         let x = inp.into().as_a(bt, c)?;
         ctx.gemm(1.0, x.t(), dout.as_b(bt, oc)?, 1.0, MatMut::new(dw, c, oc)?)?;
         match (dbias, dout) {

@@ -49,7 +49,7 @@ use pairs::V4Bf16;
 use pairs::{pair_chains, run_pairs, PanelsOfB, Product, PEAK_CHAINS};
 use portable::{few_rows, round_into, unpack, FewRows, RowsOfB, FEW_ROWS, PAIR_UNIT_FEW_ROWS};
 use sealed::OutputMat;
-pub(crate) use sealed::OutputSlice;
+pub(crate) use sealed::{InputSlice, OutputSlice};
 
 use super::microkernel::ScalarKernel;
 use super::{
@@ -61,11 +61,16 @@ use crate::dispatch::{dispatch, Isa};
 use crate::parallel::SharedMut;
 use crate::{Bf16, Bf16Unit, Executor, KernelError, Kernels, Sequential};
 
-/// An element type a bf16 product reads: [`Bf16`] as stored, or `f32`
-/// rounded to the nearest bf16 ([`Bf16::from_f32`]).
+/// An element type of an input that may be bf16: [`Bf16`] as stored, or
+/// `f32`. A bf16 product ([`Kernels::gemm_bf16`]) rounds f32 values to the
+/// nearest bf16 ([`Bf16::from_f32`]); GELU ([`Kernels::gelu_forward`],
+/// [`Kernels::gelu_backward`]) computes in f32 from either.
 pub trait Bf16Input: Copy + Sync + sealed::Sealed {
     /// The value as the product uses it.
     fn to_bf16(self) -> Bf16;
+    /// An input slice as the element-wise routines take it.
+    #[doc(hidden)]
+    fn input_slice(x: &[Self]) -> sealed::InputSlice<'_>;
     /// `dst[i] = src[i].to_bf16()` for equal lengths, f32 values rounded
     /// by `narrow` (which the caller vectorizes).
     #[doc(hidden)]
@@ -104,6 +109,10 @@ impl Bf16Input for f32 {
     fn to_bf16(self) -> Bf16 {
         Bf16::from_f32(self)
     }
+    #[inline]
+    fn input_slice(x: &[f32]) -> sealed::InputSlice<'_> {
+        sealed::InputSlice::F32(x)
+    }
     #[inline(always)]
     fn round_slice(src: &[f32], dst: &mut [Bf16], narrow: impl FnOnce(&[f32], &mut [Bf16])) {
         narrow(src, dst)
@@ -124,6 +133,10 @@ impl Bf16Input for Bf16 {
     #[inline]
     fn to_bf16(self) -> Bf16 {
         self
+    }
+    #[inline]
+    fn input_slice(x: &[Bf16]) -> sealed::InputSlice<'_> {
+        sealed::InputSlice::Bf16(x)
     }
     #[inline]
     fn as_pair_slots(data: &[Bf16]) -> Option<&[f32]> {
@@ -233,6 +246,13 @@ mod sealed {
     pub enum OutputMat<'a> {
         F32(MatMut<'a, f32>),
         Bf16(MatMut<'a, Bf16>),
+    }
+
+    /// An input slice of either element type, as
+    /// [`super::Bf16Input::input_slice`] hands it on.
+    pub enum InputSlice<'a> {
+        F32(&'a [f32]),
+        Bf16(&'a [Bf16]),
     }
 
     /// An output slice of either element type, as
