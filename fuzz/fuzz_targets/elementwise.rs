@@ -92,6 +92,12 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
                     "gelu into bf16"
                 );
             }
+            // From bf16 input: the GELU of the widened values, bit for bit.
+            let widened: Vec<f32> = narrow.iter().map(|x| x.to_f32()).collect();
+            let (mut from16, mut from32) = (vec![f32::NAN; got.len()], vec![f32::NAN; got.len()]);
+            assert_eq!(k.gelu_forward(&narrow, &mut from16).is_ok(), ok);
+            assert_eq!(k.gelu_forward(&widened, &mut from32).is_ok(), ok);
+            assert!(same_bits(&from16, &from32), "gelu from bf16");
         }
         7 => {
             assert_eq!(
@@ -144,6 +150,17 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             if a.len() == b.len() {
                 assert!(same_bits(&fresh, &added), "gelu_backward_into");
             }
+            // From bf16 inputs: the gradient of the widened values.
+            let narrow = |v: &[f32]| v.iter().map(|&x| Bf16::from_f32(x)).collect::<Vec<_>>();
+            let (a16, b16) = (narrow(a), narrow(b));
+            let widen = |v: &[Bf16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+            let (mut from16, mut from32) = (vec![f32::NAN; a.len()], vec![f32::NAN; a.len()]);
+            assert_eq!(
+                k.gelu_backward_into(&a16, &b16, &mut from16).is_ok(),
+                k.gelu_backward_into(&widen(&a16), &widen(&b16), &mut from32)
+                    .is_ok()
+            );
+            assert!(same_bits(&from16, &from32), "gelu_backward_into from bf16");
         }
         10 => {
             // Rounding to bf16 and back is exact arithmetic: bit for bit.
