@@ -21,11 +21,11 @@
 mod common;
 use common::{backends, normal};
 
-use kernels::{Backend, Kernels};
+use kernels::{Backend, Bf16, Kernels};
 use runner::model::layers::{
     cross_entropy, encoder_backward, encoder_forward, gelu_backward, gelu_forward,
     layer_norm_backward, layer_norm_forward, lm_head_backward, lm_head_forward, matmul_backward,
-    matmul_forward, Weight,
+    matmul_forward, Activation, Weight,
 };
 use runner::model::LAYER_NORM_EPS;
 use runner::model::{attention_backward, attention_forward, Attention, Context, Precision};
@@ -299,7 +299,7 @@ fn attention_backward_matches_finite_differences() {
                 &mut dqkv[..],
                 &mut dbias,
                 &mut per_head,
-                &g,
+                &g[..],
                 &inputs[0][..],
                 b,
                 t,
@@ -739,7 +739,7 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
                     &mut dqkv[..],
                     &mut dbias,
                     &mut per_head,
-                    &g,
+                    &g[..],
                     &qkv[..],
                     b,
                     t,
@@ -778,6 +778,38 @@ fn backward_passes_accumulate_parameter_gradients_and_overwrite_input_gradients(
     }
 }
 
+/// In bf16 precision attention's output gradient is kept in bf16 (only its
+/// products read it, and they round it to bf16 anyway): the input gradient
+/// from the bf16 values has the bits of the one from the f32 values, on
+/// every bf16 unit.
+#[test]
+fn attention_backward_from_a_bf16_output_gradient_has_the_f32_bits() {
+    let (b, t, c, nh) = (2, 70, 64, 2);
+    let mut rng = Rng::new(9);
+    let qkv = normal(&mut rng, b * t * 3 * c, 1.0);
+    let g = normal(&mut rng, b * t * c, 1.0);
+    let g16: Vec<Bf16> = g.iter().map(|&x| Bf16::from_f32(x)).collect();
+    for k in backends() {
+        let run = |dout: Activation| {
+            let mut ctx = Context::new(k);
+            ctx.precision = Precision::Bf16;
+            let mut per_head = vec![f32::NAN; b * t * 3 * c];
+            let (mut dqkv, mut dbias) = (vec![f32::NAN; b * t * 3 * c], vec![0.0; 3 * c]);
+            let (q, d) = (&qkv[..], &mut dqkv[..]);
+            attention_backward(&mut ctx, d, &mut dbias, &mut per_head, dout, q, b, t, c, nh)
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (bits(&dqkv), bits(&dbias))
+        };
+        let unit = k.bf16_unit();
+        assert_eq!(
+            run(Activation::Bf16(&g16)),
+            run(Activation::F32(&g)),
+            "{unit}"
+        );
+    }
+}
+
 /// Attention with bf16 products (each head's keys, values, queries and
 /// output gradient packed once, read by every block) against f32: the
 /// output and the input gradient agree to bf16's rounding, 3 % of the
@@ -807,7 +839,7 @@ fn bf16_attention_follows_f32() {
                 &mut dqkv[..],
                 &mut vec![0.0; 3 * c],
                 &mut per_head,
-                &g,
+                &g[..],
                 &qkv[..],
                 b,
                 t,

@@ -223,19 +223,19 @@ fn heads_into_rows(
 
 /// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
 /// (overwritten; f32, or bf16 where only products read it) from `dout[b,
-/// t, c]`, and adds its rows into `dqkv_bias` (the gradient of the QKV
+/// t, c]` (f32, or bf16: only the products read it), and adds its rows into `dqkv_bias` (the gradient of the QKV
 /// projection's bias) on the way ([`rows_with_bias_gradient`]);
 /// `per_head` (`b·t·3c` floats) is scratch. Pieces as in the forward; a
 /// piece's probabilities (computed again) and the gradient of its scores
 /// are `t × t` buffers of the thread that runs it, reused piece after
 /// piece, so they are written in cache rather than to memory.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward<'a, 'q>(
+pub fn attention_backward<'a, 'd, 'q>(
     ctx: &mut Context,
     dqkv: impl Into<ActivationMut<'a>>,
     dqkv_bias: &mut [f32],
     per_head: &mut [f32],
-    dout: &[f32],
+    dout: impl Into<Activation<'d>>,
     qkv: impl Into<Activation<'q>>,
     b: usize,
     t: usize,
@@ -245,7 +245,7 @@ pub fn attention_backward<'a, 'q>(
     ctx.timed(
         |p| &mut p.attention,
         |ctx| {
-            let (mut dqkv, qkv) = (dqkv.into(), qkv.into());
+            let (mut dqkv, dout, qkv) = (dqkv.into(), dout.into(), qkv.into());
             // Rounds of sequences as in the forward pass, where the bias
             // gradient comes out the same: its pieces of rows then never
             // straddle two rounds.
@@ -255,7 +255,7 @@ pub fn attention_backward<'a, 'q>(
             };
             for seqs in rounds(b, per_round) {
                 let per_head = &mut per_head[..seqs.len() * t * 3 * c];
-                let dout = &dout[seqs.start * t * c..seqs.end * t * c];
+                let dout = dout.values(seqs.start * t * c..seqs.end * t * c);
                 let qkv = qkv.values(seqs.start * t * 3 * c..seqs.end * t * 3 * c);
                 causal_heads_backward(ctx, per_head, dout, qkv, (t, c, nh))?;
                 let per_head = &*per_head;
@@ -278,7 +278,7 @@ pub fn attention_backward<'a, 'q>(
 fn causal_heads_backward(
     ctx: &mut Context,
     per_head: &mut [f32],
-    dout: &[f32],
+    dout: Activation,
     qkv: Activation,
     (t, c, nh): (usize, usize, usize),
 ) -> Result<(), Error> {
@@ -290,7 +290,7 @@ fn causal_heads_backward(
             let qkv_b = qkv.values(bi * t * 3 * c..(bi + 1) * t * 3 * c);
             let part = |which: usize| HeadPart::of_qkv(qkv_b, which, h, (t, c, hs));
             let dy = HeadPart {
-                data: Activation::F32(&dout[bi * t * c + h * hs..]),
+                data: dout.values(bi * t * c + h * hs..),
                 stride: c,
                 t,
                 hs,

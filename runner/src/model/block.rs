@@ -175,7 +175,7 @@ pub fn block_backward(
     // residual2 = input + attproj(attention(qkv(ln1(input)))).
     matmul_backward(
         ctx,
-        &mut *s.datty,
+        stored_mut(ctx, &mut *s.datty),
         g.attprojw,
         Some(g.attprojb),
         &*s.dresidual,
@@ -185,10 +185,11 @@ pub fn block_backward(
         c,
         c,
     )?;
-    // The same for the QKV projection's output gradient.
-    let dqkv = stored_mut(ctx, &mut *s.dqkv);
+    // Attention's output gradient is read only by its products, and so is
+    // the QKV projection's output gradient.
+    let (datty, dqkv) = (stored(ctx, s.datty), stored_mut(ctx, &mut *s.dqkv));
     let qkv = stored(ctx, a.qkv);
-    attention_backward(ctx, dqkv, g.qkvb, s.per_head, s.datty, qkv, b, t, c, nh)?;
+    attention_backward(ctx, dqkv, g.qkvb, s.per_head, datty, qkv, b, t, c, nh)?;
     matmul_backward(
         ctx,
         &mut *s.dln,
