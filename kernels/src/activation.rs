@@ -79,31 +79,27 @@ impl Kernels {
         dout: &[D],
         dx: &mut [f32],
     ) -> Result<(), KernelError> {
+        self.gelu_gradient(x, dout, dx, Add)
+    }
+
+    /// GELU's input gradient into `dx` as `write` writes it, checked, for
+    /// whichever element types `x` and `dout` have.
+    fn gelu_gradient<X: Bf16Input, D: Bf16Input>(
+        &self,
+        x: &[X],
+        dout: &[D],
+        dx: &mut [f32],
+        write: impl GradientWrite,
+    ) -> Result<(), KernelError> {
         expect_len("dout", dout.len(), x.len())?;
         expect_len("dx", dx.len(), x.len())?;
         match (X::input_slice(x), D::input_slice(dout)) {
-            (InputSlice::F32(x), InputSlice::F32(dout)) => self.gelu_add(x, dout, dx),
-            (InputSlice::F32(x), InputSlice::Bf16(dout)) => self.gelu_add(x, dout, dx),
-            (InputSlice::Bf16(x), InputSlice::F32(dout)) => self.gelu_add(x, dout, dx),
-            (InputSlice::Bf16(x), InputSlice::Bf16(dout)) => self.gelu_add(x, dout, dx),
+            (InputSlice::F32(x), InputSlice::F32(dout)) => write.gelu(self, x, dout, dx),
+            (InputSlice::F32(x), InputSlice::Bf16(dout)) => write.gelu(self, x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::F32(dout)) => write.gelu(self, x, dout, dx),
+            (InputSlice::Bf16(x), InputSlice::Bf16(dout)) => write.gelu(self, x, dout, dx),
         }
         Ok(())
-    }
-
-    /// [`Kernels::gelu_backward`] for each pair of element types.
-    fn gelu_add<X: Lane, D: Lane>(&self, x: &[X], dout: &[D], dx: &mut [f32]) {
-        dispatch!(self,
-            scalar: for i in 0..x.len() {
-                dx[i] += gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
-            },
-            simd: |s| update3_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout, mut dx| {
-                let grad = gelu_grad_each(s, x, dout);
-                for j in 0..EXP_BLOCK {
-                    dx[j] = s.add(dx[j], grad[j]);
-                }
-                dx
-            }),
-        );
     }
 
     /// Backward of [`Kernels::gelu_forward`] into a fresh buffer:
@@ -127,32 +123,7 @@ impl Kernels {
         dout: &[D],
         dx: &mut [f32],
     ) -> Result<(), KernelError> {
-        expect_len("dout", dout.len(), x.len())?;
-        expect_len("dx", dx.len(), x.len())?;
-        match (X::input_slice(x), D::input_slice(dout)) {
-            (InputSlice::F32(x), InputSlice::F32(dout)) => self.gelu_overwrite(x, dout, dx),
-            (InputSlice::F32(x), InputSlice::Bf16(dout)) => self.gelu_overwrite(x, dout, dx),
-            (InputSlice::Bf16(x), InputSlice::F32(dout)) => self.gelu_overwrite(x, dout, dx),
-            (InputSlice::Bf16(x), InputSlice::Bf16(dout)) => self.gelu_overwrite(x, dout, dx),
-        }
-        Ok(())
-    }
-
-    /// [`Kernels::gelu_backward_into`] for each pair of element types.
-    fn gelu_overwrite<X: Lane, D: Lane>(&self, x: &[X], dout: &[D], dx: &mut [f32]) {
-        // `0 + grad`, as `gelu_backward` into zeros sums: a -0 becomes +0.
-        dispatch!(self,
-            scalar: for i in 0..x.len() {
-                dx[i] = 0.0 + gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
-            },
-            simd: |s| map2_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout| {
-                let mut grad = gelu_grad_each(s, x, dout);
-                for g in &mut grad {
-                    *g = s.add(s.splat(0.0), *g);
-                }
-                grad
-            }),
-        );
+        self.gelu_gradient(x, dout, dx, Overwrite)
     }
 
     /// `out[i] = e^x[i]`. See the crate documentation for the accuracy.
@@ -173,6 +144,56 @@ impl Kernels {
             simd: |s| map1(s, x, out, #[inline(always)] |v| math::tanh(s, v)),
         );
         Ok(())
+    }
+}
+
+/// How GELU's input gradient is written into `dx`, for any pair of input
+/// element types: a generic function [`Kernels::gelu_gradient`] can pass
+/// on.
+trait GradientWrite: Copy {
+    fn gelu<X: Lane, D: Lane>(self, k: &Kernels, x: &[X], dout: &[D], dx: &mut [f32]);
+}
+
+/// `dx += gelu'(x) · dout` ([`Kernels::gelu_backward`]).
+#[derive(Clone, Copy)]
+struct Add;
+
+impl GradientWrite for Add {
+    fn gelu<X: Lane, D: Lane>(self, k: &Kernels, x: &[X], dout: &[D], dx: &mut [f32]) {
+        dispatch!(k,
+            scalar: for i in 0..x.len() {
+                dx[i] += gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
+            },
+            simd: |s| update3_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout, mut dx| {
+                let grad = gelu_grad_each(s, x, dout);
+                for j in 0..EXP_BLOCK {
+                    dx[j] = s.add(dx[j], grad[j]);
+                }
+                dx
+            }),
+        );
+    }
+}
+
+/// `dx = gelu'(x) · dout` ([`Kernels::gelu_backward_into`]).
+#[derive(Clone, Copy)]
+struct Overwrite;
+
+impl GradientWrite for Overwrite {
+    fn gelu<X: Lane, D: Lane>(self, k: &Kernels, x: &[X], dout: &[D], dx: &mut [f32]) {
+        // `0 + grad`, as `gelu_backward` into zeros sums: a -0 becomes +0.
+        dispatch!(k,
+            scalar: for i in 0..x.len() {
+                dx[i] = 0.0 + gelu_derivative_scalar(x[i].to_f32()) * dout[i].to_f32();
+            },
+            simd: |s| map2_blocks(s, x, dout, dx, 0.0, #[inline(always)] |x: [_; EXP_BLOCK], dout| {
+                let mut grad = gelu_grad_each(s, x, dout);
+                for g in &mut grad {
+                    *g = s.add(s.splat(0.0), *g);
+                }
+                grad
+            }),
+        );
     }
 }
 
