@@ -223,8 +223,9 @@ fn heads_into_rows(
 
 /// Backward of causal [`attention_forward`]: writes `dqkv[b, t, 3c]`
 /// (overwritten; f32, or bf16 where only products read it) from `dout[b,
-/// t, c]` (f32, or bf16: only the products read it), and adds its rows into `dqkv_bias` (the gradient of the QKV
-/// projection's bias) on the way ([`rows_with_bias_gradient`]);
+/// t, c]` (f32, or bf16: only the products read it), and adds its rows
+/// into `dqkv_bias` (the gradient of the QKV projection's bias) on the way
+/// ([`rows_with_bias_gradient`]);
 /// `per_head` (`b·t·3c` floats) is scratch. Pieces as in the forward; a
 /// piece's probabilities (computed again) and the gradient of its scores
 /// are `t × t` buffers of the thread that runs it, reused piece after
