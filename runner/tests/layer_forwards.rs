@@ -524,9 +524,9 @@ fn gelu_forward_matches_tanh_approximation() {
             let x = normal(&mut rng, n, 3.0);
             let mut buf = vec![f32::NAN; n];
             let mut ctx = context(k, precision);
-            let out = stored_mut(&ctx, &mut buf);
+            let out = stored_mut(ctx.precision, &mut buf);
             gelu_forward(&mut ctx, &x[..], out).unwrap();
-            let (out, rounding): (Vec<f32>, f64) = match stored(&ctx, &buf) {
+            let (out, rounding): (Vec<f32>, f64) = match stored(ctx.precision, &buf) {
                 Activation::F32(out) => (out.to_vec(), 0.0),
                 Activation::Bf16(out) => (out.iter().map(|v| v.to_f32()).collect(), 2f64.powi(-8)),
             };
@@ -559,9 +559,9 @@ fn gelu_backward_into_bf16_is_the_f32_gradient_rounded() {
         let run = |precision: Precision| {
             let mut ctx = context(k, precision);
             let (mut buf, mut dbias) = (vec![f32::NAN; rows * oc], vec![0.25; oc]);
-            let dx = stored_mut(&ctx, &mut buf);
+            let dx = stored_mut(ctx.precision, &mut buf);
             gelu_backward(&mut ctx, &x[..], &dout[..], dx, &mut dbias).unwrap();
-            let dx: Vec<u16> = match stored(&ctx, &buf) {
+            let dx: Vec<u16> = match stored(ctx.precision, &buf) {
                 Activation::F32(dx) => dx.iter().map(|&v| Bf16::from_f32(v).to_bits()).collect(),
                 Activation::Bf16(dx) => dx.iter().map(|v| v.to_bits()).collect(),
             };
@@ -856,12 +856,12 @@ fn causal_attention_into_bf16_is_the_f32_output_rounded() {
                     per_head: &mut per_head,
                 };
                 let out = if into_bf16 {
-                    stored_mut(&ctx, &mut buf)
+                    stored_mut(ctx.precision, &mut buf)
                 } else {
                     (&mut buf[..]).into()
                 };
                 attention_forward(&mut ctx, out, &qkv[..], c, nh, causal).unwrap();
-                match (into_bf16, stored(&ctx, &buf)) {
+                match (into_bf16, stored(ctx.precision, &buf)) {
                     (true, Activation::Bf16(out)) => out.iter().map(|v| v.to_bits()).collect(),
                     _ => buf
                         .iter()

@@ -4,10 +4,10 @@
 //! only in where attention's keys and values come from ([`Attention`]).
 
 use super::attention::{attention_backward, attention_forward, Attention};
-use super::context::Context;
+use super::context::{Context, Precision};
 use super::layers::{
     add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward, stored, stored_mut, Activation, ActivationMut, LAYER_NORM_EPS,
+    matmul_forward, stored, stored_mut, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -33,34 +33,26 @@ pub fn block_forward(
     // The LayerNorm and GELU outputs are read only by products, the MLP's
     // product output only by GELU: in bf16 precision they are kept in bf16
     // (`stored_mut`).
-    let ln1 = stored_mut(ctx, &mut *a.ln1);
+    let kept = ctx.precision;
+    let ln1 = stored_mut(kept, &mut *a.ln1);
     let eps = LAYER_NORM_EPS;
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, a.ln1_mean, a.ln1_rstd)?;
     let qkvw = weight_of(p.qkvw, packed.map(|w| &w.qkvw))?;
-    let ln1 = stored(ctx, a.ln1);
+    let ln1 = stored(kept, a.ln1);
     // So are causal attention's input and output (its products round
     // them anyway; cached decoding reads and writes f32).
-    let causal = matches!(attention, Attention::Causal { .. });
-    let (qkv, atty) = if causal {
-        (stored_mut(ctx, &mut *a.qkv), stored_mut(ctx, &mut *a.atty))
-    } else {
-        (
-            ActivationMut::F32(&mut *a.qkv),
-            ActivationMut::F32(&mut *a.atty),
-        )
+    let attention_io = match attention {
+        Attention::Causal { .. } => kept,
+        Attention::Cached(_) => Precision::F32,
     };
+    let qkv = stored_mut(attention_io, &mut *a.qkv);
     matmul_forward(ctx, qkv, ln1, qkvw, Some(p.qkvb), rows, c, 3 * c)?;
-    let qkv = if causal {
-        stored(ctx, a.qkv)
-    } else {
-        Activation::F32(a.qkv)
-    };
+    let (qkv, atty) = (
+        stored(attention_io, a.qkv),
+        stored_mut(attention_io, &mut *a.atty),
+    );
     attention_forward(ctx, atty, qkv, c, nh, attention)?;
-    let atty = if causal {
-        stored(ctx, a.atty)
-    } else {
-        Activation::F32(a.atty)
-    };
+    let atty = stored(attention_io, a.atty);
     matmul_forward(
         ctx,
         &mut *a.attproj,
@@ -72,7 +64,7 @@ pub fn block_forward(
         c,
     )?;
     add(ctx, input, a.attproj, a.residual2)?;
-    let ln2 = stored_mut(ctx, &mut *a.ln2);
+    let ln2 = stored_mut(kept, &mut *a.ln2);
     layer_norm_forward(
         ctx,
         a.residual2,
@@ -84,12 +76,12 @@ pub fn block_forward(
         a.ln2_rstd,
     )?;
     let fcw = weight_of(p.fcw, packed.map(|w| &w.fcw))?;
-    let ln2 = stored(ctx, a.ln2);
-    let fch = stored_mut(ctx, &mut *a.fch);
+    let ln2 = stored(kept, a.ln2);
+    let fch = stored_mut(kept, &mut *a.fch);
     matmul_forward(ctx, fch, ln2, fcw, Some(p.fcb), rows, c, 4 * c)?;
-    let fch_gelu = stored_mut(ctx, &mut *a.fch_gelu);
-    gelu_forward(ctx, stored(ctx, a.fch), fch_gelu)?;
-    let fch_gelu = stored(ctx, a.fch_gelu);
+    let fch_gelu = stored_mut(kept, &mut *a.fch_gelu);
+    gelu_forward(ctx, stored(kept, a.fch), fch_gelu)?;
+    let fch_gelu = stored(kept, a.fch_gelu);
     matmul_forward(
         ctx,
         &mut *a.fcproj,
@@ -129,12 +121,12 @@ pub fn block_backward(
     s: BlockScratch,
     (b, t, c, nh): (usize, usize, usize, usize),
 ) -> Result<(), Error> {
-    let bt = b * t;
+    let (bt, kept) = (b * t, ctx.precision);
     // output = residual2 + fcproj(gelu(fc(ln2(residual2)))).
-    let fch_gelu = stored(ctx, a.fch_gelu);
+    let fch_gelu = stored(kept, a.fch_gelu);
     matmul_backward(
         ctx,
-        stored_mut(ctx, &mut *s.dfch_gelu),
+        stored_mut(kept, &mut *s.dfch_gelu),
         g.fcprojw,
         Some(g.fcprojb),
         &*s.dresidual,
@@ -146,16 +138,16 @@ pub fn block_backward(
     )?;
     // GELU's input gradient is read only by products (its bias gradient
     // is summed on the way), so it too is bf16 in bf16 precision.
-    let dfch = stored_mut(ctx, &mut *s.dfch);
-    let (fch, dfch_gelu) = (stored(ctx, a.fch), stored(ctx, s.dfch_gelu));
+    let dfch = stored_mut(kept, &mut *s.dfch);
+    let (fch, dfch_gelu) = (stored(kept, a.fch), stored(kept, s.dfch_gelu));
     gelu_backward(ctx, fch, dfch_gelu, dfch, g.fcb)?;
     matmul_backward(
         ctx,
         &mut *s.dln,
         g.fcw,
         None,
-        stored(ctx, s.dfch),
-        stored(ctx, a.ln2),
+        stored(kept, s.dfch),
+        stored(kept, a.ln2),
         p.fcw,
         bt,
         c,
@@ -175,11 +167,11 @@ pub fn block_backward(
     // residual2 = input + attproj(attention(qkv(ln1(input)))).
     matmul_backward(
         ctx,
-        stored_mut(ctx, &mut *s.datty),
+        stored_mut(kept, &mut *s.datty),
         g.attprojw,
         Some(g.attprojb),
         &*s.dresidual,
-        stored(ctx, a.atty),
+        stored(kept, a.atty),
         p.attprojw,
         bt,
         c,
@@ -187,16 +179,16 @@ pub fn block_backward(
     )?;
     // Attention's output gradient is read only by its products, and so is
     // the QKV projection's output gradient.
-    let (datty, dqkv) = (stored(ctx, s.datty), stored_mut(ctx, &mut *s.dqkv));
-    let qkv = stored(ctx, a.qkv);
+    let (datty, dqkv) = (stored(kept, s.datty), stored_mut(kept, &mut *s.dqkv));
+    let qkv = stored(kept, a.qkv);
     attention_backward(ctx, dqkv, g.qkvb, s.per_head, datty, qkv, b, t, c, nh)?;
     matmul_backward(
         ctx,
         &mut *s.dln,
         g.qkvw,
         None,
-        stored(ctx, s.dqkv),
-        stored(ctx, a.ln1),
+        stored(kept, s.dqkv),
+        stored(kept, a.ln1),
         p.qkvw,
         bt,
         c,
@@ -237,11 +229,11 @@ pub fn block_recompute(
     a: &BlockActivations<&[f32]>,
     r: &mut Recomputed,
 ) -> Result<(), Error> {
-    let (mean, rstd) = (&mut *r.mean, &mut *r.rstd);
-    let (ln1, eps) = (stored_mut(ctx, &mut *r.ln1), LAYER_NORM_EPS);
+    let (mean, rstd, kept) = (&mut *r.mean, &mut *r.rstd, ctx.precision);
+    let (ln1, eps) = (stored_mut(kept, &mut *r.ln1), LAYER_NORM_EPS);
     layer_norm_forward(ctx, input, p.ln1w, p.ln1b, eps, ln1, mean, rstd)?;
-    let ln2 = stored_mut(ctx, &mut *r.ln2);
+    let ln2 = stored_mut(kept, &mut *r.ln2);
     layer_norm_forward(ctx, a.residual2, p.ln2w, p.ln2b, eps, ln2, mean, rstd)?;
-    let fch_gelu = stored_mut(ctx, &mut *r.fch_gelu);
-    gelu_forward(ctx, stored(ctx, a.fch), fch_gelu)
+    let fch_gelu = stored_mut(kept, &mut *r.fch_gelu);
+    gelu_forward(ctx, stored(kept, a.fch), fch_gelu)
 }

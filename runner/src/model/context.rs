@@ -170,8 +170,8 @@ impl<'a> From<PackedBf16<'a>> for RightOperand<'a> {
     }
 }
 
-/// The C of a product: f32, or bf16 (an activation that only bf16
-/// products read; only a bf16 product writes it).
+/// The C of a product: f32, or bf16 (an activation the precision keeps in
+/// bf16, `layers::stored_mut`; only a bf16 product writes it).
 pub enum Output<'a> {
     F32(MatMut<'a>),
     Bf16(MatMut<'a, Bf16>),

@@ -180,8 +180,10 @@ fn gelu_pieces<I: Bf16Input, O: Bf16Output>(
 /// gradient), which the products round to bf16 anyway, so no bit of their
 /// results changes; and, as PyTorch autocast does, the MLP's product
 /// output and its gradient, which GELU reads and computes from in f32.
-pub fn stored_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<'a> {
-    match ctx.precision {
+/// (A caller that keeps an activation in f32 whatever the precision, as
+/// cached decoding keeps attention's, passes [`Precision::F32`].)
+pub fn stored_mut(precision: Precision, buf: &mut [f32]) -> ActivationMut<'_> {
+    match precision {
         Precision::F32 => ActivationMut::F32(buf),
         Precision::Bf16 => {
             let len = buf.len();
@@ -191,9 +193,9 @@ pub fn stored_mut<'a>(ctx: &Context, buf: &'a mut [f32]) -> ActivationMut<'a> {
 }
 
 /// The activation [`stored_mut`] had written into `buf`, as its readers
-/// take it (`ctx` in the same precision).
-pub fn stored<'a>(ctx: &Context, buf: &'a [f32]) -> Activation<'a> {
-    match ctx.precision {
+/// take it (`precision` the same).
+pub fn stored(precision: Precision, buf: &[f32]) -> Activation<'_> {
+    match precision {
         Precision::F32 => Activation::F32(buf),
         Precision::Bf16 => Activation::Bf16(&bytemuck::cast_slice(buf)[..buf.len()]),
     }
