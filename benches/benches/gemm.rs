@@ -13,12 +13,15 @@
 //! `KERNELS_GEMM_BLOCKING=MC,KC,NC[,LINES,MIN_N[,SWEEP[,STREAM]]]` times that
 //! blocking (when A is packed: `0,0` always, `99,0` never; B panels per A
 //! panel: `1` holds the B panel in L1; the smallest C in bytes stored past
-//! the caches) beside the one derived from the caches.
+//! the caches) beside the one derived from the caches. With MKL, a last
+//! table times ours and MKL call by call in alternation and gives the
+//! median ratio, which a shared core's drifting speed does not skew.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use benches::mkl::Mkl;
+use benches::report::{median_ns, paired_speedup};
 use benches::shapes::{Shape, SHAPES};
 use benches::{backends, blocking_override, data, peak};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -190,6 +193,51 @@ fn bench_gemm(c: &mut Criterion, mkl: Option<&Mkl>) {
     }
 }
 
+/// Our speed over MKL's on each shape both ran in this run, timed call by
+/// call in alternation ([`benches::report::paired_speedup`]): the ratio
+/// the targets are stated in, robust to a core whose speed drifts.
+fn paired_with_mkl(mkl: &Mkl) {
+    let ran = |name: &str, id: &str| median_ns(&format!("gemm/{name}"), id);
+    let mut rows = Vec::new();
+    for s in SHAPES {
+        let Some(mkl_ns) = ran(s.name, "mkl") else {
+            continue;
+        };
+        let a = data(s.m * s.k, 1);
+        let b = data(s.k * s.n, 2);
+        let mut out = vec![0.0; s.m * s.n];
+        let mut peer_out = vec![0.0; s.m * s.n];
+        for k in backends() {
+            let Some(ours_ns) = ran(s.name, &format!("kernels/{}", k.backend().name())) else {
+                continue;
+            };
+            // About a second and a half a shape, at least 11 pairs.
+            let pairs = (1.5e9 / (ours_ns + mkl_ns)).clamp(11.0, 301.0) as usize;
+            let mut ws = vec![0.0; k.gemm_workspace_len(s.m, s.n, s.k)];
+            let speedup = paired_speedup(
+                pairs,
+                || ours(&k, &s, &a, &b, &mut out, &mut ws),
+                || mkl.sgemm(&s, &a, &b, &mut peer_out),
+            );
+            rows.push(format!(
+                "| {} | {} | {pairs} | {speedup:.2}x |",
+                s.name,
+                k.backend()
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("Paired with MKL, call by call (median of the pairs' ratios):");
+    println!("| shape | backend | pairs | ours / mkl |");
+    println!("|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
 fn main() {
     let mkl = match Mkl::from_env() {
         None => None,
@@ -209,4 +257,7 @@ fn main() {
         PEAK_ITERS as u64,
         mkl.as_ref().map(|m| m.version.as_str()),
     );
+    if let Some(mkl) = &mkl {
+        paired_with_mkl(mkl);
+    }
 }

@@ -158,6 +158,37 @@ pub fn gemm_table(
     }
 }
 
+/// How many times faster `ours` runs than `peer`, timed call by call in
+/// alternation: the median over `pairs` pairs of the peer's time over
+/// ours, each pair's order swapped from the last. On a shared core whose
+/// speed drifts (a neighbour on the other hyperthread comes and goes),
+/// both calls of a pair run in the same conditions, where criterion's
+/// groups, seconds apart, may not.
+pub fn paired_speedup(pairs: usize, mut ours: impl FnMut(), mut peer: impl FnMut()) -> f64 {
+    use std::time::Instant;
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64().max(f64::MIN_POSITIVE)
+    };
+    // One untimed pair, so that neither pays for first touches.
+    time(&mut ours);
+    time(&mut peer);
+    let mut ratios: Vec<f64> = (0..pairs.max(1))
+        .map(|i| {
+            if i % 2 == 0 {
+                let t = time(&mut ours);
+                time(&mut peer) / t
+            } else {
+                let t = time(&mut peer);
+                t / time(&mut ours)
+            }
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
 /// The CPU's model and caches, and the f32 GEMM's blocking on each backend
 /// it runs: the header of every report, so a table says where it was made.
 pub fn print_machine() {
@@ -167,5 +198,22 @@ pub fn print_machine() {
         if let Ok(k) = kernels::Kernels::new(backend) {
             println!("f32 GEMM blocking on {backend}: {}", k.gemm_blocking());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::paired_speedup;
+
+    #[test]
+    fn paired_speedup_is_the_peers_time_over_ours_whatever_the_order() {
+        let nap = |ms| move || std::thread::sleep(Duration::from_millis(ms));
+        // Sleeps overshoot by a fraction of a millisecond, not by 2 ms.
+        let three = paired_speedup(5, nap(4), nap(12));
+        assert!((2.0..4.0).contains(&three), "{three}");
+        let third = paired_speedup(6, nap(12), nap(4));
+        assert!((0.25..0.5).contains(&third), "{third}");
     }
 }
