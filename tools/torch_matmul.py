@@ -4,11 +4,21 @@ the "ours / torch" ratio. The operands are bf16 tensors (as autocast feeds
 them), laid out as the bench stores them, and so is the result: compare
 with the bench's `-bf16c` columns. GFLOP/s is the median of 10 runs.
 
+Given the C library (`cargo build --release -p kernels-capi`, then
+`tools/torch_matmul.py target/release/libkernels_c.so`), it times ours
+(`kn_gemm_bf16_stored`, on the same tensors) and torch call by call in
+alternation instead, and prints the median of the pairs' ratios beside
+each side's median: on a core shared with a busy neighbour, whose speed
+drifts from one second to the next, the pairs still compare like with
+like. It also checks that both give the same C (to bf16's rounding).
+
     pip install torch
-    python3 tools/torch_matmul.py
+    python3 tools/torch_matmul.py [path/to/libkernels_c.so [PAIRS]]
 """
 
+import ctypes
 import statistics
+import sys
 import time
 
 import torch
@@ -32,16 +42,18 @@ SHAPES = [
 ]
 
 
-def main() -> None:
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__} matmul, bf16, 1 thread")
+def operands(m, k, n, ta, tb):
+    """bf16 A and B as stored, and the views torch multiplies."""
+    a = (torch.randn(k, m) if ta else torch.randn(m, k)).bfloat16()
+    b = (torch.randn(n, k) if tb else torch.randn(k, n)).bfloat16()
+    return a, b, (a.t() if ta else a), (b.t() if tb else b)
+
+
+def torch_only():
     print("| shape | torch bf16 GFLOP/s |")
     print("|---|---|")
     for name, m, k, n, ta, tb in SHAPES:
-        a = torch.randn(k, m) if ta else torch.randn(m, k)
-        b = torch.randn(n, k) if tb else torch.randn(k, n)
-        a, b = a.bfloat16(), b.bfloat16()
-        a, b = (a.t() if ta else a), (b.t() if tb else b)
+        _, _, a, b = operands(m, k, n, ta, tb)
         for _ in range(3):
             torch.matmul(a, b)
         times = []
@@ -50,6 +62,82 @@ def main() -> None:
             torch.matmul(a, b)
             times.append(time.perf_counter() - start)
         print(f"| {name} | {2 * m * n * k / statistics.median(times) / 1e9:.1f} |")
+
+
+class Ours:
+    """`kn_gemm_bf16_stored` on the detected backend, through ctypes."""
+
+    def __init__(self, path):
+        lib = ctypes.CDLL(path)
+        size = ctypes.c_size_t
+        lib.kn_detected_backend.restype = ctypes.c_int32
+        lib.kn_gemm_bf16_workspace_len.argtypes = [ctypes.c_int32, size, size, size, ctypes.POINTER(size)]
+        lib.kn_gemm_bf16_stored.argtypes = (
+            [ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, size, size, size, ctypes.c_float]
+            + [ctypes.c_void_p, size, ctypes.c_void_p, size, ctypes.c_float, ctypes.c_void_p, size]
+            + [ctypes.c_void_p, size]
+        )
+        self.lib, self.backend = lib, lib.kn_detected_backend()
+
+    def product(self, m, k, n, ta, tb, a, b, c):
+        """C = A·B on the stored tensors; returns a function running it."""
+        length = ctypes.c_size_t(0)
+        if self.lib.kn_gemm_bf16_workspace_len(self.backend, m, n, k, ctypes.byref(length)) != 0:
+            sys.exit(f"error: no workspace length for {m}x{k}x{n}")
+        workspace = torch.zeros(max(length.value, 1), dtype=torch.float32)
+        lda, ldb = (m if ta else k), (k if tb else n)
+        args = (self.backend, None, int(ta), int(tb), m, n, k, 1.0, a.data_ptr(), lda, b.data_ptr(), ldb, 0.0)
+        rest = (c.data_ptr(), n, workspace.data_ptr(), length.value)
+
+        def run():
+            status = self.lib.kn_gemm_bf16_stored(*args, *rest)
+            if status != 0:
+                sys.exit(f"error: kn_gemm_bf16_stored returned {status}")
+
+        run.workspace = workspace  # kept alive with the closure
+        return run
+
+
+def paired(path, pairs):
+    ours = Ours(path)
+    print(f"ours: {path} (backend {ours.backend}), call by call against torch, {pairs} pairs")
+    print("| shape | ours GFLOP/s | torch GFLOP/s | ours / torch (median of pairs) | max difference / max |C| |")
+    print("|---|---|---|---|---|")
+    for name, m, k, n, ta, tb in SHAPES:
+        a, b, av, bv = operands(m, k, n, ta, tb)
+        c = torch.empty(m, n, dtype=torch.bfloat16)
+        run = ours.product(m, k, n, ta, tb, a, b, c)
+        for _ in range(3):
+            run()
+            want = torch.matmul(av, bv)
+        scale = want.float().abs().max().item() or 1.0
+        difference = (c.float() - want.float()).abs().max().item() / scale
+        mine, theirs, ratios = [], [], []
+        for i in range(pairs):
+            first, second = (run, lambda: torch.matmul(av, bv)) if i % 2 == 0 else (lambda: torch.matmul(av, bv), run)
+            start = time.perf_counter()
+            first()
+            mid = time.perf_counter()
+            second()
+            end = time.perf_counter()
+            t_ours, t_torch = (mid - start, end - mid) if i % 2 == 0 else (end - mid, mid - start)
+            mine.append(t_ours)
+            theirs.append(t_torch)
+            ratios.append(t_torch / t_ours)
+        flops = 2 * m * n * k / 1e9
+        print(
+            f"| {name} | {flops / statistics.median(mine):.1f} | {flops / statistics.median(theirs):.1f} "
+            f"| {statistics.median(ratios):.2f}x | {difference:.1e} |"
+        )
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__} matmul, bf16, 1 thread")
+    if len(sys.argv) > 1:
+        paired(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 31)
+    else:
+        torch_only()
 
 
 if __name__ == "__main__":

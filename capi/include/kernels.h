@@ -427,6 +427,33 @@ int32_t kn_gemm_bf16(int32_t backend,
                      float *workspace,
                      size_t workspace_len);
 
+// `kn_gemm_bf16` on operands stored in bf16, writing a bf16 C: each
+// element of C is the f32 value `kn_gemm_bf16` would give it (with beta
+// applied to C's bf16 value), rounded once to nearest even. The layout a
+// tensor library's bf16 matrices have; half the bytes of `kn_gemm_bf16`
+// to read and write. Strides count elements (`kn_bf16`); the workspace
+// is `kn_gemm_bf16_workspace_len` floats.
+//
+// # Safety
+// As `kn_gemm_bf16`, with `a`, `b` and `c` of `kn_bf16`.
+int32_t kn_gemm_bf16_stored(int32_t backend,
+                            const struct kn_executor *exec,
+                            int32_t trans_a,
+                            int32_t trans_b,
+                            size_t m,
+                            size_t n,
+                            size_t k,
+                            float alpha,
+                            const struct kn_bf16 *a,
+                            size_t lda,
+                            const struct kn_bf16 *b,
+                            size_t ldb,
+                            float beta,
+                            struct kn_bf16 *c,
+                            size_t ldc,
+                            float *workspace,
+                            size_t workspace_len);
+
 // Slots a packed `k × n` operand takes (`kn_pack_bf16`), written to
 // `*len`.
 //

@@ -907,6 +907,57 @@ pub unsafe extern "C" fn kn_gemm_bf16(
     })
 }
 
+/// `kn_gemm_bf16` on operands stored in bf16, writing a bf16 C: each
+/// element of C is the f32 value `kn_gemm_bf16` would give it (with beta
+/// applied to C's bf16 value), rounded once to nearest even. The layout a
+/// tensor library's bf16 matrices have; half the bytes of `kn_gemm_bf16`
+/// to read and write. Strides count elements (`kn_bf16`); the workspace
+/// is `kn_gemm_bf16_workspace_len` floats.
+///
+/// # Safety
+/// As `kn_gemm_bf16`, with `a`, `b` and `c` of `kn_bf16`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_stored(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    trans_b: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    alpha: f32,
+    a: *const kn_bf16,
+    lda: size_t,
+    b: *const kn_bf16,
+    ldb: size_t,
+    beta: f32,
+    c: *mut kn_bf16,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // SAFETY: forwarded; `kn_bf16` and `Bf16` are both a `u16` (repr C
+        // / transparent).
+        let p = unsafe {
+            product(
+                trans_a,
+                trans_b,
+                (m, n, k),
+                (a.cast::<Bf16>(), lda),
+                (b.cast::<Bf16>(), ldb),
+                (c.cast::<Bf16>(), ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        // SAFETY: forwarded.
+        let exec = unsafe { executor(exec) }?;
+        kernels.gemm_bf16_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
+        Ok(())
+    })
+}
+
 /// Slots a packed `k × n` operand takes (`kn_pack_bf16`), written to
 /// `*len`.
 ///
@@ -1059,27 +1110,27 @@ pub unsafe extern "C" fn kn_bf16_peak_loop(backend: i32, iters: size_t, flops: *
     })
 }
 
-/// The views of a product's operands, checked.
-struct Product<'a> {
-    a: MatRef<'a>,
-    b: MatRef<'a>,
-    c: MatMut<'a>,
+/// The views of a product's operands, checked: inputs of `T`, C of `O`.
+struct Product<'a, T = f32, O = f32> {
+    a: MatRef<'a, T>,
+    b: MatRef<'a, T>,
+    c: MatMut<'a, O>,
     workspace: &'a mut [f32],
 }
 
-/// The operands of `kn_gemm` and `kn_gemm_bf16` as views.
+/// The operands of `kn_gemm` and the bf16 products as views.
 ///
 /// # Safety
-/// As `kn_gemm`.
-unsafe fn product<'a>(
+/// As `kn_gemm`, for elements of `T` and `O`.
+unsafe fn product<'a, T, O>(
     trans_a: i32,
     trans_b: i32,
     (m, n, k): (usize, usize, usize),
-    (a, lda): (*const f32, usize),
-    (b, ldb): (*const f32, usize),
-    (c, ldc): (*mut f32, usize),
+    (a, lda): (*const T, usize),
+    (b, ldb): (*const T, usize),
+    (c, ldc): (*mut O, usize),
     (workspace, workspace_len): (*mut f32, usize),
-) -> Result<Product<'a>, Status> {
+) -> Result<Product<'a, T, O>, Status> {
     let (a_rows, a_cols) = stored(m, k, trans_a)?;
     let (b_rows, b_cols) = stored(k, n, trans_b)?;
     let a = matrix(a, a_rows, a_cols, lda)?;
@@ -1229,7 +1280,7 @@ fn stored(rows: usize, cols: usize, transposed: i32) -> Result<(usize, usize), S
     }
 }
 
-fn transposed(m: MatRef, flag: i32) -> MatRef {
+fn transposed<T>(m: MatRef<T>, flag: i32) -> MatRef<T> {
     if flag == 1 {
         m.t()
     } else {
@@ -1239,12 +1290,12 @@ fn transposed(m: MatRef, flag: i32) -> MatRef {
 
 /// The elements a `rows × cols` matrix with row stride `stride` at `ptr`
 /// spans, as an input.
-fn matrix(
-    ptr: *const f32,
+fn matrix<T>(
+    ptr: *const T,
     rows: usize,
     cols: usize,
     stride: usize,
-) -> Result<Buf<*const f32>, Status> {
+) -> Result<Buf<*const T>, Status> {
     input(ptr, MatRef::strided_len(rows, cols, stride)?)
 }
 

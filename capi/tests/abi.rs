@@ -837,6 +837,98 @@ fn packed_products_and_peak_loops() {
 /// buffer of a case lies in one arena; each case runs twice, with its output
 /// under test apart from everything (`KN_OK`: the overlap is what is
 /// refused), then at an offset that overlaps another buffer.
+/// A product of bf16 operands into a bf16 C gives, in every element, the
+/// f32 product of the same values (`kn_gemm_bf16` on them widened, beta
+/// applied to C's widened values) rounded once to bf16; both operands
+/// transposed or not, on tiles where the CPU has them (m ≥ 32).
+#[test]
+fn bf16_stored_product_is_the_f32_operand_product_rounded_once() {
+    let backend = kn_detected_backend();
+    let (m, n, k) = (37, 45, 70);
+    let widen = |v: &[kn_bf16]| -> Vec<f32> {
+        v.iter()
+            .map(|h| f32::from_bits(u32::from(h.bits) << 16))
+            .collect()
+    };
+    let narrow = |v: &[f32]| -> Vec<kn_bf16> {
+        let mut out = vec![kn_bf16 { bits: 0 }; v.len()];
+        // SAFETY: `out` holds as many values as `v`.
+        let status = unsafe { kn_f32_to_bf16(backend, v.as_ptr(), out.as_mut_ptr(), v.len()) };
+        assert_eq!(status, KN_OK);
+        out
+    };
+    let (a, b, c0) = (
+        narrow(&values(m * k, 8)),
+        narrow(&values(k * n, 9)),
+        narrow(&values(m * n, 10)),
+    );
+    let mut ws_len = 0;
+    // SAFETY: a valid size_t.
+    assert_eq!(
+        unsafe { kn_gemm_bf16_workspace_len(backend, m, n, k, &mut ws_len) },
+        KN_OK
+    );
+    let mut ws = vec![0.0; ws_len];
+    for (trans_a, trans_b) in [(0, 0), (1, 1)] {
+        let (lda, ldb) = (
+            if trans_a == 1 { m } else { k },
+            if trans_b == 1 { k } else { n },
+        );
+        let mut got = c0.clone();
+        let mut want = widen(&c0);
+        // SAFETY (both calls): `a` is m × k and `b` k × n as stored
+        // (transposed or not: the same number of values), C m × n, the
+        // workspace as long as asked for; nothing overlaps.
+        let status = unsafe {
+            kn_gemm_bf16_stored(
+                backend,
+                std::ptr::null(),
+                trans_a,
+                trans_b,
+                m,
+                n,
+                k,
+                0.5,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                0.25,
+                got.as_mut_ptr(),
+                n,
+                ws.as_mut_ptr(),
+                ws.len(),
+            )
+        };
+        assert_eq!(status, KN_OK);
+        let (aw, bw) = (widen(&a), widen(&b));
+        // SAFETY: as above, with the same values widened to f32.
+        let status = unsafe {
+            kn_gemm_bf16(
+                backend,
+                std::ptr::null(),
+                trans_a,
+                trans_b,
+                m,
+                n,
+                k,
+                0.5,
+                aw.as_ptr(),
+                lda,
+                bw.as_ptr(),
+                ldb,
+                0.25,
+                want.as_mut_ptr(),
+                n,
+                ws.as_mut_ptr(),
+                ws.len(),
+            )
+        };
+        assert_eq!(status, KN_OK);
+        assert_eq!(got, narrow(&want), "transposed {trans_a} {trans_b}");
+    }
+}
+
 #[test]
 fn overlapping_outputs_are_refused_and_leave_memory_untouched() {
     let backend = kn_detected_backend();
@@ -1175,11 +1267,13 @@ fn every_pointer_argument_refuses_null() {
     let mut slotss = vec![0u32; slots_len];
     let (targets, opt) = ([1u32, 3], kn_adamw_default());
     let mut halves = vec![kn_bf16 { bits: 0x3f80 }; 64];
+    let mut half_outs = vec![kn_bf16 { bits: 0 }; 64];
     let (mut size, mut flops, mut scalar) = (0usize, 0u64, 0.0f32);
     let (x, y) = (xs.as_ptr(), ys.as_ptr());
     let (o1, o2, o3) = (o1s.as_mut_ptr(), o2s.as_mut_ptr(), o3s.as_mut_ptr());
     let (ws, ws_len) = (wss.as_mut_ptr(), wss.len());
     let (slots, half) = (slotss.as_mut_ptr(), halves.as_mut_ptr());
+    let half_out = half_outs.as_mut_ptr();
     let (size, flops, scalar) = (&raw mut size, &raw mut flops, &raw mut scalar);
     let (t, opt, exec) = (targets.as_ptr(), &raw const opt, std::ptr::null());
 
@@ -1378,6 +1472,31 @@ fn every_pointer_argument_refuses_null() {
                 ws_len,
             )
         }),
+        (
+            "kn_gemm_bf16_stored",
+            &["a", "b", "c", "workspace"],
+            &|n| unsafe {
+                kn_gemm_bf16_stored(
+                    backend,
+                    exec,
+                    0,
+                    0,
+                    d,
+                    d,
+                    d,
+                    1.0,
+                    n.ptr(half.cast_const()),
+                    d,
+                    n.ptr(half.cast_const()),
+                    d,
+                    0.0,
+                    n.mut_ptr(half_out),
+                    d,
+                    n.mut_ptr(ws),
+                    ws_len,
+                )
+            },
+        ),
         ("kn_packed_bf16_len", &["len"], &|n| unsafe {
             kn_packed_bf16_len(d, d, n.mut_ptr(size))
         }),
