@@ -10,7 +10,9 @@ Given the C library (`cargo build --release -p kernels-capi`, then
 alternation instead, and prints the median of the pairs' ratios beside
 each side's median: on a core shared with a busy neighbour, whose speed
 drifts from one second to the next, the pairs still compare like with
-like. It also checks that both give the same C (to bf16's rounding).
+like. It also compares the two Cs, and stops with an error where they
+differ by more than 2^-6 of the largest element (a few bf16 roundings:
+the sums' order may differ, their bf16 results by a unit or two).
 
     pip install torch
     python3 tools/torch_matmul.py [path/to/libkernels_c.so [PAIRS]]
@@ -94,7 +96,7 @@ class Ours:
             if status != 0:
                 sys.exit(f"error: kn_gemm_bf16_stored returned {status}")
 
-        run.workspace = workspace  # kept alive with the closure
+        run.keep = (a, b, c, workspace)  # the memory `args` points into
         return run
 
 
@@ -112,9 +114,14 @@ def paired(path, pairs):
             want = torch.matmul(av, bv)
         scale = want.float().abs().max().item() or 1.0
         difference = (c.float() - want.float()).abs().max().item() / scale
+        if difference > 2**-6:
+            sys.exit(f"error: {name}: ours and torch differ by {difference:.1e} of the largest element")
+        def theirs_call():
+            torch.matmul(av, bv)
+
         mine, theirs, ratios = [], [], []
         for i in range(pairs):
-            first, second = (run, lambda: torch.matmul(av, bv)) if i % 2 == 0 else (lambda: torch.matmul(av, bv), run)
+            first, second = (run, theirs_call) if i % 2 == 0 else (theirs_call, run)
             start = time.perf_counter()
             first()
             mid = time.perf_counter()

@@ -211,7 +211,7 @@ fn paired_with_mkl(mkl: &Mkl) {
             let Some(ours_ns) = ran(s.name, &format!("kernels/{}", k.backend().name())) else {
                 continue;
             };
-            // About a second and a half a shape, at least 11 pairs.
+            // About a second and a half a shape, 11 to 301 pairs.
             let pairs = (1.5e9 / (ours_ns + mkl_ns)).clamp(11.0, 301.0) as usize;
             let mut ws = vec![0.0; k.gemm_workspace_len(s.m, s.n, s.k)];
             let speedup = paired_speedup(

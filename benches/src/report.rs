@@ -159,34 +159,41 @@ pub fn gemm_table(
 }
 
 /// How many times faster `ours` runs than `peer`, timed call by call in
-/// alternation: the median over `pairs` pairs of the peer's time over
-/// ours, each pair's order swapped from the last. On a shared core whose
-/// speed drifts (a neighbour on the other hyperthread comes and goes),
-/// both calls of a pair run in the same conditions, where criterion's
-/// groups, seconds apart, may not.
-pub fn paired_speedup(pairs: usize, mut ours: impl FnMut(), mut peer: impl FnMut()) -> f64 {
+/// alternation: the median of [`paired_ratios`] over `pairs` pairs (made
+/// odd, so the median is one pair's). On a shared core whose speed drifts
+/// (a neighbour on the other hyperthread comes and goes), both calls of a
+/// pair run in the same conditions, where criterion's groups, seconds
+/// apart, may not.
+pub fn paired_speedup(pairs: usize, ours: impl FnMut(), peer: impl FnMut()) -> f64 {
+    let mut ratios = paired_ratios(pairs | 1, ours, peer);
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// The peer's time over ours in each of `pairs` pairs of calls, each
+/// pair's order swapped from the last (after one untimed pair, so that
+/// neither pays for first touches).
+fn paired_ratios(pairs: usize, mut ours: impl FnMut(), mut peer: impl FnMut()) -> Vec<f64> {
     use std::time::Instant;
     let time = |f: &mut dyn FnMut()| {
         let start = Instant::now();
         f();
         start.elapsed().as_secs_f64().max(f64::MIN_POSITIVE)
     };
-    // One untimed pair, so that neither pays for first touches.
     time(&mut ours);
     time(&mut peer);
-    let mut ratios: Vec<f64> = (0..pairs.max(1))
+    (0..pairs)
         .map(|i| {
-            if i % 2 == 0 {
-                let t = time(&mut ours);
-                time(&mut peer) / t
+            let (t_ours, t_peer) = if i % 2 == 0 {
+                let t_ours = time(&mut ours);
+                (t_ours, time(&mut peer))
             } else {
-                let t = time(&mut peer);
-                t / time(&mut ours)
-            }
+                let t_peer = time(&mut peer);
+                (time(&mut ours), t_peer)
+            };
+            t_peer / t_ours
         })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    ratios[ratios.len() / 2]
+        .collect()
 }
 
 /// The CPU's model and caches, and the f32 GEMM's blocking on each backend
@@ -205,15 +212,20 @@ pub fn print_machine() {
 mod tests {
     use std::time::Duration;
 
-    use super::paired_speedup;
+    use super::{paired_ratios, paired_speedup};
 
     #[test]
-    fn paired_speedup_is_the_peers_time_over_ours_whatever_the_order() {
+    fn every_pair_times_each_side_whichever_runs_first() {
         let nap = |ms| move || std::thread::sleep(Duration::from_millis(ms));
-        // Sleeps overshoot by a fraction of a millisecond, not by 2 ms.
-        let three = paired_speedup(5, nap(4), nap(12));
-        assert!((2.0..4.0).contains(&three), "{three}");
-        let third = paired_speedup(6, nap(12), nap(4));
-        assert!((0.25..0.5).contains(&third), "{third}");
+        // Sleeps overshoot by a millisecond or two on a busy machine, not
+        // by 5; pairs 0 and 2 run ours first, pair 1 the peer.
+        for ratio in paired_ratios(3, nap(10), nap(30)) {
+            assert!((2.0..4.0).contains(&ratio), "{ratio}");
+        }
+        for ratio in paired_ratios(3, nap(30), nap(10)) {
+            assert!((0.25..0.5).contains(&ratio), "{ratio}");
+        }
+        let median = paired_speedup(2, nap(10), nap(30));
+        assert!((2.0..4.0).contains(&median), "{median}");
     }
 }

@@ -831,12 +831,6 @@ fn packed_products_and_peak_loops() {
     }
 }
 
-/// An output that overlaps an input, or an earlier output, is refused with
-/// `KN_ERR_ARGUMENT` before any memory is touched (and before the library
-/// makes a Rust slice of either: run it under Miri to check that too). Every
-/// buffer of a case lies in one arena; each case runs twice, with its output
-/// under test apart from everything (`KN_OK`: the overlap is what is
-/// refused), then at an offset that overlaps another buffer.
 /// A product of bf16 operands into a bf16 C gives, in every element, the
 /// f32 product of the same values (`kn_gemm_bf16` on them widened, beta
 /// applied to C's widened values) rounded once to bf16; both operands
@@ -929,6 +923,12 @@ fn bf16_stored_product_is_the_f32_operand_product_rounded_once() {
     }
 }
 
+/// An output that overlaps an input, or an earlier output, is refused with
+/// `KN_ERR_ARGUMENT` before any memory is touched (and before the library
+/// makes a Rust slice of either: run it under Miri to check that too). Every
+/// buffer of a case lies in one arena; each case runs twice, with its output
+/// under test apart from everything (`KN_OK`: the overlap is what is
+/// refused), then at an offset that overlaps another buffer.
 #[test]
 fn overlapping_outputs_are_refused_and_leave_memory_untouched() {
     let backend = kn_detected_backend();
