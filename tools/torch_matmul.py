@@ -51,6 +51,13 @@ def operands(m, k, n, ta, tb):
     return a, b, (a.t() if ta else a), (b.t() if tb else b)
 
 
+def timed(f):
+    """Seconds one call of `f` takes."""
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
 def torch_only():
     print("| shape | torch bf16 GFLOP/s |")
     print("|---|---|")
@@ -58,11 +65,7 @@ def torch_only():
         _, _, a, b = operands(m, k, n, ta, tb)
         for _ in range(3):
             torch.matmul(a, b)
-        times = []
-        for _ in range(10):
-            start = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - start)
+        times = [timed(lambda: torch.matmul(a, b)) for _ in range(10)]
         print(f"| {name} | {2 * m * n * k / statistics.median(times) / 1e9:.1f} |")
 
 
@@ -116,18 +119,19 @@ def paired(path, pairs):
         difference = (c.float() - want.float()).abs().max().item() / scale
         if difference > 2**-6:
             sys.exit(f"error: {name}: ours and torch differ by {difference:.1e} of the largest element")
+
         def theirs_call():
             torch.matmul(av, bv)
 
         mine, theirs, ratios = [], [], []
         for i in range(pairs):
-            first, second = (run, theirs_call) if i % 2 == 0 else (theirs_call, run)
-            start = time.perf_counter()
-            first()
-            mid = time.perf_counter()
-            second()
-            end = time.perf_counter()
-            t_ours, t_torch = (mid - start, end - mid) if i % 2 == 0 else (end - mid, mid - start)
+            # Each side runs first in every other pair.
+            if i % 2 == 0:
+                t_ours = timed(run)
+                t_torch = timed(theirs_call)
+            else:
+                t_torch = timed(theirs_call)
+                t_ours = timed(run)
             mine.append(t_ours)
             theirs.append(t_torch)
             ratios.append(t_torch / t_ours)
