@@ -526,6 +526,70 @@ fn streamed_c_holds_the_same_bits_as_cached_c() {
     }
 }
 
+/// The tile path's pointer work on products small enough for Miri
+/// (`cargo +nightly miri test -p kernels --features
+/// libm/force-soft-floats --lib -- small_products`), on emulated tiles:
+/// whole blocks and edges along m and n, each block's sums held until the
+/// next block (or the end) stores them, into C itself (an f32 C, alpha 1,
+/// beta 0 or 1), into the buffer on its way to C (alpha 0.5, a bf16 C),
+/// from a bias.
+#[test]
+fn tile_pointer_paths_on_small_products() {
+    let kernels = emulated(Isa::Emulated16, Bf16Unit::Amx);
+    for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (0.5, 0.75)] {
+        let case = Case {
+            m: 33,
+            n: 66,
+            k: 20,
+            trans_a: false,
+            trans_b: false,
+            alpha,
+            beta,
+        };
+        bf16_product(
+            "emulated-tiles",
+            kernels,
+            &Sequential,
+            case,
+            (|x| x, |x| x),
+            (0.0, 0.0),
+        );
+    }
+    bf16_c_is_f32_c_rounded("emulated-tiles", kernels, (33, 66, 20, 72), (1.0, 0.0));
+    // From a bias: the f64 sums of the rounded operands and the bias.
+    let (m, n, k) = (33, 66, 20);
+    let mut rng = Rng::new(5);
+    let (a, b, bias) = (
+        rng.vec(m * k, -2.0, 2.0),
+        rng.vec(k * n, -2.0, 2.0),
+        rng.vec(n, -3.0, 3.0),
+    );
+    let mut c = std::vec![f32::NAN; m * n];
+    let mut ws = std::vec![f32::NAN; kernels.gemm_bf16_workspace_len(m, n, k)];
+    let (a_, b_) = (
+        MatRef::new(&a, m, k).unwrap(),
+        MatRef::new(&b, k, n).unwrap(),
+    );
+    let c_ = MatMut::new(&mut c, m, n).unwrap();
+    kernels
+        .gemm_bf16_bias_with(&Sequential, a_, b_, &bias, c_, &mut ws)
+        .unwrap();
+    let round = |x: f32| f64::from(Bf16::from_f32(x).to_f32());
+    for (i, &got) in c.iter().enumerate() {
+        let (r, j) = (i / n, i % n);
+        let terms = (0..k).map(|q| round(a[r * k + q]) * round(b[q * n + j]));
+        let (want, size) = terms.fold(
+            (f64::from(bias[j]), f64::from(bias[j]).abs()),
+            |(s, z), p| (s + p, z + p.abs()),
+        );
+        let tol = 2.0 * (k + 3) as f64 * f64::from(f32::EPSILON) / 2.0 * size;
+        assert!(
+            (f64::from(got) - want).abs() <= tol,
+            "bias [{i}]: {got} against {want}"
+        );
+    }
+}
+
 #[test]
 fn bf16_rows_of_a_read_in_place_match_packed_ones() {
     for (name, k) in bf16_kernels() {

@@ -114,6 +114,10 @@ pub(super) struct Configured<T>(T);
 
 /// One unit's block product.
 pub(super) trait TileProduct: Copy {
+    /// A block's sums not yet stored, and where they go: in the tiles, or
+    /// in the value where the tiles are emulated.
+    type Held;
+
     /// Runs `f` with the tiles configured, then releases them.
     fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R;
 
@@ -122,18 +126,27 @@ pub(super) trait TileProduct: Copy {
     /// 32` and `q < steps · 16`; `b` is a B panel of at least `steps · 16`
     /// pairs. `start` (zero where `None`) and `out` are each a pointer to
     /// row 0 and the floats from one row to the next (0 for a start: the
-    /// same row for every row, [`PanelBias::start`]). `between(s)` runs
-    /// once step `s`'s tile products are issued, so that other work (the
-    /// block before stored into C) runs while the tiles multiply.
+    /// same row for every row, [`PanelBias::start`]).
+    ///
+    /// The sums stay held (the value returned) until the next block of
+    /// the same [`TileProduct::configured`] call stores them, a tile at a
+    /// time between its first products (`previous`), or
+    /// [`TileProduct::store`] does: four tile stores in a row at the end of
+    /// every block (4 KiB) left the tiles idle for a tenth of a block at k
+    /// = 384. `between(s)` runs once step `s`'s tile products are issued
+    /// (the `previous` sums stored by `between(0)`), so that other work
+    /// (the block before stored into C) runs while the tiles multiply.
     ///
     /// # Safety
     /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
     /// at least 32 floats apart, or a start's 0 apart: one row of 32),
-    /// readable (`start`) and writable (`out`),
-    /// which nothing else (`between` included) accesses during the call;
-    /// `start` may be `out`. `between` runs no tile instruction (no block,
-    /// no [`TileProduct::configured`]): the tiles hold the block's sums
-    /// across it.
+    /// readable (`start`, during the call) and writable (`out`, until the
+    /// sums are stored), which nothing else (`between` included) accesses
+    /// meanwhile; `start` may be `out`. `previous` comes from a block of
+    /// the same `configured` call, whose `out` the same holds for.
+    /// `between` runs no tile instruction (no block, no
+    /// [`TileProduct::configured`]): the tiles hold the sums across it.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         tiles: &Configured<Self>,
         a: ATiles,
@@ -141,8 +154,16 @@ pub(super) trait TileProduct: Copy {
         steps: usize,
         start: Option<(*const f32, usize)>,
         out: (*mut f32, usize),
+        previous: Option<Self::Held>,
         between: impl FnMut(usize),
-    );
+    ) -> Self::Held;
+
+    /// Stores held sums where their block said.
+    ///
+    /// # Safety
+    /// `held` comes from a block of the same [`TileProduct::configured`]
+    /// call, and that block's contract for `out` still holds.
+    unsafe fn store(tiles: &Configured<Self>, held: Self::Held);
 
     /// Runs `iters` rounds of 4 independent tile products and returns the
     /// floating-point operations done.
@@ -150,10 +171,15 @@ pub(super) trait TileProduct: Copy {
 }
 
 /// A block's sums, started from zero or from `bias` in every row, into
-/// `sums`, with `between` run between its steps ([`TileProduct::block`]).
+/// `*sums` once they are stored ([`TileProduct::block`], which stores
+/// `previous` first).
 ///
 /// # Safety
-/// `between` runs no tile instruction: the tiles hold the sums across it.
+/// `sums` is valid for writes, and nothing else reads or writes it until
+/// the returned sums are stored; `previous` as [`TileProduct::block`]
+/// says; `between` runs no tile instruction: the tiles hold the sums
+/// across it.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) unsafe fn block_sums<T: TileProduct>(
     tiles: &Configured<T>,
@@ -161,13 +187,15 @@ pub(super) unsafe fn block_sums<T: TileProduct>(
     b: &[f32],
     steps: usize,
     bias: Option<&PanelBias>,
-    sums: &mut TileSums,
+    sums: *mut TileSums,
+    previous: Option<T::Held>,
     between: impl FnMut(usize),
-) {
+) -> T::Held {
     let start = bias.map(PanelBias::start);
-    // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, borrowed
-    // mutably, so nothing else (`between` included) touches it; a bias is
-    // one row of 32 floats, borrowed; the caller vouches for `between`.
+    // SAFETY: `sums` is 32 rows of 32 floats, rows NR apart, which the
+    // caller keeps to this block until it is stored; a bias is one row of
+    // 32 floats, borrowed for the call; the caller vouches for `previous`
+    // and `between`.
     unsafe {
         T::block(
             tiles,
@@ -175,7 +203,8 @@ pub(super) unsafe fn block_sums<T: TileProduct>(
             b,
             steps,
             start,
-            (sums.0.as_mut_ptr(), NR),
+            (sums.cast::<f32>(), NR),
+            previous,
             between,
         )
     }
@@ -319,8 +348,17 @@ impl AmxTiles {
     }
 }
 
+/// A block's sums in tiles 0–3, and where they go.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct HeldInTiles {
+    out: *mut f32,
+    stride: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
 impl TileProduct for AmxTiles {
+    type Held = HeldInTiles;
+
     #[inline(always)]
     fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R {
         // SAFETY: holding `self` proves the tile unit was granted;
@@ -340,14 +378,15 @@ impl TileProduct for AmxTiles {
 
     #[inline(always)]
     unsafe fn block(
-        _tiles: &Configured<Self>,
+        tiles: &Configured<Self>,
         a: ATiles,
         b: &[f32],
         steps: usize,
         start: Option<(*const f32, usize)>,
-        (out, out_stride): (*mut f32, usize),
+        out: (*mut f32, usize),
+        previous: Option<HeldInTiles>,
         mut between: impl FnMut(usize),
-    ) {
+    ) -> HeldInTiles {
         // Every byte the tile loads read from A and B, checked here: A rows
         // 0–31 `a.row` slots apart, 16 slots each, `a.step` slots from one
         // step to the next; B `steps · 16` pairs of 32 slots.
@@ -357,34 +396,91 @@ impl TileProduct for AmxTiles {
         // The tiles hold the sums from one `asm!` block to the next:
         // nothing else in this crate touches tile state, and `Configured`
         // proves the tile unit was granted and the tiles configured (tiles
-        // 0–7 as 16 rows of 64 bytes).
-        match start {
-            // SAFETY: as above; zeroing touches no memory.
-            None => unsafe {
-                core::arch::asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem),
-                );
-            },
-            // SAFETY: as above; the loads read 16 rows of 64 bytes (rows
-            // `row` bytes apart, 0 for one row read 16 times) at `start`,
-            // `start` + 64 bytes, 16 rows on and 16 rows + 64 bytes on: the
-            // 32 × 32 floats (or one row of 32) the caller vouches for.
-            Some((start, stride)) => unsafe {
-                core::arch::asm!(
-                    "tileloadd tmm0, [{top} + {row}*1]",
-                    "tileloadd tmm1, [{top} + {row}*1 + 64]",
-                    "tileloadd tmm2, [{bottom} + {row}*1]",
-                    "tileloadd tmm3, [{bottom} + {row}*1 + 64]",
-                    top = in(reg) start,
-                    bottom = in(reg) start.wrapping_add(16 * stride),
-                    row = in(reg) stride * 4,
-                    options(nostack, readonly),
-                );
-            },
+        // 0–7 as 16 rows of 64 bytes). Tile `t` of the sums (0–3) holds
+        // rows `16·(t / 2)..`, columns `16·(t % 2)..` of the block.
+        //
+        // Step 0 loads its A and B tiles, then takes the sum tiles one at a
+        // time: the previous block's stored, this block's started (zero or
+        // `start`), its product issued, so the stores of one tile overlap
+        // the products of the others.
+        let previous_at = previous.map(|HeldInTiles { out, stride }| (out, stride));
+        macro_rules! first_product {
+            ($tile:literal, $a:literal, $b:literal, $half:literal, $col:literal) => {
+                if let Some((out, stride)) = previous_at {
+                    let at = out.wrapping_add($half * 16 * stride + $col * 16);
+                    // SAFETY: as above; the store writes 16 rows of 64 bytes
+                    // (rows `stride` floats apart) inside the 32 × 32 floats
+                    // the previous block's caller vouches for until now.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("tilestored [{at} + {row}*1], ", $tile),
+                            at = in(reg) at,
+                            row = in(reg) stride * 4,
+                            options(nostack),
+                        );
+                    }
+                }
+                match start {
+                    // SAFETY: as above; zeroing touches no memory.
+                    None => unsafe {
+                        core::arch::asm!(concat!("tilezero ", $tile), options(nostack, nomem));
+                    },
+                    // SAFETY: as above; the load reads 16 rows of 64 bytes
+                    // (rows `stride` floats apart, 0 for one row read 16
+                    // times) inside the 32 × 32 floats (or one row of 32)
+                    // the caller vouches for.
+                    Some((start, stride)) => unsafe {
+                        core::arch::asm!(
+                            concat!("tileloadd ", $tile, ", [{at} + {row}*1]"),
+                            at = in(reg) start.wrapping_add($half * 16 * stride + $col * 16),
+                            row = in(reg) stride * 4,
+                            options(nostack, readonly),
+                        );
+                    },
+                }
+                // SAFETY: as above; the product touches no memory.
+                unsafe {
+                    core::arch::asm!(
+                        concat!("tdpbf16ps ", $tile, ", ", $a, ", ", $b),
+                        options(nostack, nomem),
+                    );
+                }
+            };
+        }
+        if steps == 0 {
+            if let Some((out, stride)) = previous_at {
+                // SAFETY: these are the previous block's sums, per the
+                // contract.
+                unsafe { Self::store(tiles, HeldInTiles { out, stride }) };
+            }
+            // SAFETY: as above; zeroing touches no memory, and the loads
+            // read the 32 × 32 floats (or one row of 32) at `start` the
+            // caller vouches for.
+            unsafe {
+                match start {
+                    None => core::arch::asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem),
+                    ),
+                    Some((start, stride)) => core::arch::asm!(
+                        "tileloadd tmm0, [{top} + {row}*1]",
+                        "tileloadd tmm1, [{top} + {row}*1 + 64]",
+                        "tileloadd tmm2, [{bottom} + {row}*1]",
+                        "tileloadd tmm3, [{bottom} + {row}*1 + 64]",
+                        top = in(reg) start,
+                        bottom = in(reg) start.wrapping_add(16 * stride),
+                        row = in(reg) stride * 4,
+                        options(nostack, readonly),
+                    ),
+                }
+            }
+            return HeldInTiles {
+                out: out.0,
+                stride: out.1,
+            };
         }
         for s in 0..steps {
             let (a_here, b_here) = (&a_slots[s * a.step..], &b[s * K_STEP * NR..]);
@@ -400,10 +496,6 @@ impl TileProduct for AmxTiles {
                     "tileloaddt1 tmm6, [{b} + {b_row}*1]",
                     "tileloadd tmm5, [{a_bottom} + {a_row}*1]",
                     "tileloaddt1 tmm7, [{b} + {b_row}*1 + 64]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
                     a_top = in(reg) a_here.as_ptr(),
                     a_bottom = in(reg) a_here[16 * a.row..].as_ptr(),
                     b = in(reg) b_here.as_ptr(),
@@ -412,12 +504,39 @@ impl TileProduct for AmxTiles {
                     options(nostack, readonly),
                 );
             }
+            if s == 0 {
+                first_product!("tmm0", "tmm4", "tmm6", 0, 0);
+                first_product!("tmm2", "tmm5", "tmm6", 1, 0);
+                first_product!("tmm1", "tmm4", "tmm7", 0, 1);
+                first_product!("tmm3", "tmm5", "tmm7", 1, 1);
+            } else {
+                // SAFETY: as above; the products touch no memory.
+                unsafe {
+                    core::arch::asm!(
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        options(nostack, nomem),
+                    );
+                }
+            }
             between(s);
         }
-        // SAFETY: as above; the stores write 16 rows of 64 bytes (rows
-        // `row` bytes apart) at `out`, `out` + 64 bytes, 16 rows on and 16
-        // rows + 64 bytes on: the 32 × 32 floats the caller vouches for.
-        // With no steps the sums are the start.
+        HeldInTiles {
+            out: out.0,
+            stride: out.1,
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store(_tiles: &Configured<Self>, held: HeldInTiles) {
+        let HeldInTiles { out, stride } = held;
+        // SAFETY: the tiles hold the block's sums (nothing in this crate
+        // touches tile state in between); the stores write 16 rows of 64
+        // bytes (rows `stride` floats apart) at `out`, `out` + 64 bytes, 16
+        // rows on and 16 rows + 64 bytes on: the 32 × 32 floats the block's
+        // caller vouches for until now.
         unsafe {
             core::arch::asm!(
                 "tilestored [{top} + {row}*1], tmm0",
@@ -425,8 +544,8 @@ impl TileProduct for AmxTiles {
                 "tilestored [{bottom} + {row}*1], tmm2",
                 "tilestored [{bottom} + {row}*1 + 64], tmm3",
                 top = in(reg) out,
-                bottom = in(reg) out.wrapping_add(16 * out_stride),
-                row = in(reg) out_stride * 4,
+                bottom = in(reg) out.wrapping_add(16 * stride),
+                row = in(reg) stride * 4,
                 options(nostack),
             );
         }
@@ -472,23 +591,41 @@ impl TileProduct for AmxTiles {
 #[derive(Clone, Copy)]
 pub(super) struct EmulatedTiles;
 
+/// An emulated block's sums, held until stored as the tiles' are.
+#[cfg(test)]
+pub(super) struct HeldInValue {
+    sums: TileSums,
+    out: *mut f32,
+    stride: usize,
+}
+
 #[cfg(test)]
 impl TileProduct for EmulatedTiles {
+    type Held = HeldInValue;
+
     fn configured<R>(self, f: impl FnOnce(&Configured<Self>) -> R) -> R {
         f(&Configured(self))
     }
 
     unsafe fn block(
-        _tiles: &Configured<Self>,
+        tiles: &Configured<Self>,
         a: ATiles,
         b: &[f32],
         steps: usize,
         start: Option<(*const f32, usize)>,
-        (out, out_stride): (*mut f32, usize),
+        (out, stride): (*mut f32, usize),
+        previous: Option<HeldInValue>,
         between: impl FnMut(usize),
-    ) {
-        // (`between` touches other memory, so when it runs changes nothing.)
-        (0..steps).for_each(between);
+    ) -> HeldInValue {
+        if let Some(previous) = previous {
+            // SAFETY: the caller vouches for the previous block's `out`.
+            unsafe { Self::store(tiles, previous) };
+        }
+        let mut held = HeldInValue {
+            sums: TileSums([0.0; MR * NR]),
+            out,
+            stride,
+        };
         let pairs = steps * K_STEP;
         for r in 0..MR {
             for j in 0..NR {
@@ -503,9 +640,21 @@ impl TileProduct for EmulatedTiles {
                     acc += a_lo * b_lo;
                     acc += a_hi * b_hi;
                 }
-                // SAFETY: as above.
-                unsafe { *out.add(r * out_stride + j) = acc };
+                held.sums.0[r * NR + j] = acc;
             }
+        }
+        // (`between` touches neither `start` nor `out`, so running it
+        // after the sums changes nothing.)
+        (0..steps).for_each(between);
+        held
+    }
+
+    unsafe fn store(_tiles: &Configured<Self>, held: HeldInValue) {
+        for (r, row) in held.sums.0.chunks_exact(NR).enumerate() {
+            // SAFETY: row `r` < 32 of the 32 × 32 floats the block's caller
+            // vouches for until now.
+            let out = unsafe { core::slice::from_raw_parts_mut(held.out.add(r * held.stride), NR) };
+            out.copy_from_slice(row);
         }
     }
 
@@ -515,8 +664,21 @@ impl TileProduct for EmulatedTiles {
         self.configured(|tiles| {
             for _ in 0..iters {
                 // One step of a block is 4 tile products.
-                // SAFETY: nothing runs between the steps.
-                unsafe { block_sums(tiles, ATiles::packed(&a), &b, 1, None, &mut sums, |_| {}) };
+                // SAFETY: `sums` is this loop's alone; nothing runs between
+                // the steps.
+                unsafe {
+                    let held = block_sums(
+                        tiles,
+                        ATiles::packed(&a),
+                        &b,
+                        1,
+                        None,
+                        &mut sums,
+                        None,
+                        |_| {},
+                    );
+                    Self::store(tiles, held);
+                }
             }
         });
         core::hint::black_box(&sums);

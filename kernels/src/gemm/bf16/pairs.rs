@@ -322,15 +322,6 @@ struct Pairs<'a> {
     c_stride: usize,
 }
 
-/// A whole tile block whose sums wait in a buffer to be stored: row tile
-/// `i`, column panel `j`, and which of the two buffers.
-#[derive(Clone, Copy)]
-struct Pending {
-    i: usize,
-    j: usize,
-    buffer: usize,
-}
-
 /// C as the blocks write it: f32 sums, or the sums rounded to bf16.
 #[derive(Clone, Copy)]
 enum OutputPtr {
@@ -504,11 +495,17 @@ impl Pairs<'_> {
             |tiles| {
                 let mut sums = amx::TileSums([0.0; amx::MR * NR]);
                 let mut acc = [[unit.zero(); 2]; amx::MR];
-                let mut whole_sums = [
-                    amx::TileSums([0.0; amx::MR * NR]),
-                    amx::TileSums([0.0; amx::MR * NR]),
-                ];
-                let mut before: Option<Pending> = None;
+                // Whole blocks' sums, each block's stored there by the next
+                // block's first step and into C by the steps after it. The
+                // tile stores write it while `before` reads it, so both go
+                // through this pointer.
+                let mut whole_sums = amx::TileSums([0.0; amx::MR * NR]);
+                let whole_sums: *mut amx::TileSums = &mut whole_sums;
+                // The sums the last block left in the tiles.
+                let mut held: Option<T::Held> = None;
+                // The whole block whose sums go to `whole_sums`, still to
+                // be stored into C.
+                let mut before: Option<(usize, usize)> = None;
                 let rows_per_step = amx::MR.div_ceil(steps.max(1));
                 for i in rows {
                     for j in panels.clone() {
@@ -536,42 +533,69 @@ impl Pairs<'_> {
                             // lie inside C (`whole`; rows `c_stride ≥ n`
                             // floats apart), and only this piece touches
                             // them; C is read before the block stores; a
-                            // bias is one row of 32 floats, borrowed.
-                            unsafe {
-                                T::block(tiles, a, b, steps, start, (c, self.c_stride), |_| {})
-                            };
+                            // bias is one row of 32 floats, borrowed; the
+                            // held sums are the last block's, whose C (or
+                            // buffer) waits for them.
+                            held = Some(unsafe {
+                                T::block(
+                                    tiles,
+                                    a,
+                                    b,
+                                    steps,
+                                    start,
+                                    (c, self.c_stride),
+                                    held.take(),
+                                    |_| {},
+                                )
+                            });
                         } else if whole {
-                            let buffer = before.map_or(0, |p| 1 - p.buffer);
-                            let [first, second] = &mut whole_sums;
-                            let (sums, earlier) = if buffer == 0 {
-                                (first, &*second)
-                            } else {
-                                (second, &*first)
+                            let earlier = before.take();
+                            let store_earlier = |s: usize| {
+                                if let Some((i, j)) = earlier {
+                                    let start = (s * rows_per_step).min(amx::MR);
+                                    let end = (start + rows_per_step).min(amx::MR);
+                                    // SAFETY: this block's first step
+                                    // stored the sums before this runs.
+                                    let earlier = unsafe { &*whole_sums };
+                                    self.update_whole(unit, i, j, earlier, start..end);
+                                }
                             };
-                            // SAFETY: storing the block before is vector
-                            // code, no tile instruction.
-                            unsafe {
+                            // SAFETY: `whole_sums` waits for these sums:
+                            // the block before's are stored by this block's
+                            // first step, and `store_earlier` reads them
+                            // only after it; it is vector code, no tile
+                            // instruction. The held sums are the last
+                            // block's, whose buffer waits for them.
+                            held = Some(unsafe {
                                 amx::block_sums(
                                     tiles,
                                     a,
                                     b,
                                     steps,
                                     bias,
-                                    sums,
-                                    #[inline(always)]
-                                    |s| {
-                                        if let Some(p) = before {
-                                            let start = (s * rows_per_step).min(amx::MR);
-                                            let end = (start + rows_per_step).min(amx::MR);
-                                            self.update_whole(unit, p.i, p.j, earlier, start..end);
-                                        }
-                                    },
+                                    whole_sums,
+                                    held.take(),
+                                    store_earlier,
                                 )
-                            };
-                            before = Some(Pending { i, j, buffer });
+                            });
+                            before = Some((i, j));
                         } else {
-                            // SAFETY: nothing runs between the steps.
-                            unsafe { amx::block_sums(tiles, a, b, steps, bias, &mut sums, |_| {}) };
+                            // SAFETY: `sums` is this block's until stored,
+                            // right after; nothing runs between the steps;
+                            // the held sums are the last block's.
+                            unsafe {
+                                let block = amx::block_sums(
+                                    tiles,
+                                    a,
+                                    b,
+                                    steps,
+                                    bias,
+                                    &mut sums,
+                                    held.take(),
+                                    |_| {},
+                                );
+                                T::store(tiles, block);
+                            }
                             for (acc, row) in acc.iter_mut().zip(sums.0.chunks_exact(NR)) {
                                 *acc = [unit.load_acc(&row[..16]), unit.load_acc(&row[16..])];
                             }
@@ -579,8 +603,15 @@ impl Pairs<'_> {
                         }
                     }
                 }
-                if let Some(p) = before {
-                    self.update_whole(unit, p.i, p.j, &whole_sums[p.buffer], 0..amx::MR);
+                if let Some(last) = held {
+                    // SAFETY: the last block's sums, whose C or buffer waits
+                    // for them.
+                    unsafe { T::store(tiles, last) };
+                }
+                if let Some((i, j)) = before {
+                    // SAFETY: stored just above (or by a block since).
+                    let earlier = unsafe { &*whole_sums };
+                    self.update_whole(unit, i, j, earlier, 0..amx::MR);
                 }
             },
         )
