@@ -550,19 +550,10 @@ impl Pairs<'_> {
                             });
                         } else if whole {
                             let earlier = before.take();
-                            let store_earlier = |s: usize| {
-                                if let Some((i, j)) = earlier {
-                                    let start = (s * rows_per_step).min(amx::MR);
-                                    let end = (start + rows_per_step).min(amx::MR);
-                                    // SAFETY: this block's first step
-                                    // stored the sums before this runs.
-                                    let earlier = unsafe { &*whole_sums };
-                                    self.update_whole(unit, i, j, earlier, start..end);
-                                }
-                            };
                             // SAFETY: `whole_sums` waits for these sums:
                             // the block before's are stored by this block's
-                            // first step, and `store_earlier` reads them
+                            // first step, and `between` reads them (through
+                            // the pointer, as the tile stores write them)
                             // only after it; it is vector code, no tile
                             // instruction. The held sums are the last
                             // block's, whose buffer waits for them.
@@ -575,7 +566,17 @@ impl Pairs<'_> {
                                     bias,
                                     whole_sums,
                                     held.take(),
-                                    store_earlier,
+                                    // (Inlined, as all the unit's `enter`
+                                    // runs, so it is compiled for its ISA.)
+                                    #[inline(always)]
+                                    |s| {
+                                        if let Some((i, j)) = earlier {
+                                            let start = (s * rows_per_step).min(amx::MR);
+                                            let end = (start + rows_per_step).min(amx::MR);
+                                            let sums = &*whole_sums;
+                                            self.update_whole(unit, i, j, sums, start..end);
+                                        }
+                                    },
                                 )
                             });
                             before = Some((i, j));
