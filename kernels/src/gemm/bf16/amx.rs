@@ -14,9 +14,10 @@
 //! TFLOP/s on one core, 1.6–1.85 with the hint (model 207).
 //!
 //! The tile instructions are not in stable Rust's intrinsics, so `asm!`
-//! blocks run them: one starts a block's sums, one per step of k loads
-//! and multiplies, one stores the sums; the tiles hold the sums in
-//! between. Loading the tile configuration and releasing the tiles cost
+//! blocks run them, one per step of k that loads and multiplies; the
+//! first step of a block also stores the block before's sums and starts
+//! its own, a tile at a time between its products, so that the stores
+//! overlap the multiplying; the tiles hold the sums in between. Loading the tile configuration and releasing the tiles cost
 //! about as much as a short block, so a piece of work configures them once
 //! ([`TileProduct::configured`]) and runs all its blocks inside; nothing
 //! but these blocks touches tile state in between. Packed A panels are
@@ -26,7 +27,7 @@
 //! ([`ATiles`] says which). Sums that C cannot take as they are go
 //! through a buffer and vector code (scaling, rounding to bf16); a block
 //! runs step by step ([`TileProduct::block`]'s `between`) so that the block
-//! before is stored while its tiles multiply. [`TileProduct`] is what the
+//! before is stored into C while its tiles multiply. [`TileProduct`] is what the
 //! loop nest in `pairs` sees; an emulated tile runs the same blocking on
 //! any CPU in tests.
 
