@@ -379,7 +379,7 @@ impl TileProduct for AmxTiles {
 
     #[inline(always)]
     unsafe fn block(
-        tiles: &Configured<Self>,
+        _tiles: &Configured<Self>,
         a: ATiles,
         b: &[f32],
         steps: usize,
@@ -405,8 +405,8 @@ impl TileProduct for AmxTiles {
         // `start`), its product issued, so the stores of one tile overlap
         // the products of the others.
         let previous_at = previous.map(|HeldInTiles { out, stride }| (out, stride));
-        macro_rules! first_product {
-            ($tile:literal, $a:literal, $b:literal, $half:literal, $col:literal) => {
+        macro_rules! first_sums {
+            ($tile:literal, $half:literal, $col:literal) => {
                 if let Some((out, stride)) = previous_at {
                     let at = out.wrapping_add($half * 16 * stride + $col * 16);
                     // SAFETY: as above; the store writes 16 rows of 64 bytes
@@ -439,6 +439,11 @@ impl TileProduct for AmxTiles {
                         );
                     },
                 }
+            };
+        }
+        macro_rules! first_product {
+            ($tile:literal, $a:literal, $b:literal, $half:literal, $col:literal) => {
+                first_sums!($tile, $half, $col);
                 // SAFETY: as above; the product touches no memory.
                 unsafe {
                     core::arch::asm!(
@@ -449,35 +454,11 @@ impl TileProduct for AmxTiles {
             };
         }
         if steps == 0 {
-            if let Some((out, stride)) = previous_at {
-                // SAFETY: these are the previous block's sums, per the
-                // contract.
-                unsafe { Self::store(tiles, HeldInTiles { out, stride }) };
-            }
-            // SAFETY: as above; zeroing touches no memory, and the loads
-            // read the 32 × 32 floats (or one row of 32) at `start` the
-            // caller vouches for.
-            unsafe {
-                match start {
-                    None => core::arch::asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem),
-                    ),
-                    Some((start, stride)) => core::arch::asm!(
-                        "tileloadd tmm0, [{top} + {row}*1]",
-                        "tileloadd tmm1, [{top} + {row}*1 + 64]",
-                        "tileloadd tmm2, [{bottom} + {row}*1]",
-                        "tileloadd tmm3, [{bottom} + {row}*1 + 64]",
-                        top = in(reg) start,
-                        bottom = in(reg) start.wrapping_add(16 * stride),
-                        row = in(reg) stride * 4,
-                        options(nostack, readonly),
-                    ),
-                }
-            }
+            // The sums are the start.
+            first_sums!("tmm0", 0, 0);
+            first_sums!("tmm2", 1, 0);
+            first_sums!("tmm1", 0, 1);
+            first_sums!("tmm3", 1, 1);
             return HeldInTiles {
                 out: out.0,
                 stride: out.1,
