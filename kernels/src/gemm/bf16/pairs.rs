@@ -469,9 +469,11 @@ impl Pairs<'_> {
     /// Where C takes the sums as they are (an f32 C not streamed, alpha 1,
     /// beta 0 or 1) and the block lies whole inside C, the tiles start from
     /// C (or zero) and store into it; else the sums go through a buffer and
-    /// the pair unit's epilogue. Whole blocks take two buffers in turn: the
-    /// block before is stored into C a few rows after each step of the
-    /// next, while its tiles multiply.
+    /// the pair unit's epilogue. Each block's sums stay in the tiles until
+    /// the next block's first step stores them ([`amx::TileProduct::block`]);
+    /// a whole block's go to one buffer, from which the block after stores
+    /// them into C a few rows after each of its steps, while its tiles
+    /// multiply.
     #[inline(always)]
     fn tile_block<T: amx::TileProduct, P: PairDot>(
         &self,
