@@ -17,8 +17,9 @@
 //! blocks run them, one per step of k that loads and multiplies; the
 //! first step of a block also stores the block before's sums and starts
 //! its own, a tile at a time between its products, so that the stores
-//! overlap the multiplying; the tiles hold the sums in between. Loading the tile configuration and releasing the tiles cost
-//! about as much as a short block, so a piece of work configures them once
+//! overlap the multiplying; the tiles hold the sums in between. Loading
+//! the tile configuration and releasing the tiles cost about as much as a
+//! short block, so a piece of work configures them once
 //! ([`TileProduct::configured`]) and runs all its blocks inside; nothing
 //! but these blocks touches tile state in between. Packed A panels are
 //! tile-major: each step's 32 rows × 16 pairs lie together (2 KiB), so
@@ -27,9 +28,9 @@
 //! ([`ATiles`] says which). Sums that C cannot take as they are go
 //! through a buffer and vector code (scaling, rounding to bf16); a block
 //! runs step by step ([`TileProduct::block`]'s `between`) so that the block
-//! before is stored into C while its tiles multiply. [`TileProduct`] is what the
-//! loop nest in `pairs` sees; an emulated tile runs the same blocking on
-//! any CPU in tests.
+//! before is stored into C while its tiles multiply. [`TileProduct`] is
+//! what the loop nest in `pairs` sees; an emulated tile runs the same
+//! blocking on any CPU in tests.
 
 use core::ops::Range;
 
@@ -459,10 +460,6 @@ impl TileProduct for AmxTiles {
             first_sums!("tmm2", 1, 0);
             first_sums!("tmm1", 0, 1);
             first_sums!("tmm3", 1, 1);
-            return HeldInTiles {
-                out: out.0,
-                stride: out.1,
-            };
         }
         for s in 0..steps {
             let (a_here, b_here) = (&a_slots[s * a.step..], &b[s * K_STEP * NR..]);
