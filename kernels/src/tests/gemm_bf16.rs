@@ -574,20 +574,7 @@ fn tile_pointer_paths_on_small_products() {
     kernels
         .gemm_bf16_bias_with(&Sequential, a_, b_, &bias, c_, &mut ws)
         .unwrap();
-    let round = |x: f32| f64::from(Bf16::from_f32(x).to_f32());
-    for (i, &got) in c.iter().enumerate() {
-        let (r, j) = (i / n, i % n);
-        let terms = (0..k).map(|q| round(a[r * k + q]) * round(b[q * n + j]));
-        let (want, size) = terms.fold(
-            (f64::from(bias[j]), f64::from(bias[j]).abs()),
-            |(s, z), p| (s + p, z + p.abs()),
-        );
-        let tol = 2.0 * (k + 3) as f64 * f64::from(f32::EPSILON) / 2.0 * size;
-        assert!(
-            (f64::from(got) - want).abs() <= tol,
-            "bias [{i}]: {got} against {want}"
-        );
-    }
+    assert_bias_product("emulated-tiles bias", &c, (&a, &b, &bias), (m, n, k), true);
 }
 
 #[test]
@@ -785,6 +772,34 @@ const BIAS_SHAPES: [(usize, usize, usize); 11] = [
 /// workspace.
 type BiasProduct<'a> = dyn Fn(&dyn Executor, MatMut, &mut [f32]) + 'a;
 
+/// Asserts that `got` (`m × n`) is `a · b` plus `bias` in every row, each
+/// element within 2·(k + 3)·u·Σ|terms| (u = 2⁻²⁴) of the f64 sum of the
+/// operands, bf16-rounded where `rounded`, and the bias.
+fn assert_bias_product(
+    what: &str,
+    got: &[f32],
+    (a, b, bias): (&[f32], &[f32], &[f32]),
+    (m, n, k): (usize, usize, usize),
+    rounded: bool,
+) {
+    let u = f64::powi(2.0, -24);
+    let v = |x: f32| if rounded { Bf16::from_f32(x).to_f32() } else { x } as f64;
+    for (i, &got) in got[..m * n].iter().enumerate() {
+        let (r, j) = (i / n, i % n);
+        let (mut want, mut size) = (0.0, 0.0);
+        for q in 0..k {
+            let p = v(a[r * k + q]) * v(b[q * n + j]);
+            (want, size) = (want + p, size + p.abs());
+        }
+        (want, size) = (want + bias[j] as f64, size + (bias[j] as f64).abs());
+        let tol = 2.0 * (k + 3) as f64 * u * size;
+        assert!(
+            (got as f64 - want).abs() <= tol,
+            "{what} {m}x{n}x{k} [{i}]: {got} against {want}"
+        );
+    }
+}
+
 /// `C = A·B + bias` on every unit, f32 and bf16 (as stored, rows on a
 /// line) operands, B packed in the call or beforehand, C streamed past the
 /// caches or not: within the bf16 product's bound of the f64 sum over the
@@ -794,7 +809,6 @@ type BiasProduct<'a> = dyn Fn(&dyn Executor, MatMut, &mut [f32]) + 'a;
 #[test]
 fn bias_products_add_the_bias_to_every_row() {
     use crate::PackedBf16;
-    let u = f64::powi(2.0, -24);
     for (seed, &(m, n, kk)) in BIAS_SHAPES.iter().enumerate() {
         let mut rng = Rng::new(17 + seed as u64);
         let (a, b, bias) = (
@@ -808,29 +822,8 @@ fn bias_products_add_the_bias_to_every_row() {
         let at = a_bf16.as_ptr().align_offset(64);
         a_bf16[at..at + m * kk].copy_from_slice(&round(&a));
         let a_bf16 = &a_bf16[at..at + m * kk];
-        // The f64 sums and the bound, from the rounded or the f32 operands.
-        let expected = |rounded: bool| {
-            let v = |x: f32| if rounded { Bf16::from_f32(x).to_f32() } else { x } as f64;
-            let mut want = std::vec![(0.0, 0.0); m * n];
-            for (r, row) in want.chunks_exact_mut(n).enumerate() {
-                for (j, (sum, size)) in row.iter_mut().enumerate() {
-                    for q in 0..kk {
-                        let p = v(a[r * kk + q]) * v(b[q * n + j]);
-                        (*sum, *size) = (*sum + p, *size + p.abs());
-                    }
-                    (*sum, *size) = (*sum + bias[j] as f64, *size + (bias[j] as f64).abs());
-                }
-            }
-            want
-        };
         let check = |what: &str, got: &[f32], rounded: bool| {
-            for (i, (&got, (want, size))) in got.iter().zip(expected(rounded)).enumerate() {
-                let tol = 2.0 * (kk + 3) as f64 * u * size;
-                assert!(
-                    (got as f64 - want).abs() <= tol,
-                    "{what} {m}x{n}x{kk} [{i}]: {got} against {want}"
-                );
-            }
+            assert_bias_product(what, got, (&a, &b, &bias), (m, n, kk), rounded)
         };
         for (name, k) in bf16_kernels() {
             let run = |exec: &dyn Executor, stream: usize, product: &BiasProduct| {
