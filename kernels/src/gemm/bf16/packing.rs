@@ -290,43 +290,57 @@ pub(super) fn pack_panels<K: GemmKernel, T: Bf16Input>(
             panel[pairs * width..].fill(0.0);
         }
     } else {
-        // Columns are contiguous (`rs == 1`): two columns at a time, the
-        // share of every panel in turn, so that each step reads one run
-        // of the panels' rows from each column (a panel at a time would
-        // read a line or two per column and wait on each).
+        // Columns are contiguous (`rs == 1`): a group of steps (pairs of
+        // columns) at a time, each panel's share of the group in turn, so
+        // that the group's columns are read in runs across the panels
+        // (a whole panel at a time would read a line or two per column
+        // and wait on each) and each panel is written a run of lines at a
+        // time ([`GROUP_STEPS`]).
         let first = panels.start * width;
         let span = (panels.end * width).min(rows) - first;
-        for q in 0..panel_len / width {
+        let steps = panel_len / width;
+        for group in (0..steps).step_by(GROUP_STEPS) {
+            let group = group..steps.min(group + GROUP_STEPS);
             // Columns a page or more apart defeat the prefetchers: fetch
-            // the columns a few pairs ahead.
-            for c in 2 * q + PREFETCH_AHEAD..(2 * q + PREFETCH_AHEAD + 2).min(cols) {
+            // the next group's columns while packing this one.
+            let ahead = 2 * group.end..(2 * (group.end + GROUP_STEPS)).min(cols);
+            for c in ahead {
                 prefetch_run(src.data, c * cs + first, span);
             }
             let strip = |c: usize, p: usize| &src.data[c * cs + p * width..][..live(p)];
             for (p, panel) in panels.clone().zip(out.chunks_exact_mut(panel_len)) {
-                let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
-                if 2 * q < cols {
-                    let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1, p));
-                    T::pair_slices(
-                        strip(2 * q, p),
-                        hi,
-                        slots,
-                        #[inline(always)]
-                        |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
-                        #[inline(always)]
-                        |lo, hi, slots| kernel.pair_bf16s(lo, hi, slots),
-                    );
-                } else {
-                    slots.fill(0.0);
+                for q in group.clone() {
+                    let (slots, pad) = panel[q * width..][..width].split_at_mut(live(p));
+                    if 2 * q < cols {
+                        let hi = (2 * q + 1 < cols).then(|| strip(2 * q + 1, p));
+                        T::pair_slices(
+                            strip(2 * q, p),
+                            hi,
+                            slots,
+                            #[inline(always)]
+                            |lo, hi, slots| kernel.round_pairs(lo, hi, slots),
+                            #[inline(always)]
+                            |lo, hi, slots| kernel.pair_bf16s(lo, hi, slots),
+                        );
+                    } else {
+                        slots.fill(0.0);
+                    }
+                    pad.fill(0.0);
                 }
-                pad.fill(0.0);
             }
         }
     }
 }
 
-/// Rows (or columns) fetched ahead while packing along a stride.
-const PREFETCH_AHEAD: usize = 8;
+/// Steps (pairs of columns) packed into one panel before the next, where
+/// columns are contiguous: a panel then takes whole runs of lines (8
+/// steps: 1 KiB) while the columns are read 16 at a time. A step at a time
+/// across all the panels wrote a line pair into each of them in turn (32
+/// panels of a 1024-wide B, their lines in one L1 set: panels are a whole
+/// number of 4 KiB apart); measured on the Intel Xeon (`pack_bf16`, one
+/// thread): 1024² 0.50 → 0.20 ms, 2048² 1.84 → 0.84 ms, 384 × 1152 0.096
+/// → 0.054 ms.
+const GROUP_STEPS: usize = 8;
 
 /// Asks for the first `len` elements of each of `rows` (rows `stride`
 /// apart in `data`) to be fetched into the cache: the next panel's rows,
