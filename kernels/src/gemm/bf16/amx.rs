@@ -135,9 +135,16 @@ pub(super) trait TileProduct: Copy {
     /// time between its first products (`previous`), or
     /// [`TileProduct::store`] does: four tile stores in a row at the end of
     /// every block (4 KiB) left the tiles idle for a tenth of a block at k
-    /// = 384. `between(s)` runs once step `s`'s tile products are issued
-    /// (the `previous` sums stored by `between(0)`), so that other work
-    /// (the block before stored into C) runs while the tiles multiply.
+    /// = 384. `between(s)` runs once step `s`'s tiles are loaded and
+    /// before its products (on step 0 after them, as they store the
+    /// `previous` sums), so that other work (the block before stored into
+    /// C) runs while the tiles multiply. Its stores go before the products
+    /// rather than after them because the next step's tile loads wait for
+    /// the stores before them: a store whose line misses (a C not
+    /// streamed) held them back for its line's way from memory, and the
+    /// products give it that time (measured on the Intel Xeon: the MLP
+    /// projection and A·Bᵀ, whose 1.5 MiB C is not streamed, 1.15–1.22×
+    /// faster).
     ///
     /// # Safety
     /// `start` (where given) and `out` point to 32 rows of 32 floats (rows
@@ -488,7 +495,11 @@ impl TileProduct for AmxTiles {
                 first_product!("tmm2", "tmm5", "tmm6", 1, 0);
                 first_product!("tmm1", "tmm4", "tmm7", 0, 1);
                 first_product!("tmm3", "tmm5", "tmm7", 1, 1);
+                between(s);
             } else {
+                // (Before the products, so that its stores have them to
+                // land before the next step's loads: see the docs.)
+                between(s);
                 // SAFETY: as above; the products touch no memory.
                 unsafe {
                     core::arch::asm!(
@@ -500,7 +511,6 @@ impl TileProduct for AmxTiles {
                     );
                 }
             }
-            between(s);
         }
         HeldInTiles {
             out: out.0,

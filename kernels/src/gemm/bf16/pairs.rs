@@ -472,7 +472,7 @@ impl Pairs<'_> {
     /// the pair unit's epilogue. Each block's sums stay in the tiles until
     /// the next block's first step stores them ([`amx::TileProduct::block`]);
     /// a whole block's go to one buffer, from which the block after stores
-    /// them into C a few rows after each of its steps, while its tiles
+    /// them into C a few rows at each of its steps, while its tiles
     /// multiply.
     #[inline(always)]
     fn tile_block<T: amx::TileProduct, P: PairDot>(
