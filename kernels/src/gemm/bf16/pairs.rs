@@ -461,6 +461,17 @@ impl Pairs<'_> {
         }
     }
 
+    /// Starts fetching lines `lines` (of 64) of the whole tile block `(i,
+    /// j)` of an f32 C at `c`: line `l` is half `l % 2` of the block's row
+    /// `l / 2`. (Prefetches never fault, so lines past 64 cost nothing.)
+    #[inline(always)]
+    fn prefetch_block(&self, c: *const f32, (i, j): (usize, usize), lines: Range<usize>) {
+        let block = c.wrapping_add(i * amx::MR * self.c_stride + j * NR);
+        for line in lines.start..lines.end.min(2 * amx::MR) {
+            prefetch(block.wrapping_add(line / 2 * self.c_stride + line % 2 * 16));
+        }
+    }
+
     /// A block on tiles: each `amx::MR × 32` block of sums runs down the
     /// whole of k, the tiles configured once for the whole block. Each row
     /// tile of A sweeps the block's column panels (its rows stay in L1, the
@@ -509,6 +520,9 @@ impl Pairs<'_> {
                 // be stored into C.
                 let mut before: Option<(usize, usize)> = None;
                 let rows_per_step = amx::MR.div_ceil(steps.max(1));
+                // Lines of a block in C (32 rows of two) fetched per step.
+                let lines_per_step = (2 * amx::MR).div_ceil(steps.max(1));
+                let last_row = rows.end;
                 for i in rows {
                     for j in panels.clone() {
                         let b = &self.b[j * self.b_stride..][..l.b_panel_len()];
@@ -524,6 +538,12 @@ impl Pairs<'_> {
                         };
                         let whole = (i + 1) * amx::MR <= l.m && (j + 1) * NR <= l.n;
                         if let (Some(c), true) = (in_c, whole) {
+                            let next = if j + 1 < panels.end {
+                                Some((i, j + 1))
+                            } else {
+                                (i + 1 < last_row).then_some((i + 1, panels.start))
+                            };
+                            let c_start = c.ptr().cast_const();
                             let c = c.ptr().wrapping_add(i * amx::MR * self.c_stride + j * NR);
                             let start = match bias {
                                 Some(bias) => Some(bias.start()),
@@ -547,7 +567,17 @@ impl Pairs<'_> {
                                     start,
                                     (c, self.c_stride),
                                     held.take(),
-                                    |_| {},
+                                    // The next block's lines of C, a few
+                                    // each step, so that its tiles do not
+                                    // wait for them (1.04–1.13× at k 384).
+                                    #[inline(always)]
+                                    |s| {
+                                        if let Some(next) = next {
+                                            let lines =
+                                                s * lines_per_step..(s + 1) * lines_per_step;
+                                            self.prefetch_block(c_start, next, lines);
+                                        }
+                                    },
                                 )
                             });
                         } else if whole {
