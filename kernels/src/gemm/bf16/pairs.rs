@@ -569,7 +569,8 @@ impl Pairs<'_> {
                                     held.take(),
                                     // The next block's lines of C, a few
                                     // each step, so that its tiles do not
-                                    // wait for them (1.04–1.13× at k 384).
+                                    // wait for them (on the Intel Xeon,
+                                    // 1.04–1.13× at k 384).
                                     #[inline(always)]
                                     |s| {
                                         if let Some(next) = next {
