@@ -79,7 +79,7 @@ pub struct BlockingOverride {
     pub kc: usize,
     pub nc: usize,
     /// Lines per L1 set past which A is packed, and the narrowest product
-    /// that packs it.
+    /// that packs it, transposed or not.
     pub a_packing: Option<(usize, usize)>,
     /// B panels each A panel sweeps.
     pub b_sweep: Option<usize>,

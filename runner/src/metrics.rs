@@ -112,6 +112,7 @@ pub struct GemmBlocking {
     pub nc: usize,
     pub a_lines_per_set: usize,
     pub pack_a_min_n: usize,
+    pub pack_transposed_a_min_n: usize,
     pub b_sweep: usize,
     pub stream_c_min_bytes: usize,
 }
@@ -143,6 +144,7 @@ impl RunShape {
                 nc: b.nc,
                 a_lines_per_set: b.a_lines_per_set,
                 pack_a_min_n: b.pack_a_min_n,
+                pack_transposed_a_min_n: b.pack_transposed_a_min_n,
                 b_sweep: b.b_sweep,
                 stream_c_min_bytes: b.stream_c_min_bytes,
             },

@@ -45,6 +45,10 @@ pub struct Blocking {
     /// The narrowest product (columns of C) that packs A: enough panels of
     /// B to repay the copy. Narrower products read A in place.
     pub pack_a_min_n: usize,
+    /// As [`Blocking::pack_a_min_n`] for a transposed A (its rows adjacent,
+    /// its steps of k a row of the stored matrix apart), which is cheaper
+    /// to pack and costs more to read in place.
+    pub pack_transposed_a_min_n: usize,
     /// Bytes of one way of the L1 data cache (its size over its ways):
     /// addresses this far apart fall into the same set.
     pub l1_way: usize,
@@ -62,8 +66,9 @@ pub struct Blocking {
 
 impl core::fmt::Display for Blocking {
     /// `12x32 tile, MC 168, KC 384, NC 4096, A packed past 6 lines per L1
-    /// set from n 512, A panel held in L1 over 5 B panels, C streamed from
-    /// 1024 KiB` (or `A packed from n 256, B panel held in L1, ...`).
+    /// set from n 512 (transposed from n 128), A panel held in L1 over 5 B
+    /// panels, C streamed from 1024 KiB` (or `A packed from n 256
+    /// (transposed from n 64), B panel held in L1, ...`).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -74,7 +79,11 @@ impl core::fmt::Display for Blocking {
             0 => f.write_str("A packed")?,
             lines => write!(f, "A packed past {lines} lines per L1 set")?,
         }
-        write!(f, " from n {}, ", self.pack_a_min_n)?;
+        write!(
+            f,
+            " from n {} (transposed from n {}), ",
+            self.pack_a_min_n, self.pack_transposed_a_min_n
+        )?;
         match self.b_sweep {
             0 | 1 => f.write_str("B panel held in L1"),
             panels => write!(f, "A panel held in L1 over {panels} B panels"),
@@ -181,6 +190,21 @@ const L2_SHARE_FOR_STREAMED_C: (usize, usize) = (1, 1);
 /// (2 panels), 0.85× at 64, 0.95× at 128, 1.05× at 256 (16 panels).
 const MIN_B_PANELS_TO_PACK_A: usize = 16;
 
+/// As [`MIN_B_PANELS_TO_PACK_A`] for a transposed A (the weight gradient
+/// `xᵀ · dy`): 4. Its packing copies runs of `mr` adjacent floats, one per
+/// step of k, where a row-major A's transposes `mr` rows; and read in
+/// place, its panel is a line or two per step of k (24–48 KiB at kc 384,
+/// where packed it is 18 KiB), which crowds out B's stream whichever sets
+/// it falls into. Measured on the Intel Xeon (model 207, AVX-512 tile, one
+/// thread, medians of 60 calls) with steps of k 6 KiB apart (Aᵀ·B 1536 ×
+/// 2048 · 2048 × n, the MLP projection's weight gradient): packed against
+/// in place 0.91–0.95× at n = 32, 0.99× at 64, 1.07–1.12× at 128, 1.09× at
+/// 256, 1.14–1.20× at 384 (this rule against the former 16 panels, three
+/// runs); 1.5 KiB apart (384 × 2048 · 2048 × n) 0.97–0.98× at 128 and
+/// 0.98–1.06× at 384. Whole `shakes` training steps in f32 (B 8, T 256,
+/// one thread, two alternated runs): 1.02–1.03× faster.
+const MIN_B_PANELS_TO_PACK_TRANSPOSED_A: usize = 4;
+
 /// The share of L2 the `mc × kc` block of A takes: a quarter. The rest
 /// holds the B panel streaming through (48 KiB at kc 384 and nr 32), the C
 /// tiles and the lines of the next block; and A is usually read in place,
@@ -250,6 +274,7 @@ impl Blocking {
                 (ways * L1_WAYS_FOR_A.0 / L1_WAYS_FOR_A.1).max(1)
             },
             pack_a_min_n: MIN_B_PANELS_TO_PACK_A * nr,
+            pack_transposed_a_min_n: MIN_B_PANELS_TO_PACK_TRANSPOSED_A * nr,
             l1_way,
             b_sweep: if b_panel_stays_in_l1 {
                 1
@@ -351,7 +376,13 @@ impl Blocking {
     /// also packs an A too large for them).
     pub(crate) fn reads_a_in_place(&self, rs: usize, cs: usize, kc: usize, n: usize) -> bool {
         let limit = self.a_lines_per_set;
-        n < self.pack_a_min_n || self.a_lines_in_one_set(rs, cs, kc, limit) <= limit
+        let transposed = rs == 1 && cs != 1;
+        let min_n = if transposed {
+            self.pack_transposed_a_min_n
+        } else {
+            self.pack_a_min_n
+        };
+        n < min_n || self.a_lines_in_one_set(rs, cs, kc, limit) <= limit
     }
 }
 
@@ -423,21 +454,24 @@ impl Kernels {
 
     /// This handle with its f32 GEMM packing A where a register tile's
     /// rows put more than `lines_per_set` lines into one L1 set and the
-    /// product is at least `min_n` wide ([`Blocking::a_lines_per_set`],
-    /// [`Blocking::pack_a_min_n`]), reading it in place elsewhere (unless
-    /// it is too large): `(0, 0)` packs A always, `(usize::MAX, 0)` never,
-    /// to test or measure either on any machine. The product is the same
-    /// either way.
+    /// product is at least `min_n` wide, transposed or not
+    /// ([`Blocking::a_lines_per_set`], [`Blocking::pack_a_min_n`],
+    /// [`Blocking::pack_transposed_a_min_n`]), reading it in place
+    /// elsewhere (unless it is too large): `(0, 0)` packs A always,
+    /// `(usize::MAX, 0)` never, to test or measure either on any machine.
+    /// The product is the same either way.
     ///
     /// ```
     /// let k = kernels::Kernels::best();
     /// let packing = k.with_gemm_a_packing(0, 0).gemm_blocking();
     /// assert_eq!((packing.a_lines_per_set, packing.pack_a_min_n), (0, 0));
+    /// assert_eq!(packing.pack_transposed_a_min_n, 0);
     /// ```
     pub fn with_gemm_a_packing(self, lines_per_set: usize, min_n: usize) -> Kernels {
         let blocking = Blocking {
             a_lines_per_set: lines_per_set,
             pack_a_min_n: min_n,
+            pack_transposed_a_min_n: min_n,
             ..self.blocking
         };
         Kernels { blocking, ..self }
@@ -548,6 +582,10 @@ mod tests {
         // Three quarters of L1's ways for A's rows; sets of 4 KiB ways.
         assert_eq!((zen4.a_lines_per_set, zen4.l1_way), (6, 4 * KIB));
         assert_eq!((zen4.pack_a_min_n, zen3.pack_a_min_n), (16 * 32, 16 * 16));
+        assert_eq!(
+            (zen4.pack_transposed_a_min_n, zen3.pack_transposed_a_min_n),
+            (4 * 32, 4 * 16)
+        );
         // A B panel that stays in L1 (AVX2's 24 KiB, scalar's 4 KiB)
         // packs A always.
         assert_eq!(zen3.a_lines_per_set, 0);
@@ -615,9 +653,14 @@ mod tests {
             assert!(b.reads_a_in_place(1024, 1, 384, wide - 1));
         }
         // A transposed A is read in place while only a column of it is
-        // held, packed where the whole panel is.
+        // held, packed where the whole panel is, from 4 panels of B.
         assert!(column.reads_a_in_place(1, 384, 384, wide));
         assert!(!zen4.reads_a_in_place(1, 384, 384, wide));
+        let narrow = 4 * zen4.nr;
+        assert!(!zen4.reads_a_in_place(1, 1536, 384, narrow));
+        assert!(zen4.reads_a_in_place(1, 1536, 384, narrow - 1));
+        // A row-major A as narrow stays in place, however crowded.
+        assert!(zen4.reads_a_in_place(1024, 1, 384, narrow));
         // The Xeon's 12 ways take up to 9 lines: still not all 12.
         let xeon = Blocking::for_caches(12, 32, 384, caches(48 * KIB, 2 * MIB, 105 * MIB));
         assert!(!xeon.reads_a_in_place(2048, 1, 384, wide));
