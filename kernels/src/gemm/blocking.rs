@@ -198,9 +198,10 @@ const MIN_B_PANELS_TO_PACK_A: usize = 16;
 /// it falls into. Measured on the Intel Xeon (model 207, AVX-512 tile, one
 /// thread, medians of 60 calls) with steps of k 6 KiB apart (Aᵀ·B 1536 ×
 /// 2048 · 2048 × n, the MLP projection's weight gradient): packed against
-/// in place 0.91–0.95× at n = 32, 0.99× at 64, 1.07–1.12× at 128, 1.09× at
-/// 256, 1.14–1.20× at 384 (this rule against the former 16 panels, three
-/// runs); 1.5 KiB apart (384 × 2048 · 2048 × n) 0.97–0.98× at 128 and
+/// in place (two runs) 0.91–0.95× at n = 32, 0.99× at 64, 1.08–1.10× at
+/// 128, 1.09× at 256, 1.15–1.21× at 384, and this rule against the former
+/// 16 panels (three more) 1.07–1.12× at 128, 1.14–1.39× at 384; 1.5 KiB
+/// apart (384 × 2048 · 2048 × n, both comparisons) 0.96–0.99× at 128 and
 /// 0.98–1.06× at 384. Whole `shakes` training steps in f32 (B 8, T 256,
 /// one thread, two alternated runs): 1.02–1.03× faster.
 const MIN_B_PANELS_TO_PACK_TRANSPOSED_A: usize = 4;
