@@ -159,7 +159,7 @@ pub fn gemm_table(
 }
 
 /// How many times faster `ours` runs than `peer`, timed call by call in
-/// alternation: the median of [`paired_ratios`] over `pairs` pairs (made
+/// alternation: the median of `paired_ratios` over `pairs` pairs (made
 /// odd, so the median is one pair's). On a shared core whose speed drifts
 /// (a neighbour on the other hyperthread comes and goes), both calls of a
 /// pair run in the same conditions, where criterion's groups, seconds

@@ -52,7 +52,7 @@ pub struct CachedLayer<'a> {
 /// heads side by side within each) into `out` (`[rows, c]`). Causal
 /// attention writes `out` in f32 or, where only products read it
 /// ([`stored_mut`]), bf16; its probabilities never leave the cache
-/// (the backward pass computes them again, [`head_probabilities`]).
+/// (the backward pass computes them again, `head_probabilities`).
 /// Cached attention first appends the new keys and values, and writes
 /// f32.
 ///
