@@ -81,6 +81,7 @@ pub struct kn_bf16 {
 /// at a time, so `ctx` needs no locking for that; the host makes its own
 /// threads' use of `ctx` safe.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct kn_executor {
     pub ctx: *mut c_void,
     pub threads: size_t,
@@ -205,6 +206,9 @@ pub unsafe extern "C" fn kn_gemm(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
         // SAFETY: forwarded (the caller's contract).
         let p = unsafe {
             product(
@@ -217,8 +221,6 @@ pub unsafe extern "C" fn kn_gemm(
                 (workspace, workspace_len),
             )
         }?;
-        // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
         kernels.gemm_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
         Ok(())
     })
@@ -705,6 +707,12 @@ pub unsafe extern "C" fn kn_cross_entropy(
             disjoint(d.span, &[logits.span, losses.span, targets.span])?;
             Some(d)
         };
+        // With no classes every target is out of range (the kernels, which
+        // count rows from the logits, would see none and call it a length
+        // mismatch).
+        if classes == 0 && rows > 0 {
+            return Err(Status(KN_ERR_INDEX));
+        }
         // SAFETY: forwarded; the outputs overlap nothing (checked above).
         let (logits, targets, losses) =
             unsafe { (logits.slice(), targets.slice(), losses.slice_mut()) };
@@ -888,6 +896,9 @@ pub unsafe extern "C" fn kn_gemm_bf16(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
         // SAFETY: forwarded.
         let p = unsafe {
             product(
@@ -900,8 +911,6 @@ pub unsafe extern "C" fn kn_gemm_bf16(
                 (workspace, workspace_len),
             )
         }?;
-        // SAFETY: forwarded.
-        let exec = unsafe { executor(exec) }?;
         kernels.gemm_bf16_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
         Ok(())
     })
@@ -938,6 +947,9 @@ pub unsafe extern "C" fn kn_gemm_bf16_stored(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
         // SAFETY: forwarded; `kn_bf16` and `Bf16` are both a `u16` (repr C
         // / transparent).
         let p = unsafe {
@@ -951,8 +963,6 @@ pub unsafe extern "C" fn kn_gemm_bf16_stored(
                 (workspace, workspace_len),
             )
         }?;
-        // SAFETY: forwarded.
-        let exec = unsafe { executor(exec) }?;
         kernels.gemm_bf16_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
         Ok(())
     })
@@ -1051,6 +1061,9 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
 ) -> i32 {
     guard(|| {
         let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
         let (rows, cols) = stored(m, k, trans_a)?;
         let a = matrix(a, rows, cols, lda)?;
         let slots = input(slots, slots_len)?;
@@ -1070,8 +1083,6 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
         let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
         let b = PackedBf16::new(slots, k, n)?;
         let c = MatMut::strided(c, m, n, ldc)?;
-        // SAFETY: forwarded.
-        let exec = unsafe { executor(exec) }?;
         kernels.gemm_bf16_packed_with(&exec, alpha, a, b, beta, c, workspace)?;
         Ok(())
     })
@@ -1439,17 +1450,21 @@ unsafe fn write_out<T>(out: *mut T, value: T) -> Result<(), Status> {
     Ok(())
 }
 
-/// The executor behind `exec`: the host's, or the calling thread for NULL.
+/// The executor behind `exec`: a copy of the host's (so that no reference
+/// to the caller's struct is held while outputs, which could cover it, are
+/// written), or the calling thread for NULL. A misaligned `exec` is
+/// `KN_ERR_ARGUMENT`, as for every other pointer.
 ///
 /// # Safety
-/// `exec` is NULL or points to a valid `kn_executor` that outlives the
-/// call.
-unsafe fn executor<'a>(exec: *const kn_executor) -> Result<HostExecutor<'a>, Status> {
+/// `exec` is NULL or points to a valid `kn_executor`.
+unsafe fn executor(exec: *const kn_executor) -> Result<HostExecutor, Status> {
     if exec.is_null() {
         return Ok(HostExecutor(None));
     }
-    // SAFETY: non-NULL, and the caller guarantees it is valid.
-    let exec = unsafe { &*exec };
+    check_pointer(exec, 1)?;
+    // SAFETY: non-NULL and aligned (checked), and the caller guarantees it
+    // points to a valid `kn_executor`.
+    let exec = unsafe { exec.read() };
     match exec.parallel_for {
         Some(parallel_for) => Ok(HostExecutor(Some((exec, parallel_for)))),
         None => Err(Status(KN_ERR_NULL_POINTER)),
@@ -1465,15 +1480,15 @@ type ParallelFor = unsafe extern "C" fn(
 
 /// A `kn_executor` as the crate's [`Executor`]; without one, the pieces run
 /// in order on the calling thread (as [`kernels::Sequential`] runs them).
-struct HostExecutor<'a>(Option<(&'a kn_executor, ParallelFor)>);
+struct HostExecutor(Option<(kn_executor, ParallelFor)>);
 
 // SAFETY: the only shared access is `run`, which the routines call from
 // their calling thread alone (as `kn_executor`'s documentation tells the
 // host); the pieces it hands out are `Sync`, and `ctx` is the host's to
 // synchronize among its own threads.
-unsafe impl Sync for HostExecutor<'_> {}
+unsafe impl Sync for HostExecutor {}
 
-impl Executor for HostExecutor<'_> {
+impl Executor for HostExecutor {
     fn threads(&self) -> usize {
         self.0.map_or(1, |(exec, _)| exec.threads.max(1))
     }

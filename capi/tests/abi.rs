@@ -1595,3 +1595,89 @@ fn every_pointer_argument_refuses_null() {
     assert_eq!(status, KN_ERR_NULL_POINTER);
     drop((xs, ys, o1s, o2s, o3s, wss, slotss, halves));
 }
+
+/// The host's `kn_executor` is checked like every other pointer and read
+/// once, by value: a misaligned one is refused, and one that lies in the
+/// workspace (which the product overwrites) still runs the product, bit
+/// for bit as the calling thread does. Also run under Miri by CI, where
+/// a reference held to the struct while the workspace is written is
+/// undefined behaviour.
+#[test]
+fn the_executor_is_checked_and_read_once() {
+    let backend = kn_detected_backend();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (m, n, k) = (13usize, 11usize, 7usize);
+    let (a, b) = (values(m * k, 1), values(k * n, 2));
+    let mut want = vec![f32::NAN; m * n];
+    assert_eq!(
+        gemm(None, (0, 0), (m, n, k), &a, k, &b, n, 0.0, &mut want, n),
+        KN_OK
+    );
+
+    // Misaligned: the struct copied one byte into a buffer.
+    let mut bytes = vec![0u8; 2 * size_of::<kn_executor>()];
+    let misaligned = bytes.as_mut_ptr().wrapping_add(1).cast::<kn_executor>();
+    // SAFETY: the buffer holds the struct's bytes past its first one.
+    unsafe { misaligned.write_unaligned(host()) };
+    let mut c = vec![f32::NAN; m * n];
+    let mut len = 0;
+    // SAFETY: `len` is a valid size_t.
+    assert_eq!(
+        unsafe { kn_gemm_workspace_len(backend, m, n, k, &mut len) },
+        KN_OK
+    );
+    // A workspace of u64s, so that the struct can be placed in it aligned.
+    let mut ws = vec![0u64; len.max(64).div_ceil(2)];
+    let (ws_ptr, ws_len) = (ws.as_mut_ptr().cast::<f32>(), 2 * ws.len());
+    let call = |exec: *const kn_executor, c: &mut [f32]| {
+        // SAFETY: every buffer covers its matrix; `exec` is tested here.
+        unsafe {
+            kn_gemm(
+                backend,
+                exec,
+                0,
+                0,
+                m,
+                n,
+                k,
+                0.5,
+                a.as_ptr(),
+                k,
+                b.as_ptr(),
+                n,
+                0.0,
+                c.as_mut_ptr(),
+                n,
+                ws_ptr,
+                ws_len,
+            )
+        }
+    };
+    assert_eq!(call(misaligned, &mut c), KN_ERR_ARGUMENT);
+    assert!(c.iter().all(|v| v.is_nan()), "a refused call wrote C");
+
+    // In the workspace: the first floats hold the struct.
+    let exec = ws_ptr.cast::<kn_executor>();
+    // SAFETY: the workspace is large enough and 8-aligned for the struct.
+    unsafe { exec.write(host()) };
+    assert_eq!(call(exec, &mut c), KN_OK);
+    assert_eq!(bits(&c), bits(&want));
+
+    // Cross-entropy with no classes: every target is out of range.
+    let (targets, mut losses) = ([0u32, 0], [f32::NAN; 2]);
+    // SAFETY: no logits to read (0 classes); the rest cover 2 rows.
+    let status = unsafe {
+        kn_cross_entropy(
+            backend,
+            [0.0f32; 1].as_ptr(),
+            2,
+            0,
+            targets.as_ptr(),
+            losses.as_mut_ptr(),
+            std::ptr::null_mut(),
+            1.0,
+        )
+    };
+    assert_eq!(status, KN_ERR_INDEX);
+    assert!(losses.iter().all(|v| v.is_nan()), "a refused call wrote");
+}
