@@ -4,7 +4,7 @@
 use crate::dispatch::dispatch;
 use crate::error::expect_len;
 use crate::gemm::{InputSlice, OutputSlice};
-use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE};
+use crate::math::{self, EXP_BLOCK, GELU_CUBIC, GELU_SCALE, GELU_SLOPE_X_LIMIT};
 use crate::simd::{map1, map1_blocks, map2_blocks, update3_blocks, Lane, Simd};
 use crate::{Bf16Input, Bf16Output, KernelError, Kernels};
 
@@ -223,6 +223,7 @@ fn gelu_grad_each<S: Simd, const N: usize>(s: S, x: [S::V; N], dout: [S::V; N]) 
 pub(crate) fn gelu_derivative_scalar(x: f32) -> f32 {
     let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
     let t = libm::tanhf(u);
-    let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+    let x_slope = x.clamp(-GELU_SLOPE_X_LIMIT, GELU_SLOPE_X_LIMIT);
+    let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x_slope * x_slope);
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
 }

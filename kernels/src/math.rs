@@ -94,6 +94,11 @@ pub(crate) fn tanh<S: Simd>(s: S, x: S::V) -> S::V {
 pub(crate) const GELU_SCALE: f32 = 0.797_884_6;
 /// The cubic coefficient of the GELU tanh approximation.
 pub(crate) const GELU_CUBIC: f32 = 0.044_715;
+/// The largest |x| whose own value enters `u'` (larger ones are clamped to
+/// it): past it `u'` is irrelevant, since σ(2u)·(1 − σ(2u)) is exactly 0 in
+/// f32 from |x| ≈ 20, and `x²` would overflow from 1.8e19 and make the
+/// gradient `0 · inf` = NaN instead of 1 or 0.
+pub(crate) const GELU_SLOPE_X_LIMIT: f32 = 1e4;
 
 /// `(σ(2u), u')` for GELU's inner `u = √(2/π)·(x + 0.044715·x³)`, using
 /// `0.5·(1 + tanh u) = σ(2u) = 1 / (1 + e^(−2u))`: one exp, no cancellation
@@ -110,9 +115,15 @@ pub(crate) fn gelu_gate_each<S: Simd, const N: usize>(
         let x2 = s.mul(x[j], x[j]);
         let u = s.mul(scale, s.mul_add(s.mul(cubic, x2), x[j], x[j]));
         minus_2u[j] = s.mul(s.splat(-2.0), u);
+        let limit = GELU_SLOPE_X_LIMIT;
+        let x_slope = s.min(s.splat(limit), s.max(s.splat(-limit), x[j]));
         du[j] = s.mul(
             scale,
-            s.mul_add(s.splat(3.0 * GELU_CUBIC), x2, s.splat(1.0)),
+            s.mul_add(
+                s.splat(3.0 * GELU_CUBIC),
+                s.mul(x_slope, x_slope),
+                s.splat(1.0),
+            ),
         );
     }
     let mut gate = exp_each(s, minus_2u);

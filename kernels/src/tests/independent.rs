@@ -448,6 +448,94 @@ fn gelu_matches_definition_and_finite_differences() {
     }
 }
 
+/// Far from 0 GELU is x or 0 and its slope exactly 1 or 0, on every
+/// backend: `x²` overflows from 1.8e19, and the slope once came out
+/// `0 · inf` = NaN there on the SIMD backends (and from 5e19 on the scalar
+/// one). Its value at ±inf is the formula's: +inf, and NaN (−inf · 0).
+#[test]
+fn gelu_far_tails_are_exact() {
+    let far = [
+        20.0,
+        1e4,
+        2e19,
+        4e19,
+        1e30,
+        f32::MAX,
+        -20.0,
+        -1e4,
+        -2e19,
+        -4e19,
+        -1e30,
+        f32::MIN,
+    ];
+    for (name, k) in every_kernel() {
+        // Lengths 12 and 29 put the values in whole vectors and in a tail.
+        for n in [far.len(), 29] {
+            let x: Vec<f32> = (0..n).map(|i| far[i % far.len()]).collect();
+            let mut slope = Guarded::new(n, 4);
+            k.gelu_backward_into(&x, &std::vec![1.0; n], slope.get_mut())
+                .unwrap();
+            let what = ctx("gelu_backward_into far", name, n);
+            let slope = slope.checked(&what);
+            let mut out = Guarded::new(n, 5);
+            k.gelu_forward(&x, out.get_mut()).unwrap();
+            let out = out.checked(&what);
+            for i in 0..n {
+                let positive = x[i] > 0.0;
+                assert_eq!(
+                    slope[i],
+                    if positive { 1.0 } else { 0.0 },
+                    "{what}: x = {}",
+                    x[i]
+                );
+                if positive {
+                    assert_eq!(out[i], x[i], "{what}: gelu({})", x[i]);
+                } else {
+                    assert_eq!(out[i], 0.0, "{what}: gelu({})", x[i]);
+                }
+            }
+        }
+        let mut inf = [0.0; 2];
+        k.gelu_forward(&[f32::INFINITY, f32::NEG_INFINITY], &mut inf)
+            .unwrap();
+        assert_eq!(inf[0], f32::INFINITY, "{name}");
+        assert!(inf[1].is_nan(), "{name}: gelu(-inf) is -inf · 0");
+    }
+}
+
+/// A row whose statistics overflow `−mean · rstd` (one column of 4 with
+/// rstd 1e38) still has a finite input gradient on every backend: the
+/// vector's unused lanes once computed 0 · inf there, NaN for the row.
+#[test]
+fn layer_norm_backward_with_huge_statistics_stays_finite() {
+    for (name, k) in every_kernel() {
+        for cols in [1, 3, 17] {
+            let x = std::vec![4.0; cols];
+            let (gamma, dout) = (std::vec![1.0; cols], std::vec![1.0; cols]);
+            let (mut dx, mut dgamma, mut dbeta) = (
+                std::vec![0.0; cols],
+                std::vec![0.0; cols],
+                std::vec![0.0; cols],
+            );
+            k.layer_norm_backward(
+                &x,
+                &gamma,
+                &[4.0],
+                &[1e38],
+                &dout,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            )
+            .unwrap();
+            // Every x equals the mean: norm is 0, dx = (1 − mean(1)) · rstd = 0.
+            assert!(dx.iter().all(|&v| v == 0.0), "{name} cols {cols}: {dx:?}");
+            assert!(dgamma.iter().all(|&v| v == 0.0), "{name} cols {cols}");
+            assert!(dbeta.iter().all(|&v| v == 1.0), "{name} cols {cols}");
+        }
+    }
+}
+
 #[test]
 fn cross_entropy_matches_definition_and_finite_differences() {
     let mut rng = Rng::new(23);
