@@ -579,3 +579,61 @@ fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
     assert_clear_error(&out, "Permission denied");
     set_mode(&locked, 0o755);
 }
+
+/// An output that fails once the run is under way (a full disk, here
+/// `/dev/full` behind the path) does not cost the training: the
+/// checkpoint of the steps done is saved first, then the run ends with
+/// the output's error. A `--json` record ends it at the step whose record
+/// failed; the plot, drawn last, after the save.
+#[test]
+fn a_failing_output_does_not_lose_the_trained_model() {
+    let dir = scratch("failing-output");
+    if !Path::new("/dev/full").exists() {
+        eprintln!("notice: no /dev/full here; skipping");
+        return;
+    }
+    for (option, file, stopped_at) in [("--json", "log.jsonl", 1), ("--plot", "loss.svg", 6)] {
+        let full = dir.join(file);
+        let _ = std::fs::remove_file(&full);
+        std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+        let ckpt = dir.join(format!("ckpt{option}"));
+        let args = [
+            "train",
+            "--preset",
+            "tiny",
+            "--steps",
+            "6",
+            "--batch",
+            "2",
+            "--save",
+            ckpt.to_str().unwrap(),
+            option,
+            full.to_str().unwrap(),
+        ];
+        let out = runner(&args);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{option}: {log}");
+        let last = log.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains("No space left on device"),
+            "{option}: the run ends with the output's error:\n{log}"
+        );
+        assert!(log.contains("Saved checkpoint"), "{option}: {log}");
+        let resume = [
+            "train",
+            "--resume",
+            ckpt.to_str().unwrap(),
+            "--steps",
+            "8",
+            "--batch",
+            "2",
+        ];
+        let out = runner(&resume);
+        assert_success(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains(&format!("Step: {}/8", stopped_at + 1)),
+            "{option}: the saved checkpoint is at step {stopped_at}:\n{log}"
+        );
+    }
+}

@@ -16,7 +16,7 @@ use log::info;
 use crate::checkpoint::{self, RunSchedule, SavedCheckpoint, TrainingState};
 use crate::data::{self, DataFingerprint, DataSource, Dataset, Purpose, Tokenizer};
 use crate::error::Error;
-use crate::eval::evaluate;
+use crate::eval::{evaluate, Evaluation};
 use crate::logger::precision_note;
 use crate::memory::{check_memory, Footprint};
 use crate::metrics::{mib, ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
@@ -507,6 +507,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let last = s.stop_at.unwrap_or(s.steps);
     let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
     let progress = logger::progress_bar(u64::from(last - first + 1), "{pos}/{len} steps");
+    // A record that cannot be written (a full disk) ends the run, but only
+    // after the checkpoint of the steps done is saved: the log is not
+    // worth the training.
+    let mut unwritten = None;
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
@@ -540,23 +544,36 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if step % s.log_every.max(1) == 0 || step == first || step == last {
             log_step(&times, lr, b, t, step, s.steps);
         }
-        if let Some(json) = json.as_mut() {
-            json.write(&times.record(step, lr, shape))?;
-        }
+        let mut records = vec![times.record(step, lr, shape)];
         let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
         if validate && leader {
-            let windows = (&data.val[..], b, Some(val_windows));
-            let loss = validate_at(step, &mut model, windows, shape, json.as_mut())?;
-            report.val_loss = Some(loss);
-            val_curve.push((step, loss));
+            let windows = (&data.val[..], t, b, Some(val_windows));
+            let eval = validate_at(step, &mut model, windows)?;
+            records.push(eval.record(step, shape));
+            report.val_loss = Some(eval.loss);
+            val_curve.push((step, eval.loss));
+        }
+        if let Some(json) = json.as_mut() {
+            if let Err(e) = records.iter().try_for_each(|r| json.write(r)) {
+                unwritten = Some(e);
+            }
+        }
+        // Every rank stops at the same step: only rank 0 writes records,
+        // so its verdict is everyone's (a no-op on one process).
+        let mut stop = [f32::from(u8::from(unwritten.is_some()))];
+        world.broadcast(0, &mut stop);
+        if stop[0] != 0.0 {
+            break;
         }
     }
     logger::finish_progress();
-    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
-        plot::loss_curve(path, &train_curve, &val_curve)?;
-        info!("Wrote the loss curves to {}", path.display());
+    let steps_run = report.losses.len();
+    if unwritten.is_some() {
+        log::warn!(
+            "Stopping after step {}: a --json record could not be written",
+            optimizer.step
+        );
     }
-    let steps_run = (last - first + 1) as usize;
     report.tokens_per_sec =
         (steps_run * b * t * s.grad_accum * ranks) as f64 / run_start.elapsed().as_secs_f64();
     // Outside `info!`, which skips its arguments on quiet ranks: every
@@ -572,19 +589,25 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         let schedule = s.schedule(ranks, t, Some(fingerprint));
         save_run((dir, seen), &model, &optimizer, &rng, schedule, world)?;
     }
+    if let Some(e) = unwritten {
+        return Err(e);
+    }
+    // After the checkpoint, for the same reason.
+    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
+        plot::loss_curve(path, &train_curve, &val_curve)?;
+        info!("Wrote the loss curves to {}", path.display());
+    }
     Ok((model, report))
 }
 
-/// Validates `model` on `(tokens, batch, max windows)` after `step`; logs
-/// the loss and its breakdown, records it, and returns it.
+/// Validates `model` on `(tokens, window length, batch, max windows)`
+/// after `step`; logs the loss and its breakdown, and returns the
+/// evaluation.
 fn validate_at(
     step: u32,
     model: &mut Gpt,
-    (tokens, b, windows): (&[u32], usize, Option<usize>),
-    shape: RunShape,
-    json: Option<&mut JsonLines>,
-) -> Result<f64, Error> {
-    let t = shape.seq_len;
+    (tokens, t, b, windows): (&[u32], usize, usize, Option<usize>),
+) -> Result<Evaluation, Error> {
     let eval = evaluate(model, tokens, t, b, windows)?;
     eval.log_breakdown(t);
     info!(
@@ -592,10 +615,7 @@ fn validate_at(
         eval.loss,
         eval.perplexity()
     );
-    if let Some(json) = json {
-        json.write(&eval.record(step, shape))?;
-    }
-    Ok(eval.loss)
+    Ok(eval)
 }
 
 /// Saves the model with its training state to `dir`, or beside it where
