@@ -637,3 +637,43 @@ fn a_failing_output_does_not_lose_the_trained_model() {
         );
     }
 }
+
+/// A checkpoint file grown past what the model's config allows (a
+/// sparse 200 MiB `model.safetensors` or `training.safetensors`, a 2 MiB
+/// `config.json`) is refused from its size, before it is read into
+/// memory, by every command that loads it.
+#[test]
+fn checkpoint_files_too_large_for_their_model_are_refused_unread() {
+    let dir = scratch("grown");
+    let ckpt = tiny_checkpoint(&dir, "ckpt");
+    for (file, size) in [
+        ("model.safetensors", 200u64 << 20),
+        ("training.safetensors", 200 << 20),
+        ("config.json", 2 << 20),
+    ] {
+        let grown = dir.join(format!("grown-{file}"));
+        let _ = std::fs::remove_dir_all(&grown);
+        std::fs::create_dir(&grown).unwrap();
+        for entry in std::fs::read_dir(&ckpt).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), grown.join(entry.file_name())).unwrap();
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(grown.join(file))
+            .unwrap();
+        f.set_len(size).unwrap();
+        let g = grown.to_str().unwrap();
+        let needle = format!("{file} is {size} bytes, more than");
+        assert_clear_error(
+            &runner(&["train", "--resume", g, "--steps", "12", "--batch", "2"]),
+            &needle,
+        );
+        if file != "training.safetensors" {
+            assert_clear_error(
+                &runner(&["generate", "--checkpoint", g, "--prompt", "a"]),
+                &needle,
+            );
+        }
+    }
+}

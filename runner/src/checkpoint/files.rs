@@ -29,13 +29,42 @@ pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     fs::File::open(&path).map_err(missing_or)
 }
 
-/// The bytes of `file` in the checkpoint `dir`.
-pub fn read(dir: &Path, file: &str) -> Result<Vec<u8>, Error> {
+/// The bytes of `file` in the checkpoint `dir`, refused unread past
+/// `most` bytes (what the file can hold for the model at hand): a file
+/// grown by mistake would otherwise be read whole into memory before its
+/// header showed it wrong.
+pub fn read(dir: &Path, file: &str, most: u64) -> Result<Vec<u8>, Error> {
+    let f = open(dir, file)?;
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io(dir.join(file), e))?
+        .len();
+    let too_large = |size: u64| {
+        Error::checkpoint(
+            dir,
+            format!("{file} is {size} bytes, more than the {most} it can hold for this model"),
+        )
+    };
+    if size > most {
+        return Err(too_large(size));
+    }
     let mut bytes = Vec::new();
-    open(dir, file)?
+    // `take`: the file may grow while it is read.
+    f.take(most.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(dir.join(file), e))?;
+    if bytes.len() as u64 > most {
+        return Err(too_large(bytes.len() as u64));
+    }
     Ok(bytes)
+}
+
+/// The most bytes a safetensors file of `floats` parameters in f32 takes,
+/// with room for a header and tensors the loader ignores (Hugging Face's
+/// older GPT-2 files carry each layer's attention mask, 4 MiB a layer at
+/// T 1024): twice the weights and 64 MiB.
+pub fn safetensors_bound(floats: usize) -> u64 {
+    (floats as u64).saturating_mul(8).saturating_add(64 << 20)
 }
 
 /// The parsed `file` of the checkpoint `dir`. The header's tensors cover

@@ -19,10 +19,12 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, write_tensors_synced, Destination};
-use files::{floats_from, parse, read, to_bytes};
+use files::{floats_from, parse, read, safetensors_bound, to_bytes};
 pub use run_state::{Progress, RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
+/// A `config.json` is a few KiB; one past 1 MiB is not one.
+const CONFIG_MOST_BYTES: u64 = 1 << 20;
 const MODEL_FILE: &str = "model.safetensors";
 /// The file of a checkpoint that holds the run's state (moments, step).
 pub const TRAINING_FILE: &str = "training.safetensors";
@@ -156,7 +158,11 @@ fn read_config(dir: &Path) -> Result<hf::HfConfig, Error> {
         };
         return Err(Error::checkpoint(dir, reason));
     }
-    hf::parse_config(dir, CONFIG_FILE, &read(dir, CONFIG_FILE)?)
+    hf::parse_config(
+        dir,
+        CONFIG_FILE,
+        &read(dir, CONFIG_FILE, CONFIG_MOST_BYTES)?,
+    )
 }
 
 /// The model in `dir`, on `kernels`: a checkpoint of this runner, or any
@@ -172,7 +178,11 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         model: cfg,
         tied_head,
     } = read_config(dir)?;
-    let bytes = read(dir, MODEL_FILE)?;
+    // The weights, and an untied head (`param_count` counts one copy).
+    let floats = cfg
+        .param_count()
+        .saturating_add(cfg.vocab_size.saturating_mul(cfg.channels));
+    let bytes = read(dir, MODEL_FILE, safetensors_bound(floats))?;
     let st = parse(dir, MODEL_FILE, &bytes)?;
     // An untied head that is not in the file would be left to chance
     // (transformers initialises it at random): not this model.
@@ -330,7 +340,9 @@ pub fn load_progress(dir: &Path) -> Result<Progress, Error> {
 
 /// The run's state in `dir`, for a model of `params` parameters.
 pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
-    run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE)?, params)
+    // Two moments a parameter.
+    let most = safetensors_bound(params.saturating_mul(2));
+    run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE, most)?, params)
 }
 
 /// Refuses to resume the state in `dir` with `model` (loaded from `dir`)
