@@ -205,9 +205,11 @@ impl Drop for Entry {
     }
 }
 
-/// Threads beyond which `--threads` is surely a typo (each is a stack
-/// of its own, started up front).
-const MAX_THREADS: usize = 4096;
+/// Threads a core beyond which `--threads` is refused: the pool's threads
+/// poll for work while a step runs, so past a few a core they crowd out
+/// the work itself (on 2 cores, 2048 threads took seconds a token, 4096
+/// half a minute).
+const MAX_THREADS_PER_CORE: usize = 8;
 
 impl Threads {
     /// One thread: the caller's.
@@ -219,11 +221,11 @@ impl Threads {
         }
     }
 
-    /// The thread count when none is asked for: all cores (at most
-    /// `MAX_THREADS`), or one without the `parallel` feature.
+    /// The thread count when none is asked for: all cores, or one without
+    /// the `parallel` feature.
     pub fn default_count() -> usize {
         if cfg!(feature = "parallel") {
-            available_cores().min(MAX_THREADS)
+            available_cores()
         } else {
             1
         }
@@ -236,15 +238,16 @@ impl Threads {
         if count == 0 {
             return Err(Error::Config("--threads must be at least 1".into()));
         }
-        if count > MAX_THREADS {
+        let cores = available_cores();
+        let most = cores.saturating_mul(MAX_THREADS_PER_CORE);
+        if count > most {
             return Err(Error::Config(format!(
-                "--threads {count} is more than {MAX_THREADS}"
+                "--threads {count} is more than {MAX_THREADS_PER_CORE} a core ({most} on the {cores} cores here)"
             )));
         }
         if count == 1 {
             return Ok(Threads::single());
         }
-        let cores = available_cores();
         if count > cores {
             log::warn!(
                 "--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}"

@@ -368,7 +368,22 @@ fn counts_no_machine_could_run_are_refused_before_work() {
         "--backends",
         "scalar",
     ];
-    let cases: [(Vec<&str>, &str); 8] = [
+    // More threads than 8 a core: they would crowd out the work.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let too_many = (8 * cores + 1).to_string();
+    let cases: [(Vec<&str>, &str); 9] = [
+        (
+            vec![
+                "generate",
+                "--checkpoint",
+                &ckpt,
+                "--prompt",
+                "a",
+                "--threads",
+                &too_many,
+            ],
+            "a core",
+        ),
         (
             [&bench[..], &["--steps", "18446744073709551614"]].concat(),
             "--steps",
