@@ -283,6 +283,28 @@ fn a_corrupt_training_state_is_one_clear_error() {
     fs::copy(other.join("training.safetensors"), &state).unwrap();
     assert_clear_error(&resume(), "but the model has");
 
+    // The right shape, the wrong element type: said as such.
+    {
+        use safetensors::tensor::{Dtype, TensorView};
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (m, v) = (st.tensor("adam_m").unwrap(), st.tensor("adam_v").unwrap());
+        let half = &m.data()[..m.data().len() / 2];
+        let views = [
+            (
+                "adam_m",
+                TensorView::new(Dtype::BF16, m.shape().to_vec(), half).unwrap(),
+            ),
+            ("adam_v", v),
+        ];
+        let bf16 = safetensors::serialize(views, meta.metadata().clone()).unwrap();
+        fs::write(&state, bf16).unwrap();
+    }
+    assert_clear_error(
+        &resume(),
+        "tensor adam_m is BF16; the optimizer's moments are saved in F32",
+    );
+
     // Of the same shape, but saved with other weights (a later step).
     let later = dir.join("later");
     assert_success(&train_tiny(&later, "3", "1"));

@@ -183,10 +183,15 @@ pub fn decode(
         let view = st
             .tensor(name)
             .map_err(|_| bad(format!("lacks tensor {name}")))?;
-        if view.dtype() != Dtype::F32 || view.shape() != [params] {
+        if view.dtype() != Dtype::F32 {
             return Err(bad(format!(
-                "tensor {name} is {:?} {:?}, but the model has {params} parameters",
-                view.dtype(),
+                "tensor {name} is {:?}; the optimizer's moments are saved in F32",
+                view.dtype()
+            )));
+        }
+        if view.shape() != [params] {
+            return Err(bad(format!(
+                "tensor {name} has shape {:?}, but the model has {params} parameters",
                 view.shape()
             )));
         }
