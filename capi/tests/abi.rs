@@ -1614,9 +1614,14 @@ fn the_executor_is_checked_and_read_once() {
         KN_OK
     );
 
-    // Misaligned: the struct copied one byte into a buffer.
-    let mut bytes = vec![0u8; 2 * size_of::<kn_executor>()];
-    let misaligned = bytes.as_mut_ptr().wrapping_add(1).cast::<kn_executor>();
+    // Misaligned: the struct copied one byte into an 8-aligned buffer (a
+    // buffer of u8 may start anywhere, under Miri at random).
+    let mut words = vec![0u64; size_of::<kn_executor>() / 8 + 1];
+    let misaligned = words
+        .as_mut_ptr()
+        .cast::<u8>()
+        .wrapping_add(1)
+        .cast::<kn_executor>();
     // SAFETY: the buffer holds the struct's bytes past its first one.
     unsafe { misaligned.write_unaligned(host()) };
     let mut c = vec![f32::NAN; m * n];

@@ -558,8 +558,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 unwritten = Some(e);
             }
         }
-        // Every rank stops at the same step: only rank 0 writes records,
-        // so its verdict is everyone's (a no-op on one process).
+        // A record that could not be written stops every rank at the same
+        // step: only rank 0 writes them, so its verdict is everyone's (a
+        // no-op on one process).
         let mut stop = [f32::from(u8::from(unwritten.is_some()))];
         world.broadcast(0, &mut stop);
         if stop[0] != 0.0 {
