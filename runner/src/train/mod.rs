@@ -544,27 +544,32 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if step % s.log_every.max(1) == 0 || step == first || step == last {
             log_step(&times, lr, b, t, step, s.steps);
         }
-        let mut records = vec![times.record(step, lr, shape)];
         let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
-        if validate && leader {
+        let eval = if validate && leader {
             let windows = (&data.val[..], t, b, Some(val_windows));
-            let eval = validate_at(step, &mut model, windows)?;
-            records.push(eval.record(step, shape));
+            Some(validate_at(step, &mut model, windows)?)
+        } else {
+            None
+        };
+        if let Some(eval) = &eval {
             report.val_loss = Some(eval.loss);
             val_curve.push((step, eval.loss));
         }
         if let Some(json) = json.as_mut() {
-            if let Err(e) = records.iter().try_for_each(|r| json.write(r)) {
-                unwritten = Some(e);
-            }
+            let written = json
+                .write(&times.record(step, lr, shape))
+                .and_then(|()| eval.map_or(Ok(()), |eval| json.write(&eval.record(step, shape))));
+            unwritten = written.err();
         }
         // A record that could not be written stops every rank at the same
         // step: only rank 0 writes them, so its verdict is everyone's (a
-        // no-op on one process).
-        let mut stop = [f32::from(u8::from(unwritten.is_some()))];
-        world.broadcast(0, &mut stop);
-        if stop[0] != 0.0 {
-            break;
+        // no-op on one process; no collective at all without --json).
+        if s.json.is_some() {
+            let mut stop = [f32::from(u8::from(unwritten.is_some()))];
+            world.broadcast(0, &mut stop);
+            if stop[0] != 0.0 {
+                break;
+            }
         }
     }
     logger::finish_progress();
