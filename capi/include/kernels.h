@@ -176,7 +176,7 @@ int32_t kn_softmax_rows(int32_t backend,
 // LayerNorm of each row of `x` (`len` floats, rows of `cols`, `cols` the
 // length of `gamma` and `beta`): `out = (x − mean) · rstd · gamma +
 // beta`, keeping each row's mean and `rstd = 1 / sqrt(var + eps)` (`rows`
-// floats each).
+// floats each); `KN_ERR_ARGUMENT` for an `eps` below 0 or not finite.
 //
 // # Safety
 // Each pointer covers its length (`len`, `cols`, or `len / cols` for

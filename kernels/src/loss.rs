@@ -14,7 +14,9 @@ impl Kernels {
     /// if `dlogits` is given, `dlogits = (softmax(row) - onehot(target)) ·
     /// grad_scale` (e.g. `1 / rows` for the gradient of the mean loss).
     ///
-    /// Every target is checked before anything is written.
+    /// Every target is checked before anything is written. A row holding a
+    /// NaN or a +inf logit gets a NaN loss and gradient; a −inf logit is a
+    /// probability of 0 (a loss of +inf when it is the target's).
     ///
     /// ```
     /// let k = kernels::Kernels::best();

@@ -14,6 +14,11 @@ impl Kernels {
     /// [`crate::Bf16`] ([`Bf16Output`]): each value rounded once from the
     /// f32 one, for an output only bf16 products read.
     ///
+    /// `eps` must be finite and at least 0 ([`KernelError::InvalidArgument`]
+    /// otherwise). A row holding a NaN or an infinity gets NaN in all of
+    /// its `out` and its `rstd` (its mean is NaN or infinite); the other
+    /// rows are unaffected. A constant row with `eps` 0 divides 0 by 0.
+    ///
     /// ```
     /// let k = kernels::Kernels::best();
     /// let (gamma, beta) = ([1.0, 1.0], [0.0, 0.0]);
@@ -39,6 +44,13 @@ impl Kernels {
         expect_len("out", out.len(), x.len())?;
         expect_len("mean", mean.len(), rows)?;
         expect_len("rstd", rstd.len(), rows)?;
+        // A negative eps takes the square root of a negative variance, a
+        // non-finite one makes every row 0 or NaN.
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(KernelError::InvalidArgument(
+                "layer norm needs a finite eps of at least 0",
+            ));
+        }
         if cols == 0 {
             return Ok(());
         }

@@ -840,6 +840,63 @@ fn gelu_from_bf16_inputs_is_gelu_of_the_widened_values() {
     }
 }
 
+/// A NaN or an infinity in a row makes that row's output and `rstd` NaN on
+/// every backend (its mean NaN or infinite), as the scalar reference does,
+/// and leaves the other rows as they would be alone.
+#[test]
+fn layer_norm_special_values() {
+    let mut rng = Rng::new(16);
+    let all = [("scalar", scalar())].into_iter().chain(simd_kernels());
+    for (name, k) in all {
+        for cols in [1, 7, 16, 17, 33] {
+            let (gamma, beta) = (rng.vec(cols, -2.0, 2.0), rng.vec(cols, -1.0, 1.0));
+            let plain = rng.vec(cols, -3.0, 3.0);
+            for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = [plain.clone(), plain.clone()].concat();
+                x[cols / 2] = special;
+                let mut out = Guarded::new(2 * cols, cols);
+                let (mut mean, mut rstd) = (Guarded::new(2, 1), Guarded::new(2, 2));
+                k.layer_norm_forward(
+                    &x,
+                    &gamma,
+                    &beta,
+                    1e-5,
+                    out.get_mut(),
+                    mean.get_mut(),
+                    rstd.get_mut(),
+                )
+                .unwrap();
+                let (out, mean, rstd) = (
+                    out.checked("out"),
+                    mean.checked("mean"),
+                    rstd.checked("rstd"),
+                );
+                let what = format!("{name}, {cols} columns, {special}");
+                assert!(
+                    out[..cols].iter().all(|v| v.is_nan()),
+                    "{what}: {:?}",
+                    &out[..cols]
+                );
+                assert!(
+                    rstd[0].is_nan() && !mean[0].is_finite(),
+                    "{what}: {} {}",
+                    mean[0],
+                    rstd[0]
+                );
+                let mut alone = std::vec![0.0; cols];
+                let (mut m, mut r) = ([0.0], [0.0]);
+                k.layer_norm_forward(&plain, &gamma, &beta, 1e-5, &mut alone, &mut m, &mut r)
+                    .unwrap();
+                assert_eq!(
+                    (&out[cols..], mean[1], rstd[1]),
+                    (&alone[..], m[0], r[0]),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
 /// Layer norm into a bf16 output holds the f32 output rounded once, with
 /// the same row statistics, on every backend and row width (every tail of
 /// both vector widths), NaN-prefilled; nothing past the rows is written.

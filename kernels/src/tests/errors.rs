@@ -63,6 +63,20 @@ fn wrong_lengths_are_errors_and_write_nothing() {
             &mut r,
         );
         assert!(mismatch("mean")(&err.unwrap_err()));
+        for eps in [-1e-5, f32::NAN, f32::INFINITY] {
+            let (mut o, mut m, mut r) = ([f32::NAN; 8], [f32::NAN; 2], [f32::NAN; 2]);
+            let err =
+                k.layer_norm_forward(&a[..8], &[1.0; 4], &[0.0; 4], eps, &mut o, &mut m, &mut r);
+            let err = err.unwrap_err();
+            assert!(
+                matches!(err, KernelError::InvalidArgument(_)),
+                "{name}: eps {eps}: {err}"
+            );
+            assert!(
+                o.iter().chain(&m).chain(&r).all(|v| v.is_nan()),
+                "{name}: layer norm wrote on error"
+            );
+        }
         let (mut dx, mut dg, mut db) = ([0.0; 8], [0.0; 4], [0.0; 4]);
         let err = k.layer_norm_backward(&a[..8], &[1.0; 4], &m, &r, &a, &mut dx, &mut dg, &mut db);
         assert!(mismatch("dout")(&err.unwrap_err()));
