@@ -158,7 +158,10 @@ const L1_WAYS_FOR_A: (usize, usize) = (3, 4);
 /// gemm` beside `KERNELS_GEMM_BLOCKING=336,384,4096,9,512,1`, the other
 /// order): 1.10–1.14× on square 2048 and the QKV and MLP products, 1.21×
 /// on the weight gradient Aᵀ·B (with the rule below that packs its
-/// transposed A), 0.96–1.05× on the rest. Not yet measured on AMD.
+/// transposed A), 0.96–1.05× on the rest. On Zen 4 (1 MiB L2, 5 panels;
+/// `168,384,4096,6,512,1` beside it, one run): 1.03–1.05× on square 1024
+/// and 2048, the MLP fc product and both gradient products, 0.99–1.01× on
+/// the rest.
 /// This is BLIS's own rule with the operands' roles exchanged: its
 /// AVX-512 tiles are 32 rows (vectors along m) by a few columns, so its
 /// smaller micro-panel, the one kept in L1, is B's.
