@@ -302,6 +302,35 @@ fn softmax_special_values() {
     }
 }
 
+/// Layer norm forward (eps 1e-5) into NaN-prefilled, guarded outputs, so
+/// that every value and statistic must be written and nothing past them:
+/// `(out, mean, rstd)`.
+fn guarded_layer_norm(
+    k: &Kernels,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (cols, rows) = (gamma.len(), x.len() / gamma.len());
+    let mut out = Guarded::new(rows * cols, cols);
+    let (mut mean, mut rstd) = (Guarded::new(rows, 1), Guarded::new(rows, 2));
+    k.layer_norm_forward(
+        x,
+        gamma,
+        beta,
+        1e-5,
+        out.get_mut(),
+        mean.get_mut(),
+        rstd.get_mut(),
+    )
+    .unwrap();
+    (
+        out.checked("layer_norm out"),
+        mean.checked("layer_norm mean"),
+        rstd.checked("layer_norm rstd"),
+    )
+}
+
 #[test]
 fn layer_norm_forward_and_backward() {
     let mut rng = Rng::new(6);
@@ -311,28 +340,8 @@ fn layer_norm_forward_and_backward() {
             // An offset mean checks the two-pass variance.
             let x = rng.vec(rows * cols, 5.0, 9.0);
             let (gamma, beta) = (rng.vec(cols, -2.0, 2.0), rng.vec(cols, -1.0, 1.0));
-            let run = |k: &Kernels, x: &[f32]| {
-                // NaN-prefilled (with guards): every statistic must be written.
-                let mut out = Guarded::new(rows * cols, cols);
-                let (mut mean, mut rstd) = (Guarded::new(rows, 1), Guarded::new(rows, 2));
-                k.layer_norm_forward(
-                    x,
-                    &gamma,
-                    &beta,
-                    1e-5,
-                    out.get_mut(),
-                    mean.get_mut(),
-                    rstd.get_mut(),
-                )
-                .unwrap();
-                (
-                    out.checked("layer_norm out"),
-                    mean.checked("layer_norm mean"),
-                    rstd.checked("layer_norm rstd"),
-                )
-            };
-            let want = run(&scalar(), &x);
-            let got = run(&k, Guarded::from(&x, cols + 1).get());
+            let want = guarded_layer_norm(&scalar(), &x, &gamma, &beta);
+            let got = guarded_layer_norm(&k, Guarded::from(&x, cols + 1).get(), &gamma, &beta);
             let what = ctx("layer_norm_forward", name, cols);
             assert_close(&what, &got.0, &want.0, 1e-5, 1e-5);
             assert_close(&what, &got.1, &want.1, 1e-6, 0.0);
@@ -854,23 +863,10 @@ fn layer_norm_special_values() {
             for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 let mut x = [plain.clone(), plain.clone()].concat();
                 x[cols / 2] = special;
-                let mut out = Guarded::new(2 * cols, cols);
-                let (mut mean, mut rstd) = (Guarded::new(2, 1), Guarded::new(2, 2));
-                k.layer_norm_forward(
-                    &x,
-                    &gamma,
-                    &beta,
-                    1e-5,
-                    out.get_mut(),
-                    mean.get_mut(),
-                    rstd.get_mut(),
-                )
-                .unwrap();
-                let (out, mean, rstd) = (
-                    out.checked("out"),
-                    mean.checked("mean"),
-                    rstd.checked("rstd"),
-                );
+                // Prefilled with 0: the NaNs must be written, not left.
+                let (mut out, mut mean, mut rstd) = (std::vec![0.0; 2 * cols], [0.0; 2], [0.0; 2]);
+                k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut out, &mut mean, &mut rstd)
+                    .unwrap();
                 let what = format!("{name}, {cols} columns, {special}");
                 assert!(
                     out[..cols].iter().all(|v| v.is_nan()),
@@ -883,10 +879,7 @@ fn layer_norm_special_values() {
                     mean[0],
                     rstd[0]
                 );
-                let mut alone = std::vec![0.0; cols];
-                let (mut m, mut r) = ([0.0], [0.0]);
-                k.layer_norm_forward(&plain, &gamma, &beta, 1e-5, &mut alone, &mut m, &mut r)
-                    .unwrap();
+                let (alone, m, r) = guarded_layer_norm(&k, &plain, &gamma, &beta);
                 assert_eq!(
                     (&out[cols..], mean[1], rstd[1]),
                     (&alone[..], m[0], r[0]),
