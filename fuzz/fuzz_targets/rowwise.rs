@@ -52,20 +52,30 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
         }
         1 => {
             let (gamma, beta) = (values(u, cols)?, values(u, cols)?);
+            // Now and then any eps at all: one below 0 or not finite is refused.
+            let eps = match u.int_in_range(0u8..=7)? {
+                0 => f32::from_bits(u.arbitrary()?),
+                1 => 0.0,
+                _ => 1e-5,
+            };
             let run = |k: &kernels::Kernels| {
                 let mut out = vec![0.0; n];
                 let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
                 let r =
-                    k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut out, &mut mean, &mut rstd);
+                    k.layer_norm_forward(&x, &gamma, &beta, eps, &mut out, &mut mean, &mut rstd);
                 (r.is_ok(), out, mean, rstd)
             };
             let (got, want) = (run(&k), run(&scalar));
             assert_eq!(got.0, want.0);
+            assert!(
+                !got.0 || (eps >= 0.0 && eps.is_finite()),
+                "eps {eps} accepted"
+            );
             // Into bf16: the f32 output rounded once, the same statistics.
             let mut narrow = vec![kernels::Bf16::default(); n];
             let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
             let ok =
-                k.layer_norm_forward(&x, &gamma, &beta, 1e-5, &mut narrow, &mut mean, &mut rstd);
+                k.layer_norm_forward(&x, &gamma, &beta, eps, &mut narrow, &mut mean, &mut rstd);
             assert_eq!(ok.is_ok(), got.0);
             if got.0 {
                 let rounded = got.1.iter().map(|&x| kernels::Bf16::from_f32(x).to_bits());
