@@ -861,7 +861,7 @@ fn layer_norm_special_values() {
             let (gamma, beta) = (rng.vec(cols, -2.0, 2.0), rng.vec(cols, -1.0, 1.0));
             let plain = rng.vec(cols, -3.0, 3.0);
             for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                let mut x = [plain.clone(), plain.clone()].concat();
+                let mut x = plain.repeat(2);
                 x[cols / 2] = special;
                 // Prefilled with 0: the NaNs must be written, not left.
                 let (mut out, mut mean, mut rstd) = (std::vec![0.0; 2 * cols], [0.0; 2], [0.0; 2]);

@@ -65,9 +65,9 @@ fn wrong_lengths_are_errors_and_write_nothing() {
         assert!(mismatch("mean")(&err.unwrap_err()));
         for eps in [-1e-5, f32::NAN, f32::INFINITY] {
             let (mut o, mut m, mut r) = ([f32::NAN; 8], [f32::NAN; 2], [f32::NAN; 2]);
-            let err =
-                k.layer_norm_forward(&a[..8], &[1.0; 4], &[0.0; 4], eps, &mut o, &mut m, &mut r);
-            let err = err.unwrap_err();
+            let err = k
+                .layer_norm_forward(&a[..8], &[1.0; 4], &[0.0; 4], eps, &mut o, &mut m, &mut r)
+                .unwrap_err();
             assert!(
                 matches!(err, KernelError::InvalidArgument(_)),
                 "{name}: eps {eps}: {err}"
