@@ -77,8 +77,13 @@
 // at a time, so `ctx` needs no locking for that; the host makes its own
 // threads' use of `ctx` safe.
 typedef struct kn_executor {
+  // The host's pool, passed back to `parallel_for` untouched.
   void *ctx;
+  // How many pieces can run at once (0 is read as 1).
   size_t threads;
+  // Runs `piece(piece_ctx, i)` for every `i` in `0..n`; not NULL
+  // (`KN_ERR_NULL_POINTER`: pass a NULL executor to run on the calling
+  // thread).
   void (*parallel_for)(void *ctx,
                        size_t n,
                        void (*piece)(void *piece_ctx, size_t i),
@@ -87,14 +92,19 @@ typedef struct kn_executor {
 
 // A bfloat16 stored as its 16 bits (the high half of an f32).
 typedef struct kn_bf16 {
+  // The sign, exponent and top 7 mantissa bits of the f32.
   uint16_t bits;
 } kn_bf16;
 
 // AdamW hyper-parameters (`kn_adamw_default` gives PyTorch's defaults).
 typedef struct kn_adamw {
+  // Learning rate.
   float lr;
+  // Decay of the first moment (the gradient's running mean), in [0, 1).
   float beta1;
+  // Decay of the second moment (the squared gradient's), in [0, 1).
   float beta2;
+  // Added to the second moment's square root, above 0.
   float eps;
   // Decoupled: `p −= lr · weight_decay · p`.
   float weight_decay;

@@ -23,6 +23,7 @@
 //! - no panic crosses the boundary: each entry point runs under
 //!   `catch_unwind` and returns `KN_ERR_INTERNAL` if one ever happened.
 
+#![warn(missing_docs)]
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_void};
@@ -68,6 +69,7 @@ pub const KN_BACKEND_AVX512: i32 = 2;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct kn_bf16 {
+    /// The sign, exponent and top 7 mantissa bits of the f32.
     pub bits: u16,
 }
 
@@ -83,8 +85,13 @@ pub struct kn_bf16 {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct kn_executor {
+    /// The host's pool, passed back to `parallel_for` untouched.
     pub ctx: *mut c_void,
+    /// How many pieces can run at once (0 is read as 1).
     pub threads: size_t,
+    /// Runs `piece(piece_ctx, i)` for every `i` in `0..n`; not NULL
+    /// (`KN_ERR_NULL_POINTER`: pass a NULL executor to run on the calling
+    /// thread).
     pub parallel_for: Option<
         unsafe extern "C" fn(
             ctx: *mut c_void,
@@ -726,9 +733,13 @@ pub unsafe extern "C" fn kn_cross_entropy(
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct kn_adamw {
+    /// Learning rate.
     pub lr: f32,
+    /// Decay of the first moment (the gradient's running mean), in [0, 1).
     pub beta1: f32,
+    /// Decay of the second moment (the squared gradient's), in [0, 1).
     pub beta2: f32,
+    /// Added to the second moment's square root, above 0.
     pub eps: f32,
     /// Decoupled: `p −= lr · weight_decay · p`.
     pub weight_decay: f32,

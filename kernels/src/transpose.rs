@@ -45,6 +45,10 @@ impl Kernels {
                 actual: dst.len(),
             });
         }
+        if rows == 0 || cols == 0 {
+            // Nothing to move, however many rows of nothing.
+            return Ok(());
+        }
         let shape = Strided {
             rows,
             cols,

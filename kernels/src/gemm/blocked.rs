@@ -50,7 +50,7 @@ fn pass_depth(k: usize, bl: &Blocking) -> usize {
 pub(crate) fn workspace_len<K: GemmKernel>(m: usize, n: usize, k: usize, bl: &Blocking) -> usize {
     let kc = pass_depth(k, bl);
     let a = m.div_ceil(K::MR).saturating_mul(K::MR).saturating_mul(kc);
-    let b = n.min(bl.nc).div_ceil(K::NR) * K::NR * kc;
+    let b = (n.min(bl.nc).div_ceil(K::NR) * K::NR).saturating_mul(kc);
     a.saturating_add(b).saturating_add(2 * ALIGN_SLACK)
 }
 

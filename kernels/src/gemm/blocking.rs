@@ -243,8 +243,9 @@ const MAX_NC: usize = 4096;
 /// at `kc` 384, so no core met so far reaches it.
 const MAX_MC: usize = 1024;
 
-/// Largest `mc`, `kc` or `nc` an override may ask for, so that workspace sizes
-/// stay far from overflow.
+/// Largest `mc`, `kc` or `nc` an override may ask for, so that a block's
+/// workspace stays far from overflow on 64-bit targets (the lengths
+/// saturate everywhere, where a 32-bit `usize` is not so far).
 const MAX_OVERRIDE: usize = 1 << 20;
 
 impl Blocking {

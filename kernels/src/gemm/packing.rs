@@ -124,6 +124,9 @@ pub(crate) fn interleave_scalar(
     first_step: usize,
     dst: &mut [f32],
 ) {
+    if width == 0 {
+        return;
+    }
     for (p, dst) in dst.chunks_exact_mut(width).enumerate().skip(first_step) {
         for (d, line) in dst.iter_mut().zip(lines) {
             *d = line[p];

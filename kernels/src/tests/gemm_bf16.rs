@@ -945,3 +945,31 @@ fn bias_products_refuse_a_bias_of_the_wrong_length() {
         }
     }
 }
+
+/// A C with no columns is left alone, whatever its row count or row
+/// stride (a view with no columns takes any stride): every bias product
+/// and a scaled one, C in f32 and bf16.
+#[test]
+fn a_c_without_columns_is_left_alone() {
+    use crate::PackedBf16;
+    let a = [1.0; 6];
+    for (name, k) in bf16_kernels() {
+        for (m, kk) in [(2, 3), (usize::MAX, 0)] {
+            let a = MatRef::new(&a[..m.saturating_mul(kk).min(6)], m, kk).unwrap();
+            let b = MatRef::new(&[] as &[f32], kk, 0).unwrap();
+            let packed = PackedBf16::new(&[], kk, 0).unwrap();
+            let what = format!("{name}, {m} rows");
+            let ok = |r: Result<(), KernelError>| assert_eq!(r, Ok(()), "{what}");
+            for stride in [1, 7] {
+                let c = || MatMut::<Bf16>::strided(&mut [], m, 0, stride).unwrap();
+                ok(k.gemm_bf16_bias_with(&Sequential, a, b, &[], c(), &mut []));
+                ok(k.gemm_bf16_packed_bias_with(&Sequential, a, packed, &[], c(), &mut []));
+                ok(k.gemm_bf16_with(&Sequential, 1.0, a, b, 0.5, c(), &mut []));
+                let c = || MatMut::<f32>::strided(&mut [], m, 0, stride).unwrap();
+                ok(k.gemm_bf16_bias_with(&Sequential, a, b, &[], c(), &mut []));
+                ok(k.gemm_bias_with(&Sequential, a, b, &[], c(), &mut []));
+                ok(k.gemm_with(&Sequential, 1.0, a, b, 0.5, c(), &mut []));
+            }
+        }
+    }
+}

@@ -641,6 +641,11 @@ fn nothing_to_multiply<E: Executor + ?Sized>(
     bias: Option<&[f32]>,
     c: OutputMat,
 ) {
+    // An empty C has nothing to write; its row count may be anything.
+    let (rows, cols) = c.shape();
+    if rows == 0 || cols == 0 {
+        return;
+    }
     match (c, bias) {
         (OutputMat::F32(mut c), bias) => {
             scale_rows(beta, c.reborrow());
@@ -655,7 +660,7 @@ fn nothing_to_multiply<E: Executor + ?Sized>(
             }
         }
         (OutputMat::Bf16(c), None) => {
-            if beta == 1.0 || c.cols == 0 {
+            if beta == 1.0 {
                 return;
             }
             for r in 0..c.rows {
