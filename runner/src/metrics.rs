@@ -86,6 +86,12 @@ pub enum Record {
     Generate(GenerateRecord),
 }
 
+impl Record {
+    /// Every variant's `kind`: a file whose first line is a record of one
+    /// of them is an earlier run's log, which a new `--json` replaces.
+    pub const KINDS: [&str; 4] = ["train_step", "eval", "bench", "generate"];
+}
+
 /// What ran: the shape, the backend and the threads, and the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RunShape {
@@ -370,6 +376,16 @@ mod tests {
             }
         }
         fields
+    }
+
+    #[test]
+    fn kinds_lists_every_record_kind() {
+        let kinds: Vec<String> = every_record()
+            .iter()
+            .map(|record| serde_json::to_value(record).unwrap()["kind"].to_string())
+            .collect();
+        let listed: Vec<String> = Record::KINDS.iter().map(|k| format!("\"{k}\"")).collect();
+        assert_eq!(kinds, listed);
     }
 
     #[test]

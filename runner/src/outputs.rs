@@ -1,9 +1,8 @@
 //! The files a command writes beside checkpoints (`--json`, `--plot`):
 //! checked before any work that each can be written and that writing it
-//! destroys nothing the run reads or saves, nor a file of another kind
-//! (only a JSON-lines file or an SVG is replaced). The check leaves an
-//! existing file as it is: a command truncates it only once its run is
-//! accepted.
+//! destroys nothing the run reads or saves, nor a file an earlier run of
+//! the same option did not write. The check leaves an existing file as it
+//! is: a command truncates it only once its run is accepted.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -73,11 +72,12 @@ pub fn check_outputs(
     Ok(())
 }
 
-/// Refuses an existing, non-empty regular file that is not of the kind
-/// `option` writes (an SVG for `--plot`, JSON lines for the others): an
-/// output replaces an earlier run's, never a checkpoint's weights or some
-/// other file of the user's. The run's own stdout or stderr is appended
-/// to, not replaced, and passes.
+/// Refuses an existing, non-empty regular file that an earlier run of
+/// this option did not write (a loss plot for `--plot`, JSON lines whose
+/// first is a record of ours for the others): an output replaces an
+/// earlier run's, never a checkpoint's `config.json`, a dataset or a
+/// drawing of the user's. The run's own stdout or stderr is appended to,
+/// not replaced, and passes.
 fn check_replaceable(option: &str, path: &Path) -> Result<(), Error> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() && meta.len() > 0 => meta,
@@ -86,18 +86,22 @@ fn check_replaceable(option: &str, path: &Path) -> Result<(), Error> {
     if own_stream(&meta).is_some() {
         return Ok(());
     }
-    let mut head = [0u8; 64];
-    let read = File::open(path)
-        .and_then(|mut file| file.read(&mut head))
+    // Our records and the start of our plots up to the axis label fit
+    // well within this.
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(1 << 16).read_to_end(&mut head))
         .map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8_lossy(&head[..read]);
-    let text = text.trim_start();
+    let text = String::from_utf8_lossy(&head);
     let (ours, kind) = match option {
         "--plot" => (
-            text.starts_with("<svg") || text.starts_with("<?xml"),
-            "an SVG",
+            text.trim_start().starts_with("<svg") && text.contains(crate::plot::Y_LABEL),
+            "a loss plot of this runner's",
         ),
-        _ => (text.starts_with('{'), "a JSON-lines file"),
+        _ => (
+            is_our_record(text.lines().next()),
+            "a JSON-lines log of this runner's",
+        ),
     };
     if ours {
         return Ok(());
@@ -106,6 +110,15 @@ fn check_replaceable(option: &str, path: &Path) -> Result<(), Error> {
         "{option} {} exists and is not {kind}, the only kind of file it replaces; remove it or choose another path",
         path.display()
     )))
+}
+
+/// Whether `line` is a JSON object whose `kind` is one of our records'.
+fn is_our_record(line: Option<&str>) -> bool {
+    let Some(Ok(serde_json::Value::Object(record))) = line.map(serde_json::from_str) else {
+        return false;
+    };
+    let kind = record.get("kind").and_then(|kind| kind.as_str());
+    kind.is_some_and(|kind| crate::metrics::Record::KINDS.contains(&kind))
 }
 
 /// This process's stdout or stderr, where the file `target` describes is
@@ -145,7 +158,12 @@ fn check_writable(path: &Path) -> Result<(), Error> {
             path.display()
         )));
     }
-    let probe = if path.exists() {
+    let probe = if path.metadata().is_ok_and(|meta| is_pipe(&meta.file_type())) {
+        // Opening a pipe waits for a reader, and closing it again would
+        // end that reader's input before the run writes a line: the run
+        // opens it once, saying that it waits.
+        Ok(())
+    } else if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
         let target = match std::fs::read_link(path) {
@@ -264,6 +282,72 @@ mod tests {
             );
             assert!(!dir.join("target.jsonl").exists(), "its target was made");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_an_earlier_runs_log_or_plot_is_replaced() {
+        let dir = scratch("output-kind");
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let refused = |option: &str, path: &Path| {
+            let err = check_replaceable(option, path).unwrap_err().to_string();
+            assert!(err.contains("exists and is not"), "{err}");
+        };
+        let log = file(
+            "log.jsonl",
+            "{\"kind\":\"eval\",\"step\":1}\n{\"kind\":\"eval\"}\n",
+        );
+        check_replaceable("--json", &log).unwrap();
+        check_replaceable("--json", &file("empty.jsonl", "")).unwrap();
+        for (name, text) in [
+            ("config.json", "{\n  \"n_layer\": 2,\n  \"n_head\": 2\n}\n"),
+            ("data.jsonl", "{\"text\": \"a line of a dataset\"}\n"),
+            ("other.jsonl", "{\"kind\":\"a log of another tool\"}\n"),
+            ("cut.jsonl", "{\"kind\":\"train_st"),
+            ("array.json", "[1, 2, 3]\n"),
+        ] {
+            refused("--json", &file(name, text));
+        }
+        let plot = dir.join("loss.svg");
+        let train: Vec<(u32, f32)> = (1..=20_000).map(|s| (s, 1.0 / s as f32)).collect();
+        crate::plot::loss_curve(&plot, &train, &[(10_000, 0.5)]).unwrap();
+        check_replaceable("--plot", &plot).unwrap();
+        let drawing = "<svg xmlns=\"http://www.w3.org/2000/svg\"><circle r=\"4\"/></svg>\n";
+        refused("--plot", &file("drawing.svg", drawing));
+        refused("--plot", &log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The check does not open a named pipe: with no reader it would wait
+    /// for ever, and with one it would end the reader's input.
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_is_checked_without_opening_it() {
+        let dir = scratch("output-pipe");
+        let pipe = dir.join("log.jsonl");
+        let name = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (done, checked) = std::sync::mpsc::channel();
+        let outputs = [("--json", pipe.clone())];
+        std::thread::spawn(move || {
+            let outputs: Vec<Output> = outputs.iter().map(|(o, p)| (*o, p.as_path())).collect();
+            done.send(check_outputs(&outputs, &[], None).is_ok())
+        });
+        let result = checked.recv_timeout(std::time::Duration::from_secs(10));
+        if result.is_err() {
+            // Release the waiting open before failing.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&pipe);
+        }
+        assert_eq!(result, Ok(true), "the check waited on the pipe");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,6 +7,11 @@ use plotters::prelude::*;
 
 use crate::error::Error;
 
+/// The vertical axis's label: text every plot of ours holds near its
+/// start, so that a new `--plot` replaces an earlier run's and no other
+/// SVG.
+pub const Y_LABEL: &str = "cross-entropy (nats per token)";
+
 /// Draws the loss curves into an SVG file at `path`.
 pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Result<(), Error> {
     let fail = |e: String| {
@@ -44,7 +49,7 @@ pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Resu
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("cross-entropy (nats per token)")
+        .y_desc(Y_LABEL)
         .draw()
         .map_err(|e| fail(e.to_string()))?;
     chart

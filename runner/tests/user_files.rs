@@ -62,7 +62,7 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
 
     // A run refused for another reason leaves an existing log as it was.
     let log = dir.join("old.jsonl");
-    std::fs::write(&log, "{\"kind\":\"a log the user kept\"}\n").unwrap();
+    std::fs::write(&log, "{\"kind\":\"eval\",\"step\":7}\n").unwrap();
     let other_batch = [
         "train",
         "--resume",
@@ -81,11 +81,12 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
     assert_clear_error(&runner(&with_data), "--batch: checkpoint 2");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        "{\"kind\":\"a log the user kept\"}\n"
+        "{\"kind\":\"eval\",\"step\":7}\n"
     );
 
-    // An output replaces only a file of its own kind: not another
-    // checkpoint's weights, nor a text under an SVG's name.
+    // An output replaces only what an earlier run of it wrote: not another
+    // checkpoint's weights or its config.json, nor a text under an SVG's
+    // name.
     let other = tiny_checkpoint(&dir, "other");
     let other_model = Path::new(&other).join("model.safetensors");
     let other_weights = std::fs::read(&other_model).unwrap();
@@ -115,13 +116,23 @@ fn outputs_never_overwrite_what_the_run_reads_or_saves() {
             other_s,
         ],
     ] {
-        assert_clear_error(&runner(&args), "exists and is not a JSON-lines file");
+        assert_clear_error(&runner(&args), "exists and is not a JSON-lines log");
     }
     assert_eq!(std::fs::read(&other_model).unwrap(), other_weights);
+    let other_config = Path::new(&other).join("config.json");
+    let config = std::fs::read(&other_config).unwrap();
+    let json_config = [
+        &["train"][..],
+        &tiny,
+        &["--json", other_config.to_str().unwrap()],
+    ]
+    .concat();
+    assert_clear_error(&runner(&json_config), "exists and is not a JSON-lines log");
+    assert_eq!(std::fs::read(&other_config).unwrap(), config);
     let notes = dir.join("notes.svg");
     std::fs::write(&notes, "notes, not a plot\n").unwrap();
     let plot_notes = [&["train"][..], &tiny, &["--plot", notes.to_str().unwrap()]].concat();
-    assert_clear_error(&runner(&plot_notes), "exists and is not an SVG");
+    assert_clear_error(&runner(&plot_notes), "exists and is not a loss plot");
     assert_eq!(
         std::fs::read_to_string(&notes).unwrap(),
         "notes, not a plot\n"
