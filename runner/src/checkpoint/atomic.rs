@@ -85,7 +85,7 @@ impl<'a> Destination<'a> {
         };
         // Where no checkpoint is in place, a previous one moved aside is
         // the copy to restore, which a save would delete as superseded.
-        if let Some(old) = moved_aside(dir).filter(|_| empty) {
+        if let Some(old) = self.moved_aside().filter(|_| empty) {
             return Err(Error::checkpoint(
                 dir,
                 format!(
@@ -110,9 +110,9 @@ impl<'a> Destination<'a> {
         // checkpoint in place, is a copy moved aside by a save killed after
         // its second rename (under this process id, as a container's first
         // process always has, it would stop this save's own move).
-        remove_siblings(parent, &staging_prefix(&name))?;
+        self.remove_temporary(parent, &staging_prefix(&name))?;
         if !empty {
-            remove_siblings(parent, &aside_prefix(&name))?;
+            self.remove_temporary(parent, &aside_prefix(&name))?;
         }
         let probe = staging_dir(parent, &name);
         fs::create_dir(&probe).map_err(|e| {
@@ -188,6 +188,44 @@ impl<'a> Destination<'a> {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The previous directory a save moved aside and, killed between its
+    /// two renames, never replaced: where the destination is missing, the
+    /// copy to restore.
+    pub fn moved_aside(&self) -> Option<PathBuf> {
+        let (parent, name) = self.parent_and_name().ok()?;
+        let prefix = aside_prefix(&name);
+        fs::read_dir(parent)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| self.is_temporary(path, &prefix))
+    }
+
+    /// Whether `path` is `prefix` + a process id (one of the temporary
+    /// names of [`Destination::replace_with`]) and holds nothing but the
+    /// destination's files.
+    fn is_temporary(&self, path: &Path, prefix: &str) -> bool {
+        let pid = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_prefix(prefix));
+        pid.is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            && holds_only(path, self.files)
+    }
+
+    /// Removes the directories in `parent` that [`Destination::is_temporary`]
+    /// names, and nothing else (a folder of the user's under such a name
+    /// stays).
+    fn remove_temporary(&self, parent: &Path, prefix: &str) -> Result<(), Error> {
+        for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
+            let path = entry.map_err(|e| Error::io(parent, e))?.path();
+            if self.is_temporary(&path, prefix) {
+                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        Ok(())
     }
 
     fn parent_and_name(&self) -> Result<(&Path, String), Error> {
@@ -275,7 +313,7 @@ impl<'a> Destination<'a> {
         // save's, or one a crash left between two renames) is superseded.
         // The save has succeeded: failing to delete them is only worth a
         // warning.
-        if let Err(e) = remove_siblings(parent, &old_prefix) {
+        if let Err(e) = self.remove_temporary(parent, &old_prefix) {
             warn!("could not remove the previous checkpoint: {e}");
         }
         Ok(())
@@ -295,19 +333,6 @@ fn free_sibling(dir: &Path) -> PathBuf {
         .expect("some DIR.N is free")
 }
 
-/// The previous directory a save moved aside and, killed between its two
-/// renames, never replaced: where `dir` is missing, the copy to restore.
-pub fn moved_aside(dir: &Path) -> Option<PathBuf> {
-    let destination = Destination::new(dir, &[]);
-    let (parent, name) = destination.parent_and_name().ok()?;
-    let prefix = aside_prefix(&name);
-    fs::read_dir(parent)
-        .ok()?
-        .filter_map(Result::ok)
-        .find(|entry| is_temporary(&entry.file_name(), &prefix))
-        .map(|entry| entry.path())
-}
-
 /// `.NAME.tmp-`: the prefix of the staging directories of `NAME`. Beside
 /// the destination, so the final renames stay on one file system.
 fn staging_prefix(name: &str) -> String {
@@ -318,14 +343,6 @@ fn staging_prefix(name: &str) -> String {
 /// to while the new one is renamed into place.
 fn aside_prefix(name: &str) -> String {
     format!(".{name}.old-")
-}
-
-/// Whether `file` is `prefix` + a process id: one of the temporary names
-/// of [`Destination::replace_with`].
-fn is_temporary(file: &std::ffi::OsStr, prefix: &str) -> bool {
-    file.to_str()
-        .and_then(|n| n.strip_prefix(prefix))
-        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn staging_dir(parent: &Path, name: &str) -> PathBuf {
@@ -356,16 +373,21 @@ fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes the directories in `parent` named `prefix` + a process id: the
-/// temporary names of [`Destination::replace_with`], and nothing else.
-fn remove_siblings(parent: &Path, prefix: &str) -> Result<(), Error> {
-    for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
-        let entry = entry.map_err(|e| Error::io(parent, e))?;
-        if is_temporary(&entry.file_name(), prefix) {
-            fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-        }
-    }
-    Ok(())
+/// Whether `dir` is a directory that holds regular files named among
+/// `files` and nothing else: what a save's staging directory or a copy it
+/// moved aside can hold, so a folder of the user's that happens to have
+/// such a name is told apart.
+fn holds_only(dir: &Path, files: &[&str]) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.into_iter().all(|entry| {
+        entry.is_ok_and(|entry| {
+            let name = entry.file_name();
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            is_file && name.to_str().is_some_and(|name| files.contains(&name))
+        })
+    })
 }
 
 /// The bytes an unprivileged user may still write on the file system that
@@ -454,7 +476,7 @@ mod tests {
         // What a save killed in a process of the same id leaves behind.
         let stale = staging_dir(&parent, "ckpt");
         fs::create_dir(&stale).unwrap();
-        fs::write(stale.join("model.safetensors"), b"partial").unwrap();
+        fs::write(stale.join("a.txt"), b"partial").unwrap();
         let destination = Destination::new(&dir, &["a.txt"]);
         destination.check().unwrap();
         destination
@@ -569,6 +591,28 @@ mod tests {
             .to_string();
         assert!(err.contains("has no `b.txt`"), "{err}");
         assert_eq!(fs::read(only.join("a.txt")).unwrap(), b"mine");
+
+        // Folders of the user's under a save's temporary names: kept, and
+        // not taken for a copy to restore.
+        let mine = parent.join("mine");
+        let staged = parent.join(format!("{}55555", staging_prefix("mine")));
+        let aside = parent.join(format!("{}77777", aside_prefix("mine")));
+        for folder in [&staged, &aside] {
+            fs::create_dir_all(folder.join("sub")).unwrap();
+            fs::write(folder.join("a.txt"), b"mine").unwrap();
+            fs::write(folder.join("sub").join("notes.txt"), b"mine").unwrap();
+        }
+        let destination = Destination::new(&mine, &["a.txt"]);
+        assert_eq!(destination.moved_aside(), None);
+        destination.replace_with(write).unwrap();
+        destination.replace_with(write).unwrap();
+        assert_eq!(fs::read(mine.join("a.txt")).unwrap(), b"new");
+        for folder in [&staged, &aside] {
+            assert_eq!(
+                fs::read(folder.join("sub").join("notes.txt")).unwrap(),
+                b"mine"
+            );
+        }
         fs::remove_dir_all(&parent).unwrap();
     }
 

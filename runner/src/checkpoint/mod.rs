@@ -147,7 +147,7 @@ fn read_config(dir: &Path) -> Result<hf::HfConfig, Error> {
     if !dir.is_dir() {
         let reason = if dir.exists() {
             "not a directory (a checkpoint is a folder)".into()
-        } else if let Some(old) = atomic::moved_aside(dir) {
+        } else if let Some(old) = destination(dir).moved_aside() {
             format!(
                 "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
                 old.display(),
