@@ -607,16 +607,39 @@ fn an_edited_config_is_blamed_on_resuming() {
     assert_success(&train_tiny(&ckpt, "3", "1"));
     let ck = ckpt.to_str().unwrap();
     let resume = |extra: &[&str]| resume_to_step_6(ck, extra);
-    // Trained at 32 tokens: a block size of 16 cannot be the run's.
+    // The weights are checked against it before the state, whose
+    // sequence length (32) differs from the run's default (the block
+    // size): a smaller block size, a larger one.
     edit_config(&ckpt, "n_positions", 16);
     assert_clear_error(
         &resume(&[]),
-        "its run trained at --seq-len 32, longer than the block size of 16",
+        "tensor wpe.weight is F32 [32, 32], expected F32, BF16 or F16 [16, 32]",
     );
-    // A larger one is checked against the weights before the state.
     edit_config(&ckpt, "n_positions", 64);
-    let out = resume(&["--seq-len", "32"]);
-    assert_clear_error(&out, "tensor wpe.weight is F32 [32, 32], expected");
+    for extra in [&[][..], &["--seq-len", "32"]] {
+        assert_clear_error(
+            &resume(extra),
+            "tensor wpe.weight is F32 [32, 32], expected",
+        );
+    }
+    // So is another checkpoint's config.json.
+    let demo = dir.join("demo");
+    let out = runner(&[
+        "train",
+        "--preset",
+        "demo",
+        "--steps",
+        "1",
+        "--save",
+        demo.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_success(&out);
+    let config = ckpt.join("config.json");
+    let own = fs::read(&config).unwrap();
+    fs::copy(demo.join("config.json"), &config).unwrap();
+    assert_clear_error(&resume(&[]), "tensor wte.weight is F32 [256, 32], expected");
+    fs::write(&config, own).unwrap();
     edit_config(&ckpt, "n_positions", 32);
     assert_success(&resume(&[]));
 }
@@ -668,8 +691,17 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     set_state_metadata(&ckpt, "batch", "0");
     assert_clear_error(&resume(&[]), "stored batch or grad_accum is 0");
     set_state_metadata(&ckpt, "batch", &saved_batch);
-    // Extending --steps is what resuming is for.
-    assert_success(&resume(&[]));
+    // A step past the run's own length: damaged, not resumable.
+    set_state_metadata(&ckpt, "total_steps", "2");
+    assert_clear_error(&resume(&[]), "stored step 3 is past its run's 2 steps");
+    set_state_metadata(&ckpt, "total_steps", "3");
+    // Extending --steps is what resuming is for; the log says the decay
+    // moved.
+    let out = resume(&[]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let moved = "--steps 6 is not the checkpoint's 3: the learning rate's decay now ends at step 6";
+    assert!(stderr.contains(moved), "{stderr}");
     let _ = fs::remove_dir_all(&dir);
 }
 

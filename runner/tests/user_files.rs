@@ -505,6 +505,10 @@ fn prepare_leaves_nothing_half_made() {
     ];
     assert_clear_error(&runner(&args), "--shard-tokens 3000000000 does not fit");
     assert!(!dir.join("a").exists(), "the new folders were left behind");
+    // A validation shard too short for training to use.
+    let one = [&args[..], &["--val-tokens", "1"]].concat();
+    assert_clear_error(&runner(&one), "--val-tokens must be at least 2");
+    assert!(!dir.join("a").exists(), "the new folders were left behind");
     // An output that is a file.
     let mut args = args;
     args[6] = &data;

@@ -67,6 +67,46 @@ pub fn safetensors_bound(floats: usize) -> u64 {
     (floats as u64).saturating_mul(8).saturating_add(64 << 20)
 }
 
+/// The JSON header of the safetensors `file` in the checkpoint `dir` (its
+/// tensors' names, types, shapes and `__metadata__`), read alone: cheap
+/// enough to check a checkpoint before any long work, whatever its size.
+/// [`parse`] checks the rest.
+pub fn header(dir: &Path, file: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    let bad = |reason: String| {
+        Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
+    };
+    let mut f = open(dir, file)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("too short for a safetensors header".into()))?;
+    let len = u64::from_le_bytes(len);
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io(dir.join(file), e))?
+        .len();
+    if len > size - 8 {
+        return Err(bad(format!(
+            "a header of {len} bytes in a file of {size} bytes"
+        )));
+    }
+    if len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "a header of {len} bytes is not a safetensors header"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("truncated inside its header".into()))?;
+    match serde_json::from_slice(&header) {
+        Ok(serde_json::Value::Object(header)) => Ok(header),
+        Ok(_) => Err(bad("its header is not a JSON object".into())),
+        Err(e) => Err(bad(format!("header: {e}"))),
+    }
+}
+
+/// safetensors' own bound on a header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// The parsed `file` of the checkpoint `dir`. The header's tensors cover
 /// the file exactly (safetensors checks it), so tensors checked against it
 /// are bounded by the file's size.

@@ -241,18 +241,8 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     let mut views = Vec::with_capacity(layout.len());
     for t in &layout {
         let view = find(&t.name)?;
-        if !is_float(view.dtype()) || view.shape() != t.shape.as_slice() {
-            return Err(Error::checkpoint(
-                dir,
-                format!(
-                    "tensor {} is {:?} {:?}, expected F32, BF16 or F16 {:?}",
-                    t.name,
-                    view.dtype(),
-                    view.shape(),
-                    t.shape
-                ),
-            ));
-        }
+        let dtype = format!("{:?}", view.dtype());
+        check_tensor(dir, &t.name, &t.shape, &dtype, view.shape())?;
         views.push(view);
     }
     let mut params = Arena::zeros(cfg.param_floats());
@@ -327,9 +317,64 @@ fn warn_of_unread(names: &[&str], layout: &[hf::HfTensor]) {
     }
 }
 
-/// The element types a checkpoint's weights may have.
+/// The element types a checkpoint's weights may have, as safetensors
+/// spells them.
+const FLOAT_TYPES: [&str; 3] = ["F32", "BF16", "F16"];
+
+/// Whether a checkpoint's weights may have the element type `dtype`.
 fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16)
+    FLOAT_TYPES.contains(&format!("{dtype:?}").as_str())
+}
+
+/// Refuses the tensor `name` of `dtype` (as safetensors spells it) and
+/// `shape` where the model needs a float tensor of `expected` shape.
+fn check_tensor(
+    dir: &Path,
+    name: &str,
+    expected: &[usize],
+    dtype: &str,
+    shape: &[usize],
+) -> Result<(), Error> {
+    if FLOAT_TYPES.contains(&dtype) && shape == expected {
+        return Ok(());
+    }
+    Err(Error::checkpoint(
+        dir,
+        format!("tensor {name} is {dtype} {shape:?}, expected F32, BF16 or F16 {expected:?}"),
+    ))
+}
+
+/// Refuses, from the headers alone, weights whose tensors do not have the
+/// shapes `config.json` (read as `cfg`) gives them: a `config.json` from
+/// another checkpoint is named as the cause before the run's settings are
+/// compared with the state saved beside it. [`load_model`] checks the
+/// rest.
+pub fn check_weights_fit(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
+    let header = files::header(dir, MODEL_FILE)?;
+    for t in hf::layout(cfg) {
+        let prefixed = format!("{}{}", hf::MODEL_PREFIX, t.name);
+        let Some(info) = header.get(&prefixed).or_else(|| header.get(&t.name)) else {
+            return Err(Error::checkpoint(
+                dir,
+                format!("{MODEL_FILE} lacks tensor {}", t.name),
+            ));
+        };
+        let dtype = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .unwrap_or("no type");
+        let shape: Vec<usize> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().map_or(usize::MAX, |d| d as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+        check_tensor(dir, &t.name, &t.shape, dtype, &shape)?;
+    }
+    Ok(())
 }
 
 /// Where the run saved in `dir` stands (step, schedule), without reading

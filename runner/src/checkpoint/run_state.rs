@@ -3,14 +3,13 @@
 //! run, so that a resumed run can tell whether it continues the same one.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use super::atomic::write_tensors_synced;
-use super::files::{from_bytes, open, parse, to_bytes};
+use super::files::{from_bytes, header, parse, to_bytes};
 use crate::data::{hash_words, DataFingerprint, FNV_OFFSET};
 use crate::error::Error;
 
@@ -269,8 +268,17 @@ impl Progress {
         } else {
             None
         };
+        let step = metadata_number(meta, "step")?;
+        if let Some(total) = schedule
+            .map(|s| s.total_steps)
+            .filter(|&total| total < step)
+        {
+            return Err(format!(
+                "stored step {step} is past its run's {total} steps"
+            ));
+        }
         Ok(Progress {
-            step: metadata_number(meta, "step")?,
+            step,
             rng_state: metadata_number(meta, "rng_state")?,
             schedule,
             weights_hash: match meta.contains_key("weights_hash") {
@@ -285,33 +293,7 @@ impl Progress {
 /// (the moments, twice the model's size, are not read): cheap enough to
 /// refuse a resume before any long work. [`decode`] checks the rest.
 pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
-    let bad = |reason: String| {
-        Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
-    };
-    let mut f = open(dir, file)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad("too short for a safetensors header".into()))?;
-    let len = u64::from_le_bytes(len);
-    let size = f
-        .metadata()
-        .map_err(|e| Error::io(dir.join(file), e))?
-        .len();
-    if len > size - 8 {
-        return Err(bad(format!(
-            "a header of {len} bytes in a file of {size} bytes"
-        )));
-    }
-    if len > MAX_HEADER_BYTES {
-        return Err(bad(format!(
-            "a header of {len} bytes is not a safetensors header"
-        )));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| bad("truncated inside its header".into()))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let header = header(dir, file)?;
     let meta = header
         .get("__metadata__")
         .and_then(|m| m.as_object())
@@ -321,7 +303,9 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
                 .collect()
         })
         .unwrap_or_default();
-    Progress::of(&meta).map_err(bad)
+    Progress::of(&meta).map_err(|reason| {
+        Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
+    })
 }
 
 /// The hexadecimal number stored under `key` in a safetensors header's
@@ -331,9 +315,6 @@ fn metadata_hex(meta: &HashMap<String, String>, key: &str) -> Result<u64, String
     u64::from_str_radix(text, 16)
         .map_err(|_| format!("metadata `{key}` is not a hexadecimal number: `{text}`"))
 }
-
-/// safetensors' own bound on a header.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The number stored under `key` in a safetensors header's metadata.
 fn metadata_number<T: std::str::FromStr>(

@@ -709,7 +709,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let tokens: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 50257).collect();
-        let mut writer = shards::ShardWriter::new(&dir, "w", Tokenizer::Gpt2, 1, 10_000).unwrap();
+        let mut writer = shards::ShardWriter::new(&dir, "w", Tokenizer::Gpt2, 2, 10_000).unwrap();
         writer.write(&tokens).unwrap();
         writer.finish().unwrap();
         let shard = Shard::open(&shards::shard_path(&dir, "w", 1)).unwrap();
@@ -720,7 +720,7 @@ mod tests {
             window: Vec::new(),
             hash: 0,
         });
-        let mut in_memory = TrainTokens::Memory(tokens[1..].to_vec());
+        let mut in_memory = TrainTokens::Memory(tokens[2..].to_vec());
         assert_eq!(from_shard.len(), in_memory.len());
         let (b, t) = (6, 17);
         let (mut rng_a, mut rng_b) = (Rng::new(5), Rng::new(5));

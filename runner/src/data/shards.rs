@@ -129,13 +129,17 @@ impl ShardWriter {
         Ok(writer)
     }
 
-    /// Refuses shard sizes no writer can use: empty ones, and ones whose
-    /// count would not fit the header (refused now rather than when the
-    /// first full shard closes).
+    /// Refuses shard sizes no writer can use: empty ones, a validation
+    /// shard too short for one token and its successor (training would
+    /// refuse it), and ones whose count would not fit the header (refused
+    /// now rather than when the first full shard closes).
     pub fn check_sizes(val_tokens: usize, per_shard: usize) -> Result<(), Error> {
-        for (option, tokens) in [("--val-tokens", val_tokens), ("--shard-tokens", per_shard)] {
-            if tokens == 0 {
-                return Err(Error::Config(format!("{option} must be at least 1")));
+        for (option, tokens, least) in [
+            ("--val-tokens", val_tokens, 2),
+            ("--shard-tokens", per_shard, 1),
+        ] {
+            if tokens < least {
+                return Err(Error::Config(format!("{option} must be at least {least}")));
             }
             if i32::try_from(tokens).is_err() {
                 return Err(Error::Config(format!(

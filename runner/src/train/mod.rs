@@ -404,6 +404,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
         }
     }
     if let Some(dir) = &s.resume {
+        checkpoint::check_weights_fit(dir, &cfg)?;
         let progress = checkpoint::load_progress(dir)?;
         // No run trains past its block size: config.json was edited (or
         // belongs to another save), and its block size is not the run's.
@@ -462,6 +463,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     if let Some(dir) = &s.resume {
         // Only now is the data known; a resumed run must train on the same.
         check_resume(s, dir, t, Some(fingerprint), optimizer.step, saved)?;
+        // Accepted: a schedule that may grow is not silently changed.
+        if let Some(saved) = saved.filter(|saved| saved.total_steps != s.steps) {
+            log::warn!(
+                "--steps {} is not the checkpoint's {}: the learning rate's decay now ends at step {} instead",
+                s.steps,
+                saved.total_steps,
+                s.steps
+            );
+        }
     }
     // The outputs were checked up front; the run is accepted, so the JSON
     // file may now be replaced.
