@@ -258,17 +258,11 @@ pub struct JsonLines {
 fn open_output(path: &Path) -> std::io::Result<File> {
     #[cfg(unix)]
     if let Ok(target) = std::fs::metadata(path) {
-        if crate::outputs::is_pipe(&target.file_type()) {
-            // Opening a pipe waits for a reader: say why it waits.
-            log::info!(
-                "Writing {} (a pipe) once a process reads it",
-                path.display()
-            );
-        }
         if let Some(stream) = crate::outputs::own_stream(&target) {
             return Ok(stream);
         }
     }
+    crate::outputs::announce_pipe(path);
     File::create(path)
 }
 

@@ -18,8 +18,8 @@ pub type Output<'a> = (&'static str, &'a Path);
 /// folder not its own), and an output that cannot be written, that is (or
 /// lies inside) one of `inputs` (files or folders the run reads), that
 /// lies inside `save` (the checkpoint folder a save replaces whole), that
-/// another output names too, or that is an existing file of another kind
-/// than the option writes.
+/// another output names too, or that is an existing file an earlier run
+/// of the option did not write.
 pub fn check_outputs(
     outputs: &[Output],
     inputs: &[&Path],
@@ -161,8 +161,8 @@ fn check_writable(path: &Path) -> Result<(), Error> {
     let probe = if path.metadata().is_ok_and(|meta| is_pipe(&meta.file_type())) {
         // Opening a pipe waits for a reader, and closing it again would
         // end that reader's input before the run writes a line: the run
-        // opens it once, saying that it waits.
-        Ok(())
+        // opens it once ([`announce_pipe`]), and the check only asks.
+        may_write(path)
     } else if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
@@ -174,6 +174,36 @@ fn check_writable(path: &Path) -> Result<(), Error> {
         File::create(&probe).and_then(|_| std::fs::remove_file(&probe))
     };
     probe.map_err(|e| Error::io(path, e))
+}
+
+/// Whether this process may write `path`, asked without opening it.
+#[cfg(unix)]
+fn may_write(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `name` is a NUL-terminated path that outlives the call.
+    match unsafe { libc::access(name.as_ptr(), libc::W_OK) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Never asked elsewhere than Unix, where no file is a pipe.
+#[cfg(not(unix))]
+fn may_write(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Logs, where `path` is a named pipe, that opening it to write waits
+/// for a reader: said before the open, which may block.
+pub fn announce_pipe(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|meta| is_pipe(&meta.file_type())) {
+        log::info!(
+            "Writing {} (a pipe) once a process reads it",
+            path.display()
+        );
+    }
 }
 
 /// Whether a file is a named pipe, whose opening waits for the other end.

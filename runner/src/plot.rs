@@ -37,6 +37,7 @@ pub fn loss_curve(path: &Path, train: &[(u32, f32)], val: &[(u32, f64)]) -> Resu
         .max(0.1)
         * 1.05;
 
+    crate::outputs::announce_pipe(path);
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)

@@ -627,6 +627,14 @@ fn an_edited_config_is_blamed_on_resuming() {
     assert_clear_error(&resume(&[]), "tensor wte.weight is F32 [256, 32], expected");
     edit_config(&ckpt, "n_embd", 32);
     edit_config(&ckpt, "n_positions", 32);
+    // A state that trained past the weights' block size is not theirs.
+    let seq_len = state_metadata(&ckpt, "seq_len");
+    set_state_metadata(&ckpt, "seq_len", "64");
+    assert_clear_error(
+        &resume(&["--seq-len", "32"]),
+        "training.safetensors says its run trained at --seq-len 64, longer than the block size of 32",
+    );
+    set_state_metadata(&ckpt, "seq_len", &seq_len);
     assert_success(&resume(&[]));
 }
 

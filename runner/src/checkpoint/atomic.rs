@@ -114,6 +114,21 @@ impl<'a> Destination<'a> {
         if !empty {
             self.remove_temporary(parent, &aside_prefix(&name))?;
         }
+        // What is left under this process's own names is not a save's: it
+        // would stop this one's staging or its move after the whole run.
+        let pid = std::process::id();
+        for prefix in [staging_prefix(&name), aside_prefix(&name)] {
+            let own = parent.join(format!("{prefix}{pid}"));
+            if fs::symlink_metadata(&own).is_ok() {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "{} is in the way of saving (it holds more than a checkpoint's files); move it elsewhere",
+                        own.display()
+                    ),
+                ));
+            }
+        }
         let probe = staging_dir(parent, &name);
         fs::create_dir(&probe).map_err(|e| {
             Error::checkpoint(dir, format!("cannot write in {}: {e}", parent.display()))
@@ -216,14 +231,22 @@ impl<'a> Destination<'a> {
     }
 
     /// Removes the directories in `parent` that [`Destination::is_temporary`]
-    /// names, and nothing else (a folder of the user's under such a name
-    /// stays).
+    /// names, file by checked file name and then the emptied folder, so
+    /// nothing else is removed (a folder of the user's under such a name
+    /// stays, and one that gains a file meanwhile is an error).
     fn remove_temporary(&self, parent: &Path, prefix: &str) -> Result<(), Error> {
         for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
             let path = entry.map_err(|e| Error::io(parent, e))?.path();
-            if self.is_temporary(&path, prefix) {
-                fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            if !self.is_temporary(&path, prefix) {
+                continue;
             }
+            for file in self.files {
+                match fs::remove_file(path.join(file)) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(Error::io(&path, e)),
+                    _ => {}
+                }
+            }
+            fs::remove_dir(&path).map_err(|e| Error::io(&path, e))?;
         }
         Ok(())
     }
@@ -373,18 +396,22 @@ fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether `dir` is a directory that holds regular files named among
-/// `files` and nothing else: what a save's staging directory or a copy it
-/// moved aside can hold, so a folder of the user's that happens to have
-/// such a name is told apart.
+/// Whether `dir` is a directory (not a link to one) that holds files
+/// named among `files` and nothing else (a link to a file counts as the
+/// file, as [`Destination::check`] counts it): what a save's staging
+/// directory or a copy it moved aside can hold, so a folder of the user's
+/// that happens to have such a name is told apart.
 fn holds_only(dir: &Path, files: &[&str]) -> bool {
+    if !fs::symlink_metadata(dir).is_ok_and(|meta| meta.is_dir()) {
+        return false;
+    }
     let Ok(entries) = fs::read_dir(dir) else {
         return false;
     };
     entries.into_iter().all(|entry| {
         entry.is_ok_and(|entry| {
             let name = entry.file_name();
-            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            let is_file = fs::metadata(entry.path()).is_ok_and(|meta| meta.is_file());
             is_file && name.to_str().is_some_and(|name| files.contains(&name))
         })
     })
@@ -613,6 +640,59 @@ mod tests {
                 b"mine"
             );
         }
+        // Under this process's own name it would stop the save after the
+        // run: refused up front, and kept.
+        let own = parent.join(format!("{}{}", aside_prefix("mine"), std::process::id()));
+        fs::rename(&aside, &own).unwrap();
+        let err = destination.check().unwrap_err().to_string();
+        assert!(err.contains("is in the way of saving"), "{err}");
+        assert!(own.join("sub").join("notes.txt").is_file());
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    /// A copy moved aside that holds links to its files (a Hugging Face
+    /// snapshot saved over) is the save's and goes, links only; a link
+    /// named like a copy is not one.
+    #[cfg(unix)]
+    #[test]
+    fn links_are_removed_as_links_and_never_followed() {
+        let parent = fresh_parent("links");
+        let dir = parent.join("ckpt");
+        let blobs = parent.join("blobs");
+        fs::create_dir(&blobs).unwrap();
+        fs::write(blobs.join("a"), b"blob").unwrap();
+        let aside = parent.join(format!("{}4242", aside_prefix("ckpt")));
+        fs::create_dir(&aside).unwrap();
+        std::os::unix::fs::symlink(blobs.join("a"), aside.join("a.txt")).unwrap();
+        let destination = Destination::new(&dir, &["a.txt"]);
+        assert_eq!(destination.moved_aside(), Some(aside.clone()));
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"new"))
+            .unwrap_err();
+        fs::remove_dir_all(&aside).unwrap();
+        // A link to a folder of the checkpoint's names, under a copy's
+        // name: neither a copy to restore nor removed.
+        let elsewhere = parent.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("a.txt"), b"mine").unwrap();
+        let linked = parent.join(format!("{}4243", aside_prefix("ckpt")));
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert_eq!(destination.moved_aside(), None);
+        for text in [&b"new"[..], b"newer"] {
+            destination
+                .replace_with(|tmp| write_synced(&tmp.join("a.txt"), text))
+                .unwrap();
+        }
+        assert!(fs::symlink_metadata(&linked).is_ok());
+        assert_eq!(fs::read(elsewhere.join("a.txt")).unwrap(), b"mine");
+        // With a checkpoint in place, a copy of links is superseded.
+        fs::create_dir(&aside).unwrap();
+        std::os::unix::fs::symlink(blobs.join("a"), aside.join("a.txt")).unwrap();
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"newest"))
+            .unwrap();
+        assert!(!aside.exists());
+        assert_eq!(fs::read(blobs.join("a")).unwrap(), b"blob");
         fs::remove_dir_all(&parent).unwrap();
     }
 

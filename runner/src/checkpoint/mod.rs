@@ -340,7 +340,9 @@ fn check_tensor(
     }
     Err(Error::checkpoint(
         dir,
-        format!("tensor {name} is {dtype} {shape:?}, expected F32, BF16 or F16 {expected:?}"),
+        format!(
+            "tensor {name} is {dtype} {shape:?}, expected F32, BF16 or F16 {expected:?} (by {CONFIG_FILE})"
+        ),
     ))
 }
 

@@ -406,14 +406,15 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     if let Some(dir) = &s.resume {
         checkpoint::check_weights_fit(dir, &cfg)?;
         let progress = checkpoint::load_progress(dir)?;
-        // No run trains past its block size: config.json was edited (or
-        // belongs to another save), and its block size is not the run's.
+        // No run trains past its block size, which the weights (checked
+        // above) share: the state is damaged or another model's.
         let trained = progress.schedule.and_then(|saved| saved.seq_len);
         if let Some(trained) = trained.filter(|&trained| trained > cfg.block_size) {
             return Err(Error::checkpoint(
                 dir.clone(),
                 format!(
-                    "its run trained at --seq-len {trained}, longer than the block size of {} in its config.json: the files do not belong together",
+                    "{} says its run trained at --seq-len {trained}, longer than the block size of {} of its weights: the files do not belong together",
+                    checkpoint::TRAINING_FILE,
                     cfg.block_size
                 ),
             ));
@@ -464,7 +465,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         // Only now is the data known; a resumed run must train on the same.
         check_resume(s, dir, t, Some(fingerprint), optimizer.step, saved)?;
         // Accepted: a schedule that may grow is not silently changed.
-        if let Some(saved) = saved.filter(|saved| saved.total_steps != s.steps) {
+        let moved = saved.filter(|saved| saved.total_steps != s.steps);
+        if let Some(saved) = moved.filter(|_| rank == 0) {
             log::warn!(
                 "--steps {} is not the checkpoint's {}: the learning rate's decay now ends at step {} instead",
                 s.steps,
