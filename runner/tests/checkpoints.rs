@@ -635,6 +635,13 @@ fn an_edited_config_is_blamed_on_resuming() {
         "training.safetensors says its run trained at --seq-len 64, longer than the block size of 32",
     );
     set_state_metadata(&ckpt, "seq_len", &seq_len);
+    // Another head count: weights of the same shapes, another model.
+    edit_config(&ckpt, "n_head", 4);
+    assert_clear_error(
+        &resume(&[]),
+        "config.json gives n_head 4, but training.safetensors trained a model of 2 heads",
+    );
+    edit_config(&ckpt, "n_head", 2);
     assert_success(&resume(&[]));
 }
 

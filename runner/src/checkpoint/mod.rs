@@ -130,7 +130,8 @@ fn write_checkpoint(
     match training {
         Some(state) => {
             let weights = run_state::weights_hash(model.params());
-            run_state::write(dir, &tmp.join(TRAINING_FILE), state, weights)
+            let model_shape = (weights, model.config.heads);
+            run_state::write(dir, &tmp.join(TRAINING_FILE), state, model_shape)
         }
         None => Ok(()),
     }
@@ -393,16 +394,31 @@ pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Er
 }
 
 /// Refuses to resume the state in `dir` with `model` (loaded from `dir`)
-/// unless it was saved with these weights: a `training.safetensors` from
-/// another save beside this `model.safetensors` would continue with the
-/// wrong moments. A state saved before the hash was kept matches any.
+/// unless it was saved with these weights and this many attention heads:
+/// a `training.safetensors` from another save beside this
+/// `model.safetensors` would continue with the wrong moments, and a
+/// `config.json` with another `n_head` (which the weights do not show)
+/// would train another model. A state saved before the hash or the head
+/// count was kept matches any.
 pub fn check_run_matches(dir: &Path, model: &Gpt) -> Result<(), Error> {
-    let saved = run_state::read_progress(dir, TRAINING_FILE)?.weights_hash;
-    match saved {
-        Some(hash) if hash != run_state::weights_hash(model.params()) => Err(Error::checkpoint(
+    let saved = run_state::read_progress(dir, TRAINING_FILE)?;
+    if saved
+        .weights_hash
+        .is_some_and(|hash| hash != run_state::weights_hash(model.params()))
+    {
+        return Err(Error::checkpoint(
             dir,
             format!(
                 "{TRAINING_FILE} was saved with other weights than {MODEL_FILE} (from another save?): resume from a checkpoint saved whole, or start from these weights with --init-from"
+            ),
+        ));
+    }
+    match saved.heads {
+        Some(heads) if heads != model.config.heads => Err(Error::checkpoint(
+            dir,
+            format!(
+                "{CONFIG_FILE} gives n_head {}, but {TRAINING_FILE} trained a model of {heads} heads: the files do not belong together",
+                model.config.heads
             ),
         )),
         _ => Ok(()),
