@@ -635,13 +635,25 @@ fn an_edited_config_is_blamed_on_resuming() {
         "training.safetensors says its run trained at --seq-len 64, longer than the block size of 32",
     );
     set_state_metadata(&ckpt, "seq_len", &seq_len);
-    // Another head count: weights of the same shapes, another model.
+    // Another head count: weights of the same shapes, another model,
+    // which every command that loads them refuses.
     edit_config(&ckpt, "n_head", 4);
-    assert_clear_error(
-        &resume(&[]),
-        "config.json gives n_head 4, but training.safetensors trained a model of 2 heads",
-    );
+    let other_heads =
+        "config.json gives n_head 4, but model.safetensors was saved from a model of 2 heads";
+    assert_clear_error(&resume(&[]), other_heads);
+    assert_clear_error(&runner(&["eval", "--checkpoint", ck]), other_heads);
+    let generate = [
+        "generate",
+        "--checkpoint",
+        ck,
+        "--prompt",
+        "a",
+        "--max-new-tokens",
+        "1",
+    ];
+    assert_clear_error(&runner(&generate), other_heads);
     edit_config(&ckpt, "n_head", 2);
+    assert_success(&runner(&generate));
     assert_success(&resume(&[]));
 }
 

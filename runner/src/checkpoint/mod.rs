@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
 
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
@@ -26,6 +27,9 @@ const CONFIG_FILE: &str = "config.json";
 /// A `config.json` is a few KiB; one past 1 MiB is not one.
 const CONFIG_MOST_BYTES: u64 = 1 << 20;
 const MODEL_FILE: &str = "model.safetensors";
+/// The metadata key of `model.safetensors` that records the model's head
+/// count (absent from files saved by others, or before it was kept).
+const HEADS_KEY: &str = "n_head";
 /// The file of a checkpoint that holds the run's state (moments, step).
 pub const TRAINING_FILE: &str = "training.safetensors";
 
@@ -124,14 +128,18 @@ fn write_checkpoint(
             (format!("{}{}", hf::MODEL_PREFIX, t.name), view)
         })
         .collect::<Vec<_>>();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    // `format` is what transformers checks; `n_head` is ours: the weights
+    // have the same shapes for any head count that divides the width.
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (HEADS_KEY.to_string(), model.config.heads.to_string()),
+    ]);
     write_tensors_synced(&tmp.join(MODEL_FILE), tensors, meta)?;
 
     match training {
         Some(state) => {
             let weights = run_state::weights_hash(model.params());
-            let model_shape = (weights, model.config.heads);
-            run_state::write(dir, &tmp.join(TRAINING_FILE), state, model_shape)
+            run_state::write(dir, &tmp.join(TRAINING_FILE), state, weights)
         }
         None => Ok(()),
     }
@@ -246,6 +254,10 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         check_tensor(dir, &t.name, &t.shape, &dtype, view.shape())?;
         views.push(view);
     }
+    let saved_heads = SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, header)| header.metadata().as_ref()?.get(HEADS_KEY).cloned());
+    check_heads(dir, &cfg, saved_heads.as_deref())?;
     let mut params = Arena::zeros(cfg.param_floats());
     for (t, view) in layout.iter().zip(&views) {
         let values = &mut params[t.range.clone()];
@@ -377,7 +389,28 @@ pub fn check_weights_fit(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
             .unwrap_or_default();
         check_tensor(dir, &t.name, &t.shape, dtype, &shape)?;
     }
-    Ok(())
+    let saved_heads = header
+        .get("__metadata__")
+        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
+    check_heads(dir, cfg, saved_heads)
+}
+
+/// Refuses a `config.json` (read as `cfg`) whose `n_head` is not the head
+/// count `model.safetensors` records (`saved`, as its metadata spells
+/// it): the weights have the same shapes for any head count that divides
+/// the width, so the model would run as another one. A file that records
+/// none (saved by others) fits any.
+fn check_heads(dir: &Path, cfg: &ModelConfig, saved: Option<&str>) -> Result<(), Error> {
+    match saved {
+        Some(saved) if saved != cfg.heads.to_string() => Err(Error::checkpoint(
+            dir,
+            format!(
+                "{CONFIG_FILE} gives n_head {}, but {MODEL_FILE} was saved from a model of {saved} heads: the files do not belong together",
+                cfg.heads
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Where the run saved in `dir` stands (step, schedule), without reading
@@ -394,12 +427,9 @@ pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Er
 }
 
 /// Refuses to resume the state in `dir` with `model` (loaded from `dir`)
-/// unless it was saved with these weights and this many attention heads:
-/// a `training.safetensors` from another save beside this
-/// `model.safetensors` would continue with the wrong moments, and a
-/// `config.json` with another `n_head` (which the weights do not show)
-/// would train another model. A state saved before the hash or the head
-/// count was kept matches any.
+/// unless it was saved with these weights: a `training.safetensors` from
+/// another save beside this `model.safetensors` would continue with the
+/// wrong moments. A state saved before the hash was kept matches any.
 pub fn check_run_matches(dir: &Path, model: &Gpt) -> Result<(), Error> {
     let saved = run_state::read_progress(dir, TRAINING_FILE)?;
     if saved
@@ -413,14 +443,5 @@ pub fn check_run_matches(dir: &Path, model: &Gpt) -> Result<(), Error> {
             ),
         ));
     }
-    match saved.heads {
-        Some(heads) if heads != model.config.heads => Err(Error::checkpoint(
-            dir,
-            format!(
-                "{CONFIG_FILE} gives n_head {}, but {TRAINING_FILE} trained a model of {heads} heads: the files do not belong together",
-                model.config.heads
-            ),
-        )),
-        _ => Ok(()),
-    }
+    Ok(())
 }

@@ -105,13 +105,12 @@ pub fn weights_hash(weights: &[f32]) -> u64 {
 
 /// Writes `state` as `training.safetensors` at `path` (in the staging
 /// directory of the checkpoint `dir`), with the hash of the `weights`
-/// and the number of attention `heads` of the model it trains (which its
-/// weights do not show).
+/// saved beside it.
 pub fn write(
     dir: &Path,
     path: &Path,
     state: &TrainingState<&[f32]>,
-    (weights, heads): (u64, usize),
+    weights: u64,
 ) -> Result<(), Error> {
     let (m, v) = state.moments;
     let n = m.len();
@@ -133,7 +132,6 @@ pub fn write(
         ("rng_state".to_string(), state.rng_state.to_string()),
         // In hex, as errors show it.
         ("weights_hash".to_string(), format!("{weights:016x}")),
-        ("n_head".to_string(), heads.to_string()),
     ]);
     if let Some(s) = state.schedule {
         // f32's `Display` is the shortest text that parses back exactly.
@@ -227,9 +225,6 @@ pub struct Progress {
     /// `weights_hash` of the weights saved with it (`None` in states
     /// saved before it was kept).
     pub weights_hash: Option<u64>,
-    /// The attention heads of the model it trained (`None` in states
-    /// saved before they were kept).
-    pub heads: Option<usize>,
 }
 
 impl Progress {
@@ -289,10 +284,6 @@ impl Progress {
             schedule,
             weights_hash: match meta.contains_key("weights_hash") {
                 true => Some(metadata_hex(meta, "weights_hash")?),
-                false => None,
-            },
-            heads: match meta.contains_key("n_head") {
-                true => Some(metadata_number(meta, "n_head")?),
                 false => None,
             },
         })
