@@ -98,9 +98,10 @@ impl std::fmt::Display for Footprint {
 }
 
 /// Refuses a run that needs `bytes` of memory, more than this machine has
-/// (or 32 GiB where that cannot be read); `what` says what takes them.
+/// or this process may map (`ulimit -v`; 32 GiB where neither can be
+/// read); `what` says what takes them.
 pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
-    let limit_bytes = physical_memory_bytes().unwrap_or(32 << 30);
+    let (limit_bytes, whose) = usable_bytes();
     if bytes > limit_bytes {
         // Sizes saturate at u64::MAX: past it, no figure is meaningful.
         let need = if bytes == u64::MAX {
@@ -109,11 +110,32 @@ pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
             format!("about {:.1} GiB", gib(bytes as f64))
         };
         return Err(Error::Config(format!(
-            "the run needs {need} of memory ({what}); this machine has {:.1} GiB",
+            "the run needs {need} of memory ({what}); {whose} {:.1} GiB",
             gib(limit_bytes as f64)
         )));
     }
     Ok(())
+}
+
+/// The memory a run may use, and whose limit that is (as the error line
+/// words it): the machine's, or less where the process's address space is
+/// limited.
+pub fn usable_bytes() -> (u64, &'static str) {
+    let machine = physical_memory_bytes().unwrap_or(32 << 30);
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to
+    // one; it is read only where the call says it succeeded.
+    let process = unsafe {
+        match libc::getrlimit(libc::RLIMIT_AS, limit.as_mut_ptr()) {
+            0 => limit.assume_init().rlim_cur,
+            _ => libc::RLIM_INFINITY,
+        }
+    };
+    if process != libc::RLIM_INFINITY && (process as u64) < machine {
+        (process as u64, "this process may map (ulimit -v)")
+    } else {
+        (machine, "this machine has")
+    }
 }
 
 /// Refuses training runs that would not fit this machine's memory

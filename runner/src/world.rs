@@ -193,9 +193,17 @@ impl Started {
 
 /// Prints `error: {message}` in one write: `eprintln!` writes its pieces
 /// one by one, and the banner `mpirun` prints when a rank aborts came
-/// between them.
+/// between them. Control characters (a line break in a file name) are
+/// escaped, so that the error stays one line.
 pub fn print_error(message: &str) {
-    let line = format!("error: {message}\n");
+    let mut line = String::from("error: ");
+    for c in message.chars() {
+        match c.is_control() {
+            true => line.extend(c.escape_default()),
+            false => line.push(c),
+        }
+    }
+    line.push('\n');
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 

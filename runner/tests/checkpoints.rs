@@ -355,12 +355,15 @@ fn impossible_sizes_are_refused_before_allocating() {
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "too large");
 
-    // Within the budget (6 GiB of parameters) but not what the file holds:
-    // allocating before checking the tensors would abort under the cap.
+    // Within the parameter budget but not this process's address space
+    // (12 GiB under the 1 GiB cap): refused as memory before anything is
+    // read or allocated; without the cap, as not what the file holds.
     edit_config(&ckpt, "n_embd", 8192);
     edit_config(&ckpt, "n_layer", 2);
     edit_config(&ckpt, "n_head", 1);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
+    assert_clear_error(&out, "this process may map (ulimit -v) 1.0 GiB");
+    let out = runner(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "expected F32, BF16 or F16 [256, 8192]");
 
     // More layers than the file has tensors for, and than fit memory
@@ -375,9 +378,9 @@ fn impossible_sizes_are_refused_before_allocating() {
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "holds 28 tensors");
 
-    // A batch that cannot fit, over a text large enough to fill it (1 GiB
-    // of a sparse file): refused from the text's size, before a byte of it
-    // is read (its tokens would not fit in 1 GiB either).
+    // A batch that cannot fit, over a text large enough to fill it (a
+    // sparse file): refused from the text's size, before a byte of it is
+    // read.
     edit_config(&ckpt, "n_layer", -1);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "`n_layer` is -1, not a non-negative integer");
@@ -387,7 +390,7 @@ fn impossible_sizes_are_refused_before_allocating() {
         let file = std::fs::File::create(&text).unwrap();
         file.set_len(bytes).unwrap();
     };
-    sparse_text(1 << 30);
+    sparse_text(1 << 27);
     let data = text.to_str().unwrap();
     let args = [
         "eval",
@@ -398,7 +401,9 @@ fn impossible_sizes_are_refused_before_allocating() {
         "--batch",
         "10000000",
     ];
-    assert_clear_error(&runner_in_1gib(&args), "with batch 10000000 × 32 tokens");
+    // (128 MiB: at most 2^22 windows of 32 tokens, so the batch is cut
+    // to them, and still does not fit.)
+    assert_clear_error(&runner_in_1gib(&args), "with batch 4194304 × 32 tokens");
 
     // A text whose tokens alone would not fit any machine here (1 TiB):
     // refused before it is read, by eval and by train.
@@ -831,4 +836,50 @@ fn tensors_the_model_does_not_read_are_refused_or_named() {
     let out = eval();
     assert_success(&out);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("does not read"));
+}
+
+/// A mistake a cheap check finds is the one error line of `eval` and
+/// `generate`: found before the checkpoint is read (here its weights are
+/// cut short, which reading them would report instead), and with no
+/// warning of the options before it.
+#[test]
+fn cheap_mistakes_are_refused_first_and_alone() {
+    let dir = scratch("cheap-first");
+    let ckpt = dir.join("ck");
+    assert_success(&train_tiny(&ckpt, "1", "1"));
+    let ck = ckpt.to_str().unwrap();
+    let model = ckpt.join("model.safetensors");
+    let bytes = fs::read(&model).unwrap();
+    fs::write(&model, &bytes[..100]).unwrap();
+    let text = |name: &str, content: &[u8]| {
+        let path = dir.join(name);
+        fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (empty, one) = (text("empty.txt", b""), text("one.txt", b"a"));
+    let eval = |data: &str| runner(&["eval", "--checkpoint", ck, "--data", data]);
+    assert_clear_error(&eval(&empty), "the file is empty");
+    assert_clear_error(&eval(&one), "evaluation needs at least 2 tokens");
+    let emulated = ["--backend", "scalar", "--precision", "bf16"];
+    let out = runner(&[&["eval", "--checkpoint", ck, "--batch", "0"][..], &emulated].concat());
+    assert_clear_error(&out, "--batch must be at least 1");
+    let generate = ["generate", "--checkpoint", ck, "--prompt", ""];
+    assert_clear_error(
+        &runner(&[&generate[..], &emulated].concat()),
+        "the prompt is empty",
+    );
+    let out = runner(&[&generate[..], &["--bf16-unit", "portable"]].concat());
+    assert_clear_error(&out, "the prompt is empty");
+    // With the checkpoint whole again, the warnings come once accepted.
+    fs::write(&model, &bytes).unwrap();
+    let out = runner(
+        &[
+            &["generate", "--checkpoint", ck, "--prompt", "a"][..],
+            &emulated,
+        ]
+        .concat(),
+    );
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("[warn] this CPU or backend has no bf16 unit"));
 }

@@ -4,6 +4,7 @@
 mod common;
 use common::{assert_clear_error, assert_success, runner, scratch};
 
+use std::fs;
 use std::path::Path;
 
 fn text_file(dir: &Path, name: &str, contents: &[u8]) -> String {
@@ -130,6 +131,10 @@ fn bad_data_files_are_one_clear_error() {
         missing.to_str().unwrap(),
     ]);
     assert_clear_error(&out, "missing.txt");
+    // A line break in a name does not break the error line.
+    let odd = dir.join("mis\nsing.txt");
+    let out = runner(&["train", "--preset", "tiny", "--data", odd.to_str().unwrap()]);
+    assert_clear_error(&out, "mis\\nsing.txt: No such file");
     let empty = text_file(&dir, "empty.txt", b"");
     assert_clear_error(
         &runner(&["train", "--preset", "tiny", "--data", &empty]),
@@ -147,6 +152,18 @@ fn bad_data_files_are_one_clear_error() {
     assert_clear_error(
         &runner(&["train", "--preset", "tiny", "--data", &shard]),
         "this is a token shard",
+    );
+    // A pipe that never ends is read only as far as memory allows (here
+    // 1 GiB of address space), then refused.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && yes | \"$0\" train -q --preset tiny --steps 1 --data /dev/stdin")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .output()
+        .unwrap();
+    assert_clear_error(
+        &out,
+        "goes on past 0.2 GiB, more than fits in memory read whole and tokenized (this process may map (ulimit -v) 1.0 GiB)",
     );
 }
 
@@ -426,6 +443,8 @@ fn generate_streams_text_and_logs_the_generation_line() {
     }
     let out = runner(&[&generate[..], &["a", "--temperature", "1e39"]].concat());
     assert_clear_error(&out, "1e39 is beyond the range of f32");
+    let out = runner(&[&generate[..], &["a", "--top-p", "1e-46"]].concat());
+    assert_clear_error(&out, "1e-46 is below the smallest f32");
     // A missing value is said to be missing; the next option is not
     // taken for it.
     let out = runner(&[
@@ -1023,4 +1042,22 @@ fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
         "prepare", "--input", &missing, "--output", &out_arg, "--name", "y",
     ]);
     assert_clear_error(&out, "missing.txt");
+    // A shard is not text to tokenize again.
+    let shard = shard_path(&out_dir, "play", 1)
+        .to_string_lossy()
+        .into_owned();
+    let out = runner(&[
+        "prepare", "--input", &shard, "--output", &out_arg, "--name", "z",
+    ]);
+    assert_clear_error(&out, "it is tokenized already");
+    // A shard left under its temporary name (a run that stopped) means
+    // the folder's data set is not whole.
+    let unfinished = shard_path(&out_dir, "play", 9).with_extension("bin.tmp");
+    fs::copy(shard_path(&out_dir, "play", 1), &unfinished).unwrap();
+    let train = [
+        "train", "--preset", "tiny", "--steps", "1", "--data", &out_arg,
+    ];
+    assert_clear_error(&runner(&train), "an unfinished shard");
+    fs::remove_file(&unfinished).unwrap();
+    assert_success(&runner(&train));
 }

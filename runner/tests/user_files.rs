@@ -262,12 +262,24 @@ fn a_bad_checkpoint_is_refused_before_the_data_is_read() {
             runner(&["eval", "--checkpoint", &ckpt, "--data", data]),
         ]
     };
-    // The data is a file, but empty, which only reading it finds: the
+    // The data is a shard whose header is sound but whose token (300) is
+    // past the byte model's vocabulary, which only reading it finds: the
     // error is the checkpoint's, so the checkpoint was read first.
+    let shard = dir.join("tokens.bin");
+    let mut bytes = vec![0u8; 1024];
+    for (i, value) in [20240520i32, 1, 64].into_iter().enumerate() {
+        bytes[4 * i..][..4].copy_from_slice(&value.to_le_bytes());
+    }
+    bytes.extend((0..64u16).flat_map(|i| (if i == 5 { 300 } else { i }).to_le_bytes()));
+    std::fs::write(&shard, &bytes).unwrap();
+    for out in train_and_eval(&shard) {
+        assert_clear_error(&out, "model.safetensors is missing");
+    }
+    // An empty text is refused from its size, before either is read.
     let empty = dir.join("empty.txt");
     std::fs::write(&empty, b"").unwrap();
     for out in train_and_eval(&empty) {
-        assert_clear_error(&out, "model.safetensors is missing");
+        assert_clear_error(&out, "empty.txt: the file is empty");
     }
     // A data path that does not exist is found before either is read.
     for out in train_and_eval(&dir.join("missing.txt")) {
@@ -490,6 +502,37 @@ fn prepare_leaves_nothing_half_made() {
     assert_clear_error(&refused, "tokens, none left for training after");
     assert!(!String::from_utf8_lossy(&refused.stderr).contains("at most"));
     assert!(!out.exists(), "shards were left behind");
+    // Every folder made on the way is removed, whatever the path's form;
+    // `DIR/.` is the folder DIR.
+    let winding = dir.join("w").join("x").join("..").join("y");
+    let winding = winding.to_str().unwrap();
+    let refused = runner(&[
+        "prepare",
+        "--tokenizer",
+        "gpt2",
+        "--input",
+        &data,
+        "--output",
+        winding,
+        "--val-tokens",
+        &size.to_string(),
+        "-q",
+    ]);
+    assert_clear_error(&refused, "tokens, none left for training after");
+    assert!(!dir.join("w").exists(), "the new folders were left behind");
+    let dotted = dir.join("d").join(".");
+    let made = runner(&[
+        "prepare",
+        "--input",
+        &data,
+        "--output",
+        dotted.to_str().unwrap(),
+        "--val-tokens",
+        "100",
+        "-q",
+    ]);
+    assert_success(&made);
+    assert!(dir.join("d").join("data_val_000000.bin").exists());
     // Sizes no shard header can hold, into folders that do not exist yet.
     let nested = dir.join("a").join("b");
     let args = [

@@ -64,21 +64,26 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         let what = format!("{n} tokens of {} read whole", source.origin().display());
         memory::check_fits((n as u64).saturating_mul(4), &what)?;
     }
+    // A text has at most a token a byte: one too short is refused before
+    // the checkpoint is read.
+    if tokens_at_most.is_some_and(|n| n < 2) {
+        return Err(too_few_tokens(&source));
+    }
     let windows_at_most = tokens_at_most.map(|n| n.div_ceil(t));
     let batch = windows_at_most.map_or(1, |w| args.batch.min(w.max(1)));
     footprint(batch, &format!("batch {batch} × {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     if tokens.len() < 2 {
-        return Err(Error::Data {
-            path: source.origin(),
-            reason: "evaluation needs at least 2 tokens".into(),
-        });
+        return Err(too_few_tokens(&source));
     }
     // Groups are never larger than the number of windows.
     let windows = tokens.len().div_ceil(t);
     let batch = args.batch.min(windows);
     footprint(batch, &format!("batch {batch} × {t} tokens"))?;
+    for warning in args.run.warnings(kernels) {
+        log::warn!("{warning}");
+    }
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),
@@ -97,4 +102,12 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
         eval.perplexity(),
         eval.tokens
     ))
+}
+
+/// The error for data with too few tokens to score.
+fn too_few_tokens(source: &DataSource) -> Error {
+    Error::Data {
+        path: source.origin(),
+        reason: "evaluation needs at least 2 tokens".into(),
+    }
 }

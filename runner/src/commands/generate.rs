@@ -28,7 +28,8 @@ checkpoint's tokenizer and must be 1 to block-size tokens. The text is
 written as raw bytes as they are drawn (a GPT-2 token may end inside a UTF-8
 character: the next one completes it). Generation stops after --max-new-tokens,
 or earlier when the model draws GPT-2's end-of-text token (50256), which
-ends a document and is not printed.";
+ends a document and is not printed (the log counts it among the tokens
+generated, as Hugging Face's output ids hold it).";
 
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
@@ -87,6 +88,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     check_prompt(&cfg, &prompt)?;
     Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
+    for warning in args.run.warnings(kernels) {
+        log::warn!("{warning}");
+    }
     info!(
         "Generating with {} on the {} backend{}",
         model.config,

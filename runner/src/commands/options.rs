@@ -12,13 +12,19 @@ use crate::logger;
 use crate::model::{Gpt, Precision};
 use crate::threads::Threads;
 
-/// A float option's value; text beyond f32's range (`1e39`) is refused
-/// rather than read as infinity, which the option's own check would then
-/// report as a value the user never wrote.
+/// A float option's value; text beyond f32's range (`1e39`, `1e-46`) is
+/// refused rather than read as infinity or 0, which the option's own check
+/// would then report as a value the user never wrote (or take silently).
 pub fn float(text: &str) -> Result<f32, String> {
     let value: f32 = text.parse().map_err(|e| format!("{e}"))?;
     if value.is_infinite() && !text.to_ascii_lowercase().contains("inf") {
         return Err(format!("{text} is beyond the range of f32 (±3.4e38)"));
+    }
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    if value == 0.0 && mantissa.contains(|c: char| ('1'..='9').contains(&c)) {
+        return Err(format!(
+            "{text} is below the smallest f32 (±1.4e-45); write 0 for 0"
+        ));
     }
     Ok(value)
 }
@@ -78,23 +84,39 @@ impl RunOptions {
                 )));
             }
             kernels = kernels.with_bf16_unit(unit.unit())?;
-            if self.precision == Precision::F32 {
-                log::warn!("--bf16-unit has no effect in f32: add --precision bf16 to run the products on it");
-            }
-        } else if let (Precision::Bf16, Some(errno)) = (self.precision, Bf16Unit::amx_refused()) {
-            log::warn!(
+        }
+        Ok(kernels)
+    }
+
+    /// What to warn of in these options on `kernels` (from [`start`]),
+    /// for the command to log once it has accepted the rest of its input,
+    /// so that a refused command prints its error line alone.
+    ///
+    /// [`start`]: RunOptions::start
+    pub fn warnings(&self, kernels: Kernels) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.bf16_unit.is_some() && self.precision == Precision::F32 {
+            warnings.push(
+                "--bf16-unit has no effect in f32: add --precision bf16 to run the products on it"
+                    .into(),
+            );
+        }
+        if let (None, Precision::Bf16, Some(errno)) =
+            (self.bf16_unit, self.precision, Bf16Unit::amx_refused())
+        {
+            warnings.push(format!(
                 "this CPU has AMX but the OS refused the tile data permission (arch_prctl returned {errno}): bf16 products run on {}",
                 kernels.bf16_unit()
-            );
+            ));
         }
         if self.precision == Precision::Bf16 && kernels.bf16_unit() == Bf16Unit::Portable {
             let why = match self.bf16_unit {
                 Some(_) => "--bf16-unit portable",
                 None => "this CPU or backend has no bf16 unit",
             };
-            log::warn!("{why}: bf16 runs emulated (operands rounded to bf16, f32 FMA); training and long prompts run slower than in f32");
+            warnings.push(format!("{why}: bf16 runs emulated (operands rounded to bf16, f32 FMA); training and long prompts run slower than in f32"));
         }
-        Ok(kernels)
+        warnings
     }
 
     /// The checkpoint in `dir` on `kernels`, running on these threads in

@@ -232,6 +232,9 @@ impl TrainArgs {
 
 pub fn run(args: &TrainArgs) -> Result<(), Error> {
     let kernels = args.run.start()?;
-    train(&args.settings()?, kernels)?;
+    let mut settings = args.settings()?;
+    // Logged, with the run's own, once the run is accepted.
+    settings.warnings.splice(0..0, args.run.warnings(kernels));
+    train(&settings, kernels)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod tokenizer;
 use shards::Shard;
 pub use tokenizer::Tokenizer;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -94,6 +95,14 @@ impl DataSource {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
             if let Some(split) = shard_split(&path) {
                 files.push((path, split));
+            } else if path.extension().is_some_and(|e| e == "tmp")
+                && shard_split(&path.with_extension("")).is_some()
+            {
+                // `prepare` names its shards only once all are written.
+                return Err(Error::Data {
+                    path: path.clone(),
+                    reason: "an unfinished shard: the `runner prepare` that wrote it stopped, so its data set is not whole; remove that run's shards and prepare them again".into(),
+                });
             }
         }
         files.sort();
@@ -213,8 +222,14 @@ impl DataSource {
                 });
             }
             if kind.is_file() {
+                if meta.len() == 0 {
+                    return Err(Error::Data {
+                        path: path.clone(),
+                        reason: "the file is empty".into(),
+                    });
+                }
                 check_text_fits(path, meta.len())?;
-                check_not_a_shard(path)?;
+                check_not_a_shard(path, "name it NAME.bin to read it as one")?;
             }
         }
         Ok((tokenizer, pipe))
@@ -254,7 +269,7 @@ impl DataSource {
                         path.display()
                     );
                 }
-                std::fs::read(path).map_err(|e| Error::io(path, e))?
+                read_text(path)?
             }
             _ => corpus::text(),
         };
@@ -269,15 +284,42 @@ impl DataSource {
 }
 
 /// Refuses a text that starts with a token shard's header: its tokens
-/// would be scored as bytes of text, a wrong answer without a word.
-fn check_not_a_shard(path: &Path) -> Result<(), Error> {
+/// would be read as bytes of text, a wrong answer without a word. `advice`
+/// says what to do instead.
+pub fn check_not_a_shard(path: &Path, advice: &str) -> Result<(), Error> {
     if shards::starts_as_shard(path)? {
         return Err(Error::Data {
             path: path.into(),
-            reason: "this is a token shard (its header starts with llm.c's magic), read as text since its name does not end in .bin: rename it to NAME.bin".into(),
+            reason: format!(
+                "this is a token shard (its header starts with llm.c's magic), not text: {advice}"
+            ),
         });
     }
     Ok(())
+}
+
+/// The bytes of the text at `path`, read whole. A pipe, whose size was
+/// not known before, is refused once it has given more than would fit in
+/// memory tokenized.
+fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
+    let (usable, whose) = crate::memory::usable_bytes();
+    // Its bytes and, at most, a 4-byte token for each (as `check_text_fits`).
+    let most = usable / 5;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(most.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > most {
+        return Err(Error::Data {
+            path: path.into(),
+            reason: format!(
+                "goes on past {:.1} GiB, more than fits in memory read whole and tokenized ({whose} {:.1} GiB); `runner prepare` streams a text into token shards",
+                crate::metrics::gib(most as f64),
+                crate::metrics::gib(usable as f64)
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
 /// Refuses a text of `size` bytes that would not fit in memory read whole

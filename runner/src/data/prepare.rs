@@ -71,6 +71,7 @@ pub fn prepare(
             return refuse("the file is empty");
         }
         File::open(input).map_err(|e| Error::io(input, e))?;
+        super::check_not_a_shard(input, "it is tokenized already; train on it with --data")?;
         total += meta.len();
     }
     ShardWriter::check_sizes(s.val_tokens, s.shard_tokens)?;
@@ -100,24 +101,36 @@ pub fn prepare(
             s.val_tokens
         )));
     }
-    // The folders this run makes, from the outermost: removed again (when
-    // empty) if it fails.
-    let first_new = s
-        .output
-        .ancestors()
-        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-        .last()
-        .map(Path::to_path_buf);
-    std::fs::create_dir_all(&s.output).map_err(|e| Error::io(&s.output, e))?;
-    let remove_new_folders = || {
-        if let Some(first_new) = &first_new {
-            for dir in s.output.ancestors() {
-                if std::fs::remove_dir(dir).is_err() || dir == first_new {
-                    break;
-                }
+    // The folders this run makes, from the outermost, each recorded so
+    // that a failed run removes them again (when empty), innermost first.
+    let mut made: Vec<&Path> = Vec::new();
+    let remove_new_folders = |made: &[&Path]| {
+        for dir in made.iter().rev() {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
             }
         }
     };
+    // Rebuilt from its components: `new/.` has no `new` among its
+    // ancestors otherwise.
+    let output: PathBuf = s.output.components().collect();
+    let levels: Vec<&Path> = output.ancestors().collect();
+    for dir in levels
+        .into_iter()
+        .rev()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        match std::fs::create_dir(dir) {
+            Ok(()) => made.push(dir),
+            // `a/..` and `a/.` exist once `a` does.
+            Err(_) if dir.is_dir() => {}
+            Err(e) => {
+                remove_new_folders(&made);
+                return Err(Error::io(dir, e));
+            }
+        }
+    }
+    let remove_new_folders = || remove_new_folders(&made);
     let mut writer = match ShardWriter::new(
         &s.output,
         &s.name,
@@ -239,25 +252,53 @@ fn max_uncut(chunk: usize) -> usize {
 
 /// The last position `p` in `text` whose cut is new since `from` bytes
 /// and where GPT-2's pre-tokenizer always cuts, if any: after a line break
-/// (`\n`, or `\r\n`) with a non-space before it and at `p`; failing
-/// that, before a space with a non-space before it and an ASCII non-space
-/// after it (a Unicode space there could join the space's run).
+/// (`\n`, or `\r\n`) with a non-space character before it and at `p`;
+/// failing that, before a space with a non-space character before it and
+/// an ASCII non-space after it. Spaces are Unicode's (the regex's `\s`):
+/// a no-break space beside the cut would join the run of spaces across it.
 fn split_point(text: &[u8], from: usize) -> Option<usize> {
-    let space = |i: usize| text[i].is_ascii_whitespace();
     let after_break = (from.max(2)..text.len()).rev().find(|&p| {
         let before_break = match text[p - 2] {
-            b'\r' => p >= 3 && !space(p - 3),
-            _ => !space(p - 2),
+            b'\r' => p >= 3 && non_space_ends_at(text, p - 3),
+            _ => non_space_ends_at(text, p - 2),
         };
-        text[p - 1] == b'\n' && before_break && !space(p)
+        text[p - 1] == b'\n' && before_break && non_space_starts_at(text, p)
     });
     // A space that ended the old bytes is decided by the first new one.
     let before_space = || {
         (from.saturating_sub(1).max(1)..text.len().saturating_sub(1))
             .rev()
-            .find(|&p| text[p] == b' ' && !space(p - 1) && text[p + 1].is_ascii_graphic())
+            .find(|&p| {
+                text[p] == b' ' && non_space_ends_at(text, p - 1) && text[p + 1].is_ascii_graphic()
+            })
     };
     after_break.or_else(before_space)
+}
+
+/// Whether a character that is not a space starts at byte `p` of `text`
+/// (bytes that are not UTF-8, or a character the text cuts short, count
+/// as spaces: no cut is made beside them).
+fn non_space_starts_at(text: &[u8], p: usize) -> bool {
+    let valid = text[p..]
+        .utf8_chunks()
+        .next()
+        .map_or("", |chunk| chunk.valid());
+    valid.chars().next().is_some_and(|c| !c.is_whitespace())
+}
+
+/// Whether a character that is not a space ends at byte `i` of `text`
+/// (inclusive), read back over at most three continuation bytes.
+fn non_space_ends_at(text: &[u8], i: usize) -> bool {
+    let start = (i.saturating_sub(3)..=i)
+        .rev()
+        .find(|&j| text[j] & 0b1100_0000 != 0b1000_0000)
+        .unwrap_or(i);
+    let valid = text[start..=i]
+        .utf8_chunks()
+        .next()
+        .map_or("", |chunk| chunk.valid());
+    // The character must end exactly at `i`, not merely start the slice.
+    valid.len() == i + 1 - start && valid.chars().count() == 1 && non_space_starts_at(text, start)
 }
 
 #[cfg(test)]
@@ -266,7 +307,7 @@ mod tests {
 
     #[test]
     fn chunked_tokens_are_the_whole_file_s() {
-        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \nWindows:\r\nline\r\n\r\nbreaks.\r\n \r\n\r\r\nno break a \u{a0}b c\u{a0} d e \u{3000}f 2 3 . , it's x 'll ".repeat(7);
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak, speak.\n\n\nFirst Citizen:\tYou are all resolved rather to die than to famish?\n's 'll\n日本語\n🙂x\n \nWindows:\r\nline\r\n\r\nbreaks.\r\n \r\n\r\r\nno break a \u{a0}b c\u{a0} d e \u{3000}f 2 3 . , it's x 'll\n\u{a0}y z\u{a0}\nw\n\u{a0} y\u{3000}\n\u{2029}v\n".repeat(7);
         let dir = std::env::temp_dir().join(format!("runner-prepare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.txt");

@@ -48,6 +48,23 @@ pub fn shard_path(dir: &Path, name: &str, index: usize) -> PathBuf {
     dir.join(format!("{name}_{split}_{index:06}.bin"))
 }
 
+/// Whether `file` is a shard of the data set `name` (`NAME_val.bin`,
+/// `NAME_train_000001.bin`, ...): `Some(true)` for one still under its
+/// temporary name, `Some(false)` for a finished one, `None` for any other
+/// file (another data set's too, whose name may start with this one's).
+fn shard_of(file: &str, name: &str) -> Option<bool> {
+    let rest = file.strip_prefix(name)?.strip_prefix('_')?;
+    let (rest, temporary) = match rest.strip_suffix(".bin.tmp") {
+        Some(rest) => (rest, true),
+        None => (rest.strip_suffix(".bin")?, false),
+    };
+    let index = rest
+        .strip_prefix("val")
+        .or_else(|| rest.strip_prefix("train"))?;
+    let numbered = |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    (index.is_empty() || index.strip_prefix('_').is_some_and(numbered)).then_some(temporary)
+}
+
 /// Where shard `path` is written until it is complete.
 fn temporary_path(path: &Path) -> PathBuf {
     path.with_extension("bin.tmp")
@@ -55,8 +72,9 @@ fn temporary_path(path: &Path) -> PathBuf {
 
 /// Writes tokens into consecutive shards of at most `per_shard` tokens:
 /// the first `val_tokens` into shard 0, the rest into shards 1, 2, ...
-/// Each shard is written under a temporary name and renamed when complete,
-/// so a shard on disk is always whole.
+/// Shards are written under temporary names and given theirs only when
+/// the last is complete (the validation shard last, as training needs
+/// it), so a stopped run leaves no set of shards that looks whole.
 pub struct ShardWriter {
     dir: PathBuf,
     name: String,
@@ -67,8 +85,10 @@ pub struct ShardWriter {
     finished: Vec<usize>,
     open: Option<OpenShard>,
     /// Whether the temporary file of the shard after the finished ones is
-    /// this writer's (created, not yet renamed), so `discard` may remove it.
+    /// this writer's (created), so `discard` may remove it.
     owns_temporary: bool,
+    /// How many finished shards have their names, in [`naming_order`].
+    named: usize,
     written: usize,
 }
 
@@ -96,17 +116,20 @@ impl ShardWriter {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let file = entry.file_name();
             let file = file.to_string_lossy();
-            if file.starts_with(&format!("{name}_")) && file.ends_with(".bin") {
-                return Err(Error::Config(format!(
-                    "{} already holds shards named {name}_*.bin; remove them or choose another --output",
-                    dir.display()
-                )));
-            }
-            if file.starts_with(&format!("{name}_")) && file.ends_with(".bin.tmp") {
-                return Err(Error::Config(format!(
-                    "{} holds {file} (a stopped run's unfinished shard?); remove it or choose another --output",
-                    dir.display()
-                )));
+            match shard_of(&file, name) {
+                Some(false) => {
+                    return Err(Error::Config(format!(
+                        "{} already holds shards named {name}_*.bin; remove them or choose another --output",
+                        dir.display()
+                    )))
+                }
+                Some(true) => {
+                    return Err(Error::Config(format!(
+                        "{} holds {file} (a stopped run's unfinished shard?); remove it or choose another --output",
+                        dir.display()
+                    )))
+                }
+                None => {}
             }
         }
         let mut writer = ShardWriter {
@@ -118,6 +141,7 @@ impl ShardWriter {
             finished: Vec::new(),
             open: None,
             owns_temporary: false,
+            named: 0,
             written: 0,
         };
         // The first shard's file now: a folder the user cannot write in is
@@ -178,9 +202,19 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Closes the last shard; returns the token count of every shard.
+    /// Closes the last shard and names them all; returns the token count
+    /// of every shard.
     pub fn finish(&mut self) -> Result<Vec<usize>, Error> {
         self.close_shard()?;
+        for index in naming_order(self.finished.len()) {
+            let path = shard_path(&self.dir, &self.name, index);
+            std::fs::rename(temporary_path(&path), &path).map_err(|e| Error::io(&path, e))?;
+            self.named += 1;
+        }
+        // The names themselves must survive a crash, as the contents do.
+        if let Ok(dir) = File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
         Ok(self.finished.clone())
     }
 
@@ -188,13 +222,16 @@ impl ShardWriter {
     /// run leaves would otherwise train as if it were the data set.
     pub fn discard(mut self) -> Result<(), Error> {
         drop(self.open.take());
+        let last = self.finished.len();
+        let path = |index| shard_path(&self.dir, &self.name, index);
+        let named = naming_order(last).take(self.named).map(path);
+        let unnamed = naming_order(last)
+            .skip(self.named)
+            .map(|index| temporary_path(&path(index)));
         // The shard after the finished ones is open, or failed to close:
         // its temporary file may be there either way.
-        let last = self.finished.len();
-        let temporary = temporary_path(&shard_path(&self.dir, &self.name, last));
-        let finished = (0..last).map(|index| shard_path(&self.dir, &self.name, index));
-        let temporary = self.owns_temporary.then_some(temporary);
-        for path in finished.chain(temporary) {
+        let open = self.owns_temporary.then(|| temporary_path(&path(last)));
+        for path in named.chain(unnamed).chain(open) {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(&path, e))
@@ -237,23 +274,28 @@ impl ShardWriter {
         Ok(self.open.as_mut().expect("opened above"))
     }
 
-    /// Writes the open shard's count into its header and gives it its name.
+    /// Writes the open shard's count into its header and syncs it.
     fn close_shard(&mut self) -> Result<(), Error> {
         let Some(shard) = self.open.take() else {
             return Ok(());
         };
-        let path = shard_path(&self.dir, &self.name, shard.index);
         let io = |e| Error::io(&shard.temporary, e);
         let mut file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header(shard.count, self.tokenizer)?)
             .map_err(io)?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&shard.temporary, &path).map_err(|e| Error::io(&path, e))?;
         self.owns_temporary = false;
         self.finished.push(shard.count);
         Ok(())
     }
+}
+
+/// The order in which `count` finished shards are given their names: the
+/// training shards, then the validation shard, without which a folder is
+/// not taken for a data set.
+fn naming_order(count: usize) -> impl Iterator<Item = usize> {
+    (1..count).chain((count > 0).then_some(0))
 }
 
 /// Tokens shard `index` holds when full.
@@ -472,7 +514,24 @@ mod tests {
         writer.write(&tokens[..450]).unwrap();
         writer.write(&tokens[450..]).unwrap();
         assert_eq!(writer.written(), 1000);
+        // Until the last is complete, no shard has its name: a run stopped
+        // now leaves nothing that trains as the data set.
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert!(
+            names().iter().all(|n| n.ends_with(".bin.tmp")),
+            "{:?}",
+            names()
+        );
+        assert_eq!(names().len(), 4);
         assert_eq!(writer.finish().unwrap(), [100, 300, 300, 300]);
+        assert!(names().iter().all(|n| n.ends_with(".bin")), "{:?}", names());
         let mut read = Vec::new();
         for index in 0..4 {
             read.extend(read_shard(&shard_path(&dir, "data", index)).unwrap());
@@ -482,9 +541,32 @@ mod tests {
             tokens
         );
         assert!(!shard_path(&dir, "data", 4).exists());
-        // A second writer refuses to replace them.
+        // A second writer refuses to replace them; one of a name that only
+        // starts like theirs writes beside them.
         assert!(ShardWriter::new(&dir, "data", Tokenizer::Gpt2, 100, 300).is_err());
+        let writer = ShardWriter::new(&dir, "dat", Tokenizer::Gpt2, 100, 300).unwrap();
+        writer.discard().unwrap();
+        assert_eq!(names().len(), 4);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shards_of_a_name_are_told_from_others() {
+        for (file, name, want) in [
+            ("a_val_000000.bin", "a", Some(false)),
+            ("a_train_000012.bin", "a", Some(false)),
+            ("a_train_000012.bin.tmp", "a", Some(true)),
+            ("a_val.bin", "a", Some(false)),
+            ("a_b_train_000001.bin", "a", None),
+            ("a_b_train_000001.bin", "a_b", Some(false)),
+            ("a_train_.bin", "a", None),
+            ("a_train_1x.bin", "a", None),
+            ("a_test_000001.bin", "a", None),
+            ("ab_val_000000.bin", "a", None),
+            ("a_val_000000.txt", "a", None),
+        ] {
+            assert_eq!(shard_of(file, name), want, "{file} of {name}");
+        }
     }
 
     #[test]
