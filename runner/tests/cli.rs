@@ -1060,4 +1060,29 @@ fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
     assert_clear_error(&runner(&train), "an unfinished shard");
     fs::remove_file(&unfinished).unwrap();
     assert_success(&runner(&train));
+    // More shards than the soft limit on open files (every training shard
+    // stays open): the run raises it toward the hard limit.
+    let many = dir.join("many").to_string_lossy().into_owned();
+    let out = runner(&[
+        "prepare",
+        "--input",
+        &input,
+        "--output",
+        &many,
+        "--val-tokens",
+        "100",
+        "--shard-tokens",
+        "40",
+        "-q",
+    ]);
+    assert_success(&out);
+    assert!(fs::read_dir(&many).unwrap().count() > 64);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -S -n 32 && exec \"$0\" train -q --preset tiny --steps 1 --data \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .arg(&many)
+        .output()
+        .unwrap();
+    assert_success(&out);
 }

@@ -535,6 +535,8 @@ impl Dataset {
             DataSource::Shard(path) => (vec![path.clone()], Vec::new()),
             DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Training)?,
         };
+        // Every training shard stays open, as windows are drawn from any.
+        shards::allow_open_files(train_paths.len());
         let mut shards = Vec::with_capacity(train_paths.len());
         let mut hash = FNV_OFFSET;
         for path in &train_paths {

@@ -322,6 +322,33 @@ pub struct Shard {
     bytes: Vec<u8>,
 }
 
+/// Raises this process's soft limit on open files, as far as its hard
+/// limit allows, so that `count` shards can be held open beside the
+/// run's other files (the soft limit is often 1024; the hard one far
+/// more). Where it cannot, opening a shard fails with a clear error.
+pub fn allow_open_files(count: usize) {
+    // Checkpoint files, the log, MPI's sockets and what the runtime holds.
+    const OTHERS: libc::rlim_t = 64;
+    let wanted = libc::rlim_t::try_from(count)
+        .unwrap_or(libc::RLIM_INFINITY)
+        .saturating_add(OTHERS);
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to
+    // one, which is read only where the call says it succeeded; `setrlimit`
+    // reads one through a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) != 0 {
+            return;
+        }
+        let mut limit = limit.assume_init();
+        if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= wanted {
+            return;
+        }
+        limit.rlim_cur = wanted.min(limit.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
 /// Whether the file at `path` begins with a shard's magic number, whatever
 /// its name and the rest of its header.
 pub fn starts_as_shard(path: &Path) -> Result<bool, Error> {
