@@ -94,13 +94,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// the fastest backend's FMA loop (for bf16 rows, its bf16 unit's loop)
 /// on the same number of threads, measured in this run.
 pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
+    if let Some(path) = &s.json {
+        crate::outputs::check_outputs(&[("--json", path)], &[], None)?;
+    }
     let (kernels, pools) = checked_kernels(s)?;
     let cfg = s.config;
     let world = crate::world::current();
     let leader = world.rank() == 0;
-    if let Some(path) = &s.json {
-        crate::outputs::check_outputs(&[("--json", path)], &[], None)?;
-    }
     let mut json = match &s.json {
         Some(path) if leader => Some(JsonLines::create(path)?),
         _ => None,
@@ -137,6 +137,11 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             }
         }
     }
+    // The tables first: a `--json` that fails (a full disk) loses no
+    // measurement.
+    if leader {
+        print_tables(&rows, &decode_rows, &memory)?;
+    }
     if let Some(json) = json.as_mut() {
         for row in &rows {
             json.write(&Record::Bench(row.clone()))?;
@@ -144,9 +149,6 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         for row in &decode_rows {
             json.write(&Record::Generate(row.clone()))?;
         }
-    }
-    if leader {
-        print_tables(&rows, &decode_rows, &memory)?;
     }
     Ok((rows, decode_rows))
 }
@@ -193,6 +195,14 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
         .iter()
         .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
+    if let Some(warning) = s
+        .threads
+        .iter()
+        .max()
+        .and_then(|&n| Threads::oversubscribed(Some(n)))
+    {
+        log::warn!("{warning}");
+    }
     Ok((kernels, pools))
 }
 

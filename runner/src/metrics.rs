@@ -53,7 +53,8 @@ pub fn gib(bytes: f64) -> f64 {
 
 /// Peak GFLOP/s of `kernels` on `threads` cores for products in
 /// `precision` (the backend's FMA loop for f32, its bf16 unit's loop for
-/// bf16): `threads` times one core's, the best of 25 runs of the loop on
+/// bf16): `threads` (at most the cores here: more take turns on them)
+/// times one core's, the best of 25 runs of the loop on
 /// one thread. (Running the loop on every thread at once read low whenever
 /// another process on this shared machine held a core: once 123 % MFU.
 /// Five runs of a few milliseconds each still read low at times, by as
@@ -72,7 +73,7 @@ pub fn measure_peak_gflops(kernels: Kernels, threads: usize, precision: Precisio
         };
         best = best.max(flops as f64 / start.elapsed().as_secs_f64() / 1e9);
     }
-    threads.max(1) as f64 * best
+    threads.clamp(1, crate::threads::available_cores().max(1)) as f64 * best
 }
 
 /// One line of a `--json` file; `kind` names the variant. The README's

@@ -231,8 +231,19 @@ impl Threads {
         }
     }
 
+    /// The warning `count` threads earn (`None` for all cores) where they
+    /// pass the cores here: the command logs it once it has accepted its
+    /// input.
+    pub fn oversubscribed(count: Option<usize>) -> Option<String> {
+        let count = count.unwrap_or_else(Threads::default_count);
+        let cores = available_cores();
+        (count > cores).then(|| {
+            format!("--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}")
+        })
+    }
+
     /// `count` threads, or for `None` all cores (one without the
-    /// `parallel` feature).
+    /// `parallel` feature); see [`Threads::oversubscribed`].
     pub fn new(count: Option<usize>) -> Result<Threads, Error> {
         let count = count.unwrap_or_else(Threads::default_count);
         if count == 0 {
@@ -247,11 +258,6 @@ impl Threads {
         }
         if count == 1 {
             return Ok(Threads::single());
-        }
-        if count > cores {
-            log::warn!(
-                "--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}"
-            );
         }
         #[cfg(feature = "parallel")]
         {

@@ -1086,3 +1086,46 @@ fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
         .unwrap();
     assert_success(&out);
 }
+
+/// A bench whose `--json` cannot be written (a full disk) still prints
+/// its tables, then fails; a `--stop-at` at the last step earns no
+/// warning that the run stops early.
+#[test]
+fn a_failed_json_loses_no_bench_tables_and_stop_at_the_end_is_no_early_stop() {
+    if !std::path::Path::new("/dev/full").exists() {
+        println!("notice: /dev/full is absent; the full-disk check is skipped");
+    } else {
+        let out = runner(&[
+            "bench",
+            "--preset",
+            "tiny",
+            "--seq-lens",
+            "8",
+            "--batch",
+            "1",
+            "--steps",
+            "1",
+            "--backends",
+            "scalar",
+            "--threads",
+            "1",
+            "--no-decoding",
+            "--json",
+            "/dev/full",
+            "-q",
+        ]);
+        assert_clear_error(&out, "/dev/full: No space left on device");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("| seq len |"));
+    }
+    let out = runner(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--stop-at",
+        "2",
+    ]);
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("[warn]"));
+}

@@ -458,6 +458,66 @@ fn counts_no_machine_could_run_are_refused_before_work() {
         assert_clear_error(&out, needle);
         assert!(out.stdout.is_empty(), "{args:?} printed output first");
     }
+    // Options that earn a warning, in runs refused later on: the error
+    // line comes alone.
+    let over = (cores + 1).to_string();
+    let missing = dir.join("missing.txt");
+    let missing = missing.to_str().unwrap();
+    let user_file = dir.join("notes.txt");
+    std::fs::write(&user_file, b"mine").unwrap();
+    let warned: [(Vec<&str>, &str); 4] = [
+        (
+            vec![
+                "train",
+                "--preset",
+                "tiny",
+                "--steps",
+                "2",
+                "--stop-at",
+                "1",
+                "--data",
+                missing,
+            ],
+            "missing.txt",
+        ),
+        (
+            vec![
+                "train",
+                "--preset",
+                "tiny",
+                "--threads",
+                &over,
+                "--data",
+                missing,
+            ],
+            "missing.txt",
+        ),
+        (
+            vec![
+                "train",
+                "--preset",
+                "tiny",
+                "--warmup",
+                "5",
+                "--steps",
+                "2",
+                "--log-every",
+                "0",
+            ],
+            "--log-every must be at least 1",
+        ),
+        (
+            [
+                &bench[..],
+                &["--threads", &over, "--json", user_file.to_str().unwrap()],
+            ]
+            .concat(),
+            "not a JSON-lines log",
+        ),
+    ];
+    for (args, needle) in warned {
+        assert_clear_error(&runner(&args), needle);
+    }
 }
 
 #[test]

@@ -94,7 +94,7 @@ impl RunOptions {
     ///
     /// [`start`]: RunOptions::start
     pub fn warnings(&self, kernels: Kernels) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = Threads::oversubscribed(self.threads).into_iter().collect();
         if self.bf16_unit.is_some() && self.precision == Precision::F32 {
             warnings.push(
                 "--bf16-unit has no effect in f32: add --precision bf16 to run the products on it"

@@ -198,7 +198,8 @@ impl TrainArgs {
                 100.0 * f64::from(self.steps) / f64::from(warmup)
             ));
         }
-        if let (Some(stop), None) = (self.stop_at, &self.save) {
+        let stops_early = self.stop_at.filter(|&stop| stop < self.steps);
+        if let (Some(stop), None) = (stops_early, &self.save) {
             warnings.push(format!("--stop-at {stop} without --save: the run stops early and saves nothing to resume from"));
         }
         Ok(TrainSettings {

@@ -150,6 +150,9 @@ impl TrainSettings {
                 self.lr
             )));
         }
+        if self.log_every == 0 {
+            return Err(Error::Config("--log-every must be at least 1".into()));
+        }
         if self.stop_at == Some(0) {
             return Err(Error::Config("--stop-at must be at least 1".into()));
         }
@@ -437,14 +440,11 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
     let (cfg, b, t) = checked_shape(s)?;
-    for warning in &s.warnings {
-        log::warn!("{warning}");
-    }
+    let threads = Threads::new(s.threads)?;
     // What `--save` held when the run was accepted.
     let seen = s.save.as_deref().and_then(checkpoint::saved_checkpoint);
     let world = crate::world::current();
     let (rank, ranks) = (world.rank(), world.size());
-    let threads = Threads::new(s.threads)?;
     // Rank 0 validates on the windows of the global batch.
     let val_windows = VAL_WINDOWS_PER_BATCH * b * ranks;
     // The data's names and kinds, then the checkpoint (reading it whole
@@ -464,7 +464,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     if let Some(dir) = &s.resume {
         // Only now is the data known; a resumed run must train on the same.
         check_resume(s, dir, t, Some(fingerprint), optimizer.step, saved)?;
-        // Accepted: a schedule that may grow is not silently changed.
+    }
+    // Accepted: a refused run prints its error line alone.
+    for warning in &s.warnings {
+        log::warn!("{warning}");
+    }
+    if s.resume.is_some() {
+        // A schedule that may grow is not silently changed.
         let moved = saved.filter(|saved| saved.total_steps != s.steps);
         if let Some(saved) = moved.filter(|_| rank == 0) {
             log::warn!(
@@ -553,7 +559,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if let Some(bar) = &progress {
             bar.inc(1);
         }
-        if step % s.log_every.max(1) == 0 || step == first || step == last {
+        if step % s.log_every == 0 || step == first || step == last {
             log_step(&times, lr, b, t, step, s.steps);
         }
         let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
