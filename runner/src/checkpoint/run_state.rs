@@ -15,6 +15,12 @@ use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
 
+/// The metadata key of the shards' fingerprint (their sizes and tokens).
+/// States that hold only the older `shards_hash` (tokens alone, which the
+/// same tokens cut into other shards matched) know no shards hash, and
+/// match any, as states saved before either was kept do.
+const SHARDS_HASH: &str = "shards_sizes_hash";
+
 /// The settings that shape a run's updates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunSchedule {
@@ -152,7 +158,7 @@ pub fn write(
                 ("data_hash".to_string(), format!("{:016x}", data.hash)),
             ]);
             if let Some(shards) = data.shards_hash {
-                meta.insert("shards_hash".to_string(), format!("{shards:016x}"));
+                meta.insert(SHARDS_HASH.to_string(), format!("{shards:016x}"));
             }
         }
     }
@@ -249,8 +255,8 @@ impl Progress {
                     Some(DataFingerprint {
                         train_tokens: metadata_number(meta, "train_tokens")?,
                         hash: metadata_hex(meta, "data_hash")?,
-                        shards_hash: if meta.contains_key("shards_hash") {
-                            Some(metadata_hex(meta, "shards_hash")?)
+                        shards_hash: if meta.contains_key(SHARDS_HASH) {
+                            Some(metadata_hex(meta, SHARDS_HASH)?)
                         } else {
                             None
                         },

@@ -350,7 +350,8 @@ pub struct ShardWindows {
     parts: Vec<(usize, usize, usize)>,
     /// Tokens read for one window.
     window: Vec<u32>,
-    /// [`hash_words`] over every training shard's tokens, whole, in order.
+    /// [`hash_words`] over every training shard's size and tokens, in
+    /// order.
     hash: u64,
 }
 
@@ -457,9 +458,9 @@ pub struct DataFingerprint {
     /// held in memory (a text's; shards are read on demand), then of the
     /// validation tokens.
     pub hash: u64,
-    /// Shards: [`hash_words`] over every training shard's tokens, made as
-    /// they are checked (`None` for a text, and in checkpoints saved
-    /// before it was kept).
+    /// Shards: [`hash_words`] over every training shard's size and
+    /// tokens, in order, made as they are checked (`None` for a text, and
+    /// in checkpoints saved before it was kept).
     pub shards_hash: Option<u64>,
 }
 
@@ -541,6 +542,9 @@ impl Dataset {
         let mut hash = FNV_OFFSET;
         for path in &train_paths {
             let mut shard = Shard::open(path)?;
+            // Its size first: windows never cross a shard's end, so the
+            // same tokens cut elsewhere are other windows.
+            hash = hash_words(hash, &(shard.len as u64).to_le_bytes());
             hash = shard.check_tokens(vocab, hash)?;
             shards.push(shard);
         }
@@ -780,6 +784,31 @@ mod tests {
             assert_eq!(a, m);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_same_tokens_cut_into_other_shards_are_other_data() {
+        let base = std::env::temp_dir().join(format!("runner-cuts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let tokens: Vec<u32> = (0..610u32).map(|i| i % 251).collect();
+        let fingerprint = |per_shard: usize, folder: &str| {
+            let dir = base.join(folder);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut writer =
+                shards::ShardWriter::new(&dir, "d", Tokenizer::Byte, 10, per_shard).unwrap();
+            writer.write(&tokens).unwrap();
+            writer.finish().unwrap();
+            let source = DataSource::Shards(dir);
+            let data = Dataset::load(&source, Some(Tokenizer::Byte), 256, 8, 10).unwrap();
+            data.fingerprint()
+        };
+        // 600 training tokens in shards of 300 or 200: the same tokens in
+        // the same order, and the same count.
+        let (a, b) = (fingerprint(300, "a"), fingerprint(200, "b"));
+        assert_eq!((a.train_tokens, a.hash), (b.train_tokens, b.hash));
+        assert_ne!(a.shards_hash, b.shards_hash);
+        assert_eq!(a, fingerprint(300, "c"));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
