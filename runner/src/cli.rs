@@ -28,7 +28,7 @@ pub enum Command {
     /// Train a model (from scratch, or resumed from a checkpoint).
     #[command(allow_negative_numbers = true)]
     Train(train::TrainArgs),
-    /// Print a checkpoint's loss and perplexity on a text.
+    /// Print a checkpoint's loss and perplexity on a text or token shards.
     #[command(long_about = eval::HELP, allow_negative_numbers = true)]
     Eval(eval::EvalArgs),
     /// Continue a prompt with a trained model, streaming the text to stdout.

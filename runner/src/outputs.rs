@@ -10,6 +10,17 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
+/// Flushes a directory's entries (names created or renamed in it) to disk,
+/// without which a crash could lose a rename that already returned.
+pub fn sync_dir(path: &Path) -> Result<(), Error> {
+    // Other systems cannot open a directory as a file.
+    #[cfg(unix)]
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
 /// An output file and the option that named it (`"--json"`).
 pub type Output<'a> = (&'static str, &'a Path);
 

@@ -458,6 +458,7 @@ fn the_run_schedule_round_trips() {
             train_tokens: 9000,
             hash: u64::MAX - 1,
             shards_hash: Some(0x1234),
+            shard_sizes_hash: Some(0x99),
         }),
     };
     let state = TrainingState {
@@ -480,6 +481,7 @@ fn the_run_schedule_round_trips() {
             train_tokens: 9000,
             hash: 1,
             shards_hash: None,
+            shard_sizes_hash: None,
         }),
         ..schedule
     };
@@ -505,17 +507,41 @@ fn the_run_schedule_round_trips() {
     };
     assert_eq!(
         schedule.differences(&other_shards),
-        ["--data: checkpoint 9000 training tokens (hash fffffffffffffffe, shards 0000000000001234), this run 9000 training tokens (hash fffffffffffffffe, shards 0000000000004321)"]
+        ["--data: checkpoint 9000 training tokens (hash fffffffffffffffe, shards 0000000000001234, shard sizes 0000000000000099), this run 9000 training tokens (hash fffffffffffffffe, shards 0000000000004321, shard sizes 0000000000000099)"]
     );
     let unhashed = RunSchedule {
         data: Some(DataFingerprint {
             shards_hash: None,
+            shard_sizes_hash: None,
             ..saved_data
         }),
         ..schedule
     };
     assert!(unhashed.differences(&other_shards).is_empty());
     assert!(other_shards.differences(&unhashed).is_empty());
+    // The same tokens cut into other shards: only the sizes tell; a state
+    // saved before they were hashed matches any cut, and is still held to
+    // its tokens.
+    let other_cut = RunSchedule {
+        data: Some(DataFingerprint {
+            shard_sizes_hash: Some(0x77),
+            ..saved_data
+        }),
+        ..schedule
+    };
+    assert_eq!(
+        schedule.differences(&other_cut),
+        ["--data: checkpoint 9000 training tokens (hash fffffffffffffffe, shards 0000000000001234, shard sizes 0000000000000099), this run 9000 training tokens (hash fffffffffffffffe, shards 0000000000001234, shard sizes 0000000000000077)"]
+    );
+    let uncut = RunSchedule {
+        data: Some(DataFingerprint {
+            shard_sizes_hash: None,
+            ..saved_data
+        }),
+        ..schedule
+    };
+    assert!(uncut.differences(&other_cut).is_empty());
+    assert_eq!(uncut.differences(&other_shards).len(), 1);
     // A state saved before the sequence length and data were kept, or a
     // run whose data is not read yet, matches any.
     let unknown = RunSchedule {

@@ -15,7 +15,7 @@ use safetensors::SafeTensorError;
 
 use crate::error::Error;
 use crate::metrics::mib;
-use crate::outputs;
+use crate::outputs::{self, sync_dir};
 
 /// A destination directory that may only ever hold `files`, and, when it
 /// holds any, `required` among them.
@@ -463,17 +463,6 @@ pub fn write_tensors_synced<V: View>(
     fs::File::open(path)
         .and_then(|file| file.sync_all())
         .map_err(|e| Error::io(path, e))
-}
-
-/// Flushes a directory's entries (names created or renamed in it) to disk,
-/// without which a crash could lose a rename that already returned.
-fn sync_dir(path: &Path) -> Result<(), Error> {
-    // Other systems cannot open a directory as a file.
-    #[cfg(unix)]
-    fs::File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| Error::io(path, e))?;
-    Ok(())
 }
 
 #[cfg(test)]

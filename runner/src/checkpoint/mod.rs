@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
@@ -254,10 +253,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         check_tensor(dir, &t.name, &t.shape, &dtype, view.shape())?;
         views.push(view);
     }
-    let saved_heads = SafeTensors::read_metadata(&bytes)
-        .ok()
-        .and_then(|(_, header)| header.metadata().as_ref()?.get(HEADS_KEY).cloned());
-    check_heads(dir, &cfg, saved_heads.as_deref())?;
+    check_heads(dir, &cfg, &files::header(dir, MODEL_FILE)?)?;
     let mut params = Arena::zeros(cfg.param_floats());
     for (t, view) in layout.iter().zip(&views) {
         let values = &mut params[t.range.clone()];
@@ -389,18 +385,22 @@ pub fn check_weights_fit(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
             .unwrap_or_default();
         check_tensor(dir, &t.name, &t.shape, dtype, &shape)?;
     }
-    let saved_heads = header
-        .get("__metadata__")
-        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
-    check_heads(dir, cfg, saved_heads)
+    check_heads(dir, cfg, &header)
 }
 
 /// Refuses a `config.json` (read as `cfg`) whose `n_head` is not the head
-/// count `model.safetensors` records (`saved`, as its metadata spells
-/// it): the weights have the same shapes for any head count that divides
-/// the width, so the model would run as another one. A file that records
-/// none (saved by others) fits any.
-fn check_heads(dir: &Path, cfg: &ModelConfig, saved: Option<&str>) -> Result<(), Error> {
+/// count `model.safetensors` records in the metadata of its `header` (as
+/// [`files::header`] reads it): the weights have the same shapes for any
+/// head count that divides the width, so the model would run as another
+/// one. A file that records none (saved by others) fits any.
+fn check_heads(
+    dir: &Path,
+    cfg: &ModelConfig,
+    header: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Error> {
+    let saved = header
+        .get("__metadata__")
+        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
     match saved {
         Some(saved) if saved != cfg.heads.to_string() => Err(Error::checkpoint(
             dir,

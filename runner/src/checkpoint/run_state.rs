@@ -15,12 +15,6 @@ use crate::error::Error;
 
 const FORMAT: &str = "cpu-gpt-training-v1";
 
-/// The metadata key of the shards' fingerprint (their sizes and tokens).
-/// States that hold only the older `shards_hash` (tokens alone, which the
-/// same tokens cut into other shards matched) know no shards hash, and
-/// match any, as states saved before either was kept do.
-const SHARDS_HASH: &str = "shards_sizes_hash";
-
 /// The settings that shape a run's updates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunSchedule {
@@ -56,14 +50,14 @@ impl RunSchedule {
         let seq_lens = known(self.seq_len, run.seq_len);
         // A shards hash one side lacks (an older checkpoint's) matches any.
         let (saved_data, run_data) = match (self.data, run.data) {
-            (Some(saved), Some(now))
-                if saved.shards_hash.is_none() || now.shards_hash.is_none() =>
-            {
-                let unhashed = |d| DataFingerprint {
-                    shards_hash: None,
-                    ..d
-                };
-                (Some(unhashed(saved)), Some(unhashed(now)))
+            (Some(mut saved), Some(mut now)) => {
+                if saved.shards_hash.is_none() || now.shards_hash.is_none() {
+                    (saved.shards_hash, now.shards_hash) = (None, None);
+                }
+                if saved.shard_sizes_hash.is_none() || now.shard_sizes_hash.is_none() {
+                    (saved.shard_sizes_hash, now.shard_sizes_hash) = (None, None);
+                }
+                (Some(saved), Some(now))
             }
             other => other,
         };
@@ -157,8 +151,14 @@ pub fn write(
                 // In hex, as errors show it.
                 ("data_hash".to_string(), format!("{:016x}", data.hash)),
             ]);
-            if let Some(shards) = data.shards_hash {
-                meta.insert(SHARDS_HASH.to_string(), format!("{shards:016x}"));
+            let hashes = [
+                ("shards_hash", data.shards_hash),
+                ("shard_sizes_hash", data.shard_sizes_hash),
+            ];
+            for (key, hash) in hashes {
+                if let Some(hash) = hash {
+                    meta.insert(key.to_string(), format!("{hash:016x}"));
+                }
             }
         }
     }
@@ -255,11 +255,8 @@ impl Progress {
                     Some(DataFingerprint {
                         train_tokens: metadata_number(meta, "train_tokens")?,
                         hash: metadata_hex(meta, "data_hash")?,
-                        shards_hash: if meta.contains_key(SHARDS_HASH) {
-                            Some(metadata_hex(meta, SHARDS_HASH)?)
-                        } else {
-                            None
-                        },
+                        shards_hash: optional_hex(meta, "shards_hash")?,
+                        shard_sizes_hash: optional_hex(meta, "shard_sizes_hash")?,
                     })
                 } else {
                     None
@@ -288,10 +285,7 @@ impl Progress {
             step,
             rng_state: metadata_number(meta, "rng_state")?,
             schedule,
-            weights_hash: match meta.contains_key("weights_hash") {
-                true => Some(metadata_hex(meta, "weights_hash")?),
-                false => None,
-            },
+            weights_hash: optional_hex(meta, "weights_hash")?,
         })
     }
 }
@@ -321,6 +315,15 @@ fn metadata_hex(meta: &HashMap<String, String>, key: &str) -> Result<u64, String
     let text = metadata_text(meta, key)?;
     u64::from_str_radix(text, 16)
         .map_err(|_| format!("metadata `{key}` is not a hexadecimal number: `{text}`"))
+}
+
+/// The hexadecimal number stored under `key`, if the metadata has one
+/// (states saved before it was kept do not).
+fn optional_hex(meta: &HashMap<String, String>, key: &str) -> Result<Option<u64>, String> {
+    match meta.contains_key(key) {
+        true => metadata_hex(meta, key).map(Some),
+        false => Ok(None),
+    }
 }
 
 /// The number stored under `key` in a safetensors header's metadata.

@@ -52,9 +52,9 @@ pub struct TrainArgs {
     pub recompute: bool,
     /// What to train on: a text file (tokenized on loading; split 90 % /
     /// 10 % into training and validation), a token shard (.bin, split the
-    /// same way) or a folder of shards from `runner prepare` (*_train*.bin
-    /// train, *_val*.bin validate) [default: the embedded arithmetic
-    /// corpus].
+    /// same way) or a folder of shards from `runner prepare` or llm.c
+    /// (*_train[_N].bin train, *_val[_N].bin validate) [default: the
+    /// embedded arithmetic corpus].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
     /// Start from the weights in DIR (a checkpoint of this runner, or a
@@ -88,9 +88,10 @@ pub struct TrainArgs {
     /// at the end.
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
-    /// Replace the checkpoint at --save when the run starts (the one
-    /// --resume continues is replaced without it). One that another run
-    /// saves there meanwhile is kept: this run then saves to DIR.1, ...
+    /// Let the save at the end replace the checkpoint found at --save when
+    /// the run starts (the one --resume continues is replaced without
+    /// it). One that another run saves there meanwhile is kept: this run
+    /// then saves to DIR.1, ...
     #[arg(long, requires = "save")]
     pub overwrite: bool,
     /// Continue the run saved in DIR (model, optimizer, step, data order).

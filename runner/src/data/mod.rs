@@ -10,7 +10,7 @@ pub mod prepare;
 pub mod shards;
 pub mod tokenizer;
 
-use shards::Shard;
+use shards::{parse_shard_name, Shard, ShardName, Split};
 pub use tokenizer::Tokenizer;
 
 use std::io::Read;
@@ -93,16 +93,24 @@ impl DataSource {
         let mut files = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            if let Some(split) = shard_split(&path) {
-                files.push((path, split));
-            } else if path.extension().is_some_and(|e| e == "tmp")
-                && shard_split(&path.with_extension("")).is_some()
-            {
+            let shard = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(parse_shard_name);
+            match shard {
+                Some(ShardName {
+                    unfinished: false,
+                    split,
+                    ..
+                }) => files.push((path, split)),
                 // `prepare` names its shards only once all are written.
-                return Err(Error::Data {
-                    path: path.clone(),
-                    reason: "an unfinished shard: the `runner prepare` that wrote it stopped, so its data set is not whole; remove that run's shards and prepare them again".into(),
-                });
+                Some(_) => {
+                    return Err(Error::Data {
+                        path: path.clone(),
+                        reason: "an unfinished shard: the `runner prepare` that wrote it stopped, so its data set is not whole; remove that run's shards and prepare them again".into(),
+                    })
+                }
+                None => {}
             }
         }
         files.sort();
@@ -319,6 +327,9 @@ fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
             ),
         });
     }
+    // Reading doubled the buffer as it went: its spare half would count
+    // beside the tokens.
+    bytes.shrink_to_fit();
     Ok(bytes)
 }
 
@@ -350,8 +361,7 @@ pub struct ShardWindows {
     parts: Vec<(usize, usize, usize)>,
     /// Tokens read for one window.
     window: Vec<u32>,
-    /// [`hash_words`] over every training shard's size and tokens, in
-    /// order.
+    /// [`hash_words`] over every training shard's tokens, whole, in order.
     hash: u64,
 }
 
@@ -415,36 +425,6 @@ impl TrainTokens {
     }
 }
 
-/// The half of a data folder a shard belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Split {
-    Train,
-    Val,
-}
-
-/// The split of the shard file `path` from the end of its name:
-/// `NAME_train.bin` or `NAME_val.bin`, optionally numbered
-/// (`NAME_val_000000.bin`, as llm.c and `runner prepare` name them).
-/// Only the end counts, so shards of an input named `news_valid` or
-/// `my_train` still split by their own suffix.
-fn shard_split(path: &Path) -> Option<Split> {
-    if path.extension()? != "bin" {
-        return None;
-    }
-    let stem = path.file_stem()?.to_str()?;
-    let unnumbered = match stem.rsplit_once('_') {
-        Some((head, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
-            head
-        }
-        _ => stem,
-    };
-    match unnumbered.rsplit_once('_')? {
-        (_, "train") => Some(Split::Train),
-        (_, "val") => Some(Split::Val),
-        _ => None,
-    }
-}
-
 /// FNV-1a's starting value and multiplier (64-bit).
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
@@ -458,10 +438,15 @@ pub struct DataFingerprint {
     /// held in memory (a text's; shards are read on demand), then of the
     /// validation tokens.
     pub hash: u64,
-    /// Shards: [`hash_words`] over every training shard's size and
-    /// tokens, in order, made as they are checked (`None` for a text, and
-    /// in checkpoints saved before it was kept).
+    /// Shards: [`hash_words`] over every training shard's tokens, made as
+    /// they are checked (`None` for a text, and in checkpoints saved
+    /// before it was kept).
     pub shards_hash: Option<u64>,
+    /// Shards: [`hash_words`] over the training shards' token counts, in
+    /// order: windows never cross a shard's end, so the same tokens cut
+    /// into other shards are other windows (`None` for a text, and in
+    /// checkpoints saved before it was kept).
+    pub shard_sizes_hash: Option<u64>,
 }
 
 impl std::fmt::Display for DataFingerprint {
@@ -473,6 +458,9 @@ impl std::fmt::Display for DataFingerprint {
         )?;
         if let Some(shards) = self.shards_hash {
             write!(f, ", shards {shards:016x}")?;
+        }
+        if let Some(sizes) = self.shard_sizes_hash {
+            write!(f, ", shard sizes {sizes:016x}")?;
         }
         write!(f, ")")
     }
@@ -542,9 +530,6 @@ impl Dataset {
         let mut hash = FNV_OFFSET;
         for path in &train_paths {
             let mut shard = Shard::open(path)?;
-            // Its size first: windows never cross a shard's end, so the
-            // same tokens cut elsewhere are other windows.
-            hash = hash_words(hash, &(shard.len as u64).to_le_bytes());
             hash = shard.check_tokens(vocab, hash)?;
             shards.push(shard);
         }
@@ -602,14 +587,20 @@ impl Dataset {
 
     /// What identifies this data (see [`DataFingerprint`]).
     pub fn fingerprint(&self) -> DataFingerprint {
-        let (train, shards_hash) = match &self.train {
-            TrainTokens::Memory(tokens) => (tokens.as_slice(), None),
-            TrainTokens::Shards(w) => (&[][..], Some(w.hash)),
+        let (train, shards_hash, shard_sizes_hash) = match &self.train {
+            TrainTokens::Memory(tokens) => (tokens.as_slice(), None, None),
+            TrainTokens::Shards(w) => {
+                let sizes = w.shards.iter().fold(FNV_OFFSET, |h, shard| {
+                    hash_words(h, &(shard.len as u64).to_le_bytes())
+                });
+                (&[][..], Some(w.hash), Some(sizes))
+            }
         };
         DataFingerprint {
             train_tokens: self.train.len() as u64,
             hash: fnv1a(fnv1a(FNV_OFFSET, train), &self.val),
             shards_hash,
+            shard_sizes_hash,
         }
     }
 
@@ -674,29 +665,6 @@ pub fn sample_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_shard_splits_by_the_end_of_its_name() {
-        let split = |name: &str| shard_split(Path::new(name));
-        for (name, want) in [
-            ("play_val_000000.bin", Some(Split::Val)),
-            ("play_train_000001.bin", Some(Split::Train)),
-            ("tiny_shakespeare_val.bin", Some(Split::Val)),
-            ("tiny_shakespeare_train.bin", Some(Split::Train)),
-            // Input names that contain a split's word elsewhere.
-            ("news_valid_train_000003.bin", Some(Split::Train)),
-            ("my_train_val_000000.bin", Some(Split::Val)),
-            ("train_set_train_000001.bin", Some(Split::Train)),
-            // Not shards of either split.
-            ("play_valid_000000.bin", None),
-            ("play_train_000001.txt", None),
-            ("play_train_00a1.bin", None),
-            ("train.bin", None),
-            ("notes.bin", None),
-        ] {
-            assert_eq!(split(name), want, "{name}");
-        }
-    }
 
     #[test]
     fn windows_are_consecutive_and_shifted_by_one() {
@@ -806,7 +774,8 @@ mod tests {
         // the same order, and the same count.
         let (a, b) = (fingerprint(300, "a"), fingerprint(200, "b"));
         assert_eq!((a.train_tokens, a.hash), (b.train_tokens, b.hash));
-        assert_ne!(a.shards_hash, b.shards_hash);
+        assert_eq!(a.shards_hash, b.shards_hash);
+        assert_ne!(a.shard_sizes_hash, b.shard_sizes_hash);
         assert_eq!(a, fingerprint(300, "c"));
         std::fs::remove_dir_all(&base).unwrap();
     }

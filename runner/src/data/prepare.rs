@@ -48,13 +48,13 @@ pub fn prepare(
     let start = Instant::now();
     let mut total = 0;
     let mut seen = std::collections::HashSet::new();
+    // Warned of once the run is accepted: a refused run prints its error
+    // line alone.
+    let mut repeated = Vec::new();
     for input in &s.inputs {
         if let Ok(path) = input.canonicalize() {
             if !seen.insert(path) {
-                log::warn!(
-                    "{} is given more than once: its tokens are written each time",
-                    input.display()
-                );
+                repeated.push(input);
             }
         }
         let refuse = |reason: &str| {
@@ -144,6 +144,12 @@ pub fn prepare(
             return Err(e);
         }
     };
+    for input in repeated {
+        log::warn!(
+            "{} is given more than once: its tokens are written each time",
+            input.display()
+        );
+    }
     started(total);
     let mut bytes = 0u64;
     let mut tokenize_all = || {
@@ -258,11 +264,11 @@ fn max_uncut(chunk: usize) -> usize {
 /// a no-break space beside the cut would join the run of spaces across it.
 fn split_point(text: &[u8], from: usize) -> Option<usize> {
     let after_break = (from.max(2)..text.len()).rev().find(|&p| {
-        let before_break = match text[p - 2] {
+        let before_break = || match text[p - 2] {
             b'\r' => p >= 3 && non_space_ends_at(text, p - 3),
             _ => non_space_ends_at(text, p - 2),
         };
-        text[p - 1] == b'\n' && before_break && non_space_starts_at(text, p)
+        text[p - 1] == b'\n' && before_break() && non_space_starts_at(text, p)
     });
     // A space that ended the old bytes is decided by the first new one.
     let before_space = || {
@@ -279,7 +285,9 @@ fn split_point(text: &[u8], from: usize) -> Option<usize> {
 /// (bytes that are not UTF-8, or a character the text cuts short, count
 /// as spaces: no cut is made beside them).
 fn non_space_starts_at(text: &[u8], p: usize) -> bool {
-    let valid = text[p..]
+    // A character is at most 4 bytes: reading no further keeps the scan
+    // for a cut linear in the chunk.
+    let valid = text[p..text.len().min(p + 4)]
         .utf8_chunks()
         .next()
         .map_or("", |chunk| chunk.valid());
@@ -352,6 +360,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("without a line break or a space"), "{err}");
+        // Lines that end in a space offer no cut after their break, so the
+        // search walks a whole chunk back (each position looked at in
+        // constant time: this took minutes when it was not).
+        let text = format!("{} \n", "word ".repeat(200_000));
+        std::fs::write(&path, &text).unwrap();
+        let mut tokens = Vec::new();
+        tokenize_file(&path, Tokenizer::Gpt2, 1 << 20, |_, t| {
+            tokens.extend(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(tokens, Tokenizer::Gpt2.encode(text.as_bytes()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -48,21 +48,50 @@ pub fn shard_path(dir: &Path, name: &str, index: usize) -> PathBuf {
     dir.join(format!("{name}_{split}_{index:06}.bin"))
 }
 
-/// Whether `file` is a shard of the data set `name` (`NAME_val.bin`,
-/// `NAME_train_000001.bin`, ...): `Some(true)` for one still under its
-/// temporary name, `Some(false)` for a finished one, `None` for any other
-/// file (another data set's too, whose name may start with this one's).
-fn shard_of(file: &str, name: &str) -> Option<bool> {
-    let rest = file.strip_prefix(name)?.strip_prefix('_')?;
-    let (rest, temporary) = match rest.strip_suffix(".bin.tmp") {
-        Some(rest) => (rest, true),
-        None => (rest.strip_suffix(".bin")?, false),
+/// The half of a data folder a shard belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// What a shard file's name says, read from its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardName<'a> {
+    /// The data set's name, before the split.
+    pub name: &'a str,
+    pub split: Split,
+    /// Still under the temporary name `prepare` writes it under.
+    pub unfinished: bool,
+}
+
+/// The shard a file's name names: `NAME_train.bin` or `NAME_val.bin`,
+/// optionally numbered (`NAME_val_000000.bin`, as llm.c and `runner
+/// prepare` name them), with `.tmp` after it while `prepare` writes it.
+/// Only the end counts, so shards of an input named `news_valid` or
+/// `my_train` still split by their own suffix.
+pub fn parse_shard_name(file: &str) -> Option<ShardName<'_>> {
+    let (file, unfinished) = match file.strip_suffix(".tmp") {
+        Some(file) => (file, true),
+        None => (file, false),
     };
-    let index = rest
-        .strip_prefix("val")
-        .or_else(|| rest.strip_prefix("train"))?;
-    let numbered = |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-    (index.is_empty() || index.strip_prefix('_').is_some_and(numbered)).then_some(temporary)
+    let stem = file.strip_suffix(".bin")?;
+    let unnumbered = match stem.rsplit_once('_') {
+        Some((head, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
+            head
+        }
+        _ => stem,
+    };
+    let (name, split) = match unnumbered.rsplit_once('_')? {
+        (name, "train") => (name, Split::Train),
+        (name, "val") => (name, Split::Val),
+        _ => return None,
+    };
+    Some(ShardName {
+        name,
+        split,
+        unfinished,
+    })
 }
 
 /// Where shard `path` is written until it is complete.
@@ -116,14 +145,16 @@ impl ShardWriter {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let file = entry.file_name();
             let file = file.to_string_lossy();
-            match shard_of(&file, name) {
-                Some(false) => {
+            match parse_shard_name(&file).filter(|shard| shard.name == name) {
+                Some(ShardName {
+                    unfinished: false, ..
+                }) => {
                     return Err(Error::Config(format!(
                         "{} already holds shards named {name}_*.bin; remove them or choose another --output",
                         dir.display()
                     )))
                 }
-                Some(true) => {
+                Some(_) => {
                     return Err(Error::Config(format!(
                         "{} holds {file} (a stopped run's unfinished shard?); remove it or choose another --output",
                         dir.display()
@@ -212,9 +243,7 @@ impl ShardWriter {
             self.named += 1;
         }
         // The names themselves must survive a crash, as the contents do.
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        crate::outputs::sync_dir(&self.dir)?;
         Ok(self.finished.clone())
     }
 
@@ -578,21 +607,43 @@ mod tests {
     }
 
     #[test]
-    fn shards_of_a_name_are_told_from_others() {
-        for (file, name, want) in [
-            ("a_val_000000.bin", "a", Some(false)),
-            ("a_train_000012.bin", "a", Some(false)),
-            ("a_train_000012.bin.tmp", "a", Some(true)),
-            ("a_val.bin", "a", Some(false)),
-            ("a_b_train_000001.bin", "a", None),
-            ("a_b_train_000001.bin", "a_b", Some(false)),
-            ("a_train_.bin", "a", None),
-            ("a_train_1x.bin", "a", None),
-            ("a_test_000001.bin", "a", None),
-            ("ab_val_000000.bin", "a", None),
-            ("a_val_000000.txt", "a", None),
+    fn a_shard_is_named_by_the_end_of_its_file_name() {
+        use Split::{Train, Val};
+        for (file, want) in [
+            ("play_val_000000.bin", Some(("play", Val, false))),
+            ("play_train_000001.bin", Some(("play", Train, false))),
+            ("play_train_000012.bin.tmp", Some(("play", Train, true))),
+            (
+                "tiny_shakespeare_val.bin",
+                Some(("tiny_shakespeare", Val, false)),
+            ),
+            (
+                "tiny_shakespeare_train.bin",
+                Some(("tiny_shakespeare", Train, false)),
+            ),
+            // Input names that contain a split's word elsewhere.
+            (
+                "news_valid_train_000003.bin",
+                Some(("news_valid", Train, false)),
+            ),
+            ("my_train_val_000000.bin", Some(("my_train", Val, false))),
+            (
+                "train_set_train_000001.bin",
+                Some(("train_set", Train, false)),
+            ),
+            ("a_b_train_000001.bin", Some(("a_b", Train, false))),
+            // Not shards of either split.
+            ("play_valid_000000.bin", None),
+            ("play_train_000001.txt", None),
+            ("play_train_00a1.bin", None),
+            ("play_train_.bin", None),
+            ("play_test_000001.bin", None),
+            ("train.bin", None),
+            ("notes.bin", None),
+            ("play_val_000000.tmp", None),
         ] {
-            assert_eq!(shard_of(file, name), want, "{file} of {name}");
+            let got = parse_shard_name(file).map(|s| (s.name, s.split, s.unfinished));
+            assert_eq!(got, want, "{file}");
         }
     }
 
