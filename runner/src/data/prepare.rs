@@ -360,10 +360,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("without a line break or a space"), "{err}");
-        // Lines that end in a space offer no cut after their break, so the
-        // search walks a whole chunk back (each position looked at in
-        // constant time: this took minutes when it was not).
-        let text = format!("{} \n", "word ".repeat(200_000));
+        // Double spaces offer no cut, so the search walks a whole chunk
+        // back, looking at every space (each in constant time: this took
+        // minutes when it was not).
+        let text = "x  ".repeat(350_000);
         std::fs::write(&path, &text).unwrap();
         let mut tokens = Vec::new();
         tokenize_file(&path, Tokenizer::Gpt2, 1 << 20, |_, t| {
