@@ -170,6 +170,30 @@ int32_t kn_gemm(int32_t backend,
                 float *workspace,
                 size_t workspace_len);
 
+// `C = op(A) · op(B) + bias`, the `n` floats of `bias` added to every row
+// of C in the same pass (a layer's forward product); otherwise as
+// `kn_gemm` with alpha 1 and beta 0 (C is not read), on the same
+// workspace.
+//
+// # Safety
+// As `kn_gemm`; `bias` covers `n` floats.
+int32_t kn_gemm_bias(int32_t backend,
+                     const struct kn_executor *exec,
+                     int32_t trans_a,
+                     int32_t trans_b,
+                     size_t m,
+                     size_t n,
+                     size_t k,
+                     const float *a,
+                     size_t lda,
+                     const float *b,
+                     size_t ldb,
+                     const float *bias,
+                     float *c,
+                     size_t ldc,
+                     float *workspace,
+                     size_t workspace_len);
+
 // Softmax of each row of `x` (`len` floats, rows of `cols`) in place;
 // with `causal` 1, row `r` covers its first `offset + r + 1` entries and
 // the rest become 0 (`causal` 0: every entry; `offset` is ignored).
@@ -265,6 +289,17 @@ int32_t kn_gelu_forward(int32_t backend, const float *x, float *out, size_t len)
 // # Safety
 // As `kn_add`.
 int32_t kn_gelu_backward(int32_t backend, const float *x, const float *dout, float *dx, size_t len);
+
+// `kn_gelu_backward` that **writes** `gelu'(x) · dout` into `dx` instead
+// of adding it (`dx` need not be zeroed first).
+//
+// # Safety
+// As `kn_add`.
+int32_t kn_gelu_backward_into(int32_t backend,
+                              const float *x,
+                              const float *dout,
+                              float *dx,
+                              size_t len);
 
 // `x = alpha · x` (`len` floats).
 //
@@ -437,6 +472,30 @@ int32_t kn_gemm_bf16(int32_t backend,
                      float *workspace,
                      size_t workspace_len);
 
+// `kn_gemm_bias` with A and B rounded to bf16 as they are read and the
+// products summed in f32, on the backend's bf16 unit, within the bound
+// `kn_gemm_bf16` states; the bias is added in f32.
+//
+// # Safety
+// As `kn_gemm_bias`, with `kn_gemm_bf16_workspace_len` floats of
+// workspace.
+int32_t kn_gemm_bf16_bias(int32_t backend,
+                          const struct kn_executor *exec,
+                          int32_t trans_a,
+                          int32_t trans_b,
+                          size_t m,
+                          size_t n,
+                          size_t k,
+                          const float *a,
+                          size_t lda,
+                          const float *b,
+                          size_t ldb,
+                          const float *bias,
+                          float *c,
+                          size_t ldc,
+                          float *workspace,
+                          size_t workspace_len);
+
 // `kn_gemm_bf16` on operands stored in bf16, writing a bf16 C: each
 // element of C is the f32 value `kn_gemm_bf16` would give it (with beta
 // applied to C's bf16 value), rounded once to nearest even. The layout a
@@ -519,6 +578,27 @@ int32_t kn_gemm_bf16_packed(int32_t backend,
                             size_t ldc,
                             float *workspace,
                             size_t workspace_len);
+
+// `kn_gemm_bf16_packed` with the `n` floats of `bias` added to every row
+// of C in the same pass, alpha 1 and beta 0 (C is not read).
+//
+// # Safety
+// As `kn_gemm_bf16_packed`; `bias` covers `n` floats.
+int32_t kn_gemm_bf16_packed_bias(int32_t backend,
+                                 const struct kn_executor *exec,
+                                 int32_t trans_a,
+                                 size_t m,
+                                 size_t n,
+                                 size_t k,
+                                 const float *a,
+                                 size_t lda,
+                                 const uint32_t *slots,
+                                 size_t slots_len,
+                                 const float *bias,
+                                 float *c,
+                                 size_t ldc,
+                                 float *workspace,
+                                 size_t workspace_len);
 
 // Runs `iters` rounds (at most 2^28) of the backend's independent f32
 // multiply-add chains and writes the floating-point operations done to

@@ -219,16 +219,64 @@ pub unsafe extern "C" fn kn_gemm(
         // SAFETY: forwarded (the caller's contract).
         let p = unsafe {
             product(
-                trans_a,
-                trans_b,
+                (trans_a, trans_b),
                 (m, n, k),
                 (a, lda),
                 (b, ldb),
+                None,
                 (c, ldc),
                 (workspace, workspace_len),
             )
         }?;
         kernels.gemm_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
+        Ok(())
+    })
+}
+
+/// `C = op(A) · op(B) + bias`, the `n` floats of `bias` added to every row
+/// of C in the same pass (a layer's forward product); otherwise as
+/// `kn_gemm` with alpha 1 and beta 0 (C is not read), on the same
+/// workspace.
+///
+/// # Safety
+/// As `kn_gemm`; `bias` covers `n` floats.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bias(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    trans_b: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    a: *const f32,
+    lda: size_t,
+    b: *const f32,
+    ldb: size_t,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
+        // SAFETY: forwarded (the caller's contract).
+        let p = unsafe {
+            product(
+                (trans_a, trans_b),
+                (m, n, k),
+                (a, lda),
+                (b, ldb),
+                Some(bias),
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        kernels.gemm_bias_with(&exec, p.a, p.b, p.bias, p.c, p.workspace)?;
         Ok(())
     })
 }
@@ -461,6 +509,23 @@ pub unsafe extern "C" fn kn_gelu_backward(
 ) -> i32 {
     // SAFETY: forwarded.
     unsafe { binary(backend, x, dout, dx, len, Kernels::gelu_backward) }
+}
+
+/// `kn_gelu_backward` that **writes** `gelu'(x) · dout` into `dx` instead
+/// of adding it (`dx` need not be zeroed first).
+///
+/// # Safety
+/// As `kn_add`.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gelu_backward_into(
+    backend: i32,
+    x: *const f32,
+    dout: *const f32,
+    dx: *mut f32,
+    len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { binary(backend, x, dout, dx, len, Kernels::gelu_backward_into) }
 }
 
 /// `x = alpha · x` (`len` floats).
@@ -913,16 +978,64 @@ pub unsafe extern "C" fn kn_gemm_bf16(
         // SAFETY: forwarded.
         let p = unsafe {
             product(
-                trans_a,
-                trans_b,
+                (trans_a, trans_b),
                 (m, n, k),
                 (a, lda),
                 (b, ldb),
+                None,
                 (c, ldc),
                 (workspace, workspace_len),
             )
         }?;
         kernels.gemm_bf16_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
+        Ok(())
+    })
+}
+
+/// `kn_gemm_bias` with A and B rounded to bf16 as they are read and the
+/// products summed in f32, on the backend's bf16 unit, within the bound
+/// `kn_gemm_bf16` states; the bias is added in f32.
+///
+/// # Safety
+/// As `kn_gemm_bias`, with `kn_gemm_bf16_workspace_len` floats of
+/// workspace.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_bias(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    trans_b: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    a: *const f32,
+    lda: size_t,
+    b: *const f32,
+    ldb: size_t,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
+        // SAFETY: forwarded.
+        let p = unsafe {
+            product(
+                (trans_a, trans_b),
+                (m, n, k),
+                (a, lda),
+                (b, ldb),
+                Some(bias),
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        kernels.gemm_bf16_bias_with(&exec, p.a, p.b, p.bias, p.c, p.workspace)?;
         Ok(())
     })
 }
@@ -965,11 +1078,11 @@ pub unsafe extern "C" fn kn_gemm_bf16_stored(
         // / transparent).
         let p = unsafe {
             product(
-                trans_a,
-                trans_b,
+                (trans_a, trans_b),
                 (m, n, k),
                 (a.cast::<Bf16>(), lda),
                 (b.cast::<Bf16>(), ldb),
+                None,
                 (c.cast::<Bf16>(), ldc),
                 (workspace, workspace_len),
             )
@@ -1070,33 +1183,55 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
     workspace: *mut f32,
     workspace_len: size_t,
 ) -> i32 {
-    guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
-        // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
-        let (rows, cols) = stored(m, k, trans_a)?;
-        let a = matrix(a, rows, cols, lda)?;
-        let slots = input(slots, slots_len)?;
-        let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
-        let workspace = output(workspace, workspace_len)?;
-        disjoint(c.span, &[a.span, slots.span])?;
-        disjoint(workspace.span, &[a.span, c.span, slots.span])?;
-        // SAFETY: forwarded; the outputs overlap nothing (checked above).
-        let (a, slots, c, workspace) = unsafe {
-            (
-                a.slice(),
-                slots.slice(),
-                c.slice_mut(),
-                workspace.slice_mut(),
-            )
-        };
-        let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
-        let b = PackedBf16::new(slots, k, n)?;
-        let c = MatMut::strided(c, m, n, ldc)?;
-        kernels.gemm_bf16_packed_with(&exec, alpha, a, b, beta, c, workspace)?;
-        Ok(())
-    })
+    // SAFETY: forwarded.
+    unsafe {
+        packed_product(
+            (backend, exec),
+            (trans_a, m, n, k),
+            (a, lda),
+            (slots, slots_len),
+            Epilogue::Scaled(alpha, beta),
+            (c, ldc),
+            (workspace, workspace_len),
+        )
+    }
+}
+
+/// `kn_gemm_bf16_packed` with the `n` floats of `bias` added to every row
+/// of C in the same pass, alpha 1 and beta 0 (C is not read).
+///
+/// # Safety
+/// As `kn_gemm_bf16_packed`; `bias` covers `n` floats.
+#[no_mangle]
+pub unsafe extern "C" fn kn_gemm_bf16_packed_bias(
+    backend: i32,
+    exec: *const kn_executor,
+    trans_a: i32,
+    m: size_t,
+    n: size_t,
+    k: size_t,
+    a: *const f32,
+    lda: size_t,
+    slots: *const u32,
+    slots_len: size_t,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: size_t,
+    workspace: *mut f32,
+    workspace_len: size_t,
+) -> i32 {
+    // SAFETY: forwarded.
+    unsafe {
+        packed_product(
+            (backend, exec),
+            (trans_a, m, n, k),
+            (a, lda),
+            (slots, slots_len),
+            Epilogue::Bias(bias),
+            (c, ldc),
+            (workspace, workspace_len),
+        )
+    }
 }
 
 /// Runs `iters` rounds (at most 2^28) of the backend's independent f32
@@ -1132,24 +1267,28 @@ pub unsafe extern "C" fn kn_bf16_peak_loop(backend: i32, iters: size_t, flops: *
     })
 }
 
-/// The views of a product's operands, checked: inputs of `T`, C of `O`.
+/// The views of a product's operands, checked: inputs of `T`, C of `O`,
+/// and the bias of the bias-fused products (empty for the others).
 struct Product<'a, T = f32, O = f32> {
     a: MatRef<'a, T>,
     b: MatRef<'a, T>,
+    bias: &'a [f32],
     c: MatMut<'a, O>,
     workspace: &'a mut [f32],
 }
 
-/// The operands of `kn_gemm` and the bf16 products as views.
+/// The operands of `kn_gemm` and the bf16 products as views, with the
+/// `n` floats of `bias` where it is given.
 ///
 /// # Safety
-/// As `kn_gemm`, for elements of `T` and `O`.
+/// As `kn_gemm`, for elements of `T` and `O`; `bias`, if given, covers
+/// `n` floats.
 unsafe fn product<'a, T, O>(
-    trans_a: i32,
-    trans_b: i32,
+    (trans_a, trans_b): (i32, i32),
     (m, n, k): (usize, usize, usize),
     (a, lda): (*const T, usize),
     (b, ldb): (*const T, usize),
+    bias: Option<*const f32>,
     (c, ldc): (*mut O, usize),
     (workspace, workspace_len): (*mut f32, usize),
 ) -> Result<Product<'a, T, O>, Status> {
@@ -1157,20 +1296,95 @@ unsafe fn product<'a, T, O>(
     let (b_rows, b_cols) = stored(k, n, trans_b)?;
     let a = matrix(a, a_rows, a_cols, lda)?;
     let b = matrix(b, b_rows, b_cols, ldb)?;
+    let bias = match bias {
+        Some(bias) => input(bias, n)?,
+        None => input(std::ptr::null(), 0)?,
+    };
     let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
     let workspace = output(workspace, workspace_len)?;
-    disjoint(c.span, &[a.span, b.span])?;
-    disjoint(workspace.span, &[a.span, b.span, c.span])?;
+    disjoint(c.span, &[a.span, b.span, bias.span])?;
+    disjoint(workspace.span, &[a.span, b.span, bias.span, c.span])?;
     // SAFETY: the caller's pointers cover the matrices their shapes and
-    // strides describe and the workspace its length; the outputs overlap
-    // nothing (checked above).
-    let (a, b, c, workspace) =
-        unsafe { (a.slice(), b.slice(), c.slice_mut(), workspace.slice_mut()) };
+    // strides describe, the bias its `n` floats and the workspace its
+    // length; the outputs overlap nothing (checked above).
+    let (a, b, bias, c, workspace) = unsafe {
+        (
+            a.slice(),
+            b.slice(),
+            bias.slice(),
+            c.slice_mut(),
+            workspace.slice_mut(),
+        )
+    };
     Ok(Product {
         a: transposed(MatRef::strided(a, a_rows, a_cols, lda)?, trans_a),
         b: transposed(MatRef::strided(b, b_rows, b_cols, ldb)?, trans_b),
+        bias,
         c: MatMut::strided(c, m, n, ldc)?,
         workspace,
+    })
+}
+
+/// What a packed product does with C: `C = alpha · A·B + beta · C`, or
+/// `C = A·B + bias` (a row of `n` floats).
+enum Epilogue {
+    Scaled(f32, f32),
+    Bias(*const f32),
+}
+
+/// `kn_gemm_bf16_packed` and its bias-fused form: A (`m × k`, stored
+/// transposed where `trans_a` is 1) times the packed `k × n` operand in
+/// `slots`, into C as `epilogue` says.
+///
+/// # Safety
+/// As `kn_gemm_bf16_packed`; a bias covers `n` floats.
+unsafe fn packed_product(
+    (backend, exec): (i32, *const kn_executor),
+    (trans_a, m, n, k): (i32, usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (slots, slots_len): (*const u32, usize),
+    epilogue: Epilogue,
+    (c, ldc): (*mut f32, usize),
+    (workspace, workspace_len): (*mut f32, usize),
+) -> i32 {
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
+        let (rows, cols) = stored(m, k, trans_a)?;
+        let a = matrix(a, rows, cols, lda)?;
+        let slots = input(slots, slots_len)?;
+        let bias = match epilogue {
+            Epilogue::Bias(bias) => input(bias, n)?,
+            Epilogue::Scaled(..) => input(std::ptr::null(), 0)?,
+        };
+        let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
+        let workspace = output(workspace, workspace_len)?;
+        disjoint(c.span, &[a.span, slots.span, bias.span])?;
+        disjoint(workspace.span, &[a.span, c.span, slots.span, bias.span])?;
+        // SAFETY: forwarded; the outputs overlap nothing (checked above).
+        let (a, slots, bias, c, workspace) = unsafe {
+            (
+                a.slice(),
+                slots.slice(),
+                bias.slice(),
+                c.slice_mut(),
+                workspace.slice_mut(),
+            )
+        };
+        let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
+        let b = PackedBf16::new(slots, k, n)?;
+        let c = MatMut::strided(c, m, n, ldc)?;
+        match epilogue {
+            Epilogue::Scaled(alpha, beta) => {
+                kernels.gemm_bf16_packed_with(&exec, alpha, a, b, beta, c, workspace)?
+            }
+            Epilogue::Bias(_) => {
+                kernels.gemm_bf16_packed_bias_with(&exec, a, b, bias, c, workspace)?
+            }
+        }
+        Ok(())
     })
 }
 

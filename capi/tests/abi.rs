@@ -397,11 +397,12 @@ fn every_routine_matches_the_rust_call() {
     type Binary = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, usize) -> i32;
     type RustBinary =
         fn(&kernels::Kernels, &[f32], &[f32], &mut [f32]) -> Result<(), kernels::KernelError>;
-    let binaries: [(Binary, RustBinary); 4] = [
+    let binaries: [(Binary, RustBinary); 5] = [
         (kn_add, kernels::Kernels::add),
         (kn_sub, kernels::Kernels::sub),
         (kn_mul, kernels::Kernels::mul),
         (kn_gelu_backward, kernels::Kernels::gelu_backward),
+        (kn_gelu_backward_into, kernels::Kernels::gelu_backward_into),
     ];
     for (abi, rust) in binaries {
         let (mut got, mut want) = (vec![0.5; len], vec![0.5; len]);
@@ -1309,6 +1310,30 @@ fn every_pointer_argument_refuses_null() {
                 ws_len,
             )
         }),
+        (
+            "kn_gemm_bias",
+            &["a", "b", "bias", "c", "workspace"],
+            &|n| unsafe {
+                kn_gemm_bias(
+                    backend,
+                    exec,
+                    0,
+                    0,
+                    d,
+                    d,
+                    d,
+                    n.ptr(x),
+                    d,
+                    n.ptr(y),
+                    d,
+                    n.ptr(y),
+                    n.mut_ptr(o1),
+                    d,
+                    n.mut_ptr(ws),
+                    ws_len,
+                )
+            },
+        ),
         ("kn_softmax_rows", &["x"], &|n| unsafe {
             kn_softmax_rows(backend, n.mut_ptr(o1), len, cols, 0, 0)
         }),
@@ -1359,6 +1384,9 @@ fn every_pointer_argument_refuses_null() {
         }),
         ("kn_gelu_backward", &["x", "dout", "dx"], &|n| unsafe {
             kn_gelu_backward(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
+        }),
+        ("kn_gelu_backward_into", &["x", "dout", "dx"], &|n| unsafe {
+            kn_gelu_backward_into(backend, n.ptr(x), n.ptr(y), n.mut_ptr(o1), len)
         }),
         ("kn_scale", &["x"], &|n| unsafe {
             kn_scale(backend, 0.5, n.mut_ptr(o1), len)
@@ -1473,6 +1501,30 @@ fn every_pointer_argument_refuses_null() {
             )
         }),
         (
+            "kn_gemm_bf16_bias",
+            &["a", "b", "bias", "c", "workspace"],
+            &|n| unsafe {
+                kn_gemm_bf16_bias(
+                    backend,
+                    exec,
+                    0,
+                    0,
+                    d,
+                    d,
+                    d,
+                    n.ptr(x),
+                    d,
+                    n.ptr(y),
+                    d,
+                    n.ptr(y),
+                    n.mut_ptr(o1),
+                    d,
+                    n.mut_ptr(ws),
+                    ws_len,
+                )
+            },
+        ),
+        (
             "kn_gemm_bf16_stored",
             &["a", "b", "c", "workspace"],
             &|n| unsafe {
@@ -1523,6 +1575,29 @@ fn every_pointer_argument_refuses_null() {
                     n.ptr(slots.cast_const()),
                     slots_len,
                     0.0,
+                    n.mut_ptr(o1),
+                    d,
+                    n.mut_ptr(ws),
+                    ws_len,
+                )
+            },
+        ),
+        (
+            "kn_gemm_bf16_packed_bias",
+            &["a", "slots", "bias", "c", "workspace"],
+            &|n| unsafe {
+                kn_gemm_bf16_packed_bias(
+                    backend,
+                    exec,
+                    0,
+                    d,
+                    d,
+                    d,
+                    n.ptr(x),
+                    d,
+                    n.ptr(slots.cast_const()),
+                    slots_len,
+                    n.ptr(y),
                     n.mut_ptr(o1),
                     d,
                     n.mut_ptr(ws),
@@ -1685,4 +1760,187 @@ fn the_executor_is_checked_and_read_once() {
     };
     assert_eq!(status, KN_ERR_INDEX);
     assert!(losses.iter().all(|v| v.is_nan()), "a refused call wrote");
+}
+
+/// The bias-fused products: each is its Rust call, bit for bit, on the
+/// host executor (C NaN-filled beforehand: it is written, not read); the
+/// f32 one is within rounding of an f64 loop; a bias inside C is refused
+/// with C left as it was.
+#[test]
+fn bias_products_are_the_rust_calls() {
+    use kernels::{MatMut, PackedBf16, Sequential};
+    let backend = kn_detected_backend();
+    let k = kernels::Kernels::best();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Odd sizes: edge tiles on every side. B is stored n × k (transposed).
+    let (m, n, kk) = (37, 29, 53);
+    let (a, b, bias) = (values(m * kk, 11), values(n * kk, 12), values(n, 13));
+    let (mut ws_len, mut slots_len, mut packed_ws_len) = (0, 0, 0);
+    // SAFETY (every call): each buffer holds what its length says.
+    unsafe {
+        let mut f32_ws = 0;
+        assert_eq!(kn_gemm_workspace_len(backend, m, n, kk, &mut f32_ws), KN_OK);
+        assert_eq!(
+            kn_gemm_bf16_workspace_len(backend, m, n, kk, &mut ws_len),
+            KN_OK
+        );
+        ws_len = ws_len.max(f32_ws);
+        assert_eq!(kn_packed_bf16_len(kk, n, &mut slots_len), KN_OK);
+        assert_eq!(
+            kn_gemm_bf16_packed_workspace_len(backend, m, n, kk, &mut packed_ws_len),
+            KN_OK
+        );
+    }
+    let mut ws = vec![0.0; ws_len.max(packed_ws_len)];
+    let exec = host();
+    let (av, bv) = (
+        MatRef::new(&a, m, kk).unwrap(),
+        MatRef::new(&b, n, kk).unwrap().t(),
+    );
+    let run = |call: &dyn Fn(*mut f32, *mut f32) -> i32| {
+        let mut got = vec![f32::NAN; m * n];
+        let mut scratch = vec![0.0; ws_len.max(packed_ws_len)];
+        assert_eq!(call(got.as_mut_ptr(), scratch.as_mut_ptr()), KN_OK);
+        got
+    };
+    let ws_all = ws_len.max(packed_ws_len);
+
+    // f32.
+    // SAFETY: A is m × k, B n × k (transposed), bias n, C m × n, workspace as asked.
+    let got = run(&|c, w| unsafe {
+        kn_gemm_bias(
+            backend,
+            &exec,
+            0,
+            1,
+            m,
+            n,
+            kk,
+            a.as_ptr(),
+            kk,
+            b.as_ptr(),
+            kk,
+            bias.as_ptr(),
+            c,
+            n,
+            w,
+            ws_all,
+        )
+    });
+    let mut want = vec![f32::NAN; m * n];
+    let c = MatMut::new(&mut want, m, n).unwrap();
+    k.gemm_bias_with(&Sequential, av, bv, &bias, c, &mut ws)
+        .unwrap();
+    assert_eq!(bits(&got), bits(&want));
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..kk)
+                .map(|p| a[i * kk + p] as f64 * b[j * kk + p] as f64)
+                .sum();
+            let exact = dot + bias[j] as f64;
+            let scale: f64 = (0..kk)
+                .map(|p| (a[i * kk + p] * b[j * kk + p]).abs() as f64)
+                .sum();
+            let err = (got[i * n + j] as f64 - exact).abs();
+            assert!(err <= (kk as f64 + 2.0) * 6e-8 * (scale + bias[j].abs() as f64));
+        }
+    }
+
+    // bf16 products of f32 operands.
+    // SAFETY: as above.
+    let got = run(&|c, w| unsafe {
+        kn_gemm_bf16_bias(
+            backend,
+            &exec,
+            0,
+            1,
+            m,
+            n,
+            kk,
+            a.as_ptr(),
+            kk,
+            b.as_ptr(),
+            kk,
+            bias.as_ptr(),
+            c,
+            n,
+            w,
+            ws_all,
+        )
+    });
+    let mut want = vec![f32::NAN; m * n];
+    let c = MatMut::new(&mut want, m, n).unwrap();
+    k.gemm_bf16_bias_with(&Sequential, av, bv, &bias, c, &mut ws)
+        .unwrap();
+    assert_eq!(bits(&got), bits(&want));
+
+    // B packed once.
+    let mut slots = vec![0u32; slots_len];
+    // SAFETY: B is n × k, used transposed; the slots as asked.
+    let packed = unsafe {
+        kn_pack_bf16(
+            backend,
+            1,
+            kk,
+            n,
+            b.as_ptr(),
+            kk,
+            slots.as_mut_ptr(),
+            slots_len,
+        )
+    };
+    assert_eq!(packed, KN_OK);
+    // SAFETY: as above.
+    let got = run(&|c, w| unsafe {
+        kn_gemm_bf16_packed_bias(
+            backend,
+            &exec,
+            0,
+            m,
+            n,
+            kk,
+            a.as_ptr(),
+            kk,
+            slots.as_ptr(),
+            slots_len,
+            bias.as_ptr(),
+            c,
+            n,
+            w,
+            ws_all,
+        )
+    });
+    let mut want = vec![f32::NAN; m * n];
+    let c = MatMut::new(&mut want, m, n).unwrap();
+    let pb = PackedBf16::new(&slots, kk, n).unwrap();
+    k.gemm_bf16_packed_bias_with(&Sequential, av, pb, &bias, c, &mut ws)
+        .unwrap();
+    assert_eq!(bits(&got), bits(&want));
+
+    // A bias that lies inside C: refused, C untouched.
+    let mut c = vec![0.25f32; m * n];
+    let inside = c.as_ptr();
+    // SAFETY: every pointer covers its length; the overlap is the point.
+    let status = unsafe {
+        kn_gemm_bias(
+            backend,
+            &exec,
+            0,
+            1,
+            m,
+            n,
+            kk,
+            a.as_ptr(),
+            kk,
+            b.as_ptr(),
+            kk,
+            inside,
+            c.as_mut_ptr(),
+            n,
+            ws.as_mut_ptr(),
+            ws_all,
+        )
+    };
+    assert_eq!(status, KN_ERR_ARGUMENT);
+    assert!(c.iter().all(|&x| x == 0.25));
 }

@@ -231,6 +231,18 @@ static void test_others(int backend) {
     CHECK(kn_gemm_bf16_packed(backend, NULL, 0, 3, 2, 12, 1.0f, a, 12, slots, slots_len, 0.0f, pc, 2, pws, packed_ws_len) == KN_OK, "packed gemm");
     CHECK(memcmp(pc, c, sizeof pc) == 0, "packed B changed the bits");
     free(slots), free(pws);
+    /* The bias-fused product: A·B plus a bias row, against double. */
+    size_t f32_len = 0;
+    CHECK(kn_gemm_workspace_len(backend, 3, 2, 12, &f32_len) == KN_OK, "f32 workspace");
+    float *fws = (float *)calloc(f32_len ? f32_len : 1, sizeof(float)), bc[6] = {0}, bias[2] = {0.5f, -2.0f};
+    CHECK(kn_gemm_bias(backend, NULL, 0, 0, 3, 2, 12, a, 12, b, 2, bias, bc, 2, fws, f32_len) == KN_OK, "gemm bias");
+    for (size_t i = 0; i < 3; i++)
+        for (size_t j = 0; j < 2; j++) {
+            double want = bias[j];
+            for (size_t l = 0; l < 12; l++) want += (double)a[i * 12 + l] * b[l * 2 + j];
+            CHECK(close_to(bc[i * 2 + j], want, 1e-5), "gemm bias [%zu][%zu]", i, j);
+        }
+    free(fws);
     uint64_t flops = 0;
     CHECK(kn_fma_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "fma peak");
     CHECK(kn_bf16_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "bf16 peak");

@@ -53,7 +53,7 @@ pub struct TrainArgs {
     /// What to train on: a text file (tokenized on loading; split 90 % /
     /// 10 % into training and validation), a token shard (.bin, split the
     /// same way) or a folder of shards from `runner prepare` or llm.c
-    /// (*_train[_N].bin train, *_val[_N].bin validate) [default: the
+    /// (`*_train[_N].bin` train, `*_val[_N].bin` validate) [default: the
     /// embedded arithmetic corpus].
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
