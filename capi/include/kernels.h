@@ -171,9 +171,10 @@ int32_t kn_gemm(int32_t backend,
                 size_t workspace_len);
 
 // `C = op(A) · op(B) + bias`, the `n` floats of `bias` added to every row
-// of C in the same pass (a layer's forward product); otherwise as
-// `kn_gemm` with alpha 1 and beta 0 (C is not read), on the same
-// workspace.
+// of C (a layer's forward product; the bias is added as C is stored
+// where the path allows, the same bits as the Rust call either way);
+// otherwise as `kn_gemm` with alpha 1 and beta 0 (C is not read), with
+// `kn_gemm_workspace_len` floats of workspace.
 //
 // # Safety
 // As `kn_gemm`; `bias` covers `n` floats.
@@ -474,7 +475,8 @@ int32_t kn_gemm_bf16(int32_t backend,
 
 // `kn_gemm_bias` with A and B rounded to bf16 as they are read and the
 // products summed in f32, on the backend's bf16 unit, within the bound
-// `kn_gemm_bf16` states; the bias is added in f32.
+// `kn_gemm_bf16` states; the bias is added in f32. The workspace is
+// `kn_gemm_bf16_workspace_len` floats.
 //
 // # Safety
 // As `kn_gemm_bias`, with `kn_gemm_bf16_workspace_len` floats of
@@ -558,7 +560,8 @@ int32_t kn_gemm_bf16_packed_workspace_len(int32_t backend,
 
 // `kn_gemm_bf16` with B packed beforehand by `kn_pack_bf16` (`k × n`,
 // `slots_len` slots): the same result, bit for bit, without rounding or
-// packing B again.
+// packing B again. The workspace is `kn_gemm_bf16_packed_workspace_len`
+// floats.
 //
 // # Safety
 // As `kn_gemm` for A and C; `slots` covers `slots_len` `uint32_t`.
@@ -580,7 +583,9 @@ int32_t kn_gemm_bf16_packed(int32_t backend,
                             size_t workspace_len);
 
 // `kn_gemm_bf16_packed` with the `n` floats of `bias` added to every row
-// of C in the same pass, alpha 1 and beta 0 (C is not read).
+// of C, alpha 1 and beta 0 (C is not read): bit for bit
+// `kn_gemm_bf16_bias`. The workspace is
+// `kn_gemm_bf16_packed_workspace_len` floats.
 //
 // # Safety
 // As `kn_gemm_bf16_packed`; `bias` covers `n` floats.

@@ -234,9 +234,10 @@ pub unsafe extern "C" fn kn_gemm(
 }
 
 /// `C = op(A) · op(B) + bias`, the `n` floats of `bias` added to every row
-/// of C in the same pass (a layer's forward product); otherwise as
-/// `kn_gemm` with alpha 1 and beta 0 (C is not read), on the same
-/// workspace.
+/// of C (a layer's forward product; the bias is added as C is stored
+/// where the path allows, the same bits as the Rust call either way);
+/// otherwise as `kn_gemm` with alpha 1 and beta 0 (C is not read), with
+/// `kn_gemm_workspace_len` floats of workspace.
 ///
 /// # Safety
 /// As `kn_gemm`; `bias` covers `n` floats.
@@ -994,7 +995,8 @@ pub unsafe extern "C" fn kn_gemm_bf16(
 
 /// `kn_gemm_bias` with A and B rounded to bf16 as they are read and the
 /// products summed in f32, on the backend's bf16 unit, within the bound
-/// `kn_gemm_bf16` states; the bias is added in f32.
+/// `kn_gemm_bf16` states; the bias is added in f32. The workspace is
+/// `kn_gemm_bf16_workspace_len` floats.
 ///
 /// # Safety
 /// As `kn_gemm_bias`, with `kn_gemm_bf16_workspace_len` floats of
@@ -1160,7 +1162,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed_workspace_len(
 
 /// `kn_gemm_bf16` with B packed beforehand by `kn_pack_bf16` (`k × n`,
 /// `slots_len` slots): the same result, bit for bit, without rounding or
-/// packing B again.
+/// packing B again. The workspace is `kn_gemm_bf16_packed_workspace_len`
+/// floats.
 ///
 /// # Safety
 /// As `kn_gemm` for A and C; `slots` covers `slots_len` `uint32_t`.
@@ -1183,22 +1186,32 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
     workspace: *mut f32,
     workspace_len: size_t,
 ) -> i32 {
-    // SAFETY: forwarded.
-    unsafe {
-        packed_product(
-            (backend, exec),
-            (trans_a, m, n, k),
-            (a, lda),
-            (slots, slots_len),
-            Epilogue::Scaled(alpha, beta),
-            (c, ldc),
-            (workspace, workspace_len),
-        )
-    }
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
+        // SAFETY: forwarded.
+        let p = unsafe {
+            packed_product(
+                trans_a,
+                (m, n, k),
+                (a, lda),
+                (slots, slots_len),
+                None,
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        kernels.gemm_bf16_packed_with(&exec, alpha, p.a, p.b, beta, p.c, p.workspace)?;
+        Ok(())
+    })
 }
 
 /// `kn_gemm_bf16_packed` with the `n` floats of `bias` added to every row
-/// of C in the same pass, alpha 1 and beta 0 (C is not read).
+/// of C, alpha 1 and beta 0 (C is not read): bit for bit
+/// `kn_gemm_bf16_bias`. The workspace is
+/// `kn_gemm_bf16_packed_workspace_len` floats.
 ///
 /// # Safety
 /// As `kn_gemm_bf16_packed`; `bias` covers `n` floats.
@@ -1220,18 +1233,26 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed_bias(
     workspace: *mut f32,
     workspace_len: size_t,
 ) -> i32 {
-    // SAFETY: forwarded.
-    unsafe {
-        packed_product(
-            (backend, exec),
-            (trans_a, m, n, k),
-            (a, lda),
-            (slots, slots_len),
-            Epilogue::Bias(bias),
-            (c, ldc),
-            (workspace, workspace_len),
-        )
-    }
+    guard(|| {
+        let kernels = kernels_for(backend)?;
+        // Read before any buffer is borrowed: the struct may lie in one.
+        // SAFETY: the caller's executor pointer is valid or NULL.
+        let exec = unsafe { executor(exec) }?;
+        // SAFETY: forwarded.
+        let p = unsafe {
+            packed_product(
+                trans_a,
+                (m, n, k),
+                (a, lda),
+                (slots, slots_len),
+                Some(bias),
+                (c, ldc),
+                (workspace, workspace_len),
+            )
+        }?;
+        kernels.gemm_bf16_packed_bias_with(&exec, p.a, p.b, p.bias, p.c, p.workspace)?;
+        Ok(())
+    })
 }
 
 /// Runs `iters` rounds (at most 2^28) of the backend's independent f32
@@ -1325,66 +1346,60 @@ unsafe fn product<'a, T, O>(
     })
 }
 
-/// What a packed product does with C: `C = alpha · A·B + beta · C`, or
-/// `C = A·B + bias` (a row of `n` floats).
-enum Epilogue {
-    Scaled(f32, f32),
-    Bias(*const f32),
+/// The views of a packed product's operands, checked, and the bias of
+/// the bias-fused form (empty for the other).
+struct PackedProduct<'a> {
+    a: MatRef<'a>,
+    b: PackedBf16<'a>,
+    bias: &'a [f32],
+    c: MatMut<'a>,
+    workspace: &'a mut [f32],
 }
 
-/// `kn_gemm_bf16_packed` and its bias-fused form: A (`m × k`, stored
-/// transposed where `trans_a` is 1) times the packed `k × n` operand in
-/// `slots`, into C as `epilogue` says.
+/// The operands of `kn_gemm_bf16_packed` and its bias-fused form as
+/// views: A (`m × k`, stored transposed where `trans_a` is 1), the packed
+/// `k × n` operand in `slots`, the `n` floats of `bias` where it is
+/// given, and C.
 ///
 /// # Safety
-/// As `kn_gemm_bf16_packed`; a bias covers `n` floats.
-unsafe fn packed_product(
-    (backend, exec): (i32, *const kn_executor),
-    (trans_a, m, n, k): (i32, usize, usize, usize),
+/// As `kn_gemm_bf16_packed`; `bias`, if given, covers `n` floats.
+unsafe fn packed_product<'a>(
+    trans_a: i32,
+    (m, n, k): (usize, usize, usize),
     (a, lda): (*const f32, usize),
     (slots, slots_len): (*const u32, usize),
-    epilogue: Epilogue,
+    bias: Option<*const f32>,
     (c, ldc): (*mut f32, usize),
     (workspace, workspace_len): (*mut f32, usize),
-) -> i32 {
-    guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
-        // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
-        let (rows, cols) = stored(m, k, trans_a)?;
-        let a = matrix(a, rows, cols, lda)?;
-        let slots = input(slots, slots_len)?;
-        let bias = match epilogue {
-            Epilogue::Bias(bias) => input(bias, n)?,
-            Epilogue::Scaled(..) => input(std::ptr::null(), 0)?,
-        };
-        let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
-        let workspace = output(workspace, workspace_len)?;
-        disjoint(c.span, &[a.span, slots.span, bias.span])?;
-        disjoint(workspace.span, &[a.span, c.span, slots.span, bias.span])?;
-        // SAFETY: forwarded; the outputs overlap nothing (checked above).
-        let (a, slots, bias, c, workspace) = unsafe {
-            (
-                a.slice(),
-                slots.slice(),
-                bias.slice(),
-                c.slice_mut(),
-                workspace.slice_mut(),
-            )
-        };
-        let a = transposed(MatRef::strided(a, rows, cols, lda)?, trans_a);
-        let b = PackedBf16::new(slots, k, n)?;
-        let c = MatMut::strided(c, m, n, ldc)?;
-        match epilogue {
-            Epilogue::Scaled(alpha, beta) => {
-                kernels.gemm_bf16_packed_with(&exec, alpha, a, b, beta, c, workspace)?
-            }
-            Epilogue::Bias(_) => {
-                kernels.gemm_bf16_packed_bias_with(&exec, a, b, bias, c, workspace)?
-            }
-        }
-        Ok(())
+) -> Result<PackedProduct<'a>, Status> {
+    let (rows, cols) = stored(m, k, trans_a)?;
+    let a = matrix(a, rows, cols, lda)?;
+    let slots = input(slots, slots_len)?;
+    let bias = match bias {
+        Some(bias) => input(bias, n)?,
+        None => input(std::ptr::null(), 0)?,
+    };
+    let c = output(c, MatRef::strided_len(m, n, ldc)?)?;
+    let workspace = output(workspace, workspace_len)?;
+    disjoint(c.span, &[a.span, slots.span, bias.span])?;
+    disjoint(workspace.span, &[a.span, c.span, slots.span, bias.span])?;
+    // SAFETY: the caller's pointers cover what their lengths and shapes
+    // say; the outputs overlap nothing (checked above).
+    let (a, slots, bias, c, workspace) = unsafe {
+        (
+            a.slice(),
+            slots.slice(),
+            bias.slice(),
+            c.slice_mut(),
+            workspace.slice_mut(),
+        )
+    };
+    Ok(PackedProduct {
+        a: transposed(MatRef::strided(a, rows, cols, lda)?, trans_a),
+        b: PackedBf16::new(slots, k, n)?,
+        bias,
+        c: MatMut::strided(c, m, n, ldc)?,
+        workspace,
     })
 }
 

@@ -1763,135 +1763,214 @@ fn the_executor_is_checked_and_read_once() {
 }
 
 /// The bias-fused products: each is its Rust call, bit for bit, on the
-/// host executor (C NaN-filled beforehand: it is written, not read); the
-/// f32 one is within rounding of an f64 loop; a bias inside C is refused
-/// with C left as it was.
+/// host executor (C NaN-filled beforehand: it is written, not read), on
+/// shapes of many rows and of few (whose bias is added after the
+/// product), with A read as stored or transposed; the packed one is the
+/// unpacked one bit for bit; the f32 one is within rounding of an f64
+/// loop; a bias inside C or the workspace is refused with the output left
+/// as it was; no columns take a NULL bias.
 #[test]
 fn bias_products_are_the_rust_calls() {
     use kernels::{MatMut, PackedBf16, Sequential};
     let backend = kn_detected_backend();
     let k = kernels::Kernels::best();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    // Odd sizes: edge tiles on every side. B is stored n × k (transposed).
-    let (m, n, kk) = (37, 29, 53);
-    let (a, b, bias) = (values(m * kk, 11), values(n * kk, 12), values(n, 13));
-    let (mut ws_len, mut slots_len, mut packed_ws_len) = (0, 0, 0);
-    // SAFETY (every call): each buffer holds what its length says.
-    unsafe {
-        let mut f32_ws = 0;
-        assert_eq!(kn_gemm_workspace_len(backend, m, n, kk, &mut f32_ws), KN_OK);
-        assert_eq!(
-            kn_gemm_bf16_workspace_len(backend, m, n, kk, &mut ws_len),
-            KN_OK
-        );
-        ws_len = ws_len.max(f32_ws);
-        assert_eq!(kn_packed_bf16_len(kk, n, &mut slots_len), KN_OK);
-        assert_eq!(
-            kn_gemm_bf16_packed_workspace_len(backend, m, n, kk, &mut packed_ws_len),
-            KN_OK
-        );
-    }
-    let mut ws = vec![0.0; ws_len.max(packed_ws_len)];
     let exec = host();
-    let (av, bv) = (
-        MatRef::new(&a, m, kk).unwrap(),
-        MatRef::new(&b, n, kk).unwrap().t(),
-    );
-    let run = |call: &dyn Fn(*mut f32, *mut f32) -> i32| {
-        let mut got = vec![f32::NAN; m * n];
-        let mut scratch = vec![0.0; ws_len.max(packed_ws_len)];
-        assert_eq!(call(got.as_mut_ptr(), scratch.as_mut_ptr()), KN_OK);
-        got
-    };
-    let ws_all = ws_len.max(packed_ws_len);
-
-    // f32.
-    // SAFETY: A is m × k, B n × k (transposed), bias n, C m × n, workspace as asked.
-    let got = run(&|c, w| unsafe {
-        kn_gemm_bias(
-            backend,
-            &exec,
-            0,
-            1,
-            m,
-            n,
-            kk,
-            a.as_ptr(),
-            kk,
-            b.as_ptr(),
-            kk,
-            bias.as_ptr(),
-            c,
-            n,
-            w,
-            ws_all,
-        )
-    });
-    let mut want = vec![f32::NAN; m * n];
-    let c = MatMut::new(&mut want, m, n).unwrap();
-    k.gemm_bias_with(&Sequential, av, bv, &bias, c, &mut ws)
-        .unwrap();
-    assert_eq!(bits(&got), bits(&want));
-    for i in 0..m {
-        for j in 0..n {
-            let dot: f64 = (0..kk)
-                .map(|p| a[i * kk + p] as f64 * b[j * kk + p] as f64)
-                .sum();
-            let exact = dot + bias[j] as f64;
-            let scale: f64 = (0..kk)
-                .map(|p| (a[i * kk + p] * b[j * kk + p]).abs() as f64)
-                .sum();
-            let err = (got[i * n + j] as f64 - exact).abs();
-            assert!(err <= (kk as f64 + 2.0) * 6e-8 * (scale + bias[j].abs() as f64));
+    // Odd sizes: edge tiles on every side. B is stored n × k (used
+    // transposed); A is stored m × k, or k × m where `trans_a` is 1.
+    for (m, n, kk, trans_a) in [(37, 29, 53, 0), (3, 29, 53, 1), (37, 5, 17, 1)] {
+        let (a, b, bias) = (values(m * kk, 11), values(n * kk, 12), values(n, 13));
+        let lda = if trans_a == 1 { m } else { kk };
+        let (mut f32_ws, mut bf16_ws, mut packed_ws, mut slots_len) = (0, 0, 0, 0);
+        // SAFETY (every call): each pointer is a writable size_t.
+        unsafe {
+            assert_eq!(kn_gemm_workspace_len(backend, m, n, kk, &mut f32_ws), KN_OK);
+            assert_eq!(
+                kn_gemm_bf16_workspace_len(backend, m, n, kk, &mut bf16_ws),
+                KN_OK
+            );
+            assert_eq!(
+                kn_gemm_bf16_packed_workspace_len(backend, m, n, kk, &mut packed_ws),
+                KN_OK
+            );
+            assert_eq!(kn_packed_bf16_len(kk, n, &mut slots_len), KN_OK);
         }
+        let stored_a = if trans_a == 1 {
+            MatRef::new(&a, kk, m).unwrap().t()
+        } else {
+            MatRef::new(&a, m, kk).unwrap()
+        };
+        let bv = MatRef::new(&b, n, kk).unwrap().t();
+        // Each call gets exactly the workspace its length function gives.
+        let run = |ws_len: usize, call: &dyn Fn(*mut f32, *mut f32) -> i32| {
+            let mut got = vec![f32::NAN; m * n];
+            let mut ws = vec![0.0; ws_len];
+            assert_eq!(call(got.as_mut_ptr(), ws.as_mut_ptr()), KN_OK);
+            got
+        };
+        let mut ws = vec![0.0; f32_ws.max(bf16_ws).max(packed_ws)];
+
+        // f32.
+        // SAFETY: A, B, bias, C and the workspace cover what their shapes say.
+        let got = run(f32_ws, &|c, w| unsafe {
+            kn_gemm_bias(
+                backend,
+                &exec,
+                trans_a,
+                1,
+                m,
+                n,
+                kk,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                kk,
+                bias.as_ptr(),
+                c,
+                n,
+                w,
+                f32_ws,
+            )
+        });
+        let mut want = vec![f32::NAN; m * n];
+        let c = MatMut::new(&mut want, m, n).unwrap();
+        k.gemm_bias_with(&Sequential, stored_a, bv, &bias, c, &mut ws)
+            .unwrap();
+        assert_eq!(bits(&got), bits(&want), "{m}×{n}×{kk}");
+        let at = |i: usize, p: usize| {
+            if trans_a == 1 {
+                a[p * m + i]
+            } else {
+                a[i * kk + p]
+            }
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..kk).map(|p| at(i, p) as f64 * b[j * kk + p] as f64);
+                let exact = terms.clone().sum::<f64>() + bias[j] as f64;
+                let scale = terms.map(f64::abs).sum::<f64>() + (bias[j] as f64).abs();
+                let err = (got[i * n + j] as f64 - exact).abs();
+                assert!(err <= (kk as f64 + 2.0) * 6e-8 * scale, "[{i}][{j}]");
+            }
+        }
+
+        // bf16 products of f32 operands, unpacked and packed.
+        // SAFETY: as above.
+        let got = run(bf16_ws, &|c, w| unsafe {
+            kn_gemm_bf16_bias(
+                backend,
+                &exec,
+                trans_a,
+                1,
+                m,
+                n,
+                kk,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                kk,
+                bias.as_ptr(),
+                c,
+                n,
+                w,
+                bf16_ws,
+            )
+        });
+        let mut want = vec![f32::NAN; m * n];
+        let c = MatMut::new(&mut want, m, n).unwrap();
+        k.gemm_bf16_bias_with(&Sequential, stored_a, bv, &bias, c, &mut ws)
+            .unwrap();
+        assert_eq!(bits(&got), bits(&want), "{m}×{n}×{kk}");
+        let mut slots = vec![0u32; slots_len];
+        // SAFETY: B is n × k, used transposed; the slots as asked.
+        let packed = unsafe {
+            kn_pack_bf16(
+                backend,
+                1,
+                kk,
+                n,
+                b.as_ptr(),
+                kk,
+                slots.as_mut_ptr(),
+                slots_len,
+            )
+        };
+        assert_eq!(packed, KN_OK);
+        // SAFETY: as above.
+        let got_packed = run(packed_ws, &|c, w| unsafe {
+            kn_gemm_bf16_packed_bias(
+                backend,
+                &exec,
+                trans_a,
+                m,
+                n,
+                kk,
+                a.as_ptr(),
+                lda,
+                slots.as_ptr(),
+                slots_len,
+                bias.as_ptr(),
+                c,
+                n,
+                w,
+                packed_ws,
+            )
+        });
+        assert_eq!(bits(&got_packed), bits(&got), "packed, {m}×{n}×{kk}");
+        let mut want = vec![f32::NAN; m * n];
+        let c = MatMut::new(&mut want, m, n).unwrap();
+        let pb = PackedBf16::new(&slots, kk, n).unwrap();
+        k.gemm_bf16_packed_bias_with(&Sequential, stored_a, pb, &bias, c, &mut ws)
+            .unwrap();
+        assert_eq!(bits(&got_packed), bits(&want), "packed, {m}×{n}×{kk}");
     }
 
-    // bf16 products of f32 operands.
+    // A bias inside C or inside the workspace: refused, the outputs as
+    // they were.
+    let (m, n, kk) = (4, 8, 8);
+    let (a, b) = (values(m * kk, 14), values(kk * n, 15));
+    let mut f32_ws = 0;
+    // SAFETY: a writable size_t.
+    assert_eq!(
+        unsafe { kn_gemm_workspace_len(backend, m, n, kk, &mut f32_ws) },
+        KN_OK
+    );
+    let mut c = vec![0.25f32; m * n];
+    let mut ws = vec![0.5f32; f32_ws.max(n)];
+    let (c_ptr, ws_ptr) = (c.as_mut_ptr(), ws.as_mut_ptr());
+    for (bias, what) in [
+        (c_ptr.cast_const(), "C"),
+        (ws_ptr.cast_const(), "workspace"),
+    ] {
+        // SAFETY: every pointer covers its length; the overlap is the point.
+        let status = unsafe {
+            kn_gemm_bias(
+                backend,
+                &exec,
+                0,
+                0,
+                m,
+                n,
+                kk,
+                a.as_ptr(),
+                kk,
+                b.as_ptr(),
+                n,
+                bias,
+                c_ptr,
+                n,
+                ws_ptr,
+                ws.len(),
+            )
+        };
+        assert_eq!(status, KN_ERR_ARGUMENT, "a bias inside the {what}");
+    }
+    let mut slots_len = 0;
+    // SAFETY: a writable size_t.
+    assert_eq!(unsafe { kn_packed_bf16_len(kk, n, &mut slots_len) }, KN_OK);
+    let slots = vec![0u32; slots_len];
     // SAFETY: as above.
-    let got = run(&|c, w| unsafe {
-        kn_gemm_bf16_bias(
-            backend,
-            &exec,
-            0,
-            1,
-            m,
-            n,
-            kk,
-            a.as_ptr(),
-            kk,
-            b.as_ptr(),
-            kk,
-            bias.as_ptr(),
-            c,
-            n,
-            w,
-            ws_all,
-        )
-    });
-    let mut want = vec![f32::NAN; m * n];
-    let c = MatMut::new(&mut want, m, n).unwrap();
-    k.gemm_bf16_bias_with(&Sequential, av, bv, &bias, c, &mut ws)
-        .unwrap();
-    assert_eq!(bits(&got), bits(&want));
-
-    // B packed once.
-    let mut slots = vec![0u32; slots_len];
-    // SAFETY: B is n × k, used transposed; the slots as asked.
-    let packed = unsafe {
-        kn_pack_bf16(
-            backend,
-            1,
-            kk,
-            n,
-            b.as_ptr(),
-            kk,
-            slots.as_mut_ptr(),
-            slots_len,
-        )
-    };
-    assert_eq!(packed, KN_OK);
-    // SAFETY: as above.
-    let got = run(&|c, w| unsafe {
+    let status = unsafe {
         kn_gemm_bf16_packed_bias(
             backend,
             &exec,
@@ -1903,44 +1982,39 @@ fn bias_products_are_the_rust_calls() {
             kk,
             slots.as_ptr(),
             slots_len,
-            bias.as_ptr(),
-            c,
+            c_ptr.cast_const(),
+            c_ptr,
             n,
-            w,
-            ws_all,
+            ws_ptr,
+            ws.len(),
         )
-    });
-    let mut want = vec![f32::NAN; m * n];
-    let c = MatMut::new(&mut want, m, n).unwrap();
-    let pb = PackedBf16::new(&slots, kk, n).unwrap();
-    k.gemm_bf16_packed_bias_with(&Sequential, av, pb, &bias, c, &mut ws)
-        .unwrap();
-    assert_eq!(bits(&got), bits(&want));
+    };
+    assert_eq!(status, KN_ERR_ARGUMENT, "a packed product's bias inside C");
+    assert!(c.iter().all(|&x| x == 0.25) && ws.iter().all(|&x| x == 0.5));
 
-    // A bias that lies inside C: refused, C untouched.
-    let mut c = vec![0.25f32; m * n];
-    let inside = c.as_ptr();
-    // SAFETY: every pointer covers its length; the overlap is the point.
+    // No columns: a NULL bias of length 0 is fine, and C (no elements) is
+    // left alone.
+    let mut ws = vec![0.0f32; f32_ws];
+    // SAFETY: A covers m × k; B, the bias and C are empty.
     let status = unsafe {
         kn_gemm_bias(
             backend,
             &exec,
             0,
-            1,
+            0,
             m,
-            n,
+            0,
             kk,
             a.as_ptr(),
             kk,
-            b.as_ptr(),
-            kk,
-            inside,
-            c.as_mut_ptr(),
-            n,
+            std::ptr::null(),
+            1,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            1,
             ws.as_mut_ptr(),
-            ws_all,
+            ws.len(),
         )
     };
-    assert_eq!(status, KN_ERR_ARGUMENT);
-    assert!(c.iter().all(|&x| x == 0.25));
+    assert_eq!(status, KN_OK);
 }

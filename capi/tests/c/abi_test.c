@@ -144,6 +144,12 @@ static void test_others(int backend) {
         double gd = 0.5 * dn * (1 + tanh(k0 * (dn + 0.044715 * dn * dn * dn)));
         CHECK(close_to(y[i], 1.0 + b[i] * (gu - gd) / (2 * h), 1e-4), "gelu backward [%zu]", i);
     }
+    /* Written rather than added: what adding into zeros gives. */
+    float added[N] = {0}, written[N];
+    for (size_t i = 0; i < N; i++) written[i] = NAN;
+    CHECK(kn_gelu_backward(backend, a, b, added, N) == KN_OK, "gelu backward");
+    CHECK(kn_gelu_backward_into(backend, a, b, written, N) == KN_OK, "gelu backward into");
+    for (size_t i = 0; i < N; i++) CHECK(written[i] == added[i], "gelu backward into [%zu]", i);
     CHECK(kn_exp(backend, a, out, N) == KN_OK, "exp");
     for (size_t i = 0; i < N; i++) CHECK(close_to(out[i], exp(a[i]), 1e-6), "exp [%zu]", i);
     CHECK(kn_tanh(backend, a, out, N) == KN_OK, "tanh");
@@ -243,6 +249,30 @@ static void test_others(int backend) {
             CHECK(close_to(bc[i * 2 + j], want, 1e-5), "gemm bias [%zu][%zu]", i, j);
         }
     free(fws);
+    /* The bf16 bias products, unpacked and packed, bit for bit alike and
+       within the bf16 bound of the f64 sum. */
+    size_t bf16_len = 0;
+    CHECK(kn_packed_bf16_len(12, 2, &slots_len) == KN_OK, "packed length");
+    CHECK(kn_gemm_bf16_workspace_len(backend, 3, 2, 12, &bf16_len) == KN_OK, "bf16 workspace");
+    CHECK(kn_gemm_bf16_packed_workspace_len(backend, 3, 2, 12, &packed_ws_len) == KN_OK, "packed workspace");
+    slots = (uint32_t *)calloc(slots_len ? slots_len : 1, sizeof(uint32_t));
+    float *bws = (float *)calloc(bf16_len ? bf16_len : 1, sizeof(float));
+    pws = (float *)calloc(packed_ws_len ? packed_ws_len : 1, sizeof(float));
+    float bbc[6] = {0}, pbc[6] = {0};
+    CHECK(kn_pack_bf16(backend, 0, 12, 2, b, 2, slots, slots_len) == KN_OK, "pack");
+    CHECK(kn_gemm_bf16_bias(backend, NULL, 0, 0, 3, 2, 12, a, 12, b, 2, bias, bbc, 2, bws, bf16_len) == KN_OK, "gemm bf16 bias");
+    CHECK(kn_gemm_bf16_packed_bias(backend, NULL, 0, 3, 2, 12, a, 12, slots, slots_len, bias, pbc, 2, pws, packed_ws_len) == KN_OK, "packed gemm bias");
+    CHECK(memcmp(bbc, pbc, sizeof bbc) == 0, "packed B changed the bias product's bits");
+    for (size_t i = 0; i < 6; i++) CHECK(close_to(bbc[i], c[i] + bias[i % 2], 1e-5), "gemm bf16 bias [%zu]", i);
+    free(slots), free(bws), free(pws);
+    /* Operands and C held in bf16: the f32 product rounded once. */
+    kn_bf16 sc[6] = {{0}}, rc[6] = {{0}};
+    CHECK(kn_gemm_bf16_workspace_len(backend, 3, 2, 12, &bf16_len) == KN_OK, "bf16 workspace");
+    bws = (float *)calloc(bf16_len ? bf16_len : 1, sizeof(float));
+    CHECK(kn_gemm_bf16_stored(backend, NULL, 0, 0, 3, 2, 12, 1.0f, ra, 12, rb, 2, 0.0f, sc, 2, bws, bf16_len) == KN_OK, "gemm bf16 stored");
+    CHECK(kn_f32_to_bf16(backend, c, rc, 6) == KN_OK, "round C");
+    CHECK(memcmp(sc, rc, sizeof sc) == 0, "stored C is not the f32 product rounded once");
+    free(bws);
     uint64_t flops = 0;
     CHECK(kn_fma_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "fma peak");
     CHECK(kn_bf16_peak_loop(backend, 10, &flops) == KN_OK && flops > 0, "bf16 peak");
