@@ -1810,33 +1810,67 @@ fn bias_products_are_the_rust_calls() {
         };
         let mut ws = vec![0.0; f32_ws.max(bf16_ws).max(packed_ws)];
 
-        // f32.
-        // SAFETY: A, B, bias, C and the workspace cover what their shapes say.
-        let got = run(f32_ws, &|c, w| unsafe {
-            kn_gemm_bias(
-                backend,
-                &exec,
-                trans_a,
-                1,
-                m,
-                n,
-                kk,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                kk,
-                bias.as_ptr(),
-                c,
-                n,
-                w,
-                f32_ws,
-            )
-        });
-        let mut want = vec![f32::NAN; m * n];
-        let c = MatMut::new(&mut want, m, n).unwrap();
-        k.gemm_bias_with(&Sequential, stored_a, bv, &bias, c, &mut ws)
-            .unwrap();
-        assert_eq!(bits(&got), bits(&want), "{m}×{n}×{kk}");
+        // The two unpacked products share a signature: f32, then bf16
+        // products of f32 operands, each against its Rust call.
+        type BiasProduct = unsafe extern "C" fn(
+            i32,
+            *const kn_executor,
+            i32,
+            i32,
+            usize,
+            usize,
+            usize,
+            *const f32,
+            usize,
+            *const f32,
+            usize,
+            *const f32,
+            *mut f32,
+            usize,
+            *mut f32,
+            usize,
+        ) -> i32;
+        type RustBiasProduct<'a> =
+            &'a dyn Fn(MatMut, &mut [f32]) -> Result<(), kernels::KernelError>;
+        let f32_rust: RustBiasProduct =
+            &|c, ws| k.gemm_bias_with(&Sequential, stored_a, bv, &bias, c, ws);
+        let bf16_rust: RustBiasProduct =
+            &|c, ws| k.gemm_bf16_bias_with(&Sequential, stored_a, bv, &bias, c, ws);
+        let unpacked: [(BiasProduct, RustBiasProduct, usize); 2] = [
+            (kn_gemm_bias, f32_rust, f32_ws),
+            (kn_gemm_bf16_bias, bf16_rust, bf16_ws),
+        ];
+        let mut results = Vec::new();
+        for (abi, rust, ws_len) in unpacked {
+            // SAFETY: A, B, bias, C and the workspace cover what their
+            // shapes say.
+            let got = run(ws_len, &|c, w| unsafe {
+                abi(
+                    backend,
+                    &exec,
+                    trans_a,
+                    1,
+                    m,
+                    n,
+                    kk,
+                    a.as_ptr(),
+                    lda,
+                    b.as_ptr(),
+                    kk,
+                    bias.as_ptr(),
+                    c,
+                    n,
+                    w,
+                    ws_len,
+                )
+            });
+            let mut want = vec![f32::NAN; m * n];
+            rust(MatMut::new(&mut want, m, n).unwrap(), &mut ws).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{m}×{n}×{kk}");
+            results.push(got);
+        }
+        let [got_f32, got] = <[Vec<f32>; 2]>::try_from(results).unwrap();
+        // The f32 product within rounding of an f64 loop.
         let at = |i: usize, p: usize| {
             if trans_a == 1 {
                 a[p * m + i]
@@ -1849,38 +1883,12 @@ fn bias_products_are_the_rust_calls() {
                 let terms = (0..kk).map(|p| at(i, p) as f64 * b[j * kk + p] as f64);
                 let exact = terms.clone().sum::<f64>() + bias[j] as f64;
                 let scale = terms.map(f64::abs).sum::<f64>() + (bias[j] as f64).abs();
-                let err = (got[i * n + j] as f64 - exact).abs();
+                let err = (got_f32[i * n + j] as f64 - exact).abs();
                 assert!(err <= (kk as f64 + 2.0) * 6e-8 * scale, "[{i}][{j}]");
             }
         }
 
-        // bf16 products of f32 operands, unpacked and packed.
-        // SAFETY: as above.
-        let got = run(bf16_ws, &|c, w| unsafe {
-            kn_gemm_bf16_bias(
-                backend,
-                &exec,
-                trans_a,
-                1,
-                m,
-                n,
-                kk,
-                a.as_ptr(),
-                lda,
-                b.as_ptr(),
-                kk,
-                bias.as_ptr(),
-                c,
-                n,
-                w,
-                bf16_ws,
-            )
-        });
-        let mut want = vec![f32::NAN; m * n];
-        let c = MatMut::new(&mut want, m, n).unwrap();
-        k.gemm_bf16_bias_with(&Sequential, stored_a, bv, &bias, c, &mut ws)
-            .unwrap();
-        assert_eq!(bits(&got), bits(&want), "{m}×{n}×{kk}");
+        // B packed once: the unpacked bf16 product, bit for bit.
         let mut slots = vec![0u32; slots_len];
         // SAFETY: B is n × k, used transposed; the slots as asked.
         let packed = unsafe {

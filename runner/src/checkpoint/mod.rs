@@ -431,17 +431,14 @@ pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Er
 /// another save beside this `model.safetensors` would continue with the
 /// wrong moments. A state saved before the hash was kept matches any.
 pub fn check_run_matches(dir: &Path, model: &Gpt) -> Result<(), Error> {
-    let saved = run_state::read_progress(dir, TRAINING_FILE)?;
-    if saved
-        .weights_hash
-        .is_some_and(|hash| hash != run_state::weights_hash(model.params()))
-    {
-        return Err(Error::checkpoint(
+    let saved = run_state::read_progress(dir, TRAINING_FILE)?.weights_hash;
+    match saved {
+        Some(hash) if hash != run_state::weights_hash(model.params()) => Err(Error::checkpoint(
             dir,
             format!(
                 "{TRAINING_FILE} was saved with other weights than {MODEL_FILE} (from another save?): resume from a checkpoint saved whole, or start from these weights with --init-from"
             ),
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }

@@ -311,8 +311,7 @@ pub fn check_not_a_shard(path: &Path, advice: &str) -> Result<(), Error> {
 /// memory tokenized.
 fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
     let (usable, whose) = crate::memory::usable_bytes();
-    // Its bytes and, at most, a 4-byte token for each (as `check_text_fits`).
-    let most = usable / 5;
+    let most = usable / TEXT_BYTES_IN_MEMORY;
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(most.saturating_add(1)).read_to_end(&mut bytes))
@@ -333,11 +332,15 @@ fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
+/// Memory a text takes read whole and tokenized, per byte of it: the byte
+/// and, at most, a 4-byte token.
+const TEXT_BYTES_IN_MEMORY: u64 = 5;
+
 /// Refuses a text of `size` bytes that would not fit in memory read whole
-/// and tokenized: its bytes and, at most, a 4-byte token for each.
+/// and tokenized ([`TEXT_BYTES_IN_MEMORY`] a byte).
 fn check_text_fits(path: &Path, size: u64) -> Result<(), Error> {
     crate::memory::check_fits(
-        size.saturating_mul(5),
+        size.saturating_mul(TEXT_BYTES_IN_MEMORY),
         &format!(
             "the {:.1} GiB text {} read whole and tokenized; `runner prepare` streams a text into token shards",
             crate::metrics::gib(size as f64),

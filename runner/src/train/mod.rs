@@ -469,17 +469,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     for warning in &s.warnings {
         log::warn!("{warning}");
     }
-    if s.resume.is_some() {
-        // A schedule that may grow is not silently changed.
-        let moved = saved.filter(|saved| saved.total_steps != s.steps);
-        if let Some(saved) = moved.filter(|_| rank == 0) {
-            log::warn!(
-                "--steps {} is not the checkpoint's {}: the learning rate's decay now ends at step {} instead",
-                s.steps,
-                saved.total_steps,
-                s.steps
-            );
-        }
+    // A resumed schedule (`saved`) that may grow is not silently changed.
+    let moved = saved.filter(|saved| saved.total_steps != s.steps);
+    if let Some(saved) = moved.filter(|_| rank == 0) {
+        log::warn!(
+            "--steps {} is not the checkpoint's {}: the learning rate's decay now ends at step {} instead",
+            s.steps,
+            saved.total_steps,
+            s.steps
+        );
     }
     // The outputs were checked up front; the run is accepted, so the JSON
     // file may now be replaced.
