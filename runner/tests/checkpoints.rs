@@ -469,6 +469,16 @@ fn the_run_schedule_round_trips() {
     };
     let with = dir.join("with");
     checkpoint::save(&with, &model, Some(&state)).unwrap();
+    // The same model and state save to the same bytes.
+    let again = dir.join("again");
+    checkpoint::save(&again, &model, Some(&state)).unwrap();
+    for file in ["model.safetensors", "training.safetensors"] {
+        assert_eq!(
+            fs::read(with.join(file)).unwrap(),
+            fs::read(again.join(file)).unwrap(),
+            "{file}"
+        );
+    }
     let loaded = checkpoint::load_run(&with, model.params().len()).unwrap();
     assert_eq!((loaded.step, loaded.rng_state), (7, 42));
     assert_eq!(loaded.schedule, Some(schedule));

@@ -4,14 +4,15 @@
 //! fails), the parent fsynced, and only then the old one deleted. A crash
 //! at any point leaves either the old directory or the new one whole.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use log::warn;
 use safetensors::tensor::View;
-use safetensors::SafeTensorError;
+use serde_json::json;
 
 use crate::error::Error;
 use crate::metrics::mib;
@@ -451,18 +452,43 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// Writes `tensors` and `metadata` as the safetensors file `path`,
 /// streamed (the file is never whole in memory, so saving a model that
 /// fills memory needs no second copy of it), then flushes it to disk.
+///
+/// The header is written here, not by the safetensors crate, whose
+/// metadata map comes out in a random order: with its keys sorted, the
+/// same tensors always save to the same bytes.
 pub fn write_tensors_synced<V: View>(
     path: &Path,
-    tensors: Vec<(String, V)>,
-    metadata: HashMap<String, String>,
+    mut tensors: Vec<(String, V)>,
+    metadata: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| match e {
-        SafeTensorError::IoError(e) => Error::io(path, e),
-        other => Error::checkpoint(path, other.to_string()),
-    })?;
-    fs::File::open(path)
-        .and_then(|file| file.sync_all())
-        .map_err(|e| Error::io(path, e))
+    // Widest types first, as the crate does, so every tensor stays aligned
+    // to its element.
+    tensors.sort_by_key(|(_, tensor)| Reverse(tensor.dtype()));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".to_string(), json!(metadata));
+    let mut offset = 0;
+    for (name, tensor) in &tensors {
+        let end = offset + tensor.data_len();
+        let info = json!({"dtype": tensor.dtype(), "shape": tensor.shape(), "data_offsets": [offset, end]});
+        if header.insert(name.clone(), info).is_some() {
+            return Err(Error::checkpoint(path, format!("two tensors named {name}")));
+        }
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header).expect("JSON of plain values");
+    // Padded with spaces so the data starts 8-byte aligned.
+    header.resize(header.len().next_multiple_of(8), b' ');
+
+    let write = || -> std::io::Result<()> {
+        let mut file = BufWriter::new(fs::File::create(path)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for (_, tensor) in &tensors {
+            file.write_all(&tensor.data())?;
+        }
+        file.into_inner()?.sync_all()
+    };
+    write().map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -475,6 +501,59 @@ mod tests {
         let _ = fs::remove_dir_all(&parent);
         fs::create_dir_all(&parent).unwrap();
         parent
+    }
+
+    #[test]
+    fn tensors_save_to_the_same_bytes_and_read_back_with_the_crate() {
+        use safetensors::tensor::TensorView;
+        use safetensors::{Dtype, SafeTensors};
+
+        let dir = fresh_parent("tensors");
+        let (wide, narrow) = ([1.5f64, -2.0], [7u16, 8, 9]);
+        let (wide, narrow) = (bytemuck::bytes_of(&wide), bytemuck::bytes_of(&narrow));
+        let tensors = || {
+            vec![
+                (
+                    "b".to_string(),
+                    TensorView::new(Dtype::U16, vec![3], narrow).unwrap(),
+                ),
+                (
+                    "a".to_string(),
+                    TensorView::new(Dtype::F64, vec![2, 1], wide).unwrap(),
+                ),
+            ]
+        };
+        let meta: BTreeMap<_, _> = (0..20)
+            .map(|i| (format!("key{i}"), i.to_string()))
+            .collect();
+        let (first, second) = (dir.join("first"), dir.join("second"));
+        write_tensors_synced(&first, tensors(), meta.clone()).unwrap();
+        write_tensors_synced(&second, tensors(), meta.clone()).unwrap();
+        let bytes = fs::read(&first).unwrap();
+        assert_eq!(bytes, fs::read(&second).unwrap());
+
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0);
+        let read = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let read_meta = header.metadata().clone().unwrap();
+        assert_eq!(read_meta.into_iter().collect::<BTreeMap<_, _>>(), meta);
+        let a = read.tensor("a").unwrap();
+        assert_eq!(
+            (a.dtype(), a.shape(), a.data()),
+            (Dtype::F64, &[2, 1][..], wide)
+        );
+        let b = read.tensor("b").unwrap();
+        assert_eq!(
+            (b.dtype(), b.shape(), b.data()),
+            (Dtype::U16, &[3][..], narrow)
+        );
+        // The wider type first: the narrow one after it cannot misalign it.
+        assert_eq!(&bytes[8 + header_len..][..wide.len()], wide);
+
+        let twice = vec![tensors().remove(0), tensors().remove(0)];
+        let err = write_tensors_synced(&dir.join("twice"), twice, meta).unwrap_err();
+        assert!(err.to_string().contains("two tensors named b"), "{err}");
     }
 
     /// The names in `dir`.

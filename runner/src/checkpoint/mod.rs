@@ -10,11 +10,12 @@ mod files;
 mod hf;
 mod run_state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
 
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
@@ -129,7 +130,7 @@ fn write_checkpoint(
         .collect::<Vec<_>>();
     // `format` is what transformers checks; `n_head` is ours: the weights
     // have the same shapes for any head count that divides the width.
-    let meta = HashMap::from([
+    let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         (HEADS_KEY.to_string(), model.config.heads.to_string()),
     ]);
@@ -253,7 +254,13 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         check_tensor(dir, &t.name, &t.shape, &dtype, view.shape())?;
         views.push(view);
     }
-    check_heads(dir, &cfg, &files::header(dir, MODEL_FILE)?)?;
+    // From the bytes just parsed, not the file again: it may have changed.
+    let (_, header) = SafeTensors::read_metadata(&bytes).expect("parsed above");
+    let saved_heads = header
+        .metadata()
+        .as_ref()
+        .and_then(|meta| meta.get(HEADS_KEY));
+    check_heads(dir, &cfg, saved_heads.map(String::as_str))?;
     let mut params = Arena::zeros(cfg.param_floats());
     for (t, view) in layout.iter().zip(&views) {
         let values = &mut params[t.range.clone()];
@@ -385,22 +392,18 @@ pub fn check_weights_fit(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
             .unwrap_or_default();
         check_tensor(dir, &t.name, &t.shape, dtype, &shape)?;
     }
-    check_heads(dir, cfg, &header)
+    let saved_heads = header
+        .get("__metadata__")
+        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
+    check_heads(dir, cfg, saved_heads)
 }
 
 /// Refuses a `config.json` (read as `cfg`) whose `n_head` is not the head
-/// count `model.safetensors` records in the metadata of its `header` (as
-/// [`files::header`] reads it): the weights have the same shapes for any
-/// head count that divides the width, so the model would run as another
-/// one. A file that records none (saved by others) fits any.
-fn check_heads(
-    dir: &Path,
-    cfg: &ModelConfig,
-    header: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(), Error> {
-    let saved = header
-        .get("__metadata__")
-        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
+/// count `model.safetensors` records in its metadata (`saved`): the
+/// weights have the same shapes for any head count that divides the
+/// width, so the model would run as another one. A file that records none
+/// (saved by others) fits any.
+fn check_heads(dir: &Path, cfg: &ModelConfig, saved: Option<&str>) -> Result<(), Error> {
     match saved {
         Some(saved) if saved != cfg.heads.to_string() => Err(Error::checkpoint(
             dir,

@@ -2,7 +2,7 @@
 //! AdamW moments, the step, the data RNG state) and the schedule of the
 //! run, so that a resumed run can tell whether it continues the same one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -126,7 +126,7 @@ pub fn write(
         ("adam_m".to_string(), tensor(&m)),
         ("adam_v".to_string(), tensor(&v)),
     ];
-    let mut meta = HashMap::from([
+    let mut meta = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), state.step.to_string()),
         ("rng_state".to_string(), state.rng_state.to_string()),
