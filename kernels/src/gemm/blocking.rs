@@ -183,7 +183,9 @@ const L2_SHARE_FOR_B_SWEEP: (usize, usize) = (1, 4);
 /// runs) bf16 1.06–1.10× faster on one thread and 1.09–1.11× on two, f32
 /// 1.01–1.02× and 1.01–1.04×. The price: one product repeated on the same
 /// C (a benchmark loop, where C stays in L3) runs 0.8–0.85× on AMX, which
-/// is the case of a C that fits L2 and the reason for the threshold.
+/// is the case of a C that fits L2 and the reason for the threshold. On
+/// the Zen 4 (1 MiB L2) whole steps ran 0.96–1.05× streamed against never
+/// (seven alternated runs): neither a gain nor a loss there.
 const L2_SHARE_FOR_STREAMED_C: (usize, usize) = (1, 1);
 
 /// The fewest panels of B (`n / nr`) that must reuse a packed A for the
