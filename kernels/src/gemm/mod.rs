@@ -442,8 +442,9 @@ impl Kernels {
     /// `C = op(A) · op(B) + bias` (the `n` floats of `bias` added to every
     /// row): a linear layer's product, [`Kernels::gemm_with`] with alpha 1
     /// and beta 0 on the same workspace, the bias added to each element of
-    /// C as it is stored (so C is written once; the same bits as adding it
-    /// after the product). The bf16 form is [`Kernels::gemm_bf16_bias_with`].
+    /// C as it is stored (products of at most 4 rows, or no k, add it
+    /// after): the same bits as adding it after the product either way.
+    /// The bf16 form is [`Kernels::gemm_bf16_bias_with`].
     ///
     /// ```
     /// use kernels::{Kernels, MatMut, MatRef, Sequential};

@@ -519,8 +519,9 @@ impl Kernels {
     /// row): a linear layer's product, as [`Kernels::gemm_bf16_with`] with
     /// alpha 1 and beta 0 computes it, on the same workspace. On the
     /// pair-dot and tile units the bias is added as each block is stored
-    /// (tiles start their sums from it), so C is written once; elsewhere
-    /// it is added to the f32 sums after the product. A bf16 C holds the
+    /// (tiles start their sums from it); elsewhere, and for products of
+    /// at most 3 rows or no k, it is added to the f32 sums after the
+    /// product. A bf16 C holds the
     /// f32 C's values, each rounded once. The error bound is
     /// [`Kernels::gemm_bf16`]'s with the bias in the sum.
     ///
@@ -655,8 +656,11 @@ fn nothing_to_multiply<E: Executor + ?Sized>(
         }
         (OutputMat::Bf16(c), Some(bias)) => {
             for r in 0..c.rows {
-                // (The lengths agree: a row and the bias, `cols` values.)
-                let _ = k.f32_to_bf16(bias, &mut c.data[r * c.row_stride..][..c.cols]);
+                let row = &mut c.data[r * c.row_stride..][..c.cols];
+                // `0 + b`, as an f32 C gets it: a bias of -0 gives +0.
+                for (x, &b) in row.iter_mut().zip(bias) {
+                    *x = Bf16::from_f32(0.0 + b);
+                }
             }
         }
         (OutputMat::Bf16(c), None) => {
