@@ -79,7 +79,16 @@ fn cross_entropy_row_scalar(row: &[f32], target: usize, d: Option<&mut [f32]>, s
         }
         d[target] -= scale;
     }
-    max + libm::logf(sum) - row[target]
+    row_loss(max, sum, row[target])
+}
+
+/// `logsumexp(row) - row[target]` from the row's `max` and `sum` of
+/// `e^(x - max)`: the target's distance below the max is taken first, so
+/// that large logits (1e10 and up) do not cancel the few units the loss
+/// is made of, as `max + ln(sum) - target` would.
+#[inline(always)]
+fn row_loss(max: f32, sum: f32, target: f32) -> f32 {
+    libm::logf(sum) - (target - max)
 }
 
 #[inline(always)]
@@ -136,5 +145,5 @@ fn cross_entropy_row<S: Simd>(
             s.reduce_sum(sum)
         }
     };
-    max + libm::logf(sum) - row[target]
+    row_loss(max, sum, row[target])
 }

@@ -540,9 +540,19 @@ fn layer_norm_backward_with_huge_statistics_stays_finite() {
 fn cross_entropy_matches_definition_and_finite_differences() {
     let mut rng = Rng::new(23);
     for (name, k) in every_kernel() {
-        for classes in [1, 2, 7, 9, 17, 33, 100] {
+        // Shifted by 1e4 too: logits that large must not cancel the loss's
+        // few units (their ulp is 1e-3; max + ln Σ − x[t] lost that much).
+        for (classes, shift) in [1, 2, 7, 9, 17, 33, 100]
+            .map(|c| (c, 0.0))
+            .into_iter()
+            .chain([(9, 1e4), (100, 1e4)])
+        {
             let rows = 5;
-            let logits = rng.vec(rows * classes, -5.0, 5.0);
+            let logits: Vec<f32> = rng
+                .vec(rows * classes, -5.0, 5.0)
+                .iter()
+                .map(|x| x + shift)
+                .collect();
             // The first and the last class among the targets.
             let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
             (targets[0], targets[1]) = (0, classes as u32 - 1);
@@ -563,17 +573,19 @@ fn cross_entropy_matches_definition_and_finite_differences() {
             let (losses, d) = (losses.checked(&what), d.checked(&what));
             let logits64 = widen(&logits);
             let want = cross_entropy64(&logits64, classes, &targets);
-            // max + ln Σ − x[t], each term ≤ ~10 in size: a few ulp of each
+            // ln Σ − (x[t] − max), the difference exact (its terms are
+            // within a factor 2, or the shift is 0) and ≤ 10: a few ulp
             // (~2e-6), the sum of `classes` exponentials ≤ (classes + 2)·u
             // relative, so ≤ 7e-6 in its logarithm.
             close64(&format!("{what} losses"), &losses, &want, 0.0, 1e-5);
             for r in 0..rows {
                 let row = &logits64[r * classes..(r + 1) * classes];
-                let z: f64 = row.iter().map(|v| v.exp()).sum();
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = row.iter().map(|v| (v - max).exp()).sum();
                 let want: Vec<f64> = (0..classes)
                     .map(|j| {
                         let onehot = if j == targets[r] as usize { 1.0 } else { 0.0 };
-                        (row[j].exp() / z - onehot) * scale as f64
+                        ((row[j] - max).exp() / z - onehot) * scale as f64
                     })
                     .collect();
                 // softmax within (classes + 6)·u ≤ 7e-6 relative; subtracting
@@ -587,8 +599,10 @@ fn cross_entropy_matches_definition_and_finite_differences() {
                     1e-7,
                 );
             }
-            // And the gradient is that of scale·Σ losses.
-            let grad = numerical_gradient(&logits64, |l| {
+            // And the gradient is that of scale·Σ losses (taken unshifted,
+            // which changes neither, so that the step stays small).
+            let centred: Vec<f64> = logits64.iter().map(|v| v - shift as f64).collect();
+            let grad = numerical_gradient(&centred, |l| {
                 scale as f64 * cross_entropy64(l, classes, &targets).iter().sum::<f64>()
             });
             close64(&what, &d, &grad, 1e-3, 1e-6);
