@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufWriter, ErrorKind, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use log::warn;
 use safetensors::tensor::View;
@@ -28,10 +28,21 @@ pub struct Destination<'a> {
 
 impl<'a> Destination<'a> {
     /// `dir` as the path its components spell (`ckpt/.` is `ckpt`: the
-    /// final rename needs the directory's own name).
+    /// final rename needs the directory's own name), its parent resolved
+    /// where it climbs with `..`: the parent of `ckpt/../ckpt` is
+    /// `ckpt/..`, which no longer leads anywhere once the save has moved
+    /// `ckpt` aside.
     pub fn new(dir: &Path, files: &'a [&'a str]) -> Destination<'a> {
+        let dir: PathBuf = dir.components().collect();
+        let parent = outputs::parent(&dir);
+        let climbs = parent.components().any(|c| c == Component::ParentDir);
+        let dir = match (climbs, fs::canonicalize(parent), dir.file_name()) {
+            (true, Ok(parent), Some(name)) => parent.join(name),
+            // A parent that does not resolve: the checks say why.
+            _ => dir,
+        };
         Destination {
-            dir: dir.components().collect(),
+            dir,
             files,
             required: &[],
         }
@@ -111,9 +122,14 @@ impl<'a> Destination<'a> {
         // checkpoint in place, is a copy moved aside by a save killed after
         // its second rename (under this process id, as a container's first
         // process always has, it would stop this save's own move).
-        self.remove_temporary(parent, &staging_prefix(&name))?;
+        // One that cannot be removed (a read-only copy of the user's, moved
+        // aside) is in no save's way but its own process id's, checked
+        // next. (A save warns of copies moved aside once it is done.)
+        if let Err(e) = self.remove_temporary(parent, &staging_prefix(&name)) {
+            warn!("{e}");
+        }
         if !empty {
-            self.remove_temporary(parent, &aside_prefix(&name))?;
+            let _ = self.remove_temporary(parent, &aside_prefix(&name));
         }
         // What is left under this process's own names is not a save's: it
         // would stop this one's staging or its move after the whole run.
@@ -241,13 +257,19 @@ impl<'a> Destination<'a> {
             if !self.is_temporary(&path, prefix) {
                 continue;
             }
+            let cannot = |e: std::io::Error| {
+                Error::checkpoint(
+                    &path,
+                    format!("left behind by an earlier save, cannot be removed ({e}); remove it yourself"),
+                )
+            };
             for file in self.files {
                 match fs::remove_file(path.join(file)) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(Error::io(&path, e)),
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(cannot(e)),
                     _ => {}
                 }
             }
-            fs::remove_dir(&path).map_err(|e| Error::io(&path, e))?;
+            fs::remove_dir(&path).map_err(cannot)?;
         }
         Ok(())
     }
@@ -338,7 +360,7 @@ impl<'a> Destination<'a> {
         // The save has succeeded: failing to delete them is only worth a
         // warning.
         if let Err(e) = self.remove_temporary(parent, &old_prefix) {
-            warn!("could not remove the previous checkpoint: {e}");
+            warn!("{e}");
         }
         Ok(())
     }
@@ -584,6 +606,16 @@ mod tests {
             .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"newer"))
             .unwrap();
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"newer");
+        // So does `ckpt/../ckpt`, whose parent goes through the directory
+        // the save moves aside.
+        let through_itself = dir.join("..").join("ckpt");
+        let destination = Destination::new(&through_itself, &["a.txt"]);
+        destination.check().unwrap();
+        destination
+            .replace_with(|tmp| write_synced(&tmp.join("a.txt"), b"newest"))
+            .unwrap();
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"newest");
+        assert_eq!(names_in(&parent), ["ckpt"]);
         assert!(Destination::new(&dir.join(".."), &["a.txt"])
             .check()
             .is_err());
