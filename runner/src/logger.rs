@@ -27,11 +27,12 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let message = one_line(&record.args().to_string());
         let write = || {
             let mut err = std::io::stderr().lock();
             let _ = match record.level() {
-                Level::Info => writeln!(err, "{}", record.args()),
-                level => writeln!(err, "[{}] {}", level.as_str().to_lowercase(), record.args()),
+                Level::Info => writeln!(err, "{message}"),
+                level => writeln!(err, "[{}] {message}", level.as_str().to_lowercase()),
             };
         };
         match PROGRESS.lock().ok().as_deref() {
@@ -43,6 +44,20 @@ impl Log for StderrLogger {
     fn flush(&self) {
         let _ = std::io::stderr().flush();
     }
+}
+
+/// `text` with its control characters escaped (`\n` for a newline), so
+/// that a message stays one line whatever a path or a prompt it quotes
+/// holds.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c.is_control() {
+            true => line.extend(c.escape_default()),
+            false => line.push(c),
+        }
+    }
+    line
 }
 
 /// The progress bar being shown, if any.

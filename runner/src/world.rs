@@ -196,14 +196,7 @@ impl Started {
 /// between them. Control characters (a line break in a file name) are
 /// escaped, so that the error stays one line.
 pub fn print_error(message: &str) {
-    let mut line = String::from("error: ");
-    for c in message.chars() {
-        match c.is_control() {
-            true => line.extend(c.escape_default()),
-            false => line.push(c),
-        }
-    }
-    line.push('\n');
+    let line = format!("error: {}\n", crate::logger::one_line(message));
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 

@@ -135,6 +135,13 @@ fn bad_data_files_are_one_clear_error() {
     let odd = dir.join("mis\nsing.txt");
     let out = runner(&["train", "--preset", "tiny", "--data", odd.to_str().unwrap()]);
     assert_clear_error(&out, "mis\\nsing.txt: No such file");
+    // Nor does it break a log line that names it.
+    let odd = text_file(&dir, "new\nline.txt", &b"to be or not to be\n".repeat(200));
+    let out = runner(&["train", "--preset", "tiny", "--steps", "1", "--data", &odd]);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("new\\nline.txt"), "{log}");
+    assert!(log.lines().all(|l| !l.starts_with("line.txt")), "{log}");
     let empty = text_file(&dir, "empty.txt", b"");
     assert_clear_error(
         &runner(&["train", "--preset", "tiny", "--data", &empty]),
