@@ -12,7 +12,8 @@
 //! - `metrics`, `logger`, `plot`: what a run reports; `outputs`: checks
 //!   the files it writes them to
 //! - `world`: the processes of a data-parallel run (MPI behind a feature)
-//! - `threads`, `rng`, `error`: plumbing
+//! - `threads`, `rng`, `error`, `interrupt` (Ctrl-C as a request to
+//!   stop): plumbing
 
 pub mod bench;
 pub mod checkpoint;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod interrupt;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

@@ -285,6 +285,30 @@ pub fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// The bytes an unprivileged user may still write on the file system that
+/// holds `dir` (a folder's name, `.` for the current one), where the OS
+/// tells.
+#[cfg(unix)]
+#[allow(clippy::useless_conversion)] // the field types differ by platform
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // `stats` points to writable memory the size of a `statvfs`.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    u64::from(stats.f_bavail).checked_mul(u64::from(stats.f_frsize))
+}
+
+#[cfg(not(unix))]
+pub fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

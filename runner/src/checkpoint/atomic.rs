@@ -208,7 +208,7 @@ impl<'a> Destination<'a> {
     /// [`Destination::check`] reports that).
     pub fn check_room(&self, bytes: u64) -> Result<(), Error> {
         let (parent, _) = self.parent_and_name()?;
-        match free_bytes(parent) {
+        match outputs::free_bytes(parent) {
             Some(free) if free < bytes => Err(Error::checkpoint(
                 &self.dir,
                 format!(
@@ -438,30 +438,6 @@ fn holds_only(dir: &Path, files: &[&str]) -> bool {
             is_file && name.to_str().is_some_and(|name| files.contains(&name))
         })
     })
-}
-
-/// The bytes an unprivileged user may still write on the file system that
-/// holds `dir` (a folder's name, `.` for the current one), where the OS
-/// tells.
-#[cfg(unix)]
-#[allow(clippy::useless_conversion)] // the field types differ by platform
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
-    // `stats` points to writable memory the size of a `statvfs`.
-    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `stats`.
-    let stats = unsafe { stats.assume_init() };
-    u64::from(stats.f_bavail).checked_mul(u64::from(stats.f_frsize))
-}
-
-#[cfg(not(unix))]
-fn free_bytes(_dir: &Path) -> Option<u64> {
-    None
 }
 
 /// Writes `bytes` to a new file at `path` and flushes it to disk.
@@ -824,7 +800,7 @@ mod tests {
     #[test]
     fn the_free_space_is_what_df_reports_and_a_save_larger_than_it_is_refused() {
         let parent = fresh_parent("room");
-        let free = free_bytes(&parent).expect("statvfs answers for a temporary directory");
+        let free = outputs::free_bytes(&parent).expect("statvfs answers for a temporary directory");
         match std::process::Command::new("df")
             .args(["-B1", "--output=avail"])
             .arg(&parent)

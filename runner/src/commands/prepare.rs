@@ -9,6 +9,7 @@ use super::options::Verbosity;
 use crate::data::prepare::{prepare, PrepareSettings};
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Error;
+use crate::interrupt;
 use crate::logger;
 use crate::metrics::mib;
 
@@ -82,9 +83,16 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
             let _ = bar.set(shown);
         }
     };
+    // Ctrl-C stops the run between two chunks, which removes the
+    // unfinished shards and the folders it made.
+    interrupt::catch();
     let report = prepare(&settings, started, |done| {
         if let Some(bar) = bar.get() {
             bar.set_position(done);
+        }
+        match interrupt::requested() {
+            true => Err(Error::Interrupted("the unfinished shards were removed")),
+            false => Ok(()),
         }
     });
     logger::finish_progress();

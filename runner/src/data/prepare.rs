@@ -9,9 +9,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::shards::ShardWriter;
+use super::shards::{ShardWriter, HEADER_BYTES};
 use super::tokenizer::Tokenizer;
 use crate::error::Error;
+use crate::metrics::mib;
+use crate::outputs;
 
 /// What to prepare.
 pub struct PrepareSettings {
@@ -39,11 +41,14 @@ pub struct PrepareReport {
 
 /// Tokenizes the inputs into shards. Every input and the output are
 /// checked first; then `started(total bytes)` is called, and
-/// `progress(bytes)` as input bytes are done.
+/// `progress(bytes)` as input bytes are done: an error it returns (an
+/// interrupt) stops the run, which removes what it made. The shards' size
+/// is estimated from the first chunk (exact with the byte tokenizer), and
+/// a run they would not fit on the disk is refused there.
 pub fn prepare(
     s: &PrepareSettings,
     started: impl FnOnce(u64),
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64) -> Result<(), Error>,
 ) -> Result<PrepareReport, Error> {
     let start = Instant::now();
     let mut total = 0;
@@ -158,8 +163,19 @@ pub fn prepare(
                 writer.write(&[eot])?;
             }
             tokenize_file(input, s.tokenizer, s.chunk_bytes.max(1), |part, tokens| {
+                let first = bytes == 0;
                 bytes += part as u64;
-                progress(bytes);
+                progress(bytes)?;
+                if first {
+                    let estimate = estimated_tokens(total, part, tokens.len(), ends);
+                    check_room(
+                        &s.output,
+                        s.tokenizer,
+                        estimate,
+                        s.val_tokens,
+                        s.shard_tokens,
+                    )?;
+                }
                 writer.write(&tokens)
             })?;
         }
@@ -190,6 +206,48 @@ pub fn prepare(
         shards,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The tokens of `total` input bytes, of which the first `part` gave
+/// `tokens`, plus `ends` end-of-text tokens: exact for the byte tokenizer
+/// (a token a byte), an estimate at that rate for GPT-2's.
+fn estimated_tokens(total: u64, part: usize, tokens: usize, ends: usize) -> u64 {
+    let rate = tokens as f64 / part.max(1) as f64;
+    (total as f64 * rate).ceil() as u64 + ends as u64
+}
+
+/// Refuses shards of `tokens` tokens that the file system of `output`
+/// has no room for, before they fill it: a header per shard and two bytes
+/// a token.
+fn check_room(
+    output: &Path,
+    tokenizer: Tokenizer,
+    tokens: u64,
+    val_tokens: usize,
+    shard_tokens: usize,
+) -> Result<(), Error> {
+    let train = tokens.saturating_sub(val_tokens as u64);
+    let shards = 1 + train.div_ceil(shard_tokens.max(1) as u64);
+    let bytes = tokens
+        .saturating_mul(2)
+        .saturating_add(shards.saturating_mul(HEADER_BYTES as u64));
+    match outputs::free_bytes(output) {
+        Some(free) if free < bytes => {
+            let about = match tokenizer {
+                Tokenizer::Byte => "",
+                Tokenizer::Gpt2 => "about ",
+            };
+            Err(Error::Data {
+                path: output.into(),
+                reason: format!(
+                    "the shards take {about}{:.1} MiB ({about}{tokens} tokens), but only {:.1} MiB is free there",
+                    mib(bytes as f64),
+                    mib(free as f64)
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads `path` in chunks of about `chunk` bytes and hands each chunk's
@@ -312,6 +370,52 @@ fn non_space_ends_at(text: &[u8], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run stopped by its progress callback (as Ctrl-C stops it) leaves
+    /// neither a shard nor a folder it made; the byte tokenizer's size is
+    /// exact, and one that no disk holds is refused.
+    #[test]
+    fn a_stopped_run_leaves_nothing_and_the_size_is_checked() {
+        let dir = std::env::temp_dir().join(format!("runner-prepare-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("t.txt");
+        std::fs::write(&input, b"to be or not to be\n".repeat(1000)).unwrap();
+        let settings = PrepareSettings {
+            tokenizer: Tokenizer::Byte,
+            inputs: vec![input],
+            output: dir.join("new/shards"),
+            name: "t".into(),
+            val_tokens: 100,
+            shard_tokens: 1000,
+            chunk_bytes: 1000,
+        };
+        let mut calls = 0;
+        let stopped = prepare(
+            &settings,
+            |_| {},
+            |_| {
+                calls += 1;
+                match calls {
+                    3 => Err(Error::Interrupted("stopped")),
+                    _ => Ok(()),
+                }
+            },
+        );
+        assert!(matches!(stopped, Err(Error::Interrupted(_))));
+        assert!(!dir.join("new").exists());
+        let done = prepare(&settings, |_| {}, |_| Ok(())).unwrap();
+        assert_eq!(done.tokens, 19_000);
+        assert_eq!(estimated_tokens(19_000, 1000, 1000, 0), 19_000);
+
+        let room = |tokens| check_room(&dir, Tokenizer::Byte, tokens, 100, 1000);
+        room(19_000).unwrap();
+        if cfg!(unix) {
+            let err = room(u64::MAX / 4).unwrap_err().to_string();
+            assert!(err.contains("MiB is free there"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn chunked_tokens_are_the_whole_file_s() {
