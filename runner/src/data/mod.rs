@@ -229,13 +229,15 @@ impl DataSource {
                     reason: "not a regular file".into(),
                 });
             }
-            if kind.is_file() {
-                if meta.len() == 0 {
-                    return Err(Error::Data {
-                        path: path.clone(),
-                        reason: "the file is empty".into(),
-                    });
-                }
+            // A size of 0 is an empty file, or one whose size is not told
+            // (/proc's): it is read as a pipe is.
+            if kind.is_file() && meta.len() == 0 && !has_a_byte(path)? {
+                return Err(Error::Data {
+                    path: path.clone(),
+                    reason: "the file is empty".into(),
+                });
+            }
+            if kind.is_file() && meta.len() > 0 {
                 check_text_fits(path, meta.len())?;
                 check_not_a_shard(path, "name it NAME.bin to read it as one")?;
             }
@@ -253,7 +255,8 @@ impl DataSource {
             DataSource::Text(path) => {
                 let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
                 let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-                return Ok(meta.is_file().then_some(size));
+                // (A size of 0 that is not empty is not told: see above.)
+                return Ok((meta.is_file() && size > 0).then_some(size));
             }
             DataSource::Shard(p) => vec![p.clone()],
             DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Evaluation)?.1,
@@ -304,6 +307,13 @@ pub fn check_not_a_shard(path: &Path, advice: &str) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Whether the file `path` holds at least a byte (read, not its size).
+fn has_a_byte(path: &Path) -> Result<bool, Error> {
+    let mut byte = [0u8];
+    let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut byte));
+    Ok(read.map_err(|e| Error::io(path, e))? == 1)
 }
 
 /// The bytes of the text at `path`, read whole. A pipe, whose size was
