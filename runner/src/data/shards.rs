@@ -462,7 +462,16 @@ impl Shard {
     }
 
     fn read_bytes(&mut self, start: usize, bytes: &mut [u8]) -> Result<(), Error> {
-        let io = |e| Error::io(&self.path, e);
+        let io = |e: std::io::Error| match e.kind() {
+            // Its header's count was checked against its size on opening.
+            std::io::ErrorKind::UnexpectedEof => Error::Data {
+                path: self.path.clone(),
+                reason:
+                    "ends before its header's token count: it was cut short since the run opened it"
+                        .into(),
+            },
+            _ => Error::io(&self.path, e),
+        };
         self.file
             .seek(SeekFrom::Start((HEADER_BYTES + 2 * start) as u64))
             .map_err(io)?;
@@ -597,6 +606,17 @@ mod tests {
             tokens
         );
         assert!(!shard_path(&dir, "data", 4).exists());
+        // One cut short after it was opened says so when read past its end.
+        let last = shard_path(&dir, "data", 3);
+        let mut shard = Shard::open(&last).unwrap();
+        let size = std::fs::metadata(&last).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .and_then(|f| f.set_len(size - 2))
+            .unwrap();
+        let err = shard.read(0, &mut [0; 300]).unwrap_err().to_string();
+        assert!(err.contains("cut short since the run opened it"), "{err}");
         // A second writer refuses to replace them; one of a name that only
         // starts like theirs writes beside them.
         assert!(ShardWriter::new(&dir, "data", Tokenizer::Gpt2, 100, 300).is_err());
