@@ -61,8 +61,8 @@ pub enum Error {
         /// Why the pool refused.
         reason: String,
     },
-    /// Stopped by Ctrl-C or SIGTERM, after removing what it had half made.
-    #[error("interrupted: {0}")]
+    /// Stopped by Ctrl-C or SIGTERM (what it had half made removed).
+    #[error("interrupted {0}")]
     Interrupted(&'static str),
     /// A model method called out of order (a bug in the caller).
     #[error("{0} called before any forward pass")]

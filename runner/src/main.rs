@@ -21,7 +21,8 @@ fn main() {
     }
 }
 
-/// Prints the one `error: ...` line and exits with 1; in a run of several
+/// Prints the one `error: ...` line and exits with 1 (as the signal would
+/// have, for a run a caught Ctrl-C stopped); in a run of several
 /// processes, says which rank failed and ends them all (the others would
 /// wait for it in the next collective forever).
 fn fail(message: &str, started: runner::world::Started) -> ! {
@@ -32,5 +33,6 @@ fn fail(message: &str, started: runner::world::Started) -> ! {
     }
     started.finish();
     runner::world::print_error(message);
+    runner::interrupt::end_if_caught();
     std::process::exit(1);
 }

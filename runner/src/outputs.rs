@@ -309,6 +309,18 @@ pub fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
+/// Where `dir`'s file system has less room than `bytes`, how much it has,
+/// for a refusal to end with (`only 4.0 MiB is free in DIR`); `None` where
+/// it has room or cannot tell.
+pub fn lacks_room(dir: &Path, bytes: u64) -> Option<String> {
+    let free = free_bytes(dir).filter(|&free| free < bytes)?;
+    Some(format!(
+        "only {:.1} MiB is free in {}",
+        crate::metrics::mib(free as f64),
+        dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

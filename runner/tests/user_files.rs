@@ -713,6 +713,91 @@ fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
     set_mode(&locked, 0o755);
 }
 
+/// SIGTERM (as Ctrl-C) during `prepare` removes the shards begun and the
+/// folders made, and the process then ends as the signal would have.
+#[test]
+fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = scratch("prepare-interrupted");
+    let data = dir.join("prose.txt");
+    // 16 MiB: seconds of GPT-2 tokenizing.
+    let line = b"It was the best of times, it was the worst of times, it was the age of wisdom.\n";
+    std::fs::write(&data, line.repeat((16 << 20) / line.len())).unwrap();
+    let out = dir.join("new").join("shards");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["prepare", "--tokenizer", "gpt2", "--shard-tokens", "100000"])
+        .arg("--input")
+        .arg(&data)
+        .arg("--output")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Logged once the signals are caught and the first shard is open.
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("Tokenizing"), "{first}");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        rest.trim_end(),
+        "error: interrupted before the shards were complete"
+    );
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    assert!(!dir.join("new").exists(), "the folders made were left");
+}
+
+/// A read-only checkpoint replaced with `--overwrite` leaves its old copy
+/// beside it (nobody may empty it): each save then warns of it, naming it,
+/// and none is refused for it.
+#[test]
+fn a_copy_that_cannot_be_removed_is_warned_of_not_in_the_way() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = scratch("read-only-copy");
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(&dir, 0o777);
+    let ckpt = dir.join("ck");
+    let train = |extra: &[&str]| {
+        let args = ["train", "--preset", "tiny", "--steps", "2", "-q", "--save"];
+        runner_unprivileged(&[&args[..], &[ckpt.to_str().unwrap()], extra].concat())
+    };
+    let Some(first) = train(&[]) else {
+        return;
+    };
+    assert_success(&first);
+    set_mode(&ckpt, 0o555);
+    for _ in 0..2 {
+        let out = train(&["--overwrite"]).unwrap();
+        assert_success(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains(".ck.old-") && log.contains("remove it yourself"),
+            "{log}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the checkpoint and the one stuck copy: {left:?}"
+    );
+}
+
 /// An output that fails once the run is under way (a full disk, here
 /// `/dev/full` behind the path) does not cost the training: the
 /// checkpoint of the steps done is saved first, then the run ends with

@@ -573,10 +573,10 @@ fn cross_entropy_matches_definition_and_finite_differences() {
             let (losses, d) = (losses.checked(&what), d.checked(&what));
             let logits64 = widen(&logits);
             let want = cross_entropy64(&logits64, classes, &targets);
-            // ln Σ − (x[t] − max), the difference exact (its terms are
-            // within a factor 2, or the shift is 0) and ≤ 10: a few ulp
-            // (~2e-6), the sum of `classes` exponentials ≤ (classes + 2)·u
-            // relative, so ≤ 7e-6 in its logarithm.
+            // ln Σ − (x[t] − max): the difference ≤ 10, within an ulp of
+            // it (exact when shifted: its terms are then within a factor
+            // 2), ~1e-6; the sum of `classes` exponentials ≤
+            // (classes + 2)·u relative, so ≤ 7e-6 in its logarithm.
             close64(&format!("{what} losses"), &losses, &want, 0.0, 1e-5);
             for r in 0..rows {
                 let row = &logits64[r * classes..(r + 1) * classes];

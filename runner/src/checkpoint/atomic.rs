@@ -36,8 +36,9 @@ impl<'a> Destination<'a> {
         let dir: PathBuf = dir.components().collect();
         let parent = outputs::parent(&dir);
         let climbs = parent.components().any(|c| c == Component::ParentDir);
-        let dir = match (climbs, fs::canonicalize(parent), dir.file_name()) {
-            (true, Ok(parent), Some(name)) => parent.join(name),
+        let resolved = climbs.then(|| fs::canonicalize(parent).ok()).flatten();
+        let dir = match (resolved, dir.file_name()) {
+            (Some(parent), Some(name)) => parent.join(name),
             // A parent that does not resolve: the checks say why.
             _ => dir,
         };
@@ -125,26 +126,34 @@ impl<'a> Destination<'a> {
         // One that cannot be removed (a read-only copy of the user's, moved
         // aside) is in no save's way but its own process id's, checked
         // next. (A save warns of copies moved aside once it is done.)
-        if let Err(e) = self.remove_temporary(parent, &staging_prefix(&name)) {
-            warn!("{e}");
+        let mut stuck = self.remove_temporary(parent, &staging_prefix(&name));
+        for (path, e) in &stuck {
+            warn!(
+                "{}: left by a stopped save, cannot be removed ({e}); remove it yourself",
+                path.display()
+            );
         }
         if !empty {
-            let _ = self.remove_temporary(parent, &aside_prefix(&name));
+            stuck.extend(self.remove_temporary(parent, &aside_prefix(&name)));
         }
         // What is left under this process's own names is not a save's: it
         // would stop this one's staging or its move after the whole run.
         let pid = std::process::id();
         for prefix in [staging_prefix(&name), aside_prefix(&name)] {
             let own = parent.join(format!("{prefix}{pid}"));
-            if fs::symlink_metadata(&own).is_ok() {
-                return Err(Error::checkpoint(
-                    dir,
-                    format!(
-                        "{} is in the way of saving (it holds more than a checkpoint's files); move it elsewhere",
-                        own.display()
-                    ),
-                ));
+            if fs::symlink_metadata(&own).is_err() {
+                continue;
             }
+            let why = match stuck.iter().find(|(path, _)| *path == own) {
+                Some((_, e)) => format!(
+                    "a copy an earlier save left there cannot be removed ({e}); remove it yourself"
+                ),
+                None => "it holds more than a checkpoint's files; move it elsewhere".into(),
+            };
+            return Err(Error::checkpoint(
+                dir,
+                format!("{} is in the way of saving: {why}", own.display()),
+            ));
         }
         let probe = staging_dir(parent, &name);
         fs::create_dir(&probe).map_err(|e| {
@@ -208,17 +217,15 @@ impl<'a> Destination<'a> {
     /// [`Destination::check`] reports that).
     pub fn check_room(&self, bytes: u64) -> Result<(), Error> {
         let (parent, _) = self.parent_and_name()?;
-        match outputs::free_bytes(parent) {
-            Some(free) if free < bytes => Err(Error::checkpoint(
+        match outputs::lacks_room(parent, bytes) {
+            Some(lack) => Err(Error::checkpoint(
                 &self.dir,
                 format!(
-                    "saving it takes about {:.1} MiB, but {} has {:.1} MiB free",
-                    mib(bytes as f64),
-                    parent.display(),
-                    mib(free as f64)
+                    "saving it takes about {:.1} MiB, but {lack}",
+                    mib(bytes as f64)
                 ),
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -250,28 +257,38 @@ impl<'a> Destination<'a> {
     /// Removes the directories in `parent` that [`Destination::is_temporary`]
     /// names, file by checked file name and then the emptied folder, so
     /// nothing else is removed (a folder of the user's under such a name
-    /// stays, and one that gains a file meanwhile is an error).
-    fn remove_temporary(&self, parent: &Path, prefix: &str) -> Result<(), Error> {
-        for entry in fs::read_dir(parent).map_err(|e| Error::io(parent, e))? {
-            let path = entry.map_err(|e| Error::io(parent, e))?.path();
+    /// stays). Returns those it could not remove (one that gains a file
+    /// meanwhile, or is read-only), each with why, having tried them all.
+    fn remove_temporary(&self, parent: &Path, prefix: &str) -> Vec<(PathBuf, std::io::Error)> {
+        let entries = match fs::read_dir(parent) {
+            Ok(entries) => entries,
+            Err(e) => return vec![(parent.into(), e)],
+        };
+        let mut stuck = Vec::new();
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    stuck.push((parent.into(), e));
+                    continue;
+                }
+            };
             if !self.is_temporary(&path, prefix) {
                 continue;
             }
-            let cannot = |e: std::io::Error| {
-                Error::checkpoint(
-                    &path,
-                    format!("left behind by an earlier save, cannot be removed ({e}); remove it yourself"),
-                )
-            };
-            for file in self.files {
-                match fs::remove_file(path.join(file)) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(cannot(e)),
-                    _ => {}
-                }
+            let removed = self
+                .files
+                .iter()
+                .try_for_each(|file| match fs::remove_file(path.join(file)) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .and_then(|()| fs::remove_dir(&path));
+            if let Err(e) = removed {
+                stuck.push((path, e));
             }
-            fs::remove_dir(&path).map_err(cannot)?;
         }
-        Ok(())
+        stuck
     }
 
     fn parent_and_name(&self) -> Result<(&Path, String), Error> {
@@ -359,8 +376,11 @@ impl<'a> Destination<'a> {
         // save's, or one a crash left between two renames) is superseded.
         // The save has succeeded: failing to delete them is only worth a
         // warning.
-        if let Err(e) = self.remove_temporary(parent, &old_prefix) {
-            warn!("{e}");
+        for (path, e) in self.remove_temporary(parent, &old_prefix) {
+            warn!(
+                "could not remove the previous checkpoint {} ({e}); remove it yourself",
+                path.display()
+            );
         }
         Ok(())
     }
@@ -519,6 +539,10 @@ mod tests {
                     "a".to_string(),
                     TensorView::new(Dtype::F64, vec![2, 1], wide).unwrap(),
                 ),
+                (
+                    "empty".to_string(),
+                    TensorView::new(Dtype::F32, vec![0, 3], &[]).unwrap(),
+                ),
             ]
         };
         let meta: BTreeMap<_, _> = (0..20)
@@ -541,6 +565,7 @@ mod tests {
             (a.dtype(), a.shape(), a.data()),
             (Dtype::F64, &[2, 1][..], wide)
         );
+        assert_eq!(read.tensor("empty").unwrap().shape(), [0, 3]);
         let b = read.tensor("b").unwrap();
         assert_eq!(
             (b.dtype(), b.shape(), b.data()),
@@ -552,6 +577,7 @@ mod tests {
         let twice = vec![tensors().remove(0), tensors().remove(0)];
         let err = write_tensors_synced(&dir.join("twice"), twice, meta).unwrap_err();
         assert!(err.to_string().contains("two tensors named b"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The names in `dir`.
@@ -819,7 +845,7 @@ mod tests {
         let destination = Destination::new(&dir, &["a.txt"]);
         destination.check_room(0).unwrap();
         let err = destination.check_room(u64::MAX).unwrap_err().to_string();
-        assert!(err.contains("MiB free"), "{err}");
+        assert!(err.contains("MiB is free in"), "{err}");
         assert!(
             err.starts_with(&format!("checkpoint {}", dir.display())),
             "{err}"

@@ -91,7 +91,7 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
             bar.set_position(done);
         }
         match interrupt::requested() {
-            true => Err(Error::Interrupted("the unfinished shards were removed")),
+            true => Err(Error::Interrupted("before the shards were complete")),
             false => Ok(()),
         }
     });

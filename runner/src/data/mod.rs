@@ -309,8 +309,9 @@ pub fn check_not_a_shard(path: &Path, advice: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether the file `path` holds at least a byte (read, not its size).
-fn has_a_byte(path: &Path) -> Result<bool, Error> {
+/// Whether the file `path` holds at least a byte (read, not its size;
+/// the read waits where the file does, as a kernel's trace pipe would).
+pub(crate) fn has_a_byte(path: &Path) -> Result<bool, Error> {
     let mut byte = [0u8];
     let read = std::fs::File::open(path).and_then(|mut file| file.read(&mut byte));
     Ok(read.map_err(|e| Error::io(path, e))? == 1)
