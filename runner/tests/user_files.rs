@@ -204,9 +204,13 @@ fn checkpoints_that_misdescribe_their_weights_are_refused() {
         "train", "--preset", "tiny", "--steps", "1", "--save", gone_s,
     ];
     assert_clear_error(&runner(&save), ".gone.old-123");
-    // Nor once an empty folder stands in its place.
+    // Nor once an empty folder stands in its place, which eval names too.
     std::fs::create_dir(&gone).unwrap();
     assert_clear_error(&runner(&save), ".gone.old-123");
+    assert_clear_error(
+        &runner(&["eval", "--checkpoint", gone_s]),
+        "empty; a save that was stopped left the previous checkpoint at",
+    );
     std::fs::remove_dir(&gone).unwrap();
     assert!(aside.join("model.safetensors").exists());
     std::fs::rename(&aside, &ckpt).unwrap();

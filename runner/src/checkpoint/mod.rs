@@ -153,19 +153,33 @@ pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
 
 /// [`load_config`] with what `config.json` says of the output layer.
 fn read_config(dir: &Path) -> Result<hf::HfConfig, Error> {
-    if !dir.is_dir() {
-        let reason = if dir.exists() {
-            "not a directory (a checkpoint is a folder)".into()
-        } else if let Some(old) = destination(dir).moved_aside() {
-            format!(
-                "no such directory; a save that was stopped left the previous checkpoint at {}: rename it to {}",
-                old.display(),
-                dir.display()
-            )
-        } else {
-            "no such directory".into()
-        };
-        return Err(Error::checkpoint(dir, reason));
+    let exists = dir.exists();
+    if exists && !dir.is_dir() {
+        return Err(Error::checkpoint(
+            dir,
+            "not a directory (a checkpoint is a folder)",
+        ));
+    }
+    // Missing, or an empty folder made in its place: a save stopped
+    // between its renames may have left the checkpoint beside it.
+    let empty = exists && std::fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none());
+    if !exists || empty {
+        let state = if exists { "empty" } else { "no such directory" };
+        match destination(dir).moved_aside() {
+            Some(old) => {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "{state}; a save that was stopped left the previous checkpoint at {}: rename it to {}",
+                        old.display(),
+                        dir.display()
+                    ),
+                ))
+            }
+            None if !exists => return Err(Error::checkpoint(dir, state)),
+            // Empty alone: the first file read says which is missing.
+            None => {}
+        }
     }
     hf::parse_config(
         dir,
