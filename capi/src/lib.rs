@@ -212,10 +212,8 @@ pub unsafe extern "C" fn kn_gemm(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded (the caller's contract).
         let p = unsafe {
             product(
@@ -261,10 +259,8 @@ pub unsafe extern "C" fn kn_gemm_bias(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded (the caller's contract).
         let p = unsafe {
             product(
@@ -972,10 +968,8 @@ pub unsafe extern "C" fn kn_gemm_bf16(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded.
         let p = unsafe {
             product(
@@ -1021,10 +1015,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_bias(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded.
         let p = unsafe {
             product(
@@ -1072,10 +1064,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_stored(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded; `kn_bf16` and `Bf16` are both a `u16` (repr C
         // / transparent).
         let p = unsafe {
@@ -1187,10 +1177,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded.
         let p = unsafe {
             packed_product(
@@ -1234,10 +1222,8 @@ pub unsafe extern "C" fn kn_gemm_bf16_packed_bias(
     workspace_len: size_t,
 ) -> i32 {
     guard(|| {
-        let kernels = kernels_for(backend)?;
-        // Read before any buffer is borrowed: the struct may lie in one.
         // SAFETY: the caller's executor pointer is valid or NULL.
-        let exec = unsafe { executor(exec) }?;
+        let (kernels, exec) = unsafe { kernels_and_executor(backend, exec) }?;
         // SAFETY: forwarded.
         let p = unsafe {
             packed_product(
@@ -1690,23 +1676,29 @@ unsafe fn write_out<T>(out: *mut T, value: T) -> Result<(), Status> {
     Ok(())
 }
 
-/// The executor behind `exec`: a copy of the host's (so that no reference
-/// to the caller's struct is held while outputs, which could cover it, are
-/// written), or the calling thread for NULL. A misaligned `exec` is
-/// `KN_ERR_ARGUMENT`, as for every other pointer.
+/// The kernels of `backend` (`kernels_for`) and the executor behind
+/// `exec`, the start of every routine that splits its work. The executor
+/// is a copy of the host's, read before any buffer is borrowed (so that no
+/// reference to the caller's struct is held while outputs, which could
+/// cover it, are written), or the calling thread for NULL. A misaligned
+/// `exec` is `KN_ERR_ARGUMENT`, as for every other pointer.
 ///
 /// # Safety
 /// `exec` is NULL or points to a valid `kn_executor`.
-unsafe fn executor(exec: *const kn_executor) -> Result<HostExecutor, Status> {
+unsafe fn kernels_and_executor(
+    backend: i32,
+    exec: *const kn_executor,
+) -> Result<(Kernels, HostExecutor), Status> {
+    let kernels = kernels_for(backend)?;
     if exec.is_null() {
-        return Ok(HostExecutor(None));
+        return Ok((kernels, HostExecutor(None)));
     }
     check_pointer(exec, 1)?;
     // SAFETY: non-NULL and aligned (checked), and the caller guarantees it
     // points to a valid `kn_executor`.
     let exec = unsafe { exec.read() };
     match exec.parallel_for {
-        Some(parallel_for) => Ok(HostExecutor(Some((exec, parallel_for)))),
+        Some(parallel_for) => Ok((kernels, HostExecutor(Some((exec, parallel_for))))),
         None => Err(Status(KN_ERR_NULL_POINTER)),
     }
 }
