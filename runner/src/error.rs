@@ -61,9 +61,10 @@ pub enum Error {
         /// Why the pool refused.
         reason: String,
     },
-    /// Stopped by Ctrl-C or SIGTERM (what it had half made removed).
+    /// Stopped by Ctrl-C or SIGTERM (what it had made kept whole or
+    /// removed): when, and what became of the work.
     #[error("interrupted {0}")]
-    Interrupted(&'static str),
+    Interrupted(String),
     /// A model method called out of order (a bug in the caller).
     #[error("{0} called before any forward pass")]
     NoForwardPass(&'static str),

@@ -1,17 +1,28 @@
 //! Ctrl-C (SIGINT) and SIGTERM as a request to stop, for work that must
-//! undo what it made before it ends (`prepare`'s unfinished shards) rather
-//! than die half-way. A second signal ends the process at once. Once
-//! caught, a signal stays caught for the life of the process.
+//! keep or undo what it made before it ends (`train`'s steps, `prepare`'s
+//! unfinished shards) rather than die half-way. A second signal ends the
+//! process at once. Once caught, a signal stays caught for the life of the
+//! process.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
 /// The signal caught, or 0.
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
 
-/// From now on, the first SIGINT or SIGTERM sets [`requested`] instead of
-/// ending the process. A signal the process was started ignoring (a
-/// background job of a script, for SIGINT) stays ignored.
-pub fn catch() {
+/// What the first signal prints at once (a leaked line, or null), so
+/// that a user who waits for the work to stop knows it will.
+static NOTICE: AtomicPtr<&'static str> = AtomicPtr::new(std::ptr::null_mut());
+
+/// From now on, the first SIGINT or SIGTERM sets [`requested`] and prints
+/// `[warn] {notice}` (unless warnings are off) instead of ending the
+/// process. A signal the process was started ignoring (a background job
+/// of a script, for SIGINT) stays ignored.
+pub fn catch(notice: &'static str) {
+    if log::max_level() >= log::LevelFilter::Warn {
+        // Leaked: the handler may run at any time after.
+        let line: &'static str = format!("\n[warn] {notice}\n").leak();
+        NOTICE.store(Box::leak(Box::new(line)), Ordering::Release);
+    }
     #[cfg(unix)]
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a zeroed `sigaction` is a valid value to be overwritten,
@@ -62,5 +73,13 @@ extern "C" fn on_signal(signal: libc::c_int) {
         // SAFETY: `_exit` is async-signal-safe and ends the process at
         // once, as a second Ctrl-C is meant to.
         unsafe { libc::_exit(128 + signal) };
+    }
+    // SAFETY: a non-null `NOTICE` points to a leaked `&'static str`,
+    // written before the pointer was released.
+    if let Some(line) = unsafe { NOTICE.load(Ordering::Acquire).as_ref() } {
+        // SAFETY: `write` is async-signal-safe and reads `line.len()`
+        // bytes of a live string. A notice that cannot be written is not
+        // worth acting on.
+        unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
     }
 }

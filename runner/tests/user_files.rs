@@ -717,11 +717,41 @@ fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
     set_mode(&locked, 0o755);
 }
 
+/// Runs the runner with `args`, sends it SIGTERM (as Ctrl-C) once a line
+/// of its stderr satisfies `ready`, and returns the stderr after that line
+/// with how the process ended.
+fn terminated_once(
+    args: &[&std::ffi::OsStr],
+    ready: impl Fn(&str) -> bool,
+) -> (String, std::process::ExitStatus) {
+    use std::io::{BufRead, BufReader, Read};
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !ready(&line) {
+        line.clear();
+        let read = stderr.read_line(&mut line).unwrap();
+        assert!(read > 0, "the run ended before it was ready to stop");
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    (rest, child.wait().unwrap())
+}
+
 /// SIGTERM (as Ctrl-C) during `prepare` removes the shards begun and the
 /// folders made, and the process then ends as the signal would have.
 #[test]
 fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
-    use std::io::{BufRead, BufReader, Read};
     use std::os::unix::process::ExitStatusExt;
 
     let dir = scratch("prepare-interrupted");
@@ -730,34 +760,74 @@ fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
     let line = b"It was the best of times, it was the worst of times, it was the age of wisdom.\n";
     std::fs::write(&data, line.repeat((16 << 20) / line.len())).unwrap();
     let out = dir.join("new").join("shards");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["prepare", "--tokenizer", "gpt2", "--shard-tokens", "100000"])
-        .arg("--input")
-        .arg(&data)
-        .arg("--output")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let args = ["prepare", "--tokenizer", "gpt2", "--shard-tokens", "100000"];
+    let paths = [
+        "--input".as_ref(),
+        data.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ];
     // Logged once the signals are caught and the first shard is open.
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("Tokenizing"), "{first}");
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref()).chain(paths).collect();
+    let (rest, status) = terminated_once(&args, |line| line.starts_with("Tokenizing"));
     assert_eq!(
-        rest.trim_end(),
-        "error: interrupted before the shards were complete"
+        rest.trim(),
+        "[warn] stopping: removing the unfinished shards (a second Ctrl-C ends the run at once)\n\
+         error: interrupted before the shards were complete"
     );
     assert_eq!(status.signal(), Some(15), "{status:?}");
     assert!(!dir.join("new").exists(), "the folders made were left");
+}
+
+/// SIGTERM (as Ctrl-C) during `train` stops it after the step under way
+/// and saves that step's checkpoint, which `--resume` continues from the
+/// next step; the process then ends as the signal would have.
+#[test]
+fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = scratch("train-interrupted");
+    let ckpt = dir.join("ck");
+    let ckpt = ckpt.to_str().unwrap();
+    let args = ["train", "--preset", "tiny", "--steps", "100000"];
+    let args = [&args[..], &["--eval-every", "0", "--save", ckpt]].concat();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
+    let (rest, status) = terminated_once(&args, |line| line.contains("Step: 1/100000"));
+    assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
+    let lines: Vec<&str> = rest.lines().filter(|l| !l.is_empty()).collect();
+    let notice = "[warn] stopping after this step (a second Ctrl-C ends the run at once)";
+    assert!(lines.contains(&notice), "{rest}");
+    let last = lines.last().unwrap();
+    let step: u32 = last
+        .strip_prefix("error: interrupted after step ")
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{rest}"));
+    assert_eq!(
+        *last,
+        format!(
+            "error: interrupted after step {step} of 100000; --resume {ckpt} continues the run"
+        )
+    );
+    assert!(
+        lines.contains(&format!("Saved checkpoint to {ckpt}").as_str()),
+        "{rest}"
+    );
+
+    let next = (step + 1).to_string();
+    let resumed = [
+        "train",
+        "--steps",
+        "100000",
+        "--resume",
+        ckpt,
+        "--stop-at",
+        &next,
+    ];
+    let out = runner(&resumed);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("Step: {next}/100000")), "{log}");
 }
 
 /// A read-only checkpoint replaced with `--overwrite` leaves its old copy

@@ -85,13 +85,17 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
     };
     // Ctrl-C stops the run between two chunks, which removes the
     // unfinished shards and the folders it made.
-    interrupt::catch();
+    interrupt::catch(
+        "stopping: removing the unfinished shards (a second Ctrl-C ends the run at once)",
+    );
     let report = prepare(&settings, started, |done| {
         if let Some(bar) = bar.get() {
             bar.set_position(done);
         }
         match interrupt::requested() {
-            true => Err(Error::Interrupted("before the shards were complete")),
+            true => Err(Error::Interrupted(
+                "before the shards were complete".to_string(),
+            )),
             false => Ok(()),
         }
     });

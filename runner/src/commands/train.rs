@@ -85,7 +85,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub eval_every: u32,
     /// Save a checkpoint (Hugging Face GPT-2 layout + optimizer state) to DIR
-    /// at the end.
+    /// at the end (also when Ctrl-C stops the run, after the step under
+    /// way).
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
     /// Let the save at the end replace the checkpoint found at --save when

@@ -398,7 +398,7 @@ mod tests {
             |_| {
                 calls += 1;
                 match calls {
-                    3 => Err(Error::Interrupted("stopped")),
+                    3 => Err(Error::Interrupted("stopped".to_string())),
                     _ => Ok(()),
                 }
             },

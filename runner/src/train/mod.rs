@@ -24,7 +24,7 @@ use crate::model::{Gpt, ModelConfig, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::world::Collective;
-use crate::{logger, outputs, plot};
+use crate::{interrupt, logger, outputs, plot};
 pub use data_parallel::DataParallel;
 use data_parallel::{backward_summing, sum_gradients};
 use optim::{Optimizer, OptimizerSettings};
@@ -527,6 +527,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // after the checkpoint of the steps done is saved: the log is not
     // worth the training.
     let mut unwritten = None;
+    // Ctrl-C, too, stops after the step under way and saves it. Not under
+    // mpirun, which ends its ranks itself.
+    if ranks == 1 {
+        interrupt::catch("stopping after this step (a second Ctrl-C ends the run at once)");
+    }
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
@@ -557,10 +562,14 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if let Some(bar) = &progress {
             bar.inc(1);
         }
-        if step % s.log_every == 0 || step == first || step == last {
+        // Stopping now: the last step is logged, but not validated (which
+        // is what the user would wait for).
+        let stopping = interrupt::requested();
+        if step % s.log_every == 0 || step == first || step == last || stopping {
             log_step(&times, lr, b, t, step, s.steps);
         }
-        let validate = (s.eval_every > 0 && step % s.eval_every == 0) || step == last;
+        let periodic = s.eval_every > 0 && step % s.eval_every == 0;
+        let validate = (periodic || step == last) && !stopping;
         let eval = if validate && leader {
             let windows = (&data.val[..], t, b, Some(val_windows));
             Some(validate_at(step, &mut model, windows)?)
@@ -587,6 +596,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 break;
             }
         }
+        if stopping {
+            break;
+        }
     }
     logger::finish_progress();
     let steps_run = report.losses.len();
@@ -607,10 +619,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         report.tokens_per_sec,
         report.losses.last().copied().unwrap_or(f32::NAN),
     );
-    if let Some(dir) = &s.save {
-        let schedule = s.schedule(ranks, t, Some(fingerprint));
-        save_run((dir, seen), &model, &optimizer, &rng, schedule, world)?;
-    }
+    let saved = match &s.save {
+        Some(dir) => {
+            let schedule = s.schedule(ranks, t, Some(fingerprint));
+            save_run((dir, seen), &model, &optimizer, &rng, schedule, world)?
+        }
+        None => None,
+    };
     if let Some(e) = unwritten {
         return Err(e);
     }
@@ -618,6 +633,19 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     if let Some(path) = s.plot.as_ref().filter(|_| leader) {
         plot::loss_curve(path, &train_curve, &val_curve)?;
         info!("Wrote the loss curves to {}", path.display());
+    }
+    // A signal during the last step or the save is reported too: the
+    // process then ends as the signal would.
+    if interrupt::requested() {
+        let step = optimizer.step;
+        let kept = match &saved {
+            Some(dir) if step < s.steps => format!("--resume {} continues the run", dir.display()),
+            Some(dir) => format!("the trained model was saved to {}", dir.display()),
+            None => "nothing was saved".to_string(),
+        };
+        return Err(Error::Interrupted(format!(
+            "after step {step} of {last}; {kept}"
+        )));
     }
     Ok((model, report))
 }
@@ -643,7 +671,7 @@ fn validate_at(
 /// Saves the model with its training state to `dir`, or beside it where
 /// it changed from `seen` ([`checkpoint::save_unless_changed`]). Every
 /// rank calls it: each sends its share of a sharded optimizer's state, and
-/// rank 0 writes.
+/// rank 0 writes and returns where.
 fn save_run(
     (dir, seen): (&Path, Option<SavedCheckpoint>),
     model: &Gpt,
@@ -651,18 +679,19 @@ fn save_run(
     rng: &Rng,
     schedule: RunSchedule,
     world: &dyn Collective,
-) -> Result<(), Error> {
-    if let Some((m, v)) = &optimizer.full_moments(world) {
-        let state = TrainingState {
-            step: optimizer.step,
-            rng_state: rng.state(),
-            moments: (m.as_ref(), v.as_ref()),
-            schedule: Some(schedule),
-        };
-        let saved = checkpoint::save_unless_changed(dir, seen, model, Some(&state))?;
-        info!("Saved checkpoint to {}", saved.display());
-    }
-    Ok(())
+) -> Result<Option<PathBuf>, Error> {
+    let Some((m, v)) = &optimizer.full_moments(world) else {
+        return Ok(None);
+    };
+    let state = TrainingState {
+        step: optimizer.step,
+        rng_state: rng.state(),
+        moments: (m.as_ref(), v.as_ref()),
+        schedule: Some(schedule),
+    };
+    let saved = checkpoint::save_unless_changed(dir, seen, model, Some(&state))?;
+    info!("Saved checkpoint to {}", saved.display());
+    Ok(Some(saved))
 }
 
 /// Token buffers of one micro-batch.
