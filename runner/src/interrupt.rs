@@ -1,9 +1,11 @@
 //! Ctrl-C (SIGINT) and SIGTERM as a request to stop, for work that must
 //! keep or undo what it made before it ends (`train`'s steps, `prepare`'s
-//! unfinished shards) rather than die half-way. A second signal ends the
-//! process at once. Once caught, a signal stays caught for the life of the
-//! process.
+//! unfinished shards) rather than die half-way. While a [`Catching`]
+//! lives, the first signal is a request and a second ends the process at
+//! once; outside it a signal ends the process as usual. A request, once
+//! made, stays for the life of the process.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 
 /// The signal caught, or 0.
@@ -13,30 +15,70 @@ static CAUGHT: AtomicI32 = AtomicI32::new(0);
 /// that a user who waits for the work to stop knows it will.
 static NOTICE: AtomicPtr<&'static str> = AtomicPtr::new(std::ptr::null_mut());
 
-/// From now on, the first SIGINT or SIGTERM sets [`requested`] and prints
-/// `[warn] {notice}` (unless warnings are off) instead of ending the
-/// process. A signal the process was started ignoring (a background job
-/// of a script, for SIGINT) stays ignored.
-pub fn catch(notice: &'static str) {
+/// The signals caught, with the actions they had before, which are put
+/// back when this is dropped.
+#[must_use = "signals are caught only while the value lives"]
+pub struct Catching {
+    #[cfg(unix)]
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+/// Until the value returned is dropped, the first SIGINT or SIGTERM sets
+/// [`requested`] and prints `[warn] {notice}` (unless warnings are off)
+/// instead of ending the process. A signal the process was started
+/// ignoring (a background job of a script, for SIGINT) stays ignored.
+pub fn catch(notice: &'static str) -> Catching {
     if log::max_level() >= log::LevelFilter::Warn {
+        // On a terminal the line replaces the echoed `^C` (or a progress
+        // bar, which redraws itself below).
+        let start = if std::io::stderr().is_terminal() {
+            "\r\x1b[2K"
+        } else {
+            ""
+        };
         // Leaked: the handler may run at any time after.
-        let line: &'static str = format!("\n[warn] {notice}\n").leak();
+        let line: &'static str = format!("{start}[warn] {notice}\n").leak();
         NOTICE.store(Box::leak(Box::new(line)), Ordering::Release);
     }
     #[cfg(unix)]
+    let mut previous = Vec::new();
+    #[cfg(unix)]
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed `sigaction` is a valid value to be overwritten,
+        // SAFETY: a zeroed `sigaction` is plain data to be overwritten,
         // and a null new action only reads the current one.
-        let ignored = unsafe {
+        let current = unsafe {
             let mut current: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
-                && current.sa_sigaction == libc::SIG_IGN
+            (libc::sigaction(signal, std::ptr::null(), &mut current) == 0).then_some(current)
         };
-        if !ignored {
-            let handler: extern "C" fn(libc::c_int) = on_signal;
-            // SAFETY: `on_signal` only touches an atomic and calls
-            // `_exit`, both async-signal-safe.
-            unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        let Some(current) = current.filter(|c| c.sa_sigaction != libc::SIG_IGN) else {
+            continue;
+        };
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        // SAFETY: as above for the zeroed action, whose mask is then
+        // emptied; `on_signal` calls only async-signal-safe functions.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_sigaction = handler as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut()) == 0
+        };
+        if installed {
+            previous.push((signal, current));
+        }
+    }
+    Catching {
+        #[cfg(unix)]
+        previous,
+    }
+}
+
+impl Drop for Catching {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        for (signal, action) in &self.previous {
+            // SAFETY: puts back an action the OS gave for this signal.
+            unsafe { libc::sigaction(*signal, action, std::ptr::null_mut()) };
         }
     }
 }
@@ -69,17 +111,48 @@ pub fn end_if_caught() {
 
 #[cfg(unix)]
 extern "C" fn on_signal(signal: libc::c_int) {
-    if CAUGHT.swap(signal, Ordering::Relaxed) != 0 {
-        // SAFETY: `_exit` is async-signal-safe and ends the process at
-        // once, as a second Ctrl-C is meant to.
-        unsafe { libc::_exit(128 + signal) };
+    if CAUGHT.load(Ordering::Relaxed) != 0 {
+        end_now(signal);
     }
+    // The notice before the request: the work may end on seeing it.
     // SAFETY: a non-null `NOTICE` points to a leaked `&'static str`,
     // written before the pointer was released.
     if let Some(line) = unsafe { NOTICE.load(Ordering::Acquire).as_ref() } {
+        // `write` may set errno (a closed stderr), which the interrupted
+        // code may be about to read.
+        #[cfg(target_os = "linux")]
+        // SAFETY: errno is this thread's, always addressable.
+        let errno = unsafe { *libc::__errno_location() };
         // SAFETY: `write` is async-signal-safe and reads `line.len()`
         // bytes of a live string. A notice that cannot be written is not
         // worth acting on.
         unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
+        #[cfg(target_os = "linux")]
+        // SAFETY: as above.
+        unsafe {
+            *libc::__errno_location() = errno
+        };
+    }
+    CAUGHT.store(signal, Ordering::Relaxed);
+}
+
+/// Ends the process by `signal` from within its handler (the second
+/// signal), as a shell expects of a process it interrupted.
+#[cfg(unix)]
+fn end_now(signal: libc::c_int) -> ! {
+    // SAFETY: `signal`, the signal-set functions, `pthread_sigmask`,
+    // `raise` and `_exit` are async-signal-safe and touch only the set on
+    // this stack. The signal is blocked while its handler runs: unblocked,
+    // its default action ends the process at `raise`.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+        // Still here: the default action was not to end (the first
+        // process of a container).
+        libc::_exit(128 + signal)
     }
 }

@@ -19,6 +19,10 @@ fn main() {
         runner::logger::finish_progress();
         fail(&e.to_string(), started);
     }
+    // A signal caught after the work last looked (its result whole) still
+    // ends the process as the signal would.
+    started.finish();
+    runner::interrupt::end_if_caught();
 }
 
 /// Prints the one `error: ...` line and exits with 1 (as the signal would

@@ -3,7 +3,7 @@
 //! error line (never an abort) for corrupt or impossible checkpoints.
 
 mod common;
-use common::{assert_clear_error, assert_success, runner, scratch};
+use common::{assert_clear_error, assert_success, json_losses, runner, scratch};
 
 use std::fs;
 use std::path::Path;
@@ -732,7 +732,7 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_clear_error(&out, "--data: checkpoint ");
     assert_clear_error(
         &out,
-        "values and data, or start a new run from its weights with --init-from",
+        "give it its data, or start a new run from its weights with --init-from",
     );
     // A fingerprint that does not parse is a corrupt state, not a panic.
     set_state_metadata(&ckpt, "data_hash", "not hex");
@@ -756,6 +756,48 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let moved = "--steps 6 is not the checkpoint's 3: the learning rate's decay now ends at step 6";
     assert!(stderr.contains(moved), "{stderr}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// `--resume DIR` alone continues the run as it was asked for: its
+/// steps, batch, accumulation, learning rate, warm-up and window come
+/// from the checkpoint, and the losses are those of the run not stopped.
+#[test]
+fn resuming_takes_the_run_settings_not_given() {
+    let dir = scratch("resume-defaults");
+    let (full, resumed) = (dir.join("full.jsonl"), dir.join("resumed.jsonl"));
+    let ck = dir.join("ck");
+    let ck = ck.to_str().unwrap();
+    let schedule = [
+        "train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "6",
+        "--batch",
+        "3",
+        "--grad-accum",
+        "2",
+        "--lr",
+        "0.003",
+        "--warmup",
+        "2",
+        "--seq-len",
+        "16",
+        "--seed",
+        "5",
+        "-q",
+    ];
+    let json = |path| ["--json", path];
+    let (full_json, resumed_json) = (full.to_str().unwrap(), resumed.to_str().unwrap());
+    assert_success(&runner(&[&schedule[..], &json(full_json)].concat()));
+    let stopped = [&schedule[..], &["--stop-at", "3", "--save", ck]].concat();
+    assert_success(&runner(&stopped));
+    let resume = ["train", "--resume", ck, "-q"];
+    assert_success(&runner(&[&resume[..], &json(resumed_json)].concat()));
+    let (full, resumed) = (json_losses(&full), json_losses(&resumed));
+    assert_eq!(full.len(), 6);
+    assert_eq!(resumed, full[3..], "the resumed run is another one");
     let _ = fs::remove_dir_all(&dir);
 }
 

@@ -717,32 +717,52 @@ fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
     set_mode(&locked, 0o755);
 }
 
-/// Runs the runner with `args`, sends it SIGTERM (as Ctrl-C) once a line
-/// of its stderr satisfies `ready`, and returns the stderr after that line
-/// with how the process ended.
-fn terminated_once(
+/// Sends SIGTERM (as Ctrl-C) to the process `pid`.
+fn terminate(pid: u32) {
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// Starts the runner with `args`, reads its stderr until a line satisfies
+/// `ready`, then sends it SIGTERM; returns the process and the rest of
+/// its stderr to read.
+fn started_then_terminated(
     args: &[&std::ffi::OsStr],
     ready: impl Fn(&str) -> bool,
-) -> (String, std::process::ExitStatus) {
-    use std::io::{BufRead, BufReader, Read};
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    use std::io::BufRead;
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !ready(&line) {
         line.clear();
         let read = stderr.read_line(&mut line).unwrap();
         assert!(read > 0, "the run ended before it was ready to stop");
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    terminate(child.id());
+    (child, stderr)
+}
+
+/// As [`started_then_terminated`], then returns the rest of the stderr
+/// and how the process ended.
+fn terminated_once(
+    args: &[&std::ffi::OsStr],
+    ready: impl Fn(&str) -> bool,
+) -> (String, std::process::ExitStatus) {
+    use std::io::Read;
+
+    let (mut child, mut stderr) = started_then_terminated(args, ready);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     (rest, child.wait().unwrap())
@@ -772,7 +792,7 @@ fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
     let (rest, status) = terminated_once(&args, |line| line.starts_with("Tokenizing"));
     assert_eq!(
         rest.trim(),
-        "[warn] stopping: removing the unfinished shards (a second Ctrl-C ends the run at once)\n\
+        "[warn] stopping: removing the unfinished shards (Ctrl-C again ends the run at once)\n\
          error: interrupted before the shards were complete"
     );
     assert_eq!(status.signal(), Some(15), "{status:?}");
@@ -795,7 +815,7 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     let (rest, status) = terminated_once(&args, |line| line.contains("Step: 1/100000"));
     assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
     let lines: Vec<&str> = rest.lines().filter(|l| !l.is_empty()).collect();
-    let notice = "[warn] stopping after this step (a second Ctrl-C ends the run at once)";
+    let notice = "[warn] stopping after the step under way, and saving it (Ctrl-C again ends the run at once)";
     assert!(lines.contains(&notice), "{rest}");
     let last = lines.last().unwrap();
     let step: u32 = last
@@ -813,21 +833,57 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
         lines.contains(&format!("Saved checkpoint to {ckpt}").as_str()),
         "{rest}"
     );
+    let stopped = format!("Training stopped - {step} steps in ");
+    assert!(lines.iter().any(|l| l.starts_with(&stopped)), "{rest}");
+    let logged = format!("Step: {step}/100000");
+    assert!(lines.iter().any(|l| l.ends_with(&logged)), "{rest}");
 
     let next = (step + 1).to_string();
-    let resumed = [
-        "train",
-        "--steps",
-        "100000",
-        "--resume",
-        ckpt,
-        "--stop-at",
-        &next,
-    ];
+    // --steps left out: the run's.
+    let resumed = ["train", "--resume", ckpt, "--stop-at", &next];
     let out = runner(&resumed);
     assert_success(&out);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains(&format!("Step: {next}/100000")), "{log}");
+    assert!(log.contains("Training complete - 1 steps"), "{log}");
+}
+
+/// A second SIGTERM (as a second Ctrl-C) ends `train` at once, by the
+/// signal, in the middle of a step: nothing is saved, no error is printed.
+#[test]
+fn a_second_signal_ends_train_at_once() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = scratch("train-killed");
+    let ckpt = dir.join("ck");
+    // Steps of about a second, so that the second signal lands inside one.
+    let args = [
+        "train", "--preset", "shakes", "--batch", "8", "--steps", "1000",
+    ];
+    let args = [
+        &args[..],
+        &["--eval-every", "0", "--save", ckpt.to_str().unwrap()],
+    ]
+    .concat();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
+    let (mut child, mut stderr) =
+        started_then_terminated(&args, |line| line.contains("Step: 1/1000"));
+    let mut line = String::new();
+    while !line.starts_with("[warn] stopping after the step under way") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no notice");
+    }
+    terminate(child.id());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
+    assert!(
+        !rest.contains("error:") && !rest.contains("Saved"),
+        "{rest}"
+    );
+    assert!(!ckpt.exists(), "a checkpoint was saved");
 }
 
 /// A read-only checkpoint replaced with `--overwrite` leaves its old copy

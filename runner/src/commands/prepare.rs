@@ -85,8 +85,8 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
     };
     // Ctrl-C stops the run between two chunks, which removes the
     // unfinished shards and the folders it made.
-    interrupt::catch(
-        "stopping: removing the unfinished shards (a second Ctrl-C ends the run at once)",
+    let catching = interrupt::catch(
+        "stopping: removing the unfinished shards (Ctrl-C again ends the run at once)",
     );
     let report = prepare(&settings, started, |done| {
         if let Some(bar) = bar.get() {
@@ -99,6 +99,7 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
             false => Ok(()),
         }
     });
+    drop(catching);
     logger::finish_progress();
     let report = report?;
     let train: usize = report.shards.iter().skip(1).sum();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::options::{self, RunOptions};
-use crate::checkpoint;
+use crate::checkpoint::{self, RunSchedule};
 use crate::data::{DataSource, Tokenizer};
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
@@ -15,6 +15,10 @@ use crate::train::{train, TrainSettings};
 const DEFAULT_SEED: u64 = 1337;
 /// The warm-up of a run that names none.
 const DEFAULT_WARMUP: u32 = 20;
+/// The schedule of a new run that names none.
+const DEFAULT_STEPS: u32 = 200;
+const DEFAULT_BATCH: usize = 8;
+const DEFAULT_LR: f32 = 1e-3;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -41,7 +45,8 @@ pub struct TrainArgs {
     /// the preset).
     #[arg(long)]
     pub block_size: Option<usize>,
-    /// Tokens per training window [default: the block size].
+    /// Tokens per training window [default: the block size; with
+    /// --resume, the run's].
     #[arg(long, value_name = "T")]
     pub seq_len: Option<usize>,
     /// Recompute each block's LayerNorm outputs and GELU output in the
@@ -62,19 +67,21 @@ pub struct TrainArgs {
     /// a fresh optimizer; the model's shape and tokenizer are DIR's.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
-    /// Optimizer steps (the total, when resuming).
-    #[arg(long, default_value_t = 200)]
-    pub steps: u32,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Micro-batches whose gradients add up to one step.
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    /// Peak learning rate (after warm-up; cosine decay to a tenth of it).
-    #[arg(long, default_value_t = 1e-3, value_parser = options::float)]
-    pub lr: f32,
-    /// Warm-up steps [default: 20].
+    /// Optimizer steps in all [default: 200; with --resume, the run's].
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Sequences per micro-batch [default: 8; with --resume, the run's].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Micro-batches whose gradients add up to one step [default: 1; with
+    /// --resume, the run's].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate (after warm-up; cosine decay to a tenth of it)
+    /// [default: 0.001; with --resume, the run's].
+    #[arg(long, value_parser = options::float)]
+    pub lr: Option<f32>,
+    /// Warm-up steps [default: 20; with --resume, the run's].
     #[arg(long, value_name = "N")]
     pub warmup: Option<u32>,
     /// Seed of the initial weights and of the data sampling [default:
@@ -95,7 +102,9 @@ pub struct TrainArgs {
     /// then saves to DIR.1, ...
     #[arg(long, requires = "save")]
     pub overwrite: bool,
-    /// Continue the run saved in DIR (model, optimizer, step, data order).
+    /// Continue the run saved in DIR (model, optimizer, step, data order;
+    /// --steps, --batch, --grad-accum, --lr, --warmup and --seq-len not
+    /// given are the run's). Give the run's --data again.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Write one JSON object per step and validation to FILE (see README).
@@ -183,7 +192,20 @@ impl TrainArgs {
         }))
     }
 
+    /// The schedule of the run `--resume` continues, whose settings stand
+    /// for those not given (a state that cannot be read is refused later,
+    /// with its reason).
+    fn resumed_schedule(&self) -> Option<RunSchedule> {
+        let dir = self.resume.as_deref()?;
+        checkpoint::load_progress(dir).ok()?.schedule
+    }
+
     fn settings(&self) -> Result<TrainSettings, Error> {
+        let saved = self.resumed_schedule();
+        let steps = (self.steps.or(saved.map(|s| s.total_steps))).unwrap_or(DEFAULT_STEPS);
+        // The saved batch is all ranks'.
+        let ranks = crate::world::current().size();
+        let saved_batch = saved.and_then(|s| (s.batch % ranks == 0).then_some(s.batch / ranks));
         let mut warnings = Vec::new();
         if self.seed.is_some() && self.resume.is_some() {
             warnings.push(
@@ -193,14 +215,13 @@ impl TrainArgs {
         }
         // The default warm-up outlasts short runs on purpose: said only
         // where the user chose it.
-        if let Some(warmup) = self.warmup.filter(|&w| w > self.steps) {
+        if let Some(warmup) = self.warmup.filter(|&w| w > steps) {
             warnings.push(format!(
-                "--warmup {warmup} is longer than --steps {}: the learning rate never reaches --lr (it ends at {:.0} % of it)",
-                self.steps,
-                100.0 * f64::from(self.steps) / f64::from(warmup)
+                "--warmup {warmup} is longer than --steps {steps}: the learning rate never reaches --lr (it ends at {:.0} % of it)",
+                100.0 * f64::from(steps) / f64::from(warmup)
             ));
         }
-        let stops_early = self.stop_at.filter(|&stop| stop < self.steps);
+        let stops_early = self.stop_at.filter(|&stop| stop < steps);
         if let (Some(stop), None) = (stops_early, &self.save) {
             warnings.push(format!("--stop-at {stop} without --save: the run stops early and saves nothing to resume from"));
         }
@@ -210,11 +231,11 @@ impl TrainArgs {
             init_from: self.init_from.clone(),
             seq_len: self.seq_len,
             recompute: self.recompute,
-            steps: self.steps,
-            batch: self.batch,
-            grad_accum: self.grad_accum,
-            lr: self.lr,
-            warmup: self.warmup.unwrap_or(DEFAULT_WARMUP),
+            steps,
+            batch: self.batch.or(saved_batch).unwrap_or(DEFAULT_BATCH),
+            grad_accum: self.grad_accum.or(saved.map(|s| s.grad_accum)).unwrap_or(1),
+            lr: self.lr.or(saved.map(|s| s.lr)).unwrap_or(DEFAULT_LR),
+            warmup: (self.warmup.or(saved.map(|s| s.warmup))).unwrap_or(DEFAULT_WARMUP),
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             eval_every: self.eval_every,
             log_every: self.log_every,

@@ -303,7 +303,7 @@ fn check_resume(
         return Err(Error::checkpoint(
             dir,
             format!(
-                "it was trained with other settings ({}); resume it with the checkpoint's values and data, or start a new run from its weights with --init-from",
+                "it was trained with other settings ({}); leave the options out to take the checkpoint's, give it its data, or start a new run from its weights with --init-from",
                 differences.join("; ")
             ),
         ));
@@ -379,7 +379,16 @@ fn log_start(
 fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error> {
     s.check()?;
     let cfg = run_config(s)?;
-    let (b, t) = (s.batch, s.seq_len.unwrap_or(cfg.block_size));
+    // A resumed run's window, unless asked for, is the run's (one longer
+    // than the weights' block size is blamed on the files below).
+    let resumed_t = match (&s.resume, s.seq_len) {
+        (Some(dir), None) => checkpoint::load_progress(dir)
+            .ok()
+            .and_then(|progress| progress.schedule?.seq_len)
+            .filter(|&t| t <= cfg.block_size),
+        _ => None,
+    };
+    let (b, t) = (s.batch, s.seq_len.or(resumed_t).unwrap_or(cfg.block_size));
     if t > cfg.block_size {
         return Err(Error::Config(format!(
             "--seq-len {t} is longer than the model's block size {}",
@@ -527,11 +536,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // after the checkpoint of the steps done is saved: the log is not
     // worth the training.
     let mut unwritten = None;
-    // Ctrl-C, too, stops after the step under way and saves it. Not under
-    // mpirun, which ends its ranks itself.
-    if ranks == 1 {
-        interrupt::catch("stopping after this step (a second Ctrl-C ends the run at once)");
-    }
+    // Ctrl-C, too, stops after the step under way and saves it (until the
+    // run returns). Not with several ranks: mpirun ends them itself.
+    let notice = match s.save {
+        Some(_) => {
+            "stopping after the step under way, and saving it (Ctrl-C again ends the run at once)"
+        }
+        None => "stopping after the step under way (Ctrl-C again ends the run at once)",
+    };
+    let _catching = (ranks == 1).then(|| interrupt::catch(notice));
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
@@ -562,14 +575,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         if let Some(bar) = &progress {
             bar.inc(1);
         }
-        // Stopping now: the last step is logged, but not validated (which
-        // is what the user would wait for).
-        let stopping = interrupt::requested();
-        if step % s.log_every == 0 || step == first || step == last || stopping {
+        let logged = step % s.log_every == 0 || step == first || step == last;
+        if logged {
             log_step(&times, lr, b, t, step, s.steps);
         }
+        // A run asked to stop is not kept waiting for a validation.
         let periodic = s.eval_every > 0 && step % s.eval_every == 0;
-        let validate = (periodic || step == last) && !stopping;
+        let validate = (periodic || step == last) && !interrupt::requested();
         let eval = if validate && leader {
             let windows = (&data.val[..], t, b, Some(val_windows));
             Some(validate_at(step, &mut model, windows)?)
@@ -596,7 +608,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 break;
             }
         }
-        if stopping {
+        // Asked during the step or its validation: the run stops after
+        // this step, which it logs.
+        if interrupt::requested() {
+            if !logged {
+                log_step(&times, lr, b, t, step, s.steps);
+            }
             break;
         }
     }
@@ -613,8 +630,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // Outside `info!`, which skips its arguments on quiet ranks: every
     // rank must join the collective.
     let peak = peak_memory(world);
+    let ended = match interrupt::requested() {
+        true => "stopped",
+        false => "complete",
+    };
     info!(
-        "Training complete - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory{peak}",
+        "Training {ended} - {steps_run} steps in {:.1} s | {:.1} tokens/sec | final loss {:.4} | Peak resident memory{peak}",
         run_start.elapsed().as_secs_f64(),
         report.tokens_per_sec,
         report.losses.last().copied().unwrap_or(f32::NAN),
@@ -639,12 +660,20 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     if interrupt::requested() {
         let step = optimizer.step;
         let kept = match &saved {
-            Some(dir) if step < s.steps => format!("--resume {} continues the run", dir.display()),
+            Some(dir) if step < s.steps => {
+                let data = s
+                    .data
+                    .as_ref()
+                    .map(|data| format!(" --data {}", data.display()));
+                let data = data.unwrap_or_default();
+                format!("--resume {}{data} continues the run", dir.display())
+            }
             Some(dir) => format!("the trained model was saved to {}", dir.display()),
             None => "nothing was saved".to_string(),
         };
+        let steps = s.steps;
         return Err(Error::Interrupted(format!(
-            "after step {step} of {last}; {kept}"
+            "after step {step} of {steps}; {kept}"
         )));
     }
     Ok((model, report))
