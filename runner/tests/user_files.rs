@@ -631,10 +631,16 @@ fn prepare_leaves_nothing_half_made() {
     // A file named like an unfinished shard is the user's, never replaced.
     std::fs::create_dir_all(&out).unwrap();
     let tmp = out.join("data_val_000000.bin.tmp");
+    let other = out.join("data_train_000001.bin.tmp");
     std::fs::write(&tmp, "mine").unwrap();
-    assert_clear_error(&prepare(&[&data], "50"), "holds data_val_000000.bin.tmp");
+    std::fs::write(&other, "mine too").unwrap();
+    assert_clear_error(
+        &prepare(&[&data], "50"),
+        "holds 2 unfinished shard(s) data_*.bin.tmp",
+    );
     assert_eq!(std::fs::read(&tmp).unwrap(), b"mine");
     std::fs::remove_file(&tmp).unwrap();
+    std::fs::remove_file(&other).unwrap();
     assert_success(&prepare(&[&data], "50"));
     assert!(out.join("data_train_000001.bin").exists());
 }

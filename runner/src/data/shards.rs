@@ -141,6 +141,7 @@ impl ShardWriter {
     ) -> Result<ShardWriter, Error> {
         ShardWriter::check_sizes(val_tokens, per_shard)?;
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut unfinished = 0;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let file = entry.file_name();
@@ -154,14 +155,15 @@ impl ShardWriter {
                         dir.display()
                     )))
                 }
-                Some(_) => {
-                    return Err(Error::Config(format!(
-                        "{} holds {file} (a stopped run's unfinished shard?); remove it or choose another --output",
-                        dir.display()
-                    )))
-                }
+                Some(_) => unfinished += 1,
                 None => {}
             }
+        }
+        if unfinished > 0 {
+            return Err(Error::Config(format!(
+                "{} holds {unfinished} unfinished shard(s) {name}_*.bin.tmp (a stopped run's?); remove them or choose another --output",
+                dir.display()
+            )));
         }
         let mut writer = ShardWriter {
             dir: dir.into(),
