@@ -176,6 +176,19 @@ fn a_run_whose_destination_changed_meanwhile_saves_beside_it() {
     assert!(rest.contains("holds `notes.txt`"), "{rest}");
     assert_eq!(fs::read(mine.join("notes.txt")).unwrap(), b"mine");
     assert_eq!(saved_step(&dir.join("mine.1")), 4000);
+
+    // The folder it saves in is removed: the error names the checkpoint
+    // asked for (the one beside it fails too).
+    let gone = dir.join("gone");
+    fs::create_dir(&gone).unwrap();
+    let ckpt = gone.join("ck");
+    let (mut long, mut log) = start_long_run(&ckpt, &[]);
+    fs::remove_dir(&gone).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+    assert!(!long.wait().unwrap().success(), "{rest}");
+    let named = format!("checkpoint {}: its parent", ckpt.display());
+    assert!(rest.contains(&named), "{rest}");
 }
 
 #[test]
@@ -745,6 +758,10 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     set_state_metadata(&ckpt, "batch", "0");
     assert_clear_error(&resume(&[]), "stored batch or grad_accum is 0");
     set_state_metadata(&ckpt, "batch", &saved_batch);
+    // A window of 0 is damage too, not a default to train with.
+    set_state_metadata(&ckpt, "seq_len", "0");
+    assert_clear_error(&resume(&[]), "stored total_steps or seq_len is 0");
+    set_state_metadata(&ckpt, "seq_len", "32");
     // A step past the run's own length: damaged, not resumable.
     set_state_metadata(&ckpt, "total_steps", "2");
     assert_clear_error(&resume(&[]), "stored step 3 is past its run's 2 steps");

@@ -328,20 +328,34 @@ impl<'a> Destination<'a> {
         write: impl FnOnce(&Path) -> Result<(), Error>,
     ) -> Result<PathBuf, Error> {
         let _saving = self.lock_parent();
-        let refused = match changed(&self.dir) {
-            true => Some("another run saved there while this one ran".to_string()),
-            false => self.check_locked().err().map(|e| e.to_string()),
-        };
-        let Some(why) = refused else {
-            self.install_locked(write)?;
-            return Ok(self.dir.clone());
+        let (why, own) = match changed(&self.dir) {
+            true => (
+                "another run saved there while this one ran".to_string(),
+                None,
+            ),
+            false => match self.check_locked() {
+                Ok(()) => {
+                    self.install_locked(write)?;
+                    return Ok(self.dir.clone());
+                }
+                Err(e) => (e.to_string(), Some(e)),
+            },
         };
         let beside = Destination {
             dir: free_sibling(&self.dir),
             files: self.files,
             required: self.required,
         };
-        beside.check_locked()?;
+        if let Err(e) = beside.check_locked() {
+            // Their parent gone: the folder asked for says it best.
+            if let Some(own) = own.filter(|_| !outputs::parent(&self.dir).is_dir()) {
+                return Err(own);
+            }
+            return Err(Error::checkpoint(
+                &self.dir,
+                format!("not saving there ({why}), nor beside it: {e}"),
+            ));
+        }
         warn!(
             "not saving to {} ({why}): saving to {} instead",
             self.dir.display(),

@@ -268,6 +268,9 @@ impl Progress {
             if schedule.batch == 0 || schedule.grad_accum == 0 {
                 return Err("stored batch or grad_accum is 0".into());
             }
+            if schedule.total_steps == 0 || schedule.seq_len == Some(0) {
+                return Err("stored total_steps or seq_len is 0".into());
+            }
             Some(schedule)
         } else {
             None

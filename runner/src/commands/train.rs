@@ -70,7 +70,8 @@ pub struct TrainArgs {
     /// Optimizer steps in all [default: 200; with --resume, the run's].
     #[arg(long)]
     pub steps: Option<u32>,
-    /// Sequences per micro-batch [default: 8; with --resume, the run's].
+    /// Sequences per micro-batch [default: 8; with --resume, the run's,
+    /// shared among the ranks of an MPI run].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Micro-batches whose gradients add up to one step [default: 1; with
@@ -205,7 +206,15 @@ impl TrainArgs {
         let steps = (self.steps.or(saved.map(|s| s.total_steps))).unwrap_or(DEFAULT_STEPS);
         // The saved batch is all ranks'.
         let ranks = crate::world::current().size();
-        let saved_batch = saved.and_then(|s| (s.batch % ranks == 0).then_some(s.batch / ranks));
+        let saved_batch = match saved.filter(|_| self.batch.is_none()) {
+            Some(s) if s.batch % ranks != 0 => {
+                return Err(Error::Config(format!(
+                    "the resumed run's batch of {} sequences (over all ranks) does not divide among {ranks} ranks: run it on a number of ranks that divides it",
+                    s.batch
+                )))
+            }
+            saved => saved.map(|s| s.batch / ranks),
+        };
         let mut warnings = Vec::new();
         if self.seed.is_some() && self.resume.is_some() {
             warnings.push(

@@ -666,7 +666,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                     .as_ref()
                     .map(|data| format!(" --data {}", data.display()));
                 let data = data.unwrap_or_default();
-                format!("--resume {}{data} continues the run", dir.display())
+                let dir = dir.display();
+                format!("--resume {dir}{data} --save {dir} continues the run")
             }
             Some(dir) => format!("the trained model was saved to {}", dir.display()),
             None => "nothing was saved".to_string(),
