@@ -245,6 +245,21 @@ fn two_ranks_follow_one_process_of_twice_the_batch() {
     assert_success(&mpirun(2, &train_args("4", &rest, &resume)));
     let what = "1 process resumed on 2 ranks with --zero 1";
     assert_close(&json_losses(Path::new(&rest)), &single[10..], what);
+
+    // Without --batch, the ranks share the run's batch of 8; 3 cannot.
+    let rest = path("rest3.json");
+    let resume = ["train", "--resume", &ck, "--threads", "1", "-q"];
+    let resume = [&resume[..], &["--eval-every", "0", "--json", &rest]].concat();
+    assert_success(&mpirun(2, &resume));
+    let what = "1 process resumed on 2 ranks sharing its batch";
+    assert_close(&json_losses(Path::new(&rest)), &single[10..], what);
+    let out = mpirun(3, &resume);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        log.contains("batch of 8 sequences (over all ranks) does not divide among 3 ranks"),
+        "{log}"
+    );
 }
 
 #[test]
