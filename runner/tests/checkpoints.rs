@@ -753,6 +753,9 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
         &resume(&[]),
         "metadata `data_hash` is not a hexadecimal number",
     );
+    // Its --steps unknown, the state is blamed, not --stop-at.
+    let out = runner(&["train", "--resume", ck, "--stop-at", "500"]);
+    assert_clear_error(&out, "metadata `data_hash` is not a hexadecimal number");
     set_state_metadata(&ckpt, "data_hash", &saved_hash);
     let saved_batch = state_metadata(&ckpt, "batch");
     set_state_metadata(&ckpt, "batch", "0");

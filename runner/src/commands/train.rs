@@ -194,15 +194,22 @@ impl TrainArgs {
     }
 
     /// The schedule of the run `--resume` continues, whose settings stand
-    /// for those not given (a state that cannot be read is refused later,
-    /// with its reason).
-    fn resumed_schedule(&self) -> Option<RunSchedule> {
-        let dir = self.resume.as_deref()?;
-        checkpoint::load_progress(dir).ok()?.schedule
+    /// for those not given. A state that cannot be read is refused here
+    /// (its settings unknown, others would be blamed); a folder that holds
+    /// none, later, with what it holds instead.
+    fn resumed_schedule(&self) -> Result<Option<RunSchedule>, Error> {
+        let Some(dir) = self.resume.as_deref() else {
+            return Ok(None);
+        };
+        match checkpoint::load_progress(dir) {
+            Ok(progress) => Ok(progress.schedule),
+            Err(e) if dir.join(checkpoint::TRAINING_FILE).is_file() => Err(e),
+            Err(_) => Ok(None),
+        }
     }
 
     fn settings(&self) -> Result<TrainSettings, Error> {
-        let saved = self.resumed_schedule();
+        let saved = self.resumed_schedule()?;
         let steps = (self.steps.or(saved.map(|s| s.total_steps))).unwrap_or(DEFAULT_STEPS);
         // The saved batch is all ranks'.
         let ranks = crate::world::current().size();
