@@ -722,7 +722,10 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     let resume = |extra: &[&str]| resume_to_step_6(ck, extra);
     // The saved run used the default --lr; another one would not continue it.
     assert_clear_error(&resume(&["--lr", "0.5"]), "--lr: checkpoint");
-    assert_clear_error(&resume(&["--grad-accum", "2"]), "--grad-accum");
+    assert_clear_error(
+        &resume(&["--grad-accum", "2"]),
+        "leave those options out to take the checkpoint's, or start",
+    );
     assert_clear_error(
         &resume(&["--seq-len", "16"]),
         "--seq-len: checkpoint 32, this run 16",
@@ -745,7 +748,7 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_clear_error(&out, "--data: checkpoint ");
     assert_clear_error(
         &out,
-        "give it its data, or start a new run from its weights with --init-from",
+        "give the data it was trained on, or start a new run from its weights with --init-from",
     );
     // A fingerprint that does not parse is a corrupt state, not a panic.
     set_state_metadata(&ckpt, "data_hash", "not hex");
@@ -761,6 +764,13 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     set_state_metadata(&ckpt, "batch", "0");
     assert_clear_error(&resume(&[]), "stored batch or grad_accum is 0");
     set_state_metadata(&ckpt, "batch", &saved_batch);
+    // Part of a schedule or of a fingerprint is damage, not a state saved
+    // without one (which would resume with the defaults, on any data).
+    for (key, saved) in [("lr", "0.001"), ("data_hash", saved_hash.as_str())] {
+        edit_state_metadata(&ckpt, key, None);
+        assert_clear_error(&resume(&[]), &format!("metadata lacks `{key}`"));
+        set_state_metadata(&ckpt, key, saved);
+    }
     // A window of 0 is damage too, not a default to train with.
     set_state_metadata(&ckpt, "seq_len", "0");
     assert_clear_error(&resume(&[]), "stored total_steps or seq_len is 0");
@@ -831,13 +841,22 @@ fn state_metadata(ckpt: &Path, key: &str) -> String {
 /// Rewrites `ckpt`'s training state with `key` set to `value` in its
 /// metadata.
 fn set_state_metadata(ckpt: &Path, key: &str, value: &str) {
+    edit_state_metadata(ckpt, key, Some(value));
+}
+
+/// Sets `key` to `value` in the metadata of `ckpt`'s training state, or
+/// removes it where `value` is `None`.
+fn edit_state_metadata(ckpt: &Path, key: &str, value: Option<&str>) {
     use safetensors::SafeTensors;
 
     let path = ckpt.join("training.safetensors");
     let bytes = fs::read(&path).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
-    meta.insert(key.into(), value.into());
+    match value {
+        Some(value) => meta.insert(key.into(), value.into()),
+        None => meta.remove(key),
+    };
     let st = SafeTensors::deserialize(&bytes).unwrap();
     fs::write(
         &path,

@@ -832,7 +832,7 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     assert_eq!(
         *last,
         format!(
-            "error: interrupted after step {step} of 100000; --resume {ckpt} --save {ckpt} continues the run"
+            "error: interrupted after step {step} of 100000; `runner train --resume {ckpt} --save {ckpt}` continues the run"
         )
     );
     assert!(

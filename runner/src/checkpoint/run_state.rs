@@ -238,8 +238,10 @@ impl Progress {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(format!("not a {FORMAT} file"));
         }
-        // States saved without a schedule have none.
-        let schedule = if meta.contains_key("lr") {
+        // States saved without a schedule have none; one with part of it
+        // is damaged (and would resume with defaults for the rest).
+        let keys = ["lr", "warmup", "total_steps", "batch", "grad_accum"];
+        let schedule = if keys.iter().any(|key| meta.contains_key(*key)) {
             let schedule = RunSchedule {
                 lr: metadata_number(meta, "lr")?,
                 warmup: metadata_number(meta, "warmup")?,
@@ -251,7 +253,7 @@ impl Progress {
                 } else {
                     None
                 },
-                data: if meta.contains_key("data_hash") {
+                data: if meta.contains_key("data_hash") || meta.contains_key("train_tokens") {
                     Some(DataFingerprint {
                         train_tokens: metadata_number(meta, "train_tokens")?,
                         hash: metadata_hex(meta, "data_hash")?,

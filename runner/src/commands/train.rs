@@ -93,8 +93,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub eval_every: u32,
     /// Save a checkpoint (Hugging Face GPT-2 layout + optimizer state) to DIR
-    /// at the end (also when Ctrl-C stops the run, after the step under
-    /// way).
+    /// at the end (also when Ctrl-C or SIGTERM stops the run, after the
+    /// step under way).
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
     /// Let the save at the end replace the checkpoint found at --save when
@@ -105,7 +105,8 @@ pub struct TrainArgs {
     pub overwrite: bool,
     /// Continue the run saved in DIR (model, optimizer, step, data order;
     /// --steps, --batch, --grad-accum, --lr, --warmup and --seq-len not
-    /// given are the run's). Give the run's --data again.
+    /// given are the run's; given ones must be, but --steps). Give the
+    /// run's --data again.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Write one JSON object per step and validation to FILE (see README).

@@ -300,11 +300,23 @@ fn check_resume(
     let now = s.schedule(crate::world::current().size(), t, data);
     let differences = saved.map_or(Vec::new(), |saved| saved.differences(&now));
     if !differences.is_empty() {
+        let other_data = differences.iter().any(|d| d.starts_with("--data"));
+        let mut advice = Vec::new();
+        if differences.len() > usize::from(other_data) {
+            advice.push("leave those options out to take the checkpoint's");
+        }
+        match (other_data, &s.data) {
+            (true, None) => advice
+                .push("give the --data it was trained on (this run reads the embedded corpus)"),
+            (true, Some(_)) => advice.push("give the data it was trained on"),
+            (false, _) => {}
+        }
         return Err(Error::checkpoint(
             dir,
             format!(
-                "it was trained with other settings ({}); leave the options out to take the checkpoint's, give it its data, or start a new run from its weights with --init-from",
-                differences.join("; ")
+                "it was trained with other settings ({}); {}, or start a new run from its weights with --init-from",
+                differences.join("; "),
+                advice.join(", ")
             ),
         ));
     }
@@ -663,11 +675,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             Some(dir) if step < s.steps => {
                 let data = s
                     .data
-                    .as_ref()
-                    .map(|data| format!(" --data {}", data.display()));
-                let data = data.unwrap_or_default();
-                let dir = dir.display();
-                format!("--resume {dir}{data} --save {dir} continues the run")
+                    .as_deref()
+                    .map(|data| format!(" --data {}", shell_word(data)));
+                let (dir, data) = (shell_word(dir), data.unwrap_or_default());
+                format!("`runner train --resume {dir}{data} --save {dir}` continues the run")
             }
             Some(dir) => format!("the trained model was saved to {}", dir.display()),
             None => "nothing was saved".to_string(),
@@ -678,6 +689,17 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         )));
     }
     Ok((model, report))
+}
+
+/// `path` as one word of a shell command to copy: as it is where it holds
+/// nothing the shell would read otherwise, else in single quotes.
+fn shell_word(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    match !text.is_empty() && text.chars().all(plain) {
+        true => text.into_owned(),
+        false => format!("'{}'", text.replace('\'', r"'\''")),
+    }
 }
 
 /// Validates `model` on `(tokens, window length, batch, max windows)`
@@ -938,4 +960,19 @@ pub fn log_step(times: &StepTimes, lr: f32, b: usize, t: usize, step: u32, steps
         return;
     }
     info!("Throughput: {:.1} tokens/sec", times.tokens_per_sec());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+    use std::path::Path;
+
+    #[test]
+    fn a_path_is_quoted_where_the_shell_would_split_or_expand_it() {
+        assert_eq!(shell_word(Path::new("ck/run-1.5")), "ck/run-1.5");
+        assert_eq!(shell_word(Path::new("my data.txt")), "'my data.txt'");
+        assert_eq!(shell_word(Path::new("it's")), r"'it'\''s'");
+        assert_eq!(shell_word(Path::new("$HOME/*")), "'$HOME/*'");
+        assert_eq!(shell_word(Path::new("")), "''");
+    }
 }
