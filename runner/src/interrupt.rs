@@ -97,15 +97,11 @@ pub fn end_if_caught() {
     if signal == 0 {
         return;
     }
+    // What the run printed is out before the signal ends it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     #[cfg(unix)]
-    // SAFETY: restoring the default action and raising the signal touch
-    // no memory of ours.
-    unsafe {
-        libc::signal(signal, libc::SIG_DFL);
-        libc::raise(signal);
-    }
-    // Still here: the default action was not to end (the first process of
-    // a container); the shell's code for a signal's end.
+    end_now(signal);
+    #[cfg(not(unix))]
     std::process::exit(128 + signal);
 }
 
@@ -136,14 +132,15 @@ extern "C" fn on_signal(signal: libc::c_int) {
     CAUGHT.store(signal, Ordering::Relaxed);
 }
 
-/// Ends the process by `signal` from within its handler (the second
-/// signal), as a shell expects of a process it interrupted.
+/// Ends the process by `signal`, as a shell expects of a process it
+/// interrupted: from [`end_if_caught`], or from within the handler (the
+/// second signal), so only async-signal-safe calls.
 #[cfg(unix)]
 fn end_now(signal: libc::c_int) -> ! {
     // SAFETY: `signal`, the signal-set functions, `pthread_sigmask`,
     // `raise` and `_exit` are async-signal-safe and touch only the set on
-    // this stack. The signal is blocked while its handler runs: unblocked,
-    // its default action ends the process at `raise`.
+    // this stack. Within its handler the signal is blocked: unblocked, its
+    // default action ends the process at `raise`.
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();

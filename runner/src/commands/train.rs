@@ -211,7 +211,10 @@ impl TrainArgs {
 
     fn settings(&self) -> Result<TrainSettings, Error> {
         let saved = self.resumed_schedule()?;
-        let steps = (self.steps.or(saved.map(|s| s.total_steps))).unwrap_or(DEFAULT_STEPS);
+        let steps = self
+            .steps
+            .or(saved.map(|s| s.total_steps))
+            .unwrap_or(DEFAULT_STEPS);
         // The saved batch is all ranks'.
         let ranks = crate::world::current().size();
         let saved_batch = match saved.filter(|_| self.batch.is_none()) {
@@ -252,7 +255,10 @@ impl TrainArgs {
             batch: self.batch.or(saved_batch).unwrap_or(DEFAULT_BATCH),
             grad_accum: self.grad_accum.or(saved.map(|s| s.grad_accum)).unwrap_or(1),
             lr: self.lr.or(saved.map(|s| s.lr)).unwrap_or(DEFAULT_LR),
-            warmup: (self.warmup.or(saved.map(|s| s.warmup))).unwrap_or(DEFAULT_WARMUP),
+            warmup: self
+                .warmup
+                .or(saved.map(|s| s.warmup))
+                .unwrap_or(DEFAULT_WARMUP),
             seed: self.seed.unwrap_or(DEFAULT_SEED),
             eval_every: self.eval_every,
             log_every: self.log_every,

@@ -391,15 +391,17 @@ fn log_start(
 fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error> {
     s.check()?;
     let cfg = run_config(s)?;
+    // The resumed state, read once; its errors are reported after the
+    // cheaper checks below.
+    let progress = s.resume.as_deref().map(checkpoint::load_progress);
     // A resumed run's window, unless asked for, is the run's (one longer
     // than the weights' block size is blamed on the files below).
-    let resumed_t = match (&s.resume, s.seq_len) {
-        (Some(dir), None) => checkpoint::load_progress(dir)
-            .ok()
-            .and_then(|progress| progress.schedule?.seq_len)
-            .filter(|&t| t <= cfg.block_size),
-        _ => None,
-    };
+    let resumed_t = progress
+        .as_ref()
+        .and_then(|progress| progress.as_ref().ok())
+        .filter(|_| s.seq_len.is_none())
+        .and_then(|progress| progress.schedule?.seq_len)
+        .filter(|&t| t <= cfg.block_size);
     let (b, t) = (s.batch, s.seq_len.or(resumed_t).unwrap_or(cfg.block_size));
     if t > cfg.block_size {
         return Err(Error::Config(format!(
@@ -427,9 +429,9 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
             ));
         }
     }
-    if let Some(dir) = &s.resume {
+    if let (Some(dir), Some(progress)) = (&s.resume, progress) {
         checkpoint::check_weights_fit(dir, &cfg)?;
-        let progress = checkpoint::load_progress(dir)?;
+        let progress = progress?;
         // No run trains past its block size, which the weights (checked
         // above) share: the state is damaged or another model's.
         let trained = progress.schedule.and_then(|saved| saved.seq_len);
