@@ -24,11 +24,13 @@ pub struct Catching {
 }
 
 /// Until the value returned is dropped, the first SIGINT or SIGTERM sets
-/// [`requested`] and prints `[warn] {notice}` (unless warnings are off)
-/// instead of ending the process. A signal the process was started
-/// ignoring (a background job of a script, for SIGINT) stays ignored.
-pub fn catch(notice: &'static str) -> Catching {
-    if log::max_level() >= log::LevelFilter::Warn {
+/// [`requested`] and prints `[warn] {notice}` (if given, and unless
+/// warnings are off) instead of ending the process. A signal the process
+/// was started ignoring (a background job of a script, for SIGINT) stays
+/// ignored.
+pub fn catch(notice: Option<&'static str>) -> Catching {
+    let shown = notice.filter(|_| log::max_level() >= log::LevelFilter::Warn);
+    let line = shown.map_or(std::ptr::null_mut(), |notice| {
         // On a terminal the line replaces the echoed `^C` (or a progress
         // bar, which redraws itself below).
         let start = if std::io::stderr().is_terminal() {
@@ -38,8 +40,9 @@ pub fn catch(notice: &'static str) -> Catching {
         };
         // Leaked: the handler may run at any time after.
         let line: &'static str = format!("{start}[warn] {notice}\n").leak();
-        NOTICE.store(Box::leak(Box::new(line)), Ordering::Release);
-    }
+        Box::leak(Box::new(line)) as *mut &'static str
+    });
+    NOTICE.store(line, Ordering::Release);
     #[cfg(unix)]
     let mut previous = Vec::new();
     #[cfg(unix)]

@@ -28,12 +28,15 @@ impl Log for StderrLogger {
             return;
         }
         let message = one_line(&record.args().to_string());
+        // One write per line (stderr is unbuffered, and `writeln!` writes
+        // its pieces one by one): a line from a signal handler or another
+        // process of the run comes between two lines, not inside one.
+        let line = match record.level() {
+            Level::Info => format!("{message}\n"),
+            level => format!("[{}] {message}\n", level.as_str().to_lowercase()),
+        };
         let write = || {
-            let mut err = std::io::stderr().lock();
-            let _ = match record.level() {
-                Level::Info => writeln!(err, "{message}"),
-                level => writeln!(err, "[{}] {message}", level.as_str().to_lowercase()),
-            };
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
         };
         match PROGRESS.lock().ok().as_deref() {
             Some(Some(bar)) => bar.suspend(write),

@@ -12,12 +12,17 @@ fn main() {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
-        Err(e) => fail(&runner::cli::usage_error(&e.render().to_string()), started),
+        Err(e) => fail(
+            &runner::cli::usage_error(&e.render().to_string()),
+            false,
+            started,
+        ),
     };
     if let Err(e) = runner::cli::run(cli) {
         // A progress bar left on the terminal would garble the error line.
         runner::logger::finish_progress();
-        fail(&e.to_string(), started);
+        let stop = matches!(e, runner::error::Error::Interrupted(_));
+        fail(&e.to_string(), stop, started);
     }
     // A signal caught after the work last looked (its result whole) still
     // ends the process as the signal would.
@@ -28,15 +33,21 @@ fn main() {
 /// Prints the one `error: ...` line and exits with 1 (as the signal would
 /// have, for a run a caught Ctrl-C stopped); in a run of several
 /// processes, says which rank failed and ends them all (the others would
-/// wait for it in the next collective forever).
-fn fail(message: &str, started: runner::world::Started) -> ! {
+/// wait for it in the next collective forever). A `stop` (a caught signal)
+/// ends the ranks together, each in turn after the work they agreed to
+/// finish, so rank 0 alone says why and none is aborted.
+fn fail(message: &str, stop: bool, started: runner::world::Started) -> ! {
     let world = runner::world::current();
-    if world.size() > 1 {
+    if world.size() > 1 && !stop {
         runner::world::print_error(&format!("rank {}: {message}", world.rank()));
         world.abort(1);
     }
+    // Before MPI finalizes: a rank that ends first by its signal has
+    // mpirun end the others.
+    if world.rank() == 0 {
+        runner::world::print_error(message);
+    }
     started.finish();
-    runner::world::print_error(message);
     runner::interrupt::end_if_caught();
     std::process::exit(1);
 }

@@ -301,6 +301,68 @@ fn a_failing_rank_ends_the_job_with_its_error() {
     );
 }
 
+/// SIGTERM to one rank (as a batch system sends every rank when a job is
+/// cancelled) stops every rank after the same step: rank 0 saves it and
+/// alone says so, nothing is aborted, and the saved run resumes there.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_at_the_same_step() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi-interrupted");
+    let (ckpt, json) = (dir.join("ck"), dir.join("log.jsonl"));
+    let (ckpt, json) = (ckpt.to_str().unwrap(), json.to_str().unwrap());
+    let run = format!(
+        "{} train --preset tiny --steps 100000 --threads 1 --eval-every 0 --save {ckpt} --json {json}",
+        env!("CARGO_BIN_EXE_runner")
+    );
+    // Rank 1 is signalled once rank 0 has recorded a step: both train.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then {run} & p=$!; until [ -s {json} ]; do sleep 0.1; done; kill -TERM $p; wait $p; exit $?; else exec {run}; fi"
+    );
+    let out = mpirun_program(2, "sh", &["-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Rank 1 ends by its signal, which mpirun reports.
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let step: usize = errors[0]
+        .strip_prefix("error: interrupted after step ")
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(
+        errors[0],
+        format!(
+            "error: interrupted after step {step} of 100000; `mpirun -np 2 runner train --resume {ckpt} --save {ckpt}` continues the run"
+        )
+    );
+    assert!(
+        stderr.contains(&format!("Saved checkpoint to {ckpt}\n")),
+        "{stderr}"
+    );
+    assert_eq!(json_losses(Path::new(json)).len(), step, "{stderr}");
+
+    let next = (step + 1).to_string();
+    let resumed = [
+        "train",
+        "--resume",
+        ckpt,
+        "--stop-at",
+        &next,
+        "--threads",
+        "1",
+    ];
+    let out = mpirun(2, &resumed);
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("Step: {next}/100000")), "{log}");
+    assert!(log.contains("Training complete - 1 steps"), "{log}");
+}
+
 /// A rank killed mid-run (as by the kernel's out-of-memory killer) cannot
 /// say why; `mpirun` ends the job, naming the rank and its exit code,
 /// rather than leaving rank 0 waiting in a collective.

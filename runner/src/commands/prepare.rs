@@ -85,9 +85,9 @@ pub fn run(args: &PrepareArgs) -> Result<(), Error> {
     };
     // Ctrl-C stops the run between two chunks, which removes the
     // unfinished shards and the folders it made.
-    let catching = interrupt::catch(
+    let catching = interrupt::catch(Some(
         "stopping: removing the unfinished shards (Ctrl-C again ends the run at once)",
-    );
+    ));
     let report = prepare(&settings, started, |done| {
         if let Some(bar) = bar.get() {
             bar.set_position(done);

@@ -550,15 +550,18 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // after the checkpoint of the steps done is saved: the log is not
     // worth the training.
     let mut unwritten = None;
-    // Ctrl-C, too, stops after the step under way and saves it (until the
-    // run returns). Not with several ranks: mpirun ends them itself.
+    // Ctrl-C or SIGTERM, too, stops after the step under way and saves it
+    // (until the run returns). Of several ranks, any one's signal stops
+    // them all at the same step (on Ctrl-C, mpirun sends its ranks
+    // SIGTERM but kills them a second later; a batch system waits longer).
     let notice = match s.save {
         Some(_) => {
             "stopping after the step under way, and saving it (Ctrl-C again ends the run at once)"
         }
         None => "stopping after the step under way (Ctrl-C again ends the run at once)",
     };
-    let _catching = (ranks == 1).then(|| interrupt::catch(notice));
+    let _catching = interrupt::catch(leader.then_some(notice));
+    let mut stopped = false;
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
@@ -612,22 +615,20 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 .and_then(|()| eval.map_or(Ok(()), |eval| json.write(&eval.record(step, shape))));
             unwritten = written.err();
         }
-        // A record that could not be written stops every rank at the same
-        // step: only rank 0 writes them, so its verdict is everyone's (a
-        // no-op on one process; no collective at all without --json).
-        if s.json.is_some() {
-            let mut stop = [f32::from(u8::from(unwritten.is_some()))];
-            world.broadcast(0, &mut stop);
-            if stop[0] != 0.0 {
-                break;
-            }
+        // Whether to stop after this step, the same verdict on every rank:
+        // a record rank 0 could not write, or a signal any rank caught
+        // during the step or its validation (a no-op on one process).
+        let mut stop =
+            [unwritten.is_some(), interrupt::requested()].map(|b| f64::from(u8::from(b)));
+        world.all_reduce_f64(&mut stop);
+        if stop[0] != 0.0 {
+            break;
         }
-        // Asked during the step or its validation: the run stops after
-        // this step, which it logs.
-        if interrupt::requested() {
+        if stop[1] != 0.0 {
             if !logged {
                 log_step(&times, lr, b, t, step, s.steps);
             }
+            stopped = true;
             break;
         }
     }
@@ -644,7 +645,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // Outside `info!`, which skips its arguments on quiet ranks: every
     // rank must join the collective.
     let peak = peak_memory(world);
-    let ended = match interrupt::requested() {
+    let ended = match stopped {
         true => "stopped",
         false => "complete",
     };
@@ -671,7 +672,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     }
     // A signal during the last step or the save is reported too: the
     // process then ends as the signal would.
-    if interrupt::requested() {
+    if stopped || interrupt::requested() {
         let step = optimizer.step;
         let kept = match &saved {
             Some(dir) if step < s.steps => {
@@ -680,7 +681,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                     .as_deref()
                     .map(|data| format!(" --data {}", shell_word(data)));
                 let (dir, data) = (shell_word(dir), data.unwrap_or_default());
-                format!("`runner train --resume {dir}{data} --save {dir}` continues the run")
+                let mpirun = match ranks {
+                    1 => String::new(),
+                    n => format!("mpirun -np {n} "),
+                };
+                format!(
+                    "`{mpirun}runner train --resume {dir}{data} --save {dir}` continues the run"
+                )
             }
             Some(dir) => format!("the trained model was saved to {}", dir.display()),
             None => "nothing was saved".to_string(),
