@@ -181,9 +181,15 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
             s.steps
         )));
     }
-    check_memory(&cfg, s.batch, max_seq_len(s), s.recompute)?;
+    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute, 0)?;
     if s.decoding {
-        Footprint::decoding(&cfg).check(&format!("decoding with model {cfg}"))?;
+        let bf16 = s.precisions.contains(&Precision::Bf16);
+        let precision = if bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        Footprint::decoding(&cfg, precision).check(&format!("decoding with model {cfg}"))?;
     }
     let pools = s
         .threads

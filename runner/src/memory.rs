@@ -3,8 +3,8 @@
 //! before anything large is allocated.
 
 use crate::error::Error;
-use crate::metrics::{gib, mib, physical_memory_bytes};
-use crate::model::{Gpt, KvCache, ModelConfig};
+use crate::metrics::{gib, mapped_bytes, mib, physical_memory_bytes};
+use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 
 use crate::train::optim::Optimizer;
 
@@ -17,8 +17,13 @@ pub struct Footprint {
     /// Ranks sharing the optimizer state (1 unless sharded): each holds
     /// `optimizer_state` floats of it.
     pub optimizer_ranks: usize,
-    /// Activations and backward scratch of one micro-batch.
+    /// Activations and backward scratch of one micro-batch (for decoding,
+    /// the KV cache and any bf16 copy of the weights).
     pub activations: usize,
+    /// Floats' worth of the largest checkpoint file read whole when the
+    /// run starts, held beside the parameters and the optimizer state
+    /// until they are filled (0 for a new model).
+    pub read_whole: usize,
 }
 
 impl Footprint {
@@ -33,28 +38,45 @@ impl Footprint {
             optimizer_state: Optimizer::state_floats(n),
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
+            read_whole: 0,
         }
     }
 
     /// Evaluating a model of shape `cfg` on batches of `batch` × `t`
-    /// tokens: no optimizer state.
+    /// tokens: no gradients, no optimizer state.
     pub fn evaluation(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
         Footprint {
+            gradients: 0,
             optimizer_state: 0,
             ..Footprint::training(cfg, batch, t, false)
         }
     }
 
-    /// Decoding with a model of shape `cfg`: its parameters (and the
-    /// gradient arena every model has) and a KV cache of a whole block.
-    pub fn decoding(cfg: &ModelConfig) -> Footprint {
-        let n = cfg.param_floats();
+    /// Decoding with a model of shape `cfg` in `precision`: its parameters,
+    /// a KV cache of a whole block and, in bf16, the weights packed in
+    /// bf16.
+    pub fn decoding(cfg: &ModelConfig, precision: Precision) -> Footprint {
+        let packed = match precision {
+            Precision::F32 => 0,
+            Precision::Bf16 => Gpt::packed_floats(cfg),
+        };
         Footprint {
-            parameters: n,
-            gradients: n,
+            parameters: cfg.param_floats(),
+            gradients: 0,
             optimizer_state: 0,
             optimizer_ranks: 1,
-            activations: KvCache::floats(cfg),
+            activations: KvCache::floats(cfg).saturating_add(packed),
+            read_whole: 0,
+        }
+    }
+
+    /// This footprint for a run that starts by reading `bytes` of a
+    /// checkpoint file whole ([`crate::checkpoint::read_whole_bytes`]).
+    pub fn loading(self, bytes: u64) -> Footprint {
+        let floats = usize::try_from(bytes.div_ceil(4)).unwrap_or(usize::MAX);
+        Footprint {
+            read_whole: floats,
+            ..self
         }
     }
 
@@ -65,17 +87,18 @@ impl Footprint {
         check_fits(self.total_bytes() as u64, what)
     }
 
-    /// Bytes of all of it.
+    /// Bytes at the peak: all of it while the run goes on, or while it
+    /// loads, the parameters and optimizer state beside the file read.
     pub fn total_bytes(&self) -> usize {
-        [
+        let sum = |floats: &[usize]| floats.iter().fold(0usize, |sum, &n| sum.saturating_add(n));
+        let running = sum(&[
             self.parameters,
             self.gradients,
             self.optimizer_state,
             self.activations,
-        ]
-        .iter()
-        .fold(0usize, |sum, &n| sum.saturating_add(n))
-        .saturating_mul(4)
+        ]);
+        let loading = sum(&[self.parameters, self.optimizer_state, self.read_whole]);
+        running.max(loading).saturating_mul(4)
     }
 }
 
@@ -107,15 +130,29 @@ pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
         let need = if bytes == u64::MAX {
             "more than 16 EiB".to_string()
         } else {
-            format!("about {:.1} GiB", gib(bytes as f64))
+            format!("about {}", size_text(bytes))
         };
         return Err(Error::Config(format!(
-            "the run needs {need} of memory ({what}); {whose} {:.1} GiB",
-            gib(limit_bytes as f64)
+            "the run needs {need} of memory ({what}); {whose} {}",
+            size_text(limit_bytes)
         )));
     }
     Ok(())
 }
+
+/// `bytes` as `1.2 GiB`, or in MiB below a GiB (where a tenth of a GiB
+/// would hide the difference between a need and a limit).
+pub fn size_text(bytes: u64) -> String {
+    match bytes < 1 << 30 {
+        true => format!("{:.0} MiB", mib(bytes as f64)),
+        false => format!("{:.1} GiB", gib(bytes as f64)),
+    }
+}
+
+/// Address space a thread maps: its stack (2 MiB) and the arena glibc's
+/// allocator reserves for each thread that allocates (64 MiB), which only
+/// `ulimit -v` counts (pages never touched take no memory).
+const THREAD_ADDRESS_SPACE: u64 = 66 << 20;
 
 /// The memory a run may use, and whose limit that is (as the error line
 /// words it): the machine's, or less where the process's address space is
@@ -132,7 +169,15 @@ pub fn usable_bytes() -> (u64, &'static str) {
         }
     };
     if process != libc::RLIM_INFINITY && (process as u64) < machine {
-        (process as u64, "this process may map (ulimit -v)")
+        // What is mapped already (the program, its libraries, the
+        // allocator's reserves) counts against the limit too, and so will
+        // the threads of a pool of up to one per core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let taken = mapped_bytes()
+            .unwrap_or(0)
+            .saturating_add(cores.saturating_mul(THREAD_ADDRESS_SPACE));
+        let left = (process as u64).saturating_sub(taken);
+        (left, "this process may still map (ulimit -v)")
     } else {
         (machine, "this machine has")
     }
@@ -140,14 +185,16 @@ pub fn usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens.
+/// `batch × t` tokens, started by reading `read_whole` bytes of a
+/// checkpoint file whole.
 pub fn check_memory(
     cfg: &ModelConfig,
-    batch: usize,
-    t: usize,
+    (batch, t): (usize, usize),
     recompute: bool,
+    read_whole: u64,
 ) -> Result<(), Error> {
     Footprint::training(cfg, batch, t, recompute)
+        .loading(read_whole)
         .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
 }
 
@@ -173,6 +220,34 @@ mod tests {
     }
 
     #[test]
+    fn the_peak_is_the_run_or_the_load_whichever_is_larger() {
+        let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
+        let n = cfg.param_floats();
+        let decoding = Footprint::decoding(&cfg, Precision::F32);
+        assert_eq!(decoding.gradients, 0);
+        let running = 4 * (n + KvCache::floats(&cfg));
+        assert_eq!(decoding.total_bytes(), running);
+        // A file smaller than the KV cache does not raise the peak; a
+        // larger one (an f32 checkpoint of more than the parameters) does.
+        assert_eq!(decoding.loading(4).total_bytes(), running);
+        let file = 4 * n as u64 + 4 * KvCache::floats(&cfg) as u64 + 40;
+        assert_eq!(decoding.loading(file).total_bytes(), 4 * n + file as usize);
+        // bf16 decoding holds the packed weights too.
+        let bf16 = Footprint::decoding(&cfg, Precision::Bf16).total_bytes();
+        assert_eq!(bf16, running + 4 * Gpt::packed_floats(&cfg));
+        // Training loads its optimizer state beside the parameters.
+        let training = Footprint::training(&cfg, 1, 1, false).loading(file);
+        assert_eq!(training.total_bytes(), 4 * (3 * n) + file as usize);
+        assert_eq!(Footprint::evaluation(&cfg, 1, 1).gradients, 0);
+    }
+
+    #[test]
+    fn sizes_below_a_gib_are_told_in_mib() {
+        assert_eq!(size_text(200 << 20), "200 MiB");
+        assert_eq!(size_text(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
     fn absurd_shapes_saturate_and_are_refused() {
         let cfg = ModelConfig {
             vocab_size: 256,
@@ -186,6 +261,6 @@ mod tests {
             Footprint::training(&cfg, 1 << 20, 1 << 16, false).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, 1 << 20, 1 << 16, true).is_err());
+        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, 0).is_err());
     }
 }

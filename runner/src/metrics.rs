@@ -29,6 +29,12 @@ pub fn physical_memory_bytes() -> Option<u64> {
     proc_kib("/proc/meminfo", "MemTotal:").map(|kib| kib * 1024)
 }
 
+/// Address space this process has mapped already (`VmSize`), which
+/// `ulimit -v` counts too.
+pub fn mapped_bytes() -> Option<u64> {
+    proc_kib("/proc/self/status", "VmSize:").map(|kib| kib * 1024)
+}
+
 /// The `key:   123 kB` value of a `/proc` file, in KiB.
 fn proc_kib(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;

@@ -375,7 +375,7 @@ fn impossible_sizes_are_refused_before_allocating() {
     edit_config(&ckpt, "n_layer", 2);
     edit_config(&ckpt, "n_head", 1);
     let out = runner_in_1gib(&["eval", "--checkpoint", ckpt_s]);
-    assert_clear_error(&out, "this process may map (ulimit -v) 1.0 GiB");
+    assert_clear_error(&out, "this process may still map (ulimit -v) ");
     let out = runner(&["eval", "--checkpoint", ckpt_s]);
     assert_clear_error(&out, "expected F32, BF16 or F16 [256, 8192]");
 

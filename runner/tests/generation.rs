@@ -137,10 +137,12 @@ fn bf16_decoding_reads_packed_weights_that_follow_the_parameters() {
         let mut cache = model.new_cache();
         assert_eq!(model.packed_bytes(), 0, "{what}: packed before decoding");
         let cached = model.forward_cached(&mut cache, &context).unwrap().to_vec();
-        assert!(
-            model.packed_bytes() > 0,
-            "{what}: bf16 decoding packs the weights"
+        assert_eq!(
+            model.packed_bytes(),
+            4 * Gpt::packed_floats(&model.config),
+            "{what}: bf16 decoding packs the weights, as the memory check counts them"
         );
+        assert!(model.grads().is_empty(), "{what}: decoding holds gradients");
         let full = full_logits(&mut model, &context);
         assert_logits_within(&cached, &full, 2e-2, &what);
         // New parameters drop the packed copy; the next pass packs them.

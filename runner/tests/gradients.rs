@@ -88,7 +88,7 @@ fn every_parameter_gradient_matches_finite_differences() {
         model.forward(&tokens, b, t).unwrap();
         let loss = model.loss(&targets, Some(1.0 / (b * t) as f32)).unwrap();
         model.backward().unwrap();
-        let grads = model.grads.clone();
+        let grads = model.grads().to_vec();
         let unpadded = loss_at(&mut model, &tokens, &targets, b, t);
         assert!(
             (f64::from(loss) - unpadded).abs() <= 1e-5 * unpadded,
@@ -179,11 +179,11 @@ fn gradients_accumulate_over_micro_batches() {
     model.forward(&tokens, b, t).unwrap();
     model.loss(&targets, Some(1.0)).unwrap();
     model.backward().unwrap();
-    let once = model.grads.to_vec();
+    let once = model.grads().to_vec();
     model.forward(&tokens, b, t).unwrap();
     model.loss(&targets, Some(1.0)).unwrap();
     model.backward().unwrap();
-    for (twice, once) in model.grads.iter().zip(&once) {
+    for (twice, once) in model.grads().iter().zip(&once) {
         assert!(
             (twice - 2.0 * once).abs() <= 1e-5 * (1.0 + once.abs()),
             "{twice} vs 2 × {once}"
@@ -219,7 +219,7 @@ fn recomputing_activations_gives_the_same_gradients() {
             // A shorter batch in between reuses (and must not corrupt) the
             // buffers.
             model.forward(&tokens[..t / 2], 1, t / 2).unwrap();
-            (losses, model.grads.to_vec())
+            (losses, model.grads().to_vec())
         };
         let (kept, recomputed) = (run(false), run(true));
         assert_eq!(kept.0, recomputed.0, "{backend} {precision:?}: losses");

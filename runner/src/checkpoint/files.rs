@@ -48,7 +48,13 @@ pub fn read(dir: &Path, file: &str, most: u64) -> Result<Vec<u8>, Error> {
     if size > most {
         return Err(too_large(size));
     }
+    // Sized once: grown by doubling, the buffer would map up to twice
+    // the file (the memory check counts it once).
     let mut bytes = Vec::new();
+    let room = usize::try_from(size).map_or(usize::MAX, |size| size.saturating_add(1));
+    bytes.try_reserve_exact(room).map_err(|_| {
+        Error::checkpoint(dir, format!("{file} ({size} bytes) does not fit in memory"))
+    })?;
     // `take`: the file may grow while it is read.
     f.take(most.saturating_add(1))
         .read_to_end(&mut bytes)

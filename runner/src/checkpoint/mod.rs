@@ -145,6 +145,15 @@ fn write_checkpoint(
     }
 }
 
+/// Bytes of the largest file that loading `dir` reads whole: its model,
+/// and its training state where `with_state` (0 for a file that cannot be
+/// read, which the load then refuses with its reason).
+pub fn read_whole_bytes(dir: &Path, with_state: bool) -> u64 {
+    let size = |file: &str| std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
+    let state = if with_state { size(TRAINING_FILE) } else { 0 };
+    size(MODEL_FILE).max(state)
+}
+
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {

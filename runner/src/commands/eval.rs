@@ -52,7 +52,9 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let t = cfg.block_size;
     let footprint = |batch: usize, what: &str| {
-        Footprint::evaluation(&cfg, batch, t).check(&format!("model {cfg} with {what}"))
+        Footprint::evaluation(&cfg, batch, t)
+            .loading(checkpoint::read_whole_bytes(&args.checkpoint, false))
+            .check(&format!("model {cfg} with {what}"))
     };
     // The data's names and kinds, then the checkpoint, then the data
     // itself, which may take much longer to read and tokenize; the batch

@@ -17,6 +17,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::memory::{size_text, usable_bytes};
 use crate::rng::Rng;
 
 /// How logs and errors name the embedded corpus.
@@ -321,7 +322,7 @@ pub(crate) fn has_a_byte(path: &Path) -> Result<bool, Error> {
 /// not known before, is refused once it has given more than would fit in
 /// memory tokenized.
 fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
-    let (usable, whose) = crate::memory::usable_bytes();
+    let (usable, whose) = usable_bytes();
     let most = usable / TEXT_BYTES_IN_MEMORY;
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -331,9 +332,9 @@ fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
         return Err(Error::Data {
             path: path.into(),
             reason: format!(
-                "goes on past {:.1} GiB, more than fits in memory read whole and tokenized ({whose} {:.1} GiB); `runner prepare` streams a text into token shards",
-                crate::metrics::gib(most as f64),
-                crate::metrics::gib(usable as f64)
+                "goes on past {}, more than fits in memory read whole and tokenized ({whose} {}); `runner prepare` streams a text into token shards",
+                size_text(most),
+                size_text(usable)
             ),
         });
     }

@@ -41,8 +41,10 @@ pub struct Gpt {
     sizes: Params<usize>,
     /// All parameters, in the order of [`Params`].
     params: Arena,
-    /// Gradients, laid out as `params`.
-    pub grads: Arena,
+    /// Gradients, laid out as `params`: empty until a first backward pass
+    /// (or [`Gpt::zero_grad`]) needs them, so that a model that only
+    /// evaluates or decodes holds none.
+    grads: Arena,
     ctx: Context,
     batch: Option<Batch>,
     /// The weight matrices in bf16 for decoding in bf16: packed by the
@@ -111,7 +113,7 @@ impl Gpt {
         Ok(Gpt {
             config,
             sizes,
-            grads: Arena::zeros(params.len()),
+            grads: Arena::default(),
             params,
             ctx: Context::new(kernels),
             batch: None,
@@ -125,10 +127,28 @@ impl Gpt {
         &self.params
     }
 
+    /// The gradients, laid out as [`Gpt::params`]; empty before the first
+    /// backward pass or [`Gpt::zero_grad`].
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    /// The gradients, to change (zeros where no backward pass wrote them).
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        self.grads.grow(self.params.len());
+        &mut self.grads
+    }
+
     /// All parameters, to change (drops the bf16 decoding copy).
     pub fn params_mut(&mut self) -> &mut [f32] {
         self.packed = None;
         &mut self.params
+    }
+
+    /// Floats' worth (4-byte slots) of the bf16 weights that decoding in
+    /// bf16 holds for a model of shape `cfg`.
+    pub fn packed_floats(cfg: &ModelConfig) -> usize {
+        PackedWeights::slots(cfg)
     }
 
     /// Bytes of the bf16 weights held for decoding (0 until a cached pass
@@ -164,6 +184,7 @@ impl Gpt {
     /// gradients, and the threads to spread the update over.
     pub fn optimizer_view(&mut self) -> (Params<&mut [f32]>, Params<&[f32]>, &Threads) {
         self.packed = None;
+        self.grads.grow(self.params.len());
         (
             self.sizes.split_mut(&mut self.params),
             self.sizes.split(&self.grads),
@@ -206,6 +227,11 @@ impl Gpt {
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
+        // Newly allocated gradients are zeros already.
+        if self.grads.is_empty() {
+            self.grads.grow(self.params.len());
+            return;
+        }
         layers::zero(&self.ctx, &mut self.grads);
     }
 
@@ -345,6 +371,9 @@ impl Gpt {
         mut ready: impl FnMut(usize, &'a mut [f32]),
     ) -> Result<(), Error> {
         let cfg = self.config;
+        if self.batch.is_some() {
+            self.grads.grow(self.params.len());
+        }
         let Gpt {
             sizes,
             params,

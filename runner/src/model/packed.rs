@@ -112,6 +112,25 @@ impl PackedWeights {
         Ok(PackedWeights { layers, lm_head })
     }
 
+    /// 4-byte slots that [`PackedWeights::pack`] fills for a model of
+    /// shape `cfg` (saturating): what the memory check counts before the
+    /// model is loaded.
+    pub fn slots(cfg: &ModelConfig) -> usize {
+        let shapes = Params::shapes(cfg);
+        // Arenas hold whole cache lines of 16 slots.
+        let packed = |(k, n): (usize, usize)| {
+            PackedBf16::len(k, n).map_or(usize::MAX, |len| len.saturating_add(15) / 16 * 16)
+        };
+        let layer = [shapes.qkvw, shapes.attprojw, shapes.fcw, shapes.fcprojw]
+            .map(|shape| packed(shape.arena_dims()))
+            .iter()
+            .fold(0usize, |sum, &n| sum.saturating_add(n));
+        let (rows, cols) = shapes.wte.arena_dims();
+        layer
+            .saturating_mul(cfg.layers)
+            .saturating_add(packed((cols, rows)))
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         let matrices = self

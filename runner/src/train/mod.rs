@@ -448,7 +448,13 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
         check_resume(s, dir, t, None, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
-    check_memory(&cfg, b, t, s.recompute)?;
+    // A checkpoint to start from is read whole first.
+    let read_whole = match (&s.init_from, &s.resume) {
+        (Some(dir), _) => checkpoint::read_whole_bytes(dir, false),
+        (_, Some(dir)) => checkpoint::read_whole_bytes(dir, true),
+        (None, None) => 0,
+    };
+    check_memory(&cfg, (b, t), s.recompute, read_whole)?;
     if let Some(dir) = s
         .save
         .as_ref()
@@ -871,7 +877,7 @@ pub fn train_step(
         if ranks > 1 {
             let t = Instant::now();
             if !overlap {
-                sum_gradients(world, optimizer.shards(), 0, &mut model.grads);
+                sum_gradients(world, optimizer.shards(), 0, model.grads_mut());
             }
             let mut loss = [f64::from(loss_sum)];
             world.all_reduce_f64(&mut loss);

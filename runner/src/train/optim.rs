@@ -519,7 +519,7 @@ mod tests {
         };
         let model = || {
             let mut m = Gpt::new(cfg, Kernels::best(), 5).unwrap();
-            for (i, g) in m.grads.iter_mut().enumerate() {
+            for (i, g) in m.grads_mut().iter_mut().enumerate() {
                 *g = ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
             }
             m
@@ -692,7 +692,7 @@ mod tests {
             let s = (0.5 / norm_of(&g)) as f32;
             g.iter_mut().for_each(|x| *x *= s);
         }
-        model.grads.copy_from_slice(&g);
+        model.grads_mut().copy_from_slice(&g);
         let m0 = normals(&mut rng, n, 0.05);
         let v0: Vec<f32> = normals(&mut rng, n, 0.05)
             .iter()
@@ -794,7 +794,7 @@ mod tests {
                 let mut model = Gpt::new(cfg, k, 96).unwrap();
                 let n = model.params().len();
                 let grads = normals(&mut rng, n, 1.0);
-                model.grads.copy_from_slice(&grads);
+                model.grads_mut().copy_from_slice(&grads);
                 let mut optimizer = Optimizer::new(model.sizes());
                 let settings = OptimizerSettings::new(1e-2, 2, 10);
                 // One good step first, so the moments are not all zero.
@@ -803,8 +803,8 @@ mod tests {
                     .unwrap();
                 // In the middle of a bias, in the last tensor, in the first.
                 for at in [n / 2 + 1, n - 1, 0] {
-                    model.grads.copy_from_slice(&grads);
-                    model.grads[at] = bad;
+                    model.grads_mut().copy_from_slice(&grads);
+                    model.grads_mut()[at] = bad;
                     let params = model.params().to_vec();
                     let (m, v) = (
                         optimizer.moments().0.to_vec(),
