@@ -202,7 +202,14 @@ pub fn generate(
         check_prompt(&model.config, prompt)?;
         let t = model.config.block_size;
         let mut rng = Rng::new(seed);
-        let mut sampler = Sampler::new(model.config.vocab_size);
+        // Only tokens the tokenizer can write are drawn: a vocabulary
+        // padded past the tokenizer's (nanoGPT's 50304) has rows no text
+        // ends in.
+        let cfg = model.config;
+        let drawable = cfg
+            .tokenizer
+            .map_or(cfg.vocab_size, |tok| tok.vocab_size().min(cfg.vocab_size));
+        let mut sampler = Sampler::new(drawable);
         // The context of the cache, for refilling it when it slides.
         let mut context: Vec<u32> = Vec::with_capacity(t);
         let mut stats = GenerationStats {
@@ -224,7 +231,7 @@ pub fn generate(
             if !cache.logits().iter().all(|x| x.is_finite()) {
                 return Err(Error::NotFinite("logits"));
             }
-            let token = sampler.sample(cache.logits(), sampling, &mut rng);
+            let token = sampler.sample(&cache.logits()[..drawable], sampling, &mut rng);
             stats.sampling_ms += ms_since(t0);
             stats.tokens.push(token);
             if emit(token).is_break() || n + 1 == max_new {

@@ -4,6 +4,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() {
+    runner::memory::share_allocator_under_limit();
     // MPI (feature `mpi`) first; finalized when `started` drops.
     let started = runner::world::start();
     let args = runner::cli::joined_negative_numbers(std::env::args_os());

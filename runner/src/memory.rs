@@ -143,43 +143,68 @@ pub fn check_fits(bytes: u64, what: &str) -> Result<(), Error> {
 /// `bytes` as `1.2 GiB`, or in MiB below a GiB (where a tenth of a GiB
 /// would hide the difference between a need and a limit).
 pub fn size_text(bytes: u64) -> String {
-    match bytes < 1 << 30 {
-        true => format!("{:.0} MiB", mib(bytes as f64)),
-        false => format!("{:.1} GiB", gib(bytes as f64)),
+    if bytes < 10 << 20 {
+        format!("{:.1} MiB", mib(bytes as f64))
+    } else if bytes < 1 << 30 {
+        format!("{:.0} MiB", mib(bytes as f64))
+    } else {
+        format!("{:.1} GiB", gib(bytes as f64))
     }
 }
 
-/// Address space a thread maps: its stack (2 MiB) and the arena glibc's
-/// allocator reserves for each thread that allocates (64 MiB), which only
-/// `ulimit -v` counts (pages never touched take no memory).
-const THREAD_ADDRESS_SPACE: u64 = 66 << 20;
+/// Address space each thread of a pool maps beside the heap: its stack
+/// (2 MiB, Rust's default) with room to spare. `ulimit -v` counts it.
+const THREAD_ADDRESS_SPACE: u64 = 4 << 20;
+
+/// The address-space limit this process runs under (`ulimit -v`), if any.
+fn address_space_limit() -> Option<u64> {
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to
+    // one; it is read only where the call says it succeeded.
+    let current = unsafe {
+        match libc::getrlimit(libc::RLIMIT_AS, limit.as_mut_ptr()) {
+            0 => limit.assume_init().rlim_cur,
+            _ => libc::RLIM_INFINITY,
+        }
+    };
+    (current != libc::RLIM_INFINITY).then_some(current as u64)
+}
+
+/// Under an address-space limit, has glibc's allocator keep one arena for
+/// all threads: it reserves 64 MiB of address space for each arena it adds
+/// (one per thread that allocates), which the limit counts although no
+/// memory backs it, and which left a model's allocation refused after
+/// the check passed. The threads allocate little once a run has started,
+/// so sharing one arena costs nothing measurable. Call first in `main`.
+pub fn share_allocator_under_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if address_space_limit().is_some() {
+        // SAFETY: `mallopt` sets a tuning value of the allocator, under
+        // its own lock.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
+}
 
 /// The memory a run may use, and whose limit that is (as the error line
 /// words it): the machine's, or less where the process's address space is
 /// limited.
 pub fn usable_bytes() -> (u64, &'static str) {
     let machine = physical_memory_bytes().unwrap_or(32 << 30);
-    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::uninit();
-    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer to
-    // one; it is read only where the call says it succeeded.
-    let process = unsafe {
-        match libc::getrlimit(libc::RLIMIT_AS, limit.as_mut_ptr()) {
-            0 => limit.assume_init().rlim_cur,
-            _ => libc::RLIM_INFINITY,
+    match address_space_limit().filter(|&limit| limit < machine) {
+        Some(limit) => {
+            // What is mapped already (the program, its libraries) counts
+            // against the limit too, and so will the stacks of a pool of
+            // up to one thread per core.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            let taken = mapped_bytes()
+                .unwrap_or(0)
+                .saturating_add(cores.saturating_mul(THREAD_ADDRESS_SPACE));
+            (
+                limit.saturating_sub(taken),
+                "this process may still map (ulimit -v)",
+            )
         }
-    };
-    if process != libc::RLIM_INFINITY && (process as u64) < machine {
-        // What is mapped already (the program, its libraries, the
-        // allocator's reserves) counts against the limit too, and so will
-        // the threads of a pool of up to one per core.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        let taken = mapped_bytes()
-            .unwrap_or(0)
-            .saturating_add(cores.saturating_mul(THREAD_ADDRESS_SPACE));
-        let left = (process as u64).saturating_sub(taken);
-        (left, "this process may still map (ulimit -v)")
-    } else {
-        (machine, "this machine has")
+        None => (machine, "this machine has"),
     }
 }
 
@@ -244,6 +269,7 @@ mod tests {
     #[test]
     fn sizes_below_a_gib_are_told_in_mib() {
         assert_eq!(size_text(200 << 20), "200 MiB");
+        assert_eq!(size_text(300 << 10), "0.3 MiB");
         assert_eq!(size_text(3 << 29), "1.5 GiB");
     }
 

@@ -498,6 +498,40 @@ fn generate_streams_text_and_logs_the_generation_line() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("-5+3="));
 }
 
+/// Without `--seq-lens`, a preset whose block is shorter than the default
+/// lengths is timed at lengths cut to its block, not refused.
+#[test]
+fn bench_cuts_its_default_lengths_to_the_block() {
+    let dir = scratch("bench-defaults");
+    let json = dir.join("bench.jsonl");
+    let out = runner(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--threads",
+        "1",
+        "--backends",
+        "scalar",
+        "--no-decoding",
+        "-q",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let lengths: Vec<u64> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "bench")
+        .map(|v| v["seq_len"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lengths, [16, 32]);
+}
+
 #[test]
 fn bench_prints_consistent_tables_and_json_lines() {
     let dir = scratch("bench");

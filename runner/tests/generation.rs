@@ -322,6 +322,44 @@ fn top_k_and_top_p_restrict_the_choice() {
     }
 }
 
+/// A vocabulary padded past the tokenizer's (as nanoGPT pads GPT-2's to
+/// 50304) never has its padding drawn: those tokens have no text.
+#[test]
+fn only_tokens_the_tokenizer_can_write_are_drawn() {
+    let cfg = ModelConfig {
+        vocab_size: 300,
+        ..Preset::Tiny.config(runner::data::Tokenizer::Byte)
+    };
+    let mut model = Gpt::new(cfg, Kernels::best(), 5).unwrap();
+    // The padding's embedding rows (tied to the head) scaled far up: their
+    // logits are the largest wherever they are positive.
+    let c = cfg.channels;
+    for w in &mut model.params_mut()[256 * c..300 * c] {
+        *w *= 1000.0;
+    }
+    let prompt = [10, 20, 30];
+    let padded_wins = full_logits(&mut model, &prompt);
+    assert!(argmax(&padded_wins) >= 256, "the test draws no padding");
+    let mut cache = model.new_cache();
+    for temperature in [0.0, 1.0] {
+        let sampling = Sampling {
+            temperature,
+            top_k: None,
+            top_p: None,
+        };
+        let stats = generate(&mut model, &mut cache, &prompt, 60, &sampling, 7, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(stats.tokens.len(), 60);
+        assert!(
+            stats.tokens.iter().all(|&t| t < 256),
+            "temperature {temperature}: {:?}",
+            stats.tokens
+        );
+    }
+}
+
 #[test]
 fn the_window_slides_past_the_block_size() {
     // Greedy decoding far past the block size, against a reference that

@@ -12,13 +12,18 @@ use crate::error::Error;
 use crate::model::{Precision, Preset};
 use crate::threads::Threads;
 
+/// The sequence lengths timed unless `--seq-lens` is given: short,
+/// medium and the `small` preset's block (a smaller block cuts them).
+const DEFAULT_SEQ_LENS: [usize; 3] = [16, 64, 128];
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Model size.
     #[arg(long, value_enum, default_value_t = Preset::Small)]
     pub preset: Preset,
-    /// Sequence lengths to train at (each at most the block size).
-    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    /// Sequence lengths to train at (each at most the block size)
+    /// [default: 16,64,128, each cut to the preset's block size].
+    #[arg(long, value_delimiter = ',')]
     pub seq_lens: Vec<usize>,
     /// Sequences per step.
     #[arg(long, default_value_t = 8)]
@@ -79,9 +84,15 @@ pub fn run(args: &BenchArgs) -> Result<(), Error> {
     } else {
         args.threads.clone()
     };
+    let config = args.preset.config(args.preset.default_tokenizer());
+    let seq_lens = if args.seq_lens.is_empty() {
+        DEFAULT_SEQ_LENS.map(|t| t.min(config.block_size)).to_vec()
+    } else {
+        args.seq_lens.clone()
+    };
     let settings = BenchSettings {
-        config: args.preset.config(args.preset.default_tokenizer()),
-        seq_lens: first_of_each(&args.seq_lens),
+        config,
+        seq_lens: first_of_each(&seq_lens),
         batch: args.batch,
         steps: args.steps,
         backends: first_of_each(&backends),

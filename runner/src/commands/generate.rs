@@ -24,9 +24,11 @@ The prompt is run through the model in one pass that fills a key/value cache;
 each new token then costs one pass over the weights. When the context
 reaches the block size, the cache slides: the last half block is re-run as
 a fresh prompt and generation continues. The prompt is tokenized with the
-checkpoint's tokenizer and must be 1 to block-size tokens. The text is
-written as raw bytes as they are drawn (a GPT-2 token may end inside a UTF-8
-character: the next one completes it). Generation stops after --max-new-tokens,
+checkpoint's tokenizer and must be 1 to block-size tokens. Stdout gets the
+prompt, then the text as raw bytes as it is drawn (a GPT-2 token may end
+inside a UTF-8 character: the next one completes it), then a newline. Only
+tokens the tokenizer can write are drawn (not the padding of a vocabulary
+padded past it, as nanoGPT's 50304). Generation stops after --max-new-tokens,
 or earlier when the model draws GPT-2's end-of-text token (50256), which
 ends a document and is not printed (the log counts it among the tokens
 generated, as Hugging Face's output ids hold it).";
