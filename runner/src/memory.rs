@@ -153,8 +153,15 @@ pub fn size_text(bytes: u64) -> String {
 }
 
 /// Address space each thread of a pool maps beside the heap: its stack
-/// (2 MiB, Rust's default) with room to spare. `ulimit -v` counts it.
+/// (2 MiB, Rust's default), counted twice per core for the pools that
+/// run more threads than cores. `ulimit -v` counts it.
 const THREAD_ADDRESS_SPACE: u64 = 4 << 20;
+
+/// What a run allocates beside the buffers its footprint counts: the
+/// GPT-2 tokenizer's tables and compiled pattern (28 MiB in one block),
+/// file and log buffers. Only an address-space limit is tight enough for
+/// it to matter.
+const UNCOUNTED_BYTES: u64 = 48 << 20;
 
 /// The address-space limit this process runs under (`ulimit -v`), if any.
 fn address_space_limit() -> Option<u64> {
@@ -175,20 +182,30 @@ fn address_space_limit() -> Option<u64> {
 /// (one per thread that allocates), which the limit counts although no
 /// memory backs it, and which left a model's allocation refused after
 /// the check passed. The threads allocate little once a run has started,
-/// so sharing one arena costs nothing measurable. Call first in `main`.
+/// so sharing one arena costs nothing measurable. Call first in `main`,
+/// before any other thread exists.
 pub fn share_allocator_under_limit() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if address_space_limit().is_some() {
-        // SAFETY: `mallopt` sets a tuning value of the allocator, under
-        // its own lock.
+        // SAFETY: `mallopt` sets a tuning value of the allocator; glibc
+        // asks that it not race its first use by other threads, and this
+        // runs first in `main`, on the only thread.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     }
 }
 
 /// The memory a run may use, and whose limit that is (as the error line
 /// words it): the machine's, or less where the process's address space is
-/// limited.
+/// limited. Read once, at the first check, before the run allocates its
+/// buffers: a later check of the same run counts them in its footprint,
+/// not twice.
 pub fn usable_bytes() -> (u64, &'static str) {
+    static USABLE: std::sync::OnceLock<(u64, &'static str)> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(read_usable_bytes)
+}
+
+/// [`usable_bytes`], read now.
+fn read_usable_bytes() -> (u64, &'static str) {
     let machine = physical_memory_bytes().unwrap_or(32 << 30);
     match address_space_limit().filter(|&limit| limit < machine) {
         Some(limit) => {
@@ -198,7 +215,8 @@ pub fn usable_bytes() -> (u64, &'static str) {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
             let taken = mapped_bytes()
                 .unwrap_or(0)
-                .saturating_add(cores.saturating_mul(THREAD_ADDRESS_SPACE));
+                .saturating_add(cores.saturating_mul(THREAD_ADDRESS_SPACE))
+                .saturating_add(UNCOUNTED_BYTES);
             (
                 limit.saturating_sub(taken),
                 "this process may still map (ulimit -v)",

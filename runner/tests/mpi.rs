@@ -322,8 +322,10 @@ fn a_signal_to_one_rank_stops_every_rank_at_the_same_step() {
     );
     let out = mpirun_program(2, "sh", &["-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // Rank 1 ends by its signal, which mpirun reports.
-    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    // Rank 1 ends by its signal, rank 0 (which caught none) with 1:
+    // mpirun reports whichever ended first.
+    let code = out.status.code();
+    assert!(matches!(code, Some(1 | 143)), "{code:?}: {stderr}");
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("error: "))

@@ -148,10 +148,28 @@ fn write_checkpoint(
 /// Bytes of the largest file that loading `dir` reads whole: its model,
 /// and its training state where `with_state` (0 for a file that cannot be
 /// read, which the load then refuses with its reason).
-pub fn read_whole_bytes(dir: &Path, with_state: bool) -> u64 {
-    let size = |file: &str| std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
-    let state = if with_state { size(TRAINING_FILE) } else { 0 };
-    size(MODEL_FILE).max(state)
+pub fn read_whole_bytes(dir: &Path, cfg: &ModelConfig, with_state: bool) -> u64 {
+    // A file past what it can hold for `cfg` is refused unread, for that.
+    let size =
+        |file: &str, most: u64| std::fs::metadata(dir.join(file)).map_or(0, |m| m.len().min(most));
+    let state = match with_state {
+        true => size(TRAINING_FILE, state_file_bound(cfg.param_floats())),
+        false => 0,
+    };
+    size(MODEL_FILE, model_file_bound(cfg)).max(state)
+}
+
+/// The most bytes `model.safetensors` can hold for a model of shape `cfg`:
+/// its weights, and an untied head (`param_count` counts one copy).
+fn model_file_bound(cfg: &ModelConfig) -> u64 {
+    let head = cfg.vocab_size.saturating_mul(cfg.channels);
+    safetensors_bound(cfg.param_count().saturating_add(head))
+}
+
+/// The most bytes `training.safetensors` can hold for `params` parameters:
+/// two moments a parameter.
+fn state_file_bound(params: usize) -> u64 {
+    safetensors_bound(params.saturating_mul(2))
 }
 
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
@@ -210,11 +228,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         model: cfg,
         tied_head,
     } = read_config(dir)?;
-    // The weights, and an untied head (`param_count` counts one copy).
-    let floats = cfg
-        .param_count()
-        .saturating_add(cfg.vocab_size.saturating_mul(cfg.channels));
-    let bytes = read(dir, MODEL_FILE, safetensors_bound(floats))?;
+    let bytes = read(dir, MODEL_FILE, model_file_bound(&cfg))?;
     let st = parse(dir, MODEL_FILE, &bytes)?;
     // An untied head that is not in the file would be left to chance
     // (transformers initialises it at random): not this model.
@@ -447,8 +461,7 @@ pub fn load_progress(dir: &Path) -> Result<Progress, Error> {
 
 /// The run's state in `dir`, for a model of `params` parameters.
 pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
-    // Two moments a parameter.
-    let most = safetensors_bound(params.saturating_mul(2));
+    let most = state_file_bound(params);
     run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE, most)?, params)
 }
 

@@ -53,7 +53,7 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let t = cfg.block_size;
     let footprint = |batch: usize, what: &str| {
         Footprint::evaluation(&cfg, batch, t)
-            .loading(checkpoint::read_whole_bytes(&args.checkpoint, false))
+            .loading(checkpoint::read_whole_bytes(&args.checkpoint, &cfg, false))
             .check(&format!("model {cfg} with {what}"))
     };
     // The data's names and kinds, then the checkpoint, then the data

@@ -89,7 +89,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     // Before loading: a prompt that does not fit costs nothing.
     check_prompt(&cfg, &prompt)?;
     Footprint::decoding(&cfg, args.run.precision)
-        .loading(checkpoint::read_whole_bytes(&args.checkpoint, false))
+        .loading(checkpoint::read_whole_bytes(&args.checkpoint, &cfg, false))
         .check(&format!("decoding with model {cfg}"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     for warning in args.run.warnings(kernels) {
@@ -111,8 +111,6 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         args.max_new_tokens,
         &sampling,
         args.seed,
-        // An id past the tokenizer's (a model whose vocabulary is larger,
-        // such as 50304 for GPT-2's 50257) is no text: it prints nothing.
         |token| {
             if Some(token) == tokenizer.end_of_text() {
                 // The model ended the document, as Hugging Face's

@@ -450,8 +450,8 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     cfg.validate()?;
     // A checkpoint to start from is read whole first.
     let read_whole = match (&s.init_from, &s.resume) {
-        (Some(dir), _) => checkpoint::read_whole_bytes(dir, false),
-        (_, Some(dir)) => checkpoint::read_whole_bytes(dir, true),
+        (Some(dir), _) => checkpoint::read_whole_bytes(dir, &cfg, false),
+        (_, Some(dir)) => checkpoint::read_whole_bytes(dir, &cfg, true),
         (None, None) => 0,
     };
     check_memory(&cfg, (b, t), s.recompute, read_whole)?;
@@ -676,9 +676,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         plot::loss_curve(path, &train_curve, &val_curve)?;
         info!("Wrote the loss curves to {}", path.display());
     }
-    // A signal during the last step or the save is reported too: the
-    // process then ends as the signal would.
-    if stopped || interrupt::requested() {
+    // A signal during the last step or the save is reported too, by every
+    // rank (rank 0 says so): the process then ends as the signal would.
+    // The sum also holds the ranks until rank 0 has saved: one that ended
+    // first by its signal would have mpirun end rank 0 mid-save.
+    let mut late = [f64::from(u8::from(interrupt::requested()))];
+    world.all_reduce_f64(&mut late);
+    if stopped || late[0] != 0.0 {
         let step = optimizer.step;
         let kept = match &saved {
             Some(dir) if step < s.steps => {
