@@ -135,8 +135,13 @@ impl Gpt {
 
     /// The gradients, to change (zeros where no backward pass wrote them).
     pub fn grads_mut(&mut self) -> &mut [f32] {
-        self.grads.grow(self.params.len());
+        self.allocate_grads();
         &mut self.grads
+    }
+
+    /// Gives the gradients their length (zeros), once.
+    fn allocate_grads(&mut self) {
+        self.grads.grow(self.params.len());
     }
 
     /// All parameters, to change (drops the bf16 decoding copy).
@@ -184,7 +189,7 @@ impl Gpt {
     /// gradients, and the threads to spread the update over.
     pub fn optimizer_view(&mut self) -> (Params<&mut [f32]>, Params<&[f32]>, &Threads) {
         self.packed = None;
-        self.grads.grow(self.params.len());
+        self.allocate_grads();
         (
             self.sizes.split_mut(&mut self.params),
             self.sizes.split(&self.grads),
@@ -229,7 +234,7 @@ impl Gpt {
     pub fn zero_grad(&mut self) {
         // Newly allocated gradients are zeros already.
         if self.grads.is_empty() {
-            self.grads.grow(self.params.len());
+            self.allocate_grads();
             return;
         }
         layers::zero(&self.ctx, &mut self.grads);
@@ -372,7 +377,7 @@ impl Gpt {
     ) -> Result<(), Error> {
         let cfg = self.config;
         if self.batch.is_some() {
-            self.grads.grow(self.params.len());
+            self.allocate_grads();
         }
         let Gpt {
             sizes,

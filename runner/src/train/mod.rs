@@ -624,13 +624,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         // Whether to stop after this step, the same verdict on every rank:
         // a record rank 0 could not write, or a signal any rank caught
         // during the step or its validation (a no-op on one process).
-        let mut stop =
-            [unwritten.is_some(), interrupt::requested()].map(|b| f64::from(u8::from(b)));
-        world.all_reduce_f64(&mut stop);
-        if stop[0] != 0.0 {
+        let [unwritable, asked] =
+            raised_on_any_rank(world, [unwritten.is_some(), interrupt::requested()]);
+        if unwritable {
             break;
         }
-        if stop[1] != 0.0 {
+        if asked {
             if !logged {
                 log_step(&times, lr, b, t, step, s.steps);
             }
@@ -680,9 +679,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // rank (rank 0 says so): the process then ends as the signal would.
     // The sum also holds the ranks until rank 0 has saved: one that ended
     // first by its signal would have mpirun end rank 0 mid-save.
-    let mut late = [f64::from(u8::from(interrupt::requested()))];
-    world.all_reduce_f64(&mut late);
-    if stopped || late[0] != 0.0 {
+    let [late] = raised_on_any_rank(world, [interrupt::requested()]);
+    if stopped || late {
         let step = optimizer.step;
         let kept = match &saved {
             Some(dir) if step < s.steps => {
@@ -941,6 +939,14 @@ fn log_world(world: &dyn Collective, threads: usize) {
 /// every rank makes the same update of the same summed gradients, or with
 /// a sharded optimizer receives each share from its one owner), comparing
 /// a hash of each rank's parameters.
+/// Which of `flags` any rank raised: the same answer on every rank (a
+/// no-op on one process).
+fn raised_on_any_rank<const N: usize>(world: &dyn Collective, flags: [bool; N]) -> [bool; N] {
+    let mut sums = flags.map(|flag| f64::from(u8::from(flag)));
+    world.all_reduce_f64(&mut sums);
+    sums.map(|sum| sum != 0.0)
+}
+
 fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Result<(), Error> {
     let hash = params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
