@@ -107,8 +107,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
     }
     let config = checkpoint::load_config(dir);
     let _ = checkpoint::load_progress(dir);
+    let fits = checkpoint::check_weights_fit(dir);
     if let Ok(model) = checkpoint::load_model(dir, Kernels::best()) {
         let config = config.expect("a model loads only with its config");
+        // Loading makes the header checks and more.
+        assert!(fits.is_ok(), "the weights load but do not fit: {fits:?}");
         assert_eq!(model.config, config);
         assert_eq!(model.params().len(), config.param_floats());
         let _ = checkpoint::load_run(dir, model.params().len());

@@ -181,7 +181,7 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
             s.steps
         )));
     }
-    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute, 0)?;
+    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute)?;
     if s.decoding {
         let bf16 = s.precisions.contains(&Precision::Bf16);
         let precision = if bf16 {

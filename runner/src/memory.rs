@@ -20,10 +20,6 @@ pub struct Footprint {
     /// Activations and backward scratch of one micro-batch (for decoding,
     /// the KV cache and any bf16 copy of the weights).
     pub activations: usize,
-    /// Floats' worth of the largest checkpoint file read whole when the
-    /// run starts, held beside the parameters and the optimizer state
-    /// until they are filled (0 for a new model).
-    pub read_whole: usize,
 }
 
 impl Footprint {
@@ -38,7 +34,6 @@ impl Footprint {
             optimizer_state: Optimizer::state_floats(n),
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
-            read_whole: 0,
         }
     }
 
@@ -66,17 +61,6 @@ impl Footprint {
             optimizer_state: 0,
             optimizer_ranks: 1,
             activations: KvCache::floats(cfg).saturating_add(packed),
-            read_whole: 0,
-        }
-    }
-
-    /// This footprint for a run that starts by reading `bytes` of a
-    /// checkpoint file whole ([`crate::checkpoint::read_whole_bytes`]).
-    pub fn loading(self, bytes: u64) -> Footprint {
-        let floats = usize::try_from(bytes.div_ceil(4)).unwrap_or(usize::MAX);
-        Footprint {
-            read_whole: floats,
-            ..self
         }
     }
 
@@ -87,18 +71,18 @@ impl Footprint {
         check_fits(self.total_bytes() as u64, what)
     }
 
-    /// Bytes at the peak: all of it while the run goes on, or while it
-    /// loads, the parameters and optimizer state beside the file read.
+    /// Bytes at the peak, while the run goes on (a checkpoint is read
+    /// tensor by tensor into the parameters, a few MiB at a time).
     pub fn total_bytes(&self) -> usize {
-        let sum = |floats: &[usize]| floats.iter().fold(0usize, |sum, &n| sum.saturating_add(n));
-        let running = sum(&[
+        [
             self.parameters,
             self.gradients,
             self.optimizer_state,
             self.activations,
-        ]);
-        let loading = sum(&[self.parameters, self.optimizer_state, self.read_whole]);
-        running.max(loading).saturating_mul(4)
+        ]
+        .iter()
+        .fold(0usize, |sum, &n| sum.saturating_add(n))
+        .saturating_mul(4)
     }
 }
 
@@ -228,16 +212,13 @@ fn read_usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens, started by reading `read_whole` bytes of a
-/// checkpoint file whole.
+/// `batch × t` tokens.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
-    read_whole: u64,
 ) -> Result<(), Error> {
     Footprint::training(cfg, batch, t, recompute)
-        .loading(read_whole)
         .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
 }
 
@@ -263,24 +244,18 @@ mod tests {
     }
 
     #[test]
-    fn the_peak_is_the_run_or_the_load_whichever_is_larger() {
+    fn only_training_holds_gradients_and_bf16_decoding_holds_packed_weights() {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
         let n = cfg.param_floats();
         let decoding = Footprint::decoding(&cfg, Precision::F32);
         assert_eq!(decoding.gradients, 0);
         let running = 4 * (n + KvCache::floats(&cfg));
         assert_eq!(decoding.total_bytes(), running);
-        // A file smaller than the KV cache does not raise the peak; a
-        // larger one (an f32 checkpoint of more than the parameters) does.
-        assert_eq!(decoding.loading(4).total_bytes(), running);
-        let file = 4 * n as u64 + 4 * KvCache::floats(&cfg) as u64 + 40;
-        assert_eq!(decoding.loading(file).total_bytes(), 4 * n + file as usize);
-        // bf16 decoding holds the packed weights too.
         let bf16 = Footprint::decoding(&cfg, Precision::Bf16).total_bytes();
         assert_eq!(bf16, running + 4 * Gpt::packed_floats(&cfg));
-        // Training loads its optimizer state beside the parameters.
-        let training = Footprint::training(&cfg, 1, 1, false).loading(file);
-        assert_eq!(training.total_bytes(), 4 * (3 * n) + file as usize);
+        let training = Footprint::training(&cfg, 1, 1, false);
+        let acts = Gpt::activation_floats(&cfg, 1, 1, false);
+        assert_eq!(training.total_bytes(), 4 * (4 * n + acts));
         assert_eq!(Footprint::evaluation(&cfg, 1, 1).gradients, 0);
     }
 
@@ -305,6 +280,6 @@ mod tests {
             Footprint::training(&cfg, 1 << 20, 1 << 16, false).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, 0).is_err());
+        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true).is_err());
     }
 }

@@ -992,12 +992,12 @@ fn a_failing_output_does_not_lose_the_trained_model() {
     }
 }
 
-/// A checkpoint file grown past what the model's config allows (a
-/// sparse 200 MiB `model.safetensors` or `training.safetensors`, a 2 MiB
-/// `config.json`) is refused from its size, before it is read into
-/// memory, by every command that loads it.
+/// A checkpoint file grown past what it holds (a sparse 200 MiB
+/// `model.safetensors` or `training.safetensors`, past what its header
+/// describes; a 2 MiB `config.json`, past what such a file takes) is
+/// refused before it is read, by every command that loads it.
 #[test]
-fn checkpoint_files_too_large_for_their_model_are_refused_unread() {
+fn checkpoint_files_grown_past_what_they_hold_are_refused_unread() {
     let dir = scratch("grown");
     let ckpt = tiny_checkpoint(&dir, "ckpt");
     for (file, size) in [
@@ -1018,7 +1018,10 @@ fn checkpoint_files_too_large_for_their_model_are_refused_unread() {
             .unwrap();
         f.set_len(size).unwrap();
         let g = grown.to_str().unwrap();
-        let needle = format!("{file} is {size} bytes, more than");
+        let needle = match file {
+            "config.json" => format!("{file} is {size} bytes, more than"),
+            _ => format!("{file} is corrupt or truncated: its header describes"),
+        };
         assert_clear_error(
             &runner(&["train", "--resume", g, "--steps", "12", "--batch", "2"]),
             &needle,

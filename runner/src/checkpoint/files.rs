@@ -2,12 +2,12 @@
 //! error is made.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use safetensors::tensor::Dtype;
-use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::Error;
 
@@ -29,10 +29,9 @@ pub fn open(dir: &Path, file: &str) -> Result<fs::File, Error> {
     fs::File::open(&path).map_err(missing_or)
 }
 
-/// The bytes of `file` in the checkpoint `dir`, refused unread past
-/// `most` bytes (what the file can hold for the model at hand): a file
-/// grown by mistake would otherwise be read whole into memory before its
-/// header showed it wrong.
+/// The bytes of the small `file` (`config.json`) of the checkpoint
+/// `dir`, refused unread past `most` bytes: a file grown by mistake would
+/// otherwise be read whole into memory before it showed itself wrong.
 pub fn read(dir: &Path, file: &str, most: u64) -> Result<Vec<u8>, Error> {
     let f = open(dir, file)?;
     let size = f
@@ -42,19 +41,13 @@ pub fn read(dir: &Path, file: &str, most: u64) -> Result<Vec<u8>, Error> {
     let too_large = |size: u64| {
         Error::checkpoint(
             dir,
-            format!("{file} is {size} bytes, more than the {most} it can hold for this model"),
+            format!("{file} is {size} bytes, more than the {most} such a file takes"),
         )
     };
     if size > most {
         return Err(too_large(size));
     }
-    // Sized once: grown by doubling, the buffer would map up to twice
-    // the file (the memory check counts it once).
     let mut bytes = Vec::new();
-    let room = usize::try_from(size).map_or(usize::MAX, |size| size.saturating_add(1));
-    bytes.try_reserve_exact(room).map_err(|_| {
-        Error::checkpoint(dir, format!("{file} ({size} bytes) does not fit in memory"))
-    })?;
     // `take`: the file may grow while it is read.
     f.take(most.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -65,61 +58,138 @@ pub fn read(dir: &Path, file: &str, most: u64) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// The most bytes a safetensors file of `floats` parameters in f32 takes,
-/// with room for a header and tensors the loader ignores (Hugging Face's
-/// older GPT-2 files carry each layer's attention mask, 4 MiB a layer at
-/// T 1024): twice the weights and 64 MiB.
-pub fn safetensors_bound(floats: usize) -> u64 {
-    (floats as u64).saturating_mul(8).saturating_add(64 << 20)
+/// A safetensors file opened to be read tensor by tensor: its header
+/// parsed and checked against the file's size when opened, each tensor
+/// then read straight into the caller's buffer, so that loading a
+/// checkpoint never holds the file beside the model (GPT-2's weights
+/// would take 500 MB twice).
+pub struct TensorFile<'a> {
+    dir: &'a Path,
+    name: &'a str,
+    file: fs::File,
+    header: Metadata,
+    /// The tensors' names, in the order of their data.
+    names: Vec<String>,
+    /// Where the tensors' data starts: after the 8-byte length and the
+    /// header.
+    data_start: u64,
 }
 
-/// The JSON header of the safetensors `file` in the checkpoint `dir` (its
-/// tensors' names, types, shapes and `__metadata__`), read alone: cheap
-/// enough to check a checkpoint before any long work, whatever its size.
-/// [`parse`] checks the rest.
-pub fn header(dir: &Path, file: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    let bad = |reason: String| {
-        Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
-    };
-    let mut f = open(dir, file)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)
-        .map_err(|_| bad("too short for a safetensors header".into()))?;
-    let len = u64::from_le_bytes(len);
-    let size = f
-        .metadata()
-        .map_err(|e| Error::io(dir.join(file), e))?
-        .len();
-    if len > size - 8 {
-        return Err(bad(format!(
-            "a header of {len} bytes in a file of {size} bytes"
-        )));
+impl<'a> TensorFile<'a> {
+    /// The safetensors file `name` of the checkpoint `dir`, its header
+    /// checked (tensors laid end to end, each as long as its type and
+    /// shape say, covering the file exactly) before any tensor is read:
+    /// cheap enough to check a checkpoint before any long work, whatever
+    /// its size.
+    pub fn open(dir: &'a Path, name: &'a str) -> Result<TensorFile<'a>, Error> {
+        let bad = |reason: String| corrupt(dir, name, reason);
+        let mut file = open(dir, name)?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io(dir.join(name), e))?
+            .len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|_| bad("too short for a safetensors header".into()))?;
+        let len = u64::from_le_bytes(len);
+        if len > size.saturating_sub(8) {
+            return Err(bad(format!(
+                "a header of {len} bytes in a file of {size} bytes"
+            )));
+        }
+        if len > MAX_HEADER_BYTES {
+            return Err(bad(format!(
+                "a header of {len} bytes is not a safetensors header"
+            )));
+        }
+        let mut text = vec![0u8; len as usize];
+        file.read_exact(&mut text)
+            .map_err(|_| bad("truncated inside its header".into()))?;
+        // Deserializing checks the offsets against the types and shapes.
+        let header: Metadata =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("header: {e}")))?;
+        let data_start = 8 + len;
+        let described = data_start.saturating_add(header.data_len() as u64);
+        if described != size {
+            return Err(bad(format!(
+                "its header describes {described} bytes, the file holds {size}"
+            )));
+        }
+        let names = header.offset_keys();
+        Ok(TensorFile {
+            dir,
+            name,
+            file,
+            header,
+            names,
+            data_start,
+        })
     }
-    if len > MAX_HEADER_BYTES {
-        return Err(bad(format!(
-            "a header of {len} bytes is not a safetensors header"
-        )));
+
+    /// The type and shape of the tensor `name`, if the file holds it.
+    pub fn tensor(&self, name: &str) -> Option<(Dtype, &[usize])> {
+        let info = self.header.info(name)?;
+        Some((info.dtype, &info.shape))
     }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header)
-        .map_err(|_| bad("truncated inside its header".into()))?;
-    match serde_json::from_slice(&header) {
-        Ok(serde_json::Value::Object(header)) => Ok(header),
-        Ok(_) => Err(bad("its header is not a JSON object".into())),
-        Err(e) => Err(bad(format!("header: {e}"))),
+
+    /// The names of the tensors the file holds, in the order of their data.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The header's `__metadata__` (empty where it has none).
+    pub fn metadata(&self) -> HashMap<String, String> {
+        self.header.metadata().clone().unwrap_or_default()
+    }
+
+    /// Fills `out` with the elements of the tensor `name` from the
+    /// `first` on, converted exactly to f32 (a tensor of another type than
+    /// F32, BF16 or F16 is refused), reading a few MiB at a time.
+    pub fn read_floats(&mut self, name: &str, first: usize, out: &mut [f32]) -> Result<(), Error> {
+        let bad = |reason: String| corrupt(self.dir, self.name, reason);
+        let Some(info) = self.header.info(name) else {
+            return Err(bad(format!("lacks tensor {name}")));
+        };
+        let (dtype, (start, end)) = (info.dtype, info.data_offsets);
+        let width = match dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            _ => return Err(bad(format!("tensor {name} is {dtype:?}, not a float"))),
+        };
+        let from = start.checked_add(first.saturating_mul(width));
+        let to = from.and_then(|from| from.checked_add(out.len().checked_mul(width)?));
+        let (Some(from), Some(to)) = (from, to.filter(|&to| to <= end)) else {
+            return Err(bad(format!("tensor {name} is shorter than read")));
+        };
+        let path = self.dir.join(self.name);
+        self.file
+            .seek(SeekFrom::Start(self.data_start + from as u64))
+            .map_err(|e| Error::io(&path, e))?;
+        let mut bytes = vec![0u8; READ_CHUNK_BYTES.min(to - from)];
+        for chunk in out.chunks_mut(READ_CHUNK_BYTES / width) {
+            let bytes = &mut bytes[..chunk.len() * width];
+            // Its size was checked when opened: only a file changed since
+            // ends early.
+            self.file.read_exact(bytes).map_err(|e| match e.kind() {
+                ErrorKind::UnexpectedEof => bad(format!("it ends inside tensor {name}")),
+                _ => Error::io(&path, e),
+            })?;
+            floats_from(dtype, bytes, chunk);
+        }
+        Ok(())
     }
 }
+
+/// The one error for a checkpoint file that does not hold what it says.
+fn corrupt(dir: &Path, file: &str, reason: String) -> Error {
+    Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
+}
+
+/// How much of a tensor [`TensorFile::read_floats`] reads at a time.
+const READ_CHUNK_BYTES: usize = 4 << 20;
 
 /// safetensors' own bound on a header.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
-
-/// The parsed `file` of the checkpoint `dir`. The header's tensors cover
-/// the file exactly (safetensors checks it), so tensors checked against it
-/// are bounded by the file's size.
-pub fn parse<'a>(dir: &Path, file: &str, bytes: &'a [u8]) -> Result<SafeTensors<'a>, Error> {
-    SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::checkpoint(dir, format!("{file} is corrupt or truncated: {e}")))
-}
 
 /// Little-endian bytes of `x`: `x`'s own memory on a little-endian CPU,
 /// so that saving a model does not hold a second copy of it.
@@ -131,16 +201,9 @@ pub fn to_bytes(x: &[f32]) -> Cow<'_, [u8]> {
     }
 }
 
-/// Fills `out` from little-endian bytes.
-pub fn from_bytes(bytes: &[u8], out: &mut [f32]) {
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-}
-
-/// Fills `out` from little-endian values of `dtype` (F32, BF16 or F16; the
-/// caller checked which), converted exactly to f32.
-pub fn floats_from(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+/// Fills `out` from little-endian values of `dtype` (F32, BF16 or F16),
+/// converted exactly to f32.
+fn floats_from(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     let halves = || {
         bytes
             .chunks_exact(2)
@@ -157,7 +220,11 @@ pub fn floats_from(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
                 *o = f16_to_f32(h);
             }
         }
-        _ => from_bytes(bytes, out),
+        _ => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
     }
 }
 
@@ -181,6 +248,74 @@ fn f16_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::tensor::TensorView;
+
+    /// A safetensors file in a fresh directory: an f32 tensor longer than
+    /// one read, and a bf16 one.
+    fn tensor_file(name: &str, long: &[f32], halves: &[u16]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("runner-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let long_bytes = to_bytes(long);
+        let half_bytes: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let views = [
+            (
+                "long",
+                TensorView::new(Dtype::F32, vec![long.len()], &long_bytes).unwrap(),
+            ),
+            (
+                "half",
+                TensorView::new(Dtype::BF16, vec![halves.len()], &half_bytes).unwrap(),
+            ),
+        ];
+        safetensors::serialize_to_file(views, None, &dir.join("t.safetensors")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn tensors_are_read_in_pieces_from_anywhere_in_them() {
+        // Past one read of 4 MiB, and not a whole number of them.
+        let long: Vec<f32> = (0..(READ_CHUNK_BYTES / 4 * 2 + 7))
+            .map(|i| i as f32)
+            .collect();
+        let dir = tensor_file("tensor-file", &long, &[0x3f80, 0xc000, 0x7fc0]);
+        let mut file = TensorFile::open(&dir, "t.safetensors").unwrap();
+        assert_eq!(file.names(), ["long", "half"]);
+        assert_eq!(file.tensor("half"), Some((Dtype::BF16, &[3usize][..])));
+        let mut all = vec![f32::NAN; long.len()];
+        file.read_floats("long", 0, &mut all).unwrap();
+        assert_eq!(all, long);
+        let mut middle = vec![f32::NAN; READ_CHUNK_BYTES / 4 + 3];
+        file.read_floats("long", 5, &mut middle).unwrap();
+        assert_eq!(middle, long[5..5 + middle.len()]);
+        let mut half = [f32::NAN; 2];
+        file.read_floats("half", 0, &mut half).unwrap();
+        assert_eq!(half, [1.0, -2.0]);
+        // Past a tensor's end, or a tensor the file lacks: refused.
+        let past = file.read_floats("half", 2, &mut half).unwrap_err();
+        assert!(past.to_string().contains("shorter than read"), "{past}");
+        assert!(file.read_floats("none", 0, &mut half).is_err());
+
+        // Cut short after it was opened: the read says where it ended.
+        let path = dir.join("t.safetensors");
+        let size = fs::metadata(&path).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(size - 100)
+            .unwrap();
+        let cut = file.read_floats("half", 0, &mut half).unwrap_err();
+        assert!(cut.to_string().contains("ends inside tensor half"), "{cut}");
+        // And opened again, refused before any tensor is read.
+        let refused = TensorFile::open(&dir, "t.safetensors")
+            .err()
+            .unwrap()
+            .to_string();
+        let holds = format!("describes {size} bytes, the file holds {}", size - 100);
+        assert!(refused.contains(&holds), "{refused}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn halves_convert_exactly() {

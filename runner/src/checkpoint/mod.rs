@@ -15,12 +15,11 @@ use std::path::{Path, PathBuf};
 
 use kernels::Kernels;
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 
 use crate::error::Error;
 use crate::model::{Arena, Gpt, ModelConfig};
 use atomic::{write_synced, write_tensors_synced, Destination};
-use files::{floats_from, parse, read, safetensors_bound, to_bytes};
+use files::{read, to_bytes, TensorFile};
 pub use run_state::{Progress, RunSchedule, TrainingState};
 
 const CONFIG_FILE: &str = "config.json";
@@ -145,33 +144,6 @@ fn write_checkpoint(
     }
 }
 
-/// Bytes of the largest file that loading `dir` reads whole: its model,
-/// and its training state where `with_state` (0 for a file that cannot be
-/// read, which the load then refuses with its reason).
-pub fn read_whole_bytes(dir: &Path, cfg: &ModelConfig, with_state: bool) -> u64 {
-    // A file past what it can hold for `cfg` is refused unread, for that.
-    let size =
-        |file: &str, most: u64| std::fs::metadata(dir.join(file)).map_or(0, |m| m.len().min(most));
-    let state = match with_state {
-        true => size(TRAINING_FILE, state_file_bound(cfg.param_floats())),
-        false => 0,
-    };
-    size(MODEL_FILE, model_file_bound(cfg)).max(state)
-}
-
-/// The most bytes `model.safetensors` can hold for a model of shape `cfg`:
-/// its weights, and an untied head (`param_count` counts one copy).
-fn model_file_bound(cfg: &ModelConfig) -> u64 {
-    let head = cfg.vocab_size.saturating_mul(cfg.channels);
-    safetensors_bound(cfg.param_count().saturating_add(head))
-}
-
-/// The most bytes `training.safetensors` can hold for `params` parameters:
-/// two moments a parameter.
-fn state_file_bound(params: usize) -> u64 {
-    safetensors_bound(params.saturating_mul(2))
-}
-
 /// The model shape in `dir/config.json`, validated (sizes bounded, only
 /// settings this runner computes, the tokenizer).
 pub fn load_config(dir: &Path) -> Result<ModelConfig, Error> {
@@ -219,43 +191,83 @@ fn read_config(dir: &Path) -> Result<hf::HfConfig, Error> {
 /// Hugging Face GPT-2 directory (`config.json` + `model.safetensors` from
 /// `save_pretrained`; names with or without `transformer.`; f32, bf16 or
 /// f16; an `lm_head.weight` only if it equals `wte`, and required where
-/// `config.json` unties it). Every tensor
-/// is checked against `config.json` before the parameters are allocated,
-/// so a config asking for more than the file holds is an error, not an
-/// out-of-memory abort.
+/// `config.json` unties it). Every tensor is checked against
+/// `config.json` before the parameters are allocated, so a config asking
+/// for more than the file holds is an error, not an out-of-memory abort;
+/// then each is read straight into the parameters.
 pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
     let hf::HfConfig {
         model: cfg,
         tied_head,
     } = read_config(dir)?;
-    let bytes = read(dir, MODEL_FILE, model_file_bound(&cfg))?;
-    let st = parse(dir, MODEL_FILE, &bytes)?;
-    // An untied head that is not in the file would be left to chance
-    // (transformers initialises it at random): not this model.
-    if !tied_head && st.tensor(hf::LM_HEAD).is_err() {
-        return Err(Error::checkpoint(
-            dir,
-            format!(
-                "{CONFIG_FILE} sets `tie_word_embeddings` to false, but {MODEL_FILE} has no {}",
-                hf::LM_HEAD
-            ),
-        ));
+    let mut file = TensorFile::open(dir, MODEL_FILE)?;
+    let weights = locate_weights(dir, &file, &cfg, tied_head)?;
+    let mut params = Arena::zeros(cfg.param_floats());
+    for (t, name) in &weights {
+        let values = &mut params[t.range.clone()];
+        file.read_floats(name, 0, values)?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::checkpoint(
+                dir,
+                format!("tensor {} holds {} at element {i}", t.name, values[i]),
+            ));
+        }
     }
+    if file.tensor(hf::LM_HEAD).is_some() {
+        // The tied head is the embedding; a different one is another model.
+        let wte = &params[weights[0].0.range.clone()];
+        let mut head = vec![0.0; wte.len().min(HEAD_CHUNK_FLOATS)];
+        for (i, wte) in wte.chunks(HEAD_CHUNK_FLOATS).enumerate() {
+            let head = &mut head[..wte.len()];
+            file.read_floats(hf::LM_HEAD, i * HEAD_CHUNK_FLOATS, head)?;
+            // Equal as numbers: -0 is 0.
+            if head.iter().zip(wte).any(|(a, b)| a != b) {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "{} differs from wte.weight: untied output layers are not supported",
+                        hf::LM_HEAD
+                    ),
+                ));
+            }
+        }
+    }
+    warn_of_unread(file.names(), &weights);
+    Gpt::from_params(cfg, kernels, params)
+}
+
+/// How much of an output layer [`load_model`] compares with the embedding
+/// at a time.
+const HEAD_CHUNK_FLOATS: usize = 1 << 20;
+
+/// The tensors of `file` (the weights of the checkpoint `dir`) that the
+/// parameters of a `cfg` model are read from, with their names in the
+/// file, checked from its header alone: as many tensors as the layers
+/// need and none beyond them, each of a float type and the shape
+/// `config.json` gives it, under one name (with or without
+/// `transformer.`), the head count `n_head` says, and an output layer the
+/// shape of the embedding, which must be there when `tied_head` is false.
+fn locate_weights(
+    dir: &Path,
+    file: &TensorFile,
+    cfg: &ModelConfig,
+    tied_head: bool,
+) -> Result<Vec<(hf::HfTensor, String)>, Error> {
     // Checked first so that the layout built next is no longer than the
     // header, whatever number of layers config.json claims.
-    let needed = hf::tensor_count(&cfg);
-    if st.len() < needed {
+    let needed = hf::tensor_count(cfg);
+    if file.names().len() < needed {
         return Err(Error::checkpoint(
             dir,
             format!(
                 "{MODEL_FILE} holds {} tensors; the {} layers of {CONFIG_FILE} need {needed}",
-                st.len(),
+                file.names().len(),
                 cfg.layers
             ),
         ));
     }
     // Layers beyond config.json's would be silently dropped: another model.
-    let beyond = st.names().into_iter().find(|name| {
+    let beyond = file.names().iter().find(|name| {
         let name = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
         hf::outside_layers(name, cfg.layers)
     });
@@ -268,94 +280,60 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
             ),
         ));
     }
-    let layout = hf::layout(&cfg);
-    let find = |name: &str| {
-        let prefixed = format!("{}{name}", hf::MODEL_PREFIX);
-        match (st.tensor(&prefixed), st.tensor(name)) {
+    let mut weights = Vec::with_capacity(needed);
+    for t in hf::layout(cfg) {
+        let prefixed = format!("{}{}", hf::MODEL_PREFIX, t.name);
+        let (name, (dtype, shape)) = match (file.tensor(&prefixed), file.tensor(&t.name)) {
             // Two candidates: which one is the model is anyone's guess.
-            (Ok(_), Ok(_)) => Err(Error::checkpoint(
-                dir,
-                format!("{MODEL_FILE} holds both {prefixed} and {name}"),
-            )),
-            (Ok(view), _) | (_, Ok(view)) => Ok(view),
-            _ => Err(Error::checkpoint(
-                dir,
-                format!("{MODEL_FILE} lacks tensor {name}"),
-            )),
-        }
-    };
-    let mut views = Vec::with_capacity(layout.len());
-    for t in &layout {
-        let view = find(&t.name)?;
-        let dtype = format!("{:?}", view.dtype());
-        check_tensor(dir, &t.name, &t.shape, &dtype, view.shape())?;
-        views.push(view);
+            (Some(_), Some(_)) => {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!("{MODEL_FILE} holds both {prefixed} and {}", t.name),
+                ))
+            }
+            (Some(found), None) => (prefixed, found),
+            (None, Some(found)) => (t.name.clone(), found),
+            (None, None) => {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!("{MODEL_FILE} lacks tensor {}", t.name),
+                ))
+            }
+        };
+        check_tensor(dir, &t.name, &t.shape, dtype, shape)?;
+        weights.push((t, name));
     }
-    // From the bytes just parsed, not the file again: it may have changed.
-    let (_, header) = SafeTensors::read_metadata(&bytes).expect("parsed above");
-    let saved_heads = header
-        .metadata()
-        .as_ref()
-        .and_then(|meta| meta.get(HEADS_KEY));
-    check_heads(dir, &cfg, saved_heads.map(String::as_str))?;
-    let mut params = Arena::zeros(cfg.param_floats());
-    for (t, view) in layout.iter().zip(&views) {
-        let values = &mut params[t.range.clone()];
-        floats_from(view.dtype(), view.data(), values);
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::checkpoint(
-                dir,
-                format!("tensor {} holds {} at element {i}", t.name, values[i]),
-            ));
-        }
-    }
-    if let Ok(head) = st.tensor(hf::LM_HEAD) {
-        // The tied head is the embedding; a different one is another model.
-        let wte = &layout[0];
-        if !is_float(head.dtype()) || head.shape() != wte.shape.as_slice() {
+    match file.tensor(hf::LM_HEAD) {
+        Some((dtype, shape)) => check_tensor(dir, hf::LM_HEAD, &weights[0].0.shape, dtype, shape)?,
+        // An untied head that is not in the file would be left to chance
+        // (transformers initialises it at random): not this model.
+        None if !tied_head => {
             return Err(Error::checkpoint(
                 dir,
                 format!(
-                    "{} is {:?} {:?}, but wte.weight is {:?}",
-                    hf::LM_HEAD,
-                    head.dtype(),
-                    head.shape(),
-                    wte.shape
-                ),
-            ));
-        }
-        let mut values = vec![0.0; wte.range.len()];
-        floats_from(head.dtype(), head.data(), &mut values);
-        // Equal as numbers: -0 is 0.
-        let same = values
-            .iter()
-            .zip(&params[wte.range.clone()])
-            .all(|(a, b)| a == b);
-        if !same {
-            return Err(Error::checkpoint(
-                dir,
-                format!(
-                    "{} differs from wte.weight: untied output layers are not supported",
+                    "{CONFIG_FILE} sets `tie_word_embeddings` to false, but {MODEL_FILE} has no {}",
                     hf::LM_HEAD
                 ),
-            ));
+            ))
         }
+        None => {}
     }
-    warn_of_unread(&st.names(), &layout);
-    Gpt::from_params(cfg, kernels, params)
+    let saved_heads = file.metadata().get(HEADS_KEY).cloned();
+    check_heads(dir, cfg, saved_heads.as_deref())?;
+    Ok(weights)
 }
 
 /// Logs one warning naming the tensors of `names` that no parameter of
 /// `layout` reads: another model's, or a file edited by hand. The
 /// attention-mask buffers older Hugging Face files hold (`attn.bias`,
 /// `attn.masked_bias`) are not weights and pass without a word.
-fn warn_of_unread(names: &[&str], layout: &[hf::HfTensor]) {
+fn warn_of_unread(names: &[String], weights: &[(hf::HfTensor, String)]) {
     // A set: a crafted file may hold as many names as the layout has
     // tensors, and comparing every pair would take minutes.
-    let read: HashSet<&str> = layout.iter().map(|t| t.name.as_str()).collect();
+    let read: HashSet<&str> = weights.iter().map(|(t, _)| t.name.as_str()).collect();
     let unread: Vec<&str> = names
         .iter()
-        .copied()
+        .map(String::as_str)
         .filter(|&name| {
             let bare = name.strip_prefix(hf::MODEL_PREFIX).unwrap_or(name);
             let buffer = bare.ends_with(".attn.bias") || bare.ends_with(".attn.masked_bias");
@@ -370,22 +348,16 @@ fn warn_of_unread(names: &[&str], layout: &[hf::HfTensor]) {
     }
 }
 
-/// The element types a checkpoint's weights may have, as safetensors
-/// spells them.
-const FLOAT_TYPES: [&str; 3] = ["F32", "BF16", "F16"];
+/// The element types a checkpoint's weights may have.
+const FLOAT_TYPES: [Dtype; 3] = [Dtype::F32, Dtype::BF16, Dtype::F16];
 
-/// Whether a checkpoint's weights may have the element type `dtype`.
-fn is_float(dtype: Dtype) -> bool {
-    FLOAT_TYPES.contains(&format!("{dtype:?}").as_str())
-}
-
-/// Refuses the tensor `name` of `dtype` (as safetensors spells it) and
-/// `shape` where the model needs a float tensor of `expected` shape.
+/// Refuses the tensor `name` of `dtype` and `shape` where the model needs
+/// a float tensor of `expected` shape.
 fn check_tensor(
     dir: &Path,
     name: &str,
     expected: &[usize],
-    dtype: &str,
+    dtype: Dtype,
     shape: &[usize],
 ) -> Result<(), Error> {
     if FLOAT_TYPES.contains(&dtype) && shape == expected {
@@ -394,45 +366,23 @@ fn check_tensor(
     Err(Error::checkpoint(
         dir,
         format!(
-            "tensor {name} is {dtype} {shape:?}, expected F32, BF16 or F16 {expected:?} (by {CONFIG_FILE})"
+            "tensor {name} is {dtype:?} {shape:?}, expected F32, BF16 or F16 {expected:?} (by {CONFIG_FILE})"
         ),
     ))
 }
 
-/// Refuses, from the headers alone, weights whose tensors do not have the
-/// shapes `config.json` (read as `cfg`) gives them: a `config.json` from
-/// another checkpoint is named as the cause before the run's settings are
-/// compared with the state saved beside it. [`load_model`] checks the
-/// rest.
-pub fn check_weights_fit(dir: &Path, cfg: &ModelConfig) -> Result<(), Error> {
-    let header = files::header(dir, MODEL_FILE)?;
-    for t in hf::layout(cfg) {
-        let prefixed = format!("{}{}", hf::MODEL_PREFIX, t.name);
-        let Some(info) = header.get(&prefixed).or_else(|| header.get(&t.name)) else {
-            return Err(Error::checkpoint(
-                dir,
-                format!("{MODEL_FILE} lacks tensor {}", t.name),
-            ));
-        };
-        let dtype = info
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .unwrap_or("no type");
-        let shape: Vec<usize> = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .map(|dims| {
-                dims.iter()
-                    .map(|d| d.as_u64().map_or(usize::MAX, |d| d as usize))
-                    .collect()
-            })
-            .unwrap_or_default();
-        check_tensor(dir, &t.name, &t.shape, dtype, &shape)?;
-    }
-    let saved_heads = header
-        .get("__metadata__")
-        .and_then(|meta| meta.get(HEADS_KEY)?.as_str());
-    check_heads(dir, cfg, saved_heads)
+/// Refuses, from the headers alone, weights that do not fit the model
+/// `config.json` describes (the checks [`load_model`] makes before it
+/// reads a tensor): a `config.json` from another checkpoint is named as
+/// the cause before the run's settings are compared with the state saved
+/// beside it.
+pub fn check_weights_fit(dir: &Path) -> Result<(), Error> {
+    let hf::HfConfig {
+        model: cfg,
+        tied_head,
+    } = read_config(dir)?;
+    let file = TensorFile::open(dir, MODEL_FILE)?;
+    locate_weights(dir, &file, &cfg, tied_head).map(drop)
 }
 
 /// Refuses a `config.json` (read as `cfg`) whose `n_head` is not the head
@@ -461,8 +411,7 @@ pub fn load_progress(dir: &Path) -> Result<Progress, Error> {
 
 /// The run's state in `dir`, for a model of `params` parameters.
 pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
-    let most = state_file_bound(params);
-    run_state::decode(dir, TRAINING_FILE, &read(dir, TRAINING_FILE, most)?, params)
+    run_state::read(dir, TRAINING_FILE, params)
 }
 
 /// Refuses to resume the state in `dir` with `model` (loaded from `dir`)

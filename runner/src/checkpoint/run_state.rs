@@ -6,10 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 
 use super::atomic::write_tensors_synced;
-use super::files::{from_bytes, header, parse, to_bytes};
+use super::files::{to_bytes, TensorFile};
 use crate::data::{hash_words, DataFingerprint, FNV_OFFSET};
 use crate::error::Error;
 
@@ -123,8 +122,8 @@ pub fn write(
     let (m, v) = (to_bytes(m), to_bytes(v));
     let tensor = |bytes| TensorView::new(Dtype::F32, vec![n], bytes).expect("shape matches");
     let tensors = vec![
-        ("adam_m".to_string(), tensor(&m)),
-        ("adam_v".to_string(), tensor(&v)),
+        (MOMENTS[0].to_string(), tensor(&m)),
+        (MOMENTS[1].to_string(), tensor(&v)),
     ];
     let mut meta = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -165,47 +164,38 @@ pub fn write(
     write_tensors_synced(path, tensors, meta)
 }
 
-/// The state in `bytes` (the `file` of the checkpoint `dir`) for a model
-/// of `params` parameters, refusing moments that would poison AdamW.
-pub fn decode(
-    dir: &Path,
-    file: &str,
-    bytes: &[u8],
-    params: usize,
-) -> Result<TrainingState<Vec<f32>>, Error> {
-    let st = parse(dir, file, bytes)?;
+/// The state in the `file` of the checkpoint `dir` for a model of
+/// `params` parameters, refusing moments that would poison AdamW.
+pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
+    let mut tensors = TensorFile::open(dir, file)?;
     let bad = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
     let Progress {
         step,
         rng_state,
         schedule,
         ..
-    } = Progress::of(&meta).map_err(bad)?;
-
-    let mut moments = Vec::with_capacity(2);
-    for name in ["adam_m", "adam_v"] {
-        let view = st
+    } = Progress::of(&tensors.metadata()).map_err(bad)?;
+    // Both checked before either is allocated.
+    for name in MOMENTS {
+        let (dtype, shape) = tensors
             .tensor(name)
-            .map_err(|_| bad(format!("lacks tensor {name}")))?;
-        if view.dtype() != Dtype::F32 {
+            .ok_or_else(|| bad(format!("lacks tensor {name}")))?;
+        if dtype != Dtype::F32 {
             return Err(bad(format!(
-                "tensor {name} is {:?}; the optimizer's moments are saved in F32",
-                view.dtype()
+                "tensor {name} is {dtype:?}; the optimizer's moments are saved in F32"
             )));
         }
-        if view.shape() != [params] {
+        if shape != [params] {
             return Err(bad(format!(
-                "tensor {name} has shape {:?}, but the model has {params} parameters",
-                view.shape()
+                "tensor {name} has shape {shape:?}, but the model has {params} parameters"
             )));
         }
-        let mut values = vec![0.0; params];
-        from_bytes(view.data(), &mut values);
-        moments.push(values);
     }
-    let (v, m) = (moments.pop().expect("two"), moments.pop().expect("two"));
+    let mut moments = MOMENTS.map(|_| vec![0.0; params]);
+    for (name, values) in MOMENTS.iter().zip(&mut moments) {
+        tensors.read_floats(name, 0, values)?;
+    }
+    let [m, v] = moments;
     // AdamW divides by the square root of `v`: a NaN or negative value
     // here would silently poison every later step.
     let sane = m.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite() && *x >= 0.0);
@@ -221,6 +211,9 @@ pub fn decode(
         schedule,
     })
 }
+
+/// The tensors of the two AdamW moments, first and second.
+const MOMENTS: [&str; 2] = ["adam_m", "adam_v"];
 
 /// Where a saved run stands: what its metadata says.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -297,18 +290,9 @@ impl Progress {
 
 /// The progress in the state file `file` of `dir`, from its header alone
 /// (the moments, twice the model's size, are not read): cheap enough to
-/// refuse a resume before any long work. [`decode`] checks the rest.
+/// refuse a resume before any long work. [`read`] checks the rest.
 pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
-    let header = header(dir, file)?;
-    let meta = header
-        .get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let meta = TensorFile::open(dir, file)?.metadata();
     Progress::of(&meta).map_err(|reason| {
         Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
     })

@@ -51,11 +51,8 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let source = DataSource::of(args.data.as_deref());
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let t = cfg.block_size;
-    let read_whole = checkpoint::read_whole_bytes(&args.checkpoint, &cfg, false);
     let footprint = |batch: usize, what: &str| {
-        Footprint::evaluation(&cfg, batch, t)
-            .loading(read_whole)
-            .check(&format!("model {cfg} with {what}"))
+        Footprint::evaluation(&cfg, batch, t).check(&format!("model {cfg} with {what}"))
     };
     // The data's names and kinds, then the checkpoint, then the data
     // itself, which may take much longer to read and tokenize; the batch

@@ -430,7 +430,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
         }
     }
     if let (Some(dir), Some(progress)) = (&s.resume, progress) {
-        checkpoint::check_weights_fit(dir, &cfg)?;
+        checkpoint::check_weights_fit(dir)?;
         let progress = progress?;
         // No run trains past its block size, which the weights (checked
         // above) share: the state is damaged or another model's.
@@ -448,13 +448,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
         check_resume(s, dir, t, None, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
-    // A checkpoint to start from is read whole first.
-    let read_whole = match (&s.init_from, &s.resume) {
-        (Some(dir), _) => checkpoint::read_whole_bytes(dir, &cfg, false),
-        (_, Some(dir)) => checkpoint::read_whole_bytes(dir, &cfg, true),
-        (None, None) => 0,
-    };
-    check_memory(&cfg, (b, t), s.recompute, read_whole)?;
+    check_memory(&cfg, (b, t), s.recompute)?;
     if let Some(dir) = s
         .save
         .as_ref()
