@@ -185,7 +185,10 @@ const L2_SHARE_FOR_B_SWEEP: (usize, usize) = (1, 4);
 /// C (a benchmark loop, where C stays in L3) runs 0.8–0.85× on AMX, which
 /// is the case of a C that fits L2 and the reason for the threshold. On
 /// the Zen 4 (1 MiB L2) whole steps ran 0.96–1.05× streamed against never
-/// (seven alternated runs): neither a gain nor a loss there.
+/// (seven alternated runs), on the Zen 3 (512 KiB L2) 0.94–1.04× (medians
+/// 0.99× on one thread and on two, six runs): neither a gain nor a loss
+/// there, though a product repeated on a warm C loses up to 2.5 % (the
+/// MLP's first product, 12 MiB of C, on the Zen 3).
 const L2_SHARE_FOR_STREAMED_C: (usize, usize) = (1, 1);
 
 /// The fewest panels of B (`n / nr`) that must reuse a packed A for the
