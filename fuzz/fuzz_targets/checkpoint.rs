@@ -57,6 +57,7 @@ fn pristine() -> &'static [Vec<u8>; 3] {
             rng_state: 7,
             moments: (&moments[..], &moments[..]),
             schedule: Some(schedule),
+            data_path: None,
         };
         let dir = scratch("pristine").join("ck");
         checkpoint::save(&dir, &model, Some(&state)).expect("saved");

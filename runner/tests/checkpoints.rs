@@ -454,6 +454,51 @@ fn impossible_sizes_are_refused_before_allocating() {
     std::fs::remove_dir_all(&shards).unwrap();
 }
 
+/// A run resumed without `--data` reads the data its checkpoint records
+/// (a file's absolute path), refuses it once it is gone, and takes the
+/// `--data` given instead.
+#[test]
+fn a_resumed_run_reads_the_data_it_trained_on() {
+    let dir = scratch("resume-data");
+    let text = dir.join("corpus.txt");
+    fs::write(
+        &text,
+        "All the world's a stage, and all the men and women merely players.\n".repeat(40),
+    )
+    .unwrap();
+    let ckpt = dir.join("ckpt");
+    let (ck, data) = (ckpt.to_str().unwrap(), text.to_str().unwrap());
+    let first = [
+        "train", "--preset", "tiny", "--steps", "2", "--data", data, "--save", ck,
+    ];
+    assert_success(&runner(&first));
+    // From another folder, so that the path recorded must be absolute.
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["train", "--resume", ck, "--steps", "4", "--save", ck])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let absolute = &text;
+    assert!(absolute.is_absolute());
+    assert!(
+        log.contains(&format!("from {}", absolute.display())),
+        "{log}"
+    );
+
+    let moved = dir.join("moved.txt");
+    fs::rename(&text, &moved).unwrap();
+    let resume = ["train", "--resume", ck, "--steps", "6", "-q"];
+    let gone = format!(
+        "trained on {}, which is gone: give its --data",
+        absolute.display()
+    );
+    assert_clear_error(&runner(&resume), &gone);
+    let given = [&resume[..], &["--data", moved.to_str().unwrap()]].concat();
+    assert_success(&runner(&given));
+}
+
 #[test]
 fn the_run_schedule_round_trips() {
     let dir = scratch("schedule");
@@ -479,6 +524,7 @@ fn the_run_schedule_round_trips() {
         rng_state: 42,
         moments: optimizer.moments(),
         schedule: Some(schedule),
+        data_path: Some("/data/corpus.txt".into()),
     };
     let with = dir.join("with");
     checkpoint::save(&with, &model, Some(&state)).unwrap();
@@ -495,6 +541,7 @@ fn the_run_schedule_round_trips() {
     let loaded = checkpoint::load_run(&with, model.params().len()).unwrap();
     assert_eq!((loaded.step, loaded.rng_state), (7, 42));
     assert_eq!(loaded.schedule, Some(schedule));
+    assert_eq!(loaded.data_path, state.data_path);
 
     let changed = RunSchedule {
         lr: 1e-3,
@@ -609,6 +656,7 @@ fn moments_that_would_poison_adamw_are_refused() {
             rng_state: 1,
             moments: optimizer.moments(),
             schedule: None,
+            data_path: None,
         };
         let ckpt = dir.join(format!("ckpt{i}"));
         checkpoint::save(&ckpt, &model, Some(&state)).unwrap();

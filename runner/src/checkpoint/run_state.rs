@@ -3,7 +3,7 @@
 //! run, so that a resumed run can tell whether it continues the same one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -93,6 +93,10 @@ pub struct TrainingState<M> {
     pub moments: (M, M),
     /// The run's schedule (`None` for a state saved without one).
     pub schedule: Option<RunSchedule>,
+    /// Where the run's data lies, as an absolute path, so that a resumed
+    /// run reads it without being told (`None` for the embedded corpus,
+    /// a pipe, or a state saved before it was kept).
+    pub data_path: Option<PathBuf>,
 }
 
 /// The hash of `weights` (as the checkpoint stores them) that the state
@@ -145,6 +149,10 @@ pub fn write(
             meta.insert("seq_len".to_string(), t.to_string());
         }
         if let Some(data) = s.data {
+            // Only a path that reads back: a state file is UTF-8 text.
+            if let Some(path) = state.data_path.as_deref().and_then(Path::to_str) {
+                meta.insert(DATA_PATH_KEY.to_string(), path.to_string());
+            }
             meta.extend([
                 ("train_tokens".to_string(), data.train_tokens.to_string()),
                 // In hex, as errors show it.
@@ -173,6 +181,7 @@ pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f
         step,
         rng_state,
         schedule,
+        data_path,
         ..
     } = Progress::of(&tensors.metadata()).map_err(bad)?;
     // Both checked before either is allocated.
@@ -209,6 +218,7 @@ pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f
         rng_state,
         moments: (m, v),
         schedule,
+        data_path,
     })
 }
 
@@ -216,7 +226,7 @@ pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f
 const MOMENTS: [&str; 2] = ["adam_m", "adam_v"];
 
 /// Where a saved run stands: what its metadata says.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     pub step: u32,
     pub rng_state: u64,
@@ -224,7 +234,12 @@ pub struct Progress {
     /// `weights_hash` of the weights saved with it (`None` in states
     /// saved before it was kept).
     pub weights_hash: Option<u64>,
+    /// [`TrainingState::data_path`].
+    pub data_path: Option<PathBuf>,
 }
+
+/// The metadata key of the run's data path.
+const DATA_PATH_KEY: &str = "data_path";
 
 impl Progress {
     fn of(meta: &HashMap<String, String>) -> Result<Progress, String> {
@@ -284,6 +299,12 @@ impl Progress {
             rng_state: metadata_number(meta, "rng_state")?,
             schedule,
             weights_hash: optional_hex(meta, "weights_hash")?,
+            // Kept with the data's fingerprint, which says whether the
+            // file there is still the one trained on.
+            data_path: schedule
+                .and_then(|s| s.data)
+                .and(meta.get(DATA_PATH_KEY))
+                .map(PathBuf::from),
         })
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::options::{self, RunOptions};
-use crate::checkpoint::{self, RunSchedule};
+use crate::checkpoint::{self, Progress};
 use crate::data::{DataSource, Tokenizer};
 use crate::error::Error;
 use crate::model::{ModelConfig, Preset};
@@ -104,9 +104,9 @@ pub struct TrainArgs {
     #[arg(long, requires = "save")]
     pub overwrite: bool,
     /// Continue the run saved in DIR (model, optimizer, step, data order;
-    /// --steps, --batch, --grad-accum, --lr, --warmup and --seq-len not
-    /// given are the run's; given ones must be, but --steps). Give the
-    /// run's --data again.
+    /// --steps, --batch, --grad-accum, --lr, --warmup, --seq-len and
+    /// --data not given are the run's; given ones must be, but --steps).
+    /// A run that read its data from a pipe needs its --data again.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Write one JSON object per step and validation to FILE (see README).
@@ -194,23 +194,39 @@ impl TrainArgs {
         }))
     }
 
-    /// The schedule of the run `--resume` continues, whose settings stand
-    /// for those not given. A state that cannot be read is refused here
-    /// (its settings unknown, others would be blamed); a folder that holds
-    /// none, later, with what it holds instead.
-    fn resumed_schedule(&self) -> Result<Option<RunSchedule>, Error> {
+    /// Where the run `--resume` continues stands: its schedule, whose
+    /// settings stand for those not given, and its data. A state that
+    /// cannot be read is refused here (its settings unknown, others would
+    /// be blamed); a folder that holds none, later, with what it holds
+    /// instead.
+    fn resumed_progress(&self) -> Result<Option<Progress>, Error> {
         let Some(dir) = self.resume.as_deref() else {
             return Ok(None);
         };
         match checkpoint::load_progress(dir) {
-            Ok(progress) => Ok(progress.schedule),
+            Ok(progress) => Ok(Some(progress)),
             Err(e) if dir.join(checkpoint::TRAINING_FILE).is_file() => Err(e),
             Err(_) => Ok(None),
         }
     }
 
+    /// The data to train on: `--data`, else the data the resumed run
+    /// recorded (refused where it is gone), else the embedded corpus.
+    fn data(&self, resumed: Option<&Progress>) -> Result<Option<PathBuf>, Error> {
+        let recorded = resumed.and_then(|p| p.data_path.clone());
+        match (&self.data, recorded) {
+            (Some(data), _) => Ok(Some(data.clone())),
+            (None, Some(recorded)) if !recorded.exists() => Err(Error::Input(format!(
+                "the run to resume trained on {}, which is gone: give its --data",
+                recorded.display()
+            ))),
+            (None, recorded) => Ok(recorded),
+        }
+    }
+
     fn settings(&self) -> Result<TrainSettings, Error> {
-        let saved = self.resumed_schedule()?;
+        let resumed = self.resumed_progress()?;
+        let saved = resumed.as_ref().and_then(|p| p.schedule);
         let steps = self
             .steps
             .or(saved.map(|s| s.total_steps))
@@ -247,7 +263,7 @@ impl TrainArgs {
         }
         Ok(TrainSettings {
             config: self.requested_config()?,
-            data: self.data.clone(),
+            data: self.data(resumed.as_ref())?,
             init_from: self.init_from.clone(),
             seq_len: self.seq_len,
             recompute: self.recompute,

@@ -657,7 +657,15 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let saved = match &s.save {
         Some(dir) => {
             let schedule = s.schedule(ranks, t, Some(fingerprint));
-            save_run((dir, seen), &model, &optimizer, &rng, schedule, world)?
+            let data = s.data.as_deref().and_then(rereadable);
+            save_run(
+                (dir, seen),
+                &model,
+                &optimizer,
+                &rng,
+                (schedule, data),
+                world,
+            )?
         }
         None => None,
     };
@@ -678,9 +686,11 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         let step = optimizer.step;
         let kept = match &saved {
             Some(dir) if step < s.steps => {
+                // The checkpoint records data it can read again.
                 let data = s
                     .data
                     .as_deref()
+                    .filter(|&data| rereadable(data).is_none())
                     .map(|data| format!(" --data {}", shell_word(data)));
                 let (dir, data) = (shell_word(dir), data.unwrap_or_default());
                 let mpirun = match ranks {
@@ -740,7 +750,7 @@ fn save_run(
     model: &Gpt,
     optimizer: &Optimizer,
     rng: &Rng,
-    schedule: RunSchedule,
+    (schedule, data_path): (RunSchedule, Option<PathBuf>),
     world: &dyn Collective,
 ) -> Result<Option<PathBuf>, Error> {
     let Some((m, v)) = &optimizer.full_moments(world) else {
@@ -751,10 +761,20 @@ fn save_run(
         rng_state: rng.state(),
         moments: (m.as_ref(), v.as_ref()),
         schedule: Some(schedule),
+        data_path,
     };
     let saved = checkpoint::save_unless_changed(dir, seen, model, Some(&state))?;
     info!("Saved checkpoint to {}", saved.display());
     Ok(Some(saved))
+}
+
+/// `data` as a saved run records it for `--resume` to read again:
+/// absolute, and only a file or a folder (a pipe cannot be read twice).
+fn rereadable(data: &Path) -> Option<PathBuf> {
+    let meta = std::fs::metadata(data).ok()?;
+    (meta.is_file() || meta.is_dir())
+        .then(|| std::path::absolute(data).ok())
+        .flatten()
 }
 
 /// Token buffers of one micro-batch.
