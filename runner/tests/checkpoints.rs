@@ -487,16 +487,30 @@ fn a_resumed_run_reads_the_data_it_trained_on() {
         "{log}"
     );
 
+    // Another text at the recorded path: refused as other data.
+    let original = fs::read(&text).unwrap();
+    fs::write(&text, "Now is the winter of our discontent.\n".repeat(60)).unwrap();
+    let resume = ["train", "--resume", ck, "--steps", "6", "-q"];
+    let changed = format!(
+        "give the --data it was trained on (this run reads {})",
+        text.display()
+    );
+    assert_clear_error(&runner(&resume), &changed);
+    fs::write(&text, original).unwrap();
+
     let moved = dir.join("moved.txt");
     fs::rename(&text, &moved).unwrap();
-    let resume = ["train", "--resume", ck, "--steps", "6", "-q"];
     let gone = format!(
-        "trained on {}, which is gone: give its --data",
+        "trained on {}, which is gone: give the --data it was trained on",
         absolute.display()
     );
     assert_clear_error(&runner(&resume), &gone);
     let given = [&resume[..], &["--data", moved.to_str().unwrap()]].concat();
     assert_success(&runner(&given));
+    // A recorded path that is not absolute is a damaged state.
+    set_state_metadata(&ckpt, "data_path", "corpus.txt");
+    let relative = "metadata `data_path` is not an absolute path: `corpus.txt`";
+    assert_clear_error(&runner(&given), relative);
 }
 
 #[test]
@@ -796,7 +810,10 @@ fn resuming_with_another_schedule_or_an_impossible_batch_is_refused() {
     assert_clear_error(&out, "--data: checkpoint ");
     assert_clear_error(
         &out,
-        "give the data it was trained on, or start a new run from its weights with --init-from",
+        &format!(
+            "give the --data it was trained on (this run reads {}), or start a new run from its weights with --init-from",
+            text.display()
+        ),
     );
     // A fingerprint that does not parse is a corrupt state, not a panic.
     set_state_metadata(&ckpt, "data_hash", "not hex");

@@ -299,12 +299,7 @@ impl Progress {
             rng_state: metadata_number(meta, "rng_state")?,
             schedule,
             weights_hash: optional_hex(meta, "weights_hash")?,
-            // Kept with the data's fingerprint, which says whether the
-            // file there is still the one trained on.
-            data_path: schedule
-                .and_then(|s| s.data)
-                .and(meta.get(DATA_PATH_KEY))
-                .map(PathBuf::from),
+            data_path: data_path(meta, schedule)?,
         })
     }
 }
@@ -317,6 +312,25 @@ pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
     Progress::of(&meta).map_err(|reason| {
         Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
     })
+}
+
+/// The data path a state's metadata records: kept with the data's
+/// fingerprint (in `schedule`), which says whether the file there is
+/// still the one trained on, and absolute, as written.
+fn data_path(
+    meta: &HashMap<String, String>,
+    schedule: Option<RunSchedule>,
+) -> Result<Option<PathBuf>, String> {
+    let Some(text) = meta.get(DATA_PATH_KEY) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!(
+            "metadata `{DATA_PATH_KEY}` is not an absolute path: `{text}`"
+        ));
+    }
+    Ok(schedule.and_then(|s| s.data).map(|_| path))
 }
 
 /// The hexadecimal number stored under `key` in a safetensors header's

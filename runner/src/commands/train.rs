@@ -106,7 +106,8 @@ pub struct TrainArgs {
     /// Continue the run saved in DIR (model, optimizer, step, data order;
     /// --steps, --batch, --grad-accum, --lr, --warmup, --seq-len and
     /// --data not given are the run's; given ones must be, but --steps).
-    /// A run that read its data from a pipe needs its --data again.
+    /// A run that read its data from a pipe, or saved before the path was
+    /// kept, needs its --data again.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Write one JSON object per step and validation to FILE (see README).
@@ -214,13 +215,20 @@ impl TrainArgs {
     /// recorded (refused where it is gone), else the embedded corpus.
     fn data(&self, resumed: Option<&Progress>) -> Result<Option<PathBuf>, Error> {
         let recorded = resumed.and_then(|p| p.data_path.clone());
-        match (&self.data, recorded) {
-            (Some(data), _) => Ok(Some(data.clone())),
-            (None, Some(recorded)) if !recorded.exists() => Err(Error::Input(format!(
-                "the run to resume trained on {}, which is gone: give its --data",
-                recorded.display()
-            ))),
-            (None, recorded) => Ok(recorded),
+        match (&self.data, recorded, &self.resume) {
+            (Some(data), ..) => Ok(Some(data.clone())),
+            // Gone for sure; a path that cannot be looked at is left to
+            // the data's reading, which says why.
+            (None, Some(recorded), Some(dir)) if matches!(recorded.try_exists(), Ok(false)) => {
+                Err(Error::checkpoint(
+                    dir,
+                    format!(
+                        "its run trained on {}, which is gone: give the --data it was trained on",
+                        recorded.display()
+                    ),
+                ))
+            }
+            (None, recorded, _) => Ok(recorded),
         }
     }
 

@@ -303,13 +303,17 @@ fn check_resume(
         let other_data = differences.iter().any(|d| d.starts_with("--data"));
         let mut advice = Vec::new();
         if differences.len() > usize::from(other_data) {
-            advice.push("leave those options out to take the checkpoint's");
+            advice.push("leave those options out to take the checkpoint's".to_string());
         }
-        match (other_data, &s.data) {
-            (true, None) => advice
-                .push("give the --data it was trained on (this run reads the embedded corpus)"),
-            (true, Some(_)) => advice.push("give the data it was trained on"),
-            (false, _) => {}
+        // The data read may be the path the checkpoint records, changed.
+        let reads = match &s.data {
+            None => "the embedded corpus".to_string(),
+            Some(data) => data.display().to_string(),
+        };
+        if other_data {
+            advice.push(format!(
+                "give the --data it was trained on (this run reads {reads})"
+            ));
         }
         return Err(Error::checkpoint(
             dir,
@@ -475,6 +479,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // longer to read and tokenize.
     let source = DataSource::of(s.data.as_deref());
     source.check(cfg.tokenizer, Purpose::Training)?;
+    // What a save records for `--resume` to read again, decided before a
+    // pipe is read.
+    let recorded_data = s.data.as_deref().and_then(rereadable);
     let (mut model, mut optimizer, mut rng, saved) = start(s, cfg, t, kernels)?;
     let mut data = Dataset::load(
         &source,
@@ -690,7 +697,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 let data = s
                     .data
                     .as_deref()
-                    .filter(|&data| rereadable(data).is_none())
+                    .filter(|_| recorded_data.is_none())
                     .map(|data| format!(" --data {}", shell_word(data)));
                 let (dir, data) = (shell_word(dir), data.unwrap_or_default());
                 let mpirun = match ranks {
@@ -769,12 +776,15 @@ fn save_run(
 }
 
 /// `data` as a saved run records it for `--resume` to read again:
-/// absolute, and only a file or a folder (a pipe cannot be read twice).
+/// absolute, UTF-8 (the state file's metadata is text), and only a file
+/// or a folder, not one of the system's (a pipe, or `/dev/stdin`
+/// redirected from a file, cannot be read twice).
 fn rereadable(data: &Path) -> Option<PathBuf> {
     let meta = std::fs::metadata(data).ok()?;
-    (meta.is_file() || meta.is_dir())
-        .then(|| std::path::absolute(data).ok())
-        .flatten()
+    let path = std::path::absolute(data).ok()?;
+    let system = ["/dev", "/proc"].iter().any(|dir| path.starts_with(dir));
+    let usable = (meta.is_file() || meta.is_dir()) && !system && path.to_str().is_some();
+    usable.then_some(path)
 }
 
 /// Token buffers of one micro-batch.
