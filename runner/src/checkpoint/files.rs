@@ -70,6 +70,8 @@ pub struct TensorFile<'a> {
     header: Metadata,
     /// The tensors' names, in the order of their data.
     names: Vec<String>,
+    /// Bytes read before they are converted, reused by every read.
+    buffer: Vec<u8>,
     /// Where the tensors' data starts: after the 8-byte length and the
     /// header.
     data_start: u64,
@@ -122,6 +124,7 @@ impl<'a> TensorFile<'a> {
             file,
             header,
             names,
+            buffer: Vec::new(),
             data_start,
         })
     }
@@ -165,12 +168,13 @@ impl<'a> TensorFile<'a> {
         self.file
             .seek(SeekFrom::Start(self.data_start + from as u64))
             .map_err(|e| Error::io(&path, e))?;
-        let mut bytes = vec![0u8; READ_CHUNK_BYTES.min(to - from)];
+        let (file, buffer) = (&mut self.file, &mut self.buffer);
+        buffer.resize(buffer.len().max(READ_CHUNK_BYTES.min(to - from)), 0);
         for chunk in out.chunks_mut(READ_CHUNK_BYTES / width) {
-            let bytes = &mut bytes[..chunk.len() * width];
+            let bytes = &mut buffer[..chunk.len() * width];
             // Its size was checked when opened: only a file changed since
             // ends early.
-            self.file.read_exact(bytes).map_err(|e| match e.kind() {
+            file.read_exact(bytes).map_err(|e| match e.kind() {
                 ErrorKind::UnexpectedEof => bad(format!("it ends inside tensor {name}")),
                 _ => Error::io(&path, e),
             })?;

@@ -323,8 +323,8 @@ fn locate_weights(
     Ok(weights)
 }
 
-/// Logs one warning naming the tensors of `names` that no parameter of
-/// `layout` reads: another model's, or a file edited by hand. The
+/// Logs one warning naming the tensors of `names` that none of `weights`
+/// (the parameters' tensors) is read from: another model's, or a file edited by hand. The
 /// attention-mask buffers older Hugging Face files hold (`attn.bias`,
 /// `attn.masked_bias`) are not weights and pass without a word.
 fn warn_of_unread(names: &[String], weights: &[(hf::HfTensor, String)]) {

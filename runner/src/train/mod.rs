@@ -664,15 +664,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let saved = match &s.save {
         Some(dir) => {
             let schedule = s.schedule(ranks, t, Some(fingerprint));
-            let data = s.data.as_deref().and_then(rereadable);
-            save_run(
-                (dir, seen),
-                &model,
-                &optimizer,
-                &rng,
-                (schedule, data),
-                world,
-            )?
+            let data = (schedule, recorded_data.clone());
+            save_run((dir, seen), &model, &optimizer, &rng, data, world)?
         }
         None => None,
     };
@@ -959,10 +952,6 @@ fn log_world(world: &dyn Collective, threads: usize) {
     );
 }
 
-/// Refuses to go on if the ranks' weights differ in any bit (they must not:
-/// every rank makes the same update of the same summed gradients, or with
-/// a sharded optimizer receives each share from its one owner), comparing
-/// a hash of each rank's parameters.
 /// Which of `flags` any rank raised: the same answer on every rank (a
 /// no-op on one process).
 fn raised_on_any_rank<const N: usize>(world: &dyn Collective, flags: [bool; N]) -> [bool; N] {
@@ -971,6 +960,10 @@ fn raised_on_any_rank<const N: usize>(world: &dyn Collective, flags: [bool; N]) 
     sums.map(|sum| sum != 0.0)
 }
 
+/// Refuses to go on if the ranks' weights differ in any bit (they must not:
+/// every rank makes the same update of the same summed gradients, or with
+/// a sharded optimizer receives each share from its one owner), comparing
+/// a hash of each rank's parameters.
 fn check_same_weights(world: &dyn Collective, params: &[f32], step: u32) -> Result<(), Error> {
     let hash = params.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
