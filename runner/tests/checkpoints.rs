@@ -486,11 +486,23 @@ fn a_resumed_run_reads_the_data_it_trained_on() {
         log.contains(&format!("from {}", absolute.display())),
         "{log}"
     );
+    // The same data through stdin, which cannot be read again: the save
+    // keeps the path the run recorded.
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["train", "--resume", ck, "--steps", "5", "--save", ck, "-q"])
+        .args(["--data", "/dev/stdin"])
+        .stdin(fs::File::open(&text).unwrap())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let progress = checkpoint::load_progress(&ckpt).unwrap();
+    assert_eq!(progress.step, 5);
+    assert_eq!(progress.data_path.as_deref(), Some(absolute.as_path()));
 
     // Another text at the recorded path: refused as other data.
     let original = fs::read(&text).unwrap();
     fs::write(&text, "Now is the winter of our discontent.\n".repeat(60)).unwrap();
-    let resume = ["train", "--resume", ck, "--steps", "6", "-q"];
+    let resume = ["train", "--resume", ck, "--steps", "7", "-q"];
     let changed = format!(
         "give the --data it was trained on (this run reads {})",
         text.display()

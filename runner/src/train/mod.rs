@@ -235,27 +235,35 @@ fn run_config(s: &TrainSettings) -> Result<ModelConfig, Error> {
     }
 }
 
+/// What a resumed run was saved with (nothing for a new run).
+#[derive(Default)]
+struct Resumed {
+    schedule: Option<RunSchedule>,
+    /// [`TrainingState::data_path`].
+    data_path: Option<PathBuf>,
+}
+
 /// A run's model, optimizer and data order: fresh, from a checkpoint's
-/// weights, or resumed (then with the schedule it was saved with); `cfg`
-/// is [`run_config`]'s, `t` the sequence length trained at (which a
-/// resumed run must share).
+/// weights, or resumed (then with what it was saved with); `cfg` is
+/// [`run_config`]'s, `t` the sequence length trained at (which a resumed
+/// run must share).
 fn start(
     s: &TrainSettings,
     cfg: ModelConfig,
     t: usize,
     kernels: Kernels,
-) -> Result<(Gpt, Optimizer, Rng, Option<RunSchedule>), Error> {
+) -> Result<(Gpt, Optimizer, Rng, Resumed), Error> {
     let world = crate::world::current();
     let shard = s.optimizer_shard(world);
     let Some(dir) = s.resume.as_ref().or(s.init_from.as_ref()) else {
         let model = Gpt::new(cfg, kernels, s.seed)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
-        return Ok((model, optimizer, Rng::new(s.seed), None));
+        return Ok((model, optimizer, Rng::new(s.seed), Resumed::default()));
     };
     if s.init_from.is_some() {
         let model = checkpoint::load_model(dir, kernels)?;
         let optimizer = Optimizer::sharded(model.sizes(), shard);
-        return Ok((model, optimizer, Rng::new(s.seed), None));
+        return Ok((model, optimizer, Rng::new(s.seed), Resumed::default()));
     }
     // The weights first: they are what checks config.json's shapes, which
     // the state's size then follows.
@@ -282,7 +290,11 @@ fn start(
     checkpoint::check_run_matches(dir, &model)?;
     let rng = Rng::from_state(state.rng_state);
     let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
-    Ok((model, optimizer, rng, state.schedule))
+    let resumed = Resumed {
+        schedule: state.schedule,
+        data_path: state.data_path,
+    };
+    Ok((model, optimizer, rng, resumed))
 }
 
 /// Refuses to resume, from a checkpoint at `step` saved with `saved`, a
@@ -482,7 +494,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // What a save records for `--resume` to read again, decided before a
     // pipe is read.
     let recorded_data = s.data.as_deref().and_then(rereadable);
-    let (mut model, mut optimizer, mut rng, saved) = start(s, cfg, t, kernels)?;
+    let (mut model, mut optimizer, mut rng, resumed) = start(s, cfg, t, kernels)?;
+    let saved = resumed.schedule;
     let mut data = Dataset::load(
         &source,
         cfg.tokenizer,
@@ -495,6 +508,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         // Only now is the data known; a resumed run must train on the same.
         check_resume(s, dir, t, Some(fingerprint), optimizer.step, saved)?;
     }
+    // A resumed run's data given through a pipe is its recorded data (the
+    // fingerprints agree), so a save keeps that path.
+    let recorded_data = recorded_data.or(resumed.data_path);
     // Accepted: a refused run prints its error line alone.
     for warning in &s.warnings {
         log::warn!("{warning}");
