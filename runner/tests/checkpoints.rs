@@ -517,6 +517,15 @@ fn a_resumed_run_reads_the_data_it_trained_on() {
         absolute.display()
     );
     assert_clear_error(&runner(&resume), &gone);
+    // A pipe there now would block the run: refused without reading it.
+    let fifo = Command::new("mkfifo").arg(&text).status().unwrap();
+    assert!(fifo.success());
+    let pipe = format!(
+        "trained on {}, which is neither a file nor a folder now",
+        absolute.display()
+    );
+    assert_clear_error(&runner(&resume), &pipe);
+    fs::remove_file(&text).unwrap();
     let given = [&resume[..], &["--data", moved.to_str().unwrap()]].concat();
     assert_success(&runner(&given));
     // A recorded path that is not absolute is a damaged state.

@@ -183,7 +183,7 @@ fn bad_data_files_are_one_clear_error() {
 
 #[test]
 fn bad_configurations_are_one_clear_error() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--channels", "30", "--heads", "4"], "heads do not divide"),
         (&["--seq-len", "0"], "--seq-len must be at least 1"),
         (
@@ -195,6 +195,11 @@ fn bad_configurations_are_one_clear_error() {
         (&["--batch", "0"], "at least 1"),
         (
             &["--channels", "1000000", "--layers", "1000", "--heads", "1"],
+            "too large",
+        ),
+        // 4 × 2^62 channels wraps: the sizes saturate instead.
+        (
+            &["--channels", "4611686018427387904", "--heads", "1"],
             "too large",
         ),
         (&["--lr=-1"], "--lr"),
@@ -1107,7 +1112,20 @@ fn prepare_writes_llm_c_shards_and_refuses_bad_input() {
     ];
     assert_clear_error(&runner(&train), "an unfinished shard");
     fs::remove_file(&unfinished).unwrap();
-    assert_success(&runner(&train));
+    let out = runner(&train);
+    assert_success(&out);
+    let several = "holds the shards of";
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(several));
+    // Another data set prepared into the same folder: both are read, and
+    // the run says so.
+    assert_success(&prepare(&["--name", "other", "--val-tokens", "100"]));
+    let out = runner(&train);
+    assert_success(&out);
+    let both = "holds the shards of 2 data sets (other, play): all of them are read, as one";
+    assert!(String::from_utf8_lossy(&out.stderr).contains(both));
+    for index in 0..2 {
+        fs::remove_file(shard_path(&out_dir, "other", index)).unwrap();
+    }
     // More shards than the soft limit on open files (every training shard
     // stays open): the run raises it toward the hard limit.
     let many = dir.join("many").to_string_lossy().into_owned();

@@ -78,12 +78,13 @@ pub struct TensorFile<'a> {
 }
 
 impl<'a> TensorFile<'a> {
-    /// The safetensors file `name` of the checkpoint `dir`, its header
-    /// checked (tensors laid end to end, each as long as its type and
-    /// shape say, covering the file exactly) before any tensor is read:
-    /// cheap enough to check a checkpoint before any long work, whatever
-    /// its size.
-    pub fn open(dir: &'a Path, name: &'a str) -> Result<TensorFile<'a>, Error> {
+    /// The safetensors file `name` of the checkpoint `dir`, a sound one
+    /// holding about `tensors` tensors, its header checked (no longer
+    /// than such a file's, [`header_bound`]; tensors laid end to end,
+    /// each as long as its type and shape say, covering the file exactly)
+    /// before any tensor is read: cheap enough to check a checkpoint
+    /// before any long work, whatever its size.
+    pub fn open(dir: &'a Path, name: &'a str, tensors: usize) -> Result<TensorFile<'a>, Error> {
         let bad = |reason: String| corrupt(dir, name, reason);
         let mut file = open(dir, name)?;
         let size = file
@@ -99,9 +100,10 @@ impl<'a> TensorFile<'a> {
                 "a header of {len} bytes in a file of {size} bytes"
             )));
         }
-        if len > MAX_HEADER_BYTES {
+        let most = header_bound(tensors);
+        if len > most {
             return Err(bad(format!(
-                "a header of {len} bytes is not a safetensors header"
+                "a header of {len} bytes, more than the {most} of a file of {tensors} tensors"
             )));
         }
         let mut text = vec![0u8; len as usize];
@@ -192,8 +194,18 @@ fn corrupt(dir: &Path, file: &str, reason: String) -> Error {
 /// How much of a tensor [`TensorFile::read_floats`] reads at a time.
 const READ_CHUNK_BYTES: usize = 4 << 20;
 
-/// safetensors' own bound on a header.
-const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// The longest header [`TensorFile::open`] parses for a file of
+/// `tensors` tensors. An entry (a name, a type, a shape, two offsets)
+/// takes about 100 bytes: 4 KiB each, and 1 MiB for the metadata and the
+/// tensors a file holds beside the model's (Hugging Face's GPT-2 files
+/// hold each layer's attention mask), leave room for any sound file.
+/// Parsing builds a tree of tens of bytes per JSON value first: a header
+/// of 100 MB (safetensors' own bound) listing one shape's zeros took 2 GB
+/// before it was refused.
+fn header_bound(tensors: usize) -> u64 {
+    let per_tensor = (tensors as u64).saturating_mul(4 << 10);
+    per_tensor.saturating_add(1 << 20).min(100_000_000)
+}
 
 /// Little-endian bytes of `x`: `x`'s own memory on a little-endian CPU,
 /// so that saving a model does not hold a second copy of it.
@@ -283,7 +295,7 @@ mod tests {
             .map(|i| i as f32)
             .collect();
         let dir = tensor_file("tensor-file", &long, &[0x3f80, 0xc000, 0x7fc0]);
-        let mut file = TensorFile::open(&dir, "t.safetensors").unwrap();
+        let mut file = TensorFile::open(&dir, "t.safetensors", 2).unwrap();
         assert_eq!(file.names(), ["long", "half"]);
         assert_eq!(file.tensor("half"), Some((Dtype::BF16, &[3usize][..])));
         let mut all = vec![f32::NAN; long.len()];
@@ -312,12 +324,35 @@ mod tests {
         let cut = file.read_floats("half", 0, &mut half).unwrap_err();
         assert!(cut.to_string().contains("ends inside tensor half"), "{cut}");
         // And opened again, refused before any tensor is read.
-        let refused = TensorFile::open(&dir, "t.safetensors")
+        let refused = TensorFile::open(&dir, "t.safetensors", 2)
             .err()
             .unwrap()
             .to_string();
         let holds = format!("describes {size} bytes, the file holds {}", size - 100);
         assert!(refused.contains(&holds), "{refused}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_header_longer_than_its_tensors_take_is_refused_unparsed() {
+        let dir = std::env::temp_dir().join(format!("runner-header-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // An empty header (no tensors, valid JSON) padded past the bound
+        // for two tensors.
+        let len = header_bound(2) + 1;
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        bytes.resize(8 + len as usize, b' ');
+        fs::write(dir.join("t.safetensors"), bytes).unwrap();
+        let refused = TensorFile::open(&dir, "t.safetensors", 2)
+            .err()
+            .unwrap()
+            .to_string();
+        let more = format!("a header of {len} bytes, more than the {}", len - 1);
+        assert!(refused.contains(&more), "{refused}");
+        // Within the bound of a file of more tensors, it is read.
+        let file = TensorFile::open(&dir, "t.safetensors", 3).unwrap();
+        assert!(file.names().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -200,7 +200,7 @@ pub fn load_model(dir: &Path, kernels: Kernels) -> Result<Gpt, Error> {
         model: cfg,
         tied_head,
     } = read_config(dir)?;
-    let mut file = TensorFile::open(dir, MODEL_FILE)?;
+    let mut file = TensorFile::open(dir, MODEL_FILE, hf::tensor_count(&cfg))?;
     let weights = locate_weights(dir, &file, &cfg, tied_head)?;
     let mut params = Arena::zeros(cfg.param_floats());
     for (t, name) in &weights {
@@ -381,7 +381,7 @@ pub fn check_weights_fit(dir: &Path) -> Result<(), Error> {
         model: cfg,
         tied_head,
     } = read_config(dir)?;
-    let file = TensorFile::open(dir, MODEL_FILE)?;
+    let file = TensorFile::open(dir, MODEL_FILE, hf::tensor_count(&cfg))?;
     locate_weights(dir, &file, &cfg, tied_head).map(drop)
 }
 

@@ -175,7 +175,7 @@ pub fn write(
 /// The state in the `file` of the checkpoint `dir` for a model of
 /// `params` parameters, refusing moments that would poison AdamW.
 pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
-    let mut tensors = TensorFile::open(dir, file)?;
+    let mut tensors = TensorFile::open(dir, file, MOMENTS.len())?;
     let bad = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
     let Progress {
         step,
@@ -308,7 +308,7 @@ impl Progress {
 /// (the moments, twice the model's size, are not read): cheap enough to
 /// refuse a resume before any long work. [`read`] checks the rest.
 pub fn read_progress(dir: &Path, file: &str) -> Result<Progress, Error> {
-    let meta = TensorFile::open(dir, file)?.metadata();
+    let meta = TensorFile::open(dir, file, MOMENTS.len())?.metadata();
     Progress::of(&meta).map_err(|reason| {
         Error::checkpoint(dir, format!("{file} is corrupt or truncated: {reason}"))
     })

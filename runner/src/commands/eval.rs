@@ -84,6 +84,9 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     for warning in args.run.warnings(kernels) {
         log::warn!("{warning}");
     }
+    if let Some(warning) = source.several_data_sets(Purpose::Evaluation) {
+        log::warn!("{warning}");
+    }
     info!(
         "Evaluating {cfg} on {} tokens with the {} backend{}",
         tokens.len(),

@@ -217,13 +217,21 @@ impl TrainArgs {
         let recorded = resumed.and_then(|p| p.data_path.clone());
         match (&self.data, recorded, &self.resume) {
             (Some(data), ..) => Ok(Some(data.clone())),
-            // Gone for sure; a path that cannot be looked at is left to
-            // the data's reading, which says why.
-            (None, Some(recorded), Some(dir)) if matches!(recorded.try_exists(), Ok(false)) => {
+            // Gone for sure, or replaced by what a save never records (a
+            // pipe, which would block the run); a path that cannot be
+            // looked at is left to the data's reading, which says why.
+            (None, Some(recorded), Some(dir)) => {
+                let now = match std::fs::metadata(&recorded) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => "gone",
+                    Ok(meta) if !meta.is_file() && !meta.is_dir() => {
+                        "neither a file nor a folder now"
+                    }
+                    _ => return Ok(Some(recorded)),
+                };
                 Err(Error::checkpoint(
                     dir,
                     format!(
-                        "its run trained on {}, which is gone: give the --data it was trained on",
+                        "its run trained on {}, which is {now}: give the --data it was trained on",
                         recorded.display()
                     ),
                 ))

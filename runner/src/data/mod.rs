@@ -87,6 +87,32 @@ impl DataSource {
         }
     }
 
+    /// A warning for a folder that holds the shards of several data sets
+    /// (`prepare` writes each under its own name, several into one
+    /// folder): `purpose` reads them all, as one.
+    pub fn several_data_sets(&self, purpose: Purpose) -> Option<String> {
+        let DataSource::Shards(dir) = self else {
+            return None;
+        };
+        let (train, val) = DataSource::shard_files(dir, purpose).ok()?;
+        let mut names: Vec<String> = train
+            .iter()
+            .chain(&val)
+            .filter_map(|path| parse_shard_name(path.file_name()?.to_str()?))
+            .map(|shard| shard.name.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        (names.len() > 1).then(|| {
+            format!(
+                "{} holds the shards of {} data sets ({}): all of them are read, as one",
+                dir.display(),
+                names.len(),
+                names.join(", ")
+            )
+        })
+    }
+
     /// The training and validation shards of a folder, in name order; for
     /// evaluation only the validation shards (the training list is empty).
     fn shard_files(dir: &Path, purpose: Purpose) -> Result<(Vec<PathBuf>, Vec<PathBuf>), Error> {

@@ -175,11 +175,16 @@ pub const PARAM_SPECS: Params<ParamSpec> = {
         ln1b: spec("ln_1.bias", |c| Vector(c.channels), Zeros, false),
         qkvw: spec(
             "attn.c_attn.weight",
-            |c| Matrix(c.channels, 3 * c.channels),
+            |c| Matrix(c.channels, c.channels.saturating_mul(3)),
             Normal,
             true,
         ),
-        qkvb: spec("attn.c_attn.bias", |c| Vector(3 * c.channels), Zeros, false),
+        qkvb: spec(
+            "attn.c_attn.bias",
+            |c| Vector(c.channels.saturating_mul(3)),
+            Zeros,
+            false,
+        ),
         attprojw: spec(
             "attn.c_proj.weight",
             |c| Matrix(c.channels, c.channels),
@@ -191,14 +196,19 @@ pub const PARAM_SPECS: Params<ParamSpec> = {
         ln2b: spec("ln_2.bias", |c| Vector(c.channels), Zeros, false),
         fcw: spec(
             "mlp.c_fc.weight",
-            |c| Matrix(c.channels, 4 * c.channels),
+            |c| Matrix(c.channels, c.channels.saturating_mul(4)),
             Normal,
             true,
         ),
-        fcb: spec("mlp.c_fc.bias", |c| Vector(4 * c.channels), Zeros, false),
+        fcb: spec(
+            "mlp.c_fc.bias",
+            |c| Vector(c.channels.saturating_mul(4)),
+            Zeros,
+            false,
+        ),
         fcprojw: spec(
             "mlp.c_proj.weight",
-            |c| Matrix(4 * c.channels, c.channels),
+            |c| Matrix(c.channels.saturating_mul(4), c.channels),
             ResidualNormal,
             true,
         ),

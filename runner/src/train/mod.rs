@@ -515,6 +515,9 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     for warning in &s.warnings {
         log::warn!("{warning}");
     }
+    if let Some(warning) = source.several_data_sets(Purpose::Training) {
+        log::warn!("{warning}");
+    }
     // A resumed schedule (`saved`) that may grow is not silently changed.
     let moved = saved.filter(|saved| saved.total_steps != s.steps);
     if let Some(saved) = moved.filter(|_| rank == 0) {
