@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::logger::print_stdout;
 use crate::memory::{check_memory, Footprint};
 use crate::metrics::{
-    measure_peak_gflops, mib, peak_rss_bytes, BenchRecord, GenerateRecord, JsonLines, Record,
+    measure_peak_gflops, mib, peak_rss_bytes, write_records, BenchRecord, GenerateRecord, Record,
     RunShape,
 };
 use crate::model::{Gpt, KvCache, ModelConfig, Precision};
@@ -101,10 +101,6 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let cfg = s.config;
     let world = crate::world::current();
     let leader = world.rank() == 0;
-    let mut json = match &s.json {
-        Some(path) if leader => Some(JsonLines::create(path)?),
-        _ => None,
-    };
     let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
     let memory = log_header(s, &kernels);
 
@@ -138,17 +134,15 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
         }
     }
     // The tables first: a `--json` that fails (a full disk) loses no
-    // measurement.
+    // measurement. It is written whole at the end, so an earlier run's
+    // stays as it was until then.
     if leader {
         print_tables(&rows, &decode_rows, &memory)?;
     }
-    if let Some(json) = json.as_mut() {
-        for row in &rows {
-            json.write(&Record::Bench(row.clone()))?;
-        }
-        for row in &decode_rows {
-            json.write(&Record::Generate(row.clone()))?;
-        }
+    if let Some(path) = s.json.as_deref().filter(|_| leader) {
+        let bench = rows.iter().cloned().map(Record::Bench);
+        let decoding = decode_rows.iter().cloned().map(Record::Generate);
+        write_records(path, &bench.chain(decoding).collect::<Vec<_>>())?;
     }
     Ok((rows, decode_rows))
 }

@@ -251,7 +251,8 @@ pub struct GenerationTimes {
     pub kv_cache_bytes: usize,
 }
 
-/// A file of JSON records, one per line, flushed after each.
+/// A file of JSON records, one per line, flushed after each: the log of a
+/// run as it goes (`train --json`).
 pub struct JsonLines {
     path: PathBuf,
     out: BufWriter<File>,
@@ -271,6 +272,18 @@ fn open_output(path: &Path) -> std::io::Result<File> {
     }
     crate::outputs::announce_pipe(path);
     File::create(path)
+}
+
+/// Writes `records` as the JSON-lines file `path` at once
+/// ([`write_whole`](crate::outputs::write_whole)): the outputs of commands
+/// that record only at their end.
+pub fn write_records(path: &Path, records: &[Record]) -> Result<(), Error> {
+    let mut bytes = Vec::new();
+    for record in records {
+        serde_json::to_writer(&mut bytes, record).map_err(|e| Error::io(path, e.into()))?;
+        bytes.push(b'\n');
+    }
+    crate::outputs::write_whole(path, &bytes)
 }
 
 impl JsonLines {

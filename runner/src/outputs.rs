@@ -5,7 +5,7 @@
 //! is: a command truncates it only once its run is accepted.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -154,8 +154,10 @@ pub fn own_stream(_: &std::fs::Metadata) -> Option<File> {
 
 /// Refuses a file that cannot be written: opens an existing one for
 /// appending (leaving it as it is); where there is none (or a link to
-/// none), creates a file of its own in the folder it would be made in and
-/// removes it again, so the user's name is never touched.
+/// none), creates it and removes it again, so that a name the file system
+/// refuses (too long, a character it does not allow) is refused now, not
+/// after the run (made only where nothing was: no file of the user's is
+/// touched).
 fn check_writable(path: &Path) -> Result<(), Error> {
     // `out/` names a folder, even one that does not exist yet.
     if path.is_dir()
@@ -177,14 +179,63 @@ fn check_writable(path: &Path) -> Result<(), Error> {
     } else if path.exists() {
         OpenOptions::new().append(true).open(path).map(drop)
     } else {
-        let target = match std::fs::read_link(path) {
-            Ok(target) => parent(path).join(target),
-            Err(_) => path.into(),
-        };
-        let probe = parent(&target).join(format!(".runner-probe-{}", std::process::id()));
-        File::create(&probe).and_then(|_| std::fs::remove_file(&probe))
+        let target = link_target(path);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .and_then(|_| std::fs::remove_file(&target))
     };
     probe.map_err(|e| Error::io(path, e))
+}
+
+/// The file `path` names: a link's target (which need not exist), or
+/// `path` itself.
+fn link_target(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
+    match std::fs::read_link(path) {
+        Ok(target) => parent(path).join(target),
+        Err(_) => path.into(),
+    }
+}
+
+/// Writes a finished output at once. A regular file (or a new one) is
+/// written under a temporary name in its folder, flushed to disk and
+/// renamed over it, so that an earlier run's file stays whole until the
+/// new one is (a full disk, a signal); a link's target is replaced, the
+/// link kept. A pipe, a device, or this process's own stdout or stderr is
+/// written in place.
+pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |e| Error::io(path, e);
+    if let Ok(meta) = std::fs::metadata(path) {
+        if let Some(mut stream) = own_stream(&meta) {
+            return stream.write_all(bytes).map_err(io);
+        }
+        if !meta.is_file() {
+            announce_pipe(path);
+            let mut file = OpenOptions::new().write(true).open(path).map_err(io)?;
+            return file.write_all(bytes).map_err(io);
+        }
+    }
+    let target = link_target(path);
+    let temporary = parent(&target).join(format!(".runner-{}.tmp", std::process::id()));
+    // Made here, so removed on failure: never a file of anyone else's.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .map_err(io)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, &target));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(e));
+    }
+    sync_dir(parent(&target))
 }
 
 /// Whether this process may write `path`, asked without opening it.
@@ -347,6 +398,15 @@ mod tests {
         assert!(!new.exists(), "the probe file was left behind");
         assert!(check_writable(&dir.join("missing").join("x.svg")).is_err());
         assert!(check_writable(&dir).is_err(), "a directory is not a file");
+        // Names the file system refuses, though their folder is writable.
+        let long = dir.join(format!("{}.svg", "a".repeat(300)));
+        assert!(check_writable(&long).is_err(), "a name of 304 bytes");
+        assert!(check_writable(&dir.join("x.svg/.")).is_err());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "a probe was left"
+        );
         // A link to nothing stays a link to nothing.
         #[cfg(unix)]
         {
@@ -359,6 +419,34 @@ mod tests {
             );
             assert!(!dir.join("target.jsonl").exists(), "its target was made");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_whole_write_replaces_a_file_or_a_links_target_and_nothing_else() {
+        let dir = scratch("output-whole");
+        let file = dir.join("log.jsonl");
+        std::fs::write(&file, "an earlier run's").unwrap();
+        write_whole(&file, b"this run's").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"this run's");
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.jsonl");
+            std::os::unix::fs::symlink("log.jsonl", &link).unwrap();
+            write_whole(&link, b"through the link").unwrap();
+            assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+            assert_eq!(std::fs::read(&file).unwrap(), b"through the link");
+        }
+        // A file under the temporary name is not ours: the write fails,
+        // and both files stay as they were.
+        let temporary = dir.join(format!(".runner-{}.tmp", std::process::id()));
+        std::fs::write(&temporary, "someone else's").unwrap();
+        assert!(write_whole(&file, b"lost").is_err());
+        assert_eq!(std::fs::read(&temporary).unwrap(), b"someone else's");
+        assert_ne!(std::fs::read(&file).unwrap(), b"lost");
+        std::fs::remove_file(&temporary).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(names.len(), if cfg!(unix) { 2 } else { 1 });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -14,7 +14,7 @@ use crate::logger::precision_note;
 use crate::logger::{keep_streaming, print_bytes, print_stdout};
 use crate::memory::Footprint;
 use crate::metrics::{
-    peak_rss_bytes, GenerateRecord, GenerationTimes, JsonLines, Record, RunShape,
+    peak_rss_bytes, write_records, GenerateRecord, GenerationTimes, Record, RunShape,
 };
 use crate::outputs;
 
@@ -125,7 +125,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     print_stdout("\n")?;
     stats.log();
     if let Some(path) = &args.json {
-        JsonLines::create(path)?.write(&Record::Generate(GenerateRecord {
+        let record = Record::Generate(GenerateRecord {
             tokens_per_sec: stats.tokens_per_sec(),
             uncached_tokens_per_sec: None,
             run: Some(GenerationTimes {
@@ -144,7 +144,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
                 model.precision(),
             ),
             peak_rss_bytes: peak_rss_bytes(),
-        }))?;
+        });
+        write_records(path, &[record])?;
     }
     Ok(())
 }
