@@ -3,13 +3,17 @@
  * capi/src/lib.rs; do not edit. Link with -lkernels_c (see README.md).
  *
  * Conventions: a routine returns KN_OK or a negative KN_ERR_* code and
- * writes no output on error. A buffer is a pointer and a length in
+ * writes no output on error (but KN_ERR_INTERNAL, a bug, which may come
+ * after part of one was written). A buffer is a pointer and a length in
  * elements, NULL only with length 0; every buffer, outputs and workspace
  * included, holds initialized values (calloc, or written once). Outputs
  * must not overlap inputs. A strided matrix is the whole span from its
  * first element to its last, the padding between rows included: for the
  * call, an output's span is the routine's alone and an input's must not
- * change. */
+ * change. Routines may run on several threads at once, each call's
+ * outputs its own. The first call that looks at the CPU asks Linux, once
+ * for the process, for AMX tile data (arch_prctl); where it is refused,
+ * bf16 products run on a slower unit (kn_bf16_unit says which). */
 
 #ifndef KERNELS_H
 #define KERNELS_H
@@ -121,7 +125,7 @@ uint32_t kn_abi_version(void);
 // A static, NUL-terminated description of a status code.
 const char *kn_status_message(int32_t status);
 
-// The fastest backend this CPU and OS support.
+// The fastest backend this CPU and OS support (`KN_ERR_INTERNAL`: a bug).
 int32_t kn_detected_backend(void);
 
 // Whether this CPU and OS can run `backend` (1) or not (0; also for an

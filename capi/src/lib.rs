@@ -5,7 +5,8 @@
 //! Conventions:
 //! - every routine returns a status: `KN_OK` (0) or a negative `KN_ERR_*`
 //!   code, which `kn_status_message` turns into a static string; an
-//!   output is never written when an error is returned;
+//!   output is never written when an error is returned (but for
+//!   `KN_ERR_INTERNAL`, a bug, which may come after part of one was);
 //! - buffers are a pointer and a length in elements (`size_t`); a pointer
 //!   may be NULL only with length 0; outputs must not overlap inputs;
 //! - every buffer passed, outputs and workspace included, holds
@@ -20,8 +21,13 @@
 //! - threads belong to the host: routines that split their work take a
 //!   `kn_executor` (NULL: the calling thread), and their results do not
 //!   depend on it;
-//! - no panic crosses the boundary: each entry point runs under
-//!   `catch_unwind` and returns `KN_ERR_INTERNAL` if one ever happened.
+//! - routines may run on several threads at once, each call's outputs its
+//!   own; the first call that looks at the CPU asks Linux, once for the
+//!   process, for AMX tile data (`arch_prctl`), and where it is refused
+//!   bf16 products run on a slower unit (`kn_bf16_unit` says which);
+//! - no panic crosses the boundary: each entry point that looks at the
+//!   CPU or runs a routine runs under `catch_unwind` and returns
+//!   `KN_ERR_INTERNAL` if one ever happened (the others return constants).
 
 #![warn(missing_docs)]
 #![allow(non_camel_case_types)]
@@ -131,17 +137,19 @@ pub extern "C" fn kn_status_message(status: i32) -> *const c_char {
     message.as_ptr().cast()
 }
 
-/// The fastest backend this CPU and OS support.
+/// The fastest backend this CPU and OS support (`KN_ERR_INTERNAL`: a bug).
 #[no_mangle]
 pub extern "C" fn kn_detected_backend() -> i32 {
-    backend_code(Backend::detected())
+    guard_value(KN_ERR_INTERNAL, || backend_code(Backend::detected()))
 }
 
 /// Whether this CPU and OS can run `backend` (1) or not (0; also for an
 /// unknown code).
 #[no_mangle]
 pub extern "C" fn kn_backend_supported(backend: i32) -> i32 {
-    i32::from(backend_of(backend).is_ok_and(Backend::is_supported))
+    guard_value(0, || {
+        i32::from(backend_of(backend).is_ok_and(Backend::is_supported))
+    })
 }
 
 /// `"scalar"`, `"avx2"` or `"avx512"` (static, NUL-terminated), or NULL
@@ -901,14 +909,14 @@ pub unsafe extern "C" fn kn_transpose(
 /// `KN_BF16_AVX512_BF16` or `KN_BF16_AMX` (negative: the backend's status).
 #[no_mangle]
 pub extern "C" fn kn_bf16_unit(backend: i32) -> i32 {
-    match kernels_for(backend) {
+    guard_value(KN_ERR_INTERNAL, || match kernels_for(backend) {
         Ok(k) => match k.bf16_unit() {
             Bf16Unit::Portable => KN_BF16_PORTABLE,
             Bf16Unit::Avx512Bf16 => KN_BF16_AVX512_BF16,
             Bf16Unit::Amx => KN_BF16_AMX,
         },
         Err(Status(status)) => status,
-    }
+    })
 }
 
 /// bf16 products on the portable path: operands rounded, f32 multiply.
@@ -1471,6 +1479,11 @@ fn guard(f: impl FnOnce() -> Result<(), Status>) -> i32 {
         Ok(Err(Status(status))) => status,
         Err(_) => KN_ERR_INTERNAL,
     }
+}
+
+/// `f`'s value, or `on_panic` where it panicked (a bug).
+fn guard_value(on_panic: i32, f: impl FnOnce() -> i32) -> i32 {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
 }
 
 /// The status of a kernel error.

@@ -28,7 +28,12 @@ static void parallel_for(void *ctx, size_t n, void (*piece)(void *, size_t), voi
     (void)ctx;
     pthread_t thread;
     struct job jobs[2] = {{n, 0, piece, piece_ctx}, {n, 1, piece, piece_ctx}};
-    pthread_create(&thread, NULL, worker, &jobs[1]);
+    /* No second thread: this one runs every piece. */
+    if (pthread_create(&thread, NULL, worker, &jobs[1]) != 0) {
+        worker(&jobs[1]);
+        worker(&jobs[0]);
+        return;
+    }
     worker(&jobs[0]);
     pthread_join(thread, NULL);
 }

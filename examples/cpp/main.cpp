@@ -14,12 +14,22 @@
 #include "kernels.h"
 
 // The host's threads: one std::thread per extra core, pieces dealt round robin.
-static void parallel_for(void *ctx, size_t n, void (*piece)(void *, size_t), void *piece_ctx) {
+// Must not throw (the library calls it from Rust): where a thread cannot
+// be started, this one runs the pieces it would have run.
+static void parallel_for(void *ctx, size_t n, void (*piece)(void *, size_t), void *piece_ctx) noexcept {
     const size_t threads = *static_cast<size_t *>(ctx);
     std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; t++)
-        pool.emplace_back([=] { for (size_t i = t; i < n; i += threads) piece(piece_ctx, i); });
-    for (size_t i = 0; i < n; i += threads) piece(piece_ctx, i);
+    size_t started = 1;
+    try {
+        pool.reserve(threads - 1);
+        for (; started < threads; started++) {
+            const size_t t = started;
+            pool.emplace_back([=] { for (size_t i = t; i < n; i += threads) piece(piece_ctx, i); });
+        }
+    } catch (...) {
+    }
+    for (size_t i = 0; i < n; i++)
+        if (i % threads == 0 || i % threads >= started) piece(piece_ctx, i);
     for (auto &thread : pool) thread.join();
 }
 
