@@ -10,7 +10,7 @@ use crate::error::Error;
 
 /// Train and run a small GPT-2-style language model on the CPU.
 ///
-/// With no command, trains the default model on the embedded arithmetic
+/// With no command, trains the `demo` model on the embedded arithmetic
 /// corpus for about a minute, reporting as it goes, then checks what it
 /// learned: it answers held-out sums it has never seen.
 #[derive(Parser, Debug)]

@@ -63,6 +63,14 @@ pub enum Error {
     },
     /// Stopped by Ctrl-C or SIGTERM (what it had made kept whole or
     /// removed): when, and what became of the work.
+    /// A training step failed; the run as the step before it left it was
+    /// saved (`step` steps done).
+    #[error("{error}; the run as step {step} left it was saved to {}", .saved.display())]
+    StepFailed {
+        error: Box<Error>,
+        step: u32,
+        saved: PathBuf,
+    },
     #[error("interrupted {0}")]
     Interrupted(String),
     /// A model method called out of order (a bug in the caller).

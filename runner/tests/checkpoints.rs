@@ -704,6 +704,30 @@ fn moments_that_would_poison_adamw_are_refused() {
     }
 }
 
+/// A step that fails (here the run diverges at step 2) leaves the run as
+/// the step before it left it, and that is saved: the same bytes as a run
+/// stopped there.
+#[test]
+fn a_failed_step_saves_the_run_as_the_step_before_left_it() {
+    let dir = scratch("failed-step");
+    let (failed, stopped) = (dir.join("failed"), dir.join("stopped"));
+    let run = |ckpt: &Path, extra: &[&str]| {
+        let ck = ckpt.to_str().unwrap();
+        let args = ["train", "--preset", "tiny", "--steps", "20", "--lr", "1e30"];
+        runner(&[&args[..], &["--save", ck, "-q"], extra].concat())
+    };
+    let diverged = format!(
+        "training diverged: the gradient norm is NaN at step 2; try a lower --lr; the run as step 1 left it was saved to {}",
+        failed.display()
+    );
+    assert_clear_error(&run(&failed, &[]), &diverged);
+    assert_success(&run(&stopped, &["--stop-at", "1"]));
+    for file in ["model.safetensors", "training.safetensors"] {
+        let bytes = |ckpt: &Path| fs::read(ckpt.join(file)).unwrap();
+        assert!(bytes(&failed) == bytes(&stopped), "{file} differs");
+    }
+}
+
 /// Finite moments that AdamW could not have written (a damaged file) are
 /// refused on resuming, before any step, not reported later as a
 /// diverged run.

@@ -807,7 +807,9 @@ fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
 
 /// SIGTERM (as Ctrl-C) during `train` stops it after the step under way
 /// and saves that step's checkpoint, which `--resume` continues from the
-/// next step; the process then ends as the signal would have.
+/// next step; the process then ends as the signal would have. A plot that
+/// can no longer be written is a warning: the error says how to continue,
+/// in the precision the run trained in.
 #[test]
 fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     use std::os::unix::process::ExitStatusExt;
@@ -815,10 +817,21 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     let dir = scratch("train-interrupted");
     let ckpt = dir.join("ck");
     let ckpt = ckpt.to_str().unwrap();
+    let plots = dir.join("plots");
+    std::fs::create_dir(&plots).unwrap();
+    let plot = plots.join("loss.svg");
     let args = ["train", "--preset", "tiny", "--steps", "100000"];
     let args = [&args[..], &["--eval-every", "0", "--save", ckpt]].concat();
+    let args = [&args[..], &["--precision", "bf16"]].concat();
+    let args = [&args[..], &["--plot", plot.to_str().unwrap()]].concat();
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
-    let (rest, status) = terminated_once(&args, |line| line.contains("Step: 1/100000"));
+    let (rest, status) = terminated_once(&args, |line| {
+        let ready = line.contains("Step: 1/100000");
+        if ready {
+            std::fs::remove_dir(&plots).unwrap();
+        }
+        ready
+    });
     assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
     let lines: Vec<&str> = rest.lines().filter(|l| !l.is_empty()).collect();
     let notice = "[warn] stopping after the step under way, and saving it (Ctrl-C again ends the run at once)";
@@ -832,9 +845,11 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     assert_eq!(
         *last,
         format!(
-            "error: interrupted after step {step} of 100000; `runner train --resume {ckpt} --save {ckpt}` continues the run"
+            "error: interrupted after step {step} of 100000; `runner train --resume {ckpt} --precision bf16 --save {ckpt}` continues the run"
         )
     );
+    let unplotted = format!("[warn] {}: ", plot.display());
+    assert!(lines.iter().any(|l| l.starts_with(&unplotted)), "{rest}");
     assert!(
         lines.contains(&format!("Saved checkpoint to {ckpt}").as_str()),
         "{rest}"

@@ -56,7 +56,9 @@ pub struct RunOptions {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Element type of the matrix products: f32, or bf16 (operands rounded
-    /// to bf16, f32 sums; everything else stays f32).
+    /// to bf16, f32 sums; activations that only products read are kept in
+    /// bf16, and decoding holds the weights and the key/value cache in
+    /// bf16; layer norm, softmax, the loss and AdamW stay f32; see README).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Where bf16 products run [default: the best unit the backend

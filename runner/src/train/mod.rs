@@ -590,6 +590,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let mut stopped = false;
     for step in first..=last {
         let lr = opt_settings.lr_at(step);
+        let before = rng.state();
         let batches = |inputs: &mut [u32], targets: &mut [u32]| {
             let (all_in, all_tgt) = (&mut global.inputs, &mut global.targets);
             data.train
@@ -599,7 +600,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             targets.copy_from_slice(&all_tgt[share]);
             Ok(())
         };
-        let times = train_step(
+        let stepped = train_step(
             &mut model,
             &mut optimizer,
             &opt_settings,
@@ -609,7 +610,36 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             &mut buffers,
             batches,
             parallel,
-        )?;
+        );
+        let times = match (stepped, &s.save) {
+            (Ok(times), _) => times,
+            // The data is read and the divergence found before the update
+            // changes anything: the run as the last step left it is saved
+            // (with the random state before this step's draws), so that
+            // the steps done are not lost. Of several ranks, one's error
+            // ends them all at once.
+            (
+                Err(e @ (Error::Diverged { .. } | Error::Data { .. } | Error::Io { .. })),
+                Some(dir),
+            ) if ranks == 1 => {
+                let data = (s.schedule(ranks, t, Some(fingerprint)), recorded_data);
+                let rng = Rng::from_state(before);
+                return Err(
+                    match save_run((dir, seen), &model, &optimizer, &rng, data, world) {
+                        Ok(saved) => Error::StepFailed {
+                            error: Box::new(e),
+                            step: optimizer.step,
+                            saved: saved.unwrap_or_else(|| dir.clone()),
+                        },
+                        Err(unsaved) => {
+                            log::warn!("The run could not be saved: {unsaved}");
+                            e
+                        }
+                    },
+                );
+            }
+            (Err(e), _) => return Err(e),
+        };
         if ranks > 1 {
             check_same_weights(world, model.params(), step)?;
         }
@@ -688,20 +718,29 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         }
         None => None,
     };
-    if let Some(e) = unwritten {
-        return Err(e);
-    }
     // After the checkpoint, for the same reason.
-    if let Some(path) = s.plot.as_ref().filter(|_| leader) {
-        plot::loss_curve(path, &train_curve, &val_curve)?;
-        info!("Wrote the loss curves to {}", path.display());
-    }
+    let unplotted = match s.plot.as_ref().filter(|_| leader) {
+        Some(path) => match plot::loss_curve(path, &train_curve, &val_curve) {
+            Ok(()) => {
+                info!("Wrote the loss curves to {}", path.display());
+                None
+            }
+            Err(e) => Some(e),
+        },
+        None => None,
+    };
+    let mut failed = unwritten.into_iter().chain(unplotted);
     // A signal during the last step or the save is reported too, by every
     // rank (rank 0 says so): the process then ends as the signal would.
     // The sum also holds the ranks until rank 0 has saved: one that ended
     // first by its signal would have mpirun end rank 0 mid-save.
     let [late] = raised_on_any_rank(world, [interrupt::requested()]);
     if stopped || late {
+        // The stop's line, with the command that continues, stays the
+        // error.
+        for e in failed {
+            log::warn!("{e}");
+        }
         let step = optimizer.step;
         let kept = match &saved {
             Some(dir) if step < s.steps => {
@@ -716,8 +755,14 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                     1 => String::new(),
                     n => format!("mpirun -np {n} "),
                 };
+                // The checkpoint does not record it: a run may resume in
+                // either.
+                let precision = match s.precision {
+                    Precision::F32 => String::new(),
+                    other => format!(" --precision {}", other.name()),
+                };
                 format!(
-                    "`{mpirun}runner train --resume {dir}{data} --save {dir}` continues the run"
+                    "`{mpirun}runner train --resume {dir}{data}{precision} --save {dir}` continues the run"
                 )
             }
             Some(dir) => format!("the trained model was saved to {}", dir.display()),
@@ -728,7 +773,10 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             "after step {step} of {steps}; {kept}"
         )));
     }
-    Ok((model, report))
+    match failed.next() {
+        Some(e) => Err(e),
+        None => Ok((model, report)),
+    }
 }
 
 /// `path` as one word of a shell command to copy: as it is where it holds
