@@ -616,12 +616,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             // The data is read and the divergence found before the update
             // changes anything: the run as the last step left it is saved
             // (with the random state before this step's draws), so that
-            // the steps done are not lost. Of several ranks, one's error
-            // ends them all at once.
+            // the steps this run did are not lost (where it did none, what
+            // `--save` holds stays). Of several ranks, one's error ends
+            // them all at once.
             (
                 Err(e @ (Error::Diverged { .. } | Error::Data { .. } | Error::Io { .. })),
                 Some(dir),
-            ) if ranks == 1 => {
+            ) if ranks == 1 && step > first => {
                 let data = (s.schedule(ranks, t, Some(fingerprint)), recorded_data);
                 let rng = Rng::from_state(before);
                 return Err(
