@@ -61,16 +61,19 @@ pub enum Error {
         /// Why the pool refused.
         reason: String,
     },
-    /// Stopped by Ctrl-C or SIGTERM (what it had made kept whole or
-    /// removed): when, and what became of the work.
     /// A training step failed; the run as the step before it left it was
-    /// saved (`step` steps done).
+    /// saved.
     #[error("{error}; the run as step {step} left it was saved to {}", .saved.display())]
     StepFailed {
+        /// Why the step failed.
         error: Box<Error>,
+        /// Steps done, as saved.
         step: u32,
+        /// The checkpoint folder written.
         saved: PathBuf,
     },
+    /// Stopped by Ctrl-C or SIGTERM (what it had made kept whole or
+    /// removed): when, and what became of the work.
     #[error("interrupted {0}")]
     Interrupted(String),
     /// A model method called out of order (a bug in the caller).

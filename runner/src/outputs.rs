@@ -2,7 +2,8 @@
 //! checked before any work that each can be written and that writing it
 //! destroys nothing the run reads or saves, nor a file an earlier run of
 //! the same option did not write. The check leaves an existing file as it
-//! is: a command truncates it only once its run is accepted.
+//! is: `train --json` truncates it once its run is accepted, the others
+//! replace it whole at the end ([`write_whole`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -177,7 +178,11 @@ fn check_writable(path: &Path) -> Result<(), Error> {
         // opens it once ([`announce_pipe`]), and the check only asks.
         may_write(path)
     } else if path.exists() {
-        OpenOptions::new().append(true).open(path).map(drop)
+        // Replaced through a file made beside it ([`write_whole`]).
+        OpenOptions::new()
+            .append(true)
+            .open(path)
+            .and_then(|_| probe_folder(parent(&link_target(path))))
     } else {
         let target = link_target(path);
         OpenOptions::new()
@@ -187,6 +192,26 @@ fn check_writable(path: &Path) -> Result<(), Error> {
             .and_then(|_| std::fs::remove_file(&target))
     };
     probe.map_err(|e| Error::io(path, e))
+}
+
+/// Creates a file of this process's in `dir` and removes it again.
+fn probe_folder(dir: &Path) -> std::io::Result<()> {
+    let probe = unique_name(dir, "probe");
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+}
+
+/// A name in `dir` that nothing else uses: this process's id and the
+/// time (one left by a process killed before it removed its file is no
+/// obstacle).
+fn unique_name(dir: &Path, what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos());
+    dir.join(format!(".runner-{what}-{}-{nanos}", std::process::id()))
 }
 
 /// The file `path` names: a link's target (which need not exist), or
@@ -203,10 +228,10 @@ fn link_target(path: &Path) -> PathBuf {
 
 /// Writes a finished output at once. A regular file (or a new one) is
 /// written under a temporary name in its folder, flushed to disk and
-/// renamed over it, so that an earlier run's file stays whole until the
-/// new one is (a full disk, a signal); a link's target is replaced, the
-/// link kept. A pipe, a device, or this process's own stdout or stderr is
-/// written in place.
+/// renamed over it (with its permissions), so that an earlier run's file
+/// stays whole until the new one is (a full disk, a signal); a link's
+/// target is replaced, the link kept. A pipe, a device, or this process's
+/// own stdout or stderr is written in place.
 pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |e| Error::io(path, e);
     if let Ok(meta) = std::fs::metadata(path) {
@@ -220,15 +245,17 @@ pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         }
     }
     let target = link_target(path);
-    let temporary = parent(&target).join(format!(".runner-{}.tmp", std::process::id()));
+    let temporary = unique_name(parent(&target), "output");
     // Made here, so removed on failure: never a file of anyone else's.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&temporary)
         .map_err(io)?;
+    let kept = std::fs::metadata(&target).map(|meta| meta.permissions());
     let written = file
         .write_all(bytes)
+        .and_then(|()| kept.map_or(Ok(()), |kept| file.set_permissions(kept)))
         .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&temporary, &target));
     if let Err(e) = written {
@@ -401,6 +428,7 @@ mod tests {
         // Names the file system refuses, though their folder is writable.
         let long = dir.join(format!("{}.svg", "a".repeat(300)));
         assert!(check_writable(&long).is_err(), "a name of 304 bytes");
+        #[cfg(unix)]
         assert!(check_writable(&dir.join("x.svg/.")).is_err());
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
@@ -423,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_write_replaces_a_file_or_a_links_target_and_nothing_else() {
+    fn a_whole_write_replaces_a_file_or_a_links_target_keeping_its_mode() {
         let dir = scratch("output-whole");
         let file = dir.join("log.jsonl");
         std::fs::write(&file, "an earlier run's").unwrap();
@@ -437,14 +465,16 @@ mod tests {
             assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
             assert_eq!(std::fs::read(&file).unwrap(), b"through the link");
         }
-        // A file under the temporary name is not ours: the write fails,
-        // and both files stay as they were.
-        let temporary = dir.join(format!(".runner-{}.tmp", std::process::id()));
-        std::fs::write(&temporary, "someone else's").unwrap();
-        assert!(write_whole(&file, b"lost").is_err());
-        assert_eq!(std::fs::read(&temporary).unwrap(), b"someone else's");
-        assert_ne!(std::fs::read(&file).unwrap(), b"lost");
-        std::fs::remove_file(&temporary).unwrap();
+        // The file's permissions stay, and nothing else is left.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o640);
+            std::fs::set_permissions(&file, mode).unwrap();
+            write_whole(&file, b"again").unwrap();
+            let kept = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(kept & 0o777, 0o640);
+        }
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(names.len(), if cfg!(unix) { 2 } else { 1 });
         std::fs::remove_dir_all(&dir).unwrap();

@@ -775,7 +775,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
         )));
     }
     match failed.next() {
-        Some(e) => Err(e),
+        Some(e) => {
+            for also in failed {
+                log::warn!("{also}");
+            }
+            Err(e)
+        }
         None => Ok((model, report)),
     }
 }
