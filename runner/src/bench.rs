@@ -94,7 +94,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// the fastest backend's FMA loop (for bf16 rows, its bf16 unit's loop)
 /// on the same number of threads, measured in this run.
 pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>), Error> {
-    if let Some(path) = &s.json {
+    // Only rank 0 writes it, and only it checks: two ranks' probes of
+    // one name would race.
+    if let Some(path) = s
+        .json
+        .as_ref()
+        .filter(|_| crate::world::current().rank() == 0)
+    {
         crate::outputs::check_outputs(&[("--json", path)], &[], None)?;
     }
     let (kernels, pools) = checked_kernels(s)?;

@@ -185,11 +185,17 @@ fn check_writable(path: &Path) -> Result<(), Error> {
             .and_then(|_| probe_folder(parent(&link_target(path))))
     } else {
         let target = link_target(path);
-        OpenOptions::new()
+        match OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&target)
-            .and_then(|_| std::fs::remove_file(&target))
+        {
+            Ok(_) => std::fs::remove_file(&target),
+            // Made meanwhile (another rank's check of the same name): the
+            // name is one the file system takes.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
     };
     probe.map_err(|e| Error::io(path, e))
 }
