@@ -258,22 +258,6 @@ pub struct JsonLines {
     out: BufWriter<File>,
 }
 
-/// `path` opened to write anew: a new (or truncated) file, except where it
-/// is this process's own stdout or stderr (`--json /dev/stdout` with stdout
-/// sent to a file): then that stream's descriptor, whose offset the stream
-/// shares, since truncating the file through another would wipe what the
-/// stream wrote and write over it.
-fn open_output(path: &Path) -> std::io::Result<File> {
-    #[cfg(unix)]
-    if let Ok(target) = std::fs::metadata(path) {
-        if let Some(stream) = crate::outputs::own_stream(&target) {
-            return Ok(stream);
-        }
-    }
-    crate::outputs::announce_pipe(path);
-    File::create(path)
-}
-
 /// Writes `records` as the JSON-lines file `path` at once
 /// ([`write_whole`](crate::outputs::write_whole)): the outputs of commands
 /// that record only at their end.
@@ -288,7 +272,7 @@ pub fn write_records(path: &Path, records: &[Record]) -> Result<(), Error> {
 
 impl JsonLines {
     pub fn create(path: &Path) -> Result<JsonLines, Error> {
-        let file = open_output(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::outputs::open_output(path).map_err(|e| Error::io(path, e))?;
         Ok(JsonLines {
             path: path.into(),
             out: BufWriter::new(file),

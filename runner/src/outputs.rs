@@ -182,32 +182,23 @@ fn check_writable(path: &Path) -> Result<(), Error> {
         OpenOptions::new()
             .append(true)
             .open(path)
-            .and_then(|_| probe_folder(parent(&link_target(path))))
+            .and_then(|_| probe(&unique_name(parent(&link_target(path)), "probe")))
     } else {
-        let target = link_target(path);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&target)
-        {
-            Ok(_) => std::fs::remove_file(&target),
-            // Made meanwhile (another rank's check of the same name): the
-            // name is one the file system takes.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
+        probe(&link_target(path))
     };
     probe.map_err(|e| Error::io(path, e))
 }
 
-/// Creates a file of this process's in `dir` and removes it again.
-fn probe_folder(dir: &Path) -> std::io::Result<()> {
-    let probe = unique_name(dir, "probe");
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
+/// Creates the file `path`, where none is, and removes it again: the
+/// folder takes a new file of that name.
+fn probe(path: &Path) -> std::io::Result<()> {
+    match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(_) => std::fs::remove_file(path),
+        // Made meanwhile (another run's check of the same name): the name
+        // is one the file system takes.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// A name in `dir` that nothing else uses: this process's id and the
@@ -240,15 +231,10 @@ fn link_target(path: &Path) -> PathBuf {
 /// own stdout or stderr is written in place.
 pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io = |e| Error::io(path, e);
-    if let Ok(meta) = std::fs::metadata(path) {
-        if let Some(mut stream) = own_stream(&meta) {
-            return stream.write_all(bytes).map_err(io);
-        }
-        if !meta.is_file() {
-            announce_pipe(path);
-            let mut file = OpenOptions::new().write(true).open(path).map_err(io)?;
-            return file.write_all(bytes).map_err(io);
-        }
+    let in_place = |meta: std::fs::Metadata| !meta.is_file() || own_stream(&meta).is_some();
+    if std::fs::metadata(path).is_ok_and(in_place) {
+        let mut file = open_output(path).map_err(io)?;
+        return file.write_all(bytes).map_err(io);
     }
     let target = link_target(path);
     let temporary = unique_name(parent(&target), "output");
@@ -269,6 +255,22 @@ pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         return Err(io(e));
     }
     sync_dir(parent(&target))
+}
+
+/// `path` opened to write anew: a new (or truncated) file, except where it
+/// is this process's own stdout or stderr (`--json /dev/stdout` with stdout
+/// sent to a file): then that stream's descriptor, whose offset the stream
+/// shares, since truncating the file through another would wipe what the
+/// stream wrote and write over it.
+pub fn open_output(path: &Path) -> std::io::Result<File> {
+    #[cfg(unix)]
+    if let Ok(target) = std::fs::metadata(path) {
+        if let Some(stream) = own_stream(&target) {
+            return Ok(stream);
+        }
+    }
+    announce_pipe(path);
+    File::create(path)
 }
 
 /// Whether this process may write `path`, asked without opening it.

@@ -511,6 +511,8 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     // A resumed run's data given through a pipe is its recorded data (the
     // fingerprints agree), so a save keeps that path.
     let recorded_data = recorded_data.or(resumed.data_path);
+    // What every save records of the run.
+    let schedule = s.schedule(ranks, t, Some(fingerprint));
     // Accepted: a refused run prints its error line alone.
     for warning in &s.warnings {
         log::warn!("{warning}");
@@ -623,7 +625,7 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
                 Err(e @ (Error::Diverged { .. } | Error::Data { .. } | Error::Io { .. })),
                 Some(dir),
             ) if ranks == 1 && step > first => {
-                let data = (s.schedule(ranks, t, Some(fingerprint)), recorded_data);
+                let data = (schedule, recorded_data);
                 let rng = Rng::from_state(before);
                 return Err(
                     match save_run((dir, seen), &model, &optimizer, &rng, data, world) {
@@ -713,7 +715,6 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     );
     let saved = match &s.save {
         Some(dir) => {
-            let schedule = s.schedule(ranks, t, Some(fingerprint));
             let data = (schedule, recorded_data.clone());
             save_run((dir, seen), &model, &optimizer, &rng, data, world)?
         }
