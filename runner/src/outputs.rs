@@ -182,9 +182,10 @@ fn check_writable(path: &Path) -> Result<(), Error> {
         OpenOptions::new()
             .append(true)
             .open(path)
-            .and_then(|_| probe(&unique_name(parent(&link_target(path)), "probe")))
+            .and_then(|_| link_target(path))
+            .and_then(|target| probe(&unique_name(parent(&target), "probe")))
     } else {
-        probe(&link_target(path))
+        link_target(path).and_then(|target| probe(&target))
     };
     probe.map_err(|e| Error::io(path, e))
 }
@@ -211,16 +212,22 @@ fn unique_name(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!(".runner-{what}-{}-{nanos}", std::process::id()))
 }
 
-/// The file `path` names: a link's target (which need not exist), or
-/// `path` itself.
-fn link_target(path: &Path) -> PathBuf {
+/// The file `path` names: the end of a chain of links (which need not
+/// exist), or `path` itself; an error for a loop of links.
+fn link_target(path: &Path) -> std::io::Result<PathBuf> {
     if let Ok(real) = path.canonicalize() {
-        return real;
+        return Ok(real);
     }
-    match std::fs::read_link(path) {
-        Ok(target) => parent(path).join(target),
-        Err(_) => path.into(),
+    // A dangling chain: followed link by link, as far as the kernel would
+    // (40 links on Linux) before it calls the chain a loop.
+    let mut end = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&end) {
+            Ok(target) => end = parent(&end).join(target),
+            Err(_) => return Ok(end),
+        }
     }
+    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 /// Writes a finished output at once. A regular file (or a new one) is
@@ -236,7 +243,7 @@ pub fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         let mut file = open_output(path).map_err(io)?;
         return file.write_all(bytes).map_err(io);
     }
-    let target = link_target(path);
+    let target = link_target(path).map_err(io)?;
     let temporary = unique_name(parent(&target), "output");
     // Made here, so removed on failure: never a file of anyone else's.
     let mut file = OpenOptions::new()
@@ -454,6 +461,21 @@ mod tests {
                 "the link was removed"
             );
             assert!(!dir.join("target.jsonl").exists(), "its target was made");
+            // A chain of links to nothing: its end is the file written.
+            let first = dir.join("first.jsonl");
+            std::os::unix::fs::symlink("dangling.jsonl", &first).unwrap();
+            check_writable(&first).unwrap();
+            write_whole(&first, b"at the end of the chain").unwrap();
+            assert!(std::fs::symlink_metadata(&first).unwrap().is_symlink());
+            assert!(std::fs::symlink_metadata(&dangling).unwrap().is_symlink());
+            let end = std::fs::read(dir.join("target.jsonl")).unwrap();
+            assert_eq!(end, b"at the end of the chain");
+            // A loop of links is refused, not followed for ever.
+            let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+            std::os::unix::fs::symlink("b.jsonl", &a).unwrap();
+            std::os::unix::fs::symlink("a.jsonl", &b).unwrap();
+            assert!(check_writable(&a).is_err());
+            assert!(write_whole(&a, b"x").is_err());
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
