@@ -101,4 +101,16 @@ impl Error {
             source,
         }
     }
+
+    /// Whether every rank of a data-parallel run meets this error at the
+    /// same point (a caught signal; a divergence, found from a gradient
+    /// norm whose bits every rank shares), so that the ranks end together
+    /// rather than by one aborting the others.
+    pub fn ends_every_rank(&self) -> bool {
+        match self {
+            Error::Interrupted(_) | Error::Diverged { .. } => true,
+            Error::StepFailed { error, .. } => error.ends_every_rank(),
+            _ => false,
+        }
+    }
 }

@@ -22,8 +22,7 @@ fn main() {
     if let Err(e) = runner::cli::run(cli) {
         // A progress bar left on the terminal would garble the error line.
         runner::logger::finish_progress();
-        let stop = matches!(e, runner::error::Error::Interrupted(_));
-        fail(&e.to_string(), stop, started);
+        fail(&e.to_string(), e.ends_every_rank(), started);
     }
     // A signal caught after the work last looked (its result whole) still
     // ends the process as the signal would.
@@ -34,12 +33,13 @@ fn main() {
 /// Prints the one `error: ...` line and exits with 1 (as the signal would
 /// have, for a run a caught Ctrl-C stopped); in a run of several
 /// processes, says which rank failed and ends them all (the others would
-/// wait for it in the next collective forever). A `stop` (a caught signal)
-/// ends the ranks together, each in turn after the work they agreed to
-/// finish, so rank 0 alone says why and none is aborted.
-fn fail(message: &str, stop: bool, started: runner::world::Started) -> ! {
+/// wait for it in the next collective forever). An error every rank met
+/// (`agreed`: a caught signal, a divergence) ends the ranks together,
+/// each after the work they agreed to finish (a save), so rank 0 alone
+/// says why and none is aborted.
+fn fail(message: &str, agreed: bool, started: runner::world::Started) -> ! {
     let world = runner::world::current();
-    if world.size() > 1 && !stop {
+    if world.size() > 1 && !agreed {
         runner::world::print_error(&format!("rank {}: {message}", world.rank()));
         world.abort(1);
     }

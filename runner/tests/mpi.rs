@@ -365,6 +365,43 @@ fn a_signal_to_one_rank_stops_every_rank_at_the_same_step() {
     assert!(log.contains("Training complete - 1 steps"), "{log}");
 }
 
+/// A divergence, which every rank finds at the same step, ends the ranks
+/// together: the run as the step before left it is saved (the optimizer's
+/// shares gathered, with `--zero 1`), rank 0 alone says so, and none is
+/// aborted.
+#[test]
+fn a_diverged_run_of_several_ranks_is_saved_and_ends_every_rank() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi-diverged");
+    let (failed, stopped) = (dir.join("failed"), dir.join("stopped"));
+    let run = |ckpt: &Path, extra: &[&str]| {
+        let ck = ckpt.to_str().unwrap();
+        let args = ["train", "--preset", "tiny", "--steps", "20", "--lr", "1e30"];
+        let rest = ["--zero", "1", "--threads", "1", "--save", ck, "-q"];
+        mpirun(2, &[&args[..], &rest, extra].concat())
+    };
+    let out = run(&failed, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let diverged = format!(
+        "error: training diverged: the gradient norm is NaN at step 2; try a lower --lr; the run as step 1 left it was saved to {}",
+        failed.display()
+    );
+    assert_eq!(errors, [diverged.as_str()], "{stderr}");
+    assert!(!stderr.contains("MPI_ABORT"), "{stderr}");
+    assert_success(&run(&stopped, &["--stop-at", "1"]));
+    for file in ["model.safetensors", "training.safetensors"] {
+        let bytes = |ckpt: &Path| std::fs::read(ckpt.join(file)).unwrap();
+        assert!(bytes(&failed) == bytes(&stopped), "{file} differs");
+    }
+}
+
 /// A rank killed mid-run (as by the kernel's out-of-memory killer) cannot
 /// say why; `mpirun` ends the job, naming the rank and its exit code,
 /// rather than leaving rank 0 waiting in a collective.

@@ -619,27 +619,32 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
             // changes anything: the run as the last step left it is saved
             // (with the random state before this step's draws), so that
             // the steps this run did are not lost (where it did none, what
-            // `--save` holds stays). Of several ranks, one's error ends
-            // them all at once.
+            // `--save` holds stays). Of several ranks, all meet a
+            // divergence at once and save together; another rank's error
+            // ends them all at once.
             (
                 Err(e @ (Error::Diverged { .. } | Error::Data { .. } | Error::Io { .. })),
                 Some(dir),
-            ) if ranks == 1 && step > first => {
+            ) if step > first && (ranks == 1 || e.ends_every_rank()) => {
                 let data = (schedule, recorded_data);
                 let rng = Rng::from_state(before);
-                return Err(
-                    match save_run((dir, seen), &model, &optimizer, &rng, data, world) {
-                        Ok(saved) => Error::StepFailed {
-                            error: Box::new(e),
-                            step: optimizer.step,
-                            saved: saved.unwrap_or_else(|| dir.clone()),
-                        },
-                        Err(unsaved) => {
-                            log::warn!("The run could not be saved: {unsaved}");
-                            e
-                        }
+                let saved = save_run((dir, seen), &model, &optimizer, &rng, data, world);
+                // Holds the other ranks until rank 0 has saved (one that
+                // ended first would have mpirun end it mid-save), and
+                // tells them whether it did.
+                let [unsaved] = raised_on_any_rank(world, [saved.is_err()]);
+                return Err(match saved {
+                    Ok(saved) if !unsaved => Error::StepFailed {
+                        error: Box::new(e),
+                        step: optimizer.step,
+                        saved: saved.unwrap_or_else(|| dir.clone()),
                     },
-                );
+                    Ok(_) => e,
+                    Err(unsaved) => {
+                        log::warn!("The run could not be saved: {unsaved}");
+                        e
+                    }
+                });
             }
             (Err(e), _) => return Err(e),
         };
