@@ -71,8 +71,21 @@ pub fn joined_negative_numbers(args: impl IntoIterator<Item = OsString>) -> Vec<
     joined
 }
 
-/// Runs the parsed command line.
+/// Runs the parsed command line. Only `train` and `bench` use the ranks
+/// of an MPI run; the others would print the same text, or write the same
+/// files, once a rank.
 pub fn run(cli: Cli) -> Result<(), Error> {
+    let ranks = crate::world::current().size();
+    let alone = match &cli.command {
+        Some(Command::Train(_) | Command::Bench(_)) => None,
+        None => Some("runner"),
+        Some(Command::Eval(_)) => Some("runner eval"),
+        Some(Command::Generate(_)) => Some("runner generate"),
+        Some(Command::Prepare(_)) => Some("runner prepare"),
+    };
+    if let Some(command) = alone.filter(|_| ranks > 1) {
+        return Err(Error::OneProcess(command, ranks));
+    }
     match cli.command {
         None => demo::run(),
         Some(Command::Train(args)) => train::run(&args),

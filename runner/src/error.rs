@@ -72,6 +72,9 @@ pub enum Error {
         /// The checkpoint folder written.
         saved: PathBuf,
     },
+    /// A command for one process started on several ranks.
+    #[error("`{0}` runs in one process, not on {1} ranks: start it without mpirun")]
+    OneProcess(&'static str, usize),
     /// Stopped by Ctrl-C or SIGTERM (what it had made kept whole or
     /// removed): when, and what became of the work.
     #[error("interrupted {0}")]

@@ -402,6 +402,48 @@ fn a_diverged_run_of_several_ranks_is_saved_and_ends_every_rank() {
     }
 }
 
+/// A command for one process (the demo, eval, generate, prepare) is
+/// refused under mpirun before it prints or writes anything once a rank.
+#[test]
+fn a_command_for_one_process_is_refused_on_several_ranks() {
+    if !mpirun_available() {
+        return;
+    }
+    let dir = scratch("mpi-one-process");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "to be or not to be\n".repeat(20)).unwrap();
+    let (text, shards) = (text.to_str().unwrap(), dir.join("shards"));
+    let prepare = [
+        "prepare",
+        "--input",
+        text,
+        "--output",
+        shards.to_str().unwrap(),
+    ];
+    for (args, command) in [
+        (&[][..], "runner"),
+        (
+            &["eval", "--checkpoint", "none", "--data", text][..],
+            "runner eval",
+        ),
+        (&prepare[..], "runner prepare"),
+    ] {
+        let out = mpirun(2, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let refusal =
+            format!("`{command}` runs in one process, not on 2 ranks: start it without mpirun");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert!(!errors.is_empty(), "{stderr}");
+        assert!(errors.iter().all(|e| e.ends_with(&refusal)), "{stderr}");
+        assert!(out.stdout.is_empty(), "{command} printed");
+    }
+    assert!(!shards.exists(), "prepare wrote shards");
+}
+
 /// A rank killed mid-run (as by the kernel's out-of-memory killer) cannot
 /// say why; `mpirun` ends the job, naming the rank and its exit code,
 /// rather than leaving rank 0 waiting in a collective.
