@@ -58,6 +58,14 @@ fn mpirun_program(ranks: usize, program: &str, args: &[&str]) -> Output {
         .expect("mpirun starts")
 }
 
+/// The `error: ...` lines of a job's stderr (mpirun's banners aside).
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
+}
+
 fn assert_close(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -290,10 +298,7 @@ fn a_failing_rank_ends_the_job_with_its_error() {
         "took {:?}",
         start.elapsed()
     );
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let ours = error_lines(&stderr);
     assert_eq!(ours.len(), 1, "{stderr}");
     assert!(
         ours[0].starts_with("error: rank 1: ") && ours[0].contains("missing.txt"),
@@ -326,10 +331,7 @@ fn a_signal_to_one_rank_stops_every_rank_at_the_same_step() {
     // mpirun reports whichever ended first.
     let code = out.status.code();
     assert!(matches!(code, Some(1 | 143)), "{code:?}: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let errors = error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     let step: usize = errors[0]
         .strip_prefix("error: interrupted after step ")
@@ -385,10 +387,7 @@ fn a_diverged_run_of_several_ranks_is_saved_and_ends_every_rank() {
     let out = run(&failed, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let errors = error_lines(&stderr);
     let diverged = format!(
         "error: training diverged: the gradient norm is NaN at step 2; try a lower --lr; the run as step 1 left it was saved to {}",
         failed.display()
@@ -433,10 +432,7 @@ fn a_command_for_one_process_is_refused_on_several_ranks() {
         assert!(!out.status.success(), "{stderr}");
         let refusal =
             format!("`{command}` runs in one process, not on 2 ranks: start it without mpirun");
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .collect();
+        let errors = error_lines(&stderr);
         assert!(!errors.is_empty(), "{stderr}");
         assert!(errors.iter().all(|e| e.ends_with(&refusal)), "{stderr}");
         assert!(out.stdout.is_empty(), "{command} printed");
