@@ -181,7 +181,7 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
             s.steps
         )));
     }
-    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute)?;
+    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute, None)?;
     if s.decoding {
         let bf16 = s.precisions.contains(&Precision::Bf16);
         let precision = if bf16 {
@@ -189,7 +189,7 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
         } else {
             Precision::F32
         };
-        Footprint::decoding(&cfg, precision).check(&format!("decoding with model {cfg}"))?;
+        Footprint::decoding(&cfg, precision).check(&format!("decoding with model {cfg}"), None)?;
     }
     let pools = s
         .threads

@@ -64,11 +64,19 @@ impl Footprint {
         }
     }
 
-    /// Refuses a run of this footprint that would not fit this machine's
+    /// Refuses a run of this footprint, with the bytes its data holds
+    /// beside it (and what holds them), that would not fit this machine's
     /// memory (or 32 GiB where it cannot be read), rather than dying in
     /// the allocator; `what` names the run in the message.
-    pub fn check(&self, what: &str) -> Result<(), Error> {
-        check_fits(self.total_bytes() as u64, what)
+    pub fn check(&self, what: &str, data: Option<&(u64, String)>) -> Result<(), Error> {
+        let bytes = self.total_bytes() as u64;
+        match data {
+            Some((held, data)) => check_fits(
+                bytes.saturating_add(*held),
+                &format!("{what}, beside {data}"),
+            ),
+            None => check_fits(bytes, what),
+        }
     }
 
     /// Bytes at the peak, while the run goes on (a checkpoint is read
@@ -212,14 +220,17 @@ fn read_usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens.
+/// `batch × t` tokens, beside the bytes its `data` holds.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
+    data: Option<&(u64, String)>,
 ) -> Result<(), Error> {
-    Footprint::training(cfg, batch, t, recompute)
-        .check(&format!("model {cfg} with batch {batch} × {t} tokens"))
+    Footprint::training(cfg, batch, t, recompute).check(
+        &format!("model {cfg} with batch {batch} × {t} tokens"),
+        data,
+    )
 }
 
 #[cfg(test)]
@@ -241,6 +252,29 @@ mod tests {
         let acts = (l + 1) * bt * c + l * bt * (17 * c + 4) + bt * (c + 3 + v);
         let scratch = bt * (v + 17 * c);
         assert_eq!(f.activations, acts + scratch);
+    }
+
+    /// The model and its data are refused together where each alone
+    /// would fit (an evaluation holds both at once).
+    #[test]
+    fn the_data_held_counts_beside_the_model() {
+        let (usable, _) = usable_bytes();
+        let half = usize::try_from(usable / 2).unwrap();
+        let model = Footprint {
+            parameters: half / 4 + 1,
+            gradients: 0,
+            optimizer_state: 0,
+            optimizer_ranks: 1,
+            activations: 0,
+        };
+        let data = (usable / 2 + 1, "the tokens".to_string());
+        model.check("the model", None).unwrap();
+        check_fits(data.0, "the tokens").unwrap();
+        let err = model.check("the model", Some(&data)).unwrap_err();
+        assert!(
+            err.to_string().contains("(the model, beside the tokens)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -280,6 +314,6 @@ mod tests {
             Footprint::training(&cfg, 1 << 20, 1 << 16, false).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true).is_err());
+        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, None).is_err());
     }
 }

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::eval::evaluate;
 use crate::logger::precision_note;
 use crate::logger::print_stdout;
-use crate::memory::{self, Footprint};
+use crate::memory::Footprint;
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
 
@@ -51,19 +51,17 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     let source = DataSource::of(args.data.as_deref());
     let cfg = checkpoint::load_config(&args.checkpoint)?;
     let t = cfg.block_size;
-    let footprint = |batch: usize, what: &str| {
-        Footprint::evaluation(&cfg, batch, t).check(&format!("model {cfg} with {what}"))
-    };
     // The data's names and kinds, then the checkpoint, then the data
     // itself, which may take much longer to read and tokenize; the batch
     // is known once the tokens are, and bounded by the data's size before.
     source.check(cfg.tokenizer, Purpose::Evaluation)?;
     let tokens_at_most = source.eval_tokens_at_most()?;
-    if let (DataSource::Shard(_) | DataSource::Shards(_), Some(n)) = (&source, tokens_at_most) {
-        // Evaluation holds every token (a text's were checked above).
-        let what = format!("{n} tokens of {} read whole", source.origin().display());
-        memory::check_fits((n as u64).saturating_mul(4), &what)?;
-    }
+    // Evaluation holds every token beside the model.
+    let held = source.held_in_memory(Purpose::Evaluation);
+    let footprint = |batch: usize, what: &str| {
+        Footprint::evaluation(&cfg, batch, t)
+            .check(&format!("model {cfg} with {what}"), held.as_ref())
+    };
     // A text has at most a token a byte: one too short is refused before
     // the checkpoint is read.
     if tokens_at_most.is_some_and(|n| n < 2) {

@@ -88,7 +88,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let prompt = tokenizer.encode(args.prompt.as_bytes());
     // Before loading: a prompt that does not fit costs nothing.
     check_prompt(&cfg, &prompt)?;
-    Footprint::decoding(&cfg, args.run.precision).check(&format!("decoding with model {cfg}"))?;
+    Footprint::decoding(&cfg, args.run.precision)
+        .check(&format!("decoding with model {cfg}"), None)?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     for warning in args.run.warnings(kernels) {
         log::warn!("{warning}");

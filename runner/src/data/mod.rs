@@ -141,6 +141,7 @@ impl DataSource {
             }
         }
         files.sort();
+        check_numbered_without_gaps(dir, &files)?;
         let named = |wanted: Split| -> Vec<PathBuf> {
             files
                 .iter()
@@ -189,9 +190,40 @@ impl DataSource {
             shard.check_tokens(vocab, FNV_OFFSET)?;
             let start = tokens.len();
             tokens.resize(start + shard.len, 0);
-            shard.read(0, &mut tokens[start..])?;
+            // A piece at a time: the bytes read beside the tokens stay
+            // small ([`DataSource::held_in_memory`] counts the tokens).
+            for (i, piece) in tokens[start..].chunks_mut(READ_PIECE).enumerate() {
+                shard.read(i * READ_PIECE, piece)?;
+            }
         }
         Ok(tokens)
+    }
+
+    /// Memory the data holds at its peak beside the model, from sizes
+    /// alone, and what holds it: a text read whole and tokenized
+    /// ([`TEXT_BYTES_IN_MEMORY`] a byte), or for evaluation every token
+    /// of its shards. `None` for shards that training reads a window at a
+    /// time, the small embedded corpus, a pipe (bounded as it is read, by
+    /// [`read_text`]) and a source that cannot be read (which
+    /// [`DataSource::check`] refuses).
+    pub fn held_in_memory(&self, purpose: Purpose) -> Option<(u64, String)> {
+        match (self, purpose) {
+            (DataSource::Text(path), _) => {
+                let size = std::fs::metadata(path).ok().filter(|m| m.is_file())?.len();
+                let what = format!(
+                    "the {} text {} read whole and tokenized; `runner prepare` streams a text into token shards",
+                    size_text(size),
+                    path.display()
+                );
+                Some((size.saturating_mul(TEXT_BYTES_IN_MEMORY), what))
+            }
+            (DataSource::Shard(_) | DataSource::Shards(_), Purpose::Evaluation) => {
+                let n = self.eval_tokens_at_most().ok()??;
+                let what = format!("{n} tokens of {} read whole", self.origin().display());
+                Some(((n as u64).saturating_mul(4), what))
+            }
+            _ => None,
+        }
     }
 
     /// Refuses, from names, file kinds and a shard's header (no tokens are
@@ -265,7 +297,6 @@ impl DataSource {
                 });
             }
             if kind.is_file() && meta.len() > 0 {
-                check_text_fits(path, meta.len())?;
                 check_not_a_shard(path, "name it NAME.bin to read it as one")?;
             }
         }
@@ -321,6 +352,35 @@ impl DataSource {
     }
 }
 
+/// Refuses a folder whose numbered shards of one data set and split skip
+/// a number (`_train_000001`, `_train_000003`): a shard deleted or never
+/// copied would leave a data set that looks whole (`prepare` numbers its
+/// shards without gaps, as llm.c's scripts do).
+fn check_numbered_without_gaps(dir: &Path, files: &[(PathBuf, Split)]) -> Result<(), Error> {
+    let mut numbered: Vec<(&str, Split, u64)> = files
+        .iter()
+        .filter_map(|(path, _)| parse_shard_name(path.file_name()?.to_str()?))
+        .filter_map(|shard| Some((shard.name, shard.split, shard.number?)))
+        .collect();
+    numbered.sort_unstable_by_key(|&(name, split, number)| (name, split == Split::Val, number));
+    for pair in numbered.windows(2) {
+        let [(name, split, before), (next_name, next_split, after)] = [pair[0], pair[1]];
+        if (name, split) == (next_name, next_split) && after > before.saturating_add(1) {
+            let split = match split {
+                Split::Train => "train",
+                Split::Val => "val",
+            };
+            return Err(Error::Data {
+                path: dir.into(),
+                reason: format!(
+                    "its {name}_{split} shards go from number {before} to {after}: the shards between are missing, so the data set is not whole; copy them in, or prepare the data again"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a text that starts with a token shard's header: its tokens
 /// would be read as bytes of text, a wrong answer without a word. `advice`
 /// says what to do instead.
@@ -374,18 +434,8 @@ fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
 /// and, at most, a 4-byte token.
 const TEXT_BYTES_IN_MEMORY: u64 = 5;
 
-/// Refuses a text of `size` bytes that would not fit in memory read whole
-/// and tokenized ([`TEXT_BYTES_IN_MEMORY`] a byte).
-fn check_text_fits(path: &Path, size: u64) -> Result<(), Error> {
-    crate::memory::check_fits(
-        size.saturating_mul(TEXT_BYTES_IN_MEMORY),
-        &format!(
-            "the {:.1} GiB text {} read whole and tokenized; `runner prepare` streams a text into token shards",
-            crate::metrics::gib(size as f64),
-            path.display()
-        ),
-    )
-}
+/// Tokens of a shard read at once for evaluation (4 MiB of them).
+const READ_PIECE: usize = 1 << 20;
 
 /// Training tokens: a text's, in memory, or windows read from shards on
 /// demand.
@@ -819,6 +869,50 @@ mod tests {
         assert_ne!(a.shard_sizes_hash, b.shard_sizes_hash);
         assert_eq!(a, fingerprint(300, "c"));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A numbered shard missing from the middle of a split is refused,
+    /// for training and (in the validation split) for evaluation; the
+    /// splits' own runs (val 0, train 1..) and another data set's
+    /// numbers are no gap.
+    #[test]
+    fn a_folder_missing_a_numbered_shard_is_refused() {
+        let dir = std::env::temp_dir().join(format!("runner-gap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, per_shard: usize| {
+            let mut writer =
+                shards::ShardWriter::new(&dir, name, Tokenizer::Byte, 10, per_shard).unwrap();
+            writer.write(&[104; 100]).unwrap();
+            writer.finish().unwrap();
+        };
+        write("a", 30);
+        write("b", 90);
+        let folder = DataSource::Shards(dir.clone());
+        let load = |purpose| DataSource::shard_files(&dir, purpose);
+        assert_eq!(load(Purpose::Training).unwrap().0.len(), 3 + 1);
+        std::fs::remove_file(shards::shard_path(&dir, "a", 2)).unwrap();
+        for purpose in [Purpose::Training, Purpose::Evaluation] {
+            let err = load(purpose).unwrap_err().to_string();
+            assert!(
+                err.contains("its a_train shards go from number 1 to 3"),
+                "{err}"
+            );
+        }
+        let err = folder.check(Some(Tokenizer::Byte), Purpose::Training);
+        assert!(err.is_err());
+        // Numbers that are not a run of one split: the gap in a_val.
+        std::fs::rename(
+            shards::shard_path(&dir, "a", 3),
+            dir.join("a_val_000002.bin"),
+        )
+        .unwrap();
+        let err = load(Purpose::Evaluation).unwrap_err().to_string();
+        assert!(
+            err.contains("its a_val shards go from number 0 to 2"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

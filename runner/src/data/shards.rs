@@ -63,6 +63,8 @@ pub struct ShardName<'a> {
     pub split: Split,
     /// Still under the temporary name `prepare` writes it under.
     pub unfinished: bool,
+    /// Its number in the data set (`000003`: 3), if it has one.
+    pub number: Option<u64>,
 }
 
 /// The shard a file's name names: `NAME_train.bin` or `NAME_val.bin`,
@@ -76,11 +78,11 @@ pub fn parse_shard_name(file: &str) -> Option<ShardName<'_>> {
         None => (file, false),
     };
     let stem = file.strip_suffix(".bin")?;
-    let unnumbered = match stem.rsplit_once('_') {
+    let (unnumbered, number) = match stem.rsplit_once('_') {
         Some((head, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => {
-            head
+            (head, index.parse().ok())
         }
-        _ => stem,
+        _ => (stem, None),
     };
     let (name, split) = match unnumbered.rsplit_once('_')? {
         (name, "train") => (name, Split::Train),
@@ -91,6 +93,7 @@ pub fn parse_shard_name(file: &str) -> Option<ShardName<'_>> {
         name,
         split,
         unfinished,
+        number,
     })
 }
 

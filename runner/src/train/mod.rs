@@ -464,7 +464,8 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
         check_resume(s, dir, t, None, progress.step, progress.schedule)?;
     }
     cfg.validate()?;
-    check_memory(&cfg, (b, t), s.recompute)?;
+    let data = DataSource::of(s.data.as_deref()).held_in_memory(Purpose::Training);
+    check_memory(&cfg, (b, t), s.recompute, data.as_ref())?;
     if let Some(dir) = s
         .save
         .as_ref()
