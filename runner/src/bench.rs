@@ -107,7 +107,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
     let cfg = s.config;
     let world = crate::world::current();
     let leader = world.rank() == 0;
-    let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size)?;
+    let tokens = DataSource::Embedded.eval_tokens(cfg.tokenizer, cfg.vocab_size, 0)?;
     let memory = log_header(s, &kernels);
 
     let mut rows: Vec<BenchRecord> = Vec::new();

@@ -221,7 +221,8 @@ fn link_target(path: &Path) -> std::io::Result<PathBuf> {
     // A dangling chain: followed link by link, as far as the kernel would
     // (40 links on Linux) before it calls the chain a loop.
     let mut end = path.to_path_buf();
-    for _ in 0..40 {
+    // 40 links, then the 41st read finds the end.
+    for _ in 0..=40 {
         match std::fs::read_link(&end) {
             Ok(target) => end = parent(&end).join(target),
             Err(_) => return Ok(end),
@@ -367,14 +368,16 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// `path` made absolute with links resolved; for a path that does not
-/// exist yet, its parent's resolution and its name.
+/// exist yet (or a chain of links to one), its parent's resolution and
+/// its name: where a write would make it.
 pub fn resolved(path: &Path) -> PathBuf {
     if let Ok(real) = path.canonicalize() {
         return real;
     }
-    match (parent(path).canonicalize(), path.file_name()) {
+    let end = link_target(path).unwrap_or_else(|_| path.into());
+    match (parent(&end).canonicalize(), end.file_name()) {
         (Ok(real), Some(name)) => real.join(name),
-        _ => std::path::absolute(path).unwrap_or_else(|_| path.into()),
+        _ => std::path::absolute(&end).unwrap_or(end),
     }
 }
 
@@ -610,6 +613,29 @@ mod tests {
         assert!(message(&[("--json", &in_save)], Some(&save)).contains("--save folder"));
         let log = dir.join("log.jsonl");
         assert!(message(&[("--json", &log), ("--plot", &log)], None).contains("--json file"));
+        // Links to files not made yet are where a write would make them:
+        // to the other output, into the checkpoint, into the data.
+        #[cfg(unix)]
+        {
+            let link = |name: &str, to: &Path| {
+                let path = dir.join(name);
+                std::os::unix::fs::symlink(to, &path).unwrap();
+                path
+            };
+            let to_log = link("to-log.svg", Path::new("log.jsonl"));
+            let both = message(&[("--json", &log), ("--plot", &to_log)], None);
+            assert!(both.contains("is also the --json file"), "{both}");
+            let to_ckpt = link("to-ckpt.svg", &ckpt.join("loss.svg"));
+            assert!(message(&[("--plot", &to_ckpt)], None).contains("lies inside"));
+            let chain = link("chain.jsonl", &to_ckpt);
+            assert!(message(&[("--json", &chain)], None).contains("lies inside"));
+            let into_save = link("to-save.jsonl", &save.join("log.jsonl"));
+            let saved = message(&[("--json", &into_save)], Some(&save));
+            assert!(saved.contains("--save folder"), "{saved}");
+            for path in [to_log, to_ckpt, chain, into_save] {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
         // A save inside a folder the run reads (the folder itself is the
         // save's own check), and outputs that name folders.
         let nested = ckpt.join("next");

@@ -141,6 +141,8 @@ impl DataSource {
             }
         }
         files.sort();
+        // Evaluation reads the validation shards alone.
+        files.retain(|(_, split)| purpose == Purpose::Training || *split == Split::Val);
         check_numbered_without_gaps(dir, &files)?;
         let named = |wanted: Split| -> Vec<PathBuf> {
             files
@@ -172,22 +174,33 @@ impl DataSource {
     }
 
     /// Every token of the source, for evaluation: a text tokenized with
-    /// `tokenizer`, a shard, or a folder's validation shards. Shards are
-    /// checked against `vocab`.
+    /// `tokenizer` (from a pipe, as far as memory allows beside the
+    /// `beside` bytes the run takes), a shard, or a folder's validation
+    /// shards. Shards are checked against `vocab`.
     pub fn eval_tokens(
         &self,
         tokenizer: Option<Tokenizer>,
         vocab: usize,
+        beside: u64,
     ) -> Result<Vec<u32>, Error> {
         let paths = match self {
-            DataSource::Embedded | DataSource::Text(_) => return self.text_tokens(tokenizer),
+            DataSource::Embedded | DataSource::Text(_) => {
+                return self.text_tokens(tokenizer, beside)
+            }
             DataSource::Shard(p) => vec![p.clone()],
             DataSource::Shards(dir) => DataSource::shard_files(dir, Purpose::Evaluation)?.1,
         };
-        let mut tokens = Vec::new();
+        let mut shards = Vec::with_capacity(paths.len());
         for path in paths {
             let mut shard = Shard::open(&path)?;
             shard.check_tokens(vocab, FNV_OFFSET)?;
+            shards.push(shard);
+        }
+        // Allocated once: a buffer grown shard by shard could reach twice
+        // what [`DataSource::held_in_memory`] counts.
+        let total = shards.iter().map(|shard| shard.len).sum();
+        let mut tokens = Vec::with_capacity(total);
+        for mut shard in shards {
             let start = tokens.len();
             tokens.resize(start + shard.len, 0);
             // A piece at a time: the bytes read beside the tokens stay
@@ -203,13 +216,17 @@ impl DataSource {
     /// alone, and what holds it: a text read whole and tokenized
     /// ([`TEXT_BYTES_IN_MEMORY`] a byte), or for evaluation every token
     /// of its shards. `None` for shards that training reads a window at a
-    /// time, the small embedded corpus, a pipe (bounded as it is read, by
-    /// [`read_text`]) and a source that cannot be read (which
-    /// [`DataSource::check`] refuses).
+    /// time, the small embedded corpus, a pipe or a file of untold size
+    /// (bounded as it is read, by [`read_text`]) and a source that cannot
+    /// be read (which [`DataSource::check`] refuses).
     pub fn held_in_memory(&self, purpose: Purpose) -> Option<(u64, String)> {
         match (self, purpose) {
             (DataSource::Text(path), _) => {
+                // (A size of 0 is not told: read as a pipe is.)
                 let size = std::fs::metadata(path).ok().filter(|m| m.is_file())?.len();
+                if size == 0 {
+                    return None;
+                }
                 let what = format!(
                     "the {} text {} read whole and tokenized; `runner prepare` streams a text into token shards",
                     size_text(size),
@@ -326,8 +343,9 @@ impl DataSource {
         Ok(Some(most))
     }
 
-    /// A text's tokens (non-empty).
-    fn text_tokens(&self, tokenizer: Option<Tokenizer>) -> Result<Vec<u32>, Error> {
+    /// A text's tokens (non-empty), read beside a run that takes `beside`
+    /// bytes of memory.
+    fn text_tokens(&self, tokenizer: Option<Tokenizer>, beside: u64) -> Result<Vec<u32>, Error> {
         let (tokenizer, pipe) = self.text_tokenizer(tokenizer)?;
         let bytes = match self {
             DataSource::Text(path) => {
@@ -338,7 +356,7 @@ impl DataSource {
                         path.display()
                     );
                 }
-                read_text(path)?
+                read_text(path, beside)?
             }
             _ => corpus::text(),
         };
@@ -406,10 +424,10 @@ pub(crate) fn has_a_byte(path: &Path) -> Result<bool, Error> {
 
 /// The bytes of the text at `path`, read whole. A pipe, whose size was
 /// not known before, is refused once it has given more than would fit in
-/// memory tokenized.
-fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
+/// memory tokenized, beside the `beside` bytes the run takes.
+fn read_text(path: &Path, beside: u64) -> Result<Vec<u8>, Error> {
     let (usable, whose) = usable_bytes();
-    let most = usable / TEXT_BYTES_IN_MEMORY;
+    let most = usable.saturating_sub(beside) / TEXT_BYTES_IN_MEMORY;
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(most.saturating_add(1)).read_to_end(&mut bytes))
@@ -418,9 +436,10 @@ fn read_text(path: &Path) -> Result<Vec<u8>, Error> {
         return Err(Error::Data {
             path: path.into(),
             reason: format!(
-                "goes on past {}, more than fits in memory read whole and tokenized ({whose} {}); `runner prepare` streams a text into token shards",
+                "goes on past {}, more than fits in memory read whole and tokenized ({whose} {}, {} of them for the model); `runner prepare` streams a text into token shards",
                 size_text(most),
-                size_text(usable)
+                size_text(usable),
+                size_text(beside)
             ),
         });
     }
@@ -590,13 +609,14 @@ impl Dataset {
     /// at most `max_val` validation tokens. A text or a single shard is
     /// split 90 / 10 into training and validation; a folder has its own
     /// validation shards. Every shard is checked (header, size, tokens
-    /// below `vocab`) before this returns.
+    /// below `vocab`) before this returns; a text from a pipe is read as
+    /// far as memory allows beside the `beside` bytes the run takes.
     pub fn load(
         source: &DataSource,
         tokenizer: Option<Tokenizer>,
         vocab: usize,
-        t: usize,
-        max_val: usize,
+        (t, max_val): (usize, usize),
+        beside: u64,
     ) -> Result<Dataset, Error> {
         let origin = source.origin();
         let too_short = |have: usize, need: String| Error::Data {
@@ -608,7 +628,8 @@ impl Dataset {
         };
         let (train_paths, val_paths) = match source {
             DataSource::Embedded | DataSource::Text(_) => {
-                let mut data = Dataset::split(source.text_tokens(tokenizer)?, t, &origin)?;
+                let tokens = source.text_tokens(tokenizer, beside)?;
+                let mut data = Dataset::split(tokens, t, &origin)?;
                 data.val.truncate(max_val);
                 return Ok(data);
             }
@@ -858,7 +879,7 @@ mod tests {
             writer.write(&tokens).unwrap();
             writer.finish().unwrap();
             let source = DataSource::Shards(dir);
-            let data = Dataset::load(&source, Some(Tokenizer::Byte), 256, 8, 10).unwrap();
+            let data = Dataset::load(&source, Some(Tokenizer::Byte), 256, (8, 10), 0).unwrap();
             data.fingerprint()
         };
         // 600 training tokens in shards of 300 or 200: the same tokens in
@@ -871,10 +892,10 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
-    /// A numbered shard missing from the middle of a split is refused,
-    /// for training and (in the validation split) for evaluation; the
-    /// splits' own runs (val 0, train 1..) and another data set's
-    /// numbers are no gap.
+    /// A numbered shard missing from the middle of a split is refused
+    /// where the split is read (training reads both, evaluation the
+    /// validation shards); the splits' own runs (val 0, train 1..) and
+    /// another data set's numbers are no gap.
     #[test]
     fn a_folder_missing_a_numbered_shard_is_refused() {
         let dir = std::env::temp_dir().join(format!("runner-gap-{}", std::process::id()));
@@ -892,15 +913,15 @@ mod tests {
         let load = |purpose| DataSource::shard_files(&dir, purpose);
         assert_eq!(load(Purpose::Training).unwrap().0.len(), 3 + 1);
         std::fs::remove_file(shards::shard_path(&dir, "a", 2)).unwrap();
-        for purpose in [Purpose::Training, Purpose::Evaluation] {
-            let err = load(purpose).unwrap_err().to_string();
-            assert!(
-                err.contains("its a_train shards go from number 1 to 3"),
-                "{err}"
-            );
-        }
+        let err = load(Purpose::Training).unwrap_err().to_string();
+        assert!(
+            err.contains("its a_train shards go from number 1 to 3"),
+            "{err}"
+        );
         let err = folder.check(Some(Tokenizer::Byte), Purpose::Training);
         assert!(err.is_err());
+        // Evaluation, which reads the validation shards alone, goes on.
+        assert_eq!(load(Purpose::Evaluation).unwrap().1.len(), 2);
         // Numbers that are not a run of one split: the gap in a_val.
         std::fs::rename(
             shards::shard_path(&dir, "a", 3),

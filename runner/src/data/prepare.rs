@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::shards::{ShardWriter, HEADER_BYTES};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{gpt2_split_point, Tokenizer};
 use crate::error::Error;
 use crate::metrics::mib;
 use crate::outputs;
@@ -253,7 +253,7 @@ fn check_room(
 
 /// Reads `path` in chunks of about `chunk` bytes and hands each chunk's
 /// length and tokens to `emit`, in order. With GPT-2's tokenizer chunks
-/// end where its pre-tokenizer always cuts ([`split_point`]: after a line
+/// end where its pre-tokenizer always cuts ([`gpt2_split_point`]: after a line
 /// break with a non-space on each side, failing that before a space
 /// between words), so the tokens are those of the whole file; a file with
 /// no such cut in [`max_uncut`] bytes is refused. Bytes are tokens of
@@ -278,7 +278,7 @@ fn tokenize_file(
             Tokenizer::Byte => Some(buffer.len()),
             // The bytes before `before` hold no cut (else the last one
             // would have been taken): only the new ones are searched.
-            Tokenizer::Gpt2 => split_point(&buffer, before),
+            Tokenizer::Gpt2 => gpt2_split_point(&buffer, before),
         };
         if cut.is_none() && buffer.len() >= max_uncut(chunk) {
             return Err(Error::Data {
@@ -313,59 +313,6 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// refused rather than read whole: 16 chunks, and at least 1 MiB.
 fn max_uncut(chunk: usize) -> usize {
     chunk.saturating_mul(16).max(1 << 20)
-}
-
-/// The last position `p` in `text` whose cut is new since `from` bytes
-/// and where GPT-2's pre-tokenizer always cuts, if any: after a line break
-/// (`\n`, or `\r\n`) with a non-space character before it and at `p`;
-/// failing that, before a space with a non-space character before it and
-/// an ASCII non-space after it. Spaces are Unicode's (the regex's `\s`):
-/// a no-break space beside the cut would join the run of spaces across it.
-fn split_point(text: &[u8], from: usize) -> Option<usize> {
-    let after_break = (from.max(2)..text.len()).rev().find(|&p| {
-        let before_break = || match text[p - 2] {
-            b'\r' => p >= 3 && non_space_ends_at(text, p - 3),
-            _ => non_space_ends_at(text, p - 2),
-        };
-        text[p - 1] == b'\n' && before_break() && non_space_starts_at(text, p)
-    });
-    // A space that ended the old bytes is decided by the first new one.
-    let before_space = || {
-        (from.saturating_sub(1).max(1)..text.len().saturating_sub(1))
-            .rev()
-            .find(|&p| {
-                text[p] == b' ' && non_space_ends_at(text, p - 1) && text[p + 1].is_ascii_graphic()
-            })
-    };
-    after_break.or_else(before_space)
-}
-
-/// Whether a character that is not a space starts at byte `p` of `text`
-/// (bytes that are not UTF-8, or a character the text cuts short, count
-/// as spaces: no cut is made beside them).
-fn non_space_starts_at(text: &[u8], p: usize) -> bool {
-    // A character is at most 4 bytes: reading no further keeps the scan
-    // for a cut linear in the chunk.
-    let valid = text[p..text.len().min(p + 4)]
-        .utf8_chunks()
-        .next()
-        .map_or("", |chunk| chunk.valid());
-    valid.chars().next().is_some_and(|c| !c.is_whitespace())
-}
-
-/// Whether a character that is not a space ends at byte `i` of `text`
-/// (inclusive), read back over at most three continuation bytes.
-fn non_space_ends_at(text: &[u8], i: usize) -> bool {
-    let start = (i.saturating_sub(3)..=i)
-        .rev()
-        .find(|&j| text[j] & 0b1100_0000 != 0b1000_0000)
-        .unwrap_or(i);
-    let valid = text[start..=i]
-        .utf8_chunks()
-        .next()
-        .map_or("", |chunk| chunk.valid());
-    // The character must end exactly at `i`, not merely start the slice.
-    valid.len() == i + 1 - start && valid.chars().count() == 1 && non_space_starts_at(text, start)
 }
 
 #[cfg(test)]

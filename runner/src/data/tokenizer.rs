@@ -22,6 +22,10 @@ pub enum Tokenizer {
 /// GPT-2's end-of-text token, which starts every document of a shard.
 pub const GPT2_END_OF_TEXT: u32 = 50256;
 
+/// Bytes of text GPT-2's encoder is given at once, at most (unless a
+/// text has no place to cut it sooner).
+const ENCODE_PIECE: usize = 1 << 20;
+
 impl Tokenizer {
     /// `byte` or `gpt2`.
     pub fn name(self) -> &'static str {
@@ -63,16 +67,33 @@ impl Tokenizer {
             Tokenizer::Byte => bytes.iter().map(|&b| u32::from(b)).collect(),
             Tokenizer::Gpt2 => {
                 let gpt2 = gpt2();
-                let mut tokens = Vec::with_capacity(bytes.len() / 3);
-                for chunk in bytes.utf8_chunks() {
-                    tokens.extend(gpt2.bpe.encode_ordinary(chunk.valid()));
-                    tokens.extend(
-                        chunk
-                            .invalid()
-                            .iter()
-                            .map(|&b| gpt2.byte_tokens[usize::from(b)]),
-                    );
+                // A token is at least a byte: reserved once, the tokens
+                // take 4 bytes a byte at most, and never a second buffer
+                // as they grow (what a text read whole counts).
+                let mut tokens = Vec::with_capacity(bytes.len());
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    // Pieces cut where the pre-tokenizer always cuts: the
+                    // same tokens as the whole, with the encoder's own
+                    // buffers a piece's size.
+                    let piece = match rest.len() > ENCODE_PIECE {
+                        true => gpt2_split_point(&rest[..ENCODE_PIECE], 0)
+                            .filter(|&cut| cut > 0)
+                            .unwrap_or(rest.len()),
+                        false => rest.len(),
+                    };
+                    for chunk in rest[..piece].utf8_chunks() {
+                        tokens.extend(gpt2.bpe.encode_ordinary(chunk.valid()));
+                        tokens.extend(
+                            chunk
+                                .invalid()
+                                .iter()
+                                .map(|&b| gpt2.byte_tokens[usize::from(b)]),
+                        );
+                    }
+                    rest = &rest[piece..];
                 }
+                tokens.shrink_to_fit();
                 tokens
             }
         }
@@ -124,9 +145,88 @@ fn gpt2() -> &'static Gpt2 {
     })
 }
 
+/// The last position `p` in `text` whose cut is new since `from` bytes
+/// and where GPT-2's pre-tokenizer always cuts, if any: after a line break
+/// (`\n`, or `\r\n`) with a non-space character before it and at `p`;
+/// failing that, before a space with a non-space character before it and
+/// an ASCII non-space after it. Spaces are Unicode's (the regex's `\s`):
+/// a no-break space beside the cut would join the run of spaces across it.
+pub fn gpt2_split_point(text: &[u8], from: usize) -> Option<usize> {
+    let after_break = (from.max(2)..text.len()).rev().find(|&p| {
+        let before_break = || match text[p - 2] {
+            b'\r' => p >= 3 && non_space_ends_at(text, p - 3),
+            _ => non_space_ends_at(text, p - 2),
+        };
+        text[p - 1] == b'\n' && before_break() && non_space_starts_at(text, p)
+    });
+    // A space that ended the old bytes is decided by the first new one.
+    let before_space = || {
+        (from.saturating_sub(1).max(1)..text.len().saturating_sub(1))
+            .rev()
+            .find(|&p| {
+                text[p] == b' ' && non_space_ends_at(text, p - 1) && text[p + 1].is_ascii_graphic()
+            })
+    };
+    after_break.or_else(before_space)
+}
+
+/// Whether a character that is not a space starts at byte `p` of `text`
+/// (bytes that are not UTF-8, or a character the text cuts short, count
+/// as spaces: no cut is made beside them).
+fn non_space_starts_at(text: &[u8], p: usize) -> bool {
+    // A character is at most 4 bytes: reading no further keeps the scan
+    // for a cut linear in the chunk.
+    let valid = text[p..text.len().min(p + 4)]
+        .utf8_chunks()
+        .next()
+        .map_or("", |chunk| chunk.valid());
+    valid.chars().next().is_some_and(|c| !c.is_whitespace())
+}
+
+/// Whether a character that is not a space ends at byte `i` of `text`
+/// (inclusive), read back over at most three continuation bytes.
+fn non_space_ends_at(text: &[u8], i: usize) -> bool {
+    let start = (i.saturating_sub(3)..=i)
+        .rev()
+        .find(|&j| text[j] & 0b1100_0000 != 0b1000_0000)
+        .unwrap_or(i);
+    let valid = text[start..=i]
+        .utf8_chunks()
+        .next()
+        .map_or("", |chunk| chunk.valid());
+    // The character must end exactly at `i`, not merely start the slice.
+    valid.len() == i + 1 - start && valid.chars().count() == 1 && non_space_starts_at(text, start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A text longer than a piece is encoded piece by piece into the
+    /// tokens the encoder gives the whole (lines of words, numbers and
+    /// Unicode spaces beside the breaks, so that some places are no cut).
+    #[test]
+    fn gpt2_pieces_give_the_tokens_of_the_whole() {
+        let mut text = String::new();
+        let mut i = 0u32;
+        while text.len() < 2 * ENCODE_PIECE + 12345 {
+            let line = match i % 5 {
+                0 => format!("ROMEO {i}: But soft, what light through yonder window breaks?\n"),
+                1 => format!("  indented {i}\u{a0}\n"),
+                2 => format!("\u{a0}word{i} and more words\r\n"),
+                3 => "\n\n".to_string(),
+                _ => format!("{i} {i} {i},{i}.{i}\t!\n"),
+            };
+            text.push_str(&line);
+            i += 1;
+        }
+        let whole: Vec<u32> = gpt2().bpe.encode_ordinary(&text).into_iter().collect();
+        assert_eq!(Tokenizer::Gpt2.encode(text.as_bytes()), whole);
+        // One line with no place to cut: encoded whole.
+        let uncut = "x".repeat(ENCODE_PIECE + 7);
+        let whole: Vec<u32> = gpt2().bpe.encode_ordinary(&uncut).into_iter().collect();
+        assert_eq!(Tokenizer::Gpt2.encode(uncut.as_bytes()), whole);
+    }
 
     #[test]
     fn gpt2_gives_the_known_ids() {

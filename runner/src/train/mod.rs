@@ -497,12 +497,13 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let recorded_data = s.data.as_deref().and_then(rereadable);
     let (mut model, mut optimizer, mut rng, resumed) = start(s, cfg, t, kernels)?;
     let saved = resumed.schedule;
+    let footprint = Footprint::training(&cfg, b, t, s.recompute).total_bytes();
     let mut data = Dataset::load(
         &source,
         cfg.tokenizer,
         cfg.vocab_size,
-        t,
-        val_windows * t + 1,
+        (t, val_windows * t + 1),
+        footprint as u64,
     )?;
     let fingerprint = data.fingerprint();
     if let Some(dir) = &s.resume {
