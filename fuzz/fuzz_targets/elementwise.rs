@@ -1,5 +1,5 @@
-//! Element-wise routines, reductions, bf16 conversions and AdamW: arbitrary lengths (mismatched ones
-//! included), offsets and values; the best backend must match scalar.
+//! Element-wise routines (fill and copy too), reductions, bf16 conversions and AdamW: arbitrary
+//! lengths (mismatched ones included), offsets and values; the best backend must match scalar.
 #![no_main]
 
 use arbitrary::Unstructured;
@@ -23,7 +23,7 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
 
     let mut got = vec![0.0; a.len()];
     let mut want = vec![0.0; a.len()];
-    match u.int_in_range(0u8..=12)? {
+    match u.int_in_range(0u8..=13)? {
         0 => {
             assert_eq!(
                 k.add(a, b, &mut got).is_ok(),
@@ -213,6 +213,20 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
                         assert!(ok, "adamw element {i}: got {g}, want {w}, tol {tol}");
                     }
                 }
+            }
+        }
+        12 => {
+            // fill, then copy over it (refused alike where b's length
+            // differs, leaving the filled values).
+            let value = b.first().copied().unwrap_or(-0.0);
+            k.fill(value, &mut got);
+            scalar.fill(value, &mut want);
+            assert!(same_bits(&got, &want), "fill");
+            assert!(got.iter().all(|x| x.to_bits() == value.to_bits()), "fill");
+            assert_eq!(k.copy(b, &mut got).is_ok(), scalar.copy(b, &mut want).is_ok());
+            assert!(same_bits(&got, &want), "copy");
+            if b.len() == a.len() {
+                assert!(same_bits(&got, b), "copy");
             }
         }
         _ => {

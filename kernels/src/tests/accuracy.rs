@@ -1,5 +1,6 @@
 //! The accuracy of the vectorized `exp` and `tanh` against `libm`, over a
-//! sample of every f32 bit pattern (`--ignored` for all 2^32 of them).
+//! sample of every f32 bit pattern (`--ignored` for all 2^32 of them), and
+//! of all of them against the f64 functions.
 
 use std::vec::Vec;
 
@@ -74,6 +75,11 @@ fn tanh_of(k: &Kernels, x: &[f32], out: &mut [f32]) {
 const EXP_MAX_ULP: i64 = 2;
 const TANH_MAX_ULP: i64 = 2;
 
+/// How far `libm`'s f32 functions (the scalar reference) are from the
+/// f64 ones rounded to f32, in ulps, on the inputs the tests sample.
+const LIBM_EXPF_ULP: i64 = 1;
+const LIBM_TANHF_ULP: i64 = 2;
+
 fn check_accuracy(stride: u64) {
     let real: Vec<_> = simd_kernels()
         .into_iter()
@@ -117,6 +123,62 @@ fn math_accuracy_over_sampled_floats() {
 #[ignore = "sweeps all 2^32 floats; run with --ignored in release mode"]
 fn math_accuracy_over_all_floats() {
     check_accuracy(1);
+}
+
+/// e^x and tanh x in f64 (`libm`'s double-precision code, not the
+/// single-precision reference), rounded once to f32.
+fn exp_f64(x: f32) -> f32 {
+    libm::exp(f64::from(x)) as f32
+}
+fn tanh_f64(x: f32) -> f32 {
+    libm::tanh(f64::from(x)) as f32
+}
+
+/// The scalar reference (`libm`'s f32 functions) and every vectorized
+/// version against the f64 functions rounded to f32, an independent
+/// definition: the reference within a stated distance of it (and one
+/// subnormal step), the vectorized versions within their bound against
+/// the reference plus that distance, special values (0, inf, NaN) alike.
+#[test]
+fn math_against_f64() {
+    let mut all = simd_kernels();
+    all.push(("scalar", scalar()));
+    for (name, k) in all {
+        let reference = name == "scalar";
+        let stride = if name.starts_with("emulated") {
+            99_991
+        } else {
+            257
+        };
+        for (what, f, truth, bound, libm_ulp) in [
+            (
+                "exp",
+                exp_of as fn(&Kernels, &[f32], &mut [f32]),
+                exp_f64 as fn(f32) -> f32,
+                EXP_MAX_ULP,
+                LIBM_EXPF_ULP,
+            ),
+            ("tanh", tanh_of, tanh_f64, TANH_MAX_ULP, LIBM_TANHF_ULP),
+        ] {
+            let errors = measure(&k, stride, f, truth);
+            std::eprintln!("{name} against f64: {what} {errors:?}");
+            // The reference's distance, or the bound against it plus that.
+            let (most, steps) = match reference {
+                true => (libm_ulp, 1),
+                false => (bound + libm_ulp, 2),
+            };
+            assert!(errors.max_ulp <= most, "{name}: {what} {errors:?}");
+            let step = f32::from_bits(steps);
+            assert!(
+                errors.max_subnormal_abs <= step,
+                "{name}: {what} subnormal {errors:?}"
+            );
+            assert_eq!(
+                errors.mismatched_specials, 0,
+                "{name}: {what} special values {errors:?}"
+            );
+        }
+    }
 }
 
 #[test]

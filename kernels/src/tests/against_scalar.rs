@@ -694,15 +694,32 @@ fn transpose_every_shape_and_stride() {
             for cols in sizes {
                 let (src_stride, dst_stride) = (cols + rows % 3, rows + cols % 5);
                 let src = rng.vec(rows * src_stride, -1.0, 1.0);
+                // The view's elements start NaN, the gaps between its
+                // rows 7.0: every element is written, no gap is.
+                let mut start = std::vec![7.0; cols * dst_stride];
+                for c in 0..cols {
+                    start[c * dst_stride..][..rows].fill(f32::NAN);
+                }
                 let run = |k: &Kernels| {
-                    let len = cols * dst_stride;
-                    let mut dst = Guarded::from(&std::vec![7.0; len], rows);
+                    let mut dst = Guarded::from(&start, rows);
                     k.transpose(rows, cols, &src, src_stride, dst.get_mut(), dst_stride)
                         .unwrap();
                     dst.checked("transpose")
                 };
                 let (want, got) = (run(&scalar()), run(&k));
-                assert_same(&ctx("transpose", name, rows * 1000 + cols), &got, &want);
+                let what = ctx("transpose", name, rows * 1000 + cols);
+                assert_same(&what, &got, &want);
+                for c in 0..cols {
+                    let row = &got[c * dst_stride..][..dst_stride];
+                    for (r, &x) in row.iter().enumerate() {
+                        let expected = if r < rows {
+                            src[r * src_stride + c]
+                        } else {
+                            7.0
+                        };
+                        assert_eq!(x.to_bits(), expected.to_bits(), "{what}: [{c}][{r}]");
+                    }
+                }
             }
         }
     }

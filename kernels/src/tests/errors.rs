@@ -8,6 +8,19 @@ fn mismatch(arg: &'static str) -> impl Fn(&KernelError) -> bool {
     move |e| matches!(e, KernelError::LengthMismatch { arg: a, .. } if *a == arg)
 }
 
+/// The argument named wrong; x, mean, rstd, dout; and the lengths of dx,
+/// dgamma, dbeta.
+type LayerNormBackwardCase<'a> = (
+    &'static str,
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    usize,
+    usize,
+    usize,
+);
+
 #[test]
 fn wrong_lengths_are_errors_and_write_nothing() {
     let mut all = simd_kernels();
@@ -77,9 +90,82 @@ fn wrong_lengths_are_errors_and_write_nothing() {
                 "{name}: layer norm wrote on error"
             );
         }
-        let (mut dx, mut dg, mut db) = ([0.0; 8], [0.0; 4], [0.0; 4]);
-        let err = k.layer_norm_backward(&a[..8], &[1.0; 4], &m, &r, &a, &mut dx, &mut dg, &mut db);
-        assert!(mismatch("dout")(&err.unwrap_err()));
+        // Layer norm backward: each argument of the wrong length (x
+        // ragged), nothing written.
+        let x8 = &a[..8];
+        let (m2, r2, d8) = ([0.0f32; 2], [1.0f32; 2], [1.0f32; 8]);
+        let cases: [LayerNormBackwardCase; 8] = [
+            ("x", &a, &m2, &r2, &a, 9, 4, 4),
+            ("mean", x8, &m2[..1], &r2, &d8, 8, 4, 4),
+            ("rstd", x8, &m2, &[1.0; 3], &d8, 8, 4, 4),
+            ("dout", x8, &m2, &r2, &a, 8, 4, 4),
+            ("dx", x8, &m2, &r2, &d8, 7, 4, 4),
+            ("dgamma", x8, &m2, &r2, &d8, 8, 5, 4),
+            ("dbeta", x8, &m2, &r2, &d8, 8, 4, 3),
+            ("dbeta", x8, &m2, &r2, &d8, 8, 4, 0),
+        ];
+        for (arg, x, mean, rstd, dout, dx_len, dg_len, db_len) in cases {
+            let (mut dx, mut dg, mut db) = ([f32::NAN; 9], [f32::NAN; 5], [f32::NAN; 4]);
+            let err = k.layer_norm_backward(
+                x,
+                &[1.0; 4],
+                mean,
+                rstd,
+                dout,
+                &mut dx[..dx_len],
+                &mut dg[..dg_len],
+                &mut db[..db_len],
+            );
+            let err = err.unwrap_err();
+            assert!(mismatch(arg)(&err), "{name}: {arg}: {err}");
+            let all = dx.iter().chain(&dg).chain(&db);
+            assert!(all.into_iter().all(|v| v.is_nan()), "{name}: {arg}: wrote");
+        }
+
+        // The other element-wise routines: sub, tanh, GELU and its
+        // gradients, nothing written.
+        let mut out = [f32::NAN; 9];
+        assert!(mismatch("b")(&k.sub(&a, &b, &mut out).unwrap_err()));
+        assert!(mismatch("out")(&k.sub(&a, &a, &mut out[..8]).unwrap_err()));
+        assert!(mismatch("out")(&k.tanh(&a, &mut out[..8]).unwrap_err()));
+        assert!(mismatch("out")(
+            &k.gelu_forward(&a, &mut out[..8]).unwrap_err()
+        ));
+        assert!(mismatch("dout")(
+            &k.gelu_backward(&a, &b, &mut out).unwrap_err()
+        ));
+        assert!(mismatch("dx")(
+            &k.gelu_backward(&a, &a, &mut out[..8]).unwrap_err()
+        ));
+        assert!(mismatch("dout")(
+            &k.gelu_backward_into(&a, &b, &mut out).unwrap_err()
+        ));
+        assert!(mismatch("dx")(
+            &k.gelu_backward_into(&a, &a, &mut out[..8]).unwrap_err()
+        ));
+        assert!(out.iter().all(|v| v.is_nan()), "{name}: wrote on error");
+
+        // Softmax backward: grad of another length, ragged rows, bad
+        // per-row lengths, nothing written.
+        let probs = [0.25f32; 10];
+        let mut grad = [f32::NAN; 10];
+        assert!(mismatch("grad")(
+            &k.softmax_backward_rows(&probs, &mut grad[..9], 5, ValidLen::All)
+                .unwrap_err()
+        ));
+        assert!(mismatch("probs")(
+            &k.softmax_backward_rows(&probs, &mut grad, 4, ValidLen::All)
+                .unwrap_err()
+        ));
+        assert!(mismatch("lens")(
+            &k.softmax_backward_rows(&probs, &mut grad, 5, ValidLen::PerRow(&[1]))
+                .unwrap_err()
+        ));
+        let err = k
+            .softmax_backward_rows(&probs, &mut grad, 5, ValidLen::PerRow(&[1, 6]))
+            .unwrap_err();
+        assert!(matches!(err, KernelError::InvalidShape(_)), "{name}: {err}");
+        assert!(grad.iter().all(|v| v.is_nan()), "{name}: wrote on error");
 
         // cross-entropy: target out of range is reported, nothing written
         let mut losses = [f32::NAN; 2];

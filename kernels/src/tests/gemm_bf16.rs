@@ -800,6 +800,97 @@ fn assert_bias_product(
     }
 }
 
+/// The bias products on views one element off their buffers' start,
+/// with rows apart (A, B and C strided, the bias a sub-slice), in f32
+/// and bf16 operands on every unit and in f32 on every backend: within
+/// the bound of the f64 sum, every element of C written (NaN before) and
+/// nothing between or around its rows touched.
+#[test]
+fn bias_products_on_unaligned_strided_views() {
+    use crate::PackedBf16;
+    for (seed, &(m, n, kk)) in BIAS_SHAPES.iter().enumerate() {
+        let mut rng = Rng::new(71 + seed as u64);
+        let (a, b, bias) = (
+            rng.vec(m * kk, -2.0, 2.0),
+            rng.vec(kk * n, -2.0, 2.0),
+            rng.vec(n, -3.0, 3.0),
+        );
+        // Each matrix one element in, its rows `gap` elements apart.
+        let spread = |x: &[f32], rows: usize, cols: usize, gap: usize| {
+            let mut out = std::vec![7.0f32; 1 + rows * (cols + gap) + 1];
+            for r in 0..rows {
+                let row = &x[r * cols..][..cols];
+                out[1 + r * (cols + gap)..][..cols].copy_from_slice(row);
+            }
+            out
+        };
+        let (a_buf, b_buf) = (spread(&a, m, kk, 3), spread(&b, kk, n, 1));
+        let a_view = |rows| MatRef::strided(&a_buf[1..], rows, kk, kk + 3).unwrap();
+        let b_view = MatRef::strided(&b_buf[1..], kk, n, n + 1).unwrap();
+        let a16_buf: Vec<Bf16> = a_buf.iter().map(|&x| Bf16::from_f32(x)).collect();
+        let a16 = MatRef::strided(&a16_buf[1..], m, kk, kk + 3).unwrap();
+        let bias_buf: Vec<f32> = [9.0].iter().chain(&bias).copied().collect();
+        let bias_view = &bias_buf[1..];
+        let c_stride = n + 2;
+        let c_len = 1 + m * c_stride;
+        // C's elements are those at 1 + r·stride + j; every other one is
+        // a guard that must keep its value.
+        let in_c = |i: usize| i >= 1 && (i - 1) % c_stride < n && (i - 1) / c_stride < m;
+        let check = |what: &str, c: &[f32], rounded: bool| {
+            let got: Vec<f32> = (0..m * n)
+                .map(|i| c[1 + (i / n) * c_stride + i % n])
+                .collect();
+            assert_bias_product(what, &got, (&a, &b, &bias), (m, n, kk), rounded);
+            for (i, &x) in c.iter().enumerate() {
+                assert!(in_c(i) || x == 5.0, "{what} {m}x{n}x{kk}: guard {i} is {x}");
+            }
+        };
+        let fresh_c = || {
+            let mut c = std::vec![5.0f32; c_len];
+            (0..c_len)
+                .filter(|&i| in_c(i))
+                .for_each(|i| c[i] = f32::NAN);
+            c
+        };
+        for (name, k) in bf16_kernels() {
+            let mut slots = std::vec![0; PackedBf16::len(kk, n).unwrap()];
+            k.pack_bf16(b_view, &mut slots).unwrap();
+            let packed = PackedBf16::new(&slots, kk, n).unwrap();
+            let products: [(&str, &BiasProduct); 3] = [
+                ("f32 operands", &|e, c, ws| {
+                    k.gemm_bf16_bias_with(e, a_view(m), b_view, bias_view, c, ws)
+                        .unwrap()
+                }),
+                ("bf16 A", &|e, c, ws| {
+                    k.gemm_bf16_bias_with(e, a16, b_view, bias_view, c, ws)
+                        .unwrap()
+                }),
+                ("packed B", &|e, c, ws| {
+                    k.gemm_bf16_packed_bias_with(e, a_view(m), packed, bias_view, c, ws)
+                        .unwrap()
+                }),
+            ];
+            for (what, product) in products {
+                let mut c = fresh_c();
+                let mut ws = std::vec![f32::NAN; k.gemm_bf16_workspace_len(m, n, kk)];
+                let c_view = MatMut::strided(&mut c[1..], m, n, c_stride).unwrap();
+                product(&Reversed(2), c_view, &mut ws);
+                check(&format!("{name} {what}"), &c, true);
+            }
+        }
+        let mut f32_kernels = std::vec![("scalar", scalar())];
+        f32_kernels.extend(simd_kernels());
+        for (name, k) in f32_kernels {
+            let mut c = fresh_c();
+            let mut ws = std::vec![f32::NAN; k.gemm_workspace_len(m, n, kk)];
+            let c_view = MatMut::strided(&mut c[1..], m, n, c_stride).unwrap();
+            k.gemm_bias_with(&Reversed(2), a_view(m), b_view, bias_view, c_view, &mut ws)
+                .unwrap();
+            check(&format!("{name} f32"), &c, false);
+        }
+    }
+}
+
 /// `C = A·B + bias` on every unit, f32 and bf16 (as stored, rows on a
 /// line) operands, B packed in the call or beforehand, C streamed past the
 /// caches or not: within the bf16 product's bound of the f64 sum over the

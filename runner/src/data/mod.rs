@@ -214,10 +214,10 @@ impl DataSource {
 
     /// Memory the data holds at its peak beside the model, from sizes
     /// alone, and what holds it: a text read whole and tokenized
-    /// ([`TEXT_BYTES_IN_MEMORY`] a byte), or for evaluation every token
+    /// (5 bytes a byte), or for evaluation every token
     /// of its shards. `None` for shards that training reads a window at a
     /// time, the small embedded corpus, a pipe or a file of untold size
-    /// (bounded as it is read, by [`read_text`]) and a source that cannot
+    /// (bounded as it is read) and a source that cannot
     /// be read (which [`DataSource::check`] refuses).
     pub fn held_in_memory(&self, purpose: Purpose) -> Option<(u64, String)> {
         match (self, purpose) {
