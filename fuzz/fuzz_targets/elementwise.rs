@@ -223,7 +223,10 @@ fn run(u: &mut Unstructured) -> arbitrary::Result<()> {
             scalar.fill(value, &mut want);
             assert!(same_bits(&got, &want), "fill");
             assert!(got.iter().all(|x| x.to_bits() == value.to_bits()), "fill");
-            assert_eq!(k.copy(b, &mut got).is_ok(), scalar.copy(b, &mut want).is_ok());
+            assert_eq!(
+                k.copy(b, &mut got).is_ok(),
+                scalar.copy(b, &mut want).is_ok()
+            );
             assert!(same_bits(&got, &want), "copy");
             if b.len() == a.len() {
                 assert!(same_bits(&got, b), "copy");
