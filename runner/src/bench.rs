@@ -18,9 +18,10 @@ use crate::metrics::{
 };
 use crate::model::{Gpt, KvCache, ModelConfig, Precision};
 use crate::rng::Rng;
-use crate::threads::Threads;
+use crate::threads::{available_cores, Threads};
 use crate::train::optim::{Optimizer, OptimizerSettings};
 use crate::train::{log_step, train_step, BatchBuffers, DataParallel, StepTimes};
+use crate::world::Collective;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -116,6 +117,7 @@ pub fn run(s: &BenchSettings) -> Result<(Vec<BenchRecord>, Vec<GenerateRecord>),
             .precisions
             .iter()
             .map(|&precision| machine_peak(&kernels, pool.count(), precision))
+            .map(|peak| world_peak(world, pool.count(), peak))
             .collect();
         for &t in &s.seq_lens {
             for &k in &kernels {
@@ -315,6 +317,43 @@ fn machine_peak(kernels: &[Kernels], threads: usize, precision: Precision) -> f6
     peak
 }
 
+/// The peak of every rank together, from this rank's `peak` on
+/// `threads` threads: the ranks on one host share its cores, so where
+/// their threads outnumber them (`mpirun --bind-to none` with every rank
+/// on all cores) each counts its share of them. The same on every rank;
+/// `peak` itself in one process.
+fn world_peak(world: &dyn Collective, threads: usize, peak: f64) -> f64 {
+    if world.size() == 1 {
+        return peak;
+    }
+    let mine = threads.clamp(1, available_cores().max(1)) as f64;
+    let on_host = world.host_sum(mine);
+    let host_cores = host_cores() as f64;
+    let share = (host_cores / on_host).min(1.0);
+    if share < 1.0 && world.rank() == 0 {
+        log::warn!(
+            "the ranks on this host run {on_host} threads on its {host_cores} cores: they take turns, and MFU counts the {host_cores} cores"
+        );
+    }
+    let mut total = [peak * share];
+    world.all_reduce_f64(&mut total);
+    total[0]
+}
+
+/// Cores online on this machine, whichever of them this process may run
+/// on (elsewhere than Unix, those it may).
+fn host_cores() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf reads a system setting and touches no memory of
+        // ours.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        usize::try_from(online).unwrap_or(0).max(available_cores())
+    }
+    #[cfg(not(unix))]
+    available_cores()
+}
+
 /// One row of the training table: `s.steps` timed steps of `s.batch`
 /// sequences of `t` tokens on `k` in `precision` on `threads` threads,
 /// after `WARMUP_STEPS` untimed ones.
@@ -382,10 +421,10 @@ fn measure_training(
     shares[6] = (1.0 - shares.iter().sum::<f64>()).max(0.0);
     let median_of = |f: fn(&StepTimes) -> f64| median(timed.iter().map(f).collect());
     let total_ms = median_of(|x| x.total_ms);
-    // Under mpirun: the tokens of every rank, against every rank's peak.
+    // Under mpirun: the tokens of every rank, against every rank's peak
+    // ([`world_peak`]).
     let tokens_per_sec = (s.batch * t * ranks) as f64 / (total_ms / 1e3);
     let gflops = flops_per_token(&cfg, t) * tokens_per_sec / 1e9;
-    let peak = peak * ranks as f64;
     Ok(BenchRecord {
         forward_ms: median_of(|x| x.forward_ms + x.loss_ms),
         backward_ms: median_of(|x| x.backward_ms),

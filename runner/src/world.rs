@@ -19,6 +19,9 @@ pub trait Collective: Sync {
     fn all_reduce_sum(&self, x: &mut [f32]);
     /// Every rank's `x` summed (losses, token counts, hashes).
     fn all_reduce_f64(&self, x: &mut [f64]);
+    /// `x` summed over the ranks on this rank's host (those that share its
+    /// memory), the same on each of them.
+    fn host_sum(&self, x: f64) -> f64;
     /// Rank `root`'s `x` on every rank.
     fn broadcast(&self, root: usize, x: &mut [f32]);
     /// Every rank's `x` summed into rank `root`'s `x`; the other ranks'
@@ -49,6 +52,9 @@ impl Collective for SingleProcess {
     }
     fn all_reduce_sum(&self, _: &mut [f32]) {}
     fn all_reduce_f64(&self, _: &mut [f64]) {}
+    fn host_sum(&self, x: f64) -> f64 {
+        x
+    }
     fn broadcast(&self, _: usize, _: &mut [f32]) {}
     fn reduce_sum_to(&self, _: usize, _: &mut [f32]) {}
     fn gather_to_leader(&self, part: &[f32], parts: &[Range<usize>], whole: &mut [f32]) {
@@ -139,6 +145,13 @@ mod mpi_world {
             let send = x.to_vec();
             self.world
                 .all_reduce_into(&send[..], x, SystemOperation::sum());
+        }
+        fn host_sum(&self, x: f64) -> f64 {
+            // MPI_COMM_TYPE_SHARED: the ranks of one host, freed on drop.
+            let host = self.world.split_shared(self.world.rank());
+            let mut sum = 0.0;
+            host.all_reduce_into(&x, &mut sum, SystemOperation::sum());
+            sum
         }
         fn broadcast(&self, root: usize, x: &mut [f32]) {
             self.world.process_at_rank(root as i32).broadcast_into(x);

@@ -504,4 +504,40 @@ fn bench_under_mpirun_counts_every_ranks_tokens_and_the_communication() {
     assert_eq!(rows[0]["ranks"], 2);
     assert!(rows[0]["communication_ms"].as_f64().unwrap() > 0.0);
     assert!(rows[0]["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    let bound_peak = rows[0]["peak_gflops"].as_f64().unwrap();
+
+    // Two ranks each on every core, with as many threads as there are
+    // cores: the peak counts the host's cores once, not twice.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.to_string();
+    let mut shared = bench.to_vec();
+    let at = shared.iter().position(|&a| a == "--threads").unwrap();
+    shared[at + 1] = &threads;
+    let out = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "--timeout", "120"])
+        .args([
+            "--bind-to",
+            "none",
+            "-np",
+            "2",
+            env!("CARGO_BIN_EXE_runner"),
+        ])
+        .args([&shared[..], &[json.to_str().unwrap()]].concat())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shared_peak = rows[0]["peak_gflops"].as_f64().unwrap();
+    // Against one thread a rank (a core each, where there are two):
+    // the host's cores over 2, with room for a shared machine's noise;
+    // counting every rank's threads would give twice that.
+    let most = bound_peak * cores.max(2) as f64 / 2.0 * 1.4;
+    assert!(
+        shared_peak <= most,
+        "peak {shared_peak} GFLOP/s on {cores} shared cores, against {bound_peak} bound"
+    );
 }

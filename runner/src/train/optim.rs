@@ -397,6 +397,9 @@ mod tests {
         }
         fn all_reduce_sum(&self, _: &mut [f32]) {}
         fn all_reduce_f64(&self, _: &mut [f64]) {}
+        fn host_sum(&self, x: f64) -> f64 {
+            x
+        }
         fn broadcast(&self, _: usize, _: &mut [f32]) {}
         fn reduce_sum_to(&self, _: usize, _: &mut [f32]) {}
         fn gather_to_leader(&self, _: &[f32], _: &[Range<usize>], _: &mut [f32]) {}
