@@ -2,14 +2,26 @@
 //! keep or undo what it made before it ends (`train`'s steps, `prepare`'s
 //! unfinished shards) rather than die half-way. While a [`Catching`]
 //! lives, the first signal is a request and a second ends the process at
-//! once; outside it a signal ends the process as usual. A request, once
+//! once (unless it follows the first within 0.2 s: the same request
+//! sent twice); outside it a signal ends the process as usual. A request, once
 //! made, stays for the life of the process.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, Ordering};
 
 /// The signal caught, or 0.
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+/// When the first signal came, on the monotonic clock (ns).
+#[cfg(unix)]
+static CAUGHT_AT: AtomicU64 = AtomicU64::new(0);
+
+/// A second signal this soon after the first is the same request sent
+/// twice, not a person's second Ctrl-C: GNU `timeout` signals the process
+/// and then its process group, microseconds apart (or more, on a busy
+/// machine).
+#[cfg(unix)]
+const SAME_REQUEST_NS: u64 = 200_000_000;
 
 /// What the first signal prints at once (a leaked line, or null), so
 /// that a user who waits for the work to stop knows it will.
@@ -110,7 +122,12 @@ pub fn end_if_caught() {
 
 #[cfg(unix)]
 extern "C" fn on_signal(signal: libc::c_int) {
-    if CAUGHT.load(Ordering::Relaxed) != 0 {
+    let now = monotonic_ns();
+    if CAUGHT.load(Ordering::Acquire) != 0 {
+        let since = now.saturating_sub(CAUGHT_AT.load(Ordering::Relaxed));
+        if now != 0 && since < SAME_REQUEST_NS {
+            return;
+        }
         end_now(signal);
     }
     // The notice before the request: the work may end on seeing it.
@@ -132,7 +149,27 @@ extern "C" fn on_signal(signal: libc::c_int) {
             *libc::__errno_location() = errno
         };
     }
-    CAUGHT.store(signal, Ordering::Relaxed);
+    CAUGHT_AT.store(now, Ordering::Relaxed);
+    CAUGHT.store(signal, Ordering::Release);
+}
+
+/// The monotonic clock in nanoseconds (0 where it cannot be read: every
+/// second signal then ends the process, as before).
+#[cfg(unix)]
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime is async-signal-safe and writes only the
+    // zeroed `timespec` on this stack.
+    let (read, time) = unsafe {
+        let mut time: libc::timespec = std::mem::zeroed();
+        let read = libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut time);
+        (read, time)
+    };
+    match read {
+        0 => (time.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(time.tv_nsec as u64),
+        _ => 0,
+    }
 }
 
 /// Ends the process by `signal`, as a shell expects of a process it

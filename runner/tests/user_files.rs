@@ -723,20 +723,28 @@ fn folders_and_files_the_user_may_not_use_are_refused_before_any_work() {
     set_mode(&locked, 0o755);
 }
 
-/// Sends SIGTERM (as Ctrl-C) to the process `pid`.
-fn terminate(pid: u32) {
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+/// Sends SIGTERM (as Ctrl-C) to the process `pid`, `times` times 20 ms
+/// apart (as GNU `timeout` does, to the process and then its process
+/// group, when it is held up between the two: sent at once, two signals
+/// mostly arrive as one).
+fn terminate(pid: u32, times: usize) {
+    let kill = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "kill -TERM \"$0\"; for _ in $(seq 2 \"$1\"); do sleep 0.02; kill -TERM \"$0\"; done",
+        ])
+        .args([pid.to_string(), times.to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
 }
 
 /// Starts the runner with `args`, reads its stderr until a line satisfies
-/// `ready`, then sends it SIGTERM; returns the process and the rest of
-/// its stderr to read.
+/// `ready`, then sends it SIGTERM `times` times ([`terminate`]); returns
+/// the process and the rest of its stderr to read.
 fn started_then_terminated(
     args: &[&std::ffi::OsStr],
+    times: usize,
     ready: impl Fn(&str) -> bool,
 ) -> (
     std::process::Child,
@@ -756,7 +764,7 @@ fn started_then_terminated(
         let read = stderr.read_line(&mut line).unwrap();
         assert!(read > 0, "the run ended before it was ready to stop");
     }
-    terminate(child.id());
+    terminate(child.id(), times);
     (child, stderr)
 }
 
@@ -764,11 +772,12 @@ fn started_then_terminated(
 /// and how the process ended.
 fn terminated_once(
     args: &[&std::ffi::OsStr],
+    times: usize,
     ready: impl Fn(&str) -> bool,
 ) -> (String, std::process::ExitStatus) {
     use std::io::Read;
 
-    let (mut child, mut stderr) = started_then_terminated(args, ready);
+    let (mut child, mut stderr) = started_then_terminated(args, times, ready);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     (rest, child.wait().unwrap())
@@ -795,7 +804,7 @@ fn an_interrupted_prepare_leaves_nothing_and_ends_by_the_signal() {
     ];
     // Logged once the signals are caught and the first shard is open.
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).chain(paths).collect();
-    let (rest, status) = terminated_once(&args, |line| line.starts_with("Tokenizing"));
+    let (rest, status) = terminated_once(&args, 1, |line| line.starts_with("Tokenizing"));
     assert_eq!(
         rest.trim(),
         "[warn] stopping: removing the unfinished shards (Ctrl-C again ends the run at once)\n\
@@ -825,7 +834,7 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     let args = [&args[..], &["--precision", "bf16"]].concat();
     let args = [&args[..], &["--plot", plot.to_str().unwrap()]].concat();
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
-    let (rest, status) = terminated_once(&args, |line| {
+    let (rest, status) = terminated_once(&args, 1, |line| {
         let ready = line.contains("Step: 1/100000");
         if ready {
             std::fs::remove_dir(&plots).unwrap();
@@ -869,6 +878,32 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     assert!(log.contains("Training complete - 1 steps"), "{log}");
 }
 
+/// Two SIGTERMs 20 ms apart (GNU `timeout`'s, to the process and then
+/// its group) are one request: `train` stops after the step under way
+/// and saves it, rather than end at once as for a person's second Ctrl-C.
+#[test]
+fn a_signal_sent_twice_is_one_request() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let dir = scratch("train-signalled-twice");
+    let ckpt = dir.join("ck");
+    // Steps of about a second, so that the second signal lands inside one.
+    let args = [
+        "train", "--preset", "shakes", "--batch", "8", "--steps", "1000",
+    ];
+    let args = [
+        &args[..],
+        &["--eval-every", "0", "--save", ckpt.to_str().unwrap()],
+    ]
+    .concat();
+    let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
+    let (rest, status) = terminated_once(&args, 2, |line| line.contains("Step: 1/1000"));
+    assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
+    assert!(rest.contains("Saved checkpoint to"), "{rest}");
+    assert!(rest.contains("error: interrupted after step"), "{rest}");
+    assert!(ckpt.join("model.safetensors").is_file());
+}
+
 /// A second SIGTERM (as a second Ctrl-C) ends `train` at once, by the
 /// signal, in the middle of a step: nothing is saved, no error is printed.
 #[test]
@@ -889,13 +924,16 @@ fn a_second_signal_ends_train_at_once() {
     .concat();
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
     let (mut child, mut stderr) =
-        started_then_terminated(&args, |line| line.contains("Step: 1/1000"));
+        started_then_terminated(&args, 1, |line| line.contains("Step: 1/1000"));
     let mut line = String::new();
     while !line.starts_with("[warn] stopping after the step under way") {
         line.clear();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "no notice");
     }
-    terminate(child.id());
+    // A person's second Ctrl-C, not the first sent twice (see
+    // `interrupt::SAME_REQUEST_NS`).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    terminate(child.id(), 1);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
