@@ -878,6 +878,24 @@ fn an_interrupted_train_saves_its_steps_and_ends_by_the_signal() {
     assert!(log.contains("Training complete - 1 steps"), "{log}");
 }
 
+/// `train` of 1000 steps of about a second (a second signal lands inside
+/// one), saving to `ckpt`.
+fn slow_steps_saved_to(ckpt: &Path) -> Vec<std::ffi::OsString> {
+    let args = [
+        "train", "--preset", "shakes", "--batch", "8", "--steps", "1000",
+    ];
+    let save = [
+        "--eval-every".as_ref(),
+        "0".as_ref(),
+        "--save".as_ref(),
+        ckpt.as_os_str(),
+    ];
+    args.iter()
+        .map(Into::into)
+        .chain(save.map(Into::into))
+        .collect()
+}
+
 /// Two SIGTERMs 20 ms apart (GNU `timeout`'s, to the process and then
 /// its group) are one request: `train` stops after the step under way
 /// and saves it, rather than end at once as for a person's second Ctrl-C.
@@ -887,15 +905,7 @@ fn a_signal_sent_twice_is_one_request() {
 
     let dir = scratch("train-signalled-twice");
     let ckpt = dir.join("ck");
-    // Steps of about a second, so that the second signal lands inside one.
-    let args = [
-        "train", "--preset", "shakes", "--batch", "8", "--steps", "1000",
-    ];
-    let args = [
-        &args[..],
-        &["--eval-every", "0", "--save", ckpt.to_str().unwrap()],
-    ]
-    .concat();
+    let args = slow_steps_saved_to(&ckpt);
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
     let (rest, status) = terminated_once(&args, 2, |line| line.contains("Step: 1/1000"));
     assert_eq!(status.signal(), Some(15), "{status:?}\n{rest}");
@@ -913,15 +923,7 @@ fn a_second_signal_ends_train_at_once() {
 
     let dir = scratch("train-killed");
     let ckpt = dir.join("ck");
-    // Steps of about a second, so that the second signal lands inside one.
-    let args = [
-        "train", "--preset", "shakes", "--batch", "8", "--steps", "1000",
-    ];
-    let args = [
-        &args[..],
-        &["--eval-every", "0", "--save", ckpt.to_str().unwrap()],
-    ]
-    .concat();
+    let args = slow_steps_saved_to(&ckpt);
     let args: Vec<_> = args.iter().map(|a| a.as_ref()).collect();
     let (mut child, mut stderr) =
         started_then_terminated(&args, 1, |line| line.contains("Step: 1/1000"));
