@@ -326,7 +326,7 @@ fn world_peak(world: &dyn Collective, threads: usize, peak: f64) -> f64 {
     if world.size() == 1 {
         return peak;
     }
-    let mine = threads.clamp(1, available_cores().max(1)) as f64;
+    let mine = threads.clamp(1, available_cores()) as f64;
     let on_host = world.host_sum(mine);
     let host_cores = host_cores() as f64;
     let share = (host_cores / on_host).min(1.0);

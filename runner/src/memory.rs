@@ -67,8 +67,9 @@ impl Footprint {
     /// Refuses a run of this footprint, with the bytes its data holds
     /// beside it (and what holds them), that would not fit this machine's
     /// memory (or 32 GiB where it cannot be read), rather than dying in
-    /// the allocator; `what` names the run in the message.
-    pub fn check(&self, what: &str, data: Option<&(u64, String)>) -> Result<(), Error> {
+    /// the allocator; `what` names the run in the message. Returns the
+    /// run's own bytes, which the data may not take.
+    pub fn check(&self, what: &str, data: Option<&(u64, String)>) -> Result<u64, Error> {
         let bytes = self.total_bytes() as u64;
         match data {
             Some((held, data)) => check_fits(
@@ -76,7 +77,8 @@ impl Footprint {
                 &format!("{what}, beside {data}"),
             ),
             None => check_fits(bytes, what),
-        }
+        }?;
+        Ok(bytes)
     }
 
     /// Bytes at the peak, while the run goes on (a checkpoint is read
@@ -220,13 +222,14 @@ fn read_usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens, beside the bytes its `data` holds.
+/// `batch × t` tokens, beside the bytes its `data` holds. Returns the
+/// model's bytes.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
     data: Option<&(u64, String)>,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     Footprint::training(cfg, batch, t, recompute).check(
         &format!("model {cfg} with batch {batch} × {t} tokens"),
         data,

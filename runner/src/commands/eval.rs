@@ -69,10 +69,9 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     }
     let windows_at_most = tokens_at_most.map(|n| n.div_ceil(t));
     let batch = windows_at_most.map_or(1, |w| args.batch.min(w.max(1)));
-    footprint(batch, &format!("batch {batch} × {t} tokens"))?;
+    let model_bytes = footprint(batch, &format!("batch {batch} × {t} tokens"))?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
-    let model_bytes = Footprint::evaluation(&cfg, batch, t).total_bytes();
-    let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size, model_bytes as u64)?;
+    let tokens = source.eval_tokens(cfg.tokenizer, cfg.vocab_size, model_bytes)?;
     if tokens.len() < 2 {
         return Err(too_few_tokens(&source));
     }

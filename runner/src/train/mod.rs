@@ -402,10 +402,11 @@ fn log_start(
     );
 }
 
-/// The run's model shape and window (`b` × `t`), after every check that
-/// needs no data: the settings, the checkpoint's shape and progress, the
-/// memory; so a run that cannot work stops before reading its data.
-fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error> {
+/// The run's model shape, window (`b` × `t`) and bytes of memory, after
+/// every check that needs no data: the settings, the checkpoint's shape
+/// and progress, the memory; so a run that cannot work stops before
+/// reading its data.
+fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize, u64), Error> {
     s.check()?;
     let cfg = run_config(s)?;
     // The resumed state, read once; its errors are reported after the
@@ -466,7 +467,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     }
     cfg.validate()?;
     let data = DataSource::of(s.data.as_deref()).held_in_memory(Purpose::Training);
-    check_memory(&cfg, (b, t), s.recompute, data.as_ref())?;
+    let bytes = check_memory(&cfg, (b, t), s.recompute, data.as_ref())?;
     if let Some(dir) = s
         .save
         .as_ref()
@@ -474,13 +475,13 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize), Error
     {
         checkpoint::check_room(dir, &cfg)?;
     }
-    Ok((cfg, b, t))
+    Ok((cfg, b, t, bytes))
 }
 
 /// Trains a model as `settings` says; returns it with a report.
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
-    let (cfg, b, t) = checked_shape(s)?;
+    let (cfg, b, t, model_bytes) = checked_shape(s)?;
     let threads = Threads::new(s.threads)?;
     // What `--save` held when the run was accepted.
     let seen = s.save.as_deref().and_then(checkpoint::saved_checkpoint);
@@ -498,13 +499,12 @@ pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainRe
     let recorded_data = s.data.as_deref().and_then(rereadable);
     let (mut model, mut optimizer, mut rng, resumed) = start(s, cfg, t, kernels)?;
     let saved = resumed.schedule;
-    let footprint = Footprint::training(&cfg, b, t, s.recompute).total_bytes();
     let mut data = Dataset::load(
         &source,
         cfg.tokenizer,
         cfg.vocab_size,
         (t, val_windows * t + 1),
-        footprint as u64,
+        model_bytes,
     )?;
     let fingerprint = data.fingerprint();
     if let Some(dir) = &s.resume {
