@@ -183,7 +183,13 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
             s.steps
         )));
     }
-    check_memory(&cfg, (s.batch, max_seq_len(s)), s.recompute, None)?;
+    check_memory(
+        &cfg,
+        (s.batch, max_seq_len(s)),
+        s.recompute,
+        max_threads(s),
+        None,
+    )?;
     if s.decoding {
         let bf16 = s.precisions.contains(&Precision::Bf16);
         let precision = if bf16 {
@@ -217,6 +223,10 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
 /// The longest of the benchmarked sequence lengths (checked non-empty).
 fn max_seq_len(s: &BenchSettings) -> usize {
     s.seq_lens.iter().copied().max().unwrap_or(0)
+}
+
+fn max_threads(s: &BenchSettings) -> usize {
+    s.threads.iter().copied().max().unwrap_or(1)
 }
 
 /// Logs what is benchmarked and on what: the model, the CPU and its
@@ -255,9 +265,10 @@ fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
         })
         .collect();
     let memory = format!(
-        "Memory: {} (B = {}, T = {max_t}), KV cache {}",
-        Footprint::training(&cfg, s.batch, max_t, s.recompute),
+        "Memory: {} (B = {}, T = {max_t}, {} thread(s)), KV cache {}",
+        Footprint::training(&cfg, (s.batch, max_t), s.recompute, max_threads(s)),
         s.batch,
+        max_threads(s),
         kv_cache.join(", ")
     );
     info!(

@@ -20,13 +20,21 @@ pub struct Footprint {
     /// Activations and backward scratch of one micro-batch (for decoding,
     /// the KV cache and any bf16 copy of the weights).
     pub activations: usize,
+    /// The buffers of every thread running attention: in training, each
+    /// holds a head's `t × t` probabilities and their gradient.
+    pub thread_buffers: usize,
 }
 
 impl Footprint {
     /// A model of shape `cfg` trained on micro-batches of `batch` ×
-    /// `t` tokens, with or without `recompute` (saturating for absurd
-    /// shapes).
-    pub fn training(cfg: &ModelConfig, batch: usize, t: usize, recompute: bool) -> Footprint {
+    /// `t` tokens, with or without `recompute`, on `threads` threads
+    /// (saturating for absurd shapes).
+    pub fn training(
+        cfg: &ModelConfig,
+        (batch, t): (usize, usize),
+        recompute: bool,
+        threads: usize,
+    ) -> Footprint {
         let n = cfg.param_floats();
         Footprint {
             parameters: n,
@@ -34,16 +42,19 @@ impl Footprint {
             optimizer_state: Optimizer::state_floats(n),
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
+            thread_buffers: Gpt::thread_floats(cfg, t, true).saturating_mul(threads),
         }
     }
 
     /// Evaluating a model of shape `cfg` on batches of `batch` × `t`
-    /// tokens: no gradients, no optimizer state.
-    pub fn evaluation(cfg: &ModelConfig, batch: usize, t: usize) -> Footprint {
+    /// tokens on `threads` threads: no gradients, no optimizer state, no
+    /// backward pass.
+    pub fn evaluation(cfg: &ModelConfig, batch: usize, t: usize, threads: usize) -> Footprint {
         Footprint {
             gradients: 0,
             optimizer_state: 0,
-            ..Footprint::training(cfg, batch, t, false)
+            thread_buffers: Gpt::thread_floats(cfg, t, false).saturating_mul(threads),
+            ..Footprint::training(cfg, (batch, t), false, threads)
         }
     }
 
@@ -61,6 +72,7 @@ impl Footprint {
             optimizer_state: 0,
             optimizer_ranks: 1,
             activations: KvCache::floats(cfg).saturating_add(packed),
+            thread_buffers: 0,
         }
     }
 
@@ -89,6 +101,7 @@ impl Footprint {
             self.gradients,
             self.optimizer_state,
             self.activations,
+            self.thread_buffers,
         ]
         .iter()
         .fold(0usize, |sum, &n| sum.saturating_add(n))
@@ -105,11 +118,12 @@ impl std::fmt::Display for Footprint {
         };
         write!(
             f,
-            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB",
+            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB, attention's thread buffers {:.1} MiB",
             mib(4.0 * self.parameters as f64),
             mib(4.0 * self.gradients as f64),
             mib(4.0 * self.optimizer_state as f64),
-            mib(4.0 * self.activations as f64)
+            mib(4.0 * self.activations as f64),
+            mib(4.0 * self.thread_buffers as f64)
         )
     }
 }
@@ -222,16 +236,17 @@ fn read_usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens, beside the bytes its `data` holds. Returns the
-/// model's bytes.
+/// `batch × t` tokens and `threads` threads, beside the bytes its `data`
+/// holds. Returns the model's bytes.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
+    threads: usize,
     data: Option<&(u64, String)>,
 ) -> Result<u64, Error> {
-    Footprint::training(cfg, batch, t, recompute).check(
-        &format!("model {cfg} with batch {batch} × {t} tokens"),
+    Footprint::training(cfg, (batch, t), recompute, threads).check(
+        &format!("model {cfg} with batch {batch} × {t} tokens on {threads} thread(s)"),
         data,
     )
 }
@@ -244,7 +259,7 @@ mod tests {
     #[test]
     fn the_footprint_is_what_a_training_step_allocates() {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
-        let f = Footprint::training(&cfg, 3, cfg.block_size, false);
+        let f = Footprint::training(&cfg, (3, cfg.block_size), false, 2);
         assert_eq!(f.parameters, cfg.param_floats());
         assert_eq!(f.optimizer_state, 2 * cfg.param_floats());
         let b = 3;
@@ -255,6 +270,11 @@ mod tests {
         let acts = (l + 1) * bt * c + l * bt * (17 * c + 4) + bt * (c + 3 + v);
         let scratch = bt * (v + 17 * c);
         assert_eq!(f.activations, acts + scratch);
+        // Each thread's attention buffers: the backward pass's `t × t`.
+        assert!(f.thread_buffers >= 2 * 2 * t * t);
+        let alone = Footprint::training(&cfg, (3, t), false, 1).thread_buffers;
+        assert_eq!(f.thread_buffers, 2 * alone);
+        assert!(Footprint::evaluation(&cfg, 3, t, 1).thread_buffers < alone);
     }
 
     /// The model and its data are refused together where each alone
@@ -269,6 +289,7 @@ mod tests {
             optimizer_state: 0,
             optimizer_ranks: 1,
             activations: 0,
+            thread_buffers: 0,
         };
         let data = (usable / 2 + 1, "the tokens".to_string());
         model.check("the model", None).unwrap();
@@ -290,10 +311,11 @@ mod tests {
         assert_eq!(decoding.total_bytes(), running);
         let bf16 = Footprint::decoding(&cfg, Precision::Bf16).total_bytes();
         assert_eq!(bf16, running + 4 * Gpt::packed_floats(&cfg));
-        let training = Footprint::training(&cfg, 1, 1, false);
+        let training = Footprint::training(&cfg, (1, 1), false, 1);
         let acts = Gpt::activation_floats(&cfg, 1, 1, false);
-        assert_eq!(training.total_bytes(), 4 * (4 * n + acts));
-        assert_eq!(Footprint::evaluation(&cfg, 1, 1).gradients, 0);
+        let buffers = Gpt::thread_floats(&cfg, 1, true);
+        assert_eq!(training.total_bytes(), 4 * (4 * n + acts + buffers));
+        assert_eq!(Footprint::evaluation(&cfg, 1, 1, 1).gradients, 0);
     }
 
     #[test]
@@ -314,9 +336,9 @@ mod tests {
             channels: 1,
         };
         assert_eq!(
-            Footprint::training(&cfg, 1 << 20, 1 << 16, false).total_bytes(),
+            Footprint::training(&cfg, (1 << 20, 1 << 16), false, 1).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, None).is_err());
+        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, 1, None).is_err());
     }
 }

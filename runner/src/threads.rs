@@ -231,11 +231,17 @@ impl Threads {
         }
     }
 
+    /// The threads a run asked for `count` gets: all cores for `None`
+    /// (one without the `parallel` feature).
+    pub fn resolved(count: Option<usize>) -> usize {
+        count.unwrap_or_else(Threads::default_count)
+    }
+
     /// The warning `count` threads earn (`None` for all cores) where they
     /// pass the cores here: the command logs it once it has accepted its
     /// input.
     pub fn oversubscribed(count: Option<usize>) -> Option<String> {
-        let count = count.unwrap_or_else(Threads::default_count);
+        let count = Threads::resolved(count);
         let cores = available_cores();
         (count > cores).then(|| {
             format!("--threads {count} is more than the {cores} cores here: the threads will take turns, slower than {cores}")
@@ -245,7 +251,7 @@ impl Threads {
     /// `count` threads, or for `None` all cores (one without the
     /// `parallel` feature); see [`Threads::oversubscribed`].
     pub fn new(count: Option<usize>) -> Result<Threads, Error> {
-        let count = count.unwrap_or_else(Threads::default_count);
+        let count = Threads::resolved(count);
         if count == 0 {
             return Err(Error::Config("--threads must be at least 1".into()));
         }

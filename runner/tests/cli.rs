@@ -181,6 +181,24 @@ fn bad_data_files_are_one_clear_error() {
     );
 }
 
+/// Training a long block holds, on each thread, a head's `t × t`
+/// probabilities and their gradient: 2 GiB at T 16384, past 1 GiB of
+/// address space though the activations (about 150 MiB) fit. Refused
+/// before the run, not ended by the allocator midway through its step.
+#[test]
+fn attentions_buffers_count_in_the_memory_check() {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" train -q --preset tiny --block-size 16384 --batch 1 --steps 1 --threads 1")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .output()
+        .unwrap();
+    assert_clear_error(
+        &out,
+        "on 1 thread(s)); this process may still map (ulimit -v) ",
+    );
+}
+
 #[test]
 fn bad_configurations_are_one_clear_error() {
     let cases: [(&[&str], &str); 9] = [

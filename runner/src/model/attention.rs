@@ -622,7 +622,107 @@ thread_local! {
     static HEAD_SLOTS: RefCell<[Arena; 7]> = RefCell::new(Default::default());
 }
 
+/// Floats of the slot buffers (`HEAD_SLOTS`) that each thread running
+/// attention's heads grows to, for heads of `t` positions in a model of
+/// `c` channels and `nh` heads (saturating): a part of a head copied or
+/// packed per slot and a block of probabilities, and in the backward pass
+/// a head's whole `t × t` probabilities and their gradient.
+pub fn thread_floats((t, c, nh): (usize, usize, usize), backward: bool) -> usize {
+    let hs = c / nh.max(1);
+    let packed = |k, n| PackedBf16::len(k, n).unwrap_or(usize::MAX);
+    // A part's rows as they are, transposed, or packed either way (and
+    // the first slot holds a row of `c` in the bf16 gather).
+    let part = t
+        .saturating_mul(hs)
+        .max(packed(t, hs))
+        .max(packed(hs, t))
+        .max(c);
+    let block = QUERY_BLOCK.saturating_mul(t).max(part);
+    match backward {
+        false => part.saturating_mul(2).saturating_add(block),
+        true => part
+            .saturating_mul(4)
+            .saturating_add(block)
+            .saturating_add(t.saturating_mul(t).saturating_mul(2)),
+    }
+}
+
 /// Runs `f` with this thread's slot buffers.
 fn with_head_slots<R>(f: impl FnOnce(&mut [Arena; 7]) -> Result<R, Error>) -> Result<R, Error> {
     HEAD_SLOTS.with(|slots| f(&mut slots.borrow_mut()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels::Backend;
+
+    /// The floats a fresh thread's slots hold after a forward pass, and
+    /// after a backward pass too.
+    fn slots_grown(k: Kernels, precision: Precision, [b, t, c, nh]: [usize; 4]) -> [usize; 2] {
+        std::thread::spawn(move || {
+            let held = || with_head_slots(|slots| Ok(slots.iter().map(|s| s.len()).sum())).unwrap();
+            let mut ctx = Context::new(k);
+            ctx.precision = precision;
+            let qkv: Vec<f32> = (0..b * t * 3 * c).map(|i| (i % 7) as f32 * 0.1).collect();
+            let mut out = vec![f32::NAN; b * t * c];
+            let mut per_head = vec![f32::NAN; b * t * 3 * c];
+            let causal = Attention::Causal {
+                b,
+                t,
+                per_head: &mut per_head,
+            };
+            attention_forward(&mut ctx, &mut out[..], &qkv[..], c, nh, causal).unwrap();
+            let forward = held();
+            let mut dqkv = vec![f32::NAN; b * t * 3 * c];
+            let (dbias, dout) = (&mut vec![0.0; 3 * c], &out[..]);
+            attention_backward(
+                &mut ctx,
+                &mut dqkv[..],
+                dbias,
+                &mut per_head,
+                dout,
+                &qkv[..],
+                b,
+                t,
+                c,
+                nh,
+            )
+            .unwrap();
+            [forward, held()]
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// What the memory check counts for each thread bounds what its
+    /// slots grow to, in both precisions, on heads narrower and wider
+    /// than a query block and on sequences shorter than one; in training
+    /// it holds the `t × t` buffers.
+    #[test]
+    fn thread_floats_bound_what_the_slots_grow_to() {
+        let mut units = vec![Kernels::new(Backend::Scalar).unwrap()];
+        units.extend(Kernels::new(Backend::detected()));
+        for k in units {
+            for precision in [Precision::F32, Precision::Bf16] {
+                for shape @ [_, t, c, nh] in [[2, 150, 16, 2], [1, 70, 64, 1], [2, 3, 96, 12]] {
+                    let [forward, backward] = slots_grown(k, precision, shape);
+                    let what = format!("{} {precision:?} {shape:?}", k.backend());
+                    assert!(
+                        forward <= thread_floats((t, c, nh), false),
+                        "{what}: {forward}"
+                    );
+                    let counted = thread_floats((t, c, nh), true);
+                    assert!(backward <= counted, "{what}: {backward} > {counted}");
+                    assert!(backward >= 2 * t * t, "{what}");
+                    // Past a query block, the count is within twice the
+                    // buffers the thread grew.
+                    assert!(
+                        t < QUERY_BLOCK || counted <= 2 * backward,
+                        "{what}: {counted}"
+                    );
+                }
+            }
+        }
+    }
 }

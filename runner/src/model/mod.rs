@@ -171,6 +171,13 @@ impl Gpt {
             .saturating_add(Scratch::sizes(cfg, b, t, recompute).total())
     }
 
+    /// Floats of the buffers each thread running attention holds for
+    /// sequences of `t` positions of a model of shape `cfg`, with the
+    /// `backward` pass or without (saturating).
+    pub fn thread_floats(cfg: &ModelConfig, t: usize, backward: bool) -> usize {
+        attention::thread_floats((t, cfg.channels, cfg.heads), backward)
+    }
+
     /// With `true`, training keeps only the activations that are costly to
     /// recompute (a block's LayerNorm outputs and GELU output are
     /// recomputed by the backward pass, one layer at a time): less memory

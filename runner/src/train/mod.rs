@@ -381,7 +381,7 @@ fn log_start(
         // What this rank holds: its share when the ranks share the state.
         optimizer_state: Optimizer::state_floats(optimizer.owned().len()),
         optimizer_ranks: optimizer.shards().len(),
-        ..Footprint::training(&cfg, s.batch, t, s.recompute)
+        ..Footprint::training(&cfg, (s.batch, t), s.recompute, threads)
     };
     info!(
         "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {footprint}{start}",
@@ -467,7 +467,8 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize, u64), 
     }
     cfg.validate()?;
     let data = DataSource::of(s.data.as_deref()).held_in_memory(Purpose::Training);
-    let bytes = check_memory(&cfg, (b, t), s.recompute, data.as_ref())?;
+    let threads = Threads::resolved(s.threads);
+    let bytes = check_memory(&cfg, (b, t), s.recompute, threads, data.as_ref())?;
     if let Some(dir) = s
         .save
         .as_ref()
