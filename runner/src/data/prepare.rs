@@ -53,6 +53,8 @@ pub fn prepare(
 ) -> Result<PrepareReport, Error> {
     let start = Instant::now();
     let mut total = 0;
+    // A file of the kernel's (`/proc`) says 0 bytes and holds some.
+    let mut sizes_known = true;
     let mut seen = std::collections::HashSet::new();
     // Warned of once the run is accepted: a refused run prints its error
     // line alone.
@@ -73,8 +75,11 @@ pub fn prepare(
         if !meta.is_file() {
             return refuse("not a regular file");
         }
-        if meta.len() == 0 && !super::has_a_byte(input)? {
-            return refuse("the file is empty");
+        if meta.len() == 0 {
+            if !super::has_a_byte(input)? {
+                return refuse("the file is empty");
+            }
+            sizes_known = false;
         }
         File::open(input).map_err(|e| Error::io(input, e))?;
         super::check_not_a_shard(input, "it is tokenized already; train on it with --data")?;
@@ -94,14 +99,15 @@ pub fn prepare(
     }
     // A token is at least one byte, plus an end-of-text per input where
     // the tokenizer has one: at most this many tokens (exactly, for bytes),
-    // so a --val-tokens that takes them all is refused before any is made.
+    // so a --val-tokens that takes them all is refused before any is made
+    // (where the sizes are known; else once the tokens are counted).
     let ends = if s.tokenizer.end_of_text().is_some() {
         s.inputs.len()
     } else {
         0
     };
     let most = total.saturating_add(ends as u64);
-    if s.val_tokens as u64 >= most {
+    if sizes_known && s.val_tokens as u64 >= most {
         return Err(Error::Config(format!(
             "the inputs give at most {most} tokens, none left for training after the {} of validation; lower --val-tokens",
             s.val_tokens
@@ -364,6 +370,38 @@ mod tests {
             assert!(err.contains("MiB is free in"), "{err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A kernel's file (`/proc`) says 0 bytes but holds some: it is read,
+    /// and --val-tokens is checked against its tokens, not its size.
+    #[test]
+    fn a_file_that_says_it_is_empty_but_is_not_is_read() {
+        let input = PathBuf::from("/proc/self/status");
+        if !std::fs::metadata(&input).is_ok_and(|m| m.len() == 0) {
+            println!("skipped: no /proc/self/status of size 0 here");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("runner-prepare-proc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = |val_tokens| PrepareSettings {
+            tokenizer: Tokenizer::Byte,
+            inputs: vec![input.clone()],
+            output: dir.clone(),
+            name: "status".into(),
+            val_tokens,
+            shard_tokens: 1 << 20,
+            chunk_bytes: 1 << 20,
+        };
+        let done = prepare(&settings(10), |_| {}, |_| Ok(())).unwrap();
+        assert!(done.tokens > 10, "{}", done.tokens);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let Err(err) = prepare(&settings(1 << 20), |_| {}, |_| Ok(())) else {
+            panic!("all tokens taken for validation, and accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("tokens, none left for training"), "{err}");
+        assert!(!err.contains("at most"), "{err}");
+        assert!(!dir.exists());
     }
 
     #[test]
