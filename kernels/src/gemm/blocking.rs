@@ -357,8 +357,10 @@ impl Blocking {
         let sets = (self.l1_way / 4 / LINE).clamp(1, MAX_SETS);
         let mut count = [0usize; MAX_SETS];
         let (mut most, mut last_line) = (0, None);
+        // Saturating: the strides are the caller's, bounded here only by
+        // the operand's length, which these counts need not rely on.
         for r in 0..runs {
-            let start = r * stride;
+            let start = r.saturating_mul(stride);
             let first = start / LINE;
             // A run that shares its first line with the run before it
             // (runs fewer than 16 floats apart) does not add that line.
@@ -367,7 +369,7 @@ impl Blocking {
             } else {
                 first
             };
-            let last = (start + run_len - 1) / LINE;
+            let last = start.saturating_add(run_len - 1) / LINE;
             for line in first..=last {
                 let set = &mut count[line % sets];
                 *set += 1;
