@@ -16,7 +16,7 @@ use crate::metrics::{
     measure_peak_gflops, mib, peak_rss_bytes, write_records, BenchRecord, GenerateRecord, Record,
     RunShape,
 };
-use crate::model::{Gpt, KvCache, ModelConfig, Precision};
+use crate::model::{Gpt, KvCache, ModelConfig, Multiplier, Precision};
 use crate::rng::Rng;
 use crate::threads::{available_cores, Threads};
 use crate::train::optim::{Optimizer, OptimizerSettings};
@@ -183,31 +183,22 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
             s.steps
         )));
     }
-    check_memory(
-        &cfg,
-        (s.batch, max_seq_len(s)),
-        s.recompute,
-        max_threads(s),
-        None,
-    )?;
+    let kernels: Vec<Kernels> = s
+        .backends
+        .iter()
+        .map(|&b| Kernels::new(b))
+        .collect::<Result<_, _>>()?;
+    let mms = multipliers(s, &kernels);
+    let (t, threads) = (max_seq_len(s), max_threads(s));
+    check_memory(&cfg, (s.batch, t), s.recompute, (threads, &mms), None)?;
     if s.decoding {
-        let bf16 = s.precisions.contains(&Precision::Bf16);
-        let precision = if bf16 {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        };
-        Footprint::decoding(&cfg, precision).check(&format!("decoding with model {cfg}"), None)?;
+        let decoding = mms.iter().map(|&mm| Footprint::decoding(&cfg, mm));
+        Footprint::largest(decoding).check(&format!("decoding with model {cfg}"), None)?;
     }
     let pools = s
         .threads
         .iter()
         .map(|&threads| Threads::new(Some(threads)))
-        .collect::<Result<_, _>>()?;
-    let kernels = s
-        .backends
-        .iter()
-        .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
     if let Some(warning) = s
         .threads
@@ -227,6 +218,16 @@ fn max_seq_len(s: &BenchSettings) -> usize {
 
 fn max_threads(s: &BenchSettings) -> usize {
     s.threads.iter().copied().max().unwrap_or(1)
+}
+
+/// Every backend in every precision benchmarked.
+fn multipliers(s: &BenchSettings, kernels: &[Kernels]) -> Vec<Multiplier> {
+    let each = |&kernels| {
+        s.precisions
+            .iter()
+            .map(move |&precision| Multiplier { kernels, precision })
+    };
+    kernels.iter().flat_map(each).collect()
 }
 
 /// Logs what is benchmarked and on what: the model, the CPU and its
@@ -264,11 +265,13 @@ fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
             )
         })
         .collect();
+    let threads = max_threads(s);
+    let training =
+        |&mm: &Multiplier| Footprint::training(&cfg, (s.batch, max_t), s.recompute, (threads, mm));
     let memory = format!(
-        "Memory: {} (B = {}, T = {max_t}, {} thread(s)), KV cache {}",
-        Footprint::training(&cfg, (s.batch, max_t), s.recompute, max_threads(s)),
+        "Memory, at most: {} (B = {}, T = {max_t}, {threads} thread(s)), KV cache {}",
+        Footprint::largest(multipliers(s, kernels).iter().map(training)),
         s.batch,
-        max_threads(s),
         kv_cache.join(", ")
     );
     info!(

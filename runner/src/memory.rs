@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use crate::metrics::{gib, mapped_bytes, mib, physical_memory_bytes};
-use crate::model::{Gpt, KvCache, ModelConfig, Precision};
+use crate::model::{Gpt, KvCache, ModelConfig, Multiplier, Precision};
 
 use crate::train::optim::Optimizer;
 
@@ -20,6 +20,9 @@ pub struct Footprint {
     /// Activations and backward scratch of one micro-batch (for decoding,
     /// the KV cache and any bf16 copy of the weights).
     pub activations: usize,
+    /// The workspace the model's products share (a product's operands
+    /// packed; rounded copies of them in bf16 without a bf16 unit).
+    pub workspace: usize,
     /// The buffers of every thread running attention: in training, each
     /// holds a head's `t × t` probabilities and their gradient.
     pub thread_buffers: usize,
@@ -27,13 +30,13 @@ pub struct Footprint {
 
 impl Footprint {
     /// A model of shape `cfg` trained on micro-batches of `batch` ×
-    /// `t` tokens, with or without `recompute`, on `threads` threads
-    /// (saturating for absurd shapes).
+    /// `t` tokens, with or without `recompute`, on `threads` threads with
+    /// products in `mm` (saturating for absurd shapes).
     pub fn training(
         cfg: &ModelConfig,
         (batch, t): (usize, usize),
         recompute: bool,
-        threads: usize,
+        (threads, mm): (usize, Multiplier),
     ) -> Footprint {
         let n = cfg.param_floats();
         Footprint {
@@ -42,27 +45,33 @@ impl Footprint {
             optimizer_state: Optimizer::state_floats(n),
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
-            thread_buffers: Gpt::thread_floats(cfg, t, true).saturating_mul(threads),
+            workspace: Gpt::workspace_floats(cfg, mm, batch.saturating_mul(t), true),
+            thread_buffers: Gpt::thread_floats(cfg, mm, t, true).saturating_mul(threads),
         }
     }
 
     /// Evaluating a model of shape `cfg` on batches of `batch` × `t`
-    /// tokens on `threads` threads: no gradients, no optimizer state, no
-    /// backward pass.
-    pub fn evaluation(cfg: &ModelConfig, batch: usize, t: usize, threads: usize) -> Footprint {
+    /// tokens on `threads` threads with products in `mm`: no gradients, no
+    /// optimizer state, no backward pass.
+    pub fn evaluation(
+        cfg: &ModelConfig,
+        (batch, t): (usize, usize),
+        (threads, mm): (usize, Multiplier),
+    ) -> Footprint {
         Footprint {
             gradients: 0,
             optimizer_state: 0,
-            thread_buffers: Gpt::thread_floats(cfg, t, false).saturating_mul(threads),
-            ..Footprint::training(cfg, (batch, t), false, threads)
+            workspace: Gpt::workspace_floats(cfg, mm, batch.saturating_mul(t), false),
+            thread_buffers: Gpt::thread_floats(cfg, mm, t, false).saturating_mul(threads),
+            ..Footprint::training(cfg, (batch, t), false, (threads, mm))
         }
     }
 
-    /// Decoding with a model of shape `cfg` in `precision`: its parameters,
-    /// a KV cache of a whole block and, in bf16, the weights packed in
-    /// bf16.
-    pub fn decoding(cfg: &ModelConfig, precision: Precision) -> Footprint {
-        let packed = match precision {
+    /// Decoding with a model of shape `cfg` with products in `mm`: its
+    /// parameters, a KV cache of a whole block, the products' workspace
+    /// and, in bf16, the weights packed in bf16.
+    pub fn decoding(cfg: &ModelConfig, mm: Multiplier) -> Footprint {
+        let packed = match mm.precision {
             Precision::F32 => 0,
             Precision::Bf16 => Gpt::packed_floats(cfg),
         };
@@ -72,6 +81,7 @@ impl Footprint {
             optimizer_state: 0,
             optimizer_ranks: 1,
             activations: KvCache::floats(cfg).saturating_add(packed),
+            workspace: Gpt::decoding_workspace_floats(cfg, mm),
             thread_buffers: 0,
         }
     }
@@ -93,6 +103,23 @@ impl Footprint {
         Ok(bytes)
     }
 
+    /// The largest of `footprints` (in bytes; all zeros for none).
+    pub fn largest(footprints: impl IntoIterator<Item = Footprint>) -> Footprint {
+        let none = Footprint {
+            parameters: 0,
+            gradients: 0,
+            optimizer_state: 0,
+            optimizer_ranks: 1,
+            activations: 0,
+            workspace: 0,
+            thread_buffers: 0,
+        };
+        footprints
+            .into_iter()
+            .max_by_key(Footprint::total_bytes)
+            .unwrap_or(none)
+    }
+
     /// Bytes at the peak, while the run goes on (a checkpoint is read
     /// tensor by tensor into the parameters, a few MiB at a time).
     pub fn total_bytes(&self) -> usize {
@@ -101,6 +128,7 @@ impl Footprint {
             self.gradients,
             self.optimizer_state,
             self.activations,
+            self.workspace,
             self.thread_buffers,
         ]
         .iter()
@@ -118,11 +146,12 @@ impl std::fmt::Display for Footprint {
         };
         write!(
             f,
-            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB, attention's thread buffers {:.1} MiB",
+            "parameters {:.1} MiB, gradients {:.1} MiB, optimizer state {:.1} MiB{share}, activations {:.1} MiB, products' workspace {:.1} MiB, attention's thread buffers {:.1} MiB",
             mib(4.0 * self.parameters as f64),
             mib(4.0 * self.gradients as f64),
             mib(4.0 * self.optimizer_state as f64),
             mib(4.0 * self.activations as f64),
+            mib(4.0 * self.workspace as f64),
             mib(4.0 * self.thread_buffers as f64)
         )
     }
@@ -236,16 +265,19 @@ fn read_usable_bytes() -> (u64, &'static str) {
 
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
-/// `batch × t` tokens and `threads` threads, beside the bytes its `data`
-/// holds. Returns the model's bytes.
+/// `batch × t` tokens and `threads` threads with products in any of `mms`
+/// (the largest counts), beside the bytes its `data` holds. Returns the
+/// model's bytes.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
-    threads: usize,
+    (threads, mms): (usize, &[Multiplier]),
     data: Option<&(u64, String)>,
 ) -> Result<u64, Error> {
-    Footprint::training(cfg, (batch, t), recompute, threads).check(
+    let training =
+        |&mm: &Multiplier| Footprint::training(cfg, (batch, t), recompute, (threads, mm));
+    Footprint::largest(mms.iter().map(training)).check(
         &format!("model {cfg} with batch {batch} × {t} tokens on {threads} thread(s)"),
         data,
     )
@@ -255,11 +287,20 @@ pub fn check_memory(
 mod tests {
     use super::*;
     use crate::model::Preset;
+    use kernels::{Backend, Kernels};
+
+    fn products(precision: Precision) -> Multiplier {
+        Multiplier {
+            kernels: Kernels::new(Backend::Scalar).unwrap(),
+            precision,
+        }
+    }
 
     #[test]
     fn the_footprint_is_what_a_training_step_allocates() {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
-        let f = Footprint::training(&cfg, (3, cfg.block_size), false, 2);
+        let f32s = products(Precision::F32);
+        let f = Footprint::training(&cfg, (3, cfg.block_size), false, (2, f32s));
         assert_eq!(f.parameters, cfg.param_floats());
         assert_eq!(f.optimizer_state, 2 * cfg.param_floats());
         let b = 3;
@@ -272,9 +313,16 @@ mod tests {
         assert_eq!(f.activations, acts + scratch);
         // Each thread's attention buffers: the backward pass's `t × t`.
         assert!(f.thread_buffers >= 2 * 2 * t * t);
-        let alone = Footprint::training(&cfg, (3, t), false, 1).thread_buffers;
-        assert_eq!(f.thread_buffers, 2 * alone);
-        assert!(Footprint::evaluation(&cfg, 3, t, 1).thread_buffers < alone);
+        let alone = Footprint::training(&cfg, (3, t), false, (1, f32s));
+        assert_eq!(f.thread_buffers, 2 * alone.thread_buffers);
+        let evaluation = Footprint::evaluation(&cfg, (3, t), (1, f32s));
+        assert!(evaluation.thread_buffers < alone.thread_buffers);
+        // The LM head's input gradient packs its whole A (`bt × v`, the
+        // vocabulary at most a pass deep) in f32; without a bf16 unit a
+        // bf16 product also rounds copies of A, B and C.
+        assert!(f.workspace >= bt * v, "{}", f.workspace);
+        let bf16 = Footprint::training(&cfg, (3, t), false, (1, products(Precision::Bf16)));
+        assert!(bf16.workspace >= f.workspace + bt * v, "{}", bf16.workspace);
     }
 
     /// The model and its data are refused together where each alone
@@ -285,11 +333,7 @@ mod tests {
         let half = usize::try_from(usable / 2).unwrap();
         let model = Footprint {
             parameters: half / 4 + 1,
-            gradients: 0,
-            optimizer_state: 0,
-            optimizer_ranks: 1,
-            activations: 0,
-            thread_buffers: 0,
+            ..Footprint::largest([])
         };
         let data = (usable / 2 + 1, "the tokens".to_string());
         model.check("the model", None).unwrap();
@@ -305,17 +349,26 @@ mod tests {
     fn only_training_holds_gradients_and_bf16_decoding_holds_packed_weights() {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
         let n = cfg.param_floats();
-        let decoding = Footprint::decoding(&cfg, Precision::F32);
+        let f32s = products(Precision::F32);
+        let decoding = Footprint::decoding(&cfg, f32s);
         assert_eq!(decoding.gradients, 0);
-        let running = 4 * (n + KvCache::floats(&cfg));
+        let workspace = Gpt::decoding_workspace_floats(&cfg, f32s);
+        let running = 4 * (n + KvCache::floats(&cfg) + workspace);
         assert_eq!(decoding.total_bytes(), running);
-        let bf16 = Footprint::decoding(&cfg, Precision::Bf16).total_bytes();
-        assert_eq!(bf16, running + 4 * Gpt::packed_floats(&cfg));
-        let training = Footprint::training(&cfg, (1, 1), false, 1);
+        let bf16s = products(Precision::Bf16);
+        let bf16 = Footprint::decoding(&cfg, bf16s).total_bytes();
+        let bf16_workspace = Gpt::decoding_workspace_floats(&cfg, bf16s);
+        let packed = Gpt::packed_floats(&cfg);
+        assert_eq!(bf16, running + 4 * (packed + bf16_workspace - workspace));
+        let training = Footprint::training(&cfg, (1, 1), false, (1, f32s));
         let acts = Gpt::activation_floats(&cfg, 1, 1, false);
-        let buffers = Gpt::thread_floats(&cfg, 1, true);
-        assert_eq!(training.total_bytes(), 4 * (4 * n + acts + buffers));
-        assert_eq!(Footprint::evaluation(&cfg, 1, 1, 1).gradients, 0);
+        let buffers = Gpt::thread_floats(&cfg, f32s, 1, true);
+        let workspace = Gpt::workspace_floats(&cfg, f32s, 1, true);
+        assert_eq!(
+            training.total_bytes(),
+            4 * (4 * n + acts + buffers + workspace)
+        );
+        assert_eq!(Footprint::evaluation(&cfg, (1, 1), (1, f32s)).gradients, 0);
     }
 
     #[test]
@@ -335,10 +388,12 @@ mod tests {
             heads: 1,
             channels: 1,
         };
+        let f32s = products(Precision::F32);
         assert_eq!(
-            Footprint::training(&cfg, (1 << 20, 1 << 16), false, 1).total_bytes(),
+            Footprint::training(&cfg, (1 << 20, 1 << 16), false, (1, f32s)).total_bytes(),
             usize::MAX
         );
-        assert!(check_memory(&cfg, (1 << 20, 1 << 16), true, 1, None).is_err());
+        let (shape, threads) = ((1 << 20, 1 << 16), (1, &[f32s][..]));
+        assert!(check_memory(&cfg, shape, true, threads, None).is_err());
     }
 }

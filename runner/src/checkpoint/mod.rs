@@ -414,6 +414,18 @@ pub fn load_run(dir: &Path, params: usize) -> Result<TrainingState<Vec<f32>>, Er
     run_state::read(dir, TRAINING_FILE, params)
 }
 
+/// [`load_run`] with the moments of parameters `share` read into
+/// `moments` (first, second) and no others; returns the rest of the
+/// state.
+pub fn load_run_into(
+    dir: &Path,
+    params: usize,
+    share: std::ops::Range<usize>,
+    moments: (&mut [f32], &mut [f32]),
+) -> Result<Progress, Error> {
+    run_state::read_into(dir, TRAINING_FILE, params, share, moments)
+}
+
 /// Refuses to resume the state in `dir` with `model` (loaded from `dir`)
 /// unless it was saved with these weights: a `training.safetensors` from
 /// another save beside this `model.safetensors` would continue with the

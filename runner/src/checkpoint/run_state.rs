@@ -3,6 +3,7 @@
 //! run, so that a resumed run can tell whether it continues the same one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -175,16 +176,37 @@ pub fn write(
 /// The state in the `file` of the checkpoint `dir` for a model of
 /// `params` parameters, refusing moments that would poison AdamW.
 pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f32>>, Error> {
-    let mut tensors = TensorFile::open(dir, file, MOMENTS.len())?;
-    let bad = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
+    let (mut m, mut v) = (vec![0.0; params], vec![0.0; params]);
     let Progress {
         step,
         rng_state,
         schedule,
         data_path,
         ..
-    } = Progress::of(&tensors.metadata()).map_err(bad)?;
-    // Both checked before either is allocated.
+    } = read_into(dir, file, params, 0..params, (&mut m, &mut v))?;
+    Ok(TrainingState {
+        step,
+        rng_state,
+        moments: (m, v),
+        schedule,
+        data_path,
+    })
+}
+
+/// [`read`] with the moments of parameters `share` read into `moments`
+/// (first, second; `share.len()` each) and no others, so that a resumed
+/// run holds no second copy of them; returns the rest of the state.
+pub fn read_into(
+    dir: &Path,
+    file: &str,
+    params: usize,
+    share: Range<usize>,
+    moments: (&mut [f32], &mut [f32]),
+) -> Result<Progress, Error> {
+    let mut tensors = TensorFile::open(dir, file, MOMENTS.len())?;
+    let bad = |reason: String| Error::checkpoint(dir, format!("{file}: {reason}"));
+    let progress = Progress::of(&tensors.metadata()).map_err(bad)?;
+    // Both checked before either is read.
     for name in MOMENTS {
         let (dtype, shape) = tensors
             .tensor(name)
@@ -200,11 +222,9 @@ pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f
             )));
         }
     }
-    let mut moments = MOMENTS.map(|_| vec![0.0; params]);
-    for (name, values) in MOMENTS.iter().zip(&mut moments) {
-        tensors.read_floats(name, 0, values)?;
-    }
-    let [m, v] = moments;
+    let (m, v) = moments;
+    tensors.read_floats(MOMENTS[0], share.start, m)?;
+    tensors.read_floats(MOMENTS[1], share.start, v)?;
     // AdamW divides by the square root of `v`: a NaN or negative value
     // here would silently poison every later step.
     let sane = m.iter().all(|x| x.is_finite()) && v.iter().all(|x| x.is_finite() && *x >= 0.0);
@@ -213,13 +233,7 @@ pub fn read(dir: &Path, file: &str, params: usize) -> Result<TrainingState<Vec<f
             "the AdamW moments hold NaN, infinite or negative values".into(),
         ));
     }
-    Ok(TrainingState {
-        step,
-        rng_state,
-        moments: (m, v),
-        schedule,
-        data_path,
-    })
+    Ok(progress)
 }
 
 /// The tensors of the two AdamW moments, first and second.

@@ -13,6 +13,7 @@ use crate::eval::evaluate;
 use crate::logger::precision_note;
 use crate::logger::print_stdout;
 use crate::memory::Footprint;
+use crate::model::Multiplier;
 use crate::threads::Threads;
 
 pub const HELP: &str = "Print a checkpoint's loss and perplexity on a text or token shards.
@@ -60,8 +61,16 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     // Evaluation holds every token beside the model.
     let held = source.held_in_memory(Purpose::Evaluation);
     let footprint = |batch: usize, what: &str| {
-        Footprint::evaluation(&cfg, batch, t, Threads::resolved(args.run.threads))
-            .check(&format!("model {cfg} with {what}"), held.as_ref())
+        let products = Multiplier {
+            kernels,
+            precision: args.run.precision,
+        };
+        Footprint::evaluation(
+            &cfg,
+            (batch, t),
+            (Threads::resolved(args.run.threads), products),
+        )
+        .check(&format!("model {cfg} with {what}"), held.as_ref())
     };
     // A text has at most a token a byte: one too short is refused before
     // the checkpoint is read.

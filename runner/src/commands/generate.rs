@@ -16,6 +16,7 @@ use crate::memory::Footprint;
 use crate::metrics::{
     peak_rss_bytes, write_records, GenerateRecord, GenerationTimes, Record, RunShape,
 };
+use crate::model::Multiplier;
 use crate::outputs;
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
@@ -88,8 +89,11 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
     let prompt = tokenizer.encode(args.prompt.as_bytes());
     // Before loading: a prompt that does not fit costs nothing.
     check_prompt(&cfg, &prompt)?;
-    Footprint::decoding(&cfg, args.run.precision)
-        .check(&format!("decoding with model {cfg}"), None)?;
+    let products = Multiplier {
+        kernels,
+        precision: args.run.precision,
+    };
+    Footprint::decoding(&cfg, products).check(&format!("decoding with model {cfg}"), None)?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     for warning in args.run.warnings(kernels) {
         log::warn!("{warning}");

@@ -34,7 +34,8 @@ impl Arena {
     pub fn grow(&mut self, len: usize) {
         if len > self.len {
             let lines = len.div_ceil(16);
-            self.lines.reserve(lines - self.lines.len());
+            // Exactly: the memory check counts `len`, not a doubling.
+            self.lines.reserve_exact(lines - self.lines.len());
             advise_huge_pages(&mut self.lines);
             self.lines.resize(lines, Line::zeroed());
             self.len = len;

@@ -622,13 +622,18 @@ thread_local! {
     static HEAD_SLOTS: RefCell<[Arena; 7]> = RefCell::new(Default::default());
 }
 
-/// Floats of the slot buffers (`HEAD_SLOTS`) that each thread running
-/// attention's heads grows to, for heads of `t` positions in a model of
-/// `c` channels and `nh` heads (saturating): a part of a head copied or
-/// packed per slot and a block of probabilities, and in the backward pass
-/// a head's whole `t × t` probabilities and their gradient.
-pub fn thread_floats((t, c, nh): (usize, usize, usize), backward: bool) -> usize {
+/// Floats of the buffers that each thread running attention's heads
+/// grows, for heads of `t` positions in a model of `c` channels and `nh`
+/// heads with products in `mm` (saturating): in its slots
+/// (`HEAD_SLOTS`) a part of a head copied or packed per slot and a block
+/// of probabilities, and in the backward pass a head's whole `t × t`
+/// probabilities and their gradient; and its products' workspace.
+pub fn thread_floats(mm: Multiplier, (t, c, nh): (usize, usize, usize), backward: bool) -> usize {
     let hs = c / nh.max(1);
+    // A block of queries against the keys, and its probabilities times
+    // the values; the backward products are of the same shapes.
+    let rows = QUERY_BLOCK.min(t);
+    let workspace = mm.workspace_floats([(rows, t, hs), (rows, hs, t)]);
     let packed = |k, n| PackedBf16::len(k, n).unwrap_or(usize::MAX);
     // A part's rows as they are, transposed, or packed either way (and
     // the first slot holds a row of `c` in the bf16 gather).
@@ -638,13 +643,22 @@ pub fn thread_floats((t, c, nh): (usize, usize, usize), backward: bool) -> usize
         .max(packed(hs, t))
         .max(c);
     let block = QUERY_BLOCK.saturating_mul(t).max(part);
-    match backward {
+    let slots = match backward {
         false => part.saturating_mul(2).saturating_add(block),
         true => part
             .saturating_mul(4)
             .saturating_add(block)
             .saturating_add(t.saturating_mul(t).saturating_mul(2)),
-    }
+    };
+    slots.saturating_add(workspace)
+}
+
+/// The products (`(m, n, k)`) through the shared workspace of cached
+/// attention over at most `t` positions with heads of `hs`: at most a
+/// prompt of `t` positions against as many keys, and its probabilities
+/// times the values.
+pub fn cached_products(t: usize, hs: usize) -> [(usize, usize, usize); 2] {
+    [(t, t, hs), (t, hs, t)]
 }
 
 /// Runs `f` with this thread's slot buffers.
@@ -708,11 +722,16 @@ mod tests {
                 for shape @ [_, t, c, nh] in [[2, 150, 16, 2], [1, 70, 64, 1], [2, 3, 96, 12]] {
                     let [forward, backward] = slots_grown(k, precision, shape);
                     let what = format!("{} {precision:?} {shape:?}", k.backend());
-                    assert!(
-                        forward <= thread_floats((t, c, nh), false),
-                        "{what}: {forward}"
-                    );
-                    let counted = thread_floats((t, c, nh), true);
+                    let mm = Multiplier {
+                        kernels: k,
+                        precision,
+                    };
+                    // The slots alone: the products' workspace is another buffer.
+                    let rows = t.min(QUERY_BLOCK);
+                    let workspace = mm.workspace_floats([(rows, t, c / nh), (rows, c / nh, t)]);
+                    let forward_counted = thread_floats(mm, (t, c, nh), false) - workspace;
+                    assert!(forward <= forward_counted, "{what}: {forward}");
+                    let counted = thread_floats(mm, (t, c, nh), true) - workspace;
                     assert!(backward <= counted, "{what}: {backward} > {counted}");
                     assert!(backward >= 2 * t * t, "{what}");
                     // Past a query block, the count is within twice the

@@ -7,7 +7,7 @@ use super::attention::{attention_backward, attention_forward, Attention};
 use super::context::{Context, Precision};
 use super::layers::{
     add, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, matmul_backward,
-    matmul_forward, stored, stored_mut, LAYER_NORM_EPS,
+    matmul_forward, matmul_products, stored, stored_mut, LAYER_NORM_EPS,
 };
 use super::packed::{weight_of, PackedLayer};
 use super::tensors::{BlockActivations, LayerParams};
@@ -94,6 +94,21 @@ pub fn block_forward(
     )?;
     add(ctx, a.residual2, a.fcproj, output)?;
     Ok(())
+}
+
+/// The products (`(m, n, k)`) of a block's four linear layers over
+/// `rows` positions of `c` channels, with their `backward` products or
+/// without (attention's own products run in pieces, on each thread's
+/// workspace).
+pub fn block_products(
+    rows: usize,
+    c: usize,
+    backward: bool,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let layers = [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)];
+    layers
+        .into_iter()
+        .flat_map(move |(inputs, outputs)| matmul_products(rows, inputs, outputs, backward))
 }
 
 /// The backward-pass buffers one block needs besides its activations.

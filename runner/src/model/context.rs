@@ -56,6 +56,22 @@ pub struct Multiplier {
 }
 
 impl Multiplier {
+    /// Floats of workspace the largest of the products `shapes` (`(m, n,
+    /// k)`: an `m × k` A times a `k × n` B) needs: what [`gemm_in`] grows
+    /// a workspace to for them. (A B packed in bf16 beforehand needs less
+    /// than one the product packs.)
+    pub fn workspace_floats(
+        &self,
+        shapes: impl IntoIterator<Item = (usize, usize, usize)>,
+    ) -> usize {
+        let k = self.kernels;
+        let need = |(m, n, depth)| match self.precision {
+            Precision::F32 => k.gemm_workspace_len(m, n, depth),
+            Precision::Bf16 => k.gemm_bf16_workspace_len(m, n, depth),
+        };
+        shapes.into_iter().map(need).max().unwrap_or(0)
+    }
+
     /// `C = alpha · op(A) · op(B) + beta · C` on this thread alone, with
     /// its own workspace: for products inside a parallel piece.
     pub fn gemm_in_piece<'a, 'b, 'c>(
@@ -231,7 +247,11 @@ fn gemm_in<E: Executor>(
         }
     };
     if workspace.len() < need {
-        workspace.resize(need, 0.0);
+        // Replaced, not grown: its contents need not be kept, and the
+        // memory check counts `need` alone, not the old buffer beside the
+        // new one (nor a doubled capacity).
+        drop(std::mem::take(workspace));
+        *workspace = vec![0.0; need];
     }
     match (a, b, c, mm.precision) {
         (LeftOperand::F32(a), RightOperand::Matrix(b), Output::F32(c), Precision::F32) => {

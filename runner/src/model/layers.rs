@@ -512,6 +512,19 @@ pub fn matmul_forward<'a, 'o>(
     })
 }
 
+/// The products (`(m, n, k)`) of [`matmul_forward`] and, with
+/// `backward`, of [`matmul_backward`] for `bt` rows of `c` inputs and `oc`
+/// outputs.
+pub fn matmul_products(
+    bt: usize,
+    c: usize,
+    oc: usize,
+    backward: bool,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let gradients = [(bt, c, oc), (c, oc, bt)];
+    std::iter::once((bt, oc, c)).chain(gradients.into_iter().filter(move |_| backward))
+}
+
 /// Backward of [`matmul_forward`]: `dinp = dout · wᵀ` (overwritten; f32,
 /// or bf16 where the precision stores it so, [`stored_mut`]),
 /// `dw += inpᵀ · dout`, and with `dbias` (`dout` in f32 then) `dbias +=
@@ -594,6 +607,19 @@ pub fn lm_head_forward(
             Weight::Packed(wte_t) => ctx.gemm(1.0, x, wte_t, 0.0, logits),
         }
     })
+}
+
+/// The products (`(m, n, k)`) of [`lm_head_forward`] and, with
+/// `backward`, of [`lm_head_backward`] for `bt` rows of `c` channels and
+/// a vocabulary of `v`.
+pub fn lm_head_products(
+    bt: usize,
+    c: usize,
+    v: usize,
+    backward: bool,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let gradients = [(bt, c, v), (v, c, bt)];
+    std::iter::once((bt, v, c)).chain(gradients.into_iter().filter(move |_| backward))
 }
 
 /// Backward of [`lm_head_forward`]: `dx = dlogits · wte` (overwritten),

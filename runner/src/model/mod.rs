@@ -21,7 +21,7 @@ use attention::CachedLayer;
 pub use attention::{attention_backward, attention_forward, Attention};
 use block::{block_backward, block_forward, block_recompute, BlockScratch, Recomputed};
 pub use config::{ModelConfig, Preset};
-pub use context::{Context, Precision, Profile};
+pub use context::{Context, Multiplier, Precision, Profile};
 pub use kv_cache::KvCache;
 pub use layers::LAYER_NORM_EPS;
 use layers::{
@@ -172,10 +172,32 @@ impl Gpt {
     }
 
     /// Floats of the buffers each thread running attention holds for
-    /// sequences of `t` positions of a model of shape `cfg`, with the
-    /// `backward` pass or without (saturating).
-    pub fn thread_floats(cfg: &ModelConfig, t: usize, backward: bool) -> usize {
-        attention::thread_floats((t, cfg.channels, cfg.heads), backward)
+    /// sequences of `t` positions of a model of shape `cfg` with products
+    /// in `mm`, with the `backward` pass or without (saturating).
+    pub fn thread_floats(cfg: &ModelConfig, mm: Multiplier, t: usize, backward: bool) -> usize {
+        attention::thread_floats(mm, (t, cfg.channels, cfg.heads), backward)
+    }
+
+    /// Floats of the workspace the products of a pass over `rows`
+    /// positions of a model of shape `cfg` share in `mm`: the linear
+    /// layers' and the LM head's, with the `backward` pass or without.
+    pub fn workspace_floats(
+        cfg: &ModelConfig,
+        mm: Multiplier,
+        rows: usize,
+        backward: bool,
+    ) -> usize {
+        let (c, vp) = (cfg.channels, cfg.padded_vocab());
+        let layers = block::block_products(rows, c, backward);
+        mm.workspace_floats(layers.chain(layers::lm_head_products(rows, c, vp, backward)))
+    }
+
+    /// [`Gpt::workspace_floats`] for decoding up to a whole block: a
+    /// prompt of the block's length, and its cached attention's products.
+    pub fn decoding_workspace_floats(cfg: &ModelConfig, mm: Multiplier) -> usize {
+        let (t, hs) = (cfg.block_size, cfg.channels / cfg.heads.max(1));
+        let attention = mm.workspace_floats(attention::cached_products(t, hs));
+        Gpt::workspace_floats(cfg, mm, t, false).max(attention)
     }
 
     /// With `true`, training keeps only the activations that are costly to

@@ -20,7 +20,7 @@ use crate::eval::{evaluate, Evaluation};
 use crate::logger::precision_note;
 use crate::memory::{check_memory, Footprint};
 use crate::metrics::{mib, ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
-use crate::model::{Gpt, ModelConfig, Precision};
+use crate::model::{Gpt, ModelConfig, Multiplier, Precision};
 use crate::rng::Rng;
 use crate::threads::Threads;
 use crate::world::Collective;
@@ -269,8 +269,16 @@ fn start(
     // The weights first: they are what checks config.json's shapes, which
     // the state's size then follows.
     let model = checkpoint::load_model(dir, kernels)?;
-    let state = checkpoint::load_run(dir, cfg.param_floats())?;
-    let (m, v) = &state.moments;
+    // The moments of this rank's share, read straight into the optimizer.
+    let mut optimizer = Optimizer::sharded(model.sizes(), shard);
+    let share = optimizer.owned();
+    let state = checkpoint::load_run_into(
+        dir,
+        cfg.param_floats(),
+        share.clone(),
+        optimizer.moments_mut(),
+    )?;
+    let (m, v) = optimizer.moments();
     let settings = s.optimizer();
     if let (Some(i), Some(most)) = (
         settings.unreachable_moments(m, v),
@@ -279,8 +287,9 @@ fn start(
         return Err(Error::checkpoint(
             dir,
             format!(
-                "{}: parameter {i} has AdamW moments m {:e}, v {:e}, which AdamW cannot produce (|m| is at most {most:.2}·√v): the file is damaged",
+                "{}: parameter {} has AdamW moments m {:e}, v {:e}, which AdamW cannot produce (|m| is at most {most:.2}·√v): the file is damaged",
                 checkpoint::TRAINING_FILE,
+                share.start + i,
                 m[i],
                 v[i]
             ),
@@ -290,7 +299,7 @@ fn start(
     check_resume(s, dir, t, None, state.step, state.schedule)?;
     checkpoint::check_run_matches(dir, &model)?;
     let rng = Rng::from_state(state.rng_state);
-    let optimizer = Optimizer::from_state(model.sizes(), shard, state.step, state.moments);
+    optimizer.step = state.step;
     let resumed = Resumed {
         schedule: state.schedule,
         data_path: state.data_path,
@@ -377,11 +386,15 @@ fn log_start(
         (_, Some(dir)) => format!(" | Resumed from {}", dir.display()),
         _ => String::new(),
     };
+    let products = Multiplier {
+        kernels,
+        precision: model.precision(),
+    };
     let footprint = Footprint {
         // What this rank holds: its share when the ranks share the state.
         optimizer_state: Optimizer::state_floats(optimizer.owned().len()),
         optimizer_ranks: optimizer.shards().len(),
-        ..Footprint::training(&cfg, (s.batch, t), s.recompute, threads)
+        ..Footprint::training(&cfg, (s.batch, t), s.recompute, (threads, products))
     };
     info!(
         "Model: {cfg} | Tokenizer: {} | Parameters: {:.2} M ({n}) | Memory: {footprint}{start}",
@@ -406,7 +419,10 @@ fn log_start(
 /// every check that needs no data: the settings, the checkpoint's shape
 /// and progress, the memory; so a run that cannot work stops before
 /// reading its data.
-fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize, u64), Error> {
+fn checked_shape(
+    s: &TrainSettings,
+    kernels: Kernels,
+) -> Result<(ModelConfig, usize, usize, u64), Error> {
     s.check()?;
     let cfg = run_config(s)?;
     // The resumed state, read once; its errors are reported after the
@@ -468,7 +484,17 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize, u64), 
     cfg.validate()?;
     let data = DataSource::of(s.data.as_deref()).held_in_memory(Purpose::Training);
     let threads = Threads::resolved(s.threads);
-    let bytes = check_memory(&cfg, (b, t), s.recompute, threads, data.as_ref())?;
+    let products = Multiplier {
+        kernels,
+        precision: s.precision,
+    };
+    let bytes = check_memory(
+        &cfg,
+        (b, t),
+        s.recompute,
+        (threads, &[products]),
+        data.as_ref(),
+    )?;
     if let Some(dir) = s
         .save
         .as_ref()
@@ -482,7 +508,7 @@ fn checked_shape(s: &TrainSettings) -> Result<(ModelConfig, usize, usize, u64), 
 /// Trains a model as `settings` says; returns it with a report.
 pub fn train(settings: &TrainSettings, kernels: Kernels) -> Result<(Gpt, TrainReport), Error> {
     let s = settings;
-    let (cfg, b, t, model_bytes) = checked_shape(s)?;
+    let (cfg, b, t, model_bytes) = checked_shape(s, kernels)?;
     let threads = Threads::new(s.threads)?;
     // What `--save` held when the run was accepted.
     let seen = s.save.as_deref().and_then(checkpoint::saved_checkpoint);

@@ -174,6 +174,9 @@ impl Optimizer {
 
     /// [`Optimizer::sharded`] resumed after `step` updates with these first
     /// and second moments of every parameter (of which it keeps its share).
+    /// (A resumed run reads its share straight into
+    /// [`Optimizer::moments_mut`] instead.)
+    #[cfg(test)]
     pub fn from_state(
         sizes: Params<usize>,
         (shard, shards): (usize, usize),
