@@ -430,12 +430,22 @@ fn staging_dir(parent: &Path, name: &str) -> PathBuf {
 }
 
 /// Renames the complete directory `staged` to `dir`. An existing `dir` is
-/// moved to `old` first, and back if the second rename fails, so a failed
-/// save leaves the previous directory where it was.
+/// swapped with it in one step where the system can ([`exchange`]), else
+/// moved to `old` first, and back if the second rename fails; so a failed
+/// save leaves the previous directory where it was, and where the swap
+/// is one step no moment is without `dir`.
 fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
     // `check` passed: `dir` is one of ours or absent.
     let replacing = dir.exists();
     if replacing {
+        if exchange(staged, dir).map_err(|e| Error::io(dir, e))? {
+            // The previous directory, now under the staging name, is
+            // superseded: moved aside as the renames below would leave it,
+            // to be removed with such copies. (If it cannot be, the next
+            // save removes it as a staging directory.)
+            let _ = fs::rename(staged, old);
+            return Ok(());
+        }
         fs::rename(dir, old).map_err(|e| Error::io(dir, e))?;
     }
     if let Err(e) = fs::rename(staged, dir) {
@@ -451,6 +461,46 @@ fn install(staged: &Path, dir: &Path, old: &Path) -> Result<(), Error> {
         return Err(Error::io(dir, e));
     }
     Ok(())
+}
+
+/// Swaps the names of `a` and `b` (both exist) in one step: `Ok(false)`
+/// where the system or the file system cannot (then nothing changed).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = |path: &Path| {
+        std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (name(a)?, name(b)?);
+    let (here, flags) = (libc::AT_FDCWD, libc::RENAME_EXCHANGE);
+    // SAFETY: both are NUL-terminated paths that outlive the call, which
+    // only reads them; the arguments are those renameat2(2) takes.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            here,
+            a.as_ptr(),
+            here,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if done == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // A kernel without the call, or a file system without the swap.
+        Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Never in one step elsewhere than Linux.
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 /// Whether `dir` is a directory (not a link to one) that holds files
@@ -809,6 +859,29 @@ mod tests {
             .unwrap();
         assert!(!aside.exists());
         assert_eq!(fs::read(blobs.join("a")).unwrap(), b"blob");
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    /// Two directories swap names in one step, or, where the file system
+    /// cannot, neither moves (and a save takes two renames).
+    #[test]
+    fn an_exchange_swaps_two_directories_or_leaves_both() {
+        let parent = fresh_parent("exchange");
+        let (a, b) = (parent.join("a"), parent.join("b"));
+        for (dir, text) in [(&a, "in a"), (&b, "in b")] {
+            fs::create_dir(dir).unwrap();
+            fs::write(dir.join("f"), text).unwrap();
+        }
+        let swapped = exchange(&a, &b).unwrap();
+        let read = |dir: &Path| fs::read_to_string(dir.join("f")).unwrap();
+        if swapped {
+            assert_eq!((read(&a), read(&b)), ("in b".into(), "in a".into()));
+            // A missing name is an error, not a swap to do otherwise.
+            assert!(exchange(&a, &parent.join("none")).is_err());
+        } else {
+            println!("this file system swaps no names in one step: saves rename twice");
+            assert_eq!((read(&a), read(&b)), ("in a".into(), "in b".into()));
+        }
         fs::remove_dir_all(&parent).unwrap();
     }
 
