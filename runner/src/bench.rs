@@ -189,7 +189,7 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
         .map(|&b| Kernels::new(b))
         .collect::<Result<_, _>>()?;
     let mms = multipliers(s, &kernels);
-    let (t, threads) = (max_seq_len(s), max_threads(s));
+    let (t, threads) = (max_seq_len(s), pooled_threads(s));
     check_memory(&cfg, (s.batch, t), s.recompute, (threads, &mms), None)?;
     if s.decoding {
         let decoding = mms.iter().map(|&mm| Footprint::decoding(&cfg, mm));
@@ -216,8 +216,10 @@ fn max_seq_len(s: &BenchSettings) -> usize {
     s.seq_lens.iter().copied().max().unwrap_or(0)
 }
 
-fn max_threads(s: &BenchSettings) -> usize {
-    s.threads.iter().copied().max().unwrap_or(1)
+/// The threads of every pool: the bench keeps each for the whole run, and
+/// each thread its own buffers.
+fn pooled_threads(s: &BenchSettings) -> usize {
+    s.threads.iter().sum()
 }
 
 /// Every backend in every precision benchmarked.
@@ -265,11 +267,11 @@ fn log_header(s: &BenchSettings, kernels: &[Kernels]) -> String {
             )
         })
         .collect();
-    let threads = max_threads(s);
+    let threads = pooled_threads(s);
     let training =
         |&mm: &Multiplier| Footprint::training(&cfg, (s.batch, max_t), s.recompute, (threads, mm));
     let memory = format!(
-        "Memory, at most: {} (B = {}, T = {max_t}, {threads} thread(s)), KV cache {}",
+        "Memory, at most: {} (B = {}, T = {max_t}, {threads} threads in all), KV cache {}",
         Footprint::largest(multipliers(s, kernels).iter().map(training)),
         s.batch,
         kv_cache.join(", ")
