@@ -11,7 +11,7 @@ use log::info;
 use crate::data::{self, DataSource};
 use crate::error::Error;
 use crate::logger::print_stdout;
-use crate::memory::{check_memory, Footprint};
+use crate::memory::{check_host, check_memory, Footprint};
 use crate::metrics::{
     measure_peak_gflops, mib, peak_rss_bytes, write_records, BenchRecord, GenerateRecord, Record,
     RunShape,
@@ -190,7 +190,8 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
         .collect::<Result<_, _>>()?;
     let mms = multipliers(s, &kernels);
     let (t, threads) = (max_seq_len(s), pooled_threads(s));
-    check_memory(&cfg, (s.batch, t), s.recompute, (threads, &mms), None)?;
+    let bytes = check_memory(&cfg, (s.batch, t), s.recompute, (threads, &mms), None)?;
+    check_host(crate::world::current(), bytes)?;
     if s.decoding {
         let decoding = mms.iter().map(|&mm| Footprint::decoding(&cfg, mm));
         Footprint::largest(decoding).check(&format!("decoding with model {cfg}"), None)?;

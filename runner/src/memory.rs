@@ -5,6 +5,7 @@
 use crate::error::Error;
 use crate::metrics::{gib, mapped_bytes, mib, physical_memory_bytes};
 use crate::model::{Gpt, KvCache, ModelConfig, Multiplier, Precision};
+use crate::world::Collective;
 
 use crate::train::optim::Optimizer;
 
@@ -263,6 +264,26 @@ fn read_usable_bytes() -> (u64, &'static str) {
     }
 }
 
+/// Refuses ranks that each fit (their `bytes` checked against their own
+/// limit) but together pass the memory of the host they share: the
+/// same verdict on every rank of the host (nothing to check in one
+/// process).
+pub fn check_host(world: &dyn Collective, bytes: u64) -> Result<(), Error> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let together = world.host_sum(bytes as f64) as u64;
+    let machine = physical_memory_bytes().unwrap_or(32 << 30);
+    if together > machine {
+        return Err(Error::Config(format!(
+            "the ranks on this host need about {} of memory together; this machine has {}",
+            size_text(together),
+            size_text(machine)
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
 /// `batch × t` tokens and `threads` threads with products in any of `mms`
@@ -369,6 +390,57 @@ mod tests {
             4 * (4 * n + acts + buffers + workspace)
         );
         assert_eq!(Footprint::evaluation(&cfg, (1, 1), (1, f32s)).gradients, 0);
+    }
+
+    /// Ranks sharing a host, as the host's sum of their `bytes` sees them.
+    struct RanksOnOneHost(usize);
+
+    impl Collective for RanksOnOneHost {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            self.0
+        }
+        fn host_sum(&self, x: f64) -> f64 {
+            x * self.0 as f64
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn all_reduce_f64(&self, _: &mut [f64]) {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn broadcast(&self, _: usize, _: &mut [f32]) {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn reduce_sum_to(&self, _: usize, _: &mut [f32]) {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn gather_to_leader(&self, _: &[f32], _: &[std::ops::Range<usize>], _: &mut [f32]) {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn abort(&self, _: i32) -> ! {
+            unreachable!("a memory check sums on the host only")
+        }
+        fn describe(&self) -> String {
+            format!("{} ranks on one host", self.0)
+        }
+    }
+
+    /// Ranks that each fit the host but not together are refused; one
+    /// process is checked against its own limit only.
+    #[test]
+    fn ranks_on_one_host_share_its_memory() {
+        let machine = physical_memory_bytes().unwrap_or(32 << 30);
+        let most = machine / 10 * 6;
+        check_host(&RanksOnOneHost(1), machine * 2).unwrap();
+        check_host(&crate::world::SingleProcess, machine * 2).unwrap();
+        let err = check_host(&RanksOnOneHost(2), most)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the ranks on this host need about"), "{err}");
+        check_host(&RanksOnOneHost(2), machine / 3).unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::data::{self, DataFingerprint, DataSource, Dataset, Purpose, Tokenizer
 use crate::error::Error;
 use crate::eval::{evaluate, Evaluation};
 use crate::logger::precision_note;
-use crate::memory::{check_memory, Footprint};
+use crate::memory::{check_host, check_memory, Footprint};
 use crate::metrics::{mib, ms_since, peak_rss_bytes, JsonLines, Record, RunShape, TrainStepRecord};
 use crate::model::{Gpt, ModelConfig, Multiplier, Precision};
 use crate::rng::Rng;
@@ -495,6 +495,8 @@ fn checked_shape(
         (threads, &[products]),
         data.as_ref(),
     )?;
+    let held = bytes.saturating_add(data.as_ref().map_or(0, |(bytes, _)| *bytes));
+    check_host(crate::world::current(), held)?;
     if let Some(dir) = s
         .save
         .as_ref()
