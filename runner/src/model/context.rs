@@ -57,9 +57,9 @@ pub struct Multiplier {
 
 impl Multiplier {
     /// Floats of workspace the largest of the products `shapes` (`(m, n,
-    /// k)`: an `m × k` A times a `k × n` B) needs: what [`gemm_in`] grows
-    /// a workspace to for them. (A B packed in bf16 beforehand needs less
-    /// than one the product packs.)
+    /// k)`: an `m × k` A times a `k × n` B) needs: what a context's (or a
+    /// piece's) workspace grows to for them. (A B packed in bf16
+    /// beforehand needs less than one the product packs.)
     pub fn workspace_floats(
         &self,
         shapes: impl IntoIterator<Item = (usize, usize, usize)>,
