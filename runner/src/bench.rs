@@ -190,10 +190,19 @@ fn checked_kernels(s: &BenchSettings) -> Result<(Vec<Kernels>, Vec<Threads>), Er
         .collect::<Result<_, _>>()?;
     let mms = multipliers(s, &kernels);
     let (t, threads) = (max_seq_len(s), pooled_threads(s));
-    let bytes = check_memory(&cfg, (s.batch, t), s.recompute, (threads, &mms), None)?;
+    let bytes = check_memory(
+        &cfg,
+        (s.batch, t),
+        s.recompute,
+        (threads, &mms),
+        (0, 1),
+        None,
+    )?;
     check_host(crate::world::current(), bytes)?;
     if s.decoding {
-        let decoding = mms.iter().map(|&mm| Footprint::decoding(&cfg, mm));
+        let decoding = mms
+            .iter()
+            .map(|&mm| Footprint::decoding(&cfg, (threads, mm)));
         Footprint::largest(decoding).check(&format!("decoding with model {cfg}"), None)?;
     }
     let pools = s

@@ -4,7 +4,9 @@
 
 use crate::error::Error;
 use crate::metrics::{gib, mapped_bytes, mib, physical_memory_bytes};
+use crate::model::tensors::Params;
 use crate::model::{Gpt, KvCache, ModelConfig, Multiplier, Precision};
+use crate::train::optim::shard_ranges;
 use crate::world::Collective;
 
 use crate::train::optim::Optimizer;
@@ -68,10 +70,11 @@ impl Footprint {
         }
     }
 
-    /// Decoding with a model of shape `cfg` with products in `mm`: its
-    /// parameters, a KV cache of a whole block, the products' workspace
-    /// and, in bf16, the weights packed in bf16.
-    pub fn decoding(cfg: &ModelConfig, mm: Multiplier) -> Footprint {
+    /// Decoding with a model of shape `cfg` on `threads` threads with
+    /// products in `mm`: its parameters, a KV cache of a whole block, the
+    /// products' workspace (and each thread's) and, in bf16, the weights
+    /// packed in bf16.
+    pub fn decoding(cfg: &ModelConfig, (threads, mm): (usize, Multiplier)) -> Footprint {
         let packed = match mm.precision {
             Precision::F32 => 0,
             Precision::Bf16 => Gpt::packed_floats(cfg),
@@ -83,7 +86,7 @@ impl Footprint {
             optimizer_ranks: 1,
             activations: KvCache::floats(cfg).saturating_add(packed),
             workspace: Gpt::decoding_workspace_floats(cfg, mm),
-            thread_buffers: 0,
+            thread_buffers: Gpt::decoding_thread_floats(cfg, mm).saturating_mul(threads),
         }
     }
 
@@ -102,6 +105,29 @@ impl Footprint {
             None => check_fits(bytes, what),
         }?;
         Ok(bytes)
+    }
+
+    /// This footprint on a rank that keeps shard `shard` of `shards` of
+    /// the optimizer state ([`shard_ranges`]) of a model of shape `cfg`;
+    /// rank 0 (shard 0) also gathers the whole state to save it.
+    pub fn with_optimizer_shard(
+        self,
+        cfg: &ModelConfig,
+        (shard, shards): (usize, usize),
+    ) -> Footprint {
+        if shards <= 1 {
+            return self;
+        }
+        let share = shard_ranges(Params::sizes(cfg), shards)[shard].len();
+        let gathered = match shard {
+            0 => Optimizer::state_floats(cfg.param_floats()),
+            _ => 0,
+        };
+        Footprint {
+            optimizer_state: Optimizer::state_floats(share).saturating_add(gathered),
+            optimizer_ranks: shards,
+            ..self
+        }
     }
 
     /// The largest of `footprints` (in bytes; all zeros for none).
@@ -287,17 +313,21 @@ pub fn check_host(world: &dyn Collective, bytes: u64) -> Result<(), Error> {
 /// Refuses training runs that would not fit this machine's memory
 /// ([`Footprint::check`]): a model of shape `cfg` on micro-batches of
 /// `batch × t` tokens and `threads` threads with products in any of `mms`
-/// (the largest counts), beside the bytes its `data` holds. Returns the
-/// model's bytes.
+/// (the largest counts) and shard `shard` of the optimizer state
+/// ([`Footprint::with_optimizer_shard`]), beside the bytes its `data`
+/// holds. Returns the model's bytes.
 pub fn check_memory(
     cfg: &ModelConfig,
     (batch, t): (usize, usize),
     recompute: bool,
     (threads, mms): (usize, &[Multiplier]),
+    shard: (usize, usize),
     data: Option<&(u64, String)>,
 ) -> Result<u64, Error> {
-    let training =
-        |&mm: &Multiplier| Footprint::training(cfg, (batch, t), recompute, (threads, mm));
+    let training = |&mm: &Multiplier| {
+        Footprint::training(cfg, (batch, t), recompute, (threads, mm))
+            .with_optimizer_shard(cfg, shard)
+    };
     Footprint::largest(mms.iter().map(training)).check(
         &format!("model {cfg} with batch {batch} × {t} tokens on {threads} thread(s)"),
         data,
@@ -371,16 +401,17 @@ mod tests {
         let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
         let n = cfg.param_floats();
         let f32s = products(Precision::F32);
-        let decoding = Footprint::decoding(&cfg, f32s);
+        let decoding = Footprint::decoding(&cfg, (2, f32s));
         assert_eq!(decoding.gradients, 0);
-        let workspace = Gpt::decoding_workspace_floats(&cfg, f32s);
-        let running = 4 * (n + KvCache::floats(&cfg) + workspace);
-        assert_eq!(decoding.total_bytes(), running);
+        let workspaces = |mm| {
+            Gpt::decoding_workspace_floats(&cfg, mm) + 2 * Gpt::decoding_thread_floats(&cfg, mm)
+        };
+        let running = 4 * (n + KvCache::floats(&cfg));
+        assert_eq!(decoding.total_bytes(), running + 4 * workspaces(f32s));
         let bf16s = products(Precision::Bf16);
-        let bf16 = Footprint::decoding(&cfg, bf16s).total_bytes();
-        let bf16_workspace = Gpt::decoding_workspace_floats(&cfg, bf16s);
+        let bf16 = Footprint::decoding(&cfg, (2, bf16s)).total_bytes();
         let packed = Gpt::packed_floats(&cfg);
-        assert_eq!(bf16, running + 4 * (packed + bf16_workspace - workspace));
+        assert_eq!(bf16, running + 4 * (packed + workspaces(bf16s)));
         let training = Footprint::training(&cfg, (1, 1), false, (1, f32s));
         let acts = Gpt::activation_floats(&cfg, 1, 1, false);
         let buffers = Gpt::thread_floats(&cfg, f32s, 1, true);
@@ -390,6 +421,21 @@ mod tests {
             4 * (4 * n + acts + buffers + workspace)
         );
         assert_eq!(Footprint::evaluation(&cfg, (1, 1), (1, f32s)).gradients, 0);
+    }
+
+    /// A rank that shards the optimizer state counts its share, and rank 0
+    /// the whole state beside it, which it gathers to save.
+    #[test]
+    fn a_sharded_optimizer_counts_its_share_and_the_gather_to_save() {
+        let cfg = Preset::Tiny.config(crate::data::Tokenizer::Byte);
+        let n = cfg.param_floats();
+        let whole = Footprint::training(&cfg, (2, 8), false, (1, products(Precision::F32)));
+        assert_eq!(whole.with_optimizer_shard(&cfg, (0, 1)), whole);
+        let shares = shard_ranges(Params::sizes(&cfg), 2);
+        let [first, second] = [0, 1].map(|shard| whole.with_optimizer_shard(&cfg, (shard, 2)));
+        assert_eq!(second.optimizer_state, 2 * shares[1].len());
+        assert_eq!(first.optimizer_state, 2 * shares[0].len() + 2 * n);
+        assert_eq!((first.optimizer_ranks, second.parameters), (2, n));
     }
 
     /// Ranks sharing a host, as the host's sum of their `bytes` sees them.
@@ -466,6 +512,6 @@ mod tests {
             usize::MAX
         );
         let (shape, threads) = ((1 << 20, 1 << 16), (1, &[f32s][..]));
-        assert!(check_memory(&cfg, shape, true, threads, None).is_err());
+        assert!(check_memory(&cfg, shape, true, threads, (0, 1), None).is_err());
     }
 }

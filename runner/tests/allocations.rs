@@ -221,7 +221,7 @@ fn the_footprint_bounds_what_training_and_decoding_hold() {
         }
         let decoding = std::thread::spawn(move || peak_held_in(|| decode_a_block(long, mm)));
         let held = decoding.join().unwrap();
-        let counted = Footprint::decoding(&long, mm).total_bytes();
+        let counted = Footprint::decoding(&long, (1, mm)).total_bytes();
         let what = format!("decoding {long} in {}", precision.name());
         assert!(
             held <= counted + (64 << 10),

@@ -1,8 +1,10 @@
 //! Replacing a directory atomically: every file is written into a fresh
-//! directory beside the destination (fsynced), an old directory is moved
-//! aside, the new one renamed into place (the old one moved back if that
-//! fails), the parent fsynced, and only then the old one deleted. A crash
-//! at any point leaves either the old directory or the new one whole.
+//! directory beside the destination (fsynced), swapped with an old
+//! directory in one step where the file system can (else the old one is
+//! moved aside and the new one renamed into place, the old one moved back
+//! if that fails), the parent fsynced, and only then the old one deleted.
+//! A crash at any point leaves either the old directory or the new one
+//! whole.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -491,8 +493,10 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
     }
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
-        // A kernel without the call, or a file system without the swap.
-        Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
+        // A kernel without the call, a file system without the swap, or
+        // a sandbox that refuses the call (a rename it does not allow
+        // fails the same way).
+        Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM) => Ok(false),
         _ => Err(e),
     }
 }

@@ -18,6 +18,7 @@ use crate::metrics::{
 };
 use crate::model::Multiplier;
 use crate::outputs;
+use crate::threads::Threads;
 
 pub const HELP: &str = "Continue a prompt with a trained model, streaming the text to stdout.
 
@@ -93,7 +94,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), Error> {
         kernels,
         precision: args.run.precision,
     };
-    Footprint::decoding(&cfg, products).check(&format!("decoding with model {cfg}"), None)?;
+    let threads = Threads::resolved(args.run.threads);
+    Footprint::decoding(&cfg, (threads, products))
+        .check(&format!("decoding with model {cfg}"), None)?;
     let mut model = args.run.load_model(&args.checkpoint, kernels)?;
     for warning in args.run.warnings(kernels) {
         log::warn!("{warning}");

@@ -173,7 +173,9 @@ pub fn prepare(
                 let first = bytes == 0;
                 bytes += part as u64;
                 progress(bytes)?;
-                if first {
+                // (Sizes the files do not tell give no estimate: the
+                // disk's room is then found when it runs out.)
+                if first && sizes_known {
                     let estimate = estimated_tokens(total, part, tokens.len(), ends);
                     check_room(
                         &s.output,

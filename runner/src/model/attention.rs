@@ -630,10 +630,15 @@ thread_local! {
 /// probabilities and their gradient; and its products' workspace.
 pub fn thread_floats(mm: Multiplier, (t, c, nh): (usize, usize, usize), backward: bool) -> usize {
     let hs = c / nh.max(1);
-    // A block of queries against the keys, and its probabilities times
-    // the values; the backward products are of the same shapes.
-    let rows = QUERY_BLOCK.min(t);
-    let workspace = mm.workspace_floats([(rows, t, hs), (rows, hs, t)]);
+    // Each block of queries against its keys, its probabilities times the
+    // values (and, backward, the gradients of its columns from the rows
+    // below): every depth, since a product's workspace need not grow with
+    // its depth (passes over k split it evenly).
+    let pieces = query_blocks(t).flat_map(|rows| {
+        let (n, e) = (rows.len(), rows.end);
+        [(n, e, hs), (n, hs, e), (n, hs, t - rows.start)]
+    });
+    let workspace = mm.workspace_floats(pieces);
     let packed = |k, n| PackedBf16::len(k, n).unwrap_or(usize::MAX);
     // A part's rows as they are, transposed, or packed either way (and
     // the first slot holds a row of `c` in the bf16 gather).
@@ -654,11 +659,18 @@ pub fn thread_floats(mm: Multiplier, (t, c, nh): (usize, usize, usize), backward
 }
 
 /// The products (`(m, n, k)`) through the shared workspace of cached
-/// attention over at most `t` positions with heads of `hs`: at most a
-/// prompt of `t` positions against as many keys, and its probabilities
-/// times the values.
-pub fn cached_products(t: usize, hs: usize) -> [(usize, usize, usize); 2] {
-    [(t, t, hs), (t, hs, t)]
+/// attention over at most `t` positions with heads of `hs`: a prompt of
+/// any length up to `t` against as many keys, and its probabilities times
+/// the values.
+pub fn cached_products(t: usize, hs: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (1..=t).flat_map(move |p| [(p, p, hs), (p, hs, p)])
+}
+
+/// Floats of the products' workspace each thread grows when one new
+/// token's heads run in parallel, over at most `t` cached positions with
+/// heads of `hs`.
+pub fn decoding_thread_floats(mm: Multiplier, t: usize, hs: usize) -> usize {
+    mm.workspace_floats((1..=t).flat_map(|len| [(1, len, hs), (1, hs, len)]))
 }
 
 /// Runs `f` with this thread's slot buffers.

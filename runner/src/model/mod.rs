@@ -192,6 +192,13 @@ impl Gpt {
         mm.workspace_floats(layers.chain(layers::lm_head_products(rows, c, vp, backward)))
     }
 
+    /// Floats of the products' workspace each thread grows decoding a
+    /// model of shape `cfg` in `mm` (one token's heads in parallel).
+    pub fn decoding_thread_floats(cfg: &ModelConfig, mm: Multiplier) -> usize {
+        let hs = cfg.channels / cfg.heads.max(1);
+        attention::decoding_thread_floats(mm, cfg.block_size, hs)
+    }
+
     /// [`Gpt::workspace_floats`] for decoding up to a whole block: a
     /// prompt of the block's length, and its cached attention's products.
     pub fn decoding_workspace_floats(cfg: &ModelConfig, mm: Multiplier) -> usize {

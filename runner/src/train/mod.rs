@@ -493,6 +493,7 @@ fn checked_shape(
         (b, t),
         s.recompute,
         (threads, &[products]),
+        s.optimizer_shard(crate::world::current()),
         data.as_ref(),
     )?;
     let held = bytes.saturating_add(data.as_ref().map_or(0, |(bytes, _)| *bytes));
