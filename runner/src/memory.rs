@@ -49,7 +49,7 @@ impl Footprint {
             optimizer_ranks: 1,
             activations: Gpt::activation_floats(cfg, batch, t, recompute),
             workspace: Gpt::workspace_floats(cfg, mm, batch.saturating_mul(t), true),
-            thread_buffers: Gpt::thread_floats(cfg, mm, t, true).saturating_mul(threads),
+            thread_buffers: Gpt::thread_floats(cfg, mm, t, true).saturating_mul(holding(threads)),
         }
     }
 
@@ -65,7 +65,7 @@ impl Footprint {
             gradients: 0,
             optimizer_state: 0,
             workspace: Gpt::workspace_floats(cfg, mm, batch.saturating_mul(t), false),
-            thread_buffers: Gpt::thread_floats(cfg, mm, t, false).saturating_mul(threads),
+            thread_buffers: Gpt::thread_floats(cfg, mm, t, false).saturating_mul(holding(threads)),
             ..Footprint::training(cfg, (batch, t), false, (threads, mm))
         }
     }
@@ -86,7 +86,7 @@ impl Footprint {
             optimizer_ranks: 1,
             activations: KvCache::floats(cfg).saturating_add(packed),
             workspace: Gpt::decoding_workspace_floats(cfg, mm),
-            thread_buffers: Gpt::decoding_thread_floats(cfg, mm).saturating_mul(threads),
+            thread_buffers: Gpt::decoding_thread_floats(cfg, mm).saturating_mul(holding(threads)),
         }
     }
 
@@ -161,6 +161,15 @@ impl Footprint {
         .iter()
         .fold(0usize, |sum, &n| sum.saturating_add(n))
         .saturating_mul(4)
+    }
+}
+
+/// Threads that may hold attention's buffers in a run on `threads`: a
+/// pool's, and the thread that calls it, which runs a lone piece itself.
+fn holding(threads: usize) -> usize {
+    match threads {
+        0 | 1 => 1,
+        n => n + 1,
     }
 }
 
@@ -365,7 +374,8 @@ mod tests {
         // Each thread's attention buffers: the backward pass's `t × t`.
         assert!(f.thread_buffers >= 2 * 2 * t * t);
         let alone = Footprint::training(&cfg, (3, t), false, (1, f32s));
-        assert_eq!(f.thread_buffers, 2 * alone.thread_buffers);
+        // Two pool threads, and the calling thread that runs a lone piece.
+        assert_eq!(f.thread_buffers, 3 * alone.thread_buffers);
         let evaluation = Footprint::evaluation(&cfg, (3, t), (1, f32s));
         assert!(evaluation.thread_buffers < alone.thread_buffers);
         // The LM head's input gradient packs its whole A (`bt × v`, the
@@ -404,7 +414,7 @@ mod tests {
         let decoding = Footprint::decoding(&cfg, (2, f32s));
         assert_eq!(decoding.gradients, 0);
         let workspaces = |mm| {
-            Gpt::decoding_workspace_floats(&cfg, mm) + 2 * Gpt::decoding_thread_floats(&cfg, mm)
+            Gpt::decoding_workspace_floats(&cfg, mm) + 3 * Gpt::decoding_thread_floats(&cfg, mm)
         };
         let running = 4 * (n + KvCache::floats(&cfg));
         assert_eq!(decoding.total_bytes(), running + 4 * workspaces(f32s));
