@@ -109,9 +109,7 @@ pub fn layer_norm_backward(
         |ctx| {
             let (k, c) = (ctx.kernels, gamma.len());
             let pieces = mean.len().div_ceil(ROWS_PER_PIECE);
-            let partials = &mut ctx.partials;
-            partials.clear();
-            partials.resize(pieces * 2 * c, 0.0);
+            let partials = zeroed_partials(&mut ctx.partials, pieces * 2 * c);
             ctx.threads.try_for_each_piece(
                 ((dx, ROWS_PER_PIECE * c), (&mut partials[..], 2 * c)),
                 |i, (dx, partial)| {
@@ -403,8 +401,7 @@ fn bias_partials<O: Send>(
         return Ok(());
     }
     let pieces = (out.len() / oc).div_ceil(ROWS_PER_PIECE);
-    let partials = &mut ctx.partials;
-    partials.resize(pieces * 2 * oc, 0.0);
+    let partials = zeroed_partials(&mut ctx.partials, pieces * 2 * oc);
     ctx.threads.try_for_each_piece(
         ((out, ROWS_PER_PIECE * oc), (&mut partials[..], 2 * oc)),
         |i, (out, partial)| {
@@ -512,6 +509,27 @@ pub fn matmul_forward<'a, 'o>(
     })
 }
 
+/// `partials` as `len` zeros: its buffer replaced rather than grown where
+/// it is too short (the memory check counts `len` alone, not an old
+/// buffer beside the new one, nor a doubled capacity).
+fn zeroed_partials(partials: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if partials.capacity() < len {
+        *partials = Vec::new();
+        partials.reserve_exact(len);
+    }
+    partials.clear();
+    partials.resize(len, 0.0);
+    partials
+}
+
+/// Floats of the partial sums (`ctx.partials`) the backward pass of
+/// `rows` rows of `c` channels holds at most: per piece of rows, a
+/// partial and a scratch row of the widest bias gradient (the MLP's, `4c`).
+pub fn partial_floats(rows: usize, c: usize) -> usize {
+    rows.div_ceil(ROWS_PER_PIECE)
+        .saturating_mul(8usize.saturating_mul(c))
+}
+
 /// The products (`(m, n, k)`) of [`matmul_forward`] and, with
 /// `backward`, of [`matmul_backward`] for `bt` rows of `c` inputs and `oc`
 /// outputs.
@@ -572,9 +590,7 @@ fn bias_backward(ctx: &mut Context, dbias: &mut [f32], dout: &[f32]) -> Result<(
         return Ok(());
     }
     let pieces = (dout.len() / oc).div_ceil(ROWS_PER_PIECE);
-    let partials = &mut ctx.partials;
-    partials.clear();
-    partials.resize(pieces * oc, 0.0);
+    let partials = zeroed_partials(&mut ctx.partials, pieces * oc);
     ctx.threads
         .try_for_each_piece((&mut partials[..], oc), |i, partial| {
             let rows = &dout[i * ROWS_PER_PIECE * oc..];

@@ -179,8 +179,9 @@ impl Gpt {
     }
 
     /// Floats of the workspace the products of a pass over `rows`
-    /// positions of a model of shape `cfg` share in `mm`: the linear
-    /// layers' and the LM head's, with the `backward` pass or without.
+    /// positions of a model of shape `cfg` share in `mm` (the linear
+    /// layers' and the LM head's), with the `backward` pass and its
+    /// partial sums or without.
     pub fn workspace_floats(
         cfg: &ModelConfig,
         mm: Multiplier,
@@ -189,7 +190,13 @@ impl Gpt {
     ) -> usize {
         let (c, vp) = (cfg.channels, cfg.padded_vocab());
         let layers = block::block_products(rows, c, backward);
-        mm.workspace_floats(layers.chain(layers::lm_head_products(rows, c, vp, backward)))
+        let head = layers::lm_head_products(rows, c, vp, backward);
+        let products = mm.workspace_floats(layers.chain(head));
+        let partials = match backward {
+            true => layers::partial_floats(rows, c),
+            false => 0,
+        };
+        products.saturating_add(partials)
     }
 
     /// Floats of the products' workspace each thread grows decoding a
